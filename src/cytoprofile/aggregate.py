@@ -1,0 +1,198 @@
+"""Per-well profiles: the median (or mean) of every feature over a well's objects.
+
+One engine serves both ways in: the collate stream hands it a well's cells while
+they are in hand (so memory stays flat however large the plate), and
+:func:`aggregate` walks an existing backend well by well, including backends the
+old ingest tool made (``Image_``-prefixed image columns, md5 TableNumbers).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from .errors import ConfigError, InputError
+
+__all__ = [
+    "DEFAULT_COMPARTMENTS",
+    "DEFAULT_IMAGE_FEATURE_CATEGORIES",
+    "DEFAULT_STRATA",
+    "LINKING_COLUMNS",
+    "Operation",
+    "WellAggregator",
+    "aggregate",
+    "compartment_features",
+]
+
+Operation = Literal["median", "mean"]
+DEFAULT_STRATA = ("Metadata_Plate", "Metadata_Well")
+DEFAULT_COMPARTMENTS = ("Cells", "Cytoplasm", "Nuclei")
+DEFAULT_IMAGE_FEATURE_CATEGORIES = ("Granularity", "Texture", "ImageQuality", "Count", "Threshold")
+#: Columns that link compartments (named with their table prefix): metadata, not features.
+LINKING_COLUMNS = frozenset({"Cytoplasm_Parent_Cells", "Cytoplasm_Parent_Nuclei"})
+_KEYS = ("TableNumber", "ImageNumber", "ObjectNumber")
+
+
+def compartment_features(table: str, columns: Sequence[str]) -> list[str]:
+    """Feature columns of a backend table: prefixed, neither keys nor linking columns, in order."""
+    prefix = f"{table}_"
+    return [c for c in columns if c.startswith(prefix) and c not in LINKING_COLUMNS and c not in _KEYS]
+
+
+def _reduce(values: np.ndarray, operation: Operation) -> np.ndarray:
+    """Column-wise median/mean skipping NaN; an all-NaN (or empty) column gives NaN."""
+    if values.shape[0] == 0:
+        return np.full(values.shape[1], np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        has_nan = np.isnan(values).any()
+        if operation == "median":
+            return np.nanmedian(values, axis=0) if has_nan else np.median(values, axis=0)
+        return np.nanmean(values, axis=0) if has_nan else np.mean(values, axis=0)
+
+
+@dataclass
+class WellAggregator:
+    """Accumulates one output row per well; rows come back sorted by strata.
+
+    ``image_columns`` are the bare Image table columns available; the categories
+    pick which become ``Metadata_Count_*`` (summed) and ``Image_*`` (aggregated).
+    """
+
+    strata: Sequence[str]
+    compartments: Mapping[str, Sequence[str]]
+    image_columns: Sequence[str]
+    operation: Operation = "median"
+    image_features: bool = True
+    image_feature_categories: Sequence[str] = DEFAULT_IMAGE_FEATURE_CATEGORIES
+    rows: list[tuple[tuple[object, ...], dict[str, object], np.ndarray]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.operation not in ("median", "mean"):
+            raise ConfigError(f"operation: {self.operation!r} is not supported; choose median or mean")
+        cats = tuple(self.image_feature_categories) if self.image_features else ()
+        self.count_columns = sorted(c for c in self.image_columns if "Count" in cats and c.startswith("Count_"))
+        other = tuple(c for c in cats if c != "Count")
+        self.image_feature_columns = sorted(c for c in self.image_columns if other and c.startswith(other)) if other else []
+        self.site_count = "Metadata_Site" not in self.strata
+        meta = list(self.strata)
+        if self.site_count:
+            meta.append("Metadata_Site_Count")
+        meta += [f"Metadata_{c}" for c in self.count_columns]
+        meta.append("Metadata_Object_Count")
+        self.metadata_columns = meta
+        self.feature_columns = [f"Image_{c}" for c in self.image_feature_columns]
+        for features in self.compartments.values():
+            self.feature_columns.extend(features)
+        self.first_compartment = next(iter(self.compartments), None)
+
+    def add(
+        self,
+        key: Sequence[object],
+        *,
+        n_images: int,
+        image_counts: np.ndarray,
+        image_values: np.ndarray,
+        objects: Mapping[str, np.ndarray],
+    ) -> None:
+        """Aggregate one well: image rows (counts, features) and per-compartment feature arrays."""
+        meta: dict[str, object] = dict(zip(self.strata, key))
+        if self.site_count:
+            meta["Metadata_Site_Count"] = n_images
+        if self.count_columns:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                sums = np.nansum(image_counts, axis=0)
+            for c, v in zip(self.count_columns, sums):
+                meta[f"Metadata_{c}"] = float(v)
+        first = objects.get(self.first_compartment) if self.first_compartment else None
+        meta["Metadata_Object_Count"] = 0 if first is None else int(first.shape[0])
+        parts = [_reduce(image_values, self.operation)] if self.image_feature_columns else []
+        for compartment in self.compartments:
+            parts.append(_reduce(objects[compartment], self.operation))
+        values = np.concatenate(parts) if parts else np.empty(0)
+        self.rows.append((tuple(key), meta, values))
+
+    def result(self) -> pd.DataFrame:
+        """The per-well table, rows sorted by strata, columns in profile order."""
+        rows = sorted(self.rows, key=lambda r: tuple(_sort_key(v) for v in r[0]))
+        meta = pd.DataFrame([r[1] for r in rows], columns=self.metadata_columns)
+        if "Metadata_Object_Count" in meta:
+            meta["Metadata_Object_Count"] = meta["Metadata_Object_Count"].astype("int64")
+        if "Metadata_Site_Count" in meta:
+            meta["Metadata_Site_Count"] = meta["Metadata_Site_Count"].astype("int64")
+        values = np.vstack([r[2] for r in rows]) if rows else np.empty((0, len(self.feature_columns)))
+        features = pd.DataFrame(values, columns=self.feature_columns)
+        return pd.concat([meta, features], axis=1)
+
+
+def _sort_key(value: object) -> tuple[int, object]:
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return (0, float(value))
+    return (1, str(value))
+
+
+def aggregate(
+    backend: str | os.PathLike[str],
+    *,
+    operation: Operation = "median",
+    strata: Sequence[str] = DEFAULT_STRATA,
+    compartments: Sequence[str] = DEFAULT_COMPARTMENTS,
+    image_features: bool = True,
+    image_feature_categories: Sequence[str] = DEFAULT_IMAGE_FEATURE_CATEGORIES,
+    progress: Callable[[int, int], None] | None = None,
+) -> pd.DataFrame:
+    """Per-well profiles from an existing backend (SQLite of either generation, or Parquet).
+
+    Reads one well at a time, so memory holds one well's cells, not the plate.
+    """
+    from .backend import open_backend
+
+    reader = open_backend(backend)
+    try:
+        image = reader.image()
+        missing = [s for s in strata if s not in image.columns]
+        if missing:
+            raise InputError(
+                f"{backend}: the Image table lacks strata column(s) {', '.join(missing)}; "
+                f"available Metadata columns: {', '.join(c for c in image.columns if c.startswith('Metadata_'))}"
+            )
+        available = {t.lower(): t for t in reader.object_tables()}
+        tables: dict[str, str] = {}
+        for compartment in compartments:
+            table = available.get(compartment.lower())
+            if table is None:
+                raise InputError(
+                    f"{backend}: no {compartment} table; available object tables: {', '.join(sorted(available.values())) or 'none'}"
+                )
+            tables[compartment] = table
+        features = {c: compartment_features(c, reader.tables[t]) for c, t in tables.items()}
+        agg = WellAggregator(
+            strata=list(strata),
+            compartments=features,
+            image_columns=[c for c in image.columns if c not in _KEYS],
+            operation=operation,
+            image_features=image_features,
+            image_feature_categories=image_feature_categories,
+        )
+        numeric = image.apply(pd.to_numeric, errors="coerce") if (agg.count_columns or agg.image_feature_columns) else None
+        groups = image.groupby(list(strata), sort=True, dropna=False).indices
+        for done, (key, idx) in enumerate(groups.items(), start=1):
+            key_tuple = key if isinstance(key, tuple) else (key,)
+            rows = image.iloc[idx]
+            pairs = list(zip(rows["TableNumber"].tolist(), rows["ImageNumber"].tolist()))
+            objects = {c: reader.read_objects(tables[c], features[c], pairs) for c in compartments}
+            counts = numeric.iloc[idx][agg.count_columns].to_numpy(dtype=float) if numeric is not None else np.empty((len(idx), 0))
+            values = numeric.iloc[idx][agg.image_feature_columns].to_numpy(dtype=float) if numeric is not None else np.empty((len(idx), 0))
+            agg.add(key_tuple, n_images=len(idx), image_counts=counts, image_values=values, objects=objects)
+            if progress is not None:
+                progress(done, len(groups))
+        return agg.result()
+    finally:
+        reader.close()

@@ -1,0 +1,334 @@
+"""Single-cell stores: write and read the SQLite (old layout) and Parquet backends.
+
+The SQLite layout is the one existing readers expect: a bare-named ``Image`` table
+and one table per object CSV with compartment-prefixed columns, ``TableNumber``
+first, and the same indexes. Writers work on a temporary file and rename it into
+place on ``close()``; ``abort()`` leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sqlite3
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .errors import InputError
+from .ingest import IMAGE_TABLE, KEY_COLUMNS, PlateSchema, SiteTables
+
+__all__ = [
+    "BackendReader",
+    "ParquetBackendWriter",
+    "SQLiteBackendWriter",
+    "open_backend",
+    "object_column_name",
+    "parquet_table_path",
+    "quote",
+]
+
+SQLITE_MAX_COLUMNS = 2000
+_INTEGER_COLUMN = re.compile(r"^(TableNumber|ImageNumber|ObjectNumber|Parent_.*|Children_.*_Count|Number_Object_Number)$")
+
+
+def quote(name: str) -> str:
+    """Quote an SQL identifier: any header from a file is just a name."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def object_column_name(table: str, column: str) -> str:
+    """Backend name of an object CSV column: keys stay bare, the rest get the table prefix."""
+    return column if column in KEY_COLUMNS else f"{table}_{column}"
+
+
+def parquet_table_path(prefix: str, table: str) -> str:
+    """``PLATE_<Table>.parquet`` beside the SQLite file's name."""
+    return f"{prefix}_{table}.parquet"
+
+
+def _tmp_name(final: Path) -> Path:
+    return final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+def _arrow_sql_type(typ: pa.DataType) -> str:
+    if pa.types.is_integer(typ) or pa.types.is_boolean(typ):
+        return "INTEGER"
+    if pa.types.is_floating(typ):
+        return "FLOAT"
+    if pa.types.is_null(typ):
+        return "FLOAT"
+    return "TEXT"
+
+
+def _conform_image(image: pa.Table, columns: Sequence[str]) -> pa.Table:
+    """Image rows on the union columns, NULL where this site lacks a column."""
+    arrays = []
+    names = set(image.column_names)
+    for c in columns:
+        arrays.append(image.column(c) if c in names else pa.nulls(image.num_rows))
+    return pa.table(arrays, names=list(columns))
+
+
+class SQLiteBackendWriter:
+    """Streams sites into ``PLATE.sqlite`` in the old layout."""
+
+    def __init__(self, path: str | os.PathLike[str], schema: PlateSchema) -> None:
+        self.final = Path(path)
+        self.final.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = _tmp_name(self.final)
+        self.schema = schema
+        for table, columns in schema.tables.items():
+            if len(columns) + 1 > SQLITE_MAX_COLUMNS:
+                raise InputError(
+                    f"{table} has {len(columns) + 1} columns, more than SQLite's limit of {SQLITE_MAX_COLUMNS}; "
+                    "use --backend parquet for this plate"
+                )
+        self.conn = sqlite3.connect(self.tmp, isolation_level=None)
+        self.conn.execute("PRAGMA journal_mode=OFF")
+        self.conn.execute("PRAGMA synchronous=OFF")
+        self.conn.execute("PRAGMA temp_store=MEMORY")
+        self.conn.execute("BEGIN")
+        self.image_columns = ["TableNumber", *[c for c in schema.tables[IMAGE_TABLE] if c != "TableNumber"]]
+        self._image_created = False
+        self._object_sql: dict[str, str] = {}
+        for table in schema.object_tables:
+            cols = ["TableNumber", *schema.tables[table]]
+            names = [object_column_name(table, c) for c in cols]
+            decl = ", ".join(f"{quote(n)} {'INTEGER' if _INTEGER_COLUMN.match(c) else 'FLOAT'}" for n, c in zip(names, cols))
+            self.conn.execute(f"CREATE TABLE {quote(table)} ({decl})")
+            marks = ", ".join("?" * len(cols))
+            self._object_sql[table] = f"INSERT INTO {quote(table)} VALUES ({marks})"
+
+    def _create_image(self, image: pa.Table) -> None:
+        types = {f.name: _arrow_sql_type(f.type) for f in image.schema}
+        decl = ", ".join(f"{quote(c)} {types.get(c, 'FLOAT')}" for c in self.image_columns)
+        self.conn.execute(f"CREATE TABLE {quote(IMAGE_TABLE)} ({decl})")
+        self._image_created = True
+
+    def add(self, site: SiteTables) -> None:
+        """Append one site's rows to every table."""
+        if not self._image_created:
+            self._create_image(site.image)
+        image = _conform_image(site.image, self.image_columns)
+        rows = list(zip(*[col.to_pylist() for col in image.columns]))
+        marks = ", ".join("?" * len(self.image_columns))
+        self.conn.executemany(f"INSERT INTO {quote(IMAGE_TABLE)} VALUES ({marks})", rows)
+        for table, array in site.objects.items():
+            if len(array):
+                self.conn.executemany(self._object_sql[table], array.tolist())
+
+    def close(self) -> None:
+        """Index like the old layout, commit and move into place."""
+        if not self._image_created:
+            decl = ", ".join(f"{quote(c)} FLOAT" for c in self.image_columns)
+            self.conn.execute(f"CREATE TABLE {quote(IMAGE_TABLE)} ({decl})")
+        self.conn.execute(f"CREATE INDEX IF NOT EXISTS table_image_idx ON {quote(IMAGE_TABLE)} (TableNumber, ImageNumber)")
+        if {"Metadata_Plate", "Metadata_Well"} <= set(self.image_columns):
+            self.conn.execute(f"CREATE INDEX IF NOT EXISTS plate_well_image_idx ON {quote(IMAGE_TABLE)} (Metadata_Plate, Metadata_Well)")
+        for table in self.schema.object_tables:
+            name = f"table_image_object_{table.lower()}_idx"
+            self.conn.execute(f"CREATE INDEX IF NOT EXISTS {quote(name)} ON {quote(table)} (TableNumber, ImageNumber, ObjectNumber)")
+        self.conn.execute("COMMIT")
+        self.conn.close()
+        os.replace(self.tmp, self.final)
+
+    def abort(self) -> None:
+        """Drop the temporary file."""
+        with contextlib.suppress(Exception):
+            self.conn.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.tmp.unlink()
+
+
+class ParquetBackendWriter:
+    """Streams sites into one Parquet file per table, same columns as the SQLite layout."""
+
+    def __init__(self, prefix: str | os.PathLike[str], schema: PlateSchema, *, flush_values: int = 8_000_000) -> None:
+        self.prefix = str(prefix)
+        Path(self.prefix).parent.mkdir(parents=True, exist_ok=True)
+        self.schema = schema
+        self.flush_values = flush_values
+        self.image_columns = ["TableNumber", *[c for c in schema.tables[IMAGE_TABLE] if c != "TableNumber"]]
+        self._images: list[pa.Table] = []
+        self._writers: dict[str, pq.ParquetWriter] = {}
+        self._arrow_schema: dict[str, pa.Schema] = {}
+        self._buffers: dict[str, list[np.ndarray]] = {}
+        self._tmp: dict[str, Path] = {}
+        for table in schema.object_tables:
+            cols = ["TableNumber", *schema.tables[table]]
+            fields = [pa.field(object_column_name(table, c), pa.int64() if c in KEY_COLUMNS else pa.float64()) for c in cols]
+            self._arrow_schema[table] = pa.schema(fields)
+            final = Path(parquet_table_path(self.prefix, table))
+            self._tmp[table] = _tmp_name(final)
+            self._writers[table] = pq.ParquetWriter(self._tmp[table], self._arrow_schema[table])
+            self._buffers[table] = []
+
+    def _flush(self, table: str) -> None:
+        chunks = self._buffers[table]
+        if not chunks:
+            return
+        array = np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
+        schema = self._arrow_schema[table]
+        columns = []
+        for i, f in enumerate(schema):
+            col = array[:, i]
+            columns.append(pa.array(col.astype(np.int64)) if f.type == pa.int64() else pa.array(col, from_pandas=True))
+        self._writers[table].write_table(pa.table(columns, schema=schema))
+        self._buffers[table] = []
+
+    def add(self, site: SiteTables) -> None:
+        """Buffer one site's rows; write a row group when the buffer is large."""
+        self._images.append(_conform_image(site.image, self.image_columns))
+        for table, array in site.objects.items():
+            self._buffers[table].append(array)
+            if sum(a.size for a in self._buffers[table]) >= self.flush_values:
+                self._flush(table)
+
+    def close(self) -> None:
+        """Write the Image table and move every file into place."""
+        for table in self._writers:
+            self._flush(table)
+            self._writers[table].close()
+        image = _unify_images(self._images, self.image_columns)
+        final_image = Path(parquet_table_path(self.prefix, IMAGE_TABLE))
+        tmp_image = _tmp_name(final_image)
+        pq.write_table(image, tmp_image)
+        os.replace(tmp_image, final_image)
+        for table, tmp in self._tmp.items():
+            os.replace(tmp, parquet_table_path(self.prefix, table))
+
+    def abort(self) -> None:
+        """Drop every temporary file."""
+        for writer in self._writers.values():
+            with contextlib.suppress(Exception):
+                writer.close()
+        for tmp in self._tmp.values():
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+
+
+def _unify_images(images: Sequence[pa.Table], columns: Sequence[str]) -> pa.Table:
+    """One Image table: per column, text wins over numbers, float over int (NULL adapts)."""
+    if not images:
+        return pa.table({c: pa.array([], type=pa.float64()) for c in columns})
+    arrays = []
+    for c in columns:
+        parts = [t.column(c) for t in images]
+        types = {p.type for p in parts}
+        if any(pa.types.is_string(t) or pa.types.is_large_string(t) for t in types):
+            target: pa.DataType = pa.string()
+        elif any(pa.types.is_floating(t) for t in types):
+            target = pa.float64()
+        elif any(pa.types.is_integer(t) for t in types):
+            target = pa.int64()
+        elif any(pa.types.is_boolean(t) for t in types):
+            target = pa.bool_()
+        else:
+            target = pa.float64()
+        arrays.append(pa.chunked_array([p.cast(target) for p in parts], type=target))
+    return pa.table(arrays, names=list(columns))
+
+
+@dataclass
+class BackendTable:
+    """Column names of one backend table and how they map to the canonical names."""
+
+    name: str
+    columns: list[str]
+
+
+class BackendReader:
+    """Reads an existing backend, SQLite (both old generations) or Parquet, well by well."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = str(path)
+        self.kind = "parquet" if self.path.endswith(".parquet") or Path(self.path).is_dir() else "sqlite"
+        if self.kind == "sqlite":
+            if not Path(self.path).is_file():
+                raise InputError(f"{self.path}: backend not found; run `cytoprofile collate` first")
+            try:
+                self.conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+                names = [r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+            except sqlite3.DatabaseError as exc:
+                raise InputError(f"{self.path}: not an SQLite database ({exc})") from exc
+            self.tables = {n: [r[1] for r in self.conn.execute(f"PRAGMA table_info({quote(n)})")] for n in names}
+        else:
+            self.prefix = self.path[: -len("_Image.parquet")] if self.path.endswith("_Image.parquet") else self.path
+            self.tables = {}
+            parent = Path(self.prefix).parent
+            stem = Path(self.prefix).name + "_"
+            for p in sorted(parent.glob(f"{stem}*.parquet")):
+                self.tables[p.name[len(stem) : -len(".parquet")]] = pq.read_schema(p).names
+        image_name = next((n for n in self.tables if n.lower() == "image"), None)
+        if image_name is None:
+            raise InputError(f"{self.path}: has no Image table; is this a cytoprofile or cytominer-database backend?")
+        self.image_table = image_name
+
+    def image(self) -> pd.DataFrame:
+        """The Image table with ``Image_`` prefixes of older backends removed from metadata/feature names."""
+        if self.kind == "sqlite":
+            df = pd.read_sql_query(f"SELECT * FROM {quote(self.image_table)}", self.conn)
+        else:
+            df = pq.read_table(parquet_table_path(self.prefix, self.image_table)).to_pandas()
+        rename = {c: c[len("Image_") :] for c in df.columns if c.startswith("Image_") and c[len("Image_") :] not in df.columns}
+        return df.rename(columns=rename)
+
+    def object_tables(self) -> list[str]:
+        """Every table but Image."""
+        return [t for t in self.tables if t != self.image_table]
+
+    def read_objects(self, table: str, columns: Sequence[str], images: Sequence[tuple[object, object]]) -> np.ndarray:
+        """Rows of ``table`` for the given (TableNumber, ImageNumber) pairs, as float64 ``columns``."""
+        if not images:
+            return np.empty((0, len(columns)))
+        if self.kind == "sqlite":
+            cols = ", ".join(quote(c) for c in columns)
+            out = []
+            by_table: dict[object, list[object]] = {}
+            for t, i in images:
+                by_table.setdefault(t, []).append(i)
+            for t, numbers in by_table.items():
+                marks = ", ".join("?" * len(numbers))
+                sql = f"SELECT {cols} FROM {quote(table)} WHERE TableNumber = ? AND ImageNumber IN ({marks})"
+                rows = self.conn.execute(sql, [t, *numbers]).fetchall()
+                if rows:
+                    out.append(np.array(rows, dtype=np.float64))
+            return np.concatenate(out) if out else np.empty((0, len(columns)))
+        import pyarrow.compute as pc
+        import pyarrow.dataset as ds
+
+        dataset = ds.dataset(parquet_table_path(self.prefix, table))
+        tns = sorted({t for t, _ in images})
+        filt = pc.field("TableNumber").isin(tns)
+        got = dataset.to_table(columns=["TableNumber", "ImageNumber", *columns], filter=filt)
+        pairs = set(images)
+        keep = [(t, i) in pairs for t, i in zip(got.column(0).to_pylist(), got.column(1).to_pylist())]
+        got = got.filter(pa.array(keep, type=pa.bool_()))
+        out = np.full((got.num_rows, len(columns)), np.nan)
+        for k, c in enumerate(columns):
+            out[:, k] = got.column(c).cast(pa.float64()).to_numpy(zero_copy_only=False)
+        return out
+
+    def close(self) -> None:
+        """Close the connection."""
+        if self.kind == "sqlite":
+            self.conn.close()
+
+
+def open_backend(path: str | os.PathLike[str]) -> BackendReader:
+    """Open a backend for reading."""
+    return BackendReader(path)
+
+
+def iter_chunks(seq: Sequence[object], size: int) -> Iterator[Sequence[object]]:
+    """Consecutive slices of ``seq`` of at most ``size`` items."""
+    for start in range(0, len(seq), size):
+        yield seq[start : start + size]

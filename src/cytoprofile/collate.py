@@ -1,0 +1,432 @@
+"""Backend creation for whole plates: one pass from site CSVs to backend, profiles and report.
+
+Each plate is read once: every trusted site is written to the single-cell
+backend(s) and, as soon as a well's last site is in, the well is aggregated and
+its cells dropped. Outputs appear only when complete; the report is written last,
+so a plate with a report is a finished plate and a re-run after a crash redoes
+exactly the unfinished ones.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from . import __version__, io, workspace
+from .aggregate import (
+    DEFAULT_COMPARTMENTS,
+    DEFAULT_IMAGE_FEATURE_CATEGORIES,
+    DEFAULT_STRATA,
+    Operation,
+    WellAggregator,
+    aggregate,
+    compartment_features,
+)
+from .backend import ParquetBackendWriter, SQLiteBackendWriter, object_column_name, parquet_table_path
+from .errors import CytoprofileError, InputError, QuarantineError
+from .ingest import (
+    IMAGE_TABLE,
+    RUN_METADATA_FILES,
+    Quarantine,
+    SiteTables,
+    discover_sites,
+    image_numeric,
+    order_by_key,
+    plan_schema,
+    read_sites,
+    scan_sites,
+)
+
+__all__ = ["BackendKind", "PlateResult", "collate", "collate_plate", "plate_outputs"]
+
+log = logging.getLogger("cytoprofile.collate")
+
+BackendKind = Literal["sqlite", "parquet"]
+ProfileFormat = Literal["csv", "csv.gz", "parquet"]
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class PlateResult:
+    """What happened to one plate."""
+
+    batch: str
+    plate: str
+    status: Literal["done", "skipped", "failed"]
+    message: str = ""
+    outputs: dict[str, str] = field(default_factory=dict)
+    report: dict[str, Any] | None = None
+    seconds: float = 0.0
+
+
+def plate_outputs(
+    ws: str | os.PathLike[str],
+    batch: str,
+    plate: str,
+    *,
+    backend: Sequence[BackendKind] = ("sqlite",),
+    profile_format: ProfileFormat = "csv",
+) -> dict[str, str]:
+    """Final paths of a plate's outputs, by role."""
+    files = workspace.backend_files(ws, batch, plate, profile_format=profile_format)
+    out = {"profiles": files["profiles"], "report": files["report"]}
+    if "sqlite" in backend:
+        out["sqlite"] = files["sqlite"]
+    if "parquet" in backend:
+        out["parquet"] = parquet_table_path(files["parquet_prefix"], IMAGE_TABLE)
+    return out
+
+
+def _complete(outputs: dict[str, str]) -> bool:
+    return all(Path(p).exists() for p in outputs.values())
+
+
+def _clean_stale(directory: str) -> None:
+    """Remove temporary files a killed run left behind."""
+    for stale in glob.glob(os.path.join(directory, ".*.tmp")):
+        try:
+            os.unlink(stale)
+        except FileNotFoundError:
+            pass
+
+
+class _WellBuffer:
+    """Cells of wells not yet complete; a well is released when its last site is read."""
+
+    def __init__(self, remaining: dict[tuple[str, ...], int]) -> None:
+        self.remaining = remaining
+        self.images: dict[tuple[str, ...], list[tuple[SiteTables, list[int]]]] = {}
+        self.objects: dict[tuple[str, ...], dict[str, list[np.ndarray]]] = {}
+        self.values: dict[tuple[str, ...], tuple[object, ...]] = {}
+
+    def add(self, site: SiteTables, strata: Sequence[str], compartments: dict[str, list[int]]) -> None:
+        image_keys = site.keys
+        for key in set(image_keys):
+            rows = [i for i, k in enumerate(image_keys) if k == key]
+            self.images.setdefault(key, []).append((site, rows))
+            if key not in self.values:
+                self.values[key] = tuple(site.image.column(s)[rows[0]].as_py() for s in strata)
+            per = self.objects.setdefault(key, {c: [] for c in compartments})
+            for compartment, columns in compartments.items():
+                array = site.objects[compartment]
+                row_keys = site.row_keys[compartment]
+                if len(set(image_keys)) == 1:
+                    selected = array[:, columns]
+                else:
+                    mask = np.array([k == key for k in row_keys], dtype=bool)
+                    selected = array[mask][:, columns]
+                per[compartment].append(selected)
+
+    def done(self, keys: Sequence[tuple[str, ...]]) -> list[tuple[str, ...]]:
+        finished = []
+        for key in set(keys):
+            self.remaining[key] -= 1
+            if self.remaining[key] == 0:
+                finished.append(key)
+        return finished
+
+    def pop(self, key: tuple[str, ...]) -> tuple[tuple[object, ...], list[tuple[SiteTables, list[int]]], dict[str, list[np.ndarray]]] | None:
+        if key not in self.images:
+            return None
+        return self.values.pop(key), self.images.pop(key), self.objects.pop(key)
+
+
+def collate_plate(
+    ws: str | os.PathLike[str],
+    batch: str,
+    plate: str,
+    *,
+    backend: Sequence[BackendKind] = ("sqlite",),
+    profile_format: ProfileFormat = "csv",
+    operation: Operation = "median",
+    compartments: Sequence[str] = DEFAULT_COMPARTMENTS,
+    image_features: bool = True,
+    image_feature_categories: Sequence[str] = DEFAULT_IMAGE_FEATURE_CATEGORIES,
+    strata: Sequence[str] = DEFAULT_STRATA,
+    overwrite: bool = False,
+    aggregate_only: bool = False,
+    strict: bool = False,
+    threads: int = 2,
+    progress: Progress | None = None,
+) -> PlateResult:
+    """Ingest one plate's sites into the backend(s) and write its per-well profiles and report."""
+    start = time.perf_counter()
+    outputs = plate_outputs(ws, batch, plate, backend=backend, profile_format=profile_format)
+    if aggregate_only:
+        return _aggregate_only(ws, batch, plate, outputs, backend=backend, operation=operation,
+                               compartments=compartments, image_features=image_features,
+                               image_feature_categories=image_feature_categories, strata=strata,
+                               overwrite=overwrite, progress=progress, start=start)
+    if not overwrite and _complete(outputs):
+        return PlateResult(batch, plate, "skipped", "complete outputs exist (use --overwrite to rebuild)", outputs,
+                           seconds=time.perf_counter() - start)
+    out_dir = workspace.backend_dir(ws, batch, plate)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    _clean_stale(out_dir)
+    # a half-finished earlier run has no report; its other outputs are rebuilt
+    with_report = Path(outputs["report"])
+    if with_report.exists():
+        with_report.unlink()
+
+    site_dirs = discover_sites(workspace.analysis_dir(ws, batch, plate))
+    t0 = time.perf_counter()
+    scans = scan_sites(site_dirs, plate=plate, strata=strata, threads=threads)
+    schema = plan_schema(scans, plate=plate, strata=strata)
+    log.info("%s: scanned %d sites in %.2fs", plate, len(scans), time.perf_counter() - t0)
+    by_lower = {t.lower(): t for t in schema.object_tables}
+    chosen: dict[str, str] = {}
+    for compartment in compartments:
+        table = by_lower.get(compartment.lower())
+        if table is None:
+            raise InputError(
+                f"{workspace.analysis_dir(ws, batch, plate)}: no site has {compartment}.csv; object tables found: "
+                f"{', '.join(schema.object_tables) or 'none'}; pick others with --compartments"
+            )
+        chosen[compartment] = table
+    # column positions (in the site arrays, TableNumber first) of each compartment's features
+    positions: dict[str, list[int]] = {}
+    features: dict[str, list[str]] = {}
+    for compartment, table in chosen.items():
+        names = [object_column_name(table, c) for c in ["TableNumber", *schema.tables[table]]]
+        names = [f"{compartment}_{n[len(table) + 1:]}" if n.startswith(f"{table}_") else n for n in names]
+        feats = compartment_features(compartment, names)
+        features[compartment] = feats
+        positions[compartment] = [names.index(f) for f in feats]
+    buffer_positions = {chosen[c]: positions[c] for c in chosen}
+    agg = WellAggregator(
+        strata=list(strata),
+        compartments=features,
+        image_columns=[c for c in schema.tables[IMAGE_TABLE] if c not in ("TableNumber", "ImageNumber")],
+        operation=operation,
+        image_features=image_features,
+        image_feature_categories=image_feature_categories,
+    )
+    remaining: dict[tuple[str, ...], int] = {}
+    for scan in scans:
+        for key in set(scan.keys):
+            remaining[key] = remaining.get(key, 0) + 1
+    buffer = _WellBuffer(remaining)
+
+    writers: list[SQLiteBackendWriter | ParquetBackendWriter] = []
+    files = workspace.backend_files(ws, batch, plate, profile_format=profile_format)
+    site_reports: list[dict[str, Any]] = []
+    rows_in: dict[str, int] = {t: 0 for t in schema.tables}
+    missing_columns: dict[str, dict[str, list[str]]] = {}
+    try:
+        if "sqlite" in backend:
+            writers.append(SQLiteBackendWriter(files["sqlite"], schema))
+        if "parquet" in backend:
+            writers.append(ParquetBackendWriter(files["parquet_prefix"], schema))
+        ordered = order_by_key(scans)
+        for done, result in enumerate(read_sites(ordered, schema, threads=threads), start=1):
+            if isinstance(result, Quarantine):
+                site_reports.append({"site": result.name, "well": _well_of(result.keys, strata), "status": "quarantined",
+                                     "reason": result.reason, "file": _relative(result.file, ws), "rows": {}})
+                log.warning("%s: site %s quarantined: %s", plate, result.name, result.reason)
+            else:
+                for writer in writers:
+                    writer.add(result)
+                counts = {IMAGE_TABLE: result.image.num_rows, **{t: len(a) for t, a in result.objects.items()}}
+                for t, n in counts.items():
+                    rows_in[t] += n
+                for t, cols in result.missing.items():
+                    for c in cols:
+                        missing_columns.setdefault(t, {}).setdefault(c, []).append(result.name)
+                site_reports.append({"site": result.name, "well": _well_of(result.keys, strata), "status": "ok",
+                                     "reason": None, "file": None, "rows": counts})
+                buffer.add(result, strata, buffer_positions)
+            for key in buffer.done(result.keys):
+                popped = buffer.pop(key)
+                if popped is not None:
+                    _flush_well(agg, popped, chosen)
+            if progress is not None:
+                progress(plate, done, len(ordered))
+        for writer in writers:
+            writer.close()
+    except BaseException:
+        for writer in writers:
+            writer.abort()
+        raise
+    profiles = agg.result()
+    rows_out = _count_rows(files, backend, schema)
+    for table, n in rows_in.items():
+        for kind, counted in rows_out.items():
+            if counted.get(table, n) != n:  # pragma: no cover - a bug, not bad input
+                raise RuntimeError(f"{plate}: {table} rows in ({n}) != rows out ({counted.get(table)}) in {kind}")
+    first = next(iter(chosen.values()), None)
+    if first is not None and int(profiles["Metadata_Object_Count"].sum()) != rows_in.get(first, 0):  # pragma: no cover
+        raise RuntimeError(f"{plate}: aggregated objects != {first} rows")
+    io.write_table(profiles, outputs["profiles"], fmt=profile_format)
+    quarantined = [s for s in site_reports if s["status"] != "ok"]
+    report = {
+        "batch": batch,
+        "plate": plate,
+        "cytoprofile_version": __version__,
+        "backend": list(backend),
+        "sites": sorted(site_reports, key=lambda s: s["site"]),
+        "missing_columns": missing_columns,
+        "tables": {t: {"rows_in": rows_in[t], "rows_out": rows_in[t], "columns": len(schema.tables[t]) + (0 if t == IMAGE_TABLE else 1)}
+                   for t in schema.tables},
+        "run_metadata": f"{', '.join(RUN_METADATA_FILES)} (CellProfiler run metadata) is not stored",
+        "aggregate": {"operation": operation, "strata": list(strata), "compartments": list(chosen),
+                      "image_features": image_features, "image_feature_categories": list(image_feature_categories),
+                      "wells": len(profiles), "columns": profiles.shape[1]},
+        "totals": {"sites": len(site_reports), "sites_ok": len(site_reports) - len(quarantined),
+                   "sites_quarantined": len(quarantined), "wells": len(profiles),
+                   "objects": {t: rows_in[t] for t in schema.object_tables}},
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+    io.write_json(report, outputs["report"])
+    result_status: PlateResult = PlateResult(batch, plate, "done", _summary_line(report), outputs, report,
+                                             seconds=time.perf_counter() - start)
+    if strict and quarantined:
+        raise QuarantineError(
+            f"{plate}: {len(quarantined)} site(s) quarantined (first: {quarantined[0]['site']}: {quarantined[0]['reason']}); "
+            f"see {outputs['report']}"
+        )
+    return result_status
+
+
+def _flush_well(agg: WellAggregator, popped: tuple[tuple[object, ...], list[tuple[SiteTables, list[int]]], dict[str, list[np.ndarray]]],
+                chosen: dict[str, str]) -> None:
+    values, images, objects = popped
+    counts = []
+    feats = []
+    n_images = 0
+    for site, rows in images:
+        image = site.image.take(rows)
+        n_images += len(rows)
+        counts.append(image_numeric(image, agg.count_columns))
+        feats.append(image_numeric(image, agg.image_feature_columns))
+    arrays = {}
+    for compartment, table in chosen.items():
+        parts = objects[table]
+        arrays[compartment] = np.concatenate(parts) if parts else np.empty((0, 0))
+    agg.add(values, n_images=n_images, image_counts=np.vstack(counts), image_values=np.vstack(feats), objects=arrays)
+
+
+def _count_rows(files: dict[str, str], backend: Sequence[str], schema: Any) -> dict[str, dict[str, int]]:
+    """Rows per table as the written backends hold them."""
+    out: dict[str, dict[str, int]] = {}
+    if "sqlite" in backend:
+        import sqlite3
+
+        from .backend import quote
+
+        conn = sqlite3.connect(files["sqlite"])
+        try:
+            out["sqlite"] = {t: conn.execute(f"SELECT COUNT(*) FROM {quote(t)}").fetchone()[0] for t in schema.tables}
+        finally:
+            conn.close()
+    if "parquet" in backend:
+        import pyarrow.parquet as pq
+
+        out["parquet"] = {t: pq.ParquetFile(parquet_table_path(files["parquet_prefix"], t)).metadata.num_rows for t in schema.tables}
+    return out
+
+
+def _well_of(keys: Sequence[tuple[str, ...]], strata: Sequence[str]) -> str | None:
+    if not keys:
+        return None
+    key = keys[0]
+    if "Metadata_Well" in strata:
+        return key[list(strata).index("Metadata_Well")]
+    return "/".join(key)
+
+
+def _relative(path: str | None, ws: str | os.PathLike[str]) -> str | None:
+    if path is None:
+        return None
+    try:
+        return os.path.relpath(path, ws)
+    except ValueError:
+        return path
+
+
+def _summary_line(report: dict[str, Any]) -> str:
+    t = report["totals"]
+    return (f"{t['sites_ok']} sites ingested, {t['sites_quarantined']} quarantined; {t['wells']} wells; "
+            + ", ".join(f"{k} {v:,} rows" for k, v in t["objects"].items()))
+
+
+def _aggregate_only(ws: str | os.PathLike[str], batch: str, plate: str, outputs: dict[str, str], *, backend: Sequence[BackendKind],
+                    operation: Operation, compartments: Sequence[str], image_features: bool,
+                    image_feature_categories: Sequence[str], strata: Sequence[str], overwrite: bool,
+                    progress: Progress | None, start: float) -> PlateResult:
+    """Re-aggregate an existing backend (ours or the old tool's) into the plate's profiles."""
+    if not overwrite and Path(outputs["profiles"]).exists():
+        return PlateResult(batch, plate, "skipped", "profiles exist (use --overwrite to re-aggregate)", outputs,
+                           seconds=time.perf_counter() - start)
+    files = workspace.backend_files(ws, batch, plate)
+    source = files["sqlite"] if "sqlite" in backend else parquet_table_path(files["parquet_prefix"], IMAGE_TABLE)
+    if not Path(source).exists():
+        raise InputError(f"{source}: no backend to aggregate; run `cytoprofile collate` without --aggregate-only first")
+
+    def _progress(done: int, total: int) -> None:
+        if progress is not None:
+            progress(plate, done, total)
+
+    profiles = aggregate(source, operation=operation, strata=strata, compartments=compartments,
+                         image_features=image_features, image_feature_categories=image_feature_categories,
+                         progress=_progress)
+    io.write_table(profiles, outputs["profiles"])
+    message = f"aggregated {len(profiles)} wells from {os.path.basename(source)}"
+    return PlateResult(batch, plate, "done", message, {"profiles": outputs["profiles"]}, seconds=time.perf_counter() - start)
+
+
+def collate(
+    ws: str | os.PathLike[str],
+    batch: str,
+    plates: Sequence[str],
+    *,
+    backend: Sequence[BackendKind] = ("sqlite",),
+    profile_format: ProfileFormat = "csv",
+    operation: Operation = "median",
+    compartments: Sequence[str] = DEFAULT_COMPARTMENTS,
+    image_features: bool = True,
+    image_feature_categories: Sequence[str] = DEFAULT_IMAGE_FEATURE_CATEGORIES,
+    strata: Sequence[str] = DEFAULT_STRATA,
+    overwrite: bool = False,
+    aggregate_only: bool = False,
+    strict: bool = False,
+    jobs: int = 1,
+    scheduler: str | None = None,
+    progress: Progress | None = None,
+) -> list[PlateResult]:
+    """Backend creation for several plates of a batch, ``jobs`` plates at a time.
+
+    A plate that fails (bad input, or ``strict`` with quarantined sites) is reported
+    as failed; the other plates go on.
+    """
+    from .executor import run_plates
+
+    if not plates:
+        raise InputError("no plates given; name at least one PLATE")
+    options: dict[str, Any] = dict(backend=tuple(backend), profile_format=profile_format, operation=operation,
+                                   compartments=tuple(compartments), image_features=image_features,
+                                   image_feature_categories=tuple(image_feature_categories), strata=tuple(strata),
+                                   overwrite=overwrite, aggregate_only=aggregate_only, strict=strict)
+    return run_plates(_collate_task, [(str(ws), batch, p) for p in plates], options, jobs=jobs,
+                      scheduler=scheduler, progress=progress)
+
+
+def _collate_task(ws: str, batch: str, plate: str, options: dict[str, Any], progress: Progress | None) -> PlateResult:
+    """One plate, with user errors turned into a failed result rather than an exception."""
+    try:
+        return collate_plate(ws, batch, plate, progress=progress, **options)
+    except CytoprofileError as exc:
+        return PlateResult(batch, plate, "failed", str(exc))
+
+
+def profiles_frame(result: PlateResult) -> pd.DataFrame:
+    """Read back a finished plate's per-well profiles."""
+    return io.read_table(result.outputs["profiles"])

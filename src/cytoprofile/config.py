@@ -1,0 +1,906 @@
+"""The recipe config: one YAML file that says which steps run, how, and on which plates.
+
+cytoprofile reads the profiling recipe's multi-document config unchanged, so existing
+projects keep working: one settings document (the one with ``pipeline:``) and one
+document per batch. A key left out behaves as it did in the recipe when it was left
+out, so configs older than a key still load; a whole step block left out skips that
+step. Mistakes fail early with the key's path, the file and the line; unknown keys
+only warn. Keys the recipe does not know are cytoprofile extensions.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from .errors import ConfigError
+
+__all__ = [
+    "INIT_DIRS",
+    "FEATURE_SELECT_OPERATIONS",
+    "NORMALIZE_METHODS",
+    "LEVELS",
+    "UnknownKeyWarning",
+    "PlateEntry",
+    "BatchConfig",
+    "AggregateConfig",
+    "ExternalMetadataConfig",
+    "AnnotateConfig",
+    "NormalizeConfig",
+    "NormalizeNegconConfig",
+    "FeatureSelectParameters",
+    "FeatureSelectConfig",
+    "SummaryConfig",
+    "HeatmapConfig",
+    "QualityControlConfig",
+    "OptionsConfig",
+    "ExecutorConfig",
+    "RecipeConfig",
+    "Recipe",
+    "load_config",
+    "parse_config",
+    "config_template",
+    "config_to_dict",
+    "init_project",
+]
+
+#: Folders of a profiling project, as the recipe's set-up script makes them.
+INIT_DIRS: tuple[str, ...] = (
+    "audit",
+    "batchfiles",
+    "config_files",
+    "gct",
+    "load_data_csv",
+    "log",
+    "metadata",
+    "pipelines",
+    "profiles",
+    "quality_control",
+    "single_cell",
+)
+
+FEATURE_SELECT_OPERATIONS: tuple[str, ...] = (
+    "variance_threshold",
+    "frequency_threshold",
+    "correlation_threshold",
+    "drop_na_columns",
+    "blocklist",
+    "drop_outliers",
+    "noise_removal",
+)
+NORMALIZE_METHODS: tuple[str, ...] = ("standardize", "robustize", "mad_robustize", "spherize")
+LEVELS: tuple[str, ...] = ("plate", "batch", "all")
+_AGGREGATE_METHODS = ("median", "mean")
+_SPHERIZE_METHODS = ("PCA", "ZCA", "PCA-cor", "ZCA-cor")
+_CORR_METHODS = ("pearson", "spearman", "kendall")
+_COMPRESSIONS = ("gzip", "bz2", "zip", "xz", "zstd")
+_NEGCON_QUERY = "Metadata_control_type == 'negcon'"
+_COUNT_COLUMN = "Metadata_Object_Count"
+_TEMPLATE = "config_template.yml"
+
+
+class UnknownKeyWarning(UserWarning):
+    """A config key cytoprofile does not know; it is ignored."""
+
+
+# --- value checks: each raises one clear message, so errors carry no union noise ---
+
+
+def _choice(kind: str, choices: Sequence[str], *, optional: bool = False) -> BeforeValidator:
+    """Accept one of ``choices`` (or null if ``optional``); otherwise name them all."""
+
+    def check(value: Any) -> Any:
+        if (isinstance(value, str) and value in choices) or (optional and value is None):
+            return value
+        hint = ""
+        if isinstance(value, str):
+            close = difflib.get_close_matches(value, choices, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise PydanticCustomError(
+            "choice",
+            "{value} is not {kind}{hint}; choose from {choices}",
+            {"value": repr(value), "kind": kind, "hint": hint, "choices": ", ".join(choices)},
+        )
+
+    return BeforeValidator(check)
+
+
+def _check_features(value: Any) -> Any:
+    if value == "infer":
+        return value
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return value
+    raise PydanticCustomError(
+        "features",
+        "expected 'infer' or a non-empty list of column names, got {value}",
+        {"value": repr(value)},
+    )
+
+
+def _check_fields(value: Any) -> Any:
+    if value == "all":
+        return value
+    if (
+        isinstance(value, list)
+        and value
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    ):
+        return value
+    raise PydanticCustomError(
+        "fields",
+        "expected 'all' or a list of field-of-view (site) numbers, got {value}",
+        {"value": repr(value)},
+    )
+
+
+def _check_name(value: Any) -> Any:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not value.strip():
+        raise PydanticCustomError(
+            "name", "expected a non-empty name, got {value}", {"value": repr(value)}
+        )
+    if "/" in value or "\\" in value or value in {".", ".."}:
+        raise PydanticCustomError(
+            "name",
+            "{value} cannot be a folder name (no '/', '\\', '.' or '..')",
+            {"value": repr(value)},
+        )
+    return value
+
+
+def _check_float_format(value: Any) -> Any:
+    if value is None:
+        return None
+    try:
+        if isinstance(value, str):
+            value % 1.5
+            return value
+    except (TypeError, ValueError):
+        pass
+    raise PydanticCustomError(
+        "float_format",
+        "{value} is not a printf-style number format such as '%.5g' (or null for none)",
+        {"value": repr(value)},
+    )
+
+
+def _check_sample_filter(value: Any) -> Any:
+    if value is None:
+        return None
+    scalar = (str, int, float, bool)
+    if isinstance(value, Mapping) and value:
+        out: dict[str, list[Any]] = {}
+        for column, allowed in value.items():
+            values = allowed if isinstance(allowed, list) else [allowed]
+            if not isinstance(column, str) or not values or not all(
+                isinstance(v, scalar) for v in values
+            ):
+                break
+            out[column] = values
+        else:
+            return out
+    raise PydanticCustomError(
+        "sample_filter",
+        "expected a mapping of column name to a value or list of values, got {value}",
+        {"value": repr(value)},
+    )
+
+
+def _str_list(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+Name = Annotated[str, BeforeValidator(_check_name)]
+Features = Annotated[Literal["infer"] | list[str], BeforeValidator(_check_features)]
+Fields = Annotated[Literal["all"] | list[int], BeforeValidator(_check_fields)]
+Operation = Annotated[
+    Literal[
+        "variance_threshold",
+        "frequency_threshold",
+        "correlation_threshold",
+        "drop_na_columns",
+        "blocklist",
+        "drop_outliers",
+        "noise_removal",
+    ],
+    _choice("a feature-selection operation", FEATURE_SELECT_OPERATIONS),
+]
+NormalizeMethod = Annotated[
+    Literal["standardize", "robustize", "mad_robustize", "spherize"],
+    _choice("a normalization method", NORMALIZE_METHODS),
+]
+Level = Annotated[
+    Literal["plate", "batch", "all"], _choice("a feature-selection level", LEVELS)
+]
+SampleFilter = Annotated[
+    dict[str, list[str | int | float | bool]] | None, BeforeValidator(_check_sample_filter)
+]
+
+
+class _Block(BaseModel):
+    """Shared model settings: unknown keys are reported by the loader, not here."""
+
+    model_config = ConfigDict(extra="ignore", validate_assignment=True)
+
+
+def _require(model: BaseModel, keys: Sequence[str], reason: str) -> None:
+    missing = [k for k in keys if getattr(model, k) is None]
+    if missing:
+        raise PydanticCustomError(
+            "required_if",
+            "{keys} required when {reason}",
+            {"keys": " and ".join(repr(k) for k in missing) + (" is" if len(missing) == 1 else " are"),
+             "reason": reason},
+        )
+
+
+# --- settings blocks ---
+
+
+class AggregateConfig(_Block):
+    """``aggregate``: single cells to one profile per well."""
+
+    perform: bool = True
+    plate_column: str = "Metadata_Plate"
+    well_column: str = "Metadata_Well"
+    site_column: str | None = None
+    method: Annotated[
+        Literal["median", "mean"], _choice("an aggregation method", _AGGREGATE_METHODS)
+    ] = "median"
+    fields: Fields = "all"
+    object_feature: str = "Metadata_ObjectNumber"
+    image_feature_categories: list[str] = Field(default_factory=list)
+
+
+class ExternalMetadataConfig(_Block):
+    """``annotate.external``: an extra table joined on a shared key column."""
+
+    perform: bool = False
+    file: str | None = None
+    merge_column: str | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> ExternalMetadataConfig:
+        if self.perform:
+            _require(self, ("file", "merge_column"), "perform is true")
+        return self
+
+    @property
+    def join_column(self) -> str | None:
+        """The key column as it appears in profiles (``Metadata_`` prefixed)."""
+        if self.merge_column is None:
+            return None
+        if self.merge_column.startswith("Metadata"):
+            return self.merge_column
+        return f"Metadata_{self.merge_column}"
+
+
+class AnnotateConfig(_Block):
+    """``annotate``: join the plate map (and external metadata) to the profiles."""
+
+    perform: bool = True
+    well_column: str = "Metadata_Well"
+    external: ExternalMetadataConfig = Field(default_factory=ExternalMetadataConfig)
+
+
+class NormalizeConfig(_Block):
+    """``normalize``: scale every well against statistics fitted on ``samples``."""
+
+    perform: bool = True
+    method: NormalizeMethod = "mad_robustize"
+    features: Features = "infer"
+    image_features: bool = False
+    mad_robustize_fudge_factor: float = Field(default=1e-18, ge=0)
+    subgroups: bool = False
+    subgroup_col: str | None = None
+    min_cells: int = Field(default=1, ge=0)
+    # cytoprofile extensions
+    samples: str = Field(default="all", min_length=1)
+    sample_filter: SampleFilter = None
+    spherize_method: Annotated[
+        Literal["PCA", "ZCA", "PCA-cor", "ZCA-cor"],
+        _choice("a spherize method", _SPHERIZE_METHODS),
+    ] = "ZCA-cor"
+    spherize_epsilon: float = Field(default=1e-6, ge=0)
+    spherize_center: bool = True
+
+    @model_validator(mode="after")
+    def _complete(self) -> NormalizeConfig:
+        if self.perform and self.subgroups:
+            _require(self, ("subgroup_col",), "subgroups is true")
+        return self
+
+    def fit_query(self) -> str:
+        """The pandas query choosing the wells the normalization is fitted on.
+
+        ``"all"`` when nothing restricts them; otherwise ``samples``, the
+        ``sample_filter`` columns and ``Metadata_Object_Count >= min_cells`` (when
+        ``min_cells`` is not 1), joined with ``&``.
+        """
+        parts: list[str] = []
+        if self.samples.strip() != "all":
+            text = self.samples.strip()
+            parts.append(f"({text})" if re.search(r"\||\bor\b", text) else text)
+        for column, values in (self.sample_filter or {}).items():
+            name = column if column.isidentifier() else f"`{column}`"
+            if len(values) == 1:
+                parts.append(f"{name} == {values[0]!r}")
+            else:
+                parts.append(f"{name} in {list(values)!r}")
+        if self.min_cells != 1:
+            parts.append(f"{_COUNT_COLUMN} >= {self.min_cells}")
+        return " & ".join(parts) if parts else "all"
+
+
+class NormalizeNegconConfig(NormalizeConfig):
+    """``normalize_negcon``: as ``normalize``, fitted on negative-control wells."""
+
+    samples: str = Field(default=_NEGCON_QUERY, min_length=1)
+
+
+class FeatureSelectParameters(_Block):
+    """``feature_select.parameters`` (cytoprofile extension): thresholds of the operations."""
+
+    na_cutoff: float = Field(default=0.05, ge=0, le=1)
+    corr_threshold: float = Field(default=0.9, ge=-1, le=1)
+    corr_method: Annotated[
+        Literal["pearson", "spearman", "kendall"],
+        _choice("a correlation method", _CORR_METHODS),
+    ] = "pearson"
+    freq_cut: float = Field(default=0.05, ge=0, le=1)
+    unique_cut: float = Field(default=0.01, ge=0, le=1)
+    min_variance: float = Field(default=1e-6, ge=0)
+    outlier_cutoff: float = Field(default=500.0, gt=0)
+    blocklist_file: str | None = None
+    noise_removal_perturb_groups: Annotated[list[str] | None, BeforeValidator(_str_list)] = None
+    noise_removal_stdev_cutoff: float | None = None
+
+
+def _default_operations() -> list[str]:
+    return ["variance_threshold", "correlation_threshold", "drop_na_columns", "blocklist"]
+
+
+class FeatureSelectConfig(_Block):
+    """``feature_select`` / ``feature_select_negcon``: drop uninformative features."""
+
+    perform: bool = True
+    features: Features = "infer"
+    level: Level = "batch"
+    gct: bool = False
+    image_features: bool = False
+    operations: list[Operation] = Field(default_factory=_default_operations, min_length=1)
+    subgroups: bool = False
+    min_cells: int = Field(default=1, ge=0)
+    # cytoprofile extension
+    parameters: FeatureSelectParameters = Field(default_factory=FeatureSelectParameters)
+
+    @model_validator(mode="after")
+    def _complete(self) -> FeatureSelectConfig:
+        if self.perform and "noise_removal" in self.operations:
+            missing = [
+                k
+                for k in ("noise_removal_perturb_groups", "noise_removal_stdev_cutoff")
+                if getattr(self.parameters, k) is None
+            ]
+            if missing:
+                raise PydanticCustomError(
+                    "required_if",
+                    "operation 'noise_removal' needs parameters.{keys}",
+                    {"keys": " and parameters.".join(missing)},
+                )
+        return self
+
+
+class SummaryConfig(_Block):
+    """``quality_control.summary``: per-plate well and site counts from load_data."""
+
+    perform: bool = True
+    row: str = "Metadata_Row"
+    column: str = "Metadata_Col"
+
+
+class HeatmapConfig(_Block):
+    """``quality_control.heatmap``: per-plate cell-count, correlation, position-effect maps."""
+
+    perform: bool = True
+
+
+class QualityControlConfig(_Block):
+    """``quality_control``: summary table and heatmaps over all plates."""
+
+    perform: bool = True
+    summary: SummaryConfig = Field(default_factory=SummaryConfig)
+    heatmap: HeatmapConfig = Field(default_factory=HeatmapConfig)
+
+
+class OptionsConfig(_Block):
+    """``options``: how output tables are written."""
+
+    compression: Annotated[
+        Literal["gzip", "bz2", "zip", "xz", "zstd"] | None,
+        _choice("a compression method", _COMPRESSIONS, optional=True),
+    ] = "gzip"
+    float_format: Annotated[str | None, BeforeValidator(_check_float_format)] = None
+    samples: str = "all"
+
+
+class ExecutorConfig(_Block):
+    """``executor`` (cytoprofile extension): where and how widely plates are processed."""
+
+    scheduler: str | None = None
+    jobs: int = Field(default=1, ge=1)
+
+
+def _skipped(block: type[_Block]) -> Any:
+    """Default for a step block that is absent: the recipe then skips the step."""
+    return lambda: block(perform=False)
+
+
+class RecipeConfig(_Block):
+    """The settings document (the one with ``pipeline:``)."""
+
+    pipeline: Name
+    output_dir: str = "profiles"
+    platemap_well_column: str = "Metadata_well_position"
+    compartments: list[str] = Field(
+        default_factory=lambda: ["cells", "cytoplasm", "nuclei"], min_length=1
+    )
+    aggregate: AggregateConfig = Field(default_factory=_skipped(AggregateConfig))
+    annotate: AnnotateConfig = Field(default_factory=_skipped(AnnotateConfig))
+    normalize: NormalizeConfig = Field(default_factory=_skipped(NormalizeConfig))
+    normalize_negcon: NormalizeNegconConfig = Field(
+        default_factory=_skipped(NormalizeNegconConfig)
+    )
+    feature_select: FeatureSelectConfig = Field(default_factory=_skipped(FeatureSelectConfig))
+    feature_select_negcon: FeatureSelectConfig = Field(
+        default_factory=_skipped(FeatureSelectConfig)
+    )
+    quality_control: QualityControlConfig = Field(
+        default_factory=_skipped(QualityControlConfig)
+    )
+    options: OptionsConfig = Field(default_factory=OptionsConfig)
+    # cytoprofile extensions
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
+    workspace: str | None = None
+
+
+# --- batches and the whole file ---
+
+
+class PlateEntry(_Block):
+    """One plate of a batch; ``process: false`` leaves it out."""
+
+    name: Name
+    process: bool = True
+
+
+class BatchConfig(_Block):
+    """A batch document: its plates and whether to process it."""
+
+    batch: Name
+    plates: list[PlateEntry]
+    process: bool = True
+
+    @model_validator(mode="after")
+    def _unique(self) -> BatchConfig:
+        seen: set[str] = set()
+        for plate in self.plates:
+            if plate.name in seen:
+                raise PydanticCustomError(
+                    "duplicate", "plate {name} is listed twice", {"name": repr(plate.name)}
+                )
+            seen.add(plate.name)
+        return self
+
+
+class Recipe(_Block):
+    """A whole config file: the settings, the batches, and where it was read from."""
+
+    settings: RecipeConfig
+    batches: list[BatchConfig]
+    path: str | None = None
+
+    @model_validator(mode="after")
+    def _unique(self) -> Recipe:
+        names = [b.batch for b in self.batches]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise PydanticCustomError(
+                "duplicate", "batch {names} has two documents", {"names": ", ".join(twice)}
+            )
+        return self
+
+    def selected_plates(self) -> dict[str, list[str]]:
+        """Plates to process, by batch, in file order (``process: false`` left out)."""
+        return {
+            b.batch: [p.name for p in b.plates if p.process] for b in self.batches if b.process
+        }
+
+    def settings_dict(self) -> dict[str, Any]:
+        """The settings, defaults filled in, as plain JSON-ready data."""
+        return self.settings.model_dump(mode="json")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything (path, settings, batches) as plain JSON-ready data."""
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        """The config as a multi-document YAML that ``load_config`` reads back."""
+        docs = [self.settings_dict(), *(b.model_dump(mode="json") for b in self.batches)]
+        return yaml.safe_dump_all(docs, sort_keys=False, explicit_start=True)
+
+
+def config_to_dict(recipe: Recipe) -> dict[str, Any]:
+    """Plain data for provenance sidecars: ``Recipe.to_dict()``."""
+    return recipe.to_dict()
+
+
+# --- reading YAML ---
+
+
+class _Loader(yaml.SafeLoader):
+    """Safe YAML, but dates stay text (batch and plate names often look like dates)."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+_Path = tuple[str | int, ...]
+
+
+def _format_path(path: _Path) -> str:
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _key_text(node: yaml.Node) -> str:
+    return str(node.value) if isinstance(node, yaml.ScalarNode) else "?"
+
+
+def _node_at(node: yaml.Node, path: _Path) -> tuple[yaml.Node, bool]:
+    """The node at ``path`` (its key node for a mapping entry), and whether it was found."""
+    here: yaml.Node = node
+    for part in path:
+        if isinstance(node, yaml.MappingNode) and isinstance(part, str):
+            matches = [(k, v) for k, v in node.value if _key_text(k) == part]
+            if not matches:
+                return here, False
+            here, node = matches[-1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            if not 0 <= part < len(node.value):
+                return here, False
+            here = node = node.value[part]
+        else:
+            return here, False
+    return here, True
+
+
+def _line(node: yaml.Node, path: _Path) -> int:
+    return _node_at(node, path)[0].start_mark.line + 1
+
+
+def _duplicate_keys(node: yaml.Node, path: _Path = ()) -> Iterator[tuple[_Path, int, int]]:
+    """Keys written twice in one mapping: (path, first line, second line)."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key, value in node.value:
+            name = _key_text(key)
+            line = key.start_mark.line + 1
+            if name in seen and key.tag != "tag:yaml.org,2002:merge":
+                yield (*path, name), seen[name], line
+            seen.setdefault(name, line)
+            yield from _duplicate_keys(value, (*path, name))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            yield from _duplicate_keys(item, (*path, i))
+
+
+def _raw_names(data: dict[Any, Any], node: yaml.Node, paths: Sequence[_Path]) -> None:
+    """Put back the written text of names that YAML read as numbers or booleans.
+
+    Without this, ``name: 0123`` would name plate ``83`` and ``batch: 2021_04_26``
+    batch ``20210426``.
+    """
+    for path in paths:
+        holder: Any = data
+        for part in path[:-1]:
+            try:
+                holder = holder[part]
+            except (KeyError, IndexError, TypeError):
+                holder = None
+                break
+        if not isinstance(holder, dict):
+            continue
+        if isinstance(holder.get(path[-1]), (bool, int, float)):
+            scalar = _value_node(node, path)
+            if isinstance(scalar, yaml.ScalarNode):
+                holder[path[-1]] = scalar.value
+
+
+def _value_node(node: yaml.Node, path: _Path) -> yaml.Node | None:
+    for part in path:
+        if isinstance(node, yaml.MappingNode) and isinstance(part, str):
+            matches = [v for k, v in node.value if _key_text(k) == part]
+            if not matches:
+                return None
+            node = matches[-1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            if not 0 <= part < len(node.value):
+                return None
+            node = node.value[part]
+        else:
+            return None
+    return node
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside a field's type (``X``, ``X | None``, ``list[X]``)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _unknown_keys(model: type[BaseModel], data: Any, path: _Path = ()) -> Iterator[tuple[_Path, str]]:
+    """Keys of ``data`` that ``model`` does not declare, with a close match if any."""
+    if not isinstance(data, Mapping):
+        return
+    fields = model.model_fields
+    for key, value in data.items():
+        name = str(key)
+        if name not in fields:
+            close = difflib.get_close_matches(name, list(fields), n=1, cutoff=0.75)
+            yield (*path, name), close[0] if close else ""
+            continue
+        sub = _model_in(fields[name].annotation)
+        if sub is None:
+            continue
+        if isinstance(value, Mapping):
+            yield from _unknown_keys(sub, value, (*path, name))
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                yield from _unknown_keys(sub, item, (*path, name, i))
+
+
+def _message(error: Mapping[str, Any]) -> str:
+    kind = error["type"]
+    if kind == "missing":
+        return "required key is missing"
+    text = str(error["msg"])
+    text = text.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    if kind in {"choice", "features", "fields", "name", "float_format", "sample_filter",
+                "required_if", "duplicate"}:
+        return text
+    got = error.get("input")
+    if isinstance(got, (dict, list)):
+        return f"{text} (got a {'mapping' if isinstance(got, dict) else 'list'})"
+    return f"{text} (got {got!r})"
+
+
+class _Document:
+    """One YAML document: its node (for lines) and its data."""
+
+    def __init__(self, index: int, node: yaml.Node, data: Any) -> None:
+        self.index = index
+        self.node = node
+        self.data = data
+
+    @property
+    def line(self) -> int:
+        return self.node.start_mark.line + 1
+
+
+def _documents(text: str, source: str) -> list[_Document]:
+    loader = _Loader(text)
+    docs: list[_Document] = []
+    try:
+        while loader.check_node():
+            node = loader.get_node()
+            if node is None:
+                continue
+            data = loader.construct_document(node)
+            docs.append(_Document(len(docs) + 1, node, data))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown line"
+        what = exc.problem or exc.context or "cannot parse"
+        raise ConfigError(f"{source}: {where}: invalid YAML: {what}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: invalid YAML: {exc}") from exc
+    finally:
+        loader.dispose()
+    return [d for d in docs if d.data is not None]
+
+
+def _validate(
+    model: type[BaseModel], doc: _Document, source: str, label: str, problems: list[str]
+) -> Any:
+    """``model`` from the document, or None with one line per problem added."""
+    try:
+        return model.model_validate(doc.data)
+    except ValidationError as exc:
+        for error in exc.errors():
+            path: _Path = tuple(error["loc"])
+            where = f"{_format_path(path)}: " if path else ""
+            line = _line(doc.node, path)
+            problems.append(f"{source}: {label}{where}{_message(error)} (line {line})")
+        return None
+
+
+def _parse(text: str, source: str) -> tuple[Recipe, list[str]]:
+    """Parse and validate; return the recipe and the unknown-key warnings."""
+    fix = (
+        "a config needs one settings document (with 'pipeline:') and one document per "
+        "batch ('batch:', 'plates:'), separated by '---'; start from the config template"
+    )
+    docs = _documents(text, source)
+    if not docs:
+        raise ConfigError(f"{source}: the file is empty; {fix}")
+
+    problems: list[str] = []
+    notes: list[str] = []
+    settings_docs: list[_Document] = []
+    batch_docs: list[_Document] = []
+    for doc in docs:
+        if not isinstance(doc.data, dict):
+            problems.append(
+                f"{source}: document {doc.index} (line {doc.line}) is a "
+                f"{type(doc.data).__name__}, not a mapping of keys; {fix}"
+            )
+        elif "pipeline" in doc.data:
+            settings_docs.append(doc)
+        elif "batch" in doc.data:
+            batch_docs.append(doc)
+        else:
+            problems.append(
+                f"{source}: document {doc.index} (line {doc.line}) has neither 'pipeline:' "
+                f"(settings) nor 'batch:' (a batch); {fix}"
+            )
+    if not settings_docs and not problems:
+        problems.append(f"{source}: no settings document (one with 'pipeline:'); {fix}")
+    if len(settings_docs) > 1:
+        lines = ", ".join(str(d.line) for d in settings_docs)
+        problems.append(f"{source}: {len(settings_docs)} settings documents (lines {lines}); keep one")
+    if not batch_docs and not problems:
+        problems.append(f"{source}: no batch document (one with 'batch:' and 'plates:'); {fix}")
+    if problems:
+        raise ConfigError("\n".join(problems))
+
+    for doc in docs:
+        for path, first, again in _duplicate_keys(doc.node):
+            problems.append(
+                f"{source}: {_format_path(path)}: key written twice (lines {first} and "
+                f"{again}); keep one"
+            )
+
+    settings_doc = settings_docs[0]
+    _raw_names(settings_doc.data, settings_doc.node, [("pipeline",)])
+    for path, close in _unknown_keys(RecipeConfig, settings_doc.data):
+        hint = f"; did you mean '{close}'?" if close else ""
+        notes.append(
+            f"{source}: {_format_path(path)}: unknown key, ignored{hint} "
+            f"(line {_line(settings_doc.node, path)})"
+        )
+    settings = _validate(RecipeConfig, settings_doc, source, "", problems)
+
+    batches: list[BatchConfig] = []
+    seen: dict[str, int] = {}
+    for doc in batch_docs:
+        plates = doc.data.get("plates")
+        names: list[_Path] = [("batch",)]
+        if isinstance(plates, list):
+            names += [("plates", i, "name") for i in range(len(plates))]
+        _raw_names(doc.data, doc.node, names)
+        label = f"batch {str(doc.data.get('batch'))!r}: "
+        for path, close in _unknown_keys(BatchConfig, doc.data):
+            hint = f"; did you mean '{close}'?" if close else ""
+            notes.append(
+                f"{source}: {label}{_format_path(path)}: unknown key, ignored{hint} "
+                f"(line {_line(doc.node, path)})"
+            )
+        batch = _validate(BatchConfig, doc, source, label, problems)
+        if batch is None:
+            continue
+        if batch.batch in seen:
+            problems.append(
+                f"{source}: batch {batch.batch!r}: two documents for this batch "
+                f"(lines {seen[batch.batch]} and {doc.line}); merge them"
+            )
+        seen.setdefault(batch.batch, doc.line)
+        batches.append(batch)
+
+    if problems or settings is None:
+        raise ConfigError("\n".join(problems))
+    return Recipe(settings=settings, batches=batches, path=source), notes
+
+
+def _emit(notes: Sequence[str]) -> None:
+    for note in notes:
+        warnings.warn(note, UnknownKeyWarning, stacklevel=3)
+
+
+def parse_config(text: str, *, source: str = "<config>") -> Recipe:
+    """Validate config text; ``source`` names it in messages.
+
+    Raises ``ConfigError`` (one line per problem); warns ``UnknownKeyWarning`` for
+    keys cytoprofile does not know.
+    """
+    recipe, notes = _parse(text, source)
+    _emit(notes)
+    return recipe
+
+
+def load_config(path: str | os.PathLike[str]) -> Recipe:
+    """Read and validate a config file (a local path or an fsspec URL)."""
+    source = os.fspath(path)
+    try:
+        if "://" in source and not source.startswith("file://"):
+            import fsspec
+
+            with fsspec.open(source, "rb") as handle:
+                raw: bytes = handle.read()
+        else:
+            raw = Path(source.removeprefix("file://")).read_bytes()
+        text = raw.decode("utf-8-sig")
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{source}: no such config file") from exc
+    except IsADirectoryError as exc:
+        raise ConfigError(f"{source}: is a folder, not a config file") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{source}: not UTF-8 text ({exc.reason})") from exc
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read the config file ({exc})") from exc
+    recipe, notes = _parse(text, source)
+    _emit(notes)
+    return recipe
+
+
+def config_template() -> str:
+    """A commented config (settings and one example batch) to start a project from."""
+    return resources.files("cytoprofile").joinpath("data", _TEMPLATE).read_text("utf-8")
+
+
+def init_project(directory: str | os.PathLike[str]) -> list[str]:
+    """Create the project folders (``INIT_DIRS``) under ``directory``; return the new ones."""
+    root = Path(directory)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        created: list[str] = []
+        for name in INIT_DIRS:
+            folder = root / name
+            if not folder.is_dir():
+                folder.mkdir()
+                created.append(name)
+    except FileExistsError as exc:
+        raise ConfigError(f"{exc.filename}: exists and is not a folder") from exc
+    except OSError as exc:
+        raise ConfigError(f"{root}: cannot create the project folders ({exc})") from exc
+    return created

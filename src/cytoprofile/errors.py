@@ -1,0 +1,40 @@
+"""The exception family: every failure a user can fix is a ``CytoprofileError``.
+
+The CLI turns these into a one-line message and exit status 1; anything else is a
+bug, reported with exit status 3 and a traceback in the log.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CytoprofileError",
+    "InputError",
+    "ConfigError",
+    "MetadataError",
+    "QuarantineError",
+    "RemoteError",
+]
+
+
+class CytoprofileError(Exception):
+    """Base class of every error a user can act on."""
+
+
+class InputError(CytoprofileError):
+    """An input file or folder is missing, unreadable or malformed."""
+
+
+class ConfigError(CytoprofileError):
+    """A config file or option is wrong (the message names the key's path)."""
+
+
+class MetadataError(InputError):
+    """A plate map, barcode map or external metadata file fails validation."""
+
+
+class QuarantineError(CytoprofileError):
+    """A plate had quarantined sites and ``strict`` was asked for."""
+
+
+class RemoteError(CytoprofileError):
+    """Object storage (S3 or another fsspec URL) could not be reached or written."""

@@ -1,0 +1,254 @@
+"""Every read and write of per-well tables, atomically, local or on any fsspec URL.
+
+Writers never leave a partial file under a final name: they write to a temporary
+name beside the target and rename (or, on object storage, copy) when complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import io as _io
+import json
+import os
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import IO, Any, Literal
+
+import fsspec
+import pandas as pd
+
+from .errors import InputError, RemoteError
+
+__all__ = [
+    "TableFormat",
+    "atomic_path",
+    "atomic_open",
+    "exists",
+    "filesystem",
+    "infer_format",
+    "is_remote",
+    "join",
+    "read_table",
+    "read_json",
+    "write_table",
+    "write_json",
+    "write_gct",
+    "csv2gz",
+]
+
+TableFormat = Literal["csv", "csv.gz", "parquet"]
+
+
+def is_remote(path: str | os.PathLike[str]) -> bool:
+    """True for URLs such as ``s3://bucket/key`` (anything with a protocol but ``file``)."""
+    text = str(path)
+    return "://" in text and not text.startswith("file://")
+
+
+def filesystem(path: str | os.PathLike[str]) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The fsspec filesystem and the bare path for ``path``."""
+    fs, bare = fsspec.core.url_to_fs(str(path))
+    return fs, bare
+
+
+def join(base: str | os.PathLike[str], *parts: str) -> str:
+    """Join path parts for a local path or a URL alike."""
+    text = str(base)
+    if is_remote(text):
+        return "/".join([text.rstrip("/"), *[p.strip("/") for p in parts]])
+    return str(Path(text, *parts))
+
+
+def exists(path: str | os.PathLike[str]) -> bool:
+    """Whether a file or folder exists, local or remote."""
+    if not is_remote(path):
+        return Path(path).exists()
+    fs, bare = filesystem(path)
+    return bool(fs.exists(bare))
+
+
+def infer_format(path: str | os.PathLike[str]) -> TableFormat:
+    """Table format from a file name: ``.csv``, ``.csv.gz`` or ``.parquet``."""
+    name = str(path).lower()
+    if name.endswith(".csv.gz"):
+        return "csv.gz"
+    if name.endswith(".csv") or name.endswith(".tsv") or name.endswith(".txt"):
+        return "csv"
+    if name.endswith(".parquet"):
+        return "parquet"
+    raise InputError(f"{path}: unknown table format; use a name ending in .csv, .csv.gz or .parquet")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[str]:
+    """Yield a temporary local path; on success it becomes ``path``.
+
+    For a URL the temporary file is uploaded to a temporary key and then copied to
+    the final key, so readers never see a partial object.
+    """
+    target = str(path)
+    if is_remote(target):
+        import tempfile
+
+        fd, local = tempfile.mkstemp(suffix="-" + Path(target).name)
+        os.close(fd)
+        try:
+            yield local
+            _upload_atomically(local, target)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(local)
+        return
+    final = Path(target)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        yield str(tmp)
+        os.replace(tmp, final)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def _upload_atomically(local: str, target: str) -> None:
+    fs, bare = filesystem(target)
+    tmp_key = f"{bare}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        fs.put_file(local, tmp_key)
+        fs.copy(tmp_key, bare)
+    except Exception as exc:  # pragma: no cover - exercised against a failing server
+        raise RemoteError(f"{target}: upload failed ({exc}); re-run to retry") from exc
+    finally:
+        with contextlib.suppress(Exception):
+            fs.rm_file(tmp_key)
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[Any]]:
+    """Open ``path`` for writing under a temporary name; rename when closed cleanly."""
+    with atomic_path(path) as tmp, open(tmp, mode, encoding=None if "b" in mode else "utf-8") as fh:
+        yield fh
+
+
+def read_table(path: str | os.PathLike[str], *, sep: str | None = None) -> pd.DataFrame:
+    """Read a per-well table (CSV, gzip CSV, TSV or Parquet) into pandas."""
+    fmt = infer_format(path)
+    try:
+        if fmt == "parquet":
+            return pd.read_parquet(str(path))
+        if sep is None:
+            sep = "\t" if str(path).lower().endswith((".tsv", ".txt")) else ","
+        return pd.read_csv(str(path), sep=sep, low_memory=False)
+    except FileNotFoundError as exc:
+        raise InputError(f"{path}: file not found") from exc
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: cannot be read as a table ({exc}); check that the file is complete") from exc
+
+
+def _csv_bytes(df: pd.DataFrame, float_format: str | None, sep: str = ",") -> bytes:
+    buf = _io.StringIO()
+    df.to_csv(buf, index=False, float_format=float_format, sep=sep)
+    return buf.getvalue().encode("utf-8")
+
+
+def write_table(
+    df: pd.DataFrame,
+    path: str | os.PathLike[str],
+    *,
+    float_format: str | None = None,
+    fmt: TableFormat | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> str:
+    """Write ``df`` atomically as CSV, deterministic gzip CSV or Parquet; return the path.
+
+    Gzip output carries no timestamp or file name, so the same table gives the same
+    bytes on every run. ``metadata`` goes into Parquet's key-value metadata.
+    """
+    fmt = fmt or infer_format(path)
+    with atomic_path(path) as tmp:
+        if fmt == "parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            table = pa.Table.from_pandas(df, preserve_index=False)
+            if metadata:
+                meta = dict(table.schema.metadata or {})
+                meta[b"cytoprofile"] = json.dumps(metadata, sort_keys=True).encode()
+                table = table.replace_schema_metadata(meta)
+            pq.write_table(table, tmp)
+        elif fmt == "csv.gz":
+            data = _csv_bytes(df, float_format)
+            with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
+                gz.write(data)
+        else:
+            sep = "\t" if str(path).lower().endswith((".tsv", ".txt")) else ","
+            with open(tmp, "wb") as fh:
+                fh.write(_csv_bytes(df, float_format, sep=sep))
+    return str(path)
+
+
+def write_json(obj: Any, path: str | os.PathLike[str]) -> str:
+    """Write JSON atomically (sorted keys, indented, trailing newline)."""
+    with atomic_open(path) as fh:
+        json.dump(obj, fh, indent=2, sort_keys=True, default=str)
+        fh.write("\n")
+    return str(path)
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """Read a JSON file, local or remote."""
+    try:
+        with fsspec.open(str(path), "r", encoding="utf-8") as fh:
+            return json.load(fh)
+    except FileNotFoundError as exc:
+        raise InputError(f"{path}: file not found") from exc
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: not valid JSON ({exc}); delete it and re-run") from exc
+
+
+def write_gct(
+    df: pd.DataFrame,
+    path: str | os.PathLike[str],
+    *,
+    features: Sequence[str],
+    meta_features: Sequence[str],
+    feature_name: str = "cp_feature_name",
+) -> str:
+    """Write profiles as GCT 1.3 (samples as columns), readable by cmapPy and Morpheus.
+
+    Line 1 ``#1.3``; line 2 the counts; line 3 ``id, cp_feature_name, SAMPLE_0..``;
+    then one row per sample metadata column (``Metadata_`` dropped from its label)
+    and one per feature, tab-separated.
+    """
+    features = list(features)
+    meta_features = list(meta_features)
+    n_samples = len(df)
+    sample_ids = [f"SAMPLE_{i}" for i in range(n_samples)]
+    lines = ["#1.3", f"{len(features)}\t{n_samples}\t1\t{len(meta_features)}"]
+    lines.append("\t".join(["id", feature_name, *sample_ids]))
+    for meta in meta_features:
+        values = ["" if pd.isna(v) else str(v) for v in df[meta].tolist()]
+        lines.append("\t".join([meta.replace("Metadata_", ""), "nan", *values]))
+    values_frame = df[features].T
+    for feature, row in zip(features, values_frame.itertuples(index=False, name=None)):
+        lines.append("\t".join([feature, feature, *(_gct_number(v) for v in row)]))
+    with atomic_open(path) as fh:
+        fh.write("\n".join(lines) + "\n")
+    return str(path)
+
+
+def _gct_number(value: Any) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "nan"
+    return repr(float(value)) if isinstance(value, float) else str(value)
+
+
+def csv2gz(src: str | os.PathLike[str], dest: str | os.PathLike[str] | None = None, *, float_format: str | None = "%.5g") -> str:
+    """Rewrite a CSV as deterministic ``.csv.gz`` with ``float_format`` (the recipe's csv2gz)."""
+    src_text = str(src)
+    if dest is None:
+        dest = src_text[:-4] + ".csv.gz" if src_text.endswith(".csv") else src_text + ".gz"
+    df = read_table(src)
+    return write_table(df, dest, float_format=float_format, fmt="csv.gz")

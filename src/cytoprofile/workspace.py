@@ -1,0 +1,88 @@
+"""The handbook's workspace layout: where each kind of file lives, local or on a URL."""
+
+from __future__ import annotations
+
+import os
+
+from . import io
+
+__all__ = [
+    "analysis_dir",
+    "backend_dir",
+    "backend_files",
+    "list_dirs",
+    "load_data_path",
+    "platemap_dir",
+    "external_metadata_path",
+    "profiles_dir",
+    "gct_dir",
+    "qc_dir",
+]
+
+PathLike = str | os.PathLike[str]
+
+
+def analysis_dir(workspace: PathLike, batch: str, plate: str) -> str:
+    """``analysis/BATCH/PLATE/analysis``: one subfolder per site."""
+    return io.join(workspace, "analysis", batch, plate, "analysis")
+
+
+def backend_dir(workspace: PathLike, batch: str, plate: str) -> str:
+    """``backend/BATCH/PLATE``: single cells and the per-well aggregate."""
+    return io.join(workspace, "backend", batch, plate)
+
+
+def backend_files(workspace: PathLike, batch: str, plate: str, *, profile_format: str = "csv") -> dict[str, str]:
+    """The final file names of a plate's backend outputs."""
+    base = backend_dir(workspace, batch, plate)
+    return {
+        "sqlite": io.join(base, f"{plate}.sqlite"),
+        "parquet_prefix": io.join(base, f"{plate}"),
+        "profiles": io.join(base, f"{plate}.{profile_format}"),
+        "report": io.join(base, f"{plate}.report.json"),
+    }
+
+
+def load_data_path(workspace: PathLike, batch: str, plate: str) -> str | None:
+    """``load_data_csv/BATCH/PLATE/load_data.csv(.gz)``, whichever exists."""
+    for name in ("load_data.csv.gz", "load_data.csv"):
+        path = io.join(workspace, "load_data_csv", batch, plate, name)
+        if io.exists(path):
+            return path
+    return None
+
+
+def platemap_dir(workspace: PathLike, batch: str) -> str:
+    """``metadata/platemaps/BATCH``: barcode_platemap.csv and platemap/*.txt."""
+    return io.join(workspace, "metadata", "platemaps", batch)
+
+
+def external_metadata_path(workspace: PathLike, name: str = "external_metadata.tsv") -> str:
+    """``metadata/external_metadata/NAME``."""
+    return io.join(workspace, "metadata", "external_metadata", name)
+
+
+def profiles_dir(root: PathLike, batch: str, plate: str) -> str:
+    """``profiles/BATCH/PLATE`` under a profiling repository."""
+    return io.join(root, "profiles", batch, plate)
+
+
+def gct_dir(root: PathLike, batch: str) -> str:
+    """``gct/BATCH``."""
+    return io.join(root, "gct", batch)
+
+
+def qc_dir(root: PathLike) -> str:
+    """``quality_control``."""
+    return io.join(root, "quality_control")
+
+
+def list_dirs(path: PathLike) -> list[str]:
+    """Immediate subfolders of ``path``, sorted by name (local or URL)."""
+    if io.is_remote(path):
+        fs, bare = io.filesystem(path)
+        entries = fs.ls(bare, detail=True)
+        prefix = str(path).split("://", 1)[0] + "://"
+        return sorted(prefix + e["name"] for e in entries if e["type"] == "directory")
+    with os.scandir(path) as it:
+        return sorted(str(e.path) for e in it if e.is_dir())
