@@ -44,16 +44,14 @@ def _require(df: pd.DataFrame, columns: Sequence[str], what: str, fix: str) -> N
 
 def _prefix_external(external: pd.DataFrame) -> pd.DataFrame:
     """Prefix external metadata columns, leaving feature-like and metadata names alone."""
-    kept: set[object] = set()
-    for col in external.columns:
+    def protected(col: object) -> bool:
         if not isinstance(col, str):
-            kept.add(col)
-        elif col.startswith(("Metadata_", "Image_Metadata_")) or col.startswith(
-            _FEATURE_PREFIXES
-        ):
-            kept.add(col)
-        elif col.startswith("Image") and pd.api.types.is_numeric_dtype(external[col]):
-            kept.add(col)
+            return True
+        if col.startswith(("Metadata_", "Image_Metadata_", *_FEATURE_PREFIXES)):
+            return True
+        return col.startswith("Image") and pd.api.types.is_numeric_dtype(external[col])
+
+    kept = {c for c in external.columns if protected(c)}
     out = external.copy()
     out.columns = pd.Index(
         [c if c in kept else f"Metadata_{c}" for c in external.columns]

@@ -306,16 +306,16 @@ class BackendReader:
         import pyarrow.dataset as ds
 
         dataset = ds.dataset(parquet_table_path(self.prefix, table))
-        tns = sorted({t for t, _ in images})
+        tns = sorted({str(t) if isinstance(t, str) else int(t) for t, _ in images}, key=str)  # type: ignore[call-overload]
         filt = pc.field("TableNumber").isin(tns)
         got = dataset.to_table(columns=["TableNumber", "ImageNumber", *columns], filter=filt)
         pairs = set(images)
         keep = [(t, i) in pairs for t, i in zip(got.column(0).to_pylist(), got.column(1).to_pylist())]
         got = got.filter(pa.array(keep, type=pa.bool_()))
-        out = np.full((got.num_rows, len(columns)), np.nan)
+        values = np.full((got.num_rows, len(columns)), np.nan)
         for k, c in enumerate(columns):
-            out[:, k] = got.column(c).cast(pa.float64()).to_numpy(zero_copy_only=False)
-        return out
+            values[:, k] = got.column(c).cast(pa.float64()).to_numpy(zero_copy_only=False)
+        return values
 
     def close(self) -> None:
         """Close the connection."""

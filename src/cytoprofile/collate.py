@@ -9,6 +9,7 @@ exactly the unfinished ones.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import logging
 import os
@@ -31,11 +32,17 @@ from .aggregate import (
     aggregate,
     compartment_features,
 )
-from .backend import ParquetBackendWriter, SQLiteBackendWriter, object_column_name, parquet_table_path
+from .backend import (
+    ParquetBackendWriter,
+    SQLiteBackendWriter,
+    object_column_name,
+    parquet_table_path,
+)
 from .errors import CytoprofileError, InputError, QuarantineError
 from .ingest import (
     IMAGE_TABLE,
     RUN_METADATA_FILES,
+    SITE_NAME,
     Quarantine,
     SiteTables,
     discover_sites,
@@ -93,10 +100,8 @@ def _complete(outputs: dict[str, str]) -> bool:
 def _clean_stale(directory: str) -> None:
     """Remove temporary files a killed run left behind."""
     for stale in glob.glob(os.path.join(directory, ".*.tmp")):
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(stale)
-        except FileNotFoundError:
-            pass
 
 
 class _WellBuffer:
@@ -229,7 +234,7 @@ def collate_plate(
         ordered = order_by_key(scans)
         for done, result in enumerate(read_sites(ordered, schema, threads=threads), start=1):
             if isinstance(result, Quarantine):
-                site_reports.append({"site": result.name, "well": _well_of(result.keys, strata), "status": "quarantined",
+                site_reports.append({"site": result.name, "well": _well_of(result.keys, strata, result.name), "status": "quarantined",
                                      "reason": result.reason, "file": _relative(result.file, ws), "rows": {}})
                 log.warning("%s: site %s quarantined: %s", plate, result.name, result.reason)
             else:
@@ -241,7 +246,7 @@ def collate_plate(
                 for t, cols in result.missing.items():
                     for c in cols:
                         missing_columns.setdefault(t, {}).setdefault(c, []).append(result.name)
-                site_reports.append({"site": result.name, "well": _well_of(result.keys, strata), "status": "ok",
+                site_reports.append({"site": result.name, "well": _well_of(result.keys, strata, result.name), "status": "ok",
                                      "reason": None, "file": None, "rows": counts})
                 buffer.add(result, strata, buffer_positions)
             for key in buffer.done(result.keys):
@@ -250,6 +255,12 @@ def collate_plate(
                     _flush_well(agg, popped, chosen)
             if progress is not None:
                 progress(plate, done, len(ordered))
+        quarantined = [s for s in site_reports if s["status"] != "ok"]
+        if strict and quarantined:
+            raise QuarantineError(
+                f"{plate}: {len(quarantined)} site(s) quarantined (first: {quarantined[0]['site']}: "
+                f"{quarantined[0]['reason']}); nothing written; fix the files or drop --strict"
+            )
         for writer in writers:
             writer.close()
     except BaseException:
@@ -266,7 +277,6 @@ def collate_plate(
     if first is not None and int(profiles["Metadata_Object_Count"].sum()) != rows_in.get(first, 0):  # pragma: no cover
         raise RuntimeError(f"{plate}: aggregated objects != {first} rows")
     io.write_table(profiles, outputs["profiles"], fmt=profile_format)
-    quarantined = [s for s in site_reports if s["status"] != "ok"]
     report = {
         "batch": batch,
         "plate": plate,
@@ -286,14 +296,7 @@ def collate_plate(
         "seconds": round(time.perf_counter() - start, 3),
     }
     io.write_json(report, outputs["report"])
-    result_status: PlateResult = PlateResult(batch, plate, "done", _summary_line(report), outputs, report,
-                                             seconds=time.perf_counter() - start)
-    if strict and quarantined:
-        raise QuarantineError(
-            f"{plate}: {len(quarantined)} site(s) quarantined (first: {quarantined[0]['site']}: {quarantined[0]['reason']}); "
-            f"see {outputs['report']}"
-        )
-    return result_status
+    return PlateResult(batch, plate, "done", _summary_line(report), outputs, report, seconds=time.perf_counter() - start)
 
 
 def _flush_well(agg: WellAggregator, popped: tuple[tuple[object, ...], list[tuple[SiteTables, list[int]]], dict[str, list[np.ndarray]]],
@@ -334,9 +337,10 @@ def _count_rows(files: dict[str, str], backend: Sequence[str], schema: Any) -> d
     return out
 
 
-def _well_of(keys: Sequence[tuple[str, ...]], strata: Sequence[str]) -> str | None:
+def _well_of(keys: Sequence[tuple[str, ...]], strata: Sequence[str], site: str) -> str | None:
     if not keys:
-        return None
+        match = SITE_NAME.match(site)
+        return match.group("well") if match else None
     key = keys[0]
     if "Metadata_Well" in strata:
         return key[list(strata).index("Metadata_Well")]

@@ -15,6 +15,7 @@ import os
 import re
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
@@ -110,7 +111,9 @@ def _choice(kind: str, choices: Sequence[str], *, optional: bool = False) -> Bef
         if (isinstance(value, str) and value in choices) or (optional and value is None):
             return value
         hint = ""
-        if isinstance(value, str):
+        if optional and isinstance(value, str) and value.lower() in {"none", "null", "false"}:
+            hint = " (write null for none)"
+        elif isinstance(value, str):
             close = difflib.get_close_matches(value, choices, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise PydanticCustomError(
@@ -190,8 +193,10 @@ def _check_sample_filter(value: Any) -> Any:
         out: dict[str, list[Any]] = {}
         for column, allowed in value.items():
             values = allowed if isinstance(allowed, list) else [allowed]
-            if not isinstance(column, str) or not values or not all(
-                isinstance(v, scalar) for v in values
+            if (
+                not isinstance(column, str)
+                or not values
+                or not all(isinstance(v, scalar) for v in values)
             ):
                 break
             out[column] = values
@@ -208,29 +213,28 @@ def _str_list(value: Any) -> Any:
     return [value] if isinstance(value, str) else value
 
 
-Name = Annotated[str, BeforeValidator(_check_name)]
-Features = Annotated[Literal["infer"] | list[str], BeforeValidator(_check_features)]
-Fields = Annotated[Literal["all"] | list[int], BeforeValidator(_check_fields)]
-Operation = Annotated[
-    Literal[
-        "variance_threshold",
-        "frequency_threshold",
-        "correlation_threshold",
-        "drop_na_columns",
-        "blocklist",
-        "drop_outliers",
-        "noise_removal",
-    ],
+_Name = Annotated[str, BeforeValidator(_check_name)]
+_Features = Annotated[Literal["infer"] | list[str], BeforeValidator(_check_features)]
+_Fields = Annotated[Literal["all"] | list[int], BeforeValidator(_check_fields)]
+_OperationName = Literal[
+    "variance_threshold",
+    "frequency_threshold",
+    "correlation_threshold",
+    "drop_na_columns",
+    "blocklist",
+    "drop_outliers",
+    "noise_removal",
+]
+_Operation = Annotated[
+    _OperationName,
     _choice("a feature-selection operation", FEATURE_SELECT_OPERATIONS),
 ]
-NormalizeMethod = Annotated[
+_NormalizeMethod = Annotated[
     Literal["standardize", "robustize", "mad_robustize", "spherize"],
     _choice("a normalization method", NORMALIZE_METHODS),
 ]
-Level = Annotated[
-    Literal["plate", "batch", "all"], _choice("a feature-selection level", LEVELS)
-]
-SampleFilter = Annotated[
+_Level = Annotated[Literal["plate", "batch", "all"], _choice("a feature-selection level", LEVELS)]
+_SampleFilter = Annotated[
     dict[str, list[str | int | float | bool]] | None, BeforeValidator(_check_sample_filter)
 ]
 
@@ -247,8 +251,11 @@ def _require(model: BaseModel, keys: Sequence[str], reason: str) -> None:
         raise PydanticCustomError(
             "required_if",
             "{keys} required when {reason}",
-            {"keys": " and ".join(repr(k) for k in missing) + (" is" if len(missing) == 1 else " are"),
-             "reason": reason},
+            {
+                "keys": " and ".join(repr(k) for k in missing)
+                + (" is" if len(missing) == 1 else " are"),
+                "reason": reason,
+            },
         )
 
 
@@ -265,7 +272,7 @@ class AggregateConfig(_Block):
     method: Annotated[
         Literal["median", "mean"], _choice("an aggregation method", _AGGREGATE_METHODS)
     ] = "median"
-    fields: Fields = "all"
+    fields: _Fields = "all"
     object_feature: str = "Metadata_ObjectNumber"
     image_feature_categories: list[str] = Field(default_factory=list)
 
@@ -305,8 +312,8 @@ class NormalizeConfig(_Block):
     """``normalize``: scale every well against statistics fitted on ``samples``."""
 
     perform: bool = True
-    method: NormalizeMethod = "mad_robustize"
-    features: Features = "infer"
+    method: _NormalizeMethod = "mad_robustize"
+    features: _Features = "infer"
     image_features: bool = False
     mad_robustize_fudge_factor: float = Field(default=1e-18, ge=0)
     subgroups: bool = False
@@ -314,7 +321,7 @@ class NormalizeConfig(_Block):
     min_cells: int = Field(default=1, ge=0)
     # cytoprofile extensions
     samples: str = Field(default="all", min_length=1)
-    sample_filter: SampleFilter = None
+    sample_filter: _SampleFilter = None
     spherize_method: Annotated[
         Literal["PCA", "ZCA", "PCA-cor", "ZCA-cor"],
         _choice("a spherize method", _SPHERIZE_METHODS),
@@ -374,7 +381,7 @@ class FeatureSelectParameters(_Block):
     noise_removal_stdev_cutoff: float | None = None
 
 
-def _default_operations() -> list[str]:
+def _default_operations() -> list[_OperationName]:
     return ["variance_threshold", "correlation_threshold", "drop_na_columns", "blocklist"]
 
 
@@ -382,11 +389,11 @@ class FeatureSelectConfig(_Block):
     """``feature_select`` / ``feature_select_negcon``: drop uninformative features."""
 
     perform: bool = True
-    features: Features = "infer"
-    level: Level = "batch"
+    features: _Features = "infer"
+    level: _Level = "batch"
     gct: bool = False
     image_features: bool = False
-    operations: list[Operation] = Field(default_factory=_default_operations, min_length=1)
+    operations: list[_Operation] = Field(default_factory=_default_operations, min_length=1)
     subgroups: bool = False
     min_cells: int = Field(default=1, ge=0)
     # cytoprofile extension
@@ -451,13 +458,13 @@ class ExecutorConfig(_Block):
 
 def _skipped(block: type[_Block]) -> Any:
     """Default for a step block that is absent: the recipe then skips the step."""
-    return lambda: block(perform=False)
+    return lambda: block.model_validate({"perform": False})
 
 
 class RecipeConfig(_Block):
     """The settings document (the one with ``pipeline:``)."""
 
-    pipeline: Name
+    pipeline: _Name
     output_dir: str = "profiles"
     platemap_well_column: str = "Metadata_well_position"
     compartments: list[str] = Field(
@@ -466,16 +473,12 @@ class RecipeConfig(_Block):
     aggregate: AggregateConfig = Field(default_factory=_skipped(AggregateConfig))
     annotate: AnnotateConfig = Field(default_factory=_skipped(AnnotateConfig))
     normalize: NormalizeConfig = Field(default_factory=_skipped(NormalizeConfig))
-    normalize_negcon: NormalizeNegconConfig = Field(
-        default_factory=_skipped(NormalizeNegconConfig)
-    )
+    normalize_negcon: NormalizeNegconConfig = Field(default_factory=_skipped(NormalizeNegconConfig))
     feature_select: FeatureSelectConfig = Field(default_factory=_skipped(FeatureSelectConfig))
     feature_select_negcon: FeatureSelectConfig = Field(
         default_factory=_skipped(FeatureSelectConfig)
     )
-    quality_control: QualityControlConfig = Field(
-        default_factory=_skipped(QualityControlConfig)
-    )
+    quality_control: QualityControlConfig = Field(default_factory=_skipped(QualityControlConfig))
     options: OptionsConfig = Field(default_factory=OptionsConfig)
     # cytoprofile extensions
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
@@ -488,14 +491,14 @@ class RecipeConfig(_Block):
 class PlateEntry(_Block):
     """One plate of a batch; ``process: false`` leaves it out."""
 
-    name: Name
+    name: _Name
     process: bool = True
 
 
 class BatchConfig(_Block):
     """A batch document: its plates and whether to process it."""
 
-    batch: Name
+    batch: _Name
     plates: list[PlateEntry]
     process: bool = True
 
@@ -530,9 +533,7 @@ class Recipe(_Block):
 
     def selected_plates(self) -> dict[str, list[str]]:
         """Plates to process, by batch, in file order (``process: false`` left out)."""
-        return {
-            b.batch: [p.name for p in b.plates if p.process] for b in self.batches if b.process
-        }
+        return {b.batch: [p.name for p in b.plates if p.process] for b in self.batches if b.process}
 
     def settings_dict(self) -> dict[str, Any]:
         """The settings, defaults filled in, as plain JSON-ready data."""
@@ -569,6 +570,7 @@ _Path = tuple[str | int, ...]
 
 
 def _format_path(path: _Path) -> str:
+    """``("feature_select", "operations", 2)`` -> ``feature_select.operations[2]``."""
     out = ""
     for part in path:
         if isinstance(part, int):
@@ -582,26 +584,31 @@ def _key_text(node: yaml.Node) -> str:
     return str(node.value) if isinstance(node, yaml.ScalarNode) else "?"
 
 
-def _node_at(node: yaml.Node, path: _Path) -> tuple[yaml.Node, bool]:
-    """The node at ``path`` (its key node for a mapping entry), and whether it was found."""
+def _locate(node: yaml.Node, path: _Path) -> tuple[yaml.Node, yaml.Node | None]:
+    """Follow ``path`` down the YAML nodes.
+
+    Returns the deepest node reached (for a mapping entry, its key node: that is the
+    line to point at) and the value node at ``path``, or None when the path stops early.
+    A key written twice resolves to its last occurrence, as YAML loading does.
+    """
     here: yaml.Node = node
     for part in path:
         if isinstance(node, yaml.MappingNode) and isinstance(part, str):
             matches = [(k, v) for k, v in node.value if _key_text(k) == part]
             if not matches:
-                return here, False
+                return here, None
             here, node = matches[-1]
         elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
             if not 0 <= part < len(node.value):
-                return here, False
+                return here, None
             here = node = node.value[part]
         else:
-            return here, False
-    return here, True
+            return here, None
+    return here, node
 
 
 def _line(node: yaml.Node, path: _Path) -> int:
-    return _node_at(node, path)[0].start_mark.line + 1
+    return _locate(node, path)[0].start_mark.line + 1
 
 
 def _duplicate_keys(node: yaml.Node, path: _Path = ()) -> Iterator[tuple[_Path, int, int]]:
@@ -637,25 +644,9 @@ def _raw_names(data: dict[Any, Any], node: yaml.Node, paths: Sequence[_Path]) ->
         if not isinstance(holder, dict):
             continue
         if isinstance(holder.get(path[-1]), (bool, int, float)):
-            scalar = _value_node(node, path)
+            scalar = _locate(node, path)[1]
             if isinstance(scalar, yaml.ScalarNode):
                 holder[path[-1]] = scalar.value
-
-
-def _value_node(node: yaml.Node, path: _Path) -> yaml.Node | None:
-    for part in path:
-        if isinstance(node, yaml.MappingNode) and isinstance(part, str):
-            matches = [v for k, v in node.value if _key_text(k) == part]
-            if not matches:
-                return None
-            node = matches[-1]
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
-            if not 0 <= part < len(node.value):
-                return None
-            node = node.value[part]
-        else:
-            return None
-    return node
 
 
 def _model_in(annotation: Any) -> type[BaseModel] | None:
@@ -669,7 +660,9 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def _unknown_keys(model: type[BaseModel], data: Any, path: _Path = ()) -> Iterator[tuple[_Path, str]]:
+def _unknown_keys(
+    model: type[BaseModel], data: Any, path: _Path = ()
+) -> Iterator[tuple[_Path, str]]:
     """Keys of ``data`` that ``model`` does not declare, with a close match if any."""
     if not isinstance(data, Mapping):
         return
@@ -690,14 +683,28 @@ def _unknown_keys(model: type[BaseModel], data: Any, path: _Path = ()) -> Iterat
                 yield from _unknown_keys(sub, item, (*path, name, i))
 
 
+_OWN_ERRORS = frozenset(
+    {
+        "choice",
+        "features",
+        "fields",
+        "name",
+        "float_format",
+        "sample_filter",
+        "required_if",
+        "duplicate",
+    }
+)
+
+
 def _message(error: Mapping[str, Any]) -> str:
+    """One pydantic error as a sentence; built-in messages also show the bad value."""
     kind = error["type"]
     if kind == "missing":
         return "required key is missing"
     text = str(error["msg"])
     text = text.removeprefix("Value error, ").removeprefix("Assertion failed, ")
-    if kind in {"choice", "features", "fields", "name", "float_format", "sample_filter",
-                "required_if", "duplicate"}:
+    if kind in _OWN_ERRORS:
         return text
     got = error.get("input")
     if isinstance(got, (dict, list)):
@@ -705,13 +712,13 @@ def _message(error: Mapping[str, Any]) -> str:
     return f"{text} (got {got!r})"
 
 
+@dataclass(frozen=True)
 class _Document:
-    """One YAML document: its node (for lines) and its data."""
+    """One YAML document: its number, its node (for lines) and its data."""
 
-    def __init__(self, index: int, node: yaml.Node, data: Any) -> None:
-        self.index = index
-        self.node = node
-        self.data = data
+    index: int
+    node: yaml.Node
+    data: Any
 
     @property
     def line(self) -> int:
@@ -755,8 +762,8 @@ def _validate(
         return None
 
 
-def _parse(text: str, source: str) -> tuple[Recipe, list[str]]:
-    """Parse and validate; return the recipe and the unknown-key warnings."""
+def _parse(text: str, source: str) -> tuple[Recipe | None, list[str], list[str]]:
+    """Parse and validate: (the recipe or None, unknown-key notes, problems)."""
     fix = (
         "a config needs one settings document (with 'pipeline:') and one document per "
         "batch ('batch:', 'plates:'), separated by '---'; start from the config template"
@@ -788,7 +795,9 @@ def _parse(text: str, source: str) -> tuple[Recipe, list[str]]:
         problems.append(f"{source}: no settings document (one with 'pipeline:'); {fix}")
     if len(settings_docs) > 1:
         lines = ", ".join(str(d.line) for d in settings_docs)
-        problems.append(f"{source}: {len(settings_docs)} settings documents (lines {lines}); keep one")
+        problems.append(
+            f"{source}: {len(settings_docs)} settings documents (lines {lines}); keep one"
+        )
     if not batch_docs and not problems:
         problems.append(f"{source}: no batch document (one with 'batch:' and 'plates:'); {fix}")
     if problems:
@@ -838,13 +847,19 @@ def _parse(text: str, source: str) -> tuple[Recipe, list[str]]:
         batches.append(batch)
 
     if problems or settings is None:
-        raise ConfigError("\n".join(problems))
-    return Recipe(settings=settings, batches=batches, path=source), notes
+        return None, notes, problems
+    return Recipe(settings=settings, batches=batches, path=source), notes, []
 
 
-def _emit(notes: Sequence[str]) -> None:
+def _finish(parsed: tuple[Recipe | None, list[str], list[str]]) -> Recipe:
+    """Warn about unknown keys (even when invalid: a typo explains a missing key), then
+    raise for the problems or return the recipe."""
+    recipe, notes, problems = parsed
     for note in notes:
         warnings.warn(note, UnknownKeyWarning, stacklevel=3)
+    if problems or recipe is None:
+        raise ConfigError("\n".join(problems))
+    return recipe
 
 
 def parse_config(text: str, *, source: str = "<config>") -> Recipe:
@@ -853,9 +868,7 @@ def parse_config(text: str, *, source: str = "<config>") -> Recipe:
     Raises ``ConfigError`` (one line per problem); warns ``UnknownKeyWarning`` for
     keys cytoprofile does not know.
     """
-    recipe, notes = _parse(text, source)
-    _emit(notes)
-    return recipe
+    return _finish(_parse(text, source))
 
 
 def load_config(path: str | os.PathLike[str]) -> Recipe:
@@ -878,9 +891,7 @@ def load_config(path: str | os.PathLike[str]) -> Recipe:
         raise ConfigError(f"{source}: not UTF-8 text ({exc.reason})") from exc
     except OSError as exc:
         raise ConfigError(f"{source}: cannot read the config file ({exc})") from exc
-    recipe, notes = _parse(text, source)
-    _emit(notes)
-    return recipe
+    return _finish(_parse(text, source))
 
 
 def config_template() -> str:

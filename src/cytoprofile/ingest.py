@@ -34,6 +34,8 @@ __all__ = [
     "Quarantine",
     "SiteScan",
     "SiteTables",
+    "SITE_NAME",
+    "RUN_METADATA_FILES",
     "discover_sites",
     "plan_schema",
     "read_sites",
@@ -45,7 +47,7 @@ IMAGE_TABLE = "Image"
 RUN_METADATA_FILES = ("Experiment.csv",)
 KEY_COLUMNS = ("TableNumber", "ImageNumber", "ObjectNumber")
 NULL_VALUES = ["", "nan", "NaN", "NAN", "NA", "null", "NULL", "None"]
-_SITE_NAME = re.compile(r"^(?P<plate>.+)-(?P<well>[A-Za-z]{1,2}\d{1,3})-(?P<site>\d+)$")
+SITE_NAME = re.compile(r"^(?P<plate>.+)-(?P<well>[A-Za-z]{1,2}\d{1,3})-(?P<site>\d+)$")
 _TEXT_IMAGE_COLUMNS = ("Metadata_Plate", "Metadata_Well")
 
 
@@ -199,7 +201,7 @@ def _row_keys(image: pa.Table, strata: Sequence[str]) -> list[tuple[str, ...]]:
 
 def _fill_metadata(image: pa.Table, site: str, plate: str) -> tuple[pa.Table, bool]:
     """Fill Metadata_Plate/Well/Site from the folder name ``PLATE-WELL-SITE`` when Image.csv lacks them."""
-    match = _SITE_NAME.match(site)
+    match = SITE_NAME.match(site)
     fills: dict[str, object] = {
         "Metadata_Plate": match.group("plate") if match else plate,
         "Metadata_Well": match.group("well") if match else site,
@@ -219,11 +221,11 @@ def _fill_metadata(image: pa.Table, site: str, plate: str) -> tuple[pa.Table, bo
 def _parse_image(path: str, header: list[str], scan: SiteScan) -> pa.Table | None:
     types = {c: pa.string() for c in _TEXT_IMAGE_COLUMNS if c in header}
     try:
-        table = pacsv.read_csv(
-            path,
-            read_options=pacsv.ReadOptions(use_threads=False, block_size=1 << 24),
-            convert_options=pacsv.ConvertOptions(column_types=types, null_values=NULL_VALUES, strings_can_be_null=True),
-        )
+        table = _read_image_csv(path, types)
+        # dates and times stay text, as written (SQLite has no such types)
+        temporal = [f.name for f in table.schema if pa.types.is_temporal(f.type)]
+        if temporal:
+            table = _read_image_csv(path, {**types, **dict.fromkeys(temporal, pa.string())})
     except pa.ArrowInvalid as exc:
         scan.quarantine(_parse_problem(path, len(header), exc), path)
         return None
@@ -232,6 +234,14 @@ def _parse_image(path: str, header: list[str], scan: SiteScan) -> pa.Table | Non
         scan.quarantine(f"Image.csv is not UTF-8 text (column {binary[0]})", path)
         return None
     return table
+
+
+def _read_image_csv(path: str, types: dict[str, pa.DataType]) -> pa.Table:
+    return pacsv.read_csv(
+        path,
+        read_options=pacsv.ReadOptions(use_threads=False, block_size=1 << 24),
+        convert_options=pacsv.ConvertOptions(column_types=types, null_values=NULL_VALUES, strings_can_be_null=True),
+    )
 
 
 def _parse_problem(path: str, n_fields: int, exc: Exception) -> str:

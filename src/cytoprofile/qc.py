@@ -446,7 +446,11 @@ def cell_count_figure(
     grid = _plate_grid(counts.to_dict(), shape)
     fig = _new_figure(_PLATE_FIGSIZE)
     present = grid[np.isfinite(grid)]
-    summary = f"median {np.median(present):,.0f}, min {present.min():,.0f}" if present.size else "no data"
+    summary = (
+        f"wells with data: {present.size}, median {np.median(present):,.0f}, min {present.min():,.0f}"
+        if present.size
+        else "no data"
+    )
     _draw_plate(
         fig, grid, cmap="viridis", vmin=0,
         title=f"Plate {plate}: cells per well ({column})\n{summary}",
@@ -726,7 +730,7 @@ th,td{border:1px solid #ccc;padding:3px 8px;text-align:left}th{background:#f2f2f
 td.num{text-align:right;font-variant-numeric:tabular-nums}
 .figs{display:flex;flex-wrap:wrap;gap:12px}.figs figure{margin:0}
 .figs img{max-width:100%;border:1px solid #eee}figcaption{font-size:.85em;color:#444;max-width:640px}
-.ok{color:#2a7a2a}.warn{color:#b35900}nav a{margin-right:10px}
+.wide{overflow-x:auto}.ok{color:#2a7a2a}.warn{color:#b35900}nav a{margin-right:10px}
 """
 
 _IMAGES_CHECK = """
@@ -756,19 +760,31 @@ def _e(value: Any) -> str:
 
 def _html_table(frame: pd.DataFrame, *, max_rows: int | None = None) -> str:
     shown = frame if max_rows is None else frame.head(max_rows)
-    head = "".join(f"<th>{_e(c)}</th>" for c in shown.columns)
+    head = "".join(f"<th>{_e(c).replace('_', '_<wbr>')}</th>" for c in shown.columns)
     body = []
     for record in shown.itertuples(index=False, name=None):
         cells = []
         for value in record:
             numeric = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-            text = f"{value:.3f}" if isinstance(value, (float, np.floating)) and not float(value).is_integer() else _e(value)
+            text = _format_number(value) if numeric else _e(value)
             cells.append(f'<td class="num">{text}</td>' if numeric else f"<td>{text}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     more = ""
     if max_rows is not None and len(frame) > max_rows:
         more = f'<p class="muted">{len(frame) - max_rows:,} more rows not shown.</p>'
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>{more}"
+    return (
+        f'<div class="wide"><table><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table></div>{more}"
+    )
+
+
+def _format_number(value: float) -> str:
+    number = float(value)
+    if not math.isfinite(number):
+        return ""
+    if number.is_integer():
+        return f"{int(number):,}" if abs(number) >= 10_000 else str(int(number))
+    return f"{number:.3f}".rstrip("0")
 
 
 def _img(png: bytes, alt: str) -> str:
@@ -816,9 +832,10 @@ def _ingest_section(report: Mapping[str, Any] | None) -> str:
     return "\n".join(parts)
 
 
-def _replication_section(batch: str, replication: Mapping[str, Any] | None) -> str:
+def _replication_section(batch: str, replication: Mapping[str, Any] | None, note: str | None) -> str:
     if replication is None:
-        return '<p class="muted">Not computed: no annotated, feature-selected profiles for this batch.</p>'
+        reason = note or "no annotated, feature-selected profiles for this batch"
+        return f'<p class="muted">Not computed: {_e(reason)}.</p>'
     percent = float(replication.get("percent", float("nan")))
     threshold = float(replication.get("threshold", float("nan")))
     quantile = float(replication.get("quantile", 0.95))
@@ -851,12 +868,14 @@ def render_report(
     ingest_reports: Mapping[str, Mapping[str, Any] | None],
     replication: Mapping[str, Any] | None,
     notes: Mapping[str, Sequence[str]] | None = None,
+    replication_note: str | None = None,
 ) -> str:
     """A self-contained HTML report for a batch: images inline, no network needed to view it.
 
     ``figures`` maps plate → figure name (``cell_count``, ``correlation``,
     ``position_effect``) → PNG bytes; ``notes`` maps plate → lines shown under it
-    (for example why a heatmap is missing).
+    (for example why a heatmap is missing); ``replication_note`` says why
+    ``replication`` is ``None``.
     """
     from . import __version__
 
@@ -887,7 +906,7 @@ def render_report(
         f"<h2>Summary</h2>{_html_table(table)}"
         '<p class="muted">Sites_per_well_mad is the median absolute deviation of sites per well, '
         "median(|x - median(x)|), unscaled.</p>"
-        f"<h2>Replicate correlation</h2>{_replication_section(batch, replication)}"
+        f"<h2>Replicate correlation</h2>{_replication_section(batch, replication, replication_note)}"
         + "".join(sections)
         + f"<script>{_IMAGES_CHECK}</script></body></html>\n"
     )
@@ -905,6 +924,7 @@ class QualityControlResult:
     heatmaps: dict[str, dict[str, str]] = field(default_factory=dict)
     report_path: str | None = None
     replication: dict[str, Any] | None = None
+    replication_note: str | None = None
     notes: dict[str, list[str]] = field(default_factory=dict)
 
 
@@ -1046,17 +1066,26 @@ def quality_control(
         with _locked(result.summary_path):
             result.summary = update_summary(read_summary(result.summary_path), rows)
             cpio.write_table(result.summary, result.summary_path)
-    if selected_frames:
+    if not selected_frames:
+        result.replication_note = "no feature-selected profiles (PLATE_normalized_feature_select_LEVEL) found"
+    else:
         batch_profiles = pd.concat(selected_frames, ignore_index=True)
-        result.replication = percent_replicating(
-            batch_profiles, replicate_column=replicate_column, negcon_column=negcon_column,
-            negcon_value=negcon_value, n_null=n_null, seed=seed,
-        )
+        if replicate_column is None and not any(c in batch_profiles.columns for c in _REPLICATE_CANDIDATES):
+            result.replication_note = (
+                "the feature-selected profiles have no treatment column ("
+                + ", ".join(_REPLICATE_CANDIDATES) + "); annotate them or name the column"
+            )
+        else:
+            result.replication = percent_replicating(
+                batch_profiles, replicate_column=replicate_column, negcon_column=negcon_column,
+                negcon_value=negcon_value, n_null=n_null, seed=seed,
+            )
     if report:
         table = result.summary if result.summary is not None else update_summary(None, rows)
         html_text = render_report(
             batch=batch, summary=table, figures=figures, ingest_reports=ingest,
             replication=result.replication, notes=result.notes,
+            replication_note=result.replication_note,
         )
         result.report_path = cpio.join(qc_root, "report", f"{batch}.html")
         with cpio.atomic_open(result.report_path) as handle:

@@ -1,0 +1,7 @@
+"""``python -m cytoprofile``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

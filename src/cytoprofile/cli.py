@@ -1,0 +1,286 @@
+"""The ``cytoprofile`` command: one subcommand per library function, load → call → write.
+
+User errors (``CytoprofileError``) print one line and exit 1; anything else is a
+bug: exit 3, with the traceback written to a log file whose path is printed.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from . import __version__
+from .errors import CytoprofileError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="cytoprofile",
+    help="CellProfiler output to analysis-ready Cell Painting profiles.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+console = Console(stderr=True)
+log = logging.getLogger("cytoprofile")
+
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors; no progress bars.")]
+
+
+def _split(values: list[str] | None) -> list[str] | None:
+    """Accept both repeated options and comma-separated lists."""
+    if values is None:
+        return None
+    out: list[str] = []
+    for v in values:
+        out.extend(x.strip() for x in v.split(",") if x.strip())
+    return out
+
+
+def _setup_logging(quiet: bool) -> None:
+    level = logging.WARNING if quiet else logging.INFO
+    root = logging.getLogger("cytoprofile")
+    root.handlers.clear()
+    handler = RichHandler(console=console, show_path=False, show_time=False, markup=False)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root.addHandler(handler)
+    root.setLevel(level)
+    root.propagate = False
+
+
+@contextmanager
+def _timed(step: str) -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    log.info("%s done in %.2fs", step, time.perf_counter() - start)
+
+
+class _RateColumn(ProgressColumn):
+    """Sites per second."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("" if speed is None else f"{speed:.1f} sites/s", style="cyan")
+
+
+@contextmanager
+def _plate_progress(plates: list[str], quiet: bool) -> Iterator[Any]:
+    """A Rich display with one bar per plate and one overall, fed by (plate, done, total) events."""
+    if quiet:
+        yield None
+        return
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        _RateColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+    tasks: dict[str, Any] = {}
+    totals: dict[str, int] = {}
+    done: dict[str, int] = {}
+    overall = progress.add_task(f"all {len(plates)} plates", total=None)
+
+    def update(plate: str, n: int, total: int) -> None:
+        if plate not in tasks:
+            tasks[plate] = progress.add_task(plate, total=total)
+        totals[plate] = total
+        done[plate] = n
+        progress.update(tasks[plate], completed=n, total=total)
+        progress.update(overall, completed=sum(done.values()),
+                        total=sum(totals.values()) if len(totals) == len(plates) else None)
+
+    with progress:
+        yield update
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    """CellProfiler output to analysis-ready Cell Painting profiles."""
+    if version:
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
+@app.command()
+def synth(
+    workspace: Annotated[Path, typer.Argument(help="Folder to write the workspace into.")],
+    batch: Annotated[str, typer.Option(help="Batch name.")] = "BATCH1",
+    plates: Annotated[list[str] | None, typer.Option("--plate", help="Plate barcode (repeat or comma-separate).")] = None,
+    wells: Annotated[int, typer.Option(help="Plate format: 96, 384 or 1536 wells.")] = 96,
+    sites: Annotated[int, typer.Option(help="Sites (fields of view) per well.")] = 4,
+    cells: Annotated[int, typer.Option(help="Mean cells per site.")] = 40,
+    features: Annotated[int, typer.Option(help="Features per compartment.")] = 40,
+    treatments: Annotated[int, typer.Option(help="Distinct treatments on the plate map.")] = 8,
+    well_subset: Annotated[int | None, typer.Option(help="Only write the first N wells of the plate.")] = None,
+    faults: Annotated[bool, typer.Option(help="Plant an empty file, a cut-off row and a header-only Image.csv.")] = False,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    quiet: QuietOpt = False,
+) -> None:
+    """Write a realistic synthetic workspace in the handbook layout."""
+    from .synth import synth as _synth
+
+    _setup_logging(quiet)
+    with _timed("synth"):
+        result = _synth(workspace, batch=batch, plates=_split(plates) or ["PLATE1"], wells=wells, sites=sites,
+                        cells=cells, features=features, treatments=treatments, well_subset=well_subset,
+                        faults=faults, seed=seed)
+    log.info("wrote %d plates × %d wells × %d sites, %d cells, into %s", len(result.plates), len(result.wells),
+             result.sites, result.cells_written, result.workspace)
+
+
+@app.command()
+def collate(
+    workspace: Annotated[str, typer.Argument(help="Workspace folder (holds analysis/ and backend/).")],
+    batch: Annotated[str, typer.Argument(help="Batch name.")],
+    plates: Annotated[list[str], typer.Argument(help="One or more plate barcodes.")],
+    backend: Annotated[list[str] | None, typer.Option(help="sqlite and/or parquet (repeat for both).")] = None,
+    output_format: Annotated[str, typer.Option(help="Per-well profiles as csv, csv.gz or parquet.")] = "csv",
+    operation: Annotated[str, typer.Option(help="median or mean.")] = "median",
+    compartments: Annotated[list[str] | None, typer.Option(help="Object tables to aggregate.")] = None,
+    image_feature_categories: Annotated[list[str] | None, typer.Option(help="Image.csv categories to add as features.")] = None,
+    image_features: Annotated[bool, typer.Option("--image-features/--no-image-features", help="Add image features.")] = True,
+    strata: Annotated[list[str] | None, typer.Option(help="Columns that define a profile (default Metadata_Plate,Metadata_Well).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Rebuild plates whose outputs already exist.")] = False,
+    aggregate_only: Annotated[bool, typer.Option(help="Only aggregate an existing backend (ours or the old tool's).")] = False,
+    strict: Annotated[bool, typer.Option(help="Fail a plate that has any quarantined site.")] = False,
+    jobs: Annotated[int, typer.Option(help="Plates in parallel on this machine.")] = 1,
+    scheduler: Annotated[str | None, typer.Option(help="Dask scheduler address: run plates on that cluster.")] = None,
+    tmp_dir: Annotated[str | None, typer.Option(help="Scratch folder for temporary files.")] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Ingest site CSVs into a single-cell backend and write per-well profiles and a report per plate."""
+    from .aggregate import DEFAULT_COMPARTMENTS, DEFAULT_IMAGE_FEATURE_CATEGORIES, DEFAULT_STRATA
+    from .collate import collate as _collate
+
+    _setup_logging(quiet)
+    if tmp_dir:
+        tempfile.tempdir = tmp_dir
+    kinds = _split(backend) or ["sqlite"]
+    bad = [k for k in kinds if k not in ("sqlite", "parquet")]
+    if bad:
+        raise CytoprofileError(f"--backend {bad[0]}: choose sqlite or parquet")
+    if output_format not in ("csv", "csv.gz", "parquet"):
+        raise CytoprofileError(f"--output-format {output_format}: choose csv, csv.gz or parquet")
+    plate_list = _split(plates) or []
+    with _plate_progress(plate_list, quiet) as update, _timed(f"collate of {len(plate_list)} plate(s)"):
+        results = _collate(
+            workspace, batch, plate_list, backend=kinds, profile_format=output_format,  # type: ignore[arg-type]
+            operation=operation,  # type: ignore[arg-type]
+            compartments=_split(compartments) or list(DEFAULT_COMPARTMENTS),
+            image_features=image_features,
+            image_feature_categories=_split(image_feature_categories) or list(DEFAULT_IMAGE_FEATURE_CATEGORIES),
+            strata=_split(strata) or list(DEFAULT_STRATA), overwrite=overwrite, aggregate_only=aggregate_only,
+            strict=strict, jobs=jobs, scheduler=scheduler, progress=update,
+        )
+    table = Table(title=f"collate {batch}", show_lines=False)
+    for col in ("plate", "status", "summary", "seconds"):
+        table.add_column(col)
+    for r in results:
+        style = {"done": "green", "skipped": "yellow", "failed": "red"}[r.status]
+        table.add_row(r.plate, Text(r.status, style=style), r.message, f"{r.seconds:.1f}")
+    if not quiet:
+        console.print(table)
+    failed = [r for r in results if r.status == "failed"]
+    if failed:
+        raise CytoprofileError(f"{len(failed)} of {len(results)} plate(s) failed; first: {failed[0].plate}: {failed[0].message}")
+
+
+@app.command()
+def aggregate(
+    backend_path: Annotated[str, typer.Argument(metavar="BACKEND", help="PLATE.sqlite or PLATE_Image.parquet.")],
+    output: Annotated[str, typer.Argument(help="Output table (.csv, .csv.gz or .parquet).")],
+    operation: Annotated[str, typer.Option(help="median or mean.")] = "median",
+    compartments: Annotated[list[str] | None, typer.Option(help="Object tables to aggregate.")] = None,
+    image_feature_categories: Annotated[list[str] | None, typer.Option(help="Image categories to add as features.")] = None,
+    image_features: Annotated[bool, typer.Option("--image-features/--no-image-features", help="Add image features.")] = True,
+    strata: Annotated[list[str] | None, typer.Option(help="Columns that define a profile.")] = None,
+    float_format: Annotated[str | None, typer.Option(help="printf-style float format for CSV output, e.g. %.5g.")] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Per-well profiles from an existing single-cell backend."""
+    from . import io
+    from .aggregate import DEFAULT_COMPARTMENTS, DEFAULT_IMAGE_FEATURE_CATEGORIES, DEFAULT_STRATA
+    from .aggregate import aggregate as _aggregate
+
+    _setup_logging(quiet)
+    with _timed("aggregate"):
+        df = _aggregate(backend_path, operation=operation,  # type: ignore[arg-type]
+                        strata=_split(strata) or list(DEFAULT_STRATA),
+                        compartments=_split(compartments) or list(DEFAULT_COMPARTMENTS),
+                        image_features=image_features,
+                        image_feature_categories=_split(image_feature_categories) or list(DEFAULT_IMAGE_FEATURE_CATEGORIES))
+    io.write_table(df, output, float_format=float_format)
+    log.info("wrote %d wells × %d columns to %s", len(df), df.shape[1], output)
+
+
+@app.command("csv2gz")
+def csv2gz_cmd(
+    source: Annotated[str, typer.Argument(help="A CSV file.")],
+    dest: Annotated[str | None, typer.Argument(help="Output .csv.gz (default: beside the source).")] = None,
+    float_format: Annotated[str | None, typer.Option(help="Float format; 'none' keeps full precision.")] = "%.5g",
+) -> None:
+    """Rewrite a CSV as deterministic gzip CSV (same bytes on every run)."""
+    from .io import csv2gz
+
+    fmt = None if float_format in (None, "none", "null") else float_format
+    typer.echo(csv2gz(source, dest, float_format=fmt))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the app, map errors to exit codes."""
+    import click
+
+    try:
+        app(args=argv, standalone_mode=False)
+    except CytoprofileError as exc:
+        console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+        return 1
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code or 0)
+    except click.exceptions.Abort:
+        console.print("aborted")
+        return 1
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except KeyboardInterrupt:
+        console.print("interrupted; re-run the same command to finish the job")
+        return 130
+    except Exception:
+        fd, path = tempfile.mkstemp(prefix="cytoprofile-crash-", suffix=".log")
+        with open(fd, "w") as fh:
+            fh.write(f"cytoprofile {__version__}\nargv: {sys.argv}\n\n")
+            fh.write(traceback.format_exc())
+        console.print(f"internal error (a bug in cytoprofile): {sys.exc_info()[1]!r}; traceback written to {path}")
+        return 3
+    return 0

@@ -1,0 +1,161 @@
+"""Consensus profiles: one row per replicate group (median, mean or moderated z-score).
+
+``modz`` weights each replicate by its mean correlation with the other replicates
+of its group (negative correlations count as 0, weights at least ``min_weight``,
+normalized to sum to 1), so a discordant replicate counts less than in a mean.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from scipy.stats import rankdata
+
+from .errors import ConfigError
+from .feature_select import feature_matrix, resolve_features
+
+__all__ = ["OPERATIONS", "consensus", "modz_weights"]
+
+OPERATIONS: tuple[str, ...] = ("median", "mean", "modz")
+_MODZ_METHODS = ("spearman", "pearson", "kendall")
+
+
+def _row_standardize(x: np.ndarray) -> np.ndarray:
+    """Rows centred and scaled to unit norm; a constant row becomes NaN."""
+    centred = x - x.mean(axis=1, keepdims=True)
+    norm = np.sqrt((centred * centred).sum(axis=1, keepdims=True))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(norm > 0, centred / norm, np.nan)
+
+
+def modz_weights(
+    corr: np.ndarray, *, min_weight: float = 0.01, precision: int | None = 4
+) -> np.ndarray:
+    """Replicate weights from a replicate-by-replicate correlation matrix.
+
+    Each replicate's weight is its mean correlation with the others (negatives
+    as 0, undefined ones skipped), at least ``min_weight``, normalized to sum 1 and
+    rounded to ``precision`` decimals (as the reference does). A replicate whose
+    correlations are all undefined gets NaN (it is left out); when no replicate
+    has a weight, all count equally.
+    """
+    k = corr.shape[0]
+    c = np.array(corr, dtype=np.float64, copy=True)
+    np.fill_diagonal(c, np.nan)
+    c = np.where(np.isnan(c), np.nan, np.maximum(c, 0.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        raw = np.nanmean(c, axis=1) if k > 1 else np.full(k, np.nan)
+    raw = np.where(np.isnan(raw), np.nan, np.maximum(raw, min_weight))
+    total = np.nansum(raw)
+    weights = np.full(k, 1.0 / k) if total == 0 else raw / total
+    if precision is not None:
+        weights = np.round(weights, precision)
+    return weights
+
+
+def _weighted(x: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Weighted mean over rows, each feature over the replicates it has a value for."""
+    w = np.where(np.isnan(weights), 0.0, weights)[:, None]
+    present = ~np.isnan(x)
+    if present.all():
+        return (w * x).sum(axis=0)
+    total_w = (w * present).sum(axis=0)
+    full_w = w.sum()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        value = (w * np.where(present, x, 0.0)).sum(axis=0) * (full_w / total_w)
+    value[~present.any(axis=0)] = np.nan
+    return value
+
+
+def _modz(
+    x: np.ndarray,
+    codes: np.ndarray,
+    n_groups: int,
+    *,
+    method: str,
+    min_weight: float,
+    precision: int | None,
+) -> np.ndarray:
+    """Moderated z-score per group (groups numbered 0..n_groups-1 in ``codes``)."""
+    complete = ~np.isnan(x).any(axis=1)
+    base = rankdata(x, axis=1) if method == "spearman" else x
+    z = np.full_like(x, np.nan)
+    if complete.any():
+        z[complete] = _row_standardize(base[complete])
+    out = np.empty((n_groups, x.shape[1]))
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(n_groups + 1))
+    for g in range(n_groups):
+        rows = order[bounds[g] : bounds[g + 1]]
+        xg = x[rows]
+        if len(rows) == 1:
+            out[g] = xg[0]
+            continue
+        if method != "kendall" and complete[rows].all():
+            zg = z[rows]
+            corr = np.clip(zg @ zg.T, -1.0, 1.0)
+        else:  # missing values or Kendall: pairwise-complete correlations
+            frame = pd.DataFrame(xg.T, columns=range(len(rows)))
+            corr = frame.corr(method=method).to_numpy()  # type: ignore[arg-type]
+        weights = modz_weights(corr, min_weight=min_weight, precision=precision)
+        out[g] = _weighted(xg, weights)
+    return out
+
+
+def consensus(
+    profiles: pd.DataFrame,
+    *,
+    replicate_columns: Sequence[str] = ("Metadata_Plate", "Metadata_Well"),
+    operation: str = "median",
+    features: str | Sequence[str] = "infer",
+    modz_method: str = "spearman",
+    modz_min_weight: float = 0.01,
+    modz_precision: int | None = 4,
+) -> pd.DataFrame:
+    """One row per replicate group: the replicate columns, then the features.
+
+    ``operation`` is ``median``, ``mean`` or ``modz``; missing values are skipped and
+    a feature missing in every replicate stays missing. Rows are sorted by group.
+    """
+    operation = operation.lower()
+    if operation not in OPERATIONS:
+        raise ConfigError(
+            f"unknown consensus operation {operation!r}; choose from {list(OPERATIONS)}"
+        )
+    if modz_method not in _MODZ_METHODS:
+        raise ConfigError(
+            f"unknown modz_method {modz_method!r}; choose from {list(_MODZ_METHODS)}"
+        )
+    keys = [replicate_columns] if isinstance(replicate_columns, str) else list(replicate_columns)
+    missing = [c for c in keys if c not in profiles.columns]
+    if missing:
+        raise ConfigError(
+            f"replicate_columns {missing} are absent from the profiles; use metadata columns "
+            "that identify replicates, e.g. Metadata_broad_sample"
+        )
+    names = resolve_features(profiles, features)
+    x = feature_matrix(profiles, names)
+    values = pd.DataFrame(x, columns=pd.Index(names), index=profiles.index)
+    frame = pd.concat([profiles.loc[:, keys], values], axis="columns")
+    grouped = frame.groupby(keys, dropna=False, sort=True)
+    if operation == "median":
+        return grouped[names].median().reset_index()
+    if operation == "mean":
+        return grouped[names].mean().reset_index()
+    codes = grouped.ngroup().to_numpy()
+    key_frame = grouped.size().index.to_frame(index=False)
+    result = _modz(
+        x,
+        codes,
+        len(key_frame),
+        method=modz_method,
+        min_weight=modz_min_weight,
+        precision=modz_precision,
+    )
+    return pd.concat(
+        [key_frame, pd.DataFrame(result, columns=pd.Index(names))], axis="columns"
+    )

@@ -1,0 +1,577 @@
+"""Feature selection: drop uninformative, redundant or unreliable profile features.
+
+Operations run in the given order, each on the features the previous ones left;
+the result keeps every other column. ``excluded_features`` returns only the names,
+so a selection fitted on several plates together (``batch``/``all`` levels) can be
+applied to each plate with ``profiles.drop(columns=excluded)``.
+
+The name ``variance_threshold`` changed meaning between versions of the reference
+tool: it used to be the frequency filter (``freq_cut``/``unique_cut``) and later
+became a plain ``variance <= min_variance`` filter, with the frequency filter renamed
+``frequency_threshold``. Here ``frequency_threshold`` is always the frequency filter,
+and what ``variance_threshold`` means is chosen explicitly with
+``variance_threshold_meaning``: ``"frequency"`` (the default, what existing recipe
+configs mean) or ``"variance"`` (the newer plain variance filter).
+
+This module also owns the shared helpers for the profile steps: which columns are
+features (``infer_features``/``resolve_features``), the numeric feature matrix
+(``feature_matrix``) and the fitting rows (``select_samples``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from .errors import ConfigError, InputError
+
+__all__ = [
+    "FEATURE_PREFIXES",
+    "OPERATIONS",
+    "default_blocklist",
+    "excluded_features",
+    "feature_matrix",
+    "feature_select",
+    "infer_features",
+    "resolve_features",
+    "select_samples",
+    "selected_features",
+]
+
+log = logging.getLogger(__name__)
+
+FEATURE_PREFIXES: tuple[str, ...] = ("Cells", "Cytoplasm", "Nuclei")
+OPERATIONS: tuple[str, ...] = (
+    "variance_threshold",
+    "frequency_threshold",
+    "correlation_threshold",
+    "drop_na_columns",
+    "blocklist",
+    "drop_outliers",
+    "noise_removal",
+)
+_CORR_METHODS = ("pearson", "spearman", "kendall")
+_MISSING_TOKENS = frozenset({"", "na", "n/a", "nan", "none", "null"})
+_BLOCK = 512  # rows of the correlation matrix handled at once
+
+
+# ---------------------------------------------------------------- shared helpers
+
+
+def infer_features(profiles: pd.DataFrame, *, image_features: bool = False) -> list[str]:
+    """Feature columns by CellProfiler naming: ``Cells*``, ``Cytoplasm*``, ``Nuclei*``.
+
+    With ``image_features``, numeric ``Image*`` columns count too.
+    """
+    found: list[str] = []
+    for col in profiles.columns:
+        if not isinstance(col, str):
+            continue
+        if col.startswith(FEATURE_PREFIXES) or (
+            image_features
+            and col.startswith("Image")
+            and pd.api.types.is_numeric_dtype(profiles[col])
+        ):
+            found.append(col)
+    if not found:
+        raise InputError(
+            "no feature columns found (names starting with Cells, Cytoplasm or Nuclei); "
+            "pass the feature names explicitly with features=[...]"
+        )
+    return found
+
+
+def resolve_features(
+    profiles: pd.DataFrame,
+    features: str | Sequence[str],
+    *,
+    image_features: bool = False,
+) -> list[str]:
+    """``"infer"`` or an explicit list, checked against the columns of ``profiles``."""
+    if isinstance(features, str):
+        if features != "infer":
+            raise ConfigError(
+                f"features must be 'infer' or a list of column names, got {features!r}"
+            )
+        return infer_features(profiles, image_features=image_features)
+    names = list(features)
+    columns = set(profiles.columns)
+    missing = [f for f in names if f not in columns]
+    if missing:
+        shown = ", ".join(map(repr, missing[:5])) + (" ..." if len(missing) > 5 else "")
+        raise ConfigError(
+            f"features names {len(missing)} column(s) absent from the profiles: {shown}; "
+            "remove them from the feature list or use features: infer"
+        )
+    return names
+
+
+def _coerce_numeric(column: pd.Series, name: str) -> pd.Series:
+    """Numeric view of a column whose only strings are missing-value markers."""
+    if pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
+        return column
+    values = column.dropna()
+    as_text = values[values.map(lambda v: isinstance(v, str))]
+    markers = as_text.map(lambda v: v.strip().lower()).isin(_MISSING_TOKENS)
+    numeric = pd.to_numeric(column.where(~column.isin(as_text[markers])), errors="coerce")
+    if (numeric.isna() & column.notna() & ~column.isin(as_text[markers])).any():
+        raise InputError(
+            f"feature column {name!r} is not numeric; leave it out of the features "
+            "(or name it Metadata_* if it is metadata)"
+        )
+    return numeric
+
+
+def feature_matrix(profiles: pd.DataFrame, features: Sequence[str]) -> np.ndarray:
+    """The features as a float64 (rows x features) array; NaN stays NaN."""
+    block = profiles.loc[:, list(features)]
+    try:
+        return block.to_numpy(dtype=np.float64, na_value=np.nan)
+    except (TypeError, ValueError):
+        pass
+    cols = {f: _coerce_numeric(block[f], f) for f in features}
+    return pd.DataFrame(cols, index=block.index).to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def select_samples(
+    profiles: pd.DataFrame,
+    *,
+    samples: str = "all",
+    sample_filter: Mapping[str, Any] | None = None,
+) -> pd.DataFrame:
+    """Rows to fit on: a pandas query (``samples``) AND ``{column: [values]}`` filters."""
+    subset = profiles
+    if samples != "all":
+        try:
+            subset = subset.query(samples)
+        except Exception as exc:  # pandas raises many kinds for a bad query
+            raise ConfigError(
+                f"samples query {samples!r} cannot be evaluated ({exc}); write it like "
+                "\"Metadata_control_type == 'negcon'\" or use 'all'"
+            ) from exc
+    for column, allowed in (sample_filter or {}).items():
+        if column not in subset.columns:
+            raise ConfigError(
+                f"sample_filter names column {column!r}, absent from the profiles; "
+                "check the column name (metadata columns start with Metadata_)"
+            )
+        values = [allowed] if isinstance(allowed, str) or not isinstance(allowed, Sequence) else list(allowed)
+        subset = subset[subset[column].isin(values)]
+    if len(subset) == 0:
+        raise InputError(
+            f"no rows match samples={samples!r} and sample_filter={dict(sample_filter or {})!r}; "
+            "check the query, the values and the annotation of the profiles"
+        )
+    return subset
+
+
+# ---------------------------------------------------------------- operations
+
+
+def _frequency_excluded(x: np.ndarray, freq_cut: float, unique_cut: float) -> np.ndarray:
+    """Mask of features failing the frequency filter (vectorised over columns).
+
+    A feature fails when (count of its second most common value) / (count of its most
+    common value) < ``freq_cut`` (0 when it has fewer than two distinct values), or
+    when distinct values / rows < ``unique_cut``. NaN is not a value; rows still count.
+    """
+    n, d = x.shape
+    if d == 0:
+        return np.zeros(0, dtype=bool)
+    s = np.sort(x, axis=0)  # NaN sorts last
+    valid = ~np.isnan(s)
+    starts = np.zeros_like(valid)
+    starts[0] = valid[0]
+    starts[1:] = valid[1:] & (s[1:] != s[:-1])
+    n_unique = starts.sum(axis=0)
+    n_valid = valid.sum(axis=0)
+    # run lengths: positions of run starts in column-major order
+    flat = starts.T.ravel()
+    pos = np.flatnonzero(flat)
+    col = pos // n
+    col_end = col * n + n_valid[col]
+    nxt = np.append(pos[1:], np.iinfo(np.int64).max)
+    lengths = np.minimum(nxt, col_end) - pos
+    # two largest run lengths per column
+    order = np.lexsort((-lengths, col))
+    col_sorted = col[order]
+    len_sorted = lengths[order]
+    first_idx = np.searchsorted(col_sorted, np.arange(d), side="left")
+    top1 = np.zeros(d)
+    top2 = np.zeros(d)
+    has1 = n_unique >= 1
+    top1[has1] = len_sorted[first_idx[has1]]
+    has2 = n_unique >= 2
+    top2[has2] = len_sorted[first_idx[has2] + 1]
+    ratio = np.where(has2, top2 / np.where(has1, top1, 1.0), 0.0)
+    unique_ratio = n_unique / n if n else np.zeros(d)
+    return (ratio < freq_cut) | (unique_ratio < unique_cut)
+
+
+def _variance_excluded(x: np.ndarray, min_variance: float) -> np.ndarray:
+    """Mask of features with population variance <= ``min_variance`` (or undefined)."""
+    with np.errstate(invalid="ignore"), _quiet():
+        var = np.nanvar(x, axis=0)
+        if min_variance == 0:
+            # the peak-to-peak range is exact for constant features
+            ptp = np.nanmax(x, axis=0) - np.nanmin(x, axis=0)
+            var = np.fmin(var, ptp)
+    return ~(var > min_variance)
+
+
+def _na_excluded(x: np.ndarray, na_cutoff: float) -> np.ndarray:
+    if x.shape[0] == 0:
+        return np.zeros(x.shape[1], dtype=bool)
+    return np.isnan(x).sum(axis=0) / x.shape[0] > na_cutoff
+
+
+def _outlier_excluded(x: np.ndarray, cutoff: float) -> np.ndarray:
+    with _quiet():
+        hi = np.abs(np.nanmax(x, axis=0))
+        lo = np.abs(np.nanmin(x, axis=0))
+    return (hi > cutoff) | (lo > cutoff)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence numpy's all-NaN slice and degrees-of-freedom warnings."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=RuntimeWarning)
+        yield
+
+
+def _pairwise_pearson_nan(x: np.ndarray) -> np.ndarray:
+    """Pearson correlation over pairwise-complete rows (vectorised with matmuls)."""
+    m = (~np.isnan(x)).astype(np.float64)
+    with _quiet():
+        centre = np.nanmean(x, axis=0)
+    centre = np.where(np.isnan(centre), 0.0, centre)
+    xc = np.where(m > 0, x - centre, 0.0)
+    xc2 = xc * xc
+    d = x.shape[1]
+    out = np.empty((d, d))
+    for i0 in range(0, d, _BLOCK):
+        sl = slice(i0, min(i0 + _BLOCK, d))
+        n = m[:, sl].T @ m
+        sx_i = xc[:, sl].T @ m  # sum of x_i where x_j present
+        sx_j = m[:, sl].T @ xc  # sum of x_j where x_i present
+        sxx_i = xc2[:, sl].T @ m
+        sxx_j = m[:, sl].T @ xc2
+        sxy = xc[:, sl].T @ xc
+        with np.errstate(divide="ignore", invalid="ignore"):
+            cov = sxy - sx_i * sx_j / n
+            var_i = sxx_i - sx_i * sx_i / n
+            var_j = sxx_j - sx_j * sx_j / n
+            tiny = 1e-12
+            bad = (n < 2) | (var_i <= tiny * sxx_i) | (var_j <= tiny * sxx_j)
+            r = cov / np.sqrt(var_i * var_j)
+        r[bad] = np.nan
+        out[sl] = np.clip(r, -1.0, 1.0)
+    return out
+
+
+def _correlation_matrix(x: np.ndarray, names: Sequence[str], method: str) -> np.ndarray:
+    """Feature-by-feature correlation, computed as the reference computes it."""
+    finite = bool(np.isfinite(x).all())
+    if method == "pearson" and finite:
+        # same call and memory layout as the reference, so ties resolve identically
+        with _quiet(), np.errstate(divide="ignore", invalid="ignore"):
+            return np.asarray(np.corrcoef(np.ascontiguousarray(x.T)))
+    if method == "pearson" and not np.isinf(x).any():
+        return _pairwise_pearson_nan(x)
+    if method == "spearman" and finite:
+        from scipy.stats import rankdata
+
+        ranks = rankdata(x, axis=0)
+        with _quiet(), np.errstate(divide="ignore", invalid="ignore"):
+            return np.asarray(np.corrcoef(np.ascontiguousarray(ranks.T)))
+    # spearman/kendall with missing values, or infinities: pandas' pairwise routines
+    frame = pd.DataFrame(x, columns=pd.Index(list(names)))
+    return frame.corr(method=method).to_numpy()  # type: ignore[arg-type]
+
+
+def _correlation_excluded(
+    x: np.ndarray, names: Sequence[str], threshold: float, method: str
+) -> np.ndarray:
+    """Mask of features dropped by the correlation filter.
+
+    Rule (the reference's): rank the features by the sum of absolute correlations
+    with all features (ascending); for every pair with correlation > ``threshold``
+    (signed, so anticorrelation never drops), drop the member ranked later.
+    """
+    d = x.shape[1]
+    dropped = np.zeros(d, dtype=bool)
+    if d < 2:
+        return dropped
+    corr = _correlation_matrix(x, names, method)
+    # column sums of |corr|, summed over contiguous copies so the rounding (and so
+    # the order of exactly tied features) is the reference's
+    sums = np.empty(d)
+    for j0 in range(0, d, _BLOCK):
+        sl = slice(j0, min(j0 + _BLOCK, d))
+        sums[sl] = np.nansum(np.ascontiguousarray(np.abs(corr[:, sl]).T), axis=1)
+    rank = np.empty(d, dtype=np.int64)
+    rank[np.argsort(sums, kind="quicksort")] = np.arange(d)
+    for i0 in range(0, d, _BLOCK):
+        rows = np.arange(i0, min(i0 + _BLOCK, d))
+        with np.errstate(invalid="ignore"):
+            above = corr[rows] > threshold
+        above &= np.arange(d)[None, :] < rows[:, None]  # strictly lower triangle
+        a, b = np.nonzero(above)
+        if a.size == 0:
+            continue
+        a = rows[a]
+        drop = np.where(rank[a] > rank[b], a, b)
+        dropped[drop] = True
+    return dropped
+
+
+def _noise_excluded(
+    frame: pd.DataFrame, x: np.ndarray, groups: pd.Series, cutoff: float
+) -> np.ndarray:
+    """Mask of features whose mean within-group standard deviation exceeds ``cutoff``."""
+    data = pd.DataFrame(x, index=frame.index)
+    std = data.groupby(groups.to_numpy()).std(ddof=0)
+    with _quiet():
+        mean_std = np.nanmean(std.to_numpy(dtype=np.float64), axis=0)
+    with np.errstate(invalid="ignore"):
+        return mean_std > cutoff
+
+
+def default_blocklist() -> list[str]:
+    """The standard blocklist of 55 noisy CellProfiler features."""
+    text = resources.files("cytoprofile").joinpath("data/blocklist_features.txt").read_text()
+    return _parse_blocklist(text)
+
+
+def _parse_blocklist(text: str) -> list[str]:
+    names = [line.strip() for line in text.splitlines()]
+    names = [n for n in names if n and not n.startswith("#")]
+    if names and names[0] == "blocklist":  # header line of the classic file
+        names = names[1:]
+    return names
+
+
+def _load_blocklist(path: str | Path) -> list[str]:
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise InputError(f"blocklist file {path} cannot be read ({exc}); check the path") from exc
+    return _parse_blocklist(text)
+
+
+# ---------------------------------------------------------------- public API
+
+
+def _check_options(
+    operations: Sequence[str],
+    variance_threshold_meaning: str,
+    na_cutoff: float,
+    corr_threshold: float,
+    corr_method: str,
+    freq_cut: float,
+    unique_cut: float,
+    min_variance: float,
+) -> list[str]:
+    ops = [operations] if isinstance(operations, str) else list(operations)
+    unknown = [op for op in ops if op not in OPERATIONS]
+    if unknown:
+        raise ConfigError(
+            f"unknown feature_select operation(s) {unknown}; choose from {list(OPERATIONS)}"
+        )
+    if variance_threshold_meaning not in ("frequency", "variance"):
+        raise ConfigError(
+            "variance_threshold_meaning must be 'frequency' (freq_cut/unique_cut filter) "
+            f"or 'variance' (min_variance filter), got {variance_threshold_meaning!r}"
+        )
+    if corr_method not in _CORR_METHODS:
+        raise ConfigError(
+            f"corr_method {corr_method!r} is not supported; choose from {list(_CORR_METHODS)}"
+        )
+    for name, value in (
+        ("na_cutoff", na_cutoff),
+        ("corr_threshold", corr_threshold),
+        ("freq_cut", freq_cut),
+        ("unique_cut", unique_cut),
+    ):
+        if not 0 <= value <= 1:
+            raise ConfigError(f"{name} must be between 0 and 1, got {value}")
+    if min_variance < 0:
+        raise ConfigError(f"min_variance must be >= 0, got {min_variance}")
+    return ops
+
+
+def excluded_features(
+    profiles: pd.DataFrame,
+    *,
+    features: str | Sequence[str] = "infer",
+    image_features: bool = False,
+    operations: str | Sequence[str] = ("variance_threshold",),
+    variance_threshold_meaning: Literal["frequency", "variance"] = "frequency",
+    samples: str = "all",
+    sample_filter: Mapping[str, Any] | None = None,
+    na_cutoff: float = 0.05,
+    corr_threshold: float = 0.9,
+    corr_method: str = "pearson",
+    freq_cut: float = 0.05,
+    unique_cut: float = 0.01,
+    min_variance: float = 1e-6,
+    blocklist_file: str | Path | None = None,
+    blocklist: Sequence[str] | None = None,
+    outlier_cutoff: float = 500.0,
+    noise_removal_perturb_groups: str | Sequence[Any] | None = None,
+    noise_removal_stdev_cutoff: float | None = None,
+) -> list[str]:
+    """Features the operations drop, in column order (see ``feature_select``)."""
+    ops = _check_options(
+        operations,
+        variance_threshold_meaning,
+        na_cutoff,
+        corr_threshold,
+        corr_method,
+        freq_cut,
+        unique_cut,
+        min_variance,
+    )
+    names = resolve_features(profiles, features, image_features=image_features)
+    rows = select_samples(profiles, samples=samples, sample_filter=sample_filter)
+    groups: pd.Series | None = None
+    if "noise_removal" in ops:
+        groups = _noise_groups(profiles, rows, noise_removal_perturb_groups)
+        if noise_removal_stdev_cutoff is None:
+            raise ConfigError(
+                "noise_removal needs noise_removal_stdev_cutoff (the largest mean "
+                "within-group standard deviation to keep)"
+            )
+    x_all = feature_matrix(rows, names)
+    keep = np.ones(len(names), dtype=bool)
+    for op in ops:
+        idx = np.flatnonzero(keep)
+        x = x_all[:, idx]
+        kind = op
+        if op == "variance_threshold":
+            kind = "frequency_threshold" if variance_threshold_meaning == "frequency" else "variance"
+        if kind == "frequency_threshold":
+            bad = _frequency_excluded(x, freq_cut, unique_cut)
+        elif kind == "variance":
+            bad = _variance_excluded(x, min_variance)
+        elif op == "correlation_threshold":
+            bad = _correlation_excluded(x, [names[i] for i in idx], corr_threshold, corr_method)
+        elif op == "drop_na_columns":
+            bad = _na_excluded(x, na_cutoff)
+        elif op == "drop_outliers":
+            bad = _outlier_excluded(x, outlier_cutoff)
+        elif op == "blocklist":
+            block = set(blocklist) if blocklist is not None else set()
+            if blocklist_file is not None:
+                block |= set(_load_blocklist(blocklist_file))
+            if blocklist is None and blocklist_file is None:
+                block = set(default_blocklist())
+            bad = np.array([names[i] in block for i in idx], dtype=bool)
+        else:  # noise_removal
+            assert groups is not None and noise_removal_stdev_cutoff is not None
+            bad = _noise_excluded(rows, x, groups, noise_removal_stdev_cutoff)
+        keep[idx[bad]] = False
+        log.debug("feature_select %s dropped %d features", op, int(bad.sum()))
+    dropped = {names[i] for i in np.flatnonzero(~keep)}
+    return [c for c in profiles.columns if c in dropped]
+
+
+def _noise_groups(
+    profiles: pd.DataFrame, rows: pd.DataFrame, groups: str | Sequence[Any] | None
+) -> pd.Series:
+    """Group labels of the fitting rows, from a column name or per-row labels."""
+    if groups is None:
+        raise ConfigError(
+            "noise_removal needs noise_removal_perturb_groups: a metadata column name "
+            "(e.g. Metadata_broad_sample) or one label per row"
+        )
+    if isinstance(groups, str):
+        if groups not in profiles.columns:
+            raise ConfigError(
+                f"noise_removal_perturb_groups names column {groups!r}, absent from the "
+                "profiles; use a metadata column such as Metadata_broad_sample"
+            )
+        return rows[groups]
+    labels = list(groups)
+    if len(labels) != len(profiles):
+        raise ConfigError(
+            f"noise_removal_perturb_groups has {len(labels)} labels for {len(profiles)} "
+            "rows; give one label per row or a column name"
+        )
+    # labels follow the rows of ``profiles`` by position, whatever its index
+    series = pd.Series(labels, index=pd.RangeIndex(len(profiles)))
+    positions = profiles.index.get_indexer_for(rows.index) if profiles.index.is_unique else None
+    if positions is None:
+        raise ConfigError("profiles with a duplicated index need a column name for groups")
+    return pd.Series(series.to_numpy()[positions], index=rows.index)
+
+
+def selected_features(profiles: pd.DataFrame, **options: Any) -> list[str]:
+    """Features that survive ``feature_select`` with the same options, in column order."""
+    names = resolve_features(
+        profiles, options.get("features", "infer"), image_features=options.get("image_features", False)
+    )
+    dropped = set(excluded_features(profiles, **options))
+    return [f for f in names if f not in dropped]
+
+
+def feature_select(
+    profiles: pd.DataFrame,
+    *,
+    features: str | Sequence[str] = "infer",
+    image_features: bool = False,
+    operations: str | Sequence[str] = ("variance_threshold",),
+    variance_threshold_meaning: Literal["frequency", "variance"] = "frequency",
+    samples: str = "all",
+    sample_filter: Mapping[str, Any] | None = None,
+    na_cutoff: float = 0.05,
+    corr_threshold: float = 0.9,
+    corr_method: str = "pearson",
+    freq_cut: float = 0.05,
+    unique_cut: float = 0.01,
+    min_variance: float = 1e-6,
+    blocklist_file: str | Path | None = None,
+    blocklist: Sequence[str] | None = None,
+    outlier_cutoff: float = 500.0,
+    noise_removal_perturb_groups: str | Sequence[Any] | None = None,
+    noise_removal_stdev_cutoff: float | None = None,
+) -> pd.DataFrame:
+    """``profiles`` without the features the ``operations`` drop; other columns stay.
+
+    Operations: ``frequency_threshold`` (freq_cut, unique_cut), ``variance_threshold``
+    (see ``variance_threshold_meaning``), ``correlation_threshold`` (corr_threshold,
+    corr_method), ``drop_na_columns`` (na_cutoff), ``blocklist`` (the standard list,
+    or ``blocklist``/``blocklist_file``), ``drop_outliers`` (outlier_cutoff) and
+    ``noise_removal`` (noise_removal_perturb_groups, noise_removal_stdev_cutoff).
+    Statistics are computed on the rows chosen by ``samples``/``sample_filter``.
+    """
+    dropped = excluded_features(
+        profiles,
+        features=features,
+        image_features=image_features,
+        operations=operations,
+        variance_threshold_meaning=variance_threshold_meaning,
+        samples=samples,
+        sample_filter=sample_filter,
+        na_cutoff=na_cutoff,
+        corr_threshold=corr_threshold,
+        corr_method=corr_method,
+        freq_cut=freq_cut,
+        unique_cut=unique_cut,
+        min_variance=min_variance,
+        blocklist_file=blocklist_file,
+        blocklist=blocklist,
+        outlier_cutoff=outlier_cutoff,
+        noise_removal_perturb_groups=noise_removal_perturb_groups,
+        noise_removal_stdev_cutoff=noise_removal_stdev_cutoff,
+    )
+    return profiles.drop(columns=dropped)

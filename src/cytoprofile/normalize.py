@@ -1,0 +1,265 @@
+"""Normalize profile features against a reference set of wells (all, or e.g. negcon).
+
+The scaling is fitted on the chosen rows and applied to every row, column-wise in
+numpy. Methods: ``standardize`` (mean, population std), ``robustize`` (median, IQR),
+``mad_robustize`` (median, 1.4826 * MAD + epsilon) and ``spherize`` (PCA, ZCA,
+PCA-cor, ZCA-cor whitening). Missing values are ignored in the fit and stay missing.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .errors import ConfigError, InputError
+from .feature_select import feature_matrix, resolve_features, select_samples
+
+__all__ = ["METHODS", "SPHERIZE_METHODS", "fit_rows", "normalize"]
+
+log = logging.getLogger(__name__)
+
+METHODS: tuple[str, ...] = ("standardize", "robustize", "mad_robustize", "spherize")
+SPHERIZE_METHODS: tuple[str, ...] = ("PCA", "ZCA", "PCA-cor", "ZCA-cor")
+_MAD_SCALE = 1.4826  # makes the MAD a consistent estimator of a normal std
+_EPS = float(np.finfo(np.float64).eps)
+
+
+def fit_rows(
+    profiles: pd.DataFrame,
+    *,
+    samples: str = "all",
+    sample_filter: Mapping[str, Any] | None = None,
+    min_cells: int | None = None,
+    object_count_column: str = "Metadata_Object_Count",
+) -> np.ndarray:
+    """Boolean mask (by position) of the rows a normalization is fitted on.
+
+    ``samples`` (a pandas query or "all") AND ``sample_filter`` AND, when ``min_cells``
+    is set and not 1, ``object_count_column >= min_cells``.
+    """
+    positional = profiles.set_axis(pd.RangeIndex(len(profiles)), axis=0)
+    chosen = select_samples(positional, samples=samples, sample_filter=sample_filter)
+    mask = np.zeros(len(profiles), dtype=bool)
+    mask[chosen.index.to_numpy()] = True
+    if min_cells is not None and min_cells != 1:
+        if object_count_column not in profiles.columns:
+            raise ConfigError(
+                f"min_cells={min_cells} needs the column {object_count_column!r}, absent from "
+                "the profiles; aggregate with object counts or set min_cells to 1"
+            )
+        counts = pd.to_numeric(profiles[object_count_column], errors="coerce").to_numpy()
+        with np.errstate(invalid="ignore"):
+            mask &= counts >= min_cells
+        if not mask.any():
+            raise InputError(
+                f"no rows to fit on: none of the selected wells has {object_count_column} "
+                f">= min_cells ({min_cells}); lower min_cells"
+            )
+    return mask
+
+
+def _mean_std(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean, scale (population std; 1 for constant features) and the constant mask."""
+    n = (~np.isnan(x)).sum(axis=0).astype(np.float64)
+    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nansum(x, axis=0) / n
+        centred = x - mean
+        correction = np.nansum(centred, axis=0)
+        var = (np.nansum(centred * centred, axis=0) - correction**2 / n) / n
+        # a feature indistinguishable from a constant (rounding bound of the
+        # two-pass variance) gets scale 1, as in the usual standard scaler
+        constant = var <= n * _EPS * var + (n * mean * _EPS) ** 2
+    scale = np.where(constant, 1.0, np.sqrt(var))
+    return mean, scale, constant
+
+
+def _robust(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        centre = np.nanmedian(x, axis=0)
+        q25, q75 = np.nanpercentile(x, [25.0, 75.0], axis=0)
+    scale = q75 - q25
+    scale = np.where(scale < 10 * _EPS, 1.0, scale)
+    return centre, scale
+
+
+def _mad(x: np.ndarray, epsilon: float) -> tuple[np.ndarray, np.ndarray]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        centre = np.nanmedian(x, axis=0)
+        mad = np.nanmedian(np.abs(x - centre), axis=0) * _MAD_SCALE
+    return centre, mad + epsilon
+
+
+def _spherize(
+    x_all: np.ndarray,
+    fit: np.ndarray,
+    names: Sequence[str],
+    *,
+    method: str,
+    center: bool,
+    epsilon: float,
+) -> np.ndarray:
+    """Whitening fitted on the complete rows of ``x_all[fit]``, applied to all rows."""
+    x_fit = x_all[fit]
+    complete = ~np.isnan(x_fit).any(axis=1)
+    if not complete.all():
+        log.warning(
+            "spherize: %d of %d fit rows have missing values and are left out of the fit",
+            int((~complete).sum()),
+            len(x_fit),
+        )
+        x_fit = x_fit[complete]
+    n, d = x_fit.shape
+    if n < 2:
+        raise InputError(
+            "spherize needs at least 2 fit rows without missing values; drop features "
+            "with missing values first (feature_select drop_na_columns)"
+        )
+    if method.endswith("-cor"):
+        mean, scale, constant = _mean_std(x_fit)
+        if constant.any():
+            bad = [names[i] for i in np.flatnonzero(constant)[:5]]
+            raise InputError(
+                f"spherize {method} cannot scale features with zero variance on the fit rows "
+                f"({', '.join(bad)}{' ...' if constant.sum() > 5 else ''}); remove them first "
+                "(feature_select variance_threshold)"
+            )
+    elif center:
+        mean = x_fit.mean(axis=0)
+        scale = np.ones(d)
+    else:
+        mean = np.zeros(d)
+        scale = np.ones(d)
+    xt = (x_fit - mean) / scale
+
+    want_full_basis = method.startswith("PCA") and n <= d
+    _, s, vt = np.linalg.svd(xt, full_matrices=want_full_basis)
+    tol = s.max(initial=0.0) * max(n, d) * _EPS
+    rank = int((s > tol).sum())
+    full = rank == d or (center and rank == n - 1) or (not center and rank == n)
+    if not full:
+        expected = min(d, n - 1 if center else n)
+        raise InputError(
+            f"spherize: the fit rows' feature matrix has rank {rank}, expected {expected} "
+            f"({n} rows x {d} features); some features are linear combinations of others "
+            "(duplicated or constant features): run feature_select "
+            "(variance_threshold, correlation_threshold) before spherizing"
+        )
+    # singular values beyond the rank take the smallest non-zero one
+    sigma = np.concatenate([s[:rank], np.repeat(s[rank - 1], d - rank)]) + epsilon
+    root = np.sqrt(n - 1)
+
+    with np.errstate(invalid="ignore"):
+        y = (x_all - mean) / scale
+    if method.startswith("PCA"):
+        return (y @ vt.T) * (root / sigma)
+    # ZCA: W = V diag(1/sigma) V^T, computed without forming the d x d matrix
+    v_r = vt[:rank].T
+    proj = y @ v_r
+    out = (proj / sigma[:rank]) @ v_r.T
+    if rank < d:
+        out += (y - proj @ v_r.T) / sigma[rank]
+    return out * root
+
+
+def normalize(
+    profiles: pd.DataFrame,
+    *,
+    features: str | Sequence[str] = "infer",
+    meta_features: str | Sequence[str] = "infer",
+    image_features: bool = False,
+    samples: str = "all",
+    method: str = "standardize",
+    mad_robustize_epsilon: float = 1e-18,
+    spherize_center: bool = True,
+    spherize_method: str = "ZCA-cor",
+    spherize_epsilon: float = 1e-6,
+    sample_filter: Mapping[str, Any] | None = None,
+    min_cells: int | None = None,
+    object_count_column: str = "Metadata_Object_Count",
+) -> pd.DataFrame:
+    """Normalize ``features`` of ``profiles``; fit on the rows ``samples`` etc. choose.
+
+    Output: the metadata columns, then non-feature ``Image_*`` columns unchanged, then
+    the normalized features (``PC1..PCd`` for PCA whitening), with the input's row
+    order and index. ``samples`` is "all" or a pandas query such as
+    ``"Metadata_control_type == 'negcon'"``; ``sample_filter`` ({column: [values]})
+    and ``min_cells`` narrow the fit rows further (AND).
+    """
+    method = method.lower()
+    if method not in METHODS:
+        raise ConfigError(f"unknown normalize method {method!r}; choose from {list(METHODS)}")
+    if method == "spherize":
+        if spherize_method not in SPHERIZE_METHODS:
+            raise ConfigError(
+                f"unknown spherize_method {spherize_method!r}; choose from {list(SPHERIZE_METHODS)}"
+            )
+        if spherize_method.endswith("-cor") and not spherize_center:
+            raise ConfigError(f"spherize_method {spherize_method} needs spherize_center: true")
+    if mad_robustize_epsilon is None or mad_robustize_epsilon < 0:
+        raise ConfigError("mad_robustize_epsilon must be a number >= 0")
+
+    names = resolve_features(profiles, features, image_features=image_features)
+    if isinstance(meta_features, str):
+        if meta_features != "infer":
+            raise ConfigError(
+                f"meta_features must be 'infer' or a list of columns, got {meta_features!r}"
+            )
+        meta = [c for c in profiles.columns if isinstance(c, str) and c.startswith("Metadata_")]
+    else:
+        meta = list(meta_features)
+        missing = [c for c in meta if c not in profiles.columns]
+        if missing:
+            raise ConfigError(
+                f"meta_features names columns absent from the profiles: {missing}; "
+                "fix the list or use meta_features: infer"
+            )
+    taken = set(names) | set(meta)
+    passthrough = [
+        c
+        for c in profiles.columns
+        if c not in taken and isinstance(c, str) and c.startswith(("Image_", "ome_arrow_"))
+    ]
+
+    x = feature_matrix(profiles, names)
+    fit = fit_rows(
+        profiles,
+        samples=samples,
+        sample_filter=sample_filter,
+        min_cells=min_cells,
+        object_count_column=object_count_column,
+    )
+    columns: list[str] = list(names)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if method == "standardize":
+            mean, scale, _ = _mean_std(x[fit])
+            out = (x - mean) / scale
+        elif method == "robustize":
+            centre, scale = _robust(x[fit])
+            out = (x - centre) / scale
+        elif method == "mad_robustize":
+            centre, scale = _mad(x[fit], mad_robustize_epsilon)
+            out = (x - centre) / scale
+        else:
+            out = _spherize(
+                x,
+                fit,
+                names,
+                method=spherize_method,
+                center=spherize_center,
+                epsilon=spherize_epsilon,
+            )
+            if spherize_method.startswith("PCA"):
+                columns = [f"PC{i}" for i in range(1, len(names) + 1)]
+
+    normalized = pd.DataFrame(out, columns=pd.Index(columns), index=profiles.index)
+    return pd.concat(
+        [profiles.loc[:, meta], profiles.loc[:, passthrough], normalized], axis="columns"
+    )

@@ -1,0 +1,277 @@
+"""Realistic synthetic workspaces in the handbook layout, for the demo, tests and benchmarks.
+
+Cells carry CellProfiler column names and links (``Parent_*``), every site has its
+own ImageNumber, treatments shift a subset of features (replicates share the
+shift; some treatments are inert), and a few features are constant or copies of
+others, so feature selection has something to find.
+"""
+
+from __future__ import annotations
+
+import os
+import string
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from . import io
+
+__all__ = ["SynthResult", "feature_names", "synth", "well_names"]
+
+CHANNELS = ("DNA", "ER", "RNA", "AGP", "Mito")
+COMPARTMENTS = ("Cells", "Cytoplasm", "Nuclei")
+_ROW_LETTERS = list(string.ascii_uppercase) + [f"A{c}" for c in string.ascii_uppercase[:6]]
+
+
+def well_names(n_wells: int) -> list[str]:
+    """Well names of a 96-, 384- or 1536-well plate, row-major (A01, A02, …, AF48)."""
+    shapes = {96: (8, 12), 384: (16, 24), 1536: (32, 48)}
+    if n_wells not in shapes:
+        raise ValueError(f"wells must be 96, 384 or 1536, not {n_wells}")
+    rows, cols = shapes[n_wells]
+    return [f"{_ROW_LETTERS[r]}{c + 1:02d}" for r in range(rows) for c in range(cols)]
+
+
+def _feature_pool(compartment: str) -> list[str]:
+    names = [
+        "AreaShape_Area", "AreaShape_Compactness", "AreaShape_Eccentricity", "AreaShape_Extent",
+        "AreaShape_FormFactor", "AreaShape_MajorAxisLength", "AreaShape_MinorAxisLength",
+        "AreaShape_Perimeter", "AreaShape_Solidity", "AreaShape_EulerNumber",
+    ]
+    for ch in CHANNELS:
+        names += [f"Intensity_{m}_{ch}" for m in ("IntegratedIntensity", "MeanIntensity", "StdIntensity", "MaxIntensity", "MedianIntensity")]
+    if compartment == "Nuclei":
+        names += [f"Correlation_Manders_{a}_{b}" for a in CHANNELS[:3] for b in CHANNELS[3:]]
+        names += [f"Granularity_{g}_{ch}" for g in (14, 15, 16) for ch in CHANNELS[:2]]
+    for ch in CHANNELS:
+        names += [f"Granularity_{g}_{ch}" for g in range(1, 14)]
+    for a in CHANNELS:
+        for b in CHANNELS:
+            if a < b:
+                names.append(f"Correlation_Correlation_{a}_{b}")
+    for ch in CHANNELS:
+        for scale in (3, 5, 10):
+            for stat in ("AngularSecondMoment", "Contrast", "Correlation", "Entropy", "InverseDifferenceMoment", "SumAverage", "Variance"):
+                names += [f"Texture_{stat}_{ch}_{scale}_{d:02d}_256" for d in (0, 1, 2, 3)]
+    for ch in CHANNELS:
+        for ring in range(1, 5):
+            names += [f"RadialDistribution_{m}_{ch}_{ring}of4" for m in ("FracAtD", "MeanFrac", "RadialCV")]
+    for ch in CHANNELS:
+        names += [f"Intensity_{m}_{ch}" for m in ("LowerQuartileIntensity", "UpperQuartileIntensity", "MADIntensity", "MinIntensity", "MassDisplacement")]
+    return names
+
+
+def feature_names(compartment: str, n: int) -> list[str]:
+    """``n`` measurement names for a compartment (CellProfiler families; numbered beyond the pool)."""
+    pool = _feature_pool(compartment)
+    if n <= len(pool):
+        return pool[:n]
+    extra = [f"Texture_Extra_{i:05d}_DNA_3_00_256" for i in range(n - len(pool))]
+    return pool + extra
+
+
+@dataclass
+class SynthResult:
+    """What was generated."""
+
+    workspace: str
+    batch: str
+    plates: list[str]
+    wells: list[str]
+    sites: int
+    cells_written: int
+    files: int
+
+
+def _write_csv(table: pa.Table, path: str) -> None:
+    pacsv.write_csv(table, path, write_options=pacsv.WriteOptions(quoting_style="needed"))
+
+
+def synth(
+    workspace: str | os.PathLike[str],
+    *,
+    batch: str = "BATCH1",
+    plates: Sequence[str] = ("PLATE1",),
+    wells: int = 96,
+    sites: int = 4,
+    cells: int = 40,
+    features: int = 40,
+    treatments: int = 8,
+    negcon_fraction: float = 0.25,
+    strong_fraction: float = 0.5,
+    seed: int = 0,
+    well_subset: int | None = None,
+    faults: bool = False,
+) -> SynthResult:
+    """Write a synthetic workspace: CellProfiler CSVs, plate maps, external metadata, load_data.
+
+    ``cells`` is the mean per site (Poisson); ``features`` per compartment;
+    ``well_subset`` keeps only the first N wells of the plate (small tests, same
+    plate geometry); ``faults`` plants one empty object file, one cut-off row and
+    one header-only Image.csv in the first plate, as real transfers sometimes do.
+    """
+    rng = np.random.default_rng(seed)
+    root = str(workspace)
+    all_wells = well_names(wells)
+    used = all_wells[:well_subset] if well_subset else all_wells
+    n_negcon = max(1, int(round(len(all_wells) * negcon_fraction)))
+    negcon_wells = set(all_wells[i] for i in np.linspace(0, len(all_wells) - 1, n_negcon).astype(int))
+    treat_names = [f"BRD-K{1000 + t:05d}-001-01-1" for t in range(treatments)]
+    treatment_of = {}
+    ti = 0
+    for well in all_wells:
+        if well in negcon_wells:
+            continue
+        treatment_of[well] = treat_names[ti % treatments]
+        ti += 1
+    n_strong = int(round(treatments * strong_fraction))
+    names = {c: feature_names(c, features) for c in COMPARTMENTS}
+    effects = {}
+    for t, name in enumerate(treat_names):
+        vec = {}
+        for c in COMPARTMENTS:
+            e = np.zeros(features)
+            if t < n_strong:
+                hit = rng.choice(features, size=max(1, features // 4), replace=False)
+                e[hit] = rng.normal(0, 1.5, size=len(hit))
+            vec[c] = e
+        effects[name] = vec
+    # feature scales: realistic magnitudes; a few constant and duplicated columns
+    scales = {c: np.exp(rng.normal(2, 1.5, features)) for c in COMPARTMENTS}
+    constant = {c: set(rng.choice(features, size=max(1, features // 20), replace=False).tolist()) for c in COMPARTMENTS}
+    image_names = (
+        ["Count_Cells", "Count_Cytoplasm", "Count_Nuclei"]
+        + [f"Granularity_{g}_{ch}" for ch in CHANNELS for g in (1, 2, 3)]
+        + [f"ImageQuality_{m}_{ch}" for ch in CHANNELS for m in ("FocusScore", "PowerLogLogSlope", "PercentMaximal")]
+        + [f"Texture_Contrast_{ch}_5_00_256" for ch in CHANNELS]
+        + [f"Threshold_{m}_{c}" for c in ("Cells", "Nuclei") for m in ("FinalThreshold", "OrigThreshold")]
+        + [f"ExecutionTime_{i:02d}Module" for i in range(1, 4)]
+    )
+    cells_written = 0
+    files = 0
+    image_number = 0
+    platemap_rows: list[dict[str, object]] = []
+    for pi, plate in enumerate(plates):
+        plate_map = f"PM-{pi % 2 + 1:02d}"
+        plate_dir = io.join(root, "analysis", batch, plate, "analysis")
+        load_rows = []
+        plate_effect = rng.normal(0, 0.2)
+        for _wi, well in enumerate(used):
+            treat = treatment_of.get(well)
+            for site in range(1, sites + 1):
+                image_number += 1
+                site_dir = Path(plate_dir, f"{plate}-{well}-{site}")
+                site_dir.mkdir(parents=True, exist_ok=True)
+                n = int(rng.poisson(cells))
+                base = rng.normal(0, 1, size=(n, 1))  # cell size factor, shared: correlated features
+                row_letter_index = _ROW_LETTERS.index(well.rstrip("0123456789"))
+                position = 0.05 * row_letter_index  # a gentle position effect
+                tables = {}
+                for c in COMPARTMENTS:
+                    x = rng.normal(0, 1, size=(n, features)) + plate_effect + position
+                    x[:, : max(2, features // 10)] += base * 1.5
+                    if treat is not None:
+                        x += effects[treat][c]
+                    values = scales[c] * (1 + 0.25 * x)
+                    for k in constant[c]:
+                        values[:, k] = 1.0
+                    if features >= 4:
+                        values[:, 3] = values[:, 2] * 2.0 + 0.01  # an exact linear copy
+                    cols: dict[str, object] = {
+                        "ImageNumber": np.full(n, image_number, dtype=np.int64),
+                        "ObjectNumber": np.arange(1, n + 1, dtype=np.int64),
+                    }
+                    for j, name in enumerate(names[c]):
+                        cols[name] = values[:, j]
+                    cols["Location_Center_X"] = rng.uniform(0, 1080, n)
+                    cols["Location_Center_Y"] = rng.uniform(0, 1080, n)
+                    cols["Number_Object_Number"] = np.arange(1, n + 1, dtype=np.int64)
+                    if c == "Cells":
+                        cols["Parent_Nuclei"] = np.arange(1, n + 1, dtype=np.int64)
+                        cols["Children_Cytoplasm_Count"] = np.ones(n, dtype=np.int64)
+                    elif c == "Cytoplasm":
+                        cols["Parent_Cells"] = np.arange(1, n + 1, dtype=np.int64)
+                        cols["Parent_Nuclei"] = np.arange(1, n + 1, dtype=np.int64)
+                    else:
+                        cols["Children_Cells_Count"] = np.ones(n, dtype=np.int64)
+                    order = ["ImageNumber", "ObjectNumber", *sorted(k for k in cols if k not in ("ImageNumber", "ObjectNumber"))]
+                    tables[c] = pa.table({k: cols[k] for k in order})
+                image: dict[str, list[Any]] = {name: [float(rng.gamma(5, 2))] for name in image_names}
+                image["Count_Cells"] = [float(n)]
+                image["Count_Cytoplasm"] = [float(n)]
+                image["Count_Nuclei"] = [float(n)]
+                image["ImageNumber"] = [image_number]
+                image["Metadata_Plate"] = [plate]
+                image["Metadata_Well"] = [well]
+                image["Metadata_Site"] = [site]
+                image["Metadata_Row"] = [row_letter_index + 1]
+                image["Metadata_Col"] = [int(well.lstrip(string.ascii_uppercase))]
+                for ch in CHANNELS:
+                    image[f"FileName_Orig{ch}"] = [f"r{row_letter_index + 1:02d}c{image['Metadata_Col'][0]:02d}f{site:02d}p01-ch{CHANNELS.index(ch) + 1}sk1fk1fl1.tiff"]
+                    image[f"PathName_Orig{ch}"] = [f"/images/{batch}/{plate}/Images"]
+                image_table = pa.table({k: image[k] for k in sorted(image)})
+                _write_csv(image_table, str(site_dir / "Image.csv"))
+                for c, table in tables.items():
+                    _write_csv(table, str(site_dir / f"{c}.csv"))
+                files += 4
+                cells_written += n
+                load_rows.append({"Metadata_Plate": plate, "Metadata_Well": well, "Metadata_Site": site,
+                                  **{f"FileName_Orig{ch}": image[f"FileName_Orig{ch}"][0] for ch in CHANNELS},
+                                  **{f"PathName_Orig{ch}": image[f"PathName_Orig{ch}"][0] for ch in CHANNELS}})
+        if faults and pi == 0 and len(used) >= 3:
+            _plant_faults(plate_dir, plate, used, sites)
+        load_dir = Path(io.join(root, "load_data_csv", batch, plate))
+        load_dir.mkdir(parents=True, exist_ok=True)
+        _write_csv(pa.Table.from_pylist(load_rows), str(load_dir / "load_data.csv"))
+        platemap_rows.append({"Assay_Plate_Barcode": plate, "Plate_Map_Name": plate_map})
+    _write_metadata(root, batch, platemap_rows, all_wells, negcon_wells, treatment_of, treat_names, n_strong)
+    return SynthResult(root, batch, list(plates), used, sites, cells_written, files)
+
+
+def _plant_faults(plate_dir: str, plate: str, wells: Sequence[str], sites: int) -> None:
+    """One empty object file, one cut-off row, one header-only Image.csv."""
+    empty = Path(plate_dir, f"{plate}-{wells[0]}-{sites}", "Nuclei.csv")
+    empty.write_bytes(b"")
+    cut = Path(plate_dir, f"{plate}-{wells[1]}-{sites}", "Cells.csv")
+    lines = cut.read_text().splitlines()
+    if len(lines) > 1:
+        lines[1] = ",".join(lines[1].split(",")[:-3])
+        cut.write_text("\n".join(lines) + "\n")
+    header_only = Path(plate_dir, f"{plate}-{wells[2]}-{sites}", "Image.csv")
+    header_only.write_text(header_only.read_text().splitlines()[0] + "\n")
+
+
+def _write_metadata(
+    root: str,
+    batch: str,
+    barcode_rows: list[dict[str, object]],
+    wells: Sequence[str],
+    negcon_wells: set[str],
+    treatment_of: dict[str, str],
+    treat_names: Sequence[str],
+    n_strong: int,
+) -> None:
+    meta = Path(io.join(root, "metadata", "platemaps", batch))
+    (meta / "platemap").mkdir(parents=True, exist_ok=True)
+    lines = ["Assay_Plate_Barcode,Plate_Map_Name"] + [f"{r['Assay_Plate_Barcode']},{r['Plate_Map_Name']}" for r in barcode_rows]
+    (meta / "barcode_platemap.csv").write_text("\n".join(lines) + "\n")
+    for name in sorted({str(r["Plate_Map_Name"]) for r in barcode_rows}):
+        rows = ["plate_map_name\twell_position\tbroad_sample\tmg_per_ml\tmmoles_per_liter\tsolvent\tcontrol_type"]
+        for well in wells:
+            if well in negcon_wells:
+                rows.append(f"{name}\t{well}\tDMSO\t0\t0\tDMSO\tnegcon")
+            else:
+                rows.append(f"{name}\t{well}\t{treatment_of[well]}\t3.1\t10\tDMSO\ttrt")
+        (meta / "platemap" / f"{name}.txt").write_text("\n".join(rows) + "\n")
+    ext = Path(io.join(root, "metadata", "external_metadata"))
+    ext.mkdir(parents=True, exist_ok=True)
+    rows = ["broad_sample\tpert_iname\tmoa"]
+    rows.append("DMSO\tDMSO\tcontrol vehicle")
+    for i, t in enumerate(treat_names):
+        rows.append(f"{t}\tcompound-{i:03d}\t{'active' if i < n_strong else 'inert'}")
+    (ext / "external_metadata.tsv").write_text("\n".join(rows) + "\n")

@@ -1,0 +1,236 @@
+"""Backend creation against real CellProfiler output and the reference aggregation."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from cytoprofile import io
+from cytoprofile.collate import collate, collate_plate
+from cytoprofile.synth import synth
+
+from .conftest import link_sites
+from .reference import assert_profiles_equal, old_layout_sqlite, pycytominer_profiles
+
+DATA_B = "cytominer-database-fixtures/data_b"
+JUMP = "jump-BR00121431/analysis/2021_04_20_Target2/BR00121431/analysis"
+COMPARTMENTS = ("Cells", "Cytoplasm", "Nuclei")
+
+
+def _data_b_workspace(tmp_path: Path, shared: Path) -> Path:
+    src = shared / DATA_B
+    link_sites(tmp_path, "B", "SQ00015116", {p.name: p for p in src.iterdir() if p.is_dir()})
+    return tmp_path
+
+
+@pytest.mark.parametrize("backend", [("sqlite",), ("parquet",), ("sqlite", "parquet")])
+def test_data_b_quarantines_three_sites_with_reasons(tmp_path: Path, shared_data: Path, backend: tuple[str, ...]) -> None:
+    ws = _data_b_workspace(tmp_path, shared_data)
+    result = collate_plate(ws, "B", "SQ00015116", backend=backend)  # type: ignore[arg-type]
+    assert result.status == "done"
+    report = json.loads(Path(result.outputs["report"]).read_text())
+    status = {s["site"]: (s["status"], s["reason"]) for s in report["sites"]}
+    assert [k for k, v in status.items() if v[0] == "ok"] == ["A01-1", "A01-2", "B01-1", "B01-2"]
+    assert "empty (0 bytes)" in status["E17-4"][1] and "Cells.csv" in status["E17-4"][1]
+    assert "wrong number of fields" in status["J21-2"][1] and "line 2" in status["J21-2"][1]
+    assert "no data row" in status["N23-5"][1]
+    for table in COMPARTMENTS:
+        assert report["tables"][table]["rows_in"] == report["tables"][table]["rows_out"] == 40
+    assert report["totals"]["sites_quarantined"] == 3
+    if "sqlite" in backend:
+        conn = sqlite3.connect(result.outputs["sqlite"])
+        assert conn.execute("SELECT COUNT(*) FROM Cells").fetchone()[0] == 40
+        assert conn.execute("SELECT COUNT(*) FROM Image").fetchone()[0] == 4
+        indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+        assert {"table_image_idx", "plate_well_image_idx", "table_image_object_cells_idx"} <= indexes
+        conn.close()
+    if "parquet" in backend:
+        prefix = Path(result.outputs["parquet"]).parent / "SQ00015116"
+        assert pq.ParquetFile(f"{prefix}_Cells.parquet").metadata.num_rows == 40
+
+
+@pytest.mark.parametrize("operation", ["median", "mean"])
+def test_data_b_matches_reference(tmp_path: Path, shared_data: Path, operation: str) -> None:
+    ws = _data_b_workspace(tmp_path / "ws", shared_data)
+    result = collate_plate(ws, "B", "SQ00015116", operation=operation, image_features=False)  # type: ignore[arg-type]
+    ours = io.read_table(result.outputs["profiles"])
+    good = [shared_data / DATA_B / s for s in ("A01-1", "A01-2", "B01-1", "B01-2")]
+    ref_db = old_layout_sqlite(good, tmp_path / "ref.sqlite", COMPARTMENTS)
+    ref = pycytominer_profiles(ref_db, operation=operation, image_features=False)
+    assert_profiles_equal(ours, ref)
+    # the reference aggregation reads our backend unchanged, with the same result
+    assert_profiles_equal(ours, pycytominer_profiles(Path(result.outputs["sqlite"]), operation=operation, image_features=False))
+
+
+def test_jump_partial_sites_are_quarantined_not_zero(tmp_path: Path, shared_data: Path) -> None:
+    src = shared_data / JUMP
+    link_sites(tmp_path / "ws", "2021_04_20_Target2", "BR00121431", {p.name: p for p in src.iterdir()})
+    result = collate_plate(tmp_path / "ws", "2021_04_20_Target2", "BR00121431")
+    sites = {s["site"]: s for s in result.report["sites"]}  # type: ignore[index]
+    for name in ("BR00121431-A01-2", "BR00121431-A02-2"):
+        assert sites[name]["status"] == "quarantined"
+        assert sites[name]["reason"] == "Cells.csv is missing (other sites have it)"
+    ours = io.read_table(result.outputs["profiles"])
+    assert ours["Metadata_Site_Count"].tolist() == [1, 1]
+    assert ours.loc[0, "Metadata_Object_Count"] == 89
+    good = [src / "BR00121431-A01-1", src / "BR00121431-A02-1"]
+    ref = pycytominer_profiles(old_layout_sqlite(good, tmp_path / "ref.sqlite", COMPARTMENTS))
+    assert_profiles_equal(ours, ref)
+
+
+def test_jump_reference_columns_reproduced_with_mean_and_no_image_features(tmp_path: Path, shared_data: Path) -> None:
+    src = shared_data / JUMP
+    link_sites(tmp_path, "2021_04_20_Target2", "BR00121431", {p.name: p for p in src.iterdir()})
+    result = collate_plate(tmp_path, "2021_04_20_Target2", "BR00121431", operation="mean", image_features=False)
+    ours = io.read_table(result.outputs["profiles"])
+    reference = pd.read_csv(shared_data / "jump-BR00121431/reference/BR00121431_main.csv", nrows=0)
+    assert list(ours.columns) == list(reference.columns)
+    assert ours["Metadata_Well"].tolist() == ["A01", "A02"]
+
+
+def test_examplehuman_extra_object_type_and_run_metadata(tmp_path: Path, shared_data: Path) -> None:
+    src = shared_data / "examplehuman"
+    link_sites(tmp_path / "ws", "B", "P", {"P-A01-1": src})
+    result = collate_plate(tmp_path / "ws", "B", "P", backend=("sqlite",), image_features=False)
+    conn = sqlite3.connect(result.outputs["sqlite"])
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert tables == {"Image", "Cells", "Cytoplasm", "Nuclei", "PH3"}
+    assert conn.execute("SELECT COUNT(*) FROM PH3").fetchone()[0] == 22
+    conn.close()
+    assert "Experiment.csv" in result.report["run_metadata"]  # type: ignore[index]
+    ours = io.read_table(result.outputs["profiles"])
+    # Image.csv has no plate/well: both come from the folder name PLATE-WELL-SITE
+    assert ours[["Metadata_Plate", "Metadata_Well"]].values.tolist() == [["P", "A01"]]
+    linked = tmp_path / "ws/analysis/B/P/analysis/P-A01-1"
+    ref = pycytominer_profiles(old_layout_sqlite([linked], tmp_path / "ref.sqlite", COMPARTMENTS), image_features=False)
+    assert_profiles_equal(ours, ref)
+    with_ph3 = collate_plate(tmp_path / "ws", "B", "P", compartments=("Cells", "PH3"), image_features=False, overwrite=True)
+    profiles = io.read_table(with_ph3.outputs["profiles"])
+    assert any(c.startswith("PH3_") for c in profiles.columns)
+    assert profiles.loc[0, "Metadata_Object_Count"] == 289
+
+
+@pytest.mark.parametrize("operation", ["median", "mean"])
+def test_synthetic_plate_matches_reference_with_image_features(tmp_path: Path, operation: str) -> None:
+    ws = tmp_path / "ws"
+    synth(ws, plates=["P1"], wells=96, well_subset=6, sites=3, cells=25, features=30, seed=3)
+    result = collate_plate(ws, "BATCH1", "P1", operation=operation)  # type: ignore[arg-type]
+    ours = io.read_table(result.outputs["profiles"])
+    sites = sorted((ws / "analysis/BATCH1/P1/analysis").iterdir())
+    ref = pycytominer_profiles(old_layout_sqlite(sites, tmp_path / "ref.sqlite", COMPARTMENTS), operation=operation)
+    assert_profiles_equal(ours, ref)
+    assert ours.columns[:3].tolist() == ["Metadata_Plate", "Metadata_Well", "Metadata_Site_Count"]
+
+
+def test_union_schema_fills_missing_keeps_extra_and_zero_cell_site(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    synth(ws, plates=["P1"], wells=96, well_subset=3, sites=2, cells=10, features=8, seed=1)
+    site_dir = ws / "analysis/BATCH1/P1/analysis"
+    first = site_dir / "P1-A01-1"
+    # the site that sorts first lacks a column (FlagImage skipped a measurement)
+    image = pd.read_csv(first / "Image.csv").drop(columns=["Granularity_1_DNA"])
+    image.to_csv(first / "Image.csv", index=False)
+    # a later site has an extra object column
+    later = site_dir / "P1-A03-2"
+    cells = pd.read_csv(later / "Cells.csv")
+    cells["Intensity_Extra_DNA"] = 1.5
+    cells.to_csv(later / "Cells.csv", index=False)
+    # a site with zero cells is valid
+    zero = site_dir / "P1-A02-2"
+    for c in COMPARTMENTS:
+        header = (zero / f"{c}.csv").read_text().splitlines()[0]
+        (zero / f"{c}.csv").write_text(header + "\n")
+    img = pd.read_csv(zero / "Image.csv")
+    img[["Count_Cells", "Count_Cytoplasm", "Count_Nuclei"]] = 0
+    img.to_csv(zero / "Image.csv", index=False)
+
+    result = collate_plate(ws, "BATCH1", "P1", backend=("sqlite", "parquet"))
+    report = result.report
+    assert report is not None
+    assert report["totals"]["sites_quarantined"] == 0
+    assert report["missing_columns"]["Image"]["Granularity_1_DNA"] == ["P1-A01-1"]
+    assert len(report["missing_columns"]["Cells"]["Intensity_Extra_DNA"]) == 5
+    conn = sqlite3.connect(result.outputs["sqlite"])
+    assert conn.execute("SELECT COUNT(*) FROM Image WHERE Granularity_1_DNA IS NULL").fetchone()[0] == 1
+    assert conn.execute("SELECT COUNT(*) FROM Cells WHERE Cells_Intensity_Extra_DNA = 1.5").fetchone()[0] > 0
+    conn.close()
+    ours = io.read_table(result.outputs["profiles"]).set_index("Metadata_Well")
+    assert ours.loc["A02", "Metadata_Site_Count"] == 2  # the zero-cell site still counts as a site
+    assert ours.loc["A03", "Cells_Intensity_Extra_DNA"] == 1.5
+    assert pd.isna(ours.loc["A01", "Cells_Intensity_Extra_DNA"])
+
+
+def test_hostile_header_is_just_a_column(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    synth(ws, plates=["P1"], wells=96, well_subset=1, sites=1, cells=5, features=4)
+    site = ws / "analysis/BATCH1/P1/analysis/P1-A01-1"
+    cells = pd.read_csv(site / "Cells.csv")
+    cells['x"; DROP TABLE Image; --'] = 2.0
+    cells.to_csv(site / "Cells.csv", index=False)
+    result = collate_plate(ws, "BATCH1", "P1")
+    conn = sqlite3.connect(result.outputs["sqlite"])
+    assert conn.execute("SELECT COUNT(*) FROM Image").fetchone()[0] == 1
+    cols = [r[1] for r in conn.execute("PRAGMA table_info(Cells)")]
+    assert 'Cells_x"; DROP TABLE Image; --' in cols
+    conn.close()
+
+
+def _corrupt_value(path: Path, text: str) -> None:
+    lines = path.read_text().splitlines()
+    fields = lines[1].split(",")
+    fields[2] = text
+    lines[1] = ",".join(fields)
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        (lambda p: (p / "Cells.csv").write_bytes(b"ImageNumber,ObjectNumber,AreaShape_Area\n1,1,\xff\xfe\n"), "Cells.csv"),
+        (lambda p: _corrupt_value(p / "Cytoplasm.csv", "12..5e"), "unparseable number"),
+        (lambda p: (p / "Image.csv").unlink(), "Image.csv is missing"),
+    ],
+)
+def test_bad_files_quarantine_the_site(tmp_path: Path, damage, reason: str) -> None:  # type: ignore[no-untyped-def]
+    ws = tmp_path / "ws"
+    synth(ws, plates=["P1"], wells=96, well_subset=2, sites=2, cells=5, features=4)
+    damage(ws / "analysis/BATCH1/P1/analysis/P1-A02-1")
+    result = collate_plate(ws, "BATCH1", "P1")
+    bad = [s for s in result.report["sites"] if s["status"] != "ok"]  # type: ignore[index]
+    assert [s["site"] for s in bad] == ["P1-A02-1"]
+    assert reason in bad[0]["reason"]
+    assert bad[0]["file"].startswith("analysis/BATCH1/P1/analysis/P1-A02-1/")
+
+
+def test_strict_fails_and_writes_nothing(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    synth(ws, plates=["P1", "P2"], wells=96, well_subset=3, sites=2, cells=5, features=4, faults=True)
+    results = collate(ws, "BATCH1", ["P1", "P2"], strict=True)
+    assert [r.status for r in results] == ["failed", "done"]
+    assert "quarantined" in results[0].message
+    assert not list((ws / "backend/BATCH1/P1").iterdir())
+
+
+def test_skip_complete_plate_and_overwrite(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    synth(ws, plates=["P1"], wells=96, well_subset=2, sites=1, cells=5, features=4)
+    first = collate_plate(ws, "BATCH1", "P1")
+    assert first.status == "done"
+    again = collate_plate(ws, "BATCH1", "P1")
+    assert again.status == "skipped" and "--overwrite" in again.message
+    assert collate_plate(ws, "BATCH1", "P1", overwrite=True).status == "done"
+
+
+def test_aggregate_only_on_our_backend_and_parquet(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    synth(ws, plates=["P1"], wells=96, well_subset=4, sites=2, cells=12, features=10)
+    result = collate_plate(ws, "BATCH1", "P1", backend=("sqlite", "parquet"))
+    streamed = io.read_table(result.outputs["profiles"])
+    for kind in ("sqlite", "parquet"):
+        again = collate_plate(ws, "BATCH1", "P1", backend=(kind,), aggregate_only=True, overwrite=True)  # type: ignore[arg-type]
+        assert_profiles_equal(io.read_table(again.outputs["profiles"]), streamed, rtol=1e-12)
