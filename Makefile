@@ -19,7 +19,7 @@ demo: venv
 	rm -rf $(DEMO)
 	$(BIN)/cytoprofile synth $(DEMO) --plate PLATE1,PLATE2 --wells 96 --sites 3 --cells 30 --features 40 --faults
 	$(BIN)/cytoprofile collate $(DEMO) BATCH1 PLATE1 PLATE2 --backend sqlite --backend parquet --jobs 2
-	$(BIN)/cytoprofile config-template --workspace $(DEMO) --batch BATCH1 --plate PLATE1,PLATE2 > $(DEMO)/config.yml
+	$(BIN)/cytoprofile config-template --workspace . --batch BATCH1 --plate PLATE1,PLATE2 -o $(DEMO)/config.yml
 	$(BIN)/cytoprofile run $(DEMO)/config.yml
 	@echo "Profiles: $(DEMO)/profiles/BATCH1; QC report: $(DEMO)/quality_control/report/BATCH1.html"
 

@@ -146,11 +146,13 @@ def aggregate(
     compartments: Sequence[str] = DEFAULT_COMPARTMENTS,
     image_features: bool = True,
     image_feature_categories: Sequence[str] = DEFAULT_IMAGE_FEATURE_CATEGORIES,
+    sites: Sequence[int] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> pd.DataFrame:
     """Per-well profiles from an existing backend (SQLite of either generation, or Parquet).
 
     Reads one well at a time, so memory holds one well's cells, not the plate.
+    ``sites`` keeps only those fields of view (``Metadata_Site``).
     """
     from .backend import open_backend
 
@@ -163,6 +165,10 @@ def aggregate(
                 f"{backend}: the Image table lacks strata column(s) {', '.join(missing)}; "
                 f"available Metadata columns: {', '.join(c for c in image.columns if c.startswith('Metadata_'))}"
             )
+        if sites is not None:
+            if "Metadata_Site" not in image.columns:
+                raise InputError(f"{backend}: sites were chosen but the Image table has no Metadata_Site column")
+            image = image[image["Metadata_Site"].astype(int).isin([int(x) for x in sites])].reset_index(drop=True)
         available = {t.lower(): t for t in reader.object_tables()}
         tables: dict[str, str] = {}
         for compartment in compartments:

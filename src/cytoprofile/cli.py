@@ -256,6 +256,233 @@ def csv2gz_cmd(
     typer.echo(csv2gz(source, dest, float_format=fmt))
 
 
+def _sample_filter(values: list[str] | None) -> dict[str, list[str]] | None:
+    """``COLUMN=V1,V2`` options as a structured filter."""
+    if not values:
+        return None
+    out: dict[str, list[str]] = {}
+    for item in values:
+        if "=" not in item:
+            raise CytoprofileError(f"--sample-filter {item!r}: write COLUMN=VALUE[,VALUE...]")
+        column, _, rest = item.partition("=")
+        out.setdefault(column.strip(), []).extend(v.strip() for v in rest.split(",") if v.strip())
+    return out
+
+
+FloatFormatOpt = Annotated[str | None, typer.Option(help="printf-style float format for CSV output, e.g. %.5g.")]
+
+
+@app.command()
+def annotate(
+    profiles: Annotated[str, typer.Argument(help="Per-well profiles (.csv, .csv.gz or .parquet).")],
+    platemap: Annotated[str, typer.Argument(help="Plate map (tab-separated .txt).")],
+    output: Annotated[str, typer.Argument(help="Annotated output table.")],
+    join_on: Annotated[list[str] | None, typer.Option(help="Plate map column, profile column (default Metadata_well_position,Metadata_Well).")] = None,
+    external: Annotated[str | None, typer.Option(help="External metadata file (.tsv) to merge.")] = None,
+    merge_column: Annotated[str | None, typer.Option(help="Key column shared by the plate map and the external metadata.")] = None,
+    float_format: FloatFormatOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Join plate map (and external metadata) onto per-well profiles."""
+    from . import io
+    from .annotate import annotate as _annotate
+    from .metadata import load_external_metadata, load_platemap
+    from .pipeline import _prefixed
+
+    _setup_logging(quiet)
+    ext = load_external_metadata(external, merge_column=merge_column) if external else None
+    key = None
+    if ext is not None:
+        if not merge_column:
+            raise CytoprofileError("--external needs --merge-column (e.g. broad_sample)")
+        key = merge_column if merge_column.startswith("Metadata_") else f"Metadata_{merge_column}"
+    df = _annotate(io.read_table(profiles), _prefixed(load_platemap(platemap)),
+                   join_on=_split(join_on) or ["Metadata_well_position", "Metadata_Well"],
+                   external_metadata=ext, external_join_left=[key] if key else None,
+                   external_join_right=[key] if key else None)
+    io.write_table(df, output, float_format=float_format)
+    log.info("wrote %d rows × %d columns to %s", len(df), df.shape[1], output)
+
+
+@app.command()
+def normalize(
+    profiles: Annotated[str, typer.Argument(help="Annotated profiles.")],
+    output: Annotated[str, typer.Argument(help="Normalized output table.")],
+    method: Annotated[str, typer.Option(help="standardize, robustize, mad_robustize or spherize.")] = "mad_robustize",
+    samples: Annotated[str, typer.Option(help="Wells to fit on: all, or a query such as \"Metadata_control_type == 'negcon'\".")] = "all",
+    sample_filter: Annotated[list[str] | None, typer.Option(help="Fit on wells where COLUMN=VALUE[,VALUE] (repeatable).")] = None,
+    features: Annotated[list[str] | None, typer.Option(help="Feature columns (default: inferred).")] = None,
+    image_features: Annotated[bool, typer.Option(help="Include Image_* features when inferring.")] = False,
+    mad_robustize_epsilon: Annotated[float, typer.Option(help="ε added to the scaled MAD.")] = 1e-18,
+    spherize_method: Annotated[str, typer.Option(help="PCA, ZCA, PCA-cor or ZCA-cor.")] = "ZCA-cor",
+    spherize_epsilon: Annotated[float, typer.Option(help="Spherize regularization.")] = 1e-6,
+    min_cells: Annotated[int | None, typer.Option(help="Fit only on wells with at least this many cells.")] = None,
+    float_format: FloatFormatOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Normalize profiles against all wells or a subset (e.g. negative controls)."""
+    from . import io
+    from .normalize import normalize as _normalize
+
+    _setup_logging(quiet)
+    df = _normalize(io.read_table(profiles), features=_split(features) or "infer", image_features=image_features,
+                    samples=samples, sample_filter=_sample_filter(sample_filter), method=method,
+                    mad_robustize_epsilon=mad_robustize_epsilon, spherize_method=spherize_method,
+                    spherize_epsilon=spherize_epsilon, min_cells=min_cells)
+    io.write_table(df, output, float_format=float_format)
+    log.info("wrote %d rows × %d columns to %s", len(df), df.shape[1], output)
+
+
+@app.command("feature-select")
+def feature_select(
+    profiles: Annotated[str, typer.Argument(help="Normalized profiles (several: selected together, written stacked).")],
+    output: Annotated[str, typer.Argument(help="Output table.")],
+    operations: Annotated[list[str] | None, typer.Option(help="Operations in order (default variance_threshold,correlation_threshold,drop_na_columns,blocklist).")] = None,
+    variance_threshold_meaning: Annotated[str, typer.Option(help="What variance_threshold means: frequency (the recipe's) or variance.")] = "frequency",
+    features: Annotated[list[str] | None, typer.Option(help="Feature columns (default: inferred).")] = None,
+    image_features: Annotated[bool, typer.Option(help="Include Image_* features when inferring.")] = False,
+    na_cutoff: Annotated[float, typer.Option(help="drop_na_columns: largest NaN fraction kept.")] = 0.05,
+    corr_threshold: Annotated[float, typer.Option(help="correlation_threshold: largest correlation kept.")] = 0.9,
+    freq_cut: Annotated[float, typer.Option(help="frequency test: 2nd/1st most common value ratio.")] = 0.05,
+    unique_cut: Annotated[float, typer.Option(help="frequency test: distinct values / rows.")] = 0.01,
+    outlier_cutoff: Annotated[float, typer.Option(help="drop_outliers: largest |value| kept.")] = 500,
+    blocklist_file: Annotated[str | None, typer.Option(help="blocklist: a file of features (default: the standard list).")] = None,
+    float_format: FloatFormatOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Drop uninformative features."""
+    from . import io
+    from .feature_select import feature_select as _feature_select
+
+    _setup_logging(quiet)
+    df = _feature_select(io.read_table(profiles), features=_split(features) or "infer", image_features=image_features,
+                         operations=_split(operations) or ["variance_threshold", "correlation_threshold", "drop_na_columns", "blocklist"],
+                         variance_threshold_meaning=variance_threshold_meaning,  # type: ignore[arg-type]
+                         na_cutoff=na_cutoff, corr_threshold=corr_threshold, freq_cut=freq_cut, unique_cut=unique_cut,
+                         outlier_cutoff=outlier_cutoff, blocklist_file=blocklist_file)
+    io.write_table(df, output, float_format=float_format)
+    log.info("kept %d columns; wrote %s", df.shape[1], output)
+
+
+@app.command()
+def consensus(
+    profiles: Annotated[str, typer.Argument(help="Profiles to summarise.")],
+    output: Annotated[str, typer.Argument(help="Output table.")],
+    replicate_columns: Annotated[list[str] | None, typer.Option(help="Columns that define a replicate group.")] = None,
+    operation: Annotated[str, typer.Option(help="median, mean or modz.")] = "median",
+    float_format: FloatFormatOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """One profile per replicate group (median, mean or MODZ)."""
+    from . import io
+    from .consensus import consensus as _consensus
+
+    _setup_logging(quiet)
+    df = _consensus(io.read_table(profiles), replicate_columns=_split(replicate_columns) or ["Metadata_Plate", "Metadata_Well"],
+                    operation=operation)
+    io.write_table(df, output, float_format=float_format)
+    log.info("wrote %d consensus profiles to %s", len(df), output)
+
+
+@app.command("write-gct")
+def write_gct(
+    profiles: Annotated[str, typer.Argument(help="Profiles table.")],
+    output: Annotated[str, typer.Argument(help="Output .gct file.")],
+) -> None:
+    """Write profiles as GCT 1.3 (Morpheus, cmapPy)."""
+    from . import io
+    from .feature_select import infer_features
+
+    df = io.read_table(profiles)
+    io.write_gct(df, output, features=infer_features(df), meta_features=[c for c in df.columns if c.startswith("Metadata_")])
+    typer.echo(output)
+
+
+@app.command("validate-metadata")
+def validate_metadata(
+    workspace: Annotated[str, typer.Argument(help="Folder holding metadata/platemaps/BATCH/.")],
+    batch: Annotated[str, typer.Argument(help="Batch name.")],
+    plates: Annotated[list[str] | None, typer.Option("--plate", help="Check only these plates.")] = None,
+    external: Annotated[str | None, typer.Option(help="External metadata file to check too.")] = None,
+    merge_column: Annotated[str | None, typer.Option(help="Its key column.")] = None,
+) -> None:
+    """Check barcode map, plate maps and external metadata; one message per problem."""
+    from .metadata import validate_metadata as _validate
+
+    notes = _validate(workspace, batch, plates=_split(plates), external_metadata=external, merge_column=merge_column)
+    for note in notes:
+        console.print(f"warning: {note}", highlight=False)
+    typer.echo(f"metadata of {batch}: ok" + (f" ({len(notes)} warning(s))" if notes else ""))
+
+
+@app.command("config-template")
+def config_template(
+    output: Annotated[str | None, typer.Option("--output", "-o", help="Write to this file instead of stdout.")] = None,
+    workspace: Annotated[str | None, typer.Option(help="Fill the workspace key.")] = None,
+    batch: Annotated[str | None, typer.Option(help="Batch name for the batch document.")] = None,
+    plates: Annotated[list[str] | None, typer.Option("--plate", help="Plates of that batch.")] = None,
+) -> None:
+    """Print a commented recipe config to start from."""
+    from . import io
+    from .config import config_template as _template
+
+    text = _template(batch=batch, plates=_split(plates), workspace=workspace)
+    if output:
+        with io.atomic_open(output) as fh:
+            fh.write(text)
+    else:
+        typer.echo(text, nl=False)
+
+
+@app.command()
+def init(directory: Annotated[str, typer.Argument(help="Profiling project folder.")] = ".") -> None:
+    """Make the profiling project's folders."""
+    from .config import init_project
+
+    made = init_project(directory)
+    typer.echo(f"created {len(made)} folder(s) in {directory}" + (f": {', '.join(made)}" if made else ""))
+
+
+@app.command()
+def run(
+    config: Annotated[str, typer.Argument(help="Recipe config (YAML).")],
+    workspace: Annotated[str | None, typer.Option(help="Workspace with backend/, metadata/, load_data_csv/.")] = None,
+    root: Annotated[str | None, typer.Option(help="Where profiles/, gct/, quality_control/ go (default: the workspace, else here).")] = None,
+    force: Annotated[bool, typer.Option(help="Redo steps whose outputs are current.")] = False,
+    jobs: Annotated[int | None, typer.Option(help="Plates in parallel on this machine.")] = None,
+    scheduler: Annotated[str | None, typer.Option(help="Dask scheduler address.")] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Run the profiling recipe a config describes (annotate → normalize → feature select → GCT → QC)."""
+    from .pipeline import run as _run
+
+    _setup_logging(quiet)
+    with _timed("recipe"):
+        result = _run(config, workspace=workspace, root=root, force=force, jobs=jobs, scheduler=scheduler)
+    if not quiet:
+        console.print(f"{len(result.ran)} step(s) run, {len(result.skipped)} already current; "
+                      f"{len(result.outputs)} file(s) written in {result.seconds:.1f}s", highlight=False)
+
+
+@app.command()
+def qc(
+    workspace: Annotated[str, typer.Argument(help="Folder holding profiles/, load_data_csv/, backend/.")],
+    batch: Annotated[str, typer.Argument(help="Batch name.")],
+    plates: Annotated[list[str], typer.Argument(help="Plates.")],
+    level: Annotated[str | None, typer.Option(help="Feature-selection level to read: plate, batch or all.")] = None,
+    replicate_column: Annotated[str | None, typer.Option(help="Column naming the treatment.")] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Summary table, plate heatmaps and the batch HTML report."""
+    from .qc import quality_control
+
+    _setup_logging(quiet)
+    with _timed("quality control"):
+        result = quality_control(workspace, batch, _split(plates) or [], level=level, replicate_column=replicate_column)
+    if result.report_path:
+        typer.echo(result.report_path)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, map errors to exit codes."""
     import click

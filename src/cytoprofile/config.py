@@ -11,6 +11,7 @@ only warn. Keys the recipe does not know are cytoprofile extensions.
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import re
 import warnings
@@ -894,9 +895,38 @@ def load_config(path: str | os.PathLike[str]) -> Recipe:
     return _finish(_parse(text, source))
 
 
-def config_template() -> str:
-    """A commented config (settings and one example batch) to start a project from."""
-    return resources.files("cytoprofile").joinpath("data", _TEMPLATE).read_text("utf-8")
+def config_template(
+    *,
+    batch: str | None = None,
+    plates: Sequence[str] | None = None,
+    workspace: str | None = None,
+) -> str:
+    """A commented config (settings and one batch) to start a project from.
+
+    ``batch``/``plates`` replace the example batch document; ``workspace`` fills
+    the ``workspace:`` key. Everything else keeps its comment.
+    """
+    text = resources.files("cytoprofile").joinpath("data", _TEMPLATE).read_text("utf-8")
+    if workspace is not None:
+        lines = text.splitlines()
+        for i, line in enumerate(lines):
+            if line.startswith("workspace:"):
+                comment = line[line.index("#"):] if "#" in line else ""
+                lines[i] = f"{'workspace: ' + json.dumps(workspace):<43}{comment}"
+        text = "\n".join(lines) + "\n"
+    if batch is not None or plates is not None:
+        head, _, example = text.rpartition("\n---\n")
+        old = parse_config(text).batches[0]
+        name = batch or old.batch
+        names = list(plates) if plates else [p.name for p in old.plates]
+        body = [f"{'batch: ' + json.dumps(name):<43}# batch name: the folder under backend/, metadata/platemaps/, profiles/",
+                "plates:                                    # plates of this batch"]
+        for plate in names:
+            body.append(f"  - name: {json.dumps(plate)}")
+            body.append("    process: true")
+        body.append("process: true                              # process this batch")
+        text = head + "\n---\n" + "\n".join(body) + "\n"
+    return text
 
 
 def init_project(directory: str | os.PathLike[str]) -> list[str]:

@@ -1,0 +1,401 @@
+"""The profiling recipe's order over batches and plates, with resume and provenance.
+
+Per plate: aggregate → annotate → normalize → normalize_negcon; then, over the
+selected plates, feature_select and feature_select_negcon at their level (plate,
+batch or all) with optional GCT; then quality control. File names are the
+recipe's. Each output gets a ``.provenance.json`` sidecar (step settings,
+cytoprofile version, input checksums); a step whose output and sidecar match the
+current settings and inputs is skipped unless ``force``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from . import __version__, io
+from .aggregate import DEFAULT_STRATA
+from .config import Recipe, load_config
+from .errors import ConfigError, InputError
+
+__all__ = ["Layout", "RunResult", "run", "step_outputs"]
+
+log = logging.getLogger("cytoprofile.pipeline")
+Progress = Callable[[str, int, int], None]
+_NEGCON = "negcon"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the recipe reads and writes.
+
+    ``root`` is the profiling repository (outputs: profiles/, gct/,
+    quality_control/; metadata/ and load_data_csv/ are looked for here first);
+    ``workspace`` holds backend/ (and metadata/, load_data_csv/ when the root lacks
+    them). Without a workspace the recipe's ``../../`` convention applies.
+    """
+
+    root: str
+    workspace: str
+    output_dir: str = "profiles"
+    compression: str | None = "gzip"
+
+    def find(self, *parts: str) -> str:
+        """``root/parts`` if it exists, else ``workspace/parts``."""
+        here = io.join(self.root, *parts)
+        return here if io.exists(here) else io.join(self.workspace, *parts)
+
+    def meta_root(self) -> str:
+        """The folder whose metadata/ holds the plate maps."""
+        return self.root if io.exists(io.join(self.root, "metadata")) else self.workspace
+
+    @property
+    def suffix(self) -> str:
+        """File ending of step outputs: ``.csv.gz`` (gzip) or ``.csv``."""
+        return ".csv.gz" if self.compression == "gzip" else ".csv"
+
+    def plate_file(self, batch: str, plate: str, stem: str) -> str:
+        """``profiles/BATCH/PLATE/PLATE{stem}{suffix}``."""
+        return io.join(self.root, self.output_dir, batch, plate, f"{plate}{stem}{self.suffix}")
+
+    def gct_file(self, batch: str, stem: str, ext: str) -> str:
+        """``gct/BATCH/BATCH{stem}{ext}``."""
+        return io.join(self.root, "gct", batch, f"{batch}{stem}{ext}")
+
+
+def step_outputs(layout: Layout, batch: str, plate: str) -> dict[str, str]:
+    """The per-plate files of the recipe, by step."""
+    return {
+        "aggregate": layout.plate_file(batch, plate, ""),
+        "annotate": layout.plate_file(batch, plate, "_augmented"),
+        "normalize": layout.plate_file(batch, plate, "_normalized"),
+        "normalize_negcon": layout.plate_file(batch, plate, f"_normalized_{_NEGCON}"),
+    }
+
+
+@dataclass
+class RunResult:
+    """Steps run and skipped, and every output written."""
+
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _settings_hash(settings: Any) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _sidecar(output: str) -> str:
+    return output + ".provenance.json"
+
+
+def _fresh(outputs: Sequence[str], inputs: Sequence[str], settings: Any) -> bool:
+    """True when every output exists and its sidecar matches these settings and inputs."""
+    for out in outputs:
+        side = _sidecar(out)
+        if not (Path(out).exists() and Path(side).exists()):
+            return False
+        try:
+            record = json.loads(Path(side).read_text())
+        except (OSError, json.JSONDecodeError):
+            return False
+        if record.get("settings_hash") != _settings_hash(settings):
+            return False
+        if record.get("inputs") != {p: _sha256(p) for p in inputs}:
+            return False
+    return True
+
+
+def _record(output: str, *, step: str, inputs: Sequence[str], settings: Any, config_path: str | None) -> None:
+    io.write_json(
+        {
+            "step": step,
+            "output": os.path.basename(output),
+            "cytoprofile_version": __version__,
+            "config": config_path,
+            "settings": settings,
+            "settings_hash": _settings_hash(settings),
+            "inputs": {p: _sha256(p) for p in inputs},
+            "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        },
+        _sidecar(output),
+    )
+
+
+class _Steps:
+    """Runs one step at a time with skip/resume and provenance."""
+
+    def __init__(self, layout: Layout, recipe: Recipe, *, force: bool, result: RunResult) -> None:
+        self.layout = layout
+        self.recipe = recipe
+        self.force = force
+        self.result = result
+        self.float_format = recipe.settings.options.float_format
+
+    def run(self, name: str, inputs: Sequence[str], outputs: dict[str, Callable[[], pd.DataFrame] | pd.DataFrame],
+            settings: Any) -> bool:
+        """Write each output (a frame or a thunk making it) unless all are fresh; True if it ran."""
+        paths = list(outputs)
+        for p in inputs:
+            if not Path(p).exists():
+                raise InputError(f"{p}: input of step {name} not found; run the earlier steps (or collate) first")
+        if not self.force and _fresh(paths, inputs, settings):
+            self.result.skipped.append(f"{name}: {', '.join(os.path.basename(p) for p in paths)}")
+            return False
+        start = time.perf_counter()
+        for path, make in outputs.items():
+            df = make() if callable(make) else make
+            if path.endswith(".gct"):
+                continue
+            io.write_table(df, path, float_format=self.float_format)
+            _record(path, step=name, inputs=inputs, settings=settings, config_path=self.recipe.path)
+            self.result.outputs.append(path)
+        self.result.ran.append(f"{name}: {', '.join(os.path.basename(p) for p in paths)}")
+        log.info("%s → %s (%.2fs)", name, ", ".join(os.path.basename(p) for p in paths), time.perf_counter() - start)
+        return True
+
+
+def _plate_task(layout: Layout, recipe: Recipe, batch: str, plate: str, force: bool) -> RunResult:
+    """aggregate → annotate → normalize → normalize_negcon for one plate."""
+    from .aggregate import aggregate
+    from .annotate import annotate
+    from .metadata import load_external_metadata, platemap_for_plate
+    from .normalize import normalize
+
+    result = RunResult()
+    steps = _Steps(layout, recipe, force=force, result=result)
+    s = recipe.settings
+    files = step_outputs(layout, batch, plate)
+    Path(files["aggregate"]).parent.mkdir(parents=True, exist_ok=True)
+    backend_dir = io.join(layout.workspace, "backend", batch, plate)
+
+    if s.aggregate.perform:
+        sqlite = io.join(backend_dir, f"{plate}.sqlite")
+        strata = [s.aggregate.plate_column, s.aggregate.well_column] + ([s.aggregate.site_column] if s.aggregate.site_column else [])
+        settings = s.aggregate.model_dump(mode="json") | {"compartments": s.compartments}
+        steps.run("aggregate", [sqlite], {files["aggregate"]: lambda: aggregate(
+            sqlite, operation=s.aggregate.method, strata=strata,
+            compartments=[c.capitalize() if c.islower() else c for c in s.compartments],
+            image_features=bool(s.aggregate.image_feature_categories),
+            image_feature_categories=s.aggregate.image_feature_categories or (),
+            sites=None if s.aggregate.fields == "all" else list(s.aggregate.fields))}, settings)
+    elif not Path(files["aggregate"]).exists():
+        # the handbook's csv2gz + rsync: take the per-well profiles collate wrote
+        source = next((io.join(backend_dir, f"{plate}{ext}") for ext in (".csv", ".csv.gz", ".parquet")
+                       if Path(io.join(backend_dir, f"{plate}{ext}")).exists()), None)
+        if source is None:
+            raise InputError(
+                f"{files['aggregate']}: per-well profiles not found, nor {backend_dir}/{plate}.csv; "
+                "run `cytoprofile collate` or set aggregate.perform: true"
+            )
+        steps.run("profiles", [source], {files["aggregate"]: lambda: io.read_table(source)}, {"from": "backend"})
+
+    if s.annotate.perform:
+        meta_root = layout.meta_root()
+        platemap = platemap_for_plate(meta_root, batch, plate)
+        barcode = io.join(meta_root, "metadata", "platemaps", batch, "barcode_platemap.csv")
+        inputs = [files["aggregate"], barcode]
+        external = None
+        ext = s.annotate.external
+        if ext.perform and ext.file:
+            ext_path = io.join(meta_root, "metadata", "external_metadata", ext.file)
+            inputs.append(ext_path)
+            external = load_external_metadata(ext_path, merge_column=ext.merge_column)
+        join = ext.join_column if ext.perform else None
+        settings = s.annotate.model_dump(mode="json") | {"platemap_well_column": s.platemap_well_column}
+        steps.run("annotate", inputs, {files["annotate"]: lambda: annotate(
+            io.read_table(files["aggregate"]), _prefixed(platemap),
+            join_on=[s.platemap_well_column, s.annotate.well_column],
+            external_metadata=external, external_join_left=[join] if join else None,
+            external_join_right=[join] if join else None)}, settings)
+
+    for key, block in (("normalize", s.normalize), ("normalize_negcon", s.normalize_negcon)):
+        if not block.perform:
+            continue
+        query = block.fit_query()
+        settings = block.model_dump(mode="json") | {"fit_query": query}
+        steps.run(key, [files["annotate"]], {files[key]: lambda block=block, query=query: normalize(
+            io.read_table(files["annotate"]), features=block.features, image_features=block.image_features,
+            samples=query, method=block.method, mad_robustize_epsilon=block.mad_robustize_fudge_factor,
+            spherize_method=block.spherize_method, spherize_epsilon=block.spherize_epsilon,
+            spherize_center=block.spherize_center)}, settings)
+    return result
+
+
+def _prefixed(platemap: pd.DataFrame) -> pd.DataFrame:
+    """Plate map columns with the ``Metadata_`` prefix, as the recipe passes them."""
+    return platemap.rename(columns={c: c if str(c).startswith("Metadata_") else f"Metadata_{c}" for c in platemap.columns})
+
+
+def _feature_select_level(layout: Layout, recipe: Recipe, plates: dict[str, list[str]], *, negcon: bool,
+                          steps: _Steps) -> None:
+    """Feature selection at the block's level; batch and all fit on the plates together, then split."""
+    from .feature_select import feature_select, infer_features
+
+    s = recipe.settings
+    block = s.feature_select_negcon if negcon else s.feature_select
+    tag = f"_{_NEGCON}" if negcon else ""
+    level = block.level
+    params = block.parameters.model_dump()
+    options: dict[str, Any] = dict(features=block.features, image_features=block.image_features,
+                                   operations=list(block.operations), **params)
+    settings = block.model_dump(mode="json")
+    name = "feature_select" + tag
+
+    def source(batch: str, plate: str) -> str:
+        return layout.plate_file(batch, plate, f"_normalized{tag}")
+
+    def output(batch: str, plate: str) -> str:
+        return layout.plate_file(batch, plate, f"_normalized_feature_select{tag}_{level}")
+
+    def load(batch: str, plate: str, with_batch: bool) -> pd.DataFrame:
+        df = io.read_table(source(batch, plate))
+        df["Metadata_Plate"] = df["Metadata_Plate"].astype(str)
+        if with_batch:
+            df = df.assign(Metadata_batch=batch)
+        return df
+
+    def stack(frames: list[pd.DataFrame]) -> pd.DataFrame:
+        df = pd.concat(frames, ignore_index=True)
+        meta = [c for c in df.columns if c.startswith("Metadata_")]
+        return df[meta + infer_features(df, image_features=block.image_features)]
+
+    def split(selected: pd.DataFrame, plate: str) -> pd.DataFrame:
+        part = selected.loc[selected["Metadata_Plate"] == str(plate)].reset_index(drop=True)
+        return part.drop(columns=["Metadata_batch"], errors="ignore")
+
+    def gct_outputs(batch: str, frame: pd.DataFrame) -> None:
+        if not block.gct:
+            return
+        stem = f"_normalized_feature_select{tag}_{level}"
+        csv_path = layout.gct_file(batch, stem, layout.suffix)
+        gct_path = layout.gct_file(batch, stem, ".gct")
+        inputs = [source(batch, p) for p in plates[batch]]
+        if steps.run(name + "_gct", inputs, {csv_path: frame}, settings) or not Path(gct_path).exists():
+            from .feature_select import infer_features as _infer
+
+            meta = [c for c in frame.columns if c.startswith("Metadata_")]
+            io.write_gct(frame, gct_path, features=_infer(frame, image_features=False), meta_features=meta)
+            steps.result.outputs.append(gct_path)
+
+    if level == "plate":
+        for batch, names in plates.items():
+            for plate in names:
+                steps.run(name, [source(batch, plate)], {output(batch, plate): lambda b=batch, p=plate: feature_select(
+                    load(b, p, False), **options)}, settings)
+        return
+    groups: list[tuple[str, list[str]]] = (
+        [(b, [b]) for b in plates] if level == "batch" else [("all", list(plates))]
+    )
+    for _label, batches in groups:
+        inputs = [source(b, p) for b in batches for p in plates[b]]
+        outs = [output(b, p) for b in batches for p in plates[b]]
+        if not steps.force and _fresh(outs, inputs, settings):
+            steps.result.skipped.append(f"{name}: {len(outs)} plate(s) at level {level}")
+            if not block.gct:
+                continue
+        selected = feature_select(stack([load(b, p, True) for b in batches for p in plates[b]]), **options)
+        steps.run(name, inputs, {output(b, p): split(selected, p) for b in batches for p in plates[b]}, settings)
+        for b in batches:
+            frame = selected if level == "batch" else selected.loc[selected["Metadata_batch"] == b].reset_index(drop=True)
+            gct_outputs(b, frame)
+
+
+def run(
+    config: str | os.PathLike[str] | Recipe,
+    *,
+    root: str | os.PathLike[str] | None = None,
+    workspace: str | os.PathLike[str] | None = None,
+    force: bool = False,
+    jobs: int | None = None,
+    scheduler: str | None = None,
+    progress: Progress | None = None,
+) -> RunResult:
+    """Run the whole recipe a config describes, resuming where outputs are already current."""
+    from .executor import run_plates
+
+    start = time.perf_counter()
+    recipe = config if isinstance(config, Recipe) else load_config(config)
+    s = recipe.settings
+    ws_setting = workspace or s.workspace
+    if ws_setting is not None and recipe.path and not os.path.isabs(str(ws_setting)) and workspace is None:
+        ws_setting = os.path.join(os.path.dirname(recipe.path), str(ws_setting))
+    root_path = str(root) if root is not None else (str(ws_setting) if ws_setting is not None else os.getcwd())
+    ws_path = str(ws_setting) if ws_setting is not None else os.path.normpath(os.path.join(root_path, "..", ".."))
+    if s.options.compression not in ("gzip", None):
+        raise ConfigError(f"options.compression: {s.options.compression!r} is not supported; use gzip or null")
+    layout = Layout(root=root_path, workspace=ws_path, output_dir=s.output_dir, compression=s.options.compression)
+    plates = {b: p for b, p in recipe.selected_plates().items() if p}
+    if not plates:
+        raise ConfigError(f"{recipe.path}: no plate to process (every batch or plate has process: false)")
+    result = RunResult()
+    tasks = [(layout, recipe, batch, plate, force) for batch, names in plates.items() for plate in names]
+    total = len(tasks)
+    done = 0
+
+    def _tick(label: str) -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress("recipe", done, total + 3)
+        log.info("%s done", label)
+
+    per_plate = run_plates(_plate_task_entry, [(t,) for t in tasks], {}, jobs=jobs or s.executor.jobs,
+                           scheduler=scheduler or s.executor.scheduler, progress=None)
+    for task, r in zip(tasks, per_plate):
+        result.ran += r.ran
+        result.skipped += r.skipped
+        result.outputs += r.outputs
+        _tick(f"{task[2]}/{task[3]}")
+    steps = _Steps(layout, recipe, force=force, result=result)
+    if s.feature_select.perform:
+        _feature_select_level(layout, recipe, plates, negcon=False, steps=steps)
+    _tick("feature_select")
+    if s.feature_select_negcon.perform:
+        _feature_select_level(layout, recipe, plates, negcon=True, steps=steps)
+    _tick("feature_select_negcon")
+    if s.quality_control.perform:
+        from .qc import quality_control
+
+        for batch, names in plates.items():
+            quality_control(
+                layout.root, batch, names,
+                profiles_dir=os.path.abspath(io.join(layout.root, s.output_dir)),
+                load_data_dir=os.path.abspath(layout.find("load_data_csv")),
+                backend_dir=os.path.abspath(io.join(layout.workspace, "backend")),
+                summary=s.quality_control.summary.perform, heatmaps=s.quality_control.heatmap.perform,
+            )
+            result.ran.append(f"quality_control: {batch}")
+    _tick("quality_control")
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _plate_task_entry(task: tuple[Layout, Recipe, str, str, bool], options: dict[str, Any], progress: Any) -> RunResult:
+    """Executor entry point for one plate's steps."""
+    layout, recipe, batch, plate, force = task
+    return _plate_task(layout, recipe, batch, plate, force)
+
+
+def default_strata() -> list[str]:
+    """The aggregation strata when a config does not name them."""
+    return list(DEFAULT_STRATA)

@@ -1,0 +1,360 @@
+"""feature_select: compared with the reference implementation (pycytominer 1.7.1) on the same input."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cytoprofile.errors import ConfigError, InputError
+from cytoprofile.feature_select import (
+    default_blocklist,
+    excluded_features,
+    feature_select,
+    infer_features,
+    selected_features,
+)
+
+pycytominer = pytest.importorskip("pycytominer")
+
+NEGCON = "Metadata_control_type == 'negcon'"
+_KINDS = (
+    "AreaShape_Area",
+    "Intensity_MeanIntensity_DNA",
+    "Texture_Contrast_RNA_3_00_256",
+    "Granularity_2_Mito",
+    "Correlation_Costes_ER_AGP",
+    "RadialDistribution_FracAtD_AGP_1of4",
+)
+
+
+def make_profiles(*, plates: int = 2, n_features: int = 120, seed: int = 0, nan: bool = True) -> pd.DataFrame:
+    """Per-well profiles with constant, near-constant, correlated, duplicated, NaN and outlier features."""
+    rng = np.random.default_rng(seed)
+    wells = [f"{r}{c:02d}" for r in "ABCDEFGH" for c in range(1, 13)]
+    meta = pd.DataFrame(
+        [
+            {
+                "Metadata_Plate": f"SQ0000{p}",
+                "Metadata_Well": w,
+                "Metadata_control_type": "negcon" if i % 6 == 0 else "trt",
+                "Metadata_broad_sample": "DMSO" if i % 6 == 0 else f"BRD-K{i % 20:04d}",
+            }
+            for p in range(plates)
+            for i, w in enumerate(wells)
+        ]
+    )
+    n, d = len(meta), n_features
+    names = [f"{('Cells', 'Cytoplasm', 'Nuclei')[j % 3]}_{_KINDS[j % len(_KINDS)]}_{j}" for j in range(d)]
+    x = rng.normal(loc=rng.uniform(-2, 2, d), scale=rng.uniform(0.5, 2, d), size=(n, d))
+    x[:, 1] = 2 * x[:, 0] + rng.normal(scale=0.05, size=n)  # correlated
+    x[:, 4] = -x[:, 3] + rng.normal(scale=0.05, size=n)  # anticorrelated: never dropped
+    x[:, 7] = x[:, 6] + 0.3 * x[:, 5]
+    x[:, 10] = 3.0  # constant
+    x[:, 11] = np.where(np.arange(n) % 50 == 0, 1.0, 0.0)  # one value dominates
+    x[:, 12] = np.round(x[:, 12] * 2)  # few distinct values
+    x[:, 15] = 1.0 + rng.normal(scale=1e-4, size=n)  # tiny variance
+    x[:, 16] = x[:, 16] * 400  # outliers beyond 500
+    x[:, 17] = x[:, 18] * 0.5 + x[:, 19] * 0.5 + x[:, 20] * 0.5
+    if nan:
+        x[rng.integers(0, n, 5), 13] = np.nan
+        x[rng.random(n) < 0.2, 14] = np.nan
+    df = pd.concat([meta, pd.DataFrame(x, columns=names)], axis="columns")
+    df["Nuclei_Correlation_Manders_AGP_DNA"] = rng.normal(size=n)  # blocklisted
+    df["Nuclei_Granularity_14_ER"] = rng.normal(size=n)  # blocklisted
+    return df
+
+
+def reference(df: pd.DataFrame, **kwargs: object) -> pd.DataFrame:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return pycytominer.feature_select(df.copy(), **kwargs)
+
+
+# (our operation, our extra options, the reference's operation, its extra options)
+CASES = [
+    ("frequency_threshold", {}, "frequency_threshold", {}),
+    # legacy meaning (recipe configs): variance_threshold = the frequency filter
+    ("variance_threshold", {"variance_threshold_meaning": "frequency"}, "frequency_threshold", {}),
+    # newer meaning: variance_threshold = variance <= min_variance
+    ("variance_threshold", {"variance_threshold_meaning": "variance"}, "variance_threshold", {}),
+    (
+        "variance_threshold",
+        {"variance_threshold_meaning": "variance", "min_variance": 0.5},
+        "variance_threshold",
+        {"min_variance": 0.5},
+    ),
+    ("frequency_threshold", {"freq_cut": 0.2, "unique_cut": 0.1}, "frequency_threshold", {"freq_cut": 0.2, "unique_cut": 0.1}),
+    ("correlation_threshold", {}, "correlation_threshold", {}),
+    ("correlation_threshold", {"corr_threshold": 0.5}, "correlation_threshold", {"corr_threshold": 0.5}),
+    ("correlation_threshold", {"corr_method": "spearman"}, "correlation_threshold", {"corr_method": "spearman"}),
+    ("correlation_threshold", {"corr_method": "kendall"}, "correlation_threshold", {"corr_method": "kendall"}),
+    ("drop_na_columns", {}, "drop_na_columns", {}),
+    ("drop_na_columns", {"na_cutoff": 0.01}, "drop_na_columns", {"na_cutoff": 0.01}),
+    ("blocklist", {}, "blocklist", {}),
+    ("drop_outliers", {}, "drop_outliers", {}),
+    ("drop_outliers", {"outlier_cutoff": 5}, "drop_outliers", {"outlier_cutoff": 5}),
+    (
+        "noise_removal",
+        {"noise_removal_perturb_groups": "Metadata_broad_sample", "noise_removal_stdev_cutoff": 1.0},
+        "noise_removal",
+        {"noise_removal_perturb_groups": "Metadata_broad_sample", "noise_removal_stdev_cutoff": 1.0},
+    ),
+]
+
+
+@pytest.mark.parametrize(("op", "opts", "ref_op", "ref_opts"), CASES)
+@pytest.mark.parametrize("samples", ["all", NEGCON])
+def test_each_operation_matches_reference(
+    op: str, opts: dict[str, object], ref_op: str, ref_opts: dict[str, object], samples: str
+) -> None:
+    df = make_profiles()
+    ours = feature_select(df, operations=[op], samples=samples, **opts)  # type: ignore[arg-type]
+    ref = reference(df, operation=[ref_op], samples=samples, **ref_opts)
+    pd.testing.assert_frame_equal(ours, ref)
+    assert ours.shape[1] < df.shape[1]  # every case drops something
+
+
+def test_default_meaning_is_the_frequency_filter() -> None:
+    df = make_profiles()
+    pd.testing.assert_frame_equal(
+        feature_select(df, operations="variance_threshold"),
+        reference(df, operation="frequency_threshold"),
+    )
+
+
+@pytest.mark.parametrize("nan", [False, True])
+def test_recipe_operations_match_reference(nan: bool) -> None:
+    df = make_profiles(nan=nan)
+    ops = ["variance_threshold", "correlation_threshold", "drop_na_columns", "blocklist"]
+    ref_ops = ["frequency_threshold", "correlation_threshold", "drop_na_columns", "blocklist"]
+    pd.testing.assert_frame_equal(feature_select(df, operations=ops), reference(df, operation=ref_ops))
+    pd.testing.assert_frame_equal(
+        feature_select(df, operations=ops, samples=NEGCON), reference(df, operation=ref_ops, samples=NEGCON)
+    )
+
+
+def test_correlation_exact_duplicates_resolve_like_reference() -> None:
+    # Exact duplicates (CellProfiler has e.g. Location_Center_X and AreaShape_Center_X)
+    # tie on everything but rounding; without missing values the correlation matrix and
+    # its column sums are computed as the reference computes them, so the same member
+    # of each pair is dropped.
+    df = make_profiles(nan=False)
+    df["Cells_Location_Center_X"] = df["Cells_AreaShape_Area_0"]
+    df["Cells_AreaShape_Center_X"] = df["Cells_AreaShape_Area_0"]
+    df["Nuclei_scaled"] = df["Cytoplasm_Intensity_MeanIntensity_DNA_1"] * 100
+    for threshold in (0.9, 0.6):
+        pd.testing.assert_frame_equal(
+            feature_select(df, operations="correlation_threshold", corr_threshold=threshold),
+            reference(df, operation="correlation_threshold", corr_threshold=threshold),
+        )
+
+
+def test_correlation_hand_computed() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=50)
+    df = pd.DataFrame(
+        {
+            "Cells_a": a,
+            "Cells_b": a + rng.normal(scale=0.01, size=50),  # ~ a
+            "Cells_neg": -a,  # anticorrelated: kept
+            "Cells_free": rng.normal(size=50),
+        }
+    )
+    # a and b tie except for noise; the one with the larger sum of |r| is dropped
+    sums = df.corr().abs().sum()
+    loser = "Cells_a" if sums["Cells_a"] > sums["Cells_b"] else "Cells_b"
+    assert excluded_features(df, operations=["correlation_threshold"]) == [loser]
+
+
+def test_frequency_hand_computed() -> None:
+    n = 100
+    df = pd.DataFrame(
+        {
+            "Cells_dominated": [1.0] * 96 + [2.0] * 4,  # 4/96 < 0.05: dropped
+            "Cells_balanced": [1.0] * 50 + [2.0] * 50,  # 2 values / 100 rows >= 0.01: kept
+            "Cells_single": [5.0] * n,  # one value: dropped
+            "Cells_few": [1.0] * 95 + [np.nan] * 5,  # one value among NaN: dropped
+            "Cells_many": np.arange(n, dtype=float),
+        }
+    )
+    assert excluded_features(df, operations=["frequency_threshold"]) == [
+        "Cells_dominated",
+        "Cells_single",
+        "Cells_few",
+    ]
+    assert excluded_features(df, operations="frequency_threshold", unique_cut=0.03) == [
+        "Cells_dominated",
+        "Cells_balanced",
+        "Cells_single",
+        "Cells_few",
+    ]
+
+
+def test_operations_run_in_order_on_what_is_left() -> None:
+    df = make_profiles()
+    ops = ["drop_outliers", "correlation_threshold", "drop_na_columns"]
+    ours = feature_select(df, operations=ops, outlier_cutoff=5)
+    pd.testing.assert_frame_equal(ours, reference(df, operation=ops, outlier_cutoff=5))
+    reversed_ops = ops[::-1]
+    pd.testing.assert_frame_equal(
+        feature_select(df, operations=reversed_ops, outlier_cutoff=5),
+        reference(df, operation=reversed_ops, outlier_cutoff=5),
+    )
+
+
+def test_selected_and_excluded_apply_to_each_plate() -> None:
+    # batch level: fit on the plates together, then drop the same features from each
+    df = make_profiles(plates=3)
+    ops = ["variance_threshold", "correlation_threshold"]
+    dropped = excluded_features(df, operations=ops)
+    kept = selected_features(df, operations=ops)
+    features = infer_features(df)
+    assert set(dropped) | set(kept) == set(features) and not set(dropped) & set(kept)
+    whole = feature_select(df, operations=ops)
+    for _, plate in df.groupby("Metadata_Plate"):
+        pd.testing.assert_frame_equal(plate.drop(columns=dropped), whole.loc[plate.index])
+
+
+def test_explicit_feature_list_and_image_features() -> None:
+    df = make_profiles()
+    df["Image_Granularity_1_DNA"] = 2.0
+    feats = [c for c in df.columns if c.startswith("Cells")][:10]
+    pd.testing.assert_frame_equal(
+        feature_select(df, features=feats, operations="frequency_threshold"),
+        reference(df, features=feats, operation="frequency_threshold"),
+    )
+    pd.testing.assert_frame_equal(
+        feature_select(df, image_features=True, operations="frequency_threshold"),
+        reference(df, image_features=True, operation="frequency_threshold"),
+    )
+    assert "Image_Granularity_1_DNA" not in feature_select(
+        df, image_features=True, operations="frequency_threshold"
+    )
+
+
+def test_blocklist_file_and_default() -> None:
+    names = default_blocklist()
+    assert len(names) == 55 and len(set(names)) == 55
+    assert all(n.startswith("Nuclei_") for n in names)
+    with open(pycytominer.__path__[0] + "/data/blocklist_features.txt") as fh:
+        assert names == [line.strip() for line in fh.read().splitlines()[1:] if line.strip()]
+
+
+def test_custom_blocklist(tmp_path: Path) -> None:
+    df = make_profiles()
+    path = tmp_path / "blocklist.txt"
+    path.write_text("blocklist\nCells_AreaShape_Area_0\nCells_not_there\n")
+    ours = feature_select(df, operations="blocklist", blocklist_file=str(path))
+    assert "Cells_AreaShape_Area_0" not in ours
+    assert "Nuclei_Granularity_14_ER" in ours  # a given file replaces the default list
+    assert list(feature_select(df, operations="blocklist", blocklist=["Cells_AreaShape_Area_0"]).columns) == list(
+        ours.columns
+    )
+
+
+def test_blocklist_only_touches_the_selected_features() -> None:
+    # Deliberate difference: the reference drops blocklisted columns even when they are
+    # not among the features being selected; here only features are ever dropped.
+    df = make_profiles()
+    feats = [c for c in df.columns if c.startswith("Cells")]
+    ours = feature_select(df, features=feats, operations="blocklist")
+    ref = reference(df, features=feats, operation="blocklist")
+    assert "Nuclei_Granularity_14_ER" in ours.columns
+    assert "Nuclei_Granularity_14_ER" not in ref.columns
+
+
+def test_noise_removal_groups_by_position() -> None:
+    # Deliberate difference: with per-row labels, the reference aligns the labels on the
+    # DataFrame's index labels, so a frame whose index is not 0..n-1 (e.g. a subset or
+    # a concatenation) gets its rows grouped wrongly. Labels follow row order here.
+    rng = np.random.default_rng(0)
+    groups = np.repeat([f"BRD-{i}" for i in range(12)], 8)
+    effect = rng.normal(scale=5, size=(12, 6))
+    x = np.repeat(effect, 8, axis=0) + rng.normal(scale=0.1, size=(96, 6))
+    x[:, :3] += rng.normal(scale=3, size=(96, 3))  # noisy within groups
+    df = pd.DataFrame(x, columns=[f"Cells_f{i}" for i in range(6)])
+    df.insert(0, "Metadata_broad_sample", groups)
+    df = df.sample(frac=1, random_state=3)
+    labels = df["Metadata_broad_sample"].tolist()
+    opts = {"operations": ["noise_removal"], "noise_removal_stdev_cutoff": 1.0}
+    ours = feature_select(df, noise_removal_perturb_groups=labels, **opts)  # type: ignore[arg-type]
+    assert list(ours.columns) == ["Metadata_broad_sample", "Cells_f3", "Cells_f4", "Cells_f5"]
+    by_column = feature_select(df, noise_removal_perturb_groups="Metadata_broad_sample", **opts)  # type: ignore[arg-type]
+    pd.testing.assert_frame_equal(ours, by_column)
+    ref_kwargs = {"operation": "noise_removal", "noise_removal_perturb_groups": labels, "noise_removal_stdev_cutoff": 1.0}
+    assert list(reference(df.reset_index(drop=True), **ref_kwargs).columns) == list(ours.columns)
+    assert list(reference(df, **ref_kwargs).columns) == ["Metadata_broad_sample"]  # misgrouped
+
+
+def test_variance_filter_can_drop_everything() -> None:
+    # Deliberate difference: the reference raises a bare ValueError when no feature
+    # passes min_variance; here the features are simply all dropped.
+    df = pd.DataFrame({"Metadata_Well": ["A01", "A02"], "Cells_a": [1.0, 1.0], "Cells_b": [2.0, 2.0]})
+    with pytest.raises(ValueError):
+        reference(df, operation="variance_threshold")
+    out = feature_select(df, operations="variance_threshold", variance_threshold_meaning="variance")
+    assert list(out.columns) == ["Metadata_Well"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"operations": ["variance"]}, ConfigError, "frequency_threshold"),
+        ({"operations": ["variance_threshold"], "variance_threshold_meaning": "old"}, ConfigError, "frequency"),
+        ({"features": ["Cells_nope"]}, ConfigError, "Cells_nope"),
+        ({"corr_method": "cosine", "operations": "correlation_threshold"}, ConfigError, "pearson"),
+        ({"corr_threshold": 2.0}, ConfigError, "corr_threshold"),
+        ({"samples": "Metadata_nope == 1"}, ConfigError, "samples"),
+        ({"operations": "noise_removal"}, ConfigError, "noise_removal_perturb_groups"),
+        (
+            {"operations": "noise_removal", "noise_removal_perturb_groups": "Metadata_broad_sample"},
+            ConfigError,
+            "noise_removal_stdev_cutoff",
+        ),
+        (
+            {"operations": "noise_removal", "noise_removal_perturb_groups": ["a"], "noise_removal_stdev_cutoff": 1},
+            ConfigError,
+            "one label per row",
+        ),
+        ({"operations": "blocklist", "blocklist_file": "/nonexistent/blocklist.txt"}, InputError, "blocklist"),
+    ],
+)
+def test_user_errors(kwargs: dict[str, object], error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        feature_select(make_profiles(n_features=24), **kwargs)  # type: ignore[arg-type]
+
+
+def test_correlation_is_fast_on_a_wide_plate() -> None:
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(384, 1000))
+    x = np.hstack([base, base @ rng.normal(size=(1000, 4000)) * 0.01 + rng.normal(size=(384, 4000))])
+    df = pd.DataFrame(x, columns=[f"Cells_f{i}" for i in range(5000)])
+    start = time.perf_counter()
+    kept = selected_features(df, operations=["correlation_threshold"], corr_threshold=0.5)
+    assert time.perf_counter() - start < 10
+    assert 1000 <= len(kept) < 5000
+    df.iloc[::50, ::7] = np.nan  # missing values: pairwise-complete correlations
+    start = time.perf_counter()
+    assert len(selected_features(df, operations=["correlation_threshold"], corr_threshold=0.5)) < 5000
+    assert time.perf_counter() - start < 20
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**16))
+def test_column_order_does_not_matter(seed: int) -> None:
+    # the rule depends on column order only through exact ties of the sums of |r|,
+    # which random data does not produce
+    df = make_profiles(plates=1, n_features=30, seed=seed)
+    features = infer_features(df)
+    order = list(np.random.default_rng(seed).permutation(features))
+    ops = ["frequency_threshold", "drop_na_columns", "correlation_threshold", "drop_outliers"]
+    a = set(excluded_features(df, operations=ops, corr_threshold=0.5))
+    b = set(excluded_features(df[[*df.columns[:4], *order]], operations=ops, corr_threshold=0.5))
+    assert a == b

@@ -1,0 +1,297 @@
+"""normalize: compared with the reference implementation (pycytominer 1.7.1) on the same input."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from numpy.testing import assert_allclose
+
+from cytoprofile.errors import ConfigError, InputError
+from cytoprofile.normalize import fit_rows, normalize
+
+pycytominer = pytest.importorskip("pycytominer")
+
+NEGCON = "Metadata_control_type == 'negcon'"
+_KINDS = (
+    "AreaShape_Area",
+    "Intensity_MeanIntensity_DNA",
+    "Texture_Contrast_RNA_3_00_256",
+    "Granularity_2_Mito",
+    "Correlation_Costes_ER_AGP",
+    "RadialDistribution_FracAtD_AGP_1of4",
+)
+
+
+def make_profiles(
+    *, plates: int = 2, n_features: int = 60, seed: int = 0, nan: bool = True, degenerate: bool = True
+) -> pd.DataFrame:
+    """Per-well profiles: 96 wells per plate, CellProfiler feature names, negcon every 6th well."""
+    rng = np.random.default_rng(seed)
+    wells = [f"{r}{c:02d}" for r in "ABCDEFGH" for c in range(1, 13)]
+    meta = pd.DataFrame(
+        [
+            {
+                "Metadata_Plate": f"SQ0000{p}",
+                "Metadata_Well": w,
+                "Metadata_control_type": "negcon" if i % 6 == 0 else "trt",
+                "Metadata_broad_sample": "DMSO" if i % 6 == 0 else f"BRD-K{i % 20:04d}",
+                "Metadata_Object_Count": int(rng.integers(20, 400)),
+            }
+            for p in range(plates)
+            for i, w in enumerate(wells)
+        ]
+    )
+    n = len(meta)
+    names = [
+        f"{('Cells', 'Cytoplasm', 'Nuclei')[j % 3]}_{_KINDS[j % len(_KINDS)]}_{j}"
+        for j in range(n_features)
+    ]
+    x = rng.normal(
+        loc=rng.uniform(-5, 50, n_features), scale=rng.uniform(0.1, 10, n_features), size=(n, n_features)
+    )
+    d = n_features
+    if degenerate:
+        x[:, 1 % d] = 2 * x[:, 0] + rng.normal(scale=0.01, size=n)
+        x[:, 10 % d] = 3.0  # constant
+        x[:, 11 % d] = np.where(np.arange(n) % 50 == 0, 1.0, 0.0)  # mostly constant
+        x[:, 12 % d] = np.round(x[:, 12 % d])  # few distinct values
+    if nan:
+        x[rng.integers(0, n, 5), 13 % d] = np.nan
+        x[rng.random(n) < 0.2, 14 % d] = np.nan
+    return pd.concat([meta, pd.DataFrame(x, columns=names)], axis="columns")
+
+
+def reference(df: pd.DataFrame, **kwargs: object) -> pd.DataFrame:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return pycytominer.normalize(df.copy(), **kwargs)
+
+
+def assert_same(ours: pd.DataFrame, ref: pd.DataFrame) -> None:
+    assert list(ours.columns) == list(ref.columns)
+    pd.testing.assert_index_equal(ours.index, ref.index)
+    meta = [c for c in ref.columns if c.startswith("Metadata_")]
+    pd.testing.assert_frame_equal(ours[meta], ref[meta])
+    feats = [c for c in ref.columns if c not in meta]
+    assert_allclose(
+        ours[feats].to_numpy(float), ref[feats].to_numpy(float), rtol=1e-6, atol=1e-9
+    )
+
+
+@pytest.mark.parametrize("method", ["standardize", "robustize", "mad_robustize"])
+@pytest.mark.parametrize("samples", ["all", NEGCON])
+@pytest.mark.parametrize("nan", [False, True])
+def test_matches_reference(method: str, samples: str, nan: bool) -> None:
+    df = make_profiles(nan=nan)
+    assert_same(normalize(df, method=method, samples=samples), reference(df, method=method, samples=samples))
+
+
+@pytest.mark.parametrize(
+    ("spherize_method", "center"),
+    [("PCA", True), ("PCA", False), ("ZCA", True), ("ZCA", False), ("PCA-cor", True), ("ZCA-cor", True)],
+)
+def test_spherize_matches_reference(spherize_method: str, center: bool) -> None:
+    df = make_profiles(n_features=40, nan=False, degenerate=False)
+    kwargs = dict(method="spherize", spherize_method=spherize_method, spherize_center=center)
+    ours = normalize(df, **kwargs)  # type: ignore[arg-type]
+    assert_same(ours, reference(df, **kwargs))
+    if spherize_method.startswith("PCA"):
+        assert list(ours.columns[-3:]) == ["PC38", "PC39", "PC40"]
+
+
+@pytest.mark.parametrize("spherize_method", ["PCA", "ZCA", "PCA-cor", "ZCA-cor"])
+def test_spherize_fewer_rows_than_features(spherize_method: str) -> None:
+    # 32 negcon wells, 60 features: rank 31. Beyond the rank, PCA components are an
+    # arbitrary orthonormal basis of the null space (whatever LAPACK returns), so
+    # there we compare the length of that part of each row, which is basis-free.
+    df = make_profiles(nan=False, degenerate=False)
+    kwargs = dict(method="spherize", spherize_method=spherize_method, samples=NEGCON)
+    ours, ref = normalize(df, **kwargs), reference(df, **kwargs)  # type: ignore[arg-type]
+    assert list(ours.columns) == list(ref.columns)
+    a, b = ours.iloc[:, 5:].to_numpy(), ref.iloc[:, 5:].to_numpy()
+    if spherize_method.startswith("PCA"):
+        assert_allclose(a[:, :31], b[:, :31], rtol=1e-6, atol=1e-8)
+        assert_allclose(
+            np.linalg.norm(a[:, 31:], axis=1), np.linalg.norm(b[:, 31:], axis=1), rtol=1e-6, atol=1e-9
+        )
+    else:
+        assert_allclose(a, b, rtol=1e-6, atol=1e-8)
+
+
+def test_spherize_whitens_the_fit_rows() -> None:
+    df = make_profiles(n_features=20, nan=False, degenerate=False)
+    out = normalize(df, method="spherize", spherize_method="ZCA", spherize_epsilon=0)
+    cov = np.cov(out.iloc[:, 5:].to_numpy(), rowvar=False)
+    assert_allclose(cov, np.eye(20), atol=1e-8)
+
+
+def test_spherize_rank_deficient_is_an_error() -> None:
+    # Deliberate difference. The reference means to reject a rank-deficient fit
+    # matrix, but its check `not self.center & (r == n)` parses as
+    # `not (center & (r == n))` and never fires: it divides by a singular value of
+    # ~0 (+ epsilon 1e-6), and any row off that degenerate direction is blown up.
+    # Here a feature is an exact function of another on the negcon wells only.
+    df = make_profiles(n_features=20, nan=False, degenerate=False)
+    negcon = (df["Metadata_control_type"] == "negcon").to_numpy()
+    noise = np.random.default_rng(5).normal(scale=0.1, size=len(df))
+    df["Cells_dup"] = df["Cells_AreaShape_Area_0"] * 2 + 1 + np.where(negcon, 0.0, noise)
+    ref = reference(df, method="spherize", spherize_method="ZCA", samples=NEGCON)
+    assert np.abs(ref.iloc[:, 5:].to_numpy()[~negcon]).max() > 1e3
+    with pytest.raises(InputError, match="rank 20, expected 21"):
+        normalize(df, method="spherize", spherize_method="ZCA", samples=NEGCON)
+
+
+def test_spherize_cor_constant_feature_is_an_error() -> None:
+    df = make_profiles(n_features=10, nan=False, degenerate=False)
+    df["Cells_const"] = 1.0
+    with pytest.raises(InputError, match="Cells_const"):
+        normalize(df, method="spherize")
+
+
+def test_spherize_leaves_incomplete_rows_out_of_the_fit() -> None:
+    df = make_profiles(n_features=10, nan=False, degenerate=False)
+    df.loc[3, "Cells_AreaShape_Area_0"] = np.nan
+    ours = normalize(df, method="spherize", spherize_method="ZCA")
+    ref = reference(df.drop(index=3), method="spherize", spherize_method="ZCA")
+    assert_allclose(ours.drop(index=3).iloc[:, 5:].to_numpy(), ref.iloc[:, 5:].to_numpy(), rtol=1e-6, atol=1e-9)
+    assert ours.loc[3].iloc[5:].isna().all()
+
+
+def test_hand_computed() -> None:
+    df = pd.DataFrame(
+        {
+            "Metadata_Well": ["A01", "A02", "A03", "A04", "A05"],
+            "Cells_a": [1.0, 2.0, 3.0, 4.0, 100.0],
+            "Cells_const": [7.0] * 5,
+            "Nuclei_b": [1.0, np.nan, 3.0, 3.0, 5.0],
+        }
+    )
+    std = normalize(df, method="standardize")
+    a = df["Cells_a"].to_numpy()
+    assert_allclose(std["Cells_a"], (a - a.mean()) / a.std())
+    assert (std["Cells_const"] == 0).all()  # zero std: scale 1
+    b = np.array([1.0, 3.0, 3.0, 5.0])
+    assert_allclose(std["Nuclei_b"].dropna(), (b - b.mean()) / b.std())
+    assert np.isnan(std.loc[1, "Nuclei_b"])
+
+    rob = normalize(df, method="robustize")
+    assert_allclose(rob["Cells_a"], (a - 3.0) / (4.0 - 2.0))  # median 3, IQR 2
+    mad = normalize(df, method="mad_robustize", mad_robustize_epsilon=0)
+    assert_allclose(mad["Cells_a"], (a - 3.0) / 1.4826)  # MAD of |a-3| = 1
+    assert mad["Cells_const"].isna().all()  # 0 / (0 + epsilon 0), as in the reference
+    assert (normalize(df, method="mad_robustize")["Cells_const"] == 0).all()
+
+
+def test_samples_sample_filter_and_min_cells() -> None:
+    df = make_profiles()
+    by_query = normalize(df, samples=NEGCON)
+    by_filter = normalize(df, sample_filter={"Metadata_control_type": ["negcon"]})
+    pd.testing.assert_frame_equal(by_query, by_filter)
+    # min_cells: fit on wells with at least that many cells, as the recipe does
+    ours = normalize(df, samples=NEGCON, min_cells=150, method="mad_robustize")
+    ref = reference(
+        df, samples=f"{NEGCON} and Metadata_Object_Count >= 150", method="mad_robustize"
+    )
+    assert_same(ours, ref)
+    assert_same(normalize(df, min_cells=1), reference(df))  # 1 means: no filter
+    mask = fit_rows(df, samples=NEGCON, sample_filter={"Metadata_Plate": "SQ00000"}, min_cells=100)
+    expect = (
+        (df["Metadata_control_type"] == "negcon")
+        & (df["Metadata_Plate"] == "SQ00000")
+        & (df["Metadata_Object_Count"] >= 100)
+    )
+    assert (mask == expect.to_numpy()).all()
+
+
+def test_explicit_features_meta_and_image_passthrough() -> None:
+    df = make_profiles(n_features=12)
+    df["Image_Granularity_1_DNA"] = np.arange(len(df), dtype=float)
+    df["TableNumber"] = 1
+    feats = ["Cells_AreaShape_Area_0", "Nuclei_Texture_Contrast_RNA_3_00_256_2"]
+    meta = ["Metadata_Well", "Metadata_Plate"]
+    kwargs = dict(features=feats, meta_features=meta, method="robustize")
+    ours = normalize(df, **kwargs)  # type: ignore[arg-type]
+    assert list(ours.columns) == [*meta, "Image_Granularity_1_DNA", *feats]
+    assert_same(ours, reference(df, **kwargs))
+    with_image = normalize(df, image_features=True)
+    assert_same(with_image, reference(df, image_features=True))
+    assert with_image["Image_Granularity_1_DNA"].mean() == pytest.approx(0, abs=1e-12)
+
+
+def test_index_and_row_order_kept() -> None:
+    df = make_profiles(n_features=8).sample(frac=1, random_state=1)
+    df.index = df.index.astype(str) + "x"
+    assert_same(normalize(df, samples=NEGCON), reference(df, samples=NEGCON))
+
+
+def test_missing_value_strings_become_nan() -> None:
+    df = make_profiles(n_features=6, nan=False)
+    df["Cells_AreaShape_Area_0"] = df["Cells_AreaShape_Area_0"].astype(object)
+    df.loc[2, "Cells_AreaShape_Area_0"] = "nan"
+    out = normalize(df)
+    assert np.isnan(out.loc[2, "Cells_AreaShape_Area_0"])
+    assert out["Cells_AreaShape_Area_0"].notna().sum() == len(df) - 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        (dict(method="zscore"), ConfigError, "standardize"),
+        (dict(method="spherize", spherize_method="XYZ"), ConfigError, "ZCA-cor"),
+        (dict(method="spherize", spherize_method="ZCA-cor", spherize_center=False), ConfigError, "center"),
+        (dict(features=["Cells_nope"]), ConfigError, "Cells_nope"),
+        (dict(meta_features=["Metadata_nope"]), ConfigError, "Metadata_nope"),
+        (dict(samples="Metadata_nope == 1"), ConfigError, "samples"),
+        (dict(samples="Metadata_control_type == 'none'"), InputError, "no rows"),
+        (dict(sample_filter={"Metadata_nope": ["x"]}), ConfigError, "Metadata_nope"),
+        (dict(min_cells=50, object_count_column="Metadata_Count_Cells"), ConfigError, "min_cells"),
+        (dict(min_cells=10**6), InputError, "min_cells"),
+    ],
+)
+def test_user_errors(kwargs: dict[str, object], error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        normalize(make_profiles(n_features=6), **kwargs)  # type: ignore[arg-type]
+
+
+def test_non_numeric_feature_is_an_input_error() -> None:
+    df = make_profiles(n_features=6)
+    df["Cells_label"] = "x"
+    with pytest.raises(InputError, match="Cells_label"):
+        normalize(df)
+
+
+def test_no_features_found() -> None:
+    with pytest.raises(InputError, match="features"):
+        normalize(pd.DataFrame({"Metadata_Well": ["A01"], "x": [1.0]}))
+
+
+def test_wide_plate_is_fast() -> None:
+    import time
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(384, 3000))
+    df = pd.DataFrame(x, columns=[f"Cells_f{i}" for i in range(3000)])
+    df.insert(0, "Metadata_Well", [f"W{i}" for i in range(384)])
+    start = time.perf_counter()
+    for method in ("standardize", "robustize", "mad_robustize"):
+        normalize(df, method=method)
+    assert time.perf_counter() - start < 5
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 2**16),
+    method=st.sampled_from(["standardize", "robustize", "mad_robustize", "spherize"]),
+)
+def test_row_order_invariance(seed: int, method: str) -> None:
+    df = make_profiles(plates=1, n_features=8, nan=method != "spherize", degenerate=False, seed=seed)
+    perm = np.random.default_rng(seed).permutation(len(df))
+    shuffled = df.iloc[perm]
+    a = normalize(df, method=method, samples=NEGCON).loc[shuffled.index]
+    b = normalize(shuffled, method=method, samples=NEGCON)
+    assert_allclose(a.iloc[:, 5:].to_numpy(), b.iloc[:, 5:].to_numpy(), rtol=1e-7, atol=1e-9)
