@@ -332,18 +332,29 @@ def test_user_errors(kwargs: dict[str, object], error: type[Exception], match: s
 
 
 def test_correlation_is_fast_on_a_wide_plate() -> None:
+    # 5,000 features x 384 wells: one matrix product, no loop over pairs. The bound is
+    # loose because CI machines are shared; the reference needs minutes here.
     rng = np.random.default_rng(0)
     base = rng.normal(size=(384, 1000))
-    x = np.hstack([base, base @ rng.normal(size=(1000, 4000)) * 0.01 + rng.normal(size=(384, 4000))])
+    copies = base[:, rng.integers(0, 1000, 4000)] + rng.normal(scale=0.3, size=(384, 4000))
+    x = np.hstack([base, copies])  # each copy correlates ~0.96 with one base feature
     df = pd.DataFrame(x, columns=[f"Cells_f{i}" for i in range(5000)])
     start = time.perf_counter()
-    kept = selected_features(df, operations=["correlation_threshold"], corr_threshold=0.5)
-    assert time.perf_counter() - start < 10
-    assert 1000 <= len(kept) < 5000
-    df.iloc[::50, ::7] = np.nan  # missing values: pairwise-complete correlations
+    kept = selected_features(df, operations=["correlation_threshold"])
+    assert time.perf_counter() - start < 30
+    assert 900 <= len(kept) <= 1100
+
+
+def test_correlation_with_missing_values_is_vectorised() -> None:
+    rng = np.random.default_rng(1)
+    base = rng.normal(size=(384, 400))
+    x = np.hstack([base, base[:, rng.integers(0, 400, 1600)] + rng.normal(scale=0.3, size=(384, 1600))])
+    x[::50, ::7] = np.nan  # pairwise-complete correlations
+    df = pd.DataFrame(x, columns=[f"Cells_f{i}" for i in range(2000)])
     start = time.perf_counter()
-    assert len(selected_features(df, operations=["correlation_threshold"], corr_threshold=0.5)) < 5000
-    assert time.perf_counter() - start < 20
+    kept = selected_features(df, operations=["correlation_threshold"])
+    assert time.perf_counter() - start < 30
+    assert 350 <= len(kept) <= 450
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])

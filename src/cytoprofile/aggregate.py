@@ -8,6 +8,7 @@ old ingest tool made (``Image_``-prefixed image columns, md5 TableNumbers).
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -30,6 +31,7 @@ __all__ = [
     "compartment_features",
 ]
 
+log = logging.getLogger("cytoprofile.aggregate")
 Operation = Literal["median", "mean"]
 DEFAULT_STRATA = ("Metadata_Plate", "Metadata_Well")
 DEFAULT_COMPARTMENTS = ("Cells", "Cytoplasm", "Nuclei")
@@ -80,6 +82,9 @@ class WellAggregator:
         self.count_columns = sorted(c for c in self.image_columns if "Count" in cats and c.startswith("Count_"))
         other = tuple(c for c in cats if c != "Count")
         self.image_feature_columns = sorted(c for c in self.image_columns if other and c.startswith(other)) if other else []
+        for category in cats:
+            if not any(c.startswith(f"{category}_") for c in self.image_columns):
+                log.warning("image feature category %s matches no Image column; none added", category)
         self.site_count = "Metadata_Site" not in self.strata
         meta = list(self.strata)
         if self.site_count:

@@ -19,6 +19,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -490,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         app(args=argv, standalone_mode=False)
     except CytoprofileError as exc:
-        console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+        console.print(f"[red]error:[/red] {escape(str(exc))}", markup=True, highlight=False, soft_wrap=True)
         return 1
     except click.exceptions.Exit as exc:
         return int(exc.exit_code or 0)
@@ -508,6 +509,7 @@ def main(argv: list[str] | None = None) -> int:
         with open(fd, "w") as fh:
             fh.write(f"cytoprofile {__version__}\nargv: {sys.argv}\n\n")
             fh.write(traceback.format_exc())
-        console.print(f"internal error (a bug in cytoprofile): {sys.exc_info()[1]!r}; traceback written to {path}")
+        console.print(f"internal error (a bug in cytoprofile): {sys.exc_info()[1]!r}; traceback written to {path}",
+                      markup=False, highlight=False, soft_wrap=True)
         return 3
     return 0

@@ -3,6 +3,9 @@
 ``modz`` weights each replicate by its mean correlation with the other replicates
 of its group (negative correlations count as 0, weights at least ``min_weight``,
 normalized to sum to 1), so a discordant replicate counts less than in a mean.
+Unlike the reference, a missing value is skipped with the weights renormalized over
+the replicates that have one (the reference counts it as 0), and a feature missing
+in every replicate stays missing (the reference returns 0).
 """
 
 from __future__ import annotations

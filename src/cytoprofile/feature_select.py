@@ -13,6 +13,12 @@ and what ``variance_threshold`` means is chosen explicitly with
 ``variance_threshold_meaning``: ``"frequency"`` (the default, what existing recipe
 configs mean) or ``"variance"`` (the newer plain variance filter).
 
+Results equal the reference's, except: ``blocklist`` drops only selected features;
+per-row ``noise_removal`` labels follow row order (not index labels); a variance
+filter that rejects every feature drops them all instead of failing; and with
+missing values, which of two exactly duplicated features ``correlation_threshold``
+keeps may differ (the tie is decided by rounding in both).
+
 This module also owns the shared helpers for the profile steps: which columns are
 features (``infer_features``/``resolve_features``), the numeric feature matrix
 (``feature_matrix``) and the fitting rows (``select_samples``).
@@ -163,7 +169,7 @@ def select_samples(
                 f"sample_filter names column {column!r}, absent from the profiles; "
                 "check the column name (metadata columns start with Metadata_)"
             )
-        values = [allowed] if isinstance(allowed, str) or not isinstance(allowed, Sequence) else list(allowed)
+        values = list(allowed) if np.iterable(allowed) and not isinstance(allowed, str) else [allowed]
         subset = subset[subset[column].isin(values)]
     if len(subset) == 0:
         raise InputError(
@@ -431,6 +437,7 @@ def excluded_features(
     noise_removal_stdev_cutoff: float | None = None,
 ) -> list[str]:
     """Features the operations drop, in column order (see ``feature_select``)."""
+    corr_method = corr_method.lower()
     ops = _check_options(
         operations,
         variance_threshold_meaning,

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from . import io, workspace
+from . import io
+from . import workspace as _workspace
 from .errors import MetadataError
 
 __all__ = [
@@ -42,6 +43,7 @@ PLATEMAP_COLUMNS: tuple[str, ...] = ("plate_map_name", "well_position")
 _WELL = re.compile(r"^(?:[A-Z]|A[A-F])(?:0[1-9]|[1-3][0-9]|4[0-8])$")
 _WELL_LOOSE = re.compile(r"^\s*([A-Za-z]{1,2})\s*0*(\d{1,2})\s*$")
 _SHOW = 10  # how many wells to name in one message
+_MAX_PER_FILE = 20  # problems listed per file; the rest are counted
 
 
 @dataclass
@@ -62,14 +64,14 @@ class _Table:
 # ---------------------------------------------------------------- paths
 
 
-def barcode_platemap_path(workspace_dir: PathLike, batch: str) -> str:
+def barcode_platemap_path(workspace: PathLike, batch: str) -> str:
     """``metadata/platemaps/BATCH/barcode_platemap.csv``."""
-    return io.join(workspace.platemap_dir(workspace_dir, batch), "barcode_platemap.csv")
+    return io.join(_workspace.platemap_dir(workspace, batch), "barcode_platemap.csv")
 
 
-def platemap_path(workspace_dir: PathLike, batch: str, name: str) -> str:
+def platemap_path(workspace: PathLike, batch: str, name: str) -> str:
     """``metadata/platemaps/BATCH/platemap/NAME.txt``."""
-    return io.join(workspace.platemap_dir(workspace_dir, batch), "platemap", f"{name}.txt")
+    return io.join(_workspace.platemap_dir(workspace, batch), "platemap", f"{name}.txt")
 
 
 # ---------------------------------------------------------------- reading
@@ -135,6 +137,14 @@ def _parse(path: PathLike, text: str, sep: str, required: Sequence[str]) -> _Tab
         table.rows.append(record)
         table.lines.append(line)
     table.header = header or []
+    short = [ln for r, ln in zip(table.rows, table.lines, strict=True) if len(r) < len(table.header)]
+    if len(short) > len(table.rows) / 2:
+        want = "tabs" if sep == "\t" else "commas"
+        table.problems.append(
+            f"{name}:{short[0]}: {len(short)} of {len(table.rows)} lines have fewer fields than "
+            f"the header ({len(table.header)}); separate the columns of every line with {want}"
+        )
+        table.rows, table.lines = [], []
     missing = [c for c in required if c not in table.header]
     if missing:
         table.problems.append(
@@ -147,6 +157,14 @@ def _parse(path: PathLike, text: str, sep: str, required: Sequence[str]) -> _Tab
 def _frame(text: str, sep: str, str_columns: Sequence[str] | None) -> pd.DataFrame:
     dtype: object = str if str_columns is None else dict.fromkeys(str_columns, str)
     return pd.read_csv(_stdio.StringIO(text), sep=sep, dtype=dtype)  # type: ignore[call-overload]
+
+
+def _capped(table: _Table) -> list[str]:
+    """The table's problems, at most ``_MAX_PER_FILE`` of them spelled out."""
+    if len(table.problems) <= _MAX_PER_FILE:
+        return list(table.problems)
+    rest = len(table.problems) - _MAX_PER_FILE
+    return [*table.problems[:_MAX_PER_FILE], f"{table.path}: {rest} more problem(s) not shown"]
 
 
 def _raise(problems: Sequence[str]) -> None:
@@ -163,10 +181,15 @@ def load_barcode_platemap(path: PathLike) -> pd.DataFrame:
 
 
 def load_platemap(path: PathLike) -> pd.DataFrame:
-    """Read a plate map (tab-separated; plate_map_name and well_position as text)."""
+    """Read a plate map (tab-separated; plate_map_name and well_position as text).
+
+    Raises ``MetadataError`` for the problems ``validate_metadata`` reports in it.
+    """
     text = _read_text(path)
     table = _parse(path, text, "\t", PLATEMAP_COLUMNS)
-    _raise(table.problems)
+    name = os.path.basename(str(path))
+    _check_platemap(table, name[: -len(".txt")] if name.endswith(".txt") else name.rsplit(".", 1)[0])
+    _raise(_capped(table))
     return _frame(text, "\t", PLATEMAP_COLUMNS)
 
 
@@ -198,8 +221,8 @@ def well_name_problem(well: str) -> str | None:
         if _WELL.match(suggestion):
             return f"well {well!r} is not written like A01; write it as {suggestion!r}"
     return (
-        f"{well!r} is not a well name; use a row letter A-P (AA-AF on 1536-well plates) "
-        "and a two-digit column 01-48, e.g. A01"
+        f"{well!r} is not a well name; write a row (A-H, A-P on 384-well plates, up to AF "
+        "on 1536-well plates) and a two-digit column (01-12, 01-24, 01-48), e.g. A01"
     )
 
 
@@ -272,9 +295,9 @@ def _profile_wells(df: pd.DataFrame, well_column: str) -> tuple[str, list[str]] 
 
 
 def _missing_platemap_file(
-    workspace_dir: PathLike, batch: str, name: str, barcode: str, barcode_path: str, line: int
+    workspace: PathLike, batch: str, name: str, barcode: str, barcode_path: str, line: int
 ) -> str:
-    path = platemap_path(workspace_dir, batch, name)
+    path = platemap_path(workspace, batch, name)
     message = (
         f"{barcode_path}:{line}: plate {barcode!r} uses plate map {name!r} but {path} does "
         "not exist; add the plate map or fix Plate_Map_Name"
@@ -288,7 +311,7 @@ def _missing_platemap_file(
 
 
 def validate_metadata(
-    workspace_dir: PathLike,
+    workspace: PathLike,
     batch: str,
     *,
     plates: Sequence[str] | None = None,
@@ -309,7 +332,7 @@ def validate_metadata(
     """
     errors: list[str] = []
     warnings: list[str] = []
-    bpath = barcode_platemap_path(workspace_dir, batch)
+    bpath = barcode_platemap_path(workspace, batch)
     if not io.exists(bpath):
         raise MetadataError(
             f"{bpath}: file not found; create it with the header "
@@ -317,7 +340,7 @@ def validate_metadata(
         )
     btable = _parse(bpath, _read_text(bpath), ",", BARCODE_COLUMNS)
     barcodes = _check_barcodes(btable)
-    errors.extend(btable.problems)
+    errors.extend(_capped(btable))
 
     wanted = list(plates) if plates is not None else list(barcodes)
     if profiles is not None:
@@ -337,14 +360,14 @@ def validate_metadata(
             continue
         name, line = barcodes[plate]
         if name not in maps:
-            path = platemap_path(workspace_dir, batch, name)
+            path = platemap_path(workspace, batch, name)
             if not io.exists(path):
-                errors.append(_missing_platemap_file(workspace_dir, batch, name, plate, bpath, line))
+                errors.append(_missing_platemap_file(workspace, batch, name, plate, bpath, line))
                 maps[name] = None
             else:
                 table = _parse(path, _read_text(path), "\t", PLATEMAP_COLUMNS)
                 wells = _check_platemap(table, name)
-                errors.extend(table.problems)
+                errors.extend(_capped(table))
                 if merge_column and external_keys is not None:
                     _check_merge_column(table, merge_column, external_keys, errors, warnings)
                 maps[name] = (table, wells)
@@ -398,7 +421,7 @@ def _check_external(path: PathLike, merge_column: str | None, errors: list[str])
         return None
     sep = "," if str(path).lower().endswith(".csv") else "\t"
     table = _parse(path, text, sep, [merge_column])
-    errors.extend(table.problems)
+    errors.extend(_capped(table))
     if merge_column not in table.header:
         return None
     keys: dict[str, tuple[int, list[str]]] = {}
@@ -440,9 +463,9 @@ def _check_merge_column(
 # ---------------------------------------------------------------- lookup
 
 
-def platemap_name_for_plate(workspace_dir: PathLike, batch: str, plate: str) -> str:
+def platemap_name_for_plate(workspace: PathLike, batch: str, plate: str) -> str:
     """The plate map name of ``plate`` according to barcode_platemap.csv."""
-    path = barcode_platemap_path(workspace_dir, batch)
+    path = barcode_platemap_path(workspace, batch)
     table = load_barcode_platemap(path)
     match = table.loc[table["Assay_Plate_Barcode"] == str(plate), "Plate_Map_Name"]
     if match.empty:
@@ -458,10 +481,10 @@ def platemap_name_for_plate(workspace_dir: PathLike, batch: str, plate: str) -> 
     return str(names[0])
 
 
-def platemap_for_plate(workspace_dir: PathLike, batch: str, plate: str) -> pd.DataFrame:
+def platemap_for_plate(workspace: PathLike, batch: str, plate: str) -> pd.DataFrame:
     """The plate map of ``plate`` (barcode), read from the batch's metadata."""
-    name = platemap_name_for_plate(workspace_dir, batch, plate)
-    path = platemap_path(workspace_dir, batch, name)
+    name = platemap_name_for_plate(workspace, batch, plate)
+    path = platemap_path(workspace, batch, name)
     if not io.exists(path):
         raise MetadataError(
             f"{path}: plate map {name!r} of plate {plate!r} not found; add the tab-separated "

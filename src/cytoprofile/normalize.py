@@ -4,6 +4,9 @@ The scaling is fitted on the chosen rows and applied to every row, column-wise i
 numpy. Methods: ``standardize`` (mean, population std), ``robustize`` (median, IQR),
 ``mad_robustize`` (median, 1.4826 * MAD + epsilon) and ``spherize`` (PCA, ZCA,
 PCA-cor, ZCA-cor whitening). Missing values are ignored in the fit and stay missing.
+Spherizing a rank-deficient fit matrix is an error here; the reference intends the
+same check, but an operator-precedence slip disables it and it returns values
+blown up by 1/epsilon.
 """
 
 from __future__ import annotations
@@ -191,7 +194,9 @@ def normalize(
     the normalized features (``PC1..PCd`` for PCA whitening), with the input's row
     order and index. ``samples`` is "all" or a pandas query such as
     ``"Metadata_control_type == 'negcon'"``; ``sample_filter`` ({column: [values]})
-    and ``min_cells`` narrow the fit rows further (AND).
+    and ``min_cells`` narrow the fit rows further (AND). ``spherize`` is fitted on the
+    fit rows without missing values, and a row with any missing feature comes out
+    all-missing (whitening mixes every feature into every output column).
     """
     method = method.lower()
     if method not in METHODS:

@@ -1,0 +1,219 @@
+"""annotate: compared with the reference implementation (pycytominer 1.7.1) on the same input."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cytoprofile.annotate import annotate, prefix_metadata
+from cytoprofile.errors import ConfigError, InputError
+
+pycytominer = pytest.importorskip("pycytominer")
+
+WELLS = [f"{r}{c:02d}" for r in "ABCDEFGH" for c in range(1, 13)]
+
+
+def make_platemap(name: str = "C-7161-01-LM6-006", seed: int = 0) -> pd.DataFrame:
+    """A plate map as read from the tab-separated file (unprefixed handbook columns)."""
+    rng = np.random.default_rng(seed)
+    samples = [np.nan if i % 6 == 0 else f"BRD-K{i % 20:08d}-001-01-{i % 3}" for i in range(96)]
+    return pd.DataFrame(
+        {
+            "plate_map_name": name,
+            "well_position": WELLS,
+            "broad_sample": samples,
+            "mg_per_ml": rng.uniform(0, 5, 96).round(3),
+            "mmoles_per_liter": rng.choice([0.1, 1.0, 10.0], 96),
+            "solvent": "DMSO",
+            "control_type": ["negcon" if i % 6 == 0 else "" for i in range(96)],
+        }
+    )
+
+
+def make_profiles(plate: str = "SQ00015167", seed: int = 1, n_features: int = 20) -> pd.DataFrame:
+    """Aggregated per-well profiles: strata, counts, features; rows sorted by well."""
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame({"Metadata_Plate": plate, "Metadata_Well": WELLS})
+    df["Metadata_Site_Count"] = 9
+    df["Metadata_Object_Count"] = rng.integers(100, 3000, 96)
+    for j in range(n_features):
+        comp = ("Cells", "Cytoplasm", "Nuclei")[j % 3]
+        df[f"{comp}_AreaShape_Area_{j}"] = rng.normal(size=96)
+    return df
+
+
+def reference(profiles: pd.DataFrame, platemap: pd.DataFrame, **kwargs: object) -> pd.DataFrame:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return pycytominer.annotate(profiles.copy(), platemap.copy(), **kwargs)
+
+
+def test_matches_reference() -> None:
+    profiles, platemap = make_profiles(), make_platemap()
+    ours = annotate(profiles, platemap)
+    pd.testing.assert_frame_equal(ours, reference(profiles, platemap))
+    assert list(ours.columns[:8]) == [
+        "Metadata_plate_map_name",
+        "Metadata_broad_sample",
+        "Metadata_mg_per_ml",
+        "Metadata_mmoles_per_liter",
+        "Metadata_solvent",
+        "Metadata_control_type",
+        "Metadata_Plate",
+        "Metadata_Well",
+    ]
+    assert "Metadata_well_position" not in ours.columns
+    assert len(ours) == 96
+
+
+def test_inner_join_and_plate_map_order() -> None:
+    # profiles miss some wells, the plate map misses others, both in scrambled order
+    profiles = make_profiles().sample(frac=1, random_state=0).iloc[:80]
+    platemap = make_platemap().sample(frac=1, random_state=1).iloc[10:]
+    ours = annotate(profiles, platemap)
+    pd.testing.assert_frame_equal(ours, reference(profiles, platemap))
+    expected = [w for w in platemap["well_position"] if w in set(profiles["Metadata_Well"])]
+    assert ours["Metadata_Well"].tolist() == expected
+
+
+def test_name_clash_gets_platemap_suffix() -> None:
+    profiles = make_profiles()
+    platemap = make_platemap().assign(Plate="from-map", Object_Count=1)
+    ours = annotate(profiles, platemap)
+    pd.testing.assert_frame_equal(ours, reference(profiles, platemap))
+    assert {"Metadata_Plate_platemap", "Metadata_Object_Count_platemap"} <= set(ours.columns)
+    assert (ours["Metadata_Plate"] == "SQ00015167").all()
+
+
+def test_already_prefixed_plate_map_and_no_prefixing() -> None:
+    profiles = make_profiles()
+    platemap = make_platemap()
+    platemap.columns = pd.Index(prefix_metadata(list(platemap.columns)))
+    pd.testing.assert_frame_equal(annotate(profiles, platemap), reference(profiles, platemap))
+    kwargs = dict(add_metadata_id_to_platemap=False)
+    pd.testing.assert_frame_equal(
+        annotate(profiles, platemap, **kwargs),  # type: ignore[arg-type]
+        reference(profiles, platemap, **kwargs),
+    )
+
+
+def test_custom_join_columns() -> None:
+    profiles = make_profiles().rename(columns={"Metadata_Well": "Metadata_well_position"})
+    platemap = make_platemap()
+    kwargs = dict(join_on=["Metadata_well_position", "Metadata_well_position"])
+    ours = annotate(profiles, platemap, **kwargs)  # type: ignore[arg-type]
+    pd.testing.assert_frame_equal(ours, reference(profiles, platemap, **kwargs))
+    assert "Metadata_well_position" in ours.columns
+
+
+def test_cellprofiler_image_metadata_renamed() -> None:
+    profiles = make_profiles().rename(columns={"Metadata_Plate": "Image_Metadata_Plate"})
+    profiles["Image_Metadata_Site"] = 1
+    profiles["Image_Granularity_1_DNA"] = 0.5
+    platemap = make_platemap()
+    ours = annotate(profiles, platemap)
+    pd.testing.assert_frame_equal(ours, reference(profiles, platemap))
+    assert {"Metadata_Plate", "Metadata_Site"} <= set(ours.columns)
+    assert ours.columns[-1] == "Image_Granularity_1_DNA"  # features stay after metadata
+    kept = annotate(profiles, platemap, clean_cellprofiler=False)
+    pd.testing.assert_frame_equal(kept, reference(profiles, platemap, clean_cellprofiler=False))
+    assert "Image_Metadata_Plate" in kept.columns
+
+
+def make_external() -> pd.DataFrame:
+    samples = sorted({f"BRD-K{i % 20:08d}-001-01-{i % 3}" for i in range(96) if i % 6})
+    return pd.DataFrame(
+        {
+            "broad_sample": samples[:-3],  # some compounds lack external metadata
+            "pert_iname": [f"compound-{i}" for i in range(len(samples) - 3)],
+            "moa": "kinase inhibitor",
+            "solvent": "water",  # clashes with the plate map's solvent
+        }
+    )
+
+
+def test_external_metadata_matches_reference() -> None:
+    profiles, platemap, external = make_profiles(), make_platemap(), make_external()
+    key = ["Metadata_broad_sample"]
+    ours = annotate(profiles, platemap, external_metadata=external, external_join_left=key, external_join_right=key)
+    ref = reference(profiles, platemap, external_metadata=external, external_join_on=key)
+    pd.testing.assert_frame_equal(ours, ref)
+    assert {"Metadata_pert_iname", "Metadata_moa", "Metadata_solvent_external"} <= set(ours.columns)
+    assert len(ours) == 96  # left join: wells without external metadata stay
+    assert ours["Metadata_pert_iname"].isna().sum() > 0
+    # the right key defaults to the left one
+    pd.testing.assert_frame_equal(annotate(profiles, platemap, external_metadata=external, external_join_left=key), ours)
+
+
+def test_external_metadata_with_a_different_key_name() -> None:
+    profiles, platemap = make_profiles(), make_platemap()
+    external = make_external().rename(columns={"broad_sample": "compound"})
+    ours = annotate(
+        profiles,
+        platemap,
+        external_metadata=external,
+        external_join_left="Metadata_broad_sample",
+        external_join_right="Metadata_compound",
+    )
+    ref = reference(
+        profiles, platemap, external_metadata=make_external(), external_join_on=["Metadata_broad_sample"]
+    )
+    assert ours["Metadata_pert_iname"].equals(ref["Metadata_pert_iname"])
+    assert "Metadata_compound" in ours.columns
+
+
+def test_format_broad_cmap_matches_reference() -> None:
+    profiles, platemap = make_profiles(), make_platemap()
+    platemap["pert_iname"] = "x"
+    ours = annotate(profiles, platemap, format_broad_cmap=True)
+    pd.testing.assert_frame_equal(ours, reference(profiles, platemap, format_broad_cmap=True))
+    assert {"Metadata_pert_id", "Metadata_pert_type", "Metadata_cell_id"} <= set(ours.columns)
+
+
+def test_per_site_profiles_follow_plate_map_then_profile_order() -> None:
+    profiles = pd.concat([make_profiles().assign(Metadata_Site=s) for s in (2, 1)], ignore_index=True)
+    platemap = make_platemap().iloc[::-1]
+    ours = annotate(profiles, platemap)
+    pd.testing.assert_frame_equal(ours, reference(profiles, platemap))
+    assert ours["Metadata_Well"].iloc[:2].tolist() == ["H12", "H12"]
+    assert ours["Metadata_Site"].iloc[:2].tolist() == [2, 1]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"join_on": ["Metadata_well_position"]}, ConfigError, "join_on"),
+        ({"join_on": ["Metadata_nope", "Metadata_Well"]}, InputError, "plate map"),
+        ({"join_on": ["Metadata_well_position", "Metadata_nope"]}, InputError, "profiles"),
+        ({"external_metadata": pd.DataFrame({"broad_sample": ["x"]})}, ConfigError, "external_join_left"),
+        (
+            {"external_metadata": pd.DataFrame({"x": ["y"]}), "external_join_left": "Metadata_broad_sample"},
+            InputError,
+            "same name",
+        ),
+        (
+            {"external_metadata": pd.DataFrame({"x": ["y"]}), "external_join_left": "Metadata_nope"},
+            InputError,
+            "plate map column",
+        ),
+    ],
+)
+def test_user_errors(kwargs: dict[str, object], error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        annotate(make_profiles(), make_platemap(), **kwargs)  # type: ignore[arg-type]
+
+
+def test_broad_cmap_needs_broad_sample() -> None:
+    with pytest.raises(InputError, match="broad_sample"):
+        annotate(make_profiles(), make_platemap().drop(columns="broad_sample"), format_broad_cmap=True)
+
+
+def test_inputs_not_modified() -> None:
+    profiles, platemap = make_profiles(), make_platemap()
+    before_p, before_m = profiles.copy(), platemap.copy()
+    annotate(profiles, platemap, external_metadata=make_external(), external_join_left="Metadata_broad_sample")
+    pd.testing.assert_frame_equal(profiles, before_p)
+    pd.testing.assert_frame_equal(platemap, before_m)

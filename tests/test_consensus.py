@@ -1,0 +1,180 @@
+"""consensus: compared with the reference implementation (pycytominer 1.7.1) on the same input."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from numpy.testing import assert_allclose
+
+from cytoprofile.consensus import consensus, modz_weights
+from cytoprofile.errors import ConfigError, InputError
+
+pycytominer = pytest.importorskip("pycytominer")
+
+
+def make_profiles(*, plates: int = 3, n_features: int = 50, seed: int = 0) -> pd.DataFrame:
+    """Normalized-looking profiles: 96 wells x ``plates`` replicate plates, 20 compounds + DMSO."""
+    rng = np.random.default_rng(seed)
+    wells = [f"{r}{c:02d}" for r in "ABCDEFGH" for c in range(1, 13)]
+    meta = pd.DataFrame(
+        [
+            {
+                "Metadata_Plate": f"SQ0000{p}",
+                "Metadata_Well": w,
+                "Metadata_control_type": "negcon" if i % 6 == 0 else "trt",
+                "Metadata_broad_sample": "DMSO" if i % 6 == 0 else f"BRD-K{i % 20:04d}",
+            }
+            for p in range(plates)
+            for i, w in enumerate(wells)
+        ]
+    )
+    # a per-compound signal shared by replicates, plus noise
+    signal = {s: rng.normal(size=n_features) for s in meta["Metadata_broad_sample"].unique()}
+    x = np.vstack([signal[s] for s in meta["Metadata_broad_sample"]]) + rng.normal(
+        scale=0.8, size=(len(meta), n_features)
+    )
+    names = [f"{('Cells', 'Cytoplasm', 'Nuclei')[j % 3]}_Intensity_MeanIntensity_DNA_{j}" for j in range(n_features)]
+    return pd.concat([meta, pd.DataFrame(x, columns=names)], axis="columns")
+
+
+def reference(df: pd.DataFrame, **kwargs: object) -> pd.DataFrame:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return pycytominer.consensus(df.copy(), **kwargs)
+
+
+REPLICATES = [
+    ["Metadata_Plate", "Metadata_Well"],  # one row per group
+    ["Metadata_broad_sample"],
+    ["Metadata_Well", "Metadata_broad_sample"],  # 3 replicates each
+    ["Metadata_Plate", "Metadata_control_type"],  # large groups
+]
+
+
+@pytest.mark.parametrize("operation", ["median", "mean", "modz"])
+@pytest.mark.parametrize("replicates", REPLICATES)
+def test_matches_reference(operation: str, replicates: list[str]) -> None:
+    df = make_profiles()
+    ours = consensus(df, replicate_columns=replicates, operation=operation)
+    ref = reference(df, replicate_columns=replicates, operation=operation)
+    assert list(ours.columns) == list(ref.columns)
+    pd.testing.assert_frame_equal(ours[replicates], ref[replicates])
+    assert_allclose(
+        ours.drop(columns=replicates).to_numpy(), ref.drop(columns=replicates).to_numpy(), rtol=1e-6, atol=1e-9
+    )
+
+
+@pytest.mark.parametrize("method", ["pearson", "spearman", "kendall"])
+def test_modz_options_match_reference(method: str) -> None:
+    df = make_profiles(plates=4, n_features=30)
+    reps = ["Metadata_Well", "Metadata_broad_sample"]
+    ours = consensus(
+        df, replicate_columns=reps, operation="modz", modz_method=method, modz_min_weight=0.3, modz_precision=2
+    )
+    ref = reference(
+        df,
+        replicate_columns=reps,
+        operation="modz",
+        modz_args={"method": method, "min_weight": 0.3, "precision": 2},
+    )
+    assert_allclose(ours.drop(columns=reps).to_numpy(), ref.drop(columns=reps).to_numpy(), rtol=1e-6, atol=1e-9)
+
+
+def test_modz_weights_hand_computed() -> None:
+    corr = np.array(
+        [
+            [1.0, 0.8, 0.6],
+            [0.8, 1.0, -0.5],
+            [0.6, -0.5, 1.0],
+        ]
+    )
+    # mean correlation with the others, negatives as 0: 0.7, 0.4, 0.3 -> sum 1.4
+    assert_allclose(modz_weights(corr), [0.5, 0.2857, 0.2143])
+    assert_allclose(modz_weights(corr, precision=None), np.array([0.7, 0.4, 0.3]) / 1.4)
+    # all anticorrelated: every weight is min_weight, so all count equally
+    anti = np.array([[1.0, -0.9], [-0.9, 1.0]])
+    assert_allclose(modz_weights(anti), [0.5, 0.5])
+    # an undefined correlation (constant replicate) leaves that replicate out
+    undefined = np.array([[1.0, np.nan, np.nan], [np.nan, 1.0, 0.5], [np.nan, 0.5, 1.0]])
+    w = modz_weights(undefined)
+    assert np.isnan(w[0])
+    assert_allclose(w[1:], [0.5, 0.5])
+
+
+def test_modz_downweights_a_discordant_replicate() -> None:
+    rng = np.random.default_rng(1)
+    signal = rng.normal(size=40)
+    rows = np.vstack([signal + rng.normal(scale=0.1, size=40) for _ in range(3)] + [rng.normal(size=40)])
+    df = pd.DataFrame(rows, columns=[f"Cells_f{i}" for i in range(40)])
+    df.insert(0, "Metadata_broad_sample", "BRD-1")
+    modz = consensus(df, replicate_columns=["Metadata_broad_sample"], operation="modz").iloc[0, 1:]
+    mean = consensus(df, replicate_columns=["Metadata_broad_sample"], operation="mean").iloc[0, 1:]
+    assert np.corrcoef(modz.to_numpy(float), signal)[0, 1] > np.corrcoef(mean.to_numpy(float), signal)[0, 1]
+
+
+def test_modz_missing_values() -> None:
+    # Deliberate difference: the reference sums weight * value skipping NaN, so a
+    # replicate's missing value counts as 0 (pulling the consensus towards 0) and a
+    # feature missing in every replicate becomes 0.0. Here the weights are
+    # renormalized over the replicates that have a value, and all-missing stays NaN.
+    df = make_profiles(plates=3, n_features=12)
+    reps = ["Metadata_Well", "Metadata_broad_sample"]
+    df.loc[df["Metadata_Well"] == "A02", "Cells_Intensity_MeanIntensity_DNA_0"] = np.nan
+    first = df.index[(df["Metadata_Well"] == "A03") & (df["Metadata_Plate"] == "SQ00000")][0]
+    df.loc[first, "Nuclei_Intensity_MeanIntensity_DNA_2"] = np.nan
+    ours = consensus(df, replicate_columns=reps, operation="modz").set_index("Metadata_Well")
+    ref = reference(df, replicate_columns=reps, operation="modz").set_index("Metadata_Well")
+    assert np.isnan(ours.loc["A02", "Cells_Intensity_MeanIntensity_DNA_0"])
+    assert ref.loc["A02", "Cells_Intensity_MeanIntensity_DNA_0"] == 0.0
+    a03 = df[df["Metadata_Well"] == "A03"]
+    present = a03["Nuclei_Intensity_MeanIntensity_DNA_2"].dropna()
+    value = ours.loc["A03", "Nuclei_Intensity_MeanIntensity_DNA_2"]
+    assert present.min() <= value <= present.max()  # a weighted mean of what is there
+    untouched = [c for c in ours.columns if c.startswith(("Cells", "Cytoplasm", "Nuclei"))]
+    untouched.remove("Nuclei_Intensity_MeanIntensity_DNA_2")
+    untouched.remove("Cells_Intensity_MeanIntensity_DNA_0")
+    assert_allclose(ours[untouched].to_numpy(), ref[untouched].to_numpy(), rtol=1e-6, atol=1e-9)
+
+
+def test_median_with_missing_values_matches_reference() -> None:
+    df = make_profiles(plates=3, n_features=8)
+    df.iloc[::7, 5] = np.nan
+    for op in ("median", "mean"):
+        ours = consensus(df, replicate_columns=["Metadata_broad_sample"], operation=op)
+        ref = reference(df, replicate_columns=["Metadata_broad_sample"], operation=op)
+        pd.testing.assert_frame_equal(ours, ref)
+
+
+def test_hand_computed_median_mean() -> None:
+    df = pd.DataFrame(
+        {
+            "Metadata_broad_sample": ["b", "a", "a", "a", "b"],
+            "Cells_x": [10.0, 1.0, 2.0, 6.0, 20.0],
+        }
+    )
+    med = consensus(df, replicate_columns=["Metadata_broad_sample"])
+    assert med.to_dict("list") == {"Metadata_broad_sample": ["a", "b"], "Cells_x": [2.0, 15.0]}
+    mean = consensus(df, replicate_columns="Metadata_broad_sample", operation="mean")  # type: ignore[arg-type]
+    assert mean["Cells_x"].tolist() == [3.0, 15.0]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"operation": "max"}, ConfigError, "modz"),
+        ({"operation": "modz", "modz_method": "cosine"}, ConfigError, "spearman"),
+        ({"replicate_columns": ["Metadata_nope"]}, ConfigError, "Metadata_nope"),
+        ({"features": ["Cells_nope"]}, ConfigError, "Cells_nope"),
+    ],
+)
+def test_user_errors(kwargs: dict[str, object], error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        consensus(make_profiles(plates=1, n_features=4), **kwargs)  # type: ignore[arg-type]
+
+
+def test_no_features() -> None:
+    with pytest.raises(InputError):
+        consensus(pd.DataFrame({"Metadata_Plate": ["p"], "Metadata_Well": ["A01"], "x": [1.0]}))

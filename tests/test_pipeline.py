@@ -1,0 +1,190 @@
+"""The recipe end to end from the CLI, each step compared with pycytominer on the same inputs."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cytoprofile import io
+from cytoprofile.cli import main
+from cytoprofile.collate import collate
+from cytoprofile.config import config_template
+from cytoprofile.synth import synth
+
+from .reference import pycytominer_profiles
+
+BATCHES = {"B1": ["P1", "P2"], "B2": ["P3"]}
+
+
+def _config(ws: Path, *, float_format: str | None = None, level: str = "batch", aggregate: bool = True) -> Path:
+    text = config_template(workspace=".", batch="B1", plates=BATCHES["B1"])
+    text = text.replace('float_format: "%.5g"', f"float_format: {json.dumps(float_format)}")
+    text = text.replace("level: batch", f"level: {level}")
+    text = text.replace("gct: false", "gct: true")
+    if not aggregate:
+        text = text.replace("aggregate:                                  ", "aggregate:                                  ", 1)
+    text += "---\nbatch: B2\nplates:\n  - name: P3\n    process: true\n  - name: P4\n    process: false\nprocess: true\n"
+    path = ws / "config.yml"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    ws = tmp_path_factory.mktemp("recipe")
+    for i, (batch, plates) in enumerate(BATCHES.items()):
+        synth(ws, batch=batch, plates=plates, wells=96, well_subset=24, sites=2, cells=12, features=24, seed=i)
+        results = collate(ws, batch, plates, backend=("sqlite",))
+        assert all(r.status == "done" for r in results)
+    return ws
+
+
+@pytest.fixture(scope="module")
+def ran(workspace: Path) -> Path:
+    config = _config(workspace)
+    assert main(["run", str(config), "--quiet"]) == 0
+    return workspace
+
+
+def _plate(ws: Path, batch: str, plate: str, stem: str) -> pd.DataFrame:
+    return io.read_table(ws / "profiles" / batch / plate / f"{plate}{stem}.csv.gz")
+
+
+def _assert_frames(ours: pd.DataFrame, ref: pd.DataFrame, rtol: float = 1e-6) -> None:
+    assert list(ours.columns) == list(ref.columns)
+    assert len(ours) == len(ref)
+    for c in ref.columns:
+        if pd.api.types.is_numeric_dtype(ref[c]) and pd.api.types.is_numeric_dtype(ours[c]):
+            np.testing.assert_allclose(ours[c].to_numpy(float), ref[c].to_numpy(float), rtol=rtol, atol=1e-9,
+                                       equal_nan=True, err_msg=c)
+        else:
+            assert ours[c].astype(str).tolist() == ref[c].astype(str).tolist(), c
+
+
+def test_outputs_have_the_recipe_names(ran: Path) -> None:
+    for batch, plates in BATCHES.items():
+        for plate in plates:
+            folder = ran / "profiles" / batch / plate
+            for stem in ("", "_augmented", "_normalized", "_normalized_negcon",
+                         "_normalized_feature_select_batch", "_normalized_feature_select_negcon_batch"):
+                assert (folder / f"{plate}{stem}.csv.gz").exists(), stem
+                assert (folder / f"{plate}{stem}.csv.gz.provenance.json").exists()
+        for tag in ("", "_negcon"):
+            assert (ran / "gct" / batch / f"{batch}_normalized_feature_select{tag}_batch.gct").exists()
+            assert (ran / "gct" / batch / f"{batch}_normalized_feature_select{tag}_batch.csv.gz").exists()
+    # process: false is skipped
+    assert not (ran / "profiles" / "B2" / "P4").exists()
+    assert (ran / "quality_control" / "summary" / "summary.tsv").exists()
+    assert (ran / "quality_control" / "report" / "B1.html").exists()
+
+
+def test_aggregate_matches_reference(ran: Path) -> None:
+    ours = _plate(ran, "B1", "P1", "")
+    # the template asks for Count and Intensity; synthetic Image.csv has no Intensity columns
+    ref = pycytominer_profiles(ran / "backend/B1/P1/P1.sqlite", image_features=True, categories=["Count"])
+    _assert_frames(ours, ref, rtol=1e-9)
+
+
+def test_annotate_and_normalize_match_reference(ran: Path) -> None:
+    from pycytominer import annotate, normalize
+
+    profiles = _plate(ran, "B1", "P2", "")
+    platemap = pd.read_csv(ran / "metadata/platemaps/B1/platemap/PM-02.txt", sep="\t")
+    platemap.columns = [c if c.startswith("Metadata_") else f"Metadata_{c}" for c in platemap.columns]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref_aug = annotate(profiles=profiles, platemap=platemap, join_on=["Metadata_well_position", "Metadata_Well"])
+    ours_aug = _plate(ran, "B1", "P2", "_augmented")
+    _assert_frames(ours_aug, ref_aug)
+    for stem, samples in (("_normalized", "all"), ("_normalized_negcon", "Metadata_control_type == 'negcon'")):
+        ref = normalize(profiles=ours_aug, samples=samples, method="mad_robustize", mad_robustize_epsilon=0.0)
+        _assert_frames(_plate(ran, "B1", "P2", stem), ref)
+
+
+def test_batch_level_feature_selection_matches_reference(ran: Path) -> None:
+    from pycytominer import feature_select
+
+    frames = [_plate(ran, "B1", p, "_normalized").assign(Metadata_batch="B1") for p in BATCHES["B1"]]
+    stacked = pd.concat(frames, ignore_index=True)
+    # the recipe's variance_threshold is pycytominer 1.7's frequency_threshold
+    ref = feature_select(stacked, operation=["frequency_threshold", "correlation_threshold", "drop_na_columns", "blocklist"])
+    for plate in BATCHES["B1"]:
+        ours = _plate(ran, "B1", plate, "_normalized_feature_select_batch")
+        expected = ref.loc[ref["Metadata_Plate"].astype(str) == plate].drop(columns=["Metadata_batch"]).reset_index(drop=True)
+        _assert_frames(ours, expected)
+
+
+_TO_NUMERIC = pd.to_numeric
+
+
+def _to_numeric_ignore(values: pd.Series, errors: str = "raise") -> pd.Series:
+    """pandas 3 dropped ``errors="ignore"``, which cmapPy's GCT parser still passes."""
+    try:
+        return _TO_NUMERIC(values)
+    except (ValueError, TypeError):
+        if errors == "ignore":
+            return values
+        raise
+
+
+def test_gct_is_readable_by_cmappy(ran: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cmapPy.pandasGEXpress import parse_gct
+    from cmapPy.pandasGEXpress.parse import parse
+
+    monkeypatch.setattr(parse_gct.pd, "to_numeric", _to_numeric_ignore)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gct = parse(str(ran / "gct/B1/B1_normalized_feature_select_batch.gct"))
+    stacked = io.read_table(ran / "gct/B1/B1_normalized_feature_select_batch.csv.gz")
+    features = [c for c in stacked.columns if not c.startswith("Metadata_")]
+    assert gct.data_df.shape == (len(features), len(stacked))
+    np.testing.assert_allclose(gct.data_df.loc[features[0]].to_numpy(float), stacked[features[0]].to_numpy(float), rtol=1e-6)  # cmapPy reads float32
+    assert "Well" in gct.col_metadata_df.columns
+
+
+def test_rerun_skips_current_steps_and_force_redoes(ran: Path, tmp_path: Path) -> None:
+    from cytoprofile.pipeline import run
+
+    config = ran / "config.yml"
+    again = run(config)
+    assert not [r for r in again.ran if not r.startswith("quality_control")]
+    assert len(again.skipped) >= 10
+    forced = run(config, force=True)
+    assert any(r.startswith("normalize") for r in forced.ran)
+    # a changed setting re-runs that step and the ones after it
+    text = config.read_text().replace("method: mad_robustize", "method: standardize", 1)
+    changed = tmp_path / "changed.yml"
+    changed.write_text(text.replace("workspace: \".\"", f"workspace: {json.dumps(str(ran))}"))
+    result = run(changed)
+    assert any(r.startswith("normalize:") for r in result.ran)
+    assert not any(r.startswith("annotate") for r in result.ran)
+
+
+def test_plate_level_and_float_format(workspace: Path, tmp_path: Path) -> None:
+    from cytoprofile.pipeline import run
+
+    config = _config(workspace, float_format="%.3g", level="plate")
+    out = tmp_path / "out"
+    run(config, root=out)
+    df = io.read_table(out / "profiles/B1/P1/P1_normalized_feature_select_plate.csv.gz")
+    assert len(df) == 24
+    import gzip
+
+    text = gzip.open(out / "profiles/B1/P1/P1_normalized.csv.gz", "rt").read().splitlines()[1]
+    numbers = [float(v) for v in text.split(",") if v.replace(".", "").replace("-", "").replace("e", "").isdigit() and "." in v]
+    assert numbers and all(float("%.3g" % v) == v for v in numbers)
+    assert not all(float("%.2g" % v) == v for v in numbers)
+
+
+def test_missing_backend_gives_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    synth(tmp_path, batch="B1", plates=["P1"], wells=96, well_subset=2, sites=1, cells=3, features=4)
+    config = tmp_path / "config.yml"
+    config.write_text(config_template(workspace=".", batch="B1", plates=["P1"]))
+    assert main(["run", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert "P1.sqlite" in err and "collate" in err
