@@ -175,10 +175,11 @@ def test_plate_level_and_float_format(workspace: Path, tmp_path: Path) -> None:
     assert len(df) == 24
     import gzip
 
-    text = gzip.open(out / "profiles/B1/P1/P1_normalized.csv.gz", "rt").read().splitlines()[1]
+    with gzip.open(out / "profiles/B1/P1/P1_normalized.csv.gz", "rt") as fh:
+        text = fh.read().splitlines()[1]
     numbers = [float(v) for v in text.split(",") if v.replace(".", "").replace("-", "").replace("e", "").isdigit() and "." in v]
-    assert numbers and all(float("%.3g" % v) == v for v in numbers)
-    assert not all(float("%.2g" % v) == v for v in numbers)
+    assert numbers and all(float(f"{v:.3g}") == v for v in numbers)
+    assert not all(float(f"{v:.2g}") == v for v in numbers)
 
 
 def test_missing_backend_gives_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -23,7 +23,6 @@ from typing import Any
 import pandas as pd
 
 from . import __version__, io
-from .aggregate import DEFAULT_STRATA
 from .config import Recipe, load_config
 from .errors import ConfigError, InputError
 
@@ -233,11 +232,14 @@ def _plate_task(layout: Layout, recipe: Recipe, batch: str, plate: str, force: b
             continue
         query = block.fit_query()
         settings = block.model_dump(mode="json") | {"fit_query": query}
-        steps.run(key, [files["annotate"]], {files[key]: lambda block=block, query=query: normalize(
-            io.read_table(files["annotate"]), features=block.features, image_features=block.image_features,
-            samples=query, method=block.method, mad_robustize_epsilon=block.mad_robustize_fudge_factor,
-            spherize_method=block.spherize_method, spherize_epsilon=block.spherize_epsilon,
-            spherize_center=block.spherize_center)}, settings)
+        def _normalized(block: Any = block, query: str = query) -> pd.DataFrame:
+            return normalize(
+                io.read_table(files["annotate"]), features=block.features, image_features=block.image_features,
+                samples=query, method=block.method, mad_robustize_epsilon=block.mad_robustize_fudge_factor,
+                spherize_method=block.spherize_method, spherize_epsilon=block.spherize_epsilon,
+                spherize_center=block.spherize_center)
+
+        steps.run(key, [files["annotate"]], {files[key]: _normalized}, settings)
     return result
 
 
@@ -300,8 +302,10 @@ def _feature_select_level(layout: Layout, recipe: Recipe, plates: dict[str, list
     if level == "plate":
         for batch, names in plates.items():
             for plate in names:
-                steps.run(name, [source(batch, plate)], {output(batch, plate): lambda b=batch, p=plate: feature_select(
-                    load(b, p, False), **options)}, settings)
+                def _selected(b: str = batch, p: str = plate) -> pd.DataFrame:
+                    return feature_select(load(b, p, False), **options)
+
+                steps.run(name, [source(batch, plate)], {output(batch, plate): _selected}, settings)
         return
     groups: list[tuple[str, list[str]]] = (
         [(b, [b]) for b in plates] if level == "batch" else [("all", list(plates))]
@@ -395,7 +399,3 @@ def _plate_task_entry(task: tuple[Layout, Recipe, str, str, bool], options: dict
     layout, recipe, batch, plate, force = task
     return _plate_task(layout, recipe, batch, plate, force)
 
-
-def default_strata() -> list[str]:
-    """The aggregation strata when a config does not name them."""
-    return list(DEFAULT_STRATA)
