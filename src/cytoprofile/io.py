@@ -23,6 +23,11 @@ from .errors import InputError, RemoteError
 
 __all__ = [
     "TableFormat",
+    "configure_storage",
+    "download",
+    "list_files",
+    "storage_options",
+    "upload",
     "atomic_path",
     "atomic_open",
     "exists",
@@ -47,10 +52,106 @@ def is_remote(path: str | os.PathLike[str]) -> bool:
     return "://" in text and not text.startswith("file://")
 
 
+_STORAGE: dict[str, Any] = {}
+
+
+def storage_options(
+    *, profile: str | None = None, endpoint_url: str | None = None, no_sign_request: bool = False
+) -> dict[str, Any]:
+    """fsspec/s3fs options from the CLI's ``--profile``, ``--endpoint-url``, ``--no-sign-request``.
+
+    Credentials otherwise come from the standard AWS chain (environment, config files, roles).
+    """
+    options: dict[str, Any] = {}
+    if profile:
+        options["profile"] = profile
+    if endpoint_url:
+        options["client_kwargs"] = {"endpoint_url": endpoint_url}
+    if no_sign_request:
+        options["anon"] = True
+    options["config_kwargs"] = {"retries": {"max_attempts": 10, "mode": "standard"}}
+    return options
+
+
+def configure_storage(options: dict[str, Any] | None) -> None:
+    """Set the options every remote filesystem of this process is opened with."""
+    _STORAGE.clear()
+    if options:
+        _STORAGE.update(options)
+
+
 def filesystem(path: str | os.PathLike[str]) -> tuple[fsspec.AbstractFileSystem, str]:
     """The fsspec filesystem and the bare path for ``path``."""
-    fs, bare = fsspec.core.url_to_fs(str(path))
+    text = str(path)
+    protocol = text.split("://", 1)[0] if "://" in text else "file"
+    fs, bare = fsspec.core.url_to_fs(text, **(_STORAGE if protocol in ("s3", "s3a") else {}))
     return fs, bare
+
+
+def _url(path: str, like: str) -> str:
+    """Give a bare key the protocol of ``like``."""
+    return path if "://" in path else like.split("://", 1)[0] + "://" + path
+
+
+def list_files(prefix: str | os.PathLike[str]) -> list[str]:
+    """Every file under ``prefix`` (one listing call on object storage), as full URLs or paths."""
+    text = str(prefix)
+    if not is_remote(text):
+        return sorted(str(p) for p in Path(text).rglob("*") if p.is_file())
+    fs, bare = filesystem(text)
+    try:
+        found = fs.find(bare)
+    except FileNotFoundError:
+        return []
+    except Exception as exc:
+        raise RemoteError(f"{text}: cannot list ({exc}); check the address and credentials") from exc
+    return sorted(_url(f, text) for f in found)
+
+
+def _with_retries(action: Any, what: str, attempts: int = 4) -> Any:
+    delay = 0.5
+    for attempt in range(1, attempts + 1):
+        try:
+            return action()
+        except FileNotFoundError:
+            raise
+        except Exception as exc:
+            if attempt == attempts:
+                raise RemoteError(f"{what} failed after {attempts} attempts ({exc}); re-run to retry") from exc
+            import time
+
+            time.sleep(delay)
+            delay *= 2
+    return None  # pragma: no cover
+
+
+def download(urls: list[str], local_paths: list[str], *, threads: int = 8) -> None:
+    """Fetch ``urls`` to ``local_paths`` in parallel, each with retries."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if not urls:
+        return
+    fs, _ = filesystem(urls[0])
+
+    def _one(pair: tuple[str, str]) -> None:
+        url, local = pair
+        Path(local).parent.mkdir(parents=True, exist_ok=True)
+        bare = filesystem(url)[1]
+        tmp = f"{local}.{uuid.uuid4().hex[:8]}.part"
+        try:
+            _with_retries(lambda: fs.get_file(bare, tmp), f"download of {url}")
+            os.replace(tmp, local)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        list(pool.map(_one, zip(urls, local_paths)))
+
+
+def upload(local: str | os.PathLike[str], target: str) -> None:
+    """Put a local file at ``target`` atomically (temporary key, then copy), with retries."""
+    _upload_atomically(str(local), target)
 
 
 def join(base: str | os.PathLike[str], *parts: str) -> str:
@@ -116,10 +217,8 @@ def _upload_atomically(local: str, target: str) -> None:
     fs, bare = filesystem(target)
     tmp_key = f"{bare}.{uuid.uuid4().hex[:8]}.tmp"
     try:
-        fs.put_file(local, tmp_key)
-        fs.copy(tmp_key, bare)
-    except Exception as exc:  # pragma: no cover - exercised against a failing server
-        raise RemoteError(f"{target}: upload failed ({exc}); re-run to retry") from exc
+        _with_retries(lambda: fs.put_file(local, tmp_key), f"upload of {target}")
+        _with_retries(lambda: fs.copy(tmp_key, bare), f"upload of {target}")
     finally:
         with contextlib.suppress(Exception):
             fs.rm_file(tmp_key)
@@ -200,7 +299,11 @@ def write_json(obj: Any, path: str | os.PathLike[str]) -> str:
 def read_json(path: str | os.PathLike[str]) -> Any:
     """Read a JSON file, local or remote."""
     try:
-        with fsspec.open(str(path), "r", encoding="utf-8") as fh:
+        if is_remote(path):
+            fs, bare = filesystem(path)
+            with fs.open(bare, "r", encoding="utf-8") as fh:
+                return json.load(fh)
+        with open(path, encoding="utf-8") as fh:
             return json.load(fh)
     except FileNotFoundError as exc:
         raise InputError(f"{path}: file not found") from exc
