@@ -50,6 +50,15 @@ console = Console(stderr=True)
 log = logging.getLogger("cytoprofile")
 
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors; no progress bars.")]
+ProfileOpt = Annotated[str | None, typer.Option(help="AWS profile for S3 URLs (default: the standard credential chain).")]
+EndpointOpt = Annotated[str | None, typer.Option(help="S3-compatible endpoint URL (e.g. a local or non-AWS server).")]
+NoSignOpt = Annotated[bool, typer.Option(help="Anonymous access to public buckets (e.g. the Cell Painting Gallery).")]
+
+
+def _storage(profile: str | None, endpoint_url: str | None, no_sign_request: bool) -> None:
+    from .io import configure_storage, storage_options
+
+    configure_storage(storage_options(profile=profile, endpoint_url=endpoint_url, no_sign_request=no_sign_request))
 
 
 def _split(values: list[str] | None) -> list[str] | None:
@@ -176,16 +185,22 @@ def collate(
     strict: Annotated[bool, typer.Option(help="Fail a plate that has any quarantined site.")] = False,
     jobs: Annotated[int, typer.Option(help="Plates in parallel on this machine.")] = 1,
     scheduler: Annotated[str | None, typer.Option(help="Dask scheduler address: run plates on that cluster.")] = None,
-    tmp_dir: Annotated[str | None, typer.Option(help="Scratch folder for temporary files.")] = None,
+    tmp_dir: Annotated[str | None, typer.Option(help="Scratch folder for downloads and temporary files.")] = None,
+    remote: Annotated[str | None, typer.Option(help="Also upload each finished plate to this URL (e.g. s3://bucket/project/workspace).")] = None,
+    profile: ProfileOpt = None,
+    endpoint_url: EndpointOpt = None,
+    no_sign_request: NoSignOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Ingest site CSVs into a single-cell backend and write per-well profiles and a report per plate."""
+    """Ingest site CSVs into a single-cell backend and write per-well profiles and a report per plate.
+
+    WORKSPACE may be a local folder or a URL such as s3://bucket/project/workspace.
+    """
     from .aggregate import DEFAULT_COMPARTMENTS, DEFAULT_IMAGE_FEATURE_CATEGORIES, DEFAULT_STRATA
     from .collate import collate as _collate
 
     _setup_logging(quiet)
-    if tmp_dir:
-        tempfile.tempdir = tmp_dir
+    _storage(profile, endpoint_url, no_sign_request)
     kinds = _split(backend) or ["sqlite"]
     bad = [k for k in kinds if k not in ("sqlite", "parquet")]
     if bad:
@@ -201,7 +216,7 @@ def collate(
             image_features=image_features,
             image_feature_categories=_split(image_feature_categories) or list(DEFAULT_IMAGE_FEATURE_CATEGORIES),
             strata=_split(strata) or list(DEFAULT_STRATA), overwrite=overwrite, aggregate_only=aggregate_only,
-            strict=strict, jobs=jobs, scheduler=scheduler, progress=update,
+            strict=strict, jobs=jobs, scheduler=scheduler, remote=remote, tmp_dir=tmp_dir, progress=update,
         )
     table = Table(title=f"collate {batch}", show_lines=False)
     for col in ("plate", "status", "summary", "seconds"):
@@ -452,14 +467,20 @@ def run(
     force: Annotated[bool, typer.Option(help="Redo steps whose outputs are current.")] = False,
     jobs: Annotated[int | None, typer.Option(help="Plates in parallel on this machine.")] = None,
     scheduler: Annotated[str | None, typer.Option(help="Dask scheduler address.")] = None,
+    tmp_dir: Annotated[str | None, typer.Option(help="Scratch folder for downloads (remote workspaces).")] = None,
+    profile: ProfileOpt = None,
+    endpoint_url: EndpointOpt = None,
+    no_sign_request: NoSignOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Run the profiling recipe a config describes (annotate → normalize → feature select → GCT → QC)."""
     from .pipeline import run as _run
 
     _setup_logging(quiet)
+    _storage(profile, endpoint_url, no_sign_request)
     with _timed("recipe"):
-        result = _run(config, workspace=workspace, root=root, force=force, jobs=jobs, scheduler=scheduler)
+        result = _run(config, workspace=workspace, root=root, force=force, jobs=jobs, scheduler=scheduler,
+                      tmp_dir=tmp_dir)
     if not quiet:
         console.print(f"{len(result.ran)} step(s) run, {len(result.skipped)} already current; "
                       f"{len(result.outputs)} file(s) written in {result.seconds:.1f}s", highlight=False)

@@ -161,10 +161,29 @@ def collate_plate(
     aggregate_only: bool = False,
     strict: bool = False,
     threads: int = 2,
+    remote: str | None = None,
+    tmp_dir: str | None = None,
     progress: Progress | None = None,
 ) -> PlateResult:
-    """Ingest one plate's sites into the backend(s) and write its per-well profiles and report."""
+    """Ingest one plate's sites into the backend(s) and write its per-well profiles and report.
+
+    ``ws`` may be a URL (``s3://bucket/workspace``): the plate's CSVs for the asked
+    compartments are fetched to ``tmp_dir``, collated there, and the outputs uploaded
+    (report last); the local copy is removed after the plate. ``remote`` pushes the
+    outputs of a local workspace to that URL as well.
+    """
     start = time.perf_counter()
+    options = dict(backend=backend, profile_format=profile_format, operation=operation, compartments=compartments,
+                   image_features=image_features, image_feature_categories=image_feature_categories, strata=strata,
+                   overwrite=overwrite, aggregate_only=aggregate_only, strict=strict, threads=threads)
+    if io.is_remote(ws):
+        return _collate_remote(str(ws), batch, plate, tmp_dir=tmp_dir, progress=progress, start=start, **options)
+    if remote is not None:
+        pushed = collate_plate(ws, batch, plate, progress=progress, **options)  # type: ignore[arg-type]
+        if pushed.status == "done":
+            rel = os.path.relpath(workspace.backend_dir(ws, batch, plate), ws)
+            _publish_plate(str(ws), remote, rel, plate)
+        return pushed
     outputs = plate_outputs(ws, batch, plate, backend=backend, profile_format=profile_format)
     if aggregate_only:
         return _aggregate_only(ws, batch, plate, outputs, backend=backend, operation=operation,
@@ -299,6 +318,52 @@ def collate_plate(
     return PlateResult(batch, plate, "done", _summary_line(report), outputs, report, seconds=time.perf_counter() - start)
 
 
+def _publish_plate(local_ws: str, remote_ws: str, backend_rel: str, plate: str) -> list[str]:
+    """Upload a finished plate's backend folder, the report last."""
+    folder = os.path.join(local_ws, backend_rel)
+    names = sorted(n for n in os.listdir(folder) if not n.startswith("."))
+    report = f"{plate}.report.json"
+    ordered = [n for n in names if n != report] + ([report] if report in names else [])
+    return workspace.publish(local_ws, remote_ws, [os.path.join(backend_rel, n) for n in ordered])
+
+
+def _collate_remote(ws: str, batch: str, plate: str, *, tmp_dir: str | None, progress: Progress | None,
+                    start: float, **options: Any) -> PlateResult:
+    """Collate a plate of a workspace on object storage through a local scratch copy."""
+    import shutil
+    import tempfile
+
+    outputs = plate_outputs(ws, batch, plate, backend=options["backend"], profile_format=options["profile_format"])
+    if not options["overwrite"] and all(io.exists(p) for p in outputs.values()):
+        return PlateResult(batch, plate, "skipped", "complete outputs exist (use --overwrite to rebuild)", outputs,
+                           seconds=time.perf_counter() - start)
+    scratch = tempfile.mkdtemp(prefix=f"cytoprofile-{plate}-", dir=tmp_dir)
+    try:
+        backend_rel = os.path.join("backend", batch, plate)
+        if options["aggregate_only"]:
+            wanted = {f"{plate}.sqlite"} if "sqlite" in options["backend"] else set()
+            workspace.stage(ws, scratch, [backend_rel], accept=lambda rel: os.path.basename(rel) in wanted
+                            or os.path.basename(rel).startswith(f"{plate}_"))
+        else:
+            names = {"image.csv"} | {f"{c.lower()}.csv" for c in options["compartments"]}
+            analysis_rel = os.path.join("analysis", batch, plate, "analysis")
+            fetched = workspace.stage(ws, scratch, [analysis_rel],
+                                      accept=lambda rel: os.path.basename(rel).lower() in names
+                                      and rel.count("/") == analysis_rel.count("/") + 2)
+            if not fetched:
+                raise InputError(f"{io.join(ws, analysis_rel)}: no site CSVs found; check the workspace URL, batch and plate")
+        local = collate_plate(scratch, batch, plate, progress=progress, **{**options, "overwrite": True})
+        if local.status != "done":
+            return local
+        urls = _publish_plate(scratch, ws, backend_rel, plate)
+        remote_outputs = {k: io.join(ws, os.path.relpath(v, scratch)) for k, v in local.outputs.items()}
+        log.info("%s: uploaded %d file(s) to %s", plate, len(urls), io.join(ws, backend_rel))
+        return PlateResult(batch, plate, "done", local.message, remote_outputs, local.report,
+                           seconds=time.perf_counter() - start)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 def _flush_well(agg: WellAggregator, popped: tuple[tuple[object, ...], list[tuple[SiteTables, list[int]]], dict[str, list[np.ndarray]]],
                 chosen: dict[str, str]) -> None:
     values, images, objects = popped
@@ -404,6 +469,8 @@ def collate(
     strict: bool = False,
     jobs: int = 1,
     scheduler: str | None = None,
+    remote: str | None = None,
+    tmp_dir: str | None = None,
     progress: Progress | None = None,
 ) -> list[PlateResult]:
     """Backend creation for several plates of a batch, ``jobs`` plates at a time.
@@ -418,13 +485,16 @@ def collate(
     options: dict[str, Any] = dict(backend=tuple(backend), profile_format=profile_format, operation=operation,
                                    compartments=tuple(compartments), image_features=image_features,
                                    image_feature_categories=tuple(image_feature_categories), strata=tuple(strata),
-                                   overwrite=overwrite, aggregate_only=aggregate_only, strict=strict)
+                                   overwrite=overwrite, aggregate_only=aggregate_only, strict=strict,
+                                   remote=remote, tmp_dir=tmp_dir, storage=dict(io.current_storage()))
     return run_plates(_collate_task, [(str(ws), batch, p) for p in plates], options, jobs=jobs,
                       scheduler=scheduler, progress=progress)
 
 
 def _collate_task(ws: str, batch: str, plate: str, options: dict[str, Any], progress: Progress | None) -> PlateResult:
     """One plate, with user errors turned into a failed result rather than an exception."""
+    options = dict(options)
+    io.configure_storage(options.pop("storage", None))
     try:
         return collate_plate(ws, batch, plate, progress=progress, **options)
     except CytoprofileError as exc:

@@ -24,6 +24,7 @@ from .errors import InputError, RemoteError
 __all__ = [
     "TableFormat",
     "configure_storage",
+    "current_storage",
     "download",
     "list_files",
     "storage_options",
@@ -71,6 +72,11 @@ def storage_options(
         options["anon"] = True
     options["config_kwargs"] = {"retries": {"max_attempts": 10, "mode": "standard"}}
     return options
+
+
+def current_storage() -> dict[str, Any]:
+    """The options remote filesystems are opened with (to hand to worker processes)."""
+    return dict(_STORAGE)
 
 
 def configure_storage(options: dict[str, Any] | None) -> None:

@@ -91,12 +91,22 @@ class RunResult:
     seconds: float = 0.0
 
 
+_WHOLE_FILE_LIMIT = 64 << 20
+
+
 def _sha256(path: str) -> str:
+    """Checksum of an input: the whole file, or for a large backend its size and first/last MiB."""
     digest = hashlib.sha256()
+    size = os.path.getsize(path)
     with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        if size <= _WHOLE_FILE_LIMIT:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+            return digest.hexdigest()
+        digest.update(fh.read(1 << 20))
+        fh.seek(size - (1 << 20))
+        digest.update(fh.read(1 << 20))
+    return f"size={size};head-tail-sha256={digest.hexdigest()}"
 
 
 def _settings_hash(settings: Any) -> str:
@@ -107,7 +117,12 @@ def _sidecar(output: str) -> str:
     return output + ".provenance.json"
 
 
-def _fresh(outputs: Sequence[str], inputs: Sequence[str], settings: Any) -> bool:
+def _input_checksums(inputs: Sequence[str], root: str) -> dict[str, str]:
+    """Checksums keyed by path relative to the layout root (stable across scratch copies)."""
+    return {os.path.relpath(p, root): _sha256(p) for p in inputs}
+
+
+def _fresh(outputs: Sequence[str], inputs: Sequence[str], settings: Any, root: str) -> bool:
     """True when every output exists and its sidecar matches these settings and inputs."""
     for out in outputs:
         side = _sidecar(out)
@@ -119,12 +134,13 @@ def _fresh(outputs: Sequence[str], inputs: Sequence[str], settings: Any) -> bool
             return False
         if record.get("settings_hash") != _settings_hash(settings):
             return False
-        if record.get("inputs") != {p: _sha256(p) for p in inputs}:
+        if record.get("inputs") != _input_checksums(inputs, root):
             return False
     return True
 
 
-def _record(output: str, *, step: str, inputs: Sequence[str], settings: Any, config_path: str | None) -> None:
+def _record(output: str, *, step: str, inputs: Sequence[str], settings: Any, config_path: str | None,
+            root: str) -> None:
     io.write_json(
         {
             "step": step,
@@ -133,7 +149,7 @@ def _record(output: str, *, step: str, inputs: Sequence[str], settings: Any, con
             "config": config_path,
             "settings": settings,
             "settings_hash": _settings_hash(settings),
-            "inputs": {p: _sha256(p) for p in inputs},
+            "inputs": _input_checksums(inputs, root),
             "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         },
         _sidecar(output),
@@ -157,7 +173,7 @@ class _Steps:
         for p in inputs:
             if not Path(p).exists():
                 raise InputError(f"{p}: input of step {name} not found; run the earlier steps (or collate) first")
-        if not self.force and _fresh(paths, inputs, settings):
+        if not self.force and _fresh(paths, inputs, settings, self.layout.root):
             self.result.skipped.append(f"{name}: {', '.join(os.path.basename(p) for p in paths)}")
             return False
         start = time.perf_counter()
@@ -166,7 +182,8 @@ class _Steps:
             if path.endswith(".gct"):
                 continue
             io.write_table(df, path, float_format=self.float_format)
-            _record(path, step=name, inputs=inputs, settings=settings, config_path=self.recipe.path)
+            _record(path, step=name, inputs=inputs, settings=settings, config_path=self.recipe.path,
+                    root=self.layout.root)
             self.result.outputs.append(path)
         self.result.ran.append(f"{name}: {', '.join(os.path.basename(p) for p in paths)}")
         log.info("%s → %s (%.2fs)", name, ", ".join(os.path.basename(p) for p in paths), time.perf_counter() - start)
@@ -197,16 +214,20 @@ def _plate_task(layout: Layout, recipe: Recipe, batch: str, plate: str, force: b
             image_features=bool(s.aggregate.image_feature_categories),
             image_feature_categories=s.aggregate.image_feature_categories or (),
             sites=None if s.aggregate.fields == "all" else list(s.aggregate.fields))}, settings)
-    elif not Path(files["aggregate"]).exists():
-        # the handbook's csv2gz + rsync: take the per-well profiles collate wrote
+    elif not Path(files["aggregate"]).exists() or Path(_sidecar(files["aggregate"])).exists():
+        # the handbook's csv2gz + rsync: take the per-well profiles collate wrote (a file
+        # put there by hand, without a sidecar, is used as it is)
         source = next((io.join(backend_dir, f"{plate}{ext}") for ext in (".csv", ".csv.gz", ".parquet")
                        if Path(io.join(backend_dir, f"{plate}{ext}")).exists()), None)
-        if source is None:
+        if source is None and Path(files["aggregate"]).exists():
+            pass
+        elif source is None:
             raise InputError(
                 f"{files['aggregate']}: per-well profiles not found, nor {backend_dir}/{plate}.csv; "
                 "run `cytoprofile collate` or set aggregate.perform: true"
             )
-        steps.run("profiles", [source], {files["aggregate"]: lambda: io.read_table(source)}, {"from": "backend"})
+        else:
+            steps.run("profiles", [source], {files["aggregate"]: lambda: io.read_table(source)}, {"from": "backend"})
 
     if s.annotate.perform:
         meta_root = layout.meta_root()
@@ -313,7 +334,7 @@ def _feature_select_level(layout: Layout, recipe: Recipe, plates: dict[str, list
     for _label, batches in groups:
         inputs = [source(b, p) for b in batches for p in plates[b]]
         outs = [output(b, p) for b in batches for p in plates[b]]
-        if not steps.force and _fresh(outs, inputs, settings):
+        if not steps.force and _fresh(outs, inputs, settings, layout.root):
             steps.result.skipped.append(f"{name}: {len(outs)} plate(s) at level {level}")
             if not block.gct:
                 continue
@@ -332,51 +353,64 @@ def run(
     force: bool = False,
     jobs: int | None = None,
     scheduler: str | None = None,
+    tmp_dir: str | None = None,
     progress: Progress | None = None,
 ) -> RunResult:
-    """Run the whole recipe a config describes, resuming where outputs are already current."""
+    """Run the whole recipe a config describes, resuming where outputs are already current.
+
+    A URL workspace (``s3://...``) is read and written in place: each plate's steps
+    fetch that plate's inputs to a scratch folder and upload what they write, and
+    the batch-level steps gather only the per-well tables they need.
+    """
     from .executor import run_plates
 
     start = time.perf_counter()
     recipe = config if isinstance(config, Recipe) else load_config(config)
     s = recipe.settings
-    ws_setting = workspace or s.workspace
-    if ws_setting is not None and recipe.path and not os.path.isabs(str(ws_setting)) and workspace is None:
-        ws_setting = os.path.join(os.path.dirname(recipe.path), str(ws_setting))
-    root_path = str(root) if root is not None else (str(ws_setting) if ws_setting is not None else os.getcwd())
-    ws_path = str(ws_setting) if ws_setting is not None else os.path.normpath(os.path.join(root_path, "..", ".."))
+    ws_setting = str(workspace) if workspace is not None else s.workspace
+    if ws_setting is not None and workspace is None and recipe.path and not io.is_remote(ws_setting) \
+            and not os.path.isabs(ws_setting) and not io.is_remote(recipe.path):
+        ws_setting = os.path.join(os.path.dirname(recipe.path), ws_setting)
+    root_path = str(root) if root is not None else (ws_setting if ws_setting is not None else os.getcwd())
+    ws_path = ws_setting if ws_setting is not None else os.path.normpath(os.path.join(root_path, "..", ".."))
     if s.options.compression not in ("gzip", None):
         raise ConfigError(f"options.compression: {s.options.compression!r} is not supported; use gzip or null")
+    if io.is_remote(root_path) != io.is_remote(ws_path) or (io.is_remote(root_path) and root_path != ws_path):
+        raise ConfigError("a URL workspace holds the outputs too: give --workspace URL without a different --root")
     layout = Layout(root=root_path, workspace=ws_path, output_dir=s.output_dir, compression=s.options.compression)
     plates = {b: p for b, p in recipe.selected_plates().items() if p}
     if not plates:
         raise ConfigError(f"{recipe.path}: no plate to process (every batch or plate has process: false)")
     result = RunResult()
-    tasks = [(layout, recipe, batch, plate, force) for batch, names in plates.items() for plate in names]
-    total = len(tasks)
-    done = 0
+    tasks = [(layout, recipe, batch, plate, force, tmp_dir) for batch, names in plates.items() for plate in names]
+    total = len(tasks) + 1
 
-    def _tick(label: str) -> None:
-        nonlocal done
-        done += 1
-        if progress is not None:
-            progress("recipe", done, total + 3)
-        log.info("%s done", label)
-
-    per_plate = run_plates(_plate_task_entry, [(t,) for t in tasks], {}, jobs=jobs or s.executor.jobs,
-                           scheduler=scheduler or s.executor.scheduler, progress=None)
-    for task, r in zip(tasks, per_plate):
+    per_plate = run_plates(_plate_task_entry, [(t,) for t in tasks], {"storage": io.current_storage()},
+                           jobs=jobs or s.executor.jobs, scheduler=scheduler or s.executor.scheduler, progress=None)
+    for i, r in enumerate(per_plate, start=1):
         result.ran += r.ran
         result.skipped += r.skipped
         result.outputs += r.outputs
-        _tick(f"{task[2]}/{task[3]}")
+        if progress is not None:
+            progress("recipe", i, total)
+    if io.is_remote(layout.root):
+        _remote_batch_steps(layout, recipe, plates, force=force, tmp_dir=tmp_dir, result=result)
+    else:
+        _batch_steps(layout, recipe, plates, force=force, result=result)
+    if progress is not None:
+        progress("recipe", total, total)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _batch_steps(layout: Layout, recipe: Recipe, plates: dict[str, list[str]], *, force: bool, result: RunResult) -> None:
+    """feature_select, feature_select_negcon (with GCT), then quality control, on a local layout."""
+    s = recipe.settings
     steps = _Steps(layout, recipe, force=force, result=result)
     if s.feature_select.perform:
         _feature_select_level(layout, recipe, plates, negcon=False, steps=steps)
-    _tick("feature_select")
     if s.feature_select_negcon.perform:
         _feature_select_level(layout, recipe, plates, negcon=True, steps=steps)
-    _tick("feature_select_negcon")
     if s.quality_control.perform:
         from .qc import quality_control
 
@@ -389,13 +423,84 @@ def run(
                 summary=s.quality_control.summary.perform, heatmaps=s.quality_control.heatmap.perform,
             )
             result.ran.append(f"quality_control: {batch}")
-    _tick("quality_control")
-    result.seconds = time.perf_counter() - start
-    return result
+            result.outputs.append(io.join(layout.root, "quality_control"))
 
 
-def _plate_task_entry(task: tuple[Layout, Recipe, str, str, bool], options: dict[str, Any], progress: Any) -> RunResult:
-    """Executor entry point for one plate's steps."""
-    layout, recipe, batch, plate, force = task
+def _scratch_layout(layout: Layout, scratch: str) -> Layout:
+    return Layout(root=scratch, workspace=scratch, output_dir=layout.output_dir, compression=layout.compression)
+
+
+def _publish_written(scratch: str, remote: str, written: list[str]) -> list[str]:
+    """Upload what a step wrote in the scratch copy (with provenance sidecars and folders' files)."""
+    rels: list[str] = []
+    for path in written:
+        if os.path.isdir(path):
+            rels += [os.path.relpath(os.path.join(d, f), scratch) for d, _, files in os.walk(path) for f in files
+                     if not f.startswith(".")]
+            continue
+        rels.append(os.path.relpath(path, scratch))
+        if os.path.exists(_sidecar(path)):
+            rels.append(os.path.relpath(_sidecar(path), scratch))
+    from .workspace import publish
+
+    return publish(scratch, remote, rels)
+
+
+def _remote_plate_task(layout: Layout, recipe: Recipe, batch: str, plate: str, force: bool,
+                       tmp_dir: str | None) -> RunResult:
+    """One plate's steps against a URL workspace, through a scratch folder."""
+    import shutil
+    import tempfile
+
+    from .workspace import stage
+
+    s = recipe.settings
+    scratch = tempfile.mkdtemp(prefix=f"cytoprofile-run-{plate}-", dir=tmp_dir)
+    try:
+        wanted = {f"{plate}.csv", f"{plate}.csv.gz", f"{plate}.parquet", f"{plate}.report.json"}
+        if s.aggregate.perform:
+            wanted.add(f"{plate}.sqlite")
+        stage(layout.root, scratch, [f"backend/{batch}/{plate}"], accept=lambda rel: os.path.basename(rel) in wanted)
+        stage(layout.root, scratch, [f"metadata/platemaps/{batch}", "metadata/external_metadata",
+                                     f"{layout.output_dir}/{batch}/{plate}"])
+        local = _plate_task(_scratch_layout(layout, scratch), recipe, batch, plate, force)
+        local.outputs = _publish_written(scratch, layout.root, local.outputs)
+        return local
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _remote_batch_steps(layout: Layout, recipe: Recipe, plates: dict[str, list[str]], *, force: bool,
+                        tmp_dir: str | None, result: RunResult) -> None:
+    """Batch-level steps against a URL workspace: gather per-well tables, run, upload."""
+    import shutil
+    import tempfile
+
+    from .workspace import stage
+
+    scratch = tempfile.mkdtemp(prefix="cytoprofile-run-batch-", dir=tmp_dir)
+    try:
+        prefixes = ["quality_control/summary"]
+        for batch, names in plates.items():
+            prefixes += [f"gct/{batch}", f"load_data_csv/{batch}"]
+            prefixes += [f"{layout.output_dir}/{batch}/{p}" for p in names]
+            prefixes += [f"backend/{batch}/{p}/{p}.report.json" for p in names]
+        stage(layout.root, scratch, prefixes,
+              accept=lambda rel: "_normalized" in rel or rel.endswith((".report.json", ".tsv", ".gct")) or "load_data" in rel
+              or rel.startswith("gct/") or "_augmented" in rel)
+        before = len(result.outputs)
+        _batch_steps(_scratch_layout(layout, scratch), recipe, plates, force=force, result=result)
+        written = sorted(set(result.outputs[before:]))
+        result.outputs[before:] = _publish_written(scratch, layout.root, written)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _plate_task_entry(task: tuple[Layout, Recipe, str, str, bool, str | None], options: dict[str, Any],
+                      progress: Any) -> RunResult:
+    """Executor entry point for one plate's steps (local or on a Dask worker)."""
+    io.configure_storage(options.get("storage"))
+    layout, recipe, batch, plate, force, tmp_dir = task
+    if io.is_remote(layout.root):
+        return _remote_plate_task(layout, recipe, batch, plate, force, tmp_dir)
     return _plate_task(layout, recipe, batch, plate, force)
-

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 from . import io
 
@@ -17,6 +18,8 @@ __all__ = [
     "profiles_dir",
     "gct_dir",
     "qc_dir",
+    "publish",
+    "stage",
 ]
 
 PathLike = str | os.PathLike[str]
@@ -86,3 +89,38 @@ def list_dirs(path: PathLike) -> list[str]:
         return sorted(prefix + e["name"] for e in entries if e["type"] == "directory")
     with os.scandir(path) as it:
         return sorted(str(e.path) for e in it if e.is_dir())
+
+
+def stage(
+    remote: str,
+    local: str,
+    prefixes: list[str],
+    *,
+    accept: Callable[[str], bool] | None = None,
+) -> list[str]:
+    """Download the files under ``remote/PREFIX`` for each prefix into ``local`` (same relative paths).
+
+    Only files ``accept(relative_path)`` admits are fetched; returns their relative paths.
+    """
+    base = remote.rstrip("/")
+    urls: list[str] = []
+    rels: list[str] = []
+    for prefix in prefixes:
+        for url in io.list_files(io.join(base, prefix)):
+            rel = url[len(base) + 1 :]
+            if rel.endswith(".tmp") or (accept is not None and not accept(rel)):
+                continue
+            urls.append(url)
+            rels.append(rel)
+    io.download(urls, [os.path.join(local, rel) for rel in rels])
+    return rels
+
+
+def publish(local: str, remote: str, rels: list[str]) -> list[str]:
+    """Upload ``local/REL`` to ``remote/REL`` for each relative path, each atomically; return the URLs."""
+    urls = []
+    for rel in rels:
+        url = io.join(remote, rel)
+        io.upload(os.path.join(local, rel), url)
+        urls.append(url)
+    return urls

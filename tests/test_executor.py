@@ -1,0 +1,279 @@
+"""Scale-out for real on loopback: an S3 server (moto), a flaky proxy in front of it, a Dask cluster."""
+
+from __future__ import annotations
+
+import http.client
+import http.server
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cytoprofile import io
+from cytoprofile.collate import collate
+from cytoprofile.config import config_template
+from cytoprofile.pipeline import run
+from cytoprofile.synth import synth
+
+BATCHES = {"B1": ["P1", "P2"], "B2": ["P3"]}
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int, timeout: float = 30) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
+
+
+@pytest.fixture(scope="module")
+def aws_env() -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in CREDENTIALS}
+    os.environ.update(CREDENTIALS)
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def s3_server(aws_env: None) -> Iterator[str]:
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_port(port)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+class _FlakyProxy(http.server.ThreadingHTTPServer):
+    """Forwards to the S3 server; answers every ``every``-th request with 503 SlowDown."""
+
+    daemon_threads = True
+
+    def __init__(self, target_port: int, every: int) -> None:
+        self.target_port = target_port
+        self.every = every
+        self.count = 0
+        self.failed = 0
+        self.lock = threading.Lock()
+        super().__init__(("127.0.0.1", 0), _ProxyHandler)
+
+
+class _ProxyHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _forward(self) -> None:
+        server: _FlakyProxy = self.server  # type: ignore[assignment]
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else None
+        with server.lock:
+            server.count += 1
+            fail = server.count % server.every == 0
+            if fail:
+                server.failed += 1
+        if fail:
+            payload = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+            self.send_response(503)
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+            return
+        conn = http.client.HTTPConnection("127.0.0.1", server.target_port, timeout=30)
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host",)}
+        conn.request(self.command, self.path, body=body, headers=headers)
+        resp = conn.getresponse()
+        data = resp.read()
+        self.send_response(resp.status)
+        for k, v in resp.getheaders():
+            if k.lower() not in ("transfer-encoding", "content-length", "connection"):
+                self.send_header(k, v)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+        conn.close()
+
+    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
+
+
+@pytest.fixture(scope="module")
+def cluster(aws_env: None) -> Iterator[tuple[str, list[subprocess.Popen[bytes]]]]:
+    port = _free_port()
+    env = {**os.environ, **CREDENTIALS}
+    scheduler = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+                                  "--port", str(port), "--no-dashboard"], env=env,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers = []
+    try:
+        _wait_port(port)
+        address = f"tcp://127.0.0.1:{port}"
+        for _ in range(2):
+            workers.append(subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address,
+                                             "--nthreads", "1", "--no-nanny", "--no-dashboard", "--host", "127.0.0.1"],
+                                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        from dask.distributed import Client
+
+        with Client(address, timeout="30s") as client:
+            client.wait_for_workers(2, timeout=60)
+        yield address, workers
+    finally:
+        for proc in [*workers, scheduler]:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+
+
+def _make_workspace(ws: Path) -> None:
+    for i, (batch, plates) in enumerate(BATCHES.items()):
+        synth(ws, batch=batch, plates=plates, wells=96, well_subset=12, sites=2, cells=15, features=12, seed=i)
+
+
+def _bucket(endpoint: str, name: str) -> None:
+    io.configure_storage(io.storage_options(endpoint_url=endpoint) | {"use_listings_cache": False})
+    fs, _ = io.filesystem(f"s3://{name}")
+    if not fs.exists(name):
+        fs.mkdir(name)
+
+
+def _upload_tree(local: Path, url: str) -> None:
+    files = [p for p in local.rglob("*") if p.is_file()]
+    for p in files:
+        io.upload(p, io.join(url, str(p.relative_to(local))))
+
+
+def _config(path: Path, workspace: str) -> Path:
+    text = config_template(workspace=workspace, batch="B1", plates=BATCHES["B1"]).replace('gct: false', 'gct: true')
+    text += "---\nbatch: B2\nplates:\n  - name: P3\n    process: true\nprocess: true\n"
+    path.write_text(text)
+    return path
+
+
+def _remote_bytes(url: str) -> bytes:
+    fs, bare = io.filesystem(url)
+    return bytes(fs.cat_file(bare))
+
+
+@pytest.fixture(scope="module")
+def local_reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    ws = tmp_path_factory.mktemp("local")
+    _make_workspace(ws)
+    for batch, plates in BATCHES.items():
+        assert all(r.status == "done" for r in collate(ws, batch, plates))
+    run(_config(ws / "config.yml", "."))
+    return ws
+
+
+def _compare_with_local(local: Path, url: str) -> None:
+    for batch, plates in BATCHES.items():
+        for plate in plates:
+            assert _remote_bytes(f"{url}/backend/{batch}/{plate}/{plate}.csv") == \
+                (local / f"backend/{batch}/{plate}/{plate}.csv").read_bytes()
+
+
+def test_s3_to_s3_on_dask_equals_local_run(s3_server: str, cluster: tuple[str, list[subprocess.Popen[bytes]]],
+                                           local_reference: Path, tmp_path: Path) -> None:
+    address, _ = cluster
+    _bucket(s3_server, "cells")
+    ws = tmp_path / "ws"
+    _make_workspace(ws)
+    url = "s3://cells/project/workspace"
+    _upload_tree(ws, url)
+    for batch, plates in BATCHES.items():
+        results = collate(url, batch, plates, scheduler=address)
+        assert [r.status for r in results] == ["done"] * len(plates), [r.message for r in results]
+    _compare_with_local(local_reference, url)
+    # the recipe from S3 to S3, per-plate steps on the workers
+    result = run(_config(tmp_path / "config.yml", url), scheduler=address)
+    assert result.outputs
+    for batch, plates in BATCHES.items():
+        for plate in plates:
+            for stem in ("_augmented", "_normalized", "_normalized_negcon", "_normalized_feature_select_batch",
+                         "_normalized_feature_select_negcon_batch"):
+                name = f"profiles/{batch}/{plate}/{plate}{stem}.csv.gz"
+                assert _remote_bytes(f"{url}/{name}") == (local_reference / name).read_bytes(), name
+        gct = f"gct/{batch}/{batch}_normalized_feature_select_batch.gct"
+        assert _remote_bytes(f"{url}/{gct}") == (local_reference / gct).read_bytes()
+    assert _remote_bytes(f"{url}/quality_control/report/B1.html").startswith(b"<!DOCTYPE html>")
+    # a second run finds every step current
+    again = run(_config(tmp_path / "config.yml", url), scheduler=address)
+    assert not [r for r in again.ran if not r.startswith("quality_control")]
+
+
+def test_killed_worker_does_not_change_the_result(s3_server: str, cluster: tuple[str, list[subprocess.Popen[bytes]]],
+                                                  tmp_path: Path) -> None:
+    address, workers = cluster
+    plates = ["K1", "K2", "K3", "K4"]
+    local = tmp_path / "local"
+    args = dict(batch="BK", plates=plates, wells=96, well_subset=24, sites=3, cells=80, features=60, seed=9)
+    synth(local, **args)  # type: ignore[arg-type]
+    shared = tmp_path / "shared"
+    shutil.copytree(local, shared)
+    collate(local, "BK", plates)
+    killer = threading.Timer(2.0, lambda: workers[0].send_signal(signal.SIGKILL))
+    killer.start()
+    try:
+        results = collate(shared, "BK", plates, scheduler=address)
+    finally:
+        killer.cancel()
+    assert [r.status for r in results] == ["done"] * 4
+    assert workers[0].poll() is not None, "the worker was meant to be killed during the run"
+    for plate in plates:
+        out = shared / f"backend/BK/{plate}"
+        assert (out / f"{plate}.csv").read_bytes() == (local / f"backend/BK/{plate}/{plate}.csv").read_bytes()
+        assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_flaky_s3_retries_and_leaves_nothing_partial(s3_server: str, local_reference: Path, tmp_path: Path) -> None:
+    proxy = _FlakyProxy(int(s3_server.rsplit(":", 1)[1]), every=5)
+    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread.start()
+    try:
+        _bucket(s3_server, "flaky")
+        ws = tmp_path / "ws"
+        _make_workspace(ws)
+        url = "s3://flaky/ws"
+        _upload_tree(ws, url)
+        endpoint = f"http://127.0.0.1:{proxy.server_address[1]}"
+        io.configure_storage(io.storage_options(endpoint_url=endpoint) | {"use_listings_cache": False})
+        results = collate(url, "B1", BATCHES["B1"], tmp_dir=str(tmp_path))
+        assert [r.status for r in results] == ["done", "done"], [r.message for r in results]
+        assert proxy.failed > 0
+        io.configure_storage(io.storage_options(endpoint_url=s3_server) | {"use_listings_cache": False})
+        for plate in BATCHES["B1"]:
+            assert _remote_bytes(f"{url}/backend/B1/{plate}/{plate}.csv") == \
+                (local_reference / f"backend/B1/{plate}/{plate}.csv").read_bytes()
+        keys = io.list_files(f"{url}/backend")
+        assert keys and not [k for k in keys if k.endswith(".tmp")]
+        assert not [p for p in tmp_path.iterdir() if p.name.startswith("cytoprofile-")], "scratch not cleaned"
+    finally:
+        proxy.shutdown()
