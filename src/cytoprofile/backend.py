@@ -36,6 +36,7 @@ __all__ = [
 ]
 
 SQLITE_MAX_COLUMNS = 2000
+_IMAGE_BATCH = 64
 _INTEGER_COLUMN = re.compile(r"^(TableNumber|ImageNumber|ObjectNumber|Parent_.*|Children_.*_Count|Number_Object_Number)$")
 
 
@@ -158,6 +159,7 @@ class ParquetBackendWriter:
         self.flush_values = flush_values
         self.image_columns = ["TableNumber", *[c for c in schema.tables[IMAGE_TABLE] if c != "TableNumber"]]
         self._images: list[pa.Table] = []
+        self._merged: list[pa.Table] = []
         self._writers: dict[str, pq.ParquetWriter] = {}
         self._arrow_schema: dict[str, pa.Schema] = {}
         self._buffers: dict[str, list[np.ndarray]] = {}
@@ -187,6 +189,10 @@ class ParquetBackendWriter:
     def add(self, site: SiteTables) -> None:
         """Buffer one site's rows; write a row group when the buffer is large."""
         self._images.append(_conform_image(site.image, self.image_columns))
+        if len(self._images) >= _IMAGE_BATCH:
+            # one table per site costs per-column overhead: merge every batch of sites
+            self._merged.append(_unify_images(self._images, self.image_columns))
+            self._images = []
         for table, array in site.objects.items():
             self._buffers[table].append(array)
             if sum(a.size for a in self._buffers[table]) >= self.flush_values:
@@ -197,7 +203,7 @@ class ParquetBackendWriter:
         for table in self._writers:
             self._flush(table)
             self._writers[table].close()
-        image = _unify_images(self._images, self.image_columns)
+        image = _unify_images([*self._merged, *self._images], self.image_columns)
         final_image = Path(parquet_table_path(self.prefix, IMAGE_TABLE))
         tmp_image = _tmp_name(final_image)
         pq.write_table(image, tmp_image)
@@ -233,7 +239,7 @@ def _unify_images(images: Sequence[pa.Table], columns: Sequence[str]) -> pa.Tabl
             target = pa.bool_()
         else:
             target = pa.float64()
-        arrays.append(pa.chunked_array([p.cast(target) for p in parts], type=target))
+        arrays.append(pa.concat_arrays([c.cast(target) for p in parts for c in p.chunks]) if parts else pa.array([], type=target))
     return pa.table(arrays, names=list(columns))
 
 

@@ -109,7 +109,7 @@ class _WellBuffer:
 
     def __init__(self, remaining: dict[tuple[str, ...], int]) -> None:
         self.remaining = remaining
-        self.images: dict[tuple[str, ...], list[tuple[SiteTables, list[int]]]] = {}
+        self.images: dict[tuple[str, ...], list[Any]] = {}
         self.objects: dict[tuple[str, ...], dict[str, list[np.ndarray]]] = {}
         self.values: dict[tuple[str, ...], tuple[object, ...]] = {}
 
@@ -117,7 +117,7 @@ class _WellBuffer:
         image_keys = site.keys
         for key in set(image_keys):
             rows = [i for i, k in enumerate(image_keys) if k == key]
-            self.images.setdefault(key, []).append((site, rows))
+            self.images.setdefault(key, []).append(site.image.take(rows))
             if key not in self.values:
                 self.values[key] = tuple(site.image.column(s)[rows[0]].as_py() for s in strata)
             per = self.objects.setdefault(key, {c: [] for c in compartments})
@@ -139,7 +139,7 @@ class _WellBuffer:
                 finished.append(key)
         return finished
 
-    def pop(self, key: tuple[str, ...]) -> tuple[tuple[object, ...], list[tuple[SiteTables, list[int]]], dict[str, list[np.ndarray]]] | None:
+    def pop(self, key: tuple[str, ...]) -> tuple[tuple[object, ...], list[Any], dict[str, list[np.ndarray]]] | None:
         if key not in self.images:
             return None
         return self.values.pop(key), self.images.pop(key), self.objects.pop(key)
@@ -364,15 +364,14 @@ def _collate_remote(ws: str, batch: str, plate: str, *, tmp_dir: str | None, pro
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _flush_well(agg: WellAggregator, popped: tuple[tuple[object, ...], list[tuple[SiteTables, list[int]]], dict[str, list[np.ndarray]]],
+def _flush_well(agg: WellAggregator, popped: tuple[tuple[object, ...], list[Any], dict[str, list[np.ndarray]]],
                 chosen: dict[str, str]) -> None:
     values, images, objects = popped
     counts = []
     feats = []
     n_images = 0
-    for site, rows in images:
-        image = site.image.take(rows)
-        n_images += len(rows)
+    for image in images:
+        n_images += image.num_rows
         counts.append(image_numeric(image, agg.count_columns))
         feats.append(image_numeric(image, agg.image_feature_columns))
     arrays = {}
