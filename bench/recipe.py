@@ -315,8 +315,14 @@ def compare(ours: Path, theirs: Path, plates: Sequence[str]) -> str:
     x = pd.read_csv(ours / "profiles" / BATCH / plate / f"{plate}_normalized.csv.gz")
     y = pd.read_csv(theirs / "profiles" / BATCH / plate / f"{plate}_normalized.csv.gz")
     cols = [c for c in x.columns if not c.startswith("Metadata_") and c in set(y.columns)]
-    diff = np.nanmax(np.abs(x[cols].to_numpy(float) - y[cols].to_numpy(float))) if len(x) == len(y) else float("nan")
-    lines.append(f"{plate}_normalized: {len(x)} vs {len(y)} rows, largest absolute difference {diff:.2g} (after %.5g rounding)")
+    diff, same_nonfinite = float("nan"), False
+    if len(x) == len(y):
+        a, b = x[cols].to_numpy(float), y[cols].to_numpy(float)
+        finite = np.isfinite(a) & np.isfinite(b)
+        same_nonfinite = bool(np.array_equal(np.isfinite(a), np.isfinite(b)))
+        diff = float(np.max(np.abs(a[finite] - b[finite]))) if finite.any() else 0.0
+    lines.append(f"{plate}_normalized: {len(x)} vs {len(y)} rows, largest absolute difference {diff:.2g} "
+                 f"(after %.5g rounding), non-finite cells {'identical' if same_nonfinite else 'DIFFER'}")
     return "; ".join(lines)
 
 

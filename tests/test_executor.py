@@ -224,6 +224,12 @@ def test_s3_to_s3_on_dask_equals_local_run(s3_server: str, cluster: tuple[str, l
         gct = f"gct/{batch}/{batch}_normalized_feature_select_batch.gct"
         assert _remote_bytes(f"{url}/{gct}") == (local_reference / gct).read_bytes()
     assert _remote_bytes(f"{url}/quality_control/report/B1.html").startswith(b"<!DOCTYPE html>")
+    # qc alone, straight on the bucket
+    from cytoprofile.cli import main
+
+    assert main(["qc", url, "B2", "P3", "--endpoint-url", s3_server, "-q"]) == 0
+    assert b"P3" in _remote_bytes(f"{url}/quality_control/report/B2.html")
+    io.configure_storage(io.storage_options(endpoint_url=s3_server) | {"use_listings_cache": False})
     # a second run finds every step current
     again = run(_config(tmp_path / "config.yml", url), scheduler=address)
     assert not [r for r in again.ran if not r.startswith("quality_control")]

@@ -189,3 +189,17 @@ def test_missing_backend_gives_clear_error(tmp_path: Path, capsys: pytest.Captur
     assert main(["run", str(config)]) == 1
     err = capsys.readouterr().err
     assert "P1.sqlite" in err and "collate" in err
+
+
+def test_bad_plate_map_stops_the_run_with_file_and_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    synth(tmp_path, batch="B1", plates=["P1"], wells=96, well_subset=2, sites=1, cells=3, features=4)
+    collate(tmp_path, "B1", ["P1"])
+    platemap = tmp_path / "metadata/platemaps/B1/platemap/PM-01.txt"
+    lines = platemap.read_text().splitlines()
+    platemap.write_text("\n".join([*lines, lines[1]]) + "\n")  # a duplicated well
+    config = tmp_path / "config.yml"
+    config.write_text(config_template(workspace=".", batch="B1", plates=["P1"]))
+    assert main(["run", str(config), "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "PM-01.txt" in err and "A01" in err
+    assert not (tmp_path / "profiles/B1/P1/P1_augmented.csv.gz").exists()

@@ -7,6 +7,7 @@ bug: exit 3, with the traceback written to a log file whose path is printed.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -478,9 +479,9 @@ def run(
 
     _setup_logging(quiet)
     _storage(profile, endpoint_url, no_sign_request)
-    with _timed("recipe"):
+    with _plate_progress(["plates + batch steps"], quiet) as update, _timed("recipe"):
         result = _run(config, workspace=workspace, root=root, force=force, jobs=jobs, scheduler=scheduler,
-                      tmp_dir=tmp_dir)
+                      tmp_dir=tmp_dir, progress=(lambda _l, d, t: update("plates + batch steps", d, t)) if update else None)
     if not quiet:
         console.print(f"{len(result.ran)} step(s) run, {len(result.skipped)} already current; "
                       f"{len(result.outputs)} file(s) written in {result.seconds:.1f}s", highlight=False)
@@ -493,16 +494,43 @@ def qc(
     plates: Annotated[list[str], typer.Argument(help="Plates.")],
     level: Annotated[str | None, typer.Option(help="Feature-selection level to read: plate, batch or all.")] = None,
     replicate_column: Annotated[str | None, typer.Option(help="Column naming the treatment.")] = None,
+    tmp_dir: Annotated[str | None, typer.Option(help="Scratch folder for downloads (remote workspaces).")] = None,
+    profile: ProfileOpt = None,
+    endpoint_url: EndpointOpt = None,
+    no_sign_request: NoSignOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Summary table, plate heatmaps and the batch HTML report."""
+    """Summary table, plate heatmaps and the batch HTML report (WORKSPACE may be an s3:// URL)."""
+    import shutil
+
+    from . import io
     from .qc import quality_control
+    from .workspace import publish, stage
 
     _setup_logging(quiet)
-    with _timed("quality control"):
-        result = quality_control(workspace, batch, _split(plates) or [], level=level, replicate_column=replicate_column)
+    _storage(profile, endpoint_url, no_sign_request)
+    names = _split(plates) or []
+    scratch = None
+    where = workspace
+    if io.is_remote(workspace):
+        scratch = tempfile.mkdtemp(prefix="cytoprofile-qc-", dir=tmp_dir)
+        prefixes = [f"load_data_csv/{batch}", "quality_control/summary"]
+        prefixes += [f"profiles/{batch}/{p}" for p in names] + [f"backend/{batch}/{p}/{p}.report.json" for p in names]
+        stage(workspace, scratch, prefixes, accept=lambda rel: not rel.endswith((".sqlite", ".parquet")))
+        where = scratch
+    try:
+        with _timed("quality control"):
+            result = quality_control(where, batch, names, level=level, replicate_column=replicate_column)
+        if scratch is not None:
+            qc_root = os.path.join(scratch, "quality_control")
+            rels = [os.path.relpath(os.path.join(d, f), scratch) for d, _, files in os.walk(qc_root) for f in files
+                    if not f.startswith(".")]
+            publish(scratch, workspace, rels)
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
     if result.report_path:
-        typer.echo(result.report_path)
+        typer.echo(io.join(workspace, "quality_control", "report", f"{batch}.html") if scratch else result.report_path)
 
 
 def main(argv: list[str] | None = None) -> int:

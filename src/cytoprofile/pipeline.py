@@ -381,6 +381,18 @@ def run(
     plates = {b: p for b, p in recipe.selected_plates().items() if p}
     if not plates:
         raise ConfigError(f"{recipe.path}: no plate to process (every batch or plate has process: false)")
+    if s.annotate.perform and not io.is_remote(layout.root):
+        from .metadata import validate_metadata
+
+        ext = s.annotate.external
+        for batch, names in plates.items():
+            for note in validate_metadata(
+                layout.meta_root(), batch, plates=names,
+                external_metadata=io.join(layout.meta_root(), "metadata", "external_metadata", ext.file)
+                if ext.perform and ext.file else None,
+                merge_column=ext.merge_column if ext.perform else None,
+            ):
+                log.warning("%s", note)
     result = RunResult()
     tasks = [(layout, recipe, batch, plate, force, tmp_dir) for batch, names in plates.items() for plate in names]
     total = len(tasks) + 1
