@@ -82,9 +82,9 @@ class WellAggregator:
         self.count_columns = sorted(c for c in self.image_columns if "Count" in cats and c.startswith("Count_"))
         other = tuple(c for c in cats if c != "Count")
         self.image_feature_columns = sorted(c for c in self.image_columns if other and c.startswith(other)) if other else []
-        for category in cats:
-            if not any(c.startswith(f"{category}_") for c in self.image_columns):
-                log.warning("image feature category %s matches no Image column; none added", category)
+        unmatched = [c for c in cats if not any(col.startswith(f"{c}_") for col in self.image_columns)]
+        if unmatched:
+            log.warning("image feature categories with no Image column: %s", ", ".join(unmatched))
         self.site_count = "Metadata_Site" not in self.strata
         meta = list(self.strata)
         if self.site_count:

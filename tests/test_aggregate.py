@@ -1,0 +1,96 @@
+"""Per-well aggregation: backends of every generation, strata, hand-computed values."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cytoprofile import io
+from cytoprofile.aggregate import WellAggregator, aggregate
+from cytoprofile.collate import collate_plate
+from cytoprofile.synth import synth
+
+
+def test_legacy_image_prefixed_backend_matches_reference_merge(shared_data: Path, tmp_path: Path) -> None:
+    from pycytominer import aggregate as reference_aggregate
+    from pycytominer.cyto_utils.cells import SingleCells
+
+    backend = shared_data / "legacy-backends/test_SQ00014613.sqlite"
+    ours = aggregate(backend, image_features=False)
+    assert ours[["Metadata_Plate", "Metadata_Well"]].values.tolist() == [["SQ00014613", "A01"]]
+    assert ours.loc[0, "Metadata_Site_Count"] == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sc = SingleCells(f"sqlite:///{backend}", strata=["Image_Metadata_Plate", "Image_Metadata_Well"],
+                         image_cols=["TableNumber", "ImageNumber"], image_table_name="Image")
+        merged = sc.merge_single_cells()
+        ref = reference_aggregate(merged, strata=["Image_Metadata_Plate", "Image_Metadata_Well"], features="infer")
+    features = [c for c in ref.columns if not c.startswith("Image_Metadata")]
+    assert set(features) <= set(ours.columns)
+    np.testing.assert_allclose(ours[features].to_numpy(float), ref[features].to_numpy(float), rtol=1e-9, equal_nan=True)
+    # the reference's own merged output from the same backend agrees too
+    stored = pd.read_csv(shared_data / "legacy-backends/test_SQ00014613.csv.gz")
+    assert len(stored) == int(ours.loc[0, "Metadata_Object_Count"])
+
+
+def test_legacy_backend_with_image_features_and_text_keys(shared_data: Path) -> None:
+    ours = aggregate(shared_data / "legacy-backends/test_SQ00014613.sqlite")
+    assert "Metadata_Count_Cells" in ours.columns and any(c.startswith("Image_Granularity") for c in ours.columns)
+    small = aggregate(shared_data / "legacy-backends/test_BR00126114.sqlite", compartments=["Nuclei"])
+    assert small.loc[0, "Metadata_Object_Count"] == 20
+    conn = sqlite3.connect(shared_data / "legacy-backends/test_BR00126114.sqlite")
+    expected = conn.execute("SELECT Nuclei_Location_Center_X FROM Nuclei").fetchall()
+    conn.close()
+    assert small.loc[0, "Nuclei_Location_Center_X"] == pytest.approx(float(np.median([float(r[0]) for r in expected])))
+
+
+def test_hand_computed_median_mean_and_counts() -> None:
+    agg = WellAggregator(strata=["Metadata_Plate", "Metadata_Well"], compartments={"Cells": ["Cells_a", "Cells_b"]},
+                         image_columns=["Count_Cells", "Granularity_1_DNA"], operation="median")
+    cells = np.array([[1.0, np.nan], [2.0, 4.0], [10.0, np.nan]])
+    agg.add(("P", "A01"), n_images=2, image_counts=np.array([[2.0], [1.0]]), image_values=np.array([[1.0], [3.0]]),
+            objects={"Cells": cells})
+    agg.add(("P", "A02"), n_images=1, image_counts=np.array([[0.0]]), image_values=np.array([[5.0]]),
+            objects={"Cells": np.empty((0, 2))})
+    df = agg.result()
+    assert list(df.columns) == ["Metadata_Plate", "Metadata_Well", "Metadata_Site_Count", "Metadata_Count_Cells",
+                                "Metadata_Object_Count", "Image_Granularity_1_DNA", "Cells_a", "Cells_b"]
+    assert df.loc[0, ["Metadata_Site_Count", "Metadata_Count_Cells", "Metadata_Object_Count"]].tolist() == [2, 3.0, 3]
+    assert df.loc[0, "Image_Granularity_1_DNA"] == 2.0 and df.loc[0, "Cells_a"] == 2.0 and df.loc[0, "Cells_b"] == 4.0
+    # a well with zero cells is a row with 0 objects and NaN features
+    assert df.loc[1, "Metadata_Object_Count"] == 0 and np.isnan(df.loc[1, "Cells_a"])
+    mean = WellAggregator(strata=["Metadata_Plate", "Metadata_Well"], compartments={"Cells": ["Cells_a", "Cells_b"]},
+                          image_columns=[], operation="mean")
+    mean.add(("P", "A01"), n_images=1, image_counts=np.empty((1, 0)), image_values=np.empty((1, 0)), objects={"Cells": cells})
+    assert mean.result().loc[0, "Cells_a"] == pytest.approx(13 / 3)
+
+
+def test_site_strata_give_one_profile_per_site_in_numeric_order(tmp_path: Path) -> None:
+    synth(tmp_path, plates=["P1"], wells=96, well_subset=2, sites=11, cells=4, features=4)
+    result = collate_plate(tmp_path, "BATCH1", "P1", strata=("Metadata_Plate", "Metadata_Well", "Metadata_Site"))
+    df = io.read_table(result.outputs["profiles"])
+    assert len(df) == 22 and "Metadata_Site_Count" not in df.columns
+    assert df["Metadata_Site"].tolist()[:11] == list(range(1, 12))
+
+
+def test_fields_pick_sites(tmp_path: Path) -> None:
+    synth(tmp_path, plates=["P1"], wells=96, well_subset=2, sites=3, cells=4, features=4)
+    result = collate_plate(tmp_path, "BATCH1", "P1")
+    df = aggregate(result.outputs["sqlite"], sites=[1, 2])
+    assert df["Metadata_Site_Count"].tolist() == [2, 2]
+
+
+def test_copied_backend_reads_alike(tmp_path: Path) -> None:
+    synth(tmp_path / "ws", plates=["P1"], wells=96, well_subset=2, sites=2, cells=4, features=4)
+    result = collate_plate(tmp_path / "ws", "BATCH1", "P1", backend=("sqlite", "parquet"))
+    copy = tmp_path / "copy.sqlite"
+    shutil.copy(result.outputs["sqlite"], copy)
+    a = aggregate(copy)
+    b = aggregate(Path(result.outputs["parquet"]))
+    pd.testing.assert_frame_equal(a, b)
