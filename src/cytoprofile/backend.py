@@ -105,8 +105,8 @@ class SQLiteBackendWriter:
             names = [object_column_name(table, c) for c in cols]
             decl = ", ".join(f"{quote(n)} {'INTEGER' if _INTEGER_COLUMN.match(c) else 'FLOAT'}" for n, c in zip(names, cols))
             self.conn.execute(f"CREATE TABLE {quote(table)} ({decl})")
-            marks = ", ".join("?" * len(cols))
-            self._object_sql[table] = f"INSERT INTO {quote(table)} VALUES ({marks})"
+            marks = ", ".join("?" * (len(cols) - 1))
+            self._object_sql[table] = f"INSERT INTO {quote(table)} VALUES ({{table_number}}, {marks})"
 
     def _create_image(self, image: pa.Table) -> None:
         types = {f.name: _arrow_sql_type(f.type) for f in image.schema}
@@ -124,7 +124,8 @@ class SQLiteBackendWriter:
         self.conn.executemany(f"INSERT INTO {quote(IMAGE_TABLE)} VALUES ({marks})", rows)
         for table, array in site.objects.items():
             if len(array):
-                self.conn.executemany(self._object_sql[table], array.tolist())
+                sql = self._object_sql[table].format(table_number=int(site.table_number))
+                self.conn.executemany(sql, array.tolist())
 
     def close(self) -> None:
         """Index like the old layout, commit and move into place."""
@@ -162,7 +163,7 @@ class ParquetBackendWriter:
         self._merged: list[pa.Table] = []
         self._writers: dict[str, pq.ParquetWriter] = {}
         self._arrow_schema: dict[str, pa.Schema] = {}
-        self._buffers: dict[str, list[np.ndarray]] = {}
+        self._buffers: dict[str, list[tuple[int, np.ndarray]]] = {}
         self._tmp: dict[str, Path] = {}
         for table in schema.object_tables:
             cols = ["TableNumber", *schema.tables[table]]
@@ -177,10 +178,11 @@ class ParquetBackendWriter:
         chunks = self._buffers[table]
         if not chunks:
             return
-        array = np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
+        array = np.concatenate([a for _, a in chunks], axis=0) if len(chunks) > 1 else chunks[0][1]
+        table_numbers = np.concatenate([np.full(len(a), t, dtype=np.int64) for t, a in chunks])
         schema = self._arrow_schema[table]
-        columns = []
-        for i, f in enumerate(schema):
+        columns = [pa.array(table_numbers)]
+        for i, f in enumerate(list(schema)[1:]):
             col = array[:, i]
             columns.append(pa.array(col.astype(np.int64)) if f.type == pa.int64() else pa.array(col, from_pandas=True))
         self._writers[table].write_table(pa.table(columns, schema=schema))
@@ -194,8 +196,8 @@ class ParquetBackendWriter:
             self._merged.append(_unify_images(self._images, self.image_columns))
             self._images = []
         for table, array in site.objects.items():
-            self._buffers[table].append(array)
-            if sum(a.size for a in self._buffers[table]) >= self.flush_values:
+            self._buffers[table].append((site.table_number, array))
+            if sum(a.size for _, a in self._buffers[table]) >= self.flush_values:
                 self._flush(table)
 
     def close(self) -> None:

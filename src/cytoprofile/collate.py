@@ -216,11 +216,11 @@ def collate_plate(
                 f"{', '.join(schema.object_tables) or 'none'}; pick others with --compartments"
             )
         chosen[compartment] = table
-    # column positions (in the site arrays, TableNumber first) of each compartment's features
+    # column positions (in the site arrays: the union columns) of each compartment's features
     positions: dict[str, list[int]] = {}
     features: dict[str, list[str]] = {}
     for compartment, table in chosen.items():
-        names = [object_column_name(table, c) for c in ["TableNumber", *schema.tables[table]]]
+        names = [object_column_name(table, c) for c in schema.tables[table]]
         names = [f"{compartment}_{n[len(table) + 1:]}" if n.startswith(f"{table}_") else n for n in names]
         feats = compartment_features(compartment, names)
         features[compartment] = feats

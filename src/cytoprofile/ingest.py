@@ -103,7 +103,7 @@ class SiteTables:
     name: str
     table_number: int
     image: pa.Table
-    #: per object table, a float64 array: TableNumber, ImageNumber, ObjectNumber, then features
+    #: per object table, a column-major float64 array on the union columns (ImageNumber, ObjectNumber first)
     objects: dict[str, np.ndarray]
     #: per table, the union columns this site lacked (filled with NULL)
     missing: dict[str, list[str]]
@@ -304,20 +304,84 @@ def plan_schema(scans: Sequence[SiteScan], *, plate: str, strata: Sequence[str])
     return PlateSchema(tables=tables, strata=list(strata), plate=plate)
 
 
+class _ObjectFileProblem(Exception):
+    """An object CSV that cannot be trusted; the message is the reason."""
+
+
+def _ragged_line(raw: bytes, n_fields: int) -> int | None:
+    """1-based number of the first line whose field count is not ``n_fields`` (None if all agree).
+
+    Counts separators per line with NumPy; a file with quotes takes the CSV module's slower,
+    exact path. Empty lines are skipped, as the parsers do.
+    """
+    if b'"' in raw:
+        import io as _stdio
+
+        for number, row in enumerate(csv.reader(_stdio.StringIO(raw.decode("utf-8", errors="replace"))), start=1):
+            if row and len(row) != n_fields:
+                return number
+        return None
+    buf = np.frombuffer(raw, dtype=np.uint8)
+    ends = np.flatnonzero(buf == 10)
+    if len(buf) and buf[-1] != 10:
+        ends = np.append(ends, len(buf))
+    if not len(ends):
+        return None
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    lengths = ends - starts
+    content = (lengths > 1) | ((lengths == 1) & (buf[np.minimum(starts, len(buf) - 1)] != 13))
+    line_numbers = np.flatnonzero(content)
+    if not len(line_numbers):
+        return None
+    # each segment runs to the next content line's start: skipped blank lines hold no commas
+    commas = np.add.reduceat((buf == 44).astype(np.int32), starts[content])
+    bad = np.flatnonzero(commas != n_fields - 1)
+    return int(line_numbers[bad[0]]) + 1 if len(bad) else None
+
+
 def _read_objects(path: str, header: list[str], union: list[str]) -> tuple[np.ndarray, list[str]]:
-    """Parse an object CSV as float64 and lay it out on the union columns (NaN where absent)."""
-    types = dict.fromkeys(header, pa.float64())
-    table = pacsv.read_csv(
-        path,
-        read_options=pacsv.ReadOptions(use_threads=False, block_size=1 << 26),
-        convert_options=pacsv.ConvertOptions(column_types=types, null_values=NULL_VALUES, strings_can_be_null=True),
-    )
-    n = table.num_rows
-    out = np.full((n, len(union) + 1), np.nan, dtype=np.float64)  # +1: TableNumber first
-    index = {c: i + 1 for i, c in enumerate(union)}
-    for name, column in zip(table.column_names, table.columns):
-        out[:, index[name]] = column.to_numpy(zero_copy_only=False)
-    missing = [c for c in union if c not in set(header)]
+    """Parse an object CSV as float64, laid out on the union columns (NaN where absent).
+
+    Returns a column-major array (columns are what every consumer reads). Polars parses;
+    a cut-off row, which Polars would fill with NULLs, is caught by counting separators.
+    """
+    import polars as pl
+
+    with open(path, "rb") as fh:
+        raw = fh.read()
+    base = os.path.basename(path)
+    try:
+        # types by position: the names come from our own header parse, not the parser's
+        frame = pl.read_csv(raw, schema_overrides=[pl.Float64] * len(header), null_values=NULL_VALUES,
+                            infer_schema_length=0)
+    except pl.exceptions.NoDataError as exc:
+        raise _ObjectFileProblem(f"{base} is empty") from exc
+    except pl.exceptions.PolarsError as exc:
+        bad_line = _ragged_line(raw, len(header))
+        if bad_line is not None:
+            raise _ObjectFileProblem(f"{base}: a row has the wrong number of fields at line {bad_line} (cut-off or corrupt row)") from exc
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _ObjectFileProblem(f"{base} is not UTF-8 text") from exc
+        raise _ObjectFileProblem(f"{base}: unparseable number ({str(exc).splitlines()[0][:160]})") from exc
+    # every row has exactly len(header) - 1 separators unless one was cut short
+    if b'"' in raw or raw.count(b",") != (frame.height + 1) * (len(header) - 1):
+        bad_line = _ragged_line(raw, len(header))
+        if bad_line is not None:
+            raise _ObjectFileProblem(f"{base}: a row has the wrong number of fields at line {bad_line} (cut-off or corrupt row)")
+    if frame.width != len(header):
+        raise _ObjectFileProblem(f"{base}: {frame.width} columns parsed under a {len(header)}-column header")
+    values = frame.to_numpy(order="fortran")
+    if header == list(union):
+        out = values if values.dtype == np.float64 else values.astype(np.float64, order="F")
+    else:
+        out = np.full((values.shape[0], len(union)), np.nan, dtype=np.float64, order="F")
+        index = {c: i for i, c in enumerate(union)}
+        for j, c in enumerate(header):
+            out[:, index[c]] = values[:, j]
+    present = set(header)
+    missing = [c for c in union if c not in present]
     return out, missing
 
 
@@ -345,11 +409,10 @@ def _read_site(scan: SiteScan, schema: PlateSchema) -> SiteTables | Quarantine:
         path = scan.files[table]
         try:
             array, absent = _read_objects(path, scan.headers[table], schema.tables[table])
-        except pa.ArrowInvalid as exc:
-            return Quarantine(scan.name, _parse_problem(path, len(scan.headers[table]), exc), path, scan.keys)
-        array[:, 0] = table_number
-        image_numbers = array[:, 1]
-        if np.isnan(image_numbers).any() or np.isnan(array[:, 2]).any():
+        except _ObjectFileProblem as exc:
+            return Quarantine(scan.name, str(exc), path, scan.keys)
+        image_numbers = array[:, 0]
+        if np.isnan(image_numbers).any() or np.isnan(array[:, 1]).any():
             return Quarantine(scan.name, f"{table}.csv has rows with no ImageNumber or ObjectNumber", path, scan.keys)
         unknown = set(np.unique(image_numbers).astype(np.int64).tolist()) - set(key_by_image)
         if unknown:
