@@ -338,7 +338,7 @@ def write_gct(
     lines = ["#1.3", f"{len(features)}\t{n_samples}\t1\t{len(meta_features)}"]
     lines.append("\t".join(["id", feature_name, *sample_ids]))
     for meta in meta_features:
-        values = ["" if pd.isna(v) else str(v) for v in df[meta].tolist()]
+        values = ["" if v is None else str(v) for v in df[meta].tolist()]
         lines.append("\t".join([meta.replace("Metadata_", ""), "nan", *values]))
     values_frame = df[features].T
     for feature, row in zip(features, values_frame.itertuples(index=False, name=None)):

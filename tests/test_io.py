@@ -1,0 +1,86 @@
+"""Table I/O: deterministic gzip, atomic writes, formats, GCT layout."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cytoprofile import io
+from cytoprofile.errors import InputError
+
+
+def _frame() -> pd.DataFrame:
+    return pd.DataFrame({"Metadata_Plate": ["P", "P"], "Metadata_Well": ["A01", "A02"],
+                         "Cells_a": [1.234567891, np.nan], "Nuclei_b": [3.0, -4.5e-7]})
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".csv.gz", ".parquet"])
+def test_round_trip(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"t{suffix}"
+    io.write_table(_frame(), path)
+    pd.testing.assert_frame_equal(io.read_table(path), _frame())
+
+
+def test_gzip_is_byte_identical_across_runs_and_names(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.csv.gz", tmp_path / "sub" / "b.csv.gz"
+    io.write_table(_frame(), a, float_format="%.5g")
+    io.write_table(_frame(), b, float_format="%.5g")
+    assert a.read_bytes() == b.read_bytes()
+    assert gzip.decompress(a.read_bytes()).decode().splitlines()[1] == "P,A01,1.2346,3"
+
+
+def test_failed_write_leaves_nothing(tmp_path: Path) -> None:
+    target = tmp_path / "out.csv"
+    with pytest.raises(RuntimeError), io.atomic_path(target) as tmp:
+        Path(tmp).write_text("partial")
+        raise RuntimeError("crash")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_csv2gz_keeps_values_at_5_significant_digits(tmp_path: Path) -> None:
+    src = tmp_path / "PLATE.csv"
+    io.write_table(_frame(), src)
+    out = io.csv2gz(src)
+    assert out.endswith("PLATE.csv.gz")
+    back = io.read_table(out)
+    assert back.loc[0, "Cells_a"] == pytest.approx(1.2346)
+
+
+def test_unreadable_tables_are_input_errors(tmp_path: Path) -> None:
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(InputError, match="empty.csv"):
+        io.read_table(tmp_path / "empty.csv")
+    with pytest.raises(InputError, match="missing.csv"):
+        io.read_table(tmp_path / "missing.csv")
+    with pytest.raises(InputError, match="unknown table format"):
+        io.write_table(_frame(), tmp_path / "x.xlsx")
+
+
+def test_gct_layout(tmp_path: Path) -> None:
+    path = tmp_path / "x.gct"
+    io.write_gct(_frame(), path, features=["Cells_a", "Nuclei_b"], meta_features=["Metadata_Plate", "Metadata_Well"])
+    lines = path.read_text().splitlines()
+    assert lines[0] == "#1.3"
+    assert lines[1] == "2\t2\t1\t2"
+    assert lines[2] == "id\tcp_feature_name\tSAMPLE_0\tSAMPLE_1"
+    assert lines[3] == "Plate\tnan\tP\tP" and lines[4] == "Well\tnan\tA01\tA02"
+    assert lines[5].split("\t")[:3] == ["Cells_a", "Cells_a", "1.234567891"] and lines[5].endswith("nan")
+
+
+def test_gct_equals_reference_writer(tmp_path: Path) -> None:
+    from pycytominer.cyto_utils import write_gct
+
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"Metadata_Plate": ["P1"] * 4, "Metadata_Well": ["A01", "A02", "B01", "B02"],
+                       "Metadata_dose": [0.1, 1.0, 10.0, np.nan]})
+    for name in ("Cells_AreaShape_Area", "Cytoplasm_Intensity_MeanIntensity_DNA", "Nuclei_Texture_Contrast_DNA_3_00_256"):
+        df[name] = rng.normal(size=4)
+    ours, ref = tmp_path / "ours.gct", tmp_path / "ref.gct"
+    meta = [c for c in df.columns if c.startswith("Metadata_")]
+    io.write_gct(df, ours, features=[c for c in df.columns if c not in meta], meta_features=meta)
+    write_gct(df, output_file=str(ref))
+    assert ours.read_text().splitlines() == ref.read_text().replace("\r\n", "\n").splitlines()
