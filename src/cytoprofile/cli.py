@@ -91,15 +91,19 @@ def _timed(step: str) -> Iterator[None]:
 
 
 class _RateColumn(ProgressColumn):
-    """Sites per second."""
+    """Items per second (sites, for collate)."""
+
+    def __init__(self, unit: str) -> None:
+        super().__init__()
+        self.unit = unit
 
     def render(self, task: Task) -> Text:
         speed = task.finished_speed or task.speed
-        return Text("" if speed is None else f"{speed:.1f} sites/s", style="cyan")
+        return Text("" if speed is None else f"{speed:.1f} {self.unit}/s", style="cyan")
 
 
 @contextmanager
-def _plate_progress(plates: list[str], quiet: bool) -> Iterator[Any]:
+def _plate_progress(plates: list[str], quiet: bool, unit: str = "sites") -> Iterator[Any]:
     """A Rich display with one bar per plate and one overall, fed by (plate, done, total) events."""
     if quiet:
         yield None
@@ -108,7 +112,7 @@ def _plate_progress(plates: list[str], quiet: bool) -> Iterator[Any]:
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        _RateColumn(),
+        _RateColumn(unit),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=console,
@@ -117,7 +121,7 @@ def _plate_progress(plates: list[str], quiet: bool) -> Iterator[Any]:
     tasks: dict[str, Any] = {}
     totals: dict[str, int] = {}
     done: dict[str, int] = {}
-    overall = progress.add_task(f"all {len(plates)} plates", total=None)
+    overall = progress.add_task(f"all {len(plates)} plates", total=None) if len(plates) > 1 else None
 
     def update(plate: str, n: int, total: int) -> None:
         if plate not in tasks:
@@ -125,8 +129,9 @@ def _plate_progress(plates: list[str], quiet: bool) -> Iterator[Any]:
         totals[plate] = total
         done[plate] = n
         progress.update(tasks[plate], completed=n, total=total)
-        progress.update(overall, completed=sum(done.values()),
-                        total=sum(totals.values()) if len(totals) == len(plates) else None)
+        if overall is not None:
+            progress.update(overall, completed=sum(done.values()),
+                            total=sum(totals.values()) if len(totals) == len(plates) else None)
 
     with progress:
         yield update
@@ -479,7 +484,7 @@ def run(
 
     _setup_logging(quiet)
     _storage(profile, endpoint_url, no_sign_request)
-    with _plate_progress(["plates + batch steps"], quiet) as update, _timed("recipe"):
+    with _plate_progress(["plates + batch steps"], quiet, unit="steps") as update, _timed("recipe"):
         result = _run(config, workspace=workspace, root=root, force=force, jobs=jobs, scheduler=scheduler,
                       tmp_dir=tmp_dir, progress=(lambda _l, d, t: update("plates + batch steps", d, t)) if update else None)
     if not quiet:

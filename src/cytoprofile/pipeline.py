@@ -292,10 +292,11 @@ def _feature_select_level(layout: Layout, recipe: Recipe, plates: dict[str, list
 
     def load(batch: str, plate: str, with_batch: bool) -> pd.DataFrame:
         df = io.read_table(source(batch, plate))
-        df["Metadata_Plate"] = df["Metadata_Plate"].astype(str)
+        extra = {"Metadata_Plate": df["Metadata_Plate"].astype(str)}
         if with_batch:
-            df = df.assign(Metadata_batch=batch)
-        return df
+            extra["Metadata_batch"] = pd.Series(batch, index=df.index)
+        return pd.concat([df.drop(columns=["Metadata_Plate"]), pd.DataFrame(extra)], axis=1)[
+            [*df.columns, *(["Metadata_batch"] if with_batch else [])]]
 
     def stack(frames: list[pd.DataFrame]) -> pd.DataFrame:
         df = pd.concat(frames, ignore_index=True)
