@@ -203,3 +203,32 @@ def test_bad_plate_map_stops_the_run_with_file_and_line(tmp_path: Path, capsys: 
     err = capsys.readouterr().err
     assert "PM-01.txt" in err and "A01" in err
     assert not (tmp_path / "profiles/B1/P1/P1_augmented.csv.gz").exists()
+
+
+def test_level_all_selects_over_every_batch(workspace: Path, tmp_path: Path) -> None:
+    from pycytominer import feature_select
+
+    from cytoprofile.pipeline import run
+
+    out = tmp_path / "out"
+    run(_config(workspace, level="all"), root=out)
+    frames = [_plate(out, b, p, "_normalized").assign(Metadata_batch=b) for b, plates in BATCHES.items() for p in plates]
+    ref = feature_select(pd.concat(frames, ignore_index=True),
+                         operation=["frequency_threshold", "correlation_threshold", "drop_na_columns", "blocklist"])
+    for batch, plates in BATCHES.items():
+        for plate in plates:
+            ours = _plate(out, batch, plate, "_normalized_feature_select_all")
+            expected = ref.loc[ref["Metadata_Plate"].astype(str) == plate].drop(columns=["Metadata_batch"]).reset_index(drop=True)
+            _assert_frames(ours, expected)
+        gct = io.read_table(out / "gct" / batch / f"{batch}_normalized_feature_select_all.csv.gz")
+        assert set(gct["Metadata_batch"]) == {batch}
+
+
+def test_consensus_command(ran: Path, tmp_path: Path) -> None:
+    from pycytominer import consensus
+
+    src = ran / "profiles/B1/P1/P1_normalized.csv.gz"
+    out = tmp_path / "consensus.csv"
+    assert main(["consensus", str(src), str(out), "--replicate-columns", "Metadata_broad_sample", "-q"]) == 0
+    ref = consensus(io.read_table(src), replicate_columns=["Metadata_broad_sample"], operation="median")
+    _assert_frames(io.read_table(out), ref)
