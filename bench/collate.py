@@ -83,7 +83,7 @@ class Sizes:
 
 
 FULL = Sizes(speed={"wells": 96, "well_subset": 4, "sites": 4, "cells": 226, "features": 1900},
-             memory={"sites": 1, "cells": 50, "features": 200}, repeats=2)
+             memory={"sites": 1, "cells": 50, "features": 200}, repeats=3)
 QUICK = Sizes(speed={"wells": 96, "well_subset": 2, "sites": 2, "cells": 40, "features": 300},
               memory={"sites": 1, "cells": 10, "features": 30}, repeats=1)
 TARGETS = {"old_over_sqlite": 10.0, "old_over_parquet": 20.0, "over_floor": 2.0, "memory_ratio": 1.3}
@@ -415,7 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark and write the report."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes, one repeat: a smoke run")
-    parser.add_argument("--repeats", type=int, help="runs per contender (best is kept); default 2, 1 with --quick")
+    parser.add_argument("--repeats", type=int, help="runs per contender (best is kept); default 3, 1 with --quick")
     parser.add_argument("--skip-old", action="store_true", help="leave out the old path")
     parser.add_argument("--no-write", action="store_true", help="print the report, leave RESULTS.md alone")
     args = parser.parse_args(argv)

@@ -24,7 +24,8 @@ interleaved and repeated, best time kept. The ``recipe`` section of
 
 Usage::
 
-    python bench/recipe.py            # 20 plates × 384 wells × 3,000 features
+    python bench/recipe.py              # 10 plates × 384 wells × 3,000 features
+    python bench/recipe.py --plates 20  # the target size (about 40 minutes)
     python bench/recipe.py --quick    # 3 plates × 384 wells × 300 features
 """
 
@@ -66,7 +67,10 @@ class Sizes:
     repeats: int
 
 
-FULL = Sizes(plates=20, wells=384, features_per_compartment=1000, repeats=2)
+#: The target names 20 plates; a 20-plate run of both sides takes ~20 minutes per repeat on 2 cores,
+#: so the default is 10 plates (same width and plate size); ``--plates 20`` runs the named size.
+FULL = Sizes(plates=10, wells=384, features_per_compartment=1000, repeats=2)
+TARGET_PLATES = 20
 QUICK = Sizes(plates=3, wells=384, features_per_compartment=100, repeats=1)
 
 
@@ -169,12 +173,14 @@ def generate(ws: Path, sizes: Sizes, seed: int = 0) -> dict[str, Any]:
     owner = rng.integers(0, k, size=p)
     loadings[owner, np.arange(p)] = rng.normal(1.0, 0.3, size=p)
     loadings += rng.normal(0, 0.15, size=(k, p))
-    noise_sd = rng.uniform(0.4, 2.0, size=p)
+    noise_sd = rng.uniform(0.15, 2.0, size=p)
     scale = np.exp(rng.normal(2, 1.5, size=p))
     effect = {t: rng.normal(0, 0.8, size=k) * (rng.random(k) < 0.3) for t in treatments}
-    low_card = rng.choice(p, size=p // 100, replace=False)  # few distinct values: frequency filter
-    copies = rng.choice(p, size=p // 50, replace=False)  # near-copies of another feature: correlation filter
-    gappy = rng.choice(p, size=p // 100, replace=False)  # 10% missing: NaN filter
+    special = rng.permutation(p)
+    low_card = special[: p // 100]  # few distinct values: frequency filter
+    gappy = special[p // 100 : p // 50]  # 10% missing: NaN filter
+    copies = special[p // 50 : p // 50 + p // 20]  # near-copies of other features: correlation filter
+    originals = rng.choice(special[p // 50 + p // 20 :], size=len(copies), replace=False)
     for plate in plates:
         z = rng.normal(0, 1, size=(len(wells), k))
         for i, s in enumerate(sample):
@@ -183,7 +189,7 @@ def generate(ws: Path, sizes: Sizes, seed: int = 0) -> dict[str, Any]:
         x = z @ loadings + rng.normal(0, 1, size=(len(wells), p)) * noise_sd + rng.normal(0, 0.3)
         x = scale * (1 + 0.1 * x)
         x[:, low_card] = rng.choice([1.0, 2.0], p=[0.99, 0.01], size=(len(wells), len(low_card)))
-        x[:, copies] = x[:, rng.permutation(copies)] * 2.0 + rng.normal(0, 1e-3, size=(len(wells), len(copies)))
+        x[:, copies] = x[:, originals] * 2.0 + rng.normal(0, 1e-3, size=(len(wells), len(copies)))
         holes = rng.random((len(wells), len(gappy))) < 0.1
         block = x[:, gappy]
         block[holes] = np.nan
@@ -365,7 +371,7 @@ def report(args: argparse.Namespace, sizes: Sizes, info: dict[str, Any], ours: C
            repeats: int) -> str:
     """The markdown section."""
     m = machine()
-    cmd = "python bench/recipe.py" + (" --quick" if args.quick else "")
+    cmd = "python bench/recipe.py" + (" --quick" if args.quick else "") + (f" --plates {args.plates}" if args.plates else "")
     speed = theirs.best / ours.best
     mem = ours.peak / theirs.peak
     speed_v = (f"**met** ({speed:.1f}× ≥ 5×)" if speed >= 5 else f"**missed** ({speed:.1f}× < 5×; needs {5 / speed:.2f}× more speed)")
@@ -379,7 +385,10 @@ def report(args: argparse.Namespace, sizes: Sizes, info: dict[str, Any], ours: C
         "",
         f"Reproduce: `{cmd}` (from the repository root, with the project's venv).",
         "",
-        f"Batch: {len(info['plates'])} plates × {info['wells']} wells × {info['features']:,} features "
+        (f"**Size reduced**: {len(info['plates'])} plates instead of the target's {TARGET_PLATES}, so that a run with "
+         f"repeats stays near 20 minutes on this machine; `--plates {TARGET_PLATES}` runs the full size. "
+         if len(info["plates"]) < TARGET_PLATES and not args.quick else "")
+        + f"Batch: {len(info['plates'])} plates × {info['wells']} wells × {info['features']:,} features "
         f"({info['features'] // 3:,} per compartment), {info['negcon_wells']} negcon wells per plate, "
         f"{mb(info['input_bytes'])} of gzip CSV input. Both sides: annotate, mad_robustize on all wells and on negcon "
         "wells, batch-level feature selection (frequency, correlation 0.9, NaN 0.05, blocklist) of both, per-plate "
@@ -410,7 +419,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark and write the report."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="3 plates × 300 features, one repeat: a smoke run")
-    parser.add_argument("--plates", type=int, help="plates in the batch (default 20, 3 with --quick)")
+    parser.add_argument("--plates", type=int, help="plates in the batch (default 10, 3 with --quick; the target names 20)")
     parser.add_argument("--features", type=int, help="features per compartment (default 1000, 100 with --quick)")
     parser.add_argument("--repeats", type=int, help="runs per contender (best is kept); default 2, 1 with --quick")
     parser.add_argument("--no-write", action="store_true", help="print the report, leave RESULTS.md alone")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import click
 import pytest
 import typer.main
 
@@ -28,7 +27,7 @@ def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
         out = capsys.readouterr().out
         assert "Usage" in out and "--help" in out, name
         for param in command.params:
-            if isinstance(param, click.Option) and param.name != "help":
+            if param.param_type_name == "option" and param.name != "help":
                 assert param.help, f"{name} --{param.name} has no help"
 
 
@@ -69,3 +68,15 @@ def test_config_template_and_init(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert load_config(tmp_path / "c.yml").selected_plates() == {"B": ["X", "Y"]}
     assert main(["init", str(tmp_path / "proj")]) == 0
     assert (tmp_path / "proj" / "quality_control").is_dir()
+
+
+@pytest.mark.parametrize(("argv", "code"), [([], 0), (["--version"], 0), (["collate"], 2), (["collate", "--bogus"], 2),
+                                             (["collate", "ws", "B", "P", "--jobs", "abc"], 2), (["nosuchcommand"], 2)])
+def test_usage_errors_exit_2_not_3(argv: list[str], code: int, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == code
+    out = capsys.readouterr()
+    assert "internal error" not in out.err
+    if argv == ["--version"]:
+        from cytoprofile import __version__
+
+        assert out.out.strip() == __version__

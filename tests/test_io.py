@@ -84,3 +84,23 @@ def test_gct_equals_reference_writer(tmp_path: Path) -> None:
     io.write_gct(df, ours, features=[c for c in df.columns if c not in meta], meta_features=meta)
     write_gct(df, output_file=str(ref))
     assert ours.read_text().splitlines() == ref.read_text().replace("\r\n", "\n").splitlines()
+
+
+@pytest.mark.parametrize("damage", ["cut_row", "cut_gzip", "not_parquet", "folder"])
+def test_damaged_tables_are_refused_with_the_file_named(tmp_path: Path, damage: str) -> None:
+    if damage == "cut_row":
+        path = tmp_path / "p.csv"
+        io.write_table(_frame(), path)
+        path.write_bytes(path.read_bytes()[:-12])  # the last row loses fields
+    elif damage == "cut_gzip":
+        path = tmp_path / "p.csv.gz"
+        io.write_table(_frame(), path)
+        path.write_bytes(path.read_bytes()[:-10])
+    elif damage == "not_parquet":
+        path = tmp_path / "p.parquet"
+        path.write_text("hello")
+    else:
+        path = tmp_path / "p.csv"
+        path.mkdir()
+    with pytest.raises(InputError, match=str(path.name)):
+        io.read_table(path)

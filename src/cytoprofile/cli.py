@@ -137,14 +137,18 @@ def _plate_progress(plates: list[str], quiet: bool, unit: str = "sites") -> Iter
         yield update
 
 
-@app.callback()
-def _root(
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
-) -> None:
-    """CellProfiler output to analysis-ready Cell Painting profiles."""
-    if version:
+def _print_version(value: bool) -> None:
+    if value:
         typer.echo(__version__)
         raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """CellProfiler output to analysis-ready Cell Painting profiles."""
 
 
 @app.command()
@@ -538,32 +542,47 @@ def qc(
         typer.echo(io.join(workspace, "quality_control", "report", f"{batch}.html") if scratch else result.report_path)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the app, map errors to exit codes."""
-    import click
+def _click_exit(exc: BaseException) -> int | None:
+    """Exit status for the CLI framework's own exceptions (usage errors, --help, aborts).
 
+    Matched by shape, not class: Typer may carry its own copy of Click.
+    """
+    name = type(exc).__name__
+    if name == "Exit":
+        return int(getattr(exc, "exit_code", 0) or 0)
+    if name == "Abort":
+        console.print("interrupted; re-run the same command to finish the job")
+        return 130
+    if hasattr(exc, "show") and hasattr(exc, "exit_code"):
+        exc.show()
+        return int(exc.exit_code)
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the app, map errors to exit codes (1 user error, 2 usage, 3 bug, 130 interrupt)."""
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
-        app(args=argv, standalone_mode=False)
+        status = app(args=args or ["--help"], standalone_mode=False)
     except CytoprofileError as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}", markup=True, highlight=False, soft_wrap=True)
         return 1
-    except click.exceptions.Exit as exc:
-        return int(exc.exit_code or 0)
-    except click.exceptions.Abort:
-        console.print("aborted")
-        return 1
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
     except KeyboardInterrupt:
         console.print("interrupted; re-run the same command to finish the job")
         return 130
-    except Exception:
+    except Exception as exc:
+        code = _click_exit(exc)
+        if code is not None:
+            return code
         fd, path = tempfile.mkstemp(prefix="cytoprofile-crash-", suffix=".log")
         with open(fd, "w") as fh:
             fh.write(f"cytoprofile {__version__}\nargv: {sys.argv}\n\n")
             fh.write(traceback.format_exc())
-        console.print(f"internal error (a bug in cytoprofile): {sys.exc_info()[1]!r}; traceback written to {path}",
+        console.print(f"internal error (a bug in cytoprofile): {exc!r}; traceback written to {path}",
                       markup=False, highlight=False, soft_wrap=True)
         return 3
+    if isinstance(status, int) and status != 0:
+        if status == 130:
+            console.print("interrupted; re-run the same command to finish the job")
+        return status
     return 0

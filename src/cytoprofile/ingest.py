@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from .errors import InputError
+from .io import ragged_line
 
 __all__ = [
     "IMAGE_TABLE",
@@ -130,7 +131,7 @@ def canonical_order(columns: Sequence[str]) -> list[str]:
 
 
 def _read_header(path: str) -> list[str]:
-    with open(path, encoding="utf-8", newline="") as fh:
+    with open(path, encoding="utf-8-sig", newline="") as fh:
         line = fh.readline()
     row = next(csv.reader([line]), [])
     return [c.strip() for c in row]
@@ -249,7 +250,7 @@ def _parse_problem(path: str, n_fields: int, exc: Exception) -> str:
     base = os.path.basename(path)
     text = str(exc)
     if "Expected" in text and "columns" in text:
-        line = _first_ragged_line(path, n_fields)
+        line = _firstragged_line(path, n_fields)
         where = f" at line {line}" if line else ""
         return f"{base}: a row has the wrong number of fields{where} (cut-off or corrupt row: {text.splitlines()[0][:120]})"
     if "conversion error" in text or "invalid value" in text:
@@ -261,7 +262,7 @@ def _parse_problem(path: str, n_fields: int, exc: Exception) -> str:
     return f"{base} cannot be parsed as CSV ({text.splitlines()[0][:160]})"
 
 
-def _first_ragged_line(path: str, n_fields: int) -> int | None:
+def _firstragged_line(path: str, n_fields: int) -> int | None:
     with open(path, encoding="utf-8", errors="replace", newline="") as fh:
         for number, row in enumerate(csv.reader(fh), start=1):
             if len(row) != n_fields:
@@ -308,37 +309,6 @@ class _ObjectFileProblem(Exception):
     """An object CSV that cannot be trusted; the message is the reason."""
 
 
-def _ragged_line(raw: bytes, n_fields: int) -> int | None:
-    """1-based number of the first line whose field count is not ``n_fields`` (None if all agree).
-
-    Counts separators per line with NumPy; a file with quotes takes the CSV module's slower,
-    exact path. Empty lines are skipped, as the parsers do.
-    """
-    if b'"' in raw:
-        import io as _stdio
-
-        for number, row in enumerate(csv.reader(_stdio.StringIO(raw.decode("utf-8", errors="replace"))), start=1):
-            if row and len(row) != n_fields:
-                return number
-        return None
-    buf = np.frombuffer(raw, dtype=np.uint8)
-    ends = np.flatnonzero(buf == 10)
-    if len(buf) and buf[-1] != 10:
-        ends = np.append(ends, len(buf))
-    if not len(ends):
-        return None
-    starts = np.concatenate(([0], ends[:-1] + 1))
-    lengths = ends - starts
-    content = (lengths > 1) | ((lengths == 1) & (buf[np.minimum(starts, len(buf) - 1)] != 13))
-    line_numbers = np.flatnonzero(content)
-    if not len(line_numbers):
-        return None
-    # each segment runs to the next content line's start: skipped blank lines hold no commas
-    commas = np.add.reduceat((buf == 44).astype(np.int32), starts[content])
-    bad = np.flatnonzero(commas != n_fields - 1)
-    return int(line_numbers[bad[0]]) + 1 if len(bad) else None
-
-
 def _read_objects(path: str, header: list[str], union: list[str]) -> tuple[np.ndarray, list[str]]:
     """Parse an object CSV as float64, laid out on the union columns (NaN where absent).
 
@@ -357,7 +327,7 @@ def _read_objects(path: str, header: list[str], union: list[str]) -> tuple[np.nd
     except pl.exceptions.NoDataError as exc:
         raise _ObjectFileProblem(f"{base} is empty") from exc
     except pl.exceptions.PolarsError as exc:
-        bad_line = _ragged_line(raw, len(header))
+        bad_line = ragged_line(raw, len(header))
         if bad_line is not None:
             raise _ObjectFileProblem(f"{base}: a row has the wrong number of fields at line {bad_line} (cut-off or corrupt row)") from exc
         try:
@@ -367,7 +337,7 @@ def _read_objects(path: str, header: list[str], union: list[str]) -> tuple[np.nd
         raise _ObjectFileProblem(f"{base}: unparseable number ({str(exc).splitlines()[0][:160]})") from exc
     # every row has exactly len(header) - 1 separators unless one was cut short
     if b'"' in raw or raw.count(b",") != (frame.height + 1) * (len(header) - 1):
-        bad_line = _ragged_line(raw, len(header))
+        bad_line = ragged_line(raw, len(header))
         if bad_line is not None:
             raise _ObjectFileProblem(f"{base}: a row has the wrong number of fields at line {bad_line} (cut-off or corrupt row)")
     if frame.width != len(header):

@@ -7,6 +7,7 @@ name beside the target and rename (or, on object storage, copy) when complete.
 from __future__ import annotations
 
 import contextlib
+import csv
 import gzip
 import io as _io
 import json
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import IO, Any, Literal
 
 import fsspec
+import numpy as np
 import pandas as pd
 
 from .errors import InputError, RemoteError
@@ -36,6 +38,7 @@ __all__ = [
     "infer_format",
     "is_remote",
     "join",
+    "ragged_line",
     "read_table",
     "read_json",
     "write_table",
@@ -238,18 +241,80 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[An
 
 
 def read_table(path: str | os.PathLike[str], *, sep: str | None = None) -> pd.DataFrame:
-    """Read a per-well table (CSV, gzip CSV, TSV or Parquet) into pandas."""
+    """Read a per-well table (CSV, gzip CSV, TSV or Parquet) into pandas.
+
+    A damaged file (cut-off gzip, a row with fewer fields than the header, not Parquet)
+    is an ``InputError`` naming the file, never a silently shortened table.
+    """
+    import zlib
+
     fmt = infer_format(path)
     try:
         if fmt == "parquet":
             return pd.read_parquet(str(path))
         if sep is None:
             sep = "\t" if str(path).lower().endswith((".tsv", ".txt")) else ","
-        return pd.read_csv(str(path), sep=sep, low_memory=False)
+        raw = _read_bytes(str(path))
+        if fmt == "csv.gz":
+            raw = gzip.decompress(raw)
+        if not raw.strip():
+            raise InputError(f"{path}: empty file; re-create it")
+        header = next(iter(raw[: raw.find(b"\n") if b"\n" in raw else len(raw)].decode("utf-8-sig").splitlines()), "")
+        n_fields = len(next(iter(csv.reader([header], delimiter=sep))))
+        bad = ragged_line(raw, n_fields, sep=sep)
+        if bad is not None:
+            raise InputError(f"{path}: line {bad} has a different number of fields than the header "
+                             "(cut-off or corrupt file); re-create it")
+        return pd.read_csv(_io.BytesIO(raw), sep=sep, low_memory=False, encoding="utf-8-sig")
     except FileNotFoundError as exc:
         raise InputError(f"{path}: file not found") from exc
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: cannot be read as a table ({exc}); check that the file is complete") from exc
+    except IsADirectoryError as exc:
+        raise InputError(f"{path}: is a folder, not a table file") from exc
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, zlib.error, EOFError,
+            gzip.BadGzipFile, OSError, ValueError) as exc:
+        raise InputError(f"{path}: cannot be read as a table ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+                         "check that the file is complete") from exc
+
+
+def _read_bytes(path: str) -> bytes:
+    if is_remote(path):
+        fs, bare = filesystem(path)
+        return bytes(fs.cat_file(bare))
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
+def ragged_line(raw: bytes, n_fields: int, *, sep: str = ",") -> int | None:
+    """1-based number of the first line whose field count is not ``n_fields`` (None if all agree).
+
+    Counts separators per line with NumPy; a file with quotes takes the CSV module's slower,
+    exact path. Empty lines are skipped, as the parsers do.
+    """
+    if b'"' in raw:
+        text = _io.StringIO(raw.decode("utf-8", errors="replace"))
+        for number, row in enumerate(csv.reader(text, delimiter=sep), start=1):
+            if row and len(row) != n_fields:
+                return number
+        return None
+    buf = np.frombuffer(raw, dtype=np.uint8)
+    ends = np.flatnonzero(buf == 10)
+    if len(buf) and buf[-1] != 10:
+        ends = np.append(ends, len(buf))
+    if not len(ends):
+        return None
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    lengths = ends - starts
+    content = (lengths > 1) | ((lengths == 1) & (buf[np.minimum(starts, len(buf) - 1)] != 13))
+    line_numbers = np.flatnonzero(content)
+    if not len(line_numbers):
+        return None
+    # each segment runs to the next content line's start: skipped blank lines hold no commas
+    commas = np.add.reduceat((buf == ord(sep)).astype(np.int32), starts[content])
+    bad = np.flatnonzero(commas != n_fields - 1)
+    return int(line_numbers[bad[0]]) + 1 if len(bad) else None
+
+
+
 
 
 def _csv_bytes(df: pd.DataFrame, float_format: str | None, sep: str = ",") -> bytes:
