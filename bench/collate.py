@@ -376,6 +376,16 @@ def runs_text(c: Contender) -> str:
     return ", ".join(f"{r.seconds:.2f}" for r in c.runs)
 
 
+def source_state() -> str:
+    """The commit under test, marked ``+local changes`` when the work tree differs from it."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=BENCH, check=True, capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], cwd=BENCH.parent, check=True, capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown commit"
+    return f"commit {head}" + (" + local changes under src/" if dirty else "")
+
+
 def machine() -> dict[str, str]:
     """This machine and the versions under test."""
     import pandas
@@ -393,7 +403,7 @@ def machine() -> dict[str, str]:
     cpuinfo = Path("/proc/cpuinfo")
     names = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines() if ln.startswith("model name")] if cpuinfo.exists() else []
     cpu = names[0] if names else ""
-    return {"date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"), "cores": str(os.cpu_count()), "cpu": cpu or platform.machine(),
+    return {"source": source_state(), "date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"), "cores": str(os.cpu_count()), "cpu": cpu or platform.machine(),
             "python": platform.python_version(), "cytoprofile": cytoprofile.__version__, "pyarrow": pyarrow.__version__,
             "polars": polars.__version__, "pandas": pandas.__version__, "pycytominer (cytoprofile venv)": pycyto}
 
@@ -495,7 +505,7 @@ def report(args: argparse.Namespace, sizes: Sizes, info: dict[str, Any], contend
     lines = [
         "## Collate: CSV → backend + per-well profiles",
         "",
-        f"Run {m['date']} on {m['cores']} cores ({m['cpu']}), Python {m['python']}; cytoprofile {m['cytoprofile']}, "
+        f"Run {m['date']} ({m['source']}) on {m['cores']} cores ({m['cpu']}), Python {m['python']}; cytoprofile {m['cytoprofile']}, "
         f"pyarrow {m['pyarrow']}, Polars {m['polars']}, pandas {m['pandas']}."
         + (" **Quick mode: small sizes, not the benchmark.**" if args.quick else ""),
         "",

@@ -340,6 +340,16 @@ def mb(n: float) -> str:
     return f"{n / 1e6:,.0f} MB"
 
 
+def source_state() -> str:
+    """The commit under test, marked ``+local changes`` when the work tree differs from it."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=BENCH, check=True, capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], cwd=BENCH.parent, check=True, capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown commit"
+    return f"commit {head}" + (" + local changes under src/" if dirty else "")
+
+
 def machine() -> dict[str, str]:
     """This machine and the versions under test."""
     import importlib.metadata as md
@@ -351,7 +361,7 @@ def machine() -> dict[str, str]:
 
     cpuinfo = Path("/proc/cpuinfo")
     names = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines() if ln.startswith("model name")] if cpuinfo.exists() else []
-    return {"date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"), "cores": str(os.cpu_count()), "cpu": names[0] if names else platform.machine(),
+    return {"source": source_state(), "date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"), "cores": str(os.cpu_count()), "cpu": names[0] if names else platform.machine(),
             "python": platform.python_version(), "cytoprofile": cytoprofile.__version__, "pyarrow": pyarrow.__version__,
             "pandas": pandas.__version__, "pycytominer": md.version("pycytominer"), "numpy": md.version("numpy"),
             "scikit-learn": md.version("scikit-learn")}
@@ -379,7 +389,7 @@ def report(args: argparse.Namespace, sizes: Sizes, info: dict[str, Any], ours: C
     lines = [
         "## Recipe: annotate → normalize (both) → feature select (batch) → GCT",
         "",
-        f"Run {m['date']} on {m['cores']} cores ({m['cpu']}), Python {m['python']}; cytoprofile {m['cytoprofile']}, "
+        f"Run {m['date']} ({m['source']}) on {m['cores']} cores ({m['cpu']}), Python {m['python']}; cytoprofile {m['cytoprofile']}, "
         f"pycytominer {m['pycytominer']}, pandas {m['pandas']}, numpy {m['numpy']}, scikit-learn {m['scikit-learn']}, "
         f"pyarrow {m['pyarrow']}." + (" **Quick mode: small sizes, not the benchmark.**" if args.quick else ""),
         "",

@@ -234,3 +234,28 @@ def test_aggregate_only_on_our_backend_and_parquet(tmp_path: Path) -> None:
     for kind in ("sqlite", "parquet"):
         again = collate_plate(ws, "BATCH1", "P1", backend=(kind,), aggregate_only=True, overwrite=True)  # type: ignore[arg-type]
         assert_profiles_equal(io.read_table(again.outputs["profiles"]), streamed, rtol=1e-12)
+
+
+def test_changed_options_rebuild_and_drop_stale_outputs(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    synth(ws, plates=["P1"], wells=96, well_subset=2, sites=1, cells=5, features=4)
+    collate_plate(ws, "BATCH1", "P1")
+    mean = collate_plate(ws, "BATCH1", "P1", operation="mean")
+    assert mean.status == "done" and mean.report["options"]["operation"] == "mean"  # type: ignore[index]
+    again = collate_plate(ws, "BATCH1", "P1", operation="mean")
+    assert again.status == "skipped"
+    parquet = collate_plate(ws, "BATCH1", "P1", backend=("parquet",), profile_format="parquet", operation="mean")
+    assert parquet.status == "done"
+    left = sorted(p.name for p in (ws / "backend/BATCH1/P1").iterdir())
+    assert "P1.sqlite" not in left and "P1.csv" not in left and "P1.parquet" in left
+
+
+def test_all_sites_untrusted_says_so(tmp_path: Path) -> None:
+    from cytoprofile.errors import InputError
+
+    ws = tmp_path / "ws"
+    synth(ws, plates=["P1"], wells=96, well_subset=2, sites=1, cells=5, features=4)
+    for site in (ws / "analysis/BATCH1/P1/analysis").iterdir():
+        (site / "Cells.csv").write_bytes(b"")
+    with pytest.raises(InputError, match="all 2 site"):
+        collate_plate(ws, "BATCH1", "P1")

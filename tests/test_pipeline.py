@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -232,3 +233,39 @@ def test_consensus_command(ran: Path, tmp_path: Path) -> None:
     assert main(["consensus", str(src), str(out), "--replicate-columns", "Metadata_broad_sample", "-q"]) == 0
     ref = consensus(io.read_table(src), replicate_columns=["Metadata_broad_sample"], operation="median")
     _assert_frames(io.read_table(out), ref)
+
+
+def test_plate_map_edit_reruns_annotate(tmp_path: Path) -> None:
+    from cytoprofile.pipeline import run
+
+    synth(tmp_path, batch="B1", plates=["P1"], wells=96, well_subset=8, sites=1, cells=4, features=5)
+    collate(tmp_path, "B1", ["P1"])
+    config = tmp_path / "config.yml"
+    config.write_text(config_template(workspace=".", batch="B1", plates=["P1"]).replace("perform: true  ", "perform: true  ", 1))
+    run(config)
+    platemap = tmp_path / "metadata/platemaps/B1/platemap/PM-01.txt"
+    platemap.write_text(platemap.read_text().replace("\ttrt", "\tnegcon"))
+    again = run(config)
+    assert any(r.startswith("annotate") for r in again.ran)
+    augmented = _plate(tmp_path, "B1", "P1", "_augmented")
+    assert set(augmented["Metadata_control_type"]) == {"negcon"}
+
+
+def test_recipe_layout_with_init_and_workspace_two_levels_up(tmp_path: Path) -> None:
+    from cytoprofile.pipeline import run
+
+    ws = tmp_path / "workspace"
+    synth(ws, batch="B1", plates=["P1"], wells=96, well_subset=4, sites=1, cells=4, features=5)
+    collate(ws, "B1", ["P1"])
+    repo = ws / "software" / "repo"
+    assert main(["init", str(repo)]) == 0  # empty metadata/ and load_data_csv/ must not hide the workspace's
+    config = repo / "config_files" / "config.yml"
+    config.write_text(config_template(batch="B1", plates=["P1"]))
+    cwd = os.getcwd()
+    try:
+        os.chdir(repo)
+        run(config)
+    finally:
+        os.chdir(cwd)
+    assert (repo / "profiles/B1/P1/P1_normalized_feature_select_negcon_batch.csv.gz").exists()
+    assert (repo / "quality_control/summary/summary.tsv").exists()

@@ -173,7 +173,11 @@ def aggregate(
         if sites is not None:
             if "Metadata_Site" not in image.columns:
                 raise InputError(f"{backend}: sites were chosen but the Image table has no Metadata_Site column")
-            image = image[image["Metadata_Site"].astype(int).isin([int(x) for x in sites])].reset_index(drop=True)
+            present = set(pd.to_numeric(image["Metadata_Site"], errors="coerce").dropna().astype(int))
+            absent = sorted({int(x) for x in sites} - present)
+            if absent:
+                log.warning("%s: site(s) %s asked for but not in the Image table", backend, ", ".join(map(str, absent)))
+            image = image[pd.to_numeric(image["Metadata_Site"], errors="coerce").isin([int(x) for x in sites])].reset_index(drop=True)
         available = {t.lower(): t for t in reader.object_tables()}
         tables: dict[str, str] = {}
         for compartment in compartments:

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -308,7 +309,7 @@ class BackendReader:
                 sql = f"SELECT {cols} FROM {quote(table)} WHERE TableNumber = ? AND ImageNumber IN ({marks})"
                 rows = self.conn.execute(sql, [t, *numbers]).fetchall()
                 if rows:
-                    out.append(np.array(rows, dtype=np.float64))
+                    out.append(_as_float(rows, table, columns))
             return np.concatenate(out) if out else np.empty((0, len(columns)))
         import pyarrow.compute as pc
         import pyarrow.dataset as ds
@@ -329,6 +330,21 @@ class BackendReader:
         """Close the connection."""
         if self.kind == "sqlite":
             self.conn.close()
+
+
+def _as_float(rows: list[tuple[Any, ...]], table: str, columns: Sequence[str]) -> np.ndarray:
+    """Rows as float64; text that is not a number (old backends stored some) becomes NaN, with a warning."""
+    try:
+        return np.array(rows, dtype=np.float64)
+    except (ValueError, TypeError):
+        frame = pd.DataFrame(rows, columns=list(columns))
+        converted = frame.apply(pd.to_numeric, errors="coerce")
+        bad = [c for c in frame.columns if (converted[c].isna() & frame[c].notna()).any()]
+        import logging
+
+        logging.getLogger("cytoprofile.backend").warning(
+            "%s: non-numeric values in %s read as missing", table, ", ".join(bad[:5]) + (" ..." if len(bad) > 5 else ""))
+        return converted.to_numpy(dtype=np.float64)
 
 
 def open_backend(path: str | os.PathLike[str]) -> BackendReader:

@@ -259,6 +259,7 @@ def aggregate(
     from .aggregate import aggregate as _aggregate
 
     _setup_logging(quiet)
+    io.check_output(output, float_format=float_format)
     with _timed("aggregate"):
         df = _aggregate(backend_path, operation=operation,  # type: ignore[arg-type]
                         strata=_split(strata) or list(DEFAULT_STRATA),
@@ -276,9 +277,10 @@ def csv2gz_cmd(
     float_format: Annotated[str | None, typer.Option(help="Float format; 'none' keeps full precision.")] = "%.5g",
 ) -> None:
     """Rewrite a CSV as deterministic gzip CSV (same bytes on every run)."""
-    from .io import csv2gz
+    from .io import check_output, csv2gz
 
     fmt = None if float_format in (None, "none", "null") else float_format
+    check_output("x.csv.gz", float_format=fmt)
     typer.echo(csv2gz(source, dest, float_format=fmt))
 
 
@@ -316,6 +318,7 @@ def annotate(
     from .pipeline import _prefixed
 
     _setup_logging(quiet)
+    io.check_output(output, float_format=float_format)
     ext = load_external_metadata(external, merge_column=merge_column) if external else None
     key = None
     if ext is not None:
@@ -351,6 +354,7 @@ def normalize(
     from .normalize import normalize as _normalize
 
     _setup_logging(quiet)
+    io.check_output(output, float_format=float_format)
     df = _normalize(io.read_table(profiles), features=_split(features) or "infer", image_features=image_features,
                     samples=samples, sample_filter=_sample_filter(sample_filter), method=method,
                     mad_robustize_epsilon=mad_robustize_epsilon, spherize_method=spherize_method,
@@ -361,7 +365,7 @@ def normalize(
 
 @app.command("feature-select")
 def feature_select(
-    profiles: Annotated[str, typer.Argument(help="Normalized profiles (several: selected together, written stacked).")],
+    profiles: Annotated[str, typer.Argument(help="Normalized profiles.")],
     output: Annotated[str, typer.Argument(help="Output table.")],
     operations: Annotated[list[str] | None, typer.Option(help="Operations in order (default variance_threshold,correlation_threshold,drop_na_columns,blocklist).")] = None,
     variance_threshold_meaning: Annotated[str, typer.Option(help="What variance_threshold means: frequency (the recipe's) or variance.")] = "frequency",
@@ -381,6 +385,7 @@ def feature_select(
     from .feature_select import feature_select as _feature_select
 
     _setup_logging(quiet)
+    io.check_output(output, float_format=float_format)
     df = _feature_select(io.read_table(profiles), features=_split(features) or "infer", image_features=image_features,
                          operations=_split(operations) or ["variance_threshold", "correlation_threshold", "drop_na_columns", "blocklist"],
                          variance_threshold_meaning=variance_threshold_meaning,  # type: ignore[arg-type]
@@ -404,6 +409,7 @@ def consensus(
     from .consensus import consensus as _consensus
 
     _setup_logging(quiet)
+    io.check_output(output, float_format=float_format)
     df = _consensus(io.read_table(profiles), replicate_columns=_split(replicate_columns) or ["Metadata_Plate", "Metadata_Well"],
                     operation=operation)
     io.write_table(df, output, float_format=float_format)

@@ -190,9 +190,14 @@ def collate_plate(
                                compartments=compartments, image_features=image_features,
                                image_feature_categories=image_feature_categories, strata=strata,
                                overwrite=overwrite, progress=progress, start=start)
+    build = _build_options(options)
     if not overwrite and _complete(outputs):
-        return PlateResult(batch, plate, "skipped", "complete outputs exist (use --overwrite to rebuild)", outputs,
-                           seconds=time.perf_counter() - start)
+        previous = _previous_options(outputs["report"])
+        if previous == build:
+            return PlateResult(batch, plate, "skipped", "complete outputs exist (use --overwrite to rebuild)", outputs,
+                               seconds=time.perf_counter() - start)
+        changed = sorted(k for k in build if previous.get(k) != build[k])
+        log.info("%s: options changed since the last build (%s); rebuilding", plate, ", ".join(changed))
     out_dir = workspace.backend_dir(ws, batch, plate)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     _clean_stale(out_dir)
@@ -205,6 +210,10 @@ def collate_plate(
     t0 = time.perf_counter()
     scans = scan_sites(site_dirs, plate=plate, strata=strata, threads=threads)
     schema = plan_schema(scans, plate=plate, strata=strata)
+    if not any(sc.problem is None for sc in scans):
+        bad = scans[0]
+        raise InputError(f"{workspace.analysis_dir(ws, batch, plate)}: all {len(scans)} site(s) are untrusted; first: "
+                         f"{bad.name}: {bad.problem} ({bad.problem_file})")
     log.info("%s: scanned %d sites in %.2fs", plate, len(scans), time.perf_counter() - t0)
     by_lower = {t.lower(): t for t in schema.object_tables}
     chosen: dict[str, str] = {}
@@ -292,10 +301,11 @@ def collate_plate(
         for kind, counted in rows_out.items():
             if counted.get(table, n) != n:  # pragma: no cover - a bug, not bad input
                 raise RuntimeError(f"{plate}: {table} rows in ({n}) != rows out ({counted.get(table)}) in {kind}")
-    first = next(iter(chosen.values()), None)
-    if first is not None and int(profiles["Metadata_Object_Count"].sum()) != rows_in.get(first, 0):  # pragma: no cover
-        raise RuntimeError(f"{plate}: aggregated objects != {first} rows")
+    first_table = next(iter(chosen.values()), None)
+    if first_table is not None and int(profiles["Metadata_Object_Count"].sum()) != rows_in.get(first_table, 0):  # pragma: no cover
+        raise RuntimeError(f"{plate}: aggregated objects != {first_table} rows")
     io.write_table(profiles, outputs["profiles"], fmt=profile_format)
+    _remove_stale(out_dir, plate, keep=set(outputs.values()) | set(_parquet_files(files, schema, backend)))
     report = {
         "batch": batch,
         "plate": plate,
@@ -313,9 +323,40 @@ def collate_plate(
                    "sites_quarantined": len(quarantined), "wells": len(profiles),
                    "objects": {t: rows_in[t] for t in schema.object_tables}},
         "seconds": round(time.perf_counter() - start, 3),
+        "options": build,
     }
     io.write_json(report, outputs["report"])
     return PlateResult(batch, plate, "done", _summary_line(report), outputs, report, seconds=time.perf_counter() - start)
+
+
+def _build_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The options that shape a plate's outputs (recorded in the report, compared on re-runs)."""
+    keys = ("backend", "profile_format", "operation", "compartments", "image_features", "image_feature_categories", "strata")
+    return {k: list(options[k]) if isinstance(options[k], (list, tuple)) else options[k] for k in keys}
+
+
+def _previous_options(report_path: str) -> dict[str, Any]:
+    try:
+        return dict(io.read_json(report_path).get("options") or {})
+    except CytoprofileError:
+        return {}
+
+
+def _parquet_files(files: dict[str, str], schema: Any, backend: Sequence[str]) -> list[str]:
+    if "parquet" not in backend:
+        return []
+    return [parquet_table_path(files["parquet_prefix"], t) for t in schema.tables]
+
+
+def _remove_stale(directory: str, plate: str, *, keep: set[str]) -> None:
+    """Drop outputs of an earlier build with other options (e.g. PLATE.csv after a switch to Parquet)."""
+    names = {f"{plate}.sqlite", f"{plate}.csv", f"{plate}.csv.gz", f"{plate}.parquet"}
+    keep_names = {os.path.basename(k) for k in keep}
+    for entry in os.listdir(directory):
+        ours = entry in names or (entry.startswith(f"{plate}_") and entry.endswith(".parquet"))
+        if ours and entry not in keep_names:
+            os.unlink(os.path.join(directory, entry))
+            log.info("%s: removed %s left by an earlier build with other options", plate, entry)
 
 
 def _publish_plate(local_ws: str, remote_ws: str, backend_rel: str, plate: str) -> list[str]:

@@ -92,7 +92,7 @@ LEVELS: tuple[str, ...] = ("plate", "batch", "all")
 _AGGREGATE_METHODS = ("median", "mean")
 _SPHERIZE_METHODS = ("PCA", "ZCA", "PCA-cor", "ZCA-cor")
 _CORR_METHODS = ("pearson", "spearman", "kendall")
-_COMPRESSIONS = ("gzip", "bz2", "zip", "xz", "zstd")
+_COMPRESSIONS = ("gzip",)
 _NEGCON_QUERY = "Metadata_control_type == 'negcon'"
 _COUNT_COLUMN = "Metadata_Object_Count"
 _TEMPLATE = "config_template.yml"

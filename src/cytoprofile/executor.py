@@ -89,7 +89,7 @@ def _run_dask(
 
     try:
         client = Client(scheduler, timeout="20s")
-    except OSError as exc:
+    except (OSError, ValueError, TypeError) as exc:
         raise RemoteError(f"cannot reach the Dask scheduler at {scheduler} ({exc}); check the address") from exc
     try:
         futures = [client.submit(fn, *task, options, None, pure=False, retries=3, key=f"cytoprofile-{i}-{task[-1]}")

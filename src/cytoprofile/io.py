@@ -33,6 +33,7 @@ __all__ = [
     "upload",
     "atomic_path",
     "atomic_open",
+    "check_output",
     "exists",
     "filesystem",
     "infer_format",
@@ -317,6 +318,18 @@ def ragged_line(raw: bytes, n_fields: int, *, sep: str = ",") -> int | None:
 
 
 
+def check_output(path: str | os.PathLike[str], *, float_format: str | None = None) -> None:
+    """Refuse a bad output name or float format before any work is done."""
+    infer_format(path)
+    if float_format is not None:
+        try:
+            float_format % 1.5
+        except (TypeError, ValueError) as exc:
+            from .errors import ConfigError
+
+            raise ConfigError(f"float format {float_format!r} is not a printf-style number format (e.g. %.5g)") from exc
+
+
 def _csv_bytes(df: pd.DataFrame, float_format: str | None, sep: str = ",") -> bytes:
     buf = _io.StringIO()
     df.to_csv(buf, index=False, float_format=float_format, sep=sep)
@@ -337,6 +350,7 @@ def write_table(
     bytes on every run. ``metadata`` goes into Parquet's key-value metadata.
     """
     fmt = fmt or infer_format(path)
+    check_output(path if fmt is None else f"x.{fmt}", float_format=float_format)
     with atomic_path(path) as tmp:
         if fmt == "parquet":
             import pyarrow as pa
@@ -398,6 +412,9 @@ def write_gct(
     """
     features = list(features)
     meta_features = list(meta_features)
+    text = [f for f in features if not pd.api.types.is_numeric_dtype(df[f])]
+    if text:
+        raise InputError(f"feature column(s) {', '.join(text[:3])} are not numeric; a GCT holds numbers only")
     n_samples = len(df)
     sample_ids = [f"SAMPLE_{i}" for i in range(n_samples)]
     lines = ["#1.3", f"{len(features)}\t{n_samples}\t1\t{len(meta_features)}"]

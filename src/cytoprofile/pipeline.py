@@ -24,7 +24,7 @@ import pandas as pd
 
 from . import __version__, io
 from .config import Recipe, load_config
-from .errors import ConfigError, InputError
+from .errors import ConfigError, CytoprofileError, InputError
 
 __all__ = ["Layout", "RunResult", "run", "step_outputs"]
 
@@ -53,9 +53,14 @@ class Layout:
         here = io.join(self.root, *parts)
         return here if io.exists(here) else io.join(self.workspace, *parts)
 
-    def meta_root(self) -> str:
-        """The folder whose metadata/ holds the plate maps."""
-        return self.root if io.exists(io.join(self.root, "metadata")) else self.workspace
+    def meta_root(self, batch: str | None = None) -> str:
+        """The folder whose ``metadata/platemaps/BATCH`` holds the batch's plate maps.
+
+        The profiling repository's own copy wins; an empty ``metadata/`` made by
+        ``init`` does not hide the workspace's.
+        """
+        parts = ("metadata", "platemaps", batch) if batch else ("metadata",)
+        return self.root if io.exists(io.join(self.root, *parts)) else self.workspace
 
     @property
     def suffix(self) -> str:
@@ -95,7 +100,7 @@ _WHOLE_FILE_LIMIT = 64 << 20
 
 
 def _sha256(path: str) -> str:
-    """Checksum of an input: the whole file, or for a large backend its size and first/last MiB."""
+    """Checksum of an input: the whole file, or for a large backend its size, time and first/last MiB."""
     digest = hashlib.sha256()
     size = os.path.getsize(path)
     with open(path, "rb") as fh:
@@ -106,7 +111,8 @@ def _sha256(path: str) -> str:
         digest.update(fh.read(1 << 20))
         fh.seek(size - (1 << 20))
         digest.update(fh.read(1 << 20))
-    return f"size={size};head-tail-sha256={digest.hexdigest()}"
+    # a rewritten backend (collate --overwrite) has a new modification time even at the same size
+    return f"size={size};mtime_ns={os.stat(path).st_mtime_ns};head-tail-sha256={digest.hexdigest()}"
 
 
 def _settings_hash(settings: Any) -> str:
@@ -178,7 +184,12 @@ class _Steps:
             return False
         start = time.perf_counter()
         for path, make in outputs.items():
-            df = make() if callable(make) else make
+            try:
+                df = make() if callable(make) else make
+            except CytoprofileError as exc:
+                if any(os.path.basename(p) in str(exc) for p in inputs):
+                    raise
+                raise type(exc)(f"step {name} on {inputs[0]}: {exc}") from exc
             if path.endswith(".gct"):
                 continue
             io.write_table(df, path, float_format=self.float_format)
@@ -230,10 +241,13 @@ def _plate_task(layout: Layout, recipe: Recipe, batch: str, plate: str, force: b
             steps.run("profiles", [source], {files["aggregate"]: lambda: io.read_table(source)}, {"from": "backend"})
 
     if s.annotate.perform:
-        meta_root = layout.meta_root()
+        from .metadata import platemap_name_for_plate, platemap_path
+
+        meta_root = layout.meta_root(batch)
         platemap = platemap_for_plate(meta_root, batch, plate)
         barcode = io.join(meta_root, "metadata", "platemaps", batch, "barcode_platemap.csv")
-        inputs = [files["aggregate"], barcode]
+        platemap_file = platemap_path(meta_root, batch, platemap_name_for_plate(meta_root, batch, plate))
+        inputs = [files["aggregate"], barcode, platemap_file]
         external = None
         ext = s.annotate.external
         if ext.perform and ext.file:
@@ -291,7 +305,10 @@ def _feature_select_level(layout: Layout, recipe: Recipe, plates: dict[str, list
         return layout.plate_file(batch, plate, f"_normalized_feature_select{tag}_{level}")
 
     def load(batch: str, plate: str, with_batch: bool) -> pd.DataFrame:
-        df = io.read_table(source(batch, plate))
+        path = source(batch, plate)
+        df = io.read_table(path)
+        if "Metadata_Plate" not in df.columns:
+            raise InputError(f"{path}: no Metadata_Plate column; feature selection over plates needs it")
         extra = {"Metadata_Plate": df["Metadata_Plate"].astype(str)}
         if with_batch:
             extra["Metadata_batch"] = pd.Series(batch, index=df.index)
@@ -382,14 +399,22 @@ def run(
     plates = {b: p for b, p in recipe.selected_plates().items() if p}
     if not plates:
         raise ConfigError(f"{recipe.path}: no plate to process (every batch or plate has process: false)")
+    for key, flag in (("normalize.subgroups", s.normalize.subgroups), ("normalize_negcon.subgroups", s.normalize_negcon.subgroups),
+                      ("feature_select.subgroups", s.feature_select.subgroups),
+                      ("feature_select_negcon.subgroups", s.feature_select_negcon.subgroups)):
+        if flag:
+            log.warning("%s: subgroup outputs (PLATE_subgroup_*) are not made by cytoprofile yet; ignored", key)
+    for key, block in (("feature_select", s.feature_select), ("feature_select_negcon", s.feature_select_negcon)):
+        if block.perform and block.min_cells != 1:
+            log.warning("%s.min_cells: not applied to feature selection (normalize.min_cells is); ignored", key)
     if s.annotate.perform and not io.is_remote(layout.root):
         from .metadata import validate_metadata
 
         ext = s.annotate.external
         for batch, names in plates.items():
             for note in validate_metadata(
-                layout.meta_root(), batch, plates=names,
-                external_metadata=io.join(layout.meta_root(), "metadata", "external_metadata", ext.file)
+                layout.meta_root(batch), batch, plates=names,
+                external_metadata=io.join(layout.meta_root(batch), "metadata", "external_metadata", ext.file)
                 if ext.perform and ext.file else None,
                 merge_column=ext.merge_column if ext.perform else None,
             ):
@@ -427,11 +452,13 @@ def _batch_steps(layout: Layout, recipe: Recipe, plates: dict[str, list[str]], *
     if s.quality_control.perform:
         from .qc import quality_control
 
+        level = s.feature_select.level if s.feature_select.perform else (
+            s.feature_select_negcon.level if s.feature_select_negcon.perform else None)
         for batch, names in plates.items():
             quality_control(
-                layout.root, batch, names,
+                layout.root, batch, names, level=level,
                 profiles_dir=os.path.abspath(io.join(layout.root, s.output_dir)),
-                load_data_dir=os.path.abspath(layout.find("load_data_csv")),
+                load_data_dir=os.path.abspath(layout.find("load_data_csv", batch)).rsplit(os.sep, 1)[0],
                 backend_dir=os.path.abspath(io.join(layout.workspace, "backend")),
                 summary=s.quality_control.summary.perform, heatmaps=s.quality_control.heatmap.perform,
             )
