@@ -84,6 +84,17 @@ def _setup_logging(quiet: bool) -> None:
 
 
 @contextmanager
+def _about(path: str) -> Iterator[None]:
+    """Name the input file in a user error that does not already."""
+    try:
+        yield
+    except CytoprofileError as exc:
+        if os.path.basename(str(path)) in str(exc):
+            raise
+        raise type(exc)(f"{path}: {exc}") from exc
+
+
+@contextmanager
 def _timed(step: str) -> Iterator[None]:
     start = time.perf_counter()
     yield
@@ -325,7 +336,9 @@ def annotate(
         if not merge_column:
             raise CytoprofileError("--external needs --merge-column (e.g. broad_sample)")
         key = merge_column if merge_column.startswith("Metadata_") else f"Metadata_{merge_column}"
-    df = _annotate(io.read_table(profiles), _prefixed(load_platemap(platemap)),
+    plate_map = _prefixed(load_platemap(platemap))
+    with _about(profiles):
+        df = _annotate(io.read_table(profiles), plate_map,
                    join_on=_split(join_on) or ["Metadata_well_position", "Metadata_Well"],
                    external_metadata=ext, external_join_left=[key] if key else None,
                    external_join_right=[key] if key else None)
@@ -355,7 +368,8 @@ def normalize(
 
     _setup_logging(quiet)
     io.check_output(output, float_format=float_format)
-    df = _normalize(io.read_table(profiles), features=_split(features) or "infer", image_features=image_features,
+    with _about(profiles):
+        df = _normalize(io.read_table(profiles), features=_split(features) or "infer", image_features=image_features,
                     samples=samples, sample_filter=_sample_filter(sample_filter), method=method,
                     mad_robustize_epsilon=mad_robustize_epsilon, spherize_method=spherize_method,
                     spherize_epsilon=spherize_epsilon, min_cells=min_cells)
@@ -386,7 +400,8 @@ def feature_select(
 
     _setup_logging(quiet)
     io.check_output(output, float_format=float_format)
-    df = _feature_select(io.read_table(profiles), features=_split(features) or "infer", image_features=image_features,
+    with _about(profiles):
+        df = _feature_select(io.read_table(profiles), features=_split(features) or "infer", image_features=image_features,
                          operations=_split(operations) or ["variance_threshold", "correlation_threshold", "drop_na_columns", "blocklist"],
                          variance_threshold_meaning=variance_threshold_meaning,  # type: ignore[arg-type]
                          na_cutoff=na_cutoff, corr_threshold=corr_threshold, freq_cut=freq_cut, unique_cut=unique_cut,
@@ -410,7 +425,8 @@ def consensus(
 
     _setup_logging(quiet)
     io.check_output(output, float_format=float_format)
-    df = _consensus(io.read_table(profiles), replicate_columns=_split(replicate_columns) or ["Metadata_Plate", "Metadata_Well"],
+    with _about(profiles):
+        df = _consensus(io.read_table(profiles), replicate_columns=_split(replicate_columns) or ["Metadata_Plate", "Metadata_Well"],
                     operation=operation)
     io.write_table(df, output, float_format=float_format)
     log.info("wrote %d consensus profiles to %s", len(df), output)

@@ -127,7 +127,8 @@ def _with_retries(action: Any, what: str, attempts: int = 4) -> Any:
             raise
         except Exception as exc:
             if attempt == attempts:
-                raise RemoteError(f"{what} failed after {attempts} attempts ({exc}); re-run to retry") from exc
+                raise RemoteError(f"{what} failed after {attempts} attempts ({exc}); check the address and "
+                                  "credentials, then re-run") from exc
             import time
 
             time.sleep(delay)
@@ -177,7 +178,12 @@ def exists(path: str | os.PathLike[str]) -> bool:
     if not is_remote(path):
         return Path(path).exists()
     fs, bare = filesystem(path)
-    return bool(fs.exists(bare))
+    try:
+        return bool(_with_retries(lambda: fs.exists(bare), f"checking {path}", attempts=2))
+    except RemoteError:
+        raise
+    except Exception as exc:  # pragma: no cover - network failures surface as RemoteError above
+        raise RemoteError(f"{path}: cannot reach the object store ({exc}); check --endpoint-url and credentials") from exc
 
 
 def infer_format(path: str | os.PathLike[str]) -> TableFormat:
