@@ -55,13 +55,16 @@ def _reduce(values: np.ndarray, operation: Operation) -> np.ndarray:
         warnings.simplefilter("ignore", RuntimeWarning)
         has_nan = np.isnan(values).any()
         if operation == "median":
-            return np.nanmedian(values, axis=0) if has_nan else np.median(values, axis=0)
+            # the well's rows are a copy made for this reduction: partition them in place
+            return np.nanmedian(values, axis=0, overwrite_input=True) if has_nan else np.median(values, axis=0, overwrite_input=True)
         return np.nanmean(values, axis=0) if has_nan else np.mean(values, axis=0)
 
 
 @dataclass
 class WellAggregator:
     """Accumulates one output row per well; rows come back sorted by strata.
+
+    Arrays handed to :meth:`add` are reduced in place (their rows may be reordered).
 
     ``image_columns`` are the bare Image table columns available; the categories
     pick which become ``Metadata_Count_*`` (summed) and ``Image_*`` (aggregated).

@@ -124,11 +124,13 @@ class _WellBuffer:
             for compartment, columns in compartments.items():
                 array = site.objects[compartment]
                 row_keys = site.row_keys[compartment]
+                # a contiguous run of columns is a view, not a copy
+                picked: Any = slice(columns[0], columns[-1] + 1) if columns and columns[-1] - columns[0] + 1 == len(columns) else columns
                 if len(set(image_keys)) == 1:
-                    selected = array[:, columns]
+                    selected = array[:, picked]
                 else:
                     mask = np.array([k == key for k in row_keys], dtype=bool)
-                    selected = array[mask][:, columns]
+                    selected = array[mask][:, picked]
                 per[compartment].append(selected)
 
     def done(self, keys: Sequence[tuple[str, ...]]) -> list[tuple[str, ...]]:
@@ -233,7 +235,8 @@ def collate_plate(
         names = [f"{compartment}_{n[len(table) + 1:]}" if n.startswith(f"{table}_") else n for n in names]
         feats = compartment_features(compartment, names)
         features[compartment] = feats
-        positions[compartment] = [names.index(f) for f in feats]
+        where = {n: i for i, n in enumerate(names)}
+        positions[compartment] = [where[f] for f in feats]
     buffer_positions = {chosen[c]: positions[c] for c in chosen}
     agg = WellAggregator(
         strata=list(strata),

@@ -335,8 +335,10 @@ def _read_objects(path: str, header: list[str], union: list[str]) -> tuple[np.nd
         except UnicodeDecodeError:
             raise _ObjectFileProblem(f"{base} is not UTF-8 text") from exc
         raise _ObjectFileProblem(f"{base}: unparseable number ({str(exc).splitlines()[0][:160]})") from exc
-    # every row has exactly len(header) - 1 separators unless one was cut short
-    if b'"' in raw or raw.count(b",") != (frame.height + 1) * (len(header) - 1):
+    # every data row has exactly len(header) - 1 separators unless one was cut short
+    newline = raw.find(b"\n")
+    body = raw[newline + 1 :] if newline >= 0 else b""
+    if b'"' in body or body.count(b",") != frame.height * (len(header) - 1):
         bad_line = ragged_line(raw, len(header))
         if bad_line is not None:
             raise _ObjectFileProblem(f"{base}: a row has the wrong number of fields at line {bad_line} (cut-off or corrupt row)")

@@ -89,7 +89,10 @@ class SynthResult:
 
 
 def _write_csv(table: pa.Table, path: str) -> None:
-    pacsv.write_csv(table, path, write_options=pacsv.WriteOptions(quoting_style="needed"))
+    # CellProfiler writes bare header names and values
+    with open(path, "wb") as fh:
+        fh.write((",".join(table.column_names) + "\n").encode())
+        pacsv.write_csv(table, fh, write_options=pacsv.WriteOptions(quoting_style="none", include_header=False))
 
 
 def synth(
