@@ -51,6 +51,8 @@ def _reduce(values: np.ndarray, operation: Operation) -> np.ndarray:
     """Column-wise median/mean skipping NaN; an all-NaN (or empty) column gives NaN."""
     if values.shape[0] == 0:
         return np.full(values.shape[1], np.nan)
+    if not values.flags.writeable:
+        values = values.copy()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         has_nan = np.isnan(values).any()
