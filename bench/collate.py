@@ -22,7 +22,7 @@ interleaved and repeated, and the best time is kept. Results go to the
 
 Usage::
 
-    python bench/collate.py            # full size (a few minutes)
+    python bench/collate.py            # full size (about 7 minutes)
     python bench/collate.py --quick    # small smoke run
 """
 
@@ -119,7 +119,7 @@ class Contender:
         return max(r.max_rss for r in self.runs)
 
 
-def measure(cmd: Sequence[str], log: Path, env: dict[str, str] | None = None) -> Run:
+def measure(cmd: Sequence[str | Path], log: Path, env: dict[str, str] | None = None) -> Run:
     """Run ``cmd``; wall time, and the peak RSS of it and its children, from ``wait4``."""
     with open(log, "ab") as out:
         out.write(f"\n$ {' '.join(map(str, cmd))}\n".encode())
@@ -154,10 +154,20 @@ def warm(paths: Sequence[Path]) -> None:
 # --------------------------------------------------------------------------- data
 
 
+def generator_version() -> str:
+    """Digest of the synthetic-data generator's source: a changed generator means new data."""
+    import hashlib
+    import inspect
+
+    import cytoprofile.synth
+
+    return hashlib.sha256(inspect.getsource(cytoprofile.synth).encode()).hexdigest()[:12]
+
+
 def generate(ws: Path, *, wells: int, sites: int, cells: int, features: int, well_subset: int | None = None) -> dict[str, Any]:
     """Synthesise one plate into ``ws`` unless a plate of the same shape is already there."""
     params = {"wells": wells, "sites": sites, "cells": cells, "features": features, "well_subset": well_subset,
-              "batch": BATCH, "plate": PLATE}
+              "batch": BATCH, "plate": PLATE, "generator": generator_version()}
     stamp = ws / "synth.json"
     if stamp.exists() and json.loads(stamp.read_text()).get("params") == params:
         return json.loads(stamp.read_text())
@@ -292,10 +302,12 @@ def _old_aggregate(db: str, out: str) -> None:
 def _substitute_ingest(source: str, db: str) -> None:
     """Per site: pandas reads each CSV, prefixes columns, adds the CRC32 TableNumber and appends with ``to_sql``."""
     import sqlite3
+    import warnings
     import zlib
 
     import pandas as pd
 
+    warnings.simplefilter("ignore")
     conn = sqlite3.connect(db)
     for site in sorted(p for p in Path(source).iterdir() if p.is_dir()):
         image = site / "Image.csv"

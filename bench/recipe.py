@@ -323,10 +323,10 @@ def compare(ours: Path, theirs: Path, plates: Sequence[str]) -> str:
     cols = [c for c in x.columns if not c.startswith("Metadata_") and c in set(y.columns)]
     diff, same_nonfinite = float("nan"), False
     if len(x) == len(y):
-        a, b = x[cols].to_numpy(float), y[cols].to_numpy(float)
-        finite = np.isfinite(a) & np.isfinite(b)
-        same_nonfinite = bool(np.array_equal(np.isfinite(a), np.isfinite(b)))
-        diff = float(np.max(np.abs(a[finite] - b[finite]))) if finite.any() else 0.0
+        xv, yv = x[cols].to_numpy(float), y[cols].to_numpy(float)
+        finite = np.isfinite(xv) & np.isfinite(yv)
+        same_nonfinite = bool(np.array_equal(np.isfinite(xv), np.isfinite(yv)))
+        diff = float(np.max(np.abs(xv[finite] - yv[finite]))) if finite.any() else 0.0
     lines.append(f"{plate}_normalized: {len(x)} vs {len(y)} rows, largest absolute difference {diff:.2g} "
                  f"(after %.5g rounding), non-finite cells {'identical' if same_nonfinite else 'DIFFER'}")
     return "; ".join(lines)

@@ -30,7 +30,20 @@ def test_gzip_is_byte_identical_across_runs_and_names(tmp_path: Path) -> None:
     io.write_table(_frame(), a, float_format="%.5g")
     io.write_table(_frame(), b, float_format="%.5g")
     assert a.read_bytes() == b.read_bytes()
-    assert gzip.decompress(a.read_bytes()).decode().splitlines()[1] == "P,A01,1.2346,3"
+    row = gzip.decompress(a.read_bytes()).decode().splitlines()[1].split(",")
+    assert row[:2] == ["P", "A01"] and [float(v) for v in row[2:]] == [1.2346, 3.0]
+
+
+@pytest.mark.parametrize("float_format", [None, "%.5g", "%.3g", "%.4f"])
+def test_fast_writer_reads_back_like_printf(tmp_path: Path, float_format: str | None) -> None:
+    rng = np.random.default_rng(1)
+    df = pd.DataFrame({"Metadata_Well": [f"A{i:02d}" for i in range(50)], "Metadata_Count": np.arange(50),
+                       "Cells_x": rng.normal(size=50) * 10.0 ** rng.integers(-8, 8, 50),
+                       "Cells_y": np.where(rng.random(50) < 0.2, np.nan, rng.normal(size=50))})
+    io.write_table(df, tmp_path / "fast.csv", float_format=float_format)
+    slow = tmp_path / "printf.csv"
+    df.to_csv(slow, index=False, float_format=float_format)
+    pd.testing.assert_frame_equal(io.read_table(tmp_path / "fast.csv"), pd.read_csv(slow), check_exact=True)
 
 
 def test_failed_write_leaves_nothing(tmp_path: Path) -> None:

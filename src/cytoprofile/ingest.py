@@ -14,6 +14,7 @@ import csv
 import os
 import re
 import zlib
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -166,7 +167,7 @@ def _scan_one(site_dir: str, strata: Sequence[str], plate: str) -> SiteScan:
         if not header or header == [""]:
             scan.quarantine(f"{os.path.basename(path)} has no header row", path)
             continue
-        dupes = sorted({c for c in header if header.count(c) > 1})
+        dupes = sorted(c for c, n in Counter(header).items() if n > 1)
         if dupes:
             scan.quarantine(f"{os.path.basename(path)} repeats column(s) {', '.join(dupes[:5])}", path)
             continue

@@ -12,6 +12,7 @@ import gzip
 import io as _io
 import json
 import os
+import re
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -41,6 +42,7 @@ __all__ = [
     "join",
     "ragged_line",
     "read_table",
+    "round_significant",
     "read_json",
     "write_table",
     "write_json",
@@ -336,10 +338,60 @@ def check_output(path: str | os.PathLike[str], *, float_format: str | None = Non
             raise ConfigError(f"float format {float_format!r} is not a printf-style number format (e.g. %.5g)") from exc
 
 
+_G_FORMAT = re.compile(r"^%\.(\d+)g$")
+
+
+def round_significant(values: np.ndarray, digits: int) -> np.ndarray:
+    """Round to ``digits`` significant digits, vectorised: the number ``%.{digits}g`` would print.
+
+    Scaling uses exact powers of ten (|exponent| ≤ 22); the rare values outside that
+    range are formatted one by one.
+    """
+    out = np.array(values, dtype=np.float64, copy=True)
+    finite = np.isfinite(out) & (out != 0)
+    if not finite.any():
+        return out
+    x = out[finite]
+    e = np.floor(np.log10(np.abs(x))).astype(np.int64) - (digits - 1)
+    exact = np.abs(e) <= 22
+    p = 10.0 ** np.abs(np.where(exact, e, 0))
+    r = np.where(e >= 0, np.round(x / p) * p, np.round(x * p) / p)
+    if not exact.all():
+        r[~exact] = [float(f"{v:.{digits}g}") for v in x[~exact]]
+    out[finite] = r
+    return out
+
+
 def _csv_bytes(df: pd.DataFrame, float_format: str | None, sep: str = ",") -> bytes:
-    buf = _io.StringIO()
-    df.to_csv(buf, index=False, float_format=float_format, sep=sep)
-    return buf.getvalue().encode("utf-8")
+    """CSV text of a per-well table; ``%.Ng`` rounding is vectorised and Polars writes the text.
+
+    Numbers read back are the same as with printf formatting; other formats, and tables
+    Polars cannot take, go through pandas.
+    """
+    match = _G_FORMAT.match(float_format) if float_format else None
+    if float_format is None or match:
+        try:
+            import polars as pl
+
+            floats = [c for c in df.columns if pd.api.types.is_float_dtype(df[c])]
+            if any(pd.api.types.is_bool_dtype(df[c]) for c in df.columns):
+                raise TypeError("booleans")
+            frame = pl.from_pandas(df)
+            if floats:
+                digits = int(match.group(1)) if match else None
+                frame = frame.with_columns([
+                    pl.Series(c, round_significant(df[c].to_numpy(dtype=np.float64), digits) if digits
+                              else df[c].to_numpy(dtype=np.float64)).fill_nan(None)
+                    for c in floats
+                ])
+            buf = _io.BytesIO()
+            frame.write_csv(buf, separator=sep, null_value="")
+            return buf.getvalue()
+        except Exception:  # noqa: BLE001 - anything Polars refuses is written by pandas instead
+            pass
+    text = _io.StringIO()
+    df.to_csv(text, index=False, float_format=float_format, sep=sep)
+    return text.getvalue().encode("utf-8")
 
 
 def write_table(
@@ -370,7 +422,7 @@ def write_table(
             pq.write_table(table, tmp)
         elif fmt == "csv.gz":
             data = _csv_bytes(df, float_format)
-            with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
+            with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) as gz:
                 gz.write(data)
         else:
             sep = "\t" if str(path).lower().endswith((".tsv", ".txt")) else ","
@@ -428,18 +480,12 @@ def write_gct(
     for meta in meta_features:
         values = ["" if v is None else str(v) for v in df[meta].tolist()]
         lines.append("\t".join([meta.replace("Metadata_", ""), "nan", *values]))
-    values_frame = df[features].T
-    for feature, row in zip(features, values_frame.itertuples(index=False, name=None)):
-        lines.append("\t".join([feature, feature, *(_gct_number(v) for v in row)]))
+    matrix = df[features].to_numpy(dtype=np.float64).T.tolist()  # repr(float) is what the reference writes
+    for feature, row in zip(features, matrix):
+        lines.append("\t".join([feature, feature, *map(repr, row)]))
     with atomic_open(path) as fh:
         fh.write("\n".join(lines) + "\n")
     return str(path)
-
-
-def _gct_number(value: Any) -> str:
-    if value is None or (isinstance(value, float) and value != value):
-        return "nan"
-    return repr(float(value)) if isinstance(value, float) else str(value)
 
 
 def csv2gz(src: str | os.PathLike[str], dest: str | os.PathLike[str] | None = None, *, float_format: str | None = "%.5g") -> str:
