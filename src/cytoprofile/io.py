@@ -270,7 +270,10 @@ def read_table(path: str | os.PathLike[str], *, sep: str | None = None) -> pd.Da
             raise InputError(f"{path}: empty file; re-create it")
         header = next(iter(raw[: raw.find(b"\n") if b"\n" in raw else len(raw)].decode("utf-8-sig").splitlines()), "")
         n_fields = len(next(iter(csv.reader([header], delimiter=sep))))
-        bad = ragged_line(raw, n_fields, sep=sep)
+        body = raw[raw.find(b"\n") + 1 :] if b"\n" in raw else b""
+        rows = body.count(b"\n") + (1 if body and not body.endswith(b"\n") else 0)
+        quick_ok = b'"' not in body and body.count(sep.encode()) == rows * (n_fields - 1)
+        bad = None if quick_ok else ragged_line(raw, n_fields, sep=sep)
         if bad is not None:
             raise InputError(f"{path}: line {bad} has a different number of fields than the header "
                              "(cut-off or corrupt file); re-create it")
@@ -373,17 +376,24 @@ def _csv_bytes(df: pd.DataFrame, float_format: str | None, sep: str = ",") -> by
         try:
             import polars as pl
 
-            floats = [c for c in df.columns if pd.api.types.is_float_dtype(df[c])]
-            if any(pd.api.types.is_bool_dtype(df[c]) for c in df.columns):
+            kinds = df.dtypes
+            if any(pd.api.types.is_bool_dtype(k) for k in kinds):
                 raise TypeError("booleans")
-            frame = pl.from_pandas(df)
+            is_float = [pd.api.types.is_float_dtype(k) for k in kinds]
+            floats = [c for c, f in zip(df.columns, is_float) if f]
+            others = [c for c, f in zip(df.columns, is_float) if not f]
+            parts = []
+            if others:
+                parts.append(pl.from_pandas(df[others]))
             if floats:
-                digits = int(match.group(1)) if match else None
-                frame = frame.with_columns([
-                    pl.Series(c, round_significant(df[c].to_numpy(dtype=np.float64), digits) if digits
-                              else df[c].to_numpy(dtype=np.float64)).fill_nan(None)
-                    for c in floats
-                ])
+                block = df[floats].to_numpy(dtype=np.float64)
+                if match:
+                    block = round_significant(block, int(match.group(1)))
+                numbers = pl.from_numpy(block, schema=[f"_{i}" for i in range(len(floats))], orient="row")
+                numbers = numbers.fill_nan(None)
+                numbers.columns = floats
+                parts.append(numbers)
+            frame = pl.concat(parts, how="horizontal").select(list(df.columns))
             buf = _io.BytesIO()
             frame.write_csv(buf, separator=sep, null_value="")
             return buf.getvalue()
@@ -422,7 +432,7 @@ def write_table(
             pq.write_table(table, tmp)
         elif fmt == "csv.gz":
             data = _csv_bytes(df, float_format)
-            with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) as gz:
+            with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=3) as gz:
                 gz.write(data)
         else:
             sep = "\t" if str(path).lower().endswith((".tsv", ".txt")) else ","
