@@ -54,6 +54,7 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and
 ProfileOpt = Annotated[str | None, typer.Option(help="AWS profile for S3 URLs (default: the standard credential chain).")]
 EndpointOpt = Annotated[str | None, typer.Option(help="S3-compatible endpoint URL (e.g. a local or non-AWS server).")]
 NoSignOpt = Annotated[bool, typer.Option(help="Anonymous access to public buckets (e.g. the Cell Painting Gallery).")]
+TmpDirOpt = Annotated[str | None, typer.Option(help="Scratch folder for downloads and temporary files.")]
 
 
 def _storage(profile: str | None, endpoint_url: str | None, no_sign_request: bool) -> None:
@@ -206,7 +207,7 @@ def collate(
     strict: Annotated[bool, typer.Option(help="Fail a plate that has any quarantined site.")] = False,
     jobs: Annotated[int, typer.Option(help="Plates in parallel on this machine.")] = 1,
     scheduler: Annotated[str | None, typer.Option(help="Dask scheduler address: run plates on that cluster.")] = None,
-    tmp_dir: Annotated[str | None, typer.Option(help="Scratch folder for downloads and temporary files.")] = None,
+    tmp_dir: TmpDirOpt = None,
     remote: Annotated[str | None, typer.Option(help="Also upload each finished plate to this URL (e.g. s3://bucket/project/workspace).")] = None,
     profile: ProfileOpt = None,
     endpoint_url: EndpointOpt = None,
@@ -499,7 +500,7 @@ def run(
     force: Annotated[bool, typer.Option(help="Redo steps whose outputs are current.")] = False,
     jobs: Annotated[int | None, typer.Option(help="Plates in parallel on this machine.")] = None,
     scheduler: Annotated[str | None, typer.Option(help="Dask scheduler address.")] = None,
-    tmp_dir: Annotated[str | None, typer.Option(help="Scratch folder for downloads (remote workspaces).")] = None,
+    tmp_dir: TmpDirOpt = None,
     profile: ProfileOpt = None,
     endpoint_url: EndpointOpt = None,
     no_sign_request: NoSignOpt = False,
@@ -525,7 +526,7 @@ def qc(
     plates: Annotated[list[str], typer.Argument(help="Plates.")],
     level: Annotated[str | None, typer.Option(help="Feature-selection level to read: plate, batch or all.")] = None,
     replicate_column: Annotated[str | None, typer.Option(help="Column naming the treatment.")] = None,
-    tmp_dir: Annotated[str | None, typer.Option(help="Scratch folder for downloads (remote workspaces).")] = None,
+    tmp_dir: TmpDirOpt = None,
     profile: ProfileOpt = None,
     endpoint_url: EndpointOpt = None,
     no_sign_request: NoSignOpt = False,
