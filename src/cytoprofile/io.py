@@ -365,7 +365,7 @@ def round_significant(values: np.ndarray, digits: int) -> np.ndarray:
     return out
 
 
-def _csv_bytes(df: pd.DataFrame, float_format: str | None, sep: str = ",") -> bytes:
+def _write_csv(df: pd.DataFrame, fh: IO[bytes], float_format: str | None, sep: str = ",") -> None:
     """CSV text of a per-well table; ``%.Ng`` rounding is vectorised and Polars writes the text.
 
     Numbers read back are the same as with printf formatting; other formats, and tables
@@ -394,14 +394,14 @@ def _csv_bytes(df: pd.DataFrame, float_format: str | None, sep: str = ",") -> by
                 numbers.columns = floats
                 parts.append(numbers)
             frame = pl.concat(parts, how="horizontal").select(list(df.columns))
-            buf = _io.BytesIO()
-            frame.write_csv(buf, separator=sep, null_value="")
-            return buf.getvalue()
+            frame.write_csv(fh, separator=sep, null_value="")
+            return
         except Exception:  # noqa: BLE001 - anything Polars refuses is written by pandas instead
             pass
-    text = _io.StringIO()
+    text = _io.TextIOWrapper(fh, encoding="utf-8", newline="", write_through=True)
     df.to_csv(text, index=False, float_format=float_format, sep=sep)
-    return text.getvalue().encode("utf-8")
+    text.flush()
+    text.detach()
 
 
 def write_table(
@@ -431,13 +431,13 @@ def write_table(
                 table = table.replace_schema_metadata(meta)
             pq.write_table(table, tmp)
         elif fmt == "csv.gz":
-            data = _csv_bytes(df, float_format)
+            # streamed into the compressor: the whole text is never held in memory
             with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=3) as gz:
-                gz.write(data)
+                _write_csv(df, gz, float_format)  # type: ignore[arg-type]
         else:
             sep = "\t" if str(path).lower().endswith((".tsv", ".txt")) else ","
             with open(tmp, "wb") as fh:
-                fh.write(_csv_bytes(df, float_format, sep=sep))
+                _write_csv(df, fh, float_format, sep=sep)
     return str(path)
 
 
@@ -485,16 +485,16 @@ def write_gct(
         raise InputError(f"feature column(s) {', '.join(text[:3])} are not numeric; a GCT holds numbers only")
     n_samples = len(df)
     sample_ids = [f"SAMPLE_{i}" for i in range(n_samples)]
-    lines = ["#1.3", f"{len(features)}\t{n_samples}\t1\t{len(meta_features)}"]
-    lines.append("\t".join(["id", feature_name, *sample_ids]))
-    for meta in meta_features:
-        values = ["" if v is None else str(v) for v in df[meta].tolist()]
-        lines.append("\t".join([meta.replace("Metadata_", ""), "nan", *values]))
-    matrix = df[features].to_numpy(dtype=np.float64).T.tolist()  # repr(float) is what the reference writes
-    for feature, row in zip(features, matrix):
-        lines.append("\t".join([feature, feature, *map(repr, row)]))
-    with atomic_open(path) as fh:
-        fh.write("\n".join(lines) + "\n")
+    with atomic_open(path) as fh:  # line by line: a batch GCT can be hundreds of MB of text
+        fh.write("#1.3\n")
+        fh.write(f"{len(features)}\t{n_samples}\t1\t{len(meta_features)}\n")
+        fh.write("\t".join(["id", feature_name, *sample_ids]) + "\n")
+        for meta in meta_features:
+            values = ["" if v is None else str(v) for v in df[meta].tolist()]
+            fh.write("\t".join([meta.replace("Metadata_", ""), "nan", *values]) + "\n")
+        block = df[features].to_numpy(dtype=np.float64)
+        for j, feature in enumerate(features):  # repr(float) is what the reference writes
+            fh.write("\t".join([feature, feature, *map(repr, block[:, j].tolist())]) + "\n")
     return str(path)
 
 
