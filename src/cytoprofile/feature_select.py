@@ -183,6 +183,20 @@ def select_samples(
 
 
 def _frequency_excluded(x: np.ndarray, freq_cut: float, unique_cut: float) -> np.ndarray:
+    """Mask of features failing the frequency filter, a block of columns at a time.
+
+    The run-length bookkeeping needs several integer arrays per value; blocks keep
+    that to a few times one block instead of many times the whole matrix.
+    """
+    d = x.shape[1]
+    step = max(1, (1 << 21) // max(1, x.shape[0]))  # about 2M values a block
+    if d <= step:
+        return _frequency_excluded_block(x, freq_cut, unique_cut)
+    return np.concatenate([_frequency_excluded_block(x[:, i : i + step], freq_cut, unique_cut)
+                           for i in range(0, d, step)])
+
+
+def _frequency_excluded_block(x: np.ndarray, freq_cut: float, unique_cut: float) -> np.ndarray:
     """Mask of features failing the frequency filter (vectorised over columns).
 
     A feature fails when (count of its second most common value) / (count of its most
@@ -256,11 +270,14 @@ def _quiet() -> Iterator[None]:
 
 def _pairwise_pearson_nan(x: np.ndarray) -> np.ndarray:
     """Pearson correlation over pairwise-complete rows (vectorised with matmuls)."""
-    m = (~np.isnan(x)).astype(np.float64)
+    missing = np.isnan(x)
+    m = (~missing).astype(np.float64)
     with _quiet():
         centre = np.nanmean(x, axis=0)
     centre = np.where(np.isnan(centre), 0.0, centre)
-    xc = np.where(m > 0, x - centre, 0.0)
+    xc = x - centre  # then zero the missing cells in place: one full-size temporary, not three
+    xc[missing] = 0.0
+    del missing
     xc2 = xc * xc
     d = x.shape[1]
     out = np.empty((d, d))
