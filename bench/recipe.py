@@ -36,19 +36,26 @@ import datetime as dt
 import json
 import os
 import platform
-import re
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from _common import (
+    RESULTS,
+    Contender,
+    cytoprofile_bin,
+    mb,
+    measure,
+    source_state,
+    write_section,
+)
+
 BENCH = Path(__file__).resolve().parent
 WORK = BENCH / "work"
-RESULTS = BENCH / "RESULTS.md"
 BATCH = "BATCH1"
 PLATEMAP = "PM-01"
 COMPARTMENTS = ("Cells", "Cytoplasm", "Nuclei")
@@ -75,55 +82,6 @@ QUICK = Sizes(plates=3, wells=384, features_per_compartment=100, repeats=1)
 
 
 # --------------------------------------------------------------------------- measuring
-
-
-@dataclass
-class Run:
-    """One subprocess run: wall seconds and peak resident memory (bytes)."""
-
-    seconds: float
-    max_rss: int
-
-
-@dataclass
-class Contender:
-    """Runs of one contender."""
-
-    name: str
-    runs: list[Run] = field(default_factory=list)
-
-    @property
-    def best(self) -> float:
-        """Fastest run, seconds."""
-        return min(r.seconds for r in self.runs)
-
-    @property
-    def peak(self) -> int:
-        """Largest peak RSS over the runs, bytes."""
-        return max(r.max_rss for r in self.runs)
-
-
-def measure(cmd: Sequence[str | Path], log: Path) -> Run:
-    """Run ``cmd``; wall time, and the peak RSS of it and its children, from ``wait4``."""
-    with open(log, "ab") as out:
-        out.write(f"\n$ {' '.join(map(str, cmd))}\n".encode())
-        out.flush()
-        start = time.perf_counter()
-        proc = subprocess.Popen([str(c) for c in cmd], stdout=out, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
-        seconds = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        tail = log.read_text(errors="replace").splitlines()[-15:]
-        raise RuntimeError(f"{' '.join(map(str, cmd))} failed ({proc.returncode}); see {log}:\n" + "\n".join(tail))
-    scale = 1 if sys.platform == "darwin" else 1024  # Linux reports KiB
-    return Run(seconds, int(usage.ru_maxrss) * scale)
-
-
-def cytoprofile_bin() -> str:
-    """The ``cytoprofile`` command of the running interpreter's environment."""
-    here = Path(sys.executable).parent / "cytoprofile"
-    return str(here) if here.exists() else shutil.which("cytoprofile") or "cytoprofile"
 
 
 # --------------------------------------------------------------------------- data
@@ -335,21 +293,6 @@ def compare(ours: Path, theirs: Path, plates: Sequence[str]) -> str:
 # --------------------------------------------------------------------------- report
 
 
-def mb(n: float) -> str:
-    """Bytes as MB (10^6)."""
-    return f"{n / 1e6:,.0f} MB"
-
-
-def source_state() -> str:
-    """The commit under test, marked ``+local changes`` when the work tree differs from it."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=BENCH, check=True, capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], cwd=BENCH.parent, check=True, capture_output=True, text=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown commit"
-    return f"commit {head}" + (" + local changes under src/" if dirty else "")
-
-
 def machine() -> dict[str, str]:
     """This machine and the versions under test."""
     import importlib.metadata as md
@@ -365,16 +308,6 @@ def machine() -> dict[str, str]:
             "python": platform.python_version(), "cytoprofile": cytoprofile.__version__, "pyarrow": pyarrow.__version__,
             "pandas": pandas.__version__, "pycytominer": md.version("pycytominer"), "numpy": md.version("numpy"),
             "scikit-learn": md.version("scikit-learn")}
-
-
-def write_section(name: str, body: str) -> None:
-    """Replace the ``<!-- name -->`` … ``<!-- /name -->`` section of RESULTS.md, keeping the rest."""
-    start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\nWritten by `bench/collate.py` and `bench/recipe.py`; each replaces only its own section.\n"
-    block = f"{start}\n{body.strip()}\n{end}"
-    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
-    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
-    RESULTS.write_text(text)
 
 
 def report(args: argparse.Namespace, sizes: Sizes, info: dict[str, Any], ours: Contender, theirs: Contender, agreement: str,

@@ -15,15 +15,15 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import shutil
 import sys
 import time
 from pathlib import Path
 
+from _common import RESULTS, write_section
+
 HERE = Path(__file__).resolve().parent
 WORK = HERE / "work" / "scale"
-RESULTS = HERE / "RESULTS.md"
 SECTION = "scale"
 
 JUMP_PLATES = 2_000
@@ -65,14 +65,6 @@ def _jump_site_cost(quick: bool) -> tuple[float, int]:
         collate_plate(ws, "B", "J", backend=("sqlite",), overwrite=True, threads=1)
         best = min(best, time.perf_counter() - start)
     return best / (wells * sites), wells * sites
-
-
-def _write_section(text: str) -> None:
-    old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    block = f"<!-- {SECTION} -->\n{text.rstrip()}\n<!-- /{SECTION} -->"
-    pattern = re.compile(rf"<!-- {SECTION} -->.*?<!-- /{SECTION} -->", re.S)
-    new = pattern.sub(lambda _m: block, old) if pattern.search(old) else old.rstrip() + "\n\n" + block + "\n"
-    RESULTS.write_text(new)
 
 
 def main() -> None:
@@ -142,7 +134,7 @@ def main() -> None:
         "excludes storage and transfer. The old path spent about 3 s per site at JUMP width on this",
         "machine (bench/collate.py), i.e. several times more machine-hours for the same batch.",
     ]
-    _write_section("\n".join(lines))
+    write_section(SECTION, "\n".join(lines))
     print(f"wrote {RESULTS}")
 
 

@@ -13,8 +13,7 @@ import os
 import re
 import sqlite3
 import uuid
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -252,14 +251,6 @@ def _unify_images(images: Sequence[pa.Table], columns: Sequence[str]) -> pa.Tabl
     return pa.table(arrays, names=list(columns))
 
 
-@dataclass
-class BackendTable:
-    """Column names of one backend table and how they map to the canonical names."""
-
-    name: str
-    columns: list[str]
-
-
 class BackendReader:
     """Reads an existing backend, SQLite (both old generations) or Parquet, well by well."""
 
@@ -276,6 +267,8 @@ class BackendReader:
                 raise InputError(f"{self.path}: not an SQLite database ({exc})") from exc
             self.tables = {n: [r[1] for r in self.conn.execute(f"PRAGMA table_info({quote(n)})")] for n in names}
         else:
+            if not Path(self.path).exists():
+                raise InputError(f"{self.path}: backend not found; run `cytoprofile collate --backend parquet` first")
             self.prefix = self.path[: -len("_Image.parquet")] if self.path.endswith("_Image.parquet") else self.path
             self.tables = {}
             parent = Path(self.prefix).parent
@@ -356,9 +349,3 @@ def _as_float(rows: list[tuple[Any, ...]], table: str, columns: Sequence[str]) -
 def open_backend(path: str | os.PathLike[str]) -> BackendReader:
     """Open a backend for reading."""
     return BackendReader(path)
-
-
-def iter_chunks(seq: Sequence[object], size: int) -> Iterator[Sequence[object]]:
-    """Consecutive slices of ``seq`` of at most ``size`` items."""
-    for start in range(0, len(seq), size):
-        yield seq[start : start + size]

@@ -442,8 +442,9 @@ def write_gct(
     from . import io
     from .feature_select import infer_features
 
-    df = io.read_table(profiles)
-    io.write_gct(df, output, features=infer_features(df), meta_features=[c for c in df.columns if c.startswith("Metadata_")])
+    with _about(profiles):
+        df = io.read_table(profiles)
+        io.write_gct(df, output, features=infer_features(df), meta_features=[c for c in df.columns if c.startswith("Metadata_")])
     typer.echo(output)
 
 

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import pandas as pd
 
 from . import __version__, io, workspace
 from .aggregate import (
@@ -542,8 +541,3 @@ def _collate_task(ws: str, batch: str, plate: str, options: dict[str, Any], prog
         return collate_plate(ws, batch, plate, progress=progress, **options)
     except CytoprofileError as exc:
         return PlateResult(batch, plate, "failed", str(exc))
-
-
-def profiles_frame(result: PlateResult) -> pd.DataFrame:
-    """Read back a finished plate's per-well profiles."""
-    return io.read_table(result.outputs["profiles"])

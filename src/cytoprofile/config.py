@@ -33,6 +33,8 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from .errors import ConfigError
+from .feature_select import OPERATIONS as _fs_operations
+from .normalize import METHODS as _normalize_methods
 
 __all__ = [
     "INIT_DIRS",
@@ -78,16 +80,9 @@ INIT_DIRS: tuple[str, ...] = (
     "single_cell",
 )
 
-FEATURE_SELECT_OPERATIONS: tuple[str, ...] = (
-    "variance_threshold",
-    "frequency_threshold",
-    "correlation_threshold",
-    "drop_na_columns",
-    "blocklist",
-    "drop_outliers",
-    "noise_removal",
-)
-NORMALIZE_METHODS: tuple[str, ...] = ("standardize", "robustize", "mad_robustize", "spherize")
+# the step modules own their vocabularies; the schema checks names against them
+FEATURE_SELECT_OPERATIONS: tuple[str, ...] = _fs_operations
+NORMALIZE_METHODS: tuple[str, ...] = _normalize_methods
 LEVELS: tuple[str, ...] = ("plate", "batch", "all")
 _AGGREGATE_METHODS = ("median", "mean")
 _SPHERIZE_METHODS = ("PCA", "ZCA", "PCA-cor", "ZCA-cor")
@@ -217,21 +212,13 @@ def _str_list(value: Any) -> Any:
 _Name = Annotated[str, BeforeValidator(_check_name)]
 _Features = Annotated[Literal["infer"] | list[str], BeforeValidator(_check_features)]
 _Fields = Annotated[Literal["all"] | list[int], BeforeValidator(_check_fields)]
-_OperationName = Literal[
-    "variance_threshold",
-    "frequency_threshold",
-    "correlation_threshold",
-    "drop_na_columns",
-    "blocklist",
-    "drop_outliers",
-    "noise_removal",
-]
+_OperationName = str
 _Operation = Annotated[
     _OperationName,
     _choice("a feature-selection operation", FEATURE_SELECT_OPERATIONS),
 ]
 _NormalizeMethod = Annotated[
-    Literal["standardize", "robustize", "mad_robustize", "spherize"],
+    str,
     _choice("a normalization method", NORMALIZE_METHODS),
 ]
 _Level = Annotated[Literal["plate", "batch", "all"], _choice("a feature-selection level", LEVELS)]

@@ -15,7 +15,7 @@ import os
 import re
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -251,7 +251,8 @@ def _parse_problem(path: str, n_fields: int, exc: Exception) -> str:
     base = os.path.basename(path)
     text = str(exc)
     if "Expected" in text and "columns" in text:
-        line = _firstragged_line(path, n_fields)
+        with open(path, "rb") as fh:
+            line = ragged_line(fh.read(), n_fields)
         where = f" at line {line}" if line else ""
         return f"{base}: a row has the wrong number of fields{where} (cut-off or corrupt row: {text.splitlines()[0][:120]})"
     if "conversion error" in text or "invalid value" in text:
@@ -261,14 +262,6 @@ def _parse_problem(path: str, n_fields: int, exc: Exception) -> str:
     if "UTF8" in text or "utf-8" in text.lower():
         return f"{base} is not UTF-8 text"
     return f"{base} cannot be parsed as CSV ({text.splitlines()[0][:160]})"
-
-
-def _firstragged_line(path: str, n_fields: int) -> int | None:
-    with open(path, encoding="utf-8", errors="replace", newline="") as fh:
-        for number, row in enumerate(csv.reader(fh), start=1):
-            if len(row) != n_fields:
-                return number
-    return None
 
 
 def scan_sites(
@@ -450,5 +443,3 @@ def image_numeric(image: pa.Table, columns: Sequence[str]) -> np.ndarray:
             out[:, i] = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
     return out
 
-
-ProgressCallback = Callable[[str, int, int], None]

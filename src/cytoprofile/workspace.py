@@ -11,13 +11,7 @@ __all__ = [
     "analysis_dir",
     "backend_dir",
     "backend_files",
-    "list_dirs",
-    "load_data_path",
     "platemap_dir",
-    "external_metadata_path",
-    "profiles_dir",
-    "gct_dir",
-    "qc_dir",
     "publish",
     "stage",
 ]
@@ -46,49 +40,9 @@ def backend_files(workspace: PathLike, batch: str, plate: str, *, profile_format
     }
 
 
-def load_data_path(workspace: PathLike, batch: str, plate: str) -> str | None:
-    """``load_data_csv/BATCH/PLATE/load_data.csv(.gz)``, whichever exists."""
-    for name in ("load_data.csv.gz", "load_data.csv"):
-        path = io.join(workspace, "load_data_csv", batch, plate, name)
-        if io.exists(path):
-            return path
-    return None
-
-
 def platemap_dir(workspace: PathLike, batch: str) -> str:
     """``metadata/platemaps/BATCH``: barcode_platemap.csv and platemap/*.txt."""
     return io.join(workspace, "metadata", "platemaps", batch)
-
-
-def external_metadata_path(workspace: PathLike, name: str = "external_metadata.tsv") -> str:
-    """``metadata/external_metadata/NAME``."""
-    return io.join(workspace, "metadata", "external_metadata", name)
-
-
-def profiles_dir(root: PathLike, batch: str, plate: str) -> str:
-    """``profiles/BATCH/PLATE`` under a profiling repository."""
-    return io.join(root, "profiles", batch, plate)
-
-
-def gct_dir(root: PathLike, batch: str) -> str:
-    """``gct/BATCH``."""
-    return io.join(root, "gct", batch)
-
-
-def qc_dir(root: PathLike) -> str:
-    """``quality_control``."""
-    return io.join(root, "quality_control")
-
-
-def list_dirs(path: PathLike) -> list[str]:
-    """Immediate subfolders of ``path``, sorted by name (local or URL)."""
-    if io.is_remote(path):
-        fs, bare = io.filesystem(path)
-        entries = fs.ls(bare, detail=True)
-        prefix = str(path).split("://", 1)[0] + "://"
-        return sorted(prefix + e["name"] for e in entries if e["type"] == "directory")
-    with os.scandir(path) as it:
-        return sorted(str(e.path) for e in it if e.is_dir())
 
 
 def stage(

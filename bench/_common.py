@@ -1,0 +1,117 @@
+"""Shared by the benchmark scripts: timing subprocesses, and writing bench/RESULTS.md.
+
+Each script owns one marked section of RESULTS.md and replaces only that section.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+RESULTS = BENCH / "RESULTS.md"
+_HEADER = ("# Benchmark results\n\nWritten by `bench/collate.py`, `bench/recipe.py` and `bench/scale.py`; each "
+           "replaces only its own section. Ratios are always measured within one run (this machine is shared and noisy).\n")
+
+
+@dataclass
+class Run:
+    """One subprocess run: wall seconds and peak resident memory (bytes)."""
+
+    seconds: float
+    max_rss: int
+
+
+@dataclass
+class Contender:
+    """Runs of one contender; a run may be several steps (the old path), timed apart."""
+
+    name: str
+    runs: list[Run] = field(default_factory=list)
+    steps: dict[str, list[float]] = field(default_factory=dict)
+
+    @property
+    def best(self) -> float:
+        """Fastest run, seconds."""
+        return min(r.seconds for r in self.runs)
+
+    @property
+    def peak(self) -> int:
+        """Largest peak RSS over the runs, bytes."""
+        return max(r.max_rss for r in self.runs)
+
+
+def measure(cmd: Sequence[str | Path], log: Path, env: dict[str, str] | None = None) -> Run:
+    """Run ``cmd``; wall time, and the peak RSS of it and its children, from ``wait4``."""
+    with open(log, "ab") as out:
+        out.write(f"\n$ {' '.join(map(str, cmd))}\n".encode())
+        out.flush()
+        start = time.perf_counter()
+        proc = subprocess.Popen([str(c) for c in cmd], stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, **(env or {})})
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        tail = log.read_text(errors="replace").splitlines()[-15:]
+        raise RuntimeError(f"{' '.join(map(str, cmd))} failed ({proc.returncode}); see {log}:\n" + "\n".join(tail))
+    scale = 1 if sys.platform == "darwin" else 1024  # Linux reports KiB
+    return Run(seconds, int(usage.ru_maxrss) * scale)
+
+
+def cytoprofile_bin() -> str:
+    """The ``cytoprofile`` command of the running interpreter's environment."""
+    here = Path(sys.executable).parent / "cytoprofile"
+    return str(here) if here.exists() else shutil.which("cytoprofile") or "cytoprofile"
+
+
+
+def mb(n: float) -> str:
+    """Bytes as MB (10^6)."""
+    return f"{n / 1e6:,.0f} MB"
+
+
+def verdict_at_least(actual: float, target: float) -> str:
+    """'met' or 'missed by X' for a ≥ target."""
+    if actual >= target:
+        return f"**met** ({actual:.1f}× ≥ {target:g}×)"
+    return f"**missed** ({actual:.1f}× < {target:g}×; needs {target / actual:.2f}× more speed)"
+
+
+def verdict_at_most(actual: float, target: float) -> str:
+    """'met' or 'missed by X' for a ≤ target."""
+    if actual <= target:
+        return f"**met** ({actual:.2f}× ≤ {target:g}×)"
+    return f"**missed** ({actual:.2f}× > {target:g}×; {actual / target:.2f}× over)"
+
+
+def runs_text(c: Contender) -> str:
+    """Every run's seconds, to show the noise."""
+    return ", ".join(f"{r.seconds:.2f}" for r in c.runs)
+
+
+def source_state() -> str:
+    """The commit under test, marked ``+local changes`` when the work tree differs from it."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=BENCH, check=True, capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], cwd=BENCH.parent, check=True, capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown commit"
+    return f"commit {head}" + (" + local changes under src/" if dirty else "")
+
+
+def write_section(name: str, body: str) -> None:
+    """Replace the ``<!-- name -->`` … ``<!-- /name -->`` section of RESULTS.md, keeping the rest."""
+    start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
+    text = RESULTS.read_text() if RESULTS.exists() else _HEADER
+    block = f"{start}\n{body.strip()}\n{end}"
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    RESULTS.write_text(text)
