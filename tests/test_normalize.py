@@ -104,23 +104,34 @@ def test_spherize_matches_reference(spherize_method: str, center: bool) -> None:
         assert list(ours.columns[-3:]) == ["PC38", "PC39", "PC40"]
 
 
-@pytest.mark.parametrize("spherize_method", ["PCA", "ZCA", "PCA-cor", "ZCA-cor"])
-def test_spherize_fewer_rows_than_features(spherize_method: str) -> None:
-    # 32 negcon wells, 60 features: rank 31. Beyond the rank, PCA components are an
-    # arbitrary orthonormal basis of the null space (whatever LAPACK returns), so
-    # there we compare the length of that part of each row, which is basis-free.
-    df = make_profiles(nan=False, degenerate=False)
-    kwargs = dict(method="spherize", spherize_method=spherize_method, samples=NEGCON)
-    ours, ref = normalize(df, **kwargs), reference(df, **kwargs)  # type: ignore[arg-type]
-    assert list(ours.columns) == list(ref.columns)
-    a, b = ours.iloc[:, 5:].to_numpy(), ref.iloc[:, 5:].to_numpy()
-    if spherize_method.startswith("PCA"):
-        assert_allclose(a[:, :31], b[:, :31], rtol=1e-6, atol=1e-8)
-        assert_allclose(
-            np.linalg.norm(a[:, 31:], axis=1), np.linalg.norm(b[:, 31:], axis=1), rtol=1e-6, atol=1e-9
-        )
-    else:
-        assert_allclose(a, b, rtol=1e-6, atol=1e-8)
+@pytest.mark.parametrize(
+    ("spherize_method", "center"),
+    [("PCA", True), ("PCA", False), ("ZCA", True), ("ZCA", False), ("PCA-cor", True), ("ZCA-cor", True)],
+)
+@pytest.mark.parametrize(("n_features", "samples"), [(60, NEGCON), (32, NEGCON), (200, "all")])
+def test_spherize_no_more_rows_than_features_is_an_error(
+    spherize_method: str, center: bool, n_features: int, samples: str
+) -> None:
+    # Our choice (listed under differences): with n fit rows <= d features the
+    # covariance is singular; the reference returns values it could not whiten.
+    df = make_profiles(n_features=n_features, nan=False, degenerate=False)
+    n = 32 if samples == NEGCON else len(df)
+    kwargs = dict(method="spherize", spherize_method=spherize_method, spherize_center=center, samples=samples)
+    ref = reference(df, **kwargs)  # the reference "succeeds"
+    assert ref.shape[0] == len(df)
+    with pytest.raises(InputError, match=f"more fit rows than features, got {n} rows for {n_features}"):
+        normalize(df, **kwargs)  # type: ignore[arg-type]
+
+
+def test_spherize_one_more_row_than_features_whitens() -> None:
+    # 32 negcon wells, 31 features: the smallest fit that can be whitened
+    df = make_profiles(n_features=31, nan=False, degenerate=False)
+    kwargs = dict(method="spherize", spherize_method="ZCA", samples=NEGCON, spherize_epsilon=0)
+    out = normalize(df, **kwargs)  # type: ignore[arg-type]
+    fit = out[out["Metadata_control_type"] == "negcon"].iloc[:, 5:].to_numpy()
+    assert fit.shape == (32, 31)
+    assert_allclose(np.cov(fit, rowvar=False), np.eye(31), atol=1e-7)
+    assert_same(out, reference(df, **kwargs))
 
 
 def test_spherize_whitens_the_fit_rows() -> None:
@@ -295,3 +306,112 @@ def test_row_order_invariance(seed: int, method: str) -> None:
     a = normalize(df, method=method, samples=NEGCON).loc[shuffled.index]
     b = normalize(shuffled, method=method, samples=NEGCON)
     assert_allclose(a.iloc[:, 5:].to_numpy(), b.iloc[:, 5:].to_numpy(), rtol=1e-7, atol=1e-9)
+
+
+def _with_extra_compartments(df: pd.DataFrame) -> pd.DataFrame:
+    """Profiles with features of non-canonical object tables (as collate aggregates them)."""
+    rng = np.random.default_rng(7)
+    extra = {
+        "Speckles_AreaShape_Area": rng.normal(10, 2, len(df)),
+        "Speckles_Intensity_MeanIntensity_DNA": rng.normal(0.3, 0.05, len(df)),
+        "Cells_Cellpose3_AreaShape_Area": rng.normal(900, 50, len(df)),
+        "PreNuclei_Cellpose3_AreaShape_Area": rng.normal(300, 20, len(df)),
+    }
+    return pd.concat([df, pd.DataFrame(extra, index=df.index)], axis="columns")
+
+
+@pytest.mark.parametrize("method", ["standardize", "robustize", "mad_robustize"])
+@pytest.mark.parametrize(
+    "compartments",
+    [["Cells", "Cytoplasm", "Nuclei", "Speckles", "PreNuclei"],
+     ["cells", "cytoplasm", "nuclei", "speckles", "PreNuclei_Cellpose3"]],
+)
+def test_extra_compartments_carry_through(method: str, compartments: list[str]) -> None:
+    df = _with_extra_compartments(make_profiles(n_features=12))
+    accounts: list[object] = []
+    ours = normalize(df, method=method, compartments=compartments, on_account=accounts.append)
+    features = [c for c in df.columns if not c.startswith("Metadata_")]
+    assert [c for c in ours.columns if not c.startswith("Metadata_")] == features
+    assert_same(ours, reference(df, method=method, features=features))
+    (account,) = accounts
+    assert account.features_in == account.features_out == tuple(features)  # type: ignore[attr-defined]
+    assert account.dropped == {}  # type: ignore[attr-defined]
+
+
+def test_columns_outside_the_compartments_are_named(caplog: pytest.LogCaptureFixture) -> None:
+    df = _with_extra_compartments(make_profiles(n_features=6))
+    accounts: list[object] = []
+    with caplog.at_level("INFO", logger="cytoprofile"):
+        out = normalize(df, on_account=accounts.append)
+    assert "Speckles_AreaShape_Area" not in out.columns  # default compartments, as the reference
+    dropped = accounts[0].dropped  # type: ignore[attr-defined]
+    assert dropped == dict.fromkeys(
+        ["Speckles_AreaShape_Area", "Speckles_Intensity_MeanIntensity_DNA", "PreNuclei_Cellpose3_AreaShape_Area"],
+        "not_a_feature",
+    )
+    assert "Cells_Cellpose3_AreaShape_Area" in out.columns  # starts with Cells
+    assert "Speckles_AreaShape_Area" in caplog.text and "compartments=" in caplog.text
+    assert "normalize (standardize): 7 features in, 7 out" in caplog.text
+
+
+@pytest.mark.parametrize("method", ["standardize", "robustize", "mad_robustize", "spherize"])
+@pytest.mark.parametrize("where", ["fit", "other", "both"])
+def test_infinite_value_is_an_error_naming_feature_and_rows(method: str, where: str) -> None:
+    # Our choice (listed under differences): before, the feature became NaN for
+    # every well; the reference refuses inf in standardize but accepts it in
+    # mad_robustize (the row stays infinite).
+    df = make_profiles(n_features=8, nan=False, degenerate=False)
+    rows = {"fit": [0, 6], "other": [1], "both": [0, 1]}[where]
+    value = [np.inf, -np.inf][len(rows) % 2]
+    df.loc[rows, "Nuclei_Texture_Contrast_RNA_3_00_256_2"] = value
+    wells = [f"{df.loc[r, 'Metadata_Plate']}/{df.loc[r, 'Metadata_Well']}" for r in rows]
+    with pytest.raises(InputError, match="Nuclei_Texture_Contrast_RNA_3_00_256_2") as info:
+        normalize(df, method=method, samples=NEGCON)
+    assert all(w in str(info.value) for w in wells)
+    ref = reference(df, method="mad_robustize")
+    assert np.isinf(ref["Nuclei_Texture_Contrast_RNA_3_00_256_2"].to_numpy()[rows]).all()
+
+
+def test_infinite_value_without_well_names_names_the_index() -> None:
+    df = make_profiles(n_features=4, nan=False, degenerate=False).drop(columns=["Metadata_Plate", "Metadata_Well"])
+    df.index = [f"w{i}" for i in range(len(df))]
+    df.iloc[5, -1] = np.inf
+    with pytest.raises(InputError, match="row 'w5'"):
+        normalize(df)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(mad_robustize_epsilon="0.1"),
+        dict(mad_robustize_epsilon=None),
+        dict(spherize_epsilon="1e-6"),
+        dict(spherize_center="False"),
+        dict(method=1),
+        dict(method="spherize", spherize_method=None),
+        dict(min_cells="10"),
+        dict(min_cells=2.5),
+        dict(image_features="yes"),
+        dict(samples=1),
+        dict(sample_filter=["Metadata_control_type"]),
+        dict(features=3),
+        dict(compartments=3),
+        dict(object_count_column=3, min_cells=2),
+    ],
+)
+def test_wrong_types_are_config_errors(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ConfigError) as info:
+        normalize(make_profiles(n_features=6), **kwargs)  # type: ignore[arg-type]
+    assert isinstance(info.value, ValueError)
+    assert next(iter(kwargs)) in str(info.value) or "method" in str(info.value)
+
+
+def test_function_defaults_are_pycytominer_defaults() -> None:
+    import inspect
+
+    ours = inspect.signature(normalize).parameters
+    ref = inspect.signature(pycytominer.normalize).parameters
+    shared = [p for p in ours if p in ref and p != "profiles"]
+    assert {"method", "samples", "features", "meta_features", "spherize_method", "spherize_epsilon"} <= set(shared)
+    for name in shared:
+        assert ours[name].default == ref[name].default, name

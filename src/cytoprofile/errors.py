@@ -1,7 +1,9 @@
 """The exception family: every failure a user can fix is a ``CytoprofileError``.
 
 The CLI turns these into a one-line message and exit status 1; anything else is a
-bug, reported with exit status 3 and a traceback in the log.
+bug, reported with exit status 3 and a traceback in the log. Argument and input
+errors are also ``ValueError``s, so scripts that catch ``ValueError`` around the
+Python API (as they would for pycytominer) keep working.
 """
 
 from __future__ import annotations
@@ -20,11 +22,11 @@ class CytoprofileError(Exception):
     """Base class of every error a user can act on."""
 
 
-class InputError(CytoprofileError):
+class InputError(CytoprofileError, ValueError):
     """An input file or folder is missing, unreadable or malformed."""
 
 
-class ConfigError(CytoprofileError):
+class ConfigError(CytoprofileError, ValueError):
     """A config file or option is wrong (the message names the key's path)."""
 
 

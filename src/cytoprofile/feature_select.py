@@ -1,9 +1,10 @@
 """Feature selection: drop uninformative, redundant or unreliable profile features.
 
 Operations run in the given order, each on the features the previous ones left;
-the result keeps every other column. ``excluded_features`` returns only the names,
-so a selection fitted on several plates together (``batch``/``all`` levels) can be
-applied to each plate with ``profiles.drop(columns=excluded)``.
+the result keeps every other column. ``dropped_features`` returns the dropped names
+with the operation that dropped each, so a selection fitted on several plates
+together (``batch``/``all`` levels) can be applied to each plate with
+``profiles.drop(columns=list(dropped))`` and recorded.
 
 The name ``variance_threshold`` changed meaning between versions of the reference
 tool: it used to be the frequency filter (``freq_cut``/``unique_cut``) and later
@@ -15,21 +16,28 @@ configs mean) or ``"variance"`` (the newer plain variance filter).
 
 Results equal the reference's, except: ``blocklist`` drops only selected features;
 per-row ``noise_removal`` labels follow row order (not index labels); a variance
-filter that rejects every feature drops them all instead of failing; and with
+filter that rejects every feature drops them all instead of failing; the
+comparing operations refuse a table of fewer than 2 rows (where the reference
+drops every feature); a string ``blocklist`` is one feature; and with
 missing values, which of two exactly duplicated features ``correlation_threshold``
 keeps may differ (the tie is decided by rounding in both).
 
 This module also owns the shared helpers for the profile steps: which columns are
-features (``infer_features``/``resolve_features``), the numeric feature matrix
-(``feature_matrix``) and the fitting rows (``select_samples``).
+features (``infer_features``/``resolve_features``, for any list of compartments),
+the numeric feature matrix (``feature_matrix``), the fitting rows
+(``select_samples``), option checks that raise ``ConfigError`` for a wrong type
+(``check_number``, ``check_flag``, ``check_choice``, ``as_names``) and the record of
+features in and out of a step (``FeatureAccount``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import numbers
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -42,14 +50,24 @@ from .errors import ConfigError, InputError
 __all__ = [
     "FEATURE_PREFIXES",
     "OPERATIONS",
+    "AccountSink",
+    "FeatureAccount",
+    "as_names",
+    "check_choice",
+    "check_flag",
+    "check_number",
     "default_blocklist",
+    "dropped_features",
     "excluded_features",
     "feature_matrix",
+    "feature_prefixes",
     "feature_select",
     "infer_features",
+    "report_account",
     "resolve_features",
     "select_samples",
     "selected_features",
+    "unprocessed_columns",
 ]
 
 log = logging.getLogger(__name__)
@@ -72,16 +90,49 @@ _BLOCK = 512  # rows of the correlation matrix handled at once
 # ---------------------------------------------------------------- shared helpers
 
 
-def infer_features(profiles: pd.DataFrame, *, image_features: bool = False) -> list[str]:
-    """Feature columns by CellProfiler naming: ``Cells*``, ``Cytoplasm*``, ``Nuclei*``.
+def feature_prefixes(compartments: str | Sequence[str] | None = None) -> tuple[str, ...]:
+    """Column-name prefixes of the features of ``compartments`` (default Cells, Cytoplasm, Nuclei).
 
+    A name is used as given; an all-lower-case name (``speckles``, as recipe configs
+    write compartments) also matches its capitalised and title-cased forms
+    (``Speckles``, ``Cells_Cellpose3`` for ``cells_cellpose3``).
+    """
+    if compartments is None:
+        return FEATURE_PREFIXES
+    wrong = ConfigError(
+        f"compartments must be a list of object table names such as ['Cells', 'speckles'], "
+        f"got {compartments!r}"
+    )
+    if not isinstance(compartments, str | Iterable):
+        raise wrong
+    names = [compartments] if isinstance(compartments, str) else list(compartments)
+    if not names or not all(isinstance(c, str) and c.strip() for c in names):
+        raise wrong
+    out: list[str] = []
+    for name in names:
+        forms = [name, name.capitalize(), name.title()] if name.islower() else [name]
+        out.extend(f for f in forms if f not in out)
+    return tuple(out)
+
+
+def infer_features(
+    profiles: pd.DataFrame,
+    *,
+    image_features: bool = False,
+    compartments: str | Sequence[str] | None = None,
+) -> list[str]:
+    """Feature columns by CellProfiler naming: names starting with a compartment.
+
+    ``compartments`` defaults to Cells, Cytoplasm and Nuclei; pass the object tables
+    that were aggregated (e.g. ``[..., "speckles"]``) to carry extra ones through.
     With ``image_features``, numeric ``Image*`` columns count too.
     """
+    prefixes = feature_prefixes(compartments)
     found: list[str] = []
     for col in profiles.columns:
         if not isinstance(col, str):
             continue
-        if col.startswith(FEATURE_PREFIXES) or (
+        if col.startswith(prefixes) or (
             image_features
             and col.startswith("Image")
             and pd.api.types.is_numeric_dtype(profiles[col])
@@ -89,8 +140,9 @@ def infer_features(profiles: pd.DataFrame, *, image_features: bool = False) -> l
             found.append(col)
     if not found:
         raise InputError(
-            "no feature columns found (names starting with Cells, Cytoplasm or Nuclei); "
-            "pass the feature names explicitly with features=[...]"
+            f"no feature columns found (names starting with {', '.join(prefixes)}); "
+            "name the compartments with compartments=[...] or pass the feature names "
+            "explicitly with features=[...]"
         )
     return found
 
@@ -100,14 +152,20 @@ def resolve_features(
     features: str | Sequence[str],
     *,
     image_features: bool = False,
+    compartments: str | Sequence[str] | None = None,
 ) -> list[str]:
     """``"infer"`` or an explicit list, checked against the columns of ``profiles``."""
+    check_flag("image_features", image_features)
     if isinstance(features, str):
         if features != "infer":
             raise ConfigError(
                 f"features must be 'infer' or a list of column names, got {features!r}"
             )
-        return infer_features(profiles, image_features=image_features)
+        return infer_features(profiles, image_features=image_features, compartments=compartments)
+    if not isinstance(features, Sequence | pd.Index | np.ndarray):
+        raise ConfigError(
+            f"features must be 'infer' or a list of column names, got {type(features).__name__}"
+        )
     names = list(features)
     columns = set(profiles.columns)
     missing = [f for f in names if f not in columns]
@@ -154,6 +212,13 @@ def select_samples(
     sample_filter: Mapping[str, Any] | None = None,
 ) -> pd.DataFrame:
     """Rows to fit on: a pandas query (``samples``) AND ``{column: [values]}`` filters."""
+    if not isinstance(samples, str):
+        raise ConfigError(f"samples must be 'all' or a pandas query string, got {samples!r}")
+    if sample_filter is not None and not isinstance(sample_filter, Mapping):
+        raise ConfigError(
+            f"sample_filter must map columns to allowed values, e.g. "
+            f"{{'Metadata_control_type': ['negcon']}}, got {sample_filter!r}"
+        )
     subset = profiles
     if samples != "all":
         try:
@@ -177,6 +242,122 @@ def select_samples(
             "check the query, the values and the annotation of the profiles"
         )
     return subset
+
+
+@dataclass(frozen=True)
+class FeatureAccount:
+    """The features a step read and wrote, and for each one it did not write, why.
+
+    ``dropped`` maps a feature to the operation that dropped it (a feature_select
+    operation, or ``not_a_feature`` for a column a step cannot process and leaves
+    out). ``as_dict`` is the form recorded in provenance sidecars.
+    """
+
+    step: str
+    features_in: tuple[str, ...]
+    features_out: tuple[str, ...]
+    dropped: Mapping[str, str] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready: counts, output names and the dropped features by operation."""
+        return {
+            "step": self.step,
+            "features_in": len(self.features_in),
+            "features_out": len(self.features_out),
+            "dropped": dict(self.dropped),
+        }
+
+    def summary(self) -> str:
+        """One line: ``STEP: N features in, M out (K dropped by OP, ...)``."""
+        counts: dict[str, int] = {}
+        for op in self.dropped.values():
+            counts[op] = counts.get(op, 0) + 1
+        detail = ", ".join(f"{n} by {op}" for op, n in counts.items())
+        return (
+            f"{self.step}: {len(self.features_in)} features in, {len(self.features_out)} out"
+            + (f" ({detail})" if detail else "")
+        )
+
+
+AccountSink = Callable[[FeatureAccount], None]
+
+
+def report_account(account: FeatureAccount, on_account: AccountSink | None) -> None:
+    """Log ``account`` (a warning for columns left out as not features) and hand it on."""
+    log.info("%s", account.summary())
+    lost = [f for f, op in account.dropped.items() if op == "not_a_feature"]
+    if lost:
+        shown = ", ".join(lost[:5]) + (f" ... ({len(lost)} in all)" if len(lost) > 5 else "")
+        log.warning(
+            "%s: %d column(s) are neither metadata nor features of the compartments and are "
+            "left out: %s; name their compartment with compartments=[...] to keep them",
+            account.step,
+            len(lost),
+            shown,
+        )
+    if on_account is not None:
+        on_account(account)
+
+
+def unprocessed_columns(
+    profiles: pd.DataFrame, kept: Collection[object]
+) -> list[str]:
+    """Columns of ``profiles`` a step leaves out: not ``Metadata_*`` and not in ``kept``."""
+    return [
+        c
+        for c in profiles.columns
+        if isinstance(c, str) and not c.startswith("Metadata_") and c not in kept
+    ]
+
+
+def check_number(
+    name: str,
+    value: object,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    integer: bool = False,
+) -> float:
+    """``value`` as a number, or a ``ConfigError`` naming ``name`` (never a ``TypeError``)."""
+    kind = "an integer" if integer else "a number"
+    ok = isinstance(value, numbers.Integral if integer else numbers.Real) and not isinstance(
+        value, bool | np.bool_
+    )
+    if not ok or np.isnan(float(value)):  # type: ignore[arg-type]
+        raise ConfigError(f"{name} must be {kind}, got {value!r}")
+    number = float(value)  # type: ignore[arg-type]
+    if minimum is not None and number < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {value!r}")
+    if maximum is not None and number > maximum:
+        raise ConfigError(f"{name} must be <= {maximum}, got {value!r}")
+    return number
+
+
+def check_flag(name: str, value: object) -> bool:
+    """``value`` as a bool, or a ``ConfigError`` (a string such as "False" is not a flag)."""
+    if not isinstance(value, bool | np.bool_):
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
+    return bool(value)
+
+
+def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
+    """``value`` if it is one of ``choices`` (compared case-insensitively), else a ``ConfigError``."""
+    if isinstance(value, str):
+        for choice in choices:
+            if value.lower() == choice.lower():
+                return choice
+    raise ConfigError(f"{name} must be one of {list(choices)}, got {value!r}")
+
+
+def as_names(name: str, value: object) -> list[str]:
+    """A column name or a list of them as a list (a string is one name, not its letters)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, Iterable) and not isinstance(value, bytes | Mapping):
+        items = list(value)
+        if all(isinstance(v, str) for v in items):
+            return items
+    raise ConfigError(f"{name} must be a column name or a list of names, got {value!r}")
 
 
 # ---------------------------------------------------------------- operations
@@ -393,18 +574,18 @@ def _load_blocklist(path: str | Path) -> list[str]:
 
 # ---------------------------------------------------------------- public API
 
+# operations that compare rows: meaningless (and dropping everything) on one row
+_NEEDS_ROWS = ("variance_threshold", "frequency_threshold", "correlation_threshold")
+
 
 def _check_options(
-    operations: Sequence[str],
-    variance_threshold_meaning: str,
-    na_cutoff: float,
-    corr_threshold: float,
-    corr_method: str,
-    freq_cut: float,
-    unique_cut: float,
-    min_variance: float,
-) -> list[str]:
-    ops = [operations] if isinstance(operations, str) else list(operations)
+    operations: object,
+    variance_threshold_meaning: object,
+    corr_method: object,
+    numbers_in: Mapping[str, object],
+) -> tuple[list[str], str, str, dict[str, float]]:
+    """Checked operations, variance meaning, correlation method and numeric options."""
+    ops = as_names("operations", operations)
     unknown = [op for op in ops if op not in OPERATIONS]
     if unknown:
         raise ConfigError(
@@ -415,28 +596,39 @@ def _check_options(
             "variance_threshold_meaning must be 'frequency' (freq_cut/unique_cut filter) "
             f"or 'variance' (min_variance filter), got {variance_threshold_meaning!r}"
         )
-    if corr_method not in _CORR_METHODS:
-        raise ConfigError(
-            f"corr_method {corr_method!r} is not supported; choose from {list(_CORR_METHODS)}"
+    method = check_choice("corr_method", corr_method, _CORR_METHODS)
+    checked: dict[str, float] = {}
+    for name, value in numbers_in.items():
+        if value is None and name == "noise_removal_stdev_cutoff":
+            continue
+        bounded = name in ("na_cutoff", "corr_threshold", "freq_cut", "unique_cut")
+        checked[name] = check_number(
+            name, value, minimum=0.0 if name != "outlier_cutoff" else None,
+            maximum=1.0 if bounded else None,
         )
-    for name, value in (
-        ("na_cutoff", na_cutoff),
-        ("corr_threshold", corr_threshold),
-        ("freq_cut", freq_cut),
-        ("unique_cut", unique_cut),
-    ):
-        if not 0 <= value <= 1:
-            raise ConfigError(f"{name} must be between 0 and 1, got {value}")
-    if min_variance < 0:
-        raise ConfigError(f"min_variance must be >= 0, got {min_variance}")
-    return ops
+    return ops, str(variance_threshold_meaning), method, checked
 
 
-def excluded_features(
+def _blocklist_names(
+    blocklist: str | Sequence[str] | None, blocklist_file: str | Path | None
+) -> set[str]:
+    """The features a ``blocklist`` operation drops (the standard list when none is given)."""
+    if blocklist is None and blocklist_file is None:
+        return set(default_blocklist())
+    block = set(as_names("blocklist", blocklist)) if blocklist is not None else set()
+    if blocklist_file is not None:
+        if not isinstance(blocklist_file, str | Path):
+            raise ConfigError(f"blocklist_file must be a path, got {blocklist_file!r}")
+        block |= set(_load_blocklist(blocklist_file))
+    return block
+
+
+def dropped_features(
     profiles: pd.DataFrame,
     *,
     features: str | Sequence[str] = "infer",
     image_features: bool = False,
+    compartments: str | Sequence[str] | None = None,
     operations: str | Sequence[str] = ("variance_threshold",),
     variance_threshold_meaning: Literal["frequency", "variance"] = "frequency",
     samples: str = "all",
@@ -448,25 +640,30 @@ def excluded_features(
     unique_cut: float = 0.01,
     min_variance: float = 1e-6,
     blocklist_file: str | Path | None = None,
-    blocklist: Sequence[str] | None = None,
+    blocklist: str | Sequence[str] | None = None,
     outlier_cutoff: float = 500.0,
     noise_removal_perturb_groups: str | Sequence[Any] | None = None,
     noise_removal_stdev_cutoff: float | None = None,
-) -> list[str]:
-    """Features the operations drop, in column order (see ``feature_select``)."""
-    corr_method = corr_method.lower()
-    ops = _check_options(
-        operations,
-        variance_threshold_meaning,
-        na_cutoff,
-        corr_threshold,
-        corr_method,
-        freq_cut,
-        unique_cut,
-        min_variance,
+) -> dict[str, str]:
+    """Feature -> the operation that drops it, in column order (see ``feature_select``)."""
+    ops, meaning, corr_method, opts = _check_options(
+        operations, variance_threshold_meaning, corr_method,
+        {"na_cutoff": na_cutoff, "corr_threshold": corr_threshold, "freq_cut": freq_cut,
+         "unique_cut": unique_cut, "min_variance": min_variance, "outlier_cutoff": outlier_cutoff,
+         "noise_removal_stdev_cutoff": noise_removal_stdev_cutoff},
     )
-    names = resolve_features(profiles, features, image_features=image_features)
+    names = resolve_features(
+        profiles, features, image_features=image_features, compartments=compartments
+    )
     rows = select_samples(profiles, samples=samples, sample_filter=sample_filter)
+    statistical = [op for op in ops if op in _NEEDS_ROWS]
+    if statistical and len(rows) < 2:
+        raise InputError(
+            f"feature_select {', '.join(statistical)} needs at least 2 rows to compare, got "
+            f"{len(rows)}; select features over more wells (level: batch or all) or leave "
+            "these operations out"
+        )
+    block = _blocklist_names(blocklist, blocklist_file) if "blocklist" in ops else set()
     groups: pd.Series | None = None
     if "noise_removal" in ops:
         groups = _noise_groups(profiles, rows, noise_removal_perturb_groups)
@@ -477,36 +674,39 @@ def excluded_features(
             )
     x_all = feature_matrix(rows, names)
     keep = np.ones(len(names), dtype=bool)
+    by: dict[str, str] = {}
     for op in ops:
         idx = np.flatnonzero(keep)
         x = x_all[:, idx]
         kind = op
         if op == "variance_threshold":
-            kind = "frequency_threshold" if variance_threshold_meaning == "frequency" else "variance"
+            kind = "frequency_threshold" if meaning == "frequency" else "variance"
         if kind == "frequency_threshold":
-            bad = _frequency_excluded(x, freq_cut, unique_cut)
+            bad = _frequency_excluded(x, opts["freq_cut"], opts["unique_cut"])
         elif kind == "variance":
-            bad = _variance_excluded(x, min_variance)
+            bad = _variance_excluded(x, opts["min_variance"])
         elif op == "correlation_threshold":
-            bad = _correlation_excluded(x, [names[i] for i in idx], corr_threshold, corr_method)
+            bad = _correlation_excluded(
+                x, [names[i] for i in idx], opts["corr_threshold"], corr_method
+            )
         elif op == "drop_na_columns":
-            bad = _na_excluded(x, na_cutoff)
+            bad = _na_excluded(x, opts["na_cutoff"])
         elif op == "drop_outliers":
-            bad = _outlier_excluded(x, outlier_cutoff)
+            bad = _outlier_excluded(x, opts["outlier_cutoff"])
         elif op == "blocklist":
-            block = set(blocklist) if blocklist is not None else set()
-            if blocklist_file is not None:
-                block |= set(_load_blocklist(blocklist_file))
-            if blocklist is None and blocklist_file is None:
-                block = set(default_blocklist())
             bad = np.array([names[i] in block for i in idx], dtype=bool)
         else:  # noise_removal
-            assert groups is not None and noise_removal_stdev_cutoff is not None
-            bad = _noise_excluded(rows, x, groups, noise_removal_stdev_cutoff)
+            assert groups is not None
+            bad = _noise_excluded(rows, x, groups, opts["noise_removal_stdev_cutoff"])
         keep[idx[bad]] = False
+        by.update((names[i], op) for i in idx[bad])
         log.debug("feature_select %s dropped %d features", op, int(bad.sum()))
-    dropped = {names[i] for i in np.flatnonzero(~keep)}
-    return [c for c in profiles.columns if c in dropped]
+    return {c: by[c] for c in profiles.columns if c in by}
+
+
+def excluded_features(profiles: pd.DataFrame, **options: Any) -> list[str]:
+    """Features the operations drop, in column order (options as ``feature_select``)."""
+    return list(dropped_features(profiles, **options))
 
 
 def _noise_groups(
@@ -542,9 +742,12 @@ def _noise_groups(
 def selected_features(profiles: pd.DataFrame, **options: Any) -> list[str]:
     """Features that survive ``feature_select`` with the same options, in column order."""
     names = resolve_features(
-        profiles, options.get("features", "infer"), image_features=options.get("image_features", False)
+        profiles,
+        options.get("features", "infer"),
+        image_features=options.get("image_features", False),
+        compartments=options.get("compartments"),
     )
-    dropped = set(excluded_features(profiles, **options))
+    dropped = dropped_features(profiles, **options)
     return [f for f in names if f not in dropped]
 
 
@@ -553,6 +756,7 @@ def feature_select(
     *,
     features: str | Sequence[str] = "infer",
     image_features: bool = False,
+    compartments: str | Sequence[str] | None = None,
     operations: str | Sequence[str] = ("variance_threshold",),
     variance_threshold_meaning: Literal["frequency", "variance"] = "frequency",
     samples: str = "all",
@@ -564,38 +768,35 @@ def feature_select(
     unique_cut: float = 0.01,
     min_variance: float = 1e-6,
     blocklist_file: str | Path | None = None,
-    blocklist: Sequence[str] | None = None,
+    blocklist: str | Sequence[str] | None = None,
     outlier_cutoff: float = 500.0,
     noise_removal_perturb_groups: str | Sequence[Any] | None = None,
     noise_removal_stdev_cutoff: float | None = None,
+    on_account: AccountSink | None = None,
 ) -> pd.DataFrame:
     """``profiles`` without the features the ``operations`` drop; other columns stay.
 
     Operations: ``frequency_threshold`` (freq_cut, unique_cut), ``variance_threshold``
     (see ``variance_threshold_meaning``), ``correlation_threshold`` (corr_threshold,
     corr_method), ``drop_na_columns`` (na_cutoff), ``blocklist`` (the standard list,
-    or ``blocklist``/``blocklist_file``), ``drop_outliers`` (outlier_cutoff) and
-    ``noise_removal`` (noise_removal_perturb_groups, noise_removal_stdev_cutoff).
-    Statistics are computed on the rows chosen by ``samples``/``sample_filter``.
+    or ``blocklist`` — one name or a list — and/or ``blocklist_file``), ``drop_outliers``
+    (outlier_cutoff) and ``noise_removal`` (noise_removal_perturb_groups,
+    noise_removal_stdev_cutoff). Statistics are computed on the rows chosen by
+    ``samples``/``sample_filter``; the comparing operations need at least 2 rows.
+    Features are inferred from ``compartments`` (default Cells, Cytoplasm, Nuclei).
+    ``on_account`` receives a ``FeatureAccount`` (features in, out, and the
+    operation that dropped each feature); the same is logged.
     """
-    dropped = excluded_features(
-        profiles,
-        features=features,
-        image_features=image_features,
-        operations=operations,
-        variance_threshold_meaning=variance_threshold_meaning,
-        samples=samples,
-        sample_filter=sample_filter,
-        na_cutoff=na_cutoff,
-        corr_threshold=corr_threshold,
-        corr_method=corr_method,
-        freq_cut=freq_cut,
-        unique_cut=unique_cut,
-        min_variance=min_variance,
-        blocklist_file=blocklist_file,
-        blocklist=blocklist,
-        outlier_cutoff=outlier_cutoff,
-        noise_removal_perturb_groups=noise_removal_perturb_groups,
-        noise_removal_stdev_cutoff=noise_removal_stdev_cutoff,
+    options = {k: v for k, v in locals().items() if k not in ("profiles", "on_account")}
+    dropped = dropped_features(profiles, **options)
+    names = resolve_features(
+        profiles, features, image_features=image_features, compartments=compartments
     )
-    return profiles.drop(columns=dropped)
+    account = FeatureAccount(
+        step="feature_select",
+        features_in=tuple(names),
+        features_out=tuple(f for f in names if f not in dropped),
+        dropped=dropped,
+    )
+    report_account(account, on_account)
+    return profiles.drop(columns=list(dropped))

@@ -6,7 +6,9 @@ numpy. Methods: ``standardize`` (mean, population std), ``robustize`` (median, I
 PCA-cor, ZCA-cor whitening). Missing values are ignored in the fit and stay missing.
 Spherizing a rank-deficient fit matrix is an error here; the reference intends the
 same check, but an operator-precedence slip disables it and it returns values
-blown up by 1/epsilon.
+blown up by 1/epsilon. Spherizing with no more fit rows than features is an error
+too (the reference returns data it could not whiten), and so is an infinite
+feature value (which would make the feature missing for every well).
 """
 
 from __future__ import annotations
@@ -20,7 +22,18 @@ import numpy as np
 import pandas as pd
 
 from .errors import ConfigError, InputError
-from .feature_select import feature_matrix, resolve_features, select_samples
+from .feature_select import (
+    AccountSink,
+    FeatureAccount,
+    check_choice,
+    check_flag,
+    check_number,
+    feature_matrix,
+    report_account,
+    resolve_features,
+    select_samples,
+    unprocessed_columns,
+)
 
 __all__ = ["METHODS", "SPHERIZE_METHODS", "fit_rows", "normalize"]
 
@@ -45,6 +58,10 @@ def fit_rows(
     ``samples`` (a pandas query or "all") AND ``sample_filter`` AND, when ``min_cells``
     is set and not 1, ``object_count_column >= min_cells``.
     """
+    if min_cells is not None:
+        min_cells = int(check_number("min_cells", min_cells, minimum=0, integer=True))
+    if not isinstance(object_count_column, str):
+        raise ConfigError(f"object_count_column must be a column name, got {object_count_column!r}")
     positional = profiles.set_axis(pd.RangeIndex(len(profiles)), axis=0)
     chosen = select_samples(positional, samples=samples, sample_filter=sample_filter)
     mask = np.zeros(len(profiles), dtype=bool)
@@ -125,6 +142,12 @@ def _spherize(
             "spherize needs at least 2 fit rows without missing values; drop features "
             "with missing values first (feature_select drop_na_columns)"
         )
+    if n <= d:
+        raise InputError(
+            f"spherize needs more fit rows than features, got {n} rows for {d} features: "
+            "the covariance cannot be whitened; select fewer features first (feature_select) "
+            "or fit on more wells (samples)"
+        )
     if method.endswith("-cor"):
         mean, scale, constant = _mean_std(x_fit)
         if constant.any():
@@ -142,21 +165,17 @@ def _spherize(
         scale = np.ones(d)
     xt = (x_fit - mean) / scale
 
-    want_full_basis = method.startswith("PCA") and n <= d
-    _, s, vt = np.linalg.svd(xt, full_matrices=want_full_basis)
+    _, s, vt = np.linalg.svd(xt, full_matrices=False)
     tol = s.max(initial=0.0) * max(n, d) * _EPS
     rank = int((s > tol).sum())
-    full = rank == d or (center and rank == n - 1) or (not center and rank == n)
-    if not full:
-        expected = min(d, n - 1 if center else n)
+    if rank < d:
         raise InputError(
-            f"spherize: the fit rows' feature matrix has rank {rank}, expected {expected} "
+            f"spherize: the fit rows' feature matrix has rank {rank}, expected {d} "
             f"({n} rows x {d} features); some features are linear combinations of others "
             "(duplicated or constant features): run feature_select "
             "(variance_threshold, correlation_threshold) before spherizing"
         )
-    # singular values beyond the rank take the smallest non-zero one
-    sigma = np.concatenate([s[:rank], np.repeat(s[rank - 1], d - rank)]) + epsilon
+    sigma = s + epsilon
     root = np.sqrt(n - 1)
 
     with np.errstate(invalid="ignore"):
@@ -164,12 +183,35 @@ def _spherize(
     if method.startswith("PCA"):
         return (y @ vt.T) * (root / sigma)
     # ZCA: W = V diag(1/sigma) V^T, computed without forming the d x d matrix
-    v_r = vt[:rank].T
-    proj = y @ v_r
-    out = (proj / sigma[:rank]) @ v_r.T
-    if rank < d:
-        out += (y - proj @ v_r.T) / sigma[rank]
-    return out * root
+    return ((y @ vt.T) / sigma) @ vt * root
+
+
+def _row_names(profiles: pd.DataFrame, rows: np.ndarray) -> list[str]:
+    """How a user finds rows: plate and well when the profiles have them, else the index."""
+    keys = [c for c in ("Metadata_Plate", "Metadata_Well") if c in profiles.columns]
+    picked = profiles.iloc[rows]
+    if keys:
+        return ["/".join(str(v) for v in values) for values in picked[keys].itertuples(index=False)]
+    return [f"row {label!r}" for label in picked.index]
+
+
+def _refuse_infinite(profiles: pd.DataFrame, x: np.ndarray, names: Sequence[str]) -> None:
+    """An infinite value would make its feature missing (or infinite) for every well."""
+    infinite = np.isinf(x)
+    if not infinite.any():
+        return
+    cols = np.flatnonzero(infinite.any(axis=0))
+    parts = []
+    for j in cols[:5]:
+        rows = np.flatnonzero(infinite[:, j])
+        where = _row_names(profiles, rows[:5])
+        more = f" and {len(rows) - 5} more" if len(rows) > 5 else ""
+        parts.append(f"{names[j]} ({', '.join(where)}{more})")
+    extra = f"; {len(cols) - 5} more feature(s)" if len(cols) > 5 else ""
+    raise InputError(
+        f"infinite feature values: {'; '.join(parts)}{extra}; fix or remove these values "
+        "(or the features) before normalizing"
+    )
 
 
 def normalize(
@@ -178,6 +220,7 @@ def normalize(
     features: str | Sequence[str] = "infer",
     meta_features: str | Sequence[str] = "infer",
     image_features: bool = False,
+    compartments: str | Sequence[str] | None = None,
     samples: str = "all",
     method: str = "standardize",
     mad_robustize_epsilon: float = 1e-18,
@@ -187,6 +230,7 @@ def normalize(
     sample_filter: Mapping[str, Any] | None = None,
     min_cells: int | None = None,
     object_count_column: str = "Metadata_Object_Count",
+    on_account: AccountSink | None = None,
 ) -> pd.DataFrame:
     """Normalize ``features`` of ``profiles``; fit on the rows ``samples`` etc. choose.
 
@@ -197,21 +241,23 @@ def normalize(
     and ``min_cells`` narrow the fit rows further (AND). ``spherize`` is fitted on the
     fit rows without missing values, and a row with any missing feature comes out
     all-missing (whitening mixes every feature into every output column).
+    Features are inferred from ``compartments`` (default Cells, Cytoplasm, Nuclei);
+    other non-metadata columns are left out with a warning, and ``on_account``
+    receives the ``FeatureAccount`` of features in and out. An infinite feature
+    value is an error naming the feature and the rows.
     """
-    method = method.lower()
-    if method not in METHODS:
-        raise ConfigError(f"unknown normalize method {method!r}; choose from {list(METHODS)}")
+    method = check_choice("method", method, METHODS)
+    check_flag("spherize_center", spherize_center)
+    check_number("spherize_epsilon", spherize_epsilon, minimum=0)
     if method == "spherize":
-        if spherize_method not in SPHERIZE_METHODS:
-            raise ConfigError(
-                f"unknown spherize_method {spherize_method!r}; choose from {list(SPHERIZE_METHODS)}"
-            )
+        spherize_method = check_choice("spherize_method", spherize_method, SPHERIZE_METHODS)
         if spherize_method.endswith("-cor") and not spherize_center:
             raise ConfigError(f"spherize_method {spherize_method} needs spherize_center: true")
-    if mad_robustize_epsilon is None or mad_robustize_epsilon < 0:
-        raise ConfigError("mad_robustize_epsilon must be a number >= 0")
+    check_number("mad_robustize_epsilon", mad_robustize_epsilon, minimum=0)
 
-    names = resolve_features(profiles, features, image_features=image_features)
+    names = resolve_features(
+        profiles, features, image_features=image_features, compartments=compartments
+    )
     if isinstance(meta_features, str):
         if meta_features != "infer":
             raise ConfigError(
@@ -219,7 +265,7 @@ def normalize(
             )
         meta = [c for c in profiles.columns if isinstance(c, str) and c.startswith("Metadata_")]
     else:
-        meta = list(meta_features)
+        meta = [str(c) for c in meta_features]
         missing = [c for c in meta if c not in profiles.columns]
         if missing:
             raise ConfigError(
@@ -234,6 +280,7 @@ def normalize(
     ]
 
     x = feature_matrix(profiles, names)
+    _refuse_infinite(profiles, x, names)
     fit = fit_rows(
         profiles,
         samples=samples,
@@ -265,6 +312,16 @@ def normalize(
                 columns = [f"PC{i}" for i in range(1, len(names) + 1)]
 
     normalized = pd.DataFrame(out, columns=pd.Index(columns), index=profiles.index)
+    left_out = unprocessed_columns(profiles, {*names, *passthrough})
+    report_account(
+        FeatureAccount(
+            step=f"normalize ({method})",
+            features_in=tuple(names),
+            features_out=tuple(columns),
+            dropped=dict.fromkeys(left_out, "not_a_feature"),
+        ),
+        on_account,
+    )
     return pd.concat(
         [profiles.loc[:, meta], profiles.loc[:, passthrough], normalized], axis="columns"
     )
