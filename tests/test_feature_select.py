@@ -14,7 +14,9 @@ from hypothesis import strategies as st
 
 from cytoprofile.errors import ConfigError, InputError
 from cytoprofile.feature_select import (
+    FeatureAccount,
     default_blocklist,
+    dropped_features,
     excluded_features,
     feature_select,
     infer_features,
@@ -369,3 +371,139 @@ def test_column_order_does_not_matter(seed: int) -> None:
     a = set(excluded_features(df, operations=ops, corr_threshold=0.5))
     b = set(excluded_features(df[[*df.columns[:4], *order]], operations=ops, corr_threshold=0.5))
     assert a == b
+
+
+def _with_speckles(df: pd.DataFrame) -> pd.DataFrame:
+    """Extra compartments' features: a constant, a duplicate and informative ones."""
+    rng = np.random.default_rng(3)
+    n = len(df)
+    extra = pd.DataFrame(
+        {
+            "Speckles_AreaShape_Area": rng.normal(size=n),
+            "Speckles_Intensity_MeanIntensity_DNA": np.full(n, 2.0),  # constant: variance drops it
+            "Speckles_Texture_Contrast_DNA": rng.normal(size=n),
+            "Cells_Cellpose3_AreaShape_Area": rng.normal(size=n),
+        },
+        index=df.index,
+    )
+    extra["Speckles_AreaShape_Perimeter"] = extra["Speckles_AreaShape_Area"] * 3 + 1  # correlated
+    return pd.concat([df, extra], axis="columns")
+
+
+@pytest.mark.parametrize("compartments", [["cells", "cytoplasm", "nuclei", "speckles"],
+                                          ["Cells", "Cytoplasm", "Nuclei", "Speckles"]])
+def test_extra_compartments_are_selected_like_the_rest(compartments: list[str]) -> None:
+    df = _with_speckles(make_profiles(n_features=30))
+    ops = ["variance_threshold", "correlation_threshold", "drop_na_columns", "blocklist"]
+    ours = feature_select(df, operations=ops, compartments=compartments)
+    features = [c for c in df.columns if not c.startswith("Metadata_")]
+    ref_ops = ["frequency_threshold", *ops[1:]]
+    pd.testing.assert_frame_equal(ours, reference(df, operation=ref_ops, features=features))
+    assert "Speckles_Texture_Contrast_DNA" in ours.columns
+    assert "Speckles_Intensity_MeanIntensity_DNA" not in ours.columns
+    # by default the extra compartment is not a feature: it is left alone, not dropped
+    default = feature_select(df, operations=ops)
+    assert "Speckles_Intensity_MeanIntensity_DNA" in default.columns
+
+
+def test_each_dropped_feature_names_its_operation() -> None:
+    df = _with_speckles(make_profiles(n_features=30))
+    ops = ["variance_threshold", "correlation_threshold", "drop_na_columns", "blocklist"]
+    compartments = ["Cells", "Cytoplasm", "Nuclei", "Speckles"]
+    dropped = dropped_features(df, operations=ops, compartments=compartments)
+    accounts: list[FeatureAccount] = []
+    out = feature_select(df, operations=ops, compartments=compartments, on_account=accounts.append)
+    (account,) = accounts
+    assert account.dropped == dropped
+    assert set(dropped.values()) <= set(ops)
+    # each operation alone, on what the previous ones left, drops exactly its features
+    left = infer_features(df, compartments=compartments)
+    for op in ops:
+        gone = excluded_features(df, features=left, operations=[op])
+        assert sorted(gone) == sorted(f for f, o in dropped.items() if o == op), op
+        left = [f for f in left if f not in gone]
+    assert account.features_out == tuple(left)
+    assert [c for c in out.columns if not c.startswith("Metadata_")] == left
+    assert len(account.features_in) == len(account.features_out) + len(dropped)
+    assert dropped["Speckles_Intensity_MeanIntensity_DNA"] == "variance_threshold"
+    assert dropped["Nuclei_Granularity_14_ER"] == "blocklist"
+    assert account.as_dict()["dropped"] == dropped
+    assert "feature_select:" in account.summary() and "by blocklist" in account.summary()
+
+
+@pytest.mark.parametrize(
+    "ops",
+    [["variance_threshold"], ["frequency_threshold"], ["correlation_threshold"],
+     ["variance_threshold", "correlation_threshold", "drop_na_columns", "blocklist"]],
+)
+@pytest.mark.parametrize("meaning", ["frequency", "variance"])
+def test_one_well_table_is_an_error(ops: list[str], meaning: str) -> None:
+    # Our choice (listed under differences): the frequency filter on one row drops
+    # every feature in the reference.
+    df = make_profiles(n_features=24, plates=1).iloc[[5]]
+    if ops == ["frequency_threshold"]:
+        assert list(reference(df, operation="frequency_threshold").columns) == list(df.columns[:4])
+    with pytest.raises(InputError, match="at least 2 rows") as info:
+        feature_select(df, operations=ops, variance_threshold_meaning=meaning)  # type: ignore[arg-type]
+    assert isinstance(info.value, ValueError)
+
+
+def test_one_fit_row_from_samples_is_an_error() -> None:
+    df = make_profiles(n_features=24, plates=1)
+    df.loc[df.index[1:], "Metadata_control_type"] = "trt"
+    with pytest.raises(InputError, match="got 1"):
+        feature_select(df, operations="variance_threshold", samples=NEGCON)
+
+
+def test_one_well_operations_that_need_no_comparison_still_work() -> None:
+    df = make_profiles(n_features=24, plates=1).iloc[[5]]
+    out = feature_select(df, operations=["blocklist", "drop_na_columns", "drop_outliers"])
+    assert "Nuclei_Granularity_14_ER" not in out.columns and out.shape[1] == df.shape[1] - 2
+
+
+def test_string_blocklist_is_one_feature() -> None:
+    df = make_profiles(n_features=24)
+    for one in ("C", "N", "_"):
+        df[one] = 1.0  # one-letter columns that a set of characters would match
+    features = [c for c in df.columns if not c.startswith("Metadata_")]
+    ours = feature_select(df, features=features, operations="blocklist", blocklist="Cells_AreaShape_Area_0")
+    assert "Cells_AreaShape_Area_0" not in ours.columns
+    assert {"C", "N", "_"} <= set(ours.columns)
+    assert "Nuclei_Granularity_14_ER" in ours.columns  # a given list replaces the default
+    ref = reference(df, features=features, operation="blocklist", blocklist="Cells_AreaShape_Area_0")
+    assert list(ours.columns) == list(ref.columns)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"min_variance": "0.1", "operations": "variance_threshold", "variance_threshold_meaning": "variance"},
+        {"min_variance": None},
+        {"freq_cut": "x"},
+        {"unique_cut": [0.1]},
+        {"na_cutoff": "0.05"},
+        {"corr_threshold": "0.9"},
+        {"corr_method": 1},
+        {"outlier_cutoff": "500"},
+        {"noise_removal_stdev_cutoff": "1", "operations": "noise_removal",
+         "noise_removal_perturb_groups": "Metadata_broad_sample"},
+        {"operations": 3},
+        {"operations": [1, 2]},
+        {"blocklist": 5, "operations": "blocklist"},
+        {"blocklist": [1], "operations": "blocklist"},
+        {"blocklist_file": 5, "operations": "blocklist"},
+        {"image_features": "False"},
+        {"samples": None},
+        {"sample_filter": "Metadata_Plate"},
+        {"features": 3},
+        {"compartments": 7},
+        {"freq_cut": True},
+        {"freq_cut": float("nan")},
+    ],
+)
+def test_wrong_types_are_config_errors(kwargs: dict[str, object]) -> None:
+    df = make_profiles(n_features=24)
+    for call in (feature_select, excluded_features, selected_features, dropped_features):
+        with pytest.raises(ConfigError) as info:
+            call(df, **kwargs)
+        assert isinstance(info.value, ValueError)
