@@ -178,3 +178,55 @@ def test_user_errors(kwargs: dict[str, object], error: type[Exception], match: s
 def test_no_features() -> None:
     with pytest.raises(InputError):
         consensus(pd.DataFrame({"Metadata_Plate": ["p"], "Metadata_Well": ["A01"], "x": [1.0]}))
+
+
+@pytest.mark.parametrize("operation", ["median", "mean", "modz"])
+@pytest.mark.parametrize("replicates", [["Metadata_Plate", "Metadata_Well"], ["Metadata_broad_sample"]])
+def test_no_rows_is_an_error(operation: str, replicates: list[str]) -> None:
+    # Our choice (listed under differences): the reference returns a header-only table.
+    empty = make_profiles(plates=1, n_features=4).iloc[0:0]
+    with pytest.raises(InputError, match="no rows") as info:
+        consensus(empty, replicate_columns=replicates, operation=operation)
+    assert isinstance(info.value, ValueError)
+
+
+def test_extra_compartments_carry_through(caplog: pytest.LogCaptureFixture) -> None:
+    df = make_profiles(plates=1, n_features=6)
+    rng = np.random.default_rng(2)
+    df["Speckles_AreaShape_Area"] = rng.normal(size=len(df))
+    df["Cells_Cellpose3_Intensity_MeanIntensity_DNA"] = rng.normal(size=len(df))
+    keys = ["Metadata_broad_sample"]
+    accounts: list[object] = []
+    ours = consensus(df, replicate_columns=keys, compartments=["cells", "cytoplasm", "nuclei", "speckles"],
+                     on_account=accounts.append)
+    features = [c for c in df.columns if not c.startswith("Metadata_")]
+    assert list(ours.columns) == [*keys, *features]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = pycytominer.consensus(df.copy(), replicate_columns=keys, features=features)
+    np.testing.assert_allclose(ours[features].to_numpy(), ref[features].to_numpy(), rtol=1e-12)
+    assert accounts[0].dropped == {}  # type: ignore[attr-defined]
+    with caplog.at_level("WARNING", logger="cytoprofile"):
+        default = consensus(df, replicate_columns=keys)
+    assert "Speckles_AreaShape_Area" not in default.columns
+    assert "Speckles_AreaShape_Area" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"operation": 1},
+        {"operation": None},
+        {"operation": "modz", "modz_method": 2},
+        {"operation": "modz", "modz_min_weight": "0.01"},
+        {"operation": "modz", "modz_precision": "4"},
+        {"operation": "modz", "modz_precision": 2.5},
+        {"replicate_columns": 3},
+        {"features": 3},
+        {"compartments": 3},
+    ],
+)
+def test_wrong_types_are_config_errors(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ConfigError) as info:
+        consensus(make_profiles(plates=1, n_features=4), **kwargs)  # type: ignore[arg-type]
+    assert isinstance(info.value, ValueError)

@@ -5,7 +5,8 @@ of its group (negative correlations count as 0, weights at least ``min_weight``,
 normalized to sum to 1), so a discordant replicate counts less than in a mean.
 Unlike the reference, a missing value is skipped with the weights renormalized over
 the replicates that have one (the reference counts it as 0), and a feature missing
-in every replicate stays missing (the reference returns 0).
+in every replicate stays missing (the reference returns 0). Profiles with no rows
+are an error (the reference writes a file with only a header).
 """
 
 from __future__ import annotations
@@ -17,8 +18,17 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
-from .errors import ConfigError
-from .feature_select import feature_matrix, resolve_features
+from .errors import ConfigError, InputError
+from .feature_select import (
+    AccountSink,
+    FeatureAccount,
+    as_names,
+    check_number,
+    feature_matrix,
+    report_account,
+    resolve_features,
+    unprocessed_columns,
+)
 
 __all__ = ["OPERATIONS", "consensus", "modz_weights"]
 
@@ -109,38 +119,67 @@ def _modz(
     return out
 
 
+def _check_options(
+    operation: object, modz_method: object, modz_min_weight: object, modz_precision: object
+) -> tuple[str, str]:
+    """The checked operation and modz method; a wrong type or value is a ``ConfigError``."""
+    if not isinstance(operation, str) or operation.lower() not in OPERATIONS:
+        raise ConfigError(
+            f"unknown consensus operation {operation!r}; choose from {list(OPERATIONS)}"
+        )
+    if not isinstance(modz_method, str) or modz_method not in _MODZ_METHODS:
+        raise ConfigError(
+            f"unknown modz_method {modz_method!r}; choose from {list(_MODZ_METHODS)}"
+        )
+    check_number("modz_min_weight", modz_min_weight, minimum=0)
+    if modz_precision is not None:
+        check_number("modz_precision", modz_precision, minimum=0, integer=True)
+    return operation.lower(), modz_method
+
+
 def consensus(
     profiles: pd.DataFrame,
     *,
     replicate_columns: Sequence[str] = ("Metadata_Plate", "Metadata_Well"),
     operation: str = "median",
     features: str | Sequence[str] = "infer",
+    compartments: str | Sequence[str] | None = None,
     modz_method: str = "spearman",
     modz_min_weight: float = 0.01,
     modz_precision: int | None = 4,
+    on_account: AccountSink | None = None,
 ) -> pd.DataFrame:
     """One row per replicate group: the replicate columns, then the features.
 
     ``operation`` is ``median``, ``mean`` or ``modz``; missing values are skipped and
     a feature missing in every replicate stays missing. Rows are sorted by group.
+    Features are inferred from ``compartments`` (default Cells, Cytoplasm, Nuclei);
+    other metadata columns are summarised away, other columns are left out with a
+    warning, and ``on_account`` receives the ``FeatureAccount``.
     """
-    operation = operation.lower()
-    if operation not in OPERATIONS:
-        raise ConfigError(
-            f"unknown consensus operation {operation!r}; choose from {list(OPERATIONS)}"
-        )
-    if modz_method not in _MODZ_METHODS:
-        raise ConfigError(
-            f"unknown modz_method {modz_method!r}; choose from {list(_MODZ_METHODS)}"
-        )
-    keys = [replicate_columns] if isinstance(replicate_columns, str) else list(replicate_columns)
+    operation, modz_method = _check_options(operation, modz_method, modz_min_weight, modz_precision)
+    keys = as_names("replicate_columns", replicate_columns)
     missing = [c for c in keys if c not in profiles.columns]
     if missing:
         raise ConfigError(
             f"replicate_columns {missing} are absent from the profiles; use metadata columns "
             "that identify replicates, e.g. Metadata_broad_sample"
         )
-    names = resolve_features(profiles, features)
+    names = resolve_features(profiles, features, compartments=compartments)
+    if len(profiles) == 0:
+        raise InputError(
+            "consensus of profiles with no rows: there is no replicate to summarise; "
+            "check the file and the steps that made it"
+        )
+    report_account(
+        FeatureAccount(
+            step=f"consensus ({operation})",
+            features_in=tuple(names),
+            features_out=tuple(names),
+            dropped=dict.fromkeys(unprocessed_columns(profiles, {*names, *keys}), "not_a_feature"),
+        ),
+        on_account,
+    )
     x = feature_matrix(profiles, names)
     values = pd.DataFrame(x, columns=pd.Index(names), index=profiles.index)
     frame = pd.concat([profiles.loc[:, keys], values], axis="columns")
@@ -156,8 +195,8 @@ def consensus(
         codes,
         len(key_frame),
         method=modz_method,
-        min_weight=modz_min_weight,
-        precision=modz_precision,
+        min_weight=float(modz_min_weight),
+        precision=None if modz_precision is None else int(modz_precision),
     )
     return pd.concat(
         [key_frame, pd.DataFrame(result, columns=pd.Index(names))], axis="columns"
