@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from cytoprofile.annotate import annotate, prefix_metadata
-from cytoprofile.errors import ConfigError, InputError
+from cytoprofile.cli import main
+from cytoprofile.errors import ConfigError, InputError, MetadataError
 
 pycytominer = pytest.importorskip("pycytominer")
 
@@ -73,7 +75,7 @@ def test_inner_join_and_plate_map_order() -> None:
     # profiles miss some wells, the plate map misses others, both in scrambled order
     profiles = make_profiles().sample(frac=1, random_state=0).iloc[:80]
     platemap = make_platemap().sample(frac=1, random_state=1).iloc[10:]
-    ours = annotate(profiles, platemap)
+    ours = annotate(profiles, platemap, unmatched_wells="drop")
     pd.testing.assert_frame_equal(ours, reference(profiles, platemap))
     expected = [w for w in platemap["well_position"] if w in set(profiles["Metadata_Well"])]
     assert ours["Metadata_Well"].tolist() == expected
@@ -217,3 +219,170 @@ def test_inputs_not_modified() -> None:
     annotate(profiles, platemap, external_metadata=make_external(), external_join_left="Metadata_broad_sample")
     pd.testing.assert_frame_equal(profiles, before_p)
     pd.testing.assert_frame_equal(platemap, before_m)
+
+
+def _unmatched_cases() -> list[tuple[pd.DataFrame, pd.DataFrame, list[str]]]:
+    """(profiles, plate map, wells the plate map lacks) in the shapes seen in the field."""
+    profiles, platemap = make_profiles(), make_platemap()
+    partial = platemap.iloc[:39]  # a plate map that covers 39 of 96 wells
+    unpadded = platemap.assign(well_position=[f"{w[0]}{int(w[1:])}" for w in WELLS])  # A1, not A01
+    per_site = pd.concat([profiles.assign(Metadata_Site=s) for s in (1, 2)], ignore_index=True)
+    stray = pd.concat([profiles, profiles.iloc[[0]].assign(Metadata_Well="I01")], ignore_index=True)
+    return [
+        (profiles, partial, WELLS[39:]),
+        (profiles, unpadded, [w for w in WELLS if w[1] == "0"]),
+        (per_site, partial, WELLS[39:]),
+        (stray, platemap, ["I01"]),
+    ]
+
+
+@pytest.mark.parametrize("case", range(4))
+def test_wells_missing_from_the_plate_map_are_an_error(case: int) -> None:
+    profiles, platemap, missing = _unmatched_cases()[case]
+    with pytest.raises(MetadataError) as info:
+        annotate(profiles, platemap)
+    message = str(info.value)
+    assert f"lacks {len(missing)} well(s)" in message and "unmatched_wells: drop" in message
+    assert all(w in message for w in missing[:10])
+    assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize("case", range(4))
+def test_unmatched_wells_drop_says_how_many(case: int, caplog: pytest.LogCaptureFixture) -> None:
+    profiles, platemap, missing = _unmatched_cases()[case]
+    with caplog.at_level("WARNING", logger="cytoprofile"):
+        ours = annotate(profiles, platemap, unmatched_wells="drop")
+    pd.testing.assert_frame_equal(ours, reference(profiles, platemap))  # the reference drops silently
+    assert f"dropped {len(missing)} well(s)" in caplog.text
+    rows = int(profiles["Metadata_Well"].isin(missing).sum())
+    assert f"({rows} profile row(s))" in caplog.text
+    assert len(ours) == len(profiles) - rows
+
+
+def test_missing_well_values_are_unmatched() -> None:
+    profiles = make_profiles()
+    profiles.loc[3, "Metadata_Well"] = None
+    with pytest.raises(MetadataError, match="lacks 1 well"):
+        annotate(profiles, make_platemap())
+    assert len(annotate(profiles, make_platemap(), unmatched_wells="drop")) == 95
+
+
+def test_plate_map_wells_without_profiles_are_fine() -> None:
+    profiles = make_profiles().iloc[:40]
+    ours = annotate(profiles, make_platemap())
+    assert len(ours) == 40
+
+
+@pytest.mark.parametrize("repeats", [[0], [0, 1, 2], list(range(24))])
+def test_external_repeated_key_is_refused(repeats: list[int]) -> None:
+    profiles, platemap, external = make_profiles(), make_platemap(), make_external()
+    again = external.iloc[repeats].assign(pert_iname="another name")
+    doubled = pd.concat([external, again], ignore_index=True)
+    key = "Metadata_broad_sample"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = pycytominer.annotate(profiles, platemap, external_metadata=doubled, external_join_on=[key])
+    assert len(ref) > 96  # the reference repeats wells
+    with pytest.raises(MetadataError) as info:
+        annotate(profiles, platemap, external_metadata=doubled, external_join_left=key)
+    message = str(info.value)
+    assert f"96 -> {len(ref)} rows" in message
+    assert all(s in message for s in external["broad_sample"].iloc[repeats[:10]])
+
+
+def test_external_identical_or_unused_repeats_are_harmless() -> None:
+    profiles, platemap, external = make_profiles(), make_platemap(), make_external()
+    key = "Metadata_broad_sample"
+    expected = annotate(profiles, platemap, external_metadata=external, external_join_left=key)
+    same = pd.concat([external, external.iloc[:5]], ignore_index=True)
+    unused = pd.concat([external, pd.DataFrame({"broad_sample": ["BRD-X", "BRD-X"], "pert_iname": ["a", "b"],
+                                                "moa": "m", "solvent": "s"})], ignore_index=True)
+    for ext in (same, unused):
+        out = annotate(profiles, platemap, external_metadata=ext, external_join_left=key)
+        pd.testing.assert_frame_equal(out, expected)
+
+
+def test_extra_compartments_in_external_metadata_keep_their_names() -> None:
+    profiles, platemap = make_profiles(), make_platemap()
+    external = make_external().assign(Speckles_reference_area=1.0)
+    key = "Metadata_broad_sample"
+    out = annotate(profiles, platemap, external_metadata=external, external_join_left=key,
+                   compartments=["cells", "cytoplasm", "nuclei", "speckles"])
+    assert "Speckles_reference_area" in out.columns
+    default = annotate(profiles, platemap, external_metadata=external, external_join_left=key)
+    assert "Metadata_Speckles_reference_area" in default.columns
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"join_on": "ab"},
+        {"join_on": 5},
+        {"unmatched_wells": "warn"},
+        {"unmatched_wells": None},
+        {"add_metadata_id_to_platemap": "False"},
+        {"format_broad_cmap": 1},
+        {"clean_cellprofiler": "yes"},
+        {"external_metadata": make_external(), "external_join_left": 3},
+        {"compartments": 3, "external_metadata": make_external(), "external_join_left": "Metadata_broad_sample"},
+    ],
+)
+def test_wrong_types_are_config_errors(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ConfigError) as info:
+        annotate(make_profiles(), make_platemap(), **kwargs)  # type: ignore[arg-type]
+    assert isinstance(info.value, ValueError)
+
+
+def _write_inputs(tmp_path: Path, platemap: pd.DataFrame) -> tuple[Path, Path]:
+    profiles_path = tmp_path / "SQ00015167.csv"
+    make_profiles().to_csv(profiles_path, index=False)
+    map_path = tmp_path / "C-7161-01-LM6-006.txt"
+    platemap.to_csv(map_path, sep="\t", index=False)
+    return profiles_path, map_path
+
+
+def test_command_refuses_wells_missing_from_the_plate_map(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    profiles_path, map_path = _write_inputs(tmp_path, make_platemap().iloc[:39])
+    out = tmp_path / "augmented.csv"
+    assert main(["annotate", str(profiles_path), str(map_path), str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "lacks 57 well(s)" in err and "D04" in err and "--unmatched-wells drop" in err
+    assert not out.exists()
+    assert main(["annotate", str(profiles_path), str(map_path), str(out), "--unmatched-wells", "drop"]) == 0
+    assert "dropped 57 well(s)" in capsys.readouterr().err
+    assert len(pd.read_csv(out)) == 39
+
+
+def test_command_refuses_a_repeated_external_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    profiles_path, map_path = _write_inputs(tmp_path, make_platemap())
+    external = make_external()
+    repeated = pd.concat([external, external.iloc[:4].assign(pert_iname="other")], ignore_index=True)
+    ext_path = tmp_path / "external_metadata.tsv"
+    repeated.to_csv(ext_path, sep="\t", index=False)
+    out = tmp_path / "augmented.csv"
+    argv = ["annotate", str(profiles_path), str(map_path), str(out), "--external", str(ext_path),
+            "--merge-column", "broad_sample"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert external["broad_sample"].iloc[0] in err and "appears again" in err and f"{ext_path}:" in err
+    assert not out.exists()
+    external.to_csv(ext_path, sep="\t", index=False)
+    assert main(argv) == 0
+    assert len(pd.read_csv(out)) == 96
+
+
+def test_validate_metadata_command_checks_the_profiles_wells(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = tmp_path / "metadata" / "platemaps" / "B1"
+    (base / "platemap").mkdir(parents=True)
+    (base / "barcode_platemap.csv").write_text("Assay_Plate_Barcode,Plate_Map_Name\nSQ00015167,C-7161-01-LM6-006\n")
+    make_platemap().iloc[:39].to_csv(base / "platemap" / "C-7161-01-LM6-006.txt", sep="\t", index=False)
+    profiles_path = tmp_path / "SQ00015167.csv"
+    make_profiles().to_csv(profiles_path, index=False)
+    assert main(["validate-metadata", str(tmp_path), "B1"]) == 0  # without profiles: the files are fine
+    capsys.readouterr()
+    assert main(["validate-metadata", str(tmp_path), "B1", "--profiles", str(profiles_path)]) == 1
+    err = capsys.readouterr().err
+    assert "57 well(s) the plate map lacks" in err and "unmatched_wells: drop" in err
+    assert main(["validate-metadata", str(tmp_path), "B1", "--profiles", str(profiles_path),
+                 "--unmatched-wells", "drop"]) == 0
+    assert "annotation drops them" in capsys.readouterr().err

@@ -278,3 +278,95 @@ def test_unreadable_path(tmp_path: Path) -> None:
     empty.write_text("")
     with pytest.raises(MetadataError, match="empty"):
         load_platemap(empty)
+
+
+@pytest.mark.parametrize(
+    ("encoding", "bom", "text"),
+    [
+        ("latin-1", b"", "Ménadione"),
+        ("cp1252", b"", "compound \u2013 5\u00b5M"),
+        ("latin-1", b"\xef\xbb\xbf", "caf\u00e9"),
+        ("utf-16", b"", "plain"),
+    ],
+)
+@pytest.mark.parametrize("kind", ["platemap", "external", "barcode"])
+def test_non_utf8_is_refused_with_the_byte_offset(
+    tmp_path: Path, encoding: str, bom: bytes, text: str, kind: str
+) -> None:
+    # Our choice: refuse rather than guess (a Latin-1 guess silently garbles names).
+    root = make_workspace(tmp_path)
+    name = "C-7161-01-LM6-006"
+    if kind == "platemap":
+        path = platemap_file(root, name)
+        body = platemap_text(name).replace("BRD-K00000003-001-01-1", f"BRD-K00000003 {text}")
+    elif kind == "barcode":
+        path = barcode_file(root)
+        body = f"Assay_Plate_Barcode,Plate_Map_Name\nSQ00015167,{name}\n# {text}\n"
+    else:
+        path = root / "metadata" / "external_metadata" / "external_metadata.tsv"
+        path.parent.mkdir(parents=True)
+        body = f"broad_sample\tpert_iname\nBRD-K00000001-001-01-1\t{text}\n"
+    raw = bom + body.encode(encoding)
+    path.write_bytes(raw)
+    try:
+        raw.decode("utf-8-sig")
+        pytest.fail("fixture is valid UTF-8")
+    except UnicodeDecodeError as exc:
+        offset = exc.start + len(bom)
+    loaders = {
+        "platemap": lambda: load_platemap(path),
+        "barcode": lambda: load_barcode_platemap(path),
+        "external": lambda: load_external_metadata(path, merge_column="broad_sample"),
+    }
+    with pytest.raises(MetadataError) as info:
+        loaders[kind]()
+    message = str(info.value)
+    line = raw.count(b"\n", 0, offset) + 1
+    assert message.startswith(f"{path}:{line}: not UTF-8") and f"byte offset {offset}" in message
+    assert isinstance(info.value, ValueError)
+    ext = path if kind == "external" else None
+    found = problems(root, plates=["SQ00015167"], external_metadata=ext, merge_column="broad_sample" if ext else None)
+    assert any(f"byte offset {offset}" in p for p in found)
+
+
+def test_utf8_names_load(tmp_path: Path) -> None:
+    root = make_workspace(tmp_path)
+    path = platemap_file(root, "C-7161-01-LM6-006")
+    path.write_bytes(b"\xef\xbb\xbf" + platemap_text("C-7161-01-LM6-006").replace("0.30", "café").encode())
+    assert "café" in load_platemap(path)["mg_per_ml"].tolist()
+
+
+def test_external_metadata_repeated_key_refused_on_load(tmp_path: Path) -> None:
+    ext = tmp_path / "external_metadata.tsv"
+    ext.write_text("broad_sample\tpert_iname\nBRD-1\ta\nBRD-2\tb\nBRD-1\tc\nBRD-2\tb\n")
+    with pytest.raises(MetadataError, match=f"{ext}:4: broad_sample 'BRD-1' appears again"):
+        load_external_metadata(ext, merge_column="broad_sample")
+    # identical repeated rows are harmless; without a merge column nothing is checked
+    ext.write_text("broad_sample\tpert_iname\nBRD-1\ta\nBRD-1\ta\n")
+    assert len(load_external_metadata(ext, merge_column="broad_sample")) == 2
+
+
+@pytest.mark.parametrize("kept", [39, 95, 0])
+def test_profile_wells_missing_from_the_platemap_name_the_option(tmp_path: Path, kept: int) -> None:
+    root = make_workspace(tmp_path)
+    platemap_file(root, "C-7161-01-LM6-006").write_text(platemap_text("C-7161-01-LM6-006", WELLS[:kept]) if kept
+                                                        else platemap_text("C-7161-01-LM6-006", ["H12"]))
+    profiles = {"SQ00015167": profiles_for(WELLS)}
+    missing = 96 - (kept or 1)
+    [message] = problems(root, plates=["SQ00015167"], profiles=profiles)
+    assert f"{missing} well(s) the plate map lacks" in message and "unmatched_wells: drop" in message
+    notes = validate_metadata(root, BATCH, plates=["SQ00015167"], profiles=profiles, unmatched_wells="drop")
+    assert any(f"{missing} well(s)" in n and "drops them" in n for n in notes)
+    with pytest.raises(MetadataError):
+        validate_metadata(root, BATCH, plates=["SQ00015167"], profiles=profiles, unmatched_wells="drop", strict=True)
+    with pytest.raises(ValueError, match="unmatched_wells"):
+        validate_metadata(root, BATCH, profiles=profiles, unmatched_wells="warn")
+
+
+def test_non_utf8_platemap_is_reported_with_the_other_problems(tmp_path: Path) -> None:
+    root = make_workspace(tmp_path)
+    platemap_file(root, "C-7161-01-LM6-007").write_bytes(platemap_text("C-7161-01-LM6-007").encode("utf-16"))
+    platemap_file(root, "C-7161-01-LM6-006").write_text(platemap_text("C-7161-01-LM6-006", [*WELLS, "A01"]))
+    found = problems(root)
+    assert any("LM6-007.txt:1: not UTF-8" in p for p in found)
+    assert any("well A01 appears again" in p for p in found)

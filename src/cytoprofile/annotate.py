@@ -3,17 +3,29 @@
 The output keeps the reference tool's layout so that downstream steps and existing
 ``_augmented`` files line up: plate map columns are prefixed ``Metadata_``, rows follow
 the plate map, and every ``Metadata_*`` column comes before the features.
+
+Unlike the reference, no well is dropped without a word: profiles of wells the plate
+map lacks are an error naming them (``unmatched_wells="drop"`` drops them and says
+how many), and external metadata with several different rows for one key (which
+would repeat wells) is refused.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import pandas as pd
 
-from .errors import ConfigError, InputError
+from .errors import ConfigError, InputError, MetadataError
+from .feature_select import as_names, check_choice, check_flag, feature_prefixes
 
-__all__ = ["annotate", "prefix_metadata"]
+__all__ = ["UNMATCHED_WELLS", "annotate", "prefix_metadata"]
+
+log = logging.getLogger(__name__)
+
+UNMATCHED_WELLS: tuple[str, ...] = ("error", "drop")
+_SHOW = 10  # wells or keys named in one message
 
 # CellProfiler image-table metadata that older backends kept under an ``Image_`` prefix.
 _CELLPROFILER_RENAMES = {
@@ -21,7 +33,6 @@ _CELLPROFILER_RENAMES = {
     "Image_Metadata_Well": "Metadata_Well",
     "Image_Metadata_Site": "Metadata_Site",
 }
-_FEATURE_PREFIXES = ("Cells", "Cytoplasm", "Nuclei")
 
 
 def prefix_metadata(columns: Sequence[object]) -> list[object]:
@@ -32,8 +43,9 @@ def prefix_metadata(columns: Sequence[object]) -> list[object]:
     ]
 
 
-def _as_list(keys: str | Sequence[str]) -> list[str]:
-    return [keys] if isinstance(keys, str) else list(keys)
+def _listed(values: Sequence[object]) -> str:
+    shown = ", ".join(str(v) for v in values[:_SHOW])
+    return shown + (f" ... ({len(values)} in all)" if len(values) > _SHOW else "")
 
 
 def _require(df: pd.DataFrame, columns: Sequence[str], what: str, fix: str) -> None:
@@ -42,12 +54,16 @@ def _require(df: pd.DataFrame, columns: Sequence[str], what: str, fix: str) -> N
         raise InputError(f"{what} has no column {', '.join(map(repr, missing))}; {fix}")
 
 
-def _prefix_external(external: pd.DataFrame) -> pd.DataFrame:
+def _prefix_external(
+    external: pd.DataFrame, compartments: str | Sequence[str] | None
+) -> pd.DataFrame:
     """Prefix external metadata columns, leaving feature-like and metadata names alone."""
+    features = feature_prefixes(compartments)
+
     def protected(col: object) -> bool:
         if not isinstance(col, str):
             return True
-        if col.startswith(("Metadata_", "Image_Metadata_", *_FEATURE_PREFIXES)):
+        if col.startswith(("Metadata_", "Image_Metadata_", *features)):
             return True
         return col.startswith("Image") and pd.api.types.is_numeric_dtype(external[col])
 
@@ -85,6 +101,54 @@ def _broad_cmap(annotated: pd.DataFrame, well_column: str) -> pd.DataFrame:
     return out.assign(Metadata_pert_type="", Metadata_broad_sample_type="")
 
 
+def _match_wells(
+    profiles: pd.DataFrame, pm: pd.DataFrame, map_key: str, profile_key: str, unmatched_wells: str
+) -> pd.DataFrame:
+    """``profiles`` without the wells the plate map lacks, or an error naming them."""
+    listed = set(pm[map_key].dropna().astype(str))
+    wells = profiles[profile_key]
+    absent = wells.isna() | ~wells.astype(str).isin(listed)
+    unlisted = pm.loc[~pm[map_key].astype(str).isin(set(wells.dropna().astype(str))), map_key]
+    if len(unlisted):
+        log.info("annotate: %d plate map well(s) have no profile: %s", len(unlisted),
+                 _listed(list(unlisted)))
+    if not absent.any():
+        return profiles
+    names = list(dict.fromkeys(str(w) for w in wells[absent]))
+    if unmatched_wells == "error":
+        raise MetadataError(
+            f"the plate map lacks {len(names)} well(s) of the profiles ({profile_key}): "
+            f"{_listed(names)}; their profiles would be dropped: add them to the plate map, "
+            "or drop them knowingly with unmatched_wells: drop (annotate.unmatched_wells in "
+            "a recipe config, --unmatched-wells drop on the command line)"
+        )
+    log.warning(
+        "annotate: dropped %d well(s) (%d profile row(s)) absent from the plate map "
+        "(unmatched_wells: drop): %s", len(names), int(absent.sum()), _listed(names),
+    )
+    return profiles.loc[~absent.to_numpy()]
+
+
+def _refuse_repeated_keys(
+    annotated: pd.DataFrame, external: pd.DataFrame, left: list[str], right: list[str]
+) -> None:
+    """A key with several different external rows would repeat every well that has it."""
+    distinct = external.drop_duplicates()
+    repeated = distinct.loc[distinct.duplicated(subset=right, keep=False), right]
+    if repeated.empty:
+        return
+    used = repeated.merge(annotated[left].drop_duplicates(), left_on=right, right_on=left)
+    if used.empty:
+        return
+    keys = list(dict.fromkeys("/".join(map(str, row)) for row in used[right].itertuples(index=False)))
+    extra = len(annotated.merge(distinct[right], left_on=left, right_on=right, how="left"))
+    raise MetadataError(
+        f"the external metadata has several different rows for {', '.join(right)} "
+        f"{_listed(keys)}; the join would repeat their wells ({len(annotated)} -> {extra} "
+        "rows): keep one row per key"
+    )
+
+
 def annotate(
     profiles: pd.DataFrame,
     platemap: pd.DataFrame,
@@ -96,21 +160,34 @@ def annotate(
     external_metadata: pd.DataFrame | None = None,
     external_join_left: str | Sequence[str] | None = None,
     external_join_right: str | Sequence[str] | None = None,
+    unmatched_wells: str = "error",
+    compartments: str | Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """Join ``platemap`` (and ``external_metadata``) onto ``profiles``.
 
-    ``join_on`` is (plate map column, profile column), named after prefixing. Wells
-    missing from either side drop (inner join); rows follow the plate map's order; a
-    plate map column whose name clashes with a profile column gets ``_platemap``.
-    External metadata is left-joined on ``external_join_left`` (annotated side) =
-    ``external_join_right`` (its side, default the same names); its columns are
-    prefixed ``Metadata_`` first, and clashing names get ``_external``.
+    ``join_on`` is (plate map column, profile column), named after prefixing. Profile
+    wells the plate map lacks are an error naming them; with ``unmatched_wells="drop"``
+    they drop (inner join) and a warning says how many. Rows follow the plate map's
+    order; a plate map column whose name clashes with a profile column gets
+    ``_platemap``. External metadata is left-joined on ``external_join_left``
+    (annotated side) = ``external_join_right`` (its side, default the same names); its
+    columns are prefixed ``Metadata_`` first (except feature names of
+    ``compartments``), clashing names get ``_external``, and a key with several
+    different rows is an error.
     """
-    if len(join_on) != 2:
+    keys = as_names("join_on", join_on)
+    if len(keys) != 2:
         raise ConfigError(
-            f"join_on must be two column names (plate map, profiles), got {list(join_on)!r}"
+            f"join_on must be two column names (plate map, profiles), got {join_on!r}"
         )
-    map_key, profile_key = join_on[0], join_on[1]
+    unmatched_wells = check_choice("unmatched_wells", unmatched_wells, UNMATCHED_WELLS)
+    for flag, value in (
+        ("add_metadata_id_to_platemap", add_metadata_id_to_platemap),
+        ("format_broad_cmap", format_broad_cmap),
+        ("clean_cellprofiler", clean_cellprofiler),
+    ):
+        check_flag(flag, value)
+    map_key, profile_key = keys
     pm = platemap.copy()
     if add_metadata_id_to_platemap:
         pm.columns = pd.Index(prefix_metadata(list(pm.columns)))
@@ -121,6 +198,7 @@ def annotate(
         "the profiles",
         "check the well column of the aggregated profiles and join_on",
     )
+    profiles = _match_wells(profiles, pm, map_key, profile_key, unmatched_wells)
 
     annotated = pm.merge(
         profiles,
@@ -141,31 +219,8 @@ def annotate(
             "(the merge column, e.g. Metadata_broad_sample)"
         )
     if external_metadata is not None and external_join_left is not None:
-        left = _as_list(external_join_left)
-        right = _as_list(external_join_right) if external_join_right is not None else left
-        external = _prefix_external(external_metadata)
-        _require(
-            annotated,
-            left,
-            "the annotated profiles (after the plate map join)",
-            "the merge column must be a plate map column",
-        )
-        _require(
-            external,
-            right,
-            "the external metadata",
-            "the merge column must have the same name in the plate map and the external metadata",
-        )
-        annotated = (
-            annotated.merge(
-                external,
-                left_on=left,
-                right_on=right,
-                how="left",
-                suffixes=(None, "_external"),
-            )
-            .reset_index(drop=True)
-            .drop_duplicates()
+        annotated = _join_external(
+            annotated, external_metadata, external_join_left, external_join_right, compartments
         )
 
     if clean_cellprofiler:
@@ -175,3 +230,44 @@ def annotate(
     meta_set = set(meta)
     rest = [c for c in annotated.columns if c not in meta_set]
     return annotated.loc[:, meta + rest]
+
+
+def _join_external(
+    annotated: pd.DataFrame,
+    external_metadata: pd.DataFrame,
+    external_join_left: str | Sequence[str],
+    external_join_right: str | Sequence[str] | None,
+    compartments: str | Sequence[str] | None,
+) -> pd.DataFrame:
+    """Left-join the prefixed external metadata; a repeated key is refused."""
+    left = as_names("external_join_left", external_join_left)
+    right = (
+        as_names("external_join_right", external_join_right)
+        if external_join_right is not None
+        else left
+    )
+    external = _prefix_external(external_metadata, compartments)
+    _require(
+        annotated,
+        left,
+        "the annotated profiles (after the plate map join)",
+        "the merge column must be a plate map column",
+    )
+    _require(
+        external,
+        right,
+        "the external metadata",
+        "the merge column must have the same name in the plate map and the external metadata",
+    )
+    _refuse_repeated_keys(annotated, external, left, right)
+    return (
+        annotated.merge(
+            external,
+            left_on=left,
+            right_on=right,
+            how="left",
+            suffixes=(None, "_external"),
+        )
+        .drop_duplicates()
+        .reset_index(drop=True)
+    )

@@ -320,29 +320,36 @@ def annotate(
     join_on: Annotated[list[str] | None, typer.Option(help="Plate map column, profile column (default Metadata_well_position,Metadata_Well).")] = None,
     external: Annotated[str | None, typer.Option(help="External metadata file (.tsv) to merge.")] = None,
     merge_column: Annotated[str | None, typer.Option(help="Key column shared by the plate map and the external metadata.")] = None,
+    unmatched_wells: Annotated[str, typer.Option(help="Profile wells missing from the plate map: error, or drop (and say how many).")] = "error",
     float_format: FloatFormatOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Join plate map (and external metadata) onto per-well profiles."""
     from . import io
     from .annotate import annotate as _annotate
-    from .metadata import load_external_metadata, load_platemap
+    from .metadata import load_external_metadata, load_platemap, validate_annotation_inputs
     from .pipeline import _prefixed
 
     _setup_logging(quiet)
     io.check_output(output, float_format=float_format)
+    if external and not merge_column:
+        raise CytoprofileError("--external needs --merge-column (e.g. broad_sample)")
+    with _about(profiles):
+        table = io.read_table(profiles)
+    # the checks `run` makes before annotating: plate map, external keys, wells
+    for note in validate_annotation_inputs(platemap, external_metadata=external, merge_column=merge_column,
+                                           unmatched_wells=unmatched_wells):
+        log.warning("%s", note)
     ext = load_external_metadata(external, merge_column=merge_column) if external else None
     key = None
-    if ext is not None:
-        if not merge_column:
-            raise CytoprofileError("--external needs --merge-column (e.g. broad_sample)")
+    if ext is not None and merge_column:
         key = merge_column if merge_column.startswith("Metadata_") else f"Metadata_{merge_column}"
     plate_map = _prefixed(load_platemap(platemap))
     with _about(profiles):
-        df = _annotate(io.read_table(profiles), plate_map,
+        df = _annotate(table, plate_map,
                    join_on=_split(join_on) or ["Metadata_well_position", "Metadata_Well"],
                    external_metadata=ext, external_join_left=[key] if key else None,
-                   external_join_right=[key] if key else None)
+                   external_join_right=[key] if key else None, unmatched_wells=unmatched_wells)
     io.write_table(df, output, float_format=float_format)
     log.info("wrote %d rows × %d columns to %s", len(df), df.shape[1], output)
 
@@ -455,11 +462,23 @@ def validate_metadata(
     plates: Annotated[list[str] | None, typer.Option("--plate", help="Check only these plates.")] = None,
     external: Annotated[str | None, typer.Option(help="External metadata file to check too.")] = None,
     merge_column: Annotated[str | None, typer.Option(help="Its key column.")] = None,
+    profiles: Annotated[list[str] | None, typer.Option("--profiles", help="Per-well profiles whose wells to check against their plate maps (repeatable; plates from Metadata_Plate).")] = None,
+    unmatched_wells: Annotated[str, typer.Option(help="Profile wells missing from the plate map: error, or drop (a warning).")] = "error",
 ) -> None:
     """Check barcode map, plate maps and external metadata; one message per problem."""
+    from . import io
     from .metadata import validate_metadata as _validate
 
-    notes = _validate(workspace, batch, plates=_split(plates), external_metadata=external, merge_column=merge_column)
+    by_plate: dict[str, Any] = {}
+    for path in _split(profiles) or []:
+        with _about(path):
+            table = io.read_table(path)
+        if "Metadata_Plate" not in table.columns:
+            raise CytoprofileError(f"{path}: no Metadata_Plate column; the profiles' plate names their plate map")
+        for plate, part in table.groupby(table["Metadata_Plate"].astype(str), sort=False):
+            by_plate[str(plate)] = part
+    notes = _validate(workspace, batch, plates=_split(plates), external_metadata=external, merge_column=merge_column,
+                      profiles=by_plate or None, unmatched_wells=unmatched_wells)
     for note in notes:
         console.print(f"warning: {note}", highlight=False)
     typer.echo(f"metadata of {batch}: ok" + (f" ({len(notes)} warning(s))" if notes else ""))

@@ -3,7 +3,9 @@
 Mistakes in these hand-made files (a comma-separated plate map, a typo in a plate
 map name, a duplicated well) otherwise surface late as a crash or, worse, as wells
 silently dropped by the annotation join. ``validate_metadata`` reports every problem
-at once, each as ``file:line: what is wrong; how to fix it``.
+at once, each as ``file:line: what is wrong; how to fix it``. The files must be
+UTF-8 text (a byte-order mark is allowed); anything else is refused with the byte
+offset of the first invalid byte rather than guessed at.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import pandas as pd
 
 from . import io
 from . import workspace as _workspace
-from .errors import MetadataError
+from .errors import ConfigError, MetadataError
 
 __all__ = [
     "BARCODE_COLUMNS",
@@ -31,6 +33,7 @@ __all__ = [
     "platemap_for_plate",
     "platemap_name_for_plate",
     "platemap_path",
+    "validate_annotation_inputs",
     "validate_metadata",
     "well_name_problem",
 ]
@@ -88,8 +91,16 @@ def _read_text(path: PathLike) -> str:
         raise MetadataError(f"{path}: cannot be read ({exc})") from exc
     try:
         return str(data.decode("utf-8-sig"))
-    except UnicodeDecodeError:
-        return str(data.decode("latin-1"))
+    except UnicodeDecodeError as exc:
+        bom = 3 if data.startswith(b"\xef\xbb\xbf") else 0
+        offset = exc.start + bom
+        line = data.count(b"\n", 0, offset) + 1
+        bad = data[offset : offset + 1]
+        raise MetadataError(
+            f"{path}:{line}: not UTF-8 text (byte {bad!r} at byte offset {offset}); save the "
+            "file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`), cytoprofile does not guess "
+            "the encoding"
+        ) from exc
 
 
 def _parse(path: PathLike, text: str, sep: str, required: Sequence[str]) -> _Table:
@@ -197,11 +208,16 @@ def load_external_metadata(path: PathLike, *, merge_column: str | None = None) -
     """Read external metadata: tab-separated ``.tsv`` (a ``.csv`` file: comma-separated).
 
     Column types are inferred as for plate maps, so the merge keys compare alike.
+    With ``merge_column``, a key on several rows with different values (which would
+    repeat the wells that have it) is a ``MetadataError`` naming the lines.
     """
     sep = "," if str(path).lower().endswith(".csv") else "\t"
     text = _read_text(path)
     table = _parse(path, text, sep, [merge_column] if merge_column else [])
     _raise(table.problems)
+    if merge_column:
+        _repeated_keys(table, merge_column)
+        _raise(_capped(table))
     return pd.read_csv(_stdio.StringIO(text), sep=sep)
 
 
@@ -320,16 +336,20 @@ def validate_metadata(
     merge_column: str | None = None,
     well_column: str = "Metadata_Well",
     strict: bool = False,
+    unmatched_wells: str = "error",
 ) -> list[str]:
     """Check a batch's metadata; raise ``MetadataError`` listing every error.
 
     Checks barcode_platemap.csv and the plate map of each plate in ``plates`` (all
     plates listed when None): mandatory columns, separators, plate_map_name equal to
     the file name, well names, duplicated wells, missing files; for plates given in
-    ``profiles`` (plate -> per-well profiles), wells absent from the plate map; and
-    the ``external_metadata`` file's ``merge_column``. Returns the warnings (plate map
-    wells that have no profile), which count as errors when ``strict``.
+    ``profiles`` (plate -> per-well profiles), wells absent from the plate map (an
+    error, or with ``unmatched_wells="drop"`` a warning, as annotation treats them);
+    and the ``external_metadata`` file's ``merge_column``. Returns the warnings (plate
+    map wells that have no profile), which count as errors when ``strict``.
     """
+    if unmatched_wells not in ("error", "drop"):
+        raise ConfigError(f"unmatched_wells must be 'error' or 'drop', got {unmatched_wells!r}")
     errors: list[str] = []
     warnings: list[str] = []
     bpath = barcode_platemap_path(workspace, batch)
@@ -361,11 +381,18 @@ def validate_metadata(
         name, line = barcodes[plate]
         if name not in maps:
             path = platemap_path(workspace, batch, name)
+            text = None
             if not io.exists(path):
                 errors.append(_missing_platemap_file(workspace, batch, name, plate, bpath, line))
+            else:
+                try:
+                    text = _read_text(path)
+                except MetadataError as exc:
+                    errors.append(str(exc))
+            if text is None:
                 maps[name] = None
             else:
-                table = _parse(path, _read_text(path), "\t", PLATEMAP_COLUMNS)
+                table = _parse(path, text, "\t", PLATEMAP_COLUMNS)
                 wells = _check_platemap(table, name)
                 errors.extend(_capped(table))
                 if merge_column and external_keys is not None:
@@ -377,31 +404,89 @@ def validate_metadata(
         table, wells = parsed
         if table.problems:
             continue
-        found = _profile_wells(profiles[plate], well_column)
-        if found is None:
-            errors.append(
-                f"profiles of plate {plate!r} have no {well_column} column; aggregate with "
-                "the well as a stratum"
-            )
-            continue
-        col, profile_wells = found
-        extra = sorted(w for w in profile_wells if w not in wells)
-        if extra:
-            errors.append(
-                f"{table.path}: plate {plate!r} has profiles for wells the plate map lacks: "
-                f"{_list(extra)}; annotation would drop them: add them to the plate map "
-                f"(or check that {col} uses names like A01)"
-            )
-        present = set(profile_wells)
-        absent = [w for w in wells if w not in present]
-        if absent:
-            warnings.append(
-                f"{table.path}:{wells[absent[0]]}: plate {plate!r} has no profile for "
-                f"{len(absent)} plate map well(s): {_list(absent)}; they will be missing from "
-                "the annotated profiles (expected only for wells that were not imaged)"
-            )
+        _check_profile_wells(
+            table, wells, plate, profiles[plate], well_column, unmatched_wells, errors, warnings
+        )
     if strict:
         errors.extend(warnings)
+    _raise(errors)
+    return warnings
+
+
+def _check_profile_wells(
+    table: _Table,
+    wells: Mapping[str, int],
+    plate: str,
+    profiles: pd.DataFrame,
+    well_column: str,
+    unmatched_wells: str,
+    errors: list[str],
+    warnings: list[str],
+) -> None:
+    """Profile wells the plate map lacks (an error unless dropped) and unprofiled wells."""
+    found = _profile_wells(profiles, well_column)
+    if found is None:
+        errors.append(
+            f"profiles of plate {plate!r} have no {well_column} column; aggregate with "
+            "the well as a stratum"
+        )
+        return
+    col, profile_wells = found
+    extra = sorted(w for w in profile_wells if w not in wells)
+    if extra and unmatched_wells == "drop":
+        warnings.append(
+            f"{table.path}: plate {plate!r} has profiles for {len(extra)} well(s) the "
+            f"plate map lacks: {_list(extra)}; annotation drops them (unmatched_wells: drop)"
+        )
+    elif extra:
+        errors.append(
+            f"{table.path}: plate {plate!r} has profiles for {len(extra)} well(s) the plate "
+            f"map lacks: {_list(extra)}; annotation would drop them: add them to the plate "
+            f"map (or check that {col} uses names like A01), or drop them knowingly with "
+            "unmatched_wells: drop"
+        )
+    present = set(profile_wells)
+    absent = [w for w in wells if w not in present]
+    if absent:
+        warnings.append(
+            f"{table.path}:{wells[absent[0]]}: plate {plate!r} has no profile for "
+            f"{len(absent)} plate map well(s): {_list(absent)}; they will be missing from "
+            "the annotated profiles (expected only for wells that were not imaged)"
+        )
+
+
+def validate_annotation_inputs(
+    platemap: PathLike,
+    *,
+    external_metadata: PathLike | None = None,
+    merge_column: str | None = None,
+    profiles: pd.DataFrame | None = None,
+    well_column: str = "Metadata_Well",
+    unmatched_wells: str = "error",
+) -> list[str]:
+    """The checks ``validate_metadata`` makes, for one plate map file given by path.
+
+    For annotating outside a workspace (the ``annotate`` command): the plate map's
+    own problems, the external metadata (separator, repeated keys, its merge column
+    in the plate map) and, with ``profiles``, their wells against the plate map.
+    Raises ``MetadataError`` listing every error; returns the warnings.
+    """
+    if unmatched_wells not in ("error", "drop"):
+        raise ConfigError(f"unmatched_wells must be 'error' or 'drop', got {unmatched_wells!r}")
+    errors: list[str] = []
+    warnings: list[str] = []
+    external_keys = None
+    if external_metadata is not None:
+        external_keys = _check_external(external_metadata, merge_column, errors)
+    table = _parse(platemap, _read_text(platemap), "\t", PLATEMAP_COLUMNS)
+    base = os.path.basename(str(platemap))
+    wells = _check_platemap(table, base[: -len(".txt")] if base.endswith(".txt") else base.rsplit(".", 1)[0])
+    errors.extend(_capped(table))
+    if merge_column and external_keys is not None:
+        _check_merge_column(table, merge_column, external_keys, errors, warnings)
+    if profiles is not None and not table.problems:
+        plate = ", ".join(map(str, profiles["Metadata_Plate"].unique())) if "Metadata_Plate" in profiles else "?"
+        _check_profile_wells(table, wells, plate, profiles, well_column, unmatched_wells, errors, warnings)
     _raise(errors)
     return warnings
 
@@ -421,18 +506,25 @@ def _check_external(path: PathLike, merge_column: str | None, errors: list[str])
         return None
     sep = "," if str(path).lower().endswith(".csv") else "\t"
     table = _parse(path, text, sep, [merge_column])
-    errors.extend(_capped(table))
     if merge_column not in table.header:
+        errors.extend(_capped(table))
         return None
+    keys = _repeated_keys(table, merge_column)
+    errors.extend(_capped(table))
+    return keys
+
+
+def _repeated_keys(table: _Table, merge_column: str) -> set[str]:
+    """Keys of an external metadata table; a key repeated with other values is a problem."""
     keys: dict[str, tuple[int, list[str]]] = {}
+    idx = table.header.index(merge_column)
     for row, line in zip(table.rows, table.lines, strict=True):
-        idx = table.header.index(merge_column)
         key = row[idx] if idx < len(row) else ""
         if key in keys and keys[key][1] != row:
-            errors.append(
-                f"{path}:{line}: {merge_column} {key!r} appears again with other values "
-                f"(first on line {keys[key][0]}); annotation would duplicate its wells: "
-                "keep one row per key"
+            table.problems.append(
+                f"{table.path}:{line}: {merge_column} {key!r} appears again with other values "
+                f"(first on line {keys[key][0]}); annotation would repeat the wells with this "
+                "key: keep one row per key"
             )
         keys.setdefault(key, (line, row))
     return set(keys)
