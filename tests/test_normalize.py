@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -415,3 +416,13 @@ def test_function_defaults_are_pycytominer_defaults() -> None:
     assert {"method", "samples", "features", "meta_features", "spherize_method", "spherize_epsilon"} <= set(shared)
     for name in shared:
         assert ours[name].default == ref[name].default, name
+
+
+def test_command_default_method_is_pycytominer_default(tmp_path: Path) -> None:
+    from cytoprofile.cli import main
+
+    df = make_profiles(n_features=8)
+    source, out = tmp_path / "annotated.csv", tmp_path / "normalized.csv"
+    df.to_csv(source, index=False)
+    assert main(["normalize", str(source), str(out), "-q"]) == 0
+    assert_same(pd.read_csv(out), reference(pd.read_csv(source)))

@@ -358,7 +358,7 @@ def annotate(
 def normalize(
     profiles: Annotated[str, typer.Argument(help="Annotated profiles.")],
     output: Annotated[str, typer.Argument(help="Normalized output table.")],
-    method: Annotated[str, typer.Option(help="standardize, robustize, mad_robustize or spherize.")] = "mad_robustize",
+    method: Annotated[str, typer.Option(help="standardize (the default, as pycytominer's), robustize, mad_robustize or spherize.")] = "standardize",
     samples: Annotated[str, typer.Option(help="Wells to fit on: all, or a query such as \"Metadata_control_type == 'negcon'\".")] = "all",
     sample_filter: Annotated[list[str] | None, typer.Option(help="Fit on wells where COLUMN=VALUE[,VALUE] (repeatable).")] = None,
     features: Annotated[list[str] | None, typer.Option(help="Feature columns (default: inferred).")] = None,
