@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cytoprofile.annotate import annotate, prefix_metadata
 from cytoprofile.cli import main
@@ -386,3 +388,22 @@ def test_validate_metadata_command_checks_the_profiles_wells(tmp_path: Path, cap
     assert main(["validate-metadata", str(tmp_path), "B1", "--profiles", str(profiles_path),
                  "--unmatched-wells", "drop"]) == 0
     assert "annotation drops them" in capsys.readouterr().err
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    profile_wells=st.lists(st.sampled_from([*WELLS, "I01", "A1"]), min_size=1, max_size=40, unique=True),
+    map_wells=st.lists(st.sampled_from(WELLS), min_size=1, max_size=96, unique=True),
+)
+def test_unmatched_wells_invariants(profile_wells: list[str], map_wells: list[str]) -> None:
+    profiles = make_profiles().iloc[: len(profile_wells)].assign(Metadata_Well=profile_wells)
+    platemap = make_platemap().set_index("well_position").loc[map_wells].reset_index()
+    missing = [w for w in profile_wells if w not in set(map_wells)]
+    if missing:
+        with pytest.raises(MetadataError, match=f"lacks {len(missing)} well"):
+            annotate(profiles, platemap)
+    else:
+        assert len(annotate(profiles, platemap)) == len(profile_wells)
+    dropped = annotate(profiles, platemap, unmatched_wells="drop")
+    assert len(dropped) == len(profile_wells) - len(missing)
+    assert dropped["Metadata_Well"].tolist() == [w for w in map_wells if w in set(profile_wells)]

@@ -507,3 +507,26 @@ def test_wrong_types_are_config_errors(kwargs: dict[str, object]) -> None:
         with pytest.raises(ConfigError) as info:
             call(df, **kwargs)
         assert isinstance(info.value, ValueError)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 2**16),
+    ops=st.lists(st.sampled_from(["variance_threshold", "correlation_threshold", "drop_na_columns",
+                                  "blocklist", "drop_outliers"]), min_size=1, max_size=5, unique=True),
+    extra=st.integers(0, 3),
+)
+def test_account_adds_up(seed: int, ops: list[str], extra: int) -> None:
+    # every feature in is either out or dropped by exactly one of the operations asked for
+    df = make_profiles(n_features=24, plates=1, seed=seed)
+    rng = np.random.default_rng(seed)
+    for i in range(extra):
+        df[f"Speckles_f{i}"] = rng.choice([0.0, 1.0, rng.normal()], size=len(df))
+    compartments = ["Cells", "Cytoplasm", "Nuclei", "Speckles"]
+    accounts: list[FeatureAccount] = []
+    out = feature_select(df, operations=ops, compartments=compartments, on_account=accounts.append)
+    (account,) = accounts
+    assert set(account.features_out).isdisjoint(account.dropped)
+    assert set(account.features_in) == set(account.features_out) | set(account.dropped)
+    assert set(account.dropped.values()) <= set(ops)
+    assert list(out.columns) == [c for c in df.columns if c not in account.dropped]

@@ -55,6 +55,9 @@ def modz_weights(
     correlations are all undefined gets NaN (it is left out); when no replicate
     has a weight, all count equally.
     """
+    check_number("min_weight", min_weight, minimum=0)
+    if precision is not None:
+        check_number("precision", precision, minimum=0, integer=True)
     k = corr.shape[0]
     c = np.array(corr, dtype=np.float64, copy=True)
     np.fill_diagonal(c, np.nan)

@@ -127,6 +127,7 @@ def infer_features(
     that were aggregated (e.g. ``[..., "speckles"]``) to carry extra ones through.
     With ``image_features``, numeric ``Image*`` columns count too.
     """
+    check_flag("image_features", image_features)
     prefixes = feature_prefixes(compartments)
     found: list[str] = []
     for col in profiles.columns:
@@ -162,11 +163,7 @@ def resolve_features(
                 f"features must be 'infer' or a list of column names, got {features!r}"
             )
         return infer_features(profiles, image_features=image_features, compartments=compartments)
-    if not isinstance(features, Sequence | pd.Index | np.ndarray):
-        raise ConfigError(
-            f"features must be 'infer' or a list of column names, got {type(features).__name__}"
-        )
-    names = list(features)
+    names = as_names("features", features)
     columns = set(profiles.columns)
     missing = [f for f in names if f not in columns]
     if missing:

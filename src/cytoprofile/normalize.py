@@ -25,6 +25,7 @@ from .errors import ConfigError, InputError
 from .feature_select import (
     AccountSink,
     FeatureAccount,
+    as_names,
     check_choice,
     check_flag,
     check_number,
@@ -265,7 +266,7 @@ def normalize(
             )
         meta = [c for c in profiles.columns if isinstance(c, str) and c.startswith("Metadata_")]
     else:
-        meta = [str(c) for c in meta_features]
+        meta = as_names("meta_features", meta_features)
         missing = [c for c in meta if c not in profiles.columns]
         if missing:
             raise ConfigError(
