@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import pandas as pd
 
 from .errors import ConfigError, InputError, MetadataError
-from .feature_select import as_names, check_choice, check_flag, feature_prefixes
+from .feature_select import as_names, check_choice, check_flag, check_frame, feature_prefixes
 
 __all__ = ["UNMATCHED_WELLS", "annotate", "prefix_metadata"]
 
@@ -175,6 +175,8 @@ def annotate(
     ``compartments``), clashing names get ``_external``, and a key with several
     different rows is an error.
     """
+    check_frame("profiles", profiles)
+    check_frame("platemap", platemap)
     keys = as_names("join_on", join_on)
     if len(keys) != 2:
         raise ConfigError(
@@ -246,7 +248,7 @@ def _join_external(
         if external_join_right is not None
         else left
     )
-    external = _prefix_external(external_metadata, compartments)
+    external = _prefix_external(check_frame("external_metadata", external_metadata), compartments)
     _require(
         annotated,
         left,

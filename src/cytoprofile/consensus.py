@@ -23,6 +23,7 @@ from .feature_select import (
     AccountSink,
     FeatureAccount,
     as_names,
+    check_frame,
     check_number,
     feature_matrix,
     report_account,
@@ -161,6 +162,7 @@ def consensus(
     warning, and ``on_account`` receives the ``FeatureAccount``.
     """
     operation, modz_method = _check_options(operation, modz_method, modz_min_weight, modz_precision)
+    check_frame("profiles", profiles)
     keys = as_names("replicate_columns", replicate_columns)
     missing = [c for c in keys if c not in profiles.columns]
     if missing:

@@ -55,6 +55,7 @@ __all__ = [
     "as_names",
     "check_choice",
     "check_flag",
+    "check_frame",
     "check_number",
     "default_blocklist",
     "dropped_features",
@@ -156,6 +157,7 @@ def resolve_features(
     compartments: str | Sequence[str] | None = None,
 ) -> list[str]:
     """``"infer"`` or an explicit list, checked against the columns of ``profiles``."""
+    check_frame("profiles", profiles)
     check_flag("image_features", image_features)
     if isinstance(features, str):
         if features != "infer":
@@ -281,6 +283,8 @@ AccountSink = Callable[[FeatureAccount], None]
 
 def report_account(account: FeatureAccount, on_account: AccountSink | None) -> None:
     """Log ``account`` (a warning for columns left out as not features) and hand it on."""
+    if on_account is not None and not callable(on_account):
+        raise ConfigError(f"on_account must be a function taking a FeatureAccount, got {on_account!r}")
     log.info("%s", account.summary())
     lost = [f for f, op in account.dropped.items() if op == "not_a_feature"]
     if lost:
@@ -328,6 +332,16 @@ def check_number(
     if maximum is not None and number > maximum:
         raise ConfigError(f"{name} must be <= {maximum}, got {value!r}")
     return number
+
+
+def check_frame(name: str, value: object) -> pd.DataFrame:
+    """``value`` if it is a DataFrame; a path or anything else is a ``ConfigError``."""
+    if not isinstance(value, pd.DataFrame):
+        raise ConfigError(
+            f"{name} must be a pandas DataFrame, got {type(value).__name__}; read files with "
+            "cytoprofile.io.read_table (or use the command line)"
+        )
+    return value
 
 
 def check_flag(name: str, value: object) -> bool:
@@ -714,6 +728,10 @@ def _noise_groups(
         raise ConfigError(
             "noise_removal needs noise_removal_perturb_groups: a metadata column name "
             "(e.g. Metadata_broad_sample) or one label per row"
+        )
+    if not isinstance(groups, str | Iterable):
+        raise ConfigError(
+            f"noise_removal_perturb_groups must be a column name or one label per row, got {groups!r}"
         )
     if isinstance(groups, str):
         if groups not in profiles.columns:
