@@ -370,3 +370,11 @@ def test_non_utf8_platemap_is_reported_with_the_other_problems(tmp_path: Path) -
     found = problems(root)
     assert any("LM6-007.txt:1: not UTF-8" in p for p in found)
     assert any("well A01 appears again" in p for p in found)
+
+
+def test_profile_rows_without_a_well_are_unmatched(tmp_path: Path) -> None:
+    root = make_workspace(tmp_path)
+    profiles = profiles_for(WELLS)
+    profiles.loc[[3, 4], "Metadata_Well"] = None
+    [message] = problems(root, plates=["SQ00015167"], profiles={"SQ00015167": profiles})
+    assert "2 row(s) with no Metadata_Well" in message

@@ -433,6 +433,8 @@ def _check_profile_wells(
         return
     col, profile_wells = found
     extra = sorted(w for w in profile_wells if w not in wells)
+    if profiles[col].isna().any():
+        extra.append(f"{int(profiles[col].isna().sum())} row(s) with no {col}")
     if extra and unmatched_wells == "drop":
         warnings.append(
             f"{table.path}: plate {plate!r} has profiles for {len(extra)} well(s) the "
