@@ -105,10 +105,9 @@ def _match_wells(
     profiles: pd.DataFrame, pm: pd.DataFrame, map_key: str, profile_key: str, unmatched_wells: str
 ) -> pd.DataFrame:
     """``profiles`` without the wells the plate map lacks, or an error naming them."""
-    listed = set(pm[map_key].dropna().astype(str))
     wells = profiles[profile_key]
-    absent = wells.isna() | ~wells.astype(str).isin(listed)
-    unlisted = pm.loc[~pm[map_key].astype(str).isin(set(wells.dropna().astype(str))), map_key]
+    absent = wells.isna() | ~wells.isin(pm[map_key].dropna())
+    unlisted = pm.loc[~pm[map_key].isin(wells.dropna()), map_key]
     if len(unlisted):
         log.info("annotate: %d plate map well(s) have no profile: %s", len(unlisted),
                  _listed(list(unlisted)))
