@@ -530,3 +530,36 @@ def test_account_adds_up(seed: int, ops: list[str], extra: int) -> None:
     assert set(account.features_in) == set(account.features_out) | set(account.dropped)
     assert set(account.dropped.values()) <= set(ops)
     assert list(out.columns) == [c for c in df.columns if c not in account.dropped]
+
+
+def test_real_extra_object_table_carries_through_the_steps(tmp_path: Path, shared_data: Path) -> None:
+    # CellProfiler's ExampleHuman output has a fourth object table, PH3 (22 objects)
+    from cytoprofile import io
+    from cytoprofile.annotate import annotate
+    from cytoprofile.collate import collate_plate
+    from cytoprofile.consensus import consensus
+    from cytoprofile.normalize import normalize
+
+    from .conftest import link_sites
+
+    link_sites(tmp_path / "ws", "B", "P", {"P-A01-1": shared_data / "examplehuman"})
+    compartments = ["Cells", "Cytoplasm", "Nuclei", "PH3"]
+    result = collate_plate(tmp_path / "ws", "B", "P", compartments=compartments, image_features=False)
+    profiles = io.read_table(result.outputs["profiles"])
+    ph3 = [c for c in profiles.columns if c.startswith("PH3_")]
+    assert len(ph3) >= 3
+    platemap = pd.DataFrame({"plate_map_name": ["PM"], "well_position": ["A01"], "broad_sample": ["DMSO"]})
+    accounts: list[FeatureAccount] = []
+    step = annotate(profiles, platemap, compartments=compartments)
+    step = normalize(step, compartments=compartments, on_account=accounts.append)
+    step = feature_select(step, operations=["blocklist", "drop_na_columns"], compartments=compartments,
+                          on_account=accounts.append)
+    step = consensus(step, replicate_columns=["Metadata_broad_sample"], compartments=compartments,
+                     on_account=accounts.append)
+    kept = [c for c in ph3 if c in step.columns]
+    assert kept, "PH3 features vanished"
+    for account in accounts:
+        assert set(ph3) <= set(account.features_in)
+        assert not {f for f, op in account.dropped.items() if op == "not_a_feature"}
+    dropped_ph3 = {f: op for f, op in accounts[1].dropped.items() if f.startswith("PH3_")}
+    assert set(ph3) == set(kept) | set(dropped_ph3)  # every PH3 feature kept or dropped by name
