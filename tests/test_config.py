@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import logging
 import re
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,6 @@ from cytoprofile.config import (
     NormalizeConfig,
     Recipe,
     RecipeConfig,
-    UnknownKeyWarning,
     config_template,
     config_to_dict,
     init_project,
@@ -29,7 +28,8 @@ from cytoprofile.config import (
 from cytoprofile.errors import ConfigError
 
 # The profiling recipe's own template, as it is distributed (placeholders and all,
-# including the stray space in "external :" and "perform :").
+# including the stray space in "external :" and "perform :"). ``subgroup_col`` exists only
+# on an unreleased recipe branch and is refused (see test_subgroup_col_is_refused).
 RECIPE_TEMPLATE = """\
 ---
 pipeline: <PIPELINE NAME>
@@ -62,7 +62,6 @@ normalize:
   mad_robustize_fudge_factor: 0
   image_features: true
   subgroups: false
-  subgroup_col: <Column to subdivide on>
   min_cells: 1
 normalize_negcon:
   perform: true
@@ -71,7 +70,6 @@ normalize_negcon:
   mad_robustize_fudge_factor: 0
   image_features: true
   subgroups: false
-  subgroup_col: <Column to subdivide on>
   min_cells: 1
 feature_select:
   perform: true
@@ -180,10 +178,30 @@ def _write(tmp_path: Path, text: str, name: str = "config.yml") -> Path:
     return path
 
 
+class _Notes(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def _load_noting(path: Path, **options: Any) -> tuple[Recipe, list[str]]:
+    """The recipe and the warnings the loader logged."""
+    handler = _Notes()
+    logger = logging.getLogger("cytoprofile.config")
+    logger.addHandler(handler)
+    try:
+        return load_config(path, **options), handler.messages
+    finally:
+        logger.removeHandler(handler)
+
+
 def _load_quietly(path: Path) -> Recipe:
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        return load_config(path)
+    recipe, notes = _load_noting(path)
+    assert notes == []
+    return recipe
 
 
 def _error(path: Path) -> str:
@@ -336,20 +354,25 @@ def test_unknown_keys_warn_with_path_and_are_ignored(tmp_path: Path) -> None:
         "---\nbatch: b1\nplates:\n  - name: p1\n    procss: false\n"
     )
     path = _write(tmp_path, text)
-    with pytest.warns(UnknownKeyWarning) as record:
-        recipe = load_config(path)
-    messages = [str(w.message) for w in record]
-    assert any(f"{path}: normalize.fudge: unknown key" in m for m in messages)
-    assert any(f"{path}: new_step: unknown key" in m for m in messages)
+    recipe, messages = _load_noting(path, allow_unknown_keys=True)
+    assert f"{path}:4: normalize.fudge: unknown key, ignored" in messages
+    assert f"{path}:5: new_step: unknown key, ignored" in messages
     assert any("plates[0].procss" in m and "did you mean 'process'" in m for m in messages)
+    assert all("\n" not in m for m in messages)
     assert recipe.selected_plates() == {"b1": ["p1"]}
     assert "fudge" not in recipe.settings_dict()["normalize"]
 
 
 def test_unknown_keys_still_warn_when_invalid(tmp_path: Path) -> None:
-    text = "pipeline: p\n---\nbatch: b1\nplates:\n  - nmae: p1\n"
-    with pytest.warns(UnknownKeyWarning, match=r"plates\[0\]\.nmae"), pytest.raises(ConfigError):
-        load_config(_write(tmp_path, text))
+    text = "pipeline: p\nnormalize: {perform: often}\nnew_step: 1\n" + BATCH
+    handler = _Notes()
+    logging.getLogger("cytoprofile.config").addHandler(handler)
+    try:
+        with pytest.raises(ConfigError, match="normalize.perform"):
+            load_config(_write(tmp_path, text))
+    finally:
+        logging.getLogger("cytoprofile.config").removeHandler(handler)
+    assert any("new_step: unknown key" in m for m in handler.messages)
 
 
 def test_yaml_syntax_error_gives_the_line(tmp_path: Path) -> None:
