@@ -380,13 +380,13 @@ def _annotate_step(steps: _Steps, layout: Layout, recipe: Recipe, files: dict[st
     def _annotated() -> _Made:
         from .annotate import annotate
 
-        platemap = platemap_for_plate(meta_root, batch, plate)
+        platemap = _prefixed(platemap_for_plate(meta_root, batch, plate))
         profiles = io.read_table(files["aggregate"])
         kept, dropped = _matched_wells(profiles, recipe, meta_root, batch, plate, platemap, platemap_file, ext_path)
         external = load_external_metadata(ext_path, merge_column=ext.merge_column) if ext_path else None
         join = ext.join_column if ext_path else None
         frame = annotate(
-            kept, _prefixed(platemap), join_on=[s.platemap_well_column, s.annotate.well_column],
+            kept, platemap, join_on=[s.platemap_well_column, s.annotate.well_column],
             external_metadata=external, external_join_left=[join] if join else None,
             external_join_right=[join] if join else None)
         return _Made(frame, before=list(profiles.columns),
