@@ -306,3 +306,36 @@ def test_summary_row_and_column_group_the_sites(tmp_path: Path) -> None:
     assert summary["Well_Count"].tolist() == [12, 12]
     bad = _config(ws, replace={"    row: Metadata_Row ": "    row: Plate_Rows "})
     assert main(["run", str(bad), "-q", "--force"]) == 1
+
+
+# --- config mistakes through the CLI ---
+
+
+def _cli_config(tmp_path: Path, snippet: str) -> Path:
+    text = config_template(workspace=".", batch="B1", plates=["P1"])
+    path = tmp_path / "config.yml"
+    path.write_text(text.replace("options:                                   # how", snippet + "options: # how", 1))
+    return path
+
+
+def test_misspelled_block_stops_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``feature_selct:`` used to skip feature selection and exit 0."""
+    path = _cli_config(tmp_path, "feature_selct:\n  perform: true\n")
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), start=1) if text.startswith("feature_selct"))
+    assert main(["run", str(path), "-q"]) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"{path}:{line}: feature_selct: unknown key; did you mean 'feature_select'?" in err
+
+
+def test_allow_unknown_keys_turns_the_error_into_one_warning(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from cytoprofile import cli
+
+    monkeypatch.setattr(cli.console, "width", 1000)
+    path = _cli_config(tmp_path, "normalize_negcon_extra: 1\nfeature_selct:\n  perform: true\n")
+    assert main(["run", str(path), "-q", "--allow-unknown-keys"]) == 1  # no workspace here: stops later
+    err = capsys.readouterr().err
+    notes = [line for line in err.splitlines() if "unknown key" in line]
+    assert len(notes) == 2, err
+    assert any("feature_selct: unknown key, ignored; did you mean 'feature_select'?" in n for n in notes)
+    assert "warnings.warn" not in err and "Warning:" not in err and ".py:" not in err

@@ -616,17 +616,19 @@ def run(
     scheduler: str | None = None,
     tmp_dir: str | None = None,
     progress: Progress | None = None,
+    allow_unknown_keys: bool = False,
 ) -> RunResult:
     """Run the whole recipe a config describes, resuming where outputs are already current.
 
     A URL workspace (``s3://...``) is read and written in place: each plate's steps
     fetch that plate's inputs to a scratch folder and upload what they write, and
-    the batch-level steps gather only the per-well tables they need.
+    the batch-level steps gather only the per-well tables they need. A misspelled
+    config key stops the run unless ``allow_unknown_keys`` (then it is a warning).
     """
     from .executor import run_plates
 
     start = time.perf_counter()
-    recipe = config if isinstance(config, Recipe) else load_config(config)
+    recipe = config if isinstance(config, Recipe) else load_config(config, allow_unknown_keys=allow_unknown_keys)
     s = recipe.settings
     ws_setting = str(workspace) if workspace is not None else s.workspace
     if ws_setting is not None and workspace is None and recipe.path and not io.is_remote(ws_setting) \
