@@ -339,3 +339,60 @@ def test_allow_unknown_keys_turns_the_error_into_one_warning(tmp_path: Path, cap
     assert len(notes) == 2, err
     assert any("feature_selct: unknown key, ignored; did you mean 'feature_select'?" in n for n in notes)
     assert "warnings.warn" not in err and "Warning:" not in err and ".py:" not in err
+
+
+# --- a key the schema declares is a key the code uses ---
+
+#: Keys whose only accepted value is the recipe's behaviour: any other value is refused.
+REFUSED_OTHERWISE = {
+    "aggregate.object_feature": "Cells_Number_Object_Number",
+    "normalize.subgroups": True,
+    "normalize_negcon.subgroups": True,
+    "feature_select.subgroups": True,
+    "feature_select_negcon.subgroups": True,
+}
+
+
+def _fields(model: Any, prefix: str = "") -> dict[tuple[int, str], str]:
+    """(id of the block, key) -> dotted key path, for every key of every settings block."""
+    from pydantic import BaseModel
+
+    out: dict[tuple[int, str], str] = {}
+    for name in type(model).model_fields:
+        out[(id(model), name)] = prefix + name
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            out |= _fields(value, f"{prefix}{name}.")
+    return out
+
+
+def test_every_declared_key_is_used(speckled: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run every step with the template's settings and record which keys the code reads."""
+    from cytoprofile import config as cfg
+    from cytoprofile.config import load_config
+    from cytoprofile.errors import ConfigError
+
+    out = tmp_path / "out"
+    shutil.copytree(speckled / "metadata", out / "metadata")
+    config = _config(speckled, replace={"    perform: false                         # join it (default: false)": "    perform: true"})
+    recipe = load_config(config)
+    keys = _fields(recipe.settings)
+    reads: set[tuple[int, str]] = set()
+    original = cfg._Block.__getattribute__
+
+    def tracking(self: Any, name: str) -> Any:
+        if not name.startswith("_") and name in type(self).model_fields:
+            reads.add((id(self), name))
+        return original(self, name)
+
+    monkeypatch.setattr(cfg._Block, "__getattribute__", tracking)
+    run(recipe, root=out)
+    monkeypatch.undo()
+    assert _plate(out, "P1", "_augmented")["Metadata_moa"].notna().all()  # external metadata was joined
+    unused = sorted(path for key, path in keys.items() if key not in reads and path not in REFUSED_OTHERWISE)
+    assert unused == [], f"declared but never used: {unused}"
+    for path, value in REFUSED_OTHERWISE.items():
+        block, key = path.split(".")
+        text = f"pipeline: p\n{block}:\n  {key}: {json.dumps(value)}\n---\nbatch: b\nplates: [{{name: p}}]\n"
+        with pytest.raises(ConfigError, match=key):
+            cfg.parse_config(text)
