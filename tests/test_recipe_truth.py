@@ -396,3 +396,22 @@ def test_every_declared_key_is_used(speckled: Path, tmp_path: Path, monkeypatch:
         text = f"pipeline: p\n{block}:\n  {key}: {json.dumps(value)}\n---\nbatch: b\nplates: [{{name: p}}]\n"
         with pytest.raises(ConfigError, match=key):
             cfg.parse_config(text)
+
+
+def test_storage_timeouts_from_the_config(tmp_path: Path) -> None:
+    from cytoprofile.errors import InputError
+
+    path = _cli_config(tmp_path, "")
+    text = path.read_text()
+    for key, value in (("connect_timeout", "1"), ("read_timeout", "2.5"), ("retries", "0")):
+        text = text.replace(f"  {key}: null ", f"  {key}: {value} ", 1)
+    path.write_text(text)
+    before = io.current_storage()
+    io.configure_storage({"config_kwargs": {"connect_timeout": 5, "read_timeout": 15}, "anon": False})
+    try:
+        with pytest.raises(InputError):  # nothing to run here; the settings apply first
+            run(path)
+        assert io.current_storage() == {"anon": False, "config_kwargs": {
+            "connect_timeout": 1.0, "read_timeout": 2.5, "retries": {"max_attempts": 0, "mode": "standard"}}}
+    finally:
+        io.configure_storage(before)

@@ -486,6 +486,21 @@ class OptionsConfig(_Block):
     ] = "gzip"
     float_format: Annotated[str | None, BeforeValidator(_check_float_format)] = None
     samples: str = Field(default="all", min_length=1)
+    # cytoprofile extensions: object-storage requests (null: the command line's, 5 s / 15 s / 2)
+    connect_timeout: float | None = Field(default=None, gt=0)
+    read_timeout: float | None = Field(default=None, gt=0)
+    retries: int | None = Field(default=None, ge=0)
+
+    def storage_overrides(self) -> dict[str, Any]:
+        """The object-storage client settings these keys set (botocore's names), if any."""
+        out: dict[str, Any] = {}
+        if self.connect_timeout is not None:
+            out["connect_timeout"] = self.connect_timeout
+        if self.read_timeout is not None:
+            out["read_timeout"] = self.read_timeout
+        if self.retries is not None:
+            out["retries"] = {"max_attempts": self.retries, "mode": "standard"}
+        return out
 
 
 class ExecutorConfig(_Block):

@@ -630,6 +630,7 @@ def run(
     start = time.perf_counter()
     recipe = config if isinstance(config, Recipe) else load_config(config, allow_unknown_keys=allow_unknown_keys)
     s = recipe.settings
+    _storage_settings(s.options)
     ws_setting = str(workspace) if workspace is not None else s.workspace
     if ws_setting is not None and workspace is None and recipe.path and not io.is_remote(ws_setting) \
             and not os.path.isabs(ws_setting) and not io.is_remote(recipe.path):
@@ -678,6 +679,16 @@ def run(
         progress("recipe", total, total)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _storage_settings(options: Any) -> None:
+    """``options.connect_timeout/read_timeout/retries``, when set, over the storage settings
+    in effect (the command line's); the plate tasks inherit them."""
+    overrides = options.storage_overrides()
+    if overrides:
+        storage = io.current_storage()
+        storage["config_kwargs"] = dict(storage.get("config_kwargs") or {}) | overrides
+        io.configure_storage(storage)
 
 
 def _batch_steps(layout: Layout, recipe: Recipe, plates: dict[str, list[str]], *, force: bool, result: RunResult) -> None:
