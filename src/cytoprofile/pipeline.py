@@ -164,6 +164,9 @@ def _record(output: str, *, step: str, inputs: Sequence[str], settings: Any, con
     io.write_json(record, _sidecar(output))
 
 
+_METADATA = ("Metadata_", "Image_Metadata_")  # annotate renames the second to the first
+
+
 @dataclass
 class _Made:
     """A step's output table and its account: features in -> out, each dropped feature's
@@ -176,10 +179,10 @@ class _Made:
 
     def account(self) -> dict[str, Any]:
         """``features: {in, out, dropped: {feature: operation}}`` plus ``extra``."""
-        after = [c for c in self.frame.columns if not str(c).startswith("Metadata_")]
+        after = [c for c in self.frame.columns if not str(c).startswith(_METADATA)]
         out: dict[str, Any] = {"features": {"in": None, "out": len(after), "dropped": {}}}
         if self.before is not None:
-            before = [c for c in self.before if not str(c).startswith("Metadata_")]
+            before = [c for c in self.before if not str(c).startswith(_METADATA)]
             kept = set(after)
             out["features"] = {
                 "in": len(before),
