@@ -288,6 +288,9 @@ def test_feature_select_min_cells_fits_on_those_wells(tmp_path: Path) -> None:
     assert (stacked["Metadata_Object_Count"] < 8).any()
     ref = feature_select(stacked, samples="Metadata_Object_Count >= 8", image_features=True,
                          operation=["frequency_threshold", "correlation_threshold", "drop_na_columns", "blocklist"])
+    every_well = feature_select(stacked, image_features=True, operation=["frequency_threshold",
+                                "correlation_threshold", "drop_na_columns", "blocklist"])
+    assert list(every_well.columns) != list(ref.columns)  # the key changes the selection here
     ours = _plate(ws, "P1", "_normalized_feature_select_batch")
     assert list(ours.columns) == [c for c in ref.columns if c != "Metadata_batch"]
     assert len(ours) == 16
