@@ -418,3 +418,26 @@ def test_storage_timeouts_from_the_config(tmp_path: Path) -> None:
             "connect_timeout": 1.0, "read_timeout": 2.5, "retries": {"max_attempts": 0, "mode": "standard"}}}
     finally:
         io.configure_storage(before)
+
+
+@pytest.mark.parametrize("image_features", [False, True])
+def test_image_features_are_accounted_for(speckled: Path, tmp_path: Path, image_features: bool) -> None:
+    """Image_* columns: normalized and selected with image_features, else carried or said dropped."""
+    flag = "true" if image_features else "false"
+    replace = {"    - Intensity\n": "    - Granularity\n"}
+    config = _config(speckled, replace=replace)
+    config.write_text(config.read_text().replace("image_features: true ", f"image_features: {flag} "))
+    out = tmp_path / "out"
+    run(config, root=out)
+    image = [c for c in _plate(out, "P1", "_augmented").columns if c.startswith("Image_Granularity")]
+    assert image
+    assert all(c in _plate(out, "P1", "_normalized").columns for c in image)
+    path = out / "profiles/B1/P1/P1_normalized_feature_select_batch.csv.gz"
+    kept = [c for c in io.read_table(path).columns if c.startswith("Image_")]
+    dropped = _sidecar(path)["features"]["dropped"]
+    assert sorted(kept + [c for c in dropped if c.startswith("Image_")]) == sorted(image)
+    if not image_features:
+        assert kept == [] and all("image_features: false" in dropped[c] for c in image)
+    gct = out / "gct/B1/B1_normalized_feature_select_batch.gct"
+    gct_dropped = _sidecar(gct)["features"]["dropped"]
+    assert sorted(gct_dropped) == sorted(kept) and all(v.startswith("write_gct") for v in gct_dropped.values())

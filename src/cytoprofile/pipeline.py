@@ -536,8 +536,9 @@ class _Level:
         meta = [c for c in df.columns if c.startswith("Metadata_")]
         features = _feature_columns(df, self.prefixes, image_features=self.block.image_features, where=where)
         keep = set(meta) | set(features)
-        why = f"feature_select level {self.level}: plates stacked with metadata and features only (image_features: false)"
-        return df[meta + features], {c: why for c in df.columns if c not in keep}
+        why = f"feature_select level {self.level}: plates stacked with metadata and features only"
+        return df[meta + features], {
+            c: why + (" (image_features: false)" if c.startswith("Image") else "") for c in df.columns if c not in keep}
 
     def _all(self) -> Iterator[tuple[str, str]]:
         return ((b, p) for b, names in self.plates.items() for p in names)
