@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import logging
 import re
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,6 @@ from cytoprofile.config import (
     NormalizeConfig,
     Recipe,
     RecipeConfig,
-    UnknownKeyWarning,
     config_template,
     config_to_dict,
     init_project,
@@ -29,7 +28,8 @@ from cytoprofile.config import (
 from cytoprofile.errors import ConfigError
 
 # The profiling recipe's own template, as it is distributed (placeholders and all,
-# including the stray space in "external :" and "perform :").
+# including the stray space in "external :" and "perform :"). ``subgroup_col`` exists only
+# on an unreleased recipe branch and is refused (see test_subgroup_col_is_refused).
 RECIPE_TEMPLATE = """\
 ---
 pipeline: <PIPELINE NAME>
@@ -62,7 +62,6 @@ normalize:
   mad_robustize_fudge_factor: 0
   image_features: true
   subgroups: false
-  subgroup_col: <Column to subdivide on>
   min_cells: 1
 normalize_negcon:
   perform: true
@@ -71,7 +70,6 @@ normalize_negcon:
   mad_robustize_fudge_factor: 0
   image_features: true
   subgroups: false
-  subgroup_col: <Column to subdivide on>
   min_cells: 1
 feature_select:
   perform: true
@@ -180,10 +178,30 @@ def _write(tmp_path: Path, text: str, name: str = "config.yml") -> Path:
     return path
 
 
+class _Notes(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def _load_noting(path: Path, **options: Any) -> tuple[Recipe, list[str]]:
+    """The recipe and the warnings the loader logged."""
+    handler = _Notes()
+    logger = logging.getLogger("cytoprofile.config")
+    logger.addHandler(handler)
+    try:
+        return load_config(path, **options), handler.messages
+    finally:
+        logger.removeHandler(handler)
+
+
 def _load_quietly(path: Path) -> Recipe:
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        return load_config(path)
+    recipe, notes = _load_noting(path)
+    assert notes == []
+    return recipe
 
 
 def _error(path: Path) -> str:
@@ -336,20 +354,25 @@ def test_unknown_keys_warn_with_path_and_are_ignored(tmp_path: Path) -> None:
         "---\nbatch: b1\nplates:\n  - name: p1\n    procss: false\n"
     )
     path = _write(tmp_path, text)
-    with pytest.warns(UnknownKeyWarning) as record:
-        recipe = load_config(path)
-    messages = [str(w.message) for w in record]
-    assert any(f"{path}: normalize.fudge: unknown key" in m for m in messages)
-    assert any(f"{path}: new_step: unknown key" in m for m in messages)
+    recipe, messages = _load_noting(path, allow_unknown_keys=True)
+    assert f"{path}:4: normalize.fudge: unknown key, ignored" in messages
+    assert f"{path}:5: new_step: unknown key, ignored" in messages
     assert any("plates[0].procss" in m and "did you mean 'process'" in m for m in messages)
+    assert all("\n" not in m for m in messages)
     assert recipe.selected_plates() == {"b1": ["p1"]}
     assert "fudge" not in recipe.settings_dict()["normalize"]
 
 
 def test_unknown_keys_still_warn_when_invalid(tmp_path: Path) -> None:
-    text = "pipeline: p\n---\nbatch: b1\nplates:\n  - nmae: p1\n"
-    with pytest.warns(UnknownKeyWarning, match=r"plates\[0\]\.nmae"), pytest.raises(ConfigError):
-        load_config(_write(tmp_path, text))
+    text = "pipeline: p\nnormalize: {perform: often}\nnew_step: 1\n" + BATCH
+    handler = _Notes()
+    logging.getLogger("cytoprofile.config").addHandler(handler)
+    try:
+        with pytest.raises(ConfigError, match="normalize.perform"):
+            load_config(_write(tmp_path, text))
+    finally:
+        logging.getLogger("cytoprofile.config").removeHandler(handler)
+    assert any("new_step: unknown key" in m for m in handler.messages)
 
 
 def test_yaml_syntax_error_gives_the_line(tmp_path: Path) -> None:
@@ -473,3 +496,180 @@ def test_parse_config_names_its_source() -> None:
     assert recipe.path == "inline" and recipe.selected_plates() == {"b1": ["p1"]}
     with pytest.raises(ConfigError, match=r"^inline: normalize\.perform: "):
         parse_config("pipeline: p\nnormalize: {perform: often}\n" + BATCH, source="inline")
+
+
+# --- every recipe config version (2021 -> 2023) loads and means what it meant ---
+
+# A config written from the recipe's template before July 2021.
+CONFIG_2021 = """\
+pipeline: early_analysis
+output_dir: profiles
+platemap_well_column: Metadata_well_position
+compartments: cells,cytoplasm, nuclei
+aggregate:
+  perform: true
+  plate_column: Metadata_Plate
+  well_column: Metadata_Well
+  method: median
+  features: infer
+annotate:
+  perform: true
+  well_column: Metadata_Well
+  external: moa_annotations.tsv
+normalize:
+  perform: true
+  method: mad_robustize
+  features: infer
+  negcon: true
+feature_select:
+  perform: true
+  features: infer
+  level: batch
+  negcon: true
+  operations: [variance_threshold, correlation_threshold, drop_na_columns, blocklist]
+quality_control:
+  perform: true
+  operations: [summary]
+options:
+  compression: gzip
+  float_format: "%.5g"
+---
+batch: 2021_01_01_Batch
+plates:
+  - name: P1
+    process: true
+"""
+
+
+def test_config_2021_loads_unchanged_and_means_what_it_meant(tmp_path: Path) -> None:
+    s = _load_quietly(_write(tmp_path, CONFIG_2021)).settings
+    assert s.compartments == ["cells", "cytoplasm", "nuclei"]
+    ext = s.annotate.external
+    assert ext.perform and ext.file == "moa_annotations.tsv" and ext.folder == "moa"
+    assert ext.join_column == "Metadata_broad_sample"
+    # negcon: true inside the main blocks makes the negcon steps, fitted on negative controls
+    assert s.normalize_negcon.perform and s.normalize_negcon.method == "mad_robustize"
+    assert s.normalize_negcon.fit_query() == "Metadata_control_type == 'negcon'"
+    assert s.normalize.fit_query() == "all"
+    assert s.feature_select_negcon.perform and s.feature_select_negcon.level == "batch"
+    assert s.feature_select_negcon.operations == s.feature_select.operations
+    # quality_control.operations chose the outputs
+    assert s.quality_control.summary.perform and not s.quality_control.heatmap.perform
+
+
+@pytest.mark.parametrize("value", ["false", "''", "null"])
+def test_external_false_or_empty_means_none(tmp_path: Path, value: str) -> None:
+    text = f"pipeline: p\nannotate:\n  perform: true\n  external: {value}\n" + BATCH
+    assert not _load_quietly(_write(tmp_path, text)).settings.annotate.external.perform
+
+
+@pytest.mark.parametrize(("ops", "summary", "heatmap"), [("[summary, heatmap]", True, True),
+                                                        ("[heatmap]", False, True), ("[]", False, False)])
+def test_quality_control_operations_pick_the_outputs(tmp_path: Path, ops: str, summary: bool, heatmap: bool) -> None:
+    text = f"pipeline: p\nquality_control:\n  perform: true\n  operations: {ops}\n" + BATCH
+    qc = _load_quietly(_write(tmp_path, text)).settings.quality_control
+    assert (qc.summary.perform, qc.heatmap.perform) == (summary, heatmap)
+
+
+def test_negcon_false_makes_no_negcon_step(tmp_path: Path) -> None:
+    text = "pipeline: p\nnormalize:\n  negcon: false\nfeature_select:\n  negcon: false\n" + BATCH
+    s = _load_quietly(_write(tmp_path, text)).settings
+    assert s.normalize.perform and not s.normalize_negcon.perform and not s.feature_select_negcon.perform
+
+
+def test_aggregate_features_other_than_infer_is_refused(tmp_path: Path) -> None:
+    text = "pipeline: p\naggregate:\n  features: [Cells_A]\n" + BATCH
+    assert f"{tmp_path / 'config.yml'}:3: aggregate.features" in _error(_write(tmp_path, text))
+
+
+# --- keys without effect are refused ---
+
+
+def test_subgroup_col_is_refused(tmp_path: Path) -> None:
+    text = "pipeline: p\nnormalize:\n  subgroups: false\n  subgroup_col: Metadata_x\n" + BATCH
+    message = _error(_write(tmp_path, text))
+    assert message.startswith(f"{tmp_path / 'config.yml'}:4: normalize.subgroup_col")
+    assert "exists only on an unreleased recipe branch" in message
+
+
+@pytest.mark.parametrize(
+    ("snippet", "needle"),
+    [
+        ("normalize:\n  subgroups: true\n", "unreleased recipe branch"),
+        ("feature_select:\n  subgroups: true\n", "unreleased recipe branch"),
+        ("aggregate:\n  object_feature: Cells_Number\n", "Metadata_ObjectNumber"),
+        ("options:\n  samples: ''\n", "options.samples"),
+    ],
+)
+def test_settings_without_an_effect_are_refused(tmp_path: Path, snippet: str, needle: str) -> None:
+    assert needle in _error(_write(tmp_path, "pipeline: p\n" + snippet + BATCH))
+
+
+# --- misspelled keys ---
+
+
+@pytest.mark.parametrize(
+    ("snippet", "line", "key", "close"),
+    [
+        ("feature_selct:\n  perform: true\n", 2, "feature_selct", "feature_select"),
+        ("normalize:\n  methd: standardize\n", 3, "normalize.methd", "method"),
+        ("normalize:\n  mehtod: standardize\n", 3, "normalize.mehtod", "method"),  # a swap is one edit
+        ("quality_control:\n  heatmap:\n    preform: false\n", 4, "quality_control.heatmap.preform", "perform"),
+        ("optoins:\n  float_format: null\n", 2, "optoins", "options"),
+        ("annotate:\n  external:\n    merge_colum: x\n", 4, "annotate.external.merge_colum", "merge_column"),
+    ],
+)
+def test_misspelled_key_is_an_error(tmp_path: Path, snippet: str, line: int, key: str, close: str) -> None:
+    path = _write(tmp_path, "pipeline: p\n" + snippet + BATCH)
+    message = _error(path)
+    assert message.startswith(f"{path}:{line}: {key}: unknown key; did you mean '{close}'?"), message
+    assert "--allow-unknown-keys" in message
+    recipe, notes = _load_noting(path, allow_unknown_keys=True)
+    assert notes == [f"{path}:{line}: {key}: unknown key, ignored; did you mean '{close}'?"]
+
+
+def test_misspelled_plate_key_is_an_error(tmp_path: Path) -> None:
+    message = _error(_write(tmp_path, "pipeline: p\n---\nbatch: b1\nplates:\n  - nmae: p1\n"))
+    assert ":5: batch 'b1': plates[0].nmae: unknown key; did you mean 'name'?" in message
+
+
+@pytest.mark.parametrize("snippet", ["normalize:\n  fudge: 1\n", "gc: true\n", "feature_select:\n  lvl: x\n",
+                                     "my_notes: {}\n"])
+def test_other_unknown_keys_warn_on_one_line(tmp_path: Path, snippet: str) -> None:
+    recipe, notes = _load_noting(_write(tmp_path, "pipeline: p\n" + snippet + BATCH))
+    assert len(notes) == 1 and "unknown key, ignored" in notes[0] and "\n" not in notes[0]
+
+
+def test_edit_distance_counts_swaps_as_one() -> None:
+    assert cfg._edit_distance("methd", "method") == 1
+    assert cfg._edit_distance("mehtod", "method") == 1
+    assert cfg._edit_distance("feature_selct", "feature_select") == 1
+    assert cfg._edit_distance("abc", "abc") == 0
+    assert cfg._edit_distance("samples", "sample_filter") > 2
+
+
+# --- values that would crash or truncate later ---
+
+
+@pytest.mark.parametrize("value", ['"%.5g"', '"%.1e"', '"%.12g"', "null", '"%.3E"'])
+def test_float_formats_that_keep_values_usable(tmp_path: Path, value: str) -> None:
+    text = f"pipeline: p\noptions:\n  float_format: {value}\n" + BATCH
+    _load_quietly(_write(tmp_path, text))
+
+
+@pytest.mark.parametrize("value", ['"%d"', '"%.0f"', '"%.0g"', '"%.3f"', '"%s"', '"%.5g%%"', '"x%.5g"', '"%5g"'])
+def test_float_formats_that_truncate_are_refused(tmp_path: Path, value: str) -> None:
+    text = f"pipeline: p\noptions:\n  float_format: {value}\n" + BATCH
+    message = _error(_write(tmp_path, text))
+    assert "options.float_format" in message and "%.Ng" in message and "(line 3)" in message
+
+
+@pytest.mark.parametrize("value", ["../../x", "..", "/tmp/profiles", "a/../../b", "s3://bucket/x"])
+def test_output_dir_outside_the_workspace_is_refused(tmp_path: Path, value: str) -> None:
+    message = _error(_write(tmp_path, f"pipeline: p\noutput_dir: {value}\n" + BATCH))
+    assert "output_dir" in message and "outside the workspace" in message
+
+
+@pytest.mark.parametrize("value", ["profiles", "out/profiles", "./profiles", "a/../b"])
+def test_output_dir_inside_the_workspace(tmp_path: Path, value: str) -> None:
+    assert _load_quietly(_write(tmp_path, f"pipeline: p\noutput_dir: {value}\n" + BATCH)).settings.output_dir == value

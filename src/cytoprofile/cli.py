@@ -525,6 +525,8 @@ def run(
     endpoint_url: EndpointOpt = None,
     no_sign_request: NoSignOpt = False,
     quiet: QuietOpt = False,
+    allow_unknown_keys: Annotated[bool, typer.Option(
+        help="Ignore config keys that look like misspellings of known keys (a warning, not an error).")] = False,
 ) -> None:
     """Run the profiling recipe a config describes (annotate → normalize → feature select → GCT → QC)."""
     from .pipeline import run as _run
@@ -533,7 +535,7 @@ def run(
     _storage(profile, endpoint_url, no_sign_request)
     with _plate_progress(["plates + batch steps"], quiet, unit="steps") as update, _timed("recipe"):
         result = _run(config, workspace=workspace, root=root, force=force, jobs=jobs, scheduler=scheduler,
-                      tmp_dir=tmp_dir, progress=(lambda _l, d, t: update("plates + batch steps", d, t)) if update else None)
+                      tmp_dir=tmp_dir, allow_unknown_keys=allow_unknown_keys, progress=(lambda _l, d, t: update("plates + batch steps", d, t)) if update else None)
     if not quiet:
         console.print(f"{len(result.ran)} step(s) run, {len(result.skipped)} already current; "
                       f"{len(result.outputs)} file(s) written in {result.seconds:.1f}s", highlight=False)

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import difflib
 import json
+import logging
 import os
 import re
-import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -23,6 +23,7 @@ from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -41,7 +42,6 @@ __all__ = [
     "FEATURE_SELECT_OPERATIONS",
     "NORMALIZE_METHODS",
     "LEVELS",
-    "UnknownKeyWarning",
     "PlateEntry",
     "BatchConfig",
     "AggregateConfig",
@@ -91,10 +91,12 @@ _COMPRESSIONS = ("gzip",)
 _NEGCON_QUERY = "Metadata_control_type == 'negcon'"
 _COUNT_COLUMN = "Metadata_Object_Count"
 _TEMPLATE = "config_template.yml"
-
-
-class UnknownKeyWarning(UserWarning):
-    """A config key cytoprofile does not know; it is ignored."""
+log = logging.getLogger("cytoprofile.config")
+_OBJECT_FEATURES = ("Metadata_ObjectNumber", "ObjectNumber")
+_UNRELEASED = "exists only on an unreleased recipe branch; remove it"
+_REFUSED_KEYS = {"subgroup_col": f"subgroup_col {_UNRELEASED}"}
+_MIN_TYPO_LENGTH = 4
+_MAX_TYPO_DISTANCE = 2
 
 
 # --- value checks: each raises one clear message, so errors carry no union noise ---
@@ -165,18 +167,48 @@ def _check_name(value: Any) -> Any:
     return value
 
 
+_FLOAT_FORMAT = re.compile(r"%\.([1-9][0-9]*)[geGE]")
+
+
 def _check_float_format(value: Any) -> Any:
-    if value is None:
-        return None
-    try:
-        if isinstance(value, str):
-            value % 1.5
-            return value
-    except (TypeError, ValueError):
-        pass
+    """``%.Ng`` or ``%.Ne`` (N >= 1) or null: formats that keep every value a usable float."""
+    if value is None or (isinstance(value, str) and _FLOAT_FORMAT.fullmatch(value)):
+        return value
     raise PydanticCustomError(
         "float_format",
-        "{value} is not a printf-style number format such as '%.5g' (or null for none)",
+        "{value} would truncate or break the numbers; use '%.Ng' or '%.Ne' with N >= 1 "
+        "(such as '%.5g'), or null for full precision",
+        {"value": repr(value)},
+    )
+
+
+def _check_output_dir(value: Any) -> Any:
+    """A folder inside the workspace: relative, without ``..`` leading out of it."""
+    if isinstance(value, str) and value.strip():
+        norm = os.path.normpath(value)
+        if not (os.path.isabs(value) or "://" in value or norm == ".." or norm.startswith(".." + os.sep)):
+            return value
+    raise PydanticCustomError(
+        "output_dir",
+        "{value} is outside the workspace; give a folder relative to it, such as 'profiles'",
+        {"value": repr(value)},
+    )
+
+
+def _split_compartments(value: Any) -> Any:
+    """The 2021 form ``compartments: cells,cytoplasm,nuclei`` is one comma-separated string."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+def _check_object_feature(value: Any) -> Any:
+    if value in _OBJECT_FEATURES:
+        return value
+    raise PydanticCustomError(
+        "object_feature",
+        "{value}: cytoprofile counts objects by their object number; "
+        "use Metadata_ObjectNumber (or remove the key)",
         {"value": repr(value)},
     )
 
@@ -203,6 +235,14 @@ def _check_sample_filter(value: Any) -> Any:
         "expected a mapping of column name to a value or list of values, got {value}",
         {"value": repr(value)},
     )
+
+
+def _no_subgroups(value: bool) -> bool:
+    if value:
+        raise PydanticCustomError(
+            "unreleased", "subgroup outputs: {why}, or set it to false", {"why": _UNRELEASED}
+        )
+    return value
 
 
 def _str_list(value: Any) -> Any:
@@ -261,8 +301,18 @@ class AggregateConfig(_Block):
         Literal["median", "mean"], _choice("an aggregation method", _AGGREGATE_METHODS)
     ] = "median"
     fields: _Fields = "all"
-    object_feature: str = "Metadata_ObjectNumber"
+    object_feature: Annotated[str, BeforeValidator(_check_object_feature)] = "Metadata_ObjectNumber"
     image_feature_categories: list[str] = Field(default_factory=list)
+
+
+def _external_form(value: Any) -> Any:
+    """The 2021 form ``external: FILE`` (a tab-separated file in metadata/moa/, keyed on
+    broad_sample); ``false``, ``''`` and null mean none."""
+    if value is None or value is False or value == "":
+        return {"perform": False}
+    if isinstance(value, str):
+        return {"perform": True, "file": value, "merge_column": "broad_sample", "folder": "moa"}
+    return value
 
 
 class ExternalMetadataConfig(_Block):
@@ -271,6 +321,8 @@ class ExternalMetadataConfig(_Block):
     perform: bool = False
     file: str | None = None
     merge_column: str | None = None
+    # cytoprofile extension: the 2021 string form reads metadata/moa/FILE
+    folder: _Name = "external_metadata"
 
     @model_validator(mode="after")
     def _complete(self) -> ExternalMetadataConfig:
@@ -293,7 +345,13 @@ class AnnotateConfig(_Block):
 
     perform: bool = True
     well_column: str = "Metadata_Well"
-    external: ExternalMetadataConfig = Field(default_factory=ExternalMetadataConfig)
+    external: Annotated[ExternalMetadataConfig, BeforeValidator(_external_form)] = Field(
+        default_factory=ExternalMetadataConfig
+    )
+    # cytoprofile extension: profiles' wells absent from the plate map stop the run
+    unmatched_wells: Annotated[
+        Literal["error", "drop"], _choice("an unmatched-wells choice", ("error", "drop"))
+    ] = "error"
 
 
 class NormalizeConfig(_Block):
@@ -304,8 +362,7 @@ class NormalizeConfig(_Block):
     features: _Features = "infer"
     image_features: bool = False
     mad_robustize_fudge_factor: float = Field(default=1e-18, ge=0)
-    subgroups: bool = False
-    subgroup_col: str | None = None
+    subgroups: Annotated[bool, AfterValidator(_no_subgroups)] = False
     min_cells: int = Field(default=1, ge=0)
     # cytoprofile extensions
     samples: str = Field(default="all", min_length=1)
@@ -316,12 +373,6 @@ class NormalizeConfig(_Block):
     ] = "ZCA-cor"
     spherize_epsilon: float = Field(default=1e-6, ge=0)
     spherize_center: bool = True
-
-    @model_validator(mode="after")
-    def _complete(self) -> NormalizeConfig:
-        if self.perform and self.subgroups:
-            _require(self, ("subgroup_col",), "subgroups is true")
-        return self
 
     def fit_query(self) -> str:
         """The pandas query choosing the wells the normalization is fitted on.
@@ -382,7 +433,7 @@ class FeatureSelectConfig(_Block):
     gct: bool = False
     image_features: bool = False
     operations: list[_Operation] = Field(default_factory=_default_operations, min_length=1)
-    subgroups: bool = False
+    subgroups: Annotated[bool, AfterValidator(_no_subgroups)] = False
     min_cells: int = Field(default=1, ge=0)
     # cytoprofile extension
     parameters: FeatureSelectParameters = Field(default_factory=FeatureSelectParameters)
@@ -434,7 +485,22 @@ class OptionsConfig(_Block):
         _choice("a compression method", _COMPRESSIONS, optional=True),
     ] = "gzip"
     float_format: Annotated[str | None, BeforeValidator(_check_float_format)] = None
-    samples: str = "all"
+    samples: str = Field(default="all", min_length=1)
+    # cytoprofile extensions: object-storage requests (null: the command line's, 5 s / 15 s / 2)
+    connect_timeout: float | None = Field(default=None, gt=0)
+    read_timeout: float | None = Field(default=None, gt=0)
+    retries: int | None = Field(default=None, ge=0)
+
+    def storage_overrides(self) -> dict[str, Any]:
+        """The object-storage client settings these keys set (botocore's names), if any."""
+        out: dict[str, Any] = {}
+        if self.connect_timeout is not None:
+            out["connect_timeout"] = self.connect_timeout
+        if self.read_timeout is not None:
+            out["read_timeout"] = self.read_timeout
+        if self.retries is not None:
+            out["retries"] = {"max_attempts": self.retries, "mode": "standard"}
+        return out
 
 
 class ExecutorConfig(_Block):
@@ -453,9 +519,9 @@ class RecipeConfig(_Block):
     """The settings document (the one with ``pipeline:``)."""
 
     pipeline: _Name
-    output_dir: str = "profiles"
+    output_dir: Annotated[str, BeforeValidator(_check_output_dir)] = "profiles"
     platemap_well_column: str = "Metadata_well_position"
-    compartments: list[str] = Field(
+    compartments: Annotated[list[str], BeforeValidator(_split_compartments)] = Field(
         default_factory=lambda: ["cells", "cytoplasm", "nuclei"], min_length=1
     )
     aggregate: AggregateConfig = Field(default_factory=_skipped(AggregateConfig))
@@ -648,18 +714,46 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def _unknown_keys(
-    model: type[BaseModel], data: Any, path: _Path = ()
-) -> Iterator[tuple[_Path, str]]:
-    """Keys of ``data`` that ``model`` does not declare, with a close match if any."""
+def _edit_distance(a: str, b: str) -> int:
+    """Damerau-Levenshtein distance (optimal string alignment): edits, adjacent swaps count one."""
+    prev2: list[int] = []
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, start=1):
+        row = [i] + [0] * len(b)
+        for j, cb in enumerate(b, start=1):
+            row[j] = min(prev[j] + 1, row[j - 1] + 1, prev[j - 1] + (ca != cb))
+            if i > 1 and j > 1 and ca == b[j - 2] and a[i - 2] == cb:
+                row[j] = min(row[j], prev2[j - 2] + 1)
+        prev2, prev = prev, row
+    return prev[-1]
+
+
+def _misspelling(name: str, known: Sequence[str]) -> str | None:
+    """The known key ``name`` is a misspelling of (distance <= 2, keys of 4+ characters)."""
+    if len(name) < _MIN_TYPO_LENGTH:
+        return None
+    scored = sorted((_edit_distance(name.lower(), k.lower()), k) for k in known if len(k) >= _MIN_TYPO_LENGTH)
+    return scored[0][1] if scored and scored[0][0] <= _MAX_TYPO_DISTANCE else None
+
+
+@dataclass(frozen=True)
+class _Unknown:
+    """A key the schema does not declare: a likely misspelling, a refused key, or just unknown."""
+
+    path: _Path
+    close: str | None
+    refused: str | None = None
+
+
+def _unknown_keys(model: type[BaseModel], data: Any, path: _Path = ()) -> Iterator[_Unknown]:
+    """Keys of ``data`` that ``model`` does not declare."""
     if not isinstance(data, Mapping):
         return
     fields = model.model_fields
     for key, value in data.items():
         name = str(key)
         if name not in fields:
-            close = difflib.get_close_matches(name, list(fields), n=1, cutoff=0.75)
-            yield (*path, name), close[0] if close else ""
+            yield _Unknown((*path, name), _misspelling(name, list(fields)), _REFUSED_KEYS.get(name))
             continue
         sub = _model_in(fields[name].annotation)
         if sub is None:
@@ -671,6 +765,61 @@ def _unknown_keys(
                 yield from _unknown_keys(sub, item, (*path, name, i))
 
 
+def _report_unknown(
+    found: _Unknown, *, where: str, allow: bool, notes: list[str], problems: list[str]
+) -> None:
+    """A misspelled or refused key is a problem; other unknown keys (and, with ``allow``,
+    misspellings) are notes. ``where`` is ``file:line: `` plus any batch label."""
+    key = _format_path(found.path)
+    if found.refused is not None:
+        problems.append(f"{where}{key}: {found.refused}")
+    elif found.close is not None and not allow:
+        problems.append(
+            f"{where}{key}: unknown key; did you mean '{found.close}'? "
+            "(fix the spelling, or pass --allow-unknown-keys to ignore it)"
+        )
+    else:
+        hint = f"; did you mean '{found.close}'?" if found.close else ""
+        notes.append(f"{where}{key}: unknown key, ignored{hint}")
+
+
+def _upgrade(data: dict[str, Any], node: yaml.Node, source: str, problems: list[str]) -> None:
+    """Rewrite the recipe's older settings forms (2021) into today's, in place.
+
+    ``normalize.negcon: true`` / ``feature_select.negcon: true`` make the negcon block
+    from the main one (fitted on negative controls); ``aggregate.features: infer`` is
+    what cytoprofile always does; ``quality_control.operations`` picks summary/heatmap.
+    """
+    for main, negcon in (("normalize", "normalize_negcon"), ("feature_select", "feature_select_negcon")):
+        block = data.get(main)
+        if isinstance(block, dict) and "negcon" in block:
+            flag = block.pop("negcon")
+            if flag is True and negcon not in data:
+                data[negcon] = {k: v for k, v in block.items() if k not in ("samples", "sample_filter")}
+    aggregate = data.get("aggregate")
+    if isinstance(aggregate, dict) and "features" in aggregate:
+        if aggregate["features"] == "infer":
+            del aggregate["features"]
+        else:
+            problems.append(
+                f"{source}:{_line(node, ('aggregate', 'features'))}: aggregate.features: cytoprofile "
+                "aggregates every feature of the compartments; write infer or remove the key"
+            )
+    qc = data.get("quality_control")
+    if isinstance(qc, dict) and "operations" in qc:
+        ops = qc.pop("operations")
+        ops = [ops] if isinstance(ops, str) else ops
+        if not isinstance(ops, list) or not set(ops) <= {"summary", "heatmap"}:
+            problems.append(
+                f"{source}:{_line(node, ('quality_control', 'operations'))}: quality_control.operations: "
+                f"{ops!r}: list summary and/or heatmap"
+            )
+            return
+        for name in ("summary", "heatmap"):
+            sub = qc.get(name)
+            qc[name] = (sub if isinstance(sub, dict) else {}) | {"perform": name in ops}
+
+
 _OWN_ERRORS = frozenset(
     {
         "choice",
@@ -678,6 +827,9 @@ _OWN_ERRORS = frozenset(
         "fields",
         "name",
         "float_format",
+        "output_dir",
+        "object_feature",
+        "unreleased",
         "sample_filter",
         "required_if",
         "duplicate",
@@ -750,7 +902,7 @@ def _validate(
         return None
 
 
-def _parse(text: str, source: str) -> tuple[Recipe | None, list[str], list[str]]:
+def _parse(text: str, source: str, allow: bool = False) -> tuple[Recipe | None, list[str], list[str]]:
     """Parse and validate: (the recipe or None, unknown-key notes, problems)."""
     fix = (
         "a config needs one settings document (with 'pipeline:') and one document per "
@@ -800,12 +952,10 @@ def _parse(text: str, source: str) -> tuple[Recipe | None, list[str], list[str]]
 
     settings_doc = settings_docs[0]
     _raw_names(settings_doc.data, settings_doc.node, [("pipeline",)])
-    for path, close in _unknown_keys(RecipeConfig, settings_doc.data):
-        hint = f"; did you mean '{close}'?" if close else ""
-        notes.append(
-            f"{source}: {_format_path(path)}: unknown key, ignored{hint} "
-            f"(line {_line(settings_doc.node, path)})"
-        )
+    _upgrade(settings_doc.data, settings_doc.node, source, problems)
+    for found in _unknown_keys(RecipeConfig, settings_doc.data):
+        _report_unknown(found, where=f"{source}:{_line(settings_doc.node, found.path)}: ",
+                        allow=allow, notes=notes, problems=problems)
     settings = _validate(RecipeConfig, settings_doc, source, "", problems)
 
     batches: list[BatchConfig] = []
@@ -817,12 +967,9 @@ def _parse(text: str, source: str) -> tuple[Recipe | None, list[str], list[str]]
             names += [("plates", i, "name") for i in range(len(plates))]
         _raw_names(doc.data, doc.node, names)
         label = f"batch {str(doc.data.get('batch'))!r}: "
-        for path, close in _unknown_keys(BatchConfig, doc.data):
-            hint = f"; did you mean '{close}'?" if close else ""
-            notes.append(
-                f"{source}: {label}{_format_path(path)}: unknown key, ignored{hint} "
-                f"(line {_line(doc.node, path)})"
-            )
+        for found in _unknown_keys(BatchConfig, doc.data):
+            _report_unknown(found, where=f"{source}:{_line(doc.node, found.path)}: {label}",
+                            allow=allow, notes=notes, problems=problems)
         batch = _validate(BatchConfig, doc, source, label, problems)
         if batch is None:
             continue
@@ -844,23 +991,24 @@ def _finish(parsed: tuple[Recipe | None, list[str], list[str]]) -> Recipe:
     raise for the problems or return the recipe."""
     recipe, notes, problems = parsed
     for note in notes:
-        warnings.warn(note, UnknownKeyWarning, stacklevel=3)
+        log.warning("%s", note)
     if problems or recipe is None:
         raise ConfigError("\n".join(problems))
     return recipe
 
 
-def parse_config(text: str, *, source: str = "<config>") -> Recipe:
+def parse_config(text: str, *, source: str = "<config>", allow_unknown_keys: bool = False) -> Recipe:
     """Validate config text; ``source`` names it in messages.
 
-    Raises ``ConfigError`` (one line per problem); warns ``UnknownKeyWarning`` for
-    keys cytoprofile does not know.
+    Raises ``ConfigError`` (one line per problem), also for a key within two edits of
+    a key of its block (a misspelling) unless ``allow_unknown_keys``; other unknown
+    keys are logged, one line each, on the ``cytoprofile.config`` logger.
     """
-    return _finish(_parse(text, source))
+    return _finish(_parse(text, source, allow_unknown_keys))
 
 
-def load_config(path: str | os.PathLike[str]) -> Recipe:
-    """Read and validate a config file (a local path or an fsspec URL)."""
+def load_config(path: str | os.PathLike[str], *, allow_unknown_keys: bool = False) -> Recipe:
+    """Read and validate a config file (a local path or an fsspec URL); see ``parse_config``."""
     source = os.fspath(path)
     try:
         if "://" in source and not source.startswith("file://"):
@@ -879,7 +1027,7 @@ def load_config(path: str | os.PathLike[str]) -> Recipe:
         raise ConfigError(f"{source}: not UTF-8 text ({exc.reason})") from exc
     except OSError as exc:
         raise ConfigError(f"{source}: cannot read the config file ({exc})") from exc
-    return _finish(_parse(text, source))
+    return _finish(_parse(text, source, allow_unknown_keys))
 
 
 def config_template(

@@ -14,8 +14,9 @@ import hashlib
 import json
 import logging
 import os
+import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from . import __version__, io
 from .config import Recipe, load_config
 from .errors import ConfigError, CytoprofileError, InputError
 
-__all__ = ["Layout", "RunResult", "run", "step_outputs"]
+__all__ = ["Layout", "RunResult", "compartment_prefixes", "run", "step_outputs"]
 
 log = logging.getLogger("cytoprofile.pipeline")
 Progress = Callable[[str, int, int], None]
@@ -146,20 +147,61 @@ def _fresh(outputs: Sequence[str], inputs: Sequence[str], settings: Any, root: s
 
 
 def _record(output: str, *, step: str, inputs: Sequence[str], settings: Any, config_path: str | None,
-            root: str) -> None:
-    io.write_json(
-        {
-            "step": step,
-            "output": os.path.basename(output),
-            "cytoprofile_version": __version__,
-            "config": config_path,
-            "settings": settings,
-            "settings_hash": _settings_hash(settings),
-            "inputs": _input_checksums(inputs, root),
-            "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        },
-        _sidecar(output),
-    )
+            root: str, pipeline: str | None = None, account: Mapping[str, Any] | None = None) -> None:
+    record: dict[str, Any] = {
+        "step": step,
+        "output": os.path.basename(output),
+        "cytoprofile_version": __version__,
+        "pipeline": pipeline,
+        "config": config_path,
+        "settings": settings,
+        "settings_hash": _settings_hash(settings),
+        "inputs": _input_checksums(inputs, root),
+        "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    if account is not None:
+        record |= dict(account)
+    io.write_json(record, _sidecar(output))
+
+
+_METADATA = ("Metadata_", "Image_Metadata_")  # annotate renames the second to the first
+
+
+@dataclass
+class _Made:
+    """A step's output table and its account: features in -> out, each dropped feature's
+    operation, and anything else the sidecar should say (e.g. wells dropped)."""
+
+    frame: pd.DataFrame
+    before: Sequence[str] | None = None
+    dropped: Mapping[str, str] = field(default_factory=dict)
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def account(self) -> dict[str, Any]:
+        """``features: {in, out, dropped: {feature: operation}}`` plus ``extra``."""
+        after = [c for c in self.frame.columns if not str(c).startswith(_METADATA)]
+        out: dict[str, Any] = {"features": {"in": None, "out": len(after), "dropped": {}}}
+        if self.before is not None:
+            before = [c for c in self.before if not str(c).startswith(_METADATA)]
+            kept = set(after)
+            out["features"] = {
+                "in": len(before),
+                "out": len(after),
+                "dropped": {c: self.dropped.get(c, "unexplained") for c in before if c not in kept},
+            }
+        return out | dict(self.extra)
+
+
+def _summary(account: Mapping[str, Any]) -> str:
+    """``features 120 -> 87 (correlation_threshold: 30, blocklist: 3)`` for the log."""
+    feats = account["features"]
+    if feats["in"] is None:
+        return f"{feats['out']} features"
+    ops: dict[str, int] = {}
+    for op in feats["dropped"].values():
+        ops[op] = ops.get(op, 0) + 1
+    detail = ", ".join(f"{op}: {n}" for op, n in ops.items())
+    return f"features {feats['in']} → {feats['out']}" + (f" ({detail})" if detail else "")
 
 
 class _Steps:
@@ -172,9 +214,10 @@ class _Steps:
         self.result = result
         self.float_format = recipe.settings.options.float_format
 
-    def run(self, name: str, inputs: Sequence[str], outputs: dict[str, Callable[[], pd.DataFrame] | pd.DataFrame],
+    def run(self, name: str, inputs: Sequence[str], outputs: Mapping[str, Callable[[], pd.DataFrame | _Made] | pd.DataFrame | _Made],
             settings: Any) -> bool:
-        """Write each output (a frame or a thunk making it) unless all are fresh; True if it ran."""
+        """Write each output (a frame, or a thunk making it, with its account) unless all are
+        fresh; True if it ran."""
         paths = list(outputs)
         for p in inputs:
             if not Path(p).exists():
@@ -185,36 +228,106 @@ class _Steps:
         start = time.perf_counter()
         for path, make in outputs.items():
             try:
-                df = make() if callable(make) else make
+                made = make() if callable(make) else make
             except CytoprofileError as exc:
                 if any(os.path.basename(p) in str(exc) for p in inputs):
                     raise
                 raise type(exc)(f"step {name} on {inputs[0]}: {exc}") from exc
-            if path.endswith(".gct"):
-                continue
-            io.write_table(df, path, float_format=self.float_format)
+            made = made if isinstance(made, _Made) else _Made(made)
+            account = made.account()
+            io.write_table(made.frame, path, float_format=self.float_format)
             _record(path, step=name, inputs=inputs, settings=settings, config_path=self.recipe.path,
-                    root=self.layout.root)
+                    root=self.layout.root, pipeline=self.recipe.settings.pipeline, account=account)
+            log.info("%s %s: %s", name, os.path.basename(path), _summary(account))
             self.result.outputs.append(path)
         self.result.ran.append(f"{name}: {', '.join(os.path.basename(p) for p in paths)}")
         log.info("%s → %s (%.2fs)", name, ", ".join(os.path.basename(p) for p in paths), time.perf_counter() - start)
         return True
 
 
+_PASSTHROUGH = ("Image", "ome_arrow_")
+
+
+def compartment_prefixes(recipe: Recipe, report: Mapping[str, Any] | None = None) -> tuple[str, ...]:
+    """Column prefixes of the features: the canonical compartments, those the config names
+    and those collate aggregated (its report), as aggregation names them."""
+    from .feature_select import FEATURE_PREFIXES
+
+    names = list(recipe.settings.compartments)
+    if report is not None:
+        names += [str(c) for c in (report.get("aggregate") or {}).get("compartments") or ()]
+    found = list(FEATURE_PREFIXES)
+    for name in names:
+        prefix = name.capitalize() if name.islower() else name
+        if prefix not in found:
+            found.append(prefix)
+    return tuple(found)
+
+
+def _feature_columns(df: pd.DataFrame, prefixes: Sequence[str], *, image_features: bool, where: str) -> list[str]:
+    """Feature columns by prefix (numeric ``Image*`` too with ``image_features``), in column order.
+
+    A column that is neither metadata, an image column nor a compartment's feature would
+    be lost by the steps: that is an error naming it.
+    """
+    out: list[str] = []
+    stray: list[str] = []
+    for col in map(str, df.columns):
+        if col.startswith("Metadata_"):
+            continue
+        if col.startswith(tuple(prefixes)):
+            out.append(col)
+        elif col.startswith(_PASSTHROUGH):
+            if image_features and col.startswith("Image") and pd.api.types.is_numeric_dtype(df[col]):
+                out.append(col)
+        else:
+            stray.append(col)
+    if stray:
+        shown = ", ".join(stray[:5]) + (f" ... ({len(stray)} in all)" if len(stray) > 5 else "")
+        raise InputError(
+            f"{where}: column(s) {shown} are neither Metadata_ columns nor features of the compartments "
+            f"({', '.join(prefixes)}); add their object table to compartments: in the config"
+        )
+    if not out:
+        raise InputError(f"{where}: no feature columns (names starting with {', '.join(prefixes)})")
+    return out
+
+
+def _features_for(df: pd.DataFrame, block: Any, prefixes: Sequence[str], where: str) -> list[str]:
+    """The block's ``features``: its explicit list, or every feature of the compartments."""
+    if isinstance(block.features, list):
+        return list(block.features)
+    return _feature_columns(df, prefixes, image_features=block.image_features, where=where)
+
+
+def _plate_report(backend_dir: str, plate: str) -> dict[str, Any] | None:
+    path = io.join(backend_dir, f"{plate}.report.json")
+    if not Path(path).exists():
+        return None
+    report = io.read_json(path)
+    return report if isinstance(report, dict) else None
+
+
 def _plate_task(layout: Layout, recipe: Recipe, batch: str, plate: str, force: bool) -> RunResult:
     """aggregate → annotate → normalize → normalize_negcon for one plate."""
-    from .aggregate import aggregate
-    from .annotate import annotate
-    from .metadata import load_external_metadata, platemap_for_plate
-    from .normalize import normalize
-
     result = RunResult()
     steps = _Steps(layout, recipe, force=force, result=result)
-    s = recipe.settings
     files = step_outputs(layout, batch, plate)
     Path(files["aggregate"]).parent.mkdir(parents=True, exist_ok=True)
     backend_dir = io.join(layout.workspace, "backend", batch, plate)
+    prefixes = compartment_prefixes(recipe, _plate_report(backend_dir, plate))
+    _aggregate_step(steps, recipe, files, backend_dir, plate)
+    if recipe.settings.annotate.perform:
+        _annotate_step(steps, layout, recipe, files, batch, plate)
+    _normalize_steps(steps, recipe, files, prefixes)
+    return result
 
+
+def _aggregate_step(steps: _Steps, recipe: Recipe, files: dict[str, str], backend_dir: str, plate: str) -> None:
+    """``PLATE.csv.gz``: aggregated from the SQLite backend, or collate's per-well profiles."""
+    from .aggregate import aggregate
+
+    s = recipe.settings
     if s.aggregate.perform:
         sqlite = io.join(backend_dir, f"{plate}.sqlite")
         strata = [s.aggregate.plate_column, s.aggregate.well_column] + ([s.aggregate.site_column] if s.aggregate.site_column else [])
@@ -240,42 +353,120 @@ def _plate_task(layout: Layout, recipe: Recipe, batch: str, plate: str, force: b
         else:
             steps.run("profiles", [source], {files["aggregate"]: lambda: io.read_table(source)}, {"from": "backend"})
 
-    if s.annotate.perform:
-        from .metadata import platemap_name_for_plate, platemap_path
 
-        meta_root = layout.meta_root(batch)
-        platemap = platemap_for_plate(meta_root, batch, plate)
-        barcode = io.join(meta_root, "metadata", "platemaps", batch, "barcode_platemap.csv")
-        platemap_file = platemap_path(meta_root, batch, platemap_name_for_plate(meta_root, batch, plate))
-        inputs = [files["aggregate"], barcode, platemap_file]
-        external = None
-        ext = s.annotate.external
-        if ext.perform and ext.file:
-            ext_path = io.join(meta_root, "metadata", "external_metadata", ext.file)
-            inputs.append(ext_path)
-            external = load_external_metadata(ext_path, merge_column=ext.merge_column)
-        join = ext.join_column if ext.perform else None
-        settings = s.annotate.model_dump(mode="json") | {"platemap_well_column": s.platemap_well_column}
-        steps.run("annotate", inputs, {files["annotate"]: lambda: annotate(
-            io.read_table(files["aggregate"]), _prefixed(platemap),
-            join_on=[s.platemap_well_column, s.annotate.well_column],
+def _external_path(meta_root: str, ext: Any) -> str:
+    """``metadata/FOLDER/FILE`` (external_metadata/, or moa/ for the 2021 string form)."""
+    return io.join(meta_root, "metadata", ext.folder, ext.file)
+
+
+def _annotate_step(steps: _Steps, layout: Layout, recipe: Recipe, files: dict[str, str], batch: str,
+                   plate: str) -> None:
+    """``_augmented``: the plate map (and external metadata) joined; unmatched wells per config."""
+    from .metadata import (
+        load_external_metadata,
+        platemap_for_plate,
+        platemap_name_for_plate,
+        platemap_path,
+    )
+
+    s = recipe.settings
+    meta_root = layout.meta_root(batch)
+    barcode = io.join(meta_root, "metadata", "platemaps", batch, "barcode_platemap.csv")
+    platemap_file = platemap_path(meta_root, batch, platemap_name_for_plate(meta_root, batch, plate))
+    inputs = [files["aggregate"], barcode, platemap_file]
+    ext = s.annotate.external
+    ext_path = _external_path(meta_root, ext) if ext.perform and ext.file else None
+    if ext_path is not None:
+        inputs.append(ext_path)
+    settings = s.annotate.model_dump(mode="json") | {"platemap_well_column": s.platemap_well_column}
+
+    def _annotated() -> _Made:
+        from .annotate import annotate
+
+        platemap = _prefixed(platemap_for_plate(meta_root, batch, plate))
+        profiles = io.read_table(files["aggregate"])
+        kept, dropped = _matched_wells(profiles, recipe, meta_root, batch, plate, platemap, platemap_file, ext_path)
+        external = load_external_metadata(ext_path, merge_column=ext.merge_column) if ext_path else None
+        join = ext.join_column if ext_path else None
+        frame = annotate(
+            kept, platemap, join_on=[s.platemap_well_column, s.annotate.well_column],
             external_metadata=external, external_join_left=[join] if join else None,
-            external_join_right=[join] if join else None)}, settings)
+            external_join_right=[join] if join else None)
+        return _Made(frame, before=list(profiles.columns),
+                     extra={"wells": {"in": len(profiles), "out": len(frame), "dropped_unmatched": dropped}})
 
+    steps.run("annotate", inputs, {files["annotate"]: _annotated}, settings)
+
+
+def _matched_wells(profiles: pd.DataFrame, recipe: Recipe, meta_root: str, batch: str, plate: str,
+                   platemap: pd.DataFrame, platemap_file: str, ext_path: str | None) -> tuple[pd.DataFrame, list[str]]:
+    """The profiles whose wells the plate map has, and the wells dropped.
+
+    ``annotate.unmatched_wells: error`` (the default) hands the profiles to the metadata
+    check, which names every unmatched well; ``drop`` drops them, as the recipe did, and
+    says how many went.
+    """
+    from .errors import MetadataError
+    from .metadata import validate_metadata
+
+    s = recipe.settings
+    well = s.annotate.well_column
+    if well not in profiles.columns or s.platemap_well_column not in platemap.columns:
+        return profiles, []  # annotate names the missing column
+    if s.annotate.unmatched_wells == "error":
+        ext = s.annotate.external
+        try:
+            validate_metadata(meta_root, batch, plates=[plate], profiles={plate: profiles}, well_column=well,
+                              external_metadata=ext_path, merge_column=ext.merge_column if ext_path else None)
+        except MetadataError as exc:
+            raise MetadataError(
+                f"{exc}; or set annotate.unmatched_wells: drop to drop them as the recipe did"
+            ) from exc
+        return profiles, []
+    known = set(platemap[s.platemap_well_column].astype(str))
+    wells = profiles[well].astype(str)
+    dropped = sorted(set(wells) - known)
+    if dropped:
+        log.warning("%s: %d of %d well(s) dropped, not in the plate map %s (annotate.unmatched_wells: drop): %s",
+                    plate, len(dropped), wells.nunique(), os.path.basename(platemap_file), ", ".join(dropped[:10])
+                    + (" ..." if len(dropped) > 10 else ""))
+    return profiles.loc[wells.isin(known)].reset_index(drop=True), dropped
+
+
+def _normalize_steps(steps: _Steps, recipe: Recipe, files: dict[str, str], prefixes: Sequence[str]) -> None:
+    """``_normalized`` and ``_normalized_negcon``; ``options.samples`` narrows the first one's fit."""
+    from .normalize import normalize
+
+    s = recipe.settings
     for key, block in (("normalize", s.normalize), ("normalize_negcon", s.normalize_negcon)):
         if not block.perform:
             continue
-        query = block.fit_query()
+        query = _fit_query(block.fit_query(), s.options.samples if key == "normalize" else "all")
         settings = block.model_dump(mode="json") | {"fit_query": query}
-        def _normalized(block: Any = block, query: str = query) -> pd.DataFrame:
-            return normalize(
-                io.read_table(files["annotate"]), features=block.features, image_features=block.image_features,
+
+        def _normalized(block: Any = block, query: str = query) -> _Made:
+            profiles = io.read_table(files["annotate"])
+            names = _features_for(profiles, block, prefixes, files["annotate"])
+            frame = normalize(
+                profiles, features=names, image_features=block.image_features,
                 samples=query, method=block.method, mad_robustize_epsilon=block.mad_robustize_fudge_factor,
                 spherize_method=block.spherize_method, spherize_epsilon=block.spherize_epsilon,
                 spherize_center=block.spherize_center)
+            reason = (f"normalize.method: spherize {block.spherize_method} (features become PC1..PC{len(names)})"
+                      if block.method == "spherize" and block.spherize_method.startswith("PCA")
+                      else "normalize.features: not in the list")
+            return _Made(frame, before=list(profiles.columns), dropped=dict.fromkeys(profiles.columns, reason))
 
         steps.run(key, [files["annotate"]], {files[key]: _normalized}, settings)
-    return result
+
+
+def _fit_query(query: str, samples: str) -> str:
+    """``query`` ANDed with ``options.samples`` (which the recipe read and never used)."""
+    text = samples.strip()
+    if text == "all":
+        return query
+    part = f"({text})" if re.search(r"\||\bor\b", text) else text
+    return part if query == "all" else f"{part} & {query}"
 
 
 def _prefixed(platemap: pd.DataFrame) -> pd.DataFrame:
@@ -283,29 +474,53 @@ def _prefixed(platemap: pd.DataFrame) -> pd.DataFrame:
     return platemap.rename(columns={c: c if str(c).startswith("Metadata_") else f"Metadata_{c}" for c in platemap.columns})
 
 
-def _feature_select_level(layout: Layout, recipe: Recipe, plates: dict[str, list[str]], *, negcon: bool,
-                          steps: _Steps) -> None:
-    """Feature selection at the block's level; batch and all fit on the plates together, then split."""
-    from .feature_select import feature_select, infer_features
+def _selection(df: pd.DataFrame, block: Any, prefixes: Sequence[str], where: str) -> dict[str, str]:
+    """Features the block's operations drop, each with the operation that dropped it.
 
-    s = recipe.settings
-    block = s.feature_select_negcon if negcon else s.feature_select
-    tag = f"_{_NEGCON}" if negcon else ""
-    level = block.level
-    params = block.parameters.model_dump()
-    options: dict[str, Any] = dict(features=block.features, image_features=block.image_features,
-                                   operations=list(block.operations), **params)
-    settings = block.model_dump(mode="json")
-    name = "feature_select" + tag
+    The operations run one after the other on the features the previous ones left,
+    exactly as one ``feature_select`` call does. ``min_cells`` other than 1 computes
+    the statistics on wells with at least that many objects (all wells are kept).
+    """
+    from .feature_select import excluded_features
 
-    def source(batch: str, plate: str) -> str:
-        return layout.plate_file(batch, plate, f"_normalized{tag}")
+    params: dict[str, Any] = {k: getattr(block.parameters, k) for k in type(block.parameters).model_fields}
+    groups = params["noise_removal_perturb_groups"]
+    if isinstance(groups, list) and len(groups) == 1:
+        params["noise_removal_perturb_groups"] = groups[0]  # one name is a column, not one label
+    samples = "all" if block.min_cells == 1 else f"Metadata_Object_Count >= {block.min_cells}"
+    remaining = _features_for(df, block, prefixes, where)
+    dropped: dict[str, str] = {}
+    for op in block.operations:
+        if not remaining:
+            break
+        gone = set(excluded_features(df, features=remaining, image_features=block.image_features,
+                                     operations=[op], samples=samples, **params))
+        dropped |= dict.fromkeys((c for c in remaining if c in gone), f"feature_select: {op}")
+        remaining = [c for c in remaining if c not in gone]
+    return dropped
 
-    def output(batch: str, plate: str) -> str:
-        return layout.plate_file(batch, plate, f"_normalized_feature_select{tag}_{level}")
 
-    def load(batch: str, plate: str, with_batch: bool) -> pd.DataFrame:
-        path = source(batch, plate)
+class _Level:
+    """Feature selection of one block (main or negcon) at its level, with GCT."""
+
+    def __init__(self, layout: Layout, recipe: Recipe, plates: dict[str, list[str]], *, negcon: bool,
+                 steps: _Steps, prefixes: Sequence[str]) -> None:
+        s = recipe.settings
+        self.layout, self.recipe, self.plates, self.steps, self.prefixes = layout, recipe, plates, steps, prefixes
+        self.block = s.feature_select_negcon if negcon else s.feature_select
+        self.tag = f"_{_NEGCON}" if negcon else ""
+        self.level = self.block.level
+        self.settings = self.block.model_dump(mode="json")
+        self.name = "feature_select" + self.tag
+
+    def source(self, batch: str, plate: str) -> str:
+        return self.layout.plate_file(batch, plate, f"_normalized{self.tag}")
+
+    def output(self, batch: str, plate: str) -> str:
+        return self.layout.plate_file(batch, plate, f"_normalized_feature_select{self.tag}_{self.level}")
+
+    def load(self, batch: str, plate: str, with_batch: bool) -> pd.DataFrame:
+        path = self.source(batch, plate)
         df = io.read_table(path)
         if "Metadata_Plate" not in df.columns:
             raise InputError(f"{path}: no Metadata_Plate column; feature selection over plates needs it")
@@ -315,52 +530,84 @@ def _feature_select_level(layout: Layout, recipe: Recipe, plates: dict[str, list
         return pd.concat([df.drop(columns=["Metadata_Plate"]), pd.DataFrame(extra)], axis=1)[
             [*df.columns, *(["Metadata_batch"] if with_batch else [])]]
 
-    def stack(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    def stack(self, frames: list[pd.DataFrame], where: str) -> tuple[pd.DataFrame, dict[str, str]]:
+        """The plates together (metadata and features); the columns left out, with why."""
         df = pd.concat(frames, ignore_index=True)
         meta = [c for c in df.columns if c.startswith("Metadata_")]
-        return df[meta + infer_features(df, image_features=block.image_features)]
+        features = _feature_columns(df, self.prefixes, image_features=self.block.image_features, where=where)
+        keep = set(meta) | set(features)
+        why = f"feature_select level {self.level}: plates stacked with metadata and features only"
+        return df[meta + features], {
+            c: why + (" (image_features: false)" if c.startswith("Image") else "") for c in df.columns if c not in keep}
 
-    def split(selected: pd.DataFrame, plate: str) -> pd.DataFrame:
+    def _all(self) -> Iterator[tuple[str, str]]:
+        return ((b, p) for b, names in self.plates.items() for p in names)
+
+    def plate_level(self) -> None:
+        for batch, plate in list(self._all()):
+            def _selected(b: str = batch, p: str = plate) -> _Made:
+                df = self.load(b, p, False)
+                dropped = _selection(df, self.block, self.prefixes, self.source(b, p))
+                return _Made(df.drop(columns=list(dropped)), before=list(df.columns), dropped=dropped)
+
+            self.steps.run(self.name, [self.source(batch, plate)], {self.output(batch, plate): _selected}, self.settings)
+
+    def grouped(self) -> None:
+        """Levels batch and all: select on the plates together, then split back per plate."""
+        groups = [(b, [b]) for b in self.plates] if self.level == "batch" else [("all", list(self.plates))]
+        for _label, batches in groups:
+            pairs = [(b, p) for b in batches for p in self.plates[b]]
+            inputs = [self.source(b, p) for b, p in pairs]
+            outs = [self.output(b, p) for b, p in pairs]
+            if not self.steps.force and _fresh(outs, inputs, self.settings, self.layout.root):
+                self.steps.result.skipped.append(f"{self.name}: {len(outs)} plate(s) at level {self.level}")
+                if not self.block.gct:
+                    continue
+            loaded = {pair: self.load(*pair, True) for pair in pairs}
+            stacked, left_out = self.stack(list(loaded.values()), inputs[0])
+            dropped = _selection(stacked, self.block, self.prefixes, inputs[0])
+            selected = stacked.drop(columns=list(dropped))
+            self.steps.run(self.name, inputs, {
+                self.output(b, p): _Made(self._split(selected, p), before=list(loaded[(b, p)].columns),
+                                         dropped=left_out | dropped) for b, p in pairs}, self.settings)
+            for b in batches:
+                frame = selected if self.level == "batch" else selected.loc[selected["Metadata_batch"] == b].reset_index(drop=True)
+                self.gct(b, frame)
+
+    @staticmethod
+    def _split(selected: pd.DataFrame, plate: str) -> pd.DataFrame:
         part = selected.loc[selected["Metadata_Plate"] == str(plate)].reset_index(drop=True)
         return part.drop(columns=["Metadata_batch"], errors="ignore")
 
-    def gct_outputs(batch: str, frame: pd.DataFrame) -> None:
-        if not block.gct:
+    def gct(self, batch: str, frame: pd.DataFrame) -> None:
+        """``gct/BATCH/BATCH{stem}.{csv.gz,gct}``, each with its provenance sidecar."""
+        if not self.block.gct:
             return
-        stem = f"_normalized_feature_select{tag}_{level}"
-        csv_path = layout.gct_file(batch, stem, layout.suffix)
-        gct_path = layout.gct_file(batch, stem, ".gct")
-        inputs = [source(batch, p) for p in plates[batch]]
-        if steps.run(name + "_gct", inputs, {csv_path: frame}, settings) or not Path(gct_path).exists():
-            from .feature_select import infer_features as _infer
+        stem = f"_normalized_feature_select{self.tag}_{self.level}"
+        csv_path = self.layout.gct_file(batch, stem, self.layout.suffix)
+        gct_path = self.layout.gct_file(batch, stem, ".gct")
+        inputs = [self.source(batch, p) for p in self.plates[batch]]
+        ran = self.steps.run(self.name + "_gct", inputs, {csv_path: frame}, self.settings)
+        if not ran and not self.steps.force and _fresh([gct_path], inputs, self.settings, self.layout.root):
+            return
+        meta = [c for c in frame.columns if c.startswith("Metadata_")]
+        features = _feature_columns(frame, self.prefixes, image_features=False, where=csv_path)
+        io.write_gct(frame, gct_path, features=features, meta_features=meta)
+        why = f"write_gct: Image_ columns are not written to GCT (they are in {os.path.basename(csv_path)})"
+        made = _Made(frame[meta + features], before=list(frame.columns), dropped=dict.fromkeys(frame.columns, why))
+        _record(gct_path, step=self.name + "_gct", inputs=inputs, settings=self.settings, config_path=self.recipe.path,
+                root=self.layout.root, pipeline=self.recipe.settings.pipeline, account=made.account())
+        self.steps.result.outputs.append(gct_path)
 
-            meta = [c for c in frame.columns if c.startswith("Metadata_")]
-            io.write_gct(frame, gct_path, features=_infer(frame, image_features=False), meta_features=meta)
-            steps.result.outputs.append(gct_path)
 
-    if level == "plate":
-        for batch, names in plates.items():
-            for plate in names:
-                def _selected(b: str = batch, p: str = plate) -> pd.DataFrame:
-                    return feature_select(load(b, p, False), **options)
-
-                steps.run(name, [source(batch, plate)], {output(batch, plate): _selected}, settings)
-        return
-    groups: list[tuple[str, list[str]]] = (
-        [(b, [b]) for b in plates] if level == "batch" else [("all", list(plates))]
-    )
-    for _label, batches in groups:
-        inputs = [source(b, p) for b in batches for p in plates[b]]
-        outs = [output(b, p) for b in batches for p in plates[b]]
-        if not steps.force and _fresh(outs, inputs, settings, layout.root):
-            steps.result.skipped.append(f"{name}: {len(outs)} plate(s) at level {level}")
-            if not block.gct:
-                continue
-        selected = feature_select(stack([load(b, p, True) for b in batches for p in plates[b]]), **options)
-        steps.run(name, inputs, {output(b, p): split(selected, p) for b in batches for p in plates[b]}, settings)
-        for b in batches:
-            frame = selected if level == "batch" else selected.loc[selected["Metadata_batch"] == b].reset_index(drop=True)
-            gct_outputs(b, frame)
+def _feature_select_level(layout: Layout, recipe: Recipe, plates: dict[str, list[str]], *, negcon: bool,
+                          steps: _Steps, prefixes: Sequence[str]) -> None:
+    """Feature selection at the block's level; batch and all fit on the plates together, then split."""
+    level = _Level(layout, recipe, plates, negcon=negcon, steps=steps, prefixes=prefixes)
+    if level.level == "plate":
+        level.plate_level()
+    else:
+        level.grouped()
 
 
 def run(
@@ -373,18 +620,21 @@ def run(
     scheduler: str | None = None,
     tmp_dir: str | None = None,
     progress: Progress | None = None,
+    allow_unknown_keys: bool = False,
 ) -> RunResult:
     """Run the whole recipe a config describes, resuming where outputs are already current.
 
     A URL workspace (``s3://...``) is read and written in place: each plate's steps
     fetch that plate's inputs to a scratch folder and upload what they write, and
-    the batch-level steps gather only the per-well tables they need.
+    the batch-level steps gather only the per-well tables they need. A misspelled
+    config key stops the run unless ``allow_unknown_keys`` (then it is a warning).
     """
     from .executor import run_plates
 
     start = time.perf_counter()
-    recipe = config if isinstance(config, Recipe) else load_config(config)
+    recipe = config if isinstance(config, Recipe) else load_config(config, allow_unknown_keys=allow_unknown_keys)
     s = recipe.settings
+    _storage_settings(s.options)
     ws_setting = str(workspace) if workspace is not None else s.workspace
     if ws_setting is not None and workspace is None and recipe.path and not io.is_remote(ws_setting) \
             and not os.path.isabs(ws_setting) and not io.is_remote(recipe.path):
@@ -399,14 +649,9 @@ def run(
     plates = {b: p for b, p in recipe.selected_plates().items() if p}
     if not plates:
         raise ConfigError(f"{recipe.path}: no plate to process (every batch or plate has process: false)")
-    for key, flag in (("normalize.subgroups", s.normalize.subgroups), ("normalize_negcon.subgroups", s.normalize_negcon.subgroups),
-                      ("feature_select.subgroups", s.feature_select.subgroups),
-                      ("feature_select_negcon.subgroups", s.feature_select_negcon.subgroups)):
-        if flag:
-            log.warning("%s: subgroup outputs (PLATE_subgroup_*) are not made by cytoprofile yet; ignored", key)
-    for key, block in (("feature_select", s.feature_select), ("feature_select_negcon", s.feature_select_negcon)):
-        if block.perform and block.min_cells != 1:
-            log.warning("%s.min_cells: not applied to feature selection (normalize.min_cells is); ignored", key)
+    if s.normalize.perform and s.options.samples.strip() != "all":
+        log.warning("options.samples: normalize is fitted on %s only; profiles will differ from those the "
+                    "recipe made (it ignored this key)", s.options.samples.strip())
     if s.annotate.perform and not io.is_remote(layout.root):
         from .metadata import validate_metadata
 
@@ -414,8 +659,7 @@ def run(
         for batch, names in plates.items():
             for note in validate_metadata(
                 layout.meta_root(batch), batch, plates=names,
-                external_metadata=io.join(layout.meta_root(batch), "metadata", "external_metadata", ext.file)
-                if ext.perform and ext.file else None,
+                external_metadata=_external_path(layout.meta_root(batch), ext) if ext.perform and ext.file else None,
                 merge_column=ext.merge_column if ext.perform else None,
             ):
                 log.warning("%s", note)
@@ -441,14 +685,29 @@ def run(
     return result
 
 
+def _storage_settings(options: Any) -> None:
+    """``options.connect_timeout/read_timeout/retries``, when set, over the storage settings
+    in effect (the command line's); the plate tasks inherit them."""
+    overrides = options.storage_overrides()
+    if overrides:
+        storage = io.current_storage()
+        storage["config_kwargs"] = dict(storage.get("config_kwargs") or {}) | overrides
+        io.configure_storage(storage)
+
+
 def _batch_steps(layout: Layout, recipe: Recipe, plates: dict[str, list[str]], *, force: bool, result: RunResult) -> None:
     """feature_select, feature_select_negcon (with GCT), then quality control, on a local layout."""
     s = recipe.settings
     steps = _Steps(layout, recipe, force=force, result=result)
+    prefixes = compartment_prefixes(recipe)
+    for batch, names in plates.items():
+        for plate in names:
+            report = _plate_report(io.join(layout.workspace, "backend", batch, plate), plate)
+            prefixes += tuple(p for p in compartment_prefixes(recipe, report) if p not in prefixes)
     if s.feature_select.perform:
-        _feature_select_level(layout, recipe, plates, negcon=False, steps=steps)
+        _feature_select_level(layout, recipe, plates, negcon=False, steps=steps, prefixes=prefixes)
     if s.feature_select_negcon.perform:
-        _feature_select_level(layout, recipe, plates, negcon=True, steps=steps)
+        _feature_select_level(layout, recipe, plates, negcon=True, steps=steps, prefixes=prefixes)
     if s.quality_control.perform:
         from .qc import quality_control
 
@@ -461,9 +720,17 @@ def _batch_steps(layout: Layout, recipe: Recipe, plates: dict[str, list[str]], *
                 load_data_dir=os.path.abspath(layout.find("load_data_csv", batch)).rsplit(os.sep, 1)[0],
                 backend_dir=os.path.abspath(io.join(layout.workspace, "backend")),
                 summary=s.quality_control.summary.perform, heatmaps=s.quality_control.heatmap.perform,
+                summary_well_columns=_summary_well_columns(s.quality_control.summary),
             )
             result.ran.append(f"quality_control: {batch}")
             result.outputs.append(io.join(layout.root, "quality_control"))
+
+
+def _summary_well_columns(summary: Any) -> tuple[str, str] | None:
+    """``quality_control.summary.row/column`` when set; None (Metadata_Well, else the
+    defaults Metadata_Row + Metadata_Col) when they are the defaults."""
+    chosen = (summary.row, summary.column)
+    return None if chosen == ("Metadata_Row", "Metadata_Col") else chosen
 
 
 def _scratch_layout(layout: Layout, scratch: str) -> Layout:
@@ -486,6 +753,14 @@ def _publish_written(scratch: str, remote: str, written: list[str]) -> list[str]
     return publish(scratch, remote, rels)
 
 
+def _at_url(exc: CytoprofileError, scratch: str, url: str) -> CytoprofileError:
+    """The same error, naming the workspace URL instead of the scratch copy (deleted next)."""
+    text = str(exc)
+    for local in {scratch, os.path.realpath(scratch)}:
+        text = text.replace(local.rstrip(os.sep) + os.sep, url.rstrip("/") + "/").replace(local, url)
+    return type(exc)(text)
+
+
 def _remote_plate_task(layout: Layout, recipe: Recipe, batch: str, plate: str, force: bool,
                        tmp_dir: str | None) -> RunResult:
     """One plate's steps against a URL workspace, through a scratch folder."""
@@ -501,9 +776,12 @@ def _remote_plate_task(layout: Layout, recipe: Recipe, batch: str, plate: str, f
         if s.aggregate.perform:
             wanted.add(f"{plate}.sqlite")
         stage(layout.root, scratch, [f"backend/{batch}/{plate}"], accept=lambda rel: os.path.basename(rel) in wanted)
-        stage(layout.root, scratch, [f"metadata/platemaps/{batch}", "metadata/external_metadata",
+        stage(layout.root, scratch, [f"metadata/platemaps/{batch}", f"metadata/{s.annotate.external.folder}",
                                      f"{layout.output_dir}/{batch}/{plate}"])
-        local = _plate_task(_scratch_layout(layout, scratch), recipe, batch, plate, force)
+        try:
+            local = _plate_task(_scratch_layout(layout, scratch), recipe, batch, plate, force)
+        except CytoprofileError as exc:
+            raise _at_url(exc, scratch, layout.root) from exc
         local.outputs = _publish_written(scratch, layout.root, local.outputs)
         return local
     finally:
@@ -529,7 +807,10 @@ def _remote_batch_steps(layout: Layout, recipe: Recipe, plates: dict[str, list[s
               accept=lambda rel: "_normalized" in rel or rel.endswith((".report.json", ".tsv", ".gct")) or "load_data" in rel
               or rel.startswith("gct/") or "_augmented" in rel)
         before = len(result.outputs)
-        _batch_steps(_scratch_layout(layout, scratch), recipe, plates, force=force, result=result)
+        try:
+            _batch_steps(_scratch_layout(layout, scratch), recipe, plates, force=force, result=result)
+        except CytoprofileError as exc:
+            raise _at_url(exc, scratch, layout.root) from exc
         written = sorted(set(result.outputs[before:]))
         result.outputs[before:] = _publish_written(scratch, layout.root, written)
     finally:

@@ -1005,6 +1005,7 @@ def quality_control(
     summary: bool = True,
     heatmaps: bool = True,
     report: bool = True,
+    summary_well_columns: Sequence[str] | None = None,
 ) -> QualityControlResult:
     """Run QC for ``plates`` of ``batch`` in a workspace and write its outputs.
 
@@ -1016,7 +1017,8 @@ def quality_control(
     kept features and percent replicating (``level`` picks one level). Writes
     ``quality_control/summary/summary.tsv``,
     ``quality_control/heatmap/BATCH/PLATE/PLATE_{cell_count,correlation,position_effect}.png``
-    and ``quality_control/report/BATCH.html``.
+    and ``quality_control/report/BATCH.html``. ``summary_well_columns`` are the
+    load_data columns sites are grouped into wells by (default: see ``summarize_plate``).
     """
     if level is not None and level not in _LEVELS:
         raise InputError(f"level {level!r}: use one of {', '.join(_LEVELS)}")
@@ -1049,7 +1051,7 @@ def quality_control(
                 summarize_plate(
                     batch=batch, plate=plate, load_data=cpio.read_table(load_path),
                     profiles=per_well, report=plate_report, selected_profiles=selected,
-                    source=load_path,
+                    well_columns=summary_well_columns, source=load_path,
                 )
             )
         if heatmaps or report:
