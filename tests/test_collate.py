@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from cytoprofile import io
-from cytoprofile.collate import collate, collate_plate
+from cytoprofile.collate import collate, collate_plate, trusted_outputs
 from cytoprofile.synth import synth
 
 from .conftest import link_sites
@@ -99,7 +99,7 @@ def test_examplehuman_extra_object_type_and_run_metadata(tmp_path: Path, shared_
     result = collate_plate(tmp_path / "ws", "B", "P", backend=("sqlite",), image_features=False)
     conn = sqlite3.connect(result.outputs["sqlite"])
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    assert tables == {"Image", "Cells", "Cytoplasm", "Nuclei", "PH3"}
+    assert tables == {"Image", "Cells", "Cytoplasm", "Nuclei", "PH3", "cytoprofile_run"}
     assert conn.execute("SELECT COUNT(*) FROM PH3").fetchone()[0] == 22
     conn.close()
     assert "Experiment.csv" in result.report["run_metadata"]  # type: ignore[index]
@@ -213,7 +213,7 @@ def test_strict_fails_and_writes_nothing(tmp_path: Path) -> None:
     results = collate(ws, "BATCH1", ["P1", "P2"], strict=True)
     assert [r.status for r in results] == ["failed", "done"]
     assert "quarantined" in results[0].message
-    assert not list((ws / "backend/BATCH1/P1").iterdir())
+    assert not (ws / "backend/BATCH1/P1").exists()  # no empty folder either
 
 
 def test_skip_complete_plate_and_overwrite(tmp_path: Path) -> None:
@@ -236,7 +236,7 @@ def test_aggregate_only_on_our_backend_and_parquet(tmp_path: Path) -> None:
         assert_profiles_equal(io.read_table(again.outputs["profiles"]), streamed, rtol=1e-12)
 
 
-def test_changed_options_rebuild_and_drop_stale_outputs(tmp_path: Path) -> None:
+def test_changed_options_rebuild_and_replace_stale_outputs(tmp_path: Path) -> None:
     ws = tmp_path / "ws"
     synth(ws, plates=["P1"], wells=96, well_subset=2, sites=1, cells=5, features=4)
     collate_plate(ws, "BATCH1", "P1")
@@ -247,7 +247,38 @@ def test_changed_options_rebuild_and_drop_stale_outputs(tmp_path: Path) -> None:
     parquet = collate_plate(ws, "BATCH1", "P1", backend=("parquet",), profile_format="parquet", operation="mean")
     assert parquet.status == "done"
     left = sorted(p.name for p in (ws / "backend/BATCH1/P1").iterdir())
-    assert "P1.sqlite" not in left and "P1.csv" not in left and "P1.parquet" in left
+    # the SQLite backend is still correct for these inputs and options: kept; one profile format only
+    assert "P1.sqlite" in left and "P1.csv" not in left and "P1.parquet" in left
+    _, trusted = trusted_outputs(ws, "BATCH1", "P1")
+    assert {"P1.sqlite", "P1.parquet", "P1_Cells.parquet", "P1_Image.parquet"} <= set(trusted)
+
+
+def test_rerun_with_fewer_outputs_keeps_current_and_replaces_stale(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from cytoprofile.cli import main
+
+    ws = tmp_path / "ws"
+    synth(ws, plates=["P1"], wells=96, well_subset=3, sites=2, cells=6, features=5)
+    out = ws / "backend/BATCH1/P1"
+    args = ["collate", str(ws), "BATCH1", "P1", "-q"]
+    assert main([*args, "--backend", "sqlite", "--backend", "parquet"]) == 0
+    first = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    capsys.readouterr()
+    # fewer outputs asked for, same options: nothing is stale, nothing is deleted or rebuilt
+    assert main(args) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == first
+    # other options: the Parquet backend not asked for would be stale, so it is replaced, and that is said
+    assert main([*args, "--operation", "mean"]) == 0
+    said = capsys.readouterr().err
+    assert said.count("WARNING") == 1  # one message (the terminal may wrap it)
+    assert "replacing" in said and "operation" in said and "P1_*.parquet" in said
+    report, trusted = trusted_outputs(ws, "BATCH1", "P1")
+    assert report is not None and report["options"]["operation"] == "mean"
+    assert all(report["outputs"][n]["generation"] == report["generation"] for n in trusted)
+    assert {"P1.sqlite", "P1_Image.parquet", "P1_Cells.parquet", "P1.csv"} <= set(trusted)
+    ours = io.read_table(out / "P1.csv")
+    again = collate_plate(ws, "BATCH1", "P1", backend=("parquet",), aggregate_only=True, operation="mean", overwrite=True)
+    assert_profiles_equal(io.read_table(again.outputs["profiles"]), ours, rtol=1e-12)
 
 
 def test_all_sites_untrusted_says_so(tmp_path: Path) -> None:
