@@ -183,7 +183,7 @@ def collate_plate(
     if not aggregate_only:
         workspace.find_plate(ws, batch, plate)  # before any folder is made
     out_dir = workspace.backend_dir(ws, batch, plate)
-    with workspace.plate_lock(ws, batch, plate, wait=wait), io.output_errors(out_dir):
+    with io.output_errors(out_dir), workspace.plate_lock(ws, batch, plate, wait=wait):
         io.remove_leftovers(out_dir)  # a killed run's temporary files (we hold the lock)
         if aggregate_only:
             return _aggregate_only(ws, batch, plate, outputs, backend=backend, operation=operation,
@@ -245,7 +245,8 @@ def _plan(plate: str, report: dict[str, Any] | None, trusted: dict[str, str], bu
         changed = sorted(k for k in _data_options(build) if previous.get(k) != build[k])
         why = f"options changed ({', '.join(changed)})" if changed else "--overwrite"
         replaced = sorted({_kind_label(plate, n) for n in trusted} - {f"{plate}.report.json"})
-        log.warning("%s: %s since the last build; replacing %s", plate, why, ", ".join(replaced) or "its outputs")
+        (log.warning if changed else log.info)("%s: %s since the last build; replacing %s", plate, why,
+                                               ", ".join(replaced) or "its outputs")
     elif kept:
         log.info("%s: keeping %s of the last build (still current)", plate,
                  ", ".join(sorted({_kind_label(plate, n) for n in kept})))
@@ -812,6 +813,9 @@ def collate(
 
     if not plates:
         raise InputError("no plates given; name at least one PLATE")
+    workspace.check_name(batch, "batch")
+    for plate in plates:
+        workspace.check_name(plate, "plate")
     options: dict[str, Any] = dict(backend=tuple(backend), profile_format=profile_format, operation=operation,
                                    compartments=tuple(compartments), image_features=image_features,
                                    image_feature_categories=tuple(image_feature_categories), strata=tuple(strata),

@@ -612,7 +612,7 @@ def output_errors(folder: str | os.PathLike[str]) -> Iterator[None]:
             raise
         what, fix = _OUTPUT_ERRNOS.get(code, ("input/output error", "check the disk and write the outputs elsewhere"))
         where = getattr(exc, "filename", None)
-        place = os.path.dirname(str(where)) if where and str(where).startswith(str(folder)) else str(folder)
+        place = os.path.dirname(str(where).rstrip(os.sep)) if where and not is_remote(str(where)) else str(folder)
         raise OutputError(f"cannot write to {place}: {what}; {fix}, then re-run (nothing partial was kept)") from exc
 
 
