@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -290,3 +296,134 @@ def test_all_sites_untrusted_says_so(tmp_path: Path) -> None:
         (site / "Cells.csv").write_bytes(b"")
     with pytest.raises(InputError, match="all 2 site"):
         collate_plate(ws, "BATCH1", "P1")
+
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+_HOLD = """
+import sys, time
+from cytoprofile.workspace import plate_lock
+with plate_lock(sys.argv[1], "BATCH1", "P1"):
+    print("locked", flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+def _python(*args: str, **kwargs: Any) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": SRC}
+    return subprocess.Popen([sys.executable, *args], env=env, text=True, **kwargs)
+
+
+def test_second_collate_of_a_plate_names_the_holder_or_waits(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from cytoprofile.cli import main
+
+    ws = tmp_path / "ws"
+    synth(ws, plates=["P1"], wells=96, well_subset=2, sites=1, cells=5, features=4)
+    holder = _python("-c", _HOLD, str(ws), "60", stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        assert main(["collate", str(ws), "BATCH1", "P1", "-q"]) == 1
+        assert f"plate P1 is being collated by process {holder.pid}" in capsys.readouterr().err
+        assert not (ws / "backend/BATCH1/P1").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    holder = _python("-c", _HOLD, str(ws), "1.5", stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        t0 = time.monotonic()
+        assert main(["collate", str(ws), "BATCH1", "P1", "-q", "--wait"]) == 0
+        assert time.monotonic() - t0 > 0.5
+    finally:
+        holder.wait()
+    assert (ws / "backend/BATCH1/P1/P1.report.json").exists() and not (ws / "backend/BATCH1/.P1.lock").exists()
+
+
+def test_two_collates_of_one_plate_at_once(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    synth(ws, plates=["P1"], wells=96, well_subset=6, sites=2, cells=30, features=10)
+    reference = collate_plate(ws, "BATCH1", "P1")
+    expected = Path(reference.outputs["profiles"]).read_bytes()
+    for flags in (["--wait"], []):
+        args = ["-m", "cytoprofile", "collate", str(ws), "BATCH1", "P1", "--overwrite", "-q", *flags]
+        procs = [_python(*args, stderr=subprocess.PIPE) for _ in range(2)]
+        outs = [(p.wait(timeout=300), p.stderr.read() if p.stderr else "") for p in procs]
+        codes = sorted(code for code, _ in outs)
+        if flags:
+            assert codes == [0, 0], outs
+        else:  # the second fails fast naming the first, or they did not overlap
+            assert codes in ([0, 0], [0, 1]), outs
+            assert all("is being collated by process" in err for code, err in outs if code == 1)
+        assert all("internal error" not in err for _, err in outs)
+        _, trusted = trusted_outputs(ws, "BATCH1", "P1")
+        assert {"P1.sqlite", "P1.csv"} <= set(trusted)
+        assert Path(trusted["P1.csv"]).read_bytes() == expected
+        assert not [p for p in (ws / "backend/BATCH1/P1").iterdir() if p.name.startswith(".")]
+
+
+_KILL_AT = """
+import os, signal, sys
+from cytoprofile.cli import main
+n = int(sys.argv[1]); calls = [0]
+real_replace, real_unlink = os.replace, os.unlink
+def _hook():
+    calls[0] += 1
+    if calls[0] == n:
+        os.kill(os.getpid(), signal.SIGKILL)
+def replace(a, b, **kw):
+    _hook(); return real_replace(a, b, **kw)
+def unlink(p, **kw):
+    _hook(); return real_unlink(p, **kw)
+os.replace, os.unlink = replace, unlink
+code = main(sys.argv[2:])
+print("calls", calls[0], flush=True)
+sys.exit(code)
+"""
+
+
+def _plate_state(out: Path) -> dict[str, Any]:
+    """What a build leaves that a reader sees: profiles bytes, backend rows, report without timings."""
+    conn = sqlite3.connect(out / "P1.sqlite")
+    rows = {t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in ("Image", "Cells", "Cytoplasm", "Nuclei")}
+    conn.close()
+    report = json.loads((out / "P1.report.json").read_text())
+    for key in ("seconds", "generation", "outputs"):
+        report.pop(key)
+    return {"profiles": (out / "P1.csv").read_bytes(), "rows": rows, "parquet": pq.read_table(out / "P1_Cells.parquet").num_rows,
+            "report": report, "files": sorted(p.name for p in out.iterdir())}
+
+
+def test_killed_overwrite_leaves_a_consistent_plate_and_a_rerun_finishes(tmp_path: Path) -> None:
+    from cytoprofile.collate import plate_profiles
+    from cytoprofile.errors import InputError
+
+    ws = tmp_path / "ws"
+    synth(ws, plates=["P1"], wells=96, well_subset=4, sites=2, cells=10, features=6)
+    out = ws / "backend/BATCH1/P1"
+    build = ["collate", str(ws), "BATCH1", "P1", "--backend", "sqlite", "--backend", "parquet", "-q"]
+    killed = [*build, "--overwrite", "--operation", "mean"]
+    run = _python("-c", _KILL_AT, "0", *killed, stdout=subprocess.PIPE)
+    stdout, _ = run.communicate(timeout=300)
+    assert run.returncode == 0
+    calls = int(stdout.split()[-1])
+    expected = _plate_state(out)
+    old = collate_plate(ws, "BATCH1", "P1", backend=("sqlite", "parquet"), overwrite=True)  # the median build
+    assert old.status == "done"
+    median = (out / "P1.csv").read_bytes()
+    assert median != expected["profiles"]
+    for moment in sorted({1, 2, calls // 3, calls // 2, calls - 3, calls - 2, calls - 1, calls}):
+        run = _python("-c", _KILL_AT, str(moment), *killed, stdout=subprocess.PIPE)
+        run.communicate(timeout=300)
+        assert run.returncode == -signal.SIGKILL, moment
+        # at every moment a reader sees the old set, or the new set, or an unfinished plate: never a mix
+        report, trusted = trusted_outputs(ws, "BATCH1", "P1")
+        if report is not None:
+            assert set(trusted) == set(report["outputs"]), moment
+        try:
+            seen = plate_profiles(ws, "BATCH1", "P1")
+        except InputError:
+            seen = None
+        assert seen is None or Path(seen).read_bytes() in (median, expected["profiles"]), moment
+        again = collate_plate(ws, "BATCH1", "P1", backend=("sqlite", "parquet"), operation="mean")
+        assert again.status in ("done", "skipped"), moment
+        assert _plate_state(out) == expected, moment
+        collate_plate(ws, "BATCH1", "P1", backend=("sqlite", "parquet"), overwrite=True)  # back to the median build
