@@ -631,8 +631,9 @@ def _collate_remote(ws: str, batch: str, plate: str, *, tmp_dir: str | None, pro
     """
     outputs = plate_outputs(ws, batch, plate, backend=options["backend"], profile_format=options["profile_format"])
     target = workspace.backend_dir(ws, batch, plate)
+    io.check_reachable(ws)
     if options["aggregate_only"]:
-        raise InputError(f"{ws}: --aggregate-only works on a local workspace; collate the plate without it")
+        return _aggregate_only_remote(ws, batch, plate, tmp_dir=tmp_dir, progress=progress, start=start, **options)
     workspace.find_plate(ws, batch, plate)
     io.remove_leftovers(target)
     report, trusted = trusted_outputs(ws, batch, plate)
@@ -720,6 +721,41 @@ def _summary_line(report: dict[str, Any]) -> str:
     t = report["totals"]
     return (f"{t['sites_ok']} sites ingested, {t['sites_quarantined']} quarantined; {t['wells']} wells; "
             + ", ".join(f"{k} {v:,} rows" for k, v in t["objects"].items()))
+
+
+def _aggregate_only_remote(ws: str, batch: str, plate: str, *, tmp_dir: str | None, progress: Progress | None,
+                           start: float, **options: Any) -> PlateResult:
+    """Re-aggregate a backend on object storage through a scratch copy; upload the profiles, report last."""
+    rel = os.path.join("backend", batch, plate)
+    target = workspace.backend_dir(ws, batch, plate)
+    report, trusted = trusted_outputs(ws, batch, plate)
+    name = f"{plate}.{options['profile_format']}"
+    if not options["overwrite"] and (name in trusted or (report is None and io.exists(io.join(target, name)))):
+        return PlateResult(batch, plate, "skipped", "profiles exist (use --overwrite to re-aggregate)",
+                           {"profiles": io.join(target, name)}, seconds=time.perf_counter() - start)
+    wanted = {f"{plate}.report.json"} | ({f"{plate}.sqlite"} if "sqlite" in options["backend"] else set())
+    with workspace.scratch_dir(tmp_dir, plate) as scratch:
+        workspace.stage(ws, scratch, [rel], accept=lambda r: os.path.basename(r) in wanted
+                        or (os.path.basename(r).startswith(f"{plate}_") and r.endswith(".parquet")))
+        outputs = plate_outputs(scratch, batch, plate, backend=options["backend"], profile_format=options["profile_format"])
+        with io.output_errors(scratch):
+            local = _aggregate_only(scratch, batch, plate, outputs, backend=options["backend"],
+                                    operation=options["operation"], compartments=options["compartments"],
+                                    image_features=options["image_features"],
+                                    image_feature_categories=options["image_feature_categories"],
+                                    strata=options["strata"], overwrite=True, progress=progress, start=start)
+        profile = local.outputs["profiles"]
+        if local.report is None:
+            io.upload(profile, io.join(target, os.path.basename(profile)))
+        else:
+            report_name = f"{plate}.report.json"
+            io.remove(io.join(target, report_name))
+            for path in (profile, profile + _SIDECAR):
+                io.upload(path, io.join(target, os.path.basename(path)))
+            io.upload(os.path.join(os.path.dirname(profile), report_name), io.join(target, report_name))
+    remote_outputs = {k: io.join(ws, os.path.relpath(v, scratch)) for k, v in local.outputs.items()}
+    return PlateResult(batch, plate, local.status, local.message, remote_outputs, local.report,
+                       seconds=time.perf_counter() - start)
 
 
 def _aggregate_only(ws: str | os.PathLike[str], batch: str, plate: str, outputs: dict[str, str], *, backend: Sequence[BackendKind],

@@ -43,6 +43,7 @@ __all__ = [
     "upload",
     "atomic_path",
     "atomic_open",
+    "check_reachable",
     "check_output",
     "exists",
     "filesystem",
@@ -104,7 +105,6 @@ def storage_options(
         options["anon"] = True
     options["config_kwargs"] = {"connect_timeout": connect_timeout, "read_timeout": read_timeout,
                                 "retries": {"max_attempts": retries, "mode": "standard"}}
-    options["retries"] = 1  # s3fs's own loop on top of botocore's would multiply the wait
     return options
 
 
@@ -158,7 +158,26 @@ def filesystem(path: str | os.PathLike[str]) -> tuple[fsspec.AbstractFileSystem,
     text = str(path)
     protocol = text.split("://", 1)[0] if "://" in text else "file"
     fs, bare = fsspec.core.url_to_fs(text, **(_STORAGE if protocol in ("s3", "s3a") else {}))
+    if protocol in ("s3", "s3a"):
+        fs.retries = 1  # botocore retries with the configured bound; s3fs's own loop would multiply the wait
     return fs, bare
+
+
+def check_reachable(url: str | os.PathLike[str]) -> None:
+    """One request without retries to the store behind ``url``: an endpoint that does not answer
+    fails here, after one read timeout, instead of after every retry of every later request."""
+    text = str(url)
+    if not is_remote(text) or not text.startswith(("s3://", "s3a://")):
+        return
+    options = dict(_STORAGE)
+    options["config_kwargs"] = {**(options.get("config_kwargs") or {}), "retries": {"max_attempts": 0, "mode": "standard"}}
+    fs = fsspec.filesystem("s3", skip_instance_cache=True, **options)
+    fs.retries = 1
+    try:
+        fs.ls(text.split("://", 1)[1].rstrip("/"), refresh=True)
+    except Exception as exc:  # noqa: BLE001 - only a dead endpoint is reported here; the rest by the real call
+        if _network_failure(exc):
+            raise _unreachable(f"reaching {text}", exc) from exc
 
 
 def _url(path: str, like: str) -> str:
