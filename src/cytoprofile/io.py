@@ -631,6 +631,8 @@ def output_errors(folder: str | os.PathLike[str]) -> Iterator[None]:
             raise
         what, fix = _OUTPUT_ERRNOS.get(code, ("input/output error", "check the disk and write the outputs elsewhere"))
         where = getattr(exc, "filename", None)
+        if where and code in (errno.EACCES, errno.EPERM) and not str(where).startswith(str(folder)):
+            raise OutputError(f"cannot access {where}: {what}; fix its permissions, then re-run") from exc
         place = os.path.dirname(str(where).rstrip(os.sep)) if where and not is_remote(str(where)) else str(folder)
         raise OutputError(f"cannot write to {place}: {what}; {fix}, then re-run (nothing partial was kept)") from exc
 
