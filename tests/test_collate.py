@@ -427,3 +427,35 @@ def test_killed_overwrite_leaves_a_consistent_plate_and_a_rerun_finishes(tmp_pat
         assert again.status in ("done", "skipped"), moment
         assert _plate_state(out) == expected, moment
         collate_plate(ws, "BATCH1", "P1", backend=("sqlite", "parquet"), overwrite=True)  # back to the median build
+
+
+def test_readers_trust_only_outputs_the_report_vouches_for(tmp_path: Path) -> None:
+    import shutil
+
+    from cytoprofile.collate import plate_profiles
+    from cytoprofile.errors import InputError
+
+    ws = tmp_path / "ws"
+    synth(ws, plates=["P1"], wells=96, well_subset=2, sites=1, cells=5, features=4)
+    out = ws / "backend/BATCH1/P1"
+    collate_plate(ws, "BATCH1", "P1")
+    saved = tmp_path / "median"
+    shutil.copytree(out, saved)
+    collate_plate(ws, "BATCH1", "P1", operation="mean")
+    assert plate_profiles(ws, "BATCH1", "P1") == str(out / "P1.csv")
+    # an output of another build under the final name (a copy, a concurrent run) is not trusted
+    for name in ("P1.csv", "P1.csv.generation", "P1.sqlite"):
+        shutil.copy(saved / name, out / name)
+    report, trusted = trusted_outputs(ws, "BATCH1", "P1")
+    assert report is not None and not {"P1.csv", "P1.sqlite"} & set(trusted)
+    with pytest.raises(InputError, match="does not match P1.report.json"):
+        plate_profiles(ws, "BATCH1", "P1")
+    with pytest.raises(InputError, match="does not match"):
+        collate_plate(ws, "BATCH1", "P1", aggregate_only=True, overwrite=True)
+    assert collate_plate(ws, "BATCH1", "P1", operation="mean").status == "done"  # not skipped: rebuilt
+    # ours without a report is an interrupted build; the old tools' files (no id) are used as they are
+    (out / "P1.report.json").unlink()
+    with pytest.raises(InputError, match="collate was interrupted"):
+        plate_profiles(ws, "BATCH1", "P1")
+    (out / "P1.csv.generation").unlink()
+    assert plate_profiles(ws, "BATCH1", "P1") == str(out / "P1.csv")
