@@ -447,3 +447,20 @@ def test_s3_kill_during_upload_is_never_skipped_and_leftovers_are_cleaned(s3_ser
         assert _remote_bytes(f"{backend}/P1.csv") == current[new] != current[old], moment
         assert not [k for k in io.list_files(url) if k.endswith(".tmp")], moment
         assert not list(scratch.iterdir()), moment
+
+
+def test_push_to_remote_follows_the_same_rules(s3_server: str, tmp_path: Path) -> None:
+    from cytoprofile.collate import trusted_outputs
+
+    _bucket(s3_server, "pushed")
+    ws = tmp_path / "ws"
+    synth(ws, batch="B1", plates=["P1"], wells=96, well_subset=2, sites=1, cells=5, features=4)
+    url = "s3://pushed/ws"
+    backend = f"{url}/backend/B1/P1"
+    assert collate(ws, "B1", ["P1"], remote=url)[0].status == "done"
+    assert _remote_bytes(f"{backend}/P1.csv") == (ws / "backend/B1/P1/P1.csv").read_bytes()
+    assert collate(ws, "B1", ["P1"], remote=url, profile_format="parquet")[0].status == "done"
+    names = _names(backend)
+    assert "P1.csv" not in names and {"P1.parquet", "P1.sqlite", "P1.report.json"} <= set(names)
+    report, trusted = trusted_outputs(url, "B1", "P1")
+    assert report is not None and set(trusted) == set(report["outputs"]) == {"P1.parquet", "P1.sqlite"}
