@@ -243,10 +243,9 @@ def _plan(plate: str, report: dict[str, Any] | None, trusted: dict[str, str], bu
         kept = {n: e for n, e in (report or {}).get("outputs", {}).items() if n in trusted and _kind_of(plate, n) in others}
     if previous and (not same or overwrite):
         changed = sorted(k for k in _data_options(build) if previous.get(k) != build[k])
-        why = f"options changed ({', '.join(changed)})" if changed else "--overwrite"
+        why = f"options changed since the last build ({', '.join(changed)})" if changed else "--overwrite"
         replaced = sorted({_kind_label(plate, n) for n in trusted} - {f"{plate}.report.json"})
-        (log.warning if changed else log.info)("%s: %s since the last build; replacing %s", plate, why,
-                                               ", ".join(replaced) or "its outputs")
+        (log.warning if changed else log.info)("%s: %s; replacing %s", plate, why, ", ".join(replaced) or "its outputs")
     elif kept:
         log.info("%s: keeping %s of the last build (still current)", plate,
                  ", ".join(sorted({_kind_label(plate, n) for n in kept})))
