@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,154 @@ def test_usage_errors_exit_2_not_3(argv: list[str], code: int, capsys: pytest.Ca
         from cytoprofile import __version__
 
         assert out.out.strip() == __version__
+
+
+def _small(ws: Path, plates: str = "P1,P2") -> None:
+    assert main(["synth", str(ws), "--plate", plates, "--well-subset", "2", "--sites", "1", "--cells", "4",
+                 "--features", "4", "-q"]) == 0
+
+
+def test_wrong_batch_or_plate_says_what_is_there(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ws = tmp_path / "ws"
+    _small(ws)
+    capsys.readouterr()
+    assert main(["collate", str(ws), "BATCH2", "P1", "P2", "-q"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert f"batch 'BATCH2' not found under {ws / 'analysis'}; batches there: BATCH1" in err
+    assert "0 of 2 plate(s) done, 2 failed" in err
+    assert not (ws / "backend").exists()
+    assert main(["collate", str(ws), "BATCH1", "P9", "P1"]) == 1
+    err = capsys.readouterr().err
+    assert f"plate 'P9' not found under {ws / 'analysis' / 'BATCH1'}; plates there: P1, P2" in err.replace("\n", "")
+    assert "1 of 2 plate(s) done, 1 failed" in err and "collate of" not in err
+    assert not (ws / "backend/BATCH1/P9").exists() and (ws / "backend/BATCH1/P1/P1.report.json").exists()
+    assert main(["collate", str(ws), "BATCH1", "P1", "P2"]) == 0
+    err = capsys.readouterr().err
+    assert "2 of 2 plate(s) done (1 already complete)" in err
+
+
+@pytest.mark.parametrize("plate", ["../../x", "a/b", "", ".", "..", ".hidden"])
+def test_names_that_are_not_plain_are_refused(tmp_path: Path, plate: str, capsys: pytest.CaptureFixture[str]) -> None:
+    ws = tmp_path / "ws"
+    _small(ws, "P1")
+    (ws / "analysis/BATCH1/a/b/analysis").mkdir(parents=True)  # a nested folder is still no plate name
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    capsys.readouterr()
+    assert main(["collate", str(ws), "BATCH1", plate, "-q"]) == 1
+    assert main(["collate", str(ws), plate or "..", "P1", "-q"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("is not a plain name") == 2 and "internal error" not in err
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before  # no folder made, inside or outside backend/
+
+
+def test_plate_without_a_readable_site_fails_and_is_not_skipped_later(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    ws = tmp_path / "ws"
+    _small(ws, "P1")
+    # the scan reads headers only: a bad number in every site is found while reading
+    for site in (ws / "analysis/BATCH1/P1/analysis").iterdir():
+        lines = (site / "Cytoplasm.csv").read_text().splitlines()
+        fields = lines[1].split(",")
+        fields[2] = "12..5e"
+        lines[1] = ",".join(fields)
+        (site / "Cytoplasm.csv").write_text("\n".join(lines) + "\n")
+    capsys.readouterr()
+    for _ in range(2):
+        assert main(["collate", str(ws), "BATCH1", "P1", "-q"]) == 1
+        err = capsys.readouterr().err
+        assert "0 of 2 site(s) could be read" in err and "0 of 1 plate(s) done, 1 failed" in err
+        assert not (ws / "backend/BATCH1/P1").exists()
+
+
+def _inject(monkeypatch: pytest.MonkeyPatch, where: str, code: int) -> None:
+    """Make one kind of write under the workspace fail as a full or read-only disk would."""
+    import os
+    import sqlite3
+
+    from cytoprofile import backend, io
+
+    error = OSError(code, os.strerror(code))
+    if where == "table":
+        def write_table(*_: object, **__: object) -> str:
+            raise error
+        monkeypatch.setattr(io, "write_table", write_table)
+    elif where == "report":
+        def write_json(*_: object, **__: object) -> str:
+            raise error
+        monkeypatch.setattr(io, "write_json", write_json)
+    elif where == "sqlite":
+        message = "database or disk is full" if code == errno.ENOSPC else "attempt to write a readonly database"
+
+        def add(*_: object, **__: object) -> None:
+            raise sqlite3.OperationalError(message)
+        monkeypatch.setattr(backend.SQLiteBackendWriter, "add", add)
+    elif where == "mkdir":
+        real = Path.mkdir
+
+        def mkdir(self: Path, *args: object, **kwargs: object) -> None:
+            if "backend" in self.parts:
+                raise OSError(code, os.strerror(code), str(self))
+            real(self, *args, **kwargs)  # type: ignore[arg-type]
+        monkeypatch.setattr(Path, "mkdir", mkdir)
+    else:
+        import pyarrow.parquet as pq
+
+        class Writer(pq.ParquetWriter):
+            def write_table(self, *_: object, **__: object) -> None:
+                raise OSError(f"[Errno {code}] Error writing bytes to file. Detail: [errno {code}] {os.strerror(code)}")
+        monkeypatch.setattr(backend.pq, "ParquetWriter", Writer)
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
+@pytest.mark.parametrize("where", ["sqlite", "parquet", "table", "report", "mkdir"])
+def test_full_or_read_only_disk_is_one_line_exit_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str], where: str, code: int) -> None:
+    ws = tmp_path / "ws"
+    _small(ws, "P1")
+    out = ws / "backend/BATCH1/P1"
+    args = ["collate", str(ws), "BATCH1", "P1", "--backend", "sqlite", "--backend", "parquet", "-q"]
+    assert main(args) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    _inject(monkeypatch, where, code)
+    assert main([*args, "--overwrite"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "internal error" not in err and "Traceback" not in err
+    assert f"cannot write to {ws / 'backend'}" in err
+    assert ("no space left" if code == errno.ENOSPC else "read-only") in err and "re-run" in err
+    # nothing partial under a final name; the earlier build is untouched (or, if its report went, not trusted)
+    after = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert not [n for n in after if n.startswith(".")]
+    assert after == before or "P1.report.json" not in after
+    monkeypatch.undo()
+    assert main([*args, "--overwrite"]) == 0
+
+
+def test_tmpfs_that_fills_up_is_one_line_exit_1(tmp_path: Path) -> None:
+    """A real full file system (a 300 kB tmpfs in a private mount namespace)."""
+    import shutil
+    import subprocess
+    import sys
+
+    from cytoprofile.synth import synth
+
+    ws = tmp_path / "ws"
+    synth(ws, plates=["P1"], wells=96, well_subset=8, sites=2, cells=40, features=20)  # about 1 MB of backend
+    backend_dir = ws / "backend"
+    backend_dir.mkdir()
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare(1) is not installed: cannot mount a private tmpfs")
+    probe = subprocess.run(["unshare", "-rm", "mount", "-t", "tmpfs", "-o", "size=300k", "none", str(backend_dir)],
+                           capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"mounting a private tmpfs is not allowed here: {probe.stderr.decode().strip()}")
+    script = (f"mount -t tmpfs -o size=300k none {backend_dir} && {sys.executable} -m cytoprofile collate {ws} BATCH1 P1 -q; "
+              f"echo status=$?; ls -a {backend_dir}/BATCH1/P1 2>/dev/null")
+    done = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")})
+    assert "status=1" in done.stdout, done.stdout + done.stderr
+    assert "no space left" in done.stderr and "internal error" not in done.stderr
+    assert len([line for line in done.stderr.strip().splitlines() if line.strip()]) == 1
+    listing = done.stdout.split("status=1", 1)[1].split()
+    assert not [n for n in listing if n not in (".", "..")], listing

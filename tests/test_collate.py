@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
 from cytoprofile import io
-from cytoprofile.collate import collate, collate_plate
+from cytoprofile.collate import collate, collate_plate, trusted_outputs
 from cytoprofile.synth import synth
 
 from .conftest import link_sites
@@ -99,7 +105,7 @@ def test_examplehuman_extra_object_type_and_run_metadata(tmp_path: Path, shared_
     result = collate_plate(tmp_path / "ws", "B", "P", backend=("sqlite",), image_features=False)
     conn = sqlite3.connect(result.outputs["sqlite"])
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    assert tables == {"Image", "Cells", "Cytoplasm", "Nuclei", "PH3"}
+    assert tables == {"Image", "Cells", "Cytoplasm", "Nuclei", "PH3", "cytoprofile_run"}
     assert conn.execute("SELECT COUNT(*) FROM PH3").fetchone()[0] == 22
     conn.close()
     assert "Experiment.csv" in result.report["run_metadata"]  # type: ignore[index]
@@ -213,7 +219,7 @@ def test_strict_fails_and_writes_nothing(tmp_path: Path) -> None:
     results = collate(ws, "BATCH1", ["P1", "P2"], strict=True)
     assert [r.status for r in results] == ["failed", "done"]
     assert "quarantined" in results[0].message
-    assert not list((ws / "backend/BATCH1/P1").iterdir())
+    assert not (ws / "backend/BATCH1/P1").exists()  # no empty folder either
 
 
 def test_skip_complete_plate_and_overwrite(tmp_path: Path) -> None:
@@ -236,7 +242,7 @@ def test_aggregate_only_on_our_backend_and_parquet(tmp_path: Path) -> None:
         assert_profiles_equal(io.read_table(again.outputs["profiles"]), streamed, rtol=1e-12)
 
 
-def test_changed_options_rebuild_and_drop_stale_outputs(tmp_path: Path) -> None:
+def test_changed_options_rebuild_and_replace_stale_outputs(tmp_path: Path) -> None:
     ws = tmp_path / "ws"
     synth(ws, plates=["P1"], wells=96, well_subset=2, sites=1, cells=5, features=4)
     collate_plate(ws, "BATCH1", "P1")
@@ -247,7 +253,38 @@ def test_changed_options_rebuild_and_drop_stale_outputs(tmp_path: Path) -> None:
     parquet = collate_plate(ws, "BATCH1", "P1", backend=("parquet",), profile_format="parquet", operation="mean")
     assert parquet.status == "done"
     left = sorted(p.name for p in (ws / "backend/BATCH1/P1").iterdir())
-    assert "P1.sqlite" not in left and "P1.csv" not in left and "P1.parquet" in left
+    # the SQLite backend is still correct for these inputs and options: kept; one profile format only
+    assert "P1.sqlite" in left and "P1.csv" not in left and "P1.parquet" in left
+    _, trusted = trusted_outputs(ws, "BATCH1", "P1")
+    assert {"P1.sqlite", "P1.parquet", "P1_Cells.parquet", "P1_Image.parquet"} <= set(trusted)
+
+
+def test_rerun_with_fewer_outputs_keeps_current_and_replaces_stale(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from cytoprofile.cli import main
+
+    ws = tmp_path / "ws"
+    synth(ws, plates=["P1"], wells=96, well_subset=3, sites=2, cells=6, features=5)
+    out = ws / "backend/BATCH1/P1"
+    args = ["collate", str(ws), "BATCH1", "P1", "-q"]
+    assert main([*args, "--backend", "sqlite", "--backend", "parquet"]) == 0
+    first = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    capsys.readouterr()
+    # fewer outputs asked for, same options: nothing is stale, nothing is deleted or rebuilt
+    assert main(args) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == first
+    # other options: the Parquet backend not asked for would be stale, so it is replaced, and that is said
+    assert main([*args, "--operation", "mean"]) == 0
+    said = capsys.readouterr().err
+    assert said.count("WARNING") == 1  # one message (the terminal may wrap it)
+    assert "replacing" in said and "operation" in said and "P1_*.parquet" in said
+    report, trusted = trusted_outputs(ws, "BATCH1", "P1")
+    assert report is not None and report["options"]["operation"] == "mean"
+    assert all(report["outputs"][n]["generation"] == report["generation"] for n in trusted)
+    assert {"P1.sqlite", "P1_Image.parquet", "P1_Cells.parquet", "P1.csv"} <= set(trusted)
+    ours = io.read_table(out / "P1.csv")
+    again = collate_plate(ws, "BATCH1", "P1", backend=("parquet",), aggregate_only=True, operation="mean", overwrite=True)
+    assert_profiles_equal(io.read_table(again.outputs["profiles"]), ours, rtol=1e-12)
 
 
 def test_all_sites_untrusted_says_so(tmp_path: Path) -> None:
@@ -259,3 +296,166 @@ def test_all_sites_untrusted_says_so(tmp_path: Path) -> None:
         (site / "Cells.csv").write_bytes(b"")
     with pytest.raises(InputError, match="all 2 site"):
         collate_plate(ws, "BATCH1", "P1")
+
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+_HOLD = """
+import sys, time
+from cytoprofile.workspace import plate_lock
+with plate_lock(sys.argv[1], "BATCH1", "P1"):
+    print("locked", flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+def _python(*args: str, **kwargs: Any) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": SRC}
+    return subprocess.Popen([sys.executable, *args], env=env, text=True, **kwargs)
+
+
+def test_second_collate_of_a_plate_names_the_holder_or_waits(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from cytoprofile.cli import main
+
+    ws = tmp_path / "ws"
+    synth(ws, plates=["P1"], wells=96, well_subset=2, sites=1, cells=5, features=4)
+    holder = _python("-c", _HOLD, str(ws), "60", stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        assert main(["collate", str(ws), "BATCH1", "P1", "-q"]) == 1
+        assert f"plate P1 is being collated by process {holder.pid}" in capsys.readouterr().err
+        assert not (ws / "backend/BATCH1/P1").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    holder = _python("-c", _HOLD, str(ws), "1.5", stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        t0 = time.monotonic()
+        assert main(["collate", str(ws), "BATCH1", "P1", "-q", "--wait"]) == 0
+        assert time.monotonic() - t0 > 0.5
+    finally:
+        holder.wait()
+    assert (ws / "backend/BATCH1/P1/P1.report.json").exists() and not (ws / "backend/BATCH1/.P1.lock").exists()
+
+
+def test_two_collates_of_one_plate_at_once(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    synth(ws, plates=["P1"], wells=96, well_subset=6, sites=2, cells=30, features=10)
+    reference = collate_plate(ws, "BATCH1", "P1")
+    expected = Path(reference.outputs["profiles"]).read_bytes()
+    for flags in (["--wait"], []):
+        args = ["-m", "cytoprofile", "collate", str(ws), "BATCH1", "P1", "--overwrite", "-q", *flags]
+        procs = [_python(*args, stderr=subprocess.PIPE) for _ in range(2)]
+        outs = [(p.wait(timeout=300), p.stderr.read() if p.stderr else "") for p in procs]
+        codes = sorted(code for code, _ in outs)
+        if flags:
+            assert codes == [0, 0], outs
+        else:  # the second fails fast naming the first, or they did not overlap
+            assert codes in ([0, 0], [0, 1]), outs
+            assert all("is being collated by process" in err for code, err in outs if code == 1)
+        assert all("internal error" not in err for _, err in outs)
+        _, trusted = trusted_outputs(ws, "BATCH1", "P1")
+        assert {"P1.sqlite", "P1.csv"} <= set(trusted)
+        assert Path(trusted["P1.csv"]).read_bytes() == expected
+        assert not [p for p in (ws / "backend/BATCH1/P1").iterdir() if p.name.startswith(".")]
+
+
+_KILL_AT = """
+import os, signal, sys
+from cytoprofile.cli import main
+n = int(sys.argv[1]); calls = [0]
+real_replace, real_unlink = os.replace, os.unlink
+def _hook():
+    calls[0] += 1
+    if calls[0] == n:
+        os.kill(os.getpid(), signal.SIGKILL)
+def replace(a, b, **kw):
+    _hook(); return real_replace(a, b, **kw)
+def unlink(p, **kw):
+    _hook(); return real_unlink(p, **kw)
+os.replace, os.unlink = replace, unlink
+code = main(sys.argv[2:])
+print("calls", calls[0], flush=True)
+sys.exit(code)
+"""
+
+
+def _plate_state(out: Path) -> dict[str, Any]:
+    """What a build leaves that a reader sees: profiles bytes, backend rows, report without timings."""
+    conn = sqlite3.connect(out / "P1.sqlite")
+    rows = {t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in ("Image", "Cells", "Cytoplasm", "Nuclei")}
+    conn.close()
+    report = json.loads((out / "P1.report.json").read_text())
+    for key in ("seconds", "generation", "outputs"):
+        report.pop(key)
+    return {"profiles": (out / "P1.csv").read_bytes(), "rows": rows, "parquet": pq.read_table(out / "P1_Cells.parquet").num_rows,
+            "report": report, "files": sorted(p.name for p in out.iterdir())}
+
+
+def test_killed_overwrite_leaves_a_consistent_plate_and_a_rerun_finishes(tmp_path: Path) -> None:
+    from cytoprofile.collate import plate_profiles
+    from cytoprofile.errors import InputError
+
+    ws = tmp_path / "ws"
+    synth(ws, plates=["P1"], wells=96, well_subset=4, sites=2, cells=10, features=6)
+    out = ws / "backend/BATCH1/P1"
+    build = ["collate", str(ws), "BATCH1", "P1", "--backend", "sqlite", "--backend", "parquet", "-q"]
+    killed = [*build, "--overwrite", "--operation", "mean"]
+    run = _python("-c", _KILL_AT, "0", *killed, stdout=subprocess.PIPE)
+    stdout, _ = run.communicate(timeout=300)
+    assert run.returncode == 0
+    calls = int(stdout.split()[-1])
+    expected = _plate_state(out)
+    old = collate_plate(ws, "BATCH1", "P1", backend=("sqlite", "parquet"), overwrite=True)  # the median build
+    assert old.status == "done"
+    median = (out / "P1.csv").read_bytes()
+    assert median != expected["profiles"]
+    for moment in sorted({1, 2, calls // 3, calls // 2, calls - 3, calls - 2, calls - 1, calls}):
+        run = _python("-c", _KILL_AT, str(moment), *killed, stdout=subprocess.PIPE)
+        run.communicate(timeout=300)
+        assert run.returncode == -signal.SIGKILL, moment
+        # at every moment a reader sees the old set, or the new set, or an unfinished plate: never a mix
+        report, trusted = trusted_outputs(ws, "BATCH1", "P1")
+        if report is not None:
+            assert set(trusted) == set(report["outputs"]), moment
+        try:
+            seen = plate_profiles(ws, "BATCH1", "P1")
+        except InputError:
+            seen = None
+        assert seen is None or Path(seen).read_bytes() in (median, expected["profiles"]), moment
+        again = collate_plate(ws, "BATCH1", "P1", backend=("sqlite", "parquet"), operation="mean")
+        assert again.status in ("done", "skipped"), moment
+        assert _plate_state(out) == expected, moment
+        collate_plate(ws, "BATCH1", "P1", backend=("sqlite", "parquet"), overwrite=True)  # back to the median build
+
+
+def test_readers_trust_only_outputs_the_report_vouches_for(tmp_path: Path) -> None:
+    import shutil
+
+    from cytoprofile.collate import plate_profiles
+    from cytoprofile.errors import InputError
+
+    ws = tmp_path / "ws"
+    synth(ws, plates=["P1"], wells=96, well_subset=2, sites=1, cells=5, features=4)
+    out = ws / "backend/BATCH1/P1"
+    collate_plate(ws, "BATCH1", "P1")
+    saved = tmp_path / "median"
+    shutil.copytree(out, saved)
+    collate_plate(ws, "BATCH1", "P1", operation="mean")
+    assert plate_profiles(ws, "BATCH1", "P1") == str(out / "P1.csv")
+    # an output of another build under the final name (a copy, a concurrent run) is not trusted
+    for name in ("P1.csv", "P1.csv.generation", "P1.sqlite"):
+        shutil.copy(saved / name, out / name)
+    report, trusted = trusted_outputs(ws, "BATCH1", "P1")
+    assert report is not None and not {"P1.csv", "P1.sqlite"} & set(trusted)
+    with pytest.raises(InputError, match="does not match P1.report.json"):
+        plate_profiles(ws, "BATCH1", "P1")
+    with pytest.raises(InputError, match="does not match"):
+        collate_plate(ws, "BATCH1", "P1", aggregate_only=True, overwrite=True)
+    assert collate_plate(ws, "BATCH1", "P1", operation="mean").status == "done"  # not skipped: rebuilt
+    # ours without a report is an interrupted build; the old tools' files (no id) are used as they are
+    (out / "P1.report.json").unlink()
+    with pytest.raises(InputError, match="collate was interrupted"):
+        plate_profiles(ws, "BATCH1", "P1")
+    (out / "P1.csv.generation").unlink()
+    assert plate_profiles(ws, "BATCH1", "P1") == str(out / "P1.csv")

@@ -283,3 +283,184 @@ def test_flaky_s3_retries_and_leaves_nothing_partial(s3_server: str, local_refer
         assert not [p for p in tmp_path.iterdir() if p.name.startswith("cytoprofile-")], "scratch not cleaned"
     finally:
         proxy.shutdown()
+
+
+@pytest.fixture()
+def silent_listener() -> Iterator[str]:
+    """A port that accepts connections (the kernel completes the handshake) and never answers."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(16)
+        yield f"127.0.0.1:{s.getsockname()[1]}"
+
+
+@pytest.fixture()
+def web_server() -> Iterator[str]:
+    """A service that is not the one asked for: a tiny HTTP server."""
+    class Quiet(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+
+
+def _closed_port() -> str:
+    return f"127.0.0.1:{_free_port()}"  # bound and released: nothing listens, connections are refused
+
+
+FAST = ["--connect-timeout", "1", "--read-timeout", "1", "--retries", "1", "-q"]
+
+
+def _fails_fast(argv: list[str], capsys: pytest.CaptureFixture[str], names: str, fix: str) -> None:
+    from cytoprofile.cli import main
+
+    t0 = time.monotonic()
+    assert main(argv) == 1
+    elapsed = time.monotonic() - t0
+    err = capsys.readouterr().err.strip()
+    assert elapsed < 30, elapsed
+    assert len(err.splitlines()) == 1 and "internal error" not in err, err
+    assert names in err and fix in err, err
+
+
+@pytest.mark.parametrize("kind", ["silent", "closed"])
+def test_s3_endpoint_that_never_answers_fails_within_seconds(kind: str, silent_listener: str, aws_env: None,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    address = silent_listener if kind == "silent" else _closed_port()
+    endpoint = f"http://{address}"
+    _fails_fast(["collate", "s3://cells/ws", "B1", "P1", "--endpoint-url", endpoint, *FAST], capsys, endpoint,
+                "--endpoint-url")
+    io.configure_storage(None)
+
+
+@pytest.mark.parametrize("kind", ["web", "silent", "closed"])
+def test_scheduler_that_is_no_dask_scheduler_fails_within_seconds(tmp_path: Path, kind: str, web_server: str,
+                                                                  silent_listener: str,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    ws = tmp_path / "ws"
+    synth(ws, batch="B1", plates=["P1", "P2"], wells=96, well_subset=2, sites=1, cells=4, features=4)
+    address = "tcp://" + {"web": web_server, "silent": silent_listener, "closed": _closed_port()}[kind]
+    _fails_fast(["collate", str(ws), "B1", "P1", "P2", "--scheduler", address, *FAST], capsys, address, "--scheduler")
+    assert not (ws / "backend").exists()
+
+
+def _s3_plate(tmp_path: Path, s3_server: str, bucket: str) -> tuple[Path, str]:
+    _bucket(s3_server, bucket)
+    ws = tmp_path / "ws"
+    synth(ws, batch="B1", plates=["P1"], wells=96, well_subset=4, sites=2, cells=8, features=6, seed=4)
+    url = f"s3://{bucket}/ws"
+    _upload_tree(ws / "analysis", f"{url}/analysis")
+    return ws, url
+
+
+def _names(url: str) -> list[str]:
+    return sorted(k.rsplit("/", 1)[-1] for k in io.list_files(url))
+
+
+def test_s3_reruns_follow_the_local_rules(s3_server: str, tmp_path: Path) -> None:
+    import pandas as pd
+
+    from cytoprofile.collate import collate_plate, trusted_outputs
+
+    ws, url = _s3_plate(tmp_path, s3_server, "reruns")
+    backend = f"{url}/backend/B1/P1"
+    scratch = tmp_path / "not" / "yet"  # --tmp-dir that does not exist is created
+    assert [r.status for r in collate(url, "B1", ["P1"], tmp_dir=str(scratch))] == ["done"]
+    assert scratch.is_dir() and not list(scratch.iterdir())
+    assert collate(url, "B1", ["P1"], tmp_dir=str(scratch))[0].status == "skipped"
+    # changed options rebuild, as locally
+    mean = collate(url, "B1", ["P1"], operation="mean", tmp_dir=str(scratch))[0]
+    assert mean.status == "done", mean.message
+    local = collate_plate(ws, "B1", "P1", operation="mean")
+    assert _remote_bytes(f"{backend}/P1.csv") == Path(local.outputs["profiles"]).read_bytes()
+    # switching the profile format removes the old PLATE.csv key; the backend still current is kept
+    parquet = collate(url, "B1", ["P1"], operation="mean", profile_format="parquet", tmp_dir=str(scratch))[0]
+    assert parquet.status == "done", parquet.message
+    names = _names(backend)
+    assert "P1.csv" not in names and "P1.csv.generation" not in names and "P1.parquet" in names and "P1.sqlite" in names
+    report, trusted = trusted_outputs(url, "B1", "P1")
+    assert report is not None and set(trusted) == set(report["outputs"]) == {"P1.sqlite", "P1.parquet"}
+    fs, bare = io.filesystem(f"{backend}/P1.parquet")
+    with fs.open(bare, "rb") as fh:
+        remote = pd.read_parquet(fh)
+    pd.testing.assert_frame_equal(remote, io.read_table(local.outputs["profiles"]))
+
+
+_KILL_UPLOAD = """
+import os, signal, sys
+from cytoprofile import io
+n = int(sys.argv[1]); calls = [0]
+real = io._with_retries
+def killing(action, what, *args, **kwargs):
+    if what.startswith("upload of"):
+        calls[0] += 1
+        if calls[0] == n:
+            os.kill(os.getpid(), signal.SIGKILL)
+    return real(action, what, *args, **kwargs)
+io._with_retries = killing
+from cytoprofile.cli import main
+code = main(sys.argv[2:])
+print("calls", calls[0], flush=True)
+sys.exit(code)
+"""
+
+
+def test_s3_kill_during_upload_is_never_skipped_and_leftovers_are_cleaned(s3_server: str, tmp_path: Path) -> None:
+    from cytoprofile.collate import collate_plate, trusted_outputs
+
+    ws, url = _s3_plate(tmp_path, s3_server, "killed")
+    backend = f"{url}/backend/B1/P1"
+    scratch = tmp_path / "scratch"
+    expected = Path(collate_plate(ws, "B1", "P1", operation="mean").outputs["profiles"]).read_bytes()
+    median = Path(collate_plate(ws, "B1", "P1", overwrite=True).outputs["profiles"]).read_bytes()
+    argv = ["collate", url, "B1", "P1", "--endpoint-url", s3_server, "--tmp-dir", str(scratch), "-q"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+
+    def attempt(moment: int, *extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-c", _KILL_UPLOAD, str(moment), *argv, *extra], env=env, text=True,
+                              capture_output=True, timeout=300)
+
+    first = attempt(0)
+    assert first.returncode == 0, first.stderr
+    calls = int(first.stdout.split()[-1])  # two per file (temporary key, then the copy), the report last
+    current = {"median": median, "mean": expected}
+    for i, moment in enumerate(sorted({2, calls // 2, calls - 1})):
+        new = ["mean", "median"][i % 2]
+        old = "median" if new == "mean" else "mean"
+        killed = attempt(moment, "--operation", new)
+        assert killed.returncode == -signal.SIGKILL, (moment, killed.stderr)
+        io.configure_storage(io.storage_options(endpoint_url=s3_server) | {"use_listings_cache": False})
+        report, trusted = trusted_outputs(url, "B1", "P1")
+        assert report is None or set(trusted) == set(report["outputs"]), moment
+        if report is not None and "P1.csv" in trusted:  # what a reader trusts is one whole build
+            assert _remote_bytes(f"{backend}/P1.csv") == current[report["options"]["operation"]], moment
+        assert list(scratch.iterdir()), "the killed run's scratch folder is there to be cleaned"
+        again = attempt(0, "--operation", new)
+        assert again.returncode == 0 and "skipped" not in again.stderr, again.stderr
+        assert _remote_bytes(f"{backend}/P1.csv") == current[new] != current[old], moment
+        assert not [k for k in io.list_files(url) if k.endswith(".tmp")], moment
+        assert not list(scratch.iterdir()), moment
+
+
+def test_push_to_remote_follows_the_same_rules(s3_server: str, tmp_path: Path) -> None:
+    from cytoprofile.collate import trusted_outputs
+
+    _bucket(s3_server, "pushed")
+    ws = tmp_path / "ws"
+    synth(ws, batch="B1", plates=["P1"], wells=96, well_subset=2, sites=1, cells=5, features=4)
+    url = "s3://pushed/ws"
+    backend = f"{url}/backend/B1/P1"
+    assert collate(ws, "B1", ["P1"], remote=url)[0].status == "done"
+    assert _remote_bytes(f"{backend}/P1.csv") == (ws / "backend/B1/P1/P1.csv").read_bytes()
+    assert collate(ws, "B1", ["P1"], remote=url, profile_format="parquet")[0].status == "done"
+    names = _names(backend)
+    assert "P1.csv" not in names and {"P1.parquet", "P1.sqlite", "P1.report.json"} <= set(names)
+    report, trusted = trusted_outputs(url, "B1", "P1")
+    assert report is not None and set(trusted) == set(report["outputs"]) == {"P1.parquet", "P1.sqlite"}

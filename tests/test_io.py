@@ -117,3 +117,45 @@ def test_damaged_tables_are_refused_with_the_file_named(tmp_path: Path, damage: 
         path.mkdir()
     with pytest.raises(InputError, match=str(path.name)):
         io.read_table(path)
+
+
+@pytest.mark.parametrize(("exc", "says"), [
+    (OSError(28, "No space left on device", "/x/out/P1.csv"), "no space left"),
+    (OSError(30, "Read-only file system"), "read-only"),
+    (OSError("[Errno 28] Error writing bytes to file. Detail: [errno 28] No space left on device"), "no space left"),
+    (__import__("sqlite3").OperationalError("database or disk is full"), "no space left"),
+    (__import__("sqlite3").OperationalError("attempt to write a readonly database"), "read-only"),
+])
+def test_output_errors_name_the_folder_and_the_fix(tmp_path: Path, exc: Exception, says: str) -> None:
+    from cytoprofile.errors import OutputError
+
+    with pytest.raises(OutputError) as info, io.output_errors(tmp_path):
+        raise exc
+    text = str(info.value)
+    folder = "/x/out" if getattr(exc, "filename", None) else str(tmp_path)
+    assert text.startswith(f"cannot write to {folder}: ") and says in text and "re-run" in text
+    with pytest.raises(ValueError), io.output_errors(tmp_path):  # other errors pass through unchanged
+        raise ValueError("not about the disk")
+
+
+def test_leftovers_of_killed_runs_are_removed_and_nothing_else(tmp_path: Path) -> None:
+    keep = [tmp_path / "P1.csv", tmp_path / "a/P1_normalized.csv.gz", tmp_path / "a/notes.tmp"]
+    gone = [tmp_path / ".P1.csv.1a2b3c4d.tmp", tmp_path / "a/b/.x.gct.00ff00ff.tmp", tmp_path / ".P1.deadbeef.tmp/P1.sqlite"]
+    for path in keep + gone:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x")
+    removed = io.remove_leftovers(tmp_path)
+    assert all(p.exists() for p in keep) and not any(p.exists() for p in gone)
+    assert not (tmp_path / ".P1.deadbeef.tmp").exists() and len(removed) == 3
+    assert io.is_leftover("ws/backend/B/P/.P1.csv.1a2b3c4d.tmp") and not io.is_leftover("ws/notes.tmp")
+
+
+def test_storage_timeouts_are_set_and_checked() -> None:
+    from cytoprofile.errors import ConfigError
+
+    options = io.storage_options(endpoint_url="http://127.0.0.1:9", connect_timeout=1, read_timeout=2, retries=0)
+    assert options["config_kwargs"] == {"connect_timeout": 1, "read_timeout": 2,
+                                        "retries": {"max_attempts": 0, "mode": "standard"}}
+    assert io.storage_options()["config_kwargs"]["read_timeout"] == io.DEFAULT_READ_TIMEOUT == 15
+    with pytest.raises(ConfigError, match="timeouts"):
+        io.storage_options(read_timeout=0)

@@ -153,8 +153,10 @@ class SQLiteBackendWriter:
 class ParquetBackendWriter:
     """Streams sites into one Parquet file per table, same columns as the SQLite layout."""
 
-    def __init__(self, prefix: str | os.PathLike[str], schema: PlateSchema, *, flush_values: int = 2_000_000) -> None:
+    def __init__(self, prefix: str | os.PathLike[str], schema: PlateSchema, *, flush_values: int = 2_000_000,
+                 metadata: dict[str, str] | None = None) -> None:
         self.prefix = str(prefix)
+        self.metadata = {k.encode(): v.encode() for k, v in (metadata or {}).items()} or None
         Path(self.prefix).parent.mkdir(parents=True, exist_ok=True)
         self.schema = schema
         self.flush_values = flush_values
@@ -168,7 +170,7 @@ class ParquetBackendWriter:
         for table in schema.object_tables:
             cols = ["TableNumber", *schema.tables[table]]
             fields = [pa.field(object_column_name(table, c), pa.int64() if c in KEY_COLUMNS else pa.float64()) for c in cols]
-            self._arrow_schema[table] = pa.schema(fields)
+            self._arrow_schema[table] = pa.schema(fields, metadata=self.metadata)
             final = Path(parquet_table_path(self.prefix, table))
             self._tmp[table] = _tmp_name(final)
             # float features rarely repeat: dictionary encoding costs time and saves nothing
@@ -212,6 +214,8 @@ class ParquetBackendWriter:
             self._flush(table)
             self._writers[table].close()
         image = _unify_images([*self._merged, *self._images], self.image_columns)
+        if self.metadata:
+            image = image.replace_schema_metadata(self.metadata)
         final_image = Path(parquet_table_path(self.prefix, IMAGE_TABLE))
         tmp_image = _tmp_name(final_image)
         pq.write_table(image, tmp_image)

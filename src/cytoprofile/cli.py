@@ -54,13 +54,21 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and
 ProfileOpt = Annotated[str | None, typer.Option(help="AWS profile for S3 URLs (default: the standard credential chain).")]
 EndpointOpt = Annotated[str | None, typer.Option(help="S3-compatible endpoint URL (e.g. a local or non-AWS server).")]
 NoSignOpt = Annotated[bool, typer.Option(help="Anonymous access to public buckets (e.g. the Cell Painting Gallery).")]
-TmpDirOpt = Annotated[str | None, typer.Option(help="Scratch folder for downloads and temporary files.")]
+TmpDirOpt = Annotated[str | None, typer.Option(help="Scratch folder for downloads and temporary files (created if missing).")]
+ConnectTimeoutOpt = Annotated[float, typer.Option(help="Seconds to wait for a connection to S3 or the Dask scheduler.")]
+ReadTimeoutOpt = Annotated[float, typer.Option(help="Seconds to wait for an answer from S3 or the Dask scheduler.")]
+RetriesOpt = Annotated[int, typer.Option(help="Retries of a failed S3 request (throttling, server errors, timeouts).")]
 
 
-def _storage(profile: str | None, endpoint_url: str | None, no_sign_request: bool) -> None:
-    from .io import configure_storage, storage_options
+def _storage(profile: str | None, endpoint_url: str | None, no_sign_request: bool, *,
+             connect_timeout: float | None = None, read_timeout: float | None = None, retries: int | None = None) -> None:
+    from . import io
 
-    configure_storage(storage_options(profile=profile, endpoint_url=endpoint_url, no_sign_request=no_sign_request))
+    io.configure_storage(io.storage_options(
+        profile=profile, endpoint_url=endpoint_url, no_sign_request=no_sign_request,
+        connect_timeout=io.DEFAULT_CONNECT_TIMEOUT if connect_timeout is None else connect_timeout,
+        read_timeout=io.DEFAULT_READ_TIMEOUT if read_timeout is None else read_timeout,
+        retries=io.DEFAULT_RETRIES if retries is None else retries))
 
 
 def _split(values: list[str] | None) -> list[str] | None:
@@ -209,9 +217,13 @@ def collate(
     scheduler: Annotated[str | None, typer.Option(help="Dask scheduler address: run plates on that cluster.")] = None,
     tmp_dir: TmpDirOpt = None,
     remote: Annotated[str | None, typer.Option(help="Also upload each finished plate to this URL (e.g. s3://bucket/project/workspace).")] = None,
+    wait: Annotated[bool, typer.Option(help="Wait for another process collating the same plate instead of failing.")] = False,
     profile: ProfileOpt = None,
     endpoint_url: EndpointOpt = None,
     no_sign_request: NoSignOpt = False,
+    connect_timeout: ConnectTimeoutOpt = 5.0,
+    read_timeout: ReadTimeoutOpt = 15.0,
+    retries: RetriesOpt = 2,
     quiet: QuietOpt = False,
 ) -> None:
     """Ingest site CSVs into a single-cell backend and write per-well profiles and a report per plate.
@@ -222,15 +234,17 @@ def collate(
     from .collate import collate as _collate
 
     _setup_logging(quiet)
-    _storage(profile, endpoint_url, no_sign_request)
+    _storage(profile, endpoint_url, no_sign_request, connect_timeout=connect_timeout, read_timeout=read_timeout,
+             retries=retries)
     kinds = _split(backend) or ["sqlite"]
     bad = [k for k in kinds if k not in ("sqlite", "parquet")]
     if bad:
         raise CytoprofileError(f"--backend {bad[0]}: choose sqlite or parquet")
     if output_format not in ("csv", "csv.gz", "parquet"):
         raise CytoprofileError(f"--output-format {output_format}: choose csv, csv.gz or parquet")
-    plate_list = _split(plates) or []
-    with _plate_progress(plate_list, quiet) as update, _timed(f"collate of {len(plate_list)} plate(s)"):
+    plate_list = [p for raw in plates for p in (_split([raw]) or [raw])]  # an empty name is refused, not dropped
+    start = time.perf_counter()
+    with _plate_progress(plate_list, quiet) as update:
         results = _collate(
             workspace, batch, plate_list, backend=kinds, profile_format=output_format,  # type: ignore[arg-type]
             operation=operation,  # type: ignore[arg-type]
@@ -238,7 +252,7 @@ def collate(
             image_features=image_features,
             image_feature_categories=_split(image_feature_categories) or list(DEFAULT_IMAGE_FEATURE_CATEGORIES),
             strata=_split(strata) or list(DEFAULT_STRATA), overwrite=overwrite, aggregate_only=aggregate_only,
-            strict=strict, jobs=jobs, scheduler=scheduler, remote=remote, tmp_dir=tmp_dir, progress=update,
+            strict=strict, jobs=jobs, scheduler=scheduler, remote=remote, tmp_dir=tmp_dir, wait=wait, progress=update,
         )
     table = Table(title=f"collate {batch}", show_lines=False)
     for col in ("plate", "status", "summary", "seconds"):
@@ -249,8 +263,12 @@ def collate(
     if not quiet:
         console.print(table)
     failed = [r for r in results if r.status == "failed"]
+    skipped = [r for r in results if r.status == "skipped"]
+    done = len(results) - len(failed)
+    tally = f"{done} of {len(results)} plate(s) done" + (f" ({len(skipped)} already complete)" if skipped else "")
     if failed:
-        raise CytoprofileError(f"{len(failed)} of {len(results)} plate(s) failed; first: {failed[0].plate}: {failed[0].message}")
+        raise CytoprofileError(f"collate {batch}: {tally}, {len(failed)} failed; first: {failed[0].plate}: {failed[0].message}")
+    log.info("collate %s: %s in %.2fs", batch, tally, time.perf_counter() - start)
 
 
 @app.command()
@@ -524,6 +542,9 @@ def run(
     profile: ProfileOpt = None,
     endpoint_url: EndpointOpt = None,
     no_sign_request: NoSignOpt = False,
+    connect_timeout: ConnectTimeoutOpt = 5.0,
+    read_timeout: ReadTimeoutOpt = 15.0,
+    retries: RetriesOpt = 2,
     quiet: QuietOpt = False,
     allow_unknown_keys: Annotated[bool, typer.Option(
         help="Ignore config keys that look like misspellings of known keys (a warning, not an error).")] = False,
@@ -532,7 +553,13 @@ def run(
     from .pipeline import run as _run
 
     _setup_logging(quiet)
-    _storage(profile, endpoint_url, no_sign_request)
+    _storage(profile, endpoint_url, no_sign_request, connect_timeout=connect_timeout, read_timeout=read_timeout,
+             retries=retries)
+    if tmp_dir:
+        from .io import output_errors
+
+        with output_errors(tmp_dir):
+            Path(tmp_dir).mkdir(parents=True, exist_ok=True)
     with _plate_progress(["plates + batch steps"], quiet, unit="steps") as update, _timed("recipe"):
         result = _run(config, workspace=workspace, root=root, force=force, jobs=jobs, scheduler=scheduler,
                       tmp_dir=tmp_dir, allow_unknown_keys=allow_unknown_keys, progress=(lambda _l, d, t: update("plates + batch steps", d, t)) if update else None)
@@ -552,27 +579,30 @@ def qc(
     profile: ProfileOpt = None,
     endpoint_url: EndpointOpt = None,
     no_sign_request: NoSignOpt = False,
+    connect_timeout: ConnectTimeoutOpt = 5.0,
+    read_timeout: ReadTimeoutOpt = 15.0,
+    retries: RetriesOpt = 2,
     quiet: QuietOpt = False,
 ) -> None:
     """Summary table, plate heatmaps and the batch HTML report (WORKSPACE may be an s3:// URL)."""
-    import shutil
+    from contextlib import nullcontext
 
     from . import io
     from .qc import quality_control
-    from .workspace import publish, stage
+    from .workspace import publish, scratch_dir, stage
 
     _setup_logging(quiet)
-    _storage(profile, endpoint_url, no_sign_request)
+    _storage(profile, endpoint_url, no_sign_request, connect_timeout=connect_timeout, read_timeout=read_timeout,
+             retries=retries)
     names = _split(plates) or []
-    scratch = None
-    where = workspace
-    if io.is_remote(workspace):
-        scratch = tempfile.mkdtemp(prefix="cytoprofile-qc-", dir=tmp_dir)
-        prefixes = [f"load_data_csv/{batch}", "quality_control/summary"]
-        prefixes += [f"profiles/{batch}/{p}" for p in names] + [f"backend/{batch}/{p}/{p}.report.json" for p in names]
-        stage(workspace, scratch, prefixes, accept=lambda rel: not rel.endswith((".sqlite", ".parquet")))
-        where = scratch
-    try:
+    remote = io.is_remote(workspace)
+    with scratch_dir(tmp_dir, "qc") if remote else nullcontext(None) as scratch:
+        where = workspace
+        if scratch is not None:
+            prefixes = [f"load_data_csv/{batch}", "quality_control/summary"]
+            prefixes += [f"profiles/{batch}/{p}" for p in names] + [f"backend/{batch}/{p}/{p}.report.json" for p in names]
+            stage(workspace, scratch, prefixes, accept=lambda rel: not rel.endswith((".sqlite", ".parquet")))
+            where = scratch
         with _timed("quality control"):
             result = quality_control(where, batch, names, level=level, replicate_column=replicate_column)
         if scratch is not None:
@@ -580,11 +610,8 @@ def qc(
             rels = [os.path.relpath(os.path.join(d, f), scratch) for d, _, files in os.walk(qc_root) for f in files
                     if not f.startswith(".")]
             publish(scratch, workspace, rels)
-    finally:
-        if scratch is not None:
-            shutil.rmtree(scratch, ignore_errors=True)
     if result.report_path:
-        typer.echo(io.join(workspace, "quality_control", "report", f"{batch}.html") if scratch else result.report_path)
+        typer.echo(io.join(workspace, "quality_control", "report", f"{batch}.html") if remote else result.report_path)
 
 
 def _click_exit(exc: BaseException) -> int | None:

@@ -10,10 +10,11 @@ exactly the unfinished ones.
 from __future__ import annotations
 
 import contextlib
-import glob
 import logging
 import os
+import shutil
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,17 +93,6 @@ def plate_outputs(
     return out
 
 
-def _complete(outputs: dict[str, str]) -> bool:
-    return all(Path(p).exists() for p in outputs.values())
-
-
-def _clean_stale(directory: str) -> None:
-    """Remove temporary files a killed run left behind."""
-    for stale in glob.glob(os.path.join(directory, ".*.tmp")):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(stale)
-
-
 class _WellBuffer:
     """Cells of wells not yet complete; a well is released when its last site is read."""
 
@@ -164,6 +154,7 @@ def collate_plate(
     threads: int = 2,
     remote: str | None = None,
     tmp_dir: str | None = None,
+    wait: bool = False,
     progress: Progress | None = None,
 ) -> PlateResult:
     """Ingest one plate's sites into the backend(s) and write its per-well profiles and report.
@@ -171,42 +162,164 @@ def collate_plate(
     ``ws`` may be a URL (``s3://bucket/workspace``): the plate's CSVs for the asked
     compartments are fetched to ``tmp_dir``, collated there, and the outputs uploaded
     (report last); the local copy is removed after the plate. ``remote`` pushes the
-    outputs of a local workspace to that URL as well.
+    outputs of a local workspace to that URL as well. A local plate is locked while it
+    is collated: another process collating it fails fast, or waits with ``wait``.
     """
     start = time.perf_counter()
-    options = dict(backend=backend, profile_format=profile_format, operation=operation, compartments=compartments,
-                   image_features=image_features, image_feature_categories=image_feature_categories, strata=strata,
+    workspace.check_name(batch, "batch")
+    workspace.check_name(plate, "plate")
+    options = dict(backend=tuple(backend), profile_format=profile_format, operation=operation,
+                   compartments=tuple(compartments), image_features=image_features,
+                   image_feature_categories=tuple(image_feature_categories), strata=tuple(strata),
                    overwrite=overwrite, aggregate_only=aggregate_only, strict=strict, threads=threads)
     if io.is_remote(ws):
         return _collate_remote(str(ws), batch, plate, tmp_dir=tmp_dir, progress=progress, start=start, **options)
     if remote is not None:
-        pushed = collate_plate(ws, batch, plate, progress=progress, **options)  # type: ignore[arg-type]
-        if pushed.status == "done":
-            rel = os.path.relpath(workspace.backend_dir(ws, batch, plate), ws)
-            _publish_plate(str(ws), remote, rel, plate)
+        pushed = collate_plate(ws, batch, plate, progress=progress, wait=wait, **options)  # type: ignore[arg-type]
+        if pushed.status == "done" and pushed.report is not None:
+            _publish_plate(str(ws), remote, batch, plate, pushed.report)
         return pushed
     outputs = plate_outputs(ws, batch, plate, backend=backend, profile_format=profile_format)
-    if aggregate_only:
-        return _aggregate_only(ws, batch, plate, outputs, backend=backend, operation=operation,
-                               compartments=compartments, image_features=image_features,
-                               image_feature_categories=image_feature_categories, strata=strata,
-                               overwrite=overwrite, progress=progress, start=start)
-    build = _build_options(options)
-    if not overwrite and _complete(outputs):
-        previous = _previous_options(outputs["report"])
-        if previous == build:
-            return PlateResult(batch, plate, "skipped", "complete outputs exist (use --overwrite to rebuild)", outputs,
-                               seconds=time.perf_counter() - start)
-        changed = sorted(k for k in build if previous.get(k) != build[k])
-        log.info("%s: options changed since the last build (%s); rebuilding", plate, ", ".join(changed))
+    if not aggregate_only:
+        workspace.find_plate(ws, batch, plate)  # before any folder is made
     out_dir = workspace.backend_dir(ws, batch, plate)
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    _clean_stale(out_dir)
-    # a half-finished earlier run has no report; its other outputs are rebuilt
-    with_report = Path(outputs["report"])
-    if with_report.exists():
-        with_report.unlink()
+    with io.output_errors(out_dir), workspace.plate_lock(ws, batch, plate, wait=wait):
+        io.remove_leftovers(out_dir)  # a killed run's temporary files (we hold the lock)
+        if aggregate_only:
+            return _aggregate_only(ws, batch, plate, outputs, backend=backend, operation=operation,
+                                   compartments=compartments, image_features=image_features,
+                                   image_feature_categories=image_feature_categories, strata=strata,
+                                   overwrite=overwrite, progress=progress, start=start)
+        report, trusted = trusted_outputs(ws, batch, plate)
+        plan = _plan(plate, report, trusted, _build_options(options), overwrite=overwrite)
+        if plan.skip:
+            return PlateResult(batch, plate, "skipped", "complete outputs exist (use --overwrite to rebuild)",
+                               outputs, report, seconds=time.perf_counter() - start)
+        result, staging = _build_plate(ws, batch, plate, plan=plan, progress=progress, start=start, **options)
+        _commit_local(out_dir, plate, result, staging, before=set(trusted))
+    return result
 
+
+@dataclass
+class _Plan:
+    """What a run builds, keeps and says about a plate's earlier outputs."""
+
+    skip: bool
+    kinds: tuple[str, ...] = ()
+    kept: dict[str, Any] = field(default_factory=dict)
+
+
+def _data_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Options that change the contents of the outputs (not which outputs are made)."""
+    return {k: v for k, v in options.items() if k not in ("backend", "profile_format")}
+
+
+def _kinds_present(plate: str, report: dict[str, Any] | None, trusted: dict[str, str]) -> set[str]:
+    listed = set((report or {}).get("outputs") or {})
+    present = set()
+    if f"{plate}.sqlite" in trusted:
+        present.add("sqlite")
+    tables = {n for n in listed if n.startswith(f"{plate}_") and n.endswith(".parquet")}
+    if tables and tables <= set(trusted):
+        present.add("parquet")
+    return present
+
+
+def _plan(plate: str, report: dict[str, Any] | None, trusted: dict[str, str], build: dict[str, Any],
+          *, overwrite: bool) -> _Plan:
+    """Compare the asked outputs with the trusted ones of the last build (see the README's "Re-runs")."""
+    asked = set(build["backend"])
+    previous = dict((report or {}).get("options") or {})
+    present = _kinds_present(plate, report, trusted)
+    same = bool(previous) and _data_options(previous) == _data_options(build)
+    profile = f"{plate}.{build['profile_format']}"
+    if not overwrite and same and asked <= present and profile in trusted:
+        return _Plan(skip=True)
+    others = present - asked
+    stale = others if overwrite or not same else set()
+    kinds = tuple(k for k in ("sqlite", "parquet") if k in asked or k in stale)
+    kept: dict[str, Any] = {}
+    if same and not overwrite:
+        kept = {n: e for n, e in (report or {}).get("outputs", {}).items() if n in trusted and _kind_of(plate, n) in others}
+    if previous and (not same or overwrite):
+        changed = sorted(k for k in _data_options(build) if previous.get(k) != build[k])
+        why = f"options changed since the last build ({', '.join(changed)})" if changed else "--overwrite"
+        replaced = sorted({_kind_label(plate, n) for n in trusted} - {f"{plate}.report.json"})
+        (log.warning if changed else log.info)("%s: %s; replacing %s", plate, why, ", ".join(replaced) or "its outputs")
+    elif kept:
+        log.info("%s: keeping %s of the last build (still current)", plate,
+                 ", ".join(sorted({_kind_label(plate, n) for n in kept})))
+    return _Plan(skip=False, kinds=kinds, kept=kept)
+
+
+def _kind_of(plate: str, name: str) -> str:
+    if name == f"{plate}.sqlite":
+        return "sqlite"
+    if name.startswith(f"{plate}_") and name.endswith(".parquet"):
+        return "parquet"
+    return "profiles"
+
+
+def _kind_label(plate: str, name: str) -> str:
+    return f"{plate}_*.parquet" if _kind_of(plate, name) == "parquet" else name
+
+
+def _build_plate(ws: str | os.PathLike[str], batch: str, plate: str, *, plan: _Plan, progress: Progress | None,
+                 start: float, **options: Any) -> tuple[PlateResult, str]:
+    """Read the plate once into a staging folder; the caller commits it (swap, report last)."""
+    profile_format: str = options["profile_format"]
+    generation = uuid.uuid4().hex
+    out_dir = workspace.backend_dir(ws, batch, plate)
+    created = [p for p in (Path(out_dir).parent, Path(out_dir)) if not p.exists()]
+    staging = os.path.join(out_dir, f".{plate}.{generation[:8]}.tmp")
+    files = {"sqlite": os.path.join(staging, f"{plate}.sqlite"), "parquet_prefix": os.path.join(staging, plate),
+             "profiles": os.path.join(staging, f"{plate}.{profile_format}")}
+    try:
+        report = _read_plate(ws, batch, plate, files=files, kinds=plan.kinds, generation=generation,
+                             progress=progress, start=start, **options)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        for folder in reversed(created):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+    report["outputs"] = {**plan.kept, **{n: {"generation": generation, "bytes": os.path.getsize(os.path.join(staging, n))}
+                                         for n in sorted(os.listdir(staging)) if not n.endswith(_SIDECAR)}}
+    report["backend"] = sorted({_kind_of(plate, n) for n in report["outputs"]} - {"profiles"})
+    report["generation"] = generation
+    outputs = plate_outputs(ws, batch, plate, backend=report["backend"], profile_format=profile_format)  # type: ignore[arg-type]
+    result = PlateResult(batch, plate, "done", _summary_line(report), outputs, report,
+                         seconds=time.perf_counter() - start)
+    return result, staging
+
+
+def _commit_local(out_dir: str, plate: str, result: PlateResult, staging: str, *, before: set[str]) -> None:
+    """Swap a staged build into place: report removed first, outputs renamed, stale ones removed, report last."""
+    report = result.report or {}
+    report_path = os.path.join(out_dir, f"{plate}.report.json")
+    try:
+        io.remove(report_path)  # from here until the new report, nothing of this plate is trusted
+        for name in sorted(os.listdir(staging)):
+            os.replace(os.path.join(staging, name), os.path.join(out_dir, name))
+        keep = set(report["outputs"]) | {n + _SIDECAR for n in report["outputs"]}
+        _remove_stale(out_dir, plate, keep=keep, before=before)
+        io.write_json(report, report_path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _read_plate(ws: str | os.PathLike[str], batch: str, plate: str, *, files: dict[str, str], kinds: Sequence[str],
+                generation: str, progress: Progress | None, start: float, **options: Any) -> dict[str, Any]:
+    """The one pass over a plate's sites: backend(s) and profiles into ``files``; returns the report."""
+    backend = kinds
+    strata: Sequence[str] = options["strata"]
+    compartments: Sequence[str] = options["compartments"]
+    operation: Operation = options["operation"]
+    image_features: bool = options["image_features"]
+    image_feature_categories: Sequence[str] = options["image_feature_categories"]
+    strict: bool = options["strict"]
+    threads: int = options["threads"]
+    profile_format: ProfileFormat = options["profile_format"]
     site_dirs = discover_sites(workspace.analysis_dir(ws, batch, plate))
     t0 = time.perf_counter()
     scans = scan_sites(site_dirs, plate=plate, strata=strata, threads=threads)
@@ -252,15 +365,15 @@ def collate_plate(
     buffer = _WellBuffer(remaining)
 
     writers: list[SQLiteBackendWriter | ParquetBackendWriter] = []
-    files = workspace.backend_files(ws, batch, plate, profile_format=profile_format)
     site_reports: list[dict[str, Any]] = []
     rows_in: dict[str, int] = {t: 0 for t in schema.tables}
     missing_columns: dict[str, dict[str, list[str]]] = {}
+    Path(os.path.dirname(files["profiles"])).mkdir(parents=True, exist_ok=True)
     try:
         if "sqlite" in backend:
             writers.append(SQLiteBackendWriter(files["sqlite"], schema))
         if "parquet" in backend:
-            writers.append(ParquetBackendWriter(files["parquet_prefix"], schema))
+            writers.append(ParquetBackendWriter(files["parquet_prefix"], schema, metadata={GENERATION_KEY: generation}))
         ordered = order_by_key(scans)
         for done, result in enumerate(read_sites(ordered, schema, threads=threads), start=1):
             if isinstance(result, Quarantine):
@@ -286,6 +399,11 @@ def collate_plate(
             if progress is not None:
                 progress(plate, done, len(ordered))
         quarantined = [s for s in site_reports if s["status"] != "ok"]
+        if len(quarantined) == len(site_reports):
+            raise InputError(
+                f"{plate}: 0 of {len(site_reports)} site(s) could be read (first: {quarantined[0]['site']}: "
+                f"{quarantined[0]['reason']}); nothing written; fix the files and re-run"
+            )
         if strict and quarantined:
             raise QuarantineError(
                 f"{plate}: {len(quarantined)} site(s) quarantined (first: {quarantined[0]['site']}: "
@@ -297,6 +415,8 @@ def collate_plate(
         for writer in writers:
             writer.abort()
         raise
+    if "sqlite" in backend:
+        _mark_sqlite(files["sqlite"], generation)
     profiles = agg.result()
     rows_out = _count_rows(files, backend, schema)
     for table, n in rows_in.items():
@@ -306,9 +426,8 @@ def collate_plate(
     first_table = next(iter(chosen.values()), None)
     if first_table is not None and int(profiles["Metadata_Object_Count"].sum()) != rows_in.get(first_table, 0):  # pragma: no cover
         raise RuntimeError(f"{plate}: aggregated objects != {first_table} rows")
-    io.write_table(profiles, outputs["profiles"], fmt=profile_format)
-    _remove_stale(out_dir, plate, keep=set(outputs.values()) | set(_parquet_files(files, schema, backend)))
-    report = {
+    _write_profiles(profiles, files["profiles"], profile_format, generation)
+    return {
         "batch": batch,
         "plate": plate,
         "cytoprofile_version": __version__,
@@ -325,10 +444,136 @@ def collate_plate(
                    "sites_quarantined": len(quarantined), "wells": len(profiles),
                    "objects": {t: rows_in[t] for t in schema.object_tables}},
         "seconds": round(time.perf_counter() - start, 3),
-        "options": build,
+        "options": _build_options(options),
     }
-    io.write_json(report, outputs["report"])
-    return PlateResult(batch, plate, "done", _summary_line(report), outputs, report, seconds=time.perf_counter() - start)
+
+
+GENERATION_KEY = "cytoprofile_run"
+_SIDECAR = ".generation"
+
+
+def _mark_sqlite(path: str, generation: str) -> None:
+    """Record the run's generation id in the database (table ``cytoprofile_run``)."""
+    import sqlite3
+
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute(f"CREATE TABLE {GENERATION_KEY} (generation TEXT, cytoprofile_version TEXT)")
+        conn.execute(f"INSERT INTO {GENERATION_KEY} VALUES (?, ?)", (generation, __version__))
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def _write_profiles(profiles: Any, path: str, profile_format: str, generation: str) -> None:
+    """Per-well profiles with the generation id: Parquet metadata, or a ``.generation`` sidecar for CSV."""
+    if profile_format == "parquet":
+        io.write_table(profiles, path, fmt="parquet", metadata={"generation": generation})
+    else:
+        io.write_table(profiles, path, fmt=profile_format)  # type: ignore[arg-type]
+        with io.atomic_open(path + _SIDECAR) as fh:
+            fh.write(generation + "\n")
+
+
+def generation_of(path: str | os.PathLike[str]) -> str | None:
+    """The generation id an output of ours carries, or None (missing, unmarked or unreadable)."""
+    text = str(path)
+    try:
+        if text.endswith(".sqlite"):
+            import sqlite3
+
+            if not os.path.isfile(text):
+                return None
+            conn = sqlite3.connect(f"file:{text}?mode=ro", uri=True)
+            try:
+                row = conn.execute(f"SELECT generation FROM {GENERATION_KEY} LIMIT 1").fetchone()
+            finally:
+                conn.close()
+            return str(row[0]) if row else None
+        if text.endswith(".parquet"):
+            import json
+
+            import pyarrow.parquet as pq
+
+            meta = pq.read_schema(text).metadata or {}
+            if GENERATION_KEY.encode() in meta:
+                return meta[GENERATION_KEY.encode()].decode()
+            return json.loads(meta.get(b"cytoprofile", b"{}")).get("generation")  # type: ignore[no-any-return]
+        with open(text + _SIDECAR, encoding="utf-8") as fh:
+            return fh.read().strip() or None
+    except (OSError, ValueError) as exc:
+        log.debug("%s: no generation id (%s)", text, exc)
+        return None
+    except Exception as exc:  # noqa: BLE001 - a damaged file is simply not trusted
+        log.debug("%s: no generation id (%s)", text, exc)
+        return None
+
+
+def trusted_outputs(ws: str | os.PathLike[str], batch: str, plate: str) -> tuple[dict[str, Any] | None, dict[str, str]]:
+    """A plate's report and the outputs it vouches for (name → path).
+
+    The report is the commit record: an output is trusted only if the generation id it
+    carries is the one the report lists for it (on object storage: its size).
+    """
+    base = workspace.backend_dir(ws, batch, plate)
+    report_path = io.join(base, f"{plate}.report.json")
+    if not io.exists(report_path):
+        return None, {}
+    try:
+        report = io.read_json(report_path)
+    except InputError:
+        return None, {}
+    listed = report.get("outputs") if isinstance(report, dict) else None
+    if not isinstance(listed, dict):
+        return report if isinstance(report, dict) else None, {}
+    trusted: dict[str, str] = {}
+    if io.is_remote(base):
+        sizes = _remote_sizes(base)
+        for name, entry in listed.items():
+            if sizes.get(name) == entry.get("bytes"):
+                trusted[name] = io.join(base, name)
+        return report, trusted
+    for name, entry in listed.items():
+        path = os.path.join(base, name)
+        if generation_of(path) == entry.get("generation"):
+            trusted[name] = path
+    return report, trusted
+
+
+def _remote_sizes(prefix: str) -> dict[str, int]:
+    fs, bare = io.filesystem(prefix)
+    try:
+        entries = fs.ls(bare, detail=True)
+    except FileNotFoundError:
+        return {}
+    return {e["name"].rsplit("/", 1)[-1]: int(e.get("size") or 0) for e in entries if e.get("type") == "file"}
+
+
+def plate_profiles(ws: str | os.PathLike[str], batch: str, plate: str) -> str | None:
+    """The per-well profiles ``collate`` wrote for a plate, if its report vouches for them.
+
+    A backend folder without a report but with a file of the old tools (no generation
+    id) gives that file; ours without a report (an interrupted run) is an error.
+    """
+    base = workspace.backend_dir(ws, batch, plate)
+    names = [f"{plate}{ext}" for ext in (".csv", ".csv.gz", ".parquet")]
+    report, trusted = trusted_outputs(ws, batch, plate)
+    found = next((trusted[n] for n in names if n in trusted), None)
+    if found is not None:
+        return found
+    existing = [io.join(base, n) for n in names if io.exists(io.join(base, n))]
+    if report is not None and report.get("outputs") is not None:
+        if existing:
+            raise InputError(f"{existing[0]}: does not match {plate}.report.json (an interrupted or concurrent collate); "
+                             f"re-run `cytoprofile collate` for {plate}")
+        return None
+    for path in existing:
+        if io.is_remote(path) or generation_of(path) is None:
+            return path
+    if existing:
+        raise InputError(f"{existing[0]}: has no {plate}.report.json (collate was interrupted); "
+                         f"re-run `cytoprofile collate` for {plate}")
+    return None
 
 
 def _build_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -337,74 +582,82 @@ def _build_options(options: dict[str, Any]) -> dict[str, Any]:
     return {k: list(options[k]) if isinstance(options[k], (list, tuple)) else options[k] for k in keys}
 
 
-def _previous_options(report_path: str) -> dict[str, Any]:
-    try:
-        return dict(io.read_json(report_path).get("options") or {})
-    except CytoprofileError:
-        return {}
-
-
-def _parquet_files(files: dict[str, str], schema: Any, backend: Sequence[str]) -> list[str]:
-    if "parquet" not in backend:
-        return []
-    return [parquet_table_path(files["parquet_prefix"], t) for t in schema.tables]
-
-
-def _remove_stale(directory: str, plate: str, *, keep: set[str]) -> None:
-    """Drop outputs of an earlier build with other options (e.g. PLATE.csv after a switch to Parquet)."""
-    names = {f"{plate}.sqlite", f"{plate}.csv", f"{plate}.csv.gz", f"{plate}.parquet"}
-    keep_names = {os.path.basename(k) for k in keep}
-    for entry in os.listdir(directory):
-        ours = entry in names or (entry.startswith(f"{plate}_") and entry.endswith(".parquet"))
-        if ours and entry not in keep_names:
+def _remove_stale(directory: str, plate: str, *, keep: set[str], before: set[str]) -> None:
+    """Drop this plate's outputs the new report does not list (e.g. PLATE.csv after a switch to Parquet)."""
+    for entry in sorted(os.listdir(directory)):
+        if _is_ours(plate, entry) and entry not in keep:
             os.unlink(os.path.join(directory, entry))
-            log.info("%s: removed %s left by an earlier build with other options", plate, entry)
+            if entry in before:
+                log.warning("%s: removed %s of the earlier build (not asked for now)", plate, entry)
+            else:
+                log.info("%s: removed %s left by an interrupted build", plate, entry)
 
 
-def _publish_plate(local_ws: str, remote_ws: str, backend_rel: str, plate: str) -> list[str]:
-    """Upload a finished plate's backend folder, the report last."""
-    folder = os.path.join(local_ws, backend_rel)
-    names = sorted(n for n in os.listdir(folder) if not n.startswith("."))
-    report = f"{plate}.report.json"
-    ordered = [n for n in names if n != report] + ([report] if report in names else [])
-    return workspace.publish(local_ws, remote_ws, [os.path.join(backend_rel, n) for n in ordered])
+def _is_ours(plate: str, name: str) -> bool:
+    base = name[: -len(_SIDECAR)] if name.endswith(_SIDECAR) else name
+    return base in {f"{plate}.sqlite", f"{plate}.csv", f"{plate}.csv.gz", f"{plate}.parquet"} or (
+        base.startswith(f"{plate}_") and base.endswith(".parquet"))
+
+
+def _publish_plate(local_ws: str, remote_ws: str, batch: str, plate: str, report: dict[str, Any],
+                   *, before: set[str] | None = None) -> list[str]:
+    """Upload a finished plate: remote report deleted first, outputs, stale keys removed, report last."""
+    folder = workspace.backend_dir(local_ws, batch, plate)
+    target = workspace.backend_dir(remote_ws, batch, plate)
+    report_name = f"{plate}.report.json"
+    io.remove(io.join(target, report_name))  # nothing of this plate is trusted until the new report is up
+    names = sorted(n for n in os.listdir(folder) if not n.startswith(".") and n != report_name)
+    urls = [io.join(target, n) for n in names]
+    for name, url in zip(names, urls):
+        io.upload(os.path.join(folder, name), url)
+    keep = set(report["outputs"]) | {n + _SIDECAR for n in report["outputs"]}
+    for name in sorted(_remote_sizes(target)):
+        if _is_ours(plate, name) and name not in keep:
+            io.remove(io.join(target, name))
+            if before and name in before:
+                log.warning("%s: removed %s of the earlier build (not asked for now)", plate, io.join(target, name))
+    io.upload(os.path.join(folder, report_name), io.join(target, report_name))
+    return [*urls, io.join(target, report_name)]
 
 
 def _collate_remote(ws: str, batch: str, plate: str, *, tmp_dir: str | None, progress: Progress | None,
                     start: float, **options: Any) -> PlateResult:
-    """Collate a plate of a workspace on object storage through a local scratch copy."""
-    import shutil
-    import tempfile
+    """Collate a plate of a workspace on object storage through a local scratch copy.
 
+    The same rules as for a local plate: options compared with the report's, the report
+    deleted before new outputs are uploaded and written last, stale keys removed, and the
+    temporary keys of a killed run removed first. No lock: one run per plate at a time.
+    """
     outputs = plate_outputs(ws, batch, plate, backend=options["backend"], profile_format=options["profile_format"])
-    if not options["overwrite"] and all(io.exists(p) for p in outputs.values()):
-        return PlateResult(batch, plate, "skipped", "complete outputs exist (use --overwrite to rebuild)", outputs,
+    target = workspace.backend_dir(ws, batch, plate)
+    io.check_reachable(ws)
+    if options["aggregate_only"]:
+        return _aggregate_only_remote(ws, batch, plate, tmp_dir=tmp_dir, progress=progress, start=start, **options)
+    workspace.find_plate(ws, batch, plate)
+    io.remove_leftovers(target)
+    report, trusted = trusted_outputs(ws, batch, plate)
+    plan = _plan(plate, report, trusted, _build_options(options), overwrite=options["overwrite"])
+    if plan.skip:
+        return PlateResult(batch, plate, "skipped", "complete outputs exist (use --overwrite to rebuild)", outputs, report,
                            seconds=time.perf_counter() - start)
-    scratch = tempfile.mkdtemp(prefix=f"cytoprofile-{plate}-", dir=tmp_dir)
-    try:
-        backend_rel = os.path.join("backend", batch, plate)
-        if options["aggregate_only"]:
-            wanted = {f"{plate}.sqlite"} if "sqlite" in options["backend"] else set()
-            workspace.stage(ws, scratch, [backend_rel], accept=lambda rel: os.path.basename(rel) in wanted
-                            or os.path.basename(rel).startswith(f"{plate}_"))
-        else:
-            names = {"image.csv"} | {f"{c.lower()}.csv" for c in options["compartments"]}
-            analysis_rel = os.path.join("analysis", batch, plate, "analysis")
-            fetched = workspace.stage(ws, scratch, [analysis_rel],
-                                      accept=lambda rel: os.path.basename(rel).lower() in names
-                                      and rel.count("/") == analysis_rel.count("/") + 2)
-            if not fetched:
-                raise InputError(f"{io.join(ws, analysis_rel)}: no site CSVs found; check the workspace URL, batch and plate")
-        local = collate_plate(scratch, batch, plate, progress=progress, **{**options, "overwrite": True})
-        if local.status != "done":
-            return local
-        urls = _publish_plate(scratch, ws, backend_rel, plate)
-        remote_outputs = {k: io.join(ws, os.path.relpath(v, scratch)) for k, v in local.outputs.items()}
-        log.info("%s: uploaded %d file(s) to %s", plate, len(urls), io.join(ws, backend_rel))
-        return PlateResult(batch, plate, "done", local.message, remote_outputs, local.report,
-                           seconds=time.perf_counter() - start)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    with workspace.scratch_dir(tmp_dir, plate) as scratch:
+        names = {"image.csv"} | {f"{c.lower()}.csv" for c in options["compartments"]}
+        analysis_rel = os.path.join("analysis", batch, plate, "analysis")
+        fetched = workspace.stage(ws, scratch, [analysis_rel],
+                                  accept=lambda rel: os.path.basename(rel).lower() in names
+                                  and rel.count("/") == analysis_rel.count("/") + 2)
+        if not fetched:
+            raise InputError(f"{io.join(ws, analysis_rel)}: no site CSVs found; check the workspace URL, batch and plate")
+        local_dir = workspace.backend_dir(scratch, batch, plate)
+        with io.output_errors(scratch):
+            local, staging = _build_plate(scratch, batch, plate, plan=plan, progress=progress, start=start, **options)
+            _commit_local(local_dir, plate, local, staging, before=set())
+        assert local.report is not None
+        urls = _publish_plate(scratch, ws, batch, plate, local.report, before=set(trusted))
+    log.info("%s: uploaded %d file(s) to %s", plate, len(urls), target)
+    remote_outputs = plate_outputs(ws, batch, plate, backend=local.report["backend"], profile_format=options["profile_format"])
+    return PlateResult(batch, plate, "done", local.message, remote_outputs, local.report,
+                       seconds=time.perf_counter() - start)
 
 
 def _flush_well(agg: WellAggregator, popped: tuple[tuple[object, ...], list[Any], dict[str, list[np.ndarray]]],
@@ -469,18 +722,67 @@ def _summary_line(report: dict[str, Any]) -> str:
             + ", ".join(f"{k} {v:,} rows" for k, v in t["objects"].items()))
 
 
+def _aggregate_only_remote(ws: str, batch: str, plate: str, *, tmp_dir: str | None, progress: Progress | None,
+                           start: float, **options: Any) -> PlateResult:
+    """Re-aggregate a backend on object storage through a scratch copy; upload the profiles, report last."""
+    rel = os.path.join("backend", batch, plate)
+    target = workspace.backend_dir(ws, batch, plate)
+    report, trusted = trusted_outputs(ws, batch, plate)
+    name = f"{plate}.{options['profile_format']}"
+    if not options["overwrite"] and (name in trusted or (report is None and io.exists(io.join(target, name)))):
+        return PlateResult(batch, plate, "skipped", "profiles exist (use --overwrite to re-aggregate)",
+                           {"profiles": io.join(target, name)}, seconds=time.perf_counter() - start)
+    wanted = {f"{plate}.report.json"} | ({f"{plate}.sqlite"} if "sqlite" in options["backend"] else set())
+    with workspace.scratch_dir(tmp_dir, plate) as scratch:
+        workspace.stage(ws, scratch, [rel], accept=lambda r: os.path.basename(r) in wanted
+                        or (os.path.basename(r).startswith(f"{plate}_") and r.endswith(".parquet")))
+        outputs = plate_outputs(scratch, batch, plate, backend=options["backend"], profile_format=options["profile_format"])
+        with io.output_errors(scratch):
+            local = _aggregate_only(scratch, batch, plate, outputs, backend=options["backend"],
+                                    operation=options["operation"], compartments=options["compartments"],
+                                    image_features=options["image_features"],
+                                    image_feature_categories=options["image_feature_categories"],
+                                    strata=options["strata"], overwrite=True, progress=progress, start=start)
+        profile = local.outputs["profiles"]
+        if local.report is None:
+            io.upload(profile, io.join(target, os.path.basename(profile)))
+        else:
+            report_name = f"{plate}.report.json"
+            io.remove(io.join(target, report_name))
+            for path in (profile, profile + _SIDECAR):
+                io.upload(path, io.join(target, os.path.basename(path)))
+            io.upload(os.path.join(os.path.dirname(profile), report_name), io.join(target, report_name))
+    remote_outputs = {k: io.join(ws, os.path.relpath(v, scratch)) for k, v in local.outputs.items()}
+    return PlateResult(batch, plate, local.status, local.message, remote_outputs, local.report,
+                       seconds=time.perf_counter() - start)
+
+
 def _aggregate_only(ws: str | os.PathLike[str], batch: str, plate: str, outputs: dict[str, str], *, backend: Sequence[BackendKind],
                     operation: Operation, compartments: Sequence[str], image_features: bool,
                     image_feature_categories: Sequence[str], strata: Sequence[str], overwrite: bool,
                     progress: Progress | None, start: float) -> PlateResult:
-    """Re-aggregate an existing backend (ours or the old tool's) into the plate's profiles."""
-    if not overwrite and Path(outputs["profiles"]).exists():
+    """Re-aggregate an existing backend (ours or the old tool's) into the plate's profiles.
+
+    A backend of ours is used only if its report vouches for it; the new profiles then
+    get a new generation id and the report is rewritten (last).
+    """
+    report, trusted = trusted_outputs(ws, batch, plate)
+    ours = report is not None and isinstance(report.get("outputs"), dict)
+    name = os.path.basename(outputs["profiles"])
+    legacy_profile = not ours and Path(outputs["profiles"]).exists() and generation_of(outputs["profiles"]) is None
+    if not overwrite and (name in trusted or legacy_profile):
         return PlateResult(batch, plate, "skipped", "profiles exist (use --overwrite to re-aggregate)", outputs,
                            seconds=time.perf_counter() - start)
     files = workspace.backend_files(ws, batch, plate)
     source = files["sqlite"] if "sqlite" in backend else parquet_table_path(files["parquet_prefix"], IMAGE_TABLE)
     if not Path(source).exists():
         raise InputError(f"{source}: no backend to aggregate; run `cytoprofile collate` without --aggregate-only first")
+    if ours and os.path.basename(source) not in trusted:
+        raise InputError(f"{source}: does not match {plate}.report.json (an interrupted or concurrent collate); "
+                         "re-run `cytoprofile collate` without --aggregate-only")
+    if not ours and generation_of(source) is not None:
+        raise InputError(f"{source}: has no {plate}.report.json (collate was interrupted); "
+                         "re-run `cytoprofile collate` without --aggregate-only")
 
     def _progress(done: int, total: int) -> None:
         if progress is not None:
@@ -489,9 +791,30 @@ def _aggregate_only(ws: str | os.PathLike[str], batch: str, plate: str, outputs:
     profiles = aggregate(source, operation=operation, strata=strata, compartments=compartments,
                          image_features=image_features, image_feature_categories=image_feature_categories,
                          progress=_progress)
-    io.write_table(profiles, outputs["profiles"])
     message = f"aggregated {len(profiles)} wells from {os.path.basename(source)}"
-    return PlateResult(batch, plate, "done", message, {"profiles": outputs["profiles"]}, seconds=time.perf_counter() - start)
+    if not ours:
+        io.write_table(profiles, outputs["profiles"])  # beside the old tool's backend, as it would
+        return PlateResult(batch, plate, "done", message, {"profiles": outputs["profiles"]}, seconds=time.perf_counter() - start)
+    assert report is not None
+    generation = uuid.uuid4().hex
+    fmt = io.infer_format(outputs["profiles"])
+    report_path = outputs["report"]
+    io.remove(report_path)
+    _write_profiles(profiles, outputs["profiles"], fmt, generation)
+    listed = {n: e for n, e in report["outputs"].items() if n in trusted and _kind_of(plate, n) != "profiles"}
+    listed[name] = {"generation": generation, "bytes": os.path.getsize(outputs["profiles"])}
+    report.update(outputs=listed, generation=generation, seconds=round(time.perf_counter() - start, 3))
+    report["aggregate"] = {**report.get("aggregate", {}), "operation": operation, "strata": list(strata),
+                           "compartments": list(compartments), "image_features": image_features,
+                           "image_feature_categories": list(image_feature_categories), "wells": len(profiles),
+                           "columns": profiles.shape[1], "from": os.path.basename(source)}
+    report["options"] = {**report.get("options", {}), "profile_format": fmt, "operation": operation, "strata": list(strata),
+                         "compartments": list(compartments), "image_features": image_features,
+                         "image_feature_categories": list(image_feature_categories)}
+    _remove_stale(os.path.dirname(report_path), plate, keep=set(listed) | {n + _SIDECAR for n in listed}, before=set(trusted))
+    io.write_json(report, report_path)
+    return PlateResult(batch, plate, "done", message, {"profiles": outputs["profiles"], "report": report_path}, report,
+                       seconds=time.perf_counter() - start)
 
 
 def collate(
@@ -513,22 +836,26 @@ def collate(
     scheduler: str | None = None,
     remote: str | None = None,
     tmp_dir: str | None = None,
+    wait: bool = False,
     progress: Progress | None = None,
 ) -> list[PlateResult]:
     """Backend creation for several plates of a batch, ``jobs`` plates at a time.
 
-    A plate that fails (bad input, or ``strict`` with quarantined sites) is reported
-    as failed; the other plates go on.
+    A plate that fails (bad input, 0 readable sites, a full or read-only disk, or
+    ``strict`` with quarantined sites) is reported as failed; the other plates go on.
     """
     from .executor import run_plates
 
     if not plates:
         raise InputError("no plates given; name at least one PLATE")
+    workspace.check_name(batch, "batch")
+    for plate in plates:
+        workspace.check_name(plate, "plate")
     options: dict[str, Any] = dict(backend=tuple(backend), profile_format=profile_format, operation=operation,
                                    compartments=tuple(compartments), image_features=image_features,
                                    image_feature_categories=tuple(image_feature_categories), strata=tuple(strata),
                                    overwrite=overwrite, aggregate_only=aggregate_only, strict=strict,
-                                   remote=remote, tmp_dir=tmp_dir, storage=dict(io.current_storage()))
+                                   remote=remote, tmp_dir=tmp_dir, wait=wait, storage=dict(io.current_storage()))
     return run_plates(_collate_task, [(str(ws), batch, p) for p in plates], options, jobs=jobs,
                       scheduler=scheduler, progress=progress)
 

@@ -13,6 +13,7 @@ __all__ = [
     "InputError",
     "ConfigError",
     "MetadataError",
+    "OutputError",
     "QuarantineError",
     "RemoteError",
 ]
@@ -40,3 +41,7 @@ class QuarantineError(CytoprofileError):
 
 class RemoteError(CytoprofileError):
     """Object storage (S3 or another fsspec URL) could not be reached or written."""
+
+
+class OutputError(CytoprofileError):
+    """An output folder cannot be written (disk full, read-only, no permission)."""

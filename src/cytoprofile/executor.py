@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any, TypeVar
 
-__all__ = ["run_plates"]
+__all__ = ["check_scheduler", "run_plates"]
 
 log = logging.getLogger("cytoprofile.executor")
 R = TypeVar("R")
@@ -38,11 +38,17 @@ def run_plates(
     *,
     jobs: int = 1,
     scheduler: str | None = None,
+    scheduler_timeout: float | None = None,
     progress: Progress | None = None,
 ) -> list[R]:
-    """Run ``fn(*task, options, progress)`` for every task; results in task order."""
+    """Run ``fn(*task, options, progress)`` for every task; results in task order.
+
+    ``scheduler_timeout`` bounds the wait for a Dask scheduler's first answer (default:
+    the storage connect + read timeouts, 20 s).
+    """
     if scheduler:
-        return _run_dask(fn, tasks, options, scheduler=scheduler, progress=progress)
+        return _run_dask(fn, tasks, options, scheduler=scheduler, progress=progress,
+                         timeout=scheduler_timeout if scheduler_timeout is not None else _default_timeout())
     if jobs <= 1 or len(tasks) <= 1:
         return [fn(*task, options, progress) for task in tasks]
     ctx = multiprocessing.get_context("spawn")
@@ -80,6 +86,7 @@ def _run_dask(
     *,
     scheduler: str,
     progress: Progress | None,
+    timeout: float,
 ) -> list[R]:
     """Send each task to a Dask cluster; a task whose worker dies is retried elsewhere."""
     from dask.distributed import Client
@@ -87,10 +94,11 @@ def _run_dask(
 
     from .errors import RemoteError
 
+    check_scheduler(scheduler, timeout=timeout)
     try:
-        client = Client(scheduler, timeout="20s")
+        client = Client(scheduler, timeout=f"{timeout}s")
     except (OSError, ValueError, TypeError) as exc:
-        raise RemoteError(f"cannot reach the Dask scheduler at {scheduler} ({exc}); check the address") from exc
+        raise RemoteError(f"cannot reach the Dask scheduler at {scheduler} ({exc}); check --scheduler") from exc
     try:
         futures = [client.submit(fn, *task, options, None, pure=False, retries=3, key=f"cytoprofile-{i}-{task[-1]}")
                    for i, task in enumerate(tasks)]
@@ -104,3 +112,49 @@ def _run_dask(
         return [results[i] for i in range(len(tasks))]
     finally:
         client.close()
+
+
+def _default_timeout() -> float:
+    from . import io
+
+    kwargs = io.current_storage().get("config_kwargs") or {}
+    return float(kwargs.get("connect_timeout", io.DEFAULT_CONNECT_TIMEOUT)) + float(
+        kwargs.get("read_timeout", io.DEFAULT_READ_TIMEOUT))
+
+
+def check_scheduler(address: str, *, timeout: float) -> None:
+    """Ask the scheduler who it is within ``timeout`` seconds; anything else is a ``RemoteError``.
+
+    Dask's own client waits for a handshake without a bound, so a port that accepts
+    connections but is no Dask scheduler (a web server, a silent listener) would hang it.
+    """
+    import asyncio
+
+    from distributed.core import rpc
+
+    from .errors import RemoteError
+
+    async def _identity() -> Any:
+        peer = rpc(address, timeout=timeout)
+        try:
+            return await peer.identity()
+        finally:
+            await peer.close_rpc()
+
+    async def _bounded() -> Any:
+        return await asyncio.wait_for(_identity(), timeout)
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    try:
+        with ThreadPoolExecutor(max_workers=1) as pool:  # its own event loop, also under Jupyter's
+            answer = pool.submit(asyncio.run, _bounded()).result()
+    except (OSError, TimeoutError, asyncio.TimeoutError) as exc:
+        why = "no answer" if isinstance(exc, (TimeoutError, asyncio.TimeoutError)) or "Timed out" in str(exc) else str(exc)
+        raise RemoteError(f"cannot reach the Dask scheduler at {address} ({why} within {timeout:g}s); check --scheduler "
+                          "(tcp://HOST:PORT of a running `dask scheduler`)") from exc
+    except Exception as exc:  # noqa: BLE001 - a reply that is no Dask message
+        raise RemoteError(f"{address} answered, but not as a Dask scheduler ({type(exc).__name__}); check --scheduler") from exc
+    if not isinstance(answer, dict) or answer.get("type") != "Scheduler":
+        raise RemoteError(f"{address} is not a Dask scheduler (it says it is {answer.get('type') if isinstance(answer, dict) else answer!r}); "
+                          "check --scheduler")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import gzip
 import io as _io
 import json
@@ -22,18 +23,27 @@ import fsspec
 import numpy as np
 import pandas as pd
 
-from .errors import InputError, RemoteError
+from .errors import CytoprofileError, InputError, OutputError, RemoteError
 
 __all__ = [
+    "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_READ_TIMEOUT",
+    "DEFAULT_RETRIES",
     "TableFormat",
     "configure_storage",
     "current_storage",
     "download",
+    "endpoint",
+    "is_leftover",
     "list_files",
+    "output_errors",
+    "remove",
+    "remove_leftovers",
     "storage_options",
     "upload",
     "atomic_path",
     "atomic_open",
+    "check_reachable",
     "check_output",
     "exists",
     "filesystem",
@@ -61,14 +71,31 @@ def is_remote(path: str | os.PathLike[str]) -> bool:
 
 _STORAGE: dict[str, Any] = {}
 
+DEFAULT_CONNECT_TIMEOUT = 5.0
+DEFAULT_READ_TIMEOUT = 15.0
+DEFAULT_RETRIES = 2
+
 
 def storage_options(
-    *, profile: str | None = None, endpoint_url: str | None = None, no_sign_request: bool = False
+    *,
+    profile: str | None = None,
+    endpoint_url: str | None = None,
+    no_sign_request: bool = False,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    read_timeout: float = DEFAULT_READ_TIMEOUT,
+    retries: int = DEFAULT_RETRIES,
 ) -> dict[str, Any]:
     """fsspec/s3fs options from the CLI's ``--profile``, ``--endpoint-url``, ``--no-sign-request``.
 
+    Every request has a connect and a read timeout (seconds) and at most ``retries``
+    retries, so an endpoint that never answers fails in bounded time instead of hanging.
     Credentials otherwise come from the standard AWS chain (environment, config files, roles).
     """
+    if connect_timeout <= 0 or read_timeout <= 0 or retries < 0:
+        from .errors import ConfigError
+
+        raise ConfigError(f"timeouts must be > 0 and retries >= 0 (got connect {connect_timeout}, "
+                          f"read {read_timeout}, retries {retries})")
     options: dict[str, Any] = {}
     if profile:
         options["profile"] = profile
@@ -76,8 +103,42 @@ def storage_options(
         options["client_kwargs"] = {"endpoint_url": endpoint_url}
     if no_sign_request:
         options["anon"] = True
-    options["config_kwargs"] = {"retries": {"max_attempts": 10, "mode": "standard"}}
+    options["config_kwargs"] = {"connect_timeout": connect_timeout, "read_timeout": read_timeout,
+                                "retries": {"max_attempts": retries, "mode": "standard"}}
     return options
+
+
+def endpoint() -> str:
+    """The object store's address requests go to (for messages)."""
+    url = (_STORAGE.get("client_kwargs") or {}).get("endpoint_url")
+    return str(url) if url else "the default AWS S3 endpoint"
+
+
+_NETWORK_ERRORS = ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError",
+                   "ClientConnectorError", "ServerTimeoutError", "ServerDisconnectedError", "TimeoutError",
+                   "FSTimeoutError", "ConnectionRefusedError", "ConnectionResetError")
+
+
+def _network_failure(exc: BaseException) -> bool:
+    """True when ``exc`` (or its cause) says the endpoint could not be reached or did not answer."""
+    seen = 0
+    current: BaseException | None = exc
+    while current is not None and seen < 5:
+        if type(current).__name__ in _NETWORK_ERRORS:
+            return True
+        current = current.__cause__ or current.__context__
+        seen += 1
+    return False
+
+
+def _unreachable(what: str, exc: BaseException) -> RemoteError:
+    timeouts = _STORAGE.get("config_kwargs") or {}
+    return RemoteError(
+        f"{what}: no answer from {endpoint()} ({type(exc).__name__}; connect timeout "
+        f"{timeouts.get('connect_timeout', DEFAULT_CONNECT_TIMEOUT):g}s, read timeout "
+        f"{timeouts.get('read_timeout', DEFAULT_READ_TIMEOUT):g}s); check --endpoint-url and the network, "
+        "or raise --read-timeout for a slow store"
+    )
 
 
 def current_storage() -> dict[str, Any]:
@@ -97,7 +158,26 @@ def filesystem(path: str | os.PathLike[str]) -> tuple[fsspec.AbstractFileSystem,
     text = str(path)
     protocol = text.split("://", 1)[0] if "://" in text else "file"
     fs, bare = fsspec.core.url_to_fs(text, **(_STORAGE if protocol in ("s3", "s3a") else {}))
+    if protocol in ("s3", "s3a"):
+        fs.retries = 1  # botocore retries with the configured bound; s3fs's own loop would multiply the wait
     return fs, bare
+
+
+def check_reachable(url: str | os.PathLike[str]) -> None:
+    """One request without retries to the store behind ``url``: an endpoint that does not answer
+    fails here, after one read timeout, instead of after every retry of every later request."""
+    text = str(url)
+    if not is_remote(text) or not text.startswith(("s3://", "s3a://")):
+        return
+    options = dict(_STORAGE)
+    options["config_kwargs"] = {**(options.get("config_kwargs") or {}), "retries": {"max_attempts": 0, "mode": "standard"}}
+    fs = fsspec.filesystem("s3", skip_instance_cache=True, **options)
+    fs.retries = 1
+    try:
+        fs.ls(text.split("://", 1)[1].rstrip("/"), refresh=True)
+    except Exception as exc:  # noqa: BLE001 - only a dead endpoint is reported here; the rest by the real call
+        if _network_failure(exc):
+            raise _unreachable(f"reaching {text}", exc) from exc
 
 
 def _url(path: str, like: str) -> str:
@@ -116,11 +196,14 @@ def list_files(prefix: str | os.PathLike[str]) -> list[str]:
     except FileNotFoundError:
         return []
     except Exception as exc:
+        if _network_failure(exc):
+            raise _unreachable(f"listing {text}", exc) from exc
         raise RemoteError(f"{text}: cannot list ({exc}); check the address and credentials") from exc
     return sorted(_url(f, text) for f in found)
 
 
 def _with_retries(action: Any, what: str, attempts: int = 4) -> Any:
+    """Retry errors the store's client does not (a copy racing a write); never a dead endpoint."""
     delay = 0.5
     for attempt in range(1, attempts + 1):
         try:
@@ -128,6 +211,8 @@ def _with_retries(action: Any, what: str, attempts: int = 4) -> Any:
         except FileNotFoundError:
             raise
         except Exception as exc:
+            if _network_failure(exc):  # the client already retried with its timeouts
+                raise _unreachable(what, exc) from exc
             if attempt == attempts:
                 raise RemoteError(f"{what} failed after {attempts} attempts ({exc}); check the address and "
                                   "credentials, then re-run") from exc
@@ -233,7 +318,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[str]:
 
 def _upload_atomically(local: str, target: str) -> None:
     fs, bare = filesystem(target)
-    tmp_key = f"{bare}.{uuid.uuid4().hex[:8]}.tmp"
+    head, _, name = bare.rpartition("/")
+    tmp_key = f"{head}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
     try:
         _with_retries(lambda: fs.put_file(local, tmp_key), f"upload of {target}")
         _with_retries(lambda: fs.copy(tmp_key, bare), f"upload of {target}")
@@ -505,3 +591,101 @@ def csv2gz(src: str | os.PathLike[str], dest: str | os.PathLike[str] | None = No
         dest = src_text[:-4] + ".csv.gz" if src_text.endswith(".csv") else src_text + ".gz"
     df = read_table(src)
     return write_table(df, dest, float_format=float_format, fmt="csv.gz")
+
+
+_OUTPUT_ERRNOS = {
+    errno.ENOSPC: ("no space left on the device", "free space there or write the outputs elsewhere"),
+    errno.EDQUOT: ("disk quota exceeded", "free space within the quota or write the outputs elsewhere"),
+    errno.EROFS: ("read-only file system", "write the outputs to a writable folder (or remount it read-write)"),
+    errno.EACCES: ("permission denied", "make the folder writable for this user or write the outputs elsewhere"),
+    errno.EPERM: ("operation not permitted", "make the folder writable for this user or write the outputs elsewhere"),
+}
+_SQLITE_MESSAGES = {"database or disk is full": errno.ENOSPC, "attempt to write a readonly database": errno.EROFS,
+                    "disk i/o error": errno.EIO}
+
+
+def _output_errno(exc: BaseException) -> int | None:
+    if isinstance(exc, OSError) and exc.errno in _OUTPUT_ERRNOS:
+        return exc.errno
+    text = str(exc).lower()
+    if type(exc).__name__ == "OperationalError":
+        return next((code for message, code in _SQLITE_MESSAGES.items() if message in text), None)
+    if isinstance(exc, OSError) and exc.errno is None:  # Arrow reports the C library's message only
+        for code in _OUTPUT_ERRNOS:
+            if os.strerror(code).lower() in text:
+                return code
+    return None
+
+
+@contextlib.contextmanager
+def output_errors(folder: str | os.PathLike[str]) -> Iterator[None]:
+    """Turn "disk full", "read-only" and "permission denied" while writing under ``folder`` into an
+    ``OutputError`` naming the folder and the fix (the user can act on these; they are no bugs)."""
+    try:
+        yield
+    except CytoprofileError:
+        raise
+    except Exception as exc:
+        code = _output_errno(exc)
+        if code is None:
+            raise
+        what, fix = _OUTPUT_ERRNOS.get(code, ("input/output error", "check the disk and write the outputs elsewhere"))
+        where = getattr(exc, "filename", None)
+        if where and code in (errno.EACCES, errno.EPERM) and not str(where).startswith(str(folder)):
+            raise OutputError(f"cannot access {where}: {what}; fix its permissions, then re-run") from exc
+        place = os.path.dirname(str(where).rstrip(os.sep)) if where and not is_remote(str(where)) else str(folder)
+        raise OutputError(f"cannot write to {place}: {what}; {fix}, then re-run (nothing partial was kept)") from exc
+
+
+def remove(path: str | os.PathLike[str]) -> bool:
+    """Delete one file or key if it exists; True if something was deleted."""
+    if not is_remote(path):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return False
+        return True
+    fs, bare = filesystem(path)
+    try:
+        _with_retries(lambda: fs.rm_file(bare), f"deleting {path}", attempts=2)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+_LEFTOVER = re.compile(r"(^|/)\.[^/]+\.tmp(/|$)|\.[0-9a-f]{8}\.tmp$")
+
+
+def is_leftover(path: str) -> bool:
+    """True for the temporary names this package writes before a rename (``.NAME.XXXX.tmp``, also as a folder)."""
+    return bool(_LEFTOVER.search(str(path).replace(os.sep, "/")))
+
+
+def remove_leftovers(prefix: str | os.PathLike[str]) -> list[str]:
+    """Delete temporary files, folders and keys a killed run left under ``prefix``; return what went.
+
+    Only for a folder no other run is writing to at the same time (collate holds the plate's lock).
+    """
+    import shutil
+
+    text = str(prefix)
+    removed: list[str] = []
+    if is_remote(text):
+        for url in list_files(text):
+            rel = url[len(text.rstrip("/")) + 1 :]
+            if is_leftover(rel) and remove(url):
+                removed.append(url)
+        return removed
+    root = Path(text)
+    if not root.is_dir():
+        return removed
+    for path in sorted(root.rglob(".*.tmp"), key=lambda p: len(p.parts)):
+        if not path.exists() and not path.is_symlink():
+            continue  # inside a leftover folder already removed
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        removed.append(str(path))
+    return removed

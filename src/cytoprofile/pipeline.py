@@ -341,8 +341,9 @@ def _aggregate_step(steps: _Steps, recipe: Recipe, files: dict[str, str], backen
     elif not Path(files["aggregate"]).exists() or Path(_sidecar(files["aggregate"])).exists():
         # the handbook's csv2gz + rsync: take the per-well profiles collate wrote (a file
         # put there by hand, without a sidecar, is used as it is)
-        source = next((io.join(backend_dir, f"{plate}{ext}") for ext in (".csv", ".csv.gz", ".parquet")
-                       if Path(io.join(backend_dir, f"{plate}{ext}")).exists()), None)
+        from .collate import plate_profiles
+
+        source = plate_profiles(layout.workspace, batch, plate)  # only what the plate's report vouches for
         if source is None and Path(files["aggregate"]).exists():
             pass
         elif source is None:
@@ -646,6 +647,7 @@ def run(
     if io.is_remote(root_path) != io.is_remote(ws_path) or (io.is_remote(root_path) and root_path != ws_path):
         raise ConfigError("a URL workspace holds the outputs too: give --workspace URL without a different --root")
     layout = Layout(root=root_path, workspace=ws_path, output_dir=s.output_dir, compression=s.options.compression)
+    io.remove_leftovers(io.join(layout.root, layout.output_dir))  # temporary files of a killed run
     plates = {b: p for b, p in recipe.selected_plates().items() if p}
     if not plates:
         raise ConfigError(f"{recipe.path}: no plate to process (every batch or plate has process: false)")
@@ -772,7 +774,8 @@ def _remote_plate_task(layout: Layout, recipe: Recipe, batch: str, plate: str, f
     s = recipe.settings
     scratch = tempfile.mkdtemp(prefix=f"cytoprofile-run-{plate}-", dir=tmp_dir)
     try:
-        wanted = {f"{plate}.csv", f"{plate}.csv.gz", f"{plate}.parquet", f"{plate}.report.json"}
+        wanted = {f"{plate}.csv", f"{plate}.csv.gz", f"{plate}.parquet", f"{plate}.report.json",
+                  f"{plate}.csv.generation", f"{plate}.csv.gz.generation"}
         if s.aggregate.perform:
             wanted.add(f"{plate}.sqlite")
         stage(layout.root, scratch, [f"backend/{batch}/{plate}"], accept=lambda rel: os.path.basename(rel) in wanted)

@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
-from collections.abc import Callable
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 from . import io
+from .errors import InputError
 
 __all__ = [
     "analysis_dir",
     "backend_dir",
     "backend_files",
+    "check_name",
+    "find_plate",
+    "plate_lock",
     "platemap_dir",
     "publish",
+    "scratch_dir",
     "stage",
 ]
 
@@ -62,7 +72,7 @@ def stage(
     for prefix in prefixes:
         for url in io.list_files(io.join(base, prefix)):
             rel = url[len(base) + 1 :]
-            if rel.endswith(".tmp") or (accept is not None and not accept(rel)):
+            if io.is_leftover(rel) or (accept is not None and not accept(rel)):
                 continue
             urls.append(url)
             rels.append(rel)
@@ -78,3 +88,141 @@ def publish(local: str, remote: str, rels: list[str]) -> list[str]:
         io.upload(os.path.join(local, rel), url)
         urls.append(url)
     return urls
+
+
+def check_name(name: str, kind: str) -> str:
+    """Refuse a batch or plate name that is not a plain folder name (``../x``, ``a/b``, empty, hidden)."""
+    text = str(name)
+    if (not text.strip() or text in (".", "..") or text.startswith(".") or "/" in text or "\\" in text
+            or any(ord(ch) < 32 for ch in text)):
+        raise InputError(f"{kind} name {text!r} is not a plain name (no '/', not empty, not starting with '.'); "
+                         f"give the {kind} folder's name as it is under analysis/")
+    return text
+
+
+def _listing(folder: str) -> list[str]:
+    """Names of the subfolders of a local folder or prefix of a URL."""
+    if io.is_remote(folder):
+        base = folder.rstrip("/") + "/"
+        fs, bare = io.filesystem(base)
+        try:
+            entries = fs.ls(bare, detail=True)
+        except FileNotFoundError:
+            return []
+        except Exception as exc:  # network errors: named with the endpoint and the fix
+            if io._network_failure(exc):
+                raise io._unreachable(f"listing {folder}", exc) from exc
+            raise
+        return sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "directory")
+    path = Path(folder)
+    return sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")) if path.is_dir() else []
+
+
+def find_plate(workspace: PathLike, batch: str, plate: str) -> str:
+    """``analysis/BATCH/PLATE/analysis``, or an error naming what exists there instead."""
+    check_name(batch, "batch")
+    check_name(plate, "plate")
+    root = io.join(workspace, "analysis")
+    batches = _listing(root)
+    if batch not in batches:
+        there = f"batches there: {', '.join(batches)}" if batches else "it has no batch folders"
+        raise InputError(f"batch '{batch}' not found under {root}; {there}")
+    plates = _listing(io.join(root, batch))
+    if plate not in plates:
+        there = f"plates there: {', '.join(plates)}" if plates else "it has no plate folders"
+        raise InputError(f"plate '{plate}' not found under {io.join(root, batch)}; {there}")
+    return analysis_dir(workspace, batch, plate)
+
+
+def _lock_holder(path: str) -> str:
+    with contextlib.suppress(OSError, ValueError):
+        return f"process {int(Path(path).read_text().split()[0])}"
+    return "another process"
+
+
+@contextlib.contextmanager
+def plate_lock(workspace: PathLike, batch: str, plate: str, *, wait: bool = False) -> Iterator[str]:
+    """Hold ``backend/BATCH/.PLATE.lock`` (fcntl) while a plate is collated; local workspaces only.
+
+    Without ``wait`` a plate another process holds is an ``InputError`` naming that process.
+    Folders this creates are removed again when they are left empty.
+    """
+    batch_dir = Path(workspace, "backend", batch)
+    made = [p for p in (batch_dir.parent, batch_dir) if not p.exists()]
+    path = str(batch_dir / f".{plate}.lock")
+    while True:
+        batch_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # the folder was removed by a run finishing just now
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(fd)
+            raise InputError(f"plate {plate} is being collated by {_lock_holder(path)}; wait for it to finish "
+                             "or add --wait") from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the holder removed the lock file as we waited: lock the new one
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield path
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        os.close(fd)
+        for folder in reversed(made):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+
+_SCRATCH_LOCK = ".cytoprofile-scratch.lock"
+
+
+def _clean_scratch(parent: str) -> None:
+    """Remove scratch folders of runs that were killed (their lock is free)."""
+    for entry in Path(parent).glob("cytoprofile-*"):
+        lock = entry / _SCRATCH_LOCK
+        if not entry.is_dir() or entry.is_symlink() or not lock.is_file():
+            continue
+        try:
+            fd = os.open(lock, os.O_RDWR)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # a live run
+        finally:
+            os.close(fd)
+        shutil.rmtree(entry, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def scratch_dir(tmp_dir: str | None, prefix: str) -> Iterator[str]:
+    """A private scratch folder in ``tmp_dir`` (created if missing), removed afterwards.
+
+    Scratch folders of killed runs in the same place are removed first; a live run's
+    folder is recognised by the lock it holds.
+    """
+    parent = tmp_dir or tempfile.gettempdir()
+    with io.output_errors(parent):
+        try:
+            Path(parent).mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            raise InputError(f"--tmp-dir {parent} is a file, not a folder") from None
+        _clean_scratch(parent)
+        folder = tempfile.mkdtemp(prefix=f"cytoprofile-{prefix}-", dir=parent)
+        fd = os.open(os.path.join(folder, _SCRATCH_LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield folder
+    finally:
+        os.close(fd)
+        shutil.rmtree(folder, ignore_errors=True)
