@@ -81,6 +81,9 @@ def test_rows_are_conserved(tmp_path_factory: pytest.TempPathFactory, cells: lis
             df = pd.concat([df.head(1)] * n, ignore_index=True) if n and len(df) else df.head(0)
             df["ObjectNumber"] = range(1, len(df) + 1)
             df.to_csv(site / f"{c}.csv", index=False)
+        image = pd.read_csv(site / "Image.csv")  # Image.csv counts what the object tables hold
+        image[[f"Count_{c}" for c in COMPARTMENTS]] = n
+        image.to_csv(site / "Image.csv", index=False)
     result = collate_plate(ws, "BATCH1", "P1", backend=("sqlite", "parquet"))
     conn = sqlite3.connect(result.outputs["sqlite"])
     for c in COMPARTMENTS:
