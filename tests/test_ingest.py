@@ -9,17 +9,22 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cytoprofile import io
+from cytoprofile.errors import InputError
 from cytoprofile.collate import collate_plate
 from cytoprofile.ingest import discover_sites, order_by_key, plan_schema, scan_sites
 from cytoprofile.synth import synth
+
+from . import faults
 
 COMPARTMENTS = ("Cells", "Cytoplasm", "Nuclei")
 
@@ -129,3 +134,150 @@ def test_killed_run_then_rerun_equals_uninterrupted(tmp_path: Path, delay: float
     assert ours.keys() == ref.keys()
     for name in ref:
         pd.testing.assert_frame_equal(ours[name], ref[name])
+
+
+# --- CellProfiler exports in the wild and hostile input: every shape ingests or is named ---------
+
+
+def _collate(ws: Path, plate_dir: Path, **options: object) -> Any:
+    result = collate_plate(ws, faults.BATCH, faults.PLATE, **options)  # type: ignore[arg-type]
+    assert result.status == "done", result.message
+    faults.assert_rows_accounted(result, plate_dir)
+    return result
+
+
+def _sites(result: Any) -> dict[str, dict[str, Any]]:
+    return {s["site"]: s for s in result.report["sites"]}
+
+
+def _columns(sqlite: str, table: str) -> list[str]:
+    conn = sqlite3.connect(sqlite)
+    try:
+        return [r[1] for r in conn.execute(f'PRAGMA table_info("{table}")')]
+    finally:
+        conn.close()
+
+
+def _query(sqlite: str, sql: str) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(sqlite)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("identical", [True, False])
+@pytest.mark.parametrize(("table", "columns"), [
+    ("Cells", ["Location_Center_X", "Location_Center_Y", "Number_Object_Number"]),
+    ("Nuclei", ["AreaShape_Area"]),
+    ("Image", ["Granularity_1_DNA"]),
+])
+def test_duplicate_columns_are_kept_or_renamed_never_quarantined(tmp_path: Path, table: str, columns: list[str], identical: bool) -> None:
+    plate_dir = faults.small_plate(tmp_path)
+    target = faults.site(plate_dir)
+    faults.duplicate_columns(target, table, columns, identical=identical)
+    result = _collate(tmp_path, plate_dir, backend=("sqlite", "parquet"))
+    assert all(s["status"] == "ok" for s in result.report["sites"])
+    dupes = [d for d in result.report["duplicate_columns"] if d["site"] == target.name]
+    assert sorted(d["column"] for d in dupes) == sorted(columns)
+    assert all(d["identical"] is identical for d in dupes)
+    stored = _columns(result.outputs["sqlite"], table)
+    prefix = "" if table == "Image" else f"{table}_"
+    for column in columns:
+        assert f"{prefix}{column}" in stored
+        assert (f"{prefix}{column}_2" in stored) is not identical
+    if not identical:
+        rows = _query(result.outputs["sqlite"], f'SELECT "{prefix}{columns[0]}", "{prefix}{columns[0]}_2" FROM "{table}" '
+                                                 f'WHERE "{prefix}{columns[0]}_2" IS NOT NULL')
+        assert rows and all(a != b for a, b in rows)
+        schema = pq.read_schema(Path(result.outputs["parquet"]).parent / f"P1_{table}.parquet")
+        assert f"{prefix}{columns[0]}_2" in schema.names
+
+
+_JUMP_TABLES = ["Cells_Cellpose3", "Cytoplasm_BBCN_First", "preNuclei_Cellpose3", "Cells_Donut_Large", "Nuclei_Cellpose3",
+                *[f"Objects_{i:02d}" for i in range(17)]]
+
+
+@pytest.mark.parametrize(("header_only", "count", "ok"), [
+    (False, True, True),     # every table full, Count_ agrees
+    (True, "0", True),       # header-only where Image.csv says 0 objects
+    (True, None, True),      # header-only, no Count_ column
+    (True, "3", False),      # header-only but Image.csv says 3: a lost file
+])
+def test_many_object_tables_each_a_table(tmp_path: Path, header_only: bool, count: object, ok: bool) -> None:
+    plate_dir = faults.small_plate(tmp_path, wells=1)
+    for folder in sorted(plate_dir.iterdir()):
+        for i, name in enumerate(_JUMP_TABLES):
+            empty = header_only and i % 2 == 1
+            faults.add_object_table(folder, name, rows=0 if empty else None, count=not (empty and count is None))
+            if empty and isinstance(count, str):
+                faults.set_image_value(folder, f"Count_{name}", count)
+    result = _collate(tmp_path, plate_dir, backend=("sqlite", "parquet"))
+    stored = {r[0] for r in _query(result.outputs["sqlite"], "SELECT name FROM sqlite_master WHERE type='table'")}
+    assert set(_JUMP_TABLES) <= stored
+    status = {s["status"] for s in result.report["sites"]}
+    if ok:
+        assert status == {"ok"}
+        nuclei = _query(result.outputs["sqlite"], "SELECT COUNT(*) FROM Nuclei")[0][0]
+        assert _query(result.outputs["sqlite"], f'SELECT COUNT(*) FROM "{_JUMP_TABLES[0]}"')[0][0] == nuclei
+        if header_only:
+            assert _query(result.outputs["sqlite"], f'SELECT COUNT(*) FROM "{_JUMP_TABLES[1]}"')[0][0] == 0
+    else:
+        reasons = [s["reason"] for s in result.report["sites"]]
+        assert all("0 rows" in r and "says 3" in r for r in reasons), reasons
+
+
+@pytest.mark.parametrize("name", ["Cells - Copy", "PH3"])
+@pytest.mark.parametrize("backend", [("sqlite",), ("parquet",)])
+def test_table_of_some_sites_is_stored_for_them(tmp_path: Path, name: str, backend: tuple[str, ...]) -> None:
+    plate_dir = faults.small_plate(tmp_path, wells=3)
+    lucky = faults.site(plate_dir, "A02", 2)
+    faults.add_object_table(lucky, name, like="Cells", count=name == "PH3")
+    result = _collate(tmp_path, plate_dir, backend=backend)
+    assert {s["status"] for s in result.report["sites"]} == {"ok"}
+    partial = result.report["partial_tables"][name]
+    assert len(partial["sites_without"]) == 5 and lucky.name not in partial["sites_without"]
+    cells = _sites(result)[lucky.name]["rows"]["Cells"]
+    assert _sites(result)[lucky.name]["rows"][name] == cells
+    # a table that is a compartment is required: sites lacking it are quarantined
+    again = _collate(tmp_path, plate_dir, backend=backend, compartments=("Cells", name), overwrite=True)
+    quarantined = [s for s in again.report["sites"] if s["status"] != "ok"]
+    assert len(quarantined) == 5 and all(f"{name}.csv is missing" in s["reason"] for s in quarantined)
+    profiles = io.read_table(again.outputs["profiles"])
+    assert profiles["Metadata_Well"].tolist() == ["A02"]
+    assert any(c.startswith(f"{name}_") for c in profiles.columns)
+
+
+@pytest.mark.parametrize("variant", ["upper", "gzip", "gzip-upper", "prefix", "prefix-gzip", "lower-experiment", "prefix-option"])
+def test_file_name_variants_give_the_same_plate(tmp_path: Path, variant: str) -> None:
+    clean_dir = faults.small_plate(tmp_path / "clean", wells=2)
+    plate_dir = faults.small_plate(tmp_path / "ws", wells=2)
+    options: dict[str, object] = {}
+    for folder in sorted(plate_dir.iterdir()):
+        if variant == "upper":
+            faults.rename_files(folder, lambda n: n.upper())
+        elif variant.startswith("gzip"):
+            faults.rename_files(folder, (lambda n: n.upper() + ".GZ") if variant == "gzip-upper" else (lambda n: n + ".gz"), compress=True)
+        elif variant.startswith("prefix"):
+            gz = variant == "prefix-gzip"
+            faults.rename_files(folder, lambda n: f"MyExpt_{n}" + (".gz" if gz else ""), compress=gz)
+            if variant == "prefix-option":  # a stray file hides the prefix: the option names it
+                (folder / "notes.csv").write_text("a,b\n1,2\n")
+                options["file_prefix"] = "MyExpt_"
+        (folder / ("MyExpt_Experiment.csv" if variant.startswith("prefix") else "experiment.csv")).write_text(
+            "Key,Value\nCellProfiler_Version,4.2.6\nPipeline_Pipeline,\"a\nmulti-line pipeline\"\n")
+    clean = collate_plate(tmp_path / "clean", faults.BATCH, faults.PLATE)
+    if variant == "prefix-option":
+        with pytest.raises(InputError, match="pass --file-prefix"):
+            collate_plate(tmp_path / "ws", faults.BATCH, faults.PLATE)
+    result = _collate(tmp_path / "ws", plate_dir, **options)
+    sites = _sites(result)
+    if variant == "prefix-option":
+        assert all(s["files"]["notes.csv"]["not_stored"].startswith("does not start with") for s in sites.values())
+    assert {s["status"] for s in sites.values()} == {"ok"}
+    assert Path(result.outputs["profiles"]).read_bytes() == Path(clean.outputs["profiles"]).read_bytes()
+    experiment = [f for s in sites.values() for n, f in s["files"].items() if "xperiment" in n]
+    assert len(experiment) == 4 and all(f["rows"] == 2 and f["not_stored"] for f in experiment)
+    for table in ("Image", "Cells", "Cytoplasm", "Nuclei"):
+        ours = _query(result.outputs["sqlite"], f"SELECT * FROM {table} ORDER BY 1, 2, 3")
+        assert ours == _query(clean.outputs["sqlite"], f"SELECT * FROM {table} ORDER BY 1, 2, 3")

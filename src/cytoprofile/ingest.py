@@ -110,7 +110,8 @@ class SiteScan:
     problem_file: str | None = None
     #: every CSV of the folder: (file name, path, header lines), for row accounting
     csv_files: list[tuple[str, str, int]] = field(default_factory=list)
-    run_metadata: list[str] = field(default_factory=list)
+    #: CSVs read but not stored, with the reason (run metadata, outside the file-name prefix)
+    not_stored: dict[str, str] = field(default_factory=dict)
     duplicates: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     table_number: int | None = None
@@ -289,7 +290,7 @@ def _column_text(path: str, header_lines: int, width: int, positions: Sequence[i
     if not body.strip():
         return {p: [] for p in positions}
     names = [f"c{i}" for i in range(width)]
-    frame = pl.read_csv(body, has_header=False, schema=dict.fromkeys(names, pl.Utf8), columns=[names[p] for p in positions],
+    frame = pl.read_csv(body, has_header=False, schema=dict.fromkeys(names, pl.Utf8), columns=sorted(set(positions)),
                         infer_schema_length=0)
     return {p: frame[names[p]].to_list() for p in positions}
 
@@ -353,17 +354,20 @@ def _classify(scan: SiteScan, entries: Sequence[str], file_prefix: str | None) -
     for entry, stem in stems.items():
         path = os.path.join(scan.path, entry)
         header_lines = 1
-        if prefix is None or not stem.startswith(prefix):
+        if prefix is None:
             scan.csv_files.append((entry, path, 1))
-            what = "no Image.csv" if prefix is None and not file_prefix else f"{entry} does not start with the file-name prefix {prefix!r}"
-            if prefix is None and any(s.lower().endswith("image") for s in stems.values()):
-                what = f"cannot tell the file-name prefix ({entry} does not share it); pass --file-prefix"
-            scan.quarantine("Image.csv is missing" if what == "no Image.csv" else what, os.path.join(scan.path, "Image.csv") if what == "no Image.csv" else path)
+            if any(s.lower().endswith("image") for s in stems.values()):
+                scan.quarantine(f"cannot tell the file-name prefix ({entry} does not share it with the Image file); "
+                                "pass --file-prefix", path)
+            continue
+        if not stem.startswith(prefix):
+            scan.csv_files.append((entry, path, 1))
+            scan.not_stored[entry] = f"does not start with the file-name prefix {prefix!r}"
             continue
         name = stem[len(prefix):]
         if name.lower() + ".csv" in (f.lower() for f in RUN_METADATA_FILES):
             scan.csv_files.append((entry, path, 1))
-            scan.run_metadata.append(entry)
+            scan.not_stored[entry] = "run metadata"
             continue
         table = IMAGE_TABLE if name.lower() == "image" else name
         if table in scan.files or (table != IMAGE_TABLE and table.lower() in (t.lower() for t in scan.files)):
@@ -701,7 +705,7 @@ def _parse_body(raw: bytes, body: bytes, source: Source, base: str) -> Any:
     positions = source.positions if source.positions is not None else list(range(source.width))
     keys = {positions[j] for j, c in enumerate(source.header) if _is_key(c)}
     schema = {n: (pl.Utf8 if i in keys else pl.Float64) for i, n in enumerate(names)}
-    columns = [names[p] for p in positions] if source.positions is not None else None
+    columns = sorted(set(positions)) if source.positions is not None else None
     try:
         frame = pl.read_csv(body, has_header=False, schema=schema, columns=columns, null_values=NULL_VALUES,
                             infer_schema_length=0)
@@ -714,6 +718,8 @@ def _parse_body(raw: bytes, body: bytes, source: Source, base: str) -> Any:
         except UnicodeDecodeError:
             raise _ObjectFileProblem(f"{base} is not UTF-8 text") from exc
         raise _ObjectFileProblem(f"{base}: unparseable number ({str(exc).splitlines()[0][:160]})") from exc
+    if columns is not None:
+        frame = frame.select([names[p] for p in positions])
     return frame.rename(dict(zip(frame.columns, source.header)))
 
 
@@ -904,8 +910,8 @@ def _site_files(scan: SiteScan, image: pa.Table, objects: dict[str, np.ndarray])
         entry = files.setdefault(scan.sources[table].name, {"rows": len(array), "tables": []})
         entry["tables"].append(table)
     for name, path, header_lines in scan.csv_files:
-        if name in scan.run_metadata:
-            files[name] = {"rows": _count_records(_read_bytes(path), header_lines), "tables": [], "not_stored": "run metadata"}
+        if name in scan.not_stored:
+            files[name] = {"rows": _count_records(_read_bytes(path), header_lines), "tables": [], "not_stored": scan.not_stored[name]}
     return files
 
 
