@@ -67,12 +67,14 @@ def count_data_rows(path: Path) -> int:
     """Data rows of an input CSV, counted independently of cytoprofile (two-row headers recognised)."""
     if path.stat().st_size == 0:
         return 0
-    try:
-        rows = [r for r in read_rows(path) if r]
-    except UnicodeDecodeError:
-        rows = [r for r in csv.reader(io.StringIO(path.read_bytes().decode("utf-8", errors="replace"))) if r]
-    header = 2 if len(rows) > 1 and "ImageNumber" not in rows[0] and "ImageNumber" in rows[1] else 1
-    return max(0, len(rows) - header)
+    raw = path.read_bytes()
+    text = (gzip.decompress(raw) if path.name.lower().endswith(".gz") else raw).decode("utf-8", errors="replace")
+    lines = [line for line in text.splitlines() if line.strip()]
+    header = 2 if len(lines) > 1 and "ImageNumber" not in lines[0] and "ImageNumber" in lines[1] else 1
+    body = "\n".join(lines[header:])
+    if '"' not in body:  # bare CellProfiler rows: one a line, whatever the header holds
+        return len(lines) - header if lines else 0
+    return sum(1 for r in csv.reader(io.StringIO(body, newline="")) if r)
 
 
 def _is_csv(path: Path) -> bool:
@@ -94,9 +96,10 @@ def _backend_counts(outputs: dict[str, str]) -> dict[str, dict[str, int]]:
             assert distinct == counts["sqlite"][n], f"{n}: ({keys}) is not unique"
         conn.close()
     if "parquet" in outputs:
-        folder = Path(outputs["parquet"]).parent
-        counts["parquet"] = {p.name[len(PLATE) + 1 : -len(".parquet")]: pq.ParquetFile(p).metadata.num_rows
-                             for p in folder.glob(f"{PLATE}_*.parquet")}
+        image = Path(outputs["parquet"])
+        plate = image.name[: -len("_Image.parquet")]
+        counts["parquet"] = {p.name[len(plate) + 1 : -len(".parquet")]: pq.ParquetFile(p).metadata.num_rows
+                             for p in image.parent.glob(f"{plate}_*.parquet")}
     return counts
 
 

@@ -379,3 +379,197 @@ def test_count_check_rows_against_image_counts_and_parent_links(tmp_path: Path, 
     else:
         assert entry["status"] == "ok"
         assert bool(entry.get("warnings")) is (mode == "warn")
+
+
+@pytest.mark.parametrize("header", ['x"; DROP TABLE Image; --', 'a"b', '"', 'say "hi"'])
+@pytest.mark.parametrize("where", ["end", "middle"])
+def test_quote_in_object_header_is_read_not_emptied(tmp_path: Path, header: str, where: str) -> None:
+    plate_dir = faults.small_plate(tmp_path, wells=1, sites=1, cells=6)
+    target = faults.site(plate_dir)
+    rows = faults.read_rows(target / "Cells.csv")
+    at = len(rows[0]) if where == "end" else 3
+    for i, row in enumerate(rows):
+        row.insert(at, header if i == 0 else "2.5")
+    (target / "Cells.csv").write_bytes("".join(",".join(r) + "\n" for r in rows).encode())
+    result = _collate(tmp_path, plate_dir)
+    entry = _sites(result)[target.name]
+    n = len(rows) - 1
+    assert entry["status"] == "ok" and entry["rows"]["Cells"] == n > 0
+    column = f"Cells_{header}"
+    assert column in _columns(result.outputs["sqlite"], "Cells")
+    assert _query(result.outputs["sqlite"], f'SELECT COUNT(*) FROM Cells WHERE "{column.replace(chr(34), chr(34) * 2)}" = 2.5')[0][0] == n
+    assert _query(result.outputs["sqlite"], "SELECT COUNT(*) FROM Image")[0][0] == 1
+
+
+def test_quoted_body_rows_must_match_lines(tmp_path: Path) -> None:
+    plate_dir = faults.small_plate(tmp_path, wells=1, sites=2, cells=6)
+    target = faults.site(plate_dir)
+    raw = (target / "Cells.csv").read_bytes().splitlines(keepends=True)
+    raw[2] = raw[2].replace(b",", b',"', 1).rstrip(b"\n") + b"\n"  # an unclosed quote swallows the rest of the file
+    (target / "Cells.csv").write_bytes(b"".join(raw))
+    result = _collate(tmp_path, plate_dir)
+    entry = _sites(result)[target.name]
+    assert entry["status"] == "quarantined" and "Cells.csv" in entry["reason"]
+
+
+@pytest.mark.parametrize(("column", "value"), [("Granularity_1_DNA", "abc"), ("Count_Cells", "n/a"), ("ImageQuality_FocusScore_DNA", "1.2.3"),
+                                               ("Threshold_FinalThreshold_Cells", "2021-01-01")])
+@pytest.mark.parametrize("backend", [("sqlite",), ("parquet",)])
+def test_non_number_in_image_measurement_quarantines_and_column_stays_numeric(tmp_path: Path, column: str, value: str,
+                                                                              backend: tuple[str, ...]) -> None:
+    plate_dir = faults.small_plate(tmp_path)
+    target = faults.site(plate_dir, "A02", 2)
+    faults.set_image_value(target, column, value)
+    result = _collate(tmp_path, plate_dir, backend=backend)
+    entry = _sites(result)[target.name]
+    assert entry["status"] == "quarantined"
+    assert f"line 2, column {column}" in entry["reason"] and value in entry["reason"] and entry["file"].endswith("Image.csv")
+    if "sqlite" in backend:
+        types = {r[0] for r in _query(result.outputs["sqlite"], f'SELECT typeof("{column}") FROM Image')}
+        assert types <= {"real", "integer"}
+        declared = {r[1]: r[2] for r in _query(result.outputs["sqlite"], "PRAGMA table_info(Image)")}
+        assert declared[column] in ("FLOAT", "INTEGER")
+    else:
+        field = pq.read_schema(Path(result.outputs["parquet"])).field(column)
+        assert str(field.type) in ("double", "int64")
+    profiles = io.read_table(result.outputs["profiles"])
+    assert profiles["Metadata_Site_Count"].tolist() == [2, 1]
+
+
+def _mutate_duplicate(plate_dir: Path, shape: str) -> tuple[str, str]:
+    """Apply a duplicate-key shape; returns (the site expected to be refused, a word of its reason)."""
+    target = faults.site(plate_dir, "A02", 1)
+    if shape == "object-row":
+        faults.repeat_row(target, "Nuclei.csv")
+        return target.name, "appears 2 times"
+    if shape == "image-row":
+        faults.repeat_row(target, "Image.csv")
+        return target.name, "rows with ImageNumber"
+    if shape == "symlink":
+        faults.link_twice(plate_dir, target, "P1-A02-9")
+        return "P1-A02-9", "reached twice through a link"
+    if shape == "copy":
+        faults.copy_site(plate_dir, target, "P1-A02-9")
+        return "P1-A02-9", "identical Image.csv"
+    if shape == "other-plate":
+        faults.set_image_value(target, "Metadata_Plate", "P2")
+        return target.name, "names plate 'P2'"
+    if shape == "empty-well":
+        faults.set_image_value(target, "Metadata_Well", "")
+        return target.name, "Metadata_Well is empty"
+    if shape == "trailing-comma-object":
+        faults.trailing_comma(target, "Cells.csv")
+        return target.name, "has no name (a trailing comma?)"
+    faults.trailing_comma(target, "Image.csv")
+    return target.name, "has no name (a trailing comma?)"
+
+
+@pytest.mark.parametrize("shape", ["object-row", "image-row", "symlink", "copy", "other-plate", "empty-well",
+                                   "trailing-comma-object", "trailing-comma-image"])
+def test_duplicate_keys_and_foreign_sites_are_refused(tmp_path: Path, shape: str) -> None:
+    plate_dir = faults.small_plate(tmp_path)
+    refused, reason = _mutate_duplicate(plate_dir, shape)
+    result = _collate(tmp_path, plate_dir, backend=("sqlite", "parquet"))
+    entry = _sites(result)[refused]
+    assert entry["status"] == "quarantined" and reason in entry["reason"], entry["reason"]
+    assert [s["site"] for s in result.report["sites"] if s["status"] != "ok"] == [refused]
+
+
+@pytest.mark.parametrize("column", ["ObjectNumber", "ImageNumber", "Parent_Nuclei"])
+@pytest.mark.parametrize("value", ["1.5", str(2**63), str(2**63 + 7), str(2**53 + 1), "-1", "1e400", "x"])
+def test_keys_are_integers_never_rounded(tmp_path: Path, column: str, value: str) -> None:
+    plate_dir = faults.small_plate(tmp_path)
+    target = faults.site(plate_dir, "A01", 2)
+    faults.set_object_value(target, "Cells", column, value, row=2)
+    result = _collate(tmp_path, plate_dir, backend=("sqlite", "parquet"))
+    entry = _sites(result)[target.name]
+    assert entry["status"] == "quarantined"
+    assert f"line 3: {column} {value!r} is not an integer key" in entry["reason"] or (column == "ImageNumber" and value == "x"), entry["reason"]
+
+
+def test_integral_key_text_is_accepted_exactly(tmp_path: Path) -> None:
+    plate_dir = faults.small_plate(tmp_path, wells=1, sites=1)
+    target = faults.site(plate_dir)
+    rows = faults.read_rows(target / "Nuclei.csv")
+    big = 2**53
+    rows[1][rows[0].index("ObjectNumber")] = str(big)
+    faults.write_rows(target / "Nuclei.csv", rows)
+    faults.set_object_value(target, "Cells", "Parent_Nuclei", f"{big}.0")
+    faults.set_object_value(target, "Cytoplasm", "Parent_Nuclei", str(big))
+    result = _collate(tmp_path, plate_dir, backend=("sqlite", "parquet"))
+    assert _sites(result)[target.name]["status"] == "ok"
+    assert _query(result.outputs["sqlite"], "SELECT MAX(ObjectNumber), typeof(MAX(ObjectNumber)) FROM Nuclei")[0] == (big, "integer")
+    table = pq.read_table(Path(result.outputs["parquet"]).parent / "P1_Nuclei.parquet")
+    assert max(table.column("ObjectNumber").to_pylist()) == big
+
+
+def test_broken_link_site_is_named(tmp_path: Path) -> None:
+    plate_dir = faults.small_plate(tmp_path)
+    faults.broken_link(plate_dir, "P1-A03-1")
+    result = _collate(tmp_path, plate_dir)
+    entry = _sites(result)["P1-A03-1"]
+    assert entry["status"] == "quarantined" and "broken link" in entry["reason"] and entry["files"] == {}
+
+
+@pytest.mark.parametrize("at", [1, 3, -1])
+@pytest.mark.parametrize("table", ["Cells", "Nuclei"])
+def test_blank_line_in_object_csv_is_skipped(tmp_path: Path, at: int, table: str) -> None:
+    clean_dir = faults.small_plate(tmp_path / "clean")
+    plate_dir = faults.small_plate(tmp_path / "ws")
+    target = faults.site(plate_dir, "A01", 2)
+    rows = faults.read_rows(target / f"{table}.csv")
+    faults.insert_blank_line(target, table, at=len(rows) if at == -1 else at)
+    clean = collate_plate(tmp_path / "clean", faults.BATCH, faults.PLATE)
+    result = _collate(tmp_path / "ws", plate_dir)
+    assert _sites(result)[target.name]["status"] == "ok"
+    assert _query(result.outputs["sqlite"], f"SELECT * FROM {table} ORDER BY 1, 2, 3") == \
+        _query(clean.outputs["sqlite"], f"SELECT * FROM {table} ORDER BY 1, 2, 3")
+
+
+@pytest.mark.parametrize(("image_well", "folder"), [("A1", "P1-A1-1"), ("a01", "P1-A01-1"), ("r01c01", "P1-r01c01-1"),
+                                                     ("A01", "site_0001"), (None, "P1-r01c01-1"), (None, "P1-A1-1")])
+def test_well_names_are_normalised(tmp_path: Path, image_well: str | None, folder: str) -> None:
+    plate_dir = faults.small_plate(tmp_path)
+    target = faults.site(plate_dir, "A01", 1)
+    if image_well is None:
+        image = pd.read_csv(target / "Image.csv").drop(columns=["Metadata_Well", "Metadata_Plate", "Metadata_Site"])
+        image.to_csv(target / "Image.csv", index=False)
+    else:
+        faults.set_image_value(target, "Metadata_Well", image_well)
+    target.rename(plate_dir / folder)
+    result = _collate(tmp_path, plate_dir)
+    assert {s["status"] for s in result.report["sites"]} == {"ok"}
+    profiles = io.read_table(result.outputs["profiles"])
+    assert profiles["Metadata_Well"].tolist() == ["A01", "A02"]
+    assert profiles["Metadata_Site_Count"].tolist() == [2, 2]
+    wells = {r[0] for r in _query(result.outputs["sqlite"], "SELECT Metadata_Well FROM Image")}
+    assert wells == {"A01", "A02"}
+
+
+def test_folder_not_named_plate_well_site_needs_the_well_in_image_csv(tmp_path: Path) -> None:
+    plate_dir = faults.small_plate(tmp_path)
+    target = faults.site(plate_dir, "A01", 1)
+    pd.read_csv(target / "Image.csv").drop(columns=["Metadata_Well"]).to_csv(target / "Image.csv", index=False)
+    target.rename(plate_dir / "site_0001")
+    result = _collate(tmp_path, plate_dir)
+    entry = _sites(result)["site_0001"]
+    assert entry["status"] == "quarantined" and "not PLATE-WELL-SITE" in entry["reason"]
+
+
+@pytest.mark.parametrize("real", ["jump", "data_b", "examplehuman"])
+def test_real_fixtures_rows_accounted(tmp_path: Path, shared_data: Path, real: str) -> None:
+    if real == "jump":
+        src = shared_data / "jump-BR00121431/analysis/2021_04_20_Target2/BR00121431/analysis"
+        plate_dir = link_sites(tmp_path, "B", "BR00121431", {p.name: p for p in src.iterdir()})
+        result = collate_plate(tmp_path, "B", "BR00121431", backend=("sqlite", "parquet"))
+        for name in ("BR00121431-A01-2", "BR00121431-A02-2"):  # Image.csv only: quarantined, never zero cells
+            assert _sites(result)[name]["status"] == "quarantined"
+    elif real == "data_b":
+        src = shared_data / "cytominer-database-fixtures/data_b"
+        plate_dir = link_sites(tmp_path, "B", "SQ00015116", {p.name: p for p in src.iterdir() if p.is_dir()})
+        result = collate_plate(tmp_path, "B", "SQ00015116", backend=("sqlite", "parquet"))
+    else:
+        plate_dir = link_sites(tmp_path, "B", "P", {"P-A01-1": shared_data / "examplehuman"})
+        result = collate_plate(tmp_path, "B", "P", backend=("sqlite", "parquet"))
+        assert _sites(result)["P-A01-1"]["files"]["Experiment.csv"]["not_stored"] == "run metadata"
+    faults.assert_rows_accounted(result, plate_dir)

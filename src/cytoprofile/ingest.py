@@ -226,10 +226,21 @@ def _read_bytes(path: str) -> bytes:
 
 
 def _read_header(path: str, lines: int = 1) -> list[list[str]]:
+    """The header row(s). CellProfiler writes names bare: a quote that CSV rules would read as
+    opening a field is taken literally when that is what makes the header as wide as the rows."""
     opener: Any = gzip.open if path.lower().endswith(".gz") else open
     with opener(path, "rt", encoding="utf-8-sig", newline="") as fh:
-        text = [fh.readline() for _ in range(lines)]
-    return [[c.strip() for c in next(csv.reader([line]), [])] for line in text]
+        text = [fh.readline() for _ in range(lines + 1)]
+    rows = [[c.strip() for c in next(csv.reader([line]), [])] for line in text[:lines]]
+    first_data = text[lines].rstrip("\r\n")
+    if first_data and '"' not in first_data:
+        width = first_data.count(",") + 1
+        for i, line in enumerate(text[:lines]):
+            bare = [c.strip() for c in line.rstrip("\r\n").split(",")]
+            parsed_fits = len(rows[i]) == width and "" not in rows[i]
+            if '"' in line and not parsed_fits and len(bare) == width:
+                rows[i] = bare
+    return rows
 
 
 def _after_lines(raw: bytes, lines: int) -> int:
