@@ -21,8 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cytoprofile import io
-from cytoprofile.errors import InputError
 from cytoprofile.collate import collate_plate
+from cytoprofile.errors import InputError
 from cytoprofile.ingest import discover_sites, order_by_key, plan_schema, scan_sites
 from cytoprofile.synth import synth
 
@@ -253,7 +253,7 @@ def test_table_of_some_sites_is_stored_for_them(tmp_path: Path, name: str, backe
 
 @pytest.mark.parametrize("variant", ["upper", "gzip", "gzip-upper", "prefix", "prefix-gzip", "lower-experiment", "prefix-option"])
 def test_file_name_variants_give_the_same_plate(tmp_path: Path, variant: str) -> None:
-    clean_dir = faults.small_plate(tmp_path / "clean", wells=2)
+    faults.small_plate(tmp_path / "clean", wells=2)
     plate_dir = faults.small_plate(tmp_path / "ws", wells=2)
     options: dict[str, object] = {}
     for folder in sorted(plate_dir.iterdir()):
@@ -263,7 +263,7 @@ def test_file_name_variants_give_the_same_plate(tmp_path: Path, variant: str) ->
             faults.rename_files(folder, (lambda n: n.upper() + ".GZ") if variant == "gzip-upper" else (lambda n: n + ".gz"), compress=True)
         elif variant.startswith("prefix"):
             gz = variant == "prefix-gzip"
-            faults.rename_files(folder, lambda n: f"MyExpt_{n}" + (".gz" if gz else ""), compress=gz)
+            faults.rename_files(folder, lambda n, gz=gz: f"MyExpt_{n}" + (".gz" if gz else ""), compress=gz)  # type: ignore[misc]
             if variant == "prefix-option":  # a stray file hides the prefix: the option names it
                 (folder / "notes.csv").write_text("a,b\n1,2\n")
                 options["file_prefix"] = "MyExpt_"
@@ -287,7 +287,7 @@ def test_file_name_variants_give_the_same_plate(tmp_path: Path, variant: str) ->
 
 
 def test_object_csv_with_two_row_header_is_split_per_compartment(tmp_path: Path) -> None:
-    clean_dir = faults.small_plate(tmp_path / "clean")
+    faults.small_plate(tmp_path / "clean")
     plate_dir = faults.small_plate(tmp_path / "ws")
     for folder in sorted(plate_dir.iterdir()):
         faults.to_object_csv(folder)
@@ -514,7 +514,7 @@ def test_broken_link_site_is_named(tmp_path: Path) -> None:
 @pytest.mark.parametrize("at", [1, 3, -1])
 @pytest.mark.parametrize("table", ["Cells", "Nuclei"])
 def test_blank_line_in_object_csv_is_skipped(tmp_path: Path, at: int, table: str) -> None:
-    clean_dir = faults.small_plate(tmp_path / "clean")
+    faults.small_plate(tmp_path / "clean")
     plate_dir = faults.small_plate(tmp_path / "ws")
     target = faults.site(plate_dir, "A01", 2)
     rows = faults.read_rows(target / f"{table}.csv")
