@@ -92,6 +92,14 @@ class Source:
     positions: list[int] | None = None
     header_lines: int = 1
     width: int = 0
+    #: indexes into ``header`` of the key columns (computed on first read)
+    key_index: list[int] | None = field(default=None, repr=False, compare=False)
+
+    def keys(self) -> list[int]:
+        """Indexes into ``header`` of ImageNumber, ObjectNumber and Parent_* columns."""
+        if self.key_index is None:
+            self.key_index = [j for j, c in enumerate(self.header) if _is_key(c)]
+        return self.key_index
 
 
 @dataclass
@@ -202,7 +210,7 @@ def normalise_well(value: str) -> str:
 
 
 def _is_key(column: str) -> bool:
-    return column in ("ImageNumber", "ObjectNumber") or column.startswith("Parent_")
+    return column.startswith("Parent_") or column == "ImageNumber" or column == "ObjectNumber"
 
 
 def _is_text_image_column(column: str) -> bool:
@@ -701,55 +709,76 @@ class _ObjectFileProblem(Exception):
     """An object CSV that cannot be trusted; the message is the reason."""
 
 
-def _data_lines(body: bytes) -> int:
-    """Records in a CSV body without blank lines (the CSV module only when fields are quoted)."""
-    if b'"' in body:
-        return _count_records(body, 0)
-    return body.count(b"\n") + (1 if body and not body.endswith(b"\n") else 0)
+def _parse_body(data: bytes, start: int, source: Source, keys: set[int], raw: bytes, *, text_keys: bool = False) -> Any:
+    """Polars parse of the data lines (from byte ``start``): features as float64, keys as int64.
 
-
-def _parse_body(raw: bytes, body: bytes, source: Source, base: str) -> Any:
-    """Polars parse of the data lines: features as float64, keys as text (checked as integers next)."""
+    Keys that are not plain integers (``1.5``, ``1.0``, beyond int64) are read again as text,
+    to be checked one by one.
+    """
     import polars as pl
 
-    names = [f"c{i}" for i in range(source.width)]
+    base = source.name
     positions = source.positions if source.positions is not None else list(range(source.width))
-    keys = {positions[j] for j, c in enumerate(source.header) if _is_key(c)}
-    schema = {n: (pl.Utf8 if i in keys else pl.Float64) for i, n in enumerate(names)}
+    # the file's fields by position: ours where read, placeholders for fields left out
+    names = [f"\x00{i}" for i in range(source.width)]
+    for p, c in zip(positions, source.header):
+        names[p] = c
+    key_type = pl.Utf8 if text_keys else pl.Int64
+    schema = {n: (key_type if i in keys else pl.Float64) for i, n in enumerate(names)}
     columns = sorted(set(positions)) if source.positions is not None else None
+    skip = data.count(b"\n", 0, start)
     try:
-        frame = pl.read_csv(body, has_header=False, schema=schema, columns=columns, null_values=NULL_VALUES,
-                            infer_schema_length=0)
+        frame = pl.read_csv(data, has_header=False, skip_lines=skip, schema=schema, columns=columns,
+                            null_values=NULL_VALUES, infer_schema_length=0)
     except pl.exceptions.PolarsError as exc:
+        if not text_keys and keys:
+            return _parse_body(data, start, source, keys, raw, text_keys=True)
         bad_line = ragged_line(raw, source.width)
         if bad_line is not None:
             raise _ObjectFileProblem(f"{base}: a row has the wrong number of fields at line {bad_line} (cut-off or corrupt row)") from exc
         try:
-            body.decode("utf-8")
+            data.decode("utf-8")
         except UnicodeDecodeError:
             raise _ObjectFileProblem(f"{base} is not UTF-8 text") from exc
         raise _ObjectFileProblem(f"{base}: unparseable number ({str(exc).splitlines()[0][:160]})") from exc
-    if columns is not None:
-        frame = frame.select([names[p] for p in positions])
-    return frame.rename(dict(zip(frame.columns, source.header)))
+    if frame.columns != source.header:
+        frame = frame.select(source.header)
+    return frame
 
 
-def _check_fields(raw: bytes, body: bytes, rows: int, source: Source, base: str) -> None:
-    """Every data line parsed into exactly one row of ``width`` fields, or the line that is not."""
-    lines = _data_lines(body)
-    quoted = b'"' in body
-    if rows == lines and (quoted or body.count(b",") == rows * (source.width - 1)):
-        return
+def _check_fields(data: bytes, start: int, rows: int, source: Source, raw: bytes) -> None:
+    """Every data line parsed into exactly one row of ``width`` fields, or the line that is not.
+
+    Without quotes the parser makes one row per (non-blank) line, so the separator count
+    proves the fields; with quotes the CSV module counts the records.
+    """
+    if data.find(b'"', start) < 0:
+        if data.count(b",", start) == rows * (source.width - 1):
+            return
+        lines = -1
+    else:
+        lines = _count_records(data[start:], 0)
+        if rows == lines:
+            return
     bad_line = ragged_line(raw, source.width)
     if bad_line is not None:
-        raise _ObjectFileProblem(f"{base}: a row has the wrong number of fields at line {bad_line} (cut-off or corrupt row)")
-    raise _ObjectFileProblem(f"{base}: {rows} rows parsed from {lines} data lines; the file cannot be read faithfully")
+        raise _ObjectFileProblem(f"{source.name}: a row has the wrong number of fields at line {bad_line} (cut-off or corrupt row)")
+    raise _ObjectFileProblem(f"{source.name}: {rows} rows parsed from {lines if lines >= 0 else 'more'} data lines; "
+                             "the file cannot be read faithfully")
+
+
+_NON_SPACE = re.compile(rb"\S")
+
+
+def _has_blank_line(raw: bytes, start: int) -> bool:
+    return raw.find(b"\n\n", start - 1) >= 0 or raw.find(b"\n\r\n", start - 1) >= 0 or raw.endswith(b"\n\r")
 
 
 def _key_column(values: Any, column: str, base: str, header_lines: int, raw: bytes) -> Any:
     """A key column (text) as exact integers in float64; a fraction, a negative or a value above 2^53 is refused."""
     import polars as pl
 
+    values = values.cast(pl.Utf8)
     ints = values.str.strip_chars().str.to_integer(strict=False)
     present = values.is_not_null()
     if column in ("ImageNumber", "ObjectNumber") and not bool(present.all()):
@@ -764,6 +793,18 @@ def _key_column(values: Any, column: str, base: str, header_lines: int, raw: byt
                 raise _ObjectFileProblem(f"{base} line {line}: {column} {texts[row]!r} is not an integer key (0 to 2^53)")
         ints = pl.Series([_exact_integer(t) if t is not None else None for t in texts], dtype=pl.Int64)
     return ints.cast(pl.Float64)
+
+
+def _suspect_key(values: Any, column: str) -> bool:
+    """A key column the fast int64 parse could not vouch for: text, missing keys, or out of 0..2^53."""
+    import polars as pl
+
+    if values.dtype == pl.Utf8:
+        return True
+    if values.null_count() and column in ("ImageNumber", "ObjectNumber"):
+        return True
+    low, high = values.min(), values.max()
+    return low is not None and (low < 0 or high > MAX_KEY)
 
 
 def _exact_integer(text: str | None) -> int | None:
@@ -786,17 +827,24 @@ def _read_objects(source: Source, union: list[str]) -> tuple[np.ndarray, list[st
     as integers, and the rows parsed must equal the data lines of the file.
     """
     raw = _read_bytes(source.path)
-    base = source.name
-    body = raw[_after_lines(raw, source.header_lines):]
-    if b"\n\n" in body or b"\n\r\n" in body or body.startswith((b"\n", b"\r\n")):
-        body = _drop_blank_lines(body)
+    data, start = raw, _after_lines(raw, source.header_lines)
+    if raw.startswith((b"\n", b"\r\n"), start):  # a blank line under the header (later ones show as NULL rows)
+        data, start = _drop_blank_lines(raw[start:]), 0
     header = source.header
-    if body.strip():
-        frame = _parse_body(raw, body, source, base)
-        _check_fields(raw, body, frame.height, source, base)
-        keys = [c for c in header if _is_key(c)]
-        if keys:
-            frame = frame.with_columns([_key_column(frame[c], c, base, source.header_lines, raw).alias(c) for c in keys])
+    if _NON_SPACE.search(data, start):
+        positions = source.positions if source.positions is not None else range(source.width)
+        keys = source.keys()
+        key_positions = {positions[j] for j in keys}
+        frame = _parse_body(data, start, source, key_positions, raw)
+        if "ImageNumber" in header and frame["ImageNumber"].null_count() and _has_blank_line(raw, start):
+            # a blank line parses as a row of NULLs: skip blank lines as the Image.csv reader does
+            data, start = _drop_blank_lines(raw[start:]), 0
+            frame = _parse_body(data, start, source, key_positions, raw)
+        _check_fields(data, start, frame.height, source, raw)
+        suspect = [header[j] for j in keys if _suspect_key(frame[header[j]], header[j])]
+        if suspect:
+            frame = frame.with_columns([_key_column(frame[c], c, source.name, source.header_lines, raw).alias(c)
+                                        for c in suspect])
         values = frame.to_numpy(order="fortran")
     else:
         values = np.empty((0, len(header)), dtype=np.float64, order="F")
@@ -824,8 +872,11 @@ def _site_checks(objects: dict[str, np.ndarray], union: dict[str, list[str]], im
                  image_numbers: Sequence[int], mode: CountCheck) -> tuple[tuple[str, str] | None, list[str]]:
     """Unique object keys always; with ``mode``, rows vs Image.csv ``Count_<Object>`` and ``Parent_<X>`` links."""
     numbers = np.unique(np.asarray(image_numbers, dtype=np.int64))
-    span = 1 + max([int(np.nanmax(a[:, j])) for t, a in objects.items() for j, c in enumerate(union[t])
-                    if len(a) and (c == "ObjectNumber" or c.startswith("Parent_")) and not np.isnan(a[:, j]).all()] or [0])
+    span = 1
+    for table, a in objects.items():
+        cols = [j for j, c in enumerate(union[table]) if c.startswith("Parent_") or c == "ObjectNumber"]
+        if len(a) and not np.isnan(a[:, cols]).all():
+            span = max(span, 1 + int(np.nanmax(a[:, cols])))
     composite = {t: _pair_keys(a[:, 0], a[:, 1], numbers, span) for t, a in objects.items()}
     for table, keys in composite.items():
         unique, counts = np.unique(keys, return_counts=True)
