@@ -43,6 +43,7 @@ from .ingest import (
     IMAGE_TABLE,
     RUN_METADATA_FILES,
     SITE_NAME,
+    CountCheck,
     Quarantine,
     SiteTables,
     discover_sites,
@@ -151,6 +152,8 @@ def collate_plate(
     overwrite: bool = False,
     aggregate_only: bool = False,
     strict: bool = False,
+    count_check: CountCheck = "error",
+    file_prefix: str | None = None,
     threads: int = 2,
     remote: str | None = None,
     tmp_dir: str | None = None,
@@ -171,7 +174,8 @@ def collate_plate(
     options = dict(backend=tuple(backend), profile_format=profile_format, operation=operation,
                    compartments=tuple(compartments), image_features=image_features,
                    image_feature_categories=tuple(image_feature_categories), strata=tuple(strata),
-                   overwrite=overwrite, aggregate_only=aggregate_only, strict=strict, threads=threads)
+                   overwrite=overwrite, aggregate_only=aggregate_only, strict=strict, threads=threads,
+                   count_check=count_check, file_prefix=file_prefix)
     if io.is_remote(ws):
         return _collate_remote(str(ws), batch, plate, tmp_dir=tmp_dir, progress=progress, start=start, **options)
     if remote is not None:
@@ -320,10 +324,12 @@ def _read_plate(ws: str | os.PathLike[str], batch: str, plate: str, *, files: di
     strict: bool = options["strict"]
     threads: int = options["threads"]
     profile_format: ProfileFormat = options["profile_format"]
+    count_check: CountCheck = options["count_check"]
+    file_prefix: str | None = options["file_prefix"]
     site_dirs = discover_sites(workspace.analysis_dir(ws, batch, plate))
     t0 = time.perf_counter()
-    scans = scan_sites(site_dirs, plate=plate, strata=strata, threads=threads)
-    schema = plan_schema(scans, plate=plate, strata=strata)
+    scans = scan_sites(site_dirs, plate=plate, strata=strata, threads=threads, file_prefix=file_prefix)
+    schema = plan_schema(scans, plate=plate, strata=strata, compartments=compartments)
     if not any(sc.problem is None for sc in scans):
         bad = scans[0]
         raise InputError(f"{workspace.analysis_dir(ws, batch, plate)}: all {len(scans)} site(s) are untrusted; first: "
@@ -375,10 +381,11 @@ def _read_plate(ws: str | os.PathLike[str], batch: str, plate: str, *, files: di
         if "parquet" in backend:
             writers.append(ParquetBackendWriter(files["parquet_prefix"], schema, metadata={GENERATION_KEY: generation}))
         ordered = order_by_key(scans)
-        for done, result in enumerate(read_sites(ordered, schema, threads=threads), start=1):
+        for done, result in enumerate(read_sites(ordered, schema, threads=threads, count_check=count_check), start=1):
             if isinstance(result, Quarantine):
                 site_reports.append({"site": result.name, "well": _well_of(result.keys, strata, result.name), "status": "quarantined",
-                                     "reason": result.reason, "file": _relative(result.file, ws), "rows": {}})
+                                     "reason": result.reason, "file": _relative(result.file, ws), "rows": {},
+                                     "files": result.files})
                 log.warning("%s: site %s quarantined: %s", plate, result.name, result.reason)
             else:
                 for writer in writers:
@@ -390,7 +397,9 @@ def _read_plate(ws: str | os.PathLike[str], batch: str, plate: str, *, files: di
                     for c in cols:
                         missing_columns.setdefault(t, {}).setdefault(c, []).append(result.name)
                 site_reports.append({"site": result.name, "well": _well_of(result.keys, strata, result.name), "status": "ok",
-                                     "reason": None, "file": None, "rows": counts})
+                                     "reason": None, "file": None, "rows": counts, "files": result.files,
+                                     **({"warnings": result.warnings} if result.warnings else {}),
+                                     **({"notes": result.notes} if result.notes else {})})
                 buffer.add(result, strata, buffer_positions)
             for key in buffer.done(result.keys):
                 popped = buffer.pop(key)
@@ -434,6 +443,9 @@ def _read_plate(ws: str | os.PathLike[str], batch: str, plate: str, *, files: di
         "backend": list(backend),
         "sites": sorted(site_reports, key=lambda s: s["site"]),
         "missing_columns": missing_columns,
+        "duplicate_columns": [{"site": s.name, **d} for s in sorted(scans, key=lambda s: s.name) for d in s.duplicates],
+        "partial_tables": {t: {"sites_without": names, "aggregated": False} for t, names in schema.partial.items()},
+        "count_check": count_check,
         "tables": {t: {"rows_in": rows_in[t], "rows_out": rows_in[t], "columns": len(schema.tables[t]) + (0 if t == IMAGE_TABLE else 1)}
                    for t in schema.tables},
         "run_metadata": f"{', '.join(RUN_METADATA_FILES)} (CellProfiler run metadata) is not stored",
@@ -578,7 +590,8 @@ def plate_profiles(ws: str | os.PathLike[str], batch: str, plate: str) -> str | 
 
 def _build_options(options: dict[str, Any]) -> dict[str, Any]:
     """The options that shape a plate's outputs (recorded in the report, compared on re-runs)."""
-    keys = ("backend", "profile_format", "operation", "compartments", "image_features", "image_feature_categories", "strata")
+    keys = ("backend", "profile_format", "operation", "compartments", "image_features", "image_feature_categories", "strata",
+            "count_check", "file_prefix")
     return {k: list(options[k]) if isinstance(options[k], (list, tuple)) else options[k] for k in keys}
 
 
@@ -832,6 +845,8 @@ def collate(
     overwrite: bool = False,
     aggregate_only: bool = False,
     strict: bool = False,
+    count_check: CountCheck = "error",
+    file_prefix: str | None = None,
     jobs: int = 1,
     scheduler: str | None = None,
     remote: str | None = None,
@@ -855,6 +870,7 @@ def collate(
                                    compartments=tuple(compartments), image_features=image_features,
                                    image_feature_categories=tuple(image_feature_categories), strata=tuple(strata),
                                    overwrite=overwrite, aggregate_only=aggregate_only, strict=strict,
+                                   count_check=count_check, file_prefix=file_prefix,
                                    remote=remote, tmp_dir=tmp_dir, wait=wait, storage=dict(io.current_storage()))
     return run_plates(_collate_task, [(str(ws), batch, p) for p in plates], options, jobs=jobs,
                       scheduler=scheduler, progress=progress)

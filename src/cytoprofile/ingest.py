@@ -6,11 +6,21 @@ and each site's wells are known before any cell is read. The read pass then pars
 one site at a time (in threads, ahead of the consumer) and yields either the
 site's tables, conformed to the union schema, or the reason it is quarantined.
 Nothing here writes: the backend writers and the aggregator consume the stream.
+
+What a site folder may hold, as CellProfiler exports are found in the wild:
+``Image.csv`` and any number of object CSVs (upper- or lower-case extension,
+gzip-compressed ``.csv.gz``, an ExportToSpreadsheet file-name prefix such as
+``MyExpt_``), the run metadata ``Experiment.csv`` (not stored) and the old single
+``object.csv`` with a two-row header (split per compartment). Every row read is
+either returned or belongs to a quarantined site whose rows per file are counted.
 """
 
 from __future__ import annotations
 
 import csv
+import gzip
+import hashlib
+import io as _io
 import os
 import re
 import zlib
@@ -18,7 +28,9 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -31,26 +43,63 @@ from .io import ragged_line
 __all__ = [
     "IMAGE_TABLE",
     "KEY_COLUMNS",
+    "MAX_KEY",
     "NULL_VALUES",
+    "RUN_METADATA_FILES",
+    "SITE_NAME",
+    "TEXT_IMAGE_FAMILIES",
+    "CountCheck",
     "PlateSchema",
     "Quarantine",
     "SiteScan",
     "SiteTables",
-    "SITE_NAME",
-    "RUN_METADATA_FILES",
+    "Source",
+    "canonical_order",
     "discover_sites",
+    "image_numeric",
+    "normalise_well",
+    "order_by_key",
     "plan_schema",
     "read_sites",
     "scan_sites",
 ]
 
 IMAGE_TABLE = "Image"
-#: CellProfiler run metadata, not measurements: never an object table.
+#: CellProfiler run metadata, not measurements: never an object table (any case, any prefix).
 RUN_METADATA_FILES = ("Experiment.csv",)
 KEY_COLUMNS = ("TableNumber", "ImageNumber", "ObjectNumber")
 NULL_VALUES = ["", "nan", "NaN", "NAN", "NA", "null", "NULL", "None"]
-SITE_NAME = re.compile(r"^(?P<plate>.+)-(?P<well>[A-Za-z]{1,2}\d{1,3})-(?P<site>\d+)$")
-_TEXT_IMAGE_COLUMNS = ("Metadata_Plate", "Metadata_Well")
+SITE_NAME = re.compile(r"^(?P<plate>.+)-(?P<well>[A-Za-z]{1,2}\d{1,3}|[rR]\d{1,2}[cC]\d{1,2})-(?P<site>\d+)$")
+#: Image.csv columns of these families are text (ImageSet_ holds CellProfiler's encoded image set); every other one is numeric.
+TEXT_IMAGE_FAMILIES = ("Metadata_", "FileName_", "PathName_", "URL_", "MD5Digest_", "ImageSet_")
+#: Largest key (ImageNumber, ObjectNumber, Parent_*) accepted: every integer up to it is exact in float64.
+MAX_KEY = 2**53
+CountCheck = Literal["error", "warn", "off"]
+_ROW_LETTERS = [chr(65 + i) for i in range(26)] + [f"A{chr(65 + i)}" for i in range(26)]
+_WELL = re.compile(r"^(?P<row>[A-Za-z]{1,2})(?P<col>\d{1,3})$")
+_PHENIX_WELL = re.compile(r"^[rR](?P<row>\d{1,2})[cC](?P<col>\d{1,2})$")
+_CSV_SUFFIXES = (".csv", ".csv.gz")
+
+
+@dataclass
+class Source:
+    """Where one table's rows come from: a file, the columns read from it and their names."""
+
+    name: str
+    path: str
+    header: list[str]
+    #: positions of the file's fields read into ``header`` (None: every field, in order)
+    positions: list[int] | None = None
+    header_lines: int = 1
+    width: int = 0
+    #: indexes into ``header`` of the key columns (computed on first read)
+    key_index: list[int] | None = field(default=None, repr=False, compare=False)
+
+    def keys(self) -> list[int]:
+        """Indexes into ``header`` of ImageNumber, ObjectNumber and Parent_* columns."""
+        if self.key_index is None:
+            self.key_index = [j for j, c in enumerate(self.header) if _is_key(c)]
+        return self.key_index
 
 
 @dataclass
@@ -61,11 +110,21 @@ class SiteScan:
     path: str
     files: dict[str, str] = field(default_factory=dict)
     headers: dict[str, list[str]] = field(default_factory=dict)
+    sources: dict[str, Source] = field(default_factory=dict)
     keys: list[tuple[str, ...]] = field(default_factory=list)
     image_numbers: list[int] = field(default_factory=list)
     filled_columns: list[str] = field(default_factory=list)
     problem: str | None = None
     problem_file: str | None = None
+    #: every CSV of the folder: (file name, path, header lines), for row accounting
+    csv_files: list[tuple[str, str, int]] = field(default_factory=list)
+    #: CSVs read but not stored, with the reason (run metadata, outside the file-name prefix)
+    not_stored: dict[str, str] = field(default_factory=dict)
+    duplicates: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    table_number: int | None = None
+    digest: str | None = None
+    real_path: str | None = None
 
     def quarantine(self, reason: str, file: str | None) -> None:
         """Mark the site untrusted (the first reason found is kept)."""
@@ -76,12 +135,13 @@ class SiteScan:
 
 @dataclass
 class Quarantine:
-    """A site left out whole, with the file and the reason."""
+    """A site left out whole, with the file, the reason and the rows each of its files held."""
 
     name: str
     reason: str
     file: str | None
     keys: list[tuple[str, ...]]
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -91,6 +151,8 @@ class PlateSchema:
     tables: dict[str, list[str]]
     strata: list[str]
     plate: str
+    #: object tables stored only (not among the compartments) that some trusted sites lack
+    partial: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def object_tables(self) -> list[str]:
@@ -112,14 +174,18 @@ class SiteTables:
     #: grouping key of every object row, per object table
     row_keys: dict[str, list[tuple[str, ...]]]
     keys: list[tuple[str, ...]]
+    #: per input file, its data rows and the tables they went to
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 def discover_sites(plate_dir: str | os.PathLike[str]) -> list[str]:
-    """Site folders of a plate: each immediate subfolder, sorted by name."""
+    """Site folders of a plate: each immediate subfolder (broken links included, to be named), sorted."""
     path = Path(plate_dir)
     if not path.is_dir():
         raise InputError(f"{path}: no such folder; expected analysis/BATCH/PLATE/analysis/ with one folder per site")
-    sites = sorted(str(p) for p in path.iterdir() if p.is_dir())
+    sites = sorted(str(p) for p in path.iterdir() if p.is_dir() or (p.is_symlink() and not p.exists()))
     if not sites:
         raise InputError(f"{path}: holds no site folders; expected one folder per site (PLATE-WELL-SITE)")
     return sites
@@ -131,69 +197,306 @@ def canonical_order(columns: Sequence[str]) -> list[str]:
     return keys + sorted(c for c in set(columns) if c not in KEY_COLUMNS)
 
 
-def _read_header(path: str) -> list[str]:
-    with open(path, encoding="utf-8-sig", newline="") as fh:
-        line = fh.readline()
-    row = next(csv.reader([line]), [])
-    return [c.strip() for c in row]
+def normalise_well(value: str) -> str:
+    """``A1``, ``a01`` and Phenix ``r01c01`` as ``A01``; other names unchanged."""
+    text = value.strip()
+    match = _WELL.match(text)
+    if match:
+        return f"{match.group('row').upper()}{int(match.group('col')):02d}"
+    match = _PHENIX_WELL.match(text)
+    if match and 1 <= int(match.group("row")) <= len(_ROW_LETTERS):
+        return f"{_ROW_LETTERS[int(match.group('row')) - 1]}{int(match.group('col')):02d}"
+    return value
 
 
-def _scan_one(site_dir: str, strata: Sequence[str], plate: str) -> SiteScan:
+def _is_key(column: str) -> bool:
+    return column.startswith("Parent_") or column == "ImageNumber" or column == "ObjectNumber"
+
+
+def _is_text_image_column(column: str) -> bool:
+    return column.startswith(TEXT_IMAGE_FAMILIES)
+
+
+def _csv_stem(entry: str) -> str | None:
+    lower = entry.lower()
+    for suffix in _CSV_SUFFIXES:
+        if lower.endswith(suffix):
+            return entry[: -len(suffix)]
+    return None
+
+
+def _read_bytes(path: str) -> bytes:
+    with open(path, "rb") as fh:
+        raw = fh.read()
+    if path.lower().endswith(".gz"):
+        return gzip.decompress(raw)
+    return raw
+
+
+def _read_header(path: str, lines: int = 1) -> list[list[str]]:
+    """The header row(s). CellProfiler writes names bare: a quote that CSV rules would read as
+    opening a field is taken literally when that is what makes the header as wide as the rows."""
+    opener: Any = gzip.open if path.lower().endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8-sig", newline="") as fh:
+        text = [fh.readline() for _ in range(lines + 1)]
+    rows = [[c.strip() for c in next(csv.reader([line]), [])] for line in text[:lines]]
+    first_data = text[lines].rstrip("\r\n")
+    if first_data and '"' not in first_data:
+        width = first_data.count(",") + 1
+        for i, line in enumerate(text[:lines]):
+            bare = [c.strip() for c in line.rstrip("\r\n").split(",")]
+            parsed_fits = len(rows[i]) == width and "" not in rows[i]
+            if '"' in line and not parsed_fits and len(bare) == width:
+                rows[i] = bare
+    return rows
+
+
+def _after_lines(raw: bytes, lines: int) -> int:
+    """Offset just past the first ``lines`` lines."""
+    position = 0
+    for _ in range(lines):
+        newline = raw.find(b"\n", position)
+        if newline < 0:
+            return len(raw)
+        position = newline + 1
+    return position
+
+
+def _drop_blank_lines(body: bytes) -> bytes:
+    return b"".join(line for line in body.splitlines(keepends=True) if line.strip(b"\r\n"))
+
+
+def _count_records(raw: bytes, header_lines: int) -> int:
+    """Data rows of a CSV: non-empty records after the header (quoted newlines kept in their record)."""
+    text = _io.StringIO(raw.decode("utf-8", errors="replace"), newline="")
+    n = sum(1 for row in csv.reader(text) if row)
+    return max(0, n - header_lines)
+
+
+def _file_rows(scan: SiteScan) -> dict[str, dict[str, Any]]:
+    """Rows per CSV of a quarantined site (none of them stored)."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, path, header_lines in scan.csv_files:
+        try:
+            rows = _count_records(_read_bytes(path), header_lines)
+        except (OSError, EOFError, zlib.error):
+            rows = 0
+        out[name] = {"rows": rows, "tables": []}
+    return out
+
+
+def _quarantined(scan: SiteScan, reason: str | None = None, file: str | None = None) -> Quarantine:
+    if reason is not None:
+        scan.quarantine(reason, file)
+    return Quarantine(scan.name, scan.problem or "untrusted", scan.problem_file, scan.keys, _file_rows(scan))
+
+
+def _prefix(stems: Sequence[str], file_prefix: str | None) -> str | None:
+    """The site's file-name prefix: P when ``P`` + Image.csv exists and every CSV starts with P."""
+    if file_prefix is not None:
+        return file_prefix
+    candidates = [s[: -len("image")] for s in stems if s.lower().endswith("image")]
+    passing = [p for p in candidates if all(s.startswith(p) for s in stems)]
+    return max(passing, key=len) if passing else None
+
+
+def _column_text(path: str, header_lines: int, width: int, positions: Sequence[int]) -> dict[int, list[Any]]:
+    """The raw text of some columns of a CSV (to compare columns that share a name)."""
+    import polars as pl
+
+    raw = _read_bytes(path)
+    body = _drop_blank_lines(raw[_after_lines(raw, header_lines):])
+    if not body.strip():
+        return {p: [] for p in positions}
+    names = [f"c{i}" for i in range(width)]
+    frame = pl.read_csv(body, has_header=False, schema=dict.fromkeys(names, pl.Utf8), columns=sorted(set(positions)),
+                        infer_schema_length=0)
+    return {p: frame[names[p]].to_list() for p in positions}
+
+
+def _dedupe(source: Source, table: str, scan: SiteScan) -> None:
+    """Columns named twice: identical values keep one, differing ones become ``X_2``, ``X_3``."""
+    header = source.header
+    counts = Counter(header)
+    if all(n == 1 for n in counts.values()):
+        return
+    repeated = [i for i, c in enumerate(header) if counts[c] > 1]
+    text = _column_text(source.path, source.header_lines, source.width, repeated)
+    taken = set(header)
+    names = list(header)
+    kept_of: dict[str, list[int]] = {}
+    keep: list[int] = []
+    for i, column in enumerate(header):
+        if counts[column] == 1 or column not in kept_of:
+            kept_of.setdefault(column, []).append(i)
+            keep.append(i)
+            continue
+        if any(text[j] == text[i] for j in kept_of[column]):
+            scan.duplicates.append({"file": source.name, "table": table, "column": column, "identical": True, "stored_as": None})
+            continue
+        k = 2
+        while f"{column}_{k}" in taken:
+            k += 1
+        names[i] = f"{column}_{k}"
+        taken.add(names[i])
+        kept_of[column].append(i)
+        keep.append(i)
+        scan.duplicates.append({"file": source.name, "table": table, "column": column, "identical": False, "stored_as": names[i]})
+    base = source.positions if source.positions is not None else list(range(source.width))
+    source.positions = [base[i] for i in keep]
+    source.header = [names[i] for i in keep]
+
+
+def _object_sources(entry: str, path: str, table: str, scan: SiteScan) -> dict[str, Source]:
+    """One object CSV as its table(s): the old ``object.csv`` has a compartment row above the feature row."""
+    first, second = _read_header(path, 2)
+    if "ImageNumber" in first or "ImageNumber" not in second or len(first) != len(second):
+        return {table: Source(entry, path, first, width=len(first))}
+    labels = {lab for lab in first if lab and lab != IMAGE_TABLE}
+    image_cols = [i for i, lab in enumerate(first) if lab == IMAGE_TABLE]
+    if [second[i] for i in image_cols] != ["ImageNumber"] or "ObjectNumber" not in second:
+        scan.quarantine(f"{entry}: a two-row header whose Image columns are not just ImageNumber, or no ObjectNumber", path)
+        return {}
+    image_at, object_at = second.index("ImageNumber"), second.index("ObjectNumber")
+    out = {}
+    for label in sorted(labels):
+        mine = [i for i, lab in enumerate(first) if lab == label and i not in (image_at, object_at)]
+        positions = [image_at, object_at, *mine]
+        out[label] = Source(entry, path, [second[i] for i in positions], positions, header_lines=2, width=len(second))
+    return out
+
+
+def _classify(scan: SiteScan, entries: Sequence[str], file_prefix: str | None) -> None:
+    """Which file is the Image table, which are object tables, which are run metadata."""
+    stems = {e: s for e in entries if (s := _csv_stem(e)) is not None and os.path.isfile(os.path.join(scan.path, e))}
+    prefix = _prefix(list(stems.values()), file_prefix)
+    for entry, stem in stems.items():
+        path = os.path.join(scan.path, entry)
+        header_lines = 1
+        if prefix is None:
+            scan.csv_files.append((entry, path, 1))
+            if any(s.lower().endswith("image") for s in stems.values()):
+                scan.quarantine(f"cannot tell the file-name prefix ({entry} does not share it with the Image file); "
+                                "pass --file-prefix", path)
+            continue
+        if not stem.startswith(prefix):
+            scan.csv_files.append((entry, path, 1))
+            scan.not_stored[entry] = f"does not start with the file-name prefix {prefix!r}"
+            continue
+        name = stem[len(prefix):]
+        if name.lower() + ".csv" in (f.lower() for f in RUN_METADATA_FILES):
+            scan.csv_files.append((entry, path, 1))
+            scan.not_stored[entry] = "run metadata"
+            continue
+        table = IMAGE_TABLE if name.lower() == "image" else name
+        if table in scan.files or (table != IMAGE_TABLE and table.lower() in (t.lower() for t in scan.files)):
+            scan.csv_files.append((entry, path, 1))
+            scan.quarantine(f"{entry} and {os.path.basename(scan.files.get(table, ''))} hold the same table {table}", path)
+            continue
+        if os.path.getsize(path) == 0:
+            scan.csv_files.append((entry, path, 1))
+            scan.quarantine(f"{entry} is empty (0 bytes)", path)
+            continue
+        try:
+            sources = {IMAGE_TABLE: Source(entry, path, _read_header(path)[0])} if table == IMAGE_TABLE else _object_sources(entry, path, table, scan)
+        except (UnicodeDecodeError, OSError, EOFError, zlib.error) as exc:
+            scan.csv_files.append((entry, path, 1))
+            reason = "is not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else f"cannot be read ({exc})"
+            scan.quarantine(f"{entry} {reason}", path)
+            continue
+        for t, source in sources.items():
+            source.width = source.width or len(source.header)
+            header_lines = source.header_lines
+            scan.files[t] = path
+            scan.sources[t] = source
+        scan.csv_files.append((entry, path, header_lines))
+
+
+def _check_header(scan: SiteScan, table: str, source: Source) -> None:
+    header = source.header
+    if not header or header == [""]:
+        scan.quarantine(f"{source.name} has no header row", source.path)
+        return
+    if "" in header:
+        scan.quarantine(f"{source.name}: column {header.index('') + 1} of the header has no name (a trailing comma?)", source.path)
+        return
+    if table != IMAGE_TABLE and not {"ImageNumber", "ObjectNumber"} <= set(header):
+        scan.quarantine(f"{source.name} lacks ImageNumber/ObjectNumber columns; not a CellProfiler object table", source.path)
+        return
+    _dedupe(source, table, scan)
+    scan.headers[table] = source.header
+
+
+def _scan_one(site_dir: str, strata: Sequence[str], plate: str, file_prefix: str | None = None) -> SiteScan:
     name = os.path.basename(site_dir.rstrip("/"))
     scan = SiteScan(name=name, path=site_dir)
+    if os.path.islink(site_dir) and not os.path.exists(site_dir):
+        scan.quarantine(f"the site folder is a broken link (to {os.readlink(site_dir)})", site_dir)
+        return scan
+    scan.real_path = os.path.realpath(site_dir)
     try:
         entries = sorted(os.listdir(site_dir))
     except OSError as exc:
         scan.quarantine(f"cannot list the folder ({exc})", site_dir)
         return scan
-    for entry in entries:
-        if not entry.lower().endswith(".csv") or entry in RUN_METADATA_FILES:
-            continue
-        table = IMAGE_TABLE if entry.lower() == "image.csv" else entry[:-4]
-        scan.files[table] = os.path.join(site_dir, entry)
-    image_path = scan.files.get(IMAGE_TABLE)
-    if image_path is None:
+    _classify(scan, entries, file_prefix)
+    if IMAGE_TABLE not in scan.sources:
         scan.quarantine("Image.csv is missing", os.path.join(site_dir, "Image.csv"))
         return scan
-    for table, path in scan.files.items():
-        if os.path.getsize(path) == 0:
-            scan.quarantine(f"{os.path.basename(path)} is empty (0 bytes)", path)
-            continue
+    for table, source in list(scan.sources.items()):
         try:
-            header = _read_header(path)
-        except UnicodeDecodeError:
-            scan.quarantine(f"{os.path.basename(path)} is not UTF-8 text", path)
-            continue
-        if not header or header == [""]:
-            scan.quarantine(f"{os.path.basename(path)} has no header row", path)
-            continue
-        dupes = sorted(c for c, n in Counter(header).items() if n > 1)
-        if dupes:
-            scan.quarantine(f"{os.path.basename(path)} repeats column(s) {', '.join(dupes[:5])}", path)
-            continue
-        if table != IMAGE_TABLE and not {"ImageNumber", "ObjectNumber"} <= set(header):
-            scan.quarantine(f"{os.path.basename(path)} lacks ImageNumber/ObjectNumber columns; not a CellProfiler object table", path)
-            continue
-        scan.headers[table] = header
+            _check_header(scan, table, source)
+        except Exception as exc:  # a header that parses but whose columns cannot be compared
+            scan.quarantine(f"{source.name} cannot be parsed ({str(exc).splitlines()[0][:160]})", source.path)
     if scan.problem is not None:
         return scan
-    image = _parse_image(image_path, scan.headers[IMAGE_TABLE], scan)
+    raw = _read_bytes(scan.sources[IMAGE_TABLE].path)
+    scan.table_number = zlib.crc32(raw) & 0xFFFFFFFF
+    scan.digest = hashlib.blake2b(raw, digest_size=16).hexdigest()
+    image = _parse_image(scan, raw)
     if image is None:
         return scan
+    _check_image(scan, image, strata, plate)
+    return scan
+
+
+def _check_image(scan: SiteScan, image: pa.Table, strata: Sequence[str], plate: str) -> None:
+    """Image rows: at least one, unique ImageNumbers, this plate, every stratum filled."""
+    path = scan.sources[IMAGE_TABLE].path
+    base = scan.sources[IMAGE_TABLE].name
     if image.num_rows == 0:
-        scan.quarantine("Image.csv has a header but no data row", image_path)
-        return scan
+        scan.quarantine(f"{base} has a header but no data row", path)
+        return
+    had_plate = "Metadata_Plate" in image.column_names
     before = set(image.column_names)
-    image, _ = _fill_metadata(image, name, plate)
+    image, problem = _fill_metadata(image, scan.name, plate, scan.notes)
+    if problem:
+        scan.quarantine(problem, path)
+        return
     scan.filled_columns = [c for c in image.column_names if c not in before]
     missing = [s for s in strata if s not in image.column_names]
     if missing:
-        scan.quarantine(f"Image.csv lacks the strata column(s) {', '.join(missing)}", image_path)
-        return scan
-    scan.keys = _row_keys(image, strata)
+        scan.quarantine(f"{base} lacks the strata column(s) {', '.join(missing)}", path)
+        return
     if "ImageNumber" in image.column_names:
-        scan.image_numbers = [int(v) for v in image.column("ImageNumber").to_pylist() if v is not None]
-    return scan
+        numbers = image.column("ImageNumber").to_pylist()
+        repeated = sorted(n for n, k in Counter(numbers).items() if k > 1 and n is not None)
+        if repeated:
+            scan.quarantine(f"{base} has {Counter(numbers)[repeated[0]]} rows with ImageNumber {repeated[0]}", path)
+            return
+        scan.image_numbers = [int(v) for v in numbers if v is not None]
+    if had_plate:
+        others = sorted({str(v) for v in image.column("Metadata_Plate").to_pylist()} - {plate})
+        if others:
+            scan.quarantine(f"{base} names plate {others[0]!r}, not {plate!r} (a site of another plate?)", path)
+            return
+    for column in strata:
+        values = image.column(column).to_pylist()
+        empty = [i for i, v in enumerate(values) if v is None or str(v).strip() == ""]
+        if empty:
+            scan.quarantine(f"{base}: {column} is empty in data row {empty[0] + 1}", path)
+            return
+    scan.keys = _row_keys(image, strata)
 
 
 def _row_keys(image: pa.Table, strata: Sequence[str]) -> list[tuple[str, ...]]:
@@ -201,61 +504,108 @@ def _row_keys(image: pa.Table, strata: Sequence[str]) -> list[tuple[str, ...]]:
     return [tuple("" if v is None else str(v) for v in row) for row in zip(*cols)]
 
 
-def _fill_metadata(image: pa.Table, site: str, plate: str) -> tuple[pa.Table, bool]:
-    """Fill Metadata_Plate/Well/Site from the folder name ``PLATE-WELL-SITE`` when Image.csv lacks them."""
+def _fill_metadata(image: pa.Table, site: str, plate: str, notes: list[str] | None = None) -> tuple[pa.Table, str | None]:
+    """Normalise well names; fill Metadata_Plate/Well/Site from the folder name ``PLATE-WELL-SITE`` when Image.csv lacks them."""
+    if "Metadata_Well" in image.column_names:
+        wells = image.column("Metadata_Well").to_pylist()
+        fixed = [normalise_well(w) if isinstance(w, str) else w for w in wells]
+        if fixed != wells:
+            if notes is not None:
+                notes.extend(sorted({f"well {a!r} read as {b!r}" for a, b in zip(wells, fixed) if a != b}))
+            image = image.set_column(image.column_names.index("Metadata_Well"), "Metadata_Well", pa.array(fixed, type=pa.string()))
     match = SITE_NAME.match(site)
-    fills: dict[str, object] = {
-        "Metadata_Plate": match.group("plate") if match else plate,
-        "Metadata_Well": match.group("well") if match else site,
-    }
+    if "Metadata_Well" not in image.column_names and not match:
+        return image, f"Image.csv has no Metadata_Well and the folder name {site!r} is not PLATE-WELL-SITE"
+    fills: dict[str, str] = {"Metadata_Plate": match.group("plate") if match else plate}
     if match:
-        fills["Metadata_Site"] = int(match.group("site"))
-    filled = False
+        fills["Metadata_Well"] = normalise_well(match.group("well"))
+        fills["Metadata_Site"] = match.group("site")
     for column, value in fills.items():
-        if column in image.column_names:
-            continue
-        typ = pa.int64() if column == "Metadata_Site" else pa.string()
-        image = image.append_column(pa.field(column, typ), pa.array([value] * image.num_rows, type=typ))
-        filled = True
-    return image, filled
+        if column not in image.column_names:
+            image = image.append_column(pa.field(column, pa.string()), pa.array([value] * image.num_rows, type=pa.string()))
+    return image, None
 
 
-def _parse_image(path: str, header: list[str], scan: SiteScan) -> pa.Table | None:
-    types = {c: pa.string() for c in _TEXT_IMAGE_COLUMNS if c in header}
+def _parse_image(scan: SiteScan, raw: bytes | None = None) -> pa.Table | None:
+    """Image.csv with column-family types: text families as text, every other column numeric."""
+    source = scan.sources[IMAGE_TABLE]
+    raw = _read_bytes(source.path) if raw is None else raw
+    positions = source.positions if source.positions is not None else list(range(source.width))
+    field_names = [f"c{i}" for i in range(source.width)]
+    text_types = {field_names[p]: pa.string() for p, c in zip(positions, source.header) if _is_text_image_column(c)}
     try:
-        table = _read_image_csv(path, types)
-        # dates and times stay text, as written (SQLite has no such types)
-        temporal = [f.name for f in table.schema if pa.types.is_temporal(f.type)]
-        if temporal:
-            table = _read_image_csv(path, {**types, **dict.fromkeys(temporal, pa.string())})
+        table = pacsv.read_csv(
+            pa.BufferReader(raw),
+            read_options=pacsv.ReadOptions(use_threads=False, block_size=1 << 24, column_names=field_names,
+                                           skip_rows=source.header_lines),
+            convert_options=pacsv.ConvertOptions(column_types=text_types, null_values=NULL_VALUES, strings_can_be_null=True,
+                                                 include_columns=[field_names[p] for p in positions]),
+        )
     except pa.ArrowInvalid as exc:
-        scan.quarantine(_parse_problem(path, len(header), exc), path)
+        scan.quarantine(_parse_problem(source.name, raw, source.width, exc), source.path)
         return None
-    binary = [f.name for f in table.schema if pa.types.is_binary(f.type)]
-    if binary:
-        scan.quarantine(f"Image.csv is not UTF-8 text (column {binary[0]})", path)
-        return None
+    table = table.rename_columns(source.header)
+    for i, column in enumerate(table.column_names):
+        typ = table.schema.field(i).type
+        if column in text_types or _is_text_image_column(column):
+            continue
+        if pa.types.is_null(typ):
+            table = table.set_column(i, column, table.column(i).cast(pa.float64()))
+        elif not (pa.types.is_integer(typ) or pa.types.is_floating(typ) or pa.types.is_boolean(typ)):
+            values = table.column(i).to_pylist()
+            bad = next(k for k, v in enumerate(values) if v is not None and not _is_number(v))
+            line = _line_of_row(raw, source.header_lines, bad)
+            scan.quarantine(f"{source.name} line {line}, column {column}: {str(values[bad])[:40]!r} is not a number", source.path)
+            return None
+    if "ImageNumber" in table.column_names:
+        problem = _image_number_problem(table.column("ImageNumber"), source.name)
+        if problem:
+            scan.quarantine(problem, source.path)
+            return None
+        table = table.set_column(table.column_names.index("ImageNumber"), "ImageNumber", table.column("ImageNumber").cast(pa.int64()))
     return table
 
 
-def _read_image_csv(path: str, types: dict[str, pa.DataType]) -> pa.Table:
-    return pacsv.read_csv(
-        path,
-        read_options=pacsv.ReadOptions(use_threads=False, block_size=1 << 24),
-        convert_options=pacsv.ConvertOptions(column_types=types, null_values=NULL_VALUES, strings_can_be_null=True),
-    )
+def _is_number(value: object) -> bool:
+    try:
+        float(str(value))
+    except ValueError:
+        return False
+    return True
 
 
-def _parse_problem(path: str, n_fields: int, exc: Exception) -> str:
+def _image_number_problem(column: pa.ChunkedArray, base: str) -> str | None:
+    values = [v for v in column.to_pylist() if v is not None]
+    if len(values) != len(column):
+        return f"{base}: an Image row has no ImageNumber"
+    for v in values:
+        if not (float(v).is_integer() and 0 <= v <= MAX_KEY):
+            return f"{base}: ImageNumber {v!r} is not an integer key (0 to 2^53)"
+    return None
+
+
+def _line_of_row(raw: bytes, header_lines: int, row: int) -> int:
+    """1-based line number in the file of data row ``row`` (0-based), blank lines skipped."""
+    seen = -1
+    for number, line in enumerate(raw.splitlines(), start=1):
+        if number <= header_lines or not line.strip():
+            continue
+        seen += 1
+        if seen == row:
+            return number
+    return header_lines + row + 1
+
+
+def _parse_problem(base: str, raw: bytes, n_fields: int, exc: Exception) -> str:
     """Turn a parser error into a reason with the line number where one can be found."""
-    base = os.path.basename(path)
     text = str(exc)
     if "Expected" in text and "columns" in text:
-        with open(path, "rb") as fh:
-            line = ragged_line(fh.read(), n_fields)
+        line = ragged_line(raw, n_fields)
         where = f" at line {line}" if line else ""
         return f"{base}: a row has the wrong number of fields{where} (cut-off or corrupt row: {text.splitlines()[0][:120]})"
     if "conversion error" in text or "invalid value" in text:
+        if "UTF8" in text or "utf-8" in text.lower():
+            return f"{base} is not UTF-8 text"
         return f"{base}: unparseable number ({text.splitlines()[0][:160]})"
     if "Empty CSV" in text:
         return f"{base} is empty"
@@ -270,23 +620,57 @@ def scan_sites(
     plate: str,
     strata: Sequence[str] = ("Metadata_Plate", "Metadata_Well"),
     threads: int = 2,
+    file_prefix: str | None = None,
 ) -> list[SiteScan]:
-    """First pass over every site: files, headers, Image.csv rows and their wells."""
+    """First pass over every site: files, headers, Image.csv rows and their wells; duplicate sites marked."""
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        scans = list(pool.map(lambda d: _scan_one(d, strata, plate), sorted(site_dirs)))
+        scans = list(pool.map(lambda d: _scan_one(d, strata, plate, file_prefix), sorted(site_dirs)))
+    _mark_duplicates(scans)
     return scans
 
 
-def plan_schema(scans: Sequence[SiteScan], *, plate: str, strata: Sequence[str]) -> PlateSchema:
-    """Union schema over the trusted sites; quarantine sites that lack an object table others have."""
+def _mark_duplicates(scans: Sequence[SiteScan]) -> None:
+    """The same site reached twice (a link, a copy) or two sites sharing a TableNumber: the later one is refused."""
+    by_path: dict[str, str] = {}
+    by_digest: dict[str, str] = {}
+    by_number: dict[int, str] = {}
+    for scan in sorted(scans, key=lambda s: s.name):
+        image = scan.files.get(IMAGE_TABLE)
+        if scan.real_path is not None and scan.real_path in by_path:
+            scan.problem = None
+            scan.quarantine(f"the same folder as site {by_path[scan.real_path]} (reached twice through a link)", scan.path)
+        elif scan.digest is not None and scan.digest in by_digest:
+            scan.problem = None
+            scan.quarantine(f"a copy of site {by_digest[scan.digest]} (identical Image.csv)", image)
+        elif scan.table_number is not None and scan.table_number in by_number:
+            scan.problem = None
+            scan.quarantine(f"its TableNumber (CRC32 of Image.csv) {scan.table_number} equals site {by_number[scan.table_number]}'s", image)
+        if scan.real_path is not None:
+            by_path.setdefault(scan.real_path, scan.name)
+        if scan.digest is not None:
+            by_digest.setdefault(scan.digest, scan.name)
+        if scan.table_number is not None and scan.problem is None:
+            by_number.setdefault(scan.table_number, scan.name)
+
+
+def plan_schema(scans: Sequence[SiteScan], *, plate: str, strata: Sequence[str], compartments: Sequence[str] = ()) -> PlateSchema:
+    """Union schema over the trusted sites.
+
+    Table names that differ only in case are one table (a compartment's own spelling,
+    else the most common one). A site lacking a compartment table other sites have is
+    quarantined; other object tables are stored for the sites that have them.
+    """
+    _unify_table_names(scans, compartments)
+    wanted = {c.lower() for c in compartments}
     object_tables = sorted({t for s in scans if s.problem is None for t in s.files if t != IMAGE_TABLE})
     for scan in scans:
         if scan.problem is not None:
             continue
         for table in object_tables:
-            if table not in scan.files:
+            if table not in scan.files and table.lower() in wanted:
                 scan.quarantine(f"{table}.csv is missing (other sites have it)", os.path.join(scan.path, f"{table}.csv"))
                 break
+    partial = {t: sorted(s.name for s in scans if s.problem is None and t not in s.files) for t in object_tables}
     tables: dict[str, list[str]] = {}
     for table in [IMAGE_TABLE, *object_tables]:
         columns: set[str] = set()
@@ -296,49 +680,174 @@ def plan_schema(scans: Sequence[SiteScan], *, plate: str, strata: Sequence[str])
         if table == IMAGE_TABLE:
             columns.update(c for s in scans if s.problem is None for c in s.filled_columns)
         tables[table] = canonical_order(sorted(columns))
-    return PlateSchema(tables=tables, strata=list(strata), plate=plate)
+    return PlateSchema(tables=tables, strata=list(strata), plate=plate, partial={t: v for t, v in partial.items() if v})
+
+
+def _unify_table_names(scans: Sequence[SiteScan], compartments: Sequence[str]) -> None:
+    spellings: dict[str, Counter[str]] = {}
+    for scan in scans:
+        for table in scan.files:
+            if table != IMAGE_TABLE:
+                spellings.setdefault(table.lower(), Counter())[table] += 1
+    chosen = {c.lower(): c for c in compartments}
+    for lower, counter in spellings.items():
+        chosen.setdefault(lower, sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))[0][0])
+    for scan in scans:
+        for table in list(scan.files):
+            target = chosen.get(table.lower(), table) if table != IMAGE_TABLE else table
+            if target != table:
+                scan.files[target] = scan.files.pop(table)
+                scan.sources[target] = scan.sources.pop(table)
+                if table in scan.headers:
+                    scan.headers[target] = scan.headers.pop(table)
+                for entry in scan.duplicates:
+                    if entry["table"] == table:
+                        entry["table"] = target
 
 
 class _ObjectFileProblem(Exception):
     """An object CSV that cannot be trusted; the message is the reason."""
 
 
-def _read_objects(path: str, header: list[str], union: list[str]) -> tuple[np.ndarray, list[str]]:
-    """Parse an object CSV as float64, laid out on the union columns (NaN where absent).
+def _parse_body(data: bytes, start: int, source: Source, keys: set[int], raw: bytes, *, text_keys: bool = False) -> Any:
+    """Polars parse of the data lines (from byte ``start``): features as float64, keys as int64.
 
-    Returns a column-major array (columns are what every consumer reads). Polars parses;
-    a cut-off row, which Polars would fill with NULLs, is caught by counting separators.
+    Keys that are not plain integers (``1.5``, ``1.0``, beyond int64) are read again as text,
+    to be checked one by one.
     """
     import polars as pl
 
-    with open(path, "rb") as fh:
-        raw = fh.read()
-    base = os.path.basename(path)
+    base = source.name
+    positions = source.positions if source.positions is not None else list(range(source.width))
+    # the file's fields by position: ours where read, placeholders for fields left out
+    names = [f"\x00{i}" for i in range(source.width)]
+    for p, c in zip(positions, source.header):
+        names[p] = c
+    key_type = pl.Utf8 if text_keys else pl.Int64
+    schema = {n: (key_type if i in keys else pl.Float64) for i, n in enumerate(names)}
+    columns = sorted(set(positions)) if source.positions is not None else None
+    skip = data.count(b"\n", 0, start)
     try:
-        # types by position: the names come from our own header parse, not the parser's
-        frame = pl.read_csv(raw, schema_overrides=[pl.Float64] * len(header), null_values=NULL_VALUES,
-                            infer_schema_length=0)
-    except pl.exceptions.NoDataError as exc:
-        raise _ObjectFileProblem(f"{base} is empty") from exc
+        frame = pl.read_csv(data, has_header=False, skip_lines=skip, schema=schema, columns=columns,
+                            null_values=NULL_VALUES, infer_schema_length=0)
     except pl.exceptions.PolarsError as exc:
-        bad_line = ragged_line(raw, len(header))
+        if not text_keys and keys:
+            return _parse_body(data, start, source, keys, raw, text_keys=True)
+        bad_line = ragged_line(raw, source.width)
         if bad_line is not None:
             raise _ObjectFileProblem(f"{base}: a row has the wrong number of fields at line {bad_line} (cut-off or corrupt row)") from exc
         try:
-            raw.decode("utf-8")
+            data.decode("utf-8")
         except UnicodeDecodeError:
             raise _ObjectFileProblem(f"{base} is not UTF-8 text") from exc
         raise _ObjectFileProblem(f"{base}: unparseable number ({str(exc).splitlines()[0][:160]})") from exc
-    # every data row has exactly len(header) - 1 separators unless one was cut short
-    newline = raw.find(b"\n")
-    body = raw[newline + 1 :] if newline >= 0 else b""
-    if b'"' in body or body.count(b",") != frame.height * (len(header) - 1):
-        bad_line = ragged_line(raw, len(header))
-        if bad_line is not None:
-            raise _ObjectFileProblem(f"{base}: a row has the wrong number of fields at line {bad_line} (cut-off or corrupt row)")
-    if frame.width != len(header):
-        raise _ObjectFileProblem(f"{base}: {frame.width} columns parsed under a {len(header)}-column header")
-    values = frame.to_numpy(order="fortran")
+    if frame.columns != source.header:
+        frame = frame.select(source.header)
+    return frame
+
+
+def _check_fields(data: bytes, start: int, rows: int, source: Source, raw: bytes) -> None:
+    """Every data line parsed into exactly one row of ``width`` fields, or the line that is not.
+
+    Without quotes the parser makes one row per (non-blank) line, so the separator count
+    proves the fields; with quotes the CSV module counts the records.
+    """
+    if data.find(b'"', start) < 0:
+        if data.count(b",", start) == rows * (source.width - 1):
+            return
+        lines = -1
+    else:
+        lines = _count_records(data[start:], 0)
+        if rows == lines:
+            return
+    bad_line = ragged_line(raw, source.width)
+    if bad_line is not None:
+        raise _ObjectFileProblem(f"{source.name}: a row has the wrong number of fields at line {bad_line} (cut-off or corrupt row)")
+    raise _ObjectFileProblem(f"{source.name}: {rows} rows parsed from {lines if lines >= 0 else 'more'} data lines; "
+                             "the file cannot be read faithfully")
+
+
+_NON_SPACE = re.compile(rb"\S")
+
+
+def _has_blank_line(raw: bytes, start: int) -> bool:
+    return raw.find(b"\n\n", start - 1) >= 0 or raw.find(b"\n\r\n", start - 1) >= 0 or raw.endswith(b"\n\r")
+
+
+def _key_column(values: Any, column: str, base: str, header_lines: int, raw: bytes) -> Any:
+    """A key column (text) as exact integers in float64; a fraction, a negative or a value above 2^53 is refused."""
+    import polars as pl
+
+    values = values.cast(pl.Utf8)
+    ints = values.str.strip_chars().str.to_integer(strict=False)
+    present = values.is_not_null()
+    if column in ("ImageNumber", "ObjectNumber") and not bool(present.all()):
+        raise _ObjectFileProblem(f"{base} has rows with no ImageNumber or ObjectNumber")
+    bad = (ints.is_null() & present) | (ints < 0) | (ints > MAX_KEY)
+    if bool(bad.any()):
+        texts = values.to_list()
+        for row in np.flatnonzero(bad.to_numpy()).tolist():
+            exact = _exact_integer(texts[row])
+            if exact is None or not 0 <= exact <= MAX_KEY:
+                line = _line_of_row(raw, header_lines, row)
+                raise _ObjectFileProblem(f"{base} line {line}: {column} {texts[row]!r} is not an integer key (0 to 2^53)")
+        ints = pl.Series([_exact_integer(t) if t is not None else None for t in texts], dtype=pl.Int64)
+    return ints.cast(pl.Float64)
+
+
+def _suspect_key(values: Any, column: str) -> bool:
+    """A key column the fast int64 parse could not vouch for: text, missing keys, or out of 0..2^53."""
+    import polars as pl
+
+    if values.dtype == pl.Utf8:
+        return True
+    if values.null_count() and column in ("ImageNumber", "ObjectNumber"):
+        return True
+    low, high = values.min(), values.max()
+    return low is not None and (low < 0 or high > MAX_KEY)
+
+
+def _exact_integer(text: str | None) -> int | None:
+    if text is None:
+        return None
+    try:
+        value = Decimal(text.strip())
+    except InvalidOperation:
+        return None
+    if not value.is_finite() or value != value.to_integral_value():
+        return None
+    return int(value)
+
+
+def _read_objects(source: Source, union: list[str]) -> tuple[np.ndarray, list[str]]:
+    """Parse an object CSV as float64, laid out on the union columns (NaN where absent).
+
+    Returns a column-major array (columns are what every consumer reads). The header is
+    ours (Polars reads only the data lines), blank lines are skipped, keys are checked
+    as integers, and the rows parsed must equal the data lines of the file.
+    """
+    raw = _read_bytes(source.path)
+    data, start = raw, _after_lines(raw, source.header_lines)
+    if raw.startswith((b"\n", b"\r\n"), start):  # a blank line under the header (later ones show as NULL rows)
+        data, start = _drop_blank_lines(raw[start:]), 0
+    header = source.header
+    if _NON_SPACE.search(data, start):
+        positions = source.positions if source.positions is not None else range(source.width)
+        keys = source.keys()
+        key_positions = {positions[j] for j in keys}
+        frame = _parse_body(data, start, source, key_positions, raw)
+        if "ImageNumber" in header and frame["ImageNumber"].null_count() and _has_blank_line(raw, start):
+            # a blank line parses as a row of NULLs: skip blank lines as the Image.csv reader does
+            data, start = _drop_blank_lines(raw[start:]), 0
+            frame = _parse_body(data, start, source, key_positions, raw)
+        _check_fields(data, start, frame.height, source, raw)
+        suspect = [header[j] for j in keys if _suspect_key(frame[header[j]], header[j])]
+        if suspect:
+            frame = frame.with_columns([_key_column(frame[c], c, source.name, source.header_lines, raw).alias(c)
+                                        for c in suspect])
+        values = frame.to_numpy(order="fortran")
+    else:
+        values = np.empty((0, len(header)), dtype=np.float64, order="F")
     if header == list(union):
         out = values if values.dtype == np.float64 else values.astype(np.float64, order="F")
     else:
@@ -351,17 +860,74 @@ def _read_objects(path: str, header: list[str], union: list[str]) -> tuple[np.nd
     return out, missing
 
 
-def _read_site(scan: SiteScan, schema: PlateSchema) -> SiteTables | Quarantine:
+def _pair_keys(images: np.ndarray, objects: np.ndarray, numbers: np.ndarray, span: int) -> np.ndarray:
+    """One integer per (ImageNumber, ObjectNumber) pair of a site: image position × span + object."""
+    where = np.searchsorted(numbers, images.astype(np.int64))
+    if len(numbers) * span < 2**62:
+        return where * span + objects.astype(np.int64)
+    return where.astype(object) * span + objects.astype(np.int64).astype(object)
+
+
+def _site_checks(objects: dict[str, np.ndarray], union: dict[str, list[str]], image: pa.Table,
+                 image_numbers: Sequence[int], mode: CountCheck) -> tuple[tuple[str, str] | None, list[str]]:
+    """Unique object keys always; with ``mode``, rows vs Image.csv ``Count_<Object>`` and ``Parent_<X>`` links."""
+    numbers = np.unique(np.asarray(image_numbers, dtype=np.int64))
+    span = 1
+    for table, a in objects.items():
+        cols = [j for j, c in enumerate(union[table]) if c.startswith("Parent_") or c == "ObjectNumber"]
+        if len(a) and not np.isnan(a[:, cols]).all():
+            span = max(span, 1 + int(np.nanmax(a[:, cols])))
+    composite = {t: _pair_keys(a[:, 0], a[:, 1], numbers, span) for t, a in objects.items()}
+    for table, keys in composite.items():
+        unique, counts = np.unique(keys, return_counts=True)
+        if len(unique) != len(keys):
+            row = int(np.flatnonzero(np.isin(keys, unique[counts > 1]))[0])
+            a = objects[table]
+            return (table, f"{table}: ImageNumber {int(a[row, 0])}, ObjectNumber {int(a[row, 1])} appears {int(counts.max())} times"), []
+    if mode == "off":
+        return None, []
+    problems: list[tuple[str, str]] = []
+    names = set(image.column_names)
+    for table, a in objects.items():
+        count = f"Count_{table}"
+        if count not in names:
+            continue
+        expected = dict(zip(image.column("ImageNumber").to_pylist(), image.column(count).to_pylist()))
+        found = Counter(a[:, 0].astype(np.int64).tolist())
+        for number, want in expected.items():
+            if want is not None and not (isinstance(want, float) and np.isnan(want)) and found.get(number, 0) != want:
+                problems.append((table, f"{table} has {found.get(number, 0)} rows for ImageNumber {number} but Image.csv "
+                                        f"{count} says {want:g}"))
+                break
+    for table, a in objects.items():
+        for j, column in enumerate(union[table]):
+            other = column[len("Parent_"):] if column.startswith("Parent_") else None
+            if other is None or other not in objects:
+                continue
+            parents = a[:, j]
+            linked = ~np.isnan(parents) & (parents != 0)
+            if not linked.any():
+                continue
+            wanted = _pair_keys(a[linked, 0], parents[linked], numbers, span)
+            missing = ~np.isin(wanted, composite[other])
+            if missing.any():
+                row = np.flatnonzero(linked)[np.flatnonzero(missing)[0]]
+                problems.append((table, f"{table} row with ObjectNumber {int(a[row, 1])} (ImageNumber {int(a[row, 0])}) has "
+                                        f"{column} {int(parents[row])}, but {other} has no such object in that image "
+                                        f"({int(missing.sum())} such link(s))"))
+    if mode == "error" and problems:
+        return problems[0], []
+    return None, [p for _, p in problems]
+
+
+def _read_site(scan: SiteScan, schema: PlateSchema, count_check: CountCheck = "error") -> SiteTables | Quarantine:
     if scan.problem is not None:
-        return Quarantine(scan.name, scan.problem, scan.problem_file, scan.keys)
-    image_path = scan.files[IMAGE_TABLE]
-    with open(image_path, "rb") as fh:
-        raw = fh.read()
-    table_number = zlib.crc32(raw) & 0xFFFFFFFF
-    image = _parse_image(image_path, scan.headers[IMAGE_TABLE], scan)
+        return _quarantined(scan)
+    image = _parse_image(scan)
     if image is None:
-        return Quarantine(scan.name, scan.problem or "unreadable Image.csv", scan.problem_file, scan.keys)
+        return _quarantined(scan)
     image, _ = _fill_metadata(image, scan.name, schema.plate)
+    table_number = int(scan.table_number or 0)
     image = image.add_column(0, "TableNumber", pa.array([table_number] * image.num_rows, type=pa.int64()))
     missing: dict[str, list[str]] = {}
     image_cols = set(image.column_names)
@@ -372,22 +938,17 @@ def _read_site(scan: SiteScan, schema: PlateSchema) -> SiteTables | Quarantine:
     objects: dict[str, np.ndarray] = {}
     row_keys: dict[str, list[tuple[str, ...]]] = {}
     for table in schema.object_tables:
-        path = scan.files[table]
+        if table not in scan.sources:
+            continue
+        source = scan.sources[table]
         try:
-            array, absent = _read_objects(path, scan.headers[table], schema.tables[table])
+            array, absent = _read_objects(source, schema.tables[table])
         except _ObjectFileProblem as exc:
-            return Quarantine(scan.name, str(exc), path, scan.keys)
+            return _quarantined(scan, str(exc), source.path)
         image_numbers = array[:, 0]
-        if np.isnan(image_numbers).any() or np.isnan(array[:, 1]).any():
-            return Quarantine(scan.name, f"{table}.csv has rows with no ImageNumber or ObjectNumber", path, scan.keys)
         unknown = set(np.unique(image_numbers).astype(np.int64).tolist()) - set(key_by_image)
         if unknown:
-            return Quarantine(
-                scan.name,
-                f"{table}.csv refers to ImageNumber {sorted(unknown)[0]}, absent from Image.csv",
-                path,
-                scan.keys,
-            )
+            return _quarantined(scan, f"{source.name} refers to ImageNumber {sorted(unknown)[0]}, absent from Image.csv", source.path)
         if absent:
             missing[table] = absent
         objects[table] = array
@@ -396,15 +957,24 @@ def _read_site(scan: SiteScan, schema: PlateSchema) -> SiteTables | Quarantine:
             row_keys[table] = [only] * len(array)
         else:
             row_keys[table] = [key_by_image[int(v)] for v in image_numbers]
-    return SiteTables(
-        name=scan.name,
-        table_number=table_number,
-        image=image,
-        objects=objects,
-        missing=missing,
-        row_keys=row_keys,
-        keys=scan.keys,
-    )
+    problem, warnings = _site_checks(objects, schema.tables, image, scan.image_numbers, count_check)
+    if problem is not None:
+        return _quarantined(scan, problem[1], scan.sources[problem[0]].path)
+    return SiteTables(name=scan.name, table_number=table_number, image=image, objects=objects, missing=missing,
+                      row_keys=row_keys, keys=scan.keys, files=_site_files(scan, image, objects), warnings=warnings,
+                      notes=list(scan.notes))
+
+
+def _site_files(scan: SiteScan, image: pa.Table, objects: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
+    """Rows per input file of a trusted site and the tables they went to (run metadata: none, not stored)."""
+    files: dict[str, dict[str, Any]] = {scan.sources[IMAGE_TABLE].name: {"rows": image.num_rows, "tables": [IMAGE_TABLE]}}
+    for table, array in objects.items():
+        entry = files.setdefault(scan.sources[table].name, {"rows": len(array), "tables": []})
+        entry["tables"].append(table)
+    for name, path, header_lines in scan.csv_files:
+        if name in scan.not_stored:
+            files[name] = {"rows": _count_records(_read_bytes(path), header_lines), "tables": [], "not_stored": scan.not_stored[name]}
+    return files
 
 
 def read_sites(
@@ -413,15 +983,18 @@ def read_sites(
     *,
     threads: int = 2,
     prefetch: int = 4,
+    count_check: CountCheck = "error",
 ) -> Iterator[SiteTables | Quarantine]:
     """Read sites in the given order, parsing up to ``prefetch`` sites ahead in threads."""
+    if count_check not in ("error", "warn", "off"):
+        raise InputError(f"count check {count_check!r}: choose error, warn or off")
     order = list(scans)
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         pending: list = []
         position = 0
         while position < len(order) or pending:
             while position < len(order) and len(pending) < max(1, prefetch):
-                pending.append(pool.submit(_read_site, order[position], schema))
+                pending.append(pool.submit(_read_site, order[position], schema, count_check))
                 position += 1
             yield pending.pop(0).result()
 
@@ -442,4 +1015,3 @@ def image_numeric(image: pa.Table, columns: Sequence[str]) -> np.ndarray:
         if pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_boolean(col.type):
             out[:, i] = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
     return out
-
