@@ -79,9 +79,9 @@ Features = str | Sequence[str]
 
 
 def _matrix32(profiles: pd.DataFrame, names: Sequence[str]) -> np.ndarray:
-    """The features as float32 (rows x features)."""
+    """The features as a new float32 array (rows x features), safe to change in place."""
     try:
-        return profiles.loc[:, list(names)].to_numpy(dtype=np.float32, na_value=np.nan)
+        return profiles.loc[:, list(names)].to_numpy(dtype=np.float32, na_value=np.nan, copy=True)
     except (TypeError, ValueError):
         return feature_matrix(profiles, names).astype(np.float32)
 
@@ -435,7 +435,7 @@ def pca(
     _complete(x, "pca")
     if len(x) < 2:
         raise InputError("pca needs at least 2 rows")
-    x -= x.mean(axis=0)
+    x = x - x.mean(axis=0)
     values, vectors = np.linalg.eigh(x.T @ x)
     values, vectors = np.clip(values[::-1], 0, None), vectors[:, ::-1]
     limit = min(len(x), x.shape[1])
