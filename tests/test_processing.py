@@ -98,7 +98,7 @@ def test_mad_normalize_unscaled_mad() -> None:
     df = planted_profiles(plates=3, wells=96, features=10, seed=4)
     out = pr.mad_normalize(df)
     f = _feats(df)
-    for plate, rows in df.groupby("Metadata_Plate"):
+    for _, rows in df.groupby("Metadata_Plate"):
         neg = rows[rows["Metadata_control_type"] == "negcon"][f]
         med = neg.median().to_numpy()
         mad = stats.median_abs_deviation(neg.to_numpy(), axis=0)

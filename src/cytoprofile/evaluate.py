@@ -480,8 +480,9 @@ def _mode_scores(
         if not controls.any():
             raise InputError(f"no negative controls match control_query {control_query!r}")
         frame = profiles.reset_index(drop=True)
-        filled = frame[column].astype(object).where(~(controls & frame[column].isna().to_numpy()), "<control>")
-        frame = frame.assign(**{column: filled, _REF: np.where(controls, np.arange(1, len(frame) + 1), 0)})
+        # controls often have no perturbation name; they only need to differ from the others
+        frame[column] = frame[column].astype(object).where(~(controls & frame[column].isna().to_numpy()), "<control>")
+        frame[_REF] = np.where(controls, np.arange(1, len(frame) + 1), 0)
         meta = frame.drop(columns=names)
         unit = _unit_rows(feature_matrix(frame, names))
         ap = _scores(meta, unit, pos_group=_group_key(_codes(meta, [column, _REF])),

@@ -226,7 +226,7 @@ def mad_normalize(
             f"mad: {len(bad)} feature(s) have MAD 0 on some plate ({', '.join(bad[:5])}); run "
             "select_variant_features (var) first or set epsilon"
         )
-    row_plate = median.index.get_indexer(profiles[plate_column].astype(str))
+    row_plate = median.index.get_indexer(pd.Index(profiles[plate_column].astype(str)))
     x = _matrix32(profiles, names)
     with np.errstate(invalid="ignore"):
         x -= median.to_numpy()[row_plate]
