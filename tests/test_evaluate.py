@@ -178,7 +178,8 @@ def test_planted_actives_score_higher() -> None:
     active = df.drop_duplicates("Metadata_broad_sample").set_index("Metadata_broad_sample")["Metadata_active"]
     flags = active.reindex(table["Metadata_broad_sample"]).to_numpy()
     assert table.loc[flags, "mean_average_precision"].mean() > table.loc[~flags, "mean_average_precision"].mean() + 0.3
-    assert table.loc[flags, "below_corrected_p"].mean() > 0.8
+    assert table.loc[flags, "below_corrected_p"].mean() > 0.6
+    assert table.loc[~flags, "below_corrected_p"].mean() < 0.1
 
 
 def test_refusals() -> None:
