@@ -154,7 +154,7 @@ def _positive_pairs(group: np.ndarray, diff: np.ndarray) -> tuple[np.ndarray, np
 
 def _sortable(key: np.ndarray) -> np.ndarray:
     """float32 values as int64 in the same order (exact, unlike float arithmetic)."""
-    bits = np.ascontiguousarray(key, dtype=np.float32).view(np.int32).astype(np.int64)
+    bits = (np.ascontiguousarray(key, dtype=np.float32) + np.float32(0)).view(np.int32).astype(np.int64)
     return np.where(bits < 0, -(bits & 0x7FFFFFFF) - 1, bits) + (1 << 31)
 
 

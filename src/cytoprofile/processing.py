@@ -237,6 +237,27 @@ def mad_normalize(
 # ------------------------------------------------------------------ rank-based INT
 
 
+def _ordinal_ranks(block: np.ndarray, perm: np.ndarray) -> np.ndarray:
+    """Ranks 1..n along each row, ties in the order of ``perm``'s positions; NaN last.
+
+    Sorted as one unique 64-bit key per value (the value's order bits, then the row's
+    position in the permutation), which a plain (unstable) sort handles quickly.
+    """
+    n = block.shape[1]
+    position = np.empty(n, dtype=np.uint64)
+    position[perm] = np.arange(n, dtype=np.uint64)
+    # one NaN bit pattern (sorted last) and +0 for -0, which compares equal to it
+    clean = np.where(np.isnan(block), np.float32(np.nan), block + np.float32(0))
+    bits = clean.view(np.int32).astype(np.int64)
+    key = (np.where(bits < 0, -(bits & 0x7FFFFFFF) - 1, bits) + (1 << 31)).astype(np.uint64)
+    key <<= np.uint64(32)
+    key |= position
+    order = np.argsort(key, axis=1)
+    ranks = np.empty(block.shape, dtype=np.float64)
+    ranks[np.arange(block.shape[0])[:, None], order] = np.arange(1, n + 1, dtype=np.float64)
+    return ranks
+
+
 def rank_int(
     profiles: pd.DataFrame,
     *,
@@ -256,27 +277,18 @@ def rank_int(
         raise ConfigError("ties must be 'random' or 'average'")
     names = feature_columns(profiles, features, feature_prefixes)
     x = _matrix32(profiles, names)
-    n_rows = len(x)
-    perm = np.random.default_rng(seed).permutation(n_rows) if ties == "random" else None
+    perm = np.random.default_rng(seed).permutation(len(x)) if ties == "random" else None
     out = np.empty_like(x)
     for s in range(0, x.shape[1], _BLOCK):
-        block = x[:, s : s + _BLOCK]
+        block = np.ascontiguousarray(x[:, s : s + _BLOCK].T)  # features x rows
         missing = np.isnan(block)
-        if perm is not None:
-            shuffled = block[perm]
-            order = np.argsort(shuffled, axis=0, kind="stable")
-            ranks = np.empty(shuffled.shape, dtype=np.float64)
-            np.put_along_axis(ranks, order, np.arange(1, n_rows + 1, dtype=np.float64)[:, None], axis=0)
-            unshuffled = np.empty_like(ranks)
-            unshuffled[perm] = ranks
-            ranks = unshuffled
-        else:
-            ranks = stats.rankdata(block, method="average", axis=0, nan_policy="omit")
-        n = (~missing).sum(axis=0).astype(np.float64)
+        ranks = _ordinal_ranks(block, perm) if perm is not None else stats.rankdata(
+            block, method="average", axis=1, nan_policy="omit")
+        n = (~missing).sum(axis=1, keepdims=True).astype(np.float64)
         with np.errstate(invalid="ignore", divide="ignore"):
             values = special.ndtri((ranks - c) / (n - 2 * c + 1))
         values[missing] = np.nan
-        out[:, s : s + _BLOCK] = values
+        out[:, s : s + _BLOCK] = values.T
     return _assemble(profiles, names, out, drop=names)
 
 
