@@ -41,7 +41,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from _common import Contender, mb, measure, source_state, verdict_at_least, verdict_at_most, write_section
+from _common import (
+    Contender,
+    mb,
+    measure,
+    source_state,
+    verdict_at_least,
+    verdict_at_most,
+    write_section,
+)
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -267,7 +275,6 @@ def report(params: dict[str, Any], a: Contender, b: Contender, ta: dict[str, Any
     import numpy as np
 
     rows = params["plates"] * params["wells"]
-    matrix = rows * len(ta["features"]) * 4
     matrix_in = rows * params["features"] * 4
     sa, sb = ta["seconds"], tb["seconds"]
     io = sa["read"] + sa["write"]
@@ -332,6 +339,29 @@ def report(params: dict[str, Any], a: Contender, b: Contender, ta: dict[str, Any
     return "\n".join(lines)
 
 
+def ours_only_report(params: dict[str, Any], wall: float, peak: int, t: dict[str, Any]) -> str:
+    """cytoprofile alone at a larger size: step seconds, per-well cost, peak RSS against the matrix."""
+    rows = params["plates"] * params["wells"]
+    matrix = rows * params["features"] * 4
+    sec = t["seconds"]
+    chain = sum(sec[s] for s in STEPS)
+    steps = ", ".join(f"{s} {sec[s]:.1f} s" for s in ("var", "mad", "cc", "int", "featselect", "harmony", "map"))
+    above = peak - t["baseline_rss"]
+    return "\n".join([
+        "### Processing, cytoprofile alone at a larger size",
+        "",
+        f"Run {dt.datetime.now():%Y-%m-%d %H:%M} ({source_state()}): `python bench/processing.py --ours-only "
+        f"--plates {params['plates']} --features {params['features']}`; {params['plates']} plates × {params['wells']} "
+        f"wells × {params['features']} features, float32 matrix {mb(matrix)}.",
+        "",
+        f"Steps: {steps}; read + write {sec['read'] + sec['write']:.1f} s; whole process {wall:.1f} s.",
+        f"Chain cost {chain / rows * 1e3:.2f} ms per well; × {RELEASE_WELLS:,} wells ≈ {chain / rows * RELEASE_WELLS / 3600:.1f} h "
+        f"at this width on this machine.",
+        f"Peak RSS {mb(peak)}, {mb(above)} above the imports: {above / matrix:.1f}× the float32 matrix "
+        f"({verdict_at_most(above / matrix, 2.5)} for ≤ 2.5×).",
+    ])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--plates", type=int, default=10)
@@ -340,6 +370,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--full", action="store_true", help="100 plates × 384 wells × 1,500 features")
     parser.add_argument("--null-size", type=int, default=10000)
     parser.add_argument("--no-write", action="store_true", help="print instead of updating RESULTS.md")
+    parser.add_argument("--ours-only", action="store_true",
+                        help="time cytoprofile alone (memory and per-well cost at sizes the reference cannot run here)")
     parser.add_argument("--worker", choices=["ours", "reference", "quality"], help=argparse.SUPPRESS)
     parser.add_argument("--src", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -356,6 +388,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     src = WORK / f"profiles_{args.plates}x{args.wells}x{args.features}.parquet"
     params = generate(src, args.plates, args.wells, args.features)
     log = WORK / "bench.log"
+    if args.ours_only:
+        run = measure([sys.executable, __file__, "--worker", "ours", "--src", src, "--null-size", str(args.null_size)], log)
+        text = ours_only_report(params, run.seconds, run.max_rss, json.loads((WORK / "ours.json").read_text()))
+        print(text)
+        if not args.no_write:
+            write_section("processing-ours-only", text)
+        return 0
     contenders = []
     for name in ("ours", "reference"):
         c = Contender(name="cytoprofile" if name == "ours" else "reference calls")

@@ -101,7 +101,10 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
             f"{int((norm == 0).sum() + (~np.isfinite(norm)).sum())} profile(s) are all zero "
             "or infinite; cosine similarity is undefined for them"
         )
-    return x / norm[:, np.newaxis]
+    if not x.flags.writeable:
+        x = x.copy()
+    x /= norm[:, np.newaxis]
+    return x
 
 
 def _codes(meta: pd.DataFrame, columns: Sequence[str]) -> np.ndarray:

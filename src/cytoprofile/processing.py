@@ -91,7 +91,7 @@ def _assemble(profiles: pd.DataFrame, names: Sequence[str], values: np.ndarray,
     """Non-feature columns of ``profiles`` (minus ``drop``), then ``values`` as ``names``."""
     gone = set(drop)
     rest = [c for c in profiles.columns if c not in gone]
-    block = pd.DataFrame(values, columns=pd.Index(list(names)), index=profiles.index)
+    block = pd.DataFrame(values, columns=pd.Index(list(names)), index=profiles.index, copy=False)
     return pd.concat([profiles.loc[:, rest], block], axis="columns")
 
 
@@ -549,7 +549,9 @@ def harmony(
     x = feature_matrix(profiles, names)
     _complete(x, "harmony")
     meta = pd.DataFrame({batch_key: batches.astype(str).to_numpy()})
-    result = harmonypy.run_harmony(x.T, meta, [batch_key], theta=theta, nclust=n_clusters,
+    # rows x features is used without a copy; a square matrix is passed as features x rows
+    data = x if x.shape[0] != x.shape[1] else x.T
+    result = harmonypy.run_harmony(data, meta, [batch_key], theta=theta, nclust=n_clusters,
                                    max_iter_harmony=max_iter, random_state=seed, verbose=False, ncores=threads)
     corrected = np.asarray(result.Z_corr, dtype=np.float32)
     return _assemble(profiles, names, corrected, drop=names)
