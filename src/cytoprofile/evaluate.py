@@ -185,7 +185,6 @@ def _negatives_below(
     wanted[queries] = True
     for g in np.unique(neg_group):
         members = np.flatnonzero(neg_group == g)
-        targets = unit[members]
         step = max(1, _BLOCK // max(len(members), 1))
         for s in range(0, len(members), step):
             rows = members[s : s + step]
@@ -195,21 +194,21 @@ def _negatives_below(
             if labels is not None:
                 mask &= (labels[rows] @ labels[members].T) == 0
             n_neg[rows] = mask.sum(axis=1)
-            rows_q = rows[wanted[rows]]
-            if len(rows_q) == 0:
-                continue
             local = np.flatnonzero(wanted[rows])
-            key = _ranking_key(unit[rows_q] @ targets.T)
-            sortable = np.where(mask[local], _sortable(key), np.int64(1) << 33)
+            sel = np.flatnonzero(np.isin(pos_query, rows[local]))
+            if len(sel) == 0:
+                continue
+            rows_q = rows[local]
+            # similarities only to the members that are a negative of some query here
+            cols = np.flatnonzero(mask[local].any(axis=0))
+            key = _ranking_key(unit[rows_q] @ unit[members[cols]].T)
+            sortable = np.where(mask[local][:, cols], _sortable(key), np.int64(1) << 33)
             sortable.sort(axis=1)
             offset = (np.arange(len(rows_q), dtype=np.int64) * (np.int64(1) << 34))[:, None]
             flat = (sortable + offset).ravel()
-            sel = np.flatnonzero(np.isin(pos_query, rows_q))
-            if len(sel) == 0:
-                continue
             slot = np.searchsorted(rows_q, pos_query[sel])
             target = _sortable(pos_key[sel]) + slot * (np.int64(1) << 34)
-            below[sel] = np.searchsorted(flat, target, side="left") - slot * len(members)
+            below[sel] = np.searchsorted(flat, target, side="left") - slot * len(cols)
     return n_neg, below
 
 
