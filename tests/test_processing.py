@@ -128,6 +128,13 @@ def test_rank_int_by_hand() -> None:
     np.testing.assert_allclose(out["Cells_a"], expected, rtol=1e-6)
 
 
+def test_rank_int_negative_zero_ties_with_zero() -> None:
+    df = pd.DataFrame({"Cells_a": [0.0, -0.0, 1.0]})
+    expected = stats.norm.ppf((np.array([1.5, 1.5, 3.0]) - 0.375) / 3.25)
+    np.testing.assert_allclose(pr.rank_int(df, ties="average")["Cells_a"], expected, rtol=1e-6)
+    np.testing.assert_allclose(pr.rank_int(df)["Cells_a"], _reference_rank_int(np.array([0.0, -0.0, 1.0])), rtol=1e-6)
+
+
 @pytest.mark.parametrize("ties", ["random", "average"])
 @pytest.mark.parametrize("rows", [7, 100, 1001])
 def test_rank_int_equals_recipe(ties: str, rows: int) -> None:

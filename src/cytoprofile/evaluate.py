@@ -65,7 +65,7 @@ _PERT_CANDIDATES = (
     "Metadata_compound",
 )
 _REF = "__cytoprofile_reference"
-_BLOCK = 1 << 22  # similarities computed at once
+_BLOCK = 1 << 20  # similarities computed at once (about 40 MB of work space)
 
 
 # ------------------------------------------------------------------ features and codes
@@ -87,22 +87,29 @@ def feature_columns(
     return resolve_features(profiles, features)
 
 
+def _matrix64(profiles: pd.DataFrame, names: Sequence[str]) -> np.ndarray:
+    """A new, writable float64 feature matrix, filled a block of columns at a time."""
+    out = np.empty((len(profiles), len(names)), dtype=np.float64)
+    step = 256
+    for s in range(0, len(names), step):
+        out[:, s : s + step] = feature_matrix(profiles, names[s : s + step])
+    return out
+
+
 def _unit_rows(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length (float64); missing or zero rows are refused."""
+    """Rows of a writable ``x`` scaled in place to unit length; missing or zero rows are refused."""
     if np.isnan(x).any():
         rows = int(np.isnan(x).any(axis=1).sum())
         raise InputError(
             f"mAP needs complete profiles: {rows} row(s) have missing feature values; "
             "drop features with missing values first (feature_select drop_na_columns)"
         )
-    norm = np.linalg.norm(x, axis=1)
+    norm = np.sqrt(np.einsum("ij,ij->i", x, x))  # no rows x features temporary
     if (norm == 0).any() or not np.isfinite(norm).all():
         raise InputError(
             f"{int((norm == 0).sum() + (~np.isfinite(norm)).sum())} profile(s) are all zero "
             "or infinite; cosine similarity is undefined for them"
         )
-    if not x.flags.writeable:
-        x = x.copy()
     x /= norm[:, np.newaxis]
     return x
 
@@ -262,7 +269,7 @@ def average_precision(
     if overlap:
         raise ConfigError(f"sameby and diffby share {sorted(overlap)}; a column can only be one of them")
     names = feature_columns(profiles, features, feature_prefixes)
-    unit = _unit_rows(feature_matrix(profiles, names))
+    unit = _unit_rows(_matrix64(profiles, names))
     meta = profiles.loc[:, [c for c in profiles.columns if c not in set(names)]].reset_index(drop=True)
     return _scores(
         meta,
@@ -414,7 +421,8 @@ def _controls(profiles: pd.DataFrame, control_query: str) -> np.ndarray:
     try:
         chosen = profiles.reset_index(drop=True).query(control_query).index.to_numpy()
     except Exception as exc:  # pandas raises many kinds for a bad query
-        raise ConfigError(f"control_query {control_query!r} cannot be evaluated ({exc})") from exc
+        raise ConfigError(f"control_query {control_query!r} cannot be evaluated ({exc}); pass "
+                          "control_query=None (--control-query none) for profiles without controls") from exc
     mask = np.zeros(len(profiles), dtype=bool)
     mask[chosen] = True
     return mask
@@ -481,19 +489,18 @@ def _mode_scores(
     if mode == "activity":
         if not controls.any():
             raise InputError(f"no negative controls match control_query {control_query!r}")
-        frame = profiles.reset_index(drop=True)
+        unit = _unit_rows(_matrix64(profiles, names))
+        meta = profiles.loc[:, [c for c in profiles.columns if c not in set(names)]].reset_index(drop=True)
         # controls often have no perturbation name; they only need to differ from the others
-        frame[column] = frame[column].astype(object).where(~(controls & frame[column].isna().to_numpy()), "<control>")
-        frame[_REF] = np.where(controls, np.arange(1, len(frame) + 1), 0)
-        meta = frame.drop(columns=names)
-        unit = _unit_rows(feature_matrix(frame, names))
+        meta[column] = meta[column].astype(object).where(~(controls & meta[column].isna().to_numpy()), "<control>")
+        meta[_REF] = np.where(controls, np.arange(1, len(meta) + 1), 0)
         ap = _scores(meta, unit, pos_group=_group_key(_codes(meta, [column, _REF])),
                      pos_diff=_codes(meta, pos_diffby), neg_group=_group_key(_codes(meta, neg_sameby)),
                      neg_diff=_codes(meta, [column, _REF]))
         return ap[~controls].drop(columns=[_REF]).reset_index(drop=True)
-    frame = profiles[~controls].reset_index(drop=True)
-    meta = frame.drop(columns=names)
-    unit = _unit_rows(feature_matrix(frame, names))
+    frame = profiles[~controls] if controls.any() else profiles
+    unit = _unit_rows(_matrix64(frame, names))
+    meta = frame.loc[:, [c for c in frame.columns if c not in set(names)]].reset_index(drop=True)
     if mode == "consistency" and multilabel_separator:
         return _multilabel_scores(meta, unit, column, multilabel_separator,
                                   pos_diffby=pos_diffby, neg_sameby=neg_sameby)

@@ -70,7 +70,7 @@ CHAIN_STEPS: tuple[str, ...] = (
 )
 NEGCON = "Metadata_control_type == 'negcon'"
 SPHERING_GRID: tuple[float, ...] = tuple(10.0**k for k in range(-5, 4))
-_BLOCK = 256  # feature columns handled at once
+_BLOCK = 64  # feature columns handled at once (float64 work space: rows x 64 per temporary)
 
 Features = str | Sequence[str]
 
@@ -132,21 +132,29 @@ def plate_statistics(
     Missing values are left out; plates without any ``samples`` row are absent.
     """
     names = feature_columns(profiles, features, feature_prefixes)
+    return _plate_stats(profiles, _matrix32(profiles, names), names, plate_column, samples)
+
+
+def _plate_stats(profiles: pd.DataFrame, x: np.ndarray, names: Sequence[str], plate_column: str,
+                 samples: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``plate_statistics`` of the feature matrix ``x`` (rows of ``profiles``)."""
     plates = _column(profiles, plate_column, "plate_column").astype(str).to_numpy()
     ref = _reference_rows(profiles, samples)
-    x = _matrix32(profiles, names)
     found = sorted(set(plates[ref]))
     median = np.empty((len(found), len(names)), dtype=np.float32)
     mad = np.empty_like(median)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         for p, plate in enumerate(found):
-            rows = x[ref & (plates == plate)].astype(np.float64)
-            centre = np.nanmedian(rows, axis=0)
-            median[p] = centre
-            mad[p] = np.nanmedian(np.abs(rows - centre), axis=0)
+            rows = np.flatnonzero(ref & (plates == plate))
+            for s in range(0, x.shape[1], _BLOCK):
+                block = x[rows, s : s + _BLOCK].astype(np.float64)
+                centre = np.nanmedian(block, axis=0)
+                median[p, s : s + _BLOCK] = centre
+                mad[p, s : s + _BLOCK] = np.nanmedian(np.abs(block - centre), axis=0)
     index = pd.Index(found, name=plate_column)
-    return (pd.DataFrame(median, index=index, columns=names), pd.DataFrame(mad, index=index, columns=names))
+    columns = pd.Index(list(names))
+    return pd.DataFrame(median, index=index, columns=columns), pd.DataFrame(mad, index=index, columns=columns)
 
 
 def _plates_with_stats(
@@ -192,7 +200,8 @@ def select_variant_features(
     if not finite.all():
         log.info("var: %d feature(s) with missing or infinite values dropped", int((~finite).sum()))
     kept_names = [n for n, ok in zip(names, finite) if ok]
-    median, mad = plate_statistics(profiles, features=kept_names, plate_column=plate_column, samples=samples)
+    median, mad = _plate_stats(profiles, x[:, finite] if not finite.all() else x, kept_names, plate_column, samples)
+    del x
     profiles = _plates_with_stats(profiles, list(median.index), plate_column, plates_without_controls, "var")
     m, d = median.to_numpy(), mad.to_numpy()
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -216,8 +225,12 @@ def mad_normalize(
 ) -> pd.DataFrame:
     """(x − plate median) / (plate MAD + ``epsilon``), statistics of the reference wells."""
     names = feature_columns(profiles, features, feature_prefixes)
-    median, mad = plate_statistics(profiles, features=names, plate_column=plate_column, samples=samples)
-    profiles = _plates_with_stats(profiles, list(median.index), plate_column, plates_without_controls, "mad")
+    x = _matrix32(profiles, names)
+    median, mad = _plate_stats(profiles, x, names, plate_column, samples)
+    kept = _plates_with_stats(profiles, list(median.index), plate_column, plates_without_controls, "mad")
+    if len(kept) < len(profiles):
+        x = x[np.isin(profiles[plate_column].astype(str).to_numpy(), list(median.index))]
+    profiles = kept
     scale = mad.to_numpy() + np.float32(epsilon)
     zero = (scale == 0).any(axis=0)
     if zero.any():
@@ -227,10 +240,11 @@ def mad_normalize(
             "select_variant_features (var) first or set epsilon"
         )
     row_plate = median.index.get_indexer(pd.Index(profiles[plate_column].astype(str)))
-    x = _matrix32(profiles, names)
+    centre = median.to_numpy()
     with np.errstate(invalid="ignore"):
-        x -= median.to_numpy()[row_plate]
-        x /= scale[row_plate]
+        for p in range(len(centre)):  # a plate at a time: no rows x features temporaries
+            rows = np.flatnonzero(row_plate == p)
+            x[rows] = (x[rows] - centre[p]) / scale[p]
     return _assemble(profiles, names, x, drop=names)
 
 
@@ -278,7 +292,6 @@ def rank_int(
     names = feature_columns(profiles, features, feature_prefixes)
     x = _matrix32(profiles, names)
     perm = np.random.default_rng(seed).permutation(len(x)) if ties == "random" else None
-    out = np.empty_like(x)
     for s in range(0, x.shape[1], _BLOCK):
         block = np.ascontiguousarray(x[:, s : s + _BLOCK].T)  # features x rows
         missing = np.isnan(block)
@@ -288,8 +301,8 @@ def rank_int(
         with np.errstate(invalid="ignore", divide="ignore"):
             values = special.ndtri((ranks - c) / (n - 2 * c + 1))
         values[missing] = np.nan
-        out[:, s : s + _BLOCK] = values.T
-    return _assemble(profiles, names, out, drop=names)
+        x[:, s : s + _BLOCK] = values.T
+    return _assemble(profiles, names, x, drop=names)
 
 
 # ------------------------------------------------------------------ plate-effect corrections
