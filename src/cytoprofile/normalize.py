@@ -2,8 +2,11 @@
 
 The scaling is fitted on the chosen rows and applied to every row, column-wise in
 numpy. Methods: ``standardize`` (mean, population std), ``robustize`` (median, IQR),
-``mad_robustize`` (median, 1.4826 * MAD + epsilon) and ``spherize`` (PCA, ZCA,
-PCA-cor, ZCA-cor whitening). Missing values are ignored in the fit and stay missing.
+``mad_robustize`` (median, 1.4826 * MAD + epsilon), ``spherize`` (PCA, ZCA,
+PCA-cor, ZCA-cor whitening) and ``inverse_normal`` (quantile mapping to a standard
+normal through ``inverse_normal_n_quantiles`` landmarks, the reference's
+QuantileTransformer; every fit row is used, where the reference subsamples 10,000).
+Missing values are ignored in the fit and stay missing.
 Spherizing a rank-deficient fit matrix is an error here; the reference intends the
 same check, but an operator-precedence slip disables it and it returns values
 blown up by 1/epsilon. Spherizing with no more fit rows than features is an error
@@ -40,7 +43,7 @@ __all__ = ["METHODS", "SPHERIZE_METHODS", "fit_rows", "normalize"]
 
 log = logging.getLogger(__name__)
 
-METHODS: tuple[str, ...] = ("standardize", "robustize", "mad_robustize", "spherize")
+METHODS: tuple[str, ...] = ("standardize", "robustize", "mad_robustize", "spherize", "inverse_normal")
 SPHERIZE_METHODS: tuple[str, ...] = ("PCA", "ZCA", "PCA-cor", "ZCA-cor")
 _MAD_SCALE = 1.4826  # makes the MAD a consistent estimator of a normal std
 _EPS = float(np.finfo(np.float64).eps)
@@ -116,6 +119,31 @@ def _mad(x: np.ndarray, epsilon: float) -> tuple[np.ndarray, np.ndarray]:
         centre = np.nanmedian(x, axis=0)
         mad = np.nanmedian(np.abs(x - centre), axis=0) * _MAD_SCALE
     return centre, mad + epsilon
+
+
+def _inverse_normal(x_all: np.ndarray, x_fit: np.ndarray, n_quantiles: int) -> np.ndarray:
+    """Map each feature through its fit rows' quantiles to a standard normal."""
+    from scipy import special
+
+    bound = 1e-7  # the reference's clipping margin
+    n = max(1, min(n_quantiles, len(x_fit)))
+    references = np.linspace(0, 1, n, endpoint=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        quantiles = np.nanpercentile(x_fit, references * 100, axis=0)
+    out = np.array(x_all, dtype=np.float64, copy=True)
+    clip = special.ndtri(np.array([bound - np.spacing(1), 1 - (bound - np.spacing(1))]))
+    for j in range(out.shape[1]):
+        col, q = out[:, j], quantiles[:, j]
+        with np.errstate(invalid="ignore"):
+            low, high = col - bound < q[0], col + bound > q[-1]
+        ok = ~np.isnan(col)
+        col[ok] = 0.5 * (np.interp(col[ok], q, references) - np.interp(-col[ok], -q[::-1], -references[::-1]))
+        col[high] = 1
+        col[low] = 0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[:, j] = np.clip(special.ndtri(col), clip[0], clip[1])
+    return out
 
 
 def _spherize(
@@ -232,6 +260,7 @@ def normalize(
     min_cells: int | None = None,
     object_count_column: str = "Metadata_Object_Count",
     on_account: AccountSink | None = None,
+    inverse_normal_n_quantiles: int = 1000,
 ) -> pd.DataFrame:
     """Normalize ``features`` of ``profiles``; fit on the rows ``samples`` etc. choose.
 
@@ -300,6 +329,10 @@ def normalize(
         elif method == "mad_robustize":
             centre, scale = _mad(x[fit], mad_robustize_epsilon)
             out = (x - centre) / scale
+        elif method == "inverse_normal":
+            if inverse_normal_n_quantiles < 1:
+                raise ConfigError("inverse_normal_n_quantiles must be at least 1")
+            out = _inverse_normal(x, x[fit], inverse_normal_n_quantiles)
         else:
             out = _spherize(
                 x,

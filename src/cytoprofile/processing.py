@@ -1,0 +1,682 @@
+"""Profile processing beyond normalize → feature select, as large screens do it today.
+
+One function per step; each takes per-well profiles and returns them with the step
+applied (non-feature columns first and unchanged, then the features as float32):
+
+* ``select_variant_features`` (``var``): per-plate median and unscaled MAD of the
+  reference wells (negative controls, or all); a feature stays only if on every
+  plate MAD ≠ 0 and |MAD / median| > ``threshold`` (a median of 0 counts as 0);
+  features with NaN or ±inf drop first.
+* ``mad_normalize`` (``mad``): (x − plate median) / plate MAD with those statistics.
+  Unlike ``normalize(method="mad_robustize")`` the MAD is not scaled by 1.4826 and
+  no ε is added.
+* ``rank_int`` (``int``): rank-based inverse normal transform per feature, Blom's
+  c = 3/8; ties broken by a seeded permutation (the same for every feature) or
+  averaged. NaN cells stay NaN and are not ranked.
+* ``correct_well_position`` (``wellpos``): subtract each well position's mean
+  across plates.
+* ``regress_cell_count`` (``cc``): per-feature OLS residuals on the cell count.
+* ``remove_outliers`` (``outlier``): drop features whose 99th percentile of |x|
+  exceeds ``bound`` and clip the rest to ±bound.
+* ``drop_na_features`` (``dropna``), ``pca``, ``sphere`` (``sphering``; the
+  regularization chosen by mAP) and ``harmony`` (harmonypy).
+
+``parse_chain`` reads a chain (``profiles_var_mad_int_featselect_harmony`` or a
+list) and ``run_chain`` applies it, recording each step's effect.
+
+Where the reference recipe drops rows (wells with missing values before the
+well-position correction, plates without negative controls), this module either
+keeps them (missing values are ignored in the statistics and stay missing) or
+refuses unless asked to drop (``plates_without_controls="drop"``), naming them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from scipy import sparse, special, stats
+
+from .errors import ConfigError, InputError
+from .evaluate import feature_columns, mode_average_precision
+from .feature_select import feature_matrix, select_samples
+
+__all__ = [
+    "CHAIN_STEPS",
+    "correct_well_position",
+    "drop_na_features",
+    "harmony",
+    "mad_normalize",
+    "parse_chain",
+    "pca",
+    "plate_statistics",
+    "rank_int",
+    "regress_cell_count",
+    "remove_outliers",
+    "run_chain",
+    "select_variant_features",
+    "sphere",
+]
+
+log = logging.getLogger(__name__)
+
+CHAIN_STEPS: tuple[str, ...] = (
+    "var", "mad", "int", "featselect", "wellpos", "cc", "outlier", "dropna", "pca", "sphering", "harmony",
+)
+NEGCON = "Metadata_control_type == 'negcon'"
+SPHERING_GRID: tuple[float, ...] = tuple(10.0**k for k in range(-5, 4))
+_BLOCK = 64  # feature columns handled at once (float64 work space: rows x 64 per temporary)
+
+Features = str | Sequence[str]
+
+
+# ------------------------------------------------------------------ shared helpers
+
+
+def _matrix32(profiles: pd.DataFrame, names: Sequence[str]) -> np.ndarray:
+    """The features as a new float32 array (rows x features), safe to change in place."""
+    try:
+        return profiles.loc[:, list(names)].to_numpy(dtype=np.float32, na_value=np.nan, copy=True)
+    except (TypeError, ValueError):
+        return feature_matrix(profiles, names).astype(np.float32)
+
+
+def _assemble(profiles: pd.DataFrame, names: Sequence[str], values: np.ndarray,
+              *, drop: Sequence[str] = ()) -> pd.DataFrame:
+    """Non-feature columns of ``profiles`` (minus ``drop``), then ``values`` as ``names``."""
+    gone = set(drop)
+    rest = [c for c in profiles.columns if c not in gone]
+    block = pd.DataFrame(values, columns=pd.Index(list(names)), index=profiles.index, copy=False)
+    return pd.concat([profiles.loc[:, rest], block], axis="columns")
+
+
+def _non_features(profiles: pd.DataFrame, names: Sequence[str]) -> list[str]:
+    taken = set(names)
+    return [c for c in profiles.columns if c not in taken]
+
+
+def _column(profiles: pd.DataFrame, name: str, option: str) -> pd.Series:
+    if name not in profiles.columns:
+        raise ConfigError(f"profiles have no {name!r} column ({option})")
+    return profiles[name]
+
+
+def _reference_rows(profiles: pd.DataFrame, samples: str) -> np.ndarray:
+    """Boolean mask of the rows whose statistics are used (``all`` or a query)."""
+    if samples == "all":
+        return np.ones(len(profiles), dtype=bool)
+    positional = profiles.set_axis(pd.RangeIndex(len(profiles)), axis=0)
+    mask = np.zeros(len(profiles), dtype=bool)
+    mask[select_samples(positional, samples=samples).index.to_numpy()] = True
+    return mask
+
+
+# ------------------------------------------------------------------ per-plate statistics
+
+
+def plate_statistics(
+    profiles: pd.DataFrame,
+    *,
+    features: Features = "infer",
+    feature_prefixes: Sequence[str] | None = None,
+    plate_column: str = "Metadata_Plate",
+    samples: str = NEGCON,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per-plate median and unscaled MAD (plates x features, float32) of the ``samples`` rows.
+
+    Missing values are left out; plates without any ``samples`` row are absent.
+    """
+    names = feature_columns(profiles, features, feature_prefixes)
+    return _plate_stats(profiles, _matrix32(profiles, names), names, plate_column, samples)
+
+
+def _plate_stats(profiles: pd.DataFrame, x: np.ndarray, names: Sequence[str], plate_column: str,
+                 samples: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``plate_statistics`` of the feature matrix ``x`` (rows of ``profiles``)."""
+    plates = _column(profiles, plate_column, "plate_column").astype(str).to_numpy()
+    ref = _reference_rows(profiles, samples)
+    found = sorted(set(plates[ref]))
+    median = np.empty((len(found), len(names)), dtype=np.float32)
+    mad = np.empty_like(median)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for p, plate in enumerate(found):
+            rows = np.flatnonzero(ref & (plates == plate))
+            for s in range(0, x.shape[1], _BLOCK):
+                block = x[rows, s : s + _BLOCK].astype(np.float64)
+                centre = np.nanmedian(block, axis=0)
+                median[p, s : s + _BLOCK] = centre
+                mad[p, s : s + _BLOCK] = np.nanmedian(np.abs(block - centre), axis=0)
+    index = pd.Index(found, name=plate_column)
+    columns = pd.Index(list(names))
+    return pd.DataFrame(median, index=index, columns=columns), pd.DataFrame(mad, index=index, columns=columns)
+
+
+def _plates_with_stats(
+    profiles: pd.DataFrame,
+    found: Sequence[str],
+    plate_column: str,
+    plates_without_controls: str,
+    step: str,
+) -> pd.DataFrame:
+    """``profiles`` restricted to plates with statistics, or an error naming the others."""
+    if plates_without_controls not in ("error", "drop"):
+        raise ConfigError("plates_without_controls must be 'error' or 'drop'")
+    plates = profiles[plate_column].astype(str)
+    missing = sorted(set(plates) - set(found))
+    if not missing:
+        return profiles
+    rows = int(plates.isin(missing).sum())
+    if plates_without_controls == "error":
+        raise InputError(
+            f"{step}: {len(missing)} plate(s) have no reference (negative control) wells: "
+            f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}; set "
+            "plates_without_controls: drop to leave their wells out, or fix the annotation"
+        )
+    log.warning("%s: dropped %d well(s) of %d plate(s) without reference wells: %s",
+                step, rows, len(missing), ", ".join(missing))
+    return profiles[~plates.isin(missing).to_numpy()]
+
+
+def select_variant_features(
+    profiles: pd.DataFrame,
+    *,
+    features: Features = "infer",
+    feature_prefixes: Sequence[str] | None = None,
+    plate_column: str = "Metadata_Plate",
+    samples: str = NEGCON,
+    threshold: float = 1e-3,
+    plates_without_controls: Literal["error", "drop"] = "error",
+) -> pd.DataFrame:
+    """Keep features that vary on every plate's reference wells (see the module doc)."""
+    names = feature_columns(profiles, features, feature_prefixes)
+    x = _matrix32(profiles, names)
+    finite = np.isfinite(x).all(axis=0)
+    if not finite.all():
+        log.info("var: %d feature(s) with missing or infinite values dropped", int((~finite).sum()))
+    kept_names = [n for n, ok in zip(names, finite) if ok]
+    median, mad = _plate_stats(profiles, x[:, finite] if not finite.all() else x, kept_names, plate_column, samples)
+    del x
+    profiles = _plates_with_stats(profiles, list(median.index), plate_column, plates_without_controls, "var")
+    m, d = median.to_numpy(), mad.to_numpy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.abs(d / m)
+    ratio[~np.isfinite(ratio)] = 0
+    keep = ((d != 0) & (ratio > np.float32(threshold))).all(axis=0)
+    dropped = [n for n, ok in zip(names, finite) if not ok] + [n for n, k in zip(kept_names, keep) if not k]
+    log.info("var: kept %d of %d features", len(names) - len(dropped), len(names))
+    return profiles.drop(columns=dropped)
+
+
+def mad_normalize(
+    profiles: pd.DataFrame,
+    *,
+    features: Features = "infer",
+    feature_prefixes: Sequence[str] | None = None,
+    plate_column: str = "Metadata_Plate",
+    samples: str = NEGCON,
+    epsilon: float = 0.0,
+    plates_without_controls: Literal["error", "drop"] = "error",
+) -> pd.DataFrame:
+    """(x − plate median) / (plate MAD + ``epsilon``), statistics of the reference wells."""
+    names = feature_columns(profiles, features, feature_prefixes)
+    x = _matrix32(profiles, names)
+    median, mad = _plate_stats(profiles, x, names, plate_column, samples)
+    kept = _plates_with_stats(profiles, list(median.index), plate_column, plates_without_controls, "mad")
+    if len(kept) < len(profiles):
+        x = x[np.isin(profiles[plate_column].astype(str).to_numpy(), list(median.index))]
+    profiles = kept
+    scale = mad.to_numpy() + np.float32(epsilon)
+    zero = (scale == 0).any(axis=0)
+    if zero.any():
+        bad = [n for n, z in zip(names, zero) if z]
+        raise InputError(
+            f"mad: {len(bad)} feature(s) have MAD 0 on some plate ({', '.join(bad[:5])}); run "
+            "select_variant_features (var) first or set epsilon"
+        )
+    row_plate = median.index.get_indexer(pd.Index(profiles[plate_column].astype(str)))
+    centre = median.to_numpy()
+    with np.errstate(invalid="ignore"):
+        for p in range(len(centre)):  # a plate at a time: no rows x features temporaries
+            rows = np.flatnonzero(row_plate == p)
+            x[rows] = (x[rows] - centre[p]) / scale[p]
+    return _assemble(profiles, names, x, drop=names)
+
+
+# ------------------------------------------------------------------ rank-based INT
+
+
+def _ordinal_ranks(block: np.ndarray, perm: np.ndarray) -> np.ndarray:
+    """Ranks 1..n along each row, ties in the order of ``perm``'s positions; NaN last.
+
+    Sorted as one unique 64-bit key per value (the value's order bits, then the row's
+    position in the permutation), which a plain (unstable) sort handles quickly.
+    """
+    n = block.shape[1]
+    position = np.empty(n, dtype=np.uint64)
+    position[perm] = np.arange(n, dtype=np.uint64)
+    # one NaN bit pattern (sorted last) and +0 for -0, which compares equal to it
+    clean = np.where(np.isnan(block), np.float32(np.nan), block + np.float32(0))
+    bits = clean.view(np.int32).astype(np.int64)
+    key = (np.where(bits < 0, -(bits & 0x7FFFFFFF) - 1, bits) + (1 << 31)).astype(np.uint64)
+    key <<= np.uint64(32)
+    key |= position
+    order = np.argsort(key, axis=1)
+    ranks = np.empty(block.shape, dtype=np.float64)
+    ranks[np.arange(block.shape[0])[:, None], order] = np.arange(1, n + 1, dtype=np.float64)
+    return ranks
+
+
+def rank_int(
+    profiles: pd.DataFrame,
+    *,
+    features: Features = "infer",
+    feature_prefixes: Sequence[str] | None = None,
+    c: float = 3.0 / 8.0,
+    ties: Literal["random", "average"] = "random",
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Φ⁻¹((rank − c) / (n − 2c + 1)) per feature over all rows (n: its non-missing values).
+
+    ``ties="random"`` ranks tied values by their position in a permutation drawn from
+    a generator seeded with ``seed`` (re-seeded for every feature, so the same
+    permutation); ``"average"`` gives tied values their mean rank.
+    """
+    if ties not in ("random", "average"):
+        raise ConfigError("ties must be 'random' or 'average'")
+    names = feature_columns(profiles, features, feature_prefixes)
+    x = _matrix32(profiles, names)
+    perm = np.random.default_rng(seed).permutation(len(x)) if ties == "random" else None
+    for s in range(0, x.shape[1], _BLOCK):
+        block = np.ascontiguousarray(x[:, s : s + _BLOCK].T)  # features x rows
+        missing = np.isnan(block)
+        ranks = _ordinal_ranks(block, perm) if perm is not None else stats.rankdata(
+            block, method="average", axis=1, nan_policy="omit")
+        n = (~missing).sum(axis=1, keepdims=True).astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            values = special.ndtri((ranks - c) / (n - 2 * c + 1))
+        values[missing] = np.nan
+        x[:, s : s + _BLOCK] = values.T
+    return _assemble(profiles, names, x, drop=names)
+
+
+# ------------------------------------------------------------------ plate-effect corrections
+
+
+def correct_well_position(
+    profiles: pd.DataFrame,
+    *,
+    features: Features = "infer",
+    feature_prefixes: Sequence[str] | None = None,
+    well_column: str = "Metadata_Well",
+) -> pd.DataFrame:
+    """Subtract, per feature, the mean of all wells at the same position across plates.
+
+    Missing values are left out of the means and stay missing (no row is dropped).
+    """
+    names = feature_columns(profiles, features, feature_prefixes)
+    codes, _ = pd.factorize(_column(profiles, well_column, "well_column").astype(str))
+    onehot = sparse.csr_matrix(
+        (np.ones(len(codes), dtype=np.float64), (codes, np.arange(len(codes)))),
+        shape=(int(codes.max(initial=-1)) + 1, len(codes)),
+    )
+    x = _matrix32(profiles, names)
+    for s in range(0, x.shape[1], _BLOCK):
+        block = x[:, s : s + _BLOCK]
+        present = ~np.isnan(block)
+        sums = onehot @ np.where(present, block, 0).astype(np.float64)
+        counts = onehot @ present.astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means = sums / counts
+        block -= means[codes].astype(np.float32)
+    return _assemble(profiles, names, x, drop=names)
+
+
+def _distinct_counts(block: np.ndarray) -> np.ndarray:
+    """Distinct non-missing values per column."""
+    ordered = np.sort(block, axis=0)  # NaN last
+    present = ~np.isnan(ordered)
+    changes = (np.diff(ordered, axis=0) != 0) & present[1:]
+    return np.where(present.any(axis=0), 1 + changes.sum(axis=0), 0)
+
+
+def regress_cell_count(
+    profiles: pd.DataFrame,
+    *,
+    features: Features = "infer",
+    feature_prefixes: Sequence[str] | None = None,
+    cell_count_column: str = "Metadata_Count_Cells",
+    min_unique: int = 100,
+) -> pd.DataFrame:
+    """Replace features with more than ``min_unique`` distinct values by the residuals of
+    an OLS fit ``feature ~ 1 + cell count`` over all wells.
+
+    The fit uses the wells where both are present; a well without a residual (missing
+    count or value) keeps its original value.
+    """
+    names = feature_columns(profiles, features, feature_prefixes)
+    count = pd.to_numeric(_column(profiles, cell_count_column, "cell_count_column"), errors="coerce")
+    c = count.to_numpy(dtype=np.float64)
+    has_count = np.isfinite(c)
+    x = _matrix32(profiles, names)
+    regressed = 0
+    for s in range(0, x.shape[1], _BLOCK):
+        block = x[:, s : s + _BLOCK]
+        chosen = _distinct_counts(block) > min_unique
+        if not chosen.any():
+            continue
+        y = block[:, chosen].astype(np.float64)
+        use = np.isfinite(y) & has_count[:, None]
+        n = use.sum(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            c_mean = np.where(use, c[:, None], 0).sum(axis=0) / n
+            y_mean = np.where(use, y, 0).sum(axis=0) / n
+            dc = np.where(use, c[:, None] - c_mean, 0)
+            slope = (dc * np.where(use, y - y_mean, 0)).sum(axis=0) / (dc * dc).sum(axis=0)
+            slope = np.where(np.isfinite(slope), slope, 0.0)
+            resid = y - y_mean - slope * (c[:, None] - c_mean)
+        block[:, chosen] = np.where(use, resid, y).astype(np.float32)
+        regressed += int(chosen.sum())
+    log.info("cc: %d of %d features regressed on %s", regressed, len(names), cell_count_column)
+    return _assemble(profiles, names, x, drop=names)
+
+
+def remove_outliers(
+    profiles: pd.DataFrame,
+    *,
+    features: Features = "infer",
+    feature_prefixes: Sequence[str] | None = None,
+    bound: float = 100.0,
+    percentile: float = 99.0,
+) -> pd.DataFrame:
+    """Drop features whose ``percentile`` of |x| exceeds ``bound``; clip the rest to ±bound.
+
+    Every well is kept.
+    """
+    if bound <= 0:
+        raise ConfigError("bound must be > 0")
+    names = feature_columns(profiles, features, feature_prefixes)
+    x = _matrix32(profiles, names)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        q = np.concatenate([
+            np.nanpercentile(np.abs(x[:, s : s + _BLOCK]).astype(np.float64), percentile, axis=0)
+            for s in range(0, x.shape[1], _BLOCK)
+        ]) if x.shape[1] else np.empty(0)
+    keep = ~(q > bound)
+    kept = [n for n, k in zip(names, keep) if k]
+    log.info("outlier: dropped %d of %d features (|x| %g%% > %g)", int((~keep).sum()), len(names), percentile, bound)
+    values = np.clip(x[:, keep], -bound, bound)
+    return _assemble(profiles, kept, values, drop=names)
+
+
+def drop_na_features(
+    profiles: pd.DataFrame,
+    *,
+    features: Features = "infer",
+    feature_prefixes: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """Drop features with any missing or infinite value."""
+    names = feature_columns(profiles, features, feature_prefixes)
+    bad = ~np.isfinite(_matrix32(profiles, names)).all(axis=0)
+    dropped = [n for n, b in zip(names, bad) if b]
+    log.info("dropna: dropped %d of %d features", len(dropped), len(names))
+    return profiles.drop(columns=dropped)
+
+
+# ------------------------------------------------------------------ projections
+
+
+def _complete(x: np.ndarray, step: str) -> None:
+    if not np.isfinite(x).all():
+        rows = int((~np.isfinite(x)).any(axis=1).sum())
+        raise InputError(f"{step} needs complete profiles: {rows} row(s) have missing or infinite values; "
+                         "run dropna (drop_na_features) first")
+
+
+def pca(
+    profiles: pd.DataFrame,
+    *,
+    features: Features = "infer",
+    feature_prefixes: Sequence[str] | None = None,
+    variance_fraction: float = 0.98,
+    prefix: str = "PC",
+) -> pd.DataFrame:
+    """Principal components (``PC1``…) explaining at least ``variance_fraction`` of the variance.
+
+    Components come from the covariance's eigenvectors, signed so that each one's
+    largest loading is positive; the count is the smallest whose cumulative share of
+    the variance exceeds ``variance_fraction``.
+    """
+    if not 0 < variance_fraction <= 1:
+        raise ConfigError("variance_fraction must be in (0, 1]")
+    names = feature_columns(profiles, features, feature_prefixes)
+    x = feature_matrix(profiles, names)
+    _complete(x, "pca")
+    if len(x) < 2:
+        raise InputError("pca needs at least 2 rows")
+    x = x - x.mean(axis=0)
+    values, vectors = np.linalg.eigh(x.T @ x)
+    values, vectors = np.clip(values[::-1], 0, None), vectors[:, ::-1]
+    limit = min(len(x), x.shape[1])
+    values, vectors = values[:limit], vectors[:, :limit]
+    ratio = np.cumsum(values / values.sum()) if values.sum() > 0 else np.ones(limit)
+    k = min(int(np.searchsorted(ratio, variance_fraction, side="right")) + 1, limit)
+    vectors = vectors[:, :k]
+    signs = np.sign(vectors[np.argmax(np.abs(vectors), axis=0), np.arange(k)])
+    vectors *= np.where(signs == 0, 1, signs)
+    scores = (x @ vectors).astype(np.float32)
+    log.info("pca: %d components explain %.4f of the variance", k, ratio[k - 1])
+    return _assemble(profiles, [f"{prefix}{i}" for i in range(1, k + 1)], scores, drop=names)
+
+
+def _sphered(profiles: pd.DataFrame, names: list[str], *, samples: str, method: str, epsilon: float) -> pd.DataFrame:
+    from .normalize import normalize
+
+    out = normalize(profiles, features=names, meta_features=_non_features(profiles, names), samples=samples,
+                    method="spherize", spherize_method=method, spherize_epsilon=epsilon)
+    columns = [c for c in out.columns if c not in set(_non_features(profiles, names))]
+    return _assemble(out, columns, out[columns].to_numpy(dtype=np.float32), drop=columns)
+
+
+def _sphering_score(profiles: pd.DataFrame, names: list[str], *, pert_column: str, samples: str,
+                    neg_sameby: Sequence[str]) -> float:
+    """Mean of mAP against negative controls and mAP against other perturbations."""
+    scores = []
+    for mode in ("activity", "distinctiveness"):
+        ap = mode_average_precision(profiles, mode=mode, column=pert_column, control_query=samples,
+                                    neg_sameby=neg_sameby if mode == "activity" else (), features=names)
+        scores.append(float(ap.groupby(pert_column)["average_precision"].mean().mean()))
+    return float(np.mean(scores))
+
+
+def sphere(
+    profiles: pd.DataFrame,
+    *,
+    features: Features = "infer",
+    feature_prefixes: Sequence[str] | None = None,
+    samples: str = NEGCON,
+    method: str = "ZCA-cor",
+    epsilon: float | Sequence[float] = SPHERING_GRID,
+    pert_column: str = "Metadata_broad_sample",
+    neg_sameby: Sequence[str] = ("Metadata_Plate",),
+) -> pd.DataFrame:
+    """Whitening fitted on the ``samples`` wells (``normalize``'s spherize).
+
+    With several ``epsilon`` values, each is tried and the one with the best mean of
+    mAP against negative controls and mAP against other perturbations (by
+    ``pert_column``) is kept; ``attrs["sphering"]`` records every score.
+    """
+    names = feature_columns(profiles, features, feature_prefixes)
+    grid = [float(epsilon)] if isinstance(epsilon, int | float) else [float(e) for e in epsilon]
+    if not grid or any(e < 0 for e in grid):
+        raise ConfigError("epsilon must be one number >= 0 or a non-empty list of them")
+    if len(grid) == 1:
+        out = _sphered(profiles, names, samples=samples, method=method, epsilon=grid[0])
+        out.attrs["sphering"] = {"epsilon": grid[0]}
+        return out
+    _column(profiles, pert_column, "pert_column")
+    best: tuple[float, float, pd.DataFrame] | None = None
+    scores: dict[float, float] = {}
+    for eps in grid:
+        candidate = _sphered(profiles, names, samples=samples, method=method, epsilon=eps)
+        sphered = [c for c in candidate.columns if c not in set(_non_features(profiles, names))]
+        scores[eps] = _sphering_score(candidate, sphered, pert_column=pert_column, samples=samples,
+                                      neg_sameby=neg_sameby)
+        if best is None or scores[eps] > best[0]:
+            best = (scores[eps], eps, candidate)
+    assert best is not None
+    log.info("sphering: epsilon %g chosen (mean mAP %.4f); tried %s", best[1], best[0],
+             ", ".join(f"{e:g}: {s:.4f}" for e, s in scores.items()))
+    out = best[2]
+    out.attrs["sphering"] = {"epsilon": best[1], "scores": scores}
+    return out
+
+
+def harmony(
+    profiles: pd.DataFrame,
+    *,
+    features: Features = "infer",
+    feature_prefixes: Sequence[str] | None = None,
+    batch_key: str = "Metadata_Batch",
+    seed: int = 0,
+    max_iter: int = 10,
+    n_clusters: int | None = None,
+    theta: float | None = None,
+    threads: int = 0,
+) -> pd.DataFrame:
+    """Harmony batch correction (harmonypy) of the features over ``batch_key``."""
+    import harmonypy
+
+    names = feature_columns(profiles, features, feature_prefixes)
+    batches = _column(profiles, batch_key, "batch_key")
+    if batches.isna().any():
+        raise InputError(f"harmony: {int(batches.isna().sum())} row(s) have no {batch_key}")
+    if batches.nunique() < 2:
+        raise InputError(f"harmony: {batch_key} has a single value; there is no batch effect to correct")
+    x = feature_matrix(profiles, names)
+    _complete(x, "harmony")
+    meta = pd.DataFrame({batch_key: batches.astype(str).to_numpy()})
+    # rows x features is used without a copy; a square matrix is passed as features x rows
+    data = x if x.shape[0] != x.shape[1] else x.T
+    result = harmonypy.run_harmony(data, meta, [batch_key], theta=theta, nclust=n_clusters,
+                                   max_iter_harmony=max_iter, random_state=seed, verbose=False, ncores=threads)
+    corrected = np.asarray(result.Z_corr, dtype=np.float32)
+    return _assemble(profiles, names, corrected, drop=names)
+
+
+# ------------------------------------------------------------------ chains
+
+
+def parse_chain(chain: str | Sequence[str]) -> list[str]:
+    """Steps of a chain: ``"profiles_var_mad_int_featselect_harmony"`` or a list of names."""
+    if isinstance(chain, str):
+        parts = [p for p in chain.strip().split("_") if p]
+        if parts and parts[0] == "profiles":
+            parts = parts[1:]
+    else:
+        parts = [str(p).strip() for p in chain]
+    unknown = [p for p in parts if p not in CHAIN_STEPS]
+    if unknown:
+        raise ConfigError(
+            f"processing: unknown step(s) {', '.join(map(repr, unknown))}; accepted: {', '.join(CHAIN_STEPS)}"
+        )
+    return parts
+
+
+def _step_call(step: str, frame: pd.DataFrame, names: list[str], o: Mapping[str, Any]) -> pd.DataFrame:
+    """One chain step with the chain's options."""
+    from .feature_select import feature_select
+
+    plates = {"plate_column": o["plate_column"], "samples": o["samples"],
+              "plates_without_controls": o["plates_without_controls"]}
+    if step == "var":
+        return select_variant_features(frame, features=names, **plates)
+    if step == "mad":
+        return mad_normalize(frame, features=names, **plates)
+    if step == "int":
+        return rank_int(frame, features=names, ties=o["ties"], seed=o["seed"])
+    if step == "featselect":
+        return feature_select(frame, features=names, **o["featselect"])
+    if step == "wellpos":
+        return correct_well_position(frame, features=names, well_column=o["well_column"])
+    if step == "cc":
+        return regress_cell_count(frame, features=names, cell_count_column=o["cell_count_column"],
+                                  min_unique=o["min_unique"])
+    if step == "outlier":
+        return remove_outliers(frame, features=names, bound=o["outlier_bound"])
+    if step == "dropna":
+        return drop_na_features(frame, features=names)
+    if step == "pca":
+        return pca(frame, features=names, variance_fraction=o["variance_fraction"])
+    if step == "sphering":
+        return sphere(frame, features=names, samples=o["samples"], epsilon=o["sphering_epsilon"],
+                      pert_column=o["pert_column"], neg_sameby=o["neg_sameby"])
+    return harmony(frame, features=names, batch_key=o["batch_key"], seed=o["seed"])
+
+
+def run_chain(
+    profiles: pd.DataFrame,
+    chain: str | Sequence[str],
+    *,
+    features: Features = "infer",
+    feature_prefixes: Sequence[str] | None = None,
+    plate_column: str = "Metadata_Plate",
+    samples: str = NEGCON,
+    plates_without_controls: Literal["error", "drop"] = "error",
+    well_column: str = "Metadata_Well",
+    cell_count_column: str = "Metadata_Count_Cells",
+    min_unique: int = 100,
+    outlier_bound: float = 100.0,
+    variance_fraction: float = 0.98,
+    ties: Literal["random", "average"] = "random",
+    sphering_epsilon: float | Sequence[float] = SPHERING_GRID,
+    pert_column: str = "Metadata_broad_sample",
+    neg_sameby: Sequence[str] = ("Metadata_Plate",),
+    batch_key: str = "Metadata_Batch",
+    seed: int = 0,
+    featselect: Mapping[str, Any] | None = None,
+    report: list[dict[str, Any]] | None = None,
+) -> pd.DataFrame:
+    """Apply the steps of ``chain`` (see ``parse_chain``) in order.
+
+    ``featselect`` holds ``feature_select`` options (default: frequency and
+    correlation thresholds and the blocklist). When ``report`` is a list, one entry
+    per step is appended: step, rows and features in and out, the dropped features
+    and plates, and seconds.
+    """
+    steps = parse_chain(chain)
+    names = feature_columns(profiles, features, feature_prefixes)
+    options = {
+        "plate_column": plate_column, "samples": samples, "plates_without_controls": plates_without_controls,
+        "well_column": well_column, "cell_count_column": cell_count_column, "min_unique": min_unique,
+        "outlier_bound": outlier_bound, "variance_fraction": variance_fraction, "ties": ties,
+        "sphering_epsilon": sphering_epsilon, "pert_column": pert_column, "neg_sameby": tuple(neg_sameby),
+        "batch_key": batch_key, "seed": seed,
+        "featselect": dict(featselect) if featselect is not None else
+        {"operations": ["variance_threshold", "correlation_threshold", "blocklist"]},
+    }
+    frame = profiles
+    for step in steps:
+        start = time.perf_counter()
+        before_rows, before = len(frame), names
+        other = set(_non_features(frame, names))
+        frame = _step_call(step, frame, names, options)
+        names = [c for c in frame.columns if c not in other]
+        if report is not None:
+            plates_before = set(profiles[plate_column].astype(str)) if plate_column in profiles else set()
+            plates_after = set(frame[plate_column].astype(str)) if plate_column in frame else set()
+            report.append({
+                "step": step, "rows_in": before_rows, "rows_out": len(frame),
+                "features_in": len(before), "features_out": len(names),
+                "dropped_features": [n for n in before if n not in set(names)] if step != "pca" else [],
+                "dropped_plates": sorted(plates_before - plates_after),
+                "seconds": round(time.perf_counter() - start, 3),
+            })
+        log.info("processing %s: %d rows x %d features", step, len(frame), len(names))
+    return frame

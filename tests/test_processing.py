@@ -1,0 +1,334 @@
+"""Processing steps against their references: the JUMP recipe's formulas on hand-made
+inputs, scipy/statsmodels/scikit-learn/harmonypy and pycytominer."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from cytoprofile import processing as pr
+from cytoprofile.cli import main
+from cytoprofile.errors import ConfigError, InputError
+from cytoprofile.normalize import normalize
+from tests.planted import planted_profiles
+
+NEG = "Metadata_control_type == 'negcon'"
+
+
+def _feats(df: pd.DataFrame) -> list[str]:
+    return [c for c in df.columns if not c.startswith("Metadata_")]
+
+
+def _reference_rank_int(values: np.ndarray, *, c: float = 3 / 8, stochastic: bool = True, seed: int = 0) -> np.ndarray:
+    """The JUMP recipe's rank_int_array, one feature (formula from its definition)."""
+    if stochastic:
+        ix = np.random.default_rng(seed).permutation(len(values))
+        rank = stats.rankdata(values[ix], method="ordinal")[np.argsort(ix)]
+    else:
+        rank = stats.rankdata(values, method="average")
+    return stats.norm.ppf((rank - c) / (len(rank) - 2 * c + 1))
+
+
+# ------------------------------------------------------------------ var and mad
+
+
+def _var_case() -> pd.DataFrame:
+    df = planted_profiles(plates=3, wells=96, features=8, seed=2)
+    f = _feats(df)
+    neg = df["Metadata_control_type"] == "negcon"
+    p1 = df["Metadata_Plate"] == "P001"
+    df.loc[neg & p1, f[0]] = 7.0                      # MAD 0 on one plate
+    df.loc[neg, f[1]] = df.loc[neg, f[1]] - df.loc[neg].groupby("Metadata_Plate")[f[1]].transform("median")  # median 0
+    df[f[2]] = 1e6 + df[f[2]] * 1e-3                  # |MAD/median| tiny
+    df.loc[5, f[3]] = np.nan                          # NaN anywhere
+    df.loc[9, f[4]] = np.inf                          # inf anywhere
+    return df
+
+
+def _reference_variant(df: pd.DataFrame, threshold: float = 1e-3) -> list[str]:
+    kept = []
+    for feat in _feats(df):
+        if not np.isfinite(df[feat]).all():
+            continue
+        ok = True
+        for _, plate in df[df["Metadata_control_type"] == "negcon"].groupby("Metadata_Plate"):
+            med = np.float32(plate[feat].median())
+            mad = np.float32(stats.median_abs_deviation(plate[feat], nan_policy="omit"))
+            ratio = np.abs(mad / med) if med != 0 else np.float32(0)
+            ok &= bool(mad != 0 and ratio > threshold)
+        if ok:
+            kept.append(feat)
+    return kept
+
+
+def test_select_variant_features_equals_definition() -> None:
+    df = _var_case()
+    out = pr.select_variant_features(df)
+    expected = _reference_variant(df)
+    assert _feats(out) == expected
+    f = _feats(df)
+    assert not {f[0], f[1], f[2], f[3], f[4]} & set(expected)
+    assert len(out) == len(df) and list(out.columns[:7]) == list(df.columns[:7])
+
+
+def test_select_variant_features_all_wells() -> None:
+    df = planted_profiles(plates=2, wells=96, features=6, seed=1)
+    df.loc[df["Metadata_Plate"] == "P000", _feats(df)[0]] = 3.0
+    out = pr.select_variant_features(df, samples="all")
+    assert _feats(out) == _feats(df)[1:]
+
+
+def test_plates_without_controls_are_refused_or_dropped() -> None:
+    df = planted_profiles(plates=3, wells=96, features=6, seed=3)
+    df.loc[df["Metadata_Plate"] == "P002", "Metadata_control_type"] = "trt"
+    with pytest.raises(InputError, match="P002.*plates_without_controls"):
+        pr.select_variant_features(df)
+    with pytest.raises(InputError, match="P002"):
+        pr.mad_normalize(df)
+    out = pr.mad_normalize(df, plates_without_controls="drop")
+    assert sorted(out["Metadata_Plate"].unique()) == ["P000", "P001"] and len(out) == 192
+
+
+def test_mad_normalize_unscaled_mad() -> None:
+    df = planted_profiles(plates=3, wells=96, features=10, seed=4)
+    out = pr.mad_normalize(df)
+    f = _feats(df)
+    for _, rows in df.groupby("Metadata_Plate"):
+        neg = rows[rows["Metadata_control_type"] == "negcon"][f]
+        med = neg.median().to_numpy()
+        mad = stats.median_abs_deviation(neg.to_numpy(), axis=0)
+        expected = (rows[f].to_numpy() - med) / mad
+        np.testing.assert_allclose(out.loc[rows.index, f].to_numpy(), expected, rtol=2e-5, atol=2e-5)
+        # pycytominer's mad_robustize divides by 1.4826 * MAD (+ eps)
+        robust = normalize(rows, method="mad_robustize", samples=NEG)
+        np.testing.assert_allclose(robust[f].to_numpy() * 1.4826, expected, rtol=1e-4, atol=1e-4)
+    assert out[f].dtypes.eq(np.float32).all()
+
+
+def test_mad_zero_is_refused() -> None:
+    df = planted_profiles(plates=2, wells=96, features=4, seed=5)
+    df.loc[df["Metadata_control_type"] == "negcon", _feats(df)[0]] = 1.0
+    with pytest.raises(InputError, match="MAD 0"):
+        pr.mad_normalize(df)
+
+
+# ------------------------------------------------------------------ INT
+
+
+def test_rank_int_by_hand() -> None:
+    df = pd.DataFrame({"Metadata_id": [0, 1, 2, 3], "Cells_a": [3.0, 1.0, 2.0, 10.0]})
+    out = pr.rank_int(df)
+    # ranks 3, 1, 2, 4; n = 4: (r - 3/8) / (4 - 3/4 + 1)
+    expected = stats.norm.ppf((np.array([3, 1, 2, 4]) - 0.375) / 4.25)
+    np.testing.assert_allclose(out["Cells_a"], expected, rtol=1e-6)
+
+
+def test_rank_int_negative_zero_ties_with_zero() -> None:
+    df = pd.DataFrame({"Cells_a": [0.0, -0.0, 1.0]})
+    expected = stats.norm.ppf((np.array([1.5, 1.5, 3.0]) - 0.375) / 3.25)
+    np.testing.assert_allclose(pr.rank_int(df, ties="average")["Cells_a"], expected, rtol=1e-6)
+    np.testing.assert_allclose(pr.rank_int(df)["Cells_a"], _reference_rank_int(np.array([0.0, -0.0, 1.0])), rtol=1e-6)
+
+
+@pytest.mark.parametrize("ties", ["random", "average"])
+@pytest.mark.parametrize("rows", [7, 100, 1001])
+def test_rank_int_equals_recipe(ties: str, rows: int) -> None:
+    rng = np.random.default_rng(rows)
+    x = np.round(rng.normal(size=(rows, 5)), 1)  # ties
+    df = pd.DataFrame(x, columns=[f"Nuclei_f{i}" for i in range(5)])
+    out = pr.rank_int(df, ties=ties)  # type: ignore[arg-type]
+    for j, col in enumerate(df.columns):
+        expected = _reference_rank_int(x[:, j], stochastic=ties == "random")
+        np.testing.assert_allclose(out[col], expected, rtol=2e-6, atol=1e-6)
+
+
+def test_rank_int_missing_values_stay_missing() -> None:
+    df = pd.DataFrame({"Cells_a": [3.0, np.nan, 1.0, 2.0]})
+    out = pr.rank_int(df)
+    assert np.isnan(out.loc[1, "Cells_a"])
+    np.testing.assert_allclose(out["Cells_a"].dropna(), _reference_rank_int(np.array([3.0, 1.0, 2.0])), rtol=1e-6)
+
+
+@pytest.mark.parametrize("rows,quantiles", [(40, 1000), (2500, 1000), (600, 50)])
+@pytest.mark.parametrize("samples", ["all", NEG])
+def test_inverse_normal_equals_pycytominer(rows: int, quantiles: int, samples: str) -> None:
+    from pycytominer import normalize as reference
+
+    rng = np.random.default_rng(rows)
+    df = pd.DataFrame(rng.lognormal(size=(rows, 4)), columns=[f"Cells_f{i}" for i in range(4)])
+    df["Cells_f1"] = np.round(df["Cells_f1"])
+    df.loc[3, "Cells_f2"] = np.nan
+    df.insert(0, "Metadata_control_type", np.where(np.arange(rows) % 3 == 0, "negcon", "trt"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = reference(df, method="inverse_normal", samples=samples, inverse_normal_n_quantiles=quantiles)
+    ours = normalize(df, method="inverse_normal", samples=samples, inverse_normal_n_quantiles=quantiles)
+    pd.testing.assert_frame_equal(ours.reset_index(drop=True), expected.reset_index(drop=True), check_dtype=False)
+
+
+# ------------------------------------------------------------------ plate-effect corrections
+
+
+def test_correct_well_position_equals_group_means() -> None:
+    df = planted_profiles(plates=4, wells=96, features=6, seed=6)
+    f = _feats(df)
+    df.loc[7, f[2]] = np.nan
+    out = pr.correct_well_position(df)
+    expected = df[f] - df.groupby("Metadata_Well")[f].transform("mean")
+    np.testing.assert_allclose(out[f].to_numpy(), expected.to_numpy(), rtol=1e-5, atol=1e-4)
+    assert np.isnan(out.loc[7, f[2]]) and len(out) == len(df)
+
+
+def test_regress_cell_count_equals_statsmodels() -> None:
+    sm = pytest.importorskip("statsmodels.api")
+    df = planted_profiles(plates=3, wells=96, features=6, cell_effect=3.0, seed=7)
+    f = _feats(df)
+    df[f[5]] = np.round(df[f[5]] / 10)  # few distinct values: left alone
+    df.loc[4, "Metadata_Count_Cells"] = np.nan
+    out = pr.regress_cell_count(df)
+    complete = df["Metadata_Count_Cells"].notna()
+    design = sm.add_constant(df.loc[complete, "Metadata_Count_Cells"].astype(float))
+    for feat in f[:5]:
+        resid = sm.OLS(df.loc[complete, feat], design).fit().resid
+        np.testing.assert_allclose(out.loc[complete, feat], resid, rtol=1e-4, atol=1e-4)
+        assert out.loc[4, feat] == pytest.approx(df.loc[4, feat], rel=1e-6)  # no residual: original kept
+    np.testing.assert_allclose(out[f[5]], df[f[5]], rtol=1e-6)
+
+
+def test_regress_cell_count_needs_the_column() -> None:
+    df = planted_profiles(plates=1, wells=96, features=3).drop(columns="Metadata_Count_Cells")
+    with pytest.raises(ConfigError, match="Metadata_Count_Cells"):
+        pr.regress_cell_count(df)
+
+
+def test_remove_outliers_by_hand() -> None:
+    x = np.zeros((100, 3))
+    x[:, 0] = np.linspace(-50, 50, 100)
+    x[:1, 1] = 1000.0             # one extreme row: the 99th percentile is 10 → kept, clipped
+    x[:, 2] = np.linspace(0, 300, 100)  # 99th percentile 297 > 100 → dropped
+    df = pd.DataFrame(x, columns=["Cells_a", "Cells_b", "Cells_c"]).assign(Metadata_id=range(100))
+    out = pr.remove_outliers(df)
+    assert _feats(out) == ["Cells_a", "Cells_b"] and len(out) == 100
+    assert out["Cells_b"].max() == 100.0
+    np.testing.assert_allclose(out["Cells_a"], x[:, 0], rtol=1e-6)
+
+
+def test_drop_na_features() -> None:
+    df = pd.DataFrame({"Cells_a": [1.0, np.nan], "Cells_b": [1.0, 2.0], "Cells_c": [np.inf, 1.0]})
+    assert _feats(pr.drop_na_features(df)) == ["Cells_b"]
+
+
+# ------------------------------------------------------------------ projections
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.9, 0.98])
+def test_pca_equals_scikit_learn(fraction: float) -> None:
+    from sklearn.decomposition import PCA
+
+    df = planted_profiles(plates=2, wells=96, features=20, seed=8)
+    out = pr.pca(df, variance_fraction=fraction)
+    ref = PCA(n_components=fraction, svd_solver="full").fit_transform(df[_feats(df)].to_numpy())
+    pcs = [c for c in out.columns if c.startswith("PC")]
+    assert len(pcs) == ref.shape[1]
+    np.testing.assert_allclose(out[pcs].to_numpy(), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_sphere_single_epsilon_is_spherize() -> None:
+    df = planted_profiles(plates=2, wells=96, features=8, seed=9)
+    out = pr.sphere(df, epsilon=1e-3)
+    ref = normalize(df, method="spherize", samples=NEG, spherize_epsilon=1e-3)
+    np.testing.assert_allclose(out[_feats(df)].to_numpy(), ref[_feats(df)].to_numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_sphere_grid_chooses_best_map() -> None:
+    from cytoprofile.evaluate import mode_average_precision
+
+    df = planted_profiles(plates=3, wells=96, features=8, negcon_per_plate=24, seed=10)
+    grid = [1e-5, 1.0, 1e3]
+    out = pr.sphere(df, epsilon=grid)
+    scores = {}
+    for eps in grid:
+        one = pr.sphere(df, epsilon=eps)
+        parts = [mode_average_precision(one, mode=m, column="Metadata_broad_sample",
+                                        neg_sameby=["Metadata_Plate"] if m == "activity" else [])
+                 .groupby("Metadata_broad_sample")["average_precision"].mean().mean()
+                 for m in ("activity", "distinctiveness")]
+        scores[eps] = float(np.mean(parts))
+    assert out.attrs["sphering"]["epsilon"] == max(scores, key=lambda e: scores[e])
+    assert out.attrs["sphering"]["scores"] == pytest.approx(scores)
+
+
+def test_harmony_equals_harmonypy() -> None:
+    harmonypy = pytest.importorskip("harmonypy")
+    df = planted_profiles(plates=4, wells=96, features=6, batch_effect=3.0, seed=11)
+    out = pr.harmony(df, seed=1)
+    ref = harmonypy.run_harmony(df[_feats(df)].to_numpy(), df[["Metadata_Batch"]], ["Metadata_Batch"],
+                                random_state=1, verbose=False).Z_corr
+    np.testing.assert_allclose(out[_feats(df)].to_numpy(), ref, rtol=1e-5, atol=1e-5)
+    with pytest.raises(InputError, match="single value"):
+        pr.harmony(df.assign(Metadata_Batch="B0"))
+
+
+# ------------------------------------------------------------------ chains
+
+
+@pytest.mark.parametrize("text,steps", [
+    ("profiles_var_mad_int_featselect_harmony", ["var", "mad", "int", "featselect", "harmony"]),
+    ("profiles", []),
+    ("wellpos_cc_outlier_dropna_pca_sphering", ["wellpos", "cc", "outlier", "dropna", "pca", "sphering"]),
+    (["var", "mad"], ["var", "mad"]),
+])
+def test_parse_chain(text: str | list[str], steps: list[str]) -> None:
+    assert pr.parse_chain(text) == steps
+
+
+@pytest.mark.parametrize("text", ["profiles_var_zscore", ["var", "combat"]])
+def test_parse_chain_refuses_unknown_steps_by_name(text: str | list[str]) -> None:
+    with pytest.raises(ConfigError, match="zscore|combat"):
+        pr.parse_chain(text)
+
+
+def test_run_chain_reports_each_step() -> None:
+    df = planted_profiles(plates=4, wells=96, features=12, seed=12)
+    report: list[dict[str, object]] = []
+    out = pr.run_chain(df, "profiles_var_mad_wellpos_cc_int_outlier_featselect_pca_harmony", report=report)
+    assert [r["step"] for r in report] == ["var", "mad", "wellpos", "cc", "int", "outlier", "featselect", "pca", "harmony"]
+    assert all(r["rows_out"] == len(df) for r in report)
+    assert [c for c in out.columns if c.startswith("Metadata_")] == [c for c in df.columns if c.startswith("Metadata_")]
+    assert any(c.startswith("PC") for c in out.columns)
+    step = pr.mad_normalize(pr.select_variant_features(df))
+    first_two = pr.run_chain(df, ["var", "mad"])
+    pd.testing.assert_frame_equal(first_two, step)
+
+
+def test_corrections_raise_map_of_planted_actives() -> None:
+    from cytoprofile.evaluate import mode_average_precision
+
+    df = planted_profiles(plates=6, wells=96, features=24, plate_effect=2.0, well_effect=1.5, seed=13)
+
+    def score(frame: pd.DataFrame) -> float:
+        ap = mode_average_precision(frame, mode="activity", column="Metadata_broad_sample",
+                                    neg_sameby=["Metadata_Plate"])
+        return float(ap[ap["Metadata_active"]]["average_precision"].mean())
+
+    raw = score(df)
+    mad = score(pr.run_chain(df, "var_mad"))
+    wellpos = score(pr.run_chain(df, "var_mad_wellpos"))
+    assert raw < mad < wellpos
+
+
+def test_process_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    df = planted_profiles(plates=2, wells=96, features=6, seed=14)
+    src, out = tmp_path / "p.parquet", tmp_path / "o.parquet"
+    df.to_parquet(src)
+    assert main(["process", str(src), str(out), "--chain", "profiles_var_mad_int", "-q"]) == 0
+    np.testing.assert_allclose(pd.read_parquet(out)[_feats(df)].to_numpy(),
+                               pr.run_chain(df, "var_mad_int")[_feats(df)].to_numpy(), rtol=1e-6)
+    assert "int: 192 → 192 rows" in capsys.readouterr().out
+    assert main(["process", str(src), str(out), "--chain", "profiles_var_zscore", "-q"]) == 1
+    assert main(["rank-int", str(src), str(tmp_path / "r.csv"), "--ties", "average", "-q"]) == 0
