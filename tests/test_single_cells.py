@@ -1,0 +1,234 @@
+"""Joined single-cell tables: equal to the reference merge, every unlinked object named, files that open."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from cytoprofile.collate import collate_plate
+from cytoprofile.errors import InputError
+from cytoprofile.single_cells import (
+    SingleCellJoin,
+    feature_annotation,
+    single_cells,
+    write_single_cells,
+)
+from cytoprofile.synth import synth
+
+from .conftest import link_sites
+
+KEYS = ["Metadata_TableNumber", "Metadata_ImageNumber", "Metadata_ObjectNumber_cytoplasm"]
+JUMP_SITES = "jump-BR00121431/analysis/2021_04_20_Target2/BR00121431/analysis"
+
+
+def reference_merge(backend: Path, strata: list[str], image_cols: list[str]) -> pd.DataFrame:
+    """pycytominer's single-cell merge of a backend."""
+    from pycytominer.cyto_utils.cells import SingleCells
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sc = SingleCells(f"sqlite:///{backend}", strata=strata, image_cols=image_cols, image_table_name="Image")
+        return sc.merge_single_cells()
+
+
+def assert_same_cells(ours: pd.DataFrame, ref: pd.DataFrame, *, rename: dict[str, str] | None = None) -> None:
+    """Same columns (ours: Metadata first), same rows after sorting by keys, same values."""
+    ref = ref.rename(columns=rename or {})
+    assert sorted(ours.columns) == sorted(ref.columns)
+    meta = [c for c in ours.columns if c.startswith("Metadata_")]
+    assert list(ours.columns[: len(meta)]) == meta  # metadata first
+    assert len(ours) == len(ref)
+    ours = ours.sort_values(KEYS).reset_index(drop=True)
+    ref = ref.astype({k: type(ours[k].iloc[0]) if len(ours) else object for k in KEYS}).sort_values(KEYS).reset_index(drop=True)
+    for c in meta:
+        if pd.api.types.is_numeric_dtype(ours[c]):
+            np.testing.assert_array_equal(ours[c].to_numpy(float), ref[c].astype(float).to_numpy(), err_msg=c)
+        else:
+            assert ours[c].astype(str).tolist() == ref[c].astype(str).tolist(), c
+    feats = [c for c in ours.columns if c not in meta]
+    np.testing.assert_array_equal(ours[feats].to_numpy(float), ref[feats].to_numpy(float))
+
+
+def _plate(tmp_path: Path, *, wells: int, sites: int, cells: int, features: int, kind: str = "sqlite", seed: int = 0) -> Path:
+    synth(tmp_path, plates=["P1"], wells=96, well_subset=wells, sites=sites, cells=cells, features=features, seed=seed)
+    result = collate_plate(tmp_path, "BATCH1", "P1", backend=("sqlite", "parquet"))
+    return Path(result.outputs["sqlite"] if kind == "sqlite" else result.outputs["parquet"])
+
+
+@pytest.mark.parametrize(("wells", "sites", "cells", "features", "seed"), [(2, 2, 5, 6, 0), (6, 3, 30, 25, 1), (1, 1, 3, 3, 2)])
+def test_synthetic_plates_equal_reference_merge(tmp_path: Path, wells: int, sites: int, cells: int, features: int, seed: int) -> None:
+    sqlite_backend = _plate(tmp_path, wells=wells, sites=sites, cells=cells, features=features, seed=seed)
+    ref = reference_merge(sqlite_backend, ["Metadata_Plate", "Metadata_Well"], ["TableNumber", "ImageNumber", "Metadata_Site"])
+    ours = single_cells(sqlite_backend).to_pandas()
+    assert_same_cells(ours, ref)
+    # the Parquet backend of the same plate gives the same table, row for row
+    parquet = single_cells(sqlite_backend.with_name("P1_Image.parquet")).to_pandas()
+    pd.testing.assert_frame_equal(parquet, ours)
+
+
+def test_legacy_image_prefixed_backend_equals_stored_reference_merge(shared_data: Path) -> None:
+    backend = shared_data / "legacy-backends/test_SQ00014613.sqlite"
+    stored = pd.read_csv(shared_data / "legacy-backends/test_SQ00014613.csv.gz")
+    ours = single_cells(backend, metadata=["Metadata_Plate", "Metadata_Well"]).to_pandas()
+    assert ours["Metadata_TableNumber"].dtype == object or pd.api.types.is_string_dtype(ours["Metadata_TableNumber"])
+    rename = {"Image_Metadata_Plate": "Metadata_Plate", "Image_Metadata_Well": "Metadata_Well"}
+    assert_same_cells(ours, stored, rename=rename)
+    live = reference_merge(backend, ["Image_Metadata_Plate", "Image_Metadata_Well"], ["TableNumber", "ImageNumber"])
+    assert_same_cells(ours, live, rename=rename)
+
+
+def test_one_compartment_legacy_backend(shared_data: Path) -> None:
+    backend = shared_data / "legacy-backends/test_BR00126114.sqlite"
+    ours = single_cells(backend, compartments=["Nuclei"]).to_pandas()
+    conn = sqlite3.connect(backend)
+    nuclei = pd.read_sql_query("SELECT * FROM Nuclei", conn)
+    image = pd.read_sql_query("SELECT * FROM Image", conn)
+    conn.close()
+    expected = nuclei.merge(image, on=["TableNumber", "ImageNumber"]).astype({"ImageNumber": int, "ObjectNumber": int})
+    assert len(ours) == 20
+    assert list(ours.columns[:6]) == ["Metadata_TableNumber", "Metadata_ImageNumber", "Metadata_Plate", "Metadata_Well",
+                                      "Metadata_Site", "Metadata_ObjectNumber"]
+    expected = expected.sort_values(["TableNumber", "ImageNumber", "ObjectNumber"]).reset_index(drop=True)
+    ours = ours.sort_values(["Metadata_TableNumber", "Metadata_ImageNumber", "Metadata_ObjectNumber"]).reset_index(drop=True)
+    np.testing.assert_array_equal(ours["Nuclei_Location_Center_X"].to_numpy(float), expected["Nuclei_Location_Center_X"].to_numpy(float))
+    assert ours["Metadata_Well"].tolist() == expected["Metadata_Well"].tolist()
+
+
+def test_jump_sites_equal_reference_merge(shared_data: Path, tmp_path: Path) -> None:
+    root = shared_data / JUMP_SITES
+    link_sites(tmp_path, "B", "BR00121431", {n: root / n for n in ("BR00121431-A01-1", "BR00121431-A02-1")})
+    result = collate_plate(tmp_path, "B", "BR00121431")
+    backend = Path(result.outputs["sqlite"])
+    ref = reference_merge(backend, ["Metadata_Plate", "Metadata_Well"], ["TableNumber", "ImageNumber", "Metadata_Site"])
+    ours = single_cells(backend).to_pandas()
+    assert len(ours) > 100 and ours.shape[1] > 5000
+    assert_same_cells(ours, ref)
+
+
+def _break_links(backend: Path) -> tuple[int, int]:
+    """Point one Cytoplasm at a missing nucleus and remove one Cells row: two cells lose their partner."""
+    conn = sqlite3.connect(backend)
+    tn, img, obj = conn.execute("SELECT TableNumber, ImageNumber, ObjectNumber FROM Cytoplasm ORDER BY rowid LIMIT 1").fetchone()
+    conn.execute("UPDATE Cytoplasm SET Cytoplasm_Parent_Nuclei = 9999 WHERE TableNumber=? AND ImageNumber=? AND ObjectNumber=?", (tn, img, obj))
+    row = conn.execute("SELECT TableNumber, ImageNumber, ObjectNumber FROM Cells ORDER BY rowid DESC LIMIT 1").fetchone()
+    conn.execute("DELETE FROM Cells WHERE TableNumber=? AND ImageNumber=? AND ObjectNumber=?", row)
+    conn.commit()
+    conn.close()
+    return obj, row[2]
+
+
+def test_unlinked_objects_are_counted_and_named(tmp_path: Path) -> None:
+    backend = _plate(tmp_path, wells=2, sites=2, cells=6, features=4)
+    cyto_obj, cells_obj = _break_links(backend)
+    report = write_single_cells(backend, prefix=tmp_path / "out" / "P1")
+    ref = reference_merge(backend, ["Metadata_Plate", "Metadata_Well"], ["TableNumber", "ImageNumber", "Metadata_Site"])
+    ours = pd.read_parquet(tmp_path / "out" / "P1_single_cells.parquet")
+    assert_same_cells(ours, ref)  # the same inner join ...
+    total = report.rows_in["Cytoplasm"]
+    assert report.cells_out == len(ours) == total - 2  # ... and the two lost cells are accounted for
+    assert report.unlinked["Cytoplasm"] == 2
+    assert report.unlinked["Nuclei"] == 2 and report.unlinked["Cells"] == 1  # orphaned partners too
+    named = json.loads((tmp_path / "out" / "P1_single_cells.report.json").read_text())["unlinked_objects"]
+    reasons = {(o["compartment"], o["ObjectNumber"], o["reason"]) for o in named}
+    assert ("Cytoplasm", cyto_obj, "Cytoplasm_Parent_Nuclei links to no Nuclei object") in reasons
+    assert len(named) == 5
+    assert sum(report.rows_in.values()) == 3 * len(ours) + report.lost
+
+
+def test_parquet_and_anndata_outputs(tmp_path: Path) -> None:
+    import anndata
+
+    backend = _plate(tmp_path, wells=3, sites=2, cells=8, features=12, kind="parquet")
+    report = write_single_cells(backend, formats=["parquet", "anndata"], metadata="all")
+    prefix = str(backend)[: -len("_Image.parquet")]
+    table = pq.ParquetFile(f"{prefix}_single_cells.parquet")
+    assert table.metadata.num_row_groups == 6  # one per site
+    assert table.metadata.row_group(0).column(0).compression == "ZSTD"
+    df = table.read().to_pandas()
+    assert report.cells_out == len(df) and report.sites == 6
+    assert report.rows_in == {"Cytoplasm": len(df), "Cells": len(df), "Nuclei": len(df)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        adata = anndata.read_h5ad(f"{prefix}_single_cells.h5ad")
+    features = [c for c in df.columns if not c.startswith("Metadata_")]
+    assert adata.shape == (len(df), len(features)) and adata.X.dtype == np.float32
+    assert list(adata.var_names) == features
+    np.testing.assert_allclose(adata.X, df[features].to_numpy(float), rtol=1e-6)
+    for key in ("Metadata_Plate", "Metadata_Well", "Metadata_Site", "Metadata_ObjectNumber_cytoplasm"):
+        assert adata.obs[key].astype(str).tolist() == df[key].astype(str).tolist()
+    assert adata.var.loc["Cells_Intensity_MeanIntensity_DNA", "channel"] == "DNA"
+    assert set(adata.var["compartment"]) == {"Cells", "Cytoplasm", "Nuclei"}
+    assert adata.obs_names.is_unique
+
+
+def test_write_failure_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    backend = _plate(tmp_path, wells=2, sites=2, cells=4, features=4)
+    calls = {"n": 0}
+    real = SingleCellJoin.join_site
+
+    def failing(self: SingleCellJoin, tn: object, **kw: object) -> object:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError("disk full")
+        return real(self, tn, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(SingleCellJoin, "join_site", failing)
+    with pytest.raises(OSError):
+        write_single_cells(backend, formats=["parquet", "anndata"])
+    assert not [p.name for p in backend.parent.iterdir() if "single_cells" in p.name]
+
+
+def test_bad_options_are_input_errors(tmp_path: Path) -> None:
+    backend = _plate(tmp_path, wells=1, sites=1, cells=3, features=3)
+    with pytest.raises(InputError, match="no Organelles table"):
+        single_cells(backend, compartments=["Cells", "Cytoplasm", "Organelles"])
+    with pytest.raises(InputError, match="no Metadata_Batch"):
+        single_cells(backend, metadata=["Metadata_Batch"])
+    with pytest.raises(InputError, match="no link column Cytoplasm_Parent_Nuclei"):
+        _drop_link(backend)
+        single_cells(backend)
+
+
+def _drop_link(backend: Path) -> None:
+    conn = sqlite3.connect(backend)
+    conn.execute("ALTER TABLE Cytoplasm DROP COLUMN Cytoplasm_Parent_Nuclei")
+    conn.commit()
+    conn.close()
+
+
+def test_image_features_and_custom_links(tmp_path: Path) -> None:
+    backend = _plate(tmp_path, wells=1, sites=2, cells=4, features=4)
+    conn = sqlite3.connect(backend)
+    image_cols = [r[1] for r in conn.execute("PRAGMA table_info(Image)")]
+    conn.close()
+    table = single_cells(backend, image_feature_categories=["Count"]).to_pandas()
+    counts = [c for c in image_cols if c.startswith("Count_")]
+    assert counts and [f"Image_{c}" for c in counts] == [c for c in table.columns if c.startswith("Image_")]
+    # Cells as the hub with Nuclei linked through Cells_Parent_Nuclei
+    two = single_cells(backend, compartments=["Cells", "Nuclei"], hub="Cells", links={"Nuclei": "Cells_Parent_Nuclei"}).to_pandas()
+    assert "Metadata_Cells_Parent_Nuclei" in two.columns and "Cells_Parent_Nuclei" not in two.columns
+    assert len(two) == len(table)
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("Cells_Intensity_MeanIntensity_DNA", ("Cells", "Intensity", "DNA")),
+    ("Nuclei_Texture_Contrast_ER_3_01_256", ("Nuclei", "Texture", "ER")),
+    ("Cytoplasm_Granularity_12_Mito", ("Cytoplasm", "Granularity", "Mito")),
+    ("Cells_RadialDistribution_FracAtD_RNA_2of4", ("Cells", "RadialDistribution", "RNA")),
+    ("Cells_Correlation_Correlation_AGP_DNA", ("Cells", "Correlation", "AGP_DNA")),
+    ("Cells_AreaShape_Area", ("Cells", "AreaShape", "")),
+    ("Nuclei_Location_Center_X", ("Nuclei", "Location", "")),
+    ("Nuclei_Location_CenterMassIntensity_X_DNA", ("Nuclei", "Location", "DNA")),
+    ("Cells_Cellpose3_AreaShape_Area", ("Cells_Cellpose3", "AreaShape", "")),
+    ("Image_Granularity_1_DNA", ("Image", "Granularity", "DNA")),
+])
+def test_feature_annotation(name: str, expected: tuple[str, str, str]) -> None:
+    got = feature_annotation(name, ["Cells", "Cells_Cellpose3", "Nuclei", "Cytoplasm", "Image"])
+    assert (got["compartment"], got["measurement"], got["channel"]) == expected
