@@ -541,7 +541,7 @@ def write_single_cells(
 
 def _qc_flags(join: SingleCellJoin, order: Sequence[Any], thresholds: Mapping[str, Mapping[str, float]]) -> dict[str, np.ndarray]:
     """First pass: only the threshold features of every joined cell, then the plate-wide flags."""
-    from .cell_qc import outlier_flags
+    from .cell_qc import flag_summary, outlier_flags
 
     needed = sorted({f for conditions in thresholds.values() for f in conditions})
     missing = [f for f in needed if f not in join.feature_columns]
@@ -552,16 +552,18 @@ def _qc_flags(join: SingleCellJoin, order: Sequence[Any], thresholds: Mapping[st
     table = pa.concat_tables(parts) if parts else pa.table({f: pa.array([], pa.float64()) for f in needed})
     values = {f: table.column(f).to_numpy(zero_copy_only=False).astype(np.float64) for f in needed}
     flags = outlier_flags(values, thresholds)
-    join.report.cell_qc = {"thresholds": {k: dict(v) for k, v in thresholds.items()},
-                           "flagged": {k: int(v.sum()) for k, v in flags.items()}, "cells": int(table.num_rows)}
+    keys = [c for c in ("Metadata_Plate", "Metadata_Well") if c in table.column_names]
+    join.report.cell_qc = {"thresholds": {k: dict(v) for k, v in thresholds.items()}, **flag_summary(table, keys, flags)}
     return flags
 
 
 def _with_flags(table: pa.Table, join: SingleCellJoin, flags: Mapping[str, np.ndarray], offset: int) -> pa.Table:
     """Flag columns after the other metadata columns."""
+    from .cell_qc import flag_column
+
     at = len(join.metadata_columns)
     for k, (name, values) in enumerate(flags.items()):
-        table = table.add_column(at + k, f"Metadata_cqc_{name}_is_outlier", pa.array(values[offset: offset + table.num_rows]))
+        table = table.add_column(at + k, flag_column(name), pa.array(values[offset: offset + table.num_rows]))
     return table
 
 
