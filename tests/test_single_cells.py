@@ -232,3 +232,61 @@ def test_image_features_and_custom_links(tmp_path: Path) -> None:
 def test_feature_annotation(name: str, expected: tuple[str, str, str]) -> None:
     got = feature_annotation(name, ["Cells", "Cells_Cellpose3", "Nuclei", "Cytoplasm", "Image"])
     assert (got["compartment"], got["measurement"], got["channel"]) == expected
+
+
+@pytest.mark.parametrize("operation", ["median", "mean"])
+def test_aggregate_cells_matches_reference_and_streaming_engine(tmp_path: Path, operation: str) -> None:
+    from pycytominer import aggregate as reference_aggregate
+
+    from cytoprofile.aggregate import aggregate, aggregate_cells
+
+    backend = _plate(tmp_path, wells=4, sites=2, cells=12, features=8)
+    cells = single_cells(backend).to_pandas()
+    ours = aggregate_cells(cells, ["Metadata_Plate", "Metadata_Well"], "infer", operation,  # type: ignore[arg-type]
+                           compute_object_count=True, object_feature="Metadata_ObjectNumber")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = reference_aggregate(cells, strata=["Metadata_Plate", "Metadata_Well"], features="infer", operation=operation,
+                                  compute_object_count=True, object_feature="Metadata_ObjectNumber")
+    assert list(ours.columns) == list(ref.columns)
+    assert ours["Metadata_Object_Count"].tolist() == ref["Metadata_Object_Count"].tolist()
+    feats = [c for c in ref.columns if not c.startswith("Metadata_")]
+    np.testing.assert_allclose(ours[feats].to_numpy(float), ref[feats].to_numpy(float), rtol=1e-12)
+    streamed = aggregate(backend, operation=operation, image_features=False)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(ours[feats].to_numpy(float), streamed[feats].to_numpy(float))
+    assert ours["Metadata_Object_Count"].tolist() == streamed["Metadata_Object_Count"].tolist()
+
+
+def test_aggregate_cells_hand_computed() -> None:
+    from cytoprofile.aggregate import aggregate_cells
+
+    df = pd.DataFrame({"Metadata_Well": ["B01", "A01", "A01", "A01"], "Metadata_ObjectNumber": [1, 1, 2, 3],
+                       "Cells_a": [5.0, 1.0, np.nan, 3.0], "Nuclei_b": [1.0, 2.0, 4.0, 9.0], "Other": ["x"] * 4})
+    out = aggregate_cells(df, ["Metadata_Well"], compute_object_count=True)
+    assert out.columns.tolist() == ["Metadata_Well", "Metadata_Object_Count", "Cells_a", "Nuclei_b"]
+    assert out.values.tolist() == [["A01", 3, 2.0, 4.0], ["B01", 1, 5.0, 1.0]]
+    with pytest.raises(InputError, match="Metadata_Plate"):
+        aggregate_cells(df)
+
+
+def test_load_profiles_reads_every_format_alike(tmp_path: Path) -> None:
+    from cytoprofile.io import load_profiles, write_table
+
+    backend = _plate(tmp_path, wells=2, sites=2, cells=5, features=5)
+    report = write_single_cells(backend, formats=["parquet", "anndata"])
+    parquet = load_profiles(report.outputs["parquet"])
+    h5ad = load_profiles(report.outputs["anndata"])
+    assert list(h5ad.columns) == list(parquet.columns) and len(h5ad) == len(parquet)
+    feats = [c for c in parquet.columns if not c.startswith("Metadata_")]
+    np.testing.assert_allclose(h5ad[feats].to_numpy(float), parquet[feats].to_numpy(float), rtol=1e-6)
+    assert h5ad["Metadata_Well"].astype(str).tolist() == parquet["Metadata_Well"].tolist()
+    from pycytominer.cyto_utils.load import load_profiles as reference_load
+
+    theirs = reference_load(report.outputs["anndata"])  # the reference reader opens our AnnData too
+    assert list(theirs.columns) == list(h5ad.columns)
+    np.testing.assert_array_equal(theirs[feats].to_numpy(float), h5ad[feats].to_numpy(float))
+    write_table(parquet, tmp_path / "cells.csv.gz")
+    csv = load_profiles(tmp_path / "cells.csv.gz")
+    np.testing.assert_allclose(csv[feats].to_numpy(float), parquet[feats].to_numpy(float))
+    with pytest.raises(InputError, match="no such file"):
+        load_profiles(tmp_path / "absent.parquet")

@@ -700,9 +700,8 @@ class _AnnDataSink(_Writer):
             block[:, k] = table.column(f).to_numpy(zero_copy_only=False)
         self.x.resize(self.n + n, axis=0)
         self.x[self.n:] = block
-        hub = table.column(_hub_column(table)).to_pylist()
-        ids = [f"{t}_{i}_{o}" for t, i, o in zip(table.column(0).to_pylist(), table.column(1).to_pylist(), hub)]
-        self._append("_index", np.array(ids, dtype=object))
+        ids = np.array([str(i) for i in range(self.n, self.n + n)], dtype=object)  # row numbers, as other writers use
+        self._append("_index", ids)
         for c in self.obs_columns:
             self._append(c, _h5_values(table.column(c)))
         self.n += n
@@ -723,11 +722,6 @@ class _AnnDataSink(_Writer):
             log.debug("closing %s after an error failed", self.tmp)
         if self.tmp.exists():
             self.tmp.unlink()
-
-
-def _hub_column(table: pa.Table) -> int:
-    """Position of the hub's ObjectNumber (the first ``Metadata_ObjectNumber*`` column)."""
-    return next(k for k, c in enumerate(table.column_names) if c.startswith("Metadata_ObjectNumber"))
 
 
 def _attrs(node: Any, kind: str, version: str) -> None:
