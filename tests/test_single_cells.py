@@ -290,3 +290,23 @@ def test_load_profiles_reads_every_format_alike(tmp_path: Path) -> None:
     np.testing.assert_allclose(csv[feats].to_numpy(float), parquet[feats].to_numpy(float))
     with pytest.raises(InputError, match="no such file"):
         load_profiles(tmp_path / "absent.parquet")
+
+
+def test_cli_single_cells_and_cell_qc(tmp_path: Path) -> None:
+    from cytoprofile.cli import main
+
+    ws = tmp_path / "ws"
+    synth(ws, plates=["P1"], wells=96, well_subset=2, sites=2, cells=10, features=12)
+    collate_plate(ws, "BATCH1", "P1", backend=("sqlite",))
+    assert main(["single-cells", str(ws), "BATCH1", "P1", "--format", "parquet", "--format", "anndata", "--cell-qc", "-q"]) == 0
+    out = ws / "backend/BATCH1/P1"
+    df = pd.read_parquet(out / "P1_single_cells.parquet")
+    assert (out / "P1_single_cells.h5ad").is_file() and "Metadata_cqc_large_nuclei_is_outlier" in df.columns
+    report = json.loads((out / "P1_single_cells.report.json").read_text())
+    assert report["cells_out"] == len(df) and report["cell_qc"]["cells"] == len(df)
+    assert main(["cell-qc", str(out / "P1_single_cells.parquet"), "--output", str(tmp_path / "f.parquet"),
+                 "--qc-sets", "elongated_nuclei", "-q"]) == 0
+    assert "Metadata_cqc_elongated_nuclei_is_outlier" in pd.read_parquet(tmp_path / "f.parquet").columns
+    assert main(["single-cells", str(ws), "BATCH1", "NOPLATE", "-q"]) == 1
+    assert main(["single-cells", str(ws), "BATCH1", "P1", "--links", "Nuclei", "-q"]) == 1
+    assert main(["cell-qc", str(tmp_path / "f.parquet"), "--qc-sets", "huge", "-q"]) == 1
