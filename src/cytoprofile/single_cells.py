@@ -38,6 +38,7 @@ __all__ = [
     "SingleCellFormat",
     "SingleCellJoin",
     "SingleCellReport",
+    "SingleCellStream",
     "feature_annotation",
     "single_cells",
     "single_cells_paths",
@@ -66,14 +67,12 @@ class _Source:
         self.reader = open_backend(path)
         self.path = str(path)
         self.tables = {t: cols for t, cols in self.reader.tables.items() if t != OUTPUT_TABLE}
+        self.image_table = self.reader.image_table
         self._parquet: dict[str, _ParquetTable] = {}
 
     def table(self, compartment: str) -> str:
         """The backend table of a compartment (case-insensitive), or an error listing the others."""
-        names = {t.lower(): t for t in self.tables if t != self.reader.image_table}
-        if compartment.lower() not in names:
-            raise InputError(f"{self.path}: no {compartment} table; object tables: {', '.join(sorted(names.values())) or 'none'}")
-        return names[compartment.lower()]
+        return _table_of(self.path, self.tables, self.image_table, compartment)
 
     def image(self, columns: Sequence[str]) -> pd.DataFrame:
         """Only the asked Image columns (few), with an older backend's ``Image_`` prefix removed."""
@@ -89,6 +88,9 @@ class _Source:
     def table_numbers(self, table: str) -> list[Any]:
         """TableNumbers present in a table, in storage order."""
         if self.reader.kind == "sqlite":
+            if not self._indexed(table):
+                log.warning("%s: table %s has no index on TableNumber; each site is a full scan (slow on large backends)",
+                            self.path, table)
             rows = self.reader.conn.execute(f"SELECT DISTINCT TableNumber FROM {_quote(table)}").fetchall()
             return [r[0] for r in rows]
         return self._pq(table).table_numbers()
@@ -104,6 +106,14 @@ class _Source:
             values = _float_rows(rows, table, ["ImageNumber", "ObjectNumber", *columns])
             return values[:, 0].astype(np.int64), values[:, 1].astype(np.int64), np.asfortranarray(values[:, 2:])
         return self._pq(table).read_site(table_number, columns)
+
+    def _indexed(self, table: str) -> bool:
+        conn = self.reader.conn
+        for row in conn.execute(f"PRAGMA index_list({_quote(table)})").fetchall():
+            first = conn.execute(f"PRAGMA index_info({_quote(row[1])})").fetchone()
+            if first is not None and first[2] == "TableNumber":
+                return True
+        return False
 
     def _pq(self, table: str) -> _ParquetTable:
         if table not in self._parquet:
@@ -165,6 +175,14 @@ class _ParquetTable:
                 got.column(1).cast(pa.int64()).to_numpy(zero_copy_only=False), values)
 
 
+def _table_of(where: str, tables: Mapping[str, Sequence[str]], image_table: str, compartment: str) -> str:
+    """The table of a compartment (case-insensitive), or an error listing the others."""
+    names = {t.lower(): t for t in tables if t != image_table}
+    if compartment.lower() not in names:
+        raise InputError(f"{where}: no {compartment} table; object tables: {', '.join(sorted(names.values())) or 'none'}")
+    return names[compartment.lower()]
+
+
 def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
@@ -179,6 +197,48 @@ def _float_rows(rows: list[tuple[Any, ...]], table: str, columns: Sequence[str])
         bad = [c for c in frame.columns if (converted[c].isna() & frame[c].notna()).any()]
         log.warning("%s: non-numeric values in %s read as missing", table, ", ".join(bad[:5]) + (" ..." if len(bad) > 5 else ""))
         return converted.to_numpy(dtype=np.float64)
+
+
+class _SiteSource:
+    """The same reads as :class:`_Source`, from one site's arrays held in memory (the collate pass)."""
+
+    image_table = "Image"
+
+    def __init__(self, tables: Mapping[str, Sequence[str]], *, where: str) -> None:
+        self.tables = {t: list(c) for t, c in tables.items()}
+        self.path = where
+        self._site: tuple[Any, pd.DataFrame, Mapping[str, np.ndarray]] | None = None
+
+    def set_site(self, table_number: Any, image: pd.DataFrame, objects: Mapping[str, np.ndarray]) -> None:
+        """The site to read next: its Image rows and per table an array on the table's columns after TableNumber."""
+        self._site = (table_number, image, objects)
+
+    def table(self, compartment: str) -> str:
+        return _table_of(self.path, self.tables, self.image_table, compartment)
+
+    def image(self, columns: Sequence[str]) -> pd.DataFrame:
+        assert self._site is not None
+        frame = self._site[1]
+        out = pd.DataFrame({c: frame[c] if c in frame.columns else pd.Series([None] * len(frame), dtype=object) for c in columns})
+        if "TableNumber" in columns and "TableNumber" not in frame.columns:
+            out["TableNumber"] = self._site[0]
+        return out
+
+    def table_numbers(self, table: str) -> list[Any]:
+        return [] if self._site is None else [self._site[0]]
+
+    def read_site(self, table: str, table_number: Any, columns: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        assert self._site is not None and table_number == self._site[0]
+        array = self._site[2].get(table)
+        names = self.tables[table][1:]  # after TableNumber
+        if array is None or not len(array):
+            return np.empty(0, np.int64), np.empty(0, np.int64), np.empty((0, len(columns)))
+        at = {c: k for k, c in enumerate(names)}
+        picked = np.asfortranarray(array[:, [at[c] for c in columns]]) if columns else np.empty((len(array), 0))
+        return array[:, at["ImageNumber"]].astype(np.int64), array[:, at["ObjectNumber"]].astype(np.int64), picked
+
+    def close(self) -> None:
+        self._site = None
 
 
 # ---------------------------------------------------------------- the join
@@ -230,7 +290,7 @@ class SingleCellJoin:
 
     def __init__(
         self,
-        backend: str | os.PathLike[str],
+        backend: str | os.PathLike[str] | _SiteSource,
         *,
         compartments: Sequence[str] = DEFAULT_COMPARTMENTS,
         hub: str = DEFAULT_HUB,
@@ -238,13 +298,13 @@ class SingleCellJoin:
         image_feature_categories: Sequence[str] = (),
         metadata: Sequence[str] | Literal["all"] | None = None,
     ) -> None:
-        self.source = _Source(backend)
+        self.source: _Source | _SiteSource = backend if isinstance(backend, _SiteSource) else _Source(backend)
         try:
             self._plan(list(compartments), hub, links, image_feature_categories, metadata)
         except BaseException:
             self.source.close()
             raise
-        self.report = SingleCellReport(backend=str(backend), compartments=dict(self.tables))
+        self.report = SingleCellReport(backend=self.source.path, compartments=dict(self.tables))
 
     def _plan(self, compartments: list[str], hub: str, links: Mapping[str, str] | None,
               categories: Sequence[str], metadata: Sequence[str] | Literal["all"] | None) -> None:
@@ -272,7 +332,7 @@ class SingleCellJoin:
         self._plan_names(others)
 
     def _plan_image(self, categories: Sequence[str], metadata: Sequence[str] | Literal["all"] | None) -> None:
-        raw = self.source.tables[self.source.reader.image_table]
+        raw = self.source.tables[self.source.image_table]
         bare = {(c[len("Image_"):] if c.startswith("Image_") else c): c for c in raw}
         if metadata == "all":
             wanted = [c for c in bare if c.startswith("Metadata_")]
@@ -537,6 +597,63 @@ def write_single_cells(
     if join.report.lost:
         log.warning("%s: %d object(s) not linked into a cell (named in %s)", backend, join.report.lost, paths["report"])
     return join.report
+
+
+class SingleCellStream:
+    """The joined table written while sites arrive, without reading a backend back (the collate pass).
+
+    ``tables`` are the backend's column names per table (``TableNumber`` first, object
+    columns prefixed; ``Image`` bare); :meth:`add` takes one site: its TableNumber, its
+    Image rows, and per object table an array on that table's columns after
+    ``TableNumber``. Cell QC needs plate-wide z-scores: run :func:`cytoprofile.cell_qc.flag_single_cells`
+    on the finished file.
+    """
+
+    def __init__(
+        self,
+        prefix: str | os.PathLike[str],
+        tables: Mapping[str, Sequence[str]],
+        *,
+        formats: Sequence[SingleCellFormat] = ("parquet",),
+        compartments: Sequence[str] = DEFAULT_COMPARTMENTS,
+        hub: str = DEFAULT_HUB,
+        links: Mapping[str, str] | None = None,
+        image_feature_categories: Sequence[str] = (),
+        metadata: Sequence[str] | Literal["all"] | None = None,
+    ) -> None:
+        bad = [f for f in formats if f not in ("parquet", "anndata")]
+        if bad or not formats:
+            raise InputError(f"single-cell format {bad[0] if bad else 'none'}: choose parquet and/or anndata")
+        self.paths = single_cells_paths(prefix)
+        image = list(tables.get("Image", []))
+        columns = {**tables, "Image": [*[k for k in ("TableNumber", "ImageNumber") if k not in image], *image]}
+        self.source = _SiteSource(columns, where=str(prefix))
+        self.join = SingleCellJoin(self.source, compartments=compartments, hub=hub, links=links,
+                                   image_feature_categories=image_feature_categories, metadata=metadata)
+        self.formats = list(dict.fromkeys(formats))
+        self.writers: list[_Writer] = [_ParquetSink(self.paths["parquet"]) if f == "parquet" else
+                                       _AnnDataSink(self.paths["anndata"], self.join) for f in self.formats]
+
+    def add(self, table_number: Any, image: pd.DataFrame, objects: Mapping[str, np.ndarray]) -> None:
+        """Join one site and append it (one row group) to every output."""
+        self.source.set_site(table_number, image, objects)
+        self.join.site_order()
+        table = self.join.join_site(table_number)
+        for w in self.writers:
+            w.write(table)
+
+    def close(self) -> SingleCellReport:
+        """Move the outputs into place and write the report (last)."""
+        for w in self.writers:
+            w.close()
+        self.join.report.outputs = {f: self.paths[f] for f in self.formats}
+        io.write_json(self.join.report.as_dict(), self.paths["report"])
+        return self.join.report
+
+    def abort(self) -> None:
+        """Drop the temporary files."""
+        for w in self.writers:
+            w.abort()
 
 
 def _qc_flags(join: SingleCellJoin, order: Sequence[Any], thresholds: Mapping[str, Mapping[str, float]]) -> dict[str, np.ndarray]:
