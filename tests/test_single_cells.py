@@ -341,3 +341,21 @@ def test_stream_fed_site_by_site_equals_join_from_backend(tmp_path: Path) -> Non
     assert report.cells_out == len(joined) and report.rows_in == {"Cytoplasm": len(joined), "Cells": len(joined), "Nuclei": len(joined)}
     order = ["Metadata_TableNumber", "Metadata_ImageNumber", "Metadata_ObjectNumber_cytoplasm"]
     pd.testing.assert_frame_equal(streamed.sort_values(order).reset_index(drop=True), joined.sort_values(order).reset_index(drop=True))
+
+
+@pytest.mark.parametrize("first", [True, False])
+def test_site_without_cells_is_counted(tmp_path: Path, first: bool) -> None:
+    backend = _plate(tmp_path, wells=2, sites=2, cells=5, features=4)
+    conn = sqlite3.connect(backend)
+    order = [r[0] for r in conn.execute("SELECT TableNumber FROM Image ORDER BY rowid")]
+    empty = order[0] if first else order[-1]
+    n_cells = conn.execute("SELECT COUNT(*) FROM Cells WHERE TableNumber=?", (empty,)).fetchone()[0]
+    conn.execute("DELETE FROM Cytoplasm WHERE TableNumber=?", (empty,))
+    conn.commit()
+    conn.close()
+    report = write_single_cells(backend, formats=["parquet", "anndata"])
+    df = pd.read_parquet(report.outputs["parquet"])
+    assert empty not in set(df["Metadata_TableNumber"]) and report.sites == 4
+    assert report.sites_without_cells == [str(empty)]
+    assert report.unlinked == {"Cells": n_cells, "Nuclei": n_cells}
+    assert df["Metadata_Well"].notna().all()
