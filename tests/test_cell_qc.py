@@ -119,7 +119,7 @@ def test_streamed_flags_equal_in_memory_flags_over_the_plate(tmp_path) -> None: 
 
 def test_flag_an_existing_single_cell_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
     backend = _backend(tmp_path, wells=3, sites=3)
-    report = write_single_cells(backend)
+    report = write_single_cells(backend, row_group_values=1)  # one row group per site
     path = report.outputs["parquet"]
     sets = load_thresholds(sets=["elongated_nuclei"])
     summary = flag_single_cells(path, tmp_path / "flagged.parquet", thresholds=sets)

@@ -146,10 +146,13 @@ def test_parquet_and_anndata_outputs(tmp_path: Path) -> None:
     import anndata
 
     backend = _plate(tmp_path, wells=3, sites=2, cells=8, features=12, kind="parquet")
-    report = write_single_cells(backend, formats=["parquet", "anndata"], metadata="all")
+    report = write_single_cells(backend, formats=["parquet", "anndata"], metadata="all", row_group_values=1)
     prefix = str(backend)[: -len("_Image.parquet")]
     table = pq.ParquetFile(f"{prefix}_single_cells.parquet")
-    assert table.metadata.num_row_groups == 6  # one per site
+    assert table.metadata.num_row_groups == 6  # whole sites: one each when a site exceeds the row group size
+    sizes = [table.metadata.row_group(g).num_rows for g in range(6)]
+    sites = table.read(columns=["Metadata_TableNumber"]).column(0).to_pylist()
+    assert sizes == [sites.count(t) for t in dict.fromkeys(sites)]
     assert table.metadata.row_group(0).column(0).compression == "ZSTD"
     df = table.read().to_pandas()
     assert report.cells_out == len(df) and report.sites == 6
@@ -166,6 +169,10 @@ def test_parquet_and_anndata_outputs(tmp_path: Path) -> None:
     assert adata.var.loc["Cells_Intensity_MeanIntensity_DNA", "channel"] == "DNA"
     assert set(adata.var["compartment"]) == {"Cells", "Cytoplasm", "Nuclei"}
     assert adata.obs_names.is_unique
+    write_single_cells(backend, metadata="all", row_group_values=2 * len(df) // 6 * table.metadata.num_columns)  # about two sites
+    grouped = pq.ParquetFile(f"{prefix}_single_cells.parquet")
+    assert 1 < grouped.metadata.num_row_groups < 6
+    pd.testing.assert_frame_equal(grouped.read().to_pandas(), df)
 
 
 def test_write_failure_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

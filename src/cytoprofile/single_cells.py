@@ -53,6 +53,8 @@ DEFAULT_METADATA = ("Metadata_Plate", "Metadata_Well", "Metadata_Site")
 OUTPUT_TABLE = "single_cells"
 _KEYS = ("TableNumber", "ImageNumber", "ObjectNumber")
 _MAX_NAMED = 100_000
+#: values per Parquet row group of the single-cell table (whole sites; ~3 JUMP-width sites)
+ROW_GROUP_VALUES = 4_000_000
 
 
 # ---------------------------------------------------------------- backend access
@@ -554,11 +556,13 @@ def write_single_cells(
     image_feature_categories: Sequence[str] = (),
     metadata: Sequence[str] | Literal["all"] | None = None,
     thresholds: Mapping[str, Mapping[str, float]] | None = None,
+    row_group_values: int = ROW_GROUP_VALUES,
     progress: Callable[[int, int], None] | None = None,
 ) -> SingleCellReport:
     """Stream the joined table of a backend to ``PREFIX_single_cells.parquet`` (and/or ``.h5ad``).
 
-    One row group per site (zstd); the AnnData ``X`` is float32, written in row blocks.
+    Row groups hold whole sites (zstd; a new group after ``row_group_values`` values);
+    the AnnData ``X`` is float32, written in row blocks (one per site).
     With ``thresholds`` (cell QC sets) a first pass over the threshold features gives
     plate-wide z-scores and the flags become ``Metadata_cqc_<set>_is_outlier`` columns.
     Files appear atomically; the report (JSON, beside them) is written last.
@@ -573,7 +577,8 @@ def write_single_cells(
     try:
         order = join.site_order()
         flags = _qc_flags(join, order, thresholds) if thresholds else None
-        writers = [_ParquetSink(paths["parquet"]) if f == "parquet" else _AnnDataSink(paths["anndata"], join) for f in dict.fromkeys(formats)]
+        writers = [_ParquetSink(paths["parquet"], row_group_values=row_group_values) if f == "parquet" else
+                   _AnnDataSink(paths["anndata"], join) for f in dict.fromkeys(formats)]
         offset = 0
         for done, tn in enumerate(order, start=1):
             table = join.join_site(tn)
@@ -699,14 +704,20 @@ class _Writer:
 
 
 class _ParquetSink(_Writer):
-    """One row group per site, zstd, written under a temporary name."""
+    """Row groups of whole sites, zstd, written under a temporary name.
 
-    def __init__(self, path: str) -> None:
+    A row group costs a fixed overhead per column (thousands at JUMP width), so sites are
+    gathered until ``row_group_values`` values (bounded memory, whatever the plate size).
+    """
+
+    def __init__(self, path: str, *, row_group_values: int = ROW_GROUP_VALUES) -> None:
         self.final = Path(path)
         self.final.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = self.final.with_name(f".{self.final.name}.{os.getpid()}.tmp")
         self.writer: pq.ParquetWriter | None = None
         self.schema: pa.Schema | None = None
+        self.row_group_values = row_group_values
+        self.pending: list[pa.Table] = []
 
     def write(self, table: pa.Table) -> None:
         if self.writer is None:
@@ -717,11 +728,20 @@ class _ParquetSink(_Writer):
         assert self.schema is not None
         if table.schema != self.schema:
             table = table.cast(self.schema)  # a site whose metadata was all null
-        self.writer.write_table(table, row_group_size=max(table.num_rows, 1))
+        self.pending.append(table)
+        if sum(t.num_rows for t in self.pending) * table.num_columns >= self.row_group_values:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.pending and self.writer is not None:
+            group = pa.concat_tables(self.pending)
+            self.writer.write_table(group, row_group_size=max(group.num_rows, 1))
+        self.pending = []
 
     def close(self) -> None:
         if self.writer is None:
             raise InputError(f"{self.final}: the backend has no sites; nothing to write")
+        self._flush()
         self.writer.close()
         os.replace(self.tmp, self.final)
 
