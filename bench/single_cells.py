@@ -1,7 +1,7 @@
 """Benchmark of the joined single-cell table: cytoprofile against CytoTable and pycytominer's merge.
 
 What: one synthetic plate at JUMP width (``cytoprofile synth``: ~1,900 features
-per compartment, ~220 cells a site, 16 sites) is collated once into SQLite and
+per compartment, ~220 cells a site, 4 sites, 16 with ``--full``) is collated once into SQLite and
 Parquet backends; then the joined single-cell table is made by
 
 * ``cytoprofile single-cells`` from the Parquet backend and from the SQLite backend
@@ -24,7 +24,8 @@ results go to the ``single_cells`` section of ``bench/RESULTS.md``.
 
 Usage::
 
-    python bench/single_cells.py               # default sizes (about 3 minutes once the venvs exist)
+    python bench/single_cells.py               # JUMP width, 4 sites (minutes on a shared machine)
+    python bench/single_cells.py --full        # JUMP width, 16 sites
     python bench/single_cells.py --quick       # smoke run
     python bench/single_cells.py --cosmicqc    # also compare flags with coSMicQC
 """
@@ -59,6 +60,8 @@ WORK = BENCH / "work"
 BATCH, PLATE = "BATCH1", "PLATE1"
 FULL = {"speed": {"wells": 96, "well_subset": 4, "sites": 4, "cells": 220, "features": 1900},
         "memory": {"sites": 1, "cells": 50, "features": 200}, "repeats": 1}
+#: the default: JUMP width, 4 sites (CytoTable alone takes many minutes for 16 sites on a shared 2-core machine)
+DEFAULT = {**FULL, "speed": {**FULL["speed"], "well_subset": 2, "sites": 2}}
 QUICK = {"speed": {"wells": 96, "well_subset": 2, "sites": 2, "cells": 30, "features": 200},
          "memory": {"sites": 1, "cells": 10, "features": 30}, "repeats": 1}
 TARGETS = {"cytotable_over_ours": 10.0, "merge_over_ours": 10.0, "memory_ratio": 1.3}
@@ -214,11 +217,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark and write the report."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
+    parser.add_argument("--full", action="store_true", help="16 JUMP-width sites instead of 4")
     parser.add_argument("--no-cytotable", action="store_true", help="leave out CytoTable")
     parser.add_argument("--cosmicqc", action="store_true", help="compare cell QC flags with coSMicQC (own venv)")
     parser.add_argument("--no-write", action="store_true", help="print the report, leave RESULTS.md alone")
     args = parser.parse_args(argv)
-    sizes: dict[str, Any] = QUICK if args.quick else FULL
+    sizes: dict[str, Any] = QUICK if args.quick else FULL if args.full else DEFAULT
     root = WORK / ("single_cells-quick" if args.quick else "single_cells")
     root.mkdir(parents=True, exist_ok=True)
     log = root / "bench.log"
@@ -285,7 +289,7 @@ def report(args: argparse.Namespace, info: dict[str, Any], contenders: dict[str,
     ours = contenders["ours, Parquet backend"].best
     lines = [
         "## Single cells (`bench/single_cells.py`)", "",
-        f"{dt.date.today()}, {source_state()}. Reproduce: `python bench/single_cells.py{' --quick' if args.quick else ''}` "
+        f"{dt.date.today()}, {source_state()}. Reproduce: `python bench/single_cells.py{' --quick' if args.quick else ' --full' if args.full else ''}` "
         "(from the repository root with the project's venv; CytoTable is installed into `bench/work/cytotable-venv` on "
         "the first run; add `--cosmicqc` for the coSMicQC comparison).", "",
         f"Plate: {info['sites']} sites, {info['cells']:,} cells, {p['features']:,} features per compartment "
