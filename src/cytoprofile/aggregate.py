@@ -1,9 +1,10 @@
 """Per-well profiles: the median (or mean) of every feature over a well's objects.
 
-One engine serves both ways in: the collate stream hands it a well's cells while
-they are in hand (so memory stays flat however large the plate), and
+One engine serves every way in: the collate stream hands it a well's cells while
+they are in hand (so memory stays flat however large the plate),
 :func:`aggregate` walks an existing backend well by well, including backends the
-old ingest tool made (``Image_``-prefixed image columns, md5 TableNumbers).
+old ingest tool made (``Image_``-prefixed image columns, md5 TableNumbers), and
+:func:`aggregate_cells` takes a single-cell DataFrame already in memory.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ __all__ = [
     "Operation",
     "WellAggregator",
     "aggregate",
+    "aggregate_cells",
     "compartment_features",
 ]
 
@@ -216,3 +218,51 @@ def aggregate(
         return agg.result()
     finally:
         reader.close()
+
+
+def aggregate_cells(
+    population_df: pd.DataFrame,
+    strata: Sequence[str] = DEFAULT_STRATA,
+    features: Sequence[str] | Literal["infer"] = "infer",
+    operation: Operation = "median",
+    compute_object_count: bool = False,
+    object_feature: str = "Metadata_ObjectNumber",
+    *,
+    compartments: Sequence[str] = DEFAULT_COMPARTMENTS,
+    image_features: bool = False,
+) -> pd.DataFrame:
+    """Per-stratum profiles of a single-cell DataFrame (pycytominer ``aggregate``'s arguments).
+
+    Same reduction as the streaming engine: median or mean of each feature skipping
+    NaN. ``features="infer"`` takes the columns named after a compartment (and
+    ``Image_*`` with ``image_features``). Output: strata, ``Metadata_Object_Count``
+    (non-null ``object_feature`` per stratum, when asked), features; rows sorted by strata.
+    """
+    if operation not in ("median", "mean"):
+        raise ConfigError(f"operation: {operation!r} is not supported; choose median or mean")
+    strata = list(strata)
+    missing = [c for c in strata if c not in population_df.columns]
+    if missing:
+        raise InputError(f"strata column(s) {', '.join(missing)} not in the single-cell table")
+    if features == "infer":
+        prefixes = tuple(f"{c}_" for c in (*compartments, *(["Image"] if image_features else [])))
+        features = [c for c in population_df.columns if str(c).startswith(prefixes) and c not in LINKING_COLUMNS]
+        if not features:
+            raise InputError(f"no feature columns (names starting with {', '.join(prefixes)}) in the single-cell table")
+    features = [f for f in features if f not in strata]
+    if compute_object_count and object_feature not in population_df.columns:
+        raise InputError(f"object_feature {object_feature} is not a column of the single-cell table")
+    values = population_df[list(features)].to_numpy(dtype=np.float64)
+    groups = population_df[strata].groupby(strata, sort=True, dropna=False).indices
+    rows = []
+    counts = []
+    for idx in groups.values():
+        rows.append(_reduce(values[idx], operation))
+        if compute_object_count:
+            counts.append(int(population_df[object_feature].iloc[idx].notna().sum()))
+    keys = [k if isinstance(k, tuple) else (k,) for k in groups]
+    out = pd.DataFrame(keys, columns=strata)
+    if compute_object_count:
+        out["Metadata_Object_Count"] = np.array(counts, dtype=np.int64)
+    reduced = np.vstack(rows) if rows else np.empty((0, len(features)))
+    return pd.concat([out, pd.DataFrame(reduced, columns=list(features))], axis=1)

@@ -58,6 +58,7 @@ __all__ = [
     "write_json",
     "write_gct",
     "csv2gz",
+    "load_profiles",
 ]
 
 TableFormat = Literal["csv", "csv.gz", "parquet"]
@@ -689,3 +690,38 @@ def remove_leftovers(prefix: str | os.PathLike[str]) -> list[str]:
                 path.unlink()
         removed.append(str(path))
     return removed
+def load_profiles(profiles: str | os.PathLike[str] | pd.DataFrame) -> pd.DataFrame:
+    """A profile or single-cell table from CSV(.gz)/TSV, Parquet (file or folder) or AnnData ``.h5ad``.
+
+    AnnData comes back as pycytominer reads it: the ``obs`` columns, then one column per
+    ``var`` name from ``X``, with a 0..n-1 index. A DataFrame is returned unchanged.
+    """
+    if isinstance(profiles, pd.DataFrame):
+        return profiles
+    text = str(profiles)
+    if not is_remote(text) and not Path(text).exists():
+        raise InputError(f"{text}: no such file")
+    if text.lower().endswith(".h5ad"):
+        return _load_h5ad(text)
+    if not is_remote(text) and Path(text).is_dir():
+        import pyarrow.parquet as pq
+
+        return pq.read_table(text).to_pandas()
+    return read_table(text)
+
+
+def _load_h5ad(path: str) -> pd.DataFrame:
+    try:
+        import h5py
+        from anndata.io import read_elem
+    except ImportError as exc:
+        raise InputError(f"{path}: reading AnnData needs the anndata package (pip install anndata)") from exc
+    try:
+        with h5py.File(path, "r") as f:
+            obs, var, x = read_elem(f["obs"]), read_elem(f["var"]), read_elem(f["X"])
+    except (OSError, KeyError) as exc:
+        raise InputError(f"{path}: not an AnnData file ({exc})") from exc
+    if hasattr(x, "toarray"):
+        x = x.toarray()
+    features = pd.DataFrame(np.asarray(x), columns=list(var.index))
+    return pd.concat([obs.reset_index(drop=True), features], axis=1)

@@ -1,0 +1,321 @@
+"""Benchmark of the joined single-cell table: cytoprofile against CytoTable and pycytominer's merge.
+
+What: one synthetic plate at JUMP width (``cytoprofile synth``: ~1,900 features
+per compartment, ~220 cells a site, 4 sites, 16 with ``--full``) is collated once into SQLite and
+Parquet backends; then the joined single-cell table is made by
+
+* ``cytoprofile single-cells`` from the Parquet backend and from the SQLite backend
+  (Parquet output), and from Parquet with both Parquet and AnnData output;
+* pycytominer 1.7.1 ``SingleCells.merge_single_cells`` from the SQLite backend
+  (written to Parquet), in this venv;
+* CytoTable's ``convert`` of the same site CSVs (preset ``cellprofiler_csv``, joined,
+  one Parquet), in its own venv ``bench/work/cytotable-venv`` (its pins pull
+  pandas < 3, so it cannot share ours), when it installs.
+
+Checks: our table equals pycytominer's row for row and value for value (sorted by
+keys); CytoTable's output holds the same cells (plate, well, site, ImageNumber and
+the Cytoplasm ObjectNumber). Memory: peak RSS of ``single-cells`` on a 96- and a
+384-well plate at ~200 features (the target: 384-well ≤ 1.3× 96-well). With
+``--cosmicqc`` coSMicQC 1.1.2 is installed into ``bench/work/cosmicqc-venv`` and
+its outlier flags for the three default sets are compared with ours.
+
+Every contender runs in its own subprocess (wall time and peak RSS from ``wait4``);
+results go to the ``single_cells`` section of ``bench/RESULTS.md``.
+
+Usage::
+
+    python bench/single_cells.py               # JUMP width, 4 sites (minutes on a shared machine)
+    python bench/single_cells.py --full        # JUMP width, 16 sites
+    python bench/single_cells.py --quick       # smoke run
+    python bench/single_cells.py --cosmicqc    # also compare flags with coSMicQC
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from _common import (
+    RESULTS,
+    Contender,
+    cytoprofile_bin,
+    mb,
+    measure,
+    runs_text,
+    source_state,
+    verdict_at_least,
+    verdict_at_most,
+    write_section,
+)
+
+BENCH = Path(__file__).resolve().parent
+WORK = BENCH / "work"
+BATCH, PLATE = "BATCH1", "PLATE1"
+FULL = {"speed": {"wells": 96, "well_subset": 4, "sites": 4, "cells": 220, "features": 1900},
+        "memory": {"sites": 1, "cells": 50, "features": 200}, "repeats": 1}
+#: the default: JUMP width, 4 sites (CytoTable alone takes many minutes for 16 sites on a shared 2-core machine)
+DEFAULT = {**FULL, "speed": {**FULL["speed"], "well_subset": 2, "sites": 2}}
+QUICK = {"speed": {"wells": 96, "well_subset": 2, "sites": 2, "cells": 30, "features": 200},
+         "memory": {"sites": 1, "cells": 10, "features": 30}, "repeats": 1}
+TARGETS = {"cytotable_over_ours": 10.0, "merge_over_ours": 10.0, "memory_ratio": 1.3}
+#: CytoTable's DuckDB downloads its sqlite/httpfs extensions at run time; here they come from PyPI wheels instead
+VENVS = {"cytotable": ["cytotable", "duckdb==1.4.4", "duckdb-ext-sqlite==1.4.4.20260205", "duckdb-ext-httpfs==1.4.4.20260205"],
+         "cosmicqc": ["cosmicqc==1.1.2"]}
+
+
+def generate(ws: Path, *, wells: int, sites: int, cells: int, features: int, well_subset: int | None = None) -> dict[str, Any]:
+    """Synthesise and collate one plate (SQLite and Parquet backends) unless the same shape is there."""
+    params = {"wells": wells, "sites": sites, "cells": cells, "features": features, "well_subset": well_subset}
+    stamp = ws / "bench.json"
+    if stamp.exists() and json.loads(stamp.read_text()).get("params") == params:
+        return json.loads(stamp.read_text())
+    shutil.rmtree(ws, ignore_errors=True)
+    from cytoprofile.synth import synth
+
+    result = synth(ws, batch=BATCH, plates=[PLATE], wells=wells, sites=sites, cells=cells, features=features,
+                   well_subset=well_subset, seed=0)
+    log = ws.parent / f"{ws.name}-collate.log"
+    collate = measure([cytoprofile_bin(), "collate", ws, BATCH, PLATE, "--backend", "sqlite", "--backend", "parquet", "--quiet"], log)
+    info = {"params": params, "sites": len(result.wells) * sites, "cells": result.cells_written,
+            "collate_seconds": collate.seconds, "collate_rss": collate.max_rss}
+    stamp.write_text(json.dumps(info, indent=1))
+    return info
+
+
+def venv_python(name: str, log: Path) -> Path | None:
+    """Python of ``bench/work/<name>-venv``, created on first use; None when the package does not install."""
+    venv = WORK / f"{name}-venv"
+    python = venv / "bin" / "python"
+    marker = venv / "bench-ok"
+    if marker.exists():
+        return python
+    try:
+        if not python.exists():
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True, timeout=300)
+        with open(log, "ab") as out:
+            subprocess.run([str(python), "-m", "pip", "install", "--quiet", *VENVS[name]], check=True, stdout=out,
+                           stderr=subprocess.STDOUT, timeout=1200)
+    except (subprocess.SubprocessError, OSError) as exc:
+        print(f"{name}: cannot install ({str(exc)[:200]}); left out", flush=True)
+        return None
+    marker.write_text("ok\n")
+    return python
+
+
+# ---------------------------------------------------------------- child processes
+
+
+def _merge(db: str, out: str) -> None:
+    """pycytominer's single-cell merge of an SQLite backend, written to Parquet."""
+    import warnings
+
+    from pycytominer.cyto_utils.cells import SingleCells
+
+    warnings.simplefilter("ignore")
+    sc = SingleCells(f"sqlite:///{db}", strata=["Metadata_Plate", "Metadata_Well"],
+                     image_cols=["TableNumber", "ImageNumber", "Metadata_Site"], image_table_name="Image")
+    sc.merge_single_cells().to_parquet(out)
+
+
+_CYTOTABLE = """
+import os, sys
+import duckdb, duckdb_ext
+extensions = os.path.join(list(duckdb_ext.__path__)[0], "extensions")
+_connect = duckdb.connect
+def connect(*args, **kwargs):
+    config = dict(kwargs.pop("config", None) or {})
+    config.setdefault("extension_directory", extensions)
+    return _connect(*args, config=config, **kwargs)
+duckdb.connect = connect
+import cytotable
+from parsl.config import Config
+from parsl.executors import ThreadPoolExecutor
+cytotable.convert(source_path=sys.argv[1], dest_path=sys.argv[2], dest_datatype="parquet", preset="cellprofiler_csv",
+                  concat=True, join=True, parsl_config=Config(executors=[ThreadPoolExecutor(max_threads=2)]))
+"""
+
+_COSMICQC = """
+import json, sys
+import pandas as pd
+import cosmicqc
+df = pd.read_parquet(sys.argv[1])
+sets = json.loads(sys.argv[2])
+out = {}
+for name, conditions in sets.items():
+    flagged = cosmicqc.find_outliers(df=df, metadata_columns=[], feature_thresholds=conditions)
+    out[name] = sorted(int(i) for i in flagged.index)
+print(json.dumps(out))
+"""
+
+
+# ---------------------------------------------------------------- checks
+
+
+def compare_merge(ours: Path, ref: Path) -> str:
+    """Row for row, value for value (after sorting by keys; our Metadata columns come first)."""
+    import numpy as np
+    import pandas as pd
+
+    keys = ["Metadata_TableNumber", "Metadata_ImageNumber", "Metadata_ObjectNumber_cytoplasm"]
+    a = pd.read_parquet(ours)
+    b = pd.read_parquet(ref)
+    if sorted(a.columns) != sorted(b.columns):
+        return f"columns differ: {sorted(set(a.columns) ^ set(b.columns))[:5]}"
+    a = a.sort_values(keys).reset_index(drop=True)
+    b = b[list(a.columns)].astype({k: "int64" for k in keys}).sort_values(keys).reset_index(drop=True)
+    feats = [c for c in a.columns if not c.startswith("Metadata_")]
+    same = len(a) == len(b) and np.array_equal(a[feats].to_numpy(float), b[feats].to_numpy(float), equal_nan=True)
+    return f"{'identical' if same else 'DIFFERENT'}: {len(a):,} cells × {a.shape[1]:,} columns"
+
+
+def compare_cytotable(ours: Path, theirs: Path) -> str:
+    """Same cells: (ImageNumber, Cytoplasm ObjectNumber) pairs; synthetic sites each have their own ImageNumber."""
+    import pandas as pd
+
+    t = pd.read_parquet(theirs, columns=["Metadata_ImageNumber", "Metadata_ObjectNumber"])
+    o = pd.read_parquet(ours, columns=["Metadata_ImageNumber", "Metadata_ObjectNumber_cytoplasm"])
+    a = set(zip(o.iloc[:, 0].astype(int), o.iloc[:, 1].astype(int)))
+    b = set(zip(t.iloc[:, 0].astype(int), t.iloc[:, 1].astype(int)))
+    if a == b and len(o) == len(t):
+        return f"same cells ({len(a):,})"
+    return f"DIFFERENT: ours {len(o):,}, CytoTable {len(t):,}, only ours {len(a - b)}, only CytoTable {len(b - a)}"
+
+
+def compare_cosmicqc(python: Path, table: Path, log: Path) -> str:
+    """coSMicQC's outliers (row positions) per default set against our flags on the same table."""
+    import pandas as pd
+
+    from cytoprofile.cell_qc import flag_column, load_thresholds
+
+    sets = load_thresholds()
+    plain = table.with_name("cosmicqc-input.parquet")
+    df = pd.read_parquet(table)
+    df[[c for c in df.columns if not c.startswith("Metadata_cqc_")]].to_parquet(plain)
+    out = subprocess.run([str(python), "-c", _COSMICQC, str(plain), json.dumps(sets)], capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        log.write_text(log.read_text() + out.stderr)
+        return f"coSMicQC failed (see {log.name})"
+    theirs = json.loads(out.stdout.strip().splitlines()[-1])
+    lines = []
+    for name in sets:
+        ours = sorted(int(i) for i in df.index[df[flag_column(name)]])
+        lines.append(f"{name}: {'same' if ours == theirs[name] else 'DIFFERENT'} ({len(ours)} ours, {len(theirs[name])} coSMicQC)")
+    return "; ".join(lines)
+
+
+# ---------------------------------------------------------------- main
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark and write the report."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
+    parser.add_argument("--full", action="store_true", help="16 JUMP-width sites instead of 4")
+    parser.add_argument("--no-cytotable", action="store_true", help="leave out CytoTable")
+    parser.add_argument("--cosmicqc", action="store_true", help="compare cell QC flags with coSMicQC (own venv)")
+    parser.add_argument("--no-write", action="store_true", help="print the report, leave RESULTS.md alone")
+    args = parser.parse_args(argv)
+    sizes: dict[str, Any] = QUICK if args.quick else FULL if args.full else DEFAULT
+    root = WORK / ("single_cells-quick" if args.quick else "single_cells")
+    root.mkdir(parents=True, exist_ok=True)
+    log = root / "bench.log"
+    log.write_text("")
+    cyto = cytoprofile_bin()
+    ws = root / "jump"
+    print(f"generating and collating {ws} …", flush=True)
+    info = generate(ws, **sizes["speed"])
+    backend = ws / "backend" / BATCH / PLATE
+    contenders: dict[str, Contender] = {}
+    checks: dict[str, str] = {}
+
+    def run(name: str, cmd: Sequence[Any]) -> None:
+        print(f"  {name} …", end=" ", flush=True)
+        r = measure(cmd, log)
+        contenders.setdefault(name, Contender(name)).runs.append(r)
+        print(f"{r.seconds:.2f} s, {mb(r.max_rss)}", flush=True)
+
+    base = [cyto, "single-cells", ws, BATCH, PLATE, "--quiet"]
+    for _ in range(sizes["repeats"]):
+        run("ours, SQLite backend", [*base, "--backend", "sqlite"])
+        shutil.copy(backend / f"{PLATE}_single_cells.parquet", root / "ours-from-sqlite.parquet")
+        run("ours, Parquet + AnnData", [*base, "--backend", "parquet", "--format", "parquet", "--format", "anndata"])
+        run("ours, Parquet + cell QC", [*base, "--backend", "parquet", "--cell-qc"])
+        shutil.copy(backend / f"{PLATE}_single_cells.parquet", root / "ours-qc.parquet")
+        run("ours, Parquet backend", [*base, "--backend", "parquet"])
+    ours = backend / f"{PLATE}_single_cells.parquet"
+    run("pycytominer merge_single_cells (SQLite)", [sys.executable, __file__, "_merge", backend / f"{PLATE}.sqlite", root / "merge.parquet"])
+    checks["pycytominer merge_single_cells"] = compare_merge(root / "ours-from-sqlite.parquet", root / "merge.parquet")
+    checks["Parquet backend = SQLite backend"] = compare_merge(ours, root / "ours-from-sqlite.parquet")
+    cytotable = None if args.no_cytotable else venv_python("cytotable", WORK / "cytotable-install.log")
+    if cytotable is not None:
+        dest = root / "cytotable.parquet"
+        shutil.rmtree(dest, ignore_errors=True)
+        dest.unlink(missing_ok=True)
+        run("CytoTable convert (CSV)", [cytotable, "-c", _CYTOTABLE, ws / "analysis" / BATCH / PLATE / "analysis", dest])
+        checks["CytoTable cellprofiler_csv"] = compare_cytotable(ours, dest)
+    if args.cosmicqc:
+        python = venv_python("cosmicqc", WORK / "cosmicqc-install.log")
+        checks["coSMicQC 1.1.2 flags"] = compare_cosmicqc(python, root / "ours-qc.parquet", log) if python else "coSMicQC did not install"
+
+    memory: dict[int, Contender] = {}
+    for wells in (96, 384):
+        mws = root / f"mem{wells}"
+        print(f"generating and collating {mws} …", flush=True)
+        generate(mws, wells=wells, **sizes["memory"])
+        c = memory.setdefault(wells, Contender(f"{wells}-well"))
+        r = measure([cyto, "single-cells", mws, BATCH, PLATE, "--backend", "parquet", "--quiet"], log)
+        c.runs.append(r)
+        print(f"  {wells}-well: {r.seconds:.2f} s, {mb(r.max_rss)}", flush=True)
+
+    body = report(args, info, contenders, checks, memory)
+    print(body)
+    if not args.no_write:
+        write_section("single_cells", body)
+        print(f"wrote {RESULTS}")
+    return 0
+
+
+def report(args: argparse.Namespace, info: dict[str, Any], contenders: dict[str, Contender], checks: dict[str, str],
+           memory: dict[int, Contender]) -> str:
+    """The RESULTS.md section."""
+    p = info["params"]
+    ours = contenders["ours, Parquet backend"].best
+    lines = [
+        "## Single cells (`bench/single_cells.py`)", "",
+        f"{dt.date.today()}, {source_state()}. Reproduce: `python bench/single_cells.py{' --quick' if args.quick else ' --full' if args.full else ''}` "
+        "(from the repository root with the project's venv; CytoTable is installed into `bench/work/cytotable-venv` on "
+        "the first run; add `--cosmicqc` for the coSMicQC comparison).", "",
+        f"Plate: {info['sites']} sites, {info['cells']:,} cells, {p['features']:,} features per compartment "
+        f"(collate of the CSVs into both backends: {info['collate_seconds']:.1f} s, {mb(info['collate_rss'])}).", "",
+        "| contender | seconds (runs) | peak RSS | vs ours (Parquet) |", "|---|---|---|---|",
+    ]
+    for name, c in contenders.items():
+        lines.append(f"| {name} | {c.best:.2f} ({runs_text(c)}) | {mb(c.peak)} | {c.best / ours:.1f}× |")
+    lines.append("")
+    if "CytoTable convert (CSV)" in contenders:
+        ratio = contenders["CytoTable convert (CSV)"].best / ours
+        lines.append("- CytoTable ran with a parsl ThreadPoolExecutor (2 threads) and DuckDB 1.4.4 with its sqlite/httpfs "
+                     "extensions from PyPI wheels (this machine cannot download DuckDB extensions at run time).")
+        lines.append(f"- CytoTable convert ÷ ours: {verdict_at_least(ratio, TARGETS['cytotable_over_ours'])}")
+    merge = contenders["pycytominer merge_single_cells (SQLite)"].best / contenders["ours, SQLite backend"].best
+    lines.append(f"- merge_single_cells ÷ ours, both from SQLite: {verdict_at_least(merge, TARGETS['merge_over_ours'])}")
+    m96, m384 = memory[96].peak, memory[384].peak
+    lines.append(f"- peak RSS 384-well ÷ 96-well ({p['features'] if args.quick else FULL['memory']['features']} features): "
+                 f"{mb(m384)} / {mb(m96)} = {verdict_at_most(m384 / m96, TARGETS['memory_ratio'])}")
+    for name, text in checks.items():
+        lines.append(f"- check, {name}: {text}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "_merge":
+        _merge(sys.argv[2], sys.argv[3])
+        sys.exit(0)
+    sys.exit(main())

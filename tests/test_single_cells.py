@@ -1,0 +1,368 @@
+"""Joined single-cell tables: equal to the reference merge, every unlinked object named, files that open."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from cytoprofile.collate import collate_plate
+from cytoprofile.errors import InputError
+from cytoprofile.single_cells import (
+    SingleCellJoin,
+    feature_annotation,
+    single_cells,
+    write_single_cells,
+)
+from cytoprofile.synth import synth
+
+from .conftest import link_sites
+
+KEYS = ["Metadata_TableNumber", "Metadata_ImageNumber", "Metadata_ObjectNumber_cytoplasm"]
+JUMP_SITES = "jump-BR00121431/analysis/2021_04_20_Target2/BR00121431/analysis"
+
+
+def reference_merge(backend: Path, strata: list[str], image_cols: list[str]) -> pd.DataFrame:
+    """pycytominer's single-cell merge of a backend."""
+    from pycytominer.cyto_utils.cells import SingleCells
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sc = SingleCells(f"sqlite:///{backend}", strata=strata, image_cols=image_cols, image_table_name="Image")
+        return sc.merge_single_cells()
+
+
+def assert_same_cells(ours: pd.DataFrame, ref: pd.DataFrame, *, rename: dict[str, str] | None = None) -> None:
+    """Same columns (ours: Metadata first), same rows after sorting by keys, same values."""
+    ref = ref.rename(columns=rename or {})
+    assert sorted(ours.columns) == sorted(ref.columns)
+    meta = [c for c in ours.columns if c.startswith("Metadata_")]
+    assert list(ours.columns[: len(meta)]) == meta  # metadata first
+    assert len(ours) == len(ref)
+    ours = ours.sort_values(KEYS).reset_index(drop=True)
+    ref = ref.astype({k: type(ours[k].iloc[0]) if len(ours) else object for k in KEYS}).sort_values(KEYS).reset_index(drop=True)
+    for c in meta:
+        if pd.api.types.is_numeric_dtype(ours[c]):
+            np.testing.assert_array_equal(ours[c].to_numpy(float), ref[c].astype(float).to_numpy(), err_msg=c)
+        else:
+            assert ours[c].astype(str).tolist() == ref[c].astype(str).tolist(), c
+    feats = [c for c in ours.columns if c not in meta]
+    np.testing.assert_array_equal(ours[feats].to_numpy(float), ref[feats].to_numpy(float))
+
+
+def _plate(tmp_path: Path, *, wells: int, sites: int, cells: int, features: int, kind: str = "sqlite", seed: int = 0) -> Path:
+    synth(tmp_path, plates=["P1"], wells=96, well_subset=wells, sites=sites, cells=cells, features=features, seed=seed)
+    result = collate_plate(tmp_path, "BATCH1", "P1", backend=("sqlite", "parquet"))
+    return Path(result.outputs["sqlite"] if kind == "sqlite" else result.outputs["parquet"])
+
+
+@pytest.mark.parametrize(("wells", "sites", "cells", "features", "seed"), [(2, 2, 5, 6, 0), (6, 3, 30, 25, 1), (1, 1, 3, 3, 2)])
+def test_synthetic_plates_equal_reference_merge(tmp_path: Path, wells: int, sites: int, cells: int, features: int, seed: int) -> None:
+    sqlite_backend = _plate(tmp_path, wells=wells, sites=sites, cells=cells, features=features, seed=seed)
+    ref = reference_merge(sqlite_backend, ["Metadata_Plate", "Metadata_Well"], ["TableNumber", "ImageNumber", "Metadata_Site"])
+    ours = single_cells(sqlite_backend).to_pandas()
+    assert_same_cells(ours, ref)
+    # the Parquet backend of the same plate gives the same table, row for row
+    parquet = single_cells(sqlite_backend.with_name("P1_Image.parquet")).to_pandas()
+    pd.testing.assert_frame_equal(parquet, ours)
+
+
+def test_legacy_image_prefixed_backend_equals_stored_reference_merge(shared_data: Path) -> None:
+    backend = shared_data / "legacy-backends/test_SQ00014613.sqlite"
+    stored = pd.read_csv(shared_data / "legacy-backends/test_SQ00014613.csv.gz")
+    ours = single_cells(backend, metadata=["Metadata_Plate", "Metadata_Well"]).to_pandas()
+    assert ours["Metadata_TableNumber"].dtype == object or pd.api.types.is_string_dtype(ours["Metadata_TableNumber"])
+    rename = {"Image_Metadata_Plate": "Metadata_Plate", "Image_Metadata_Well": "Metadata_Well"}
+    assert_same_cells(ours, stored, rename=rename)
+    live = reference_merge(backend, ["Image_Metadata_Plate", "Image_Metadata_Well"], ["TableNumber", "ImageNumber"])
+    assert_same_cells(ours, live, rename=rename)
+
+
+def test_one_compartment_legacy_backend(shared_data: Path) -> None:
+    backend = shared_data / "legacy-backends/test_BR00126114.sqlite"
+    ours = single_cells(backend, compartments=["Nuclei"]).to_pandas()
+    conn = sqlite3.connect(backend)
+    nuclei = pd.read_sql_query("SELECT * FROM Nuclei", conn)
+    image = pd.read_sql_query("SELECT * FROM Image", conn)
+    conn.close()
+    expected = nuclei.merge(image, on=["TableNumber", "ImageNumber"]).astype({"ImageNumber": int, "ObjectNumber": int})
+    assert len(ours) == 20
+    assert list(ours.columns[:6]) == ["Metadata_TableNumber", "Metadata_ImageNumber", "Metadata_Plate", "Metadata_Well",
+                                      "Metadata_Site", "Metadata_ObjectNumber"]
+    expected = expected.sort_values(["TableNumber", "ImageNumber", "ObjectNumber"]).reset_index(drop=True)
+    ours = ours.sort_values(["Metadata_TableNumber", "Metadata_ImageNumber", "Metadata_ObjectNumber"]).reset_index(drop=True)
+    np.testing.assert_array_equal(ours["Nuclei_Location_Center_X"].to_numpy(float), expected["Nuclei_Location_Center_X"].to_numpy(float))
+    assert ours["Metadata_Well"].tolist() == expected["Metadata_Well"].tolist()
+
+
+def test_jump_sites_equal_reference_merge(shared_data: Path, tmp_path: Path) -> None:
+    root = shared_data / JUMP_SITES
+    link_sites(tmp_path, "B", "BR00121431", {n: root / n for n in ("BR00121431-A01-1", "BR00121431-A02-1")})
+    result = collate_plate(tmp_path, "B", "BR00121431")
+    backend = Path(result.outputs["sqlite"])
+    ref = reference_merge(backend, ["Metadata_Plate", "Metadata_Well"], ["TableNumber", "ImageNumber", "Metadata_Site"])
+    ours = single_cells(backend).to_pandas()
+    assert len(ours) > 100 and ours.shape[1] > 5000
+    assert_same_cells(ours, ref)
+
+
+def _break_links(backend: Path) -> tuple[int, int]:
+    """Point one Cytoplasm at a missing nucleus and remove one Cells row: two cells lose their partner."""
+    conn = sqlite3.connect(backend)
+    tn, img, obj = conn.execute("SELECT TableNumber, ImageNumber, ObjectNumber FROM Cytoplasm ORDER BY rowid LIMIT 1").fetchone()
+    conn.execute("UPDATE Cytoplasm SET Cytoplasm_Parent_Nuclei = 9999 WHERE TableNumber=? AND ImageNumber=? AND ObjectNumber=?", (tn, img, obj))
+    row = conn.execute("SELECT TableNumber, ImageNumber, ObjectNumber FROM Cells ORDER BY rowid DESC LIMIT 1").fetchone()
+    conn.execute("DELETE FROM Cells WHERE TableNumber=? AND ImageNumber=? AND ObjectNumber=?", row)
+    conn.commit()
+    conn.close()
+    return obj, row[2]
+
+
+def test_unlinked_objects_are_counted_and_named(tmp_path: Path) -> None:
+    backend = _plate(tmp_path, wells=2, sites=2, cells=6, features=4)
+    cyto_obj, cells_obj = _break_links(backend)
+    report = write_single_cells(backend, prefix=tmp_path / "out" / "P1")
+    ref = reference_merge(backend, ["Metadata_Plate", "Metadata_Well"], ["TableNumber", "ImageNumber", "Metadata_Site"])
+    ours = pd.read_parquet(tmp_path / "out" / "P1_single_cells.parquet")
+    assert_same_cells(ours, ref)  # the same inner join ...
+    total = report.rows_in["Cytoplasm"]
+    assert report.cells_out == len(ours) == total - 2  # ... and the two lost cells are accounted for
+    assert report.unlinked["Cytoplasm"] == 2
+    assert report.unlinked["Nuclei"] == 2 and report.unlinked["Cells"] == 1  # orphaned partners too
+    named = json.loads((tmp_path / "out" / "P1_single_cells.report.json").read_text())["unlinked_objects"]
+    reasons = {(o["compartment"], o["ObjectNumber"], o["reason"]) for o in named}
+    assert ("Cytoplasm", cyto_obj, "Cytoplasm_Parent_Nuclei links to no Nuclei object") in reasons
+    assert len(named) == 5
+    assert sum(report.rows_in.values()) == 3 * len(ours) + report.lost
+
+
+def test_parquet_and_anndata_outputs(tmp_path: Path) -> None:
+    import anndata
+
+    backend = _plate(tmp_path, wells=3, sites=2, cells=8, features=12, kind="parquet")
+    report = write_single_cells(backend, formats=["parquet", "anndata"], metadata="all", row_group_values=1)
+    prefix = str(backend)[: -len("_Image.parquet")]
+    table = pq.ParquetFile(f"{prefix}_single_cells.parquet")
+    assert table.metadata.num_row_groups == 6  # whole sites: one each when a site exceeds the row group size
+    sizes = [table.metadata.row_group(g).num_rows for g in range(6)]
+    sites = table.read(columns=["Metadata_TableNumber"]).column(0).to_pylist()
+    assert sizes == [sites.count(t) for t in dict.fromkeys(sites)]
+    assert table.metadata.row_group(0).column(0).compression == "ZSTD"
+    df = table.read().to_pandas()
+    assert report.cells_out == len(df) and report.sites == 6
+    assert report.rows_in == {"Cytoplasm": len(df), "Cells": len(df), "Nuclei": len(df)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        adata = anndata.read_h5ad(f"{prefix}_single_cells.h5ad")
+    features = [c for c in df.columns if not c.startswith("Metadata_")]
+    assert adata.shape == (len(df), len(features)) and adata.X.dtype == np.float32
+    assert list(adata.var_names) == features
+    np.testing.assert_allclose(adata.X, df[features].to_numpy(float), rtol=1e-6)
+    for key in ("Metadata_Plate", "Metadata_Well", "Metadata_Site", "Metadata_ObjectNumber_cytoplasm"):
+        assert adata.obs[key].astype(str).tolist() == df[key].astype(str).tolist()
+    assert adata.var.loc["Cells_Intensity_MeanIntensity_DNA", "channel"] == "DNA"
+    assert set(adata.var["compartment"]) == {"Cells", "Cytoplasm", "Nuclei"}
+    assert adata.obs_names.is_unique
+    write_single_cells(backend, metadata="all", row_group_values=2 * len(df) // 6 * table.metadata.num_columns)  # about two sites
+    grouped = pq.ParquetFile(f"{prefix}_single_cells.parquet")
+    assert 1 < grouped.metadata.num_row_groups < 6
+    pd.testing.assert_frame_equal(grouped.read().to_pandas(), df)
+
+
+def test_write_failure_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    backend = _plate(tmp_path, wells=2, sites=2, cells=4, features=4)
+    calls = {"n": 0}
+    real = SingleCellJoin.join_site
+
+    def failing(self: SingleCellJoin, tn: object, **kw: object) -> object:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError("disk full")
+        return real(self, tn, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(SingleCellJoin, "join_site", failing)
+    with pytest.raises(OSError):
+        write_single_cells(backend, formats=["parquet", "anndata"])
+    assert not [p.name for p in backend.parent.iterdir() if "single_cells" in p.name]
+
+
+def test_bad_options_are_input_errors(tmp_path: Path) -> None:
+    backend = _plate(tmp_path, wells=1, sites=1, cells=3, features=3)
+    with pytest.raises(InputError, match="no Organelles table"):
+        single_cells(backend, compartments=["Cells", "Cytoplasm", "Organelles"])
+    with pytest.raises(InputError, match="no Metadata_Batch"):
+        single_cells(backend, metadata=["Metadata_Batch"])
+    with pytest.raises(InputError, match="no link column Cytoplasm_Parent_Nuclei"):
+        _drop_link(backend)
+        single_cells(backend)
+
+
+def _drop_link(backend: Path) -> None:
+    conn = sqlite3.connect(backend)
+    conn.execute("ALTER TABLE Cytoplasm DROP COLUMN Cytoplasm_Parent_Nuclei")
+    conn.commit()
+    conn.close()
+
+
+def test_image_features_and_custom_links(tmp_path: Path) -> None:
+    backend = _plate(tmp_path, wells=1, sites=2, cells=4, features=4)
+    conn = sqlite3.connect(backend)
+    image_cols = [r[1] for r in conn.execute("PRAGMA table_info(Image)")]
+    conn.close()
+    table = single_cells(backend, image_feature_categories=["Count"]).to_pandas()
+    counts = [c for c in image_cols if c.startswith("Count_")]
+    assert counts and [f"Image_{c}" for c in counts] == [c for c in table.columns if c.startswith("Image_")]
+    # Cells as the hub with Nuclei linked through Cells_Parent_Nuclei
+    two = single_cells(backend, compartments=["Cells", "Nuclei"], hub="Cells", links={"Nuclei": "Cells_Parent_Nuclei"}).to_pandas()
+    assert "Metadata_Cells_Parent_Nuclei" in two.columns and "Cells_Parent_Nuclei" not in two.columns
+    assert len(two) == len(table)
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("Cells_Intensity_MeanIntensity_DNA", ("Cells", "Intensity", "DNA")),
+    ("Nuclei_Texture_Contrast_ER_3_01_256", ("Nuclei", "Texture", "ER")),
+    ("Cytoplasm_Granularity_12_Mito", ("Cytoplasm", "Granularity", "Mito")),
+    ("Cells_RadialDistribution_FracAtD_RNA_2of4", ("Cells", "RadialDistribution", "RNA")),
+    ("Cells_Correlation_Correlation_AGP_DNA", ("Cells", "Correlation", "AGP_DNA")),
+    ("Cells_AreaShape_Area", ("Cells", "AreaShape", "")),
+    ("Nuclei_Location_Center_X", ("Nuclei", "Location", "")),
+    ("Nuclei_Location_CenterMassIntensity_X_DNA", ("Nuclei", "Location", "DNA")),
+    ("Cells_Cellpose3_AreaShape_Area", ("Cells_Cellpose3", "AreaShape", "")),
+    ("Image_Granularity_1_DNA", ("Image", "Granularity", "DNA")),
+])
+def test_feature_annotation(name: str, expected: tuple[str, str, str]) -> None:
+    got = feature_annotation(name, ["Cells", "Cells_Cellpose3", "Nuclei", "Cytoplasm", "Image"])
+    assert (got["compartment"], got["measurement"], got["channel"]) == expected
+
+
+@pytest.mark.parametrize("operation", ["median", "mean"])
+def test_aggregate_cells_matches_reference_and_streaming_engine(tmp_path: Path, operation: str) -> None:
+    from pycytominer import aggregate as reference_aggregate
+
+    from cytoprofile.aggregate import aggregate, aggregate_cells
+
+    backend = _plate(tmp_path, wells=4, sites=2, cells=12, features=8)
+    cells = single_cells(backend).to_pandas()
+    ours = aggregate_cells(cells, ["Metadata_Plate", "Metadata_Well"], "infer", operation,  # type: ignore[arg-type]
+                           compute_object_count=True, object_feature="Metadata_ObjectNumber")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = reference_aggregate(cells, strata=["Metadata_Plate", "Metadata_Well"], features="infer", operation=operation,
+                                  compute_object_count=True, object_feature="Metadata_ObjectNumber")
+    assert list(ours.columns) == list(ref.columns)
+    assert ours["Metadata_Object_Count"].tolist() == ref["Metadata_Object_Count"].tolist()
+    feats = [c for c in ref.columns if not c.startswith("Metadata_")]
+    np.testing.assert_allclose(ours[feats].to_numpy(float), ref[feats].to_numpy(float), rtol=1e-12)
+    streamed = aggregate(backend, operation=operation, image_features=False)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(ours[feats].to_numpy(float), streamed[feats].to_numpy(float))
+    assert ours["Metadata_Object_Count"].tolist() == streamed["Metadata_Object_Count"].tolist()
+
+
+def test_aggregate_cells_hand_computed() -> None:
+    from cytoprofile.aggregate import aggregate_cells
+
+    df = pd.DataFrame({"Metadata_Well": ["B01", "A01", "A01", "A01"], "Metadata_ObjectNumber": [1, 1, 2, 3],
+                       "Cells_a": [5.0, 1.0, np.nan, 3.0], "Nuclei_b": [1.0, 2.0, 4.0, 9.0], "Other": ["x"] * 4})
+    out = aggregate_cells(df, ["Metadata_Well"], compute_object_count=True)
+    assert out.columns.tolist() == ["Metadata_Well", "Metadata_Object_Count", "Cells_a", "Nuclei_b"]
+    assert out.values.tolist() == [["A01", 3, 2.0, 4.0], ["B01", 1, 5.0, 1.0]]
+    with pytest.raises(InputError, match="Metadata_Plate"):
+        aggregate_cells(df)
+
+
+def test_load_profiles_reads_every_format_alike(tmp_path: Path) -> None:
+    from cytoprofile.io import load_profiles, write_table
+
+    backend = _plate(tmp_path, wells=2, sites=2, cells=5, features=5)
+    report = write_single_cells(backend, formats=["parquet", "anndata"])
+    parquet = load_profiles(report.outputs["parquet"])
+    h5ad = load_profiles(report.outputs["anndata"])
+    assert list(h5ad.columns) == list(parquet.columns) and len(h5ad) == len(parquet)
+    feats = [c for c in parquet.columns if not c.startswith("Metadata_")]
+    np.testing.assert_allclose(h5ad[feats].to_numpy(float), parquet[feats].to_numpy(float), rtol=1e-6)
+    assert h5ad["Metadata_Well"].astype(str).tolist() == parquet["Metadata_Well"].tolist()
+    from pycytominer.cyto_utils.load import load_profiles as reference_load
+
+    theirs = reference_load(report.outputs["anndata"])  # the reference reader opens our AnnData too
+    assert list(theirs.columns) == list(h5ad.columns)
+    np.testing.assert_array_equal(theirs[feats].to_numpy(float), h5ad[feats].to_numpy(float))
+    write_table(parquet, tmp_path / "cells.csv.gz")
+    csv = load_profiles(tmp_path / "cells.csv.gz")
+    np.testing.assert_allclose(csv[feats].to_numpy(float), parquet[feats].to_numpy(float))
+    with pytest.raises(InputError, match="no such file"):
+        load_profiles(tmp_path / "absent.parquet")
+
+
+def test_cli_single_cells_and_cell_qc(tmp_path: Path) -> None:
+    from cytoprofile.cli import main
+
+    ws = tmp_path / "ws"
+    synth(ws, plates=["P1"], wells=96, well_subset=2, sites=2, cells=10, features=12)
+    collate_plate(ws, "BATCH1", "P1", backend=("sqlite",))
+    assert main(["single-cells", str(ws), "BATCH1", "P1", "--format", "parquet", "--format", "anndata", "--cell-qc", "-q"]) == 0
+    out = ws / "backend/BATCH1/P1"
+    df = pd.read_parquet(out / "P1_single_cells.parquet")
+    assert (out / "P1_single_cells.h5ad").is_file() and "Metadata_cqc_large_nuclei_is_outlier" in df.columns
+    report = json.loads((out / "P1_single_cells.report.json").read_text())
+    assert report["cells_out"] == len(df) and report["cell_qc"]["cells"] == len(df)
+    assert main(["cell-qc", str(out / "P1_single_cells.parquet"), "--output", str(tmp_path / "f.parquet"),
+                 "--qc-sets", "elongated_nuclei", "-q"]) == 0
+    assert "Metadata_cqc_elongated_nuclei_is_outlier" in pd.read_parquet(tmp_path / "f.parquet").columns
+    assert main(["single-cells", str(ws), "BATCH1", "NOPLATE", "-q"]) == 1
+    assert main(["single-cells", str(ws), "BATCH1", "P1", "--links", "Nuclei", "-q"]) == 1
+    assert main(["cell-qc", str(tmp_path / "f.parquet"), "--qc-sets", "huge", "-q"]) == 1
+
+
+def test_stream_fed_site_by_site_equals_join_from_backend(tmp_path: Path) -> None:
+    """The collate path: sites handed over as read from the CSVs give the same table as the backend join."""
+    from cytoprofile.backend import object_column_name
+    from cytoprofile.ingest import (
+        IMAGE_TABLE,
+        Quarantine,
+        discover_sites,
+        plan_schema,
+        read_sites,
+        scan_sites,
+    )
+    from cytoprofile.single_cells import SingleCellStream
+
+    backend = _plate(tmp_path, wells=3, sites=2, cells=7, features=6)
+    sites = discover_sites(tmp_path / "analysis/BATCH1/P1/analysis")
+    scans = scan_sites(sites, plate="P1")
+    schema = plan_schema(scans, plate="P1", strata=["Metadata_Plate", "Metadata_Well"])
+    tables = {t: ["TableNumber", *[object_column_name(t, c) for c in cols]] for t, cols in schema.tables.items() if t != IMAGE_TABLE}
+    tables[IMAGE_TABLE] = list(schema.tables[IMAGE_TABLE])
+    stream = SingleCellStream(tmp_path / "stream" / "P1", tables, formats=["parquet", "anndata"])
+    for site in read_sites(scans, schema):
+        assert not isinstance(site, Quarantine)
+        stream.add(site.table_number, site.image.to_pandas(), site.objects)
+    report = stream.close()
+    streamed = pd.read_parquet(report.outputs["parquet"])
+    joined = single_cells(backend).to_pandas()
+    assert report.cells_out == len(joined) and report.rows_in == {"Cytoplasm": len(joined), "Cells": len(joined), "Nuclei": len(joined)}
+    order = ["Metadata_TableNumber", "Metadata_ImageNumber", "Metadata_ObjectNumber_cytoplasm"]
+    pd.testing.assert_frame_equal(streamed.sort_values(order).reset_index(drop=True), joined.sort_values(order).reset_index(drop=True))
+
+
+@pytest.mark.parametrize("first", [True, False])
+def test_site_without_cells_is_counted(tmp_path: Path, first: bool) -> None:
+    backend = _plate(tmp_path, wells=2, sites=2, cells=5, features=4)
+    conn = sqlite3.connect(backend)
+    order = [r[0] for r in conn.execute("SELECT TableNumber FROM Image ORDER BY rowid")]
+    empty = order[0] if first else order[-1]
+    n_cells = conn.execute("SELECT COUNT(*) FROM Cells WHERE TableNumber=?", (empty,)).fetchone()[0]
+    conn.execute("DELETE FROM Cytoplasm WHERE TableNumber=?", (empty,))
+    conn.commit()
+    conn.close()
+    report = write_single_cells(backend, formats=["parquet", "anndata"])
+    df = pd.read_parquet(report.outputs["parquet"])
+    assert empty not in set(df["Metadata_TableNumber"]) and report.sites == 4
+    assert report.sites_without_cells == [str(empty)]
+    assert report.unlinked == {"Cells": n_cells, "Nuclei": n_cells}
+    assert df["Metadata_Well"].notna().all()
