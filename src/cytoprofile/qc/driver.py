@@ -224,11 +224,7 @@ def quality_control(
                 replicate_column=replicate_column, dpi=dpi,
             )
         if heatmaps:
-            out = cpio.join(qc_root, "heatmap", batch, plate.name)
-            result.heatmaps[plate.name] = {
-                name: _write_bytes(png, cpio.join(out, f"{plate.name}_{name}.png"))
-                for name, png in figures[plate.name].items()
-            }
+            result.heatmaps[plate.name] = _write_heatmaps(figures[plate.name], qc_root, batch, plate.name)
     if summary:
         result.summary_path = cpio.join(qc_root, "summary", "summary.tsv")
         with _locked(result.summary_path):
@@ -239,6 +235,11 @@ def quality_control(
     if report:
         _write_report(result, qc_root, batch, rows, figures, inputs, description)
     return result
+
+
+def _write_heatmaps(figures: dict[str, bytes], qc_root: str, batch: str, plate: str) -> dict[str, str]:
+    out = cpio.join(qc_root, "heatmap", batch, plate)
+    return {name: _write_bytes(png, cpio.join(out, f"{plate}_{name}.png")) for name, png in figures.items()}
 
 
 def _summary_row(root: str, load_data_dir: str, batch: str, plate: _Plate) -> dict[str, Any]:
