@@ -1,0 +1,326 @@
+"""QC of a workspace: find each plate's files, compute, and write the summary, heatmaps and report.
+
+The only part of :mod:`cytoprofile.qc` that reads or writes files; every write is atomic,
+so an interrupted run never leaves a half-written summary, image or report behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .. import io as cpio
+from ..errors import InputError
+from .figures import cell_count_figure, correlation_figure, figure_png, position_effect_figure
+from .metrics import (
+    REPLICATE_CANDIDATES,
+    percent_replicating,
+    plate_rows,
+    shared_features,
+    well_matrix,
+)
+from .report import render_report
+from .summary import quarantined_wells, read_summary, summarize_plate, update_summary
+
+__all__ = ["QualityControlResult", "quality_control"]
+
+_TABLE_EXTENSIONS = (".csv.gz", ".csv", ".parquet")
+_LEVELS = ("all", "batch", "plate")
+_KINDS = ((True, "negative-control normalized, feature-selected"), (False, "whole-plate normalized, feature-selected"))
+
+
+@dataclass
+class QualityControlResult:
+    """What :func:`quality_control` wrote and computed.
+
+    ``qc_profiles`` maps each plate to the profile file its correlation maps, position
+    effect and percent replicating used; ``n_features`` is the size of the one feature
+    set they share.
+    """
+
+    summary_path: str | None = None
+    summary: pd.DataFrame | None = None
+    heatmaps: dict[str, dict[str, str]] = field(default_factory=dict)
+    report_path: str | None = None
+    replication: dict[str, Any] | None = None
+    replication_note: str | None = None
+    notes: dict[str, list[str]] = field(default_factory=dict)
+    qc_profiles: dict[str, str] = field(default_factory=dict)
+    n_features: int | None = None
+    quarantine: dict[str, pd.DataFrame | None] = field(default_factory=dict)
+
+
+@dataclass
+class _Plate:
+    """One plate's inputs as read from the workspace."""
+
+    name: str
+    folder: str
+    report: dict[str, Any] | None
+    per_well: pd.DataFrame | None
+    selected: pd.DataFrame | None
+
+
+def _first_table(folder: str, stems: Sequence[str]) -> str | None:
+    for stem in stems:
+        for ext in _TABLE_EXTENSIONS:
+            path = cpio.join(folder, stem + ext)
+            if cpio.exists(path):
+                return path
+    return None
+
+
+def _selected_stems(plate: str, *, negcon: bool, level: str | None) -> list[str]:
+    suffix = "_negcon" if negcon else ""
+    levels = [level] if level else list(_LEVELS)
+    return [f"{plate}_normalized_feature_select{suffix}_{lvl}" for lvl in levels]
+
+
+def _load_data_path(workspace: str, load_data_dir: str, batch: str, plate: str) -> str:
+    folder = cpio.join(workspace, load_data_dir, batch, plate)
+    for name in ("load_data.csv.gz", "load_data.csv"):
+        path = cpio.join(folder, name)
+        if cpio.exists(path):
+            return path
+    raise InputError(
+        f"{folder}: no load_data.csv or load_data.csv.gz; the QC summary needs the per-site "
+        "load_data file of each plate there"
+    )
+
+
+@contextlib.contextmanager
+def _locked(path: str) -> Iterator[None]:
+    """Serialise read-modify-write of a local file across processes (no-op elsewhere).
+
+    The lock file is removed on release; a waiter that then wins the lock on the removed
+    file notices (its inode is gone) and locks afresh, so no lock file is left behind.
+    """
+    if cpio.is_remote(path):
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    lock = Path(path).with_name(f".{Path(path).name}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        handle = open(lock, "a")  # noqa: SIM115 - held open until the lock is released
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            mine = os.fstat(handle.fileno()).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            mine = False
+        if mine:
+            break
+        handle.close()
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock)
+        handle.close()
+
+
+def _write_bytes(data: bytes, path: str) -> str:
+    with cpio.atomic_open(path, "wb") as handle:
+        handle.write(data)
+    return path
+
+
+def _read_plate(root: str, profiles_dir: str, backend_dir: str, batch: str, plate: str, level: str | None) -> _Plate:
+    folder = cpio.join(root, profiles_dir, batch, plate)
+    report_path = cpio.join(root, backend_dir, batch, plate, f"{plate}.report.json")
+    per_well_path = _first_table(folder, [f"{plate}_augmented", plate])
+    selected_path = _first_table(folder, _selected_stems(plate, negcon=False, level=level))
+    return _Plate(
+        name=plate,
+        folder=folder,
+        report=cpio.read_json(report_path) if cpio.exists(report_path) else None,
+        per_well=cpio.read_table(per_well_path) if per_well_path else None,
+        selected=cpio.read_table(selected_path) if selected_path else None,
+    )
+
+
+def _qc_profiles(plates: Sequence[_Plate], level: str | None) -> tuple[str, dict[str, str]]:
+    """The one kind of profile used for every correlation panel, and each plate's file of it.
+
+    Negative-control normalized profiles are preferred (the recipe's heatmap input),
+    then whole-plate ones; levels in the order all, batch, plate (or ``level``). The
+    first kind and level that the most plates have wins, so all plates share one kind.
+    """
+    best: tuple[str, dict[str, str]] = (_KINDS[0][1], {})
+    for negcon, description in _KINDS:
+        for lvl in [level] if level else list(_LEVELS):
+            found = {}
+            for plate in plates:
+                path = _first_table(plate.folder, _selected_stems(plate.name, negcon=negcon, level=lvl))
+                if path:
+                    found[plate.name] = path
+            if len(found) > len(best[1]):
+                best = (description, found)
+    return best
+
+
+def quality_control(
+    workspace: str | os.PathLike[str],
+    batch: str,
+    plates: Sequence[str],
+    *,
+    profiles_dir: str = "profiles",
+    load_data_dir: str = "load_data_csv",
+    backend_dir: str = "backend",
+    output_dir: str = "quality_control",
+    level: str | None = None,
+    replicate_column: str | None = None,
+    negcon_column: str = "Metadata_control_type",
+    negcon_value: str = "negcon",
+    n_null: int = 10_000,
+    seed: int = 0,
+    dpi: int = 100,
+    summary: bool = True,
+    heatmaps: bool = True,
+    report: bool = True,
+    summary_well_columns: Sequence[str] | None = None,
+) -> QualityControlResult:
+    """Run QC for ``plates`` of ``batch`` in a workspace and write its outputs.
+
+    Reads ``load_data_csv/BATCH/PLATE/load_data.csv[.gz]``, the optional ingest report
+    ``backend/BATCH/PLATE/PLATE.report.json`` (quarantined sites) and from
+    ``profiles/BATCH/PLATE/``: ``PLATE_augmented`` (else ``PLATE``) for cell counts,
+    ``PLATE_normalized_feature_select_{...}`` for the kept feature count, and one kind of
+    feature-selected profile for the correlation and position-effect heatmaps and
+    percent replicating: ``PLATE_normalized_feature_select_negcon_{all,batch,plate}``,
+    else the whole-plate ``PLATE_normalized_feature_select_{...}`` (``level`` picks one
+    level), over the features every plate's file has. Writes
+    ``quality_control/summary/summary.tsv``,
+    ``quality_control/heatmap/BATCH/PLATE/PLATE_{cell_count,correlation,position_effect}.png``
+    and ``quality_control/report/BATCH.html``. ``summary_well_columns`` are the
+    load_data columns sites are grouped into wells by (default: see ``summarize_plate``).
+    """
+    if level is not None and level not in _LEVELS:
+        raise InputError(f"level {level!r}: use one of {', '.join(_LEVELS)}")
+    root = str(workspace)
+    qc_root = cpio.join(root, output_dir)
+    result = QualityControlResult()
+    inputs = [_read_plate(root, profiles_dir, backend_dir, batch, p, level) for p in map(str, plates)]
+    rows = [_summary_row(root, load_data_dir, batch, p, summary_well_columns) for p in inputs] if summary else []
+    description, result.qc_profiles = _qc_profiles(inputs, level)
+    frames = {name: plate_rows(cpio.read_table(path), name) for name, path in result.qc_profiles.items()}
+    features = shared_features(frames.values())
+    result.n_features = len(features) if frames else None
+    figures: dict[str, dict[str, bytes]] = {}
+    for plate in inputs:
+        result.notes.setdefault(plate.name, [])
+        result.quarantine[plate.name] = None if plate.report is None else quarantined_wells(plate.report)
+        if heatmaps or report:
+            figures[plate.name] = _plate_figures(
+                plate, frames.get(plate.name), result, features=features, description=description,
+                replicate_column=replicate_column, dpi=dpi,
+            )
+        if heatmaps:
+            result.heatmaps[plate.name] = _write_heatmaps(figures[plate.name], qc_root, batch, plate.name)
+    if summary:
+        result.summary_path = cpio.join(qc_root, "summary", "summary.tsv")
+        with _locked(result.summary_path):
+            result.summary = update_summary(read_summary(result.summary_path), rows)
+            cpio.write_table(result.summary, result.summary_path)
+    _replication(result, frames, features, replicate_column=replicate_column, negcon_column=negcon_column,
+                 negcon_value=negcon_value, n_null=n_null, seed=seed)
+    if report:
+        _write_report(result, qc_root, batch, rows, figures, inputs, description)
+    return result
+
+
+def _write_heatmaps(figures: dict[str, bytes], qc_root: str, batch: str, plate: str) -> dict[str, str]:
+    out = cpio.join(qc_root, "heatmap", batch, plate)
+    return {name: _write_bytes(png, cpio.join(out, f"{plate}_{name}.png")) for name, png in figures.items()}
+
+
+def _summary_row(root: str, load_data_dir: str, batch: str, plate: _Plate,
+                 well_columns: Sequence[str] | None) -> dict[str, Any]:
+    load_path = _load_data_path(root, load_data_dir, batch, plate.name)
+    return summarize_plate(
+        batch=batch, plate=plate.name, load_data=cpio.read_table(load_path), profiles=plate.per_well,
+        report=plate.report, selected_profiles=plate.selected, well_columns=well_columns, source=load_path,
+    )
+
+
+def _plate_figures(
+    plate: _Plate,
+    qc_frame: pd.DataFrame | None,
+    result: QualityControlResult,
+    *,
+    features: list[str],
+    description: str,
+    replicate_column: str | None,
+    dpi: int,
+) -> dict[str, bytes]:
+    out: dict[str, bytes] = {}
+    notes = result.notes.setdefault(plate.name, [])
+    if plate.per_well is None:
+        notes.append(f"No per-well profile ({plate.name}_augmented or {plate.name}) in {plate.folder}.")
+    else:
+        lost = result.quarantine.get(plate.name)
+        quarantined = None if lost is None else dict(zip(lost["Metadata_Well"], lost["Sites_quarantined"], strict=True))
+        out["cell_count"] = figure_png(
+            cell_count_figure(plate.per_well, plate=plate.name, quarantined=quarantined), dpi=dpi
+        )
+    path = result.qc_profiles.get(plate.name)
+    if qc_frame is None or path is None:
+        notes.append(f"No {description} profile; no correlation or position-effect heatmap.")
+        return out
+    if len(qc_frame) < 2 or len(features) < 2 or len(well_matrix(qc_frame, features)[2]) < 2:
+        notes.append(f"{path}: fewer than two wells or shared features; no correlation heatmaps.")
+        return out
+    source = os.path.basename(path)
+    out["correlation"] = figure_png(correlation_figure(
+        qc_frame, plate=plate.name, features=features, replicate_column=replicate_column, source=source,
+    ), dpi=dpi)
+    out["position_effect"] = figure_png(
+        position_effect_figure(qc_frame, plate=plate.name, features=features, source=source), dpi=dpi
+    )
+    return out
+
+
+def _replication(
+    result: QualityControlResult, frames: dict[str, pd.DataFrame], features: list[str], *,
+    replicate_column: str | None, negcon_column: str, negcon_value: str, n_null: int, seed: int,
+) -> None:
+    if not frames:
+        result.replication_note = "no feature-selected profiles (PLATE_normalized_feature_select_LEVEL) found"
+        return
+    batch_profiles = pd.concat(list(frames.values()), ignore_index=True)
+    if replicate_column is None and not any(c in batch_profiles.columns for c in REPLICATE_CANDIDATES):
+        result.replication_note = (
+            "the feature-selected profiles have no treatment column ("
+            + ", ".join(REPLICATE_CANDIDATES) + "); annotate them or name the column"
+        )
+        return
+    result.replication = percent_replicating(
+        batch_profiles, replicate_column=replicate_column, negcon_column=negcon_column,
+        negcon_value=negcon_value, features=features, n_null=n_null, seed=seed,
+    )
+
+
+def _write_report(
+    result: QualityControlResult, qc_root: str, batch: str, rows: list[dict[str, Any]],
+    figures: dict[str, dict[str, bytes]], inputs: Sequence[_Plate], description: str,
+) -> None:
+    table = result.summary if result.summary is not None else update_summary(None, rows)
+    html_text = render_report(
+        batch=batch, summary=table, figures=figures, ingest_reports={p.name: p.report for p in inputs},
+        replication=result.replication, notes=result.notes, replication_note=result.replication_note,
+        quarantine=result.quarantine, sources={p: os.path.basename(s) for p, s in result.qc_profiles.items()},
+        n_features=result.n_features, profiles_description=description,
+    )
+    result.report_path = cpio.join(qc_root, "report", f"{batch}.html")
+    with cpio.atomic_open(result.report_path) as handle:
+        handle.write(html_text)

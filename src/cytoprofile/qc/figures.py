@@ -1,0 +1,369 @@
+"""QC figures (matplotlib, no pyplot state): plate maps, the correlation matrix, percent replicating.
+
+Each function returns a :class:`matplotlib.figure.Figure`; :func:`figure_png` turns it into
+PNG bytes of exactly ``figsize × dpi`` pixels.
+"""
+
+from __future__ import annotations
+
+import io as _io
+import math
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from ..errors import InputError
+from .formatting import format_number
+from .metrics import (
+    count_column,
+    plate_rows,
+    position_effect,
+    require_wells,
+    treatment_column,
+    treatment_order,
+    well_correlation,
+    well_matrix,
+)
+from .plate import normal_well, plate_layout, row_label, well_to_grid
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+__all__ = [
+    "FIGURE_NAMES",
+    "cell_count_figure",
+    "correlation_figure",
+    "position_effect_figure",
+    "replication_figure",
+    "figure_png",
+]
+
+#: Heatmaps made per plate, as in ``PLATE_{name}.png``.
+FIGURE_NAMES: tuple[str, ...] = ("cell_count", "correlation", "position_effect")
+
+_PLATE_FIGSIZE = (9.0, 6.0)
+_SQUARE_FIGSIZE = (8.0, 7.0)
+_GREY = "#d0d0d0"
+_QUARANTINE = "#e41a1c"
+_MAX_GROUP_LABELS = 40
+
+
+def _new_figure(figsize: tuple[float, float]) -> Figure:
+    from matplotlib.figure import Figure
+    from matplotlib.layout_engine import ConstrainedLayoutEngine
+
+    return Figure(figsize=figsize, layout=ConstrainedLayoutEngine(h_pad=0.1, w_pad=0.1))
+
+
+def _features_line(source: str | None, n_features: int) -> str:
+    where = f" of {source}" if source else ""
+    return f"{n_features} features{where}"
+
+
+def _plate_grid(values: Mapping[Any, Any], shape: tuple[int, int]) -> np.ndarray:
+    grid = np.full(shape, np.nan)
+    for well, value in values.items():
+        row, col = well_to_grid(well)
+        if row < shape[0] and col < shape[1] and value is not None and not pd.isna(value):
+            grid[row, col] = float(value)
+    return grid
+
+
+def _draw_plate(
+    fig: Figure,
+    grid: np.ndarray,
+    *,
+    title: str,
+    colorbar_label: str,
+    cmap: str,
+    vmin: float | None = None,
+    vmax: float | None = None,
+) -> tuple[Axes, Any]:
+    import matplotlib as mpl
+
+    ax = fig.add_subplot()
+    colormap = mpl.colormaps[cmap].with_extremes(bad=_GREY)
+    image = ax.imshow(
+        np.ma.masked_invalid(grid), cmap=colormap, vmin=vmin, vmax=vmax,
+        interpolation="nearest", aspect="equal",
+    )
+    n_rows, n_cols = grid.shape
+    small = 7 if n_cols <= 24 else 5.5
+    col_step = 1 if n_cols <= 24 else 2
+    ax.set_xticks(range(0, n_cols, col_step), [str(c + 1) for c in range(0, n_cols, col_step)], fontsize=small)
+    ax.set_yticks(range(n_rows), [row_label(r) for r in range(n_rows)], fontsize=small)
+    ax.xaxis.tick_top()
+    ax.set_xticks(np.arange(-0.5, n_cols, 1), minor=True)
+    ax.set_yticks(np.arange(-0.5, n_rows, 1), minor=True)
+    ax.grid(which="minor", color="white", linewidth=0.6 if n_cols <= 24 else 0.3)
+    ax.tick_params(which="minor", length=0)
+    ax.tick_params(which="major", length=0)
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(f"{n_rows * n_cols}-well plate", fontsize=8)
+    bar = fig.colorbar(image, ax=ax, shrink=0.8)
+    bar.set_label(colorbar_label)
+    return ax, bar
+
+
+def _legend_below(fig: Figure, handles: list[Any]) -> None:
+    fig.legend(
+        handles=handles, loc="outside lower center", ncol=len(handles),
+        fontsize=8, frameon=False, handlelength=1.6, handleheight=1.2,
+    )
+
+
+def cell_count_figure(
+    profiles: pd.DataFrame,
+    *,
+    plate: str,
+    shape: tuple[int, int] | None = None,
+    quarantined: Mapping[str, int] | None = None,
+) -> Figure:
+    """Cells per well (``Metadata_Object_Count``) on the plate grid; wells without data grey.
+
+    ``quarantined`` maps wells to the number of sites they lost to quarantine; those
+    wells are hatched and outlined, since their low count is not the cells' doing.
+    ``None`` means there is no ingest report, and the legend says so.
+    """
+    from matplotlib.patches import Patch, Rectangle
+
+    rows = plate_rows(profiles, plate)
+    require_wells(rows, f"profiles of plate {plate}")
+    column = count_column(rows)
+    wells = rows["Metadata_Well"].astype(str).map(normal_well)
+    counts = pd.to_numeric(rows[column], errors="coerce").groupby(wells.to_numpy()).sum(min_count=1)
+    lost = {normal_well(w): int(n) for w, n in (quarantined or {}).items() if n}
+    placed = [w for w in lost if _on_grid(w)]
+    shape = shape or plate_layout([*counts.index, *placed])
+    grid = _plate_grid(counts.to_dict(), shape)
+    fig = _new_figure(_PLATE_FIGSIZE)
+    present = grid[np.isfinite(grid)]
+    summary = (
+        f"wells with data: {present.size}, median {format_number(np.median(present))}, "
+        f"min {format_number(present.min())}"
+        if present.size
+        else "no data"
+    )
+    ax, _ = _draw_plate(
+        fig, grid, cmap="viridis", vmin=0,
+        title=f"Plate {plate}: cells per well ({column})\n{summary}",
+        colorbar_label="cells per well",
+    )
+    for well in placed:
+        row, col = well_to_grid(well)
+        if row < shape[0] and col < shape[1]:
+            ax.add_patch(Rectangle((col - 0.5, row - 0.5), 1, 1, fill=False, hatch="////",
+                                   edgecolor=_QUARANTINE, linewidth=1.5))
+    handles = [Patch(facecolor=_GREY, edgecolor="none", label="no profile for the well")]
+    if quarantined is None:
+        handles.append(Patch(facecolor="white", edgecolor="black", label="quarantine unknown (no ingest report)"))
+    else:
+        label = f"lost sites to quarantine: {len(lost)} well{'s' if len(lost) != 1 else ''}"
+        handles.append(Patch(facecolor="white", edgecolor=_QUARANTINE, hatch="////", label=label))
+    _legend_below(fig, handles)
+    return fig
+
+
+def _on_grid(well: str) -> bool:
+    try:
+        well_to_grid(well)
+    except InputError:
+        return False
+    return True
+
+
+def _treatment_blocks(rows: pd.DataFrame, replicate_column: str | None) -> pd.DataFrame | None:
+    """Wells ordered by treatment, or ``None`` when the profiles name no treatment."""
+    try:
+        column = treatment_column(rows, replicate_column)
+    except InputError:
+        if replicate_column is not None:
+            raise
+        return None
+    return treatment_order(rows, column).assign(column=column)
+
+
+def correlation_figure(
+    profiles: pd.DataFrame,
+    *,
+    plate: str,
+    features: Sequence[str] | None = None,
+    replicate_column: str | None = None,
+    source: str | None = None,
+) -> Figure:
+    """Well-by-well Pearson correlation matrix of a plate's profiles.
+
+    Wells are ordered by treatment (``replicate_column``, else the first treatment
+    column present), so replicate groups form blocks on the diagonal; without a
+    treatment column they come in plate order. ``source`` names the profile file.
+    """
+    import matplotlib as mpl
+
+    rows = plate_rows(profiles, plate)
+    blocks = _treatment_blocks(rows, replicate_column)
+    order = list(blocks["Metadata_Well"]) if blocks is not None else None
+    corr = well_correlation(rows, features=features, order=order)
+    n_features = _n_features(rows, features)
+    fig = _new_figure(_SQUARE_FIGSIZE)
+    ax = fig.add_subplot()
+    colormap = mpl.colormaps["RdBu_r"].with_extremes(bad=_GREY)
+    image = ax.imshow(
+        np.ma.masked_invalid(corr.to_numpy()), cmap=colormap, vmin=-1, vmax=1,
+        interpolation="nearest", aspect="equal",
+    )
+    wells = list(corr.index)
+    how = "plate order"
+    if blocks is not None:
+        names = blocks.set_index("Metadata_Well")["treatment"].reindex(wells)
+        how = f"ordered by {blocks['column'].iloc[0]}"
+        _draw_blocks(ax, [("" if pd.isna(n) else str(n)) for n in names])
+    else:
+        _well_ticks(ax, wells)
+    ax.set_title(
+        f"Plate {plate}: well-by-well Pearson correlation\n{len(wells)} wells, {how}\n"
+        f"{_features_line(source, n_features)}",
+        fontsize=9,
+    )
+    bar = fig.colorbar(image, ax=ax, shrink=0.8)
+    bar.set_label("Pearson correlation between wells")
+    return fig
+
+
+def _n_features(rows: pd.DataFrame, features: Sequence[str] | None) -> int:
+    return len(well_matrix(rows, features)[2])
+
+
+def _well_ticks(ax: Axes, wells: list[str]) -> None:
+    step = max(1, math.ceil(len(wells) / 32))
+    ticks = list(range(0, len(wells), step))
+    fontsize = 7 if len(ticks) <= 24 else 5.5
+    ax.set_xticks(ticks, [wells[i] for i in ticks], rotation=90, fontsize=fontsize)
+    ax.set_yticks(ticks, [wells[i] for i in ticks], fontsize=fontsize)
+    ax.set_xlabel("well")
+    ax.set_ylabel("well")
+
+
+def _draw_blocks(ax: Axes, names: list[str]) -> None:
+    """Lines between treatment groups, and group names as ticks (as many as fit without overlap)."""
+    starts = [i for i in range(len(names)) if i == 0 or names[i] != names[i - 1]]
+    ends = [*starts[1:], len(names)]
+    if len(starts) <= 200:
+        for edge in starts[1:]:
+            ax.axhline(edge - 0.5, color="#444444", linewidth=0.4)
+            ax.axvline(edge - 0.5, color="#444444", linewidth=0.4)
+    gap = len(names) / _MAX_GROUP_LABELS
+    centres: list[float] = []
+    labels: list[str] = []
+    for start, end in zip(starts, ends, strict=True):
+        centre = (start + end - 1) / 2
+        if not centres or centre - centres[-1] >= gap:
+            centres.append(centre)
+            labels.append((names[start] or "(none)")[:20])
+    fontsize = 7 if len(centres) <= 24 else 5.5
+    ax.set_xticks(centres, labels, rotation=90, fontsize=fontsize)
+    ax.set_yticks(centres, labels, fontsize=fontsize)
+    shown = "" if len(centres) == len(starts) else f"; {len(centres)} of them named"
+    ax.set_xlabel(f"treatment ({len(starts)} groups, each a block of its replicate wells{shown})", fontsize=8)
+    ax.set_ylabel("treatment")
+
+
+def position_effect_figure(
+    profiles: pd.DataFrame,
+    *,
+    plate: str,
+    features: Sequence[str] | None = None,
+    quantile: float = 0.95,
+    shape: tuple[int, int] | None = None,
+    source: str | None = None,
+) -> Figure:
+    """:func:`~cytoprofile.qc.metrics.position_effect` on the plate grid, with its chance level marked."""
+    rows = plate_rows(profiles, plate)
+    effect = position_effect(rows, features=features, quantile=quantile)
+    shape = shape or plate_layout(effect["Metadata_Well"])
+    grid = _plate_grid(dict(zip(effect["Metadata_Well"], effect["Position_Effect"], strict=True)), shape)
+    chance = float(effect.attrs["chance"])
+    values = effect["Position_Effect"].dropna()
+    median = format_number(values.median(), decimals=0) if len(values) else "n/a"
+    fig = _new_figure(_PLATE_FIGSIZE)
+    ax, bar = _draw_plate(
+        fig, grid, cmap="viridis", vmin=0, vmax=1,
+        title=(
+            f"Plate {plate}: position effect (plate median {median}; chance level "
+            f"{format_number(chance, decimals=0)})\nper well: share of its same-row/column correlations above the "
+            f"{quantile * 100:g}th percentile\nof its correlations with wells sharing neither its row nor its column\n"
+            f"{_features_line(source, _n_features(rows, features))}"
+        ),
+        colorbar_label="share above the well's threshold",
+    )
+    bar.ax.axhline(chance, color=_QUARANTINE, linewidth=2)
+    ticks = sorted({0.0, chance, 0.25, 0.5, 0.75, 1.0})
+    bar.set_ticks(ticks, labels=[
+        f"{format_number(t, decimals=0)} chance" if t == chance else format_number(t, decimals=0) for t in ticks
+    ])
+    return fig
+
+
+def figure_png(fig: Figure, *, dpi: int = 100) -> bytes:
+    """The figure as PNG bytes, exactly ``figsize × dpi`` pixels."""
+    buffer = _io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, metadata={"Software": None})
+    return buffer.getvalue()
+
+
+def replication_figure(replication: Mapping[str, Any], *, batch: str, source: str | None = None) -> Figure:
+    """The null's histogram and each treatment's median replicate correlation as a point, with the threshold.
+
+    Treatments are few (often tens), so they are drawn one point each, never as a density.
+    """
+    fig = _new_figure((8.0, 4.5))
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1.3])
+    null = np.asarray(replication.get("null", []), dtype=float)
+    treatments = replication.get("treatments")
+    scored = (
+        treatments.dropna(subset=["median_correlation"])
+        if isinstance(treatments, pd.DataFrame) and len(treatments)
+        else pd.DataFrame({"median_correlation": [], "replicating": []})
+    )
+    if null.size:
+        top.hist(null, bins=[float(b) for b in np.linspace(-1, 1, 81)], density=True, color="#9a9a9a",
+                 label=f"null: non-replicate well pairs (n={null.size:,})")
+    threshold = float(replication.get("threshold", float("nan")))
+    if math.isfinite(threshold):
+        label = (f"{float(replication.get('quantile', 0.95)) * 100:g}th percentile of null "
+                 f"({format_number(threshold, decimals=0)})")
+        for ax in (top, bottom):
+            ax.axvline(threshold, color="black", linestyle="--", label=label if ax is top else None)
+    _treatment_points(bottom, scored)
+    percent = float(replication.get("percent", float("nan")))
+    shown = f"{format_number(percent, decimals=0)}%" if math.isfinite(percent) else "n/a"
+    top.set_title(
+        f"Batch {batch}: percent replicating {shown} ({replication.get('n_replicating', 0)} of "
+        f"{replication.get('n_treatments', 0)} treatments)\n"
+        f"{_features_line(source, int(replication.get('n_features', 0)))}",
+        fontsize=9,
+    )
+    top.set_ylabel("null density")
+    top.set_xlim(-1, 1)
+    bottom.set_xlabel("Pearson correlation across features")
+    handles, labels = top.get_legend_handles_labels()
+    more, more_labels = bottom.get_legend_handles_labels()
+    if handles or more:
+        top.legend([*handles, *more], [*labels, *more_labels], fontsize=7, loc="upper left")
+    return fig
+
+
+def _treatment_points(ax: Axes, scored: pd.DataFrame) -> None:
+    """One point per treatment at its median replicate correlation (jittered vertically)."""
+    values = scored["median_correlation"].to_numpy(dtype=float)
+    good = scored["replicating"].to_numpy(dtype=bool) if len(scored) else np.array([], bool)
+    jitter = np.random.default_rng(0).uniform(-0.35, 0.35, size=len(values))
+    for mask, colour, name in ((good, "#d62728", "replicating"), (~good, "#1f77b4", "not replicating")):
+        if mask.any():
+            ax.scatter(values[mask], jitter[mask], s=14, color=colour, alpha=0.8, linewidths=0,
+                       label=f"treatment median, {name} (n={int(mask.sum()):,})")
+    ax.set_ylim(-0.6, 0.6)
+    ax.set_yticks([])
+    ax.set_ylabel("treatments", fontsize=8)

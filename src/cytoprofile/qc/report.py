@@ -1,0 +1,217 @@
+"""The batch QC report: one self-contained HTML file rendered from ``templates/report.html.j2``.
+
+Images are inlined as PNG data URIs, styles and the image check script come from the
+template folder, so the report opens offline and from any place it is copied to.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import re
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from .figures import figure_png, replication_figure
+from .formatting import format_number
+from .summary import quarantined_wells
+
+if TYPE_CHECKING:
+    import jinja2
+
+__all__ = ["CAPTIONS", "render_report"]
+
+#: Caption under each figure of the report.
+CAPTIONS: dict[str, str] = {
+    "cell_count": "Cells per well on the plate grid; grey wells have no profile. Hatched wells lost "
+    "sites to quarantine at ingest, so their counts are low for a technical reason.",
+    "correlation": "Pearson correlation between every pair of wells, wells ordered by treatment so that "
+    "replicate wells form blocks on the diagonal (plate order when there is no treatment column).",
+    "position_effect": "Per well, the share of its correlations with wells in the same row or column "
+    "that exceed the 95th percentile of its correlations with wells sharing neither (its own null). "
+    "Without row or column artefacts the share is about 0.05, the chance level marked on the colour bar; "
+    "high values hint at row or column artefacts.",
+    "replication": "Grey: correlations of random pairs of wells of different treatments (the null). "
+    "Points: one per treatment, its median replicate correlation; red points exceed the dashed threshold.",
+}
+
+
+@functools.lru_cache(maxsize=1)
+def _environment() -> jinja2.Environment:
+    import jinja2
+    from markupsafe import Markup, escape
+
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("cytoprofile.qc", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+    )
+    env.filters["wbr"] = lambda text: Markup(str(escape(text)).replace("_", "_<wbr>"))
+    return env
+
+
+def _text(value: Any) -> str:
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return ""
+    return str(value)
+
+
+def _table(frame: pd.DataFrame, *, max_rows: int | None = None) -> dict[str, Any]:
+    """A table for the template: column names, rows of {text, numeric} cells, rows left out."""
+    shown = frame if max_rows is None else frame.head(max_rows)
+    rows = []
+    for record in shown.itertuples(index=False, name=None):
+        cells = []
+        for value in record:
+            numeric = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+            cells.append({"text": format_number(value) if numeric else _text(value), "numeric": numeric})
+        rows.append(cells)
+    more = len(frame) - max_rows if max_rows is not None and len(frame) > max_rows else 0
+    return {"columns": [str(c) for c in shown.columns], "rows": rows, "more": more}
+
+
+def _b64(png: bytes) -> str:
+    return base64.b64encode(png).decode("ascii")
+
+
+def _anchor(plate: str) -> str:
+    return "plate-" + re.sub(r"[^A-Za-z0-9_-]", "_", plate)
+
+
+def _ingest(report: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if report is None:
+        return None
+    totals = report.get("totals") or {}
+    bad = [s for s in report.get("sites") or [] if s.get("status") == "quarantined"]
+    quarantined = _table(pd.DataFrame(
+        [{"site": s.get("site"), "well": s.get("well"), "reason": s.get("reason"), "file": s.get("file")}
+         for s in bad]
+    )) if bad else None
+    missing = report.get("missing_columns") or {}
+    records = [
+        {"table": table, "column": column, "sites": len(sites), "example sites": ", ".join(map(str, list(sites)[:5]))}
+        for table, columns in missing.items()
+        for column, sites in (columns or {}).items()
+    ]
+    return {
+        "totals": {"sites": _text(totals.get("sites")), "ok": _text(totals.get("sites_ok")),
+                   "bad": _text(totals.get("sites_quarantined")), "wells": _text(totals.get("wells"))}
+        if totals else None,
+        "quarantined": quarantined,
+        "missing": _table(pd.DataFrame(records), max_rows=200) if records else None,
+        "missing_count": len(records),
+    }
+
+
+def _replication(batch: str, replication: Mapping[str, Any] | None, source: str | None) -> dict[str, Any] | None:
+    if replication is None:
+        return None
+    percent = float(replication.get("percent", float("nan")))
+    treatments = replication.get("treatments")
+    if not isinstance(treatments, pd.DataFrame):
+        treatments = pd.DataFrame()
+    has_table = len(treatments) > 0
+    png = figure_png(replication_figure(replication, batch=batch, source=source))
+    return {
+        "percent": f"{format_number(percent, decimals=0)}%" if np.isfinite(percent) else "n/a",
+        "n_replicating": _text(replication.get("n_replicating")),
+        "n_treatments": _text(replication.get("n_treatments")),
+        "column": _text(replication.get("replicate_column")),
+        "n_features": _text(replication.get("n_features")),
+        "percentile": f"{float(replication.get('quantile', 0.95)) * 100:g}th",
+        "threshold": format_number(float(replication.get("threshold", float("nan"))), decimals=0),
+        "png": _b64(png),
+        "treatments": _table(treatments, max_rows=2000) if has_table else None,
+        "treatments_count": f"{len(treatments):,}" if has_table else "0",
+    }
+
+
+def _plate(
+    plate: str,
+    figures: Mapping[str, bytes],
+    report: Mapping[str, Any] | None,
+    notes: Sequence[str],
+    quarantine: pd.DataFrame | None,
+    source: str | None,
+) -> dict[str, Any]:
+    return {
+        "name": plate,
+        "anchor": _anchor(plate),
+        "notes": list(notes),
+        "source": source,
+        "figures": [
+            {"name": name, "png": _b64(png), "caption": CAPTIONS.get(name, name)} for name, png in figures.items()
+        ],
+        "quarantine": None if quarantine is None else _table(quarantine),
+        "ingest": _ingest(report),
+    }
+
+
+def render_report(
+    *,
+    batch: str,
+    summary: pd.DataFrame,
+    figures: Mapping[str, Mapping[str, bytes]],
+    ingest_reports: Mapping[str, Mapping[str, Any] | None],
+    replication: Mapping[str, Any] | None,
+    notes: Mapping[str, Sequence[str]] | None = None,
+    replication_note: str | None = None,
+    quarantine: Mapping[str, pd.DataFrame | None] | None = None,
+    sources: Mapping[str, str] | None = None,
+    n_features: int | None = None,
+    profiles_description: str = "",
+) -> str:
+    """A self-contained HTML report for a batch: images inline, no network needed to view it.
+
+    ``figures`` maps plate → figure name (``cell_count``, ``correlation``,
+    ``position_effect``) → PNG bytes; ``notes`` maps plate → lines shown under it
+    (for example why a heatmap is missing); ``replication_note`` says why
+    ``replication`` is ``None``. ``quarantine`` maps plate → its wells that lost sites
+    (:func:`~cytoprofile.qc.summary.quarantined_wells`; ``None``: no ingest report);
+    ``sources`` maps plate → the profile file its correlations used, and ``n_features``
+    is the size of the one feature set every correlation panel used.
+    """
+    from .. import __version__
+
+    notes = notes or {}
+    quarantine = quarantine or {}
+    sources = sources or {}
+    plates = list(dict.fromkeys([*figures, *ingest_reports, *notes]))
+    table = summary
+    if "Batch_Name" in summary.columns:
+        table = summary.loc[summary["Batch_Name"].astype(str) == str(batch)]
+    source = _batch_source(sources)
+    return _environment().get_template("report.html.j2").render(
+        batch=batch,
+        version=__version__,
+        summary=_table(table),
+        profiles={"n_features": n_features, "description": profiles_description},
+        replication=_replication(batch, replication, source),
+        replication_note=replication_note or "no annotated, feature-selected profiles for this batch",
+        captions=CAPTIONS,
+        plates=[
+            _plate(p, figures.get(p) or {}, ingest_reports.get(p), notes.get(p, ()),
+                   quarantine.get(p) if p in quarantine else _quarantine_from(ingest_reports.get(p)),
+                   sources.get(p))
+            for p in plates
+        ],
+    )
+
+
+def _batch_source(sources: Mapping[str, str]) -> str | None:
+    """The profile files of a batch in one phrase: ``PLATE_x.csv.gz of 3 plates``."""
+    if len(sources) == 1:
+        return next(iter(sources.values()))
+    patterns = {s.replace(p, "PLATE", 1) if s.startswith(p) else s for p, s in sources.items()}
+    if not patterns:
+        return None
+    shown = next(iter(patterns)) if len(patterns) == 1 else ", ".join(sorted(patterns))
+    return f"{shown} of {len(sources)} plates"
+
+
+def _quarantine_from(report: Mapping[str, Any] | None) -> pd.DataFrame | None:
+    return None if report is None else quarantined_wells(report)

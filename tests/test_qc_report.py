@@ -1,0 +1,199 @@
+"""Tests of the QC report and workspace run: what a scientist sees, in the HTML and in Chromium."""
+
+from __future__ import annotations
+
+import base64
+import io
+import multiprocessing
+import os
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from cytoprofile import qc
+
+from .qc_builders import FEATURES, make_load_data, png_stats, write_workspace
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def qc_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str], qc.QualityControlResult]:
+    """A workspace whose plates' negcon profiles have different features, after one QC run."""
+    root = tmp_path_factory.mktemp("qcreport") / "ws"
+    plates = write_workspace(root)
+    path = root / "profiles" / "B1" / "P2" / "P2_normalized_feature_select_negcon_batch.csv.gz"
+    pd.read_csv(path).drop(columns=["Nuclei_F0"]).to_csv(path, index=False)
+    return root, plates, qc.quality_control(root, "B1", plates, n_null=2000)
+
+
+def _text(html: str) -> str:
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html))
+
+
+def test_every_correlation_panel_uses_one_feature_set(qc_run) -> None:
+    root, _, result = qc_run
+    n = len(FEATURES) - 1  # P2's negcon profiles lack Nuclei_F0
+    assert result.n_features == n
+    assert result.replication is not None and result.replication["n_features"] == n
+    assert {p: os.path.basename(s) for p, s in result.qc_profiles.items()} == {
+        "P1": "P1_normalized_feature_select_negcon_batch.csv.gz",
+        "P2": "P2_normalized_feature_select_negcon_batch.csv.gz",
+    }
+    text = _text((root / "quality_control" / "report" / "B1.html").read_text())
+    assert f"use the same {n} features" in text
+    assert "P1_normalized_feature_select_negcon_batch.csv.gz" in text
+    assert "P2_normalized_feature_select_negcon_batch.csv.gz" in text
+    assert f"across all plates of the batch, {n} features" in text
+
+
+def test_quarantined_wells_are_listed_in_the_report(qc_run) -> None:
+    root, _, result = qc_run
+    lost = result.quarantine["P1"]
+    assert lost is not None and list(lost["Metadata_Well"]) == ["A02"]
+    assert result.quarantine["P2"] is None
+    html = (root / "quality_control" / "report" / "B1.html").read_text()
+    p1 = html[html.index('id="plate-P1"'):html.index('id="plate-P2"')]
+    assert "1 well(s) lost sites to quarantine" in _text(p1)
+    assert "<td>A02</td>" in p1 and "Cells.csv is missing" in p1
+    p2 = html[html.index('id="plate-P2"'):html.index('id="plate-BIG"')]
+    assert "quarantined sites unknown" in _text(p2)
+
+
+def test_no_lock_file_is_left_behind(qc_run) -> None:
+    root, _, _ = qc_run
+    assert not [p for p in (root / "quality_control").rglob("*") if "lock" in p.name]
+    assert sorted(p.name for p in (root / "quality_control" / "summary").iterdir()) == ["summary.tsv"]
+
+
+def _summarize(root: str, plate: str) -> None:
+    qc.quality_control(root, "B1", [plate], heatmaps=False, report=False)
+
+
+def test_concurrent_summary_updates_keep_every_row_and_no_lock(tmp_path: Path) -> None:
+    plates = [f"P{i}" for i in range(4)]
+    for plate in plates:
+        folder = tmp_path / "load_data_csv" / "B1" / plate
+        folder.mkdir(parents=True)
+        make_load_data(plate, {"A01": 2, "A02": 3}).to_csv(folder / "load_data.csv", index=False)
+    context = multiprocessing.get_context("spawn")  # forking after Polars' threads started can hang
+    workers = [context.Process(target=_summarize, args=(str(tmp_path), p)) for p in plates]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(300)
+        assert worker.exitcode == 0
+    summary = pd.read_csv(tmp_path / "quality_control" / "summary" / "summary.tsv", sep="\t")
+    assert sorted(summary["Plate_Name"]) == plates
+    assert [p.name for p in (tmp_path / "quality_control" / "summary").iterdir()] == ["summary.tsv"]
+
+
+def test_small_numbers_keep_significant_digits_in_the_report() -> None:
+    summary = qc.update_summary(None, [{
+        "Batch_Name": "B1", "Plate_Name": "P1", "Well_Count": 96, "Images_per_site": 5,
+        "Sites_per_well_Median": 9, "Sites_per_well_mad": 0.000234,
+    }])
+    replication = {"percent": 0.04, "threshold": 0.000123, "quantile": 0.95, "n_treatments": 2500,
+                   "n_replicating": 1, "n_features": 3, "replicate_column": "Metadata_broad_sample",
+                   "treatments": pd.DataFrame({"t": ["a"], "n_replicates": [4], "median_correlation": [0.0002],
+                                               "replicating": [True]}),
+                   "null": np.random.default_rng(0).normal(0, 0.0001, 100)}
+    html = qc.render_report(batch="B1", summary=summary, figures={}, ingest_reports={"P1": None},
+                            replication=replication)
+    text = _text(html)
+    assert "0.000234" in text and "0.0002" in text
+    assert "Percent replicating: 0.04%" in text and "percentile (0.000123)" in text
+    assert not re.search(r"(?<![\d.])0\.(?!\d)", text)
+
+
+# --------------------------------------------------------------------------- headless Chromium
+
+
+class _Images(HTMLParser):
+    """Every <img> src, every <figure>'s caption, and section ids of a rendered DOM."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.images: list[str] = []
+        self.captions: list[str] = []
+        self.sections: list[str] = []
+        self.figures = 0
+        self._caption: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = dict(attrs)
+        if tag == "img":
+            self.images.append(values.get("src") or "")
+        elif tag == "figure":
+            self.figures += 1
+        elif tag == "figcaption":
+            self._caption = []
+        elif tag == "section":
+            self.sections.append(values.get("id") or "")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "figcaption" and self._caption is not None:
+            self.captions.append("".join(self._caption).strip())
+            self._caption = None
+
+    def handle_data(self, data: str) -> None:
+        if self._caption is not None:
+            self._caption.append(data)
+
+
+def _chromium(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    if not os.path.exists(CHROMIUM):
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} is missing; CI must install Debian's chromium (apt-get install chromium)")
+        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium); the report is not rendered")
+    profile = tmp_path / "chromium-profile"
+    profile.mkdir(exist_ok=True)
+    command = [
+        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+        f"--user-data-dir={profile}", *args,
+    ]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_report_in_headless_chromium(qc_run, tmp_path: Path) -> None:
+    root, plates, _ = qc_run
+    report = root / "quality_control" / "report" / "B1.html"
+    dom = _chromium(["--virtual-time-budget=10000", "--dump-dom", report.as_uri()], tmp_path)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    parsed = _Images()
+    parsed.feed(dom.stdout)
+    assert parsed.sections == [f"plate-{p}" for p in plates]
+    for plate in plates:
+        assert f"Plate {plate}" in dom.stdout
+    # No broken image: every <img> is an inline PNG that decodes, and the browser loaded each.
+    assert len(parsed.images) == 2 * 3 + 1 + 1
+    for src in parsed.images:
+        assert src.startswith("data:image/png;base64,")
+        image = Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1], validate=True)))
+        assert image.format == "PNG" and image.size[0] > 100
+    body = re.search(r"<body[^>]*>", dom.stdout)
+    assert body and f'data-images-ok="{len(parsed.images)}"' in body.group(0), body
+    # Legends: a caption under every figure, the quarantine legend and the shared feature set.
+    assert parsed.figures == len(parsed.captions) == len(parsed.images)
+    assert all(len(c) > 40 for c in parsed.captions)
+    assert any("Hatched wells lost sites to quarantine" in c for c in parsed.captions)
+    assert any("chance level" in c for c in parsed.captions)
+    assert "Wells that lost sites to quarantine" in dom.stdout
+    shot = tmp_path / "report.png"
+    run = _chromium([f"--screenshot={shot}", "--window-size=1400,4000", "--hide-scrollbars", report.as_uri()],
+                    tmp_path)
+    assert run.returncode == 0 and shot.exists(), run.stderr[-2000:]
+    size, std, colours = png_stats(shot.read_bytes())
+    assert size == (1400, 4000)
+    assert std > 5 and colours > 50
+    keep = os.environ.get("CYTOPROFILE_QC_SCREENSHOT")
+    if keep:
+        shutil.copy(shot, keep)
