@@ -316,17 +316,19 @@ def _plate_task(layout: Layout, recipe: Recipe, batch: str, plate: str, force: b
     Path(files["aggregate"]).parent.mkdir(parents=True, exist_ok=True)
     backend_dir = io.join(layout.workspace, "backend", batch, plate)
     prefixes = compartment_prefixes(recipe, _plate_report(backend_dir, plate))
-    _aggregate_step(steps, recipe, files, backend_dir, plate)
+    _aggregate_step(steps, layout, recipe, files, batch, plate)
     if recipe.settings.annotate.perform:
         _annotate_step(steps, layout, recipe, files, batch, plate)
     _normalize_steps(steps, recipe, files, prefixes)
     return result
 
 
-def _aggregate_step(steps: _Steps, recipe: Recipe, files: dict[str, str], backend_dir: str, plate: str) -> None:
+def _aggregate_step(steps: _Steps, layout: Layout, recipe: Recipe, files: dict[str, str], batch: str,
+                    plate: str) -> None:
     """``PLATE.csv.gz``: aggregated from the SQLite backend, or collate's per-well profiles."""
     from .aggregate import aggregate
 
+    backend_dir = io.join(layout.workspace, "backend", batch, plate)
     s = recipe.settings
     if s.aggregate.perform:
         sqlite = io.join(backend_dir, f"{plate}.sqlite")
