@@ -247,10 +247,10 @@ def _well_ticks(ax: Axes, wells: list[str]) -> None:
 
 
 def _draw_blocks(ax: Axes, names: list[str]) -> None:
-    """Lines between treatment groups, and group names as ticks (as many as fit without overlap)."""
+    """Lines between treatment groups (when few), and group names as ticks (as many as fit)."""
     starts = [i for i in range(len(names)) if i == 0 or names[i] != names[i - 1]]
     ends = [*starts[1:], len(names)]
-    if len(starts) <= 200:
+    if len(starts) <= _MAX_GROUP_LABELS * 1.25:  # more lines would hide the correlations
         for edge in starts[1:]:
             ax.axhline(edge - 0.5, color="#444444", linewidth=0.4)
             ax.axvline(edge - 0.5, color="#444444", linewidth=0.4)
