@@ -38,6 +38,7 @@ __all__ = [
     "SiteTables",
     "SITE_NAME",
     "RUN_METADATA_FILES",
+    "TABLE_NUMBER_FILE",
     "discover_sites",
     "plan_schema",
     "read_sites",
@@ -51,6 +52,8 @@ KEY_COLUMNS = ("TableNumber", "ImageNumber", "ObjectNumber")
 NULL_VALUES = ["", "nan", "NaN", "NAN", "NA", "null", "NULL", "None"]
 SITE_NAME = re.compile(r"^(?P<plate>.+)-(?P<well>[A-Za-z]{1,2}\d{1,3})-(?P<site>\d+)$")
 _TEXT_IMAGE_COLUMNS = ("Metadata_Plate", "Metadata_Well")
+#: a site folder written from an ExportToDatabase file holds its TableNumber here (not a table: no .csv)
+TABLE_NUMBER_FILE = ".cytoprofile-table-number"
 
 
 @dataclass
@@ -351,13 +354,21 @@ def _read_objects(path: str, header: list[str], union: list[str]) -> tuple[np.nd
     return out, missing
 
 
+def _site_table_number(site_dir: str, image_bytes: bytes) -> int:
+    """CRC32 of Image.csv, or the number bound to the site in ``TABLE_NUMBER_FILE`` (ExportToDatabase input)."""
+    bound = os.path.join(site_dir, TABLE_NUMBER_FILE)
+    if os.path.exists(bound):
+        return int(Path(bound).read_text().strip())
+    return zlib.crc32(image_bytes) & 0xFFFFFFFF
+
+
 def _read_site(scan: SiteScan, schema: PlateSchema) -> SiteTables | Quarantine:
     if scan.problem is not None:
         return Quarantine(scan.name, scan.problem, scan.problem_file, scan.keys)
     image_path = scan.files[IMAGE_TABLE]
     with open(image_path, "rb") as fh:
         raw = fh.read()
-    table_number = zlib.crc32(raw) & 0xFFFFFFFF
+    table_number = _site_table_number(scan.path, raw)
     image = _parse_image(image_path, scan.headers[IMAGE_TABLE], scan)
     if image is None:
         return Quarantine(scan.name, scan.problem or "unreadable Image.csv", scan.problem_file, scan.keys)
