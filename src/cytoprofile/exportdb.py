@@ -421,8 +421,8 @@ def _array(values: list[Any], declared: str) -> pa.Array:
 
 
 def _table(rows: Sequence[tuple[Any, ...]], positions: Sequence[int], names: Sequence[str], declared: Sequence[str]) -> pa.Table:
-    columns = list(zip(*rows)) if rows else [()] * len(positions)
-    arrays = [_array(list(columns[p]), d) for p, d in zip(positions, declared)]
+    columns = list(zip(*rows)) if rows else None
+    arrays = [_array(list(columns[p]) if columns else [], d) for p, d in zip(positions, declared)]
     return pa.table(dict(zip(names, arrays))) if len(set(names)) == len(names) else pa.Table.from_arrays(arrays, names=list(names))
 
 
