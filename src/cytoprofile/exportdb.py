@@ -217,7 +217,7 @@ def _csv_names(columns: Sequence[str], prefix: str, fixed: dict[str, str]) -> tu
     """Object-CSV (or Image.csv) names: the set's prefix stripped; a clash keeps the database name."""
     names = [fixed.get(c, _strip(c, prefix)) for c in columns]
     counts = Counter(names)
-    return tuple(n if counts[n] == 1 else c for n, c in zip(names, columns))
+    return tuple(n if c in fixed or counts[n] == 1 else c for n, c in zip(names, columns))
 
 
 def _object_source(path: str, name: str, table: str, columns: Sequence[str], *, key: str) -> ObjectSource:
@@ -347,13 +347,13 @@ def _valid(value: Any) -> bool:
     return type(value) is int
 
 
-def _groups(cursor: sqlite3.Cursor, batch_rows: int) -> Iterator[list[tuple[Any, ...]]]:
-    """Consecutive rows with the same ImageNumber (column 0), read ``batch_rows`` at a time."""
+def _groups(cursor: sqlite3.Cursor, batch_rows: int, key: int = 0) -> Iterator[list[tuple[Any, ...]]]:
+    """Consecutive rows with the same ImageNumber (column ``key``), read ``batch_rows`` at a time."""
     current: tuple[str, Any] | None = None
     rows: list[tuple[Any, ...]] = []
     while batch := cursor.fetchmany(batch_rows):
         for row in batch:
-            ident = _ident(row[0])
+            ident = _ident(row[key])
             if ident != current and rows:
                 yield rows
                 rows = []
@@ -426,6 +426,32 @@ def _table(rows: Sequence[tuple[Any, ...]], positions: Sequence[int], names: Seq
     return pa.table(dict(zip(names, arrays))) if len(set(names)) == len(names) else pa.Table.from_arrays(arrays, names=list(names))
 
 
+def _polars_types(declared: Sequence[str]) -> list[Any] | None:
+    import polars as pl
+
+    kinds = {pa.int64(): pl.Int64, pa.float64(): pl.Float64, pa.string(): pl.String}
+    types = [kinds.get(_arrow_type(d)) for d in declared]  # type: ignore[call-overload]
+    return None if any(t is None for t in types) else types
+
+
+def _fast_frame(rows: Sequence[tuple[Any, ...]], types: list[Any] | None) -> Any:
+    """One table's rows of an image as a Polars frame (columns ``c0``, ``c1``, …); None when a value is not of its column's type.
+
+    Polars would truncate a REAL stored in an INTEGER column, so those columns are checked first.
+    """
+    import polars as pl
+
+    if types is None:
+        return None
+    ints = [i for i, t in enumerate(types) if t == pl.Int64]
+    if any(type(r[i]) is not int and r[i] is not None for r in rows for i in ints):
+        return None
+    try:
+        return pl.DataFrame(rows, schema={f"c{i}": t for i, t in enumerate(types)}, orient="row")
+    except (pl.exceptions.PolarsError, TypeError, OverflowError):
+        return None
+
+
 @dataclass
 class _Plan:
     """How one file's SQL tables map onto object sets: per table its columns and each set's positions."""
@@ -433,18 +459,25 @@ class _Plan:
     streams: dict[str, list[str]]
     positions: dict[str, list[int]]
     combined: bool
+    #: declared SQL type of each stream column
+    declared: dict[str, list[str]]
+    #: the Polars types they map to (None: some column's type is unknown)
+    polars: dict[str, list[Any] | None] = field(default_factory=dict)
 
 
 def _plan(export: ExportFile) -> _Plan:
     streams: dict[str, list[str]] = {}
     positions: dict[str, list[int]] = {}
+    declared: dict[str, list[str]] = {}
     for obj in export.objects:
         cols = streams.setdefault(obj.table, ["ImageNumber"])
-        for c in obj.columns:
+        types = declared.setdefault(obj.table, ["INTEGER"])
+        for c, t in zip(obj.columns, export.object_types[obj.name]):
             if c not in cols:
                 cols.append(c)
+                types.append(t)
         positions[obj.name] = [cols.index(c) for c in obj.columns]
-    return _Plan(streams, positions, export.layout == "per_object")
+    return _Plan(streams, positions, export.layout == "per_object", declared, {t: _polars_types(d) for t, d in declared.items()})
 
 
 def _orphans(export: ExportFile, plan: _Plan, table: str, rows: list[tuple[Any, ...]], dropped: list[Dropped], why: str) -> None:
@@ -487,10 +520,11 @@ def read_images(export: ExportFile, *, dropped: list[Dropped], batch_rows: int =
     conn = _connect(export.path)
     try:
         streams = [_TableStream(conn, t, cols, batch_rows) for t, cols in plan.streams.items()]
-        image_sql = (f"SELECT ImageNumber, {', '.join(_quote(c) for c in export.image_columns)} "
+        image_sql = (f"SELECT {', '.join(_quote(c) for c in export.image_columns)} "
                      f"FROM {_quote(export.image_table)} ORDER BY ImageNumber")
-        for rows in _groups(conn.execute(image_sql), batch_rows):
-            value = rows[0][0]
+        at = export.image_columns.index("ImageNumber")
+        for rows in _groups(conn.execute(image_sql), batch_rows, at):
+            value = rows[0][at]
             if not _valid(value):
                 dropped.append(Dropped(export.name, "Image", len(rows), f"{export.image_table}: {_why_orphan(value)}"))
                 continue
@@ -507,7 +541,7 @@ def read_images(export: ExportFile, *, dropped: list[Dropped], batch_rows: int =
                 for table, group in found.items():
                     _orphans(export, plan, table, group, dropped, why)
                 continue
-            yield _build_image(export, plan, rows[0][1:], found)
+            yield _build_image(export, plan, rows[0], found)
         for stream in streams:
             for group in stream.rest():
                 _orphans(export, plan, stream.table, group, dropped, _why_orphan(group[0][0]))
@@ -518,10 +552,19 @@ def read_images(export: ExportFile, *, dropped: list[Dropped], batch_rows: int =
 def _build_image(export: ExportFile, plan: _Plan, row: tuple[Any, ...], found: dict[str, list[tuple[Any, ...]]]) -> ExportImage:
     image = _table([row], range(len(row)), export.image_csv_names, export.image_types)
     values = dict(zip(export.image_csv_names, row))
+    import polars as pl
+
+    frames = {t: _fast_frame(rows, plan.polars[t]) for t, rows in found.items()}
     objects = {}
     for obj in export.objects:
-        rows = found.get(obj.table, [])
         where = plan.positions[obj.name]
+        frame = frames.get(obj.table)
+        if frame is not None and len(set(obj.csv_names)) == len(obj.csv_names):
+            if plan.combined:
+                frame = frame.filter(pl.col(f"c{where[1]}").is_not_null())
+            objects[obj.name] = frame.select([pl.col(f"c{p}").alias(n) for p, n in zip(where, obj.csv_names)]).to_arrow()
+            continue
+        rows = found.get(obj.table, [])
         if plan.combined:
             rows = [r for r in rows if r[where[1]] is not None]
         objects[obj.name] = _table(rows, where, obj.csv_names, export.object_types[obj.name])
@@ -551,6 +594,19 @@ def _write_csv(table: pa.Table, path: str) -> None:
     with open(path, "wb") as fh:
         fh.write((header + "\n").encode())
         fh.write(body.getvalue().to_pybytes())
+
+
+def _write_object_csv(table: pa.Table, path: str) -> None:
+    """An object CSV, written by Polars (fast); numbers read back identically, integral floats as ``1.0``."""
+    import polars as pl
+
+    try:
+        frame = pl.from_arrow(table)
+    except pl.exceptions.PolarsError:
+        _write_csv(table, path)
+        return
+    assert isinstance(frame, pl.DataFrame)
+    frame.write_csv(path)
 
 
 def _folder_part(value: str) -> str:
@@ -651,7 +707,7 @@ class _SiteWriter:
         os.makedirs(folder)
         _write_csv(img.image, os.path.join(folder, "Image.csv"))
         for obj, table in img.objects.items():
-            _write_csv(table, os.path.join(folder, f"{obj}.csv"))
+            _write_object_csv(table, os.path.join(folder, f"{obj}.csv"))
         Path(folder, TABLE_NUMBER_FILE).write_text(f"{number}\n")
         self.by_key[key] = name
         self.out.sites[name] = {"file": img.file, "image_number": img.image_number, "table_number": number, "rows": img.rows()}
