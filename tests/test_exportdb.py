@@ -356,3 +356,22 @@ def test_cellprofiler_column_name_shortening() -> None:
     # vowels go first, from the end
     assert cellprofiler_column_name("Ab_cdefo", 6) == "Ab_cdf"
     assert cellprofiler_column_name("Short_name") == "Short_name"
+
+
+def test_values_of_another_type_are_kept_as_written(tmp_path: Path) -> None:
+    csv_ws = _csv_workspace(tmp_path, long_name=False)
+    db_ws, files = _db_workspace(tmp_path, csv_ws, "P1", files=1)
+    _mutate(files[0],
+            # a REAL in an INTEGER column must not be truncated; text in a REAL column is not a number
+            'UPDATE "MyExpt_Per_Cells" SET Cells_Parent_Nuclei = 2.5 WHERE ImageNumber = 1 AND Cells_Number_Object_Number = 1',
+            'UPDATE "MyExpt_Per_Nuclei" SET Nuclei_AreaShape_Area = \'n/a\' WHERE ImageNumber = 2 AND Nuclei_Number_Object_Number = 3')
+    out = materialise_plate(files, plate="P1", out_dir=tmp_path / "sites")
+    cells = pd.read_csv(tmp_path / "sites" / "P1-A01-1" / "Cells.csv")
+    assert cells.loc[cells["ObjectNumber"] == 1, "Parent_Nuclei"].item() == 2.5
+    assert "n/a" in (tmp_path / "sites" / "P1-A01-2" / "Nuclei.csv").read_text()
+    assert set(out.sites) == {f"P1-{w}-{s}" for w in ("A01", "A02", "A03") for s in (1, 2)}
+    got = _run(db_ws, "P1")
+    status = {s["site"]: s for s in got["report"]["sites"]}
+    assert status["P1-A01-2"]["status"] == "quarantined"
+    assert status["P1-A01-2"]["file"] == f"analysis/{BATCH}/P1/run1.sqlite (image 2; Nuclei.csv)"
+    _assert_accounted(files, [got])

@@ -409,6 +409,8 @@ def _arrow_type(declared: str) -> pa.DataType | None:
 def _array(values: list[Any], declared: str) -> pa.Array:
     """Values typed by the column's declared type; stored values of another kind stay as written, as text in a CSV would."""
     typ = _arrow_type(declared)
+    if typ == pa.int64() and any(type(v) is not int and v is not None for v in values):
+        typ = None  # pyarrow would truncate a REAL stored in an INTEGER column
     if typ is not None:
         try:
             return pa.array(values, type=typ)
