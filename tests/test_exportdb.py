@@ -10,6 +10,8 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cytoprofile.collate import collate_plate
 from cytoprofile.errors import InputError
@@ -375,3 +377,44 @@ def test_values_of_another_type_are_kept_as_written(tmp_path: Path) -> None:
     assert status["P1-A01-2"]["status"] == "quarantined"
     assert status["P1-A01-2"]["file"] == f"analysis/{BATCH}/P1/run1.sqlite (image 2; Nuclei.csv)"
     _assert_accounted(files, [got])
+
+
+@pytest.fixture(scope="module")
+def small_databases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[str]]:
+    """One synthetic plate as ExportToDatabase files in both layouts (built once; each example copies them)."""
+    root = tmp_path_factory.mktemp("exportdb")
+    csv_ws = _csv_workspace(root, ("P1", "P2"), long_name=False)
+    return {layout: write_export_database(csv_ws, root / layout, batch=BATCH, plates=("P1", "P2"), files=2, layout=layout)
+            for layout in ("per_object_table", "per_object")}
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(layout=st.sampled_from(["per_object_table", "per_object"]),
+       moves=st.lists(st.tuples(st.integers(1, 60), st.one_of(st.none(), st.integers(-2, 9), st.just(3.5), st.just("x"))),
+                      max_size=8))
+def test_every_row_is_placed_or_named(tmp_path_factory: pytest.TempPathFactory, small_databases: dict[str, list[str]],
+                                      layout: str, moves: list[tuple[int, Any]]) -> None:
+    """Whatever ImageNumbers the object rows carry, rows read = rows in sites + rows of other plates + rows named."""
+    import shutil
+
+    work = tmp_path_factory.mktemp("example")
+    files = [shutil.copy(f, work / Path(f).name) for f in small_databases[layout]]
+    table = "MyExpt_Per_Cells" if layout == "per_object_table" else "MyExpt_Per_Object"
+    conn = sqlite3.connect(files[0])
+    try:
+        for rowid, value in moves:
+            conn.execute(f'UPDATE OR IGNORE "{table}" SET ImageNumber = ? WHERE rowid = ?', (value, rowid))
+        conn.commit()
+    finally:
+        conn.close()
+    out = materialise_plate(files, plate="P1", out_dir=work / "sites")
+    in_files = _sql_rows([str(f) for f in files])
+    rows = out.rows()
+    for t, n in in_files.items():
+        assert rows[t]["read"] == n
+    for t, r in rows.items():
+        assert r["read"] == r["sites"] + r["other_plates"] + r["dropped"], t
+    for name, site in out.sites.items():
+        for t, n in site["rows"].items():
+            text = (work / "sites" / name / f"{t}.csv").read_text().splitlines()
+            assert len(text) - 1 == n
