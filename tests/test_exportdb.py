@@ -344,6 +344,10 @@ def test_rerun_skips_and_new_files_rebuild(tmp_path: Path) -> None:
     db_ws, files = _db_workspace(tmp_path, csv_ws, "P1", files=2)
     _run(db_ws, "P1")
     assert collate_export(db_ws, BATCH, "P1").status == "skipped"
+    mean = _run(db_ws, "P1", operation="mean")  # other options rebuild
+    assert mean["report"]["options"]["operation"] == "mean"
+    again_only = collate_export(db_ws, BATCH, "P1", aggregate_only=True, overwrite=True)
+    assert again_only.status == "done" and "aggregated 3 wells" in again_only.message
     Path(files[1]).unlink()
     again = _run(db_ws, "P1")
     assert len(again["report"]["export_database"]["files"]) == 1
