@@ -395,9 +395,10 @@ def small_databases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(layout=st.sampled_from(["per_object_table", "per_object"]),
        moves=st.lists(st.tuples(st.integers(1, 60), st.one_of(st.none(), st.integers(-2, 9), st.just(3.5), st.just("x"))),
-                      max_size=8))
+                      max_size=8),
+       batch_rows=st.sampled_from([1, 7, 2000]))
 def test_every_row_is_placed_or_named(tmp_path_factory: pytest.TempPathFactory, small_databases: dict[str, list[str]],
-                                      layout: str, moves: list[tuple[int, Any]]) -> None:
+                                      layout: str, moves: list[tuple[int, Any]], batch_rows: int) -> None:
     """Whatever ImageNumbers the object rows carry, rows read = rows in sites + rows of other plates + rows named."""
     import shutil
 
@@ -411,7 +412,7 @@ def test_every_row_is_placed_or_named(tmp_path_factory: pytest.TempPathFactory, 
         conn.commit()
     finally:
         conn.close()
-    out = materialise_plate(files, plate="P1", out_dir=work / "sites")
+    out = materialise_plate(files, plate="P1", out_dir=work / "sites", batch_rows=batch_rows)
     in_files = _sql_rows([str(f) for f in files])
     rows = out.rows()
     for t, n in in_files.items():

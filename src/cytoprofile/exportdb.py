@@ -367,14 +367,18 @@ def _groups(cursor: sqlite3.Cursor, batch_rows: int, key: int = 0) -> Iterator[l
         yield rows
 
 
+def _fetch_rows(batch_rows: int, n_columns: int) -> int:
+    """Rows per fetch: ``batch_rows``, fewer for wide tables (about a million values at a time)."""
+    return max(1, min(batch_rows, 1_000_000 // max(1, n_columns)))
+
+
 class _TableStream:
     """One SQL table's rows in ImageNumber order, handed out image by image."""
 
     def __init__(self, conn: sqlite3.Connection, table: str, columns: Sequence[str], batch_rows: int) -> None:
         self.table = table
-        self.columns = list(columns)
         sql = f"SELECT {', '.join(_quote(c) for c in columns)} FROM {_quote(table)} ORDER BY ImageNumber"
-        self._groups = _groups(conn.execute(sql), batch_rows)
+        self._groups = _groups(conn.execute(sql), _fetch_rows(batch_rows, len(columns)))
         self.head = next(self._groups, None)
 
     def _advance(self) -> list[tuple[Any, ...]]:
@@ -529,7 +533,7 @@ def read_images(export: ExportFile, *, dropped: list[Dropped], batch_rows: int =
         image_sql = (f"SELECT {', '.join(_quote(c) for c in export.image_columns)} "
                      f"FROM {_quote(export.image_table)} ORDER BY ImageNumber")
         at = export.image_columns.index("ImageNumber")
-        for rows in _groups(conn.execute(image_sql), batch_rows, at):
+        for rows in _groups(conn.execute(image_sql), _fetch_rows(batch_rows, len(export.image_columns)), at):
             value = rows[0][at]
             if not _valid(value):
                 dropped.append(Dropped(export.name, "Image", len(rows), f"{export.image_table}: {_why_orphan(value)}"))
@@ -725,7 +729,7 @@ class _SiteWriter:
 
 
 def _route(img: ExportImage, export: ExportFile, plate: str) -> str | None:
-    """The plate an image belongs to; None (with the reason) when it cannot be placed."""
+    """The plate an image belongs to (``plate`` when the file has no plate column); None when its value is empty."""
     if "Metadata_Plate" not in export.image_csv_names:
         return plate
     return img.plate
