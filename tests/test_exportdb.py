@@ -423,3 +423,21 @@ def test_every_row_is_placed_or_named(tmp_path_factory: pytest.TempPathFactory, 
         for t, n in site["rows"].items():
             text = (work / "sites" / name / f"{t}.csv").read_text().splitlines()
             assert len(text) - 1 == n
+
+
+def test_real_jump_sites_through_a_database_equal_the_csv_route(tmp_path: Path, shared_data: Path) -> None:
+    """Two real JUMP sites (about 1,930 columns a compartment, 1,917 Image columns), one file each."""
+    from .conftest import link_sites
+
+    src = shared_data / "jump-BR00121431/analysis/2021_04_20_Target2/BR00121431/analysis"
+    csv_ws = tmp_path / "csv"
+    link_sites(csv_ws, BATCH, "BR00121431", {n: src / n for n in ("BR00121431-A01-1", "BR00121431-A02-1")})
+    db_ws, files = _db_workspace(tmp_path, csv_ws, "BR00121431", files=2)
+    expected = collate_plate(csv_ws, BATCH, "BR00121431")
+    got = _run(db_ws, "BR00121431")
+    want = _profiles(expected.outputs["profiles"])
+    want = want.rename(columns={c: cellprofiler_column_name(c) for c in want.columns})
+    ours = _profiles(got["result"].outputs["profiles"])
+    assert sorted(ours.columns) == sorted(want.columns)
+    pd.testing.assert_frame_equal(ours, want[ours.columns])
+    _assert_accounted(files, [got])

@@ -479,14 +479,17 @@ def _plan(export: ExportFile) -> _Plan:
     streams: dict[str, list[str]] = {}
     positions: dict[str, list[int]] = {}
     declared: dict[str, list[str]] = {}
+    index: dict[str, dict[str, int]] = {}
     for obj in export.objects:
         cols = streams.setdefault(obj.table, ["ImageNumber"])
         types = declared.setdefault(obj.table, ["INTEGER"])
+        at = index.setdefault(obj.table, {"ImageNumber": 0})
         for c, t in zip(obj.columns, export.object_types[obj.name]):
-            if c not in cols:
+            if c not in at:
+                at[c] = len(cols)
                 cols.append(c)
                 types.append(t)
-        positions[obj.name] = [cols.index(c) for c in obj.columns]
+        positions[obj.name] = [at[c] for c in obj.columns]
     return _Plan(streams, positions, export.layout == "per_object", declared, {t: _polars_types(d) for t, d in declared.items()})
 
 

@@ -314,8 +314,15 @@ def _sql_type(typ: pa.DataType) -> str:
 
 def _export_site(site_dir: Path) -> tuple[pa.Table, dict[str, pa.Table]]:
     """One synthetic site's Image.csv and object CSVs, typed as the CSV reader infers them."""
-    tables = {p.name[:-4]: pacsv.read_csv(p) for p in sorted(site_dir.glob("*.csv"))}
+    tables = {p.name[:-4]: _read_typed(p) for p in sorted(site_dir.glob("*.csv"))}
     return tables.pop("Image"), tables
+
+
+def _read_typed(path: Path) -> pa.Table:
+    """A CSV with dates and times left as the text written (SQLite has no such types)."""
+    table = pacsv.read_csv(path)
+    temporal = {f.name: pa.string() for f in table.schema if pa.types.is_temporal(f.type)}
+    return pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(column_types=temporal)) if temporal else table
 
 
 def _create(conn: Any, table: str, columns: list[tuple[str, str]], key: Sequence[str]) -> None:
