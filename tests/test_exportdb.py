@@ -441,3 +441,18 @@ def test_real_jump_sites_through_a_database_equal_the_csv_route(tmp_path: Path, 
     assert sorted(ours.columns) == sorted(want.columns)
     pd.testing.assert_frame_equal(ours, want[ours.columns])
     _assert_accounted(files, [got])
+
+
+def test_a_bound_table_number_must_be_a_number(tmp_path: Path) -> None:
+    csv_ws = _csv_workspace(tmp_path, long_name=False)
+    site = csv_ws / "analysis" / BATCH / "P1" / "analysis" / "P1-A01-1"
+    (site / TABLE_NUMBER_FILE).write_text("12345\n")
+    result = collate_plate(csv_ws, BATCH, "P1")
+    conn = sqlite3.connect(result.outputs["sqlite"])
+    try:
+        assert conn.execute("SELECT COUNT(*) FROM Image WHERE TableNumber = 12345").fetchone()[0] == 1
+    finally:
+        conn.close()
+    (site / TABLE_NUMBER_FILE).write_text("x1\n")
+    with pytest.raises(InputError, match="is not a TableNumber"):
+        collate_plate(csv_ws, BATCH, "P1", overwrite=True)

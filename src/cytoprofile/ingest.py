@@ -358,7 +358,10 @@ def _site_table_number(site_dir: str, image_bytes: bytes) -> int:
     """CRC32 of Image.csv, or the number bound to the site in ``TABLE_NUMBER_FILE`` (ExportToDatabase input)."""
     bound = os.path.join(site_dir, TABLE_NUMBER_FILE)
     if os.path.exists(bound):
-        return int(Path(bound).read_text().strip())
+        text = Path(bound).read_text().strip()
+        if not text.isdigit() or int(text) >= 1 << 32:
+            raise InputError(f"{bound}: {text[:20]!r} is not a TableNumber; remove the file")
+        return int(text)
     return zlib.crc32(image_bytes) & 0xFFFFFFFF
 
 
