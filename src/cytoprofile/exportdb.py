@@ -468,7 +468,8 @@ class _Plan:
 
     streams: dict[str, list[str]]
     positions: dict[str, list[int]]
-    combined: bool
+    #: the single Per_Object table, when the file has one (its rows hold several object sets)
+    combined: str | None
     #: declared SQL type of each stream column
     declared: dict[str, list[str]]
     #: the Polars types they map to (None: some column's type is unknown)
@@ -490,17 +491,18 @@ def _plan(export: ExportFile) -> _Plan:
                 cols.append(c)
                 types.append(t)
         positions[obj.name] = [at[c] for c in obj.columns]
-    return _Plan(streams, positions, export.layout == "per_object", declared, {t: _polars_types(d) for t, d in declared.items()})
+    combined = f"{export.prefix}Per_Object" if export.layout == "per_object" else None
+    return _Plan(streams, positions, combined, declared, {t: _polars_types(d) for t, d in declared.items()})
 
 
 def _orphans(export: ExportFile, plan: _Plan, table: str, rows: list[tuple[Any, ...]], dropped: list[Dropped], why: str) -> None:
     """Name the object rows of ``table`` that no image of the file takes."""
     for obj in (o for o in export.objects if o.table == table):
         key = plan.positions[obj.name][1]
-        n = sum(1 for r in rows if r[key] is not None) if plan.combined else len(rows)
+        n = sum(1 for r in rows if r[key] is not None) if table == plan.combined else len(rows)
         if n:
             dropped.append(Dropped(export.name, obj.name, n, f"{table}: {why}"))
-    if plan.combined:
+    if table == plan.combined:
         keys = [plan.positions[o.name][1] for o in export.objects if o.table == table]
         empty = sum(1 for r in rows if all(r[k] is None for k in keys))
         if empty:
@@ -546,7 +548,7 @@ def read_images(export: ExportFile, *, dropped: list[Dropped], batch_rows: int =
                 for group in stream.before(value):
                     _orphans(export, plan, stream.table, group, dropped, _why_orphan(group[0][0]))
                 found[stream.table] = stream.take(value)
-                if plan.combined:
+                if stream.table == plan.combined:
                     _drop_empty(export, plan, stream.table, found, dropped, value)
             if len(rows) > 1:
                 why = f"ImageNumber {value} is on {len(rows)} rows of {export.image_table}; which image its objects belong to is unknown"
@@ -573,12 +575,12 @@ def _build_image(export: ExportFile, plan: _Plan, row: tuple[Any, ...], found: d
         where = plan.positions[obj.name]
         frame = frames.get(obj.table)
         if frame is not None and len(set(obj.csv_names)) == len(obj.csv_names):
-            if plan.combined:
+            if obj.table == plan.combined:
                 frame = frame.filter(pl.col(f"c{where[1]}").is_not_null())
             objects[obj.name] = frame.select([pl.col(f"c{p}").alias(n) for p, n in zip(where, obj.csv_names)]).to_arrow()
             continue
         rows = found.get(obj.table, [])
-        if plan.combined:
+        if obj.table == plan.combined:
             rows = [r for r in rows if r[where[1]] is not None]
         objects[obj.name] = _table(rows, where, obj.csv_names, export.object_types[obj.name])
     number = int(values["ImageNumber"])
@@ -670,13 +672,13 @@ def _file_rows(export: ExportFile) -> dict[str, int]:
     conn = _connect(export.path)
     try:
         out = {"Image": conn.execute(f"SELECT COUNT(*) FROM {_quote(export.image_table)}").fetchone()[0]}
+        table = f"{export.prefix}Per_Object"
         keys = []
         for obj in export.objects:
-            where = f" WHERE {_quote(obj.key)} IS NOT NULL" if export.layout == "per_object" else ""
+            where = f" WHERE {_quote(obj.key)} IS NOT NULL" if obj.table == table else ""
             out[obj.name] = conn.execute(f"SELECT COUNT(*) FROM {_quote(obj.table)}{where}").fetchone()[0]
-            keys.append(obj.key)
-        if export.layout == "per_object":
-            table = f"{export.prefix}Per_Object"
+            keys += [obj.key] if obj.table == table else []
+        if keys:
             empty = " AND ".join(f"{_quote(k)} IS NULL" for k in keys)
             out["Per_Object"] = conn.execute(f"SELECT COUNT(*) FROM {_quote(table)} WHERE {empty}").fetchone()[0]
         return out
