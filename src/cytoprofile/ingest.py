@@ -54,6 +54,7 @@ __all__ = [
     "SiteScan",
     "SiteTables",
     "Source",
+    "TABLE_NUMBER_FILE",
     "canonical_order",
     "discover_sites",
     "image_numeric",
@@ -75,6 +76,8 @@ TEXT_IMAGE_FAMILIES = ("Metadata_", "FileName_", "PathName_", "URL_", "MD5Digest
 #: Largest key (ImageNumber, ObjectNumber, Parent_*) accepted: every integer up to it is exact in float64.
 MAX_KEY = 2**53
 CountCheck = Literal["error", "warn", "off"]
+#: a site folder written from an ExportToDatabase file holds its TableNumber here (not a table: no .csv)
+TABLE_NUMBER_FILE = ".cytoprofile-table-number"
 _ROW_LETTERS = [chr(65 + i) for i in range(26)] + [f"A{chr(65 + i)}" for i in range(26)]
 _WELL = re.compile(r"^(?P<row>[A-Za-z]{1,2})(?P<col>\d{1,3})$")
 _PHENIX_WELL = re.compile(r"^[rR](?P<row>\d{1,2})[cC](?P<col>\d{1,2})$")
@@ -427,6 +430,17 @@ def _check_header(scan: SiteScan, table: str, source: Source) -> None:
     scan.headers[table] = source.header
 
 
+def _site_table_number(site_dir: str, image_bytes: bytes) -> int:
+    """CRC32 of Image.csv, or the number bound to the site in ``TABLE_NUMBER_FILE`` (ExportToDatabase input)."""
+    bound = os.path.join(site_dir, TABLE_NUMBER_FILE)
+    if os.path.exists(bound):
+        text = Path(bound).read_text().strip()
+        if not text.isdigit() or int(text) >= 1 << 32:
+            raise InputError(f"{bound}: {text[:20]!r} is not a TableNumber; remove the file")
+        return int(text)
+    return zlib.crc32(image_bytes) & 0xFFFFFFFF
+
+
 def _scan_one(site_dir: str, strata: Sequence[str], plate: str, file_prefix: str | None = None) -> SiteScan:
     name = os.path.basename(site_dir.rstrip("/"))
     scan = SiteScan(name=name, path=site_dir)
@@ -451,7 +465,7 @@ def _scan_one(site_dir: str, strata: Sequence[str], plate: str, file_prefix: str
     if scan.problem is not None:
         return scan
     raw = _read_bytes(scan.sources[IMAGE_TABLE].path)
-    scan.table_number = zlib.crc32(raw) & 0xFFFFFFFF
+    scan.table_number = _site_table_number(site_dir, raw)
     scan.digest = hashlib.blake2b(raw, digest_size=16).hexdigest()
     image = _parse_image(scan, raw)
     if image is None:

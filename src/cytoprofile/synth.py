@@ -21,7 +21,7 @@ import pyarrow.csv as pacsv
 
 from . import io
 
-__all__ = ["SynthResult", "feature_names", "synth", "well_names"]
+__all__ = ["SynthResult", "cellprofiler_column_name", "feature_names", "synth", "well_names", "write_export_database"]
 
 CHANNELS = ("DNA", "ER", "RNA", "AGP", "Mito")
 COMPARTMENTS = ("Cells", "Cytoplasm", "Nuclei")
@@ -278,3 +278,163 @@ def _write_metadata(
     for i, t in enumerate(treat_names):
         rows.append(f"{t}\tcompound-{i:03d}\t{'active' if i < n_strong else 'inert'}")
     (ext / "external_metadata.tsv").write_text("\n".join(rows) + "\n")
+
+
+def cellprofiler_column_name(name: str, max_length: int = 64) -> str:
+    """A column name as CellProfiler's ExportToDatabase shortens it to ``max_length`` characters.
+
+    Characters are dropped from the end back to the first underscore: lower-case vowels
+    first, then other lower-case letters, then capitals, until the name fits.
+    """
+    if len(name) <= max_length:
+        return name
+    classes = ("aeiou", "bcdfghjklmnpqrstvwxyz", string.ascii_uppercase)
+    for start in (name.find("_"), 0):
+        if start < 0:
+            continue
+        chars = list(name)
+        for letters in classes:
+            index = len(chars) - 1
+            while index >= start and len(chars) > max_length:
+                if chars[index] in letters:
+                    del chars[index]
+                index -= 1
+            if len(chars) <= max_length:
+                return "".join(chars)
+    return name[:max_length]
+
+
+def _sql_type(typ: pa.DataType) -> str:
+    if pa.types.is_integer(typ):
+        return "INTEGER"
+    if pa.types.is_floating(typ):
+        return "FLOAT"
+    return "TEXT"
+
+
+def _export_site(site_dir: Path) -> tuple[pa.Table, dict[str, pa.Table]]:
+    """One synthetic site's Image.csv and object CSVs, typed as the CSV reader infers them."""
+    tables = {p.name[:-4]: _read_typed(p) for p in sorted(site_dir.glob("*.csv"))}
+    return tables.pop("Image"), tables
+
+
+def _read_typed(path: Path) -> pa.Table:
+    """A CSV with dates and times left as the text written (SQLite has no such types)."""
+    table = pacsv.read_csv(path)
+    temporal = {f.name: pa.string() for f in table.schema if pa.types.is_temporal(f.type)}
+    return pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(column_types=temporal)) if temporal else table
+
+
+def _create(conn: Any, table: str, columns: list[tuple[str, str]], key: Sequence[str]) -> None:
+    body = ", ".join(f'"{n}" {t}' for n, t in columns)
+    pk = f", PRIMARY KEY ({', '.join(chr(34) + k + chr(34) for k in key)})" if key else ""
+    conn.execute(f'CREATE TABLE "{table}" ({body}{pk})')
+
+
+def _insert(conn: Any, table: str, rows: list[tuple[Any, ...]]) -> None:
+    if rows:
+        marks = ", ".join("?" * len(rows[0]))
+        conn.executemany(f'INSERT INTO "{table}" VALUES ({marks})', rows)
+
+
+def _object_columns(obj: str, table: pa.Table, max_length: int) -> list[tuple[str, str, str]]:
+    """(CSV name, database name, SQL type) of an object's measurement columns, key first."""
+    out = [("ObjectNumber", f"{obj}_Number_Object_Number", "INTEGER")]
+    for f in table.schema:
+        if f.name not in ("ImageNumber", "ObjectNumber", "Number_Object_Number"):
+            out.append((f.name, cellprofiler_column_name(f"{obj}_{f.name}", max_length), _sql_type(f.type)))
+    return out
+
+
+def _write_one_database(path: str, sites: list[Path], *, layout: str, table_prefix: str, max_length: int) -> None:
+    import sqlite3
+
+    loaded = [_export_site(s) for s in sites]
+    image0, objects0 = loaded[0]
+    image_cols = [(f.name, cellprofiler_column_name(f"Image_{f.name}", max_length), _sql_type(f.type))
+                  for f in image0.schema if f.name != "ImageNumber"]
+    obj_cols = {o: _object_columns(o, t, max_length) for o, t in objects0.items()}
+    conn = sqlite3.connect(path)
+    try:
+        _create(conn, f"{table_prefix}Per_Image", [("ImageNumber", "INTEGER")] + [(d, t) for _, d, t in image_cols], ["ImageNumber"])
+        if layout == "per_object":
+            columns = [("ImageNumber", "INTEGER"), ("ObjectNumber", "INTEGER")]
+            columns += [(d, t) for o in obj_cols for _, d, t in obj_cols[o]]
+            _create(conn, f"{table_prefix}Per_Object", columns, ["ImageNumber", "ObjectNumber"])
+        else:
+            for o, cols in obj_cols.items():
+                _create(conn, f"{table_prefix}Per_{o}", [("ImageNumber", "INTEGER")] + [(d, t) for _, d, t in cols],
+                        ["ImageNumber", cols[0][1]])
+        for number, (image, objects) in enumerate(loaded, start=1):
+            _insert(conn, f"{table_prefix}Per_Image", [(number, *(image.column(c)[0].as_py() for c, _, _ in image_cols))])
+            by_object = {o: (t.to_pydict(), t.num_rows) for o, t in objects.items()}
+            if layout == "per_object":
+                _insert(conn, f"{table_prefix}Per_Object", _combined_rows(number, by_object, obj_cols))
+            else:
+                for o, (data, n) in by_object.items():
+                    _insert(conn, f"{table_prefix}Per_{o}", [(number, *(data[c][i] for c, _, _ in obj_cols[o])) for i in range(n)])
+        _write_experiment(conn, table_prefix)
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def _combined_rows(number: int, by_object: dict[str, tuple[dict[str, list[Any]], int]],
+                   obj_cols: dict[str, list[tuple[str, str, str]]]) -> list[tuple[Any, ...]]:
+    """Rows of the single Per_Object table: the i-th object of every set on row i (NULL where a set has fewer)."""
+    index = {o: {int(v): i for i, v in enumerate(data["ObjectNumber"])} for o, (data, _) in by_object.items()}
+    top = max((max(ix) for ix in index.values() if ix), default=0)
+    rows = []
+    for obj_number in range(1, top + 1):
+        row: list[Any] = [number, obj_number]
+        for o, (data, _) in by_object.items():
+            i = index[o].get(obj_number)
+            row += [None if i is None else data[c][i] for c, _, _ in obj_cols[o]]
+        rows.append(tuple(row))
+    return rows
+
+
+def _write_experiment(conn: Any, table_prefix: str) -> None:
+    _create(conn, f"{table_prefix}Per_Experiment",
+            [("CellProfiler_Version", "TEXT"), ("Run_Timestamp", "TEXT"), ("Pipeline_Pipeline", "TEXT")], [])
+    _insert(conn, f"{table_prefix}Per_Experiment", [("4.2.6", "2026-01-01T00:00:00", "CellProfiler Pipeline: synthetic\n" * 50)])
+    _create(conn, "Experiment", [("experiment_id", "INTEGER"), ("name", "TEXT"), ("time", "TEXT")], ["experiment_id"])
+    _insert(conn, "Experiment", [(1, "synthetic", "2026-01-01T00:00:00")])
+    _create(conn, "Experiment_Properties", [("experiment_id", "INTEGER"), ("object_name", "TEXT"), ("field", "TEXT"),
+                                            ("value", "TEXT")], [])
+    _insert(conn, "Experiment_Properties", [(1, "", "db_type", "sqlite"), (1, "", "image_table", f"{table_prefix}Per_Image")])
+
+
+def write_export_database(
+    workspace: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    batch: str = "BATCH1",
+    plates: Sequence[str] = ("PLATE1",),
+    files: int = 2,
+    layout: str = "per_object_table",
+    table_prefix: str = "MyExpt_",
+    max_column_name: int = 64,
+) -> list[str]:
+    """Write the CSV sites ``synth`` made for ``plates`` again as CellProfiler ExportToDatabase SQLite files.
+
+    The sites (every plate's, in name order) are split into ``files`` runs, each a file
+    ``run<N>.sqlite`` whose ImageNumbers start at 1, as when a plate is analysed in
+    several batches. ``layout`` is ``per_object_table`` (one ``Per_<Object>`` table per
+    object set) or ``per_object`` (CellProfiler's default single ``Per_Object`` table);
+    names longer than ``max_column_name`` are shortened as CellProfiler does.
+    """
+    if layout not in ("per_object_table", "per_object"):
+        raise ValueError(f"layout must be per_object_table or per_object, not {layout!r}")
+    sites = [p for plate in plates for p in sorted(Path(io.join(str(workspace), "analysis", batch, plate, "analysis")).iterdir())
+             if p.is_dir()]
+    if not sites:
+        raise ValueError(f"no synthetic sites for plates {list(plates)} in {workspace}")
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    written = []
+    for k, chunk in enumerate(np.array_split(np.arange(len(sites)), max(1, min(files, len(sites)))), start=1):
+        path = os.path.join(str(out_dir), f"run{k}.sqlite")
+        _write_one_database(path, [sites[i] for i in chunk], layout=layout, table_prefix=table_prefix,
+                            max_length=max_column_name)
+        written.append(path)
+    return written
