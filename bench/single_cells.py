@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -138,7 +139,8 @@ import cytotable
 from parsl.config import Config
 from parsl.executors import ThreadPoolExecutor
 cytotable.convert(source_path=sys.argv[1], dest_path=sys.argv[2], dest_datatype="parquet", preset="cellprofiler_csv",
-                  concat=True, join=True, parsl_config=Config(executors=[ThreadPoolExecutor(max_threads=2)]))
+                  concat=True, join=True,
+                  parsl_config=Config(executors=[ThreadPoolExecutor(max_threads=2)], run_dir=sys.argv[3]))
 """
 
 _COSMICQC = """
@@ -258,7 +260,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         dest = root / "cytotable.parquet"
         shutil.rmtree(dest, ignore_errors=True)
         dest.unlink(missing_ok=True)
-        run("CytoTable convert (CSV)", [cytotable, "-c", _CYTOTABLE, ws / "analysis" / BATCH / PLATE / "analysis", dest])
+        run("CytoTable convert (CSV)", [cytotable, "-c", _CYTOTABLE, ws / "analysis" / BATCH / PLATE / "analysis", dest,
+                                        root / "parsl-runinfo"])
         checks["CytoTable cellprofiler_csv"] = compare_cytotable(ours, dest)
     if args.cosmicqc:
         python = venv_python("cosmicqc", WORK / "cosmicqc-install.log")
@@ -293,7 +296,9 @@ def report(args: argparse.Namespace, info: dict[str, Any], contenders: dict[str,
         "(from the repository root with the project's venv; CytoTable is installed into `bench/work/cytotable-venv` on "
         "the first run; add `--cosmicqc` for the coSMicQC comparison).", "",
         f"Plate: {info['sites']} sites, {info['cells']:,} cells, {p['features']:,} features per compartment "
-        f"(collate of the CSVs into both backends: {info['collate_seconds']:.1f} s, {mb(info['collate_rss'])}).", "",
+        f"(collate of the CSVs into both backends: {info['collate_seconds']:.1f} s, {mb(info['collate_rss'])}). "
+        f"Load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (a shared machine: absolute times are "
+        "inflated, ratios come from the same run).", "",
         "| contender | seconds (runs) | peak RSS | vs ours (Parquet) |", "|---|---|---|---|",
     ]
     for name, c in contenders.items():
