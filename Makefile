@@ -10,6 +10,9 @@ $(BIN)/cytoprofile: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
+	# anndata (reading .h5ad back) declares pandas<3 but works with it: installed beside, not resolved
+	$(BIN)/pip install --quiet --no-deps 'anndata>=0.12' scverse-misc session-info2
+	$(BIN)/pip install --quiet array-api-compat legacy-api-wrap natsort zarr
 	touch $@
 
 venv: $(BIN)/cytoprofile
