@@ -573,3 +573,22 @@ def test_real_fixtures_rows_accounted(tmp_path: Path, shared_data: Path, real: s
         result = collate_plate(tmp_path, "B", "P", backend=("sqlite", "parquet"))
         assert _sites(result)["P-A01-1"]["files"]["Experiment.csv"]["not_stored"] == "run metadata"
     faults.assert_rows_accounted(result, plate_dir)
+
+
+def test_cli_count_check_and_file_prefix(tmp_path: Path) -> None:
+    from cytoprofile.cli import main
+
+    plate_dir = faults.small_plate(tmp_path)
+    for folder in sorted(plate_dir.iterdir()):
+        faults.rename_files(folder, lambda n: f"Run7_{n}")
+        (folder / "README.csv").write_text("a\n1\n")  # hides the prefix from detection
+    faults.drop_rows(faults.site(plate_dir), "Run7_Cells", 1)
+    ws = str(tmp_path)
+    assert main(["collate", ws, faults.BATCH, faults.PLATE, "--count-check", "sometimes", "-q"]) == 1
+    assert main(["collate", ws, faults.BATCH, faults.PLATE, "--file-prefix", "Run7_", "--count-check", "warn", "-q"]) == 0
+    report = io.read_json(str(tmp_path / "backend" / faults.BATCH / faults.PLATE / f"{faults.PLATE}.report.json"))
+    assert report["options"]["count_check"] == "warn" and report["options"]["file_prefix"] == "Run7_"
+    sites = {s["site"]: s for s in report["sites"]}
+    assert {s["status"] for s in sites.values()} == {"ok"}
+    assert sites[faults.site(plate_dir).name]["warnings"]
+    assert all(s["files"]["README.csv"]["not_stored"] for s in sites.values())

@@ -147,7 +147,10 @@ class WellAggregator:
 def _sort_key(value: object) -> tuple[int, object]:
     if isinstance(value, (int, float, np.integer, np.floating)):
         return (0, float(value))
-    return (1, str(value))
+    text = str(value)
+    if text.lstrip("-").isdigit():  # Metadata_ columns are text in the backend: site "10" after "9"
+        return (0, float(text))
+    return (1, text)
 
 
 def aggregate(

@@ -213,6 +213,8 @@ def collate(
     overwrite: Annotated[bool, typer.Option(help="Rebuild plates whose outputs already exist.")] = False,
     aggregate_only: Annotated[bool, typer.Option(help="Only aggregate an existing backend (ours or the old tool's).")] = False,
     strict: Annotated[bool, typer.Option(help="Fail a plate that has any quarantined site.")] = False,
+    count_check: Annotated[str, typer.Option(help="Object rows vs Image.csv Count_<Object> and Parent_ links: error (quarantine), warn or off.")] = "error",
+    file_prefix: Annotated[str | None, typer.Option(help="File-name prefix of every CSV (ExportToSpreadsheet's, e.g. MyExpt_); detected when unset.")] = None,
     jobs: Annotated[int, typer.Option(help="Plates in parallel on this machine.")] = 1,
     scheduler: Annotated[str | None, typer.Option(help="Dask scheduler address: run plates on that cluster.")] = None,
     tmp_dir: TmpDirOpt = None,
@@ -242,6 +244,8 @@ def collate(
         raise CytoprofileError(f"--backend {bad[0]}: choose sqlite or parquet")
     if output_format not in ("csv", "csv.gz", "parquet"):
         raise CytoprofileError(f"--output-format {output_format}: choose csv, csv.gz or parquet")
+    if count_check not in ("error", "warn", "off"):
+        raise CytoprofileError(f"--count-check {count_check}: choose error, warn or off")
     plate_list = [p for raw in plates for p in (_split([raw]) or [raw])]  # an empty name is refused, not dropped
     start = time.perf_counter()
     with _plate_progress(plate_list, quiet) as update:
@@ -252,7 +256,8 @@ def collate(
             image_features=image_features,
             image_feature_categories=_split(image_feature_categories) or list(DEFAULT_IMAGE_FEATURE_CATEGORIES),
             strata=_split(strata) or list(DEFAULT_STRATA), overwrite=overwrite, aggregate_only=aggregate_only,
-            strict=strict, jobs=jobs, scheduler=scheduler, remote=remote, tmp_dir=tmp_dir, wait=wait, progress=update,
+            strict=strict, count_check=count_check, file_prefix=file_prefix,  # type: ignore[arg-type]
+            jobs=jobs, scheduler=scheduler, remote=remote, tmp_dir=tmp_dir, wait=wait, progress=update,
         )
     table = Table(title=f"collate {batch}", show_lines=False)
     for col in ("plate", "status", "summary", "seconds"):

@@ -1,0 +1,94 @@
+"""Backend stores: any table name a site folder can hold, exact integer keys, column-family Image types."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from cytoprofile.aggregate import aggregate
+from cytoprofile.backend import open_backend
+from cytoprofile.collate import collate_plate
+
+from . import faults
+
+
+@pytest.mark.parametrize("name", ["Cells - Copy", "Cells (2)", "Nuclei.old", "x'y"])
+@pytest.mark.parametrize("kind", ["sqlite", "parquet"])
+def test_table_named_like_a_stray_file_is_stored_and_read_back(tmp_path: Path, name: str, kind: str) -> None:
+    plate_dir = faults.small_plate(tmp_path)
+    for folder in sorted(plate_dir.iterdir()):
+        faults.add_object_table(folder, name, like="Cells")
+    result = collate_plate(tmp_path, faults.BATCH, faults.PLATE, backend=(kind,))  # type: ignore[arg-type]
+    faults.assert_rows_accounted(result, plate_dir)
+    path = result.outputs[kind]
+    reader = open_backend(path)
+    try:
+        assert name in reader.object_tables()
+        image = reader.image()
+        pairs = list(zip(image["TableNumber"], image["ImageNumber"]))
+        rows = reader.read_objects(name, ["ObjectNumber", f"{name}_AreaShape_Area"], pairs)
+        assert len(rows) == result.report["tables"][name]["rows_in"] == result.report["tables"]["Cells"]["rows_in"]  # type: ignore[index]
+    finally:
+        reader.close()
+    # the stray table aggregates like any other when asked for
+    profiles = aggregate(path, compartments=[name], image_features=False)
+    assert any(c.startswith(f"{name}_") for c in profiles.columns)
+    assert int(profiles["Metadata_Object_Count"].sum()) == len(rows)
+
+
+def test_keys_are_stored_as_exact_integers(tmp_path: Path) -> None:
+    plate_dir = faults.small_plate(tmp_path, wells=1, sites=1)
+    target = faults.site(plate_dir)
+    big = 2**53
+    faults.set_object_value(target, "Nuclei", "ObjectNumber", str(big))
+    faults.set_object_value(target, "Cells", "Parent_Nuclei", str(big))
+    faults.set_object_value(target, "Cytoplasm", "Parent_Nuclei", str(big))
+    result = collate_plate(tmp_path, faults.BATCH, faults.PLATE, backend=("sqlite", "parquet"))
+    faults.assert_rows_accounted(result, plate_dir)
+    conn = sqlite3.connect(result.outputs["sqlite"])
+    try:
+        assert conn.execute("SELECT typeof(ObjectNumber), typeof(ImageNumber), typeof(TableNumber) FROM Nuclei").fetchall()[0] == \
+            ("integer", "integer", "integer")
+        assert conn.execute("SELECT MAX(ObjectNumber) FROM Nuclei").fetchone()[0] == big
+        assert conn.execute("SELECT MAX(Cells_Parent_Nuclei) FROM Cells").fetchone()[0] == big
+    finally:
+        conn.close()
+    nuclei = pq.read_table(Path(result.outputs["parquet"]).parent / "P1_Nuclei.parquet")
+    assert str(nuclei.schema.field("ObjectNumber").type) == "int64"
+    assert big in nuclei.column("ObjectNumber").to_pylist()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "parquet"])
+def test_image_types_follow_the_column_family(tmp_path: Path, kind: str) -> None:
+    plate_dir = faults.small_plate(tmp_path)
+    first = faults.site(plate_dir, "A01", 1)
+    faults.set_image_value(first, "Granularity_1_DNA", "")  # NULL in the site that sorts first
+    rows = faults.read_rows(first / "Image.csv")
+    rows[0].append("Metadata_Batch")
+    rows[1].append("2021")  # looks numeric here, text elsewhere: Metadata_ is text
+    faults.write_rows(first / "Image.csv", rows)
+    other = faults.site(plate_dir, "A02", 2)
+    rows = faults.read_rows(other / "Image.csv")
+    rows[0].append("Metadata_Batch")
+    rows[1].append("batch-2")
+    faults.write_rows(other / "Image.csv", rows)
+    result = collate_plate(tmp_path, faults.BATCH, faults.PLATE, backend=(kind,))  # type: ignore[arg-type]
+    faults.assert_rows_accounted(result, plate_dir)
+    if kind == "sqlite":
+        conn = sqlite3.connect(result.outputs["sqlite"])
+        try:
+            declared = {r[1]: r[2] for r in conn.execute("PRAGMA table_info(Image)")}
+            stored = {r[0] for r in conn.execute("SELECT typeof(Metadata_Batch) FROM Image WHERE Metadata_Batch IS NOT NULL")}
+            numbers = {r[0] for r in conn.execute("SELECT typeof(Granularity_1_DNA) FROM Image WHERE Granularity_1_DNA IS NOT NULL")}
+        finally:
+            conn.close()
+        assert declared["Metadata_Batch"] == "TEXT" and stored == {"text"}
+        assert declared["Granularity_1_DNA"] == "FLOAT" and numbers == {"real"}
+        assert declared["Metadata_Site"] == "TEXT"
+    else:
+        schema = pq.read_schema(result.outputs["parquet"])
+        assert str(schema.field("Metadata_Batch").type) == "string"
+        assert str(schema.field("Granularity_1_DNA").type) == "double"
