@@ -48,6 +48,7 @@ from .feature_select import feature_matrix, select_samples
 
 __all__ = [
     "CHAIN_STEPS",
+    "SPHERING_GRID",
     "correct_well_position",
     "drop_na_features",
     "harmony",
