@@ -71,7 +71,7 @@ def render_cli() -> str:
     """The CLI reference as Markdown: one section per command, in alphabetical order."""
     from cytoprofile.cli import app
 
-    group = typer.main.get_command(app)
+    group: Any = typer.main.get_command(app)
     root = group.context_class(group, info_name="cytoprofile")
     lines = [
         "# CLI reference",
