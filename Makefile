@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO ?= demo-workspace
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test lint docs bench clean
 
 $(BIN)/cytoprofile: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,9 +33,13 @@ lint: venv
 test: lint
 	$(BIN)/pytest -n 2 -q
 
+## The documentation site in site/: warnings are errors, internal links checked, no network.
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 bench: venv
 	$(BIN)/python bench/collate.py
 	$(BIN)/python bench/recipe.py
 
 clean:
-	rm -rf $(VENV) $(DEMO) bench/work
+	rm -rf $(VENV) $(DEMO) bench/work site

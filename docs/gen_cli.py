@@ -1,0 +1,110 @@
+"""MkDocs hook: render the CLI reference page from the ``cytoprofile`` commands themselves.
+
+Every command's usage, help, arguments and options (with types and defaults) come from
+the Typer app, so the reference cannot drift from the code. ``python docs/gen_cli.py``
+prints the page.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+
+__all__ = ["render_cli", "on_files"]
+
+PAGE = "reference/cli.md"
+
+
+def _is_option(param: Any) -> bool:
+    # Typer may bundle its own copy of Click, so parameters are told apart by kind, not class
+    return getattr(param, "param_type_name", "") == "option"
+
+
+def _escape(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ").strip()
+
+
+def _default(param: Any) -> str:
+    if _is_option(param) and param.is_flag:
+        if param.secondary_opts:
+            return f"`{param.opts[0] if param.default else param.secondary_opts[0]}`"
+        return "on" if param.default else "off"
+    value = param.default
+    if value is None or value == () or value == []:
+        return "—" if not param.required else "required"
+    if isinstance(value, (list, tuple)):
+        value = ",".join(map(str, value))
+    return f"`{value}`"
+
+
+def _names(param: Any) -> str:
+    if not _is_option(param):
+        return f"`{param.name.upper()}`" + (" …" if param.nargs == -1 else "")
+    opts = [*param.opts, *param.secondary_opts]
+    return " / ".join(f"`{o}`" for o in opts)
+
+
+def _kind(param: Any, ctx: Any) -> str:
+    if _is_option(param) and param.is_flag:
+        return "flag"
+    name = str(param.display_type(ctx)).strip("<>")
+    return f"{name} (repeatable)" if param.multiple else name
+
+
+def _command_section(name: str, cmd: Any, parent: Any) -> list[str]:
+    ctx = cmd.context_class(cmd, info_name=name, parent=parent)
+    lines = [f"## `cytoprofile {name}`", "", "```text", cmd.get_usage(ctx).strip(), "```", ""]
+    if cmd.help:
+        lines += [cmd.help.strip(), ""]
+    params = [p for p in cmd.params if p.name != "help"]
+    if params:
+        lines += ["| argument / option | type | default | help |", "|---|---|---|---|"]
+        for p in params:
+            help_text = getattr(p, "help", None) or ""
+            lines.append(f"| {_names(p)} | {_kind(p, ctx)} | {_default(p)} | {_escape(help_text)} |")
+        lines.append("")
+    return lines
+
+
+def render_cli() -> str:
+    """The CLI reference as Markdown: one section per command, in alphabetical order."""
+    from cytoprofile.cli import app
+
+    group: Any = typer.main.get_command(app)
+    root = group.context_class(group, info_name="cytoprofile")
+    lines = [
+        "# CLI reference",
+        "",
+        "Generated from the commands at build time (`docs/gen_cli.py`); "
+        "`cytoprofile COMMAND --help` prints the same text.",
+        "Exit status: 0 done, 1 a problem you can fix (one line saying what), 2 a usage error, "
+        "3 a bug (the traceback is written to a log file), 130 interrupted.",
+        "",
+        "| command | what |",
+        "|---|---|",
+    ]
+    names = sorted(group.list_commands(root))
+    for name in names:
+        cmd = group.get_command(root, name)
+        assert cmd is not None
+        summary = cmd.get_short_help_str(limit=120)
+        lines.append(f"| [`{name}`](#cytoprofile-{name}) | {_escape(summary)} |")
+    lines.append("")
+    for name in names:
+        cmd = group.get_command(root, name)
+        assert cmd is not None
+        lines += _command_section(name, cmd, root)
+    return "\n".join(lines) + "\n"
+
+
+def on_files(files: Any, config: Any) -> Any:
+    """Add the generated CLI reference to the site's files."""
+    from mkdocs.structure.files import File
+
+    files.append(File.generated(config, PAGE, content=render_cli()))
+    return files
+
+
+if __name__ == "__main__":
+    print(render_cli(), end="")

@@ -1,0 +1,194 @@
+"""The documentation site: it builds with ``--strict`` (internal links checked), and its snippets work.
+
+Fenced blocks tagged exactly ``sh`` or ``python`` are runnable: they are executed in page
+order (the nav's), in one temporary folder, so a page may use what earlier pages made.
+Blocks with the ``.example`` class need a cloud, a cluster or the old tools and are not
+executed; their ``cytoprofile`` commands are still checked against the real CLI.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import stat
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import typer
+import yaml
+
+from cytoprofile.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+FENCE = re.compile(r"^```(?P<info>[^`\n]*)\n(?P<body>.*?)^```\s*$", re.M | re.S)
+RUNNABLE = {"sh", "python"}
+CODE_LANGS = {"sh", "bash", "shell", "console", "python", "py"}
+
+
+@dataclass(frozen=True)
+class Snippet:
+    page: str
+    info: str
+    body: str
+
+    @property
+    def runnable(self) -> bool:
+        return self.info in RUNNABLE
+
+    @property
+    def lang(self) -> str:
+        info = self.info.strip("{} ")
+        first = info.split()[0] if info else ""
+        return first.lstrip(".")
+
+
+def _nav_pages(nav: list, out: list[str] | None = None) -> list[str]:
+    out = [] if out is None else out
+    for item in nav:
+        value = next(iter(item.values())) if isinstance(item, dict) else item
+        if isinstance(value, list):
+            _nav_pages(value, out)
+        else:
+            out.append(value)
+    return out
+
+
+def _mkdocs_config() -> dict:
+    # mkdocs.yml has no Python tags, so a plain YAML load suffices
+    return yaml.safe_load((ROOT / "mkdocs.yml").read_text())
+
+
+def _snippets() -> list[Snippet]:
+    found = []
+    for page in _nav_pages(_mkdocs_config()["nav"]):
+        path = DOCS / page
+        if not path.exists():  # generated pages (the CLI reference) have no source
+            continue
+        for m in FENCE.finditer(path.read_text()):
+            found.append(Snippet(page, m["info"].strip(), m["body"]))
+    return found
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    """``cytoprofile`` and ``python`` on PATH, both this interpreter with this checkout's code."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for name, args in (("cytoprofile", "-m cytoprofile"), ("python", "")):
+        shim = bin_dir / name
+        shim.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} {args} "$@"\n')
+        shim.chmod(shim.stat().st_mode | stat.S_IEXEC)
+    env = dict(os.environ)
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["MPLBACKEND"] = "Agg"
+    env["NO_MKDOCS_2_WARNING"] = "1"
+    return env
+
+
+def _build(config: Path, site: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(config), "-d", str(site)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+
+
+def test_site_builds_strict(tmp_path: Path) -> None:
+    """Every page renders, the generated CLI and API pages are there, no warning."""
+    result = _build(ROOT / "mkdocs.yml", tmp_path / "site", _env(tmp_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "WARNING" not in result.stderr, result.stderr
+    cli = (tmp_path / "site" / "reference" / "cli" / "index.html").read_text()
+    assert 'id="cytoprofile-collate"' in cli and "--image-feature-categories" in cli
+    api = (tmp_path / "site" / "reference" / "api" / "index.html").read_text()
+    assert "cytoprofile.normalize.normalize" in api
+
+
+def test_broken_internal_link_fails_the_build(tmp_path: Path) -> None:
+    """The link check is real: a page linking to a missing page or anchor stops the build."""
+    for target in ("no-such-page.md", "outputs.md#no-such-section"):
+        docs = tmp_path / target.replace("#", "_") / "docs"
+        shutil.copytree(DOCS, docs)
+        (docs / "reference" / "api.md").write_text("# Python API\n")  # keep the build short
+        (docs / "index.md").write_text((docs / "index.md").read_text() + f"\n[broken]({target})\n")
+        config = _mkdocs_config()
+        config["docs_dir"] = str(docs)
+        config["hooks"] = [str(docs / "gen_cli.py")]
+        config_path = docs.parent / "mkdocs.yml"
+        config_path.write_text(yaml.safe_dump(config))
+        result = _build(config_path, docs.parent / "site", _env(tmp_path))
+        assert result.returncode != 0, f"{target}: build passed"
+        assert target.split("#")[-1] in result.stderr
+
+
+def test_cli_reference_lists_every_command_and_option() -> None:
+    """The generated page has a section per command and a row per parameter."""
+    sys.path.insert(0, str(DOCS))
+    try:
+        from gen_cli import render_cli
+    finally:
+        sys.path.remove(str(DOCS))
+    page = render_cli()
+    group: Any = typer.main.get_command(app)
+    ctx = group.context_class(group, info_name="cytoprofile")
+    for name in group.list_commands(ctx):
+        assert f"## `cytoprofile {name}`" in page
+        for param in group.get_command(ctx, name).params:
+            label = f"`{param.opts[0]}`" if param.param_type_name == "option" else f"`{param.name.upper()}`"
+            assert label in page, (name, label)
+
+
+def test_every_code_block_is_runnable_or_an_example() -> None:
+    """A shell or Python block is either run (``sh``, ``python``) or explicitly an example."""
+    snippets = _snippets()
+    assert sum(s.runnable for s in snippets) >= 10
+    for s in snippets:
+        if s.lang in CODE_LANGS and not s.runnable:
+            assert ".example" in s.info, f"{s.page}: ```{s.info} is neither runnable nor marked .example"
+
+
+def _cytoprofile_calls(body: str) -> list[list[str]]:
+    text = body.replace("\\\n", " ")
+    calls = []
+    for line in text.splitlines():
+        for part in re.split(r"&&|\|\||;|\|", line.split(" #")[0]):
+            words = part.split()
+            if words and words[0] == "cytoprofile":
+                calls.append(words[1:])
+    return calls
+
+
+def test_example_commands_use_real_commands_and_options() -> None:
+    """Blocks that are not run, and commands quoted in the text, name only real commands and options."""
+    group: Any = typer.main.get_command(app)
+    ctx = group.context_class(group, info_name="cytoprofile")
+    checked = 0
+    inline = [(page, m[1]) for page in _nav_pages(_mkdocs_config()["nav"]) if (DOCS / page).exists()
+              for m in re.finditer(r"(?<!`)`(cytoprofile [^`]+)`", FENCE.sub("", (DOCS / page).read_text()))]
+    for page, body in [(s.page, s.body) for s in _snippets()] + inline:
+        for words in _cytoprofile_calls(body):
+            cmd = group.get_command(ctx, words[0])
+            assert cmd is not None, f"{page}: no command {words[0]!r}"
+            known = {o for p in cmd.params for o in (*p.opts, *p.secondary_opts)}
+            for word in words[1:]:
+                if word.startswith("-"):
+                    assert word.split("=")[0] in known, f"{page}: cytoprofile {words[0]} has no {word}"
+            checked += 1
+    assert checked >= 25
+
+
+def test_runnable_snippets_run(tmp_path: Path) -> None:
+    """Every ``sh`` and ``python`` block, in page order, exits 0 in one fresh folder."""
+    work = tmp_path / "work"
+    work.mkdir()
+    env = _env(tmp_path)
+    for s in (s for s in _snippets() if s.runnable):
+        argv = ["bash", "-euo", "pipefail", "-c", s.body] if s.info == "sh" else [sys.executable, "-c", s.body]
+        result = subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, f"{s.page}:\n{s.body}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+    assert (work / "demo" / "quality_control" / "report" / "BATCH1.html").exists()
