@@ -547,9 +547,9 @@ def run(
     profile: ProfileOpt = None,
     endpoint_url: EndpointOpt = None,
     no_sign_request: NoSignOpt = False,
-    connect_timeout: ConnectTimeoutOpt = 5.0,
-    read_timeout: ReadTimeoutOpt = 15.0,
-    retries: RetriesOpt = 2,
+    connect_timeout: Annotated[float | None, typer.Option(help="Seconds to wait for a connection to S3 or the Dask scheduler (default 5).")] = None,
+    read_timeout: Annotated[float | None, typer.Option(help="Seconds to wait for an answer from S3 or the Dask scheduler (default 15).")] = None,
+    retries: Annotated[int | None, typer.Option(help="Retries of a failed S3 request (default 2).")] = None,
     quiet: QuietOpt = False,
     allow_unknown_keys: Annotated[bool, typer.Option(
         help="Ignore config keys that look like misspellings of known keys (a warning, not an error).")] = False,
