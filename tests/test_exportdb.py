@@ -456,3 +456,29 @@ def test_a_bound_table_number_must_be_a_number(tmp_path: Path) -> None:
     (site / TABLE_NUMBER_FILE).write_text("x1\n")
     with pytest.raises(InputError, match="is not a TableNumber"):
         collate_plate(csv_ws, BATCH, "P1", overwrite=True)
+
+
+def test_collate_command_reads_export_files_of_synth_database(tmp_path: Path) -> None:
+    """`synth --export database` then plain `collate`: the same profiles as the CSV route."""
+    from cytoprofile.cli import main
+
+    args = ["--plate", "P1", "--wells", "96", "--well-subset", "6", "--sites", "2", "--cells", "6",
+            "--features", "5", "-q"]
+    assert main(["synth", str(tmp_path / "csv"), *args]) == 0
+    assert main(["synth", str(tmp_path / "db"), *args, "--export", "database", "--export-files", "3"]) == 0
+    assert not (tmp_path / "db/analysis/BATCH1/P1/analysis").exists()
+    assert len(list((tmp_path / "db/analysis/BATCH1/P1").glob("*.sqlite"))) == 3
+    for ws in ("csv", "db"):
+        assert main(["collate", str(tmp_path / ws), "BATCH1", "P1", "-q"]) == 0
+    ours = pd.read_csv(tmp_path / "db/backend/BATCH1/P1/P1.csv")
+    ref = pd.read_csv(tmp_path / "csv/backend/BATCH1/P1/P1.csv")
+    pd.testing.assert_frame_equal(ours, ref)
+    report = json.loads((tmp_path / "db/backend/BATCH1/P1/P1.report.json").read_text())
+    assert "export_database" in report
+
+
+def test_synth_database_refuses_faults(tmp_path: Path) -> None:
+    from cytoprofile.cli import main
+
+    assert main(["synth", str(tmp_path / "x"), "--export", "database", "--faults", "-q"]) == 1
+    assert main(["synth", str(tmp_path / "y"), "--export", "parquet", "-q"]) == 1

@@ -184,6 +184,9 @@ def synth(
     well_subset: Annotated[int | None, typer.Option(help="Only write the first N wells of the plate.")] = None,
     faults: Annotated[bool, typer.Option(help="Plant an empty file, a cut-off row and a header-only Image.csv.")] = False,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    export: Annotated[str, typer.Option(help="csv (ExportToSpreadsheet site folders) or database (ExportToDatabase SQLite files).")] = "csv",
+    export_files: Annotated[int, typer.Option(help="With --export database: SQLite files (CellProfiler runs) per plate.")] = 2,
+    export_layout: Annotated[str, typer.Option(help="With --export database: per_object_table or per_object.")] = "per_object_table",
     quiet: QuietOpt = False,
 ) -> None:
     """Write a realistic synthetic workspace in the handbook layout."""
@@ -193,7 +196,8 @@ def synth(
     with _timed("synth"):
         result = _synth(workspace, batch=batch, plates=_split(plates) or ["PLATE1"], wells=wells, sites=sites,
                         cells=cells, features=features, treatments=treatments, well_subset=well_subset,
-                        faults=faults, seed=seed)
+                        faults=faults, seed=seed, export=export, export_files=export_files,
+                        export_layout=export_layout)
     log.info("wrote %d plates × %d wells × %d sites, %d cells, into %s", len(result.plates), len(result.wells),
              result.sites, result.cells_written, result.workspace)
 
@@ -215,6 +219,8 @@ def collate(
     strict: Annotated[bool, typer.Option(help="Fail a plate that has any quarantined site.")] = False,
     count_check: Annotated[str, typer.Option(help="Object rows vs Image.csv Count_<Object> and Parent_ links: error (quarantine), warn or off.")] = "error",
     file_prefix: Annotated[str | None, typer.Option(help="File-name prefix of every CSV (ExportToSpreadsheet's, e.g. MyExpt_); detected when unset.")] = None,
+    export_db: Annotated[list[str] | None, typer.Option(help="CellProfiler ExportToDatabase .sqlite file or folder of them to read instead of site CSVs (repeatable); default: analysis/BATCH/PLATE/*.sqlite when there are no site folders.")] = None,
+    table_prefix: Annotated[str | None, typer.Option(help="Table prefix of the ExportToDatabase files (e.g. MyExpt_); detected when unset.")] = None,
     jobs: Annotated[int, typer.Option(help="Plates in parallel on this machine.")] = 1,
     scheduler: Annotated[str | None, typer.Option(help="Dask scheduler address: run plates on that cluster.")] = None,
     tmp_dir: TmpDirOpt = None,
@@ -257,6 +263,7 @@ def collate(
             image_feature_categories=_split(image_feature_categories) or list(DEFAULT_IMAGE_FEATURE_CATEGORIES),
             strata=_split(strata) or list(DEFAULT_STRATA), overwrite=overwrite, aggregate_only=aggregate_only,
             strict=strict, count_check=count_check, file_prefix=file_prefix,  # type: ignore[arg-type]
+            export_db=export_db or (), table_prefix=table_prefix,
             jobs=jobs, scheduler=scheduler, remote=remote, tmp_dir=tmp_dir, wait=wait, progress=update,
         )
     table = Table(title=f"collate {batch}", show_lines=False)

@@ -847,6 +847,8 @@ def collate(
     strict: bool = False,
     count_check: CountCheck = "error",
     file_prefix: str | None = None,
+    export_db: Sequence[str] = (),
+    table_prefix: str | None = None,
     jobs: int = 1,
     scheduler: str | None = None,
     remote: str | None = None,
@@ -858,6 +860,9 @@ def collate(
 
     A plate that fails (bad input, 0 readable sites, a full or read-only disk, or
     ``strict`` with quarantined sites) is reported as failed; the other plates go on.
+    A plate is read from CellProfiler ExportToDatabase SQLite files instead of site CSVs
+    when ``export_db`` names files or folders of them, or when its analysis folder holds
+    ``*.sqlite`` files and no site folders (``table_prefix``: the files' table prefix).
     """
     from .executor import run_plates
 
@@ -871,16 +876,32 @@ def collate(
                                    image_feature_categories=tuple(image_feature_categories), strata=tuple(strata),
                                    overwrite=overwrite, aggregate_only=aggregate_only, strict=strict,
                                    count_check=count_check, file_prefix=file_prefix,
+                                   export_db=tuple(str(p) for p in export_db), table_prefix=table_prefix,
                                    remote=remote, tmp_dir=tmp_dir, wait=wait, storage=dict(io.current_storage()))
     return run_plates(_collate_task, [(str(ws), batch, p) for p in plates], options, jobs=jobs,
                       scheduler=scheduler, progress=progress)
+
+
+def _reads_export_files(ws: str, batch: str, plate: str) -> bool:
+    """A local plate whose analysis folder holds ExportToDatabase files and no site folders."""
+    from .exportdb import discover_export_files
+
+    if io.is_remote(ws) or Path(workspace.analysis_dir(ws, batch, plate)).is_dir():
+        return False
+    return bool(discover_export_files(ws, batch, plate))
 
 
 def _collate_task(ws: str, batch: str, plate: str, options: dict[str, Any], progress: Progress | None) -> PlateResult:
     """One plate, with user errors turned into a failed result rather than an exception."""
     options = dict(options)
     io.configure_storage(options.pop("storage", None))
+    export_db, table_prefix = options.pop("export_db", ()), options.pop("table_prefix", None)
     try:
+        if export_db or _reads_export_files(ws, batch, plate):
+            from .exportdb import collate_export
+
+            return collate_export(ws, batch, plate, sources=list(export_db) or None, table_prefix=table_prefix,
+                                  progress=progress, **options)
         return collate_plate(ws, batch, plate, progress=progress, **options)
     except CytoprofileError as exc:
         return PlateResult(batch, plate, "failed", str(exc))

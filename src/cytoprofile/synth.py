@@ -9,6 +9,7 @@ others, so feature selection has something to find.
 from __future__ import annotations
 
 import os
+import shutil
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from . import io
+from .errors import ConfigError
 
 __all__ = ["SynthResult", "cellprofiler_column_name", "feature_names", "synth", "well_names", "write_export_database"]
 
@@ -110,6 +112,9 @@ def synth(
     seed: int = 0,
     well_subset: int | None = None,
     faults: bool = False,
+    export: str = "csv",
+    export_files: int = 2,
+    export_layout: str = "per_object_table",
 ) -> SynthResult:
     """Write a synthetic workspace: CellProfiler CSVs, plate maps, external metadata, load_data.
 
@@ -117,7 +122,14 @@ def synth(
     ``well_subset`` keeps only the first N wells of the plate (small tests, same
     plate geometry); ``faults`` plants one empty object file, one cut-off row and
     one header-only Image.csv in the first plate, as real transfers sometimes do.
+    ``export="database"`` writes each plate's cells as CellProfiler ExportToDatabase
+    SQLite files instead (``analysis/BATCH/PLATE/run<N>.sqlite``, ``export_files`` runs,
+    ``export_layout`` as in :func:`write_export_database`), with no site CSVs.
     """
+    if export not in ("csv", "database"):
+        raise ConfigError(f"export must be csv or database, not {export!r}")
+    if export == "database" and faults:
+        raise ConfigError("faults are planted in site CSVs: use them with export='csv'")
     rng = np.random.default_rng(seed)
     root = str(workspace)
     all_wells = well_names(wells)
@@ -233,6 +245,11 @@ def synth(
         _write_csv(pa.Table.from_pylist(load_rows), str(load_dir / "load_data.csv"))
         platemap_rows.append({"Assay_Plate_Barcode": plate, "Plate_Map_Name": plate_map})
     _write_metadata(root, batch, platemap_rows, all_wells, negcon_wells, treatment_of, treat_names, n_strong)
+    if export == "database":
+        for plate in plates:
+            plate_dir = io.join(root, "analysis", batch, plate)
+            write_export_database(root, plate_dir, batch=batch, plates=[plate], files=export_files, layout=export_layout)
+            shutil.rmtree(io.join(plate_dir, "analysis"))
     return SynthResult(root, batch, list(plates), used, sites, cells_written, files)
 
 
