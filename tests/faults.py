@@ -85,7 +85,8 @@ def _backend_counts(outputs: dict[str, str]) -> dict[str, dict[str, int]]:
     counts: dict[str, dict[str, int]] = {}
     if "sqlite" in outputs:
         conn = sqlite3.connect(outputs["sqlite"])
-        names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+                 if r[0] != "cytoprofile_run"]  # the build's generation id, not data
         counts["sqlite"] = {n: conn.execute(f'SELECT COUNT(*) FROM "{n}"').fetchone()[0] for n in names}
         for n in names:
             if n == "Image":

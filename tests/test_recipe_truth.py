@@ -182,8 +182,6 @@ def test_unknown_columns_stop_the_run_with_the_fix(tmp_path: Path, capsys: pytes
         df = io.read_table(path)
         df["Speckles_Area"] = 1.0
         io.write_table(df, path)
-    for plate in PLATES:
-        (ws / f"backend/B1/{plate}/{plate}.report.json").unlink(missing_ok=True)
     assert main(["run", str(_config(ws, aggregate=False)), "-q"]) == 1
     err = capsys.readouterr().err
     assert "Speckles_Area" in err and "compartments:" in err
