@@ -482,3 +482,4 @@ def test_synth_database_refuses_faults(tmp_path: Path) -> None:
 
     assert main(["synth", str(tmp_path / "x"), "--export", "database", "--faults", "-q"]) == 1
     assert main(["synth", str(tmp_path / "y"), "--export", "parquet", "-q"]) == 1
+    assert main(["synth", str(tmp_path / "z"), "--wells", "4", "-q"]) == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -593,3 +594,57 @@ def test_cli_count_check_and_file_prefix(tmp_path: Path) -> None:
     assert {s["status"] for s in sites.values()} == {"ok"}
     assert sites[faults.site(plate_dir).name]["warnings"]
     assert all(s["files"]["README.csv"]["not_stored"] for s in sites.values())
+
+
+# --- hostile names and files found by attacking the merged ingest ---
+
+
+def test_truncated_gzip_quarantines_its_site(tmp_path: Path) -> None:
+    import gzip
+
+    plate_dir = faults.small_plate(tmp_path, wells=2)
+    folder = faults.site(plate_dir, "A01", 1)
+    data = (folder / "Cells.csv").read_bytes()
+    (folder / "Cells.csv").unlink()
+    (folder / "Cells.csv.gz").write_bytes(gzip.compress(data)[:-30])
+    result = collate_plate(tmp_path, faults.BATCH, faults.PLATE)
+    assert result.status == "done"
+    bad = _sites(result)[folder.name]
+    assert bad["status"] == "quarantined" and "truncated gzip" in bad["reason"]
+    assert sum(s["status"] == "ok" for s in result.report["sites"]) == 3
+
+
+@pytest.mark.parametrize("name", ["cytoprofile_run", "sqlite_stat1", "single_cells", "SQLITE_x"])
+def test_reserved_table_names_are_not_stored_and_named(tmp_path: Path, name: str) -> None:
+    plate_dir = faults.small_plate(tmp_path, wells=1)
+    folder = faults.site(plate_dir, "A01", 1)
+    shutil.copy(folder / "Cells.csv", folder / f"{name}.csv")
+    result = _collate(tmp_path, plate_dir, backend=("sqlite", "parquet"))
+    assert {s["status"] for s in result.report["sites"]} == {"ok"}
+    entry = _sites(result)[folder.name]["files"][f"{name}.csv"]
+    assert entry["tables"] == [] and "reserves" in entry["not_stored"]
+
+
+def test_object_column_named_table_number_quarantines(tmp_path: Path) -> None:
+    plate_dir = faults.small_plate(tmp_path, wells=1)
+    folder = faults.site(plate_dir, "A01", 1)
+    header = faults.read_rows(folder / "Cells.csv")[0]
+    faults.rename_column(folder, "Cells", header[-1], "TableNumber")
+    result = _collate(tmp_path, plate_dir)
+    assert "reserves for the site key" in _sites(result)[folder.name]["reason"]
+
+
+def test_columns_differing_only_in_case(tmp_path: Path) -> None:
+    plate_dir = faults.small_plate(tmp_path, wells=1)
+    folder = faults.site(plate_dir, "A01", 1)
+    header = faults.read_rows(folder / "Cells.csv")[0]
+    feature = header[-1]
+    faults.rename_column(folder, "Cells", header[-2], feature.lower())
+    result = _collate(tmp_path, plate_dir)
+    assert "differ only in case" in _sites(result)[folder.name]["reason"]
+    # the same column spelled differently in two sites: the plate is refused, naming both
+    other = tmp_path / "other"
+    plate_dir = faults.small_plate(other, wells=1)
+    faults.rename_column(faults.site(plate_dir, "A01", 1), "Cells", feature, feature.upper())
+    with pytest.raises(InputError, match="differ only in case"):
+        collate_plate(other, faults.BATCH, faults.PLATE)

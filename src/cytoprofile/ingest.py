@@ -25,7 +25,7 @@ import os
 import re
 import zlib
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -76,6 +76,8 @@ TEXT_IMAGE_FAMILIES = ("Metadata_", "FileName_", "PathName_", "URL_", "MD5Digest
 #: Largest key (ImageNumber, ObjectNumber, Parent_*) accepted: every integer up to it is exact in float64.
 MAX_KEY = 2**53
 CountCheck = Literal["error", "warn", "off"]
+#: table names the backend uses itself (the build's id, the joined single-cell table)
+RESERVED_TABLES = ("cytoprofile_run", "single_cells")
 #: a site folder written from an ExportToDatabase file holds its TableNumber here (not a table: no .csv)
 TABLE_NUMBER_FILE = ".cytoprofile-table-number"
 _ROW_LETTERS = [chr(65 + i) for i in range(26)] + [f"A{chr(65 + i)}" for i in range(26)]
@@ -232,8 +234,27 @@ def _read_bytes(path: str) -> bytes:
     with open(path, "rb") as fh:
         raw = fh.read()
     if path.lower().endswith(".gz"):
-        return gzip.decompress(raw)
+        try:
+            return gzip.decompress(raw)
+        except (EOFError, OSError, zlib.error) as exc:
+            raise InputError(f"{path}: {_gzip_problem(exc)}; copy the file again") from exc
     return raw
+
+
+def _gzip_problem(exc: BaseException) -> str:
+    return "truncated gzip (the file ends early)" if isinstance(exc, EOFError) else f"not a valid gzip file ({exc})"
+
+
+def _check_gzip(scan: SiteScan, source: Source) -> bool:
+    """A ``.gz`` file must decompress to its end; a cut-off one quarantines the site."""
+    try:
+        with gzip.open(source.path, "rb") as fh:
+            while fh.read(1 << 24):
+                pass
+    except (EOFError, OSError, zlib.error) as exc:
+        scan.quarantine(f"{source.name}: {_gzip_problem(exc)}", source.path)
+        return False
+    return True
 
 
 def _read_header(path: str, lines: int = 1) -> list[list[str]]:
@@ -281,10 +302,9 @@ def _file_rows(scan: SiteScan) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for name, path, header_lines in scan.csv_files:
         try:
-            rows = _count_records(_read_bytes(path), header_lines)
-        except (OSError, EOFError, zlib.error):
-            rows = 0
-        out[name] = {"rows": rows, "tables": []}
+            out[name] = {"rows": _count_records(_read_bytes(path), header_lines), "tables": []}
+        except (InputError, OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:
+            out[name] = {"rows": None, "tables": [], "unreadable": str(exc).split(": ")[-1][:200]}
     return out
 
 
@@ -392,6 +412,10 @@ def _classify(scan: SiteScan, entries: Sequence[str], file_prefix: str | None) -
             scan.not_stored[entry] = "run metadata"
             continue
         table = IMAGE_TABLE if name.lower() == "image" else name
+        if table.lower() in RESERVED_TABLES or table.lower().startswith("sqlite_"):
+            scan.csv_files.append((entry, path, 1))
+            scan.not_stored[entry] = f"{table!r} is a name the backend reserves; rename the file to store it"
+            continue
         if table in scan.files or (table != IMAGE_TABLE and table.lower() in (t.lower() for t in scan.files)):
             scan.csv_files.append((entry, path, 1))
             scan.quarantine(f"{entry} and {os.path.basename(scan.files.get(table, ''))} hold the same table {table}", path)
@@ -427,7 +451,25 @@ def _check_header(scan: SiteScan, table: str, source: Source) -> None:
         scan.quarantine(f"{source.name} lacks ImageNumber/ObjectNumber columns; not a CellProfiler object table", source.path)
         return
     _dedupe(source, table, scan)
+    if table != IMAGE_TABLE and any(c.lower() == "tablenumber" for c in source.header):
+        scan.quarantine(f"{source.name} has a column named TableNumber, which the backend reserves for the site key", source.path)
+        return
+    clash = _case_clash(source.header)
+    if clash:
+        scan.quarantine(f"{source.name}: columns {clash[0]!r} and {clash[1]!r} differ only in case "
+                        "(SQLite cannot hold both); rename one", source.path)
+        return
     scan.headers[table] = source.header
+
+
+def _case_clash(columns: Iterable[str]) -> tuple[str, str] | None:
+    """Two column names equal but for case, if any."""
+    seen: dict[str, str] = {}
+    for c in columns:
+        other = seen.setdefault(c.lower(), c)
+        if other != c:
+            return other, c
+    return None
 
 
 def _site_table_number(site_dir: str, image_bytes: bytes) -> int:
@@ -458,6 +500,8 @@ def _scan_one(site_dir: str, strata: Sequence[str], plate: str, file_prefix: str
         scan.quarantine("Image.csv is missing", os.path.join(site_dir, "Image.csv"))
         return scan
     for table, source in list(scan.sources.items()):
+        if source.path.lower().endswith(".gz") and not _check_gzip(scan, source):
+            continue
         try:
             _check_header(scan, table, source)
         except Exception as exc:  # a header that parses but whose columns cannot be compared
@@ -693,6 +737,10 @@ def plan_schema(scans: Sequence[SiteScan], *, plate: str, strata: Sequence[str],
                 columns.update(scan.headers.get(table, []))
         if table == IMAGE_TABLE:
             columns.update(c for s in scans if s.problem is None for c in s.filled_columns)
+        clash = _case_clash(sorted(columns))
+        if clash:
+            raise InputError(f"{plate}: {table} columns {clash[0]!r} and {clash[1]!r} differ only in case between "
+                             "sites (SQLite cannot hold both); rename one in the CSVs")
         tables[table] = canonical_order(sorted(columns))
     return PlateSchema(tables=tables, strata=list(strata), plate=plate, partial={t: v for t, v in partial.items() if v})
 

@@ -34,7 +34,7 @@ def well_names(n_wells: int) -> list[str]:
     """Well names of a 96-, 384- or 1536-well plate, row-major (A01, A02, …, AF48)."""
     shapes = {96: (8, 12), 384: (16, 24), 1536: (32, 48)}
     if n_wells not in shapes:
-        raise ValueError(f"wells must be 96, 384 or 1536, not {n_wells}")
+        raise ConfigError(f"wells must be 96, 384 or 1536, not {n_wells}")
     rows, cols = shapes[n_wells]
     return [f"{_ROW_LETTERS[r]}{c + 1:02d}" for r in range(rows) for c in range(cols)]
 
