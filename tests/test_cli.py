@@ -232,3 +232,13 @@ def test_tmpfs_that_fills_up_is_one_line_exit_1(tmp_path: Path) -> None:
     assert len([line for line in done.stderr.strip().splitlines() if line.strip()]) == 1
     listing = done.stdout.split("status=1", 1)[1].split()
     assert not [n for n in listing if n not in (".", "..")], listing
+
+
+def test_eof_error_inside_a_command_is_a_bug_not_an_interrupt(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import cytoprofile.synth
+
+    def _broken(*args: object, **kwargs: object) -> None:
+        raise EOFError("Compressed file ended before the end-of-stream marker was reached")
+
+    monkeypatch.setattr(cytoprofile.synth, "synth", _broken)
+    assert main(["synth", str(tmp_path / "ws"), "-q"]) == 3

@@ -1009,6 +1009,8 @@ def _click_exit(exc: BaseException) -> int | None:
     name = type(exc).__name__
     if name == "Exit":
         return int(getattr(exc, "exit_code", 0) or 0)
+    if name == "Abort" and isinstance(exc.__cause__, EOFError):
+        return None  # Click turns an EOFError from our code into Abort: a bug, not an interrupt
     if name == "Abort":
         console.print("interrupted; re-run the same command to finish the job")
         return 130
