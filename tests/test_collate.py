@@ -459,3 +459,31 @@ def test_readers_trust_only_outputs_the_report_vouches_for(tmp_path: Path) -> No
         plate_profiles(ws, "BATCH1", "P1")
     (out / "P1.csv.generation").unlink()
     assert plate_profiles(ws, "BATCH1", "P1") == str(out / "P1.csv")
+
+
+@pytest.mark.parametrize("change", ["new-site", "removed-site", "file-resized"])
+def test_rerun_after_the_inputs_changed_rebuilds(tmp_path: Path, change: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A finished plate whose site files changed is rebuilt, never skipped with rows left out."""
+    from . import faults
+
+    plate_dir = faults.small_plate(tmp_path, wells=2)
+    first = collate_plate(tmp_path, faults.BATCH, faults.PLATE)
+    assert first.status == "done"
+    assert collate_plate(tmp_path, faults.BATCH, faults.PLATE).status == "skipped"
+    sites = sorted(plate_dir.iterdir())
+    if change == "new-site":
+        new = faults.copy_site(plate_dir, sites[0], sites[0].name.replace("A01", "A03"))
+        faults.set_image_value(new, "Metadata_Well", "A03")
+    elif change == "removed-site":
+        import shutil
+
+        shutil.rmtree(sites[-1])
+    else:
+        faults.drop_rows(sites[0], "Cells", 1)
+        faults.drop_rows(sites[0], "Cytoplasm", 1)
+        faults.drop_rows(sites[0], "Nuclei", 1)
+    again = collate_plate(tmp_path, faults.BATCH, faults.PLATE)
+    assert again.status == "done" and again.report is not None
+    assert "input files changed" in caplog.text
+    faults.assert_rows_accounted(again, plate_dir)
+    assert collate_plate(tmp_path, faults.BATCH, faults.PLATE).status == "skipped"

@@ -54,7 +54,7 @@ from .ingest import (
     scan_sites,
 )
 
-__all__ = ["BackendKind", "PlateResult", "collate", "collate_plate", "plate_outputs"]
+__all__ = ["BackendKind", "input_fingerprint", "PlateResult", "collate", "collate_plate", "plate_outputs"]
 
 log = logging.getLogger("cytoprofile.collate")
 
@@ -195,11 +195,14 @@ def collate_plate(
                                    image_feature_categories=image_feature_categories, strata=strata,
                                    overwrite=overwrite, progress=progress, start=start)
         report, trusted = trusted_outputs(ws, batch, plate)
-        plan = _plan(plate, report, trusted, _build_options(options), overwrite=overwrite)
+        inputs = input_fingerprint(ws, batch, plate)
+        plan = _plan(plate, report, trusted, {**_build_options(options), "inputs": inputs}, overwrite=overwrite)
         if plan.skip:
             return PlateResult(batch, plate, "skipped", "complete outputs exist (use --overwrite to rebuild)",
                                outputs, report, seconds=time.perf_counter() - start)
         result, staging = _build_plate(ws, batch, plate, plan=plan, progress=progress, start=start, **options)
+        if result.report is not None:
+            result.report["inputs"] = inputs
         _commit_local(out_dir, plate, result, staging, before=set(trusted))
     return result
 
@@ -234,6 +237,8 @@ def _plan(plate: str, report: dict[str, Any] | None, trusted: dict[str, str], bu
     """Compare the asked outputs with the trusted ones of the last build (see the README's "Re-runs")."""
     asked = set(build["backend"])
     previous = dict((report or {}).get("options") or {})
+    if "inputs" in build and previous:
+        previous["inputs"] = (report or {}).get("inputs")
     present = _kinds_present(plate, report, trusted)
     same = bool(previous) and _data_options(previous) == _data_options(build)
     profile = f"{plate}.{build['profile_format']}"
@@ -248,12 +253,32 @@ def _plan(plate: str, report: dict[str, Any] | None, trusted: dict[str, str], bu
     if previous and (not same or overwrite):
         changed = sorted(k for k in _data_options(build) if previous.get(k) != build[k])
         why = f"options changed since the last build ({', '.join(changed)})" if changed else "--overwrite"
+        if changed == ["inputs"]:
+            why = "the plate's input files changed since the last build (files added, removed or resized)"
         replaced = sorted({_kind_label(plate, n) for n in trusted} - {f"{plate}.report.json"})
         (log.warning if changed else log.info)("%s: %s; replacing %s", plate, why, ", ".join(replaced) or "its outputs")
     elif kept:
         log.info("%s: keeping %s of the last build (still current)", plate,
                  ", ".join(sorted({_kind_label(plate, n) for n in kept})))
     return _Plan(skip=False, kinds=kinds, kept=kept)
+
+
+def input_fingerprint(ws: str | os.PathLike[str], batch: str, plate: str) -> str:
+    """Names and sizes of every file under the plate's analysis folder, hashed: a re-run rebuilds
+    when a site was added, removed or a file changed size (sizes survive a copy; times do not)."""
+    import hashlib
+
+    root = workspace.analysis_dir(ws, batch, plate)
+    entries = []
+    for folder, _dirs, names in os.walk(root, followlinks=True):
+        for name in names:
+            path = os.path.join(folder, name)
+            try:
+                size = os.path.getsize(path)
+            except OSError:
+                size = -1  # a broken link: named in the report, counted here
+            entries.append(f"{os.path.relpath(path, root)}\t{size}")
+    return hashlib.sha256("\n".join(sorted(entries)).encode()).hexdigest()[:32]
 
 
 def _kind_of(plate: str, name: str) -> str:
