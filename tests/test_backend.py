@@ -92,3 +92,19 @@ def test_image_types_follow_the_column_family(tmp_path: Path, kind: str) -> None
         schema = pq.read_schema(result.outputs["parquet"])
         assert str(schema.field("Metadata_Batch").type) == "string"
         assert str(schema.field("Granularity_1_DNA").type) == "double"
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "parquet"])
+def test_reader_lists_only_data_tables(tmp_path: Path, kind: str) -> None:
+    """The build's generation table and the joined single-cell file are not object tables."""
+    from cytoprofile.backend import BackendReader
+    from cytoprofile.ingest import RESERVED_TABLES
+
+    faults.small_plate(tmp_path)
+    result = collate_plate(tmp_path, faults.BATCH, faults.PLATE, backend=(kind,))  # type: ignore[arg-type]
+    path = result.outputs[kind]
+    if kind == "parquet":
+        (Path(path).parent / f"{faults.PLATE}_single_cells.parquet").write_bytes(Path(path).read_bytes())
+    reader = BackendReader(path)
+    assert not set(reader.tables) & set(RESERVED_TABLES)
+    assert {"Image", "Cells", "Cytoplasm", "Nuclei"} <= set(reader.tables)

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import InputError
-from .ingest import IMAGE_TABLE, KEY_COLUMNS, PlateSchema, SiteTables
+from .ingest import IMAGE_TABLE, KEY_COLUMNS, RESERVED_TABLES, PlateSchema, SiteTables
 
 __all__ = [
     "BackendReader",
@@ -266,7 +266,8 @@ class BackendReader:
                 raise InputError(f"{self.path}: backend not found; run `cytoprofile collate` first")
             try:
                 self.conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
-                names = [r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+                names = [r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+                         if r[0] not in RESERVED_TABLES]
             except sqlite3.DatabaseError as exc:
                 raise InputError(f"{self.path}: not an SQLite database ({exc})") from exc
             self.tables = {n: [r[1] for r in self.conn.execute(f"PRAGMA table_info({quote(n)})")] for n in names}
@@ -278,7 +279,9 @@ class BackendReader:
             parent = Path(self.prefix).parent
             stem = Path(self.prefix).name + "_"
             for p in sorted(parent.glob(f"{stem}*.parquet")):
-                self.tables[p.name[len(stem) : -len(".parquet")]] = pq.read_schema(p).names
+                name = p.name[len(stem) : -len(".parquet")]
+                if name not in RESERVED_TABLES:  # e.g. the joined single-cell table beside the backend
+                    self.tables[name] = pq.read_schema(p).names
         image_name = next((n for n in self.tables if n.lower() == "image"), None)
         if image_name is None:
             raise InputError(f"{self.path}: has no Image table; is this a cytoprofile or cytominer-database backend?")

@@ -40,6 +40,7 @@ from .backend import (
 )
 from .errors import CytoprofileError, InputError, QuarantineError
 from .ingest import (
+    GENERATION_TABLE,
     IMAGE_TABLE,
     RUN_METADATA_FILES,
     SITE_NAME,
@@ -485,7 +486,7 @@ def _read_plate(ws: str | os.PathLike[str], batch: str, plate: str, *, files: di
     }
 
 
-GENERATION_KEY = "cytoprofile_run"
+GENERATION_KEY = GENERATION_TABLE
 _SIDECAR = ".generation"
 
 

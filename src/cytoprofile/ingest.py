@@ -53,6 +53,9 @@ __all__ = [
     "Quarantine",
     "SiteScan",
     "SiteTables",
+    "GENERATION_TABLE",
+    "RESERVED_TABLES",
+    "SINGLE_CELL_TABLE",
     "Source",
     "TABLE_NUMBER_FILE",
     "canonical_order",
@@ -76,8 +79,12 @@ TEXT_IMAGE_FAMILIES = ("Metadata_", "FileName_", "PathName_", "URL_", "MD5Digest
 #: Largest key (ImageNumber, ObjectNumber, Parent_*) accepted: every integer up to it is exact in float64.
 MAX_KEY = 2**53
 CountCheck = Literal["error", "warn", "off"]
-#: table names the backend uses itself (the build's id, the joined single-cell table)
-RESERVED_TABLES = ("cytoprofile_run", "single_cells")
+#: the backend table holding the build's generation id
+GENERATION_TABLE = "cytoprofile_run"
+#: the joined single-cell table written beside a backend
+SINGLE_CELL_TABLE = "single_cells"
+#: table names the backend uses itself: never an object table, never read as one
+RESERVED_TABLES = (GENERATION_TABLE, SINGLE_CELL_TABLE)
 #: a site folder written from an ExportToDatabase file holds its TableNumber here (not a table: no .csv)
 TABLE_NUMBER_FILE = ".cytoprofile-table-number"
 _ROW_LETTERS = [chr(65 + i) for i in range(26)] + [f"A{chr(65 + i)}" for i in range(26)]

@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 from . import io
 from .aggregate import DEFAULT_COMPARTMENTS, compartment_features
 from .errors import InputError
+from .ingest import SINGLE_CELL_TABLE
 
 __all__ = [
     "DEFAULT_HUB",
@@ -50,7 +51,7 @@ SingleCellFormat = Literal["parquet", "anndata"]
 DEFAULT_HUB = "Cytoplasm"
 DEFAULT_METADATA = ("Metadata_Plate", "Metadata_Well", "Metadata_Site")
 #: table name the single-cell output takes beside a Parquet backend; never a backend table
-OUTPUT_TABLE = "single_cells"
+OUTPUT_TABLE = SINGLE_CELL_TABLE
 _KEYS = ("TableNumber", "ImageNumber", "ObjectNumber")
 _MAX_NAMED = 100_000
 #: values per Parquet row group of the single-cell table (whole sites; ~3 JUMP-width sites)
