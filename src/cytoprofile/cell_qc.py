@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from .errors import ConfigError, InputError
+from .vocabulary import metadata_columns
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
@@ -124,7 +125,7 @@ def add_outlier_flags(df: pd.DataFrame, thresholds: Thresholds) -> pd.DataFrame:
     """A copy of a single-cell DataFrame with ``Metadata_cqc_<set>_is_outlier`` columns after its metadata."""
     flags = outlier_flags(df, thresholds)
     out = df.copy()
-    at = sum(1 for c in df.columns if str(c).startswith("Metadata_"))
+    at = len(metadata_columns(df.columns))
     for k, (name, values) in enumerate(flags.items()):
         out.insert(at + k, flag_column(name), values)
     return out
@@ -160,7 +161,7 @@ def flag_single_cells(
         offset = 0
         for g in range(src.metadata.num_row_groups):
             table = src.read_row_group(g).drop_columns(existing)
-            at = sum(1 for c in table.column_names if c.startswith("Metadata_"))
+            at = len(metadata_columns(table.column_names))
             for k, (name, values) in enumerate(flags.items()):
                 table = table.add_column(at + k, flag_column(name), pa.array(values[offset: offset + table.num_rows]))
             offset += table.num_rows

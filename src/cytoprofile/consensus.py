@@ -18,18 +18,16 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
+from .checks import as_names, check_frame, check_number
 from .errors import ConfigError, InputError
 from .feature_select import (
     AccountSink,
     FeatureAccount,
-    as_names,
-    check_frame,
-    check_number,
     feature_matrix,
     report_account,
-    resolve_features,
     unprocessed_columns,
 )
+from .vocabulary import resolve_features
 
 __all__ = ["OPERATIONS", "consensus", "modz_weights"]
 

@@ -40,7 +40,8 @@ import numpy as np
 import pandas as pd
 
 from .errors import ConfigError, InputError
-from .feature_select import feature_matrix, resolve_features
+from .feature_select import feature_matrix
+from .vocabulary import prefixed_features, resolve_features
 
 __all__ = [
     "MODES",
@@ -80,7 +81,7 @@ def feature_columns(
     (e.g. ``["PC"]`` after PCA, or a deep-learning model's prefix), or CellProfiler's."""
     if isinstance(features, str) and features == "infer" and feature_prefixes is not None:
         prefixes = tuple(feature_prefixes)
-        found = [c for c in profiles.columns if isinstance(c, str) and c.startswith(prefixes)]
+        found = prefixed_features(profiles.columns, prefixes)
         if not found:
             raise InputError(f"no feature columns start with {', '.join(prefixes)}")
         return found

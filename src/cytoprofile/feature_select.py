@@ -22,11 +22,10 @@ drops every feature); a string ``blocklist`` is one feature; and with
 missing values, which of two exactly duplicated features ``correlation_threshold``
 keeps may differ (the tie is decided by rounding in both).
 
-This module also owns the shared helpers for the profile steps: which columns are
-features (``infer_features``/``resolve_features``, for any list of compartments),
-the numeric feature matrix (``feature_matrix``), the fitting rows
-(``select_samples``), option checks that raise ``ConfigError`` for a wrong type
-(``check_number``, ``check_flag``, ``check_choice``, ``as_names``) and the record of
+This module also owns the shared helpers for the profile steps (which columns are
+features, ``infer_features``/``resolve_features``, is declared in ``vocabulary`` and
+re-exported here): the numeric feature matrix (``feature_matrix``), the fitting rows
+(``select_samples``), the option checks of ``checks`` and the record of
 features in and out of a step (``FeatureAccount``).
 """
 
@@ -34,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import numbers
 import warnings
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -45,7 +43,17 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from .checks import as_names, check_choice, check_flag, check_frame, check_number
 from .errors import ConfigError, InputError
+from .vocabulary import CANONICAL_COMPARTMENTS as FEATURE_PREFIXES
+from .vocabulary import FEATURE_SELECT_OPERATIONS as OPERATIONS
+from .vocabulary import (
+    MISSING_TOKENS,
+    feature_prefixes,
+    infer_features,
+    is_metadata,
+    resolve_features,
+)
 
 __all__ = [
     "FEATURE_PREFIXES",
@@ -73,108 +81,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-FEATURE_PREFIXES: tuple[str, ...] = ("Cells", "Cytoplasm", "Nuclei")
-OPERATIONS: tuple[str, ...] = (
-    "variance_threshold",
-    "frequency_threshold",
-    "correlation_threshold",
-    "drop_na_columns",
-    "blocklist",
-    "drop_outliers",
-    "noise_removal",
-)
 _CORR_METHODS = ("pearson", "spearman", "kendall")
-_MISSING_TOKENS = frozenset({"", "na", "n/a", "nan", "none", "null"})
 _BLOCK = 512  # rows of the correlation matrix handled at once
 
 
 # ---------------------------------------------------------------- shared helpers
-
-
-def feature_prefixes(compartments: str | Sequence[str] | None = None) -> tuple[str, ...]:
-    """Column-name prefixes of the features of ``compartments`` (default Cells, Cytoplasm, Nuclei).
-
-    A name is used as given; an all-lower-case name (``speckles``, as recipe configs
-    write compartments) also matches its capitalised and title-cased forms
-    (``Speckles``, ``Cells_Cellpose3`` for ``cells_cellpose3``).
-    """
-    if compartments is None:
-        return FEATURE_PREFIXES
-    wrong = ConfigError(
-        f"compartments must be a list of object table names such as ['Cells', 'speckles'], "
-        f"got {compartments!r}"
-    )
-    if not isinstance(compartments, str | Iterable):
-        raise wrong
-    names = [compartments] if isinstance(compartments, str) else list(compartments)
-    if not names or not all(isinstance(c, str) and c.strip() for c in names):
-        raise wrong
-    out: list[str] = []
-    for name in names:
-        forms = [name, name.capitalize(), name.title()] if name.islower() else [name]
-        out.extend(f for f in forms if f not in out)
-    return tuple(out)
-
-
-def infer_features(
-    profiles: pd.DataFrame,
-    *,
-    image_features: bool = False,
-    compartments: str | Sequence[str] | None = None,
-) -> list[str]:
-    """Feature columns by CellProfiler naming: names starting with a compartment.
-
-    ``compartments`` defaults to Cells, Cytoplasm and Nuclei; pass the object tables
-    that were aggregated (e.g. ``[..., "speckles"]``) to carry extra ones through.
-    With ``image_features``, numeric ``Image*`` columns count too.
-    """
-    check_flag("image_features", image_features)
-    prefixes = feature_prefixes(compartments)
-    found: list[str] = []
-    for col in profiles.columns:
-        if not isinstance(col, str):
-            continue
-        if col.startswith(prefixes) or (
-            image_features
-            and col.startswith("Image")
-            and pd.api.types.is_numeric_dtype(profiles[col])
-        ):
-            found.append(col)
-    if not found:
-        raise InputError(
-            f"no feature columns found (names starting with {', '.join(prefixes)}); "
-            "name the compartments with compartments=[...] or pass the feature names "
-            "explicitly with features=[...]"
-        )
-    return found
-
-
-def resolve_features(
-    profiles: pd.DataFrame,
-    features: str | Sequence[str],
-    *,
-    image_features: bool = False,
-    compartments: str | Sequence[str] | None = None,
-) -> list[str]:
-    """``"infer"`` or an explicit list, checked against the columns of ``profiles``."""
-    check_frame("profiles", profiles)
-    check_flag("image_features", image_features)
-    if isinstance(features, str):
-        if features != "infer":
-            raise ConfigError(
-                f"features must be 'infer' or a list of column names, got {features!r}"
-            )
-        return infer_features(profiles, image_features=image_features, compartments=compartments)
-    names = as_names("features", features)
-    columns = set(profiles.columns)
-    missing = [f for f in names if f not in columns]
-    if missing:
-        shown = ", ".join(map(repr, missing[:5])) + (" ..." if len(missing) > 5 else "")
-        raise ConfigError(
-            f"features names {len(missing)} column(s) absent from the profiles: {shown}; "
-            "remove them from the feature list or use features: infer"
-        )
-    return names
 
 
 def _coerce_numeric(column: pd.Series, name: str) -> pd.Series:
@@ -183,7 +94,7 @@ def _coerce_numeric(column: pd.Series, name: str) -> pd.Series:
         return column
     values = column.dropna()
     as_text = values[values.map(lambda v: isinstance(v, str))]
-    markers = as_text.map(lambda v: v.strip().lower()).isin(_MISSING_TOKENS)
+    markers = as_text.map(lambda v: v.strip().lower()).isin(MISSING_TOKENS)
     numeric = pd.to_numeric(column.where(~column.isin(as_text[markers])), errors="coerce")
     if (numeric.isna() & column.notna() & ~column.isin(as_text[markers])).any():
         raise InputError(
@@ -307,68 +218,8 @@ def unprocessed_columns(
     return [
         c
         for c in profiles.columns
-        if isinstance(c, str) and not c.startswith("Metadata_") and c not in kept
+        if isinstance(c, str) and not is_metadata(c) and c not in kept
     ]
-
-
-def check_number(
-    name: str,
-    value: object,
-    *,
-    minimum: float | None = None,
-    maximum: float | None = None,
-    integer: bool = False,
-) -> float:
-    """``value`` as a number, or a ``ConfigError`` naming ``name`` (never a ``TypeError``)."""
-    kind = "an integer" if integer else "a number"
-    ok = isinstance(value, numbers.Integral if integer else numbers.Real) and not isinstance(
-        value, bool | np.bool_
-    )
-    if not ok or np.isnan(float(value)):  # type: ignore[arg-type]
-        raise ConfigError(f"{name} must be {kind}, got {value!r}")
-    number = float(value)  # type: ignore[arg-type]
-    if minimum is not None and number < minimum:
-        raise ConfigError(f"{name} must be >= {minimum}, got {value!r}")
-    if maximum is not None and number > maximum:
-        raise ConfigError(f"{name} must be <= {maximum}, got {value!r}")
-    return number
-
-
-def check_frame(name: str, value: object) -> pd.DataFrame:
-    """``value`` if it is a DataFrame; a path or anything else is a ``ConfigError``."""
-    if not isinstance(value, pd.DataFrame):
-        raise ConfigError(
-            f"{name} must be a pandas DataFrame, got {type(value).__name__}; read files with "
-            "cytoprofile.io.read_table (or use the command line)"
-        )
-    return value
-
-
-def check_flag(name: str, value: object) -> bool:
-    """``value`` as a bool, or a ``ConfigError`` (a string such as "False" is not a flag)."""
-    if not isinstance(value, bool | np.bool_):
-        raise ConfigError(f"{name} must be true or false, got {value!r}")
-    return bool(value)
-
-
-def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
-    """``value`` if it is one of ``choices`` (compared case-insensitively), else a ``ConfigError``."""
-    if isinstance(value, str):
-        for choice in choices:
-            if value.lower() == choice.lower():
-                return choice
-    raise ConfigError(f"{name} must be one of {list(choices)}, got {value!r}")
-
-
-def as_names(name: str, value: object) -> list[str]:
-    """A column name or a list of them as a list (a string is one name, not its letters)."""
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, Iterable) and not isinstance(value, bytes | Mapping):
-        items = list(value)
-        if all(isinstance(v, str) for v in items):
-            return items
-    raise ConfigError(f"{name} must be a column name or a list of names, got {value!r}")
 
 
 # ---------------------------------------------------------------- operations

@@ -24,20 +24,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .checks import as_names, check_choice, check_flag, check_number
 from .errors import ConfigError, InputError
 from .feature_select import (
     AccountSink,
     FeatureAccount,
-    as_names,
-    check_choice,
-    check_flag,
-    check_number,
     feature_matrix,
     report_account,
-    resolve_features,
     select_samples,
     unprocessed_columns,
 )
+from .vocabulary import metadata_columns, resolve_features
 
 __all__ = ["METHODS", "SPHERIZE_METHODS", "fit_rows", "normalize"]
 
@@ -293,7 +290,7 @@ def normalize(
             raise ConfigError(
                 f"meta_features must be 'infer' or a list of columns, got {meta_features!r}"
             )
-        meta = [c for c in profiles.columns if isinstance(c, str) and c.startswith("Metadata_")]
+        meta = metadata_columns(profiles.columns)
     else:
         meta = as_names("meta_features", meta_features)
         missing = [c for c in meta if c not in profiles.columns]

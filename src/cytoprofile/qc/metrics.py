@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
+from ..vocabulary import prefixed_features
 from .plate import normal_well, row_label, well_to_grid
 
 __all__ = [
@@ -44,7 +45,7 @@ _COUNT_COLUMNS = ("Metadata_Object_Count", "Cytoplasm_Number_Object_Number")
 
 def feature_columns(profiles: pd.DataFrame) -> list[str]:
     """Feature columns: names starting with ``Cells_``, ``Cytoplasm_``, ``Nuclei_`` or ``Image_``."""
-    return [c for c in profiles.columns if str(c).startswith(FEATURE_PREFIXES)]
+    return prefixed_features(profiles.columns, FEATURE_PREFIXES)
 
 
 def shared_features(frames: Iterable[pd.DataFrame]) -> list[str]:

@@ -1,0 +1,78 @@
+"""Option checks shared by the steps: a wrong type or value is a ``ConfigError`` naming the option.
+
+Steps called from Python get the same one-line messages as the command line and the
+config, never a ``TypeError`` from deep inside pandas.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .errors import ConfigError
+
+__all__ = ["as_names", "check_choice", "check_flag", "check_frame", "check_number"]
+
+
+def check_number(
+    name: str,
+    value: object,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    integer: bool = False,
+) -> float:
+    """``value`` as a number, or a ``ConfigError`` naming ``name`` (never a ``TypeError``)."""
+    kind = "an integer" if integer else "a number"
+    ok = isinstance(value, numbers.Integral if integer else numbers.Real) and not isinstance(
+        value, bool | np.bool_
+    )
+    if not ok or np.isnan(float(value)):  # type: ignore[arg-type]
+        raise ConfigError(f"{name} must be {kind}, got {value!r}")
+    number = float(value)  # type: ignore[arg-type]
+    if minimum is not None and number < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {value!r}")
+    if maximum is not None and number > maximum:
+        raise ConfigError(f"{name} must be <= {maximum}, got {value!r}")
+    return number
+
+
+def check_frame(name: str, value: object) -> pd.DataFrame:
+    """``value`` if it is a DataFrame; a path or anything else is a ``ConfigError``."""
+    if not isinstance(value, pd.DataFrame):
+        raise ConfigError(
+            f"{name} must be a pandas DataFrame, got {type(value).__name__}; read files with "
+            "cytoprofile.io.read_table (or use the command line)"
+        )
+    return value
+
+
+def check_flag(name: str, value: object) -> bool:
+    """``value`` as a bool, or a ``ConfigError`` (a string such as "False" is not a flag)."""
+    if not isinstance(value, bool | np.bool_):
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
+    return bool(value)
+
+
+def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
+    """``value`` if it is one of ``choices`` (compared case-insensitively), else a ``ConfigError``."""
+    if isinstance(value, str):
+        for choice in choices:
+            if value.lower() == choice.lower():
+                return choice
+    raise ConfigError(f"{name} must be one of {list(choices)}, got {value!r}")
+
+
+def as_names(name: str, value: object) -> list[str]:
+    """A column name or a list of them as a list (a string is one name, not its letters)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, Iterable) and not isinstance(value, bytes | Mapping):
+        items = list(value)
+        if all(isinstance(v, str) for v in items):
+            return items
+    raise ConfigError(f"{name} must be a column name or a list of names, got {value!r}")
+

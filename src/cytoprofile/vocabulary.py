@@ -1,0 +1,347 @@
+"""The data model's names, declared once: key columns, compartments, features and metadata,
+well and plate geometry, missing-value tokens and every step's list of choices.
+
+Every other module asks this one "is this column a feature?", "what is this well
+called?" or "which methods exist?", so a rule changes in one place and the steps can
+never disagree about it. Nothing here reads files or computes profiles.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from typing import Literal
+
+import pandas as pd
+
+from .checks import as_names, check_flag, check_frame
+from .errors import ConfigError, InputError
+
+__all__ = [
+    "AGGREGATE_OPERATIONS",
+    "CANONICAL_COMPARTMENTS",
+    "CONSENSUS_OPERATIONS",
+    "CORRELATION_METHODS",
+    "DEFAULT_COMPARTMENTS",
+    "DEFAULT_STRATA",
+    "FEATURE_SELECT_LEVELS",
+    "FEATURE_SELECT_OPERATIONS",
+    "IMAGE_METADATA_PREFIX",
+    "IMAGE_NUMBER",
+    "KEY_COLUMNS",
+    "LINKING_COLUMNS",
+    "METADATA_PREFIX",
+    "MISSING_TOKENS",
+    "NORMALIZE_METHODS",
+    "OBJECT_COUNT_COLUMN",
+    "OBJECT_NUMBER",
+    "PLATE_FORMATS",
+    "SPHERIZE_METHODS",
+    "TABLE_FORMATS",
+    "TABLE_NUMBER",
+    "UNMATCHED_WELLS",
+    "WELL_NAME",
+    "AggregateOperation",
+    "TableFormat",
+    "compartment_features",
+    "feature_prefixes",
+    "grid_to_well",
+    "infer_features",
+    "is_metadata",
+    "metadata_columns",
+    "normal_well",
+    "normalise_well",
+    "plate_layout",
+    "prefixed_features",
+    "prefix_metadata",
+    "resolve_features",
+    "row_label",
+    "well_name_problem",
+    "well_to_grid",
+    "with_metadata_prefix",
+]
+
+# ---------------------------------------------------------------- key columns
+
+TABLE_NUMBER = "TableNumber"
+IMAGE_NUMBER = "ImageNumber"
+OBJECT_NUMBER = "ObjectNumber"
+#: The columns identifying a row of a CellProfiler object table.
+KEY_COLUMNS: tuple[str, ...] = (TABLE_NUMBER, IMAGE_NUMBER, OBJECT_NUMBER)
+#: Columns that link compartments (named with their table prefix): metadata, not features.
+LINKING_COLUMNS = frozenset({"Cytoplasm_Parent_Cells", "Cytoplasm_Parent_Nuclei"})
+#: Per-well profiles are grouped by these.
+DEFAULT_STRATA: tuple[str, ...] = ("Metadata_Plate", "Metadata_Well")
+#: Cells per well in an aggregated profile.
+OBJECT_COUNT_COLUMN = "Metadata_Object_Count"
+
+# ---------------------------------------------------------------- compartments
+
+#: The three compartments of a Cell Painting pipeline, always treated as features.
+CANONICAL_COMPARTMENTS: tuple[str, ...] = ("Cells", "Cytoplasm", "Nuclei")
+#: Object tables aggregated when none are named.
+DEFAULT_COMPARTMENTS: tuple[str, ...] = CANONICAL_COMPARTMENTS
+
+# ---------------------------------------------------------------- metadata and features
+
+#: A column is metadata when its name starts with this.
+METADATA_PREFIX = "Metadata_"
+#: CellProfiler image metadata as older backends named it (annotate renames it to ``Metadata_``).
+IMAGE_METADATA_PREFIX = "Image_Metadata_"
+
+
+def is_metadata(name: object) -> bool:
+    """Whether a column name is metadata: a string starting with ``Metadata_``."""
+    return isinstance(name, str) and name.startswith(METADATA_PREFIX)
+
+
+def metadata_columns(columns: Iterable[object]) -> list[str]:
+    """The metadata names among ``columns``, in their order."""
+    return [c for c in columns if is_metadata(c)]  # type: ignore[misc]
+
+
+def with_metadata_prefix(name: str) -> str:
+    """``name`` with the ``Metadata_`` prefix; a name that has it is returned as it is."""
+    return name if name.startswith(METADATA_PREFIX) else f"{METADATA_PREFIX}{name}"
+
+
+def prefix_metadata(columns: Sequence[object]) -> list[object]:
+    """Prefix every string column name that lacks ``Metadata_`` with it."""
+    return [with_metadata_prefix(c) if isinstance(c, str) else c for c in columns]
+
+
+def feature_prefixes(compartments: str | Sequence[str] | None = None) -> tuple[str, ...]:
+    """Column-name prefixes of the features of ``compartments`` (default Cells, Cytoplasm, Nuclei).
+
+    A name is used as given; an all-lower-case name (``speckles``, as recipe configs
+    write compartments) also matches its capitalised and title-cased forms
+    (``Speckles``, ``Cells_Cellpose3`` for ``cells_cellpose3``).
+    """
+    if compartments is None:
+        return CANONICAL_COMPARTMENTS
+    wrong = ConfigError(
+        f"compartments must be a list of object table names such as ['Cells', 'speckles'], "
+        f"got {compartments!r}"
+    )
+    if not isinstance(compartments, str | Iterable):
+        raise wrong
+    names = [compartments] if isinstance(compartments, str) else list(compartments)
+    if not names or not all(isinstance(c, str) and c.strip() for c in names):
+        raise wrong
+    out: list[str] = []
+    for name in names:
+        forms = [name, name.capitalize(), name.title()] if name.islower() else [name]
+        out.extend(f for f in forms if f not in out)
+    return tuple(out)
+
+
+def infer_features(
+    profiles: pd.DataFrame,
+    *,
+    image_features: bool = False,
+    compartments: str | Sequence[str] | None = None,
+) -> list[str]:
+    """Feature columns by CellProfiler naming: names starting with a compartment.
+
+    ``compartments`` defaults to Cells, Cytoplasm and Nuclei; pass the object tables
+    that were aggregated (e.g. ``[..., "speckles"]``) to carry extra ones through.
+    With ``image_features``, numeric ``Image*`` columns count too.
+    """
+    check_flag("image_features", image_features)
+    prefixes = feature_prefixes(compartments)
+    found: list[str] = []
+    for col in profiles.columns:
+        if not isinstance(col, str):
+            continue
+        if col.startswith(prefixes) or (
+            image_features
+            and col.startswith("Image")
+            and pd.api.types.is_numeric_dtype(profiles[col])
+        ):
+            found.append(col)
+    if not found:
+        raise InputError(
+            f"no feature columns found (names starting with {', '.join(prefixes)}); "
+            "name the compartments with compartments=[...] or pass the feature names "
+            "explicitly with features=[...]"
+        )
+    return found
+
+
+def resolve_features(
+    profiles: pd.DataFrame,
+    features: str | Sequence[str],
+    *,
+    image_features: bool = False,
+    compartments: str | Sequence[str] | None = None,
+) -> list[str]:
+    """``"infer"`` or an explicit list, checked against the columns of ``profiles``."""
+    check_frame("profiles", profiles)
+    check_flag("image_features", image_features)
+    if isinstance(features, str):
+        if features != "infer":
+            raise ConfigError(
+                f"features must be 'infer' or a list of column names, got {features!r}"
+            )
+        return infer_features(profiles, image_features=image_features, compartments=compartments)
+    names = as_names("features", features)
+    columns = set(profiles.columns)
+    missing = [f for f in names if f not in columns]
+    if missing:
+        shown = ", ".join(map(repr, missing[:5])) + (" ..." if len(missing) > 5 else "")
+        raise ConfigError(
+            f"features names {len(missing)} column(s) absent from the profiles: {shown}; "
+            "remove them from the feature list or use features: infer"
+        )
+    return names
+
+
+def prefixed_features(columns: Iterable[object], prefixes: Sequence[str]) -> list[str]:
+    """The names among ``columns`` starting with one of ``prefixes`` exactly as written
+    (``PC`` after PCA, a deep-learning model's prefix), in their order."""
+    starts = tuple(prefixes)
+    return [c for c in columns if isinstance(c, str) and c.startswith(starts)]
+
+
+def compartment_features(table: str, columns: Sequence[str]) -> list[str]:
+    """Feature columns of a backend table: prefixed, neither keys nor linking columns, in order."""
+    prefix = f"{table}_"
+    return [c for c in columns if c.startswith(prefix) and c not in LINKING_COLUMNS and c not in KEY_COLUMNS]
+
+
+# ---------------------------------------------------------------- wells and plates
+
+#: (rows, columns) of 96-, 384- and 1536-well plates.
+PLATE_FORMATS: tuple[tuple[int, int], ...] = ((8, 12), (16, 24), (32, 48))
+#: A well name as written in plate maps: row A-Z or AA-AF, two-digit column 01-48.
+WELL_NAME = re.compile(r"^(?:[A-Z]|A[A-F])(?:0[1-9]|[1-3][0-9]|4[0-8])$")
+# Row letters and column number, spaces and leading zeros allowed: the spelling QC and
+# the plate-map checks accept.
+_LOOSE_WELL = re.compile(r"^\s*([A-Za-z]{1,2})\s*0*(\d{1,3})\s*$")
+# The spellings CellProfiler image names use: A1, a01, and Phenix r01c01.
+_IMAGE_WELL = re.compile(r"^(?P<row>[A-Za-z]{1,2})(?P<col>\d{1,3})$")
+_PHENIX_WELL = re.compile(r"^[rR](?P<row>\d{1,2})[cC](?P<col>\d{1,2})$")
+_PHENIX_ROWS = 52  # A..Z, AA..AZ
+
+
+def well_to_grid(well: str) -> tuple[int, int]:
+    """Zero-based (row, column) of a well name: ``"A01"`` → (0, 0), ``"AF48"`` → (31, 47)."""
+    match = _LOOSE_WELL.match(str(well))
+    if not match:
+        raise InputError(
+            f"well {well!r} is not a well name like 'A01' or 'AF48'; "
+            "check the Metadata_Well column"
+        )
+    letters, number = match.group(1).upper(), int(match.group(2))
+    row = 0
+    for letter in letters:  # bijective base 26: A..Z, AA..AZ, ...
+        row = row * 26 + (ord(letter) - ord("A") + 1)
+    if number < 1:
+        raise InputError(f"well {well!r}: columns start at 1; check the Metadata_Well column")
+    return row - 1, number - 1
+
+
+def row_label(index: int) -> str:
+    """Letters of a zero-based row: 0 → ``"A"``, 26 → ``"AA"``."""
+    label = ""
+    index += 1
+    while index:
+        index, rest = divmod(index - 1, 26)
+        label = chr(ord("A") + rest) + label
+    return label
+
+
+def grid_to_well(row: int, col: int) -> str:
+    """Well name of a zero-based grid position: (31, 47) → ``"AF48"``."""
+    return f"{row_label(row)}{col + 1:02d}"
+
+
+def normal_well(well: str) -> str:
+    """``"a1"`` → ``"A01"`` (spaces and leading zeros allowed); a name that is not a well is returned unchanged."""
+    try:
+        return grid_to_well(*well_to_grid(well))
+    except InputError:
+        return str(well)
+
+
+def normalise_well(value: str) -> str:
+    """``A1``, ``a01`` and Phenix ``r01c01`` as ``A01``; other names unchanged (as read from image names)."""
+    text = value.strip()
+    match = _IMAGE_WELL.match(text)
+    if match:
+        return f"{match.group('row').upper()}{int(match.group('col')):02d}"
+    match = _PHENIX_WELL.match(text)
+    if match and 1 <= int(match.group("row")) <= _PHENIX_ROWS:
+        return f"{row_label(int(match.group('row')) - 1)}{int(match.group('col')):02d}"
+    return value
+
+
+def well_name_problem(well: str) -> str | None:
+    """Why ``well`` is not a well name like A01 (or AA01 on 1536 plates); None if it is."""
+    if WELL_NAME.match(well):
+        return None
+    if not well.strip():
+        return "the well is empty; fill in well_position or delete the row"
+    loose = _LOOSE_WELL.match(well)
+    if loose:
+        row, col = loose.group(1).upper(), int(loose.group(2))
+        suggestion = f"{row}{col:02d}"
+        if WELL_NAME.match(suggestion):
+            return f"well {well!r} is not written like A01; write it as {suggestion!r}"
+    return (
+        f"{well!r} is not a well name; write a row (A-H, A-P on 384-well plates, up to AF "
+        "on 1536-well plates) and a two-digit column (01-12, 01-24, 01-48), e.g. A01"
+    )
+
+
+def plate_layout(wells: Iterable[str]) -> tuple[int, int]:
+    """(rows, columns) of the smallest 96-, 384- or 1536-well plate holding ``wells``.
+
+    Wells beyond 32 × 48 give a grid just large enough; no wells give 8 × 12.
+    """
+    max_row = max_col = -1
+    for well in wells:
+        row, col = well_to_grid(well)
+        max_row, max_col = max(max_row, row), max(max_col, col)
+    for n_rows, n_cols in PLATE_FORMATS:
+        if max_row < n_rows and max_col < n_cols:
+            return n_rows, n_cols
+    return max_row + 1, max_col + 1
+
+
+# ---------------------------------------------------------------- missing values
+
+#: Text a feature column may hold for a missing value (compared stripped, lower-cased).
+#: The tokens read as null from CSV files are ``ingest.NULL_VALUES``.
+MISSING_TOKENS = frozenset({"", "na", "n/a", "nan", "none", "null"})
+
+# ---------------------------------------------------------------- choice lists
+
+AggregateOperation = Literal["median", "mean"]
+#: How single cells become a well's profile.
+AGGREGATE_OPERATIONS: tuple[str, ...] = ("median", "mean")
+#: ``normalize`` methods.
+NORMALIZE_METHODS: tuple[str, ...] = ("standardize", "robustize", "mad_robustize", "spherize", "inverse_normal")
+#: Whitening methods of ``normalize(method="spherize")``.
+SPHERIZE_METHODS: tuple[str, ...] = ("PCA", "ZCA", "PCA-cor", "ZCA-cor")
+#: ``feature_select`` operations, in the order the recipe runs them.
+FEATURE_SELECT_OPERATIONS: tuple[str, ...] = (
+    "variance_threshold",
+    "frequency_threshold",
+    "correlation_threshold",
+    "drop_na_columns",
+    "blocklist",
+    "drop_outliers",
+    "noise_removal",
+)
+#: Levels a feature selection is fitted at.
+FEATURE_SELECT_LEVELS: tuple[str, ...] = ("plate", "batch", "all")
+#: Correlation methods (feature selection's correlation threshold).
+CORRELATION_METHODS: tuple[str, ...] = ("pearson", "spearman", "kendall")
+#: ``consensus`` operations.
+CONSENSUS_OPERATIONS: tuple[str, ...] = ("median", "mean", "modz")
+#: What annotate does with profile wells absent from the plate map.
+UNMATCHED_WELLS: tuple[str, ...] = ("error", "drop")
+TableFormat = Literal["csv", "csv.gz", "parquet"]
+#: File formats of per-well profile tables.
+TABLE_FORMATS: tuple[str, ...] = ("csv", "csv.gz", "parquet")
