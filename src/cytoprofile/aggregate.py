@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import ConfigError, InputError
+from .vocabulary import metadata_columns, with_metadata_prefix
 
 __all__ = [
     "DEFAULT_COMPARTMENTS",
@@ -96,7 +97,7 @@ class WellAggregator:
         meta = list(self.strata)
         if self.site_count:
             meta.append("Metadata_Site_Count")
-        meta += [f"Metadata_{c}" for c in self.count_columns]
+        meta += [with_metadata_prefix(c) for c in self.count_columns]
         meta.append("Metadata_Object_Count")
         self.metadata_columns = meta
         self.feature_columns = [f"Image_{c}" for c in self.image_feature_columns]
@@ -122,7 +123,7 @@ class WellAggregator:
                 warnings.simplefilter("ignore", RuntimeWarning)
                 sums = np.nansum(image_counts, axis=0)
             for c, v in zip(self.count_columns, sums):
-                meta[f"Metadata_{c}"] = float(v)
+                meta[with_metadata_prefix(c)] = float(v)
         first = objects.get(self.first_compartment) if self.first_compartment else None
         meta["Metadata_Object_Count"] = 0 if first is None else int(first.shape[0])
         parts = [_reduce(image_values, self.operation)] if self.image_feature_columns else []
@@ -178,7 +179,7 @@ def aggregate(
         if missing:
             raise InputError(
                 f"{backend}: the Image table lacks strata column(s) {', '.join(missing)}; "
-                f"available Metadata columns: {', '.join(c for c in image.columns if c.startswith('Metadata_'))}"
+                f"available Metadata columns: {', '.join(metadata_columns(image.columns))}"
             )
         if sites is not None:
             if "Metadata_Site" not in image.columns:

@@ -17,8 +17,16 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from .checks import as_names, check_choice, check_flag, check_frame
 from .errors import ConfigError, InputError, MetadataError
-from .feature_select import as_names, check_choice, check_flag, check_frame, feature_prefixes
+from .vocabulary import (
+    IMAGE_METADATA_PREFIX,
+    METADATA_PREFIX,
+    feature_prefixes,
+    metadata_columns,
+    prefix_metadata,
+    with_metadata_prefix,
+)
 
 __all__ = ["UNMATCHED_WELLS", "annotate", "prefix_metadata"]
 
@@ -33,14 +41,6 @@ _CELLPROFILER_RENAMES = {
     "Image_Metadata_Well": "Metadata_Well",
     "Image_Metadata_Site": "Metadata_Site",
 }
-
-
-def prefix_metadata(columns: Sequence[object]) -> list[object]:
-    """Prefix every string column name that lacks ``Metadata_`` with it."""
-    return [
-        f"Metadata_{c}" if isinstance(c, str) and not c.startswith("Metadata_") else c
-        for c in columns
-    ]
 
 
 def _listed(values: Sequence[object]) -> str:
@@ -63,14 +63,14 @@ def _prefix_external(
     def protected(col: object) -> bool:
         if not isinstance(col, str):
             return True
-        if col.startswith(("Metadata_", "Image_Metadata_", *features)):
+        if col.startswith((METADATA_PREFIX, IMAGE_METADATA_PREFIX, *features)):
             return True
         return col.startswith("Image") and pd.api.types.is_numeric_dtype(external[col])
 
     kept = {c for c in external.columns if protected(c)}
     out = external.copy()
     out.columns = pd.Index(
-        [c if c in kept else f"Metadata_{c}" for c in external.columns]
+        [c if c in kept else with_metadata_prefix(c) for c in external.columns]
     )
     return out
 
@@ -227,7 +227,7 @@ def annotate(
     if clean_cellprofiler:
         annotated = annotated.rename(columns=_CELLPROFILER_RENAMES)
 
-    meta = [c for c in annotated.columns if isinstance(c, str) and c.startswith("Metadata_")]
+    meta = metadata_columns(annotated.columns)
     meta_set = set(meta)
     rest = [c for c in annotated.columns if c not in meta_set]
     return annotated.loc[:, meta + rest]

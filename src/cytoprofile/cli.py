@@ -359,6 +359,7 @@ def annotate(
     from .annotate import annotate as _annotate
     from .metadata import load_external_metadata, load_platemap, validate_annotation_inputs
     from .pipeline import _prefixed
+    from .vocabulary import with_metadata_prefix
 
     _setup_logging(quiet)
     io.check_output(output, float_format=float_format)
@@ -373,7 +374,7 @@ def annotate(
     ext = load_external_metadata(external, merge_column=merge_column) if external else None
     key = None
     if ext is not None and merge_column:
-        key = merge_column if merge_column.startswith("Metadata_") else f"Metadata_{merge_column}"
+        key = with_metadata_prefix(merge_column)
     plate_map = _prefixed(load_platemap(platemap))
     with _about(profiles):
         df = _annotate(table, plate_map,
@@ -477,11 +478,11 @@ def write_gct(
 ) -> None:
     """Write profiles as GCT 1.3 (Morpheus, cmapPy)."""
     from . import io
-    from .feature_select import infer_features
+    from .vocabulary import infer_features, metadata_columns
 
     with _about(profiles):
         df = io.read_table(profiles)
-        io.write_gct(df, output, features=infer_features(df), meta_features=[c for c in df.columns if c.startswith("Metadata_")])
+        io.write_gct(df, output, features=infer_features(df), meta_features=metadata_columns(df.columns))
     typer.echo(output)
 
 

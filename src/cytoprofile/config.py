@@ -36,6 +36,7 @@ from pydantic_core import PydanticCustomError
 from .errors import ConfigError
 from .feature_select import OPERATIONS as _fs_operations
 from .normalize import METHODS as _normalize_methods
+from .vocabulary import with_metadata_prefix
 
 __all__ = [
     "INIT_DIRS",
@@ -335,9 +336,7 @@ class ExternalMetadataConfig(_Block):
         """The key column as it appears in profiles (``Metadata_`` prefixed)."""
         if self.merge_column is None:
             return None
-        if self.merge_column.startswith("Metadata"):
-            return self.merge_column
-        return f"Metadata_{self.merge_column}"
+        return with_metadata_prefix(self.merge_column)
 
 
 class AnnotateConfig(_Block):

@@ -26,6 +26,13 @@ import pandas as pd
 from . import __version__, io
 from .config import Recipe, load_config
 from .errors import ConfigError, CytoprofileError, InputError
+from .vocabulary import (
+    IMAGE_METADATA_PREFIX,
+    METADATA_PREFIX,
+    is_metadata,
+    metadata_columns,
+    with_metadata_prefix,
+)
 
 __all__ = ["Layout", "RunResult", "compartment_prefixes", "run", "step_outputs"]
 
@@ -164,7 +171,7 @@ def _record(output: str, *, step: str, inputs: Sequence[str], settings: Any, con
     io.write_json(record, _sidecar(output))
 
 
-_METADATA = ("Metadata_", "Image_Metadata_")  # annotate renames the second to the first
+_METADATA = (METADATA_PREFIX, IMAGE_METADATA_PREFIX)  # annotate renames the second to the first
 
 
 @dataclass
@@ -251,12 +258,12 @@ _PASSTHROUGH = ("Image", "ome_arrow_")
 def compartment_prefixes(recipe: Recipe, report: Mapping[str, Any] | None = None) -> tuple[str, ...]:
     """Column prefixes of the features: the canonical compartments, those the config names
     and those collate aggregated (its report), as aggregation names them."""
-    from .feature_select import FEATURE_PREFIXES
+    from .vocabulary import CANONICAL_COMPARTMENTS
 
     names = list(recipe.settings.compartments)
     if report is not None:
         names += [str(c) for c in (report.get("aggregate") or {}).get("compartments") or ()]
-    found = list(FEATURE_PREFIXES)
+    found = list(CANONICAL_COMPARTMENTS)
     for name in names:
         prefix = name.capitalize() if name.islower() else name
         if prefix not in found:
@@ -273,7 +280,7 @@ def _feature_columns(df: pd.DataFrame, prefixes: Sequence[str], *, image_feature
     out: list[str] = []
     stray: list[str] = []
     for col in map(str, df.columns):
-        if col.startswith("Metadata_"):
+        if is_metadata(col):
             continue
         if col.startswith(tuple(prefixes)):
             out.append(col)
@@ -474,7 +481,7 @@ def _fit_query(query: str, samples: str) -> str:
 
 def _prefixed(platemap: pd.DataFrame) -> pd.DataFrame:
     """Plate map columns with the ``Metadata_`` prefix, as the recipe passes them."""
-    return platemap.rename(columns={c: c if str(c).startswith("Metadata_") else f"Metadata_{c}" for c in platemap.columns})
+    return platemap.rename(columns={c: with_metadata_prefix(str(c)) for c in platemap.columns})
 
 
 def _selection(df: pd.DataFrame, block: Any, prefixes: Sequence[str], where: str) -> dict[str, str]:
@@ -536,7 +543,7 @@ class _Level:
     def stack(self, frames: list[pd.DataFrame], where: str) -> tuple[pd.DataFrame, dict[str, str]]:
         """The plates together (metadata and features); the columns left out, with why."""
         df = pd.concat(frames, ignore_index=True)
-        meta = [c for c in df.columns if c.startswith("Metadata_")]
+        meta = metadata_columns(df.columns)
         features = _feature_columns(df, self.prefixes, image_features=self.block.image_features, where=where)
         keep = set(meta) | set(features)
         why = f"feature_select level {self.level}: plates stacked with metadata and features only"
@@ -593,7 +600,7 @@ class _Level:
         ran = self.steps.run(self.name + "_gct", inputs, {csv_path: frame}, self.settings)
         if not ran and not self.steps.force and _fresh([gct_path], inputs, self.settings, self.layout.root):
             return
-        meta = [c for c in frame.columns if c.startswith("Metadata_")]
+        meta = metadata_columns(frame.columns)
         features = _feature_columns(frame, self.prefixes, image_features=False, where=csv_path)
         io.write_gct(frame, gct_path, features=features, meta_features=meta)
         why = f"write_gct: Image_ columns are not written to GCT (they are in {os.path.basename(csv_path)})"

@@ -32,6 +32,7 @@ from . import io
 from .aggregate import DEFAULT_COMPARTMENTS, compartment_features
 from .errors import InputError
 from .ingest import SINGLE_CELL_TABLE
+from .vocabulary import metadata_columns, with_metadata_prefix
 
 __all__ = [
     "DEFAULT_HUB",
@@ -338,7 +339,7 @@ class SingleCellJoin:
         raw = self.source.tables[self.source.image_table]
         bare = {(c[len("Image_"):] if c.startswith("Image_") else c): c for c in raw}
         if metadata == "all":
-            wanted = [c for c in bare if c.startswith("Metadata_")]
+            wanted = metadata_columns(bare)
         elif metadata is None:
             wanted = [c for c in DEFAULT_METADATA if c in bare]
         else:
@@ -346,7 +347,7 @@ class SingleCellJoin:
             missing = [c for c in wanted if c not in bare]
             if missing:
                 raise InputError(f"{self.source.path}: the Image table has no {', '.join(missing)}; Metadata columns: "
-                                 f"{', '.join(c for c in bare if c.startswith('Metadata_'))}")
+                                 f"{', '.join(metadata_columns(bare))}")
         self.image_metadata = wanted
         cats = tuple(f"{c}_" for c in categories)
         self.image_features = [c for c in bare if cats and c.startswith(cats)]
@@ -361,7 +362,7 @@ class SingleCellJoin:
         for k, c in enumerate(others):
             self.object_names[c] = "Metadata_ObjectNumber" if k == 1 else f"Metadata_ObjectNumber_{c.lower()}"
         self.metadata_columns = ["Metadata_TableNumber", "Metadata_ImageNumber", *self.image_metadata,
-                                 self.object_names[self.hub], *[f"Metadata_{col}" for col in self.links.values()],
+                                 self.object_names[self.hub], *[with_metadata_prefix(col) for col in self.links.values()],
                                  *[self.object_names[c] for c in others]]
         self.feature_columns = [f"Image_{c}" for c in self.image_features]
         for c in self.compartments:
@@ -436,7 +437,7 @@ class SingleCellJoin:
         names.append(self.object_names[self.hub])
         arrays.append(pa.array(obj))
         for k, col in enumerate(self.links.values()):
-            names.append(f"Metadata_{col}")
+            names.append(with_metadata_prefix(col))
             arrays.append(pa.array(h_vals[:, k].astype(np.int64)))
         for c in self.links:
             names.append(self.object_names[c])
@@ -723,7 +724,7 @@ class _ParquetSink(_Writer):
     def write(self, table: pa.Table) -> None:
         if self.writer is None:
             self.schema = table.schema
-            meta = [f.name for f in table.schema if f.name.startswith("Metadata_")]
+            meta = metadata_columns(table.schema.names)
             self.writer = pq.ParquetWriter(self.tmp, table.schema, compression="zstd", use_dictionary=meta,
                                            write_statistics=meta)
         assert self.schema is not None
