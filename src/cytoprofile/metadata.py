@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import io as _stdio
 import os
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -22,6 +21,7 @@ import pandas as pd
 from . import io
 from . import workspace as _workspace
 from .errors import ConfigError, MetadataError
+from .vocabulary import well_name_problem
 
 __all__ = [
     "BARCODE_COLUMNS",
@@ -42,9 +42,6 @@ PathLike = str | os.PathLike[str]
 
 BARCODE_COLUMNS: tuple[str, ...] = ("Assay_Plate_Barcode", "Plate_Map_Name")
 PLATEMAP_COLUMNS: tuple[str, ...] = ("plate_map_name", "well_position")
-# rows A..Z then AA..AF (1536-well plates), columns 01..48, zero-padded
-_WELL = re.compile(r"^(?:[A-Z]|A[A-F])(?:0[1-9]|[1-3][0-9]|4[0-8])$")
-_WELL_LOOSE = re.compile(r"^\s*([A-Za-z]{1,2})\s*0*(\d{1,2})\s*$")
 _SHOW = 10  # how many wells to name in one message
 _MAX_PER_FILE = 20  # problems listed per file; the rest are counted
 
@@ -222,24 +219,6 @@ def load_external_metadata(path: PathLike, *, merge_column: str | None = None) -
 
 
 # ---------------------------------------------------------------- checks
-
-
-def well_name_problem(well: str) -> str | None:
-    """Why ``well`` is not a well name like A01 (or AA01 on 1536 plates); None if it is."""
-    if _WELL.match(well):
-        return None
-    if not well.strip():
-        return "the well is empty; fill in well_position or delete the row"
-    loose = _WELL_LOOSE.match(well)
-    if loose:
-        row, col = loose.group(1).upper(), int(loose.group(2))
-        suggestion = f"{row}{col:02d}"
-        if _WELL.match(suggestion):
-            return f"well {well!r} is not written like A01; write it as {suggestion!r}"
-    return (
-        f"{well!r} is not a well name; write a row (A-H, A-P on 384-well plates, up to AF "
-        "on 1536-well plates) and a two-digit column (01-12, 01-24, 01-48), e.g. A01"
-    )
 
 
 def _check_barcodes(table: _Table) -> dict[str, tuple[str, int]]:

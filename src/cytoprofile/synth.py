@@ -22,21 +22,21 @@ import pyarrow.csv as pacsv
 
 from . import io
 from .errors import ConfigError
+from .vocabulary import PLATE_FORMATS, grid_to_well, well_to_grid
 
 __all__ = ["SynthResult", "cellprofiler_column_name", "feature_names", "synth", "well_names", "write_export_database"]
 
 CHANNELS = ("DNA", "ER", "RNA", "AGP", "Mito")
 COMPARTMENTS = ("Cells", "Cytoplasm", "Nuclei")
-_ROW_LETTERS = list(string.ascii_uppercase) + [f"A{c}" for c in string.ascii_uppercase[:6]]
 
 
 def well_names(n_wells: int) -> list[str]:
     """Well names of a 96-, 384- or 1536-well plate, row-major (A01, A02, …, AF48)."""
-    shapes = {96: (8, 12), 384: (16, 24), 1536: (32, 48)}
+    shapes = {rows * cols: (rows, cols) for rows, cols in PLATE_FORMATS}
     if n_wells not in shapes:
         raise ConfigError(f"wells must be 96, 384 or 1536, not {n_wells}")
     rows, cols = shapes[n_wells]
-    return [f"{_ROW_LETTERS[r]}{c + 1:02d}" for r in range(rows) for c in range(cols)]
+    return [grid_to_well(r, c) for r in range(rows) for c in range(cols)]
 
 
 def _feature_pool(compartment: str) -> list[str]:
@@ -184,7 +184,7 @@ def synth(
                 site_dir.mkdir(parents=True, exist_ok=True)
                 n = int(rng.poisson(cells))
                 base = rng.normal(0, 1, size=(n, 1))  # cell size factor, shared: correlated features
-                row_letter_index = _ROW_LETTERS.index(well.rstrip("0123456789"))
+                row_letter_index = well_to_grid(well)[0]
                 position = 0.05 * row_letter_index  # a gentle position effect
                 tables = {}
                 for c in COMPARTMENTS:

@@ -8,6 +8,7 @@ functions of DataFrames), :mod:`~cytoprofile.qc.figures` the matplotlib figures,
 
 from __future__ import annotations
 
+from ..vocabulary import grid_to_well, plate_layout, well_to_grid
 from .driver import QualityControlResult, quality_control
 from .figures import (
     FIGURE_NAMES,
@@ -26,7 +27,6 @@ from .metrics import (
     treatment_order,
     well_correlation,
 )
-from .plate import grid_to_well, plate_layout, well_to_grid
 from .report import render_report
 from .summary import (
     RECIPE_SUMMARY_COLUMNS,

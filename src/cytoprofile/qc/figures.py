@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
+from ..vocabulary import normal_well, plate_layout, row_label, well_to_grid
 from .formatting import format_number
 from .metrics import (
     count_column,
@@ -26,7 +27,6 @@ from .metrics import (
     well_correlation,
     well_matrix,
 )
-from .plate import normal_well, plate_layout, row_label, well_to_grid
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -12,8 +12,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
-from ..vocabulary import prefixed_features
-from .plate import normal_well, row_label, well_to_grid
+from ..vocabulary import normal_well, prefixed_features, row_label, well_to_grid
 
 __all__ = [
     "FEATURE_PREFIXES",

@@ -11,8 +11,8 @@ import pandas as pd
 
 from .. import io as cpio
 from ..errors import InputError
+from ..vocabulary import normal_well
 from .metrics import count_column, feature_columns, plate_rows
-from .plate import normal_well
 
 __all__ = [
     "RECIPE_SUMMARY_COLUMNS",
