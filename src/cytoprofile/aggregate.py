@@ -20,7 +20,15 @@ import numpy as np
 import pandas as pd
 
 from .errors import ConfigError, InputError
-from .vocabulary import metadata_columns, with_metadata_prefix
+from .vocabulary import (
+    DEFAULT_COMPARTMENTS,
+    DEFAULT_STRATA,
+    KEY_COLUMNS,
+    LINKING_COLUMNS,
+    compartment_features,
+    metadata_columns,
+    with_metadata_prefix,
+)
 
 __all__ = [
     "DEFAULT_COMPARTMENTS",
@@ -36,18 +44,7 @@ __all__ = [
 
 log = logging.getLogger("cytoprofile.aggregate")
 Operation = Literal["median", "mean"]
-DEFAULT_STRATA = ("Metadata_Plate", "Metadata_Well")
-DEFAULT_COMPARTMENTS = ("Cells", "Cytoplasm", "Nuclei")
 DEFAULT_IMAGE_FEATURE_CATEGORIES = ("Granularity", "Texture", "ImageQuality", "Count", "Threshold")
-#: Columns that link compartments (named with their table prefix): metadata, not features.
-LINKING_COLUMNS = frozenset({"Cytoplasm_Parent_Cells", "Cytoplasm_Parent_Nuclei"})
-_KEYS = ("TableNumber", "ImageNumber", "ObjectNumber")
-
-
-def compartment_features(table: str, columns: Sequence[str]) -> list[str]:
-    """Feature columns of a backend table: prefixed, neither keys nor linking columns, in order."""
-    prefix = f"{table}_"
-    return [c for c in columns if c.startswith(prefix) and c not in LINKING_COLUMNS and c not in _KEYS]
 
 
 def _reduce(values: np.ndarray, operation: Operation) -> np.ndarray:
@@ -202,7 +199,7 @@ def aggregate(
         agg = WellAggregator(
             strata=list(strata),
             compartments=features,
-            image_columns=[c for c in image.columns if c not in _KEYS],
+            image_columns=[c for c in image.columns if c not in KEY_COLUMNS],
             operation=operation,
             image_features=image_features,
             image_feature_categories=image_feature_categories,

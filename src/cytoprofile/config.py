@@ -36,7 +36,7 @@ from pydantic_core import PydanticCustomError
 from .errors import ConfigError
 from .feature_select import OPERATIONS as _fs_operations
 from .normalize import METHODS as _normalize_methods
-from .vocabulary import with_metadata_prefix
+from .vocabulary import OBJECT_COUNT_COLUMN, OBJECT_NUMBER, with_metadata_prefix
 
 __all__ = [
     "INIT_DIRS",
@@ -90,10 +90,9 @@ _SPHERIZE_METHODS = ("PCA", "ZCA", "PCA-cor", "ZCA-cor")
 _CORR_METHODS = ("pearson", "spearman", "kendall")
 _COMPRESSIONS = ("gzip",)
 _NEGCON_QUERY = "Metadata_control_type == 'negcon'"
-_COUNT_COLUMN = "Metadata_Object_Count"
 _TEMPLATE = "config_template.yml"
 log = logging.getLogger("cytoprofile.config")
-_OBJECT_FEATURES = ("Metadata_ObjectNumber", "ObjectNumber")
+_OBJECT_FEATURES = (with_metadata_prefix(OBJECT_NUMBER), OBJECT_NUMBER)
 _UNRELEASED = "exists only on an unreleased recipe branch; remove it"
 _REFUSED_KEYS = {"subgroup_col": f"subgroup_col {_UNRELEASED}"}
 _MIN_TYPO_LENGTH = 4
@@ -391,7 +390,7 @@ class NormalizeConfig(_Block):
             else:
                 parts.append(f"{name} in {list(values)!r}")
         if self.min_cells != 1:
-            parts.append(f"{_COUNT_COLUMN} >= {self.min_cells}")
+            parts.append(f"{OBJECT_COUNT_COLUMN} >= {self.min_cells}")
         return " & ".join(parts) if parts else "all"
 
 

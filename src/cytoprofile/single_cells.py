@@ -29,10 +29,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import io
-from .aggregate import DEFAULT_COMPARTMENTS, compartment_features
 from .errors import InputError
 from .ingest import SINGLE_CELL_TABLE
-from .vocabulary import metadata_columns, with_metadata_prefix
+from .vocabulary import (
+    DEFAULT_COMPARTMENTS,
+    compartment_features,
+    metadata_columns,
+    with_metadata_prefix,
+)
 
 __all__ = [
     "DEFAULT_HUB",
@@ -53,7 +57,6 @@ DEFAULT_HUB = "Cytoplasm"
 DEFAULT_METADATA = ("Metadata_Plate", "Metadata_Well", "Metadata_Site")
 #: table name the single-cell output takes beside a Parquet backend; never a backend table
 OUTPUT_TABLE = SINGLE_CELL_TABLE
-_KEYS = ("TableNumber", "ImageNumber", "ObjectNumber")
 _MAX_NAMED = 100_000
 #: values per Parquet row group of the single-cell table (whole sites; ~3 JUMP-width sites)
 ROW_GROUP_VALUES = 4_000_000

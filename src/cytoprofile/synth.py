@@ -22,12 +22,11 @@ import pyarrow.csv as pacsv
 
 from . import io
 from .errors import ConfigError
-from .vocabulary import PLATE_FORMATS, grid_to_well, well_to_grid
+from .vocabulary import CANONICAL_COMPARTMENTS, PLATE_FORMATS, grid_to_well, well_to_grid
 
 __all__ = ["SynthResult", "cellprofiler_column_name", "feature_names", "synth", "well_names", "write_export_database"]
 
 CHANNELS = ("DNA", "ER", "RNA", "AGP", "Mito")
-COMPARTMENTS = ("Cells", "Cytoplasm", "Nuclei")
 
 
 def well_names(n_wells: int) -> list[str]:
@@ -145,11 +144,11 @@ def synth(
         treatment_of[well] = treat_names[ti % treatments]
         ti += 1
     n_strong = int(round(treatments * strong_fraction))
-    names = {c: feature_names(c, features) for c in COMPARTMENTS}
+    names = {c: feature_names(c, features) for c in CANONICAL_COMPARTMENTS}
     effects = {}
     for t, name in enumerate(treat_names):
         vec = {}
-        for c in COMPARTMENTS:
+        for c in CANONICAL_COMPARTMENTS:
             e = np.zeros(features)
             if t < n_strong:
                 hit = rng.choice(features, size=max(1, features // 4), replace=False)
@@ -157,8 +156,8 @@ def synth(
             vec[c] = e
         effects[name] = vec
     # feature scales: realistic magnitudes; a few constant and duplicated columns
-    scales = {c: np.exp(rng.normal(2, 1.5, features)) for c in COMPARTMENTS}
-    constant = {c: set(rng.choice(features, size=max(1, features // 20), replace=False).tolist()) for c in COMPARTMENTS}
+    scales = {c: np.exp(rng.normal(2, 1.5, features)) for c in CANONICAL_COMPARTMENTS}
+    constant = {c: set(rng.choice(features, size=max(1, features // 20), replace=False).tolist()) for c in CANONICAL_COMPARTMENTS}
     image_names = (
         ["Count_Cells", "Count_Cytoplasm", "Count_Nuclei"]
         + [f"Granularity_{g}_{ch}" for ch in CHANNELS for g in (1, 2, 3)]
@@ -187,7 +186,7 @@ def synth(
                 row_letter_index = well_to_grid(well)[0]
                 position = 0.05 * row_letter_index  # a gentle position effect
                 tables = {}
-                for c in COMPARTMENTS:
+                for c in CANONICAL_COMPARTMENTS:
                     x = rng.normal(0, 1, size=(n, features)) + plate_effect + position
                     x[:, : max(2, features // 10)] += base * 1.5
                     if treat is not None:

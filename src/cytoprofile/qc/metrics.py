@@ -12,7 +12,13 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
-from ..vocabulary import normal_well, prefixed_features, row_label, well_to_grid
+from ..vocabulary import (
+    OBJECT_COUNT_COLUMN,
+    normal_well,
+    prefixed_features,
+    row_label,
+    well_to_grid,
+)
 
 __all__ = [
     "FEATURE_PREFIXES",
@@ -39,7 +45,7 @@ REPLICATE_CANDIDATES = (
     "Metadata_treatment",
     "Metadata_Treatment",
 )
-_COUNT_COLUMNS = ("Metadata_Object_Count", "Cytoplasm_Number_Object_Number")
+_COUNT_COLUMNS = (OBJECT_COUNT_COLUMN, "Cytoplasm_Number_Object_Number")
 
 
 def feature_columns(profiles: pd.DataFrame) -> list[str]:
