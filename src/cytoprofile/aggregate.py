@@ -29,6 +29,7 @@ from .vocabulary import (
     metadata_columns,
     with_metadata_prefix,
 )
+from .vocabulary import AggregateOperation as Operation
 
 __all__ = [
     "DEFAULT_COMPARTMENTS",
@@ -43,7 +44,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("cytoprofile.aggregate")
-Operation = Literal["median", "mean"]
 DEFAULT_IMAGE_FEATURE_CATEGORIES = ("Granularity", "Texture", "ImageQuality", "Count", "Threshold")
 
 

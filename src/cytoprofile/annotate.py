@@ -22,6 +22,7 @@ from .errors import ConfigError, InputError, MetadataError
 from .vocabulary import (
     IMAGE_METADATA_PREFIX,
     METADATA_PREFIX,
+    UNMATCHED_WELLS,
     feature_prefixes,
     metadata_columns,
     prefix_metadata,
@@ -32,7 +33,6 @@ __all__ = ["UNMATCHED_WELLS", "annotate", "prefix_metadata"]
 
 log = logging.getLogger(__name__)
 
-UNMATCHED_WELLS: tuple[str, ...] = ("error", "drop")
 _SHOW = 10  # wells or keys named in one message
 
 # CellProfiler image-table metadata that older backends kept under an ``Image_`` prefix.

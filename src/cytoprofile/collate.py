@@ -54,13 +54,14 @@ from .ingest import (
     read_sites,
     scan_sites,
 )
+from .vocabulary import TableFormat
 
 __all__ = ["BackendKind", "input_fingerprint", "PlateResult", "collate", "collate_plate", "plate_outputs"]
 
 log = logging.getLogger("cytoprofile.collate")
 
 BackendKind = Literal["sqlite", "parquet"]
-ProfileFormat = Literal["csv", "csv.gz", "parquet"]
+ProfileFormat = TableFormat
 Progress = Callable[[str, int, int], None]
 
 

@@ -34,9 +34,17 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from .errors import ConfigError
-from .feature_select import OPERATIONS as _fs_operations
-from .normalize import METHODS as _normalize_methods
-from .vocabulary import OBJECT_COUNT_COLUMN, OBJECT_NUMBER, with_metadata_prefix
+from .vocabulary import (
+    AGGREGATE_OPERATIONS,
+    CORRELATION_METHODS,
+    FEATURE_SELECT_OPERATIONS,
+    NORMALIZE_METHODS,
+    OBJECT_COUNT_COLUMN,
+    OBJECT_NUMBER,
+    SPHERIZE_METHODS,
+    with_metadata_prefix,
+)
+from .vocabulary import FEATURE_SELECT_LEVELS as LEVELS  # the schema checks names against these
 
 __all__ = [
     "INIT_DIRS",
@@ -81,13 +89,6 @@ INIT_DIRS: tuple[str, ...] = (
     "single_cell",
 )
 
-# the step modules own their vocabularies; the schema checks names against them
-FEATURE_SELECT_OPERATIONS: tuple[str, ...] = _fs_operations
-NORMALIZE_METHODS: tuple[str, ...] = _normalize_methods
-LEVELS: tuple[str, ...] = ("plate", "batch", "all")
-_AGGREGATE_METHODS = ("median", "mean")
-_SPHERIZE_METHODS = ("PCA", "ZCA", "PCA-cor", "ZCA-cor")
-_CORR_METHODS = ("pearson", "spearman", "kendall")
 _COMPRESSIONS = ("gzip",)
 _NEGCON_QUERY = "Metadata_control_type == 'negcon'"
 _TEMPLATE = "config_template.yml"
@@ -298,7 +299,7 @@ class AggregateConfig(_Block):
     well_column: str = "Metadata_Well"
     site_column: str | None = None
     method: Annotated[
-        Literal["median", "mean"], _choice("an aggregation method", _AGGREGATE_METHODS)
+        Literal["median", "mean"], _choice("an aggregation method", AGGREGATE_OPERATIONS)
     ] = "median"
     fields: _Fields = "all"
     object_feature: Annotated[str, BeforeValidator(_check_object_feature)] = "Metadata_ObjectNumber"
@@ -367,7 +368,7 @@ class NormalizeConfig(_Block):
     sample_filter: _SampleFilter = None
     spherize_method: Annotated[
         Literal["PCA", "ZCA", "PCA-cor", "ZCA-cor"],
-        _choice("a spherize method", _SPHERIZE_METHODS),
+        _choice("a spherize method", SPHERIZE_METHODS),
     ] = "ZCA-cor"
     spherize_epsilon: float = Field(default=1e-6, ge=0)
     spherize_center: bool = True
@@ -407,7 +408,7 @@ class FeatureSelectParameters(_Block):
     corr_threshold: float = Field(default=0.9, ge=-1, le=1)
     corr_method: Annotated[
         Literal["pearson", "spearman", "kendall"],
-        _choice("a correlation method", _CORR_METHODS),
+        _choice("a correlation method", CORRELATION_METHODS),
     ] = "pearson"
     freq_cut: float = Field(default=0.05, ge=0, le=1)
     unique_cut: float = Field(default=0.01, ge=0, le=1)

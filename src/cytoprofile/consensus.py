@@ -27,11 +27,11 @@ from .feature_select import (
     report_account,
     unprocessed_columns,
 )
+from .vocabulary import CONSENSUS_OPERATIONS as OPERATIONS
 from .vocabulary import resolve_features
 
 __all__ = ["OPERATIONS", "consensus", "modz_weights"]
 
-OPERATIONS: tuple[str, ...] = ("median", "mean", "modz")
 _MODZ_METHODS = ("spearman", "pearson", "kendall")
 
 

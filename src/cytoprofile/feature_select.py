@@ -46,14 +46,15 @@ import pandas as pd
 from .checks import as_names, check_choice, check_flag, check_frame, check_number
 from .errors import ConfigError, InputError
 from .vocabulary import CANONICAL_COMPARTMENTS as FEATURE_PREFIXES
-from .vocabulary import FEATURE_SELECT_OPERATIONS as OPERATIONS
 from .vocabulary import (
+    CORRELATION_METHODS,
     MISSING_TOKENS,
     feature_prefixes,
     infer_features,
     is_metadata,
     resolve_features,
 )
+from .vocabulary import FEATURE_SELECT_OPERATIONS as OPERATIONS
 
 __all__ = [
     "FEATURE_PREFIXES",
@@ -81,7 +82,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_CORR_METHODS = ("pearson", "spearman", "kendall")
 _BLOCK = 512  # rows of the correlation matrix handled at once
 
 
@@ -458,7 +458,7 @@ def _check_options(
             "variance_threshold_meaning must be 'frequency' (freq_cut/unique_cut filter) "
             f"or 'variance' (min_variance filter), got {variance_threshold_meaning!r}"
         )
-    method = check_choice("corr_method", corr_method, _CORR_METHODS)
+    method = check_choice("corr_method", corr_method, CORRELATION_METHODS)
     checked: dict[str, float] = {}
     for name, value in numbers_in.items():
         if value is None and name == "noise_removal_stdev_cutoff":

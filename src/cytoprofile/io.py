@@ -17,13 +17,14 @@ import re
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any
 
 import fsspec
 import numpy as np
 import pandas as pd
 
 from .errors import CytoprofileError, InputError, OutputError, RemoteError
+from .vocabulary import TableFormat
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
@@ -60,8 +61,6 @@ __all__ = [
     "csv2gz",
     "load_profiles",
 ]
-
-TableFormat = Literal["csv", "csv.gz", "parquet"]
 
 
 def is_remote(path: str | os.PathLike[str]) -> bool:

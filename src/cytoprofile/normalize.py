@@ -34,14 +34,13 @@ from .feature_select import (
     select_samples,
     unprocessed_columns,
 )
-from .vocabulary import metadata_columns, resolve_features
+from .vocabulary import NORMALIZE_METHODS as METHODS
+from .vocabulary import SPHERIZE_METHODS, metadata_columns, resolve_features
 
 __all__ = ["METHODS", "SPHERIZE_METHODS", "fit_rows", "normalize"]
 
 log = logging.getLogger(__name__)
 
-METHODS: tuple[str, ...] = ("standardize", "robustize", "mad_robustize", "spherize", "inverse_normal")
-SPHERIZE_METHODS: tuple[str, ...] = ("PCA", "ZCA", "PCA-cor", "ZCA-cor")
 _MAD_SCALE = 1.4826  # makes the MAD a consistent estimator of a normal std
 _EPS = float(np.finfo(np.float64).eps)
 
