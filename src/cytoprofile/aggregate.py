@@ -21,6 +21,7 @@ import pandas as pd
 
 from .errors import ConfigError, InputError
 from .vocabulary import (
+    AGGREGATE_OPERATIONS,
     DEFAULT_COMPARTMENTS,
     DEFAULT_STRATA,
     KEY_COLUMNS,
@@ -81,7 +82,7 @@ class WellAggregator:
     rows: list[tuple[tuple[object, ...], dict[str, object], np.ndarray]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        if self.operation not in ("median", "mean"):
+        if self.operation not in AGGREGATE_OPERATIONS:
             raise ConfigError(f"operation: {self.operation!r} is not supported; choose median or mean")
         cats = tuple(self.image_feature_categories) if self.image_features else ()
         self.count_columns = sorted(c for c in self.image_columns if "Count" in cats and c.startswith("Count_"))
@@ -239,7 +240,7 @@ def aggregate_cells(
     ``Image_*`` with ``image_features``). Output: strata, ``Metadata_Object_Count``
     (non-null ``object_feature`` per stratum, when asked), features; rows sorted by strata.
     """
-    if operation not in ("median", "mean"):
+    if operation not in AGGREGATE_OPERATIONS:
         raise ConfigError(f"operation: {operation!r} is not supported; choose median or mean")
     strata = list(strata)
     missing = [c for c in strata if c not in population_df.columns]

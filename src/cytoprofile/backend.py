@@ -176,7 +176,7 @@ class ParquetBackendWriter:
             # float features rarely repeat: dictionary encoding costs time and saves nothing
             self._writers[table] = pq.ParquetWriter(
                 self._tmp[table], self._arrow_schema[table], use_dictionary=False,
-                write_statistics=["TableNumber", "ImageNumber", "ObjectNumber"])
+                write_statistics=list(KEY_COLUMNS))
             self._buffers[table] = []
 
     def _flush(self, table: str) -> None:

@@ -954,6 +954,7 @@ def single_cells_cmd(
     """One row per cell, compartments joined, from a plate's backend: PLATE_single_cells.parquet / .h5ad."""
     from .cell_qc import load_thresholds
     from .single_cells import write_single_cells
+    from .vocabulary import DEFAULT_COMPARTMENTS
 
     _setup_logging(quiet)
     formats = _split(output_format) or ["parquet"]
@@ -966,7 +967,7 @@ def single_cells_cmd(
         with _timed(f"single cells of {plate}"):
             report = write_single_cells(
                 path, formats=formats,  # type: ignore[arg-type]
-                compartments=_split(compartments) or ["Cells", "Cytoplasm", "Nuclei"], hub=hub, links=linked,
+                compartments=_split(compartments) or list(DEFAULT_COMPARTMENTS), hub=hub, links=linked,
                 image_feature_categories=_split(image_feature_categories) or [],
                 metadata="all" if meta == ["all"] else meta, thresholds=sets)
         log.info("%s: %d cells from %d sites; rows in %s; not linked %s", plate, report.cells_out, report.sites,
