@@ -38,6 +38,7 @@ from .vocabulary import (
     AGGREGATE_OPERATIONS,
     CORRELATION_METHODS,
     FEATURE_SELECT_OPERATIONS,
+    NEGCON_QUERY,
     NORMALIZE_METHODS,
     OBJECT_COUNT_COLUMN,
     OBJECT_NUMBER,
@@ -90,7 +91,6 @@ INIT_DIRS: tuple[str, ...] = (
 )
 
 _COMPRESSIONS = ("gzip",)
-_NEGCON_QUERY = "Metadata_control_type == 'negcon'"
 _TEMPLATE = "config_template.yml"
 log = logging.getLogger("cytoprofile.config")
 _OBJECT_FEATURES = (with_metadata_prefix(OBJECT_NUMBER), OBJECT_NUMBER)
@@ -398,7 +398,7 @@ class NormalizeConfig(_Block):
 class NormalizeNegconConfig(NormalizeConfig):
     """``normalize_negcon``: as ``normalize``, fitted on negative-control wells."""
 
-    samples: str = Field(default=_NEGCON_QUERY, min_length=1)
+    samples: str = Field(default=NEGCON_QUERY, min_length=1)
 
 
 class FeatureSelectParameters(_Block):

@@ -41,7 +41,8 @@ import pandas as pd
 
 from .errors import ConfigError, InputError
 from .feature_select import feature_matrix
-from .vocabulary import prefixed_features, resolve_features
+from .vocabulary import EVALUATE_MODES as MODES
+from .vocabulary import NEGCON_QUERY, PERTURBATION_CANDIDATES, prefixed_features, resolve_features
 
 __all__ = [
     "MODES",
@@ -57,14 +58,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-MODES: tuple[str, ...] = ("activity", "distinctiveness", "consistency")
-_PERT_CANDIDATES = (
-    "Metadata_broad_sample",
-    "Metadata_pert_iname",
-    "Metadata_JCP2022",
-    "Metadata_treatment",
-    "Metadata_compound",
-)
 _REF = "__cytoprofile_reference"
 _BLOCK = 1 << 20  # similarities computed at once (about 40 MB of work space)
 
@@ -410,11 +403,11 @@ def _pert_column(profiles: pd.DataFrame, pert_column: str | None) -> str:
         if pert_column not in profiles.columns:
             raise ConfigError(f"profiles have no {pert_column!r} column (pert_column)")
         return pert_column
-    for column in _PERT_CANDIDATES:
+    for column in PERTURBATION_CANDIDATES:
         if column in profiles.columns:
             return column
     raise ConfigError(
-        "profiles have none of " + ", ".join(_PERT_CANDIDATES) + "; name the perturbation column (pert_column)"
+        "profiles have none of " + ", ".join(PERTURBATION_CANDIDATES) + "; name the perturbation column (pert_column)"
     )
 
 
@@ -514,7 +507,7 @@ def mode_average_precision(
     *,
     mode: str,
     column: str,
-    control_query: str | None = "Metadata_control_type == 'negcon'",
+    control_query: str | None = NEGCON_QUERY,
     pos_diffby: Sequence[str] = (),
     neg_sameby: Sequence[str] = (),
     multilabel_separator: str | None = None,
@@ -536,7 +529,7 @@ def mean_average_precision(
     mode: Literal["activity", "distinctiveness", "consistency"] = "activity",
     pert_column: str | None = None,
     annotation_column: str | None = None,
-    control_query: str | None = "Metadata_control_type == 'negcon'",
+    control_query: str | None = NEGCON_QUERY,
     pos_diffby: Sequence[str] = (),
     neg_sameby: Sequence[str] = (),
     multilabel_separator: str | None = None,

@@ -45,6 +45,8 @@ from scipy import sparse, special, stats
 from .errors import ConfigError, InputError
 from .evaluate import feature_columns, mode_average_precision
 from .feature_select import feature_matrix, select_samples
+from .vocabulary import NEGCON_QUERY as NEGCON
+from .vocabulary import PROCESSING_STEPS as CHAIN_STEPS
 
 __all__ = [
     "CHAIN_STEPS",
@@ -66,10 +68,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-CHAIN_STEPS: tuple[str, ...] = (
-    "var", "mad", "int", "featselect", "wellpos", "cc", "outlier", "dropna", "pca", "sphering", "harmony",
-)
-NEGCON = "Metadata_control_type == 'negcon'"
 SPHERING_GRID: tuple[float, ...] = tuple(10.0**k for k in range(-5, 4))
 _BLOCK = 64  # feature columns handled at once (float64 work space: rows x 64 per temporary)
 

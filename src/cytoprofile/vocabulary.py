@@ -24,6 +24,7 @@ __all__ = [
     "CORRELATION_METHODS",
     "DEFAULT_COMPARTMENTS",
     "DEFAULT_STRATA",
+    "EVALUATE_MODES",
     "FEATURE_SELECT_LEVELS",
     "FEATURE_SELECT_OPERATIONS",
     "IMAGE_METADATA_PREFIX",
@@ -32,10 +33,14 @@ __all__ = [
     "LINKING_COLUMNS",
     "METADATA_PREFIX",
     "MISSING_TOKENS",
+    "NEGCON_QUERY",
     "NORMALIZE_METHODS",
     "OBJECT_COUNT_COLUMN",
     "OBJECT_NUMBER",
+    "PERTURBATION_CANDIDATES",
     "PLATE_FORMATS",
+    "PROCESSING_STEPS",
+    "REPLICATE_CANDIDATES",
     "SPHERIZE_METHODS",
     "TABLE_FORMATS",
     "TABLE_NUMBER",
@@ -74,6 +79,24 @@ LINKING_COLUMNS = frozenset({"Cytoplasm_Parent_Cells", "Cytoplasm_Parent_Nuclei"
 DEFAULT_STRATA: tuple[str, ...] = ("Metadata_Plate", "Metadata_Well")
 #: Cells per well in an aggregated profile.
 OBJECT_COUNT_COLUMN = "Metadata_Object_Count"
+#: The wells a reference is fitted on by default: the negative controls.
+NEGCON_QUERY = "Metadata_control_type == 'negcon'"
+#: Columns naming a treatment, tried in this order by QC's percent replicating.
+REPLICATE_CANDIDATES: tuple[str, ...] = (
+    "Metadata_broad_sample",
+    "Metadata_pert_iname",
+    "Metadata_JCP2022",
+    "Metadata_treatment",
+    "Metadata_Treatment",
+)
+#: Columns naming a perturbation, tried in this order by mAP (``evaluate``) when none is given.
+PERTURBATION_CANDIDATES: tuple[str, ...] = (
+    "Metadata_broad_sample",
+    "Metadata_pert_iname",
+    "Metadata_JCP2022",
+    "Metadata_treatment",
+    "Metadata_compound",
+)
 
 # ---------------------------------------------------------------- compartments
 
@@ -340,6 +363,12 @@ FEATURE_SELECT_LEVELS: tuple[str, ...] = ("plate", "batch", "all")
 CORRELATION_METHODS: tuple[str, ...] = ("pearson", "spearman", "kendall")
 #: ``consensus`` operations.
 CONSENSUS_OPERATIONS: tuple[str, ...] = ("median", "mean", "modz")
+#: ``evaluate`` (mAP) modes.
+EVALUATE_MODES: tuple[str, ...] = ("activity", "distinctiveness", "consistency")
+#: Steps of a ``processing`` chain, named as the suffixes of a file name (``profiles_var_mad_featselect``).
+PROCESSING_STEPS: tuple[str, ...] = (
+    "var", "mad", "int", "featselect", "wellpos", "cc", "outlier", "dropna", "pca", "sphering", "harmony",
+)
 #: What annotate does with profile wells absent from the plate map.
 UNMATCHED_WELLS: tuple[str, ...] = ("error", "drop")
 TableFormat = Literal["csv", "csv.gz", "parquet"]

@@ -13,7 +13,9 @@ import pandas as pd
 
 from ..errors import InputError
 from ..vocabulary import (
+    CANONICAL_COMPARTMENTS,
     OBJECT_COUNT_COLUMN,
+    REPLICATE_CANDIDATES,
     normal_well,
     prefixed_features,
     row_label,
@@ -36,15 +38,8 @@ __all__ = [
     "percent_replicating",
 ]
 
-FEATURE_PREFIXES = ("Cells_", "Cytoplasm_", "Nuclei_", "Image_")
-#: Columns naming a treatment, tried in this order when none is given.
-REPLICATE_CANDIDATES = (
-    "Metadata_broad_sample",
-    "Metadata_pert_iname",
-    "Metadata_JCP2022",
-    "Metadata_treatment",
-    "Metadata_Treatment",
-)
+#: QC's features: the canonical compartments' and the image's (``Cells_``, ..., ``Image_``).
+FEATURE_PREFIXES = tuple(f"{name}_" for name in (*CANONICAL_COMPARTMENTS, "Image"))
 _COUNT_COLUMNS = (OBJECT_COUNT_COLUMN, "Cytoplasm_Number_Object_Number")
 
 
