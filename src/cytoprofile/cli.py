@@ -36,6 +36,7 @@ from rich.text import Text
 
 from . import __version__
 from .errors import CytoprofileError
+from .vocabulary import NEGCON_QUERY
 
 __all__ = ["app", "main"]
 
@@ -657,7 +658,7 @@ def select_variant_features_cmd(
     profiles: Annotated[str, typer.Argument(help="Per-well profiles.")],
     output: Annotated[str, typer.Argument(help="Output table.")],
     plate_column: PlateColumnOpt = "Metadata_Plate",
-    samples: ReferenceOpt = "Metadata_control_type == 'negcon'",
+    samples: ReferenceOpt = NEGCON_QUERY,
     threshold: Annotated[float, typer.Option(help="Smallest |MAD / median| kept (on every plate).")] = 1e-3,
     plates_without_controls: NoControlsOpt = "error",
     features: FeaturesOpt = None,
@@ -678,7 +679,7 @@ def mad_normalize_cmd(
     profiles: Annotated[str, typer.Argument(help="Per-well profiles.")],
     output: Annotated[str, typer.Argument(help="Output table.")],
     plate_column: PlateColumnOpt = "Metadata_Plate",
-    samples: ReferenceOpt = "Metadata_control_type == 'negcon'",
+    samples: ReferenceOpt = NEGCON_QUERY,
     epsilon: Annotated[float, typer.Option(help="Added to the MAD.")] = 0.0,
     plates_without_controls: NoControlsOpt = "error",
     features: FeaturesOpt = None,
@@ -787,7 +788,7 @@ def pca_cmd(
 def sphere_cmd(
     profiles: Annotated[str, typer.Argument(help="Per-well profiles without missing values.")],
     output: Annotated[str, typer.Argument(help="Output table.")],
-    samples: ReferenceOpt = "Metadata_control_type == 'negcon'",
+    samples: ReferenceOpt = NEGCON_QUERY,
     method: Annotated[str, typer.Option(help="PCA, ZCA, PCA-cor or ZCA-cor.")] = "ZCA-cor",
     epsilon: Annotated[list[float] | None, typer.Option(help="Regularization; repeat to choose the best by mAP (default 1e-5 … 1e3).")] = None,
     pert_column: Annotated[str, typer.Option(help="Perturbation column for the mAP choice.")] = "Metadata_broad_sample",
@@ -832,7 +833,7 @@ def process_cmd(
     output: Annotated[str, typer.Argument(help="Output table.")],
     chain: Annotated[str, typer.Option(help="Steps, e.g. profiles_var_mad_int_featselect_harmony or var,mad,int.")] = "profiles_var_mad_int_featselect",
     plate_column: PlateColumnOpt = "Metadata_Plate",
-    samples: ReferenceOpt = "Metadata_control_type == 'negcon'",
+    samples: ReferenceOpt = NEGCON_QUERY,
     plates_without_controls: NoControlsOpt = "error",
     batch_key: Annotated[str, typer.Option(help="Column naming the batch (harmony).")] = "Metadata_Batch",
     cell_count_column: Annotated[str, typer.Option(help="Cell count column (cc).")] = "Metadata_Count_Cells",
@@ -866,7 +867,7 @@ def map_cmd(
     pert_column: Annotated[str | None, typer.Option(help="Perturbation column (default: the first of Metadata_broad_sample, Metadata_pert_iname, ...).")] = None,
     annotation_column: Annotated[str | None, typer.Option(help="consistency: the annotation (e.g. Metadata_target).")] = None,
     multilabel_separator: Annotated[str | None, typer.Option(help="consistency: separator of several labels in one cell, e.g. '|'.")] = None,
-    control_query: Annotated[str, typer.Option(help="Negative controls (query); 'none' for no controls.")] = "Metadata_control_type == 'negcon'",
+    control_query: Annotated[str, typer.Option(help="Negative controls (query); 'none' for no controls.")] = NEGCON_QUERY,
     neg_sameby: Annotated[list[str] | None, typer.Option(help="Negatives must share these columns (e.g. Metadata_Plate).")] = None,
     pos_diffby: Annotated[list[str] | None, typer.Option(help="Replicates must differ in these columns.")] = None,
     null_size: Annotated[int, typer.Option(help="Draws in each null distribution.")] = 10000,

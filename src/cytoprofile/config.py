@@ -43,6 +43,7 @@ from .vocabulary import (
     OBJECT_COUNT_COLUMN,
     OBJECT_NUMBER,
     SPHERIZE_METHODS,
+    UNMATCHED_WELLS,
     with_metadata_prefix,
 )
 from .vocabulary import FEATURE_SELECT_LEVELS as LEVELS  # the schema checks names against these
@@ -349,7 +350,7 @@ class AnnotateConfig(_Block):
     )
     # cytoprofile extension: profiles' wells absent from the plate map stop the run
     unmatched_wells: Annotated[
-        Literal["error", "drop"], _choice("an unmatched-wells choice", ("error", "drop"))
+        Literal["error", "drop"], _choice("an unmatched-wells choice", UNMATCHED_WELLS)
     ] = "error"
 
 

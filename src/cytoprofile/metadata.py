@@ -21,7 +21,7 @@ import pandas as pd
 from . import io
 from . import workspace as _workspace
 from .errors import ConfigError, MetadataError
-from .vocabulary import well_name_problem
+from .vocabulary import UNMATCHED_WELLS, well_name_problem
 
 __all__ = [
     "BARCODE_COLUMNS",
@@ -327,7 +327,7 @@ def validate_metadata(
     and the ``external_metadata`` file's ``merge_column``. Returns the warnings (plate
     map wells that have no profile), which count as errors when ``strict``.
     """
-    if unmatched_wells not in ("error", "drop"):
+    if unmatched_wells not in UNMATCHED_WELLS:
         raise ConfigError(f"unmatched_wells must be 'error' or 'drop', got {unmatched_wells!r}")
     errors: list[str] = []
     warnings: list[str] = []
@@ -452,7 +452,7 @@ def validate_annotation_inputs(
     in the plate map) and, with ``profiles``, their wells against the plate map.
     Raises ``MetadataError`` listing every error; returns the warnings.
     """
-    if unmatched_wells not in ("error", "drop"):
+    if unmatched_wells not in UNMATCHED_WELLS:
         raise ConfigError(f"unmatched_wells must be 'error' or 'drop', got {unmatched_wells!r}")
     errors: list[str] = []
     warnings: list[str] = []

@@ -46,6 +46,7 @@ from .errors import ConfigError, InputError
 from .evaluate import feature_columns, mode_average_precision
 from .feature_select import feature_matrix, select_samples
 from .vocabulary import NEGCON_QUERY as NEGCON
+from .vocabulary import PLATES_WITHOUT_CONTROLS
 from .vocabulary import PROCESSING_STEPS as CHAIN_STEPS
 
 __all__ = [
@@ -164,7 +165,7 @@ def _plates_with_stats(
     step: str,
 ) -> pd.DataFrame:
     """``profiles`` restricted to plates with statistics, or an error naming the others."""
-    if plates_without_controls not in ("error", "drop"):
+    if plates_without_controls not in PLATES_WITHOUT_CONTROLS:
         raise ConfigError("plates_without_controls must be 'error' or 'drop'")
     plates = profiles[plate_column].astype(str)
     missing = sorted(set(plates) - set(found))

@@ -3,19 +3,20 @@ well and plate geometry, missing-value tokens and every step's list of choices.
 
 Every other module asks this one "is this column a feature?", "what is this well
 called?" or "which methods exist?", so a rule changes in one place and the steps can
-never disagree about it. Nothing here reads files or computes profiles.
+never disagree about it. Nothing here reads files or computes profiles, and loading it
+imports no data library, so the command line can take its defaults from here.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import pandas as pd
-
-from .checks import as_names, check_flag, check_frame
 from .errors import ConfigError, InputError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [
     "AGGREGATE_OPERATIONS",
@@ -38,6 +39,7 @@ __all__ = [
     "OBJECT_COUNT_COLUMN",
     "OBJECT_NUMBER",
     "PERTURBATION_CANDIDATES",
+    "PLATES_WITHOUT_CONTROLS",
     "PLATE_FORMATS",
     "PROCESSING_STEPS",
     "REPLICATE_CANDIDATES",
@@ -170,6 +172,10 @@ def infer_features(
     that were aggregated (e.g. ``[..., "speckles"]``) to carry extra ones through.
     With ``image_features``, numeric ``Image*`` columns count too.
     """
+    import pandas as pd
+
+    from .checks import check_flag
+
     check_flag("image_features", image_features)
     prefixes = feature_prefixes(compartments)
     found: list[str] = []
@@ -199,6 +205,8 @@ def resolve_features(
     compartments: str | Sequence[str] | None = None,
 ) -> list[str]:
     """``"infer"`` or an explicit list, checked against the columns of ``profiles``."""
+    from .checks import as_names, check_flag, check_frame
+
     check_frame("profiles", profiles)
     check_flag("image_features", image_features)
     if isinstance(features, str):
@@ -369,6 +377,8 @@ EVALUATE_MODES: tuple[str, ...] = ("activity", "distinctiveness", "consistency")
 PROCESSING_STEPS: tuple[str, ...] = (
     "var", "mad", "int", "featselect", "wellpos", "cc", "outlier", "dropna", "pca", "sphering", "harmony",
 )
+#: What ``processing`` steps fitted per plate do with a plate that has no control wells.
+PLATES_WITHOUT_CONTROLS: tuple[str, ...] = ("error", "drop")
 #: What annotate does with profile wells absent from the plate map.
 UNMATCHED_WELLS: tuple[str, ...] = ("error", "drop")
 TableFormat = Literal["csv", "csv.gz", "parquet"]
