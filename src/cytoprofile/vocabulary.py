@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, TypeGuard
 
 from .errors import ConfigError, InputError
 
@@ -115,14 +115,14 @@ METADATA_PREFIX = "Metadata_"
 IMAGE_METADATA_PREFIX = "Image_Metadata_"
 
 
-def is_metadata(name: object) -> bool:
+def is_metadata(name: object) -> TypeGuard[str]:
     """Whether a column name is metadata: a string starting with ``Metadata_``."""
     return isinstance(name, str) and name.startswith(METADATA_PREFIX)
 
 
 def metadata_columns(columns: Iterable[object]) -> list[str]:
     """The metadata names among ``columns``, in their order."""
-    return [c for c in columns if is_metadata(c)]  # type: ignore[misc]
+    return [c for c in columns if is_metadata(c)]
 
 
 def with_metadata_prefix(name: str) -> str:
