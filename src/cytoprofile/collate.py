@@ -52,6 +52,7 @@ from .ingest import (
     order_by_key,
     plan_schema,
     read_sites,
+    reader_opens,
     scan_sites,
 )
 
@@ -659,6 +660,31 @@ def _publish_plate(local_ws: str, remote_ws: str, batch: str, plate: str, report
     return [*urls, io.join(target, report_name)]
 
 
+def _remote_fingerprint(ws: str, batch: str, plate: str) -> str:
+    """:func:`input_fingerprint` of a plate on object storage, from one listing (the same value as for a local copy)."""
+    import hashlib
+
+    root = workspace.analysis_dir(ws, batch, plate).rstrip("/")
+    entries = [f"{url[len(root) + 1:]}\t{size}" for url, size in io.list_sizes(root).items()]
+    return hashlib.sha256("\n".join(sorted(entries)).encode()).hexdigest()[:32]
+
+
+def _stage_plate(ws: str, scratch: str, batch: str, plate: str) -> None:
+    """Copy a plate's analysis folder from object storage as the local reader sees it.
+
+    Every file is staged under its own name and size; the files reading a site opens
+    (:func:`cytoprofile.ingest.reader_opens`: the CSVs, plain or gzip, any case, in a site
+    folder or below it) are downloaded, the rest (images, logs) stand in as empty files.
+    """
+    analysis_rel = os.path.join("analysis", batch, plate, "analysis")
+    depth = analysis_rel.count("/") + 2  # analysis/.../analysis/SITE/FILE
+    staged = workspace.stage(ws, scratch, [analysis_rel],
+                             fetch=lambda rel: rel.count("/") >= depth and reader_opens(os.path.basename(rel)))
+    if not any(rel.count("/") >= depth for rel in staged):
+        raise InputError(f"{io.join(ws, analysis_rel)}: no site folders with files found; "
+                         "check the workspace URL, batch and plate")
+
+
 def _collate_remote(ws: str, batch: str, plate: str, *, tmp_dir: str | None, progress: Progress | None,
                     start: float, **options: Any) -> PlateResult:
     """Collate a plate of a workspace on object storage through a local scratch copy.
@@ -675,21 +701,18 @@ def _collate_remote(ws: str, batch: str, plate: str, *, tmp_dir: str | None, pro
     workspace.find_plate(ws, batch, plate)
     io.remove_leftovers(target)
     report, trusted = trusted_outputs(ws, batch, plate)
-    plan = _plan(plate, report, trusted, _build_options(options), overwrite=options["overwrite"])
+    inputs = _remote_fingerprint(ws, batch, plate)
+    plan = _plan(plate, report, trusted, {**_build_options(options), "inputs": inputs}, overwrite=options["overwrite"])
     if plan.skip:
         return PlateResult(batch, plate, "skipped", "complete outputs exist (use --overwrite to rebuild)", outputs, report,
                            seconds=time.perf_counter() - start)
     with workspace.scratch_dir(tmp_dir, plate) as scratch:
-        names = {"image.csv"} | {f"{c.lower()}.csv" for c in options["compartments"]}
-        analysis_rel = os.path.join("analysis", batch, plate, "analysis")
-        fetched = workspace.stage(ws, scratch, [analysis_rel],
-                                  accept=lambda rel: os.path.basename(rel).lower() in names
-                                  and rel.count("/") == analysis_rel.count("/") + 2)
-        if not fetched:
-            raise InputError(f"{io.join(ws, analysis_rel)}: no site CSVs found; check the workspace URL, batch and plate")
+        _stage_plate(ws, scratch, batch, plate)
         local_dir = workspace.backend_dir(scratch, batch, plate)
         with io.output_errors(scratch):
             local, staging = _build_plate(scratch, batch, plate, plan=plan, progress=progress, start=start, **options)
+            if local.report is not None:
+                local.report["inputs"] = inputs
             _commit_local(local_dir, plate, local, staging, before=set())
         assert local.report is not None
         urls = _publish_plate(scratch, ws, batch, plate, local.report, before=set(trusted))
