@@ -264,3 +264,72 @@ def test_s3_aggregate_only_keeps_and_removes_outputs_as_locally(bucket: str, tmp
     assert _ours(remote_names) == _ours(os.listdir(folder))
     profiles = _fetch(remote.outputs["profiles"], tmp_path / "remote.parquet")
     assert io.read_table(profiles).equals(io.read_table(local.outputs["profiles"]))
+
+
+_HOLD_SCRATCH = """
+import sys, time
+from cytoprofile.workspace import scratch_dir
+with scratch_dir(sys.argv[1], sys.argv[2]) as folder:
+    open(folder + "/half-written.csv", "w").write("a,b\\n")
+    print(folder, flush=True)
+    time.sleep(600)
+"""
+
+
+def _hold_scratch(parent: Path, prefix: str) -> tuple[subprocess.Popen[str], Path]:
+    """A process inside a scratch folder of ``parent`` (to be killed, or left running)."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    proc = subprocess.Popen([sys.executable, "-c", _HOLD_SCRATCH, str(parent), prefix], stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout is not None
+    return proc, Path(proc.stdout.readline().strip())
+
+
+def test_s3_run_scratch_of_killed_runs_is_removed(bucket: str, tmp_path: Path) -> None:
+    import signal
+
+    from cytoprofile.config import config_template
+    from cytoprofile.errors import InputError
+    from cytoprofile.pipeline import run
+
+    ws = tmp_path / "ws"
+    synth(ws, batch="B1", plates=["P1"], wells=96, well_subset=8, sites=1, cells=6, features=4)
+    for path in sorted(p for p in ws.rglob("*") if p.is_file()):
+        io.upload(path, io.join(bucket, path.relative_to(ws).as_posix()))
+    assert collate_plate(bucket, "B1", "P1").status == "done"
+    config = tmp_path / "config.yml"
+    config.write_text(config_template(workspace=bucket, batch="B1", plates=["P1"]))
+    scratch = tmp_path / "scratch"
+    live, busy = _hold_scratch(scratch, "run-P1")
+    try:
+        killed, leftover = _hold_scratch(scratch, "run-P1")  # a live run's folder is not cleaned
+        killed.send_signal(signal.SIGKILL)
+        killed.wait(timeout=30)
+        assert leftover.is_dir() and busy.is_dir()
+        result = run(config, tmp_dir=str(scratch))
+        assert result.outputs
+        assert not leftover.exists(), "the killed run's scratch folder is removed by the next run"
+        assert sorted(scratch.iterdir()) == [busy], "only the live run's folder is left"
+        for url in io.list_files(io.join(bucket, "backend", "B1", "P1")):
+            io.remove(url)
+        with pytest.raises(InputError, match="P1"):
+            run(config, tmp_dir=str(scratch), force=True)
+        assert sorted(scratch.iterdir()) == [busy], "a failed run leaves no scratch folder"
+    finally:
+        live.kill()
+        live.wait(timeout=30)
+
+
+def test_export_database_scratch_of_killed_runs_is_removed(tmp_path: Path) -> None:
+    import signal
+
+    ws = tmp_path / "ws"
+    synth(ws, batch=faults.BATCH, plates=[faults.PLATE], wells=96, well_subset=2, sites=1, cells=4, features=4,
+          export="database", export_files=1)
+    scratch = tmp_path / "scratch"
+    killed, leftover = _hold_scratch(scratch, f"export-{faults.PLATE}")
+    killed.send_signal(signal.SIGKILL)
+    killed.wait(timeout=30)
+    assert leftover.is_dir()
+    [result] = collate(ws, faults.BATCH, [faults.PLATE], tmp_dir=str(scratch))
+    assert result.status == "done", result.message
+    assert list(scratch.iterdir()) == []

@@ -233,9 +233,12 @@ def scratch_dir(tmp_dir: str | None, prefix: str) -> Iterator[str]:
             raise InputError(f"--tmp-dir {parent} is a file, not a folder") from None
         _clean_scratch(parent)
         folder = tempfile.mkdtemp(prefix=f"cytoprofile-{prefix}-", dir=parent)
-        fd = os.open(os.path.join(folder, _SCRATCH_LOCK), os.O_RDWR | os.O_CREAT, 0o644)
-    try:
+        # locked under another name, then renamed: a cleaner never sees the lock file unlocked
+        pending = os.path.join(folder, _SCRATCH_LOCK + ".new")
+        fd = os.open(pending, os.O_RDWR | os.O_CREAT, 0o644)
         fcntl.flock(fd, fcntl.LOCK_EX)
+        os.replace(pending, os.path.join(folder, _SCRATCH_LOCK))
+    try:
         yield folder
     finally:
         os.close(fd)
