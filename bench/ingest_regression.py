@@ -59,7 +59,7 @@ def git(*args: str, cwd: Path = REPO) -> str:
 def reference_tree(ref: str, how: str) -> tuple[Path, str]:
     """A checkout of ``ref`` in a temporary folder (reused when it is already there); its ``src`` and full sha."""
     sha = git("rev-parse", "--verify", f"{ref}^{{commit}}")
-    place = Path(tempfile.gettempdir(), f"cytoprofile-bench-ref-{sha[:12]}")
+    place = Path(tempfile.gettempdir(), f"bench-cytoprofile-ref-{sha[:12]}")
     if how == "worktree":
         if (place / ".git").exists() and git("rev-parse", "HEAD", cwd=place) == sha:
             return place / "src", sha
