@@ -973,11 +973,16 @@ def _remote_export_files(ws: str, batch: str, plate: str) -> list[str]:
     from .exportdb import EXPORT_SUFFIXES
 
     folder = io.join(ws, "analysis", batch, plate)
+    io.check_reachable(ws)  # a dead endpoint: one line naming it, before any listing waits on retries
     fs, bare = io.filesystem(folder)
     try:
         entries = fs.ls(bare, detail=True, refresh=True)
     except FileNotFoundError:
         return []
+    except Exception as exc:  # network errors: named with the endpoint and the fix
+        if io._network_failure(exc):
+            raise io._unreachable(f"listing {folder}", exc) from exc
+        raise
     if any(e.get("type") == "directory" and e["name"].rstrip("/").rsplit("/", 1)[-1] == "analysis" for e in entries):
         return []
     names = sorted(e["name"].rsplit("/", 1)[-1] for e in entries if e.get("type") == "file")
