@@ -268,10 +268,8 @@ def _plan(plate: str, report: dict[str, Any] | None, trusted: dict[str, str], bu
 def input_fingerprint(ws: str | os.PathLike[str], batch: str, plate: str) -> str:
     """Names and sizes of every file under the plate's analysis folder, hashed: a re-run rebuilds
     when a site was added, removed or a file changed size (sizes survive a copy; times do not)."""
-    import hashlib
-
     root = workspace.analysis_dir(ws, batch, plate)
-    entries = []
+    sizes = {}
     for folder, _dirs, names in os.walk(root, followlinks=True):
         for name in names:
             path = os.path.join(folder, name)
@@ -279,8 +277,15 @@ def input_fingerprint(ws: str | os.PathLike[str], batch: str, plate: str) -> str
                 size = os.path.getsize(path)
             except OSError:
                 size = -1  # a broken link: named in the report, counted here
-            entries.append(f"{os.path.relpath(path, root)}\t{size}")
-    return hashlib.sha256("\n".join(sorted(entries)).encode()).hexdigest()[:32]
+            sizes[os.path.relpath(path, root)] = size
+    return _listing_digest(sizes)
+
+
+def _listing_digest(sizes: dict[str, int]) -> str:
+    """The input fingerprint of relative path → size, local or from an object-storage listing alike."""
+    import hashlib
+
+    return hashlib.sha256("\n".join(sorted(f"{rel}\t{size}" for rel, size in sizes.items())).encode()).hexdigest()[:32]
 
 
 def _kind_of(plate: str, name: str) -> str:
@@ -662,11 +667,8 @@ def _publish_plate(local_ws: str, remote_ws: str, batch: str, plate: str, report
 
 def _remote_fingerprint(ws: str, batch: str, plate: str) -> str:
     """:func:`input_fingerprint` of a plate on object storage, from one listing (the same value as for a local copy)."""
-    import hashlib
-
     root = workspace.analysis_dir(ws, batch, plate).rstrip("/")
-    entries = [f"{url[len(root) + 1:]}\t{size}" for url, size in io.list_sizes(root).items()]
-    return hashlib.sha256("\n".join(sorted(entries)).encode()).hexdigest()[:32]
+    return _listing_digest({url[len(root) + 1:]: size for url, size in io.list_sizes(root).items()})
 
 
 def _stage_plate(ws: str, scratch: str, batch: str, plate: str) -> None:
