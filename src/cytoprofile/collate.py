@@ -52,6 +52,7 @@ from .ingest import (
     order_by_key,
     plan_schema,
     read_sites,
+    reader_opens,
     scan_sites,
 )
 from .vocabulary import TableFormat
@@ -268,10 +269,8 @@ def _plan(plate: str, report: dict[str, Any] | None, trusted: dict[str, str], bu
 def input_fingerprint(ws: str | os.PathLike[str], batch: str, plate: str) -> str:
     """Names and sizes of every file under the plate's analysis folder, hashed: a re-run rebuilds
     when a site was added, removed or a file changed size (sizes survive a copy; times do not)."""
-    import hashlib
-
     root = workspace.analysis_dir(ws, batch, plate)
-    entries = []
+    sizes = {}
     for folder, _dirs, names in os.walk(root, followlinks=True):
         for name in names:
             path = os.path.join(folder, name)
@@ -279,8 +278,15 @@ def input_fingerprint(ws: str | os.PathLike[str], batch: str, plate: str) -> str
                 size = os.path.getsize(path)
             except OSError:
                 size = -1  # a broken link: named in the report, counted here
-            entries.append(f"{os.path.relpath(path, root)}\t{size}")
-    return hashlib.sha256("\n".join(sorted(entries)).encode()).hexdigest()[:32]
+            sizes[os.path.relpath(path, root)] = size
+    return _listing_digest(sizes)
+
+
+def _listing_digest(sizes: dict[str, int]) -> str:
+    """The input fingerprint of relative path → size, local or from an object-storage listing alike."""
+    import hashlib
+
+    return hashlib.sha256("\n".join(sorted(f"{rel}\t{size}" for rel, size in sizes.items())).encode()).hexdigest()[:32]
 
 
 def _kind_of(plate: str, name: str) -> str:
@@ -660,6 +666,28 @@ def _publish_plate(local_ws: str, remote_ws: str, batch: str, plate: str, report
     return [*urls, io.join(target, report_name)]
 
 
+def _remote_fingerprint(ws: str, batch: str, plate: str) -> str:
+    """:func:`input_fingerprint` of a plate on object storage, from one listing (the same value as for a local copy)."""
+    root = workspace.analysis_dir(ws, batch, plate).rstrip("/")
+    return _listing_digest({url[len(root) + 1:]: size for url, size in io.list_sizes(root).items()})
+
+
+def _stage_plate(ws: str, scratch: str, batch: str, plate: str) -> None:
+    """Copy a plate's analysis folder from object storage as the local reader sees it.
+
+    Every file is staged under its own name and size; the files reading a site opens
+    (:func:`cytoprofile.ingest.reader_opens`: the CSVs, plain or gzip, any case, in a site
+    folder or below it) are downloaded, the rest (images, logs) stand in as empty files.
+    """
+    analysis_rel = os.path.join("analysis", batch, plate, "analysis")
+    depth = analysis_rel.count("/") + 2  # analysis/.../analysis/SITE/FILE
+    staged = workspace.stage(ws, scratch, [analysis_rel],
+                             fetch=lambda rel: rel.count("/") >= depth and reader_opens(os.path.basename(rel)))
+    if not any(rel.count("/") >= depth for rel in staged):
+        raise InputError(f"{io.join(ws, analysis_rel)}: no site folders with files found; "
+                         "check the workspace URL, batch and plate")
+
+
 def _collate_remote(ws: str, batch: str, plate: str, *, tmp_dir: str | None, progress: Progress | None,
                     start: float, **options: Any) -> PlateResult:
     """Collate a plate of a workspace on object storage through a local scratch copy.
@@ -676,21 +704,18 @@ def _collate_remote(ws: str, batch: str, plate: str, *, tmp_dir: str | None, pro
     workspace.find_plate(ws, batch, plate)
     io.remove_leftovers(target)
     report, trusted = trusted_outputs(ws, batch, plate)
-    plan = _plan(plate, report, trusted, _build_options(options), overwrite=options["overwrite"])
+    inputs = _remote_fingerprint(ws, batch, plate)
+    plan = _plan(plate, report, trusted, {**_build_options(options), "inputs": inputs}, overwrite=options["overwrite"])
     if plan.skip:
         return PlateResult(batch, plate, "skipped", "complete outputs exist (use --overwrite to rebuild)", outputs, report,
                            seconds=time.perf_counter() - start)
     with workspace.scratch_dir(tmp_dir, plate) as scratch:
-        names = {"image.csv"} | {f"{c.lower()}.csv" for c in options["compartments"]}
-        analysis_rel = os.path.join("analysis", batch, plate, "analysis")
-        fetched = workspace.stage(ws, scratch, [analysis_rel],
-                                  accept=lambda rel: os.path.basename(rel).lower() in names
-                                  and rel.count("/") == analysis_rel.count("/") + 2)
-        if not fetched:
-            raise InputError(f"{io.join(ws, analysis_rel)}: no site CSVs found; check the workspace URL, batch and plate")
+        _stage_plate(ws, scratch, batch, plate)
         local_dir = workspace.backend_dir(scratch, batch, plate)
         with io.output_errors(scratch):
             local, staging = _build_plate(scratch, batch, plate, plan=plan, progress=progress, start=start, **options)
+            if local.report is not None:
+                local.report["inputs"] = inputs
             _commit_local(local_dir, plate, local, staging, before=set())
         assert local.report is not None
         urls = _publish_plate(scratch, ws, batch, plate, local.report, before=set(trusted))
@@ -764,9 +789,15 @@ def _summary_line(report: dict[str, Any]) -> str:
 
 def _aggregate_only_remote(ws: str, batch: str, plate: str, *, tmp_dir: str | None, progress: Progress | None,
                            start: float, **options: Any) -> PlateResult:
-    """Re-aggregate a backend on object storage through a scratch copy; upload the profiles, report last."""
+    """Re-aggregate a backend on object storage through a scratch copy, with the local rules.
+
+    Only the backend the aggregation reads is downloaded; the report keeps listing the
+    other trusted outputs (they stay), the new profiles are uploaded, stale profiles of
+    another format are removed, and the report goes up last.
+    """
     rel = os.path.join("backend", batch, plate)
     target = workspace.backend_dir(ws, batch, plate)
+    io.remove_leftovers(target)
     report, trusted = trusted_outputs(ws, batch, plate)
     name = f"{plate}.{options['profile_format']}"
     if not options["overwrite"] and (name in trusted or (report is None and io.exists(io.join(target, name)))):
@@ -787,14 +818,34 @@ def _aggregate_only_remote(ws: str, batch: str, plate: str, *, tmp_dir: str | No
         if local.report is None:
             io.upload(profile, io.join(target, os.path.basename(profile)))
         else:
-            report_name = f"{plate}.report.json"
-            io.remove(io.join(target, report_name))
-            for path in (profile, profile + _SIDECAR):
-                io.upload(path, io.join(target, os.path.basename(path)))
-            io.upload(os.path.join(os.path.dirname(profile), report_name), io.join(target, report_name))
+            assert report is not None
+            _publish_profiles(scratch, ws, batch, plate, local.report, previous=report, trusted=trusted)
     remote_outputs = {k: io.join(ws, os.path.relpath(v, scratch)) for k, v in local.outputs.items()}
     return PlateResult(batch, plate, local.status, local.message, remote_outputs, local.report,
                        seconds=time.perf_counter() - start)
+
+
+def _publish_profiles(scratch: str, ws: str, batch: str, plate: str, report: dict[str, Any], *,
+                      previous: dict[str, Any], trusted: dict[str, str]) -> None:
+    """Upload re-aggregated profiles: the report (still listing the backend outputs that stay) last."""
+    folder = workspace.backend_dir(scratch, batch, plate)
+    target = workspace.backend_dir(ws, batch, plate)
+    profiles = {n: e for n, e in report["outputs"].items() if _kind_of(plate, n) == "profiles"}
+    kept = {n: e for n, e in previous.get("outputs", {}).items() if n in trusted and _kind_of(plate, n) != "profiles"}
+    report["outputs"] = {**kept, **profiles}
+    report_name = f"{plate}.report.json"
+    io.write_json(report, os.path.join(folder, report_name))
+    io.remove(io.join(target, report_name))
+    for entry in sorted(profiles):
+        for file in (entry, entry + _SIDECAR):
+            if os.path.exists(os.path.join(folder, file)):
+                io.upload(os.path.join(folder, file), io.join(target, file))
+    keep = set(report["outputs"]) | {n + _SIDECAR for n in report["outputs"]}
+    for stale in sorted(_remote_sizes(target)):
+        if _is_ours(plate, stale) and stale not in keep:
+            io.remove(io.join(target, stale))
+            log.warning("%s: removed %s of the earlier build (not asked for now)", plate, io.join(target, stale))
+    io.upload(os.path.join(folder, report_name), io.join(target, report_name))
 
 
 def _aggregate_only(ws: str | os.PathLike[str], batch: str, plate: str, outputs: dict[str, str], *, backend: Sequence[BackendKind],
@@ -910,12 +961,95 @@ def collate(
 
 
 def _reads_export_files(ws: str, batch: str, plate: str) -> bool:
-    """A local plate whose analysis folder holds ExportToDatabase files and no site folders."""
+    """A plate whose analysis folder holds ExportToDatabase files and no site folders (local or on a URL)."""
     from .exportdb import discover_export_files
 
-    if io.is_remote(ws) or Path(workspace.analysis_dir(ws, batch, plate)).is_dir():
+    if io.is_remote(ws):
+        return bool(_remote_export_files(ws, batch, plate))
+    if Path(workspace.analysis_dir(ws, batch, plate)).is_dir():
         return False
     return bool(discover_export_files(ws, batch, plate))
+
+
+def _remote_export_files(ws: str, batch: str, plate: str) -> list[str]:
+    """``analysis/BATCH/PLATE/*.sqlite`` on object storage, when that folder has no ``analysis/`` of site folders."""
+    from .exportdb import EXPORT_SUFFIXES
+
+    folder = io.join(ws, "analysis", batch, plate)
+    io.check_reachable(ws)  # a dead endpoint: one line naming it, before any listing waits on retries
+    fs, bare = io.filesystem(folder)
+    try:
+        entries = fs.ls(bare, detail=True, refresh=True)
+    except FileNotFoundError:
+        return []
+    except Exception as exc:  # network errors: named with the endpoint and the fix
+        if io._network_failure(exc):
+            raise io._unreachable(f"listing {folder}", exc) from exc
+        raise
+    if any(e.get("type") == "directory" and e["name"].rstrip("/").rsplit("/", 1)[-1] == "analysis" for e in entries):
+        return []
+    names = sorted(e["name"].rsplit("/", 1)[-1] for e in entries if e.get("type") == "file")
+    return [io.join(folder, n) for n in names if n.lower().endswith(EXPORT_SUFFIXES)]
+
+
+def _stage_export_sources(ws: str, scratch: str, batch: str, plate: str, sources: Sequence[str]) -> list[str]:
+    """Download a plate's ExportToDatabase files (found, or named by URL) into the scratch workspace.
+
+    A file under the workspace keeps its path relative to it (so the report names it as a
+    local run would); its modification time is the object's, so re-runs compare alike.
+    Local paths among ``sources`` are read in place.
+    """
+    from .exportdb import EXPORT_SUFFIXES
+
+    urls = [s for s in sources if io.is_remote(s)] if sources else _remote_export_files(ws, batch, plate)
+    found: list[str] = []
+    for url in urls:
+        found += [url] if url.lower().endswith(EXPORT_SUFFIXES) else [
+            u for u in io.list_sizes(url) if u.lower().endswith(EXPORT_SUFFIXES) and "/" not in u[len(url.rstrip("/")) + 1:]]
+    base = ws.rstrip("/") + "/"
+    paths = [os.path.join(scratch, u[len(base):] if u.startswith(base) else os.path.join("export-db", u.split("://", 1)[1]))
+             for u in found]
+    io.download(found, paths)
+    for url, path in zip(found, paths):
+        fs, bare = io.filesystem(url)
+        modified = fs.info(bare).get("LastModified")
+        if modified is not None:
+            os.utime(path, (modified.timestamp(), modified.timestamp()))
+    return [*paths, *(s for s in sources if not io.is_remote(s))]
+
+
+def _collate_export_remote(ws: str, batch: str, plate: str, *, sources: Sequence[str], table_prefix: str | None,
+                           progress: Progress | None, options: dict[str, Any]) -> PlateResult:
+    """ExportToDatabase input of a workspace on object storage, through a scratch copy (as :func:`_collate_remote`).
+
+    The earlier build's report is fetched and its outputs stand in by name and size, so a
+    re-run with the same files and options is skipped as locally; the outputs are uploaded
+    report last.
+    """
+    from .exportdb import collate_export
+
+    io.check_reachable(ws)
+    target = workspace.backend_dir(ws, batch, plate)
+    io.remove_leftovers(target)
+    report, trusted = trusted_outputs(ws, batch, plate)
+    report_name = f"{plate}.report.json"
+    with workspace.scratch_dir(options.get("tmp_dir"), plate) as scratch:
+        if report is not None:
+            workspace.stage(ws, scratch, [os.path.join("backend", batch, plate)],
+                            accept=lambda rel: os.path.basename(rel) in trusted or os.path.basename(rel) == report_name,
+                            fetch=lambda rel: os.path.basename(rel) == report_name)
+        local_sources = _stage_export_sources(ws, scratch, batch, plate, sources)
+        if not local_sources:
+            raise InputError(f"{io.join(ws, 'analysis', batch, plate)}: no ExportToDatabase files (*.sqlite) found; "
+                             "give them with --export-db")
+        with io.output_errors(scratch):
+            result = collate_export(scratch, batch, plate, sources=local_sources, table_prefix=table_prefix,
+                                    progress=progress, **{**options, "tmp_dir": scratch})
+        if result.status == "done" and result.report is not None:
+            urls = _publish_plate(scratch, ws, batch, plate, result.report, before=set(trusted))
+            log.info("%s: uploaded %d file(s) to %s", plate, len(urls), target)
+    result.outputs = {k: io.join(ws, os.path.relpath(v, scratch)) for k, v in result.outputs.items()}
+    return result
 
 
 def _collate_task(ws: str, batch: str, plate: str, options: dict[str, Any], progress: Progress | None) -> PlateResult:
@@ -924,7 +1058,10 @@ def _collate_task(ws: str, batch: str, plate: str, options: dict[str, Any], prog
     io.configure_storage(options.pop("storage", None))
     export_db, table_prefix = options.pop("export_db", ()), options.pop("table_prefix", None)
     try:
-        if export_db or _reads_export_files(ws, batch, plate):
+        if io.is_remote(ws) and not options.get("aggregate_only") and (export_db or _reads_export_files(ws, batch, plate)):
+            return _collate_export_remote(ws, batch, plate, sources=list(export_db), table_prefix=table_prefix,
+                                          progress=progress, options=options)
+        if not io.is_remote(ws) and (export_db or _reads_export_files(ws, batch, plate)):
             from .exportdb import collate_export
 
             return collate_export(ws, batch, plate, sources=list(export_db) or None, table_prefix=table_prefix,

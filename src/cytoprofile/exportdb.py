@@ -25,7 +25,6 @@ import os
 import re
 import shutil
 import sqlite3
-import tempfile
 import zlib
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -860,8 +859,7 @@ def collate_export(
             and all(Path(p).exists() for p in outputs.values()):
         return PlateResult(batch, plate, "skipped", "complete outputs exist (use --overwrite to rebuild)", outputs)
     options["overwrite"] = True  # other files or options: the outputs are rebuilt
-    scratch = tempfile.mkdtemp(prefix=f"cytoprofile-export-{_folder_part(plate)}-", dir=tmp_dir)
-    try:
+    with workspace.scratch_dir(tmp_dir, f"export-{_folder_part(plate)}") as scratch:
         done = materialise_plate(paths, plate=plate, out_dir=workspace.analysis_dir(scratch, batch, plate),
                                  table_prefix=table_prefix, root=root)
         if not done.sites:
@@ -874,8 +872,6 @@ def collate_export(
             section = {**done.report(), "sources": fingerprint, "call": call}
             result.report = _amend_report(result.report, done, section, outputs["report"])
         return result
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _no_sites(done: Materialised, paths: Sequence[str], plate: str, table_prefix: str | None) -> str:

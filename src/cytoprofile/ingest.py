@@ -65,6 +65,7 @@ __all__ = [
     "order_by_key",
     "plan_schema",
     "read_sites",
+    "reader_opens",
     "scan_sites",
 ]
 
@@ -235,6 +236,15 @@ def _csv_stem(entry: str) -> str | None:
         if lower.endswith(suffix):
             return entry[: -len(suffix)]
     return None
+
+
+def reader_opens(name: str) -> bool:
+    """Whether reading a site opens a file of this name (its tables, its TableNumber note).
+
+    Other files in a site folder (images, logs) are listed and named, never read; object
+    storage fetches only the files this admits.
+    """
+    return _csv_stem(name) is not None or name == TABLE_NUMBER_FILE
 
 
 def _read_bytes(path: str) -> bytes:

@@ -37,6 +37,7 @@ __all__ = [
     "endpoint",
     "is_leftover",
     "list_files",
+    "list_sizes",
     "output_errors",
     "remove",
     "remove_leftovers",
@@ -200,6 +201,24 @@ def list_files(prefix: str | os.PathLike[str]) -> list[str]:
             raise _unreachable(f"listing {text}", exc) from exc
         raise RemoteError(f"{text}: cannot list ({exc}); check the address and credentials") from exc
     return sorted(_url(f, text) for f in found)
+
+
+def list_sizes(prefix: str | os.PathLike[str]) -> dict[str, int]:
+    """Every file under ``prefix`` with its size in bytes (one listing call on object storage)."""
+    text = str(prefix)
+    if not is_remote(text):
+        return {path: os.path.getsize(path) for path in list_files(text)}
+    fs, bare = filesystem(text)
+    try:
+        found = fs.find(bare, detail=True)
+    except FileNotFoundError:
+        return {}
+    except Exception as exc:
+        if _network_failure(exc):
+            raise _unreachable(f"listing {text}", exc) from exc
+        raise RemoteError(f"{text}: cannot list ({exc}); check the address and credentials") from exc
+    return {_url(key, text): int(entry.get("size") or 0) for key, entry in sorted(found.items())
+            if entry.get("type", "file") == "file"}
 
 
 def _with_retries(action: Any, what: str, attempts: int = 4) -> Any:

@@ -775,14 +775,10 @@ def _at_url(exc: CytoprofileError, scratch: str, url: str) -> CytoprofileError:
 def _remote_plate_task(layout: Layout, recipe: Recipe, batch: str, plate: str, force: bool,
                        tmp_dir: str | None) -> RunResult:
     """One plate's steps against a URL workspace, through a scratch folder."""
-    import shutil
-    import tempfile
-
-    from .workspace import stage
+    from .workspace import scratch_dir, stage
 
     s = recipe.settings
-    scratch = tempfile.mkdtemp(prefix=f"cytoprofile-run-{plate}-", dir=tmp_dir)
-    try:
+    with scratch_dir(tmp_dir, f"run-{plate}") as scratch:
         wanted = {f"{plate}.csv", f"{plate}.csv.gz", f"{plate}.parquet", f"{plate}.report.json",
                   f"{plate}.csv.generation", f"{plate}.csv.gz.generation"}
         if s.aggregate.perform:
@@ -796,20 +792,14 @@ def _remote_plate_task(layout: Layout, recipe: Recipe, batch: str, plate: str, f
             raise _at_url(exc, scratch, layout.root) from exc
         local.outputs = _publish_written(scratch, layout.root, local.outputs)
         return local
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _remote_batch_steps(layout: Layout, recipe: Recipe, plates: dict[str, list[str]], *, force: bool,
                         tmp_dir: str | None, result: RunResult) -> None:
     """Batch-level steps against a URL workspace: gather per-well tables, run, upload."""
-    import shutil
-    import tempfile
+    from .workspace import scratch_dir, stage
 
-    from .workspace import stage
-
-    scratch = tempfile.mkdtemp(prefix="cytoprofile-run-batch-", dir=tmp_dir)
-    try:
+    with scratch_dir(tmp_dir, "run-batch") as scratch:
         prefixes = ["quality_control/summary"]
         for batch, names in plates.items():
             prefixes += [f"gct/{batch}", f"load_data_csv/{batch}"]
@@ -825,8 +815,6 @@ def _remote_batch_steps(layout: Layout, recipe: Recipe, plates: dict[str, list[s
             raise _at_url(exc, scratch, layout.root) from exc
         written = sorted(set(result.outputs[before:]))
         result.outputs[before:] = _publish_written(scratch, layout.root, written)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _plate_task_entry(task: tuple[Layout, Recipe, str, str, bool, str | None], options: dict[str, Any],

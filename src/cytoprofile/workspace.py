@@ -61,23 +61,37 @@ def stage(
     prefixes: list[str],
     *,
     accept: Callable[[str], bool] | None = None,
+    fetch: Callable[[str], bool] | None = None,
 ) -> list[str]:
-    """Download the files under ``remote/PREFIX`` for each prefix into ``local`` (same relative paths).
+    """Copy the files under ``remote/PREFIX`` for each prefix into ``local`` (same relative paths).
 
-    Only files ``accept(relative_path)`` admits are fetched; returns their relative paths.
+    Only files ``accept(relative_path)`` admits are staged; returns their relative paths.
+    A staged file ``fetch(relative_path)`` declines is not downloaded: an empty (sparse)
+    file of the same size stands in for it, so listings, sizes and input fingerprints
+    see the remote folder as it is, for files no reader opens (images beside the CSVs).
     """
     base = remote.rstrip("/")
     urls: list[str] = []
     rels: list[str] = []
     for prefix in prefixes:
-        for url in io.list_files(io.join(base, prefix)):
+        for url, size in io.list_sizes(io.join(base, prefix)).items():
             rel = url[len(base) + 1 :]
             if io.is_leftover(rel) or (accept is not None and not accept(rel)):
                 continue
-            urls.append(url)
             rels.append(rel)
-    io.download(urls, [os.path.join(local, rel) for rel in rels])
+            if fetch is None or fetch(rel):
+                urls.append(url)
+            else:
+                _placeholder(os.path.join(local, rel), size)
+    io.download(urls, [os.path.join(local, url[len(base) + 1 :]) for url in urls])
     return rels
+
+
+def _placeholder(path: str, size: int) -> None:
+    """A file of ``size`` bytes that takes no disk space (a hole), standing in for one not fetched."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as fh:
+        fh.truncate(size)
 
 
 def publish(local: str, remote: str, rels: list[str]) -> list[str]:
@@ -219,9 +233,12 @@ def scratch_dir(tmp_dir: str | None, prefix: str) -> Iterator[str]:
             raise InputError(f"--tmp-dir {parent} is a file, not a folder") from None
         _clean_scratch(parent)
         folder = tempfile.mkdtemp(prefix=f"cytoprofile-{prefix}-", dir=parent)
-        fd = os.open(os.path.join(folder, _SCRATCH_LOCK), os.O_RDWR | os.O_CREAT, 0o644)
-    try:
+        # locked under another name, then renamed: a cleaner never sees the lock file unlocked
+        pending = os.path.join(folder, _SCRATCH_LOCK + ".new")
+        fd = os.open(pending, os.O_RDWR | os.O_CREAT, 0o644)
         fcntl.flock(fd, fcntl.LOCK_EX)
+        os.replace(pending, os.path.join(folder, _SCRATCH_LOCK))
+    try:
         yield folder
     finally:
         os.close(fd)
