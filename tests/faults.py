@@ -270,3 +270,31 @@ def broken_link(plate_dir: Path, name: str) -> Path:
     link = plate_dir / name
     link.symlink_to(plate_dir / "does-not-exist", target_is_directory=True)
     return link
+
+
+def add_image_column(folder: Path, column: str, value: str, *, name: str = "Image.csv") -> None:
+    """A further Image.csv column (e.g. ``Metadata_Gene``, ``URL_OrigDNA``) holding ``value``."""
+    rows = read_rows(folder / name)
+    rows[0].append(column)
+    for row in rows[1:]:
+        row.append(value)
+    write_rows(folder / name, rows)
+
+
+def insert_line(folder: Path, name: str, line: bytes, *, at: int) -> None:
+    """Put a raw line (``b"   "``, ``b"\\t"``, ``b"\\r"``) before line ``at`` (1-based; past the end: appended)."""
+    path = folder / name
+    raw = path.read_bytes()
+    data = gzip.decompress(raw) if name.lower().endswith(".gz") else raw
+    lines = data.split(b"\n")
+    lines.insert(at - 1, line)
+    out = b"\n".join(lines)
+    path.write_bytes(gzip.compress(out) if name.lower().endswith(".gz") else out)
+
+
+def compress(folder: Path, names: tuple[str, ...] | None = None) -> None:
+    """Gzip CSVs of a site in place (``Cells.csv`` → ``Cells.csv.gz``); all of them by default."""
+    for path in sorted(folder.iterdir()):
+        if path.name.lower().endswith(".csv") and (names is None or path.name in names):
+            path.with_name(path.name + ".gz").write_bytes(gzip.compress(path.read_bytes()))
+            path.unlink()
