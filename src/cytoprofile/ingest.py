@@ -921,8 +921,11 @@ def plan_schema(scans: Sequence[SiteScan], *, plate: str, strata: Sequence[str],
             continue
         for table in object_tables:
             if table not in scan.files and table.lower() in wanted:
-                why, path = scan.rejected.get(table.lower(), (f"{table}.csv is missing", os.path.join(scan.path, f"{table}.csv")))
-                scan.quarantine(f"{why} (other sites have it; it is one of the compartments)", path)
+                if table.lower() in scan.rejected:  # its file is there but not an object table
+                    why, path = scan.rejected[table.lower()]
+                    scan.quarantine(f"{why}; {table} is one of the compartments", path)
+                else:
+                    scan.quarantine(f"{table}.csv is missing (other sites have it)", os.path.join(scan.path, f"{table}.csv"))
                 break
     partial = {t: sorted(s.name for s in scans if s.problem is None and t not in s.files) for t in object_tables}
     tables: dict[str, list[str]] = {}
