@@ -462,7 +462,7 @@ def _read_plate(ws: str | os.PathLike[str], batch: str, plate: str, *, files: di
                 raise AccountingError(f"{plate}: table {table}: {n} rows in, {counted.get(table)} rows out in the {kind} "
                                       "backend; nothing written")
     first_table = next(iter(chosen.values()), None)
-    aggregated = int(profiles["Metadata_Object_Count"].sum())
+    aggregated = int(profiles["Metadata_Object_Count"].sum()) if first_table is not None else 0
     if first_table is not None and aggregated != rows_in.get(first_table, 0):
         raise AccountingError(f"{plate}: table {first_table}: {rows_in.get(first_table, 0)} rows in, {aggregated} "
                               "aggregated into the profiles; nothing written")
