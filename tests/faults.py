@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import os
 import shutil
 import sqlite3
 from collections import Counter
@@ -20,6 +21,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from cytoprofile.ingest import TABLE_NUMBER_FILE
 from cytoprofile.synth import synth
 
 __all__ = [
@@ -28,6 +30,7 @@ __all__ = [
     "assert_rows_accounted",
     "count_data_rows",
     "read_rows",
+    "site_files",
     "small_plate",
     "write_rows",
 ]
@@ -69,7 +72,7 @@ def count_data_rows(path: Path) -> int:
         return 0
     raw = path.read_bytes()
     text = (gzip.decompress(raw) if path.name.lower().endswith(".gz") else raw).decode("utf-8", errors="replace")
-    lines = [line for line in text.splitlines() if line.strip()]
+    lines = [line for line in text.splitlines() if line.strip()]  # blank and whitespace-only lines hold no row
     header = 2 if len(lines) > 1 and "ImageNumber" not in lines[0] and "ImageNumber" in lines[1] else 1
     body = "\n".join(lines[header:])
     if '"' not in body:  # bare CellProfiler rows: one a line, whatever the header holds
@@ -104,8 +107,25 @@ def _backend_counts(outputs: dict[str, str]) -> dict[str, dict[str, int]]:
     return counts
 
 
+def site_files(folder: Path) -> dict[str, Path]:
+    """Every file of a site folder, subfolders included (links to folders inside them not followed), by relative path."""
+    out: dict[str, Path] = {}
+    if not folder.exists():
+        return out
+    for here, dirs, names in os.walk(folder):
+        rel = Path(here).relative_to(folder)
+        for d in dirs:
+            if (Path(here) / d).is_symlink():
+                out[f"{rel / d}/"] = Path(here) / d
+        for name in names:
+            if name != TABLE_NUMBER_FILE:
+                out[str(rel / name) if str(rel) != "." else name] = Path(here) / name
+    return out
+
+
 def assert_rows_accounted(result: Any, plate_dir: Path) -> None:
-    """Rows in every input file = rows in the backend + rows named in the report (quarantined, not stored)."""
+    """Rows in every input file = rows in the backend + rows named in the report (quarantined, not stored),
+    and every file of a site folder is named: read, or not read with the reason."""
     report = result.report
     assert report is not None, result.message
     sites = {s["site"]: s for s in report["sites"]}
@@ -114,10 +134,14 @@ def assert_rows_accounted(result: Any, plate_dir: Path) -> None:
     expected: Counter[str] = Counter()
     for folder in folders:
         entry = sites[folder.name]
-        inputs = {p.name: count_data_rows(p) for p in (folder.iterdir() if folder.exists() else []) if _is_csv(p)}
-        named = {name: f["rows"] for name, f in entry["files"].items()}
-        assert named == inputs, f"{folder.name}: rows per file in the report {named} != in the files {inputs}"
+        files = site_files(folder)
+        assert sorted(entry["files"]) == sorted(files), f"{folder.name}: files in the report != in the folder"
         for name, f in entry["files"].items():
+            if f.get("not_read"):
+                readable = "/" not in name and _is_csv(files[name]) and not name.startswith("._")
+                assert f["rows"] is None and not f["tables"] and not readable, f"{folder.name}/{name}: a CSV left unread"
+                continue
+            assert f["rows"] == count_data_rows(files[name]), f"{folder.name}/{name}: rows in the report != in the file"
             if entry["status"] == "ok":
                 assert f["tables"] or f.get("not_stored"), f"{folder.name}/{name}: rows neither stored nor named"
                 for table in f["tables"]:
@@ -246,3 +270,31 @@ def broken_link(plate_dir: Path, name: str) -> Path:
     link = plate_dir / name
     link.symlink_to(plate_dir / "does-not-exist", target_is_directory=True)
     return link
+
+
+def add_image_column(folder: Path, column: str, value: str, *, name: str = "Image.csv") -> None:
+    """A further Image.csv column (e.g. ``Metadata_Gene``, ``URL_OrigDNA``) holding ``value``."""
+    rows = read_rows(folder / name)
+    rows[0].append(column)
+    for row in rows[1:]:
+        row.append(value)
+    write_rows(folder / name, rows)
+
+
+def insert_line(folder: Path, name: str, line: bytes, *, at: int) -> None:
+    """Put a raw line (``b"   "``, ``b"\\t"``, ``b"\\r"``) before line ``at`` (1-based; past the end: appended)."""
+    path = folder / name
+    raw = path.read_bytes()
+    data = gzip.decompress(raw) if name.lower().endswith(".gz") else raw
+    lines = data.split(b"\n")
+    lines.insert(at - 1, line)
+    out = b"\n".join(lines)
+    path.write_bytes(gzip.compress(out) if name.lower().endswith(".gz") else out)
+
+
+def compress(folder: Path, names: tuple[str, ...] | None = None) -> None:
+    """Gzip CSVs of a site in place (``Cells.csv`` → ``Cells.csv.gz``); all of them by default."""
+    for path in sorted(folder.iterdir()):
+        if path.name.lower().endswith(".csv") and (names is None or path.name in names):
+            path.with_name(path.name + ".gz").write_bytes(gzip.compress(path.read_bytes()))
+            path.unlink()

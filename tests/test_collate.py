@@ -198,7 +198,7 @@ def _corrupt_value(path: Path, text: str) -> None:
     ("damage", "reason"),
     [
         (lambda p: (p / "Cells.csv").write_bytes(b"ImageNumber,ObjectNumber,AreaShape_Area\n1,1,\xff\xfe\n"), "Cells.csv"),
-        (lambda p: _corrupt_value(p / "Cytoplasm.csv", "12..5e"), "unparseable number"),
+        (lambda p: _corrupt_value(p / "Cytoplasm.csv", "12..5e"), "'12..5e' is not a number"),
         (lambda p: (p / "Image.csv").unlink(), "Image.csv is missing"),
     ],
 )

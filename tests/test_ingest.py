@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+import io as io_module
 import os
 import re
 import shutil
@@ -24,7 +26,7 @@ from hypothesis import strategies as st
 from cytoprofile import io
 from cytoprofile.collate import collate_plate
 from cytoprofile.errors import InputError
-from cytoprofile.ingest import discover_sites, order_by_key, plan_schema, scan_sites
+from cytoprofile.ingest import discover_sites, normalise_well, order_by_key, plan_schema, scan_sites
 from cytoprofile.synth import synth
 
 from . import faults
@@ -648,3 +650,398 @@ def test_columns_differing_only_in_case(tmp_path: Path) -> None:
     faults.rename_column(faults.site(plate_dir, "A01", 1), "Cells", feature, feature.upper())
     with pytest.raises(InputError, match="differ only in case"):
         collate_plate(other, faults.BATCH, faults.PLATE)
+
+
+# --- null tokens, stray files, folder names: the second attack on the ingest -------------------
+
+
+@pytest.mark.parametrize("token", ["NA", "None", "null", "NULL", "nan", "NaN", "N/A"])
+@pytest.mark.parametrize("column", ["Metadata_Gene", "Metadata_Compound", "FileName_OrigDNA", "PathName_OrigDNA",
+                                    "URL_OrigDNA", "MD5Digest_OrigDNA"])
+def test_text_image_columns_keep_null_like_words(tmp_path: Path, token: str, column: str) -> None:
+    plate_dir = faults.small_plate(tmp_path)
+    for folder in sorted(plate_dir.iterdir()):
+        if column not in faults.read_rows(folder / "Image.csv")[0]:
+            faults.add_image_column(folder, column, "x")
+    target = faults.site(plate_dir, "A02", 1)
+    faults.set_image_value(target, column, token)
+    faults.set_image_value(faults.site(plate_dir, "A01", 2), column, "")  # empty text is NULL
+    result = _collate(tmp_path, plate_dir, backend=("sqlite", "parquet"))
+    assert {s["status"] for s in result.report["sites"]} == {"ok"}
+    stored = _query(result.outputs["sqlite"], f'SELECT Metadata_Well, Metadata_Site, "{column}" FROM Image')
+    by_site = {(w, str(s)): v for w, s, v in stored}
+    assert by_site[("A02", "1")] == token
+    assert by_site[("A01", "2")] is None
+    parquet = pq.read_table(result.outputs["parquet"], columns=["Metadata_Well", "Metadata_Site", column]).to_pylist()
+    by_site = {(r["Metadata_Well"], str(r["Metadata_Site"])): r[column] for r in parquet}
+    assert by_site[("A02", "1")] == token and by_site[("A01", "2")] is None
+    assert sum(v is None for v in by_site.values()) == 1
+
+
+_NUMERIC_PLACES = [("Image", "Count_Cells", False), ("Image", "Granularity_1_DNA", True), ("Cells", "AreaShape_Area", False),
+                   ("Nuclei", "Location_Center_X", True), ("Cytoplasm", "AreaShape_Area", False),
+                   ("Cells", "Parent_Nuclei", True), ("Cytoplasm", "Parent_Cells", False)]
+
+
+def _set(folder: Path, table: str, column: str, value: str, row: int = 1) -> None:
+    if table == "Image":
+        faults.set_image_value(folder, column, value)
+    else:
+        faults.set_object_value(folder, table, column, value, row=row)
+
+
+@pytest.mark.parametrize("token", ["NA", "None", "null", "NULL", "n/a", "missing"])
+@pytest.mark.parametrize(("table", "column", "gz"), _NUMERIC_PLACES)
+def test_words_in_numeric_columns_are_non_numbers_never_null(tmp_path: Path, token: str, table: str, column: str, gz: bool) -> None:
+    plate_dir = faults.small_plate(tmp_path)
+    target = faults.site(plate_dir, "A02", 1)
+    row = 1 if table == "Image" else 2
+    _set(target, table, column, token, row=row)
+    if gz:
+        faults.compress(target)
+    result = _collate(tmp_path, plate_dir)
+    entry = _sites(result)[target.name]
+    assert entry["status"] == "quarantined", f"{token!r} in {table}.{column} was accepted"
+    name = f"{table}.csv" + (".gz" if gz else "")
+    reason = entry["reason"]
+    assert reason.startswith(f"{name} line {row + 1}") and column in reason and repr(token) in reason, reason
+    assert entry["file"].endswith(name)
+
+
+@pytest.mark.parametrize(("token", "table", "column", "gz"), [
+    (token, *place) for token in ("", "nan", "NaN", "inf", "-inf") for place in _NUMERIC_PLACES
+    if "Parent" not in place[1] and not (token.endswith("inf") and place[1].startswith("Count_"))])
+def test_cellprofiler_missing_numbers_are_null_and_inf_kept(tmp_path: Path, token: str, table: str, column: str, gz: bool) -> None:
+    plate_dir = faults.small_plate(tmp_path, wells=1, sites=1)
+    target = faults.site(plate_dir)
+    _set(target, table, column, token)
+    if gz:
+        faults.compress(target)
+    result = _collate(tmp_path, plate_dir, backend=("sqlite", "parquet"))
+    assert _sites(result)[target.name]["status"] == "ok"
+    stored = column if table == "Image" else f"{table}_{column}"
+    where = "" if table == "Image" else " WHERE ObjectNumber = 1"
+    value = _query(result.outputs["sqlite"], f'SELECT "{stored}" FROM "{table}"{where}')[0][0]
+    parquet = pq.read_table(Path(result.outputs["parquet"]).parent / f"P1_{table}.parquet").to_pylist()
+    pvalue = parquet[0][stored] if table == "Image" else next(r[stored] for r in parquet if r["ObjectNumber"] == 1)
+    if token.endswith("inf"):
+        assert value == pvalue == float(token)
+    else:
+        assert value is None and pvalue is None
+
+
+@pytest.mark.parametrize("value", ["abc", "1.2.3", "NA"])
+@pytest.mark.parametrize(("table", "column", "row"), [("Cells", "AreaShape_Area", 1), ("Cells", "AreaShape_Area", "last"),
+                                                      ("Nuclei", "Location_Center_Y", 3), ("Image", "Granularity_2_DNA", 1),
+                                                      ("object", "AreaShape_Extent", 4)])
+@pytest.mark.parametrize("blank_before", [False, True])
+def test_non_number_reason_names_file_line_and_column(tmp_path: Path, value: str, table: str, column: str, row: object,
+                                                      blank_before: bool) -> None:
+    plate_dir = faults.small_plate(tmp_path, wells=1, sites=2, cells=6)
+    target = faults.site(plate_dir)
+    name = f"{table}.csv"
+    header_lines = 1
+    if table == "object":
+        for folder in sorted(plate_dir.iterdir()):
+            faults.to_object_csv(folder)
+        header_lines = 2
+    rows = faults.read_rows(target / name)
+    at = len(rows) - header_lines if row == "last" else int(row)  # type: ignore[call-overload]
+    labels = rows[0] if table == "object" else None
+    where = [i for i, c in enumerate(rows[header_lines - 1]) if c == column and (labels is None or labels[i] == "Cells")][0]
+    rows[header_lines - 1 + at][where] = value
+    faults.write_rows(target / name, rows)
+    line = header_lines + at
+    if blank_before:  # line numbers are the file's: blank lines count
+        faults.insert_line(target, name, b"", at=header_lines + 1)
+        line += 1
+    result = _collate(tmp_path, plate_dir)
+    entry = _sites(result)[target.name]
+    assert entry["status"] == "quarantined"
+    assert entry["reason"] == f"{name} line {line}, column {column}: {value!r} is not a number"
+
+
+def _stray(folder: Path, name: str) -> None:
+    """A file that is not CellProfiler output, as found in real site folders."""
+    if name == "notes.csv":
+        (folder / name).write_text("note,by\nre-run after focus fix,JD\n")
+    elif name == "Image - Copy.csv":
+        shutil.copy(folder / "Image.csv", folder / name)
+    elif name == "Cells_noKeys.csv":  # an object-like table whose keys were dropped by a spreadsheet
+        rows = faults.read_rows(folder / "Cells.csv")
+        faults.write_rows(folder / name, [r[2:] for r in rows])
+    elif name == "summary.csv.gz":
+        (folder / name).write_bytes(gzip.compress(b"Plate,Cells\nP1,12\nP1,13\n"))
+    elif name == "MyExpt_Experiment.csv":
+        (folder / name).write_text("Key,Value\nCellProfiler_Version,4.2.6\nRun_Timestamp,2024-01-01\n")
+    elif name == "._Cells.csv":
+        (folder / name).write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        \x00\x02\x00\x00\x00\x09" + bytes(range(40)))
+    elif name == ".DS_Store":
+        (folder / name).write_bytes(b"\x00\x00\x00\x01Bud1" + bytes(64))
+    else:
+        (folder / name).write_bytes(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(64))
+
+
+_STRAYS = [("notes.csv", "not_stored", "not a CellProfiler object table (no ImageNumber or ObjectNumber column)"),
+           ("Image - Copy.csv", "not_stored", "not a CellProfiler object table (no ObjectNumber column)"),
+           ("Cells_noKeys.csv", "not_stored", "not a CellProfiler object table (no ImageNumber or ObjectNumber column)"),
+           ("summary.csv.gz", "not_stored", "not a CellProfiler object table"),
+           ("MyExpt_Experiment.csv", "not_stored", "run metadata"),
+           ("._Cells.csv", "not_read", "AppleDouble"),
+           (".DS_Store", "not_read", "not a CSV file"),
+           ("Thumbs.db", "not_read", "not a CSV file")]
+
+
+@pytest.mark.parametrize(("name", "kind", "reason"), _STRAYS)
+@pytest.mark.parametrize("everywhere", [False, True])
+def test_stray_files_are_named_and_the_site_kept(tmp_path: Path, name: str, kind: str, reason: str, everywhere: bool) -> None:
+    faults.small_plate(tmp_path / "clean")
+    plate_dir = faults.small_plate(tmp_path / "ws")
+    folders = sorted(plate_dir.iterdir()) if everywhere else [faults.site(plate_dir, "A02", 1)]
+    for folder in folders:
+        _stray(folder, name)
+    clean = collate_plate(tmp_path / "clean", faults.BATCH, faults.PLATE)
+    result = _collate(tmp_path / "ws", plate_dir, backend=("sqlite", "parquet"))
+    assert {s["status"] for s in result.report["sites"]} == {"ok"}
+    for folder in folders:
+        entry = _sites(result)[folder.name]["files"][name]
+        assert reason in entry[kind] and entry["tables"] == []
+        assert (entry["rows"] is None) is (kind == "not_read")
+    for table in ("Image", "Cells", "Cytoplasm", "Nuclei"):
+        assert _query(result.outputs["sqlite"], f"SELECT * FROM {table} ORDER BY 1, 2, 3") == \
+            _query(clean.outputs["sqlite"], f"SELECT * FROM {table} ORDER BY 1, 2, 3")
+    tables = {r[0] for r in _query(result.outputs["sqlite"], "SELECT name FROM sqlite_master WHERE type='table'")}
+    assert tables == {"Image", "Cells", "Cytoplasm", "Nuclei", "cytoprofile_run"}
+    assert Path(result.outputs["profiles"]).read_bytes() == Path(clean.outputs["profiles"]).read_bytes()
+
+
+def test_stray_files_exit_0_from_the_command_line(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cytoprofile.cli import app
+
+    plate_dir = faults.small_plate(tmp_path)
+    for folder in sorted(plate_dir.iterdir()):
+        for name, _, _ in _STRAYS:
+            _stray(folder, name)
+    run = CliRunner().invoke(app, ["collate", str(tmp_path), faults.BATCH, faults.PLATE, "-q"])
+    assert run.exit_code == 0, run.output
+    report = io.read_json(str(tmp_path / "backend" / faults.BATCH / faults.PLATE / f"{faults.PLATE}.report.json"))
+    assert {s["status"] for s in report["sites"]} == {"ok"}
+
+
+@pytest.mark.parametrize("compartment", ["Cells", "Nuclei"])
+def test_compartment_file_that_is_not_a_table_quarantines_naming_it(tmp_path: Path, compartment: str) -> None:
+    plate_dir = faults.small_plate(tmp_path)
+    target = faults.site(plate_dir, "A02", 2)
+    rows = faults.read_rows(target / f"{compartment}.csv")
+    faults.write_rows(target / f"{compartment}.csv", [r[:1] + r[2:] for r in rows])  # ObjectNumber lost
+    result = _collate(tmp_path, plate_dir)
+    entry = _sites(result)[target.name]
+    assert entry["status"] == "quarantined"
+    assert entry["reason"].startswith(f"{compartment}.csv: not a CellProfiler object table (no ObjectNumber column)")
+    assert "compartments" in entry["reason"] and entry["file"].endswith(f"{compartment}.csv")
+
+
+@pytest.mark.parametrize(("column", "value", "shown"), [
+    ("Metadata_Well", "B02", "B02"), ("Metadata_Well", "r02c03", "r02c03"), ("Metadata_Well", "A2", "A2"),
+    ("Metadata_Site", "3", "3"), ("Metadata_Site", "11", "11")])
+def test_folder_name_disagreeing_with_image_csv_is_reported(tmp_path: Path, caplog: pytest.LogCaptureFixture, column: str,
+                                                            value: str, shown: str) -> None:
+    plate_dir = faults.small_plate(tmp_path)
+    target = faults.site(plate_dir, "A01", 1)
+    faults.set_image_value(target, column, value)
+    with caplog.at_level("WARNING", logger="cytoprofile"):
+        result = _collate(tmp_path, plate_dir)
+    entry = _sites(result)[target.name]
+    assert entry["status"] == "ok"
+    folder_value = {"Metadata_Well": "A01", "Metadata_Site": "1"}[column]
+    expected = f"folder {target.name} says {column} {folder_value!r}, Image.csv says {shown!r} (Image.csv's value is used)"
+    assert entry["warnings"] == [expected]
+    assert expected in caplog.text
+    others = [s for s in result.report["sites"] if s["site"] != target.name]
+    assert not any(s.get("warnings") for s in others)
+    stored = _query(result.outputs["sqlite"], f"SELECT {column} FROM Image WHERE TableNumber = "
+                    f"{zlib.crc32((target / 'Image.csv').read_bytes()) & 0xFFFFFFFF}")
+    assert stored == [(normalise_well(value) if column == "Metadata_Well" else value,)]  # Image.csv wins
+    profiles = io.read_table(result.outputs["profiles"])
+    if column == "Metadata_Well":  # the site's cells are aggregated under Image.csv's well
+        assert normalise_well(value) in profiles["Metadata_Well"].tolist()
+
+
+@pytest.mark.parametrize(("column", "value"), [("Metadata_Well", "a01"), ("Metadata_Well", "r01c01"), ("Metadata_Site", "01")])
+def test_folder_name_agreeing_after_normalising_is_quiet(tmp_path: Path, column: str, value: str) -> None:
+    plate_dir = faults.small_plate(tmp_path)
+    faults.set_image_value(faults.site(plate_dir, "A01", 1), column, value)
+    result = _collate(tmp_path, plate_dir)
+    assert not any(s.get("warnings") for s in result.report["sites"])
+
+
+@pytest.mark.parametrize("image_has_plate", [True, False])
+def test_site_folder_naming_another_plate_is_reported(tmp_path: Path, image_has_plate: bool) -> None:
+    plate_dir = faults.small_plate(tmp_path)
+    target = faults.site(plate_dir, "A01", 1)
+    if not image_has_plate:
+        pd.read_csv(target / "Image.csv").drop(columns=["Metadata_Plate"]).to_csv(target / "Image.csv", index=False)
+    moved = target.rename(plate_dir / "P9-A01-1")
+    result = _collate(tmp_path, plate_dir)
+    entry = _sites(result)[moved.name]
+    assert entry["status"] == "ok"
+    assert len(entry["warnings"]) == 1 and "P9-A01-1 says Metadata_Plate 'P9'" in entry["warnings"][0]
+    assert {r[0] for r in _query(result.outputs["sqlite"], "SELECT Metadata_Plate FROM Image")} == {"P1"}
+    assert io.read_table(result.outputs["profiles"])["Metadata_Plate"].unique().tolist() == ["P1"]
+
+
+@pytest.mark.parametrize("layout", [("extra/Cells.csv",), ("old/run1/Image.csv", "old/run1/Nuclei.csv.gz"),
+                                    ("outlines/A01_1_cells.png",), ("extra/Cells.csv", "extra/notes.txt")])
+def test_files_in_site_subfolders_are_named_not_read(tmp_path: Path, layout: tuple[str, ...]) -> None:
+    faults.small_plate(tmp_path / "clean")
+    plate_dir = faults.small_plate(tmp_path / "ws")
+    target = faults.site(plate_dir, "A02", 1)
+    for rel in layout:
+        path = target / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        source = target / Path(rel).name.replace(".gz", "")
+        data = source.read_bytes() if source.exists() else b"\x89PNG\r\n"
+        path.write_bytes(gzip.compress(data) if rel.endswith(".gz") else data)
+    clean = collate_plate(tmp_path / "clean", faults.BATCH, faults.PLATE)
+    result = _collate(tmp_path / "ws", plate_dir)
+    entry = _sites(result)[target.name]
+    assert entry["status"] == "ok"
+    for rel in layout:
+        assert entry["files"][rel] == {"rows": None, "tables": [], "not_read": "in a subfolder"}
+    for table in ("Image", "Cells", "Cytoplasm", "Nuclei"):
+        assert _query(result.outputs["sqlite"], f"SELECT * FROM {table} ORDER BY 1, 2, 3") == \
+            _query(clean.outputs["sqlite"], f"SELECT * FROM {table} ORDER BY 1, 2, 3")
+
+
+@pytest.mark.parametrize(("first", "second"), [("Cells.csv", "CELLS.CSV"), ("Nuclei.csv", "nuclei.csv.gz"),
+                                               ("Cells.csv", "Cells.csv.gz"), ("Image.csv", "Image.csv.gz"),
+                                               ("object.csv", "Cells.csv"), ("object.csv", "NUCLEI.CSV")])
+def test_two_files_of_one_table_quarantine_naming_both(tmp_path: Path, first: str, second: str) -> None:
+    plate_dir = faults.small_plate(tmp_path)
+    target = faults.site(plate_dir, "A02", 1)
+    if first == "object.csv":
+        keep = (target / {"Cells.csv": "Cells.csv", "NUCLEI.CSV": "Nuclei.csv"}[second]).read_bytes()
+        faults.to_object_csv(target)
+        (target / second).write_bytes(keep)
+    else:
+        data = (target / first).read_bytes()
+        (target / second).write_bytes(gzip.compress(data) if second.endswith(".gz") else data)
+    result = _collate(tmp_path, plate_dir)
+    entry = _sites(result)[target.name]
+    assert entry["status"] == "quarantined"
+    match = re.fullmatch(r"(\S+) and (\S+) hold the same table (\w+)", entry["reason"])
+    assert match and sorted(match.group(1, 2)) == sorted([first, second]), entry["reason"]
+
+
+@pytest.mark.parametrize("line", [b"   ", b"\t", b" \t \r", b"\r", b"  \r"])
+@pytest.mark.parametrize(("name", "at"), [("Cells.csv", 3), ("Nuclei.csv", 2), ("Cytoplasm.csv", -1), ("Image.csv", 2),
+                                          ("Image.csv", -1), ("Cells.csv.gz", 4), ("Image.csv.gz", 3)])
+def test_whitespace_only_lines_are_skipped_like_blank_lines(tmp_path: Path, line: bytes, name: str, at: int) -> None:
+    faults.small_plate(tmp_path / "clean")
+    plate_dir = faults.small_plate(tmp_path / "ws")
+    target = faults.site(plate_dir, "A01", 2)
+    if name.endswith(".gz"):
+        faults.compress(target, (name[:-3],))
+    n_lines = len(faults.read_rows(target / name))
+    faults.insert_line(target, name, line, at=n_lines + 1 if at == -1 else at)
+    clean = collate_plate(tmp_path / "clean", faults.BATCH, faults.PLATE)
+    result = _collate(tmp_path / "ws", plate_dir)
+    entry = _sites(result)[target.name]
+    assert entry["status"] == "ok", entry["reason"]
+    assert entry["files"][name]["rows"] == n_lines - 1
+    for table in ("Image", "Cells", "Cytoplasm", "Nuclei"):  # TableNumber is Image.csv's CRC32: the bytes differ
+        order = "Metadata_Well, Metadata_Site" if table == "Image" else "2, 3, 4"
+        ours = [r[1:] for r in _query(result.outputs["sqlite"], f"SELECT * FROM {table} ORDER BY {order}")]
+        assert ours == [r[1:] for r in _query(clean.outputs["sqlite"], f"SELECT * FROM {table} ORDER BY {order}")]
+
+
+def test_whitespace_line_with_a_real_fault_still_names_the_fault(tmp_path: Path) -> None:
+    plate_dir = faults.small_plate(tmp_path)
+    target = faults.site(plate_dir, "A01", 2)
+    faults.set_object_value(target, "Cells", "AreaShape_Area", "abc", row=2)
+    faults.insert_line(target, "Cells.csv", b"  \t", at=2)
+    result = _collate(tmp_path, plate_dir)
+    assert _sites(result)[target.name]["reason"] == "Cells.csv line 4, column AreaShape_Area: 'abc' is not a number"
+
+
+def test_gzip_object_csvs_are_decompressed_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import cytoprofile.ingest as ingest
+
+    plate_dir = faults.small_plate(tmp_path, wells=1, sites=2, cells=3000, features=40)
+    for folder in sorted(plate_dir.iterdir()):
+        faults.compress(folder)
+    by_bytes = {p.read_bytes(): p for p in plate_dir.rglob("*.gz")}
+    consumed: dict[Path, int] = {p: 0 for p in by_bytes.values()}
+    real_open, real_decompress = gzip.open, gzip.decompress
+
+    class _Counted(io_module.RawIOBase):
+        def __init__(self, path: Path) -> None:
+            self.fh, self.path = open(path, "rb"), path  # noqa: SIM115 - closed with the gzip stream
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buffer: Any) -> int:
+            n = self.fh.readinto(buffer)
+            consumed[self.path] += n or 0
+            return n  # type: ignore[no-any-return]
+
+        def close(self) -> None:
+            self.fh.close()
+            super().close()
+
+    def counted_open(path: Any, mode: str = "rb", **kwargs: Any) -> Any:
+        return real_open(_Counted(Path(path)), mode, **kwargs)
+
+    def counted_decompress(data: bytes) -> bytes:
+        consumed[by_bytes[data]] += len(data)
+        return real_decompress(data)
+
+    monkeypatch.setattr(ingest, "gzip", type("gzip", (), {"open": staticmethod(counted_open),
+                                                          "decompress": staticmethod(counted_decompress)}))
+    result = _collate(tmp_path, plate_dir)
+    assert {s["status"] for s in result.report["sites"]} == {"ok"}
+    for path, n in consumed.items():
+        size = path.stat().st_size
+        if path.name.startswith("Image"):  # one row a site: read in the scan and again with the site
+            assert n <= 3 * size + (1 << 17)
+        else:  # the header's first block, then the whole file once
+            assert size > 1 << 19 and n <= size + (1 << 17), f"{path.name}: {n} bytes decompressed from a {size}-byte file"
+
+
+@pytest.mark.parametrize("where", ["sqlite", "parquet", "aggregate"])
+@pytest.mark.parametrize("table", ["Cells", "Nuclei"])
+def test_lost_rows_fail_the_plate_with_exit_1_and_no_outputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str,
+                                                             table: str) -> None:
+    import dataclasses
+
+    from typer.testing import CliRunner
+
+    from cytoprofile import backend, collate
+    from cytoprofile.cli import app
+
+    faults.small_plate(tmp_path)
+    lost: list[str] = []
+
+    def losing(site: Any) -> Any:
+        """The site with its first row of ``table`` gone, once a plate."""
+        if lost or not len(site.objects[table]):
+            return site
+        lost.append(site.name)
+        return dataclasses.replace(site, objects={**site.objects, table: site.objects[table][1:]},
+                                   row_keys={**site.row_keys, table: site.row_keys[table][1:]})
+
+    holder, name = {"sqlite": (backend.SQLiteBackendWriter, "add"), "parquet": (backend.ParquetBackendWriter, "add"),
+                    "aggregate": (collate._WellBuffer, "add")}[where]
+    original = getattr(holder, name)
+    monkeypatch.setattr(holder, name, lambda self, site, *a: original(self, losing(site), *a))
+    compartments = "Cells,Cytoplasm,Nuclei" if table == "Cells" or where != "aggregate" else "Nuclei,Cells,Cytoplasm"
+    run = CliRunner().invoke(app, ["collate", str(tmp_path), faults.BATCH, faults.PLATE, "--backend", "sqlite",
+                                   "--backend", "parquet", "--compartments", compartments])
+    assert lost and run.exit_code == 1, run.output
+    assert f"table {table}:" in run.output and "rows in" in run.output and faults.PLATE in run.output
+    out = tmp_path / "backend" / faults.BATCH / faults.PLATE
+    left = sorted(p.name for p in out.iterdir()) if out.exists() else []
+    assert [n for n in left if not n.startswith(".")] == [] and not [n for n in left if n.endswith(".tmp")], left

@@ -461,13 +461,18 @@ def _read_plate(ws: str | os.PathLike[str], batch: str, plate: str, *, files: di
         _mark_sqlite(files["sqlite"], generation)
     profiles = agg.result()
     rows_out = _count_rows(files, backend, schema)
+    from .errors import AccountingError  # lost rows fail the plate (exit 1), never exit 0
+
     for table, n in rows_in.items():
         for kind, counted in rows_out.items():
-            if counted.get(table, n) != n:  # pragma: no cover - a bug, not bad input
-                raise RuntimeError(f"{plate}: {table} rows in ({n}) != rows out ({counted.get(table)}) in {kind}")
+            if counted.get(table, n) != n:
+                raise AccountingError(f"{plate}: table {table}: {n} rows in, {counted.get(table)} rows out in the {kind} "
+                                      "backend; nothing written")
     first_table = next(iter(chosen.values()), None)
-    if first_table is not None and int(profiles["Metadata_Object_Count"].sum()) != rows_in.get(first_table, 0):  # pragma: no cover
-        raise RuntimeError(f"{plate}: aggregated objects != {first_table} rows")
+    aggregated = int(profiles["Metadata_Object_Count"].sum()) if first_table is not None else 0
+    if first_table is not None and aggregated != rows_in.get(first_table, 0):
+        raise AccountingError(f"{plate}: table {first_table}: {rows_in.get(first_table, 0)} rows in, {aggregated} "
+                              "aggregated into the profiles; nothing written")
     _write_profiles(profiles, files["profiles"], profile_format, generation)
     return {
         "batch": batch,

@@ -9,6 +9,7 @@ Python API (as they would for pycytominer) keep working.
 from __future__ import annotations
 
 __all__ = [
+    "AccountingError",
     "CytoprofileError",
     "InputError",
     "ConfigError",
@@ -45,3 +46,7 @@ class RemoteError(CytoprofileError):
 
 class OutputError(CytoprofileError):
     """An output folder cannot be written (disk full, read-only, no permission)."""
+
+
+class AccountingError(CytoprofileError):
+    """Rows read and rows written disagree: the plate lost data, so it fails and nothing is published."""

@@ -21,6 +21,7 @@ import csv
 import gzip
 import hashlib
 import io as _io
+import logging
 import os
 import re
 import zlib
@@ -73,7 +74,10 @@ IMAGE_TABLE = "Image"
 #: CellProfiler run metadata, not measurements: never an object table (any case, any prefix).
 RUN_METADATA_FILES = ("Experiment.csv",)
 KEY_COLUMNS = ("TableNumber", "ImageNumber", "ObjectNumber")
-NULL_VALUES = ["", "nan", "NaN", "NAN", "NA", "null", "NULL", "None"]
+#: what CellProfiler writes for a missing number: NULL in a numeric column (``inf`` stays infinite). Any other
+#: word there (``NA``, ``None``, ``null``) is a non-number; a text column keeps every token as written, and an
+#: empty text field is NULL.
+NULL_VALUES = ["", "nan", "NaN"]
 SITE_NAME = re.compile(r"^(?P<plate>.+)-(?P<well>[A-Za-z]{1,2}\d{1,3}|[rR]\d{1,2}[cC]\d{1,2})-(?P<site>\d+)$")
 #: Image.csv columns of these families are text (ImageSet_ holds CellProfiler's encoded image set); every other one is numeric.
 TEXT_IMAGE_FAMILIES = ("Metadata_", "FileName_", "PathName_", "URL_", "MD5Digest_", "ImageSet_")
@@ -92,6 +96,10 @@ _ROW_LETTERS = [chr(65 + i) for i in range(26)] + [f"A{chr(65 + i)}" for i in ra
 _WELL = re.compile(r"^(?P<row>[A-Za-z]{1,2})(?P<col>\d{1,3})$")
 _PHENIX_WELL = re.compile(r"^[rR](?P<row>\d{1,2})[cC](?P<col>\d{1,2})$")
 _CSV_SUFFIXES = (".csv", ".csv.gz")
+#: a file of a site folder that is macOS Finder metadata, not a table (``._Cells.csv``)
+_APPLE_DOUBLE = "._"
+
+log = logging.getLogger("cytoprofile.ingest")
 
 
 @dataclass
@@ -131,8 +139,14 @@ class SiteScan:
     problem_file: str | None = None
     #: every CSV of the folder: (file name, path, header lines), for row accounting
     csv_files: list[tuple[str, str, int]] = field(default_factory=list)
-    #: CSVs read but not stored, with the reason (run metadata, outside the file-name prefix)
+    #: CSVs read but not stored, with the reason (run metadata, outside the file-name prefix, not a table)
     not_stored: dict[str, str] = field(default_factory=dict)
+    #: files of the folder not read at all, with the reason (not a CSV, AppleDouble, in a subfolder)
+    not_read: dict[str, str] = field(default_factory=dict)
+    #: tables whose file was set aside as not stored, by lower-case name: (the reason, naming the file; its path)
+    rejected: dict[str, tuple[str, str]] = field(default_factory=dict)
+    #: the folder name disagreeing with Image.csv (kept, and listed with the site)
+    warnings: list[str] = field(default_factory=list)
     duplicates: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     table_number: int | None = None
@@ -247,31 +261,24 @@ def reader_opens(name: str) -> bool:
     return _csv_stem(name) is not None or name == TABLE_NUMBER_FILE
 
 
+class _ObjectFileProblem(Exception):
+    """A CSV that cannot be trusted; the message is the reason, naming the file."""
+
+
 def _read_bytes(path: str) -> bytes:
+    """A CSV's bytes, decompressed in one pass when gzip: a cut-off or corrupt ``.gz`` is a named problem."""
     with open(path, "rb") as fh:
         raw = fh.read()
     if path.lower().endswith(".gz"):
         try:
             return gzip.decompress(raw)
         except (EOFError, OSError, zlib.error) as exc:
-            raise InputError(f"{path}: {_gzip_problem(exc)}; copy the file again") from exc
+            raise _ObjectFileProblem(f"{os.path.basename(path)}: {_gzip_problem(exc)}; copy the file again") from exc
     return raw
 
 
 def _gzip_problem(exc: BaseException) -> str:
     return "truncated gzip (the file ends early)" if isinstance(exc, EOFError) else f"not a valid gzip file ({exc})"
-
-
-def _check_gzip(scan: SiteScan, source: Source) -> bool:
-    """A ``.gz`` file must decompress to its end; a cut-off one quarantines the site."""
-    try:
-        with gzip.open(source.path, "rb") as fh:
-            while fh.read(1 << 24):
-                pass
-    except (EOFError, OSError, zlib.error) as exc:
-        scan.quarantine(f"{source.name}: {_gzip_problem(exc)}", source.path)
-        return False
-    return True
 
 
 def _read_header(path: str, lines: int = 1) -> list[list[str]]:
@@ -304,25 +311,45 @@ def _after_lines(raw: bytes, lines: int) -> int:
 
 
 def _drop_blank_lines(body: bytes) -> bytes:
-    return b"".join(line for line in body.splitlines(keepends=True) if line.strip(b"\r\n"))
+    """The lines holding something: empty and whitespace-only lines (spaces, tabs, a lone ``\\r``) go."""
+    return b"".join(line for line in body.splitlines(keepends=True) if line.strip())
+
+
+_WHITESPACE_LINE = re.compile(rb"(?m)^[ \t\r\f\v]+$")
+
+
+def _blank_whitespace_lines(raw: bytes, start: int) -> bytes:
+    """``raw`` with every whitespace-only line after byte ``start`` made empty, so it is skipped as a blank line
+    is; line numbers stay those of the file."""
+    body = raw[start:]
+    cleaned = _WHITESPACE_LINE.sub(b"", body)
+    return raw if cleaned == body else raw[:start] + cleaned
 
 
 def _count_records(raw: bytes, header_lines: int) -> int:
-    """Data rows of a CSV: non-empty records after the header (quoted newlines kept in their record)."""
+    """Data rows of a CSV: records after the header that hold something (quoted newlines kept in their record)."""
     text = _io.StringIO(raw.decode("utf-8", errors="replace"), newline="")
-    n = sum(1 for row in csv.reader(text) if row)
+    n = sum(1 for row in csv.reader(text) if row and (len(row) > 1 or row[0].strip()))
     return max(0, n - header_lines)
 
 
+def _rows_entry(path: str, header_lines: int) -> dict[str, Any]:
+    """A file's data rows for the report (``rows`` None and why, when it cannot be read)."""
+    try:
+        return {"rows": _count_records(_read_bytes(path), header_lines), "tables": []}
+    except (_ObjectFileProblem, OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:
+        return {"rows": None, "tables": [], "unreadable": str(exc).split(": ")[-1][:200]}
+
+
 def _file_rows(scan: SiteScan) -> dict[str, dict[str, Any]]:
-    """Rows per CSV of a quarantined site (none of them stored)."""
-    out: dict[str, dict[str, Any]] = {}
-    for name, path, header_lines in scan.csv_files:
-        try:
-            out[name] = {"rows": _count_records(_read_bytes(path), header_lines), "tables": []}
-        except (InputError, OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:
-            out[name] = {"rows": None, "tables": [], "unreadable": str(exc).split(": ")[-1][:200]}
+    """Rows per CSV of a quarantined site (none of them stored), and the files not read."""
+    out = {name: _rows_entry(path, header_lines) for name, path, header_lines in scan.csv_files}
+    out.update(_not_read_entries(scan))
     return out
+
+
+def _not_read_entries(scan: SiteScan) -> dict[str, dict[str, Any]]:
+    return {name: {"rows": None, "tables": [], "not_read": reason} for name, reason in scan.not_read.items()}
 
 
 def _quarantined(scan: SiteScan, reason: str | None = None, file: str | None = None) -> Quarantine:
@@ -407,53 +434,112 @@ def _object_sources(entry: str, path: str, table: str, scan: SiteScan) -> dict[s
 
 
 def _classify(scan: SiteScan, entries: Sequence[str], file_prefix: str | None) -> None:
-    """Which file is the Image table, which are object tables, which are run metadata."""
-    stems = {e: s for e in entries if (s := _csv_stem(e)) is not None and os.path.isfile(os.path.join(scan.path, e))}
+    """Which file is the Image table, which are object tables, which are run metadata, which are not read."""
+    stems = _csv_entries(scan, entries)
     prefix = _prefix(list(stems.values()), file_prefix)
     for entry, stem in stems.items():
         path = os.path.join(scan.path, entry)
-        header_lines = 1
         if prefix is None:
             scan.csv_files.append((entry, path, 1))
             if any(s.lower().endswith("image") for s in stems.values()):
                 scan.quarantine(f"cannot tell the file-name prefix ({entry} does not share it with the Image file); "
                                 "pass --file-prefix", path)
             continue
-        if not stem.startswith(prefix):
+        reason = _not_stored_by_name(stem, prefix)
+        if reason is not None:
             scan.csv_files.append((entry, path, 1))
-            scan.not_stored[entry] = f"does not start with the file-name prefix {prefix!r}"
+            scan.not_stored[entry] = reason
             continue
         name = stem[len(prefix):]
-        if name.lower() + ".csv" in (f.lower() for f in RUN_METADATA_FILES):
-            scan.csv_files.append((entry, path, 1))
-            scan.not_stored[entry] = "run metadata"
-            continue
         table = IMAGE_TABLE if name.lower() == "image" else name
-        if table.lower() in RESERVED_TABLES or table.lower().startswith("sqlite_"):
-            scan.csv_files.append((entry, path, 1))
-            scan.not_stored[entry] = f"{table!r} is a name the backend reserves; rename the file to store it"
+        _add_table_file(scan, entry, path, table)
+
+
+def _csv_entries(scan: SiteScan, entries: Sequence[str]) -> dict[str, str]:
+    """The folder's CSVs (entry → name without the extension); every other file is named as not read."""
+    stems: dict[str, str] = {}
+    for entry in entries:
+        path = os.path.join(scan.path, entry)
+        stem = _csv_stem(entry)
+        if entry == TABLE_NUMBER_FILE:
             continue
-        if table in scan.files or (table != IMAGE_TABLE and table.lower() in (t.lower() for t in scan.files)):
-            scan.csv_files.append((entry, path, 1))
-            scan.quarantine(f"{entry} and {os.path.basename(scan.files.get(table, ''))} hold the same table {table}", path)
+        if os.path.isdir(path):
+            scan.not_read.update(_subfolder_files(scan.path, entry))
+        elif entry.startswith(_APPLE_DOUBLE) and stem is not None:
+            scan.not_read[entry] = "AppleDouble file (macOS Finder metadata), not CellProfiler output"
+        elif not os.path.isfile(path):
+            scan.not_read[entry] = "a broken link" if os.path.islink(path) else "not a regular file"
+        elif stem is None:
+            scan.not_read[entry] = "not a CSV file (only .csv and .csv.gz files are read)"
+        else:
+            stems[entry] = stem
+    return stems
+
+
+def _subfolder_files(site_dir: str, entry: str) -> dict[str, str]:
+    """Every file under a subfolder of a site folder (CellProfiler writes none there): named, not read."""
+    out: dict[str, str] = {}
+    for folder, dirs, names in os.walk(os.path.join(site_dir, entry)):
+        dirs.sort()
+        rel = os.path.relpath(folder, site_dir)
+        for d in dirs:
+            if os.path.islink(os.path.join(folder, d)):
+                out[f"{rel}/{d}/"] = "a link to a folder inside a subfolder (not followed)"
+        for name in sorted(names):
+            out[f"{rel}/{name}"] = "in a subfolder"
+    return out
+
+
+def _not_stored_by_name(stem: str, prefix: str) -> str | None:
+    """Why a CSV is read but not stored, from its name alone (None: a table)."""
+    if not stem.startswith(prefix):
+        return f"does not start with the file-name prefix {prefix!r}"
+    name = stem[len(prefix):]
+    if name.lower() + ".csv" in (f.lower() for f in RUN_METADATA_FILES):
+        return "run metadata"
+    table = IMAGE_TABLE if name.lower() == "image" else name
+    if table.lower() in RESERVED_TABLES or table.lower().startswith("sqlite_"):
+        return f"{table!r} is a name the backend reserves; rename the file to store it"
+    return None
+
+
+def _holder(scan: SiteScan, table: str) -> str | None:
+    """The file already holding ``table`` (object table names compared in any case)."""
+    for known, path in scan.files.items():
+        if known == table or (IMAGE_TABLE not in (known, table) and known.lower() == table.lower()):
+            return os.path.basename(path)
+    return None
+
+
+def _add_table_file(scan: SiteScan, entry: str, path: str, table: str) -> None:
+    """Register the table(s) of one CSV (the old ``object.csv`` holds several); a table held twice quarantines."""
+    held = _holder(scan, table)
+    if held is not None:
+        scan.csv_files.append((entry, path, 1))
+        scan.quarantine(f"{entry} and {held} hold the same table {table}", path)
+        return
+    if os.path.getsize(path) == 0:
+        scan.csv_files.append((entry, path, 1))
+        scan.quarantine(f"{entry} is empty (0 bytes)", path)
+        return
+    try:
+        sources = {IMAGE_TABLE: Source(entry, path, _read_header(path)[0])} if table == IMAGE_TABLE else _object_sources(entry, path, table, scan)
+    except (UnicodeDecodeError, OSError, EOFError, zlib.error) as exc:
+        scan.csv_files.append((entry, path, 1))
+        reason = "is not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else f"cannot be read ({exc})"
+        scan.quarantine(f"{entry} {reason}", path)
+        return
+    header_lines = 1
+    for t, source in sources.items():
+        held = _holder(scan, t) if t != table else None
+        if held is not None:  # a compartment of object.csv that a file of its own also holds
+            scan.quarantine(f"{entry} and {held} hold the same table {t}", path)
             continue
-        if os.path.getsize(path) == 0:
-            scan.csv_files.append((entry, path, 1))
-            scan.quarantine(f"{entry} is empty (0 bytes)", path)
-            continue
-        try:
-            sources = {IMAGE_TABLE: Source(entry, path, _read_header(path)[0])} if table == IMAGE_TABLE else _object_sources(entry, path, table, scan)
-        except (UnicodeDecodeError, OSError, EOFError, zlib.error) as exc:
-            scan.csv_files.append((entry, path, 1))
-            reason = "is not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else f"cannot be read ({exc})"
-            scan.quarantine(f"{entry} {reason}", path)
-            continue
-        for t, source in sources.items():
-            source.width = source.width or len(source.header)
-            header_lines = source.header_lines
-            scan.files[t] = path
-            scan.sources[t] = source
-        scan.csv_files.append((entry, path, header_lines))
+        source.width = source.width or len(source.header)
+        header_lines = source.header_lines
+        scan.files[t] = path
+        scan.sources[t] = source
+    scan.csv_files.append((entry, path, header_lines))
 
 
 def _check_header(scan: SiteScan, table: str, source: Source) -> None:
@@ -465,7 +551,7 @@ def _check_header(scan: SiteScan, table: str, source: Source) -> None:
         scan.quarantine(f"{source.name}: column {header.index('') + 1} of the header has no name (a trailing comma?)", source.path)
         return
     if table != IMAGE_TABLE and not {"ImageNumber", "ObjectNumber"} <= set(header):
-        scan.quarantine(f"{source.name} lacks ImageNumber/ObjectNumber columns; not a CellProfiler object table", source.path)
+        _set_aside(scan, table, source, _not_a_table(table, header))
         return
     _dedupe(source, table, scan)
     if table != IMAGE_TABLE and any(c.lower() == "tablenumber" for c in source.header):
@@ -477,6 +563,23 @@ def _check_header(scan: SiteScan, table: str, source: Source) -> None:
                         "(SQLite cannot hold both); rename one", source.path)
         return
     scan.headers[table] = source.header
+
+
+def _not_a_table(table: str, header: Sequence[str]) -> str:
+    """Why a CSV without the object keys is not stored: run metadata under another name, or not CellProfiler's."""
+    if "ImageNumber" not in header and table.lower().endswith("experiment"):
+        return "run metadata"
+    missing = " or ".join(k for k in ("ImageNumber", "ObjectNumber") if k not in header)
+    return f"not a CellProfiler object table (no {missing} column)"
+
+
+def _set_aside(scan: SiteScan, table: str, source: Source, reason: str) -> None:
+    """A CSV of the folder that is not a table: its rows are named as not stored; the site is kept."""
+    scan.not_stored[source.name] = reason
+    scan.rejected[table.lower()] = (f"{source.name}: {reason}", source.path)
+    scan.sources.pop(table, None)
+    scan.files.pop(table, None)
+    scan.headers.pop(table, None)
 
 
 def _case_clash(columns: Iterable[str]) -> tuple[str, str] | None:
@@ -517,15 +620,19 @@ def _scan_one(site_dir: str, strata: Sequence[str], plate: str, file_prefix: str
         scan.quarantine("Image.csv is missing", os.path.join(site_dir, "Image.csv"))
         return scan
     for table, source in list(scan.sources.items()):
-        if source.path.lower().endswith(".gz") and not _check_gzip(scan, source):
-            continue
         try:
             _check_header(scan, table, source)
+        except _ObjectFileProblem as exc:
+            scan.quarantine(str(exc), source.path)
         except Exception as exc:  # a header that parses but whose columns cannot be compared
             scan.quarantine(f"{source.name} cannot be parsed ({str(exc).splitlines()[0][:160]})", source.path)
     if scan.problem is not None:
         return scan
-    raw = _read_bytes(scan.sources[IMAGE_TABLE].path)
+    try:  # a .gz object CSV is checked whole when it is read (one decompression); Image.csv is small
+        raw = _read_bytes(scan.sources[IMAGE_TABLE].path)
+    except _ObjectFileProblem as exc:
+        scan.quarantine(str(exc), scan.sources[IMAGE_TABLE].path)
+        return scan
     scan.table_number = _site_table_number(site_dir, raw)
     scan.digest = hashlib.blake2b(raw, digest_size=16).hexdigest()
     image = _parse_image(scan, raw)
@@ -544,6 +651,7 @@ def _check_image(scan: SiteScan, image: pa.Table, strata: Sequence[str], plate: 
         return
     had_plate = "Metadata_Plate" in image.column_names
     before = set(image.column_names)
+    disagreements = _folder_disagreements(image, scan.name, plate)
     image, problem = _fill_metadata(image, scan.name, plate, scan.notes)
     if problem:
         scan.quarantine(problem, path)
@@ -572,6 +680,41 @@ def _check_image(scan: SiteScan, image: pa.Table, strata: Sequence[str], plate: 
             scan.quarantine(f"{base}: {column} is empty in data row {empty[0] + 1}", path)
             return
     scan.keys = _row_keys(image, strata)
+    scan.warnings.extend(disagreements)
+
+
+def _folder_disagreements(image: pa.Table, site: str, plate: str) -> list[str]:
+    """Where a ``PLATE-WELL-SITE`` folder name and Image.csv disagree. Image.csv's well and site are used (they
+    are the rows' keys); the plate is the plate folder's (Image.csv naming another plate is refused elsewhere)."""
+    match = SITE_NAME.match(site)
+    if not match:
+        return []
+    out = []
+    said = {"Metadata_Plate": match.group("plate"), "Metadata_Well": normalise_well(match.group("well")),
+            "Metadata_Site": match.group("site")}
+    for column, folder_value in said.items():
+        if column not in image.column_names:
+            if column == "Metadata_Plate" and folder_value != plate:
+                out.append(f"folder {site} says Metadata_Plate {folder_value!r}, but it is in plate folder {plate!r} "
+                           f"(Metadata_Plate {plate!r} is used)")
+            continue
+        values = [v for v in dict.fromkeys(image.column(column).to_pylist()) if v is not None and str(v).strip()]
+        other = [v for v in values if not _same_key(column, str(v), folder_value)]
+        if other:
+            out.append(f"folder {site} says {column} {folder_value!r}, Image.csv says {str(other[0])!r} "
+                       "(Image.csv's value is used)")
+    return out
+
+
+def _same_key(column: str, value: str, folder_value: str) -> bool:
+    if column == "Metadata_Well":
+        return normalise_well(value) == folder_value
+    if column == "Metadata_Site":
+        try:
+            return float(value) == float(folder_value)
+        except ValueError:
+            return value.strip() == folder_value
+    return value.strip() == folder_value
 
 
 def _row_keys(image: pa.Table, strata: Sequence[str]) -> list[tuple[str, ...]]:
@@ -580,7 +723,8 @@ def _row_keys(image: pa.Table, strata: Sequence[str]) -> list[tuple[str, ...]]:
 
 
 def _fill_metadata(image: pa.Table, site: str, plate: str, notes: list[str] | None = None) -> tuple[pa.Table, str | None]:
-    """Normalise well names; fill Metadata_Plate/Well/Site from the folder name ``PLATE-WELL-SITE`` when Image.csv lacks them."""
+    """Normalise well names; fill Metadata_Well/Site from the folder name ``PLATE-WELL-SITE`` and Metadata_Plate from the
+    plate folder when Image.csv lacks them."""
     if "Metadata_Well" in image.column_names:
         wells = image.column("Metadata_Well").to_pylist()
         fixed = [normalise_well(w) if isinstance(w, str) else w for w in wells]
@@ -591,7 +735,7 @@ def _fill_metadata(image: pa.Table, site: str, plate: str, notes: list[str] | No
     match = SITE_NAME.match(site)
     if "Metadata_Well" not in image.column_names and not match:
         return image, f"Image.csv has no Metadata_Well and the folder name {site!r} is not PLATE-WELL-SITE"
-    fills: dict[str, str] = {"Metadata_Plate": match.group("plate") if match else plate}
+    fills: dict[str, str] = {"Metadata_Plate": plate}  # the plate folder's name, whatever the site folder says
     if match:
         fills["Metadata_Well"] = normalise_well(match.group("well"))
         fills["Metadata_Site"] = match.group("site")
@@ -602,35 +746,29 @@ def _fill_metadata(image: pa.Table, site: str, plate: str, notes: list[str] | No
 
 
 def _parse_image(scan: SiteScan, raw: bytes | None = None) -> pa.Table | None:
-    """Image.csv with column-family types: text families as text, every other column numeric."""
+    """Image.csv with column-family types: text families as text (kept as written; empty is NULL), every
+    other column numeric (empty, ``nan`` and ``NaN`` are NULL; any other word is a non-number)."""
     source = scan.sources[IMAGE_TABLE]
-    raw = _read_bytes(source.path) if raw is None else raw
-    positions = source.positions if source.positions is not None else list(range(source.width))
-    field_names = [f"c{i}" for i in range(source.width)]
-    text_types = {field_names[p]: pa.string() for p, c in zip(positions, source.header) if _is_text_image_column(c)}
     try:
-        table = pacsv.read_csv(
-            pa.BufferReader(raw),
-            read_options=pacsv.ReadOptions(use_threads=False, block_size=1 << 24, column_names=field_names,
-                                           skip_rows=source.header_lines),
-            convert_options=pacsv.ConvertOptions(column_types=text_types, null_values=NULL_VALUES, strings_can_be_null=True,
-                                                 include_columns=[field_names[p] for p in positions]),
-        )
-    except pa.ArrowInvalid as exc:
-        scan.quarantine(_parse_problem(source.name, raw, source.width, exc), source.path)
+        raw = _read_bytes(source.path) if raw is None else raw
+    except _ObjectFileProblem as exc:
+        scan.quarantine(str(exc), source.path)
         return None
-    table = table.rename_columns(source.header)
+    try:
+        table = _read_image_csv(raw, source)
+    except pa.ArrowInvalid as exc:
+        cleaned = _blank_whitespace_lines(raw, _after_lines(raw, source.header_lines))
+        if cleaned is raw:  # no whitespace-only line to skip: the file is at fault
+            scan.quarantine(_parse_problem(source.name, raw, source.width, exc), source.path)
+            return None
+        return _parse_image(scan, cleaned)
     for i, column in enumerate(table.column_names):
-        typ = table.schema.field(i).type
-        if column in text_types or _is_text_image_column(column):
+        if _is_text_image_column(column):
+            table = _empty_text_as_null(table, i)
             continue
-        if pa.types.is_null(typ):
-            table = table.set_column(i, column, table.column(i).cast(pa.float64()))
-        elif not (pa.types.is_integer(typ) or pa.types.is_floating(typ) or pa.types.is_boolean(typ)):
-            values = table.column(i).to_pylist()
-            bad = next(k for k, v in enumerate(values) if v is not None and not _is_number(v))
-            line = _line_of_row(raw, source.header_lines, bad)
-            scan.quarantine(f"{source.name} line {line}, column {column}: {str(values[bad])[:40]!r} is not a number", source.path)
+        table, problem = _numeric_image_column(table, i, raw, source)
+        if problem:
+            scan.quarantine(problem, source.path)
             return None
     if "ImageNumber" in table.column_names:
         problem = _image_number_problem(table.column("ImageNumber"), source.name)
@@ -641,9 +779,54 @@ def _parse_image(scan: SiteScan, raw: bytes | None = None) -> pa.Table | None:
     return table
 
 
+def _read_image_csv(raw: bytes, source: Source) -> pa.Table:
+    positions = source.positions if source.positions is not None else list(range(source.width))
+    field_names = [f"c{i}" for i in range(source.width)]
+    text_types = {field_names[p]: pa.string() for p, c in zip(positions, source.header) if _is_text_image_column(c)}
+    table = pacsv.read_csv(
+        pa.BufferReader(raw),
+        read_options=pacsv.ReadOptions(use_threads=False, block_size=1 << 24, column_names=field_names,
+                                       skip_rows=source.header_lines),
+        # null tokens apply to numeric columns only; no word is read as a boolean
+        convert_options=pacsv.ConvertOptions(column_types=text_types, null_values=NULL_VALUES, strings_can_be_null=False,
+                                             true_values=[], false_values=[],
+                                             include_columns=[field_names[p] for p in positions]),
+    )
+    return table.rename_columns(source.header)
+
+
+def _empty_text_as_null(table: pa.Table, i: int) -> pa.Table:
+    column = table.column(i)
+    empty = pc.equal(column, "")
+    if not pc.any(empty).as_py():
+        return table
+    return table.set_column(i, table.column_names[i], pc.if_else(empty, pa.scalar(None, pa.string()), column))
+
+
+def _numeric_image_column(table: pa.Table, i: int, raw: bytes, source: Source) -> tuple[pa.Table, str | None]:
+    """A measurement column as numbers, or the first cell that is not one (line and column named)."""
+    typ = table.schema.field(i).type
+    column = table.column_names[i]
+    if pa.types.is_null(typ):
+        return table.set_column(i, column, table.column(i).cast(pa.float64())), None
+    if pa.types.is_integer(typ) or pa.types.is_floating(typ):
+        return table, None
+    values = [None if v is None else str(v) for v in table.column(i).to_pylist()]  # strings, dates, times
+    bad = next((k for k, v in enumerate(values) if v is not None and v.strip() not in NULL_VALUES and not _is_number(v)), None)
+    if bad is None:  # numbers the CSV reader did not take (e.g. padded): read each
+        floats = [float(v) if v is not None and v.strip() not in NULL_VALUES else None for v in values]
+        return table.set_column(i, column, pa.array(floats, type=pa.float64())), None
+    line = _line_of_row(raw, source.header_lines, bad)
+    return table, f"{source.name} line {line}, column {column}: {str(values[bad])[:40]!r} is not a number"
+
+
 def _is_number(value: object) -> bool:
+    """A number as CellProfiler writes one (ASCII digits, a point, an exponent; ``inf``), not Python's wider syntax."""
+    text = str(value).strip()
+    if not text.isascii() or "_" in text:
+        return False
     try:
-        float(str(value))
+        float(text)
     except ValueError:
         return False
     return True
@@ -701,6 +884,10 @@ def scan_sites(
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         scans = list(pool.map(lambda d: _scan_one(d, strata, plate, file_prefix), sorted(site_dirs)))
     _mark_duplicates(scans)
+    disagreeing = [s for s in scans if s.warnings and s.problem is None]
+    if disagreeing:
+        log.warning("%s: %d site folder name(s) disagree with Image.csv (listed in the report); first: %s", plate,
+                    len(disagreeing), disagreeing[0].warnings[0])
     return scans
 
 
@@ -733,7 +920,8 @@ def plan_schema(scans: Sequence[SiteScan], *, plate: str, strata: Sequence[str],
 
     Table names that differ only in case are one table (a compartment's own spelling,
     else the most common one). A site lacking a compartment table other sites have is
-    quarantined; other object tables are stored for the sites that have them.
+    quarantined (also when its file is there but not an object table); other object tables are
+    stored for the sites that have them.
     """
     _unify_table_names(scans, compartments)
     wanted = {c.lower() for c in compartments}
@@ -743,7 +931,11 @@ def plan_schema(scans: Sequence[SiteScan], *, plate: str, strata: Sequence[str],
             continue
         for table in object_tables:
             if table not in scan.files and table.lower() in wanted:
-                scan.quarantine(f"{table}.csv is missing (other sites have it)", os.path.join(scan.path, f"{table}.csv"))
+                if table.lower() in scan.rejected:  # its file is there but not an object table
+                    why, path = scan.rejected[table.lower()]
+                    scan.quarantine(f"{why}; {table} is one of the compartments", path)
+                else:
+                    scan.quarantine(f"{table}.csv is missing (other sites have it)", os.path.join(scan.path, f"{table}.csv"))
                 break
     partial = {t: sorted(s.name for s in scans if s.problem is None and t not in s.files) for t in object_tables}
     tables: dict[str, list[str]] = {}
@@ -784,10 +976,6 @@ def _unify_table_names(scans: Sequence[SiteScan], compartments: Sequence[str]) -
                         entry["table"] = target
 
 
-class _ObjectFileProblem(Exception):
-    """An object CSV that cannot be trusted; the message is the reason."""
-
-
 def _parse_body(data: bytes, start: int, source: Source, keys: set[int], raw: bytes, *, text_keys: bool = False) -> Any:
     """Polars parse of the data lines (from byte ``start``): features as float64, keys as int64.
 
@@ -819,10 +1007,34 @@ def _parse_body(data: bytes, start: int, source: Source, keys: set[int], raw: by
             data.decode("utf-8")
         except UnicodeDecodeError:
             raise _ObjectFileProblem(f"{base} is not UTF-8 text") from exc
-        raise _ObjectFileProblem(f"{base}: unparseable number ({str(exc).splitlines()[0][:160]})") from exc
+        problem = _first_non_number(data, start, source, keys, raw)
+        raise _ObjectFileProblem(problem or f"{base}: unparseable number ({str(exc).splitlines()[0][:160]})") from exc
     if frame.columns != source.header:
         frame = frame.select(source.header)
     return frame
+
+
+def _first_non_number(data: bytes, start: int, source: Source, keys: set[int], raw: bytes) -> str | None:
+    """The first cell (by line) of a measurement column that is not a number: file, line, column and value."""
+    import polars as pl
+
+    body = _drop_blank_lines(data[start:])
+    positions = source.positions if source.positions is not None else list(range(source.width))
+    measured = [(p, c) for p, c in zip(positions, source.header) if p not in keys]
+    if not measured:
+        return None
+    frame = pl.read_csv(body, has_header=False, schema={f"c{i}": pl.Utf8 for i in range(source.width)},
+                        columns=sorted({p for p, _ in measured}), null_values=NULL_VALUES, infer_schema_length=0)
+    found: tuple[int, str, str] | None = None
+    for p, column in measured:
+        text = frame[f"c{p}"]
+        bad = (text.is_not_null() & text.str.strip_chars().cast(pl.Float64, strict=False).is_null()).arg_true()
+        if len(bad) and (found is None or bad[0] < found[0]):
+            found = (int(bad[0]), column, str(text[int(bad[0])]))
+    if found is None:
+        return None
+    line = _line_of_row(raw, source.header_lines, found[0])
+    return f"{source.name} line {line}, column {found[1]}: {found[2][:40]!r} is not a number"
 
 
 def _check_fields(data: bytes, start: int, rows: int, source: Source, raw: bytes) -> None:
@@ -906,27 +1118,14 @@ def _read_objects(source: Source, union: list[str]) -> tuple[np.ndarray, list[st
     as integers, and the rows parsed must equal the data lines of the file.
     """
     raw = _read_bytes(source.path)
-    data, start = raw, _after_lines(raw, source.header_lines)
-    if raw.startswith((b"\n", b"\r\n"), start):  # a blank line under the header (later ones show as NULL rows)
-        data, start = _drop_blank_lines(raw[start:]), 0
+    try:
+        values = _object_values(raw, source)
+    except _ObjectFileProblem:
+        cleaned = _blank_whitespace_lines(raw, _after_lines(raw, source.header_lines))
+        if cleaned is raw:
+            raise
+        values = _object_values(cleaned, source)  # whitespace-only lines are skipped as blank lines are
     header = source.header
-    if _NON_SPACE.search(data, start):
-        positions = source.positions if source.positions is not None else range(source.width)
-        keys = source.keys()
-        key_positions = {positions[j] for j in keys}
-        frame = _parse_body(data, start, source, key_positions, raw)
-        if "ImageNumber" in header and frame["ImageNumber"].null_count() and _has_blank_line(raw, start):
-            # a blank line parses as a row of NULLs: skip blank lines as the Image.csv reader does
-            data, start = _drop_blank_lines(raw[start:]), 0
-            frame = _parse_body(data, start, source, key_positions, raw)
-        _check_fields(data, start, frame.height, source, raw)
-        suspect = [header[j] for j in keys if _suspect_key(frame[header[j]], header[j])]
-        if suspect:
-            frame = frame.with_columns([_key_column(frame[c], c, source.name, source.header_lines, raw).alias(c)
-                                        for c in suspect])
-        values = frame.to_numpy(order="fortran")
-    else:
-        values = np.empty((0, len(header)), dtype=np.float64, order="F")
     if header == list(union):
         out = values if values.dtype == np.float64 else values.astype(np.float64, order="F")
     else:
@@ -937,6 +1136,30 @@ def _read_objects(source: Source, union: list[str]) -> tuple[np.ndarray, list[st
     present = set(header)
     missing = [c for c in union if c not in present]
     return out, missing
+
+
+def _object_values(raw: bytes, source: Source) -> np.ndarray:
+    """The data rows of an object CSV in the file's header order, checked (see ``_read_objects``)."""
+    data, start = raw, _after_lines(raw, source.header_lines)
+    if raw.startswith((b"\n", b"\r\n"), start):  # a blank line under the header (later ones show as NULL rows)
+        data, start = _drop_blank_lines(raw[start:]), 0
+    header = source.header
+    if not _NON_SPACE.search(data, start):
+        return np.empty((0, len(header)), dtype=np.float64, order="F")
+    positions = source.positions if source.positions is not None else range(source.width)
+    keys = source.keys()
+    key_positions = {positions[j] for j in keys}
+    frame = _parse_body(data, start, source, key_positions, raw)
+    if "ImageNumber" in header and frame["ImageNumber"].null_count() and _has_blank_line(raw, start):
+        # a blank line parses as a row of NULLs: skip blank lines as the Image.csv reader does
+        data, start = _drop_blank_lines(raw[start:]), 0
+        frame = _parse_body(data, start, source, key_positions, raw)
+    _check_fields(data, start, frame.height, source, raw)
+    suspect = [header[j] for j in keys if _suspect_key(frame[header[j]], header[j])]
+    if suspect:
+        frame = frame.with_columns([_key_column(frame[c], c, source.name, source.header_lines, raw).alias(c)
+                                    for c in suspect])
+    return frame.to_numpy(order="fortran")
 
 
 def _pair_keys(images: np.ndarray, objects: np.ndarray, numbers: np.ndarray, span: int) -> np.ndarray:
@@ -1040,19 +1263,21 @@ def _read_site(scan: SiteScan, schema: PlateSchema, count_check: CountCheck = "e
     if problem is not None:
         return _quarantined(scan, problem[1], scan.sources[problem[0]].path)
     return SiteTables(name=scan.name, table_number=table_number, image=image, objects=objects, missing=missing,
-                      row_keys=row_keys, keys=scan.keys, files=_site_files(scan, image, objects), warnings=warnings,
-                      notes=list(scan.notes))
+                      row_keys=row_keys, keys=scan.keys, files=_site_files(scan, image, objects),
+                      warnings=[*scan.warnings, *warnings], notes=list(scan.notes))
 
 
 def _site_files(scan: SiteScan, image: pa.Table, objects: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
-    """Rows per input file of a trusted site and the tables they went to (run metadata: none, not stored)."""
+    """Rows per input file of a trusted site and the tables they went to (none when not stored, with the reason),
+    and the files not read."""
     files: dict[str, dict[str, Any]] = {scan.sources[IMAGE_TABLE].name: {"rows": image.num_rows, "tables": [IMAGE_TABLE]}}
     for table, array in objects.items():
         entry = files.setdefault(scan.sources[table].name, {"rows": len(array), "tables": []})
         entry["tables"].append(table)
     for name, path, header_lines in scan.csv_files:
         if name in scan.not_stored:
-            files[name] = {"rows": _count_records(_read_bytes(path), header_lines), "tables": [], "not_stored": scan.not_stored[name]}
+            files[name] = {**_rows_entry(path, header_lines), "not_stored": scan.not_stored[name]}
+    files.update(_not_read_entries(scan))
     return files
 
 
