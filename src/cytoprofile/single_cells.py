@@ -626,6 +626,7 @@ class SingleCellStream:
         links: Mapping[str, str] | None = None,
         image_feature_categories: Sequence[str] = (),
         metadata: Sequence[str] | Literal["all"] | None = None,
+        file_metadata: Mapping[str, str] | None = None,
     ) -> None:
         bad = [f for f in formats if f not in ("parquet", "anndata")]
         if bad or not formats:
@@ -637,7 +638,7 @@ class SingleCellStream:
         self.join = SingleCellJoin(self.source, compartments=compartments, hub=hub, links=links,
                                    image_feature_categories=image_feature_categories, metadata=metadata)
         self.formats = list(dict.fromkeys(formats))
-        self.writers: list[_Writer] = [_ParquetSink(self.paths["parquet"]) if f == "parquet" else
+        self.writers: list[_Writer] = [_ParquetSink(self.paths["parquet"], metadata=file_metadata) if f == "parquet" else
                                        _AnnDataSink(self.paths["anndata"], self.join) for f in self.formats]
 
     def add(self, table_number: Any, image: pd.DataFrame, objects: Mapping[str, np.ndarray]) -> None:
@@ -648,12 +649,14 @@ class SingleCellStream:
         for w in self.writers:
             w.write(table)
 
-    def close(self) -> SingleCellReport:
-        """Move the outputs into place and write the report (last)."""
+    def close(self, *, write_report: bool = True) -> SingleCellReport:
+        """Move the outputs into place and write the report (last; ``write_report=False``
+        when the caller carries it in its own report, as collate does)."""
         for w in self.writers:
             w.close()
         self.join.report.outputs = {f: self.paths[f] for f in self.formats}
-        io.write_json(self.join.report.as_dict(), self.paths["report"])
+        if write_report:
+            io.write_json(self.join.report.as_dict(), self.paths["report"])
         return self.join.report
 
     def abort(self) -> None:
@@ -711,8 +714,10 @@ class _ParquetSink(_Writer):
     gathered until ``row_group_values`` values (bounded memory, whatever the plate size).
     """
 
-    def __init__(self, path: str, *, row_group_values: int = ROW_GROUP_VALUES) -> None:
+    def __init__(self, path: str, *, row_group_values: int = ROW_GROUP_VALUES,
+                 metadata: Mapping[str, str] | None = None) -> None:
         self.final = Path(path)
+        self.metadata = dict(metadata or {})
         self.final.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = self.final.with_name(f".{self.final.name}.{os.getpid()}.tmp")
         self.writer: pq.ParquetWriter | None = None
@@ -722,9 +727,9 @@ class _ParquetSink(_Writer):
 
     def write(self, table: pa.Table) -> None:
         if self.writer is None:
-            self.schema = table.schema
+            self.schema = table.schema.with_metadata(self.metadata) if self.metadata else table.schema
             meta = [f.name for f in table.schema if f.name.startswith("Metadata_")]
-            self.writer = pq.ParquetWriter(self.tmp, table.schema, compression="zstd", use_dictionary=meta,
+            self.writer = pq.ParquetWriter(self.tmp, self.schema, compression="zstd", use_dictionary=meta,
                                            write_statistics=meta)
         assert self.schema is not None
         if table.schema != self.schema:
@@ -827,7 +832,8 @@ class _AnnDataSink(_Writer):
             for c in ["_index", *self.obs_columns]:
                 kind = text if c == "_index" else _h5_type(table.schema.field(c).type)
                 ds = self.obs.create_dataset(c, shape=(0,), maxshape=(None,), dtype=kind, chunks=(4096,))
-                _attrs(ds, "string-array" if kind is text else "array", "0.2.0")
+                is_text = not isinstance(kind, type)  # a string dtype (the others are NumPy scalar types)
+                _attrs(ds, "string-array" if is_text else "array", "0.2.0")
             _attrs(self.obs, "dataframe", "0.2.0")
             self.obs.attrs["_index"] = "_index"
             self.obs.attrs["column-order"] = self.obs_columns
