@@ -42,8 +42,8 @@ from .errors import CytoprofileError, InputError, QuarantineError
 from .ingest import (
     GENERATION_TABLE,
     IMAGE_TABLE,
-    SINGLE_CELL_TABLE,
     RUN_METADATA_FILES,
+    SINGLE_CELL_TABLE,
     SITE_NAME,
     CountCheck,
     Quarantine,
@@ -704,7 +704,7 @@ def plate_profiles(ws: str | os.PathLike[str], batch: str, plate: str) -> str | 
 
 def _build_options(options: dict[str, Any]) -> dict[str, Any]:
     """The options that shape a plate's outputs (recorded in the report, compared on re-runs)."""
-    keys = ("backend", "profile_format", "operation", "compartments", "image_features", "image_feature_categories", "strata",
+    keys: tuple[str, ...] = ("backend", "profile_format", "operation", "compartments", "image_features", "image_feature_categories", "strata",
             "count_check", "file_prefix")
     keys += tuple(k for k in _CELL_OPTIONS if k in options)  # recorded only when asked: older reports stay current
     return {k: list(options[k]) if isinstance(options[k], (list, tuple)) else options[k] for k in keys}
