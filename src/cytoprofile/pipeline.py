@@ -102,7 +102,11 @@ def write_output(frame: pd.DataFrame, path: str, *, float_format: str | None = N
     if not path.endswith(".h5ad"):
         io.write_table(frame, path, float_format=float_format)
         return
-    import anndata
+    try:
+        import anndata
+    except ImportError as exc:
+        raise ConfigError("options.output_format: anndata needs the anndata package "
+                          "(pip install 'cytoprofile[anndata]')") from exc
 
     features = [c for c in frame.columns if not str(c).startswith(_METADATA) and pd.api.types.is_numeric_dtype(frame[c])
                 and not pd.api.types.is_bool_dtype(frame[c])]
@@ -416,6 +420,8 @@ def _thresholds(block: Any) -> dict[str, dict[str, float]]:
 def _outlier_cells(block: Any, backend: str, compartments: Sequence[str], strata: Sequence[str]) -> Any:
     """Flagged cells to leave out of aggregation (``aggregate.exclude_outlier_cells``), or None."""
     if block.exclude_outlier_cells is False:
+        if block.outlier_thresholds is not None:  # refused by the config; checked again for a hand-made block
+            raise ConfigError("aggregate.outlier_thresholds has no effect unless exclude_outlier_cells is set")
         return None
     from .cell_qc import outlier_cells
 
