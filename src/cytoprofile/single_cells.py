@@ -171,11 +171,28 @@ class _ParquetTable:
         if not parts:
             return np.empty(0, np.int64), np.empty(0, np.int64), np.empty((0, len(columns)))
         got = pa.concat_tables(parts)
-        values = np.empty((got.num_rows, len(columns)), order="F")
-        for k, c in enumerate(columns):
-            values[:, k] = got.column(c).cast(pa.float64()).to_numpy(zero_copy_only=False)
         return (got.column(0).cast(pa.int64()).to_numpy(zero_copy_only=False),
-                got.column(1).cast(pa.int64()).to_numpy(zero_copy_only=False), values)
+                got.column(1).cast(pa.int64()).to_numpy(zero_copy_only=False), _matrix(got.select(list(columns))))
+
+
+def _matrix(table: pa.Table) -> np.ndarray:
+    """A table's columns as one column-major float64 array (nulls as NaN), converted in one call, not per column."""
+    if table.num_columns == 0 or table.num_rows == 0:
+        return np.empty((table.num_rows, table.num_columns), order="F")
+    if any(t != pa.float64() for t in table.schema.types):
+        table = table.cast(pa.schema([(name, pa.float64()) for name in table.column_names]))
+    batch = table.combine_chunks().to_batches()[0]
+    return np.asarray(batch.to_tensor(null_to_nan=True, row_major=False))
+
+
+def _float_columns(values: np.ndarray) -> list[pa.Array]:
+    """Arrow arrays over the columns of a float64 matrix: one buffer, no per-column conversion."""
+    values = np.asfortranarray(values, dtype=np.float64)
+    n = values.shape[0]
+    buf = pa.py_buffer(values) if values.size else None
+    if buf is None:
+        return [pa.array(np.empty(n)) for _ in range(values.shape[1])]
+    return [pa.Array.from_buffers(pa.float64(), n, [None, buf], offset=k * n) for k in range(values.shape[1])]
 
 
 def _table_of(where: str, tables: Mapping[str, Sequence[str]], image_table: str, compartment: str) -> str:
@@ -447,10 +464,8 @@ class SingleCellJoin:
         nlinks = len(self.links)
         for c in self.compartments:
             vals = h_vals[:, nlinks:] if c == self.hub else reads[c][2][matched[c]]
-            vals = np.asfortranarray(vals)
-            for k, f in enumerate(features[c]):
-                names.append(f)
-                arrays.append(pa.array(vals[:, k]))
+            names.extend(features[c])
+            arrays.extend(_float_columns(vals))
         return pa.table(arrays, names=names)
 
     def _image_rows(self, table_number: Any, img: np.ndarray) -> pd.DataFrame:
@@ -839,9 +854,7 @@ class _AnnDataSink(_Writer):
             self.obs.attrs["column-order"] = self.obs_columns
         if n == 0:
             return
-        block = np.empty((n, len(self.features)), dtype=np.float32)
-        for k, f in enumerate(self.features):
-            block[:, k] = table.column(f).to_numpy(zero_copy_only=False)
+        block = np.ascontiguousarray(_matrix(table.select(self.features)), dtype=np.float32)
         self.x.resize(self.n + n, axis=0)
         self.x[self.n:] = block
         ids = np.array([str(i) for i in range(self.n, self.n + n)], dtype=object)  # row numbers, as other writers use
