@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "RESULTS.md"
@@ -71,6 +72,49 @@ def cytoprofile_bin() -> str:
     here = Path(sys.executable).parent / "cytoprofile"
     return str(here) if here.exists() else shutil.which("cytoprofile") or "cytoprofile"
 
+
+
+def generator_version() -> str:
+    """Digest of the synthetic-data generator's source: a changed generator means new data."""
+    import hashlib
+    import inspect
+
+    import cytoprofile.synth
+
+    return hashlib.sha256(inspect.getsource(cytoprofile.synth).encode()).hexdigest()[:12]
+
+
+def synth_once(ws: Path, *, batch: str, plate: str, wells: int, sites: int, cells: int, features: int,
+               well_subset: int | None = None) -> tuple[dict[str, Any], bool]:
+    """Synthesise one plate into ``ws`` unless a plate of the same shape (and generator) is there.
+
+    Returns the plate's description (kept in ``ws/synth.json``; callers may add to it
+    with :func:`save_info`) and whether it was made now.
+    """
+    import json
+
+    params = {"wells": wells, "sites": sites, "cells": cells, "features": features, "well_subset": well_subset,
+              "batch": batch, "plate": plate, "generator": generator_version()}
+    stamp = ws / "synth.json"
+    if stamp.exists() and json.loads(stamp.read_text()).get("params") == params:
+        return json.loads(stamp.read_text()), False
+    shutil.rmtree(ws, ignore_errors=True)
+    from cytoprofile.synth import synth
+
+    result = synth(ws, batch=batch, plates=[plate], wells=wells, sites=sites, cells=cells, features=features,
+                   well_subset=well_subset, seed=0)
+    files = sorted((ws / "analysis" / batch / plate / "analysis").glob("*/*.csv"))
+    info = {"params": params, "sites": len(result.wells) * sites, "wells": len(result.wells), "cells": result.cells_written,
+            "files": len(files), "csv_bytes": sum(f.stat().st_size for f in files)}
+    save_info(ws, info)
+    return info, True
+
+
+def save_info(ws: Path, info: dict[str, Any]) -> None:
+    """Rewrite a synthesised plate's ``synth.json``."""
+    import json
+
+    (ws / "synth.json").write_text(json.dumps(info, indent=1))
 
 
 def mb(n: float) -> str:

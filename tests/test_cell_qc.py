@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
@@ -133,3 +136,89 @@ def test_flag_an_existing_single_cell_file(tmp_path) -> None:  # type: ignore[no
     flag_single_cells(tmp_path / "flagged.parquet", thresholds=sets)
     again = pd.read_parquet(tmp_path / "flagged.parquet")
     pd.testing.assert_frame_equal(again, expected)
+
+
+# ---------------------------------------------------------------- excluding outlier cells before aggregation
+
+
+def _hand_kept_profiles(backend: Path, thresholds: dict[str, dict[str, float]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Hand computation: join Cytoplasm to Nuclei, plate-wide z (population std, NaN left out), flag, drop, median."""
+    import sqlite3
+
+    conn = sqlite3.connect(backend)
+    tables = {t: pd.read_sql_query(f"SELECT * FROM {t}", conn) for t in ("Image", "Cells", "Cytoplasm", "Nuclei")}
+    conn.close()
+    keys = ["TableNumber", "ImageNumber"]
+    cells = tables["Cytoplasm"][[*keys, "ObjectNumber", "Cytoplasm_Parent_Cells", "Cytoplasm_Parent_Nuclei"]].merge(
+        tables["Nuclei"], left_on=[*keys, "Cytoplasm_Parent_Nuclei"], right_on=[*keys, "ObjectNumber"], suffixes=("", "_n"))
+    cells = cells.merge(tables["Image"][[*keys, "Metadata_Plate", "Metadata_Well"]], on=keys)
+    flagged = np.zeros(len(cells), dtype=bool)
+    for conditions in thresholds.values():
+        hit = np.ones(len(cells), dtype=bool)
+        for feature, bound in conditions.items():
+            x = cells[feature].to_numpy(float)
+            z = (x - np.nanmean(x)) / np.nanstd(x)
+            hit &= np.nan_to_num(z, nan=0.0) > bound if bound > 0 else np.nan_to_num(z, nan=0.0) < bound
+        flagged |= hit
+    cells["excluded"] = flagged
+    out = []
+    gone_by = {"Cytoplasm": "ObjectNumber", "Nuclei": "Cytoplasm_Parent_Nuclei", "Cells": "Cytoplasm_Parent_Cells"}
+    for compartment, column in gone_by.items():
+        gone = set(map(tuple, cells.loc[flagged, [*keys, column]].to_numpy().tolist()))
+        t = tables[compartment]
+        kept = t[[tuple(r) not in gone for r in t[[*keys, "ObjectNumber"]].to_numpy().tolist()]]
+        kept = kept.merge(tables["Image"][[*keys, "Metadata_Plate", "Metadata_Well"]], on=keys)
+        feats = [c for c in t.columns if c.startswith(f"{compartment}_") and "_Parent_" not in c]
+        medians = kept.groupby(["Metadata_Plate", "Metadata_Well"])[feats].median()
+        if compartment == "Cells":
+            medians.insert(0, "Metadata_Object_Count", kept.groupby(["Metadata_Plate", "Metadata_Well"]).size())
+        out.append(medians)
+    return pd.concat(out, axis=1).reset_index(), cells
+
+
+@pytest.mark.parametrize(("wells", "sites", "cells", "seed"), [(3, 2, 20, 3), (2, 3, 12, 4)])
+def test_collate_excludes_flagged_cells_before_aggregation(tmp_path: Path, wells: int, sites: int, cells: int, seed: int) -> None:
+    thresholds = {"big": {"Nuclei_AreaShape_Area": 1.0},
+                  "odd": {"Nuclei_AreaShape_Eccentricity": -0.5, "Nuclei_AreaShape_FormFactor": 0.5}}
+    path = tmp_path / "sets.yml"
+    path.write_text(json.dumps({"thresholds": thresholds}))
+    ws = tmp_path / "ws"
+    synth(ws, plates=["P1"], wells=96, well_subset=wells, sites=sites, cells=cells, features=8, seed=seed)
+    site = sorted((ws / "analysis/BATCH1/P1/analysis").iterdir())[0]
+    nuclei = pd.read_csv(site / "Nuclei.csv")
+    biggest = int(nuclei["AreaShape_Area"].idxmax())
+    nuclei.loc[biggest, "AreaShape_Area"] = np.nan  # would be flagged by "big"; a NaN never flags
+    nuclei.to_csv(site / "Nuclei.csv", index=False)
+    result = collate_plate(ws, "BATCH1", "P1", profile_format="parquet", exclude_outlier_cells=["big", "odd"],
+                           cell_qc_thresholds=str(path))
+    assert result.status == "done" and result.report is not None
+    expected, joined = _hand_kept_profiles(Path(result.outputs["sqlite"]), thresholds)
+    assert 0 < joined["excluded"].sum() < len(joined)
+    assert not joined.loc[joined["Nuclei_AreaShape_Area"].isna(), "excluded"].any()
+    profiles = pd.read_parquet(result.outputs["profiles"])
+    assert profiles["Metadata_Well"].tolist() == expected["Metadata_Well"].tolist()
+    np.testing.assert_array_equal(profiles["Metadata_Object_Count"], expected["Metadata_Object_Count"])
+    feats = [c for c in expected.columns if c.startswith(("Cells_", "Cytoplasm_", "Nuclei_"))]
+    np.testing.assert_allclose(profiles[feats].to_numpy(float), expected[feats].to_numpy(float), rtol=1e-12)
+    qc = result.report["cell_qc"]
+    assert qc["cells"] == len(joined) and qc["excluded"] == int(joined["excluded"].sum())
+    per_well = joined.groupby("Metadata_Well")["excluded"].agg(["sum", "size"])
+    assert {r["Metadata_Well"]: (r["excluded"], r["cells"]) for r in qc["per_well"]} == {
+        w: (int(s), int(n)) for w, (s, n) in per_well.iterrows()}
+    plain = collate_plate(ws, "BATCH1", "P1", profile_format="parquet")  # options changed: rebuilt, all cells
+    assert "cell_qc" not in (plain.report or {})
+    assert pd.read_parquet(plain.outputs["profiles"])["Metadata_Object_Count"].sum() == len(joined)
+
+
+def test_exclude_outlier_cells_refusals(tmp_path: Path) -> None:
+    from cytoprofile.cli import main
+
+    synth(tmp_path, plates=["P1"], wells=96, well_subset=1, sites=1, cells=4, features=8)
+    with pytest.raises(ConfigError, match="no threshold set huge"):
+        collate_plate(tmp_path, "BATCH1", "P1", exclude_outlier_cells=["huge"])
+    with pytest.raises(InputError, match="without --exclude-outlier-cells"):
+        collate_plate(tmp_path, "BATCH1", "P1", cell_qc_thresholds="x.yml")
+    assert main(["collate", str(tmp_path), "BATCH1", "P1", "--qc-sets", "large_nuclei", "-q"]) == 1
+    assert main(["collate", str(tmp_path), "BATCH1", "P1", "--exclude-outlier-cells", "--qc-sets", "large_nuclei", "-q"]) == 0
+    report = json.loads((tmp_path / "backend/BATCH1/P1/P1.report.json").read_text())
+    assert list(report["cell_qc"]["thresholds"]) == ["large_nuclei"]

@@ -366,3 +366,171 @@ def test_site_without_cells_is_counted(tmp_path: Path, first: bool) -> None:
     assert report.sites_without_cells == [str(empty)]
     assert report.unlinked == {"Cells": n_cells, "Nuclei": n_cells}
     assert df["Metadata_Well"].notna().all()
+
+
+# ---------------------------------------------------------------- collate --single-cells (the same pass)
+
+
+@pytest.mark.parametrize(("wells", "sites", "cells", "features", "kinds", "formats"), [
+    (2, 2, 6, 5, ("sqlite",), ("parquet",)),
+    (4, 3, 25, 12, ("parquet",), ("parquet", "anndata")),
+    (1, 1, 3, 3, ("sqlite", "parquet"), ("anndata", "parquet")),
+])
+def test_collate_single_cells_equal_single_cells_command_and_reference(
+        tmp_path: Path, wells: int, sites: int, cells: int, features: int, kinds: tuple[str, ...], formats: tuple[str, ...]) -> None:
+    from cytoprofile.collate import trusted_outputs
+
+    synth(tmp_path, plates=["P1"], wells=96, well_subset=wells, sites=sites, cells=cells, features=features, seed=wells)
+    result = collate_plate(tmp_path, "BATCH1", "P1", backend=kinds, single_cells=formats)  # type: ignore[arg-type]
+    assert result.status == "done" and result.report is not None
+    out = tmp_path / "backend/BATCH1/P1"
+    names = {"parquet": "P1_single_cells.parquet", "anndata": "P1_single_cells.h5ad"}
+    report, trusted = trusted_outputs(tmp_path, "BATCH1", "P1")
+    assert {names[f] for f in formats} <= set(trusted)  # generation ids match the report
+    assert report is not None and report["backend"] == sorted(kinds)  # the joined table is not a backend table
+    section = report["single_cells"]
+    assert section["outputs"] == {f: names[f] for f in formats}
+    backend = out / ("P1.sqlite" if "sqlite" in kinds else "P1_Image.parquet")
+    after = write_single_cells(backend, prefix=tmp_path / "after" / "P1", formats=["parquet"])
+    expected = pd.read_parquet(after.outputs["parquet"])
+    assert section["rows_in"] == after.rows_in and section["cells_out"] == after.cells_out == len(expected)
+    assert section["unlinked"] == {}
+    if "parquet" in formats:
+        pd.testing.assert_frame_equal(pd.read_parquet(out / names["parquet"]), expected)  # row for row
+    if "anndata" in formats:
+        import anndata
+
+        adata = anndata.read_h5ad(out / names["anndata"])
+        feats = [c for c in expected.columns if not c.startswith("Metadata_")]
+        assert list(adata.var_names) == feats
+        np.testing.assert_allclose(adata.X, expected[feats].to_numpy(np.float32), rtol=1e-6)
+        assert adata.obs["Metadata_Well"].tolist() == expected["Metadata_Well"].tolist()
+    if "sqlite" in kinds:
+        ref = reference_merge(backend, ["Metadata_Plate", "Metadata_Well"], ["TableNumber", "ImageNumber", "Metadata_Site"])
+        assert_same_cells(expected, ref)
+    again = collate_plate(tmp_path, "BATCH1", "P1", backend=kinds, single_cells=formats)  # type: ignore[arg-type]
+    assert again.status == "skipped"
+    collate_plate(tmp_path, "BATCH1", "P1", backend=kinds)  # type: ignore[arg-type]
+    assert not [p.name for p in out.iterdir() if "single_cells" in p.name]  # not asked now: stale, removed
+
+
+@pytest.mark.parametrize("compartment", ["Nuclei", "Cells"])
+def test_collate_single_cells_names_unlinked_objects(tmp_path: Path, compartment: str) -> None:
+    """A cell whose linked object is missing from the CSV is counted and named, never dropped silently."""
+    synth(tmp_path, plates=["P1"], wells=96, well_subset=2, sites=2, cells=6, features=4)
+    site = sorted((tmp_path / "analysis/BATCH1/P1/analysis").iterdir())[1]
+    table = pd.read_csv(site / f"{compartment}.csv")
+    gone = table.iloc[2]
+    table.drop(index=2).to_csv(site / f"{compartment}.csv", index=False)
+    result = collate_plate(tmp_path, "BATCH1", "P1", single_cells=("parquet",), count_check="off")
+    assert result.report is not None
+    section = result.report["single_cells"]
+    total = sum(r["rows"].get("Cytoplasm", 0) for r in result.report["sites"])
+    assert section["rows_in"]["Cytoplasm"] == total and section["cells_out"] == total - 1
+    other = ({"Cells", "Nuclei"} - {compartment}).pop()  # its object of that cell is now linked by no cell
+    assert section["unlinked"] == {"Cytoplasm": 1, other: 1}
+    named = {o["compartment"]: o for o in section["unlinked_objects"]}
+    assert set(named) == {"Cytoplasm", other} and named["Cytoplasm"]["ImageNumber"] == int(gone["ImageNumber"])
+    assert compartment in named["Cytoplasm"]["reason"]
+    cells = pd.read_parquet(tmp_path / "backend/BATCH1/P1/P1_single_cells.parquet")
+    assert len(cells) == total - 1
+
+
+def test_collate_single_cells_refusals(tmp_path: Path) -> None:
+    from cytoprofile.cli import main
+
+    synth(tmp_path, plates=["P1"], wells=96, well_subset=1, sites=1, cells=3, features=3)
+    with pytest.raises(InputError, match="choose parquet and/or anndata"):
+        collate_plate(tmp_path, "BATCH1", "P1", single_cells=("excel",))
+    with pytest.raises(InputError, match="aggregate-only"):
+        collate_plate(tmp_path, "BATCH1", "P1", single_cells=("parquet",), aggregate_only=True)
+    assert main(["collate", str(tmp_path), "BATCH1", "P1", "--single-cell-format", "anndata", "-q"]) == 1
+    assert main(["collate", str(tmp_path), "BATCH1", "P1", "--single-cells", "--single-cell-format", "anndata", "-q"]) == 0
+    assert (tmp_path / "backend/BATCH1/P1/P1_single_cells.h5ad").is_file()
+
+
+# ---------------------------------------------------------------- recipe outputs in Parquet / AnnData
+
+
+def _recipe(ws: Path, *, extra: str = "", fmt: str = "csv") -> Path:
+    from cytoprofile.config import config_template
+
+    text = config_template(workspace=str(ws), batch="B1", plates=["P1"]).replace('float_format: "%.5g"', "float_format: null")
+    text = text.replace("  output_format: csv ", f"  output_format: {fmt} ").replace("    - Intensity\n", "")
+    text = text.replace("  exclude_outlier_cells: false ", f"  exclude_outlier_cells: {extra or 'false'} ")
+    path = ws / f"config_{fmt}_{len(extra)}.yml"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="module")
+def recipe_ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    ws = tmp_path_factory.mktemp("formats")
+    synth(ws, batch="B1", plates=["P1"], wells=96, well_subset=24, sites=2, cells=10, features=16, seed=5)
+    assert collate_plate(ws, "B1", "P1").status == "done"
+    return ws
+
+
+@pytest.mark.parametrize(("fmt", "suffix"), [("parquet", ".parquet"), ("anndata", ".h5ad")])
+def test_recipe_outputs_in_parquet_and_anndata_equal_csv(recipe_ws: Path, tmp_path: Path, fmt: str, suffix: str) -> None:
+    from cytoprofile.io import load_profiles
+    from cytoprofile.pipeline import run
+
+    csv_root, other_root = tmp_path / "csv", tmp_path / fmt
+    run(_recipe(recipe_ws), root=csv_root)
+    result = run(_recipe(recipe_ws, fmt=fmt), root=other_root)
+    csvs = sorted(p.relative_to(csv_root) for p in (csv_root / "profiles").rglob("*.csv.gz"))
+    assert len(csvs) >= 5
+    written = sorted(p.relative_to(other_root) for p in (other_root / "profiles").rglob(f"*{suffix}"))
+    assert written == [p.with_name(p.name.replace(".csv.gz", suffix)) for p in csvs]
+    assert not list((other_root / "profiles").rglob("*.csv.gz"))
+    for rel, other in zip(csvs, written):
+        a, b = load_profiles(csv_root / rel), load_profiles(other_root / other)
+        assert list(a.columns) == list(b.columns) and len(a) == len(b), rel
+        feats = [c for c in a.columns if not c.startswith("Metadata_")]
+        np.testing.assert_allclose(b[feats].to_numpy(float), a[feats].to_numpy(float), rtol=1e-12, equal_nan=True)
+        assert b["Metadata_Well"].astype(str).tolist() == a["Metadata_Well"].astype(str).tolist()
+        assert (other_root / f"{other}.provenance.json").is_file()
+    again = run(_recipe(recipe_ws, fmt=fmt), root=other_root)  # current outputs in that format are found
+    assert not [r for r in again.ran if not r.startswith("quality_control")] and result.ran
+
+
+def test_recipe_reads_a_hand_placed_table_in_any_format_but_not_two(recipe_ws: Path, tmp_path: Path) -> None:
+    from cytoprofile.errors import ConfigError
+    from cytoprofile.io import write_table
+    from cytoprofile.pipeline import existing_output
+
+    base = tmp_path / "P1.csv.gz"
+    assert existing_output(str(base)) == str(base)  # nothing there: the asked name
+    write_table(pd.DataFrame({"Metadata_Well": ["A01"], "Cells_x": [1.0]}), tmp_path / "P1.parquet")
+    assert existing_output(str(base)) == str(tmp_path / "P1.parquet")
+    write_table(pd.DataFrame({"Metadata_Well": ["A01"], "Cells_x": [1.0]}), tmp_path / "P1.csv")
+    with pytest.raises(ConfigError, match="P1.csv, P1.parquet"):
+        existing_output(str(base))
+
+
+def test_recipe_aggregate_excludes_outlier_cells(recipe_ws: Path, tmp_path: Path) -> None:
+    from cytoprofile.config import load_config
+    from cytoprofile.errors import ConfigError
+    from cytoprofile.io import read_table
+    from cytoprofile.pipeline import run
+
+    run(_recipe(recipe_ws, extra="[elongated_nuclei, small_and_low_formfactor_nuclei]"), root=tmp_path / "out")
+    ours = read_table(tmp_path / "out/profiles/B1/P1/P1.csv.gz")
+    side = json.loads((tmp_path / "out/profiles/B1/P1/P1.csv.gz.provenance.json").read_text())
+    ws = tmp_path / "ws"
+    synth(ws, batch="B1", plates=["P1"], wells=96, well_subset=24, sites=2, cells=10, features=16, seed=5)
+    direct = collate_plate(ws, "B1", "P1", profile_format="parquet",
+                           exclude_outlier_cells=["elongated_nuclei", "small_and_low_formfactor_nuclei"])
+    assert direct.report is not None
+    expected = pd.read_parquet(direct.outputs["profiles"])
+    expected = expected[[c for c in expected.columns if not c.startswith("Image_")]]
+    assert side["cell_qc"]["excluded"] == direct.report["cell_qc"]["excluded"] > 0
+    assert side["cell_qc"]["per_well"] == direct.report["cell_qc"]["per_well"]
+    feats = [c for c in expected.columns if not c.startswith("Metadata_")]
+    np.testing.assert_allclose(ours[feats].to_numpy(float), expected[feats].to_numpy(float), rtol=1e-12)
+    np.testing.assert_array_equal(ours["Metadata_Object_Count"], expected["Metadata_Object_Count"])
+    bad = _recipe(recipe_ws).read_text().replace("  outlier_thresholds: null ", "  outlier_thresholds: sets.yml ")
+    (tmp_path / "bad.yml").write_text(bad)
+    with pytest.raises(ConfigError, match="outlier_thresholds has no effect"):
+        load_config(tmp_path / "bad.yml")

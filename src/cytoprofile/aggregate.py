@@ -14,7 +14,7 @@ import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -31,6 +31,9 @@ from .vocabulary import (
     with_metadata_prefix,
 )
 from .vocabulary import AggregateOperation as Operation
+
+if TYPE_CHECKING:
+    from .cell_qc import OutlierCells
 
 __all__ = [
     "DEFAULT_COMPARTMENTS",
@@ -161,12 +164,14 @@ def aggregate(
     image_features: bool = True,
     image_feature_categories: Sequence[str] = DEFAULT_IMAGE_FEATURE_CATEGORIES,
     sites: Sequence[int] | None = None,
+    exclude: OutlierCells | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> pd.DataFrame:
     """Per-well profiles from an existing backend (SQLite of either generation, or Parquet).
 
     Reads one well at a time, so memory holds one well's cells, not the plate.
-    ``sites`` keeps only those fields of view (``Metadata_Site``).
+    ``sites`` keeps only those fields of view (``Metadata_Site``); ``exclude``
+    (:func:`cytoprofile.cell_qc.outlier_cells`) leaves the objects of flagged cells out.
     """
     from .backend import open_backend
 
@@ -211,7 +216,8 @@ def aggregate(
             key_tuple = key if isinstance(key, tuple) else (key,)
             rows = image.iloc[idx]
             pairs = list(zip(rows["TableNumber"].tolist(), rows["ImageNumber"].tolist()))
-            objects = {c: reader.read_objects(tables[c], features[c], pairs) for c in compartments}
+            objects = {c: reader.read_objects(tables[c], features[c], pairs) if exclude is None else
+                       _kept_objects(reader, tables[c], features[c], pairs, exclude, c) for c in compartments}
             counts = numeric.iloc[idx][agg.count_columns].to_numpy(dtype=float) if numeric is not None else np.empty((len(idx), 0))
             values = numeric.iloc[idx][agg.image_feature_columns].to_numpy(dtype=float) if numeric is not None else np.empty((len(idx), 0))
             agg.add(key_tuple, n_images=len(idx), image_counts=counts, image_values=values, objects=objects)
@@ -220,6 +226,20 @@ def aggregate(
         return agg.result()
     finally:
         reader.close()
+
+
+def _kept_objects(reader: Any, table: str, features: Sequence[str], pairs: Sequence[tuple[object, object]],
+                  exclude: OutlierCells, compartment: str) -> np.ndarray:
+    """A well's objects of one table without those of flagged cells (one read per site)."""
+    by_site: dict[object, list[tuple[object, object]]] = {}
+    for t, i in pairs:
+        by_site.setdefault(t, []).append((t, i))
+    parts = [np.empty((0, len(features)))]
+    for t, site_pairs in by_site.items():
+        got = reader.read_objects(table, ["ImageNumber", "ObjectNumber", *features], site_pairs)
+        keep = exclude.kept(compartment, t, got[:, 0].astype(np.int64), got[:, 1].astype(np.int64))
+        parts.append(got[keep, 2:])
+    return np.concatenate(parts)
 
 
 def aggregate_cells(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -28,12 +29,14 @@ from .vocabulary import metadata_columns
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
+    "OutlierCells",
     "Thresholds",
     "add_outlier_flags",
     "flag_column",
     "flag_single_cells",
     "flag_summary",
     "load_thresholds",
+    "outlier_cells",
     "outlier_flags",
     "zscores",
 ]
@@ -187,4 +190,86 @@ def flag_summary(table: pa.Table, keys: Sequence[str], flags: Mapping[str, np.nd
             frame[name] = values
         per_well = frame.groupby(list(keys), dropna=False)[list(flags)].sum().astype(int).reset_index()
         out["per_well"] = per_well.to_dict(orient="records")
+    return out
+
+
+@dataclass
+class OutlierCells:
+    """Cells some outlier set flags: their objects per compartment (to leave out of aggregation) and counts."""
+
+    thresholds: dict[str, dict[str, float]]
+    #: per compartment and TableNumber (as text), the flagged objects' ImageNumber << 32 | ObjectNumber, sorted
+    objects: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    cells: int = 0
+    flagged: dict[str, int] = field(default_factory=dict)
+    excluded: int = 0
+    per_well: list[dict[str, Any]] = field(default_factory=list)
+
+    def kept(self, compartment: str, table_number: Any, images: np.ndarray, objects: np.ndarray) -> np.ndarray:
+        """Which of a site's objects of a compartment are not part of a flagged cell."""
+        flagged = self.objects.get(compartment, {}).get(str(table_number))
+        if flagged is None or not len(images):
+            return np.ones(len(images), dtype=bool)
+        return ~np.isin(object_keys(images, objects), flagged)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready counts for a report."""
+        return {"thresholds": self.thresholds, "cells": self.cells, "flagged": self.flagged, "excluded": self.excluded,
+                "per_well": self.per_well}
+
+
+def object_keys(images: np.ndarray, objects: np.ndarray) -> np.ndarray:
+    """One int64 per (ImageNumber, ObjectNumber) of a site."""
+    return np.asarray(images, dtype=np.int64) * (1 << 32) + np.asarray(objects, dtype=np.int64)
+
+
+def outlier_cells(
+    backend: str | os.PathLike[str],
+    thresholds: Thresholds,
+    *,
+    compartments: Sequence[str],
+    strata: Sequence[str],
+    hub: str = "Cytoplasm",
+) -> OutlierCells:
+    """Flag a backend's joined cells, reading only the threshold features (plate-wide z-scores).
+
+    A flagged cell is a joined row (hub object and the objects it links); objects no cell
+    links are never flagged. Counts per well (``strata``) and set go to :meth:`OutlierCells.summary`.
+    """
+    from .single_cells import SingleCellJoin
+
+    join = SingleCellJoin(backend, compartments=compartments, hub=hub, metadata=list(strata))
+    try:
+        needed = sorted({f for conditions in thresholds.values() for f in conditions})
+        missing = [f for f in needed if f not in join.feature_columns]
+        if missing:
+            raise InputError(f"cell QC threshold feature(s) {', '.join(missing)} are not among the features of "
+                             f"{', '.join(join.compartments)}")
+        features = {c: [f for f in join.features[c] if f in needed] for c in join.compartments}
+        parts = [join.join_site(tn, features=features, count=False) for tn in join.site_order()]
+    finally:
+        join.close()
+    table = pa.concat_tables(parts, promote_options="permissive") if parts else None
+    out = OutlierCells(thresholds={k: dict(v) for k, v in thresholds.items()})
+    if table is None or table.num_rows == 0:
+        return out
+    flags = outlier_flags({f: table.column(f).to_numpy(zero_copy_only=False).astype(np.float64) for f in needed}, thresholds)
+    any_flag = np.zeros(table.num_rows, dtype=bool)
+    for values in flags.values():
+        any_flag |= values
+    out.cells, out.excluded = table.num_rows, int(any_flag.sum())
+    out.flagged = {k: int(v.sum()) for k, v in flags.items()}
+    picked = table.filter(pa.array(any_flag))
+    tns = np.array([str(t) for t in picked.column("Metadata_TableNumber").to_pylist()], dtype=object)
+    images = picked.column("Metadata_ImageNumber").to_numpy(zero_copy_only=False)
+    for c in join.compartments:
+        keys = object_keys(images, picked.column(join.object_names[c]).to_numpy(zero_copy_only=False))
+        out.objects[c] = {t: np.sort(keys[tns == t]) for t in dict.fromkeys(tns.tolist())}
+    frame = table.select(list(strata)).to_pandas()
+    for name, values in flags.items():
+        frame[name] = values
+    frame["excluded"] = any_flag
+    grouped = frame.groupby(list(strata), dropna=False)[[*flags, "excluded"]].sum().astype(int).reset_index()
+    grouped.insert(len(strata), "cells", frame.groupby(list(strata), dropna=False).size().to_numpy())
+    out.per_well = grouped.to_dict(orient="records")
     return out

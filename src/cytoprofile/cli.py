@@ -220,6 +220,11 @@ def collate(
     strict: Annotated[bool, typer.Option(help="Fail a plate that has any quarantined site.")] = False,
     count_check: Annotated[str, typer.Option(help="Object rows vs Image.csv Count_<Object> and Parent_ links: error (quarantine), warn or off.")] = "error",
     file_prefix: Annotated[str | None, typer.Option(help="File-name prefix of every CSV (ExportToSpreadsheet's, e.g. MyExpt_); detected when unset.")] = None,
+    single_cells: Annotated[bool, typer.Option("--single-cells", help="Also write the joined single-cell table (PLATE_single_cells.parquet) in the same pass.")] = False,
+    single_cell_format: Annotated[list[str] | None, typer.Option(help="parquet and/or anndata for --single-cells (repeat for both).")] = None,
+    exclude_outlier_cells: Annotated[bool, typer.Option("--exclude-outlier-cells", help="Leave cells that a cell QC set flags out of the profiles.")] = False,
+    qc_sets: Annotated[list[str] | None, typer.Option(help="Only these cell QC sets (default: every set of the thresholds file).")] = None,
+    thresholds: Annotated[str | None, typer.Option(help="Cell QC threshold sets YAML (default: the three shipped nuclei sets).")] = None,
     export_db: Annotated[list[str] | None, typer.Option(help="CellProfiler ExportToDatabase .sqlite file or folder of them to read instead of site CSVs (repeatable); default: analysis/BATCH/PLATE/*.sqlite when there are no site folders.")] = None,
     table_prefix: Annotated[str | None, typer.Option(help="Table prefix of the ExportToDatabase files (e.g. MyExpt_); detected when unset.")] = None,
     jobs: Annotated[int, typer.Option(help="Plates in parallel on this machine.")] = 1,
@@ -253,6 +258,8 @@ def collate(
         raise CytoprofileError(f"--output-format {output_format}: choose csv, csv.gz or parquet")
     if count_check not in ("error", "warn", "off"):
         raise CytoprofileError(f"--count-check {count_check}: choose error, warn or off")
+    if (single_cell_format and not single_cells) or ((qc_sets or thresholds) and not exclude_outlier_cells):
+        raise CytoprofileError("--single-cell-format needs --single-cells; --qc-sets and --thresholds need --exclude-outlier-cells")
     plate_list = [p for raw in plates for p in (_split([raw]) or [raw])]  # an empty name is refused, not dropped
     start = time.perf_counter()
     with _plate_progress(plate_list, quiet) as update:
@@ -264,6 +271,8 @@ def collate(
             image_feature_categories=_split(image_feature_categories) or list(DEFAULT_IMAGE_FEATURE_CATEGORIES),
             strata=_split(strata) or list(DEFAULT_STRATA), overwrite=overwrite, aggregate_only=aggregate_only,
             strict=strict, count_check=count_check, file_prefix=file_prefix,  # type: ignore[arg-type]
+            single_cells=(_split(single_cell_format) or ["parquet"]) if single_cells else (),
+            exclude_outlier_cells=(_split(qc_sets) or []) if exclude_outlier_cells else None, cell_qc_thresholds=thresholds,
             export_db=export_db or (), table_prefix=table_prefix,
             jobs=jobs, scheduler=scheduler, remote=remote, tmp_dir=tmp_dir, wait=wait, progress=update,
         )

@@ -38,11 +38,12 @@ from .backend import (
     object_column_name,
     parquet_table_path,
 )
-from .errors import CytoprofileError, InputError, QuarantineError
+from .errors import AccountingError, CytoprofileError, InputError, QuarantineError
 from .ingest import (
     GENERATION_TABLE,
     IMAGE_TABLE,
     RUN_METADATA_FILES,
+    SINGLE_CELL_TABLE,
     SITE_NAME,
     CountCheck,
     Quarantine,
@@ -157,6 +158,9 @@ def collate_plate(
     strict: bool = False,
     count_check: CountCheck = "error",
     file_prefix: str | None = None,
+    single_cells: Sequence[str] = (),
+    exclude_outlier_cells: Sequence[str] | None = None,
+    cell_qc_thresholds: str | None = None,
     threads: int = 2,
     remote: str | None = None,
     tmp_dir: str | None = None,
@@ -178,7 +182,8 @@ def collate_plate(
                    compartments=tuple(compartments), image_features=image_features,
                    image_feature_categories=tuple(image_feature_categories), strata=tuple(strata),
                    overwrite=overwrite, aggregate_only=aggregate_only, strict=strict, threads=threads,
-                   count_check=count_check, file_prefix=file_prefix)
+                   count_check=count_check, file_prefix=file_prefix, **_cell_options(
+                       single_cells, exclude_outlier_cells, cell_qc_thresholds, aggregate_only=aggregate_only))
     if io.is_remote(ws):
         return _collate_remote(str(ws), batch, plate, tmp_dir=tmp_dir, progress=progress, start=start, **options)
     if remote is not None:
@@ -229,7 +234,7 @@ def _kinds_present(plate: str, report: dict[str, Any] | None, trusted: dict[str,
     present = set()
     if f"{plate}.sqlite" in trusted:
         present.add("sqlite")
-    tables = {n for n in listed if n.startswith(f"{plate}_") and n.endswith(".parquet")}
+    tables = {n for n in listed if _kind_of(plate, n) == "parquet"}
     if tables and tables <= set(trusted):
         present.add("parquet")
     return present
@@ -245,7 +250,8 @@ def _plan(plate: str, report: dict[str, Any] | None, trusted: dict[str, str], bu
     present = _kinds_present(plate, report, trusted)
     same = bool(previous) and _data_options(previous) == _data_options(build)
     profile = f"{plate}.{build['profile_format']}"
-    if not overwrite and same and asked <= present and profile in trusted:
+    cells = {f"{plate}_{SINGLE_CELL_TABLE}.{'parquet' if f == 'parquet' else 'h5ad'}" for f in build.get("single_cells") or ()}
+    if not overwrite and same and asked <= present and profile in trusted and cells <= set(trusted):
         return _Plan(skip=True)
     others = present - asked
     stale = others if overwrite or not same else set()
@@ -290,6 +296,8 @@ def _listing_digest(sizes: dict[str, int]) -> str:
 
 
 def _kind_of(plate: str, name: str) -> str:
+    if name in _single_cell_names(plate):
+        return "single_cells"
     if name == f"{plate}.sqlite":
         return "sqlite"
     if name.startswith(f"{plate}_") and name.endswith(".parquet"):
@@ -322,7 +330,7 @@ def _build_plate(ws: str | os.PathLike[str], batch: str, plate: str, *, plan: _P
         raise
     report["outputs"] = {**plan.kept, **{n: {"generation": generation, "bytes": os.path.getsize(os.path.join(staging, n))}
                                          for n in sorted(os.listdir(staging)) if not n.endswith(_SIDECAR)}}
-    report["backend"] = sorted({_kind_of(plate, n) for n in report["outputs"]} - {"profiles"})
+    report["backend"] = sorted({_kind_of(plate, n) for n in report["outputs"]} - {"profiles", "single_cells"})
     report["generation"] = generation
     outputs = plate_outputs(ws, batch, plate, backend=report["backend"], profile_format=profile_format)  # type: ignore[arg-type]
     result = PlateResult(batch, plate, "done", _summary_line(report), outputs, report,
@@ -404,6 +412,7 @@ def _read_plate(ws: str | os.PathLike[str], batch: str, plate: str, *, files: di
     buffer = _WellBuffer(remaining)
 
     writers: list[SQLiteBackendWriter | ParquetBackendWriter] = []
+    stream: Any = None
     site_reports: list[dict[str, Any]] = []
     rows_in: dict[str, int] = {t: 0 for t in schema.tables}
     missing_columns: dict[str, dict[str, list[str]]] = {}
@@ -413,6 +422,7 @@ def _read_plate(ws: str | os.PathLike[str], batch: str, plate: str, *, files: di
             writers.append(SQLiteBackendWriter(files["sqlite"], schema))
         if "parquet" in backend:
             writers.append(ParquetBackendWriter(files["parquet_prefix"], schema, metadata={GENERATION_KEY: generation}))
+        stream = _single_cell_stream(files["parquet_prefix"], schema, list(chosen), options, generation)
         ordered = order_by_key(scans)
         for done, result in enumerate(read_sites(ordered, schema, threads=threads, count_check=count_check), start=1):
             if isinstance(result, Quarantine):
@@ -423,6 +433,8 @@ def _read_plate(ws: str | os.PathLike[str], batch: str, plate: str, *, files: di
             else:
                 for writer in writers:
                     writer.add(result)
+                if stream is not None:
+                    stream.add(result.table_number, result.image.to_pandas(), result.objects)
                 counts = {IMAGE_TABLE: result.image.num_rows, **{t: len(a) for t, a in result.objects.items()}}
                 for t, n in counts.items():
                     rows_in[t] += n
@@ -453,16 +465,18 @@ def _read_plate(ws: str | os.PathLike[str], batch: str, plate: str, *, files: di
             )
         for writer in writers:
             writer.close()
+        cells = stream.close(write_report=False) if stream is not None else None
     except BaseException:
         for writer in writers:
             writer.abort()
+        if stream is not None:
+            stream.abort()
         raise
     if "sqlite" in backend:
         _mark_sqlite(files["sqlite"], generation)
     profiles = agg.result()
     rows_out = _count_rows(files, backend, schema)
-    from .errors import AccountingError  # lost rows fail the plate (exit 1), never exit 0
-
+    # lost rows fail the plate (exit 1), never exit 0
     for table, n in rows_in.items():
         for kind, counted in rows_out.items():
             if counted.get(table, n) != n:
@@ -473,6 +487,9 @@ def _read_plate(ws: str | os.PathLike[str], batch: str, plate: str, *, files: di
     if first_table is not None and aggregated != rows_in.get(first_table, 0):
         raise AccountingError(f"{plate}: table {first_table}: {rows_in.get(first_table, 0)} rows in, {aggregated} "
                               "aggregated into the profiles; nothing written")
+    extra = _single_cell_section(cells, files["parquet_prefix"], generation)
+    if "exclude_outlier_cells" in options:
+        profiles, extra["cell_qc"] = _aggregate_kept_cells(files, backend, options)
     _write_profiles(profiles, files["profiles"], profile_format, generation)
     return {
         "batch": batch,
@@ -493,6 +510,7 @@ def _read_plate(ws: str | os.PathLike[str], batch: str, plate: str, *, files: di
         "totals": {"sites": len(site_reports), "sites_ok": len(site_reports) - len(quarantined),
                    "sites_quarantined": len(quarantined), "wells": len(profiles),
                    "objects": {t: rows_in[t] for t in schema.object_tables}},
+        **extra,
         "seconds": round(time.perf_counter() - start, 3),
         "options": _build_options(options),
     }
@@ -500,6 +518,75 @@ def _read_plate(ws: str | os.PathLike[str], batch: str, plate: str, *, files: di
 
 GENERATION_KEY = GENERATION_TABLE
 _SIDECAR = ".generation"
+_CELL_OPTIONS = ("single_cells", "exclude_outlier_cells")
+
+
+def _single_cell_names(plate: str) -> set[str]:
+    return {f"{plate}_{SINGLE_CELL_TABLE}.parquet", f"{plate}_{SINGLE_CELL_TABLE}.h5ad"}
+
+
+def _cell_options(single_cells: Sequence[str], exclude: Sequence[str] | dict[str, Any] | None, thresholds: str | None,
+                  *, aggregate_only: bool) -> dict[str, Any]:
+    """The single-cell outputs asked for, and the resolved outlier sets to exclude (only keys that are set)."""
+    from .cell_qc import load_thresholds
+
+    formats = tuple(dict.fromkeys(single_cells))
+    bad = [f for f in formats if f not in ("parquet", "anndata")]
+    if bad:
+        raise InputError(f"--single-cells {bad[0]}: choose parquet and/or anndata")
+    out: dict[str, Any] = {"single_cells": formats} if formats else {}
+    if isinstance(exclude, dict):  # already resolved (a re-entry)
+        out["exclude_outlier_cells"] = exclude
+    elif exclude is not None:
+        out["exclude_outlier_cells"] = load_thresholds(thresholds, sets=list(exclude) or None)
+    elif thresholds is not None:
+        raise InputError("--cell-qc-thresholds has no effect without --exclude-outlier-cells")
+    if aggregate_only and out:
+        raise InputError("--aggregate-only reads an existing backend: use `cytoprofile single-cells` for the joined table, "
+                         "and a full collate (without --aggregate-only) to exclude outlier cells")
+    return out
+
+
+def _single_cell_stream(prefix: str, schema: Any, compartments: list[str], options: dict[str, Any], generation: str) -> Any:
+    """The joined single-cell table written during the pass (None when not asked for)."""
+    from .single_cells import SingleCellStream
+
+    formats = options.get("single_cells") or ()
+    if not formats:
+        return None
+    tables = {t: ["TableNumber", *[object_column_name(t, c) for c in cols]] for t, cols in schema.tables.items() if t != IMAGE_TABLE}
+    tables[IMAGE_TABLE] = list(schema.tables[IMAGE_TABLE])
+    return SingleCellStream(prefix, tables, formats=formats, compartments=compartments,
+                            file_metadata={GENERATION_KEY: generation})
+
+
+def _single_cell_section(cells: Any, prefix: str, generation: str) -> dict[str, Any]:
+    """The plate report's account of the joined table: rows per compartment in, cells out, unlinked objects named."""
+    if cells is None:
+        return {}
+    if "anndata" in cells.outputs:
+        with io.atomic_open(cells.outputs["anndata"] + _SIDECAR) as fh:
+            fh.write(generation + "\n")
+    section = {k: v for k, v in cells.as_dict().items() if k not in ("backend", "outputs", "cell_qc")}
+    section["outputs"] = {f: os.path.basename(p) for f, p in cells.outputs.items()}
+    if cells.lost:
+        log.warning("%s: %d object(s) not linked into a cell (named in the report)", os.path.basename(prefix), cells.lost)
+    return {"single_cells": section}
+
+
+def _aggregate_kept_cells(files: dict[str, str], kinds: Sequence[str], options: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """Profiles of the cells no outlier set flags, from the staged backend (flags need plate-wide z-scores)."""
+    from .cell_qc import outlier_cells
+
+    source = parquet_table_path(files["parquet_prefix"], IMAGE_TABLE) if "parquet" in kinds else files["sqlite"]
+    thresholds = options["exclude_outlier_cells"]
+    flagged = outlier_cells(source, thresholds, compartments=options["compartments"], strata=options["strata"])
+    profiles = aggregate(source, operation=options["operation"], strata=options["strata"],
+                         compartments=options["compartments"], image_features=options["image_features"],
+                         image_feature_categories=options["image_feature_categories"], exclude=flagged)
+    log.info("%s: %d of %d cells excluded as outliers before aggregation", os.path.basename(files["parquet_prefix"]),
+             flagged.excluded, flagged.cells)
+    return profiles, flagged.summary()
 
 
 def _mark_sqlite(path: str, generation: str) -> None:
@@ -628,8 +715,9 @@ def plate_profiles(ws: str | os.PathLike[str], batch: str, plate: str) -> str | 
 
 def _build_options(options: dict[str, Any]) -> dict[str, Any]:
     """The options that shape a plate's outputs (recorded in the report, compared on re-runs)."""
-    keys = ("backend", "profile_format", "operation", "compartments", "image_features", "image_feature_categories", "strata",
+    keys: tuple[str, ...] = ("backend", "profile_format", "operation", "compartments", "image_features", "image_feature_categories", "strata",
             "count_check", "file_prefix")
+    keys += tuple(k for k in _CELL_OPTIONS if k in options)  # recorded only when asked: older reports stay current
     return {k: list(options[k]) if isinstance(options[k], (list, tuple)) else options[k] for k in keys}
 
 
@@ -646,7 +734,7 @@ def _remove_stale(directory: str, plate: str, *, keep: set[str], before: set[str
 
 def _is_ours(plate: str, name: str) -> bool:
     base = name[: -len(_SIDECAR)] if name.endswith(_SIDECAR) else name
-    return base in {f"{plate}.sqlite", f"{plate}.csv", f"{plate}.csv.gz", f"{plate}.parquet"} or (
+    return base in {f"{plate}.sqlite", f"{plate}.csv", f"{plate}.csv.gz", f"{plate}.parquet", *_single_cell_names(plate)} or (
         base.startswith(f"{plate}_") and base.endswith(".parquet"))
 
 
@@ -930,6 +1018,9 @@ def collate(
     strict: bool = False,
     count_check: CountCheck = "error",
     file_prefix: str | None = None,
+    single_cells: Sequence[str] = (),
+    exclude_outlier_cells: Sequence[str] | None = None,
+    cell_qc_thresholds: str | None = None,
     export_db: Sequence[str] = (),
     table_prefix: str | None = None,
     jobs: int = 1,
@@ -959,6 +1050,8 @@ def collate(
                                    image_feature_categories=tuple(image_feature_categories), strata=tuple(strata),
                                    overwrite=overwrite, aggregate_only=aggregate_only, strict=strict,
                                    count_check=count_check, file_prefix=file_prefix,
+                                   single_cells=tuple(single_cells), cell_qc_thresholds=cell_qc_thresholds,
+                                   exclude_outlier_cells=None if exclude_outlier_cells is None else tuple(exclude_outlier_cells),
                                    export_db=tuple(str(p) for p in export_db), table_prefix=table_prefix,
                                    remote=remote, tmp_dir=tmp_dir, wait=wait, storage=dict(io.current_storage()))
     return run_plates(_collate_task, [(str(ws), batch, p) for p in plates], options, jobs=jobs,

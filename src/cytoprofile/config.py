@@ -92,6 +92,7 @@ INIT_DIRS: tuple[str, ...] = (
 )
 
 _COMPRESSIONS = ("gzip",)
+_OUTPUT_FORMATS = ("csv", "parquet", "anndata")
 _TEMPLATE = "config_template.yml"
 log = logging.getLogger("cytoprofile.config")
 _OBJECT_FEATURES = (with_metadata_prefix(OBJECT_NUMBER), OBJECT_NUMBER)
@@ -305,6 +306,19 @@ class AggregateConfig(_Block):
     fields: _Fields = "all"
     object_feature: Annotated[str, BeforeValidator(_check_object_feature)] = "Metadata_ObjectNumber"
     image_feature_categories: list[str] = Field(default_factory=list)
+    # cytoprofile extensions: leave cells a cell QC set flags out of the profiles
+    # (true: every set of the thresholds file; a list: those sets)
+    exclude_outlier_cells: bool | list[str] = False
+    outlier_thresholds: str | None = None
+
+    @model_validator(mode="after")
+    def _outliers(self) -> AggregateConfig:
+        if self.outlier_thresholds is not None and self.exclude_outlier_cells is False:
+            raise PydanticCustomError("outlier_thresholds", "outlier_thresholds has no effect unless exclude_outlier_cells is set")
+        if self.exclude_outlier_cells is not False and not self.perform:
+            raise PydanticCustomError("exclude_outlier_cells", "exclude_outlier_cells needs perform: true (the recipe aggregates "
+                                      "the backend); for collate's profiles use `cytoprofile collate --exclude-outlier-cells`")
+        return self
 
 
 def _external_form(value: Any) -> Any:
@@ -486,6 +500,8 @@ class OptionsConfig(_Block):
     ] = "gzip"
     float_format: Annotated[str | None, BeforeValidator(_check_float_format)] = None
     samples: str = Field(default="all", min_length=1)
+    # cytoprofile extension: step outputs as CSV (gzip per ``compression``), Parquet or AnnData
+    output_format: Annotated[Literal["csv", "parquet", "anndata"], _choice("an output format", _OUTPUT_FORMATS)] = "csv"
     # cytoprofile extensions: object-storage requests (null: the command line's, 5 s / 15 s / 2)
     connect_timeout: float | None = Field(default=None, gt=0)
     read_timeout: float | None = Field(default=None, gt=0)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from . import __version__, io
@@ -55,6 +56,7 @@ class Layout:
     workspace: str
     output_dir: str = "profiles"
     compression: str | None = "gzip"
+    output_format: str = "csv"
 
     def find(self, *parts: str) -> str:
         """``root/parts`` if it exists, else ``workspace/parts``."""
@@ -72,7 +74,9 @@ class Layout:
 
     @property
     def suffix(self) -> str:
-        """File ending of step outputs: ``.csv.gz`` (gzip) or ``.csv``."""
+        """File ending of step outputs: ``.csv.gz`` (gzip) or ``.csv``, ``.parquet`` or ``.h5ad``."""
+        if self.output_format in _FORMAT_SUFFIX:
+            return _FORMAT_SUFFIX[self.output_format]
         return ".csv.gz" if self.compression == "gzip" else ".csv"
 
     def plate_file(self, batch: str, plate: str, stem: str) -> str:
@@ -82,6 +86,45 @@ class Layout:
     def gct_file(self, batch: str, stem: str, ext: str) -> str:
         """``gct/BATCH/BATCH{stem}{ext}``."""
         return io.join(self.root, "gct", batch, f"{batch}{stem}{ext}")
+
+
+_FORMAT_SUFFIX = {"parquet": ".parquet", "anndata": ".h5ad"}
+_SUFFIXES = (".csv.gz", ".csv", ".parquet", ".h5ad")
+
+
+def existing_output(path: str) -> str:
+    """``path`` if it exists, else the one file of the same name in another format; two are refused."""
+    if io.exists(path):
+        return path
+    stem = next((path[: -len(s)] for s in _SUFFIXES if path.endswith(s)), path)
+    found = [stem + s for s in _SUFFIXES if io.exists(stem + s)]
+    if len(found) > 1:
+        raise ConfigError(f"{stem}: found {', '.join(os.path.basename(f) for f in found)} and none in the configured "
+                          f"format; remove the stale one(s) or set options.output_format")
+    return found[0] if found else path
+
+
+def write_output(frame: pd.DataFrame, path: str, *, float_format: str | None = None) -> None:
+    """A step's table as CSV(.gz) or Parquet (by its name), or AnnData (``.h5ad``: text columns in ``obs``)."""
+    if not path.endswith(".h5ad"):
+        io.write_table(frame, path, float_format=float_format)
+        return
+    try:
+        import anndata
+    except ImportError as exc:
+        raise ConfigError("options.output_format: anndata needs the anndata package "
+                          "(pip install 'cytoprofile[anndata]')") from exc
+
+    features = [c for c in frame.columns if not str(c).startswith(_METADATA) and pd.api.types.is_numeric_dtype(frame[c])
+                and not pd.api.types.is_bool_dtype(frame[c])]
+    obs = frame[[c for c in frame.columns if c not in set(features)]].reset_index(drop=True)
+    text = [c for c in obs.columns if pd.api.types.is_string_dtype(obs[c]) or obs[c].dtype == object]
+    obs = obs.astype({c: object for c in text})  # plain text (not categories): read back as it was written
+    obs.index = pd.Index([str(i) for i in range(len(obs))], dtype=object)
+    var = pd.DataFrame(index=pd.Index([str(c) for c in features], dtype=object))
+    adata = anndata.AnnData(X=frame[features].to_numpy(np.float64), obs=obs, var=var)
+    with io.atomic_path(path) as tmp:
+        adata.write_h5ad(tmp, convert_strings_to_categoricals=False)
 
 
 def step_outputs(layout: Layout, batch: str, plate: str) -> dict[str, str]:
@@ -242,7 +285,7 @@ class _Steps:
                 raise type(exc)(f"step {name} on {inputs[0]}: {exc}") from exc
             made = made if isinstance(made, _Made) else _Made(made)
             account = made.account()
-            io.write_table(made.frame, path, float_format=self.float_format)
+            write_output(made.frame, path, float_format=self.float_format)
             _record(path, step=name, inputs=inputs, settings=settings, config_path=self.recipe.path,
                     root=self.layout.root, pipeline=self.recipe.settings.pipeline, account=account)
             log.info("%s %s: %s", name, os.path.basename(path), _summary(account))
@@ -341,18 +384,28 @@ def _aggregate_step(steps: _Steps, layout: Layout, recipe: Recipe, files: dict[s
         sqlite = io.join(backend_dir, f"{plate}.sqlite")
         strata = [s.aggregate.plate_column, s.aggregate.well_column] + ([s.aggregate.site_column] if s.aggregate.site_column else [])
         settings = s.aggregate.model_dump(mode="json") | {"compartments": s.compartments}
-        steps.run("aggregate", [sqlite], {files["aggregate"]: lambda: aggregate(
-            sqlite, operation=s.aggregate.method, strata=strata,
-            compartments=[c.capitalize() if c.islower() else c for c in s.compartments],
-            image_features=bool(s.aggregate.image_feature_categories),
-            image_feature_categories=s.aggregate.image_feature_categories or (),
-            sites=None if s.aggregate.fields == "all" else list(s.aggregate.fields))}, settings)
+        compartments = [c.capitalize() if c.islower() else c for c in s.compartments]
+
+        def _aggregated() -> _Made:
+            exclude = _outlier_cells(s.aggregate, sqlite, compartments, strata)
+            frame = aggregate(
+                sqlite, operation=s.aggregate.method, strata=strata, compartments=compartments,
+                image_features=bool(s.aggregate.image_feature_categories),
+                image_feature_categories=s.aggregate.image_feature_categories or (),
+                sites=None if s.aggregate.fields == "all" else list(s.aggregate.fields), exclude=exclude)
+            return _Made(frame, extra={"cell_qc": exclude.summary()} if exclude is not None else {})
+
+        if s.aggregate.exclude_outlier_cells is not False:
+            settings["thresholds"] = _thresholds(s.aggregate)  # the sets' contents, not only the file name
+        steps.run("aggregate", [sqlite], {files["aggregate"]: _aggregated}, settings)
     elif not Path(files["aggregate"]).exists() or Path(_sidecar(files["aggregate"])).exists():
         # the handbook's csv2gz + rsync: take the per-well profiles collate wrote (a file
         # put there by hand, without a sidecar, is used as it is)
         from .collate import plate_profiles
 
         source = plate_profiles(layout.workspace, batch, plate)  # only what the plate's report vouches for
+        if source is None:
+            files["aggregate"] = existing_output(files["aggregate"])  # put there by hand, in any format
         if source is None and Path(files["aggregate"]).exists():
             pass
         elif source is None:
@@ -362,6 +415,26 @@ def _aggregate_step(steps: _Steps, layout: Layout, recipe: Recipe, files: dict[s
             )
         else:
             steps.run("profiles", [source], {files["aggregate"]: lambda: io.read_table(source)}, {"from": "backend"})
+
+
+def _thresholds(block: Any) -> dict[str, dict[str, float]]:
+    from .cell_qc import load_thresholds
+
+    sets = block.exclude_outlier_cells
+    return load_thresholds(block.outlier_thresholds, sets=None if sets is True else list(sets))
+
+
+def _outlier_cells(block: Any, backend: str, compartments: Sequence[str], strata: Sequence[str]) -> Any:
+    """Flagged cells to leave out of aggregation (``aggregate.exclude_outlier_cells``), or None."""
+    if block.exclude_outlier_cells is False:
+        if block.outlier_thresholds is not None:  # refused by the config; checked again for a hand-made block
+            raise ConfigError("aggregate.outlier_thresholds has no effect unless exclude_outlier_cells is set")
+        return None
+    from .cell_qc import outlier_cells
+
+    flagged = outlier_cells(backend, _thresholds(block), compartments=compartments, strata=strata)
+    log.info("%s: %d of %d cells excluded as outliers before aggregation", os.path.basename(backend), flagged.excluded, flagged.cells)
+    return flagged
 
 
 def _external_path(meta_root: str, ext: Any) -> str:
@@ -394,7 +467,7 @@ def _annotate_step(steps: _Steps, layout: Layout, recipe: Recipe, files: dict[st
         from .annotate import annotate
 
         platemap = _prefixed(platemap_for_plate(meta_root, batch, plate))
-        profiles = io.read_table(files["aggregate"])
+        profiles = io.load_profiles(files["aggregate"])
         kept, dropped = _matched_wells(profiles, recipe, meta_root, batch, plate, platemap, platemap_file, ext_path)
         external = load_external_metadata(ext_path, merge_column=ext.merge_column) if ext_path else None
         join = ext.join_column if ext_path else None
@@ -455,7 +528,7 @@ def _normalize_steps(steps: _Steps, recipe: Recipe, files: dict[str, str], prefi
         settings = block.model_dump(mode="json") | {"fit_query": query}
 
         def _normalized(block: Any = block, query: str = query) -> _Made:
-            profiles = io.read_table(files["annotate"])
+            profiles = io.load_profiles(files["annotate"])
             names = _features_for(profiles, block, prefixes, files["annotate"])
             frame = normalize(
                 profiles, features=names, image_features=block.image_features,
@@ -531,7 +604,7 @@ class _Level:
 
     def load(self, batch: str, plate: str, with_batch: bool) -> pd.DataFrame:
         path = self.source(batch, plate)
-        df = io.read_table(path)
+        df = io.load_profiles(path)
         if "Metadata_Plate" not in df.columns:
             raise InputError(f"{path}: no Metadata_Plate column; feature selection over plates needs it")
         extra = {"Metadata_Plate": df["Metadata_Plate"].astype(str)}
@@ -655,7 +728,8 @@ def run(
         raise ConfigError(f"options.compression: {s.options.compression!r} is not supported; use gzip or null")
     if io.is_remote(root_path) != io.is_remote(ws_path) or (io.is_remote(root_path) and root_path != ws_path):
         raise ConfigError("a URL workspace holds the outputs too: give --workspace URL without a different --root")
-    layout = Layout(root=root_path, workspace=ws_path, output_dir=s.output_dir, compression=s.options.compression)
+    layout = Layout(root=root_path, workspace=ws_path, output_dir=s.output_dir, compression=s.options.compression,
+                    output_format=s.options.output_format)
     io.remove_leftovers(io.join(layout.root, layout.output_dir))  # temporary files of a killed run
     plates = {b: p for b, p in recipe.selected_plates().items() if p}
     if not plates:
@@ -745,7 +819,8 @@ def _summary_well_columns(summary: Any) -> tuple[str, str] | None:
 
 
 def _scratch_layout(layout: Layout, scratch: str) -> Layout:
-    return Layout(root=scratch, workspace=scratch, output_dir=layout.output_dir, compression=layout.compression)
+    return Layout(root=scratch, workspace=scratch, output_dir=layout.output_dir, compression=layout.compression,
+                  output_format=layout.output_format)
 
 
 def _publish_written(scratch: str, remote: str, written: list[str]) -> list[str]:

@@ -175,11 +175,28 @@ class _ParquetTable:
         if not parts:
             return np.empty(0, np.int64), np.empty(0, np.int64), np.empty((0, len(columns)))
         got = pa.concat_tables(parts)
-        values = np.empty((got.num_rows, len(columns)), order="F")
-        for k, c in enumerate(columns):
-            values[:, k] = got.column(c).cast(pa.float64()).to_numpy(zero_copy_only=False)
         return (got.column(0).cast(pa.int64()).to_numpy(zero_copy_only=False),
-                got.column(1).cast(pa.int64()).to_numpy(zero_copy_only=False), values)
+                got.column(1).cast(pa.int64()).to_numpy(zero_copy_only=False), _matrix(got.select(list(columns))))
+
+
+def _matrix(table: pa.Table) -> np.ndarray:
+    """A table's columns as one column-major float64 array (nulls as NaN), converted in one call, not per column."""
+    if table.num_columns == 0 or table.num_rows == 0:
+        return np.empty((table.num_rows, table.num_columns), order="F")
+    if any(t != pa.float64() for t in table.schema.types):
+        table = table.cast(pa.schema([(name, pa.float64()) for name in table.column_names]))
+    batch = table.combine_chunks().to_batches()[0]
+    return np.asarray(batch.to_tensor(null_to_nan=True, row_major=False))
+
+
+def _float_columns(values: np.ndarray) -> list[pa.Array]:
+    """Arrow arrays over the columns of a float64 matrix: one buffer, no per-column conversion."""
+    values = np.asfortranarray(values, dtype=np.float64)
+    n = values.shape[0]
+    buf = pa.py_buffer(values) if values.size else None
+    if buf is None:
+        return [pa.array(np.empty(n)) for _ in range(values.shape[1])]
+    return [pa.Array.from_buffers(pa.float64(), n, [None, buf], offset=k * n) for k in range(values.shape[1])]
 
 
 def _table_of(where: str, tables: Mapping[str, Sequence[str]], image_table: str, compartment: str) -> str:
@@ -451,10 +468,8 @@ class SingleCellJoin:
         nlinks = len(self.links)
         for c in self.compartments:
             vals = h_vals[:, nlinks:] if c == self.hub else reads[c][2][matched[c]]
-            vals = np.asfortranarray(vals)
-            for k, f in enumerate(features[c]):
-                names.append(f)
-                arrays.append(pa.array(vals[:, k]))
+            names.extend(features[c])
+            arrays.extend(_float_columns(vals))
         return pa.table(arrays, names=names)
 
     def _image_rows(self, table_number: Any, img: np.ndarray) -> pd.DataFrame:
@@ -630,6 +645,7 @@ class SingleCellStream:
         links: Mapping[str, str] | None = None,
         image_feature_categories: Sequence[str] = (),
         metadata: Sequence[str] | Literal["all"] | None = None,
+        file_metadata: Mapping[str, str] | None = None,
     ) -> None:
         bad = [f for f in formats if f not in ("parquet", "anndata")]
         if bad or not formats:
@@ -641,7 +657,7 @@ class SingleCellStream:
         self.join = SingleCellJoin(self.source, compartments=compartments, hub=hub, links=links,
                                    image_feature_categories=image_feature_categories, metadata=metadata)
         self.formats = list(dict.fromkeys(formats))
-        self.writers: list[_Writer] = [_ParquetSink(self.paths["parquet"]) if f == "parquet" else
+        self.writers: list[_Writer] = [_ParquetSink(self.paths["parquet"], metadata=file_metadata) if f == "parquet" else
                                        _AnnDataSink(self.paths["anndata"], self.join) for f in self.formats]
 
     def add(self, table_number: Any, image: pd.DataFrame, objects: Mapping[str, np.ndarray]) -> None:
@@ -652,12 +668,14 @@ class SingleCellStream:
         for w in self.writers:
             w.write(table)
 
-    def close(self) -> SingleCellReport:
-        """Move the outputs into place and write the report (last)."""
+    def close(self, *, write_report: bool = True) -> SingleCellReport:
+        """Move the outputs into place and write the report (last; ``write_report=False``
+        when the caller carries it in its own report, as collate does)."""
         for w in self.writers:
             w.close()
         self.join.report.outputs = {f: self.paths[f] for f in self.formats}
-        io.write_json(self.join.report.as_dict(), self.paths["report"])
+        if write_report:
+            io.write_json(self.join.report.as_dict(), self.paths["report"])
         return self.join.report
 
     def abort(self) -> None:
@@ -715,8 +733,10 @@ class _ParquetSink(_Writer):
     gathered until ``row_group_values`` values (bounded memory, whatever the plate size).
     """
 
-    def __init__(self, path: str, *, row_group_values: int = ROW_GROUP_VALUES) -> None:
+    def __init__(self, path: str, *, row_group_values: int = ROW_GROUP_VALUES,
+                 metadata: Mapping[str, str] | None = None) -> None:
         self.final = Path(path)
+        self.metadata = dict(metadata or {})
         self.final.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = self.final.with_name(f".{self.final.name}.{os.getpid()}.tmp")
         self.writer: pq.ParquetWriter | None = None
@@ -726,9 +746,9 @@ class _ParquetSink(_Writer):
 
     def write(self, table: pa.Table) -> None:
         if self.writer is None:
-            self.schema = table.schema
+            self.schema = table.schema.with_metadata(self.metadata) if self.metadata else table.schema
             meta = metadata_columns(table.schema.names)
-            self.writer = pq.ParquetWriter(self.tmp, table.schema, compression="zstd", use_dictionary=meta,
+            self.writer = pq.ParquetWriter(self.tmp, self.schema, compression="zstd", use_dictionary=meta,
                                            write_statistics=meta)
         assert self.schema is not None
         if table.schema != self.schema:
@@ -831,15 +851,14 @@ class _AnnDataSink(_Writer):
             for c in ["_index", *self.obs_columns]:
                 kind = text if c == "_index" else _h5_type(table.schema.field(c).type)
                 ds = self.obs.create_dataset(c, shape=(0,), maxshape=(None,), dtype=kind, chunks=(4096,))
-                _attrs(ds, "string-array" if kind is text else "array", "0.2.0")
+                is_text = not isinstance(kind, type)  # a string dtype (the others are NumPy scalar types)
+                _attrs(ds, "string-array" if is_text else "array", "0.2.0")
             _attrs(self.obs, "dataframe", "0.2.0")
             self.obs.attrs["_index"] = "_index"
             self.obs.attrs["column-order"] = self.obs_columns
         if n == 0:
             return
-        block = np.empty((n, len(self.features)), dtype=np.float32)
-        for k, f in enumerate(self.features):
-            block[:, k] = table.column(f).to_numpy(zero_copy_only=False)
+        block = np.ascontiguousarray(_matrix(table.select(self.features)), dtype=np.float32)
         self.x.resize(self.n + n, axis=0)
         self.x[self.n:] = block
         ids = np.array([str(i) for i in range(self.n, self.n + n)], dtype=object)  # row numbers, as other writers use
