@@ -814,4 +814,12 @@ def feature_select(
         dropped=dropped,
     )
     report_account(account, on_account)
+    unselected = unprocessed_columns(profiles, names)
+    if unselected:
+        shown = ", ".join(unselected[:5]) + (f" ... ({len(unselected)} in all)" if len(unselected) > 5 else "")
+        log.warning(
+            "feature_select: %d column(s) are neither metadata nor features of the compartments and "
+            "are kept as they are, not selected: %s; name their compartment with compartments=[...] "
+            "to select them", len(unselected), shown,
+        )
     return profiles.drop(columns=list(dropped))

@@ -555,18 +555,45 @@ def write_gct(
     df: pd.DataFrame,
     path: str | os.PathLike[str],
     *,
-    features: Sequence[str],
-    meta_features: Sequence[str],
+    features: str | Sequence[str] = "infer",
+    meta_features: str | Sequence[str] = "infer",
+    compartments: str | Sequence[str] | None = None,
+    image_features: bool = False,
     feature_name: str = "cp_feature_name",
+    on_account: Any = None,
 ) -> str:
     """Write profiles as GCT 1.3 (samples as columns), readable by cmapPy and Morpheus.
 
     Line 1 ``#1.3``; line 2 the counts; line 3 ``id, cp_feature_name, SAMPLE_0..``;
     then one row per sample metadata column (``Metadata_`` dropped from its label)
-    and one per feature, tab-separated.
+    and one per feature, tab-separated. ``features="infer"`` takes the columns of
+    ``compartments`` (default Cells, Cytoplasm, Nuclei; numeric ``Image*`` too with
+    ``image_features``) and ``meta_features="infer"`` the ``Metadata_`` columns; any
+    other column is left out with a warning, and ``on_account`` receives the
+    ``FeatureAccount``.
     """
-    features = list(features)
-    meta_features = list(meta_features)
+    from .feature_select import (
+        FeatureAccount,
+        as_names,
+        report_account,
+        resolve_features,
+        unprocessed_columns,
+    )
+
+    inferred = isinstance(features, str) or isinstance(meta_features, str)
+    features = resolve_features(df, features, image_features=image_features, compartments=compartments)
+    if isinstance(meta_features, str) and meta_features == "infer":
+        meta_features = [c for c in df.columns if isinstance(c, str) and c.startswith("Metadata_")]
+    else:
+        meta_features = as_names("meta_features", meta_features)
+    absent = [c for c in meta_features if c not in df.columns]
+    if absent:
+        raise InputError(f"meta_features names column(s) absent from the profiles: {', '.join(absent[:5])}")
+    if inferred or on_account is not None:  # columns the caller did not choose are said left out
+        report_account(FeatureAccount(
+            step="write_gct", features_in=tuple(features), features_out=tuple(features),
+            dropped=dict.fromkeys(unprocessed_columns(df, {*features, *meta_features}), "not_a_feature"),
+        ), on_account)
     text = [f for f in features if not pd.api.types.is_numeric_dtype(df[f])]
     if text:
         raise InputError(f"feature column(s) {', '.join(text[:3])} are not numeric; a GCT holds numbers only")
