@@ -500,3 +500,15 @@ def test_every_command_carries_every_compartment_named(tmp_path: Path, command: 
         assert all(f in io.read_table(out).columns for f in extra) and not _sidecar(out)["features"]["dropped"]
     else:
         assert _sidecar(out)["features"]["dropped"] == dict.fromkeys(extra, "not_a_feature")
+
+
+def test_template_config_runs_on_a_synth_workspace_without_a_warning(tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """``make demo``'s recipe step: the template's image categories (Count, Intensity) exist in Image.csv."""
+    ws = _workspace(tmp_path, speckles=False, wells=12)
+    with caplog.at_level("WARNING", logger="cytoprofile"):
+        run(_config(ws))
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == []
+    augmented = _plate(ws, "P1", "_augmented")
+    assert [c for c in augmented.columns if c.startswith("Image_Intensity_")]
+    assert [c for c in augmented.columns if c.startswith("Metadata_Count_")]
