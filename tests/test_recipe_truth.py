@@ -512,3 +512,30 @@ def test_template_config_runs_on_a_synth_workspace_without_a_warning(tmp_path: P
     augmented = _plate(ws, "P1", "_augmented")
     assert [c for c in augmented.columns if c.startswith("Image_Intensity_")]
     assert [c for c in augmented.columns if c.startswith("Metadata_Count_")]
+
+
+def _step_off(config: Path, block: str) -> Path:
+    head, _, tail = config.read_text().partition(f"\n{block}:")
+    config.write_text(head + f"\n{block}:" + tail.replace("perform: true", "perform: false", 1))
+    return config
+
+
+@pytest.mark.parametrize(("off", "reader"), [("normalize", "feature_select"), ("normalize_negcon", "feature_select_negcon"),
+                                              ("annotate", "normalize")])
+def test_a_step_off_needs_its_output_from_an_earlier_run(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                         off: str, reader: str) -> None:
+    """``normalize.perform: false`` with feature selection on: stop before any work, naming both keys."""
+    ws = _workspace(tmp_path, speckles=False, wells=12)
+    config = _step_off(_config(ws), off)
+    assert main(["run", str(config), "-q"]) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"{reader}.perform is true but {off}.perform is false" in err and "does not exist" in err, err
+    assert not (ws / "profiles").exists()
+    if off != "normalize":
+        return
+    # made by an earlier run, the output is read as the recipe read it
+    run(_config(ws))
+    selected = ws / "profiles/B1/P1/P1_normalized_feature_select_batch.csv.gz"
+    before = selected.read_bytes()
+    run(_step_off(_config(ws), off), force=True)
+    assert selected.read_bytes() == before

@@ -794,13 +794,16 @@ def _upgrade(data: dict[str, Any], node: yaml.Node, source: str, problems: list[
         block = data.get(main)
         if isinstance(block, dict) and "negcon" in block:
             flag = block.pop("negcon")
-            if flag is True and negcon not in data:
+            if not isinstance(flag, bool):
+                problems.append(
+                    f"{source}:{_line(node, (main, 'negcon'))}: {main}.negcon: {flag!r}: write true "
+                    f"(also make the {negcon} outputs) or false"
+                )
+            elif flag and negcon not in data:
                 data[negcon] = {k: v for k, v in block.items() if k not in ("samples", "sample_filter")}
     aggregate = data.get("aggregate")
     if isinstance(aggregate, dict) and "features" in aggregate:
-        if aggregate["features"] == "infer":
-            del aggregate["features"]
-        else:
+        if aggregate.pop("features") != "infer":
             problems.append(
                 f"{source}:{_line(node, ('aggregate', 'features'))}: aggregate.features: cytoprofile "
                 "aggregates every feature of the compartments; write infer or remove the key"
@@ -817,6 +820,11 @@ def _upgrade(data: dict[str, Any], node: yaml.Node, source: str, problems: list[
             return
         for name in ("summary", "heatmap"):
             sub = qc.get(name)
+            if isinstance(sub, dict) and "perform" in sub and sub["perform"] != (name in ops):
+                problems.append(
+                    f"{source}:{_line(node, ('quality_control', name, 'perform'))}: quality_control.{name}.perform: "
+                    f"{sub['perform']!r} contradicts quality_control.operations {ops!r}; keep one of the two"
+                )
             qc[name] = (sub if isinstance(sub, dict) else {}) | {"perform": name in ops}
 
 
