@@ -802,12 +802,11 @@ def _upgrade(data: dict[str, Any], node: yaml.Node, source: str, problems: list[
             elif flag and negcon not in data:
                 data[negcon] = {k: v for k, v in block.items() if k not in ("samples", "sample_filter")}
     aggregate = data.get("aggregate")
-    if isinstance(aggregate, dict) and "features" in aggregate:
-        if aggregate.pop("features") != "infer":
-            problems.append(
-                f"{source}:{_line(node, ('aggregate', 'features'))}: aggregate.features: cytoprofile "
-                "aggregates every feature of the compartments; write infer or remove the key"
-            )
+    if isinstance(aggregate, dict) and "features" in aggregate and aggregate.pop("features") != "infer":
+        problems.append(
+            f"{source}:{_line(node, ('aggregate', 'features'))}: aggregate.features: cytoprofile "
+            "aggregates every feature of the compartments; write infer or remove the key"
+        )
     qc = data.get("quality_control")
     if isinstance(qc, dict) and "operations" in qc:
         ops = qc.pop("operations")
