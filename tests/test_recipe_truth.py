@@ -539,3 +539,17 @@ def test_a_step_off_needs_its_output_from_an_earlier_run(tmp_path: Path, capsys:
     before = selected.read_bytes()
     run(_step_off(_config(ws), off), force=True)
     assert selected.read_bytes() == before
+
+
+@pytest.mark.parametrize("fmt", ["%d", "%.0f", "%.3f", "%s", "%10.5g"])
+@pytest.mark.parametrize("command", ["normalize", "feature-select", "consensus", "csv2gz"])
+def test_float_formats_that_truncate_are_refused_on_the_command_line_too(tmp_path: Path, command: str, fmt: str,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """``--float-format %d`` used to write every feature as an integer, exit 0."""
+    src = tmp_path / "in.csv"
+    _extra_table(src)
+    out = tmp_path / ("out.csv.gz" if command == "csv2gz" else "out.csv")
+    assert main([command, str(src), str(out), "--float-format", fmt]) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"float format '{fmt}' would truncate" in err and "%.5g" in err
+    assert not out.exists()

@@ -81,6 +81,13 @@ def _split(values: list[str] | None) -> list[str] | None:
     return out
 
 
+def _float_format(value: str | None) -> str | None:
+    """The ``--float-format`` check a config's ``options.float_format`` gets (exit 1, one line)."""
+    from .io import check_usable_float_format
+
+    return check_usable_float_format(value)
+
+
 def _setup_logging(quiet: bool) -> None:
     level = logging.WARNING if quiet else logging.INFO
     root = logging.getLogger("cytoprofile")
@@ -292,7 +299,8 @@ def aggregate(
     image_feature_categories: Annotated[list[str] | None, typer.Option(help="Image categories to add as features.")] = None,
     image_features: Annotated[bool, typer.Option("--image-features/--no-image-features", help="Add image features.")] = True,
     strata: Annotated[list[str] | None, typer.Option(help="Columns that define a profile.")] = None,
-    float_format: Annotated[str | None, typer.Option(help="printf-style float format for CSV output, e.g. %.5g.")] = None,
+    float_format: Annotated[str | None, typer.Option(help="printf-style float format for CSV output, e.g. %.5g.",
+                                                     callback=_float_format)] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Per-well profiles from an existing single-cell backend."""
@@ -321,7 +329,7 @@ def csv2gz_cmd(
     """Rewrite a CSV as deterministic gzip CSV (same bytes on every run)."""
     from .io import check_output, csv2gz
 
-    fmt = None if float_format in (None, "none", "null") else float_format
+    fmt = _float_format(None if float_format in (None, "none", "null") else float_format)
     check_output("x.csv.gz", float_format=fmt)
     typer.echo(csv2gz(source, dest, float_format=fmt))
 
@@ -339,7 +347,8 @@ def _sample_filter(values: list[str] | None) -> dict[str, list[str]] | None:
     return out
 
 
-FloatFormatOpt = Annotated[str | None, typer.Option(help="printf-style float format for CSV output, e.g. %.5g.")]
+FloatFormatOpt = Annotated[str | None, typer.Option(help="printf-style float format for CSV output: %.Ng or %.Ne, e.g. %.5g.",
+                                                    callback=_float_format)]
 CompartmentsOpt = Annotated[list[str] | None, typer.Option(
     help="Object tables whose columns are features (default Cells,Cytoplasm,Nuclei; e.g. Cells,Cytoplasm,Nuclei,Speckles).")]
 

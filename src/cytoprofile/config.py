@@ -35,6 +35,7 @@ from pydantic_core import PydanticCustomError
 
 from .errors import ConfigError
 from .feature_select import OPERATIONS as _fs_operations
+from .io import USABLE_FLOAT_FORMAT
 from .normalize import METHODS as _normalize_methods
 
 __all__ = [
@@ -167,7 +168,7 @@ def _check_name(value: Any) -> Any:
     return value
 
 
-_FLOAT_FORMAT = re.compile(r"%\.([1-9][0-9]*)[geGE]")
+_FLOAT_FORMAT = USABLE_FLOAT_FORMAT
 
 
 def _check_float_format(value: Any) -> Any:

@@ -26,6 +26,8 @@ import pandas as pd
 from .errors import CytoprofileError, InputError, OutputError, RemoteError
 
 __all__ = [
+    "USABLE_FLOAT_FORMAT",
+    "check_usable_float_format",
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_READ_TIMEOUT",
     "DEFAULT_RETRIES",
@@ -414,6 +416,21 @@ def ragged_line(raw: bytes, n_fields: int, *, sep: str = ",") -> int | None:
 
 
 
+
+
+#: Float formats that keep every value a usable float: ``%.Ng`` / ``%.Ne`` with N >= 1.
+USABLE_FLOAT_FORMAT = re.compile(r"%\.([1-9][0-9]*)[geGE]")
+
+
+def check_usable_float_format(value: object) -> str | None:
+    """``value`` if it is None or a usable float format; ``%d``, ``%.0f``, ``%.3f`` (which
+    truncate small values) and anything else are a ``ConfigError``."""
+    if value is None or (isinstance(value, str) and USABLE_FLOAT_FORMAT.fullmatch(value)):
+        return value
+    from .errors import ConfigError
+
+    raise ConfigError(f"float format {value!r} would truncate or break the numbers; use %.Ng or %.Ne with "
+                      "N >= 1 (such as %.5g), or leave it out for full precision")
 
 
 def check_output(path: str | os.PathLike[str], *, float_format: str | None = None) -> None:
