@@ -597,6 +597,10 @@ def write_gct(
         unprocessed_columns,
     )
 
+    if not isinstance(feature_name, str) or not feature_name:
+        from .errors import ConfigError
+
+        raise ConfigError(f"feature_name must be a non-empty string, got {feature_name!r}")
     inferred = isinstance(features, str) or isinstance(meta_features, str)
     features = resolve_features(df, features, image_features=image_features, compartments=compartments)
     if isinstance(meta_features, str) and meta_features == "infer":

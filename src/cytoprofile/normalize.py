@@ -303,9 +303,9 @@ def normalize(
             centre, scale = _mad(x[fit], mad_robustize_epsilon)
             out = (x - centre) / scale
         elif method == "inverse_normal":
-            if inverse_normal_n_quantiles < 1:
-                raise ConfigError("inverse_normal_n_quantiles must be at least 1")
-            out = _inverse_normal(x, x[fit], inverse_normal_n_quantiles)
+            quantiles = int(check_number("inverse_normal_n_quantiles", inverse_normal_n_quantiles,
+                                         minimum=1, integer=True))
+            out = _inverse_normal(x, x[fit], quantiles)
         else:
             out = _spherize(
                 x,
