@@ -664,7 +664,8 @@ def test_float_formats_that_truncate_are_refused(tmp_path: Path, value: str) -> 
     assert "options.float_format" in message and "%.Ng" in message and "(line 3)" in message
 
 
-@pytest.mark.parametrize("value", ["../../x", "..", "/tmp/profiles", "a/../../b", "s3://bucket/x"])
+@pytest.mark.parametrize("value", ["../../x", "..", "/tmp/profiles", "a/../../b", "s3://bucket/x", "~/profiles", "'~'",
+                                   "'..\\x'", "'C:\\profiles'", "'a\\..\\..\\b'"])
 def test_output_dir_outside_the_workspace_is_refused(tmp_path: Path, value: str) -> None:
     message = _error(_write(tmp_path, f"pipeline: p\noutput_dir: {value}\n" + BATCH))
     assert "output_dir" in message and "outside the workspace" in message

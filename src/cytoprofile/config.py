@@ -184,10 +184,13 @@ def _check_float_format(value: Any) -> Any:
 
 
 def _check_output_dir(value: Any) -> Any:
-    """A folder inside the workspace: relative, without ``..`` leading out of it."""
+    """A folder inside the workspace: relative, without ``..`` leading out of it (``~/x``
+    means a home folder to a reader, so it is refused too). The check is on the name: a
+    symlink the user made inside the workspace is followed."""
     if isinstance(value, str) and value.strip():
-        norm = os.path.normpath(value)
-        if not (os.path.isabs(value) or "://" in value or norm == ".." or norm.startswith(".." + os.sep)):
+        norm = os.path.normpath(value.replace("\\", "/"))
+        if not (os.path.isabs(norm) or "://" in value or value.startswith("~") or norm == ".."
+                or norm.startswith("../") or re.match(r"^[A-Za-z]:", value)):
             return value
     raise PydanticCustomError(
         "output_dir",
