@@ -697,3 +697,12 @@ def test_aggregate_features_other_than_infer_is_one_error_not_also_ignored(tmp_p
     with caplog.at_level("WARNING", logger="cytoprofile"), pytest.raises(ConfigError, match="aggregate.features"):
         load_config(path)
     assert not [r for r in caplog.records if "aggregate.features" in r.getMessage()]
+
+
+@pytest.mark.parametrize(("key", "value", "meant"), [("method", "MAD_ROBUSTIZE", "mad_robustize"),
+                                                     ("method", "Standardize", "standardize"),
+                                                     ("method", "mad_robustise", "mad_robustize")])
+def test_a_choice_in_the_wrong_case_or_spelling_says_what_was_meant(tmp_path: Path, key: str, value: str,
+                                                                     meant: str) -> None:
+    message = _error(_write(tmp_path, f"pipeline: p\nnormalize:\n  {key}: {value}\n" + BATCH))
+    assert f"normalize.{key}: '{value}' is not" in message and f"did you mean '{meant}'?" in message

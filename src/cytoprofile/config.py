@@ -113,7 +113,8 @@ def _choice(kind: str, choices: Sequence[str], *, optional: bool = False) -> Bef
         if optional and isinstance(value, str) and value.lower() in {"none", "null", "false"}:
             hint = " (write null for none)"
         elif isinstance(value, str):
-            close = difflib.get_close_matches(value, choices, n=1)
+            same_case = [c for c in choices if c.lower() == value.lower()]
+            close = same_case or difflib.get_close_matches(value, choices, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise PydanticCustomError(
             "choice",
