@@ -81,13 +81,6 @@ def _split(values: list[str] | None) -> list[str] | None:
     return out
 
 
-def _float_format(value: str | None) -> str | None:
-    """The ``--float-format`` check a config's ``options.float_format`` gets (exit 1, one line)."""
-    from .io import check_usable_float_format
-
-    return check_usable_float_format(value)
-
-
 def _setup_logging(quiet: bool) -> None:
     level = logging.WARNING if quiet else logging.INFO
     root = logging.getLogger("cytoprofile")
@@ -288,6 +281,13 @@ def collate(
     if failed:
         raise CytoprofileError(f"collate {batch}: {tally}, {len(failed)} failed; first: {failed[0].plate}: {failed[0].message}")
     log.info("collate %s: %s in %.2fs", batch, tally, time.perf_counter() - start)
+
+
+def _float_format(value: str | None) -> str | None:
+    """The ``--float-format`` check a config's ``options.float_format`` gets (exit 1, one line)."""
+    from .io import check_usable_float_format
+
+    return check_usable_float_format(value)
 
 
 @app.command()
