@@ -84,6 +84,11 @@ def test_fields_pick_sites(tmp_path: Path) -> None:
     result = collate_plate(tmp_path, "BATCH1", "P1")
     df = aggregate(result.outputs["sqlite"], sites=[1, 2])
     assert df["Metadata_Site_Count"].tolist() == [2, 2]
+    # fields that match no site (recipe `aggregate.fields: [0]`) used to give a table of no wells
+    from cytoprofile.errors import InputError
+
+    with pytest.raises(InputError, match="none of the sites 0, 9 is in the Image table"):
+        aggregate(result.outputs["sqlite"], sites=[0, 9])
 
 
 def test_copied_backend_reads_alike(tmp_path: Path) -> None:

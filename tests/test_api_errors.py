@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cytoprofile import io
 from cytoprofile.annotate import annotate
 from cytoprofile.consensus import consensus
 from cytoprofile.errors import ConfigError, CytoprofileError, InputError, MetadataError
@@ -58,6 +59,8 @@ def _context(step: str, param: str) -> dict[str, Any]:
         return {"method": "spherize"}
     if step == "normalize" and param == "object_count_column":
         return {"min_cells": 2}
+    if step == "normalize" and param.startswith("inverse_normal"):
+        return {"method": "inverse_normal"}
     if step == "consensus" and param.startswith("modz"):
         return {"operation": "modz"}
     if step == "annotate" and param.startswith("external"):
@@ -66,13 +69,24 @@ def _context(step: str, param: str) -> dict[str, Any]:
     return {}
 
 
-STEPS: dict[str, tuple[Callable[..., pd.DataFrame], int]] = {
+def _write_gct(profiles: Any, **options: Any) -> str:
+    """``io.write_gct`` to a throw-away file (its options are checked like a step's)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        return io.write_gct(profiles, f"{folder}/out.gct", **options)
+
+
+STEPS: dict[str, tuple[Callable[..., Any], int]] = {
     "normalize": (normalize, 1),
     "feature_select": (feature_select, 1),
     "consensus": (consensus, 1),
     "annotate": (annotate, 2),
+    "write_gct": (_write_gct, 1),
 }
-CASES = [(step, param) for step, (fn, n) in STEPS.items() for param in list(inspect.signature(fn).parameters)[n:]]
+_SIGNATURES = {"write_gct": (io.write_gct, 2)}
+CASES = [(step, param) for step, (fn, n) in STEPS.items()
+         for param in list(inspect.signature(_SIGNATURES.get(step, (fn, n))[0]).parameters)[_SIGNATURES.get(step, (fn, n))[1]:]]
 
 
 def test_user_errors_are_value_errors() -> None:

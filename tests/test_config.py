@@ -664,7 +664,8 @@ def test_float_formats_that_truncate_are_refused(tmp_path: Path, value: str) -> 
     assert "options.float_format" in message and "%.Ng" in message and "(line 3)" in message
 
 
-@pytest.mark.parametrize("value", ["../../x", "..", "/tmp/profiles", "a/../../b", "s3://bucket/x"])
+@pytest.mark.parametrize("value", ["../../x", "..", "/tmp/profiles", "a/../../b", "s3://bucket/x", "~/profiles", "'~'",
+                                   "'..\\x'", "'C:\\profiles'", "'a\\..\\..\\b'"])
 def test_output_dir_outside_the_workspace_is_refused(tmp_path: Path, value: str) -> None:
     message = _error(_write(tmp_path, f"pipeline: p\noutput_dir: {value}\n" + BATCH))
     assert "output_dir" in message and "outside the workspace" in message
@@ -673,3 +674,35 @@ def test_output_dir_outside_the_workspace_is_refused(tmp_path: Path, value: str)
 @pytest.mark.parametrize("value", ["profiles", "out/profiles", "./profiles", "a/../b"])
 def test_output_dir_inside_the_workspace(tmp_path: Path, value: str) -> None:
     assert _load_quietly(_write(tmp_path, f"pipeline: p\noutput_dir: {value}\n" + BATCH)).settings.output_dir == value
+
+
+@pytest.mark.parametrize(("old", "new", "expected"), [
+    ("  negcon: true\nfeature_select", "  negcon: 'yes please'\nfeature_select", "normalize.negcon: 'yes please': write true"),
+    ("  negcon: true\n  operations", "  negcon: 1\n  operations", "feature_select.negcon: 1: write true"),
+    ("  operations: [summary]", "  operations: [summary]\n  heatmap:\n    perform: true",
+     "quality_control.heatmap.perform: True contradicts quality_control.operations ['summary']"),
+])
+def test_2021_forms_with_a_value_they_cannot_mean_are_refused(tmp_path: Path, old: str, new: str, expected: str) -> None:
+    """A non-boolean ``negcon`` used to be dropped (no negcon outputs); operations vs an explicit block."""
+    assert old in CONFIG_2021
+    path = _write(tmp_path, CONFIG_2021.replace(old, new, 1))
+    with pytest.raises(ConfigError, match=re.escape(expected)) as info:
+        load_config(path)
+    assert f"{path}:" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_aggregate_features_other_than_infer_is_one_error_not_also_ignored(tmp_path: Path,
+                                                                           caplog: pytest.LogCaptureFixture) -> None:
+    path = _write(tmp_path, CONFIG_2021.replace("  features: infer\nannotate", "  features: [Cells_A]\nannotate", 1))
+    with caplog.at_level("WARNING", logger="cytoprofile"), pytest.raises(ConfigError, match="aggregate.features"):
+        load_config(path)
+    assert not [r for r in caplog.records if "aggregate.features" in r.getMessage()]
+
+
+@pytest.mark.parametrize(("key", "value", "meant"), [("method", "MAD_ROBUSTIZE", "mad_robustize"),
+                                                     ("method", "Standardize", "standardize"),
+                                                     ("method", "mad_robustise", "mad_robustize")])
+def test_a_choice_in_the_wrong_case_or_spelling_says_what_was_meant(tmp_path: Path, key: str, value: str,
+                                                                     meant: str) -> None:
+    message = _error(_write(tmp_path, f"pipeline: p\nnormalize:\n  {key}: {value}\n" + BATCH))
+    assert f"normalize.{key}: '{value}' is not" in message and f"did you mean '{meant}'?" in message

@@ -323,6 +323,8 @@ def test_non_utf8_is_refused_with_the_byte_offset(
     message = str(info.value)
     line = raw.count(b"\n", 0, offset) + 1
     assert message.startswith(f"{path}:{line}: not UTF-8") and f"byte offset {offset}" in message
+    # the fix names the encoding the file is in: UTF-16 declares itself with a byte-order mark
+    assert f"iconv -f {'utf-16' if encoding == 'utf-16' else 'latin1'} -t utf-8" in message
     assert isinstance(info.value, ValueError)
     ext = path if kind == "external" else None
     found = problems(root, plates=["SQ00015167"], external_metadata=ext, merge_column="broad_sample" if ext else None)

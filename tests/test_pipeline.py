@@ -86,8 +86,8 @@ def test_outputs_have_the_recipe_names(ran: Path) -> None:
 
 def test_aggregate_matches_reference(ran: Path) -> None:
     ours = _plate(ran, "B1", "P1", "")
-    # the template asks for Count and Intensity; synthetic Image.csv has no Intensity columns
-    ref = pycytominer_profiles(ran / "backend/B1/P1/P1.sqlite", image_features=True, categories=["Count"])
+    # the template asks for Count and Intensity (synthetic Image.csv has both, as CellProfiler's)
+    ref = pycytominer_profiles(ran / "backend/B1/P1/P1.sqlite", image_features=True, categories=["Count", "Intensity"])
     _assert_frames(ours, ref, rtol=1e-9)
 
 
@@ -103,7 +103,8 @@ def test_annotate_and_normalize_match_reference(ran: Path) -> None:
     ours_aug = _plate(ran, "B1", "P2", "_augmented")
     _assert_frames(ours_aug, ref_aug)
     for stem, samples in (("_normalized", "all"), ("_normalized_negcon", "Metadata_control_type == 'negcon'")):
-        ref = normalize(profiles=ours_aug, samples=samples, method="mad_robustize", mad_robustize_epsilon=0.0)
+        ref = normalize(profiles=ours_aug, samples=samples, method="mad_robustize", mad_robustize_epsilon=0.0,
+                        image_features=True)  # the template's image_features: true (Image_Intensity_*)
         _assert_frames(_plate(ran, "B1", "P2", stem), ref)
 
 
@@ -113,7 +114,8 @@ def test_batch_level_feature_selection_matches_reference(ran: Path) -> None:
     frames = [_plate(ran, "B1", p, "_normalized").assign(Metadata_batch="B1") for p in BATCHES["B1"]]
     stacked = pd.concat(frames, ignore_index=True)
     # the recipe's variance_threshold is pycytominer 1.7's frequency_threshold
-    ref = feature_select(stacked, operation=["frequency_threshold", "correlation_threshold", "drop_na_columns", "blocklist"])
+    ref = feature_select(stacked, operation=["frequency_threshold", "correlation_threshold", "drop_na_columns", "blocklist"],
+                         image_features=True)
     for plate in BATCHES["B1"]:
         ours = _plate(ran, "B1", plate, "_normalized_feature_select_batch")
         expected = ref.loc[ref["Metadata_Plate"].astype(str) == plate].drop(columns=["Metadata_batch"]).reset_index(drop=True)
@@ -142,7 +144,7 @@ def test_gct_is_readable_by_cmappy(ran: Path, monkeypatch: pytest.MonkeyPatch) -
         warnings.simplefilter("ignore")
         gct = parse(str(ran / "gct/B1/B1_normalized_feature_select_batch.gct"))
     stacked = io.read_table(ran / "gct/B1/B1_normalized_feature_select_batch.csv.gz")
-    features = [c for c in stacked.columns if not c.startswith("Metadata_")]
+    features = [c for c in stacked.columns if not c.startswith(("Metadata_", "Image_"))]  # GCT: no Image_ features
     assert gct.data_df.shape == (len(features), len(stacked))
     np.testing.assert_allclose(gct.data_df.loc[features[0]].to_numpy(float), stacked[features[0]].to_numpy(float), rtol=1e-6)  # cmapPy reads float32
     assert "Well" in gct.col_metadata_df.columns

@@ -439,3 +439,117 @@ def test_image_features_are_accounted_for(speckled: Path, tmp_path: Path, image_
     gct = out / "gct/B1/B1_normalized_feature_select_batch.gct"
     gct_dropped = _sidecar(gct)["features"]["dropped"]
     assert sorted(gct_dropped) == sorted(kept) and all(v.startswith("write_gct") for v in gct_dropped.values())
+
+
+# --- every command that infers features takes every compartment ---
+
+EXTRA = ("Speckles", "preNuclei_Cellpose3")
+
+
+def _extra_table(path: Path, *, rows: int = 12) -> list[str]:
+    rng = np.random.default_rng(5)
+    df = pd.DataFrame({"Metadata_Plate": "P1", "Metadata_Well": [f"A{i + 1:02d}" for i in range(rows)],
+                       "Metadata_broad_sample": [f"s{i % 3}" for i in range(rows)],
+                       "Metadata_control_type": ["negcon" if i % 3 == 0 else "trt" for i in range(rows)]})
+    features = [f"{c}_AreaShape_Area" for c in (*CANONICAL, *EXTRA)] + ["Cells_Cellpose3_Intensity_MeanIntensity_DNA"]
+    for name in features:
+        df[name] = rng.normal(10, 2, rows)
+    io.write_table(df, path)
+    return features
+
+
+def _extra_commands(src: Path, out: Path, tmp_path: Path) -> dict[str, list[str]]:
+    platemap = tmp_path / "PM.txt"
+    pd.DataFrame({"plate_map_name": "PM", "well_position": [f"A{i + 1:02d}" for i in range(12)],
+                  "pert": "x"}).to_csv(platemap, sep="\t", index=False)
+    return {
+        "annotate": ["annotate", str(src), str(platemap), str(out)],
+        "normalize": ["normalize", str(src), str(out)],
+        "feature-select": ["feature-select", str(src), str(out), "--operations", "blocklist"],
+        "consensus": ["consensus", str(src), str(out), "--replicate-columns", "Metadata_broad_sample"],
+        "write-gct": ["write-gct", str(src), str(out)],
+    }
+
+
+@pytest.mark.parametrize("command", ["annotate", "normalize", "feature-select", "consensus", "write-gct"])
+def test_every_command_carries_every_compartment_named(tmp_path: Path, command: str,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """``--compartments`` keeps Speckles_ and preNuclei_Cellpose3_ features; the sidecar says in → out."""
+    src = tmp_path / "in.csv"
+    features = _extra_table(src)
+    out = tmp_path / ("out.gct" if command == "write-gct" else "out.csv")
+    args = _extra_commands(src, out, tmp_path)[command]
+    assert main([*args, "--compartments", ",".join((*CANONICAL, *EXTRA)), "-q"]) == 0
+    if command == "write-gct":
+        rows = [line.split("\t")[0] for line in out.read_text().splitlines()[3:]]
+        assert [r for r in rows if r in features] == features
+    else:
+        assert [c for c in io.read_table(out).columns if not c.startswith("Metadata_")] == features
+    record = _sidecar(out)
+    assert record["features"] == {"in": len(features), "out": len(features), "dropped": {}}, record
+    # left to the default compartments, the extra ones are named as left out, never silently
+    if command == "annotate":
+        return  # annotate carries every column whatever the compartments
+    out.unlink()
+    capsys.readouterr()
+    assert main([*args, "-q"]) == 0
+    warned = "".join(capsys.readouterr().err.split())
+    extra = [f for f in features if f.startswith(EXTRA)]
+    assert all(f in warned for f in extra) and "compartments" in warned, warned
+    if command == "feature-select":  # kept as they are, not selected
+        assert all(f in io.read_table(out).columns for f in extra) and not _sidecar(out)["features"]["dropped"]
+    else:
+        assert _sidecar(out)["features"]["dropped"] == dict.fromkeys(extra, "not_a_feature")
+
+
+def test_template_config_runs_on_a_synth_workspace_without_a_warning(tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """``make demo``'s recipe step: the template's image categories (Count, Intensity) exist in Image.csv."""
+    ws = _workspace(tmp_path, speckles=False, wells=12)
+    with caplog.at_level("WARNING", logger="cytoprofile"):
+        run(_config(ws))
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == []
+    augmented = _plate(ws, "P1", "_augmented")
+    assert [c for c in augmented.columns if c.startswith("Image_Intensity_")]
+    assert [c for c in augmented.columns if c.startswith("Metadata_Count_")]
+
+
+def _step_off(config: Path, block: str) -> Path:
+    head, _, tail = config.read_text().partition(f"\n{block}:")
+    config.write_text(head + f"\n{block}:" + tail.replace("perform: true", "perform: false", 1))
+    return config
+
+
+@pytest.mark.parametrize(("off", "reader"), [("normalize", "feature_select"), ("normalize_negcon", "feature_select_negcon"),
+                                              ("annotate", "normalize")])
+def test_a_step_off_needs_its_output_from_an_earlier_run(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                         off: str, reader: str) -> None:
+    """``normalize.perform: false`` with feature selection on: stop before any work, naming both keys."""
+    ws = _workspace(tmp_path, speckles=False, wells=12)
+    config = _step_off(_config(ws), off)
+    assert main(["run", str(config), "-q"]) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"{reader}.perform is true but {off}.perform is false" in err and "does not exist" in err, err
+    assert not (ws / "profiles").exists()
+    if off != "normalize":
+        return
+    # made by an earlier run, the output is read as the recipe read it
+    run(_config(ws))
+    selected = ws / "profiles/B1/P1/P1_normalized_feature_select_batch.csv.gz"
+    before = selected.read_bytes()
+    run(_step_off(_config(ws), off), force=True)
+    assert selected.read_bytes() == before
+
+
+@pytest.mark.parametrize("fmt", ["%d", "%.0f", "%.3f", "%s", "%10.5g"])
+@pytest.mark.parametrize("command", ["normalize", "feature-select", "consensus", "csv2gz"])
+def test_float_formats_that_truncate_are_refused_on_the_command_line_too(tmp_path: Path, command: str, fmt: str,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """``--float-format %d`` used to write every feature as an integer, exit 0."""
+    src = tmp_path / "in.csv"
+    _extra_table(src)
+    out = tmp_path / ("out.csv.gz" if command == "csv2gz" else "out.csv")
+    assert main([command, str(src), str(out), "--float-format", fmt]) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"float format '{fmt}' would truncate" in err and "%.5g" in err
+    assert not out.exists()

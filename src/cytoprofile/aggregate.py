@@ -192,6 +192,11 @@ def aggregate(
             if absent:
                 log.warning("%s: site(s) %s asked for but not in the Image table", backend, ", ".join(map(str, absent)))
             image = image[pd.to_numeric(image["Metadata_Site"], errors="coerce").isin([int(x) for x in sites])].reset_index(drop=True)
+            if image.empty:
+                raise InputError(
+                    f"{backend}: none of the sites {', '.join(map(str, sites))} is in the Image table (sites "
+                    f"{', '.join(map(str, sorted(present)))}); the profiles would have no wells: choose existing sites"
+                )
         available = {t.lower(): t for t in reader.object_tables()}
         tables: dict[str, str] = {}
         for compartment in compartments:

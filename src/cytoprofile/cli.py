@@ -293,6 +293,13 @@ def collate(
     log.info("collate %s: %s in %.2fs", batch, tally, time.perf_counter() - start)
 
 
+def _float_format(value: str | None) -> str | None:
+    """The ``--float-format`` check a config's ``options.float_format`` gets (exit 1, one line)."""
+    from .io import check_usable_float_format
+
+    return check_usable_float_format(value)
+
+
 @app.command()
 def aggregate(
     backend_path: Annotated[str, typer.Argument(metavar="BACKEND", help="PLATE.sqlite or PLATE_Image.parquet.")],
@@ -302,7 +309,8 @@ def aggregate(
     image_feature_categories: Annotated[list[str] | None, typer.Option(help="Image categories to add as features.")] = None,
     image_features: Annotated[bool, typer.Option("--image-features/--no-image-features", help="Add image features.")] = True,
     strata: Annotated[list[str] | None, typer.Option(help="Columns that define a profile.")] = None,
-    float_format: Annotated[str | None, typer.Option(help="printf-style float format for CSV output, e.g. %.5g.")] = None,
+    float_format: Annotated[str | None, typer.Option(help="printf-style float format for CSV output, e.g. %.5g.",
+                                                     callback=_float_format)] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Per-well profiles from an existing single-cell backend."""
@@ -331,7 +339,7 @@ def csv2gz_cmd(
     """Rewrite a CSV as deterministic gzip CSV (same bytes on every run)."""
     from .io import check_output, csv2gz
 
-    fmt = None if float_format in (None, "none", "null") else float_format
+    fmt = _float_format(None if float_format in (None, "none", "null") else float_format)
     check_output("x.csv.gz", float_format=fmt)
     typer.echo(csv2gz(source, dest, float_format=fmt))
 
@@ -349,7 +357,20 @@ def _sample_filter(values: list[str] | None) -> dict[str, list[str]] | None:
     return out
 
 
-FloatFormatOpt = Annotated[str | None, typer.Option(help="printf-style float format for CSV output, e.g. %.5g.")]
+FloatFormatOpt = Annotated[str | None, typer.Option(help="printf-style float format for CSV output: %.Ng or %.Ne, e.g. %.5g.",
+                                                    callback=_float_format)]
+CompartmentsOpt = Annotated[list[str] | None, typer.Option(
+    help="Object tables whose columns are features (default Cells,Cytoplasm,Nuclei; e.g. Cells,Cytoplasm,Nuclei,Speckles).")]
+
+
+def _provenance(output: str, step: str, inputs: list[str], account: Any) -> None:
+    """``OUTPUT.provenance.json``: the step, its inputs and features in → out, each dropped one with why."""
+    from . import io
+
+    record = {"step": step, "output": os.path.basename(output), "cytoprofile_version": __version__,
+              "inputs": inputs, "features": {"in": len(account.features_in), "out": len(account.features_out),
+                                             "dropped": dict(account.dropped)}}
+    io.write_json(record, output + ".provenance.json")
 
 
 @app.command()
@@ -361,6 +382,7 @@ def annotate(
     external: Annotated[str | None, typer.Option(help="External metadata file (.tsv) to merge.")] = None,
     merge_column: Annotated[str | None, typer.Option(help="Key column shared by the plate map and the external metadata.")] = None,
     unmatched_wells: Annotated[str, typer.Option(help="Profile wells missing from the plate map: error, or drop (and say how many).")] = "error",
+    compartments: CompartmentsOpt = None,
     float_format: FloatFormatOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -390,8 +412,16 @@ def annotate(
         df = _annotate(table, plate_map,
                    join_on=_split(join_on) or ["Metadata_well_position", "Metadata_Well"],
                    external_metadata=ext, external_join_left=[key] if key else None,
-                   external_join_right=[key] if key else None, unmatched_wells=unmatched_wells)
+                   external_join_right=[key] if key else None, unmatched_wells=unmatched_wells,
+                   compartments=_split(compartments))
     io.write_table(df, output, float_format=float_format)
+    from .feature_select import FeatureAccount
+
+    def _features(frame: Any) -> tuple[str, ...]:
+        return tuple(str(c) for c in frame.columns if not str(c).startswith(("Metadata_", "Image_Metadata_")))
+
+    _provenance(output, "annotate", [profiles, platemap, *([external] if external else [])],
+                FeatureAccount(step="annotate", features_in=_features(table), features_out=_features(df)))
     log.info("wrote %d rows × %d columns to %s", len(df), df.shape[1], output)
 
 
@@ -408,6 +438,7 @@ def normalize(
     spherize_method: Annotated[str, typer.Option(help="PCA, ZCA, PCA-cor or ZCA-cor.")] = "ZCA-cor",
     spherize_epsilon: Annotated[float, typer.Option(help="Spherize regularization.")] = 1e-6,
     min_cells: Annotated[int | None, typer.Option(help="Fit only on wells with at least this many cells.")] = None,
+    compartments: CompartmentsOpt = None,
     float_format: FloatFormatOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -417,12 +448,15 @@ def normalize(
 
     _setup_logging(quiet)
     io.check_output(output, float_format=float_format)
+    accounts: list[Any] = []
     with _about(profiles):
         df = _normalize(io.read_table(profiles), features=_split(features) or "infer", image_features=image_features,
                     samples=samples, sample_filter=_sample_filter(sample_filter), method=method,
                     mad_robustize_epsilon=mad_robustize_epsilon, spherize_method=spherize_method,
-                    spherize_epsilon=spherize_epsilon, min_cells=min_cells)
+                    spherize_epsilon=spherize_epsilon, min_cells=min_cells, compartments=_split(compartments),
+                    on_account=accounts.append)
     io.write_table(df, output, float_format=float_format)
+    _provenance(output, "normalize", [profiles], accounts[0])
     log.info("wrote %d rows × %d columns to %s", len(df), df.shape[1], output)
 
 
@@ -440,6 +474,7 @@ def feature_select(
     unique_cut: Annotated[float, typer.Option(help="frequency test: distinct values / rows.")] = 0.01,
     outlier_cutoff: Annotated[float, typer.Option(help="drop_outliers: largest |value| kept.")] = 500,
     blocklist_file: Annotated[str | None, typer.Option(help="blocklist: a file of features (default: the standard list).")] = None,
+    compartments: CompartmentsOpt = None,
     float_format: FloatFormatOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -449,13 +484,16 @@ def feature_select(
 
     _setup_logging(quiet)
     io.check_output(output, float_format=float_format)
+    accounts: list[Any] = []
     with _about(profiles):
         df = _feature_select(io.read_table(profiles), features=_split(features) or "infer", image_features=image_features,
                          operations=_split(operations) or ["variance_threshold", "correlation_threshold", "drop_na_columns", "blocklist"],
                          variance_threshold_meaning=variance_threshold_meaning,  # type: ignore[arg-type]
                          na_cutoff=na_cutoff, corr_threshold=corr_threshold, freq_cut=freq_cut, unique_cut=unique_cut,
-                         outlier_cutoff=outlier_cutoff, blocklist_file=blocklist_file)
+                         outlier_cutoff=outlier_cutoff, blocklist_file=blocklist_file,
+                         compartments=_split(compartments), on_account=accounts.append)
     io.write_table(df, output, float_format=float_format)
+    _provenance(output, "feature_select", [profiles], accounts[0])
     log.info("kept %d columns; wrote %s", df.shape[1], output)
 
 
@@ -465,6 +503,8 @@ def consensus(
     output: Annotated[str, typer.Argument(help="Output table.")],
     replicate_columns: Annotated[list[str] | None, typer.Option(help="Columns that define a replicate group.")] = None,
     operation: Annotated[str, typer.Option(help="median, mean or modz.")] = "median",
+    features: Annotated[list[str] | None, typer.Option(help="Feature columns (default: inferred from the compartments).")] = None,
+    compartments: CompartmentsOpt = None,
     float_format: FloatFormatOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -474,10 +514,13 @@ def consensus(
 
     _setup_logging(quiet)
     io.check_output(output, float_format=float_format)
+    accounts: list[Any] = []
     with _about(profiles):
         df = _consensus(io.read_table(profiles), replicate_columns=_split(replicate_columns) or ["Metadata_Plate", "Metadata_Well"],
-                    operation=operation)
+                    operation=operation, features=_split(features) or "infer", compartments=_split(compartments),
+                    on_account=accounts.append)
     io.write_table(df, output, float_format=float_format)
+    _provenance(output, "consensus", [profiles], accounts[0])
     log.info("wrote %d consensus profiles to %s", len(df), output)
 
 
@@ -485,14 +528,21 @@ def consensus(
 def write_gct(
     profiles: Annotated[str, typer.Argument(help="Profiles table.")],
     output: Annotated[str, typer.Argument(help="Output .gct file.")],
+    features: Annotated[list[str] | None, typer.Option(help="Feature columns (default: inferred from the compartments).")] = None,
+    compartments: CompartmentsOpt = None,
+    image_features: Annotated[bool, typer.Option(help="Include Image_* features when inferring.")] = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Write profiles as GCT 1.3 (Morpheus, cmapPy)."""
     from . import io
-    from .vocabulary import infer_features, metadata_columns
 
+    _setup_logging(quiet)
+    accounts: list[Any] = []
     with _about(profiles):
         df = io.read_table(profiles)
-        io.write_gct(df, output, features=infer_features(df), meta_features=metadata_columns(df.columns))
+        io.write_gct(df, output, features=_split(features) or "infer", compartments=_split(compartments),
+                     image_features=image_features, on_account=accounts.append)
+    _provenance(output, "write_gct", [profiles], accounts[0])
     typer.echo(output)
 
 

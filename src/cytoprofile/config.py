@@ -34,6 +34,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from .errors import ConfigError
+from .io import USABLE_FLOAT_FORMAT
 from .vocabulary import (
     AGGREGATE_OPERATIONS,
     CORRELATION_METHODS,
@@ -115,7 +116,8 @@ def _choice(kind: str, choices: Sequence[str], *, optional: bool = False) -> Bef
         if optional and isinstance(value, str) and value.lower() in {"none", "null", "false"}:
             hint = " (write null for none)"
         elif isinstance(value, str):
-            close = difflib.get_close_matches(value, choices, n=1)
+            same_case = [c for c in choices if c.lower() == value.lower()]
+            close = same_case or difflib.get_close_matches(value, choices, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise PydanticCustomError(
             "choice",
@@ -170,7 +172,7 @@ def _check_name(value: Any) -> Any:
     return value
 
 
-_FLOAT_FORMAT = re.compile(r"%\.([1-9][0-9]*)[geGE]")
+_FLOAT_FORMAT = USABLE_FLOAT_FORMAT
 
 
 def _check_float_format(value: Any) -> Any:
@@ -186,10 +188,13 @@ def _check_float_format(value: Any) -> Any:
 
 
 def _check_output_dir(value: Any) -> Any:
-    """A folder inside the workspace: relative, without ``..`` leading out of it."""
+    """A folder inside the workspace: relative, without ``..`` leading out of it (``~/x``
+    means a home folder to a reader, so it is refused too). The check is on the name: a
+    symlink the user made inside the workspace is followed."""
     if isinstance(value, str) and value.strip():
-        norm = os.path.normpath(value)
-        if not (os.path.isabs(value) or "://" in value or norm == ".." or norm.startswith(".." + os.sep)):
+        norm = os.path.normpath(value.replace("\\", "/"))
+        if not (os.path.isabs(norm) or "://" in value or value.startswith("~") or norm == ".."
+                or norm.startswith("../") or re.match(r"^[A-Za-z]:", value)):
             return value
     raise PydanticCustomError(
         "output_dir",
@@ -810,17 +815,19 @@ def _upgrade(data: dict[str, Any], node: yaml.Node, source: str, problems: list[
         block = data.get(main)
         if isinstance(block, dict) and "negcon" in block:
             flag = block.pop("negcon")
-            if flag is True and negcon not in data:
+            if not isinstance(flag, bool):
+                problems.append(
+                    f"{source}:{_line(node, (main, 'negcon'))}: {main}.negcon: {flag!r}: write true "
+                    f"(also make the {negcon} outputs) or false"
+                )
+            elif flag and negcon not in data:
                 data[negcon] = {k: v for k, v in block.items() if k not in ("samples", "sample_filter")}
     aggregate = data.get("aggregate")
-    if isinstance(aggregate, dict) and "features" in aggregate:
-        if aggregate["features"] == "infer":
-            del aggregate["features"]
-        else:
-            problems.append(
-                f"{source}:{_line(node, ('aggregate', 'features'))}: aggregate.features: cytoprofile "
-                "aggregates every feature of the compartments; write infer or remove the key"
-            )
+    if isinstance(aggregate, dict) and "features" in aggregate and aggregate.pop("features") != "infer":
+        problems.append(
+            f"{source}:{_line(node, ('aggregate', 'features'))}: aggregate.features: cytoprofile "
+            "aggregates every feature of the compartments; write infer or remove the key"
+        )
     qc = data.get("quality_control")
     if isinstance(qc, dict) and "operations" in qc:
         ops = qc.pop("operations")
@@ -833,6 +840,11 @@ def _upgrade(data: dict[str, Any], node: yaml.Node, source: str, problems: list[
             return
         for name in ("summary", "heatmap"):
             sub = qc.get(name)
+            if isinstance(sub, dict) and "perform" in sub and sub["perform"] != (name in ops):
+                problems.append(
+                    f"{source}:{_line(node, ('quality_control', name, 'perform'))}: quality_control.{name}.perform: "
+                    f"{sub['perform']!r} contradicts quality_control.operations {ops!r}; keep one of the two"
+                )
             qc[name] = (sub if isinstance(sub, dict) else {}) | {"perform": name in ops}
 
 

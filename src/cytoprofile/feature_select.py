@@ -73,6 +73,7 @@ __all__ = [
     "feature_prefixes",
     "feature_select",
     "infer_features",
+    "refuse_infinite",
     "report_account",
     "resolve_features",
     "select_samples",
@@ -113,6 +114,36 @@ def feature_matrix(profiles: pd.DataFrame, features: Sequence[str]) -> np.ndarra
         pass
     cols = {f: _coerce_numeric(block[f], f) for f in features}
     return pd.DataFrame(cols, index=block.index).to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def _row_names(profiles: pd.DataFrame, rows: np.ndarray) -> list[str]:
+    """How a user finds rows: plate and well when the profiles have them, else the index."""
+    keys = [c for c in ("Metadata_Plate", "Metadata_Well") if c in profiles.columns]
+    picked = profiles.iloc[rows]
+    if keys:
+        return ["/".join(str(v) for v in values) for values in picked[keys].itertuples(index=False)]
+    return [f"row {label!r}" for label in picked.index]
+
+
+def refuse_infinite(profiles: pd.DataFrame, x: np.ndarray, names: Sequence[str], *, step: str) -> None:
+    """An ``InputError`` naming the features and rows of infinite values in ``x`` (rows of
+    ``profiles`` x ``names``): they would turn statistics such as a mean, a MAD or a
+    correlation into NaN for the whole feature."""
+    infinite = np.isinf(x)
+    if not infinite.any():
+        return
+    cols = np.flatnonzero(infinite.any(axis=0))
+    parts = []
+    for j in cols[:5]:
+        rows = np.flatnonzero(infinite[:, j])
+        where = _row_names(profiles, rows[:5])
+        more = f" and {len(rows) - 5} more" if len(rows) > 5 else ""
+        parts.append(f"{names[j]} ({', '.join(where)}{more})")
+    extra = f"; {len(cols) - 5} more feature(s)" if len(cols) > 5 else ""
+    raise InputError(
+        f"infinite feature values: {'; '.join(parts)}{extra}; fix or remove these values "
+        f"(or the features) before {step}"
+    )
 
 
 def select_samples(
@@ -665,4 +696,12 @@ def feature_select(
         dropped=dropped,
     )
     report_account(account, on_account)
+    unselected = [c for c in unprocessed_columns(profiles, names) if not c.startswith(("Image", "ome_arrow_"))]
+    if unselected:
+        shown = ", ".join(unselected[:5]) + (f" ... ({len(unselected)} in all)" if len(unselected) > 5 else "")
+        log.warning(
+            "feature_select: %d column(s) are neither metadata nor features of the compartments and "
+            "are kept as they are, not selected: %s; name their compartment with compartments=[...] "
+            "to select them", len(unselected), shown,
+        )
     return profiles.drop(columns=list(dropped))

@@ -27,6 +27,8 @@ from .errors import CytoprofileError, InputError, OutputError, RemoteError
 from .vocabulary import TableFormat
 
 __all__ = [
+    "USABLE_FLOAT_FORMAT",
+    "check_usable_float_format",
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_READ_TIMEOUT",
     "DEFAULT_RETRIES",
@@ -434,6 +436,21 @@ def ragged_line(raw: bytes, n_fields: int, *, sep: str = ",") -> int | None:
 
 
 
+#: Float formats that keep every value a usable float: ``%.Ng`` / ``%.Ne`` with N >= 1.
+USABLE_FLOAT_FORMAT = re.compile(r"%\.([1-9][0-9]*)[geGE]")
+
+
+def check_usable_float_format(value: object) -> str | None:
+    """``value`` if it is None or a usable float format; ``%d``, ``%.0f``, ``%.3f`` (which
+    truncate small values) and anything else are a ``ConfigError``."""
+    if value is None or (isinstance(value, str) and USABLE_FLOAT_FORMAT.fullmatch(value)):
+        return value
+    from .errors import ConfigError
+
+    raise ConfigError(f"float format {value!r} would truncate or break the numbers; use %.Ng or %.Ne with "
+                      "N >= 1 (such as %.5g), or leave it out for full precision")
+
+
 def check_output(path: str | os.PathLike[str], *, float_format: str | None = None) -> None:
     """Refuse a bad output name or float format before any work is done."""
     infer_format(path)
@@ -573,18 +590,49 @@ def write_gct(
     df: pd.DataFrame,
     path: str | os.PathLike[str],
     *,
-    features: Sequence[str],
-    meta_features: Sequence[str],
+    features: str | Sequence[str] = "infer",
+    meta_features: str | Sequence[str] = "infer",
+    compartments: str | Sequence[str] | None = None,
+    image_features: bool = False,
     feature_name: str = "cp_feature_name",
+    on_account: Any = None,
 ) -> str:
     """Write profiles as GCT 1.3 (samples as columns), readable by cmapPy and Morpheus.
 
     Line 1 ``#1.3``; line 2 the counts; line 3 ``id, cp_feature_name, SAMPLE_0..``;
     then one row per sample metadata column (``Metadata_`` dropped from its label)
-    and one per feature, tab-separated.
+    and one per feature, tab-separated. ``features="infer"`` takes the columns of
+    ``compartments`` (default Cells, Cytoplasm, Nuclei; numeric ``Image*`` too with
+    ``image_features``) and ``meta_features="infer"`` the ``Metadata_`` columns; any
+    other column is left out with a warning, and ``on_account`` receives the
+    ``FeatureAccount``.
     """
-    features = list(features)
-    meta_features = list(meta_features)
+    from .feature_select import (
+        FeatureAccount,
+        as_names,
+        report_account,
+        resolve_features,
+        unprocessed_columns,
+    )
+
+    if not isinstance(feature_name, str) or not feature_name:
+        from .errors import ConfigError
+
+        raise ConfigError(f"feature_name must be a non-empty string, got {feature_name!r}")
+    inferred = isinstance(features, str) or isinstance(meta_features, str)
+    features = resolve_features(df, features, image_features=image_features, compartments=compartments)
+    if isinstance(meta_features, str) and meta_features == "infer":
+        meta_features = [c for c in df.columns if isinstance(c, str) and c.startswith("Metadata_")]
+    else:
+        meta_features = as_names("meta_features", meta_features)
+    absent = [c for c in meta_features if c not in df.columns]
+    if absent:
+        raise InputError(f"meta_features names column(s) absent from the profiles: {', '.join(absent[:5])}")
+    if inferred or on_account is not None:  # columns the caller did not choose are said left out
+        report_account(FeatureAccount(
+            step="write_gct", features_in=tuple(features), features_out=tuple(features),
+            dropped=dict.fromkeys(unprocessed_columns(df, {*features, *meta_features}), "not_a_feature"),
+        ), on_account)
     text = [f for f in features if not pd.api.types.is_numeric_dtype(df[f])]
     if text:
         raise InputError(f"feature column(s) {', '.join(text[:3])} are not numeric; a GCT holds numbers only")

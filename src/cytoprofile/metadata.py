@@ -93,9 +93,13 @@ def _read_text(path: PathLike) -> str:
         offset = exc.start + bom
         line = data.count(b"\n", 0, offset) + 1
         bad = data[offset : offset + 1]
+        source = "latin1"  # the usual other encoding; a UTF-16 file says so with its byte-order mark
+        if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+            source = "utf-16"
         raise MetadataError(
-            f"{path}:{line}: not UTF-8 text (byte {bad!r} at byte offset {offset}); save the "
-            "file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`), cytoprofile does not guess "
+            f"{path}:{line}: not UTF-8 text (byte {bad!r} at byte offset {offset}"
+            + ("; the file starts with a UTF-16 byte-order mark, as Excel's Unicode text" if source == "utf-16" else "")
+            + f"); save the file as UTF-8 (e.g. `iconv -f {source} -t utf-8`), cytoprofile does not guess "
             "the encoding"
         ) from exc
 

@@ -30,6 +30,7 @@ from .feature_select import (
     AccountSink,
     FeatureAccount,
     feature_matrix,
+    refuse_infinite,
     report_account,
     select_samples,
     unprocessed_columns,
@@ -211,34 +212,6 @@ def _spherize(
     return ((y @ vt.T) / sigma) @ vt * root
 
 
-def _row_names(profiles: pd.DataFrame, rows: np.ndarray) -> list[str]:
-    """How a user finds rows: plate and well when the profiles have them, else the index."""
-    keys = [c for c in ("Metadata_Plate", "Metadata_Well") if c in profiles.columns]
-    picked = profiles.iloc[rows]
-    if keys:
-        return ["/".join(str(v) for v in values) for values in picked[keys].itertuples(index=False)]
-    return [f"row {label!r}" for label in picked.index]
-
-
-def _refuse_infinite(profiles: pd.DataFrame, x: np.ndarray, names: Sequence[str]) -> None:
-    """An infinite value would make its feature missing (or infinite) for every well."""
-    infinite = np.isinf(x)
-    if not infinite.any():
-        return
-    cols = np.flatnonzero(infinite.any(axis=0))
-    parts = []
-    for j in cols[:5]:
-        rows = np.flatnonzero(infinite[:, j])
-        where = _row_names(profiles, rows[:5])
-        more = f" and {len(rows) - 5} more" if len(rows) > 5 else ""
-        parts.append(f"{names[j]} ({', '.join(where)}{more})")
-    extra = f"; {len(cols) - 5} more feature(s)" if len(cols) > 5 else ""
-    raise InputError(
-        f"infinite feature values: {'; '.join(parts)}{extra}; fix or remove these values "
-        "(or the features) before normalizing"
-    )
-
-
 def normalize(
     profiles: pd.DataFrame,
     *,
@@ -306,7 +279,7 @@ def normalize(
     ]
 
     x = feature_matrix(profiles, names)
-    _refuse_infinite(profiles, x, names)
+    refuse_infinite(profiles, x, names, step="normalizing")
     fit = fit_rows(
         profiles,
         samples=samples,
@@ -326,9 +299,9 @@ def normalize(
             centre, scale = _mad(x[fit], mad_robustize_epsilon)
             out = (x - centre) / scale
         elif method == "inverse_normal":
-            if inverse_normal_n_quantiles < 1:
-                raise ConfigError("inverse_normal_n_quantiles must be at least 1")
-            out = _inverse_normal(x, x[fit], inverse_normal_n_quantiles)
+            quantiles = int(check_number("inverse_normal_n_quantiles", inverse_normal_n_quantiles,
+                                         minimum=1, integer=True))
+            out = _inverse_normal(x, x[fit], quantiles)
         else:
             out = _spherize(
                 x,

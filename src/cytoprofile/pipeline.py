@@ -734,6 +734,7 @@ def run(
     plates = {b: p for b, p in recipe.selected_plates().items() if p}
     if not plates:
         raise ConfigError(f"{recipe.path}: no plate to process (every batch or plate has process: false)")
+    _check_skipped_steps_made(layout, recipe, plates)
     if s.normalize.perform and s.options.samples.strip() != "all":
         log.warning("options.samples: normalize is fitted on %s only; profiles will differ from those the "
                     "recipe made (it ignored this key)", s.options.samples.strip())
@@ -768,6 +769,28 @@ def run(
         progress("recipe", total, total)
     result.seconds = time.perf_counter() - start
     return result
+
+
+#: step -> (the step whose output it reads, that output's stem)
+_READS = {"normalize": ("annotate", "_augmented"), "normalize_negcon": ("annotate", "_augmented"),
+          "feature_select": ("normalize", "_normalized"),
+          "feature_select_negcon": ("normalize_negcon", f"_normalized_{_NEGCON}")}
+
+
+def _check_skipped_steps_made(layout: Layout, recipe: Recipe, plates: dict[str, list[str]]) -> None:
+    """A step reads the output of the step before it; when that one is off (``perform: false``,
+    or its block left out) the output must exist from an earlier run, else stop before any work."""
+    s = recipe.settings
+    for step, (before, stem) in _READS.items():
+        if not getattr(s, step).perform or getattr(s, before).perform:
+            continue
+        missing = [layout.plate_file(b, p, stem) for b, names in plates.items() for p in names
+                   if not io.exists(layout.plate_file(b, p, stem))]
+        if missing:
+            raise ConfigError(
+                f"{recipe.path}: {step}.perform is true but {before}.perform is false, and {before}'s output "
+                f"{missing[0]} does not exist" + (f" ({len(missing)} plates)" if len(missing) > 1 else "")
+                + f": set {before}.perform: true, or {step}.perform: false")
 
 
 def _storage_settings(options: Any) -> None:

@@ -166,6 +166,10 @@ def synth(
         + [f"Threshold_{m}_{c}" for c in ("Cells", "Nuclei") for m in ("FinalThreshold", "OrigThreshold")]
         + [f"ExecutionTime_{i:02d}Module" for i in range(1, 4)]
     )
+    # MeasureImageIntensity's Image.csv columns (what the config template's ``Intensity``
+    # category takes), from their own generator so every other value stays as before
+    image_intensity = [f"Intensity_{m}_{ch}" for ch in CHANNELS for m in ("TotalIntensity", "MeanIntensity", "MedianIntensity")]
+    intensity_rng = np.random.default_rng([seed, 1])
     cells_written = 0
     files = 0
     image_number = 0
@@ -216,6 +220,7 @@ def synth(
                     order = ["ImageNumber", "ObjectNumber", *sorted(k for k in cols if k not in ("ImageNumber", "ObjectNumber"))]
                     tables[c] = pa.table({k: cols[k] for k in order})
                 image: dict[str, list[Any]] = {name: [float(rng.gamma(5, 2))] for name in image_names}
+                image |= {name: [float(intensity_rng.gamma(5, 2))] for name in image_intensity}
                 image["Count_Cells"] = [float(n)]
                 image["Count_Cytoplasm"] = [float(n)]
                 image["Count_Nuclei"] = [float(n)]
