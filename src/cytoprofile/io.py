@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import CytoprofileError, InputError, OutputError, RemoteError
-from .vocabulary import TableFormat
+from .vocabulary import TableFormat, metadata_columns
 
 __all__ = [
     "USABLE_FLOAT_FORMAT",
@@ -622,7 +622,7 @@ def write_gct(
     inferred = isinstance(features, str) or isinstance(meta_features, str)
     features = resolve_features(df, features, image_features=image_features, compartments=compartments)
     if isinstance(meta_features, str) and meta_features == "infer":
-        meta_features = [c for c in df.columns if isinstance(c, str) and c.startswith("Metadata_")]
+        meta_features = metadata_columns(df.columns)
     else:
         meta_features = as_names("meta_features", meta_features)
     absent = [c for c in meta_features if c not in df.columns]
