@@ -19,7 +19,6 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.logging import RichHandler
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
@@ -82,14 +81,18 @@ def _split(values: list[str] | None) -> list[str] | None:
 
 
 def _setup_logging(quiet: bool) -> None:
+    """One line per record on the console that draws the bars; ``--quiet`` keeps warnings."""
+    from .logs import ConsoleHandler, capture_warnings
+
     level = logging.WARNING if quiet else logging.INFO
     root = logging.getLogger("cytoprofile")
     root.handlers.clear()
-    handler = RichHandler(console=console, show_path=False, show_time=False, markup=False)
+    handler = ConsoleHandler(console)
     handler.setFormatter(logging.Formatter("%(message)s"))
     root.addHandler(handler)
     root.setLevel(level)
     root.propagate = False
+    capture_warnings()
 
 
 @contextmanager
