@@ -134,10 +134,10 @@ class _DaskForwarder(logging.Handler):
     def __init__(self) -> None:
         super().__init__()
         self.tasks: dict[int, tuple[str, str, list[dict[str, Any]]]] = {}
-        self.lock = threading.Lock()
+        self.tasks_lock = threading.Lock()
 
     def emit(self, record: logging.LogRecord) -> None:
-        with self.lock:
+        with self.tasks_lock:
             entry = self.tasks.get(record.thread or 0) or (next(iter(self.tasks.values())) if self.tasks else None)
             if entry is None:
                 return
@@ -166,12 +166,12 @@ def _dask_task(fn: Callable[..., R], topic: str, key: str, level: int, client_pi
     if _FORWARDER not in logging.getLogger(LOGGER).handlers:
         forward_records(_FORWARDER, level)
     logging.getLogger(LOGGER).setLevel(level)
-    with _FORWARDER.lock:
+    with _FORWARDER.tasks_lock:
         _FORWARDER.tasks[threading.get_ident()] = (topic, key, kept)
     try:
         return fn(*args), kept
     finally:
-        with _FORWARDER.lock:
+        with _FORWARDER.tasks_lock:
             _FORWARDER.tasks.pop(threading.get_ident(), None)
 
 
