@@ -6,6 +6,7 @@ result; the executor only decides where it runs and relays progress events.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import logging.handlers
 import multiprocessing
@@ -118,10 +119,8 @@ def _run_pool(fn: Callable[..., R], tasks: Sequence[tuple[Any, ...]], options: d
                     results[futures[future]] = future.result()
                     q.put(("done", futures[future]))
         finally:
-            try:
+            with contextlib.suppress(EOFError, OSError):
                 q.put(_DONE)
-            except (EOFError, OSError):
-                pass
             stop.set()
             relay.join()
         return [results[i] for i in range(len(tasks))]
