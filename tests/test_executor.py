@@ -23,6 +23,8 @@ from cytoprofile.config import config_template
 from cytoprofile.pipeline import run
 from cytoprofile.synth import synth
 
+from .quarantine import BATCH, quarantined_workspace
+
 BATCHES = {"B1": ["P1", "P2"], "B2": ["P3"]}
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
@@ -464,3 +466,69 @@ def test_push_to_remote_follows_the_same_rules(s3_server: str, tmp_path: Path) -
     assert "P1.csv" not in names and {"P1.parquet", "P1.sqlite", "P1.report.json"} <= set(names)
     report, trusted = trusted_outputs(url, "B1", "P1")
     assert report is not None and set(trusted) == set(report["outputs"]) == {"P1.parquet", "P1.sqlite"}
+
+
+PLATES = ["P1", "P2", "P3"]
+
+
+def _plate_lines(err: str, plate: str) -> list[str]:
+    """A plate's log lines, timings masked, in the order printed."""
+    import re
+
+    return [re.sub(r"\d+\.\d+s", "Ts", line) for line in err.splitlines() if line.split(maxsplit=1)[-1].startswith(f"{plate}: ")]
+
+
+def _collate_cli(ws: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> str:
+    from cytoprofile.cli import main
+
+    assert main(["collate", str(ws), BATCH, *PLATES, "--overwrite", *extra]) == 0
+    return capsys.readouterr().err
+
+
+@pytest.fixture
+def quarantined(tmp_path: Path) -> tuple[Path, list[str]]:
+    return tmp_path / "ws", quarantined_workspace(tmp_path / "ws", PLATES)
+
+
+def _assert_each_once(err: str, expected: list[str]) -> None:
+    lines = err.splitlines()
+    for warning in expected:
+        assert lines.count(f"WARNING  {warning}") == 1, (warning, err)
+    assert sum(line.startswith("WARNING") and "quarantined" in line for line in lines) == len(expected), err
+
+
+@pytest.mark.parametrize("extra", [("--jobs", "2"), ("--jobs", "3")])
+def test_pool_workers_records_print_once_in_plate_order(quarantined: tuple[Path, list[str]], extra: tuple[str, ...],
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    ws, expected = quarantined
+    _collate_cli(ws, capsys)  # the runs compared below both replace an earlier build
+    serial = _collate_cli(ws, capsys)
+    parallel = _collate_cli(ws, capsys, *extra)
+    _assert_each_once(parallel, expected)
+    for plate in PLATES:  # the worker's INFO lines too, each plate's in the order it wrote them
+        assert _plate_lines(parallel, plate) == _plate_lines(serial, plate)
+        assert any("scanned 12 sites" in line for line in _plate_lines(parallel, plate))
+
+
+def test_quiet_pool_keeps_every_dropped_data_warning(quarantined: tuple[Path, list[str]],
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    ws, expected = quarantined
+    err = _collate_cli(ws, capsys, "--jobs", "2", "--quiet")
+    _assert_each_once(err, expected)
+    assert sorted(err.splitlines()) == sorted(f"WARNING  {w}" for w in expected), err  # no bars, no INFO
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_dask_workers_records_reach_the_client_once(quarantined: tuple[Path, list[str]], quiet: bool,
+                                                    cluster: tuple[str, list[subprocess.Popen[bytes]]],
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    ws, expected = quarantined
+    _collate_cli(ws, capsys)
+    serial = _collate_cli(ws, capsys)
+    err = _collate_cli(ws, capsys, "--scheduler", cluster[0], *(["--quiet"] if quiet else []))
+    _assert_each_once(err, expected)
+    for plate in PLATES:
+        if quiet:
+            assert [x for x in _plate_lines(err, plate) if not x.startswith("WARNING")] == []
+        else:
+            assert _plate_lines(err, plate) == _plate_lines(serial, plate)

@@ -19,7 +19,6 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.logging import RichHandler
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
@@ -83,14 +82,18 @@ def _split(values: list[str] | None) -> list[str] | None:
 
 
 def _setup_logging(quiet: bool) -> None:
+    """One line per record on the console that draws the bars; ``--quiet`` keeps warnings."""
+    from .logs import ConsoleHandler, capture_warnings
+
     level = logging.WARNING if quiet else logging.INFO
     root = logging.getLogger("cytoprofile")
     root.handlers.clear()
-    handler = RichHandler(console=console, show_path=False, show_time=False, markup=False)
+    handler = ConsoleHandler(console)
     handler.setFormatter(logging.Formatter("%(message)s"))
     root.addHandler(handler)
     root.setLevel(level)
     root.propagate = False
+    capture_warnings()
 
 
 @contextmanager
@@ -633,12 +636,28 @@ def run(
 
         with output_errors(tmp_dir):
             Path(tmp_dir).mkdir(parents=True, exist_ok=True)
-    with _plate_progress(["plates + batch steps"], quiet, unit="steps") as update, _timed("recipe"):
+    label = "recipe: plates, then batch steps"
+    with _plate_progress([label], quiet, unit="steps") as update, _timed("recipe"):
         result = _run(config, workspace=workspace, root=root, force=force, jobs=jobs, scheduler=scheduler,
-                      tmp_dir=tmp_dir, allow_unknown_keys=allow_unknown_keys, progress=(lambda _l, d, t: update("plates + batch steps", d, t)) if update else None)
+                      tmp_dir=tmp_dir, allow_unknown_keys=allow_unknown_keys,
+                      progress=(lambda _l, d, t: update(label, d, t)) if update else None)
     if not quiet:
-        console.print(f"{len(result.ran)} step(s) run, {len(result.skipped)} already current; "
-                      f"{len(result.outputs)} file(s) written in {result.seconds:.1f}s", highlight=False)
+        _print_products(result)
+
+
+def _print_products(result: Any) -> None:
+    """The recipe's closing lines: what ran, one line per product, whether QC ran."""
+    from . import io
+
+    console.print(f"{len(result.ran)} step(s) run, {len(result.skipped)} already current; "
+                  f"{len(result.outputs)} file(s) written in {result.seconds:.1f}s", highlight=False, soft_wrap=True)
+    for label, rel in result.products:
+        path = io.join(result.root, rel)
+        if not io.is_remote(path):
+            shown = os.path.relpath(path)
+            path = shown if not shown.startswith("..") else os.path.abspath(path)
+        console.print(f"{label}: {path}", highlight=False, markup=False, soft_wrap=True)
+    console.print(result.qc, highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command()

@@ -6,13 +6,18 @@ result; the executor only decides where it runs and relays progress events.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import logging.handlers
 import multiprocessing
+import os
 import queue
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any, TypeVar
+
+from .logs import LOGGER, forward_records, prepared, replay
 
 __all__ = ["check_scheduler", "run_plates"]
 
@@ -28,7 +33,7 @@ class _QueueProgress:
         self.q = q
 
     def __call__(self, plate: str, done: int, total: int) -> None:
-        self.q.put((plate, done, total))
+        self.q.put(("progress", plate, done, total))
 
 
 def run_plates(
@@ -40,43 +45,133 @@ def run_plates(
     scheduler: str | None = None,
     scheduler_timeout: float | None = None,
     progress: Progress | None = None,
+    on_done: Callable[[int, R], None] | None = None,
 ) -> list[R]:
     """Run ``fn(*task, options, progress)`` for every task; results in task order.
 
-    ``scheduler_timeout`` bounds the wait for a Dask scheduler's first answer (default:
-    the storage connect + read timeouts, 20 s).
+    Log records of worker processes and Dask workers are printed here, through this
+    process's handlers, in the order each task wrote them; ``on_done(i, result)`` is
+    called here as task ``i`` finishes, after its records. ``scheduler_timeout`` bounds
+    the wait for a Dask scheduler's first answer (default: the storage connect + read
+    timeouts, 20 s).
     """
     if scheduler:
-        return _run_dask(fn, tasks, options, scheduler=scheduler, progress=progress,
+        return _run_dask(fn, tasks, options, scheduler=scheduler, progress=progress, on_done=on_done,
                          timeout=scheduler_timeout if scheduler_timeout is not None else _default_timeout())
     if jobs <= 1 or len(tasks) <= 1:
-        return [fn(*task, options, progress) for task in tasks]
+        results: list[R] = []
+        for i, task in enumerate(tasks):
+            results.append(fn(*task, options, progress))
+            if on_done is not None:
+                on_done(i, results[-1])
+        return results
+    return _run_pool(fn, tasks, options, jobs=jobs, progress=progress, on_done=on_done)
+
+
+_DONE = ("end",)
+
+
+def _init_worker(q: Any, level: int) -> None:
+    """Pool initializer: this worker's ``cytoprofile`` records go to the parent's queue."""
+    forward_records(logging.handlers.QueueHandler(q), level)
+
+
+def _relay(q: Any, stop: threading.Event, handle: Callable[[Any], None]) -> None:
+    """Hand every queued item to ``handle`` until the end marker (or the queue is gone)."""
+    while True:
+        try:
+            item = q.get(timeout=0.2)
+        except queue.Empty:
+            if stop.is_set():
+                return
+            continue
+        except (EOFError, OSError):  # the manager is gone (interrupted run)
+            return
+        if item == _DONE:
+            return
+        handle(item)
+
+
+def _run_pool(fn: Callable[..., R], tasks: Sequence[tuple[Any, ...]], options: dict[str, Any], *, jobs: int,
+              progress: Progress | None, on_done: Callable[[int, R], None] | None) -> list[R]:
+    """A spawn process pool; records, progress and completions share one queue, so they keep their order."""
     ctx = multiprocessing.get_context("spawn")
+    results: dict[int, R] = {}
+
+    def _handle(item: Any) -> None:
+        if isinstance(item, logging.LogRecord):
+            replay(item)
+        elif item[0] == "progress" and progress is not None:
+            progress(*item[1:])
+        elif item[0] == "done" and on_done is not None:
+            on_done(item[1], results[item[1]])
+
     with ctx.Manager() as manager:
         q = manager.Queue()
         stop = threading.Event()
-
-        def _relay() -> None:
-            while not stop.is_set():
-                try:
-                    event = q.get(timeout=0.2)
-                except queue.Empty:
-                    continue
-                if progress is not None:
-                    progress(*event)
-
-        relay = threading.Thread(target=_relay, daemon=True)
+        relay = threading.Thread(target=_relay, args=(q, stop, _handle), daemon=True)
         relay.start()
-        results: dict[int, R] = {}
         try:
-            with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+            with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_worker,
+                                     initargs=(q, logging.getLogger(LOGGER).getEffectiveLevel())) as pool:
                 futures = {pool.submit(fn, *task, options, _QueueProgress(q)): i for i, task in enumerate(tasks)}
                 for future in as_completed(futures):
                     results[futures[future]] = future.result()
+                    q.put(("done", futures[future]))
         finally:
+            with contextlib.suppress(EOFError, OSError):
+                q.put(_DONE)
             stop.set()
             relay.join()
         return [results[i] for i in range(len(tasks))]
+
+
+class _DaskForwarder(logging.Handler):
+    """On a Dask worker: each record goes to the client live (a Dask event) and is kept
+    with its task's result, so a record whose event is late or lost still arrives."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tasks: dict[int, tuple[str, str, list[dict[str, Any]]]] = {}
+        self.tasks_lock = threading.Lock()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with self.tasks_lock:
+            entry = self.tasks.get(record.thread or 0) or (next(iter(self.tasks.values())) if self.tasks else None)
+            if entry is None:
+                return
+            topic, key, kept = entry
+            message = {"key": key, "seq": len(kept), "name": record.name, "levelno": record.levelno,
+                       "levelname": record.levelname, "msg": prepared(record).getMessage(), "created": record.created}
+            kept.append(message)
+        try:
+            from distributed import get_worker
+
+            get_worker().log_event(topic, message)
+        except (ValueError, TypeError):  # not on a worker, or the message would not serialise
+            pass
+
+
+_FORWARDER = _DaskForwarder()
+
+
+def _dask_task(fn: Callable[..., R], topic: str, key: str, level: int, client_pid: int,
+               *args: Any) -> tuple[R, list[dict[str, Any]]]:
+    """Run one task on a Dask worker, forwarding its ``cytoprofile`` records to the client
+    (a worker inside the client's own process logs there directly)."""
+    kept: list[dict[str, Any]] = []
+    if os.getpid() == client_pid:
+        return fn(*args), kept
+    if _FORWARDER not in logging.getLogger(LOGGER).handlers:
+        forward_records(_FORWARDER, level)
+    logging.getLogger(LOGGER).setLevel(level)
+    with _FORWARDER.tasks_lock:
+        _FORWARDER.tasks[threading.get_ident()] = (topic, key, kept)
+    try:
+        return fn(*args), kept
+    finally:
+        with _FORWARDER.tasks_lock:
+            _FORWARDER.tasks.pop(threading.get_ident(), None)
 
 
 def _run_dask(
@@ -86,9 +181,16 @@ def _run_dask(
     *,
     scheduler: str,
     progress: Progress | None,
+    on_done: Callable[[int, R], None] | None,
     timeout: float,
 ) -> list[R]:
-    """Send each task to a Dask cluster; a task whose worker dies is retried elsewhere."""
+    """Send each task to a Dask cluster; a task whose worker dies is retried elsewhere.
+
+    Workers' records arrive as they are written and again with each result; each is
+    printed once (a retried task's repeated records are not printed twice).
+    """
+    import uuid
+
     from dask.distributed import Client
     from dask.distributed import as_completed as dask_completed
 
@@ -99,18 +201,36 @@ def _run_dask(
         client = Client(scheduler, timeout=f"{timeout}s")
     except (OSError, ValueError, TypeError) as exc:
         raise RemoteError(f"cannot reach the Dask scheduler at {scheduler} ({exc}); check --scheduler") from exc
+    topic = f"cytoprofile-log-{uuid.uuid4().hex}"
+    printed: set[tuple[str, int]] = set()
+    lock = threading.Lock()
+
+    def _print(message: dict[str, Any]) -> None:
+        with lock:
+            if (message["key"], message["seq"]) not in printed:
+                printed.add((message["key"], message["seq"]))
+                replay(logging.makeLogRecord(message))
+
+    level = logging.getLogger(LOGGER).getEffectiveLevel()
     try:
-        futures = [client.submit(fn, *task, options, None, pure=False, retries=3, key=f"cytoprofile-{i}-{task[-1]}")
-                   for i, task in enumerate(tasks)]
+        client.subscribe_topic(topic, lambda event: _print(event[1]))
+        keys = [f"cytoprofile-{i}-{task[-1]}" for i, task in enumerate(tasks)]
+        futures = [client.submit(_dask_task, fn, topic, key, level, os.getpid(), *task, options, None, pure=False, retries=3, key=key)
+                   for key, task in zip(keys, tasks, strict=True)]
         index = {f.key: i for i, f in enumerate(futures)}
         results: dict[int, R] = {}
         for future in dask_completed(futures):
             i = index[future.key]
-            results[i] = future.result()
+            results[i], kept = future.result()
+            for message in kept:
+                _print(message)
             if progress is not None:
                 progress(str(tasks[i][-1]), 1, 1)
+            if on_done is not None:
+                on_done(i, results[i])
         return [results[i] for i in range(len(tasks))]
     finally:
+        client.unsubscribe_topic(topic)
         client.close()
 
 

@@ -139,12 +139,20 @@ def step_outputs(layout: Layout, batch: str, plate: str) -> dict[str, str]:
 
 @dataclass
 class RunResult:
-    """Steps run and skipped, and every output written."""
+    """Steps run and skipped, every output written, and the products to show the user.
+
+    ``products`` are (label, path relative to the outputs' root) pairs: each plate's
+    final profiles, the GCT files and each batch's QC report, written now or current;
+    ``qc`` says whether quality control ran; ``root`` is where the outputs are.
+    """
 
     ran: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    products: list[tuple[str, str]] = field(default_factory=list)
+    qc: str = ""
+    root: str = ""
 
 
 _WHOLE_FILE_LIMIT = 64 << 20
@@ -753,20 +761,29 @@ def run(
     tasks = [(layout, recipe, batch, plate, force, tmp_dir) for batch, names in plates.items() for plate in names]
     total = len(tasks) + 1
 
+    finished: list[int] = []
+
+    def _plate_done(i: int, r: RunResult) -> None:
+        finished.append(i)
+        log.info("%s: %d step(s) run, %d already current", tasks[i][3], len(r.ran), len(r.skipped))
+        if progress is not None:
+            progress("recipe", len(finished), total)
+
     per_plate = run_plates(_plate_task_entry, [(t,) for t in tasks], {"storage": io.current_storage()},
-                           jobs=jobs or s.executor.jobs, scheduler=scheduler or s.executor.scheduler, progress=None)
-    for i, r in enumerate(per_plate, start=1):
+                           jobs=jobs or s.executor.jobs, scheduler=scheduler or s.executor.scheduler, progress=None,
+                           on_done=_plate_done)
+    for r in per_plate:
         result.ran += r.ran
         result.skipped += r.skipped
         result.outputs += r.outputs
-        if progress is not None:
-            progress("recipe", i, total)
     if io.is_remote(layout.root):
         _remote_batch_steps(layout, recipe, plates, force=force, tmp_dir=tmp_dir, result=result)
     else:
         _batch_steps(layout, recipe, plates, force=force, result=result)
     if progress is not None:
         progress("recipe", total, total)
+    result.products = _products(layout, recipe, plates) + result.products
+    result.root = layout.root
     result.seconds = time.perf_counter() - start
     return result
 
@@ -816,13 +833,14 @@ def _batch_steps(layout: Layout, recipe: Recipe, plates: dict[str, list[str]], *
         _feature_select_level(layout, recipe, plates, negcon=False, steps=steps, prefixes=prefixes)
     if s.feature_select_negcon.perform:
         _feature_select_level(layout, recipe, plates, negcon=True, steps=steps, prefixes=prefixes)
+    result.qc = "QC: not run (quality_control.perform: false)"
     if s.quality_control.perform:
         from .qc import quality_control
 
         level = s.feature_select.level if s.feature_select.perform else (
             s.feature_select_negcon.level if s.feature_select_negcon.perform else None)
         for batch, names in plates.items():
-            quality_control(
+            done = quality_control(
                 layout.root, batch, names, level=level,
                 profiles_dir=os.path.abspath(io.join(layout.root, s.output_dir)),
                 load_data_dir=os.path.abspath(layout.find("load_data_csv", batch)).rsplit(os.sep, 1)[0],
@@ -832,6 +850,35 @@ def _batch_steps(layout: Layout, recipe: Recipe, plates: dict[str, list[str]], *
             )
             result.ran.append(f"quality_control: {batch}")
             result.outputs.append(io.join(layout.root, "quality_control"))
+            if done.report_path:
+                result.products.append((f"QC report {batch}", os.path.relpath(done.report_path, layout.root)))
+        result.qc = f"QC: ran for {', '.join(plates)}"
+
+
+def _products(layout: Layout, recipe: Recipe, plates: dict[str, list[str]]) -> list[tuple[str, str]]:
+    """Each plate's final profiles (of the main and negcon branches) and the GCT files,
+    relative to the outputs' root."""
+    s = recipe.settings
+    out: list[tuple[str, str]] = []
+    branches = [("", s.normalize, s.feature_select), (f"_{_NEGCON}", s.normalize_negcon, s.feature_select_negcon)]
+    for batch, names in plates.items():
+        for plate in names:
+            for tag, norm, select in branches:
+                if tag and not norm.perform:
+                    continue
+                stem = (f"_normalized_feature_select{tag}_{select.level}" if norm.perform and select.perform
+                        else f"_normalized{tag}" if norm.perform else "_augmented" if s.annotate.perform else "")
+                out.append((f"profiles {plate}" + (" (negcon)" if tag else ""),
+                            _relative(layout.plate_file(batch, plate, stem), layout.root)))
+        for tag, norm, select in branches:
+            if select.perform and norm.perform and select.gct:
+                gct = layout.gct_file(batch, f"_normalized_feature_select{tag}_{select.level}", ".gct")
+                out.append((f"GCT {batch}" + (" (negcon)" if tag else ""), _relative(gct, layout.root)))
+    return out
+
+
+def _relative(path: str, root: str) -> str:
+    return path[len(root):].lstrip("/") if io.is_remote(root) else os.path.relpath(path, root)
 
 
 def _summary_well_columns(summary: Any) -> tuple[str, str] | None:

@@ -1,0 +1,80 @@
+"""Where log records go: one line each on the console, from this process or from workers.
+
+Plate tasks run in worker processes or on Dask workers; their records are sent back
+to the process that draws the progress display and printed there, above the bars,
+so that a warning is never lost in a worker's log nor garbled by a bar redraw.
+``warnings.warn`` (ours or a library's) becomes a one-line record too, never a
+Python source line.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import warnings
+from typing import Any
+
+from rich.console import Console
+from rich.text import Text
+
+__all__ = ["LOGGER", "ConsoleHandler", "capture_warnings", "forward_records", "prepared", "replay"]
+
+LOGGER = "cytoprofile"
+_STYLES = {"DEBUG": "dim", "INFO": "blue", "WARNING": "yellow", "ERROR": "bold red", "CRITICAL": "bold red"}
+
+
+class ConsoleHandler(logging.Handler):
+    """Print each record as one line (``LEVEL    message``) on a Rich console.
+
+    The line is never wrapped by Rich (``soft_wrap``): a narrow terminal folds it
+    visually, a pipe or a log file gets it whole. Printed through the console that
+    draws the progress bars, it goes above them.
+    """
+
+    def __init__(self, console: Console, level: int = logging.NOTSET) -> None:
+        super().__init__(level)
+        self.console = console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = " ".join(self.format(record).splitlines())
+            line = Text.assemble((f"{record.levelname:<8}", _STYLES.get(record.levelname, "")), " ", message)
+            self.console.print(line, soft_wrap=True, highlight=False, markup=False, emoji=False)
+        except Exception:  # noqa: BLE001 - logging must never raise into the caller
+            self.handleError(record)
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    """``warnings.showwarning`` replacement: a one-line ``cytoprofile.warnings`` record."""
+    text = " ".join(str(message).split())
+    where = filename.rsplit("/", 1)[-1]
+    logging.getLogger(f"{LOGGER}.warnings").warning("%s: %s (%s:%d)", category.__name__, text, where, lineno)
+
+
+def capture_warnings() -> None:
+    """Show ``warnings.warn`` as one log line each (no source line), once per place."""
+    warnings.showwarning = _show_warning
+
+
+def forward_records(sink: logging.Handler, level: int) -> None:
+    """In a worker: send every ``cytoprofile`` record at ``level`` or above to ``sink``
+    (a ``QueueHandler`` or a Dask forwarder) instead of printing it here."""
+    root = logging.getLogger(LOGGER)
+    root.handlers.clear()
+    root.addHandler(sink)
+    root.setLevel(level)
+    root.propagate = False
+    capture_warnings()
+
+
+def replay(record: logging.LogRecord) -> None:
+    """Emit a worker's record through this process's handlers (level and format included)."""
+    logger = logging.getLogger(record.name)
+    if logger.isEnabledFor(record.levelno):
+        logger.handle(record)
+
+
+def prepared(record: logging.LogRecord) -> logging.LogRecord:
+    """A copy safe to pickle: message formatted, arguments and traceback folded in."""
+    return logging.handlers.QueueHandler(None).prepare(record)  # type: ignore[arg-type]
