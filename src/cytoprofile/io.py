@@ -607,13 +607,9 @@ def write_gct(
     other column is left out with a warning, and ``on_account`` receives the
     ``FeatureAccount``.
     """
-    from .feature_select import (
-        FeatureAccount,
-        as_names,
-        report_account,
-        resolve_features,
-        unprocessed_columns,
-    )
+    from .checks import as_names
+    from .feature_select import FeatureAccount, report_account, unprocessed_columns
+    from .vocabulary import resolve_features
 
     if not isinstance(feature_name, str) or not feature_name:
         from .errors import ConfigError
