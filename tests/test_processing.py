@@ -171,6 +171,26 @@ def test_inverse_normal_equals_pycytominer(rows: int, quantiles: int, samples: s
     pd.testing.assert_frame_equal(ours.reset_index(drop=True), expected.reset_index(drop=True), check_dtype=False)
 
 
+@pytest.mark.parametrize("quantiles", [50, 1000])
+def test_normalize_command_inverse_normal_quantiles_equal_pycytominer(tmp_path: Path, quantiles: int) -> None:
+    from pycytominer import normalize as reference
+
+    rng = np.random.default_rng(quantiles)
+    df = pd.DataFrame(rng.lognormal(size=(300, 3)), columns=[f"Cells_f{i}" for i in range(3)])
+    df.insert(0, "Metadata_Well", [f"W{i:03d}" for i in range(300)])
+    df.to_parquet(tmp_path / "in.parquet")
+    out = tmp_path / "out.parquet"
+    assert main(["normalize", str(tmp_path / "in.parquet"), str(out), "--method", "inverse_normal",
+                 "--inverse-normal-n-quantiles", str(quantiles), "--quiet"]) == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = reference(df, method="inverse_normal", samples="all", inverse_normal_n_quantiles=quantiles)
+    pd.testing.assert_frame_equal(pd.read_parquet(out), expected.reset_index(drop=True), check_dtype=False)
+    if quantiles != 1000:  # the option has an effect
+        default = reference(df, method="inverse_normal", samples="all")
+        assert not np.allclose(pd.read_parquet(out)["Cells_f0"], default["Cells_f0"])
+
+
 # ------------------------------------------------------------------ plate-effect corrections
 
 
