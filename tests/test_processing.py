@@ -360,10 +360,14 @@ CHAIN_BATCHES = {"B1": ["P1", "P2"], "B2": ["P3"]}
 JUMP_CHAIN = "profiles_var_mad_int_featselect_harmony"
 
 
-def _chain_config(ws: Path, chain: str, options: str = "", name: str = "config.yml") -> Path:
+def _chain_config(ws: Path, chain: str, options: str = "", name: str = "config.yml", qc_map: bool = False) -> Path:
     from cytoprofile.config import config_template
 
     text = config_template(workspace=".", batch="B1", plates=CHAIN_BATCHES["B1"])
+    if qc_map:
+        old = "    perform: false                         # [cytoprofile] compute mAP"
+        assert old in text
+        text = text.replace(old, old.replace("false", "true "), 1)
     text = text.replace("processing: null ", f"processing: {chain} ", 1)
     if options:
         text = text.replace("processing_options: null ", f"processing_options: {options} ", 1)
@@ -382,7 +386,7 @@ def chain_workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for i, (batch, plates) in enumerate(CHAIN_BATCHES.items()):
         synth(ws, batch=batch, plates=plates, wells=96, well_subset=32, sites=1, cells=10, features=12, seed=i)
         assert all(r.status == "done" for r in collate(ws, batch, plates, backend=("sqlite",)))
-    assert main(["run", str(_chain_config(ws, JUMP_CHAIN)), "--quiet"]) == 0
+    assert main(["run", str(_chain_config(ws, JUMP_CHAIN, qc_map=True)), "--quiet"]) == 0
     return ws
 
 
@@ -493,3 +497,20 @@ def test_recipe_processing_refuses_bad_chains_with_file_and_line(
                 if text.startswith("processing_options:" if options else "processing:"))
     assert needle in err and f"{config}" in err and f"(line {line})" in err, err
     assert "Traceback" not in err
+
+
+def test_recipe_quality_control_map_scores_the_chain_output(chain_workspace: Path) -> None:
+    from cytoprofile.evaluate import mean_average_precision
+
+    final = pd.read_parquet(_chain_file(chain_workspace, pr.parse_chain(JUMP_CHAIN)))
+    for batch, plates in CHAIN_BATCHES.items():
+        profiles = final[final["Metadata_Plate"].isin(plates)].reset_index(drop=True)
+        expected = mean_average_precision(profiles, mode="activity", features=_feats(final), control_query=NEG,
+                                          neg_sameby=["Metadata_Plate"], null_size=10000, seed=0)
+        written = pd.read_csv(chain_workspace / "quality_control" / "map" / batch / f"{batch}_map_activity.csv")
+        assert len(written) == len(expected) > 1
+        np.testing.assert_allclose(written["mean_average_precision"], expected["mean_average_precision"], rtol=1e-9)
+        np.testing.assert_allclose(written["corrected_p_value"], expected["corrected_p_value"], rtol=1e-9)
+        html = (chain_workspace / "quality_control" / "report" / f"{batch}.html").read_text()
+        assert f"{JUMP_CHAIN}.parquet</code> ({len(_feats(final))} features)" in html
+        assert f"({int(expected['below_corrected_p'].sum())} of {len(expected)} groups" in html

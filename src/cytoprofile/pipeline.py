@@ -716,7 +716,10 @@ def _batch_steps(layout: Layout, recipe: Recipe, plates: dict[str, list[str]], *
     if chain is not None:
         _Chain(layout, plates, chain, chain_options or {}, steps=steps, prefixes=prefixes).run()
     if s.quality_control.perform:
+        from .processing import parse_chain
         from .qc import quality_control
+
+        map_settings = _map_settings(s.quality_control.map)
 
         level = s.feature_select.level if s.feature_select.perform else (
             s.feature_select_negcon.level if s.feature_select_negcon.perform else None)
@@ -728,9 +731,22 @@ def _batch_steps(layout: Layout, recipe: Recipe, plates: dict[str, list[str]], *
                 backend_dir=os.path.abspath(io.join(layout.workspace, "backend")),
                 summary=s.quality_control.summary.perform, heatmaps=s.quality_control.heatmap.perform,
                 summary_well_columns=_summary_well_columns(s.quality_control.summary),
+                map_settings=map_settings,
+                map_profiles=processing_file(layout, parse_chain(chain)) if chain is not None else None,
             )
             result.ran.append(f"quality_control: {batch}")
             result.outputs.append(io.join(layout.root, "quality_control"))
+
+
+def _map_settings(block: Any) -> dict[str, Any] | None:
+    """``quality_control.map`` as ``evaluate.mean_average_precision`` options (None: not asked for)."""
+    settings = {
+        "modes": list(block.modes), "pert_column": block.pert_column, "annotation_column": block.annotation_column,
+        "multilabel_separator": block.multilabel_separator, "control_query": block.control_query,
+        "neg_sameby": list(block.neg_sameby), "pos_diffby": list(block.pos_diffby), "null_size": block.null_size,
+        "threshold": block.threshold, "seed": block.seed,
+    }
+    return settings if block.perform else None
 
 
 def _summary_well_columns(summary: Any) -> tuple[str, str] | None:
