@@ -514,3 +514,26 @@ def test_recipe_quality_control_map_scores_the_chain_output(chain_workspace: Pat
         html = (chain_workspace / "quality_control" / "report" / f"{batch}.html").read_text()
         assert f"{JUMP_CHAIN}.parquet</code> ({len(_feats(final))} features)" in html
         assert f"({int(expected['below_corrected_p'].sum())} of {len(expected)} groups" in html
+
+
+# ------------------------------------------------------------------ memory of the featselect step
+
+
+def test_featselect_correlation_work_space_is_bounded() -> None:
+    """The correlation filter holds the float64 matrix and one transposed copy, no more."""
+    import tracemalloc
+
+    from cytoprofile.feature_select import feature_select
+
+    rng = np.random.default_rng(21)
+    x = rng.normal(size=(4000, 200)).astype(np.float32)
+    x[:, 1] = x[:, 0] * 2 + np.float32(0.01) * x[:, 2]  # one correlated pair
+    df = pd.DataFrame(x, columns=[f"Cells_f{i}" for i in range(x.shape[1])])
+    df.insert(0, "Metadata_Plate", "P1")
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    out = feature_select(df, operations=["correlation_threshold"])
+    peak = tracemalloc.get_traced_memory()[1] - base
+    tracemalloc.stop()
+    assert out.shape[1] == df.shape[1] - 1
+    assert peak <= 4.6 * x.nbytes, peak / x.nbytes

@@ -587,7 +587,9 @@ def harmony(
     data = x if x.shape[0] != x.shape[1] else x.T
     result = harmonypy.run_harmony(data, meta, [batch_key], theta=theta, nclust=n_clusters,
                                    max_iter_harmony=max_iter, random_state=seed, verbose=False, ncores=threads)
+    del data, x  # harmonypy keeps its own float64 copies; ours goes before the float32 result is made
     corrected = np.asarray(result.Z_corr, dtype=np.float32)
+    del result
     return _assemble(profiles, names, corrected, drop=names)
 
 
