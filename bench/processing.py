@@ -351,8 +351,9 @@ def report(params: dict[str, Any], a: Contender, b: Contender, ta: dict[str, Any
         "minutes on this machine if the cost grows linearly with the width (harmony and the correlation filter grow "
         "faster). Our own steps hold the float32 matrix plus column blocks of 64 features of float64 work space "
         "(var, mad, cc, int, wellpos: 1.2–1.9× the matrix above their input; mAP 2.5×, its float64 unit rows); "
-        "the chain's peak comes from feature_select's float64 correlation (about 7×) and harmonypy's float64 copies "
-        "(about 5×): at 800,000 × 1,500 that is about 45 GB at the peak, within a 64 GB machine.",
+        "feature_select holds the float64 matrix and one transposed float64 copy for the correlation (about 4.3×, "
+        "bit for bit numpy's corrcoef); the chain's peak comes from harmonypy's own float64 copies (about 6× above "
+        "its input): at 800,000 × 1,500 that is about 35 GB at the peak, within a 64 GB machine.",
         "",
         "Do the corrections do what they claim? (mAP of the planted actives, activity vs same-plate negative "
         "controls, null size 1000)",
