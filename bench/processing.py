@@ -353,7 +353,7 @@ def report(params: dict[str, Any], a: Contender, b: Contender, ta: dict[str, Any
         "(var, mad, cc, int, wellpos: 1.2–1.9× the matrix above their input; mAP 2.5×, its float64 unit rows); "
         "feature_select holds the float64 matrix and one transposed float64 copy for the correlation (about 4.3×, "
         "bit for bit numpy's corrcoef); the chain's peak comes from harmonypy's own float64 copies (about 6× above "
-        "its input): at 800,000 × 1,500 that is about 35 GB at the peak, within a 64 GB machine.",
+        "its input; 8.7× the matrix for the whole process at 30 plates × 1,000 features): at 800,000 × 1,500 that is about 42 GB at the peak, within a 64 GB machine.",
         "",
         "Do the corrections do what they claim? (mAP of the planted actives, activity vs same-plate negative "
         "controls, null size 1000)",
