@@ -537,3 +537,28 @@ def test_featselect_correlation_work_space_is_bounded() -> None:
     tracemalloc.stop()
     assert out.shape[1] == df.shape[1] - 1
     assert peak <= 4.6 * x.nbytes, peak / x.nbytes
+
+
+@pytest.mark.parametrize("settings,needle", [
+    ("processing_options: {seed: 1}\n", "processing_options without processing has no effect"),
+    ("processing: [var, mad]\nprocessing_options: {input: raw}\n", "input"),
+    ("processing: 7\n", "processing must be a chain string or a list of step names"),
+    ("processing: profiles\n", "processing names no step"),
+    ("quality_control:\n  map: {perform: true, modes: [consistency]}\n", "annotation_column"),
+    ("quality_control:\n  map: {perform: true, modes: [activty]}\n", "modes"),
+])
+def test_processing_and_map_keys_are_checked_at_load(settings: str, needle: str) -> None:
+    from cytoprofile.config import parse_config
+
+    with pytest.raises(ConfigError, match=needle):
+        parse_config(f"pipeline: p\n{settings}---\nbatch: b\nplates: [{{name: p}}]\n", source="c.yml")
+
+
+def test_processing_options_are_kept_as_written() -> None:
+    from cytoprofile.config import parse_config
+
+    recipe = parse_config("pipeline: p\nprocessing: profiles_var_mad_int_harmony\nprocessing_options:\n"
+                          "  batch_key: Metadata_Plate\n  ties: average\n  input: normalized\n"
+                          "---\nbatch: b\nplates: [{name: p}]\n")
+    assert recipe.settings.processing_options == {"batch_key": "Metadata_Plate", "ties": "average",
+                                                  "input": "normalized"}
