@@ -2,7 +2,8 @@
 
 Per plate: aggregate → annotate → normalize → normalize_negcon; then, over the
 selected plates, feature_select and feature_select_negcon at their level (plate,
-batch or all) with optional GCT; then quality control. File names are the
+batch or all) with optional GCT; then the processing chain (``processing:``, over
+every selected plate together); then quality control. File names are the
 recipe's. Each output gets a ``.provenance.json`` sidecar (step settings,
 cytoprofile version, input checksums); a step whose output and sidecar match the
 current settings and inputs is skipped unless ``force``.
