@@ -171,6 +171,26 @@ def test_inverse_normal_equals_pycytominer(rows: int, quantiles: int, samples: s
     pd.testing.assert_frame_equal(ours.reset_index(drop=True), expected.reset_index(drop=True), check_dtype=False)
 
 
+@pytest.mark.parametrize("quantiles", [50, 1000])
+def test_normalize_command_inverse_normal_quantiles_equal_pycytominer(tmp_path: Path, quantiles: int) -> None:
+    from pycytominer import normalize as reference
+
+    rng = np.random.default_rng(quantiles)
+    df = pd.DataFrame(rng.lognormal(size=(300, 3)), columns=[f"Cells_f{i}" for i in range(3)])
+    df.insert(0, "Metadata_Well", [f"W{i:03d}" for i in range(300)])
+    df.to_parquet(tmp_path / "in.parquet")
+    out = tmp_path / "out.parquet"
+    assert main(["normalize", str(tmp_path / "in.parquet"), str(out), "--method", "inverse_normal",
+                 "--inverse-normal-n-quantiles", str(quantiles), "--quiet"]) == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = reference(df, method="inverse_normal", samples="all", inverse_normal_n_quantiles=quantiles)
+    pd.testing.assert_frame_equal(pd.read_parquet(out), expected.reset_index(drop=True), check_dtype=False)
+    if quantiles != 1000:  # the option has an effect
+        default = reference(df, method="inverse_normal", samples="all")
+        assert not np.allclose(pd.read_parquet(out)["Cells_f0"], default["Cells_f0"])
+
+
 # ------------------------------------------------------------------ plate-effect corrections
 
 
@@ -332,3 +352,213 @@ def test_process_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert "int: 192 → 192 rows" in capsys.readouterr().out
     assert main(["process", str(src), str(out), "--chain", "profiles_var_zscore", "-q"]) == 1
     assert main(["rank-int", str(src), str(tmp_path / "r.csv"), "--ties", "average", "-q"]) == 0
+
+
+# ------------------------------------------------------------------ the recipe key processing:
+
+CHAIN_BATCHES = {"B1": ["P1", "P2"], "B2": ["P3"]}
+JUMP_CHAIN = "profiles_var_mad_int_featselect_harmony"
+
+
+def _chain_config(ws: Path, chain: str, options: str = "", name: str = "config.yml", qc_map: bool = False) -> Path:
+    from cytoprofile.config import config_template
+
+    text = config_template(workspace=".", batch="B1", plates=CHAIN_BATCHES["B1"])
+    if qc_map:
+        old = "    perform: false                         # [cytoprofile] compute mAP"
+        assert old in text
+        text = text.replace(old, old.replace("false", "true "), 1)
+    text = text.replace("processing: null ", f"processing: {chain} ", 1)
+    if options:
+        text = text.replace("processing_options: null ", f"processing_options: {options} ", 1)
+    text += "---\nbatch: B2\nplates:\n  - name: P3\n"
+    path = ws / name
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="module")
+def chain_workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from cytoprofile.collate import collate
+    from cytoprofile.synth import synth
+
+    ws = tmp_path_factory.mktemp("chain")
+    for i, (batch, plates) in enumerate(CHAIN_BATCHES.items()):
+        synth(ws, batch=batch, plates=plates, wells=96, well_subset=32, sites=1, cells=10, features=12, seed=i)
+        assert all(r.status == "done" for r in collate(ws, batch, plates, backend=("sqlite",)))
+    assert main(["run", str(_chain_config(ws, JUMP_CHAIN, qc_map=True)), "--quiet"]) == 0
+    return ws
+
+
+def _chain_file(ws: Path, steps: list[str]) -> Path:
+    return ws / "profiles" / "processing" / ("_".join(["profiles", *steps]) + ".parquet")
+
+
+def _stacked_augmented(ws: Path) -> pd.DataFrame:
+    from cytoprofile import io
+
+    frames = []
+    for batch, plates in CHAIN_BATCHES.items():
+        for plate in plates:
+            df = io.read_table(ws / "profiles" / batch / plate / f"{plate}_augmented.csv.gz")
+            df["Metadata_Batch"] = batch
+            meta = [c for c in df.columns if c.startswith("Metadata_")]
+            frames.append(df[meta + [c for c in df.columns if c.startswith(("Cells_", "Cytoplasm_", "Nuclei_"))]])
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_recipe_processing_writes_each_intermediate_equal_to_the_functions(chain_workspace: Path) -> None:
+    import json
+
+    from cytoprofile.feature_select import feature_select
+
+    frame = _stacked_augmented(chain_workspace)
+    expected = {}
+    frame = pr.select_variant_features(frame, features=_feats(frame))
+    expected["var"] = frame
+    frame = pr.mad_normalize(frame, features=_feats(frame))
+    expected["mad"] = frame
+    frame = pr.rank_int(frame, features=_feats(frame))
+    expected["int"] = frame
+    frame = feature_select(frame, features=_feats(frame),
+                           operations=["variance_threshold", "correlation_threshold", "blocklist"])
+    expected["featselect"] = frame
+    expected["harmony"] = pr.harmony(frame, features=_feats(frame), batch_key="Metadata_Batch")
+    steps = pr.parse_chain(JUMP_CHAIN)
+    for i, step in enumerate(steps):
+        path = _chain_file(chain_workspace, steps[: i + 1])
+        ours = pd.read_parquet(path)
+        ref = expected[step]
+        assert list(ours.columns) == list(ref.columns), step
+        np.testing.assert_allclose(ours[_feats(ref)].to_numpy(float), ref[_feats(ref)].to_numpy(float),
+                                   rtol=1e-5, atol=1e-6, err_msg=step)
+        side = json.loads(Path(f"{path}.provenance.json").read_text())
+        assert side["processing"]["step"] == step and side["processing"]["rows_out"] == len(ref)
+        before = len(_feats(expected[steps[i - 1]])) if i else None
+        if before is not None:
+            assert side["features"]["in"] == before
+            assert side["features"]["out"] == len(_feats(ref))
+            assert set(side["features"]["dropped"]) == set(_feats(expected[steps[i - 1]])) - set(_feats(ref))
+            assert set(side["features"]["dropped"].values()) <= {f"processing: {step}"}
+    assert len(_feats(expected["var"])) < len(_feats(_stacked_augmented(chain_workspace)))  # var dropped some
+    assert set(pd.read_parquet(_chain_file(chain_workspace, steps))["Metadata_Batch"]) == {"B1", "B2"}
+
+
+def test_recipe_processing_list_form_and_resume(chain_workspace: Path, tmp_path: Path) -> None:
+    from cytoprofile.pipeline import run
+
+    shutil_copy(chain_workspace, tmp_path / "ws")
+    ws = tmp_path / "ws"
+    listed = _chain_config(ws, "[var, mad, int, featselect, harmony]", name="listed.yml")
+    result = run(str(listed))
+    assert not [r for r in result.ran if r.startswith("processing")], result.ran  # same chain: all current
+    assert sum(r.startswith("processing") for r in result.skipped) == 5
+    steps = ["var", "mad", "int", "featselect", "harmony"]
+    last = _chain_file(ws, steps)
+    reference = pd.read_parquet(last)
+    # a run killed after int: featselect's and harmony's outputs never written
+    _chain_file(ws, steps[:4]).unlink()
+    last.unlink()
+    result = run(str(listed))
+    ran = [r for r in result.ran if r.startswith("processing")]
+    assert [r.split(":")[0] for r in ran] == ["processing featselect", "processing harmony"]
+    pd.testing.assert_frame_equal(pd.read_parquet(last), reference)
+    # an option of one step reruns that step and those after it, not the ones before
+    changed = _chain_config(ws, "[var, mad, int, featselect, harmony]", "{ties: average}", name="changed.yml")
+    result = run(str(changed))
+    ran = [r.split(":")[0] for r in result.ran if r.startswith("processing")]
+    assert ran == ["processing int", "processing featselect", "processing harmony"]
+    expected = pr.rank_int(pd.read_parquet(_chain_file(ws, steps[:2])),
+                           features=_feats(pd.read_parquet(_chain_file(ws, steps[:2]))), ties="average")
+    np.testing.assert_allclose(pd.read_parquet(_chain_file(ws, steps[:3]))[_feats(expected)].to_numpy(float),
+                               expected[_feats(expected)].to_numpy(float), rtol=1e-6)
+
+
+def shutil_copy(src: Path, dest: Path) -> None:
+    import shutil
+
+    shutil.copytree(src, dest, symlinks=True)
+
+
+@pytest.mark.parametrize("chain,options,needle", [
+    ("profiles_var_mad_zscore", "", "processing: unknown step(s) 'zscore'"),
+    ("[var, combat]", "", "unknown step(s) 'combat'"),
+    ("profiles_var_mad", "{batch_kye: Metadata_Plate}", "batch_kye"),
+    ("profiles_var_mad", "{batch_key: Metadata_Plate}", "'batch_key' has no effect"),
+    ("profiles_var_featselect", "{featselect: {corr_treshold: 0.8}}", "corr_treshold"),
+    ("profiles_var_int", "{ties: sometimes}", "ties"),
+])
+def test_recipe_processing_refuses_bad_chains_with_file_and_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], chain: str, options: str, needle: str) -> None:
+    config = _chain_config(tmp_path, chain, options)
+    assert main(["run", str(config), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    line = next(i for i, text in enumerate(config.read_text().splitlines(), 1)
+                if text.startswith("processing_options:" if options else "processing:"))
+    assert needle in err and f"{config}" in err and f"(line {line})" in err, err
+    assert "Traceback" not in err
+
+
+def test_recipe_quality_control_map_scores_the_chain_output(chain_workspace: Path) -> None:
+    from cytoprofile.evaluate import mean_average_precision
+
+    final = pd.read_parquet(_chain_file(chain_workspace, pr.parse_chain(JUMP_CHAIN)))
+    for batch, plates in CHAIN_BATCHES.items():
+        profiles = final[final["Metadata_Plate"].isin(plates)].reset_index(drop=True)
+        expected = mean_average_precision(profiles, mode="activity", features=_feats(final), control_query=NEG,
+                                          neg_sameby=["Metadata_Plate"], null_size=10000, seed=0)
+        written = pd.read_csv(chain_workspace / "quality_control" / "map" / batch / f"{batch}_map_activity.csv")
+        assert len(written) == len(expected) > 1
+        np.testing.assert_allclose(written["mean_average_precision"], expected["mean_average_precision"], rtol=1e-9)
+        np.testing.assert_allclose(written["corrected_p_value"], expected["corrected_p_value"], rtol=1e-9)
+        html = (chain_workspace / "quality_control" / "report" / f"{batch}.html").read_text()
+        assert f"{JUMP_CHAIN}.parquet</code> ({len(_feats(final))} features)" in html
+        assert f"({int(expected['below_corrected_p'].sum())} of {len(expected)} groups" in html
+
+
+# ------------------------------------------------------------------ memory of the featselect step
+
+
+def test_featselect_correlation_work_space_is_bounded() -> None:
+    """The correlation filter holds the float64 matrix and one transposed copy, no more."""
+    import tracemalloc
+
+    from cytoprofile.feature_select import feature_select
+
+    rng = np.random.default_rng(21)
+    x = rng.normal(size=(4000, 200)).astype(np.float32)
+    x[:, 1] = x[:, 0] * 2 + np.float32(0.01) * x[:, 2]  # one correlated pair
+    df = pd.DataFrame(x, columns=[f"Cells_f{i}" for i in range(x.shape[1])])
+    df.insert(0, "Metadata_Plate", "P1")
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    out = feature_select(df, operations=["correlation_threshold"])
+    peak = tracemalloc.get_traced_memory()[1] - base
+    tracemalloc.stop()
+    assert out.shape[1] == df.shape[1] - 1
+    assert peak <= 4.6 * x.nbytes, peak / x.nbytes
+
+
+@pytest.mark.parametrize("settings,needle", [
+    ("processing_options: {seed: 1}\n", "processing_options without processing has no effect"),
+    ("processing: [var, mad]\nprocessing_options: {input: raw}\n", "input"),
+    ("processing: 7\n", "processing must be a chain string or a list of step names"),
+    ("processing: profiles\n", "processing names no step"),
+    ("quality_control:\n  map: {perform: true, modes: [consistency]}\n", "annotation_column"),
+    ("quality_control:\n  map: {perform: true, modes: [activty]}\n", "modes"),
+])
+def test_processing_and_map_keys_are_checked_at_load(settings: str, needle: str) -> None:
+    from cytoprofile.config import parse_config
+
+    with pytest.raises(ConfigError, match=needle):
+        parse_config(f"pipeline: p\n{settings}---\nbatch: b\nplates: [{{name: p}}]\n", source="c.yml")
+
+
+def test_processing_options_are_kept_as_written() -> None:
+    from cytoprofile.config import parse_config
+
+    recipe = parse_config("pipeline: p\nprocessing: profiles_var_mad_int_harmony\nprocessing_options:\n"
+                          "  batch_key: Metadata_Plate\n  ties: average\n  input: normalized\n"
+                          "---\nbatch: b\nplates: [{name: p}]\n")
+    assert recipe.settings.processing_options == {"batch_key": "Metadata_Plate", "ties": "average",
+                                                  "input": "normalized"}

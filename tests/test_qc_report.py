@@ -197,3 +197,54 @@ def test_report_in_headless_chromium(qc_run, tmp_path: Path) -> None:
     keep = os.environ.get("CYTOPROFILE_QC_SCREENSHOT")
     if keep:
         shutil.copy(shot, keep)
+
+
+# --- mAP panels ---
+
+MAP_SETTINGS = {"modes": ["activity", "consistency"], "annotation_column": "Metadata_moa", "pert_column": None,
+                "control_query": "Metadata_control_type == 'negcon'", "neg_sameby": ["Metadata_Plate"],
+                "pos_diffby": [], "multilabel_separator": None, "null_size": 2000, "threshold": 0.05, "seed": 0}
+
+
+def test_map_panels_equal_evaluate(tmp_path: Path) -> None:
+    from cytoprofile.evaluate import mean_average_precision
+
+    root = tmp_path / "ws"
+    plates = write_workspace(root)
+    frames = []
+    for plate in ("P1", "P2"):
+        path = root / "profiles" / "B1" / plate / f"{plate}_normalized_feature_select_negcon_batch.csv.gz"
+        frame = pd.read_csv(path)
+        frame = frame.dropna(subset=["Metadata_broad_sample"]).reset_index(drop=True)  # wells left empty
+        frame["Metadata_moa"] = "moa_" + frame["Metadata_broad_sample"].str.split("-").str[0]
+        frame.to_csv(path, index=False)
+        frames.append(frame)
+    result = qc.quality_control(root, "B1", plates, n_null=500, heatmaps=False, map_settings=dict(MAP_SETTINGS))
+    profiles = pd.concat(frames, ignore_index=True)
+    text = _text((root / "quality_control" / "report" / "B1.html").read_text())
+    assert result.mean_ap is not None and result.mean_ap["n_features"] == len(FEATURES)
+    assert f"mAP of PLATE_normalized_feature_select_negcon_batch.csv.gz of 2 plates ({len(FEATURES)} features)" in text
+    for mode in ("activity", "consistency"):
+        options = {k: v for k, v in MAP_SETTINGS.items() if k != "modes"}
+        expected = mean_average_precision(profiles, mode=mode, features=FEATURES, **options)  # type: ignore[arg-type]
+        written = pd.read_csv(root / "quality_control" / "map" / "B1" / f"B1_map_{mode}.csv")
+        assert len(written) == len(expected) > 1
+        for column in ("mean_average_precision", "p_value", "corrected_p_value"):
+            np.testing.assert_allclose(written[column], expected[column], rtol=1e-9, err_msg=column)
+        assert written["below_corrected_p"].tolist() == expected["below_corrected_p"].tolist()
+        share = expected.attrs["fraction_retrieved"]
+        n_retrieved = int(expected["below_corrected_p"].sum())
+        assert f"Retrieved ({mode}): {qc.format_number(share * 100, decimals=1)}%" in text
+        assert f"({n_retrieved} of {len(expected)} groups" in text
+        assert f"Table: quality_control/map/B1/B1_map_{mode}.csv" in text
+    activity = mean_average_precision(profiles, mode="activity", features=FEATURES,
+                                      **{k: v for k, v in MAP_SETTINGS.items() if k != "modes"})  # type: ignore[arg-type]
+    assert 0 < activity.attrs["fraction_retrieved"] < 1  # strong treatments retrieved, null ones not
+    assert 'alt="mAP (activity) for batch B1"' in (root / "quality_control" / "report" / "B1.html").read_text()
+
+
+def test_no_map_panel_unless_asked(qc_run) -> None:
+    root, _, result = qc_run
+    assert result.mean_ap is None
+    assert "Mean average precision" not in (root / "quality_control" / "report" / "B1.html").read_text()
+    assert not (root / "quality_control" / "map").exists()

@@ -432,7 +432,7 @@ def annotate(
 def normalize(
     profiles: Annotated[str, typer.Argument(help="Annotated profiles.")],
     output: Annotated[str, typer.Argument(help="Normalized output table.")],
-    method: Annotated[str, typer.Option(help="standardize (the default, as pycytominer's), robustize, mad_robustize or spherize.")] = "standardize",
+    method: Annotated[str, typer.Option(help="standardize (the default, as pycytominer's), robustize, mad_robustize, spherize or inverse_normal.")] = "standardize",
     samples: Annotated[str, typer.Option(help="Wells to fit on: all, or a query such as \"Metadata_control_type == 'negcon'\".")] = "all",
     sample_filter: Annotated[list[str] | None, typer.Option(help="Fit on wells where COLUMN=VALUE[,VALUE] (repeatable).")] = None,
     features: Annotated[list[str] | None, typer.Option(help="Feature columns (default: inferred).")] = None,
@@ -442,6 +442,7 @@ def normalize(
     spherize_epsilon: Annotated[float, typer.Option(help="Spherize regularization.")] = 1e-6,
     min_cells: Annotated[int | None, typer.Option(help="Fit only on wells with at least this many cells.")] = None,
     compartments: CompartmentsOpt = None,
+    inverse_normal_n_quantiles: Annotated[int, typer.Option(help="inverse_normal: quantiles of the fitted transform.")] = 1000,
     float_format: FloatFormatOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -457,7 +458,7 @@ def normalize(
                     samples=samples, sample_filter=_sample_filter(sample_filter), method=method,
                     mad_robustize_epsilon=mad_robustize_epsilon, spherize_method=spherize_method,
                     spherize_epsilon=spherize_epsilon, min_cells=min_cells, compartments=_split(compartments),
-                    on_account=accounts.append)
+                    inverse_normal_n_quantiles=inverse_normal_n_quantiles, on_account=accounts.append)
     io.write_table(df, output, float_format=float_format)
     _provenance(output, "normalize", [profiles], accounts[0])
     log.info("wrote %d rows × %d columns to %s", len(df), df.shape[1], output)

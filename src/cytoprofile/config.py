@@ -29,6 +29,8 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -65,6 +67,8 @@ __all__ = [
     "FeatureSelectConfig",
     "SummaryConfig",
     "HeatmapConfig",
+    "MapConfig",
+    "PROCESSING_INPUTS",
     "QualityControlConfig",
     "OptionsConfig",
     "ExecutorConfig",
@@ -488,12 +492,43 @@ class HeatmapConfig(_Block):
     perform: bool = True
 
 
+def _activity_only() -> list[Literal["activity", "consistency"]]:
+    return ["activity"]
+
+
+class MapConfig(_Block):
+    """``quality_control.map`` (cytoprofile extension): mAP of the QC profiles.
+
+    ``modes``: ``activity`` (replicates vs negative controls) and/or ``consistency``
+    (profiles sharing ``annotation_column`` vs those sharing none), with copairs' null.
+    """
+
+    perform: bool = False
+    modes: list[Literal["activity", "consistency"]] = Field(default_factory=_activity_only, min_length=1)
+    pert_column: str | None = None
+    annotation_column: str | None = None
+    multilabel_separator: str | None = None
+    control_query: str = Field(default=NEGCON_QUERY, min_length=1)
+    neg_sameby: Annotated[list[str], BeforeValidator(_str_list)] = Field(default_factory=lambda: ["Metadata_Plate"])
+    pos_diffby: Annotated[list[str], BeforeValidator(_str_list)] = Field(default_factory=list)
+    null_size: int = Field(default=10000, ge=1)
+    threshold: float = Field(default=0.05, gt=0, le=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _complete(self) -> MapConfig:
+        if self.perform and "consistency" in self.modes and not self.annotation_column:
+            raise PydanticCustomError("required_if", "mode 'consistency' needs annotation_column (e.g. Metadata_moa)")
+        return self
+
+
 class QualityControlConfig(_Block):
     """``quality_control``: summary table and heatmaps over all plates."""
 
     perform: bool = True
     summary: SummaryConfig = Field(default_factory=SummaryConfig)
     heatmap: HeatmapConfig = Field(default_factory=HeatmapConfig)
+    map: MapConfig = Field(default_factory=MapConfig)
 
 
 class OptionsConfig(_Block):
@@ -531,6 +566,50 @@ class ExecutorConfig(_Block):
     jobs: int = Field(default=1, ge=1)
 
 
+#: Where the processing chain starts: the plates' annotated (default) or normalized profiles.
+PROCESSING_INPUTS: tuple[str, ...] = ("augmented", "normalized", "normalized_negcon")
+
+
+class _ChainOptions(BaseModel):
+    """Types of ``processing_options`` (``processing.run_chain``'s options, plus ``input``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: Literal["augmented", "normalized", "normalized_negcon"] = "augmented"
+    plate_column: str = "Metadata_Plate"
+    samples: str = Field(default=NEGCON_QUERY, min_length=1)
+    plates_without_controls: Literal["error", "drop"] = "error"
+    well_column: str = "Metadata_Well"
+    cell_count_column: str = "Metadata_Count_Cells"
+    min_unique: int = Field(default=100, ge=0)
+    outlier_bound: float = Field(default=100.0, gt=0)
+    variance_fraction: float = Field(default=0.98, gt=0, le=1)
+    ties: Literal["random", "average"] = "random"
+    sphering_epsilon: float | list[float] = Field(default_factory=lambda: [10.0**k for k in range(-5, 4)])
+    pert_column: str = "Metadata_broad_sample"
+    neg_sameby: list[str] = Field(default_factory=lambda: ["Metadata_Plate"])
+    batch_key: str = "Metadata_Batch"
+    seed: int = 0
+    featselect: dict[str, Any] = Field(default_factory=dict)
+
+
+def _check_processing(value: Any) -> Any:
+    """The chain (``profiles_var_mad_int`` or a list of step names), each step known."""
+    from .processing import parse_chain
+
+    if value is None:
+        return value
+    if not (isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))):
+        raise PydanticCustomError("processing", "processing must be a chain string or a list of step names")
+    try:
+        steps = parse_chain(value)
+    except ConfigError as exc:
+        raise PydanticCustomError("processing", str(exc).removeprefix("processing: ")) from exc
+    if not steps:
+        raise PydanticCustomError("processing", "processing names no step")
+    return value
+
+
 def _skipped(block: type[_Block]) -> Any:
     """Default for a step block that is absent: the recipe then skips the step."""
     return lambda: block.model_validate({"perform": False})
@@ -558,6 +637,31 @@ class RecipeConfig(_Block):
     # cytoprofile extensions
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
     workspace: str | None = None
+    processing: Annotated[str | list[str] | None, BeforeValidator(_check_processing)] = None
+    processing_options: dict[str, Any] | None = None
+
+    @field_validator("processing_options")
+    @classmethod
+    def _check_processing_options(cls, value: Any, info: ValidationInfo) -> Any:
+        """Option names and types (``_ChainOptions``), each used by a step of the chain."""
+        from .processing import check_chain_options
+
+        if value is None:
+            return value
+        chain = info.data.get("processing")
+        if chain is None:
+            raise PydanticCustomError("processing", "processing_options without processing has no effect")
+        try:
+            options = _ChainOptions.model_validate(value).model_dump(exclude_unset=True)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise PydanticCustomError("processing", "{where}: {msg}", {"where": where, "msg": _message(first)}) from exc
+        try:
+            check_chain_options(chain, {k: v for k, v in options.items() if k != "input"})
+        except ConfigError as exc:
+            raise PydanticCustomError("processing", str(exc)) from exc
+        return options
 
 
 # --- batches and the whole file ---
@@ -850,6 +954,7 @@ def _upgrade(data: dict[str, Any], node: yaml.Node, source: str, problems: list[
 
 _OWN_ERRORS = frozenset(
     {
+        "processing",
         "choice",
         "features",
         "fields",

@@ -84,6 +84,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _BLOCK = 512  # rows of the correlation matrix handled at once
+_MATRIX_BLOCK = 64  # feature columns converted to float64 at once
 
 
 # ---------------------------------------------------------------- shared helpers
@@ -106,12 +107,20 @@ def _coerce_numeric(column: pd.Series, name: str) -> pd.Series:
 
 
 def feature_matrix(profiles: pd.DataFrame, features: Sequence[str]) -> np.ndarray:
-    """The features as a float64 (rows x features) array; NaN stays NaN."""
-    block = profiles.loc[:, list(features)]
+    """The features as a float64 (rows x features) array; NaN stays NaN.
+
+    Filled a block of columns at a time, so the only full-size array is the result.
+    """
+    names = list(features)
     try:
-        return block.to_numpy(dtype=np.float64, na_value=np.nan)
+        out = np.empty((len(profiles), len(names)), dtype=np.float64)
+        for s in range(0, len(names), _MATRIX_BLOCK):
+            out[:, s : s + _MATRIX_BLOCK] = profiles.loc[:, names[s : s + _MATRIX_BLOCK]].to_numpy(
+                dtype=np.float64, na_value=np.nan)
+        return out
     except (TypeError, ValueError):
         pass
+    block = profiles.loc[:, names]
     cols = {f: _coerce_numeric(block[f], f) for f in features}
     return pd.DataFrame(cols, index=block.index).to_numpy(dtype=np.float64, na_value=np.nan)
 
@@ -263,7 +272,7 @@ def _frequency_excluded(x: np.ndarray, freq_cut: float, unique_cut: float) -> np
     that to a few times one block instead of many times the whole matrix.
     """
     d = x.shape[1]
-    step = max(1, (1 << 21) // max(1, x.shape[0]))  # about 2M values a block
+    step = max(1, (1 << 18) // max(1, x.shape[0]))  # about 256K values a block (~10 work arrays each)
     if d <= step:
         return _frequency_excluded_block(x, freq_cut, unique_cut)
     return np.concatenate([_frequency_excluded_block(x[:, i : i + step], freq_cut, unique_cut)
@@ -375,21 +384,45 @@ def _pairwise_pearson_nan(x: np.ndarray) -> np.ndarray:
     return out
 
 
+def _corrcoef_in_place(xt: np.ndarray) -> np.ndarray:
+    """``np.corrcoef(xt)`` (features x rows, C-contiguous float64), centring ``xt`` in place.
+
+    The same operations in the same order and layout as numpy's, so the result is
+    bit for bit numpy's, without its full-size copy of the input.
+    """
+    avg = np.average(xt, axis=1)
+    fact = max(xt.shape[1] - 1, 0)
+    xt -= avg[:, None]
+    c = np.dot(xt, xt.T)
+    c *= np.true_divide(1, fact)
+    stddev = np.sqrt(np.diag(c))
+    c /= stddev[:, None]
+    c /= stddev[None, :]
+    np.clip(c, -1, 1, out=c)
+    return c
+
+
+def _own_rows_copy(x: np.ndarray) -> np.ndarray:
+    """``x.T`` as a C-contiguous float64 array that shares no memory with ``x``."""
+    xt = np.ascontiguousarray(x.T, dtype=np.float64)
+    return xt.copy() if np.shares_memory(xt, x) else xt
+
+
 def _correlation_matrix(x: np.ndarray, names: Sequence[str], method: str) -> np.ndarray:
     """Feature-by-feature correlation, computed as the reference computes it."""
     finite = bool(np.isfinite(x).all())
     if method == "pearson" and finite:
-        # same call and memory layout as the reference, so ties resolve identically
+        # same operations and memory layout as the reference, so ties resolve identically
         with _quiet(), np.errstate(divide="ignore", invalid="ignore"):
-            return np.asarray(np.corrcoef(np.ascontiguousarray(x.T)))
+            return _corrcoef_in_place(_own_rows_copy(x))
     if method == "pearson" and not np.isinf(x).any():
         return _pairwise_pearson_nan(x)
     if method == "spearman" and finite:
         from scipy.stats import rankdata
 
-        ranks = rankdata(x, axis=0)
+        ranks = _own_rows_copy(rankdata(x, axis=0))
         with _quiet(), np.errstate(divide="ignore", invalid="ignore"):
-            return np.asarray(np.corrcoef(np.ascontiguousarray(ranks.T)))
+            return _corrcoef_in_place(ranks)
     # spearman/kendall with missing values, or infinities: pandas' pairwise routines
     frame = pd.DataFrame(x, columns=pd.Index(list(names)))
     return frame.corr(method=method).to_numpy()  # type: ignore[arg-type]
@@ -570,7 +603,7 @@ def dropped_features(
     by: dict[str, str] = {}
     for op in ops:
         idx = np.flatnonzero(keep)
-        x = x_all[:, idx]
+        x = x_all if keep.all() else x_all[:, idx]  # no copy while every feature is kept
         kind = op
         if op == "variance_threshold":
             kind = "frequency_threshold" if meaning == "frequency" else "variance"

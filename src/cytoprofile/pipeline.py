@@ -2,7 +2,8 @@
 
 Per plate: aggregate → annotate → normalize → normalize_negcon; then, over the
 selected plates, feature_select and feature_select_negcon at their level (plate,
-batch or all) with optional GCT; then quality control. File names are the
+batch or all) with optional GCT; then the processing chain (``processing:``, over
+every selected plate together); then quality control. File names are the
 recipe's. Each output gets a ``.provenance.json`` sidecar (step settings,
 cytoprofile version, input checksums); a step whose output and sidecar match the
 current settings and inputs is skipped unless ``force``.
@@ -35,7 +36,7 @@ from .vocabulary import (
     with_metadata_prefix,
 )
 
-__all__ = ["Layout", "RunResult", "compartment_prefixes", "run", "step_outputs"]
+__all__ = ["Layout", "RunResult", "compartment_prefixes", "processing_file", "run", "step_outputs"]
 
 log = logging.getLogger("cytoprofile.pipeline")
 Progress = Callable[[str, int, int], None]
@@ -833,9 +834,15 @@ def _batch_steps(layout: Layout, recipe: Recipe, plates: dict[str, list[str]], *
         _feature_select_level(layout, recipe, plates, negcon=False, steps=steps, prefixes=prefixes)
     if s.feature_select_negcon.perform:
         _feature_select_level(layout, recipe, plates, negcon=True, steps=steps, prefixes=prefixes)
+    chain, chain_options = s.processing, s.processing_options
+    if chain is not None:
+        _Chain(layout, plates, chain, chain_options or {}, steps=steps, prefixes=prefixes).run()
     result.qc = "QC: not run (quality_control.perform: false)"
     if s.quality_control.perform:
+        from .processing import parse_chain
         from .qc import quality_control
+
+        map_settings = _map_settings(s.quality_control.map)
 
         level = s.feature_select.level if s.feature_select.perform else (
             s.feature_select_negcon.level if s.feature_select_negcon.perform else None)
@@ -847,6 +854,8 @@ def _batch_steps(layout: Layout, recipe: Recipe, plates: dict[str, list[str]], *
                 backend_dir=os.path.abspath(io.join(layout.workspace, "backend")),
                 summary=s.quality_control.summary.perform, heatmaps=s.quality_control.heatmap.perform,
                 summary_well_columns=_summary_well_columns(s.quality_control.summary),
+                map_settings=map_settings,
+                map_profiles=processing_file(layout, parse_chain(chain)) if chain is not None else None,
             )
             result.ran.append(f"quality_control: {batch}")
             result.outputs.append(io.join(layout.root, "quality_control"))
@@ -879,6 +888,17 @@ def _products(layout: Layout, recipe: Recipe, plates: dict[str, list[str]]) -> l
 
 def _relative(path: str, root: str) -> str:
     return path[len(root):].lstrip("/") if io.is_remote(root) else os.path.relpath(path, root)
+
+
+def _map_settings(block: Any) -> dict[str, Any] | None:
+    """``quality_control.map`` as ``evaluate.mean_average_precision`` options (None: not asked for)."""
+    settings = {
+        "modes": list(block.modes), "pert_column": block.pert_column, "annotation_column": block.annotation_column,
+        "multilabel_separator": block.multilabel_separator, "control_query": block.control_query,
+        "neg_sameby": list(block.neg_sameby), "pos_diffby": list(block.pos_diffby), "null_size": block.null_size,
+        "threshold": block.threshold, "seed": block.seed,
+    }
+    return settings if block.perform else None
 
 
 def _summary_well_columns(summary: Any) -> tuple[str, str] | None:
@@ -970,3 +990,94 @@ def _plate_task_entry(task: tuple[Layout, Recipe, str, str, bool, str | None], o
     if io.is_remote(layout.root):
         return _remote_plate_task(layout, recipe, batch, plate, force, tmp_dir)
     return _plate_task(layout, recipe, batch, plate, force)
+
+
+# --- the processing chain (recipe key ``processing:``) ---
+
+_CHAIN_INPUTS = {"augmented": "_augmented", "normalized": "_normalized", "normalized_negcon": "_normalized_negcon"}
+
+
+def processing_file(layout: Layout, steps: Sequence[str]) -> str:
+    """``OUTPUT_DIR/processing/profiles_<steps>.parquet``: the chain's output after ``steps``."""
+    return io.join(layout.root, layout.output_dir, "processing", "_".join(["profiles", *steps]) + ".parquet")
+
+
+class _Chain:
+    """The processing chain over every selected plate together, one intermediate per step.
+
+    Starts from each plate's annotated profiles (or the ``input`` option's), metadata
+    and features only, with ``Metadata_Batch`` (the batch's name) added when absent.
+    Each step's output is a Parquet table with a sidecar; a step whose output is current
+    for its input and its options is skipped, so a run killed mid-chain resumes there.
+    """
+
+    def __init__(self, layout: Layout, plates: dict[str, list[str]], chain: str | list[str],
+                 options: Mapping[str, Any], *, steps: _Steps, prefixes: Sequence[str]) -> None:
+        from .processing import parse_chain
+
+        self.layout, self.plates, self.steps, self.prefixes = layout, plates, steps, prefixes
+        self.chain = parse_chain(chain)
+        self.options = {k: v for k, v in options.items() if k != "input"}
+        self.stem = _CHAIN_INPUTS[str(options.get("input", "augmented"))]
+        self.frame: pd.DataFrame | None = None
+
+    def _stacked(self, inputs: Sequence[str]) -> _Made:
+        frames: list[pd.DataFrame] = []
+        left_out: dict[str, str] = {}
+        before: list[str] = []
+        for path in inputs:
+            batch = os.path.basename(os.path.dirname(os.path.dirname(path)))
+            df = io.read_table(path)
+            features = _feature_columns(df, self.prefixes, image_features=False, where=path)
+            meta = metadata_columns(df.columns)
+            if "Metadata_Batch" not in df.columns:
+                df["Metadata_Batch"] = batch
+                meta.append("Metadata_Batch")
+            before += [c for c in df.columns if c not in before]
+            left_out |= {c: "processing: only Metadata_ columns and features are processed"
+                         for c in df.columns if c not in set(meta) | set(features)}
+            frames.append(df[meta + features])
+        return _Made(pd.concat(frames, ignore_index=True), before=before, dropped=left_out)
+
+    def _input(self, inputs: Sequence[str], first: bool) -> _Made:
+        if self.frame is not None:
+            return _Made(self.frame)
+        return self._stacked(inputs) if first else _Made(io.read_table(inputs[0]))
+
+    def _settings(self, step: str, done: Sequence[str]) -> dict[str, Any]:
+        from .processing import CHAIN_OPTIONS
+
+        used = {k: v for k, v in self.options.items() if step in CHAIN_OPTIONS[k]}
+        return {"step": step, "after": list(done), "input": self.stem.lstrip("_"), "options": used}
+
+    def _step(self, step: str, inputs: Sequence[str], first: bool) -> _Made:
+        from .processing import run_chain
+
+        start = self._input(inputs, first)
+        frame = start.frame
+        features = [c for c in frame.columns if not str(c).startswith(_METADATA)]
+        report: list[dict[str, Any]] = []
+        out = run_chain(frame, [step], features=features, report=report, **self.options)
+        self.frame = out
+        entry = report[0]
+        why = f"processing: {step}" + (" (replaced by principal components)" if step == "pca" else "")
+        before = list(start.before) if start.before is not None else list(frame.columns)
+        dropped = dict(start.dropped) | {c: why for c in frame.columns if c not in set(out.columns)}
+        extra = {"processing": {k: entry[k] for k in ("step", "rows_in", "rows_out", "features_in", "features_out",
+                                                        "dropped_plates", "seconds")}}
+        if "sphering" in out.attrs:
+            extra["processing"]["sphering"] = out.attrs["sphering"]
+        return _Made(out, before=before, dropped=dropped, extra=extra)
+
+    def run(self) -> None:
+        inputs = [self.layout.plate_file(b, p, self.stem) for b, names in self.plates.items() for p in names]
+        for i, step in enumerate(self.chain):
+            output = processing_file(self.layout, self.chain[: i + 1])
+            first = i == 0
+
+            def make(step: str = step, inputs: Sequence[str] = inputs, first: bool = first) -> _Made:
+                return self._step(step, inputs, first)
+
+            if not self.steps.run(f"processing {step}", inputs, {output: make}, self._settings(step, self.chain[:i])):
+                self.frame = None  # current on disk: the next step that runs reads it
+            inputs = [output]

@@ -50,7 +50,9 @@ from .vocabulary import PLATES_WITHOUT_CONTROLS
 from .vocabulary import PROCESSING_STEPS as CHAIN_STEPS
 
 __all__ = [
+    "CHAIN_OPTIONS",
     "CHAIN_STEPS",
+    "check_chain_options",
     "SPHERING_GRID",
     "correct_well_position",
     "drop_na_features",
@@ -69,6 +71,24 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: ``run_chain`` options and the steps each one affects.
+CHAIN_OPTIONS: dict[str, tuple[str, ...]] = {
+    "plate_column": ("var", "mad"),
+    "samples": ("var", "mad", "sphering"),
+    "plates_without_controls": ("var", "mad"),
+    "well_column": ("wellpos",),
+    "cell_count_column": ("cc",),
+    "min_unique": ("cc",),
+    "outlier_bound": ("outlier",),
+    "variance_fraction": ("pca",),
+    "ties": ("int",),
+    "sphering_epsilon": ("sphering",),
+    "pert_column": ("sphering",),
+    "neg_sameby": ("sphering",),
+    "batch_key": ("harmony",),
+    "seed": ("int", "harmony"),
+    "featselect": ("featselect",),
+}
 SPHERING_GRID: tuple[float, ...] = tuple(10.0**k for k in range(-5, 4))
 _BLOCK = 64  # feature columns handled at once (float64 work space: rows x 64 per temporary)
 
@@ -566,7 +586,9 @@ def harmony(
     data = x if x.shape[0] != x.shape[1] else x.T
     result = harmonypy.run_harmony(data, meta, [batch_key], theta=theta, nclust=n_clusters,
                                    max_iter_harmony=max_iter, random_state=seed, verbose=False, ncores=threads)
+    del data, x  # harmonypy keeps its own float64 copies; ours goes before the float32 result is made
     corrected = np.asarray(result.Z_corr, dtype=np.float32)
+    del result
     return _assemble(profiles, names, corrected, drop=names)
 
 
@@ -587,6 +609,29 @@ def parse_chain(chain: str | Sequence[str]) -> list[str]:
             f"processing: unknown step(s) {', '.join(map(repr, unknown))}; accepted: {', '.join(CHAIN_STEPS)}"
         )
     return parts
+
+
+def check_chain_options(chain: str | Sequence[str], options: Mapping[str, Any]) -> None:
+    """Refuse option names ``run_chain`` does not take, and options no step of ``chain`` uses."""
+    import difflib
+    import inspect
+
+    from .feature_select import feature_select
+
+    steps = set(parse_chain(chain))
+    for name in options:
+        if name not in CHAIN_OPTIONS:
+            close = difflib.get_close_matches(str(name), list(CHAIN_OPTIONS), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"unknown processing option {name!r}{hint}; accepted: {', '.join(CHAIN_OPTIONS)}")
+        if not steps & set(CHAIN_OPTIONS[name]):
+            raise ConfigError(f"processing option {name!r} has no effect: it is used by step(s) "
+                              f"{', '.join(CHAIN_OPTIONS[name])}, none of which is in the chain")
+    taken = set(inspect.signature(feature_select).parameters) - {
+        "profiles", "features", "image_features", "compartments", "on_account"}
+    for name in options.get("featselect") or {}:
+        if name not in taken:
+            raise ConfigError(f"unknown featselect option {name!r}; accepted: {', '.join(sorted(taken))}")
 
 
 def _step_call(step: str, frame: pd.DataFrame, names: list[str], o: Mapping[str, Any]) -> pd.DataFrame:
@@ -645,7 +690,7 @@ def run_chain(
 ) -> pd.DataFrame:
     """Apply the steps of ``chain`` (see ``parse_chain``) in order.
 
-    ``featselect`` holds ``feature_select`` options (default: frequency and
+    ``featselect`` holds ``feature_select`` options over the defaults (frequency and
     correlation thresholds and the blocklist). When ``report`` is a list, one entry
     per step is appended: step, rows and features in and out, the dropped features
     and plates, and seconds.
@@ -658,8 +703,8 @@ def run_chain(
         "outlier_bound": outlier_bound, "variance_fraction": variance_fraction, "ties": ties,
         "sphering_epsilon": sphering_epsilon, "pert_column": pert_column, "neg_sameby": tuple(neg_sameby),
         "batch_key": batch_key, "seed": seed,
-        "featselect": dict(featselect) if featselect is not None else
-        {"operations": ["variance_threshold", "correlation_threshold", "blocklist"]},
+        "featselect": {"operations": ["variance_threshold", "correlation_threshold", "blocklist"]}
+        | dict(featselect or {}),
     }
     frame = profiles
     for step in steps:

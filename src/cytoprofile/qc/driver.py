@@ -16,10 +16,12 @@ from typing import Any
 import pandas as pd
 
 from .. import io as cpio
-from ..errors import InputError
+from ..errors import CytoprofileError, InputError
+from ..vocabulary import is_metadata
 from .figures import cell_count_figure, correlation_figure, figure_png, position_effect_figure
 from .metrics import (
     REPLICATE_CANDIDATES,
+    map_tables,
     percent_replicating,
     plate_rows,
     shared_features,
@@ -41,7 +43,8 @@ class QualityControlResult:
 
     ``qc_profiles`` maps each plate to the profile file its correlation maps, position
     effect and percent replicating used; ``n_features`` is the size of the one feature
-    set they share.
+    set they share. ``mean_ap`` (with ``map_settings``): the mAP ``tables`` by mode, their
+    ``source`` file, ``n_features``, ``threshold`` and the ``paths`` written.
     """
 
     summary_path: str | None = None
@@ -54,6 +57,7 @@ class QualityControlResult:
     qc_profiles: dict[str, str] = field(default_factory=dict)
     n_features: int | None = None
     quarantine: dict[str, pd.DataFrame | None] = field(default_factory=dict)
+    mean_ap: dict[str, Any] | None = None
 
 
 @dataclass
@@ -189,6 +193,8 @@ def quality_control(
     heatmaps: bool = True,
     report: bool = True,
     summary_well_columns: Sequence[str] | None = None,
+    map_settings: dict[str, Any] | None = None,
+    map_profiles: str | None = None,
 ) -> QualityControlResult:
     """Run QC for ``plates`` of ``batch`` in a workspace and write its outputs.
 
@@ -204,6 +210,10 @@ def quality_control(
     ``quality_control/heatmap/BATCH/PLATE/PLATE_{cell_count,correlation,position_effect}.png``
     and ``quality_control/report/BATCH.html``. ``summary_well_columns`` are the
     load_data columns sites are grouped into wells by (default: see ``summarize_plate``).
+    ``map_settings`` (``modes``, ``threshold`` and the other options of
+    ``evaluate.mean_average_precision``) adds mAP of the batch's plates, from
+    ``map_profiles`` (every non-``Metadata_`` column a feature) or else the correlation
+    panels' profiles and features, written to ``quality_control/map/BATCH/BATCH_map_MODE.csv``.
     """
     if level is not None and level not in _LEVELS:
         raise InputError(f"level {level!r}: use one of {', '.join(_LEVELS)}")
@@ -234,9 +244,41 @@ def quality_control(
             cpio.write_table(result.summary, result.summary_path)
     _replication(result, frames, features, replicate_column=replicate_column, negcon_column=negcon_column,
                  negcon_value=negcon_value, n_null=n_null, seed=seed)
+    if map_settings is not None:
+        _mean_ap(result, frames, features, qc_root, batch, [p.name for p in inputs], map_settings, map_profiles)
     if report:
         _write_report(result, qc_root, batch, rows, figures, inputs, description)
     return result
+
+
+def _mean_ap(result: QualityControlResult, frames: dict[str, pd.DataFrame], features: list[str], qc_root: str,
+             batch: str, plates: Sequence[str], settings: dict[str, Any], map_profiles: str | None) -> None:
+    """mAP of the batch's profiles by mode, each table written to ``quality_control/map/BATCH/``."""
+    options = dict(settings)
+    modes = options.pop("modes", ["activity"])
+    source: str | None = None
+    if map_profiles is not None:
+        profiles = cpio.read_table(map_profiles)
+        if "Metadata_Plate" in profiles.columns:
+            profiles = profiles.loc[profiles["Metadata_Plate"].astype(str).isin(list(plates))].reset_index(drop=True)
+        names = [c for c in profiles.columns if not is_metadata(c)]
+        source = os.path.basename(map_profiles)
+    elif frames:
+        profiles, names = pd.concat(list(frames.values()), ignore_index=True), features
+    else:
+        raise InputError("quality_control.map: no feature-selected profiles (PLATE_normalized_feature_select_LEVEL) "
+                         f"for batch {batch}")
+    try:
+        tables = map_tables(profiles, features=names, modes=modes, **options)
+    except CytoprofileError as exc:
+        raise type(exc)(f"quality_control.map ({source or 'feature-selected profiles'}): {exc}") from exc
+    paths = {}
+    for mode, table in tables.items():
+        paths[mode] = cpio.join(qc_root, "map", batch, f"{batch}_map_{mode}.csv")
+        cpio.write_table(table, paths[mode])
+    shown = {mode: f"{os.path.basename(qc_root.rstrip('/'))}/map/{batch}/{batch}_map_{mode}.csv" for mode in tables}
+    result.mean_ap = {"tables": tables, "source": source, "n_features": len(names),
+                      "threshold": options.get("threshold", 0.05), "paths": paths, "shown": shown}
 
 
 def _write_heatmaps(figures: dict[str, bytes], qc_root: str, batch: str, plate: str) -> dict[str, str]:
@@ -319,7 +361,7 @@ def _write_report(
         batch=batch, summary=table, figures=figures, ingest_reports={p.name: p.report for p in inputs},
         replication=result.replication, notes=result.notes, replication_note=result.replication_note,
         quarantine=result.quarantine, sources={p: os.path.basename(s) for p, s in result.qc_profiles.items()},
-        n_features=result.n_features, profiles_description=description,
+        n_features=result.n_features, profiles_description=description, mean_ap=result.mean_ap,
     )
     result.report_path = cpio.join(qc_root, "report", f"{batch}.html")
     with cpio.atomic_open(result.report_path) as handle:

@@ -38,6 +38,7 @@ __all__ = [
     "correlation_figure",
     "position_effect_figure",
     "replication_figure",
+    "map_figure",
     "figure_png",
 ]
 
@@ -367,3 +368,33 @@ def _treatment_points(ax: Axes, scored: pd.DataFrame) -> None:
     ax.set_ylim(-0.6, 0.6)
     ax.set_yticks([])
     ax.set_ylabel("treatments", fontsize=8)
+
+
+def map_figure(table: pd.DataFrame, *, mode: str, batch: str, threshold: float, source: str | None,
+               n_features: int) -> Figure:
+    """mAP against −log10 corrected p-value, one point per group, and the distribution of mAP."""
+    fig = _new_figure((9.0, 4.2))
+    left, right = fig.subplots(1, 2, width_ratios=[3, 2])
+    values = table["mean_average_precision"].to_numpy(dtype=float)
+    p = np.clip(table["corrected_p_value"].to_numpy(dtype=float), 1e-300, None)
+    good = table["below_corrected_p"].to_numpy(dtype=bool)
+    for mask, colour, name in ((good, "#d62728", "retrieved"), (~good, "#1f77b4", "not retrieved")):
+        if mask.any():
+            left.scatter(values[mask], -np.log10(p[mask]), s=14, color=colour, alpha=0.8, linewidths=0,
+                         label=f"{name} (n={int(mask.sum()):,})")
+    left.axhline(-math.log10(threshold), color="black", linestyle="--",
+                 label=f"corrected p = {format_number(threshold, decimals=0)}")
+    left.set_xlim(-0.02, 1.02)
+    left.set_xlabel("mAP")
+    left.set_ylabel("−log10 corrected p-value")
+    left.legend(fontsize=7, loc="upper left")
+    right.hist(values, bins=[float(b) for b in np.linspace(0, 1, 21)], color="#9a9a9a")
+    right.set_xlabel("mAP")
+    right.set_ylabel("groups")
+    share = float(good.mean()) if len(good) else 0.0
+    left.set_title(
+        f"Batch {batch}: mAP ({mode}), {format_number(share * 100, decimals=0)}% retrieved "
+        f"({int(good.sum())} of {len(good)})\n{_features_line(source, n_features)}",
+        fontsize=9, loc="left",
+    )
+    return fig

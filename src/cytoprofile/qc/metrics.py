@@ -1,4 +1,4 @@
-"""QC maths on per-well profiles: well correlations, position effect, percent replicating.
+"""QC maths on per-well profiles: well correlations, position effect, percent replicating, mAP.
 
 Pure functions of DataFrames; nothing here reads or writes a file.
 """
@@ -36,6 +36,7 @@ __all__ = [
     "treatment_order",
     "position_effect",
     "percent_replicating",
+    "map_tables",
 ]
 
 #: QC's features: the canonical compartments' and the image's (``Cells_``, ..., ``Image_``).
@@ -332,3 +333,20 @@ def _null_correlations(z: np.ndarray, codes: np.ndarray, *, n_null: int, seed: i
         j = np.concatenate(chosen_j)[:n_null]
     values = np.einsum("ij,ij->i", z[i], z[j])
     return np.clip(values[np.isfinite(values)], -1.0, 1.0)
+
+
+def map_tables(
+    profiles: pd.DataFrame, *, features: Sequence[str], modes: Sequence[str], **options: Any
+) -> dict[str, pd.DataFrame]:
+    """mAP per perturbation (``activity``) or annotation label (``consistency``), one table per mode.
+
+    Each table is :func:`cytoprofile.evaluate.mean_average_precision`'s for those
+    ``options`` (pert_column, annotation_column, control_query, neg_sameby, ...), with
+    ``attrs["fraction_retrieved"]``.
+    """
+    from ..evaluate import mean_average_precision
+
+    return {
+        mode: mean_average_precision(profiles, mode=mode, features=list(features), **options)  # type: ignore[arg-type]
+        for mode in modes
+    }

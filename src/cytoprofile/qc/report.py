@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from .figures import figure_png, replication_figure
+from .figures import figure_png, map_figure, replication_figure
 from .formatting import format_number
 from .summary import quarantined_wells
 
@@ -36,7 +36,13 @@ CAPTIONS: dict[str, str] = {
     "high values hint at row or column artefacts.",
     "replication": "Grey: correlations of random pairs of wells of different treatments (the null). "
     "Points: one per treatment, its median replicate correlation; red points exceed the dashed threshold.",
+    "map": "Left: one point per group, its mAP against its Benjamini–Hochberg corrected p-value (copairs' "
+    "null of random rankings); red points are retrieved (below the dashed line). Right: the distribution "
+    "of mAP over the groups.",
 }
+
+_MAP_MODES = {"activity": "phenotypic activity: replicates against negative controls",
+              "consistency": "consistency: profiles sharing an annotation against profiles sharing none"}
 
 
 @functools.lru_cache(maxsize=1)
@@ -130,6 +136,32 @@ def _replication(batch: str, replication: Mapping[str, Any] | None, source: str 
     }
 
 
+def _mean_ap(batch: str, mean_ap: Mapping[str, Any] | None, batch_source: str | None) -> list[dict[str, Any]]:
+    """One panel per mode: share retrieved, the figure, the table and where it was written."""
+    if not mean_ap:
+        return []
+    panels = []
+    for mode, table in mean_ap["tables"].items():
+        share = float(table.attrs.get("fraction_retrieved", table["below_corrected_p"].mean()))
+        png = figure_png(map_figure(table, mode=mode, batch=batch, threshold=float(mean_ap["threshold"]),
+                                    source=mean_ap.get("source") or batch_source,
+                                    n_features=int(mean_ap["n_features"])))
+        panels.append({
+            "mode": mode,
+            "what": _MAP_MODES.get(mode, mode),
+            "retrieved": f"{format_number(share * 100, decimals=1)}%",
+            "n_retrieved": f"{int(table['below_corrected_p'].sum()):,}",
+            "n_groups": f"{len(table):,}",
+            "mean_map": format_number(float(table["mean_average_precision"].mean())),
+            "column": _text(table.columns[0]),
+            "threshold": format_number(float(mean_ap["threshold"]), decimals=0),
+            "table_path": _text((mean_ap.get("shown") or mean_ap["paths"]).get(mode)),
+            "png": _b64(png),
+            "table": _table(table, max_rows=2000),
+        })
+    return panels
+
+
 def _plate(
     plate: str,
     figures: Mapping[str, bytes],
@@ -164,6 +196,8 @@ def render_report(
     sources: Mapping[str, str] | None = None,
     n_features: int | None = None,
     profiles_description: str = "",
+    mean_ap: Mapping[str, Any] | None = None,
+    mean_ap_note: str | None = None,
 ) -> str:
     """A self-contained HTML report for a batch: images inline, no network needed to view it.
 
@@ -173,7 +207,9 @@ def render_report(
     ``replication`` is ``None``. ``quarantine`` maps plate → its wells that lost sites
     (:func:`~cytoprofile.qc.summary.quarantined_wells`; ``None``: no ingest report);
     ``sources`` maps plate → the profile file its correlations used, and ``n_features``
-    is the size of the one feature set every correlation panel used.
+    is the size of the one feature set every correlation panel used. ``mean_ap`` holds
+    the mAP tables by mode (``tables``), their ``source`` file, ``n_features``,
+    ``threshold`` and written ``paths``; ``mean_ap_note`` says why it was not computed.
     """
     from .. import __version__
 
@@ -193,6 +229,10 @@ def render_report(
         replication=_replication(batch, replication, source),
         replication_note=replication_note or "no annotated, feature-selected profiles for this batch",
         captions=CAPTIONS,
+        mean_ap=_mean_ap(batch, mean_ap, source),
+        mean_ap_source={"file": mean_ap.get("source") or source, "n_features": mean_ap["n_features"]}
+        if mean_ap else None,
+        mean_ap_note=mean_ap_note,
         plates=[
             _plate(p, figures.get(p) or {}, ingest_reports.get(p), notes.get(p, ()),
                    quarantine.get(p) if p in quarantine else _quarantine_from(ingest_reports.get(p)),
