@@ -1,4 +1,4 @@
-"""The reference path for comparisons: an old-layout SQLite made with pandas, aggregated by pycytominer."""
+"""The reference path for comparisons: an old-layout SQLite made with pandas, pycytominer's steps, one frame comparator."""
 
 from __future__ import annotations
 
@@ -11,6 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+__all__ = [
+    "assert_profiles_equal", "old_layout_sqlite", "pycytominer_merge", "pycytominer_profiles", "pycytominer_step",
+]
 
 KEYS = ("TableNumber", "ImageNumber", "ObjectNumber")
 _SITE = re.compile(r"^(?P<plate>.+)-(?P<well>[A-Za-z]{1,2}\d{1,3})-(?P<site>\d+)$")
@@ -71,15 +75,48 @@ def pycytominer_profiles(
         return sc.aggregate_profiles()
 
 
-def assert_profiles_equal(ours: pd.DataFrame, ref: pd.DataFrame, *, rtol: float = 1e-9) -> None:
-    """Same columns in the same order, same rows, values within ``rtol``."""
+def pycytominer_step(step: str, *frames: pd.DataFrame, **kwargs: object) -> pd.DataFrame:
+    """pycytominer's ``step`` (``normalize``, ``annotate``, ...) on copies of ``frames``, its warnings silenced."""
+    import pycytominer
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return getattr(pycytominer, step)(*(f.copy() for f in frames), **kwargs)
+
+
+def pycytominer_merge(backend: Path, strata: Sequence[str], image_cols: Sequence[str]) -> pd.DataFrame:
+    """pycytominer's single-cell merge of a backend."""
+    from pycytominer.cyto_utils.cells import SingleCells
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sc = SingleCells(f"sqlite:///{backend}", strata=list(strata), image_cols=list(image_cols),
+                         image_table_name="Image")
+        return sc.merge_single_cells()
+
+
+def assert_profiles_equal(
+    ours: pd.DataFrame,
+    ref: pd.DataFrame,
+    *,
+    rtol: float = 1e-9,
+    atol: float = 0.0,
+    check_index: bool = False,
+    exact_metadata: bool = False,
+) -> None:
+    """Same columns in the same order and the same rows; numbers within ``rtol``/``atol`` (NaN where ref has
+    NaN), anything else equal as text. ``check_index`` also compares the index; ``exact_metadata`` compares
+    ``Metadata_`` columns as pandas does, dtype included."""
     assert list(ours.columns) == list(ref.columns)
     assert len(ours) == len(ref)
-    meta = [c for c in ref.columns if c.startswith("Metadata_")]
-    for c in meta:
-        if pd.api.types.is_numeric_dtype(ref[c]):
-            np.testing.assert_allclose(ours[c].to_numpy(float), ref[c].to_numpy(float), rtol=rtol, err_msg=c)
+    if check_index:
+        pd.testing.assert_index_equal(ours.index, ref.index)
+    numeric = pd.api.types.is_numeric_dtype
+    for c in ref.columns:
+        if exact_metadata and c.startswith("Metadata_"):
+            pd.testing.assert_series_equal(ours[c], ref[c], check_index=check_index)
+        elif numeric(ref[c]) and numeric(ours[c]):
+            np.testing.assert_allclose(ours[c].to_numpy(float), ref[c].to_numpy(float), rtol=rtol, atol=atol,
+                                       equal_nan=True, err_msg=c)
         else:
             assert ours[c].astype(str).tolist() == ref[c].astype(str).tolist(), c
-    feats = [c for c in ref.columns if c not in meta]
-    np.testing.assert_allclose(ours[feats].to_numpy(float), ref[feats].to_numpy(float), rtol=rtol, atol=0, equal_nan=True)

@@ -16,20 +16,19 @@ from cytoprofile.aggregate import WellAggregator, aggregate
 from cytoprofile.collate import collate_plate
 from cytoprofile.synth import synth
 
+from .reference import pycytominer_merge
+
 
 def test_legacy_image_prefixed_backend_matches_reference_merge(shared_data: Path, tmp_path: Path) -> None:
     from pycytominer import aggregate as reference_aggregate
-    from pycytominer.cyto_utils.cells import SingleCells
 
     backend = shared_data / "legacy-backends/test_SQ00014613.sqlite"
     ours = aggregate(backend, image_features=False)
     assert ours[["Metadata_Plate", "Metadata_Well"]].values.tolist() == [["SQ00014613", "A01"]]
     assert ours.loc[0, "Metadata_Site_Count"] == 2
+    merged = pycytominer_merge(backend, ["Image_Metadata_Plate", "Image_Metadata_Well"], ["TableNumber", "ImageNumber"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        sc = SingleCells(f"sqlite:///{backend}", strata=["Image_Metadata_Plate", "Image_Metadata_Well"],
-                         image_cols=["TableNumber", "ImageNumber"], image_table_name="Image")
-        merged = sc.merge_single_cells()
         ref = reference_aggregate(merged, strata=["Image_Metadata_Plate", "Image_Metadata_Well"], features="infer")
     features = [c for c in ref.columns if not c.startswith("Image_Metadata")]
     assert set(features) <= set(ours.columns)

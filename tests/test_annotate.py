@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import warnings
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +15,11 @@ from cytoprofile.annotate import annotate, prefix_metadata
 from cytoprofile.cli import main
 from cytoprofile.errors import ConfigError, InputError, MetadataError
 
-pycytominer = pytest.importorskip("pycytominer")
+from .profiles import WELLS, plate_profiles
+from .reference import pycytominer_step
 
-WELLS = [f"{r}{c:02d}" for r in "ABCDEFGH" for c in range(1, 13)]
+pycytominer = pytest.importorskip("pycytominer")
+reference = partial(pycytominer_step, "annotate")
 
 
 def make_platemap(name: str = "C-7161-01-LM6-006", seed: int = 0) -> pd.DataFrame:
@@ -37,26 +39,8 @@ def make_platemap(name: str = "C-7161-01-LM6-006", seed: int = 0) -> pd.DataFram
     )
 
 
-def make_profiles(plate: str = "SQ00015167", seed: int = 1, n_features: int = 20) -> pd.DataFrame:
-    """Aggregated per-well profiles: strata, counts, features; rows sorted by well."""
-    rng = np.random.default_rng(seed)
-    df = pd.DataFrame({"Metadata_Plate": plate, "Metadata_Well": WELLS})
-    df["Metadata_Site_Count"] = 9
-    df["Metadata_Object_Count"] = rng.integers(100, 3000, 96)
-    for j in range(n_features):
-        comp = ("Cells", "Cytoplasm", "Nuclei")[j % 3]
-        df[f"{comp}_AreaShape_Area_{j}"] = rng.normal(size=96)
-    return df
-
-
-def reference(profiles: pd.DataFrame, platemap: pd.DataFrame, **kwargs: object) -> pd.DataFrame:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return pycytominer.annotate(profiles.copy(), platemap.copy(), **kwargs)
-
-
 def test_matches_reference() -> None:
-    profiles, platemap = make_profiles(), make_platemap()
+    profiles, platemap = plate_profiles(), make_platemap()
     ours = annotate(profiles, platemap)
     pd.testing.assert_frame_equal(ours, reference(profiles, platemap))
     assert list(ours.columns[:8]) == [
@@ -75,7 +59,7 @@ def test_matches_reference() -> None:
 
 def test_inner_join_and_plate_map_order() -> None:
     # profiles miss some wells, the plate map misses others, both in scrambled order
-    profiles = make_profiles().sample(frac=1, random_state=0).iloc[:80]
+    profiles = plate_profiles().sample(frac=1, random_state=0).iloc[:80]
     platemap = make_platemap().sample(frac=1, random_state=1).iloc[10:]
     ours = annotate(profiles, platemap, unmatched_wells="drop")
     pd.testing.assert_frame_equal(ours, reference(profiles, platemap))
@@ -84,7 +68,7 @@ def test_inner_join_and_plate_map_order() -> None:
 
 
 def test_name_clash_gets_platemap_suffix() -> None:
-    profiles = make_profiles()
+    profiles = plate_profiles()
     platemap = make_platemap().assign(Plate="from-map", Object_Count=1)
     ours = annotate(profiles, platemap)
     pd.testing.assert_frame_equal(ours, reference(profiles, platemap))
@@ -93,7 +77,7 @@ def test_name_clash_gets_platemap_suffix() -> None:
 
 
 def test_already_prefixed_plate_map_and_no_prefixing() -> None:
-    profiles = make_profiles()
+    profiles = plate_profiles()
     platemap = make_platemap()
     platemap.columns = pd.Index(prefix_metadata(list(platemap.columns)))
     pd.testing.assert_frame_equal(annotate(profiles, platemap), reference(profiles, platemap))
@@ -105,7 +89,7 @@ def test_already_prefixed_plate_map_and_no_prefixing() -> None:
 
 
 def test_custom_join_columns() -> None:
-    profiles = make_profiles().rename(columns={"Metadata_Well": "Metadata_well_position"})
+    profiles = plate_profiles().rename(columns={"Metadata_Well": "Metadata_well_position"})
     platemap = make_platemap()
     kwargs = dict(join_on=["Metadata_well_position", "Metadata_well_position"])
     ours = annotate(profiles, platemap, **kwargs)  # type: ignore[arg-type]
@@ -114,7 +98,7 @@ def test_custom_join_columns() -> None:
 
 
 def test_cellprofiler_image_metadata_renamed() -> None:
-    profiles = make_profiles().rename(columns={"Metadata_Plate": "Image_Metadata_Plate"})
+    profiles = plate_profiles().rename(columns={"Metadata_Plate": "Image_Metadata_Plate"})
     profiles["Image_Metadata_Site"] = 1
     profiles["Image_Granularity_1_DNA"] = 0.5
     platemap = make_platemap()
@@ -140,7 +124,7 @@ def make_external() -> pd.DataFrame:
 
 
 def test_external_metadata_matches_reference() -> None:
-    profiles, platemap, external = make_profiles(), make_platemap(), make_external()
+    profiles, platemap, external = plate_profiles(), make_platemap(), make_external()
     key = ["Metadata_broad_sample"]
     ours = annotate(profiles, platemap, external_metadata=external, external_join_left=key, external_join_right=key)
     ref = reference(profiles, platemap, external_metadata=external, external_join_on=key)
@@ -153,7 +137,7 @@ def test_external_metadata_matches_reference() -> None:
 
 
 def test_external_metadata_with_a_different_key_name() -> None:
-    profiles, platemap = make_profiles(), make_platemap()
+    profiles, platemap = plate_profiles(), make_platemap()
     external = make_external().rename(columns={"broad_sample": "compound"})
     ours = annotate(
         profiles,
@@ -170,7 +154,7 @@ def test_external_metadata_with_a_different_key_name() -> None:
 
 
 def test_format_broad_cmap_matches_reference() -> None:
-    profiles, platemap = make_profiles(), make_platemap()
+    profiles, platemap = plate_profiles(), make_platemap()
     platemap["pert_iname"] = "x"
     ours = annotate(profiles, platemap, format_broad_cmap=True)
     pd.testing.assert_frame_equal(ours, reference(profiles, platemap, format_broad_cmap=True))
@@ -178,7 +162,7 @@ def test_format_broad_cmap_matches_reference() -> None:
 
 
 def test_per_site_profiles_follow_plate_map_then_profile_order() -> None:
-    profiles = pd.concat([make_profiles().assign(Metadata_Site=s) for s in (2, 1)], ignore_index=True)
+    profiles = pd.concat([plate_profiles().assign(Metadata_Site=s) for s in (2, 1)], ignore_index=True)
     platemap = make_platemap().iloc[::-1]
     ours = annotate(profiles, platemap)
     pd.testing.assert_frame_equal(ours, reference(profiles, platemap))
@@ -207,16 +191,16 @@ def test_per_site_profiles_follow_plate_map_then_profile_order() -> None:
 )
 def test_user_errors(kwargs: dict[str, object], error: type[Exception], match: str) -> None:
     with pytest.raises(error, match=match):
-        annotate(make_profiles(), make_platemap(), **kwargs)  # type: ignore[arg-type]
+        annotate(plate_profiles(), make_platemap(), **kwargs)  # type: ignore[arg-type]
 
 
 def test_broad_cmap_needs_broad_sample() -> None:
     with pytest.raises(InputError, match="broad_sample"):
-        annotate(make_profiles(), make_platemap().drop(columns="broad_sample"), format_broad_cmap=True)
+        annotate(plate_profiles(), make_platemap().drop(columns="broad_sample"), format_broad_cmap=True)
 
 
 def test_inputs_not_modified() -> None:
-    profiles, platemap = make_profiles(), make_platemap()
+    profiles, platemap = plate_profiles(), make_platemap()
     before_p, before_m = profiles.copy(), platemap.copy()
     annotate(profiles, platemap, external_metadata=make_external(), external_join_left="Metadata_broad_sample")
     pd.testing.assert_frame_equal(profiles, before_p)
@@ -225,7 +209,7 @@ def test_inputs_not_modified() -> None:
 
 def _unmatched_cases() -> list[tuple[pd.DataFrame, pd.DataFrame, list[str]]]:
     """(profiles, plate map, wells the plate map lacks) in the shapes seen in the field."""
-    profiles, platemap = make_profiles(), make_platemap()
+    profiles, platemap = plate_profiles(), make_platemap()
     partial = platemap.iloc[:39]  # a plate map that covers 39 of 96 wells
     unpadded = platemap.assign(well_position=[f"{w[0]}{int(w[1:])}" for w in WELLS])  # A1, not A01
     per_site = pd.concat([profiles.assign(Metadata_Site=s) for s in (1, 2)], ignore_index=True)
@@ -262,7 +246,7 @@ def test_unmatched_wells_drop_says_how_many(case: int, caplog: pytest.LogCapture
 
 
 def test_missing_well_values_are_unmatched() -> None:
-    profiles = make_profiles()
+    profiles = plate_profiles()
     profiles.loc[3, "Metadata_Well"] = None
     with pytest.raises(MetadataError, match="lacks 1 well"):
         annotate(profiles, make_platemap())
@@ -270,20 +254,18 @@ def test_missing_well_values_are_unmatched() -> None:
 
 
 def test_plate_map_wells_without_profiles_are_fine() -> None:
-    profiles = make_profiles().iloc[:40]
+    profiles = plate_profiles().iloc[:40]
     ours = annotate(profiles, make_platemap())
     assert len(ours) == 40
 
 
 @pytest.mark.parametrize("repeats", [[0], [0, 1, 2], list(range(24))])
 def test_external_repeated_key_is_refused(repeats: list[int]) -> None:
-    profiles, platemap, external = make_profiles(), make_platemap(), make_external()
+    profiles, platemap, external = plate_profiles(), make_platemap(), make_external()
     again = external.iloc[repeats].assign(pert_iname="another name")
     doubled = pd.concat([external, again], ignore_index=True)
     key = "Metadata_broad_sample"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ref = pycytominer.annotate(profiles, platemap, external_metadata=doubled, external_join_on=[key])
+    ref = reference(profiles, platemap, external_metadata=doubled, external_join_on=[key])
     assert len(ref) > 96  # the reference repeats wells
     with pytest.raises(MetadataError) as info:
         annotate(profiles, platemap, external_metadata=doubled, external_join_left=key)
@@ -293,7 +275,7 @@ def test_external_repeated_key_is_refused(repeats: list[int]) -> None:
 
 
 def test_external_identical_or_unused_repeats_are_harmless() -> None:
-    profiles, platemap, external = make_profiles(), make_platemap(), make_external()
+    profiles, platemap, external = plate_profiles(), make_platemap(), make_external()
     key = "Metadata_broad_sample"
     expected = annotate(profiles, platemap, external_metadata=external, external_join_left=key)
     same = pd.concat([external, external.iloc[:5]], ignore_index=True)
@@ -305,7 +287,7 @@ def test_external_identical_or_unused_repeats_are_harmless() -> None:
 
 
 def test_extra_compartments_in_external_metadata_keep_their_names() -> None:
-    profiles, platemap = make_profiles(), make_platemap()
+    profiles, platemap = plate_profiles(), make_platemap()
     external = make_external().assign(Speckles_reference_area=1.0)
     key = "Metadata_broad_sample"
     out = annotate(profiles, platemap, external_metadata=external, external_join_left=key,
@@ -331,13 +313,13 @@ def test_extra_compartments_in_external_metadata_keep_their_names() -> None:
 )
 def test_wrong_types_are_config_errors(kwargs: dict[str, object]) -> None:
     with pytest.raises(ConfigError) as info:
-        annotate(make_profiles(), make_platemap(), **kwargs)  # type: ignore[arg-type]
+        annotate(plate_profiles(), make_platemap(), **kwargs)  # type: ignore[arg-type]
     assert isinstance(info.value, ValueError)
 
 
 def _write_inputs(tmp_path: Path, platemap: pd.DataFrame) -> tuple[Path, Path]:
     profiles_path = tmp_path / "SQ00015167.csv"
-    make_profiles().to_csv(profiles_path, index=False)
+    plate_profiles().to_csv(profiles_path, index=False)
     map_path = tmp_path / "C-7161-01-LM6-006.txt"
     platemap.to_csv(map_path, sep="\t", index=False)
     return profiles_path, map_path
@@ -379,7 +361,7 @@ def test_validate_metadata_command_checks_the_profiles_wells(tmp_path: Path, cap
     (base / "barcode_platemap.csv").write_text("Assay_Plate_Barcode,Plate_Map_Name\nSQ00015167,C-7161-01-LM6-006\n")
     make_platemap().iloc[:39].to_csv(base / "platemap" / "C-7161-01-LM6-006.txt", sep="\t", index=False)
     profiles_path = tmp_path / "SQ00015167.csv"
-    make_profiles().to_csv(profiles_path, index=False)
+    plate_profiles().to_csv(profiles_path, index=False)
     assert main(["validate-metadata", str(tmp_path), "B1"]) == 0  # without profiles: the files are fine
     capsys.readouterr()
     assert main(["validate-metadata", str(tmp_path), "B1", "--profiles", str(profiles_path)]) == 1
@@ -396,7 +378,7 @@ def test_validate_metadata_command_checks_the_profiles_wells(tmp_path: Path, cap
     map_wells=st.lists(st.sampled_from(WELLS), min_size=1, max_size=96, unique=True),
 )
 def test_unmatched_wells_invariants(profile_wells: list[str], map_wells: list[str]) -> None:
-    profiles = make_profiles().iloc[: len(profile_wells)].assign(Metadata_Well=profile_wells)
+    profiles = plate_profiles().iloc[: len(profile_wells)].assign(Metadata_Well=profile_wells)
     platemap = make_platemap().set_index("well_position").loc[map_wells].reset_index()
     missing = [w for w in profile_wells if w not in set(map_wells)]
     if missing:

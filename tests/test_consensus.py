@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import warnings
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -12,38 +12,12 @@ from numpy.testing import assert_allclose
 from cytoprofile.consensus import consensus, modz_weights
 from cytoprofile.errors import ConfigError, InputError
 
+from .profiles import replicate_profiles
+from .reference import pycytominer_step
+
 pycytominer = pytest.importorskip("pycytominer")
+reference = partial(pycytominer_step, "consensus")
 
-
-def make_profiles(*, plates: int = 3, n_features: int = 50, seed: int = 0) -> pd.DataFrame:
-    """Normalized-looking profiles: 96 wells x ``plates`` replicate plates, 20 compounds + DMSO."""
-    rng = np.random.default_rng(seed)
-    wells = [f"{r}{c:02d}" for r in "ABCDEFGH" for c in range(1, 13)]
-    meta = pd.DataFrame(
-        [
-            {
-                "Metadata_Plate": f"SQ0000{p}",
-                "Metadata_Well": w,
-                "Metadata_control_type": "negcon" if i % 6 == 0 else "trt",
-                "Metadata_broad_sample": "DMSO" if i % 6 == 0 else f"BRD-K{i % 20:04d}",
-            }
-            for p in range(plates)
-            for i, w in enumerate(wells)
-        ]
-    )
-    # a per-compound signal shared by replicates, plus noise
-    signal = {s: rng.normal(size=n_features) for s in meta["Metadata_broad_sample"].unique()}
-    x = np.vstack([signal[s] for s in meta["Metadata_broad_sample"]]) + rng.normal(
-        scale=0.8, size=(len(meta), n_features)
-    )
-    names = [f"{('Cells', 'Cytoplasm', 'Nuclei')[j % 3]}_Intensity_MeanIntensity_DNA_{j}" for j in range(n_features)]
-    return pd.concat([meta, pd.DataFrame(x, columns=names)], axis="columns")
-
-
-def reference(df: pd.DataFrame, **kwargs: object) -> pd.DataFrame:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return pycytominer.consensus(df.copy(), **kwargs)
 
 
 REPLICATES = [
@@ -57,7 +31,7 @@ REPLICATES = [
 @pytest.mark.parametrize("operation", ["median", "mean", "modz"])
 @pytest.mark.parametrize("replicates", REPLICATES)
 def test_matches_reference(operation: str, replicates: list[str]) -> None:
-    df = make_profiles()
+    df = replicate_profiles()
     ours = consensus(df, replicate_columns=replicates, operation=operation)
     ref = reference(df, replicate_columns=replicates, operation=operation)
     assert list(ours.columns) == list(ref.columns)
@@ -69,7 +43,7 @@ def test_matches_reference(operation: str, replicates: list[str]) -> None:
 
 @pytest.mark.parametrize("method", ["pearson", "spearman", "kendall"])
 def test_modz_options_match_reference(method: str) -> None:
-    df = make_profiles(plates=4, n_features=30)
+    df = replicate_profiles(plates=4, n_features=30)
     reps = ["Metadata_Well", "Metadata_broad_sample"]
     ours = consensus(
         df, replicate_columns=reps, operation="modz", modz_method=method, modz_min_weight=0.3, modz_precision=2
@@ -120,7 +94,7 @@ def test_modz_missing_values() -> None:
     # replicate's missing value counts as 0 (pulling the consensus towards 0) and a
     # feature missing in every replicate becomes 0.0. Here the weights are
     # renormalized over the replicates that have a value, and all-missing stays NaN.
-    df = make_profiles(plates=3, n_features=12)
+    df = replicate_profiles(plates=3, n_features=12)
     reps = ["Metadata_Well", "Metadata_broad_sample"]
     df.loc[df["Metadata_Well"] == "A02", "Cells_Intensity_MeanIntensity_DNA_0"] = np.nan
     first = df.index[(df["Metadata_Well"] == "A03") & (df["Metadata_Plate"] == "SQ00000")][0]
@@ -140,7 +114,7 @@ def test_modz_missing_values() -> None:
 
 
 def test_median_with_missing_values_matches_reference() -> None:
-    df = make_profiles(plates=3, n_features=8)
+    df = replicate_profiles(plates=3, n_features=8)
     df.iloc[::7, 5] = np.nan
     for op in ("median", "mean"):
         ours = consensus(df, replicate_columns=["Metadata_broad_sample"], operation=op)
@@ -172,7 +146,7 @@ def test_hand_computed_median_mean() -> None:
 )
 def test_user_errors(kwargs: dict[str, object], error: type[Exception], match: str) -> None:
     with pytest.raises(error, match=match):
-        consensus(make_profiles(plates=1, n_features=4), **kwargs)  # type: ignore[arg-type]
+        consensus(replicate_profiles(plates=1, n_features=4), **kwargs)  # type: ignore[arg-type]
 
 
 def test_no_features() -> None:
@@ -184,14 +158,14 @@ def test_no_features() -> None:
 @pytest.mark.parametrize("replicates", [["Metadata_Plate", "Metadata_Well"], ["Metadata_broad_sample"]])
 def test_no_rows_is_an_error(operation: str, replicates: list[str]) -> None:
     # Our choice (listed under differences): the reference returns a header-only table.
-    empty = make_profiles(plates=1, n_features=4).iloc[0:0]
+    empty = replicate_profiles(plates=1, n_features=4).iloc[0:0]
     with pytest.raises(InputError, match="no rows") as info:
         consensus(empty, replicate_columns=replicates, operation=operation)
     assert isinstance(info.value, ValueError)
 
 
 def test_extra_compartments_carry_through(caplog: pytest.LogCaptureFixture) -> None:
-    df = make_profiles(plates=1, n_features=6)
+    df = replicate_profiles(plates=1, n_features=6)
     rng = np.random.default_rng(2)
     df["Speckles_AreaShape_Area"] = rng.normal(size=len(df))
     df["Cells_Cellpose3_Intensity_MeanIntensity_DNA"] = rng.normal(size=len(df))
@@ -201,9 +175,7 @@ def test_extra_compartments_carry_through(caplog: pytest.LogCaptureFixture) -> N
                      on_account=accounts.append)
     features = [c for c in df.columns if not c.startswith("Metadata_")]
     assert list(ours.columns) == [*keys, *features]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ref = pycytominer.consensus(df.copy(), replicate_columns=keys, features=features)
+    ref = reference(df, replicate_columns=keys, features=features)
     np.testing.assert_allclose(ours[features].to_numpy(), ref[features].to_numpy(), rtol=1e-12)
     assert accounts[0].dropped == {}  # type: ignore[attr-defined]
     with caplog.at_level("WARNING", logger="cytoprofile"):
@@ -228,5 +200,5 @@ def test_extra_compartments_carry_through(caplog: pytest.LogCaptureFixture) -> N
 )
 def test_wrong_types_are_config_errors(kwargs: dict[str, object]) -> None:
     with pytest.raises(ConfigError) as info:
-        consensus(make_profiles(plates=1, n_features=4), **kwargs)  # type: ignore[arg-type]
+        consensus(replicate_profiles(plates=1, n_features=4), **kwargs)  # type: ignore[arg-type]
     assert isinstance(info.value, ValueError)

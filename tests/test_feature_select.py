@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-import warnings
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -23,60 +23,11 @@ from cytoprofile.feature_select import (
     selected_features,
 )
 
+from .profiles import NEGCON, selection_profiles
+from .reference import pycytominer_step
+
 pycytominer = pytest.importorskip("pycytominer")
-
-NEGCON = "Metadata_control_type == 'negcon'"
-_KINDS = (
-    "AreaShape_Area",
-    "Intensity_MeanIntensity_DNA",
-    "Texture_Contrast_RNA_3_00_256",
-    "Granularity_2_Mito",
-    "Correlation_Costes_ER_AGP",
-    "RadialDistribution_FracAtD_AGP_1of4",
-)
-
-
-def make_profiles(*, plates: int = 2, n_features: int = 120, seed: int = 0, nan: bool = True) -> pd.DataFrame:
-    """Per-well profiles with constant, near-constant, correlated, duplicated, NaN and outlier features."""
-    rng = np.random.default_rng(seed)
-    wells = [f"{r}{c:02d}" for r in "ABCDEFGH" for c in range(1, 13)]
-    meta = pd.DataFrame(
-        [
-            {
-                "Metadata_Plate": f"SQ0000{p}",
-                "Metadata_Well": w,
-                "Metadata_control_type": "negcon" if i % 6 == 0 else "trt",
-                "Metadata_broad_sample": "DMSO" if i % 6 == 0 else f"BRD-K{i % 20:04d}",
-            }
-            for p in range(plates)
-            for i, w in enumerate(wells)
-        ]
-    )
-    n, d = len(meta), n_features
-    names = [f"{('Cells', 'Cytoplasm', 'Nuclei')[j % 3]}_{_KINDS[j % len(_KINDS)]}_{j}" for j in range(d)]
-    x = rng.normal(loc=rng.uniform(-2, 2, d), scale=rng.uniform(0.5, 2, d), size=(n, d))
-    x[:, 1] = 2 * x[:, 0] + rng.normal(scale=0.05, size=n)  # correlated
-    x[:, 4] = -x[:, 3] + rng.normal(scale=0.05, size=n)  # anticorrelated: never dropped
-    x[:, 7] = x[:, 6] + 0.3 * x[:, 5]
-    x[:, 10] = 3.0  # constant
-    x[:, 11] = np.where(np.arange(n) % 50 == 0, 1.0, 0.0)  # one value dominates
-    x[:, 12] = np.round(x[:, 12] * 2)  # few distinct values
-    x[:, 15] = 1.0 + rng.normal(scale=1e-4, size=n)  # tiny variance
-    x[:, 16] = x[:, 16] * 400  # outliers beyond 500
-    x[:, 17] = x[:, 18] * 0.5 + x[:, 19] * 0.5 + x[:, 20] * 0.5
-    if nan:
-        x[rng.integers(0, n, 5), 13] = np.nan
-        x[rng.random(n) < 0.2, 14] = np.nan
-    df = pd.concat([meta, pd.DataFrame(x, columns=names)], axis="columns")
-    df["Nuclei_Correlation_Manders_AGP_DNA"] = rng.normal(size=n)  # blocklisted
-    df["Nuclei_Granularity_14_ER"] = rng.normal(size=n)  # blocklisted
-    return df
-
-
-def reference(df: pd.DataFrame, **kwargs: object) -> pd.DataFrame:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return pycytominer.feature_select(df.copy(), **kwargs)
+reference = partial(pycytominer_step, "feature_select")
 
 
 # (our operation, our extra options, the reference's operation, its extra options)
@@ -116,7 +67,7 @@ CASES = [
 def test_each_operation_matches_reference(
     op: str, opts: dict[str, object], ref_op: str, ref_opts: dict[str, object], samples: str
 ) -> None:
-    df = make_profiles()
+    df = selection_profiles()
     ours = feature_select(df, operations=[op], samples=samples, **opts)  # type: ignore[arg-type]
     ref = reference(df, operation=[ref_op], samples=samples, **ref_opts)
     pd.testing.assert_frame_equal(ours, ref)
@@ -124,7 +75,7 @@ def test_each_operation_matches_reference(
 
 
 def test_default_meaning_is_the_frequency_filter() -> None:
-    df = make_profiles()
+    df = selection_profiles()
     pd.testing.assert_frame_equal(
         feature_select(df, operations="variance_threshold"),
         reference(df, operation="frequency_threshold"),
@@ -133,7 +84,7 @@ def test_default_meaning_is_the_frequency_filter() -> None:
 
 @pytest.mark.parametrize("nan", [False, True])
 def test_recipe_operations_match_reference(nan: bool) -> None:
-    df = make_profiles(nan=nan)
+    df = selection_profiles(nan=nan)
     ops = ["variance_threshold", "correlation_threshold", "drop_na_columns", "blocklist"]
     ref_ops = ["frequency_threshold", "correlation_threshold", "drop_na_columns", "blocklist"]
     pd.testing.assert_frame_equal(feature_select(df, operations=ops), reference(df, operation=ref_ops))
@@ -147,7 +98,7 @@ def test_correlation_exact_duplicates_resolve_like_reference() -> None:
     # tie on everything but rounding; without missing values the correlation matrix and
     # its column sums are computed as the reference computes them, so the same member
     # of each pair is dropped.
-    df = make_profiles(nan=False)
+    df = selection_profiles(nan=False)
     df["Cells_Location_Center_X"] = df["Cells_AreaShape_Area_0"]
     df["Cells_AreaShape_Center_X"] = df["Cells_AreaShape_Area_0"]
     df["Nuclei_scaled"] = df["Cytoplasm_Intensity_MeanIntensity_DNA_1"] * 100
@@ -200,7 +151,7 @@ def test_frequency_hand_computed() -> None:
 
 
 def test_operations_run_in_order_on_what_is_left() -> None:
-    df = make_profiles()
+    df = selection_profiles()
     ops = ["drop_outliers", "correlation_threshold", "drop_na_columns"]
     ours = feature_select(df, operations=ops, outlier_cutoff=5)
     pd.testing.assert_frame_equal(ours, reference(df, operation=ops, outlier_cutoff=5))
@@ -213,7 +164,7 @@ def test_operations_run_in_order_on_what_is_left() -> None:
 
 def test_selected_and_excluded_apply_to_each_plate() -> None:
     # batch level: fit on the plates together, then drop the same features from each
-    df = make_profiles(plates=3)
+    df = selection_profiles(plates=3)
     ops = ["variance_threshold", "correlation_threshold"]
     dropped = excluded_features(df, operations=ops)
     kept = selected_features(df, operations=ops)
@@ -225,7 +176,7 @@ def test_selected_and_excluded_apply_to_each_plate() -> None:
 
 
 def test_explicit_feature_list_and_image_features() -> None:
-    df = make_profiles()
+    df = selection_profiles()
     df["Image_Granularity_1_DNA"] = 2.0
     feats = [c for c in df.columns if c.startswith("Cells")][:10]
     pd.testing.assert_frame_equal(
@@ -250,7 +201,7 @@ def test_blocklist_file_and_default() -> None:
 
 
 def test_custom_blocklist(tmp_path: Path) -> None:
-    df = make_profiles()
+    df = selection_profiles()
     path = tmp_path / "blocklist.txt"
     path.write_text("blocklist\nCells_AreaShape_Area_0\nCells_not_there\n")
     ours = feature_select(df, operations="blocklist", blocklist_file=str(path))
@@ -264,7 +215,7 @@ def test_custom_blocklist(tmp_path: Path) -> None:
 def test_blocklist_only_touches_the_selected_features() -> None:
     # Deliberate difference: the reference drops blocklisted columns even when they are
     # not among the features being selected; here only features are ever dropped.
-    df = make_profiles()
+    df = selection_profiles()
     feats = [c for c in df.columns if c.startswith("Cells")]
     ours = feature_select(df, features=feats, operations="blocklist")
     ref = reference(df, features=feats, operation="blocklist")
@@ -330,7 +281,7 @@ def test_variance_filter_can_drop_everything() -> None:
 )
 def test_user_errors(kwargs: dict[str, object], error: type[Exception], match: str) -> None:
     with pytest.raises(error, match=match):
-        feature_select(make_profiles(n_features=24), **kwargs)  # type: ignore[arg-type]
+        feature_select(selection_profiles(n_features=24), **kwargs)  # type: ignore[arg-type]
 
 
 def test_correlation_is_fast_on_a_wide_plate() -> None:
@@ -364,7 +315,7 @@ def test_correlation_with_missing_values_is_vectorised() -> None:
 def test_column_order_does_not_matter(seed: int) -> None:
     # the rule depends on column order only through exact ties of the sums of |r|,
     # which random data does not produce
-    df = make_profiles(plates=1, n_features=30, seed=seed)
+    df = selection_profiles(plates=1, n_features=30, seed=seed)
     features = infer_features(df)
     order = list(np.random.default_rng(seed).permutation(features))
     ops = ["frequency_threshold", "drop_na_columns", "correlation_threshold", "drop_outliers"]
@@ -393,7 +344,7 @@ def _with_speckles(df: pd.DataFrame) -> pd.DataFrame:
 @pytest.mark.parametrize("compartments", [["cells", "cytoplasm", "nuclei", "speckles"],
                                           ["Cells", "Cytoplasm", "Nuclei", "Speckles"]])
 def test_extra_compartments_are_selected_like_the_rest(compartments: list[str]) -> None:
-    df = _with_speckles(make_profiles(n_features=30))
+    df = _with_speckles(selection_profiles(n_features=30))
     ops = ["variance_threshold", "correlation_threshold", "drop_na_columns", "blocklist"]
     ours = feature_select(df, operations=ops, compartments=compartments)
     features = [c for c in df.columns if not c.startswith("Metadata_")]
@@ -407,7 +358,7 @@ def test_extra_compartments_are_selected_like_the_rest(compartments: list[str]) 
 
 
 def test_each_dropped_feature_names_its_operation() -> None:
-    df = _with_speckles(make_profiles(n_features=30))
+    df = _with_speckles(selection_profiles(n_features=30))
     ops = ["variance_threshold", "correlation_threshold", "drop_na_columns", "blocklist"]
     compartments = ["Cells", "Cytoplasm", "Nuclei", "Speckles"]
     dropped = dropped_features(df, operations=ops, compartments=compartments)
@@ -440,7 +391,7 @@ def test_each_dropped_feature_names_its_operation() -> None:
 def test_one_well_table_is_an_error(ops: list[str], meaning: str) -> None:
     # Our choice (listed under differences): the frequency filter on one row drops
     # every feature in the reference.
-    df = make_profiles(n_features=24, plates=1).iloc[[5]]
+    df = selection_profiles(n_features=24, plates=1).iloc[[5]]
     if ops == ["frequency_threshold"]:
         assert list(reference(df, operation="frequency_threshold").columns) == list(df.columns[:4])
     with pytest.raises(InputError, match="at least 2 rows") as info:
@@ -449,20 +400,20 @@ def test_one_well_table_is_an_error(ops: list[str], meaning: str) -> None:
 
 
 def test_one_fit_row_from_samples_is_an_error() -> None:
-    df = make_profiles(n_features=24, plates=1)
+    df = selection_profiles(n_features=24, plates=1)
     df.loc[df.index[1:], "Metadata_control_type"] = "trt"
     with pytest.raises(InputError, match="got 1"):
         feature_select(df, operations="variance_threshold", samples=NEGCON)
 
 
 def test_one_well_operations_that_need_no_comparison_still_work() -> None:
-    df = make_profiles(n_features=24, plates=1).iloc[[5]]
+    df = selection_profiles(n_features=24, plates=1).iloc[[5]]
     out = feature_select(df, operations=["blocklist", "drop_na_columns", "drop_outliers"])
     assert "Nuclei_Granularity_14_ER" not in out.columns and out.shape[1] == df.shape[1] - 2
 
 
 def test_string_blocklist_is_one_feature() -> None:
-    df = make_profiles(n_features=24)
+    df = selection_profiles(n_features=24)
     for one in ("C", "N", "_"):
         df[one] = 1.0  # one-letter columns that a set of characters would match
     features = [c for c in df.columns if not c.startswith("Metadata_")]
@@ -502,7 +453,7 @@ def test_string_blocklist_is_one_feature() -> None:
     ],
 )
 def test_wrong_types_are_config_errors(kwargs: dict[str, object]) -> None:
-    df = make_profiles(n_features=24)
+    df = selection_profiles(n_features=24)
     for call in (feature_select, excluded_features, selected_features, dropped_features):
         with pytest.raises(ConfigError) as info:
             call(df, **kwargs)
@@ -518,7 +469,7 @@ def test_wrong_types_are_config_errors(kwargs: dict[str, object]) -> None:
 )
 def test_account_adds_up(seed: int, ops: list[str], extra: int) -> None:
     # every feature in is either out or dropped by exactly one of the operations asked for
-    df = make_profiles(n_features=24, plates=1, seed=seed)
+    df = selection_profiles(n_features=24, plates=1, seed=seed)
     rng = np.random.default_rng(seed)
     for i in range(extra):
         df[f"Speckles_f{i}"] = rng.choice([0.0, 1.0, rng.normal()], size=len(df))

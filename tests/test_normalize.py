@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import warnings
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -15,73 +15,12 @@ from numpy.testing import assert_allclose
 from cytoprofile.errors import ConfigError, InputError
 from cytoprofile.normalize import fit_rows, normalize
 
+from .profiles import NEGCON, make_profiles
+from .reference import assert_profiles_equal, pycytominer_step
+
 pycytominer = pytest.importorskip("pycytominer")
-
-NEGCON = "Metadata_control_type == 'negcon'"
-_KINDS = (
-    "AreaShape_Area",
-    "Intensity_MeanIntensity_DNA",
-    "Texture_Contrast_RNA_3_00_256",
-    "Granularity_2_Mito",
-    "Correlation_Costes_ER_AGP",
-    "RadialDistribution_FracAtD_AGP_1of4",
-)
-
-
-def make_profiles(
-    *, plates: int = 2, n_features: int = 60, seed: int = 0, nan: bool = True, degenerate: bool = True
-) -> pd.DataFrame:
-    """Per-well profiles: 96 wells per plate, CellProfiler feature names, negcon every 6th well."""
-    rng = np.random.default_rng(seed)
-    wells = [f"{r}{c:02d}" for r in "ABCDEFGH" for c in range(1, 13)]
-    meta = pd.DataFrame(
-        [
-            {
-                "Metadata_Plate": f"SQ0000{p}",
-                "Metadata_Well": w,
-                "Metadata_control_type": "negcon" if i % 6 == 0 else "trt",
-                "Metadata_broad_sample": "DMSO" if i % 6 == 0 else f"BRD-K{i % 20:04d}",
-                "Metadata_Object_Count": int(rng.integers(20, 400)),
-            }
-            for p in range(plates)
-            for i, w in enumerate(wells)
-        ]
-    )
-    n = len(meta)
-    names = [
-        f"{('Cells', 'Cytoplasm', 'Nuclei')[j % 3]}_{_KINDS[j % len(_KINDS)]}_{j}"
-        for j in range(n_features)
-    ]
-    x = rng.normal(
-        loc=rng.uniform(-5, 50, n_features), scale=rng.uniform(0.1, 10, n_features), size=(n, n_features)
-    )
-    d = n_features
-    if degenerate:
-        x[:, 1 % d] = 2 * x[:, 0] + rng.normal(scale=0.01, size=n)
-        x[:, 10 % d] = 3.0  # constant
-        x[:, 11 % d] = np.where(np.arange(n) % 50 == 0, 1.0, 0.0)  # mostly constant
-        x[:, 12 % d] = np.round(x[:, 12 % d])  # few distinct values
-    if nan:
-        x[rng.integers(0, n, 5), 13 % d] = np.nan
-        x[rng.random(n) < 0.2, 14 % d] = np.nan
-    return pd.concat([meta, pd.DataFrame(x, columns=names)], axis="columns")
-
-
-def reference(df: pd.DataFrame, **kwargs: object) -> pd.DataFrame:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return pycytominer.normalize(df.copy(), **kwargs)
-
-
-def assert_same(ours: pd.DataFrame, ref: pd.DataFrame) -> None:
-    assert list(ours.columns) == list(ref.columns)
-    pd.testing.assert_index_equal(ours.index, ref.index)
-    meta = [c for c in ref.columns if c.startswith("Metadata_")]
-    pd.testing.assert_frame_equal(ours[meta], ref[meta])
-    feats = [c for c in ref.columns if c not in meta]
-    assert_allclose(
-        ours[feats].to_numpy(float), ref[feats].to_numpy(float), rtol=1e-6, atol=1e-9
-    )
+reference = partial(pycytominer_step, "normalize")
+assert_same = partial(assert_profiles_equal, rtol=1e-6, atol=1e-9, check_index=True, exact_metadata=True)
 
 
 @pytest.mark.parametrize("method", ["standardize", "robustize", "mad_robustize"])

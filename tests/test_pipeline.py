@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +18,11 @@ from cytoprofile.collate import collate
 from cytoprofile.config import config_template
 from cytoprofile.synth import synth
 
-from .reference import pycytominer_profiles
+from .reference import assert_profiles_equal, pycytominer_profiles
 
 BATCHES = {"B1": ["P1", "P2"], "B2": ["P3"]}
+
+_assert_frames = partial(assert_profiles_equal, rtol=1e-6, atol=1e-9)
 
 
 def _config(ws: Path, *, float_format: str | None = None, level: str = "batch", aggregate: bool = True) -> Path:
@@ -54,17 +57,6 @@ def ran(workspace: Path) -> Path:
 
 def _plate(ws: Path, batch: str, plate: str, stem: str) -> pd.DataFrame:
     return io.read_table(ws / "profiles" / batch / plate / f"{plate}{stem}.csv.gz")
-
-
-def _assert_frames(ours: pd.DataFrame, ref: pd.DataFrame, rtol: float = 1e-6) -> None:
-    assert list(ours.columns) == list(ref.columns)
-    assert len(ours) == len(ref)
-    for c in ref.columns:
-        if pd.api.types.is_numeric_dtype(ref[c]) and pd.api.types.is_numeric_dtype(ours[c]):
-            np.testing.assert_allclose(ours[c].to_numpy(float), ref[c].to_numpy(float), rtol=rtol, atol=1e-9,
-                                       equal_nan=True, err_msg=c)
-        else:
-            assert ours[c].astype(str).tolist() == ref[c].astype(str).tolist(), c
 
 
 def test_outputs_have_the_recipe_names(ran: Path) -> None:

@@ -23,19 +23,10 @@ from cytoprofile.single_cells import (
 from cytoprofile.synth import synth
 
 from .conftest import link_sites
+from .reference import pycytominer_merge
 
 KEYS = ["Metadata_TableNumber", "Metadata_ImageNumber", "Metadata_ObjectNumber_cytoplasm"]
 JUMP_SITES = "jump-BR00121431/analysis/2021_04_20_Target2/BR00121431/analysis"
-
-
-def reference_merge(backend: Path, strata: list[str], image_cols: list[str]) -> pd.DataFrame:
-    """pycytominer's single-cell merge of a backend."""
-    from pycytominer.cyto_utils.cells import SingleCells
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        sc = SingleCells(f"sqlite:///{backend}", strata=strata, image_cols=image_cols, image_table_name="Image")
-        return sc.merge_single_cells()
 
 
 def assert_same_cells(ours: pd.DataFrame, ref: pd.DataFrame, *, rename: dict[str, str] | None = None) -> None:
@@ -65,7 +56,7 @@ def _plate(tmp_path: Path, *, wells: int, sites: int, cells: int, features: int,
 @pytest.mark.parametrize(("wells", "sites", "cells", "features", "seed"), [(2, 2, 5, 6, 0), (6, 3, 30, 25, 1), (1, 1, 3, 3, 2)])
 def test_synthetic_plates_equal_reference_merge(tmp_path: Path, wells: int, sites: int, cells: int, features: int, seed: int) -> None:
     sqlite_backend = _plate(tmp_path, wells=wells, sites=sites, cells=cells, features=features, seed=seed)
-    ref = reference_merge(sqlite_backend, ["Metadata_Plate", "Metadata_Well"], ["TableNumber", "ImageNumber", "Metadata_Site"])
+    ref = pycytominer_merge(sqlite_backend, ["Metadata_Plate", "Metadata_Well"], ["TableNumber", "ImageNumber", "Metadata_Site"])
     ours = single_cells(sqlite_backend).to_pandas()
     assert_same_cells(ours, ref)
     # the Parquet backend of the same plate gives the same table, row for row
@@ -80,7 +71,7 @@ def test_legacy_image_prefixed_backend_equals_stored_reference_merge(shared_data
     assert ours["Metadata_TableNumber"].dtype == object or pd.api.types.is_string_dtype(ours["Metadata_TableNumber"])
     rename = {"Image_Metadata_Plate": "Metadata_Plate", "Image_Metadata_Well": "Metadata_Well"}
     assert_same_cells(ours, stored, rename=rename)
-    live = reference_merge(backend, ["Image_Metadata_Plate", "Image_Metadata_Well"], ["TableNumber", "ImageNumber"])
+    live = pycytominer_merge(backend, ["Image_Metadata_Plate", "Image_Metadata_Well"], ["TableNumber", "ImageNumber"])
     assert_same_cells(ours, live, rename=rename)
 
 
@@ -106,7 +97,7 @@ def test_jump_sites_equal_reference_merge(shared_data: Path, tmp_path: Path) -> 
     link_sites(tmp_path, "B", "BR00121431", {n: root / n for n in ("BR00121431-A01-1", "BR00121431-A02-1")})
     result = collate_plate(tmp_path, "B", "BR00121431")
     backend = Path(result.outputs["sqlite"])
-    ref = reference_merge(backend, ["Metadata_Plate", "Metadata_Well"], ["TableNumber", "ImageNumber", "Metadata_Site"])
+    ref = pycytominer_merge(backend, ["Metadata_Plate", "Metadata_Well"], ["TableNumber", "ImageNumber", "Metadata_Site"])
     ours = single_cells(backend).to_pandas()
     assert len(ours) > 100 and ours.shape[1] > 5000
     assert_same_cells(ours, ref)
@@ -128,7 +119,7 @@ def test_unlinked_objects_are_counted_and_named(tmp_path: Path) -> None:
     backend = _plate(tmp_path, wells=2, sites=2, cells=6, features=4)
     cyto_obj, cells_obj = _break_links(backend)
     report = write_single_cells(backend, prefix=tmp_path / "out" / "P1")
-    ref = reference_merge(backend, ["Metadata_Plate", "Metadata_Well"], ["TableNumber", "ImageNumber", "Metadata_Site"])
+    ref = pycytominer_merge(backend, ["Metadata_Plate", "Metadata_Well"], ["TableNumber", "ImageNumber", "Metadata_Site"])
     ours = pd.read_parquet(tmp_path / "out" / "P1_single_cells.parquet")
     assert_same_cells(ours, ref)  # the same inner join ...
     total = report.rows_in["Cytoplasm"]
@@ -406,7 +397,7 @@ def test_collate_single_cells_equal_single_cells_command_and_reference(
         np.testing.assert_allclose(adata.X, expected[feats].to_numpy(np.float32), rtol=1e-6)
         assert adata.obs["Metadata_Well"].tolist() == expected["Metadata_Well"].tolist()
     if "sqlite" in kinds:
-        ref = reference_merge(backend, ["Metadata_Plate", "Metadata_Well"], ["TableNumber", "ImageNumber", "Metadata_Site"])
+        ref = pycytominer_merge(backend, ["Metadata_Plate", "Metadata_Well"], ["TableNumber", "ImageNumber", "Metadata_Site"])
         assert_same_cells(expected, ref)
     again = collate_plate(tmp_path, "BATCH1", "P1", backend=kinds, single_cells=formats)  # type: ignore[arg-type]
     assert again.status == "skipped"
