@@ -3,16 +3,49 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
 from cytoprofile.aggregate import aggregate
-from cytoprofile.backend import open_backend
+from cytoprofile.backend import object_column_name, open_backend, parquet_table_path, quote
 from cytoprofile.collate import collate_plate
+from cytoprofile.errors import InputError
 
 from . import faults
+
+
+def test_names_in_the_old_layout() -> None:
+    assert quote("Cells") == '"Cells"' and quote('x"y') == '"x""y"'  # a quote in a header is doubled
+    assert [object_column_name("Nuclei", c) for c in ("ImageNumber", "ObjectNumber", "TableNumber", "AreaShape_Area")] == [
+        "ImageNumber", "ObjectNumber", "TableNumber", "Nuclei_AreaShape_Area"]
+    assert parquet_table_path("out/P1", "Cells") == "out/P1_Cells.parquet"
+
+
+def _not_a_database(folder: Path) -> Path:
+    (folder / "P1.sqlite").write_bytes(b"not a database" * 100)
+    return folder / "P1.sqlite"
+
+
+def _no_image_table(folder: Path) -> Path:
+    with sqlite3.connect(folder / "P1.sqlite") as conn:
+        conn.execute("CREATE TABLE Cells (x)")
+    return folder / "P1.sqlite"
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda folder: folder / "P1.sqlite", "backend not found"),
+    (lambda folder: folder / "P1_Image.parquet", "backend not found"),
+    (_not_a_database, "not an SQLite database"),
+    (_no_image_table, "has no Image table"),
+])
+def test_open_backend_names_what_is_wrong(tmp_path: Path, make: Callable[[Path], Path], message: str) -> None:
+    path = make(tmp_path)
+    with pytest.raises(InputError, match=message) as info:
+        open_backend(path)
+    assert str(path) in str(info.value)
 
 
 @pytest.mark.parametrize("name", ["Cells - Copy", "Cells (2)", "Nuclei.old", "x'y"])
