@@ -25,13 +25,11 @@ BATCHES = {"B1": ["P1", "P2"], "B2": ["P3"]}
 _assert_frames = partial(assert_profiles_equal, rtol=1e-6, atol=1e-9)
 
 
-def _config(ws: Path, *, float_format: str | None = None, level: str = "batch", aggregate: bool = True) -> Path:
+def _config(ws: Path, *, float_format: str | None = None, level: str = "batch") -> Path:
     text = config_template(workspace=".", batch="B1", plates=BATCHES["B1"])
     text = text.replace('float_format: "%.5g"', f"float_format: {json.dumps(float_format)}")
     text = text.replace("level: batch", f"level: {level}")
     text = text.replace("gct: false", "gct: true")
-    if not aggregate:
-        text = text.replace("aggregate:                                  ", "aggregate:                                  ", 1)
     text += "---\nbatch: B2\nplates:\n  - name: P3\n    process: true\n  - name: P4\n    process: false\nprocess: true\n"
     path = ws / "config.yml"
     path.write_text(text)
@@ -259,7 +257,7 @@ def test_plate_map_edit_reruns_annotate(tmp_path: Path) -> None:
     synth(tmp_path, batch="B1", plates=["P1"], wells=96, well_subset=8, sites=1, cells=4, features=5)
     collate(tmp_path, "B1", ["P1"])
     config = tmp_path / "config.yml"
-    config.write_text(config_template(workspace=".", batch="B1", plates=["P1"]).replace("perform: true  ", "perform: true  ", 1))
+    config.write_text(config_template(workspace=".", batch="B1", plates=["P1"]))
     run(config)
     platemap = tmp_path / "metadata/platemaps/B1/platemap/PM-01.txt"
     platemap.write_text(platemap.read_text().replace("\ttrt", "\tnegcon"))
