@@ -67,11 +67,29 @@ def measure(cmd: Sequence[str | Path], log: Path, env: dict[str, str] | None = N
     return Run(seconds, int(usage.ru_maxrss) * scale)
 
 
+def warm(paths: Sequence[Path]) -> None:
+    """Read every file once so that every contender starts from the page cache."""
+    for p in paths:
+        with open(p, "rb") as fh:
+            while fh.read(1 << 24):
+                pass
+
+
+def machine_basics() -> dict[str, str]:
+    """The commit under test, the date, this machine's cores and CPU, and the Python version."""
+    import datetime as dt
+    import platform
+
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines() if ln.startswith("model name")] if cpuinfo.exists() else []
+    return {"source": source_state(), "date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"), "cores": str(os.cpu_count()),
+            "cpu": names[0] if names else platform.machine(), "python": platform.python_version()}
+
+
 def cytoprofile_bin() -> str:
     """The ``cytoprofile`` command of the running interpreter's environment."""
     here = Path(sys.executable).parent / "cytoprofile"
     return str(here) if here.exists() else shutil.which("cytoprofile") or "cytoprofile"
-
 
 
 def generator_version() -> str:

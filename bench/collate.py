@@ -29,10 +29,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -46,12 +44,14 @@ from _common import (
     Contender,
     Run,
     cytoprofile_bin,
+    machine_basics,
     mb,
     measure,
     runs_text,
-    source_state,
+    synth_once,
     verdict_at_least,
     verdict_at_most,
+    warm,
     write_section,
 )
 
@@ -103,43 +103,13 @@ TARGETS = {"old_over_sqlite": 10.0, "old_over_parquet": 20.0, "over_floor": 2.0,
 # --------------------------------------------------------------------------- measuring
 
 
-def warm(paths: Sequence[Path]) -> None:
-    """Read every file once so that every contender starts from the page cache."""
-    for p in paths:
-        with open(p, "rb") as fh:
-            while fh.read(1 << 24):
-                pass
-
-
 # --------------------------------------------------------------------------- data
-
-
-def generator_version() -> str:
-    """Digest of the synthetic-data generator's source: a changed generator means new data."""
-    import hashlib
-    import inspect
-
-    import cytoprofile.synth
-
-    return hashlib.sha256(inspect.getsource(cytoprofile.synth).encode()).hexdigest()[:12]
 
 
 def generate(ws: Path, *, wells: int, sites: int, cells: int, features: int, well_subset: int | None = None) -> dict[str, Any]:
     """Synthesise one plate into ``ws`` unless a plate of the same shape is already there."""
-    params = {"wells": wells, "sites": sites, "cells": cells, "features": features, "well_subset": well_subset,
-              "batch": BATCH, "plate": PLATE, "generator": generator_version()}
-    stamp = ws / "synth.json"
-    if stamp.exists() and json.loads(stamp.read_text()).get("params") == params:
-        return json.loads(stamp.read_text())
-    shutil.rmtree(ws, ignore_errors=True)
-    from cytoprofile.synth import synth
-
-    result = synth(ws, batch=BATCH, plates=[PLATE], wells=wells, sites=sites, cells=cells, features=features,
-                   well_subset=well_subset, seed=0)
-    files = sorted(site_root(ws).glob("*/*.csv"))
-    info = {"params": params, "sites": len(result.wells) * sites, "wells": len(result.wells), "cells": result.cells_written,
-            "files": len(files), "csv_bytes": sum(f.stat().st_size for f in files)}
-    stamp.write_text(json.dumps(info, indent=1))
+    info, _ = synth_once(ws, batch=BATCH, plate=PLATE, wells=wells, sites=sites, cells=cells, features=features,
+                         well_subset=well_subset)
     return info
 
 
@@ -338,12 +308,9 @@ def machine() -> dict[str, str]:
         pycyto = md.version("pycytominer")
     except Exception:  # noqa: BLE001 - only a label
         pycyto = "not installed"
-    cpuinfo = Path("/proc/cpuinfo")
-    names = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines() if ln.startswith("model name")] if cpuinfo.exists() else []
-    cpu = names[0] if names else ""
-    return {"source": source_state(), "date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"), "cores": str(os.cpu_count()), "cpu": cpu or platform.machine(),
-            "python": platform.python_version(), "cytoprofile": cytoprofile.__version__, "pyarrow": pyarrow.__version__,
-            "polars": polars.__version__, "pandas": pandas.__version__, "pycytominer (cytoprofile venv)": pycyto}
+    return machine_basics() | {"cytoprofile": cytoprofile.__version__, "pyarrow": pyarrow.__version__,
+                               "polars": polars.__version__, "pandas": pandas.__version__,
+                               "pycytominer (cytoprofile venv)": pycyto}
 
 
 # --------------------------------------------------------------------------- main

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import filecmp
-import json
 import os
 import platform
 import shutil
@@ -39,7 +38,17 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from _common import Contender, mb, measure, runs_text, source_state, verdict_at_most, write_section
+from _common import (
+    Contender,
+    mb,
+    measure,
+    runs_text,
+    source_state,
+    synth_once,
+    verdict_at_most,
+    warm,
+    write_section,
+)
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -99,20 +108,9 @@ def check_cli(src: Path, log: Path) -> None:
 
 def generate(ws: Path, *, wells: int, sites: int, cells: int, features: int) -> dict[str, Any]:
     """One plate of ``wells`` wells (of a 384-well layout) × ``sites`` sites, reused while its shape is unchanged."""
-    params = {"wells": wells, "sites": sites, "cells": cells, "features": features, "batch": BATCH, "plate": PLATE}
-    stamp = ws / "synth.json"
-    if stamp.exists() and json.loads(stamp.read_text()).get("params") == params:
-        return dict(json.loads(stamp.read_text()))
-    shutil.rmtree(ws, ignore_errors=True)
     sys.path.insert(0, str(REPO / "src"))  # the current tree's generator
-    from cytoprofile.synth import synth
-
-    result = synth(ws, batch=BATCH, plates=[PLATE], wells=384, well_subset=wells, sites=sites, cells=cells,
-                   features=features, seed=0)
-    files = sorted((ws / "analysis" / BATCH / PLATE / "analysis").glob("*/*.csv"))
-    info = {"params": params, "sites": len(result.wells) * sites, "cells": result.cells_written, "files": len(files),
-            "csv_bytes": sum(f.stat().st_size for f in files)}
-    stamp.write_text(json.dumps(info, indent=1))
+    info, _ = synth_once(ws, batch=BATCH, plate=PLATE, wells=384, well_subset=wells, sites=sites, cells=cells,
+                         features=features)
     return info
 
 
@@ -126,12 +124,6 @@ def workspace_for(name: str, data: Path) -> Path:
     return ws
 
 
-def warm(root: Path) -> None:
-    """Read every input once so both trees start from the page cache."""
-    for path in sorted(root.rglob("*.csv")):
-        path.read_bytes()
-
-
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     WORK.mkdir(parents=True, exist_ok=True)
     log = WORK / "run.log"
@@ -143,7 +135,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         check_cli(src, WORK / "cli-check.log")
     data = WORK / "data"
     info = generate(data, wells=args.wells, sites=args.sites, cells=args.cells, features=args.features)
-    warm(data / "analysis")
+    warm(sorted((data / "analysis").rglob("*.csv")))
     spaces = {name: workspace_for(name, data) for name in trees}
     contenders = {name: Contender(name) for name in trees}
     order = list(trees)

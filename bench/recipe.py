@@ -32,10 +32,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -48,9 +45,9 @@ from _common import (
     RESULTS,
     Contender,
     cytoprofile_bin,
+    machine_basics,
     mb,
     measure,
-    source_state,
     write_section,
 )
 
@@ -302,12 +299,9 @@ def machine() -> dict[str, str]:
 
     import cytoprofile
 
-    cpuinfo = Path("/proc/cpuinfo")
-    names = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines() if ln.startswith("model name")] if cpuinfo.exists() else []
-    return {"source": source_state(), "date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"), "cores": str(os.cpu_count()), "cpu": names[0] if names else platform.machine(),
-            "python": platform.python_version(), "cytoprofile": cytoprofile.__version__, "pyarrow": pyarrow.__version__,
-            "pandas": pandas.__version__, "pycytominer": md.version("pycytominer"), "numpy": md.version("numpy"),
-            "scikit-learn": md.version("scikit-learn")}
+    return machine_basics() | {"cytoprofile": cytoprofile.__version__, "pyarrow": pyarrow.__version__,
+                               "pandas": pandas.__version__, "pycytominer": md.version("pycytominer"),
+                               "numpy": md.version("numpy"), "scikit-learn": md.version("scikit-learn")}
 
 
 def report(args: argparse.Namespace, sizes: Sizes, info: dict[str, Any], ours: Contender, theirs: Contender, agreement: str,
