@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from functools import partial
 from pathlib import Path
@@ -267,7 +266,7 @@ def test_plate_map_edit_reruns_annotate(tmp_path: Path) -> None:
     assert set(augmented["Metadata_control_type"]) == {"negcon"}
 
 
-def test_recipe_layout_with_init_and_workspace_two_levels_up(tmp_path: Path) -> None:
+def test_recipe_layout_with_init_and_workspace_two_levels_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from cytoprofile.pipeline import run
 
     ws = tmp_path / "workspace"
@@ -277,11 +276,7 @@ def test_recipe_layout_with_init_and_workspace_two_levels_up(tmp_path: Path) -> 
     assert main(["init", str(repo)]) == 0  # empty metadata/ and load_data_csv/ must not hide the workspace's
     config = repo / "config_files" / "config.yml"
     config.write_text(config_template(batch="B1", plates=["P1"]))
-    cwd = os.getcwd()
-    try:
-        os.chdir(repo)
-        run(config)
-    finally:
-        os.chdir(cwd)
+    monkeypatch.chdir(repo)
+    run(config)
     assert (repo / "profiles/B1/P1/P1_normalized_feature_select_negcon_batch.csv.gz").exists()
     assert (repo / "quality_control/summary/summary.tsv").exists()
