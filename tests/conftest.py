@@ -1,11 +1,14 @@
-"""Shared fixtures: the real CellProfiler data in ../shared/data, and small synthetic workspaces."""
+"""Shared fixtures: the real CellProfiler data in ../shared/data, small synthetic workspaces, a loopback S3 server."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from .loopback import aws_credentials, moto_server
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -28,3 +31,17 @@ def link_sites(ws: Path, batch: str, plate: str, sites: dict[str, Path]) -> Path
     for name, target in sites.items():
         (plate_dir / name).symlink_to(target, target_is_directory=True)
     return plate_dir
+
+
+@pytest.fixture(scope="module")
+def aws_env() -> Iterator[None]:
+    """Dummy AWS credentials for the module's tests, the environment restored afterwards."""
+    with aws_credentials():
+        yield
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint(aws_env: None) -> Iterator[str]:
+    """A moto S3 server on a free loopback port for the module's tests; its endpoint URL."""
+    with moto_server() as endpoint:
+        yield endpoint

@@ -2,65 +2,24 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from cytoprofile import io
 from cytoprofile.config import config_template
 from cytoprofile.errors import InputError
 from cytoprofile.pipeline import run
 from cytoprofile.synth import synth
 
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    saved = {k: os.environ.get(k) for k in CREDENTIALS}
-    os.environ.update(CREDENTIALS)
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+from .loopback import make_bucket, upload_tree
 
 
 def test_missing_backend_on_s3_names_the_url(s3_endpoint: str, tmp_path: Path) -> None:
-    io.configure_storage(io.storage_options(endpoint_url=s3_endpoint) | {"use_listings_cache": False})
-    fs, _ = io.filesystem("s3://recipe")
-    fs.mkdir("recipe")
+    make_bucket(s3_endpoint, "recipe")
     local = tmp_path / "ws"
     synth(local, batch="B1", plates=["P1"], wells=96, well_subset=2, sites=1, cells=3, features=4)
     url = "s3://recipe/ws"
-    for path in (p for p in local.rglob("*") if p.is_file() and "analysis" not in p.parts):
-        io.upload(path, io.join(url, str(path.relative_to(local))))
+    upload_tree(local, url, skip="analysis")
     config = tmp_path / "config.yml"
     config.write_text(config_template(workspace=url, batch="B1", plates=["P1"]))
     scratch = tmp_path / "scratch"

@@ -8,13 +8,10 @@ and the profiles must be the same.
 from __future__ import annotations
 
 import os
-import socket
 import sqlite3
 import subprocess
 import sys
-import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,56 +22,15 @@ from cytoprofile.collate import collate, collate_plate
 from cytoprofile.synth import synth
 
 from . import faults
+from .loopback import make_bucket, upload_tree
 
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 BACKENDS = ("sqlite", "parquet")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    saved = {k: os.environ.get(k) for k in CREDENTIALS}
-    os.environ.update(CREDENTIALS)
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @pytest.fixture
 def bucket(s3_endpoint: str) -> str:
     """A fresh bucket of the S3 server, as the workspace URL ``s3://BUCKET/ws``."""
-    io.configure_storage(io.storage_options(endpoint_url=s3_endpoint) | {"use_listings_cache": False})
-    name = f"ws-{uuid.uuid4().hex[:12]}"
-    fs, _ = io.filesystem(f"s3://{name}")
-    fs.mkdir(name)
-    return f"s3://{name}/ws"
-
-
-def _upload_tree(local: Path, url: str, under: str = "analysis") -> None:
-    for path in sorted((local / under).rglob("*")):
-        if path.is_file():
-            io.upload(path, io.join(url, path.relative_to(local).as_posix()))
+    return f"s3://{make_bucket(s3_endpoint)}/ws"
 
 
 # --- shapes: each mutates a small synthetic plate's analysis folder in place -------------
@@ -176,7 +132,7 @@ def test_s3_plate_is_read_as_the_local_plate(bucket: str, tmp_path: Path, shape:
     local = collate_plate(ws, faults.BATCH, faults.PLATE, backend=BACKENDS)
     faults.assert_rows_accounted(local, plate_dir)
     assert local.report["totals"]["sites_quarantined"] == (1 if shape in QUARANTINING else 0)
-    _upload_tree(ws, bucket)
+    upload_tree(ws, bucket, under="analysis")
     remote = collate_plate(bucket, faults.BATCH, faults.PLATE, backend=BACKENDS, tmp_dir=str(tmp_path / "scratch"))
     _assert_same_plate(local, remote, tmp_path)
     assert list((tmp_path / "scratch").iterdir()) == []
@@ -185,7 +141,7 @@ def test_s3_plate_is_read_as_the_local_plate(bucket: str, tmp_path: Path, shape:
 def test_s3_rerun_rebuilds_when_the_input_files_changed(bucket: str, tmp_path: Path) -> None:
     ws = tmp_path / "ws"
     plate_dir = faults.small_plate(ws, wells=2, sites=2)
-    _upload_tree(ws, bucket)
+    upload_tree(ws, bucket, under="analysis")
     first = collate_plate(bucket, faults.BATCH, faults.PLATE)
     assert first.status == "done"
     assert collate_plate(bucket, faults.BATCH, faults.PLATE).status == "skipped"
@@ -207,7 +163,7 @@ def test_s3_files_no_reader_opens_are_not_downloaded(bucket: str, tmp_path: Path
     (folder / "DNA.tiff").write_bytes(os.urandom(2048))
     (folder / "old").mkdir()
     faults.write_rows(folder / "old" / "Cells.csv.gz", faults.read_rows(folder / "Cells.csv"))
-    _upload_tree(ws, bucket)
+    upload_tree(ws, bucket, under="analysis")
     fetched: list[str] = []
     real = io.download
 
@@ -234,7 +190,7 @@ def test_s3_export_database_is_read_as_locally(bucket: str, tmp_path: Path, give
     assert files
     export_db = [str(f) for f in files] if given == "option" else []
     [local] = collate(ws, faults.BATCH, [faults.PLATE], export_db=export_db)
-    _upload_tree(ws, bucket)
+    upload_tree(ws, bucket, under="analysis")
     remote_db = [io.join(bucket, f.relative_to(ws).as_posix()) for f in files] if given == "option" else []
     [remote] = collate(bucket, faults.BATCH, [faults.PLATE], export_db=remote_db, tmp_dir=str(tmp_path / "scratch"))
     _assert_same_plate(local, remote, tmp_path)
@@ -250,7 +206,7 @@ def _ours(names: list[str]) -> list[str]:
 def test_s3_aggregate_only_keeps_and_removes_outputs_as_locally(bucket: str, tmp_path: Path) -> None:
     ws = tmp_path / "ws"
     faults.small_plate(ws, wells=2, sites=2)
-    _upload_tree(ws, bucket)
+    upload_tree(ws, bucket, under="analysis")
     built = {w: collate_plate(w, faults.BATCH, faults.PLATE, backend=BACKENDS) for w in (str(ws), bucket)}
     assert {r.status for r in built.values()} == {"done"}
     again = {w: collate_plate(w, faults.BATCH, faults.PLATE, backend=("sqlite",), profile_format="parquet",

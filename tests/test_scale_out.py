@@ -23,53 +23,10 @@ from cytoprofile.config import config_template
 from cytoprofile.pipeline import run
 from cytoprofile.synth import synth
 
+from .loopback import CREDENTIALS, free_port, make_bucket, upload_tree, wait_port
 from .quarantine import BATCH, quarantined_workspace
 
 BATCHES = {"B1": ["P1", "P2"], "B2": ["P3"]}
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_port(port: int, timeout: float = 30) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
-
-
-@pytest.fixture(scope="module")
-def aws_env() -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in CREDENTIALS}
-    os.environ.update(CREDENTIALS)
-    yield
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-
-
-@pytest.fixture(scope="module")
-def s3_server(aws_env: None) -> Iterator[str]:
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        _wait_port(port)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
 class _FlakyProxy(http.server.ThreadingHTTPServer):
     """Forwards to the S3 server; answers every ``every``-th request with 503 SlowDown."""
 
@@ -127,14 +84,14 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def cluster(aws_env: None) -> Iterator[tuple[str, list[subprocess.Popen[bytes]]]]:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, **CREDENTIALS}
     scheduler = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
                                   "--port", str(port), "--no-dashboard"], env=env,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     workers = []
     try:
-        _wait_port(port)
+        wait_port(port)
         address = f"tcp://127.0.0.1:{port}"
         for _ in range(2):
             workers.append(subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address,
@@ -158,19 +115,6 @@ def cluster(aws_env: None) -> Iterator[tuple[str, list[subprocess.Popen[bytes]]]
 def _make_workspace(ws: Path) -> None:
     for i, (batch, plates) in enumerate(BATCHES.items()):
         synth(ws, batch=batch, plates=plates, wells=96, well_subset=12, sites=2, cells=15, features=12, seed=i)
-
-
-def _bucket(endpoint: str, name: str) -> None:
-    io.configure_storage(io.storage_options(endpoint_url=endpoint) | {"use_listings_cache": False})
-    fs, _ = io.filesystem(f"s3://{name}")
-    if not fs.exists(name):
-        fs.mkdir(name)
-
-
-def _upload_tree(local: Path, url: str) -> None:
-    files = [p for p in local.rglob("*") if p.is_file()]
-    for p in files:
-        io.upload(p, io.join(url, str(p.relative_to(local))))
 
 
 def _config(path: Path, workspace: str) -> Path:
@@ -202,14 +146,14 @@ def _compare_with_local(local: Path, url: str) -> None:
                 (local / f"backend/{batch}/{plate}/{plate}.csv").read_bytes()
 
 
-def test_s3_to_s3_on_dask_equals_local_run(s3_server: str, cluster: tuple[str, list[subprocess.Popen[bytes]]],
+def test_s3_to_s3_on_dask_equals_local_run(s3_endpoint: str, cluster: tuple[str, list[subprocess.Popen[bytes]]],
                                            local_reference: Path, tmp_path: Path) -> None:
     address, _ = cluster
-    _bucket(s3_server, "cells")
+    make_bucket(s3_endpoint, "cells")
     ws = tmp_path / "ws"
     _make_workspace(ws)
     url = "s3://cells/project/workspace"
-    _upload_tree(ws, url)
+    upload_tree(ws, url)
     for batch, plates in BATCHES.items():
         results = collate(url, batch, plates, scheduler=address)
         assert [r.status for r in results] == ["done"] * len(plates), [r.message for r in results]
@@ -229,15 +173,15 @@ def test_s3_to_s3_on_dask_equals_local_run(s3_server: str, cluster: tuple[str, l
     # qc alone, straight on the bucket
     from cytoprofile.cli import main
 
-    assert main(["qc", url, "B2", "P3", "--endpoint-url", s3_server, "-q"]) == 0
+    assert main(["qc", url, "B2", "P3", "--endpoint-url", s3_endpoint, "-q"]) == 0
     assert b"P3" in _remote_bytes(f"{url}/quality_control/report/B2.html")
-    io.configure_storage(io.storage_options(endpoint_url=s3_server) | {"use_listings_cache": False})
+    io.configure_storage(io.storage_options(endpoint_url=s3_endpoint) | {"use_listings_cache": False})
     # a second run finds every step current
     again = run(_config(tmp_path / "config.yml", url), scheduler=address)
     assert not [r for r in again.ran if not r.startswith("quality_control")]
 
 
-def test_killed_worker_does_not_change_the_result(s3_server: str, cluster: tuple[str, list[subprocess.Popen[bytes]]],
+def test_killed_worker_does_not_change_the_result(s3_endpoint: str, cluster: tuple[str, list[subprocess.Popen[bytes]]],
                                                   tmp_path: Path) -> None:
     address, workers = cluster
     plates = ["K1", "K2", "K3", "K4"]
@@ -261,22 +205,22 @@ def test_killed_worker_does_not_change_the_result(s3_server: str, cluster: tuple
         assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
 
 
-def test_flaky_s3_retries_and_leaves_nothing_partial(s3_server: str, local_reference: Path, tmp_path: Path) -> None:
-    proxy = _FlakyProxy(int(s3_server.rsplit(":", 1)[1]), every=5)
+def test_flaky_s3_retries_and_leaves_nothing_partial(s3_endpoint: str, local_reference: Path, tmp_path: Path) -> None:
+    proxy = _FlakyProxy(int(s3_endpoint.rsplit(":", 1)[1]), every=5)
     thread = threading.Thread(target=proxy.serve_forever, daemon=True)
     thread.start()
     try:
-        _bucket(s3_server, "flaky")
+        make_bucket(s3_endpoint, "flaky")
         ws = tmp_path / "ws"
         _make_workspace(ws)
         url = "s3://flaky/ws"
-        _upload_tree(ws, url)
+        upload_tree(ws, url)
         endpoint = f"http://127.0.0.1:{proxy.server_address[1]}"
         io.configure_storage(io.storage_options(endpoint_url=endpoint) | {"use_listings_cache": False})
         results = collate(url, "B1", BATCHES["B1"], tmp_dir=str(tmp_path))
         assert [r.status for r in results] == ["done", "done"], [r.message for r in results]
         assert proxy.failed > 0
-        io.configure_storage(io.storage_options(endpoint_url=s3_server) | {"use_listings_cache": False})
+        io.configure_storage(io.storage_options(endpoint_url=s3_endpoint) | {"use_listings_cache": False})
         for plate in BATCHES["B1"]:
             assert _remote_bytes(f"{url}/backend/B1/{plate}/{plate}.csv") == \
                 (local_reference / f"backend/B1/{plate}/{plate}.csv").read_bytes()
@@ -314,7 +258,7 @@ def web_server() -> Iterator[str]:
 
 
 def _closed_port() -> str:
-    return f"127.0.0.1:{_free_port()}"  # bound and released: nothing listens, connections are refused
+    return f"127.0.0.1:{free_port()}"  # bound and released: nothing listens, connections are refused
 
 
 FAST = ["--connect-timeout", "1", "--read-timeout", "1", "--retries", "1", "-q"]
@@ -353,12 +297,12 @@ def test_scheduler_that_is_no_dask_scheduler_fails_within_seconds(tmp_path: Path
     assert not (ws / "backend").exists()
 
 
-def _s3_plate(tmp_path: Path, s3_server: str, bucket: str) -> tuple[Path, str]:
-    _bucket(s3_server, bucket)
+def _s3_plate(tmp_path: Path, s3_endpoint: str, bucket: str) -> tuple[Path, str]:
+    make_bucket(s3_endpoint, bucket)
     ws = tmp_path / "ws"
     synth(ws, batch="B1", plates=["P1"], wells=96, well_subset=4, sites=2, cells=8, features=6, seed=4)
     url = f"s3://{bucket}/ws"
-    _upload_tree(ws / "analysis", f"{url}/analysis")
+    upload_tree(ws, url, under="analysis")
     return ws, url
 
 
@@ -366,12 +310,12 @@ def _names(url: str) -> list[str]:
     return sorted(k.rsplit("/", 1)[-1] for k in io.list_files(url))
 
 
-def test_s3_reruns_follow_the_local_rules(s3_server: str, tmp_path: Path) -> None:
+def test_s3_reruns_follow_the_local_rules(s3_endpoint: str, tmp_path: Path) -> None:
     import pandas as pd
 
     from cytoprofile.collate import collate_plate, trusted_outputs
 
-    ws, url = _s3_plate(tmp_path, s3_server, "reruns")
+    ws, url = _s3_plate(tmp_path, s3_endpoint, "reruns")
     backend = f"{url}/backend/B1/P1"
     scratch = tmp_path / "not" / "yet"  # --tmp-dir that does not exist is created
     assert [r.status for r in collate(url, "B1", ["P1"], tmp_dir=str(scratch))] == ["done"]
@@ -414,15 +358,15 @@ sys.exit(code)
 """
 
 
-def test_s3_kill_during_upload_is_never_skipped_and_leftovers_are_cleaned(s3_server: str, tmp_path: Path) -> None:
+def test_s3_kill_during_upload_is_never_skipped_and_leftovers_are_cleaned(s3_endpoint: str, tmp_path: Path) -> None:
     from cytoprofile.collate import collate_plate, trusted_outputs
 
-    ws, url = _s3_plate(tmp_path, s3_server, "killed")
+    ws, url = _s3_plate(tmp_path, s3_endpoint, "killed")
     backend = f"{url}/backend/B1/P1"
     scratch = tmp_path / "scratch"
     expected = Path(collate_plate(ws, "B1", "P1", operation="mean").outputs["profiles"]).read_bytes()
     median = Path(collate_plate(ws, "B1", "P1", overwrite=True).outputs["profiles"]).read_bytes()
-    argv = ["collate", url, "B1", "P1", "--endpoint-url", s3_server, "--tmp-dir", str(scratch), "-q"]
+    argv = ["collate", url, "B1", "P1", "--endpoint-url", s3_endpoint, "--tmp-dir", str(scratch), "-q"]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
 
     def attempt(moment: int, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -438,7 +382,7 @@ def test_s3_kill_during_upload_is_never_skipped_and_leftovers_are_cleaned(s3_ser
         old = "median" if new == "mean" else "mean"
         killed = attempt(moment, "--operation", new)
         assert killed.returncode == -signal.SIGKILL, (moment, killed.stderr)
-        io.configure_storage(io.storage_options(endpoint_url=s3_server) | {"use_listings_cache": False})
+        io.configure_storage(io.storage_options(endpoint_url=s3_endpoint) | {"use_listings_cache": False})
         report, trusted = trusted_outputs(url, "B1", "P1")
         assert report is None or set(trusted) == set(report["outputs"]), moment
         if report is not None and "P1.csv" in trusted:  # what a reader trusts is one whole build
@@ -451,10 +395,10 @@ def test_s3_kill_during_upload_is_never_skipped_and_leftovers_are_cleaned(s3_ser
         assert not list(scratch.iterdir()), moment
 
 
-def test_push_to_remote_follows_the_same_rules(s3_server: str, tmp_path: Path) -> None:
+def test_push_to_remote_follows_the_same_rules(s3_endpoint: str, tmp_path: Path) -> None:
     from cytoprofile.collate import trusted_outputs
 
-    _bucket(s3_server, "pushed")
+    make_bucket(s3_endpoint, "pushed")
     ws = tmp_path / "ws"
     synth(ws, batch="B1", plates=["P1"], wells=96, well_subset=2, sites=1, cells=5, features=4)
     url = "s3://pushed/ws"
