@@ -22,7 +22,8 @@ def _is_option(param: Any) -> bool:
 
 
 def _escape(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ").strip()
+    # help text is plain text: a <name> must not become an HTML tag
+    return text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;").replace("\n", " ").strip()
 
 
 def _default(param: Any) -> str:
@@ -45,11 +46,20 @@ def _names(param: Any) -> str:
     return " / ".join(f"`{o}`" for o in opts)
 
 
+_READABLE = {"str": "text", "int": "integer", "float": "number", "path": "path", "bool": "yes/no"}
+
+
 def _kind(param: Any, ctx: Any) -> str:
+    """The value a user types, in words (a metavar the command sets wins over the Python type)."""
     if _is_option(param) and param.is_flag:
         return "flag"
-    name = str(param.display_type(ctx)).strip("<>")
-    return f"{name} (repeatable)" if param.multiple else name
+    metavar = param.metavar if _is_option(param) else None  # an argument's metavar is its name
+    name = str(metavar or param.display_type(ctx)).strip("<>")
+    inner = name[5:-1] if name.startswith("list[") and name.endswith("]") else name
+    word = _READABLE.get(inner, inner)
+    if param.multiple or inner != name:
+        return f"{word}, repeatable"
+    return word
 
 
 def _command_section(name: str, cmd: Any, parent: Any) -> list[str]:
@@ -88,7 +98,7 @@ def render_cli() -> str:
     for name in names:
         cmd = group.get_command(root, name)
         assert cmd is not None
-        summary = cmd.get_short_help_str(limit=120)
+        summary = (cmd.help or "").strip().split("\n\n")[0] or cmd.get_short_help_str()  # the whole first paragraph, never cut
         lines.append(f"| [`{name}`](#cytoprofile-{name}) | {_escape(summary)} |")
     lines.append("")
     for name in names:

@@ -192,3 +192,32 @@ def test_runnable_snippets_run(tmp_path: Path) -> None:
         result = subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, f"{s.page}:\n{s.body}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
     assert (work / "demo" / "quality_control" / "report" / "BATCH1.html").exists()
+
+
+_SHARED_PLUGIN = '''
+def pytest_collection_modifyitems(session, config, items):
+    shared = [i for i in items if "shared_data" in getattr(i, "fixturenames", ())]
+    print(f"\\nSHARED_DATA_TESTS {len(shared)}")
+'''
+
+
+def test_readme_commands_and_skip_count_are_true(tmp_path: Path) -> None:
+    """The README's first block names the Makefile's targets, and its count of tests needing ../shared is right."""
+    readme = (ROOT / "README.md").read_text()
+    first = FENCE.search(readme)
+    assert first is not None and first["info"] == "sh"
+    makefile = (ROOT / "Makefile").read_text()
+    for line in first["body"].splitlines():
+        target = line.split("#")[0].split()[1]
+        assert re.search(rf"^{target}:", makefile, re.M), f"make {target}: no such target"
+    stated = re.search(r"(\d+) tests read the real CellProfiler data in `\.\./shared/data`", readme)
+    assert stated is not None, "the README no longer says how many tests need ../shared/data"
+    (tmp_path / "count_shared.py").write_text(_SHARED_PLUGIN)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(ROOT / "src")]))
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-n", "0", "-p", "count_shared", "-p", "no:cacheprovider"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    counted = re.search(r"SHARED_DATA_TESTS (\d+)", result.stdout)
+    assert counted is not None, result.stdout[-2000:] + result.stderr[-2000:]
+    assert int(stated[1]) == int(counted[1]), f"README says {stated[1]}, the suite has {counted[1]}"
