@@ -35,7 +35,6 @@ PENDING = frozenset({
     "metadata",
     "normalize",
     "processing",
-    "single_cells",
     "synth",
 })
 
@@ -102,14 +101,22 @@ def _private_imports(module: str, path: Path, tree: ast.AST, modules: dict[str, 
     return found
 
 
+def _signature_lines(tree: ast.AST) -> set[int]:
+    """Lines of function signatures: the options an entry point takes are declarations, not logic."""
+    return {n for node in ast.walk(tree) if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+            for n in range(node.lineno, node.body[0].lineno)}
+
+
 def _normalized_lines(path: Path) -> list[tuple[int, str]]:
-    """(line number, text) of the lines that carry code: no blanks, comments, imports or lone
-    punctuation; white space folded."""
+    """(line number, text) of the lines that carry code: no blanks, comments, imports, lone
+    punctuation or signatures; white space folded."""
+    text = path.read_text()
+    skip = _signature_lines(ast.parse(text))
     out = []
-    for number, raw in enumerate(path.read_text().splitlines(), 1):
+    for number, raw in enumerate(text.splitlines(), 1):
         line = " ".join(raw.split("#", 1)[0].split()) if "#" in raw and not ("'" in raw or '"' in raw) \
             else " ".join(raw.split())
-        if not line or line.startswith("#") or _TRIVIAL.match(line) \
+        if not line or number in skip or line.startswith("#") or _TRIVIAL.match(line) \
                 or line.startswith(("import ", "from ")):
             continue
         out.append((number, line))
