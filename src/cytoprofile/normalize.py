@@ -26,7 +26,7 @@ import pandas as pd
 
 from .checks import as_names, check_choice, check_flag, check_number
 from .errors import ConfigError, InputError
-from .feature_select import (
+from .step_data import (
     AccountSink,
     FeatureAccount,
     feature_matrix,
