@@ -30,11 +30,8 @@ PENDING = frozenset({
     "exportdb",
     "annotate",
     "config",
-    "feature_select",
-    "io",
     "metadata",
     "normalize",
-    "processing",
     "synth",
 })
 
@@ -101,17 +98,23 @@ def _private_imports(module: str, path: Path, tree: ast.AST, modules: dict[str, 
     return found
 
 
-def _signature_lines(tree: ast.AST) -> set[int]:
-    """Lines of function signatures: the options an entry point takes are declarations, not logic."""
-    return {n for node in ast.walk(tree) if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
-            for n in range(node.lineno, node.body[0].lineno)}
+def _declaration_lines(tree: ast.AST) -> set[int]:
+    """Lines of imports and of function signatures (the options an entry point takes): they
+    declare, they hold no logic."""
+    lines = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            lines.update(range(node.lineno, node.body[0].lineno))
+        elif isinstance(node, ast.Import | ast.ImportFrom) and node.end_lineno is not None:
+            lines.update(range(node.lineno, node.end_lineno + 1))
+    return lines
 
 
 def _normalized_lines(path: Path) -> list[tuple[int, str]]:
     """(line number, text) of the lines that carry code: no blanks, comments, imports, lone
     punctuation or signatures; white space folded."""
     text = path.read_text()
-    skip = _signature_lines(ast.parse(text))
+    skip = _declaration_lines(ast.parse(text))
     out = []
     for number, raw in enumerate(text.splitlines(), 1):
         line = " ".join(raw.split("#", 1)[0].split()) if "#" in raw and not ("'" in raw or '"' in raw) \
