@@ -30,9 +30,6 @@ PENDING = frozenset({
     "exportdb",
     "annotate",
     "config",
-    "metadata",
-    "normalize",
-    "synth",
 })
 
 _TRIVIAL = re.compile(r"^[\s()\[\]{},:;.]*$")
