@@ -25,6 +25,7 @@ from cytoprofile.config import (
     load_config,
     parse_config,
 )
+from cytoprofile.config_diagnostics import edit_distance, model_in
 from cytoprofile.errors import ConfigError
 
 # The profiling recipe's own template, as it is distributed (placeholders and all,
@@ -410,7 +411,7 @@ def _fields(model: type[BaseModel], prefix: str = "") -> list[str]:
     out: list[str] = []
     for name, info in model.model_fields.items():
         out.append(prefix + name)
-        sub = cfg._model_in(info.annotation)
+        sub = model_in(info.annotation)
         if sub is not None:
             out += _fields(sub, f"{prefix}{name}.")
     return out
@@ -641,11 +642,11 @@ def test_other_unknown_keys_warn_on_one_line(tmp_path: Path, snippet: str) -> No
 
 
 def test_edit_distance_counts_swaps_as_one() -> None:
-    assert cfg._edit_distance("methd", "method") == 1
-    assert cfg._edit_distance("mehtod", "method") == 1
-    assert cfg._edit_distance("feature_selct", "feature_select") == 1
-    assert cfg._edit_distance("abc", "abc") == 0
-    assert cfg._edit_distance("samples", "sample_filter") > 2
+    assert edit_distance("methd", "method") == 1
+    assert edit_distance("mehtod", "method") == 1
+    assert edit_distance("feature_selct", "feature_select") == 1
+    assert edit_distance("abc", "abc") == 0
+    assert edit_distance("samples", "sample_filter") > 2
 
 
 # --- values that would crash or truncate later ---

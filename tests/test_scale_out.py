@@ -341,16 +341,16 @@ def test_s3_reruns_follow_the_local_rules(s3_endpoint: str, tmp_path: Path) -> N
 
 _KILL_UPLOAD = """
 import os, signal, sys
-from cytoprofile import io
+from cytoprofile import remote
 n = int(sys.argv[1]); calls = [0]
-real = io._with_retries
+real = remote.with_retries
 def killing(action, what, *args, **kwargs):
     if what.startswith("upload of"):
         calls[0] += 1
         if calls[0] == n:
             os.kill(os.getpid(), signal.SIGKILL)
     return real(action, what, *args, **kwargs)
-io._with_retries = killing
+remote.with_retries = killing
 from cytoprofile.cli import main
 code = main(sys.argv[2:])
 print("calls", calls[0], flush=True)

@@ -15,11 +15,10 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -35,6 +34,19 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from .config_diagnostics import (
+    Document,
+    KeyPath,
+    duplicate_keys,
+    error_message,
+    format_path,
+    key_line,
+    read_documents,
+    report_unknown,
+    restore_raw_names,
+    unknown_keys,
+    validate_document,
+)
 from .errors import ConfigError
 from .io import USABLE_FLOAT_FORMAT
 from .vocabulary import (
@@ -103,8 +115,6 @@ log = logging.getLogger("cytoprofile.config")
 _OBJECT_FEATURES = (with_metadata_prefix(OBJECT_NUMBER), OBJECT_NUMBER)
 _UNRELEASED = "exists only on an unreleased recipe branch; remove it"
 _REFUSED_KEYS = {"subgroup_col": f"subgroup_col {_UNRELEASED}"}
-_MIN_TYPO_LENGTH = 4
-_MAX_TYPO_DISTANCE = 2
 
 
 # --- value checks: each raises one clear message, so errors carry no union noise ---
@@ -656,7 +666,7 @@ class RecipeConfig(_Block):
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
-            raise PydanticCustomError("processing", "{where}: {msg}", {"where": where, "msg": _message(first)}) from exc
+            raise PydanticCustomError("processing", "{where}: {msg}", {"where": where, "msg": error_message(first, own_errors=_OWN_ERRORS)}) from exc
         try:
             check_chain_options(chain, {k: v for k, v in options.items() if k != "input"})
         except ConfigError as exc:
@@ -733,181 +743,6 @@ def config_to_dict(recipe: Recipe) -> dict[str, Any]:
     return recipe.to_dict()
 
 
-# --- reading YAML ---
-
-
-class _Loader(yaml.SafeLoader):
-    """Safe YAML, but dates stay text (batch and plate names often look like dates)."""
-
-
-_Loader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-
-_Path = tuple[str | int, ...]
-
-
-def _format_path(path: _Path) -> str:
-    """``("feature_select", "operations", 2)`` -> ``feature_select.operations[2]``."""
-    out = ""
-    for part in path:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out
-
-
-def _key_text(node: yaml.Node) -> str:
-    return str(node.value) if isinstance(node, yaml.ScalarNode) else "?"
-
-
-def _locate(node: yaml.Node, path: _Path) -> tuple[yaml.Node, yaml.Node | None]:
-    """Follow ``path`` down the YAML nodes.
-
-    Returns the deepest node reached (for a mapping entry, its key node: that is the
-    line to point at) and the value node at ``path``, or None when the path stops early.
-    A key written twice resolves to its last occurrence, as YAML loading does.
-    """
-    here: yaml.Node = node
-    for part in path:
-        if isinstance(node, yaml.MappingNode) and isinstance(part, str):
-            matches = [(k, v) for k, v in node.value if _key_text(k) == part]
-            if not matches:
-                return here, None
-            here, node = matches[-1]
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
-            if not 0 <= part < len(node.value):
-                return here, None
-            here = node = node.value[part]
-        else:
-            return here, None
-    return here, node
-
-
-def _line(node: yaml.Node, path: _Path) -> int:
-    return _locate(node, path)[0].start_mark.line + 1
-
-
-def _duplicate_keys(node: yaml.Node, path: _Path = ()) -> Iterator[tuple[_Path, int, int]]:
-    """Keys written twice in one mapping: (path, first line, second line)."""
-    if isinstance(node, yaml.MappingNode):
-        seen: dict[str, int] = {}
-        for key, value in node.value:
-            name = _key_text(key)
-            line = key.start_mark.line + 1
-            if name in seen and key.tag != "tag:yaml.org,2002:merge":
-                yield (*path, name), seen[name], line
-            seen.setdefault(name, line)
-            yield from _duplicate_keys(value, (*path, name))
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            yield from _duplicate_keys(item, (*path, i))
-
-
-def _raw_names(data: dict[Any, Any], node: yaml.Node, paths: Sequence[_Path]) -> None:
-    """Put back the written text of names that YAML read as numbers or booleans.
-
-    Without this, ``name: 0123`` would name plate ``83`` and ``batch: 2021_04_26``
-    batch ``20210426``.
-    """
-    for path in paths:
-        holder: Any = data
-        for part in path[:-1]:
-            try:
-                holder = holder[part]
-            except (KeyError, IndexError, TypeError):
-                holder = None
-                break
-        if not isinstance(holder, dict):
-            continue
-        if isinstance(holder.get(path[-1]), (bool, int, float)):
-            scalar = _locate(node, path)[1]
-            if isinstance(scalar, yaml.ScalarNode):
-                holder[path[-1]] = scalar.value
-
-
-def _model_in(annotation: Any) -> type[BaseModel] | None:
-    """The pydantic model inside a field's type (``X``, ``X | None``, ``list[X]``)."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in get_args(annotation):
-        found = _model_in(arg)
-        if found is not None:
-            return found
-    return None
-
-
-def _edit_distance(a: str, b: str) -> int:
-    """Damerau-Levenshtein distance (optimal string alignment): edits, adjacent swaps count one."""
-    prev2: list[int] = []
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, start=1):
-        row = [i] + [0] * len(b)
-        for j, cb in enumerate(b, start=1):
-            row[j] = min(prev[j] + 1, row[j - 1] + 1, prev[j - 1] + (ca != cb))
-            if i > 1 and j > 1 and ca == b[j - 2] and a[i - 2] == cb:
-                row[j] = min(row[j], prev2[j - 2] + 1)
-        prev2, prev = prev, row
-    return prev[-1]
-
-
-def _misspelling(name: str, known: Sequence[str]) -> str | None:
-    """The known key ``name`` is a misspelling of (distance <= 2, keys of 4+ characters)."""
-    if len(name) < _MIN_TYPO_LENGTH:
-        return None
-    scored = sorted((_edit_distance(name.lower(), k.lower()), k) for k in known if len(k) >= _MIN_TYPO_LENGTH)
-    return scored[0][1] if scored and scored[0][0] <= _MAX_TYPO_DISTANCE else None
-
-
-@dataclass(frozen=True)
-class _Unknown:
-    """A key the schema does not declare: a likely misspelling, a refused key, or just unknown."""
-
-    path: _Path
-    close: str | None
-    refused: str | None = None
-
-
-def _unknown_keys(model: type[BaseModel], data: Any, path: _Path = ()) -> Iterator[_Unknown]:
-    """Keys of ``data`` that ``model`` does not declare."""
-    if not isinstance(data, Mapping):
-        return
-    fields = model.model_fields
-    for key, value in data.items():
-        name = str(key)
-        if name not in fields:
-            yield _Unknown((*path, name), _misspelling(name, list(fields)), _REFUSED_KEYS.get(name))
-            continue
-        sub = _model_in(fields[name].annotation)
-        if sub is None:
-            continue
-        if isinstance(value, Mapping):
-            yield from _unknown_keys(sub, value, (*path, name))
-        elif isinstance(value, list):
-            for i, item in enumerate(value):
-                yield from _unknown_keys(sub, item, (*path, name, i))
-
-
-def _report_unknown(
-    found: _Unknown, *, where: str, allow: bool, notes: list[str], problems: list[str]
-) -> None:
-    """A misspelled or refused key is a problem; other unknown keys (and, with ``allow``,
-    misspellings) are notes. ``where`` is ``file:line: `` plus any batch label."""
-    key = _format_path(found.path)
-    if found.refused is not None:
-        problems.append(f"{where}{key}: {found.refused}")
-    elif found.close is not None and not allow:
-        problems.append(
-            f"{where}{key}: unknown key; did you mean '{found.close}'? "
-            "(fix the spelling, or pass --allow-unknown-keys to ignore it)"
-        )
-    else:
-        hint = f"; did you mean '{found.close}'?" if found.close else ""
-        notes.append(f"{where}{key}: unknown key, ignored{hint}")
-
-
 def _upgrade(data: dict[str, Any], node: yaml.Node, source: str, problems: list[str]) -> None:
     """Rewrite the recipe's older settings forms (2021) into today's, in place.
 
@@ -921,7 +756,7 @@ def _upgrade(data: dict[str, Any], node: yaml.Node, source: str, problems: list[
             flag = block.pop("negcon")
             if not isinstance(flag, bool):
                 problems.append(
-                    f"{source}:{_line(node, (main, 'negcon'))}: {main}.negcon: {flag!r}: write true "
+                    f"{source}:{key_line(node, (main, 'negcon'))}: {main}.negcon: {flag!r}: write true "
                     f"(also make the {negcon} outputs) or false"
                 )
             elif flag and negcon not in data:
@@ -929,7 +764,7 @@ def _upgrade(data: dict[str, Any], node: yaml.Node, source: str, problems: list[
     aggregate = data.get("aggregate")
     if isinstance(aggregate, dict) and "features" in aggregate and aggregate.pop("features") != "infer":
         problems.append(
-            f"{source}:{_line(node, ('aggregate', 'features'))}: aggregate.features: cytoprofile "
+            f"{source}:{key_line(node, ('aggregate', 'features'))}: aggregate.features: cytoprofile "
             "aggregates every feature of the compartments; write infer or remove the key"
         )
     qc = data.get("quality_control")
@@ -938,7 +773,7 @@ def _upgrade(data: dict[str, Any], node: yaml.Node, source: str, problems: list[
         ops = [ops] if isinstance(ops, str) else ops
         if not isinstance(ops, list) or not set(ops) <= {"summary", "heatmap"}:
             problems.append(
-                f"{source}:{_line(node, ('quality_control', 'operations'))}: quality_control.operations: "
+                f"{source}:{key_line(node, ('quality_control', 'operations'))}: quality_control.operations: "
                 f"{ops!r}: list summary and/or heatmap"
             )
             return
@@ -946,7 +781,7 @@ def _upgrade(data: dict[str, Any], node: yaml.Node, source: str, problems: list[
             sub = qc.get(name)
             if isinstance(sub, dict) and "perform" in sub and sub["perform"] != (name in ops):
                 problems.append(
-                    f"{source}:{_line(node, ('quality_control', name, 'perform'))}: quality_control.{name}.perform: "
+                    f"{source}:{key_line(node, ('quality_control', name, 'perform'))}: quality_control.{name}.perform: "
                     f"{sub['perform']!r} contradicts quality_control.operations {ops!r}; keep one of the two"
                 )
             qc[name] = (sub if isinstance(sub, dict) else {}) | {"perform": name in ops}
@@ -970,90 +805,25 @@ _OWN_ERRORS = frozenset(
 )
 
 
-def _message(error: Mapping[str, Any]) -> str:
-    """One pydantic error as a sentence; built-in messages also show the bad value."""
-    kind = error["type"]
-    if kind == "missing":
-        return "required key is missing"
-    text = str(error["msg"])
-    text = text.removeprefix("Value error, ").removeprefix("Assertion failed, ")
-    if kind in _OWN_ERRORS:
-        return text
-    got = error.get("input")
-    if isinstance(got, (dict, list)):
-        return f"{text} (got a {'mapping' if isinstance(got, dict) else 'list'})"
-    return f"{text} (got {got!r})"
+_FIX = (
+    "a config needs one settings document (with 'pipeline:') and one document per "
+    "batch ('batch:', 'plates:'), separated by '---'; start from the config template"
+)
 
 
-@dataclass(frozen=True)
-class _Document:
-    """One YAML document: its number, its node (for lines) and its data."""
-
-    index: int
-    node: yaml.Node
-    data: Any
-
-    @property
-    def line(self) -> int:
-        return self.node.start_mark.line + 1
-
-
-def _documents(text: str, source: str) -> list[_Document]:
-    loader = _Loader(text)
-    docs: list[_Document] = []
-    try:
-        while loader.check_node():
-            node = loader.get_node()
-            if node is None:
-                continue
-            data = loader.construct_document(node)
-            docs.append(_Document(len(docs) + 1, node, data))
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown line"
-        what = exc.problem or exc.context or "cannot parse"
-        raise ConfigError(f"{source}: {where}: invalid YAML: {what}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: invalid YAML: {exc}") from exc
-    finally:
-        loader.dispose()
-    return [d for d in docs if d.data is not None]
-
-
-def _validate(
-    model: type[BaseModel], doc: _Document, source: str, label: str, problems: list[str]
-) -> Any:
-    """``model`` from the document, or None with one line per problem added."""
-    try:
-        return model.model_validate(doc.data)
-    except ValidationError as exc:
-        for error in exc.errors():
-            path: _Path = tuple(error["loc"])
-            where = f"{_format_path(path)}: " if path else ""
-            line = _line(doc.node, path)
-            problems.append(f"{source}: {label}{where}{_message(error)} (line {line})")
-        return None
-
-
-def _parse(text: str, source: str, allow: bool = False) -> tuple[Recipe | None, list[str], list[str]]:
-    """Parse and validate: (the recipe or None, unknown-key notes, problems)."""
-    fix = (
-        "a config needs one settings document (with 'pipeline:') and one document per "
-        "batch ('batch:', 'plates:'), separated by '---'; start from the config template"
-    )
-    docs = _documents(text, source)
+def _sort_documents(docs: list[Document], source: str) -> tuple[Document, list[Document]]:
+    """The settings document and the batch documents; a ``ConfigError`` naming every
+    document that is neither, or a missing or repeated kind."""
     if not docs:
-        raise ConfigError(f"{source}: the file is empty; {fix}")
-
+        raise ConfigError(f"{source}: the file is empty; {_FIX}")
     problems: list[str] = []
-    notes: list[str] = []
-    settings_docs: list[_Document] = []
-    batch_docs: list[_Document] = []
+    settings_docs: list[Document] = []
+    batch_docs: list[Document] = []
     for doc in docs:
         if not isinstance(doc.data, dict):
             problems.append(
                 f"{source}: document {doc.index} (line {doc.line}) is a "
-                f"{type(doc.data).__name__}, not a mapping of keys; {fix}"
+                f"{type(doc.data).__name__}, not a mapping of keys; {_FIX}"
             )
         elif "pipeline" in doc.data:
             settings_docs.append(doc)
@@ -1062,48 +832,51 @@ def _parse(text: str, source: str, allow: bool = False) -> tuple[Recipe | None, 
         else:
             problems.append(
                 f"{source}: document {doc.index} (line {doc.line}) has neither 'pipeline:' "
-                f"(settings) nor 'batch:' (a batch); {fix}"
+                f"(settings) nor 'batch:' (a batch); {_FIX}"
             )
     if not settings_docs and not problems:
-        problems.append(f"{source}: no settings document (one with 'pipeline:'); {fix}")
+        problems.append(f"{source}: no settings document (one with 'pipeline:'); {_FIX}")
     if len(settings_docs) > 1:
         lines = ", ".join(str(d.line) for d in settings_docs)
         problems.append(
             f"{source}: {len(settings_docs)} settings documents (lines {lines}); keep one"
         )
     if not batch_docs and not problems:
-        problems.append(f"{source}: no batch document (one with 'batch:' and 'plates:'); {fix}")
+        problems.append(f"{source}: no batch document (one with 'batch:' and 'plates:'); {_FIX}")
     if problems:
         raise ConfigError("\n".join(problems))
+    return settings_docs[0], batch_docs
 
-    for doc in docs:
-        for path, first, again in _duplicate_keys(doc.node):
-            problems.append(
-                f"{source}: {_format_path(path)}: key written twice (lines {first} and "
-                f"{again}); keep one"
-            )
 
-    settings_doc = settings_docs[0]
-    _raw_names(settings_doc.data, settings_doc.node, [("pipeline",)])
-    _upgrade(settings_doc.data, settings_doc.node, source, problems)
-    for found in _unknown_keys(RecipeConfig, settings_doc.data):
-        _report_unknown(found, where=f"{source}:{_line(settings_doc.node, found.path)}: ",
-                        allow=allow, notes=notes, problems=problems)
-    settings = _validate(RecipeConfig, settings_doc, source, "", problems)
+def _parse_settings(
+    doc: Document, source: str, allow: bool, notes: list[str], problems: list[str]
+) -> RecipeConfig | None:
+    restore_raw_names(doc.data, doc.node, [("pipeline",)])
+    _upgrade(doc.data, doc.node, source, problems)
+    for found in unknown_keys(RecipeConfig, doc.data, refused=_REFUSED_KEYS):
+        report_unknown(found, where=f"{source}:{key_line(doc.node, found.path)}: ",
+                       allow=allow, notes=notes, problems=problems)
+    settings: RecipeConfig | None = validate_document(
+        RecipeConfig, doc, source, "", problems, own_errors=_OWN_ERRORS)
+    return settings
 
+
+def _parse_batches(
+    batch_docs: list[Document], source: str, allow: bool, notes: list[str], problems: list[str]
+) -> list[BatchConfig]:
     batches: list[BatchConfig] = []
     seen: dict[str, int] = {}
     for doc in batch_docs:
         plates = doc.data.get("plates")
-        names: list[_Path] = [("batch",)]
+        names: list[KeyPath] = [("batch",)]
         if isinstance(plates, list):
             names += [("plates", i, "name") for i in range(len(plates))]
-        _raw_names(doc.data, doc.node, names)
+        restore_raw_names(doc.data, doc.node, names)
         label = f"batch {str(doc.data.get('batch'))!r}: "
-        for found in _unknown_keys(BatchConfig, doc.data):
-            _report_unknown(found, where=f"{source}:{_line(doc.node, found.path)}: {label}",
-                            allow=allow, notes=notes, problems=problems)
-        batch = _validate(BatchConfig, doc, source, label, problems)
+        for found in unknown_keys(BatchConfig, doc.data, refused=_REFUSED_KEYS):
+            report_unknown(found, where=f"{source}:{key_line(doc.node, found.path)}: {label}",
+                           allow=allow, notes=notes, problems=problems)
+        batch = validate_document(BatchConfig, doc, source, label, problems, own_errors=_OWN_ERRORS)
         if batch is None:
             continue
         if batch.batch in seen:
@@ -1113,7 +886,23 @@ def _parse(text: str, source: str, allow: bool = False) -> tuple[Recipe | None, 
             )
         seen.setdefault(batch.batch, doc.line)
         batches.append(batch)
+    return batches
 
+
+def _parse(text: str, source: str, allow: bool = False) -> tuple[Recipe | None, list[str], list[str]]:
+    """Parse and validate: (the recipe or None, unknown-key notes, problems)."""
+    docs = read_documents(text, source)
+    settings_doc, batch_docs = _sort_documents(docs, source)
+    problems: list[str] = []
+    notes: list[str] = []
+    for doc in docs:
+        for path, first, again in duplicate_keys(doc.node):
+            problems.append(
+                f"{source}: {format_path(path)}: key written twice (lines {first} and "
+                f"{again}); keep one"
+            )
+    settings = _parse_settings(settings_doc, source, allow, notes, problems)
+    batches = _parse_batches(batch_docs, source, allow, notes, problems)
     if problems or settings is None:
         return None, notes, problems
     return Recipe(settings=settings, batches=batches, path=source), notes, []

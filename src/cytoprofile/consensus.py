@@ -20,7 +20,7 @@ from scipy.stats import rankdata
 
 from .checks import as_names, check_frame, check_number
 from .errors import ConfigError, InputError
-from .feature_select import (
+from .step_data import (
     AccountSink,
     FeatureAccount,
     feature_matrix,

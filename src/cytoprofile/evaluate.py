@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import ConfigError, InputError
-from .feature_select import feature_matrix
+from .step_data import feature_matrix
 from .vocabulary import EVALUATE_MODES as MODES
 from .vocabulary import NEGCON_QUERY, PERTURBATION_CANDIDATES, prefixed_features, resolve_features
 

@@ -363,24 +363,8 @@ def validate_metadata(
             continue
         name, line = barcodes[plate]
         if name not in maps:
-            path = platemap_path(workspace, batch, name)
-            text = None
-            if not io.exists(path):
-                errors.append(_missing_platemap_file(workspace, batch, name, plate, bpath, line))
-            else:
-                try:
-                    text = _read_text(path)
-                except MetadataError as exc:
-                    errors.append(str(exc))
-            if text is None:
-                maps[name] = None
-            else:
-                table = _parse(path, text, "\t", PLATEMAP_COLUMNS)
-                wells = _check_platemap(table, name)
-                errors.extend(_capped(table))
-                if merge_column and external_keys is not None:
-                    _check_merge_column(table, merge_column, external_keys, errors, warnings)
-                maps[name] = (table, wells)
+            maps[name] = _read_platemap(workspace, batch, name, plate, bpath, line, merge_column,
+                                        external_keys, errors, warnings)
         parsed = maps[name]
         if parsed is None or profiles is None or plate not in profiles:
             continue
@@ -394,6 +378,31 @@ def validate_metadata(
         errors.extend(warnings)
     _raise(errors)
     return warnings
+
+
+def _read_platemap(
+    workspace: PathLike, batch: str, name: str, plate: str, bpath: str, line: int,
+    merge_column: str | None, external_keys: set[str] | None, errors: list[str], warnings: list[str],
+) -> tuple[_Table, dict[str, int]] | None:
+    """A plate map checked (and its ``merge_column`` against the external keys), or None
+    when it is missing or unreadable; the problems go to ``errors``/``warnings``."""
+    path = platemap_path(workspace, batch, name)
+    text = None
+    if not io.exists(path):
+        errors.append(_missing_platemap_file(workspace, batch, name, plate, bpath, line))
+    else:
+        try:
+            text = _read_text(path)
+        except MetadataError as exc:
+            errors.append(str(exc))
+    if text is None:
+        return None
+    table = _parse(path, text, "\t", PLATEMAP_COLUMNS)
+    wells = _check_platemap(table, name)
+    errors.extend(_capped(table))
+    if merge_column and external_keys is not None:
+        _check_merge_column(table, merge_column, external_keys, errors, warnings)
+    return table, wells
 
 
 def _check_profile_wells(

@@ -26,7 +26,7 @@ import pandas as pd
 
 from .checks import as_names, check_choice, check_flag, check_number
 from .errors import ConfigError, InputError
-from .feature_select import (
+from .step_data import (
     AccountSink,
     FeatureAccount,
     feature_matrix,
@@ -212,6 +212,59 @@ def _spherize(
     return ((y @ vt.T) / sigma) @ vt * root
 
 
+def _meta_columns(profiles: pd.DataFrame, meta_features: str | Sequence[str]) -> list[str]:
+    """The metadata columns kept in front: inferred, or the given list (all present)."""
+    if isinstance(meta_features, str):
+        if meta_features != "infer":
+            raise ConfigError(
+                f"meta_features must be 'infer' or a list of columns, got {meta_features!r}"
+            )
+        meta = metadata_columns(profiles.columns)
+    else:
+        meta = as_names("meta_features", meta_features)
+        missing = [c for c in meta if c not in profiles.columns]
+        if missing:
+            raise ConfigError(
+                f"meta_features names columns absent from the profiles: {missing}; "
+                "fix the list or use meta_features: infer"
+            )
+    return meta
+
+
+def _apply(
+    method: str, x: np.ndarray, fit: np.ndarray, names: list[str], *, mad_robustize_epsilon: float,
+    inverse_normal_n_quantiles: int, spherize_method: str, spherize_center: bool, spherize_epsilon: float,
+) -> tuple[np.ndarray, list[str]]:
+    """The normalized matrix and its column names (``PC1..PCd`` for PCA whitening)."""
+    columns: list[str] = list(names)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if method == "standardize":
+            mean, scale, _ = _mean_std(x[fit])
+            out = (x - mean) / scale
+        elif method == "robustize":
+            centre, scale = _robust(x[fit])
+            out = (x - centre) / scale
+        elif method == "mad_robustize":
+            centre, scale = _mad(x[fit], mad_robustize_epsilon)
+            out = (x - centre) / scale
+        elif method == "inverse_normal":
+            quantiles = int(check_number("inverse_normal_n_quantiles", inverse_normal_n_quantiles,
+                                         minimum=1, integer=True))
+            out = _inverse_normal(x, x[fit], quantiles)
+        else:
+            out = _spherize(
+                x,
+                fit,
+                names,
+                method=spherize_method,
+                center=spherize_center,
+                epsilon=spherize_epsilon,
+            )
+            if spherize_method.startswith("PCA"):
+                columns = [f"PC{i}" for i in range(1, len(names) + 1)]
+    return out, columns
+
+
 def normalize(
     profiles: pd.DataFrame,
     *,
@@ -257,20 +310,7 @@ def normalize(
     names = resolve_features(
         profiles, features, image_features=image_features, compartments=compartments
     )
-    if isinstance(meta_features, str):
-        if meta_features != "infer":
-            raise ConfigError(
-                f"meta_features must be 'infer' or a list of columns, got {meta_features!r}"
-            )
-        meta = metadata_columns(profiles.columns)
-    else:
-        meta = as_names("meta_features", meta_features)
-        missing = [c for c in meta if c not in profiles.columns]
-        if missing:
-            raise ConfigError(
-                f"meta_features names columns absent from the profiles: {missing}; "
-                "fix the list or use meta_features: infer"
-            )
+    meta = _meta_columns(profiles, meta_features)
     taken = set(names) | set(meta)
     passthrough = [
         c
@@ -280,40 +320,13 @@ def normalize(
 
     x = feature_matrix(profiles, names)
     refuse_infinite(profiles, x, names, step="normalizing")
-    fit = fit_rows(
-        profiles,
-        samples=samples,
-        sample_filter=sample_filter,
-        min_cells=min_cells,
-        object_count_column=object_count_column,
+    fit = fit_rows(profiles, samples=samples, sample_filter=sample_filter, min_cells=min_cells,
+                   object_count_column=object_count_column)
+    out, columns = _apply(
+        method, x, fit, names,
+        mad_robustize_epsilon=mad_robustize_epsilon, inverse_normal_n_quantiles=inverse_normal_n_quantiles,
+        spherize_method=spherize_method, spherize_center=spherize_center, spherize_epsilon=spherize_epsilon,
     )
-    columns: list[str] = list(names)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        if method == "standardize":
-            mean, scale, _ = _mean_std(x[fit])
-            out = (x - mean) / scale
-        elif method == "robustize":
-            centre, scale = _robust(x[fit])
-            out = (x - centre) / scale
-        elif method == "mad_robustize":
-            centre, scale = _mad(x[fit], mad_robustize_epsilon)
-            out = (x - centre) / scale
-        elif method == "inverse_normal":
-            quantiles = int(check_number("inverse_normal_n_quantiles", inverse_normal_n_quantiles,
-                                         minimum=1, integer=True))
-            out = _inverse_normal(x, x[fit], quantiles)
-        else:
-            out = _spherize(
-                x,
-                fit,
-                names,
-                method=spherize_method,
-                center=spherize_center,
-                epsilon=spherize_epsilon,
-            )
-            if spherize_method.startswith("PCA"):
-                columns = [f"PC{i}" for i in range(1, len(names) + 1)]
-
     normalized = pd.DataFrame(out, columns=pd.Index(columns), index=profiles.index)
     left_out = unprocessed_columns(profiles, {*names, *passthrough})
     report_account(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import string
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,6 +96,139 @@ def _write_csv(table: pa.Table, path: str) -> None:
         pacsv.write_csv(table, fh, write_options=pacsv.WriteOptions(quoting_style="none", include_header=False))
 
 
+@dataclass(frozen=True)
+class _Design:
+    """What every site of the workspace draws from: feature names, scales, constant columns,
+    treatment effects and the Image columns."""
+
+    features: int
+    names: dict[str, list[str]]
+    scales: dict[str, np.ndarray]
+    constant: dict[str, set[int]]
+    effects: dict[str, dict[str, np.ndarray]]
+    image_names: list[str]
+    image_intensity: list[str]
+
+
+def _treatments(all_wells: Sequence[str], negcon_wells: set[str], treatments: int) -> tuple[list[str], dict[str, str]]:
+    """Treatment names and the treatment of each non-control well, in turn."""
+    treat_names = [f"BRD-K{1000 + t:05d}-001-01-1" for t in range(treatments)]
+    treatment_of = {}
+    ti = 0
+    for well in all_wells:
+        if well in negcon_wells:
+            continue
+        treatment_of[well] = treat_names[ti % treatments]
+        ti += 1
+    return treat_names, treatment_of
+
+
+def _design(rng: np.random.Generator, treat_names: Sequence[str], n_strong: int, features: int) -> _Design:
+    names = {c: feature_names(c, features) for c in CANONICAL_COMPARTMENTS}
+    effects = {}
+    for t, name in enumerate(treat_names):
+        vec = {}
+        for c in CANONICAL_COMPARTMENTS:
+            e = np.zeros(features)
+            if t < n_strong:
+                hit = rng.choice(features, size=max(1, features // 4), replace=False)
+                e[hit] = rng.normal(0, 1.5, size=len(hit))
+            vec[c] = e
+        effects[name] = vec
+    # feature scales: realistic magnitudes; a few constant and duplicated columns
+    scales = {c: np.exp(rng.normal(2, 1.5, features)) for c in CANONICAL_COMPARTMENTS}
+    constant = {c: set(rng.choice(features, size=max(1, features // 20), replace=False).tolist()) for c in CANONICAL_COMPARTMENTS}
+    image_names = (
+        ["Count_Cells", "Count_Cytoplasm", "Count_Nuclei"]
+        + [f"Granularity_{g}_{ch}" for ch in CHANNELS for g in (1, 2, 3)]
+        + [f"ImageQuality_{m}_{ch}" for ch in CHANNELS for m in ("FocusScore", "PowerLogLogSlope", "PercentMaximal")]
+        + [f"Texture_Contrast_{ch}_5_00_256" for ch in CHANNELS]
+        + [f"Threshold_{m}_{c}" for c in ("Cells", "Nuclei") for m in ("FinalThreshold", "OrigThreshold")]
+        + [f"ExecutionTime_{i:02d}Module" for i in range(1, 4)]
+    )
+    # MeasureImageIntensity's Image.csv columns (what the config template's ``Intensity``
+    # category takes), from their own generator so every other value stays as before
+    image_intensity = [f"Intensity_{m}_{ch}" for ch in CHANNELS for m in ("TotalIntensity", "MeanIntensity", "MedianIntensity")]
+    return _Design(features, names, scales, constant, effects, image_names, image_intensity)
+
+
+def _object_table(rng: np.random.Generator, design: _Design, c: str, n: int, image_number: int,
+                  plate_effect: float, position: float, base: np.ndarray, treat: str | None) -> pa.Table:
+    """One compartment's objects of one site."""
+    features, names, scales, constant, effects = design.features, design.names, design.scales, design.constant, design.effects
+    x = rng.normal(0, 1, size=(n, features)) + plate_effect + position
+    x[:, : max(2, features // 10)] += base * 1.5
+    if treat is not None:
+        x += effects[treat][c]
+    values = scales[c] * (1 + 0.25 * x)
+    for k in constant[c]:
+        values[:, k] = 1.0
+    if features >= 4:
+        values[:, 3] = values[:, 2] * 2.0 + 0.01  # an exact linear copy
+    cols: dict[str, object] = {
+        "ImageNumber": np.full(n, image_number, dtype=np.int64),
+        "ObjectNumber": np.arange(1, n + 1, dtype=np.int64),
+    }
+    for j, name in enumerate(names[c]):
+        cols[name] = values[:, j]
+    cols["Location_Center_X"] = rng.uniform(0, 1080, n)
+    cols["Location_Center_Y"] = rng.uniform(0, 1080, n)
+    cols["Number_Object_Number"] = np.arange(1, n + 1, dtype=np.int64)
+    if c == "Cells":
+        cols["Parent_Nuclei"] = np.arange(1, n + 1, dtype=np.int64)
+        cols["Children_Cytoplasm_Count"] = np.ones(n, dtype=np.int64)
+    elif c == "Cytoplasm":
+        cols["Parent_Cells"] = np.arange(1, n + 1, dtype=np.int64)
+        cols["Parent_Nuclei"] = np.arange(1, n + 1, dtype=np.int64)
+    else:
+        cols["Children_Cells_Count"] = np.ones(n, dtype=np.int64)
+    order = ["ImageNumber", "ObjectNumber", *sorted(k for k in cols if k not in ("ImageNumber", "ObjectNumber"))]
+    return pa.table({k: cols[k] for k in order})
+
+
+def _image_row(rng: np.random.Generator, intensity_rng: np.random.Generator, design: _Design, *, n: int,
+               image_number: int, batch: str, plate: str, well: str, site: int, row_letter_index: int) -> dict[str, list[Any]]:
+    """The Image.csv row of one site."""
+    image_names, image_intensity = design.image_names, design.image_intensity
+    image: dict[str, list[Any]] = {name: [float(rng.gamma(5, 2))] for name in image_names}
+    image |= {name: [float(intensity_rng.gamma(5, 2))] for name in image_intensity}
+    image["Count_Cells"] = [float(n)]
+    image["Count_Cytoplasm"] = [float(n)]
+    image["Count_Nuclei"] = [float(n)]
+    image["ImageNumber"] = [image_number]
+    image["Metadata_Plate"] = [plate]
+    image["Metadata_Well"] = [well]
+    image["Metadata_Site"] = [site]
+    image["Metadata_Row"] = [row_letter_index + 1]
+    image["Metadata_Col"] = [int(well.lstrip(string.ascii_uppercase))]
+    for ch in CHANNELS:
+        image[f"FileName_Orig{ch}"] = [f"r{row_letter_index + 1:02d}c{image['Metadata_Col'][0]:02d}f{site:02d}p01-ch{CHANNELS.index(ch) + 1}sk1fk1fl1.tiff"]
+        image[f"PathName_Orig{ch}"] = [f"/images/{batch}/{plate}/Images"]
+    return image
+
+
+def _check_export(export: str, *, faults: bool) -> None:
+    if export not in ("csv", "database"):
+        raise ConfigError(f"export must be csv or database, not {export!r}")
+    if export == "database" and faults:
+        raise ConfigError("faults are planted in site CSVs: use them with export='csv'")
+
+
+def _export_databases(root: str, batch: str, plates: Sequence[str], *, files: int, layout: str) -> None:
+    """Each plate's site CSVs become ExportToDatabase SQLite files (the CSVs go)."""
+    for plate in plates:
+        plate_dir = io.join(root, "analysis", batch, plate)
+        write_export_database(root, plate_dir, batch=batch, plates=[plate], files=files, layout=layout)
+        shutil.rmtree(io.join(plate_dir, "analysis"))
+
+
+def _load_row(plate: str, well: str, site: int, image: Mapping[str, list[Any]]) -> dict[str, Any]:
+    """The load_data.csv row of one site: its keys and image files."""
+    return {"Metadata_Plate": plate, "Metadata_Well": well, "Metadata_Site": site,
+            **{f"FileName_Orig{ch}": image[f"FileName_Orig{ch}"][0] for ch in CHANNELS},
+            **{f"PathName_Orig{ch}": image[f"PathName_Orig{ch}"][0] for ch in CHANNELS}}
+
+
 def synth(
     workspace: str | os.PathLike[str],
     *,
@@ -125,50 +258,16 @@ def synth(
     SQLite files instead (``analysis/BATCH/PLATE/run<N>.sqlite``, ``export_files`` runs,
     ``export_layout`` as in :func:`write_export_database`), with no site CSVs.
     """
-    if export not in ("csv", "database"):
-        raise ConfigError(f"export must be csv or database, not {export!r}")
-    if export == "database" and faults:
-        raise ConfigError("faults are planted in site CSVs: use them with export='csv'")
+    _check_export(export, faults=faults)
     rng = np.random.default_rng(seed)
     root = str(workspace)
     all_wells = well_names(wells)
     used = all_wells[:well_subset] if well_subset else all_wells
     n_negcon = max(1, int(round(len(all_wells) * negcon_fraction)))
     negcon_wells = set(all_wells[i] for i in np.linspace(0, len(all_wells) - 1, n_negcon).astype(int))
-    treat_names = [f"BRD-K{1000 + t:05d}-001-01-1" for t in range(treatments)]
-    treatment_of = {}
-    ti = 0
-    for well in all_wells:
-        if well in negcon_wells:
-            continue
-        treatment_of[well] = treat_names[ti % treatments]
-        ti += 1
+    treat_names, treatment_of = _treatments(all_wells, negcon_wells, treatments)
     n_strong = int(round(treatments * strong_fraction))
-    names = {c: feature_names(c, features) for c in CANONICAL_COMPARTMENTS}
-    effects = {}
-    for t, name in enumerate(treat_names):
-        vec = {}
-        for c in CANONICAL_COMPARTMENTS:
-            e = np.zeros(features)
-            if t < n_strong:
-                hit = rng.choice(features, size=max(1, features // 4), replace=False)
-                e[hit] = rng.normal(0, 1.5, size=len(hit))
-            vec[c] = e
-        effects[name] = vec
-    # feature scales: realistic magnitudes; a few constant and duplicated columns
-    scales = {c: np.exp(rng.normal(2, 1.5, features)) for c in CANONICAL_COMPARTMENTS}
-    constant = {c: set(rng.choice(features, size=max(1, features // 20), replace=False).tolist()) for c in CANONICAL_COMPARTMENTS}
-    image_names = (
-        ["Count_Cells", "Count_Cytoplasm", "Count_Nuclei"]
-        + [f"Granularity_{g}_{ch}" for ch in CHANNELS for g in (1, 2, 3)]
-        + [f"ImageQuality_{m}_{ch}" for ch in CHANNELS for m in ("FocusScore", "PowerLogLogSlope", "PercentMaximal")]
-        + [f"Texture_Contrast_{ch}_5_00_256" for ch in CHANNELS]
-        + [f"Threshold_{m}_{c}" for c in ("Cells", "Nuclei") for m in ("FinalThreshold", "OrigThreshold")]
-        + [f"ExecutionTime_{i:02d}Module" for i in range(1, 4)]
-    )
-    # MeasureImageIntensity's Image.csv columns (what the config template's ``Intensity``
-    # category takes), from their own generator so every other value stays as before
-    image_intensity = [f"Intensity_{m}_{ch}" for ch in CHANNELS for m in ("TotalIntensity", "MeanIntensity", "MedianIntensity")]
+    design = _design(rng, treat_names, n_strong, features)
     intensity_rng = np.random.default_rng([seed, 1])
     cells_written = 0
     files = 0
@@ -189,59 +288,17 @@ def synth(
                 base = rng.normal(0, 1, size=(n, 1))  # cell size factor, shared: correlated features
                 row_letter_index = well_to_grid(well)[0]
                 position = 0.05 * row_letter_index  # a gentle position effect
-                tables = {}
-                for c in CANONICAL_COMPARTMENTS:
-                    x = rng.normal(0, 1, size=(n, features)) + plate_effect + position
-                    x[:, : max(2, features // 10)] += base * 1.5
-                    if treat is not None:
-                        x += effects[treat][c]
-                    values = scales[c] * (1 + 0.25 * x)
-                    for k in constant[c]:
-                        values[:, k] = 1.0
-                    if features >= 4:
-                        values[:, 3] = values[:, 2] * 2.0 + 0.01  # an exact linear copy
-                    cols: dict[str, object] = {
-                        "ImageNumber": np.full(n, image_number, dtype=np.int64),
-                        "ObjectNumber": np.arange(1, n + 1, dtype=np.int64),
-                    }
-                    for j, name in enumerate(names[c]):
-                        cols[name] = values[:, j]
-                    cols["Location_Center_X"] = rng.uniform(0, 1080, n)
-                    cols["Location_Center_Y"] = rng.uniform(0, 1080, n)
-                    cols["Number_Object_Number"] = np.arange(1, n + 1, dtype=np.int64)
-                    if c == "Cells":
-                        cols["Parent_Nuclei"] = np.arange(1, n + 1, dtype=np.int64)
-                        cols["Children_Cytoplasm_Count"] = np.ones(n, dtype=np.int64)
-                    elif c == "Cytoplasm":
-                        cols["Parent_Cells"] = np.arange(1, n + 1, dtype=np.int64)
-                        cols["Parent_Nuclei"] = np.arange(1, n + 1, dtype=np.int64)
-                    else:
-                        cols["Children_Cells_Count"] = np.ones(n, dtype=np.int64)
-                    order = ["ImageNumber", "ObjectNumber", *sorted(k for k in cols if k not in ("ImageNumber", "ObjectNumber"))]
-                    tables[c] = pa.table({k: cols[k] for k in order})
-                image: dict[str, list[Any]] = {name: [float(rng.gamma(5, 2))] for name in image_names}
-                image |= {name: [float(intensity_rng.gamma(5, 2))] for name in image_intensity}
-                image["Count_Cells"] = [float(n)]
-                image["Count_Cytoplasm"] = [float(n)]
-                image["Count_Nuclei"] = [float(n)]
-                image["ImageNumber"] = [image_number]
-                image["Metadata_Plate"] = [plate]
-                image["Metadata_Well"] = [well]
-                image["Metadata_Site"] = [site]
-                image["Metadata_Row"] = [row_letter_index + 1]
-                image["Metadata_Col"] = [int(well.lstrip(string.ascii_uppercase))]
-                for ch in CHANNELS:
-                    image[f"FileName_Orig{ch}"] = [f"r{row_letter_index + 1:02d}c{image['Metadata_Col'][0]:02d}f{site:02d}p01-ch{CHANNELS.index(ch) + 1}sk1fk1fl1.tiff"]
-                    image[f"PathName_Orig{ch}"] = [f"/images/{batch}/{plate}/Images"]
+                tables = {c: _object_table(rng, design, c, n, image_number, plate_effect, position, base, treat)
+                          for c in CANONICAL_COMPARTMENTS}
+                image = _image_row(rng, intensity_rng, design, n=n, image_number=image_number, batch=batch,
+                                   plate=plate, well=well, site=site, row_letter_index=row_letter_index)
                 image_table = pa.table({k: image[k] for k in sorted(image)})
                 _write_csv(image_table, str(site_dir / "Image.csv"))
                 for c, table in tables.items():
                     _write_csv(table, str(site_dir / f"{c}.csv"))
                 files += 4
                 cells_written += n
-                load_rows.append({"Metadata_Plate": plate, "Metadata_Well": well, "Metadata_Site": site,
-                                  **{f"FileName_Orig{ch}": image[f"FileName_Orig{ch}"][0] for ch in CHANNELS},
-                                  **{f"PathName_Orig{ch}": image[f"PathName_Orig{ch}"][0] for ch in CHANNELS}})
+                load_rows.append(_load_row(plate, well, site, image))
         if faults and pi == 0 and len(used) >= 3:
             _plant_faults(plate_dir, plate, used, sites)
         load_dir = Path(io.join(root, "load_data_csv", batch, plate))
@@ -250,10 +307,7 @@ def synth(
         platemap_rows.append({"Assay_Plate_Barcode": plate, "Plate_Map_Name": plate_map})
     _write_metadata(root, batch, platemap_rows, all_wells, negcon_wells, treatment_of, treat_names, n_strong)
     if export == "database":
-        for plate in plates:
-            plate_dir = io.join(root, "analysis", batch, plate)
-            write_export_database(root, plate_dir, batch=batch, plates=[plate], files=export_files, layout=export_layout)
-            shutil.rmtree(io.join(plate_dir, "analysis"))
+        _export_databases(root, batch, plates, files=export_files, layout=export_layout)
     return SynthResult(root, batch, list(plates), used, sites, cells_written, files)
 
 

@@ -1,94 +1,41 @@
-"""Profile processing beyond normalize → feature select, as large screens do it today.
-
-One function per step; each takes per-well profiles and returns them with the step
-applied (non-feature columns first and unchanged, then the features as float32):
-
-* ``select_variant_features`` (``var``): per-plate median and unscaled MAD of the
-  reference wells (negative controls, or all); a feature stays only if on every
-  plate MAD ≠ 0 and |MAD / median| > ``threshold`` (a median of 0 counts as 0);
-  features with NaN or ±inf drop first.
-* ``mad_normalize`` (``mad``): (x − plate median) / plate MAD with those statistics.
-  Unlike ``normalize(method="mad_robustize")`` the MAD is not scaled by 1.4826 and
-  no ε is added.
-* ``rank_int`` (``int``): rank-based inverse normal transform per feature, Blom's
-  c = 3/8; ties broken by a seeded permutation (the same for every feature) or
-  averaged. NaN cells stay NaN and are not ranked.
-* ``correct_well_position`` (``wellpos``): subtract each well position's mean
-  across plates.
-* ``regress_cell_count`` (``cc``): per-feature OLS residuals on the cell count.
-* ``remove_outliers`` (``outlier``): drop features whose 99th percentile of |x|
-  exceeds ``bound`` and clip the rest to ±bound.
-* ``drop_na_features`` (``dropna``), ``pca``, ``sphere`` (``sphering``; the
-  regularization chosen by mAP) and ``harmony`` (harmonypy).
-
-``parse_chain`` reads a chain (``profiles_var_mad_int_featselect_harmony`` or a
-list) and ``run_chain`` applies it, recording each step's effect.
-
-Where the reference recipe drops rows (wells with missing values before the
-well-position correction, plates without negative controls), this module either
-keeps them (missing values are ignored in the statistics and stay missing) or
-refuses unless asked to drop (``plates_without_controls="drop"``), naming them.
-"""
+"""The processing steps, one function each: per-plate statistics (var, mad), rank-based INT,
+plate-effect corrections (wellpos, cc, outlier, dropna) and projections (pca, sphering, harmony)."""
 
 from __future__ import annotations
 
 import logging
-import time
 import warnings
-from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 from scipy import sparse, special, stats
 
-from .errors import ConfigError, InputError
-from .evaluate import feature_columns, mode_average_precision
-from .feature_select import feature_matrix, select_samples
-from .vocabulary import NEGCON_QUERY as NEGCON
-from .vocabulary import PLATES_WITHOUT_CONTROLS
-from .vocabulary import PROCESSING_STEPS as CHAIN_STEPS
+from ..errors import ConfigError, InputError
+from ..evaluate import feature_columns, mode_average_precision
+from ..step_data import feature_matrix, select_samples
+from ..vocabulary import NEGCON_QUERY as NEGCON
+from ..vocabulary import PLATES_WITHOUT_CONTROLS
 
 __all__ = [
-    "CHAIN_OPTIONS",
-    "CHAIN_STEPS",
-    "check_chain_options",
     "SPHERING_GRID",
+    "Features",
     "correct_well_position",
     "drop_na_features",
     "harmony",
     "mad_normalize",
-    "parse_chain",
+    "non_feature_columns",
     "pca",
     "plate_statistics",
     "rank_int",
     "regress_cell_count",
     "remove_outliers",
-    "run_chain",
     "select_variant_features",
     "sphere",
 ]
+log = logging.getLogger("cytoprofile.processing")
 
-log = logging.getLogger(__name__)
-
-#: ``run_chain`` options and the steps each one affects.
-CHAIN_OPTIONS: dict[str, tuple[str, ...]] = {
-    "plate_column": ("var", "mad"),
-    "samples": ("var", "mad", "sphering"),
-    "plates_without_controls": ("var", "mad"),
-    "well_column": ("wellpos",),
-    "cell_count_column": ("cc",),
-    "min_unique": ("cc",),
-    "outlier_bound": ("outlier",),
-    "variance_fraction": ("pca",),
-    "ties": ("int",),
-    "sphering_epsilon": ("sphering",),
-    "pert_column": ("sphering",),
-    "neg_sameby": ("sphering",),
-    "batch_key": ("harmony",),
-    "seed": ("int", "harmony"),
-    "featselect": ("featselect",),
-}
 SPHERING_GRID: tuple[float, ...] = tuple(10.0**k for k in range(-5, 4))
 _BLOCK = 64  # feature columns handled at once (float64 work space: rows x 64 per temporary)
 
@@ -115,7 +62,7 @@ def _assemble(profiles: pd.DataFrame, names: Sequence[str], values: np.ndarray,
     return pd.concat([profiles.loc[:, rest], block], axis="columns")
 
 
-def _non_features(profiles: pd.DataFrame, names: Sequence[str]) -> list[str]:
+def non_feature_columns(profiles: pd.DataFrame, names: Sequence[str]) -> list[str]:
     taken = set(names)
     return [c for c in profiles.columns if c not in taken]
 
@@ -496,11 +443,11 @@ def pca(
 
 
 def _sphered(profiles: pd.DataFrame, names: list[str], *, samples: str, method: str, epsilon: float) -> pd.DataFrame:
-    from .normalize import normalize
+    from ..normalize import normalize
 
-    out = normalize(profiles, features=names, meta_features=_non_features(profiles, names), samples=samples,
+    out = normalize(profiles, features=names, meta_features=non_feature_columns(profiles, names), samples=samples,
                     method="spherize", spherize_method=method, spherize_epsilon=epsilon)
-    columns = [c for c in out.columns if c not in set(_non_features(profiles, names))]
+    columns = [c for c in out.columns if c not in set(non_feature_columns(profiles, names))]
     return _assemble(out, columns, out[columns].to_numpy(dtype=np.float32), drop=columns)
 
 
@@ -545,7 +492,7 @@ def sphere(
     scores: dict[float, float] = {}
     for eps in grid:
         candidate = _sphered(profiles, names, samples=samples, method=method, epsilon=eps)
-        sphered = [c for c in candidate.columns if c not in set(_non_features(profiles, names))]
+        sphered = [c for c in candidate.columns if c not in set(non_feature_columns(profiles, names))]
         scores[eps] = _sphering_score(candidate, sphered, pert_column=pert_column, samples=samples,
                                       neg_sameby=neg_sameby)
         if best is None or scores[eps] > best[0]:
@@ -592,136 +539,3 @@ def harmony(
     return _assemble(profiles, names, corrected, drop=names)
 
 
-# ------------------------------------------------------------------ chains
-
-
-def parse_chain(chain: str | Sequence[str]) -> list[str]:
-    """Steps of a chain: ``"profiles_var_mad_int_featselect_harmony"`` or a list of names."""
-    if isinstance(chain, str):
-        parts = [p for p in chain.strip().split("_") if p]
-        if parts and parts[0] == "profiles":
-            parts = parts[1:]
-    else:
-        parts = [str(p).strip() for p in chain]
-    unknown = [p for p in parts if p not in CHAIN_STEPS]
-    if unknown:
-        raise ConfigError(
-            f"processing: unknown step(s) {', '.join(map(repr, unknown))}; accepted: {', '.join(CHAIN_STEPS)}"
-        )
-    return parts
-
-
-def check_chain_options(chain: str | Sequence[str], options: Mapping[str, Any]) -> None:
-    """Refuse option names ``run_chain`` does not take, and options no step of ``chain`` uses."""
-    import difflib
-    import inspect
-
-    from .feature_select import feature_select
-
-    steps = set(parse_chain(chain))
-    for name in options:
-        if name not in CHAIN_OPTIONS:
-            close = difflib.get_close_matches(str(name), list(CHAIN_OPTIONS), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"unknown processing option {name!r}{hint}; accepted: {', '.join(CHAIN_OPTIONS)}")
-        if not steps & set(CHAIN_OPTIONS[name]):
-            raise ConfigError(f"processing option {name!r} has no effect: it is used by step(s) "
-                              f"{', '.join(CHAIN_OPTIONS[name])}, none of which is in the chain")
-    taken = set(inspect.signature(feature_select).parameters) - {
-        "profiles", "features", "image_features", "compartments", "on_account"}
-    for name in options.get("featselect") or {}:
-        if name not in taken:
-            raise ConfigError(f"unknown featselect option {name!r}; accepted: {', '.join(sorted(taken))}")
-
-
-def _step_call(step: str, frame: pd.DataFrame, names: list[str], o: Mapping[str, Any]) -> pd.DataFrame:
-    """One chain step with the chain's options."""
-    from .feature_select import feature_select
-
-    plates = {"plate_column": o["plate_column"], "samples": o["samples"],
-              "plates_without_controls": o["plates_without_controls"]}
-    if step == "var":
-        return select_variant_features(frame, features=names, **plates)
-    if step == "mad":
-        return mad_normalize(frame, features=names, **plates)
-    if step == "int":
-        return rank_int(frame, features=names, ties=o["ties"], seed=o["seed"])
-    if step == "featselect":
-        return feature_select(frame, features=names, **o["featselect"])
-    if step == "wellpos":
-        return correct_well_position(frame, features=names, well_column=o["well_column"])
-    if step == "cc":
-        return regress_cell_count(frame, features=names, cell_count_column=o["cell_count_column"],
-                                  min_unique=o["min_unique"])
-    if step == "outlier":
-        return remove_outliers(frame, features=names, bound=o["outlier_bound"])
-    if step == "dropna":
-        return drop_na_features(frame, features=names)
-    if step == "pca":
-        return pca(frame, features=names, variance_fraction=o["variance_fraction"])
-    if step == "sphering":
-        return sphere(frame, features=names, samples=o["samples"], epsilon=o["sphering_epsilon"],
-                      pert_column=o["pert_column"], neg_sameby=o["neg_sameby"])
-    return harmony(frame, features=names, batch_key=o["batch_key"], seed=o["seed"])
-
-
-def run_chain(
-    profiles: pd.DataFrame,
-    chain: str | Sequence[str],
-    *,
-    features: Features = "infer",
-    feature_prefixes: Sequence[str] | None = None,
-    plate_column: str = "Metadata_Plate",
-    samples: str = NEGCON,
-    plates_without_controls: Literal["error", "drop"] = "error",
-    well_column: str = "Metadata_Well",
-    cell_count_column: str = "Metadata_Count_Cells",
-    min_unique: int = 100,
-    outlier_bound: float = 100.0,
-    variance_fraction: float = 0.98,
-    ties: Literal["random", "average"] = "random",
-    sphering_epsilon: float | Sequence[float] = SPHERING_GRID,
-    pert_column: str = "Metadata_broad_sample",
-    neg_sameby: Sequence[str] = ("Metadata_Plate",),
-    batch_key: str = "Metadata_Batch",
-    seed: int = 0,
-    featselect: Mapping[str, Any] | None = None,
-    report: list[dict[str, Any]] | None = None,
-) -> pd.DataFrame:
-    """Apply the steps of ``chain`` (see ``parse_chain``) in order.
-
-    ``featselect`` holds ``feature_select`` options over the defaults (frequency and
-    correlation thresholds and the blocklist). When ``report`` is a list, one entry
-    per step is appended: step, rows and features in and out, the dropped features
-    and plates, and seconds.
-    """
-    steps = parse_chain(chain)
-    names = feature_columns(profiles, features, feature_prefixes)
-    options = {
-        "plate_column": plate_column, "samples": samples, "plates_without_controls": plates_without_controls,
-        "well_column": well_column, "cell_count_column": cell_count_column, "min_unique": min_unique,
-        "outlier_bound": outlier_bound, "variance_fraction": variance_fraction, "ties": ties,
-        "sphering_epsilon": sphering_epsilon, "pert_column": pert_column, "neg_sameby": tuple(neg_sameby),
-        "batch_key": batch_key, "seed": seed,
-        "featselect": {"operations": ["variance_threshold", "correlation_threshold", "blocklist"]}
-        | dict(featselect or {}),
-    }
-    frame = profiles
-    for step in steps:
-        start = time.perf_counter()
-        before_rows, before = len(frame), names
-        other = set(_non_features(frame, names))
-        frame = _step_call(step, frame, names, options)
-        names = [c for c in frame.columns if c not in other]
-        if report is not None:
-            plates_before = set(profiles[plate_column].astype(str)) if plate_column in profiles else set()
-            plates_after = set(frame[plate_column].astype(str)) if plate_column in frame else set()
-            report.append({
-                "step": step, "rows_in": before_rows, "rows_out": len(frame),
-                "features_in": len(before), "features_out": len(names),
-                "dropped_features": [n for n in before if n not in set(names)] if step != "pca" else [],
-                "dropped_plates": sorted(plates_before - plates_after),
-                "seconds": round(time.perf_counter() - start, 3),
-            })
-        log.info("processing %s: %d rows x %d features", step, len(frame), len(names))
-    return frame

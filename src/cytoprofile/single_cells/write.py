@@ -1,0 +1,189 @@
+"""Writing the joined table: from a backend on disk (optionally with cell QC flags), or site by
+site while collate runs; the output names beside a backend."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from .. import io
+from ..errors import InputError
+from ..vocabulary import DEFAULT_COMPARTMENTS
+from .join import DEFAULT_HUB, SingleCellJoin, SingleCellReport
+from .sinks import ROW_GROUP_VALUES, AnnDataSink, ParquetSink, SiteSink
+from .sources import OUTPUT_TABLE, SiteSource
+
+__all__ = ["SingleCellFormat", "SingleCellStream", "single_cells_paths", "write_single_cells"]
+
+log = logging.getLogger("cytoprofile.single_cells")
+SingleCellFormat = Literal["parquet", "anndata"]
+def single_cells_paths(prefix: str | os.PathLike[str]) -> dict[str, str]:
+    """Output names beside a backend: ``PLATE_single_cells.parquet``, ``.h5ad`` and the report."""
+    base = str(prefix)
+    return {"parquet": f"{base}_{OUTPUT_TABLE}.parquet", "anndata": f"{base}_{OUTPUT_TABLE}.h5ad",
+            "report": f"{base}_{OUTPUT_TABLE}.report.json"}
+
+
+def _check_formats(formats: Sequence[str]) -> None:
+    bad = [f for f in formats if f not in ("parquet", "anndata")]
+    if bad or not formats:
+        raise InputError(f"single-cell format {bad[0] if bad else 'none'}: choose parquet and/or anndata")
+
+
+def _default_prefix(backend: str | os.PathLike[str]) -> str:
+    text = str(backend)
+    for suffix in (".sqlite", "_Image.parquet"):
+        if text.endswith(suffix):
+            return text[: -len(suffix)]
+    return text
+
+
+def write_single_cells(
+    backend: str | os.PathLike[str],
+    *,
+    prefix: str | os.PathLike[str] | None = None,
+    formats: Sequence[SingleCellFormat] = ("parquet",),
+    compartments: Sequence[str] = DEFAULT_COMPARTMENTS,
+    hub: str = DEFAULT_HUB,
+    links: Mapping[str, str] | None = None,
+    image_feature_categories: Sequence[str] = (),
+    metadata: Sequence[str] | Literal["all"] | None = None,
+    thresholds: Mapping[str, Mapping[str, float]] | None = None,
+    row_group_values: int = ROW_GROUP_VALUES,
+    progress: Callable[[int, int], None] | None = None,
+) -> SingleCellReport:
+    """Stream the joined table of a backend to ``PREFIX_single_cells.parquet`` (and/or ``.h5ad``).
+
+    Row groups hold whole sites (zstd; a new group after ``row_group_values`` values);
+    the AnnData ``X`` is float32, written in row blocks (one per site).
+    With ``thresholds`` (cell QC sets) a first pass over the threshold features gives
+    plate-wide z-scores and the flags become ``Metadata_cqc_<set>_is_outlier`` columns.
+    Files appear atomically; the report (JSON, beside them) is written last.
+    """
+    _check_formats(formats)
+    paths = single_cells_paths(prefix if prefix is not None else _default_prefix(backend))
+    join = SingleCellJoin(backend, compartments=compartments, hub=hub, links=links,
+                          image_feature_categories=image_feature_categories, metadata=metadata)
+    writers: list[SiteSink] = []
+    try:
+        order = join.site_order()
+        flags = _qc_flags(join, order, thresholds) if thresholds else None
+        writers = [ParquetSink(paths["parquet"], row_group_values=row_group_values) if f == "parquet" else
+                   AnnDataSink(paths["anndata"], join) for f in dict.fromkeys(formats)]
+        offset = 0
+        for done, tn in enumerate(order, start=1):
+            table = join.join_site(tn)
+            if flags is not None:
+                table = _with_flags(table, join, flags, offset)
+            offset += table.num_rows
+            for w in writers:
+                w.write(table)
+            if progress is not None:
+                progress(done, len(order))
+        for w in writers:
+            w.close()
+        join.report.outputs = {f: paths[f] for f in dict.fromkeys(formats)}
+    except BaseException:
+        for w in writers:
+            w.abort()
+        raise
+    finally:
+        join.close()
+    io.write_json(join.report.as_dict(), paths["report"])
+    if join.report.lost:
+        log.warning("%s: %d object(s) not linked into a cell (named in %s)", backend, join.report.lost, paths["report"])
+    return join.report
+
+
+class SingleCellStream:
+    """The joined table written while sites arrive, without reading a backend back (the collate pass).
+
+    ``tables`` are the backend's column names per table (``TableNumber`` first, object
+    columns prefixed; ``Image`` bare); :meth:`add` takes one site: its TableNumber, its
+    Image rows, and per object table an array on that table's columns after
+    ``TableNumber``. Cell QC needs plate-wide z-scores: run :func:`cytoprofile.cell_qc.flag_single_cells`
+    on the finished file.
+    """
+
+    def __init__(
+        self,
+        prefix: str | os.PathLike[str],
+        tables: Mapping[str, Sequence[str]],
+        *,
+        formats: Sequence[SingleCellFormat] = ("parquet",),
+        compartments: Sequence[str] = DEFAULT_COMPARTMENTS,
+        hub: str = DEFAULT_HUB,
+        links: Mapping[str, str] | None = None,
+        image_feature_categories: Sequence[str] = (),
+        metadata: Sequence[str] | Literal["all"] | None = None,
+        file_metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        _check_formats(formats)
+        self.paths = single_cells_paths(prefix)
+        image = list(tables.get("Image", []))
+        columns = {**tables, "Image": [*[k for k in ("TableNumber", "ImageNumber") if k not in image], *image]}
+        self.source = SiteSource(columns, where=str(prefix))
+        self.join = SingleCellJoin(self.source, compartments=compartments, hub=hub, links=links,
+                                   image_feature_categories=image_feature_categories, metadata=metadata)
+        self.formats = list(dict.fromkeys(formats))
+        self.writers: list[SiteSink] = [ParquetSink(self.paths["parquet"], metadata=file_metadata) if f == "parquet" else
+                                       AnnDataSink(self.paths["anndata"], self.join) for f in self.formats]
+
+    def add(self, table_number: Any, image: pd.DataFrame, objects: Mapping[str, np.ndarray]) -> None:
+        """Join one site and append it (one row group) to every output."""
+        self.source.set_site(table_number, image, objects)
+        self.join.site_order()
+        table = self.join.join_site(table_number)
+        for w in self.writers:
+            w.write(table)
+
+    def close(self, *, write_report: bool = True) -> SingleCellReport:
+        """Move the outputs into place and write the report (last; ``write_report=False``
+        when the caller carries it in its own report, as collate does)."""
+        for w in self.writers:
+            w.close()
+        self.join.report.outputs = {f: self.paths[f] for f in self.formats}
+        if write_report:
+            io.write_json(self.join.report.as_dict(), self.paths["report"])
+        return self.join.report
+
+    def abort(self) -> None:
+        """Drop the temporary files."""
+        for w in self.writers:
+            w.abort()
+
+
+def _qc_flags(join: SingleCellJoin, order: Sequence[Any], thresholds: Mapping[str, Mapping[str, float]]) -> dict[str, np.ndarray]:
+    """First pass: only the threshold features of every joined cell, then the plate-wide flags."""
+    from ..cell_qc import flag_summary, outlier_flags
+
+    needed = sorted({f for conditions in thresholds.values() for f in conditions})
+    missing = [f for f in needed if f not in join.feature_columns]
+    if missing:
+        raise InputError(f"cell QC threshold feature(s) {', '.join(missing)} are not in the single-cell table")
+    features = {c: [f for f in join.features[c] if f in needed] for c in join.compartments}
+    parts = [join.join_site(tn, features=features, count=False) for tn in order]
+    table = pa.concat_tables(parts) if parts else pa.table({f: pa.array([], pa.float64()) for f in needed})
+    values = {f: table.column(f).to_numpy(zero_copy_only=False).astype(np.float64) for f in needed}
+    flags = outlier_flags(values, thresholds)
+    keys = [c for c in ("Metadata_Plate", "Metadata_Well") if c in table.column_names]
+    join.report.cell_qc = {"thresholds": {k: dict(v) for k, v in thresholds.items()}, **flag_summary(table, keys, flags)}
+    return flags
+
+
+def _with_flags(table: pa.Table, join: SingleCellJoin, flags: Mapping[str, np.ndarray], offset: int) -> pa.Table:
+    """Flag columns after the other metadata columns."""
+    from ..cell_qc import flag_column
+
+    at = len(join.metadata_columns)
+    for k, (name, values) in enumerate(flags.items()):
+        table = table.add_column(at + k, flag_column(name), pa.array(values[offset: offset + table.num_rows]))
+    return table
+
+
