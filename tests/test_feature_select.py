@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from functools import partial
 from pathlib import Path
 
@@ -284,18 +283,16 @@ def test_user_errors(kwargs: dict[str, object], error: type[Exception], match: s
         feature_select(selection_profiles(n_features=24), **kwargs)  # type: ignore[arg-type]
 
 
-def test_correlation_is_fast_on_a_wide_plate() -> None:
-    # 5,000 features x 384 wells: one matrix product, no loop over pairs. The bound is
-    # loose because CI machines are shared; the reference needs minutes here.
+def test_correlation_threshold_keeps_one_of_each_group_on_a_wide_plate() -> None:
+    # 2,000 features x 384 wells, each copy correlating ~0.96 with one base feature: one
+    # feature per correlated group is kept (speed is measured in bench/, not here).
     rng = np.random.default_rng(0)
-    base = rng.normal(size=(384, 1000))
-    copies = base[:, rng.integers(0, 1000, 4000)] + rng.normal(scale=0.3, size=(384, 4000))
-    x = np.hstack([base, copies])  # each copy correlates ~0.96 with one base feature
-    df = pd.DataFrame(x, columns=[f"Cells_f{i}" for i in range(5000)])
-    start = time.perf_counter()
+    base = rng.normal(size=(384, 400))
+    copies = base[:, rng.integers(0, 400, 1600)] + rng.normal(scale=0.3, size=(384, 1600))
+    x = np.hstack([base, copies])
+    df = pd.DataFrame(x, columns=[f"Cells_f{i}" for i in range(2000)])
     kept = selected_features(df, operations=["correlation_threshold"])
-    assert time.perf_counter() - start < 30
-    assert 900 <= len(kept) <= 1100
+    assert 350 <= len(kept) <= 450
 
 
 def test_correlation_with_missing_values_is_vectorised() -> None:
@@ -304,9 +301,7 @@ def test_correlation_with_missing_values_is_vectorised() -> None:
     x = np.hstack([base, base[:, rng.integers(0, 400, 1600)] + rng.normal(scale=0.3, size=(384, 1600))])
     x[::50, ::7] = np.nan  # pairwise-complete correlations
     df = pd.DataFrame(x, columns=[f"Cells_f{i}" for i in range(2000)])
-    start = time.perf_counter()
     kept = selected_features(df, operations=["correlation_threshold"])
-    assert time.perf_counter() - start < 30
     assert 350 <= len(kept) <= 450
 
 
