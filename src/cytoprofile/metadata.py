@@ -526,9 +526,17 @@ def _check_merge_column(
         )
         return
     unknown: dict[str, int] = {}
+    spaced = {k.strip(): k for k in keys if k != k.strip()}
     for value, line in zip(table.column(merge_column), table.lines, strict=True):
         if value.strip() and value not in keys:
+            other = spaced.get(value.strip(), value.strip() if value.strip() in keys else None)
+            if other is not None and value not in unknown:  # equal but for spaces: the wells would lose it
+                unknown[value] = -1
+                errors.append(f"{table.path}:{line}: {merge_column} {value!r} matches the external "
+                              f"metadata's {other!r} only when spaces are ignored; remove the spaces")
+                continue
             unknown.setdefault(value, line)
+    unknown = {k: v for k, v in unknown.items() if v > 0}
     if unknown:
         first = next(iter(unknown.values()))
         warnings.append(
