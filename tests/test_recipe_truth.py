@@ -613,3 +613,20 @@ def test_external_row_without_a_key_annotates_no_well(annotated_ws: Path, tmp_pa
     empty = augmented[augmented["Metadata_Well"].isin(empty_wells)]
     assert len(empty) == len(empty_wells) and empty["Metadata_pert_iname"].isna().all()
     assert augmented.loc[~augmented["Metadata_Well"].isin(empty_wells), "Metadata_pert_iname"].notna().all()
+
+
+@pytest.mark.parametrize(("edit", "shown"), [(lambda b, m: (b + " ", m), "'P1 '"), (lambda b, m: (" " + b, m), "' P1'"),
+                                             (lambda b, m: (b, m + " "), "Plate_Map_Name")])
+def test_barcode_platemap_values_with_spaces_are_named(annotated_ws: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str], edit: Any, shown: str) -> None:
+    ws, _, _ = _copy(annotated_ws, tmp_path)
+    barcodes = ws / "metadata/platemaps/B1/barcode_platemap.csv"
+    lines = barcodes.read_text().splitlines()
+    out = [lines[0]]
+    for line in lines[1:]:
+        barcode, name = line.split(",")
+        out.append(",".join(edit(barcode, name)) if barcode == "P1" else line)
+    barcodes.write_text("\n".join(out) + "\n")
+    assert main(["run", str(_config(ws)), "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "has spaces around it" in err and shown in err and "Traceback" not in err

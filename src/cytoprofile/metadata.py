@@ -239,6 +239,11 @@ def _check_barcodes(table: _Table) -> dict[str, tuple[str, int]]:
                 f"{table.path}:{line}: {empty} is empty; fill it in or delete the row"
             )
             continue
+        if barcode != barcode.strip() or name != name.strip():  # 'P1 ' would never match plate P1
+            field_name = "Assay_Plate_Barcode" if barcode != barcode.strip() else "Plate_Map_Name"
+            value = barcode if barcode != barcode.strip() else name
+            table.problems.append(f"{table.path}:{line}: {field_name} {value!r} has spaces around it; remove them")
+            continue
         if barcode in out:
             first_name, first_line = out[barcode]
             again = "again" if first_name == name else f"again with plate map {name!r}"
