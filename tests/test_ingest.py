@@ -1045,3 +1045,19 @@ def test_lost_rows_fail_the_plate_with_exit_1_and_no_outputs(tmp_path: Path, mon
     out = tmp_path / "backend" / faults.BATCH / faults.PLATE
     left = sorted(p.name for p in out.iterdir()) if out.exists() else []
     assert [n for n in left if not n.startswith(".")] == [] and not [n for n in left if n.endswith(".tmp")], left
+
+
+@pytest.mark.parametrize("name", ["Cells.csv", "Nuclei.csv", "Image.csv"])
+@pytest.mark.parametrize("prefix", ["", "MyExpt_"])
+def test_gzip_data_under_a_plain_csv_name_names_the_fix(tmp_path: Path, name: str, prefix: str) -> None:
+    plate_dir = faults.small_plate(tmp_path)
+    folder = faults.site(plate_dir)
+    if prefix:
+        faults.rename_files(folder, lambda n: prefix + n)
+    path = folder / (prefix + name)
+    path.write_bytes(gzip.compress(path.read_bytes()))
+    result = collate_plate(tmp_path, faults.BATCH, faults.PLATE)
+    entry = _sites(result)[folder.name]
+    assert entry["status"] == "quarantined"
+    assert entry["reason"] == f"{prefix}{name} is gzip-compressed but not named .gz; rename it to {prefix}{name}.gz"
+    assert {s["status"] for n, s in _sites(result).items() if n != folder.name} == {"ok"}

@@ -553,3 +553,80 @@ def test_float_formats_that_truncate_are_refused_on_the_command_line_too(tmp_pat
     err = " ".join(capsys.readouterr().err.split())
     assert f"float format '{fmt}' would truncate" in err and "%.5g" in err
     assert not out.exists()
+
+
+# --- external metadata keys that would annotate the wrong wells or none ---
+
+_EXTERNAL_ON = {"    perform: false                         # join it": "    perform: true                          # join it"}
+
+
+@pytest.fixture(scope="module")
+def annotated_ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _workspace(tmp_path_factory.mktemp("external"), speckles=False, wells=12)
+
+
+def _copy(ws: Path, tmp_path: Path) -> tuple[Path, Path, Path]:
+    dest = tmp_path / "ws"
+    shutil.copytree(ws, dest)
+    return (dest, dest / "metadata/platemaps/B1/platemap/PM-01.txt",
+            dest / "metadata/external_metadata/external_metadata.tsv")
+
+
+def _edit_column(path: Path, column: str, edit: Any, *, rows: Any = None) -> None:
+    lines = path.read_text().splitlines()
+    i = lines[0].split("\t").index(column)
+    out = [lines[0]]
+    for n, line in enumerate(lines[1:]):
+        cells = line.split("\t")
+        if rows is None or n in rows:
+            cells[i] = edit(cells[i])
+        out.append("\t".join(cells))
+    path.write_text("\n".join(out) + "\n")
+
+
+@pytest.mark.parametrize(("where", "edit"), [("external", lambda k: k + " "), ("external", lambda k: " " + k),
+                                             ("platemap", lambda k: k + " "), ("platemap", lambda k: "  " + k)])
+def test_keys_equal_but_for_spaces_are_refused(annotated_ws: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                               where: str, edit: Any) -> None:
+    ws, platemap, external = _copy(annotated_ws, tmp_path)
+    if where == "external":
+        _edit_column(external, "broad_sample", edit)
+    else:
+        _edit_column(platemap, "broad_sample", edit, rows={0, 1, 2})
+    assert main(["run", str(_config(ws, replace=_EXTERNAL_ON)), "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "only when spaces are ignored" in err and "Traceback" not in err
+    assert not (ws / "profiles/B1/P1/P1_augmented.csv.gz").exists()
+
+
+@pytest.mark.parametrize("empty_wells", [("A01",), ("A01", "A02", "A07")])
+def test_external_row_without_a_key_annotates_no_well(annotated_ws: Path, tmp_path: Path,
+                                                      empty_wells: tuple[str, ...]) -> None:
+    ws, platemap, external = _copy(annotated_ws, tmp_path)
+    lines = platemap.read_text().splitlines()
+    wells = [line.split("\t")[1] for line in lines[1:]]
+    _edit_column(platemap, "broad_sample", lambda _: "", rows={wells.index(w) for w in empty_wells})
+    external.write_text(external.read_text() + "\tGHOST\tghost\n")
+    assert main(["run", str(_config(ws, replace=_EXTERNAL_ON)), "-q"]) == 0
+    augmented = _plate(ws, "P1", "_augmented")
+    assert len(augmented) == 12 and "GHOST" not in set(augmented["Metadata_pert_iname"].dropna())
+    empty = augmented[augmented["Metadata_Well"].isin(empty_wells)]
+    assert len(empty) == len(empty_wells) and empty["Metadata_pert_iname"].isna().all()
+    assert augmented.loc[~augmented["Metadata_Well"].isin(empty_wells), "Metadata_pert_iname"].notna().all()
+
+
+@pytest.mark.parametrize(("edit", "shown"), [(lambda b, m: (b + " ", m), "'P1 '"), (lambda b, m: (" " + b, m), "' P1'"),
+                                             (lambda b, m: (b, m + " "), "Plate_Map_Name")])
+def test_barcode_platemap_values_with_spaces_are_named(annotated_ws: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str], edit: Any, shown: str) -> None:
+    ws, _, _ = _copy(annotated_ws, tmp_path)
+    barcodes = ws / "metadata/platemaps/B1/barcode_platemap.csv"
+    lines = barcodes.read_text().splitlines()
+    out = [lines[0]]
+    for line in lines[1:]:
+        barcode, name = line.split(",")
+        out.append(",".join(edit(barcode, name)) if barcode == "P1" else line)
+    barcodes.write_text("\n".join(out) + "\n")
+    assert main(["run", str(_config(ws)), "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "has spaces around it" in err and shown in err and "Traceback" not in err

@@ -261,6 +261,9 @@ def _join_external(
         "the merge column must have the same name in the plate map and the external metadata",
     )
     _refuse_repeated_keys(annotated, external, left, right)
+    # pandas joins an empty key to an empty key: an external row without a key would
+    # annotate every well whose plate map leaves the key empty (e.g. DMSO wells)
+    external = external.loc[external[right].notna().all(axis=1).to_numpy()]
     return (
         annotated.merge(
             external,

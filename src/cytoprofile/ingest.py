@@ -277,6 +277,12 @@ def _read_bytes(path: str) -> bytes:
     return raw
 
 
+def _is_gzip_data(path: str) -> bool:
+    """Whether a file holds gzip data (its magic bytes) whatever its name says."""
+    with open(path, "rb") as fh:
+        return fh.read(2) == b"\x1f\x8b"
+
+
 def _gzip_problem(exc: BaseException) -> str:
     return "truncated gzip (the file ends early)" if isinstance(exc, EOFError) else f"not a valid gzip file ({exc})"
 
@@ -527,6 +533,8 @@ def _add_table_file(scan: SiteScan, entry: str, path: str, table: str) -> None:
     except (UnicodeDecodeError, OSError, EOFError, zlib.error) as exc:
         scan.csv_files.append((entry, path, 1))
         reason = "is not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else f"cannot be read ({exc})"
+        if _is_gzip_data(path):
+            reason = f"is gzip-compressed but not named .gz; rename it to {entry}.gz"
         scan.quarantine(f"{entry} {reason}", path)
         return
     header_lines = 1

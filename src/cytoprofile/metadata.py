@@ -239,6 +239,11 @@ def _check_barcodes(table: _Table) -> dict[str, tuple[str, int]]:
                 f"{table.path}:{line}: {empty} is empty; fill it in or delete the row"
             )
             continue
+        if barcode != barcode.strip() or name != name.strip():  # 'P1 ' would never match plate P1
+            field_name = "Assay_Plate_Barcode" if barcode != barcode.strip() else "Plate_Map_Name"
+            value = barcode if barcode != barcode.strip() else name
+            table.problems.append(f"{table.path}:{line}: {field_name} {value!r} has spaces around it; remove them")
+            continue
         if barcode in out:
             first_name, first_line = out[barcode]
             again = "again" if first_name == name else f"again with plate map {name!r}"
@@ -535,9 +540,17 @@ def _check_merge_column(
         )
         return
     unknown: dict[str, int] = {}
+    spaced = {k.strip(): k for k in keys if k != k.strip()}
     for value, line in zip(table.column(merge_column), table.lines, strict=True):
         if value.strip() and value not in keys:
+            other = spaced.get(value.strip(), value.strip() if value.strip() in keys else None)
+            if other is not None and value not in unknown:  # equal but for spaces: the wells would lose it
+                unknown[value] = -1
+                errors.append(f"{table.path}:{line}: {merge_column} {value!r} matches the external "
+                              f"metadata's {other!r} only when spaces are ignored; remove the spaces")
+                continue
             unknown.setdefault(value, line)
+    unknown = {k: v for k, v in unknown.items() if v > 0}
     if unknown:
         first = next(iter(unknown.values()))
         warnings.append(
