@@ -468,7 +468,7 @@ def normalize(
 def feature_select(
     profiles: Annotated[str, typer.Argument(help="Normalized profiles.")],
     output: Annotated[str, typer.Argument(help="Output table.")],
-    operations: Annotated[list[str] | None, typer.Option(help="Operations in order (default variance_threshold,correlation_threshold,drop_na_columns,blocklist).")] = None,
+    operations: Annotated[list[str] | None, typer.Option(help="Operations in order (default variance_threshold, as feature_select()).")] = None,
     variance_threshold_meaning: Annotated[str, typer.Option(help="What variance_threshold means: frequency (the recipe's) or variance.")] = "frequency",
     features: Annotated[list[str] | None, typer.Option(help="Feature columns (default: inferred).")] = None,
     image_features: Annotated[bool, typer.Option(help="Include Image_* features when inferring.")] = False,
@@ -491,7 +491,7 @@ def feature_select(
     accounts: list[Any] = []
     with _about(profiles):
         df = _feature_select(io.read_table(profiles), features=_split(features) or "infer", image_features=image_features,
-                         operations=_split(operations) or ["variance_threshold", "correlation_threshold", "drop_na_columns", "blocklist"],
+                         operations=_split(operations) or ["variance_threshold"],
                          variance_threshold_meaning=variance_threshold_meaning,  # type: ignore[arg-type]
                          na_cutoff=na_cutoff, corr_threshold=corr_threshold, freq_cut=freq_cut, unique_cut=unique_cut,
                          outlier_cutoff=outlier_cutoff, blocklist_file=blocklist_file,
