@@ -168,3 +168,24 @@ def test_no_sign_request_is_one_flag(capsys: pytest.CaptureFixture[str]) -> None
     for command in ("collate", "qc", "run"):
         text = _help([command, "--help"], capsys)
         assert "--no-sign-request" in text and "--no-no-sign-request" not in text and "--sign-request" not in text
+
+
+@pytest.mark.parametrize(("adapter", "block", "function"), [
+    ("aggregate_options", "AggregateConfig", ("cytoprofile.aggregate", "aggregate")),
+    ("normalize_options", "NormalizeConfig", ("cytoprofile.normalize", "normalize")),
+    ("feature_select_options", "FeatureSelectConfig", ("cytoprofile.feature_select", "feature_select")),
+])
+def test_recipe_blocks_translate_to_keyword_arguments(adapter: str, block: str, function: tuple[str, str]) -> None:
+    """The recipe adapter hands a config block to its step under the function's own names."""
+    from cytoprofile import config, recipe_options
+
+    made = getattr(config, block)()
+    translate = getattr(recipe_options, adapter)
+    options = translate(made, ["cells", "Speckles"]) if adapter == "aggregate_options" else translate(made)
+    signature = inspect.signature(getattr(importlib.import_module(function[0]), function[1]))
+    keywords = {n for n, p in signature.parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    assert set(options) <= keywords, set(options) - keywords
+    if adapter == "aggregate_options":
+        assert options["operation"] == made.method and options["compartments"] == ["Cells", "Speckles"]
+    if adapter == "normalize_options":
+        assert options["mad_robustize_epsilon"] == made.mad_robustize_fudge_factor
