@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 import traceback
+import typing
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,28 +33,76 @@ from rich.progress import (
 )
 from rich.table import Table
 from rich.text import Text
+from typer.core import TyperGroup
 
 from . import __version__
 from .errors import CytoprofileError
-from .vocabulary import NEGCON_QUERY
+from .vocabulary import DEFAULT_COMPARTMENTS, DEFAULT_STRATA, NEGCON_QUERY
 
 __all__ = ["app", "main"]
+
+_PLACEHOLDERS = {str: "TEXT", int: "INTEGER", float: "NUMBER", Path: "PATH"}
+
+
+class _Group(TyperGroup):
+    """The command group, with readable help for every command.
+
+    Summaries are the docstring's whole first line (never cut at "..."); options show
+    TEXT / NUMBER / INTEGER placeholders (``NAME,...`` when repeatable) instead of
+    Python types, arguments their upper-case name.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for command in self.commands.values():
+            command.short_help = command.short_help or (command.help or "").strip().split("\n")[0]
+            for param in command.params:
+                if param.param_type_name == "argument":
+                    _plain_argument(param)
+                    continue
+                if param.metavar is not None or param.name == "help":
+                    continue
+                annotation = getattr(param, "type_descriptor", None)
+                element = typing.get_args(annotation.annotation) if annotation is not None else ()
+                if getattr(param, "multiple", False):
+                    param.metavar = f"{_PLACEHOLDERS.get(element[0] if element else str, 'TEXT')},..."
+                elif annotation is not None and annotation.annotation in _PLACEHOLDERS:
+                    param.metavar = _PLACEHOLDERS[annotation.annotation]
+
+
+def _plain_argument(param: Any) -> None:
+    """``PROFILES`` in the usage line and the argument list (Typer would print ``{profiles} <str>``)."""
+    name = param.metavar or str(param.name).upper()
+    usage = (name if param.required else f"[{name}]") + ("..." if param.nargs != 1 else "")
+    param.metavar = name
+    shown = {"display_type_rich": lambda ctx: None, "_usage_display_name": lambda: usage,
+             "_rich_display_name": lambda: name + ("..." if param.nargs != 1 else "")}
+    for attr, method in shown.items():
+        setattr(param, attr, method)
+
 
 app = typer.Typer(
     name="cytoprofile",
     help="CellProfiler output to analysis-ready Cell Painting profiles.",
+    cls=_Group,
+    context_settings={"show_default": True},
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
 console = Console(stderr=True)
+
+# defaults of library functions whose modules are slow to import; tests/test_cli_signatures.py
+# checks every command default against its function's
+DEFAULT_IMAGE_FEATURE_CATEGORIES = ("Granularity", "Texture", "ImageQuality", "Count", "Threshold")
+SPHERING_GRID = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 1e1, 1e2, 1e3)
 log = logging.getLogger("cytoprofile")
 
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors; no progress bars.")]
 ProfileOpt = Annotated[str | None, typer.Option(help="AWS profile for S3 URLs (default: the standard credential chain).")]
 EndpointOpt = Annotated[str | None, typer.Option(help="S3-compatible endpoint URL (e.g. a local or non-AWS server).")]
-NoSignOpt = Annotated[bool, typer.Option(help="Anonymous access to public buckets (e.g. the Cell Painting Gallery).")]
+NoSignOpt = Annotated[bool, typer.Option("--no-sign-request", help="Anonymous access to public buckets (e.g. the Cell Painting Gallery).")]
 TmpDirOpt = Annotated[str | None, typer.Option(help="Scratch folder for downloads and temporary files (created if missing).")]
 ConnectTimeoutOpt = Annotated[float, typer.Option(help="Seconds to wait for a connection to S3 or the Dask scheduler.")]
 ReadTimeoutOpt = Annotated[float, typer.Option(help="Seconds to wait for an answer from S3 or the Dask scheduler.")]
@@ -179,7 +228,7 @@ def _root(
 def synth(
     workspace: Annotated[Path, typer.Argument(help="Folder to write the workspace into.")],
     batch: Annotated[str, typer.Option(help="Batch name.")] = "BATCH1",
-    plates: Annotated[list[str] | None, typer.Option("--plate", help="Plate barcode (repeat or comma-separate).")] = None,
+    plates: Annotated[list[str], typer.Option("--plate", help="Plate barcode (repeat or comma-separate).")] = ["PLATE1"],
     wells: Annotated[int, typer.Option(help="Plate format: 96, 384 or 1536 wells.")] = 96,
     sites: Annotated[int, typer.Option(help="Sites (fields of view) per well.")] = 4,
     cells: Annotated[int, typer.Option(help="Mean cells per site.")] = 40,
@@ -211,13 +260,13 @@ def collate(
     workspace: Annotated[str, typer.Argument(help="Workspace folder (holds analysis/ and backend/).")],
     batch: Annotated[str, typer.Argument(help="Batch name.")],
     plates: Annotated[list[str], typer.Argument(help="One or more plate barcodes.")],
-    backend: Annotated[list[str] | None, typer.Option(help="sqlite and/or parquet (repeat for both).")] = None,
-    output_format: Annotated[str, typer.Option(help="Per-well profiles as csv, csv.gz or parquet.")] = "csv",
+    backend: Annotated[list[str], typer.Option(help="sqlite and/or parquet (repeat for both).")] = ["sqlite"],
+    profile_format: Annotated[str, typer.Option("--output-format", help="Per-well profiles as csv, csv.gz or parquet.")] = "csv",
     operation: Annotated[str, typer.Option(help="median or mean.")] = "median",
-    compartments: Annotated[list[str] | None, typer.Option(help="Object tables to aggregate.")] = None,
-    image_feature_categories: Annotated[list[str] | None, typer.Option(help="Image.csv categories to add as features.")] = None,
+    compartments: Annotated[list[str], typer.Option(help="Object tables to aggregate.")] = list(DEFAULT_COMPARTMENTS),
+    image_feature_categories: Annotated[list[str], typer.Option(help="Image.csv categories to add as features.")] = list(DEFAULT_IMAGE_FEATURE_CATEGORIES),
     image_features: Annotated[bool, typer.Option("--image-features/--no-image-features", help="Add image features.")] = True,
-    strata: Annotated[list[str] | None, typer.Option(help="Columns that define a profile (default Metadata_Plate,Metadata_Well).")] = None,
+    strata: Annotated[list[str], typer.Option(help="Columns that define a profile.")] = list(DEFAULT_STRATA),
     overwrite: Annotated[bool, typer.Option(help="Rebuild plates whose outputs already exist.")] = False,
     aggregate_only: Annotated[bool, typer.Option(help="Only aggregate an existing backend (ours or the old tool's).")] = False,
     strict: Annotated[bool, typer.Option(help="Fail a plate that has any quarantined site.")] = False,
@@ -227,8 +276,8 @@ def collate(
     single_cell_format: Annotated[list[str] | None, typer.Option(help="parquet and/or anndata for --single-cells (repeat for both).")] = None,
     exclude_outlier_cells: Annotated[bool, typer.Option("--exclude-outlier-cells", help="Leave cells that a cell QC set flags out of the profiles.")] = False,
     qc_sets: Annotated[list[str] | None, typer.Option(help="Only these cell QC sets (default: every set of the thresholds file).")] = None,
-    thresholds: Annotated[str | None, typer.Option(help="Cell QC threshold sets YAML (default: the three shipped nuclei sets).")] = None,
-    export_db: Annotated[list[str] | None, typer.Option(help="CellProfiler ExportToDatabase .sqlite file or folder of them to read instead of site CSVs (repeatable); default: analysis/BATCH/PLATE/*.sqlite when there are no site folders.")] = None,
+    cell_qc_thresholds: Annotated[str | None, typer.Option("--thresholds", help="Cell QC threshold sets YAML (default: the three shipped nuclei sets).")] = None,
+    export_db: Annotated[list[str], typer.Option(help="CellProfiler ExportToDatabase .sqlite file or folder of them to read instead of site CSVs (repeatable); default: analysis/BATCH/PLATE/*.sqlite when there are no site folders.")] = [],
     table_prefix: Annotated[str | None, typer.Option(help="Table prefix of the ExportToDatabase files (e.g. MyExpt_); detected when unset.")] = None,
     jobs: Annotated[int, typer.Option(help="Plates in parallel on this machine.")] = 1,
     scheduler: Annotated[str | None, typer.Option(help="Dask scheduler address: run plates on that cluster.")] = None,
@@ -243,11 +292,11 @@ def collate(
     retries: RetriesOpt = 2,
     quiet: QuietOpt = False,
 ) -> None:
-    """Ingest site CSVs into a single-cell backend and write per-well profiles and a report per plate.
+    """Ingest site CSVs into a backend; write per-well profiles and reports.
 
+    One single-cell backend, per-well profiles and a report per plate.
     WORKSPACE may be a local folder or a URL such as s3://bucket/project/workspace.
     """
-    from .aggregate import DEFAULT_COMPARTMENTS, DEFAULT_IMAGE_FEATURE_CATEGORIES, DEFAULT_STRATA
     from .collate import collate as _collate
 
     _setup_logging(quiet)
@@ -257,17 +306,17 @@ def collate(
     bad = [k for k in kinds if k not in ("sqlite", "parquet")]
     if bad:
         raise CytoprofileError(f"--backend {bad[0]}: choose sqlite or parquet")
-    if output_format not in ("csv", "csv.gz", "parquet"):
-        raise CytoprofileError(f"--output-format {output_format}: choose csv, csv.gz or parquet")
+    if profile_format not in ("csv", "csv.gz", "parquet"):
+        raise CytoprofileError(f"--output-format {profile_format}: choose csv, csv.gz or parquet")
     if count_check not in ("error", "warn", "off"):
         raise CytoprofileError(f"--count-check {count_check}: choose error, warn or off")
-    if (single_cell_format and not single_cells) or ((qc_sets or thresholds) and not exclude_outlier_cells):
+    if (single_cell_format and not single_cells) or ((qc_sets or cell_qc_thresholds) and not exclude_outlier_cells):
         raise CytoprofileError("--single-cell-format needs --single-cells; --qc-sets and --thresholds need --exclude-outlier-cells")
     plate_list = [p for raw in plates for p in (_split([raw]) or [raw])]  # an empty name is refused, not dropped
     start = time.perf_counter()
     with _plate_progress(plate_list, quiet) as update:
         results = _collate(
-            workspace, batch, plate_list, backend=kinds, profile_format=output_format,  # type: ignore[arg-type]
+            workspace, batch, plate_list, backend=kinds, profile_format=profile_format,  # type: ignore[arg-type]
             operation=operation,  # type: ignore[arg-type]
             compartments=_split(compartments) or list(DEFAULT_COMPARTMENTS),
             image_features=image_features,
@@ -275,7 +324,7 @@ def collate(
             strata=_split(strata) or list(DEFAULT_STRATA), overwrite=overwrite, aggregate_only=aggregate_only,
             strict=strict, count_check=count_check, file_prefix=file_prefix,  # type: ignore[arg-type]
             single_cells=(_split(single_cell_format) or ["parquet"]) if single_cells else (),
-            exclude_outlier_cells=(_split(qc_sets) or []) if exclude_outlier_cells else None, cell_qc_thresholds=thresholds,
+            exclude_outlier_cells=(_split(qc_sets) or []) if exclude_outlier_cells else None, cell_qc_thresholds=cell_qc_thresholds,
             export_db=export_db or (), table_prefix=table_prefix,
             jobs=jobs, scheduler=scheduler, remote=remote, tmp_dir=tmp_dir, wait=wait, progress=update,
         )
@@ -308,17 +357,16 @@ def aggregate(
     backend_path: Annotated[str, typer.Argument(metavar="BACKEND", help="PLATE.sqlite or PLATE_Image.parquet.")],
     output: Annotated[str, typer.Argument(help="Output table (.csv, .csv.gz or .parquet).")],
     operation: Annotated[str, typer.Option(help="median or mean.")] = "median",
-    compartments: Annotated[list[str] | None, typer.Option(help="Object tables to aggregate.")] = None,
-    image_feature_categories: Annotated[list[str] | None, typer.Option(help="Image categories to add as features.")] = None,
+    compartments: Annotated[list[str], typer.Option(help="Object tables to aggregate.")] = list(DEFAULT_COMPARTMENTS),
+    image_feature_categories: Annotated[list[str], typer.Option(help="Image categories to add as features.")] = list(DEFAULT_IMAGE_FEATURE_CATEGORIES),
     image_features: Annotated[bool, typer.Option("--image-features/--no-image-features", help="Add image features.")] = True,
-    strata: Annotated[list[str] | None, typer.Option(help="Columns that define a profile.")] = None,
+    strata: Annotated[list[str], typer.Option(help="Columns that define a profile.")] = list(DEFAULT_STRATA),
     float_format: Annotated[str | None, typer.Option(help="printf-style float format for CSV output, e.g. %.5g.",
                                                      callback=_float_format)] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Per-well profiles from an existing single-cell backend."""
     from . import io
-    from .aggregate import DEFAULT_COMPARTMENTS, DEFAULT_IMAGE_FEATURE_CATEGORIES, DEFAULT_STRATA
     from .aggregate import aggregate as _aggregate
 
     _setup_logging(quiet)
@@ -381,7 +429,7 @@ def annotate(
     profiles: Annotated[str, typer.Argument(help="Per-well profiles (.csv, .csv.gz or .parquet).")],
     platemap: Annotated[str, typer.Argument(help="Plate map (tab-separated .txt).")],
     output: Annotated[str, typer.Argument(help="Annotated output table.")],
-    join_on: Annotated[list[str] | None, typer.Option(help="Plate map column, profile column (default Metadata_well_position,Metadata_Well).")] = None,
+    join_on: Annotated[list[str], typer.Option(help="Plate map column, profile column.")] = ["Metadata_well_position", "Metadata_Well"],
     external: Annotated[str | None, typer.Option(help="External metadata file (.tsv) to merge.")] = None,
     merge_column: Annotated[str | None, typer.Option(help="Key column shared by the plate map and the external metadata.")] = None,
     unmatched_wells: Annotated[str, typer.Option(help="Profile wells missing from the plate map: error, or drop (and say how many).")] = "error",
@@ -446,7 +494,7 @@ def normalize(
     float_format: FloatFormatOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Normalize profiles against all wells or a subset (e.g. negative controls)."""
+    """Normalize profiles against all wells or a subset (e.g. negcon wells)."""
     from . import io
     from .normalize import normalize as _normalize
 
@@ -468,7 +516,7 @@ def normalize(
 def feature_select(
     profiles: Annotated[str, typer.Argument(help="Normalized profiles.")],
     output: Annotated[str, typer.Argument(help="Output table.")],
-    operations: Annotated[list[str] | None, typer.Option(help="Operations in order (default variance_threshold,correlation_threshold,drop_na_columns,blocklist).")] = None,
+    operations: Annotated[list[str], typer.Option(help="Operations in order: variance_threshold, frequency_threshold, correlation_threshold, drop_na_columns, blocklist, drop_outliers, noise_removal.")] = ["variance_threshold"],
     variance_threshold_meaning: Annotated[str, typer.Option(help="What variance_threshold means: frequency (the recipe's) or variance.")] = "frequency",
     features: Annotated[list[str] | None, typer.Option(help="Feature columns (default: inferred).")] = None,
     image_features: Annotated[bool, typer.Option(help="Include Image_* features when inferring.")] = False,
@@ -491,7 +539,7 @@ def feature_select(
     accounts: list[Any] = []
     with _about(profiles):
         df = _feature_select(io.read_table(profiles), features=_split(features) or "infer", image_features=image_features,
-                         operations=_split(operations) or ["variance_threshold", "correlation_threshold", "drop_na_columns", "blocklist"],
+                         operations=_split(operations) or ["variance_threshold"],
                          variance_threshold_meaning=variance_threshold_meaning,  # type: ignore[arg-type]
                          na_cutoff=na_cutoff, corr_threshold=corr_threshold, freq_cut=freq_cut, unique_cut=unique_cut,
                          outlier_cutoff=outlier_cutoff, blocklist_file=blocklist_file,
@@ -505,7 +553,7 @@ def feature_select(
 def consensus(
     profiles: Annotated[str, typer.Argument(help="Profiles to summarise.")],
     output: Annotated[str, typer.Argument(help="Output table.")],
-    replicate_columns: Annotated[list[str] | None, typer.Option(help="Columns that define a replicate group.")] = None,
+    replicate_columns: Annotated[list[str], typer.Option(help="Columns that define a replicate group.")] = ["Metadata_Plate", "Metadata_Well"],
     operation: Annotated[str, typer.Option(help="median, mean or modz.")] = "median",
     features: Annotated[list[str] | None, typer.Option(help="Feature columns (default: inferred from the compartments).")] = None,
     compartments: CompartmentsOpt = None,
@@ -555,12 +603,12 @@ def validate_metadata(
     workspace: Annotated[str, typer.Argument(help="Folder holding metadata/platemaps/BATCH/.")],
     batch: Annotated[str, typer.Argument(help="Batch name.")],
     plates: Annotated[list[str] | None, typer.Option("--plate", help="Check only these plates.")] = None,
-    external: Annotated[str | None, typer.Option(help="External metadata file to check too.")] = None,
+    external_metadata: Annotated[str | None, typer.Option("--external", help="External metadata file to check too.")] = None,
     merge_column: Annotated[str | None, typer.Option(help="Its key column.")] = None,
     profiles: Annotated[list[str] | None, typer.Option("--profiles", help="Per-well profiles whose wells to check against their plate maps (repeatable; plates from Metadata_Plate).")] = None,
     unmatched_wells: Annotated[str, typer.Option(help="Profile wells missing from the plate map: error, or drop (a warning).")] = "error",
 ) -> None:
-    """Check barcode map, plate maps and external metadata; one message per problem."""
+    """Check barcode map, plate maps and external metadata, naming each fault."""
     from . import io
     from .metadata import validate_metadata as _validate
 
@@ -572,7 +620,7 @@ def validate_metadata(
             raise CytoprofileError(f"{path}: no Metadata_Plate column; the profiles' plate names their plate map")
         for plate, part in table.groupby(table["Metadata_Plate"].astype(str), sort=False):
             by_plate[str(plate)] = part
-    notes = _validate(workspace, batch, plates=_split(plates), external_metadata=external, merge_column=merge_column,
+    notes = _validate(workspace, batch, plates=_split(plates), external_metadata=external_metadata, merge_column=merge_column,
                       profiles=by_plate or None, unmatched_wells=unmatched_wells)
     for note in notes:
         console.print(f"warning: {note}", highlight=False)
@@ -626,7 +674,10 @@ def run(
     allow_unknown_keys: Annotated[bool, typer.Option(
         help="Ignore config keys that look like misspellings of known keys (a warning, not an error).")] = False,
 ) -> None:
-    """Run the profiling recipe a config describes (annotate → normalize → feature select → GCT → QC)."""
+    """Run the profiling recipe a config describes.
+
+    annotate → normalize → feature select → GCT → QC, per plate and per batch.
+    """
     from .pipeline import run as _run
 
     _setup_logging(quiet)
@@ -677,7 +728,10 @@ def qc(
     retries: RetriesOpt = 2,
     quiet: QuietOpt = False,
 ) -> None:
-    """Summary table, plate heatmaps and the batch HTML report (WORKSPACE may be an s3:// URL)."""
+    """Summary table, plate heatmaps and the batch HTML report.
+
+    WORKSPACE may be a URL such as s3://bucket/project/workspace.
+    """
     from contextlib import nullcontext
 
     from . import io
@@ -710,7 +764,7 @@ def qc(
 # --- processing and evaluation commands ---
 
 FeaturesOpt = Annotated[list[str] | None, typer.Option(help="Feature columns (default: inferred).")]
-FeaturePrefixOpt = Annotated[list[str] | None, typer.Option("--feature-prefix", help="Infer features by these name prefixes (e.g. PC, or a deep-learning model's); default Cells, Cytoplasm, Nuclei.")]
+FeaturePrefixOpt = Annotated[list[str] | None, typer.Option("--feature-prefix", "--feature-prefixes", help="Infer features by these name prefixes (e.g. PC, or a deep-learning model's); default Cells, Cytoplasm, Nuclei.")]
 PlateColumnOpt = Annotated[str, typer.Option(help="Column naming the plate.")]
 ReferenceOpt = Annotated[str, typer.Option(help="Reference wells for per-plate statistics: all, or a query.")]
 NoControlsOpt = Annotated[str, typer.Option(help="Plates without reference wells: error or drop (their wells).")]
@@ -728,8 +782,8 @@ def _process(step: str, profiles: str, output: str, float_format: str | None, qu
     log.info("wrote %d rows × %d columns to %s", len(df), df.shape[1], output)
 
 
-def _feature_args(features: list[str] | None, feature_prefix: list[str] | None) -> dict[str, Any]:
-    return {"features": _split(features) or "infer", "feature_prefixes": _split(feature_prefix)}
+def _feature_args(features: list[str] | None, feature_prefixes: list[str] | None) -> dict[str, Any]:
+    return {"features": _split(features) or "infer", "feature_prefixes": _split(feature_prefixes)}
 
 
 @app.command("select-variant-features")
@@ -741,7 +795,7 @@ def select_variant_features_cmd(
     threshold: Annotated[float, typer.Option(help="Smallest |MAD / median| kept (on every plate).")] = 1e-3,
     plates_without_controls: NoControlsOpt = "error",
     features: FeaturesOpt = None,
-    feature_prefix: FeaturePrefixOpt = None,
+    feature_prefixes: FeaturePrefixOpt = None,
     float_format: FloatFormatOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -750,7 +804,7 @@ def select_variant_features_cmd(
 
     _process("var", profiles, output, float_format, quiet, lambda df: select_variant_features(
         df, plate_column=plate_column, samples=samples, threshold=threshold,
-        plates_without_controls=plates_without_controls, **_feature_args(features, feature_prefix)))  # type: ignore[arg-type]
+        plates_without_controls=plates_without_controls, **_feature_args(features, feature_prefixes)))  # type: ignore[arg-type]
 
 
 @app.command("mad-normalize")
@@ -762,16 +816,16 @@ def mad_normalize_cmd(
     epsilon: Annotated[float, typer.Option(help="Added to the MAD.")] = 0.0,
     plates_without_controls: NoControlsOpt = "error",
     features: FeaturesOpt = None,
-    feature_prefix: FeaturePrefixOpt = None,
+    feature_prefixes: FeaturePrefixOpt = None,
     float_format: FloatFormatOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """(x − plate median) / plate MAD of the negative controls, MAD unscaled (mad)."""
+    """(x − plate median) / plate MAD of negative controls, unscaled (mad)."""
     from .processing import mad_normalize
 
     _process("mad", profiles, output, float_format, quiet, lambda df: mad_normalize(
         df, plate_column=plate_column, samples=samples, epsilon=epsilon,
-        plates_without_controls=plates_without_controls, **_feature_args(features, feature_prefix)))  # type: ignore[arg-type]
+        plates_without_controls=plates_without_controls, **_feature_args(features, feature_prefixes)))  # type: ignore[arg-type]
 
 
 @app.command("rank-int")
@@ -782,7 +836,7 @@ def rank_int_cmd(
     seed: Annotated[int, typer.Option(help="Seed of the tie-breaking permutation.")] = 0,
     c: Annotated[float, typer.Option(help="Blom's constant.")] = 0.375,
     features: FeaturesOpt = None,
-    feature_prefix: FeaturePrefixOpt = None,
+    feature_prefixes: FeaturePrefixOpt = None,
     float_format: FloatFormatOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -790,7 +844,7 @@ def rank_int_cmd(
     from .processing import rank_int
 
     _process("int", profiles, output, float_format, quiet, lambda df: rank_int(
-        df, ties=ties, seed=seed, c=c, **_feature_args(features, feature_prefix)))  # type: ignore[arg-type]
+        df, ties=ties, seed=seed, c=c, **_feature_args(features, feature_prefixes)))  # type: ignore[arg-type]
 
 
 @app.command("correct-well-position")
@@ -799,7 +853,7 @@ def correct_well_position_cmd(
     output: Annotated[str, typer.Argument(help="Output table.")],
     well_column: Annotated[str, typer.Option(help="Column naming the well position.")] = "Metadata_Well",
     features: FeaturesOpt = None,
-    feature_prefix: FeaturePrefixOpt = None,
+    feature_prefixes: FeaturePrefixOpt = None,
     float_format: FloatFormatOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -807,7 +861,7 @@ def correct_well_position_cmd(
     from .processing import correct_well_position
 
     _process("wellpos", profiles, output, float_format, quiet, lambda df: correct_well_position(
-        df, well_column=well_column, **_feature_args(features, feature_prefix)))
+        df, well_column=well_column, **_feature_args(features, feature_prefixes)))
 
 
 @app.command("regress-cell-count")
@@ -817,7 +871,7 @@ def regress_cell_count_cmd(
     cell_count_column: Annotated[str, typer.Option(help="Column holding the well's cell count.")] = "Metadata_Count_Cells",
     min_unique: Annotated[int, typer.Option(help="Regress only features with more distinct values than this.")] = 100,
     features: FeaturesOpt = None,
-    feature_prefix: FeaturePrefixOpt = None,
+    feature_prefixes: FeaturePrefixOpt = None,
     float_format: FloatFormatOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -825,7 +879,7 @@ def regress_cell_count_cmd(
     from .processing import regress_cell_count
 
     _process("cc", profiles, output, float_format, quiet, lambda df: regress_cell_count(
-        df, cell_count_column=cell_count_column, min_unique=min_unique, **_feature_args(features, feature_prefix)))
+        df, cell_count_column=cell_count_column, min_unique=min_unique, **_feature_args(features, feature_prefixes)))
 
 
 @app.command("remove-outliers")
@@ -835,7 +889,7 @@ def remove_outliers_cmd(
     bound: Annotated[float, typer.Option(help="Largest |value| kept; the rest is clipped.")] = 100.0,
     percentile: Annotated[float, typer.Option(help="Drop features whose this percentile of |x| exceeds the bound.")] = 99.0,
     features: FeaturesOpt = None,
-    feature_prefix: FeaturePrefixOpt = None,
+    feature_prefixes: FeaturePrefixOpt = None,
     float_format: FloatFormatOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -843,7 +897,7 @@ def remove_outliers_cmd(
     from .processing import remove_outliers
 
     _process("outlier", profiles, output, float_format, quiet, lambda df: remove_outliers(
-        df, bound=bound, percentile=percentile, **_feature_args(features, feature_prefix)))
+        df, bound=bound, percentile=percentile, **_feature_args(features, feature_prefixes)))
 
 
 @app.command("pca")
@@ -852,7 +906,7 @@ def pca_cmd(
     output: Annotated[str, typer.Argument(help="Output table (features PC1, PC2, ...).")],
     variance_fraction: Annotated[float, typer.Option(help="Share of the variance the components keep.")] = 0.98,
     features: FeaturesOpt = None,
-    feature_prefix: FeaturePrefixOpt = None,
+    feature_prefixes: FeaturePrefixOpt = None,
     float_format: FloatFormatOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -860,7 +914,7 @@ def pca_cmd(
     from .processing import pca
 
     _process("pca", profiles, output, float_format, quiet, lambda df: pca(
-        df, variance_fraction=variance_fraction, **_feature_args(features, feature_prefix)))
+        df, variance_fraction=variance_fraction, **_feature_args(features, feature_prefixes)))
 
 
 @app.command("sphere")
@@ -869,20 +923,20 @@ def sphere_cmd(
     output: Annotated[str, typer.Argument(help="Output table.")],
     samples: ReferenceOpt = NEGCON_QUERY,
     method: Annotated[str, typer.Option(help="PCA, ZCA, PCA-cor or ZCA-cor.")] = "ZCA-cor",
-    epsilon: Annotated[list[float] | None, typer.Option(help="Regularization; repeat to choose the best by mAP (default 1e-5 … 1e3).")] = None,
+    epsilon: Annotated[list[float], typer.Option(help="Regularization; repeat to choose the best by mAP.")] = list(SPHERING_GRID),
     pert_column: Annotated[str, typer.Option(help="Perturbation column for the mAP choice.")] = "Metadata_broad_sample",
-    neg_sameby: Annotated[list[str] | None, typer.Option(help="Negative controls must share these columns (default Metadata_Plate).")] = None,
+    neg_sameby: Annotated[list[str], typer.Option(help="Negative controls must share these columns.")] = ["Metadata_Plate"],
     features: FeaturesOpt = None,
-    feature_prefix: FeaturePrefixOpt = None,
+    feature_prefixes: FeaturePrefixOpt = None,
     float_format: FloatFormatOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Whitening fitted on negative controls, regularization chosen by mAP (sphering)."""
-    from .processing import SPHERING_GRID, sphere
+    """Whitening fitted on negative controls, ε chosen by mAP (sphering)."""
+    from .processing import sphere
 
     _process("sphering", profiles, output, float_format, quiet, lambda df: sphere(
         df, samples=samples, method=method, epsilon=epsilon or SPHERING_GRID, pert_column=pert_column,
-        neg_sameby=_split(neg_sameby) or ["Metadata_Plate"], **_feature_args(features, feature_prefix)))
+        neg_sameby=_split(neg_sameby) or ["Metadata_Plate"], **_feature_args(features, feature_prefixes)))
 
 
 @app.command("harmony")
@@ -894,7 +948,7 @@ def harmony_cmd(
     max_iter: Annotated[int, typer.Option(help="Harmony iterations.")] = 10,
     n_clusters: Annotated[int | None, typer.Option(help="Clusters (default min(rows/30, 100)).")] = None,
     features: FeaturesOpt = None,
-    feature_prefix: FeaturePrefixOpt = None,
+    feature_prefixes: FeaturePrefixOpt = None,
     float_format: FloatFormatOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -903,7 +957,7 @@ def harmony_cmd(
 
     _process("harmony", profiles, output, float_format, quiet, lambda df: harmony(
         df, batch_key=batch_key, seed=seed, max_iter=max_iter, n_clusters=n_clusters,
-        **_feature_args(features, feature_prefix)))
+        **_feature_args(features, feature_prefixes)))
 
 
 @app.command("process")
@@ -919,7 +973,7 @@ def process_cmd(
     pert_column: Annotated[str, typer.Option(help="Perturbation column (sphering's mAP choice).")] = "Metadata_broad_sample",
     seed: Annotated[int, typer.Option(help="Random seed (int ties, harmony).")] = 0,
     features: FeaturesOpt = None,
-    feature_prefix: FeaturePrefixOpt = None,
+    feature_prefixes: FeaturePrefixOpt = None,
     float_format: FloatFormatOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -932,7 +986,7 @@ def process_cmd(
         df, steps, plate_column=plate_column, samples=samples,
         plates_without_controls=plates_without_controls,  # type: ignore[arg-type]
         batch_key=batch_key, cell_count_column=cell_count_column, pert_column=pert_column, seed=seed,
-        report=report, **_feature_args(features, feature_prefix)))
+        report=report, **_feature_args(features, feature_prefixes)))
     for entry in report:
         typer.echo(f"{entry['step']}: {entry['rows_in']} → {entry['rows_out']} rows, "
                    f"{entry['features_in']} → {entry['features_out']} features ({entry['seconds']:.1f}s)")
@@ -947,16 +1001,16 @@ def map_cmd(
     annotation_column: Annotated[str | None, typer.Option(help="consistency: the annotation (e.g. Metadata_target).")] = None,
     multilabel_separator: Annotated[str | None, typer.Option(help="consistency: separator of several labels in one cell, e.g. '|'.")] = None,
     control_query: Annotated[str, typer.Option(help="Negative controls (query); 'none' for no controls.")] = NEGCON_QUERY,
-    neg_sameby: Annotated[list[str] | None, typer.Option(help="Negatives must share these columns (e.g. Metadata_Plate).")] = None,
-    pos_diffby: Annotated[list[str] | None, typer.Option(help="Replicates must differ in these columns.")] = None,
+    neg_sameby: Annotated[list[str], typer.Option(help="Negatives must share these columns (e.g. Metadata_Plate).")] = [],
+    pos_diffby: Annotated[list[str], typer.Option(help="Replicates must differ in these columns.")] = [],
     null_size: Annotated[int, typer.Option(help="Draws in each null distribution.")] = 10000,
     threshold: Annotated[float, typer.Option(help="FDR level for 'retrieved'.")] = 0.05,
     seed: Annotated[int, typer.Option(help="Seed of the null distributions.")] = 0,
     features: FeaturesOpt = None,
-    feature_prefix: FeaturePrefixOpt = None,
+    feature_prefixes: FeaturePrefixOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Mean average precision per perturbation, p-values and the fraction retrieved."""
+    """Mean average precision per perturbation, p-values, fraction retrieved."""
     from . import io
     from .evaluate import mean_average_precision
 
@@ -970,7 +1024,7 @@ def map_cmd(
             control_query=None if control_query.lower() in ("none", "") else control_query,
             neg_sameby=_split(neg_sameby) or [], pos_diffby=_split(pos_diffby) or [],
             multilabel_separator=multilabel_separator, null_size=null_size, threshold=threshold, seed=seed,
-            **_feature_args(features, feature_prefix))
+            **_feature_args(features, feature_prefixes))
     if output:
         io.write_table(table, output)
     retrieved = int(table["below_corrected_p"].sum())
@@ -1018,12 +1072,12 @@ def single_cells_cmd(
     workspace: Annotated[str, typer.Argument(help="Workspace folder (holds backend/).")],
     batch: Annotated[str, typer.Argument(help="Batch name.")],
     plates: Annotated[list[str], typer.Argument(help="One or more plate barcodes.")],
-    output_format: Annotated[list[str] | None, typer.Option("--format", help="parquet and/or anndata (repeat for both).")] = None,
+    formats: Annotated[list[str], typer.Option("--format", help="parquet and/or anndata (repeat for both).")] = ["parquet"],
     backend: Annotated[str | None, typer.Option(help="Read the sqlite or parquet backend (default: parquet if present).")] = None,
-    compartments: Annotated[list[str] | None, typer.Option(help="Object tables to join (default Cells,Cytoplasm,Nuclei).")] = None,
+    compartments: Annotated[list[str], typer.Option(help="Object tables to join.")] = list(DEFAULT_COMPARTMENTS),
     hub: Annotated[str, typer.Option(help="Compartment whose Parent_ columns link the others.")] = "Cytoplasm",
     links: Annotated[list[str] | None, typer.Option(help="COMPARTMENT=HUB_COLUMN (default <Hub>_Parent_<Compartment>).")] = None,
-    image_feature_categories: Annotated[list[str] | None, typer.Option(help="Image categories to add as Image_* features.")] = None,
+    image_feature_categories: Annotated[list[str], typer.Option(help="Image categories to add as Image_* features.")] = [],
     metadata: Annotated[list[str] | None, typer.Option(help="Image metadata columns to carry, or 'all' (default Plate, Well, Site).")] = None,
     cell_qc: Annotated[bool, typer.Option("--cell-qc/--no-cell-qc", help="Add Metadata_cqc_<set>_is_outlier flags.")] = False,
     thresholds: Annotated[str | None, typer.Option(help="Threshold sets YAML (default: the three shipped nuclei sets).")] = None,
@@ -1031,13 +1085,15 @@ def single_cells_cmd(
     strict: Annotated[bool, typer.Option(help="Exit 1 when any object could not be linked into a cell.")] = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """One row per cell, compartments joined, from a plate's backend: PLATE_single_cells.parquet / .h5ad."""
+    """One row per cell, compartments joined, from a plate's backend.
+
+    Writes PLATE_single_cells.parquet and/or PLATE_single_cells.h5ad.
+    """
     from .cell_qc import load_thresholds
     from .single_cells import write_single_cells
-    from .vocabulary import DEFAULT_COMPARTMENTS
 
     _setup_logging(quiet)
-    formats = _split(output_format) or ["parquet"]
+    formats = _split(formats) or ["parquet"]
     meta = _split(metadata)
     sets = load_thresholds(thresholds, sets=_split(qc_sets)) if (cell_qc or thresholds or qc_sets) else None
     linked = _links(links)
@@ -1068,7 +1124,10 @@ def cell_qc_cmd(
     qc_sets: Annotated[list[str] | None, typer.Option(help="Only these threshold sets.")] = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Flag outlier cells (Metadata_cqc_<set>_is_outlier) in a single-cell Parquet file."""
+    """Flag outlier cells in a single-cell Parquet file.
+
+    Adds a Metadata_cqc_SET_is_outlier column per threshold set.
+    """
     from .cell_qc import flag_single_cells, load_thresholds
 
     _setup_logging(quiet)

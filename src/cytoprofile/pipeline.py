@@ -386,22 +386,18 @@ def _aggregate_step(steps: _Steps, layout: Layout, recipe: Recipe, files: dict[s
                     plate: str) -> None:
     """``PLATE.csv.gz``: aggregated from the SQLite backend, or collate's per-well profiles."""
     from .aggregate import aggregate
+    from .recipe_options import aggregate_options
 
     backend_dir = io.join(layout.workspace, "backend", batch, plate)
     s = recipe.settings
     if s.aggregate.perform:
         sqlite = io.join(backend_dir, f"{plate}.sqlite")
-        strata = [s.aggregate.plate_column, s.aggregate.well_column] + ([s.aggregate.site_column] if s.aggregate.site_column else [])
+        options = aggregate_options(s.aggregate, s.compartments)
         settings = s.aggregate.model_dump(mode="json") | {"compartments": s.compartments}
-        compartments = [c.capitalize() if c.islower() else c for c in s.compartments]
 
         def _aggregated() -> _Made:
-            exclude = _outlier_cells(s.aggregate, sqlite, compartments, strata)
-            frame = aggregate(
-                sqlite, operation=s.aggregate.method, strata=strata, compartments=compartments,
-                image_features=bool(s.aggregate.image_feature_categories),
-                image_feature_categories=s.aggregate.image_feature_categories or (),
-                sites=None if s.aggregate.fields == "all" else list(s.aggregate.fields), exclude=exclude)
+            exclude = _outlier_cells(s.aggregate, sqlite, options["compartments"], options["strata"])
+            frame = aggregate(sqlite, **options, exclude=exclude)
             return _Made(frame, extra={"cell_qc": exclude.summary()} if exclude is not None else {})
 
         if s.aggregate.exclude_outlier_cells is not False:
@@ -528,6 +524,7 @@ def _matched_wells(profiles: pd.DataFrame, recipe: Recipe, meta_root: str, batch
 def _normalize_steps(steps: _Steps, recipe: Recipe, files: dict[str, str], prefixes: Sequence[str]) -> None:
     """``_normalized`` and ``_normalized_negcon``; ``options.samples`` narrows the first one's fit."""
     from .normalize import normalize
+    from .recipe_options import normalize_options
 
     s = recipe.settings
     for key, block in (("normalize", s.normalize), ("normalize_negcon", s.normalize_negcon)):
@@ -539,11 +536,7 @@ def _normalize_steps(steps: _Steps, recipe: Recipe, files: dict[str, str], prefi
         def _normalized(block: Any = block, query: str = query) -> _Made:
             profiles = io.load_profiles(files["annotate"])
             names = _features_for(profiles, block, prefixes, files["annotate"])
-            frame = normalize(
-                profiles, features=names, image_features=block.image_features,
-                samples=query, method=block.method, mad_robustize_epsilon=block.mad_robustize_fudge_factor,
-                spherize_method=block.spherize_method, spherize_epsilon=block.spherize_epsilon,
-                spherize_center=block.spherize_center)
+            frame = normalize(profiles, features=names, samples=query, **normalize_options(block))
             reason = (f"normalize.method: spherize {block.spherize_method} (features become PC1..PC{len(names)})"
                       if block.method == "spherize" and block.spherize_method.startswith("PCA")
                       else "normalize.features: not in the list")
@@ -574,19 +567,15 @@ def _selection(df: pd.DataFrame, block: Any, prefixes: Sequence[str], where: str
     the statistics on wells with at least that many objects (all wells are kept).
     """
     from .feature_select import excluded_features
+    from .recipe_options import feature_select_options
 
-    params: dict[str, Any] = {k: getattr(block.parameters, k) for k in type(block.parameters).model_fields}
-    groups = params["noise_removal_perturb_groups"]
-    if isinstance(groups, list) and len(groups) == 1:
-        params["noise_removal_perturb_groups"] = groups[0]  # one name is a column, not one label
-    samples = "all" if block.min_cells == 1 else f"Metadata_Object_Count >= {block.min_cells}"
+    params = feature_select_options(block)
     remaining = _features_for(df, block, prefixes, where)
     dropped: dict[str, str] = {}
     for op in block.operations:
         if not remaining:
             break
-        gone = set(excluded_features(df, features=remaining, image_features=block.image_features,
-                                     operations=[op], samples=samples, **params))
+        gone = set(excluded_features(df, features=remaining, operations=[op], **params))
         dropped |= dict.fromkeys((c for c in remaining if c in gone), f"feature_select: {op}")
         remaining = [c for c in remaining if c not in gone]
     return dropped

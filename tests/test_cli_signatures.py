@@ -1,0 +1,191 @@
+"""Every command is a thin adapter over one library function.
+
+Each flag of ``cytoprofile STEP`` is a keyword argument of the step's function with
+the same default, so ``cytoprofile normalize`` and ``normalize()`` cannot drift apart;
+the few flags that only the command line has are listed with the reason. Every
+option shows help, a readable placeholder and its default.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import typer.main
+
+from cytoprofile.cli import app, main
+
+# command → the library function it calls (module, name)
+FUNCTIONS: dict[str, tuple[str, str]] = {
+    "synth": ("cytoprofile.synth", "synth"),
+    "collate": ("cytoprofile.collate", "collate"),
+    "aggregate": ("cytoprofile.aggregate", "aggregate"),
+    "csv2gz": ("cytoprofile.io", "csv2gz"),
+    "annotate": ("cytoprofile.annotate", "annotate"),
+    "normalize": ("cytoprofile.normalize", "normalize"),
+    "feature-select": ("cytoprofile.feature_select", "feature_select"),
+    "consensus": ("cytoprofile.consensus", "consensus"),
+    "write-gct": ("cytoprofile.io", "write_gct"),
+    "validate-metadata": ("cytoprofile.metadata", "validate_metadata"),
+    "config-template": ("cytoprofile.config", "config_template"),
+    "init": ("cytoprofile.config", "init_project"),
+    "run": ("cytoprofile.pipeline", "run"),
+    "qc": ("cytoprofile.qc", "quality_control"),
+    "select-variant-features": ("cytoprofile.processing", "select_variant_features"),
+    "mad-normalize": ("cytoprofile.processing", "mad_normalize"),
+    "rank-int": ("cytoprofile.processing", "rank_int"),
+    "correct-well-position": ("cytoprofile.processing", "correct_well_position"),
+    "regress-cell-count": ("cytoprofile.processing", "regress_cell_count"),
+    "remove-outliers": ("cytoprofile.processing", "remove_outliers"),
+    "pca": ("cytoprofile.processing", "pca"),
+    "sphere": ("cytoprofile.processing", "sphere"),
+    "harmony": ("cytoprofile.processing", "harmony"),
+    "process": ("cytoprofile.processing", "run_chain"),
+    "map": ("cytoprofile.evaluate", "mean_average_precision"),
+    "single-cells": ("cytoprofile.single_cells", "write_single_cells"),
+    "cell-qc": ("cytoprofile.cell_qc", "flag_single_cells"),
+}
+
+# flags only the command line has, and why
+CLI_ONLY: dict[str, str] = {
+    "quiet": "console verbosity and progress bars: a terminal concern",
+    "float_format": "how the command writes its CSV output; functions return tables",
+    "profile": "storage options: set once per process for every S3 read and write",
+    "endpoint_url": "storage options",
+    "no_sign_request": "storage options",
+    "connect_timeout": "storage options",
+    "read_timeout": "storage options",
+    "retries": "storage options",
+    "help": "Click's own",
+    "output": "where the command writes what the function returns",
+}
+
+# flags a command turns into one argument of its function, and how
+COMPOSED: dict[tuple[str, str], str] = {
+    ("annotate", "external"): "read with metadata.load_external_metadata into external_metadata=",
+    ("annotate", "merge_column"): "the key of --external: external_join_left= and external_join_right=",
+    ("collate", "single_cell_format"): "with --single-cells: the formats of single_cells=",
+    ("collate", "qc_sets"): "with --exclude-outlier-cells: the sets of exclude_outlier_cells=",
+    ("cell-qc", "thresholds"): "read with cell_qc.load_thresholds into thresholds=",
+    ("cell-qc", "qc_sets"): "the sets cell_qc.load_thresholds keeps",
+    ("single-cells", "thresholds"): "read with cell_qc.load_thresholds into thresholds=",
+    ("single-cells", "qc_sets"): "the sets cell_qc.load_thresholds keeps",
+    ("single-cells", "cell_qc"): "thresholds= given (the shipped sets unless --thresholds)",
+    ("single-cells", "backend"): "which of the plate's backend files is the function's first argument",
+    ("single-cells", "strict"): "the command's exit status when objects were not linked",
+    ("process", "chain"): "parsed with processing.parse_chain into the chain argument",
+    ("qc", "tmp_dir"): "scratch for staging an S3 workspace around the call",
+}
+
+# the command's spelling of "not given" that the function spells otherwise
+SAME_DEFAULT: dict[str, tuple[Any, Any]] = {
+    "features": (None, "infer"),  # no --features: the function infers them
+    "single_cells": (False, []),  # collate --single-cells off: no single-cell formats
+    "exclude_outlier_cells": (False, None),  # collate --exclude-outlier-cells off: no cell QC sets
+}
+
+
+def _group() -> Any:
+    return typer.main.get_command(app)  # Typer carries its own copy of Click: matched by shape
+
+
+def _is_option(param: Any) -> bool:
+    return bool(param.param_type_name == "option")
+
+
+def _function(command: str) -> Callable[..., Any]:
+    module, name = FUNCTIONS[command]
+    return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
+
+
+def _normal(value: Any) -> Any:
+    if isinstance(value, tuple | list):
+        return [_normal(v) for v in value]
+    return value
+
+
+def test_every_command_maps_to_one_function() -> None:
+    assert sorted(_group().commands) == sorted(FUNCTIONS)
+
+
+@pytest.mark.parametrize("command", sorted(FUNCTIONS))
+def test_flags_are_keyword_arguments_with_the_same_default(command: str) -> None:
+    cmd = _group().commands[command]
+    signature = inspect.signature(_function(command))
+    problems = []
+    for param in cmd.params:
+        if not _is_option(param) or param.name in CLI_ONLY or (command, param.name) in COMPOSED:
+            continue
+        arg = signature.parameters.get(str(param.name))
+        if arg is None or arg.kind is not inspect.Parameter.KEYWORD_ONLY:
+            problems.append(f"--{param.name}: not a keyword-only argument of the function")
+            continue
+        cli_default, fn_default = _normal(param.default), _normal(arg.default)
+        if (cli_default, fn_default) != SAME_DEFAULT.get(str(param.name)) and cli_default != fn_default:
+            problems.append(f"--{param.name}: command default {cli_default!r}, function default {fn_default!r}")
+    assert not problems, "\n".join(problems)
+
+
+def _help(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    assert main(argv) == 0
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", sorted(FUNCTIONS))
+def test_help_shows_help_placeholder_and_default(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    cmd = _group().commands[command]
+    text = _help([command, "--help"], capsys)
+    flat = " ".join(text.split())
+    assert not re.search(r"<(str|int|float|bool|path|list\[\w+\])>|\{\w+\}", text), f"Python types as placeholders:\n{text}"
+    assert "--no-no-" not in text
+    for param in cmd.params:
+        if param.name == "help":
+            continue
+        assert getattr(param, "help", None), f"{command} {param.name}: no help"
+        if _is_option(param) and not param.is_flag and param.default not in (None, (), []):
+            shown = param.default if not isinstance(param.default, tuple | list) else ", ".join(map(str, param.default))
+            assert f"[default: {shown}]" in flat, f"{command} --{param.name}: default {shown!r} not shown"
+
+
+def test_command_summaries_are_whole(capsys: pytest.CaptureFixture[str]) -> None:
+    text = _help(["--help"], capsys)
+    listing = text.split("Commands:")[1]
+    assert "..." not in listing and "…" not in listing, listing
+    for name, cmd in _group().commands.items():
+        first = (cmd.help or "").strip().splitlines()[0]
+        assert first.endswith(".") and len(first) <= 72, f"{name}: {first!r}"
+        def flat(text: str) -> str:
+            return re.sub(r"-\s+", "-", " ".join(text.split()))  # a wrapped "per-\nwell" reads "per-well"
+
+        assert flat(first) in flat(listing), name
+
+
+def test_no_sign_request_is_one_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    for command in ("collate", "qc", "run"):
+        text = _help([command, "--help"], capsys)
+        assert "--no-sign-request" in text and "--no-no-sign-request" not in text and "--sign-request" not in text
+
+
+@pytest.mark.parametrize(("adapter", "block", "function"), [
+    ("aggregate_options", "AggregateConfig", ("cytoprofile.aggregate", "aggregate")),
+    ("normalize_options", "NormalizeConfig", ("cytoprofile.normalize", "normalize")),
+    ("feature_select_options", "FeatureSelectConfig", ("cytoprofile.feature_select", "feature_select")),
+])
+def test_recipe_blocks_translate_to_keyword_arguments(adapter: str, block: str, function: tuple[str, str]) -> None:
+    """The recipe adapter hands a config block to its step under the function's own names."""
+    from cytoprofile import config, recipe_options
+
+    made = getattr(config, block)()
+    translate = getattr(recipe_options, adapter)
+    options = translate(made, ["cells", "Speckles"]) if adapter == "aggregate_options" else translate(made)
+    signature = inspect.signature(getattr(importlib.import_module(function[0]), function[1]))
+    keywords = {n for n, p in signature.parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    assert set(options) <= keywords, set(options) - keywords
+    if adapter == "aggregate_options":
+        assert options["operation"] == made.method and options["compartments"] == ["Cells", "Speckles"]
+    if adapter == "normalize_options":
+        assert options["mad_robustize_epsilon"] == made.mad_robustize_fudge_factor
