@@ -681,6 +681,7 @@ def qc(
     from contextlib import nullcontext
 
     from . import io
+    from .layout import Layout, QualityControlLayout, Workspace
     from .qc import quality_control
     from .workspace import publish, scratch_dir, stage
 
@@ -692,19 +693,20 @@ def qc(
     with scratch_dir(tmp_dir, "qc") if remote else nullcontext(None) as scratch:
         where = workspace
         if scratch is not None:
-            prefixes = [f"load_data_csv/{batch}", "quality_control/summary"]
-            prefixes += [f"profiles/{batch}/{p}" for p in names] + [f"backend/{batch}/{p}/{p}.report.json" for p in names]
+            qc_layout = Layout(root=workspace, workspace=workspace)
+            prefixes = [Workspace.load_data_rel(batch), qc_layout.qc_summary_rel()]
+            prefixes += [qc_layout.profiles_rel(batch, p) for p in names] + [Workspace.report_rel(batch, p) for p in names]
             stage(workspace, scratch, prefixes, accept=lambda rel: not rel.endswith((".sqlite", ".parquet")))
             where = scratch
         with _timed("quality control"):
             result = quality_control(where, batch, names, level=level, replicate_column=replicate_column)
         if scratch is not None:
-            qc_root = os.path.join(scratch, "quality_control")
+            qc_root = qc_layout.at(scratch).quality_control()
             rels = [os.path.relpath(os.path.join(d, f), scratch) for d, _, files in os.walk(qc_root) for f in files
                     if not f.startswith(".")]
             publish(scratch, workspace, rels)
     if result.report_path:
-        typer.echo(io.join(workspace, "quality_control", "report", f"{batch}.html") if remote else result.report_path)
+        typer.echo(QualityControlLayout(workspace).html_report(batch) if remote else result.report_path)
 
 
 # --- processing and evaluation commands ---

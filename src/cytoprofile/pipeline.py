@@ -28,6 +28,7 @@ import pandas as pd
 from . import __version__, io
 from .config import Recipe, load_config
 from .errors import ConfigError, CytoprofileError, InputError
+from .layout import Layout, Workspace, existing_output, report_name
 from .vocabulary import (
     IMAGE_METADATA_PREFIX,
     METADATA_PREFIX,
@@ -36,73 +37,11 @@ from .vocabulary import (
     with_metadata_prefix,
 )
 
-__all__ = ["Layout", "RunResult", "compartment_prefixes", "processing_file", "run", "step_outputs"]
+__all__ = ["Layout", "RunResult", "compartment_prefixes", "existing_output", "processing_file", "run", "step_outputs"]
 
 log = logging.getLogger("cytoprofile.pipeline")
 Progress = Callable[[str, int, int], None]
 _NEGCON = "negcon"
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Where the recipe reads and writes.
-
-    ``root`` is the profiling repository (outputs: profiles/, gct/,
-    quality_control/; metadata/ and load_data_csv/ are looked for here first);
-    ``workspace`` holds backend/ (and metadata/, load_data_csv/ when the root lacks
-    them). Without a workspace the recipe's ``../../`` convention applies.
-    """
-
-    root: str
-    workspace: str
-    output_dir: str = "profiles"
-    compression: str | None = "gzip"
-    output_format: str = "csv"
-
-    def find(self, *parts: str) -> str:
-        """``root/parts`` if it exists, else ``workspace/parts``."""
-        here = io.join(self.root, *parts)
-        return here if io.exists(here) else io.join(self.workspace, *parts)
-
-    def meta_root(self, batch: str | None = None) -> str:
-        """The folder whose ``metadata/platemaps/BATCH`` holds the batch's plate maps.
-
-        The profiling repository's own copy wins; an empty ``metadata/`` made by
-        ``init`` does not hide the workspace's.
-        """
-        parts = ("metadata", "platemaps", batch) if batch else ("metadata",)
-        return self.root if io.exists(io.join(self.root, *parts)) else self.workspace
-
-    @property
-    def suffix(self) -> str:
-        """File ending of step outputs: ``.csv.gz`` (gzip) or ``.csv``, ``.parquet`` or ``.h5ad``."""
-        if self.output_format in _FORMAT_SUFFIX:
-            return _FORMAT_SUFFIX[self.output_format]
-        return ".csv.gz" if self.compression == "gzip" else ".csv"
-
-    def plate_file(self, batch: str, plate: str, stem: str) -> str:
-        """``profiles/BATCH/PLATE/PLATE{stem}{suffix}``."""
-        return io.join(self.root, self.output_dir, batch, plate, f"{plate}{stem}{self.suffix}")
-
-    def gct_file(self, batch: str, stem: str, ext: str) -> str:
-        """``gct/BATCH/BATCH{stem}{ext}``."""
-        return io.join(self.root, "gct", batch, f"{batch}{stem}{ext}")
-
-
-_FORMAT_SUFFIX = {"parquet": ".parquet", "anndata": ".h5ad"}
-_SUFFIXES = (".csv.gz", ".csv", ".parquet", ".h5ad")
-
-
-def existing_output(path: str) -> str:
-    """``path`` if it exists, else the one file of the same name in another format; two are refused."""
-    if io.exists(path):
-        return path
-    stem = next((path[: -len(s)] for s in _SUFFIXES if path.endswith(s)), path)
-    found = [stem + s for s in _SUFFIXES if io.exists(stem + s)]
-    if len(found) > 1:
-        raise ConfigError(f"{stem}: found {', '.join(os.path.basename(f) for f in found)} and none in the configured "
-                          f"format; remove the stale one(s) or set options.output_format")
-    return found[0] if found else path
 
 
 def write_output(frame: pd.DataFrame, path: str, *, float_format: str | None = None) -> None:
@@ -130,12 +69,7 @@ def write_output(frame: pd.DataFrame, path: str, *, float_format: str | None = N
 
 def step_outputs(layout: Layout, batch: str, plate: str) -> dict[str, str]:
     """The per-plate files of the recipe, by step."""
-    return {
-        "aggregate": layout.plate_file(batch, plate, ""),
-        "annotate": layout.plate_file(batch, plate, "_augmented"),
-        "normalize": layout.plate_file(batch, plate, "_normalized"),
-        "normalize_negcon": layout.plate_file(batch, plate, f"_normalized_{_NEGCON}"),
-    }
+    return layout.step_outputs(batch, plate, _NEGCON)
 
 
 @dataclass
@@ -359,8 +293,8 @@ def _features_for(df: pd.DataFrame, block: Any, prefixes: Sequence[str], where: 
     return _feature_columns(df, prefixes, image_features=block.image_features, where=where)
 
 
-def _plate_report(backend_dir: str, plate: str) -> dict[str, Any] | None:
-    path = io.join(backend_dir, f"{plate}.report.json")
+def _plate_report(layout: Layout, batch: str, plate: str) -> dict[str, Any] | None:
+    path = layout.handbook.report(batch, plate)
     if not Path(path).exists():
         return None
     report = io.read_json(path)
@@ -373,8 +307,7 @@ def _plate_task(layout: Layout, recipe: Recipe, batch: str, plate: str, force: b
     steps = _Steps(layout, recipe, force=force, result=result)
     files = step_outputs(layout, batch, plate)
     Path(files["aggregate"]).parent.mkdir(parents=True, exist_ok=True)
-    backend_dir = io.join(layout.workspace, "backend", batch, plate)
-    prefixes = compartment_prefixes(recipe, _plate_report(backend_dir, plate))
+    prefixes = compartment_prefixes(recipe, _plate_report(layout, batch, plate))
     _aggregate_step(steps, layout, recipe, files, batch, plate)
     if recipe.settings.annotate.perform:
         _annotate_step(steps, layout, recipe, files, batch, plate)
@@ -387,10 +320,9 @@ def _aggregate_step(steps: _Steps, layout: Layout, recipe: Recipe, files: dict[s
     """``PLATE.csv.gz``: aggregated from the SQLite backend, or collate's per-well profiles."""
     from .aggregate import aggregate
 
-    backend_dir = io.join(layout.workspace, "backend", batch, plate)
     s = recipe.settings
     if s.aggregate.perform:
-        sqlite = io.join(backend_dir, f"{plate}.sqlite")
+        sqlite = layout.handbook.sqlite(batch, plate)
         strata = [s.aggregate.plate_column, s.aggregate.well_column] + ([s.aggregate.site_column] if s.aggregate.site_column else [])
         settings = s.aggregate.model_dump(mode="json") | {"compartments": s.compartments}
         compartments = [c.capitalize() if c.islower() else c for c in s.compartments]
@@ -419,7 +351,7 @@ def _aggregate_step(steps: _Steps, layout: Layout, recipe: Recipe, files: dict[s
             pass
         elif source is None:
             raise InputError(
-                f"{files['aggregate']}: per-well profiles not found, nor {backend_dir}/{plate}.csv; "
+                f"{files['aggregate']}: per-well profiles not found, nor {layout.handbook.profiles(batch, plate)}; "
                 "run `cytoprofile collate` or set aggregate.perform: true"
             )
         else:
@@ -448,7 +380,7 @@ def _outlier_cells(block: Any, backend: str, compartments: Sequence[str], strata
 
 def _external_path(meta_root: str, ext: Any) -> str:
     """``metadata/FOLDER/FILE`` (external_metadata/, or moa/ for the 2021 string form)."""
-    return io.join(meta_root, "metadata", ext.folder, ext.file)
+    return Workspace(meta_root).external_metadata(ext.folder, ext.file)
 
 
 def _annotate_step(steps: _Steps, layout: Layout, recipe: Recipe, files: dict[str, str], batch: str,
@@ -463,7 +395,7 @@ def _annotate_step(steps: _Steps, layout: Layout, recipe: Recipe, files: dict[st
 
     s = recipe.settings
     meta_root = layout.meta_root(batch)
-    barcode = io.join(meta_root, "metadata", "platemaps", batch, "barcode_platemap.csv")
+    barcode = Workspace(meta_root).barcode_platemap(batch)
     platemap_file = platemap_path(meta_root, batch, platemap_name_for_plate(meta_root, batch, plate))
     inputs = [files["aggregate"], barcode, platemap_file]
     ext = s.annotate.external
@@ -739,7 +671,7 @@ def run(
         raise ConfigError("a URL workspace holds the outputs too: give --workspace URL without a different --root")
     layout = Layout(root=root_path, workspace=ws_path, output_dir=s.output_dir, compression=s.options.compression,
                     output_format=s.options.output_format)
-    io.remove_leftovers(io.join(layout.root, layout.output_dir))  # temporary files of a killed run
+    io.remove_leftovers(layout.profiles_root())  # temporary files of a killed run
     plates = {b: p for b, p in recipe.selected_plates().items() if p}
     if not plates:
         raise ConfigError(f"{recipe.path}: no plate to process (every batch or plate has process: false)")
@@ -828,7 +760,7 @@ def _batch_steps(layout: Layout, recipe: Recipe, plates: dict[str, list[str]], *
     prefixes = compartment_prefixes(recipe)
     for batch, names in plates.items():
         for plate in names:
-            report = _plate_report(io.join(layout.workspace, "backend", batch, plate), plate)
+            report = _plate_report(layout, batch, plate)
             prefixes += tuple(p for p in compartment_prefixes(recipe, report) if p not in prefixes)
     if s.feature_select.perform:
         _feature_select_level(layout, recipe, plates, negcon=False, steps=steps, prefixes=prefixes)
@@ -849,16 +781,16 @@ def _batch_steps(layout: Layout, recipe: Recipe, plates: dict[str, list[str]], *
         for batch, names in plates.items():
             done = quality_control(
                 layout.root, batch, names, level=level,
-                profiles_dir=os.path.abspath(io.join(layout.root, s.output_dir)),
-                load_data_dir=os.path.abspath(layout.find("load_data_csv", batch)).rsplit(os.sep, 1)[0],
-                backend_dir=os.path.abspath(io.join(layout.workspace, "backend")),
+                profiles_dir=os.path.abspath(layout.profiles_root()),
+                load_data_dir=os.path.abspath(layout.load_data(batch)).rsplit(os.sep, 1)[0],
+                backend_dir=os.path.abspath(layout.handbook.backend_root()),
                 summary=s.quality_control.summary.perform, heatmaps=s.quality_control.heatmap.perform,
                 summary_well_columns=_summary_well_columns(s.quality_control.summary),
                 map_settings=map_settings,
                 map_profiles=processing_file(layout, parse_chain(chain)) if chain is not None else None,
             )
             result.ran.append(f"quality_control: {batch}")
-            result.outputs.append(io.join(layout.root, "quality_control"))
+            result.outputs.append(layout.quality_control())
             if done.report_path:
                 result.products.append((f"QC report {batch}", os.path.relpath(done.report_path, layout.root)))
         result.qc = f"QC: ran for {', '.join(plates)}"
@@ -878,16 +810,12 @@ def _products(layout: Layout, recipe: Recipe, plates: dict[str, list[str]]) -> l
                 stem = (f"_normalized_feature_select{tag}_{select.level}" if norm.perform and select.perform
                         else f"_normalized{tag}" if norm.perform else "_augmented" if s.annotate.perform else "")
                 out.append((f"profiles {plate}" + (" (negcon)" if tag else ""),
-                            _relative(layout.plate_file(batch, plate, stem), layout.root)))
+                            layout.relative(layout.plate_file(batch, plate, stem))))
         for tag, norm, select in branches:
             if select.perform and norm.perform and select.gct:
                 gct = layout.gct_file(batch, f"_normalized_feature_select{tag}_{select.level}", ".gct")
-                out.append((f"GCT {batch}" + (" (negcon)" if tag else ""), _relative(gct, layout.root)))
+                out.append((f"GCT {batch}" + (" (negcon)" if tag else ""), layout.relative(gct)))
     return out
-
-
-def _relative(path: str, root: str) -> str:
-    return path[len(root):].lstrip("/") if io.is_remote(root) else os.path.relpath(path, root)
 
 
 def _map_settings(block: Any) -> dict[str, Any] | None:
@@ -906,11 +834,6 @@ def _summary_well_columns(summary: Any) -> tuple[str, str] | None:
     defaults Metadata_Row + Metadata_Col) when they are the defaults."""
     chosen = (summary.row, summary.column)
     return None if chosen == ("Metadata_Row", "Metadata_Col") else chosen
-
-
-def _scratch_layout(layout: Layout, scratch: str) -> Layout:
-    return Layout(root=scratch, workspace=scratch, output_dir=layout.output_dir, compression=layout.compression,
-                  output_format=layout.output_format)
 
 
 def _publish_written(scratch: str, remote: str, written: list[str]) -> list[str]:
@@ -944,15 +867,15 @@ def _remote_plate_task(layout: Layout, recipe: Recipe, batch: str, plate: str, f
 
     s = recipe.settings
     with scratch_dir(tmp_dir, f"run-{plate}") as scratch:
-        wanted = {f"{plate}.csv", f"{plate}.csv.gz", f"{plate}.parquet", f"{plate}.report.json",
+        wanted = {f"{plate}.csv", f"{plate}.csv.gz", f"{plate}.parquet", report_name(plate),
                   f"{plate}.csv.generation", f"{plate}.csv.gz.generation"}
         if s.aggregate.perform:
             wanted.add(f"{plate}.sqlite")
-        stage(layout.root, scratch, [f"backend/{batch}/{plate}"], accept=lambda rel: os.path.basename(rel) in wanted)
-        stage(layout.root, scratch, [f"metadata/platemaps/{batch}", f"metadata/{s.annotate.external.folder}",
-                                     f"{layout.output_dir}/{batch}/{plate}"])
+        stage(layout.root, scratch, [Workspace.backend_rel(batch, plate)], accept=lambda rel: os.path.basename(rel) in wanted)
+        stage(layout.root, scratch, [Workspace.platemap_rel(batch), Workspace.metadata_rel(s.annotate.external.folder),
+                                     layout.profiles_rel(batch, plate)])
         try:
-            local = _plate_task(_scratch_layout(layout, scratch), recipe, batch, plate, force)
+            local = _plate_task(layout.at(scratch), recipe, batch, plate, force)
         except CytoprofileError as exc:
             raise _at_url(exc, scratch, layout.root) from exc
         local.outputs = _publish_written(scratch, layout.root, local.outputs)
@@ -965,17 +888,17 @@ def _remote_batch_steps(layout: Layout, recipe: Recipe, plates: dict[str, list[s
     from .workspace import scratch_dir, stage
 
     with scratch_dir(tmp_dir, "run-batch") as scratch:
-        prefixes = ["quality_control/summary"]
+        prefixes = [layout.qc_summary_rel()]
         for batch, names in plates.items():
-            prefixes += [f"gct/{batch}", f"load_data_csv/{batch}"]
-            prefixes += [f"{layout.output_dir}/{batch}/{p}" for p in names]
-            prefixes += [f"backend/{batch}/{p}/{p}.report.json" for p in names]
+            prefixes += [layout.gct_rel(batch), Workspace.load_data_rel(batch)]
+            prefixes += [layout.profiles_rel(batch, p) for p in names]
+            prefixes += [Workspace.report_rel(batch, p) for p in names]
         stage(layout.root, scratch, prefixes,
               accept=lambda rel: "_normalized" in rel or rel.endswith((".report.json", ".tsv", ".gct")) or "load_data" in rel
               or rel.startswith("gct/") or "_augmented" in rel)
         before = len(result.outputs)
         try:
-            _batch_steps(_scratch_layout(layout, scratch), recipe, plates, force=force, result=result)
+            _batch_steps(layout.at(scratch), recipe, plates, force=force, result=result)
         except CytoprofileError as exc:
             raise _at_url(exc, scratch, layout.root) from exc
         written = sorted(set(result.outputs[before:]))
@@ -999,7 +922,7 @@ _CHAIN_INPUTS = {"augmented": "_augmented", "normalized": "_normalized", "normal
 
 def processing_file(layout: Layout, steps: Sequence[str]) -> str:
     """``OUTPUT_DIR/processing/profiles_<steps>.parquet``: the chain's output after ``steps``."""
-    return io.join(layout.root, layout.output_dir, "processing", "_".join(["profiles", *steps]) + ".parquet")
+    return layout.processing_file(steps)
 
 
 class _Chain:
