@@ -393,7 +393,7 @@ def annotate(
     from . import io
     from .annotate import annotate as _annotate
     from .metadata import load_external_metadata, load_platemap, validate_annotation_inputs
-    from .pipeline import _prefixed
+    from .recipe.plate import prefixed_platemap
     from .vocabulary import with_metadata_prefix
 
     _setup_logging(quiet)
@@ -410,7 +410,7 @@ def annotate(
     key = None
     if ext is not None and merge_column:
         key = with_metadata_prefix(merge_column)
-    plate_map = _prefixed(load_platemap(platemap))
+    plate_map = prefixed_platemap(load_platemap(platemap))
     with _about(profiles):
         df = _annotate(table, plate_map,
                    join_on=_split(join_on) or ["Metadata_well_position", "Metadata_Well"],
