@@ -188,24 +188,39 @@ def collate_plate(
     if io.is_remote(ws):
         return _collate_remote(str(ws), batch, plate, tmp_dir=tmp_dir, progress=progress, start=start, **options)
     if remote is not None:
-        pushed = collate_plate(ws, batch, plate, progress=progress, wait=wait, **options)  # type: ignore[arg-type]
-        if pushed.status == "done" and pushed.report is not None:
-            _publish_plate(str(ws), remote, batch, plate, pushed.report)
-        return pushed
-    outputs = plate_outputs(ws, batch, plate, backend=backend, profile_format=profile_format)
-    if not aggregate_only:
+        return _collate_and_push(str(ws), remote, batch, plate, wait=wait, progress=progress, options=options)
+    return _collate_local(str(ws), batch, plate, wait=wait, progress=progress, start=start, options=options)
+
+
+def _collate_and_push(ws: str, remote: str, batch: str, plate: str, *, wait: bool, progress: Progress | None,
+                      options: dict[str, Any]) -> PlateResult:
+    """Collate a local plate, then upload its outputs to ``remote`` (report last)."""
+    pushed = collate_plate(ws, batch, plate, progress=progress, wait=wait, **options)
+    if pushed.status == "done" and pushed.report is not None:
+        _publish_plate(ws, remote, batch, plate, pushed.report)
+    return pushed
+
+
+def _collate_local(ws: str, batch: str, plate: str, *, wait: bool, progress: Progress | None, start: float,
+                   options: dict[str, Any]) -> PlateResult:
+    """A local plate under its lock: re-aggregate only, skip when current, or build and commit."""
+    outputs = plate_outputs(ws, batch, plate, backend=options["backend"], profile_format=options["profile_format"])
+    if not options["aggregate_only"]:
         workspace.find_plate(ws, batch, plate)  # before any folder is made
-    out_dir = Workspace(str(ws)).backend(batch, plate)
+    out_dir = Workspace(ws).backend(batch, plate)
     with io.output_errors(out_dir), workspace.plate_lock(ws, batch, plate, wait=wait):
         io.remove_leftovers(out_dir)  # a killed run's temporary files (we hold the lock)
-        if aggregate_only:
-            return _aggregate_only(ws, batch, plate, outputs, backend=backend, operation=operation,
-                                   compartments=compartments, image_features=image_features,
-                                   image_feature_categories=image_feature_categories, strata=strata,
-                                   overwrite=overwrite, progress=progress, start=start)
+        if options["aggregate_only"]:
+            return _aggregate_only(ws, batch, plate, outputs, backend=options["backend"],
+                                   operation=options["operation"], compartments=options["compartments"],
+                                   image_features=options["image_features"],
+                                   image_feature_categories=options["image_feature_categories"],
+                                   strata=options["strata"], overwrite=options["overwrite"], progress=progress,
+                                   start=start)
         report, trusted = trusted_outputs(ws, batch, plate)
         inputs = input_fingerprint(ws, batch, plate)
-        plan = _plan(plate, report, trusted, {**_build_options(options), "inputs": inputs}, overwrite=overwrite)
+        plan = _plan(plate, report, trusted, {**_build_options(options), "inputs": inputs},
+                     overwrite=options["overwrite"])
         if plan.skip:
             return PlateResult(batch, plate, "skipped", "complete outputs exist (use --overwrite to rebuild)",
                                outputs, report, seconds=time.perf_counter() - start)
