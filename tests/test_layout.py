@@ -7,7 +7,14 @@ import os
 import pytest
 
 from cytoprofile import workspace
-from cytoprofile.layout import Layout, QualityControlLayout, Workspace, backend_files_in, relative_to, report_name
+from cytoprofile.layout import (
+    Layout,
+    QualityControlLayout,
+    Workspace,
+    backend_files_in,
+    relative_to,
+    report_name,
+)
 
 ROOTS = ["/data/ws", "s3://bucket/project/ws"]
 
