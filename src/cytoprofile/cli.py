@@ -683,7 +683,7 @@ def qc(
     from . import io
     from .layout import Layout, QualityControlLayout, Workspace
     from .qc import quality_control
-    from .workspace import publish, scratch_dir, stage
+    from .workspace import files_under, publish, scratch_dir, stage
 
     _setup_logging(quiet)
     _storage(profile, endpoint_url, no_sign_request, connect_timeout=connect_timeout, read_timeout=read_timeout,
@@ -702,9 +702,7 @@ def qc(
             result = quality_control(where, batch, names, level=level, replicate_column=replicate_column)
         if scratch is not None:
             qc_root = qc_layout.at(scratch).quality_control()
-            rels = [os.path.relpath(os.path.join(d, f), scratch) for d, _, files in os.walk(qc_root) for f in files
-                    if not f.startswith(".")]
-            publish(scratch, workspace, rels)
+            publish(scratch, workspace, files_under(qc_root, scratch))
     if result.report_path:
         typer.echo(QualityControlLayout(workspace).html_report(batch) if remote else result.report_path)
 

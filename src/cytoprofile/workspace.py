@@ -19,6 +19,7 @@ __all__ = [
     "backend_dir",
     "backend_files",
     "check_name",
+    "files_under",
     "find_plate",
     "plate_lock",
     "platemap_dir",
@@ -97,6 +98,12 @@ def publish(local: str, remote: str, rels: list[str]) -> list[str]:
         io.upload(os.path.join(local, rel), url)
         urls.append(url)
     return urls
+
+
+def files_under(folder: str, root: str) -> list[str]:
+    """Paths relative to ``root`` of the files under a local ``folder`` (hidden files left out): what to publish."""
+    return [os.path.relpath(os.path.join(d, f), root) for d, _, files in os.walk(folder) for f in files
+            if not f.startswith(".")]
 
 
 def check_name(name: str, kind: str) -> str:

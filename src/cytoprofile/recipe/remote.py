@@ -9,6 +9,7 @@ from .. import io
 from ..config import Recipe
 from ..errors import CytoprofileError
 from ..layout import Layout, Workspace, report_name
+from ..workspace import files_under, publish, scratch_dir, stage
 from .batch import batch_steps
 from .plate import plate_task
 from .provenance import RunResult, sidecar_path
@@ -21,14 +22,11 @@ def _publish_written(scratch: str, remote: str, written: list[str]) -> list[str]
     rels: list[str] = []
     for path in written:
         if os.path.isdir(path):
-            rels += [os.path.relpath(os.path.join(d, f), scratch) for d, _, files in os.walk(path) for f in files
-                     if not f.startswith(".")]
+            rels += files_under(path, scratch)
             continue
         rels.append(os.path.relpath(path, scratch))
         if os.path.exists(sidecar_path(path)):
             rels.append(os.path.relpath(sidecar_path(path), scratch))
-    from ..workspace import publish
-
     return publish(scratch, remote, rels)
 
 
@@ -43,8 +41,6 @@ def _at_url(exc: CytoprofileError, scratch: str, url: str) -> CytoprofileError:
 def remote_plate_task(layout: Layout, recipe: Recipe, batch: str, plate: str, force: bool,
                        tmp_dir: str | None) -> RunResult:
     """One plate's steps against a URL workspace, through a scratch folder."""
-    from ..workspace import scratch_dir, stage
-
     s = recipe.settings
     with scratch_dir(tmp_dir, f"run-{plate}") as scratch:
         wanted = {f"{plate}.csv", f"{plate}.csv.gz", f"{plate}.parquet", report_name(plate),
@@ -65,8 +61,6 @@ def remote_plate_task(layout: Layout, recipe: Recipe, batch: str, plate: str, fo
 def remote_batch_steps(layout: Layout, recipe: Recipe, plates: dict[str, list[str]], *, force: bool,
                         tmp_dir: str | None, result: RunResult) -> None:
     """Batch-level steps against a URL workspace: gather per-well tables, run, upload."""
-    from ..workspace import scratch_dir, stage
-
     with scratch_dir(tmp_dir, "run-batch") as scratch:
         prefixes = [layout.qc_summary_rel()]
         for batch, names in plates.items():
