@@ -441,7 +441,7 @@ def annotate(
     from . import io
     from .annotate import annotate as _annotate
     from .metadata import load_external_metadata, load_platemap, validate_annotation_inputs
-    from .pipeline import _prefixed
+    from .recipe.plate import prefixed_platemap
     from .vocabulary import with_metadata_prefix
 
     _setup_logging(quiet)
@@ -458,7 +458,7 @@ def annotate(
     key = None
     if ext is not None and merge_column:
         key = with_metadata_prefix(merge_column)
-    plate_map = _prefixed(load_platemap(platemap))
+    plate_map = prefixed_platemap(load_platemap(platemap))
     with _about(profiles):
         df = _annotate(table, plate_map,
                    join_on=_split(join_on) or ["Metadata_well_position", "Metadata_Well"],
@@ -735,8 +735,9 @@ def qc(
     from contextlib import nullcontext
 
     from . import io
+    from .layout import Layout, QualityControlLayout, Workspace
     from .qc import quality_control
-    from .workspace import publish, scratch_dir, stage
+    from .workspace import files_under, publish, scratch_dir, stage
 
     _setup_logging(quiet)
     _storage(profile, endpoint_url, no_sign_request, connect_timeout=connect_timeout, read_timeout=read_timeout,
@@ -746,19 +747,18 @@ def qc(
     with scratch_dir(tmp_dir, "qc") if remote else nullcontext(None) as scratch:
         where = workspace
         if scratch is not None:
-            prefixes = [f"load_data_csv/{batch}", "quality_control/summary"]
-            prefixes += [f"profiles/{batch}/{p}" for p in names] + [f"backend/{batch}/{p}/{p}.report.json" for p in names]
+            qc_layout = Layout(root=workspace, workspace=workspace)
+            prefixes = [Workspace.load_data_rel(batch), qc_layout.qc_summary_rel()]
+            prefixes += [qc_layout.profiles_rel(batch, p) for p in names] + [Workspace.report_rel(batch, p) for p in names]
             stage(workspace, scratch, prefixes, accept=lambda rel: not rel.endswith((".sqlite", ".parquet")))
             where = scratch
         with _timed("quality control"):
             result = quality_control(where, batch, names, level=level, replicate_column=replicate_column)
         if scratch is not None:
-            qc_root = os.path.join(scratch, "quality_control")
-            rels = [os.path.relpath(os.path.join(d, f), scratch) for d, _, files in os.walk(qc_root) for f in files
-                    if not f.startswith(".")]
-            publish(scratch, workspace, rels)
+            qc_root = qc_layout.at(scratch).quality_control()
+            publish(scratch, workspace, files_under(qc_root, scratch))
     if result.report_path:
-        typer.echo(io.join(workspace, "quality_control", "report", f"{batch}.html") if remote else result.report_path)
+        typer.echo(QualityControlLayout(workspace).html_report(batch) if remote else result.report_path)
 
 
 # --- processing and evaluation commands ---

@@ -56,6 +56,7 @@ from .ingest import (
     reader_opens,
     scan_sites,
 )
+from .layout import Workspace, backend_files_in, report_name
 from .vocabulary import TableFormat
 
 __all__ = ["BackendKind", "input_fingerprint", "PlateResult", "collate", "collate_plate", "plate_outputs"]
@@ -89,7 +90,7 @@ def plate_outputs(
     profile_format: ProfileFormat = "csv",
 ) -> dict[str, str]:
     """Final paths of a plate's outputs, by role."""
-    files = workspace.backend_files(ws, batch, plate, profile_format=profile_format)
+    files = Workspace(str(ws)).backend_files(batch, plate, profile_format=profile_format)
     out = {"profiles": files["profiles"], "report": files["report"]}
     if "sqlite" in backend:
         out["sqlite"] = files["sqlite"]
@@ -187,24 +188,39 @@ def collate_plate(
     if io.is_remote(ws):
         return _collate_remote(str(ws), batch, plate, tmp_dir=tmp_dir, progress=progress, start=start, **options)
     if remote is not None:
-        pushed = collate_plate(ws, batch, plate, progress=progress, wait=wait, **options)  # type: ignore[arg-type]
-        if pushed.status == "done" and pushed.report is not None:
-            _publish_plate(str(ws), remote, batch, plate, pushed.report)
-        return pushed
-    outputs = plate_outputs(ws, batch, plate, backend=backend, profile_format=profile_format)
-    if not aggregate_only:
+        return _collate_and_push(str(ws), remote, batch, plate, wait=wait, progress=progress, options=options)
+    return _collate_local(str(ws), batch, plate, wait=wait, progress=progress, start=start, options=options)
+
+
+def _collate_and_push(ws: str, remote: str, batch: str, plate: str, *, wait: bool, progress: Progress | None,
+                      options: dict[str, Any]) -> PlateResult:
+    """Collate a local plate, then upload its outputs to ``remote`` (report last)."""
+    pushed = collate_plate(ws, batch, plate, progress=progress, wait=wait, **options)
+    if pushed.status == "done" and pushed.report is not None:
+        _publish_plate(ws, remote, batch, plate, pushed.report)
+    return pushed
+
+
+def _collate_local(ws: str, batch: str, plate: str, *, wait: bool, progress: Progress | None, start: float,
+                   options: dict[str, Any]) -> PlateResult:
+    """A local plate under its lock: re-aggregate only, skip when current, or build and commit."""
+    outputs = plate_outputs(ws, batch, plate, backend=options["backend"], profile_format=options["profile_format"])
+    if not options["aggregate_only"]:
         workspace.find_plate(ws, batch, plate)  # before any folder is made
-    out_dir = workspace.backend_dir(ws, batch, plate)
+    out_dir = Workspace(ws).backend(batch, plate)
     with io.output_errors(out_dir), workspace.plate_lock(ws, batch, plate, wait=wait):
         io.remove_leftovers(out_dir)  # a killed run's temporary files (we hold the lock)
-        if aggregate_only:
-            return _aggregate_only(ws, batch, plate, outputs, backend=backend, operation=operation,
-                                   compartments=compartments, image_features=image_features,
-                                   image_feature_categories=image_feature_categories, strata=strata,
-                                   overwrite=overwrite, progress=progress, start=start)
+        if options["aggregate_only"]:
+            return _aggregate_only(ws, batch, plate, outputs, backend=options["backend"],
+                                   operation=options["operation"], compartments=options["compartments"],
+                                   image_features=options["image_features"],
+                                   image_feature_categories=options["image_feature_categories"],
+                                   strata=options["strata"], overwrite=options["overwrite"], progress=progress,
+                                   start=start)
         report, trusted = trusted_outputs(ws, batch, plate)
         inputs = input_fingerprint(ws, batch, plate)
-        plan = _plan(plate, report, trusted, {**_build_options(options), "inputs": inputs}, overwrite=overwrite)
+        plan = _plan(plate, report, trusted, {**_build_options(options), "inputs": inputs},
+                     overwrite=options["overwrite"])
         if plan.skip:
             return PlateResult(batch, plate, "skipped", "complete outputs exist (use --overwrite to rebuild)",
                                outputs, report, seconds=time.perf_counter() - start)
@@ -275,7 +291,7 @@ def _plan(plate: str, report: dict[str, Any] | None, trusted: dict[str, str], bu
 def input_fingerprint(ws: str | os.PathLike[str], batch: str, plate: str) -> str:
     """Names and sizes of every file under the plate's analysis folder, hashed: a re-run rebuilds
     when a site was added, removed or a file changed size (sizes survive a copy; times do not)."""
-    root = workspace.analysis_dir(ws, batch, plate)
+    root = Workspace(str(ws)).analysis(batch, plate)
     sizes = {}
     for folder, _dirs, names in os.walk(root, followlinks=True):
         for name in names:
@@ -314,11 +330,11 @@ def _build_plate(ws: str | os.PathLike[str], batch: str, plate: str, *, plan: _P
     """Read the plate once into a staging folder; the caller commits it (swap, report last)."""
     profile_format: str = options["profile_format"]
     generation = uuid.uuid4().hex
-    out_dir = workspace.backend_dir(ws, batch, plate)
+    out_dir = Workspace(str(ws)).backend(batch, plate)
     created = [p for p in (Path(out_dir).parent, Path(out_dir)) if not p.exists()]
     staging = os.path.join(out_dir, f".{plate}.{generation[:8]}.tmp")
-    files = {"sqlite": os.path.join(staging, f"{plate}.sqlite"), "parquet_prefix": os.path.join(staging, plate),
-             "profiles": os.path.join(staging, f"{plate}.{profile_format}")}
+    files = backend_files_in(staging, plate, profile_format=profile_format)
+    del files["report"]  # written by the commit, beside the outputs
     try:
         report = _read_plate(ws, batch, plate, files=files, kinds=plan.kinds, generation=generation,
                              progress=progress, start=start, **options)
@@ -341,7 +357,7 @@ def _build_plate(ws: str | os.PathLike[str], batch: str, plate: str, *, plan: _P
 def _commit_local(out_dir: str, plate: str, result: PlateResult, staging: str, *, before: set[str]) -> None:
     """Swap a staged build into place: report removed first, outputs renamed, stale ones removed, report last."""
     report = result.report or {}
-    report_path = os.path.join(out_dir, f"{plate}.report.json")
+    report_path = os.path.join(out_dir, report_name(plate))
     try:
         io.remove(report_path)  # from here until the new report, nothing of this plate is trusted
         for name in sorted(os.listdir(staging)):
@@ -367,13 +383,13 @@ def _read_plate(ws: str | os.PathLike[str], batch: str, plate: str, *, files: di
     profile_format: ProfileFormat = options["profile_format"]
     count_check: CountCheck = options["count_check"]
     file_prefix: str | None = options["file_prefix"]
-    site_dirs = discover_sites(workspace.analysis_dir(ws, batch, plate))
+    site_dirs = discover_sites(Workspace(str(ws)).analysis(batch, plate))
     t0 = time.perf_counter()
     scans = scan_sites(site_dirs, plate=plate, strata=strata, threads=threads, file_prefix=file_prefix)
     schema = plan_schema(scans, plate=plate, strata=strata, compartments=compartments)
     if not any(sc.problem is None for sc in scans):
         bad = scans[0]
-        raise InputError(f"{workspace.analysis_dir(ws, batch, plate)}: all {len(scans)} site(s) are untrusted; first: "
+        raise InputError(f"{Workspace(str(ws)).analysis(batch, plate)}: all {len(scans)} site(s) are untrusted; first: "
                          f"{bad.name}: {bad.problem} ({bad.problem_file})")
     log.info("%s: scanned %d sites in %.2fs", plate, len(scans), time.perf_counter() - t0)
     by_lower = {t.lower(): t for t in schema.object_tables}
@@ -382,7 +398,7 @@ def _read_plate(ws: str | os.PathLike[str], batch: str, plate: str, *, files: di
         table = by_lower.get(compartment.lower())
         if table is None:
             raise InputError(
-                f"{workspace.analysis_dir(ws, batch, plate)}: no site has {compartment}.csv; object tables found: "
+                f"{Workspace(str(ws)).analysis(batch, plate)}: no site has {compartment}.csv; object tables found: "
                 f"{', '.join(schema.object_tables) or 'none'}; pick others with --compartments"
             )
         chosen[compartment] = table
@@ -652,8 +668,8 @@ def trusted_outputs(ws: str | os.PathLike[str], batch: str, plate: str) -> tuple
     The report is the commit record: an output is trusted only if the generation id it
     carries is the one the report lists for it (on object storage: its size).
     """
-    base = workspace.backend_dir(ws, batch, plate)
-    report_path = io.join(base, f"{plate}.report.json")
+    base = Workspace(str(ws)).backend(batch, plate)
+    report_path = Workspace(str(ws)).report(batch, plate)
     if not io.exists(report_path):
         return None, {}
     try:
@@ -692,7 +708,7 @@ def plate_profiles(ws: str | os.PathLike[str], batch: str, plate: str) -> str | 
     A backend folder without a report but with a file of the old tools (no generation
     id) gives that file; ours without a report (an interrupted run) is an error.
     """
-    base = workspace.backend_dir(ws, batch, plate)
+    base = Workspace(str(ws)).backend(batch, plate)
     names = [f"{plate}{ext}" for ext in (".csv", ".csv.gz", ".parquet")]
     report, trusted = trusted_outputs(ws, batch, plate)
     found = next((trusted[n] for n in names if n in trusted), None)
@@ -741,11 +757,11 @@ def _is_ours(plate: str, name: str) -> bool:
 def _publish_plate(local_ws: str, remote_ws: str, batch: str, plate: str, report: dict[str, Any],
                    *, before: set[str] | None = None) -> list[str]:
     """Upload a finished plate: remote report deleted first, outputs, stale keys removed, report last."""
-    folder = workspace.backend_dir(local_ws, batch, plate)
-    target = workspace.backend_dir(remote_ws, batch, plate)
-    report_name = f"{plate}.report.json"
-    io.remove(io.join(target, report_name))  # nothing of this plate is trusted until the new report is up
-    names = sorted(n for n in os.listdir(folder) if not n.startswith(".") and n != report_name)
+    folder = Workspace(str(local_ws)).backend(batch, plate)
+    target = Workspace(str(remote_ws)).backend(batch, plate)
+    report_file = report_name(plate)
+    io.remove(io.join(target, report_file))  # nothing of this plate is trusted until the new report is up
+    names = sorted(n for n in os.listdir(folder) if not n.startswith(".") and n != report_file)
     urls = [io.join(target, n) for n in names]
     for name, url in zip(names, urls):
         io.upload(os.path.join(folder, name), url)
@@ -755,13 +771,13 @@ def _publish_plate(local_ws: str, remote_ws: str, batch: str, plate: str, report
             io.remove(io.join(target, name))
             if before and name in before:
                 log.warning("%s: removed %s of the earlier build (not asked for now)", plate, io.join(target, name))
-    io.upload(os.path.join(folder, report_name), io.join(target, report_name))
-    return [*urls, io.join(target, report_name)]
+    io.upload(os.path.join(folder, report_file), io.join(target, report_file))
+    return [*urls, io.join(target, report_file)]
 
 
 def _remote_fingerprint(ws: str, batch: str, plate: str) -> str:
     """:func:`input_fingerprint` of a plate on object storage, from one listing (the same value as for a local copy)."""
-    root = workspace.analysis_dir(ws, batch, plate).rstrip("/")
+    root = Workspace(str(ws)).analysis(batch, plate).rstrip("/")
     return _listing_digest({url[len(root) + 1:]: size for url, size in io.list_sizes(root).items()})
 
 
@@ -772,7 +788,7 @@ def _stage_plate(ws: str, scratch: str, batch: str, plate: str) -> None:
     (:func:`cytoprofile.ingest.reader_opens`: the CSVs, plain or gzip, any case, in a site
     folder or below it) are downloaded, the rest (images, logs) stand in as empty files.
     """
-    analysis_rel = os.path.join("analysis", batch, plate, "analysis")
+    analysis_rel = Workspace.analysis_rel(batch, plate)
     depth = analysis_rel.count("/") + 2  # analysis/.../analysis/SITE/FILE
     staged = workspace.stage(ws, scratch, [analysis_rel],
                              fetch=lambda rel: rel.count("/") >= depth and reader_opens(os.path.basename(rel)))
@@ -790,7 +806,7 @@ def _collate_remote(ws: str, batch: str, plate: str, *, tmp_dir: str | None, pro
     temporary keys of a killed run removed first. No lock: one run per plate at a time.
     """
     outputs = plate_outputs(ws, batch, plate, backend=options["backend"], profile_format=options["profile_format"])
-    target = workspace.backend_dir(ws, batch, plate)
+    target = Workspace(str(ws)).backend(batch, plate)
     io.check_reachable(ws)
     if options["aggregate_only"]:
         return _aggregate_only_remote(ws, batch, plate, tmp_dir=tmp_dir, progress=progress, start=start, **options)
@@ -804,7 +820,7 @@ def _collate_remote(ws: str, batch: str, plate: str, *, tmp_dir: str | None, pro
                            seconds=time.perf_counter() - start)
     with workspace.scratch_dir(tmp_dir, plate) as scratch:
         _stage_plate(ws, scratch, batch, plate)
-        local_dir = workspace.backend_dir(scratch, batch, plate)
+        local_dir = Workspace(str(scratch)).backend(batch, plate)
         with io.output_errors(scratch):
             local, staging = _build_plate(scratch, batch, plate, plan=plan, progress=progress, start=start, **options)
             if local.report is not None:
@@ -888,15 +904,15 @@ def _aggregate_only_remote(ws: str, batch: str, plate: str, *, tmp_dir: str | No
     other trusted outputs (they stay), the new profiles are uploaded, stale profiles of
     another format are removed, and the report goes up last.
     """
-    rel = os.path.join("backend", batch, plate)
-    target = workspace.backend_dir(ws, batch, plate)
+    rel = Workspace.backend_rel(batch, plate)
+    target = Workspace(str(ws)).backend(batch, plate)
     io.remove_leftovers(target)
     report, trusted = trusted_outputs(ws, batch, plate)
     name = f"{plate}.{options['profile_format']}"
     if not options["overwrite"] and (name in trusted or (report is None and io.exists(io.join(target, name)))):
         return PlateResult(batch, plate, "skipped", "profiles exist (use --overwrite to re-aggregate)",
                            {"profiles": io.join(target, name)}, seconds=time.perf_counter() - start)
-    wanted = {f"{plate}.report.json"} | ({f"{plate}.sqlite"} if "sqlite" in options["backend"] else set())
+    wanted = {report_name(plate)} | ({f"{plate}.sqlite"} if "sqlite" in options["backend"] else set())
     with workspace.scratch_dir(tmp_dir, plate) as scratch:
         workspace.stage(ws, scratch, [rel], accept=lambda r: os.path.basename(r) in wanted
                         or (os.path.basename(r).startswith(f"{plate}_") and r.endswith(".parquet")))
@@ -921,14 +937,14 @@ def _aggregate_only_remote(ws: str, batch: str, plate: str, *, tmp_dir: str | No
 def _publish_profiles(scratch: str, ws: str, batch: str, plate: str, report: dict[str, Any], *,
                       previous: dict[str, Any], trusted: dict[str, str]) -> None:
     """Upload re-aggregated profiles: the report (still listing the backend outputs that stay) last."""
-    folder = workspace.backend_dir(scratch, batch, plate)
-    target = workspace.backend_dir(ws, batch, plate)
+    folder = Workspace(str(scratch)).backend(batch, plate)
+    target = Workspace(str(ws)).backend(batch, plate)
     profiles = {n: e for n, e in report["outputs"].items() if _kind_of(plate, n) == "profiles"}
     kept = {n: e for n, e in previous.get("outputs", {}).items() if n in trusted and _kind_of(plate, n) != "profiles"}
     report["outputs"] = {**kept, **profiles}
-    report_name = f"{plate}.report.json"
-    io.write_json(report, os.path.join(folder, report_name))
-    io.remove(io.join(target, report_name))
+    report_file = report_name(plate)
+    io.write_json(report, os.path.join(folder, report_file))
+    io.remove(io.join(target, report_file))
     for entry in sorted(profiles):
         for file in (entry, entry + _SIDECAR):
             if os.path.exists(os.path.join(folder, file)):
@@ -938,7 +954,7 @@ def _publish_profiles(scratch: str, ws: str, batch: str, plate: str, report: dic
         if _is_ours(plate, stale) and stale not in keep:
             io.remove(io.join(target, stale))
             log.warning("%s: removed %s of the earlier build (not asked for now)", plate, io.join(target, stale))
-    io.upload(os.path.join(folder, report_name), io.join(target, report_name))
+    io.upload(os.path.join(folder, report_file), io.join(target, report_file))
 
 
 def _aggregate_only(ws: str | os.PathLike[str], batch: str, plate: str, outputs: dict[str, str], *, backend: Sequence[BackendKind],
@@ -957,7 +973,7 @@ def _aggregate_only(ws: str | os.PathLike[str], batch: str, plate: str, outputs:
     if not overwrite and (name in trusted or legacy_profile):
         return PlateResult(batch, plate, "skipped", "profiles exist (use --overwrite to re-aggregate)", outputs,
                            seconds=time.perf_counter() - start)
-    files = workspace.backend_files(ws, batch, plate)
+    files = Workspace(str(ws)).backend_files(batch, plate)
     source = files["sqlite"] if "sqlite" in backend else parquet_table_path(files["parquet_prefix"], IMAGE_TABLE)
     if not Path(source).exists():
         raise InputError(f"{source}: no backend to aggregate; run `cytoprofile collate` without --aggregate-only first")
@@ -1064,7 +1080,7 @@ def _reads_export_files(ws: str, batch: str, plate: str) -> bool:
 
     if io.is_remote(ws):
         return bool(_remote_export_files(ws, batch, plate))
-    if Path(workspace.analysis_dir(ws, batch, plate)).is_dir():
+    if Path(Workspace(str(ws)).analysis(batch, plate)).is_dir():
         return False
     return bool(discover_export_files(ws, batch, plate))
 
@@ -1127,15 +1143,15 @@ def _collate_export_remote(ws: str, batch: str, plate: str, *, sources: Sequence
     from .exportdb import collate_export
 
     io.check_reachable(ws)
-    target = workspace.backend_dir(ws, batch, plate)
+    target = Workspace(str(ws)).backend(batch, plate)
     io.remove_leftovers(target)
     report, trusted = trusted_outputs(ws, batch, plate)
-    report_name = f"{plate}.report.json"
+    report_file = report_name(plate)
     with workspace.scratch_dir(options.get("tmp_dir"), plate) as scratch:
         if report is not None:
-            workspace.stage(ws, scratch, [os.path.join("backend", batch, plate)],
-                            accept=lambda rel: os.path.basename(rel) in trusted or os.path.basename(rel) == report_name,
-                            fetch=lambda rel: os.path.basename(rel) == report_name)
+            workspace.stage(ws, scratch, [Workspace.backend_rel(batch, plate)],
+                            accept=lambda rel: os.path.basename(rel) in trusted or os.path.basename(rel) == report_file,
+                            fetch=lambda rel: os.path.basename(rel) == report_file)
         local_sources = _stage_export_sources(ws, scratch, batch, plate, sources)
         if not local_sources:
             raise InputError(f"{io.join(ws, 'analysis', batch, plate)}: no ExportToDatabase files (*.sqlite) found; "

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from . import io
-from . import workspace as _workspace
 from .errors import ConfigError, MetadataError
+from .layout import Workspace
 from .vocabulary import UNMATCHED_WELLS, well_name_problem
 
 __all__ = [
@@ -66,12 +66,12 @@ class _Table:
 
 def barcode_platemap_path(workspace: PathLike, batch: str) -> str:
     """``metadata/platemaps/BATCH/barcode_platemap.csv``."""
-    return io.join(_workspace.platemap_dir(workspace, batch), "barcode_platemap.csv")
+    return Workspace(str(workspace)).barcode_platemap(batch)
 
 
 def platemap_path(workspace: PathLike, batch: str, name: str) -> str:
     """``metadata/platemaps/BATCH/platemap/NAME.txt``."""
-    return io.join(_workspace.platemap_dir(workspace, batch), "platemap", f"{name}.txt")
+    return Workspace(str(workspace)).platemap(batch, name)
 
 
 # ---------------------------------------------------------------- reading

@@ -12,12 +12,14 @@ from pathlib import Path
 
 from . import io
 from .errors import InputError
+from .layout import Workspace
 
 __all__ = [
     "analysis_dir",
     "backend_dir",
     "backend_files",
     "check_name",
+    "files_under",
     "find_plate",
     "plate_lock",
     "platemap_dir",
@@ -30,29 +32,23 @@ PathLike = str | os.PathLike[str]
 
 
 def analysis_dir(workspace: PathLike, batch: str, plate: str) -> str:
-    """``analysis/BATCH/PLATE/analysis``: one subfolder per site."""
-    return io.join(workspace, "analysis", batch, plate, "analysis")
+    """``analysis/BATCH/PLATE/analysis``: one subfolder per site (see :class:`Workspace`)."""
+    return Workspace(str(workspace)).analysis(batch, plate)
 
 
 def backend_dir(workspace: PathLike, batch: str, plate: str) -> str:
-    """``backend/BATCH/PLATE``: single cells and the per-well aggregate."""
-    return io.join(workspace, "backend", batch, plate)
+    """``backend/BATCH/PLATE``: single cells and the per-well aggregate (see :class:`Workspace`)."""
+    return Workspace(str(workspace)).backend(batch, plate)
 
 
 def backend_files(workspace: PathLike, batch: str, plate: str, *, profile_format: str = "csv") -> dict[str, str]:
-    """The final file names of a plate's backend outputs."""
-    base = backend_dir(workspace, batch, plate)
-    return {
-        "sqlite": io.join(base, f"{plate}.sqlite"),
-        "parquet_prefix": io.join(base, f"{plate}"),
-        "profiles": io.join(base, f"{plate}.{profile_format}"),
-        "report": io.join(base, f"{plate}.report.json"),
-    }
+    """The final file names of a plate's backend outputs (see :class:`Workspace`)."""
+    return Workspace(str(workspace)).backend_files(batch, plate, profile_format=profile_format)
 
 
 def platemap_dir(workspace: PathLike, batch: str) -> str:
-    """``metadata/platemaps/BATCH``: barcode_platemap.csv and platemap/*.txt."""
-    return io.join(workspace, "metadata", "platemaps", batch)
+    """``metadata/platemaps/BATCH``: barcode_platemap.csv and platemap/*.txt (see :class:`Workspace`)."""
+    return Workspace(str(workspace)).platemaps(batch)
 
 
 def stage(
@@ -104,6 +100,12 @@ def publish(local: str, remote: str, rels: list[str]) -> list[str]:
     return urls
 
 
+def files_under(folder: str, root: str) -> list[str]:
+    """Paths relative to ``root`` of the files under a local ``folder`` (hidden files left out): what to publish."""
+    return [os.path.relpath(os.path.join(d, f), root) for d, _, files in os.walk(folder) for f in files
+            if not f.startswith(".")]
+
+
 def check_name(name: str, kind: str) -> str:
     """Refuse a batch or plate name that is not a plain folder name (``../x``, ``a/b``, empty, hidden)."""
     text = str(name)
@@ -136,16 +138,17 @@ def find_plate(workspace: PathLike, batch: str, plate: str) -> str:
     """``analysis/BATCH/PLATE/analysis``, or an error naming what exists there instead."""
     check_name(batch, "batch")
     check_name(plate, "plate")
-    root = io.join(workspace, "analysis")
+    ws = Workspace(str(workspace))
+    root = ws.analysis_root()
     batches = _listing(root)
     if batch not in batches:
         there = f"batches there: {', '.join(batches)}" if batches else "it has no batch folders"
         raise InputError(f"batch '{batch}' not found under {root}; {there}")
-    plates = _listing(io.join(root, batch))
+    plates = _listing(ws.analysis_batch(batch))
     if plate not in plates:
         there = f"plates there: {', '.join(plates)}" if plates else "it has no plate folders"
-        raise InputError(f"plate '{plate}' not found under {io.join(root, batch)}; {there}")
-    return analysis_dir(workspace, batch, plate)
+        raise InputError(f"plate '{plate}' not found under {ws.analysis_batch(batch)}; {there}")
+    return ws.analysis(batch, plate)
 
 
 def _lock_holder(path: str) -> str:
@@ -161,9 +164,9 @@ def plate_lock(workspace: PathLike, batch: str, plate: str, *, wait: bool = Fals
     Without ``wait`` a plate another process holds is an ``InputError`` naming that process.
     Folders this creates are removed again when they are left empty.
     """
-    batch_dir = Path(workspace, "backend", batch)
+    path = Workspace(str(workspace)).lock(batch, plate)
+    batch_dir = Path(path).parent
     made = [p for p in (batch_dir.parent, batch_dir) if not p.exists()]
-    path = str(batch_dir / f".{plate}.lock")
     while True:
         batch_dir.mkdir(parents=True, exist_ok=True)
         try:

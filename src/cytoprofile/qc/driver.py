@@ -17,6 +17,7 @@ import pandas as pd
 
 from .. import io as cpio
 from ..errors import CytoprofileError, InputError
+from ..layout import QualityControlLayout
 from ..vocabulary import is_metadata
 from .figures import cell_count_figure, correlation_figure, figure_png, position_effect_figure
 from .metrics import (
@@ -86,8 +87,8 @@ def _selected_stems(plate: str, *, negcon: bool, level: str | None) -> list[str]
     return [f"{plate}_normalized_feature_select{suffix}_{lvl}" for lvl in levels]
 
 
-def _load_data_path(workspace: str, load_data_dir: str, batch: str, plate: str) -> str:
-    folder = cpio.join(workspace, load_data_dir, batch, plate)
+def _load_data_path(where: QualityControlLayout, batch: str, plate: str) -> str:
+    folder = where.load_data(batch, plate)
     for name in ("load_data.csv.gz", "load_data.csv"):
         path = cpio.join(folder, name)
         if cpio.exists(path):
@@ -139,9 +140,9 @@ def _write_bytes(data: bytes, path: str) -> str:
     return path
 
 
-def _read_plate(root: str, profiles_dir: str, backend_dir: str, batch: str, plate: str, level: str | None) -> _Plate:
-    folder = cpio.join(root, profiles_dir, batch, plate)
-    report_path = cpio.join(root, backend_dir, batch, plate, f"{plate}.report.json")
+def _read_plate(where: QualityControlLayout, batch: str, plate: str, level: str | None) -> _Plate:
+    folder = where.profiles(batch, plate)
+    report_path = where.report_json(batch, plate)
     per_well_path = _first_table(folder, [f"{plate}_augmented", plate])
     selected_path = _first_table(folder, _selected_stems(plate, negcon=False, level=level))
     return _Plate(
@@ -218,10 +219,11 @@ def quality_control(
     if level is not None and level not in _LEVELS:
         raise InputError(f"level {level!r}: use one of {', '.join(_LEVELS)}")
     root = str(workspace)
-    qc_root = cpio.join(root, output_dir)
+    where = QualityControlLayout(root, output_dir=output_dir, profiles_dir=profiles_dir, load_data_dir=load_data_dir,
+                                 backend_dir=backend_dir)
     result = QualityControlResult()
-    inputs = [_read_plate(root, profiles_dir, backend_dir, batch, p, level) for p in map(str, plates)]
-    rows = [_summary_row(root, load_data_dir, batch, p, summary_well_columns) for p in inputs] if summary else []
+    inputs = [_read_plate(where, batch, p, level) for p in map(str, plates)]
+    rows = [_summary_row(where, batch, p, summary_well_columns) for p in inputs] if summary else []
     description, result.qc_profiles = _qc_profiles(inputs, level)
     frames = {name: plate_rows(cpio.read_table(path), name) for name, path in result.qc_profiles.items()}
     features = shared_features(frames.values())
@@ -236,23 +238,23 @@ def quality_control(
                 replicate_column=replicate_column, dpi=dpi,
             )
         if heatmaps:
-            result.heatmaps[plate.name] = _write_heatmaps(figures[plate.name], qc_root, batch, plate.name)
+            result.heatmaps[plate.name] = _write_heatmaps(figures[plate.name], where, batch, plate.name)
     if summary:
-        result.summary_path = cpio.join(qc_root, "summary", "summary.tsv")
+        result.summary_path = where.summary()
         with _locked(result.summary_path):
             result.summary = update_summary(read_summary(result.summary_path), rows)
             cpio.write_table(result.summary, result.summary_path)
     _replication(result, frames, features, replicate_column=replicate_column, negcon_column=negcon_column,
                  negcon_value=negcon_value, n_null=n_null, seed=seed)
     if map_settings is not None:
-        _mean_ap(result, frames, features, qc_root, batch, [p.name for p in inputs], map_settings, map_profiles)
+        _mean_ap(result, frames, features, where, batch, [p.name for p in inputs], map_settings, map_profiles)
     if report:
-        _write_report(result, qc_root, batch, rows, figures, inputs, description)
+        _write_report(result, where, batch, rows, figures, inputs, description)
     return result
 
 
-def _mean_ap(result: QualityControlResult, frames: dict[str, pd.DataFrame], features: list[str], qc_root: str,
-             batch: str, plates: Sequence[str], settings: dict[str, Any], map_profiles: str | None) -> None:
+def _mean_ap(result: QualityControlResult, frames: dict[str, pd.DataFrame], features: list[str],
+             where: QualityControlLayout, batch: str, plates: Sequence[str], settings: dict[str, Any], map_profiles: str | None) -> None:
     """mAP of the batch's profiles by mode, each table written to ``quality_control/map/BATCH/``."""
     options = dict(settings)
     modes = options.pop("modes", ["activity"])
@@ -274,21 +276,20 @@ def _mean_ap(result: QualityControlResult, frames: dict[str, pd.DataFrame], feat
         raise type(exc)(f"quality_control.map ({source or 'feature-selected profiles'}): {exc}") from exc
     paths = {}
     for mode, table in tables.items():
-        paths[mode] = cpio.join(qc_root, "map", batch, f"{batch}_map_{mode}.csv")
+        paths[mode] = where.map_file(batch, mode)
         cpio.write_table(table, paths[mode])
-    shown = {mode: f"{os.path.basename(qc_root.rstrip('/'))}/map/{batch}/{batch}_map_{mode}.csv" for mode in tables}
+    shown = {mode: f"{os.path.basename(where.outputs().rstrip('/'))}/{where.map_name(batch, mode)}" for mode in tables}
     result.mean_ap = {"tables": tables, "source": source, "n_features": len(names),
                       "threshold": options.get("threshold", 0.05), "paths": paths, "shown": shown}
 
 
-def _write_heatmaps(figures: dict[str, bytes], qc_root: str, batch: str, plate: str) -> dict[str, str]:
-    out = cpio.join(qc_root, "heatmap", batch, plate)
-    return {name: _write_bytes(png, cpio.join(out, f"{plate}_{name}.png")) for name, png in figures.items()}
+def _write_heatmaps(figures: dict[str, bytes], where: QualityControlLayout, batch: str, plate: str) -> dict[str, str]:
+    return {name: _write_bytes(png, where.heatmap(batch, plate, name)) for name, png in figures.items()}
 
 
-def _summary_row(root: str, load_data_dir: str, batch: str, plate: _Plate,
+def _summary_row(where: QualityControlLayout, batch: str, plate: _Plate,
                  well_columns: Sequence[str] | None) -> dict[str, Any]:
-    load_path = _load_data_path(root, load_data_dir, batch, plate.name)
+    load_path = _load_data_path(where, batch, plate.name)
     return summarize_plate(
         batch=batch, plate=plate.name, load_data=cpio.read_table(load_path), profiles=plate.per_well,
         report=plate.report, selected_profiles=plate.selected, well_columns=well_columns, source=load_path,
@@ -353,7 +354,7 @@ def _replication(
 
 
 def _write_report(
-    result: QualityControlResult, qc_root: str, batch: str, rows: list[dict[str, Any]],
+    result: QualityControlResult, where: QualityControlLayout, batch: str, rows: list[dict[str, Any]],
     figures: dict[str, dict[str, bytes]], inputs: Sequence[_Plate], description: str,
 ) -> None:
     table = result.summary if result.summary is not None else update_summary(None, rows)
@@ -363,6 +364,6 @@ def _write_report(
         quarantine=result.quarantine, sources={p: os.path.basename(s) for p, s in result.qc_profiles.items()},
         n_features=result.n_features, profiles_description=description, mean_ap=result.mean_ap,
     )
-    result.report_path = cpio.join(qc_root, "report", f"{batch}.html")
+    result.report_path = where.html_report(batch)
     with cpio.atomic_open(result.report_path) as handle:
         handle.write(html_text)

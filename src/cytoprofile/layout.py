@@ -1,0 +1,338 @@
+"""Where every file lives: the handbook's workspace and the profiling recipe's outputs, local or URL.
+
+Two objects answer "where is X" so that no other module joins path parts by hand:
+:class:`Workspace` for the handbook's folders (``analysis/``, ``backend/``,
+``metadata/``, ``load_data_csv/``) and :class:`Layout` for what the recipe reads and
+writes (profiles, GCT, processing chain, quality control). Each path also has a
+relative form (the ``rel`` methods) used to stage files from object storage into a
+scratch copy with the same layout (:func:`cytoprofile.workspace.stage`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import io
+from .errors import ConfigError
+
+__all__ = [
+    "FORMAT_SUFFIX",
+    "Layout",
+    "OUTPUT_SUFFIXES",
+    "QualityControlLayout",
+    "Workspace",
+    "backend_files_in",
+    "existing_output",
+    "relative_to",
+    "report_name",
+]
+
+PathLike = str | os.PathLike[str]
+
+#: step output endings by ``options.output_format`` (CSV's depends on compression)
+FORMAT_SUFFIX = {"parquet": ".parquet", "anndata": ".h5ad"}
+#: every ending a step output may have
+OUTPUT_SUFFIXES = (".csv.gz", ".csv", ".parquet", ".h5ad")
+
+
+def report_name(plate: str) -> str:
+    """``PLATE.report.json``: the plate's collate report (its commit record)."""
+    return f"{plate}.report.json"
+
+
+def relative_to(path: str, root: str) -> str:
+    """``path`` relative to ``root``, for a URL or a local path alike."""
+    return path[len(root):].lstrip("/") if io.is_remote(root) else os.path.relpath(path, root)
+
+
+def backend_files_in(folder: str, plate: str, *, profile_format: str = "csv") -> dict[str, str]:
+    """A plate's backend file names, by role, in ``folder`` (its backend folder or a staging copy)."""
+    return {
+        "sqlite": io.join(folder, f"{plate}.sqlite"),
+        "parquet_prefix": io.join(folder, f"{plate}"),
+        "profiles": io.join(folder, f"{plate}.{profile_format}"),
+        "report": io.join(folder, report_name(plate)),
+    }
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """The handbook's workspace at ``root`` (a folder or a URL such as ``s3://bucket/ws``)."""
+
+    root: str
+
+    def path(self, *parts: str) -> str:
+        """``root/parts``."""
+        return io.join(self.root, *parts)
+
+    # --- relative parts (staging prefixes) ---
+    @staticmethod
+    def analysis_rel(batch: str, plate: str) -> str:
+        """``analysis/BATCH/PLATE/analysis``."""
+        return os.path.join("analysis", batch, plate, "analysis")
+
+    @staticmethod
+    def backend_rel(batch: str, plate: str) -> str:
+        """``backend/BATCH/PLATE``."""
+        return os.path.join("backend", batch, plate)
+
+    @staticmethod
+    def report_rel(batch: str, plate: str) -> str:
+        """``backend/BATCH/PLATE/PLATE.report.json``."""
+        return f"backend/{batch}/{plate}/{report_name(plate)}"
+
+    @staticmethod
+    def platemap_rel(batch: str) -> str:
+        """``metadata/platemaps/BATCH``."""
+        return f"metadata/platemaps/{batch}"
+
+    @staticmethod
+    def metadata_rel(folder: str) -> str:
+        """``metadata/FOLDER`` (external metadata)."""
+        return f"metadata/{folder}"
+
+    @staticmethod
+    def load_data_rel(batch: str) -> str:
+        """``load_data_csv/BATCH``."""
+        return f"load_data_csv/{batch}"
+
+    # --- analysis/ ---
+    def analysis_root(self) -> str:
+        """``analysis``: one folder per batch."""
+        return self.path("analysis")
+
+    def analysis_batch(self, batch: str) -> str:
+        """``analysis/BATCH``: one folder per plate."""
+        return self.path("analysis", batch)
+
+    def analysis(self, batch: str, plate: str) -> str:
+        """``analysis/BATCH/PLATE/analysis``: one subfolder per site."""
+        return self.path("analysis", batch, plate, "analysis")
+
+    # --- backend/ ---
+    def backend_root(self) -> str:
+        """``backend``."""
+        return self.path("backend")
+
+    def backend_batch(self, batch: str) -> str:
+        """``backend/BATCH``: one folder per plate, and the plates' lock files."""
+        return self.path("backend", batch)
+
+    def backend(self, batch: str, plate: str) -> str:
+        """``backend/BATCH/PLATE``: single cells and the per-well aggregate."""
+        return self.path("backend", batch, plate)
+
+    def sqlite(self, batch: str, plate: str) -> str:
+        """``backend/BATCH/PLATE/PLATE.sqlite``."""
+        return io.join(self.backend(batch, plate), f"{plate}.sqlite")
+
+    def parquet_prefix(self, batch: str, plate: str) -> str:
+        """``backend/BATCH/PLATE/PLATE``: the Parquet backend's tables are ``PREFIX_TABLE.parquet``."""
+        return io.join(self.backend(batch, plate), f"{plate}")
+
+    def profiles(self, batch: str, plate: str, *, profile_format: str = "csv") -> str:
+        """``backend/BATCH/PLATE/PLATE.{csv,csv.gz,parquet}``: collate's per-well profiles."""
+        return io.join(self.backend(batch, plate), f"{plate}.{profile_format}")
+
+    def report(self, batch: str, plate: str) -> str:
+        """``backend/BATCH/PLATE/PLATE.report.json``."""
+        return io.join(self.backend(batch, plate), report_name(plate))
+
+    def lock(self, batch: str, plate: str) -> str:
+        """``backend/BATCH/.PLATE.lock``: held while the plate is collated (local only)."""
+        return str(Path(self.root, "backend", batch, f".{plate}.lock"))
+
+    def backend_files(self, batch: str, plate: str, *, profile_format: str = "csv") -> dict[str, str]:
+        """The final file names of a plate's backend outputs, by role."""
+        return backend_files_in(self.backend(batch, plate), plate, profile_format=profile_format)
+
+    # --- metadata/ and load_data_csv/ ---
+    def platemaps(self, batch: str) -> str:
+        """``metadata/platemaps/BATCH``: barcode_platemap.csv and platemap/*.txt."""
+        return self.path("metadata", "platemaps", batch)
+
+    def barcode_platemap(self, batch: str) -> str:
+        """``metadata/platemaps/BATCH/barcode_platemap.csv``."""
+        return io.join(self.platemaps(batch), "barcode_platemap.csv")
+
+    def platemap(self, batch: str, name: str) -> str:
+        """``metadata/platemaps/BATCH/platemap/NAME.txt``."""
+        return io.join(self.platemaps(batch), "platemap", f"{name}.txt")
+
+    def external_metadata(self, folder: str, file: str) -> str:
+        """``metadata/FOLDER/FILE`` (external_metadata/, or moa/ for the 2021 string form)."""
+        return self.path("metadata", folder, file)
+
+    def load_data(self, batch: str) -> str:
+        """``load_data_csv/BATCH``: the images' load_data.csv per plate."""
+        return self.path("load_data_csv", batch)
+
+    def relative(self, path: str) -> str:
+        """``path`` relative to the workspace root."""
+        return relative_to(path, self.root)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the recipe reads and writes.
+
+    ``root`` is the profiling repository (outputs: profiles/, gct/,
+    quality_control/; metadata/ and load_data_csv/ are looked for here first);
+    ``workspace`` holds backend/ (and metadata/, load_data_csv/ when the root lacks
+    them). Without a workspace the recipe's ``../../`` convention applies.
+    """
+
+    root: str
+    workspace: str
+    output_dir: str = "profiles"
+    compression: str | None = "gzip"
+    output_format: str = "csv"
+
+    @property
+    def handbook(self) -> Workspace:
+        """The workspace holding backend/ (and metadata/ when the root lacks it)."""
+        return Workspace(self.workspace)
+
+    def at(self, root: str) -> Layout:
+        """The same layout rooted at ``root`` for outputs and workspace alike (a scratch copy)."""
+        return Layout(root=root, workspace=root, output_dir=self.output_dir, compression=self.compression,
+                      output_format=self.output_format)
+
+    def find(self, *parts: str) -> str:
+        """``root/parts`` if it exists, else ``workspace/parts``."""
+        here = io.join(self.root, *parts)
+        return here if io.exists(here) else io.join(self.workspace, *parts)
+
+    def meta_root(self, batch: str | None = None) -> str:
+        """The folder whose ``metadata/platemaps/BATCH`` holds the batch's plate maps.
+
+        The profiling repository's own copy wins; an empty ``metadata/`` made by
+        ``init`` does not hide the workspace's.
+        """
+        parts = ("metadata", "platemaps", batch) if batch else ("metadata",)
+        return self.root if io.exists(io.join(self.root, *parts)) else self.workspace
+
+    def load_data(self, batch: str) -> str:
+        """The batch's ``load_data_csv/BATCH`` (the root's, else the workspace's)."""
+        return self.find("load_data_csv", batch)
+
+    @property
+    def suffix(self) -> str:
+        """File ending of step outputs: ``.csv.gz`` (gzip) or ``.csv``, ``.parquet`` or ``.h5ad``."""
+        if self.output_format in FORMAT_SUFFIX:
+            return FORMAT_SUFFIX[self.output_format]
+        return ".csv.gz" if self.compression == "gzip" else ".csv"
+
+    def profiles_root(self) -> str:
+        """``OUTPUT_DIR`` (``profiles`` by default)."""
+        return io.join(self.root, self.output_dir)
+
+    def profiles_rel(self, batch: str, plate: str) -> str:
+        """``OUTPUT_DIR/BATCH/PLATE`` relative to the root."""
+        return f"{self.output_dir}/{batch}/{plate}"
+
+    def plate_file(self, batch: str, plate: str, stem: str) -> str:
+        """``OUTPUT_DIR/BATCH/PLATE/PLATE{stem}{suffix}``."""
+        return io.join(self.root, self.output_dir, batch, plate, f"{plate}{stem}{self.suffix}")
+
+    def step_outputs(self, batch: str, plate: str, negcon: str = "negcon") -> dict[str, str]:
+        """The per-plate files of the recipe, by step."""
+        return {
+            "aggregate": self.plate_file(batch, plate, ""),
+            "annotate": self.plate_file(batch, plate, "_augmented"),
+            "normalize": self.plate_file(batch, plate, "_normalized"),
+            "normalize_negcon": self.plate_file(batch, plate, f"_normalized_{negcon}"),
+        }
+
+    @staticmethod
+    def gct_rel(batch: str) -> str:
+        """``gct/BATCH`` relative to the root."""
+        return f"gct/{batch}"
+
+    def gct_file(self, batch: str, stem: str, ext: str) -> str:
+        """``gct/BATCH/BATCH{stem}{ext}``."""
+        return io.join(self.root, "gct", batch, f"{batch}{stem}{ext}")
+
+    def processing_file(self, steps: Sequence[str]) -> str:
+        """``OUTPUT_DIR/processing/profiles_<steps>.parquet``: the chain's output after ``steps``."""
+        return io.join(self.root, self.output_dir, "processing", "_".join(["profiles", *steps]) + ".parquet")
+
+    def quality_control(self) -> str:
+        """``quality_control``: summary, heatmaps and reports."""
+        return io.join(self.root, "quality_control")
+
+    @staticmethod
+    def qc_summary_rel() -> str:
+        """``quality_control/summary`` relative to the root."""
+        return "quality_control/summary"
+
+    def relative(self, path: str) -> str:
+        """``path`` relative to the outputs' root."""
+        return relative_to(path, self.root)
+
+
+def existing_output(path: str) -> str:
+    """``path`` if it exists, else the one file of the same name in another format; two are refused."""
+    if io.exists(path):
+        return path
+    stem = next((path[: -len(s)] for s in OUTPUT_SUFFIXES if path.endswith(s)), path)
+    found = [stem + s for s in OUTPUT_SUFFIXES if io.exists(stem + s)]
+    if len(found) > 1:
+        raise ConfigError(f"{stem}: found {', '.join(os.path.basename(f) for f in found)} and none in the configured "
+                          f"format; remove the stale one(s) or set options.output_format")
+    return found[0] if found else path
+
+
+@dataclass(frozen=True)
+class QualityControlLayout:
+    """Where quality control reads and writes, under ``root``.
+
+    Inputs: ``PROFILES/BATCH/PLATE``, ``BACKEND/BATCH/PLATE/PLATE.report.json`` and
+    ``LOAD_DATA/BATCH/PLATE/load_data.csv[.gz]``; outputs under ``OUTPUT_DIR``
+    (``quality_control``): summary/, heatmap/, map/ and report/.
+    """
+
+    root: str
+    output_dir: str = "quality_control"
+    profiles_dir: str = "profiles"
+    load_data_dir: str = "load_data_csv"
+    backend_dir: str = "backend"
+
+    def outputs(self) -> str:
+        """``OUTPUT_DIR``."""
+        return io.join(self.root, self.output_dir)
+
+    def profiles(self, batch: str, plate: str) -> str:
+        """``PROFILES/BATCH/PLATE``: the plate's recipe outputs."""
+        return io.join(self.root, self.profiles_dir, batch, plate)
+
+    def report_json(self, batch: str, plate: str) -> str:
+        """``BACKEND/BATCH/PLATE/PLATE.report.json``: collate's report."""
+        return io.join(self.root, self.backend_dir, batch, plate, report_name(plate))
+
+    def load_data(self, batch: str, plate: str) -> str:
+        """``LOAD_DATA/BATCH/PLATE``: holds load_data.csv or load_data.csv.gz."""
+        return io.join(self.root, self.load_data_dir, batch, plate)
+
+    def summary(self) -> str:
+        """``OUTPUT_DIR/summary/summary.tsv``."""
+        return io.join(self.outputs(), "summary", "summary.tsv")
+
+    def map_name(self, batch: str, mode: str) -> str:
+        """``map/BATCH/BATCH_map_MODE.csv`` relative to ``OUTPUT_DIR``."""
+        return f"map/{batch}/{batch}_map_{mode}.csv"
+
+    def map_file(self, batch: str, mode: str) -> str:
+        """``OUTPUT_DIR/map/BATCH/BATCH_map_MODE.csv``."""
+        return io.join(self.outputs(), "map", batch, f"{batch}_map_{mode}.csv")
+
+    def heatmap(self, batch: str, plate: str, name: str) -> str:
+        """``OUTPUT_DIR/heatmap/BATCH/PLATE/PLATE_NAME.png``."""
+        return io.join(self.outputs(), "heatmap", batch, plate, f"{plate}_{name}.png")
+
+    def html_report(self, batch: str) -> str:
+        """``OUTPUT_DIR/report/BATCH.html``."""
+        return io.join(self.outputs(), "report", f"{batch}.html")

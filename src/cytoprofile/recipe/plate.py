@@ -1,0 +1,230 @@
+"""The recipe's per-plate steps: aggregate (or collate's profiles) → annotate → normalize → normalize_negcon."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .. import io
+from ..config import Recipe
+from ..errors import ConfigError, InputError
+from ..layout import Layout, Workspace, existing_output
+from ..vocabulary import with_metadata_prefix
+from .features import compartment_prefixes, features_for
+from .provenance import Made, RunResult, Steps, sidecar_path
+
+__all__ = ["NEGCON", "external_metadata_path", "plate_report", "plate_task", "prefixed_platemap", "step_outputs"]
+
+log = logging.getLogger("cytoprofile.pipeline")
+
+
+NEGCON = "negcon"
+
+
+def step_outputs(layout: Layout, batch: str, plate: str) -> dict[str, str]:
+    """The per-plate files of the recipe, by step."""
+    return layout.step_outputs(batch, plate, NEGCON)
+
+
+def plate_report(layout: Layout, batch: str, plate: str) -> dict[str, Any] | None:
+    path = layout.handbook.report(batch, plate)
+    if not Path(path).exists():
+        return None
+    report = io.read_json(path)
+    return report if isinstance(report, dict) else None
+
+
+def plate_task(layout: Layout, recipe: Recipe, batch: str, plate: str, force: bool) -> RunResult:
+    """aggregate → annotate → normalize → normalize_negcon for one plate."""
+    result = RunResult()
+    steps = Steps(layout, recipe, force=force, result=result)
+    files = step_outputs(layout, batch, plate)
+    Path(files["aggregate"]).parent.mkdir(parents=True, exist_ok=True)
+    prefixes = compartment_prefixes(recipe, plate_report(layout, batch, plate))
+    _aggregate_step(steps, layout, recipe, files, batch, plate)
+    if recipe.settings.annotate.perform:
+        _annotate_step(steps, layout, recipe, files, batch, plate)
+    _normalize_steps(steps, recipe, files, prefixes)
+    return result
+
+
+def _aggregate_step(steps: Steps, layout: Layout, recipe: Recipe, files: dict[str, str], batch: str,
+                    plate: str) -> None:
+    """``PLATE.csv.gz``: aggregated from the SQLite backend, or collate's per-well profiles."""
+    from ..aggregate import aggregate
+    from ..recipe_options import aggregate_options
+
+    s = recipe.settings
+    if s.aggregate.perform:
+        sqlite = layout.handbook.sqlite(batch, plate)
+        options = aggregate_options(s.aggregate, s.compartments)
+        settings = s.aggregate.model_dump(mode="json") | {"compartments": s.compartments}
+
+        def _aggregated() -> Made:
+            exclude = _outlier_cells(s.aggregate, sqlite, options["compartments"], options["strata"])
+            frame = aggregate(sqlite, **options, exclude=exclude)
+            return Made(frame, extra={"cell_qc": exclude.summary()} if exclude is not None else {})
+
+        if s.aggregate.exclude_outlier_cells is not False:
+            settings["thresholds"] = _thresholds(s.aggregate)  # the sets' contents, not only the file name
+        steps.run("aggregate", [sqlite], {files["aggregate"]: _aggregated}, settings)
+    elif not Path(files["aggregate"]).exists() or Path(sidecar_path(files["aggregate"])).exists():
+        # the handbook's csv2gz + rsync: take the per-well profiles collate wrote (a file
+        # put there by hand, without a sidecar, is used as it is)
+        from ..collate import plate_profiles
+
+        source = plate_profiles(layout.workspace, batch, plate)  # only what the plate's report vouches for
+        if source is None:
+            files["aggregate"] = existing_output(files["aggregate"])  # put there by hand, in any format
+        if source is None and Path(files["aggregate"]).exists():
+            pass
+        elif source is None:
+            raise InputError(
+                f"{files['aggregate']}: per-well profiles not found, nor {layout.handbook.profiles(batch, plate)}; "
+                "run `cytoprofile collate` or set aggregate.perform: true"
+            )
+        else:
+            steps.run("profiles", [source], {files["aggregate"]: lambda: io.read_table(source)}, {"from": "backend"})
+
+
+def _thresholds(block: Any) -> dict[str, dict[str, float]]:
+    from ..cell_qc import load_thresholds
+
+    sets = block.exclude_outlier_cells
+    return load_thresholds(block.outlier_thresholds, sets=None if sets is True else list(sets))
+
+
+def _outlier_cells(block: Any, backend: str, compartments: Sequence[str], strata: Sequence[str]) -> Any:
+    """Flagged cells to leave out of aggregation (``aggregate.exclude_outlier_cells``), or None."""
+    if block.exclude_outlier_cells is False:
+        if block.outlier_thresholds is not None:  # refused by the config; checked again for a hand-made block
+            raise ConfigError("aggregate.outlier_thresholds has no effect unless exclude_outlier_cells is set")
+        return None
+    from ..cell_qc import outlier_cells
+
+    flagged = outlier_cells(backend, _thresholds(block), compartments=compartments, strata=strata)
+    log.info("%s: %d of %d cells excluded as outliers before aggregation", os.path.basename(backend), flagged.excluded, flagged.cells)
+    return flagged
+
+
+def external_metadata_path(meta_root: str, ext: Any) -> str:
+    """``metadata/FOLDER/FILE`` (external_metadata/, or moa/ for the 2021 string form)."""
+    return Workspace(meta_root).external_metadata(ext.folder, ext.file)
+
+
+def _annotate_step(steps: Steps, layout: Layout, recipe: Recipe, files: dict[str, str], batch: str,
+                   plate: str) -> None:
+    """``_augmented``: the plate map (and external metadata) joined; unmatched wells per config."""
+    from ..metadata import (
+        load_external_metadata,
+        platemap_for_plate,
+        platemap_name_for_plate,
+        platemap_path,
+    )
+
+    s = recipe.settings
+    meta_root = layout.meta_root(batch)
+    barcode = Workspace(meta_root).barcode_platemap(batch)
+    platemap_file = platemap_path(meta_root, batch, platemap_name_for_plate(meta_root, batch, plate))
+    inputs = [files["aggregate"], barcode, platemap_file]
+    ext = s.annotate.external
+    ext_path = external_metadata_path(meta_root, ext) if ext.perform and ext.file else None
+    if ext_path is not None:
+        inputs.append(ext_path)
+    settings = s.annotate.model_dump(mode="json") | {"platemap_well_column": s.platemap_well_column}
+
+    def _annotated() -> Made:
+        from ..annotate import annotate
+
+        platemap = prefixed_platemap(platemap_for_plate(meta_root, batch, plate))
+        profiles = io.load_profiles(files["aggregate"])
+        kept, dropped = _matched_wells(profiles, recipe, meta_root, batch, plate, platemap, platemap_file, ext_path)
+        external = load_external_metadata(ext_path, merge_column=ext.merge_column) if ext_path else None
+        join = ext.join_column if ext_path else None
+        frame = annotate(
+            kept, platemap, join_on=[s.platemap_well_column, s.annotate.well_column],
+            external_metadata=external, external_join_left=[join] if join else None,
+            external_join_right=[join] if join else None)
+        return Made(frame, before=list(profiles.columns),
+                     extra={"wells": {"in": len(profiles), "out": len(frame), "dropped_unmatched": dropped}})
+
+    steps.run("annotate", inputs, {files["annotate"]: _annotated}, settings)
+
+
+def _matched_wells(profiles: pd.DataFrame, recipe: Recipe, meta_root: str, batch: str, plate: str,
+                   platemap: pd.DataFrame, platemap_file: str, ext_path: str | None) -> tuple[pd.DataFrame, list[str]]:
+    """The profiles whose wells the plate map has, and the wells dropped.
+
+    ``annotate.unmatched_wells: error`` (the default) hands the profiles to the metadata
+    check, which names every unmatched well; ``drop`` drops them, as the recipe did, and
+    says how many went.
+    """
+    from ..errors import MetadataError
+    from ..metadata import validate_metadata
+
+    s = recipe.settings
+    well = s.annotate.well_column
+    if well not in profiles.columns or s.platemap_well_column not in platemap.columns:
+        return profiles, []  # annotate names the missing column
+    if s.annotate.unmatched_wells == "error":
+        ext = s.annotate.external
+        try:
+            validate_metadata(meta_root, batch, plates=[plate], profiles={plate: profiles}, well_column=well,
+                              external_metadata=ext_path, merge_column=ext.merge_column if ext_path else None)
+        except MetadataError as exc:
+            raise MetadataError(
+                f"{exc}; or set annotate.unmatched_wells: drop to drop them as the recipe did"
+            ) from exc
+        return profiles, []
+    known = set(platemap[s.platemap_well_column].astype(str))
+    wells = profiles[well].astype(str)
+    dropped = sorted(set(wells) - known)
+    if dropped:
+        log.warning("%s: %d of %d well(s) dropped, not in the plate map %s (annotate.unmatched_wells: drop): %s",
+                    plate, len(dropped), wells.nunique(), os.path.basename(platemap_file), ", ".join(dropped[:10])
+                    + (" ..." if len(dropped) > 10 else ""))
+    return profiles.loc[wells.isin(known)].reset_index(drop=True), dropped
+
+
+def _normalize_steps(steps: Steps, recipe: Recipe, files: dict[str, str], prefixes: Sequence[str]) -> None:
+    """``_normalized`` and ``_normalized_negcon``; ``options.samples`` narrows the first one's fit."""
+    from ..normalize import normalize
+    from ..recipe_options import normalize_options
+
+    s = recipe.settings
+    for key, block in (("normalize", s.normalize), ("normalize_negcon", s.normalize_negcon)):
+        if not block.perform:
+            continue
+        query = _fit_query(block.fit_query(), s.options.samples if key == "normalize" else "all")
+        settings = block.model_dump(mode="json") | {"fit_query": query}
+
+        def _normalized(block: Any = block, query: str = query) -> Made:
+            profiles = io.load_profiles(files["annotate"])
+            names = features_for(profiles, block, prefixes, files["annotate"])
+            frame = normalize(profiles, features=names, samples=query, **normalize_options(block))
+            reason = (f"normalize.method: spherize {block.spherize_method} (features become PC1..PC{len(names)})"
+                      if block.method == "spherize" and block.spherize_method.startswith("PCA")
+                      else "normalize.features: not in the list")
+            return Made(frame, before=list(profiles.columns), dropped=dict.fromkeys(profiles.columns, reason))
+
+        steps.run(key, [files["annotate"]], {files[key]: _normalized}, settings)
+
+
+def _fit_query(query: str, samples: str) -> str:
+    """``query`` ANDed with ``options.samples`` (which the recipe read and never used)."""
+    text = samples.strip()
+    if text == "all":
+        return query
+    part = f"({text})" if re.search(r"\||\bor\b", text) else text
+    return part if query == "all" else f"{part} & {query}"
+
+
+def prefixed_platemap(platemap: pd.DataFrame) -> pd.DataFrame:
+    """Plate map columns with the ``Metadata_`` prefix, as the recipe passes them."""
+    return platemap.rename(columns={c: with_metadata_prefix(str(c)) for c in platemap.columns})

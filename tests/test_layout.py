@@ -1,0 +1,141 @@
+"""The layout answers "where is X" for the workspace, the recipe and quality control, locally and on a URL."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from cytoprofile import workspace
+from cytoprofile.layout import (
+    Layout,
+    QualityControlLayout,
+    Workspace,
+    backend_files_in,
+    relative_to,
+    report_name,
+)
+
+ROOTS = ["/data/ws", "s3://bucket/project/ws"]
+
+
+def _join(root: str, rel: str) -> str:
+    return f"{root}/{rel}"
+
+
+@pytest.mark.parametrize("root", ROOTS)
+def test_workspace_paths(root: str) -> None:
+    ws = Workspace(root)
+    b, p = "B1", "P1"
+    expected = {
+        ws.analysis(b, p): "analysis/B1/P1/analysis",
+        ws.analysis_root(): "analysis",
+        ws.analysis_batch(b): "analysis/B1",
+        ws.backend_root(): "backend",
+        ws.backend_batch(b): "backend/B1",
+        ws.backend(b, p): "backend/B1/P1",
+        ws.sqlite(b, p): "backend/B1/P1/P1.sqlite",
+        ws.parquet_prefix(b, p): "backend/B1/P1/P1",
+        ws.profiles(b, p): "backend/B1/P1/P1.csv",
+        ws.profiles(b, p, profile_format="parquet"): "backend/B1/P1/P1.parquet",
+        ws.report(b, p): "backend/B1/P1/P1.report.json",
+        ws.platemaps(b): "metadata/platemaps/B1",
+        ws.barcode_platemap(b): "metadata/platemaps/B1/barcode_platemap.csv",
+        ws.platemap(b, "M1"): "metadata/platemaps/B1/platemap/M1.txt",
+        ws.external_metadata("external_metadata", "x.tsv"): "metadata/external_metadata/x.tsv",
+        ws.load_data(b): "load_data_csv/B1",
+    }
+    for path, rel in expected.items():
+        assert path == _join(root, rel)
+        assert ws.relative(path) == rel  # round trip
+
+
+def test_relative_parts_match_the_paths() -> None:
+    """The staging prefixes are the same paths, relative: a scratch copy has the workspace's layout."""
+    ws = Workspace("s3://bucket/ws")
+    assert ws.relative(ws.analysis("B", "P")) == Workspace.analysis_rel("B", "P")
+    assert ws.relative(ws.backend("B", "P")) == Workspace.backend_rel("B", "P")
+    assert ws.relative(ws.report("B", "P")) == Workspace.report_rel("B", "P")
+    assert ws.relative(ws.platemaps("B")) == Workspace.platemap_rel("B")
+    assert ws.relative(ws.load_data("B")) == Workspace.load_data_rel("B")
+    assert ws.relative(ws.external_metadata("moa", "f")) == os.path.join(Workspace.metadata_rel("moa"), "f")
+
+
+def test_lock_is_beside_the_plate_folders(tmp_path: os.PathLike[str]) -> None:
+    ws = Workspace(str(tmp_path))
+    assert ws.lock("B", "P") == os.path.join(str(tmp_path), "backend", "B", ".P.lock")
+    with workspace.plate_lock(str(tmp_path), "B", "P") as held:
+        assert held == ws.lock("B", "P")
+
+
+@pytest.mark.parametrize("root", ROOTS)
+def test_backend_files_agree(root: str) -> None:
+    ws = Workspace(root)
+    files = ws.backend_files("B", "P", profile_format="csv.gz")
+    assert files == backend_files_in(ws.backend("B", "P"), "P", profile_format="csv.gz")
+    assert files["profiles"].endswith("/backend/B/P/P.csv.gz")
+    assert files["report"].endswith("/" + report_name("P"))
+    assert workspace.backend_files(root, "B", "P", profile_format="csv.gz") == files
+    assert workspace.backend_dir(root, "B", "P") == ws.backend("B", "P")
+    assert workspace.analysis_dir(root, "B", "P") == ws.analysis("B", "P")
+    assert workspace.platemap_dir(root, "B") == ws.platemaps("B")
+
+
+@pytest.mark.parametrize("root", ROOTS)
+@pytest.mark.parametrize(("output_format", "compression", "suffix"),
+                         [("csv", "gzip", ".csv.gz"), ("csv", None, ".csv"), ("parquet", "gzip", ".parquet"),
+                          ("anndata", None, ".h5ad")])
+def test_recipe_paths(root: str, output_format: str, compression: str | None, suffix: str) -> None:
+    layout = Layout(root=root, workspace=root, output_format=output_format, compression=compression)
+    assert layout.suffix == suffix
+    steps = layout.step_outputs("B", "P")
+    assert steps == {
+        "aggregate": _join(root, f"profiles/B/P/P{suffix}"),
+        "annotate": _join(root, f"profiles/B/P/P_augmented{suffix}"),
+        "normalize": _join(root, f"profiles/B/P/P_normalized{suffix}"),
+        "normalize_negcon": _join(root, f"profiles/B/P/P_normalized_negcon{suffix}"),
+    }
+    assert layout.gct_file("B", "_x", ".gct") == _join(root, "gct/B/B_x.gct")
+    assert layout.relative(layout.gct_file("B", "_x", ".gct")).startswith(Layout.gct_rel("B") + "/")
+    assert layout.processing_file(["var", "mad"]) == _join(root, "profiles/processing/profiles_var_mad.parquet")
+    assert layout.quality_control() == _join(root, "quality_control")
+    assert layout.profiles_root() == _join(root, "profiles")
+    assert layout.relative(layout.plate_file("B", "P", "")).startswith(layout.profiles_rel("B", "P") + "/")
+    assert layout.handbook == Workspace(root)
+
+
+def test_recipe_layout_at_a_scratch_copy(tmp_path: os.PathLike[str]) -> None:
+    remote = Layout(root="s3://b/ws", workspace="s3://b/ws", output_dir="out", compression=None,
+                    output_format="parquet")
+    local = remote.at(str(tmp_path))
+    assert (local.root, local.workspace, local.output_dir, local.suffix) == (str(tmp_path), str(tmp_path), "out",
+                                                                             ".parquet")
+    for path_remote, path_local in zip(remote.step_outputs("B", "P").values(), local.step_outputs("B", "P").values()):
+        assert remote.relative(path_remote) == local.relative(path_local)
+
+
+def test_recipe_finds_metadata_in_the_root_first(tmp_path: os.PathLike[str]) -> None:
+    root, ws = os.path.join(str(tmp_path), "recipe"), os.path.join(str(tmp_path), "ws")
+    os.makedirs(os.path.join(ws, "metadata", "platemaps", "B"))
+    os.makedirs(os.path.join(ws, "load_data_csv", "B"))
+    layout = Layout(root=root, workspace=ws)
+    assert layout.meta_root("B") == ws
+    assert layout.load_data("B") == os.path.join(ws, "load_data_csv", "B")
+    os.makedirs(os.path.join(root, "metadata", "platemaps", "B"))
+    os.makedirs(os.path.join(root, "load_data_csv", "B"))
+    assert layout.meta_root("B") == root
+    assert layout.load_data("B") == os.path.join(root, "load_data_csv", "B")
+
+
+@pytest.mark.parametrize("root", ROOTS)
+def test_quality_control_paths(root: str) -> None:
+    qc = QualityControlLayout(root)
+    assert qc.outputs() == _join(root, "quality_control")
+    assert qc.summary() == _join(root, "quality_control/summary/summary.tsv")
+    assert qc.map_file("B", "activity") == _join(root, "quality_control/" + qc.map_name("B", "activity"))
+    assert qc.heatmap("B", "P", "correlation") == _join(root, "quality_control/heatmap/B/P/P_correlation.png")
+    assert qc.html_report("B") == _join(root, "quality_control/report/B.html")
+    assert qc.profiles("B", "P") == _join(root, "profiles/B/P")
+    assert qc.report_json("B", "P") == _join(root, "backend/B/P/P.report.json")
+    assert qc.load_data("B", "P") == _join(root, "load_data_csv/B/P")
+    assert relative_to(qc.summary(), root) == "quality_control/summary/summary.tsv"
