@@ -962,17 +962,22 @@ def _remote_plate_task(layout: Layout, recipe: Recipe, batch: str, plate: str, f
 def _remote_batch_steps(layout: Layout, recipe: Recipe, plates: dict[str, list[str]], *, force: bool,
                         tmp_dir: str | None, result: RunResult) -> None:
     """Batch-level steps against a URL workspace: gather per-well tables, run, upload."""
+    from .processing import parse_chain
     from .workspace import scratch_dir, stage
 
     with scratch_dir(tmp_dir, "run-batch") as scratch:
-        prefixes = ["quality_control/summary"]
+        prefixes = ["quality_control/summary", f"{layout.output_dir}/processing"]
         for batch, names in plates.items():
             prefixes += [f"gct/{batch}", f"load_data_csv/{batch}"]
             prefixes += [f"{layout.output_dir}/{batch}/{p}" for p in names]
             prefixes += [f"backend/{batch}/{p}/{p}.report.json" for p in names]
+        # the processing chain's intermediates (with sidecars), so a re-run skips or resumes the chain
+        chain = parse_chain(recipe.settings.processing) if recipe.settings.processing is not None else []
+        made = {f"{layout.output_dir}/processing/" + os.path.basename(processing_file(layout, chain[: i + 1]))
+                for i in range(len(chain))}
         stage(layout.root, scratch, prefixes,
               accept=lambda rel: "_normalized" in rel or rel.endswith((".report.json", ".tsv", ".gct")) or "load_data" in rel
-              or rel.startswith("gct/") or "_augmented" in rel)
+              or rel.startswith("gct/") or "_augmented" in rel or rel.removesuffix(".provenance.json") in made)
         before = len(result.outputs)
         try:
             _batch_steps(_scratch_layout(layout, scratch), recipe, plates, force=force, result=result)
