@@ -416,9 +416,9 @@ def map_by_plate_figure(by_plate: pd.DataFrame, *, mode: str, batch: str, plate_
         offsets = x + jitter.uniform(-0.25, 0.25, size=len(values))
         for mask, colour, name in ((good, "#d62728", "retrieved"), (~good, "#1f77b4", "not retrieved")):
             ax.scatter(offsets[mask], values[mask], s=10, color=colour, alpha=0.7, linewidths=0,
-                       label=name if x == 0 else None)
+                       label=name if x == 0 else "_nolegend_")
         ax.hlines(float(np.mean(values)), x - 0.35, x + 0.35, color="black", linewidth=2,
-                  label="plate mean mAP" if x == 0 else None)
+                  label="plate mean mAP" if x == 0 else "_nolegend_")
         ax.text(x, 1.04, f"{format_number(float(good.mean()) * 100, decimals=0)}%", ha="center", fontsize=7)
     ax.set_xticks(range(len(plates)), plates, rotation=90 if len(plates) > 8 else 0, fontsize=7)
     ax.set_xlim(-0.6, max(len(plates) - 0.4, 0.6))
