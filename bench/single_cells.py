@@ -28,6 +28,11 @@ Usage::
     python bench/single_cells.py --full        # JUMP width, 16 sites
     python bench/single_cells.py --quick       # smoke run
     python bench/single_cells.py --cosmicqc    # also compare flags with coSMicQC
+    python bench/single_cells.py --cytotable-only --cytotable-python /tmp/ctvenv/bin/python
+                                               # CSV → joined Parquet, ours against CytoTable only (2 sites)
+
+``--cytotable-python`` names an interpreter that already has ``cytotable`` (and the DuckDB
+extension wheels of ``VENVS``) instead of making ``bench/work/cytotable-venv``.
 """
 
 from __future__ import annotations
@@ -66,6 +71,8 @@ FULL = {"speed": {"wells": 96, "well_subset": 4, "sites": 4, "cells": 220, "feat
         "memory": {"sites": 1, "cells": 20, "features": 200}, "repeats": 1}
 #: the default: JUMP width, 4 sites (CytoTable alone takes many minutes for 16 sites on a shared 2-core machine)
 DEFAULT = {**FULL, "speed": {**FULL["speed"], "well_subset": 2, "sites": 2}}
+#: ``--cytotable-only``: JUMP width, 2 sites (CytoTable needs minutes even for a tiny plate on a shared machine)
+CYTOTABLE_ONLY = {"wells": 96, "well_subset": 2, "sites": 1, "cells": 220, "features": 1900}
 QUICK = {"speed": {"wells": 96, "well_subset": 2, "sites": 2, "cells": 30, "features": 200},
          "memory": {"sites": 1, "cells": 10, "features": 30}, "repeats": 1}
 TARGETS = {"cytotable_over_ours": 10.0, "merge_over_ours": 10.0, "memory_ratio": 1.3}
@@ -175,16 +182,25 @@ def compare_merge(ours: Path, ref: Path) -> str:
 
 
 def compare_cytotable(ours: Path, theirs: Path) -> str:
-    """Same cells: (ImageNumber, Cytoplasm ObjectNumber) pairs; synthetic sites each have their own ImageNumber."""
+    """Same cells, by identity: ImageNumber, the Cytoplasm ObjectNumber and its two parents (each
+    synthetic site has its own ImageNumber); then the shared feature columns, value for value."""
+    import numpy as np
     import pandas as pd
 
-    t = pd.read_parquet(theirs, columns=["Metadata_ImageNumber", "Metadata_ObjectNumber"])
-    o = pd.read_parquet(ours, columns=["Metadata_ImageNumber", "Metadata_ObjectNumber_cytoplasm"])
-    a = set(zip(o.iloc[:, 0].astype(int), o.iloc[:, 1].astype(int)))
-    b = set(zip(t.iloc[:, 0].astype(int), t.iloc[:, 1].astype(int)))
-    if a == b and len(o) == len(t):
-        return f"same cells ({len(a):,})"
-    return f"DIFFERENT: ours {len(o):,}, CytoTable {len(t):,}, only ours {len(a - b)}, only CytoTable {len(b - a)}"
+    links = ["Metadata_ImageNumber", "Metadata_Cytoplasm_Parent_Cells", "Metadata_Cytoplasm_Parent_Nuclei"]
+    t = pd.read_parquet(theirs).rename(columns={"Metadata_ObjectNumber": "cytoplasm"})
+    o = pd.read_parquet(ours).rename(columns={"Metadata_ObjectNumber_cytoplasm": "cytoplasm"})
+    keys = [*links, "cytoplasm"]
+    a = set(map(tuple, o[keys].to_numpy(np.int64).tolist()))
+    b = set(map(tuple, t[keys].to_numpy(np.int64).tolist()))
+    if not (a == b and len(o) == len(t) == len(a)):
+        return f"DIFFERENT: ours {len(o):,}, CytoTable {len(t):,}, only ours {len(a - b)}, only CytoTable {len(b - a)}"
+    shared = [c for c in o.columns if c in t.columns and not c.startswith("Metadata_") and c != "cytoplasm"]
+    o = o.sort_values(keys).reset_index(drop=True)
+    t = t.sort_values(keys).reset_index(drop=True)
+    same = np.array_equal(o[shared].to_numpy(float), t[shared].to_numpy(float), equal_nan=True)
+    return (f"same cells ({len(a):,}, by image, Cytoplasm object and its Cells and Nuclei parents); "
+            f"{len(shared):,} shared feature columns {'equal' if same else 'DIFFERENT'}")
 
 
 def compare_cosmicqc(python: Path, table: Path, log: Path) -> str:
@@ -219,8 +235,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--full", action="store_true", help="16 JUMP-width sites instead of 4")
     parser.add_argument("--no-cytotable", action="store_true", help="leave out CytoTable")
     parser.add_argument("--cosmicqc", action="store_true", help="compare cell QC flags with coSMicQC (own venv)")
+    parser.add_argument("--cytotable-only", action="store_true",
+                        help="only CSV → joined Parquet, ours against CytoTable (its own RESULTS.md section)")
+    parser.add_argument("--cytotable-python", type=Path, default=None,
+                        help="an interpreter with cytotable installed (default: make bench/work/cytotable-venv)")
     parser.add_argument("--no-write", action="store_true", help="print the report, leave RESULTS.md alone")
     args = parser.parse_args(argv)
+    if args.cytotable_only:
+        return cytotable_only(args)
     started = time.perf_counter()
     sizes: dict[str, Any] = QUICK if args.quick else FULL if args.full else DEFAULT
     root = WORK / ("single_cells-quick" if args.quick else "single_cells")
@@ -260,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run("pycytominer merge_single_cells (SQLite)", [sys.executable, __file__, "_merge", backend / f"{PLATE}.sqlite", root / "merge.parquet"])
     checks["pycytominer merge_single_cells"] = compare_merge(root / "ours-from-sqlite.parquet", root / "merge.parquet")
     checks["Parquet backend = SQLite backend"] = compare_merge(root / "ours-from-parquet.parquet", root / "ours-from-sqlite.parquet")
-    cytotable = None if args.no_cytotable else venv_python("cytotable", WORK / "cytotable-install.log")
+    cytotable = None if args.no_cytotable else _cytotable_python(args)
     if cytotable is not None:
         dest = root / "cytotable.parquet"
         shutil.rmtree(dest, ignore_errors=True)
@@ -289,6 +311,88 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_section("single_cells", body)
         print(f"wrote {RESULTS}")
     return 0
+
+
+def _cytotable_python(args: argparse.Namespace) -> Path | None:
+    """``--cytotable-python`` when given, else the bench venv (made on first use)."""
+    if args.cytotable_python is not None:
+        return Path(args.cytotable_python)
+    return venv_python("cytotable", WORK / "cytotable-install.log")
+
+
+def cytotable_only(args: argparse.Namespace) -> int:
+    """CSV sites → one joined Parquet: ``collate --single-cells`` and ``single-cells`` against
+    CytoTable's ``convert``, cells compared by identity; written to ``single_cells-cytotable``."""
+    started = time.perf_counter()
+    python = _cytotable_python(args)
+    if python is None:
+        print("CytoTable did not install; nothing to compare", flush=True)
+        return 1
+    root = WORK / "single_cells-cytotable"
+    root.mkdir(parents=True, exist_ok=True)
+    log = root / "bench.log"
+    log.write_text("")
+    ws = root / "jump"
+    print(f"generating and collating {ws} …", flush=True)
+    info = generate(ws, **CYTOTABLE_ONLY)
+    contenders: dict[str, Contender] = {}
+
+    def run(name: str, cmd: Sequence[Any]) -> None:
+        print(f"  {name} …", end=" ", flush=True)
+        r = measure(cmd, log)
+        contenders.setdefault(name, Contender(name)).runs.append(r)
+        print(f"{r.seconds:.2f} s, {mb(r.max_rss)}", flush=True)
+
+    cyto = cytoprofile_bin()
+    ours = ws / "backend" / BATCH / PLATE / f"{PLATE}_single_cells.parquet"
+    run("ours, collate --single-cells (CSV → Parquet backend + joined table)",
+        [cyto, "collate", ws, BATCH, PLATE, "--backend", "parquet", "--single-cells", "--overwrite", "--quiet"])
+    shutil.copy(ours, root / "ours-from-csv.parquet")
+    run("ours, single-cells (from the Parquet backend)",
+        [cyto, "single-cells", ws, BATCH, PLATE, "--backend", "parquet", "--quiet"])
+    dest = root / "cytotable.parquet"
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.unlink(missing_ok=True)
+    run("CytoTable convert (CSV → joined Parquet)",
+        [python, "-c", _CYTOTABLE, ws / "analysis" / BATCH / PLATE / "analysis", dest, root / "parsl-runinfo"])
+    checks = {"CytoTable cellprofiler_csv": compare_cytotable(root / "ours-from-csv.parquet", dest),
+              "collate --single-cells = single-cells": compare_merge(ours, root / "ours-from-csv.parquet")}
+    info["bench_seconds"] = time.perf_counter() - started
+    body = cytotable_report(info, contenders, checks)
+    print(body)
+    if not args.no_write:
+        write_section("single_cells-cytotable", body)
+        print(f"wrote {RESULTS}")
+    return 0
+
+
+def cytotable_report(info: dict[str, Any], contenders: dict[str, Contender], checks: dict[str, str]) -> str:
+    """The ``single_cells-cytotable`` section of RESULTS.md."""
+    p = info["params"]
+    names = list(contenders)
+    theirs = contenders[names[2]].best
+    lines = [
+        "## Single cells against CytoTable (`bench/single_cells.py --cytotable-only`)", "",
+        f"{dt.date.today()}, {source_state()}. Reproduce: `python bench/single_cells.py --cytotable-only "
+        "[--cytotable-python VENV/bin/python]` (CytoTable from PyPI in its own venv: its pins pull pandas < 3).", "",
+        f"Plate: {info['sites']} sites, {info['cells']:,} cells, {p['features']:,} features per compartment, "
+        f"{info['csv_bytes'] / 1e6:.0f} MB of CSV. Load average at the end: {os.getloadavg()[0]:.1f} on "
+        f"{os.cpu_count()} cores (shared machine: absolute times inflated, ratios from the same run).", "",
+        "| contender | seconds | peak RSS | CytoTable ÷ this |", "|---|---|---|---|",
+    ]
+    for name, c in contenders.items():
+        lines.append(f"| {name} | {c.best:.2f} | {mb(c.peak)} | {theirs / c.best:.1f}× |")
+    lines += ["", "- CytoTable: `convert(preset='cellprofiler_csv', concat=True, join=True)`, a parsl "
+              "ThreadPoolExecutor with 2 threads, DuckDB 1.4.4 with its sqlite/httpfs extensions from PyPI wheels.",
+              f"- CytoTable ÷ ours, both from the CSVs: "
+              f"{verdict_at_least(theirs / contenders[names[0]].best, TARGETS['cytotable_over_ours'])}",
+              f"- CytoTable ÷ ours from the Parquet backend: "
+              f"{verdict_at_least(theirs / contenders[names[1]].best, TARGETS['cytotable_over_ours'])}"]
+    lines += [f"- check, {name}: {text}" for name, text in checks.items()]
+    lines += ["", f"Whole run: {info['bench_seconds']:.0f} s. Two sites only, to keep the run within minutes: "
+              "CytoTable's fixed start-up (parsl, DuckDB, one task per table) is a larger share of its time here "
+              "than on a 16-site plate, so this ratio likely overstates the one at 16 sites."]
+    return "\n".join(lines)
 
 
 def report(args: argparse.Namespace, info: dict[str, Any], contenders: dict[str, Contender], checks: dict[str, str],

@@ -394,13 +394,13 @@ def _chain_file(ws: Path, steps: list[str]) -> Path:
     return ws / "profiles" / "processing" / ("_".join(["profiles", *steps]) + ".parquet")
 
 
-def _stacked_augmented(ws: Path) -> pd.DataFrame:
+def _stacked_profiles(ws: Path, stem: str = "_augmented") -> pd.DataFrame:
     from cytoprofile import io
 
     frames = []
     for batch, plates in CHAIN_BATCHES.items():
         for plate in plates:
-            df = io.read_table(ws / "profiles" / batch / plate / f"{plate}_augmented.csv.gz")
+            df = io.read_table(ws / "profiles" / batch / plate / f"{plate}{stem}.csv.gz")
             df["Metadata_Batch"] = batch
             meta = [c for c in df.columns if c.startswith("Metadata_")]
             frames.append(df[meta + [c for c in df.columns if c.startswith(("Cells_", "Cytoplasm_", "Nuclei_"))]])
@@ -412,7 +412,7 @@ def test_recipe_processing_writes_each_intermediate_equal_to_the_functions(chain
 
     from cytoprofile.feature_select import feature_select
 
-    frame = _stacked_augmented(chain_workspace)
+    frame = _stacked_profiles(chain_workspace)
     expected = {}
     frame = pr.select_variant_features(frame, features=_feats(frame))
     expected["var"] = frame
@@ -440,7 +440,7 @@ def test_recipe_processing_writes_each_intermediate_equal_to_the_functions(chain
             assert side["features"]["out"] == len(_feats(ref))
             assert set(side["features"]["dropped"]) == set(_feats(expected[steps[i - 1]])) - set(_feats(ref))
             assert set(side["features"]["dropped"].values()) <= {f"processing: {step}"}
-    assert len(_feats(expected["var"])) < len(_feats(_stacked_augmented(chain_workspace)))  # var dropped some
+    assert len(_feats(expected["var"])) < len(_feats(_stacked_profiles(chain_workspace)))  # var dropped some
     assert set(pd.read_parquet(_chain_file(chain_workspace, steps))["Metadata_Batch"]) == {"B1", "B2"}
 
 
@@ -472,6 +472,40 @@ def test_recipe_processing_list_form_and_resume(chain_workspace: Path, tmp_path:
                            features=_feats(pd.read_parquet(_chain_file(ws, steps[:2]))), ties="average")
     np.testing.assert_allclose(pd.read_parquet(_chain_file(ws, steps[:3]))[_feats(expected)].to_numpy(float),
                                expected[_feats(expected)].to_numpy(float), rtol=1e-6)
+
+
+@pytest.mark.parametrize("start,stem", [("normalized", "_normalized"), ("normalized_negcon", "_normalized_negcon")])
+def test_recipe_processing_input_option_starts_from_that_stage(chain_workspace: Path, tmp_path: Path, start: str,
+                                                               stem: str) -> None:
+    import json
+
+    from cytoprofile.pipeline import run
+
+    shutil_copy(chain_workspace, tmp_path / "ws")
+    ws = tmp_path / "ws"
+    config = _chain_config(ws, "[var, mad]", f"{{input: {start}}}", name="from-normalized.yml")
+    result = run(str(config))
+    assert [r.split(":")[0] for r in result.ran if r.startswith("processing")] == ["processing var", "processing mad"]
+    stacked = _stacked_profiles(ws, stem)
+    augmented = _stacked_profiles(ws)
+    assert not np.allclose(stacked[_feats(stacked)].to_numpy(float), augmented[_feats(stacked)].to_numpy(float))
+    variant = pr.select_variant_features(stacked, features=_feats(stacked))
+    expected = pr.mad_normalize(variant, features=_feats(variant))
+    ours = pd.read_parquet(_chain_file(ws, ["var", "mad"]))
+    assert list(ours.columns) == list(expected.columns)
+    np.testing.assert_allclose(ours[_feats(expected)].to_numpy(float), expected[_feats(expected)].to_numpy(float),
+                               rtol=1e-6, atol=1e-9)
+    side = json.loads(Path(f"{_chain_file(ws, ['var'])}.provenance.json").read_text())
+    assert side["settings"]["input"] == start
+    assert sorted(side["inputs"]) == sorted(f"profiles/{b}/{p}/{p}{stem}.csv.gz"
+                                            for b, plates in CHAIN_BATCHES.items() for p in plates)
+    # back to the default input: the chain's first step is stale and reruns from the annotated profiles
+    result = run(str(_chain_config(ws, "[var, mad]", name="from-augmented.yml")))
+    assert [r.split(":")[0] for r in result.ran if r.startswith("processing")] == ["processing var", "processing mad"]
+    first = pd.read_parquet(_chain_file(ws, ["var"]))
+    reference = pr.select_variant_features(augmented, features=_feats(augmented))
+    np.testing.assert_allclose(first[_feats(reference)].to_numpy(float), reference[_feats(reference)].to_numpy(float),
+                               rtol=1e-6, atol=1e-9)
 
 
 def shutil_copy(src: Path, dest: Path) -> None:

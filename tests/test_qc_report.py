@@ -206,10 +206,8 @@ MAP_SETTINGS = {"modes": ["activity", "consistency"], "annotation_column": "Meta
                 "pos_diffby": [], "multilabel_separator": None, "null_size": 2000, "threshold": 0.05, "seed": 0}
 
 
-def test_map_panels_equal_evaluate(tmp_path: Path) -> None:
-    from cytoprofile.evaluate import mean_average_precision
-
-    root = tmp_path / "ws"
+def _map_workspace(root: Path) -> tuple[list[str], pd.DataFrame]:
+    """The QC workspace with a ``Metadata_moa`` annotation on its negcon-normalized profiles."""
     plates = write_workspace(root)
     frames = []
     for plate in ("P1", "P2"):
@@ -219,8 +217,15 @@ def test_map_panels_equal_evaluate(tmp_path: Path) -> None:
         frame["Metadata_moa"] = "moa_" + frame["Metadata_broad_sample"].str.split("-").str[0]
         frame.to_csv(path, index=False)
         frames.append(frame)
+    return plates, pd.concat(frames, ignore_index=True)
+
+
+def test_map_panels_equal_evaluate(tmp_path: Path) -> None:
+    from cytoprofile.evaluate import mean_average_precision
+
+    root = tmp_path / "ws"
+    plates, profiles = _map_workspace(root)
     result = qc.quality_control(root, "B1", plates, n_null=500, heatmaps=False, map_settings=dict(MAP_SETTINGS))
-    profiles = pd.concat(frames, ignore_index=True)
     text = _text((root / "quality_control" / "report" / "B1.html").read_text())
     assert result.mean_ap is not None and result.mean_ap["n_features"] == len(FEATURES)
     assert f"mAP of PLATE_normalized_feature_select_negcon_batch.csv.gz of 2 plates ({len(FEATURES)} features)" in text
@@ -248,3 +253,104 @@ def test_no_map_panel_unless_asked(qc_run) -> None:
     assert result.mean_ap is None
     assert "Mean average precision" not in (root / "quality_control" / "report" / "B1.html").read_text()
     assert not (root / "quality_control" / "map").exists()
+
+
+def test_map_by_plate_equals_evaluate_on_each_plate(tmp_path: Path) -> None:
+    from cytoprofile.evaluate import mean_average_precision
+
+    root = tmp_path / "ws"
+    plates, profiles = _map_workspace(root)
+    result = qc.quality_control(root, "B1", plates, n_null=500, heatmaps=False, map_settings=dict(MAP_SETTINGS))
+    html = (root / "quality_control" / "report" / "B1.html").read_text()
+    text = _text(html)
+    options = {k: v for k, v in MAP_SETTINGS.items() if k != "modes"}
+    assert result.mean_ap is not None
+    for mode in ("activity", "consistency"):
+        written = pd.read_csv(root / "quality_control" / "map" / "B1" / f"B1_map_{mode}_by_plate.csv")
+        assert sorted(written["Metadata_Plate"].unique()) == ["P1", "P2"]
+        for plate in ("P1", "P2"):
+            alone = profiles[profiles["Metadata_Plate"] == plate].reset_index(drop=True)
+            expected = mean_average_precision(alone, mode=mode, features=FEATURES, **options)  # type: ignore[arg-type]
+            ours = written[written["Metadata_Plate"] == plate].reset_index(drop=True)
+            assert len(ours) == len(expected) > 1
+            assert ours.iloc[:, 1].astype(str).tolist() == expected.iloc[:, 0].astype(str).tolist()
+            for column in ("mean_average_precision", "p_value", "corrected_p_value"):
+                np.testing.assert_allclose(ours[column], expected[column], rtol=1e-9, err_msg=f"{mode} {plate} {column}")
+            assert ours["below_corrected_p"].tolist() == expected["below_corrected_p"].tolist()
+            # the report's per-plate row: groups, mean mAP, retrieved, share
+            row = (f"{plate} {len(expected)} {qc.format_number(float(expected['mean_average_precision'].mean()))} "
+                   f"{int(expected['below_corrected_p'].sum())} {qc.format_number(expected.attrs['fraction_retrieved'])}")
+            assert row in text, row
+        assert f'alt="mAP ({mode}) by plate for batch B1"' in html
+        assert f"Table: quality_control/map/B1/B1_map_{mode}_by_plate.csv" in text
+    # one row per plate and group, not the batch's table repeated: a group's mAP on one plate is its own
+    batch = pd.read_csv(root / "quality_control" / "map" / "B1" / "B1_map_activity.csv")
+    by_plate = pd.read_csv(root / "quality_control" / "map" / "B1" / "B1_map_activity_by_plate.csv")
+    assert len(by_plate) == 2 * len(batch)
+    p1 = by_plate[by_plate["Metadata_Plate"] == "P1"].merge(batch, on="Metadata_broad_sample", suffixes=("", "_batch"))
+    assert not np.allclose(p1["mean_average_precision"], p1["mean_average_precision_batch"])
+
+
+def test_map_by_plate_names_the_plates_it_cannot_score() -> None:
+    from .qc_builders import make_batch_profiles
+
+    profiles = make_batch_profiles()
+    lone = profiles[profiles["Metadata_Plate"] == "P2"].drop_duplicates("Metadata_broad_sample").assign(Metadata_Plate="P3")
+    no_controls = profiles[(profiles["Metadata_Plate"] == "P2") & (profiles["Metadata_control_type"] != "negcon")]
+    frame = pd.concat([profiles, lone, no_controls.assign(Metadata_Plate="P4")], ignore_index=True)
+    frame = frame.dropna(subset=["Metadata_broad_sample"]).reset_index(drop=True)
+    options = {k: v for k, v in MAP_SETTINGS.items() if k not in ("modes", "annotation_column")}
+    tables = qc.metrics.map_by_plate(frame, features=FEATURES, modes=["activity"], **options)
+    table = tables["activity"]
+    assert sorted(table["Metadata_Plate"].unique()) == ["P1", "P2"]
+    not_scored = table.attrs["not_scored"]
+    assert sorted(not_scored) == ["P3", "P4"]
+    assert "replicate" in not_scored["P3"] and "negative controls" in not_scored["P4"], not_scored
+    summary = qc.metrics.plate_map_summary(table)
+    assert summary["n_groups"].tolist() == table.groupby("Metadata_Plate").size().tolist()
+    html = qc.render_report(batch="B1", summary=qc.update_summary(None, []), figures={}, ingest_reports={},
+                            replication=None, notes={}, replication_note="none",
+                            mean_ap={"tables": {"activity": table[table["Metadata_Plate"] == "P1"].iloc[:, 1:]},
+                                     "by_plate": tables, "source": "x.parquet", "n_features": len(FEATURES),
+                                     "threshold": 0.05, "paths": {}})
+    assert "Plate P3 not scored on its own: " in _text(html) and "Plate P4 not scored on its own: " in _text(html)
+
+
+def test_qc_command_map_options_are_the_recipe_block(tmp_path: Path) -> None:
+    from cytoprofile.cli import main
+    from cytoprofile.config import MapConfig
+    from cytoprofile.evaluate import mean_average_precision
+
+    root = tmp_path / "ws"
+    plates, profiles = _map_workspace(root)
+    assert main(["qc", str(root), "B1", *plates, "--quiet", "--map", "--map-modes", "activity", "--map-modes",
+                 "consistency", "--map-annotation-column", "Metadata_moa", "--map-null-size", "2000"]) == 0
+    defaults = MapConfig()
+    options = {"pert_column": defaults.pert_column, "control_query": defaults.control_query,
+               "neg_sameby": defaults.neg_sameby, "pos_diffby": defaults.pos_diffby, "threshold": defaults.threshold,
+               "seed": defaults.seed, "annotation_column": "Metadata_moa", "null_size": 2000}
+    for mode in ("activity", "consistency"):
+        expected = mean_average_precision(profiles, mode=mode, features=FEATURES, **options)  # type: ignore[arg-type]
+        written = pd.read_csv(root / "quality_control" / "map" / "B1" / f"B1_map_{mode}.csv")
+        np.testing.assert_allclose(written["p_value"], expected["p_value"], rtol=1e-9)
+        np.testing.assert_allclose(written["mean_average_precision"], expected["mean_average_precision"], rtol=1e-9)
+    assert (root / "quality_control" / "map" / "B1" / "B1_map_activity_by_plate.csv").exists()
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--map-null-size", "100"], "--map-null-size has no effect without --map"),
+    (["--map", "--map-null-size", "0"], "--map-null-size"),
+    (["--map", "--map-modes", "sometimes"], "--map-modes"),
+    (["--map", "--map-modes", "consistency"], "annotation_column"),
+    (["--map", "--map-threshold", "2"], "--map-threshold"),
+])
+def test_qc_command_refuses_bad_map_options(tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str],
+                                            needle: str) -> None:
+    from cytoprofile.cli import main
+
+    root = tmp_path / "ws"
+    plates = write_workspace(root)
+    assert main(["qc", str(root), "B1", *plates, "--quiet", *args]) == 1
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err, err
+    assert not (root / "quality_control").exists()

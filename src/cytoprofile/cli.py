@@ -726,6 +726,18 @@ def qc(
     connect_timeout: ConnectTimeoutOpt = 5.0,
     read_timeout: ReadTimeoutOpt = 15.0,
     retries: RetriesOpt = 2,
+    map_: Annotated[bool, typer.Option("--map", help="Also compute mAP (the recipe's quality_control.map); writes quality_control/map/BATCH/ and adds it to the report.")] = False,
+    map_modes: Annotated[list[str] | None, typer.Option(help="mAP modes: activity and/or consistency (repeat).  [default: activity]")] = None,
+    map_pert_column: Annotated[str | None, typer.Option(help="mAP perturbation column (default: the first of Metadata_broad_sample, Metadata_pert_iname, ...).")] = None,
+    map_annotation_column: Annotated[str | None, typer.Option(help="mAP consistency: the annotation (e.g. Metadata_moa).")] = None,
+    map_multilabel_separator: Annotated[str | None, typer.Option(help="mAP consistency: separator of several labels in one cell, e.g. '|'.")] = None,
+    map_control_query: Annotated[str | None, typer.Option(help=f"mAP negative controls (query).  [default: {NEGCON_QUERY}]")] = None,
+    map_neg_sameby: Annotated[list[str] | None, typer.Option(help="mAP negatives must share these columns.  [default: Metadata_Plate]")] = None,
+    map_pos_diffby: Annotated[list[str] | None, typer.Option(help="mAP replicates must differ in these columns.  [default: none]")] = None,
+    map_null_size: Annotated[int | None, typer.Option(help="mAP draws in each null distribution.  [default: 10000]")] = None,
+    map_threshold: Annotated[float | None, typer.Option(help="mAP FDR level for 'retrieved'.  [default: 0.05]")] = None,
+    map_seed: Annotated[int | None, typer.Option(help="mAP seed of the null distributions.  [default: 0]")] = None,
+    map_profiles: Annotated[str | None, typer.Option(help="mAP of these profiles (e.g. the processing chain's output) instead of the feature-selected ones.")] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Summary table, plate heatmaps and the batch HTML report.
@@ -739,6 +751,11 @@ def qc(
     from .qc import quality_control
     from .workspace import files_under, publish, scratch_dir, stage
 
+    given = {"modes": _split(map_modes), "pert_column": map_pert_column, "annotation_column": map_annotation_column,
+             "multilabel_separator": map_multilabel_separator, "control_query": map_control_query,
+             "neg_sameby": _split(map_neg_sameby), "pos_diffby": _split(map_pos_diffby), "null_size": map_null_size,
+             "threshold": map_threshold, "seed": map_seed, "profiles": map_profiles}
+    settings = _qc_map_settings(map_, {k: v for k, v in given.items() if v is not None})
     _setup_logging(quiet)
     _storage(profile, endpoint_url, no_sign_request, connect_timeout=connect_timeout, read_timeout=read_timeout,
              retries=retries)
@@ -753,12 +770,35 @@ def qc(
             stage(workspace, scratch, prefixes, accept=lambda rel: not rel.endswith((".sqlite", ".parquet")))
             where = scratch
         with _timed("quality control"):
-            result = quality_control(where, batch, names, level=level, replicate_column=replicate_column)
+            result = quality_control(where, batch, names, level=level, replicate_column=replicate_column,
+                                     map_settings=settings, map_profiles=map_profiles)
         if scratch is not None:
             qc_root = qc_layout.at(scratch).quality_control()
             publish(scratch, workspace, files_under(qc_root, scratch))
     if result.report_path:
         typer.echo(QualityControlLayout(workspace).html_report(batch) if remote else result.report_path)
+
+
+def _qc_map_settings(perform: bool, given: dict[str, Any]) -> dict[str, Any] | None:
+    """The ``--map-*`` options, checked as the recipe's ``quality_control.map`` block is
+    (same names and defaults); an option given without ``--map`` is refused."""
+    from pydantic import ValidationError
+
+    from .config import MapConfig
+    from .errors import ConfigError
+    from .qc import map_settings
+
+    if not perform:
+        if given:
+            raise ConfigError(f"--map-{next(iter(given)).replace('_', '-')} has no effect without --map")
+        return None
+    try:
+        block = MapConfig.model_validate({k: v for k, v in given.items() if k != "profiles"} | {"perform": True})
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = "".join(f"--map-{str(p).replace('_', '-')}" for p in error["loc"][:1]) or "--map"
+        raise ConfigError(f"{where}: {error['msg']}") from exc
+    return map_settings(block)
 
 
 # --- processing and evaluation commands ---

@@ -256,6 +256,10 @@ class Layout:
         """``gct/BATCH/BATCH{stem}{ext}``."""
         return io.join(self.root, "gct", batch, f"{batch}{stem}{ext}")
 
+    def processing_rel(self) -> str:
+        """``OUTPUT_DIR/processing`` relative to the root."""
+        return f"{self.output_dir}/processing"
+
     def processing_file(self, steps: Sequence[str]) -> str:
         """``OUTPUT_DIR/processing/profiles_<steps>.parquet``: the chain's output after ``steps``."""
         return io.join(self.root, self.output_dir, "processing", "_".join(["profiles", *steps]) + ".parquet")

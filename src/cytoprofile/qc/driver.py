@@ -22,6 +22,7 @@ from ..vocabulary import is_metadata
 from .figures import cell_count_figure, correlation_figure, figure_png, position_effect_figure
 from .metrics import (
     REPLICATE_CANDIDATES,
+    map_by_plate,
     map_tables,
     percent_replicating,
     plate_rows,
@@ -31,7 +32,7 @@ from .metrics import (
 from .report import render_report
 from .summary import quarantined_wells, read_summary, summarize_plate, update_summary
 
-__all__ = ["QualityControlResult", "quality_control"]
+__all__ = ["QualityControlResult", "map_settings", "quality_control"]
 
 _TABLE_EXTENSIONS = (".csv.gz", ".csv", ".parquet")
 _LEVELS = ("all", "batch", "plate")
@@ -44,8 +45,9 @@ class QualityControlResult:
 
     ``qc_profiles`` maps each plate to the profile file its correlation maps, position
     effect and percent replicating used; ``n_features`` is the size of the one feature
-    set they share. ``mean_ap`` (with ``map_settings``): the mAP ``tables`` by mode, their
-    ``source`` file, ``n_features``, ``threshold`` and the ``paths`` written.
+    set they share. ``mean_ap`` (with ``map_settings``): the mAP ``tables`` by mode, each
+    plate's own (``by_plate``, see ``metrics.map_by_plate``), their ``source`` file,
+    ``n_features``, ``threshold`` and the ``paths`` written.
     """
 
     summary_path: str | None = None
@@ -174,6 +176,17 @@ def _qc_profiles(plates: Sequence[_Plate], level: str | None) -> tuple[str, dict
     return best
 
 
+def map_settings(block: Any) -> dict[str, Any] | None:
+    """A ``quality_control.map`` block (:class:`~cytoprofile.config.MapConfig`) as the
+    ``map_settings`` of :func:`quality_control`; None when the block is off (``perform: false``)."""
+    if not block.perform:
+        return None
+    return {"modes": list(block.modes), "pert_column": block.pert_column, "annotation_column": block.annotation_column,
+            "multilabel_separator": block.multilabel_separator, "control_query": block.control_query,
+            "neg_sameby": list(block.neg_sameby), "pos_diffby": list(block.pos_diffby), "null_size": block.null_size,
+            "threshold": block.threshold, "seed": block.seed}
+
+
 def quality_control(
     workspace: str | os.PathLike[str],
     batch: str,
@@ -214,7 +227,8 @@ def quality_control(
     ``map_settings`` (``modes``, ``threshold`` and the other options of
     ``evaluate.mean_average_precision``) adds mAP of the batch's plates, from
     ``map_profiles`` (every non-``Metadata_`` column a feature) or else the correlation
-    panels' profiles and features, written to ``quality_control/map/BATCH/BATCH_map_MODE.csv``.
+    panels' profiles and features, written to ``quality_control/map/BATCH/BATCH_map_MODE.csv``,
+    with each plate's mAP on its own in ``BATCH_map_MODE_by_plate.csv``.
     """
     if level is not None and level not in _LEVELS:
         raise InputError(f"level {level!r}: use one of {', '.join(_LEVELS)}")
@@ -274,12 +288,20 @@ def _mean_ap(result: QualityControlResult, frames: dict[str, pd.DataFrame], feat
         tables = map_tables(profiles, features=names, modes=modes, **options)
     except CytoprofileError as exc:
         raise type(exc)(f"quality_control.map ({source or 'feature-selected profiles'}): {exc}") from exc
+    by_plate: dict[str, pd.DataFrame] = {}
+    if "Metadata_Plate" in profiles.columns:
+        by_plate = map_by_plate(profiles, features=names, modes=modes, **options)
     paths = {}
     for mode, table in tables.items():
         paths[mode] = where.map_file(batch, mode)
         cpio.write_table(table, paths[mode])
     shown = {mode: f"{os.path.basename(where.outputs().rstrip('/'))}/{where.map_name(batch, mode)}" for mode in tables}
-    result.mean_ap = {"tables": tables, "source": source, "n_features": len(names),
+    for mode in by_plate:
+        paths[f"{mode}_by_plate"] = where.map_file(batch, f"{mode}_by_plate")
+        cpio.write_table(by_plate[mode], paths[f"{mode}_by_plate"])
+        shown[f"{mode}_by_plate"] = f"{os.path.basename(where.outputs().rstrip('/'))}/{where.map_name(batch, f'{mode}_by_plate')}"
+    result.mean_ap = {"tables": tables, "source": source, "n_features": len(names), "by_plate": by_plate,
+                      "by_plate_note": None if by_plate else "the profiles have no Metadata_Plate column",
                       "threshold": options.get("threshold", 0.05), "paths": paths, "shown": shown}
 
 

@@ -39,6 +39,7 @@ __all__ = [
     "position_effect_figure",
     "replication_figure",
     "map_figure",
+    "map_by_plate_figure",
     "figure_png",
 ]
 
@@ -397,4 +398,34 @@ def map_figure(table: pd.DataFrame, *, mode: str, batch: str, threshold: float, 
         f"({int(good.sum())} of {len(good)})\n{_features_line(source, n_features)}",
         fontsize=9, loc="left",
     )
+    return fig
+
+
+def map_by_plate_figure(by_plate: pd.DataFrame, *, mode: str, batch: str, plate_column: str = "Metadata_Plate",
+                        source: str | None = None, n_features: int = 0) -> Figure:
+    """mAP of each plate on its own: one point per group (red when retrieved), the plate's
+    mean mAP as a black bar, and the share retrieved above each plate."""
+    plates = sorted(by_plate[plate_column].astype(str).unique()) if len(by_plate) else []
+    fig = _new_figure((max(4.0, min(16.0, 1.0 + 0.45 * len(plates))), 4.2))
+    ax = fig.subplots()
+    jitter = np.random.default_rng(0)
+    for x, plate in enumerate(plates):
+        rows = by_plate[by_plate[plate_column].astype(str) == plate]
+        values = rows["mean_average_precision"].to_numpy(dtype=float)
+        good = rows["below_corrected_p"].to_numpy(dtype=bool)
+        offsets = x + jitter.uniform(-0.25, 0.25, size=len(values))
+        for mask, colour, name in ((good, "#d62728", "retrieved"), (~good, "#1f77b4", "not retrieved")):
+            ax.scatter(offsets[mask], values[mask], s=10, color=colour, alpha=0.7, linewidths=0,
+                       label=name if x == 0 else "_nolegend_")
+        ax.hlines(float(np.mean(values)), x - 0.35, x + 0.35, color="black", linewidth=2,
+                  label="plate mean mAP" if x == 0 else "_nolegend_")
+        ax.text(x, 1.04, f"{format_number(float(good.mean()) * 100, decimals=0)}%", ha="center", fontsize=7)
+    ax.set_xticks(range(len(plates)), plates, rotation=90 if len(plates) > 8 else 0, fontsize=7)
+    ax.set_xlim(-0.6, max(len(plates) - 0.4, 0.6))
+    ax.set_ylim(-0.02, 1.1)
+    ax.set_ylabel("mAP (each plate alone)")
+    if plates:
+        ax.legend(fontsize=7, loc="lower right")
+    ax.set_title(f"Batch {batch}: mAP ({mode}) by plate, % retrieved above each plate\n"
+                 f"{_features_line(source, n_features)}", fontsize=9, loc="left")
     return fig

@@ -37,6 +37,8 @@ __all__ = [
     "position_effect",
     "percent_replicating",
     "map_tables",
+    "map_by_plate",
+    "plate_map_summary",
 ]
 
 #: QC's features: the canonical compartments' and the image's (``Cells_``, ..., ``Image_``).
@@ -350,3 +352,49 @@ def map_tables(
         mode: mean_average_precision(profiles, mode=mode, features=list(features), **options)  # type: ignore[arg-type]
         for mode in modes
     }
+
+
+def map_by_plate(
+    profiles: pd.DataFrame, *, features: Sequence[str], modes: Sequence[str], plate_column: str = "Metadata_Plate",
+    **options: Any,
+) -> dict[str, pd.DataFrame]:
+    """mAP of each plate's profiles on their own, one long table per mode.
+
+    Each plate's rows go through :func:`map_tables` with the same ``options``, so a plate's
+    numbers are what ``evaluate.mean_average_precision`` gives for that plate alone; the
+    table is ``plate_column`` then that table's columns. Plates that cannot be scored
+    alone (no replicate or no negative control on the plate) are left out, each with its
+    reason in ``attrs["not_scored"]`` (plate → reason).
+    """
+    if plate_column not in profiles.columns:
+        raise InputError(f"profiles have no {plate_column} column; mAP by plate needs it")
+    parts: dict[str, list[pd.DataFrame]] = {mode: [] for mode in modes}
+    not_scored: dict[str, dict[str, str]] = {mode: {} for mode in modes}
+    for plate, rows in profiles.groupby(profiles[plate_column].astype(str), sort=True):
+        for mode in modes:
+            try:
+                table = map_tables(rows.reset_index(drop=True), features=features, modes=[mode], **options)[mode]
+            except InputError as exc:
+                not_scored[mode][str(plate)] = str(exc)
+                continue
+            parts[mode].append(table.assign(**{plate_column: str(plate)}))
+    out = {}
+    for mode in modes:
+        frame = pd.concat(parts[mode], ignore_index=True) if parts[mode] else pd.DataFrame(columns=[plate_column])
+        out[mode] = frame[[plate_column, *[c for c in frame.columns if c != plate_column]]]
+        out[mode].attrs["not_scored"] = not_scored[mode]
+    return out
+
+
+def plate_map_summary(by_plate: pd.DataFrame, *, plate_column: str = "Metadata_Plate") -> pd.DataFrame:
+    """One row per plate of a :func:`map_by_plate` table: groups scored, mean mAP, retrieved and their share."""
+    columns = [plate_column, "n_groups", "mean_average_precision", "n_retrieved", "fraction_retrieved"]
+    if by_plate.empty:
+        return pd.DataFrame(columns=columns)
+    grouped = by_plate.groupby(plate_column, sort=True)
+    summary = grouped.agg(n_groups=("mean_average_precision", "size"),
+                          mean_average_precision=("mean_average_precision", "mean"),
+                          n_retrieved=("below_corrected_p", "sum"),
+                          fraction_retrieved=("below_corrected_p", "mean")).reset_index()
+    summary["n_retrieved"] = summary["n_retrieved"].astype(int)
+    return summary[columns]

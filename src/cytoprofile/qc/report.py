@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from .figures import figure_png, map_figure, replication_figure
+from .figures import figure_png, map_by_plate_figure, map_figure, replication_figure
 from .formatting import format_number
+from .metrics import plate_map_summary
 from .summary import quarantined_wells
 
 if TYPE_CHECKING:
@@ -39,6 +40,9 @@ CAPTIONS: dict[str, str] = {
     "map": "Left: one point per group, its mAP against its Benjamini–Hochberg corrected p-value (copairs' "
     "null of random rankings); red points are retrieved (below the dashed line). Right: the distribution "
     "of mAP over the groups.",
+    "map_by_plate": "Each plate's profiles scored on their own (same options, the plate's own null and "
+    "Benjamini–Hochberg correction): one point per group, red when retrieved; the black bar is the plate's "
+    "mean mAP and the number above it the share of the plate's groups retrieved.",
 }
 
 _MAP_MODES = {"activity": "phenotypic activity: replicates against negative controls",
@@ -158,8 +162,22 @@ def _mean_ap(batch: str, mean_ap: Mapping[str, Any] | None, batch_source: str | 
             "table_path": _text((mean_ap.get("shown") or mean_ap["paths"]).get(mode)),
             "png": _b64(png),
             "table": _table(table, max_rows=2000),
+            "by_plate": _map_by_plate(batch, mode, mean_ap, batch_source),
         })
     return panels
+
+
+def _map_by_plate(batch: str, mode: str, mean_ap: Mapping[str, Any], batch_source: str | None) -> dict[str, Any]:
+    """The mAP-by-plate part of a mode's panel: figure, per-plate summary, plates left out."""
+    table = (mean_ap.get("by_plate") or {}).get(mode)
+    if table is None:
+        return {"note": _text(mean_ap.get("by_plate_note") or "not computed")}
+    png = figure_png(map_by_plate_figure(table, mode=mode, batch=batch, source=mean_ap.get("source") or batch_source,
+                                         n_features=int(mean_ap["n_features"])))
+    not_scored = table.attrs.get("not_scored") or {}
+    return {"note": None, "png": _b64(png) if len(table) else None, "summary": _table(plate_map_summary(table)),
+            "not_scored": [{"plate": _text(p), "reason": _text(r)} for p, r in not_scored.items()],
+            "table_path": _text((mean_ap.get("shown") or mean_ap["paths"]).get(f"{mode}_by_plate"))}
 
 
 def _plate(

@@ -171,9 +171,10 @@ def batch_steps(layout: Layout, recipe: Recipe, plates: dict[str, list[str]], *,
     result.qc = "QC: not run (quality_control.perform: false)"
     if s.quality_control.perform:
         from ..processing import parse_chain
+        from ..qc import map_settings as qc_map_settings
         from ..qc import quality_control
 
-        map_settings = _map_settings(s.quality_control.map)
+        map_settings = qc_map_settings(s.quality_control.map)
 
         level = s.feature_select.level if s.feature_select.perform else (
             s.feature_select_negcon.level if s.feature_select_negcon.perform else None)
@@ -193,17 +194,6 @@ def batch_steps(layout: Layout, recipe: Recipe, plates: dict[str, list[str]], *,
             if done.report_path:
                 result.products.append((f"QC report {batch}", os.path.relpath(done.report_path, layout.root)))
         result.qc = f"QC: ran for {', '.join(plates)}"
-
-
-def _map_settings(block: Any) -> dict[str, Any] | None:
-    """``quality_control.map`` as ``evaluate.mean_average_precision`` options (None: not asked for)."""
-    settings = {
-        "modes": list(block.modes), "pert_column": block.pert_column, "annotation_column": block.annotation_column,
-        "multilabel_separator": block.multilabel_separator, "control_query": block.control_query,
-        "neg_sameby": list(block.neg_sameby), "pos_diffby": list(block.pos_diffby), "null_size": block.null_size,
-        "threshold": block.threshold, "seed": block.seed,
-    }
-    return settings if block.perform else None
 
 
 def _summary_well_columns(summary: Any) -> tuple[str, str] | None:

@@ -9,6 +9,7 @@ from .. import io
 from ..config import Recipe
 from ..errors import CytoprofileError
 from ..layout import Layout, Workspace, report_name
+from ..processing import parse_chain
 from ..workspace import files_under, publish, scratch_dir, stage
 from .batch import batch_steps
 from .plate import plate_task
@@ -62,14 +63,18 @@ def remote_batch_steps(layout: Layout, recipe: Recipe, plates: dict[str, list[st
                         tmp_dir: str | None, result: RunResult) -> None:
     """Batch-level steps against a URL workspace: gather per-well tables, run, upload."""
     with scratch_dir(tmp_dir, "run-batch") as scratch:
-        prefixes = [layout.qc_summary_rel()]
+        prefixes = [layout.qc_summary_rel(), layout.processing_rel()]
         for batch, names in plates.items():
             prefixes += [layout.gct_rel(batch), Workspace.load_data_rel(batch)]
             prefixes += [layout.profiles_rel(batch, p) for p in names]
             prefixes += [Workspace.report_rel(batch, p) for p in names]
+        # the processing chain's intermediates (with sidecars), so a re-run skips or resumes the chain
+        chain = parse_chain(recipe.settings.processing) if recipe.settings.processing is not None else []
+        made = {f"{layout.processing_rel()}/" + os.path.basename(layout.processing_file(chain[: i + 1]))
+                for i in range(len(chain))}
         stage(layout.root, scratch, prefixes,
               accept=lambda rel: "_normalized" in rel or rel.endswith((".report.json", ".tsv", ".gct")) or "load_data" in rel
-              or rel.startswith("gct/") or "_augmented" in rel)
+              or rel.startswith("gct/") or "_augmented" in rel or rel.removesuffix(".provenance.json") in made)
         before = len(result.outputs)
         try:
             batch_steps(layout.at(scratch), recipe, plates, force=force, result=result)
