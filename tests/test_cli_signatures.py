@@ -79,6 +79,10 @@ COMPOSED: dict[tuple[str, str], str] = {
     ("single-cells", "strict"): "the command's exit status when objects were not linked",
     ("process", "chain"): "parsed with processing.parse_chain into the chain argument",
     ("qc", "tmp_dir"): "scratch for staging an S3 workspace around the call",
+    ("qc", "map_"): "checked as the recipe's quality_control.map block into map_settings=",
+    **{("qc", f"map_{key}"): "a key of the quality_control.map block, composed into map_settings="
+       for key in ("modes", "pert_column", "annotation_column", "multilabel_separator", "control_query",
+                   "neg_sameby", "pos_diffby", "null_size", "threshold", "seed")},
 }
 
 # the command's spelling of "not given" that the function spells otherwise

@@ -179,12 +179,11 @@ def _qc_profiles(plates: Sequence[_Plate], level: str | None) -> tuple[str, dict
 def map_settings(block: Any) -> dict[str, Any] | None:
     """A ``quality_control.map`` block (:class:`~cytoprofile.config.MapConfig`) as the
     ``map_settings`` of :func:`quality_control`; None when the block is off (``perform: false``)."""
-    if not block.perform:
-        return None
-    return {"modes": list(block.modes), "pert_column": block.pert_column, "annotation_column": block.annotation_column,
-            "multilabel_separator": block.multilabel_separator, "control_query": block.control_query,
-            "neg_sameby": list(block.neg_sameby), "pos_diffby": list(block.pos_diffby), "null_size": block.null_size,
-            "threshold": block.threshold, "seed": block.seed}
+    settings = {"modes": list(block.modes), "pert_column": block.pert_column, "annotation_column": block.annotation_column,
+                "multilabel_separator": block.multilabel_separator, "control_query": block.control_query,
+                "neg_sameby": list(block.neg_sameby), "pos_diffby": list(block.pos_diffby), "null_size": block.null_size,
+                "threshold": block.threshold, "seed": block.seed}
+    return settings if block.perform else None
 
 
 def quality_control(
