@@ -57,6 +57,7 @@ from .ingest import (
     scan_sites,
 )
 from .layout import Workspace, backend_files_in, report_name
+from .remote import list_entries
 from .vocabulary import TableFormat
 
 __all__ = ["BackendKind", "input_fingerprint", "PlateResult", "collate", "collate_plate", "plate_outputs"]
@@ -1091,15 +1092,7 @@ def _remote_export_files(ws: str, batch: str, plate: str) -> list[str]:
 
     folder = io.join(ws, "analysis", batch, plate)
     io.check_reachable(ws)  # a dead endpoint: one line naming it, before any listing waits on retries
-    fs, bare = io.filesystem(folder)
-    try:
-        entries = fs.ls(bare, detail=True, refresh=True)
-    except FileNotFoundError:
-        return []
-    except Exception as exc:  # network errors: named with the endpoint and the fix
-        if io._network_failure(exc):
-            raise io._unreachable(f"listing {folder}", exc) from exc
-        raise
+    entries = list_entries(folder, refresh=True)
     if any(e.get("type") == "directory" and e["name"].rstrip("/").rsplit("/", 1)[-1] == "analysis" for e in entries):
         return []
     names = sorted(e["name"].rsplit("/", 1)[-1] for e in entries if e.get("type") == "file")

@@ -17,6 +17,7 @@ import fsspec
 from .errors import RemoteError
 
 __all__ = [
+    "list_entries",
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_READ_TIMEOUT",
     "DEFAULT_RETRIES",
@@ -119,6 +120,20 @@ def unreachable(what: str, exc: BaseException) -> RemoteError:
         f"{timeouts.get('read_timeout', DEFAULT_READ_TIMEOUT):g}s); check --endpoint-url and the network, "
         "or raise --read-timeout for a slow store"
     )
+
+def list_entries(url: str, *, refresh: bool = False) -> list[dict[str, Any]]:
+    """The entries (``name``, ``type``, ``size``) directly under a URL; none when it does not
+    exist. A network failure is one error naming the URL and the fix."""
+    fs, bare = filesystem(url)
+    try:
+        return list(fs.ls(bare, detail=True, refresh=refresh))
+    except FileNotFoundError:
+        return []
+    except Exception as exc:
+        if network_failure(exc):
+            raise unreachable(f"listing {url}", exc) from exc
+        raise
+
 
 
 def current_storage() -> dict[str, Any]:

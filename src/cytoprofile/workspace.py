@@ -13,6 +13,7 @@ from pathlib import Path
 from . import io
 from .errors import InputError
 from .layout import Workspace
+from .remote import list_entries
 
 __all__ = [
     "analysis_dir",
@@ -119,16 +120,7 @@ def check_name(name: str, kind: str) -> str:
 def _listing(folder: str) -> list[str]:
     """Names of the subfolders of a local folder or prefix of a URL."""
     if io.is_remote(folder):
-        base = folder.rstrip("/") + "/"
-        fs, bare = io.filesystem(base)
-        try:
-            entries = fs.ls(bare, detail=True)
-        except FileNotFoundError:
-            return []
-        except Exception as exc:  # network errors: named with the endpoint and the fix
-            if io._network_failure(exc):
-                raise io._unreachable(f"listing {folder}", exc) from exc
-            raise
+        entries = list_entries(folder.rstrip("/") + "/")
         return sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "directory")
     path = Path(folder)
     return sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")) if path.is_dir() else []
