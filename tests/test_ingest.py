@@ -1061,3 +1061,27 @@ def test_gzip_data_under_a_plain_csv_name_names_the_fix(tmp_path: Path, name: st
     assert entry["status"] == "quarantined"
     assert entry["reason"] == f"{prefix}{name} is gzip-compressed but not named .gz; rename it to {prefix}{name}.gz"
     assert {s["status"] for n, s in _sites(result).items() if n != folder.name} == {"ok"}
+
+
+def test_each_file_is_parsed_once_per_collate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Speed guard (the backend must stay within 10% of the reference commit): the scan's parse of
+    Image.csv is the one the read pass uses, and each object CSV is parsed once."""
+    from cytoprofile import ingest
+
+    calls: dict[str, int] = {"image": 0, "objects": 0}
+    read_image, read_objects = ingest._read_image_csv, ingest._object_values
+
+    def count_image(*args: Any, **kwargs: Any) -> Any:
+        calls["image"] += 1
+        return read_image(*args, **kwargs)
+
+    def count_objects(*args: Any, **kwargs: Any) -> Any:
+        calls["objects"] += 1
+        return read_objects(*args, **kwargs)
+
+    monkeypatch.setattr(ingest, "_read_image_csv", count_image)
+    monkeypatch.setattr(ingest, "_object_values", count_objects)
+    synth(tmp_path, plates=["P1"], wells=96, well_subset=2, sites=3, cells=4, features=4, seed=5)
+    result = collate_plate(tmp_path, "BATCH1", "P1")
+    assert result.report["totals"]["sites_ok"] == 6
+    assert calls == {"image": 6, "objects": 6 * len(COMPARTMENTS)}

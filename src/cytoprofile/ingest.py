@@ -152,6 +152,8 @@ class SiteScan:
     table_number: int | None = None
     digest: str | None = None
     real_path: str | None = None
+    #: Image.csv as parsed by the scan (read once: the read pass uses it)
+    image: pa.Table | None = field(default=None, repr=False, compare=False)
 
     def quarantine(self, reason: str, file: str | None) -> None:
         """Mark the site untrusted (the first reason found is kept)."""
@@ -647,6 +649,7 @@ def _scan_one(site_dir: str, strata: Sequence[str], plate: str, file_prefix: str
     if image is None:
         return scan
     _check_image(scan, image, strata, plate)
+    scan.image = image
     return scan
 
 
@@ -770,9 +773,11 @@ def _parse_image(scan: SiteScan, raw: bytes | None = None) -> pa.Table | None:
             scan.quarantine(_parse_problem(source.name, raw, source.width, exc), source.path)
             return None
         return _parse_image(scan, cleaned)
-    for i, column in enumerate(table.column_names):
-        if _is_text_image_column(column):
+    for i, column in enumerate(table.schema):  # set_column keeps positions: the schema read once stays valid
+        if _is_text_image_column(column.name):
             table = _empty_text_as_null(table, i)
+            continue
+        if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
             continue
         table, problem = _numeric_image_column(table, i, raw, source)
         if problem:
@@ -1233,7 +1238,7 @@ def _site_checks(objects: dict[str, np.ndarray], union: dict[str, list[str]], im
 def _read_site(scan: SiteScan, schema: PlateSchema, count_check: CountCheck = "error") -> SiteTables | Quarantine:
     if scan.problem is not None:
         return _quarantined(scan)
-    image = _parse_image(scan)
+    image = scan.image if scan.image is not None else _parse_image(scan)
     if image is None:
         return _quarantined(scan)
     image, _ = _fill_metadata(image, scan.name, schema.plate)
