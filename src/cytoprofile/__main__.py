@@ -1,7 +1,8 @@
-"""``python -m cytoprofile``."""
+"""``python -m cytoprofile``: the same entry point as the ``cytoprofile`` command."""
 
 import sys
 
-from .cli import main
+from .entry import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())
