@@ -29,6 +29,7 @@ __all__ = [
     "PLATE",
     "assert_rows_accounted",
     "count_data_rows",
+    "cr_line_endings",
     "read_rows",
     "site_files",
     "small_plate",
@@ -298,3 +299,17 @@ def compress(folder: Path, names: tuple[str, ...] | None = None) -> None:
         if path.name.lower().endswith(".csv") and (names is None or path.name in names):
             path.with_name(path.name + ".gz").write_bytes(gzip.compress(path.read_bytes()))
             path.unlink()
+
+
+def cr_line_endings(folder: Path, name: str, *, only_line: int | None = None) -> None:
+    """End the lines of a CSV (plain or gzip) with CR, as classic Mac OS and some spreadsheet saves do;
+    with ``only_line`` just that line (1-based) ends with a lone CR among LF ones (a mixed file)."""
+    path = folder / name
+    raw = path.read_bytes()
+    gz = name.lower().endswith(".gz")
+    lines = (gzip.decompress(raw) if gz else raw).replace(b"\r\n", b"\n").split(b"\n")
+    if only_line is None:
+        out = b"\r".join(lines)
+    else:
+        out = b"\n".join([*lines[: only_line - 1], lines[only_line - 1] + b"\r" + lines[only_line], *lines[only_line + 1 :]])
+    path.write_bytes(gzip.compress(out) if gz else out)

@@ -1085,3 +1085,73 @@ def test_each_file_is_parsed_once_per_collate(tmp_path: Path, monkeypatch: pytes
     result = collate_plate(tmp_path, "BATCH1", "P1")
     assert result.report["totals"]["sites_ok"] == 6
     assert calls == {"image": 6, "objects": 6 * len(COMPARTMENTS)}
+
+
+# --- line endings: CR alone (classic Mac, some spreadsheet saves) ----------------------------------
+
+
+def _rows_without_table_number(sqlite: str, table: str) -> list[tuple[Any, ...]]:
+    """Every row of a table but its TableNumber (a CRC32 of Image.csv's bytes), as a sorted multiset."""
+    columns = [c for c in _columns(sqlite, table) if c != "TableNumber"]
+    rows = _query(sqlite, f'SELECT {", ".join(chr(34) + c + chr(34) for c in columns)} FROM "{table}"')
+    return sorted(rows, key=repr)
+
+
+def _as_found(ws: Path, *, gz: bool, layout: str) -> Path:
+    """A plate whose first site is shaped as the test asks (before any line ending changes)."""
+    plate_dir = faults.small_plate(ws)
+    folder = faults.site(plate_dir)
+    if layout == "object.csv":
+        faults.to_object_csv(folder)
+    if layout == "header-only":
+        faults.add_object_table(folder, "Extra", rows=0)
+    if gz:
+        faults.compress(folder)
+    return plate_dir
+
+
+@pytest.mark.parametrize("gz", [False, True])
+@pytest.mark.parametrize(("layout", "files"), [
+    ("plain", ("Image.csv",)), ("plain", ("Cells.csv",)), ("plain", ("Nuclei.csv", "Cytoplasm.csv")),
+    ("plain", ("Image.csv", "Cells.csv", "Cytoplasm.csv", "Nuclei.csv")), ("object.csv", ("Image.csv", "object.csv")),
+    ("header-only", ("Extra.csv",)),
+])
+def test_cr_line_endings_are_read_as_line_endings(tmp_path: Path, layout: str, files: tuple[str, ...], gz: bool) -> None:
+    """A CSV with no LF at all ends its lines with CR: read as such, noted, every row kept."""
+    clean_dir = _as_found(tmp_path / "clean", gz=gz, layout=layout)
+    plate_dir = _as_found(tmp_path / "ws", gz=gz, layout=layout)
+    names = [f"{f}.gz" if gz else f for f in files]
+    for name in names:
+        faults.cr_line_endings(faults.site(plate_dir), name)
+    clean = _collate(tmp_path / "clean", clean_dir)
+    result = _collate(tmp_path / "ws", plate_dir, backend=("sqlite", "parquet"))
+    entry = _sites(result)[faults.site(plate_dir).name]
+    assert entry["status"] == "ok", entry["reason"]
+    assert sorted(n for n in entry.get("notes", []) if "CR line endings" in n) == \
+        sorted(f"{n} read with CR line endings" for n in names)
+    tables = [r[0] for r in _query(clean.outputs["sqlite"], "SELECT name FROM sqlite_master WHERE type='table'")]
+    for table in tables:
+        if table != "cytoprofile_run":
+            assert _rows_without_table_number(result.outputs["sqlite"], table) == \
+                _rows_without_table_number(clean.outputs["sqlite"], table), table
+    assert Path(result.outputs["profiles"]).read_bytes() == Path(clean.outputs["profiles"]).read_bytes()
+
+
+@pytest.mark.parametrize(("name", "line"), [("Image.csv", 1), ("Image.csv", 2), ("Cells.csv", 1), ("Cells.csv", 3),
+                                            ("Nuclei.csv.gz", 2), ("Cytoplasm.csv", -2)])
+def test_cr_line_endings_mixed_with_lf_name_the_fix(tmp_path: Path, name: str, line: int) -> None:
+    """A CR alone among LF line endings is ambiguous (a row's end, or a byte of a value): the site is
+    quarantined, the reason naming the line and the fix, and every row is counted."""
+    plate_dir = faults.small_plate(tmp_path)
+    folder = faults.site(plate_dir)
+    if name.endswith(".gz"):
+        faults.compress(folder, (name[: -len(".gz")],))
+    if line < 0:
+        line += len(faults.read_rows(folder / name))
+    faults.cr_line_endings(folder, name, only_line=line)
+    result = _collate(tmp_path, plate_dir)
+    entry = _sites(result)[folder.name]
+    assert entry["status"] == "quarantined"
+    assert entry["reason"] == (f"{name} mixes CR line endings with LF ones (a CR alone ends line {line}); convert the CRs "
+                               "to LF (e.g. with mac2unix) or save the file again with one kind of line ending")
+    assert {s["status"] for n, s in _sites(result).items() if n != folder.name} == {"ok"}

@@ -289,6 +289,29 @@ def _gzip_problem(exc: BaseException) -> str:
     return "truncated gzip (the file ends early)" if isinstance(exc, EOFError) else f"not a valid gzip file ({exc})"
 
 
+_LONE_CR = re.compile(rb"\r(?!\n)")
+
+
+def _line_endings(raw: bytes, name: str, notes: list[str] | None = None) -> bytes:
+    """``raw`` with LF line endings: a file with no LF at all ends its lines with CR (classic Mac, some
+    spreadsheet saves), unambiguously, and is read so (noted); a CR ending a line among LF ones is
+    ambiguous (a row's end or a byte of a value) and the file is refused, naming the line and the fix."""
+    if b"\r" not in raw:
+        return raw
+    if b"\n" not in raw:
+        if notes is not None:
+            notes.append(f"{name} read with CR line endings")
+        return raw.replace(b"\r", b"\n")
+    for match in _LONE_CR.finditer(raw):
+        start = raw.rfind(b"\n", 0, match.start()) + 1
+        end = raw.find(b"\n", match.end())
+        if raw[start : len(raw) if end < 0 else end].strip():  # not a whitespace-only line (skipped as blank)
+            line = raw.count(b"\n", 0, match.start()) + 1
+            raise _ObjectFileProblem(f"{name} mixes CR line endings with LF ones (a CR alone ends line {line}); "
+                                     "convert the CRs to LF (e.g. with mac2unix) or save the file again with one kind of line ending")
+    return raw
+
+
 def _read_header(path: str, lines: int = 1) -> list[list[str]]:
     """The header row(s). CellProfiler writes names bare: a quote that CSV rules would read as
     opening a field is taken literally when that is what makes the header as wide as the rows."""
@@ -379,7 +402,7 @@ def _column_text(path: str, header_lines: int, width: int, positions: Sequence[i
     """The raw text of some columns of a CSV (to compare columns that share a name)."""
     import polars as pl
 
-    raw = _read_bytes(path)
+    raw = _line_endings(_read_bytes(path), os.path.basename(path))
     body = _drop_blank_lines(raw[_after_lines(raw, header_lines):])
     if not body.strip():
         return {p: [] for p in positions}
@@ -645,6 +668,11 @@ def _scan_one(site_dir: str, strata: Sequence[str], plate: str, file_prefix: str
         return scan
     scan.table_number = _site_table_number(site_dir, raw)
     scan.digest = hashlib.blake2b(raw, digest_size=16).hexdigest()
+    try:
+        raw = _line_endings(raw, scan.sources[IMAGE_TABLE].name, scan.notes)
+    except _ObjectFileProblem as exc:
+        scan.quarantine(str(exc), scan.sources[IMAGE_TABLE].path)
+        return scan
     image = _parse_image(scan, raw)
     if image is None:
         return scan
@@ -761,7 +789,7 @@ def _parse_image(scan: SiteScan, raw: bytes | None = None) -> pa.Table | None:
     other column numeric (empty, ``nan`` and ``NaN`` are NULL; any other word is a non-number)."""
     source = scan.sources[IMAGE_TABLE]
     try:
-        raw = _read_bytes(source.path) if raw is None else raw
+        raw = _line_endings(_read_bytes(source.path), source.name) if raw is None else raw
     except _ObjectFileProblem as exc:
         scan.quarantine(str(exc), source.path)
         return None
@@ -1123,14 +1151,15 @@ def _exact_integer(text: str | None) -> int | None:
     return int(value)
 
 
-def _read_objects(source: Source, union: list[str]) -> tuple[np.ndarray, list[str]]:
+def _read_objects(source: Source, union: list[str], notes: list[str] | None = None) -> tuple[np.ndarray, list[str]]:
     """Parse an object CSV as float64, laid out on the union columns (NaN where absent).
 
     Returns a column-major array (columns are what every consumer reads). The header is
     ours (Polars reads only the data lines), blank lines are skipped, keys are checked
-    as integers, and the rows parsed must equal the data lines of the file.
+    as integers, and the rows parsed must equal the data lines of the file. CR line endings are
+    read as such (a note in ``notes``).
     """
-    raw = _read_bytes(source.path)
+    raw = _line_endings(_read_bytes(source.path), source.name, notes)
     try:
         values = _object_values(raw, source)
     except _ObjectFileProblem:
@@ -1252,12 +1281,13 @@ def _read_site(scan: SiteScan, schema: PlateSchema, count_check: CountCheck = "e
     key_by_image = dict(zip(scan.image_numbers, scan.keys))
     objects: dict[str, np.ndarray] = {}
     row_keys: dict[str, list[tuple[str, ...]]] = {}
+    notes = list(scan.notes)
     for table in schema.object_tables:
         if table not in scan.sources:
             continue
         source = scan.sources[table]
         try:
-            array, absent = _read_objects(source, schema.tables[table])
+            array, absent = _read_objects(source, schema.tables[table], notes)
         except _ObjectFileProblem as exc:
             return _quarantined(scan, str(exc), source.path)
         image_numbers = array[:, 0]
@@ -1277,7 +1307,7 @@ def _read_site(scan: SiteScan, schema: PlateSchema, count_check: CountCheck = "e
         return _quarantined(scan, problem[1], scan.sources[problem[0]].path)
     return SiteTables(name=scan.name, table_number=table_number, image=image, objects=objects, missing=missing,
                       row_keys=row_keys, keys=scan.keys, files=_site_files(scan, image, objects),
-                      warnings=[*scan.warnings, *warnings], notes=list(scan.notes))
+                      warnings=[*scan.warnings, *warnings], notes=list(dict.fromkeys(notes)))
 
 
 def _site_files(scan: SiteScan, image: pa.Table, objects: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
