@@ -21,6 +21,6 @@ def quarantined_workspace(ws: Path, plates: list[str], *, wells: int = 6, seed: 
         (sites[0] / "Nuclei.csv").write_bytes(b"")
         image = sites[-1] / "Image.csv"
         image.write_text(image.read_text().splitlines()[0] + "\n")
-        expected += [f"{plate}: site {sites[0].name} quarantined: Nuclei.csv is empty (0 bytes)",
+        expected += [f"{plate}: site {sites[0].name} quarantined: Nuclei.csv is empty (0 bytes); Nuclei is one of the compartments",
                      f"{plate}: site {sites[-1].name} quarantined: Image.csv has a header but no data row"]
     return expected

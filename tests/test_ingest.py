@@ -1155,3 +1155,68 @@ def test_cr_line_endings_mixed_with_lf_name_the_fix(tmp_path: Path, name: str, l
     assert entry["reason"] == (f"{name} mixes CR line endings with LF ones (a CR alone ends line {line}); convert the CRs "
                                "to LF (e.g. with mac2unix) or save the file again with one kind of line ending")
     assert {s["status"] for n, s in _sites(result).items() if n != folder.name} == {"ok"}
+
+
+# --- empty files: a stray one is set aside, a needed one quarantines its site ----------------------------
+
+_EMPTY = {"0 bytes": (b"", "empty file (0 bytes)"),
+          "blank lines": (b"\n  \n\t\n", "no header row (blank lines only)"),
+          "header only": (b"Plate,Note\n", "not a CellProfiler object table (no ImageNumber or ObjectNumber column)")}
+
+
+@pytest.mark.parametrize("content", sorted(_EMPTY))
+@pytest.mark.parametrize("name", ["Cells - Copy.csv", "Foo.csv", "NOTES.CSV", "Extra.csv.gz"])
+@pytest.mark.parametrize("everywhere", [False, True])
+def test_empty_stray_files_are_not_stored_and_the_site_kept(tmp_path: Path, content: str, name: str, everywhere: bool) -> None:
+    data, reason = _EMPTY[content]
+    faults.small_plate(tmp_path / "clean")
+    plate_dir = faults.small_plate(tmp_path / "ws")
+    folders = sorted(plate_dir.iterdir()) if everywhere else [faults.site(plate_dir, "A02", 1)]
+    for folder in folders:
+        (folder / name).write_bytes(gzip.compress(data) if name.endswith(".gz") and data else data)
+    clean = collate_plate(tmp_path / "clean", faults.BATCH, faults.PLATE)
+    result = _collate(tmp_path / "ws", plate_dir)
+    assert {s["status"] for s in result.report["sites"]} == {"ok"}
+    for folder in folders:
+        assert _sites(result)[folder.name]["files"][name] == {"rows": 0, "tables": [], "not_stored": reason}
+    for table in ("Image", "Cells", "Cytoplasm", "Nuclei"):
+        assert _query(result.outputs["sqlite"], f"SELECT * FROM {table} ORDER BY 1, 2, 3") == \
+            _query(clean.outputs["sqlite"], f"SELECT * FROM {table} ORDER BY 1, 2, 3")
+    assert Path(result.outputs["profiles"]).read_bytes() == Path(clean.outputs["profiles"]).read_bytes()
+
+
+@pytest.mark.parametrize(("name", "content", "reason"), [
+    ("Image.csv", "0 bytes", "Image.csv is empty (0 bytes)"),
+    ("Image.csv", "blank lines", "Image.csv has no header row"),
+    ("Nuclei.csv", "0 bytes", "Nuclei.csv is empty (0 bytes); Nuclei is one of the compartments"),
+    ("Cells.csv.gz", "0 bytes", "Cells.csv.gz is empty (0 bytes); Cells is one of the compartments"),
+    ("Cytoplasm.csv", "blank lines", "Cytoplasm.csv: no header row (blank lines only); Cytoplasm is one of the compartments"),
+    ("Cells.csv", "header only", "Cells.csv: not a CellProfiler object table (no ImageNumber or ObjectNumber column); "
+                                 "Cells is one of the compartments"),
+    ("object.csv", "0 bytes", "Cells.csv is missing (other sites have it); object.csv is empty (0 bytes)"),
+])
+def test_empty_needed_file_quarantines_its_site_naming_it(tmp_path: Path, name: str, content: str, reason: str) -> None:
+    plate_dir = faults.small_plate(tmp_path)
+    target = faults.site(plate_dir, "A02", 2)
+    if name == "object.csv":
+        faults.to_object_csv(target)
+    for existing in [p for p in target.iterdir() if p.name.split(".")[0] == name.split(".")[0]]:
+        existing.unlink()
+    (target / name).write_bytes(_EMPTY[content][0])
+    result = _collate(tmp_path, plate_dir)
+    entry = _sites(result)[target.name]
+    assert (entry["status"], entry["reason"]) == ("quarantined", reason)
+    assert entry["file"].endswith(name) and entry["files"][name]["rows"] == 0
+    assert {s["status"] for n, s in _sites(result).items() if n != target.name} == {"ok"}
+
+
+def test_empty_file_outside_the_compartments_is_set_aside(tmp_path: Path) -> None:
+    """With ``--compartments Cells,Nuclei``, an empty Cytoplasm.csv is a stray file: the site is kept."""
+    plate_dir = faults.small_plate(tmp_path)
+    target = faults.site(plate_dir, "A01", 2)
+    (target / "Cytoplasm.csv").write_bytes(b"")
+    result = _collate(tmp_path, plate_dir, compartments=("Cells", "Nuclei"))
+    entry = _sites(result)[target.name]
+    assert entry["status"] == "ok"
+    assert entry["files"]["Cytoplasm.csv"] == {"rows": 0, "tables": [], "not_stored": "empty file (0 bytes)"}
+    assert result.report["partial_tables"]["Cytoplasm"]["sites_without"] == [target.name]

@@ -544,14 +544,18 @@ def _holder(scan: SiteScan, table: str) -> str | None:
 
 def _add_table_file(scan: SiteScan, entry: str, path: str, table: str) -> None:
     """Register the table(s) of one CSV (the old ``object.csv`` holds several); a table held twice quarantines."""
+    if os.path.getsize(path) == 0:  # holds no row: a stray copy is set aside, Image.csv or a compartment is needed
+        scan.csv_files.append((entry, path, 1))
+        if table == IMAGE_TABLE:
+            scan.quarantine(f"{entry} is empty (0 bytes)", path)
+        else:
+            scan.not_stored[entry] = "empty file (0 bytes)"
+            scan.rejected.setdefault(table.lower(), (f"{entry} is empty (0 bytes)", path))
+        return
     held = _holder(scan, table)
     if held is not None:
         scan.csv_files.append((entry, path, 1))
         scan.quarantine(f"{entry} and {held} hold the same table {table}", path)
-        return
-    if os.path.getsize(path) == 0:
-        scan.csv_files.append((entry, path, 1))
-        scan.quarantine(f"{entry} is empty (0 bytes)", path)
         return
     try:
         sources = {IMAGE_TABLE: Source(entry, path, _read_header(path)[0])} if table == IMAGE_TABLE else _object_sources(entry, path, table, scan)
@@ -578,7 +582,11 @@ def _add_table_file(scan: SiteScan, entry: str, path: str, table: str) -> None:
 def _check_header(scan: SiteScan, table: str, source: Source) -> None:
     header = source.header
     if not header or header == [""]:
-        scan.quarantine(f"{source.name} has no header row", source.path)
+        if table == IMAGE_TABLE:
+            scan.quarantine(f"{source.name} has no header row", source.path)
+        else:
+            blank = not _read_bytes(source.path).strip()
+            _set_aside(scan, table, source, "no header row (blank lines only)" if blank else "no header row (line 1 is blank)")
         return
     if "" in header:
         scan.quarantine(f"{source.name}: column {header.index('') + 1} of the header has no name (a trailing comma?)", source.path)
@@ -965,19 +973,10 @@ def plan_schema(scans: Sequence[SiteScan], *, plate: str, strata: Sequence[str],
     stored for the sites that have them.
     """
     _unify_table_names(scans, compartments)
-    wanted = {c.lower() for c in compartments}
     object_tables = sorted({t for s in scans if s.problem is None for t in s.files if t != IMAGE_TABLE})
     for scan in scans:
-        if scan.problem is not None:
-            continue
-        for table in object_tables:
-            if table not in scan.files and table.lower() in wanted:
-                if table.lower() in scan.rejected:  # its file is there but not an object table
-                    why, path = scan.rejected[table.lower()]
-                    scan.quarantine(f"{why}; {table} is one of the compartments", path)
-                else:
-                    scan.quarantine(f"{table}.csv is missing (other sites have it)", os.path.join(scan.path, f"{table}.csv"))
-                break
+        if scan.problem is None:
+            _require_compartments(scan, compartments, object_tables)
     partial = {t: sorted(s.name for s in scans if s.problem is None and t not in s.files) for t in object_tables}
     tables: dict[str, list[str]] = {}
     for table in [IMAGE_TABLE, *object_tables]:
@@ -993,6 +992,25 @@ def plan_schema(scans: Sequence[SiteScan], *, plate: str, strata: Sequence[str],
                              "sites (SQLite cannot hold both); rename one in the CSVs")
         tables[table] = canonical_order(sorted(columns))
     return PlateSchema(tables=tables, strata=list(strata), plate=plate, partial={t: v for t, v in partial.items() if v})
+
+
+def _require_compartments(scan: SiteScan, compartments: Sequence[str], object_tables: Sequence[str]) -> None:
+    """Quarantine a site whose compartment file is there but not a table (empty, no keys), or that lacks a
+    compartment other sites have."""
+    held = {t.lower() for t in scan.files}
+    wanted = {c.lower() for c in compartments}
+    for table in sorted({*compartments, *object_tables}, key=str.lower):
+        if table.lower() in held or table.lower() not in wanted:
+            continue
+        if table.lower() in scan.rejected:  # its file is there but not an object table
+            why, path = scan.rejected[table.lower()]
+            scan.quarantine(f"{why}; {table} is one of the compartments", path)
+            return
+        if table in object_tables:
+            old_export = scan.rejected.get("object")  # the single object.csv that would have held it
+            scan.quarantine(f"{table}.csv is missing (other sites have it)" + (f"; {old_export[0]}" if old_export else ""),
+                            old_export[1] if old_export else os.path.join(scan.path, f"{table}.csv"))
+            return
 
 
 def _unify_table_names(scans: Sequence[SiteScan], compartments: Sequence[str]) -> None:
