@@ -17,9 +17,16 @@ from ..errors import InputError
 from ..ingest import (
     GENERATION_TABLE,
     IMAGE_TABLE,
-    SINGLE_CELL_TABLE,
 )
-from ..layout import Workspace, report_name
+from ..layout import (
+    Workspace,
+    is_parquet_table,
+    parquet_tables_label,
+    profiles_names,
+    report_name,
+    single_cell_names,
+    sqlite_name,
+)
 from ..vocabulary import TableFormat
 
 __all__ = ['BackendKind', 'GENERATION_KEY', 'PlateResult', 'ProfileFormat', 'Progress', 'SIDECAR', 'commit_local', 'generation_of', 'is_ours', 'kind_label', 'kind_of', 'mark_sqlite', 'plate_outputs', 'plate_profiles', 'remote_sizes', 'remove_stale', 'single_cell_names', 'trusted_outputs', 'write_profiles']
@@ -76,25 +83,20 @@ def plate_outputs(
 def kind_of(plate: str, name: str) -> str:
     if name in single_cell_names(plate):
         return "single_cells"
-    if name == f"{plate}.sqlite":
+    if name == sqlite_name(plate):
         return "sqlite"
-    if name.startswith(f"{plate}_") and name.endswith(".parquet"):
+    if is_parquet_table(plate, name):
         return "parquet"
     return "profiles"
 
 
 def kind_label(plate: str, name: str) -> str:
-    return f"{plate}_*.parquet" if kind_of(plate, name) == "parquet" else name
+    return parquet_tables_label(plate) if kind_of(plate, name) == "parquet" else name
 
 
 def is_ours(plate: str, name: str) -> bool:
     base = name[: -len(SIDECAR)] if name.endswith(SIDECAR) else name
-    return base in {f"{plate}.sqlite", f"{plate}.csv", f"{plate}.csv.gz", f"{plate}.parquet", *single_cell_names(plate)} or (
-        base.startswith(f"{plate}_") and base.endswith(".parquet"))
-
-
-def single_cell_names(plate: str) -> set[str]:
-    return {f"{plate}_{SINGLE_CELL_TABLE}.parquet", f"{plate}_{SINGLE_CELL_TABLE}.h5ad"}
+    return base in {sqlite_name(plate), *profiles_names(plate), *single_cell_names(plate)} or is_parquet_table(plate, base)
 
 
 def mark_sqlite(path: str, generation: str) -> None:
@@ -201,7 +203,7 @@ def plate_profiles(ws: str | os.PathLike[str], batch: str, plate: str) -> str | 
     id) gives that file; ours without a report (an interrupted run) is an error.
     """
     base = Workspace(str(ws)).backend(batch, plate)
-    names = [f"{plate}{ext}" for ext in (".csv", ".csv.gz", ".parquet")]
+    names = profiles_names(plate)
     report, trusted = trusted_outputs(ws, batch, plate)
     found = next((trusted[n] for n in names if n in trusted), None)
     if found is not None:

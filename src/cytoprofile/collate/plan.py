@@ -8,10 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import io
-from ..ingest import (
-    SINGLE_CELL_TABLE,
-)
-from ..layout import Workspace
+from ..layout import Workspace, profiles_name, report_name, single_cell_name, sqlite_name
 from .cells import CELL_OPTIONS
 from .outputs import kind_label, kind_of
 
@@ -39,7 +36,7 @@ def _data_options(options: dict[str, Any]) -> dict[str, Any]:
 def _kinds_present(plate: str, report: dict[str, Any] | None, trusted: dict[str, str]) -> set[str]:
     listed = set((report or {}).get("outputs") or {})
     present = set()
-    if f"{plate}.sqlite" in trusted:
+    if sqlite_name(plate) in trusted:
         present.add("sqlite")
     tables = {n for n in listed if kind_of(plate, n) == "parquet"}
     if tables and tables <= set(trusted):
@@ -56,8 +53,8 @@ def plan_build(plate: str, report: dict[str, Any] | None, trusted: dict[str, str
         previous["inputs"] = (report or {}).get("inputs")
     present = _kinds_present(plate, report, trusted)
     same = bool(previous) and _data_options(previous) == _data_options(build)
-    profile = f"{plate}.{build['profile_format']}"
-    cells = {f"{plate}_{SINGLE_CELL_TABLE}.{'parquet' if f == 'parquet' else 'h5ad'}" for f in build.get("single_cells") or ()}
+    profile = profiles_name(plate, build["profile_format"])
+    cells = {single_cell_name(plate, f) for f in build.get("single_cells") or ()}
     if not overwrite and same and asked <= present and profile in trusted and cells <= set(trusted):
         return Plan(skip=True)
     others = present - asked
@@ -71,7 +68,7 @@ def plan_build(plate: str, report: dict[str, Any] | None, trusted: dict[str, str
         why = f"options changed since the last build ({', '.join(changed)})" if changed else "--overwrite"
         if changed == ["inputs"]:
             why = "the plate's input files changed since the last build (files added, removed or resized)"
-        replaced = sorted({kind_label(plate, n) for n in trusted} - {f"{plate}.report.json"})
+        replaced = sorted({kind_label(plate, n) for n in trusted} - {report_name(plate)})
         (log.warning if changed else log.info)("%s: %s; replacing %s", plate, why, ", ".join(replaced) or "its outputs")
     elif kept:
         log.info("%s: keeping %s of the last build (still current)", plate,

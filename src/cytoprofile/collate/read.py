@@ -32,7 +32,7 @@ from ..ingest import (
     read_sites,
     scan_sites,
 )
-from ..layout import Workspace, backend_files_in
+from ..layout import Workspace, backend_files_in, staging_name
 from .cells import aggregate_kept_cells, single_cell_section, single_cell_stream
 from .outputs import (
     GENERATION_KEY,
@@ -59,7 +59,7 @@ def build_plate(ws: str | os.PathLike[str], batch: str, plate: str, *, plan: Pla
     generation = uuid.uuid4().hex
     out_dir = Workspace(str(ws)).backend(batch, plate)
     created = [p for p in (Path(out_dir).parent, Path(out_dir)) if not p.exists()]
-    staging = os.path.join(out_dir, f".{plate}.{generation[:8]}.tmp")
+    staging = os.path.join(out_dir, staging_name(plate, generation))
     files = backend_files_in(staging, plate, profile_format=profile_format)
     del files["report"]  # written by the commit, beside the outputs
     try:

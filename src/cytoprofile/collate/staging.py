@@ -13,7 +13,13 @@ from ..errors import InputError
 from ..ingest import (
     reader_opens,
 )
-from ..layout import Workspace, report_name
+from ..layout import (
+    Workspace,
+    is_parquet_table,
+    profiles_name,
+    report_name,
+    sqlite_name,
+)
 from ..remote import list_entries
 from .outputs import (
     SIDECAR,
@@ -121,14 +127,14 @@ def _aggregate_only_remote(ws: str, batch: str, plate: str, *, tmp_dir: str | No
     target = Workspace(str(ws)).backend(batch, plate)
     io.remove_leftovers(target)
     report, trusted = trusted_outputs(ws, batch, plate)
-    name = f"{plate}.{options['profile_format']}"
+    name = profiles_name(plate, options["profile_format"])
     if not options["overwrite"] and (name in trusted or (report is None and io.exists(io.join(target, name)))):
         return PlateResult(batch, plate, "skipped", "profiles exist (use --overwrite to re-aggregate)",
                            {"profiles": io.join(target, name)}, seconds=time.perf_counter() - start)
-    wanted = {report_name(plate)} | ({f"{plate}.sqlite"} if "sqlite" in options["backend"] else set())
+    wanted = {report_name(plate)} | ({sqlite_name(plate)} if "sqlite" in options["backend"] else set())
     with workspace.scratch_dir(tmp_dir, plate) as scratch:
         workspace.stage(ws, scratch, [rel], accept=lambda r: os.path.basename(r) in wanted
-                        or (os.path.basename(r).startswith(f"{plate}_") and r.endswith(".parquet")))
+                        or is_parquet_table(plate, os.path.basename(r)))
         outputs = plate_outputs(scratch, batch, plate, backend=options["backend"], profile_format=options["profile_format"])
         with io.output_errors(scratch):
             local = aggregate_only(scratch, batch, plate, outputs, backend=options["backend"],
@@ -174,7 +180,7 @@ def remote_export_files(ws: str, batch: str, plate: str) -> list[str]:
     """``analysis/BATCH/PLATE/*.sqlite`` on object storage, when that folder has no ``analysis/`` of site folders."""
     from ..exportdb import EXPORT_SUFFIXES
 
-    folder = io.join(ws, "analysis", batch, plate)
+    folder = Workspace(ws).analysis_plate(batch, plate)
     io.check_reachable(ws)  # a dead endpoint: one line naming it, before any listing waits on retries
     entries = list_entries(folder, refresh=True)
     if any(e.get("type") == "directory" and e["name"].rstrip("/").rsplit("/", 1)[-1] == "analysis" for e in entries):
@@ -231,7 +237,7 @@ def collate_export_remote(ws: str, batch: str, plate: str, *, sources: Sequence[
                             fetch=lambda rel: os.path.basename(rel) == report_file)
         local_sources = _stage_export_sources(ws, scratch, batch, plate, sources)
         if not local_sources:
-            raise InputError(f"{io.join(ws, 'analysis', batch, plate)}: no ExportToDatabase files (*.sqlite) found; "
+            raise InputError(f"{Workspace(ws).analysis_plate(batch, plate)}: no ExportToDatabase files (*.sqlite) found; "
                              "give them with --export-db")
         with io.output_errors(scratch):
             result = collate_export(scratch, batch, plate, sources=local_sources, table_prefix=table_prefix,

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .. import io
 from ..backend import quote
 from ..errors import InputError
+from ..layout import Workspace
 
 __all__ = [
     "Dropped",
@@ -121,7 +121,7 @@ def find_export_files(path: str | os.PathLike[str]) -> list[str]:
 
 def discover_export_files(ws: str | os.PathLike[str], batch: str, plate: str) -> list[str]:
     """A plate's ExportToDatabase files in the workspace: ``analysis/BATCH/PLATE/*.sqlite`` (none: empty list)."""
-    folder = Path(io.join(str(ws), "analysis", batch, plate))
+    folder = Path(Workspace(str(ws)).analysis_plate(batch, plate))
     if not folder.is_dir():
         return []
     return sorted(str(p) for p in folder.iterdir() if p.is_file() and p.suffix.lower() in EXPORT_SUFFIXES)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import io, workspace
 from ..errors import InputError
+from ..layout import Workspace
 from .files import discover_export_files, export_plates, find_export_files, source_name
 from .materialise import Materialised, folder_part, materialise_plate
 
@@ -69,7 +70,7 @@ def collate_export(
         return collate_plate(root, batch, plate, **options)  # the backend exists: nothing to read from the files
     paths = [f for s in sources for f in find_export_files(s)] if sources else discover_export_files(root, batch, plate)
     if not paths:
-        raise InputError(f"{io.join(root, 'analysis', batch, plate)}: no ExportToDatabase files (*.sqlite) found; "
+        raise InputError(f"{Workspace(root).analysis_plate(batch, plate)}: no ExportToDatabase files (*.sqlite) found; "
                          "give them with --export-db")
     fingerprint, call = _fingerprint(paths, root), _call_record(options, table_prefix)
     outputs = plate_outputs(root, batch, plate, backend=options.get("backend", ("sqlite",)),
@@ -80,12 +81,13 @@ def collate_export(
         return PlateResult(batch, plate, "skipped", "complete outputs exist (use --overwrite to rebuild)", outputs)
     options["overwrite"] = True  # other files or options: the outputs are rebuilt
     with workspace.scratch_dir(tmp_dir, f"export-{folder_part(plate)}") as scratch:
-        done = materialise_plate(paths, plate=plate, out_dir=workspace.analysis_dir(scratch, batch, plate),
+        done = materialise_plate(paths, plate=plate, out_dir=Workspace(scratch).analysis(batch, plate),
                                  table_prefix=table_prefix, root=root)
         if not done.sites:
             raise InputError(_no_sites(done, paths, plate, table_prefix))
-        Path(root, "backend").mkdir(parents=True, exist_ok=True)
-        os.symlink(os.path.realpath(os.path.join(root, "backend")), os.path.join(scratch, "backend"))
+        backend_root = Workspace(root).backend_root()
+        Path(backend_root).mkdir(parents=True, exist_ok=True)
+        os.symlink(os.path.realpath(backend_root), Workspace(scratch).backend_root())
         result = collate_plate(scratch, batch, plate, **options)
         result.outputs = {k: os.path.join(root, os.path.relpath(v, scratch)) for k, v in result.outputs.items()}
         if result.status == "done" and result.report is not None:
