@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import time
 from collections.abc import Sequence
@@ -38,49 +39,53 @@ from .staging import collate_export_remote, collate_remote, publish_plate, remot
 __all__ = ['collate', 'collate_plate']
 
 
+#: the build options ``collate_plate`` shares with :func:`collate`: their names and defaults are collate's
+_SHARED_OPTIONS = ("backend", "profile_format", "operation", "compartments", "image_features", "image_feature_categories",
+                   "strata", "overwrite", "aggregate_only", "strict", "count_check", "file_prefix", "single_cells",
+                   "exclude_outlier_cells", "cell_qc_thresholds")
+
+
+def _shared_options(given: dict[str, Any]) -> dict[str, Any]:
+    """``given`` completed with :func:`collate`'s defaults; a name collate does not take is a ``TypeError``."""
+    unknown = sorted(set(given) - set(_SHARED_OPTIONS))
+    if unknown:
+        raise TypeError(f"collate_plate() got an unexpected keyword argument {unknown[0]!r}")
+    defaults = inspect.signature(collate).parameters
+    return {k: given.get(k, defaults[k].default) for k in _SHARED_OPTIONS}
+
+
 def collate_plate(
     ws: str | os.PathLike[str],
     batch: str,
     plate: str,
     *,
-    backend: Sequence[BackendKind] = ("sqlite",),
-    profile_format: ProfileFormat = "csv",
-    operation: Operation = "median",
-    compartments: Sequence[str] = DEFAULT_COMPARTMENTS,
-    image_features: bool = True,
-    image_feature_categories: Sequence[str] = DEFAULT_IMAGE_FEATURE_CATEGORIES,
-    strata: Sequence[str] = DEFAULT_STRATA,
-    overwrite: bool = False,
-    aggregate_only: bool = False,
-    strict: bool = False,
-    count_check: CountCheck = "error",
-    file_prefix: str | None = None,
-    single_cells: Sequence[str] = (),
-    exclude_outlier_cells: Sequence[str] | None = None,
-    cell_qc_thresholds: str | None = None,
     threads: int = 2,
     remote: str | None = None,
     tmp_dir: str | None = None,
     wait: bool = False,
     progress: Progress | None = None,
+    **options: Any,
 ) -> PlateResult:
     """Ingest one plate's sites into the backend(s) and write its per-well profiles and report.
 
-    ``ws`` may be a URL (``s3://bucket/workspace``): the plate's CSVs for the asked
-    compartments are fetched to ``tmp_dir``, collated there, and the outputs uploaded
-    (report last); the local copy is removed after the plate. ``remote`` pushes the
-    outputs of a local workspace to that URL as well. A local plate is locked while it
-    is collated: another process collating it fails fast, or waits with ``wait``.
+    ``options`` are the build options of :func:`collate` (``backend`` … ``cell_qc_thresholds``),
+    with the same names and defaults. ``ws`` may be a URL (``s3://bucket/workspace``): the
+    plate's CSVs for the asked compartments are fetched to ``tmp_dir``, collated there, and
+    the outputs uploaded (report last); the local copy is removed after the plate. ``remote``
+    pushes the outputs of a local workspace to that URL as well. A local plate is locked
+    while it is collated: another process collating it fails fast, or waits with ``wait``.
     """
     start = time.perf_counter()
     workspace.check_name(batch, "batch")
     workspace.check_name(plate, "plate")
-    options = dict(backend=tuple(backend), profile_format=profile_format, operation=operation,
-                   compartments=tuple(compartments), image_features=image_features,
-                   image_feature_categories=tuple(image_feature_categories), strata=tuple(strata),
-                   overwrite=overwrite, aggregate_only=aggregate_only, strict=strict, threads=threads,
-                   count_check=count_check, file_prefix=file_prefix, **cell_options(
-                       single_cells, exclude_outlier_cells, cell_qc_thresholds, aggregate_only=aggregate_only))
+    o = _shared_options(options)
+    options = dict(backend=tuple(o["backend"]), profile_format=o["profile_format"], operation=o["operation"],
+                   compartments=tuple(o["compartments"]), image_features=o["image_features"],
+                   image_feature_categories=tuple(o["image_feature_categories"]), strata=tuple(o["strata"]),
+                   overwrite=o["overwrite"], aggregate_only=o["aggregate_only"], strict=o["strict"], threads=threads,
+                   count_check=o["count_check"], file_prefix=o["file_prefix"], **cell_options(
+                       o["single_cells"], o["exclude_outlier_cells"], o["cell_qc_thresholds"],
+                       aggregate_only=o["aggregate_only"]))
     if io.is_remote(ws):
         return collate_remote(str(ws), batch, plate, tmp_dir=tmp_dir, progress=progress, start=start, **options)
     if remote is not None:
