@@ -454,27 +454,30 @@ def _dropped(
         kind = op
         if op == "variance_threshold":
             kind = "frequency_threshold" if meaning == "frequency" else "variance"
-        if kind == "frequency_threshold":
-            bad = _frequency_excluded(x, opts["freq_cut"], opts["unique_cut"])
-        elif kind == "variance":
-            bad = _variance_excluded(x, opts["min_variance"])
-        elif op == "correlation_threshold":
-            bad = _correlation_excluded(
-                x, [names[i] for i in idx], opts["corr_threshold"], corr_method
-            )
-        elif op == "drop_na_columns":
-            bad = _na_excluded(x, opts["na_cutoff"])
-        elif op == "drop_outliers":
-            bad = _outlier_excluded(x, opts["outlier_cutoff"])
-        elif op == "blocklist":
-            bad = np.array([names[i] in block for i in idx], dtype=bool)
-        else:  # noise_removal
-            assert groups is not None
-            bad = _noise_excluded(rows, x, groups, opts["noise_removal_stdev_cutoff"])
+        bad = _excluded_by(kind, x, names, idx, opts, corr_method=corr_method, block=block, rows=rows, groups=groups)
         keep[idx[bad]] = False
         by.update((names[i], op) for i in idx[bad])
         log.debug("feature_select %s dropped %d features", op, int(bad.sum()))
     return {c: by[c] for c in profiles.columns if c in by}
+
+
+def _excluded_by(kind: str, x: np.ndarray, names: Sequence[str], idx: np.ndarray, opts: dict[str, Any], *,
+                 corr_method: str, block: set[str], rows: pd.DataFrame, groups: pd.Series | None) -> np.ndarray:
+    """Which of the still kept features (columns ``idx`` of ``names``, values ``x``) one operation drops."""
+    if kind == "frequency_threshold":
+        return _frequency_excluded(x, opts["freq_cut"], opts["unique_cut"])
+    if kind == "variance":
+        return _variance_excluded(x, opts["min_variance"])
+    if kind == "correlation_threshold":
+        return _correlation_excluded(x, [names[i] for i in idx], opts["corr_threshold"], corr_method)
+    if kind == "drop_na_columns":
+        return _na_excluded(x, opts["na_cutoff"])
+    if kind == "drop_outliers":
+        return _outlier_excluded(x, opts["outlier_cutoff"])
+    if kind == "blocklist":
+        return np.array([names[i] in block for i in idx], dtype=bool)
+    assert groups is not None  # noise_removal
+    return _noise_excluded(rows, x, groups, opts["noise_removal_stdev_cutoff"])
 
 
 def excluded_features(profiles: pd.DataFrame, **options: Any) -> list[str]:
