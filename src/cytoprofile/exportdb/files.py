@@ -51,7 +51,8 @@ _NAME_LIMIT = 64
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 
-Layout = Literal["per_object_table", "per_object"]
+#: how a file stores its objects: one table per object set, or one Per_Object table for all
+TableLayout = Literal["per_object_table", "per_object"]
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ class ExportFile:
     path: str
     name: str
     prefix: str
-    layout: Layout
+    layout: TableLayout
     image_table: str
     image_columns: tuple[str, ...]
     image_csv_names: tuple[str, ...]
@@ -236,7 +237,7 @@ def _describe(conn: sqlite3.Connection, path: str, name: str, prefix: str, table
     not_stored: dict[str, int] = {}
     unowned: list[str] = []
     types: dict[str, dict[str, str]] = {}
-    layout: Layout = "per_object_table"
+    layout: TableLayout = "per_object_table"
     for table in sorted(tables):
         if table == image_table:
             continue
