@@ -8,9 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from ..aggregate import WellAggregator, compartment_features
+from ..aggregate import WellAggregator, compartment_features, compartment_tables
 from ..backend import object_column_name
-from ..errors import InputError
 from ..ingest import IMAGE_TABLE, SiteTables, image_numeric
 
 __all__ = ["WellBuffer", "WellProfiles", "flush_well"]
@@ -128,14 +127,6 @@ class WellProfiles:
 
 
 def _chosen_tables(analysis_dir: str, schema: Any, compartments: Sequence[str]) -> dict[str, str]:
-    by_lower = {t.lower(): t for t in schema.object_tables}
-    chosen: dict[str, str] = {}
-    for compartment in compartments:
-        table = by_lower.get(compartment.lower())
-        if table is None:
-            raise InputError(
-                f"{analysis_dir}: no site has {compartment}.csv; object tables found: "
-                f"{', '.join(schema.object_tables) or 'none'}; pick others with --compartments"
-            )
-        chosen[compartment] = table
-    return chosen
+    return compartment_tables(compartments, schema.object_tables, missing=lambda compartment: (
+        f"{analysis_dir}: no site has {compartment}.csv; object tables found: "
+        f"{', '.join(schema.object_tables) or 'none'}; pick others with --compartments"))
