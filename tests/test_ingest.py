@@ -1034,7 +1034,7 @@ def test_lost_rows_fail_the_plate_with_exit_1_and_no_outputs(tmp_path: Path, mon
                                    row_keys={**site.row_keys, table: site.row_keys[table][1:]})
 
     holder, name = {"sqlite": (backend.SQLiteBackendWriter, "add"), "parquet": (backend.ParquetBackendWriter, "add"),
-                    "aggregate": (collate._WellBuffer, "add")}[where]
+                    "aggregate": (collate.wells.WellBuffer, "add")}[where]
     original = getattr(holder, name)
     monkeypatch.setattr(holder, name, lambda self, site, *a: original(self, losing(site), *a))
     compartments = "Cells,Cytoplasm,Nuclei" if table == "Cells" or where != "aggregate" else "Nuclei,Cells,Cytoplasm"

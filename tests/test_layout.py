@@ -12,8 +12,16 @@ from cytoprofile.layout import (
     QualityControlLayout,
     Workspace,
     backend_files_in,
+    is_parquet_table,
+    parquet_tables_label,
+    profiles_name,
+    profiles_names,
     relative_to,
     report_name,
+    single_cell_name,
+    single_cell_names,
+    sqlite_name,
+    staging_name,
 )
 
 ROOTS = ["/data/ws", "s3://bucket/project/ws"]
@@ -29,6 +37,7 @@ def test_workspace_paths(root: str) -> None:
     b, p = "B1", "P1"
     expected = {
         ws.analysis(b, p): "analysis/B1/P1/analysis",
+        ws.analysis_plate(b, p): "analysis/B1/P1",
         ws.analysis_root(): "analysis",
         ws.analysis_batch(b): "analysis/B1",
         ws.backend_root(): "backend",
@@ -139,3 +148,20 @@ def test_quality_control_paths(root: str) -> None:
     assert qc.report_json("B", "P") == _join(root, "backend/B/P/P.report.json")
     assert qc.load_data("B", "P") == _join(root, "load_data_csv/B/P")
     assert relative_to(qc.summary(), root) == "quality_control/summary/summary.tsv"
+
+
+def test_plate_file_names() -> None:
+    """Every name of a plate's backend outputs comes from one place, and matches the paths above."""
+    assert sqlite_name("P1") == "P1.sqlite"
+    assert [profiles_name("P1", f) for f in ("csv", "csv.gz", "parquet")] == profiles_names("P1")
+    assert profiles_names("P1") == ["P1.csv", "P1.csv.gz", "P1.parquet"]
+    assert single_cell_name("P1", "parquet") == "P1_single_cells.parquet"
+    assert single_cell_name("P1", "anndata") == "P1_single_cells.h5ad"
+    assert single_cell_names("P1") == {"P1_single_cells.parquet", "P1_single_cells.h5ad"}
+    assert is_parquet_table("P1", "P1_Cells.parquet") and not is_parquet_table("P1", "P2_Cells.parquet")
+    assert not is_parquet_table("P1", "P1.parquet")
+    assert parquet_tables_label("P1") == "P1_*.parquet"
+    assert staging_name("P1", "0123456789abcdef") == ".P1.01234567.tmp"
+    files = Workspace("/ws").backend_files("B1", "P1", profile_format="csv.gz")
+    assert os.path.basename(files["sqlite"]) == sqlite_name("P1")
+    assert os.path.basename(files["profiles"]) == profiles_name("P1", "csv.gz")

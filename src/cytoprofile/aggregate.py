@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -45,6 +45,7 @@ __all__ = [
     "aggregate",
     "aggregate_cells",
     "compartment_features",
+    "compartment_tables",
 ]
 
 log = logging.getLogger("cytoprofile.aggregate")
@@ -146,6 +147,22 @@ class WellAggregator:
         return pd.concat([meta, features], axis=1)
 
 
+def compartment_tables(compartments: Sequence[str], tables: Iterable[str], *,
+                       missing: Callable[[str], str]) -> dict[str, str]:
+    """The object table of each compartment, names matched regardless of case.
+
+    A compartment without a table is an ``InputError`` with the message ``missing(compartment)``.
+    """
+    by_lower = {t.lower(): t for t in tables}
+    chosen: dict[str, str] = {}
+    for compartment in compartments:
+        table = by_lower.get(compartment.lower())
+        if table is None:
+            raise InputError(missing(compartment))
+        chosen[compartment] = table
+    return chosen
+
+
 def _sort_key(value: object) -> tuple[int, object]:
     if isinstance(value, (int, float, np.integer, np.floating)):
         return (0, float(value))
@@ -198,14 +215,8 @@ def aggregate(
                     f"{', '.join(map(str, sorted(present)))}); the profiles would have no wells: choose existing sites"
                 )
         available = {t.lower(): t for t in reader.object_tables()}
-        tables: dict[str, str] = {}
-        for compartment in compartments:
-            table = available.get(compartment.lower())
-            if table is None:
-                raise InputError(
-                    f"{backend}: no {compartment} table; available object tables: {', '.join(sorted(available.values())) or 'none'}"
-                )
-            tables[compartment] = table
+        tables = compartment_tables(compartments, reader.object_tables(), missing=lambda compartment: (
+            f"{backend}: no {compartment} table; available object tables: {', '.join(sorted(available.values())) or 'none'}"))
         features = {c: compartment_features(c, reader.tables[t]) for c, t in tables.items()}
         agg = WellAggregator(
             strata=list(strata),

@@ -14,7 +14,7 @@ import pandas as pd
 
 from .errors import ConfigError
 
-__all__ = ["as_names", "check_choice", "check_flag", "check_frame", "check_number"]
+__all__ = ["as_names", "check_choice", "check_columns", "check_flag", "check_frame", "check_number"]
 
 
 def check_number(
@@ -76,3 +76,15 @@ def as_names(name: str, value: object) -> list[str]:
             return items
     raise ConfigError(f"{name} must be a column name or a list of names, got {value!r}")
 
+
+
+def check_columns(name: str, value: object, frame: pd.DataFrame, *, message: str) -> list[str]:
+    """``value`` as column names (see :func:`as_names`), each a column of ``frame``.
+
+    A name the frame lacks is a ``ConfigError``: ``message`` with ``{missing}`` filled in.
+    """
+    names = as_names(name, value)
+    missing = [c for c in names if c not in frame.columns]
+    if missing:
+        raise ConfigError(message.format(missing=missing))
+    return names

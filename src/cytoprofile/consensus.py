@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
-from .checks import as_names, check_frame, check_number
+from .checks import check_columns, check_frame, check_number
 from .errors import ConfigError, InputError
 from .step_data import (
     AccountSink,
@@ -161,13 +161,9 @@ def consensus(
     """
     operation, modz_method = _check_options(operation, modz_method, modz_min_weight, modz_precision)
     check_frame("profiles", profiles)
-    keys = as_names("replicate_columns", replicate_columns)
-    missing = [c for c in keys if c not in profiles.columns]
-    if missing:
-        raise ConfigError(
-            f"replicate_columns {missing} are absent from the profiles; use metadata columns "
-            "that identify replicates, e.g. Metadata_broad_sample"
-        )
+    keys = check_columns("replicate_columns", replicate_columns, profiles, message=(
+        "replicate_columns {missing} are absent from the profiles; use metadata columns "
+        "that identify replicates, e.g. Metadata_broad_sample"))
     names = resolve_features(profiles, features, compartments=compartments)
     if len(profiles) == 0:
         raise InputError(

@@ -30,6 +30,7 @@ of ``checks`` and the feature inference of ``vocabulary`` are re-exported here.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -377,29 +378,47 @@ def _blocklist_names(
     return block
 
 
-def dropped_features(
+def dropped_features(profiles: pd.DataFrame, **options: Any) -> dict[str, str]:
+    """Feature -> the operation that drops it, in column order.
+
+    ``options`` are ``feature_select``'s, with its names and defaults (an unknown name is a ``TypeError``).
+    """
+    return _dropped(profiles, **_select_options(options))
+
+
+def _select_options(given: dict[str, Any]) -> dict[str, Any]:
+    """``given`` completed with ``feature_select``'s defaults (the one place they are declared)."""
+    parameters = {k: p for k, p in inspect.signature(feature_select).parameters.items()
+                  if k not in ("profiles", "on_account")}
+    unknown = sorted(set(given) - set(parameters))
+    if unknown:
+        raise TypeError(f"dropped_features() got an unexpected keyword argument {unknown[0]!r}")
+    return {k: given.get(k, p.default) for k, p in parameters.items()}
+
+
+def _dropped(
     profiles: pd.DataFrame,
     *,
-    features: str | Sequence[str] = "infer",
-    image_features: bool = False,
-    compartments: str | Sequence[str] | None = None,
-    operations: str | Sequence[str] = ("variance_threshold",),
-    variance_threshold_meaning: Literal["frequency", "variance"] = "frequency",
-    samples: str = "all",
-    sample_filter: Mapping[str, Any] | None = None,
-    na_cutoff: float = 0.05,
-    corr_threshold: float = 0.9,
-    corr_method: str = "pearson",
-    freq_cut: float = 0.05,
-    unique_cut: float = 0.01,
-    min_variance: float = 1e-6,
-    blocklist_file: str | Path | None = None,
-    blocklist: str | Sequence[str] | None = None,
-    outlier_cutoff: float = 500.0,
-    noise_removal_perturb_groups: str | Sequence[Any] | None = None,
-    noise_removal_stdev_cutoff: float | None = None,
+    features: str | Sequence[str],
+    image_features: bool,
+    compartments: str | Sequence[str] | None,
+    operations: str | Sequence[str],
+    variance_threshold_meaning: Literal["frequency", "variance"],
+    samples: str,
+    sample_filter: Mapping[str, Any] | None,
+    na_cutoff: float,
+    corr_threshold: float,
+    corr_method: str,
+    freq_cut: float,
+    unique_cut: float,
+    min_variance: float,
+    blocklist_file: str | Path | None,
+    blocklist: str | Sequence[str] | None,
+    outlier_cutoff: float,
+    noise_removal_perturb_groups: str | Sequence[Any] | None,
+    noise_removal_stdev_cutoff: float | None,
 ) -> dict[str, str]:
-    """Feature -> the operation that drops it, in column order (see ``feature_select``)."""
+    """:func:`dropped_features` with every option given."""
     ops, meaning, corr_method, opts = _check_options(
         operations, variance_threshold_meaning, corr_method,
         {"na_cutoff": na_cutoff, "corr_threshold": corr_threshold, "freq_cut": freq_cut,
@@ -435,27 +454,30 @@ def dropped_features(
         kind = op
         if op == "variance_threshold":
             kind = "frequency_threshold" if meaning == "frequency" else "variance"
-        if kind == "frequency_threshold":
-            bad = _frequency_excluded(x, opts["freq_cut"], opts["unique_cut"])
-        elif kind == "variance":
-            bad = _variance_excluded(x, opts["min_variance"])
-        elif op == "correlation_threshold":
-            bad = _correlation_excluded(
-                x, [names[i] for i in idx], opts["corr_threshold"], corr_method
-            )
-        elif op == "drop_na_columns":
-            bad = _na_excluded(x, opts["na_cutoff"])
-        elif op == "drop_outliers":
-            bad = _outlier_excluded(x, opts["outlier_cutoff"])
-        elif op == "blocklist":
-            bad = np.array([names[i] in block for i in idx], dtype=bool)
-        else:  # noise_removal
-            assert groups is not None
-            bad = _noise_excluded(rows, x, groups, opts["noise_removal_stdev_cutoff"])
+        bad = _excluded_by(kind, x, names, idx, opts, corr_method=corr_method, block=block, rows=rows, groups=groups)
         keep[idx[bad]] = False
         by.update((names[i], op) for i in idx[bad])
         log.debug("feature_select %s dropped %d features", op, int(bad.sum()))
     return {c: by[c] for c in profiles.columns if c in by}
+
+
+def _excluded_by(kind: str, x: np.ndarray, names: Sequence[str], idx: np.ndarray, opts: dict[str, Any], *,
+                 corr_method: str, block: set[str], rows: pd.DataFrame, groups: pd.Series | None) -> np.ndarray:
+    """Which of the still kept features (columns ``idx`` of ``names``, values ``x``) one operation drops."""
+    if kind == "frequency_threshold":
+        return _frequency_excluded(x, opts["freq_cut"], opts["unique_cut"])
+    if kind == "variance":
+        return _variance_excluded(x, opts["min_variance"])
+    if kind == "correlation_threshold":
+        return _correlation_excluded(x, [names[i] for i in idx], opts["corr_threshold"], corr_method)
+    if kind == "drop_na_columns":
+        return _na_excluded(x, opts["na_cutoff"])
+    if kind == "drop_outliers":
+        return _outlier_excluded(x, opts["outlier_cutoff"])
+    if kind == "blocklist":
+        return np.array([names[i] in block for i in idx], dtype=bool)
+    assert groups is not None  # noise_removal
+    return _noise_excluded(rows, x, groups, opts["noise_removal_stdev_cutoff"])
 
 
 def excluded_features(profiles: pd.DataFrame, **options: Any) -> list[str]:
@@ -546,7 +568,7 @@ def feature_select(
     operation that dropped each feature); the same is logged.
     """
     options = {k: v for k, v in locals().items() if k not in ("profiles", "on_account")}
-    dropped = dropped_features(profiles, **options)
+    dropped = _dropped(profiles, **options)
     names = resolve_features(
         profiles, features, image_features=image_features, compartments=compartments
     )

@@ -17,17 +17,27 @@ from pathlib import Path
 
 from . import io
 from .errors import ConfigError
+from .ingest import SINGLE_CELL_TABLE
 
 __all__ = [
     "FORMAT_SUFFIX",
     "Layout",
     "OUTPUT_SUFFIXES",
+    "PROFILE_SUFFIXES",
     "QualityControlLayout",
     "Workspace",
     "backend_files_in",
     "existing_output",
+    "is_parquet_table",
+    "parquet_tables_label",
+    "profiles_name",
+    "profiles_names",
     "relative_to",
     "report_name",
+    "single_cell_name",
+    "single_cell_names",
+    "sqlite_name",
+    "staging_name",
 ]
 
 PathLike = str | os.PathLike[str]
@@ -36,11 +46,53 @@ PathLike = str | os.PathLike[str]
 FORMAT_SUFFIX = {"parquet": ".parquet", "anndata": ".h5ad"}
 #: every ending a step output may have
 OUTPUT_SUFFIXES = (".csv.gz", ".csv", ".parquet", ".h5ad")
+#: endings of collate's per-well profiles, in the order a reader looks for them
+PROFILE_SUFFIXES = (".csv", ".csv.gz", ".parquet")
 
 
 def report_name(plate: str) -> str:
     """``PLATE.report.json``: the plate's collate report (its commit record)."""
     return f"{plate}.report.json"
+
+
+def sqlite_name(plate: str) -> str:
+    """``PLATE.sqlite``: the SQLite backend."""
+    return f"{plate}.sqlite"
+
+
+def profiles_name(plate: str, profile_format: str = "csv") -> str:
+    """``PLATE.{csv,csv.gz,parquet}``: collate's per-well profiles."""
+    return f"{plate}.{profile_format}"
+
+
+def profiles_names(plate: str) -> list[str]:
+    """Every name collate's per-well profiles may have (see :data:`PROFILE_SUFFIXES`)."""
+    return [f"{plate}{ext}" for ext in PROFILE_SUFFIXES]
+
+
+def single_cell_name(plate: str, single_cell_format: str) -> str:
+    """``PLATE_single_cells.parquet`` (``parquet``) or ``PLATE_single_cells.h5ad`` (``anndata``)."""
+    return f"{plate}_{SINGLE_CELL_TABLE}.{'parquet' if single_cell_format == 'parquet' else 'h5ad'}"
+
+
+def single_cell_names(plate: str) -> set[str]:
+    """Both names the joined single-cell table of a plate may have."""
+    return {single_cell_name(plate, "parquet"), single_cell_name(plate, "anndata")}
+
+
+def is_parquet_table(plate: str, name: str) -> bool:
+    """A file name of the form ``PLATE_*.parquet`` (a Parquet backend table, or the single-cell table)."""
+    return name.startswith(f"{plate}_") and name.endswith(".parquet")
+
+
+def parquet_tables_label(plate: str) -> str:
+    """``PLATE_*.parquet``: the Parquet backend's tables, as messages name them."""
+    return f"{plate}_*.parquet"
+
+
+def staging_name(plate: str, generation: str) -> str:
+    """``.PLATE.GENERATION8.tmp``: the folder a build is staged in, beside the outputs."""
+    return f".{plate}.{generation[:8]}.tmp"
 
 
 def relative_to(path: str, root: str) -> str:
@@ -51,9 +103,9 @@ def relative_to(path: str, root: str) -> str:
 def backend_files_in(folder: str, plate: str, *, profile_format: str = "csv") -> dict[str, str]:
     """A plate's backend file names, by role, in ``folder`` (its backend folder or a staging copy)."""
     return {
-        "sqlite": io.join(folder, f"{plate}.sqlite"),
+        "sqlite": io.join(folder, sqlite_name(plate)),
         "parquet_prefix": io.join(folder, f"{plate}"),
-        "profiles": io.join(folder, f"{plate}.{profile_format}"),
+        "profiles": io.join(folder, profiles_name(plate, profile_format)),
         "report": io.join(folder, report_name(plate)),
     }
 
@@ -108,6 +160,10 @@ class Workspace:
         """``analysis/BATCH``: one folder per plate."""
         return self.path("analysis", batch)
 
+    def analysis_plate(self, batch: str, plate: str) -> str:
+        """``analysis/BATCH/PLATE``: the plate's folder (its ExportToDatabase files lie here)."""
+        return self.path("analysis", batch, plate)
+
     def analysis(self, batch: str, plate: str) -> str:
         """``analysis/BATCH/PLATE/analysis``: one subfolder per site."""
         return self.path("analysis", batch, plate, "analysis")
@@ -127,7 +183,7 @@ class Workspace:
 
     def sqlite(self, batch: str, plate: str) -> str:
         """``backend/BATCH/PLATE/PLATE.sqlite``."""
-        return io.join(self.backend(batch, plate), f"{plate}.sqlite")
+        return io.join(self.backend(batch, plate), sqlite_name(plate))
 
     def parquet_prefix(self, batch: str, plate: str) -> str:
         """``backend/BATCH/PLATE/PLATE``: the Parquet backend's tables are ``PREFIX_TABLE.parquet``."""
@@ -135,7 +191,7 @@ class Workspace:
 
     def profiles(self, batch: str, plate: str, *, profile_format: str = "csv") -> str:
         """``backend/BATCH/PLATE/PLATE.{csv,csv.gz,parquet}``: collate's per-well profiles."""
-        return io.join(self.backend(batch, plate), f"{plate}.{profile_format}")
+        return io.join(self.backend(batch, plate), profiles_name(plate, profile_format))
 
     def report(self, batch: str, plate: str) -> str:
         """``backend/BATCH/PLATE/PLATE.report.json``."""

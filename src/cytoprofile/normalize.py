@@ -24,17 +24,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .checks import as_names, check_choice, check_flag, check_number
+from . import step_data
+from .checks import check_choice, check_columns, check_flag, check_number
 from .errors import ConfigError, InputError
-from .step_data import (
-    AccountSink,
-    FeatureAccount,
-    feature_matrix,
-    refuse_infinite,
-    report_account,
-    select_samples,
-    unprocessed_columns,
-)
+from .step_data import AccountSink, FeatureAccount, report_account, unprocessed_columns
 from .vocabulary import NORMALIZE_METHODS as METHODS
 from .vocabulary import SPHERIZE_METHODS, metadata_columns, resolve_features
 
@@ -64,7 +57,7 @@ def fit_rows(
     if not isinstance(object_count_column, str):
         raise ConfigError(f"object_count_column must be a column name, got {object_count_column!r}")
     positional = profiles.set_axis(pd.RangeIndex(len(profiles)), axis=0)
-    chosen = select_samples(positional, samples=samples, sample_filter=sample_filter)
+    chosen = step_data.select_samples(positional, samples=samples, sample_filter=sample_filter)
     mask = np.zeros(len(profiles), dtype=bool)
     mask[chosen.index.to_numpy()] = True
     if min_cells is not None and min_cells != 1:
@@ -221,13 +214,9 @@ def _meta_columns(profiles: pd.DataFrame, meta_features: str | Sequence[str]) ->
             )
         meta = metadata_columns(profiles.columns)
     else:
-        meta = as_names("meta_features", meta_features)
-        missing = [c for c in meta if c not in profiles.columns]
-        if missing:
-            raise ConfigError(
-                f"meta_features names columns absent from the profiles: {missing}; "
-                "fix the list or use meta_features: infer"
-            )
+        meta = check_columns("meta_features", meta_features, profiles, message=(
+            "meta_features names columns absent from the profiles: {missing}; "
+            "fix the list or use meta_features: infer"))
     return meta
 
 
@@ -318,8 +307,8 @@ def normalize(
         if c not in taken and isinstance(c, str) and c.startswith(("Image_", "ome_arrow_"))
     ]
 
-    x = feature_matrix(profiles, names)
-    refuse_infinite(profiles, x, names, step="normalizing")
+    x = step_data.feature_matrix(profiles, names)
+    step_data.refuse_infinite(profiles, x, names, step="normalizing")
     fit = fit_rows(profiles, samples=samples, sample_filter=sample_filter, min_cells=min_cells,
                    object_count_column=object_count_column)
     out, columns = _apply(

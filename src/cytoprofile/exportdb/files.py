@@ -1,0 +1,294 @@
+"""ExportToDatabase files: finding them, checking them and describing which tables hold what."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sqlite3
+import zlib
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from ..backend import quote
+from ..errors import InputError
+from ..layout import Workspace
+
+__all__ = [
+    "Dropped",
+    "EXPORT_SUFFIXES",
+    "ExportFile",
+    "ObjectSource",
+    "connect",
+    "discover_export_files",
+    "export_plates",
+    "find_export_files",
+    "open_export",
+    "source_name",
+    "table_number",
+]
+
+log = logging.getLogger("cytoprofile.exportdb")
+
+
+EXPORT_SUFFIXES = (".sqlite", ".sqlite3", ".db")
+
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+#: tables CellProfiler writes that hold no image or object rows
+_RUN_TABLES = ("Per_Experiment", "Experiment", "Experiment_Properties", "Per_RelationshipTypes", "Per_Relationships")
+
+
+#: CellProfiler's default limit on column names; longer names were shortened when written
+_NAME_LIMIT = 64
+
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+
+#: how a file stores its objects: one table per object set, or one Per_Object table for all
+TableLayout = Literal["per_object_table", "per_object"]
+
+
+@dataclass(frozen=True)
+class ObjectSource:
+    """The columns of one object set in one SQL table, and their object-CSV names."""
+
+    name: str
+    table: str
+    key: str
+    columns: tuple[str, ...]
+    csv_names: tuple[str, ...]
+
+
+@dataclass
+class ExportFile:
+    """A checked ExportToDatabase file: which tables hold what."""
+
+    path: str
+    name: str
+    prefix: str
+    layout: TableLayout
+    image_table: str
+    image_columns: tuple[str, ...]
+    image_csv_names: tuple[str, ...]
+    image_types: tuple[str, ...]
+    objects: list[ObjectSource]
+    object_types: dict[str, tuple[str, ...]]
+    #: tables read but not stored (run metadata, per-well summaries, views), with their rows
+    not_stored: dict[str, int] = field(default_factory=dict)
+    #: columns no object set owns (combined Per_Object only)
+    unowned_columns: list[str] = field(default_factory=list)
+    #: column names at CellProfiler's length limit, which it may have shortened
+    long_names: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Dropped:
+    """Rows of a file that no site received, with the reason."""
+
+    file: str
+    table: str
+    rows: int
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """The report's form."""
+        return {"file": self.file, "table": self.table, "rows": self.rows, "reason": self.reason}
+
+
+def table_number(source_name: str, image_number: int) -> int:
+    """TableNumber of one image of an ExportToDatabase file: CRC32 of ``"NAME:IMAGENUMBER"``."""
+    return zlib.crc32(f"{source_name}:{image_number}".encode()) & 0xFFFFFFFF
+
+
+def find_export_files(path: str | os.PathLike[str]) -> list[str]:
+    """ExportToDatabase files at ``path``: the file itself, or the SQLite files directly in a folder."""
+    target = Path(path)
+    if target.is_file():
+        return [str(target)]
+    if not target.is_dir():
+        raise InputError(f"{target}: no such file or folder; give an ExportToDatabase .sqlite file or a folder of them")
+    found = sorted(str(p) for p in target.iterdir() if p.is_file() and p.suffix.lower() in EXPORT_SUFFIXES)
+    if not found:
+        raise InputError(f"{target}: holds no ExportToDatabase file (*{', *'.join(EXPORT_SUFFIXES)})")
+    return found
+
+
+def discover_export_files(ws: str | os.PathLike[str], batch: str, plate: str) -> list[str]:
+    """A plate's ExportToDatabase files in the workspace: ``analysis/BATCH/PLATE/*.sqlite`` (none: empty list)."""
+    folder = Path(Workspace(str(ws)).analysis_plate(batch, plate))
+    if not folder.is_dir():
+        return []
+    return sorted(str(p) for p in folder.iterdir() if p.is_file() and p.suffix.lower() in EXPORT_SUFFIXES)
+
+
+def source_name(path: str, root: str | os.PathLike[str] | None) -> str:
+    resolved = os.path.realpath(path)
+    if root is not None:
+        base = os.path.realpath(root)
+        if resolved.startswith(base + os.sep):
+            return os.path.relpath(resolved, base)
+    return os.path.basename(resolved)
+
+
+def connect(path: str) -> sqlite3.Connection:
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(len(_SQLITE_MAGIC))
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read ({exc.strerror})") from exc
+    if magic != _SQLITE_MAGIC:
+        raise InputError(f"{path}: not an SQLite file; give CellProfiler ExportToDatabase output (database type SQLite)")
+    return sqlite3.connect(f"file:{Path(path).resolve().as_posix()}?mode=ro", uri=True, check_same_thread=False)
+
+
+def _columns(conn: sqlite3.Connection, table: str) -> list[tuple[str, str]]:
+    return [(r[1], str(r[2] or "")) for r in conn.execute(f"PRAGMA table_info({quote(table)})")]
+
+
+def _detect_prefix(path: str, tables: Sequence[str], table_prefix: str | None) -> str:
+    if table_prefix is not None:
+        if f"{table_prefix}Per_Image" not in tables:
+            raise InputError(f"{path}: no table {table_prefix}Per_Image (tables: {', '.join(sorted(tables)) or 'none'}); "
+                             "check --table-prefix")
+        return table_prefix
+    prefixes = sorted(t[: -len("Per_Image")] for t in tables if t.endswith("Per_Image"))
+    if not prefixes:
+        raise InputError(f"{path}: no Per_Image table (tables: {', '.join(sorted(tables)) or 'none'}); "
+                         "not a CellProfiler ExportToDatabase file, or give its table prefix with --table-prefix")
+    if len(prefixes) > 1:
+        raise InputError(f"{path}: several image tables ({', '.join(p + 'Per_Image' for p in prefixes)}); "
+                         "pick one with --table-prefix")
+    return prefixes[0]
+
+
+def _strip(name: str, prefix: str) -> str:
+    return name[len(prefix):] if name.startswith(prefix) and len(name) > len(prefix) else name
+
+
+def _csv_names(columns: Sequence[str], prefix: str, fixed: dict[str, str]) -> tuple[str, ...]:
+    """Object-CSV (or Image.csv) names: the set's prefix stripped; a clash keeps the database name."""
+    names = [fixed.get(c, _strip(c, prefix)) for c in columns]
+    counts = Counter(names)
+    return tuple(n if c in fixed or counts[n] == 1 else c for n, c in zip(names, columns))
+
+
+def _object_source(path: str, name: str, table: str, columns: Sequence[str], *, key: str) -> ObjectSource:
+    if not _SAFE_NAME.match(name):
+        raise InputError(f"{path}: object set name {name!r} in table {table} cannot be a file name; rename it in CellProfiler")
+    number = f"{name}_Number_Object_Number"
+    fixed = {"ImageNumber": "ImageNumber", key: "ObjectNumber"}
+    cols = ["ImageNumber", key] + [c for c in columns if c not in ("ImageNumber", key, "ObjectNumber")]
+    csv_names = list(_csv_names(cols, f"{name}_", fixed))
+    if key == number:  # the object CSV carries both ObjectNumber and Number_Object_Number
+        cols.insert(2, number)
+        csv_names.insert(2, "Number_Object_Number")
+    return ObjectSource(name=name, table=table, key=key, columns=tuple(cols), csv_names=tuple(csv_names))
+
+
+def _split_combined(path: str, table: str, columns: Sequence[str]) -> tuple[list[ObjectSource], list[str]]:
+    """Object sets of a single Per_Object table: each ``<Set>_Number_Object_Number`` names one; columns go to the longest prefix."""
+    suffix = "_Number_Object_Number"
+    names = sorted({c[: -len(suffix)] for c in columns if c.endswith(suffix) and len(c) > len(suffix)}, key=len, reverse=True)
+    if not names:
+        raise InputError(f"{path}: {table} has no <Object>_Number_Object_Number column, so its object sets are unknown")
+    owned: dict[str, list[str]] = {n: [] for n in names}
+    unowned = []
+    for c in columns:
+        if c in ("ImageNumber", "ObjectNumber"):
+            continue
+        owner = next((n for n in names if c.startswith(f"{n}_")), None)
+        if owner is None:
+            unowned.append(c)
+        else:
+            owned[owner].append(c)
+    sources = [_object_source(path, n, table, owned[n], key=f"{n}{suffix}") for n in sorted(names)]
+    return sources, unowned
+
+
+def open_export(path: str | os.PathLike[str], *, name: str | None = None, table_prefix: str | None = None) -> ExportFile:
+    """Check an ExportToDatabase file and describe its tables; a fault raises ``InputError`` naming the file and the fix."""
+    path = str(path)
+    conn = connect(path)
+    try:
+        try:
+            kinds = dict(conn.execute("SELECT name, type FROM sqlite_master WHERE type IN ('table', 'view')").fetchall())
+        except sqlite3.DatabaseError as exc:
+            raise InputError(f"{path}: not a readable SQLite database ({exc}); copy the file again") from exc
+        tables = [t for t, k in kinds.items() if k == "table"]
+        prefix = _detect_prefix(path, tables, table_prefix)
+        return _describe(conn, path, name or os.path.basename(path), prefix, tables, kinds)
+    finally:
+        conn.close()
+
+
+def _describe(conn: sqlite3.Connection, path: str, name: str, prefix: str, tables: list[str], kinds: dict[str, str]) -> ExportFile:
+    image_table = f"{prefix}Per_Image"
+    image_cols = _columns(conn, image_table)
+    if "ImageNumber" not in [c for c, _ in image_cols]:
+        raise InputError(f"{path}: {image_table} has no ImageNumber column; not a CellProfiler image table")
+    objects: list[ObjectSource] = []
+    not_stored: dict[str, int] = {}
+    unowned: list[str] = []
+    types: dict[str, dict[str, str]] = {}
+    layout: TableLayout = "per_object_table"
+    for table in sorted(tables):
+        if table == image_table:
+            continue
+        cols = _columns(conn, table)
+        types[table] = dict(cols)
+        names = [c for c, _ in cols]
+        own = table[len(prefix):] if table.startswith(prefix) else None
+        if own == "Per_Object":
+            layout = "per_object"
+            found, unowned = _split_combined(path, table, names)
+            objects += found
+        elif own is not None and own.startswith("Per_") and own not in _RUN_TABLES and "ImageNumber" in names:
+            set_name = own[len("Per_"):]
+            key = f"{set_name}_Number_Object_Number" if f"{set_name}_Number_Object_Number" in names else "ObjectNumber"
+            if key not in names:
+                raise InputError(f"{path}: {table} has ImageNumber but no {set_name}_Number_Object_Number or ObjectNumber "
+                                 "column; its objects cannot be numbered")
+            objects.append(_object_source(path, set_name, table, names, key=key))
+        else:
+            not_stored[table] = conn.execute(f"SELECT COUNT(*) FROM {quote(table)}").fetchone()[0]
+    not_stored.update({f"{v} (view)": 0 for v, k in kinds.items() if k == "view"})
+    clash = [n for n, k in Counter(o.name for o in objects).items() if k > 1]
+    if clash:
+        raise InputError(f"{path}: object set {clash[0]} is stored twice (in Per_Object and its own table); remove one")
+    if not objects:
+        log.warning("%s: no object tables; only image rows will be read", path)
+    image_names = [c for c, _ in image_cols]
+    long_names = sorted(c for c in image_names + [c for t in types.values() for c in t] if len(c) >= _NAME_LIMIT)
+    return ExportFile(
+        path=path, name=name, prefix=prefix, layout=layout, image_table=image_table,
+        image_columns=tuple(image_names), image_csv_names=_csv_names(image_names, "Image_", {}),
+        image_types=tuple(t for _, t in image_cols), objects=objects,
+        object_types={o.name: tuple(types[o.table].get(c, "") for c in o.columns) for o in objects},
+        not_stored=not_stored, unowned_columns=unowned, long_names=long_names,
+    )
+
+
+def export_plates(sources: Sequence[str | os.PathLike[str]], *, table_prefix: str | None = None) -> dict[str, int]:
+    """Images per ``Image_Metadata_Plate`` over the files (a file without the column counts under ``""``)."""
+    plates: Counter[str] = Counter()
+    for path in sources:
+        export = open_export(path, table_prefix=table_prefix)
+        column = next((c for c, n in zip(export.image_columns, export.image_csv_names) if n == "Metadata_Plate"), None)
+        conn = connect(str(path))
+        try:
+            if column is None:
+                plates[""] += conn.execute(f"SELECT COUNT(*) FROM {quote(export.image_table)}").fetchone()[0]
+                continue
+            sql = f"SELECT {quote(column)}, COUNT(*) FROM {quote(export.image_table)} GROUP BY 1"
+            for value, n in conn.execute(sql):
+                plates["" if value is None else str(value)] += n
+        finally:
+            conn.close()
+    return dict(plates)

@@ -1,0 +1,227 @@
+"""A plate's images of ExportToDatabase files written as CSV site folders, every row accounted for."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from ..backend import quote
+from ..errors import InputError
+from ..ingest import TABLE_NUMBER_FILE
+from .files import Dropped, ExportFile, connect, open_export, source_name, table_number
+from .stream import ExportImage, read_images
+
+__all__ = [
+    "Materialised",
+    "folder_part",
+    "materialise_plate",
+]
+
+
+def _write_csv(table: pa.Table, path: str) -> None:
+    """A CSV as ExportToSpreadsheet writes it: bare header and values; quotes only when a value needs them."""
+    header = ",".join(n if re.fullmatch(r"[^,\"\r\n]*", n) else '"' + n.replace('"', '""') + '"' for n in table.column_names)
+    body = pa.BufferOutputStream()
+    try:
+        pacsv.write_csv(table, body, write_options=pacsv.WriteOptions(quoting_style="none", include_header=False))
+    except pa.ArrowInvalid:
+        body = pa.BufferOutputStream()
+        pacsv.write_csv(table, body, write_options=pacsv.WriteOptions(quoting_style="needed", include_header=False))
+    with open(path, "wb") as fh:
+        fh.write((header + "\n").encode())
+        fh.write(body.getvalue().to_pybytes())
+
+
+def _write_object_csv(table: pa.Table, path: str) -> None:
+    """An object CSV, written by Polars (fast); numbers read back identically, integral floats as ``1.0``."""
+    import polars as pl
+
+    try:
+        frame = pl.from_arrow(table)
+    except pl.exceptions.PolarsError:
+        _write_csv(table, path)
+        return
+    assert isinstance(frame, pl.DataFrame)
+    frame.write_csv(path)
+
+
+def folder_part(value: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._]+", "_", value).strip(".") or "_"
+
+
+@dataclass
+class Materialised:
+    """One plate of ExportToDatabase files written as CSV site folders, and where every row went."""
+
+    plate: str
+    analysis_dir: str
+    #: site folder name -> source file, ImageNumber, TableNumber, rows per table
+    sites: dict[str, dict[str, Any]] = field(default_factory=dict)
+    files: list[dict[str, Any]] = field(default_factory=list)
+    dropped: list[Dropped] = field(default_factory=list)
+    #: rows left for other plates: plate -> table -> rows
+    other_plates: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def rows(self) -> dict[str, dict[str, int]]:
+        """Per table: rows read, written to sites, left for other plates, dropped (read = the other three)."""
+        out: dict[str, dict[str, int]] = {}
+
+        def add(table: str, kind: str, n: int) -> None:
+            out.setdefault(table, {"read": 0, "sites": 0, "other_plates": 0, "dropped": 0})[kind] += n
+
+        for f in self.files:
+            for t, n in f["rows"].items():
+                add(t, "read", n)
+        for s in self.sites.values():
+            for t, n in s["rows"].items():
+                add(t, "sites", n)
+        for per in self.other_plates.values():
+            for t, n in per.items():
+                add(t, "other_plates", n)
+        for d in self.dropped:
+            add(d.table, "dropped", d.rows)
+        return out
+
+    def report(self) -> dict[str, Any]:
+        """The plate report's ``export_database`` section."""
+        return {"files": self.files, "sites": self.sites, "dropped": [d.as_dict() for d in self.dropped],
+                "other_plates": self.other_plates, "rows": self.rows()}
+
+
+def _file_rows(export: ExportFile) -> dict[str, int]:
+    """Rows each table of the file holds, counted by SQL (independent of the stream)."""
+    conn = connect(export.path)
+    try:
+        out = {"Image": conn.execute(f"SELECT COUNT(*) FROM {quote(export.image_table)}").fetchone()[0]}
+        table = f"{export.prefix}Per_Object"
+        keys = []
+        for obj in export.objects:
+            where = f" WHERE {quote(obj.key)} IS NOT NULL" if obj.table == table else ""
+            out[obj.name] = conn.execute(f"SELECT COUNT(*) FROM {quote(obj.table)}{where}").fetchone()[0]
+            keys += [obj.key] if obj.table == table else []
+        if keys:
+            empty = " AND ".join(f"{quote(k)} IS NULL" for k in keys)
+            out["Per_Object"] = conn.execute(f"SELECT COUNT(*) FROM {quote(table)} WHERE {empty}").fetchone()[0]
+        return out
+    finally:
+        conn.close()
+
+
+class _SiteWriter:
+    """Writes a plate's images as site folders; the same plate/well/site twice leaves both out, named."""
+
+    def __init__(self, out: Materialised) -> None:
+        self.out = out
+        self.by_key: dict[tuple[str, ...], str] = {}
+        self.poisoned: set[tuple[str, ...]] = set()
+        self.numbers: set[int] = set()
+
+    def add(self, img: ExportImage, plate: str) -> None:
+        assert img.well is not None
+        key = (plate, img.well, img.site if img.site is not None else f"{img.file}:{img.image_number}")
+        where = f"image {img.image_number} of {img.file}"
+        if key in self.poisoned or key in self.by_key:
+            first = self.by_key.pop(key, None)
+            if first is not None:
+                gone = self.out.sites.pop(first)
+                shutil.rmtree(os.path.join(self.out.analysis_dir, first))
+                self.drop(gone["file"], gone["rows"], f"site {'/'.join(key)} is also {where}; which copy is right is unknown")
+            self.poisoned.add(key)
+            self.drop(img.file, img.rows(), f"site {'/'.join(key)} ({where}) appears more than once in the files")
+            return
+        name = "-".join(folder_part(p) for p in (plate, img.well, img.site or f"image{img.image_number}"))
+        base, k = name, 1
+        while name in self.out.sites or os.path.exists(os.path.join(self.out.analysis_dir, name)):
+            k += 1
+            name = f"{base}.{k}"
+        number, salt = img.table_number, 0
+        while number in self.numbers:  # CRC32 collision within the plate: re-hash deterministically
+            salt += 1
+            number = table_number(f"{img.file}#{salt}", img.image_number)
+        self.numbers.add(number)
+        folder = os.path.join(self.out.analysis_dir, name)
+        os.makedirs(folder)
+        _write_csv(img.image, os.path.join(folder, "Image.csv"))
+        for obj, table in img.objects.items():
+            _write_object_csv(table, os.path.join(folder, f"{obj}.csv"))
+        Path(folder, TABLE_NUMBER_FILE).write_text(f"{number}\n")
+        self.by_key[key] = name
+        self.out.sites[name] = {"file": img.file, "image_number": img.image_number, "table_number": number, "rows": img.rows()}
+
+    def drop(self, file: str, rows: dict[str, int], reason: str) -> None:
+        for table, n in rows.items():
+            if n:
+                self.out.dropped.append(Dropped(file, table, n, reason))
+
+
+def _route(img: ExportImage, export: ExportFile, plate: str) -> str | None:
+    """The plate an image belongs to (``plate`` when the file has no plate column); None when its value is empty."""
+    if "Metadata_Plate" not in export.image_csv_names:
+        return plate
+    return img.plate
+
+
+def materialise_plate(
+    sources: Sequence[str | os.PathLike[str]],
+    *,
+    plate: str,
+    out_dir: str | os.PathLike[str],
+    table_prefix: str | None = None,
+    root: str | os.PathLike[str] | None = None,
+    batch_rows: int = 2000,
+) -> Materialised:
+    """Write the images of ``plate`` in ExportToDatabase files as CSV site folders under ``out_dir``.
+
+    Each site folder (``PLATE-WELL-SITE``) holds ``Image.csv``, one CSV per object set
+    and the site's TableNumber in ``TABLE_NUMBER_FILE``. Images of other plates are
+    counted, not written; a file without ``Image_Metadata_Plate`` belongs to ``plate``.
+    ``root`` (the workspace) makes source names relative paths, as TableNumbers use them.
+    """
+    exports = [open_export(p, name=source_name(str(p), root), table_prefix=table_prefix) for p in sources]
+    if not exports:
+        raise InputError(f"{plate}: no ExportToDatabase files given")
+    names = Counter(e.name for e in exports)
+    twice = [n for n, k in names.items() if k > 1]
+    if twice:
+        raise InputError(f"two ExportToDatabase files are both named {twice[0]}; TableNumbers would repeat; "
+                         "rename one or place both inside the workspace")
+    out = Materialised(plate=plate, analysis_dir=str(out_dir))
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    writer = _SiteWriter(out)
+    for export in exports:
+        if "Metadata_Well" not in export.image_csv_names:
+            raise InputError(f"{export.path}: {export.image_table} has no Image_Metadata_Well column, so wells are unknown; "
+                             "extract the well in CellProfiler's Metadata module and export again")
+        expected = _file_rows(export)
+        out.files.append({"file": export.name, "table_prefix": export.prefix, "layout": export.layout, "rows": expected,
+                          "not_stored": export.not_stored, "unowned_columns": export.unowned_columns,
+                          "long_names": export.long_names})
+        file_dropped: list[Dropped] = []
+        got: Counter[str] = Counter()
+        for img in read_images(export, dropped=file_dropped, batch_rows=batch_rows):
+            got.update(img.rows())
+            target = _route(img, export, plate)
+            if target is None or img.well is None:
+                missing = "Image_Metadata_Plate" if target is None else "Image_Metadata_Well"
+                writer.drop(export.name, img.rows(), f"image {img.image_number}: {missing} is empty")
+            elif target != plate:
+                per = out.other_plates.setdefault(target, {})
+                for t, n in img.rows().items():
+                    per[t] = per.get(t, 0) + n
+            else:
+                writer.add(img, plate)
+        for d in file_dropped:
+            got[d.table] += d.rows
+        out.dropped.extend(file_dropped)
+        if {t: n for t, n in got.items() if n} != {t: n for t, n in expected.items() if n}:  # pragma: no cover - a bug
+            raise RuntimeError(f"{export.path}: rows streamed {dict(got)} differ from rows in the file {expected}")
+    return out

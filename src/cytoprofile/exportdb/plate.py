@@ -1,0 +1,117 @@
+"""Collating one plate from ExportToDatabase files through a scratch workspace of CSV site folders."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .. import io, workspace
+from ..errors import InputError
+from ..layout import Workspace
+from .files import discover_export_files, export_plates, find_export_files, source_name
+from .materialise import Materialised, folder_part, materialise_plate
+
+if TYPE_CHECKING:
+    from ..collate import PlateResult
+
+__all__ = ["collate_export"]
+
+
+def _fingerprint(paths: Sequence[str], root: str) -> list[list[Any]]:
+    out = []
+    for p in sorted(paths):
+        st = os.stat(p)
+        out.append([source_name(p, root), st.st_size, st.st_mtime_ns])
+    return out
+
+
+def _previous_run(report_path: str) -> dict[str, Any]:
+    """The ``export_database`` record of the plate's last report ({} when there is none)."""
+    try:
+        return dict(io.read_json(report_path).get("export_database") or {})
+    except Exception:  # noqa: BLE001 - an unreadable report means: rebuild
+        return {}
+
+
+def _call_record(options: dict[str, Any], table_prefix: str | None) -> Any:
+    """The options that shape the outputs, as JSON stores them (compared on re-runs)."""
+    shaping = {k: v for k, v in options.items() if k not in ("overwrite", "progress", "threads", "tmp_dir")}
+    return json.loads(json.dumps({**shaping, "table_prefix": table_prefix}, sort_keys=True, default=list))
+
+
+def collate_export(
+    ws: str | os.PathLike[str],
+    batch: str,
+    plate: str,
+    *,
+    sources: Sequence[str | os.PathLike[str]] | None = None,
+    table_prefix: str | None = None,
+    tmp_dir: str | None = None,
+    **options: Any,
+) -> PlateResult:
+    """Collate one plate from ExportToDatabase files into ``backend/BATCH/PLATE`` like the CSV route.
+
+    ``sources`` are files or folders of them (default ``analysis/BATCH/PLATE/*.sqlite``).
+    The plate's images are written as CSV site folders in a scratch workspace (under
+    ``tmp_dir``), collated there by :func:`cytoprofile.collate.collate_plate` (``options``
+    are its options) with the outputs in ``ws``; the report gains an ``export_database``
+    section naming every row not in the backend. A re-run with the same files and
+    options is skipped; changed files rebuild.
+    """
+    from ..collate import PlateResult, collate_plate, plate_outputs
+
+    if io.is_remote(ws):
+        raise InputError(f"{ws}: ExportToDatabase input is read from a local workspace; copy the files locally first")
+    root = str(ws)
+    if options.get("aggregate_only"):
+        return collate_plate(root, batch, plate, **options)  # the backend exists: nothing to read from the files
+    paths = [f for s in sources for f in find_export_files(s)] if sources else discover_export_files(root, batch, plate)
+    if not paths:
+        raise InputError(f"{Workspace(root).analysis_plate(batch, plate)}: no ExportToDatabase files (*.sqlite) found; "
+                         "give them with --export-db")
+    fingerprint, call = _fingerprint(paths, root), _call_record(options, table_prefix)
+    outputs = plate_outputs(root, batch, plate, backend=options.get("backend", ("sqlite",)),
+                            profile_format=options.get("profile_format", "csv"))
+    previous = _previous_run(outputs["report"]) if Path(outputs["report"]).exists() else {}
+    if previous.get("sources") == fingerprint and previous.get("call") == call and not options.get("overwrite") \
+            and all(Path(p).exists() for p in outputs.values()):
+        return PlateResult(batch, plate, "skipped", "complete outputs exist (use --overwrite to rebuild)", outputs)
+    options["overwrite"] = True  # other files or options: the outputs are rebuilt
+    with workspace.scratch_dir(tmp_dir, f"export-{folder_part(plate)}") as scratch:
+        done = materialise_plate(paths, plate=plate, out_dir=Workspace(scratch).analysis(batch, plate),
+                                 table_prefix=table_prefix, root=root)
+        if not done.sites:
+            raise InputError(_no_sites(done, paths, plate, table_prefix))
+        backend_root = Workspace(root).backend_root()
+        Path(backend_root).mkdir(parents=True, exist_ok=True)
+        os.symlink(os.path.realpath(backend_root), Workspace(scratch).backend_root())
+        result = collate_plate(scratch, batch, plate, **options)
+        result.outputs = {k: os.path.join(root, os.path.relpath(v, scratch)) for k, v in result.outputs.items()}
+        if result.status == "done" and result.report is not None:
+            section = {**done.report(), "sources": fingerprint, "call": call}
+            result.report = _amend_report(result.report, done, section, outputs["report"])
+        return result
+
+
+def _no_sites(done: Materialised, paths: Sequence[str], plate: str, table_prefix: str | None) -> str:
+    files = ", ".join(os.path.basename(p) for p in paths)
+    images = [d for d in done.dropped if d.table == "Image"]
+    if images:
+        return (f"{plate}: every image of this plate in {files} was left out ({sum(d.rows for d in images)}); "
+                f"first: {images[0].file}: {images[0].reason}")
+    found = export_plates(paths, table_prefix=table_prefix)
+    return f"{plate}: no image of this plate in {files}; plates there: {', '.join(sorted(p or '(none)' for p in found))}"
+
+
+def _amend_report(report: dict[str, Any], done: Materialised, section: dict[str, Any], path: str) -> dict[str, Any]:
+    """Name each site's source image and add where every row of the files went; rewritten atomically."""
+    for site in report.get("sites", []):
+        source = done.sites.get(site["site"])
+        if source is not None and site.get("file"):
+            site["file"] = f"{source['file']} (image {source['image_number']}; {os.path.basename(site['file'])})"
+    report["export_database"] = section
+    io.write_json(report, path)
+    return report
