@@ -526,16 +526,17 @@ def harmony(
         raise InputError(f"harmony: {int(batches.isna().sum())} row(s) have no {batch_key}")
     if batches.nunique() < 2:
         raise InputError(f"harmony: {batch_key} has a single value; there is no batch effect to correct")
-    x = feature_matrix(profiles, names)
+    x = feature_matrix(profiles, names)  # C-contiguous float64: harmonypy's input, not copied again
     _complete(x, "harmony")
     meta = pd.DataFrame({batch_key: batches.astype(str).to_numpy()})
     # rows x features is used without a copy; a square matrix is passed as features x rows
     data = x if x.shape[0] != x.shape[1] else x.T
     result = harmonypy.run_harmony(data, meta, [batch_key], theta=theta, nclust=n_clusters,
                                    max_iter_harmony=max_iter, random_state=seed, verbose=False, ncores=threads)
-    del data, x  # harmonypy keeps its own float64 copies; ours goes before the float32 result is made
-    corrected = np.asarray(result.Z_corr, dtype=np.float32)
+    del data, x
+    z = result.Z_corr  # a float64 copy; harmonypy's own state is freed before the float32 one is made
     del result
+    corrected = z.astype(np.float32)
+    del z
     return _assemble(profiles, names, corrected, drop=names)
-
 
