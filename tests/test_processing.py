@@ -94,6 +94,14 @@ def test_plates_without_controls_are_refused_or_dropped() -> None:
     assert sorted(out["Metadata_Plate"].unique()) == ["P000", "P001"] and len(out) == 192
 
 
+def test_chain_report_names_a_dropped_plate_at_the_step_that_dropped_it() -> None:
+    df = planted_profiles(plates=3, wells=96, features=6, seed=3)
+    df.loc[df["Metadata_Plate"] == "P002", "Metadata_control_type"] = "trt"
+    report: list[dict[str, object]] = []
+    pr.run_chain(df, ["var", "mad", "int"], plates_without_controls="drop", report=report)
+    assert [r["dropped_plates"] for r in report] == [["P002"], [], []]
+
+
 def test_mad_normalize_unscaled_mad() -> None:
     df = planted_profiles(plates=3, wells=96, features=10, seed=4)
     out = pr.mad_normalize(df)

@@ -125,6 +125,10 @@ def _step_call(step: str, frame: pd.DataFrame, names: list[str], o: Mapping[str,
     return harmony(frame, features=names, batch_key=o["batch_key"], seed=o["seed"])
 
 
+def _plates(frame: pd.DataFrame, plate_column: str) -> set[str]:
+    return set(frame[plate_column].astype(str)) if plate_column in frame else set()
+
+
 def run_chain(
     profiles: pd.DataFrame,
     chain: str | Sequence[str],
@@ -171,11 +175,11 @@ def run_chain(
         start = time.perf_counter()
         before_rows, before = len(frame), names
         other = set(non_feature_columns(frame, names))
+        plates_before = _plates(frame, plate_column) if report is not None else set()
         frame = _step_call(step, frame, names, options)
         names = [c for c in frame.columns if c not in other]
         if report is not None:
-            plates_before = set(profiles[plate_column].astype(str)) if plate_column in profiles else set()
-            plates_after = set(frame[plate_column].astype(str)) if plate_column in frame else set()
+            plates_after = _plates(frame, plate_column)
             report.append({
                 "step": step, "rows_in": before_rows, "rows_out": len(frame),
                 "features_in": len(before), "features_out": len(names),

@@ -150,6 +150,19 @@ def _plates_with_stats(
     return profiles[~plates.isin(missing).to_numpy()]
 
 
+def _reference_statistics(
+    profiles: pd.DataFrame, x: np.ndarray, names: Sequence[str], *, plate_column: str, samples: str,
+    plates_without_controls: str, step: str,
+) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame, pd.DataFrame]:
+    """Per-plate statistics of ``x`` (rows of ``profiles``), and the profiles and rows of ``x``
+    on plates that have them (or an error naming the others)."""
+    median, mad = _plate_stats(profiles, x, names, plate_column, samples)
+    kept = _plates_with_stats(profiles, list(median.index), plate_column, plates_without_controls, step)
+    if len(kept) < len(profiles):
+        x = x[np.isin(profiles[plate_column].astype(str).to_numpy(), list(median.index))]
+    return kept, x, median, mad
+
+
 def select_variant_features(
     profiles: pd.DataFrame,
     *,
@@ -166,10 +179,12 @@ def select_variant_features(
     finite = np.isfinite(x).all(axis=0)
     if not finite.all():
         log.info("var: %d feature(s) with missing or infinite values dropped", int((~finite).sum()))
+        x = x[:, finite]
     kept_names = [n for n, ok in zip(names, finite) if ok]
-    median, mad = _plate_stats(profiles, x[:, finite] if not finite.all() else x, kept_names, plate_column, samples)
+    profiles, _, median, mad = _reference_statistics(
+        profiles, x, kept_names, plate_column=plate_column, samples=samples,
+        plates_without_controls=plates_without_controls, step="var")
     del x
-    profiles = _plates_with_stats(profiles, list(median.index), plate_column, plates_without_controls, "var")
     m, d = median.to_numpy(), mad.to_numpy()
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.abs(d / m)
@@ -192,12 +207,9 @@ def mad_normalize(
 ) -> pd.DataFrame:
     """(x − plate median) / (plate MAD + ``epsilon``), statistics of the reference wells."""
     names = feature_columns(profiles, features, feature_prefixes)
-    x = _matrix32(profiles, names)
-    median, mad = _plate_stats(profiles, x, names, plate_column, samples)
-    kept = _plates_with_stats(profiles, list(median.index), plate_column, plates_without_controls, "mad")
-    if len(kept) < len(profiles):
-        x = x[np.isin(profiles[plate_column].astype(str).to_numpy(), list(median.index))]
-    profiles = kept
+    profiles, x, median, mad = _reference_statistics(
+        profiles, _matrix32(profiles, names), names, plate_column=plate_column, samples=samples,
+        plates_without_controls=plates_without_controls, step="mad")
     scale = mad.to_numpy() + np.float32(epsilon)
     zero = (scale == 0).any(axis=0)
     if zero.any():
@@ -526,16 +538,17 @@ def harmony(
         raise InputError(f"harmony: {int(batches.isna().sum())} row(s) have no {batch_key}")
     if batches.nunique() < 2:
         raise InputError(f"harmony: {batch_key} has a single value; there is no batch effect to correct")
-    x = feature_matrix(profiles, names)
+    x = feature_matrix(profiles, names)  # C-contiguous float64: harmonypy's input, not copied again
     _complete(x, "harmony")
     meta = pd.DataFrame({batch_key: batches.astype(str).to_numpy()})
     # rows x features is used without a copy; a square matrix is passed as features x rows
     data = x if x.shape[0] != x.shape[1] else x.T
     result = harmonypy.run_harmony(data, meta, [batch_key], theta=theta, nclust=n_clusters,
                                    max_iter_harmony=max_iter, random_state=seed, verbose=False, ncores=threads)
-    del data, x  # harmonypy keeps its own float64 copies; ours goes before the float32 result is made
-    corrected = np.asarray(result.Z_corr, dtype=np.float32)
+    del data, x
+    z = result.Z_corr  # a float64 copy; harmonypy's own state is freed before the float32 one is made
     del result
+    corrected = z.astype(np.float32)
+    del z
     return _assemble(profiles, names, corrected, drop=names)
-
 
