@@ -1220,3 +1220,39 @@ def test_empty_file_outside_the_compartments_is_set_aside(tmp_path: Path) -> Non
     assert entry["status"] == "ok"
     assert entry["files"]["Cytoplasm.csv"] == {"rows": 0, "tables": [], "not_stored": "empty file (0 bytes)"}
     assert result.report["partial_tables"]["Cytoplasm"]["sites_without"] == [target.name]
+
+
+# --- binary files under a table's name -------------------------------------------------------------------
+
+_BINARY = {"ole": b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(64),
+           "random": np.random.default_rng(3).integers(0, 256, 3000, dtype=np.uint8).tobytes(),
+           "latin-1": "ImageNumber,ObjectNumber,Location_Center_X\n1,1,caf\xe9\n1,2,\xe9t\xe9\n".encode("latin-1")}
+
+
+@pytest.mark.parametrize("kind", sorted(_BINARY))
+@pytest.mark.parametrize("name", ["Cells.csv", "Nuclei.csv.gz"])
+def test_binary_table_file_quarantines_as_not_utf8(tmp_path: Path, kind: str, name: str) -> None:
+    """A file that is not UTF-8 text under a compartment's name: quarantined with that reason; it has
+    no rows to count, and the report says so (the accounting helper agrees)."""
+    plate_dir = faults.small_plate(tmp_path)
+    target = faults.site(plate_dir, "A02", 1)
+    (target / name.removesuffix(".gz")).unlink()
+    data = _BINARY[kind]
+    (target / name).write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    assert faults.count_data_rows(target / name) is None
+    result = _collate(tmp_path, plate_dir)
+    entry = _sites(result)[target.name]
+    assert (entry["status"], entry["reason"]) == ("quarantined", f"{name} is not UTF-8 text")
+    assert entry["files"][name]["rows"] is None and entry["files"][name]["unreadable"].startswith("not UTF-8 text (byte 0x")
+
+
+@pytest.mark.parametrize(("data", "rows"), [
+    (b"ImageNumber,ObjectNumber,x\n1,1,2\n1,2,3\n", 2), (b"ImageNumber,ObjectNumber,x\r1,1,2\r1,2,3\r", 2),
+    (b"ImageNumber,ObjectNumber,x\r\n1,1,2\r\n\r\n1,2,3", 2), (b"Metadata_Note,x\nform\x0cfeed,1\nline\x1csep,2\n", 2),
+    (b"\xff\xfeI\x00m\x00", None), (b"", 0), (b"a,b\n", 0)])
+def test_count_data_rows_counts_lines_as_csv_parsers_do(tmp_path: Path, data: bytes, rows: int | None) -> None:
+    """The test's own row count: rows end at LF, CRLF or CR only (never at a form feed); text that is not
+    UTF-8 has no rows (None)."""
+    path = tmp_path / "Some.csv"
+    path.write_bytes(data)
+    assert faults.count_data_rows(path) == rows

@@ -367,8 +367,12 @@ def _count_records(raw: bytes, header_lines: int) -> int:
 def _rows_entry(path: str, header_lines: int) -> dict[str, Any]:
     """A file's data rows for the report (``rows`` None and why, when it cannot be read)."""
     try:
-        return {"rows": _count_records(_read_bytes(path), header_lines), "tables": []}
-    except (_ObjectFileProblem, OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:
+        raw = _read_bytes(path)
+        raw.decode("utf-8")  # rows of a file that is not text are not counted: there are none to name
+        return {"rows": _count_records(raw, header_lines), "tables": []}
+    except UnicodeDecodeError as exc:
+        return {"rows": None, "tables": [], "unreadable": f"not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})"}
+    except (_ObjectFileProblem, OSError, EOFError, zlib.error) as exc:
         return {"rows": None, "tables": [], "unreadable": str(exc).split(": ")[-1][:200]}
 
 
@@ -562,7 +566,7 @@ def _add_table_file(scan: SiteScan, entry: str, path: str, table: str) -> None:
     except (UnicodeDecodeError, OSError, EOFError, zlib.error) as exc:
         scan.csv_files.append((entry, path, 1))
         reason = "is not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else f"cannot be read ({exc})"
-        if _is_gzip_data(path):
+        if not entry.lower().endswith(".gz") and _is_gzip_data(path):
             reason = f"is gzip-compressed but not named .gz; rename it to {entry}.gz"
         scan.quarantine(f"{entry} {reason}", path)
         return
