@@ -967,7 +967,7 @@ def test_whitespace_line_with_a_real_fault_still_names_the_fault(tmp_path: Path)
 
 
 def test_gzip_object_csvs_are_decompressed_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import cytoprofile.ingest as ingest
+    from cytoprofile.ingest import text
 
     plate_dir = faults.small_plate(tmp_path, wells=1, sites=2, cells=3000, features=40)
     for folder in sorted(plate_dir.iterdir()):
@@ -999,7 +999,7 @@ def test_gzip_object_csvs_are_decompressed_once(tmp_path: Path, monkeypatch: pyt
         consumed[by_bytes[data]] += len(data)
         return real_decompress(data)
 
-    monkeypatch.setattr(ingest, "gzip", type("gzip", (), {"open": staticmethod(counted_open),
+    monkeypatch.setattr(text, "gzip", type("gzip", (), {"open": staticmethod(counted_open),
                                                           "decompress": staticmethod(counted_decompress)}))
     result = _collate(tmp_path, plate_dir)
     assert {s["status"] for s in result.report["sites"]} == {"ok"}
@@ -1066,10 +1066,10 @@ def test_gzip_data_under_a_plain_csv_name_names_the_fix(tmp_path: Path, name: st
 def test_each_file_is_parsed_once_per_collate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Speed guard (the backend must stay within 10% of the reference commit): the scan's parse of
     Image.csv is the one the read pass uses, and each object CSV is parsed once."""
-    from cytoprofile import ingest
+    from cytoprofile.ingest import image, objects
 
     calls: dict[str, int] = {"image": 0, "objects": 0}
-    read_image, read_objects = ingest._read_image_csv, ingest._object_values
+    read_image, read_objects = image._read_image_csv, objects._object_values
 
     def count_image(*args: Any, **kwargs: Any) -> Any:
         calls["image"] += 1
@@ -1079,8 +1079,8 @@ def test_each_file_is_parsed_once_per_collate(tmp_path: Path, monkeypatch: pytes
         calls["objects"] += 1
         return read_objects(*args, **kwargs)
 
-    monkeypatch.setattr(ingest, "_read_image_csv", count_image)
-    monkeypatch.setattr(ingest, "_object_values", count_objects)
+    monkeypatch.setattr(image, "_read_image_csv", count_image)
+    monkeypatch.setattr(objects, "_object_values", count_objects)
     synth(tmp_path, plates=["P1"], wells=96, well_subset=2, sites=3, cells=4, features=4, seed=5)
     result = collate_plate(tmp_path, "BATCH1", "P1")
     assert result.report["totals"]["sites_ok"] == 6

@@ -24,7 +24,6 @@ MIN_REPEATED_LINES = 6
 PENDING = frozenset({
     "cli",
     "collate",
-    "ingest",
     "exportdb",
     "annotate",
     "config",
