@@ -12,6 +12,7 @@ import csv
 import gzip
 import io
 import os
+import re
 import shutil
 import sqlite3
 from collections import Counter
@@ -67,13 +68,18 @@ def write_rows(path: Path, rows: list[list[str]], *, raw: bool = True) -> None:
     path.write_bytes(gzip.compress(data) if path.name.lower().endswith(".gz") else data)
 
 
-def count_data_rows(path: Path) -> int:
-    """Data rows of an input CSV, counted independently of cytoprofile (two-row headers recognised)."""
+def count_data_rows(path: Path) -> int | None:
+    """Data rows of an input CSV, counted independently of cytoprofile (two-row headers recognised);
+    None for a file that is not UTF-8 text (it has no rows to count)."""
     if path.stat().st_size == 0:
         return 0
     raw = path.read_bytes()
-    text = (gzip.decompress(raw) if path.name.lower().endswith(".gz") else raw).decode("utf-8", errors="replace")
-    lines = [line for line in text.splitlines() if line.strip()]  # blank and whitespace-only lines hold no row
+    try:
+        text = (gzip.decompress(raw) if path.name.lower().endswith(".gz") else raw).decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    # rows end at LF, CRLF or CR (not at the other breaks str.splitlines knows); blank lines hold no row
+    lines = [line for line in re.split(r"\r\n|\r|\n", text) if line.strip()]
     header = 2 if len(lines) > 1 and "ImageNumber" not in lines[0] and "ImageNumber" in lines[1] else 1
     body = "\n".join(lines[header:])
     if '"' not in body:  # bare CellProfiler rows: one a line, whatever the header holds

@@ -967,7 +967,7 @@ def test_whitespace_line_with_a_real_fault_still_names_the_fault(tmp_path: Path)
 
 
 def test_gzip_object_csvs_are_decompressed_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import cytoprofile.ingest as ingest
+    from cytoprofile.ingest import text
 
     plate_dir = faults.small_plate(tmp_path, wells=1, sites=2, cells=3000, features=40)
     for folder in sorted(plate_dir.iterdir()):
@@ -999,7 +999,7 @@ def test_gzip_object_csvs_are_decompressed_once(tmp_path: Path, monkeypatch: pyt
         consumed[by_bytes[data]] += len(data)
         return real_decompress(data)
 
-    monkeypatch.setattr(ingest, "gzip", type("gzip", (), {"open": staticmethod(counted_open),
+    monkeypatch.setattr(text, "gzip", type("gzip", (), {"open": staticmethod(counted_open),
                                                           "decompress": staticmethod(counted_decompress)}))
     result = _collate(tmp_path, plate_dir)
     assert {s["status"] for s in result.report["sites"]} == {"ok"}
@@ -1066,10 +1066,10 @@ def test_gzip_data_under_a_plain_csv_name_names_the_fix(tmp_path: Path, name: st
 def test_each_file_is_parsed_once_per_collate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Speed guard (the backend must stay within 10% of the reference commit): the scan's parse of
     Image.csv is the one the read pass uses, and each object CSV is parsed once."""
-    from cytoprofile import ingest
+    from cytoprofile.ingest import image, objects
 
     calls: dict[str, int] = {"image": 0, "objects": 0}
-    read_image, read_objects = ingest._read_image_csv, ingest._object_values
+    read_image, read_objects = image._read_image_csv, objects._object_values
 
     def count_image(*args: Any, **kwargs: Any) -> Any:
         calls["image"] += 1
@@ -1079,8 +1079,8 @@ def test_each_file_is_parsed_once_per_collate(tmp_path: Path, monkeypatch: pytes
         calls["objects"] += 1
         return read_objects(*args, **kwargs)
 
-    monkeypatch.setattr(ingest, "_read_image_csv", count_image)
-    monkeypatch.setattr(ingest, "_object_values", count_objects)
+    monkeypatch.setattr(image, "_read_image_csv", count_image)
+    monkeypatch.setattr(objects, "_object_values", count_objects)
     synth(tmp_path, plates=["P1"], wells=96, well_subset=2, sites=3, cells=4, features=4, seed=5)
     result = collate_plate(tmp_path, "BATCH1", "P1")
     assert result.report["totals"]["sites_ok"] == 6
@@ -1220,3 +1220,39 @@ def test_empty_file_outside_the_compartments_is_set_aside(tmp_path: Path) -> Non
     assert entry["status"] == "ok"
     assert entry["files"]["Cytoplasm.csv"] == {"rows": 0, "tables": [], "not_stored": "empty file (0 bytes)"}
     assert result.report["partial_tables"]["Cytoplasm"]["sites_without"] == [target.name]
+
+
+# --- binary files under a table's name -------------------------------------------------------------------
+
+_BINARY = {"ole": b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(64),
+           "random": np.random.default_rng(3).integers(0, 256, 3000, dtype=np.uint8).tobytes(),
+           "latin-1": "ImageNumber,ObjectNumber,Location_Center_X\n1,1,caf\xe9\n1,2,\xe9t\xe9\n".encode("latin-1")}
+
+
+@pytest.mark.parametrize("kind", sorted(_BINARY))
+@pytest.mark.parametrize("name", ["Cells.csv", "Nuclei.csv.gz"])
+def test_binary_table_file_quarantines_as_not_utf8(tmp_path: Path, kind: str, name: str) -> None:
+    """A file that is not UTF-8 text under a compartment's name: quarantined with that reason; it has
+    no rows to count, and the report says so (the accounting helper agrees)."""
+    plate_dir = faults.small_plate(tmp_path)
+    target = faults.site(plate_dir, "A02", 1)
+    (target / name.removesuffix(".gz")).unlink()
+    data = _BINARY[kind]
+    (target / name).write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    assert faults.count_data_rows(target / name) is None
+    result = _collate(tmp_path, plate_dir)
+    entry = _sites(result)[target.name]
+    assert (entry["status"], entry["reason"]) == ("quarantined", f"{name} is not UTF-8 text")
+    assert entry["files"][name]["rows"] is None and entry["files"][name]["unreadable"].startswith("not UTF-8 text (byte 0x")
+
+
+@pytest.mark.parametrize(("data", "rows"), [
+    (b"ImageNumber,ObjectNumber,x\n1,1,2\n1,2,3\n", 2), (b"ImageNumber,ObjectNumber,x\r1,1,2\r1,2,3\r", 2),
+    (b"ImageNumber,ObjectNumber,x\r\n1,1,2\r\n\r\n1,2,3", 2), (b"Metadata_Note,x\nform\x0cfeed,1\nline\x1csep,2\n", 2),
+    (b"\xff\xfeI\x00m\x00", None), (b"", 0), (b"a,b\n", 0)])
+def test_count_data_rows_counts_lines_as_csv_parsers_do(tmp_path: Path, data: bytes, rows: int | None) -> None:
+    """The test's own row count: rows end at LF, CRLF or CR only (never at a form feed); text that is not
+    UTF-8 has no rows (None)."""
+    path = tmp_path / "Some.csv"
+    path.write_bytes(data)
+    assert faults.count_data_rows(path) == rows

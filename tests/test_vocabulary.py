@@ -205,9 +205,9 @@ def test_missing_tokens_read_as_missing() -> None:
 
 # ---------------------------------------------------------------- the structure stays
 
-# ingest.py keeps its own key columns and well parser until the work on its null handling
+# ingest (its model module) keeps its own key columns and well parser until the work on its null handling
 # is merged; then it imports them from vocabulary and leaves this list.
-_PENDING = {"ingest.py"}
+_PENDING = {"ingest/model.py"}
 
 
 def _sources() -> list[tuple[str, str]]:

@@ -1,0 +1,76 @@
+"""Per-site cross-checks: unique object keys, rows vs Image.csv ``Count_<Object>``, ``Parent_<X>`` links.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from .model import CountCheck
+
+__all__ = [
+    "site_checks",
+]
+
+
+def _pair_keys(images: np.ndarray, objects: np.ndarray, numbers: np.ndarray, span: int) -> np.ndarray:
+    """One integer per (ImageNumber, ObjectNumber) pair of a site: image position × span + object."""
+    where = np.searchsorted(numbers, images.astype(np.int64))
+    if len(numbers) * span < 2**62:
+        return where * span + objects.astype(np.int64)
+    return where.astype(object) * span + objects.astype(np.int64).astype(object)
+
+
+def site_checks(objects: dict[str, np.ndarray], union: dict[str, list[str]], image: pa.Table,
+                 image_numbers: Sequence[int], mode: CountCheck) -> tuple[tuple[str, str] | None, list[str]]:
+    """Unique object keys always; with ``mode``, rows vs Image.csv ``Count_<Object>`` and ``Parent_<X>`` links."""
+    numbers = np.unique(np.asarray(image_numbers, dtype=np.int64))
+    span = 1
+    for table, a in objects.items():
+        cols = [j for j, c in enumerate(union[table]) if c.startswith("Parent_") or c == "ObjectNumber"]
+        if len(a) and not np.isnan(a[:, cols]).all():
+            span = max(span, 1 + int(np.nanmax(a[:, cols])))
+    composite = {t: _pair_keys(a[:, 0], a[:, 1], numbers, span) for t, a in objects.items()}
+    for table, keys in composite.items():
+        unique, counts = np.unique(keys, return_counts=True)
+        if len(unique) != len(keys):
+            row = int(np.flatnonzero(np.isin(keys, unique[counts > 1]))[0])
+            a = objects[table]
+            return (table, f"{table}: ImageNumber {int(a[row, 0])}, ObjectNumber {int(a[row, 1])} appears {int(counts.max())} times"), []
+    if mode == "off":
+        return None, []
+    problems: list[tuple[str, str]] = []
+    names = set(image.column_names)
+    for table, a in objects.items():
+        count = f"Count_{table}"
+        if count not in names:
+            continue
+        expected = dict(zip(image.column("ImageNumber").to_pylist(), image.column(count).to_pylist()))
+        found = Counter(a[:, 0].astype(np.int64).tolist())
+        for number, want in expected.items():
+            if want is not None and not (isinstance(want, float) and np.isnan(want)) and found.get(number, 0) != want:
+                problems.append((table, f"{table} has {found.get(number, 0)} rows for ImageNumber {number} but Image.csv "
+                                        f"{count} says {want:g}"))
+                break
+    for table, a in objects.items():
+        for j, column in enumerate(union[table]):
+            other = column[len("Parent_"):] if column.startswith("Parent_") else None
+            if other is None or other not in objects:
+                continue
+            parents = a[:, j]
+            linked = ~np.isnan(parents) & (parents != 0)
+            if not linked.any():
+                continue
+            wanted = _pair_keys(a[linked, 0], parents[linked], numbers, span)
+            missing = ~np.isin(wanted, composite[other])
+            if missing.any():
+                row = np.flatnonzero(linked)[np.flatnonzero(missing)[0]]
+                problems.append((table, f"{table} row with ObjectNumber {int(a[row, 1])} (ImageNumber {int(a[row, 0])}) has "
+                                        f"{column} {int(parents[row])}, but {other} has no such object in that image "
+                                        f"({int(missing.sum())} such link(s))"))
+    if mode == "error" and problems:
+        return problems[0], []
+    return None, [p for _, p in problems]

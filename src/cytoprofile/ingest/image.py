@@ -1,0 +1,240 @@
+"""Image.csv: column-family types (text families as written, every other column numeric), and its
+rows checked: ImageNumbers, this plate, every stratum filled, the folder name compared.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from .model import (
+    IMAGE_TABLE,
+    MAX_KEY,
+    NULL_VALUES,
+    SITE_NAME,
+    ObjectFileProblem,
+    SiteScan,
+    Source,
+    is_text_image_column,
+    normalise_well,
+)
+from .text import (
+    after_lines,
+    blank_whitespace_lines,
+    line_endings,
+    line_of_row,
+    parse_problem,
+    read_bytes,
+)
+
+__all__ = [
+    "check_image",
+    "fill_metadata",
+    "parse_image",
+]
+
+
+def check_image(scan: SiteScan, image: pa.Table, strata: Sequence[str], plate: str) -> None:
+    """Image rows: at least one, unique ImageNumbers, this plate, every stratum filled."""
+    path = scan.sources[IMAGE_TABLE].path
+    base = scan.sources[IMAGE_TABLE].name
+    if image.num_rows == 0:
+        scan.quarantine(f"{base} has a header but no data row", path)
+        return
+    had_plate = "Metadata_Plate" in image.column_names
+    before = set(image.column_names)
+    disagreements = _folder_disagreements(image, scan.name, plate)
+    image, problem = fill_metadata(image, scan.name, plate, scan.notes)
+    if problem:
+        scan.quarantine(problem, path)
+        return
+    scan.filled_columns = [c for c in image.column_names if c not in before]
+    missing = [s for s in strata if s not in image.column_names]
+    if missing:
+        scan.quarantine(f"{base} lacks the strata column(s) {', '.join(missing)}", path)
+        return
+    if "ImageNumber" in image.column_names:
+        numbers = image.column("ImageNumber").to_pylist()
+        repeated = sorted(n for n, k in Counter(numbers).items() if k > 1 and n is not None)
+        if repeated:
+            scan.quarantine(f"{base} has {Counter(numbers)[repeated[0]]} rows with ImageNumber {repeated[0]}", path)
+            return
+        scan.image_numbers = [int(v) for v in numbers if v is not None]
+    if had_plate:
+        others = sorted({str(v) for v in image.column("Metadata_Plate").to_pylist()} - {plate})
+        if others:
+            scan.quarantine(f"{base} names plate {others[0]!r}, not {plate!r} (a site of another plate?)", path)
+            return
+    for column in strata:
+        values = image.column(column).to_pylist()
+        empty = [i for i, v in enumerate(values) if v is None or str(v).strip() == ""]
+        if empty:
+            scan.quarantine(f"{base}: {column} is empty in data row {empty[0] + 1}", path)
+            return
+    scan.keys = _row_keys(image, strata)
+    scan.warnings.extend(disagreements)
+
+
+def _folder_disagreements(image: pa.Table, site: str, plate: str) -> list[str]:
+    """Where a ``PLATE-WELL-SITE`` folder name and Image.csv disagree. Image.csv's well and site are used (they
+    are the rows' keys); the plate is the plate folder's (Image.csv naming another plate is refused elsewhere)."""
+    match = SITE_NAME.match(site)
+    if not match:
+        return []
+    out = []
+    said = {"Metadata_Plate": match.group("plate"), "Metadata_Well": normalise_well(match.group("well")),
+            "Metadata_Site": match.group("site")}
+    for column, folder_value in said.items():
+        if column not in image.column_names:
+            if column == "Metadata_Plate" and folder_value != plate:
+                out.append(f"folder {site} says Metadata_Plate {folder_value!r}, but it is in plate folder {plate!r} "
+                           f"(Metadata_Plate {plate!r} is used)")
+            continue
+        values = [v for v in dict.fromkeys(image.column(column).to_pylist()) if v is not None and str(v).strip()]
+        other = [v for v in values if not _same_key(column, str(v), folder_value)]
+        if other:
+            out.append(f"folder {site} says {column} {folder_value!r}, Image.csv says {str(other[0])!r} "
+                       "(Image.csv's value is used)")
+    return out
+
+
+def _same_key(column: str, value: str, folder_value: str) -> bool:
+    if column == "Metadata_Well":
+        return normalise_well(value) == folder_value
+    if column == "Metadata_Site":
+        try:
+            return float(value) == float(folder_value)
+        except ValueError:
+            return value.strip() == folder_value
+    return value.strip() == folder_value
+
+
+def _row_keys(image: pa.Table, strata: Sequence[str]) -> list[tuple[str, ...]]:
+    cols = [image.column(s).to_pylist() for s in strata]
+    return [tuple("" if v is None else str(v) for v in row) for row in zip(*cols)]
+
+
+def fill_metadata(image: pa.Table, site: str, plate: str, notes: list[str] | None = None) -> tuple[pa.Table, str | None]:
+    """Normalise well names; fill Metadata_Well/Site from the folder name ``PLATE-WELL-SITE`` and Metadata_Plate from the
+    plate folder when Image.csv lacks them."""
+    if "Metadata_Well" in image.column_names:
+        wells = image.column("Metadata_Well").to_pylist()
+        fixed = [normalise_well(w) if isinstance(w, str) else w for w in wells]
+        if fixed != wells:
+            if notes is not None:
+                notes.extend(sorted({f"well {a!r} read as {b!r}" for a, b in zip(wells, fixed) if a != b}))
+            image = image.set_column(image.column_names.index("Metadata_Well"), "Metadata_Well", pa.array(fixed, type=pa.string()))
+    match = SITE_NAME.match(site)
+    if "Metadata_Well" not in image.column_names and not match:
+        return image, f"Image.csv has no Metadata_Well and the folder name {site!r} is not PLATE-WELL-SITE"
+    fills: dict[str, str] = {"Metadata_Plate": plate}  # the plate folder's name, whatever the site folder says
+    if match:
+        fills["Metadata_Well"] = normalise_well(match.group("well"))
+        fills["Metadata_Site"] = match.group("site")
+    for column, value in fills.items():
+        if column not in image.column_names:
+            image = image.append_column(pa.field(column, pa.string()), pa.array([value] * image.num_rows, type=pa.string()))
+    return image, None
+
+
+def parse_image(scan: SiteScan, raw: bytes | None = None) -> pa.Table | None:
+    """Image.csv with column-family types: text families as text (kept as written; empty is NULL), every
+    other column numeric (empty, ``nan`` and ``NaN`` are NULL; any other word is a non-number)."""
+    source = scan.sources[IMAGE_TABLE]
+    try:
+        raw = line_endings(read_bytes(source.path), source.name) if raw is None else raw
+    except ObjectFileProblem as exc:
+        scan.quarantine(str(exc), source.path)
+        return None
+    try:
+        table = _read_image_csv(raw, source)
+    except pa.ArrowInvalid as exc:
+        cleaned = blank_whitespace_lines(raw, after_lines(raw, source.header_lines))
+        if cleaned is raw:  # no whitespace-only line to skip: the file is at fault
+            scan.quarantine(parse_problem(source.name, raw, source.width, exc), source.path)
+            return None
+        return parse_image(scan, cleaned)
+    for i, column in enumerate(table.schema):  # set_column keeps positions: the schema read once stays valid
+        if is_text_image_column(column.name):
+            table = _empty_text_as_null(table, i)
+            continue
+        if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
+            continue
+        table, problem = _numeric_image_column(table, i, raw, source)
+        if problem:
+            scan.quarantine(problem, source.path)
+            return None
+    if "ImageNumber" in table.column_names:
+        problem = _image_number_problem(table.column("ImageNumber"), source.name)
+        if problem:
+            scan.quarantine(problem, source.path)
+            return None
+        table = table.set_column(table.column_names.index("ImageNumber"), "ImageNumber", table.column("ImageNumber").cast(pa.int64()))
+    return table
+
+
+def _read_image_csv(raw: bytes, source: Source) -> pa.Table:
+    positions = source.positions if source.positions is not None else list(range(source.width))
+    field_names = [f"c{i}" for i in range(source.width)]
+    text_types = {field_names[p]: pa.string() for p, c in zip(positions, source.header) if is_text_image_column(c)}
+    table = pacsv.read_csv(
+        pa.BufferReader(raw),
+        read_options=pacsv.ReadOptions(use_threads=False, block_size=1 << 24, column_names=field_names,
+                                       skip_rows=source.header_lines),
+        # null tokens apply to numeric columns only; no word is read as a boolean
+        convert_options=pacsv.ConvertOptions(column_types=text_types, null_values=NULL_VALUES, strings_can_be_null=False,
+                                             true_values=[], false_values=[],
+                                             include_columns=[field_names[p] for p in positions]),
+    )
+    return table.rename_columns(source.header)
+
+
+def _empty_text_as_null(table: pa.Table, i: int) -> pa.Table:
+    column = table.column(i)
+    empty = pc.equal(column, "")
+    if not pc.any(empty).as_py():
+        return table
+    return table.set_column(i, table.column_names[i], pc.if_else(empty, pa.scalar(None, pa.string()), column))
+
+
+def _numeric_image_column(table: pa.Table, i: int, raw: bytes, source: Source) -> tuple[pa.Table, str | None]:
+    """A measurement column as numbers, or the first cell that is not one (line and column named)."""
+    typ = table.schema.field(i).type
+    column = table.column_names[i]
+    if pa.types.is_null(typ):
+        return table.set_column(i, column, table.column(i).cast(pa.float64())), None
+    if pa.types.is_integer(typ) or pa.types.is_floating(typ):
+        return table, None
+    values = [None if v is None else str(v) for v in table.column(i).to_pylist()]  # strings, dates, times
+    bad = next((k for k, v in enumerate(values) if v is not None and v.strip() not in NULL_VALUES and not _is_number(v)), None)
+    if bad is None:  # numbers the CSV reader did not take (e.g. padded): read each
+        floats = [float(v) if v is not None and v.strip() not in NULL_VALUES else None for v in values]
+        return table.set_column(i, column, pa.array(floats, type=pa.float64())), None
+    line = line_of_row(raw, source.header_lines, bad)
+    return table, f"{source.name} line {line}, column {column}: {str(values[bad])[:40]!r} is not a number"
+
+
+def _is_number(value: object) -> bool:
+    """A number as CellProfiler writes one (ASCII digits, a point, an exponent; ``inf``), not Python's wider syntax."""
+    text = str(value).strip()
+    if not text.isascii() or "_" in text:
+        return False
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _image_number_problem(column: pa.ChunkedArray, base: str) -> str | None:
+    values = [v for v in column.to_pylist() if v is not None]
+    if len(values) != len(column):
+        return f"{base}: an Image row has no ImageNumber"
+    for v in values:
+        if not (float(v).is_integer() and 0 <= v <= MAX_KEY):
+            return f"{base}: ImageNumber {v!r} is not an integer key (0 to 2^53)"
+    return None

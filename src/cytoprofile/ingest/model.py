@@ -1,0 +1,223 @@
+"""What ingest works with: the table and key names, where a table's rows come from, what the scan
+learned of a site, and the read pass's results (a site's tables or its quarantine).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+
+__all__ = [
+    "APPLE_DOUBLE",
+    "CountCheck",
+    "GENERATION_TABLE",
+    "IMAGE_TABLE",
+    "KEY_COLUMNS",
+    "MAX_KEY",
+    "NULL_VALUES",
+    "ObjectFileProblem",
+    "PlateSchema",
+    "Quarantine",
+    "RESERVED_TABLES",
+    "RUN_METADATA_FILES",
+    "SINGLE_CELL_TABLE",
+    "SITE_NAME",
+    "SiteScan",
+    "SiteTables",
+    "Source",
+    "TABLE_NUMBER_FILE",
+    "TEXT_IMAGE_FAMILIES",
+    "canonical_order",
+    "csv_stem",
+    "is_text_image_column",
+    "normalise_well",
+    "reader_opens",
+]
+
+IMAGE_TABLE = "Image"
+#: CellProfiler run metadata, not measurements: never an object table (any case, any prefix).
+RUN_METADATA_FILES = ("Experiment.csv",)
+KEY_COLUMNS = ("TableNumber", "ImageNumber", "ObjectNumber")
+#: what CellProfiler writes for a missing number: NULL in a numeric column (``inf`` stays infinite). Any other
+#: word there (``NA``, ``None``, ``null``) is a non-number; a text column keeps every token as written, and an
+#: empty text field is NULL.
+NULL_VALUES = ["", "nan", "NaN"]
+SITE_NAME = re.compile(r"^(?P<plate>.+)-(?P<well>[A-Za-z]{1,2}\d{1,3}|[rR]\d{1,2}[cC]\d{1,2})-(?P<site>\d+)$")
+#: Image.csv columns of these families are text (ImageSet_ holds CellProfiler's encoded image set); every other one is numeric.
+TEXT_IMAGE_FAMILIES = ("Metadata_", "FileName_", "PathName_", "URL_", "MD5Digest_", "ImageSet_")
+#: Largest key (ImageNumber, ObjectNumber, Parent_*) accepted: every integer up to it is exact in float64.
+MAX_KEY = 2**53
+CountCheck = Literal["error", "warn", "off"]
+#: the backend table holding the build's generation id
+GENERATION_TABLE = "cytoprofile_run"
+#: the joined single-cell table written beside a backend
+SINGLE_CELL_TABLE = "single_cells"
+#: table names the backend uses itself: never an object table, never read as one
+RESERVED_TABLES = (GENERATION_TABLE, SINGLE_CELL_TABLE)
+#: a site folder written from an ExportToDatabase file holds its TableNumber here (not a table: no .csv)
+TABLE_NUMBER_FILE = ".cytoprofile-table-number"
+_ROW_LETTERS = [chr(65 + i) for i in range(26)] + [f"A{chr(65 + i)}" for i in range(26)]
+_WELL = re.compile(r"^(?P<row>[A-Za-z]{1,2})(?P<col>\d{1,3})$")
+_PHENIX_WELL = re.compile(r"^[rR](?P<row>\d{1,2})[cC](?P<col>\d{1,2})$")
+_CSV_SUFFIXES = (".csv", ".csv.gz")
+#: a file of a site folder that is macOS Finder metadata, not a table (``._Cells.csv``)
+APPLE_DOUBLE = "._"
+
+
+@dataclass
+class Source:
+    """Where one table's rows come from: a file, the columns read from it and their names."""
+
+    name: str
+    path: str
+    header: list[str]
+    #: positions of the file's fields read into ``header`` (None: every field, in order)
+    positions: list[int] | None = None
+    header_lines: int = 1
+    width: int = 0
+    #: indexes into ``header`` of the key columns (computed on first read)
+    key_index: list[int] | None = field(default=None, repr=False, compare=False)
+
+    def keys(self) -> list[int]:
+        """Indexes into ``header`` of ImageNumber, ObjectNumber and Parent_* columns."""
+        if self.key_index is None:
+            self.key_index = [j for j, c in enumerate(self.header) if _is_key(c)]
+        return self.key_index
+
+
+@dataclass
+class SiteScan:
+    """What the first pass learned about one site folder."""
+
+    name: str
+    path: str
+    files: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, list[str]] = field(default_factory=dict)
+    sources: dict[str, Source] = field(default_factory=dict)
+    keys: list[tuple[str, ...]] = field(default_factory=list)
+    image_numbers: list[int] = field(default_factory=list)
+    filled_columns: list[str] = field(default_factory=list)
+    problem: str | None = None
+    problem_file: str | None = None
+    #: every CSV of the folder: (file name, path, header lines), for row accounting
+    csv_files: list[tuple[str, str, int]] = field(default_factory=list)
+    #: CSVs read but not stored, with the reason (run metadata, outside the file-name prefix, not a table)
+    not_stored: dict[str, str] = field(default_factory=dict)
+    #: files of the folder not read at all, with the reason (not a CSV, AppleDouble, in a subfolder)
+    not_read: dict[str, str] = field(default_factory=dict)
+    #: tables whose file was set aside as not stored, by lower-case name: (the reason, naming the file; its path)
+    rejected: dict[str, tuple[str, str]] = field(default_factory=dict)
+    #: the folder name disagreeing with Image.csv (kept, and listed with the site)
+    warnings: list[str] = field(default_factory=list)
+    duplicates: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    table_number: int | None = None
+    digest: str | None = None
+    real_path: str | None = None
+    #: Image.csv as parsed by the scan (read once: the read pass uses it)
+    image: pa.Table | None = field(default=None, repr=False, compare=False)
+
+    def quarantine(self, reason: str, file: str | None) -> None:
+        """Mark the site untrusted (the first reason found is kept)."""
+        if self.problem is None:
+            self.problem = reason
+            self.problem_file = file
+
+
+@dataclass
+class Quarantine:
+    """A site left out whole, with the file, the reason and the rows each of its files held."""
+
+    name: str
+    reason: str
+    file: str | None
+    keys: list[tuple[str, ...]]
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class PlateSchema:
+    """Union of columns over the plate's trusted sites, per table, in canonical order."""
+
+    tables: dict[str, list[str]]
+    strata: list[str]
+    plate: str
+    #: object tables stored only (not among the compartments) that some trusted sites lack
+    partial: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def object_tables(self) -> list[str]:
+        """Object tables (every table but Image), sorted."""
+        return sorted(t for t in self.tables if t != IMAGE_TABLE)
+
+
+@dataclass
+class SiteTables:
+    """One trusted site: its Image rows and its object rows, on the union schema."""
+
+    name: str
+    table_number: int
+    image: pa.Table
+    #: per object table, a column-major float64 array on the union columns (ImageNumber, ObjectNumber first)
+    objects: dict[str, np.ndarray]
+    #: per table, the union columns this site lacked (filled with NULL)
+    missing: dict[str, list[str]]
+    #: grouping key of every object row, per object table
+    row_keys: dict[str, list[tuple[str, ...]]]
+    keys: list[tuple[str, ...]]
+    #: per input file, its data rows and the tables they went to
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def canonical_order(columns: Sequence[str]) -> list[str]:
+    """Keys first, then the rest sorted, as CellProfiler writes them: independent of file order."""
+    keys = [k for k in KEY_COLUMNS if k in columns]
+    return keys + sorted(c for c in set(columns) if c not in KEY_COLUMNS)
+
+
+def normalise_well(value: str) -> str:
+    """``A1``, ``a01`` and Phenix ``r01c01`` as ``A01``; other names unchanged."""
+    text = value.strip()
+    match = _WELL.match(text)
+    if match:
+        return f"{match.group('row').upper()}{int(match.group('col')):02d}"
+    match = _PHENIX_WELL.match(text)
+    if match and 1 <= int(match.group("row")) <= len(_ROW_LETTERS):
+        return f"{_ROW_LETTERS[int(match.group('row')) - 1]}{int(match.group('col')):02d}"
+    return value
+
+
+def _is_key(column: str) -> bool:
+    return column.startswith("Parent_") or column == "ImageNumber" or column == "ObjectNumber"
+
+
+def is_text_image_column(column: str) -> bool:
+    return column.startswith(TEXT_IMAGE_FAMILIES)
+
+
+def csv_stem(entry: str) -> str | None:
+    lower = entry.lower()
+    for suffix in _CSV_SUFFIXES:
+        if lower.endswith(suffix):
+            return entry[: -len(suffix)]
+    return None
+
+
+def reader_opens(name: str) -> bool:
+    """Whether reading a site opens a file of this name (its tables, its TableNumber note).
+
+    Other files in a site folder (images, logs) are listed and named, never read; object
+    storage fetches only the files this admits.
+    """
+    return csv_stem(name) is not None or name == TABLE_NUMBER_FILE
+
+
+class ObjectFileProblem(Exception):
+    """A CSV that cannot be trusted; the message is the reason, naming the file."""

@@ -1,0 +1,392 @@
+"""The first pass over a plate: site folders, which file is which table, their headers (duplicate
+column names, the old two-row ``object.csv``), Image.csv read once, duplicate sites.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import zlib
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+from .image import check_image, parse_image
+from .model import (
+    APPLE_DOUBLE,
+    IMAGE_TABLE,
+    RESERVED_TABLES,
+    RUN_METADATA_FILES,
+    TABLE_NUMBER_FILE,
+    ObjectFileProblem,
+    SiteScan,
+    Source,
+    csv_stem,
+)
+from .text import after_lines, drop_blank_lines, is_gzip_data, line_endings, read_bytes, read_header
+
+__all__ = [
+    "case_clash",
+    "discover_sites",
+    "scan_sites",
+]
+
+log = logging.getLogger("cytoprofile.ingest")
+
+
+def discover_sites(plate_dir: str | os.PathLike[str]) -> list[str]:
+    """Site folders of a plate: each immediate subfolder (broken links included, to be named), sorted."""
+    path = Path(plate_dir)
+    if not path.is_dir():
+        raise InputError(f"{path}: no such folder; expected analysis/BATCH/PLATE/analysis/ with one folder per site")
+    sites = sorted(str(p) for p in path.iterdir() if p.is_dir() or (p.is_symlink() and not p.exists()))
+    if not sites:
+        raise InputError(f"{path}: holds no site folders; expected one folder per site (PLATE-WELL-SITE)")
+    return sites
+
+
+def _prefix(stems: Sequence[str], file_prefix: str | None) -> str | None:
+    """The site's file-name prefix: P when ``P`` + Image.csv exists and every CSV starts with P."""
+    if file_prefix is not None:
+        return file_prefix
+    candidates = [s[: -len("image")] for s in stems if s.lower().endswith("image")]
+    passing = [p for p in candidates if all(s.startswith(p) for s in stems)]
+    return max(passing, key=len) if passing else None
+
+
+def _column_text(path: str, header_lines: int, width: int, positions: Sequence[int]) -> dict[int, list[Any]]:
+    """The raw text of some columns of a CSV (to compare columns that share a name)."""
+    import polars as pl
+
+    raw = line_endings(read_bytes(path), os.path.basename(path))
+    body = drop_blank_lines(raw[after_lines(raw, header_lines):])
+    if not body.strip():
+        return {p: [] for p in positions}
+    names = [f"c{i}" for i in range(width)]
+    frame = pl.read_csv(body, has_header=False, schema=dict.fromkeys(names, pl.Utf8), columns=sorted(set(positions)),
+                        infer_schema_length=0)
+    return {p: frame[names[p]].to_list() for p in positions}
+
+
+def _dedupe(source: Source, table: str, scan: SiteScan) -> None:
+    """Columns named twice: identical values keep one, differing ones become ``X_2``, ``X_3``."""
+    header = source.header
+    counts = Counter(header)
+    if all(n == 1 for n in counts.values()):
+        return
+    repeated = [i for i, c in enumerate(header) if counts[c] > 1]
+    text = _column_text(source.path, source.header_lines, source.width, repeated)
+    taken = set(header)
+    names = list(header)
+    kept_of: dict[str, list[int]] = {}
+    keep: list[int] = []
+    for i, column in enumerate(header):
+        if counts[column] == 1 or column not in kept_of:
+            kept_of.setdefault(column, []).append(i)
+            keep.append(i)
+            continue
+        if any(text[j] == text[i] for j in kept_of[column]):
+            scan.duplicates.append({"file": source.name, "table": table, "column": column, "identical": True, "stored_as": None})
+            continue
+        k = 2
+        while f"{column}_{k}" in taken:
+            k += 1
+        names[i] = f"{column}_{k}"
+        taken.add(names[i])
+        kept_of[column].append(i)
+        keep.append(i)
+        scan.duplicates.append({"file": source.name, "table": table, "column": column, "identical": False, "stored_as": names[i]})
+    base = source.positions if source.positions is not None else list(range(source.width))
+    source.positions = [base[i] for i in keep]
+    source.header = [names[i] for i in keep]
+
+
+def _object_sources(entry: str, path: str, table: str, scan: SiteScan) -> dict[str, Source]:
+    """One object CSV as its table(s): the old ``object.csv`` has a compartment row above the feature row."""
+    first, second = read_header(path, 2)
+    if "ImageNumber" in first or "ImageNumber" not in second or len(first) != len(second):
+        return {table: Source(entry, path, first, width=len(first))}
+    labels = {lab for lab in first if lab and lab != IMAGE_TABLE}
+    image_cols = [i for i, lab in enumerate(first) if lab == IMAGE_TABLE]
+    if [second[i] for i in image_cols] != ["ImageNumber"] or "ObjectNumber" not in second:
+        scan.quarantine(f"{entry}: a two-row header whose Image columns are not just ImageNumber, or no ObjectNumber", path)
+        return {}
+    image_at, object_at = second.index("ImageNumber"), second.index("ObjectNumber")
+    out = {}
+    for label in sorted(labels):
+        mine = [i for i, lab in enumerate(first) if lab == label and i not in (image_at, object_at)]
+        positions = [image_at, object_at, *mine]
+        out[label] = Source(entry, path, [second[i] for i in positions], positions, header_lines=2, width=len(second))
+    return out
+
+
+def _classify(scan: SiteScan, entries: Sequence[str], file_prefix: str | None) -> None:
+    """Which file is the Image table, which are object tables, which are run metadata, which are not read."""
+    stems = _csv_entries(scan, entries)
+    prefix = _prefix(list(stems.values()), file_prefix)
+    for entry, stem in stems.items():
+        path = os.path.join(scan.path, entry)
+        if prefix is None:
+            scan.csv_files.append((entry, path, 1))
+            if any(s.lower().endswith("image") for s in stems.values()):
+                scan.quarantine(f"cannot tell the file-name prefix ({entry} does not share it with the Image file); "
+                                "pass --file-prefix", path)
+            continue
+        reason = _not_stored_by_name(stem, prefix)
+        if reason is not None:
+            scan.csv_files.append((entry, path, 1))
+            scan.not_stored[entry] = reason
+            continue
+        name = stem[len(prefix):]
+        table = IMAGE_TABLE if name.lower() == "image" else name
+        _add_table_file(scan, entry, path, table)
+
+
+def _csv_entries(scan: SiteScan, entries: Sequence[str]) -> dict[str, str]:
+    """The folder's CSVs (entry → name without the extension); every other file is named as not read."""
+    stems: dict[str, str] = {}
+    for entry in entries:
+        path = os.path.join(scan.path, entry)
+        stem = csv_stem(entry)
+        if entry == TABLE_NUMBER_FILE:
+            continue
+        if os.path.isdir(path):
+            scan.not_read.update(_subfolder_files(scan.path, entry))
+        elif entry.startswith(APPLE_DOUBLE) and stem is not None:
+            scan.not_read[entry] = "AppleDouble file (macOS Finder metadata), not CellProfiler output"
+        elif not os.path.isfile(path):
+            scan.not_read[entry] = "a broken link" if os.path.islink(path) else "not a regular file"
+        elif stem is None:
+            scan.not_read[entry] = "not a CSV file (only .csv and .csv.gz files are read)"
+        else:
+            stems[entry] = stem
+    return stems
+
+
+def _subfolder_files(site_dir: str, entry: str) -> dict[str, str]:
+    """Every file under a subfolder of a site folder (CellProfiler writes none there): named, not read."""
+    out: dict[str, str] = {}
+    for folder, dirs, names in os.walk(os.path.join(site_dir, entry)):
+        dirs.sort()
+        rel = os.path.relpath(folder, site_dir)
+        for d in dirs:
+            if os.path.islink(os.path.join(folder, d)):
+                out[f"{rel}/{d}/"] = "a link to a folder inside a subfolder (not followed)"
+        for name in sorted(names):
+            out[f"{rel}/{name}"] = "in a subfolder"
+    return out
+
+
+def _not_stored_by_name(stem: str, prefix: str) -> str | None:
+    """Why a CSV is read but not stored, from its name alone (None: a table)."""
+    if not stem.startswith(prefix):
+        return f"does not start with the file-name prefix {prefix!r}"
+    name = stem[len(prefix):]
+    if name.lower() + ".csv" in (f.lower() for f in RUN_METADATA_FILES):
+        return "run metadata"
+    table = IMAGE_TABLE if name.lower() == "image" else name
+    if table.lower() in RESERVED_TABLES or table.lower().startswith("sqlite_"):
+        return f"{table!r} is a name the backend reserves; rename the file to store it"
+    return None
+
+
+def _holder(scan: SiteScan, table: str) -> str | None:
+    """The file already holding ``table`` (object table names compared in any case)."""
+    for known, path in scan.files.items():
+        if known == table or (IMAGE_TABLE not in (known, table) and known.lower() == table.lower()):
+            return os.path.basename(path)
+    return None
+
+
+def _add_table_file(scan: SiteScan, entry: str, path: str, table: str) -> None:
+    """Register the table(s) of one CSV (the old ``object.csv`` holds several); a table held twice quarantines."""
+    if os.path.getsize(path) == 0:  # holds no row: a stray copy is set aside, Image.csv or a compartment is needed
+        scan.csv_files.append((entry, path, 1))
+        if table == IMAGE_TABLE:
+            scan.quarantine(f"{entry} is empty (0 bytes)", path)
+        else:
+            scan.not_stored[entry] = "empty file (0 bytes)"
+            scan.rejected.setdefault(table.lower(), (f"{entry} is empty (0 bytes)", path))
+        return
+    held = _holder(scan, table)
+    if held is not None:
+        scan.csv_files.append((entry, path, 1))
+        scan.quarantine(f"{entry} and {held} hold the same table {table}", path)
+        return
+    try:
+        sources = {IMAGE_TABLE: Source(entry, path, read_header(path)[0])} if table == IMAGE_TABLE else _object_sources(entry, path, table, scan)
+    except (UnicodeDecodeError, OSError, EOFError, zlib.error) as exc:
+        scan.csv_files.append((entry, path, 1))
+        reason = "is not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else f"cannot be read ({exc})"
+        if not entry.lower().endswith(".gz") and is_gzip_data(path):
+            reason = f"is gzip-compressed but not named .gz; rename it to {entry}.gz"
+        scan.quarantine(f"{entry} {reason}", path)
+        return
+    header_lines = 1
+    for t, source in sources.items():
+        held = _holder(scan, t) if t != table else None
+        if held is not None:  # a compartment of object.csv that a file of its own also holds
+            scan.quarantine(f"{entry} and {held} hold the same table {t}", path)
+            continue
+        source.width = source.width or len(source.header)
+        header_lines = source.header_lines
+        scan.files[t] = path
+        scan.sources[t] = source
+    scan.csv_files.append((entry, path, header_lines))
+
+
+def _check_header(scan: SiteScan, table: str, source: Source) -> None:
+    header = source.header
+    if not header or header == [""]:
+        if table == IMAGE_TABLE:
+            scan.quarantine(f"{source.name} has no header row", source.path)
+        else:
+            blank = not read_bytes(source.path).strip()
+            _set_aside(scan, table, source, "no header row (blank lines only)" if blank else "no header row (line 1 is blank)")
+        return
+    if "" in header:
+        scan.quarantine(f"{source.name}: column {header.index('') + 1} of the header has no name (a trailing comma?)", source.path)
+        return
+    if table != IMAGE_TABLE and not {"ImageNumber", "ObjectNumber"} <= set(header):
+        _set_aside(scan, table, source, _not_a_table(table, header))
+        return
+    _dedupe(source, table, scan)
+    if table != IMAGE_TABLE and any(c.lower() == "tablenumber" for c in source.header):
+        scan.quarantine(f"{source.name} has a column named TableNumber, which the backend reserves for the site key", source.path)
+        return
+    clash = case_clash(source.header)
+    if clash:
+        scan.quarantine(f"{source.name}: columns {clash[0]!r} and {clash[1]!r} differ only in case "
+                        "(SQLite cannot hold both); rename one", source.path)
+        return
+    scan.headers[table] = source.header
+
+
+def _not_a_table(table: str, header: Sequence[str]) -> str:
+    """Why a CSV without the object keys is not stored: run metadata under another name, or not CellProfiler's."""
+    if "ImageNumber" not in header and table.lower().endswith("experiment"):
+        return "run metadata"
+    missing = " or ".join(k for k in ("ImageNumber", "ObjectNumber") if k not in header)
+    return f"not a CellProfiler object table (no {missing} column)"
+
+
+def _set_aside(scan: SiteScan, table: str, source: Source, reason: str) -> None:
+    """A CSV of the folder that is not a table: its rows are named as not stored; the site is kept."""
+    scan.not_stored[source.name] = reason
+    scan.rejected[table.lower()] = (f"{source.name}: {reason}", source.path)
+    scan.sources.pop(table, None)
+    scan.files.pop(table, None)
+    scan.headers.pop(table, None)
+
+
+def case_clash(columns: Iterable[str]) -> tuple[str, str] | None:
+    """Two column names equal but for case, if any."""
+    seen: dict[str, str] = {}
+    for c in columns:
+        other = seen.setdefault(c.lower(), c)
+        if other != c:
+            return other, c
+    return None
+
+
+def _site_table_number(site_dir: str, image_bytes: bytes) -> int:
+    """CRC32 of Image.csv, or the number bound to the site in ``TABLE_NUMBER_FILE`` (ExportToDatabase input)."""
+    bound = os.path.join(site_dir, TABLE_NUMBER_FILE)
+    if os.path.exists(bound):
+        text = Path(bound).read_text().strip()
+        if not text.isdigit() or int(text) >= 1 << 32:
+            raise InputError(f"{bound}: {text[:20]!r} is not a TableNumber; remove the file")
+        return int(text)
+    return zlib.crc32(image_bytes) & 0xFFFFFFFF
+
+
+def _scan_one(site_dir: str, strata: Sequence[str], plate: str, file_prefix: str | None = None) -> SiteScan:
+    name = os.path.basename(site_dir.rstrip("/"))
+    scan = SiteScan(name=name, path=site_dir)
+    if os.path.islink(site_dir) and not os.path.exists(site_dir):
+        scan.quarantine(f"the site folder is a broken link (to {os.readlink(site_dir)})", site_dir)
+        return scan
+    scan.real_path = os.path.realpath(site_dir)
+    try:
+        entries = sorted(os.listdir(site_dir))
+    except OSError as exc:
+        scan.quarantine(f"cannot list the folder ({exc})", site_dir)
+        return scan
+    _classify(scan, entries, file_prefix)
+    if IMAGE_TABLE not in scan.sources:
+        scan.quarantine("Image.csv is missing", os.path.join(site_dir, "Image.csv"))
+        return scan
+    for table, source in list(scan.sources.items()):
+        try:
+            _check_header(scan, table, source)
+        except ObjectFileProblem as exc:
+            scan.quarantine(str(exc), source.path)
+        except Exception as exc:  # a header that parses but whose columns cannot be compared
+            scan.quarantine(f"{source.name} cannot be parsed ({str(exc).splitlines()[0][:160]})", source.path)
+    if scan.problem is not None:
+        return scan
+    try:  # a .gz object CSV is checked whole when it is read (one decompression); Image.csv is small
+        raw = read_bytes(scan.sources[IMAGE_TABLE].path)
+    except ObjectFileProblem as exc:
+        scan.quarantine(str(exc), scan.sources[IMAGE_TABLE].path)
+        return scan
+    scan.table_number = _site_table_number(site_dir, raw)
+    scan.digest = hashlib.blake2b(raw, digest_size=16).hexdigest()
+    try:
+        raw = line_endings(raw, scan.sources[IMAGE_TABLE].name, scan.notes)
+    except ObjectFileProblem as exc:
+        scan.quarantine(str(exc), scan.sources[IMAGE_TABLE].path)
+        return scan
+    image = parse_image(scan, raw)
+    if image is None:
+        return scan
+    check_image(scan, image, strata, plate)
+    scan.image = image
+    return scan
+
+
+def scan_sites(
+    site_dirs: Sequence[str],
+    *,
+    plate: str,
+    strata: Sequence[str] = ("Metadata_Plate", "Metadata_Well"),
+    threads: int = 2,
+    file_prefix: str | None = None,
+) -> list[SiteScan]:
+    """First pass over every site: files, headers, Image.csv rows and their wells; duplicate sites marked."""
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        scans = list(pool.map(lambda d: _scan_one(d, strata, plate, file_prefix), sorted(site_dirs)))
+    _mark_duplicates(scans)
+    disagreeing = [s for s in scans if s.warnings and s.problem is None]
+    if disagreeing:
+        log.warning("%s: %d site folder name(s) disagree with Image.csv (listed in the report); first: %s", plate,
+                    len(disagreeing), disagreeing[0].warnings[0])
+    return scans
+
+
+def _mark_duplicates(scans: Sequence[SiteScan]) -> None:
+    """The same site reached twice (a link, a copy) or two sites sharing a TableNumber: the later one is refused."""
+    by_path: dict[str, str] = {}
+    by_digest: dict[str, str] = {}
+    by_number: dict[int, str] = {}
+    for scan in sorted(scans, key=lambda s: s.name):
+        image = scan.files.get(IMAGE_TABLE)
+        if scan.real_path is not None and scan.real_path in by_path:
+            scan.problem = None
+            scan.quarantine(f"the same folder as site {by_path[scan.real_path]} (reached twice through a link)", scan.path)
+        elif scan.digest is not None and scan.digest in by_digest:
+            scan.problem = None
+            scan.quarantine(f"a copy of site {by_digest[scan.digest]} (identical Image.csv)", image)
+        elif scan.table_number is not None and scan.table_number in by_number:
+            scan.problem = None
+            scan.quarantine(f"its TableNumber (CRC32 of Image.csv) {scan.table_number} equals site {by_number[scan.table_number]}'s", image)
+        if scan.real_path is not None:
+            by_path.setdefault(scan.real_path, scan.name)
+        if scan.digest is not None:
+            by_digest.setdefault(scan.digest, scan.name)
+        if scan.table_number is not None and scan.problem is None:
+            by_number.setdefault(scan.table_number, scan.name)

@@ -1,0 +1,87 @@
+"""The plate's union schema over its trusted sites; a site lacking a compartment is quarantined.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Sequence
+
+from ..errors import InputError
+from .model import IMAGE_TABLE, PlateSchema, SiteScan, canonical_order
+from .scan import case_clash
+
+__all__ = [
+    "plan_schema",
+]
+
+
+def plan_schema(scans: Sequence[SiteScan], *, plate: str, strata: Sequence[str], compartments: Sequence[str] = ()) -> PlateSchema:
+    """Union schema over the trusted sites.
+
+    Table names that differ only in case are one table (a compartment's own spelling,
+    else the most common one). A site lacking a compartment table other sites have is
+    quarantined (also when its file is there but not an object table); other object tables are
+    stored for the sites that have them.
+    """
+    _unify_table_names(scans, compartments)
+    object_tables = sorted({t for s in scans if s.problem is None for t in s.files if t != IMAGE_TABLE})
+    for scan in scans:
+        if scan.problem is None:
+            _require_compartments(scan, compartments, object_tables)
+    partial = {t: sorted(s.name for s in scans if s.problem is None and t not in s.files) for t in object_tables}
+    tables: dict[str, list[str]] = {}
+    for table in [IMAGE_TABLE, *object_tables]:
+        columns: set[str] = set()
+        for scan in scans:
+            if scan.problem is None:
+                columns.update(scan.headers.get(table, []))
+        if table == IMAGE_TABLE:
+            columns.update(c for s in scans if s.problem is None for c in s.filled_columns)
+        clash = case_clash(sorted(columns))
+        if clash:
+            raise InputError(f"{plate}: {table} columns {clash[0]!r} and {clash[1]!r} differ only in case between "
+                             "sites (SQLite cannot hold both); rename one in the CSVs")
+        tables[table] = canonical_order(sorted(columns))
+    return PlateSchema(tables=tables, strata=list(strata), plate=plate, partial={t: v for t, v in partial.items() if v})
+
+
+def _require_compartments(scan: SiteScan, compartments: Sequence[str], object_tables: Sequence[str]) -> None:
+    """Quarantine a site whose compartment file is there but not a table (empty, no keys), or that lacks a
+    compartment other sites have."""
+    held = {t.lower() for t in scan.files}
+    wanted = {c.lower() for c in compartments}
+    for table in sorted({*compartments, *object_tables}, key=str.lower):
+        if table.lower() in held or table.lower() not in wanted:
+            continue
+        if table.lower() in scan.rejected:  # its file is there but not an object table
+            why, path = scan.rejected[table.lower()]
+            scan.quarantine(f"{why}; {table} is one of the compartments", path)
+            return
+        if table in object_tables:
+            old_export = scan.rejected.get("object")  # the single object.csv that would have held it
+            scan.quarantine(f"{table}.csv is missing (other sites have it)" + (f"; {old_export[0]}" if old_export else ""),
+                            old_export[1] if old_export else os.path.join(scan.path, f"{table}.csv"))
+            return
+
+
+def _unify_table_names(scans: Sequence[SiteScan], compartments: Sequence[str]) -> None:
+    spellings: dict[str, Counter[str]] = {}
+    for scan in scans:
+        for table in scan.files:
+            if table != IMAGE_TABLE:
+                spellings.setdefault(table.lower(), Counter())[table] += 1
+    chosen = {c.lower(): c for c in compartments}
+    for lower, counter in spellings.items():
+        chosen.setdefault(lower, sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))[0][0])
+    for scan in scans:
+        for table in list(scan.files):
+            target = chosen.get(table.lower(), table) if table != IMAGE_TABLE else table
+            if target != table:
+                scan.files[target] = scan.files.pop(table)
+                scan.sources[target] = scan.sources.pop(table)
+                if table in scan.headers:
+                    scan.headers[target] = scan.headers.pop(table)
+                for entry in scan.duplicates:
+                    if entry["table"] == table:
+                        entry["table"] = target

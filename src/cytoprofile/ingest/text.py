@@ -1,0 +1,156 @@
+"""A CSV as bytes and lines: gzip decompressed once, line endings, the header row(s), blank and
+whitespace-only lines, records and the file's own line numbers for reasons.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io as _io
+import os
+import re
+import zlib
+from typing import Any
+
+from ..io import ragged_line
+from .model import ObjectFileProblem
+
+__all__ = [
+    "after_lines",
+    "blank_whitespace_lines",
+    "count_records",
+    "drop_blank_lines",
+    "is_gzip_data",
+    "line_endings",
+    "line_of_row",
+    "parse_problem",
+    "read_bytes",
+    "read_header",
+]
+
+
+def read_bytes(path: str) -> bytes:
+    """A CSV's bytes, decompressed in one pass when gzip: a cut-off or corrupt ``.gz`` is a named problem."""
+    with open(path, "rb") as fh:
+        raw = fh.read()
+    if path.lower().endswith(".gz"):
+        try:
+            return gzip.decompress(raw)
+        except (EOFError, OSError, zlib.error) as exc:
+            raise ObjectFileProblem(f"{os.path.basename(path)}: {_gzip_problem(exc)}; copy the file again") from exc
+    return raw
+
+
+def is_gzip_data(path: str) -> bool:
+    """Whether a file holds gzip data (its magic bytes) whatever its name says."""
+    with open(path, "rb") as fh:
+        return fh.read(2) == b"\x1f\x8b"
+
+
+def _gzip_problem(exc: BaseException) -> str:
+    return "truncated gzip (the file ends early)" if isinstance(exc, EOFError) else f"not a valid gzip file ({exc})"
+
+
+_LONE_CR = re.compile(rb"\r(?!\n)")
+
+
+def line_endings(raw: bytes, name: str, notes: list[str] | None = None) -> bytes:
+    """``raw`` with LF line endings: a file with no LF at all ends its lines with CR (classic Mac, some
+    spreadsheet saves), unambiguously, and is read so (noted); a CR ending a line among LF ones is
+    ambiguous (a row's end or a byte of a value) and the file is refused, naming the line and the fix."""
+    if b"\r" not in raw:
+        return raw
+    if b"\n" not in raw:
+        if notes is not None:
+            notes.append(f"{name} read with CR line endings")
+        return raw.replace(b"\r", b"\n")
+    for match in _LONE_CR.finditer(raw):
+        start = raw.rfind(b"\n", 0, match.start()) + 1
+        end = raw.find(b"\n", match.end())
+        if raw[start : len(raw) if end < 0 else end].strip():  # not a whitespace-only line (skipped as blank)
+            line = raw.count(b"\n", 0, match.start()) + 1
+            raise ObjectFileProblem(f"{name} mixes CR line endings with LF ones (a CR alone ends line {line}); "
+                                     "convert the CRs to LF (e.g. with mac2unix) or save the file again with one kind of line ending")
+    return raw
+
+
+def read_header(path: str, lines: int = 1) -> list[list[str]]:
+    """The header row(s). CellProfiler writes names bare: a quote that CSV rules would read as
+    opening a field is taken literally when that is what makes the header as wide as the rows."""
+    opener: Any = gzip.open if path.lower().endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8-sig", newline="") as fh:
+        text = [fh.readline() for _ in range(lines + 1)]
+    rows = [[c.strip() for c in next(csv.reader([line]), [])] for line in text[:lines]]
+    first_data = text[lines].rstrip("\r\n")
+    if first_data and '"' not in first_data:
+        width = first_data.count(",") + 1
+        for i, line in enumerate(text[:lines]):
+            bare = [c.strip() for c in line.rstrip("\r\n").split(",")]
+            parsed_fits = len(rows[i]) == width and "" not in rows[i]
+            if '"' in line and not parsed_fits and len(bare) == width:
+                rows[i] = bare
+    return rows
+
+
+def after_lines(raw: bytes, lines: int) -> int:
+    """Offset just past the first ``lines`` lines."""
+    position = 0
+    for _ in range(lines):
+        newline = raw.find(b"\n", position)
+        if newline < 0:
+            return len(raw)
+        position = newline + 1
+    return position
+
+
+def drop_blank_lines(body: bytes) -> bytes:
+    """The lines holding something: empty and whitespace-only lines (spaces, tabs, a lone ``\\r``) go."""
+    return b"".join(line for line in body.splitlines(keepends=True) if line.strip())
+
+
+_WHITESPACE_LINE = re.compile(rb"(?m)^[ \t\r\f\v]+$")
+
+
+def blank_whitespace_lines(raw: bytes, start: int) -> bytes:
+    """``raw`` with every whitespace-only line after byte ``start`` made empty, so it is skipped as a blank line
+    is; line numbers stay those of the file."""
+    body = raw[start:]
+    cleaned = _WHITESPACE_LINE.sub(b"", body)
+    return raw if cleaned == body else raw[:start] + cleaned
+
+
+def count_records(raw: bytes, header_lines: int) -> int:
+    """Data rows of a CSV: records after the header that hold something (quoted newlines kept in their record)."""
+    text = _io.StringIO(raw.decode("utf-8", errors="replace"), newline="")
+    n = sum(1 for row in csv.reader(text) if row and (len(row) > 1 or row[0].strip()))
+    return max(0, n - header_lines)
+
+
+def line_of_row(raw: bytes, header_lines: int, row: int) -> int:
+    """1-based line number in the file of data row ``row`` (0-based), blank lines skipped."""
+    seen = -1
+    for number, line in enumerate(raw.splitlines(), start=1):
+        if number <= header_lines or not line.strip():
+            continue
+        seen += 1
+        if seen == row:
+            return number
+    return header_lines + row + 1
+
+
+def parse_problem(base: str, raw: bytes, n_fields: int, exc: Exception) -> str:
+    """Turn a parser error into a reason with the line number where one can be found."""
+    text = str(exc)
+    if "Expected" in text and "columns" in text:
+        line = ragged_line(raw, n_fields)
+        where = f" at line {line}" if line else ""
+        return f"{base}: a row has the wrong number of fields{where} (cut-off or corrupt row: {text.splitlines()[0][:120]})"
+    if "conversion error" in text or "invalid value" in text:
+        if "UTF8" in text or "utf-8" in text.lower():
+            return f"{base} is not UTF-8 text"
+        return f"{base}: unparseable number ({text.splitlines()[0][:160]})"
+    if "Empty CSV" in text:
+        return f"{base} is empty"
+    if "UTF8" in text or "utf-8" in text.lower():
+        return f"{base} is not UTF-8 text"
+    return f"{base} cannot be parsed as CSV ({text.splitlines()[0][:160]})"
