@@ -744,12 +744,7 @@ def qc(
 
     WORKSPACE may be a URL such as s3://bucket/project/workspace.
     """
-    from contextlib import nullcontext
-
-    from . import io
-    from .layout import Layout, QualityControlLayout, Workspace
     from .qc import quality_control
-    from .workspace import files_under, publish, scratch_dir, stage
 
     given = {"modes": _split(map_modes), "pert_column": map_pert_column, "annotation_column": map_annotation_column,
              "multilabel_separator": map_multilabel_separator, "control_query": map_control_query,
@@ -759,24 +754,11 @@ def qc(
     _setup_logging(quiet)
     _storage(profile, endpoint_url, no_sign_request, connect_timeout=connect_timeout, read_timeout=read_timeout,
              retries=retries)
-    names = _split(plates) or []
-    remote = io.is_remote(workspace)
-    with scratch_dir(tmp_dir, "qc") if remote else nullcontext(None) as scratch:
-        where = workspace
-        if scratch is not None:
-            qc_layout = Layout(root=workspace, workspace=workspace)
-            prefixes = [Workspace.load_data_rel(batch), qc_layout.qc_summary_rel()]
-            prefixes += [qc_layout.profiles_rel(batch, p) for p in names] + [Workspace.report_rel(batch, p) for p in names]
-            stage(workspace, scratch, prefixes, accept=lambda rel: not rel.endswith((".sqlite", ".parquet")))
-            where = scratch
-        with _timed("quality control"):
-            result = quality_control(where, batch, names, level=level, replicate_column=replicate_column,
-                                     map_settings=settings, map_profiles=map_profiles)
-        if scratch is not None:
-            qc_root = qc_layout.at(scratch).quality_control()
-            publish(scratch, workspace, files_under(qc_root, scratch))
+    with _timed("quality control"):
+        result = quality_control(workspace, batch, _split(plates) or [], level=level, replicate_column=replicate_column,
+                                 map_settings=settings, map_profiles=map_profiles, tmp_dir=tmp_dir)
     if result.report_path:
-        typer.echo(QualityControlLayout(workspace).html_report(batch) if remote else result.report_path)
+        typer.echo(result.report_path)
 
 
 def _qc_map_settings(perform: bool, given: dict[str, Any]) -> dict[str, Any] | None:
@@ -786,7 +768,7 @@ def _qc_map_settings(perform: bool, given: dict[str, Any]) -> dict[str, Any] | N
 
     from .config import MapConfig
     from .errors import ConfigError
-    from .qc import map_settings
+    from .recipe_options import map_options
 
     if not perform:
         if given:
@@ -798,7 +780,7 @@ def _qc_map_settings(perform: bool, given: dict[str, Any]) -> dict[str, Any] | N
         error = exc.errors()[0]
         where = "".join(f"--map-{str(p).replace('_', '-')}" for p in error["loc"][:1]) or "--map"
         raise ConfigError(f"{where}: {error['msg']}") from exc
-    return map_settings(block)
+    return map_options(block)
 
 
 # --- processing and evaluation commands ---

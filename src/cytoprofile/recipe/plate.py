@@ -15,6 +15,7 @@ from .. import io
 from ..config import Recipe
 from ..errors import ConfigError, InputError
 from ..layout import Layout, Workspace, existing_output
+from ..recipe_options import aggregate_options, annotate_options, normalize_options
 from ..vocabulary import with_metadata_prefix
 from .features import compartment_prefixes, features_for
 from .provenance import Made, RunResult, Steps, sidecar_path
@@ -58,7 +59,6 @@ def _aggregate_step(steps: Steps, layout: Layout, recipe: Recipe, files: dict[st
                     plate: str) -> None:
     """``PLATE.csv.gz``: aggregated from the SQLite backend, or collate's per-well profiles."""
     from ..aggregate import aggregate
-    from ..recipe_options import aggregate_options
 
     s = recipe.settings
     if s.aggregate.perform:
@@ -146,11 +146,8 @@ def _annotate_step(steps: Steps, layout: Layout, recipe: Recipe, files: dict[str
         profiles = io.load_profiles(files["aggregate"])
         kept, dropped = _matched_wells(profiles, recipe, meta_root, batch, plate, platemap, platemap_file, ext_path)
         external = load_external_metadata(ext_path, merge_column=ext.merge_column) if ext_path else None
-        join = ext.join_column if ext_path else None
-        frame = annotate(
-            kept, platemap, join_on=[s.platemap_well_column, s.annotate.well_column],
-            external_metadata=external, external_join_left=[join] if join else None,
-            external_join_right=[join] if join else None)
+        frame = annotate(kept, platemap, external_metadata=external,
+                         **annotate_options(s.annotate, s.platemap_well_column, external=ext_path is not None))
         return Made(frame, before=list(profiles.columns),
                      extra={"wells": {"in": len(profiles), "out": len(frame), "dropped_unmatched": dropped}})
 
@@ -195,7 +192,6 @@ def _matched_wells(profiles: pd.DataFrame, recipe: Recipe, meta_root: str, batch
 def _normalize_steps(steps: Steps, recipe: Recipe, files: dict[str, str], prefixes: Sequence[str]) -> None:
     """``_normalized`` and ``_normalized_negcon``; ``options.samples`` narrows the first one's fit."""
     from ..normalize import normalize
-    from ..recipe_options import normalize_options
 
     s = recipe.settings
     for key, block in (("normalize", s.normalize), ("normalize_negcon", s.normalize_negcon)):
