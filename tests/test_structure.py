@@ -26,7 +26,6 @@ PENDING = frozenset({
     "ingest",
     "exportdb",
     "annotate",
-    "config",
 })
 
 _TRIVIAL = re.compile(r"^[\s()\[\]{},:;.]*$")
