@@ -25,7 +25,6 @@ PENDING = frozenset({
     "collate",
     "ingest",
     "exportdb",
-    "annotate",
 })
 
 _TRIVIAL = re.compile(r"^[\s()\[\]{},:;.]*$")

@@ -148,6 +148,16 @@ def _refuse_repeated_keys(
     )
 
 
+def _join_keys(join_on: Sequence[str]) -> tuple[str, str]:
+    """``join_on`` as (plate map column, profile column); anything but two names is refused."""
+    keys = as_names("join_on", join_on)
+    if len(keys) != 2:
+        raise ConfigError(
+            f"join_on must be two column names (plate map, profiles), got {join_on!r}"
+        )
+    return keys[0], keys[1]
+
+
 def annotate(
     profiles: pd.DataFrame,
     platemap: pd.DataFrame,
@@ -176,11 +186,7 @@ def annotate(
     """
     check_frame("profiles", profiles)
     check_frame("platemap", platemap)
-    keys = as_names("join_on", join_on)
-    if len(keys) != 2:
-        raise ConfigError(
-            f"join_on must be two column names (plate map, profiles), got {join_on!r}"
-        )
+    map_key, profile_key = _join_keys(join_on)
     unmatched_wells = check_choice("unmatched_wells", unmatched_wells, UNMATCHED_WELLS)
     for flag, value in (
         ("add_metadata_id_to_platemap", add_metadata_id_to_platemap),
@@ -188,7 +194,6 @@ def annotate(
         ("clean_cellprofiler", clean_cellprofiler),
     ):
         check_flag(flag, value)
-    map_key, profile_key = keys
     pm = platemap.copy()
     if add_metadata_id_to_platemap:
         pm.columns = pd.Index(prefix_metadata(list(pm.columns)))
@@ -201,13 +206,7 @@ def annotate(
     )
     profiles = _match_wells(profiles, pm, map_key, profile_key, unmatched_wells)
 
-    annotated = pm.merge(
-        profiles,
-        left_on=map_key,
-        right_on=profile_key,
-        how="inner",
-        suffixes=("_platemap", None),
-    )
+    annotated = pm.merge(profiles, left_on=map_key, right_on=profile_key, how="inner", suffixes=("_platemap", None))
     if map_key != profile_key:
         annotated = annotated.drop(columns=map_key)
 
