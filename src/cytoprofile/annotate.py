@@ -29,7 +29,7 @@ from .vocabulary import (
     with_metadata_prefix,
 )
 
-__all__ = ["UNMATCHED_WELLS", "annotate", "prefix_metadata"]
+__all__ = ["UNMATCHED_WELLS", "annotate", "prefix_metadata", "prefixed_platemap"]
 
 log = logging.getLogger(__name__)
 
@@ -230,6 +230,11 @@ def annotate(
     meta_set = set(meta)
     rest = [c for c in annotated.columns if c not in meta_set]
     return annotated.loc[:, meta + rest]
+
+
+def prefixed_platemap(platemap: pd.DataFrame) -> pd.DataFrame:
+    """Plate map columns with the ``Metadata_`` prefix, as the recipe passes them."""
+    return platemap.rename(columns={c: with_metadata_prefix(str(c)) for c in platemap.columns})
 
 
 def _join_external(

@@ -13,26 +13,6 @@ from .common import QuietOpt, app, log, setup_logging, split_values, timed
 __all__ = ['cell_qc_cmd', 'single_cells_cmd']
 
 
-def _find_backend(workspace: str, batch: str, plate: str, kind: str | None) -> str:
-    """The plate's backend: the asked kind, else Parquet when present (faster to read), else SQLite."""
-    from .. import io
-    from ..workspace import backend_files
-
-    files = backend_files(workspace, batch, plate)
-    parquet = f"{files['parquet_prefix']}_Image.parquet"
-    found = {"parquet": parquet if io.exists(parquet) else None, "sqlite": files["sqlite"] if io.exists(files["sqlite"]) else None}
-    if kind is not None:
-        if kind not in found:
-            raise CytoprofileError(f"--backend {kind}: choose sqlite or parquet")
-        if found[kind] is None:
-            raise CytoprofileError(f"{plate}: no {kind} backend at {parquet if kind == 'parquet' else files['sqlite']}; run `cytoprofile collate` first")
-        return str(found[kind])
-    path = found["parquet"] or found["sqlite"]
-    if path is None:
-        raise CytoprofileError(f"{plate}: no backend in {io.join(workspace, 'backend', batch, plate)}; run `cytoprofile collate` first")
-    return path
-
-
 def _links(values: list[str] | None) -> dict[str, str] | None:
     out: dict[str, str] = {}
     for item in split_values(values) or []:
@@ -67,6 +47,7 @@ def single_cells_cmd(
     """
     from ..cell_qc import load_thresholds
     from ..single_cells import write_single_cells
+    from ..workspace import find_backend
 
     setup_logging(quiet)
     formats = split_values(formats) or ["parquet"]
@@ -75,7 +56,7 @@ def single_cells_cmd(
     linked = _links(links)
     unlinked = []
     for plate in split_values(plates) or []:
-        path = _find_backend(workspace, batch, plate, backend)
+        path = find_backend(workspace, batch, plate, backend)
         with timed(f"single cells of {plate}"):
             report = write_single_cells(
                 path, formats=formats,  # type: ignore[arg-type]

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from typing import Annotated, Any
 
 import typer
 
-from .. import __version__
 from ..errors import CytoprofileError
 from ..vocabulary import DEFAULT_COMPARTMENTS, DEFAULT_STRATA
 from .common import (
@@ -84,16 +82,6 @@ def _sample_filter(values: list[str] | None) -> dict[str, list[str]] | None:
     return out
 
 
-def _provenance(output: str, step: str, inputs: list[str], account: Any) -> None:
-    """``OUTPUT.provenance.json``: the step, its inputs and features in → out, each dropped one with why."""
-    from .. import io
-
-    record = {"step": step, "output": os.path.basename(output), "cytoprofile_version": __version__,
-              "inputs": inputs, "features": {"in": len(account.features_in), "out": len(account.features_out),
-                                             "dropped": dict(account.dropped)}}
-    io.write_json(record, output + ".provenance.json")
-
-
 @app.command()
 def annotate(
     profiles: Annotated[str, typer.Argument(help="Per-well profiles (.csv, .csv.gz or .parquet).")],
@@ -110,8 +98,9 @@ def annotate(
     """Join plate map (and external metadata) onto per-well profiles."""
     from .. import io
     from ..annotate import annotate as _annotate
+    from ..annotate import prefixed_platemap
     from ..metadata import load_external_metadata, load_platemap, validate_annotation_inputs
-    from ..recipe.plate import prefixed_platemap
+    from ..recipe.provenance import write_step_provenance
     from ..vocabulary import with_metadata_prefix
 
     setup_logging(quiet)
@@ -141,7 +130,7 @@ def annotate(
     def _features(frame: Any) -> tuple[str, ...]:
         return tuple(str(c) for c in frame.columns if not str(c).startswith(("Metadata_", "Image_Metadata_")))
 
-    _provenance(output, "annotate", [profiles, platemap, *([external] if external else [])],
+    write_step_provenance(output, "annotate", [profiles, platemap, *([external] if external else [])],
                 FeatureAccount(step="annotate", features_in=_features(table), features_out=_features(df)))
     log.info("wrote %d rows × %d columns to %s", len(df), df.shape[1], output)
 
@@ -167,6 +156,7 @@ def normalize(
     """Normalize profiles against all wells or a subset (e.g. negcon wells)."""
     from .. import io
     from ..normalize import normalize as _normalize
+    from ..recipe.provenance import write_step_provenance
 
     setup_logging(quiet)
     io.check_output(output, float_format=float_format)
@@ -178,7 +168,7 @@ def normalize(
                     spherize_epsilon=spherize_epsilon, min_cells=min_cells, compartments=split_values(compartments),
                     inverse_normal_n_quantiles=inverse_normal_n_quantiles, on_account=accounts.append)
     io.write_table(df, output, float_format=float_format)
-    _provenance(output, "normalize", [profiles], accounts[0])
+    write_step_provenance(output, "normalize", [profiles], accounts[0])
     log.info("wrote %d rows × %d columns to %s", len(df), df.shape[1], output)
 
 
@@ -203,6 +193,7 @@ def feature_select(
     """Drop uninformative features."""
     from .. import io
     from ..feature_select import feature_select as _feature_select
+    from ..recipe.provenance import write_step_provenance
 
     setup_logging(quiet)
     io.check_output(output, float_format=float_format)
@@ -215,7 +206,7 @@ def feature_select(
                          outlier_cutoff=outlier_cutoff, blocklist_file=blocklist_file,
                          compartments=split_values(compartments), on_account=accounts.append)
     io.write_table(df, output, float_format=float_format)
-    _provenance(output, "feature_select", [profiles], accounts[0])
+    write_step_provenance(output, "feature_select", [profiles], accounts[0])
     log.info("kept %d columns; wrote %s", df.shape[1], output)
 
 
@@ -233,6 +224,7 @@ def consensus(
     """One profile per replicate group (median, mean or MODZ)."""
     from .. import io
     from ..consensus import consensus as _consensus
+    from ..recipe.provenance import write_step_provenance
 
     setup_logging(quiet)
     io.check_output(output, float_format=float_format)
@@ -242,7 +234,7 @@ def consensus(
                     operation=operation, features=split_values(features) or "infer", compartments=split_values(compartments),
                     on_account=accounts.append)
     io.write_table(df, output, float_format=float_format)
-    _provenance(output, "consensus", [profiles], accounts[0])
+    write_step_provenance(output, "consensus", [profiles], accounts[0])
     log.info("wrote %d consensus profiles to %s", len(df), output)
 
 
@@ -257,6 +249,7 @@ def write_gct(
 ) -> None:
     """Write profiles as GCT 1.3 (Morpheus, cmapPy)."""
     from .. import io
+    from ..recipe.provenance import write_step_provenance
 
     setup_logging(quiet)
     accounts: list[Any] = []
@@ -264,7 +257,7 @@ def write_gct(
         df = io.read_table(profiles)
         io.write_gct(df, output, features=split_values(features) or "infer", compartments=split_values(compartments),
                      image_features=image_features, on_account=accounts.append)
-    _provenance(output, "write_gct", [profiles], accounts[0])
+    write_step_provenance(output, "write_gct", [profiles], accounts[0])
     typer.echo(output)
 
 
@@ -280,16 +273,14 @@ def validate_metadata(
 ) -> None:
     """Check barcode map, plate maps and external metadata, naming each fault."""
     from .. import io
+    from ..metadata import profiles_by_plate
     from ..metadata import validate_metadata as _validate
 
     by_plate: dict[str, Any] = {}
     for path in split_values(profiles) or []:
         with about(path):
             table = io.read_table(path)
-        if "Metadata_Plate" not in table.columns:
-            raise CytoprofileError(f"{path}: no Metadata_Plate column; the profiles' plate names their plate map")
-        for plate, part in table.groupby(table["Metadata_Plate"].astype(str), sort=False):
-            by_plate[str(plate)] = part
+        by_plate |= profiles_by_plate(table, where=path)
     notes = _validate(workspace, batch, plates=split_values(plates), external_metadata=external_metadata, merge_column=merge_column,
                       profiles=by_plate or None, unmatched_wells=unmatched_wells)
     for note in notes:

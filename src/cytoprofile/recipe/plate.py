@@ -16,11 +16,10 @@ from ..config import Recipe
 from ..errors import ConfigError, InputError
 from ..layout import Layout, Workspace, existing_output
 from ..recipe_options import aggregate_options, annotate_options, normalize_options
-from ..vocabulary import with_metadata_prefix
 from .features import compartment_prefixes, features_for
 from .provenance import Made, RunResult, Steps, sidecar_path
 
-__all__ = ["NEGCON", "external_metadata_path", "plate_report", "plate_task", "prefixed_platemap", "step_outputs"]
+__all__ = ["NEGCON", "external_metadata_path", "plate_report", "plate_task", "step_outputs"]
 
 log = logging.getLogger("cytoprofile.pipeline")
 
@@ -140,7 +139,7 @@ def _annotate_step(steps: Steps, layout: Layout, recipe: Recipe, files: dict[str
     settings = s.annotate.model_dump(mode="json") | {"platemap_well_column": s.platemap_well_column}
 
     def _annotated() -> Made:
-        from ..annotate import annotate
+        from ..annotate import annotate, prefixed_platemap
 
         platemap = prefixed_platemap(platemap_for_plate(meta_root, batch, plate))
         profiles = io.load_profiles(files["aggregate"])
@@ -219,8 +218,3 @@ def _fit_query(query: str, samples: str) -> str:
         return query
     part = f"({text})" if re.search(r"\||\bor\b", text) else text
     return part if query == "all" else f"{part} & {query}"
-
-
-def prefixed_platemap(platemap: pd.DataFrame) -> pd.DataFrame:
-    """Plate map columns with the ``Metadata_`` prefix, as the recipe passes them."""
-    return platemap.rename(columns={c: with_metadata_prefix(str(c)) for c in platemap.columns})
