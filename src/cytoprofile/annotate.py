@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import pandas as pd
 
 from .checks import as_names, check_choice, check_flag, check_frame
 from .errors import ConfigError, InputError, MetadataError
+from .step_data import FeatureAccount
 from .vocabulary import (
     IMAGE_METADATA_PREFIX,
     METADATA_PREFIX,
@@ -29,7 +31,7 @@ from .vocabulary import (
     with_metadata_prefix,
 )
 
-__all__ = ["UNMATCHED_WELLS", "annotate", "prefix_metadata", "prefixed_platemap"]
+__all__ = ["UNMATCHED_WELLS", "annotate", "annotation_account", "annotation_inputs", "prefix_metadata", "prefixed_platemap"]
 
 log = logging.getLogger(__name__)
 
@@ -235,6 +237,29 @@ def annotate(
 def prefixed_platemap(platemap: pd.DataFrame) -> pd.DataFrame:
     """Plate map columns with the ``Metadata_`` prefix, as the recipe passes them."""
     return platemap.rename(columns={c: with_metadata_prefix(str(c)) for c in platemap.columns})
+
+
+def annotation_inputs(platemap: str, *, external: str | None = None, merge_column: str | None = None,
+                      unmatched_wells: str = "error") -> dict[str, Any]:
+    """A plate map file (and external metadata file) as ``annotate``'s ``platemap`` and external
+    keywords, after the checks the recipe makes first (plate map, external keys; notes are warnings)."""
+    from .metadata import load_external_metadata, load_platemap, validate_annotation_inputs
+
+    for note in validate_annotation_inputs(platemap, external_metadata=external, merge_column=merge_column,
+                                           unmatched_wells=unmatched_wells):
+        log.warning("%s", note)
+    ext = load_external_metadata(external, merge_column=merge_column) if external else None
+    key = with_metadata_prefix(merge_column) if ext is not None and merge_column else None
+    return {"platemap": prefixed_platemap(load_platemap(platemap)), "external_metadata": ext,
+            "external_join_left": [key] if key else None, "external_join_right": [key] if key else None}
+
+
+def annotation_account(before: pd.DataFrame, after: pd.DataFrame) -> FeatureAccount:
+    """The features annotate read and wrote (every column but metadata), for its provenance record."""
+    def features(frame: pd.DataFrame) -> tuple[str, ...]:
+        return tuple(str(c) for c in frame.columns if not str(c).startswith((METADATA_PREFIX, IMAGE_METADATA_PREFIX)))
+
+    return FeatureAccount(step="annotate", features_in=features(before), features_out=features(after))
 
 
 def _join_external(

@@ -316,8 +316,7 @@ def _missing_platemap_file(
 
 
 def profiles_by_plate(table: pd.DataFrame, *, where: str) -> dict[str, pd.DataFrame]:
-    """Per-well profiles split by ``Metadata_Plate``, the plate that names their plate map
-    (``where`` names the table in the error when it has no such column)."""
+    """Per-well profiles split by ``Metadata_Plate`` (the plate naming their plate map); ``where`` names the table."""
     if "Metadata_Plate" not in table.columns:
         raise MetadataError(f"{where}: no Metadata_Plate column; the profiles' plate names their plate map")
     return {str(plate): part for plate, part in table.groupby(table["Metadata_Plate"].astype(str), sort=False)}

@@ -98,10 +98,8 @@ def annotate(
     """Join plate map (and external metadata) onto per-well profiles."""
     from .. import io
     from ..annotate import annotate as _annotate
-    from ..annotate import prefixed_platemap
-    from ..metadata import load_external_metadata, load_platemap, validate_annotation_inputs
+    from ..annotate import annotation_account, annotation_inputs
     from ..recipe.provenance import write_step_provenance
-    from ..vocabulary import with_metadata_prefix
 
     setup_logging(quiet)
     io.check_output(output, float_format=float_format)
@@ -109,29 +107,13 @@ def annotate(
         raise CytoprofileError("--external needs --merge-column (e.g. broad_sample)")
     with about(profiles):
         table = io.read_table(profiles)
-    # the checks `run` makes before annotating: plate map, external keys, wells
-    for note in validate_annotation_inputs(platemap, external_metadata=external, merge_column=merge_column,
-                                           unmatched_wells=unmatched_wells):
-        log.warning("%s", note)
-    ext = load_external_metadata(external, merge_column=merge_column) if external else None
-    key = None
-    if ext is not None and merge_column:
-        key = with_metadata_prefix(merge_column)
-    plate_map = prefixed_platemap(load_platemap(platemap))
+    inputs = annotation_inputs(platemap, external=external, merge_column=merge_column, unmatched_wells=unmatched_wells)
     with about(profiles):
-        df = _annotate(table, plate_map,
-                   join_on=split_values(join_on) or ["Metadata_well_position", "Metadata_Well"],
-                   external_metadata=ext, external_join_left=[key] if key else None,
-                   external_join_right=[key] if key else None, unmatched_wells=unmatched_wells,
-                   compartments=split_values(compartments))
+        df = _annotate(table, join_on=split_values(join_on) or ["Metadata_well_position", "Metadata_Well"],
+                       unmatched_wells=unmatched_wells, compartments=split_values(compartments), **inputs)
     io.write_table(df, output, float_format=float_format)
-    from ..feature_select import FeatureAccount
-
-    def _features(frame: Any) -> tuple[str, ...]:
-        return tuple(str(c) for c in frame.columns if not str(c).startswith(("Metadata_", "Image_Metadata_")))
-
     write_step_provenance(output, "annotate", [profiles, platemap, *([external] if external else [])],
-                FeatureAccount(step="annotate", features_in=_features(table), features_out=_features(df)))
+                          annotation_account(table, df))
     log.info("wrote %d rows × %d columns to %s", len(df), df.shape[1], output)
 
 
