@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import re
 from pathlib import Path
 
 import pytest
@@ -242,3 +243,42 @@ def test_eof_error_inside_a_command_is_a_bug_not_an_interrupt(monkeypatch: pytes
 
     monkeypatch.setattr(cytoprofile.synth, "synth", _broken)
     assert main(["synth", str(tmp_path / "ws"), "-q"]) == 3
+
+
+@pytest.mark.parametrize(("output_format", "suffix"), [("csv", ".csv.gz"), ("parquet", ".parquet")])
+def test_qc_on_s3_reads_the_profiles_in_their_format(output_format: str, suffix: str, s3_endpoint: str, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """``cytoprofile qc`` on a bucket stages the profiles whichever format the recipe wrote
+    them in, and writes the same summary as QC of the local copy."""
+    from cytoprofile import io
+    from cytoprofile.collate import collate
+    from cytoprofile.config import config_template
+    from cytoprofile.pipeline import run
+    from cytoprofile.synth import synth
+
+    from .loopback import make_bucket, upload_tree
+
+    local = tmp_path / "ws"
+    synth(local, batch="B1", plates=["P1", "P2"], wells=96, well_subset=24, sites=1, cells=8, features=6)
+    assert all(r.status == "done" for r in collate(local, "B1", ["P1", "P2"]))
+    config = tmp_path / "config.yml"
+    text = config_template(workspace=str(local), batch="B1", plates=["P1", "P2"])
+    text = re.sub(r"(\nquality_control:[^\n]*\n  perform: )true", r"\1false", text)  # QC below, by command
+    config.write_text(text.replace("output_format: csv ", f"output_format: {output_format} ", 1))
+    run(config)
+    assert any(p.name.endswith(f"_normalized_feature_select_negcon_batch{suffix}")
+               for p in (local / "profiles" / "B1" / "P1").iterdir())
+    make_bucket(s3_endpoint, f"qc-{output_format}")
+    url = f"s3://qc-{output_format}/ws"
+    upload_tree(local, url, skip="analysis")
+    assert main(["qc", str(local), "B1", "P1", "P2", "-q"]) == 0
+    assert main(["qc", url, "B1", "P1", "P2", "--endpoint-url", s3_endpoint, "--tmp-dir", str(tmp_path / "scratch"),
+                 "-q"]) == 0
+    assert capsys.readouterr().out.split()[-1] == f"{url}/quality_control/report/B1.html"
+    io.configure_storage(io.storage_options(endpoint_url=s3_endpoint) | {"use_listings_cache": False})
+    fs, _ = io.filesystem(url)
+    summary = (local / "quality_control" / "summary" / "summary.tsv").read_bytes()
+    assert fs.cat_file(f"{url}/quality_control/summary/summary.tsv") == summary
+    for plate in ("P1", "P2"):
+        assert fs.exists(f"{url}/quality_control/heatmap/B1/{plate}/{plate}_correlation.png")
+    assert not any((tmp_path / "scratch").iterdir())

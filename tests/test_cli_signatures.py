@@ -66,7 +66,7 @@ CLI_ONLY: dict[str, str] = {
 
 # flags a command turns into one argument of its function, and how
 COMPOSED: dict[tuple[str, str], str] = {
-    ("annotate", "external"): "read with metadata.load_external_metadata into external_metadata=",
+    ("annotate", "external"): "read with annotate.annotation_inputs into external_metadata=",
     ("annotate", "merge_column"): "the key of --external: external_join_left= and external_join_right=",
     ("collate", "single_cell_format"): "with --single-cells: the formats of single_cells=",
     ("collate", "qc_sets"): "with --exclude-outlier-cells: the sets of exclude_outlier_cells=",
@@ -75,10 +75,9 @@ COMPOSED: dict[tuple[str, str], str] = {
     ("single-cells", "thresholds"): "read with cell_qc.load_thresholds into thresholds=",
     ("single-cells", "qc_sets"): "the sets cell_qc.load_thresholds keeps",
     ("single-cells", "cell_qc"): "thresholds= given (the shipped sets unless --thresholds)",
-    ("single-cells", "backend"): "which of the plate's backend files is the function's first argument",
+    ("single-cells", "backend"): "workspace.find_backend: which of the plate's backend files is the function's first argument",
     ("single-cells", "strict"): "the command's exit status when objects were not linked",
     ("process", "chain"): "parsed with processing.parse_chain into the chain argument",
-    ("qc", "tmp_dir"): "scratch for staging an S3 workspace around the call",
     ("qc", "map_"): "checked as the recipe's quality_control.map block into map_settings=",
     **{("qc", f"map_{key}"): "a key of the quality_control.map block, composed into map_settings="
        for key in ("modes", "pert_column", "annotation_column", "multilabel_separator", "control_query",
@@ -176,16 +175,23 @@ def test_no_sign_request_is_one_flag(capsys: pytest.CaptureFixture[str]) -> None
 
 @pytest.mark.parametrize(("adapter", "block", "function"), [
     ("aggregate_options", "AggregateConfig", ("cytoprofile.aggregate", "aggregate")),
+    ("annotate_options", "AnnotateConfig", ("cytoprofile.annotate", "annotate")),
     ("normalize_options", "NormalizeConfig", ("cytoprofile.normalize", "normalize")),
     ("feature_select_options", "FeatureSelectConfig", ("cytoprofile.feature_select", "feature_select")),
+    ("quality_control_options", "QualityControlConfig", ("cytoprofile.qc", "quality_control")),
 ])
 def test_recipe_blocks_translate_to_keyword_arguments(adapter: str, block: str, function: tuple[str, str]) -> None:
     """The recipe adapter hands a config block to its step under the function's own names."""
     from cytoprofile import config, recipe_options
 
     made = getattr(config, block)()
+    if block == "AnnotateConfig":
+        made = config.AnnotateConfig.model_validate({"external": {"perform": True, "file": "moa.csv",
+                                                                  "merge_column": "broad_sample"}})
     translate = getattr(recipe_options, adapter)
-    options = translate(made, ["cells", "Speckles"]) if adapter == "aggregate_options" else translate(made)
+    options = (translate(made, ["cells", "Speckles"]) if adapter == "aggregate_options"
+               else translate(made, "Metadata_well_position", external=True) if adapter == "annotate_options"
+               else translate(made))
     signature = inspect.signature(getattr(importlib.import_module(function[0]), function[1]))
     keywords = {n for n, p in signature.parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
     assert set(options) <= keywords, set(options) - keywords
@@ -193,3 +199,23 @@ def test_recipe_blocks_translate_to_keyword_arguments(adapter: str, block: str, 
         assert options["operation"] == made.method and options["compartments"] == ["Cells", "Speckles"]
     if adapter == "normalize_options":
         assert options["mad_robustize_epsilon"] == made.mad_robustize_fudge_factor
+    if adapter == "annotate_options":
+        assert options["join_on"] == ["Metadata_well_position", made.well_column]
+        assert options["external_join_left"] == options["external_join_right"] == [made.external.join_column]
+    if adapter == "quality_control_options":
+        assert options["summary_well_columns"] is None and options["map_settings"] is None  # mAP off by default
+
+
+def test_processing_and_map_blocks_translate_to_keyword_arguments() -> None:
+    """``processing_options`` keys are run_chain's (``input`` picks the chain's start); an
+    on ``quality_control.map`` block gives quality_control's ``map_settings``."""
+    from cytoprofile import config, recipe_options
+    from cytoprofile.processing import run_chain
+
+    options = recipe_options.processing_options({"input": "normalized", "seed": 3, "batch_key": "Metadata_B"})
+    keywords = {n for n, p in inspect.signature(run_chain).parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    assert options == {"seed": 3, "batch_key": "Metadata_B"} and set(options) <= keywords
+    block = config.MapConfig.model_validate({"perform": True, "neg_sameby": ["Metadata_Plate"]})
+    settings = recipe_options.map_options(block)
+    assert settings is not None and settings["neg_sameby"] == ["Metadata_Plate"] and settings["modes"] == list(block.modes)
+    assert recipe_options.map_options(config.MapConfig()) is None

@@ -476,3 +476,26 @@ def test_dask_workers_records_reach_the_client_once(quarantined: tuple[Path, lis
             assert [x for x in _plate_lines(err, plate) if not x.startswith("WARNING")] == []
         else:
             assert _plate_lines(err, plate) == _plate_lines(serial, plate)
+
+
+def test_plate_tasks_are_named_picklable_records(tmp_path: Path) -> None:
+    """A task travels to a process or a Dask worker as a frozen record; its plate names it."""
+    import dataclasses
+    import pickle
+
+    from cytoprofile.config import parse_config
+    from cytoprofile.executor import PlateTask, run_plates
+    from cytoprofile.layout import Layout
+    from cytoprofile.recipe.remote import RecipeTask
+
+    recipe = parse_config(config_template(batch="B1", plates=["P1"], workspace=str(tmp_path)))
+    task = RecipeTask(Layout(root=str(tmp_path), workspace=str(tmp_path)), recipe, "B1", "P1", force=True)
+    back = pickle.loads(pickle.dumps(task))
+    assert (back.batch, back.plate, back.force, back.tmp_dir) == ("B1", "P1", True, None)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        task.plate = "P2"  # type: ignore[misc]
+    seen: list[tuple[str, str]] = []
+    got = run_plates(lambda t, options, progress: (t.batch, t.plate, options["x"]),
+                     [PlateTask(str(tmp_path), "B1", p) for p in ("P1", "P2")], {"x": 1},
+                     on_done=lambda i, r: seen.append(r[:2]))
+    assert got == [("B1", "P1", 1), ("B1", "P2", 1)] and seen == [("B1", "P1"), ("B1", "P2")]

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import pandas as pd
 
 from .checks import as_names, check_choice, check_flag, check_frame
 from .errors import ConfigError, InputError, MetadataError
+from .step_data import FeatureAccount
 from .vocabulary import (
     IMAGE_METADATA_PREFIX,
     METADATA_PREFIX,
@@ -29,7 +31,7 @@ from .vocabulary import (
     with_metadata_prefix,
 )
 
-__all__ = ["UNMATCHED_WELLS", "annotate", "prefix_metadata"]
+__all__ = ["UNMATCHED_WELLS", "annotate", "annotation_account", "annotation_inputs", "prefix_metadata", "prefixed_platemap"]
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +150,16 @@ def _refuse_repeated_keys(
     )
 
 
+def _join_keys(join_on: Sequence[str]) -> tuple[str, str]:
+    """``join_on`` as (plate map column, profile column); anything but two names is refused."""
+    keys = as_names("join_on", join_on)
+    if len(keys) != 2:
+        raise ConfigError(
+            f"join_on must be two column names (plate map, profiles), got {join_on!r}"
+        )
+    return keys[0], keys[1]
+
+
 def annotate(
     profiles: pd.DataFrame,
     platemap: pd.DataFrame,
@@ -176,11 +188,7 @@ def annotate(
     """
     check_frame("profiles", profiles)
     check_frame("platemap", platemap)
-    keys = as_names("join_on", join_on)
-    if len(keys) != 2:
-        raise ConfigError(
-            f"join_on must be two column names (plate map, profiles), got {join_on!r}"
-        )
+    map_key, profile_key = _join_keys(join_on)
     unmatched_wells = check_choice("unmatched_wells", unmatched_wells, UNMATCHED_WELLS)
     for flag, value in (
         ("add_metadata_id_to_platemap", add_metadata_id_to_platemap),
@@ -188,7 +196,6 @@ def annotate(
         ("clean_cellprofiler", clean_cellprofiler),
     ):
         check_flag(flag, value)
-    map_key, profile_key = keys
     pm = platemap.copy()
     if add_metadata_id_to_platemap:
         pm.columns = pd.Index(prefix_metadata(list(pm.columns)))
@@ -201,13 +208,7 @@ def annotate(
     )
     profiles = _match_wells(profiles, pm, map_key, profile_key, unmatched_wells)
 
-    annotated = pm.merge(
-        profiles,
-        left_on=map_key,
-        right_on=profile_key,
-        how="inner",
-        suffixes=("_platemap", None),
-    )
+    annotated = pm.merge(profiles, left_on=map_key, right_on=profile_key, how="inner", suffixes=("_platemap", None))
     if map_key != profile_key:
         annotated = annotated.drop(columns=map_key)
 
@@ -231,6 +232,34 @@ def annotate(
     meta_set = set(meta)
     rest = [c for c in annotated.columns if c not in meta_set]
     return annotated.loc[:, meta + rest]
+
+
+def prefixed_platemap(platemap: pd.DataFrame) -> pd.DataFrame:
+    """Plate map columns with the ``Metadata_`` prefix, as the recipe passes them."""
+    return platemap.rename(columns={c: with_metadata_prefix(str(c)) for c in platemap.columns})
+
+
+def annotation_inputs(platemap: str, *, external: str | None = None, merge_column: str | None = None,
+                      unmatched_wells: str = "error") -> dict[str, Any]:
+    """A plate map file (and external metadata file) as ``annotate``'s ``platemap`` and external
+    keywords, after the checks the recipe makes first (plate map, external keys; notes are warnings)."""
+    from .metadata import load_external_metadata, load_platemap, validate_annotation_inputs
+
+    for note in validate_annotation_inputs(platemap, external_metadata=external, merge_column=merge_column,
+                                           unmatched_wells=unmatched_wells):
+        log.warning("%s", note)
+    ext = load_external_metadata(external, merge_column=merge_column) if external else None
+    key = with_metadata_prefix(merge_column) if ext is not None and merge_column else None
+    return {"platemap": prefixed_platemap(load_platemap(platemap)), "external_metadata": ext,
+            "external_join_left": [key] if key else None, "external_join_right": [key] if key else None}
+
+
+def annotation_account(before: pd.DataFrame, after: pd.DataFrame) -> FeatureAccount:
+    """The features annotate read and wrote (every column but metadata), for its provenance record."""
+    def features(frame: pd.DataFrame) -> tuple[str, ...]:
+        return tuple(str(c) for c in frame.columns if not str(c).startswith((METADATA_PREFIX, IMAGE_METADATA_PREFIX)))
+
+    return FeatureAccount(step="annotate", features_in=features(before), features_out=features(after))
 
 
 def _join_external(

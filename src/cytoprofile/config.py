@@ -10,19 +10,16 @@ only warn. Keys the recipe does not know are cytoprofile extensions.
 
 from __future__ import annotations
 
-import difflib
 import json
 import logging
 import os
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
-    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -34,6 +31,26 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from .config_blocks import (
+    REFUSED_KEYS,
+    AggregateConfig,
+    AnnotateConfig,
+    Block,
+    ExecutorConfig,
+    ExternalMetadataConfig,
+    FeatureSelectConfig,
+    FeatureSelectParameters,
+    HeatmapConfig,
+    MapConfig,
+    Name,
+    NormalizeConfig,
+    NormalizeNegconConfig,
+    OptionsConfig,
+    QualityControlConfig,
+    SummaryConfig,
+    check_output_dir,
+    split_compartments,
+)
 from .config_diagnostics import (
     Document,
     KeyPath,
@@ -48,20 +65,12 @@ from .config_diagnostics import (
     validate_document,
 )
 from .errors import ConfigError
-from .io import USABLE_FLOAT_FORMAT
+from .vocabulary import FEATURE_SELECT_LEVELS as LEVELS  # the schema checks names against these
 from .vocabulary import (
-    AGGREGATE_OPERATIONS,
-    CORRELATION_METHODS,
     FEATURE_SELECT_OPERATIONS,
     NEGCON_QUERY,
     NORMALIZE_METHODS,
-    OBJECT_COUNT_COLUMN,
-    OBJECT_NUMBER,
-    SPHERIZE_METHODS,
-    UNMATCHED_WELLS,
-    with_metadata_prefix,
 )
-from .vocabulary import FEATURE_SELECT_LEVELS as LEVELS  # the schema checks names against these
 
 __all__ = [
     "INIT_DIRS",
@@ -108,475 +117,11 @@ INIT_DIRS: tuple[str, ...] = (
     "single_cell",
 )
 
-_COMPRESSIONS = ("gzip",)
-_OUTPUT_FORMATS = ("csv", "parquet", "anndata")
+
 _TEMPLATE = "config_template.yml"
 log = logging.getLogger("cytoprofile.config")
-_OBJECT_FEATURES = (with_metadata_prefix(OBJECT_NUMBER), OBJECT_NUMBER)
-_UNRELEASED = "exists only on an unreleased recipe branch; remove it"
-_REFUSED_KEYS = {"subgroup_col": f"subgroup_col {_UNRELEASED}"}
 
 
-# --- value checks: each raises one clear message, so errors carry no union noise ---
-
-
-def _choice(kind: str, choices: Sequence[str], *, optional: bool = False) -> BeforeValidator:
-    """Accept one of ``choices`` (or null if ``optional``); otherwise name them all."""
-
-    def check(value: Any) -> Any:
-        if (isinstance(value, str) and value in choices) or (optional and value is None):
-            return value
-        hint = ""
-        if optional and isinstance(value, str) and value.lower() in {"none", "null", "false"}:
-            hint = " (write null for none)"
-        elif isinstance(value, str):
-            same_case = [c for c in choices if c.lower() == value.lower()]
-            close = same_case or difflib.get_close_matches(value, choices, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise PydanticCustomError(
-            "choice",
-            "{value} is not {kind}{hint}; choose from {choices}",
-            {"value": repr(value), "kind": kind, "hint": hint, "choices": ", ".join(choices)},
-        )
-
-    return BeforeValidator(check)
-
-
-def _check_features(value: Any) -> Any:
-    if value == "infer":
-        return value
-    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
-        return value
-    raise PydanticCustomError(
-        "features",
-        "expected 'infer' or a non-empty list of column names, got {value}",
-        {"value": repr(value)},
-    )
-
-
-def _check_fields(value: Any) -> Any:
-    if value == "all":
-        return value
-    if (
-        isinstance(value, list)
-        and value
-        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-    ):
-        return value
-    raise PydanticCustomError(
-        "fields",
-        "expected 'all' or a list of field-of-view (site) numbers, got {value}",
-        {"value": repr(value)},
-    )
-
-
-def _check_name(value: Any) -> Any:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        value = str(value)
-    if not isinstance(value, str) or not value.strip():
-        raise PydanticCustomError(
-            "name", "expected a non-empty name, got {value}", {"value": repr(value)}
-        )
-    if "/" in value or "\\" in value or value in {".", ".."}:
-        raise PydanticCustomError(
-            "name",
-            "{value} cannot be a folder name (no '/', '\\', '.' or '..')",
-            {"value": repr(value)},
-        )
-    return value
-
-
-_FLOAT_FORMAT = USABLE_FLOAT_FORMAT
-
-
-def _check_float_format(value: Any) -> Any:
-    """``%.Ng`` or ``%.Ne`` (N >= 1) or null: formats that keep every value a usable float."""
-    if value is None or (isinstance(value, str) and _FLOAT_FORMAT.fullmatch(value)):
-        return value
-    raise PydanticCustomError(
-        "float_format",
-        "{value} would truncate or break the numbers; use '%.Ng' or '%.Ne' with N >= 1 "
-        "(such as '%.5g'), or null for full precision",
-        {"value": repr(value)},
-    )
-
-
-def _check_output_dir(value: Any) -> Any:
-    """A folder inside the workspace: relative, without ``..`` leading out of it (``~/x``
-    means a home folder to a reader, so it is refused too). The check is on the name: a
-    symlink the user made inside the workspace is followed."""
-    if isinstance(value, str) and value.strip():
-        norm = os.path.normpath(value.replace("\\", "/"))
-        if not (os.path.isabs(norm) or "://" in value or value.startswith("~") or norm == ".."
-                or norm.startswith("../") or re.match(r"^[A-Za-z]:", value)):
-            return value
-    raise PydanticCustomError(
-        "output_dir",
-        "{value} is outside the workspace; give a folder relative to it, such as 'profiles'",
-        {"value": repr(value)},
-    )
-
-
-def _split_compartments(value: Any) -> Any:
-    """The 2021 form ``compartments: cells,cytoplasm,nuclei`` is one comma-separated string."""
-    if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
-    return value
-
-
-def _check_object_feature(value: Any) -> Any:
-    if value in _OBJECT_FEATURES:
-        return value
-    raise PydanticCustomError(
-        "object_feature",
-        "{value}: cytoprofile counts objects by their object number; "
-        "use Metadata_ObjectNumber (or remove the key)",
-        {"value": repr(value)},
-    )
-
-
-def _check_sample_filter(value: Any) -> Any:
-    if value is None:
-        return None
-    scalar = (str, int, float, bool)
-    if isinstance(value, Mapping) and value:
-        out: dict[str, list[Any]] = {}
-        for column, allowed in value.items():
-            values = allowed if isinstance(allowed, list) else [allowed]
-            if (
-                not isinstance(column, str)
-                or not values
-                or not all(isinstance(v, scalar) for v in values)
-            ):
-                break
-            out[column] = values
-        else:
-            return out
-    raise PydanticCustomError(
-        "sample_filter",
-        "expected a mapping of column name to a value or list of values, got {value}",
-        {"value": repr(value)},
-    )
-
-
-def _no_subgroups(value: bool) -> bool:
-    if value:
-        raise PydanticCustomError(
-            "unreleased", "subgroup outputs: {why}, or set it to false", {"why": _UNRELEASED}
-        )
-    return value
-
-
-def _str_list(value: Any) -> Any:
-    return [value] if isinstance(value, str) else value
-
-
-_Name = Annotated[str, BeforeValidator(_check_name)]
-_Features = Annotated[Literal["infer"] | list[str], BeforeValidator(_check_features)]
-_Fields = Annotated[Literal["all"] | list[int], BeforeValidator(_check_fields)]
-_OperationName = str
-_Operation = Annotated[
-    _OperationName,
-    _choice("a feature-selection operation", FEATURE_SELECT_OPERATIONS),
-]
-_NormalizeMethod = Annotated[
-    str,
-    _choice("a normalization method", NORMALIZE_METHODS),
-]
-_Level = Annotated[Literal["plate", "batch", "all"], _choice("a feature-selection level", LEVELS)]
-_SampleFilter = Annotated[
-    dict[str, list[str | int | float | bool]] | None, BeforeValidator(_check_sample_filter)
-]
-
-
-class _Block(BaseModel):
-    """Shared model settings: unknown keys are reported by the loader, not here."""
-
-    model_config = ConfigDict(extra="ignore", validate_assignment=True)
-
-
-def _require(model: BaseModel, keys: Sequence[str], reason: str) -> None:
-    missing = [k for k in keys if getattr(model, k) is None]
-    if missing:
-        raise PydanticCustomError(
-            "required_if",
-            "{keys} required when {reason}",
-            {
-                "keys": " and ".join(repr(k) for k in missing)
-                + (" is" if len(missing) == 1 else " are"),
-                "reason": reason,
-            },
-        )
-
-
-# --- settings blocks ---
-
-
-class AggregateConfig(_Block):
-    """``aggregate``: single cells to one profile per well."""
-
-    perform: bool = True
-    plate_column: str = "Metadata_Plate"
-    well_column: str = "Metadata_Well"
-    site_column: str | None = None
-    method: Annotated[
-        Literal["median", "mean"], _choice("an aggregation method", AGGREGATE_OPERATIONS)
-    ] = "median"
-    fields: _Fields = "all"
-    object_feature: Annotated[str, BeforeValidator(_check_object_feature)] = "Metadata_ObjectNumber"
-    image_feature_categories: list[str] = Field(default_factory=list)
-    # cytoprofile extensions: leave cells a cell QC set flags out of the profiles
-    # (true: every set of the thresholds file; a list: those sets)
-    exclude_outlier_cells: bool | list[str] = False
-    outlier_thresholds: str | None = None
-
-    @model_validator(mode="after")
-    def _outliers(self) -> AggregateConfig:
-        if self.outlier_thresholds is not None and self.exclude_outlier_cells is False:
-            raise PydanticCustomError("outlier_thresholds", "outlier_thresholds has no effect unless exclude_outlier_cells is set")
-        if self.exclude_outlier_cells is not False and not self.perform:
-            raise PydanticCustomError("exclude_outlier_cells", "exclude_outlier_cells needs perform: true (the recipe aggregates "
-                                      "the backend); for collate's profiles use `cytoprofile collate --exclude-outlier-cells`")
-        return self
-
-
-def _external_form(value: Any) -> Any:
-    """The 2021 form ``external: FILE`` (a tab-separated file in metadata/moa/, keyed on
-    broad_sample); ``false``, ``''`` and null mean none."""
-    if value is None or value is False or value == "":
-        return {"perform": False}
-    if isinstance(value, str):
-        return {"perform": True, "file": value, "merge_column": "broad_sample", "folder": "moa"}
-    return value
-
-
-class ExternalMetadataConfig(_Block):
-    """``annotate.external``: an extra table joined on a shared key column."""
-
-    perform: bool = False
-    file: str | None = None
-    merge_column: str | None = None
-    # cytoprofile extension: the 2021 string form reads metadata/moa/FILE
-    folder: _Name = "external_metadata"
-
-    @model_validator(mode="after")
-    def _complete(self) -> ExternalMetadataConfig:
-        if self.perform:
-            _require(self, ("file", "merge_column"), "perform is true")
-        return self
-
-    @property
-    def join_column(self) -> str | None:
-        """The key column as it appears in profiles (``Metadata_`` prefixed)."""
-        if self.merge_column is None:
-            return None
-        return with_metadata_prefix(self.merge_column)
-
-
-class AnnotateConfig(_Block):
-    """``annotate``: join the plate map (and external metadata) to the profiles."""
-
-    perform: bool = True
-    well_column: str = "Metadata_Well"
-    external: Annotated[ExternalMetadataConfig, BeforeValidator(_external_form)] = Field(
-        default_factory=ExternalMetadataConfig
-    )
-    # cytoprofile extension: profiles' wells absent from the plate map stop the run
-    unmatched_wells: Annotated[
-        Literal["error", "drop"], _choice("an unmatched-wells choice", UNMATCHED_WELLS)
-    ] = "error"
-
-
-class NormalizeConfig(_Block):
-    """``normalize``: scale every well against statistics fitted on ``samples``."""
-
-    perform: bool = True
-    method: _NormalizeMethod = "mad_robustize"
-    features: _Features = "infer"
-    image_features: bool = False
-    mad_robustize_fudge_factor: float = Field(default=1e-18, ge=0)
-    subgroups: Annotated[bool, AfterValidator(_no_subgroups)] = False
-    min_cells: int = Field(default=1, ge=0)
-    # cytoprofile extensions
-    samples: str = Field(default="all", min_length=1)
-    sample_filter: _SampleFilter = None
-    spherize_method: Annotated[
-        Literal["PCA", "ZCA", "PCA-cor", "ZCA-cor"],
-        _choice("a spherize method", SPHERIZE_METHODS),
-    ] = "ZCA-cor"
-    spherize_epsilon: float = Field(default=1e-6, ge=0)
-    spherize_center: bool = True
-
-    def fit_query(self) -> str:
-        """The pandas query choosing the wells the normalization is fitted on.
-
-        ``"all"`` when nothing restricts them; otherwise ``samples``, the
-        ``sample_filter`` columns and ``Metadata_Object_Count >= min_cells`` (when
-        ``min_cells`` is not 1), joined with ``&``.
-        """
-        parts: list[str] = []
-        if self.samples.strip() != "all":
-            text = self.samples.strip()
-            parts.append(f"({text})" if re.search(r"\||\bor\b", text) else text)
-        for column, values in (self.sample_filter or {}).items():
-            name = column if column.isidentifier() else f"`{column}`"
-            if len(values) == 1:
-                parts.append(f"{name} == {values[0]!r}")
-            else:
-                parts.append(f"{name} in {list(values)!r}")
-        if self.min_cells != 1:
-            parts.append(f"{OBJECT_COUNT_COLUMN} >= {self.min_cells}")
-        return " & ".join(parts) if parts else "all"
-
-
-class NormalizeNegconConfig(NormalizeConfig):
-    """``normalize_negcon``: as ``normalize``, fitted on negative-control wells."""
-
-    samples: str = Field(default=NEGCON_QUERY, min_length=1)
-
-
-class FeatureSelectParameters(_Block):
-    """``feature_select.parameters`` (cytoprofile extension): thresholds of the operations."""
-
-    na_cutoff: float = Field(default=0.05, ge=0, le=1)
-    corr_threshold: float = Field(default=0.9, ge=-1, le=1)
-    corr_method: Annotated[
-        Literal["pearson", "spearman", "kendall"],
-        _choice("a correlation method", CORRELATION_METHODS),
-    ] = "pearson"
-    freq_cut: float = Field(default=0.05, ge=0, le=1)
-    unique_cut: float = Field(default=0.01, ge=0, le=1)
-    min_variance: float = Field(default=1e-6, ge=0)
-    outlier_cutoff: float = Field(default=500.0, gt=0)
-    blocklist_file: str | None = None
-    noise_removal_perturb_groups: Annotated[list[str] | None, BeforeValidator(_str_list)] = None
-    noise_removal_stdev_cutoff: float | None = None
-
-
-def _default_operations() -> list[_OperationName]:
-    return ["variance_threshold", "correlation_threshold", "drop_na_columns", "blocklist"]
-
-
-class FeatureSelectConfig(_Block):
-    """``feature_select`` / ``feature_select_negcon``: drop uninformative features."""
-
-    perform: bool = True
-    features: _Features = "infer"
-    level: _Level = "batch"
-    gct: bool = False
-    image_features: bool = False
-    operations: list[_Operation] = Field(default_factory=_default_operations, min_length=1)
-    subgroups: Annotated[bool, AfterValidator(_no_subgroups)] = False
-    min_cells: int = Field(default=1, ge=0)
-    # cytoprofile extension
-    parameters: FeatureSelectParameters = Field(default_factory=FeatureSelectParameters)
-
-    @model_validator(mode="after")
-    def _complete(self) -> FeatureSelectConfig:
-        if self.perform and "noise_removal" in self.operations:
-            missing = [
-                k
-                for k in ("noise_removal_perturb_groups", "noise_removal_stdev_cutoff")
-                if getattr(self.parameters, k) is None
-            ]
-            if missing:
-                raise PydanticCustomError(
-                    "required_if",
-                    "operation 'noise_removal' needs parameters.{keys}",
-                    {"keys": " and parameters.".join(missing)},
-                )
-        return self
-
-
-class SummaryConfig(_Block):
-    """``quality_control.summary``: per-plate well and site counts from load_data."""
-
-    perform: bool = True
-    row: str = "Metadata_Row"
-    column: str = "Metadata_Col"
-
-
-class HeatmapConfig(_Block):
-    """``quality_control.heatmap``: per-plate cell-count, correlation, position-effect maps."""
-
-    perform: bool = True
-
-
-def _activity_only() -> list[Literal["activity", "consistency"]]:
-    return ["activity"]
-
-
-class MapConfig(_Block):
-    """``quality_control.map`` (cytoprofile extension): mAP of the QC profiles.
-
-    ``modes``: ``activity`` (replicates vs negative controls) and/or ``consistency``
-    (profiles sharing ``annotation_column`` vs those sharing none), with copairs' null.
-    """
-
-    perform: bool = False
-    modes: list[Literal["activity", "consistency"]] = Field(default_factory=_activity_only, min_length=1)
-    pert_column: str | None = None
-    annotation_column: str | None = None
-    multilabel_separator: str | None = None
-    control_query: str = Field(default=NEGCON_QUERY, min_length=1)
-    neg_sameby: Annotated[list[str], BeforeValidator(_str_list)] = Field(default_factory=lambda: ["Metadata_Plate"])
-    pos_diffby: Annotated[list[str], BeforeValidator(_str_list)] = Field(default_factory=list)
-    null_size: int = Field(default=10000, ge=1)
-    threshold: float = Field(default=0.05, gt=0, le=1)
-    seed: int = 0
-
-    @model_validator(mode="after")
-    def _complete(self) -> MapConfig:
-        if self.perform and "consistency" in self.modes and not self.annotation_column:
-            raise PydanticCustomError("required_if", "mode 'consistency' needs annotation_column (e.g. Metadata_moa)")
-        return self
-
-
-class QualityControlConfig(_Block):
-    """``quality_control``: summary table and heatmaps over all plates."""
-
-    perform: bool = True
-    summary: SummaryConfig = Field(default_factory=SummaryConfig)
-    heatmap: HeatmapConfig = Field(default_factory=HeatmapConfig)
-    map: MapConfig = Field(default_factory=MapConfig)
-
-
-class OptionsConfig(_Block):
-    """``options``: how output tables are written."""
-
-    compression: Annotated[
-        Literal["gzip", "bz2", "zip", "xz", "zstd"] | None,
-        _choice("a compression method", _COMPRESSIONS, optional=True),
-    ] = "gzip"
-    float_format: Annotated[str | None, BeforeValidator(_check_float_format)] = None
-    samples: str = Field(default="all", min_length=1)
-    # cytoprofile extension: step outputs as CSV (gzip per ``compression``), Parquet or AnnData
-    output_format: Annotated[Literal["csv", "parquet", "anndata"], _choice("an output format", _OUTPUT_FORMATS)] = "csv"
-    # cytoprofile extensions: object-storage requests (null: the command line's, 5 s / 15 s / 2)
-    connect_timeout: float | None = Field(default=None, gt=0)
-    read_timeout: float | None = Field(default=None, gt=0)
-    retries: int | None = Field(default=None, ge=0)
-
-    def storage_overrides(self) -> dict[str, Any]:
-        """The object-storage client settings these keys set (botocore's names), if any."""
-        out: dict[str, Any] = {}
-        if self.connect_timeout is not None:
-            out["connect_timeout"] = self.connect_timeout
-        if self.read_timeout is not None:
-            out["read_timeout"] = self.read_timeout
-        if self.retries is not None:
-            out["retries"] = {"max_attempts": self.retries, "mode": "standard"}
-        return out
-
-
-class ExecutorConfig(_Block):
-    """``executor`` (cytoprofile extension): where and how widely plates are processed."""
-
-    scheduler: str | None = None
-    jobs: int = Field(default=1, ge=1)
-
-
-#: Where the processing chain starts: the plates' annotated (default) or normalized profiles.
 PROCESSING_INPUTS: tuple[str, ...] = ("augmented", "normalized", "normalized_negcon")
 
 
@@ -620,18 +165,18 @@ def _check_processing(value: Any) -> Any:
     return value
 
 
-def _skipped(block: type[_Block]) -> Any:
+def _skipped(block: type[Block]) -> Any:
     """Default for a step block that is absent: the recipe then skips the step."""
     return lambda: block.model_validate({"perform": False})
 
 
-class RecipeConfig(_Block):
+class RecipeConfig(Block):
     """The settings document (the one with ``pipeline:``)."""
 
-    pipeline: _Name
-    output_dir: Annotated[str, BeforeValidator(_check_output_dir)] = "profiles"
+    pipeline: Name
+    output_dir: Annotated[str, BeforeValidator(check_output_dir)] = "profiles"
     platemap_well_column: str = "Metadata_well_position"
-    compartments: Annotated[list[str], BeforeValidator(_split_compartments)] = Field(
+    compartments: Annotated[list[str], BeforeValidator(split_compartments)] = Field(
         default_factory=lambda: ["cells", "cytoplasm", "nuclei"], min_length=1
     )
     aggregate: AggregateConfig = Field(default_factory=_skipped(AggregateConfig))
@@ -677,17 +222,17 @@ class RecipeConfig(_Block):
 # --- batches and the whole file ---
 
 
-class PlateEntry(_Block):
+class PlateEntry(Block):
     """One plate of a batch; ``process: false`` leaves it out."""
 
-    name: _Name
+    name: Name
     process: bool = True
 
 
-class BatchConfig(_Block):
+class BatchConfig(Block):
     """A batch document: its plates and whether to process it."""
 
-    batch: _Name
+    batch: Name
     plates: list[PlateEntry]
     process: bool = True
 
@@ -703,7 +248,7 @@ class BatchConfig(_Block):
         return self
 
 
-class Recipe(_Block):
+class Recipe(Block):
     """A whole config file: the settings, the batches, and where it was read from."""
 
     settings: RecipeConfig
@@ -853,7 +398,7 @@ def _parse_settings(
 ) -> RecipeConfig | None:
     restore_raw_names(doc.data, doc.node, [("pipeline",)])
     _upgrade(doc.data, doc.node, source, problems)
-    for found in unknown_keys(RecipeConfig, doc.data, refused=_REFUSED_KEYS):
+    for found in unknown_keys(RecipeConfig, doc.data, refused=REFUSED_KEYS):
         report_unknown(found, where=f"{source}:{key_line(doc.node, found.path)}: ",
                        allow=allow, notes=notes, problems=problems)
     settings: RecipeConfig | None = validate_document(
@@ -873,7 +418,7 @@ def _parse_batches(
             names += [("plates", i, "name") for i in range(len(plates))]
         restore_raw_names(doc.data, doc.node, names)
         label = f"batch {str(doc.data.get('batch'))!r}: "
-        for found in unknown_keys(BatchConfig, doc.data, refused=_REFUSED_KEYS):
+        for found in unknown_keys(BatchConfig, doc.data, refused=REFUSED_KEYS):
             report_unknown(found, where=f"{source}:{key_line(doc.node, found.path)}: {label}",
                            allow=allow, notes=notes, problems=problems)
         batch = validate_document(BatchConfig, doc, source, label, problems, own_errors=_OWN_ERRORS)

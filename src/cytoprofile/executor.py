@@ -1,7 +1,8 @@
 """Where plate tasks run: in this process, a local process pool, or a Dask cluster.
 
-A task is a plain function ``fn(*args, options, progress)`` returning a picklable
-result; the executor only decides where it runs and relays progress events.
+A task is a small frozen record naming its plate (``PlateTask``, or a step's own with a
+``plate`` field) handed to a plain function ``fn(task, options, progress)`` that returns a
+picklable result; the executor only decides where it runs and relays progress events.
 """
 
 from __future__ import annotations
@@ -15,15 +16,35 @@ import queue
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
 
 from .logs import LOGGER, forward_records, prepared, replay
 
-__all__ = ["check_scheduler", "run_plates"]
+__all__ = ["PlateTask", "Task", "check_scheduler", "run_plates"]
 
 log = logging.getLogger("cytoprofile.executor")
 R = TypeVar("R")
 Progress = Callable[[str, int, int], None]
+
+
+class Task(Protocol):
+    """What the executor needs of a task: the plate that names it in progress events and Dask keys."""
+
+    @property
+    def plate(self) -> str: ...
+
+
+T = TypeVar("T", bound=Task)
+
+
+@dataclass(frozen=True)
+class PlateTask:
+    """One handbook plate: the workspace (a folder or URL), its batch and the plate's name."""
+
+    workspace: str
+    batch: str
+    plate: str
 
 
 class _QueueProgress:
@@ -37,8 +58,8 @@ class _QueueProgress:
 
 
 def run_plates(
-    fn: Callable[..., R],
-    tasks: Sequence[tuple[Any, ...]],
+    fn: Callable[[T, dict[str, Any], Progress | None], R],
+    tasks: Sequence[T],
     options: dict[str, Any],
     *,
     jobs: int = 1,
@@ -47,7 +68,7 @@ def run_plates(
     progress: Progress | None = None,
     on_done: Callable[[int, R], None] | None = None,
 ) -> list[R]:
-    """Run ``fn(*task, options, progress)`` for every task; results in task order.
+    """Run ``fn(task, options, progress)`` for every task; results in task order.
 
     Log records of worker processes and Dask workers are printed here, through this
     process's handlers, in the order each task wrote them; ``on_done(i, result)`` is
@@ -61,7 +82,7 @@ def run_plates(
     if jobs <= 1 or len(tasks) <= 1:
         results: list[R] = []
         for i, task in enumerate(tasks):
-            results.append(fn(*task, options, progress))
+            results.append(fn(task, options, progress))
             if on_done is not None:
                 on_done(i, results[-1])
         return results
@@ -92,7 +113,7 @@ def _relay(q: Any, stop: threading.Event, handle: Callable[[Any], None]) -> None
         handle(item)
 
 
-def _run_pool(fn: Callable[..., R], tasks: Sequence[tuple[Any, ...]], options: dict[str, Any], *, jobs: int,
+def _run_pool(fn: Callable[[T, dict[str, Any], Progress | None], R], tasks: Sequence[T], options: dict[str, Any], *, jobs: int,
               progress: Progress | None, on_done: Callable[[int, R], None] | None) -> list[R]:
     """A spawn process pool; records, progress and completions share one queue, so they keep their order."""
     ctx = multiprocessing.get_context("spawn")
@@ -114,7 +135,7 @@ def _run_pool(fn: Callable[..., R], tasks: Sequence[tuple[Any, ...]], options: d
         try:
             with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_worker,
                                      initargs=(q, logging.getLogger(LOGGER).getEffectiveLevel())) as pool:
-                futures = {pool.submit(fn, *task, options, _QueueProgress(q)): i for i, task in enumerate(tasks)}
+                futures = {pool.submit(fn, task, options, _QueueProgress(q)): i for i, task in enumerate(tasks)}
                 for future in as_completed(futures):
                     results[futures[future]] = future.result()
                     q.put(("done", futures[future]))
@@ -175,8 +196,8 @@ def _dask_task(fn: Callable[..., R], topic: str, key: str, level: int, client_pi
 
 
 def _run_dask(
-    fn: Callable[..., R],
-    tasks: Sequence[tuple[Any, ...]],
+    fn: Callable[[T, dict[str, Any], Progress | None], R],
+    tasks: Sequence[T],
     options: dict[str, Any],
     *,
     scheduler: str,
@@ -214,8 +235,8 @@ def _run_dask(
     level = logging.getLogger(LOGGER).getEffectiveLevel()
     try:
         client.subscribe_topic(topic, lambda event: _print(event[1]))
-        keys = [f"cytoprofile-{i}-{task[-1]}" for i, task in enumerate(tasks)]
-        futures = [client.submit(_dask_task, fn, topic, key, level, os.getpid(), *task, options, None, pure=False, retries=3, key=key)
+        keys = [f"cytoprofile-{i}-{task.plate}" for i, task in enumerate(tasks)]
+        futures = [client.submit(_dask_task, fn, topic, key, level, os.getpid(), task, options, None, pure=False, retries=3, key=key)
                    for key, task in zip(keys, tasks, strict=True)]
         index = {f.key: i for i, f in enumerate(futures)}
         results: dict[int, R] = {}
@@ -225,7 +246,7 @@ def _run_dask(
             for message in kept:
                 _print(message)
             if progress is not None:
-                progress(str(tasks[i][-1]), 1, 1)
+                progress(tasks[i].plate, 1, 1)
             if on_done is not None:
                 on_done(i, results[i])
         return [results[i] for i in range(len(tasks))]

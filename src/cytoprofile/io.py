@@ -91,10 +91,6 @@ __all__ = [
     "unreachable",
 ]
 
-# Earlier names of remote's failure helpers, for callers not yet moved to the public ones.
-_network_failure = network_failure
-_unreachable = unreachable
-
 
 def infer_format(path: str | os.PathLike[str]) -> TableFormat:
     """Table format from a file name: ``.csv``, ``.csv.gz`` or ``.parquet``."""

@@ -33,6 +33,7 @@ __all__ = [
     "platemap_for_plate",
     "platemap_name_for_plate",
     "platemap_path",
+    "profiles_by_plate",
     "validate_annotation_inputs",
     "validate_metadata",
     "well_name_problem",
@@ -312,6 +313,13 @@ def _missing_platemap_file(
             message += f" (found {os.path.basename(base + ext)}: plate maps must be tab-separated .txt files)"
             break
     return message
+
+
+def profiles_by_plate(table: pd.DataFrame, *, where: str) -> dict[str, pd.DataFrame]:
+    """Per-well profiles split by ``Metadata_Plate`` (the plate naming their plate map); ``where`` names the table."""
+    if "Metadata_Plate" not in table.columns:
+        raise MetadataError(f"{where}: no Metadata_Plate column; the profiles' plate names their plate map")
+    return {str(plate): part for plate, part in table.groupby(table["Metadata_Plate"].astype(str), sort=False)}
 
 
 def validate_metadata(

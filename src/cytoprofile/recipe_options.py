@@ -9,10 +9,11 @@ pycytominer's defaults.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["aggregate_options", "feature_select_options", "normalize_options"]
+__all__ = ["aggregate_options", "annotate_options", "feature_select_options", "map_options", "normalize_options",
+           "processing_options", "quality_control_options"]
 
 
 def aggregate_options(block: Any, compartments: Sequence[str]) -> dict[str, Any]:
@@ -49,3 +50,42 @@ def feature_select_options(block: Any) -> dict[str, Any]:
     params["samples"] = "all" if block.min_cells == 1 else f"Metadata_Object_Count >= {block.min_cells}"
     params["image_features"] = block.image_features
     return params
+
+
+def annotate_options(block: Any, platemap_well_column: str, *, external: bool) -> dict[str, Any]:
+    """``annotate:`` → ``annotate.annotate`` keywords (the plate map's well column from the
+    config's top level; the external join keys when external metadata is read)."""
+    join = block.external.join_column if external else None
+    return {
+        "join_on": [platemap_well_column, block.well_column],
+        "external_join_left": [join] if join else None,
+        "external_join_right": [join] if join else None,
+    }
+
+
+def processing_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """``processing_options:`` → ``processing.run_chain`` keywords (``input`` names the
+    chain's starting profiles, not an option of a step)."""
+    return {k: v for k, v in options.items() if k != "input"}
+
+
+def map_options(block: Any) -> dict[str, Any] | None:
+    """A ``quality_control.map`` block as the ``map_settings`` of ``qc.quality_control``;
+    None when the block is off (``perform: false``)."""
+    settings = {"modes": list(block.modes), "pert_column": block.pert_column, "annotation_column": block.annotation_column,
+                "multilabel_separator": block.multilabel_separator, "control_query": block.control_query,
+                "neg_sameby": list(block.neg_sameby), "pos_diffby": list(block.pos_diffby), "null_size": block.null_size,
+                "threshold": block.threshold, "seed": block.seed}
+    return settings if block.perform else None
+
+
+def quality_control_options(block: Any) -> dict[str, Any]:
+    """``quality_control:`` → ``qc.quality_control`` keywords. ``summary.row/column`` are
+    passed only when not the defaults (then Metadata_Well, else Metadata_Row + Metadata_Col)."""
+    chosen = (block.summary.row, block.summary.column)
+    return {
+        "summary": block.summary.perform,
+        "heatmaps": block.heatmap.perform,
+        "summary_well_columns": None if chosen == ("Metadata_Row", "Metadata_Col") else chosen,
+        "map_settings": map_options(block.map),
+    }

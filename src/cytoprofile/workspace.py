@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from . import io
-from .errors import InputError
+from .errors import CytoprofileError, InputError
 from .layout import Workspace
 from .remote import list_entries
 
@@ -21,6 +21,7 @@ __all__ = [
     "backend_files",
     "check_name",
     "files_under",
+    "find_backend",
     "find_plate",
     "plate_lock",
     "platemap_dir",
@@ -45,6 +46,23 @@ def backend_dir(workspace: PathLike, batch: str, plate: str) -> str:
 def backend_files(workspace: PathLike, batch: str, plate: str, *, profile_format: str = "csv") -> dict[str, str]:
     """The final file names of a plate's backend outputs (see :class:`Workspace`)."""
     return Workspace(str(workspace)).backend_files(batch, plate, profile_format=profile_format)
+
+
+def find_backend(workspace: PathLike, batch: str, plate: str, kind: str | None = None) -> str:
+    """The plate's single-cell backend: the asked kind, else Parquet when present (faster to read), else SQLite."""
+    where = Workspace(str(workspace))
+    paths = {"parquet": f"{where.parquet_prefix(batch, plate)}_Image.parquet", "sqlite": where.sqlite(batch, plate)}
+    found = {k: path if io.exists(path) else None for k, path in paths.items()}
+    if kind is not None:
+        if kind not in found:
+            raise CytoprofileError(f"--backend {kind}: choose sqlite or parquet")
+        if found[kind] is None:
+            raise CytoprofileError(f"{plate}: no {kind} backend at {paths[kind]}; run `cytoprofile collate` first")
+        return str(found[kind])
+    path = found["parquet"] or found["sqlite"]
+    if path is None:
+        raise CytoprofileError(f"{plate}: no backend in {where.backend(batch, plate)}; run `cytoprofile collate` first")
+    return path
 
 
 def platemap_dir(workspace: PathLike, batch: str) -> str:

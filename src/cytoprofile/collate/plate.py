@@ -17,6 +17,7 @@ from ..aggregate import (
     Operation,
 )
 from ..errors import CytoprofileError, InputError
+from ..executor import PlateTask
 from ..ingest import (
     CountCheck,
 )
@@ -185,7 +186,7 @@ def collate(
                                    exclude_outlier_cells=None if exclude_outlier_cells is None else tuple(exclude_outlier_cells),
                                    export_db=tuple(str(p) for p in export_db), table_prefix=table_prefix,
                                    remote=remote, tmp_dir=tmp_dir, wait=wait, storage=dict(io.current_storage()))
-    return run_plates(_collate_task, [(str(ws), batch, p) for p in plates], options, jobs=jobs,
+    return run_plates(_collate_task, [PlateTask(str(ws), batch, p) for p in plates], options, jobs=jobs,
                       scheduler=scheduler, progress=progress)
 
 
@@ -200,8 +201,9 @@ def _reads_export_files(ws: str, batch: str, plate: str) -> bool:
     return bool(discover_export_files(ws, batch, plate))
 
 
-def _collate_task(ws: str, batch: str, plate: str, options: dict[str, Any], progress: Progress | None) -> PlateResult:
+def _collate_task(task: PlateTask, options: dict[str, Any], progress: Progress | None) -> PlateResult:
     """One plate, with user errors turned into a failed result rather than an exception."""
+    ws, batch, plate = task.workspace, task.batch, task.plate
     options = dict(options)
     io.configure_storage(options.pop("storage", None))
     export_db, table_prefix = options.pop("export_db", ()), options.pop("table_prefix", None)

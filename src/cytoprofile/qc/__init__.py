@@ -9,7 +9,7 @@ functions of DataFrames), :mod:`~cytoprofile.qc.figures` the matplotlib figures,
 from __future__ import annotations
 
 from ..vocabulary import grid_to_well, plate_layout, well_to_grid
-from .driver import QualityControlResult, map_settings, quality_control
+from .driver import QualityControlResult, quality_control
 from .figures import (
     FIGURE_NAMES,
     cell_count_figure,
@@ -63,5 +63,4 @@ __all__ = [
     "format_number",
     "render_report",
     "quality_control",
-    "map_settings",
 ]

@@ -32,7 +32,7 @@ from .metrics import (
 from .report import render_report
 from .summary import quarantined_wells, read_summary, summarize_plate, update_summary
 
-__all__ = ["QualityControlResult", "map_settings", "quality_control"]
+__all__ = ["QualityControlResult", "quality_control"]
 
 _TABLE_EXTENSIONS = (".csv.gz", ".csv", ".parquet")
 _LEVELS = ("all", "batch", "plate")
@@ -176,16 +176,6 @@ def _qc_profiles(plates: Sequence[_Plate], level: str | None) -> tuple[str, dict
     return best
 
 
-def map_settings(block: Any) -> dict[str, Any] | None:
-    """A ``quality_control.map`` block (:class:`~cytoprofile.config.MapConfig`) as the
-    ``map_settings`` of :func:`quality_control`; None when the block is off (``perform: false``)."""
-    settings = {"modes": list(block.modes), "pert_column": block.pert_column, "annotation_column": block.annotation_column,
-                "multilabel_separator": block.multilabel_separator, "control_query": block.control_query,
-                "neg_sameby": list(block.neg_sameby), "pos_diffby": list(block.pos_diffby), "null_size": block.null_size,
-                "threshold": block.threshold, "seed": block.seed}
-    return settings if block.perform else None
-
-
 def quality_control(
     workspace: str | os.PathLike[str],
     batch: str,
@@ -208,6 +198,7 @@ def quality_control(
     summary_well_columns: Sequence[str] | None = None,
     map_settings: dict[str, Any] | None = None,
     map_profiles: str | None = None,
+    tmp_dir: str | None = None,
 ) -> QualityControlResult:
     """Run QC for ``plates`` of ``batch`` in a workspace and write its outputs.
 
@@ -227,13 +218,18 @@ def quality_control(
     ``evaluate.mean_average_precision``) adds mAP of the batch's plates, from
     ``map_profiles`` (every non-``Metadata_`` column a feature) or else the correlation
     panels' profiles and features, written to ``quality_control/map/BATCH/BATCH_map_MODE.csv``,
-    with each plate's mAP on its own in ``BATCH_map_MODE_by_plate.csv``.
+    with each plate's mAP on its own in ``BATCH_map_MODE_by_plate.csv``. A URL workspace
+    (``s3://...``) is staged into a scratch folder in ``tmp_dir`` (its profiles in whichever
+    format, load_data, collate reports and summary) and the outputs are uploaded back; the
+    result's paths name the URLs.
     """
+    options = {k: v for k, v in locals().items() if k not in ("workspace", "batch", "plates", "tmp_dir")}
     if level is not None and level not in _LEVELS:
         raise InputError(f"level {level!r}: use one of {', '.join(_LEVELS)}")
-    root = str(workspace)
-    where = QualityControlLayout(root, output_dir=output_dir, profiles_dir=profiles_dir, load_data_dir=load_data_dir,
-                                 backend_dir=backend_dir)
+    where = QualityControlLayout(str(workspace), output_dir=output_dir, profiles_dir=profiles_dir,
+                                 load_data_dir=load_data_dir, backend_dir=backend_dir)
+    if cpio.is_remote(where.root):
+        return _at_url(where, batch, [str(p) for p in plates], tmp_dir=tmp_dir, options=options)
     result = QualityControlResult()
     inputs = [_read_plate(where, batch, p, level) for p in map(str, plates)]
     rows = [_summary_row(where, batch, p, summary_well_columns) for p in inputs] if summary else []
@@ -241,17 +237,10 @@ def quality_control(
     frames = {name: plate_rows(cpio.read_table(path), name) for name, path in result.qc_profiles.items()}
     features = shared_features(frames.values())
     result.n_features = len(features) if frames else None
-    figures: dict[str, dict[str, bytes]] = {}
-    for plate in inputs:
-        result.notes.setdefault(plate.name, [])
-        result.quarantine[plate.name] = None if plate.report is None else quarantined_wells(plate.report)
-        if heatmaps or report:
-            figures[plate.name] = _plate_figures(
-                plate, frames.get(plate.name), result, features=features, description=description,
-                replicate_column=replicate_column, dpi=dpi,
-            )
-        if heatmaps:
-            result.heatmaps[plate.name] = _write_heatmaps(figures[plate.name], where, batch, plate.name)
+    figures = {plate.name: _plate_outputs(plate, frames.get(plate.name), result, where, batch, features=features,
+                                          description=description, replicate_column=replicate_column, dpi=dpi,
+                                          heatmaps=heatmaps, figures=heatmaps or report)
+               for plate in inputs}
     if summary:
         result.summary_path = where.summary()
         with _locked(result.summary_path):
@@ -263,6 +252,48 @@ def quality_control(
         _mean_ap(result, frames, features, where, batch, [p.name for p in inputs], map_settings, map_profiles)
     if report:
         _write_report(result, where, batch, rows, figures, inputs, description)
+    return result
+
+
+def _plate_outputs(plate: _Plate, frame: pd.DataFrame | None, result: QualityControlResult,
+                   where: QualityControlLayout, batch: str, *, features: list[str], description: str,
+                   replicate_column: str | None, dpi: int, heatmaps: bool, figures: bool) -> dict[str, bytes]:
+    """One plate's quarantine table and figures (for the report), its heatmaps written when asked."""
+    result.notes.setdefault(plate.name, [])
+    result.quarantine[plate.name] = None if plate.report is None else quarantined_wells(plate.report)
+    made: dict[str, bytes] = {}
+    if figures:
+        made = _plate_figures(plate, frame, result, features=features, description=description,
+                              replicate_column=replicate_column, dpi=dpi)
+    if heatmaps:
+        result.heatmaps[plate.name] = _write_heatmaps(made, where, batch, plate.name)
+    return made
+
+
+def _at_url(where: QualityControlLayout, batch: str, plates: list[str], *, tmp_dir: str | None,
+            options: dict[str, Any]) -> QualityControlResult:
+    """QC of a URL workspace through a scratch copy: stage the inputs QC reads, run, publish its outputs."""
+    from dataclasses import replace
+
+    from ..layout import relative_to
+    from ..workspace import files_under, publish, scratch_dir, stage
+
+    folders = [where.summary().rsplit("/", 1)[0]] + [
+        path for p in plates for path in (where.load_data(batch, p), where.profiles(batch, p), where.report_json(batch, p))]
+    with scratch_dir(tmp_dir, "qc") as scratch:
+        stage(where.root, scratch, [relative_to(path, where.root) for path in folders])
+        result = quality_control(scratch, batch, plates, **options)
+        publish(scratch, where.root, files_under(replace(where, root=scratch).outputs(), scratch))
+
+    def url(path: str) -> str:
+        return cpio.join(where.root, os.path.relpath(path, scratch))
+
+    result.report_path = url(result.report_path) if result.report_path else None
+    result.summary_path = url(result.summary_path) if result.summary_path else None
+    result.heatmaps = {plate: {k: url(v) for k, v in made.items()} for plate, made in result.heatmaps.items()}
+    result.qc_profiles = {plate: url(path) for plate, path in result.qc_profiles.items()}
+    if result.mean_ap is not None:
+        result.mean_ap["paths"] = {k: url(v) for k, v in result.mean_ap["paths"].items()}
     return result
 
 

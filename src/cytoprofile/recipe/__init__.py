@@ -25,7 +25,7 @@ from .batch import batch_steps, processing_file
 from .features import compartment_prefixes
 from .plate import NEGCON, external_metadata_path, step_outputs
 from .provenance import RunResult, write_output
-from .remote import plate_task_entry, remote_batch_steps
+from .remote import RecipeTask, plate_task_entry, remote_batch_steps
 
 __all__ = ["Layout", "RunResult", "compartment_prefixes", "existing_output", "processing_file", "run", "step_outputs", "write_output"]
 
@@ -72,18 +72,19 @@ def run(
     if s.annotate.perform and not io.is_remote(layout.root):
         _warn_metadata(layout, recipe, plates)
     result = RunResult()
-    tasks = [(layout, recipe, batch, plate, force, tmp_dir) for batch, names in plates.items() for plate in names]
+    tasks = [RecipeTask(layout, recipe, batch, plate, force=force, tmp_dir=tmp_dir)
+             for batch, names in plates.items() for plate in names]
     total = len(tasks) + 1
 
     finished: list[int] = []
 
     def _plate_done(i: int, r: RunResult) -> None:
         finished.append(i)
-        log.info("%s: %d step(s) run, %d already current", tasks[i][3], len(r.ran), len(r.skipped))
+        log.info("%s: %d step(s) run, %d already current", tasks[i].plate, len(r.ran), len(r.skipped))
         if progress is not None:
             progress("recipe", len(finished), total)
 
-    per_plate = run_plates(plate_task_entry, [(t,) for t in tasks], {"storage": io.current_storage()},
+    per_plate = run_plates(plate_task_entry, tasks, {"storage": io.current_storage()},
                            jobs=jobs or s.executor.jobs, scheduler=scheduler or s.executor.scheduler, progress=None,
                            on_done=_plate_done)
     for r in per_plate:

@@ -12,6 +12,7 @@ from .. import io
 from ..config import Recipe
 from ..errors import InputError
 from ..layout import Layout
+from ..recipe_options import feature_select_options, processing_options, quality_control_options
 from ..vocabulary import metadata_columns
 from .features import compartment_prefixes, feature_columns, features_for
 from .plate import NEGCON, plate_report
@@ -28,7 +29,6 @@ def _selection(df: pd.DataFrame, block: Any, prefixes: Sequence[str], where: str
     the statistics on wells with at least that many objects (all wells are kept).
     """
     from ..feature_select import excluded_features
-    from ..recipe_options import feature_select_options
 
     params = feature_select_options(block)
     remaining = features_for(df, block, prefixes, where)
@@ -171,10 +171,7 @@ def batch_steps(layout: Layout, recipe: Recipe, plates: dict[str, list[str]], *,
     result.qc = "QC: not run (quality_control.perform: false)"
     if s.quality_control.perform:
         from ..processing import parse_chain
-        from ..qc import map_settings as qc_map_settings
         from ..qc import quality_control
-
-        map_settings = qc_map_settings(s.quality_control.map)
 
         level = s.feature_select.level if s.feature_select.perform else (
             s.feature_select_negcon.level if s.feature_select_negcon.perform else None)
@@ -184,23 +181,14 @@ def batch_steps(layout: Layout, recipe: Recipe, plates: dict[str, list[str]], *,
                 profiles_dir=os.path.abspath(layout.profiles_root()),
                 load_data_dir=os.path.abspath(layout.load_data(batch)).rsplit(os.sep, 1)[0],
                 backend_dir=os.path.abspath(layout.handbook.backend_root()),
-                summary=s.quality_control.summary.perform, heatmaps=s.quality_control.heatmap.perform,
-                summary_well_columns=_summary_well_columns(s.quality_control.summary),
-                map_settings=map_settings,
                 map_profiles=processing_file(layout, parse_chain(chain)) if chain is not None else None,
+                **quality_control_options(s.quality_control),
             )
             result.ran.append(f"quality_control: {batch}")
             result.outputs.append(layout.quality_control())
             if done.report_path:
                 result.products.append((f"QC report {batch}", os.path.relpath(done.report_path, layout.root)))
         result.qc = f"QC: ran for {', '.join(plates)}"
-
-
-def _summary_well_columns(summary: Any) -> tuple[str, str] | None:
-    """``quality_control.summary.row/column`` when set; None (Metadata_Well, else the
-    defaults Metadata_Row + Metadata_Col) when they are the defaults."""
-    chosen = (summary.row, summary.column)
-    return None if chosen == ("Metadata_Row", "Metadata_Col") else chosen
 
 
 _CHAIN_INPUTS = {"augmented": "_augmented", "normalized": "_normalized", "normalized_negcon": "_normalized_negcon"}
@@ -226,7 +214,7 @@ class _Chain:
 
         self.layout, self.plates, self.steps, self.prefixes = layout, plates, steps, prefixes
         self.chain = parse_chain(chain)
-        self.options = {k: v for k, v in options.items() if k != "input"}
+        self.options = processing_options(options)
         self.stem = _CHAIN_INPUTS[str(options.get("input", "augmented"))]
         self.frame: pd.DataFrame | None = None
 

@@ -15,11 +15,11 @@ from .. import io
 from ..config import Recipe
 from ..errors import ConfigError, InputError
 from ..layout import Layout, Workspace, existing_output
-from ..vocabulary import with_metadata_prefix
+from ..recipe_options import aggregate_options, annotate_options, normalize_options
 from .features import compartment_prefixes, features_for
 from .provenance import Made, RunResult, Steps, sidecar_path
 
-__all__ = ["NEGCON", "external_metadata_path", "plate_report", "plate_task", "prefixed_platemap", "step_outputs"]
+__all__ = ["NEGCON", "external_metadata_path", "plate_report", "plate_task", "step_outputs"]
 
 log = logging.getLogger("cytoprofile.pipeline")
 
@@ -58,7 +58,6 @@ def _aggregate_step(steps: Steps, layout: Layout, recipe: Recipe, files: dict[st
                     plate: str) -> None:
     """``PLATE.csv.gz``: aggregated from the SQLite backend, or collate's per-well profiles."""
     from ..aggregate import aggregate
-    from ..recipe_options import aggregate_options
 
     s = recipe.settings
     if s.aggregate.perform:
@@ -140,17 +139,14 @@ def _annotate_step(steps: Steps, layout: Layout, recipe: Recipe, files: dict[str
     settings = s.annotate.model_dump(mode="json") | {"platemap_well_column": s.platemap_well_column}
 
     def _annotated() -> Made:
-        from ..annotate import annotate
+        from ..annotate import annotate, prefixed_platemap
 
         platemap = prefixed_platemap(platemap_for_plate(meta_root, batch, plate))
         profiles = io.load_profiles(files["aggregate"])
         kept, dropped = _matched_wells(profiles, recipe, meta_root, batch, plate, platemap, platemap_file, ext_path)
         external = load_external_metadata(ext_path, merge_column=ext.merge_column) if ext_path else None
-        join = ext.join_column if ext_path else None
-        frame = annotate(
-            kept, platemap, join_on=[s.platemap_well_column, s.annotate.well_column],
-            external_metadata=external, external_join_left=[join] if join else None,
-            external_join_right=[join] if join else None)
+        frame = annotate(kept, platemap, external_metadata=external,
+                         **annotate_options(s.annotate, s.platemap_well_column, external=ext_path is not None))
         return Made(frame, before=list(profiles.columns),
                      extra={"wells": {"in": len(profiles), "out": len(frame), "dropped_unmatched": dropped}})
 
@@ -195,7 +191,6 @@ def _matched_wells(profiles: pd.DataFrame, recipe: Recipe, meta_root: str, batch
 def _normalize_steps(steps: Steps, recipe: Recipe, files: dict[str, str], prefixes: Sequence[str]) -> None:
     """``_normalized`` and ``_normalized_negcon``; ``options.samples`` narrows the first one's fit."""
     from ..normalize import normalize
-    from ..recipe_options import normalize_options
 
     s = recipe.settings
     for key, block in (("normalize", s.normalize), ("normalize_negcon", s.normalize_negcon)):
@@ -223,8 +218,3 @@ def _fit_query(query: str, samples: str) -> str:
         return query
     part = f"({text})" if re.search(r"\||\bor\b", text) else text
     return part if query == "all" else f"{part} & {query}"
-
-
-def prefixed_platemap(platemap: pd.DataFrame) -> pd.DataFrame:
-    """Plate map columns with the ``Metadata_`` prefix, as the recipe passes them."""
-    return platemap.rename(columns={c: with_metadata_prefix(str(c)) for c in platemap.columns})

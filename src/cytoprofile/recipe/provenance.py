@@ -24,7 +24,8 @@ from ..vocabulary import (
     METADATA_PREFIX,
 )
 
-__all__ = ["METADATA_PREFIXES", "Made", "RunResult", "Steps", "is_fresh", "record_provenance", "sidecar_path", "write_output"]
+__all__ = ["METADATA_PREFIXES", "Made", "RunResult", "Steps", "is_fresh", "record_provenance", "sidecar_path",
+           "write_output", "write_step_provenance"]
 
 log = logging.getLogger("cytoprofile.pipeline")
 
@@ -71,6 +72,15 @@ class RunResult:
 
 
 _WHOLE_FILE_LIMIT = 64 << 20
+
+
+def write_step_provenance(output: str, step: str, inputs: list[str], account: Any) -> None:
+    """``OUTPUT.provenance.json`` of one step run on its own: the step, its inputs and
+    features in → out, each dropped one with why (``account``: the step's ``FeatureAccount``)."""
+    record = {"step": step, "output": os.path.basename(output), "cytoprofile_version": __version__,
+              "inputs": inputs, "features": {"in": len(account.features_in), "out": len(account.features_out),
+                                             "dropped": dict(account.dropped)}}
+    io.write_json(record, sidecar_path(output))
 
 
 def _sha256(path: str) -> str:

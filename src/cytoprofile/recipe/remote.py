@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any
 
 from .. import io
@@ -15,7 +16,7 @@ from .batch import batch_steps
 from .plate import plate_task
 from .provenance import RunResult, sidecar_path
 
-__all__ = ["plate_task_entry", "remote_batch_steps", "remote_plate_task"]
+__all__ = ["RecipeTask", "plate_task_entry", "remote_batch_steps", "remote_plate_task"]
 
 
 def _publish_written(scratch: str, remote: str, written: list[str]) -> list[str]:
@@ -84,11 +85,21 @@ def remote_batch_steps(layout: Layout, recipe: Recipe, plates: dict[str, list[st
         result.outputs[before:] = _publish_written(scratch, layout.root, written)
 
 
-def plate_task_entry(task: tuple[Layout, Recipe, str, str, bool, str | None], options: dict[str, Any],
-                      progress: Any) -> RunResult:
+@dataclass(frozen=True)
+class RecipeTask:
+    """One plate's recipe steps, as the executor hands them to a process or a Dask worker."""
+
+    layout: Layout
+    recipe: Recipe
+    batch: str
+    plate: str
+    force: bool = False
+    tmp_dir: str | None = None
+
+
+def plate_task_entry(task: RecipeTask, options: dict[str, Any], progress: Any) -> RunResult:
     """Executor entry point for one plate's steps (local or on a Dask worker)."""
     io.configure_storage(options.get("storage"))
-    layout, recipe, batch, plate, force, tmp_dir = task
-    if io.is_remote(layout.root):
-        return remote_plate_task(layout, recipe, batch, plate, force, tmp_dir)
-    return plate_task(layout, recipe, batch, plate, force)
+    if io.is_remote(task.layout.root):
+        return remote_plate_task(task.layout, task.recipe, task.batch, task.plate, task.force, task.tmp_dir)
+    return plate_task(task.layout, task.recipe, task.batch, task.plate, task.force)

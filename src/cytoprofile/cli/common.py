@@ -1,0 +1,242 @@
+"""What every ``cytoprofile`` command shares: the app, its console and logging, option types, progress bars."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import typing
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+from typer.core import TyperGroup
+
+from .. import __version__
+from ..errors import CytoprofileError
+
+__all__ = [
+    "DEFAULT_IMAGE_FEATURE_CATEGORIES", "SPHERING_GRID", "CompartmentsOpt", "ConnectTimeoutOpt", "EndpointOpt",
+    "FeaturePrefixOpt", "FeaturesOpt", "FloatFormatOpt", "NoControlsOpt", "NoSignOpt", "PlateColumnOpt",
+    "ProfileOpt", "QuietOpt", "ReadTimeoutOpt", "ReferenceOpt", "RetriesOpt", "TmpDirOpt", "about", "app",
+    "check_float_format", "configure_storage", "console", "feature_args", "log", "plate_progress",
+    "setup_logging", "split_values", "timed",
+]
+
+_PLACEHOLDERS = {str: "TEXT", int: "INTEGER", float: "NUMBER", Path: "PATH"}
+
+
+class _Group(TyperGroup):
+    """The command group, with readable help for every command.
+
+    Summaries are the docstring's whole first line (never cut at "..."); options show
+    TEXT / NUMBER / INTEGER placeholders (``NAME,...`` when repeatable) instead of
+    Python types, arguments their upper-case name.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for command in self.commands.values():
+            command.short_help = command.short_help or (command.help or "").strip().split("\n")[0]
+            for param in command.params:
+                if param.param_type_name == "argument":
+                    _plain_argument(param)
+                    continue
+                if param.metavar is not None or param.name == "help":
+                    continue
+                annotation = getattr(param, "type_descriptor", None)
+                element = typing.get_args(annotation.annotation) if annotation is not None else ()
+                if getattr(param, "multiple", False):
+                    param.metavar = f"{_PLACEHOLDERS.get(element[0] if element else str, 'TEXT')},..."
+                elif annotation is not None and annotation.annotation in _PLACEHOLDERS:
+                    param.metavar = _PLACEHOLDERS[annotation.annotation]
+
+
+def _plain_argument(param: Any) -> None:
+    """``PROFILES`` in the usage line and the argument list (Typer would print ``{profiles} <str>``)."""
+    name = param.metavar or str(param.name).upper()
+    usage = (name if param.required else f"[{name}]") + ("..." if param.nargs != 1 else "")
+    param.metavar = name
+    shown = {"display_type_rich": lambda ctx: None, "_usage_display_name": lambda: usage,
+             "_rich_display_name": lambda: name + ("..." if param.nargs != 1 else "")}
+    for attr, method in shown.items():
+        setattr(param, attr, method)
+
+
+app = typer.Typer(
+    name="cytoprofile",
+    help="CellProfiler output to analysis-ready Cell Painting profiles.",
+    cls=_Group,
+    context_settings={"show_default": True},
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+console = Console(stderr=True)
+
+# defaults of library functions whose modules are slow to import; tests/test_cli_signatures.py
+# checks every command default against its function's
+DEFAULT_IMAGE_FEATURE_CATEGORIES = ("Granularity", "Texture", "ImageQuality", "Count", "Threshold")
+SPHERING_GRID = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 1e1, 1e2, 1e3)
+log = logging.getLogger("cytoprofile")
+
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors; no progress bars.")]
+ProfileOpt = Annotated[str | None, typer.Option(help="AWS profile for S3 URLs (default: the standard credential chain).")]
+EndpointOpt = Annotated[str | None, typer.Option(help="S3-compatible endpoint URL (e.g. a local or non-AWS server).")]
+NoSignOpt = Annotated[bool, typer.Option("--no-sign-request", help="Anonymous access to public buckets (e.g. the Cell Painting Gallery).")]
+TmpDirOpt = Annotated[str | None, typer.Option(help="Scratch folder for downloads and temporary files (created if missing).")]
+ConnectTimeoutOpt = Annotated[float, typer.Option(help="Seconds to wait for a connection to S3 or the Dask scheduler.")]
+ReadTimeoutOpt = Annotated[float, typer.Option(help="Seconds to wait for an answer from S3 or the Dask scheduler.")]
+RetriesOpt = Annotated[int, typer.Option(help="Retries of a failed S3 request (throttling, server errors, timeouts).")]
+
+
+def configure_storage(profile: str | None, endpoint_url: str | None, no_sign_request: bool, *,
+             connect_timeout: float | None = None, read_timeout: float | None = None, retries: int | None = None) -> None:
+    from .. import io
+
+    io.configure_storage(io.storage_options(
+        profile=profile, endpoint_url=endpoint_url, no_sign_request=no_sign_request,
+        connect_timeout=io.DEFAULT_CONNECT_TIMEOUT if connect_timeout is None else connect_timeout,
+        read_timeout=io.DEFAULT_READ_TIMEOUT if read_timeout is None else read_timeout,
+        retries=io.DEFAULT_RETRIES if retries is None else retries))
+
+
+def split_values(values: list[str] | None) -> list[str] | None:
+    """Accept both repeated options and comma-separated lists."""
+    if values is None:
+        return None
+    out: list[str] = []
+    for v in values:
+        out.extend(x.strip() for x in v.split(",") if x.strip())
+    return out
+
+
+def setup_logging(quiet: bool) -> None:
+    """One line per record on the console that draws the bars; ``--quiet`` keeps warnings."""
+    from ..logs import ConsoleHandler, capture_warnings
+
+    level = logging.WARNING if quiet else logging.INFO
+    root = logging.getLogger("cytoprofile")
+    root.handlers.clear()
+    handler = ConsoleHandler(console)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root.addHandler(handler)
+    root.setLevel(level)
+    root.propagate = False
+    capture_warnings()
+
+
+@contextmanager
+def about(path: str) -> Iterator[None]:
+    """Name the input file in a user error that does not already."""
+    try:
+        yield
+    except CytoprofileError as exc:
+        if os.path.basename(str(path)) in str(exc):
+            raise
+        raise type(exc)(f"{path}: {exc}") from exc
+
+
+@contextmanager
+def timed(step: str) -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    log.info("%s done in %.2fs", step, time.perf_counter() - start)
+
+
+class _RateColumn(ProgressColumn):
+    """Items per second (sites, for collate)."""
+
+    def __init__(self, unit: str) -> None:
+        super().__init__()
+        self.unit = unit
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("" if speed is None else f"{speed:.1f} {self.unit}/s", style="cyan")
+
+
+@contextmanager
+def plate_progress(plates: list[str], quiet: bool, unit: str = "sites") -> Iterator[Any]:
+    """A Rich display with one bar per plate and one overall, fed by (plate, done, total) events."""
+    if quiet:
+        yield None
+        return
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        _RateColumn(unit),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+    tasks: dict[str, Any] = {}
+    totals: dict[str, int] = {}
+    done: dict[str, int] = {}
+    overall = progress.add_task(f"all {len(plates)} plates", total=None) if len(plates) > 1 else None
+
+    def update(plate: str, n: int, total: int) -> None:
+        if plate not in tasks:
+            tasks[plate] = progress.add_task(plate, total=total)
+        totals[plate] = total
+        done[plate] = n
+        progress.update(tasks[plate], completed=n, total=total)
+        if overall is not None:
+            progress.update(overall, completed=sum(done.values()),
+                            total=sum(totals.values()) if len(totals) == len(plates) else None)
+
+    with progress:
+        yield update
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """CellProfiler output to analysis-ready Cell Painting profiles."""
+
+
+def check_float_format(value: str | None) -> str | None:
+    """The ``--float-format`` check a config's ``options.float_format`` gets (exit 1, one line)."""
+    from ..io import check_usable_float_format
+
+    return check_usable_float_format(value)
+
+
+FloatFormatOpt = Annotated[str | None, typer.Option(help="printf-style float format for CSV output: %.Ng or %.Ne, e.g. %.5g.",
+                                                    callback=check_float_format)]
+CompartmentsOpt = Annotated[list[str] | None, typer.Option(
+    help="Object tables whose columns are features (default Cells,Cytoplasm,Nuclei; e.g. Cells,Cytoplasm,Nuclei,Speckles).")]
+FeaturesOpt = Annotated[list[str] | None, typer.Option(help="Feature columns (default: inferred).")]
+FeaturePrefixOpt = Annotated[list[str] | None, typer.Option("--feature-prefix", "--feature-prefixes", help="Infer features by these name prefixes (e.g. PC, or a deep-learning model's); default Cells, Cytoplasm, Nuclei.")]
+PlateColumnOpt = Annotated[str, typer.Option(help="Column naming the plate.")]
+ReferenceOpt = Annotated[str, typer.Option(help="Reference wells for per-plate statistics: all, or a query.")]
+NoControlsOpt = Annotated[str, typer.Option(help="Plates without reference wells: error or drop (their wells).")]
+
+
+def feature_args(features: list[str] | None, feature_prefixes: list[str] | None) -> dict[str, Any]:
+    return {"features": split_values(features) or "infer", "feature_prefixes": split_values(feature_prefixes)}

@@ -1,0 +1,298 @@
+"""One command per profiling step on per-well tables, plus the project and metadata helpers."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from ..errors import CytoprofileError
+from ..vocabulary import DEFAULT_COMPARTMENTS, DEFAULT_STRATA
+from .common import (
+    DEFAULT_IMAGE_FEATURE_CATEGORIES,
+    CompartmentsOpt,
+    FloatFormatOpt,
+    QuietOpt,
+    about,
+    app,
+    check_float_format,
+    console,
+    log,
+    setup_logging,
+    split_values,
+    timed,
+)
+
+__all__ = ['aggregate', 'annotate', 'config_template', 'consensus', 'csv2gz_cmd', 'feature_select', 'init', 'normalize', 'validate_metadata', 'write_gct']
+
+
+@app.command()
+def aggregate(
+    backend_path: Annotated[str, typer.Argument(metavar="BACKEND", help="PLATE.sqlite or PLATE_Image.parquet.")],
+    output: Annotated[str, typer.Argument(help="Output table (.csv, .csv.gz or .parquet).")],
+    operation: Annotated[str, typer.Option(help="median or mean.")] = "median",
+    compartments: Annotated[list[str], typer.Option(help="Object tables to aggregate.")] = list(DEFAULT_COMPARTMENTS),
+    image_feature_categories: Annotated[list[str], typer.Option(help="Image categories to add as features.")] = list(DEFAULT_IMAGE_FEATURE_CATEGORIES),
+    image_features: Annotated[bool, typer.Option("--image-features/--no-image-features", help="Add image features.")] = True,
+    strata: Annotated[list[str], typer.Option(help="Columns that define a profile.")] = list(DEFAULT_STRATA),
+    float_format: Annotated[str | None, typer.Option(help="printf-style float format for CSV output, e.g. %.5g.",
+                                                     callback=check_float_format)] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Per-well profiles from an existing single-cell backend."""
+    from .. import io
+    from ..aggregate import aggregate as _aggregate
+
+    setup_logging(quiet)
+    io.check_output(output, float_format=float_format)
+    with timed("aggregate"):
+        df = _aggregate(backend_path, operation=operation,  # type: ignore[arg-type]
+                        strata=split_values(strata) or list(DEFAULT_STRATA),
+                        compartments=split_values(compartments) or list(DEFAULT_COMPARTMENTS),
+                        image_features=image_features,
+                        image_feature_categories=split_values(image_feature_categories) or list(DEFAULT_IMAGE_FEATURE_CATEGORIES))
+    io.write_table(df, output, float_format=float_format)
+    log.info("wrote %d wells × %d columns to %s", len(df), df.shape[1], output)
+
+
+@app.command("csv2gz")
+def csv2gz_cmd(
+    source: Annotated[str, typer.Argument(help="A CSV file.")],
+    dest: Annotated[str | None, typer.Argument(help="Output .csv.gz (default: beside the source).")] = None,
+    float_format: Annotated[str | None, typer.Option(help="Float format; 'none' keeps full precision.")] = "%.5g",
+) -> None:
+    """Rewrite a CSV as deterministic gzip CSV (same bytes on every run)."""
+    from ..io import check_output, csv2gz
+
+    fmt = check_float_format(None if float_format in (None, "none", "null") else float_format)
+    check_output("x.csv.gz", float_format=fmt)
+    typer.echo(csv2gz(source, dest, float_format=fmt))
+
+
+def _sample_filter(values: list[str] | None) -> dict[str, list[str]] | None:
+    """``COLUMN=V1,V2`` options as a structured filter."""
+    if not values:
+        return None
+    out: dict[str, list[str]] = {}
+    for item in values:
+        if "=" not in item:
+            raise CytoprofileError(f"--sample-filter {item!r}: write COLUMN=VALUE[,VALUE...]")
+        column, _, rest = item.partition("=")
+        out.setdefault(column.strip(), []).extend(v.strip() for v in rest.split(",") if v.strip())
+    return out
+
+
+@app.command()
+def annotate(
+    profiles: Annotated[str, typer.Argument(help="Per-well profiles (.csv, .csv.gz or .parquet).")],
+    platemap: Annotated[str, typer.Argument(help="Plate map (tab-separated .txt).")],
+    output: Annotated[str, typer.Argument(help="Annotated output table.")],
+    join_on: Annotated[list[str], typer.Option(help="Plate map column, profile column.")] = ["Metadata_well_position", "Metadata_Well"],
+    external: Annotated[str | None, typer.Option(help="External metadata file (.tsv) to merge.")] = None,
+    merge_column: Annotated[str | None, typer.Option(help="Key column shared by the plate map and the external metadata.")] = None,
+    unmatched_wells: Annotated[str, typer.Option(help="Profile wells missing from the plate map: error, or drop (and say how many).")] = "error",
+    compartments: CompartmentsOpt = None,
+    float_format: FloatFormatOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Join plate map (and external metadata) onto per-well profiles."""
+    from .. import io
+    from ..annotate import annotate as _annotate
+    from ..annotate import annotation_account, annotation_inputs
+    from ..recipe.provenance import write_step_provenance
+
+    setup_logging(quiet)
+    io.check_output(output, float_format=float_format)
+    if external and not merge_column:
+        raise CytoprofileError("--external needs --merge-column (e.g. broad_sample)")
+    with about(profiles):
+        table = io.read_table(profiles)
+    inputs = annotation_inputs(platemap, external=external, merge_column=merge_column, unmatched_wells=unmatched_wells)
+    with about(profiles):
+        df = _annotate(table, join_on=split_values(join_on) or ["Metadata_well_position", "Metadata_Well"],
+                       unmatched_wells=unmatched_wells, compartments=split_values(compartments), **inputs)
+    io.write_table(df, output, float_format=float_format)
+    write_step_provenance(output, "annotate", [profiles, platemap, *([external] if external else [])],
+                          annotation_account(table, df))
+    log.info("wrote %d rows × %d columns to %s", len(df), df.shape[1], output)
+
+
+@app.command()
+def normalize(
+    profiles: Annotated[str, typer.Argument(help="Annotated profiles.")],
+    output: Annotated[str, typer.Argument(help="Normalized output table.")],
+    method: Annotated[str, typer.Option(help="standardize (the default, as pycytominer's), robustize, mad_robustize, spherize or inverse_normal.")] = "standardize",
+    samples: Annotated[str, typer.Option(help="Wells to fit on: all, or a query such as \"Metadata_control_type == 'negcon'\".")] = "all",
+    sample_filter: Annotated[list[str] | None, typer.Option(help="Fit on wells where COLUMN=VALUE[,VALUE] (repeatable).")] = None,
+    features: Annotated[list[str] | None, typer.Option(help="Feature columns (default: inferred).")] = None,
+    image_features: Annotated[bool, typer.Option(help="Include Image_* features when inferring.")] = False,
+    mad_robustize_epsilon: Annotated[float, typer.Option(help="ε added to the scaled MAD.")] = 1e-18,
+    spherize_method: Annotated[str, typer.Option(help="PCA, ZCA, PCA-cor or ZCA-cor.")] = "ZCA-cor",
+    spherize_epsilon: Annotated[float, typer.Option(help="Spherize regularization.")] = 1e-6,
+    min_cells: Annotated[int | None, typer.Option(help="Fit only on wells with at least this many cells.")] = None,
+    compartments: CompartmentsOpt = None,
+    inverse_normal_n_quantiles: Annotated[int, typer.Option(help="inverse_normal: quantiles of the fitted transform.")] = 1000,
+    float_format: FloatFormatOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Normalize profiles against all wells or a subset (e.g. negcon wells)."""
+    from .. import io
+    from ..normalize import normalize as _normalize
+    from ..recipe.provenance import write_step_provenance
+
+    setup_logging(quiet)
+    io.check_output(output, float_format=float_format)
+    accounts: list[Any] = []
+    with about(profiles):
+        df = _normalize(io.read_table(profiles), features=split_values(features) or "infer", image_features=image_features,
+                    samples=samples, sample_filter=_sample_filter(sample_filter), method=method,
+                    mad_robustize_epsilon=mad_robustize_epsilon, spherize_method=spherize_method,
+                    spherize_epsilon=spherize_epsilon, min_cells=min_cells, compartments=split_values(compartments),
+                    inverse_normal_n_quantiles=inverse_normal_n_quantiles, on_account=accounts.append)
+    io.write_table(df, output, float_format=float_format)
+    write_step_provenance(output, "normalize", [profiles], accounts[0])
+    log.info("wrote %d rows × %d columns to %s", len(df), df.shape[1], output)
+
+
+@app.command("feature-select")
+def feature_select(
+    profiles: Annotated[str, typer.Argument(help="Normalized profiles.")],
+    output: Annotated[str, typer.Argument(help="Output table.")],
+    operations: Annotated[list[str], typer.Option(help="Operations in order: variance_threshold, frequency_threshold, correlation_threshold, drop_na_columns, blocklist, drop_outliers, noise_removal.")] = ["variance_threshold"],
+    variance_threshold_meaning: Annotated[str, typer.Option(help="What variance_threshold means: frequency (the recipe's) or variance.")] = "frequency",
+    features: Annotated[list[str] | None, typer.Option(help="Feature columns (default: inferred).")] = None,
+    image_features: Annotated[bool, typer.Option(help="Include Image_* features when inferring.")] = False,
+    na_cutoff: Annotated[float, typer.Option(help="drop_na_columns: largest NaN fraction kept.")] = 0.05,
+    corr_threshold: Annotated[float, typer.Option(help="correlation_threshold: largest correlation kept.")] = 0.9,
+    freq_cut: Annotated[float, typer.Option(help="frequency test: 2nd/1st most common value ratio.")] = 0.05,
+    unique_cut: Annotated[float, typer.Option(help="frequency test: distinct values / rows.")] = 0.01,
+    outlier_cutoff: Annotated[float, typer.Option(help="drop_outliers: largest |value| kept.")] = 500,
+    blocklist_file: Annotated[str | None, typer.Option(help="blocklist: a file of features (default: the standard list).")] = None,
+    compartments: CompartmentsOpt = None,
+    float_format: FloatFormatOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Drop uninformative features."""
+    from .. import io
+    from ..feature_select import feature_select as _feature_select
+    from ..recipe.provenance import write_step_provenance
+
+    setup_logging(quiet)
+    io.check_output(output, float_format=float_format)
+    accounts: list[Any] = []
+    with about(profiles):
+        df = _feature_select(io.read_table(profiles), features=split_values(features) or "infer", image_features=image_features,
+                         operations=split_values(operations) or ["variance_threshold"],
+                         variance_threshold_meaning=variance_threshold_meaning,  # type: ignore[arg-type]
+                         na_cutoff=na_cutoff, corr_threshold=corr_threshold, freq_cut=freq_cut, unique_cut=unique_cut,
+                         outlier_cutoff=outlier_cutoff, blocklist_file=blocklist_file,
+                         compartments=split_values(compartments), on_account=accounts.append)
+    io.write_table(df, output, float_format=float_format)
+    write_step_provenance(output, "feature_select", [profiles], accounts[0])
+    log.info("kept %d columns; wrote %s", df.shape[1], output)
+
+
+@app.command()
+def consensus(
+    profiles: Annotated[str, typer.Argument(help="Profiles to summarise.")],
+    output: Annotated[str, typer.Argument(help="Output table.")],
+    replicate_columns: Annotated[list[str], typer.Option(help="Columns that define a replicate group.")] = ["Metadata_Plate", "Metadata_Well"],
+    operation: Annotated[str, typer.Option(help="median, mean or modz.")] = "median",
+    features: Annotated[list[str] | None, typer.Option(help="Feature columns (default: inferred from the compartments).")] = None,
+    compartments: CompartmentsOpt = None,
+    float_format: FloatFormatOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """One profile per replicate group (median, mean or MODZ)."""
+    from .. import io
+    from ..consensus import consensus as _consensus
+    from ..recipe.provenance import write_step_provenance
+
+    setup_logging(quiet)
+    io.check_output(output, float_format=float_format)
+    accounts: list[Any] = []
+    with about(profiles):
+        df = _consensus(io.read_table(profiles), replicate_columns=split_values(replicate_columns) or ["Metadata_Plate", "Metadata_Well"],
+                    operation=operation, features=split_values(features) or "infer", compartments=split_values(compartments),
+                    on_account=accounts.append)
+    io.write_table(df, output, float_format=float_format)
+    write_step_provenance(output, "consensus", [profiles], accounts[0])
+    log.info("wrote %d consensus profiles to %s", len(df), output)
+
+
+@app.command("write-gct")
+def write_gct(
+    profiles: Annotated[str, typer.Argument(help="Profiles table.")],
+    output: Annotated[str, typer.Argument(help="Output .gct file.")],
+    features: Annotated[list[str] | None, typer.Option(help="Feature columns (default: inferred from the compartments).")] = None,
+    compartments: CompartmentsOpt = None,
+    image_features: Annotated[bool, typer.Option(help="Include Image_* features when inferring.")] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Write profiles as GCT 1.3 (Morpheus, cmapPy)."""
+    from .. import io
+    from ..recipe.provenance import write_step_provenance
+
+    setup_logging(quiet)
+    accounts: list[Any] = []
+    with about(profiles):
+        df = io.read_table(profiles)
+        io.write_gct(df, output, features=split_values(features) or "infer", compartments=split_values(compartments),
+                     image_features=image_features, on_account=accounts.append)
+    write_step_provenance(output, "write_gct", [profiles], accounts[0])
+    typer.echo(output)
+
+
+@app.command("validate-metadata")
+def validate_metadata(
+    workspace: Annotated[str, typer.Argument(help="Folder holding metadata/platemaps/BATCH/.")],
+    batch: Annotated[str, typer.Argument(help="Batch name.")],
+    plates: Annotated[list[str] | None, typer.Option("--plate", help="Check only these plates.")] = None,
+    external_metadata: Annotated[str | None, typer.Option("--external", help="External metadata file to check too.")] = None,
+    merge_column: Annotated[str | None, typer.Option(help="Its key column.")] = None,
+    profiles: Annotated[list[str] | None, typer.Option("--profiles", help="Per-well profiles whose wells to check against their plate maps (repeatable; plates from Metadata_Plate).")] = None,
+    unmatched_wells: Annotated[str, typer.Option(help="Profile wells missing from the plate map: error, or drop (a warning).")] = "error",
+) -> None:
+    """Check barcode map, plate maps and external metadata, naming each fault."""
+    from .. import io
+    from ..metadata import profiles_by_plate
+    from ..metadata import validate_metadata as _validate
+
+    by_plate: dict[str, Any] = {}
+    for path in split_values(profiles) or []:
+        with about(path):
+            table = io.read_table(path)
+        by_plate |= profiles_by_plate(table, where=path)
+    notes = _validate(workspace, batch, plates=split_values(plates), external_metadata=external_metadata, merge_column=merge_column,
+                      profiles=by_plate or None, unmatched_wells=unmatched_wells)
+    for note in notes:
+        console.print(f"warning: {note}", highlight=False)
+    typer.echo(f"metadata of {batch}: ok" + (f" ({len(notes)} warning(s))" if notes else ""))
+
+
+@app.command("config-template")
+def config_template(
+    output: Annotated[str | None, typer.Option("--output", "-o", help="Write to this file instead of stdout.")] = None,
+    workspace: Annotated[str | None, typer.Option(help="Fill the workspace key.")] = None,
+    batch: Annotated[str | None, typer.Option(help="Batch name for the batch document.")] = None,
+    plates: Annotated[list[str] | None, typer.Option("--plate", help="Plates of that batch.")] = None,
+) -> None:
+    """Print a commented recipe config to start from."""
+    from .. import io
+    from ..config import config_template as _template
+
+    text = _template(batch=batch, plates=split_values(plates), workspace=workspace)
+    if output:
+        with io.atomic_open(output) as fh:
+            fh.write(text)
+    else:
+        typer.echo(text, nl=False)
+
+
+@app.command()
+def init(directory: Annotated[str, typer.Argument(help="Profiling project folder.")] = ".") -> None:
+    """Make the profiling project's folders."""
+    from ..config import init_project
+
+    made = init_project(directory)
+    typer.echo(f"created {len(made)} folder(s) in {directory}" + (f": {', '.join(made)}" if made else ""))
