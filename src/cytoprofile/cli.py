@@ -107,6 +107,7 @@ TmpDirOpt = Annotated[str | None, typer.Option(help="Scratch folder for download
 ConnectTimeoutOpt = Annotated[float, typer.Option(help="Seconds to wait for a connection to S3 or the Dask scheduler.")]
 ReadTimeoutOpt = Annotated[float, typer.Option(help="Seconds to wait for an answer from S3 or the Dask scheduler.")]
 RetriesOpt = Annotated[int, typer.Option(help="Retries of a failed S3 request (throttling, server errors, timeouts).")]
+HubOpt = Annotated[str, typer.Option(help="Compartment (object set, e.g. Cells_Cellpose3) whose Parent_ columns link the others in the joined cells.")]
 
 
 def _storage(profile: str | None, endpoint_url: str | None, no_sign_request: bool, *,
@@ -274,6 +275,7 @@ def collate(
     file_prefix: Annotated[str | None, typer.Option(help="File-name prefix of every CSV (ExportToSpreadsheet's, e.g. MyExpt_); detected when unset.")] = None,
     single_cells: Annotated[bool, typer.Option("--single-cells", help="Also write the joined single-cell table (PLATE_single_cells.parquet) in the same pass.")] = False,
     single_cell_format: Annotated[list[str] | None, typer.Option(help="parquet and/or anndata for --single-cells (repeat for both).")] = None,
+    hub: HubOpt = "Cytoplasm",
     exclude_outlier_cells: Annotated[bool, typer.Option("--exclude-outlier-cells", help="Leave cells that a cell QC set flags out of the profiles.")] = False,
     qc_sets: Annotated[list[str] | None, typer.Option(help="Only these cell QC sets (default: every set of the thresholds file).")] = None,
     cell_qc_thresholds: Annotated[str | None, typer.Option("--thresholds", help="Cell QC threshold sets YAML (default: the three shipped nuclei sets).")] = None,
@@ -325,6 +327,7 @@ def collate(
             strict=strict, count_check=count_check, file_prefix=file_prefix,  # type: ignore[arg-type]
             single_cells=(_split(single_cell_format) or ["parquet"]) if single_cells else (),
             exclude_outlier_cells=(_split(qc_sets) or []) if exclude_outlier_cells else None, cell_qc_thresholds=cell_qc_thresholds,
+            hub=hub,
             export_db=export_db or (), table_prefix=table_prefix,
             jobs=jobs, scheduler=scheduler, remote=remote, tmp_dir=tmp_dir, wait=wait, progress=update,
         )
@@ -1115,7 +1118,7 @@ def single_cells_cmd(
     formats: Annotated[list[str], typer.Option("--format", help="parquet and/or anndata (repeat for both).")] = ["parquet"],
     backend: Annotated[str | None, typer.Option(help="Read the sqlite or parquet backend (default: parquet if present).")] = None,
     compartments: Annotated[list[str], typer.Option(help="Object tables to join.")] = list(DEFAULT_COMPARTMENTS),
-    hub: Annotated[str, typer.Option(help="Compartment whose Parent_ columns link the others.")] = "Cytoplasm",
+    hub: HubOpt = "Cytoplasm",
     links: Annotated[list[str] | None, typer.Option(help="COMPARTMENT=HUB_COLUMN (default <Hub>_Parent_<Compartment>).")] = None,
     image_feature_categories: Annotated[list[str], typer.Option(help="Image categories to add as Image_* features.")] = [],
     metadata: Annotated[list[str] | None, typer.Option(help="Image metadata columns to carry, or 'all' (default Plate, Well, Site).")] = None,

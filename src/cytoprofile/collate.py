@@ -163,6 +163,7 @@ def collate_plate(
     single_cells: Sequence[str] = (),
     exclude_outlier_cells: Sequence[str] | None = None,
     cell_qc_thresholds: str | None = None,
+    hub: str = "Cytoplasm",
     threads: int = 2,
     remote: str | None = None,
     tmp_dir: str | None = None,
@@ -185,7 +186,7 @@ def collate_plate(
                    image_feature_categories=tuple(image_feature_categories), strata=tuple(strata),
                    overwrite=overwrite, aggregate_only=aggregate_only, strict=strict, threads=threads,
                    count_check=count_check, file_prefix=file_prefix, **_cell_options(
-                       single_cells, exclude_outlier_cells, cell_qc_thresholds, aggregate_only=aggregate_only))
+                       single_cells, exclude_outlier_cells, cell_qc_thresholds, aggregate_only=aggregate_only, hub=hub))
     if io.is_remote(ws):
         return _collate_remote(str(ws), batch, plate, tmp_dir=tmp_dir, progress=progress, start=start, **options)
     if remote is not None:
@@ -535,7 +536,7 @@ def _read_plate(ws: str | os.PathLike[str], batch: str, plate: str, *, files: di
 
 GENERATION_KEY = GENERATION_TABLE
 _SIDECAR = ".generation"
-_CELL_OPTIONS = ("single_cells", "exclude_outlier_cells")
+_CELL_OPTIONS = ("single_cells", "exclude_outlier_cells", "hub")
 
 
 def _single_cell_names(plate: str) -> set[str]:
@@ -543,7 +544,7 @@ def _single_cell_names(plate: str) -> set[str]:
 
 
 def _cell_options(single_cells: Sequence[str], exclude: Sequence[str] | dict[str, Any] | None, thresholds: str | None,
-                  *, aggregate_only: bool) -> dict[str, Any]:
+                  *, aggregate_only: bool, hub: str = "Cytoplasm") -> dict[str, Any]:
     """The single-cell outputs asked for, and the resolved outlier sets to exclude (only keys that are set)."""
     from .cell_qc import load_thresholds
 
@@ -558,6 +559,10 @@ def _cell_options(single_cells: Sequence[str], exclude: Sequence[str] | dict[str
         out["exclude_outlier_cells"] = load_thresholds(thresholds, sets=list(exclude) or None)
     elif thresholds is not None:
         raise InputError("--cell-qc-thresholds has no effect without --exclude-outlier-cells")
+    if hub != "Cytoplasm":  # recorded only when not the default: older reports stay current
+        if not out:
+            raise InputError(f"--hub {hub} joins cells: give it with --single-cells or --exclude-outlier-cells")
+        out["hub"] = hub
     if aggregate_only and out:
         raise InputError("--aggregate-only reads an existing backend: use `cytoprofile single-cells` for the joined table, "
                          "and a full collate (without --aggregate-only) to exclude outlier cells")
@@ -574,7 +579,7 @@ def _single_cell_stream(prefix: str, schema: Any, compartments: list[str], optio
     tables = {t: ["TableNumber", *[object_column_name(t, c) for c in cols]] for t, cols in schema.tables.items() if t != IMAGE_TABLE}
     tables[IMAGE_TABLE] = list(schema.tables[IMAGE_TABLE])
     return SingleCellStream(prefix, tables, formats=formats, compartments=compartments,
-                            file_metadata={GENERATION_KEY: generation})
+                            hub=options.get("hub", "Cytoplasm"), file_metadata={GENERATION_KEY: generation})
 
 
 def _single_cell_section(cells: Any, prefix: str, generation: str) -> dict[str, Any]:
@@ -597,7 +602,8 @@ def _aggregate_kept_cells(files: dict[str, str], kinds: Sequence[str], options: 
 
     source = parquet_table_path(files["parquet_prefix"], IMAGE_TABLE) if "parquet" in kinds else files["sqlite"]
     thresholds = options["exclude_outlier_cells"]
-    flagged = outlier_cells(source, thresholds, compartments=options["compartments"], strata=options["strata"])
+    flagged = outlier_cells(source, thresholds, compartments=options["compartments"], strata=options["strata"],
+                            hub=options.get("hub", "Cytoplasm"))
     profiles = aggregate(source, operation=options["operation"], strata=options["strata"],
                          compartments=options["compartments"], image_features=options["image_features"],
                          image_feature_categories=options["image_feature_categories"], exclude=flagged)
@@ -1038,6 +1044,7 @@ def collate(
     single_cells: Sequence[str] = (),
     exclude_outlier_cells: Sequence[str] | None = None,
     cell_qc_thresholds: str | None = None,
+    hub: str = "Cytoplasm",
     export_db: Sequence[str] = (),
     table_prefix: str | None = None,
     jobs: int = 1,
@@ -1069,6 +1076,7 @@ def collate(
                                    count_check=count_check, file_prefix=file_prefix,
                                    single_cells=tuple(single_cells), cell_qc_thresholds=cell_qc_thresholds,
                                    exclude_outlier_cells=None if exclude_outlier_cells is None else tuple(exclude_outlier_cells),
+                                   **({"hub": hub} if hub != "Cytoplasm" else {}),  # default: records stay as before
                                    export_db=tuple(str(p) for p in export_db), table_prefix=table_prefix,
                                    remote=remote, tmp_dir=tmp_dir, wait=wait, storage=dict(io.current_storage()))
     return run_plates(_collate_task, [(str(ws), batch, p) for p in plates], options, jobs=jobs,

@@ -21,6 +21,8 @@ __all__ = ["OUTPUT_TABLE", "BackendSource", "SiteSource", "float_matrix", "float
 log = logging.getLogger("cytoprofile.single_cells")
 #: table name the single-cell output takes beside a Parquet backend; never a backend table
 OUTPUT_TABLE = SINGLE_CELL_TABLE
+#: SQLite reads are memory-mapped up to this size: rows of thousands of columns span several pages
+_MMAP_BYTES = 1 << 30
 
 
 class BackendSource:
@@ -34,6 +36,7 @@ class BackendSource:
         self.tables = {t: cols for t, cols in self.reader.tables.items() if t != OUTPUT_TABLE}
         self.image_table = self.reader.image_table
         self._parquet: dict[str, _ParquetTable] = {}
+        self._arrow: Any = None  # an Arrow-native SQLite connection (ADBC), opened on the first site read
 
     def table(self, compartment: str) -> str:
         """The backend table of a compartment (case-insensitive), or an error listing the others."""
@@ -65,12 +68,37 @@ class BackendSource:
         if self.reader.kind == "sqlite":
             cols = ", ".join(_quote(c) for c in ("ImageNumber", "ObjectNumber", *columns))
             sql = f"SELECT {cols} FROM {_quote(table)} WHERE TableNumber = ?"
+            got = self._arrow_site(sql, table_number)
+            if got is not None:
+                return (got.column(0).cast(pa.int64()).to_numpy(zero_copy_only=False),
+                        got.column(1).cast(pa.int64()).to_numpy(zero_copy_only=False),
+                        float_matrix(got.select(list(range(2, got.num_columns)))))
             rows = self.reader.conn.execute(sql, [table_number]).fetchall()
             if not rows:
                 return np.empty(0, np.int64), np.empty(0, np.int64), np.empty((0, len(columns)))
             values = _float_rows(rows, table, ["ImageNumber", "ObjectNumber", *columns])
             return values[:, 0].astype(np.int64), values[:, 1].astype(np.int64), np.asfortranarray(values[:, 2:])
         return self._pq(table).read_site(table_number, columns)
+
+    def _arrow_site(self, sql: str, table_number: Any) -> pa.Table | None:
+        """One site's rows read straight into Arrow (no Python object per value), or None when a
+        column holds text (old backends stored some) or the driver cannot read them: the
+        ``sqlite3`` path then converts them, warning about values that are not numbers."""
+        if self._arrow is None:
+            self._arrow = _open_arrow_sqlite(self.path)
+        if self._arrow is False:
+            return None
+        cursor = self._arrow.cursor()
+        try:
+            cursor.execute(sql, [table_number])
+            got: pa.Table = cursor.fetch_arrow_table()
+        except Exception as exc:  # noqa: BLE001 - any driver failure: the sqlite3 path reads the same rows
+            log.debug("%s: Arrow read failed (%s); reading with sqlite3", self.path, exc)
+            return None
+        finally:
+            cursor.close()
+        numeric = all(pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_null(t) for t in got.schema.types)
+        return got if numeric else None
 
     def _indexed(self, table: str) -> bool:
         conn = self.reader.conn
@@ -89,6 +117,9 @@ class BackendSource:
 
     def close(self) -> None:
         """Release the backend."""
+        if self._arrow:
+            self._arrow.close()
+        self._arrow = None
         self.reader.close()
 
 
@@ -137,12 +168,31 @@ class _ParquetTable:
                 got.column(1).cast(pa.int64()).to_numpy(zero_copy_only=False), float_matrix(got.select(list(columns))))
 
 
+def _open_arrow_sqlite(path: str) -> Any:
+    """A read-only ADBC connection to an SQLite file (memory-mapped reads), or False without the driver."""
+    try:
+        import adbc_driver_sqlite.dbapi as adbc
+    except ImportError:
+        return False
+    from urllib.parse import quote
+
+    conn = adbc.connect(f"file:{quote(os.path.abspath(path))}?mode=ro")
+    cursor = conn.cursor()
+    try:
+        cursor.execute(f"PRAGMA mmap_size={_MMAP_BYTES}")
+        cursor.fetchall()
+    finally:
+        cursor.close()
+    return conn
+
+
 def float_matrix(table: pa.Table) -> np.ndarray:
     """A table's columns as one column-major float64 array (nulls as NaN), converted in one call, not per column."""
     if table.num_columns == 0 or table.num_rows == 0:
         return np.empty((table.num_rows, table.num_columns), order="F")
-    if any(t != pa.float64() for t in table.schema.types):
-        table = table.cast(pa.schema([(name, pa.float64()) for name in table.column_names]))
+    if not all(pa.types.is_float64(t) for t in table.schema.types):  # cast only the others (links, counts)
+        table = pa.table([c if pa.types.is_float64(c.type) else c.cast(pa.float64()) for c in table.columns],
+                         names=table.column_names)
     batch = table.combine_chunks().to_batches()[0]
     return np.asarray(batch.to_tensor(null_to_nan=True, row_major=False))
 
@@ -174,11 +224,24 @@ def _float_rows(rows: list[tuple[Any, ...]], table: str, columns: Sequence[str])
     try:
         return np.array(rows, dtype=np.float64)
     except (ValueError, TypeError):
-        frame = pd.DataFrame(rows, columns=list(columns), dtype=object)
-        converted = frame.apply(pd.to_numeric, errors="coerce")
-        bad = [c for c in frame.columns if (converted[c].isna() & frame[c].notna()).any()]
+        raw = np.array(rows, dtype=object).reshape(len(rows), len(columns))
+        converted = np.vectorize(_number, otypes=[np.float64])(raw)  # float() of the text: exact, as above
+        lost = np.isnan(converted) & ~np.vectorize(_missing, otypes=[bool])(raw)
+        bad = [c for c, hit in zip(columns, lost.any(axis=0)) if hit]
         log.warning("%s: non-numeric values in %s read as missing", table, ", ".join(bad[:5]) + (" ..." if len(bad) > 5 else ""))
-        return converted.to_numpy(dtype=np.float64)
+        return converted
+
+
+def _number(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _missing(value: Any) -> bool:
+    """NULL, or a value that is itself NaN (a float or its text): missing before conversion."""
+    return value is None or _number(value) != _number(value) and str(value).strip().lower() == "nan"
 
 
 class SiteSource:
