@@ -21,8 +21,10 @@ __all__ = ["OUTPUT_TABLE", "BackendSource", "SiteSource", "float_matrix", "float
 log = logging.getLogger("cytoprofile.single_cells")
 #: table name the single-cell output takes beside a Parquet backend; never a backend table
 OUTPUT_TABLE = SINGLE_CELL_TABLE
-#: SQLite reads are memory-mapped up to this size: rows of thousands of columns span several pages
-_MMAP_BYTES = 1 << 30
+#: SQLite files with smaller pages (older backends) are read memory-mapped, up to this many bytes of the
+#: file: rows of thousands of columns span chains of overflow pages, read twice as fast from the mapping
+_MMAP_BYTES = 256 << 20
+_LARGE_PAGE = 65536
 
 
 class BackendSource:
@@ -179,8 +181,11 @@ def _open_arrow_sqlite(path: str) -> Any:
     conn = adbc.connect(f"file:{quote(os.path.abspath(path))}?mode=ro")
     cursor = conn.cursor()
     try:
-        cursor.execute(f"PRAGMA mmap_size={_MMAP_BYTES}")
-        cursor.fetchall()
+        cursor.execute("PRAGMA page_size")
+        row = cursor.fetchone()
+        if row is not None and int(row[0]) < _LARGE_PAGE:  # older backends: wide rows span overflow pages
+            cursor.execute(f"PRAGMA mmap_size={_MMAP_BYTES}")
+            cursor.fetchall()
     finally:
         cursor.close()
     return conn
