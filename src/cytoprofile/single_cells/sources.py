@@ -39,6 +39,9 @@ class BackendSource:
         self.image_table = self.reader.image_table
         self._parquet: dict[str, _ParquetTable] = {}
         self._arrow: Any = None  # an Arrow-native SQLite connection (ADBC), opened on the first site read
+        self._sql: dict[tuple[str, tuple[str, ...]], str] = {}
+        self._cursors: dict[str, Any] = {}
+        self._numeric: dict[str, pa.Schema] = {}  # per query, the last schema found to be numbers only
 
     def table(self, compartment: str) -> str:
         """The backend table of a compartment (case-insensitive), or an error listing the others."""
@@ -68,8 +71,11 @@ class BackendSource:
     def read_site(self, table: str, table_number: Any, columns: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """ImageNumber, ObjectNumber (int64) and the float64 ``columns`` of one site's rows."""
         if self.reader.kind == "sqlite":
-            cols = ", ".join(_quote(c) for c in ("ImageNumber", "ObjectNumber", *columns))
-            sql = f"SELECT {cols} FROM {_quote(table)} WHERE TableNumber = ?"
+            key = (table, tuple(columns))
+            if key not in self._sql:
+                cols = ", ".join(_quote(c) for c in ("ImageNumber", "ObjectNumber", *columns))
+                self._sql[key] = f"SELECT {cols} FROM {_quote(table)} WHERE TableNumber = ?"
+            sql = self._sql[key]
             got = self._arrow_site(sql, table_number)
             if got is not None:
                 return (got.column(0).cast(pa.int64()).to_numpy(zero_copy_only=False),
@@ -90,17 +96,23 @@ class BackendSource:
             self._arrow = _open_arrow_sqlite(self.path)
         if self._arrow is False:
             return None
-        cursor = self._arrow.cursor()
+        cursor = self._cursors.get(sql)
+        if cursor is None:  # one cursor per query: the statement is prepared once, not once per site
+            cursor = self._cursors[sql] = self._arrow.cursor()
         try:
             cursor.execute(sql, [table_number])
             got: pa.Table = cursor.fetch_arrow_table()
         except Exception as exc:  # noqa: BLE001 - any driver failure: the sqlite3 path reads the same rows
             log.debug("%s: Arrow read failed (%s); reading with sqlite3", self.path, exc)
+            self._cursors.pop(sql).close()
             return None
-        finally:
-            cursor.close()
-        numeric = all(pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_null(t) for t in got.schema.types)
-        return got if numeric else None
+        known = self._numeric.get(sql)
+        if known is not None and got.schema.equals(known):
+            return got
+        if all(pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_null(t) for t in got.schema.types):
+            self._numeric[sql] = got.schema
+            return got
+        return None
 
     def _indexed(self, table: str) -> bool:
         conn = self.reader.conn
@@ -119,6 +131,9 @@ class BackendSource:
 
     def close(self) -> None:
         """Release the backend."""
+        for cursor in self._cursors.values():
+            cursor.close()
+        self._cursors = {}
         if self._arrow:
             self._arrow.close()
         self._arrow = None
@@ -171,7 +186,7 @@ class _ParquetTable:
 
 
 def _open_arrow_sqlite(path: str) -> Any:
-    """A read-only ADBC connection to an SQLite file (memory-mapped reads), or False without the driver."""
+    """A read-only ADBC connection to an SQLite file (memory-mapped when its pages are small), or False without the driver."""
     try:
         import adbc_driver_sqlite.dbapi as adbc
     except ImportError:
@@ -195,11 +210,14 @@ def float_matrix(table: pa.Table) -> np.ndarray:
     """A table's columns as one column-major float64 array (nulls as NaN), converted in one call, not per column."""
     if table.num_columns == 0 or table.num_rows == 0:
         return np.empty((table.num_rows, table.num_columns), order="F")
-    if not all(pa.types.is_float64(t) for t in table.schema.types):  # cast only the others (links, counts)
-        table = pa.table([c if pa.types.is_float64(c.type) else c.cast(pa.float64()) for c in table.columns],
-                         names=table.column_names)
     batch = table.combine_chunks().to_batches()[0]
-    return np.asarray(batch.to_tensor(null_to_nan=True, row_major=False))
+    try:  # integer columns (links, counts) become float64 in the same call
+        tensor = batch.to_tensor(null_to_nan=True, row_major=False)
+    except (pa.ArrowNotImplementedError, pa.ArrowTypeError, pa.ArrowInvalid):  # e.g. an all-NULL column
+        batch = pa.record_batch([c if pa.types.is_float64(c.type) else c.cast(pa.float64()) for c in batch.columns],
+                                names=batch.schema.names)
+        tensor = batch.to_tensor(null_to_nan=True, row_major=False)
+    return np.asarray(tensor).astype(np.float64, copy=False)
 
 
 def float_columns(values: np.ndarray) -> list[pa.Array]:
