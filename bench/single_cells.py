@@ -450,10 +450,13 @@ def report(args: argparse.Namespace, info: dict[str, Any], contenders: dict[str,
               "page; with 4 KB pages every value of a row is fetched through its chain of overflow pages, which made the "
               "reads of any reader, ours and `merge_single_cells` alike, 2–4× slower. Sites are read straight into "
               "Arrow (ADBC SQLite driver, no Python object per value: 2× faster than `sqlite3` fetches into NumPy). "
-              "What is left: SQLite decoding about 40%, the Parquet write about 15%, Arrow → float matrix about 15%, "
-              "and a fixed start of about 1.5 CPU s (imports, the command line); `merge_single_cells` gains from the "
-              "64 KB pages as well (10.5 → 7.0 CPU s on this plate), so at 4 sites the ratio is bounded by the fixed "
-              "start and stays far from 10×."]
+              "Of our CPU time about 1.7 s is the fixed start (imports, the command line); of the rest SQLite's "
+              "decoding through the driver is about 40%, the Parquet write about 20%. `merge_single_cells` gains from "
+              "the 64 KB pages too (10.5 → 7.0 CPU s on this plate), and about 4.2 of its CPU s are imports: its "
+              "variable cost is ~0.9 CPU s a site against our ~0.4. SQLite's own per-value decoding and the zstd "
+              "write alone cost ~0.2 s a site, so 10× against `merge_single_cells` on the same 64 KB-page file is "
+              "out of reach at any plate size for a reader of SQLite; against the 4 KB-page files of the old "
+              "tool the ratio is higher, since the old layout slows `merge_single_cells` most."]
     return "\n".join(lines)
 
 
