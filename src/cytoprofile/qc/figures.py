@@ -188,8 +188,8 @@ def outlier_share_figure(
     present = grid[np.isfinite(grid)]
     if present.size:
         worst = str(values.loc[wells].idxmax())
-        summary = (f"wells with cells: {present.size}, median {format_number(np.median(present))}%, "
-                   f"highest {format_number(present.max())}% ({worst})")
+        summary = (f"wells with cells: {present.size}, median {format_number(np.median(present), decimals=1)}%, "
+                   f"highest {format_number(present.max(), decimals=1)}% ({worst})")
     else:
         summary = "no cells"
     fig = _new_figure(_PLATE_FIGSIZE)
