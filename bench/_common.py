@@ -28,6 +28,7 @@ class Run:
 
     seconds: float
     max_rss: int
+    cpu: float = 0.0  #: user + system CPU seconds of it and its children (less sensitive to a loaded machine)
 
 
 @dataclass
@@ -64,7 +65,7 @@ def measure(cmd: Sequence[str | Path], log: Path, env: dict[str, str] | None = N
         tail = log.read_text(errors="replace").splitlines()[-15:]
         raise RuntimeError(f"{' '.join(map(str, cmd))} failed ({proc.returncode}); see {log}:\n" + "\n".join(tail))
     scale = 1 if sys.platform == "darwin" else 1024  # Linux reports KiB
-    return Run(seconds, int(usage.ru_maxrss) * scale)
+    return Run(seconds, int(usage.ru_maxrss) * scale, usage.ru_utime + usage.ru_stime)
 
 
 def warm(paths: Sequence[Path]) -> None:

@@ -141,3 +141,19 @@ def test_reader_lists_only_data_tables(tmp_path: Path, kind: str) -> None:
     reader = BackendReader(path)
     assert not set(reader.tables) & set(RESERVED_TABLES)
     assert {"Image", "Cells", "Cytoplasm", "Nuclei"} <= set(reader.tables)
+
+
+def test_sqlite_rows_of_thousands_of_features_stay_on_one_page(tmp_path: Path) -> None:
+    """64 KB pages: a JUMP-width object row (~15 KB) needs no overflow chain; the file stays plain SQLite."""
+    from cytoprofile.synth import synth
+
+    synth(tmp_path, plates=["P1"], wells=96, well_subset=1, sites=1, cells=4, features=600)
+    result = collate_plate(tmp_path, "BATCH1", "P1")
+    conn = sqlite3.connect(result.outputs["sqlite"])
+    try:
+        assert conn.execute("PRAGMA page_size").fetchone()[0] == 65536
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        width = len(conn.execute("SELECT * FROM Cells LIMIT 1").fetchone())
+        assert width > 600
+    finally:
+        conn.close()

@@ -341,3 +341,44 @@ def test_report_is_self_contained(qc_workspace) -> None:
     assert not re.search(r"(?:src|href)=\"(?!data:|#)", text)
     assert "http://" not in text and "https://" not in text and "@import" not in text
     assert text.count('src="data:image/png;base64,') == 2 * 3 + 1 + 1
+
+
+# --------------------------------------------------------------------------- profiles written as AnnData only
+
+
+def test_read_table_reads_anndata_profiles(tmp_path: Path) -> None:
+    """``.h5ad`` profiles (as ``output_format: anndata`` writes them) read back as the table written."""
+    from cytoprofile import io as cpio
+    from cytoprofile.recipe.provenance import write_output
+
+    frame = make_profiles("P1", make_wells(2, 3), rng=np.random.default_rng(4))
+    path = str(tmp_path / "P1_augmented.h5ad")
+    write_output(frame, path)
+    got = cpio.read_table(path)
+    assert list(got.columns) == list(frame.columns)
+    pd.testing.assert_frame_equal(got, frame, check_dtype=False, check_exact=True)
+    pd.testing.assert_frame_equal(got, cpio.load_profiles(path))
+    with pytest.raises(InputError, match="file not found"):
+        cpio.read_table(tmp_path / "absent.h5ad")
+    (tmp_path / "broken.h5ad").write_bytes(b"not hdf5")
+    with pytest.raises(InputError, match="not an AnnData file"):
+        cpio.read_table(tmp_path / "broken.h5ad")
+
+
+def test_quality_control_of_anndata_only_outputs_equals_csv_run(qc_workspace, tmp_path: Path) -> None:
+    """A run that wrote only ``.h5ad`` profiles gets the same summary and report as one that wrote CSV."""
+    from cytoprofile.recipe.provenance import write_output
+
+    original, plates, _ = qc_workspace
+    root = tmp_path / "ws"
+    write_workspace(root)
+    for table in sorted((root / "profiles").rglob("*.csv.gz")):
+        write_output(pd.read_csv(table), str(table).replace(".csv.gz", ".h5ad"))
+        table.unlink()
+    result = qc.quality_control(root, "B1", plates, n_null=2000)
+    assert sorted(Path(p).suffix for p in result.qc_profiles.values()) == [".h5ad"] * len(result.qc_profiles)
+    summary = pd.read_csv(root / "quality_control/summary/summary.tsv", sep="\t")
+    expected = pd.read_csv(original / "quality_control/summary/summary.tsv", sep="\t")
+    pd.testing.assert_frame_equal(summary, expected)
+    assert (root / "quality_control/heatmap/B1/P1/P1_cell_count.png").is_file()
+    assert list((root / "quality_control").rglob("*.html"))

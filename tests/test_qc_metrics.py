@@ -206,3 +206,33 @@ def test_format_number_never_prints_a_bare_zero_for_a_small_number() -> None:
     for value in np.geomspace(1e-9, 0.0005, 60):
         shown = qc.format_number(value)
         assert float(shown) == pytest.approx(value, rel=5e-3), (value, shown)
+
+
+def test_outlier_shares_and_set_summary_hand_computed() -> None:
+    """Per-well shares of flagged cells from a plate report's cell_qc counts (rows of a well summed)."""
+    from cytoprofile.qc.metrics import ANY_OUTLIER_SET, outlier_set_summary, outlier_shares
+
+    section = {
+        "cells": 70, "flagged": {"big": 5, "odd": 3}, "excluded": 7,
+        "per_well": [
+            {"Metadata_Plate": "P1", "Metadata_Well": "B03", "cells": 20, "big": 4, "odd": 1, "excluded": 4},
+            {"Metadata_Plate": "P1", "Metadata_Well": "A1", "cells": 10, "big": 1, "odd": 0, "excluded": 1},
+            {"Metadata_Plate": "P1", "Metadata_Well": "A01", "cells": 30, "big": 0, "odd": 2, "excluded": 2},
+            {"Metadata_Plate": "P1", "Metadata_Well": "H12", "cells": 0, "big": 0, "odd": 0, "excluded": 0},
+            {"Metadata_Plate": "P1", "Metadata_Well": "C02", "cells": 10, "big": 0, "odd": 0, "excluded": 0},
+        ],
+    }
+    shares = outlier_shares(section)
+    assert shares is not None
+    assert shares["Metadata_Well"].tolist() == ["A01", "B03", "C02", "H12"]  # plate order, A1 is A01
+    assert shares["cells"].tolist() == [40, 20, 10, 0]
+    np.testing.assert_allclose(shares["big"], [1 / 40, 4 / 20, 0, np.nan])
+    np.testing.assert_allclose(shares["odd"], [2 / 40, 1 / 20, 0, np.nan])
+    np.testing.assert_allclose(shares[ANY_OUTLIER_SET], [3 / 40, 4 / 20, 0, np.nan])
+    table = outlier_set_summary(section, shares).set_index("set")
+    assert table.loc["big", "cells_flagged"] == 5 and table.loc["big", "share_of_cells"] == pytest.approx(5 / 70)
+    assert table.loc["odd", "wells_with_flagged_cells"] == 2
+    assert table.loc[ANY_OUTLIER_SET, "highest_well"] == "B03"
+    assert table.loc[ANY_OUTLIER_SET, "highest_well_share"] == pytest.approx(0.2)
+    assert outlier_shares({"cells": 3, "flagged": {"big": 1}, "per_well": [{"Metadata_Site": 1, "big": 1}]}) is None
+    assert outlier_shares({}) is None

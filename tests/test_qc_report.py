@@ -354,3 +354,51 @@ def test_qc_command_refuses_bad_map_options(tmp_path: Path, capsys: pytest.Captu
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err, err
     assert not (root / "quality_control").exists()
+
+
+def _cell_qc_section(html: str) -> str | None:
+    match = re.search(r'<h3 id="[^"]*-cell-qc">Single-cell QC</h3>(.*?)<h3>Ingest</h3>', html, re.S)
+    return None if match is None else match.group(1)
+
+
+def test_cell_qc_section_shows_flagged_shares_after_collate_excluded_outliers(tmp_path: Path) -> None:
+    """collate --exclude-outlier-cells: the plate's section has a map per set (and any set) and the counts;
+    without it the section is absent and the report is still made."""
+    import json
+
+    from cytoprofile.collate import collate_plate
+    from cytoprofile.synth import synth
+
+    ws = tmp_path / "ws"
+    synth(ws, plates=["P1"], wells=96, well_subset=6, sites=2, cells=20, features=8, seed=7)
+    sets = tmp_path / "sets.yml"
+    sets.write_text(json.dumps({"thresholds": {"big": {"Nuclei_AreaShape_Area": 1.0},
+                                               "odd": {"Nuclei_AreaShape_Eccentricity": -0.5, "Nuclei_AreaShape_FormFactor": 0.5}}}))
+    result = collate_plate(ws, "BATCH1", "P1", exclude_outlier_cells=["big", "odd"], cell_qc_thresholds=str(sets))
+    assert result.status == "done" and result.report is not None
+    counts = result.report["cell_qc"]
+    assert 0 < counts["excluded"] < counts["cells"]
+    (ws / "profiles/BATCH1/P1").mkdir(parents=True)
+    shutil.copy(result.outputs["profiles"], ws / "profiles/BATCH1/P1/P1.csv")
+    html = Path(qc.quality_control(ws, "BATCH1", ["P1"], n_null=100).report_path or "").read_text()
+    section = _cell_qc_section(html)
+    assert section is not None
+    text = _text(section)
+    share = counts["excluded"] / counts["cells"] * 100
+    assert f"{counts['cells']:,} cells; {counts['excluded']:,} ({qc.format_number(share, decimals=1)}%) flagged" in text
+    assert len(re.findall(r'alt="P1 cells flagged \((any set|big|odd)\)"', section)) == 3
+    by_well = {r["Metadata_Well"]: r for r in counts["per_well"]}
+    top = max(r["excluded"] / r["cells"] for r in by_well.values())
+    worst = by_well[sorted(w for w, r in by_well.items() if r["excluded"] / r["cells"] == top)[0]]  # wells A01..A06
+    rows = {m.group(1): m.group(0) for m in re.finditer(r"<tr><td>([^<]+)</td>.*?</tr>", section)}
+    assert set(rows) == {"big", "odd", "any set"}
+    for name in ("big", "odd"):
+        assert f'<td class="num">{counts["flagged"][name]}</td>' in rows[name]
+    assert f"<td>{worst['Metadata_Well']}</td>" in rows["any set"]
+    assert f"{qc.format_number(worst['excluded'] / worst['cells'] * 100, decimals=1)}%" in rows["any set"]
+
+    plain = collate_plate(ws, "BATCH1", "P1")
+    assert plain.status == "done" and "cell_qc" not in (plain.report or {})
+    shutil.copy(plain.outputs["profiles"], ws / "profiles/BATCH1/P1/P1.csv")
+    html = Path(qc.quality_control(ws, "BATCH1", ["P1"], n_null=100).report_path or "").read_text()
+    assert _cell_qc_section(html) is None and "Single-cell QC" not in html and "Plate P1" in html

@@ -525,3 +525,58 @@ def test_recipe_aggregate_excludes_outlier_cells(recipe_ws: Path, tmp_path: Path
     (tmp_path / "bad.yml").write_text(bad)
     with pytest.raises(ConfigError, match="outlier_thresholds has no effect"):
         load_config(tmp_path / "bad.yml")
+
+
+@pytest.mark.parametrize(("kinds", "via_cli"), [(("sqlite",), False), (("parquet",), True)])
+def test_collate_single_cells_with_another_hub(tmp_path: Path, kinds: tuple[str, ...], via_cli: bool) -> None:
+    """``collate --single-cells --hub Cells`` joins Nuclei through Cells_Parent_Nuclei, as ``single-cells`` does."""
+    from cytoprofile.cli import main
+
+    synth(tmp_path, plates=["P1"], wells=96, well_subset=3, sites=2, cells=8, features=5, seed=3)
+    pair = ("Cells", "Nuclei")
+    if via_cli:
+        args = ["collate", str(tmp_path), "BATCH1", "P1", "--single-cells", "--hub", "Cells", "-q"]
+        args += [a for c in pair for a in ("--compartments", c)] + [a for k in kinds for a in ("--backend", k)]
+        assert main(args) == 0
+    else:
+        result = collate_plate(tmp_path, "BATCH1", "P1", backend=kinds, compartments=pair,  # type: ignore[arg-type]
+                               single_cells=("parquet",), hub="Cells")
+        assert result.status == "done"
+    out = tmp_path / "backend/BATCH1/P1"
+    report = json.loads((out / "P1.report.json").read_text())
+    assert report["options"]["hub"] == "Cells"
+    assert set(report["single_cells"]["rows_in"]) == set(pair) and report["single_cells"]["unlinked"] == {}
+    got = pd.read_parquet(out / "P1_single_cells.parquet")
+    assert "Metadata_ObjectNumber_cells" in got.columns and "Metadata_Cells_Parent_Nuclei" in got.columns
+    backend = out / ("P1.sqlite" if "sqlite" in kinds else "P1_Image.parquet")
+    expected = single_cells(backend, compartments=list(pair), hub="Cells").to_pandas()
+    pd.testing.assert_frame_equal(got, expected)
+    assert len(got) == sum(r["rows"]["Cells"] for r in report["sites"])
+
+
+def test_collate_hub_needs_joined_cells(tmp_path: Path) -> None:
+    from cytoprofile.cli import main
+
+    synth(tmp_path, plates=["P1"], wells=96, well_subset=1, sites=1, cells=3, features=3)
+    with pytest.raises(InputError, match="--hub Cells joins cells"):
+        collate_plate(tmp_path, "BATCH1", "P1", hub="Cells")
+    assert main(["collate", str(tmp_path), "BATCH1", "P1", "--hub", "Cells", "-q"]) == 1
+
+
+def test_sqlite_text_values_read_as_missing_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Old backends stored some values as text: that one is read as missing (named), every other value exactly."""
+    backend = _plate(tmp_path, wells=1, sites=2, cells=5, features=4)
+    expected = single_cells(backend).to_pandas()
+    conn = sqlite3.connect(backend)
+    feature = next(r[1] for r in conn.execute("PRAGMA table_info(Nuclei)") if r[1].startswith("Nuclei_") and "Parent" not in r[1])
+    first = conn.execute("SELECT TableNumber, ImageNumber, ObjectNumber FROM Nuclei LIMIT 1").fetchone()
+    conn.execute(f'UPDATE Nuclei SET "{feature}" = \'n/a\' WHERE TableNumber = ? AND ImageNumber = ? AND ObjectNumber = ?', first)
+    conn.commit()
+    assert conn.execute(f'SELECT count(*) FROM Nuclei WHERE typeof("{feature}") = \'text\'').fetchone()[0] == 1
+    conn.close()
+    with caplog.at_level("WARNING", logger="cytoprofile.single_cells"):
+        got = single_cells(backend).to_pandas()
+    assert "non-numeric values in " + feature in caplog.text
+    hit = ((got["Metadata_ImageNumber"] == first[1]) & (got["Metadata_ObjectNumber"] == first[2])).to_numpy()
+    assert hit.sum() == 1 and np.isnan(got.loc[hit, feature]).all()
+    np.testing.assert_array_equal(got.loc[~hit, feature].to_numpy(), expected.loc[~hit, feature].to_numpy())

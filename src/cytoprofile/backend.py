@@ -36,6 +36,8 @@ __all__ = [
 ]
 
 SQLITE_MAX_COLUMNS = 2000
+#: SQLite's largest page: rows of thousands of features stay on one page, so any reader decodes them fast
+SQLITE_PAGE_SIZE = 65536
 _IMAGE_BATCH = 64
 _INTEGER_COLUMN = re.compile(r"^(TableNumber|ImageNumber|ObjectNumber|Parent_.*|Children_.*_Count|Number_Object_Number)$")
 
@@ -93,6 +95,8 @@ class SQLiteBackendWriter:
                     "use --backend parquet for this plate"
                 )
         self.conn = sqlite3.connect(self.tmp, isolation_level=None)
+        # before the first table: an object row at JUMP width (~15 KB) fits one page, no overflow chain
+        self.conn.execute(f"PRAGMA page_size={SQLITE_PAGE_SIZE}")
         self.conn.execute("PRAGMA journal_mode=OFF")
         self.conn.execute("PRAGMA synchronous=OFF")
         self.conn.execute("PRAGMA temp_store=MEMORY")

@@ -143,13 +143,18 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[An
 
 
 def read_table(path: str | os.PathLike[str], *, sep: str | None = None) -> pd.DataFrame:
-    """Read a per-well table (CSV, gzip CSV, TSV or Parquet) into pandas.
+    """Read a per-well table (CSV, gzip CSV, TSV, Parquet or AnnData ``.h5ad``) into pandas.
 
     A damaged file (cut-off gzip, a row with fewer fields than the header, not Parquet)
-    is an ``InputError`` naming the file, never a silently shortened table.
+    is an ``InputError`` naming the file, never a silently shortened table. AnnData
+    comes back as :func:`load_profiles` reads it (``obs`` columns, then ``X`` by ``var`` name).
     """
     import zlib
 
+    if str(path).lower().endswith(".h5ad"):
+        if not is_remote(str(path)) and not Path(str(path)).is_file():
+            raise InputError(f"{path}: file not found")
+        return _load_h5ad(str(path))
     fmt = infer_format(path)
     try:
         if fmt == "parquet":
@@ -513,7 +518,7 @@ def _load_h5ad(path: str) -> pd.DataFrame:
     except ImportError as exc:
         raise InputError(f"{path}: reading AnnData needs the anndata package (pip install anndata)") from exc
     try:
-        with h5py.File(path, "r") as f:
+        with h5py.File(_io.BytesIO(_read_bytes(path)) if is_remote(path) else path, "r") as f:
             obs, var, x = read_elem(f["obs"]), read_elem(f["var"]), read_elem(f["X"])
     except (OSError, KeyError) as exc:
         raise InputError(f"{path}: not an AnnData file ({exc})") from exc

@@ -31,7 +31,7 @@ from ..errors import CytoprofileError
 
 __all__ = [
     "DEFAULT_IMAGE_FEATURE_CATEGORIES", "SPHERING_GRID", "CompartmentsOpt", "ConnectTimeoutOpt", "EndpointOpt",
-    "FeaturePrefixOpt", "FeaturesOpt", "FloatFormatOpt", "NoControlsOpt", "NoSignOpt", "PlateColumnOpt",
+    "FeaturePrefixOpt", "FeaturesOpt", "FloatFormatOpt", "HubOpt", "NoControlsOpt", "NoSignOpt", "PlateColumnOpt",
     "ProfileOpt", "QuietOpt", "ReadTimeoutOpt", "ReferenceOpt", "RetriesOpt", "TmpDirOpt", "about", "app",
     "check_float_format", "configure_storage", "console", "feature_args", "log", "plate_progress",
     "setup_logging", "split_values", "timed",
@@ -103,6 +103,7 @@ TmpDirOpt = Annotated[str | None, typer.Option(help="Scratch folder for download
 ConnectTimeoutOpt = Annotated[float, typer.Option(help="Seconds to wait for a connection to S3 or the Dask scheduler.")]
 ReadTimeoutOpt = Annotated[float, typer.Option(help="Seconds to wait for an answer from S3 or the Dask scheduler.")]
 RetriesOpt = Annotated[int, typer.Option(help="Retries of a failed S3 request (throttling, server errors, timeouts).")]
+HubOpt = Annotated[str, typer.Option(help="Compartment (object set, e.g. Cells_Cellpose3) whose Parent_ columns link the others in the joined cells.")]
 
 
 def configure_storage(profile: str | None, endpoint_url: str | None, no_sign_request: bool, *,

@@ -16,6 +16,7 @@ from .common import (
     DEFAULT_IMAGE_FEATURE_CATEGORIES,
     ConnectTimeoutOpt,
     EndpointOpt,
+    HubOpt,
     NoSignOpt,
     ProfileOpt,
     QuietOpt,
@@ -85,6 +86,7 @@ def collate(
     file_prefix: Annotated[str | None, typer.Option(help="File-name prefix of every CSV (ExportToSpreadsheet's, e.g. MyExpt_); detected when unset.")] = None,
     single_cells: Annotated[bool, typer.Option("--single-cells", help="Also write the joined single-cell table (PLATE_single_cells.parquet) in the same pass.")] = False,
     single_cell_format: Annotated[list[str] | None, typer.Option(help="parquet and/or anndata for --single-cells (repeat for both).")] = None,
+    hub: HubOpt = "Cytoplasm",
     exclude_outlier_cells: Annotated[bool, typer.Option("--exclude-outlier-cells", help="Leave cells that a cell QC set flags out of the profiles.")] = False,
     qc_sets: Annotated[list[str] | None, typer.Option(help="Only these cell QC sets (default: every set of the thresholds file).")] = None,
     cell_qc_thresholds: Annotated[str | None, typer.Option("--thresholds", help="Cell QC threshold sets YAML (default: the three shipped nuclei sets).")] = None,
@@ -136,6 +138,7 @@ def collate(
             strict=strict, count_check=count_check, file_prefix=file_prefix,  # type: ignore[arg-type]
             single_cells=(split_values(single_cell_format) or ["parquet"]) if single_cells else (),
             exclude_outlier_cells=(split_values(qc_sets) or []) if exclude_outlier_cells else None, cell_qc_thresholds=cell_qc_thresholds,
+            hub=hub,
             export_db=export_db or (), table_prefix=table_prefix,
             jobs=jobs, scheduler=scheduler, remote=remote, tmp_dir=tmp_dir, wait=wait, progress=update,
         )

@@ -8,7 +8,7 @@ import typer
 
 from ..errors import CytoprofileError
 from ..vocabulary import DEFAULT_COMPARTMENTS
-from .common import QuietOpt, app, log, setup_logging, split_values, timed
+from .common import HubOpt, QuietOpt, app, log, setup_logging, split_values, timed
 
 __all__ = ['cell_qc_cmd', 'single_cells_cmd']
 
@@ -31,7 +31,7 @@ def single_cells_cmd(
     formats: Annotated[list[str], typer.Option("--format", help="parquet and/or anndata (repeat for both).")] = ["parquet"],
     backend: Annotated[str | None, typer.Option(help="Read the sqlite or parquet backend (default: parquet if present).")] = None,
     compartments: Annotated[list[str], typer.Option(help="Object tables to join.")] = list(DEFAULT_COMPARTMENTS),
-    hub: Annotated[str, typer.Option(help="Compartment whose Parent_ columns link the others.")] = "Cytoplasm",
+    hub: HubOpt = "Cytoplasm",
     links: Annotated[list[str] | None, typer.Option(help="COMPARTMENT=HUB_COLUMN (default <Hub>_Parent_<Compartment>).")] = None,
     image_feature_categories: Annotated[list[str], typer.Option(help="Image categories to add as Image_* features.")] = [],
     metadata: Annotated[list[str] | None, typer.Option(help="Image metadata columns to carry, or 'all' (default Plate, Well, Site).")] = None,

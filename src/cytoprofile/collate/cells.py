@@ -19,9 +19,11 @@ __all__ = ["CELL_OPTIONS", "aggregate_kept_cells", "cell_options", "single_cell_
 
 log = logging.getLogger("cytoprofile.collate")
 
-CELL_OPTIONS = ("single_cells", "exclude_outlier_cells")
+CELL_OPTIONS = ("single_cells", "exclude_outlier_cells", "hub")
+
+
 def cell_options(single_cells: Sequence[str], exclude: Sequence[str] | dict[str, Any] | None, thresholds: str | None,
-                  *, aggregate_only: bool) -> dict[str, Any]:
+                  *, aggregate_only: bool, hub: str = "Cytoplasm") -> dict[str, Any]:
     """The single-cell outputs asked for, and the resolved outlier sets to exclude (only keys that are set)."""
     from ..cell_qc import load_thresholds
 
@@ -36,6 +38,10 @@ def cell_options(single_cells: Sequence[str], exclude: Sequence[str] | dict[str,
         out["exclude_outlier_cells"] = load_thresholds(thresholds, sets=list(exclude) or None)
     elif thresholds is not None:
         raise InputError("--cell-qc-thresholds has no effect without --exclude-outlier-cells")
+    if hub != "Cytoplasm":  # recorded only when not the default: older reports stay current
+        if not out:
+            raise InputError(f"--hub {hub} joins cells: give it with --single-cells or --exclude-outlier-cells")
+        out["hub"] = hub
     if aggregate_only and out:
         raise InputError("--aggregate-only reads an existing backend: use `cytoprofile single-cells` for the joined table, "
                          "and a full collate (without --aggregate-only) to exclude outlier cells")
@@ -52,7 +58,7 @@ def single_cell_stream(prefix: str, schema: Any, compartments: list[str], option
     tables = {t: ["TableNumber", *[object_column_name(t, c) for c in cols]] for t, cols in schema.tables.items() if t != IMAGE_TABLE}
     tables[IMAGE_TABLE] = list(schema.tables[IMAGE_TABLE])
     return SingleCellStream(prefix, tables, formats=formats, compartments=compartments,
-                            file_metadata={GENERATION_KEY: generation})
+                            hub=options.get("hub", "Cytoplasm"), file_metadata={GENERATION_KEY: generation})
 
 
 def single_cell_section(cells: Any, prefix: str, generation: str) -> dict[str, Any]:
@@ -75,7 +81,8 @@ def aggregate_kept_cells(files: dict[str, str], kinds: Sequence[str], options: d
 
     source = parquet_table_path(files["parquet_prefix"], IMAGE_TABLE) if "parquet" in kinds else files["sqlite"]
     thresholds = options["exclude_outlier_cells"]
-    flagged = outlier_cells(source, thresholds, compartments=options["compartments"], strata=options["strata"])
+    flagged = outlier_cells(source, thresholds, compartments=options["compartments"], strata=options["strata"],
+                            hub=options.get("hub", "Cytoplasm"))
     profiles = aggregate(source, operation=options["operation"], strata=options["strata"],
                          compartments=options["compartments"], image_features=options["image_features"],
                          image_feature_categories=options["image_feature_categories"], exclude=flagged)

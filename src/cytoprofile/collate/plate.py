@@ -43,7 +43,7 @@ __all__ = ['collate', 'collate_plate']
 #: the build options ``collate_plate`` shares with :func:`collate`: their names and defaults are collate's
 _SHARED_OPTIONS = ("backend", "profile_format", "operation", "compartments", "image_features", "image_feature_categories",
                    "strata", "overwrite", "aggregate_only", "strict", "count_check", "file_prefix", "single_cells",
-                   "exclude_outlier_cells", "cell_qc_thresholds")
+                   "exclude_outlier_cells", "cell_qc_thresholds", "hub")
 
 
 def _shared_options(given: dict[str, Any]) -> dict[str, Any]:
@@ -86,7 +86,7 @@ def collate_plate(
                    overwrite=o["overwrite"], aggregate_only=o["aggregate_only"], strict=o["strict"], threads=threads,
                    count_check=o["count_check"], file_prefix=o["file_prefix"], **cell_options(
                        o["single_cells"], o["exclude_outlier_cells"], o["cell_qc_thresholds"],
-                       aggregate_only=o["aggregate_only"]))
+                       aggregate_only=o["aggregate_only"], hub=o["hub"]))
     if io.is_remote(ws):
         return collate_remote(str(ws), batch, plate, tmp_dir=tmp_dir, progress=progress, start=start, **options)
     if remote is not None:
@@ -153,6 +153,7 @@ def collate(
     single_cells: Sequence[str] = (),
     exclude_outlier_cells: Sequence[str] | None = None,
     cell_qc_thresholds: str | None = None,
+    hub: str = "Cytoplasm",
     export_db: Sequence[str] = (),
     table_prefix: str | None = None,
     jobs: int = 1,
@@ -184,6 +185,7 @@ def collate(
                                    count_check=count_check, file_prefix=file_prefix,
                                    single_cells=tuple(single_cells), cell_qc_thresholds=cell_qc_thresholds,
                                    exclude_outlier_cells=None if exclude_outlier_cells is None else tuple(exclude_outlier_cells),
+                                   **({"hub": hub} if hub != "Cytoplasm" else {}),  # default: records stay as before
                                    export_db=tuple(str(p) for p in export_db), table_prefix=table_prefix,
                                    remote=remote, tmp_dir=tmp_dir, wait=wait, storage=dict(io.current_storage()))
     return run_plates(_collate_task, [PlateTask(str(ws), batch, p) for p in plates], options, jobs=jobs,

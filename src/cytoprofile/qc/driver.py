@@ -34,7 +34,7 @@ from .summary import quarantined_wells, read_summary, summarize_plate, update_su
 
 __all__ = ["QualityControlResult", "quality_control"]
 
-_TABLE_EXTENSIONS = (".csv.gz", ".csv", ".parquet")
+_TABLE_EXTENSIONS = (".csv.gz", ".csv", ".parquet", ".h5ad")
 _LEVELS = ("all", "batch", "plate")
 _KINDS = ((True, "negative-control normalized, feature-selected"), (False, "whole-plate normalized, feature-selected"))
 

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 __all__ = [
     "FIGURE_NAMES",
     "cell_count_figure",
+    "outlier_share_figure",
     "correlation_figure",
     "position_effect_figure",
     "replication_figure",
@@ -166,6 +167,36 @@ def cell_count_figure(
         label = f"lost sites to quarantine: {len(lost)} well{'s' if len(lost) != 1 else ''}"
         handles.append(Patch(facecolor="white", edgecolor=_QUARANTINE, hatch="////", label=label))
     _legend_below(fig, handles)
+    return fig
+
+
+def outlier_share_figure(
+    shares: pd.DataFrame,
+    *,
+    plate: str,
+    column: str,
+    shape: tuple[int, int] | None = None,
+) -> Figure:
+    """The share of each well's cells that single-cell QC flags (``column`` of
+    :func:`~cytoprofile.qc.metrics.outlier_shares`) on the plate grid; wells without cells grey."""
+    from matplotlib.patches import Patch
+
+    values = shares.set_index("Metadata_Well")[column] * 100
+    wells = [w for w in values.index if _on_grid(str(w))]
+    shape = shape or plate_layout(wells)
+    grid = _plate_grid(values.loc[wells].to_dict(), shape)
+    present = grid[np.isfinite(grid)]
+    if present.size:
+        worst = str(values.loc[wells].idxmax())
+        summary = (f"wells with cells: {present.size}, median {format_number(np.median(present), decimals=1)}%, "
+                   f"highest {format_number(present.max(), decimals=1)}% ({worst})")
+    else:
+        summary = "no cells"
+    fig = _new_figure(_PLATE_FIGSIZE)
+    _draw_plate(fig, grid, cmap="magma_r", vmin=0, vmax=max(float(present.max()) if present.size else 0.0, 1.0),
+                title=f"Plate {plate}: cells flagged by single-cell QC ({column})\n{summary}",
+                colorbar_label="% of the well's cells flagged")
+    _legend_below(fig, [Patch(facecolor=_GREY, edgecolor="none", label="no cells in the well")])
     return fig
 
 

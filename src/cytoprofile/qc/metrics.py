@@ -5,7 +5,7 @@ Pure functions of DataFrames; nothing here reads or writes a file.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -39,6 +39,9 @@ __all__ = [
     "map_tables",
     "map_by_plate",
     "plate_map_summary",
+    "ANY_OUTLIER_SET",
+    "outlier_shares",
+    "outlier_set_summary",
 ]
 
 #: QC's features: the canonical compartments' and the image's (``Cells_``, ..., ``Image_``).
@@ -398,3 +401,46 @@ def plate_map_summary(by_plate: pd.DataFrame, *, plate_column: str = "Metadata_P
                           fraction_retrieved=("below_corrected_p", "mean")).reset_index()
     summary["n_retrieved"] = summary["n_retrieved"].astype(int)
     return summary[columns]
+
+
+#: the column of :func:`outlier_shares` for cells flagged by at least one set (those left out of the profiles)
+ANY_OUTLIER_SET = "any set"
+
+
+def outlier_shares(cell_qc: Mapping[str, Any]) -> pd.DataFrame | None:
+    """Per well, its cells and the share of them each outlier set flags (``any set``: flagged by one or more).
+
+    ``cell_qc`` is a plate report's ``cell_qc`` section (per-well counts by set, as collate
+    writes them with ``--exclude-outlier-cells``); rows of one well (e.g. per site) are summed.
+    ``None`` when the counts carry no well or no cell numbers.
+    """
+    rows = pd.DataFrame(list(cell_qc.get("per_well") or []))
+    sets = [str(name) for name in (cell_qc.get("flagged") or {})]
+    if rows.empty or "Metadata_Well" not in rows.columns or "cells" not in rows.columns:
+        return None
+    counted = [c for c in [*sets, "excluded"] if c in rows.columns]
+    rows["Metadata_Well"] = rows["Metadata_Well"].astype(str).map(normal_well)
+    per_well = rows.groupby("Metadata_Well", sort=False)[["cells", *counted]].sum()
+    per_well = per_well.loc[sorted(per_well.index, key=_grid_key)]
+    out = pd.DataFrame({"Metadata_Well": per_well.index, "cells": per_well["cells"].astype(int).to_numpy()})
+    cells = per_well["cells"].to_numpy(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for name in [*[c for c in sets if c in per_well.columns], *(["excluded"] if "excluded" in per_well.columns else [])]:
+            share = np.where(cells > 0, per_well[name].to_numpy(float) / cells, np.nan)
+            out[ANY_OUTLIER_SET if name == "excluded" else name] = share
+    return out
+
+
+def outlier_set_summary(cell_qc: Mapping[str, Any], shares: pd.DataFrame) -> pd.DataFrame:
+    """One row per outlier set (and ``any set``): cells flagged, their share of the plate, and the worst well."""
+    total = int(cell_qc.get("cells") or 0)
+    counts = {**{str(k): int(v) for k, v in (cell_qc.get("flagged") or {}).items()}, ANY_OUTLIER_SET: int(cell_qc.get("excluded") or 0)}
+    rows = []
+    for name, flagged in counts.items():
+        column = (shares[name] if name in shares.columns else pd.Series(dtype=float)).to_numpy(float)
+        worst = int(np.nanargmax(column)) if np.isfinite(column).any() else None  # the first in plate order
+        rows.append({"set": name, "cells_flagged": flagged, "share_of_cells": flagged / total if total else np.nan,
+                     "wells_with_flagged_cells": int((column > 0).sum()),
+                     "highest_well_share": np.nan if worst is None else float(column[worst]),
+                     "highest_well": "" if worst is None else str(shares["Metadata_Well"].iloc[worst])})
+    return pd.DataFrame(rows)

@@ -15,9 +15,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from .figures import figure_png, map_by_plate_figure, map_figure, replication_figure
+from .figures import (
+    figure_png,
+    map_by_plate_figure,
+    map_figure,
+    outlier_share_figure,
+    replication_figure,
+)
 from .formatting import format_number
-from .metrics import plate_map_summary
+from .metrics import ANY_OUTLIER_SET, outlier_set_summary, outlier_shares, plate_map_summary
 from .summary import quarantined_wells
 
 if TYPE_CHECKING:
@@ -40,6 +46,9 @@ CAPTIONS: dict[str, str] = {
     "map": "Left: one point per group, its mAP against its Benjamini–Hochberg corrected p-value (copairs' "
     "null of random rankings); red points are retrieved (below the dashed line). Right: the distribution "
     "of mAP over the groups.",
+    "outlier_share": "Per well, the share of its cells that single-cell QC flags (outlier sets of z-score "
+    "thresholds over the plate's cells); the first map counts cells flagged by any set, which collate left out "
+    "of the well profiles. Grey wells have no cells.",
     "map_by_plate": "Each plate's profiles scored on their own (same options, the plate's own null and "
     "Benjamini–Hochberg correction): one point per group, red when retrieved; the black bar is the plate's "
     "mean mAP and the number above it the share of the plate's groups retrieved.",
@@ -198,6 +207,30 @@ def _plate(
         ],
         "quarantine": None if quarantine is None else _table(quarantine),
         "ingest": _ingest(report),
+        "cell_qc": _cell_qc(plate, report),
+    }
+
+
+def _cell_qc(plate: str, report: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The single-cell QC part of a plate: flagged shares per well on the grid, one map per set
+    (``any set`` first), and counts per set; ``None`` when collate flagged no cells for this plate."""
+    section = (report or {}).get("cell_qc")
+    if not section:
+        return None
+    shares = outlier_shares(section)
+    cells, excluded = int(section.get("cells") or 0), int(section.get("excluded") or 0)
+    table = outlier_set_summary(section, shares if shares is not None else pd.DataFrame(columns=["Metadata_Well"]))
+    for column in ("share_of_cells", "highest_well_share"):
+        table[column] = [f"{format_number(v * 100, decimals=1)}%" if pd.notna(v) else "" for v in table[column]]
+    maps = [] if shares is None else [ANY_OUTLIER_SET, *[c for c in shares.columns if c not in ("Metadata_Well", "cells", ANY_OUTLIER_SET)]]
+    return {
+        "cells": f"{cells:,}",
+        "excluded": f"{excluded:,}",
+        "share": f"{format_number(excluded / cells * 100, decimals=1)}%" if cells else "",
+        "figures": [{"name": name, "png": _b64(figure_png(outlier_share_figure(shares, plate=plate, column=name)))}
+                    for name in maps if shares is not None and name in shares.columns],
+        "note": None if shares is not None else "the plate report has no per-well counts of the flagged cells",
+        "table": _table(table),
     }
 
 

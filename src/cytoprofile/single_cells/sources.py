@@ -21,6 +21,10 @@ __all__ = ["OUTPUT_TABLE", "BackendSource", "SiteSource", "float_matrix", "float
 log = logging.getLogger("cytoprofile.single_cells")
 #: table name the single-cell output takes beside a Parquet backend; never a backend table
 OUTPUT_TABLE = SINGLE_CELL_TABLE
+#: SQLite files with smaller pages (older backends) are read memory-mapped, up to this many bytes of the
+#: file: rows of thousands of columns span chains of overflow pages, read twice as fast from the mapping
+_MMAP_BYTES = 256 << 20
+_LARGE_PAGE = 65536
 
 
 class BackendSource:
@@ -34,6 +38,10 @@ class BackendSource:
         self.tables = {t: cols for t, cols in self.reader.tables.items() if t != OUTPUT_TABLE}
         self.image_table = self.reader.image_table
         self._parquet: dict[str, _ParquetTable] = {}
+        self._arrow: Any = None  # an Arrow-native SQLite connection (ADBC), opened on the first site read
+        self._sql: dict[tuple[str, tuple[str, ...]], str] = {}
+        self._cursors: dict[str, Any] = {}
+        self._numeric: dict[str, pa.Schema] = {}  # per query, the last schema found to be numbers only
 
     def table(self, compartment: str) -> str:
         """The backend table of a compartment (case-insensitive), or an error listing the others."""
@@ -63,14 +71,48 @@ class BackendSource:
     def read_site(self, table: str, table_number: Any, columns: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """ImageNumber, ObjectNumber (int64) and the float64 ``columns`` of one site's rows."""
         if self.reader.kind == "sqlite":
-            cols = ", ".join(_quote(c) for c in ("ImageNumber", "ObjectNumber", *columns))
-            sql = f"SELECT {cols} FROM {_quote(table)} WHERE TableNumber = ?"
+            key = (table, tuple(columns))
+            if key not in self._sql:
+                cols = ", ".join(_quote(c) for c in ("ImageNumber", "ObjectNumber", *columns))
+                self._sql[key] = f"SELECT {cols} FROM {_quote(table)} WHERE TableNumber = ?"
+            sql = self._sql[key]
+            got = self._arrow_site(sql, table_number)
+            if got is not None:
+                return (got.column(0).cast(pa.int64()).to_numpy(zero_copy_only=False),
+                        got.column(1).cast(pa.int64()).to_numpy(zero_copy_only=False),
+                        float_matrix(got.select(list(range(2, got.num_columns)))))
             rows = self.reader.conn.execute(sql, [table_number]).fetchall()
             if not rows:
                 return np.empty(0, np.int64), np.empty(0, np.int64), np.empty((0, len(columns)))
             values = _float_rows(rows, table, ["ImageNumber", "ObjectNumber", *columns])
             return values[:, 0].astype(np.int64), values[:, 1].astype(np.int64), np.asfortranarray(values[:, 2:])
         return self._pq(table).read_site(table_number, columns)
+
+    def _arrow_site(self, sql: str, table_number: Any) -> pa.Table | None:
+        """One site's rows read straight into Arrow (no Python object per value), or None when a
+        column holds text (old backends stored some) or the driver cannot read them: the
+        ``sqlite3`` path then converts them, warning about values that are not numbers."""
+        if self._arrow is None:
+            self._arrow = _open_arrow_sqlite(self.path)
+        if self._arrow is False:
+            return None
+        cursor = self._cursors.get(sql)
+        if cursor is None:  # one cursor per query: the statement is prepared once, not once per site
+            cursor = self._cursors[sql] = self._arrow.cursor()
+        try:
+            cursor.execute(sql, [table_number])
+            got: pa.Table = cursor.fetch_arrow_table()
+        except Exception as exc:  # noqa: BLE001 - any driver failure: the sqlite3 path reads the same rows
+            log.debug("%s: Arrow read failed (%s); reading with sqlite3", self.path, exc)
+            self._cursors.pop(sql).close()
+            return None
+        known = self._numeric.get(sql)
+        if known is not None and got.schema.equals(known):
+            return got
+        if all(pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_null(t) for t in got.schema.types):
+            self._numeric[sql] = got.schema
+            return got
+        return None
 
     def _indexed(self, table: str) -> bool:
         conn = self.reader.conn
@@ -89,6 +131,12 @@ class BackendSource:
 
     def close(self) -> None:
         """Release the backend."""
+        for cursor in self._cursors.values():
+            cursor.close()
+        self._cursors = {}
+        if self._arrow:
+            self._arrow.close()
+        self._arrow = None
         self.reader.close()
 
 
@@ -137,14 +185,39 @@ class _ParquetTable:
                 got.column(1).cast(pa.int64()).to_numpy(zero_copy_only=False), float_matrix(got.select(list(columns))))
 
 
+def _open_arrow_sqlite(path: str) -> Any:
+    """A read-only ADBC connection to an SQLite file (memory-mapped when its pages are small), or False without the driver."""
+    try:
+        import adbc_driver_sqlite.dbapi as adbc
+    except ImportError:
+        return False
+    from urllib.parse import quote
+
+    conn = adbc.connect(f"file:{quote(os.path.abspath(path))}?mode=ro")
+    cursor = conn.cursor()
+    try:
+        cursor.execute("PRAGMA page_size")
+        row = cursor.fetchone()
+        if row is not None and int(row[0]) < _LARGE_PAGE:  # older backends: wide rows span overflow pages
+            cursor.execute(f"PRAGMA mmap_size={_MMAP_BYTES}")
+            cursor.fetchall()
+    finally:
+        cursor.close()
+    return conn
+
+
 def float_matrix(table: pa.Table) -> np.ndarray:
     """A table's columns as one column-major float64 array (nulls as NaN), converted in one call, not per column."""
     if table.num_columns == 0 or table.num_rows == 0:
         return np.empty((table.num_rows, table.num_columns), order="F")
-    if any(t != pa.float64() for t in table.schema.types):
-        table = table.cast(pa.schema([(name, pa.float64()) for name in table.column_names]))
     batch = table.combine_chunks().to_batches()[0]
-    return np.asarray(batch.to_tensor(null_to_nan=True, row_major=False))
+    try:  # integer columns (links, counts) become float64 in the same call
+        tensor = batch.to_tensor(null_to_nan=True, row_major=False)
+    except (pa.ArrowNotImplementedError, pa.ArrowTypeError, pa.ArrowInvalid):  # e.g. an all-NULL column
+        batch = pa.record_batch([c if pa.types.is_float64(c.type) else c.cast(pa.float64()) for c in batch.columns],
+                                names=batch.schema.names)
+        tensor = batch.to_tensor(null_to_nan=True, row_major=False)
+    return np.asarray(tensor).astype(np.float64, copy=False)
 
 
 def float_columns(values: np.ndarray) -> list[pa.Array]:
@@ -174,11 +247,24 @@ def _float_rows(rows: list[tuple[Any, ...]], table: str, columns: Sequence[str])
     try:
         return np.array(rows, dtype=np.float64)
     except (ValueError, TypeError):
-        frame = pd.DataFrame(rows, columns=list(columns), dtype=object)
-        converted = frame.apply(pd.to_numeric, errors="coerce")
-        bad = [c for c in frame.columns if (converted[c].isna() & frame[c].notna()).any()]
+        raw = np.array(rows, dtype=object).reshape(len(rows), len(columns))
+        converted = np.vectorize(_number, otypes=[np.float64])(raw)  # float() of the text: exact, as above
+        lost = np.isnan(converted) & ~np.vectorize(_missing, otypes=[bool])(raw)
+        bad = [c for c, hit in zip(columns, lost.any(axis=0)) if hit]
         log.warning("%s: non-numeric values in %s read as missing", table, ", ".join(bad[:5]) + (" ..." if len(bad) > 5 else ""))
-        return converted.to_numpy(dtype=np.float64)
+        return converted
+
+
+def _number(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _missing(value: Any) -> bool:
+    """NULL, or a value that is itself NaN (a float or its text): missing before conversion."""
+    return value is None or _number(value) != _number(value) and str(value).strip().lower() == "nan"
 
 
 class SiteSource:
