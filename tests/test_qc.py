@@ -57,11 +57,13 @@ def test_summary_values_match_hand_computed() -> None:
     assert row["Sites_per_well_mad"] == 0.0
     values = np.array([9, 9, 9, 8, 5])
     assert np.mean(np.abs(values - values.mean())) == pytest.approx(1.2)
-    # Cells per well over imaged wells: [300, 120, 0, 80, 0 (B02 absent)].
-    assert row["Cells_per_well_Median"] == 80
+    # Cells per well over imaged wells that lost no site: [300, 120, 0, 80]; B02 lost
+    # its site to quarantine, so it is counted as quarantined, not as a well without cells.
+    assert row["Cells_per_well_Median"] == 100
     assert row["Cells_per_well_Min"] == 0
-    assert row["Wells_without_cells"] == 2
+    assert row["Wells_without_cells"] == 1
     assert row["Sites_quarantined"] == 2
+    assert row["Wells_quarantined"] == 1
     assert row["Features_selected"] == 7
 
 
@@ -265,6 +267,38 @@ def test_percent_replicating_options() -> None:
 
 
 # --------------------------------------------------------------------------- workspace + report
+
+
+def _quarantine_every_site(ws: Path, batch: str, plate: str, wells: list[str]) -> None:
+    """Empty Nuclei.csv in every site of ``wells``."""
+    for site in (ws / "analysis" / batch / plate / "analysis").iterdir():
+        if site.name.split("-")[1] in wells:
+            (site / "Nuclei.csv").write_bytes(b"")
+
+
+@pytest.mark.parametrize(("wells", "sites", "lost"), [(96, 3, ["B05"]), (96, 2, ["A01", "H12"]), (384, 1, None)])
+def test_summary_counts_quarantined_wells_apart_from_empty_wells(
+    tmp_path: Path, wells: int, sites: int, lost: list[str] | None
+) -> None:
+    from cytoprofile.collate import collate
+    from cytoprofile.synth import synth
+
+    ws = tmp_path / "ws"
+    made = synth(ws, batch="B1", plates=["P1"], wells=wells, sites=sites, cells=8, features=6,
+                 faults=lost is None, seed=3)
+    if lost is None:  # synth's faults: with one site per well, three wells lose every site
+        lost = made.wells[:3]
+    else:
+        _quarantine_every_site(ws, "B1", "P1", lost)
+    collate(ws, "B1", ["P1"])
+    (ws / "profiles" / "B1" / "P1").mkdir(parents=True)
+    shutil.copy(ws / "backend" / "B1" / "P1" / "P1.csv", ws / "profiles" / "B1" / "P1" / "P1.csv")
+    result = qc.quality_control(ws, "B1", ["P1"], heatmaps=False, report=False, n_null=100)
+    row = result.summary.set_index("Plate_Name").loc["P1"]
+    assert row["Wells_quarantined"] == len(lost) == len(result.quarantine["P1"])
+    assert row["Wells_without_cells"] == 0
+    assert row["Cells_per_well_Min"] > 0
+    assert row["Well_Count"] == wells
 
 
 @pytest.fixture(scope="module")
