@@ -375,3 +375,30 @@ def test_report_is_self_contained(qc_workspace) -> None:
     assert not re.search(r"(?:src|href)=\"(?!data:|#)", text)
     assert "http://" not in text and "https://" not in text and "@import" not in text
     assert text.count('src="data:image/png;base64,') == 2 * 3 + 1 + 1
+
+
+def test_missing_level_is_named_and_stale_figures_are_removed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root = tmp_path / "ws"
+    write_workspace(root)  # batch-level profiles only
+    qc.quality_control(root, "B1", ["P1", "P2"], n_null=100, report=False)
+    heatmaps = root / "quality_control" / "heatmap" / "B1"
+    assert (heatmaps / "P1" / "P1_correlation.png").exists()
+    with caplog.at_level("WARNING", logger="cytoprofile.qc"):
+        result = qc.quality_control(root, "B1", ["P1", "P2"], level="plate", n_null=100, report=False)
+    assert not result.qc_profiles
+    for plate in ("P1", "P2"):
+        assert sorted(p.name for p in (heatmaps / plate).iterdir()) == [f"{plate}_cell_count.png"]
+        said = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"{plate}: no ")]
+        assert len(said) == 1
+        assert f"{plate}_normalized_feature_select_plate" in said[0]
+        assert f"{plate}_normalized_feature_select_negcon_plate" in said[0]
+        assert "percent-replicating" in said[0]
+
+
+def test_quality_control_with_nothing_to_draw_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "ws"
+    write_workspace(root)
+    for augmented in (root / "profiles" / "B1").glob("*/*_augmented.csv.gz"):
+        augmented.unlink()
+    with pytest.raises(InputError, match="no profiles to check"):
+        qc.quality_control(root, "B1", ["P1", "P2"], level="plate", n_null=100)
