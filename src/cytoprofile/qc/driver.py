@@ -20,7 +20,13 @@ from .. import io as cpio
 from ..errors import CytoprofileError, InputError
 from ..layout import QualityControlLayout
 from ..vocabulary import is_metadata
-from .figures import FIGURE_NAMES, cell_count_figure, correlation_figure, figure_png, position_effect_figure
+from .figures import (
+    FIGURE_NAMES,
+    cell_count_figure,
+    correlation_figure,
+    figure_png,
+    position_effect_figure,
+)
 from .metrics import (
     REPLICATE_CANDIDATES,
     map_by_plate,
