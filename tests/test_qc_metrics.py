@@ -12,6 +12,7 @@ from matplotlib.collections import PathCollection
 from matplotlib.patches import Rectangle
 
 from cytoprofile import qc
+from cytoprofile.qc import figures
 
 from .qc_builders import FEATURES, make_batch_profiles, make_profiles, make_wells
 
@@ -206,3 +207,42 @@ def test_format_number_never_prints_a_bare_zero_for_a_small_number() -> None:
     for value in np.geomspace(1e-9, 0.0005, 60):
         shown = qc.format_number(value)
         assert float(shown) == pytest.approx(value, rel=5e-3), (value, shown)
+
+
+# --------------------------------------------------------------------------- titles fit
+
+
+def _texts_outside(fig) -> list[str]:
+    """Texts (titles, labels) that run past the figure's edge once drawn."""
+    renderer = fig.canvas.get_renderer()
+    box = fig.bbox
+    out = []
+    for ax in fig.axes:
+        for text in (ax.title, ax._left_title, ax._right_title):
+            if text.get_text():
+                extent = text.get_window_extent(renderer)
+                if extent.x0 < box.x0 - 1 or extent.x1 > box.x1 + 1 or extent.y1 > box.y1 + 1:
+                    out.append(text.get_text())
+    return out
+
+
+@pytest.mark.parametrize("n_plates", [1, 3, 30])
+@pytest.mark.parametrize("source", ["PLATE_normalized_feature_select_negcon_batch.csv.gz",
+                                    "SQ00014812_normalized_feature_select_negcon_all_" + "x" * 40 + ".parquet"])
+def test_map_figure_titles_fit_inside_the_figure(n_plates: int, source: str) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    rng = np.random.default_rng(n_plates)
+    rows = [{"Metadata_Plate": f"PLATE{p}", "mean_average_precision": rng.uniform(), "below_corrected_p": g % 2 == 0,
+             "corrected_p_value": rng.uniform()} for p in range(n_plates) for g in range(8)]
+    table = pd.DataFrame(rows)
+    for fig in (figures.map_by_plate_figure(table, mode="activity", batch="BATCH_2026_with_a_long_name", source=source,
+                                       n_features=121),
+                figures.map_figure(table, mode="activity", batch="BATCH_2026_with_a_long_name", threshold=0.05,
+                              source=source, n_features=121)):
+        FigureCanvasAgg(fig)
+        fig.canvas.draw()
+        assert not _texts_outside(fig)
+        title = " ".join(t.get_text() for ax in fig.axes for t in (ax.title, ax._left_title))
+        assert "121 features" in title
+        assert source.replace(" ", "") in title.replace("\n", "").replace(" ", "")

@@ -65,6 +65,15 @@ def _features_line(source: str | None, n_features: int) -> str:
     return f"{n_features} features{where}"
 
 
+def _fit_title(text: str, fig: Figure, *, fontsize: float, share: float = 1.0) -> str:
+    """``text`` wrapped at spaces so each line fits ``share`` of the figure's width
+    (a title never runs past the figure's edge); an over-long file name is broken."""
+    import textwrap
+
+    width = max(20, int(share * fig.get_figwidth() * 72 / (fontsize * 0.62)) - 2)
+    return "\n".join(textwrap.fill(line, width=width) for line in text.splitlines())
+
+
 def _plate_grid(values: Mapping[Any, Any], shape: tuple[int, int]) -> np.ndarray:
     grid = np.full(shape, np.nan)
     for well, value in values.items():
@@ -393,11 +402,10 @@ def map_figure(table: pd.DataFrame, *, mode: str, batch: str, threshold: float, 
     right.set_xlabel("mAP")
     right.set_ylabel("groups")
     share = float(good.mean()) if len(good) else 0.0
-    left.set_title(
+    left.set_title(_fit_title(
         f"Batch {batch}: mAP ({mode}), {format_number(share * 100, decimals=0)}% retrieved "
-        f"({int(good.sum())} of {len(good)})\n{_features_line(source, n_features)}",
-        fontsize=9, loc="left",
-    )
+        f"({int(good.sum())} of {len(good)})\n{_features_line(source, n_features)}", fig, fontsize=9, share=0.55,
+    ), fontsize=9, loc="left")
     return fig
 
 
@@ -426,6 +434,7 @@ def map_by_plate_figure(by_plate: pd.DataFrame, *, mode: str, batch: str, plate_
     ax.set_ylabel("mAP (each plate alone)")
     if plates:
         ax.legend(fontsize=7, loc="lower right")
-    ax.set_title(f"Batch {batch}: mAP ({mode}) by plate, % retrieved above each plate\n"
-                 f"{_features_line(source, n_features)}", fontsize=9, loc="left")
+    ax.set_title(_fit_title(f"Batch {batch}: mAP ({mode}) by plate, % retrieved above each plate\n"
+                            f"{_features_line(source, n_features)}", fig, fontsize=9, share=0.85),
+                 fontsize=9, loc="left")
     return fig
