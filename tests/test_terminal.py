@@ -199,6 +199,14 @@ def test_run_reports_each_plate_as_it_finishes(tmp_path: Path) -> None:
         line = next(i for i, e in enumerate(events) if e.startswith(f"{plate}: ") and "step(s) run" in e)
         assert ticks[n] == line + 1, events  # the bar moves as each plate finishes, not at the end
     assert not any(e.startswith("feature_select") for e in events[:ticks[2]]), events
+    steps = [e for e in events if e.split(" ", 1)[0] in {"annotate", "normalize", "normalize_negcon"}]
+    for plate in PLATES:  # one line per step and plate, naming the plate
+        for step in ("annotate", "normalize", "normalize_negcon"):
+            said = [e for e in steps if e.startswith(f"{step} {plate}") and "features" in e and "→" in e]
+            assert len(said) == 1, (step, plate, steps)
+    assert all(any(p in e for p in PLATES) for e in steps), steps
+    for line in (e for e in events if e.startswith("feature_select")):
+        assert "(feature_select:" not in line and ", feature_select:" not in line, line
     labels = [label for label, _ in result.products]
     assert labels == ["profiles P1", "profiles P1 (negcon)", "profiles P2", "profiles P2 (negcon)",
                       "profiles P3", "profiles P3 (negcon)", "GCT B1", "QC report B1"], result.products
