@@ -70,6 +70,13 @@ class QualityControlResult:
     quarantine: dict[str, pd.DataFrame | None] = field(default_factory=dict)
     mean_ap: dict[str, Any] | None = None
 
+    def files(self) -> list[str]:
+        """Every file this run wrote: the summary, each heatmap, the mAP tables, the report."""
+        out = [self.summary_path] if self.summary_path else []
+        out += [path for figures in self.heatmaps.values() for path in figures.values()]
+        out += list((self.mean_ap or {}).get("paths", {}).values())
+        return out + ([self.report_path] if self.report_path else [])
+
 
 @dataclass
 class _Plate:

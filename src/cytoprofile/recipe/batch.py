@@ -190,7 +190,7 @@ def batch_steps(layout: Layout, recipe: Recipe, plates: dict[str, list[str]], *,
                 map_profiles=processing_file(layout, parse_chain(chain)) if chain is not None else None,
             )
             result.ran.append(f"quality_control: {batch}")
-            result.outputs.append(layout.quality_control())
+            result.outputs += done.files()
             if done.report_path:
                 result.products.append((f"QC report {batch}", os.path.relpath(done.report_path, layout.root)))
         result.qc = f"QC: ran for {', '.join(plates)}"
