@@ -63,6 +63,7 @@ def test_cell_count_figure_marks_quarantined_wells(n_rows: int, n_cols: int, los
     frame = make_profiles("P1", make_wells(n_rows, n_cols), rng=np.random.default_rng(n_rows))
     fig = qc.cell_count_figure(frame, plate="P1", quarantined=lost)
     assert _hatched(fig) == {qc.well_to_grid(w) for w in lost}
+    assert all(len(p.get_hatch() or "") <= 1 for p in fig.axes[0].patches)  # sparse: the well's colour shows
     legend = " ".join(t.get_text() for t in fig.legends[0].get_texts())
     assert f"lost sites to quarantine: {len(lost)} well" in legend
     assert "no profile for the well" in legend

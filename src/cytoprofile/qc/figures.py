@@ -166,14 +166,14 @@ def cell_count_figure(
     for well in placed:
         row, col = well_to_grid(well)
         if row < shape[0] and col < shape[1]:
-            ax.add_patch(Rectangle((col - 0.5, row - 0.5), 1, 1, fill=False, hatch="////",
-                                   edgecolor=_QUARANTINE, linewidth=1.5))
+            ax.add_patch(Rectangle((col - 0.5, row - 0.5), 1, 1, fill=False, hatch="/",
+                                   edgecolor=_QUARANTINE, linewidth=1.5))  # sparse: the well's colour shows
     handles = [Patch(facecolor=_GREY, edgecolor="none", label="no profile for the well")]
     if quarantined is None:
         handles.append(Patch(facecolor="white", edgecolor="black", label="quarantine unknown (no ingest report)"))
     else:
         label = f"lost sites to quarantine: {len(lost)} well{'s' if len(lost) != 1 else ''}"
-        handles.append(Patch(facecolor="white", edgecolor=_QUARANTINE, hatch="////", label=label))
+        handles.append(Patch(facecolor="white", edgecolor=_QUARANTINE, hatch="/", label=label))
     _legend_below(fig, handles)
     return fig
 
