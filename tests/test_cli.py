@@ -242,3 +242,10 @@ def test_eof_error_inside_a_command_is_a_bug_not_an_interrupt(monkeypatch: pytes
 
     monkeypatch.setattr(cytoprofile.synth, "synth", _broken)
     assert main(["synth", str(tmp_path / "ws"), "-q"]) == 3
+
+
+def test_write_gct_help_names_no_reader_that_fails() -> None:
+    """cmapPy 4.0.1 cannot parse GCT under pandas 3: the help must not offer it as a reader."""
+    text = typer.main.get_command(app).commands["write-gct"].help or ""  # type: ignore[attr-defined]
+    assert "Morpheus" in text
+    assert "cmapPy" not in text or "cannot read" in text
