@@ -585,7 +585,10 @@ def write_gct(
     image_features: Annotated[bool, typer.Option(help="Include Image_* features when inferring.")] = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Write profiles as GCT 1.3 (opens in Morpheus; cmapPy 4.0.1 cannot read GCT under pandas 3)."""
+    """Write profiles as GCT 1.3, which opens in Morpheus.
+
+    cmapPy 4.0.1 cannot read GCT files under pandas 3.
+    """
     from . import io
 
     _setup_logging(quiet)
