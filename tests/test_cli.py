@@ -282,3 +282,8 @@ def test_qc_on_s3_reads_the_profiles_in_their_format(output_format: str, suffix:
     for plate in ("P1", "P2"):
         assert fs.exists(f"{url}/quality_control/heatmap/B1/{plate}/{plate}_correlation.png")
     assert not any((tmp_path / "scratch").iterdir())
+def test_write_gct_help_names_no_reader_that_fails() -> None:
+    """cmapPy 4.0.1 cannot parse GCT under pandas 3: the help must not offer it as a reader."""
+    text = typer.main.get_command(app).commands["write-gct"].help or ""  # type: ignore[attr-defined]
+    assert "Morpheus" in text
+    assert "cmapPy" not in text or "cannot read" in text

@@ -221,3 +221,24 @@ def test_readme_commands_and_skip_count_are_true(tmp_path: Path) -> None:
     counted = re.search(r"SHARED_DATA_TESTS (\d+)", result.stdout)
     assert counted is not None, result.stdout[-2000:] + result.stderr[-2000:]
     assert int(stated[1]) == int(counted[1]), f"README says {stated[1]}, the suite has {counted[1]}"
+
+
+def test_tutorial_run_prints_what_the_page_shows(tmp_path: Path) -> None:
+    """The getting-started page's ``run`` closing lines (counts, products) are what a real run prints."""
+    work = tmp_path / "work"
+    work.mkdir()
+    env = _env(tmp_path)
+    page = [s for s in _snippets() if s.page == "getting-started.md"]
+    at = next(i for i, s in enumerate(page) if s.runnable and "cytoprofile run " in s.body)
+    shown = next(s for s in page[at:] if "step(s) run" in s.body).body.strip().splitlines()
+    for s in (s for s in page[:at] if s.info == "sh"):
+        subprocess.run(["bash", "-euo", "pipefail", "-c", s.body], cwd=work, env=env, check=True,
+                       capture_output=True, timeout=300)
+    command = page[at].body.replace(" --quiet", "")
+    run = subprocess.run(["bash", "-euo", "pipefail", "-c", command], cwd=work, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    printed = [line.rstrip() for line in (run.stdout + run.stderr).splitlines()]
+    timing = re.compile(r" in \d+\.\ds$")
+    for line in shown:
+        assert any(timing.sub("", p) == timing.sub("", line) for p in printed), (line, printed[-8:])

@@ -208,3 +208,15 @@ def test_map_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     np.testing.assert_allclose(table["mean_average_precision"], expected["mean_average_precision"], rtol=1e-6)
     assert "retrieved at FDR 0.05" in capsys.readouterr().out
     assert main(["map", str(src), "--mode", "consistency"]) == 1
+
+
+def test_map_log_line_names_its_plates(caplog: pytest.LogCaptureFixture) -> None:
+    df = planted_profiles(plates=3, wells=96, features=10, seed=2)
+    plates = sorted(df["Metadata_Plate"].astype(str).unique())
+    with caplog.at_level("INFO", logger="cytoprofile"):
+        ev.mean_average_precision(df, mode="activity", pert_column="Metadata_broad_sample", null_size=200)
+        one = df.assign(Metadata_Plate=plates[0])
+        ev.mean_average_precision(one, mode="activity", pert_column="Metadata_broad_sample", null_size=200)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("mAP")]
+    assert lines[0].startswith(f"mAP (activity) of 3 plates ({', '.join(plates)}): "), lines
+    assert lines[1].startswith(f"mAP (activity) of plate {plates[0]}: "), lines

@@ -268,7 +268,7 @@ def test_extra_compartments_carry_through(method: str, compartments: list[str]) 
 def test_columns_outside_the_compartments_are_named(caplog: pytest.LogCaptureFixture) -> None:
     df = _with_extra_compartments(make_profiles(n_features=6))
     accounts: list[object] = []
-    with caplog.at_level("INFO", logger="cytoprofile"):
+    with caplog.at_level("DEBUG", logger="cytoprofile"):
         out = normalize(df, on_account=accounts.append)
     assert "Speckles_AreaShape_Area" not in out.columns  # default compartments, as the reference
     dropped = accounts[0].dropped  # type: ignore[attr-defined]

@@ -57,11 +57,13 @@ def test_summary_values_match_hand_computed() -> None:
     assert row["Sites_per_well_mad"] == 0.0
     values = np.array([9, 9, 9, 8, 5])
     assert np.mean(np.abs(values - values.mean())) == pytest.approx(1.2)
-    # Cells per well over imaged wells: [300, 120, 0, 80, 0 (B02 absent)].
-    assert row["Cells_per_well_Median"] == 80
+    # Cells per well over imaged wells that lost no site: [300, 120, 0, 80]; B02 lost
+    # its site to quarantine, so it is counted as quarantined, not as a well without cells.
+    assert row["Cells_per_well_Median"] == 100
     assert row["Cells_per_well_Min"] == 0
-    assert row["Wells_without_cells"] == 2
+    assert row["Wells_without_cells"] == 1
     assert row["Sites_quarantined"] == 2
+    assert row["Wells_quarantined"] == 1
     assert row["Features_selected"] == 7
 
 
@@ -267,6 +269,38 @@ def test_percent_replicating_options() -> None:
 # --------------------------------------------------------------------------- workspace + report
 
 
+def _quarantine_every_site(ws: Path, batch: str, plate: str, wells: list[str]) -> None:
+    """Empty Nuclei.csv in every site of ``wells``."""
+    for site in (ws / "analysis" / batch / plate / "analysis").iterdir():
+        if site.name.split("-")[1] in wells:
+            (site / "Nuclei.csv").write_bytes(b"")
+
+
+@pytest.mark.parametrize(("wells", "sites", "lost"), [(96, 3, ["B05"]), (96, 2, ["A01", "H12"]), (384, 1, None)])
+def test_summary_counts_quarantined_wells_apart_from_empty_wells(
+    tmp_path: Path, wells: int, sites: int, lost: list[str] | None
+) -> None:
+    from cytoprofile.collate import collate
+    from cytoprofile.synth import synth
+
+    ws = tmp_path / "ws"
+    made = synth(ws, batch="B1", plates=["P1"], wells=wells, sites=sites, cells=8, features=6,
+                 faults=lost is None, seed=3)
+    if lost is None:  # synth's faults: with one site per well, three wells lose every site
+        lost = made.wells[:3]
+    else:
+        _quarantine_every_site(ws, "B1", "P1", lost)
+    collate(ws, "B1", ["P1"])
+    (ws / "profiles" / "B1" / "P1").mkdir(parents=True)
+    shutil.copy(ws / "backend" / "B1" / "P1" / "P1.csv", ws / "profiles" / "B1" / "P1" / "P1.csv")
+    result = qc.quality_control(ws, "B1", ["P1"], heatmaps=False, report=False, n_null=100)
+    row = result.summary.set_index("Plate_Name").loc["P1"]
+    assert row["Wells_quarantined"] == len(lost) == len(result.quarantine["P1"])
+    assert row["Wells_without_cells"] == 0
+    assert row["Cells_per_well_Min"] > 0
+    assert row["Well_Count"] == wells
+
+
 @pytest.fixture(scope="module")
 def qc_workspace(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str], qc.QualityControlResult]:
     """A workspace after one QC run; tests that change it work on a copy."""
@@ -382,3 +416,28 @@ def test_quality_control_of_anndata_only_outputs_equals_csv_run(qc_workspace, tm
     pd.testing.assert_frame_equal(summary, expected)
     assert (root / "quality_control/heatmap/B1/P1/P1_cell_count.png").is_file()
     assert list((root / "quality_control").rglob("*.html"))
+def test_missing_level_is_named_and_stale_figures_are_removed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root = tmp_path / "ws"
+    write_workspace(root)  # batch-level profiles only
+    qc.quality_control(root, "B1", ["P1", "P2"], n_null=100, report=False)
+    heatmaps = root / "quality_control" / "heatmap" / "B1"
+    assert (heatmaps / "P1" / "P1_correlation.png").exists()
+    with caplog.at_level("WARNING", logger="cytoprofile.qc"):
+        result = qc.quality_control(root, "B1", ["P1", "P2"], level="plate", n_null=100, report=False)
+    assert not result.qc_profiles
+    for plate in ("P1", "P2"):
+        assert sorted(p.name for p in (heatmaps / plate).iterdir()) == [f"{plate}_cell_count.png"]
+        said = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"{plate}: no ")]
+        assert len(said) == 1
+        assert f"{plate}_normalized_feature_select_plate" in said[0]
+        assert f"{plate}_normalized_feature_select_negcon_plate" in said[0]
+        assert "percent-replicating" in said[0]
+
+
+def test_quality_control_with_nothing_to_draw_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "ws"
+    write_workspace(root)
+    for augmented in (root / "profiles" / "B1").glob("*/*_augmented.csv.gz"):
+        augmented.unlink()
+    with pytest.raises(InputError, match="no profiles to check"):
+        qc.quality_control(root, "B1", ["P1", "P2"], level="plate", n_null=100)

@@ -12,6 +12,7 @@ from matplotlib.collections import PathCollection
 from matplotlib.patches import Rectangle
 
 from cytoprofile import qc
+from cytoprofile.qc import figures
 
 from .qc_builders import FEATURES, make_batch_profiles, make_profiles, make_wells
 
@@ -62,6 +63,7 @@ def test_cell_count_figure_marks_quarantined_wells(n_rows: int, n_cols: int, los
     frame = make_profiles("P1", make_wells(n_rows, n_cols), rng=np.random.default_rng(n_rows))
     fig = qc.cell_count_figure(frame, plate="P1", quarantined=lost)
     assert _hatched(fig) == {qc.well_to_grid(w) for w in lost}
+    assert all(len(p.get_hatch() or "") <= 1 for p in fig.axes[0].patches)  # sparse: the well's colour shows
     legend = " ".join(t.get_text() for t in fig.legends[0].get_texts())
     assert f"lost sites to quarantine: {len(lost)} well" in legend
     assert "no profile for the well" in legend
@@ -236,3 +238,40 @@ def test_outlier_shares_and_set_summary_hand_computed() -> None:
     assert table.loc[ANY_OUTLIER_SET, "highest_well_share"] == pytest.approx(0.2)
     assert outlier_shares({"cells": 3, "flagged": {"big": 1}, "per_well": [{"Metadata_Site": 1, "big": 1}]}) is None
     assert outlier_shares({}) is None
+# --------------------------------------------------------------------------- titles fit
+
+
+def _texts_outside(fig) -> list[str]:
+    """Texts (titles, labels) that run past the figure's edge once drawn."""
+    renderer = fig.canvas.get_renderer()
+    box = fig.bbox
+    out = []
+    for ax in fig.axes:
+        for text in (ax.title, ax._left_title, ax._right_title):
+            if text.get_text():
+                extent = text.get_window_extent(renderer)
+                if extent.x0 < box.x0 - 1 or extent.x1 > box.x1 + 1 or extent.y1 > box.y1 + 1:
+                    out.append(text.get_text())
+    return out
+
+
+@pytest.mark.parametrize("n_plates", [1, 3, 30])
+@pytest.mark.parametrize("source", ["PLATE_normalized_feature_select_negcon_batch.csv.gz",
+                                    "SQ00014812_normalized_feature_select_negcon_all_" + "x" * 40 + ".parquet"])
+def test_map_figure_titles_fit_inside_the_figure(n_plates: int, source: str) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    rng = np.random.default_rng(n_plates)
+    rows = [{"Metadata_Plate": f"PLATE{p}", "mean_average_precision": rng.uniform(), "below_corrected_p": g % 2 == 0,
+             "corrected_p_value": rng.uniform()} for p in range(n_plates) for g in range(8)]
+    table = pd.DataFrame(rows)
+    for fig in (figures.map_by_plate_figure(table, mode="activity", batch="BATCH_2026_with_a_long_name", source=source,
+                                       n_features=121),
+                figures.map_figure(table, mode="activity", batch="BATCH_2026_with_a_long_name", threshold=0.05,
+                              source=source, n_features=121)):
+        FigureCanvasAgg(fig)
+        fig.canvas.draw()
+        assert not _texts_outside(fig)
+        title = " ".join(t.get_text() for ax in fig.axes for t in (ax.title, ax._left_title))
+        assert "121 features" in title
+        assert source.replace(" ", "") in title.replace("\n", "").replace(" ", "")

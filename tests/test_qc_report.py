@@ -108,6 +108,7 @@ def test_small_numbers_keep_significant_digits_in_the_report() -> None:
     html = qc.render_report(batch="B1", summary=summary, figures={}, ingest_reports={"P1": None},
                             replication=replication)
     text = _text(html)
+    assert "1 plate." in text and "1 plates" not in text
     assert "0.000234" in text and "0.0002" in text
     assert "Percent replicating: 0.04%" in text and "percentile (0.000123)" in text
     assert not re.search(r"(?<![\d.])0\.(?!\d)", text)

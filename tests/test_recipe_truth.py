@@ -205,6 +205,7 @@ def test_wells_missing_from_the_plate_map_stop_run(unmatched: Path, capsys: pyte
     assert main(["run", str(_config(unmatched)), "-q"]) == 1
     err = " ".join(capsys.readouterr().err.split())
     assert "A01, A03, A05" in err and "annotate.unmatched_wells: drop" in err
+    assert err.count("unmatched_wells: drop") == 1, err  # the advice, once
     assert not (unmatched / "profiles/B1/P1/P1_augmented.csv.gz").exists()
 
 

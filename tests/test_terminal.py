@@ -29,10 +29,11 @@ from cytoprofile.pipeline import run
 from .quarantine import BATCH, quarantined_workspace
 
 PLATES = ["P1", "P2", "P3"]
-WIDTH, HEIGHT = 100, 30
+WIDTH, HEIGHT = 80, 24
 LOG = re.compile(r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL) +\S")
 BAR = re.compile(r"^(all \d+ plates|P\d|recipe: plates, then batch steps) +━*[━╸╺ ]* *\d+/\d+|^(all \d+ plates|P\d|recipe: \S.*) +[━╸╺ ]")
 TABLE = re.compile(r"^[┏┃┡│└]|^ +collate B1 *$")
+HANGING = " " * 9  # continuation lines of a wrapped record, under its message
 CLOSING = re.compile(r"^(\d+ step\(s\) run, |profiles P\d|GCT B1: |QC report B1: |QC: ran for B1$|(COLLATE|RUN)-EXIT=\d+$)")
 
 
@@ -51,12 +52,30 @@ def _tmux(sock: Path, *args: str) -> str:
 
 
 def _screen(sock: Path) -> list[str]:
-    """The whole scrollback, lines the terminal folded joined back (``-J``)."""
-    return [line.rstrip() for line in _tmux(sock, "capture-pane", "-p", "-J", "-S", "-", "-t", "cp").splitlines()]
+    """The whole scrollback as the terminal shows it: a line it folded stays folded (no ``-J``)."""
+    return [line.rstrip() for line in _tmux(sock, "capture-pane", "-p", "-S", "-", "-t", "cp").splitlines()]
+
+
+def _records(lines: list[str]) -> list[str]:
+    """The screen with each wrapped log record joined back into one line (words rejoined
+    with one space, so a word split across lines would not read back whole). A closing
+    line's path, one word with no place to wrap, is folded by the terminal at its edge:
+    it is joined back as the terminal folded it."""
+    out: list[str] = []
+    for line in lines:
+        continues = out and line.startswith(HANGING) and line[len(HANGING)] != " " and LOG.match(out[-1])
+        if continues:
+            out[-1] += " " + line.strip()
+        elif out and len(out[-1]) == WIDTH and CLOSING.match(out[-1]) and " " not in out[-1].split(": ", 1)[-1]:
+            out[-1] += line
+        else:
+            out.append(line)
+    return out
 
 
 def _assert_whole_lines(lines: list[str]) -> None:
-    for line in lines:
+    assert all(len(line) <= WIDTH for line in lines)
+    for line in _records(lines):
         assert not line or LOG.match(line) or BAR.match(line) or TABLE.match(line) or CLOSING.match(line), \
             f"a broken line on screen: {line!r}\n" + "\n".join(lines)
 
@@ -101,11 +120,13 @@ def test_two_job_collate_and_recipe_in_tmux(tmp_path: Path) -> None:
         subprocess.run(["tmux", "-S", str(sock), "kill-server"], capture_output=True, timeout=30)
     while final and not final[-1]:
         final.pop()
+    _assert_whole_lines(mid)
+    _assert_whole_lines(final)
+    assert any(line.startswith(HANGING) for line in final), "no record long enough to wrap:\n" + "\n".join(final)
+    mid, final = _records(mid), _records(final)
     text = "\n".join(final)
     assert "COLLATE-EXIT=0" in final and final[-1] == "RUN-EXIT=0", text
     assert mid, "no progress bar seen while running"
-    _assert_whole_lines(mid)
-    _assert_whole_lines(final)
     split = final.index("COLLATE-EXIT=0")
     collate_part, run_part = final[:split], final[split + 1:]
     for warning in expected:
@@ -178,8 +199,36 @@ def test_run_reports_each_plate_as_it_finishes(tmp_path: Path) -> None:
         line = next(i for i, e in enumerate(events) if e.startswith(f"{plate}: ") and "step(s) run" in e)
         assert ticks[n] == line + 1, events  # the bar moves as each plate finishes, not at the end
     assert not any(e.startswith("feature_select") for e in events[:ticks[2]]), events
+    steps = [e for e in events if e.split(" ", 1)[0] in {"annotate", "normalize", "normalize_negcon"}]
+    for plate in PLATES:  # one line per step and plate, naming the plate
+        for step in ("annotate", "normalize", "normalize_negcon"):
+            said = [e for e in steps if e.startswith(f"{step} {plate}") and "features" in e and "→" in e]
+            assert len(said) == 1, (step, plate, steps)
+    assert all(any(p in e for p in PLATES) for e in steps), steps
+    for line in (e for e in events if e.startswith("feature_select")):
+        assert "(feature_select:" not in line and ", feature_select:" not in line, line
     labels = [label for label, _ in result.products]
     assert labels == ["profiles P1", "profiles P1 (negcon)", "profiles P2", "profiles P2 (negcon)",
                       "profiles P3", "profiles P3 (negcon)", "GCT B1", "QC report B1"], result.products
     assert all((ws / path).is_file() for _, path in result.products), result.products
     assert result.qc == "QC: ran for B1"
+
+
+@pytest.mark.parametrize("width", [40, 80, 160])
+def test_records_wrap_at_words_with_a_hanging_indent_on_a_terminal(width: int) -> None:
+    out = io.StringIO()
+    console = Console(file=out, width=width, force_terminal=True, color_system=None)
+    logger = logging.getLogger("cytoprofile.test_terminal.wrap")
+    logger.addHandler(ConsoleHandler(console))
+    logger.propagate, logger.level = False, logging.INFO
+    message = ("P2: feature_select variance_threshold dropped 12 features; site P2-B05-3 quarantined: "
+               "Image.csv has a header but no data row " * 2).strip()
+    try:
+        logger.warning(message)
+    finally:
+        logger.handlers.clear()
+    lines = [line.rstrip() for line in out.getvalue().splitlines()]
+    assert all(len(line) <= width for line in lines), lines
+    assert lines[0].startswith("WARNING  ") and all(line.startswith(HANGING) for line in lines[1:]), lines
+    assert len(lines) > 1
+    assert _records(lines) == [f"WARNING  {message}"], lines

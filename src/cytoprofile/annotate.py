@@ -103,6 +103,13 @@ def _broad_cmap(annotated: pd.DataFrame, well_column: str) -> pd.DataFrame:
     return out.assign(Metadata_pert_type="", Metadata_broad_sample_type="")
 
 
+def _plates_of(profiles: pd.DataFrame) -> str:
+    """The plate(s) of ``profiles`` for a log line (``P1``, ``P1, P2``), or ``profiles``."""
+    if "Metadata_Plate" not in profiles.columns:
+        return "profiles"
+    return ", ".join(dict.fromkeys(profiles["Metadata_Plate"].dropna().astype(str))) or "profiles"
+
+
 def _match_wells(
     profiles: pd.DataFrame, pm: pd.DataFrame, map_key: str, profile_key: str, unmatched_wells: str
 ) -> pd.DataFrame:
@@ -111,8 +118,8 @@ def _match_wells(
     absent = wells.isna() | ~wells.isin(pm[map_key].dropna())
     unlisted = pm.loc[~pm[map_key].isin(wells.dropna()), map_key]
     if len(unlisted):
-        log.info("annotate: %d plate map well(s) have no profile: %s", len(unlisted),
-                 _listed(list(unlisted)))
+        log.info("annotate %s: %d plate map well(s) have no profile: %s", _plates_of(profiles),
+                 len(unlisted), _listed(list(unlisted)))
     if not absent.any():
         return profiles
     names = list(dict.fromkeys(str(w) for w in wells[absent]))

@@ -523,6 +523,17 @@ def mode_average_precision(
                         pos_diffby=pos_diffby, neg_sameby=neg_sameby, multilabel_separator=multilabel_separator)
 
 
+def _scope(profiles: pd.DataFrame) -> str:
+    """What a mAP log line is about: ``plate P1``, ``3 plates (P1, P2, P3)`` or ``the profiles``."""
+    if "Metadata_Plate" not in profiles.columns:
+        return "the profiles"
+    plates = list(dict.fromkeys(profiles["Metadata_Plate"].dropna().astype(str)))
+    if len(plates) == 1:
+        return f"plate {plates[0]}"
+    shown = ", ".join(plates[:5]) + (", ..." if len(plates) > 5 else "")
+    return f"{len(plates)} plates ({shown})" if plates else "the profiles"
+
+
 def mean_average_precision(
     profiles: pd.DataFrame,
     *,
@@ -565,6 +576,6 @@ def mean_average_precision(
     table = map_from_average_precision(ap, sameby=[column], null_size=null_size, threshold=threshold, seed=seed)
     table.attrs["fraction_retrieved"] = fraction_retrieved(table)
     table.attrs["mode"] = mode
-    log.info("mAP (%s): %d of %d groups retrieved at corrected p < %g", mode,
+    log.info("mAP (%s) of %s: %d of %d groups retrieved at corrected p < %g", mode, _scope(profiles),
              int(table["below_corrected_p"].sum()), len(table), threshold)
     return table

@@ -15,6 +15,7 @@ import warnings
 from typing import Any
 
 from rich.console import Console
+from rich.table import Table
 from rich.text import Text
 
 __all__ = ["LOGGER", "ConsoleHandler", "capture_warnings", "forward_records", "prepared", "replay"]
@@ -24,11 +25,12 @@ _STYLES = {"DEBUG": "dim", "INFO": "blue", "WARNING": "yellow", "ERROR": "bold r
 
 
 class ConsoleHandler(logging.Handler):
-    """Print each record as one line (``LEVEL    message``) on a Rich console.
+    """Print each record (``LEVEL    message``) on a Rich console.
 
-    The line is never wrapped by Rich (``soft_wrap``): a narrow terminal folds it
-    visually, a pipe or a log file gets it whole. Printed through the console that
-    draws the progress bars, it goes above them.
+    On a terminal the message is wrapped at word boundaries to the console's width,
+    continuation lines indented under the message, so the terminal never folds a word;
+    a pipe or a log file gets each record whole on one line. Printed through the
+    console that draws the progress bars, it goes above them.
     """
 
     def __init__(self, console: Console, level: int = logging.NOTSET) -> None:
@@ -38,10 +40,23 @@ class ConsoleHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             message = " ".join(self.format(record).splitlines())
-            line = Text.assemble((f"{record.levelname:<8}", _STYLES.get(record.levelname, "")), " ", message)
-            self.console.print(line, soft_wrap=True, highlight=False, markup=False, emoji=False)
+            level = Text(f"{record.levelname:<8}", style=_STYLES.get(record.levelname, ""))
+            if self.console.is_terminal:
+                self.console.print(_hanging(level, message), highlight=False, markup=False, emoji=False)
+            else:
+                line = Text.assemble(level, " ", message)
+                self.console.print(line, soft_wrap=True, highlight=False, markup=False, emoji=False)
         except Exception:  # noqa: BLE001 - logging must never raise into the caller
             self.handleError(record)
+
+
+def _hanging(level: Text, message: str) -> Table:
+    """The level, then the message wrapped at words with a hanging indent."""
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(no_wrap=True, width=len(level))
+    grid.add_column(overflow="fold")
+    grid.add_row(level, Text(message))
+    return grid
 
 
 def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,

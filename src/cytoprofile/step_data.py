@@ -178,7 +178,7 @@ def report_account(account: FeatureAccount, on_account: AccountSink | None) -> N
     """Log ``account`` (a warning for columns left out as not features) and hand it on."""
     if on_account is not None and not callable(on_account):
         raise ConfigError(f"on_account must be a function taking a FeatureAccount, got {on_account!r}")
-    log.info("%s", account.summary())
+    log.debug("%s", account.summary())  # the recipe logs one line per step and plate
     lost = [f for f, op in account.dropped.items() if op == "not_a_feature"]
     if lost:
         shown = ", ".join(lost[:5]) + (f" ... ({len(lost)} in all)" if len(lost) > 5 else "")

@@ -229,7 +229,10 @@ def write_gct(
     image_features: Annotated[bool, typer.Option(help="Include Image_* features when inferring.")] = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Write profiles as GCT 1.3 (Morpheus, cmapPy)."""
+    """Write profiles as GCT 1.3, which opens in Morpheus.
+
+    cmapPy 4.0.1 cannot read GCT files under pandas 3.
+    """
     from .. import io
     from ..recipe.provenance import write_step_provenance
 

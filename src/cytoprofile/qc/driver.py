@@ -7,6 +7,7 @@ so an interrupted run never leaves a half-written summary, image or report behin
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -19,7 +20,13 @@ from .. import io as cpio
 from ..errors import CytoprofileError, InputError
 from ..layout import QualityControlLayout
 from ..vocabulary import is_metadata
-from .figures import cell_count_figure, correlation_figure, figure_png, position_effect_figure
+from .figures import (
+    FIGURE_NAMES,
+    cell_count_figure,
+    correlation_figure,
+    figure_png,
+    position_effect_figure,
+)
 from .metrics import (
     REPLICATE_CANDIDATES,
     map_by_plate,
@@ -35,6 +42,7 @@ from .summary import quarantined_wells, read_summary, summarize_plate, update_su
 __all__ = ["QualityControlResult", "quality_control"]
 
 _TABLE_EXTENSIONS = (".csv.gz", ".csv", ".parquet", ".h5ad")
+log = logging.getLogger("cytoprofile.qc")
 _LEVELS = ("all", "batch", "plate")
 _KINDS = ((True, "negative-control normalized, feature-selected"), (False, "whole-plate normalized, feature-selected"))
 
@@ -61,6 +69,13 @@ class QualityControlResult:
     n_features: int | None = None
     quarantine: dict[str, pd.DataFrame | None] = field(default_factory=dict)
     mean_ap: dict[str, Any] | None = None
+
+    def files(self) -> list[str]:
+        """Every file this run wrote: the summary, each heatmap, the mAP tables, the report."""
+        out = [self.summary_path] if self.summary_path else []
+        out += [path for figures in self.heatmaps.values() for path in figures.values()]
+        out += list((self.mean_ap or {}).get("paths", {}).values())
+        return out + ([self.report_path] if self.report_path else [])
 
 
 @dataclass
@@ -234,6 +249,8 @@ def quality_control(
     inputs = [_read_plate(where, batch, p, level) for p in map(str, plates)]
     rows = [_summary_row(where, batch, p, summary_well_columns) for p in inputs] if summary else []
     description, result.qc_profiles = _qc_profiles(inputs, level)
+    if heatmaps or report:
+        _warn_missing_qc_profiles(inputs, result.qc_profiles, level)
     frames = {name: plate_rows(cpio.read_table(path), name) for name, path in result.qc_profiles.items()}
     features = shared_features(frames.values())
     result.n_features = len(features) if frames else None
@@ -336,7 +353,31 @@ def _mean_ap(result: QualityControlResult, frames: dict[str, pd.DataFrame], feat
 
 
 def _write_heatmaps(figures: dict[str, bytes], where: QualityControlLayout, batch: str, plate: str) -> dict[str, str]:
+    _remove_stale_heatmaps(set(figures), where, batch, plate)
     return {name: _write_bytes(png, where.heatmap(batch, plate, name)) for name, png in figures.items()}
+
+
+def _remove_stale_heatmaps(made: set[str], where: QualityControlLayout, batch: str, plate: str) -> None:
+    """Delete an earlier run's figures of ``plate`` that this run does not make, so
+    the heatmap folder never mixes old figures with fresh ones."""
+    for name in FIGURE_NAMES:
+        path = where.heatmap(batch, plate, name)
+        if name not in made and not cpio.is_remote(path) and os.path.exists(path):
+            os.remove(path)
+            log.warning("%s: removed %s of an earlier run (this run cannot make it)", plate, os.path.basename(path))
+
+
+def _warn_missing_qc_profiles(inputs: Sequence[_Plate], found: dict[str, str], level: str | None) -> None:
+    """Name the feature-selected files looked for and not found; refuse when no plate
+    has anything to draw."""
+    for plate in inputs:
+        if plate.name not in found:
+            stems = [s for negcon in (True, False) for s in _selected_stems(plate.name, negcon=negcon, level=level)]
+            log.warning("%s: no %s in %s; no correlation, position-effect or percent-replicating panels",
+                        plate.name, " nor ".join(f"{s}.csv[.gz]" for s in stems), plate.folder)
+    if not found and all(p.per_well is None for p in inputs):
+        raise InputError(f"no profiles to check: none of {', '.join(p.folder for p in inputs)} holds a per-well "
+                         "or feature-selected profile of its plate")
 
 
 def _summary_row(where: QualityControlLayout, batch: str, plate: _Plate,

@@ -66,6 +66,15 @@ def _features_line(source: str | None, n_features: int) -> str:
     return f"{n_features} features{where}"
 
 
+def _fit_title(text: str, fig: Figure, *, fontsize: float, share: float = 1.0) -> str:
+    """``text`` wrapped at spaces so each line fits ``share`` of the figure's width
+    (a title never runs past the figure's edge); an over-long file name is broken."""
+    import textwrap
+
+    width = max(20, int(share * fig.get_figwidth() * 72 / (fontsize * 0.62)) - 2)
+    return "\n".join(textwrap.fill(line, width=width) for line in text.splitlines())
+
+
 def _plate_grid(values: Mapping[Any, Any], shape: tuple[int, int]) -> np.ndarray:
     grid = np.full(shape, np.nan)
     for well, value in values.items():
@@ -158,14 +167,14 @@ def cell_count_figure(
     for well in placed:
         row, col = well_to_grid(well)
         if row < shape[0] and col < shape[1]:
-            ax.add_patch(Rectangle((col - 0.5, row - 0.5), 1, 1, fill=False, hatch="////",
-                                   edgecolor=_QUARANTINE, linewidth=1.5))
+            ax.add_patch(Rectangle((col - 0.5, row - 0.5), 1, 1, fill=False, hatch="/",
+                                   edgecolor=_QUARANTINE, linewidth=1.5))  # sparse: the well's colour shows
     handles = [Patch(facecolor=_GREY, edgecolor="none", label="no profile for the well")]
     if quarantined is None:
         handles.append(Patch(facecolor="white", edgecolor="black", label="quarantine unknown (no ingest report)"))
     else:
         label = f"lost sites to quarantine: {len(lost)} well{'s' if len(lost) != 1 else ''}"
-        handles.append(Patch(facecolor="white", edgecolor=_QUARANTINE, hatch="////", label=label))
+        handles.append(Patch(facecolor="white", edgecolor=_QUARANTINE, hatch="/", label=label))
     _legend_below(fig, handles)
     return fig
 
@@ -424,11 +433,10 @@ def map_figure(table: pd.DataFrame, *, mode: str, batch: str, threshold: float, 
     right.set_xlabel("mAP")
     right.set_ylabel("groups")
     share = float(good.mean()) if len(good) else 0.0
-    left.set_title(
+    left.set_title(_fit_title(
         f"Batch {batch}: mAP ({mode}), {format_number(share * 100, decimals=0)}% retrieved "
-        f"({int(good.sum())} of {len(good)})\n{_features_line(source, n_features)}",
-        fontsize=9, loc="left",
-    )
+        f"({int(good.sum())} of {len(good)})\n{_features_line(source, n_features)}", fig, fontsize=9, share=0.55,
+    ), fontsize=9, loc="left")
     return fig
 
 
@@ -457,6 +465,7 @@ def map_by_plate_figure(by_plate: pd.DataFrame, *, mode: str, batch: str, plate_
     ax.set_ylabel("mAP (each plate alone)")
     if plates:
         ax.legend(fontsize=7, loc="lower right")
-    ax.set_title(f"Batch {batch}: mAP ({mode}) by plate, % retrieved above each plate\n"
-                 f"{_features_line(source, n_features)}", fontsize=9, loc="left")
+    ax.set_title(_fit_title(f"Batch {batch}: mAP ({mode}) by plate, % retrieved above each plate\n"
+                            f"{_features_line(source, n_features)}", fig, fontsize=9, share=0.85),
+                 fontsize=9, loc="left")
     return fig

@@ -39,10 +39,11 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     "Cells_per_well_Min",
     "Wells_without_cells",
     "Sites_quarantined",
+    "Wells_quarantined",
     "Features_selected",
 )
 _INT_COLUMNS = ("Well_Count", "Images_per_site", "Cells_per_well_Min", "Wells_without_cells",
-                "Sites_quarantined", "Features_selected")
+                "Sites_quarantined", "Wells_quarantined", "Features_selected")
 
 
 def summarize_plate(
@@ -66,8 +67,11 @@ def summarize_plate(
     deviation and carries no 1.4826 normal-consistency factor.
 
     Cells per well come from ``profiles["Metadata_Object_Count"]``; an imaged well
-    with no profile row counts as a well without cells (0 cells). The quarantined
-    site count comes from the ingest ``report`` and the kept feature count from
+    with no profile row counts as a well without cells (0 cells). A well that lost
+    sites to quarantine (in the ingest ``report``) is left out of ``Cells_per_well_*``
+    and ``Wells_without_cells``: its count says what was lost, not what grew; it is
+    counted in ``Wells_quarantined`` instead, the wells the cell-count map marks.
+    The quarantined site count comes from ``report`` and the kept feature count from
     ``selected_profiles``; each is ``pd.NA`` when its input is not given.
     """
     where = source or "load_data"
@@ -93,9 +97,10 @@ def summarize_plate(
         imaged = None
         if list(keys) == ["Metadata_Well"]:
             imaged = {normal_well(w) for w in load_data["Metadata_Well"].dropna().astype(str)}
-        row.update(_cell_stats(plate_rows(profiles, plate), imaged))
+        row.update(_cell_stats(plate_rows(profiles, plate), imaged, _lost_wells(report)))
     if report is not None:
         row["Sites_quarantined"] = _quarantined_count(report)
+        row["Wells_quarantined"] = len(_lost_wells(report))
     if selected_profiles is not None:
         row["Features_selected"] = len(feature_columns(selected_profiles))
     return row
@@ -129,7 +134,13 @@ def _int_if_whole(value: float) -> int | float:
     return int(value) if float(value).is_integer() else float(value)
 
 
-def _cell_stats(profiles: pd.DataFrame, imaged: set[str] | None) -> dict[str, Any]:
+def _lost_wells(report: Mapping[str, Any] | None) -> set[str]:
+    """Wells (normalised) with at least one quarantined site in ``report``."""
+    lost = quarantined_wells(report)["Metadata_Well"]
+    return {str(w) for w in lost if w != "?"}
+
+
+def _cell_stats(profiles: pd.DataFrame, imaged: set[str] | None, lost: set[str]) -> dict[str, Any]:
     column = count_column(profiles)
     counts = pd.to_numeric(profiles[column], errors="coerce").fillna(0.0)
     if "Metadata_Well" in profiles.columns:
@@ -137,6 +148,7 @@ def _cell_stats(profiles: pd.DataFrame, imaged: set[str] | None) -> dict[str, An
         counts = counts.groupby(wells.to_numpy()).sum()
         if imaged:
             counts = counts.reindex(sorted(imaged | set(counts.index)), fill_value=0.0)
+        counts = counts.loc[[w not in lost for w in counts.index]]
     values = counts.to_numpy(dtype=float)
     if not len(values):
         return {"Cells_per_well_Median": pd.NA, "Cells_per_well_Min": pd.NA, "Wells_without_cells": 0}

@@ -185,7 +185,7 @@ def batch_steps(layout: Layout, recipe: Recipe, plates: dict[str, list[str]], *,
                 **quality_control_options(s.quality_control),
             )
             result.ran.append(f"quality_control: {batch}")
-            result.outputs.append(layout.quality_control())
+            result.outputs += done.files()
             if done.report_path:
                 result.products.append((f"QC report {batch}", os.path.relpath(done.report_path, layout.root)))
         result.qc = f"QC: ran for {', '.join(plates)}"

@@ -153,6 +153,14 @@ def _annotate_step(steps: Steps, layout: Layout, recipe: Recipe, files: dict[str
     steps.run("annotate", inputs, {files["annotate"]: _annotated}, settings)
 
 
+def _config_advice(message: str) -> str:
+    """The metadata check's advice, said once, in the config's terms."""
+    named = "with annotate.unmatched_wells: drop (as the recipe did)"
+    if "with unmatched_wells: drop" in message:
+        return message.replace("with unmatched_wells: drop", named)
+    return f"{message}; or drop them knowingly {named}"
+
+
 def _matched_wells(profiles: pd.DataFrame, recipe: Recipe, meta_root: str, batch: str, plate: str,
                    platemap: pd.DataFrame, platemap_file: str, ext_path: str | None) -> tuple[pd.DataFrame, list[str]]:
     """The profiles whose wells the plate map has, and the wells dropped.
@@ -174,9 +182,7 @@ def _matched_wells(profiles: pd.DataFrame, recipe: Recipe, meta_root: str, batch
             validate_metadata(meta_root, batch, plates=[plate], profiles={plate: profiles}, well_column=well,
                               external_metadata=ext_path, merge_column=ext.merge_column if ext_path else None)
         except MetadataError as exc:
-            raise MetadataError(
-                f"{exc}; or set annotate.unmatched_wells: drop to drop them as the recipe did"
-            ) from exc
+            raise MetadataError(_config_advice(str(exc))) from exc
         return profiles, []
     known = set(platemap[s.platemap_well_column].astype(str))
     wells = profiles[well].astype(str)

@@ -182,6 +182,7 @@ def _summary(account: Mapping[str, Any]) -> str:
         return f"{feats['out']} features"
     ops: dict[str, int] = {}
     for op in feats["dropped"].values():
+        op = str(op).split(": ", 1)[-1]  # "feature_select: variance_threshold": the step is named already
         ops[op] = ops.get(op, 0) + 1
     detail = ", ".join(f"{op}: {n}" for op, n in ops.items())
     return f"features {feats['in']} → {feats['out']}" + (f" ({detail})" if detail else "")
