@@ -202,3 +202,21 @@ def test_wrong_types_are_config_errors(kwargs: dict[str, object]) -> None:
     with pytest.raises(ConfigError) as info:
         consensus(replicate_profiles(plates=1, n_features=4), **kwargs)  # type: ignore[arg-type]
     assert isinstance(info.value, ValueError)
+
+
+def test_image_features_are_kept_when_asked_and_counted_apart_when_not(caplog: pytest.LogCaptureFixture) -> None:
+    df = replicate_profiles()
+    df["Image_Intensity_MeanIntensity_DNA"] = np.random.default_rng(3).normal(size=len(df))
+    replicates = ["Metadata_broad_sample"]
+    features = [c for c in df.columns if not c.startswith("Metadata_")]
+    kept = consensus(df, replicate_columns=replicates, image_features=True)
+    ref = reference(df, replicate_columns=replicates, features=features)
+    assert list(kept.columns) == list(ref.columns)
+    assert_allclose(kept[features].to_numpy(), ref[features].to_numpy(), rtol=1e-6, atol=1e-9)
+    accounts: list = []
+    with caplog.at_level("WARNING"):
+        left = consensus(df, replicate_columns=replicates, on_account=accounts.append)
+    assert "Image_Intensity_MeanIntensity_DNA" not in left.columns
+    n = len(features) - 1
+    assert accounts[0].summary() == f"consensus (median): {n} features in, {n} out; 1 other column(s) left out (not features)"
+    assert "Image_Intensity_MeanIntensity_DNA" in caplog.text

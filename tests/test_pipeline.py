@@ -143,7 +143,12 @@ def test_rerun_skips_current_steps_and_force_redoes(ran: Path, tmp_path: Path) -
     from cytoprofile.pipeline import run
 
     config = ran / "config.yml"
-    again = run(config)
+    events: list[tuple[str, int, int]] = []
+    again = run(config, progress=lambda *event: events.append(event))
+    total = sum(len(p) for p in BATCHES.values()) + 1  # each plate, then the batch steps
+    assert events[0] == ("recipe", 0, total)  # shown before the first plate is done
+    assert events[-1] == ("recipe", total, total)
+    assert [n for _, n, _ in events] == sorted(n for _, n, _ in events)
     assert not [r for r in again.ran if not r.startswith("quality_control")]
     assert len(again.skipped) >= 10
     forced = run(config, force=True)

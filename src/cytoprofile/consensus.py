@@ -146,6 +146,7 @@ def consensus(
     operation: str = "median",
     features: str | Sequence[str] = "infer",
     compartments: str | Sequence[str] | None = None,
+    image_features: bool = False,
     modz_method: str = "spearman",
     modz_min_weight: float = 0.01,
     modz_precision: int | None = 4,
@@ -155,7 +156,8 @@ def consensus(
 
     ``operation`` is ``median``, ``mean`` or ``modz``; missing values are skipped and
     a feature missing in every replicate stays missing. Rows are sorted by group.
-    Features are inferred from ``compartments`` (default Cells, Cytoplasm, Nuclei);
+    Features are inferred from ``compartments`` (default Cells, Cytoplasm, Nuclei), and
+    ``Image_*`` columns too with ``image_features``;
     other metadata columns are summarised away, other columns are left out with a
     warning, and ``on_account`` receives the ``FeatureAccount``.
     """
@@ -164,7 +166,7 @@ def consensus(
     keys = check_columns("replicate_columns", replicate_columns, profiles, message=(
         "replicate_columns {missing} are absent from the profiles; use metadata columns "
         "that identify replicates, e.g. Metadata_broad_sample"))
-    names = resolve_features(profiles, features, compartments=compartments)
+    names = resolve_features(profiles, features, image_features=image_features, compartments=compartments)
     if len(profiles) == 0:
         raise InputError(
             "consensus of profiles with no rows: there is no replicate to summarise; "

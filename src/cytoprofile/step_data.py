@@ -160,14 +160,17 @@ class FeatureAccount:
         }
 
     def summary(self) -> str:
-        """One line: ``STEP: N features in, M out (K dropped by OP, ...)``."""
+        """One line: ``STEP: N features in, M out (K dropped by OP, ...)``; columns left out as
+        not features (never among the N) are counted apart."""
         counts: dict[str, int] = {}
         for op in self.dropped.values():
             counts[op] = counts.get(op, 0) + 1
+        others = counts.pop("not_a_feature", 0)
         detail = ", ".join(f"{n} by {op}" for op, n in counts.items())
         return (
             f"{self.step}: {len(self.features_in)} features in, {len(self.features_out)} out"
             + (f" ({detail})" if detail else "")
+            + (f"; {others} other column(s) left out (not features)" if others else "")
         )
 
 

@@ -200,6 +200,7 @@ def consensus(
     operation: Annotated[str, typer.Option(help="median, mean or modz.")] = "median",
     features: Annotated[list[str] | None, typer.Option(help="Feature columns (default: inferred from the compartments).")] = None,
     compartments: CompartmentsOpt = None,
+    image_features: Annotated[bool, typer.Option(help="Include Image_* features when inferring.")] = False,
     float_format: FloatFormatOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -214,7 +215,7 @@ def consensus(
     with about(profiles):
         df = _consensus(io.read_table(profiles), replicate_columns=split_values(replicate_columns) or ["Metadata_Plate", "Metadata_Well"],
                     operation=operation, features=split_values(features) or "infer", compartments=split_values(compartments),
-                    on_account=accounts.append)
+                    image_features=image_features, on_account=accounts.append)
     io.write_table(df, output, float_format=float_format)
     write_step_provenance(output, "consensus", [profiles], accounts[0])
     log.info("wrote %d consensus profiles to %s", len(df), output)

@@ -77,6 +77,8 @@ def run(
     total = len(tasks) + 1
 
     finished: list[int] = []
+    if progress is not None:  # the bar (and its clock) from the start, not from the first plate done
+        progress("recipe", 0, total)
 
     def _plate_done(i: int, r: RunResult) -> None:
         finished.append(i)
