@@ -154,6 +154,25 @@ def test_help_shows_help_placeholder_and_default(command: str, capsys: pytest.Ca
             assert f"[default: {shown}]" in flat, f"{command} --{param.name}: default {shown!r} not shown"
 
 
+#: options left unset by default whose unset value is not "off" ("*": in every command): the help says what it means
+SAYS_ITS_DEFAULT = {
+    ("*", "float_format"): "default: full precision", ("run", "jobs"): "default: the config's executor.jobs",
+    ("run", "scheduler"): "default: the config's executor.scheduler", ("qc", "level"): "default: the first of",
+    ("qc", "replicate_column"): "default: the first present", ("normalize", "min_cells"): "default: every well",
+    ("synth", "well_subset"): "default: every well", ("validate-metadata", "plates"): "default: every plate",
+}
+
+
+def test_unset_options_say_what_unset_means() -> None:
+    problems = []
+    for name, cmd in _group().commands.items():
+        for param in cmd.params:
+            said = SAYS_ITS_DEFAULT.get((name, str(param.name))) or SAYS_ITS_DEFAULT.get(("*", str(param.name)))
+            if said and _is_option(param) and param.default is None and said not in " ".join((param.help or "").split()):
+                problems.append(f"{name} --{param.name}: help does not say {said!r}")
+    assert not problems, "\n".join(problems)
+
+
 def test_command_summaries_are_whole(capsys: pytest.CaptureFixture[str]) -> None:
     text = _help(["--help"], capsys)
     listing = text.split("Commands:")[1]

@@ -228,7 +228,7 @@ def check_float_format(value: str | None) -> str | None:
     return check_usable_float_format(value)
 
 
-FloatFormatOpt = Annotated[str | None, typer.Option(help="printf-style float format for CSV output: %.Ng or %.Ne, e.g. %.5g.",
+FloatFormatOpt = Annotated[str | None, typer.Option(help="printf-style float format for CSV output: %.Ng or %.Ne, e.g. %.5g (default: full precision).",
                                                     callback=check_float_format)]
 CompartmentsOpt = Annotated[list[str] | None, typer.Option(
     help="Object tables whose columns are features (default Cells,Cytoplasm,Nuclei; e.g. Cells,Cytoplasm,Nuclei,Speckles).")]

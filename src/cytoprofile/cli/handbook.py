@@ -46,7 +46,7 @@ def synth(
     cells: Annotated[int, typer.Option(help="Mean cells per site.")] = 40,
     features: Annotated[int, typer.Option(help="Features per compartment.")] = 40,
     treatments: Annotated[int, typer.Option(help="Distinct treatments on the plate map.")] = 8,
-    well_subset: Annotated[int | None, typer.Option(help="Only write the first N wells of the plate.")] = None,
+    well_subset: Annotated[int | None, typer.Option(help="Only write the first N wells of the plate (default: every well).")] = None,
     faults: Annotated[bool, typer.Option(help="Plant an empty file, a cut-off row and a header-only Image.csv.")] = False,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     export: Annotated[str, typer.Option(help="csv (ExportToSpreadsheet site folders) or database (ExportToDatabase SQLite files).")] = "csv",

@@ -35,7 +35,7 @@ def aggregate(
     image_feature_categories: Annotated[list[str], typer.Option(help="Image categories to add as features.")] = list(DEFAULT_IMAGE_FEATURE_CATEGORIES),
     image_features: Annotated[bool, typer.Option("--image-features/--no-image-features", help="Add image features.")] = True,
     strata: Annotated[list[str], typer.Option(help="Columns that define a profile.")] = list(DEFAULT_STRATA),
-    float_format: Annotated[str | None, typer.Option(help="printf-style float format for CSV output, e.g. %.5g.",
+    float_format: Annotated[str | None, typer.Option(help="printf-style float format for CSV output, e.g. %.5g (default: full precision).",
                                                      callback=check_float_format)] = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -129,7 +129,7 @@ def normalize(
     mad_robustize_epsilon: Annotated[float, typer.Option(help="ε added to the scaled MAD.")] = 1e-18,
     spherize_method: Annotated[str, typer.Option(help="PCA, ZCA, PCA-cor or ZCA-cor.")] = "ZCA-cor",
     spherize_epsilon: Annotated[float, typer.Option(help="Spherize regularization.")] = 1e-6,
-    min_cells: Annotated[int | None, typer.Option(help="Fit only on wells with at least this many cells.")] = None,
+    min_cells: Annotated[int | None, typer.Option(help="Fit only on wells with at least this many cells (default: every well).")] = None,
     compartments: CompartmentsOpt = None,
     inverse_normal_n_quantiles: Annotated[int, typer.Option(help="inverse_normal: quantiles of the fitted transform.")] = 1000,
     float_format: FloatFormatOpt = None,
@@ -251,7 +251,7 @@ def write_gct(
 def validate_metadata(
     workspace: Annotated[str, typer.Argument(help="Folder holding metadata/platemaps/BATCH/.")],
     batch: Annotated[str, typer.Argument(help="Batch name.")],
-    plates: Annotated[list[str] | None, typer.Option("--plate", help="Check only these plates.")] = None,
+    plates: Annotated[list[str] | None, typer.Option("--plate", help="Check only these plates (default: every plate of the batch).")] = None,
     external_metadata: Annotated[str | None, typer.Option("--external", help="External metadata file to check too.")] = None,
     merge_column: Annotated[str | None, typer.Option(help="Its key column.")] = None,
     profiles: Annotated[list[str] | None, typer.Option("--profiles", help="Per-well profiles whose wells to check against their plate maps (repeatable; plates from Metadata_Plate).")] = None,
