@@ -173,6 +173,20 @@ def test_unset_options_say_what_unset_means() -> None:
     assert not problems, "\n".join(problems)
 
 
+def test_comma_placeholders_only_where_commas_are_read() -> None:
+    """``NAME,...`` promises a comma list: only text lists are split at commas."""
+    import typing
+
+    problems = []
+    for name, cmd in _group().commands.items():
+        for param in cmd.params:
+            if _is_option(param) and str(param.metavar or "").endswith(",..."):
+                element = typing.get_args(param.type_descriptor.annotation)
+                if element and element[0] is not str:
+                    problems.append(f"{name} --{param.name}: {param.metavar} but {element[0]} values are not split")
+    assert not problems, "\n".join(problems)
+
+
 def test_command_summaries_are_whole(capsys: pytest.CaptureFixture[str]) -> None:
     text = _help(["--help"], capsys)
     listing = text.split("Commands:")[1]

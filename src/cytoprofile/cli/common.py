@@ -60,8 +60,9 @@ class _Group(TyperGroup):
                     continue
                 annotation = getattr(param, "type_descriptor", None)
                 element = typing.get_args(annotation.annotation) if annotation is not None else ()
-                if getattr(param, "multiple", False):
-                    param.metavar = f"{_PLACEHOLDERS.get(element[0] if element else str, 'TEXT')},..."
+                if getattr(param, "multiple", False):  # text lists take commas; numbers are repeated
+                    kind = element[0] if element else str
+                    param.metavar = _PLACEHOLDERS.get(kind, "TEXT") + (",..." if kind is str else "")
                 elif annotation is not None and annotation.annotation in _PLACEHOLDERS:
                     param.metavar = _PLACEHOLDERS[annotation.annotation]
 

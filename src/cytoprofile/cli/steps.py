@@ -123,7 +123,7 @@ def normalize(
     output: Annotated[str, typer.Argument(help="Normalized output table.")],
     method: Annotated[str, typer.Option(help="standardize (the default, as pycytominer's), robustize, mad_robustize, spherize or inverse_normal.")] = "standardize",
     samples: Annotated[str, typer.Option(help="Wells to fit on: all, or a query such as \"Metadata_control_type == 'negcon'\".")] = "all",
-    sample_filter: Annotated[list[str] | None, typer.Option(help="Fit on wells where COLUMN=VALUE[,VALUE] (repeatable).")] = None,
+    sample_filter: Annotated[list[str] | None, typer.Option(metavar="COLUMN=VALUE[,VALUE]", help="Fit on wells where COLUMN=VALUE[,VALUE] (repeatable).")] = None,
     features: Annotated[list[str] | None, typer.Option(help="Feature columns (default: inferred).")] = None,
     image_features: Annotated[bool, typer.Option(help="Include Image_* features when inferring.")] = False,
     mad_robustize_epsilon: Annotated[float, typer.Option(help="ε added to the scaled MAD.")] = 1e-18,
