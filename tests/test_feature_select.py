@@ -509,3 +509,20 @@ def test_real_extra_object_table_carries_through_the_steps(tmp_path: Path, share
         assert not {f for f, op in account.dropped.items() if op == "not_a_feature"}
     dropped_ph3 = {f: op for f, op in accounts[1].dropped.items() if f.startswith("PH3_")}
     assert set(ph3) == set(kept) | set(dropped_ph3)  # every PH3 feature kept or dropped by name
+
+
+@pytest.mark.parametrize(("op", "opts", "ref_op", "ref_opts"), [c for c in CASES if c[1]])
+def test_each_operation_is_reachable_from_the_command(
+    op: str, opts: dict[str, object], ref_op: str, ref_opts: dict[str, object], tmp_path: Path
+) -> None:
+    """Every operation the command offers can be configured from its flags (and gives the reference's result)."""
+    from cytoprofile.cli import main
+
+    df = selection_profiles()
+    src, out = tmp_path / "in.parquet", tmp_path / "out.parquet"
+    df.to_parquet(src)
+    flags = [x for k, v in opts.items() for x in (f"--{k.replace('_', '-')}", str(v))]
+    argv = ["feature-select", str(src), str(out), "--operations", op, "--samples", NEGCON, *flags, "-q"]
+    assert main(argv) == 0
+    ref = reference(df, operation=[ref_op], samples=NEGCON, **ref_opts)
+    pd.testing.assert_frame_equal(pd.read_parquet(out), ref)

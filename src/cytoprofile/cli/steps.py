@@ -168,6 +168,11 @@ def feature_select(
     unique_cut: Annotated[float, typer.Option(help="frequency test: distinct values / rows.")] = 0.01,
     outlier_cutoff: Annotated[float, typer.Option(help="drop_outliers: largest |value| kept.")] = 500,
     blocklist_file: Annotated[str | None, typer.Option(help="blocklist: a file of features (default: the standard list).")] = None,
+    corr_method: Annotated[str, typer.Option(help="correlation_threshold: pearson, spearman or kendall.")] = "pearson",
+    min_variance: Annotated[float, typer.Option(help="variance_threshold with --variance-threshold-meaning variance: smallest variance kept.")] = 1e-6,
+    noise_removal_perturb_groups: Annotated[str | None, typer.Option(help="noise_removal: the column naming each well's perturbation group (needed by noise_removal).")] = None,
+    noise_removal_stdev_cutoff: Annotated[float | None, typer.Option(help="noise_removal: largest mean within-group standard deviation kept (needed by noise_removal).")] = None,
+    samples: Annotated[str, typer.Option(help="Rows the statistics are computed on: all, or a query such as \"Metadata_control_type == 'negcon'\".")] = "all",
     compartments: CompartmentsOpt = None,
     float_format: FloatFormatOpt = None,
     quiet: QuietOpt = False,
@@ -185,7 +190,9 @@ def feature_select(
                          operations=split_values(operations) or ["variance_threshold"],
                          variance_threshold_meaning=variance_threshold_meaning,  # type: ignore[arg-type]
                          na_cutoff=na_cutoff, corr_threshold=corr_threshold, freq_cut=freq_cut, unique_cut=unique_cut,
-                         outlier_cutoff=outlier_cutoff, blocklist_file=blocklist_file,
+                         outlier_cutoff=outlier_cutoff, blocklist_file=blocklist_file, corr_method=corr_method,
+                         min_variance=min_variance, noise_removal_perturb_groups=noise_removal_perturb_groups,
+                         noise_removal_stdev_cutoff=noise_removal_stdev_cutoff, samples=samples,
                          compartments=split_values(compartments), on_account=accounts.append)
     io.write_table(df, output, float_format=float_format)
     write_step_provenance(output, "feature_select", [profiles], accounts[0])
