@@ -380,14 +380,16 @@ def test_every_declared_key_is_used(speckled: Path, tmp_path: Path, monkeypatch:
     recipe = load_config(config)
     keys = _fields(recipe.settings)
     reads: set[tuple[int, str]] = set()
-    original = cfg._Block.__getattribute__
+    from cytoprofile.config_blocks import Block
+
+    original = Block.__getattribute__
 
     def tracking(self: Any, name: str) -> Any:
         if not name.startswith("_") and name in type(self).model_fields:
             reads.add((id(self), name))
         return original(self, name)
 
-    monkeypatch.setattr(cfg._Block, "__getattribute__", tracking)
+    monkeypatch.setattr(Block, "__getattribute__", tracking)
     run(recipe, root=out)
     monkeypatch.undo()
     assert _plate(out, "P1", "_augmented")["Metadata_moa"].notna().all()  # external metadata was joined
