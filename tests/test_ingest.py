@@ -1256,3 +1256,23 @@ def test_count_data_rows_counts_lines_as_csv_parsers_do(tmp_path: Path, data: by
     path = tmp_path / "Some.csv"
     path.write_bytes(data)
     assert faults.count_data_rows(path) == rows
+
+
+@pytest.mark.parametrize("table", ["Cells.csv", "Image.csv"])
+@pytest.mark.parametrize("cut", [1, 2])
+def test_a_last_row_without_a_line_ending_is_a_warning_naming_the_file(tmp_path: Path, table: str, cut: int,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """A copy cut inside its last value parses (fields and rows agree) with that value short: the site is kept
+    (hand-trimmed files lack the final newline too) and the file is named, in the report and on the terminal."""
+    synth(tmp_path, plates=["P1"], wells=96, well_subset=2, sites=2, cells=5, features=4, seed=2)
+    site = tmp_path / "analysis/BATCH1/P1/analysis/P1-A01-1"
+    path = site / table
+    path.write_bytes(path.read_bytes()[:-cut])
+    with caplog.at_level("WARNING", logger="cytoprofile"):
+        result = collate_plate(tmp_path, "BATCH1", "P1")
+    report = {s["site"]: s for s in result.report["sites"]}
+    said = [w for w in report["P1-A01-1"].get("warnings", []) if "ends without a line ending" in w]
+    assert len(said) == 1 and said[0].startswith(table)
+    assert not any("ends without" in w for s, r in report.items() if s != "P1-A01-1" for w in r.get("warnings", []))
+    assert f"site P1-A01-1: {table} ends without a line ending" in caplog.text
+    assert result.report["totals"]["sites_ok"] == 4

@@ -200,6 +200,8 @@ def _stream_sites(ws: str | os.PathLike[str], plate: str, scans: list[Any], sche
             tally.add_quarantined(result, ws, strata)
             log.warning("%s: site %s quarantined: %s", plate, result.name, result.reason)
         else:
+            for warning in result.warnings:  # in the report too, with the site
+                log.warning("%s: site %s: %s", plate, result.name, warning)
             writers.add(result)
             tally.add_read(result, strata)
             wells.add(result)

@@ -20,6 +20,7 @@ from .text import (
     line_endings,
     line_of_row,
     read_bytes,
+    unterminated_last_row,
 )
 
 __all__ = [
@@ -161,15 +162,19 @@ def _exact_integer(text: str | None) -> int | None:
     return int(value)
 
 
-def read_objects(source: Source, union: list[str], notes: list[str] | None = None) -> tuple[np.ndarray, list[str]]:
+def read_objects(source: Source, union: list[str], notes: list[str] | None = None,
+                 warnings: list[str] | None = None) -> tuple[np.ndarray, list[str]]:
     """Parse an object CSV as float64, laid out on the union columns (NaN where absent).
 
     Returns a column-major array (columns are what every consumer reads). The header is
     ours (Polars reads only the data lines), blank lines are skipped, keys are checked
     as integers, and the rows parsed must equal the data lines of the file. CR line endings are
-    read as such (a note in ``notes``).
+    read as such (a note in ``notes``); a last row without a line ending is a warning in ``warnings``.
     """
     raw = line_endings(read_bytes(source.path), source.name, notes)
+    cut = unterminated_last_row(raw, source.name, source.header_lines)
+    if cut is not None and warnings is not None:
+        warnings.append(cut)
     try:
         values = _object_values(raw, source)
     except ObjectFileProblem:

@@ -82,12 +82,13 @@ def _read_site(scan: SiteScan, schema: PlateSchema, count_check: CountCheck = "e
     objects: dict[str, np.ndarray] = {}
     row_keys: dict[str, list[tuple[str, ...]]] = {}
     notes = list(scan.notes)
+    cut: list[str] = []
     for table in schema.object_tables:
         if table not in scan.sources:
             continue
         source = scan.sources[table]
         try:
-            array, absent = read_objects(source, schema.tables[table], notes)
+            array, absent = read_objects(source, schema.tables[table], notes, cut)
         except ObjectFileProblem as exc:
             return _quarantined(scan, str(exc), source.path)
         image_numbers = array[:, 0]
@@ -107,7 +108,7 @@ def _read_site(scan: SiteScan, schema: PlateSchema, count_check: CountCheck = "e
         return _quarantined(scan, problem[1], scan.sources[problem[0]].path)
     return SiteTables(name=scan.name, table_number=table_number, image=image, objects=objects, missing=missing,
                       row_keys=row_keys, keys=scan.keys, files=_site_files(scan, image, objects),
-                      warnings=[*scan.warnings, *warnings], notes=list(dict.fromkeys(notes)))
+                      warnings=[*scan.warnings, *cut, *warnings], notes=list(dict.fromkeys(notes)))
 
 
 def _site_files(scan: SiteScan, image: pa.Table, objects: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:

@@ -27,7 +27,15 @@ from .model import (
     Source,
     csv_stem,
 )
-from .text import after_lines, drop_blank_lines, is_gzip_data, line_endings, read_bytes, read_header
+from .text import (
+    after_lines,
+    drop_blank_lines,
+    is_gzip_data,
+    line_endings,
+    read_bytes,
+    read_header,
+    unterminated_last_row,
+)
 
 __all__ = [
     "case_clash",
@@ -341,6 +349,9 @@ def _scan_one(site_dir: str, strata: Sequence[str], plate: str, file_prefix: str
     except ObjectFileProblem as exc:
         scan.quarantine(str(exc), scan.sources[IMAGE_TABLE].path)
         return scan
+    cut = unterminated_last_row(raw, scan.sources[IMAGE_TABLE].name, scan.sources[IMAGE_TABLE].header_lines)
+    if cut is not None:
+        scan.warnings.append(cut)
     image = parse_image(scan, raw)
     if image is None:
         return scan

@@ -16,6 +16,7 @@ from ..io import ragged_line
 from .model import ObjectFileProblem
 
 __all__ = [
+    "unterminated_last_row",
     "after_lines",
     "blank_whitespace_lines",
     "count_records",
@@ -72,6 +73,15 @@ def line_endings(raw: bytes, name: str, notes: list[str] | None = None) -> bytes
             raise ObjectFileProblem(f"{name} mixes CR line endings with LF ones (a CR alone ends line {line}); "
                                      "convert the CRs to LF (e.g. with mac2unix) or save the file again with one kind of line ending")
     return raw
+
+
+def unterminated_last_row(raw: bytes, name: str, header_lines: int) -> str | None:
+    """A warning when the last data row has no line ending: CellProfiler ends every row with one, so the
+    file may have been cut while copied, and that row's last value may be short (``1`` for ``10``)."""
+    if not raw or raw.endswith((b"\n", b"\r")) or not raw[after_lines(raw, header_lines):].strip():
+        return None
+    return (f"{name} ends without a line ending after its last row: if the file was cut while copied, the last "
+            "value of that row may be short; copy the file again (CellProfiler ends every row with one)")
 
 
 def read_header(path: str, lines: int = 1) -> list[list[str]]:
