@@ -483,3 +483,30 @@ def test_synth_database_refuses_faults(tmp_path: Path) -> None:
     assert main(["synth", str(tmp_path / "x"), "--export", "database", "--faults", "-q"]) == 1
     assert main(["synth", str(tmp_path / "y"), "--export", "parquet", "-q"]) == 1
     assert main(["synth", str(tmp_path / "z"), "--wells", "4", "-q"]) == 1
+
+
+def test_a_copied_run_file_is_read_once_and_drops_are_said(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A run exported twice (identical bytes) is read once, not dropped as repeated sites; rows that are
+    dropped (a changed copy) are said on the terminal, not only in the report."""
+    import shutil
+
+    csv_ws = _csv_workspace(tmp_path, long_name=False)
+    db_ws, files = _db_workspace(tmp_path, csv_ws, "P1", files=2, table_prefix="")
+    expected = _profiles(collate_plate(csv_ws, BATCH, "P1").outputs["profiles"])
+    copy = Path(files[0]).with_name("zcopy.sqlite")
+    shutil.copyfile(files[0], copy)
+    with caplog.at_level("WARNING", logger="cytoprofile"):
+        got = _run(db_ws, "P1")
+    ours = _profiles(got["result"].outputs["profiles"])
+    pd.testing.assert_frame_equal(ours, expected[ours.columns])
+    entry = next(f for f in got["report"]["export_database"]["files"] if f["file"].endswith("zcopy.sqlite"))
+    assert "a copy of" in entry["not_read"] and not entry["rows"] and entry["rows_not_read"]
+    assert not got["report"]["export_database"]["dropped"]
+    assert "zcopy.sqlite is a copy of" in caplog.text
+    _mutate(str(copy), 'UPDATE "Per_Image" SET Image_Metadata_Site = Image_Metadata_Site WHERE ImageNumber = 1',
+            'CREATE TABLE changed (x)')  # same images, other bytes: which copy is right is unknown
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="cytoprofile"):
+        again = _run(db_ws, "P1")
+    assert again["report"]["export_database"]["dropped"]
+    assert "of the ExportToDatabase files are not in the backend" in caplog.text

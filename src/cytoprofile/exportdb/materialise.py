@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 import re
 import shutil
@@ -95,6 +97,26 @@ class Materialised:
         """The plate report's ``export_database`` section."""
         return {"files": self.files, "sites": self.sites, "dropped": [d.as_dict() for d in self.dropped],
                 "other_plates": self.other_plates, "rows": self.rows()}
+
+
+log = logging.getLogger("cytoprofile.exportdb")
+
+
+def _copies(exports: Sequence[ExportFile]) -> dict[str, str]:
+    """Files that are byte-for-byte copies of an earlier one (a run exported twice): name -> the earlier name."""
+    by_size: dict[int, list[ExportFile]] = {}
+    for e in exports:
+        by_size.setdefault(os.path.getsize(e.path), []).append(e)
+    out: dict[str, str] = {}
+    for same in (group for group in by_size.values() if len(group) > 1):
+        first: dict[str, str] = {}
+        for e in same:
+            digest = hashlib.blake2b(Path(e.path).read_bytes(), digest_size=16).hexdigest()
+            if digest in first:
+                out[e.name] = first[digest]
+            else:
+                first[digest] = e.name
+    return out
 
 
 def _file_rows(export: ExportFile) -> dict[str, int]:
@@ -197,7 +219,14 @@ def materialise_plate(
     out = Materialised(plate=plate, analysis_dir=str(out_dir))
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     writer = _SiteWriter(out)
+    copies = _copies(exports)
     for export in exports:
+        if export.name in copies:  # read once: its images would otherwise repeat and both copies be dropped
+            out.files.append({"file": export.name, "table_prefix": export.prefix, "layout": export.layout, "rows": {},
+                              "not_read": f"a copy of {copies[export.name]} (identical bytes): read once",
+                              "rows_not_read": _file_rows(export)})
+            log.warning("%s: %s is a copy of %s (identical bytes): read once", plate, export.name, copies[export.name])
+            continue
         if "Metadata_Well" not in export.image_csv_names:
             raise InputError(f"{export.path}: {export.image_table} has no Image_Metadata_Well column, so wells are unknown; "
                              "extract the well in CellProfiler's Metadata module and export again")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,6 +14,8 @@ from ..errors import InputError
 from ..layout import Workspace
 from .files import discover_export_files, export_plates, find_export_files, source_name
 from .materialise import Materialised, folder_part, materialise_plate
+
+log = logging.getLogger("cytoprofile.exportdb")
 
 if TYPE_CHECKING:
     from ..collate import PlateResult
@@ -85,6 +88,7 @@ def collate_export(
                                  table_prefix=table_prefix, root=root)
         if not done.sites:
             raise InputError(_no_sites(done, paths, plate, table_prefix))
+        _warn_dropped(done, plate)
         backend_root = Workspace(root).backend_root()
         Path(backend_root).mkdir(parents=True, exist_ok=True)
         os.symlink(os.path.realpath(backend_root), Workspace(scratch).backend_root())
@@ -94,6 +98,16 @@ def collate_export(
             section = {**done.report(), "sources": fingerprint, "call": call}
             result.report = _amend_report(result.report, done, section, outputs["report"])
         return result
+
+
+def _warn_dropped(done: Materialised, plate: str) -> None:
+    """Rows of the files left out of the backend (named in the report's export_database section) said on the terminal."""
+    images = sum(d.rows for d in done.dropped if d.table == "Image")
+    if done.dropped:
+        first = done.dropped[0]
+        log.warning("%s: %d image(s) and %d other row(s) of the ExportToDatabase files are not in the backend "
+                    "(first: %s: %s); see export_database.dropped in the report", plate, images,
+                    sum(d.rows for d in done.dropped) - images, first.file, first.reason)
 
 
 def _no_sites(done: Materialised, paths: Sequence[str], plate: str, table_prefix: str | None) -> str:
