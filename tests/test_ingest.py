@@ -1276,3 +1276,16 @@ def test_a_last_row_without_a_line_ending_is_a_warning_naming_the_file(tmp_path:
     assert not any("ends without" in w for s, r in report.items() if s != "P1-A01-1" for w in r.get("warnings", []))
     assert f"site P1-A01-1: {table} ends without a line ending" in caplog.text
     assert result.report["totals"]["sites_ok"] == 4
+
+
+@pytest.mark.parametrize("name", ["Cells.csv", "P1-A03-1.csv", "P1-A03-1", ".DS_Store"])
+def test_files_beside_the_site_folders_are_named(tmp_path: Path, name: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A file directly in the plate's analysis folder is in no site: named in the report as not read."""
+    synth(tmp_path, plates=["P1"], wells=96, well_subset=2, sites=1, cells=5, features=4, seed=2)
+    stray = tmp_path / "analysis/BATCH1/P1/analysis" / name
+    stray.write_text("ImageNumber,ObjectNumber\n1,1\n")
+    with caplog.at_level("WARNING", logger="cytoprofile"):
+        result = collate_plate(tmp_path, "BATCH1", "P1")
+    assert "not read" in result.report["files_not_read"][name]
+    assert result.report["totals"]["sites"] == 2
+    assert ("beside the site folders are not read" in caplog.text) == (not name.startswith("."))

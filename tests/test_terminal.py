@@ -194,11 +194,12 @@ def test_run_reports_each_plate_as_it_finishes(tmp_path: Path) -> None:
         root.removeHandler(handler)
         root.setLevel(level)
     ticks = [i for i, e in enumerate(events) if e.startswith("progress")]
-    assert [events[i] for i in ticks] == ["progress 1/4", "progress 2/4", "progress 3/4", "progress 4/4"], events
+    assert [events[i] for i in ticks] == ["progress 0/4", "progress 1/4", "progress 2/4", "progress 3/4", "progress 4/4"], events
     for n, plate in enumerate(PLATES):
         line = next(i for i, e in enumerate(events) if e.startswith(f"{plate}: ") and "step(s) run" in e)
-        assert ticks[n] == line + 1, events  # the bar moves as each plate finishes, not at the end
-    assert not any(e.startswith("feature_select") for e in events[:ticks[2]]), events
+        assert ticks[n + 1] == line + 1, events  # the bar moves as each plate finishes, not at the end
+    assert ticks[0] < min(i for i, e in enumerate(events) if "step(s) run" in e)  # shown before any plate is done
+    assert not any(e.startswith("feature_select") for e in events[:ticks[3]]), events
     steps = [e for e in events if e.split(" ", 1)[0] in {"annotate", "normalize", "normalize_negcon"}]
     for plate in PLATES:  # one line per step and plate, naming the plate
         for step in ("annotate", "normalize", "normalize_negcon"):

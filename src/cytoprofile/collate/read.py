@@ -27,6 +27,7 @@ from ..ingest import (
     Quarantine,
     SiteTables,
     discover_sites,
+    files_beside_sites,
     order_by_key,
     plan_schema,
     read_sites,
@@ -101,6 +102,13 @@ def read_plate(ws: str | os.PathLike[str], batch: str, plate: str, *, files: dic
     profiles = wells.aggregator.result()
     _check_accounting(plate, tally.rows_in, _count_rows(files, kinds, schema), profiles, wells.chosen)
     extra = single_cell_section(cells, files["parquet_prefix"], generation)
+    beside = files_beside_sites(Workspace(str(ws)).analysis(batch, plate))
+    if beside:
+        extra["files_not_read"] = beside
+    shown = [name for name in beside if not name.startswith(".")]  # .DS_Store and the like: listed only
+    if shown:
+        log.warning("%s: %d file(s) beside the site folders are not read (first: %s); see files_not_read in the report",
+                    plate, len(shown), shown[0])
     if "exclude_outlier_cells" in options:
         profiles, extra["cell_qc"] = aggregate_kept_cells(files, kinds, options)
     write_profiles(profiles, files["profiles"], options["profile_format"], generation)

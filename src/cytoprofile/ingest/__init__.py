@@ -40,7 +40,7 @@ from .model import (
     reader_opens,
 )
 from .read import image_numeric, order_by_key, read_sites
-from .scan import discover_sites, scan_sites
+from .scan import discover_sites, files_beside_sites, scan_sites
 from .schema import plan_schema
 
 __all__ = [
@@ -63,6 +63,7 @@ __all__ = [
     "TABLE_NUMBER_FILE",
     "canonical_order",
     "discover_sites",
+    "files_beside_sites",
     "image_numeric",
     "normalise_well",
     "order_by_key",

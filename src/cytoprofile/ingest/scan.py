@@ -40,6 +40,7 @@ from .text import (
 __all__ = [
     "case_clash",
     "discover_sites",
+    "files_beside_sites",
     "scan_sites",
 ]
 
@@ -55,6 +56,13 @@ def discover_sites(plate_dir: str | os.PathLike[str]) -> list[str]:
     if not sites:
         raise InputError(f"{path}: holds no site folders; expected one folder per site (PLATE-WELL-SITE)")
     return sites
+
+
+def files_beside_sites(plate_dir: str | os.PathLike[str]) -> dict[str, str]:
+    """Files directly in the plate's analysis folder (not in a site folder), which are not read: name -> why."""
+    path = Path(plate_dir)
+    return {p.name: "beside the site folders, not in one: not read (each site is a folder PLATE-WELL-SITE)"
+            for p in sorted(path.iterdir()) if not p.is_dir() and not (p.is_symlink() and not p.exists())}
 
 
 def _prefix(stems: Sequence[str], file_prefix: str | None) -> str | None:
