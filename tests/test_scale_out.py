@@ -197,7 +197,8 @@ def test_killed_worker_does_not_change_the_result(s3_endpoint: str, cluster: tup
             workers[0].send_signal(signal.SIGKILL)
 
     results = collate(shared, "BK", plates, scheduler=address, progress=kill_after_first)
-    assert [r.status for r in results] == ["done"] * 4
+    # a plate whose result died with the worker is run again; finding its outputs complete, it is skipped
+    assert all(r.status in ("done", "skipped") for r in results), [(r.plate, r.status, r.message) for r in results]
     assert workers[0].poll() is not None, "the worker was meant to be killed during the run"
     for plate in plates:
         out = shared / f"backend/BK/{plate}"

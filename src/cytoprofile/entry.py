@@ -44,10 +44,6 @@ def _interrupted(signum: int, frame: object) -> None:
     _leave(say=True)
 
 
-def _interrupted_again(signum: int, frame: object) -> None:
-    _leave(say=False)  # the run already said it was interrupted
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI with ``argv`` (default ``sys.argv[1:]``); exit status as the CLI maps it, 130 when interrupted."""
     previous = signals.getsignal(signals.SIGINT)
@@ -63,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # between the handler's return and the CLI's own handling
         _write(sys.stderr, "interrupted; re-run the same command to finish the job\n")
         status = INTERRUPTED_STATUS
+    if status == INTERRUPTED_STATUS and ours:
+        _leave(say=False)  # now: a worker thread still blocked (on a plate lock, a read) would hold up the exit
     if ours:
-        signals.signal(signals.SIGINT, _interrupted_again if status == INTERRUPTED_STATUS else _interrupted)
+        signals.signal(signals.SIGINT, _interrupted)
     return status
