@@ -111,8 +111,11 @@ def _copies(exports: Sequence[ExportFile]) -> dict[str, str]:
     for same in (group for group in by_size.values() if len(group) > 1):
         first: dict[str, str] = {}
         for e in same:
+            hasher = hashlib.blake2b(digest_size=16)
             with open(e.path, "rb") as fh:  # streamed: a run's file can be many GB
-                digest = hashlib.file_digest(fh, lambda: hashlib.blake2b(digest_size=16)).hexdigest()
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    hasher.update(block)
+            digest = hasher.hexdigest()
             if digest in first:
                 out[e.name] = first[digest]
             else:
