@@ -119,3 +119,21 @@ def test_profiles_that_are_not_a_frame_are_config_errors(step: str, value: objec
     args: list[object] = [value, _platemap()][:n]
     with pytest.raises(ConfigError, match="DataFrame"):
         fn(*args)
+
+
+@pytest.mark.parametrize(("option", "value"), [
+    ("backend", ["foo"]), ("backend", []), ("backend", ["sqlite", "SQLite3"]), ("profile_format", "xlsx"),
+    ("operation", "mode"), ("count_check", "strict"), ("single_cells", ["hdf5"]),
+])
+def test_collate_refuses_an_unknown_choice_before_reading(tmp_path: Any, option: str, value: object) -> None:
+    """A misspelled choice in the Python API is one user error naming the option, and nothing is written."""
+    from cytoprofile.collate import collate
+    from cytoprofile.synth import synth
+
+    ws = tmp_path / "ws"
+    synth(ws, batch="B", plates=["P1"], wells=96, sites=1, cells=3, features=3, well_subset=2)
+    before = sorted(p.relative_to(ws) for p in ws.rglob("*"))
+    with pytest.raises(InputError, match=option) as caught:
+        collate(ws, "B", ["P1"], **{option: value})
+    assert isinstance(caught.value, ValueError)
+    assert sorted(p.relative_to(ws) for p in ws.rglob("*")) == before

@@ -20,9 +20,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AGGREGATE_OPERATIONS",
+    "BACKEND_KINDS",
     "CANONICAL_COMPARTMENTS",
     "CONSENSUS_OPERATIONS",
     "CORRELATION_METHODS",
+    "COUNT_CHECKS",
     "DEFAULT_COMPARTMENTS",
     "DEFAULT_STRATA",
     "EVALUATE_MODES",
@@ -43,6 +45,7 @@ __all__ = [
     "PLATE_FORMATS",
     "PROCESSING_STEPS",
     "REPLICATE_CANDIDATES",
+    "SINGLE_CELL_FORMATS",
     "SPHERIZE_METHODS",
     "TABLE_FORMATS",
     "TABLE_NUMBER",
@@ -384,3 +387,9 @@ UNMATCHED_WELLS: tuple[str, ...] = ("error", "drop")
 TableFormat = Literal["csv", "csv.gz", "parquet"]
 #: File formats of per-well profile tables.
 TABLE_FORMATS: tuple[str, ...] = ("csv", "csv.gz", "parquet")
+#: Single-cell backends ``collate`` writes.
+BACKEND_KINDS: tuple[str, ...] = ("sqlite", "parquet")
+#: What ``collate`` does when an object table's rows disagree with Image.csv's ``Count_<Object>``.
+COUNT_CHECKS: tuple[str, ...] = ("error", "warn", "off")
+#: File formats of the joined single-cell table.
+SINGLE_CELL_FORMATS: tuple[str, ...] = ("parquet", "anndata")

@@ -37,7 +37,8 @@ def cell_options(single_cells: Sequence[str], exclude: Sequence[str] | dict[str,
     elif exclude is not None:
         out["exclude_outlier_cells"] = load_thresholds(thresholds, sets=list(exclude) or None)
     elif thresholds is not None:
-        raise InputError("--cell-qc-thresholds has no effect without --exclude-outlier-cells")
+        raise InputError("cell_qc_thresholds (--thresholds) has no effect without exclude_outlier_cells "
+                         "(--exclude-outlier-cells)")
     if hub != "Cytoplasm":  # recorded only when not the default: older reports stay current
         if not out:
             raise InputError(f"--hub {hub} joins cells: give it with --single-cells or --exclude-outlier-cells")

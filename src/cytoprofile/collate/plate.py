@@ -22,6 +22,13 @@ from ..ingest import (
     CountCheck,
 )
 from ..layout import Workspace
+from ..vocabulary import (
+    AGGREGATE_OPERATIONS,
+    BACKEND_KINDS,
+    COUNT_CHECKS,
+    SINGLE_CELL_FORMATS,
+    TABLE_FORMATS,
+)
 from .cells import cell_options
 from .outputs import (
     BackendKind,
@@ -175,6 +182,8 @@ def collate(
 
     if not plates:
         raise InputError("no plates given; name at least one PLATE")
+    _check_choices(backend=backend, profile_format=profile_format, operation=operation, count_check=count_check,
+                   single_cells=single_cells)
     workspace.check_name(batch, "batch")
     for plate in plates:
         workspace.check_name(plate, "plate")
@@ -190,6 +199,20 @@ def collate(
                                    remote=remote, tmp_dir=tmp_dir, wait=wait, storage=dict(io.current_storage()))
     return run_plates(_collate_task, [PlateTask(str(ws), batch, p) for p in plates], options, jobs=jobs,
                       scheduler=scheduler, progress=progress)
+
+
+def _check_choices(*, backend: Sequence[str], profile_format: str, operation: str, count_check: str,
+                   single_cells: Sequence[str]) -> None:
+    """Refuse an unknown choice before any plate is read (a misspelled backend would write none)."""
+    if not backend:
+        raise InputError("backend: name at least one of " + ", ".join(BACKEND_KINDS))
+    for name, values, choices in (("backend", backend, BACKEND_KINDS), ("profile_format", [profile_format], TABLE_FORMATS),
+                                  ("operation", [operation], AGGREGATE_OPERATIONS),
+                                  ("count_check", [count_check], COUNT_CHECKS),
+                                  ("single_cells", single_cells, SINGLE_CELL_FORMATS)):
+        for value in values:
+            if value not in choices:
+                raise InputError(f"{name} {value!r}: choose {' or '.join(choices)}")
 
 
 def _reads_export_files(ws: str, batch: str, plate: str) -> bool:
