@@ -104,7 +104,13 @@ def plate_statistics(
 
 def _plate_stats(profiles: pd.DataFrame, x: np.ndarray, names: Sequence[str], plate_column: str,
                  samples: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """``plate_statistics`` of the feature matrix ``x`` (rows of ``profiles``)."""
+    """``plate_statistics`` of the feature matrix ``x`` (rows of ``profiles``).
+
+    The median is computed in float64 and rounded once; the deviations from it are
+    taken in float32 (|x − median| rounded per value, the median rounded first),
+    as scipy's ``median_abs_deviation`` takes them, so the MAD is the reference's
+    to the bit.
+    """
     plates = _column(profiles, plate_column, "plate_column").astype(str).to_numpy()
     ref = _reference_rows(profiles, samples)
     found = sorted(set(plates[ref]))
@@ -115,10 +121,11 @@ def _plate_stats(profiles: pd.DataFrame, x: np.ndarray, names: Sequence[str], pl
         for p, plate in enumerate(found):
             rows = np.flatnonzero(ref & (plates == plate))
             for s in range(0, x.shape[1], _BLOCK):
-                block = x[rows, s : s + _BLOCK].astype(np.float64)
-                centre = np.nanmedian(block, axis=0)
+                block = x[rows, s : s + _BLOCK]
+                centre = np.nanmedian(block.astype(np.float64), axis=0).astype(x.dtype)
                 median[p, s : s + _BLOCK] = centre
-                mad[p, s : s + _BLOCK] = np.nanmedian(np.abs(block - centre), axis=0)
+                deviation = np.abs(block - centre).astype(np.float64)
+                mad[p, s : s + _BLOCK] = np.nanmedian(deviation, axis=0)
     index = pd.Index(found, name=plate_column)
     columns = pd.Index(list(names))
     return pd.DataFrame(median, index=index, columns=columns), pd.DataFrame(mad, index=index, columns=columns)
