@@ -188,13 +188,17 @@ def _quiet() -> Iterator[None]:
 
 
 def _pairwise_pearson_nan(x: np.ndarray) -> np.ndarray:
-    """Pearson correlation over pairwise-complete rows (vectorised with matmuls)."""
+    """Pearson correlation over pairwise-complete rows (vectorised with matmuls).
+
+    ``x`` (float64, the caller's own) is centred and its missing cells zeroed in place.
+    """
     missing = np.isnan(x)
     m = (~missing).astype(np.float64)
-    with _quiet():
-        centre = np.nanmean(x, axis=0)
+    with _quiet():  # a block of columns at a time: nanmean copies its input
+        centre = np.concatenate([np.nanmean(x[:, s : s + _COLUMNS], axis=0) for s in range(0, x.shape[1], _COLUMNS)])
     centre = np.where(np.isnan(centre), 0.0, centre)
-    xc = x - centre  # then zero the missing cells in place: one full-size temporary, not three
+    xc = x
+    xc -= centre
     xc[missing] = 0.0
     del missing
     xc2 = xc * xc
