@@ -101,3 +101,23 @@ def test_near_tie_cases_sit_on_the_threshold() -> None:
             above += r > 0.9
             below += r <= 0.9
     assert above > 0 and below > 0
+
+
+@pytest.mark.parametrize("row_values", [50, 1000, 1 << 20])  # blocks of 1 row, of a few rows, one block
+@pytest.mark.parametrize("threshold", [0.9, 0.5])
+def test_pairwise_correlation_over_row_blocks_matches_reference(
+    monkeypatch: pytest.MonkeyPatch, row_values: int, threshold: float
+) -> None:
+    # with missing values the correlation is accumulated over blocks of rows: any block size
+    # gives pycytominer's selection (pairwise-complete pearson)
+    import cytoprofile.feature_select as fs
+
+    from .profiles import selection_profiles
+
+    df = selection_profiles(n_features=40, seed=4)
+    assert df.filter(like="_").isna().any().any()
+    monkeypatch.setattr(fs, "_ROW_VALUES", row_values)
+    ours = feature_select(df, operations=["correlation_threshold"], corr_threshold=threshold)
+    ref = reference(df, operation=["correlation_threshold"], corr_threshold=threshold)
+    pd.testing.assert_frame_equal(ours, ref)
+    assert ours.shape[1] < df.shape[1]

@@ -90,6 +90,7 @@ log = logging.getLogger(__name__)
 
 _BLOCK = 512  # rows of the correlation matrix handled at once
 _COLUMNS = 64  # feature columns converted or reduced at once
+_ROW_VALUES = 1 << 20  # values in a block of rows of the pairwise correlation
 
 
 # ---------------------------------------------------------------- operations
@@ -187,37 +188,41 @@ def _quiet() -> Iterator[None]:
         yield
 
 
-def _pairwise_pearson_nan(x: np.ndarray) -> np.ndarray:
-    """Pearson correlation over pairwise-complete rows (vectorised with matmuls).
+def _pairwise_pearson_nan(rows: pd.DataFrame, names: Sequence[str]) -> np.ndarray:
+    """Pearson correlation of the features ``names`` over pairwise-complete rows.
 
-    ``x`` (float64, the caller's own) is centred and its missing cells zeroed in place.
+    The formula's sums (pair counts, sums and sums of squares of each feature where the
+    other is present, cross products) are accumulated with matmuls over blocks of rows,
+    each made in float64 from the frame and centred on the feature means: what is held
+    is a few features x features arrays, never a full-size float64 matrix.
     """
-    missing = np.isnan(x)
-    m = (~missing).astype(np.float64)
+    d = len(names)
     with _quiet():  # a block of columns at a time: nanmean copies its input
-        centre = np.concatenate([np.nanmean(x[:, s : s + _COLUMNS], axis=0) for s in range(0, x.shape[1], _COLUMNS)])
+        centre = np.concatenate([np.nanmean(feature_matrix(rows, names[s : s + _COLUMNS]), axis=0)
+                                 for s in range(0, d, _COLUMNS)]) if d else np.zeros(0)
     centre = np.where(np.isnan(centre), 0.0, centre)
-    xc = x
-    xc -= centre
-    xc[missing] = 0.0
-    del missing
-    xc2 = xc * xc
-    d = x.shape[1]
+    n, sx, sxx, sxy = (np.zeros((d, d)) for _ in range(4))
+    step = max(1, _ROW_VALUES // max(d, 1))
+    for r0 in range(0, len(rows), step):
+        xc = feature_matrix(rows.iloc[r0 : r0 + step], names)
+        missing = np.isnan(xc)
+        m = (~missing).astype(np.float64)
+        xc -= centre
+        xc[missing] = 0.0
+        n += m.T @ m
+        sx += xc.T @ m  # [i, j]: sum of x_i where x_j present
+        sxx += (xc * xc).T @ m
+        sxy += xc.T @ xc
     out = np.empty((d, d))
     for i0 in range(0, d, _BLOCK):
         sl = slice(i0, min(i0 + _BLOCK, d))
-        n = m[:, sl].T @ m
-        sx_i = xc[:, sl].T @ m  # sum of x_i where x_j present
-        sx_j = m[:, sl].T @ xc  # sum of x_j where x_i present
-        sxx_i = xc2[:, sl].T @ m
-        sxx_j = m[:, sl].T @ xc2
-        sxy = xc[:, sl].T @ xc
+        sx_i, sx_j, sxx_i, sxx_j = sx[sl], sx[:, sl].T, sxx[sl], sxx[:, sl].T
         with np.errstate(divide="ignore", invalid="ignore"):
-            cov = sxy - sx_i * sx_j / n
-            var_i = sxx_i - sx_i * sx_i / n
-            var_j = sxx_j - sx_j * sx_j / n
+            cov = sxy[sl] - sx_i * sx_j / n[sl]
+            var_i = sxx_i - sx_i * sx_i / n[sl]
+            var_j = sxx_j - sx_j * sx_j / n[sl]
             tiny = 1e-12
-            bad = (n < 2) | (var_i <= tiny * sxx_i) | (var_j <= tiny * sxx_j)
+            bad = (n[sl] < 2) | (var_i <= tiny * sxx_i) | (var_j <= tiny * sxx_j)
             r = cov / np.sqrt(var_i * var_j)
         r[bad] = np.nan
         out[sl] = np.clip(r, -1.0, 1.0)
@@ -270,11 +275,10 @@ def _correlation_matrix(rows: pd.DataFrame, names: Sequence[str], method: str) -
             return _corrcoef_in_place(xt)
     infinite = bool(np.isinf(xt).any())
     del xt
-    x = feature_matrix(rows, names)
     if method == "pearson" and not infinite:
-        return _pairwise_pearson_nan(x)
+        return _pairwise_pearson_nan(rows, names)
     # spearman/kendall with missing values, or infinities: pandas' pairwise routines
-    frame = pd.DataFrame(x, columns=pd.Index(list(names)), copy=False)
+    frame = pd.DataFrame(feature_matrix(rows, names), columns=pd.Index(list(names)), copy=False)
     return frame.corr(method=method).to_numpy()  # type: ignore[arg-type]
 
 
