@@ -89,6 +89,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _BLOCK = 512  # rows of the correlation matrix handled at once
+_COLUMNS = 64  # feature columns converted or reduced at once
+_ROW_VALUES = 1 << 20  # values in a block of rows of the pairwise correlation
 
 
 # ---------------------------------------------------------------- operations
@@ -149,9 +151,15 @@ def _frequency_excluded_block(x: np.ndarray, freq_cut: float, unique_cut: float)
 
 
 def _variance_excluded(x: np.ndarray, min_variance: float) -> np.ndarray:
-    """Mask of features with population variance <= ``min_variance`` (or undefined)."""
+    """Mask of features with population variance <= ``min_variance`` (or undefined).
+
+    A block of columns at a time: ``nanvar`` copies its input, and per block that copy
+    is small (each column's sums run over the rows in the same order, so the values
+    are those of the whole matrix).
+    """
     with np.errstate(invalid="ignore"), _quiet():
-        var = np.nanvar(x, axis=0)
+        var = np.concatenate([np.nanvar(x[:, s : s + _COLUMNS], axis=0)
+                              for s in range(0, x.shape[1], _COLUMNS)]) if x.shape[1] else np.zeros(0)
         if min_variance == 0:
             # the peak-to-peak range is exact for constant features
             ptp = np.nanmax(x, axis=0) - np.nanmin(x, axis=0)
@@ -180,33 +188,41 @@ def _quiet() -> Iterator[None]:
         yield
 
 
-def _pairwise_pearson_nan(x: np.ndarray) -> np.ndarray:
-    """Pearson correlation over pairwise-complete rows (vectorised with matmuls)."""
-    missing = np.isnan(x)
-    m = (~missing).astype(np.float64)
-    with _quiet():
-        centre = np.nanmean(x, axis=0)
+def _pairwise_pearson_nan(rows: pd.DataFrame, names: Sequence[str]) -> np.ndarray:
+    """Pearson correlation of the features ``names`` over pairwise-complete rows.
+
+    The formula's sums (pair counts, sums and sums of squares of each feature where the
+    other is present, cross products) are accumulated with matmuls over blocks of rows,
+    each made in float64 from the frame and centred on the feature means: what is held
+    is a few features x features arrays, never a full-size float64 matrix.
+    """
+    d = len(names)
+    with _quiet():  # a block of columns at a time: nanmean copies its input
+        centre = np.concatenate([np.nanmean(feature_matrix(rows, names[s : s + _COLUMNS]), axis=0)
+                                 for s in range(0, d, _COLUMNS)]) if d else np.zeros(0)
     centre = np.where(np.isnan(centre), 0.0, centre)
-    xc = x - centre  # then zero the missing cells in place: one full-size temporary, not three
-    xc[missing] = 0.0
-    del missing
-    xc2 = xc * xc
-    d = x.shape[1]
+    n, sx, sxx, sxy = (np.zeros((d, d)) for _ in range(4))
+    step = max(1, _ROW_VALUES // max(d, 1))
+    for r0 in range(0, len(rows), step):
+        xc = feature_matrix(rows.iloc[r0 : r0 + step], names)
+        missing = np.isnan(xc)
+        m = (~missing).astype(np.float64)
+        xc -= centre
+        xc[missing] = 0.0
+        n += m.T @ m
+        sx += xc.T @ m  # [i, j]: sum of x_i where x_j present
+        sxx += (xc * xc).T @ m
+        sxy += xc.T @ xc
     out = np.empty((d, d))
     for i0 in range(0, d, _BLOCK):
         sl = slice(i0, min(i0 + _BLOCK, d))
-        n = m[:, sl].T @ m
-        sx_i = xc[:, sl].T @ m  # sum of x_i where x_j present
-        sx_j = m[:, sl].T @ xc  # sum of x_j where x_i present
-        sxx_i = xc2[:, sl].T @ m
-        sxx_j = m[:, sl].T @ xc2
-        sxy = xc[:, sl].T @ xc
+        sx_i, sx_j, sxx_i, sxx_j = sx[sl], sx[:, sl].T, sxx[sl], sxx[:, sl].T
         with np.errstate(divide="ignore", invalid="ignore"):
-            cov = sxy - sx_i * sx_j / n
-            var_i = sxx_i - sx_i * sx_i / n
-            var_j = sxx_j - sx_j * sx_j / n
+            cov = sxy[sl] - sx_i * sx_j / n[sl]
+            var_i = sxx_i - sx_i * sx_i / n[sl]
+            var_j = sxx_j - sx_j * sx_j / n[sl]
             tiny = 1e-12
-            bad = (n < 2) | (var_i <= tiny * sxx_i) | (var_j <= tiny * sxx_j)
+            bad = (n[sl] < 2) | (var_i <= tiny * sxx_i) | (var_j <= tiny * sxx_j)
             r = cov / np.sqrt(var_i * var_j)
         r[bad] = np.nan
         out[sl] = np.clip(r, -1.0, 1.0)
@@ -231,46 +247,55 @@ def _corrcoef_in_place(xt: np.ndarray) -> np.ndarray:
     return c
 
 
-def _own_rows_copy(x: np.ndarray) -> np.ndarray:
-    """``x.T`` as a C-contiguous float64 array that shares no memory with ``x``."""
-    xt = np.ascontiguousarray(x.T, dtype=np.float64)
-    return xt.copy() if np.shares_memory(xt, x) else xt
+def _rows_by_feature(rows: pd.DataFrame, names: Sequence[str]) -> np.ndarray:
+    """The features as a C-contiguous float64 (features x rows) array, filled from the
+    frame a block of columns at a time: the only full-size array is the result."""
+    out = np.empty((len(names), len(rows)), dtype=np.float64)
+    for s in range(0, len(names), _COLUMNS):
+        out[s : s + _COLUMNS] = feature_matrix(rows, names[s : s + _COLUMNS]).T
+    return out
 
 
-def _correlation_matrix(x: np.ndarray, names: Sequence[str], method: str) -> np.ndarray:
-    """Feature-by-feature correlation, computed as the reference computes it."""
-    finite = bool(np.isfinite(x).all())
-    if method == "pearson" and finite:
-        # same operations and memory layout as the reference, so ties resolve identically
+def _correlation_matrix(rows: pd.DataFrame, names: Sequence[str], method: str) -> np.ndarray:
+    """Feature-by-feature correlation over ``rows``, computed as the reference computes it.
+
+    Without missing values the reference's ``np.corrcoef`` of the transposed matrix is
+    done on one features x rows float64 array made straight from the frame (its values
+    and layout are those of the reference's copy, so ties resolve identically), and
+    spearman's ranks overwrite it a block of features at a time.
+    """
+    xt = _rows_by_feature(rows, names)
+    if method in ("pearson", "spearman") and bool(np.isfinite(xt).all()):
+        if method == "spearman":
+            from scipy.stats import rankdata
+
+            for s in range(0, len(xt), _COLUMNS):
+                xt[s : s + _COLUMNS] = rankdata(xt[s : s + _COLUMNS], axis=1)
         with _quiet(), np.errstate(divide="ignore", invalid="ignore"):
-            return _corrcoef_in_place(_own_rows_copy(x))
-    if method == "pearson" and not np.isinf(x).any():
-        return _pairwise_pearson_nan(x)
-    if method == "spearman" and finite:
-        from scipy.stats import rankdata
-
-        ranks = _own_rows_copy(rankdata(x, axis=0))
-        with _quiet(), np.errstate(divide="ignore", invalid="ignore"):
-            return _corrcoef_in_place(ranks)
+            return _corrcoef_in_place(xt)
+    infinite = bool(np.isinf(xt).any())
+    del xt
+    if method == "pearson" and not infinite:
+        return _pairwise_pearson_nan(rows, names)
     # spearman/kendall with missing values, or infinities: pandas' pairwise routines
-    frame = pd.DataFrame(x, columns=pd.Index(list(names)))
+    frame = pd.DataFrame(feature_matrix(rows, names), columns=pd.Index(list(names)), copy=False)
     return frame.corr(method=method).to_numpy()  # type: ignore[arg-type]
 
 
 def _correlation_excluded(
-    x: np.ndarray, names: Sequence[str], threshold: float, method: str
+    rows: pd.DataFrame, names: Sequence[str], threshold: float, method: str
 ) -> np.ndarray:
-    """Mask of features dropped by the correlation filter.
+    """Mask of features ``names`` (columns of ``rows``) dropped by the correlation filter.
 
     Rule (the reference's): rank the features by the sum of absolute correlations
     with all features (ascending); for every pair with correlation > ``threshold``
     (signed, so anticorrelation never drops), drop the member ranked later.
     """
-    d = x.shape[1]
+    d = len(names)
     dropped = np.zeros(d, dtype=bool)
     if d < 2:
         return dropped
-    corr = _correlation_matrix(x, names, method)
+    corr = _correlation_matrix(rows, names, method)
     # column sums of |corr|, summed over contiguous copies so the rounding (and so
     # the order of exactly tied features) is the reference's
     sums = np.empty(d)
@@ -280,14 +305,14 @@ def _correlation_excluded(
     rank = np.empty(d, dtype=np.int64)
     rank[np.argsort(sums, kind="quicksort")] = np.arange(d)
     for i0 in range(0, d, _BLOCK):
-        rows = np.arange(i0, min(i0 + _BLOCK, d))
+        pairs = np.arange(i0, min(i0 + _BLOCK, d))
         with np.errstate(invalid="ignore"):
-            above = corr[rows] > threshold
-        above &= np.arange(d)[None, :] < rows[:, None]  # strictly lower triangle
+            above = corr[pairs] > threshold
+        above &= np.arange(d)[None, :] < pairs[:, None]  # strictly lower triangle
         a, b = np.nonzero(above)
         if a.size == 0:
             continue
-        a = rows[a]
+        a = pairs[a]
         drop = np.where(rank[a] > rank[b], a, b)
         dropped[drop] = True
     return dropped
@@ -297,7 +322,7 @@ def _noise_excluded(
     frame: pd.DataFrame, x: np.ndarray, groups: pd.Series, cutoff: float
 ) -> np.ndarray:
     """Mask of features whose mean within-group standard deviation exceeds ``cutoff``."""
-    data = pd.DataFrame(x, index=frame.index)
+    data = pd.DataFrame(x, index=frame.index, copy=False)
     std = data.groupby(groups.to_numpy()).std(ddof=0)
     with _quiet():
         mean_std = np.nanmean(std.to_numpy(dtype=np.float64), axis=0)
@@ -445,37 +470,57 @@ def _dropped(
                 "noise_removal needs noise_removal_stdev_cutoff (the largest mean "
                 "within-group standard deviation to keep)"
             )
-    x_all = feature_matrix(rows, names)
+    held = {"idx": np.arange(len(names)), "x": feature_matrix(rows, names)}  # also checks the values
     keep = np.ones(len(names), dtype=bool)
     by: dict[str, str] = {}
     for op in ops:
         idx = np.flatnonzero(keep)
-        x = x_all if keep.all() else x_all[:, idx]  # no copy while every feature is kept
         kind = op
         if op == "variance_threshold":
             kind = "frequency_threshold" if meaning == "frequency" else "variance"
+        if kind == "correlation_threshold":
+            held.clear()  # it makes its own (transposed) float64 matrix: never two at once
+        x = _kept_matrix(rows, names, idx, held) if kind not in _OWN_VALUES else None
         bad = _excluded_by(kind, x, names, idx, opts, corr_method=corr_method, block=block, rows=rows, groups=groups)
+        del x
         keep[idx[bad]] = False
         by.update((names[i], op) for i in idx[bad])
         log.debug("feature_select %s dropped %d features", op, int(bad.sum()))
     return {c: by[c] for c in profiles.columns if c in by}
 
 
-def _excluded_by(kind: str, x: np.ndarray, names: Sequence[str], idx: np.ndarray, opts: dict[str, Any], *,
+# operations that need no float64 matrix of the kept features (the correlation makes its own)
+_OWN_VALUES = ("correlation_threshold", "blocklist")
+
+
+def _kept_matrix(rows: pd.DataFrame, names: Sequence[str], idx: np.ndarray,
+                 held: dict[str, np.ndarray]) -> np.ndarray:
+    """The float64 values of the kept features ``idx``: ``held``'s matrix while they are the
+    same, else made anew from the frame after the old one is let go, so that one
+    full-size float64 matrix at most is alive at a time."""
+    if "x" in held and np.array_equal(held["idx"], idx):
+        return held["x"]
+    held.clear()
+    held["idx"], held["x"] = idx, feature_matrix(rows, [names[i] for i in idx])
+    return held["x"]
+
+
+def _excluded_by(kind: str, x: np.ndarray | None, names: Sequence[str], idx: np.ndarray, opts: dict[str, Any], *,
                  corr_method: str, block: set[str], rows: pd.DataFrame, groups: pd.Series | None) -> np.ndarray:
     """Which of the still kept features (columns ``idx`` of ``names``, values ``x``) one operation drops."""
+    if kind == "correlation_threshold":
+        return _correlation_excluded(rows, [names[i] for i in idx], opts["corr_threshold"], corr_method)
+    if kind == "blocklist":
+        return np.array([names[i] in block for i in idx], dtype=bool)
+    assert x is not None
     if kind == "frequency_threshold":
         return _frequency_excluded(x, opts["freq_cut"], opts["unique_cut"])
     if kind == "variance":
         return _variance_excluded(x, opts["min_variance"])
-    if kind == "correlation_threshold":
-        return _correlation_excluded(x, [names[i] for i in idx], opts["corr_threshold"], corr_method)
     if kind == "drop_na_columns":
         return _na_excluded(x, opts["na_cutoff"])
     if kind == "drop_outliers":
         return _outlier_excluded(x, opts["outlier_cutoff"])
-    if kind == "blocklist":
-        return np.array([names[i] in block for i in idx], dtype=bool)
     assert groups is not None  # noise_removal
     return _noise_excluded(rows, x, groups, opts["noise_removal_stdev_cutoff"])
 

@@ -19,7 +19,9 @@ applied (non-feature columns first and unchanged, then the features as float32):
 * ``remove_outliers`` (``outlier``): drop features whose 99th percentile of |x|
   exceeds ``bound`` and clip the rest to ±bound.
 * ``drop_na_features`` (``dropna``), ``pca``, ``sphere`` (``sphering``; the
-  regularization chosen by mAP) and ``harmony`` (harmonypy).
+  regularization chosen by mAP) and ``harmony`` (harmonypy; ``harmony_handed_over``
+  takes its frame out of a one-element list and lets go of its features before
+  harmonypy runs, as ``run_chain`` does with the frames it made).
 
 ``parse_chain`` reads a chain (``profiles_var_mad_int_featselect_harmony`` or a
 list) and ``run_chain`` applies it, recording each step's effect.
@@ -38,6 +40,7 @@ from .steps import (
     correct_well_position,
     drop_na_features,
     harmony,
+    harmony_handed_over,
     mad_normalize,
     pca,
     plate_statistics,
@@ -56,6 +59,7 @@ __all__ = [
     "correct_well_position",
     "drop_na_features",
     "harmony",
+    "harmony_handed_over",
     "mad_normalize",
     "parse_chain",
     "pca",

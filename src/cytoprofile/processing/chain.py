@@ -19,7 +19,7 @@ from .steps import (
     Features,
     correct_well_position,
     drop_na_features,
-    harmony,
+    harmony_handed_over,
     mad_normalize,
     non_feature_columns,
     pca,
@@ -94,10 +94,13 @@ def check_chain_options(chain: str | Sequence[str], options: Mapping[str, Any]) 
             raise ConfigError(f"unknown featselect option {name!r}; accepted: {', '.join(sorted(taken))}")
 
 
-def _step_call(step: str, frame: pd.DataFrame, names: list[str], o: Mapping[str, Any]) -> pd.DataFrame:
-    """One chain step with the chain's options."""
+def _step_call(step: str, frames: list[pd.DataFrame], names: list[str], o: Mapping[str, Any]) -> pd.DataFrame:
+    """One chain step with the chain's options, on the frame handed over in ``frames``."""
     from ..feature_select import feature_select
 
+    if step == "harmony":  # lets go of its input's features before harmonypy's peak
+        return harmony_handed_over(frames, features=names, batch_key=o["batch_key"], seed=o["seed"])
+    frame = frames.pop()
     plates = {"plate_column": o["plate_column"], "samples": o["samples"],
               "plates_without_controls": o["plates_without_controls"]}
     if step == "var":
@@ -122,7 +125,7 @@ def _step_call(step: str, frame: pd.DataFrame, names: list[str], o: Mapping[str,
     if step == "sphering":
         return sphere(frame, features=names, samples=o["samples"], epsilon=o["sphering_epsilon"],
                       pert_column=o["pert_column"], neg_sameby=o["neg_sameby"])
-    return harmony(frame, features=names, batch_key=o["batch_key"], seed=o["seed"])
+    raise AssertionError(f"no call for chain step {step!r}")  # parse_chain accepts only the steps above
 
 
 def _plates(frame: pd.DataFrame, plate_column: str) -> set[str]:
@@ -176,7 +179,9 @@ def run_chain(
         before_rows, before = len(frame), names
         other = set(non_feature_columns(frame, names))
         plates_before = _plates(frame, plate_column) if report is not None else set()
-        frame = _step_call(step, frame, names, options)
+        frames = [frame]
+        del frame  # handed over: a step may let go of the features of a frame the chain made
+        frame = _step_call(step, frames, names, options)
         names = [c for c in frame.columns if c not in other]
         if report is not None:
             plates_after = _plates(frame, plate_column)

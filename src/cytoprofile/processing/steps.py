@@ -24,6 +24,7 @@ __all__ = [
     "correct_well_position",
     "drop_na_features",
     "harmony",
+    "harmony_handed_over",
     "mad_normalize",
     "non_feature_columns",
     "pca",
@@ -104,7 +105,13 @@ def plate_statistics(
 
 def _plate_stats(profiles: pd.DataFrame, x: np.ndarray, names: Sequence[str], plate_column: str,
                  samples: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """``plate_statistics`` of the feature matrix ``x`` (rows of ``profiles``)."""
+    """``plate_statistics`` of the feature matrix ``x`` (rows of ``profiles``).
+
+    The median is computed in float64 and rounded once; the deviations from it are
+    taken in float32 (|x − median| rounded per value, the median rounded first),
+    as scipy's ``median_abs_deviation`` takes them, so the MAD is the reference's
+    to the bit.
+    """
     plates = _column(profiles, plate_column, "plate_column").astype(str).to_numpy()
     ref = _reference_rows(profiles, samples)
     found = sorted(set(plates[ref]))
@@ -115,10 +122,11 @@ def _plate_stats(profiles: pd.DataFrame, x: np.ndarray, names: Sequence[str], pl
         for p, plate in enumerate(found):
             rows = np.flatnonzero(ref & (plates == plate))
             for s in range(0, x.shape[1], _BLOCK):
-                block = x[rows, s : s + _BLOCK].astype(np.float64)
-                centre = np.nanmedian(block, axis=0)
+                block = x[rows, s : s + _BLOCK]
+                centre = np.nanmedian(block.astype(np.float64), axis=0).astype(x.dtype)
                 median[p, s : s + _BLOCK] = centre
-                mad[p, s : s + _BLOCK] = np.nanmedian(np.abs(block - centre), axis=0)
+                deviation = np.abs(block - centre).astype(np.float64)
+                mad[p, s : s + _BLOCK] = np.nanmedian(deviation, axis=0)
     index = pd.Index(found, name=plate_column)
     columns = pd.Index(list(names))
     return pd.DataFrame(median, index=index, columns=columns), pd.DataFrame(mad, index=index, columns=columns)
@@ -529,9 +537,40 @@ def harmony(
     theta: float | None = None,
     threads: int = 0,
 ) -> pd.DataFrame:
-    """Harmony batch correction (harmonypy) of the features over ``batch_key``."""
+    """Harmony batch correction (harmonypy) of the features over ``batch_key``.
+
+    harmonypy computes in float32 (its result is float32 to the bit), so the
+    float32 output loses nothing.
+    """
+    return harmony_handed_over([profiles], features=features, feature_prefixes=feature_prefixes,
+                               batch_key=batch_key, seed=seed, max_iter=max_iter, n_clusters=n_clusters,
+                               theta=theta, threads=threads)
+
+
+def harmony_handed_over(
+    frames: list[pd.DataFrame],
+    *,
+    features: Features = "infer",
+    feature_prefixes: Sequence[str] | None = None,
+    batch_key: str = "Metadata_Batch",
+    seed: int = 0,
+    max_iter: int = 10,
+    n_clusters: int | None = None,
+    theta: float | None = None,
+    threads: int = 0,
+) -> pd.DataFrame:
+    """``harmony`` of the one frame in ``frames``, taken out of the list.
+
+    Once the float64 matrix harmonypy needs is made, the step lets go of the frame's
+    features (a copy of its other columns is kept): a caller that hands over its only
+    reference, as ``run_chain`` does with the frames it made, holds no float32 copy
+    of them through harmonypy's peak.
+    """
     import harmonypy
 
+    if len(frames) != 1:
+        raise InputError("harmony_handed_over takes a list holding exactly one frame")
+    profiles = frames.pop()
     names = feature_columns(profiles, features, feature_prefixes)
     batches = _column(profiles, batch_key, "batch_key")
     if batches.isna().any():
@@ -541,14 +580,17 @@ def harmony(
     x = feature_matrix(profiles, names)  # C-contiguous float64: harmonypy's input, not copied again
     _complete(x, "harmony")
     meta = pd.DataFrame({batch_key: batches.astype(str).to_numpy()})
+    rest = profiles.loc[:, non_feature_columns(profiles, names)].copy()
+    del profiles, batches
     # rows x features is used without a copy; a square matrix is passed as features x rows
     data = x if x.shape[0] != x.shape[1] else x.T
     result = harmonypy.run_harmony(data, meta, [batch_key], theta=theta, nclust=n_clusters,
                                    max_iter_harmony=max_iter, random_state=seed, verbose=False, ncores=threads)
     del data, x
-    z = result.Z_corr  # a float64 copy; harmonypy's own state is freed before the float32 one is made
+    # harmonypy's getter makes two float64 copies of its float32 state; its state is
+    # freed before the float32 array is made
+    z = result.Z_corr
     del result
     corrected = z.astype(np.float32)
     del z
-    return _assemble(profiles, names, corrected, drop=names)
-
+    return _assemble(rest, names, corrected)
