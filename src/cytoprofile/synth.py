@@ -207,6 +207,19 @@ def _image_row(rng: np.random.Generator, intensity_rng: np.random.Generator, des
     return image
 
 
+def _with_image_columns(table: pa.Table, image: Mapping[str, list[Any]]) -> pa.Table:
+    """An object table with the image's metadata and file and folder names after its keys, as ExportToSpreadsheet
+    writes them with its "add image metadata / file and folder names" options."""
+    names = [k for k in sorted(image) if k.startswith(("Metadata_", "FileName_", "PathName_"))]
+    out = table.select(["ImageNumber", "ObjectNumber"])
+    for k in names:
+        value = image[k][0]
+        out = out.append_column(k, pa.array([value] * table.num_rows))
+    for k in table.column_names[2:]:
+        out = out.append_column(k, table.column(k))
+    return out
+
+
 def _check_export(export: str, *, faults: bool) -> None:
     if export not in ("csv", "database"):
         raise ConfigError(f"export must be csv or database, not {export!r}")
@@ -247,6 +260,7 @@ def synth(
     export: str = "csv",
     export_files: int = 2,
     export_layout: str = "per_object_table",
+    object_metadata: bool = False,
 ) -> SynthResult:
     """Write a synthetic workspace: CellProfiler CSVs, plate maps, external metadata, load_data.
 
@@ -257,6 +271,9 @@ def synth(
     ``export="database"`` writes each plate's cells as CellProfiler ExportToDatabase
     SQLite files instead (``analysis/BATCH/PLATE/run<N>.sqlite``, ``export_files`` runs,
     ``export_layout`` as in :func:`write_export_database`), with no site CSVs.
+    ``object_metadata`` repeats the image's ``Metadata_*``, ``FileName_*`` and ``PathName_*`` columns in every
+    object CSV, as ExportToSpreadsheet's "Add image metadata columns / image file and folder names to your object
+    data file" options do (the same cells and values otherwise).
     """
     _check_export(export, faults=faults)
     rng = np.random.default_rng(seed)
@@ -293,6 +310,8 @@ def synth(
                 image = _image_row(rng, intensity_rng, design, n=n, image_number=image_number, batch=batch,
                                    plate=plate, well=well, site=site, row_letter_index=row_letter_index)
                 image_table = pa.table({k: image[k] for k in sorted(image)})
+                if object_metadata:
+                    tables = {c: _with_image_columns(t, image) for c, t in tables.items()}
                 _write_csv(image_table, str(site_dir / "Image.csv"))
                 for c, table in tables.items():
                     _write_csv(table, str(site_dir / f"{c}.csv"))

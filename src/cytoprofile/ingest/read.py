@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import InputError
-from .checks import site_checks
+from .checks import object_metadata_warnings, site_checks
 from .image import fill_metadata, parse_image
 from .model import (
     IMAGE_TABLE,
@@ -80,6 +80,7 @@ def _read_site(scan: SiteScan, schema: PlateSchema, count_check: CountCheck = "e
         missing[IMAGE_TABLE] = missing_image
     key_by_image = dict(zip(scan.image_numbers, scan.keys))
     objects: dict[str, np.ndarray] = {}
+    texts: dict[str, pa.Table] = {}
     row_keys: dict[str, list[tuple[str, ...]]] = {}
     notes = list(scan.notes)
     cut: list[str] = []
@@ -88,9 +89,13 @@ def _read_site(scan: SiteScan, schema: PlateSchema, count_check: CountCheck = "e
             continue
         source = scan.sources[table]
         try:
-            array, absent = read_objects(source, schema.tables[table], notes, cut)
+            array, absent, text = read_objects(source, schema.tables[table], notes, cut,
+                                               text_union=schema.text_columns.get(table, ()))
         except ObjectFileProblem as exc:
             return _quarantined(scan, str(exc), source.path)
+        if text is not None:
+            texts[table] = text
+            cut.extend(object_metadata_warnings(source.name, text, array[:, 0], image))
         image_numbers = array[:, 0]
         unknown = set(np.unique(image_numbers).astype(np.int64).tolist()) - set(key_by_image)
         if unknown:
@@ -108,7 +113,7 @@ def _read_site(scan: SiteScan, schema: PlateSchema, count_check: CountCheck = "e
         return _quarantined(scan, problem[1], scan.sources[problem[0]].path)
     return SiteTables(name=scan.name, table_number=table_number, image=image, objects=objects, missing=missing,
                       row_keys=row_keys, keys=scan.keys, files=_site_files(scan, image, objects),
-                      warnings=[*scan.warnings, *cut, *warnings], notes=list(dict.fromkeys(notes)))
+                      warnings=[*scan.warnings, *cut, *warnings], notes=list(dict.fromkeys(notes)), texts=texts)
 
 
 def _site_files(scan: SiteScan, image: pa.Table, objects: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..vocabulary import is_text_column
 from .image import check_image, parse_image
 from .model import (
     APPLE_DOUBLE,
@@ -279,7 +280,27 @@ def _check_header(scan: SiteScan, table: str, source: Source) -> None:
         scan.quarantine(f"{source.name}: columns {clash[0]!r} and {clash[1]!r} differ only in case "
                         "(SQLite cannot hold both); rename one", source.path)
         return
+    if table != IMAGE_TABLE:
+        _split_text_columns(source)
+        if source.text_header:
+            scan.text_headers[table] = source.text_header
     scan.headers[table] = source.header
+
+
+def _split_text_columns(source: Source) -> None:
+    """An object CSV's text-family columns (ExportToSpreadsheet's "add image metadata / file and folder names"
+    options repeat the image's ``Metadata_*``, ``FileName_*``, ``PathName_*`` in every object row) are read as
+    text apart from the numeric ones: stored, never features."""
+    positions = source.positions if source.positions is not None else list(range(source.width))
+    text = [j for j, c in enumerate(source.header) if is_text_column(c)]
+    if not text:
+        return
+    source.text_header = [source.header[j] for j in text]
+    source.text_positions = [positions[j] for j in text]
+    numeric = [j for j in range(len(source.header)) if j not in set(text)]
+    source.header = [source.header[j] for j in numeric]
+    source.positions = [positions[j] for j in numeric]
+    source.key_index = None
 
 
 def _not_a_table(table: str, header: Sequence[str]) -> str:
