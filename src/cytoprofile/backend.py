@@ -132,10 +132,10 @@ class SQLiteBackendWriter:
             if len(array):
                 sql = self._object_sql[table].format(table_number=int(site.table_number))
                 text = site.texts.get(table)
-                rows: Any = array.tolist()
+                values: Any = array.tolist()
                 if text is not None and text.num_columns:
-                    rows = [(*r, *t) for r, t in zip(rows, zip(*(c.to_pylist() for c in text.columns)))]
-                self.conn.executemany(sql, rows)
+                    values = [(*r, *t) for r, t in zip(values, zip(*(c.to_pylist() for c in text.columns)))]
+                self.conn.executemany(sql, values)
 
     def close(self) -> None:
         """Index like the old layout, commit and move into place."""

@@ -32,6 +32,7 @@ __all__ = [
     "is_remote",
     "join",
     "list_files",
+    "list_etags",
     "list_sizes",
     "network_failure",
     "remove",
@@ -195,6 +196,22 @@ def list_files(prefix: str | os.PathLike[str]) -> list[str]:
             raise unreachable(f"listing {text}", exc) from exc
         raise RemoteError(f"{text}: cannot list ({exc}); check the address and credentials") from exc
     return sorted(_url(f, text) for f in found)
+
+
+def list_etags(prefix: str) -> dict[str, tuple[int, str]]:
+    """Every file under an object-storage ``prefix`` with its size and ETag (one listing call): a file's content
+    changes its ETag, so the pair stands for the content without reading it."""
+    fs, bare = filesystem(prefix)
+    try:
+        found = fs.find(bare, detail=True)
+    except FileNotFoundError:
+        return {}
+    except Exception as exc:
+        if network_failure(exc):
+            raise unreachable(f"listing {prefix}", exc) from exc
+        raise RemoteError(f"{prefix}: cannot list ({exc}); check the address and credentials") from exc
+    return {_url(key, prefix): (int(entry.get("size") or 0), str(entry.get("ETag") or entry.get("etag") or "").strip('"'))
+            for key, entry in sorted(found.items()) if entry.get("type", "file") == "file"}
 
 
 def list_sizes(prefix: str | os.PathLike[str]) -> dict[str, int]:
