@@ -13,6 +13,7 @@ from .model import CountCheck, normalise_well
 
 __all__ = [
     "object_metadata_warnings",
+    "set_aside_counts",
     "site_checks",
 ]
 
@@ -110,3 +111,22 @@ def _same_text(column: str, value: object, image_value: object) -> bool:
         return float(a) == float(b)
     except ValueError:
         return False
+
+
+def set_aside_counts(rejected: dict[str, tuple[str, str]], image: pa.Table) -> list[str]:
+    """Object files set aside (empty, no header) although Image.csv's ``Count_<X>`` says the image has objects:
+    those objects are in no table (a warning; a compartment's file in that state quarantines the site)."""
+    counts = {c[len("Count_"):].lower(): c for c in image.column_names if c.startswith("Count_")}
+    if "ImageNumber" not in image.column_names:
+        return []
+    out = []
+    for table, (why, _path) in sorted(rejected.items()):
+        column = counts.get(table)
+        if column is None:
+            continue
+        values = [(n, v) for n, v in zip(image.column("ImageNumber").to_pylist(), image.column(column).to_pylist())
+                  if isinstance(v, (int, float)) and v == v and v > 0]
+        if values:
+            out.append(f"{why}, but Image.csv's {column} says {values[0][1]:g} object(s) in ImageNumber {values[0][0]}: "
+                       "they are in no table")
+    return out

@@ -14,6 +14,7 @@ import pyarrow as pa
 
 from ..io import ragged_line
 from .model import MAX_KEY, NULL_VALUES, ObjectFileProblem, Source
+from .numbers import number_warnings
 from .text import (
     after_lines,
     blank_whitespace_lines,
@@ -187,6 +188,10 @@ def read_objects(source: Source, union: list[str], notes: list[str] | None = Non
         if cleaned is raw:
             raise
         values, texts = _object_values(cleaned, source)  # whitespace-only lines are skipped as blank lines are
+    if warnings is not None:
+        positions = source.positions if source.positions is not None else list(range(source.width))
+        warnings.extend(number_warnings(source.name, source.header, positions, source.width, values, raw,
+                                        source.header_lines))
     header = source.header
     if header == list(union):
         out = values if values.dtype == np.float64 else values.astype(np.float64, order="F")

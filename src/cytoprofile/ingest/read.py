@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import InputError
-from .checks import object_metadata_warnings, site_checks
+from .checks import object_metadata_warnings, set_aside_counts, site_checks
 from .image import fill_metadata, parse_image
 from .model import (
     IMAGE_TABLE,
@@ -109,6 +109,8 @@ def _read_site(scan: SiteScan, schema: PlateSchema, count_check: CountCheck = "e
         else:
             row_keys[table] = [key_by_image[int(v)] for v in image_numbers]
     problem, warnings = site_checks(objects, schema.tables, image, scan.image_numbers, count_check)
+    if count_check != "off":
+        warnings.extend(set_aside_counts(scan.rejected, image))
     if problem is not None:
         return _quarantined(scan, problem[1], scan.sources[problem[0]].path)
     return SiteTables(name=scan.name, table_number=table_number, image=image, objects=objects, missing=missing,

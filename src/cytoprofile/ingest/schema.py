@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from ..errors import InputError
 from .model import IMAGE_TABLE, PlateSchema, SiteScan, canonical_order
-from .scan import case_clash
+from .scan import case_clash, settle_duplicates
 
 __all__ = [
     "plan_schema",
@@ -25,6 +25,7 @@ def plan_schema(scans: Sequence[SiteScan], *, plate: str, strata: Sequence[str],
     stored for the sites that have them.
     """
     _unify_table_names(scans, compartments)
+    settle_duplicates(scans)
     object_tables = sorted({t for s in scans if s.problem is None for t in s.files if t != IMAGE_TABLE})
     for scan in scans:
         if scan.problem is None:
