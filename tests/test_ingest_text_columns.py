@@ -152,6 +152,12 @@ def test_single_cells_hold_no_copied_metadata(tmp_path: Path) -> None:
     ours, theirs = cells(got), cells(want)
     assert list(ours.columns) == list(theirs.columns)
     pd.testing.assert_frame_equal(ours, theirs)
+    from cytoprofile.single_cells import write_single_cells
+
+    joined = [pd.read_parquet(write_single_cells(r.outputs["sqlite"], prefix=tmp_path / name / PLATE,
+                                                 formats=["parquet"]).outputs["parquet"]) for name, r in
+              (("ours", got), ("theirs", want))]  # the single-cells command on each backend
+    assert list(joined[0].columns) == list(joined[1].columns)
 
 
 def test_export_database_with_object_metadata_equals_without(tmp_path: Path) -> None:
