@@ -38,7 +38,7 @@ def _is_inf_word(text: str) -> bool:
     return text.strip().lstrip("+-").lower() in _INF_WORDS
 
 
-def column_warnings(file: str, column: str, texts: Sequence[str | None], values: np.ndarray,
+def _column_warnings(file: str, column: str, texts: Sequence[str | None], values: np.ndarray,
                     raw: bytes, header_lines: int) -> list[str]:
     """The warnings of one column: values that overflowed to inf, integers rounded."""
     overflow: list[int] = []
@@ -82,5 +82,5 @@ def number_warnings(file: str, header: Sequence[str], positions: Sequence[int], 
     for j in suspect:
         texts = frame[names[positions[j]]].to_list()
         if len(texts) == len(values):
-            out.extend(column_warnings(file, header[j], texts, values[:, j], raw, header_lines))
+            out.extend(_column_warnings(file, header[j], texts, values[:, j], raw, header_lines))
     return out
