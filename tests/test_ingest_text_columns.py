@@ -160,15 +160,17 @@ def test_single_cells_hold_no_copied_metadata(tmp_path: Path) -> None:
     assert list(joined[0].columns) == list(joined[1].columns)
 
 
-def test_export_database_with_object_metadata_equals_without(tmp_path: Path) -> None:
-    """The ExportToDatabase route: Per_<Object> tables holding the copied image columns give the same profiles."""
+@pytest.mark.parametrize("layout", ["per_object_table", "per_object"])
+def test_export_database_with_object_metadata_equals_without(tmp_path: Path, layout: str) -> None:
+    """The ExportToDatabase route: object tables holding the copied image columns give the same profiles."""
     kw: dict[str, Any] = dict(batch=BATCH, plates=[PLATE], well_subset=2, sites=2, cells=6, features=4, seed=5,
-                              export="database", export_files=2)
+                              export="database", export_files=2, export_layout=layout)
     synth(tmp_path / "plain", **kw)
     synth(tmp_path / "meta", object_metadata=True, **kw)
     files = sorted((tmp_path / "meta" / "analysis" / BATCH / PLATE).glob("*.sqlite"))
+    table = "MyExpt_Per_Cells" if layout == "per_object_table" else "MyExpt_Per_Object"
     with sqlite3.connect(files[0]) as conn:
-        columns = {r[1]: r[2] for r in conn.execute("PRAGMA table_info(MyExpt_Per_Cells)")}
+        columns = {r[1]: r[2] for r in conn.execute(f"PRAGMA table_info({table})")}
     assert columns["Cells_Metadata_Well"] == "TEXT" and columns["Cells_FileName_OrigDNA"] == "TEXT"
     got = collate_export(tmp_path / "meta", BATCH, PLATE)
     want = collate_export(tmp_path / "plain", BATCH, PLATE)
