@@ -388,6 +388,7 @@ def _plate_state(out: Path) -> dict[str, Any]:
     report = json.loads((out / "P1.report.json").read_text())
     for key in ("seconds", "generation", "outputs"):
         report.pop(key)
+    report["input_files"].pop("recorded_ns")  # when the inputs were looked at, a time like "seconds"
     return {"profiles": (out / "P1.csv").read_bytes(), "rows": rows, "parquet": pq.read_table(out / "P1_Cells.parquet").num_rows,
             "report": report, "files": sorted(p.name for p in out.iterdir())}
 

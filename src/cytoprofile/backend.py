@@ -108,8 +108,10 @@ class SQLiteBackendWriter:
             cols = ["TableNumber", *schema.tables[table]]
             names = [object_column_name(table, c) for c in cols]
             decl = ", ".join(f"{quote(n)} {'INTEGER' if _INTEGER_COLUMN.match(c) else 'FLOAT'}" for n, c in zip(names, cols))
+            texts = schema.text_columns.get(table, [])
+            decl += "".join(f", {quote(object_column_name(table, c))} TEXT" for c in texts)  # image metadata, as written
             self.conn.execute(f"CREATE TABLE {quote(table)} ({decl})")
-            marks = ", ".join("?" * (len(cols) - 1))
+            marks = ", ".join("?" * (len(cols) - 1 + len(texts)))
             self._object_sql[table] = f"INSERT INTO {quote(table)} VALUES ({{table_number}}, {marks})"
 
     def _create_image(self, image: pa.Table) -> None:
@@ -129,7 +131,11 @@ class SQLiteBackendWriter:
         for table, array in site.objects.items():
             if len(array):
                 sql = self._object_sql[table].format(table_number=int(site.table_number))
-                self.conn.executemany(sql, array.tolist())
+                text = site.texts.get(table)
+                values: Any = array.tolist()
+                if text is not None and text.num_columns:
+                    values = [(*r, *t) for r, t in zip(values, zip(*(c.to_pylist() for c in text.columns)))]
+                self.conn.executemany(sql, values)
 
     def close(self) -> None:
         """Index like the old layout, commit and move into place."""
@@ -170,10 +176,12 @@ class ParquetBackendWriter:
         self._writers: dict[str, pq.ParquetWriter] = {}
         self._arrow_schema: dict[str, pa.Schema] = {}
         self._buffers: dict[str, list[tuple[int, np.ndarray]]] = {}
+        self._texts: dict[str, list[pa.Table]] = {}
         self._tmp: dict[str, Path] = {}
         for table in schema.object_tables:
             cols = ["TableNumber", *schema.tables[table]]
             fields = [pa.field(object_column_name(table, c), pa.int64() if c in KEY_COLUMNS else pa.float64()) for c in cols]
+            fields += [pa.field(object_column_name(table, c), pa.string()) for c in schema.text_columns.get(table, [])]
             self._arrow_schema[table] = pa.schema(fields, metadata=self.metadata)
             final = Path(parquet_table_path(self.prefix, table))
             self._tmp[table] = _tmp_name(final)
@@ -182,6 +190,7 @@ class ParquetBackendWriter:
                 self._tmp[table], self._arrow_schema[table], use_dictionary=False,
                 write_statistics=list(KEY_COLUMNS))
             self._buffers[table] = []
+            self._texts[table] = []
 
     def _flush(self, table: str) -> None:
         chunks = self._buffers[table]
@@ -191,14 +200,19 @@ class ParquetBackendWriter:
         # site arrays are column-major: each column slice is contiguous, so no transposing copy
         columns = [pa.chunked_array([pa.array(np.full(len(a), t, dtype=np.int64)) for t, a in chunks], type=pa.int64())]
         missing = [np.isnan(a) for _, a in chunks]  # NaN is written as NULL, as in the SQLite layout
-        for i, f in enumerate(list(schema)[1:]):
+        numeric = len(self.schema.tables[table])
+        for i, f in enumerate(list(schema)[1 : 1 + numeric]):
             if f.type == pa.int64():
                 parts = [pa.array(a[:, i].astype(np.int64)) for _, a in chunks]
             else:
                 parts = [pa.array(a[:, i], mask=m[:, i]) for (_, a), m in zip(chunks, missing)]
             columns.append(pa.chunked_array(parts, type=f.type))
+        texts = self._texts[table]
+        for k in range(len(schema) - 1 - numeric):
+            columns.append(pa.chunked_array([t.column(k) for t in texts], type=pa.string()))
         self._writers[table].write_table(pa.table(columns, schema=schema))
         self._buffers[table] = []
+        self._texts[table] = []
 
     def add(self, site: SiteTables) -> None:
         """Buffer one site's rows; write a row group when the buffer is large."""
@@ -209,6 +223,8 @@ class ParquetBackendWriter:
             self._images = []
         for table, array in site.objects.items():
             self._buffers[table].append((site.table_number, array))
+            if table in self.schema.text_columns:
+                self._texts[table].append(site.texts[table])
             if sum(a.size for _, a in self._buffers[table]) >= self.flush_values:
                 self._flush(table)
 

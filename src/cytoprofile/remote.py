@@ -32,6 +32,7 @@ __all__ = [
     "is_remote",
     "join",
     "list_files",
+    "list_etags",
     "list_sizes",
     "network_failure",
     "remove",
@@ -197,22 +198,33 @@ def list_files(prefix: str | os.PathLike[str]) -> list[str]:
     return sorted(_url(f, text) for f in found)
 
 
-def list_sizes(prefix: str | os.PathLike[str]) -> dict[str, int]:
-    """Every file under ``prefix`` with its size in bytes (one listing call on object storage)."""
-    text = str(prefix)
-    if not is_remote(text):
-        return {path: os.path.getsize(path) for path in list_files(text)}
-    fs, bare = filesystem(text)
+def _found(prefix: str) -> dict[str, dict[str, Any]]:
+    """The listing of every file under an object-storage ``prefix`` (one call): URL -> the store's details."""
+    fs, bare = filesystem(prefix)
     try:
         found = fs.find(bare, detail=True)
     except FileNotFoundError:
         return {}
     except Exception as exc:
         if network_failure(exc):
-            raise unreachable(f"listing {text}", exc) from exc
-        raise RemoteError(f"{text}: cannot list ({exc}); check the address and credentials") from exc
-    return {_url(key, text): int(entry.get("size") or 0) for key, entry in sorted(found.items())
-            if entry.get("type", "file") == "file"}
+            raise unreachable(f"listing {prefix}", exc) from exc
+        raise RemoteError(f"{prefix}: cannot list ({exc}); check the address and credentials") from exc
+    return {_url(key, prefix): entry for key, entry in sorted(found.items()) if entry.get("type", "file") == "file"}
+
+
+def list_etags(prefix: str) -> dict[str, tuple[int, str]]:
+    """Every file under an object-storage ``prefix`` with its size and ETag (one listing call): a file's content
+    changes its ETag, so the pair stands for the content without reading it."""
+    return {url: (int(entry.get("size") or 0), str(entry.get("ETag") or entry.get("etag") or "").strip('"'))
+            for url, entry in _found(prefix).items()}
+
+
+def list_sizes(prefix: str | os.PathLike[str]) -> dict[str, int]:
+    """Every file under ``prefix`` with its size in bytes (one listing call on object storage)."""
+    text = str(prefix)
+    if not is_remote(text):
+        return {path: os.path.getsize(path) for path in list_files(text)}
+    return {url: int(entry.get("size") or 0) for url, entry in _found(text).items()}
 
 
 def with_retries(action: Any, what: str, attempts: int = 4) -> Any:

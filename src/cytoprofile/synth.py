@@ -207,6 +207,28 @@ def _image_row(rng: np.random.Generator, intensity_rng: np.random.Generator, des
     return image
 
 
+def _write_site(site_dir: Path, image: Mapping[str, list[Any]], tables: Mapping[str, pa.Table], *,
+                object_metadata: bool) -> None:
+    """A site folder: Image.csv and one CSV per compartment (carrying the image's columns when asked)."""
+    site_dir.mkdir(parents=True, exist_ok=True)
+    _write_csv(pa.table({k: image[k] for k in sorted(image)}), str(site_dir / "Image.csv"))
+    for c, table in tables.items():
+        _write_csv(_with_image_columns(table, image) if object_metadata else table, str(site_dir / f"{c}.csv"))
+
+
+def _with_image_columns(table: pa.Table, image: Mapping[str, list[Any]]) -> pa.Table:
+    """An object table with the image's metadata and file and folder names after its keys, as ExportToSpreadsheet
+    writes them with its "add image metadata / file and folder names" options."""
+    names = [k for k in sorted(image) if k.startswith(("Metadata_", "FileName_", "PathName_"))]
+    out = table.select(["ImageNumber", "ObjectNumber"])
+    for k in names:
+        value = image[k][0]
+        out = out.append_column(k, pa.array([value] * table.num_rows))
+    for k in table.column_names[2:]:
+        out = out.append_column(k, table.column(k))
+    return out
+
+
 def _check_export(export: str, *, faults: bool) -> None:
     if export not in ("csv", "database"):
         raise ConfigError(f"export must be csv or database, not {export!r}")
@@ -247,6 +269,7 @@ def synth(
     export: str = "csv",
     export_files: int = 2,
     export_layout: str = "per_object_table",
+    object_metadata: bool = False,
 ) -> SynthResult:
     """Write a synthetic workspace: CellProfiler CSVs, plate maps, external metadata, load_data.
 
@@ -257,6 +280,8 @@ def synth(
     ``export="database"`` writes each plate's cells as CellProfiler ExportToDatabase
     SQLite files instead (``analysis/BATCH/PLATE/run<N>.sqlite``, ``export_files`` runs,
     ``export_layout`` as in :func:`write_export_database`), with no site CSVs.
+    ``object_metadata`` repeats the image's ``Metadata_*``, ``FileName_*`` and ``PathName_*`` columns in every
+    object CSV, as ExportToSpreadsheet's "add image metadata / file and folder names" options do (same cells).
     """
     _check_export(export, faults=faults)
     rng = np.random.default_rng(seed)
@@ -282,8 +307,6 @@ def synth(
             treat = treatment_of.get(well)
             for site in range(1, sites + 1):
                 image_number += 1
-                site_dir = Path(plate_dir, f"{plate}-{well}-{site}")
-                site_dir.mkdir(parents=True, exist_ok=True)
                 n = int(rng.poisson(cells))
                 base = rng.normal(0, 1, size=(n, 1))  # cell size factor, shared: correlated features
                 row_letter_index = well_to_grid(well)[0]
@@ -292,10 +315,7 @@ def synth(
                           for c in CANONICAL_COMPARTMENTS}
                 image = _image_row(rng, intensity_rng, design, n=n, image_number=image_number, batch=batch,
                                    plate=plate, well=well, site=site, row_letter_index=row_letter_index)
-                image_table = pa.table({k: image[k] for k in sorted(image)})
-                _write_csv(image_table, str(site_dir / "Image.csv"))
-                for c, table in tables.items():
-                    _write_csv(table, str(site_dir / f"{c}.csv"))
+                _write_site(Path(plate_dir, f"{plate}-{well}-{site}"), image, tables, object_metadata=object_metadata)
                 files += 4
                 cells_written += n
                 load_rows.append(_load_row(plate, well, site, image))

@@ -49,6 +49,7 @@ __all__ = [
     "SPHERIZE_METHODS",
     "TABLE_FORMATS",
     "TABLE_NUMBER",
+    "TEXT_FAMILIES",
     "UNMATCHED_WELLS",
     "WELL_NAME",
     "AggregateOperation",
@@ -58,6 +59,7 @@ __all__ = [
     "grid_to_well",
     "infer_features",
     "is_metadata",
+    "is_text_column",
     "metadata_columns",
     "normal_well",
     "normalise_well",
@@ -116,6 +118,18 @@ DEFAULT_COMPARTMENTS: tuple[str, ...] = CANONICAL_COMPARTMENTS
 METADATA_PREFIX = "Metadata_"
 #: CellProfiler image metadata as older backends named it (annotate renames it to ``Metadata_``).
 IMAGE_METADATA_PREFIX = "Image_Metadata_"
+
+
+#: CellProfiler's text measurement families (image metadata, file and folder names, object-mask files, image set
+#: encodings): text in Image.csv, and in an object CSV (ExportToSpreadsheet's "add image metadata / file names" options),
+#: where they are the image's, never a feature. Every other CellProfiler column is numeric.
+TEXT_FAMILIES: tuple[str, ...] = ("Metadata_", "FileName_", "PathName_", "URL_", "ObjectsFileName_", "ObjectsPathName_",
+                                  "ObjectsURL_", "MD5Digest_", "ImageSet_")
+
+
+def is_text_column(name: str) -> bool:
+    """Whether a CellProfiler column (as written in a CSV, without a table prefix) is of a text family."""
+    return name.startswith(TEXT_FAMILIES)
 
 
 def is_metadata(name: object) -> TypeGuard[str]:
@@ -238,9 +252,11 @@ def prefixed_features(columns: Iterable[object], prefixes: Sequence[str]) -> lis
 
 
 def compartment_features(table: str, columns: Sequence[str]) -> list[str]:
-    """Feature columns of a backend table: prefixed, neither keys nor linking columns, in order."""
+    """Feature columns of a backend table: prefixed, neither keys nor linking columns nor text families
+    (``Cells_Metadata_Plate``: image metadata an object CSV repeats), in order."""
     prefix = f"{table}_"
-    return [c for c in columns if c.startswith(prefix) and c not in LINKING_COLUMNS and c not in KEY_COLUMNS]
+    return [c for c in columns if c.startswith(prefix) and c not in LINKING_COLUMNS and c not in KEY_COLUMNS
+            and not is_text_column(c[len(prefix):])]
 
 
 # ---------------------------------------------------------------- wells and plates

@@ -52,6 +52,7 @@ def synth(
     export: Annotated[str, typer.Option(help="csv (ExportToSpreadsheet site folders) or database (ExportToDatabase SQLite files).")] = "csv",
     export_files: Annotated[int, typer.Option(help="With --export database: SQLite files (CellProfiler runs) per plate.")] = 2,
     export_layout: Annotated[str, typer.Option(help="With --export database: per_object_table or per_object.")] = "per_object_table",
+    object_metadata: Annotated[bool, typer.Option(help="Repeat the image's Metadata_, FileName_ and PathName_ columns in every object CSV (ExportToSpreadsheet's add-metadata options).")] = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Write a realistic synthetic workspace in the handbook layout."""
@@ -62,7 +63,7 @@ def synth(
         result = _synth(workspace, batch=batch, plates=split_values(plates) or ["PLATE1"], wells=wells, sites=sites,
                         cells=cells, features=features, treatments=treatments, well_subset=well_subset,
                         faults=faults, seed=seed, export=export, export_files=export_files,
-                        export_layout=export_layout)
+                        export_layout=export_layout, object_metadata=object_metadata)
     log.info("wrote %d plates × %d wells × %d sites, %d cells, into %s", len(result.plates), len(result.wells),
              result.sites, result.cells_written, result.workspace)
 

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import io
 from ..layout import Workspace, profiles_name, report_name, single_cell_name, sqlite_name
+from ..remote import list_etags
 from .cells import CELL_OPTIONS
 from .outputs import kind_label, kind_of
 
-__all__ = ['Plan', 'build_options', 'input_fingerprint', 'listing_digest', 'plan_build', 'remote_fingerprint']
+__all__ = ['InputState', 'Plan', 'build_options', 'file_digest', 'input_fingerprint', 'input_state', 'listing_digest',
+           'plan_build', 'remote_fingerprint', 'remote_state']
 
 log = logging.getLogger("cytoprofile.collate")
 
@@ -67,7 +71,7 @@ def plan_build(plate: str, report: dict[str, Any] | None, trusted: dict[str, str
         changed = sorted(k for k in _data_options(build) if previous.get(k) != build[k])
         why = f"options changed since the last build ({', '.join(changed)})" if changed else "--overwrite"
         if changed == ["inputs"]:
-            why = "the plate's input files changed since the last build (files added, removed or resized)"
+            why = "the plate's input files changed since the last build (files added, removed or changed)"
         replaced = sorted({kind_label(plate, n) for n in trusted} - {report_name(plate)})
         (log.warning if changed else log.info)("%s: %s; replacing %s", plate, why, ", ".join(replaced) or "its outputs")
     elif kept:
@@ -76,33 +80,109 @@ def plan_build(plate: str, report: dict[str, Any] | None, trusted: dict[str, str
     return Plan(skip=False, kinds=kinds, kept=kept)
 
 
-def input_fingerprint(ws: str | os.PathLike[str], batch: str, plate: str) -> str:
-    """Names and sizes of every file under the plate's analysis folder, hashed: a re-run rebuilds
-    when a site was added, removed or a file changed size (sizes survive a copy; times do not)."""
+#: bytes read at a time when hashing an input file (never a whole file in memory)
+_CHUNK = 1 << 20
+#: a file modified this close to the moment its state was recorded may have changed within the filesystem's
+#: timestamp resolution (1 s or 2 s on some): its recorded digest is not trusted ("racy", as git calls it)
+_RACY_NS = 2_000_000_000
+
+
+@dataclass
+class InputState:
+    """The plate's input files as a re-run compares them: one digest, and per file what it was made of."""
+
+    digest: str
+    #: relative path -> [size, mtime_ns, content digest] (local) or [size, ETag] (object storage)
+    files: dict[str, list[Any]]
+    #: when the files were looked at (ns since the epoch; local only)
+    recorded_ns: int | None = None
+    #: files whose content was read to hash it (the others reused their recorded digest)
+    hashed: int = 0
+
+    def record(self) -> dict[str, Any]:
+        """What the plate report keeps of it (``inputs`` is what re-runs compare)."""
+        return {"inputs": self.digest, "input_files": {"recorded_ns": self.recorded_ns, "files": self.files}}
+
+
+def file_digest(path: str) -> str:
+    """The content digest of one file (128-bit XXH3: made to detect changes, and fast enough to hash a plate
+    in a fraction of its ingest time), read in chunks."""
+    import xxhash
+
+    digest = xxhash.xxh3_128()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _reusable(entry: Any, stat: os.stat_result, recorded_ns: int | None) -> bool:
+    """A recorded digest still stands: same size and mtime, and the mtime not too close to the recording."""
+    if not isinstance(entry, list) or len(entry) != 3 or not isinstance(entry[2], str) or recorded_ns is None:
+        return False
+    return entry[0] == stat.st_size and entry[1] == stat.st_mtime_ns and stat.st_mtime_ns < recorded_ns - _RACY_NS
+
+
+def _hash_or_none(path: str) -> str | None:
+    try:
+        return file_digest(path)
+    except OSError:
+        return None  # unreadable: named by the read pass; never reused
+
+
+def input_state(ws: str | os.PathLike[str], batch: str, plate: str, *, report: dict[str, Any] | None = None,
+                threads: int = 2) -> InputState:
+    """Every file under the plate's analysis folder by size, mtime and content digest, as git's index does:
+    a file whose size and mtime equal the last build's record reuses its digest, every other one is hashed
+    (streamed). So a re-run rebuilds when a file was added, removed or changed, even keeping its size."""
     root = Workspace(str(ws)).analysis(batch, plate)
-    sizes = {}
+    previous = (report or {}).get("input_files") or {}
+    known, recorded_ns = previous.get("files") or {}, previous.get("recorded_ns")
+    now = time.time_ns()
+    stats: dict[str, os.stat_result | None] = {}
     for folder, _dirs, names in os.walk(root, followlinks=True):
         for name in names:
             path = os.path.join(folder, name)
             try:
-                size = os.path.getsize(path)
+                stats[os.path.relpath(path, root)] = os.stat(path)
             except OSError:
-                size = -1  # a broken link: named in the report, counted here
-            sizes[os.path.relpath(path, root)] = size
-    return listing_digest(sizes)
+                stats[os.path.relpath(path, root)] = None  # a broken link: named in the report, counted here
+    todo = [rel for rel, st in stats.items() if st is not None and not _reusable(known.get(rel), st, recorded_ns)]
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        digests = dict(zip(todo, pool.map(lambda rel: _hash_or_none(os.path.join(root, rel)), todo)))
+    files: dict[str, list[Any]] = {}
+    for rel, st in sorted(stats.items()):
+        if st is None:
+            files[rel] = [-1, None, None]
+        else:
+            files[rel] = [st.st_size, st.st_mtime_ns, digests[rel] if rel in digests else known[rel][2]]
+    return InputState(listing_digest({rel: (e[0], e[2]) for rel, e in files.items()}), files, now, len(todo))
 
 
-def listing_digest(sizes: dict[str, int]) -> str:
-    """The input fingerprint of relative path → size, local or from an object-storage listing alike."""
-    import hashlib
+def input_fingerprint(ws: str | os.PathLike[str], batch: str, plate: str) -> str:
+    """The digest of :func:`input_state` (every file hashed)."""
+    return input_state(ws, batch, plate).digest
 
-    return hashlib.sha256("\n".join(sorted(f"{rel}\t{size}" for rel, size in sizes.items())).encode()).hexdigest()[:32]
+
+def listing_digest(entries: dict[str, Any]) -> str:
+    """The input fingerprint of relative path -> what stands for its content (size and digest, or size and ETag)."""
+    def text(value: Any) -> str:
+        return "\t".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
+
+    return hashlib.sha256("\n".join(sorted(f"{rel}\t{text(v)}" for rel, v in entries.items())).encode()).hexdigest()[:32]
+
+
+def remote_state(ws: str, batch: str, plate: str) -> InputState:
+    """:func:`input_state` of a plate on object storage, from one listing: size and ETag stand for the content
+    (a plate moved between local disk and object storage is rebuilt once)."""
+    root = Workspace(str(ws)).analysis(batch, plate).rstrip("/")
+    files = {url[len(root) + 1:]: [size, etag] for url, (size, etag) in list_etags(root).items()}
+    return InputState(listing_digest({rel: ("etag", *e) for rel, e in files.items()}), files)
 
 
 def remote_fingerprint(ws: str, batch: str, plate: str) -> str:
-    """:func:`input_fingerprint` of a plate on object storage, from one listing (the same value as for a local copy)."""
-    root = Workspace(str(ws)).analysis(batch, plate).rstrip("/")
-    return listing_digest({url[len(root) + 1:]: size for url, size in io.list_sizes(root).items()})
+    """The digest of :func:`remote_state`."""
+    return remote_state(ws, batch, plate).digest
 
 
 def build_options(options: dict[str, Any]) -> dict[str, Any]:

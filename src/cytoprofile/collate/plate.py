@@ -39,7 +39,7 @@ from .outputs import (
     plate_outputs,
     trusted_outputs,
 )
-from .plan import build_options, input_fingerprint, plan_build
+from .plan import build_options, input_state, plan_build
 from .read import build_plate
 from .reaggregate import aggregate_only
 from .staging import collate_export_remote, collate_remote, publish_plate, remote_export_files
@@ -127,15 +127,15 @@ def _collate_local(ws: str, batch: str, plate: str, *, wait: bool, progress: Pro
                                    strata=options["strata"], overwrite=options["overwrite"], progress=progress,
                                    start=start)
         report, trusted = trusted_outputs(ws, batch, plate)
-        inputs = input_fingerprint(ws, batch, plate)
-        plan = plan_build(plate, report, trusted, {**build_options(options), "inputs": inputs},
+        inputs = input_state(ws, batch, plate, report=report, threads=options["threads"])
+        plan = plan_build(plate, report, trusted, {**build_options(options), "inputs": inputs.digest},
                      overwrite=options["overwrite"])
         if plan.skip:
             return PlateResult(batch, plate, "skipped", "complete outputs exist (use --overwrite to rebuild)",
                                outputs, report, seconds=time.perf_counter() - start)
         result, staging = build_plate(ws, batch, plate, plan=plan, progress=progress, start=start, **options)
         if result.report is not None:
-            result.report["inputs"] = inputs
+            result.report.update(inputs.record())
         commit_local(out_dir, plate, result, staging, before=set(trusted))
     return result
 

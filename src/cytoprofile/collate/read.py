@@ -264,8 +264,11 @@ def _report(batch: str, plate: str, kinds: Sequence[str], scans: list[Any], sche
         "duplicate_columns": [{"site": s.name, **d} for s in sorted(scans, key=lambda s: s.name) for d in s.duplicates],
         "partial_tables": {t: {"sites_without": names, "aggregated": False} for t, names in schema.partial.items()},
         "count_check": options["count_check"],
-        "tables": {t: {"rows_in": rows_in[t], "rows_out": rows_in[t], "columns": len(schema.tables[t]) + (0 if t == IMAGE_TABLE else 1)}
+        "tables": {t: {"rows_in": rows_in[t], "rows_out": rows_in[t],
+                       "columns": len(schema.tables[t]) + len(schema.text_columns.get(t, ())) + (0 if t == IMAGE_TABLE else 1)}
                    for t in schema.tables},
+        "object_text_columns": {t: {"columns": cols, "stored_as": "text", "aggregated": False}
+                                for t, cols in schema.text_columns.items()},
         "run_metadata": f"{', '.join(RUN_METADATA_FILES)} (CellProfiler run metadata) is not stored",
         "aggregate": {"operation": options["operation"], "strata": list(options["strata"]), "compartments": list(chosen),
                       "image_features": options["image_features"],

@@ -32,7 +32,7 @@ from .outputs import (
     remote_sizes,
     trusted_outputs,
 )
-from .plan import build_options, plan_build, remote_fingerprint
+from .plan import build_options, plan_build, remote_state
 from .read import build_plate
 from .reaggregate import aggregate_only
 
@@ -94,8 +94,8 @@ def collate_remote(ws: str, batch: str, plate: str, *, tmp_dir: str | None, prog
     workspace.find_plate(ws, batch, plate)
     io.remove_leftovers(target)
     report, trusted = trusted_outputs(ws, batch, plate)
-    inputs = remote_fingerprint(ws, batch, plate)
-    plan = plan_build(plate, report, trusted, {**build_options(options), "inputs": inputs}, overwrite=options["overwrite"])
+    inputs = remote_state(ws, batch, plate)
+    plan = plan_build(plate, report, trusted, {**build_options(options), "inputs": inputs.digest}, overwrite=options["overwrite"])
     if plan.skip:
         return PlateResult(batch, plate, "skipped", "complete outputs exist (use --overwrite to rebuild)", outputs, report,
                            seconds=time.perf_counter() - start)
@@ -105,7 +105,7 @@ def collate_remote(ws: str, batch: str, plate: str, *, tmp_dir: str | None, prog
         with io.output_errors(scratch):
             local, staging = build_plate(scratch, batch, plate, plan=plan, progress=progress, start=start, **options)
             if local.report is not None:
-                local.report["inputs"] = inputs
+                local.report.update(inputs.record())
             commit_local(local_dir, plate, local, staging, before=set())
         assert local.report is not None
         urls = publish_plate(scratch, ws, batch, plate, local.report, before=set(trusted))

@@ -11,8 +11,11 @@ What a site folder may hold, as CellProfiler exports are found in the wild:
 ``Image.csv`` and any number of object CSVs (upper- or lower-case extension,
 gzip-compressed ``.csv.gz``, an ExportToSpreadsheet file-name prefix such as
 ``MyExpt_``), the run metadata ``Experiment.csv`` (not stored) and the old single
-``object.csv`` with a two-row header (split per compartment). Every row read is
-either returned or belongs to a quarantined site whose rows per file are counted.
+``object.csv`` with a two-row header (split per compartment). Columns of CellProfiler's
+text families (``Metadata_``, ``FileName_``, ``PathName_``, ``URL_``, ``Objects*``) are
+text wherever they are: in an object CSV (ExportToSpreadsheet's add-metadata options) they
+are kept apart from the numbers, stored, and never features. Every row read is either
+returned or belongs to a quarantined site whose rows per file are counted.
 """
 
 from __future__ import annotations

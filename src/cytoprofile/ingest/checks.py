@@ -9,9 +9,11 @@ from collections.abc import Sequence
 import numpy as np
 import pyarrow as pa
 
-from .model import CountCheck
+from .model import CountCheck, normalise_well
 
 __all__ = [
+    "object_metadata_warnings",
+    "set_aside_counts",
     "site_checks",
 ]
 
@@ -74,3 +76,57 @@ def site_checks(objects: dict[str, np.ndarray], union: dict[str, list[str]], ima
     if mode == "error" and problems:
         return problems[0], []
     return None, [p for _, p in problems]
+
+
+def object_metadata_warnings(file: str, texts: pa.Table, image_numbers: np.ndarray, image: pa.Table) -> list[str]:
+    """Where an object CSV's copy of an Image.csv column (``Metadata_Well``, ``FileName_OrigDNA``) disagrees with
+    Image.csv for the same ImageNumber: one warning per column, naming the file, the image and both values."""
+    names = set(image.column_names)
+    if "ImageNumber" not in names or not len(image_numbers):
+        return []
+    numbers = image.column("ImageNumber").to_pylist()
+    out = []
+    for column in texts.column_names:
+        if column not in names:
+            continue
+        said = dict(zip(numbers, image.column(column).to_pylist()))
+        pairs = pa.table({"n": pa.array(image_numbers.astype(np.int64)), "v": texts.column(column)}).group_by(["n", "v"]).aggregate([])
+        for number, value in zip(pairs.column("n").to_pylist(), pairs.column("v").to_pylist()):
+            if not _same_text(column, value, said.get(number)):
+                out.append(f"{file}: {column} is {value!r} for ImageNumber {number}, but Image.csv says "
+                           f"{said.get(number)!r} (Image.csv's value is the image's; the object file's is stored as written)")
+                break
+    return out
+
+
+def _same_text(column: str, value: object, image_value: object) -> bool:
+    if value is None or image_value is None:
+        return value is None and image_value is None
+    a, b = str(value).strip(), str(image_value).strip()
+    if column == "Metadata_Well":
+        a, b = normalise_well(a), normalise_well(b)
+    if a == b:
+        return True
+    try:
+        return float(a) == float(b)
+    except ValueError:
+        return False
+
+
+def set_aside_counts(rejected: dict[str, tuple[str, str]], image: pa.Table) -> list[str]:
+    """Object files set aside (empty, no header) although Image.csv's ``Count_<X>`` says the image has objects:
+    those objects are in no table (a warning; a compartment's file in that state quarantines the site)."""
+    counts = {c[len("Count_"):].lower(): c for c in image.column_names if c.startswith("Count_")}
+    if "ImageNumber" not in image.column_names:
+        return []
+    out = []
+    for table, (why, _path) in sorted(rejected.items()):
+        column = counts.get(table)
+        if column is None:
+            continue
+        values = [(n, v) for n, v in zip(image.column("ImageNumber").to_pylist(), image.column(column).to_pylist())
+                  if isinstance(v, (int, float)) and v == v and v > 0]
+        if values:
+            out.append(f"{why}, but Image.csv's {column} says {values[0][1]:g} object(s) in ImageNumber {values[0][0]}: "
+                       "they are in no table")
+    return out

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -22,6 +23,7 @@ from .model import (
     is_text_image_column,
     normalise_well,
 )
+from .numbers import number_warnings
 from .text import (
     after_lines,
     blank_whitespace_lines,
@@ -168,6 +170,7 @@ def parse_image(scan: SiteScan, raw: bytes | None = None) -> pa.Table | None:
         if problem:
             scan.quarantine(problem, source.path)
             return None
+    scan.warnings.extend(_number_warnings(table, raw, source))
     if "ImageNumber" in table.column_names:
         problem = _image_number_problem(table.column("ImageNumber"), source.name)
         if problem:
@@ -175,6 +178,18 @@ def parse_image(scan: SiteScan, raw: bytes | None = None) -> pa.Table | None:
             return None
         table = table.set_column(table.column_names.index("ImageNumber"), "ImageNumber", table.column("ImageNumber").cast(pa.int64()))
     return table
+
+
+def _number_warnings(table: pa.Table, raw: bytes, source: Source) -> list[str]:
+    """Image.csv's float columns holding numbers float64 cannot hold as written (``1e400``, integers above 2^53)."""
+    floats = [c for c in table.column_names if pa.types.is_floating(table.schema.field(c).type) and not is_text_image_column(c)]
+    if not floats or not table.num_rows:
+        return []
+    values = np.column_stack([table.column(c).to_numpy(zero_copy_only=False).astype(np.float64) for c in floats])
+    positions = source.positions if source.positions is not None else list(range(source.width))
+    where = {c: positions[j] for j, c in enumerate(source.header)}
+    return number_warnings(source.name, floats, [where[c] for c in floats], source.width, values, raw,
+                           source.header_lines)
 
 
 def _read_image_csv(raw: bytes, source: Source) -> pa.Table:

@@ -12,6 +12,8 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
+from ..vocabulary import TEXT_FAMILIES
+
 __all__ = [
     "APPLE_DOUBLE",
     "CountCheck",
@@ -48,8 +50,9 @@ KEY_COLUMNS = ("TableNumber", "ImageNumber", "ObjectNumber")
 #: empty text field is NULL.
 NULL_VALUES = ["", "nan", "NaN"]
 SITE_NAME = re.compile(r"^(?P<plate>.+)-(?P<well>[A-Za-z]{1,2}\d{1,3}|[rR]\d{1,2}[cC]\d{1,2})-(?P<site>\d+)$")
-#: Image.csv columns of these families are text (ImageSet_ holds CellProfiler's encoded image set); every other one is numeric.
-TEXT_IMAGE_FAMILIES = ("Metadata_", "FileName_", "PathName_", "URL_", "MD5Digest_", "ImageSet_")
+#: Columns of these families are text (ImageSet_ holds CellProfiler's encoded image set; Objects* name saved object
+#: masks), in Image.csv and in object CSVs alike; every other one is numeric.
+TEXT_IMAGE_FAMILIES = TEXT_FAMILIES
 #: Largest key (ImageNumber, ObjectNumber, Parent_*) accepted: every integer up to it is exact in float64.
 MAX_KEY = 2**53
 CountCheck = Literal["error", "warn", "off"]
@@ -80,6 +83,9 @@ class Source:
     positions: list[int] | None = None
     header_lines: int = 1
     width: int = 0
+    #: text-family columns of an object CSV (image metadata and file names it repeats) and their field positions
+    text_header: list[str] = field(default_factory=list)
+    text_positions: list[int] = field(default_factory=list)
     #: indexes into ``header`` of the key columns (computed on first read)
     key_index: list[int] | None = field(default=None, repr=False, compare=False)
 
@@ -98,6 +104,8 @@ class SiteScan:
     path: str
     files: dict[str, str] = field(default_factory=dict)
     headers: dict[str, list[str]] = field(default_factory=dict)
+    #: per object table, its text-family columns (stored as text, never features)
+    text_headers: dict[str, list[str]] = field(default_factory=dict)
     sources: dict[str, Source] = field(default_factory=dict)
     keys: list[tuple[str, ...]] = field(default_factory=list)
     image_numbers: list[int] = field(default_factory=list)
@@ -149,6 +157,8 @@ class PlateSchema:
     plate: str
     #: object tables stored only (not among the compartments) that some trusted sites lack
     partial: dict[str, list[str]] = field(default_factory=dict)
+    #: per object table, the union of its text-family columns (stored after ``tables[t]``, never features)
+    text_columns: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def object_tables(self) -> list[str]:
@@ -174,6 +184,8 @@ class SiteTables:
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: per object table with text columns, those columns (row-aligned with ``objects``) on the union text columns
+    texts: dict[str, pa.Table] = field(default_factory=dict)
 
 
 def canonical_order(columns: Sequence[str]) -> list[str]:

@@ -5,13 +5,16 @@ and the rows parsed matched against the lines of the file.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from ..io import ragged_line
 from .model import MAX_KEY, NULL_VALUES, ObjectFileProblem, Source
+from .numbers import number_warnings
 from .text import (
     after_lines,
     blank_whitespace_lines,
@@ -163,25 +166,32 @@ def _exact_integer(text: str | None) -> int | None:
 
 
 def read_objects(source: Source, union: list[str], notes: list[str] | None = None,
-                 warnings: list[str] | None = None) -> tuple[np.ndarray, list[str]]:
+                 warnings: list[str] | None = None, *,
+                 text_union: Sequence[str] = ()) -> tuple[np.ndarray, list[str], pa.Table | None]:
     """Parse an object CSV as float64, laid out on the union columns (NaN where absent).
 
-    Returns a column-major array (columns are what every consumer reads). The header is
-    ours (Polars reads only the data lines), blank lines are skipped, keys are checked
-    as integers, and the rows parsed must equal the data lines of the file. CR line endings are
-    read as such (a note in ``notes``); a last row without a line ending is a warning in ``warnings``.
+    Returns a column-major array (columns are what every consumer reads), the union columns
+    the file lacks, and its text-family columns on ``text_union`` (None when the plate has none
+    for this table). The header is ours (Polars reads only the data lines), blank lines are
+    skipped, keys are checked as integers, and the rows parsed must equal the data lines of the
+    file. CR line endings are read as such (a note in ``notes``); a last row without a line ending
+    is a warning in ``warnings``.
     """
     raw = line_endings(read_bytes(source.path), source.name, notes)
     cut = unterminated_last_row(raw, source.name, source.header_lines)
     if cut is not None and warnings is not None:
         warnings.append(cut)
     try:
-        values = _object_values(raw, source)
+        values, texts = _object_values(raw, source)
     except ObjectFileProblem:
         cleaned = blank_whitespace_lines(raw, after_lines(raw, source.header_lines))
         if cleaned is raw:
             raise
-        values = _object_values(cleaned, source)  # whitespace-only lines are skipped as blank lines are
+        values, texts = _object_values(cleaned, source)  # whitespace-only lines are skipped as blank lines are
+    if warnings is not None:
+        positions = source.positions if source.positions is not None else list(range(source.width))
+        warnings.extend(number_warnings(source.name, source.header, positions, source.width, values, raw,
+                                        source.header_lines))
     header = source.header
     if header == list(union):
         out = values if values.dtype == np.float64 else values.astype(np.float64, order="F")
@@ -190,19 +200,43 @@ def read_objects(source: Source, union: list[str], notes: list[str] | None = Non
         index = {c: i for i, c in enumerate(union)}
         for j, c in enumerate(header):
             out[:, index[c]] = values[:, j]
-    present = set(header)
-    missing = [c for c in union if c not in present]
-    return out, missing
+    present = set(header) | set(source.text_header)
+    missing = [c for c in [*union, *text_union] if c not in present]
+    return out, missing, _on_text_union(texts, text_union, len(out)) if text_union else None
 
 
-def _object_values(raw: bytes, source: Source) -> np.ndarray:
-    """The data rows of an object CSV in the file's header order, checked (see ``read_objects``)."""
+def _on_text_union(texts: pa.Table | None, union: Sequence[str], rows: int) -> pa.Table:
+    """Text columns on the plate's union of them (NULL where this file lacks one)."""
+    have = set(texts.column_names) if texts is not None else set()
+    arrays = [texts.column(c).cast(pa.string()) if texts is not None and c in have else pa.nulls(rows, pa.string())
+              for c in union]
+    return pa.table(arrays, names=list(union))
+
+
+def _parse_text(data: bytes, start: int, source: Source, rows: int) -> pa.Table:
+    """The text-family columns of the data lines, every token as written (an empty field is NULL)."""
+    import polars as pl
+
+    names = [f"\x00{i}" for i in range(source.width)]
+    skip = data.count(b"\n", 0, start)
+    frame = pl.read_csv(data, has_header=False, skip_lines=skip, schema=dict.fromkeys(names, pl.Utf8),
+                        columns=sorted(set(source.text_positions)), infer_schema_length=0)
+    if frame.height != rows:
+        raise ObjectFileProblem(f"{source.name}: {frame.height} rows of text columns but {rows} rows of numbers; "
+                                 "the file cannot be read faithfully")
+    frame = frame.select([pl.col(names[p]).alias(c) for p, c in zip(source.text_positions, source.text_header)])
+    return frame.to_arrow()
+
+
+def _object_values(raw: bytes, source: Source) -> tuple[np.ndarray, pa.Table | None]:
+    """The data rows of an object CSV in the file's header order, checked (see ``read_objects``), and its text
+    columns (None when it has none)."""
     data, start = raw, after_lines(raw, source.header_lines)
     if raw.startswith((b"\n", b"\r\n"), start):  # a blank line under the header (later ones show as NULL rows)
         data, start = drop_blank_lines(raw[start:]), 0
     header = source.header
     if not _NON_SPACE.search(data, start):
-        return np.empty((0, len(header)), dtype=np.float64, order="F")
+        return np.empty((0, len(header)), dtype=np.float64, order="F"), None
     positions = source.positions if source.positions is not None else range(source.width)
     keys = source.keys()
     key_positions = {positions[j] for j in keys}
@@ -216,4 +250,5 @@ def _object_values(raw: bytes, source: Source) -> np.ndarray:
     if suspect:
         frame = frame.with_columns([_key_column(frame[c], c, source.name, source.header_lines, raw).alias(c)
                                     for c in suspect])
-    return frame.to_numpy(order="fortran")
+    texts = _parse_text(data, start, source, frame.height) if source.text_header else None
+    return frame.to_numpy(order="fortran"), texts

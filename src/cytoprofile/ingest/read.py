@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import InputError
-from .checks import site_checks
+from .checks import object_metadata_warnings, set_aside_counts, site_checks
 from .image import fill_metadata, parse_image
 from .model import (
     IMAGE_TABLE,
@@ -80,6 +80,7 @@ def _read_site(scan: SiteScan, schema: PlateSchema, count_check: CountCheck = "e
         missing[IMAGE_TABLE] = missing_image
     key_by_image = dict(zip(scan.image_numbers, scan.keys))
     objects: dict[str, np.ndarray] = {}
+    texts: dict[str, pa.Table] = {}
     row_keys: dict[str, list[tuple[str, ...]]] = {}
     notes = list(scan.notes)
     cut: list[str] = []
@@ -88,27 +89,38 @@ def _read_site(scan: SiteScan, schema: PlateSchema, count_check: CountCheck = "e
             continue
         source = scan.sources[table]
         try:
-            array, absent = read_objects(source, schema.tables[table], notes, cut)
+            array, absent, text = read_objects(source, schema.tables[table], notes, cut,
+                                               text_union=schema.text_columns.get(table, ()))
         except ObjectFileProblem as exc:
             return _quarantined(scan, str(exc), source.path)
-        image_numbers = array[:, 0]
-        unknown = set(np.unique(image_numbers).astype(np.int64).tolist()) - set(key_by_image)
-        if unknown:
-            return _quarantined(scan, f"{source.name} refers to ImageNumber {sorted(unknown)[0]}, absent from Image.csv", source.path)
+        if text is not None:
+            texts[table] = text
+            cut.extend(object_metadata_warnings(source.name, text, array[:, 0], image))
+        keys = _row_keys(array[:, 0], key_by_image)
+        if isinstance(keys, int):
+            return _quarantined(scan, f"{source.name} refers to ImageNumber {keys}, absent from Image.csv", source.path)
         if absent:
             missing[table] = absent
         objects[table] = array
-        if len(key_by_image) == 1:
-            only = next(iter(key_by_image.values()))
-            row_keys[table] = [only] * len(array)
-        else:
-            row_keys[table] = [key_by_image[int(v)] for v in image_numbers]
+        row_keys[table] = keys
     problem, warnings = site_checks(objects, schema.tables, image, scan.image_numbers, count_check)
+    if count_check != "off":
+        warnings.extend(set_aside_counts(scan.rejected, image))
     if problem is not None:
         return _quarantined(scan, problem[1], scan.sources[problem[0]].path)
     return SiteTables(name=scan.name, table_number=table_number, image=image, objects=objects, missing=missing,
                       row_keys=row_keys, keys=scan.keys, files=_site_files(scan, image, objects),
-                      warnings=[*scan.warnings, *cut, *warnings], notes=list(dict.fromkeys(notes)))
+                      warnings=[*scan.warnings, *cut, *warnings], notes=list(dict.fromkeys(notes)), texts=texts)
+
+
+def _row_keys(image_numbers: np.ndarray, key_by_image: dict[int, tuple[str, ...]]) -> list[tuple[str, ...]] | int:
+    """The grouping key of each object row, or the first ImageNumber absent from Image.csv."""
+    unknown = set(np.unique(image_numbers).astype(np.int64).tolist()) - set(key_by_image)
+    if unknown:
+        return sorted(unknown)[0]
+    if len(key_by_image) == 1:
+        return [next(iter(key_by_image.values()))] * len(image_numbers)
+    return [key_by_image[int(v)] for v in image_numbers]
 
 
 def _site_files(scan: SiteScan, image: pa.Table, objects: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:

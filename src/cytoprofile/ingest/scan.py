@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..vocabulary import is_text_column
 from .image import check_image, parse_image
 from .model import (
     APPLE_DOUBLE,
@@ -42,6 +43,7 @@ __all__ = [
     "discover_sites",
     "files_beside_sites",
     "scan_sites",
+    "settle_duplicates",
 ]
 
 log = logging.getLogger("cytoprofile.ingest")
@@ -89,7 +91,9 @@ def _column_text(path: str, header_lines: int, width: int, positions: Sequence[i
 
 
 def _dedupe(source: Source, table: str, scan: SiteScan) -> None:
-    """Columns named twice: identical values keep one, differing ones become ``X_2``, ``X_3``."""
+    """Columns named twice: the k-th occurrence of ``X`` is named ``X_k`` (the same name in every site of the plate,
+    whichever repeats a site has); whether its values equal an earlier occurrence's is recorded, and the plate's
+    schema drops it only when it does in every site (:func:`settle_duplicates`)."""
     header = source.header
     counts = Counter(header)
     if all(n == 1 for n in counts.values()):
@@ -98,27 +102,50 @@ def _dedupe(source: Source, table: str, scan: SiteScan) -> None:
     text = _column_text(source.path, source.header_lines, source.width, repeated)
     taken = set(header)
     names = list(header)
-    kept_of: dict[str, list[int]] = {}
-    keep: list[int] = []
+    earlier: dict[str, list[int]] = {}
     for i, column in enumerate(header):
-        if counts[column] == 1 or column not in kept_of:
-            kept_of.setdefault(column, []).append(i)
-            keep.append(i)
-            continue
-        if any(text[j] == text[i] for j in kept_of[column]):
-            scan.duplicates.append({"file": source.name, "table": table, "column": column, "identical": True, "stored_as": None})
-            continue
-        k = 2
-        while f"{column}_{k}" in taken:
-            k += 1
-        names[i] = f"{column}_{k}"
-        taken.add(names[i])
-        kept_of[column].append(i)
-        keep.append(i)
-        scan.duplicates.append({"file": source.name, "table": table, "column": column, "identical": False, "stored_as": names[i]})
-    base = source.positions if source.positions is not None else list(range(source.width))
-    source.positions = [base[i] for i in keep]
-    source.header = [names[i] for i in keep]
+        before = earlier.setdefault(column, [])
+        if before:
+            k = len(before) + 1
+            while f"{column}_{k}" in taken:
+                k += 1
+            names[i] = f"{column}_{k}"
+            taken.add(names[i])
+            scan.duplicates.append({"file": source.name, "table": table, "column": column,
+                                    "identical": any(text[j] == text[i] for j in before), "stored_as": names[i]})
+        before.append(i)
+    source.header = names
+
+
+def settle_duplicates(scans: Sequence[SiteScan]) -> None:
+    """Drop a repeated column (``X_k``) from every site when each trusted site holding it has it equal to an earlier
+    occurrence; keep it in every site otherwise (so its name means the same column across the plate)."""
+    kept = {(d["table"], d["stored_as"]) for s in scans if s.problem is None for d in s.duplicates if not d["identical"]}
+    for scan in scans:
+        for entry in scan.duplicates:
+            if entry["stored_as"] is None or (entry["table"], entry["stored_as"]) in kept:
+                continue
+            _drop_column(scan, entry["table"], entry["stored_as"])
+            entry["stored_as"] = None
+
+
+def _drop_column(scan: SiteScan, table: str, name: str) -> None:
+    source = scan.sources.get(table)
+    if source is None:
+        return
+    if name in source.header:
+        positions = source.positions if source.positions is not None else list(range(source.width))
+        j = source.header.index(name)
+        source.header = source.header[:j] + source.header[j + 1:]
+        source.positions = positions[:j] + positions[j + 1:]
+        source.key_index = None
+        if table in scan.headers:
+            scan.headers[table] = source.header
+    elif name in source.text_header:
+        j = source.text_header.index(name)
+        source.text_header = source.text_header[:j] + source.text_header[j + 1:]
+        source.text_positions = source.text_positions[:j] + source.text_positions[j + 1:]
+        scan.text_headers[table] = source.text_header
 
 
 def _object_sources(entry: str, path: str, table: str, scan: SiteScan) -> dict[str, Source]:
@@ -264,6 +291,13 @@ def _check_header(scan: SiteScan, table: str, source: Source) -> None:
             blank = not read_bytes(source.path).strip()
             _set_aside(scan, table, source, "no header row (blank lines only)" if blank else "no header row (line 1 is blank)")
         return
+    if len(header) == 1 and "\t" in header[0]:
+        why = "tab-delimited; CellProfiler writes commas: re-export it from CellProfiler or convert the tabs to commas"
+        if table == IMAGE_TABLE:
+            scan.quarantine(f"{source.name} is {why}", source.path)
+        else:
+            _set_aside(scan, table, source, why)
+        return
     if "" in header:
         scan.quarantine(f"{source.name}: column {header.index('') + 1} of the header has no name (a trailing comma?)", source.path)
         return
@@ -279,7 +313,27 @@ def _check_header(scan: SiteScan, table: str, source: Source) -> None:
         scan.quarantine(f"{source.name}: columns {clash[0]!r} and {clash[1]!r} differ only in case "
                         "(SQLite cannot hold both); rename one", source.path)
         return
+    if table != IMAGE_TABLE:
+        _split_text_columns(source)
+        if source.text_header:
+            scan.text_headers[table] = source.text_header
     scan.headers[table] = source.header
+
+
+def _split_text_columns(source: Source) -> None:
+    """An object CSV's text-family columns (ExportToSpreadsheet's "add image metadata / file and folder names"
+    options repeat the image's ``Metadata_*``, ``FileName_*``, ``PathName_*`` in every object row) are read as
+    text apart from the numeric ones: stored, never features."""
+    positions = source.positions if source.positions is not None else list(range(source.width))
+    text = [j for j, c in enumerate(source.header) if is_text_column(c)]
+    if not text:
+        return
+    source.text_header = [source.header[j] for j in text]
+    source.text_positions = [positions[j] for j in text]
+    numeric = [j for j in range(len(source.header)) if j not in set(text)]
+    source.header = [source.header[j] for j in numeric]
+    source.positions = [positions[j] for j in numeric]
+    source.key_index = None
 
 
 def _not_a_table(table: str, header: Sequence[str]) -> str:
@@ -380,10 +434,10 @@ def scan_sites(
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         scans = list(pool.map(lambda d: _scan_one(d, strata, plate, file_prefix), sorted(site_dirs)))
     _mark_duplicates(scans)
-    disagreeing = [s for s in scans if s.warnings and s.problem is None]
+    disagreeing = [s for s in scans if s.problem is None and any(w.startswith("folder ") for w in s.warnings)]
     if disagreeing:
         log.warning("%s: %d site folder name(s) disagree with Image.csv (listed in the report); first: %s", plate,
-                    len(disagreeing), disagreeing[0].warnings[0])
+                    len(disagreeing), next(w for w in disagreeing[0].warnings if w.startswith("folder ")))
     return scans
 
 

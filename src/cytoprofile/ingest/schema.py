@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from ..errors import InputError
 from .model import IMAGE_TABLE, PlateSchema, SiteScan, canonical_order
-from .scan import case_clash
+from .scan import case_clash, settle_duplicates
 
 __all__ = [
     "plan_schema",
@@ -25,25 +25,32 @@ def plan_schema(scans: Sequence[SiteScan], *, plate: str, strata: Sequence[str],
     stored for the sites that have them.
     """
     _unify_table_names(scans, compartments)
+    settle_duplicates(scans)
     object_tables = sorted({t for s in scans if s.problem is None for t in s.files if t != IMAGE_TABLE})
     for scan in scans:
         if scan.problem is None:
             _require_compartments(scan, compartments, object_tables)
     partial = {t: sorted(s.name for s in scans if s.problem is None and t not in s.files) for t in object_tables}
     tables: dict[str, list[str]] = {}
+    text_columns: dict[str, list[str]] = {}
     for table in [IMAGE_TABLE, *object_tables]:
         columns: set[str] = set()
+        texts: set[str] = set()
         for scan in scans:
             if scan.problem is None:
                 columns.update(scan.headers.get(table, []))
+                texts.update(scan.text_headers.get(table, []))
         if table == IMAGE_TABLE:
             columns.update(c for s in scans if s.problem is None for c in s.filled_columns)
-        clash = case_clash(sorted(columns))
+        if texts:
+            text_columns[table] = sorted(texts)
+        clash = case_clash(sorted(columns | texts))
         if clash:
             raise InputError(f"{plate}: {table} columns {clash[0]!r} and {clash[1]!r} differ only in case between "
                              "sites (SQLite cannot hold both); rename one in the CSVs")
         tables[table] = canonical_order(sorted(columns))
-    return PlateSchema(tables=tables, strata=list(strata), plate=plate, partial={t: v for t, v in partial.items() if v})
+    return PlateSchema(tables=tables, strata=list(strata), plate=plate, partial={t: v for t, v in partial.items() if v},
+                       text_columns=text_columns)
 
 
 def _require_compartments(scan: SiteScan, compartments: Sequence[str], object_tables: Sequence[str]) -> None:
@@ -82,6 +89,8 @@ def _unify_table_names(scans: Sequence[SiteScan], compartments: Sequence[str]) -
                 scan.sources[target] = scan.sources.pop(table)
                 if table in scan.headers:
                     scan.headers[target] = scan.headers.pop(table)
+                if table in scan.text_headers:
+                    scan.text_headers[target] = scan.text_headers.pop(table)
                 for entry in scan.duplicates:
                     if entry["table"] == table:
                         entry["table"] = target
