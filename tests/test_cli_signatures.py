@@ -75,7 +75,7 @@ COMPOSED: dict[tuple[str, str], str] = {
     ("single-cells", "thresholds"): "read with cell_qc.load_thresholds into thresholds=",
     ("single-cells", "qc_sets"): "the sets cell_qc.load_thresholds keeps",
     ("single-cells", "cell_qc"): "thresholds= given (the shipped sets unless --thresholds)",
-    ("single-cells", "backend"): "workspace.find_backend: which of the plate's backend files is the function's first argument",
+    ("single-cells", "backend"): "layout.Workspace.find_backend: which of the plate's backend files is the function's first argument",
     ("single-cells", "strict"): "the command's exit status when objects were not linked",
     ("process", "chain"): "parsed with processing.parse_chain into the chain argument",
     ("qc", "map_"): "checked as the recipe's quality_control.map block into map_settings=",
