@@ -174,7 +174,6 @@ def test_config_join_column_is_prefixed_like_the_tables(merge_column: str, joine
 def test_choice_lists_are_the_steps_own() -> None:
     from cytoprofile import (
         aggregate,
-        annotate,
         config,
         consensus,
         evaluate,
@@ -186,7 +185,6 @@ def test_choice_lists_are_the_steps_own() -> None:
     assert config.FEATURE_SELECT_OPERATIONS is v.FEATURE_SELECT_OPERATIONS
     assert consensus.OPERATIONS is v.CONSENSUS_OPERATIONS
     assert config.LEVELS is v.FEATURE_SELECT_LEVELS
-    assert annotate.UNMATCHED_WELLS is v.UNMATCHED_WELLS
     assert evaluate.MODES is v.EVALUATE_MODES
     assert processing.CHAIN_STEPS is v.PROCESSING_STEPS
     assert aggregate.DEFAULT_COMPARTMENTS is v.DEFAULT_COMPARTMENTS

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 import typing
 from collections.abc import Iterator
@@ -27,12 +26,11 @@ from rich.text import Text
 from typer.core import TyperGroup
 
 from .. import __version__
-from ..errors import CytoprofileError
 
 __all__ = [
     "DEFAULT_IMAGE_FEATURE_CATEGORIES", "SPHERING_GRID", "CompartmentsOpt", "ConnectTimeoutOpt", "EndpointOpt",
     "FeaturePrefixOpt", "FeaturesOpt", "FloatFormatOpt", "HubOpt", "NoControlsOpt", "NoSignOpt", "PlateColumnOpt",
-    "ProfileOpt", "QuietOpt", "ReadTimeoutOpt", "ReferenceOpt", "RetriesOpt", "TmpDirOpt", "about", "app",
+    "ProfileOpt", "QuietOpt", "ReadTimeoutOpt", "ReferenceOpt", "RetriesOpt", "TmpDirOpt", "app",
     "check_float_format", "configure_storage", "console", "feature_args", "log", "plate_progress",
     "setup_logging", "split_values", "timed",
 ]
@@ -141,17 +139,6 @@ def setup_logging(quiet: bool) -> None:
     root.setLevel(level)
     root.propagate = False
     capture_warnings()
-
-
-@contextmanager
-def about(path: str) -> Iterator[None]:
-    """Name the input file in a user error that does not already."""
-    try:
-        yield
-    except CytoprofileError as exc:
-        if os.path.basename(str(path)) in str(exc):
-            raise
-        raise type(exc)(f"{path}: {exc}") from exc
 
 
 @contextmanager

@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
+from ..errors import about
 from ..vocabulary import NEGCON_QUERY
 from .common import (
     SPHERING_GRID,
@@ -16,7 +17,6 @@ from .common import (
     PlateColumnOpt,
     QuietOpt,
     ReferenceOpt,
-    about,
     app,
     feature_args,
     log,

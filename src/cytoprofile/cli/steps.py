@@ -6,14 +6,13 @@ from typing import Annotated, Any
 
 import typer
 
-from ..errors import CytoprofileError
+from ..errors import CytoprofileError, about
 from ..vocabulary import DEFAULT_COMPARTMENTS, DEFAULT_STRATA
 from .common import (
     DEFAULT_IMAGE_FEATURE_CATEGORIES,
     CompartmentsOpt,
     FloatFormatOpt,
     QuietOpt,
-    about,
     app,
     check_float_format,
     console,
@@ -97,23 +96,17 @@ def annotate(
 ) -> None:
     """Join plate map (and external metadata) onto per-well profiles."""
     from .. import io
-    from ..annotate import annotate as _annotate
-    from ..annotate import annotation_account, annotation_inputs
+    from ..annotate import annotate_files
     from ..recipe.provenance import write_step_provenance
 
     setup_logging(quiet)
     io.check_output(output, float_format=float_format)
-    if external and not merge_column:
-        raise CytoprofileError("--external needs --merge-column (e.g. broad_sample)")
-    with about(profiles):
-        table = io.read_table(profiles)
-    inputs = annotation_inputs(platemap, external=external, merge_column=merge_column, unmatched_wells=unmatched_wells)
-    with about(profiles):
-        df = _annotate(table, join_on=split_values(join_on) or ["Metadata_well_position", "Metadata_Well"],
-                       unmatched_wells=unmatched_wells, compartments=split_values(compartments), **inputs)
+    accounts: list[Any] = []
+    df = annotate_files(profiles, platemap, join_on=split_values(join_on) or ["Metadata_well_position", "Metadata_Well"],
+                        external=external, merge_column=merge_column, unmatched_wells=unmatched_wells,
+                        compartments=split_values(compartments), on_account=accounts.append)
     io.write_table(df, output, float_format=float_format)
-    write_step_provenance(output, "annotate", [profiles, platemap, *([external] if external else [])],
-                          annotation_account(table, df))
+    write_step_provenance(output, "annotate", [profiles, platemap, *([external] if external else [])], accounts[0])
     log.info("wrote %d rows × %d columns to %s", len(df), df.shape[1], output)
 
 
