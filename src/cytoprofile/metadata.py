@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from . import io
-from .errors import ConfigError, MetadataError
+from .errors import ConfigError, MetadataError, about
 from .layout import Workspace
 from .vocabulary import UNMATCHED_WELLS, well_name_problem
 
@@ -315,11 +315,16 @@ def _missing_platemap_file(
     return message
 
 
-def profiles_by_plate(table: pd.DataFrame, *, where: str) -> dict[str, pd.DataFrame]:
-    """Per-well profiles split by ``Metadata_Plate`` (the plate naming their plate map); ``where`` names the table."""
-    if "Metadata_Plate" not in table.columns:
-        raise MetadataError(f"{where}: no Metadata_Plate column; the profiles' plate names their plate map")
-    return {str(plate): part for plate, part in table.groupby(table["Metadata_Plate"].astype(str), sort=False)}
+def profiles_by_plate(paths: Sequence[str]) -> dict[str, pd.DataFrame]:
+    """The per-well profiles files ``paths``, split by ``Metadata_Plate`` (the plate naming their plate map)."""
+    out: dict[str, pd.DataFrame] = {}
+    for path in paths:
+        with about(path):
+            table = io.read_table(path)
+        if "Metadata_Plate" not in table.columns:
+            raise MetadataError(f"{path}: no Metadata_Plate column; the profiles' plate names their plate map")
+        out |= {str(plate): part for plate, part in table.groupby(table["Metadata_Plate"].astype(str), sort=False)}
+    return out
 
 
 def validate_metadata(
@@ -328,6 +333,7 @@ def validate_metadata(
     *,
     plates: Sequence[str] | None = None,
     profiles: Mapping[str, pd.DataFrame] | None = None,
+    profile_files: Sequence[str] | None = None,
     external_metadata: PathLike | None = None,
     merge_column: str | None = None,
     well_column: str = "Metadata_Well",
@@ -341,9 +347,12 @@ def validate_metadata(
     the file name, well names, duplicated wells, missing files; for plates given in
     ``profiles`` (plate -> per-well profiles), wells absent from the plate map (an
     error, or with ``unmatched_wells="drop"`` a warning, as annotation treats them);
-    and the ``external_metadata`` file's ``merge_column``. Returns the warnings (plate
+    and the ``external_metadata`` file's ``merge_column``. ``profile_files`` are read
+    into ``profiles`` first (plates from their ``Metadata_Plate``). Returns the warnings (plate
     map wells that have no profile), which count as errors when ``strict``.
     """
+    if profile_files:
+        profiles = {**(profiles or {}), **profiles_by_plate(profile_files)} or None
     if unmatched_wells not in UNMATCHED_WELLS:
         raise ConfigError(f"unmatched_wells must be 'error' or 'drop', got {unmatched_wells!r}")
     errors: list[str] = []

@@ -254,21 +254,14 @@ def validate_metadata(
     plates: Annotated[list[str] | None, typer.Option("--plate", help="Check only these plates (default: every plate of the batch).")] = None,
     external_metadata: Annotated[str | None, typer.Option("--external", help="External metadata file to check too.")] = None,
     merge_column: Annotated[str | None, typer.Option(help="Its key column.")] = None,
-    profiles: Annotated[list[str] | None, typer.Option("--profiles", help="Per-well profiles whose wells to check against their plate maps (repeatable; plates from Metadata_Plate).")] = None,
+    profile_files: Annotated[list[str] | None, typer.Option("--profiles", help="Per-well profiles whose wells to check against their plate maps (repeatable; plates from Metadata_Plate).")] = None,
     unmatched_wells: Annotated[str, typer.Option(help="Profile wells missing from the plate map: error, or drop (a warning).")] = "error",
 ) -> None:
     """Check barcode map, plate maps and external metadata, naming each fault."""
-    from .. import io
-    from ..metadata import profiles_by_plate
     from ..metadata import validate_metadata as _validate
 
-    by_plate: dict[str, Any] = {}
-    for path in split_values(profiles) or []:
-        with about(path):
-            table = io.read_table(path)
-        by_plate |= profiles_by_plate(table, where=path)
     notes = _validate(workspace, batch, plates=split_values(plates), external_metadata=external_metadata, merge_column=merge_column,
-                      profiles=by_plate or None, unmatched_wells=unmatched_wells)
+                      profile_files=split_values(profile_files), unmatched_wells=unmatched_wells)
     for note in notes:
         console.print(f"warning: {note}", highlight=False)
     typer.echo(f"metadata of {batch}: ok" + (f" ({len(notes)} warning(s))" if notes else ""))
