@@ -26,13 +26,11 @@ from .vocabulary import UNMATCHED_WELLS, well_name_problem
 __all__ = [
     "BARCODE_COLUMNS",
     "PLATEMAP_COLUMNS",
-    "barcode_platemap_path",
     "load_barcode_platemap",
     "load_external_metadata",
     "load_platemap",
     "platemap_for_plate",
     "platemap_name_for_plate",
-    "platemap_path",
     "profiles_by_plate",
     "validate_annotation_inputs",
     "validate_metadata",
@@ -60,19 +58,6 @@ class _Table:
     def column(self, name: str) -> list[str]:
         i = self.header.index(name)
         return [r[i] if i < len(r) else "" for r in self.rows]
-
-
-# ---------------------------------------------------------------- paths
-
-
-def barcode_platemap_path(workspace: PathLike, batch: str) -> str:
-    """``metadata/platemaps/BATCH/barcode_platemap.csv``."""
-    return Workspace(str(workspace)).barcode_platemap(batch)
-
-
-def platemap_path(workspace: PathLike, batch: str, name: str) -> str:
-    """``metadata/platemaps/BATCH/platemap/NAME.txt``."""
-    return Workspace(str(workspace)).platemap(batch, name)
 
 
 # ---------------------------------------------------------------- reading
@@ -302,7 +287,7 @@ def _profile_wells(df: pd.DataFrame, well_column: str) -> tuple[str, list[str]] 
 def _missing_platemap_file(
     workspace: PathLike, batch: str, name: str, barcode: str, barcode_path: str, line: int
 ) -> str:
-    path = platemap_path(workspace, batch, name)
+    path = Workspace(str(workspace)).platemap(batch, name)
     message = (
         f"{barcode_path}:{line}: plate {barcode!r} uses plate map {name!r} but {path} does "
         "not exist; add the plate map or fix Plate_Map_Name"
@@ -357,7 +342,7 @@ def validate_metadata(
         raise ConfigError(f"unmatched_wells must be 'error' or 'drop', got {unmatched_wells!r}")
     errors: list[str] = []
     warnings: list[str] = []
-    bpath = barcode_platemap_path(workspace, batch)
+    bpath = Workspace(str(workspace)).barcode_platemap(batch)
     if not io.exists(bpath):
         raise MetadataError(
             f"{bpath}: file not found; create it with the header "
@@ -408,7 +393,7 @@ def _read_platemap(
 ) -> tuple[_Table, dict[str, int]] | None:
     """A plate map checked (and its ``merge_column`` against the external keys), or None
     when it is missing or unreadable; the problems go to ``errors``/``warnings``."""
-    path = platemap_path(workspace, batch, name)
+    path = Workspace(str(workspace)).platemap(batch, name)
     text = None
     if not io.exists(path):
         errors.append(_missing_platemap_file(workspace, batch, name, plate, bpath, line))
@@ -581,7 +566,7 @@ def _check_merge_column(
 
 def platemap_name_for_plate(workspace: PathLike, batch: str, plate: str) -> str:
     """The plate map name of ``plate`` according to barcode_platemap.csv."""
-    path = barcode_platemap_path(workspace, batch)
+    path = Workspace(str(workspace)).barcode_platemap(batch)
     table = load_barcode_platemap(path)
     match = table.loc[table["Assay_Plate_Barcode"] == str(plate), "Plate_Map_Name"]
     if match.empty:
@@ -600,7 +585,7 @@ def platemap_name_for_plate(workspace: PathLike, batch: str, plate: str) -> str:
 def platemap_for_plate(workspace: PathLike, batch: str, plate: str) -> pd.DataFrame:
     """The plate map of ``plate`` (barcode), read from the batch's metadata."""
     name = platemap_name_for_plate(workspace, batch, plate)
-    path = platemap_path(workspace, batch, name)
+    path = Workspace(str(workspace)).platemap(batch, name)
     if not io.exists(path):
         raise MetadataError(
             f"{path}: plate map {name!r} of plate {plate!r} not found; add the tab-separated "
