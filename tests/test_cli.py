@@ -320,3 +320,14 @@ def test_profile_step_commands_write_the_table_its_record_and_a_line(
     assert record["step"] == step and record["inputs"] == [str(src)] and record["output"] == "out.csv"
     assert record["features"]["out"] == sum(c.startswith(("Cells", "Cytoplasm", "Nuclei")) for c in got.columns)
     assert re.search(said + re.escape(str(out)), " ".join(capsys.readouterr().err.split()))
+
+
+@pytest.mark.parametrize(("flags", "said"), [
+    (["--backend", "sqlite,duckdb"], "--backend duckdb: choose sqlite or parquet"),
+    (["--output-format", "tsv"], "--output-format tsv: choose csv, csv.gz or parquet"),
+    (["--count-check", "maybe"], "--count-check maybe: choose error, warn or off"),
+])
+def test_collate_refuses_an_unknown_choice_naming_the_choices(flags: list[str], said: str, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["collate", str(tmp_path), "B", "P", *flags, "-q"]) == 1
+    assert f"error: {said}" in " ".join(capsys.readouterr().err.split())

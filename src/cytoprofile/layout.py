@@ -19,6 +19,7 @@ from typing import Literal
 from . import io
 from .errors import ConfigError, CytoprofileError
 from .ingest import IMAGE_TABLE, SINGLE_CELL_TABLE
+from .vocabulary import BACKEND_KINDS
 
 __all__ = [
     "FORMAT_SUFFIX",
@@ -215,7 +216,7 @@ class Workspace:
                  "sqlite": self.sqlite(batch, plate)}
         found = {k: path if io.exists(path) else None for k, path in paths.items()}
         if kind is not None:
-            if kind not in found:
+            if kind not in BACKEND_KINDS:
                 raise CytoprofileError(f"--backend {kind}: choose sqlite or parquet")
             if found[kind] is None:
                 raise CytoprofileError(f"{plate}: no {kind} backend at {paths[kind]}; run `cytoprofile collate` first")

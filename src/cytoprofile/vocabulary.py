@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AGGREGATE_OPERATIONS",
+    "BACKEND_KINDS",
+    "COUNT_CHECKS",
     "CANONICAL_COMPARTMENTS",
     "CONSENSUS_OPERATIONS",
     "CORRELATION_METHODS",
@@ -384,3 +386,7 @@ UNMATCHED_WELLS: tuple[str, ...] = ("error", "drop")
 TableFormat = Literal["csv", "csv.gz", "parquet"]
 #: File formats of per-well profile tables.
 TABLE_FORMATS: tuple[str, ...] = ("csv", "csv.gz", "parquet")
+#: Kinds of single-cell backend collate writes.
+BACKEND_KINDS: tuple[str, ...] = ("sqlite", "parquet")
+#: What collate does when object rows disagree with Image.csv counts and Parent_ links.
+COUNT_CHECKS: tuple[str, ...] = ("error", "warn", "off")

@@ -11,7 +11,13 @@ from rich.table import Table
 from rich.text import Text
 
 from ..errors import CytoprofileError
-from ..vocabulary import DEFAULT_COMPARTMENTS, DEFAULT_STRATA
+from ..vocabulary import (
+    BACKEND_KINDS,
+    COUNT_CHECKS,
+    DEFAULT_COMPARTMENTS,
+    DEFAULT_STRATA,
+    TABLE_FORMATS,
+)
 from .common import (
     DEFAULT_IMAGE_FEATURE_CATEGORIES,
     AddImageFeaturesOpt,
@@ -121,13 +127,9 @@ def collate(
     configure_storage(profile, endpoint_url, no_sign_request, connect_timeout=connect_timeout,
                       read_timeout=read_timeout, retries=retries)
     kinds = split_values(backend) or ["sqlite"]
-    bad = [k for k in kinds if k not in ("sqlite", "parquet")]
-    if bad:
-        raise CytoprofileError(f"--backend {bad[0]}: choose sqlite or parquet")
-    if profile_format not in ("csv", "csv.gz", "parquet"):
-        raise CytoprofileError(f"--output-format {profile_format}: choose csv, csv.gz or parquet")
-    if count_check not in ("error", "warn", "off"):
-        raise CytoprofileError(f"--count-check {count_check}: choose error, warn or off")
+    for flag, values, choices in (("--backend", kinds, BACKEND_KINDS), ("--output-format", [profile_format], TABLE_FORMATS),
+                                  ("--count-check", [count_check], COUNT_CHECKS)):
+        _choose(flag, values, choices)
     if (single_cell_format and not single_cells) or ((qc_sets or cell_qc_thresholds) and not exclude_outlier_cells):
         raise CytoprofileError("--single-cell-format needs --single-cells; --qc-sets and --thresholds need --exclude-outlier-cells")
     plate_list = [p for raw in plates for p in (split_values([raw]) or [raw])]  # an empty name is refused, not dropped
@@ -148,6 +150,13 @@ def collate(
             jobs=jobs, scheduler=scheduler, remote=remote, tmp_dir=tmp_dir, wait=wait, progress=update,
         )
     _print_results(results, batch, quiet=quiet, start=start)
+
+
+def _choose(flag: str, values: list[str], choices: tuple[str, ...]) -> None:
+    """Refuse the first of ``values`` not among ``choices``, naming the flag and the choices."""
+    bad = [v for v in values if v not in choices]
+    if bad:
+        raise CytoprofileError(f"{flag} {bad[0]}: choose {', '.join(choices[:-1])} or {choices[-1]}")
 
 
 def _print_results(results: list[Any], batch: str, *, quiet: bool, start: float) -> None:
