@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from functools import partial
 from pathlib import Path
 
@@ -11,9 +12,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cytoprofile.annotate import annotate, prefix_metadata
+from cytoprofile.annotate import annotate
 from cytoprofile.cli import main
 from cytoprofile.errors import ConfigError, InputError, MetadataError
+from cytoprofile.vocabulary import prefix_metadata
 
 from .profiles import WELLS, plate_profiles
 from .reference import pycytominer_step
@@ -389,3 +391,25 @@ def test_unmatched_wells_invariants(profile_wells: list[str], map_wells: list[st
     dropped = annotate(profiles, platemap, unmatched_wells="drop")
     assert len(dropped) == len(profile_wells) - len(missing)
     assert dropped["Metadata_Well"].tolist() == [w for w in map_wells if w in set(profile_wells)]
+
+
+def test_annotate_files_is_annotate_on_the_files(tmp_path: Path) -> None:
+    """The command's one library call: the same table as annotate() on the loaded inputs, its
+    features in and out handed on, errors naming the profiles file."""
+    from cytoprofile.annotate import annotate_files, prefixed_platemap
+    from cytoprofile.metadata import load_platemap
+    from cytoprofile.step_data import FeatureAccount
+
+    profiles_path, map_path = _write_inputs(tmp_path, make_platemap())
+    accounts: list[FeatureAccount] = []
+    got = annotate_files(str(profiles_path), str(map_path), on_account=accounts.append)
+    expected = annotate(pd.read_csv(profiles_path), prefixed_platemap(load_platemap(str(map_path))))
+    pd.testing.assert_frame_equal(got, expected)
+    features = tuple(c for c in got.columns if not c.startswith("Metadata_"))
+    assert accounts == [FeatureAccount(step="annotate", features_in=features, features_out=features)]
+    with pytest.raises(ConfigError, match="--external needs --merge-column") as info:
+        annotate_files(str(profiles_path), str(map_path), external=str(map_path))
+    assert isinstance(info.value, ValueError)
+    _write_inputs(tmp_path, make_platemap().iloc[:39])
+    with pytest.raises(MetadataError, match=rf"^{re.escape(str(profiles_path))}: the plate map lacks 57 well"):
+        annotate_files(str(profiles_path), str(map_path))

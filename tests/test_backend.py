@@ -10,9 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from cytoprofile.aggregate import aggregate
-from cytoprofile.backend import object_column_name, open_backend, parquet_table_path, quote
+from cytoprofile.backend import object_column_name, open_backend, quote
 from cytoprofile.collate import collate_plate
 from cytoprofile.errors import InputError
+from cytoprofile.layout import parquet_table_path
 
 from . import faults
 

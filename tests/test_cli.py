@@ -287,3 +287,47 @@ def test_write_gct_help_names_no_reader_that_fails() -> None:
     text = typer.main.get_command(app).commands["write-gct"].help or ""  # type: ignore[attr-defined]
     assert "Morpheus" in text
     assert "cmapPy" not in text or "cannot read" in text
+
+
+@pytest.mark.parametrize(("argv", "step", "said"), [
+    (["normalize", "--method", "mad_robustize"], "normalize", r"wrote 96 rows × \d+ columns to "),
+    (["feature-select", "--operations", "variance_threshold,correlation_threshold"], "feature_select", r"kept \d+ columns; wrote "),
+    (["consensus", "--replicate-columns", "Metadata_Well"], "consensus", r"wrote 96 consensus profiles to "),
+])
+def test_profile_step_commands_write_the_table_its_record_and_a_line(
+        argv: list[str], step: str, said: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The profile-step commands: the function's table, a provenance record of the step, one line said."""
+    import json
+
+    import pandas as pd
+
+    from cytoprofile import consensus, feature_select, normalize
+
+    from .profiles import plate_profiles
+
+    src, out = tmp_path / "in.csv", tmp_path / "out.csv"
+    table = plate_profiles()
+    table.to_csv(src, index=False)
+    assert main([argv[0], str(src), str(out), *argv[1:]]) == 0
+    got = pd.read_csv(out)
+    function = {"normalize": lambda t: normalize.normalize(t, method="mad_robustize"),
+                "feature_select": lambda t: feature_select.feature_select(
+                    t, operations=["variance_threshold", "correlation_threshold"]),
+                "consensus": lambda t: consensus.consensus(t, replicate_columns=["Metadata_Well"])}[step]
+    expected = function(pd.read_csv(src))
+    assert list(got.columns) == list(expected.columns) and len(got) == len(expected)
+    record = json.loads((tmp_path / "out.csv.provenance.json").read_text())
+    assert record["step"] == step and record["inputs"] == [str(src)] and record["output"] == "out.csv"
+    assert record["features"]["out"] == sum(c.startswith(("Cells", "Cytoplasm", "Nuclei")) for c in got.columns)
+    assert re.search(said + re.escape(str(out)), " ".join(capsys.readouterr().err.split()))
+
+
+@pytest.mark.parametrize(("flags", "said"), [
+    (["--backend", "sqlite,duckdb"], "--backend duckdb: choose sqlite or parquet"),
+    (["--output-format", "tsv"], "--output-format tsv: choose csv, csv.gz or parquet"),
+    (["--count-check", "maybe"], "--count-check maybe: choose error, warn or off"),
+])
+def test_collate_refuses_an_unknown_choice_naming_the_choices(flags: list[str], said: str, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["collate", str(tmp_path), "B", "P", *flags, "-q"]) == 1
+    assert f"error: {said}" in " ".join(capsys.readouterr().err.split())

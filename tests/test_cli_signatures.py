@@ -25,7 +25,7 @@ FUNCTIONS: dict[str, tuple[str, str]] = {
     "collate": ("cytoprofile.collate", "collate"),
     "aggregate": ("cytoprofile.aggregate", "aggregate"),
     "csv2gz": ("cytoprofile.io", "csv2gz"),
-    "annotate": ("cytoprofile.annotate", "annotate"),
+    "annotate": ("cytoprofile.annotate", "annotate_files"),
     "normalize": ("cytoprofile.normalize", "normalize"),
     "feature-select": ("cytoprofile.feature_select", "feature_select"),
     "consensus": ("cytoprofile.consensus", "consensus"),
@@ -66,8 +66,6 @@ CLI_ONLY: dict[str, str] = {
 
 # flags a command turns into one argument of its function, and how
 COMPOSED: dict[tuple[str, str], str] = {
-    ("annotate", "external"): "read with annotate.annotation_inputs into external_metadata=",
-    ("annotate", "merge_column"): "the key of --external: external_join_left= and external_join_right=",
     ("collate", "single_cell_format"): "with --single-cells: the formats of single_cells=",
     ("collate", "qc_sets"): "with --exclude-outlier-cells: the sets of exclude_outlier_cells=",
     ("cell-qc", "thresholds"): "read with cell_qc.load_thresholds into thresholds=",
@@ -75,7 +73,7 @@ COMPOSED: dict[tuple[str, str], str] = {
     ("single-cells", "thresholds"): "read with cell_qc.load_thresholds into thresholds=",
     ("single-cells", "qc_sets"): "the sets cell_qc.load_thresholds keeps",
     ("single-cells", "cell_qc"): "thresholds= given (the shipped sets unless --thresholds)",
-    ("single-cells", "backend"): "workspace.find_backend: which of the plate's backend files is the function's first argument",
+    ("single-cells", "backend"): "layout.Workspace.find_backend: which of the plate's backend files is the function's first argument",
     ("single-cells", "strict"): "the command's exit status when objects were not linked",
     ("process", "chain"): "parsed with processing.parse_chain into the chain argument",
     ("qc", "map_"): "checked as the recipe's quality_control.map block into map_settings=",

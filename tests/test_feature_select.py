@@ -13,14 +13,14 @@ from hypothesis import strategies as st
 
 from cytoprofile.errors import ConfigError, InputError
 from cytoprofile.feature_select import (
-    FeatureAccount,
     default_blocklist,
     dropped_features,
     excluded_features,
     feature_select,
-    infer_features,
     selected_features,
 )
+from cytoprofile.step_data import FeatureAccount
+from cytoprofile.vocabulary import infer_features
 
 from .profiles import NEGCON, selection_profiles
 from .reference import pycytominer_step

@@ -38,10 +38,10 @@ def test_workspace_paths(root: str) -> None:
     expected = {
         ws.analysis(b, p): "analysis/B1/P1/analysis",
         ws.analysis_plate(b, p): "analysis/B1/P1",
-        ws.analysis_root(): "analysis",
-        ws.analysis_batch(b): "analysis/B1",
+        ws.folder("analysis"): "analysis",
+        ws.folder("analysis", b): "analysis/B1",
         ws.backend_root(): "backend",
-        ws.backend_batch(b): "backend/B1",
+        ws.folder("backend", b): "backend/B1",
         ws.backend(b, p): "backend/B1/P1",
         ws.sqlite(b, p): "backend/B1/P1/P1.sqlite",
         ws.parquet_prefix(b, p): "backend/B1/P1/P1",
@@ -84,10 +84,6 @@ def test_backend_files_agree(root: str) -> None:
     assert files == backend_files_in(ws.backend("B", "P"), "P", profile_format="csv.gz")
     assert files["profiles"].endswith("/backend/B/P/P.csv.gz")
     assert files["report"].endswith("/" + report_name("P"))
-    assert workspace.backend_files(root, "B", "P", profile_format="csv.gz") == files
-    assert workspace.backend_dir(root, "B", "P") == ws.backend("B", "P")
-    assert workspace.analysis_dir(root, "B", "P") == ws.analysis("B", "P")
-    assert workspace.platemap_dir(root, "B") == ws.platemaps("B")
 
 
 @pytest.mark.parametrize("root", ROOTS)
@@ -165,3 +161,28 @@ def test_plate_file_names() -> None:
     files = Workspace("/ws").backend_files("B1", "P1", profile_format="csv.gz")
     assert os.path.basename(files["sqlite"]) == sqlite_name("P1")
     assert os.path.basename(files["profiles"]) == profiles_name("P1", "csv.gz")
+
+
+def test_find_backend_prefers_parquet_and_names_what_is_missing(tmp_path: os.PathLike[str]) -> None:
+    from cytoprofile.errors import CytoprofileError
+    from cytoprofile.layout import parquet_table_path
+
+    ws = Workspace(str(tmp_path))
+    with pytest.raises(CytoprofileError, match=r"P: no backend in .*backend/B/P; run `cytoprofile collate` first"):
+        ws.find_backend("B", "P")
+    os.makedirs(ws.backend("B", "P"))
+    open(ws.sqlite("B", "P"), "w").close()
+    assert ws.find_backend("B", "P") == ws.sqlite("B", "P")
+    with pytest.raises(CytoprofileError, match="P: no parquet backend at .*P_Image.parquet"):
+        ws.find_backend("B", "P", "parquet")
+    image = parquet_table_path(ws.parquet_prefix("B", "P"), "Image")
+    open(image, "w").close()
+    assert ws.find_backend("B", "P") == image == ws.find_backend("B", "P", "parquet")
+    assert ws.find_backend("B", "P", "sqlite") == ws.sqlite("B", "P")
+    with pytest.raises(CytoprofileError, match="--backend csv: choose sqlite or parquet"):
+        ws.find_backend("B", "P", "csv")
+
+
+def test_a_plate_folder_needs_its_batch() -> None:
+    with pytest.raises(ValueError, match="without its batch"):
+        Workspace("/ws").folder("backend", plate="P")

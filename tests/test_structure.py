@@ -1,5 +1,5 @@
 """Layout rules for the library code: short modules, short functions, private names stay home,
-no repeated blocks.
+no repeated blocks; command bodies are parse → one library call → write.
 
 Modules still being reorganised are listed in ``PENDING``; the test fails when a module outside
 the list breaks a rule, and also when a listed module already meets every rule, so the list only
@@ -190,3 +190,176 @@ def test_checker_sees_each_kind_of_problem(tmp_path: Path) -> None:
     mods["b"].write_text("z = 1\n" + block + "\n")
     found = _repeated_blocks(mods)
     assert found["a"] and found["b"]
+
+
+# ---------------------------------------------------------------- command bodies
+
+CLI = PACKAGE / "cli"
+# modules a command calls freely: reading and writing tables (io), errors, the step's provenance record
+FREE_MODULES = frozenset({"io", "errors", "recipe.provenance"})
+# library names a command may call besides its function, because they turn a flag into an argument
+PARSERS: dict[str, str] = {
+    "load_thresholds": "reads --thresholds (and --qc-sets) into the thresholds argument",
+    "parse_chain": "parses --chain into the chain argument",
+    "Workspace": "names the backend file --backend selects (layout)",
+    "MapConfig": "checks the --map-* options as the recipe's quality_control.map block",
+    "map_options": "turns that block into map_settings, as the recipe does",
+}
+# commands whose body still holds library logic, and what it is; the list only shrinks
+PENDING_COMMANDS: dict[str, str] = {
+    "single-cells": "loops over the plates around write_single_cells and decides --strict's exit (single_cells/)",
+}
+
+
+def _command_name(node: ast.FunctionDef) -> str | None:
+    """The name ``@app.command(...)`` registers ``node`` under, or None when it is no command."""
+    for dec in node.decorator_list:
+        if isinstance(dec, ast.Call) and isinstance(dec.func, ast.Attribute) and dec.func.attr == "command":
+            if dec.args and isinstance(dec.args[0], ast.Constant):
+                return str(dec.args[0].value)
+            return node.name.replace("_", "-")
+    return None
+
+
+def _imported(nodes: list[ast.stmt], module: str) -> dict[str, tuple[str, str]]:
+    """Local name -> (package module, name) for the ``from`` imports among ``nodes`` (walked)."""
+    out = {}
+    for stmt in nodes:
+        for node in ast.walk(stmt):
+            if isinstance(node, ast.ImportFrom):
+                target = _resolve(module, node, is_package=False)
+                if target is None:
+                    continue
+                for alias in node.names:
+                    sub = f"{target}.{alias.name}" if target != "__init__" else alias.name
+                    out[alias.asname or alias.name] = (sub, "") if sub in _modules() else (target, alias.name)
+    return out
+
+
+def _base_name(node: ast.expr) -> tuple[str, str] | None:
+    """(root name, attribute) of a call's function: ``f`` -> (f, ""), ``io.f`` -> (io, f), ``C(x).m`` -> (C, "")."""
+    attr = node.attr if isinstance(node, ast.Attribute) else ""
+    while isinstance(node, ast.Attribute | ast.Call):
+        node = node.value if isinstance(node, ast.Attribute) else node.func
+    return (node.id, attr) if isinstance(node, ast.Name) else None
+
+
+def _library_calls(body: ast.AST, names: dict[str, tuple[str, str]]) -> list[tuple[str, str, bool]]:
+    """(module, name, inside a loop) of each call into the library outside cli/ and FREE_MODULES."""
+    looped = {id(n) for loop in ast.walk(body) if isinstance(loop, ast.For | ast.While | ast.comprehension)
+              for n in ast.walk(loop)}
+    out = []
+    for node in ast.walk(body):
+        base = _base_name(node.func) if isinstance(node, ast.Call) else None
+        if base is None or base[0] not in names:
+            continue
+        module, name = names[base[0]]
+        name = name or base[1]
+        if module.startswith("cli") or module in FREE_MODULES:
+            continue
+        out.append((module, name, id(node) in looped))
+    return out
+
+
+def _command_calls() -> dict[str, tuple[set[tuple[str, str]], list[str]]]:
+    """For each command: the library functions its body (and the cli helpers it calls) calls, and
+    the calls made inside a loop."""
+    out = {}
+    for path in sorted(CLI.glob("*.py")):
+        module = f"cli.{path.stem}"
+        tree = ast.parse(path.read_text())
+        helpers = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef) and _command_name(n) is None}
+        top = _imported(list(tree.body), module)
+        for node in tree.body:
+            name = _command_name(node) if isinstance(node, ast.FunctionDef) else None
+            if name is None or not isinstance(node, ast.FunctionDef):
+                continue
+            used = [node] + [helpers[c.func.id] for c in ast.walk(node) if isinstance(c, ast.Call)
+                             and isinstance(c.func, ast.Name) and c.func.id in helpers]
+            calls = [call for fn in used for call in _library_calls(fn, top | _imported(fn.body, module))]
+            out[name] = ({(m, n) for m, n, _ in calls if n not in PARSERS},
+                         [f"{m}.{n}" for m, n, looped in calls if looped])
+    return out
+
+
+def _body_problems(command: str, calls: set[tuple[str, str]], looped: list[str]) -> list[str]:
+    from .test_cli_signatures import FUNCTIONS
+
+    module, name = FUNCTIONS[command]
+    expected = set() if module == "cytoprofile.io" else {(module.removeprefix("cytoprofile."), name)}
+    problems = []
+    if calls != expected:
+        problems.append(f"calls {sorted(f'{m}.{n}' for m, n in calls)}, not only {name}")
+    if looped:
+        problems.append(f"calls {', '.join(sorted(set(looped)))} in a loop")
+    return problems
+
+
+def test_command_bodies_parse_call_once_and_write() -> None:
+    """Each command's body (with the cli helpers it calls) calls one library function, its own,
+    besides io, errors, provenance and the flag parsers; logic beyond that lives in the library."""
+    found = {c: _body_problems(c, calls, looped) for c, (calls, looped) in _command_calls().items()}
+    broken = {c: p for c, p in found.items() if p and c not in PENDING_COMMANDS}
+    assert not broken, "\n".join(f"{c}: {'; '.join(p)}" for c, p in broken.items())
+    assert PENDING_COMMANDS.keys() <= found.keys()
+    clean = sorted(c for c in PENDING_COMMANDS if not found[c])
+    assert not clean, f"parse → call → write now, drop from PENDING_COMMANDS: {clean}"
+
+
+def test_body_check_sees_extra_calls_and_loops(tmp_path: Path) -> None:
+    """The command-body rule catches a second library call, a call in a loop and a wrong function."""
+    tree = ast.parse(
+        "from ..annotate import annotate, annotate_files\nfrom .. import io\n"
+        "def cmd(paths):\n    for p in paths:\n        t = io.read_table(p)\n        annotate(t)\n"
+        "    return annotate_files(paths[0])\n")
+    names = _imported(list(tree.body), "cli.steps")
+    fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef))
+    calls = _library_calls(fn, names)
+    assert sorted(calls) == [("annotate", "annotate", True), ("annotate", "annotate_files", False)]
+    problems = _body_problems("annotate", {(m, n) for m, n, _ in calls}, [f"{m}.{n}" for m, n, lp in calls if lp])
+    assert len(problems) == 2 and "in a loop" in problems[1]
+    assert _body_problems("annotate", {("annotate", "annotate_files")}, []) == []
+    assert _body_problems("normalize", {("annotate", "annotate_files")}, [])
+
+
+# ---------------------------------------------------------------- one home per name
+
+# modules whose job is to offer another module's names under a stable import, and why
+FACADES: dict[str, str] = {
+    "io": "the storage layer's public face: remote's listing, upload and options with the readers and writers",
+    "config": "the recipe config's public face: the blocks of config_blocks with loading and diagnostics",
+    "pipeline": "the recipe's public face: run and its layout helpers from recipe/ and layout",
+}
+# modules that still export a name another module defines; the list only shrinks
+PENDING_REEXPORTS: frozenset[str] = frozenset({
+    "aggregate", "collate.outputs", "consensus", "evaluate", "metadata", "normalize", "processing.chain", "qc.metrics",
+})
+
+
+def _reexports(module: str, tree: ast.Module) -> list[str]:
+    """Names in ``__all__`` that ``module`` imports from elsewhere in the package instead of defining."""
+    exported: list[str] = []
+    imported: dict[str, str] = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets):
+            exported = [e.value for e in getattr(node.value, "elts", []) if isinstance(e, ast.Constant)]
+        elif isinstance(node, ast.ImportFrom):
+            target = _resolve(module, node, is_package=False)
+            if target is not None:
+                imported |= {alias.asname or alias.name: target for alias in node.names}
+    return [f"{name} (from {imported[name]})" for name in exported if name in imported]
+
+
+def test_each_exported_name_has_one_home() -> None:
+    """A module's ``__all__`` names what it defines; importers take a name from where it is defined."""
+    found = {}
+    for name, path in _modules().items():
+        if path.name == "__init__.py" or name in FACADES:
+            continue
+        found[name] = _reexports(name, ast.parse(path.read_text()))
+    broken = {m: r for m, r in found.items() if r and m not in PENDING_REEXPORTS}
+    assert not broken, "\n".join(f"{m} re-exports {', '.join(r)}" for m, r in broken.items())
+    clean = sorted(m for m in PENDING_REEXPORTS if not found.get(m))
+    assert not clean, f"export only their own names now, drop from PENDING_REEXPORTS: {clean}"
+    sample = "from .vocabulary import infer_features\n__all__ = ['infer_features', 'f']\ndef f(): pass\n"
+    assert _reexports("feature_select", ast.parse(sample)) == ["infer_features (from vocabulary)"]

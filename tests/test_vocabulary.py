@@ -174,20 +174,17 @@ def test_config_join_column_is_prefixed_like_the_tables(merge_column: str, joine
 def test_choice_lists_are_the_steps_own() -> None:
     from cytoprofile import (
         aggregate,
-        annotate,
         config,
         consensus,
         evaluate,
-        feature_select,
         normalize,
         processing,
     )
 
     assert normalize.METHODS is v.NORMALIZE_METHODS is config.NORMALIZE_METHODS
-    assert feature_select.OPERATIONS is v.FEATURE_SELECT_OPERATIONS is config.FEATURE_SELECT_OPERATIONS
+    assert config.FEATURE_SELECT_OPERATIONS is v.FEATURE_SELECT_OPERATIONS
     assert consensus.OPERATIONS is v.CONSENSUS_OPERATIONS
     assert config.LEVELS is v.FEATURE_SELECT_LEVELS
-    assert annotate.UNMATCHED_WELLS is v.UNMATCHED_WELLS
     assert evaluate.MODES is v.EVALUATE_MODES
     assert processing.CHAIN_STEPS is v.PROCESSING_STEPS
     assert aggregate.DEFAULT_COMPARTMENTS is v.DEFAULT_COMPARTMENTS
@@ -196,7 +193,7 @@ def test_choice_lists_are_the_steps_own() -> None:
 
 
 def test_missing_tokens_read_as_missing() -> None:
-    from cytoprofile.feature_select import feature_matrix
+    from cytoprofile.step_data import feature_matrix
 
     df = pd.DataFrame({"Cells_a": [1.0, *sorted(v.MISSING_TOKENS)]}, dtype=object)
     x = feature_matrix(df, ["Cells_a"])

@@ -19,8 +19,8 @@ from typing import Any
 import pandas as pd
 
 from .checks import as_names, check_choice, check_flag, check_frame
-from .errors import ConfigError, InputError, MetadataError
-from .step_data import FeatureAccount
+from .errors import ConfigError, InputError, MetadataError, about
+from .step_data import AccountSink, FeatureAccount, report_account
 from .vocabulary import (
     IMAGE_METADATA_PREFIX,
     METADATA_PREFIX,
@@ -31,7 +31,7 @@ from .vocabulary import (
     with_metadata_prefix,
 )
 
-__all__ = ["UNMATCHED_WELLS", "annotate", "annotation_account", "annotation_inputs", "prefix_metadata", "prefixed_platemap"]
+__all__ = ["annotate", "annotate_files", "prefixed_platemap"]
 
 log = logging.getLogger(__name__)
 
@@ -246,8 +246,39 @@ def prefixed_platemap(platemap: pd.DataFrame) -> pd.DataFrame:
     return platemap.rename(columns={c: with_metadata_prefix(str(c)) for c in platemap.columns})
 
 
-def annotation_inputs(platemap: str, *, external: str | None = None, merge_column: str | None = None,
-                      unmatched_wells: str = "error") -> dict[str, Any]:
+def annotate_files(
+    profiles: str,
+    platemap: str,
+    *,
+    join_on: Sequence[str] = ("Metadata_well_position", "Metadata_Well"),
+    external: str | None = None,
+    merge_column: str | None = None,
+    unmatched_wells: str = "error",
+    compartments: str | Sequence[str] | None = None,
+    on_account: AccountSink | None = None,
+) -> pd.DataFrame:
+    """:func:`annotate` on files: the profiles table ``profiles``, the plate map file ``platemap``
+    and, keyed by ``merge_column``, the external metadata file ``external``.
+
+    The plate map and external metadata get the recipe's checks first (notes are warnings);
+    errors reading or annotating the profiles name their file. ``on_account`` receives the
+    features read and written (every column but metadata).
+    """
+    from . import io
+
+    if external and not merge_column:
+        raise ConfigError("--external needs --merge-column (e.g. broad_sample)")
+    with about(profiles):
+        table = io.read_table(profiles)
+    inputs = _file_inputs(platemap, external=external, merge_column=merge_column, unmatched_wells=unmatched_wells)
+    with about(profiles):
+        out = annotate(table, join_on=join_on, unmatched_wells=unmatched_wells, compartments=compartments, **inputs)
+    report_account(_account(table, out), on_account)
+    return out
+
+
+def _file_inputs(platemap: str, *, external: str | None, merge_column: str | None,
+                 unmatched_wells: str) -> dict[str, Any]:
     """A plate map file (and external metadata file) as ``annotate``'s ``platemap`` and external
     keywords, after the checks the recipe makes first (plate map, external keys; notes are warnings)."""
     from .metadata import load_external_metadata, load_platemap, validate_annotation_inputs
@@ -261,7 +292,7 @@ def annotation_inputs(platemap: str, *, external: str | None = None, merge_colum
             "external_join_left": [key] if key else None, "external_join_right": [key] if key else None}
 
 
-def annotation_account(before: pd.DataFrame, after: pd.DataFrame) -> FeatureAccount:
+def _account(before: pd.DataFrame, after: pd.DataFrame) -> FeatureAccount:
     """The features annotate read and wrote (every column but metadata), for its provenance record."""
     def features(frame: pd.DataFrame) -> tuple[str, ...]:
         return tuple(str(c) for c in frame.columns if not str(c).startswith((METADATA_PREFIX, IMAGE_METADATA_PREFIX)))

@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from .errors import InputError
 from .ingest import IMAGE_TABLE, KEY_COLUMNS, RESERVED_TABLES, PlateSchema, SiteTables
+from .layout import parquet_table_path
 
 __all__ = [
     "BackendReader",
@@ -31,7 +32,6 @@ __all__ = [
     "SQLiteBackendWriter",
     "open_backend",
     "object_column_name",
-    "parquet_table_path",
     "quote",
 ]
 
@@ -50,11 +50,6 @@ def quote(name: str) -> str:
 def object_column_name(table: str, column: str) -> str:
     """Backend name of an object CSV column: keys stay bare, the rest get the table prefix."""
     return column if column in KEY_COLUMNS else f"{table}_{column}"
-
-
-def parquet_table_path(prefix: str, table: str) -> str:
-    """``PLATE_<Table>.parquet`` beside the SQLite file's name."""
-    return f"{prefix}_{table}.parquet"
 
 
 def _tmp_name(final: Path) -> Path:

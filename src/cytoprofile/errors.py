@@ -8,6 +8,10 @@ Python API (as they would for pycytominer) keep working.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 __all__ = [
     "AccountingError",
     "CytoprofileError",
@@ -17,6 +21,7 @@ __all__ = [
     "OutputError",
     "QuarantineError",
     "RemoteError",
+    "about",
 ]
 
 
@@ -50,3 +55,14 @@ class OutputError(CytoprofileError):
 
 class AccountingError(CytoprofileError):
     """Rows read and rows written disagree: the plate lost data, so it fails and nothing is published."""
+
+
+@contextmanager
+def about(path: str) -> Iterator[None]:
+    """Name the input file ``path`` in a user error that does not already."""
+    try:
+        yield
+    except CytoprofileError as exc:
+        if os.path.basename(str(path)) in str(exc):
+            raise
+        raise type(exc)(f"{path}: {exc}") from exc

@@ -23,8 +23,8 @@ missing values, which of two exactly duplicated features ``correlation_threshold
 keeps may differ (the tie is decided by rounding in both).
 
 The helpers the profile steps share (the numeric feature matrix, the fitting rows, the
-record of features in and out of a step) live in ``step_data``; they, the option checks
-of ``checks`` and the feature inference of ``vocabulary`` are re-exported here.
+record of features in and out of a step) live in ``step_data``, the operation names and
+the feature inference in ``vocabulary``.
 """
 
 from __future__ import annotations
@@ -41,49 +41,24 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from .checks import as_names, check_choice, check_flag, check_frame, check_number
+from .checks import as_names, check_choice, check_number
 from .errors import ConfigError, InputError
 from .step_data import (
     AccountSink,
     FeatureAccount,
     feature_matrix,
-    refuse_infinite,
     report_account,
     select_samples,
     unprocessed_columns,
 )
-from .vocabulary import CANONICAL_COMPARTMENTS as FEATURE_PREFIXES
-from .vocabulary import (
-    CORRELATION_METHODS,
-    feature_prefixes,
-    infer_features,
-    resolve_features,
-)
-from .vocabulary import FEATURE_SELECT_OPERATIONS as OPERATIONS
+from .vocabulary import CORRELATION_METHODS, FEATURE_SELECT_OPERATIONS, resolve_features
 
 __all__ = [
-    "FEATURE_PREFIXES",
-    "OPERATIONS",
-    "AccountSink",
-    "FeatureAccount",
-    "as_names",
-    "check_choice",
-    "check_flag",
-    "check_frame",
-    "check_number",
     "default_blocklist",
     "dropped_features",
     "excluded_features",
-    "feature_matrix",
-    "feature_prefixes",
     "feature_select",
-    "infer_features",
-    "refuse_infinite",
-    "report_account",
-    "resolve_features",
-    "select_samples",
     "selected_features",
-    "unprocessed_columns",
 ]
 
 log = logging.getLogger(__name__)
@@ -366,10 +341,10 @@ def _check_options(
 ) -> tuple[list[str], str, str, dict[str, float]]:
     """Checked operations, variance meaning, correlation method and numeric options."""
     ops = as_names("operations", operations)
-    unknown = [op for op in ops if op not in OPERATIONS]
+    unknown = [op for op in ops if op not in FEATURE_SELECT_OPERATIONS]
     if unknown:
         raise ConfigError(
-            f"unknown feature_select operation(s) {unknown}; choose from {list(OPERATIONS)}"
+            f"unknown feature_select operation(s) {unknown}; choose from {list(FEATURE_SELECT_OPERATIONS)}"
         )
     if variance_threshold_meaning not in ("frequency", "variance"):
         raise ConfigError(

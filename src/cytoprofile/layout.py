@@ -14,10 +14,12 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from . import io
-from .errors import ConfigError
-from .ingest import SINGLE_CELL_TABLE
+from .errors import ConfigError, CytoprofileError
+from .ingest import IMAGE_TABLE, SINGLE_CELL_TABLE
+from .vocabulary import BACKEND_KINDS
 
 __all__ = [
     "FORMAT_SUFFIX",
@@ -29,6 +31,7 @@ __all__ = [
     "backend_files_in",
     "existing_output",
     "is_parquet_table",
+    "parquet_table_path",
     "parquet_tables_label",
     "profiles_name",
     "profiles_names",
@@ -68,6 +71,11 @@ def profiles_name(plate: str, profile_format: str = "csv") -> str:
 def profiles_names(plate: str) -> list[str]:
     """Every name collate's per-well profiles may have (see :data:`PROFILE_SUFFIXES`)."""
     return [f"{plate}{ext}" for ext in PROFILE_SUFFIXES]
+
+
+def parquet_table_path(prefix: str, table: str) -> str:
+    """``PREFIX_TABLE.parquet``: a table of the Parquet backend whose files start with ``prefix``."""
+    return f"{prefix}_{table}.parquet"
 
 
 def single_cell_name(plate: str, single_cell_format: str) -> str:
@@ -151,35 +159,32 @@ class Workspace:
         """``load_data_csv/BATCH``."""
         return f"load_data_csv/{batch}"
 
-    # --- analysis/ ---
-    def analysis_root(self) -> str:
-        """``analysis``: one folder per batch."""
-        return self.path("analysis")
+    # --- analysis/ (CellProfiler's output) and backend/ (ours): a folder per batch, in it one per plate ---
+    def folder(self, tree: Literal["analysis", "backend"], batch: str | None = None, plate: str | None = None) -> str:
+        """``TREE``, ``TREE/BATCH`` or ``TREE/BATCH/PLATE`` of the analysis or the backend tree.
 
-    def analysis_batch(self, batch: str) -> str:
-        """``analysis/BATCH``: one folder per plate."""
-        return self.path("analysis", batch)
+        A plate's ExportToDatabase files lie in its analysis folder; the backend's batch
+        folder holds the plates' lock files.
+        """
+        if plate is not None and batch is None:
+            raise ValueError(f"{tree} folder of plate {plate!r} without its batch")
+        return self.path(tree, *(part for part in (batch, plate) if part is not None))
 
     def analysis_plate(self, batch: str, plate: str) -> str:
         """``analysis/BATCH/PLATE``: the plate's folder (its ExportToDatabase files lie here)."""
-        return self.path("analysis", batch, plate)
+        return self.folder("analysis", batch, plate)
 
     def analysis(self, batch: str, plate: str) -> str:
         """``analysis/BATCH/PLATE/analysis``: one subfolder per site."""
         return self.path("analysis", batch, plate, "analysis")
 
-    # --- backend/ ---
     def backend_root(self) -> str:
         """``backend``."""
-        return self.path("backend")
-
-    def backend_batch(self, batch: str) -> str:
-        """``backend/BATCH``: one folder per plate, and the plates' lock files."""
-        return self.path("backend", batch)
+        return self.folder("backend")
 
     def backend(self, batch: str, plate: str) -> str:
         """``backend/BATCH/PLATE``: single cells and the per-well aggregate."""
-        return self.path("backend", batch, plate)
+        return self.folder("backend", batch, plate)
 
     def sqlite(self, batch: str, plate: str) -> str:
         """``backend/BATCH/PLATE/PLATE.sqlite``."""
@@ -204,6 +209,22 @@ class Workspace:
     def backend_files(self, batch: str, plate: str, *, profile_format: str = "csv") -> dict[str, str]:
         """The final file names of a plate's backend outputs, by role."""
         return backend_files_in(self.backend(batch, plate), plate, profile_format=profile_format)
+
+    def find_backend(self, batch: str, plate: str, kind: str | None = None) -> str:
+        """The plate's single-cell backend: the asked kind, else Parquet when present (faster to read), else SQLite."""
+        paths = {"parquet": parquet_table_path(self.parquet_prefix(batch, plate), IMAGE_TABLE),
+                 "sqlite": self.sqlite(batch, plate)}
+        found = {k: path if io.exists(path) else None for k, path in paths.items()}
+        if kind is not None:
+            if kind not in BACKEND_KINDS:
+                raise CytoprofileError(f"--backend {kind}: choose sqlite or parquet")
+            if found[kind] is None:
+                raise CytoprofileError(f"{plate}: no {kind} backend at {paths[kind]}; run `cytoprofile collate` first")
+            return str(found[kind])
+        path = found["parquet"] or found["sqlite"]
+        if path is None:
+            raise CytoprofileError(f"{plate}: no backend in {self.backend(batch, plate)}; run `cytoprofile collate` first")
+        return path
 
     # --- metadata/ and load_data_csv/ ---
     def platemaps(self, batch: str) -> str:

@@ -19,20 +19,18 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from . import io
-from .errors import ConfigError, MetadataError
+from .errors import ConfigError, MetadataError, about
 from .layout import Workspace
 from .vocabulary import UNMATCHED_WELLS, well_name_problem
 
 __all__ = [
     "BARCODE_COLUMNS",
     "PLATEMAP_COLUMNS",
-    "barcode_platemap_path",
     "load_barcode_platemap",
     "load_external_metadata",
     "load_platemap",
     "platemap_for_plate",
     "platemap_name_for_plate",
-    "platemap_path",
     "profiles_by_plate",
     "validate_annotation_inputs",
     "validate_metadata",
@@ -60,19 +58,6 @@ class _Table:
     def column(self, name: str) -> list[str]:
         i = self.header.index(name)
         return [r[i] if i < len(r) else "" for r in self.rows]
-
-
-# ---------------------------------------------------------------- paths
-
-
-def barcode_platemap_path(workspace: PathLike, batch: str) -> str:
-    """``metadata/platemaps/BATCH/barcode_platemap.csv``."""
-    return Workspace(str(workspace)).barcode_platemap(batch)
-
-
-def platemap_path(workspace: PathLike, batch: str, name: str) -> str:
-    """``metadata/platemaps/BATCH/platemap/NAME.txt``."""
-    return Workspace(str(workspace)).platemap(batch, name)
 
 
 # ---------------------------------------------------------------- reading
@@ -302,7 +287,7 @@ def _profile_wells(df: pd.DataFrame, well_column: str) -> tuple[str, list[str]] 
 def _missing_platemap_file(
     workspace: PathLike, batch: str, name: str, barcode: str, barcode_path: str, line: int
 ) -> str:
-    path = platemap_path(workspace, batch, name)
+    path = Workspace(str(workspace)).platemap(batch, name)
     message = (
         f"{barcode_path}:{line}: plate {barcode!r} uses plate map {name!r} but {path} does "
         "not exist; add the plate map or fix Plate_Map_Name"
@@ -315,11 +300,16 @@ def _missing_platemap_file(
     return message
 
 
-def profiles_by_plate(table: pd.DataFrame, *, where: str) -> dict[str, pd.DataFrame]:
-    """Per-well profiles split by ``Metadata_Plate`` (the plate naming their plate map); ``where`` names the table."""
-    if "Metadata_Plate" not in table.columns:
-        raise MetadataError(f"{where}: no Metadata_Plate column; the profiles' plate names their plate map")
-    return {str(plate): part for plate, part in table.groupby(table["Metadata_Plate"].astype(str), sort=False)}
+def profiles_by_plate(paths: Sequence[str]) -> dict[str, pd.DataFrame]:
+    """The per-well profiles files ``paths``, split by ``Metadata_Plate`` (the plate naming their plate map)."""
+    out: dict[str, pd.DataFrame] = {}
+    for path in paths:
+        with about(path):
+            table = io.read_table(path)
+        if "Metadata_Plate" not in table.columns:
+            raise MetadataError(f"{path}: no Metadata_Plate column; the profiles' plate names their plate map")
+        out |= {str(plate): part for plate, part in table.groupby(table["Metadata_Plate"].astype(str), sort=False)}
+    return out
 
 
 def validate_metadata(
@@ -328,6 +318,7 @@ def validate_metadata(
     *,
     plates: Sequence[str] | None = None,
     profiles: Mapping[str, pd.DataFrame] | None = None,
+    profile_files: Sequence[str] | None = None,
     external_metadata: PathLike | None = None,
     merge_column: str | None = None,
     well_column: str = "Metadata_Well",
@@ -341,14 +332,17 @@ def validate_metadata(
     the file name, well names, duplicated wells, missing files; for plates given in
     ``profiles`` (plate -> per-well profiles), wells absent from the plate map (an
     error, or with ``unmatched_wells="drop"`` a warning, as annotation treats them);
-    and the ``external_metadata`` file's ``merge_column``. Returns the warnings (plate
+    and the ``external_metadata`` file's ``merge_column``. ``profile_files`` are read
+    into ``profiles`` first (plates from their ``Metadata_Plate``). Returns the warnings (plate
     map wells that have no profile), which count as errors when ``strict``.
     """
+    if profile_files:
+        profiles = {**(profiles or {}), **profiles_by_plate(profile_files)} or None
     if unmatched_wells not in UNMATCHED_WELLS:
         raise ConfigError(f"unmatched_wells must be 'error' or 'drop', got {unmatched_wells!r}")
     errors: list[str] = []
     warnings: list[str] = []
-    bpath = barcode_platemap_path(workspace, batch)
+    bpath = Workspace(str(workspace)).barcode_platemap(batch)
     if not io.exists(bpath):
         raise MetadataError(
             f"{bpath}: file not found; create it with the header "
@@ -399,7 +393,7 @@ def _read_platemap(
 ) -> tuple[_Table, dict[str, int]] | None:
     """A plate map checked (and its ``merge_column`` against the external keys), or None
     when it is missing or unreadable; the problems go to ``errors``/``warnings``."""
-    path = platemap_path(workspace, batch, name)
+    path = Workspace(str(workspace)).platemap(batch, name)
     text = None
     if not io.exists(path):
         errors.append(_missing_platemap_file(workspace, batch, name, plate, bpath, line))
@@ -572,7 +566,7 @@ def _check_merge_column(
 
 def platemap_name_for_plate(workspace: PathLike, batch: str, plate: str) -> str:
     """The plate map name of ``plate`` according to barcode_platemap.csv."""
-    path = barcode_platemap_path(workspace, batch)
+    path = Workspace(str(workspace)).barcode_platemap(batch)
     table = load_barcode_platemap(path)
     match = table.loc[table["Assay_Plate_Barcode"] == str(plate), "Plate_Map_Name"]
     if match.empty:
@@ -591,7 +585,7 @@ def platemap_name_for_plate(workspace: PathLike, batch: str, plate: str) -> str:
 def platemap_for_plate(workspace: PathLike, batch: str, plate: str) -> pd.DataFrame:
     """The plate map of ``plate`` (barcode), read from the batch's metadata."""
     name = platemap_name_for_plate(workspace, batch, plate)
-    path = platemap_path(workspace, batch, name)
+    path = Workspace(str(workspace)).platemap(batch, name)
     if not io.exists(path):
         raise MetadataError(
             f"{path}: plate map {name!r} of plate {plate!r} not found; add the tab-separated "

@@ -1,4 +1,5 @@
-"""The handbook's workspace layout: where each kind of file lives, local or on a URL."""
+"""Working on a handbook workspace: staging its files into scratch and publishing outputs, plate locks,
+name checks. Where each file lives is :mod:`cytoprofile.layout`'s answer alone."""
 
 from __future__ import annotations
 
@@ -11,63 +12,21 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from . import io
-from .errors import CytoprofileError, InputError
+from .errors import InputError
 from .layout import Workspace
 from .remote import list_entries
 
 __all__ = [
-    "analysis_dir",
-    "backend_dir",
-    "backend_files",
     "check_name",
     "files_under",
-    "find_backend",
     "find_plate",
     "plate_lock",
-    "platemap_dir",
     "publish",
     "scratch_dir",
     "stage",
 ]
 
 PathLike = str | os.PathLike[str]
-
-
-def analysis_dir(workspace: PathLike, batch: str, plate: str) -> str:
-    """``analysis/BATCH/PLATE/analysis``: one subfolder per site (see :class:`Workspace`)."""
-    return Workspace(str(workspace)).analysis(batch, plate)
-
-
-def backend_dir(workspace: PathLike, batch: str, plate: str) -> str:
-    """``backend/BATCH/PLATE``: single cells and the per-well aggregate (see :class:`Workspace`)."""
-    return Workspace(str(workspace)).backend(batch, plate)
-
-
-def backend_files(workspace: PathLike, batch: str, plate: str, *, profile_format: str = "csv") -> dict[str, str]:
-    """The final file names of a plate's backend outputs (see :class:`Workspace`)."""
-    return Workspace(str(workspace)).backend_files(batch, plate, profile_format=profile_format)
-
-
-def find_backend(workspace: PathLike, batch: str, plate: str, kind: str | None = None) -> str:
-    """The plate's single-cell backend: the asked kind, else Parquet when present (faster to read), else SQLite."""
-    where = Workspace(str(workspace))
-    paths = {"parquet": f"{where.parquet_prefix(batch, plate)}_Image.parquet", "sqlite": where.sqlite(batch, plate)}
-    found = {k: path if io.exists(path) else None for k, path in paths.items()}
-    if kind is not None:
-        if kind not in found:
-            raise CytoprofileError(f"--backend {kind}: choose sqlite or parquet")
-        if found[kind] is None:
-            raise CytoprofileError(f"{plate}: no {kind} backend at {paths[kind]}; run `cytoprofile collate` first")
-        return str(found[kind])
-    path = found["parquet"] or found["sqlite"]
-    if path is None:
-        raise CytoprofileError(f"{plate}: no backend in {where.backend(batch, plate)}; run `cytoprofile collate` first")
-    return path
-
-
-def platemap_dir(workspace: PathLike, batch: str) -> str:
-    """``metadata/platemaps/BATCH``: barcode_platemap.csv and platemap/*.txt (see :class:`Workspace`)."""
-    return Workspace(str(workspace)).platemaps(batch)
 
 
 def stage(
@@ -149,15 +108,15 @@ def find_plate(workspace: PathLike, batch: str, plate: str) -> str:
     check_name(batch, "batch")
     check_name(plate, "plate")
     ws = Workspace(str(workspace))
-    root = ws.analysis_root()
+    root = ws.folder("analysis")
     batches = _listing(root)
     if batch not in batches:
         there = f"batches there: {', '.join(batches)}" if batches else "it has no batch folders"
         raise InputError(f"batch '{batch}' not found under {root}; {there}")
-    plates = _listing(ws.analysis_batch(batch))
+    plates = _listing(ws.folder("analysis", batch))
     if plate not in plates:
         there = f"plates there: {', '.join(plates)}" if plates else "it has no plate folders"
-        raise InputError(f"plate '{plate}' not found under {ws.analysis_batch(batch)}; {there}")
+        raise InputError(f"plate '{plate}' not found under {ws.folder('analysis', batch)}; {there}")
     return ws.analysis(batch, plate)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 import typing
 from collections.abc import Iterator
@@ -27,12 +26,11 @@ from rich.text import Text
 from typer.core import TyperGroup
 
 from .. import __version__
-from ..errors import CytoprofileError
 
 __all__ = [
-    "DEFAULT_IMAGE_FEATURE_CATEGORIES", "SPHERING_GRID", "CompartmentsOpt", "ConnectTimeoutOpt", "EndpointOpt",
+    "DEFAULT_IMAGE_FEATURE_CATEGORIES", "AddImageFeaturesOpt", "AggregateCompartmentsOpt", "AggregateOperationOpt", "CompartmentFeaturesOpt", "ImageFeaturesOpt", "OutputArg", "ProfilesArg", "SeedOpt", "StrataOpt", "SPHERING_GRID", "CompartmentsOpt", "ConnectTimeoutOpt", "EndpointOpt",
     "FeaturePrefixOpt", "FeaturesOpt", "FloatFormatOpt", "HubOpt", "NoControlsOpt", "NoSignOpt", "PlateColumnOpt",
-    "ProfileOpt", "QuietOpt", "ReadTimeoutOpt", "ReferenceOpt", "RetriesOpt", "TmpDirOpt", "about", "app",
+    "ProfileOpt", "QuietOpt", "ReadTimeoutOpt", "ReferenceOpt", "RetriesOpt", "TmpDirOpt", "app",
     "check_float_format", "configure_storage", "console", "feature_args", "log", "plate_progress",
     "setup_logging", "split_values", "timed",
 ]
@@ -144,17 +142,6 @@ def setup_logging(quiet: bool) -> None:
 
 
 @contextmanager
-def about(path: str) -> Iterator[None]:
-    """Name the input file in a user error that does not already."""
-    try:
-        yield
-    except CytoprofileError as exc:
-        if os.path.basename(str(path)) in str(exc):
-            raise
-        raise type(exc)(f"{path}: {exc}") from exc
-
-
-@contextmanager
 def timed(step: str) -> Iterator[None]:
     start = time.perf_counter()
     yield
@@ -234,6 +221,16 @@ FloatFormatOpt = Annotated[str | None, typer.Option(help="printf-style float for
 CompartmentsOpt = Annotated[list[str] | None, typer.Option(
     help="Object tables whose columns are features (default Cells,Cytoplasm,Nuclei; e.g. Cells,Cytoplasm,Nuclei,Speckles).")]
 FeaturesOpt = Annotated[list[str] | None, typer.Option(help="Feature columns (default: inferred).")]
+CompartmentFeaturesOpt = Annotated[list[str] | None, typer.Option(help="Feature columns (default: inferred from the compartments).")]
+ImageFeaturesOpt = Annotated[bool, typer.Option(help="Include Image_* features when inferring.")]
+SeedOpt = Annotated[int, typer.Option(help="Random seed.")]
+ProfilesArg = Annotated[str, typer.Argument(help="Per-well profiles.")]
+OutputArg = Annotated[str, typer.Argument(help="Output table.")]
+# the per-well aggregation collate and aggregate share
+AggregateOperationOpt = Annotated[str, typer.Option(help="median or mean.")]
+AggregateCompartmentsOpt = Annotated[list[str], typer.Option(help="Object tables to aggregate.")]
+AddImageFeaturesOpt = Annotated[bool, typer.Option("--image-features/--no-image-features", help="Add image features.")]
+StrataOpt = Annotated[list[str], typer.Option(help="Columns that define a profile.")]
 FeaturePrefixOpt = Annotated[list[str] | None, typer.Option("--feature-prefix", "--feature-prefixes", help="Infer features by these name prefixes (e.g. PC, or a deep-learning model's); default Cells, Cytoplasm, Nuclei.")]
 PlateColumnOpt = Annotated[str, typer.Option(help="Column naming the plate.")]
 ReferenceOpt = Annotated[str, typer.Option(help="Reference wells for per-plate statistics: all, or a query.")]

@@ -11,9 +11,18 @@ from rich.table import Table
 from rich.text import Text
 
 from ..errors import CytoprofileError
-from ..vocabulary import DEFAULT_COMPARTMENTS, DEFAULT_STRATA
+from ..vocabulary import (
+    BACKEND_KINDS,
+    COUNT_CHECKS,
+    DEFAULT_COMPARTMENTS,
+    DEFAULT_STRATA,
+    TABLE_FORMATS,
+)
 from .common import (
     DEFAULT_IMAGE_FEATURE_CATEGORIES,
+    AddImageFeaturesOpt,
+    AggregateCompartmentsOpt,
+    AggregateOperationOpt,
     ConnectTimeoutOpt,
     EndpointOpt,
     HubOpt,
@@ -22,6 +31,8 @@ from .common import (
     QuietOpt,
     ReadTimeoutOpt,
     RetriesOpt,
+    SeedOpt,
+    StrataOpt,
     TmpDirOpt,
     app,
     configure_storage,
@@ -48,7 +59,7 @@ def synth(
     treatments: Annotated[int, typer.Option(help="Distinct treatments on the plate map.")] = 8,
     well_subset: Annotated[int | None, typer.Option(help="Only write the first N wells of the plate (default: every well).")] = None,
     faults: Annotated[bool, typer.Option(help="Plant an empty file, a cut-off row and a header-only Image.csv.")] = False,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    seed: SeedOpt = 0,
     export: Annotated[str, typer.Option(help="csv (ExportToSpreadsheet site folders) or database (ExportToDatabase SQLite files).")] = "csv",
     export_files: Annotated[int, typer.Option(help="With --export database: SQLite files (CellProfiler runs) per plate.")] = 2,
     export_layout: Annotated[str, typer.Option(help="With --export database: per_object_table or per_object.")] = "per_object_table",
@@ -75,11 +86,11 @@ def collate(
     plates: Annotated[list[str], typer.Argument(help="One or more plate barcodes.")],
     backend: Annotated[list[str], typer.Option(help="sqlite and/or parquet (repeat for both).")] = ["sqlite"],
     profile_format: Annotated[str, typer.Option("--output-format", help="Per-well profiles as csv, csv.gz or parquet.")] = "csv",
-    operation: Annotated[str, typer.Option(help="median or mean.")] = "median",
-    compartments: Annotated[list[str], typer.Option(help="Object tables to aggregate.")] = list(DEFAULT_COMPARTMENTS),
+    operation: AggregateOperationOpt = "median",
+    compartments: AggregateCompartmentsOpt = list(DEFAULT_COMPARTMENTS),
     image_feature_categories: Annotated[list[str], typer.Option(help="Image.csv categories to add as features.")] = list(DEFAULT_IMAGE_FEATURE_CATEGORIES),
-    image_features: Annotated[bool, typer.Option("--image-features/--no-image-features", help="Add image features.")] = True,
-    strata: Annotated[list[str], typer.Option(help="Columns that define a profile.")] = list(DEFAULT_STRATA),
+    image_features: AddImageFeaturesOpt = True,
+    strata: StrataOpt = list(DEFAULT_STRATA),
     overwrite: Annotated[bool, typer.Option(help="Rebuild plates whose outputs already exist.")] = False,
     aggregate_only: Annotated[bool, typer.Option(help="Only aggregate an existing backend (ours or the old tool's).")] = False,
     strict: Annotated[bool, typer.Option(help="Fail a plate that has any quarantined site.")] = False,
@@ -117,13 +128,9 @@ def collate(
     configure_storage(profile, endpoint_url, no_sign_request, connect_timeout=connect_timeout,
                       read_timeout=read_timeout, retries=retries)
     kinds = split_values(backend) or ["sqlite"]
-    bad = [k for k in kinds if k not in ("sqlite", "parquet")]
-    if bad:
-        raise CytoprofileError(f"--backend {bad[0]}: choose sqlite or parquet")
-    if profile_format not in ("csv", "csv.gz", "parquet"):
-        raise CytoprofileError(f"--output-format {profile_format}: choose csv, csv.gz or parquet")
-    if count_check not in ("error", "warn", "off"):
-        raise CytoprofileError(f"--count-check {count_check}: choose error, warn or off")
+    for flag, values, choices in (("--backend", kinds, BACKEND_KINDS), ("--output-format", [profile_format], TABLE_FORMATS),
+                                  ("--count-check", [count_check], COUNT_CHECKS)):
+        _choose(flag, values, choices)
     if (single_cell_format and not single_cells) or ((qc_sets or cell_qc_thresholds) and not exclude_outlier_cells):
         raise CytoprofileError("--single-cell-format needs --single-cells; --qc-sets and --thresholds need --exclude-outlier-cells")
     plate_list = [p for raw in plates for p in (split_values([raw]) or [raw])]  # an empty name is refused, not dropped
@@ -144,6 +151,13 @@ def collate(
             jobs=jobs, scheduler=scheduler, remote=remote, tmp_dir=tmp_dir, wait=wait, progress=update,
         )
     _print_results(results, batch, quiet=quiet, start=start)
+
+
+def _choose(flag: str, values: list[str], choices: tuple[str, ...]) -> None:
+    """Refuse the first of ``values`` not among ``choices``, naming the flag and the choices."""
+    bad = [v for v in values if v not in choices]
+    if bad:
+        raise CytoprofileError(f"{flag} {bad[0]}: choose {', '.join(choices[:-1])} or {choices[-1]}")
 
 
 def _print_results(results: list[Any], batch: str, *, quiet: bool, start: float) -> None:

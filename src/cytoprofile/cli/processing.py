@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
+from ..errors import about
 from ..vocabulary import NEGCON_QUERY
 from .common import (
     SPHERING_GRID,
@@ -13,10 +14,12 @@ from .common import (
     FeaturesOpt,
     FloatFormatOpt,
     NoControlsOpt,
+    OutputArg,
     PlateColumnOpt,
+    ProfilesArg,
     QuietOpt,
     ReferenceOpt,
-    about,
+    SeedOpt,
     app,
     feature_args,
     log,
@@ -42,8 +45,8 @@ def _process(step: str, profiles: str, output: str, float_format: str | None, qu
 
 @app.command("select-variant-features")
 def select_variant_features_cmd(
-    profiles: Annotated[str, typer.Argument(help="Per-well profiles.")],
-    output: Annotated[str, typer.Argument(help="Output table.")],
+    profiles: ProfilesArg,
+    output: OutputArg,
     plate_column: PlateColumnOpt = "Metadata_Plate",
     samples: ReferenceOpt = NEGCON_QUERY,
     threshold: Annotated[float, typer.Option(help="Smallest |MAD / median| kept (on every plate).")] = 1e-3,
@@ -63,8 +66,8 @@ def select_variant_features_cmd(
 
 @app.command("mad-normalize")
 def mad_normalize_cmd(
-    profiles: Annotated[str, typer.Argument(help="Per-well profiles.")],
-    output: Annotated[str, typer.Argument(help="Output table.")],
+    profiles: ProfilesArg,
+    output: OutputArg,
     plate_column: PlateColumnOpt = "Metadata_Plate",
     samples: ReferenceOpt = NEGCON_QUERY,
     epsilon: Annotated[float, typer.Option(help="Added to the MAD.")] = 0.0,
@@ -84,8 +87,8 @@ def mad_normalize_cmd(
 
 @app.command("rank-int")
 def rank_int_cmd(
-    profiles: Annotated[str, typer.Argument(help="Per-well profiles.")],
-    output: Annotated[str, typer.Argument(help="Output table.")],
+    profiles: ProfilesArg,
+    output: OutputArg,
     ties: Annotated[str, typer.Option(help="random (seeded permutation) or average.")] = "random",
     seed: Annotated[int, typer.Option(help="Seed of the tie-breaking permutation.")] = 0,
     c: Annotated[float, typer.Option(help="Blom's constant.")] = 0.375,
@@ -104,7 +107,7 @@ def rank_int_cmd(
 @app.command("correct-well-position")
 def correct_well_position_cmd(
     profiles: Annotated[str, typer.Argument(help="Per-well profiles of several plates.")],
-    output: Annotated[str, typer.Argument(help="Output table.")],
+    output: OutputArg,
     well_column: Annotated[str, typer.Option(help="Column naming the well position.")] = "Metadata_Well",
     features: FeaturesOpt = None,
     feature_prefixes: FeaturePrefixOpt = None,
@@ -120,8 +123,8 @@ def correct_well_position_cmd(
 
 @app.command("regress-cell-count")
 def regress_cell_count_cmd(
-    profiles: Annotated[str, typer.Argument(help="Per-well profiles.")],
-    output: Annotated[str, typer.Argument(help="Output table.")],
+    profiles: ProfilesArg,
+    output: OutputArg,
     cell_count_column: Annotated[str, typer.Option(help="Column holding the well's cell count.")] = "Metadata_Count_Cells",
     min_unique: Annotated[int, typer.Option(help="Regress only features with more distinct values than this.")] = 100,
     features: FeaturesOpt = None,
@@ -138,8 +141,8 @@ def regress_cell_count_cmd(
 
 @app.command("remove-outliers")
 def remove_outliers_cmd(
-    profiles: Annotated[str, typer.Argument(help="Per-well profiles.")],
-    output: Annotated[str, typer.Argument(help="Output table.")],
+    profiles: ProfilesArg,
+    output: OutputArg,
     bound: Annotated[float, typer.Option(help="Largest |value| kept; the rest is clipped.")] = 100.0,
     percentile: Annotated[float, typer.Option(help="Drop features whose this percentile of |x| exceeds the bound.")] = 99.0,
     features: FeaturesOpt = None,
@@ -174,7 +177,7 @@ def pca_cmd(
 @app.command("sphere")
 def sphere_cmd(
     profiles: Annotated[str, typer.Argument(help="Per-well profiles without missing values.")],
-    output: Annotated[str, typer.Argument(help="Output table.")],
+    output: OutputArg,
     samples: ReferenceOpt = NEGCON_QUERY,
     method: Annotated[str, typer.Option(help="PCA, ZCA, PCA-cor or ZCA-cor.")] = "ZCA-cor",
     epsilon: Annotated[list[float], typer.Option(help="Regularization; repeat to choose the best by mAP.")] = list(SPHERING_GRID),
@@ -196,9 +199,9 @@ def sphere_cmd(
 @app.command("harmony")
 def harmony_cmd(
     profiles: Annotated[str, typer.Argument(help="Per-well profiles without missing values (usually after pca).")],
-    output: Annotated[str, typer.Argument(help="Output table.")],
+    output: OutputArg,
     batch_key: Annotated[str, typer.Option(help="Column naming the batch.")] = "Metadata_Batch",
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    seed: SeedOpt = 0,
     max_iter: Annotated[int, typer.Option(help="Harmony iterations.")] = 10,
     n_clusters: Annotated[int | None, typer.Option(help="Clusters (default min(rows/30, 100)).")] = None,
     features: FeaturesOpt = None,
@@ -217,7 +220,7 @@ def harmony_cmd(
 @app.command("process")
 def process_cmd(
     profiles: Annotated[str, typer.Argument(help="Per-well profiles (e.g. every plate of a set of batches).")],
-    output: Annotated[str, typer.Argument(help="Output table.")],
+    output: OutputArg,
     chain: Annotated[str, typer.Option(help="Steps, e.g. profiles_var_mad_int_featselect_harmony or var,mad,int.")] = "profiles_var_mad_int_featselect",
     plate_column: PlateColumnOpt = "Metadata_Plate",
     samples: ReferenceOpt = NEGCON_QUERY,

@@ -46,8 +46,8 @@ def single_cells_cmd(
     Writes PLATE_single_cells.parquet and/or PLATE_single_cells.h5ad.
     """
     from ..cell_qc import load_thresholds
+    from ..layout import Workspace
     from ..single_cells import write_single_cells
-    from ..workspace import find_backend
 
     setup_logging(quiet)
     formats = split_values(formats) or ["parquet"]
@@ -56,7 +56,7 @@ def single_cells_cmd(
     linked = _links(links)
     unlinked = []
     for plate in split_values(plates) or []:
-        path = find_backend(workspace, batch, plate, backend)
+        path = Workspace(workspace).find_backend(batch, plate, backend)
         with timed(f"single cells of {plate}"):
             report = write_single_cells(
                 path, formats=formats,  # type: ignore[arg-type]

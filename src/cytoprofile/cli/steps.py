@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
 
-from ..errors import CytoprofileError
+from ..errors import CytoprofileError, about
 from ..vocabulary import DEFAULT_COMPARTMENTS, DEFAULT_STRATA
 from .common import (
     DEFAULT_IMAGE_FEATURE_CATEGORIES,
+    AddImageFeaturesOpt,
+    AggregateCompartmentsOpt,
+    AggregateOperationOpt,
+    CompartmentFeaturesOpt,
     CompartmentsOpt,
+    FeaturesOpt,
     FloatFormatOpt,
+    ImageFeaturesOpt,
+    OutputArg,
     QuietOpt,
-    about,
+    StrataOpt,
     app,
     check_float_format,
     console,
@@ -30,11 +38,11 @@ __all__ = ['aggregate', 'annotate', 'config_template', 'consensus', 'csv2gz_cmd'
 def aggregate(
     backend_path: Annotated[str, typer.Argument(metavar="BACKEND", help="PLATE.sqlite or PLATE_Image.parquet.")],
     output: Annotated[str, typer.Argument(help="Output table (.csv, .csv.gz or .parquet).")],
-    operation: Annotated[str, typer.Option(help="median or mean.")] = "median",
-    compartments: Annotated[list[str], typer.Option(help="Object tables to aggregate.")] = list(DEFAULT_COMPARTMENTS),
+    operation: AggregateOperationOpt = "median",
+    compartments: AggregateCompartmentsOpt = list(DEFAULT_COMPARTMENTS),
     image_feature_categories: Annotated[list[str], typer.Option(help="Image categories to add as features.")] = list(DEFAULT_IMAGE_FEATURE_CATEGORIES),
-    image_features: Annotated[bool, typer.Option("--image-features/--no-image-features", help="Add image features.")] = True,
-    strata: Annotated[list[str], typer.Option(help="Columns that define a profile.")] = list(DEFAULT_STRATA),
+    image_features: AddImageFeaturesOpt = True,
+    strata: StrataOpt = list(DEFAULT_STRATA),
     float_format: Annotated[str | None, typer.Option(help="printf-style float format for CSV output, e.g. %.5g (default: full precision).",
                                                      callback=check_float_format)] = None,
     quiet: QuietOpt = False,
@@ -82,6 +90,24 @@ def _sample_filter(values: list[str] | None) -> dict[str, list[str]] | None:
     return out
 
 
+def _profile_step(step: str, profiles: str, output: str, float_format: str | None, quiet: bool,
+                  call: Callable[[Any, Callable[[Any], None]], Any],
+                  said: str = "wrote {rows} rows × {columns} columns to {output}") -> None:
+    """Read PROFILES, run one step on it (``call(table, on_account)``), write OUTPUT and its
+    provenance record, then say what was written."""
+    from .. import io
+    from ..recipe.provenance import write_step_provenance
+
+    setup_logging(quiet)
+    io.check_output(output, float_format=float_format)
+    accounts: list[Any] = []
+    with about(profiles):
+        df = call(io.read_table(profiles), accounts.append)
+    io.write_table(df, output, float_format=float_format)
+    write_step_provenance(output, step, [profiles], accounts[0])
+    log.info("%s", said.format(rows=len(df), columns=df.shape[1], output=output))
+
+
 @app.command()
 def annotate(
     profiles: Annotated[str, typer.Argument(help="Per-well profiles (.csv, .csv.gz or .parquet).")],
@@ -97,23 +123,17 @@ def annotate(
 ) -> None:
     """Join plate map (and external metadata) onto per-well profiles."""
     from .. import io
-    from ..annotate import annotate as _annotate
-    from ..annotate import annotation_account, annotation_inputs
+    from ..annotate import annotate_files
     from ..recipe.provenance import write_step_provenance
 
     setup_logging(quiet)
     io.check_output(output, float_format=float_format)
-    if external and not merge_column:
-        raise CytoprofileError("--external needs --merge-column (e.g. broad_sample)")
-    with about(profiles):
-        table = io.read_table(profiles)
-    inputs = annotation_inputs(platemap, external=external, merge_column=merge_column, unmatched_wells=unmatched_wells)
-    with about(profiles):
-        df = _annotate(table, join_on=split_values(join_on) or ["Metadata_well_position", "Metadata_Well"],
-                       unmatched_wells=unmatched_wells, compartments=split_values(compartments), **inputs)
+    accounts: list[Any] = []
+    df = annotate_files(profiles, platemap, join_on=split_values(join_on) or ["Metadata_well_position", "Metadata_Well"],
+                        external=external, merge_column=merge_column, unmatched_wells=unmatched_wells,
+                        compartments=split_values(compartments), on_account=accounts.append)
     io.write_table(df, output, float_format=float_format)
-    write_step_provenance(output, "annotate", [profiles, platemap, *([external] if external else [])],
-                          annotation_account(table, df))
+    write_step_provenance(output, "annotate", [profiles, platemap, *([external] if external else [])], accounts[0])
     log.info("wrote %d rows × %d columns to %s", len(df), df.shape[1], output)
 
 
@@ -124,8 +144,8 @@ def normalize(
     method: Annotated[str, typer.Option(help="standardize (the default, as pycytominer's), robustize, mad_robustize, spherize or inverse_normal.")] = "standardize",
     samples: Annotated[str, typer.Option(help="Wells to fit on: all, or a query such as \"Metadata_control_type == 'negcon'\".")] = "all",
     sample_filter: Annotated[list[str] | None, typer.Option(metavar="COLUMN=VALUE[,VALUE]", help="Fit on wells where COLUMN=VALUE[,VALUE] (repeatable).")] = None,
-    features: Annotated[list[str] | None, typer.Option(help="Feature columns (default: inferred).")] = None,
-    image_features: Annotated[bool, typer.Option(help="Include Image_* features when inferring.")] = False,
+    features: FeaturesOpt = None,
+    image_features: ImageFeaturesOpt = False,
     mad_robustize_epsilon: Annotated[float, typer.Option(help="ε added to the scaled MAD.")] = 1e-18,
     spherize_method: Annotated[str, typer.Option(help="PCA, ZCA, PCA-cor or ZCA-cor.")] = "ZCA-cor",
     spherize_epsilon: Annotated[float, typer.Option(help="Spherize regularization.")] = 1e-6,
@@ -136,32 +156,24 @@ def normalize(
     quiet: QuietOpt = False,
 ) -> None:
     """Normalize profiles against all wells or a subset (e.g. negcon wells)."""
-    from .. import io
     from ..normalize import normalize as _normalize
-    from ..recipe.provenance import write_step_provenance
 
-    setup_logging(quiet)
-    io.check_output(output, float_format=float_format)
-    accounts: list[Any] = []
-    with about(profiles):
-        df = _normalize(io.read_table(profiles), features=split_values(features) or "infer", image_features=image_features,
-                    samples=samples, sample_filter=_sample_filter(sample_filter), method=method,
-                    mad_robustize_epsilon=mad_robustize_epsilon, spherize_method=spherize_method,
-                    spherize_epsilon=spherize_epsilon, min_cells=min_cells, compartments=split_values(compartments),
-                    inverse_normal_n_quantiles=inverse_normal_n_quantiles, on_account=accounts.append)
-    io.write_table(df, output, float_format=float_format)
-    write_step_provenance(output, "normalize", [profiles], accounts[0])
-    log.info("wrote %d rows × %d columns to %s", len(df), df.shape[1], output)
+    _profile_step("normalize", profiles, output, float_format, quiet, lambda table, on_account: _normalize(
+        table, features=split_values(features) or "infer", image_features=image_features,
+        samples=samples, sample_filter=_sample_filter(sample_filter), method=method,
+        mad_robustize_epsilon=mad_robustize_epsilon, spherize_method=spherize_method,
+        spherize_epsilon=spherize_epsilon, min_cells=min_cells, compartments=split_values(compartments),
+        inverse_normal_n_quantiles=inverse_normal_n_quantiles, on_account=on_account))
 
 
 @app.command("feature-select")
 def feature_select(
     profiles: Annotated[str, typer.Argument(help="Normalized profiles.")],
-    output: Annotated[str, typer.Argument(help="Output table.")],
+    output: OutputArg,
     operations: Annotated[list[str], typer.Option(help="Operations in order: variance_threshold, frequency_threshold, correlation_threshold, drop_na_columns, blocklist, drop_outliers, noise_removal.")] = ["variance_threshold"],
     variance_threshold_meaning: Annotated[str, typer.Option(help="What variance_threshold means: frequency (the recipe's) or variance.")] = "frequency",
-    features: Annotated[list[str] | None, typer.Option(help="Feature columns (default: inferred).")] = None,
-    image_features: Annotated[bool, typer.Option(help="Include Image_* features when inferring.")] = False,
+    features: FeaturesOpt = None,
+    image_features: ImageFeaturesOpt = False,
     na_cutoff: Annotated[float, typer.Option(help="drop_na_columns: largest NaN fraction kept.")] = 0.05,
     corr_threshold: Annotated[float, typer.Option(help="correlation_threshold: largest correlation kept.")] = 0.9,
     freq_cut: Annotated[float, typer.Option(help="frequency test: 2nd/1st most common value ratio.")] = 0.05,
@@ -178,63 +190,47 @@ def feature_select(
     quiet: QuietOpt = False,
 ) -> None:
     """Drop uninformative features."""
-    from .. import io
     from ..feature_select import feature_select as _feature_select
-    from ..recipe.provenance import write_step_provenance
 
-    setup_logging(quiet)
-    io.check_output(output, float_format=float_format)
-    accounts: list[Any] = []
-    with about(profiles):
-        df = _feature_select(io.read_table(profiles), features=split_values(features) or "infer", image_features=image_features,
-                         operations=split_values(operations) or ["variance_threshold"],
-                         variance_threshold_meaning=variance_threshold_meaning,  # type: ignore[arg-type]
-                         na_cutoff=na_cutoff, corr_threshold=corr_threshold, freq_cut=freq_cut, unique_cut=unique_cut,
-                         outlier_cutoff=outlier_cutoff, blocklist_file=blocklist_file, corr_method=corr_method,
-                         min_variance=min_variance, noise_removal_perturb_groups=noise_removal_perturb_groups,
-                         noise_removal_stdev_cutoff=noise_removal_stdev_cutoff, samples=samples,
-                         compartments=split_values(compartments), on_account=accounts.append)
-    io.write_table(df, output, float_format=float_format)
-    write_step_provenance(output, "feature_select", [profiles], accounts[0])
-    log.info("kept %d columns; wrote %s", df.shape[1], output)
+    _profile_step("feature_select", profiles, output, float_format, quiet, lambda table, on_account: _feature_select(
+        table, features=split_values(features) or "infer", image_features=image_features,
+        operations=split_values(operations) or ["variance_threshold"],
+        variance_threshold_meaning=variance_threshold_meaning,  # type: ignore[arg-type]
+        na_cutoff=na_cutoff, corr_threshold=corr_threshold, freq_cut=freq_cut, unique_cut=unique_cut,
+        outlier_cutoff=outlier_cutoff, blocklist_file=blocklist_file, corr_method=corr_method,
+        min_variance=min_variance, noise_removal_perturb_groups=noise_removal_perturb_groups,
+        noise_removal_stdev_cutoff=noise_removal_stdev_cutoff, samples=samples,
+        compartments=split_values(compartments), on_account=on_account), said="kept {columns} columns; wrote {output}")
 
 
 @app.command()
 def consensus(
     profiles: Annotated[str, typer.Argument(help="Profiles to summarise.")],
-    output: Annotated[str, typer.Argument(help="Output table.")],
+    output: OutputArg,
     replicate_columns: Annotated[list[str], typer.Option(help="Columns that define a replicate group.")] = ["Metadata_Plate", "Metadata_Well"],
     operation: Annotated[str, typer.Option(help="median, mean or modz.")] = "median",
-    features: Annotated[list[str] | None, typer.Option(help="Feature columns (default: inferred from the compartments).")] = None,
+    features: CompartmentFeaturesOpt = None,
     compartments: CompartmentsOpt = None,
-    image_features: Annotated[bool, typer.Option(help="Include Image_* features when inferring.")] = False,
+    image_features: ImageFeaturesOpt = False,
     float_format: FloatFormatOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """One profile per replicate group (median, mean or MODZ)."""
-    from .. import io
     from ..consensus import consensus as _consensus
-    from ..recipe.provenance import write_step_provenance
 
-    setup_logging(quiet)
-    io.check_output(output, float_format=float_format)
-    accounts: list[Any] = []
-    with about(profiles):
-        df = _consensus(io.read_table(profiles), replicate_columns=split_values(replicate_columns) or ["Metadata_Plate", "Metadata_Well"],
-                    operation=operation, features=split_values(features) or "infer", compartments=split_values(compartments),
-                    image_features=image_features, on_account=accounts.append)
-    io.write_table(df, output, float_format=float_format)
-    write_step_provenance(output, "consensus", [profiles], accounts[0])
-    log.info("wrote %d consensus profiles to %s", len(df), output)
+    _profile_step("consensus", profiles, output, float_format, quiet, lambda table, on_account: _consensus(
+        table, replicate_columns=split_values(replicate_columns) or ["Metadata_Plate", "Metadata_Well"],
+        operation=operation, features=split_values(features) or "infer", compartments=split_values(compartments),
+        image_features=image_features, on_account=on_account), said="wrote {rows} consensus profiles to {output}")
 
 
 @app.command("write-gct")
 def write_gct(
     profiles: Annotated[str, typer.Argument(help="Profiles table.")],
     output: Annotated[str, typer.Argument(help="Output .gct file.")],
-    features: Annotated[list[str] | None, typer.Option(help="Feature columns (default: inferred from the compartments).")] = None,
+    features: CompartmentFeaturesOpt = None,
     compartments: CompartmentsOpt = None,
-    image_features: Annotated[bool, typer.Option(help="Include Image_* features when inferring.")] = False,
+    image_features: ImageFeaturesOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Write profiles as GCT 1.3, which opens in Morpheus.
@@ -261,21 +257,14 @@ def validate_metadata(
     plates: Annotated[list[str] | None, typer.Option("--plate", help="Check only these plates (default: every plate of the batch).")] = None,
     external_metadata: Annotated[str | None, typer.Option("--external", help="External metadata file to check too.")] = None,
     merge_column: Annotated[str | None, typer.Option(help="Its key column.")] = None,
-    profiles: Annotated[list[str] | None, typer.Option("--profiles", help="Per-well profiles whose wells to check against their plate maps (repeatable; plates from Metadata_Plate).")] = None,
+    profile_files: Annotated[list[str] | None, typer.Option("--profiles", help="Per-well profiles whose wells to check against their plate maps (repeatable; plates from Metadata_Plate).")] = None,
     unmatched_wells: Annotated[str, typer.Option(help="Profile wells missing from the plate map: error, or drop (a warning).")] = "error",
 ) -> None:
     """Check barcode map, plate maps and external metadata, naming each fault."""
-    from .. import io
-    from ..metadata import profiles_by_plate
     from ..metadata import validate_metadata as _validate
 
-    by_plate: dict[str, Any] = {}
-    for path in split_values(profiles) or []:
-        with about(path):
-            table = io.read_table(path)
-        by_plate |= profiles_by_plate(table, where=path)
     notes = _validate(workspace, batch, plates=split_values(plates), external_metadata=external_metadata, merge_column=merge_column,
-                      profiles=by_plate or None, unmatched_wells=unmatched_wells)
+                      profile_files=split_values(profile_files), unmatched_wells=unmatched_wells)
     for note in notes:
         console.print(f"warning: {note}", highlight=False)
     typer.echo(f"metadata of {batch}: ok" + (f" ({len(notes)} warning(s))" if notes else ""))

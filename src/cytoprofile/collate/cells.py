@@ -10,9 +10,10 @@ from typing import Any
 
 from .. import io
 from ..aggregate import aggregate
-from ..backend import object_column_name, parquet_table_path
+from ..backend import object_column_name
 from ..errors import InputError
 from ..ingest import IMAGE_TABLE
+from ..layout import parquet_table_path
 from .outputs import GENERATION_KEY, SIDECAR
 
 __all__ = ["CELL_OPTIONS", "aggregate_kept_cells", "cell_options", "single_cell_section", "single_cell_stream"]

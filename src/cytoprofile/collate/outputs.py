@@ -10,9 +10,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .. import __version__, io
-from ..backend import (
-    parquet_table_path,
-)
 from ..errors import InputError
 from ..ingest import (
     GENERATION_TABLE,
@@ -21,6 +18,7 @@ from ..ingest import (
 from ..layout import (
     Workspace,
     is_parquet_table,
+    parquet_table_path,
     parquet_tables_label,
     profiles_names,
     report_name,

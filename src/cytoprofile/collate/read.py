@@ -17,7 +17,6 @@ from .. import __version__
 from ..backend import (
     ParquetBackendWriter,
     SQLiteBackendWriter,
-    parquet_table_path,
 )
 from ..errors import AccountingError, InputError, QuarantineError
 from ..ingest import (
@@ -33,7 +32,7 @@ from ..ingest import (
     read_sites,
     scan_sites,
 )
-from ..layout import Workspace, backend_files_in, staging_name
+from ..layout import Workspace, backend_files_in, parquet_table_path, staging_name
 from .cells import aggregate_kept_cells, single_cell_section, single_cell_stream
 from .outputs import (
     GENERATION_KEY,

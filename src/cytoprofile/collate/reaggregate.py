@@ -13,14 +13,11 @@ from ..aggregate import (
     Operation,
     aggregate,
 )
-from ..backend import (
-    parquet_table_path,
-)
 from ..errors import InputError
 from ..ingest import (
     IMAGE_TABLE,
 )
-from ..layout import Workspace
+from ..layout import Workspace, parquet_table_path
 from .outputs import (
     SIDECAR,
     BackendKind,

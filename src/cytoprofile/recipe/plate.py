@@ -124,13 +124,12 @@ def _annotate_step(steps: Steps, layout: Layout, recipe: Recipe, files: dict[str
         load_external_metadata,
         platemap_for_plate,
         platemap_name_for_plate,
-        platemap_path,
     )
 
     s = recipe.settings
     meta_root = layout.meta_root(batch)
     barcode = Workspace(meta_root).barcode_platemap(batch)
-    platemap_file = platemap_path(meta_root, batch, platemap_name_for_plate(meta_root, batch, plate))
+    platemap_file = Workspace(meta_root).platemap(batch, platemap_name_for_plate(meta_root, batch, plate))
     inputs = [files["aggregate"], barcode, platemap_file]
     ext = s.annotate.external
     ext_path = external_metadata_path(meta_root, ext) if ext.perform and ext.file else None

@@ -53,7 +53,7 @@ class BackendSource:
             cols = ", ".join(_quote(c) for c in columns)
             df = pd.read_sql_query(f"SELECT {cols} FROM {_quote(self.reader.image_table)}", self.reader.conn)
         else:
-            from ..backend import parquet_table_path
+            from ..layout import parquet_table_path
 
             df = pq.read_table(parquet_table_path(self.reader.prefix, self.reader.image_table), columns=list(columns)).to_pandas()
         return df.rename(columns={c: c[len("Image_"):] for c in df.columns if c.startswith("Image_")})
@@ -124,7 +124,7 @@ class BackendSource:
 
     def _pq(self, table: str) -> _ParquetTable:
         if table not in self._parquet:
-            from ..backend import parquet_table_path
+            from ..layout import parquet_table_path
 
             self._parquet[table] = _ParquetTable(parquet_table_path(self.reader.prefix, table))
         return self._parquet[table]
