@@ -19,7 +19,7 @@ from PIL import Image
 
 from cytoprofile import qc
 
-from .qc_builders import FEATURES, make_load_data, png_stats, write_workspace
+from .qc_builders import FEATURES, make_load_data, make_wells, png_stats, write_workspace
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
@@ -403,3 +403,62 @@ def test_cell_qc_section_shows_flagged_shares_after_collate_excluded_outliers(tm
     shutil.copy(plain.outputs["profiles"], ws / "profiles/BATCH1/P1/P1.csv")
     html = Path(qc.quality_control(ws, "BATCH1", ["P1"], n_null=100).report_path or "").read_text()
     assert _cell_qc_section(html) is None and "Single-cell QC" not in html and "Plate P1" in html
+
+
+# --- grey position-effect maps say why ---
+
+
+def _figure_text(fig) -> str:
+    from matplotlib.text import Text
+
+    return " ".join(" ".join(t.get_text().split()) for t in fig.findobj(Text))
+
+
+@pytest.mark.parametrize("wells,expected", [
+    ([f"A{c:02d}" for c in range(1, 13)], "all 12 wells are in row A"),
+    ([f"{r}05" for r in "ABCDEFGH"], "all 8 wells are in column 5"),
+    ([f"B{c:02d}" for c in range(1, 25)], "all 24 wells are in row B"),
+    (["A01", "A02", "B01", "B02", "D07"], "not computed for 1 of 5 wells (1 well: no other well with data in its row or column)"),
+    (["A01", "A02", "A03", "B01"], "not computed for 1 of 4 wells (1 well: no well shares neither its row nor its column"),
+])
+def test_position_effect_map_says_why_wells_have_no_value(wells: list[str], expected: str) -> None:
+    from .qc_builders import make_profiles
+
+    profiles = make_profiles("R1", wells, rng=np.random.default_rng(3))
+    effect = qc.position_effect(profiles, features=FEATURES)
+    missing = set(effect.loc[effect["Position_Effect"].isna(), "Metadata_Well"])
+    assert set(effect.attrs["why_missing"]) == missing and missing
+    note = qc.position_effect_note(effect)
+    assert note is not None and expected in note, note
+    text = _figure_text(qc.position_effect_figure(profiles, plate="R1", features=FEATURES))
+    assert expected in text, text
+    if len(missing) == len(wells):  # nothing to see on the map: the reason is written across it
+        assert f"Position effect {note}." in text
+    full = qc.metrics.position_effect(make_profiles("R2", make_wells(8, 12), rng=np.random.default_rng(3)),
+                                      features=FEATURES)
+    assert qc.position_effect_note(full) is None and full.attrs["why_missing"] == {}
+
+
+def test_one_row_plate_report_says_why_its_position_effect_is_grey(tmp_path: Path) -> None:
+    from .qc_builders import make_profiles
+
+    root = tmp_path / "ws"
+    wells = [f"A{c:02d}" for c in range(1, 13)]
+    folder = root / "profiles" / "B1" / "R1"
+    folder.mkdir(parents=True)
+    frame = make_profiles("R1", wells, rng=np.random.default_rng(5))
+    frame["Metadata_broad_sample"] = [f"t{i // 2}" for i in range(len(wells))]
+    frame.to_csv(folder / "R1_normalized_feature_select_negcon_batch.csv.gz", index=False)
+    frame.to_csv(folder / "R1_augmented.csv.gz", index=False)
+    (root / "load_data_csv" / "B1" / "R1").mkdir(parents=True)
+    make_load_data("R1", dict.fromkeys(wells, 2)).to_csv(root / "load_data_csv" / "B1" / "R1" / "load_data.csv", index=False)
+    result = qc.quality_control(root, "B1", ["R1"], n_null=200)
+    html = Path(result.report_path or "").read_text()
+    parsed = _Images()
+    parsed.feed(html)
+    caption = next(c for c in parsed.captions if c.startswith(CAPTION_START))
+    assert "Position effect not computed: all 12 wells are in row A" in " ".join(caption.split()), caption
+    assert result.figure_notes["R1"]["position_effect"].startswith("Position effect not computed")
+
+
+CAPTION_START = qc.report.CAPTIONS["position_effect"][:30]

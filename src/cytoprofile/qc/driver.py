@@ -33,6 +33,8 @@ from .metrics import (
     map_tables,
     percent_replicating,
     plate_rows,
+    position_effect,
+    position_effect_note,
     shared_features,
     well_matrix,
 )
@@ -69,6 +71,7 @@ class QualityControlResult:
     n_features: int | None = None
     quarantine: dict[str, pd.DataFrame | None] = field(default_factory=dict)
     mean_ap: dict[str, Any] | None = None
+    figure_notes: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def files(self) -> list[str]:
         """Every file this run wrote: the summary, each heatmap, the mAP tables, the report."""
@@ -423,6 +426,9 @@ def _plate_figures(
     out["position_effect"] = figure_png(
         position_effect_figure(qc_frame, plate=plate.name, features=features, source=source), dpi=dpi
     )
+    note = position_effect_note(position_effect(plate_rows(qc_frame, plate.name), features=features))
+    if note:
+        result.figure_notes.setdefault(plate.name, {})["position_effect"] = f"Position effect {note}."
     return out
 
 
@@ -456,6 +462,7 @@ def _write_report(
         replication=result.replication, notes=result.notes, replication_note=result.replication_note,
         quarantine=result.quarantine, sources={p: os.path.basename(s) for p, s in result.qc_profiles.items()},
         n_features=result.n_features, profiles_description=description, mean_ap=result.mean_ap,
+        figure_notes=result.figure_notes,
     )
     result.report_path = where.html_report(batch)
     with cpio.atomic_open(result.report_path) as handle:

@@ -21,6 +21,7 @@ from .metrics import (
     count_column,
     plate_rows,
     position_effect,
+    position_effect_note,
     require_wells,
     treatment_column,
     treatment_order,
@@ -345,7 +346,28 @@ def position_effect_figure(
     bar.set_ticks(ticks, labels=[
         f"{format_number(t, decimals=0)} chance" if t == chance else format_number(t, decimals=0) for t in ticks
     ])
+    _explain_missing(fig, ax, effect, shape, empty=not len(values))
     return fig
+
+
+def _explain_missing(fig: Figure, ax: Axes, effect: pd.DataFrame, shape: tuple[int, int], *, empty: bool) -> None:
+    """Say on the map why wells have no value: each such well crossed, the reason in the
+    legend, and across the map when no well has a value."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    note = position_effect_note(effect)
+    handles: list[Any] = [Patch(facecolor=_GREY, edgecolor="none", label="no profile for the well")]
+    if note:
+        cells = [well_to_grid(w) for w in effect.attrs.get("why_missing") or {}]
+        cells = [(r, c) for r, c in cells if r < shape[0] and c < shape[1]]
+        ax.scatter([c for _, c in cells], [r for r, _ in cells], marker="x", s=18, color="#555555", linewidths=1)
+        handles.append(Line2D([], [], marker="x", linestyle="none", color="#555555",
+                              label=_fit_title(f"profile, but position effect {note}", fig, fontsize=8, share=0.6)))
+    if note and empty:
+        ax.text(0.5, 0.5, _fit_title(f"Position effect {note}.", fig, fontsize=9, share=0.55), transform=ax.transAxes,
+                ha="center", va="center", fontsize=9, bbox={"facecolor": "white", "edgecolor": _QUARANTINE})
+    _legend_below(fig, handles)
 
 
 def figure_png(fig: Figure, *, dpi: int = 100) -> bytes:

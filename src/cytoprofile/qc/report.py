@@ -196,6 +196,7 @@ def _plate(
     notes: Sequence[str],
     quarantine: pd.DataFrame | None,
     source: str | None,
+    figure_notes: Mapping[str, str],
 ) -> dict[str, Any]:
     return {
         "name": plate,
@@ -203,7 +204,8 @@ def _plate(
         "notes": list(notes),
         "source": source,
         "figures": [
-            {"name": name, "png": _b64(png), "caption": CAPTIONS.get(name, name)} for name, png in figures.items()
+            {"name": name, "png": _b64(png), "caption": CAPTIONS.get(name, name), "note": figure_notes.get(name)}
+            for name, png in figures.items()
         ],
         "quarantine": None if quarantine is None else _table(quarantine),
         "ingest": _ingest(report),
@@ -249,6 +251,7 @@ def render_report(
     profiles_description: str = "",
     mean_ap: Mapping[str, Any] | None = None,
     mean_ap_note: str | None = None,
+    figure_notes: Mapping[str, Mapping[str, str]] | None = None,
 ) -> str:
     """A self-contained HTML report for a batch: images inline, no network needed to view it.
 
@@ -261,6 +264,8 @@ def render_report(
     is the size of the one feature set every correlation panel used. ``mean_ap`` holds
     the mAP tables by mode (``tables``), their ``source`` file, ``n_features``,
     ``threshold`` and written ``paths``; ``mean_ap_note`` says why it was not computed.
+    ``figure_notes`` maps plate → figure name → a warning shown under that figure
+    (for example why the position effect has no value for some wells).
     """
     from .. import __version__
 
@@ -287,7 +292,7 @@ def render_report(
         plates=[
             _plate(p, figures.get(p) or {}, ingest_reports.get(p), notes.get(p, ()),
                    quarantine.get(p) if p in quarantine else _quarantine_from(ingest_reports.get(p)),
-                   sources.get(p))
+                   sources.get(p), (figure_notes or {}).get(p) or {})
             for p in plates
         ],
     )
