@@ -462,3 +462,35 @@ def test_one_row_plate_report_says_why_its_position_effect_is_grey(tmp_path: Pat
 
 
 CAPTION_START = qc.report.CAPTIONS["position_effect"][:30]
+
+
+# --- few mAP groups are drawn as points ---
+
+
+def _map_table(n: int, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    p = rng.uniform(0, 0.2, n)
+    return pd.DataFrame({"Metadata_broad_sample": [f"t{i}" for i in range(n)],
+                         "mean_average_precision": rng.uniform(0, 1, n), "p_value": p,
+                         "corrected_p_value": p, "below_corrected_p": p < 0.05})
+
+
+@pytest.mark.parametrize("n", [1, 3, 8, 29])
+def test_map_panel_draws_few_groups_one_point_each(n: int) -> None:
+    from matplotlib.collections import PathCollection
+    from matplotlib.patches import Rectangle
+
+    table = _map_table(n)
+    fig = qc.figures.map_figure(table, mode="activity", batch="B1", threshold=0.05, source="x.csv", n_features=5)
+    right = fig.axes[1]
+    assert not [p for p in right.patches if isinstance(p, Rectangle)], "a histogram of a handful of values"
+    points = np.concatenate([c.get_offsets()[:, 0] for c in right.collections if isinstance(c, PathCollection)])
+    np.testing.assert_allclose(np.sort(points), np.sort(table["mean_average_precision"]))
+    assert f"{n} group{'' if n == 1 else 's'}, one point each" in _figure_text(fig)
+
+
+def test_map_panel_keeps_a_histogram_for_many_groups() -> None:
+    table = _map_table(qc.figures.MAP_POINTS_BELOW)
+    fig = qc.figures.map_figure(table, mode="activity", batch="B1", threshold=0.05, source="x.csv", n_features=5)
+    heights = [p.get_height() for p in fig.axes[1].patches]
+    assert len(heights) == 20 and sum(heights) == len(table)

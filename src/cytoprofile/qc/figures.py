@@ -43,6 +43,7 @@ __all__ = [
     "map_figure",
     "map_by_plate_figure",
     "figure_png",
+    "MAP_POINTS_BELOW",
 ]
 
 #: Heatmaps made per plate, as in ``PLATE_{name}.png``.
@@ -451,15 +452,36 @@ def map_figure(table: pd.DataFrame, *, mode: str, batch: str, threshold: float, 
     left.set_xlabel("mAP")
     left.set_ylabel("−log10 corrected p-value")
     left.legend(fontsize=7, loc="upper left")
-    right.hist(values, bins=[float(b) for b in np.linspace(0, 1, 21)], color="#9a9a9a")
-    right.set_xlabel("mAP")
-    right.set_ylabel("groups")
+    _map_distribution(right, values, good)
     share = float(good.mean()) if len(good) else 0.0
     left.set_title(_fit_title(
         f"Batch {batch}: mAP ({mode}), {format_number(share * 100, decimals=0)}% retrieved "
         f"({int(good.sum())} of {len(good)})\n{_features_line(source, n_features)}", fig, fontsize=9, share=0.55,
     ), fontsize=9, loc="left")
     return fig
+
+
+#: Fewer groups than this are drawn one point each: a histogram of a handful of values misleads.
+MAP_POINTS_BELOW = 30
+
+
+def _map_distribution(ax: Axes, values: np.ndarray, good: np.ndarray) -> None:
+    """The groups' mAP: a histogram when many, else one point per group (a strip, jittered)."""
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_xlabel("mAP")
+    if len(values) >= MAP_POINTS_BELOW:
+        ax.hist(values, bins=[float(b) for b in np.linspace(0, 1, 21)], color="#9a9a9a")
+        ax.set_ylabel("groups")
+        ax.set_title(f"distribution over {len(values):,} groups", fontsize=8)
+        return
+    jitter = np.random.default_rng(0).uniform(-0.25, 0.25, size=len(values))  # a band: height means nothing
+    for mask, colour in ((good, "#d62728"), (~good, "#1f77b4")):
+        if mask.any():
+            ax.scatter(values[mask], jitter[mask], s=22, color=colour, alpha=0.8, linewidths=0)
+    ax.set_ylim(-1.5, 1.5)
+    ax.set_yticks([])
+    ax.set_ylabel("groups (one point each)", fontsize=8)
+    ax.set_title(f"{len(values)} group{'' if len(values) == 1 else 's'}, one point each", fontsize=8)
 
 
 def map_by_plate_figure(by_plate: pd.DataFrame, *, mode: str, batch: str, plate_column: str = "Metadata_Plate",

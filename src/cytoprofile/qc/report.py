@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .figures import (
+    MAP_POINTS_BELOW,
     figure_png,
     map_by_plate_figure,
     map_figure,
@@ -44,8 +45,8 @@ CAPTIONS: dict[str, str] = {
     "replication": "Grey: correlations of random pairs of wells of different treatments (the null). "
     "Points: one per treatment, its median replicate correlation; red points exceed the dashed threshold.",
     "map": "Left: one point per group, its mAP against its Benjamini–Hochberg corrected p-value (copairs' "
-    "null of random rankings); red points are retrieved (below the dashed line). Right: the distribution "
-    "of mAP over the groups.",
+    "null of random rankings); red points are retrieved (below the dashed line). Right: the groups' mAP, "
+    f"one point each (red: retrieved) when there are fewer than {MAP_POINTS_BELOW} groups, else their histogram.",
     "outlier_share": "Per well, the share of its cells that single-cell QC flags (outlier sets of z-score "
     "thresholds over the plate's cells); the first map counts cells flagged by any set, which collate left out "
     "of the well profiles. Grey wells have no cells.",
