@@ -494,3 +494,21 @@ def test_map_panel_keeps_a_histogram_for_many_groups() -> None:
     fig = qc.figures.map_figure(table, mode="activity", batch="B1", threshold=0.05, source="x.csv", n_features=5)
     heights = [p.get_height() for p in fig.axes[1].patches]
     assert len(heights) == 20 and sum(heights) == len(table)
+
+
+# --- the quarantine table says what each column counts ---
+
+
+def test_quarantine_table_headers_say_what_they_count() -> None:
+    sites = [{"site": f"P1-B03-{i}", "well": "B03", "status": "quarantined" if i < 3 else "ok",
+              "reason": "Cells.csv is missing" if i < 3 else None} for i in range(1, 5)]
+    sites.append({"site": "P1-C01-1", "well": "C01", "status": "quarantined", "reason": "Image.csv is empty"})
+    html = qc.render_report(batch="B1", summary=qc.update_summary(None, []), figures={},
+                            ingest_reports={"P1": {"sites": sites}}, replication=None)
+    section = html[html.index("<h3>Wells that lost sites to quarantine</h3>"):html.index("<h3>Ingest</h3>")]
+    headers = [_text(h).strip() for h in re.findall(r"<th>(.*?)</th>", section)]
+    assert headers == ["Well", "Sites quarantined (left out)", "Sites of the well (all, incl. quarantined)",
+                       "Why the sites were quarantined"]
+    rows = [[_text(c).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", r)] for r in re.findall(r"<tr><td.*?</tr>", section)]
+    assert rows == [["B03", "2", "4", "Cells.csv is missing"], ["C01", "1", "1", "Image.csv is empty"]]
+    assert "Sites</th>" not in html

@@ -30,7 +30,7 @@ from .summary import quarantined_wells
 if TYPE_CHECKING:
     import jinja2
 
-__all__ = ["CAPTIONS", "render_report"]
+__all__ = ["CAPTIONS", "QUARANTINE_HEADERS", "render_report"]
 
 #: Caption under each figure of the report.
 CAPTIONS: dict[str, str] = {
@@ -53,6 +53,14 @@ CAPTIONS: dict[str, str] = {
     "map_by_plate": "Each plate's profiles scored on their own (same options, the plate's own null and "
     "Benjamini–Hochberg correction): one point per group, red when retrieved; the black bar is the plate's "
     "mean mAP and the number above it the share of the plate's groups retrieved.",
+}
+
+#: Headers of a plate's table of wells that lost sites: each says what it counts.
+QUARANTINE_HEADERS: dict[str, str] = {
+    "Metadata_Well": "Well",
+    "Sites_quarantined": "Sites quarantined (left out)",
+    "Sites_in_well": "Sites of the well (all, incl. quarantined)",
+    "Reasons": "Why the sites were quarantined",
 }
 
 _MAP_MODES = {"activity": "phenotypic activity: replicates against negative controls",
@@ -113,7 +121,8 @@ def _ingest(report: Mapping[str, Any] | None) -> dict[str, Any] | None:
     )) if bad else None
     missing = report.get("missing_columns") or {}
     records = [
-        {"table": table, "column": column, "sites": len(sites), "example sites": ", ".join(map(str, list(sites)[:5]))}
+        {"table": table, "column": column, "sites without the column": len(sites),
+         "example sites": ", ".join(map(str, list(sites)[:5]))}
         for table, columns in missing.items()
         for column, sites in (columns or {}).items()
     ]
@@ -208,7 +217,7 @@ def _plate(
             {"name": name, "png": _b64(png), "caption": CAPTIONS.get(name, name), "note": figure_notes.get(name)}
             for name, png in figures.items()
         ],
-        "quarantine": None if quarantine is None else _table(quarantine),
+        "quarantine": None if quarantine is None else _table(quarantine.rename(columns=QUARANTINE_HEADERS)),
         "ingest": _ingest(report),
         "cell_qc": _cell_qc(plate, report),
     }
