@@ -512,3 +512,51 @@ def test_quarantine_table_headers_say_what_they_count() -> None:
     rows = [[_text(c).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", r)] for r in re.findall(r"<tr><td.*?</tr>", section)]
     assert rows == [["B03", "2", "4", "Cells.csv is missing"], ["C01", "1", "1", "Image.csv is empty"]]
     assert "Sites</th>" not in html
+
+
+# --- what else a scientist could misread ---
+
+
+@pytest.mark.parametrize("replicates", [2, 3])
+def test_correlation_map_leaves_out_each_wells_self_correlation(replicates: int) -> None:
+    from .qc_builders import make_profiles
+
+    wells = make_wells(4, 6)
+    frame = make_profiles("P1", wells, rng=np.random.default_rng(replicates))
+    frame["Metadata_broad_sample"] = [f"t{i // replicates}" for i in range(len(wells))]
+    fig = qc.correlation_figure(frame, plate="P1", features=FEATURES)
+    shown = fig.axes[0].images[0].get_array()
+    order = list(qc.treatment_order(frame, "Metadata_broad_sample")["Metadata_Well"])
+    expected = qc.well_correlation(frame, features=FEATURES, order=order).to_numpy()
+    assert np.ma.getmaskarray(shown).diagonal().all(), "a well's correlation with itself colours its block"
+    off = ~np.eye(len(wells), dtype=bool)
+    np.testing.assert_allclose(np.ma.filled(shown, np.nan)[off], expected[off], atol=1e-12)
+    assert "a well with itself (the diagonal)" in _figure_text(fig)
+
+
+def test_unknown_summary_values_read_n_a_not_blank() -> None:
+    summary = qc.update_summary(None, [
+        {"Batch_Name": "B1", "Plate_Name": "P1", "Well_Count": 96, "Sites_quarantined": 0, "Wells_quarantined": 0,
+         "Features_selected": 12},
+        {"Batch_Name": "B1", "Plate_Name": "P2", "Well_Count": 96, "Sites_quarantined": float("nan"),
+         "Wells_quarantined": float("nan"), "Features_selected": float("nan")}])
+    html = qc.render_report(batch="B1", summary=summary, figures={}, ingest_reports={"P1": None, "P2": None},
+                            replication=None)
+    table = html[html.index("<h2>Summary</h2>"):html.index("<h2>Profiles used")]
+    headers = [_text(h).strip().replace(" ", "") for h in re.findall(r"<th>(.*?)</th>", table)]
+    rows = {r[1]: dict(zip(headers, r, strict=True)) for r in
+            ([_text(c).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", row)] for row in re.findall(r"<tr><td.*?</tr>", table))}
+    for column in ("Sites_quarantined", "Wells_quarantined", "Features_selected"):
+        assert rows["P1"][column] == ("12" if column == "Features_selected" else "0")
+        assert rows["P2"][column] == "n/a"
+    assert "n/a: not known for the plate" in _text(table)
+
+
+def test_map_by_plate_legend_hides_no_point() -> None:
+    table = pd.concat([_map_table(12, seed=s).assign(Metadata_Plate=p) for s, p in enumerate(["P1", "P2"])])
+    table = table[["Metadata_Plate", *[c for c in table.columns if c != "Metadata_Plate"]]]
+    fig = qc.figures.map_by_plate_figure(table, mode="activity", batch="B1", source="x.csv", n_features=5)
+    fig.canvas.draw()
+    assert fig.axes[0].get_legend() is None and len(fig.legends) == 1
+    box = fig.legends[0].get_window_extent()
+    assert box.y1 <= fig.axes[0].get_window_extent().y0, "the legend overlaps the plot"

@@ -254,8 +254,10 @@ def correlation_figure(
     fig = _new_figure(_SQUARE_FIGSIZE)
     ax = fig.add_subplot()
     colormap = mpl.colormaps["RdBu_r"].with_extremes(bad=_GREY)
+    values = corr.to_numpy().copy()
+    np.fill_diagonal(values, np.nan)  # a well with itself (1) would make every treatment's block look replicated
     image = ax.imshow(
-        np.ma.masked_invalid(corr.to_numpy()), cmap=colormap, vmin=-1, vmax=1,
+        np.ma.masked_invalid(values), cmap=colormap, vmin=-1, vmax=1,
         interpolation="nearest", aspect="equal",
     )
     wells = list(corr.index)
@@ -273,6 +275,10 @@ def correlation_figure(
     )
     bar = fig.colorbar(image, ax=ax, shrink=0.8)
     bar.set_label("Pearson correlation between wells")
+    from matplotlib.patches import Patch
+
+    _legend_below(fig, [Patch(facecolor=_GREY, edgecolor="none",
+                              label="grey: a well with itself (the diagonal), or no correlation (constant profile)")])
     return fig
 
 
@@ -507,8 +513,13 @@ def map_by_plate_figure(by_plate: pd.DataFrame, *, mode: str, batch: str, plate_
     ax.set_xlim(-0.6, max(len(plates) - 0.4, 0.6))
     ax.set_ylim(-0.02, 1.1)
     ax.set_ylabel("mAP (each plate alone)")
-    if plates:
-        ax.legend(fontsize=7, loc="lower right")
+    if plates:  # below the axes: inside, it would hide a plate's points
+        from matplotlib.lines import Line2D
+
+        handles = [Line2D([], [], marker="o", linestyle="none", markersize=4, color=c, label=n)
+                   for c, n in (("#d62728", "retrieved"), ("#1f77b4", "not retrieved"))]
+        handles.append(Line2D([], [], color="black", linewidth=2, label="plate mean mAP"))
+        fig.legend(handles=handles, loc="outside lower center", ncol=3, fontsize=7, frameon=False)
     ax.set_title(_fit_title(f"Batch {batch}: mAP ({mode}) by plate, % retrieved above each plate\n"
                             f"{_features_line(source, n_features)}", fig, fontsize=9, share=0.85),
                  fontsize=9, loc="left")

@@ -37,7 +37,8 @@ CAPTIONS: dict[str, str] = {
     "cell_count": "Cells per well on the plate grid; grey wells have no profile. Hatched wells lost "
     "sites to quarantine at ingest, so their counts are low for a technical reason.",
     "correlation": "Pearson correlation between every pair of wells, wells ordered by treatment so that "
-    "replicate wells form blocks on the diagonal (plate order when there is no treatment column).",
+    "replicate wells form blocks on the diagonal (plate order when there is no treatment column). "
+    "The diagonal itself (a well with itself, always 1) is grey, so only replicate pairs can colour a block.",
     "position_effect": "Per well, the share of its correlations with wells in the same row or column "
     "that exceed the 95th percentile of its correlations with wells sharing neither (its own null). "
     "Without row or column artefacts the share is about 0.05, the chance level marked on the colour bar; "
@@ -88,15 +89,17 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def _table(frame: pd.DataFrame, *, max_rows: int | None = None) -> dict[str, Any]:
-    """A table for the template: column names, rows of {text, numeric} cells, rows left out."""
+def _table(frame: pd.DataFrame, *, max_rows: int | None = None, missing: str = "") -> dict[str, Any]:
+    """A table for the template: column names, rows of {text, numeric} cells (``missing``
+    for an empty cell), rows left out."""
     shown = frame if max_rows is None else frame.head(max_rows)
     rows = []
     for record in shown.itertuples(index=False, name=None):
         cells = []
         for value in record:
             numeric = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-            cells.append({"text": format_number(value) if numeric else _text(value), "numeric": numeric})
+            text = format_number(value) if numeric else _text(value)
+            cells.append({"text": text if text not in ("", "nan") else missing, "numeric": numeric})
         rows.append(cells)
     more = len(frame) - max_rows if max_rows is not None and len(frame) > max_rows else 0
     return {"columns": [str(c) for c in shown.columns], "rows": rows, "more": more}
@@ -290,7 +293,7 @@ def render_report(
     return _environment().get_template("report.html.j2").render(
         batch=batch,
         version=__version__,
-        summary=_table(table),
+        summary=_table(table, missing="n/a"),
         profiles={"n_features": n_features, "description": profiles_description},
         replication=_replication(batch, replication, source),
         replication_note=replication_note or "no annotated, feature-selected profiles for this batch",
