@@ -560,3 +560,14 @@ def test_map_by_plate_legend_hides_no_point() -> None:
     assert fig.axes[0].get_legend() is None and len(fig.legends) == 1
     box = fig.legends[0].get_window_extent()
     assert box.y1 <= fig.axes[0].get_window_extent().y0, "the legend overlaps the plot"
+
+
+def test_cell_count_caption_says_when_quarantine_is_unknown(qc_run) -> None:
+    root, _, _ = qc_run
+    html = (root / "quality_control" / "report" / "B1.html").read_text()
+    for plate, end, unknown in (("P1", 'id="plate-P2"', False), ("P2", 'id="plate-BIG"', True)):
+        section = html[html.index(f'id="plate-{plate}"'):html.index(end)]
+        parsed = _Images()
+        parsed.feed(section)
+        caption = " ".join(parsed.captions[0].split())
+        assert caption.startswith("Cells per well") and ("no ingest report" in caption) == unknown, caption

@@ -211,6 +211,9 @@ def _plate(
     source: str | None,
     figure_notes: Mapping[str, str],
 ) -> dict[str, Any]:
+    if quarantine is None:  # the caption speaks of hatching; say why there is none
+        figure_notes = {"cell_count": "This plate has no ingest report: which wells lost sites is unknown, "
+                        "so none is hatched.", **figure_notes}
     return {
         "name": plate,
         "anchor": _anchor(plate),
