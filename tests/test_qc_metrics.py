@@ -42,7 +42,7 @@ from .qc_builders import FEATURES, make_batch_profiles, make_profiles, make_well
 )
 def test_quarantined_wells_lists_wells_that_lost_sites(sites, expected) -> None:
     table = qc.quarantined_wells({"sites": sites})
-    assert list(table.columns) == ["Metadata_Well", "Sites_quarantined", "Sites", "Reasons"]
+    assert list(table.columns) == ["Metadata_Well", "Sites_quarantined", "Sites_in_well", "Reasons"]
     assert [tuple(r) for r in table.itertuples(index=False, name=None)] == expected
 
 

@@ -19,7 +19,7 @@ from PIL import Image
 
 from cytoprofile import qc
 
-from .qc_builders import FEATURES, make_load_data, png_stats, write_workspace
+from .qc_builders import FEATURES, make_load_data, make_wells, png_stats, write_workspace
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
@@ -403,3 +403,171 @@ def test_cell_qc_section_shows_flagged_shares_after_collate_excluded_outliers(tm
     shutil.copy(plain.outputs["profiles"], ws / "profiles/BATCH1/P1/P1.csv")
     html = Path(qc.quality_control(ws, "BATCH1", ["P1"], n_null=100).report_path or "").read_text()
     assert _cell_qc_section(html) is None and "Single-cell QC" not in html and "Plate P1" in html
+
+
+# --- grey position-effect maps say why ---
+
+
+def _figure_text(fig) -> str:
+    from matplotlib.text import Text
+
+    return " ".join(" ".join(t.get_text().split()) for t in fig.findobj(Text))
+
+
+@pytest.mark.parametrize("wells,expected", [
+    ([f"A{c:02d}" for c in range(1, 13)], "all 12 wells are in row A"),
+    ([f"{r}05" for r in "ABCDEFGH"], "all 8 wells are in column 5"),
+    ([f"B{c:02d}" for c in range(1, 25)], "all 24 wells are in row B"),
+    (["A01", "A02", "B01", "B02", "D07"], "not computed for 1 of 5 wells (1 well: no other well with data in its row or column)"),
+    (["A01", "A02", "A03", "B01"], "not computed for 1 of 4 wells (1 well: no well shares neither its row nor its column"),
+])
+def test_position_effect_map_says_why_wells_have_no_value(wells: list[str], expected: str) -> None:
+    from .qc_builders import make_profiles
+
+    profiles = make_profiles("R1", wells, rng=np.random.default_rng(3))
+    effect = qc.position_effect(profiles, features=FEATURES)
+    missing = set(effect.loc[effect["Position_Effect"].isna(), "Metadata_Well"])
+    assert set(effect.attrs["why_missing"]) == missing and missing
+    note = qc.position_effect_note(effect)
+    assert note is not None and expected in note, note
+    text = _figure_text(qc.position_effect_figure(profiles, plate="R1", features=FEATURES))
+    assert expected in text, text
+    if len(missing) == len(wells):  # nothing to see on the map: the reason is written across it
+        assert f"Position effect {note}." in text
+    full = qc.metrics.position_effect(make_profiles("R2", make_wells(8, 12), rng=np.random.default_rng(3)),
+                                      features=FEATURES)
+    assert qc.position_effect_note(full) is None and full.attrs["why_missing"] == {}
+
+
+def test_one_row_plate_report_says_why_its_position_effect_is_grey(tmp_path: Path) -> None:
+    from .qc_builders import make_profiles
+
+    root = tmp_path / "ws"
+    wells = [f"A{c:02d}" for c in range(1, 13)]
+    folder = root / "profiles" / "B1" / "R1"
+    folder.mkdir(parents=True)
+    frame = make_profiles("R1", wells, rng=np.random.default_rng(5))
+    frame["Metadata_broad_sample"] = [f"t{i // 2}" for i in range(len(wells))]
+    frame.to_csv(folder / "R1_normalized_feature_select_negcon_batch.csv.gz", index=False)
+    frame.to_csv(folder / "R1_augmented.csv.gz", index=False)
+    (root / "load_data_csv" / "B1" / "R1").mkdir(parents=True)
+    make_load_data("R1", dict.fromkeys(wells, 2)).to_csv(root / "load_data_csv" / "B1" / "R1" / "load_data.csv", index=False)
+    result = qc.quality_control(root, "B1", ["R1"], n_null=200)
+    html = Path(result.report_path or "").read_text()
+    parsed = _Images()
+    parsed.feed(html)
+    caption = next(c for c in parsed.captions if c.startswith(CAPTION_START))
+    assert "Position effect not computed: all 12 wells are in row A" in " ".join(caption.split()), caption
+    assert result.figure_notes["R1"]["position_effect"].startswith("Position effect not computed")
+
+
+CAPTION_START = qc.report.CAPTIONS["position_effect"][:30]
+
+
+# --- few mAP groups are drawn as points ---
+
+
+def _map_table(n: int, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    p = rng.uniform(0, 0.2, n)
+    return pd.DataFrame({"Metadata_broad_sample": [f"t{i}" for i in range(n)],
+                         "mean_average_precision": rng.uniform(0, 1, n), "p_value": p,
+                         "corrected_p_value": p, "below_corrected_p": p < 0.05})
+
+
+@pytest.mark.parametrize("n", [1, 3, 8, 29])
+def test_map_panel_draws_few_groups_one_point_each(n: int) -> None:
+    from matplotlib.collections import PathCollection
+    from matplotlib.patches import Rectangle
+
+    table = _map_table(n)
+    fig = qc.figures.map_figure(table, mode="activity", batch="B1", threshold=0.05, source="x.csv", n_features=5)
+    right = fig.axes[1]
+    assert not [p for p in right.patches if isinstance(p, Rectangle)], "a histogram of a handful of values"
+    points = np.concatenate([c.get_offsets()[:, 0] for c in right.collections if isinstance(c, PathCollection)])
+    np.testing.assert_allclose(np.sort(points), np.sort(table["mean_average_precision"]))
+    assert f"{n} group{'' if n == 1 else 's'}, one point each" in _figure_text(fig)
+
+
+def test_map_panel_keeps_a_histogram_for_many_groups() -> None:
+    table = _map_table(qc.figures.MAP_POINTS_BELOW)
+    fig = qc.figures.map_figure(table, mode="activity", batch="B1", threshold=0.05, source="x.csv", n_features=5)
+    heights = [p.get_height() for p in fig.axes[1].patches]
+    assert len(heights) == 20 and sum(heights) == len(table)
+
+
+# --- the quarantine table says what each column counts ---
+
+
+def test_quarantine_table_headers_say_what_they_count() -> None:
+    sites = [{"site": f"P1-B03-{i}", "well": "B03", "status": "quarantined" if i < 3 else "ok",
+              "reason": "Cells.csv is missing" if i < 3 else None} for i in range(1, 5)]
+    sites.append({"site": "P1-C01-1", "well": "C01", "status": "quarantined", "reason": "Image.csv is empty"})
+    html = qc.render_report(batch="B1", summary=qc.update_summary(None, []), figures={},
+                            ingest_reports={"P1": {"sites": sites}}, replication=None)
+    section = html[html.index("<h3>Wells that lost sites to quarantine</h3>"):html.index("<h3>Ingest</h3>")]
+    headers = [_text(h).strip() for h in re.findall(r"<th>(.*?)</th>", section)]
+    assert headers == ["Well", "Sites quarantined (left out)", "Sites of the well (all, incl. quarantined)",
+                       "Why the sites were quarantined"]
+    rows = [[_text(c).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", r)] for r in re.findall(r"<tr><td.*?</tr>", section)]
+    assert rows == [["B03", "2", "4", "Cells.csv is missing"], ["C01", "1", "1", "Image.csv is empty"]]
+    assert "Sites</th>" not in html
+
+
+# --- what else a scientist could misread ---
+
+
+@pytest.mark.parametrize("replicates", [2, 3])
+def test_correlation_map_leaves_out_each_wells_self_correlation(replicates: int) -> None:
+    from .qc_builders import make_profiles
+
+    wells = make_wells(4, 6)
+    frame = make_profiles("P1", wells, rng=np.random.default_rng(replicates))
+    frame["Metadata_broad_sample"] = [f"t{i // replicates}" for i in range(len(wells))]
+    fig = qc.correlation_figure(frame, plate="P1", features=FEATURES)
+    shown = fig.axes[0].images[0].get_array()
+    order = list(qc.treatment_order(frame, "Metadata_broad_sample")["Metadata_Well"])
+    expected = qc.well_correlation(frame, features=FEATURES, order=order).to_numpy()
+    assert np.ma.getmaskarray(shown).diagonal().all(), "a well's correlation with itself colours its block"
+    off = ~np.eye(len(wells), dtype=bool)
+    np.testing.assert_allclose(np.ma.filled(shown, np.nan)[off], expected[off], atol=1e-12)
+    assert "a well with itself (the diagonal)" in _figure_text(fig)
+
+
+def test_unknown_summary_values_read_n_a_not_blank() -> None:
+    summary = qc.update_summary(None, [
+        {"Batch_Name": "B1", "Plate_Name": "P1", "Well_Count": 96, "Sites_quarantined": 0, "Wells_quarantined": 0,
+         "Features_selected": 12},
+        {"Batch_Name": "B1", "Plate_Name": "P2", "Well_Count": 96, "Sites_quarantined": float("nan"),
+         "Wells_quarantined": float("nan"), "Features_selected": float("nan")}])
+    html = qc.render_report(batch="B1", summary=summary, figures={}, ingest_reports={"P1": None, "P2": None},
+                            replication=None)
+    table = html[html.index("<h2>Summary</h2>"):html.index("<h2>Profiles used")]
+    headers = [_text(h).strip().replace(" ", "") for h in re.findall(r"<th>(.*?)</th>", table)]
+    rows = {r[1]: dict(zip(headers, r, strict=True)) for r in
+            ([_text(c).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", row)] for row in re.findall(r"<tr><td.*?</tr>", table))}
+    for column in ("Sites_quarantined", "Wells_quarantined", "Features_selected"):
+        assert rows["P1"][column] == ("12" if column == "Features_selected" else "0")
+        assert rows["P2"][column] == "n/a"
+    assert "n/a: not known for the plate" in _text(table)
+
+
+def test_map_by_plate_legend_hides_no_point() -> None:
+    table = pd.concat([_map_table(12, seed=s).assign(Metadata_Plate=p) for s, p in enumerate(["P1", "P2"])])
+    table = table[["Metadata_Plate", *[c for c in table.columns if c != "Metadata_Plate"]]]
+    fig = qc.figures.map_by_plate_figure(table, mode="activity", batch="B1", source="x.csv", n_features=5)
+    fig.canvas.draw()
+    assert fig.axes[0].get_legend() is None and len(fig.legends) == 1
+    box = fig.legends[0].get_window_extent()
+    assert box.y1 <= fig.axes[0].get_window_extent().y0, "the legend overlaps the plot"
+
+
+def test_cell_count_caption_says_when_quarantine_is_unknown(qc_run) -> None:
+    root, _, _ = qc_run
+    html = (root / "quality_control" / "report" / "B1.html").read_text()
+    for plate, end, unknown in (("P1", 'id="plate-P2"', False), ("P2", 'id="plate-BIG"', True)):
+        section = html[html.index(f'id="plate-{plate}"'):html.index(end)]
+        parsed = _Images()
+        parsed.feed(section)
+        caption = " ".join(parsed.captions[0].split())
+        assert caption.startswith("Cells per well") and ("no ingest report" in caption) == unknown, caption

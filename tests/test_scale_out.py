@@ -193,7 +193,7 @@ def test_killed_worker_does_not_change_the_result(s3_endpoint: str, cluster: tup
     collate(local, "BK", plates)
     def kill_after_first(plate: str, done: int, total: int) -> None:
         # the first finished plate leaves three to go: one worker dies while they run
-        if workers[0].poll() is None:
+        if done == total and workers[0].poll() is None:
             workers[0].send_signal(signal.SIGKILL)
 
     results = collate(shared, "BK", plates, scheduler=address, progress=kill_after_first)

@@ -176,20 +176,49 @@ class _DaskForwarder(logging.Handler):
 _FORWARDER = _DaskForwarder()
 
 
-def _dask_task(fn: Callable[..., R], topic: str, key: str, level: int, client_pid: int,
-               *args: Any) -> tuple[R, list[dict[str, Any]]]:
-    """Run one task on a Dask worker, forwarding its ``cytoprofile`` records to the client
-    (a worker inside the client's own process logs there directly)."""
+class _DaskProgress:
+    """On a Dask worker: a task's progress events go to the client live (a Dask event on
+    the task's topic, so in order with its records), at most one per ``interval`` seconds
+    besides the first and the last; the latest is also kept to return with the result."""
+
+    def __init__(self, topic: str, key: str, *, interval: float = 0.2) -> None:
+        self.topic, self.key, self.interval = topic, key, interval
+        self.last: tuple[str, int, int] | None = None
+        self.sent = 0.0
+
+    def __call__(self, plate: str, done: int, total: int) -> None:
+        import time
+
+        self.last = (plate, done, total)
+        now = time.monotonic()
+        if self.sent and done < total and now - self.sent < self.interval:
+            return
+        self.sent = now
+        try:
+            from distributed import get_worker
+
+            get_worker().log_event(self.topic, {"kind": "progress", "key": self.key, "plate": plate,
+                                                "done": done, "total": total})
+        except (ValueError, TypeError):  # not on a worker
+            pass
+
+
+def _dask_task(fn: Callable[..., R], topic: str, key: str, level: int, client_pid: int, live: bool,
+               task: Any, options: dict[str, Any]) -> tuple[R, list[dict[str, Any]], tuple[str, int, int] | None]:
+    """Run one task on a Dask worker, forwarding its progress events (if ``live``) and its
+    ``cytoprofile`` records to the client (a worker inside the client's own process logs
+    there directly)."""
     kept: list[dict[str, Any]] = []
+    progress = _DaskProgress(topic, key) if live else None
     if os.getpid() == client_pid:
-        return fn(*args), kept
+        return fn(task, options, progress), kept, progress.last if progress else None
     if _FORWARDER not in logging.getLogger(LOGGER).handlers:
         forward_records(_FORWARDER, level)
     logging.getLogger(LOGGER).setLevel(level)
     with _FORWARDER.tasks_lock:
         _FORWARDER.tasks[threading.get_ident()] = (topic, key, kept)
     try:
-        return fn(*args), kept
+        return fn(task, options, progress), kept, progress.last if progress else None
     finally:
         with _FORWARDER.tasks_lock:
             _FORWARDER.tasks.pop(threading.get_ident(), None)
@@ -207,8 +236,10 @@ def _run_dask(
 ) -> list[R]:
     """Send each task to a Dask cluster; a task whose worker dies is retried elsewhere.
 
-    Workers' records arrive as they are written and again with each result; each is
-    printed once (a retried task's repeated records are not printed twice).
+    Workers' records and progress events arrive as they are written, in order per
+    task; records arrive again with each result and each is printed once (a retried
+    task's repeated records are not printed twice). A task's progress events that
+    arrive after its result are dropped; its result carries its last progress.
     """
     import uuid
 
@@ -223,36 +254,57 @@ def _run_dask(
     except (OSError, ValueError, TypeError) as exc:
         raise RemoteError(f"cannot reach the Dask scheduler at {scheduler} ({exc}); check --scheduler") from exc
     topic = f"cytoprofile-log-{uuid.uuid4().hex}"
-    printed: set[tuple[str, int]] = set()
-    lock = threading.Lock()
-
-    def _print(message: dict[str, Any]) -> None:
-        with lock:
-            if (message["key"], message["seq"]) not in printed:
-                printed.add((message["key"], message["seq"]))
-                replay(logging.makeLogRecord(message))
-
+    relay = _DaskRelay(progress)
     level = logging.getLogger(LOGGER).getEffectiveLevel()
     try:
-        client.subscribe_topic(topic, lambda event: _print(event[1]))
+        client.subscribe_topic(topic, lambda event: relay.event(event[1]))
         keys = [f"cytoprofile-{i}-{task.plate}" for i, task in enumerate(tasks)]
-        futures = [client.submit(_dask_task, fn, topic, key, level, os.getpid(), task, options, None, pure=False, retries=3, key=key)
+        futures = [client.submit(_dask_task, fn, topic, key, level, os.getpid(), progress is not None,
+                                 task, options, pure=False, retries=3, key=key)
                    for key, task in zip(keys, tasks, strict=True)]
         index = {f.key: i for i, f in enumerate(futures)}
         results: dict[int, R] = {}
         for future in dask_completed(futures):
             i = index[future.key]
-            results[i], kept = future.result()
-            for message in kept:
-                _print(message)
-            if progress is not None:
-                progress(tasks[i].plate, 1, 1)
+            results[i], kept, last = future.result()
+            relay.finish(str(future.key), tasks[i].plate, kept, last)
             if on_done is not None:
                 on_done(i, results[i])
         return [results[i] for i in range(len(tasks))]
     finally:
         client.unsubscribe_topic(topic)
         client.close()
+
+
+class _DaskRelay:
+    """On the client: prints workers' records once each and passes their progress on,
+    from the event thread (live) and the main thread (with each result), one at a time."""
+
+    def __init__(self, progress: Progress | None) -> None:
+        self.progress = progress
+        self.printed: set[tuple[str, int]] = set()
+        self.finished: set[str] = set()
+        self.lock = threading.Lock()
+
+    def event(self, message: dict[str, Any]) -> None:
+        with self.lock:
+            if message.get("kind") != "progress":
+                self._print(message)
+            elif message["key"] not in self.finished and self.progress is not None:
+                self.progress(message["plate"], message["done"], message["total"])
+
+    def finish(self, key: str, plate: str, kept: list[dict[str, Any]], last: tuple[str, int, int] | None) -> None:
+        with self.lock:
+            self.finished.add(key)
+            for message in kept:
+                self._print(message)
+            if self.progress is not None:
+                self.progress(*(last or (plate, 1, 1)))
+
+    def _print(self, message: dict[str, Any]) -> None:
+        if (message["key"], message["seq"]) not in self.printed:
+            self.printed.add((message["key"], message["seq"]))
+            replay(logging.makeLogRecord(message))
 
 
 def _default_timeout() -> float:

@@ -33,6 +33,8 @@ from .metrics import (
     map_tables,
     percent_replicating,
     plate_rows,
+    position_effect,
+    position_effect_note,
     shared_features,
     well_matrix,
 )
@@ -69,6 +71,7 @@ class QualityControlResult:
     n_features: int | None = None
     quarantine: dict[str, pd.DataFrame | None] = field(default_factory=dict)
     mean_ap: dict[str, Any] | None = None
+    figure_notes: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def files(self) -> list[str]:
         """Every file this run wrote: the summary, each heatmap, the mAP tables, the report."""
@@ -299,8 +302,11 @@ def _at_url(where: QualityControlLayout, batch: str, plates: list[str], *, tmp_d
         path for p in plates for path in (where.load_data(batch, p), where.profiles(batch, p), where.report_json(batch, p))]
     with scratch_dir(tmp_dir, "qc") as scratch:
         stage(where.root, scratch, [relative_to(path, where.root) for path in folders])
-        result = quality_control(scratch, batch, plates, **options)
+        with _named_at(scratch, where.root):
+            result = quality_control(scratch, batch, plates, **options)
         publish(scratch, where.root, files_under(replace(where, root=scratch).outputs(), scratch))
+        for plate, made in result.heatmaps.items():  # the scratch copy held no earlier figures
+            _remove_stale_heatmaps(set(made), where, batch, plate)
 
     def url(path: str) -> str:
         return cpio.join(where.root, os.path.relpath(path, scratch))
@@ -312,6 +318,30 @@ def _at_url(where: QualityControlLayout, batch: str, plates: list[str], *, tmp_d
     if result.mean_ap is not None:
         result.mean_ap["paths"] = {k: url(v) for k, v in result.mean_ap["paths"].items()}
     return result
+
+
+class _Renamed(logging.Filter):
+    """Names ``root`` where a record says ``scratch``: the user knows the URL, not our copy."""
+
+    def __init__(self, scratch: str, root: str) -> None:
+        super().__init__()
+        self.scratch, self.root = scratch, root.rstrip("/")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if self.scratch in message:
+            record.msg, record.args = message.replace(self.scratch, self.root), None
+        return True
+
+
+@contextlib.contextmanager
+def _named_at(scratch: str, root: str) -> Iterator[None]:
+    renamed = _Renamed(scratch, root)
+    log.addFilter(renamed)
+    try:
+        yield
+    finally:
+        log.removeFilter(renamed)
 
 
 def _mean_ap(result: QualityControlResult, frames: dict[str, pd.DataFrame], features: list[str],
@@ -358,12 +388,12 @@ def _write_heatmaps(figures: dict[str, bytes], where: QualityControlLayout, batc
 
 
 def _remove_stale_heatmaps(made: set[str], where: QualityControlLayout, batch: str, plate: str) -> None:
-    """Delete an earlier run's figures of ``plate`` that this run does not make, so
-    the heatmap folder never mixes old figures with fresh ones."""
+    """Delete an earlier run's figures of ``plate`` that this run does not make (in a
+    folder or on object storage), so the heatmap folder never mixes old figures with fresh ones."""
     for name in FIGURE_NAMES:
         path = where.heatmap(batch, plate, name)
-        if name not in made and not cpio.is_remote(path) and os.path.exists(path):
-            os.remove(path)
+        if name not in made and cpio.exists(path):
+            cpio.remove(path)
             log.warning("%s: removed %s of an earlier run (this run cannot make it)", plate, os.path.basename(path))
 
 
@@ -423,6 +453,9 @@ def _plate_figures(
     out["position_effect"] = figure_png(
         position_effect_figure(qc_frame, plate=plate.name, features=features, source=source), dpi=dpi
     )
+    note = position_effect_note(position_effect(plate_rows(qc_frame, plate.name), features=features))
+    if note:
+        result.figure_notes.setdefault(plate.name, {})["position_effect"] = f"Position effect {note}."
     return out
 
 
@@ -456,6 +489,7 @@ def _write_report(
         replication=result.replication, notes=result.notes, replication_note=result.replication_note,
         quarantine=result.quarantine, sources={p: os.path.basename(s) for p, s in result.qc_profiles.items()},
         n_features=result.n_features, profiles_description=description, mean_ap=result.mean_ap,
+        figure_notes=result.figure_notes,
     )
     result.report_path = where.html_report(batch)
     with cpio.atomic_open(result.report_path) as handle:

@@ -21,6 +21,7 @@ from .metrics import (
     count_column,
     plate_rows,
     position_effect,
+    position_effect_note,
     require_wells,
     treatment_column,
     treatment_order,
@@ -42,6 +43,7 @@ __all__ = [
     "map_figure",
     "map_by_plate_figure",
     "figure_png",
+    "MAP_POINTS_BELOW",
 ]
 
 #: Heatmaps made per plate, as in ``PLATE_{name}.png``.
@@ -252,8 +254,10 @@ def correlation_figure(
     fig = _new_figure(_SQUARE_FIGSIZE)
     ax = fig.add_subplot()
     colormap = mpl.colormaps["RdBu_r"].with_extremes(bad=_GREY)
+    values = corr.to_numpy().copy()
+    np.fill_diagonal(values, np.nan)  # a well with itself (1) would make every treatment's block look replicated
     image = ax.imshow(
-        np.ma.masked_invalid(corr.to_numpy()), cmap=colormap, vmin=-1, vmax=1,
+        np.ma.masked_invalid(values), cmap=colormap, vmin=-1, vmax=1,
         interpolation="nearest", aspect="equal",
     )
     wells = list(corr.index)
@@ -271,6 +275,10 @@ def correlation_figure(
     )
     bar = fig.colorbar(image, ax=ax, shrink=0.8)
     bar.set_label("Pearson correlation between wells")
+    from matplotlib.patches import Patch
+
+    _legend_below(fig, [Patch(facecolor=_GREY, edgecolor="none",
+                              label="grey: a well with itself (the diagonal), or no correlation (constant profile)")])
     return fig
 
 
@@ -345,7 +353,28 @@ def position_effect_figure(
     bar.set_ticks(ticks, labels=[
         f"{format_number(t, decimals=0)} chance" if t == chance else format_number(t, decimals=0) for t in ticks
     ])
+    _explain_missing(fig, ax, effect, shape, empty=not len(values))
     return fig
+
+
+def _explain_missing(fig: Figure, ax: Axes, effect: pd.DataFrame, shape: tuple[int, int], *, empty: bool) -> None:
+    """Say on the map why wells have no value: each such well crossed, the reason in the
+    legend, and across the map when no well has a value."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    note = position_effect_note(effect)
+    handles: list[Any] = [Patch(facecolor=_GREY, edgecolor="none", label="no profile for the well")]
+    if note:
+        cells = [well_to_grid(w) for w in effect.attrs.get("why_missing") or {}]
+        cells = [(r, c) for r, c in cells if r < shape[0] and c < shape[1]]
+        ax.scatter([c for _, c in cells], [r for r, _ in cells], marker="x", s=18, color="#555555", linewidths=1)
+        handles.append(Line2D([], [], marker="x", linestyle="none", color="#555555",
+                              label=_fit_title(f"profile, but position effect {note}", fig, fontsize=8, share=0.6)))
+    if note and empty:
+        ax.text(0.5, 0.5, _fit_title(f"Position effect {note}.", fig, fontsize=9, share=0.55), transform=ax.transAxes,
+                ha="center", va="center", fontsize=9, bbox={"facecolor": "white", "edgecolor": _QUARANTINE})
+    _legend_below(fig, handles)
 
 
 def figure_png(fig: Figure, *, dpi: int = 100) -> bytes:
@@ -429,15 +458,36 @@ def map_figure(table: pd.DataFrame, *, mode: str, batch: str, threshold: float, 
     left.set_xlabel("mAP")
     left.set_ylabel("−log10 corrected p-value")
     left.legend(fontsize=7, loc="upper left")
-    right.hist(values, bins=[float(b) for b in np.linspace(0, 1, 21)], color="#9a9a9a")
-    right.set_xlabel("mAP")
-    right.set_ylabel("groups")
+    _map_distribution(right, values, good)
     share = float(good.mean()) if len(good) else 0.0
     left.set_title(_fit_title(
         f"Batch {batch}: mAP ({mode}), {format_number(share * 100, decimals=0)}% retrieved "
         f"({int(good.sum())} of {len(good)})\n{_features_line(source, n_features)}", fig, fontsize=9, share=0.55,
     ), fontsize=9, loc="left")
     return fig
+
+
+#: Fewer groups than this are drawn one point each: a histogram of a handful of values misleads.
+MAP_POINTS_BELOW = 30
+
+
+def _map_distribution(ax: Axes, values: np.ndarray, good: np.ndarray) -> None:
+    """The groups' mAP: a histogram when many, else one point per group (a strip, jittered)."""
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_xlabel("mAP")
+    if len(values) >= MAP_POINTS_BELOW:
+        ax.hist(values, bins=[float(b) for b in np.linspace(0, 1, 21)], color="#9a9a9a")
+        ax.set_ylabel("groups")
+        ax.set_title(f"distribution over {len(values):,} groups", fontsize=8)
+        return
+    jitter = np.random.default_rng(0).uniform(-0.25, 0.25, size=len(values))  # a band: height means nothing
+    for mask, colour in ((good, "#d62728"), (~good, "#1f77b4")):
+        if mask.any():
+            ax.scatter(values[mask], jitter[mask], s=22, color=colour, alpha=0.8, linewidths=0)
+    ax.set_ylim(-1.5, 1.5)
+    ax.set_yticks([])
+    ax.set_ylabel("groups (one point each)", fontsize=8)
+    ax.set_title(f"{len(values)} group{'' if len(values) == 1 else 's'}, one point each", fontsize=8)
 
 
 def map_by_plate_figure(by_plate: pd.DataFrame, *, mode: str, batch: str, plate_column: str = "Metadata_Plate",
@@ -463,8 +513,13 @@ def map_by_plate_figure(by_plate: pd.DataFrame, *, mode: str, batch: str, plate_
     ax.set_xlim(-0.6, max(len(plates) - 0.4, 0.6))
     ax.set_ylim(-0.02, 1.1)
     ax.set_ylabel("mAP (each plate alone)")
-    if plates:
-        ax.legend(fontsize=7, loc="lower right")
+    if plates:  # below the axes: inside, it would hide a plate's points
+        from matplotlib.lines import Line2D
+
+        handles = [Line2D([], [], marker="o", linestyle="none", markersize=4, color=c, label=n)
+                   for c, n in (("#d62728", "retrieved"), ("#1f77b4", "not retrieved"))]
+        handles.append(Line2D([], [], color="black", linewidth=2, label="plate mean mAP"))
+        fig.legend(handles=handles, loc="outside lower center", ncol=3, fontsize=7, frameon=False)
     ax.set_title(_fit_title(f"Batch {batch}: mAP ({mode}) by plate, % retrieved above each plate\n"
                             f"{_features_line(source, n_features)}", fig, fontsize=9, share=0.85),
                  fontsize=9, loc="left")

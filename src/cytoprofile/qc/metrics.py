@@ -35,6 +35,7 @@ __all__ = [
     "treatment_column",
     "treatment_order",
     "position_effect",
+    "position_effect_note",
     "percent_replicating",
     "map_tables",
     "map_by_plate",
@@ -201,8 +202,9 @@ def position_effect(
     (95th percentile). ``Position_Effect`` is the share of the well's correlations with
     the other wells of its row or column above the threshold. Without position effects
     the expected share is ``1 - quantile`` (0.05), stored in ``result.attrs["chance"]``.
-    A well with no same-row/column partner, or no null, gets NaN. Columns:
-    ``Metadata_Well``, ``Row``, ``Column`` (1-based), ``Position_Effect``,
+    A well with no same-row/column partner, or no null, gets NaN, and
+    ``result.attrs["why_missing"]`` maps it to the reason (see :func:`position_effect_note`).
+    Columns: ``Metadata_Well``, ``Row``, ``Column`` (1-based), ``Position_Effect``,
     ``Comparisons`` (same-row/column partners) and ``Threshold``.
     """
     corr = well_correlation(profiles, features=features)
@@ -217,11 +219,14 @@ def position_effect(
     usable = same & finite
     thresholds = np.full(len(wells), np.nan)
     share = np.full(len(wells), np.nan)
+    why: dict[str, str] = {}
     for i in range(len(wells)):
         null = values[i, other[i]]
         if null.size and usable[i].any():
             thresholds[i] = float(np.quantile(null, quantile))
             share[i] = float((values[i, usable[i]] > thresholds[i]).mean())
+        else:
+            why[wells[i]] = _why_no_position_effect(i, finite, same, null.size > 0, bool(usable[i].any()))
     result = pd.DataFrame(
         {
             "Metadata_Well": wells,
@@ -234,7 +239,46 @@ def position_effect(
     )
     result.attrs["quantile"] = quantile
     result.attrs["chance"] = 1.0 - quantile
+    result.attrs["why_missing"] = why
     return result
+
+
+_NO_CORRELATION = "no correlation with any other well (a constant or empty profile)"
+_NO_NULL = "no well shares neither its row nor its column (no null to compare with)"
+_NO_PARTNER = "no other well with data in its row or column"
+
+
+def _why_no_position_effect(i: int, finite: np.ndarray, same: np.ndarray, has_null: bool, has_partner: bool) -> str:
+    others = np.ones(len(finite), dtype=bool)
+    others[i] = False
+    if others.any() and not finite[i, others].any():
+        return _NO_CORRELATION
+    if not has_null and not has_partner:
+        return f"{_NO_NULL}; {_NO_PARTNER}"
+    return _NO_NULL if not has_null else _NO_PARTNER
+
+
+def position_effect_note(effect: pd.DataFrame) -> str | None:
+    """Why :func:`position_effect` left wells without a value, in one sentence for the
+    map and the report (``None`` when every well has one).
+
+    A plate whose wells all sit in one row (or one column) has no null for any well:
+    every other well shares the row.
+    """
+    why: dict[str, str] = effect.attrs.get("why_missing") or {}
+    if not why:
+        return None
+    n = len(effect)
+    rows, cols = effect["Row"].unique(), effect["Column"].unique()
+    if len(why) == n and n > 1 and (len(rows) == 1 or len(cols) == 1):
+        line = f"row {rows[0]}" if len(rows) == 1 else f"column {cols[0]}"
+        return (f"not computed: all {n} wells are in {line}, so every well shares it with all the others and "
+                "none has a null (wells sharing neither its row nor its column)")
+    counts: dict[str, int] = {}
+    for reason in why.values():
+        counts[reason] = counts.get(reason, 0) + 1
+    parts = "; ".join(f"{c} {'well' if c == 1 else 'wells'}: {r}" for r, c in counts.items())
+    return f"not computed for {len(why)} of {n} wells ({parts})"
 
 
 def percent_replicating(

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .figures import (
+    MAP_POINTS_BELOW,
     figure_png,
     map_by_plate_figure,
     map_figure,
@@ -29,14 +30,15 @@ from .summary import quarantined_wells
 if TYPE_CHECKING:
     import jinja2
 
-__all__ = ["CAPTIONS", "render_report"]
+__all__ = ["CAPTIONS", "QUARANTINE_HEADERS", "render_report"]
 
 #: Caption under each figure of the report.
 CAPTIONS: dict[str, str] = {
     "cell_count": "Cells per well on the plate grid; grey wells have no profile. Hatched wells lost "
     "sites to quarantine at ingest, so their counts are low for a technical reason.",
     "correlation": "Pearson correlation between every pair of wells, wells ordered by treatment so that "
-    "replicate wells form blocks on the diagonal (plate order when there is no treatment column).",
+    "replicate wells form blocks on the diagonal (plate order when there is no treatment column). "
+    "The diagonal itself (a well with itself, always 1) is grey, so only replicate pairs can colour a block.",
     "position_effect": "Per well, the share of its correlations with wells in the same row or column "
     "that exceed the 95th percentile of its correlations with wells sharing neither (its own null). "
     "Without row or column artefacts the share is about 0.05, the chance level marked on the colour bar; "
@@ -44,14 +46,22 @@ CAPTIONS: dict[str, str] = {
     "replication": "Grey: correlations of random pairs of wells of different treatments (the null). "
     "Points: one per treatment, its median replicate correlation; red points exceed the dashed threshold.",
     "map": "Left: one point per group, its mAP against its Benjamini–Hochberg corrected p-value (copairs' "
-    "null of random rankings); red points are retrieved (below the dashed line). Right: the distribution "
-    "of mAP over the groups.",
+    "null of random rankings); red points are retrieved (below the dashed line). Right: the groups' mAP, "
+    f"one point each (red: retrieved) when there are fewer than {MAP_POINTS_BELOW} groups, else their histogram.",
     "outlier_share": "Per well, the share of its cells that single-cell QC flags (outlier sets of z-score "
     "thresholds over the plate's cells); the first map counts cells flagged by any set, which collate left out "
     "of the well profiles. Grey wells have no cells.",
     "map_by_plate": "Each plate's profiles scored on their own (same options, the plate's own null and "
     "Benjamini–Hochberg correction): one point per group, red when retrieved; the black bar is the plate's "
     "mean mAP and the number above it the share of the plate's groups retrieved.",
+}
+
+#: Headers of a plate's table of wells that lost sites: each says what it counts.
+QUARANTINE_HEADERS: dict[str, str] = {
+    "Metadata_Well": "Well",
+    "Sites_quarantined": "Sites quarantined (left out)",
+    "Sites_in_well": "Sites of the well (all, incl. quarantined)",
+    "Reasons": "Why the sites were quarantined",
 }
 
 _MAP_MODES = {"activity": "phenotypic activity: replicates against negative controls",
@@ -79,15 +89,17 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def _table(frame: pd.DataFrame, *, max_rows: int | None = None) -> dict[str, Any]:
-    """A table for the template: column names, rows of {text, numeric} cells, rows left out."""
+def _table(frame: pd.DataFrame, *, max_rows: int | None = None, missing: str = "") -> dict[str, Any]:
+    """A table for the template: column names, rows of {text, numeric} cells (``missing``
+    for an empty cell), rows left out."""
     shown = frame if max_rows is None else frame.head(max_rows)
     rows = []
     for record in shown.itertuples(index=False, name=None):
         cells = []
         for value in record:
             numeric = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-            cells.append({"text": format_number(value) if numeric else _text(value), "numeric": numeric})
+            text = format_number(value) if numeric else _text(value)
+            cells.append({"text": text if text not in ("", "nan") else missing, "numeric": numeric})
         rows.append(cells)
     more = len(frame) - max_rows if max_rows is not None and len(frame) > max_rows else 0
     return {"columns": [str(c) for c in shown.columns], "rows": rows, "more": more}
@@ -112,7 +124,8 @@ def _ingest(report: Mapping[str, Any] | None) -> dict[str, Any] | None:
     )) if bad else None
     missing = report.get("missing_columns") or {}
     records = [
-        {"table": table, "column": column, "sites": len(sites), "example sites": ", ".join(map(str, list(sites)[:5]))}
+        {"table": table, "column": column, "sites without the column": len(sites),
+         "example sites": ", ".join(map(str, list(sites)[:5]))}
         for table, columns in missing.items()
         for column, sites in (columns or {}).items()
     ]
@@ -196,16 +209,21 @@ def _plate(
     notes: Sequence[str],
     quarantine: pd.DataFrame | None,
     source: str | None,
+    figure_notes: Mapping[str, str],
 ) -> dict[str, Any]:
+    if quarantine is None:  # the caption speaks of hatching; say why there is none
+        figure_notes = {"cell_count": "This plate has no ingest report: which wells lost sites is unknown, "
+                        "so none is hatched.", **figure_notes}
     return {
         "name": plate,
         "anchor": _anchor(plate),
         "notes": list(notes),
         "source": source,
         "figures": [
-            {"name": name, "png": _b64(png), "caption": CAPTIONS.get(name, name)} for name, png in figures.items()
+            {"name": name, "png": _b64(png), "caption": CAPTIONS.get(name, name), "note": figure_notes.get(name)}
+            for name, png in figures.items()
         ],
-        "quarantine": None if quarantine is None else _table(quarantine),
+        "quarantine": None if quarantine is None else _table(quarantine.rename(columns=QUARANTINE_HEADERS)),
         "ingest": _ingest(report),
         "cell_qc": _cell_qc(plate, report),
     }
@@ -249,6 +267,7 @@ def render_report(
     profiles_description: str = "",
     mean_ap: Mapping[str, Any] | None = None,
     mean_ap_note: str | None = None,
+    figure_notes: Mapping[str, Mapping[str, str]] | None = None,
 ) -> str:
     """A self-contained HTML report for a batch: images inline, no network needed to view it.
 
@@ -261,6 +280,8 @@ def render_report(
     is the size of the one feature set every correlation panel used. ``mean_ap`` holds
     the mAP tables by mode (``tables``), their ``source`` file, ``n_features``,
     ``threshold`` and written ``paths``; ``mean_ap_note`` says why it was not computed.
+    ``figure_notes`` maps plate → figure name → a warning shown under that figure
+    (for example why the position effect has no value for some wells).
     """
     from .. import __version__
 
@@ -275,7 +296,7 @@ def render_report(
     return _environment().get_template("report.html.j2").render(
         batch=batch,
         version=__version__,
-        summary=_table(table),
+        summary=_table(table, missing="n/a"),
         profiles={"n_features": n_features, "description": profiles_description},
         replication=_replication(batch, replication, source),
         replication_note=replication_note or "no annotated, feature-selected profiles for this batch",
@@ -287,7 +308,7 @@ def render_report(
         plates=[
             _plate(p, figures.get(p) or {}, ingest_reports.get(p), notes.get(p, ()),
                    quarantine.get(p) if p in quarantine else _quarantine_from(ingest_reports.get(p)),
-                   sources.get(p))
+                   sources.get(p), (figure_notes or {}).get(p) or {})
             for p in plates
         ],
     )

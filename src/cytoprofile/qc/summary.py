@@ -173,11 +173,11 @@ def quarantined_wells(report: Mapping[str, Any] | None) -> pd.DataFrame:
     """Wells that lost sites to quarantine, from a plate's ingest report.
 
     One row per well with a quarantined site: ``Metadata_Well`` (normalised, e.g.
-    ``A01``), ``Sites_quarantined``, ``Sites`` (sites of the well in the report) and
-    ``Reasons`` (distinct reasons, ``; ``-joined). A quarantined site whose well is
+    ``A01``), ``Sites_quarantined`` (its sites left out), ``Sites_in_well`` (all its
+    sites in the report, quarantined or not) and ``Reasons`` (distinct reasons, ``; ``-joined). A quarantined site whose well is
     unknown is listed under the well ``"?"``. Rows follow the report's order.
     """
-    columns = ["Metadata_Well", "Sites_quarantined", "Sites", "Reasons"]
+    columns = ["Metadata_Well", "Sites_quarantined", "Sites_in_well", "Reasons"]
     sites = list((report or {}).get("sites") or [])
     if not sites:
         return pd.DataFrame(columns=columns)
@@ -189,7 +189,7 @@ def quarantined_wells(report: Mapping[str, Any] | None) -> pd.DataFrame:
         if site.get("status") == "quarantined":
             lost.setdefault(well, []).append(str(site.get("reason") or "no reason given"))
     records = [
-        {"Metadata_Well": well, "Sites_quarantined": len(reasons), "Sites": totals[well],
+        {"Metadata_Well": well, "Sites_quarantined": len(reasons), "Sites_in_well": totals[well],
          "Reasons": "; ".join(dict.fromkeys(reasons))}
         for well, reasons in lost.items()
     ]

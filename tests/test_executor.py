@@ -1,0 +1,65 @@
+"""The executor on a real Dask cluster on loopback: a plate's progress reaches the client as it happens."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from cytoprofile.collate import collate
+
+from .quarantine import BATCH, quarantined_workspace
+from .test_scale_out import cluster  # noqa: F401 - the loopback scheduler and workers
+
+PLATES = ["P1", "P2", "P3"]
+
+
+class _Recorder(logging.Handler):
+    """Keeps each plate's warnings and progress events in the one order they were shown."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.seen: list[tuple[str, str, int, int]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        self.seen.append((message.split(":", 1)[0], message, -1, -1))
+
+    def progress(self, plate: str, done: int, total: int) -> None:
+        self.seen.append((plate, "progress", done, total))
+
+
+def _collate(ws: Path, **options: object) -> _Recorder:
+    recorder = _Recorder()
+    logger = logging.getLogger("cytoprofile")
+    logger.addHandler(recorder)
+    try:
+        results = collate(ws, BATCH, PLATES, overwrite=True, progress=recorder.progress, **options)  # type: ignore[arg-type]
+    finally:
+        logger.removeHandler(recorder)
+    assert [r.status for r in results] == ["done"] * len(PLATES), [r.message for r in results]
+    return recorder
+
+
+@pytest.mark.parametrize("wells", [6, 24])
+def test_dask_progress_reaches_the_client_before_each_plate_ends(
+        tmp_path: Path, wells: int, cluster: tuple[str, list[subprocess.Popen[bytes]]]) -> None:  # noqa: F811
+    ws = tmp_path / "ws"
+    expected = quarantined_workspace(ws, PLATES, wells=wells)
+    serial = _collate(ws)
+    remote = _collate(ws, scheduler=cluster[0])
+    sites = 2 * wells  # quarantined sites count as read
+    for plate in PLATES:
+        events = [(done, total) for p, kind, done, total in remote.seen if p == plate and kind == "progress"]
+        assert events[-1] == (sites, sites), events
+        assert [d for d, _ in events] == sorted(d for d, _ in events), f"{plate}'s bar went back: {events}"
+        first_end = events.index((sites, sites))
+        assert [d for d, _ in events[:first_end] if 0 < d < sites], f"{plate}: no progress before its end: {events}"
+        # the worker's warnings arrive once each, in the plate's order, before the plate's end
+        warnings = [m for p, m, *_ in remote.seen if p == plate and m != "progress"]
+        assert warnings == [m for p, m, *_ in serial.seen if p == plate and m != "progress"]
+        assert sorted(warnings) == sorted(w for w in expected if w.startswith(f"{plate}:"))
+        shown = [m for p, m, *_ in remote.seen if p == plate]
+        assert shown.index(warnings[-1]) < len(shown) - 1 - shown[::-1].index("progress")

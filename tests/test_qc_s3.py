@@ -1,0 +1,41 @@
+"""QC on an object-storage workspace (a moto S3 server on loopback): a re-run leaves no stale figure."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from cytoprofile import io, qc
+
+from .loopback import make_bucket, upload_tree
+from .qc_builders import write_workspace
+
+
+@pytest.mark.parametrize("plates", [["P1", "P2"], ["P2"]])
+def test_rerun_with_fewer_figures_removes_stale_ones_on_s3(s3_endpoint: str, tmp_path: Path, plates: list[str],
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    bucket = f"qcstale{len(plates)}"
+    make_bucket(s3_endpoint, bucket)
+    local = tmp_path / "ws"
+    write_workspace(local)  # batch-level feature-selected profiles only
+    url = f"s3://{bucket}/ws"
+    upload_tree(local, url)
+    io.configure_storage(io.storage_options(endpoint_url=s3_endpoint) | {"use_listings_cache": False})
+    heatmaps = f"{url}/quality_control/heatmap/B1"
+    qc.quality_control(url, "B1", plates, n_null=100, report=False)
+    for plate in plates:
+        names = {k.rsplit("/", 1)[-1] for k in io.list_files(f"{heatmaps}/{plate}")}
+        assert names == {f"{plate}_{n}.png" for n in qc.FIGURE_NAMES}, names
+    with caplog.at_level(logging.WARNING, logger="cytoprofile.qc"):
+        qc.quality_control(url, "B1", plates, level="plate", n_null=100, report=False)  # no plate-level profiles
+    for plate in plates:
+        names = {k.rsplit("/", 1)[-1] for k in io.list_files(f"{heatmaps}/{plate}")}
+        assert names == {f"{plate}_cell_count.png"}, names
+        removed = [r.getMessage() for r in caplog.records if "of an earlier run" in r.getMessage()
+                   and r.getMessage().startswith(f"{plate}: ")]
+        assert sorted(removed) == sorted(f"{plate}: removed {plate}_{n}.png of an earlier run (this run cannot make it)"
+                                         for n in ("correlation", "position_effect"))
+        said = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"{plate}: no ")]
+        assert len(said) == 1 and f"in {url}/profiles/B1/{plate};" in said[0], said  # the URL, not a scratch copy
