@@ -1,30 +1,22 @@
 """Feature selection: drop uninformative, redundant or unreliable profile features.
 
-Operations run in the given order, each on the features the previous ones left;
-the result keeps every other column. ``dropped_features`` returns the dropped names
-with the operation that dropped each, so a selection fitted on several plates
-together (``batch``/``all`` levels) can be applied to each plate with
-``profiles.drop(columns=list(dropped))`` and recorded.
+Operations run in the given order, each on the features the previous ones left; the
+result keeps every other column. ``dropped_features`` returns the dropped names with the
+operation that dropped each, so a selection fitted on several plates together
+(``batch``/``all`` levels) can be applied to each plate and recorded.
 
-The name ``variance_threshold`` changed meaning between versions of the reference
-tool: it used to be the frequency filter (``freq_cut``/``unique_cut``) and later
-became a plain ``variance <= min_variance`` filter, with the frequency filter renamed
-``frequency_threshold``. Here ``frequency_threshold`` is always the frequency filter,
-and what ``variance_threshold`` means is chosen explicitly with
-``variance_threshold_meaning``: ``"frequency"`` (the default, what existing recipe
-configs mean) or ``"variance"`` (the newer plain variance filter).
+``variance_threshold`` changed meaning between versions of the reference tool (the
+frequency filter, later a plain ``variance <= min_variance`` filter, the frequency filter
+becoming ``frequency_threshold``): here ``frequency_threshold`` is always the frequency
+filter and ``variance_threshold_meaning`` says which one ``variance_threshold`` is
+(``"frequency"``, the default and what existing recipe configs mean, or ``"variance"``).
 
 Results equal the reference's, except: ``blocklist`` drops only selected features;
-per-row ``noise_removal`` labels follow row order (not index labels); a variance
-filter that rejects every feature drops them all instead of failing; the
-comparing operations refuse a table of fewer than 2 rows (where the reference
-drops every feature); a string ``blocklist`` is one feature; and with
-missing values, which of two exactly duplicated features ``correlation_threshold``
-keeps may differ (the tie is decided by rounding in both).
-
-The helpers the profile steps share (the numeric feature matrix, the fitting rows, the
-record of features in and out of a step) live in ``step_data``, the operation names and
-the feature inference in ``vocabulary``.
+per-row ``noise_removal`` labels follow row order (not index labels); a variance filter
+that rejects every feature drops them all instead of failing; the comparing operations
+refuse a table of fewer than 2 rows (where the reference drops every feature); a string
+``blocklist`` is one feature; and with missing values, which of two exactly duplicated
+features ``correlation_threshold`` keeps may differ (the tie is decided by rounding in both).
 """
 
 from __future__ import annotations
@@ -53,13 +45,7 @@ from .step_data import (
 )
 from .vocabulary import CORRELATION_METHODS, FEATURE_SELECT_OPERATIONS, resolve_features
 
-__all__ = [
-    "default_blocklist",
-    "dropped_features",
-    "excluded_features",
-    "feature_select",
-    "selected_features",
-]
+__all__ = ["default_blocklist", "dropped_features", "excluded_features", "feature_select", "selected_features"]
 
 log = logging.getLogger(__name__)
 
