@@ -30,6 +30,8 @@ ROW_GROUP_VALUES = 12_000_000
 #: zstd's first fast level: float features barely compress at any level, and level 1 costs half as much
 #: again to write; their bytes are split into streams (BYTE_STREAM_SPLIT), which zstd then compresses better
 _ZSTD_LEVEL = -1
+#: sites waiting for their row group are fused into one table every this many sites
+_FUSE_SITES = 16
 
 
 
@@ -62,6 +64,7 @@ class ParquetSink(SiteSink):
         self.schema: pa.Schema | None = None
         self.row_group_values = row_group_values
         self.pending: list[pa.Table] = []
+        self._loose = 0  # sites at the end of ``pending`` not yet fused into one table
 
     def write(self, table: pa.Table) -> None:
         if self.writer is None:
@@ -74,14 +77,19 @@ class ParquetSink(SiteSink):
         if table.schema != self.schema:
             table = table.cast(self.schema)  # a site whose metadata was all null
         self.pending.append(table)
+        self._loose += 1
         if sum(t.num_rows for t in self.pending) * table.num_columns >= self.row_group_values:
             self._flush()
+        elif self._loose >= _FUSE_SITES:  # an Arrow array per column and site weighs more than small sites' values
+            self.pending[-self._loose:] = [pa.concat_tables(self.pending[-self._loose:]).combine_chunks()]
+            self._loose = 0
 
     def _flush(self) -> None:
         if self.pending and self.writer is not None:
             group = pa.concat_tables(self.pending)
             self.writer.write_table(group, row_group_size=max(group.num_rows, 1))
         self.pending = []
+        self._loose = 0
 
     def close(self) -> None:
         if self.writer is None:
