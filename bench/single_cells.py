@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import json
 import os
 import shutil
@@ -52,6 +53,7 @@ from typing import Any
 from _common import (
     RESULTS,
     Contender,
+    Run,
     cytoprofile_bin,
     mb,
     measure,
@@ -75,6 +77,10 @@ DEFAULT = {**FULL, "speed": {**FULL["speed"], "well_subset": 2, "sites": 2}}
 CYTOTABLE_ONLY = {"wells": 96, "well_subset": 2, "sites": 1, "cells": 220, "features": 1900}
 QUICK = {"speed": {"wells": 96, "well_subset": 2, "sites": 2, "cells": 30, "features": 200},
          "memory": {"sites": 1, "cells": 10, "features": 30}, "repeats": 1}
+OUR_START = "start: Python importing what single-cells imports, no work"
+MERGE_START = "start: Python importing merge_single_cells, no work"
+ADBC_READ = "bound: SQLite driver (ADBC) reads every row to Arrow, nothing else"
+C_READ = "bound: SQLite C API decodes every value, nothing else"
 TARGETS = {"cytotable_over_ours": 10.0, "merge_over_ours": 10.0, "memory_ratio": 1.3}
 #: CytoTable's DuckDB downloads its sqlite/httpfs extensions at run time; here they come from PyPI wheels instead
 VENVS = {"cytotable": ["cytotable", "duckdb==1.4.4", "duckdb-ext-sqlite==1.4.4.20260205", "duckdb-ext-httpfs==1.4.4.20260205"],
@@ -114,7 +120,96 @@ def venv_python(name: str, log: Path) -> Path | None:
     return python
 
 
+def _measure(cmd: Sequence[Any], log: Path) -> Run:
+    """Wall time, CPU and peak RSS of ``cmd`` as a small launcher process sees them: a child forked
+    from this script would report this script's own RSS at the fork as its peak, if larger."""
+    stats = WORK / f".launch-{os.getpid()}.json"
+    measure([sys.executable, __file__, "_launch", stats, *cmd], log)
+    got = json.loads(stats.read_text())
+    stats.unlink()
+    return Run(got["seconds"], got["max_rss"], got["cpu"])
+
+
+def _launch(stats: str, cmd: Sequence[str]) -> int:
+    """Run ``cmd`` from this small process and write its wall time, CPU and peak RSS to ``stats``."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    scale = 1 if sys.platform == "darwin" else 1024  # Linux reports KiB
+    Path(stats).write_text(json.dumps({"seconds": seconds, "max_rss": int(usage.ru_maxrss) * scale,
+                                       "cpu": usage.ru_utime + usage.ru_stime}))
+    return os.waitstatus_to_exitcode(status)
+
+
+def _run(contenders: dict[str, Contender], log: Path, name: str, cmd: Sequence[Any]) -> None:
+    """Time one run of a contender (its own subprocess) and keep it under ``name``."""
+    print(f"  {name} …", end=" ", flush=True)
+    r = _measure(cmd, log)
+    contenders.setdefault(name, Contender(name)).runs.append(r)
+    print(f"{r.seconds:.2f} s, {mb(r.max_rss)}", flush=True)
+
+
+def compile_sources(log: Path) -> None:
+    """Byte-compile cytoprofile's modules once, as an install does: with PYTHONDONTWRITEBYTECODE set,
+    a checkout would otherwise compile them again in every timed run (pycytominer's are compiled)."""
+    import cytoprofile
+
+    with open(log, "ab") as out:
+        subprocess.run([sys.executable, "-m", "compileall", "-q", str(Path(cytoprofile.__file__).parent)], check=False,
+                       stdout=out, stderr=subprocess.STDOUT, timeout=300)
+
+
+#: the least any reader of SQLite does: step every row and decode every value through the C API, keep nothing
+_MINIMAL_C = r"""
+#include <sqlite3.h>
+#include <stdio.h>
+int main(int argc, char **argv) {
+  sqlite3 *db; double sum = 0; long rows = 0;
+  if (sqlite3_open_v2(argv[1], &db, SQLITE_OPEN_READONLY, 0) != SQLITE_OK) return 2;
+  for (int a = 2; a < argc; a++) {
+    char sql[512]; sqlite3_stmt *st; snprintf(sql, sizeof sql, "SELECT * FROM \"%s\"", argv[a]);
+    if (sqlite3_prepare_v2(db, sql, -1, &st, 0) != SQLITE_OK) return 3;
+    int n = sqlite3_column_count(st);
+    while (sqlite3_step(st) == SQLITE_ROW) { for (int k = 0; k < n; k++) sum += sqlite3_column_double(st, k); rows++; }
+    sqlite3_finalize(st);
+  }
+  printf("%ld rows, checksum %g\n", rows, sum);
+  return sqlite3_close(db);
+}
+"""
+
+
+def minimal_c_reader(log: Path) -> Path | None:
+    """The minimal C reader, compiled into bench/work (None without a C compiler and SQLite's header)."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        return None
+    source, binary = WORK / "sqlite_minimal_read.c", WORK / "sqlite_minimal_read"
+    source.write_text(_MINIMAL_C)
+    with open(log, "ab") as out:
+        done = subprocess.run([cc, "-O2", "-o", str(binary), str(source), "-lsqlite3"], stdout=out, stderr=subprocess.STDOUT,
+                              timeout=120, check=False)
+    return binary if done.returncode == 0 else None
+
+
 # ---------------------------------------------------------------- child processes
+
+
+def _adbc_read(db: str, tables: Sequence[str]) -> None:
+    """Every row of the tables read into Arrow by the SQLite driver we use, batch by batch, kept nowhere."""
+    import adbc_driver_manager as adbc
+    import adbc_driver_sqlite
+    import pyarrow as pa
+
+    conn = adbc.AdbcConnection(adbc_driver_sqlite.connect(f"file:{os.path.abspath(db)}?mode=ro"))
+    for table in tables:
+        statement = adbc.AdbcStatement(conn)
+        statement.set_sql_query(f'SELECT * FROM "{table}"')
+        handle, _ = statement.execute_query()
+        for _batch in pa.RecordBatchReader.from_stream(handle):
+            pass
+        statement.close()
 
 
 def _merge(db: str, out: str) -> None:
@@ -256,13 +351,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     backend = ws / "backend" / BATCH / PLATE
     contenders: dict[str, Contender] = {}
     checks: dict[str, str] = {}
-
-    def run(name: str, cmd: Sequence[Any]) -> None:
-        print(f"  {name} …", end=" ", flush=True)
-        r = measure(cmd, log)
-        contenders.setdefault(name, Contender(name)).runs.append(r)
-        print(f"{r.seconds:.2f} s, {mb(r.max_rss)}", flush=True)
-
+    run = functools.partial(_run, contenders, log)
+    compile_sources(log)
     base = [cyto, "single-cells", ws, BATCH, PLATE, "--quiet"]
     for _ in range(sizes["repeats"]):
         run("ours, SQLite backend", [*base, "--backend", "sqlite"])
@@ -280,6 +370,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     run("collate --single-cells (same pass)", [*collate, "--single-cells"])
     checks["collate --single-cells = single-cells from SQLite"] = compare_merge(ours, root / "ours-from-sqlite.parquet")
     run("pycytominer merge_single_cells (SQLite)", [sys.executable, __file__, "_merge", backend / f"{PLATE}.sqlite", root / "merge.parquet"])
+    run(OUR_START, [sys.executable, "-c", "import cytoprofile.cli.single_cells, cytoprofile.single_cells, adbc_driver_sqlite"])
+    run(MERGE_START, [sys.executable, "-c", "from pycytominer.cyto_utils.cells import SingleCells"])
+    compartments = ["Cytoplasm", "Cells", "Nuclei"]
+    run(ADBC_READ, [sys.executable, __file__, "_adbc_read", backend / f"{PLATE}.sqlite", *compartments])
+    c_reader = minimal_c_reader(log)
+    if c_reader is not None:
+        run(C_READ, [c_reader, backend / f"{PLATE}.sqlite", *compartments])
     checks["pycytominer merge_single_cells"] = compare_merge(root / "ours-from-sqlite.parquet", root / "merge.parquet")
     checks["Parquet backend = SQLite backend"] = compare_merge(root / "ours-from-parquet.parquet", root / "ours-from-sqlite.parquet")
     cytotable = None if args.no_cytotable else _cytotable_python(args)
@@ -300,7 +397,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"generating and collating {mws} …", flush=True)
         generate(mws, wells=wells, **sizes["memory"])
         c = memory.setdefault(wells, Contender(f"{wells}-well"))
-        r = measure([cyto, "single-cells", mws, BATCH, PLATE, "--backend", "parquet", "--quiet"], log)
+        r = _measure([cyto, "single-cells", mws, BATCH, PLATE, "--backend", "parquet", "--quiet"], log)
         c.runs.append(r)
         print(f"  {wells}-well: {r.seconds:.2f} s, {mb(r.max_rss)}", flush=True)
 
@@ -311,6 +408,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_section("single_cells", body)
         print(f"wrote {RESULTS}")
     return 0
+
+
+def bounds(contenders: dict[str, Contender]) -> list[str]:
+    """What 10× against merge_single_cells from SQLite would need, against what reading SQLite costs at least."""
+    merge, ours = contenders["pycytominer merge_single_cells (SQLite)"], contenders["ours, SQLite backend"]
+    lines = ["", "Bounds from SQLite (same plate, same run): the readers below only read the three compartment tables, "
+             "join and write nothing; no tool reading this file can take less."]
+    for name in (ADBC_READ, C_READ):
+        if name not in contenders:
+            lines.append(f"- {name}: not measured (no C compiler or SQLite header)")
+            continue
+        c = contenders[name]
+        lines.append(f"- {name}: {c.best:.2f} s, {_cpu(c):.2f} CPU s; merge_single_cells ÷ it: {merge.best / c.best:.1f}× "
+                     f"(CPU {_cpu(merge) / max(_cpu(c), 1e-3):.1f}×); ours ÷ it: {ours.best / c.best:.1f}× "
+                     f"(CPU {_cpu(ours) / max(_cpu(c), 1e-3):.1f}×)")
+    if OUR_START in contenders and MERGE_START in contenders:
+        ours_work = ours.best - contenders[OUR_START].best
+        merge_work = merge.best - contenders[MERGE_START].best
+        ours_cpu = _cpu(ours) - _cpu(contenders[OUR_START])
+        merge_cpu = _cpu(merge) - _cpu(contenders[MERGE_START])
+        lines.append(f"- without each tool's start (imports): merge_single_cells {merge_work:.2f} s ({merge_cpu:.2f} CPU s), "
+                     f"ours {ours_work:.2f} s ({ours_cpu:.2f} CPU s): {merge_work / max(ours_work, 1e-3):.1f}× "
+                     f"(CPU {merge_cpu / max(ours_cpu, 1e-3):.1f}×), the ratio larger plates tend to")
+        if C_READ in contenders:
+            c = contenders[C_READ]
+            lines.append(f"- that work of merge_single_cells ÷ the C API's decoding alone: {merge_work / max(c.best, 1e-3):.1f}× "
+                         f"(CPU {merge_cpu / max(_cpu(c), 1e-3):.1f}×): the ceiling of any reader of this file on large "
+                         "plates, before it joins or writes anything")
+            if OUR_START in contenders:
+                target, floor = merge.best / TARGETS["merge_over_ours"], c.best + contenders[OUR_START].best
+                lines.append(f"- 10× needs single-cells from SQLite in ≤ {target:.2f} s here; a Python command's start plus "
+                             f"SQLite's own decoding already take {floor:.2f} s ({floor / target:.1f}× the budget"
+                             f"{', so 10× is out of reach for any reader of this file' if floor > target else ''}), "
+                             "before a value is joined or written")
+    return lines
 
 
 def _cpu(c: Contender) -> float:
@@ -341,13 +473,8 @@ def cytotable_only(args: argparse.Namespace) -> int:
     print(f"generating and collating {ws} …", flush=True)
     info = generate(ws, **CYTOTABLE_ONLY)
     contenders: dict[str, Contender] = {}
-
-    def run(name: str, cmd: Sequence[Any]) -> None:
-        print(f"  {name} …", end=" ", flush=True)
-        r = measure(cmd, log)
-        contenders.setdefault(name, Contender(name)).runs.append(r)
-        print(f"{r.seconds:.2f} s, {mb(r.max_rss)}", flush=True)
-
+    run = functools.partial(_run, contenders, log)
+    compile_sources(log)
     cyto = cytoprofile_bin()
     ours = ws / "backend" / BATCH / PLATE / f"{PLATE}_single_cells.parquet"
     run("ours, collate --single-cells (CSV → Parquet backend + joined table)",
@@ -444,24 +571,21 @@ def report(args: argparse.Namespace, info: dict[str, Any], contenders: dict[str,
                  f"{mb(m384)} / {mb(m96)} = {verdict_at_most(m384 / m96, TARGETS['memory_ratio'])}")
     for name, text in checks.items():
         lines.append(f"- check, {name}: {text}")
-    lines += ["", f"Whole benchmark run: {info['bench_seconds']:.0f} s (plates made by an earlier run are reused).", "",
-              "Where the time of `single-cells` from SQLite goes (profiled apart from this script, py-spy and cProfile, "
-              "same plate): the SQLite backend is written with 64 KB pages, so a JUMP-width object row (~15 KB) fits one "
-              "page; with 4 KB pages every value of a row is fetched through its chain of overflow pages, which made the "
-              "reads of any reader, ours and `merge_single_cells` alike, 2–4× slower. Sites are read straight into "
-              "Arrow (ADBC SQLite driver, no Python object per value: 2× faster than `sqlite3` fetches into NumPy). "
-              "Of our CPU time about 1.7 s is the fixed start (imports, the command line); of the rest SQLite's "
-              "decoding through the driver is about 40%, the Parquet write about 20%. `merge_single_cells` gains from "
-              "the 64 KB pages too (10.5 → 7.0 CPU s on this plate), and about 4.2 of its CPU s are imports: its "
-              "variable cost is ~0.9 CPU s a site against our ~0.4. SQLite's own per-value decoding and the zstd "
-              "write alone cost ~0.2 s a site, so 10× against `merge_single_cells` on the same 64 KB-page file is "
-              "out of reach at any plate size for a reader of SQLite; against the 4 KB-page files of the old "
-              "tool the ratio is higher, since the old layout slows `merge_single_cells` most."]
+    lines += bounds(contenders)
+    lines += ["", f"Whole benchmark run: {info['bench_seconds']:.0f} s (plates made by an earlier run are reused; "
+              "cytoprofile's modules byte-compiled first, as an install has them). Peak RSS and CPU come from a small "
+              "launcher process per run: a child forked straight from this script reports the script's own RSS at the "
+              "fork as its peak when that is larger (how earlier runs of this benchmark found 384 ÷ 96 = 1.00×)."]
     return "\n".join(lines)
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "_merge":
         _merge(sys.argv[2], sys.argv[3])
+        sys.exit(0)
+    if len(sys.argv) > 1 and sys.argv[1] == "_launch":
+        sys.exit(_launch(sys.argv[2], sys.argv[3:]))
+    if len(sys.argv) > 1 and sys.argv[1] == "_adbc_read":
+        _adbc_read(sys.argv[2], sys.argv[3:])
         sys.exit(0)
     sys.exit(main())

@@ -45,14 +45,17 @@ def single_cells_cmd(
 
     Writes PLATE_single_cells.parquet and/or PLATE_single_cells.h5ad.
     """
-    from ..cell_qc import load_thresholds
     from ..layout import Workspace
     from ..single_cells import write_single_cells
 
     setup_logging(quiet)
     formats = split_values(formats) or ["parquet"]
     meta = split_values(metadata)
-    sets = load_thresholds(thresholds, sets=split_values(qc_sets)) if (cell_qc or thresholds or qc_sets) else None
+    sets = None
+    if cell_qc or thresholds or qc_sets:
+        from ..cell_qc import load_thresholds  # pandas: only when flags are asked for
+
+        sets = load_thresholds(thresholds, sets=split_values(qc_sets))
     linked = _links(links)
     unlinked = []
     for plate in split_values(plates) or []:

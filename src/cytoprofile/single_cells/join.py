@@ -22,12 +22,14 @@ from ..vocabulary import (
 )
 from .sources import BackendSource, SiteSource, float_columns
 
-__all__ = ["DEFAULT_HUB", "DEFAULT_METADATA", "SingleCellJoin", "SingleCellReport", "single_cells"]
+__all__ = ["DEFAULT_HUB", "DEFAULT_METADATA", "READ_THREADS", "SingleCellJoin", "SingleCellReport", "single_cells"]
 
 log = logging.getLogger("cytoprofile.single_cells")
 DEFAULT_HUB = "Cytoplasm"
 DEFAULT_METADATA = ("Metadata_Plate", "Metadata_Well", "Metadata_Site")
 _MAX_NAMED = 100_000
+#: threads reading an SQLite backend's sites ahead of the join (SQLite decodes without the GIL)
+READ_THREADS = 2
 
 
 @dataclass
@@ -167,6 +169,15 @@ class SingleCellJoin:
                     seen.add(tn)
         return order
 
+    def read_ahead(self, order: Sequence[Any], *, threads: int, features: Mapping[str, Sequence[str]] | None = None) -> None:
+        """Read the sites of ``order`` a few ahead in ``threads`` threads, for :meth:`join_site` calls in
+        that order with the same ``features`` (a backend on disk; sites held in memory need no reading)."""
+        if isinstance(self.source, BackendSource):
+            features = features or self.features
+            reads = [(self.tables[self.hub], [*self.links.values(), *features[self.hub]]),
+                     *[(self.tables[c], features[c]) for c in self.links]]
+            self.source.read_ahead(order, reads, threads=threads)
+
     def join_site(self, table_number: Any, *, features: Mapping[str, Sequence[str]] | None = None,
                   count: bool = True) -> pa.Table:
         """The joined rows of one site (``features`` restricts the columns, e.g. for a QC pass)."""
@@ -251,9 +262,10 @@ class SingleCellJoin:
             return pa.float64()
         return pa.string()
 
-    def sites(self, *, progress: Callable[[int, int], None] | None = None) -> Iterator[pa.Table]:
-        """Every site's joined table, in Image-table order."""
+    def sites(self, *, threads: int = READ_THREADS, progress: Callable[[int, int], None] | None = None) -> Iterator[pa.Table]:
+        """Every site's joined table, in Image-table order (read ahead in ``threads`` threads; 0: none)."""
         order = self.site_order()
+        self.read_ahead(order, threads=threads)
         for done, tn in enumerate(order, start=1):
             yield self.join_site(tn)
             if progress is not None:
@@ -292,6 +304,7 @@ def single_cells(
     links: Mapping[str, str] | None = None,
     image_feature_categories: Sequence[str] = (),
     metadata: Sequence[str] | Literal["all"] | None = None,
+    threads: int = READ_THREADS,
 ) -> pa.Table:
     """The joined single-cell table of a backend, in memory (Arrow; ``.to_pandas()`` for pandas).
 
@@ -300,7 +313,7 @@ def single_cells(
     join = SingleCellJoin(backend, compartments=compartments, hub=hub, links=links,
                           image_feature_categories=image_feature_categories, metadata=metadata)
     try:
-        parts = list(join.sites())
+        parts = list(join.sites(threads=threads))
     finally:
         join.close()
     if join.report.lost:

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -25,10 +28,20 @@ OUTPUT_TABLE = SINGLE_CELL_TABLE
 #: file: rows of thousands of columns span chains of overflow pages, read twice as fast from the mapping
 _MMAP_BYTES = 256 << 20
 _LARGE_PAGE = 65536
+#: sites read ahead per reading thread: a few sites' arrays in memory, whatever the plate size
+_AHEAD_PER_THREAD = 2
+#: rows per Arrow batch of the SQLite driver: its builders reserve this many rows of every column
+_BATCH_ROWS = 128
+Site = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 class BackendSource:
-    """Per-site reads of an SQLite (either old generation) or Parquet backend."""
+    """Per-site reads of an SQLite (either old generation) or Parquet backend.
+
+    SQLite sites can be read ahead in threads (:meth:`read_ahead`): each thread has its own
+    connections and SQLite's decoding runs without the GIL, so the reads overlap the join
+    and the write of the sites before them.
+    """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         from ..backend import open_backend
@@ -38,10 +51,12 @@ class BackendSource:
         self.tables = {t: cols for t, cols in self.reader.tables.items() if t != OUTPUT_TABLE}
         self.image_table = self.reader.image_table
         self._parquet: dict[str, _ParquetTable] = {}
-        self._arrow: Any = None  # an Arrow-native SQLite connection (ADBC), opened on the first site read
         self._sql: dict[tuple[str, tuple[str, ...]], str] = {}
-        self._cursors: dict[str, Any] = {}
         self._numeric: dict[str, pa.Schema] = {}  # per query, the last schema found to be numbers only
+        self._local = threading.local()  # each thread's connections (_SqliteReads)
+        self._opened: list[_SqliteReads] = []
+        self._lock = threading.Lock()
+        self._ahead: _ReadAhead | None = None
 
     def table(self, compartment: str) -> str:
         """The backend table of a compartment (case-insensitive), or an error listing the others."""
@@ -68,51 +83,67 @@ class BackendSource:
             return [r[0] for r in rows]
         return self._pq(table).table_numbers()
 
-    def read_site(self, table: str, table_number: Any, columns: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """ImageNumber, ObjectNumber (int64) and the float64 ``columns`` of one site's rows."""
-        if self.reader.kind == "sqlite":
-            key = (table, tuple(columns))
-            if key not in self._sql:
-                cols = ", ".join(_quote(c) for c in ("ImageNumber", "ObjectNumber", *columns))
-                self._sql[key] = f"SELECT {cols} FROM {_quote(table)} WHERE TableNumber = ?"
-            sql = self._sql[key]
-            got = self._arrow_site(sql, table_number)
-            if got is not None:
-                return (got.column(0).cast(pa.int64()).to_numpy(zero_copy_only=False),
-                        got.column(1).cast(pa.int64()).to_numpy(zero_copy_only=False),
-                        float_matrix(got.select(list(range(2, got.num_columns)))))
-            rows = self.reader.conn.execute(sql, [table_number]).fetchall()
-            if not rows:
-                return np.empty(0, np.int64), np.empty(0, np.int64), np.empty((0, len(columns)))
-            values = _float_rows(rows, table, ["ImageNumber", "ObjectNumber", *columns])
-            return values[:, 0].astype(np.int64), values[:, 1].astype(np.int64), np.asfortranarray(values[:, 2:])
-        return self._pq(table).read_site(table_number, columns)
+    def read_ahead(self, order: Sequence[Any], reads: Sequence[tuple[str, Sequence[str]]], *, threads: int) -> None:
+        """Start reading, for each site of ``order``, the ``(table, columns)`` reads in ``threads``
+        threads, a few sites ahead of :meth:`read_site` (SQLite only; other kinds read when asked)."""
+        self.stop_reading_ahead()
+        if self.reader.kind == "sqlite" and threads > 0 and order and reads:
+            self._ahead = _ReadAhead(self._read_sqlite, [(t, tn, tuple(c)) for tn in order for t, c in reads],
+                                     threads=threads, window=threads * _AHEAD_PER_THREAD * len(reads))
 
-    def _arrow_site(self, sql: str, table_number: Any) -> pa.Table | None:
-        """One site's rows read straight into Arrow (no Python object per value), or None when a
-        column holds text (old backends stored some) or the driver cannot read them: the
-        ``sqlite3`` path then converts them, warning about values that are not numbers."""
-        if self._arrow is None:
-            self._arrow = _open_arrow_sqlite(self.path)
-        if self._arrow is False:
-            return None
-        cursor = self._cursors.get(sql)
-        if cursor is None:  # one cursor per query: the statement is prepared once, not once per site
-            cursor = self._cursors[sql] = self._arrow.cursor()
-        try:
-            cursor.execute(sql, [table_number])
-            got: pa.Table = cursor.fetch_arrow_table()
-        except Exception as exc:  # noqa: BLE001 - any driver failure: the sqlite3 path reads the same rows
-            log.debug("%s: Arrow read failed (%s); reading with sqlite3", self.path, exc)
-            self._cursors.pop(sql).close()
-            return None
+    def stop_reading_ahead(self) -> None:
+        """Cancel the reads not started and wait for the running ones."""
+        if self._ahead is not None:
+            self._ahead.close()
+            self._ahead = None
+
+    def read_site(self, table: str, table_number: Any, columns: Sequence[str]) -> Site:
+        """ImageNumber, ObjectNumber (int64) and the float64 ``columns`` of one site's rows."""
+        if self.reader.kind != "sqlite":
+            return self._pq(table).read_site(table_number, columns)
+        if self._ahead is not None:
+            got = self._ahead.take((table, table_number, tuple(columns)))
+            if got is not None:
+                return got
+        return self._read_sqlite(table, table_number, tuple(columns))
+
+    def _read_sqlite(self, table: str, table_number: Any, columns: tuple[str, ...]) -> Site:
+        """One site's rows straight into Arrow (no Python object per value); through ``sqlite3``
+        when a column holds text (old backends stored some) or the driver cannot read them."""
+        key = (table, columns)
+        sql = self._sql.get(key)
+        if sql is None:
+            cols = ", ".join(_quote(c) for c in ("ImageNumber", "ObjectNumber", *columns))
+            sql = self._sql[key] = f"SELECT {cols} FROM {_quote(table)} WHERE TableNumber = ?"
+        conn = self._connections()
+        got = conn.arrow(sql, table_number)
+        if got is not None and self._all_numbers(sql, got):
+            return (got.column(0).cast(pa.int64()).to_numpy(zero_copy_only=False),
+                    got.column(1).cast(pa.int64()).to_numpy(zero_copy_only=False),
+                    float_matrix(got.select(list(range(2, got.num_columns)))))
+        rows = conn.rows(sql, table_number)
+        if not rows:
+            return np.empty(0, np.int64), np.empty(0, np.int64), np.empty((0, len(columns)))
+        values = _float_rows(rows, table, ["ImageNumber", "ObjectNumber", *columns])
+        return values[:, 0].astype(np.int64), values[:, 1].astype(np.int64), np.asfortranarray(values[:, 2:])
+
+    def _all_numbers(self, sql: str, got: pa.Table) -> bool:
         known = self._numeric.get(sql)
         if known is not None and got.schema.equals(known):
-            return got
+            return True
         if all(pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_null(t) for t in got.schema.types):
             self._numeric[sql] = got.schema
-            return got
-        return None
+            return True
+        return False
+
+    def _connections(self) -> _SqliteReads:
+        """This thread's connections to the file, opened on its first read."""
+        conn: _SqliteReads | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = _SqliteReads(self.path)
+            with self._lock:
+                self._opened.append(conn)
+        return conn
 
     def _indexed(self, table: str) -> bool:
         conn = self.reader.conn
@@ -130,14 +161,103 @@ class BackendSource:
         return self._parquet[table]
 
     def close(self) -> None:
-        """Release the backend."""
-        for cursor in self._cursors.values():
-            cursor.close()
-        self._cursors = {}
-        if self._arrow:
-            self._arrow.close()
-        self._arrow = None
+        """Stop reading ahead and release the backend."""
+        self.stop_reading_ahead()
+        with self._lock:
+            opened, self._opened = self._opened, []
+        for conn in opened:
+            conn.close()
+        self._local = threading.local()
         self.reader.close()
+
+
+class _ReadAhead:
+    """Reads of the sites to come, at most ``window`` of them in flight in a pool of threads."""
+
+    def __init__(self, read: Callable[[str, Any, tuple[str, ...]], Site], todo: Sequence[tuple[str, Any, tuple[str, ...]]], *, threads: int, window: int) -> None:
+        self._read = read
+        self._todo: Iterator[tuple[str, Any, tuple[str, ...]]] = iter(todo)
+        self._window = max(window, 1)
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cytoprofile-sites")
+        self._pending: dict[tuple[str, Any, tuple[str, ...]], Future[Site]] = {}
+        self._fill()
+
+    def _fill(self) -> None:
+        while len(self._pending) < self._window:
+            key = next(self._todo, None)
+            if key is None:
+                return
+            self._pending[key] = self._pool.submit(self._read, key[0], key[1], key[2])
+
+    def take(self, key: tuple[str, Any, tuple[str, ...]]) -> Site | None:
+        """The read of ``key`` (waiting for it), or None when it was not planned."""
+        future = self._pending.pop(key, None)
+        if future is None:
+            return None
+        try:
+            return future.result()
+        finally:
+            self._fill()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pending.clear()
+
+
+class _SqliteReads:
+    """One thread's read-only connections to an SQLite file: Arrow-native (ADBC, statements
+    prepared once per query), memory-mapped when its pages are small, and ``sqlite3`` for text."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._statements: dict[str, Any] = {}
+        self._sqlite: sqlite3.Connection | None = None
+        self._db, self._conn = _open_arrow_sqlite(path)
+
+    def arrow(self, sql: str, param: Any) -> pa.Table | None:
+        """The rows of ``sql`` bound to ``param`` as an Arrow table, or None without the driver or when it fails."""
+        if self._conn is None:
+            return None
+        import adbc_driver_manager as adbc
+
+        statement = self._statements.get(sql)
+        try:
+            if statement is None:
+                statement = adbc.AdbcStatement(self._conn)
+                statement.set_options(**{"adbc.sqlite.query.batch_rows": str(_BATCH_ROWS)})
+                statement.set_sql_query(sql)
+                statement.prepare()
+                self._statements[sql] = statement
+            statement.bind(pa.record_batch([pa.array([param])], names=["0"]))
+            handle, _ = statement.execute_query()
+            return pa.RecordBatchReader.from_stream(handle).read_all()
+        except Exception as exc:  # noqa: BLE001 - any driver failure: the sqlite3 path reads the same rows
+            log.debug("%s: Arrow read failed (%s); reading with sqlite3", self.path, exc)
+            failed = self._statements.pop(sql, None)
+            if failed is not None:
+                failed.close()
+            return None
+
+    def rows(self, sql: str, param: Any) -> list[tuple[Any, ...]]:
+        """The rows of ``sql`` bound to ``param`` through ``sqlite3`` (Python values)."""
+        if self._sqlite is None:
+            from urllib.parse import quote
+
+            self._sqlite = sqlite3.connect(f"file:{quote(os.path.abspath(self.path))}?mode=ro", uri=True,
+                                           check_same_thread=False)  # opened and used by one thread; closed by the owner
+        return self._sqlite.execute(sql, [param]).fetchall()
+
+    def close(self) -> None:
+        for statement in self._statements.values():
+            statement.close()
+        self._statements = {}
+        for handle in (self._conn, self._db):
+            if handle is not None:
+                handle.close()
+        self._conn = self._db = None
+        if self._sqlite is not None:
+            self._sqlite.close()
+            self._sqlite = None
 
 
 class _ParquetTable:
@@ -169,7 +289,7 @@ class _ParquetTable:
             self._cache[key] = self.file.read_row_group(index, columns=list(columns))
         return self._cache[key]
 
-    def read_site(self, table_number: Any, columns: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def read_site(self, table_number: Any, columns: Sequence[str]) -> Site:
         cols = ("ImageNumber", "ObjectNumber", *columns)
         parts: list[pa.Table] = []
         for start, end in self.ranges.get(table_number, []):
@@ -185,25 +305,37 @@ class _ParquetTable:
                 got.column(1).cast(pa.int64()).to_numpy(zero_copy_only=False), float_matrix(got.select(list(columns))))
 
 
-def _open_arrow_sqlite(path: str) -> Any:
-    """A read-only ADBC connection to an SQLite file (memory-mapped when its pages are small), or False without the driver."""
+def _open_arrow_sqlite(path: str) -> tuple[Any, Any]:
+    """A read-only ADBC database and connection to an SQLite file (memory-mapped when its pages
+    are small), or (None, None) without the driver. The driver's low-level API: its DB-API
+    module would import a dataframe library on every run."""
     try:
-        import adbc_driver_sqlite.dbapi as adbc
+        import adbc_driver_manager as adbc
+        import adbc_driver_sqlite
     except ImportError:
-        return False
+        return None, None
     from urllib.parse import quote
 
-    conn = adbc.connect(f"file:{quote(os.path.abspath(path))}?mode=ro")
-    cursor = conn.cursor()
+    db = adbc_driver_sqlite.connect(f"file:{quote(os.path.abspath(path))}?mode=ro")
+    conn = adbc.AdbcConnection(db)
+    page = _scalar(conn, "PRAGMA page_size")
+    if page is not None and int(page) < _LARGE_PAGE:  # older backends: wide rows span overflow pages
+        _scalar(conn, f"PRAGMA mmap_size={_MMAP_BYTES}")
+    return db, conn
+
+
+def _scalar(conn: Any, sql: str) -> Any:
+    """The first value of a statement's result (None when it has no row)."""
+    import adbc_driver_manager as adbc
+
+    statement = adbc.AdbcStatement(conn)
     try:
-        cursor.execute("PRAGMA page_size")
-        row = cursor.fetchone()
-        if row is not None and int(row[0]) < _LARGE_PAGE:  # older backends: wide rows span overflow pages
-            cursor.execute(f"PRAGMA mmap_size={_MMAP_BYTES}")
-            cursor.fetchall()
+        statement.set_sql_query(sql)
+        handle, _ = statement.execute_query()
+        got = pa.RecordBatchReader.from_stream(handle).read_all()
     finally:
-        cursor.close()
-    return conn
+        statement.close()
+    return got.column(0)[0].as_py() if got.num_rows and got.num_columns else None
 
 
 def float_matrix(table: pa.Table) -> np.ndarray:

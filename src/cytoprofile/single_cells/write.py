@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Literal
 
 import numpy as np
@@ -15,7 +16,7 @@ import pyarrow as pa
 from .. import io
 from ..errors import InputError
 from ..vocabulary import DEFAULT_COMPARTMENTS
-from .join import DEFAULT_HUB, SingleCellJoin, SingleCellReport
+from .join import DEFAULT_HUB, READ_THREADS, SingleCellJoin, SingleCellReport
 from .sinks import ROW_GROUP_VALUES, AnnDataSink, ParquetSink, SiteSink
 from .sources import OUTPUT_TABLE, SiteSource
 
@@ -23,6 +24,8 @@ __all__ = ["SingleCellFormat", "SingleCellStream", "single_cells_paths", "write_
 
 log = logging.getLogger("cytoprofile.single_cells")
 SingleCellFormat = Literal["parquet", "anndata"]
+
+
 def single_cells_paths(prefix: str | os.PathLike[str]) -> dict[str, str]:
     """Output names beside a backend: ``PLATE_single_cells.parquet``, ``.h5ad`` and the report."""
     base = str(prefix)
@@ -56,12 +59,15 @@ def write_single_cells(
     metadata: Sequence[str] | Literal["all"] | None = None,
     thresholds: Mapping[str, Mapping[str, float]] | None = None,
     row_group_values: int = ROW_GROUP_VALUES,
+    threads: int = READ_THREADS,
     progress: Callable[[int, int], None] | None = None,
 ) -> SingleCellReport:
     """Stream the joined table of a backend to ``PREFIX_single_cells.parquet`` (and/or ``.h5ad``).
 
     Row groups hold whole sites (zstd; a new group after ``row_group_values`` values);
-    the AnnData ``X`` is float32, written in row blocks (one per site).
+    the AnnData ``X`` is float32, written in row blocks (one per site). With ``threads`` > 0
+    an SQLite backend's sites are read ahead in that many threads and each site is written
+    in a thread while the next is joined (0: all in this thread).
     With ``thresholds`` (cell QC sets) a first pass over the threshold features gives
     plate-wide z-scores and the flags become ``Metadata_cqc_<set>_is_outlier`` columns.
     Files appear atomically; the report (JSON, beside them) is written last.
@@ -73,19 +79,20 @@ def write_single_cells(
     writers: list[SiteSink] = []
     try:
         order = join.site_order()
-        flags = _qc_flags(join, order, thresholds) if thresholds else None
+        flags = _qc_flags(join, order, thresholds, threads=threads) if thresholds else None
         writers = [ParquetSink(paths["parquet"], row_group_values=row_group_values) if f == "parquet" else
                    AnnDataSink(paths["anndata"], join) for f in dict.fromkeys(formats)]
-        offset = 0
-        for done, tn in enumerate(order, start=1):
-            table = join.join_site(tn)
-            if flags is not None:
-                table = _with_flags(table, join, flags, offset)
-            offset += table.num_rows
-            for w in writers:
-                w.write(table)
-            if progress is not None:
-                progress(done, len(order))
+        join.read_ahead(order, threads=threads)
+        with _Writes(writers, threaded=threads > 0) as writes:
+            offset = 0
+            for done, tn in enumerate(order, start=1):
+                table = join.join_site(tn)
+                if flags is not None:
+                    table = _with_flags(table, join, flags, offset)
+                offset += table.num_rows
+                writes.put(table)
+                if progress is not None:
+                    progress(done, len(order))
         for w in writers:
             w.close()
         join.report.outputs = {f: paths[f] for f in dict.fromkeys(formats)}
@@ -99,6 +106,51 @@ def write_single_cells(
     if join.report.lost:
         log.warning("%s: %d object(s) not linked into a cell (named in %s)", backend, join.report.lost, paths["report"])
     return join.report
+
+
+class _Writes:
+    """Sites handed to the sinks, each written in one background thread while the next is joined
+    (Parquet encoding, zstd and HDF5 run without the GIL); at most one site is waiting. Leaving
+    the block waits for the last write, so the sinks are never closed under a running write."""
+
+    def __init__(self, writers: Sequence[SiteSink], *, threaded: bool = True) -> None:
+        self.writers = list(writers)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cytoprofile-write") if threaded else None
+        self._pending: Future[None] | None = None
+
+    def put(self, table: pa.Table) -> None:
+        """Write ``table`` to every sink (raising the error of the write before it, if any)."""
+        if self._pool is None:
+            self._write(table)
+            return
+        self.wait()
+        self._pending = self._pool.submit(self._write, table)
+
+    def _write(self, table: pa.Table) -> None:
+        for w in self.writers:
+            w.write(table)
+
+    def wait(self) -> None:
+        """Wait for the write in flight; its error is raised here."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def __enter__(self) -> _Writes:
+        return self
+
+    def close(self, *, wait: bool = True) -> None:
+        """Let the last write finish (``wait``: and raise its error) and end the thread."""
+        try:
+            if wait:
+                self.wait()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
+
+    def __exit__(self, kind: object, error: object, tb: object) -> None:
+        self.close(wait=kind is None)
 
 
 class SingleCellStream:
@@ -134,18 +186,18 @@ class SingleCellStream:
         self.formats = list(dict.fromkeys(formats))
         self.writers: list[SiteSink] = [ParquetSink(self.paths["parquet"], metadata=file_metadata) if f == "parquet" else
                                        AnnDataSink(self.paths["anndata"], self.join) for f in self.formats]
+        self._writes = _Writes(self.writers)
 
     def add(self, table_number: Any, image: pd.DataFrame, objects: Mapping[str, np.ndarray]) -> None:
-        """Join one site and append it (one row group) to every output."""
+        """Join one site and hand it to every output (written in a thread while collate goes on)."""
         self.source.set_site(table_number, image, objects)
         self.join.site_order()
-        table = self.join.join_site(table_number)
-        for w in self.writers:
-            w.write(table)
+        self._writes.put(self.join.join_site(table_number))
 
     def close(self, *, write_report: bool = True) -> SingleCellReport:
         """Move the outputs into place and write the report (last; ``write_report=False``
         when the caller carries it in its own report, as collate does)."""
+        self._writes.close()
         for w in self.writers:
             w.close()
         self.join.report.outputs = {f: self.paths[f] for f in self.formats}
@@ -154,12 +206,14 @@ class SingleCellStream:
         return self.join.report
 
     def abort(self) -> None:
-        """Drop the temporary files."""
+        """Drop the temporary files (after the write in flight ends)."""
+        self._writes.close(wait=False)
         for w in self.writers:
             w.abort()
 
 
-def _qc_flags(join: SingleCellJoin, order: Sequence[Any], thresholds: Mapping[str, Mapping[str, float]]) -> dict[str, np.ndarray]:
+def _qc_flags(join: SingleCellJoin, order: Sequence[Any], thresholds: Mapping[str, Mapping[str, float]], *,
+              threads: int) -> dict[str, np.ndarray]:
     """First pass: only the threshold features of every joined cell, then the plate-wide flags."""
     from ..cell_qc import flag_summary, outlier_flags
 
@@ -168,6 +222,7 @@ def _qc_flags(join: SingleCellJoin, order: Sequence[Any], thresholds: Mapping[st
     if missing:
         raise InputError(f"cell QC threshold feature(s) {', '.join(missing)} are not in the single-cell table")
     features = {c: [f for f in join.features[c] if f in needed] for c in join.compartments}
+    join.read_ahead(order, threads=threads, features=features)
     parts = [join.join_site(tn, features=features, count=False) for tn in order]
     table = pa.concat_tables(parts) if parts else pa.table({f: pa.array([], pa.float64()) for f in needed})
     values = {f: table.column(f).to_numpy(zero_copy_only=False).astype(np.float64) for f in needed}
