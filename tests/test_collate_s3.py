@@ -92,8 +92,10 @@ QUARANTINING = {"gzip", "experiment-images"}
 
 def _comparable(report: dict[str, Any]) -> dict[str, Any]:
     """A report without what differs between any two runs (timings, generation ids)."""
-    out = {k: v for k, v in report.items() if k not in ("seconds", "generation", "outputs")}
+    out = {k: v for k, v in report.items() if k not in ("seconds", "generation", "outputs", "inputs", "input_files")}
     out["outputs"] = sorted(report["outputs"])
+    # the same files and sizes; what stands for their content differs by design (digests on disk, ETags on S3)
+    out["input_sizes"] = {rel: entry[0] for rel, entry in (report.get("input_files") or {}).get("files", {}).items()}
     if "export_database" in out:  # the files' modification times: the copy's on disk, the object's on S3
         section = dict(out["export_database"])
         section["sources"] = [entry[:2] for entry in section["sources"]]
