@@ -18,7 +18,7 @@ import pyarrow.csv as pacsv
 
 from ..backend import quote
 from ..errors import InputError
-from ..ingest import TABLE_NUMBER_FILE
+from ..ingest import TABLE_NUMBER_FILE, normalise_site, normalise_well
 from .files import Dropped, ExportFile, connect, open_export, source_name, table_number
 from .stream import ExportImage, read_images
 
@@ -153,12 +153,15 @@ class _SiteWriter:
 
     def add(self, img: ExportImage, plate: str) -> None:
         assert img.well is not None
-        key = (plate, img.well, img.site if img.site is not None else f"{img.file}:{img.image_number}")
+        site = normalise_site(img.site) if img.site is not None else f"{img.file}:{img.image_number}"
+        key = (plate, normalise_well(img.well), site)  # A1 and A01 are one well, 1 and 1.0 one site
         where = f"image {img.image_number} of {img.file}"
         if key in self.poisoned or key in self.by_key:
             first = self.by_key.pop(key, None)
             if first is not None:
                 gone = self.out.sites.pop(first)
+                log.warning("%s: site %s is both image %s of %s and %s; both are left out (named in the report)",
+                            plate, "/".join(key), gone["image_number"], gone["file"], where)
                 shutil.rmtree(os.path.join(self.out.analysis_dir, first))
                 self.drop(gone["file"], gone["rows"], f"site {'/'.join(key)} is also {where}; which copy is right is unknown")
             self.poisoned.add(key)

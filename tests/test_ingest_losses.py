@@ -1,0 +1,117 @@
+"""Losses that used to pass with exit 0 or crash: a site ingested twice, a table absent where Image.csv counts
+objects, a blank compartment label, an Image.csv without ImageNumber, damaged ExportToDatabase files, disk
+faults on the database route, SQLite files beside site folders, images of other plates."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cytoprofile.collate import collate_plate
+from cytoprofile.exportdb import collate_export
+from cytoprofile.synth import write_export_database
+
+from . import faults
+from .faults import BATCH, PLATE, read_rows, write_rows
+
+
+def _plate(ws: Path, **kw: Any) -> Path:
+    return faults.small_plate(ws, wells=2, sites=2, cells=5, features=4, seed=5, **kw)
+
+
+def _sites(result: Any) -> dict[str, dict[str, Any]]:
+    assert result.status == "done", result.message
+    return {s["site"]: s for s in result.report["sites"]}
+
+
+def _mutate(path: str | Path, *statements: str) -> None:
+    conn = sqlite3.connect(path)
+    try:
+        for s in statements:
+            conn.execute(s)
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def _db_plate(tmp_path: Path, *, files: int = 2) -> tuple[Path, list[str]]:
+    """A CSV plate and its ExportToDatabase twin (``files`` runs, no table prefix)."""
+    csv_ws = tmp_path / "csv"
+    _plate(csv_ws)
+    db_ws = tmp_path / "db"
+    out = write_export_database(csv_ws, db_ws / "analysis" / BATCH / PLATE, batch=BATCH, plates=(PLATE,), files=files,
+                                table_prefix="")
+    return db_ws, out
+
+
+# --- A1: one site ingested twice ------------------------------------------------------------------------
+
+
+def _rerun_folder(plate_dir: Path, how: str) -> tuple[Path, Path]:
+    """A second folder holding site A01/1 again, as a re-run or a hand copy leaves it."""
+    first = faults.site(plate_dir, "A01", 1)
+    name = {"rerun": f"{first.name} (rerun)", "well_spelling": f"{PLATE}-A1-1", "site_spelling": "copy"}[how]
+    second = plate_dir / name
+    shutil.copytree(first, second)
+    rows = read_rows(second / "Image.csv")
+    header = rows[0]
+    time = next(c for c in header if c.startswith("ExecutionTime_"))
+    rows[1][header.index(time)] = "1.2345"  # a re-run: the same images, another execution time
+    if how == "well_spelling":
+        rows[1][header.index("Metadata_Well")] = "A1"
+    if how == "site_spelling":
+        rows[1][header.index("Metadata_Site")] = "1.0"
+    write_rows(second / "Image.csv", rows)
+    return first, second
+
+
+@pytest.mark.parametrize("how", ["rerun", "well_spelling", "site_spelling"])
+def test_a_site_in_two_folders_quarantines_both(tmp_path: Path, how: str, caplog: pytest.LogCaptureFixture) -> None:
+    plate_dir = _plate(tmp_path)
+    first, second = _rerun_folder(plate_dir, how)
+    with caplog.at_level("WARNING", logger="cytoprofile"):
+        result = collate_plate(tmp_path, BATCH, PLATE)
+    sites = _sites(result)
+    for one, other in ((first, second), (second, first)):
+        entry = sites[one.name]
+        assert entry["status"] == "quarantined"
+        assert f"site {PLATE}/A01/1 is also in folder(s) {other.name}" in entry["reason"]
+    assert all(s["status"] == "ok" for n, s in sites.items() if n not in (first.name, second.name))
+    assert "1 site(s) appear in more than one folder" in caplog.text
+    with sqlite3.connect(result.outputs["sqlite"]) as conn:
+        keys = conn.execute("SELECT Metadata_Well, Metadata_Site, COUNT(*) FROM Image GROUP BY 1, 2").fetchall()
+    assert all(n == 1 for _, _, n in keys) and ("A01", "1") not in {(w, str(s)) for w, s, _ in keys}
+    faults.assert_rows_accounted(result, plate_dir)
+
+
+def test_distinct_sites_are_not_taken_for_repeats(tmp_path: Path) -> None:
+    plate_dir = _plate(tmp_path)
+    result = collate_plate(tmp_path, BATCH, PLATE)
+    assert all(s["status"] == "ok" for s in _sites(result).values())
+    faults.assert_rows_accounted(result, plate_dir)
+
+
+@pytest.mark.parametrize(("well", "site"), [("A1", "1"), ("a01", "1"), ("A01", "1.0")])
+def test_a_site_in_two_database_runs_is_left_out_from_both(tmp_path: Path, well: str, site: str,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    db_ws, files = _db_plate(tmp_path)
+    with sqlite3.connect(files[0]) as conn:
+        taken = conn.execute("SELECT Image_Metadata_Well, Image_Metadata_Site FROM Per_Image WHERE ImageNumber = 1").fetchone()
+    assert taken == ("A01", 1)
+    _mutate(files[1], f"UPDATE Per_Image SET Image_Metadata_Well = '{well}', Image_Metadata_Site = '{site}' "
+                      "WHERE ImageNumber = 1")
+    with caplog.at_level("WARNING", logger="cytoprofile"):
+        result = collate_export(db_ws, BATCH, PLATE)
+    assert result.status == "done", result.message
+    report = json.loads(Path(result.outputs["report"]).read_text())
+    dropped = [d for d in report["export_database"]["dropped"] if d["table"] == "Image"]
+    assert sorted(d["file"] for d in dropped) == sorted(f"analysis/{BATCH}/{PLATE}/{Path(f).name}" for f in files)
+    assert all(f"site {PLATE}/A01/1" in d["reason"] for d in dropped)
+    assert f"site {PLATE}/A01/1 is both image 1 of" in caplog.text
+    with sqlite3.connect(result.outputs["sqlite"]) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM Image WHERE Metadata_Well = 'A01' AND Metadata_Site = 1").fetchone() == (0,)
