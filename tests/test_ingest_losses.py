@@ -115,3 +115,31 @@ def test_a_site_in_two_database_runs_is_left_out_from_both(tmp_path: Path, well:
     assert f"site {PLATE}/A01/1 is both image 1 of" in caplog.text
     with sqlite3.connect(result.outputs["sqlite"]) as conn:
         assert conn.execute("SELECT COUNT(*) FROM Image WHERE Metadata_Well = 'A01' AND Metadata_Site = 1").fetchone() == (0,)
+
+
+# --- A2: an extra object table absent where Image.csv counts its objects --------------------------------
+
+
+@pytest.mark.parametrize("mode", ["error", "warn", "off"])
+@pytest.mark.parametrize("counted", [3, 0, None])
+def test_an_absent_extra_table_with_objects_counted(tmp_path: Path, mode: str, counted: int | None) -> None:
+    plate_dir = _plate(tmp_path)
+    for folder in sorted(plate_dir.iterdir()):
+        faults.add_object_table(folder, "Speckles", rows=3, count=counted is not None)
+    folder = faults.site(plate_dir, "A02", 1)
+    (folder / "Speckles.csv").unlink()
+    if counted is not None:
+        faults.set_image_value(folder, "Count_Speckles", str(counted))
+    result = collate_plate(tmp_path, BATCH, PLATE, count_check=mode)
+    entry = _sites(result)[folder.name]
+    number = read_rows(folder / "Image.csv")[1][read_rows(folder / "Image.csv")[0].index("ImageNumber")]
+    why = (f"Speckles has no file in this site (other sites have one), but Image.csv's Count_Speckles says 3 object(s) "
+           f"in ImageNumber {number}")
+    if counted and mode == "error":
+        assert entry["status"] == "quarantined"
+        assert entry["reason"] == why
+    else:
+        assert entry["status"] == "ok"
+        assert entry.get("warnings", []) == ([f"{why}: they are in no table"] if counted and mode == "warn" else [])
+    assert "Speckles" in result.report["partial_tables"]
+    faults.assert_rows_accounted(result, plate_dir)
