@@ -143,3 +143,28 @@ def test_an_absent_extra_table_with_objects_counted(tmp_path: Path, mode: str, c
         assert entry.get("warnings", []) == ([f"{why}: they are in no table"] if counted and mode == "warn" else [])
     assert "Speckles" in result.report["partial_tables"]
     faults.assert_rows_accounted(result, plate_dir)
+
+
+# --- A3: the old two-row object.csv with a blank compartment label --------------------------------------
+
+
+@pytest.mark.parametrize(("table", "label"), [("Cells", ""), ("Nuclei", ""), ("Cytoplasm", "  ")])
+def test_a_blank_compartment_label_quarantines_naming_the_column(tmp_path: Path, table: str, label: str) -> None:
+    plate_dir = _plate(tmp_path)
+    for folder in sorted(plate_dir.iterdir()):
+        faults.to_object_csv(folder)
+    folder = faults.site(plate_dir, "A01", 2)
+    rows = read_rows(folder / "object.csv")
+    at = next(i for i, (lab, name) in enumerate(zip(rows[0], rows[1])) if lab == table and name.startswith("AreaShape_"))
+    column = rows[1][at]
+    rows[0][at] = label
+    write_rows(folder / "object.csv", rows)
+    result = collate_plate(tmp_path, BATCH, PLATE, count_check="warn")
+    sites = _sites(result)
+    assert sites[folder.name]["status"] == "quarantined"
+    assert sites[folder.name]["reason"].startswith(
+        f"object.csv: column {at + 1} ({column}) has a blank compartment label in the first header row (1 such column(s))")
+    assert all(s["status"] == "ok" for n, s in sites.items() if n != folder.name)
+    with sqlite3.connect(result.outputs["sqlite"]) as conn:
+        assert f"{table}_{column}" in [r[1] for r in conn.execute(f"PRAGMA table_info({table})")]
+    faults.assert_rows_accounted(result, plate_dir)

@@ -159,6 +159,11 @@ def _object_sources(entry: str, path: str, table: str, scan: SiteScan) -> dict[s
         scan.quarantine(f"{entry}: a two-row header whose Image columns are not just ImageNumber, or no ObjectNumber", path)
         return {}
     image_at, object_at = second.index("ImageNumber"), second.index("ObjectNumber")
+    blank = [i for i, lab in enumerate(first) if not lab.strip() and i not in (image_at, object_at)]
+    if blank:
+        scan.quarantine(f"{entry}: column {blank[0] + 1} ({second[blank[0]]}) has a blank compartment label in the first "
+                        f"header row ({len(blank)} such column(s)); which table it belongs to is unknown: fill in the label",
+                        path)  # the labelled tables are still described: the file's rows are counted under 2 header lines
     out = {}
     for label in sorted(labels):
         mine = [i for i, lab in enumerate(first) if lab == label and i not in (image_at, object_at)]
