@@ -168,3 +168,33 @@ def test_a_blank_compartment_label_quarantines_naming_the_column(tmp_path: Path,
     with sqlite3.connect(result.outputs["sqlite"]) as conn:
         assert f"{table}_{column}" in [r[1] for r in conn.execute(f"PRAGMA table_info({table})")]
     faults.assert_rows_accounted(result, plate_dir)
+
+
+# --- C6: an Image.csv without ImageNumber ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("objects", [True, False])
+@pytest.mark.parametrize("name", ["Image.csv", "MyExpt_Image.csv"])
+def test_an_image_csv_without_image_number_quarantines(tmp_path: Path, objects: bool, name: str) -> None:
+    plate_dir = _plate(tmp_path)
+    if name != "Image.csv":
+        for folder in sorted(plate_dir.iterdir()):
+            for f in sorted(folder.iterdir()):
+                f.rename(folder / f"MyExpt_{f.name}")
+    folder = faults.site(plate_dir, "A02", 2)
+    prefix = name[: -len("Image.csv")]
+    rows = read_rows(folder / name)
+    at = rows[0].index("ImageNumber")
+    rows = [[x for j, x in enumerate(r) if j != at] for r in rows]
+    if not objects:
+        for table in ("Cells", "Cytoplasm", "Nuclei"):
+            rows[1][rows[0].index(f"Count_{table}")] = "0"
+            path = folder / f"{prefix}{table}.csv"
+            path.write_text(path.read_text().split("\n", 1)[0] + "\n")
+    write_rows(folder / name, rows)
+    result = collate_plate(tmp_path, BATCH, PLATE)
+    sites = _sites(result)
+    assert sites[folder.name]["status"] == "quarantined"
+    assert sites[folder.name]["reason"] == f"{name} has no ImageNumber column"
+    assert all(s["status"] == "ok" for n, s in sites.items() if n != folder.name)
+    faults.assert_rows_accounted(result, plate_dir)

@@ -60,6 +60,9 @@ def check_image(scan: SiteScan, image: pa.Table, strata: Sequence[str], plate: s
     if missing:
         scan.quarantine(f"{base} lacks the strata column(s) {', '.join(missing)}", path)
         return
+    if "ImageNumber" not in image.column_names:  # objects cannot be matched to their image, nor counts checked
+        scan.quarantine(f"{base} has no ImageNumber column", path)
+        return
     if "ImageNumber" in image.column_names:
         numbers = image.column("ImageNumber").to_pylist()
         repeated = sorted(n for n, k in Counter(numbers).items() if k > 1 and n is not None)
