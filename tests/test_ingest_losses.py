@@ -198,3 +198,49 @@ def test_an_image_csv_without_image_number_quarantines(tmp_path: Path, objects: 
     assert sites[folder.name]["reason"] == f"{name} has no ImageNumber column"
     assert all(s["status"] == "ok" for n, s in sites.items() if n != folder.name)
     faults.assert_rows_accounted(result, plate_dir)
+
+
+# --- C7/C8: ExportToDatabase files SQLite cannot read to the end ---------------------------------------
+
+
+def _damage_page(path: str, table: str) -> None:
+    """Overwrite the start of a table's root page (header and database schema left intact)."""
+    with sqlite3.connect(path) as conn:
+        root = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", (table,)).fetchone()[0]
+        size = conn.execute("PRAGMA page_size").fetchone()[0]
+    conn.close()
+    with open(path, "r+b") as fh:
+        fh.seek((root - 1) * size)
+        fh.write(b"\xff" * 16)
+
+
+_DAMAGE = {
+    "damaged_cells_page": (lambda f: _damage_page(f, "Per_Cells"), "the file is damaged: copy the file again"),
+    "damaged_image_page": (lambda f: _damage_page(f, "Per_Image"), "the file is damaged: copy the file again"),
+    "image_text_not_utf8": (lambda f: _mutate(f, "UPDATE Per_Image SET Image_FileName_OrigAGP = CAST(X'41FF42' AS TEXT) "
+                                                 "WHERE ImageNumber = 2"),
+                            "column 'Image_FileName_OrigAGP' holds a TEXT value that is not UTF-8; re-export"),
+    "object_text_not_utf8": (lambda f: _mutate(f, "ALTER TABLE Per_Nuclei ADD COLUMN Nuclei_Metadata_Note TEXT",
+                                                  "UPDATE Per_Nuclei SET Nuclei_Metadata_Note = CAST(X'FE' AS TEXT)"),
+                             "column 'Nuclei_Metadata_Note' holds a TEXT value that is not UTF-8"),
+    "image_blob": (lambda f: _mutate(f, "ALTER TABLE Per_Image ADD COLUMN Image_ImageSet_Zip_Dictionary BLOB",
+                                        "UPDATE Per_Image SET Image_ImageSet_Zip_Dictionary = X'00FF1022'"),
+                   "Per_Image column Image_ImageSet_Zip_Dictionary holds a binary (BLOB) value (ImageNumber 1)"),
+    "object_blob": (lambda f: _mutate(f, "UPDATE Per_Cells SET Cells_AreaShape_Area = X'00FF' WHERE ImageNumber = 2"),
+                    "Per_Cells column Cells_AreaShape_Area holds a binary (BLOB) value (ImageNumber 2)"),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(_DAMAGE))
+def test_an_unreadable_database_value_is_one_line_exit_1(tmp_path: Path, fault: str,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from cytoprofile.cli import main
+
+    db_ws, files = _db_plate(tmp_path)
+    damage, message = _DAMAGE[fault]
+    damage(files[0])
+    assert main(["collate", str(db_ws), BATCH, PLATE, "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "internal error" not in err and "Traceback" not in err
+    assert f"{files[0]}: " in err and message in err
+    assert not (db_ws / "backend" / BATCH / PLATE).exists()

@@ -23,6 +23,7 @@ __all__ = [
     "ExportFile",
     "ObjectSource",
     "connect",
+    "database_problem",
     "discover_export_files",
     "export_plates",
     "find_export_files",
@@ -148,6 +149,18 @@ def connect(path: str) -> sqlite3.Connection:
     return sqlite3.connect(f"file:{Path(path).resolve().as_posix()}?mode=ro", uri=True, check_same_thread=False)
 
 
+def database_problem(path: str, exc: sqlite3.DatabaseError) -> InputError:
+    """A file SQLite cannot read to the end (a damaged page, a TEXT value that is not UTF-8) as a one-line user error
+    naming the file, the column where SQLite names one, and the fix."""
+    text = str(exc)
+    if "Could not decode to UTF-8" in text:
+        where = text.split(" with text ")[0].replace("Could not decode to UTF-8 column", "column")
+        return InputError(f"{path}: {where} holds a TEXT value that is not UTF-8; re-export the file from CellProfiler "
+                          "or correct the value")
+    return InputError(f"{path}: not a readable SQLite database ({text}); the file is damaged: copy the file again "
+                      "(or re-export it)")
+
+
 def _columns(conn: sqlite3.Connection, table: str) -> list[tuple[str, str]]:
     return [(r[1], str(r[2] or "")) for r in conn.execute(f"PRAGMA table_info({quote(table)})")]
 
@@ -223,7 +236,10 @@ def open_export(path: str | os.PathLike[str], *, name: str | None = None, table_
             raise InputError(f"{path}: not a readable SQLite database ({exc}); copy the file again") from exc
         tables = [t for t, k in kinds.items() if k == "table"]
         prefix = _detect_prefix(path, tables, table_prefix)
-        return _describe(conn, path, name or os.path.basename(path), prefix, tables, kinds)
+        try:
+            return _describe(conn, path, name or os.path.basename(path), prefix, tables, kinds)
+        except sqlite3.DatabaseError as exc:
+            raise database_problem(path, exc) from exc
     finally:
         conn.close()
 

@@ -7,8 +7,9 @@ import logging
 import os
 import re
 import shutil
+import sqlite3
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,15 @@ import pyarrow.csv as pacsv
 from ..backend import quote
 from ..errors import InputError
 from ..ingest import TABLE_NUMBER_FILE, normalise_site, normalise_well
-from .files import Dropped, ExportFile, connect, open_export, source_name, table_number
+from .files import (
+    Dropped,
+    ExportFile,
+    connect,
+    database_problem,
+    open_export,
+    source_name,
+    table_number,
+)
 from .stream import ExportImage, read_images
 
 __all__ = [
@@ -123,8 +132,23 @@ def _copies(exports: Sequence[ExportFile]) -> dict[str, str]:
     return out
 
 
+def _guarded(export: ExportFile, images: Iterator[ExportImage]) -> Iterator[ExportImage]:
+    """The images of a file; SQLite failing part way (a damaged page, text that is not UTF-8) is a user error."""
+    try:
+        yield from images
+    except sqlite3.DatabaseError as exc:
+        raise database_problem(export.path, exc) from exc
+
+
 def _file_rows(export: ExportFile) -> dict[str, int]:
     """Rows each table of the file holds, counted by SQL (independent of the stream)."""
+    try:
+        return _count_rows(export)
+    except sqlite3.DatabaseError as exc:
+        raise database_problem(export.path, exc) from exc
+
+
+def _count_rows(export: ExportFile) -> dict[str, int]:
     conn = connect(export.path)
     try:
         out = {"Image": conn.execute(f"SELECT COUNT(*) FROM {quote(export.image_table)}").fetchone()[0]}
@@ -243,7 +267,7 @@ def materialise_plate(
                           "long_names": export.long_names})
         file_dropped: list[Dropped] = []
         got: Counter[str] = Counter()
-        for img in read_images(export, dropped=file_dropped, batch_rows=batch_rows):
+        for img in _guarded(export, read_images(export, dropped=file_dropped, batch_rows=batch_rows)):
             got.update(img.rows())
             target = _route(img, export, plate)
             if target is None or img.well is None:
