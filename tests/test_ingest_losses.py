@@ -4,6 +4,7 @@ faults on the database route, SQLite files beside site folders, images of other 
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 import sqlite3
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 
 from cytoprofile.collate import collate_plate
+from cytoprofile.errors import OutputError
 from cytoprofile.exportdb import collate_export
 from cytoprofile.synth import write_export_database
 
@@ -244,3 +246,58 @@ def test_an_unreadable_database_value_is_one_line_exit_1(tmp_path: Path, fault: 
     assert "internal error" not in err and "Traceback" not in err
     assert f"{files[0]}: " in err and message in err
     assert not (db_ws / "backend" / BATCH / PLATE).exists()
+
+
+# --- C9/D10/D11: full or read-only disks on the database route ------------------------------------------
+
+
+def _fail_writes(monkeypatch: pytest.MonkeyPatch, where: str, code: int) -> None:
+    """One kind of write failing as a full or read-only disk makes it fail."""
+    import os
+
+    from cytoprofile import backend
+    from cytoprofile.exportdb import materialise
+
+    if where == "scratch":
+        def write(_table: object, path: str) -> None:
+            raise OSError(code, os.strerror(code), path)
+        monkeypatch.setattr(materialise, "_write_csv", write)
+    elif where == "sqlite":
+        message = "database or disk is full" if code == errno.ENOSPC else "attempt to write a readonly database"
+
+        def add(*_: object, **__: object) -> None:
+            raise sqlite3.OperationalError(message)
+        monkeypatch.setattr(backend.SQLiteBackendWriter, "add", add)
+    else:
+        real = Path.mkdir
+
+        def mkdir(self: Path, *args: Any, **kwargs: Any) -> None:
+            if "backend" in self.parts:
+                raise OSError(code, os.strerror(code), str(self))
+            real(self, *args, **kwargs)
+        monkeypatch.setattr(Path, "mkdir", mkdir)
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
+@pytest.mark.parametrize("where", ["scratch", "mkdir", "sqlite"])
+def test_a_full_or_read_only_disk_on_the_database_route_names_the_real_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], where: str, code: int) -> None:
+    from cytoprofile.cli import main
+
+    db_ws, _ = _db_plate(tmp_path)
+    scratch = tmp_path / "scratch"
+    _fail_writes(monkeypatch, where, code)
+    assert main(["collate", str(db_ws), BATCH, PLATE, "-q", "--tmp-dir", str(scratch)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "internal error" not in err and "Traceback" not in err
+    assert ("no space left" if code == errno.ENOSPC else "read-only") in err and "re-run" in err
+    assert not (db_ws / "backend").exists(), "a failed run leaves no empty backend folder"
+    with pytest.raises(OutputError) as caught:
+        collate_export(db_ws, BATCH, PLATE, tmp_dir=str(scratch))
+    message = str(caught.value)
+    assert "cytoprofile-export-" not in message, "the scratch folder (removed) is not named"
+    if where == "scratch":
+        assert message.startswith(f"cannot write to {scratch} (the scratch copy of the plate; --tmp-dir puts it elsewhere)")
+    else:
+        assert message.startswith(f"cannot write to {db_ws / 'backend' / BATCH / PLATE if where == 'sqlite' else db_ws}:")
+    assert not (db_ws / "backend").exists()
