@@ -301,3 +301,31 @@ def test_a_full_or_read_only_disk_on_the_database_route_names_the_real_folder(
     else:
         assert message.startswith(f"cannot write to {db_ws / 'backend' / BATCH / PLATE if where == 'sqlite' else db_ws}:")
     assert not (db_ws / "backend").exists()
+
+
+# --- B4: ExportToDatabase files beside CSV site folders ---------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["run1.sqlite", "Run.SQLITE3", "export.db"])
+def test_a_database_file_beside_csv_sites_is_named_with_the_option(tmp_path: Path, name: str,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    db_ws, files = _db_plate(tmp_path / "db_side", files=1)
+    plate_dir = _plate(tmp_path / "ws")
+    shutil.copyfile(files[0], plate_dir.parent / name)
+    with caplog.at_level("WARNING", logger="cytoprofile"):
+        result = collate_plate(tmp_path / "ws", BATCH, PLATE)
+    assert result.status == "done", result.message
+    why = result.report["files_not_read"][f"../{name}"]
+    assert "ExportToDatabase file" in why and "--export-db" in why
+    assert f"first: ../{name}" in caplog.text
+    faults.assert_rows_accounted(result, plate_dir)
+
+
+def test_a_database_plate_with_an_empty_analysis_folder_reads_its_files(tmp_path: Path) -> None:
+    db_ws, _ = _db_plate(tmp_path)
+    (db_ws / "analysis" / BATCH / PLATE / "analysis").mkdir()
+    from cytoprofile.cli import main
+
+    assert main(["collate", str(db_ws), BATCH, PLATE, "-q"]) == 0
+    report = json.loads((db_ws / "backend" / BATCH / PLATE / f"{PLATE}.report.json").read_text())
+    assert report["export_database"]["sites"]
