@@ -329,3 +329,21 @@ def test_a_database_plate_with_an_empty_analysis_folder_reads_its_files(tmp_path
     assert main(["collate", str(db_ws), BATCH, PLATE, "-q"]) == 0
     report = json.loads((db_ws / "backend" / BATCH / PLATE / f"{PLATE}.report.json").read_text())
     assert report["export_database"]["sites"]
+
+
+# --- B5: database images naming another plate -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("others", [["P01"], ["P1x", "P2"]])
+def test_database_images_of_other_plates_are_said(tmp_path: Path, others: list[str],
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    db_ws, files = _db_plate(tmp_path)
+    for number, name in enumerate(others, start=1):
+        _mutate(files[1], f"UPDATE Per_Image SET Image_Metadata_Plate = '{name}' WHERE ImageNumber = {number}")
+    with caplog.at_level("WARNING", logger="cytoprofile"):
+        result = collate_export(db_ws, BATCH, PLATE)
+    assert result.status == "done", result.message
+    report = json.loads(Path(result.outputs["report"]).read_text())
+    assert sorted(report["export_database"]["other_plates"]) == sorted(others)
+    names = ", ".join(repr(p) for p in sorted(others))
+    assert f"{len(others)} image(s) of the ExportToDatabase files name another plate ({names})" in caplog.text

@@ -94,6 +94,7 @@ def collate_export(
         if not done.sites:
             raise InputError(_no_sites(done, paths, plate, table_prefix))
         _warn_dropped(done, plate)
+        _warn_other_plates(done, plate)
         with io.output_errors(backend_root):
             Path(backend_root).mkdir(parents=True, exist_ok=True)
         os.symlink(os.path.realpath(backend_root), Workspace(scratch).backend_root())
@@ -136,6 +137,15 @@ def _warn_dropped(done: Materialised, plate: str) -> None:
         log.warning("%s: %d image(s) and %d other row(s) of the ExportToDatabase files are not in the backend "
                     "(first: %s: %s); see export_database.dropped in the report", plate, images,
                     sum(d.rows for d in done.dropped) - images, first.file, first.reason)
+
+
+def _warn_other_plates(done: Materialised, plate: str) -> None:
+    """Images of the files naming another plate (left for that plate, counted in export_database.other_plates)."""
+    if done.other_plates:
+        images = sum(per.get("Image", 0) for per in done.other_plates.values())
+        names = ", ".join(repr(p) for p in sorted(done.other_plates))
+        log.warning("%s: %d image(s) of the ExportToDatabase files name another plate (%s) and are not in this plate; "
+                    "collate that plate to store them (see export_database.other_plates)", plate, images, names[:300])
 
 
 def _no_sites(done: Materialised, paths: Sequence[str], plate: str, table_prefix: str | None) -> str:
