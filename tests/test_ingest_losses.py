@@ -347,3 +347,19 @@ def test_database_images_of_other_plates_are_said(tmp_path: Path, others: list[s
     assert sorted(report["export_database"]["other_plates"]) == sorted(others)
     names = ", ".join(repr(p) for p in sorted(others))
     assert f"{len(others)} image(s) of the ExportToDatabase files name another plate ({names})" in caplog.text
+
+
+# --- D12: a .db file of another program in a database plate folder -------------------------------------
+
+
+@pytest.mark.parametrize(("name", "content"), [("Thumbs.db", b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\x00" * 504),
+                                               ("notes.DB", b""), ("cache.db", b"SQLite format 2\x00")])
+def test_a_foreign_db_file_in_a_database_plate_is_named_not_read(tmp_path: Path, name: str, content: bytes) -> None:
+    db_ws, files = _db_plate(tmp_path)
+    (db_ws / "analysis" / BATCH / PLATE / name).write_bytes(content)
+    result = collate_export(db_ws, BATCH, PLATE)
+    assert result.status == "done", result.message
+    report = json.loads(Path(result.outputs["report"]).read_text())
+    assert "not an SQLite file" in report["export_database"]["files_not_read"][name]
+    assert sorted(f["file"] for f in report["export_database"]["files"]) == sorted(
+        f"analysis/{BATCH}/{PLATE}/{Path(f).name}" for f in files)

@@ -27,6 +27,7 @@ __all__ = [
     "discover_export_files",
     "export_plates",
     "find_export_files",
+    "foreign_db_files",
     "open_export",
     "source_name",
     "table_number",
@@ -126,7 +127,28 @@ def discover_export_files(ws: str | os.PathLike[str], batch: str, plate: str) ->
     folder = Path(Workspace(str(ws)).analysis_plate(batch, plate))
     if not folder.is_dir():
         return []
-    return sorted(str(p) for p in folder.iterdir() if p.is_file() and p.suffix.lower() in EXPORT_SUFFIXES)
+    return sorted(str(p) for p in folder.iterdir() if p.is_file() and p.suffix.lower() in EXPORT_SUFFIXES
+                  and not _foreign_db(p))
+
+
+def foreign_db_files(ws: str | os.PathLike[str], batch: str, plate: str) -> dict[str, str]:
+    """``*.db`` files of the plate folder that are not SQLite (Windows' ``Thumbs.db``): name -> why they are not read."""
+    folder = Path(Workspace(str(ws)).analysis_plate(batch, plate))
+    if not folder.is_dir():
+        return {}
+    return {p.name: "not an SQLite file (a .db file of another program, such as Thumbs.db): not read"
+            for p in sorted(folder.iterdir()) if p.is_file() and _foreign_db(p)}
+
+
+def _foreign_db(path: Path) -> bool:
+    """A ``.db`` file whose first bytes are not SQLite's header (``.sqlite`` files are always tried)."""
+    if path.suffix.lower() != ".db":
+        return False
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(len(_SQLITE_MAGIC)) != _SQLITE_MAGIC
+    except OSError:
+        return False  # unreadable: opening it names the fault
 
 
 def source_name(path: str, root: str | os.PathLike[str] | None) -> str:

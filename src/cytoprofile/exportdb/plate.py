@@ -14,7 +14,13 @@ from typing import TYPE_CHECKING, Any
 from .. import io, workspace
 from ..errors import CytoprofileError, InputError
 from ..layout import Workspace
-from .files import discover_export_files, export_plates, find_export_files, source_name
+from .files import (
+    discover_export_files,
+    export_plates,
+    find_export_files,
+    foreign_db_files,
+    source_name,
+)
 from .materialise import Materialised, folder_part, materialise_plate
 
 log = logging.getLogger("cytoprofile.exportdb")
@@ -102,6 +108,8 @@ def collate_export(
         result.outputs = {k: os.path.join(root, os.path.relpath(v, scratch)) for k, v in result.outputs.items()}
         if result.status == "done" and result.report is not None:
             section = {**done.report(), "sources": fingerprint, "call": call}
+            if not sources and foreign_db_files(root, batch, plate):
+                section["files_not_read"] = foreign_db_files(root, batch, plate)
             result.report = _amend_report(result.report, done, section, outputs["report"])
         return result
 
