@@ -844,7 +844,7 @@ def test_compartment_file_that_is_not_a_table_quarantines_naming_it(tmp_path: Pa
 
 
 @pytest.mark.parametrize(("column", "value", "shown"), [
-    ("Metadata_Well", "B02", "B02"), ("Metadata_Well", "r02c03", "r02c03"), ("Metadata_Well", "A2", "A2"),
+    ("Metadata_Well", "B02", "B02"), ("Metadata_Well", "r02c03", "r02c03"), ("Metadata_Well", "C3", "C3"),
     ("Metadata_Site", "3", "3"), ("Metadata_Site", "11", "11")])
 def test_folder_name_disagreeing_with_image_csv_is_reported(tmp_path: Path, caplog: pytest.LogCaptureFixture, column: str,
                                                             value: str, shown: str) -> None:

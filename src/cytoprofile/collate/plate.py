@@ -221,8 +221,9 @@ def _reads_export_files(ws: str, batch: str, plate: str) -> bool:
 
     if io.is_remote(ws):
         return bool(remote_export_files(ws, batch, plate))
-    if Path(Workspace(str(ws)).analysis(batch, plate)).is_dir():
-        return False
+    sites = Path(Workspace(str(ws)).analysis(batch, plate))
+    if sites.is_dir() and any(p.is_dir() or p.is_symlink() for p in sites.iterdir()):
+        return False  # an empty analysis folder holds no site: the plate's database files are read
     return bool(discover_export_files(ws, batch, plate))
 
 

@@ -101,10 +101,10 @@ def read_plate(ws: str | os.PathLike[str], batch: str, plate: str, *, files: dic
     profiles = wells.aggregator.result()
     _check_accounting(plate, tally.rows_in, _count_rows(files, kinds, schema), profiles, wells.chosen)
     extra = single_cell_section(cells, files["parquet_prefix"], generation)
-    beside = files_beside_sites(Workspace(str(ws)).analysis(batch, plate))
+    beside = {**files_beside_sites(Workspace(str(ws)).analysis(batch, plate)), **_export_files_beside(ws, batch, plate)}
     if beside:
         extra["files_not_read"] = beside
-    shown = [name for name in beside if not name.startswith(".")]  # .DS_Store and the like: listed only
+    shown = [name for name in beside if not os.path.basename(name).startswith(".")]  # .DS_Store and the like: listed only
     if shown:
         log.warning("%s: %d file(s) beside the site folders are not read (first: %s); see files_not_read in the report",
                     plate, len(shown), shown[0])
@@ -216,6 +216,14 @@ def _stream_sites(ws: str | os.PathLike[str], plate: str, scans: list[Any], sche
         if progress is not None:
             progress(plate, done, len(ordered))
     return tally
+
+
+def _export_files_beside(ws: str | os.PathLike[str], batch: str, plate: str) -> dict[str, str]:
+    """ExportToDatabase files in the plate folder of a plate read from its CSV site folders: named, not read."""
+    from ..exportdb import discover_export_files
+
+    return {f"../{os.path.basename(p)}": "an ExportToDatabase file in the plate folder, not read (the plate is read from "
+            "its CSV site folders); to read it instead, give it with --export-db" for p in discover_export_files(ws, batch, plate)}
 
 
 def _check_sites(plate: str, quarantined: list[dict[str, Any]], n_sites: int, *, strict: bool) -> None:

@@ -23,9 +23,11 @@ __all__ = [
     "ExportFile",
     "ObjectSource",
     "connect",
+    "database_problem",
     "discover_export_files",
     "export_plates",
     "find_export_files",
+    "foreign_db_files",
     "open_export",
     "source_name",
     "table_number",
@@ -125,7 +127,28 @@ def discover_export_files(ws: str | os.PathLike[str], batch: str, plate: str) ->
     folder = Path(Workspace(str(ws)).analysis_plate(batch, plate))
     if not folder.is_dir():
         return []
-    return sorted(str(p) for p in folder.iterdir() if p.is_file() and p.suffix.lower() in EXPORT_SUFFIXES)
+    return sorted(str(p) for p in folder.iterdir() if p.is_file() and p.suffix.lower() in EXPORT_SUFFIXES
+                  and not _foreign_db(p))
+
+
+def foreign_db_files(ws: str | os.PathLike[str], batch: str, plate: str) -> dict[str, str]:
+    """``*.db`` files of the plate folder that are not SQLite (Windows' ``Thumbs.db``): name -> why they are not read."""
+    folder = Path(Workspace(str(ws)).analysis_plate(batch, plate))
+    if not folder.is_dir():
+        return {}
+    return {p.name: "not an SQLite file (a .db file of another program, such as Thumbs.db): not read"
+            for p in sorted(folder.iterdir()) if p.is_file() and _foreign_db(p)}
+
+
+def _foreign_db(path: Path) -> bool:
+    """A ``.db`` file whose first bytes are not SQLite's header (``.sqlite`` files are always tried)."""
+    if path.suffix.lower() != ".db":
+        return False
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(len(_SQLITE_MAGIC)) != _SQLITE_MAGIC
+    except OSError:
+        return False  # unreadable: opening it names the fault
 
 
 def source_name(path: str, root: str | os.PathLike[str] | None) -> str:
@@ -146,6 +169,18 @@ def connect(path: str) -> sqlite3.Connection:
     if magic != _SQLITE_MAGIC:
         raise InputError(f"{path}: not an SQLite file; give CellProfiler ExportToDatabase output (database type SQLite)")
     return sqlite3.connect(f"file:{Path(path).resolve().as_posix()}?mode=ro", uri=True, check_same_thread=False)
+
+
+def database_problem(path: str, exc: sqlite3.DatabaseError) -> InputError:
+    """A file SQLite cannot read to the end (a damaged page, a TEXT value that is not UTF-8) as a one-line user error
+    naming the file, the column where SQLite names one, and the fix."""
+    text = str(exc)
+    if "Could not decode to UTF-8" in text:
+        where = text.split(" with text ")[0].replace("Could not decode to UTF-8 column", "column")
+        return InputError(f"{path}: {where} holds a TEXT value that is not UTF-8; re-export the file from CellProfiler "
+                          "or correct the value")
+    return InputError(f"{path}: not a readable SQLite database ({text}); the file is damaged: copy the file again "
+                      "(or re-export it)")
 
 
 def _columns(conn: sqlite3.Connection, table: str) -> list[tuple[str, str]]:
@@ -223,7 +258,10 @@ def open_export(path: str | os.PathLike[str], *, name: str | None = None, table_
             raise InputError(f"{path}: not a readable SQLite database ({exc}); copy the file again") from exc
         tables = [t for t, k in kinds.items() if k == "table"]
         prefix = _detect_prefix(path, tables, table_prefix)
-        return _describe(conn, path, name or os.path.basename(path), prefix, tables, kinds)
+        try:
+            return _describe(conn, path, name or os.path.basename(path), prefix, tables, kinds)
+        except sqlite3.DatabaseError as exc:
+            raise database_problem(path, exc) from exc
     finally:
         conn.close()
 

@@ -7,8 +7,9 @@ import logging
 import os
 import re
 import shutil
+import sqlite3
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,16 @@ import pyarrow.csv as pacsv
 
 from ..backend import quote
 from ..errors import InputError
-from ..ingest import TABLE_NUMBER_FILE
-from .files import Dropped, ExportFile, connect, open_export, source_name, table_number
+from ..ingest import TABLE_NUMBER_FILE, normalise_site, normalise_well
+from .files import (
+    Dropped,
+    ExportFile,
+    connect,
+    database_problem,
+    open_export,
+    source_name,
+    table_number,
+)
 from .stream import ExportImage, read_images
 
 __all__ = [
@@ -123,8 +132,23 @@ def _copies(exports: Sequence[ExportFile]) -> dict[str, str]:
     return out
 
 
+def _guarded(export: ExportFile, images: Iterator[ExportImage]) -> Iterator[ExportImage]:
+    """The images of a file; SQLite failing part way (a damaged page, text that is not UTF-8) is a user error."""
+    try:
+        yield from images
+    except sqlite3.DatabaseError as exc:
+        raise database_problem(export.path, exc) from exc
+
+
 def _file_rows(export: ExportFile) -> dict[str, int]:
     """Rows each table of the file holds, counted by SQL (independent of the stream)."""
+    try:
+        return _count_rows(export)
+    except sqlite3.DatabaseError as exc:
+        raise database_problem(export.path, exc) from exc
+
+
+def _count_rows(export: ExportFile) -> dict[str, int]:
     conn = connect(export.path)
     try:
         out = {"Image": conn.execute(f"SELECT COUNT(*) FROM {quote(export.image_table)}").fetchone()[0]}
@@ -153,12 +177,15 @@ class _SiteWriter:
 
     def add(self, img: ExportImage, plate: str) -> None:
         assert img.well is not None
-        key = (plate, img.well, img.site if img.site is not None else f"{img.file}:{img.image_number}")
+        site = normalise_site(img.site) if img.site is not None else f"{img.file}:{img.image_number}"
+        key = (plate, normalise_well(img.well), site)  # A1 and A01 are one well, 1 and 1.0 one site
         where = f"image {img.image_number} of {img.file}"
         if key in self.poisoned or key in self.by_key:
             first = self.by_key.pop(key, None)
             if first is not None:
                 gone = self.out.sites.pop(first)
+                log.warning("%s: site %s is both image %s of %s and %s; both are left out (named in the report)",
+                            plate, "/".join(key), gone["image_number"], gone["file"], where)
                 shutil.rmtree(os.path.join(self.out.analysis_dir, first))
                 self.drop(gone["file"], gone["rows"], f"site {'/'.join(key)} is also {where}; which copy is right is unknown")
             self.poisoned.add(key)
@@ -240,7 +267,7 @@ def materialise_plate(
                           "long_names": export.long_names})
         file_dropped: list[Dropped] = []
         got: Counter[str] = Counter()
-        for img in read_images(export, dropped=file_dropped, batch_rows=batch_rows):
+        for img in _guarded(export, read_images(export, dropped=file_dropped, batch_rows=batch_rows)):
             got.update(img.rows())
             target = _route(img, export, plate)
             if target is None or img.well is None:

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import io, workspace
-from ..errors import InputError
+from ..errors import CytoprofileError, InputError
 from ..layout import Workspace
-from .files import discover_export_files, export_plates, find_export_files, source_name
+from .files import (
+    discover_export_files,
+    export_plates,
+    find_export_files,
+    foreign_db_files,
+    source_name,
+)
 from .materialise import Materialised, folder_part, materialise_plate
 
 log = logging.getLogger("cytoprofile.exportdb")
@@ -83,21 +91,50 @@ def collate_export(
             and all(Path(p).exists() for p in outputs.values()):
         return PlateResult(batch, plate, "skipped", "complete outputs exist (use --overwrite to rebuild)", outputs)
     options["overwrite"] = True  # other files or options: the outputs are rebuilt
-    with workspace.scratch_dir(tmp_dir, f"export-{folder_part(plate)}") as scratch:
-        done = materialise_plate(paths, plate=plate, out_dir=Workspace(scratch).analysis(batch, plate),
-                                 table_prefix=table_prefix, root=root)
+    backend_root = Workspace(root).backend_root()
+    with workspace.scratch_dir(tmp_dir, f"export-{folder_part(plate)}") as scratch, \
+            _real_places(scratch, root, backend_root):
+        with io.output_errors(scratch):
+            done = materialise_plate(paths, plate=plate, out_dir=Workspace(scratch).analysis(batch, plate),
+                                     table_prefix=table_prefix, root=root)
         if not done.sites:
             raise InputError(_no_sites(done, paths, plate, table_prefix))
         _warn_dropped(done, plate)
-        backend_root = Workspace(root).backend_root()
-        Path(backend_root).mkdir(parents=True, exist_ok=True)
+        _warn_other_plates(done, plate)
+        with io.output_errors(backend_root):
+            Path(backend_root).mkdir(parents=True, exist_ok=True)
         os.symlink(os.path.realpath(backend_root), Workspace(scratch).backend_root())
         result = collate_plate(scratch, batch, plate, **options)
         result.outputs = {k: os.path.join(root, os.path.relpath(v, scratch)) for k, v in result.outputs.items()}
         if result.status == "done" and result.report is not None:
             section = {**done.report(), "sources": fingerprint, "call": call}
+            if not sources and foreign_db_files(root, batch, plate):
+                section["files_not_read"] = foreign_db_files(root, batch, plate)
             result.report = _amend_report(result.report, done, section, outputs["report"])
         return result
+
+
+@contextlib.contextmanager
+def _real_places(scratch: str, root: str, backend_root: str) -> Iterator[None]:
+    """Errors name the workspace's folders, not the scratch copy (removed when the run ends): its ``backend`` is
+    ``WS/backend``, any other path in it is the scratch folder under ``--tmp-dir``. A ``WS/backend`` this run made
+    and left empty is removed."""
+    made = not os.path.lexists(backend_root)
+    try:
+        yield
+    except CytoprofileError as exc:
+        if made and os.path.isdir(backend_root) and not os.listdir(backend_root):
+            os.rmdir(backend_root)
+        text = str(exc).replace(os.path.join(scratch, "backend"), os.path.join(root, "backend"))
+        text = re.sub(re.escape(scratch) + r"[^\s:;]*", lambda _: f"{os.path.dirname(scratch)} (the scratch copy of "
+                      "the plate; --tmp-dir puts it elsewhere)", text)
+        if text == str(exc):
+            raise
+        raise type(exc)(text) from exc
+    except BaseException:
+        if made and os.path.isdir(backend_root) and not os.listdir(backend_root):
+            os.rmdir(backend_root)
+        raise
 
 
 def _warn_dropped(done: Materialised, plate: str) -> None:
@@ -108,6 +145,15 @@ def _warn_dropped(done: Materialised, plate: str) -> None:
         log.warning("%s: %d image(s) and %d other row(s) of the ExportToDatabase files are not in the backend "
                     "(first: %s: %s); see export_database.dropped in the report", plate, images,
                     sum(d.rows for d in done.dropped) - images, first.file, first.reason)
+
+
+def _warn_other_plates(done: Materialised, plate: str) -> None:
+    """Images of the files naming another plate (left for that plate, counted in export_database.other_plates)."""
+    if done.other_plates:
+        images = sum(per.get("Image", 0) for per in done.other_plates.values())
+        names = ", ".join(repr(p) for p in sorted(done.other_plates))
+        log.warning("%s: %d image(s) of the ExportToDatabase files name another plate (%s) and are not in this plate; "
+                    "collate that plate to store them (see export_database.other_plates)", plate, images, names[:300])
 
 
 def _no_sites(done: Materialised, paths: Sequence[str], plate: str, table_prefix: str | None) -> str:

@@ -10,6 +10,7 @@ from typing import Any
 import pyarrow as pa
 
 from ..backend import quote
+from ..errors import InputError
 from .files import Dropped, ExportFile, connect, table_number
 
 __all__ = [
@@ -258,7 +259,19 @@ def read_images(export: ExportFile, *, dropped: list[Dropped], batch_rows: int =
         conn.close()
 
 
+def _no_blobs(export: ExportFile, table: str, names: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> None:
+    """A binary (BLOB) value has no CSV form: refused, naming the file, table and column."""
+    key = list(names).index("ImageNumber")
+    for row in rows:
+        at = next((j for j, v in enumerate(row) if isinstance(v, bytes)), None)
+        if at is not None:
+            raise InputError(f"{export.path}: {table} column {names[at]} holds a binary (BLOB) value (ImageNumber "
+                             f"{row[key]}); cytoprofile stores numbers and text: re-export without that measurement, "
+                             "or drop the column")
+
+
 def _build_image(export: ExportFile, plan: _Plan, row: tuple[Any, ...], found: dict[str, list[tuple[Any, ...]]]) -> ExportImage:
+    _no_blobs(export, export.image_table, export.image_columns, [row])
     image = _table([row], range(len(row)), export.image_csv_names, export.image_types)
     values = dict(zip(export.image_csv_names, row))
     import polars as pl
@@ -274,6 +287,7 @@ def _build_image(export: ExportFile, plan: _Plan, row: tuple[Any, ...], found: d
             objects[obj.name] = frame.select([pl.col(f"c{p}").alias(n) for p, n in zip(where, obj.csv_names)]).to_arrow()
             continue
         rows = found.get(obj.table, [])
+        _no_blobs(export, obj.table, plan.streams[obj.table], rows)
         if obj.table == plan.combined:
             rows = [r for r in rows if r[where[1]] is not None]
         objects[obj.name] = _table(rows, where, obj.csv_names, export.object_types[obj.name])

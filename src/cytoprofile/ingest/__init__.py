@@ -39,6 +39,7 @@ from .model import (
     SiteTables,
     Source,
     canonical_order,
+    normalise_site,
     normalise_well,
     reader_opens,
 )
@@ -68,6 +69,7 @@ __all__ = [
     "discover_sites",
     "files_beside_sites",
     "image_numeric",
+    "normalise_site",
     "normalise_well",
     "order_by_key",
     "plan_schema",

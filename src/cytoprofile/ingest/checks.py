@@ -12,6 +12,7 @@ import pyarrow as pa
 from .model import CountCheck, normalise_well
 
 __all__ = [
+    "absent_counts",
     "object_metadata_warnings",
     "set_aside_counts",
     "site_checks",
@@ -129,4 +130,22 @@ def set_aside_counts(rejected: dict[str, tuple[str, str]], image: pa.Table) -> l
         if values:
             out.append(f"{why}, but Image.csv's {column} says {values[0][1]:g} object(s) in ImageNumber {values[0][0]}: "
                        "they are in no table")
+    return out
+
+
+def absent_counts(tables: Sequence[str], image: pa.Table) -> list[tuple[str, str]]:
+    """Object tables other sites have and this one lacks, although Image.csv's ``Count_<X>`` says its image has such
+    objects: 0 rows where the count says more, as a header-only file would be (table, reason)."""
+    if "ImageNumber" not in image.column_names:
+        return []
+    out = []
+    for table in tables:
+        column = f"Count_{table}"
+        if column not in image.column_names:
+            continue
+        values = [(n, v) for n, v in zip(image.column("ImageNumber").to_pylist(), image.column(column).to_pylist())
+                  if isinstance(v, (int, float)) and v == v and v > 0]
+        if values:
+            out.append((table, f"{table} has no file in this site (other sites have one), but Image.csv's {column} says "
+                               f"{values[0][1]:g} object(s) in ImageNumber {values[0][0]}"))
     return out

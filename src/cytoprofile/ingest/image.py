@@ -21,6 +21,7 @@ from .model import (
     SiteScan,
     Source,
     is_text_image_column,
+    normalise_site,
     normalise_well,
 )
 from .numbers import number_warnings
@@ -59,6 +60,9 @@ def check_image(scan: SiteScan, image: pa.Table, strata: Sequence[str], plate: s
     if missing:
         scan.quarantine(f"{base} lacks the strata column(s) {', '.join(missing)}", path)
         return
+    if "ImageNumber" not in image.column_names:  # objects cannot be matched to their image, nor counts checked
+        scan.quarantine(f"{base} has no ImageNumber column", path)
+        return
     if "ImageNumber" in image.column_names:
         numbers = image.column("ImageNumber").to_pylist()
         repeated = sorted(n for n, k in Counter(numbers).items() if k > 1 and n is not None)
@@ -78,7 +82,17 @@ def check_image(scan: SiteScan, image: pa.Table, strata: Sequence[str], plate: s
             scan.quarantine(f"{base}: {column} is empty in data row {empty[0] + 1}", path)
             return
     scan.keys = _row_keys(image, strata)
+    scan.site_keys = _site_keys(image)
     scan.warnings.extend(disagreements)
+
+
+def _site_keys(image: pa.Table) -> list[tuple[str, str]]:
+    """(well, site) of each image row, normalised as wells are (none without Metadata_Site)."""
+    if "Metadata_Site" not in image.column_names:
+        return []
+    wells = image.column("Metadata_Well").to_pylist()
+    return [(normalise_well(str(w)), normalise_site(s)) for w, s in zip(wells, image.column("Metadata_Site").to_pylist())
+            if w is not None and s is not None and str(s).strip()]
 
 
 def _folder_disagreements(image: pa.Table, site: str, plate: str) -> list[str]:

@@ -37,6 +37,7 @@ __all__ = [
     "canonical_order",
     "csv_stem",
     "is_text_image_column",
+    "normalise_site",
     "normalise_well",
     "reader_opens",
 ]
@@ -124,6 +125,8 @@ class SiteScan:
     warnings: list[str] = field(default_factory=list)
     duplicates: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: (Metadata_Well, Metadata_Site) of each image, normalised (empty when Image.csv and the folder give no site)
+    site_keys: list[tuple[str, str]] = field(default_factory=list)
     table_number: int | None = None
     digest: str | None = None
     real_path: str | None = None
@@ -204,6 +207,16 @@ def normalise_well(value: str) -> str:
     if match and 1 <= int(match.group("row")) <= len(_ROW_LETTERS):
         return f"{_ROW_LETTERS[int(match.group('row')) - 1]}{int(match.group('col')):02d}"
     return value
+
+
+def normalise_site(value: object) -> str:
+    """A site number as text: ``1``, ``1.0`` and ``01`` as ``1``; other values stripped."""
+    text = str(value).strip()
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return str(int(number)) if number.is_integer() else text
 
 
 def _is_key(column: str) -> bool:

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import InputError
-from .checks import object_metadata_warnings, set_aside_counts, site_checks
+from .checks import absent_counts, object_metadata_warnings, set_aside_counts, site_checks
 from .image import fill_metadata, parse_image
 from .model import (
     IMAGE_TABLE,
@@ -108,6 +108,11 @@ def _read_site(scan: SiteScan, schema: PlateSchema, count_check: CountCheck = "e
         warnings.extend(set_aside_counts(scan.rejected, image))
     if problem is not None:
         return _quarantined(scan, problem[1], scan.sources[problem[0]].path)
+    absent = [t for t in schema.object_tables if t not in scan.sources and t.lower() not in scan.rejected]
+    lacking = absent_counts(absent, image) if count_check != "off" else []
+    if lacking and count_check == "error":
+        return _quarantined(scan, lacking[0][1], scan.sources[IMAGE_TABLE].path)
+    warnings.extend(f"{why}: they are in no table" for _, why in lacking)
     return SiteTables(name=scan.name, table_number=table_number, image=image, objects=objects, missing=missing,
                       row_keys=row_keys, keys=scan.keys, files=_site_files(scan, image, objects),
                       warnings=[*scan.warnings, *cut, *warnings], notes=list(dict.fromkeys(notes)), texts=texts)

@@ -159,6 +159,11 @@ def _object_sources(entry: str, path: str, table: str, scan: SiteScan) -> dict[s
         scan.quarantine(f"{entry}: a two-row header whose Image columns are not just ImageNumber, or no ObjectNumber", path)
         return {}
     image_at, object_at = second.index("ImageNumber"), second.index("ObjectNumber")
+    blank = [i for i, lab in enumerate(first) if not lab.strip() and i not in (image_at, object_at)]
+    if blank:
+        scan.quarantine(f"{entry}: column {blank[0] + 1} ({second[blank[0]]}) has a blank compartment label in the first "
+                        f"header row ({len(blank)} such column(s)); which table it belongs to is unknown: fill in the label",
+                        path)  # the labelled tables are still described: the file's rows are counted under 2 header lines
     out = {}
     for label in sorted(labels):
         mine = [i for i, lab in enumerate(first) if lab == label and i not in (image_at, object_at)]
@@ -434,6 +439,7 @@ def scan_sites(
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         scans = list(pool.map(lambda d: _scan_one(d, strata, plate, file_prefix), sorted(site_dirs)))
     _mark_duplicates(scans)
+    _mark_repeated_sites(scans, plate)
     disagreeing = [s for s in scans if s.problem is None and any(w.startswith("folder ") for w in s.warnings)]
     if disagreeing:
         log.warning("%s: %d site folder name(s) disagree with Image.csv (listed in the report); first: %s", plate,
@@ -463,3 +469,23 @@ def _mark_duplicates(scans: Sequence[SiteScan]) -> None:
             by_digest.setdefault(scan.digest, scan.name)
         if scan.table_number is not None and scan.problem is None:
             by_number.setdefault(scan.table_number, scan.name)
+
+
+def _mark_repeated_sites(scans: Sequence[SiteScan], plate: str) -> None:
+    """One (plate, well, site) in two folders whose Image.csv differ (a re-run copied beside the first run): which
+    is right is unknown, so every folder holding it is quarantined, naming the others (a warning on the terminal)."""
+    holders: dict[tuple[str, str], list[SiteScan]] = {}
+    for scan in sorted(scans, key=lambda s: s.name):
+        if scan.problem is None:
+            for key in dict.fromkeys(scan.site_keys):
+                holders.setdefault(key, []).append(scan)
+    repeated = {key: found for key, found in holders.items() if len(found) > 1}
+    for (well, site), found in sorted(repeated.items()):
+        for scan in found:
+            others = ", ".join(o.name for o in found if o is not scan)
+            scan.quarantine(f"site {plate}/{well}/{site} is also in folder(s) {others} (Image.csv differs: a re-run?); "
+                            "which copy is right is unknown: remove the wrong folder", scan.files.get(IMAGE_TABLE))
+    if repeated:
+        (well, site), found = sorted(repeated.items())[0]
+        log.warning("%s: %d site(s) appear in more than one folder and are quarantined (listed in the report); first: "
+                    "%s/%s in %s", plate, len(repeated), well, site, ", ".join(s.name for s in found))

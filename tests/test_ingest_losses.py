@@ -1,0 +1,365 @@
+"""Losses that used to pass with exit 0 or crash: a site ingested twice, a table absent where Image.csv counts
+objects, a blank compartment label, an Image.csv without ImageNumber, damaged ExportToDatabase files, disk
+faults on the database route, SQLite files beside site folders, images of other plates."""
+
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cytoprofile.collate import collate_plate
+from cytoprofile.errors import OutputError
+from cytoprofile.exportdb import collate_export
+from cytoprofile.synth import write_export_database
+
+from . import faults
+from .faults import BATCH, PLATE, read_rows, write_rows
+
+
+def _plate(ws: Path, **kw: Any) -> Path:
+    return faults.small_plate(ws, wells=2, sites=2, cells=5, features=4, seed=5, **kw)
+
+
+def _sites(result: Any) -> dict[str, dict[str, Any]]:
+    assert result.status == "done", result.message
+    return {s["site"]: s for s in result.report["sites"]}
+
+
+def _mutate(path: str | Path, *statements: str) -> None:
+    conn = sqlite3.connect(path)
+    try:
+        for s in statements:
+            conn.execute(s)
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def _db_plate(tmp_path: Path, *, files: int = 2) -> tuple[Path, list[str]]:
+    """A CSV plate and its ExportToDatabase twin (``files`` runs, no table prefix)."""
+    csv_ws = tmp_path / "csv"
+    _plate(csv_ws)
+    db_ws = tmp_path / "db"
+    out = write_export_database(csv_ws, db_ws / "analysis" / BATCH / PLATE, batch=BATCH, plates=(PLATE,), files=files,
+                                table_prefix="")
+    return db_ws, out
+
+
+# --- A1: one site ingested twice ------------------------------------------------------------------------
+
+
+def _rerun_folder(plate_dir: Path, how: str) -> tuple[Path, Path]:
+    """A second folder holding site A01/1 again, as a re-run or a hand copy leaves it."""
+    first = faults.site(plate_dir, "A01", 1)
+    name = {"rerun": f"{first.name} (rerun)", "well_spelling": f"{PLATE}-A1-1", "site_spelling": "copy"}[how]
+    second = plate_dir / name
+    shutil.copytree(first, second)
+    rows = read_rows(second / "Image.csv")
+    header = rows[0]
+    time = next(c for c in header if c.startswith("ExecutionTime_"))
+    rows[1][header.index(time)] = "1.2345"  # a re-run: the same images, another execution time
+    if how == "well_spelling":
+        rows[1][header.index("Metadata_Well")] = "A1"
+    if how == "site_spelling":
+        rows[1][header.index("Metadata_Site")] = "1.0"
+    write_rows(second / "Image.csv", rows)
+    return first, second
+
+
+@pytest.mark.parametrize("how", ["rerun", "well_spelling", "site_spelling"])
+def test_a_site_in_two_folders_quarantines_both(tmp_path: Path, how: str, caplog: pytest.LogCaptureFixture) -> None:
+    plate_dir = _plate(tmp_path)
+    first, second = _rerun_folder(plate_dir, how)
+    with caplog.at_level("WARNING", logger="cytoprofile"):
+        result = collate_plate(tmp_path, BATCH, PLATE)
+    sites = _sites(result)
+    for one, other in ((first, second), (second, first)):
+        entry = sites[one.name]
+        assert entry["status"] == "quarantined"
+        assert f"site {PLATE}/A01/1 is also in folder(s) {other.name}" in entry["reason"]
+    assert all(s["status"] == "ok" for n, s in sites.items() if n not in (first.name, second.name))
+    assert "1 site(s) appear in more than one folder" in caplog.text
+    with sqlite3.connect(result.outputs["sqlite"]) as conn:
+        keys = conn.execute("SELECT Metadata_Well, Metadata_Site, COUNT(*) FROM Image GROUP BY 1, 2").fetchall()
+    assert all(n == 1 for _, _, n in keys) and ("A01", "1") not in {(w, str(s)) for w, s, _ in keys}
+    faults.assert_rows_accounted(result, plate_dir)
+
+
+def test_distinct_sites_are_not_taken_for_repeats(tmp_path: Path) -> None:
+    plate_dir = _plate(tmp_path)
+    result = collate_plate(tmp_path, BATCH, PLATE)
+    assert all(s["status"] == "ok" for s in _sites(result).values())
+    faults.assert_rows_accounted(result, plate_dir)
+
+
+@pytest.mark.parametrize(("well", "site"), [("A1", "1"), ("a01", "1"), ("A01", "1.0")])
+def test_a_site_in_two_database_runs_is_left_out_from_both(tmp_path: Path, well: str, site: str,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    db_ws, files = _db_plate(tmp_path)
+    with sqlite3.connect(files[0]) as conn:
+        taken = conn.execute("SELECT Image_Metadata_Well, Image_Metadata_Site FROM Per_Image WHERE ImageNumber = 1").fetchone()
+    assert taken == ("A01", 1)
+    _mutate(files[1], f"UPDATE Per_Image SET Image_Metadata_Well = '{well}', Image_Metadata_Site = '{site}' "
+                      "WHERE ImageNumber = 1")
+    with caplog.at_level("WARNING", logger="cytoprofile"):
+        result = collate_export(db_ws, BATCH, PLATE)
+    assert result.status == "done", result.message
+    report = json.loads(Path(result.outputs["report"]).read_text())
+    dropped = [d for d in report["export_database"]["dropped"] if d["table"] == "Image"]
+    assert sorted(d["file"] for d in dropped) == sorted(f"analysis/{BATCH}/{PLATE}/{Path(f).name}" for f in files)
+    assert all(f"site {PLATE}/A01/1" in d["reason"] for d in dropped)
+    assert f"site {PLATE}/A01/1 is both image 1 of" in caplog.text
+    with sqlite3.connect(result.outputs["sqlite"]) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM Image WHERE Metadata_Well = 'A01' AND Metadata_Site = 1").fetchone() == (0,)
+
+
+# --- A2: an extra object table absent where Image.csv counts its objects --------------------------------
+
+
+@pytest.mark.parametrize("mode", ["error", "warn", "off"])
+@pytest.mark.parametrize("counted", [3, 0, None])
+def test_an_absent_extra_table_with_objects_counted(tmp_path: Path, mode: str, counted: int | None) -> None:
+    plate_dir = _plate(tmp_path)
+    for folder in sorted(plate_dir.iterdir()):
+        faults.add_object_table(folder, "Speckles", rows=3, count=counted is not None)
+    folder = faults.site(plate_dir, "A02", 1)
+    (folder / "Speckles.csv").unlink()
+    if counted is not None:
+        faults.set_image_value(folder, "Count_Speckles", str(counted))
+    result = collate_plate(tmp_path, BATCH, PLATE, count_check=mode)
+    entry = _sites(result)[folder.name]
+    number = read_rows(folder / "Image.csv")[1][read_rows(folder / "Image.csv")[0].index("ImageNumber")]
+    why = (f"Speckles has no file in this site (other sites have one), but Image.csv's Count_Speckles says 3 object(s) "
+           f"in ImageNumber {number}")
+    if counted and mode == "error":
+        assert entry["status"] == "quarantined"
+        assert entry["reason"] == why
+    else:
+        assert entry["status"] == "ok"
+        assert entry.get("warnings", []) == ([f"{why}: they are in no table"] if counted and mode == "warn" else [])
+    assert "Speckles" in result.report["partial_tables"]
+    faults.assert_rows_accounted(result, plate_dir)
+
+
+# --- A3: the old two-row object.csv with a blank compartment label --------------------------------------
+
+
+@pytest.mark.parametrize(("table", "label"), [("Cells", ""), ("Nuclei", ""), ("Cytoplasm", "  ")])
+def test_a_blank_compartment_label_quarantines_naming_the_column(tmp_path: Path, table: str, label: str) -> None:
+    plate_dir = _plate(tmp_path)
+    for folder in sorted(plate_dir.iterdir()):
+        faults.to_object_csv(folder)
+    folder = faults.site(plate_dir, "A01", 2)
+    rows = read_rows(folder / "object.csv")
+    at = next(i for i, (lab, name) in enumerate(zip(rows[0], rows[1])) if lab == table and name.startswith("AreaShape_"))
+    column = rows[1][at]
+    rows[0][at] = label
+    write_rows(folder / "object.csv", rows)
+    result = collate_plate(tmp_path, BATCH, PLATE, count_check="warn")
+    sites = _sites(result)
+    assert sites[folder.name]["status"] == "quarantined"
+    assert sites[folder.name]["reason"].startswith(
+        f"object.csv: column {at + 1} ({column}) has a blank compartment label in the first header row (1 such column(s))")
+    assert all(s["status"] == "ok" for n, s in sites.items() if n != folder.name)
+    with sqlite3.connect(result.outputs["sqlite"]) as conn:
+        assert f"{table}_{column}" in [r[1] for r in conn.execute(f"PRAGMA table_info({table})")]
+    faults.assert_rows_accounted(result, plate_dir)
+
+
+# --- C6: an Image.csv without ImageNumber ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("objects", [True, False])
+@pytest.mark.parametrize("name", ["Image.csv", "MyExpt_Image.csv"])
+def test_an_image_csv_without_image_number_quarantines(tmp_path: Path, objects: bool, name: str) -> None:
+    plate_dir = _plate(tmp_path)
+    if name != "Image.csv":
+        for folder in sorted(plate_dir.iterdir()):
+            for f in sorted(folder.iterdir()):
+                f.rename(folder / f"MyExpt_{f.name}")
+    folder = faults.site(plate_dir, "A02", 2)
+    prefix = name[: -len("Image.csv")]
+    rows = read_rows(folder / name)
+    at = rows[0].index("ImageNumber")
+    rows = [[x for j, x in enumerate(r) if j != at] for r in rows]
+    if not objects:
+        for table in ("Cells", "Cytoplasm", "Nuclei"):
+            rows[1][rows[0].index(f"Count_{table}")] = "0"
+            path = folder / f"{prefix}{table}.csv"
+            path.write_text(path.read_text().split("\n", 1)[0] + "\n")
+    write_rows(folder / name, rows)
+    result = collate_plate(tmp_path, BATCH, PLATE)
+    sites = _sites(result)
+    assert sites[folder.name]["status"] == "quarantined"
+    assert sites[folder.name]["reason"] == f"{name} has no ImageNumber column"
+    assert all(s["status"] == "ok" for n, s in sites.items() if n != folder.name)
+    faults.assert_rows_accounted(result, plate_dir)
+
+
+# --- C7/C8: ExportToDatabase files SQLite cannot read to the end ---------------------------------------
+
+
+def _damage_page(path: str, table: str) -> None:
+    """Overwrite the start of a table's root page (header and database schema left intact)."""
+    with sqlite3.connect(path) as conn:
+        root = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", (table,)).fetchone()[0]
+        size = conn.execute("PRAGMA page_size").fetchone()[0]
+    conn.close()
+    with open(path, "r+b") as fh:
+        fh.seek((root - 1) * size)
+        fh.write(b"\xff" * 16)
+
+
+_DAMAGE = {
+    "damaged_cells_page": (lambda f: _damage_page(f, "Per_Cells"), "the file is damaged: copy the file again"),
+    "damaged_image_page": (lambda f: _damage_page(f, "Per_Image"), "the file is damaged: copy the file again"),
+    "image_text_not_utf8": (lambda f: _mutate(f, "UPDATE Per_Image SET Image_FileName_OrigAGP = CAST(X'41FF42' AS TEXT) "
+                                                 "WHERE ImageNumber = 2"),
+                            "column 'Image_FileName_OrigAGP' holds a TEXT value that is not UTF-8; re-export"),
+    "object_text_not_utf8": (lambda f: _mutate(f, "ALTER TABLE Per_Nuclei ADD COLUMN Nuclei_Metadata_Note TEXT",
+                                                  "UPDATE Per_Nuclei SET Nuclei_Metadata_Note = CAST(X'FE' AS TEXT)"),
+                             "column 'Nuclei_Metadata_Note' holds a TEXT value that is not UTF-8"),
+    "image_blob": (lambda f: _mutate(f, "ALTER TABLE Per_Image ADD COLUMN Image_ImageSet_Zip_Dictionary BLOB",
+                                        "UPDATE Per_Image SET Image_ImageSet_Zip_Dictionary = X'00FF1022'"),
+                   "Per_Image column Image_ImageSet_Zip_Dictionary holds a binary (BLOB) value (ImageNumber 1)"),
+    "object_blob": (lambda f: _mutate(f, "UPDATE Per_Cells SET Cells_AreaShape_Area = X'00FF' WHERE ImageNumber = 2"),
+                    "Per_Cells column Cells_AreaShape_Area holds a binary (BLOB) value (ImageNumber 2)"),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(_DAMAGE))
+def test_an_unreadable_database_value_is_one_line_exit_1(tmp_path: Path, fault: str,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from cytoprofile.cli import main
+
+    db_ws, files = _db_plate(tmp_path)
+    damage, message = _DAMAGE[fault]
+    damage(files[0])
+    assert main(["collate", str(db_ws), BATCH, PLATE, "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "internal error" not in err and "Traceback" not in err
+    assert f"{files[0]}: " in err and message in err
+    assert not (db_ws / "backend" / BATCH / PLATE).exists()
+
+
+# --- C9/D10/D11: full or read-only disks on the database route ------------------------------------------
+
+
+def _fail_writes(monkeypatch: pytest.MonkeyPatch, where: str, code: int) -> None:
+    """One kind of write failing as a full or read-only disk makes it fail."""
+    import os
+
+    from cytoprofile import backend
+    from cytoprofile.exportdb import materialise
+
+    if where == "scratch":
+        def write(_table: object, path: str) -> None:
+            raise OSError(code, os.strerror(code), path)
+        monkeypatch.setattr(materialise, "_write_csv", write)
+    elif where == "sqlite":
+        message = "database or disk is full" if code == errno.ENOSPC else "attempt to write a readonly database"
+
+        def add(*_: object, **__: object) -> None:
+            raise sqlite3.OperationalError(message)
+        monkeypatch.setattr(backend.SQLiteBackendWriter, "add", add)
+    else:
+        real = Path.mkdir
+
+        def mkdir(self: Path, *args: Any, **kwargs: Any) -> None:
+            if "backend" in self.parts:
+                raise OSError(code, os.strerror(code), str(self))
+            real(self, *args, **kwargs)
+        monkeypatch.setattr(Path, "mkdir", mkdir)
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
+@pytest.mark.parametrize("where", ["scratch", "mkdir", "sqlite"])
+def test_a_full_or_read_only_disk_on_the_database_route_names_the_real_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], where: str, code: int) -> None:
+    from cytoprofile.cli import main
+
+    db_ws, _ = _db_plate(tmp_path)
+    scratch = tmp_path / "scratch"
+    _fail_writes(monkeypatch, where, code)
+    assert main(["collate", str(db_ws), BATCH, PLATE, "-q", "--tmp-dir", str(scratch)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "internal error" not in err and "Traceback" not in err
+    assert ("no space left" if code == errno.ENOSPC else "read-only") in err and "re-run" in err
+    assert not (db_ws / "backend").exists(), "a failed run leaves no empty backend folder"
+    with pytest.raises(OutputError) as caught:
+        collate_export(db_ws, BATCH, PLATE, tmp_dir=str(scratch))
+    message = str(caught.value)
+    assert "cytoprofile-export-" not in message, "the scratch folder (removed) is not named"
+    if where == "scratch":
+        assert message.startswith(f"cannot write to {scratch} (the scratch copy of the plate; --tmp-dir puts it elsewhere)")
+    else:
+        assert message.startswith(f"cannot write to {db_ws / 'backend' / BATCH / PLATE if where == 'sqlite' else db_ws}:")
+    assert not (db_ws / "backend").exists()
+
+
+# --- B4: ExportToDatabase files beside CSV site folders ---------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["run1.sqlite", "Run.SQLITE3", "export.db"])
+def test_a_database_file_beside_csv_sites_is_named_with_the_option(tmp_path: Path, name: str,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    db_ws, files = _db_plate(tmp_path / "db_side", files=1)
+    plate_dir = _plate(tmp_path / "ws")
+    shutil.copyfile(files[0], plate_dir.parent / name)
+    with caplog.at_level("WARNING", logger="cytoprofile"):
+        result = collate_plate(tmp_path / "ws", BATCH, PLATE)
+    assert result.status == "done", result.message
+    why = result.report["files_not_read"][f"../{name}"]
+    assert "ExportToDatabase file" in why and "--export-db" in why
+    assert f"first: ../{name}" in caplog.text
+    faults.assert_rows_accounted(result, plate_dir)
+
+
+def test_a_database_plate_with_an_empty_analysis_folder_reads_its_files(tmp_path: Path) -> None:
+    db_ws, _ = _db_plate(tmp_path)
+    (db_ws / "analysis" / BATCH / PLATE / "analysis").mkdir()
+    from cytoprofile.cli import main
+
+    assert main(["collate", str(db_ws), BATCH, PLATE, "-q"]) == 0
+    report = json.loads((db_ws / "backend" / BATCH / PLATE / f"{PLATE}.report.json").read_text())
+    assert report["export_database"]["sites"]
+
+
+# --- B5: database images naming another plate -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("others", [["P01"], ["P1x", "P2"]])
+def test_database_images_of_other_plates_are_said(tmp_path: Path, others: list[str],
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    db_ws, files = _db_plate(tmp_path)
+    for number, name in enumerate(others, start=1):
+        _mutate(files[1], f"UPDATE Per_Image SET Image_Metadata_Plate = '{name}' WHERE ImageNumber = {number}")
+    with caplog.at_level("WARNING", logger="cytoprofile"):
+        result = collate_export(db_ws, BATCH, PLATE)
+    assert result.status == "done", result.message
+    report = json.loads(Path(result.outputs["report"]).read_text())
+    assert sorted(report["export_database"]["other_plates"]) == sorted(others)
+    names = ", ".join(repr(p) for p in sorted(others))
+    assert f"{len(others)} image(s) of the ExportToDatabase files name another plate ({names})" in caplog.text
+
+
+# --- D12: a .db file of another program in a database plate folder -------------------------------------
+
+
+@pytest.mark.parametrize(("name", "content"), [("Thumbs.db", b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\x00" * 504),
+                                               ("notes.DB", b""), ("cache.db", b"SQLite format 2\x00")])
+def test_a_foreign_db_file_in_a_database_plate_is_named_not_read(tmp_path: Path, name: str, content: bytes) -> None:
+    db_ws, files = _db_plate(tmp_path)
+    (db_ws / "analysis" / BATCH / PLATE / name).write_bytes(content)
+    result = collate_export(db_ws, BATCH, PLATE)
+    assert result.status == "done", result.message
+    report = json.loads(Path(result.outputs["report"]).read_text())
+    assert "not an SQLite file" in report["export_database"]["files_not_read"][name]
+    assert sorted(f["file"] for f in report["export_database"]["files"]) == sorted(
+        f"analysis/{BATCH}/{PLATE}/{Path(f).name}" for f in files)
