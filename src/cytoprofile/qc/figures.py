@@ -18,6 +18,7 @@ from ..errors import InputError
 from ..vocabulary import normal_well, plate_layout, row_label, well_to_grid
 from .formatting import format_number
 from .metrics import (
+    cells_per_well,
     count_column,
     plate_rows,
     position_effect,
@@ -135,12 +136,17 @@ def cell_count_figure(
     plate: str,
     shape: tuple[int, int] | None = None,
     quarantined: Mapping[str, int] | None = None,
+    imaged: Sequence[str] | None = None,
+    not_in_platemap: Sequence[str] = (),
 ) -> Figure:
     """Cells per well (``Metadata_Object_Count``) on the plate grid; wells without data grey.
 
     ``quarantined`` maps wells to the number of sites they lost to quarantine; those
     wells are hatched and outlined, since their low count is not the cells' doing.
-    ``None`` means there is no ingest report, and the legend says so.
+    ``None`` means there is no ingest report, and the legend says so. Wells
+    ``not_in_platemap`` (dropped by annotate) are dotted, not grey. The title's median
+    and min are :func:`~cytoprofile.qc.metrics.cells_per_well` (``imaged`` wells without
+    a profile count 0), the summary table's numbers.
     """
     from matplotlib.patches import Patch, Rectangle
 
@@ -150,15 +156,17 @@ def cell_count_figure(
     wells = rows["Metadata_Well"].astype(str).map(normal_well)
     counts = pd.to_numeric(rows[column], errors="coerce").groupby(wells.to_numpy()).sum(min_count=1)
     lost = {normal_well(w): int(n) for w, n in (quarantined or {}).items() if n}
+    dropped = [normal_well(str(w)) for w in not_in_platemap]
     placed = [w for w in lost if _on_grid(w)]
-    shape = shape or plate_layout([*counts.index, *placed])
+    shape = shape or plate_layout([*counts.index, *placed, *(w for w in dropped if _on_grid(w))])
     grid = _plate_grid(counts.to_dict(), shape)
     fig = _new_figure(_PLATE_FIGSIZE)
-    present = grid[np.isfinite(grid)]
+    stats = cells_per_well(rows, imaged=imaged, quarantined=lost, not_in_platemap=dropped)
+    left_out = ", ".join(f"{n} {what}" for n, what in ((len(lost), "quarantined"), (len(dropped), "not in plate map")) if n)
     summary = (
-        f"wells with data: {present.size}, median {format_number(np.median(present))}, "
-        f"min {format_number(present.min())}"
-        if present.size
+        f"wells counted: {stats['wells']}{f' ({left_out} left out)' if left_out else ''}, "
+        f"median {format_number(stats['median'])}, min {format_number(stats['min'])}"
+        if stats["wells"]
         else "no data"
     )
     ax, _ = _draw_plate(
@@ -171,7 +179,14 @@ def cell_count_figure(
         if row < shape[0] and col < shape[1]:
             ax.add_patch(Rectangle((col - 0.5, row - 0.5), 1, 1, fill=False, hatch="/",
                                    edgecolor=_QUARANTINE, linewidth=1.5))  # sparse: the well's colour shows
+    for well in (w for w in dropped if _on_grid(w)):
+        row, col = well_to_grid(well)
+        if row < shape[0] and col < shape[1]:
+            ax.add_patch(Rectangle((col - 0.5, row - 0.5), 1, 1, facecolor="white", hatch="..", edgecolor="black"))
     handles = [Patch(facecolor=_GREY, edgecolor="none", label="no profile for the well")]
+    if dropped:
+        handles.append(Patch(facecolor="white", edgecolor="black", hatch="..",
+                             label=f"not in the plate map (dropped): {len(dropped)} well{'s' if len(dropped) != 1 else ''}"))
     if quarantined is None:
         handles.append(Patch(facecolor="white", edgecolor="black", label="quarantine unknown (no ingest report)"))
     else:
