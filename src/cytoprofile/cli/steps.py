@@ -16,7 +16,6 @@ from .common import (
     about,
     app,
     check_float_format,
-    console,
     log,
     setup_logging,
     split_values,
@@ -276,8 +275,9 @@ def validate_metadata(
         by_plate |= profiles_by_plate(table, where=path)
     notes = _validate(workspace, batch, plates=split_values(plates), external_metadata=external_metadata, merge_column=merge_column,
                       profiles=by_plate or None, unmatched_wells=unmatched_wells)
+    setup_logging(False)
     for note in notes:
-        console.print(f"warning: {note}", highlight=False)
+        log.warning("%s", note)
     typer.echo(f"metadata of {batch}: ok" + (f" ({len(notes)} warning(s))" if notes else ""))
 
 
