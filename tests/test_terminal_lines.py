@@ -117,3 +117,56 @@ def test_validate_metadata_warning_is_a_record_on_one_line(tmp_path: Path, kept:
     warned = [line for line in done.stderr.splitlines() if "annotation drops them" in line]
     assert len(warned) == 1 and warned[0].startswith("WARNING  "), done.stderr
     assert f"{96 - kept} well(s)" in warned[0] and "warning:" not in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("plates", [["P1"], ["P1", "P2"]])
+def test_run_shows_the_quality_control_stage_before_its_closing_lines(tmp_path: Path, plates: list[str]) -> None:
+    import logging
+    import re
+
+    from cytoprofile.collate import collate
+    from cytoprofile.config import config_template
+    from cytoprofile.pipeline import run
+
+    from .quarantine import BATCH, quarantined_workspace
+
+    ws = tmp_path / "ws"
+    quarantined_workspace(ws, plates, wells=12)
+    assert all(r.status == "done" for r in collate(ws, BATCH, plates))
+    config = ws / "config.yml"
+    config.write_text(config_template(workspace=".", batch=BATCH, plates=plates))
+    events: list[str] = []
+
+    class _Seen(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            events.append(record.getMessage())
+
+    root = logging.getLogger("cytoprofile")
+    handler, level = _Seen(), root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        result = run(config, jobs=1, progress=lambda _label, done, total: events.append(f"progress {done}/{total}"))
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    began = [i for i, e in enumerate(events) if e.startswith(f"quality control: {BATCH}, {len(plates)} plate(s)")]
+    ended = [i for i, e in enumerate(events) if re.fullmatch(rf"quality control {BATCH} done in \d+\.\ds", e)]
+    assert len(began) == 1 and len(ended) == 1 and began[0] < ended[0], events
+    last_plate = max(i for i, e in enumerate(events) if "step(s) run" in e)
+    assert last_plate < began[0] and ended[0] < events.index(f"progress {len(plates) + 1}/{len(plates) + 1}"), events
+    assert result.qc == f"QC: ran for {BATCH}"
+
+
+def test_recipe_bar_has_no_rate_nor_time_remaining() -> None:
+    from rich.progress import TimeRemainingColumn
+
+    from cytoprofile.cli import common
+
+    with common.plate_progress(["recipe"], False, unit=None) as update:
+        update("recipe", 3, 4)
+        progress = update.__closure__  # the display the callback feeds
+    shown = [cell.cell_contents for cell in progress or () if hasattr(cell.cell_contents, "columns")]
+    assert shown, "no progress display"
+    columns = shown[0].columns
+    assert not any(isinstance(c, (common._RateColumn, TimeRemainingColumn)) for c in columns), columns

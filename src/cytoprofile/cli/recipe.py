@@ -64,7 +64,7 @@ def run(
         with output_errors(tmp_dir):
             Path(tmp_dir).mkdir(parents=True, exist_ok=True)
     label = "recipe: plates, then batch steps"
-    with plate_progress([label], quiet, unit="steps") as update, timed("recipe"):
+    with plate_progress([label], quiet, unit=None) as update, timed("recipe"):
         result = _run(config, workspace=workspace, root=root, force=force, jobs=jobs, scheduler=scheduler,
                       tmp_dir=tmp_dir, allow_unknown_keys=allow_unknown_keys,
                       progress=(lambda _l, d, t: update(label, d, t)) if update else None)

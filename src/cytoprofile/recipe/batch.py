@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -17,6 +19,8 @@ from ..vocabulary import metadata_columns
 from .features import compartment_prefixes, feature_columns, features_for
 from .plate import NEGCON, plate_report
 from .provenance import METADATA_PREFIXES, Made, RunResult, Steps, is_fresh, record_provenance
+
+log = logging.getLogger("cytoprofile.pipeline")
 
 __all__ = ["batch_steps", "processing_file"]
 
@@ -176,6 +180,8 @@ def batch_steps(layout: Layout, recipe: Recipe, plates: dict[str, list[str]], *,
         level = s.feature_select.level if s.feature_select.perform else (
             s.feature_select_negcon.level if s.feature_select_negcon.perform else None)
         for batch, names in plates.items():
+            log.info("quality control: %s, %d plate(s) (summary, figures, report)…", batch, len(names))
+            began = time.perf_counter()
             done = quality_control(
                 layout.root, batch, names, level=level,
                 profiles_dir=os.path.abspath(layout.profiles_root()),
@@ -184,6 +190,7 @@ def batch_steps(layout: Layout, recipe: Recipe, plates: dict[str, list[str]], *,
                 map_profiles=processing_file(layout, parse_chain(chain)) if chain is not None else None,
                 **quality_control_options(s.quality_control),
             )
+            log.info("quality control %s done in %.1fs", batch, time.perf_counter() - began)
             result.ran.append(f"quality_control: {batch}")
             result.outputs += done.files()
             if done.report_path:
