@@ -134,7 +134,8 @@ def test_run_shows_the_quality_control_stage_before_its_closing_lines(tmp_path: 
     quarantined_workspace(ws, plates, wells=12)
     assert all(r.status == "done" for r in collate(ws, BATCH, plates))
     config = ws / "config.yml"
-    config.write_text(config_template(workspace=".", batch=BATCH, plates=plates))
+    text = config_template(workspace=".", batch=BATCH, plates=plates)
+    config.write_text(re.sub(r"(?m)^(feature_select:.*\n(?:  .*\n)*?  gct:) false", r"\1 true", text))
     events: list[str] = []
 
     class _Seen(logging.Handler):
@@ -156,6 +157,27 @@ def test_run_shows_the_quality_control_stage_before_its_closing_lines(tmp_path: 
     last_plate = max(i for i, e in enumerate(events) if "step(s) run" in e)
     assert last_plate < began[0] and ended[0] < events.index(f"progress {len(plates) + 1}/{len(plates) + 1}"), events
     assert result.qc == f"QC: ran for {BATCH}"
+    gct = ws / "gct" / BATCH / f"{BATCH}_normalized_feature_select_batch.gct"
+    rows, columns = (int(n) for n in gct.read_text().splitlines()[1].split("\t")[:2])
+    said = [e for e in events if e.startswith(f"feature_select_gct {gct.name}: ")]
+    assert said == [said[0]] and said[0].startswith(f"feature_select_gct {gct.name}: {rows} features written"), said
+
+
+@pytest.mark.parametrize("given", ["Metadata_nope", "Metadata_target_typo"])
+def test_consistency_map_error_names_the_annotation_option(given: str) -> None:
+    import numpy as np
+    import pandas as pd
+
+    from cytoprofile.errors import ConfigError
+    from cytoprofile.evaluate import mean_average_precision
+
+    rng = np.random.default_rng(0)
+    profiles = pd.DataFrame(rng.normal(size=(8, 3)), columns=["Cells_a", "Cells_b", "Cells_c"])
+    profiles["Metadata_target"] = ["x", "y"] * 4
+    with pytest.raises(ConfigError) as caught:
+        mean_average_precision(profiles, mode="consistency", annotation_column=given)
+    assert given in str(caught.value) and "annotation_column" in str(caught.value)
+    assert "pert_column" not in str(caught.value)
 
 
 def test_recipe_bar_has_no_rate_nor_time_remaining() -> None:

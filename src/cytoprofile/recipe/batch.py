@@ -139,6 +139,9 @@ class _Level:
         meta = metadata_columns(frame.columns)
         features = feature_columns(frame, self.prefixes, image_features=False, where=csv_path)
         io.write_gct(frame, gct_path, features=features, meta_features=meta)
+        left_out = len(feature_columns(frame, self.prefixes, image_features=True, where=csv_path)) - len(features)
+        log.info("%s %s: %d features written%s", self.name + "_gct", os.path.basename(gct_path), len(features),
+                 f" ({left_out} Image_ features left out; they are in {os.path.basename(csv_path)})" if left_out else "")
         why = f"write_gct: Image_ columns are not written to GCT (they are in {os.path.basename(csv_path)})"
         made = Made(frame[meta + features], before=list(frame.columns), dropped=dict.fromkeys(frame.columns, why))
         record_provenance(gct_path, step=self.name + "_gct", inputs=inputs, settings=self.settings, config_path=self.recipe.path,
