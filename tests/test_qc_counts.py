@@ -103,3 +103,25 @@ def test_cell_count_title_and_summary_show_the_same_numbers(
     direct = qc.summarize_plate(batch="B1", plate="P1", load_data=make_load_data("P1", dict.fromkeys(wells, 2)),
                                 profiles=annotated, report=report, not_in_platemap=dropped)
     assert (direct["Cells_per_well_Median"], direct["Cells_per_well_Min"]) == (median, least)
+
+
+@pytest.mark.parametrize("counts", [[0, 1, 2, 3], [1, 2], [5, 6, 7]])
+def test_cell_count_colour_bar_ticks_are_whole_counts(counts: list[int]) -> None:
+    wells = make_wells(2, 2)[: len(counts)]
+    profiles = make_profiles("P1", wells, rng=np.random.default_rng(0), counts=counts)
+    fig = qc.cell_count_figure(profiles, plate="P1", quarantined={})
+    bar_axes = [ax for ax in fig.axes if ax is not fig.axes[0]]
+    ticks = [t for t in bar_axes[0].get_yticks() if min(counts) <= t <= max(counts)]
+    assert ticks and all(float(t).is_integer() for t in ticks), ticks
+
+
+@pytest.mark.parametrize("source", ["profiles_var_mad_int_featselect_harmony.parquet",
+                                    "BR00117010_normalized_feature_select_negcon_batch.csv.gz"])
+def test_map_by_plate_title_keeps_the_file_name_whole(source: str) -> None:
+    from cytoprofile.qc.figures import map_by_plate_figure
+
+    by_plate = pd.DataFrame({"Metadata_Plate": ["P1", "P1", "P2", "P2"], "mean_average_precision": [0.2, 0.8, 0.5, 0.9],
+                             "below_corrected_p": [False, True, False, True]})
+    fig = map_by_plate_figure(by_plate, mode="activity", batch="B1", source=source, n_features=104)
+    title = fig.axes[0].get_title(loc="left")
+    assert any(source in line for line in title.splitlines()), title

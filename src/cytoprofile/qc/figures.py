@@ -71,11 +71,12 @@ def _features_line(source: str | None, n_features: int) -> str:
 
 def _fit_title(text: str, fig: Figure, *, fontsize: float, share: float = 1.0) -> str:
     """``text`` wrapped at spaces so each line fits ``share`` of the figure's width
-    (a title never runs past the figure's edge); an over-long file name is broken."""
+    (a title never runs past the figure's edge); a word (a file name) is never split."""
     import textwrap
 
     width = max(20, int(share * fig.get_figwidth() * 72 / (fontsize * 0.62)) - 2)
-    return "\n".join(textwrap.fill(line, width=width) for line in text.splitlines())
+    return "\n".join(textwrap.fill(line, width=width, break_long_words=False, break_on_hyphens=False)
+                     for line in text.splitlines())
 
 
 def _plate_grid(values: Mapping[Any, Any], shape: tuple[int, int]) -> np.ndarray:
@@ -169,11 +170,14 @@ def cell_count_figure(
         if stats["wells"]
         else "no data"
     )
-    ax, _ = _draw_plate(
+    ax, bar = _draw_plate(
         fig, grid, cmap="viridis", vmin=0,
         title=f"Plate {plate}: cells per well ({column})\n{summary}",
         colorbar_label="cells per well",
     )
+    from matplotlib.ticker import MaxNLocator
+
+    bar.ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # cells are counted: no 2.5 ticks
     for well in placed:
         row, col = well_to_grid(well)
         if row < shape[0] and col < shape[1]:
