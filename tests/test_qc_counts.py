@@ -125,3 +125,18 @@ def test_map_by_plate_title_keeps_the_file_name_whole(source: str) -> None:
     fig = map_by_plate_figure(by_plate, mode="activity", batch="B1", source=source, n_features=104)
     title = fig.axes[0].get_title(loc="left")
     assert any(source in line for line in title.splitlines()), title
+
+
+@pytest.mark.parametrize(("same", "others"), [(4, 0), (2, 3), (3, 5)])
+def test_map_scatter_says_how_many_groups_share_a_point(same: int, others: int) -> None:
+    from cytoprofile.qc.figures import map_figure
+
+    table = pd.DataFrame({
+        "Metadata_pert": [f"g{i}" for i in range(same + others)],
+        "mean_average_precision": [1.0] * same + list(np.linspace(0.1, 0.6, others)),
+        "corrected_p_value": [0.001] * same + list(np.linspace(0.2, 0.9, others)),
+    })
+    table["below_corrected_p"] = table["corrected_p_value"] < 0.05
+    fig = map_figure(table, mode="activity", batch="B1", threshold=0.05, source=None, n_features=10)
+    labels = [t.get_text() for t in fig.axes[0].texts]
+    assert labels == [f"×{same}"], labels

@@ -465,6 +465,7 @@ def map_figure(table: pd.DataFrame, *, mode: str, batch: str, threshold: float, 
         if mask.any():
             left.scatter(values[mask], -np.log10(p[mask]), s=14, color=colour, alpha=0.8, linewidths=0,
                          label=f"{name} (n={int(mask.sum()):,})")
+    _count_overlaps(left, values, -np.log10(p))
     left.axhline(-math.log10(threshold), color="black", linestyle="--",
                  label=f"corrected p = {format_number(threshold, decimals=0)}")
     left.set_xlim(-0.02, 1.02)
@@ -478,6 +479,16 @@ def map_figure(table: pd.DataFrame, *, mode: str, batch: str, threshold: float, 
         f"({int(good.sum())} of {len(good)})\n{_features_line(source, n_features)}", fig, fontsize=9, share=0.55,
     ), fontsize=9, loc="left")
     return fig
+
+
+def _count_overlaps(ax: Axes, x: np.ndarray, y: np.ndarray) -> None:
+    """Groups drawn at one point (the same mAP and p-value) say how many they are: ``×4``."""
+    from collections import Counter
+
+    points = Counter(zip(np.round(x, 6).tolist(), np.round(y, 6).tolist(), strict=True))
+    for (px, py), n in points.items():
+        if n > 1 and math.isfinite(px) and math.isfinite(py):
+            ax.annotate(f"×{n}", (px, py), xytext=(4, 3), textcoords="offset points", fontsize=7)
 
 
 #: Fewer groups than this are drawn one point each: a histogram of a handful of values misleads.
