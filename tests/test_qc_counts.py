@@ -140,3 +140,21 @@ def test_map_scatter_says_how_many_groups_share_a_point(same: int, others: int) 
     fig = map_figure(table, mode="activity", batch="B1", threshold=0.05, source=None, n_features=10)
     labels = [t.get_text() for t in fig.axes[0].texts]
     assert labels == [f"×{same}"], labels
+
+
+@pytest.mark.parametrize("n_null", [3, 12, 29, 500])
+def test_percent_replicating_small_null_is_drawn_one_mark_each(n_null: int) -> None:
+    from cytoprofile.qc.figures import NULL_POINTS_BELOW
+
+    null = np.random.default_rng(n_null).uniform(-0.5, 0.5, n_null)
+    treatments = pd.DataFrame({"median_correlation": [0.1, 0.7], "replicating": [False, True]})
+    fig = qc.replication_figure({"null": null, "treatments": treatments, "threshold": float(np.quantile(null, 0.95)),
+                                 "percent": 50.0, "n_replicating": 1, "n_treatments": 2, "n_features": 10}, batch="B1")
+    top = fig.axes[0]
+    bars = [p for p in top.patches if p.get_height() > 0]
+    rug = [line for line in top.lines if line.get_marker() == "|"]
+    if n_null < NULL_POINTS_BELOW:
+        assert not bars and len(rug) == 1 and len(rug[0].get_xdata()) == n_null
+        assert top.get_ylabel() == "null pairs"
+    else:
+        assert bars and not rug and top.get_ylabel() == "null density"

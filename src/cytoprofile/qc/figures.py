@@ -45,6 +45,7 @@ __all__ = [
     "map_by_plate_figure",
     "figure_png",
     "MAP_POINTS_BELOW",
+    "NULL_POINTS_BELOW",
 ]
 
 #: Heatmaps made per plate, as in ``PLATE_{name}.png``.
@@ -397,6 +398,10 @@ def figure_png(fig: Figure, *, dpi: int = 100) -> bytes:
     return buffer.getvalue()
 
 
+#: A null of fewer well pairs than this is drawn one mark each (a rug), not as a density.
+NULL_POINTS_BELOW = 30
+
+
 def replication_figure(replication: Mapping[str, Any], *, batch: str, source: str | None = None) -> Figure:
     """The null's histogram and each treatment's median replicate correlation as a point, with the threshold.
 
@@ -411,9 +416,13 @@ def replication_figure(replication: Mapping[str, Any], *, batch: str, source: st
         if isinstance(treatments, pd.DataFrame) and len(treatments)
         else pd.DataFrame({"median_correlation": [], "replicating": []})
     )
-    if null.size:
+    if null.size >= NULL_POINTS_BELOW:
         top.hist(null, bins=[float(b) for b in np.linspace(-1, 1, 81)], density=True, color="#9a9a9a",
                  label=f"null: non-replicate well pairs (n={null.size:,})")
+    elif null.size:  # a handful of pairs: a density of them would be spikes
+        top.plot(null, np.zeros(null.size), "|", color="#6a6a6a", markersize=18,
+                 label=f"null: non-replicate well pairs, one mark each (n={null.size:,})")
+        top.set_yticks([])
     threshold = float(replication.get("threshold", float("nan")))
     if math.isfinite(threshold):
         label = (f"{float(replication.get('quantile', 0.95)) * 100:g}th percentile of null "
@@ -429,7 +438,7 @@ def replication_figure(replication: Mapping[str, Any], *, batch: str, source: st
         f"{_features_line(source, int(replication.get('n_features', 0)))}",
         fontsize=9,
     )
-    top.set_ylabel("null density")
+    top.set_ylabel("null density" if null.size >= NULL_POINTS_BELOW else "null pairs")
     top.set_xlim(-1, 1)
     bottom.set_xlabel("Pearson correlation across features")
     handles, labels = top.get_legend_handles_labels()
