@@ -115,18 +115,6 @@ def test_cell_count_colour_bar_ticks_are_whole_counts(counts: list[int]) -> None
     assert ticks and all(float(t).is_integer() for t in ticks), ticks
 
 
-@pytest.mark.parametrize("source", ["profiles_var_mad_int_featselect_harmony.parquet",
-                                    "BR00117010_normalized_feature_select_negcon_batch.csv.gz"])
-def test_map_by_plate_title_keeps_the_file_name_whole(source: str) -> None:
-    from cytoprofile.qc.figures import map_by_plate_figure
-
-    by_plate = pd.DataFrame({"Metadata_Plate": ["P1", "P1", "P2", "P2"], "mean_average_precision": [0.2, 0.8, 0.5, 0.9],
-                             "below_corrected_p": [False, True, False, True]})
-    fig = map_by_plate_figure(by_plate, mode="activity", batch="B1", source=source, n_features=104)
-    title = fig.axes[0].get_title(loc="left")
-    assert any(source in line for line in title.splitlines()), title
-
-
 @pytest.mark.parametrize(("same", "others"), [(4, 0), (2, 3), (3, 5)])
 def test_map_scatter_says_how_many_groups_share_a_point(same: int, others: int) -> None:
     from cytoprofile.qc.figures import map_figure

@@ -72,12 +72,11 @@ def _features_line(source: str | None, n_features: int) -> str:
 
 def _fit_title(text: str, fig: Figure, *, fontsize: float, share: float = 1.0) -> str:
     """``text`` wrapped at spaces so each line fits ``share`` of the figure's width
-    (a title never runs past the figure's edge); a word (a file name) is never split."""
+    (a title never runs past the figure's edge); an over-long file name is broken."""
     import textwrap
 
     width = max(20, int(share * fig.get_figwidth() * 72 / (fontsize * 0.62)) - 2)
-    return "\n".join(textwrap.fill(line, width=width, break_long_words=False, break_on_hyphens=False)
-                     for line in text.splitlines())
+    return "\n".join(textwrap.fill(line, width=width) for line in text.splitlines())
 
 
 def _plate_grid(values: Mapping[Any, Any], shape: tuple[int, int]) -> np.ndarray:
