@@ -68,6 +68,8 @@ def _records(lines: list[str]) -> list[str]:
             out[-1] += " " + line.strip()
         elif out and len(out[-1]) == WIDTH and CLOSING.match(out[-1]) and " " not in out[-1].split(": ", 1)[-1]:
             out[-1] += line
+        elif out and CLOSING.match(out[-1]) and line.startswith("  ") and line[2:3] not in ("", " "):
+            out[-1] += " " + line.strip()  # a closing line wrapped at a word: its path on a line of its own
         else:
             out.append(line)
     return out

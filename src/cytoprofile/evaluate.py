@@ -398,10 +398,10 @@ def fraction_retrieved(table: pd.DataFrame) -> float:
 # ------------------------------------------------------------------ modes
 
 
-def _pert_column(profiles: pd.DataFrame, pert_column: str | None) -> str:
+def _pert_column(profiles: pd.DataFrame, pert_column: str | None, option: str = "pert_column") -> str:
     if pert_column is not None:
         if pert_column not in profiles.columns:
-            raise ConfigError(f"profiles have no {pert_column!r} column (pert_column)")
+            raise ConfigError(f"profiles have no {pert_column!r} column ({option})")
         return pert_column
     for column in PERTURBATION_CANDIDATES:
         if column in profiles.columns:
@@ -566,7 +566,7 @@ def mean_average_precision(
     if mode == "consistency":
         if not annotation_column:
             raise ConfigError("mode consistency needs annotation_column (e.g. Metadata_target)")
-        column = _pert_column(profiles, annotation_column)
+        column = _pert_column(profiles, annotation_column, "annotation_column")
     else:
         column = _pert_column(profiles, pert_column)
     ap = mode_average_precision(profiles, mode=mode, column=column, control_query=control_query,

@@ -11,8 +11,10 @@ import contextlib
 import logging
 import logging.handlers
 import multiprocessing
+import multiprocessing.managers
 import os
 import queue
+import signal
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -93,8 +95,31 @@ _DONE = ("end",)
 
 
 def _init_worker(q: Any, level: int) -> None:
-    """Pool initializer: this worker's ``cytoprofile`` records go to the parent's queue."""
+    """Pool initializer: this worker's ``cytoprofile`` records go to the parent's queue.
+
+    Ctrl-C reaches every process of the terminal's group; a worker ignores it (no
+    traceback of its own): the parent cancels what has not started and ends the workers.
+    """
+    _ignore_interrupts()
     forward_records(logging.handlers.QueueHandler(q), level)
+
+
+def _ignore_interrupts() -> None:
+    """Ignore SIGINT in a helper process (the pool's workers, the queue's manager)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _stop_pool(pool: ProcessPoolExecutor) -> None:
+    """After an interrupt: no task starts any more, and the running ones end now (their
+    outputs are written to temporary names, so a killed task leaves nothing half-written)."""
+    workers = list((getattr(pool, "_processes", None) or {}).values())  # shutdown forgets them
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in workers:
+        with contextlib.suppress(Exception):
+            process.terminate()
+    for process in workers:
+        with contextlib.suppress(Exception):
+            process.join(timeout=5)
 
 
 def _relay(q: Any, stop: threading.Event, handle: Callable[[Any], None]) -> None:
@@ -127,18 +152,26 @@ def _run_pool(fn: Callable[[T, dict[str, Any], Progress | None], R], tasks: Sequ
         elif item[0] == "done" and on_done is not None:
             on_done(item[1], results[item[1]])
 
-    with ctx.Manager() as manager:
+    manager = multiprocessing.managers.SyncManager(ctx=ctx)
+    manager.start(_ignore_interrupts)
+    with manager:
         q = manager.Queue()
         stop = threading.Event()
         relay = threading.Thread(target=_relay, args=(q, stop, _handle), daemon=True)
         relay.start()
         try:
-            with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_worker,
-                                     initargs=(q, logging.getLogger(LOGGER).getEffectiveLevel())) as pool:
+            pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_worker,
+                                       initargs=(q, logging.getLogger(LOGGER).getEffectiveLevel()))
+            try:
                 futures = {pool.submit(fn, task, options, _QueueProgress(q)): i for i, task in enumerate(tasks)}
                 for future in as_completed(futures):
                     results[futures[future]] = future.result()
                     q.put(("done", futures[future]))
+            except KeyboardInterrupt:
+                _stop_pool(pool)
+                raise
+            finally:
+                pool.shutdown(wait=True)
         finally:
             with contextlib.suppress(EOFError, OSError):
                 q.put(_DONE)

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-__all__ = ["LOGGER", "ConsoleHandler", "capture_warnings", "forward_records", "prepared", "replay"]
+__all__ = ["LOGGER", "ConsoleHandler", "capture_warnings", "forward_records", "prepared", "print_message", "replay"]
 
 LOGGER = "cytoprofile"
 _STYLES = {"DEBUG": "dim", "INFO": "blue", "WARNING": "yellow", "ERROR": "bold red", "CRITICAL": "bold red"}
@@ -48,6 +48,25 @@ class ConsoleHandler(logging.Handler):
                 self.console.print(line, soft_wrap=True, highlight=False, markup=False, emoji=False)
         except Exception:  # noqa: BLE001 - logging must never raise into the caller
             self.handleError(record)
+
+
+def print_message(console: Console, message: str, *, lead: str = "", style: str = "", indent: int = 2) -> None:
+    """Print ``lead`` + ``message`` (``lead`` in ``style``, e.g. a red ``error:``) as one message.
+
+    On a terminal it is wrapped at spaces to the console's width, continuation lines
+    indented by ``indent``; a word (a path) is never split: one too long for the line
+    goes on a line of its own. A pipe or a file gets the message whole on one line.
+    """
+    import textwrap
+
+    text = " ".join(f"{lead}{message}".split())
+    if console.is_terminal:
+        text = textwrap.fill(text, width=max(20, console.width), subsequent_indent=" " * indent,
+                             break_long_words=False, break_on_hyphens=False)
+    line = Text(text)
+    if lead and style:
+        line.stylize(style, 0, len(lead.rstrip()))
+    console.print(line, soft_wrap=True, highlight=False, markup=False, emoji=False)
 
 
 def _hanging(level: Text, message: str) -> Table:

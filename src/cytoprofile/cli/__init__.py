@@ -11,8 +11,6 @@ import sys
 import tempfile
 import traceback
 
-from rich.markup import escape
-
 from .. import __version__
 from ..errors import CytoprofileError
 from .common import app, console
@@ -49,7 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         status = app(args=args or ["--help"], standalone_mode=False)
     except CytoprofileError as exc:
-        console.print(f"[red]error:[/red] {escape(str(exc))}", markup=True, highlight=False, soft_wrap=True)
+        from ..logs import print_message
+
+        print_message(console, str(exc), lead="error: ", style="red")
         return 1
     except KeyboardInterrupt:
         console.print("interrupted; re-run the same command to finish the job")

@@ -161,18 +161,20 @@ class _RateColumn(ProgressColumn):
 
 
 @contextmanager
-def plate_progress(plates: list[str], quiet: bool, unit: str = "sites") -> Iterator[Any]:
-    """A Rich display with one bar per plate and one overall, fed by (plate, done, total) events."""
+def plate_progress(plates: list[str], quiet: bool, unit: str | None = "sites") -> Iterator[Any]:
+    """A Rich display with one bar per plate and one overall, fed by (plate, done, total) events.
+
+    ``unit=None``: steps of unequal length (a recipe), so no rate and no time remaining.
+    """
     if quiet:
         yield None
         return
+    rate = [_RateColumn(unit), TimeElapsedColumn(), TimeRemainingColumn()] if unit else [TimeElapsedColumn()]
     progress = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        _RateColumn(unit),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
+        *rate,
         console=console,
         transient=False,
     )

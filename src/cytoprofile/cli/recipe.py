@@ -64,7 +64,7 @@ def run(
         with output_errors(tmp_dir):
             Path(tmp_dir).mkdir(parents=True, exist_ok=True)
     label = "recipe: plates, then batch steps"
-    with plate_progress([label], quiet, unit="steps") as update, timed("recipe"):
+    with plate_progress([label], quiet, unit=None) as update, timed("recipe"):
         result = _run(config, workspace=workspace, root=root, force=force, jobs=jobs, scheduler=scheduler,
                       tmp_dir=tmp_dir, allow_unknown_keys=allow_unknown_keys,
                       progress=(lambda _l, d, t: update(label, d, t)) if update else None)
@@ -75,16 +75,17 @@ def run(
 def _print_products(result: Any) -> None:
     """The recipe's closing lines: what ran, one line per product, whether QC ran."""
     from .. import io
+    from ..logs import print_message
 
-    console.print(f"{len(result.ran)} step(s) run, {len(result.skipped)} already current; "
-                  f"{len(result.outputs)} file(s) written in {result.seconds:.1f}s", highlight=False, soft_wrap=True)
+    print_message(console, f"{len(result.ran)} step(s) run, {len(result.skipped)} already current; "
+                  f"{len(result.outputs)} file(s) written in {result.seconds:.1f}s")
     for label, rel in result.products:
         path = io.join(result.root, rel)
         if not io.is_remote(path):
             shown = os.path.relpath(path)
             path = shown if not shown.startswith("..") else os.path.abspath(path)
-        console.print(f"{label}: {path}", highlight=False, markup=False, soft_wrap=True)
-    console.print(result.qc, highlight=False, markup=False, soft_wrap=True)
+        print_message(console, f"{label}: {path}")
+    print_message(console, result.qc)
 
 
 @app.command()

@@ -24,7 +24,6 @@ from .common import (
     StrataOpt,
     app,
     check_float_format,
-    console,
     log,
     setup_logging,
     split_values,
@@ -265,8 +264,9 @@ def validate_metadata(
 
     notes = _validate(workspace, batch, plates=split_values(plates), external_metadata=external_metadata, merge_column=merge_column,
                       profile_files=split_values(profile_files), unmatched_wells=unmatched_wells)
+    setup_logging(False)
     for note in notes:
-        console.print(f"warning: {note}", highlight=False)
+        log.warning("%s", note)
     typer.echo(f"metadata of {batch}: ok" + (f" ({len(notes)} warning(s))" if notes else ""))
 
 

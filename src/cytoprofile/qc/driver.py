@@ -19,7 +19,7 @@ import pandas as pd
 from .. import io as cpio
 from ..errors import CytoprofileError, InputError
 from ..layout import QualityControlLayout
-from ..vocabulary import is_metadata
+from ..vocabulary import is_metadata, normal_well
 from .figures import (
     FIGURE_NAMES,
     cell_count_figure,
@@ -90,6 +90,8 @@ class _Plate:
     report: dict[str, Any] | None
     per_well: pd.DataFrame | None
     selected: pd.DataFrame | None
+    not_in_platemap: list[str] = field(default_factory=list)
+    imaged: list[str] | None = None
 
 
 def _first_table(folder: str, stems: Sequence[str]) -> str | None:
@@ -171,7 +173,32 @@ def _read_plate(where: QualityControlLayout, batch: str, plate: str, level: str 
         report=cpio.read_json(report_path) if cpio.exists(report_path) else None,
         per_well=cpio.read_table(per_well_path) if per_well_path else None,
         selected=cpio.read_table(selected_path) if selected_path else None,
+        not_in_platemap=_dropped_wells(per_well_path),
+        imaged=_imaged_wells(where, batch, plate),
     )
+
+
+def _dropped_wells(per_well_path: str | None) -> list[str]:
+    """Wells annotate dropped as not in the plate map (``unmatched_wells: drop``), from the
+    annotated profile's provenance sidecar; they had cells, they are not empty wells."""
+    sidecar = f"{per_well_path}.provenance.json" if per_well_path else None
+    if sidecar is None or not cpio.exists(sidecar):
+        return []
+    with contextlib.suppress(ValueError, OSError):
+        wells = (cpio.read_json(sidecar).get("wells") or {}).get("dropped_unmatched") or []
+        return [normal_well(str(w)) for w in wells]
+    return []
+
+
+def _imaged_wells(where: QualityControlLayout, batch: str, plate: str) -> list[str] | None:
+    """The wells load_data imaged (``Metadata_Well``), or ``None`` without such a file or column."""
+    try:
+        frame = cpio.read_table(_load_data_path(where, batch, plate))
+    except InputError:
+        return None
+    if "Metadata_Well" not in frame.columns:
+        return None
+    return sorted({normal_well(w) for w in frame["Metadata_Well"].dropna().astype(str)})
 
 
 def _qc_profiles(plates: Sequence[_Plate], level: str | None) -> tuple[str, dict[str, str]]:
@@ -416,6 +443,7 @@ def _summary_row(where: QualityControlLayout, batch: str, plate: _Plate,
     return summarize_plate(
         batch=batch, plate=plate.name, load_data=cpio.read_table(load_path), profiles=plate.per_well,
         report=plate.report, selected_profiles=plate.selected, well_columns=well_columns, source=load_path,
+        not_in_platemap=plate.not_in_platemap,
     )
 
 
@@ -436,9 +464,12 @@ def _plate_figures(
     else:
         lost = result.quarantine.get(plate.name)
         quarantined = None if lost is None else dict(zip(lost["Metadata_Well"], lost["Sites_quarantined"], strict=True))
-        out["cell_count"] = figure_png(
-            cell_count_figure(plate.per_well, plate=plate.name, quarantined=quarantined), dpi=dpi
-        )
+        out["cell_count"] = figure_png(cell_count_figure(
+            plate.per_well, plate=plate.name, quarantined=quarantined, imaged=plate.imaged,
+            not_in_platemap=plate.not_in_platemap), dpi=dpi)
+        if plate.not_in_platemap:
+            notes.append(f"{len(plate.not_in_platemap)} well(s) not in the plate map, dropped by annotate "
+                         f"(unmatched_wells: drop), left out of the cell counts: {', '.join(plate.not_in_platemap)}.")
     path = result.qc_profiles.get(plate.name)
     if qc_frame is None or path is None:
         notes.append(f"No {description} profile; no correlation or position-effect heatmap.")

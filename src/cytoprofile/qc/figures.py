@@ -18,6 +18,7 @@ from ..errors import InputError
 from ..vocabulary import normal_well, plate_layout, row_label, well_to_grid
 from .formatting import format_number
 from .metrics import (
+    cells_per_well,
     count_column,
     plate_rows,
     position_effect,
@@ -44,6 +45,7 @@ __all__ = [
     "map_by_plate_figure",
     "figure_png",
     "MAP_POINTS_BELOW",
+    "NULL_POINTS_BELOW",
 ]
 
 #: Heatmaps made per plate, as in ``PLATE_{name}.png``.
@@ -135,12 +137,17 @@ def cell_count_figure(
     plate: str,
     shape: tuple[int, int] | None = None,
     quarantined: Mapping[str, int] | None = None,
+    imaged: Sequence[str] | None = None,
+    not_in_platemap: Sequence[str] = (),
 ) -> Figure:
     """Cells per well (``Metadata_Object_Count``) on the plate grid; wells without data grey.
 
     ``quarantined`` maps wells to the number of sites they lost to quarantine; those
     wells are hatched and outlined, since their low count is not the cells' doing.
-    ``None`` means there is no ingest report, and the legend says so.
+    ``None`` means there is no ingest report, and the legend says so. Wells
+    ``not_in_platemap`` (dropped by annotate) are dotted, not grey. The title's median
+    and min are :func:`~cytoprofile.qc.metrics.cells_per_well` (``imaged`` wells without
+    a profile count 0), the summary table's numbers.
     """
     from matplotlib.patches import Patch, Rectangle
 
@@ -150,28 +157,40 @@ def cell_count_figure(
     wells = rows["Metadata_Well"].astype(str).map(normal_well)
     counts = pd.to_numeric(rows[column], errors="coerce").groupby(wells.to_numpy()).sum(min_count=1)
     lost = {normal_well(w): int(n) for w, n in (quarantined or {}).items() if n}
+    dropped = [normal_well(str(w)) for w in not_in_platemap]
     placed = [w for w in lost if _on_grid(w)]
-    shape = shape or plate_layout([*counts.index, *placed])
+    shape = shape or plate_layout([*counts.index, *placed, *(w for w in dropped if _on_grid(w))])
     grid = _plate_grid(counts.to_dict(), shape)
     fig = _new_figure(_PLATE_FIGSIZE)
-    present = grid[np.isfinite(grid)]
+    stats = cells_per_well(rows, imaged=imaged, quarantined=lost, not_in_platemap=dropped)
+    left_out = ", ".join(f"{n} {what}" for n, what in ((len(lost), "quarantined"), (len(dropped), "not in plate map")) if n)
     summary = (
-        f"wells with data: {present.size}, median {format_number(np.median(present))}, "
-        f"min {format_number(present.min())}"
-        if present.size
+        f"wells counted: {stats['wells']}{f' ({left_out} left out)' if left_out else ''}, "
+        f"median {format_number(stats['median'])}, min {format_number(stats['min'])}"
+        if stats["wells"]
         else "no data"
     )
-    ax, _ = _draw_plate(
+    ax, bar = _draw_plate(
         fig, grid, cmap="viridis", vmin=0,
         title=f"Plate {plate}: cells per well ({column})\n{summary}",
         colorbar_label="cells per well",
     )
+    from matplotlib.ticker import MaxNLocator
+
+    bar.ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # cells are counted: no 2.5 ticks
     for well in placed:
         row, col = well_to_grid(well)
         if row < shape[0] and col < shape[1]:
             ax.add_patch(Rectangle((col - 0.5, row - 0.5), 1, 1, fill=False, hatch="/",
                                    edgecolor=_QUARANTINE, linewidth=1.5))  # sparse: the well's colour shows
+    for well in (w for w in dropped if _on_grid(w)):
+        row, col = well_to_grid(well)
+        if row < shape[0] and col < shape[1]:
+            ax.add_patch(Rectangle((col - 0.5, row - 0.5), 1, 1, facecolor="white", hatch="..", edgecolor="black"))
     handles = [Patch(facecolor=_GREY, edgecolor="none", label="no profile for the well")]
+    if dropped:
+        handles.append(Patch(facecolor="white", edgecolor="black", hatch="..",
+                             label=f"not in the plate map (dropped): {len(dropped)} well{'s' if len(dropped) != 1 else ''}"))
     if quarantined is None:
         handles.append(Patch(facecolor="white", edgecolor="black", label="quarantine unknown (no ingest report)"))
     else:
@@ -384,6 +403,10 @@ def figure_png(fig: Figure, *, dpi: int = 100) -> bytes:
     return buffer.getvalue()
 
 
+#: A null of fewer well pairs than this is drawn one mark each (a rug), not as a density.
+NULL_POINTS_BELOW = 30
+
+
 def replication_figure(replication: Mapping[str, Any], *, batch: str, source: str | None = None) -> Figure:
     """The null's histogram and each treatment's median replicate correlation as a point, with the threshold.
 
@@ -398,9 +421,13 @@ def replication_figure(replication: Mapping[str, Any], *, batch: str, source: st
         if isinstance(treatments, pd.DataFrame) and len(treatments)
         else pd.DataFrame({"median_correlation": [], "replicating": []})
     )
-    if null.size:
+    if null.size >= NULL_POINTS_BELOW:
         top.hist(null, bins=[float(b) for b in np.linspace(-1, 1, 81)], density=True, color="#9a9a9a",
                  label=f"null: non-replicate well pairs (n={null.size:,})")
+    elif null.size:  # a handful of pairs: a density of them would be spikes
+        top.plot(null, np.zeros(null.size), "|", color="#6a6a6a", markersize=18,
+                 label=f"null: non-replicate well pairs, one mark each (n={null.size:,})")
+        top.set_yticks([])
     threshold = float(replication.get("threshold", float("nan")))
     if math.isfinite(threshold):
         label = (f"{float(replication.get('quantile', 0.95)) * 100:g}th percentile of null "
@@ -416,7 +443,7 @@ def replication_figure(replication: Mapping[str, Any], *, batch: str, source: st
         f"{_features_line(source, int(replication.get('n_features', 0)))}",
         fontsize=9,
     )
-    top.set_ylabel("null density")
+    top.set_ylabel("null density" if null.size >= NULL_POINTS_BELOW else "null pairs")
     top.set_xlim(-1, 1)
     bottom.set_xlabel("Pearson correlation across features")
     handles, labels = top.get_legend_handles_labels()
@@ -452,6 +479,7 @@ def map_figure(table: pd.DataFrame, *, mode: str, batch: str, threshold: float, 
         if mask.any():
             left.scatter(values[mask], -np.log10(p[mask]), s=14, color=colour, alpha=0.8, linewidths=0,
                          label=f"{name} (n={int(mask.sum()):,})")
+    _count_overlaps(left, values, -np.log10(p))
     left.axhline(-math.log10(threshold), color="black", linestyle="--",
                  label=f"corrected p = {format_number(threshold, decimals=0)}")
     left.set_xlim(-0.02, 1.02)
@@ -465,6 +493,16 @@ def map_figure(table: pd.DataFrame, *, mode: str, batch: str, threshold: float, 
         f"({int(good.sum())} of {len(good)})\n{_features_line(source, n_features)}", fig, fontsize=9, share=0.55,
     ), fontsize=9, loc="left")
     return fig
+
+
+def _count_overlaps(ax: Axes, x: np.ndarray, y: np.ndarray) -> None:
+    """Groups drawn at one point (the same mAP and p-value) say how many they are: ``×4``."""
+    from collections import Counter
+
+    points = Counter(zip(np.round(x, 6).tolist(), np.round(y, 6).tolist(), strict=True))
+    for (px, py), n in points.items():
+        if n > 1 and math.isfinite(px) and math.isfinite(py):
+            ax.annotate(f"×{n}", (px, py), xytext=(4, 3), textcoords="offset points", fontsize=7)
 
 
 #: Fewer groups than this are drawn one point each: a histogram of a handful of values misleads.

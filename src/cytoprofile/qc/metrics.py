@@ -30,6 +30,7 @@ __all__ = [
     "plate_rows",
     "require_wells",
     "count_column",
+    "cells_per_well",
     "well_matrix",
     "well_correlation",
     "treatment_column",
@@ -100,6 +101,39 @@ def count_column(profiles: pd.DataFrame) -> str:
         "per-well profiles have no Metadata_Object_Count column; give the aggregated "
         "(or annotated) profiles, which carry the number of cells per well"
     )
+
+
+def cells_per_well(
+    profiles: pd.DataFrame,
+    *,
+    imaged: Iterable[str] | None = None,
+    quarantined: Iterable[str] = (),
+    not_in_platemap: Iterable[str] = (),
+) -> dict[str, Any]:
+    """Cells per well counted one way, for the summary table and the cell-count map's title.
+
+    A well's count is the sum of its rows' object counts (a missing count is 0); an
+    ``imaged`` well with no profile row counts 0 cells. Wells that lost sites to
+    ``quarantined`` and wells ``not_in_platemap`` (dropped by annotate) are left out:
+    their count says nothing about what grew. Returns ``wells`` (counted), ``median``,
+    ``min`` (``pd.NA`` when no well is counted) and ``without_cells``.
+    """
+    column = count_column(profiles)
+    counts = pd.to_numeric(profiles[column], errors="coerce").fillna(0.0)
+    if "Metadata_Well" in profiles.columns:
+        wells = profiles["Metadata_Well"].astype(str).map(normal_well)
+        counts = counts.groupby(wells.to_numpy()).sum()
+        skip = {normal_well(str(w)) for w in (*quarantined, *not_in_platemap)}
+        seen = {normal_well(str(w)) for w in imaged or ()}
+        if seen:
+            counts = counts.reindex(sorted(seen | set(counts.index)), fill_value=0.0)
+        counts = counts.loc[[w not in skip for w in counts.index]]
+    values = counts.to_numpy(dtype=float)
+    if not len(values):
+        return {"wells": 0, "median": pd.NA, "min": pd.NA, "without_cells": 0}
+    median = float(np.median(values))
+    return {"wells": len(values), "median": int(median) if median.is_integer() else median,
+            "min": int(values.min()), "without_cells": int((values <= 0).sum())}
 
 
 def well_matrix(

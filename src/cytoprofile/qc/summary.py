@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -12,7 +12,7 @@ import pandas as pd
 from .. import io as cpio
 from ..errors import InputError
 from ..vocabulary import normal_well
-from .metrics import count_column, feature_columns, plate_rows
+from .metrics import cells_per_well, feature_columns, plate_rows
 
 __all__ = [
     "RECIPE_SUMMARY_COLUMNS",
@@ -38,11 +38,12 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     "Cells_per_well_Median",
     "Cells_per_well_Min",
     "Wells_without_cells",
+    "Wells_not_in_platemap",
     "Sites_quarantined",
     "Wells_quarantined",
     "Features_selected",
 )
-_INT_COLUMNS = ("Well_Count", "Images_per_site", "Cells_per_well_Min", "Wells_without_cells",
+_INT_COLUMNS = ("Well_Count", "Images_per_site", "Cells_per_well_Min", "Wells_without_cells", "Wells_not_in_platemap",
                 "Sites_quarantined", "Wells_quarantined", "Features_selected")
 
 
@@ -56,6 +57,7 @@ def summarize_plate(
     selected_profiles: pd.DataFrame | None = None,
     well_columns: Sequence[str] | None = None,
     source: str | None = None,
+    not_in_platemap: Collection[str] | None = None,
 ) -> dict[str, Any]:
     """One summary row for a plate (keys are :data:`SUMMARY_COLUMNS`).
 
@@ -71,6 +73,9 @@ def summarize_plate(
     sites to quarantine (in the ingest ``report``) is left out of ``Cells_per_well_*``
     and ``Wells_without_cells``: its count says what was lost, not what grew; it is
     counted in ``Wells_quarantined`` instead, the wells the cell-count map marks.
+    Wells ``not_in_platemap`` (dropped by annotate with ``unmatched_wells: drop``) had
+    cells but no profile row: they are counted in ``Wells_not_in_platemap`` and never
+    as wells without cells (``pd.NA`` when not given and no profiles are given).
     The quarantined site count comes from ``report`` and the kept feature count from
     ``selected_profiles``; each is ``pd.NA`` when its input is not given.
     """
@@ -97,7 +102,9 @@ def summarize_plate(
         imaged = None
         if list(keys) == ["Metadata_Well"]:
             imaged = {normal_well(w) for w in load_data["Metadata_Well"].dropna().astype(str)}
-        row.update(_cell_stats(plate_rows(profiles, plate), imaged, _lost_wells(report)))
+        row.update(_cell_stats(plate_rows(profiles, plate), imaged, _lost_wells(report), not_in_platemap or ()))
+    if profiles is not None or not_in_platemap is not None:
+        row["Wells_not_in_platemap"] = len(set(not_in_platemap or ()))
     if report is not None:
         row["Sites_quarantined"] = _quarantined_count(report)
         row["Wells_quarantined"] = len(_lost_wells(report))
@@ -140,22 +147,13 @@ def _lost_wells(report: Mapping[str, Any] | None) -> set[str]:
     return {str(w) for w in lost if w != "?"}
 
 
-def _cell_stats(profiles: pd.DataFrame, imaged: set[str] | None, lost: set[str]) -> dict[str, Any]:
-    column = count_column(profiles)
-    counts = pd.to_numeric(profiles[column], errors="coerce").fillna(0.0)
-    if "Metadata_Well" in profiles.columns:
-        wells = profiles["Metadata_Well"].astype(str).map(normal_well)
-        counts = counts.groupby(wells.to_numpy()).sum()
-        if imaged:
-            counts = counts.reindex(sorted(imaged | set(counts.index)), fill_value=0.0)
-        counts = counts.loc[[w not in lost for w in counts.index]]
-    values = counts.to_numpy(dtype=float)
-    if not len(values):
-        return {"Cells_per_well_Median": pd.NA, "Cells_per_well_Min": pd.NA, "Wells_without_cells": 0}
+def _cell_stats(profiles: pd.DataFrame, imaged: set[str] | None, lost: set[str],
+                dropped: Collection[str]) -> dict[str, Any]:
+    stats = cells_per_well(profiles, imaged=imaged, quarantined=lost, not_in_platemap=dropped)
     return {
-        "Cells_per_well_Median": _int_if_whole(np.median(values)),
-        "Cells_per_well_Min": int(values.min()),
-        "Wells_without_cells": int((values <= 0).sum()),
+        "Cells_per_well_Median": stats["median"],
+        "Cells_per_well_Min": stats["min"],
+        "Wells_without_cells": stats["without_cells"],
     }
 
 

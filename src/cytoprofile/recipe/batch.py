@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -17,6 +19,8 @@ from ..vocabulary import metadata_columns
 from .features import compartment_prefixes, feature_columns, features_for
 from .plate import NEGCON, plate_report
 from .provenance import METADATA_PREFIXES, Made, RunResult, Steps, is_fresh, record_provenance
+
+log = logging.getLogger("cytoprofile.pipeline")
 
 __all__ = ["batch_steps", "processing_file"]
 
@@ -135,6 +139,9 @@ class _Level:
         meta = metadata_columns(frame.columns)
         features = feature_columns(frame, self.prefixes, image_features=False, where=csv_path)
         io.write_gct(frame, gct_path, features=features, meta_features=meta)
+        left_out = len(feature_columns(frame, self.prefixes, image_features=True, where=csv_path)) - len(features)
+        log.info("%s %s: %d features written%s", self.name + "_gct", os.path.basename(gct_path), len(features),
+                 f" ({left_out} Image_ features left out; they are in {os.path.basename(csv_path)})" if left_out else "")
         why = f"write_gct: Image_ columns are not written to GCT (they are in {os.path.basename(csv_path)})"
         made = Made(frame[meta + features], before=list(frame.columns), dropped=dict.fromkeys(frame.columns, why))
         record_provenance(gct_path, step=self.name + "_gct", inputs=inputs, settings=self.settings, config_path=self.recipe.path,
@@ -176,6 +183,8 @@ def batch_steps(layout: Layout, recipe: Recipe, plates: dict[str, list[str]], *,
         level = s.feature_select.level if s.feature_select.perform else (
             s.feature_select_negcon.level if s.feature_select_negcon.perform else None)
         for batch, names in plates.items():
+            log.info("quality control: %s, %d plate(s) (summary, figures, report)…", batch, len(names))
+            began = time.perf_counter()
             done = quality_control(
                 layout.root, batch, names, level=level,
                 profiles_dir=os.path.abspath(layout.profiles_root()),
@@ -184,6 +193,7 @@ def batch_steps(layout: Layout, recipe: Recipe, plates: dict[str, list[str]], *,
                 map_profiles=processing_file(layout, parse_chain(chain)) if chain is not None else None,
                 **quality_control_options(s.quality_control),
             )
+            log.info("quality control %s done in %.1fs", batch, time.perf_counter() - began)
             result.ran.append(f"quality_control: {batch}")
             result.outputs += done.files()
             if done.report_path:

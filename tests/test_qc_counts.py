@@ -1,0 +1,148 @@
+"""QC cell counts: wells dropped as not in the plate map, and one count for the summary and the map's title."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cytoprofile import qc
+
+from .qc_builders import make_load_data, make_profiles, make_wells
+
+_SHAPES = [((8, 12), ["H10", "H11", "H12"], ["B05"]), ((16, 24), ["P24"], []), ((8, 12), ["A01", "D07"], ["A02", "H12"])]
+
+
+def _workspace(root: Path, shape: tuple[int, int], dropped: list[str], lost: list[str]) -> pd.DataFrame:
+    """One plate annotated with ``unmatched_wells: drop``: ``dropped`` wells had cells but are
+    not in the annotated profile (its sidecar names them); ``lost`` wells lost a site to quarantine."""
+    wells = make_wells(*shape)
+    rng = np.random.default_rng(len(wells) + len(dropped))
+    counts = rng.integers(40, 120, len(wells))
+    counts[[wells.index(w) for w in lost]] = 3  # what was left after quarantine
+    aggregated = make_profiles("P1", wells, rng=rng, counts=counts)
+    annotated = aggregated.loc[~aggregated["Metadata_Well"].isin(dropped)].reset_index(drop=True)
+    folder = root / "profiles" / "B1" / "P1"
+    folder.mkdir(parents=True)
+    aggregated.to_csv(folder / "P1.csv.gz", index=False)
+    annotated.to_csv(folder / "P1_augmented.csv.gz", index=False)
+    sidecar = {"step": "annotate", "settings": {"unmatched_wells": "drop"},
+               "wells": {"in": len(wells), "out": len(annotated), "dropped_unmatched": dropped}}
+    (folder / "P1_augmented.csv.gz.provenance.json").write_text(json.dumps(sidecar))
+    ld = root / "load_data_csv" / "B1" / "P1"
+    ld.mkdir(parents=True)
+    with gzip.open(ld / "load_data.csv.gz", "wt") as fh:
+        make_load_data("P1", dict.fromkeys(wells, 2)).to_csv(fh, index=False)
+    sites = [{"site": f"P1-{w}-{s}", "well": w, "status": "quarantined" if (w in lost and s == 1) else "ok",
+              "reason": "Cells.csv is missing" if w in lost and s == 1 else None} for w in wells for s in (1, 2)]
+    backend = root / "backend" / "B1" / "P1"
+    backend.mkdir(parents=True)
+    (backend / "P1.report.json").write_text(json.dumps({"plate": "P1", "batch": "B1", "sites": sites}))
+    return annotated
+
+
+@pytest.mark.parametrize(("shape", "dropped", "lost"), _SHAPES)
+def test_wells_not_in_platemap_are_not_wells_without_cells(
+    tmp_path: Path, shape: tuple[int, int], dropped: list[str], lost: list[str]
+) -> None:
+    annotated = _workspace(tmp_path, shape, dropped, lost)
+    result = qc.quality_control(tmp_path, "B1", ["P1"], n_null=50)
+    row = result.summary.set_index("Plate_Name").loc["P1"]
+    kept = annotated.loc[~annotated["Metadata_Well"].isin(lost), "Metadata_Object_Count"]
+    assert row["Wells_without_cells"] == 0
+    assert row["Wells_not_in_platemap"] == len(dropped)
+    assert row["Cells_per_well_Min"] == kept.min() > 0
+    assert row["Cells_per_well_Median"] == pytest.approx(kept.median())
+    table = pd.read_csv(tmp_path / "quality_control" / "summary" / "summary.tsv", sep="\t")
+    assert table.loc[0, "Wells_not_in_platemap"] == len(dropped) and table.loc[0, "Wells_without_cells"] == 0
+    html = (tmp_path / "quality_control" / "report" / "B1.html").read_text()
+    assert f"{len(dropped)} well(s) not in the plate map" in html
+    assert all(w in html for w in dropped)
+
+
+@pytest.mark.parametrize(("shape", "dropped", "lost"), _SHAPES)
+def test_cell_count_map_marks_wells_not_in_platemap(
+    shape: tuple[int, int], dropped: list[str], lost: list[str]
+) -> None:
+    wells = make_wells(*shape)
+    profiles = make_profiles("P1", [w for w in wells if w not in dropped], rng=np.random.default_rng(0))
+    fig = qc.cell_count_figure(profiles, plate="P1", quarantined=dict.fromkeys(lost, 1), not_in_platemap=dropped)
+    labels = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+    assert f"not in the plate map (dropped): {len(dropped)} well{'s' if len(dropped) != 1 else ''}" in labels
+    assert "no profile for the well" in labels
+    dotted = [p for p in fig.axes[0].patches if p.get_hatch() == ".."]
+    assert len(dotted) == len(dropped)
+
+
+def _title_numbers(fig) -> tuple[int, float, float]:
+    title = fig.axes[0].get_title()
+    found = re.search(r"wells counted: (\d+).*median ([\d.]+), min ([\d.]+)", title.replace("\n", " "))
+    assert found, title
+    return int(found[1]), float(found[2]), float(found[3])
+
+
+@pytest.mark.parametrize(("shape", "dropped", "lost"), _SHAPES)
+def test_cell_count_title_and_summary_show_the_same_numbers(
+    tmp_path: Path, shape: tuple[int, int], dropped: list[str], lost: list[str]
+) -> None:
+    annotated = _workspace(tmp_path, shape, dropped, lost)
+    result = qc.quality_control(tmp_path, "B1", ["P1"], heatmaps=False, report=False, n_null=50)
+    row = result.summary.set_index("Plate_Name").loc["P1"]
+    report = json.loads((tmp_path / "backend" / "B1" / "P1" / "P1.report.json").read_text())
+    wells = make_wells(*shape)
+    fig = qc.cell_count_figure(annotated, plate="P1", quarantined=dict.fromkeys(lost, 1), imaged=wells,
+                               not_in_platemap=dropped)
+    n, median, least = _title_numbers(fig)
+    assert (median, least) == (row["Cells_per_well_Median"], row["Cells_per_well_Min"])
+    assert n == len(wells) - len(dropped) - len(lost)
+    direct = qc.summarize_plate(batch="B1", plate="P1", load_data=make_load_data("P1", dict.fromkeys(wells, 2)),
+                                profiles=annotated, report=report, not_in_platemap=dropped)
+    assert (direct["Cells_per_well_Median"], direct["Cells_per_well_Min"]) == (median, least)
+
+
+@pytest.mark.parametrize("counts", [[0, 1, 2, 3], [1, 2], [5, 6, 7]])
+def test_cell_count_colour_bar_ticks_are_whole_counts(counts: list[int]) -> None:
+    wells = make_wells(2, 2)[: len(counts)]
+    profiles = make_profiles("P1", wells, rng=np.random.default_rng(0), counts=counts)
+    fig = qc.cell_count_figure(profiles, plate="P1", quarantined={})
+    bar_axes = [ax for ax in fig.axes if ax is not fig.axes[0]]
+    ticks = [t for t in bar_axes[0].get_yticks() if min(counts) <= t <= max(counts)]
+    assert ticks and all(float(t).is_integer() for t in ticks), ticks
+
+
+@pytest.mark.parametrize(("same", "others"), [(4, 0), (2, 3), (3, 5)])
+def test_map_scatter_says_how_many_groups_share_a_point(same: int, others: int) -> None:
+    from cytoprofile.qc.figures import map_figure
+
+    table = pd.DataFrame({
+        "Metadata_pert": [f"g{i}" for i in range(same + others)],
+        "mean_average_precision": [1.0] * same + list(np.linspace(0.1, 0.6, others)),
+        "corrected_p_value": [0.001] * same + list(np.linspace(0.2, 0.9, others)),
+    })
+    table["below_corrected_p"] = table["corrected_p_value"] < 0.05
+    fig = map_figure(table, mode="activity", batch="B1", threshold=0.05, source=None, n_features=10)
+    labels = [t.get_text() for t in fig.axes[0].texts]
+    assert labels == [f"×{same}"], labels
+
+
+@pytest.mark.parametrize("n_null", [3, 12, 29, 500])
+def test_percent_replicating_small_null_is_drawn_one_mark_each(n_null: int) -> None:
+    from cytoprofile.qc.figures import NULL_POINTS_BELOW
+
+    null = np.random.default_rng(n_null).uniform(-0.5, 0.5, n_null)
+    treatments = pd.DataFrame({"median_correlation": [0.1, 0.7], "replicating": [False, True]})
+    fig = qc.replication_figure({"null": null, "treatments": treatments, "threshold": float(np.quantile(null, 0.95)),
+                                 "percent": 50.0, "n_replicating": 1, "n_treatments": 2, "n_features": 10}, batch="B1")
+    top = fig.axes[0]
+    bars = [p for p in top.patches if p.get_height() > 0]
+    rug = [line for line in top.lines if line.get_marker() == "|"]
+    if n_null < NULL_POINTS_BELOW:
+        assert not bars and len(rug) == 1 and len(rug[0].get_xdata()) == n_null
+        assert top.get_ylabel() == "null pairs"
+    else:
+        assert bars and not rug and top.get_ylabel() == "null density"
