@@ -195,8 +195,9 @@ def test_checker_sees_each_kind_of_problem(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- command bodies
 
 CLI = PACKAGE / "cli"
-# modules a command calls freely: reading and writing tables (io), errors, the step's provenance record
-FREE_MODULES = frozenset({"io", "errors", "recipe.provenance"})
+# modules a command calls freely: reading and writing tables (io), errors, the step's provenance record,
+# printing its closing lines (logs)
+FREE_MODULES = frozenset({"io", "errors", "recipe.provenance", "logs"})
 # library names a command may call besides its function, because they turn a flag into an argument
 PARSERS: dict[str, str] = {
     "load_thresholds": "reads --thresholds (and --qc-sets) into the thresholds argument",
