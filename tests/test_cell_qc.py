@@ -216,7 +216,7 @@ def test_exclude_outlier_cells_refusals(tmp_path: Path) -> None:
     synth(tmp_path, plates=["P1"], wells=96, well_subset=1, sites=1, cells=4, features=8)
     with pytest.raises(ConfigError, match="no threshold set huge"):
         collate_plate(tmp_path, "BATCH1", "P1", exclude_outlier_cells=["huge"])
-    with pytest.raises(InputError, match="without --exclude-outlier-cells"):
+    with pytest.raises(InputError, match="without exclude_outlier_cells"):
         collate_plate(tmp_path, "BATCH1", "P1", cell_qc_thresholds="x.yml")
     assert main(["collate", str(tmp_path), "BATCH1", "P1", "--qc-sets", "large_nuclei", "-q"]) == 1
     assert main(["collate", str(tmp_path), "BATCH1", "P1", "--exclude-outlier-cells", "--qc-sets", "large_nuclei", "-q"]) == 0

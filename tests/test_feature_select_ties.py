@@ -14,7 +14,7 @@ from functools import partial
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from cytoprofile.feature_select import feature_select
@@ -67,6 +67,8 @@ def near_tie_profiles(*, seed: int, rows: int, pairs: int, threshold: float, nud
     dtype=st.sampled_from([np.float32, np.float64]),
     method=st.sampled_from(["pearson", "spearman"]),
 )
+# spearman ranks correlated with np.corrcoef instead of pandas' routine keep pair1_a and drop the negated copy
+@example(seed=0, rows=8, pairs=4, threshold=0.5, nudge=0, dtype=np.float32, method="spearman")
 def test_near_ties_at_the_threshold_match_reference(seed: int, rows: int, pairs: int, threshold: float,
                                                     nudge: int, dtype: type, method: str) -> None:
     df = near_tie_profiles(seed=seed, rows=rows, pairs=pairs, threshold=threshold, nudge=nudge, dtype=dtype)

@@ -220,25 +220,22 @@ def _rows_by_feature(rows: pd.DataFrame, names: Sequence[str]) -> np.ndarray:
 def _correlation_matrix(rows: pd.DataFrame, names: Sequence[str], method: str) -> np.ndarray:
     """Feature-by-feature correlation over ``rows``, computed as the reference computes it.
 
-    Without missing values the reference's ``np.corrcoef`` of the transposed matrix is
-    done on one features x rows float64 array made straight from the frame (its values
-    and layout are those of the reference's copy, so ties resolve identically), and
-    spearman's ranks overwrite it a block of features at a time.
+    Pearson without missing values: the reference's ``np.corrcoef`` of the transposed
+    matrix, done on one features x rows float64 array made straight from the frame (its
+    values and layout are those of the reference's copy, so ties resolve identically).
+    Spearman and kendall are pandas' routines, as in the reference (ranks correlated
+    another way round differently, and near-ties then resolve differently).
     """
-    xt = _rows_by_feature(rows, names)
-    if method in ("pearson", "spearman") and bool(np.isfinite(xt).all()):
-        if method == "spearman":
-            from scipy.stats import rankdata
-
-            for s in range(0, len(xt), _COLUMNS):
-                xt[s : s + _COLUMNS] = rankdata(xt[s : s + _COLUMNS], axis=1)
-        with _quiet(), np.errstate(divide="ignore", invalid="ignore"):
-            return _corrcoef_in_place(xt)
-    infinite = bool(np.isinf(xt).any())
-    del xt
-    if method == "pearson" and not infinite:
-        return _pairwise_pearson_nan(rows, names)
-    # spearman/kendall with missing values, or infinities: pandas' pairwise routines
+    if method == "pearson":
+        xt = _rows_by_feature(rows, names)
+        if bool(np.isfinite(xt).all()):
+            with _quiet(), np.errstate(divide="ignore", invalid="ignore"):
+                return _corrcoef_in_place(xt)
+        infinite = bool(np.isinf(xt).any())
+        del xt
+        if not infinite:
+            return _pairwise_pearson_nan(rows, names)
+    # spearman/kendall, or infinities: pandas' pairwise routines
     frame = pd.DataFrame(feature_matrix(rows, names), columns=pd.Index(list(names)), copy=False)
     return frame.corr(method=method).to_numpy()  # type: ignore[arg-type]
 
