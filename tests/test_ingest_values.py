@@ -184,26 +184,33 @@ def _object_table(result: Any, backend: str, table: str) -> Any:
 # --- an extra object file emptied although Image.csv counts its objects ---------------------------------
 
 
-@pytest.mark.parametrize("compartment", [False, True])
-def test_an_empty_extra_object_file_with_objects_counted_is_flagged(tmp_path: Path, compartment: bool) -> None:
+@pytest.mark.parametrize(("compartment", "count_check"), [(False, "error"), (False, "warn"), (True, "error")])
+def test_an_empty_extra_object_file_with_objects_counted_is_flagged(tmp_path: Path, compartment: bool,
+                                                                    count_check: str) -> None:
+    """Objects Image.csv counts in an emptied file: quarantined under count_check error (as when the file is
+    absent or header-only), a warning under warn; the file is never stored."""
     plate_dir = _plate(tmp_path)
     for folder in sorted(plate_dir.iterdir()):
         faults.add_object_table(folder, "Speckles", rows=3)
     folder = faults.site(plate_dir, "A02", 1)
     (folder / "Speckles.csv").write_bytes(b"")
     kw: dict[str, Any] = {"compartments": ("Cells", "Cytoplasm", "Nuclei", "Speckles")} if compartment else {}
-    result = collate_plate(tmp_path, BATCH, PLATE, **kw)
+    result = collate_plate(tmp_path, BATCH, PLATE, count_check=count_check, **kw)  # type: ignore[arg-type]
     entry = _sites(result)[folder.name]
+    image = read_rows(folder / "Image.csv")
+    count = image[1][image[0].index("Count_Speckles")]
+    assert int(count) > 0
+    said = (f"Speckles.csv is empty (0 bytes), but Image.csv's Count_Speckles says {count} object(s) "
+            f"in ImageNumber {_image_number(folder)}: they are in no table")
     if compartment:
         assert entry["status"] == "quarantined"
         assert entry["reason"] == "Speckles.csv is empty (0 bytes); Speckles is one of the compartments"
+    elif count_check == "error":
+        assert entry["status"] == "quarantined"
+        assert entry["reason"] == said
     else:
         assert entry["status"] == "ok"
-        image = read_rows(folder / "Image.csv")
-        count = image[1][image[0].index("Count_Speckles")]
-        assert int(count) > 0
-        assert entry["warnings"] == [f"Speckles.csv is empty (0 bytes), but Image.csv's Count_Speckles says {count} object(s) "
-                                     f"in ImageNumber {_image_number(folder)}: they are in no table"]
+        assert entry["warnings"] == [said]
         assert entry["files"]["Speckles.csv"]["not_stored"] == "empty file (0 bytes)"
     assert not [s for n, s in _sites(result).items() if n != folder.name and s.get("warnings")]
     faults.assert_rows_accounted(result, plate_dir)

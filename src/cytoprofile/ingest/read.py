@@ -104,10 +104,12 @@ def _read_site(scan: SiteScan, schema: PlateSchema, count_check: CountCheck = "e
         objects[table] = array
         row_keys[table] = keys
     problem, warnings = site_checks(objects, schema.tables, image, scan.image_numbers, count_check)
-    if count_check != "off":
-        warnings.extend(set_aside_counts(scan.rejected, image))
     if problem is not None:
         return _quarantined(scan, problem[1], scan.sources[problem[0]].path)
+    set_aside = set_aside_counts(scan.rejected, image) if count_check != "off" else []
+    if set_aside and count_check == "error":  # as an absent or header-only file whose objects Image.csv counts
+        return _quarantined(scan, set_aside[0], scan.sources[IMAGE_TABLE].path)
+    warnings.extend(set_aside)
     absent = [t for t in schema.object_tables if t not in scan.sources and t.lower() not in scan.rejected]
     lacking = absent_counts(absent, image) if count_check != "off" else []
     if lacking and count_check == "error":
