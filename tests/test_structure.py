@@ -364,3 +364,35 @@ def test_each_exported_name_has_one_home() -> None:
     assert not clean, f"export only their own names now, drop from PENDING_REEXPORTS: {clean}"
     sample = "from .vocabulary import infer_features\n__all__ = ['infer_features', 'f']\ndef f(): pass\n"
     assert _reexports("feature_select", ast.parse(sample)) == ["infer_features (from vocabulary)"]
+
+
+# ---------------------------------------------------------------- errors
+
+# built-in exceptions the library never raises: a user's mistake is an ``InputError``/``ConfigError``
+# (a ``CytoprofileError`` and a ``ValueError``), a failed check of our own an ``AccountingError``
+BANNED_RAISES = frozenset({"ValueError", "RuntimeError", "KeyError", "IndexError", "LookupError", "Exception",
+                           "OSError", "IOError", "FileNotFoundError"})
+
+
+def _banned_raises(path: Path) -> list[str]:
+    """``raise X(...)`` / ``raise X`` of a banned built-in in one file, as ``line: X``."""
+    out: list[tuple[int, str]] = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Raise) and node.exc is not None:
+            target = node.exc.func if isinstance(node.exc, ast.Call) else node.exc
+            if isinstance(target, ast.Name) and target.id in BANNED_RAISES:
+                out.append((node.lineno, target.id))
+    return [f"{line}: {name}" for line, name in sorted(out)]
+
+
+def test_library_raises_only_its_own_errors() -> None:
+    """Every error the library raises on purpose is of the ``CytoprofileError`` family, so the CLI turns
+    it into one line and exit 1 and scripts catching ``ValueError`` still catch input errors."""
+    found = {name: hits for name, path in _modules().items() if (hits := _banned_raises(path))}
+    assert not found, found
+
+
+def test_banned_raise_check_sees_one(tmp_path: Path) -> None:
+    module = tmp_path / "m.py"
+    module.write_text("def f(x):\n    if x:\n        raise ValueError('x')\n    raise RuntimeError\n")
+    assert _banned_raises(module) == ["3: ValueError", "4: RuntimeError"]

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 from . import io
-from .errors import ConfigError, CytoprofileError
+from .errors import ConfigError, InputError
 from .ingest import IMAGE_TABLE, SINGLE_CELL_TABLE
 from .vocabulary import BACKEND_KINDS
 
@@ -167,7 +167,7 @@ class Workspace:
         folder holds the plates' lock files.
         """
         if plate is not None and batch is None:
-            raise ValueError(f"{tree} folder of plate {plate!r} without its batch")
+            raise InputError(f"{tree} folder of plate {plate!r} without its batch")
         return self.path(tree, *(part for part in (batch, plate) if part is not None))
 
     def analysis_plate(self, batch: str, plate: str) -> str:
@@ -217,13 +217,13 @@ class Workspace:
         found = {k: path if io.exists(path) else None for k, path in paths.items()}
         if kind is not None:
             if kind not in BACKEND_KINDS:
-                raise CytoprofileError(f"--backend {kind}: choose sqlite or parquet")
+                raise InputError(f"--backend {kind}: choose sqlite or parquet")
             if found[kind] is None:
-                raise CytoprofileError(f"{plate}: no {kind} backend at {paths[kind]}; run `cytoprofile collate` first")
+                raise InputError(f"{plate}: no {kind} backend at {paths[kind]}; run `cytoprofile collate` first")
             return str(found[kind])
         path = found["parquet"] or found["sqlite"]
         if path is None:
-            raise CytoprofileError(f"{plate}: no backend in {self.backend(batch, plate)}; run `cytoprofile collate` first")
+            raise InputError(f"{plate}: no backend in {self.backend(batch, plate)}; run `cytoprofile collate` first")
         return path
 
     # --- metadata/ and load_data_csv/ ---

@@ -520,11 +520,11 @@ def write_export_database(
     names longer than ``max_column_name`` are shortened as CellProfiler does.
     """
     if layout not in ("per_object_table", "per_object"):
-        raise ValueError(f"layout must be per_object_table or per_object, not {layout!r}")
+        raise ConfigError(f"layout must be per_object_table or per_object, not {layout!r}")
     sites = [p for plate in plates for p in sorted(Path(io.join(str(workspace), "analysis", batch, plate, "analysis")).iterdir())
              if p.is_dir()]
     if not sites:
-        raise ValueError(f"no synthetic sites for plates {list(plates)} in {workspace}")
+        raise ConfigError(f"no synthetic sites for plates {list(plates)} in {workspace}")
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     written = []
     for k, chunk in enumerate(np.array_split(np.arange(len(sites)), max(1, min(files, len(sites)))), start=1):

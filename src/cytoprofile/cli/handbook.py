@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from ..errors import CytoprofileError
+from ..errors import CytoprofileError, InputError
 from ..vocabulary import (
     BACKEND_KINDS,
     COUNT_CHECKS,
@@ -132,7 +132,7 @@ def collate(
                                   ("--count-check", [count_check], COUNT_CHECKS)):
         _choose(flag, values, choices)
     if (single_cell_format and not single_cells) or ((qc_sets or cell_qc_thresholds) and not exclude_outlier_cells):
-        raise CytoprofileError("--single-cell-format needs --single-cells; --qc-sets and --thresholds need --exclude-outlier-cells")
+        raise InputError("--single-cell-format needs --single-cells; --qc-sets and --thresholds need --exclude-outlier-cells")
     plate_list = [p for raw in plates for p in (split_values([raw]) or [raw])]  # an empty name is refused, not dropped
     start = time.perf_counter()
     with plate_progress(plate_list, quiet) as update:
@@ -157,7 +157,7 @@ def _choose(flag: str, values: list[str], choices: tuple[str, ...]) -> None:
     """Refuse the first of ``values`` not among ``choices``, naming the flag and the choices."""
     bad = [v for v in values if v not in choices]
     if bad:
-        raise CytoprofileError(f"{flag} {bad[0]}: choose {', '.join(choices[:-1])} or {choices[-1]}")
+        raise InputError(f"{flag} {bad[0]}: choose {', '.join(choices[:-1])} or {choices[-1]}")
 
 
 def _print_results(results: list[Any], batch: str, *, quiet: bool, start: float) -> None:

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ..errors import CytoprofileError
+from ..errors import CytoprofileError, InputError
 from ..vocabulary import DEFAULT_COMPARTMENTS
 from .common import HubOpt, QuietOpt, app, log, setup_logging, split_values, timed
 
@@ -18,7 +18,7 @@ def _links(values: list[str] | None) -> dict[str, str] | None:
     for item in split_values(values) or []:
         compartment, sep, column = item.partition("=")
         if not sep or not compartment or not column:
-            raise CytoprofileError(f"--links {item}: write COMPARTMENT=COLUMN, e.g. Nuclei=Cytoplasm_Parent_Nuclei")
+            raise InputError(f"--links {item}: write COMPARTMENT=COLUMN, e.g. Nuclei=Cytoplasm_Parent_Nuclei")
         out[compartment] = column
     return out or None
 

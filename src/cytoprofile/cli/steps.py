@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ..errors import CytoprofileError, about
+from ..errors import InputError, about
 from ..vocabulary import DEFAULT_COMPARTMENTS, DEFAULT_STRATA
 from .common import (
     DEFAULT_IMAGE_FEATURE_CATEGORIES,
@@ -83,7 +83,7 @@ def _sample_filter(values: list[str] | None) -> dict[str, list[str]] | None:
     out: dict[str, list[str]] = {}
     for item in values:
         if "=" not in item:
-            raise CytoprofileError(f"--sample-filter {item!r}: write COLUMN=VALUE[,VALUE...]")
+            raise InputError(f"--sample-filter {item!r}: write COLUMN=VALUE[,VALUE...]")
         column, _, rest = item.partition("=")
         out.setdefault(column.strip(), []).extend(v.strip() for v in rest.split(",") if v.strip())
     return out

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from ..backend import quote
-from ..errors import InputError
+from ..errors import AccountingError, InputError
 from ..ingest import TABLE_NUMBER_FILE, normalise_site, normalise_well
 from .files import (
     Dropped,
@@ -283,5 +283,5 @@ def materialise_plate(
             got[d.table] += d.rows
         out.dropped.extend(file_dropped)
         if {t: n for t, n in got.items() if n} != {t: n for t, n in expected.items() if n}:  # pragma: no cover - a bug
-            raise RuntimeError(f"{export.path}: rows streamed {dict(got)} differ from rows in the file {expected}")
+            raise AccountingError(f"{export.path}: rows streamed {dict(got)} differ from rows in the file {expected}")
     return out
