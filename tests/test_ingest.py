@@ -26,8 +26,9 @@ from hypothesis import strategies as st
 from cytoprofile import io
 from cytoprofile.collate import collate_plate
 from cytoprofile.errors import InputError
-from cytoprofile.ingest import discover_sites, normalise_well, order_by_key, plan_schema, scan_sites
+from cytoprofile.ingest import discover_sites, order_by_key, plan_schema, scan_sites
 from cytoprofile.synth import synth
+from cytoprofile.vocabulary import normalise_well
 
 from . import faults
 from .conftest import link_sites
@@ -1210,13 +1211,20 @@ def test_empty_needed_file_quarantines_its_site_naming_it(tmp_path: Path, name: 
     assert {s["status"] for n, s in _sites(result).items() if n != target.name} == {"ok"}
 
 
-def test_empty_file_outside_the_compartments_is_set_aside(tmp_path: Path) -> None:
-    """With ``--compartments Cells,Nuclei``, an empty Cytoplasm.csv is a stray file: the site is kept."""
+@pytest.mark.parametrize("count_check", ["warn", "error"])
+def test_empty_file_outside_the_compartments_is_set_aside(tmp_path: Path, count_check: str) -> None:
+    """With ``--compartments Cells,Nuclei``, an empty Cytoplasm.csv is a stray file, not stored; as Image.csv
+    counts Cytoplasm objects in that image, the site is kept with a warning under ``warn`` and quarantined
+    under ``error`` (the objects counted are in no table)."""
     plate_dir = faults.small_plate(tmp_path)
     target = faults.site(plate_dir, "A01", 2)
     (target / "Cytoplasm.csv").write_bytes(b"")
-    result = _collate(tmp_path, plate_dir, compartments=("Cells", "Nuclei"))
+    result = _collate(tmp_path, plate_dir, compartments=("Cells", "Nuclei"), count_check=count_check)
     entry = _sites(result)[target.name]
+    if count_check == "error":
+        assert entry["status"] == "quarantined"
+        assert entry["reason"].startswith("Cytoplasm.csv is empty (0 bytes), but Image.csv's Count_Cytoplasm says")
+        return
     assert entry["status"] == "ok"
     assert entry["files"]["Cytoplasm.csv"] == {"rows": 0, "tables": [], "not_stored": "empty file (0 bytes)"}
     assert result.report["partial_tables"]["Cytoplasm"]["sites_without"] == [target.name]

@@ -23,8 +23,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import InputError
-from .ingest import IMAGE_TABLE, KEY_COLUMNS, RESERVED_TABLES, PlateSchema, SiteTables
+from .ingest import IMAGE_TABLE, RESERVED_TABLES, PlateSchema, SiteTables
 from .layout import parquet_table_path
+from .vocabulary import KEY_COLUMNS
 
 __all__ = [
     "BackendReader",

@@ -46,6 +46,7 @@ __all__ = [
     "PROCESSING_STEPS",
     "REPLICATE_CANDIDATES",
     "SINGLE_CELL_FORMATS",
+    "SITE_NAME",
     "SPHERIZE_METHODS",
     "TABLE_FORMATS",
     "TABLE_NUMBER",
@@ -272,6 +273,8 @@ _LOOSE_WELL = re.compile(r"^\s*([A-Za-z]{1,2})\s*0*(\d{1,3})\s*$")
 _IMAGE_WELL = re.compile(r"^(?P<row>[A-Za-z]{1,2})(?P<col>\d{1,3})$")
 _PHENIX_WELL = re.compile(r"^[rR](?P<row>\d{1,2})[cC](?P<col>\d{1,2})$")
 _PHENIX_ROWS = 52  # A..Z, AA..AZ
+#: A site folder's name in the handbook layout: ``PLATE-WELL-SITE`` (``BR00116991-A01-1``, ``P1-r01c01-3``).
+SITE_NAME = re.compile(r"^(?P<plate>.+)-(?P<well>[A-Za-z]{1,2}\d{1,3}|[rR]\d{1,2}[cC]\d{1,2})-(?P<site>\d+)$")
 
 
 def well_to_grid(well: str) -> tuple[int, int]:

@@ -22,7 +22,6 @@ from ..errors import AccountingError, InputError, QuarantineError
 from ..ingest import (
     IMAGE_TABLE,
     RUN_METADATA_FILES,
-    SITE_NAME,
     Quarantine,
     SiteTables,
     discover_sites,
@@ -33,6 +32,7 @@ from ..ingest import (
     scan_sites,
 )
 from ..layout import Workspace, backend_files_in, parquet_table_path, staging_name
+from ..vocabulary import SITE_NAME
 from .cells import aggregate_kept_cells, single_cell_section, single_cell_stream
 from .outputs import (
     GENERATION_KEY,

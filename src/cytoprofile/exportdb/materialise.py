@@ -19,7 +19,8 @@ import pyarrow.csv as pacsv
 
 from ..backend import quote
 from ..errors import AccountingError, InputError
-from ..ingest import TABLE_NUMBER_FILE, normalise_site, normalise_well
+from ..ingest import TABLE_NUMBER_FILE, normalise_site
+from ..vocabulary import normalise_well
 from .files import (
     Dropped,
     ExportFile,

@@ -23,13 +23,11 @@ from __future__ import annotations
 from .model import (
     GENERATION_TABLE,
     IMAGE_TABLE,
-    KEY_COLUMNS,
     MAX_KEY,
     NULL_VALUES,
     RESERVED_TABLES,
     RUN_METADATA_FILES,
     SINGLE_CELL_TABLE,
-    SITE_NAME,
     TABLE_NUMBER_FILE,
     TEXT_IMAGE_FAMILIES,
     CountCheck,
@@ -40,7 +38,6 @@ from .model import (
     Source,
     canonical_order,
     normalise_site,
-    normalise_well,
     reader_opens,
 )
 from .read import image_numeric, order_by_key, read_sites
@@ -49,11 +46,9 @@ from .schema import plan_schema
 
 __all__ = [
     "IMAGE_TABLE",
-    "KEY_COLUMNS",
     "MAX_KEY",
     "NULL_VALUES",
     "RUN_METADATA_FILES",
-    "SITE_NAME",
     "TEXT_IMAGE_FAMILIES",
     "CountCheck",
     "PlateSchema",
@@ -70,7 +65,6 @@ __all__ = [
     "files_beside_sites",
     "image_numeric",
     "normalise_site",
-    "normalise_well",
     "order_by_key",
     "plan_schema",
     "read_sites",

@@ -9,7 +9,8 @@ from collections.abc import Sequence
 import numpy as np
 import pyarrow as pa
 
-from .model import CountCheck, normalise_well
+from ..vocabulary import normalise_well
+from .model import CountCheck
 
 __all__ = [
     "absent_counts",

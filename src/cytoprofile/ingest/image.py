@@ -12,17 +12,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from ..vocabulary import SITE_NAME, normalise_well
 from .model import (
     IMAGE_TABLE,
     MAX_KEY,
     NULL_VALUES,
-    SITE_NAME,
     ObjectFileProblem,
     SiteScan,
     Source,
     is_text_image_column,
     normalise_site,
-    normalise_well,
 )
 from .numbers import number_warnings
 from .text import (

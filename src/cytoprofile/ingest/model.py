@@ -4,7 +4,6 @@ learned of a site, and the read pass's results (a site's tables or its quarantin
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -12,14 +11,13 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
-from ..vocabulary import TEXT_FAMILIES
+from ..vocabulary import KEY_COLUMNS, TEXT_FAMILIES
 
 __all__ = [
     "APPLE_DOUBLE",
     "CountCheck",
     "GENERATION_TABLE",
     "IMAGE_TABLE",
-    "KEY_COLUMNS",
     "MAX_KEY",
     "NULL_VALUES",
     "ObjectFileProblem",
@@ -28,7 +26,6 @@ __all__ = [
     "RESERVED_TABLES",
     "RUN_METADATA_FILES",
     "SINGLE_CELL_TABLE",
-    "SITE_NAME",
     "SiteScan",
     "SiteTables",
     "Source",
@@ -38,19 +35,16 @@ __all__ = [
     "csv_stem",
     "is_text_image_column",
     "normalise_site",
-    "normalise_well",
     "reader_opens",
 ]
 
 IMAGE_TABLE = "Image"
 #: CellProfiler run metadata, not measurements: never an object table (any case, any prefix).
 RUN_METADATA_FILES = ("Experiment.csv",)
-KEY_COLUMNS = ("TableNumber", "ImageNumber", "ObjectNumber")
 #: what CellProfiler writes for a missing number: NULL in a numeric column (``inf`` stays infinite). Any other
 #: word there (``NA``, ``None``, ``null``) is a non-number; a text column keeps every token as written, and an
 #: empty text field is NULL.
 NULL_VALUES = ["", "nan", "NaN"]
-SITE_NAME = re.compile(r"^(?P<plate>.+)-(?P<well>[A-Za-z]{1,2}\d{1,3}|[rR]\d{1,2}[cC]\d{1,2})-(?P<site>\d+)$")
 #: Columns of these families are text (ImageSet_ holds CellProfiler's encoded image set; Objects* name saved object
 #: masks), in Image.csv and in object CSVs alike; every other one is numeric.
 TEXT_IMAGE_FAMILIES = TEXT_FAMILIES
@@ -65,9 +59,6 @@ SINGLE_CELL_TABLE = "single_cells"
 RESERVED_TABLES = (GENERATION_TABLE, SINGLE_CELL_TABLE)
 #: a site folder written from an ExportToDatabase file holds its TableNumber here (not a table: no .csv)
 TABLE_NUMBER_FILE = ".cytoprofile-table-number"
-_ROW_LETTERS = [chr(65 + i) for i in range(26)] + [f"A{chr(65 + i)}" for i in range(26)]
-_WELL = re.compile(r"^(?P<row>[A-Za-z]{1,2})(?P<col>\d{1,3})$")
-_PHENIX_WELL = re.compile(r"^[rR](?P<row>\d{1,2})[cC](?P<col>\d{1,2})$")
 _CSV_SUFFIXES = (".csv", ".csv.gz")
 #: a file of a site folder that is macOS Finder metadata, not a table (``._Cells.csv``)
 APPLE_DOUBLE = "._"
@@ -195,18 +186,6 @@ def canonical_order(columns: Sequence[str]) -> list[str]:
     """Keys first, then the rest sorted, as CellProfiler writes them: independent of file order."""
     keys = [k for k in KEY_COLUMNS if k in columns]
     return keys + sorted(c for c in set(columns) if c not in KEY_COLUMNS)
-
-
-def normalise_well(value: str) -> str:
-    """``A1``, ``a01`` and Phenix ``r01c01`` as ``A01``; other names unchanged."""
-    text = value.strip()
-    match = _WELL.match(text)
-    if match:
-        return f"{match.group('row').upper()}{int(match.group('col')):02d}"
-    match = _PHENIX_WELL.match(text)
-    if match and 1 <= int(match.group("row")) <= len(_ROW_LETTERS):
-        return f"{_ROW_LETTERS[int(match.group('row')) - 1]}{int(match.group('col')):02d}"
-    return value
 
 
 def normalise_site(value: object) -> str:
