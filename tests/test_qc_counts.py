@@ -130,7 +130,7 @@ def test_map_scatter_says_how_many_groups_share_a_point(same: int, others: int) 
     assert labels == [f"×{same}"], labels
 
 
-@pytest.mark.parametrize("n_null", [3, 12, 29, 500])
+@pytest.mark.parametrize("n_null", [3, 12, 29, 35, 99, 500])
 def test_percent_replicating_small_null_is_drawn_one_mark_each(n_null: int) -> None:
     from cytoprofile.qc.figures import NULL_POINTS_BELOW
 
@@ -141,8 +141,34 @@ def test_percent_replicating_small_null_is_drawn_one_mark_each(n_null: int) -> N
     top = fig.axes[0]
     bars = [p for p in top.patches if p.get_height() > 0]
     rug = [line for line in top.lines if line.get_marker() == "|"]
+    assert NULL_POINTS_BELOW >= 100  # a few dozen pairs (35 in a small plate) are a rug, not a density
     if n_null < NULL_POINTS_BELOW:
         assert not bars and len(rug) == 1 and len(rug[0].get_xdata()) == n_null
         assert top.get_ylabel() == "null pairs"
     else:
         assert bars and not rug and top.get_ylabel() == "null density"
+
+
+@pytest.mark.parametrize(("lost", "dropped"), [(["A01", "A02", "A03"], ["A01", "B05"]), (["B02"], ["B02"]),
+                                               (["A01", "C03"], ["C03", "D04", "A01"])])
+def test_a_well_both_quarantined_and_dropped_is_left_out_once_and_marked_both_ways(
+    lost: list[str], dropped: list[str],
+) -> None:
+    """The title's counts add up to the plate's imaged wells, and such a well is dotted and hatched."""
+    wells = make_wells(8, 12)
+    profiles = make_profiles("P1", [w for w in wells if w not in dropped], rng=np.random.default_rng(1))
+    fig = qc.cell_count_figure(profiles, plate="P1", quarantined=dict.fromkeys(lost, 1), imaged=wells,
+                               not_in_platemap=dropped)
+    title = fig.axes[0].get_title().replace("\n", " ")
+    n, _, _ = _title_numbers(fig)
+    only_lost = len(set(lost) - set(dropped))
+    assert n + only_lost + len(dropped) == len(wells), title
+    said = re.search(r"\((?:(\d+) quarantined)?(?:, )?(?:(\d+) not in plate map)? left out\)", title)
+    assert said, title
+    assert int(said[1] or 0) == only_lost and int(said[2] or 0) == len(dropped)
+    patches = fig.axes[0].patches
+    both = set(lost) & set(dropped)
+    hatched = [p for p in patches if p.get_hatch() == "/"]
+    dotted = [p for p in patches if p.get_hatch() == ".."]
+    assert len(hatched) == len(lost) and len(dotted) == len(dropped)
+    assert patches.index(hatched[0]) > max(patches.index(p) for p in dotted) if both else True

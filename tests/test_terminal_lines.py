@@ -192,3 +192,26 @@ def test_recipe_bar_has_no_rate_nor_time_remaining() -> None:
     assert shown, "no progress display"
     columns = shown[0].columns
     assert not any(isinstance(c, (common._RateColumn, TimeRemainingColumn)) for c in columns), columns
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+@pytest.mark.parametrize("problems", [2, 7])
+def test_a_message_naming_several_problems_keeps_one_line_each(terminal: bool, problems: int) -> None:
+    """An error listing several faults (a config's unknown keys, metadata checks) shows each fault on a
+    line of its own, in a pipe and on a terminal (wrapped there at words, never run together)."""
+    from cytoprofile.logs import print_message
+
+    faults = [f"cfg.yml:{10 + i}: annotate.perfrom{i}: unknown key; did you mean 'perform'? (remove it or fix "
+              f"the spelling to use it)" for i in range(problems)]
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=terminal, width=80, color_system=None)
+    print_message(console, "\n".join(faults), lead="error: ")
+    lines = out.getvalue().splitlines()
+    starts = [i for i, line in enumerate(lines) if "cfg.yml:" in line]
+    assert len(starts) == problems  # each fault begins a line
+    assert [lines[i].lstrip().removeprefix("error: ").split(":")[1] for i in starts] == [str(10 + i) for i in range(problems)]
+    if terminal:
+        assert all(len(line) <= 80 for line in lines)
+        assert " ".join(" ".join(lines).split()) == " ".join(f"error: {' '.join(faults)}".split())
+    else:
+        assert len(lines) == problems

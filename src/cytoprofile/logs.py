@@ -53,16 +53,26 @@ class ConsoleHandler(logging.Handler):
 def print_message(console: Console, message: str, *, lead: str = "", style: str = "", indent: int = 2) -> None:
     """Print ``lead`` + ``message`` (``lead`` in ``style``, e.g. a red ``error:``) as one message.
 
-    On a terminal it is wrapped at spaces to the console's width, continuation lines
-    indented by ``indent``; a word (a path) is never split: one too long for the line
-    goes on a line of its own. A pipe or a file gets the message whole on one line.
+    Each line of ``message`` (a message naming several problems has one per line) stays
+    a line of its own, the later ones indented by ``indent``. On a terminal each is
+    wrapped at spaces to the console's width, continuation lines indented further; a
+    word (a path) is never split: one too long for the line goes on a line of its own.
+    A pipe or a file gets each line whole.
     """
     import textwrap
 
-    text = " ".join(f"{lead}{message}".split())
-    if console.is_terminal:
-        text = textwrap.fill(text, width=max(20, console.width), subsequent_indent=" " * indent,
-                             break_long_words=False, break_on_hyphens=False)
+    parts = [" ".join(p.split()) for p in f"{lead}{message}".splitlines() if p.strip()] or [lead.rstrip()]
+    shown = []
+    for i, part in enumerate(parts):
+        first = "" if i == 0 else " " * indent
+        if console.is_terminal:
+            part = textwrap.fill(part, width=max(20, console.width), initial_indent=first,
+                                 subsequent_indent=first + " " * indent, break_long_words=False,
+                                 break_on_hyphens=False)
+        else:
+            part = first + part
+        shown.append(part)
+    text = "\n".join(shown)
     line = Text(text)
     if lead and style:
         line.stylize(style, 0, len(lead.rstrip()))

@@ -163,7 +163,9 @@ def cell_count_figure(
     grid = _plate_grid(counts.to_dict(), shape)
     fig = _new_figure(_PLATE_FIGSIZE)
     stats = cells_per_well(rows, imaged=imaged, quarantined=lost, not_in_platemap=dropped)
-    left_out = ", ".join(f"{n} {what}" for n, what in ((len(lost), "quarantined"), (len(dropped), "not in plate map")) if n)
+    only_lost = set(lost) - set(dropped)  # a well both quarantined and dropped is left out once, as dropped
+    left_out = ", ".join(f"{n} {what}" for n, what in ((len(only_lost), "quarantined"), (len(dropped), "not in plate map"))
+                         if n)
     summary = (
         f"wells counted: {stats['wells']}{f' ({left_out} left out)' if left_out else ''}, "
         f"median {format_number(stats['median'])}, min {format_number(stats['min'])}"
@@ -178,15 +180,15 @@ def cell_count_figure(
     from matplotlib.ticker import MaxNLocator
 
     bar.ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # cells are counted: no 2.5 ticks
-    for well in placed:
-        row, col = well_to_grid(well)
-        if row < shape[0] and col < shape[1]:
-            ax.add_patch(Rectangle((col - 0.5, row - 0.5), 1, 1, fill=False, hatch="/",
-                                   edgecolor=_QUARANTINE, linewidth=1.5))  # sparse: the well's colour shows
     for well in (w for w in dropped if _on_grid(w)):
         row, col = well_to_grid(well)
         if row < shape[0] and col < shape[1]:
             ax.add_patch(Rectangle((col - 0.5, row - 0.5), 1, 1, facecolor="white", hatch="..", edgecolor="black"))
+    for well in placed:  # over the dropped marks: a well both dropped and quarantined shows both
+        row, col = well_to_grid(well)
+        if row < shape[0] and col < shape[1]:
+            ax.add_patch(Rectangle((col - 0.5, row - 0.5), 1, 1, fill=False, hatch="/",
+                                   edgecolor=_QUARANTINE, linewidth=1.5))  # sparse: the well's colour shows
     handles = [Patch(facecolor=_GREY, edgecolor="none", label="no profile for the well")]
     if dropped:
         handles.append(Patch(facecolor="white", edgecolor="black", hatch="..",
@@ -404,7 +406,7 @@ def figure_png(fig: Figure, *, dpi: int = 100) -> bytes:
 
 
 #: A null of fewer well pairs than this is drawn one mark each (a rug), not as a density.
-NULL_POINTS_BELOW = 30
+NULL_POINTS_BELOW = 100
 
 
 def replication_figure(replication: Mapping[str, Any], *, batch: str, source: str | None = None) -> Figure:
@@ -542,9 +544,9 @@ def map_by_plate_figure(by_plate: pd.DataFrame, *, mode: str, batch: str, plate_
         good = rows["below_corrected_p"].to_numpy(dtype=bool)
         offsets = x + jitter.uniform(-0.25, 0.25, size=len(values))
         for mask, colour, name in ((good, "#d62728", "retrieved"), (~good, "#1f77b4", "not retrieved")):
-            ax.scatter(offsets[mask], values[mask], s=10, color=colour, alpha=0.7, linewidths=0,
-                       label=name if x == 0 else "_nolegend_")
-        ax.hlines(float(np.mean(values)), x - 0.35, x + 0.35, color="black", linewidth=2,
+            ax.scatter(offsets[mask], values[mask], s=10, color=colour, alpha=0.7, linewidths=0, zorder=3,
+                       label=name if x == 0 else "_nolegend_")  # above the mean's bar: a lone point stays seen
+        ax.hlines(float(np.mean(values)), x - 0.35, x + 0.35, color="black", linewidth=2, zorder=2,
                   label="plate mean mAP" if x == 0 else "_nolegend_")
         ax.text(x, 1.04, f"{format_number(float(good.mean()) * 100, decimals=0)}%", ha="center", fontsize=7)
     ax.set_xticks(range(len(plates)), plates, rotation=90 if len(plates) > 8 else 0, fontsize=7)
