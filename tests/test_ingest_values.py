@@ -4,7 +4,11 @@ named differently across sites, an empty extra object file whose Count_ says it 
 from __future__ import annotations
 
 import gzip
+import json
+import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +79,20 @@ def test_integers_above_2_53_in_measurements_are_named(tmp_path: Path, value: st
     expected = (f"Nuclei.csv: column AreaShape_Area: 1 integer(s) above 2^53 (first {value!r}, line 3) stored rounded "
                 f"to the nearest float64 ({int(float(value))}); measurements are float64")
     assert warnings == ([expected] if warned else [])
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "parquet"])
+@pytest.mark.parametrize("column", ["Granularity_1_AGP", "ExecutionTime_01Module"])
+def test_integers_above_2_53_in_image_csv_are_named_not_a_crash(tmp_path: Path, column: str, backend: str) -> None:
+    """An Image.csv integer above 2^53 (parsed as int64 there) is stored as float64 like every measurement and
+    named, in an aggregated image feature and in a stored-only column alike, whatever the backend."""
+    plate_dir = _plate(tmp_path)
+    folder = faults.site(plate_dir, "A01", 1)
+    faults.set_object_value(folder, "Image", column, "9007199254740993", row=1)
+    result = collate_plate(tmp_path, BATCH, PLATE, backend=(backend,))  # type: ignore[arg-type]
+    warnings = _sites(result)[folder.name].get("warnings", [])
+    assert any(w.startswith(f"Image.csv: column {column}: 1 integer(s) above 2^53") for w in warnings), warnings
+    faults.assert_rows_accounted(result, plate_dir)
 
 
 # --- tab-delimited exports ---------------------------------------------------------------------------
@@ -214,3 +232,20 @@ def test_an_empty_extra_object_file_with_objects_counted_is_flagged(tmp_path: Pa
         assert entry["files"]["Speckles.csv"]["not_stored"] == "empty file (0 bytes)"
     assert not [s for n, s in _sites(result).items() if n != folder.name and s.get("warnings")]
     faults.assert_rows_accounted(result, plate_dir)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes need a POSIX system")
+@pytest.mark.parametrize("name", ["Speckles.csv", "Cells.csv.gz", "notes.txt"])
+def test_a_named_pipe_in_a_site_folder_is_named_never_opened(tmp_path: Path, name: str) -> None:
+    """A FIFO among a site's files (an unfinished copy tool, a stray ``mkfifo``) would block whoever opens it:
+    collate finishes, the file is listed as not read, and a re-run still skips the unchanged plate."""
+    plate_dir = _plate(tmp_path)
+    folder = faults.site(plate_dir, "A01", 2)
+    os.mkfifo(folder / name)
+    command = [sys.executable, "-m", "cytoprofile", "collate", str(tmp_path), BATCH, PLATE, "-q"]
+    for _ in range(2):
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "backend" / BATCH / PLATE / f"{PLATE}.report.json").read_text())
+    entry = {s["site"]: s for s in report["sites"]}[folder.name]
+    assert entry["files"][name]["not_read"] == "not a regular file"

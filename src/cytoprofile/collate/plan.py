@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import stat
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -147,13 +148,17 @@ def input_state(ws: str | os.PathLike[str], batch: str, plate: str, *, report: d
                 stats[os.path.relpath(path, root)] = os.stat(path)
             except OSError:
                 stats[os.path.relpath(path, root)] = None  # a broken link: named in the report, counted here
-    todo = [rel for rel, st in stats.items() if st is not None and not _reusable(known.get(rel), st, recorded_ns)]
+    # only regular files are hashed: opening a named pipe or a device would block or never end
+    todo = [rel for rel, st in stats.items()
+            if st is not None and stat.S_ISREG(st.st_mode) and not _reusable(known.get(rel), st, recorded_ns)]
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         digests = dict(zip(todo, pool.map(lambda rel: _hash_or_none(os.path.join(root, rel)), todo)))
     files: dict[str, list[Any]] = {}
     for rel, st in sorted(stats.items()):
         if st is None:
             files[rel] = [-1, None, None]
+        elif not stat.S_ISREG(st.st_mode):
+            files[rel] = [-2, None, None]  # not a regular file: named by the read pass, never opened here
         else:
             files[rel] = [st.st_size, st.st_mtime_ns, digests[rel] if rel in digests else known[rel][2]]
     return InputState(listing_digest({rel: (e[0], e[2]) for rel, e in files.items()}), files, now, len(todo))

@@ -183,6 +183,7 @@ def parse_image(scan: SiteScan, raw: bytes | None = None) -> pa.Table | None:
         if problem:
             scan.quarantine(problem, source.path)
             return None
+    table = _wide_integers_as_floats(table)
     scan.warnings.extend(_number_warnings(table, raw, source))
     if "ImageNumber" in table.column_names:
         problem = _image_number_problem(table.column("ImageNumber"), source.name)
@@ -190,6 +191,20 @@ def parse_image(scan: SiteScan, raw: bytes | None = None) -> pa.Table | None:
             scan.quarantine(problem, source.path)
             return None
         table = table.set_column(table.column_names.index("ImageNumber"), "ImageNumber", table.column("ImageNumber").cast(pa.int64()))
+    return table
+
+
+def _wide_integers_as_floats(table: pa.Table) -> pa.Table:
+    """Integer measurement columns holding a value above 2^53 as float64, as every measurement is stored:
+    the rounding is then named like any other (an int64 column would fail to join the plate's floats)."""
+    for i, name in enumerate(table.column_names):
+        column = table.column(i)
+        if name == "ImageNumber" or not pa.types.is_integer(column.type) or not len(column):
+            continue
+        extremes = pc.min_max(column)
+        low, high = extremes["min"].as_py(), extremes["max"].as_py()
+        if low is not None and max(abs(low), abs(high)) > MAX_KEY:
+            table = table.set_column(i, name, pc.cast(column, pa.float64(), safe=False))
     return table
 
 

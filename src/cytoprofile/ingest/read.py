@@ -180,5 +180,5 @@ def image_numeric(image: pa.Table, columns: Sequence[str]) -> np.ndarray:
             continue
         col = image.column(c)
         if pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_boolean(col.type):
-            out[:, i] = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
+            out[:, i] = pc.cast(col, pa.float64(), safe=False).to_numpy(zero_copy_only=False)
     return out
