@@ -98,25 +98,26 @@ def test_integers_above_2_53_in_image_csv_are_named_not_a_crash(tmp_path: Path, 
 # --- tab-delimited exports ---------------------------------------------------------------------------
 
 
-def _to_tabs(path: Path) -> None:
+def _to_tabs(path: Path, mark: str = "\t") -> None:
     rows = read_rows(path)
-    data = "".join("\t".join(r) + "\n" for r in rows).encode()
+    data = "".join(mark.join(r) + "\n" for r in rows).encode()
     path.write_bytes(gzip.compress(data) if path.name.endswith(".gz") else data)
 
 
+@pytest.mark.parametrize(("mark", "kind"), [("\t", "tab"), (";", "semicolon")])
 @pytest.mark.parametrize("gz", [False, True])
 @pytest.mark.parametrize("name", ["Image", "Cells"])
-def test_a_tab_delimited_file_is_named_with_the_fix(tmp_path: Path, name: str, gz: bool) -> None:
+def test_a_tab_delimited_file_is_named_with_the_fix(tmp_path: Path, name: str, gz: bool, mark: str, kind: str) -> None:
     plate_dir = _plate(tmp_path)
     folder = faults.site(plate_dir, "A01", 2)
     if gz:
         faults.compress(folder)
     file = f"{name}.csv" + (".gz" if gz else "")
-    _to_tabs(folder / file)
+    _to_tabs(folder / file, mark)
     result = collate_plate(tmp_path, BATCH, PLATE)
     entry = _sites(result)[folder.name]
     assert entry["status"] == "quarantined"
-    why = "tab-delimited; CellProfiler writes commas: re-export it from CellProfiler or convert the tabs to commas"
+    why = f"{kind}-delimited; CellProfiler writes commas: re-export it from CellProfiler or convert the {kind}s to commas"
     assert entry["reason"] == (f"{file} is {why}" if name == "Image" else f"{file}: {why}; Cells is one of the compartments")
     faults.assert_rows_accounted(result, plate_dir)
 

@@ -296,8 +296,10 @@ def _check_header(scan: SiteScan, table: str, source: Source) -> None:
             blank = not read_bytes(source.path).strip()
             _set_aside(scan, table, source, "no header row (blank lines only)" if blank else "no header row (line 1 is blank)")
         return
-    if len(header) == 1 and "\t" in header[0]:
-        why = "tab-delimited; CellProfiler writes commas: re-export it from CellProfiler or convert the tabs to commas"
+    other = next((name for mark, name in (("\t", "tab"), (";", "semicolon")) if mark in header[0]), None)
+    if len(header) == 1 and other:  # a spreadsheet's export; CellProfiler's names hold neither character
+        why = (f"{other}-delimited; CellProfiler writes commas: re-export it from CellProfiler or convert the "
+               f"{other}s to commas")
         if table == IMAGE_TABLE:
             scan.quarantine(f"{source.name} is {why}", source.path)
         else:
