@@ -319,3 +319,27 @@ def cr_line_endings(folder: Path, name: str, *, only_line: int | None = None) ->
     else:
         out = b"\n".join([*lines[: only_line - 1], lines[only_line - 1] + b"\r" + lines[only_line], *lines[only_line + 1 :]])
     path.write_bytes(gzip.compress(out) if gz else out)
+
+
+def run_sql(path: str | Path, *statements: str) -> None:
+    """Run ``statements`` on the SQLite file at ``path`` and commit (to damage or edit a fixture database)."""
+    conn = sqlite3.connect(path)
+    try:
+        for s in statements:
+            conn.execute(s)
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def fail_sqlite_writes(monkeypatch: Any, code: int) -> None:
+    """Make the SQLite backend writer fail as SQLite does on a full disk (``ENOSPC``) or a read-only one."""
+    import errno
+
+    from cytoprofile import backend
+
+    message = "database or disk is full" if code == errno.ENOSPC else "attempt to write a readonly database"
+
+    def add(*_: object, **__: object) -> None:
+        raise sqlite3.OperationalError(message)
+    monkeypatch.setattr(backend.SQLiteBackendWriter, "add", add)

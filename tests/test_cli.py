@@ -11,6 +11,8 @@ import typer.main
 
 from cytoprofile.cli import app, main
 
+from . import faults
+
 
 def _commands() -> list[str]:
     group = typer.main.get_command(app)
@@ -145,7 +147,6 @@ def test_plate_without_a_readable_site_fails_and_is_not_skipped_later(tmp_path: 
 def _inject(monkeypatch: pytest.MonkeyPatch, where: str, code: int) -> None:
     """Make one kind of write under the workspace fail as a full or read-only disk would."""
     import os
-    import sqlite3
 
     from cytoprofile import backend, io
 
@@ -159,11 +160,7 @@ def _inject(monkeypatch: pytest.MonkeyPatch, where: str, code: int) -> None:
             raise error
         monkeypatch.setattr(io, "write_json", write_json)
     elif where == "sqlite":
-        message = "database or disk is full" if code == errno.ENOSPC else "attempt to write a readonly database"
-
-        def add(*_: object, **__: object) -> None:
-            raise sqlite3.OperationalError(message)
-        monkeypatch.setattr(backend.SQLiteBackendWriter, "add", add)
+        faults.fail_sqlite_writes(monkeypatch, code)
     elif where == "mkdir":
         real = Path.mkdir
 

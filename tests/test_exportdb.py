@@ -26,6 +26,8 @@ from cytoprofile.exportdb import (
 from cytoprofile.ingest import TABLE_NUMBER_FILE
 from cytoprofile.synth import cellprofiler_column_name, synth, write_export_database
 
+from . import faults
+
 BATCH = "B1"
 LONG = "AreaShape_CompactnessOfTheCorrectedDNAImageAfterIlluminationAndBackgroundCorrection"
 
@@ -219,22 +221,12 @@ def test_two_plates_in_one_file_are_routed_by_plate(tmp_path: Path) -> None:
     _assert_accounted(db_file, runs)
 
 
-def _mutate(path: str, *statements: str) -> None:
-    conn = sqlite3.connect(path)
-    try:
-        for s in statements:
-            conn.execute(s)
-        conn.commit()
-    finally:
-        conn.close()
-
-
 @pytest.mark.parametrize("layout", ["per_object_table", "per_object"])
 def test_object_rows_of_unknown_images_are_reported(tmp_path: Path, layout: str) -> None:
     csv_ws = _csv_workspace(tmp_path, long_name=False)
     db_ws, files = _db_workspace(tmp_path, csv_ws, "P1", files=2, layout=layout)
     table = "MyExpt_Per_Cells" if layout == "per_object_table" else "MyExpt_Per_Object"
-    _mutate(files[0], f'UPDATE "{table}" SET ImageNumber = 99 WHERE ImageNumber = 2',
+    faults.run_sql(files[0], f'UPDATE "{table}" SET ImageNumber = 99 WHERE ImageNumber = 2',
             f'UPDATE "{table}" SET ImageNumber = NULL WHERE ImageNumber = 3 AND rowid IN '
             f'(SELECT rowid FROM "{table}" WHERE ImageNumber = 3 LIMIT 2)')
     got = _run(db_ws, "P1")
@@ -253,7 +245,7 @@ def test_duplicate_image_numbers_and_sites_are_left_out_and_named(tmp_path: Path
     cols = [r[1] for r in conn.execute('PRAGMA table_info("Per_Image")')]
     conn.close()
     select = ", ".join(f'"{c}"' for c in cols)
-    _mutate(
+    faults.run_sql(
         files[0],
         # a table without the primary key, with ImageNumber 1 twice
         f'CREATE TABLE tmp AS SELECT {select} FROM "Per_Image"', 'DROP TABLE "Per_Image"',
@@ -261,7 +253,7 @@ def test_duplicate_image_numbers_and_sites_are_left_out_and_named(tmp_path: Path
         f'INSERT INTO "Per_Image" SELECT {select.replace(chr(34) + "ImageNumber" + chr(34), "1", 1)} FROM "Per_Image" WHERE ImageNumber = 2',
     )
     # the last site of file 2 also claims to be P1/A01/2 (a re-run of one site)
-    _mutate(files[1], 'UPDATE "Per_Image" SET Image_Metadata_Well = \'A01\', Image_Metadata_Site = 2 '
+    faults.run_sql(files[1], 'UPDATE "Per_Image" SET Image_Metadata_Well = \'A01\', Image_Metadata_Site = 2 '
             'WHERE ImageNumber = (SELECT MAX(ImageNumber) FROM "Per_Image")')
     got = _run(db_ws, "P1")
     reasons = [d["reason"] for d in got["report"]["export_database"]["dropped"]]
@@ -301,7 +293,7 @@ def test_single_per_object_table_with_unequal_counts(tmp_path: Path) -> None:
 def test_broken_files_are_refused_naming_file_and_fix(tmp_path: Path, mutation: list[str], message: str) -> None:
     csv_ws = _csv_workspace(tmp_path, long_name=False)
     db_ws, files = _db_workspace(tmp_path, csv_ws, "P1", files=1)
-    _mutate(files[0], *mutation)
+    faults.run_sql(files[0], *mutation)
     with pytest.raises(InputError, match=message) as caught:
         collate_export(db_ws, BATCH, "P1")
     assert "run1.sqlite" in str(caught.value)
@@ -322,7 +314,7 @@ def test_not_sqlite_and_missing_files(tmp_path: Path) -> None:
 def test_table_prefix_option(tmp_path: Path) -> None:
     csv_ws = _csv_workspace(tmp_path, long_name=False)
     db_ws, files = _db_workspace(tmp_path, csv_ws, "P1", files=1, table_prefix="Run7_")
-    _mutate(files[0], 'CREATE TABLE "Other_Per_Image" (ImageNumber INTEGER)')
+    faults.run_sql(files[0], 'CREATE TABLE "Other_Per_Image" (ImageNumber INTEGER)')
     assert open_export(files[0], table_prefix="Run7_").prefix == "Run7_"
     with pytest.raises(InputError, match="no table Nope_Per_Image"):
         open_export(files[0], table_prefix="Nope_")
@@ -333,7 +325,7 @@ def test_table_prefix_option(tmp_path: Path) -> None:
 def test_a_file_without_plate_metadata_belongs_to_the_plate(tmp_path: Path) -> None:
     csv_ws = _csv_workspace(tmp_path, long_name=False)
     db_ws, files = _db_workspace(tmp_path, csv_ws, "P1", files=1)
-    _mutate(files[0], 'ALTER TABLE "MyExpt_Per_Image" DROP COLUMN Image_Metadata_Plate')
+    faults.run_sql(files[0], 'ALTER TABLE "MyExpt_Per_Image" DROP COLUMN Image_Metadata_Plate')
     expected = collate_plate(csv_ws, BATCH, "P1")
     got = _run(db_ws, "P1")
     pd.testing.assert_frame_equal(_profiles(got["result"].outputs["profiles"]), _profiles(expected.outputs["profiles"]))
@@ -367,7 +359,7 @@ def test_cellprofiler_column_name_shortening() -> None:
 def test_values_of_another_type_are_kept_as_written(tmp_path: Path) -> None:
     csv_ws = _csv_workspace(tmp_path, long_name=False)
     db_ws, files = _db_workspace(tmp_path, csv_ws, "P1", files=1)
-    _mutate(files[0],
+    faults.run_sql(files[0],
             # a REAL in an INTEGER column must not be truncated; text in a REAL column is not a number
             'UPDATE "MyExpt_Per_Cells" SET Cells_Parent_Nuclei = 2.5 WHERE ImageNumber = 1 AND Cells_Number_Object_Number = 1',
             'UPDATE "MyExpt_Per_Nuclei" SET Nuclei_AreaShape_Area = \'n/a\' WHERE ImageNumber = 2 AND Nuclei_Number_Object_Number = 3')
@@ -503,7 +495,7 @@ def test_a_copied_run_file_is_read_once_and_drops_are_said(tmp_path: Path, caplo
     assert "a copy of" in entry["not_read"] and not entry["rows"] and entry["rows_not_read"]
     assert not got["report"]["export_database"]["dropped"]
     assert "zcopy.sqlite is a copy of" in caplog.text
-    _mutate(str(copy), 'UPDATE "Per_Image" SET Image_Metadata_Site = Image_Metadata_Site WHERE ImageNumber = 1',
+    faults.run_sql(str(copy), 'UPDATE "Per_Image" SET Image_Metadata_Site = Image_Metadata_Site WHERE ImageNumber = 1',
             'CREATE TABLE changed (x)')  # same images, other bytes: which copy is right is unknown
     caplog.clear()
     with caplog.at_level("WARNING", logger="cytoprofile"):

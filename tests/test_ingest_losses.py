@@ -31,16 +31,6 @@ def _sites(result: Any) -> dict[str, dict[str, Any]]:
     return {s["site"]: s for s in result.report["sites"]}
 
 
-def _mutate(path: str | Path, *statements: str) -> None:
-    conn = sqlite3.connect(path)
-    try:
-        for s in statements:
-            conn.execute(s)
-        conn.commit()
-    finally:
-        conn.close()
-
-
 def _db_plate(tmp_path: Path, *, files: int = 2) -> tuple[Path, list[str]]:
     """A CSV plate and its ExportToDatabase twin (``files`` runs, no table prefix)."""
     csv_ws = tmp_path / "csv"
@@ -105,7 +95,7 @@ def test_a_site_in_two_database_runs_is_left_out_from_both(tmp_path: Path, well:
     with sqlite3.connect(files[0]) as conn:
         taken = conn.execute("SELECT Image_Metadata_Well, Image_Metadata_Site FROM Per_Image WHERE ImageNumber = 1").fetchone()
     assert taken == ("A01", 1)
-    _mutate(files[1], f"UPDATE Per_Image SET Image_Metadata_Well = '{well}', Image_Metadata_Site = '{site}' "
+    faults.run_sql(files[1], f"UPDATE Per_Image SET Image_Metadata_Well = '{well}', Image_Metadata_Site = '{site}' "
                       "WHERE ImageNumber = 1")
     with caplog.at_level("WARNING", logger="cytoprofile"):
         result = collate_export(db_ws, BATCH, PLATE)
@@ -219,16 +209,16 @@ def _damage_page(path: str, table: str) -> None:
 _DAMAGE = {
     "damaged_cells_page": (lambda f: _damage_page(f, "Per_Cells"), "the file is damaged: copy the file again"),
     "damaged_image_page": (lambda f: _damage_page(f, "Per_Image"), "the file is damaged: copy the file again"),
-    "image_text_not_utf8": (lambda f: _mutate(f, "UPDATE Per_Image SET Image_FileName_OrigAGP = CAST(X'41FF42' AS TEXT) "
+    "image_text_not_utf8": (lambda f: faults.run_sql(f, "UPDATE Per_Image SET Image_FileName_OrigAGP = CAST(X'41FF42' AS TEXT) "
                                                  "WHERE ImageNumber = 2"),
                             "column 'Image_FileName_OrigAGP' holds a TEXT value that is not UTF-8; re-export"),
-    "object_text_not_utf8": (lambda f: _mutate(f, "ALTER TABLE Per_Nuclei ADD COLUMN Nuclei_Metadata_Note TEXT",
+    "object_text_not_utf8": (lambda f: faults.run_sql(f, "ALTER TABLE Per_Nuclei ADD COLUMN Nuclei_Metadata_Note TEXT",
                                                   "UPDATE Per_Nuclei SET Nuclei_Metadata_Note = CAST(X'FE' AS TEXT)"),
                              "column 'Nuclei_Metadata_Note' holds a TEXT value that is not UTF-8"),
-    "image_blob": (lambda f: _mutate(f, "ALTER TABLE Per_Image ADD COLUMN Image_ImageSet_Zip_Dictionary BLOB",
+    "image_blob": (lambda f: faults.run_sql(f, "ALTER TABLE Per_Image ADD COLUMN Image_ImageSet_Zip_Dictionary BLOB",
                                         "UPDATE Per_Image SET Image_ImageSet_Zip_Dictionary = X'00FF1022'"),
                    "Per_Image column Image_ImageSet_Zip_Dictionary holds a binary (BLOB) value (ImageNumber 1)"),
-    "object_blob": (lambda f: _mutate(f, "UPDATE Per_Cells SET Cells_AreaShape_Area = X'00FF' WHERE ImageNumber = 2"),
+    "object_blob": (lambda f: faults.run_sql(f, "UPDATE Per_Cells SET Cells_AreaShape_Area = X'00FF' WHERE ImageNumber = 2"),
                     "Per_Cells column Cells_AreaShape_Area holds a binary (BLOB) value (ImageNumber 2)"),
 }
 
@@ -255,7 +245,6 @@ def _fail_writes(monkeypatch: pytest.MonkeyPatch, where: str, code: int) -> None
     """One kind of write failing as a full or read-only disk makes it fail."""
     import os
 
-    from cytoprofile import backend
     from cytoprofile.exportdb import materialise
 
     if where == "scratch":
@@ -263,11 +252,7 @@ def _fail_writes(monkeypatch: pytest.MonkeyPatch, where: str, code: int) -> None
             raise OSError(code, os.strerror(code), path)
         monkeypatch.setattr(materialise, "_write_csv", write)
     elif where == "sqlite":
-        message = "database or disk is full" if code == errno.ENOSPC else "attempt to write a readonly database"
-
-        def add(*_: object, **__: object) -> None:
-            raise sqlite3.OperationalError(message)
-        monkeypatch.setattr(backend.SQLiteBackendWriter, "add", add)
+        faults.fail_sqlite_writes(monkeypatch, code)
     else:
         real = Path.mkdir
 
@@ -339,7 +324,7 @@ def test_database_images_of_other_plates_are_said(tmp_path: Path, others: list[s
                                                    caplog: pytest.LogCaptureFixture) -> None:
     db_ws, files = _db_plate(tmp_path)
     for number, name in enumerate(others, start=1):
-        _mutate(files[1], f"UPDATE Per_Image SET Image_Metadata_Plate = '{name}' WHERE ImageNumber = {number}")
+        faults.run_sql(files[1], f"UPDATE Per_Image SET Image_Metadata_Plate = '{name}' WHERE ImageNumber = {number}")
     with caplog.at_level("WARNING", logger="cytoprofile"):
         result = collate_export(db_ws, BATCH, PLATE)
     assert result.status == "done", result.message
