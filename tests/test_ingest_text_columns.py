@@ -134,6 +134,22 @@ def test_object_metadata_disagreeing_with_image_csv_is_a_warning(tmp_path: Path)
     faults.assert_rows_accounted(result, plate_dir)
 
 
+@pytest.mark.parametrize("without", [("A01", 1), ("A02", 2)])
+def test_a_site_whose_object_files_lack_the_copies_is_not_said_to_disagree(tmp_path: Path,
+                                                                            without: tuple[str, int]) -> None:
+    """Copies of Image.csv columns in some sites' object files only: a site without them disagrees with nothing."""
+    plate_dir = _plate(tmp_path)
+    bare = faults.site(plate_dir, *without)
+    for folder in sorted(plate_dir.iterdir()):
+        if folder != bare:
+            add_image_columns(folder)
+    result = collate_plate(tmp_path, BATCH, PLATE)
+    sites = {s["site"]: s for s in result.report["sites"]}
+    assert {s["status"] for s in sites.values()} == {"ok"}
+    assert not [n for n, s in sites.items() if s.get("warnings")], sites
+    faults.assert_rows_accounted(result, plate_dir)
+
+
 def test_single_cells_hold_no_copied_metadata(tmp_path: Path) -> None:
     """collate --single-cells: the object files' metadata copies are neither features nor duplicated columns."""
     _plate(tmp_path / "plain")

@@ -95,7 +95,8 @@ def _read_site(scan: SiteScan, schema: PlateSchema, count_check: CountCheck = "e
             return _quarantined(scan, str(exc), source.path)
         if text is not None:
             texts[table] = text
-            cut.extend(object_metadata_warnings(source.name, text, array[:, 0], image))
+            own = text.select([c for c in text.column_names if c in set(source.text_header)])  # not the plate's others
+            cut.extend(object_metadata_warnings(source.name, own, array[:, 0], image))
         keys = _row_keys(array[:, 0], key_by_image)
         if isinstance(keys, int):
             return _quarantined(scan, f"{source.name} refers to ImageNumber {keys}, absent from Image.csv", source.path)
