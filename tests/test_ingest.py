@@ -1286,6 +1286,33 @@ def test_a_last_row_without_a_line_ending_is_a_warning_naming_the_file(tmp_path:
     assert result.report["totals"]["sites_ok"] == 4
 
 
+@pytest.mark.parametrize("sites", [3, 16])
+def test_site_warnings_are_said_once_and_a_few_per_plate(tmp_path: Path, sites: int,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """Every site warning is in the report; the terminal says the first ten, then how many more, and a folder
+    name disagreeing with Image.csv once for the plate (not again per site)."""
+    from cytoprofile.collate.read import _SITE_WARNINGS_SAID
+
+    synth(tmp_path, plates=["P1"], wells=96, well_subset=2, sites=8, cells=3, features=3, seed=2)
+    analysis = tmp_path / "analysis/BATCH1/P1/analysis"
+    folders = sorted(analysis.iterdir())[:sites]
+    for folder in folders:
+        path = folder / "Cells.csv"
+        path.write_bytes(path.read_bytes()[:-1])
+    faults.set_image_value(folders[0], "Metadata_Site", "9")
+    with caplog.at_level("WARNING", logger="cytoprofile"):
+        result = collate_plate(tmp_path, "BATCH1", "P1")
+    n = len([w for s in result.report["sites"] for w in s.get("warnings", []) if "ends without a line ending" in w])
+    assert n >= min(sites, _SITE_WARNINGS_SAID + 1)  # a site without cells has no last row to cut
+    lines = [r.getMessage() for r in caplog.records]
+    said = [m for m in lines if "ends without a line ending" in m]
+    assert len(said) == min(n, _SITE_WARNINGS_SAID)
+    more = [m for m in lines if "more site warning(s)" in m]
+    assert more == ([f"P1: {n - _SITE_WARNINGS_SAID} more site warning(s), listed with their sites in the report"]
+                    if n > _SITE_WARNINGS_SAID else [])
+    assert len([m for m in lines if "says Metadata_Site" in m]) == 1
+
+
 @pytest.mark.parametrize("name", ["Cells.csv", "P1-A03-1.csv", "P1-A03-1", ".DS_Store"])
 def test_files_beside_the_site_folders_are_named(tmp_path: Path, name: str, caplog: pytest.LogCaptureFixture) -> None:
     """A file directly in the plate's analysis folder is in no site: named in the report as not read."""

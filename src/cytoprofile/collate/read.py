@@ -20,6 +20,7 @@ from ..backend import (
 )
 from ..errors import AccountingError, InputError, QuarantineError
 from ..ingest import (
+    FOLDER_WARNING,
     IMAGE_TABLE,
     RUN_METADATA_FILES,
     Quarantine,
@@ -195,6 +196,10 @@ class _Tally:
                            **({"notes": site.notes} if site.notes else {})})
 
 
+#: site warnings said on the terminal per plate (a plate of thousands of sites could say thousands)
+_SITE_WARNINGS_SAID = 10
+
+
 def _stream_sites(ws: str | os.PathLike[str], plate: str, scans: list[Any], schema: Any, writers: _Writers,
                   wells: WellProfiles, options: dict[str, Any], progress: Progress | None) -> _Tally:
     """Read the sites in key order: each into the writers, the well buffer and the tally; full wells aggregated."""
@@ -202,19 +207,26 @@ def _stream_sites(ws: str | os.PathLike[str], plate: str, scans: list[Any], sche
     tally = _Tally(rows_in={t: 0 for t in schema.tables})
     ordered = order_by_key(scans)
     results = read_sites(ordered, schema, threads=options["threads"], count_check=options["count_check"])
+    said = 0
     for done, result in enumerate(results, start=1):
         if isinstance(result, Quarantine):
             tally.add_quarantined(result, ws, strata)
             log.warning("%s: site %s quarantined: %s", plate, result.name, result.reason)
         else:
-            for warning in result.warnings:  # in the report too, with the site
-                log.warning("%s: site %s: %s", plate, result.name, warning)
+            for warning in result.warnings:  # all in the report, with the site; the first few said here too
+                if warning.startswith(FOLDER_WARNING):
+                    continue  # the scan said these once for the plate
+                if said < _SITE_WARNINGS_SAID:
+                    log.warning("%s: site %s: %s", plate, result.name, warning)
+                said += 1
             writers.add(result)
             tally.add_read(result, strata)
             wells.add(result)
         wells.site_done(result.keys)
         if progress is not None:
             progress(plate, done, len(ordered))
+    if said > _SITE_WARNINGS_SAID:
+        log.warning("%s: %d more site warning(s), listed with their sites in the report", plate, said - _SITE_WARNINGS_SAID)
     return tally
 
 

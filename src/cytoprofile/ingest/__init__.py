@@ -21,6 +21,7 @@ returned or belongs to a quarantined site whose rows per file are counted.
 from __future__ import annotations
 
 from .model import (
+    FOLDER_WARNING,
     GENERATION_TABLE,
     IMAGE_TABLE,
     MAX_KEY,
@@ -45,6 +46,7 @@ from .scan import discover_sites, files_beside_sites, scan_sites
 from .schema import plan_schema
 
 __all__ = [
+    "FOLDER_WARNING",
     "IMAGE_TABLE",
     "MAX_KEY",
     "NULL_VALUES",

@@ -14,6 +14,7 @@ import pyarrow.csv as pacsv
 
 from ..vocabulary import SITE_NAME, normalise_well
 from .model import (
+    FOLDER_WARNING,
     IMAGE_TABLE,
     MAX_KEY,
     NULL_VALUES,
@@ -106,13 +107,13 @@ def _folder_disagreements(image: pa.Table, site: str, plate: str) -> list[str]:
     for column, folder_value in said.items():
         if column not in image.column_names:
             if column == "Metadata_Plate" and folder_value != plate:
-                out.append(f"folder {site} says Metadata_Plate {folder_value!r}, but it is in plate folder {plate!r} "
+                out.append(f"{FOLDER_WARNING}{site} says Metadata_Plate {folder_value!r}, but it is in plate folder {plate!r} "
                            f"(Metadata_Plate {plate!r} is used)")
             continue
         values = [v for v in dict.fromkeys(image.column(column).to_pylist()) if v is not None and str(v).strip()]
         other = [v for v in values if not _same_key(column, str(v), folder_value)]
         if other:
-            out.append(f"folder {site} says {column} {folder_value!r}, Image.csv says {str(other[0])!r} "
+            out.append(f"{FOLDER_WARNING}{site} says {column} {folder_value!r}, Image.csv says {str(other[0])!r} "
                        "(Image.csv's value is used)")
     return out
 

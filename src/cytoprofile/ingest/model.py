@@ -14,6 +14,7 @@ import pyarrow as pa
 from ..vocabulary import KEY_COLUMNS, TEXT_FAMILIES
 
 __all__ = [
+    "FOLDER_WARNING",
     "APPLE_DOUBLE",
     "CountCheck",
     "GENERATION_TABLE",
@@ -39,6 +40,8 @@ __all__ = [
 ]
 
 IMAGE_TABLE = "Image"
+#: how a site warning about its folder's name disagreeing with Image.csv begins (the scan says them per plate)
+FOLDER_WARNING = "folder "
 #: CellProfiler run metadata, not measurements: never an object table (any case, any prefix).
 RUN_METADATA_FILES = ("Experiment.csv",)
 #: what CellProfiler writes for a missing number: NULL in a numeric column (``inf`` stays infinite). Any other

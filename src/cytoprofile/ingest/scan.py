@@ -19,6 +19,7 @@ from ..vocabulary import is_text_column
 from .image import check_image, parse_image
 from .model import (
     APPLE_DOUBLE,
+    FOLDER_WARNING,
     IMAGE_TABLE,
     RESERVED_TABLES,
     RUN_METADATA_FILES,
@@ -442,10 +443,10 @@ def scan_sites(
         scans = list(pool.map(lambda d: _scan_one(d, strata, plate, file_prefix), sorted(site_dirs)))
     _mark_duplicates(scans)
     _mark_repeated_sites(scans, plate)
-    disagreeing = [s for s in scans if s.problem is None and any(w.startswith("folder ") for w in s.warnings)]
+    disagreeing = [s for s in scans if s.problem is None and any(w.startswith(FOLDER_WARNING) for w in s.warnings)]
     if disagreeing:
         log.warning("%s: %d site folder name(s) disagree with Image.csv (listed in the report); first: %s", plate,
-                    len(disagreeing), next(w for w in disagreeing[0].warnings if w.startswith("folder ")))
+                    len(disagreeing), next(w for w in disagreeing[0].warnings if w.startswith(FOLDER_WARNING)))
     return scans
 
 
