@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from cytoprofile.collate import collate
+from cytoprofile.executor import run_plates
 
 from .quarantine import BATCH, quarantined_workspace
 from .test_scale_out import cluster  # noqa: F401 - the loopback scheduler and workers
@@ -63,3 +65,23 @@ def test_dask_progress_reaches_the_client_before_each_plate_ends(
         assert sorted(warnings) == sorted(w for w in expected if w.startswith(f"{plate}:"))
         shown = [m for p, m, *_ in remote.seen if p == plate]
         assert shown.index(warnings[-1]) < len(shown) - 1 - shown[::-1].index("progress")
+
+
+def _slow_or_broken(task: int, options: dict[str, str], _progress: object) -> int:
+    """A plate task: the first one fails at once with a bug, the others take a few seconds and leave a file."""
+    if task == 0:
+        time.sleep(0.5)
+        raise RuntimeError("a bug")
+    time.sleep(3)
+    (Path(options["out"]) / f"done{task}").write_text("written")
+    return task
+
+
+def test_a_task_that_fails_unexpectedly_stops_the_pool(tmp_path: Path) -> None:
+    """A bug in one plate ends the run: no queued plate starts and the running ones end, so no worker goes on
+    writing after the command has exited (nor ignores a Ctrl-C meant for it)."""
+    with pytest.raises(RuntimeError, match="a bug"):
+        run_plates(_slow_or_broken, [0, 1, 2, 3], {"out": str(tmp_path)}, jobs=2)
+    time.sleep(6)  # longer than two rounds of the slow plates
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+

@@ -21,6 +21,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
+from .errors import CytoprofileError
 from .logs import LOGGER, forward_records, prepared, replay
 
 __all__ = ["PlateTask", "Task", "check_scheduler", "run_plates"]
@@ -122,6 +123,19 @@ def _stop_pool(pool: ProcessPoolExecutor) -> None:
             process.join(timeout=5)
 
 
+def _end_pool(pool: ProcessPoolExecutor, exc: BaseException) -> None:
+    """After a task raised. A plate's user error lets the other plates run to their end (their outputs stay
+    good for the re-run); an interrupt, a bug, or an interrupt while waiting for them stops the pool now."""
+    if not isinstance(exc, CytoprofileError):
+        _stop_pool(pool)
+        return
+    try:
+        pool.shutdown(wait=True)
+    except BaseException:
+        _stop_pool(pool)
+        raise
+
+
 def _relay(q: Any, stop: threading.Event, handle: Callable[[Any], None]) -> None:
     """Hand every queued item to ``handle`` until the end marker (or the queue is gone)."""
     while True:
@@ -167,11 +181,10 @@ def _run_pool(fn: Callable[[T, dict[str, Any], Progress | None], R], tasks: Sequ
                 for future in as_completed(futures):
                     results[futures[future]] = future.result()
                     q.put(("done", futures[future]))
-            except KeyboardInterrupt:
-                _stop_pool(pool)
+            except BaseException as exc:
+                _end_pool(pool, exc)
                 raise
-            finally:
-                pool.shutdown(wait=True)
+            pool.shutdown(wait=True)
         finally:
             with contextlib.suppress(EOFError, OSError):
                 q.put(_DONE)
