@@ -141,3 +141,31 @@ def test_small_sites_waiting_for_their_row_group_are_fused(tmp_path: Path) -> No
     got = pq.ParquetFile(tmp_path / "out.parquet")
     assert got.metadata.num_row_groups == 1
     assert got.read().equals(pa.concat_tables(sites).combine_chunks())
+
+
+def test_the_last_sites_failed_write_fails_collate_before_a_backend_is_closed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """collate --single-cells: the single-cell write of the last site runs in a thread; its error (a full disk)
+    fails the plate before any backend file is finished, and nothing is left under a final name."""
+    from cytoprofile import backend
+    from cytoprofile.errors import OutputError
+
+    synth(tmp_path, plates=["P1"], wells=96, well_subset=2, sites=2, cells=4, features=3)
+    real, closed = ParquetSink.write, []
+    calls = {"n": 0}
+
+    def failing(self: ParquetSink, table: object) -> None:
+        calls["n"] += 1
+        if calls["n"] == 4:  # the last of the plate's 4 sites
+            raise OSError(28, "No space left on device")
+        real(self, table)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ParquetSink, "write", failing)
+    monkeypatch.setattr(backend.SQLiteBackendWriter, "close", lambda self: closed.append(self))
+    with pytest.raises(OutputError, match="no space left"):
+        collate_plate(tmp_path, "BATCH1", "P1", single_cells=("parquet",))
+    assert calls["n"] == 4
+    assert closed == []
+    assert not (tmp_path / "backend" / "BATCH1" / "P1").exists() or not any(
+        (tmp_path / "backend" / "BATCH1" / "P1").iterdir())

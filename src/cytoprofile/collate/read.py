@@ -155,7 +155,10 @@ class _Writers:
             self.stream.add(site.table_number, site.image.to_pandas(), site.objects)
 
     def close(self) -> Any:
-        """Finish every file; the single-cell account (None without the stream)."""
+        """Finish every file; the single-cell account (None without the stream). The last site's single-cell
+        write ends first, so its error aborts the plate before any backend is closed."""
+        if self.stream is not None:
+            self.stream.finish_writes()
         for writer in self.backends:
             writer.close()
         return self.stream.close(write_report=False) if self.stream is not None else None

@@ -194,6 +194,10 @@ class SingleCellStream:
         self.join.site_order()
         self._writes.put(self.join.join_site(table_number))
 
+    def finish_writes(self) -> None:
+        """Wait for the site being written; its error (a full disk) is raised here, before anything is closed."""
+        self._writes.wait()
+
     def close(self, *, write_report: bool = True) -> SingleCellReport:
         """Move the outputs into place and write the report (last; ``write_report=False``
         when the caller carries it in its own report, as collate does)."""
