@@ -339,10 +339,14 @@ def test_database_images_of_other_plates_are_said(tmp_path: Path, others: list[s
 
 @pytest.mark.parametrize(("name", "content"), [("Thumbs.db", b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\x00" * 504),
                                                ("notes.DB", b""), ("cache.db", b"SQLite format 2\x00")])
-def test_a_foreign_db_file_in_a_database_plate_is_named_not_read(tmp_path: Path, name: str, content: bytes) -> None:
+@pytest.mark.parametrize("given", [False, True])
+def test_a_foreign_db_file_in_a_database_plate_is_named_not_read(tmp_path: Path, name: str, content: bytes,
+                                                                given: bool) -> None:
+    """Found in the plate folder or in a folder given as the export (``--export-db FOLDER``) alike."""
     db_ws, files = _db_plate(tmp_path)
-    (db_ws / "analysis" / BATCH / PLATE / name).write_bytes(content)
-    result = collate_export(db_ws, BATCH, PLATE)
+    folder = db_ws / "analysis" / BATCH / PLATE
+    (folder / name).write_bytes(content)
+    result = collate_export(db_ws, BATCH, PLATE, sources=[str(folder)] if given else None)
     assert result.status == "done", result.message
     report = json.loads(Path(result.outputs["report"]).read_text())
     assert "not an SQLite file" in report["export_database"]["files_not_read"][name]

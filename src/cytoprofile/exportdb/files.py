@@ -110,13 +110,14 @@ def table_number(source_name: str, image_number: int) -> int:
 
 
 def find_export_files(path: str | os.PathLike[str]) -> list[str]:
-    """ExportToDatabase files at ``path``: the file itself, or the SQLite files directly in a folder."""
+    """ExportToDatabase files at ``path``: the file itself, or the SQLite files directly in a folder (a ``.db``
+    file of another program, such as Thumbs.db, is not one: :func:`foreign_db_files` names it)."""
     target = Path(path)
     if target.is_file():
         return [str(target)]
     if not target.is_dir():
         raise InputError(f"{target}: no such file or folder; give an ExportToDatabase .sqlite file or a folder of them")
-    found = sorted(str(p) for p in target.iterdir() if p.is_file() and p.suffix.lower() in EXPORT_SUFFIXES)
+    found, _ = _listed(target)
     if not found:
         raise InputError(f"{target}: holds no ExportToDatabase file (*{', *'.join(EXPORT_SUFFIXES)})")
     return found
@@ -125,19 +126,20 @@ def find_export_files(path: str | os.PathLike[str]) -> list[str]:
 def discover_export_files(ws: str | os.PathLike[str], batch: str, plate: str) -> list[str]:
     """A plate's ExportToDatabase files in the workspace: ``analysis/BATCH/PLATE/*.sqlite`` (none: empty list)."""
     folder = Path(Workspace(str(ws)).analysis_plate(batch, plate))
-    if not folder.is_dir():
-        return []
-    return sorted(str(p) for p in folder.iterdir() if p.is_file() and p.suffix.lower() in EXPORT_SUFFIXES
-                  and not _foreign_db(p))
+    return _listed(folder)[0] if folder.is_dir() else []
 
 
-def foreign_db_files(ws: str | os.PathLike[str], batch: str, plate: str) -> dict[str, str]:
-    """``*.db`` files of the plate folder that are not SQLite (Windows' ``Thumbs.db``): name -> why they are not read."""
-    folder = Path(Workspace(str(ws)).analysis_plate(batch, plate))
-    if not folder.is_dir():
-        return {}
-    return {p.name: "not an SQLite file (a .db file of another program, such as Thumbs.db): not read"
-            for p in sorted(folder.iterdir()) if p.is_file() and _foreign_db(p)}
+def foreign_db_files(folder: str | os.PathLike[str]) -> dict[str, str]:
+    """``*.db`` files directly in ``folder`` that are not SQLite (Windows' ``Thumbs.db``): name -> why not read."""
+    return _listed(Path(folder))[1] if Path(folder).is_dir() else {}
+
+
+def _listed(folder: Path) -> tuple[list[str], dict[str, str]]:
+    """The SQLite files directly in ``folder``, and the ``.db`` files of other programs beside them."""
+    candidates = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in EXPORT_SUFFIXES)
+    foreign = [p for p in candidates if _foreign_db(p)]
+    return ([str(p) for p in candidates if p not in foreign],
+            {p.name: "not an SQLite file (a .db file of another program, such as Thumbs.db): not read" for p in foreign})
 
 
 def _foreign_db(path: Path) -> bool:

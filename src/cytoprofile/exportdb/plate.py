@@ -108,8 +108,10 @@ def collate_export(
         result.outputs = {k: os.path.join(root, os.path.relpath(v, scratch)) for k, v in result.outputs.items()}
         if result.status == "done" and result.report is not None:
             section = {**done.report(), "sources": fingerprint, "call": call}
-            if not sources and foreign_db_files(root, batch, plate):
-                section["files_not_read"] = foreign_db_files(root, batch, plate)
+            folders = sources or [Workspace(root).analysis_plate(batch, plate)]
+            foreign = {name: why for folder in folders for name, why in foreign_db_files(folder).items()}
+            if foreign:
+                section["files_not_read"] = foreign
             result.report = _amend_report(result.report, done, section, outputs["report"])
         return result
 
