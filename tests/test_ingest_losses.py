@@ -352,3 +352,18 @@ def test_a_foreign_db_file_in_a_database_plate_is_named_not_read(tmp_path: Path,
     assert "not an SQLite file" in report["export_database"]["files_not_read"][name]
     assert sorted(f["file"] for f in report["export_database"]["files"]) == sorted(
         f"analysis/{BATCH}/{PLATE}/{Path(f).name}" for f in files)
+
+
+def test_the_database_route_does_not_hash_its_own_scratch_copies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ExportToDatabase route keeps its own record of its source files; the site CSVs it writes to scratch
+    are not read a second time for the CSV route's input record."""
+    from cytoprofile.collate import plan
+
+    db_ws, _ = _db_plate(tmp_path)
+    hashed: list[str] = []
+    real = plan.file_digest
+    monkeypatch.setattr(plan, "file_digest", lambda path: hashed.append(path) or real(path))
+    result = collate_export(db_ws, BATCH, PLATE)
+    assert result.status == "done", result.message
+    assert hashed == []
+    assert "input_files" not in json.loads(Path(result.outputs["report"]).read_text())

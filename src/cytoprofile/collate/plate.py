@@ -72,6 +72,7 @@ def collate_plate(
     tmp_dir: str | None = None,
     wait: bool = False,
     progress: Progress | None = None,
+    record_inputs: bool = True,
     **options: Any,
 ) -> PlateResult:
     """Ingest one plate's sites into the backend(s) and write its per-well profiles and report.
@@ -82,6 +83,9 @@ def collate_plate(
     the outputs uploaded (report last); the local copy is removed after the plate. ``remote``
     pushes the outputs of a local workspace to that URL as well. A local plate is locked
     while it is collated: another process collating it fails fast, or waits with ``wait``.
+    ``record_inputs=False`` skips the input files' record (size, time, digest) that lets a re-run
+    skip an unchanged plate: for a caller that keeps its own (the ExportToDatabase route, whose
+    site CSVs are its own scratch copies).
     """
     start = time.perf_counter()
     workspace.check_name(batch, "batch")
@@ -91,7 +95,8 @@ def collate_plate(
                    compartments=tuple(o["compartments"]), image_features=o["image_features"],
                    image_feature_categories=tuple(o["image_feature_categories"]), strata=tuple(o["strata"]),
                    overwrite=o["overwrite"], aggregate_only=o["aggregate_only"], strict=o["strict"], threads=threads,
-                   count_check=o["count_check"], file_prefix=o["file_prefix"], **cell_options(
+                   count_check=o["count_check"], file_prefix=o["file_prefix"], record_inputs=record_inputs,
+                   **cell_options(
                        o["single_cells"], o["exclude_outlier_cells"], o["cell_qc_thresholds"],
                        aggregate_only=o["aggregate_only"], hub=o["hub"]))
     if io.is_remote(ws):
@@ -127,14 +132,14 @@ def _collate_local(ws: str, batch: str, plate: str, *, wait: bool, progress: Pro
                                    strata=options["strata"], overwrite=options["overwrite"], progress=progress,
                                    start=start)
         report, trusted = trusted_outputs(ws, batch, plate)
-        inputs = input_state(ws, batch, plate, report=report, threads=options["threads"])
-        plan = plan_build(plate, report, trusted, {**build_options(options), "inputs": inputs.digest},
-                     overwrite=options["overwrite"])
+        inputs = input_state(ws, batch, plate, report=report, threads=options["threads"]) if options["record_inputs"] else None
+        plan = plan_build(plate, report, trusted, {**build_options(options), **({"inputs": inputs.digest} if inputs else {})},
+                          overwrite=options["overwrite"])
         if plan.skip:
             return PlateResult(batch, plate, "skipped", "complete outputs exist (use --overwrite to rebuild)",
                                outputs, report, seconds=time.perf_counter() - start)
         result, staging = build_plate(ws, batch, plate, plan=plan, progress=progress, start=start, **options)
-        if result.report is not None:
+        if result.report is not None and inputs is not None:
             result.report.update(inputs.record())
         commit_local(out_dir, plate, result, staging, before=set(trusted))
     return result

@@ -104,7 +104,7 @@ def collate_export(
         with io.output_errors(backend_root):
             Path(backend_root).mkdir(parents=True, exist_ok=True)
         os.symlink(os.path.realpath(backend_root), Workspace(scratch).backend_root())
-        result = collate_plate(scratch, batch, plate, **options)
+        result = collate_plate(scratch, batch, plate, record_inputs=False, **options)  # the files' own record: sources
         result.outputs = {k: os.path.join(root, os.path.relpath(v, scratch)) for k, v in result.outputs.items()}
         if result.status == "done" and result.report is not None:
             section = {**done.report(), "sources": fingerprint, "call": call}
