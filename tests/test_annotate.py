@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from functools import partial
 from pathlib import Path
@@ -337,6 +338,19 @@ def test_command_refuses_wells_missing_from_the_plate_map(tmp_path: Path, capsys
     assert main(["annotate", str(profiles_path), str(map_path), str(out), "--unmatched-wells", "drop"]) == 0
     assert "dropped 57 well(s)" in capsys.readouterr().err
     assert len(pd.read_csv(out)) == 39
+    record = json.loads((tmp_path / "augmented.csv.provenance.json").read_text())
+    assert record["wells"]["in"] == 96 and record["wells"]["out"] == 39  # QC reads the dropped wells here
+    assert len(record["wells"]["dropped_unmatched"]) == 57 and "D04" in record["wells"]["dropped_unmatched"]
+
+
+def test_command_refuses_a_plate_map_matching_no_well(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = "MNOP"  # wells of a 384-well plate, none of them the profiles' A01-H12
+    platemap = make_platemap().assign(well_position=[f"{r}{c:02d}" for r in rows for c in range(1, 25)])
+    profiles_path, map_path = _write_inputs(tmp_path, platemap)
+    out = tmp_path / "augmented.csv"
+    assert main(["annotate", str(profiles_path), str(map_path), str(out), "--unmatched-wells", "drop"]) == 1
+    assert "none of the profiles' 96 well(s)" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_command_refuses_a_repeated_external_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -384,13 +398,19 @@ def test_unmatched_wells_invariants(profile_wells: list[str], map_wells: list[st
     platemap = make_platemap().set_index("well_position").loc[map_wells].reset_index()
     missing = [w for w in profile_wells if w not in set(map_wells)]
     if missing:
-        with pytest.raises(MetadataError, match=f"lacks {len(missing)} well"):
+        expected = "none of the profiles" if len(missing) == len(profile_wells) else f"lacks {len(missing)} well"
+        with pytest.raises(MetadataError, match=expected):
             annotate(profiles, platemap)
     else:
         assert len(annotate(profiles, platemap)) == len(profile_wells)
+    if len(missing) == len(profile_wells):  # dropping every well would leave an empty table: a wrong plate map
+        with pytest.raises(MetadataError, match="none of the profiles"):
+            annotate(profiles, platemap, unmatched_wells="drop")
+        return
     dropped = annotate(profiles, platemap, unmatched_wells="drop")
     assert len(dropped) == len(profile_wells) - len(missing)
     assert dropped["Metadata_Well"].tolist() == [w for w in map_wells if w in set(profile_wells)]
+    assert dropped.attrs["wells"] == {"in": len(profile_wells), "out": len(dropped), "dropped_unmatched": missing}
 
 
 def test_annotate_files_is_annotate_on_the_files(tmp_path: Path) -> None:

@@ -172,3 +172,36 @@ def test_a_well_both_quarantined_and_dropped_is_left_out_once_and_marked_both_wa
     dotted = [p for p in patches if p.get_hatch() == ".."]
     assert len(hatched) == len(lost) and len(dotted) == len(dropped)
     assert patches.index(hatched[0]) > max(patches.index(p) for p in dotted) if both else True
+
+
+def _sidecar(root: Path) -> Path:
+    return root / "profiles" / "B1" / "P1" / "P1_augmented.csv.gz.provenance.json"
+
+
+def test_without_annotates_record_of_drops_the_count_is_unknown_not_0(tmp_path: Path) -> None:
+    """An annotated profile whose record does not say which wells annotate dropped: n/a, not 0 wells."""
+    _workspace(tmp_path, (8, 12), [], [])
+    _sidecar(tmp_path).write_text(json.dumps({"step": "annotate"}))
+    result = qc.quality_control(tmp_path, "B1", ["P1"], n_null=50)
+    assert pd.isna(result.summary.set_index("Plate_Name").loc["P1", "Wells_not_in_platemap"])
+
+
+@pytest.mark.parametrize("record", ["[1]", '{"wells": [1]}', '{"wells": {"dropped_unmatched": 5}}',
+                                    '{"wells": {"dropped_unmatched": "A01"}}', "{not json"])
+def test_a_damaged_annotate_record_is_named_with_the_fix(tmp_path: Path, record: str) -> None:
+    from cytoprofile.errors import InputError
+
+    _workspace(tmp_path, (8, 12), ["H12"], [])
+    _sidecar(tmp_path).write_text(record)
+    with pytest.raises(InputError, match=r"P1_augmented\.csv\.gz\.provenance\.json"):
+        qc.quality_control(tmp_path, "B1", ["P1"], n_null=50)
+
+
+@pytest.mark.parametrize("report", ["[]", '{"sites": ["x"]}', '{"sites": 3}'])
+def test_a_damaged_collate_report_is_named_with_the_fix(tmp_path: Path, report: str) -> None:
+    from cytoprofile.errors import InputError
+
+    _workspace(tmp_path, (8, 12), [], [])
+    (tmp_path / "backend" / "B1" / "P1" / "P1.report.json").write_text(report)
+    with pytest.raises(InputError, match=r"P1\.report\.json: not a collate report.*collate again"):
+        qc.quality_control(tmp_path, "B1", ["P1"], n_null=50)

@@ -112,8 +112,8 @@ def _plates_of(profiles: pd.DataFrame) -> str:
 
 def _match_wells(
     profiles: pd.DataFrame, pm: pd.DataFrame, map_key: str, profile_key: str, unmatched_wells: str
-) -> pd.DataFrame:
-    """``profiles`` without the wells the plate map lacks, or an error naming them."""
+) -> tuple[pd.DataFrame, list[str]]:
+    """``profiles`` without the wells the plate map lacks (and those wells), or an error naming them."""
     wells = profiles[profile_key]
     absent = wells.isna() | ~wells.isin(pm[map_key].dropna())
     unlisted = pm.loc[~pm[map_key].isin(wells.dropna()), map_key]
@@ -121,8 +121,13 @@ def _match_wells(
         log.info("annotate %s: %d plate map well(s) have no profile: %s", _plates_of(profiles),
                  len(unlisted), _listed(list(unlisted)))
     if not absent.any():
-        return profiles
+        return profiles, []
     names = list(dict.fromkeys(str(w) for w in wells[absent]))
+    if absent.all():
+        raise MetadataError(
+            f"none of the profiles' {len(names)} well(s) ({profile_key}) is in the plate map ({map_key}): "
+            f"{_listed(names)}; is it the plate map of this plate, and its well column the one join_on names?"
+        )
     if unmatched_wells == "error":
         raise MetadataError(
             f"the plate map lacks {len(names)} well(s) of the profiles ({profile_key}): "
@@ -134,7 +139,7 @@ def _match_wells(
         "annotate: dropped %d well(s) (%d profile row(s)) absent from the plate map "
         "(unmatched_wells: drop): %s", len(names), int(absent.sum()), _listed(names),
     )
-    return profiles.loc[~absent.to_numpy()]
+    return profiles.loc[~absent.to_numpy()], names
 
 
 def _refuse_repeated_keys(
@@ -191,7 +196,8 @@ def annotate(
     (annotated side) = ``external_join_right`` (its side, default the same names); its
     columns are prefixed ``Metadata_`` first (except feature names of
     ``compartments``), clashing names get ``_external``, and a key with several
-    different rows is an error.
+    different rows is an error. ``attrs["wells"]`` of the result records the profile rows in and
+    out and the wells dropped (the step's provenance record carries it, and QC reads it there).
     """
     check_frame("profiles", profiles)
     check_frame("platemap", platemap)
@@ -213,7 +219,8 @@ def annotate(
         "the profiles",
         "check the well column of the aggregated profiles and join_on",
     )
-    profiles = _match_wells(profiles, pm, map_key, profile_key, unmatched_wells)
+    rows_in = len(profiles)
+    profiles, dropped = _match_wells(profiles, pm, map_key, profile_key, unmatched_wells)
 
     annotated = pm.merge(profiles, left_on=map_key, right_on=profile_key, how="inner", suffixes=("_platemap", None))
     if map_key != profile_key:
@@ -238,7 +245,9 @@ def annotate(
     meta = metadata_columns(annotated.columns)
     meta_set = set(meta)
     rest = [c for c in annotated.columns if c not in meta_set]
-    return annotated.loc[:, meta + rest]
+    out = annotated.loc[:, meta + rest]
+    out.attrs["wells"] = {"in": rows_in, "out": len(out), "dropped_unmatched": dropped}  # for the step's record
+    return out
 
 
 def prefixed_platemap(platemap: pd.DataFrame) -> pd.DataFrame:

@@ -132,7 +132,8 @@ def annotate(
                         external=external, merge_column=merge_column, unmatched_wells=unmatched_wells,
                         compartments=split_values(compartments), on_account=accounts.append)
     io.write_table(df, output, float_format=float_format)
-    write_step_provenance(output, "annotate", [profiles, platemap, *([external] if external else [])], accounts[0])
+    write_step_provenance(output, "annotate", [profiles, platemap, *([external] if external else [])], accounts[0],
+                          wells=df.attrs.get("wells"))
     log.info("wrote %d rows × %d columns to %s", len(df), df.shape[1], output)
 
 

@@ -90,7 +90,7 @@ class _Plate:
     report: dict[str, Any] | None
     per_well: pd.DataFrame | None
     selected: pd.DataFrame | None
-    not_in_platemap: list[str] = field(default_factory=list)
+    not_in_platemap: list[str] | None = None  # None: annotate's record of them is absent (unknown)
     imaged: list[str] | None = None
 
 
@@ -170,7 +170,7 @@ def _read_plate(where: QualityControlLayout, batch: str, plate: str, level: str 
     return _Plate(
         name=plate,
         folder=folder,
-        report=cpio.read_json(report_path) if cpio.exists(report_path) else None,
+        report=_ingest_report(report_path) if cpio.exists(report_path) else None,
         per_well=cpio.read_table(per_well_path) if per_well_path else None,
         selected=cpio.read_table(selected_path) if selected_path else None,
         not_in_platemap=_dropped_wells(per_well_path),
@@ -178,16 +178,33 @@ def _read_plate(where: QualityControlLayout, batch: str, plate: str, level: str 
     )
 
 
-def _dropped_wells(per_well_path: str | None) -> list[str]:
-    """Wells annotate dropped as not in the plate map (``unmatched_wells: drop``), from the
-    annotated profile's provenance sidecar; they had cells, they are not empty wells."""
-    sidecar = f"{per_well_path}.provenance.json" if per_well_path else None
+def _ingest_report(path: str) -> dict[str, Any]:
+    """A plate's collate report, refused naming the file when it is not one (the figures read its sites)."""
+    report = cpio.read_json(path)
+    sites = report.get("sites", []) if isinstance(report, dict) else None
+    if not isinstance(sites, list) or not all(isinstance(s, dict) for s in sites):
+        raise InputError(f"{path}: not a collate report (an object whose 'sites' is a list of sites); the file is "
+                         "damaged: run cytoprofile collate again with --overwrite")
+    return report
+
+
+def _dropped_wells(per_well_path: str | None) -> list[str] | None:
+    """Wells annotate dropped as not in the plate map (``unmatched_wells: drop``), from the annotated
+    profile's provenance sidecar (they had cells: they are not empty wells); None when no record says."""
+    from ..recipe.provenance import sidecar_path
+
+    sidecar = sidecar_path(per_well_path) if per_well_path else None
     if sidecar is None or not cpio.exists(sidecar):
-        return []
-    with contextlib.suppress(ValueError, OSError):
-        wells = (cpio.read_json(sidecar).get("wells") or {}).get("dropped_unmatched") or []
-        return [normal_well(str(w)) for w in wells]
-    return []
+        return None
+    record = cpio.read_json(sidecar)
+    wells = record.get("wells") if isinstance(record, dict) else []
+    if wells is None:
+        return None
+    dropped = wells.get("dropped_unmatched") if isinstance(wells, dict) else None
+    if not isinstance(dropped, list) or not all(isinstance(w, str) for w in dropped):
+        raise InputError(f"{sidecar}: not a step record with 'wells.dropped_unmatched' as a list of well names; "
+                         "the file is damaged: delete it and run annotate again")
+    return [normal_well(w) for w in dropped]
 
 
 def _imaged_wells(where: QualityControlLayout, batch: str, plate: str) -> list[str] | None:
@@ -466,7 +483,7 @@ def _plate_figures(
         quarantined = None if lost is None else dict(zip(lost["Metadata_Well"], lost["Sites_quarantined"], strict=True))
         out["cell_count"] = figure_png(cell_count_figure(
             plate.per_well, plate=plate.name, quarantined=quarantined, imaged=plate.imaged,
-            not_in_platemap=plate.not_in_platemap), dpi=dpi)
+            not_in_platemap=plate.not_in_platemap or ()), dpi=dpi)
         if plate.not_in_platemap:
             notes.append(f"{len(plate.not_in_platemap)} well(s) not in the plate map, dropped by annotate "
                          f"(unmatched_wells: drop), left out of the cell counts: {', '.join(plate.not_in_platemap)}.")

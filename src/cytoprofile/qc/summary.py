@@ -103,8 +103,8 @@ def summarize_plate(
         if list(keys) == ["Metadata_Well"]:
             imaged = {normal_well(w) for w in load_data["Metadata_Well"].dropna().astype(str)}
         row.update(_cell_stats(plate_rows(profiles, plate), imaged, _lost_wells(report), not_in_platemap or ()))
-    if profiles is not None or not_in_platemap is not None:
-        row["Wells_not_in_platemap"] = len(set(not_in_platemap or ()))
+    if not_in_platemap is not None:  # else unknown (no record of annotate's drops): n/a, not 0
+        row["Wells_not_in_platemap"] = len(set(not_in_platemap))
     if report is not None:
         row["Sites_quarantined"] = _quarantined_count(report)
         row["Wells_quarantined"] = len(_lost_wells(report))

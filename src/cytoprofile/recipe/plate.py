@@ -186,6 +186,10 @@ def _matched_wells(profiles: pd.DataFrame, recipe: Recipe, meta_root: str, batch
     known = set(platemap[s.platemap_well_column].astype(str))
     wells = profiles[well].astype(str)
     dropped = sorted(set(wells) - known)
+    if dropped and not wells.isin(known).any():
+        raise MetadataError(f"{plate}: none of the profiles' {len(dropped)} well(s) is in the plate map "
+                            f"{os.path.basename(platemap_file)}: is it this plate's plate map (barcode_platemap.csv), "
+                            "and its well column the one platemap_well_column names?")
     if dropped:
         log.warning("%s: %d of %d well(s) dropped, not in the plate map %s (annotate.unmatched_wells: drop): %s",
                     plate, len(dropped), wells.nunique(), os.path.basename(platemap_file), ", ".join(dropped[:10])

@@ -74,12 +74,15 @@ class RunResult:
 _WHOLE_FILE_LIMIT = 64 << 20
 
 
-def write_step_provenance(output: str, step: str, inputs: list[str], account: Any) -> None:
+def write_step_provenance(output: str, step: str, inputs: list[str], account: Any, *,
+                          wells: dict[str, Any] | None = None) -> None:
     """``OUTPUT.provenance.json`` of one step run on its own: the step, its inputs and
-    features in → out, each dropped one with why (``account``: the step's ``FeatureAccount``)."""
+    features in → out, each dropped one with why (``account``: the step's ``FeatureAccount``);
+    ``wells``: rows in and out and the wells dropped, as the recipe records them for annotate."""
     record = {"step": step, "output": os.path.basename(output), "cytoprofile_version": __version__,
               "inputs": inputs, "features": {"in": len(account.features_in), "out": len(account.features_out),
-                                             "dropped": dict(account.dropped)}}
+                                             "dropped": dict(account.dropped)},
+              **({"wells": wells} if wells is not None else {})}
     io.write_json(record, sidecar_path(output))
 
 
