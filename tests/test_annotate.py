@@ -433,3 +433,18 @@ def test_annotate_files_is_annotate_on_the_files(tmp_path: Path) -> None:
     _write_inputs(tmp_path, make_platemap().iloc[:39])
     with pytest.raises(MetadataError, match=rf"^{re.escape(str(profiles_path))}: the plate map lacks 57 well"):
         annotate_files(str(profiles_path), str(map_path))
+
+
+def test_validate_metadata_checks_every_profiles_file_of_a_plate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Two --profiles files holding the same plate: the wells of both are checked (the later
+    file's rows used to replace the earlier's, so a bad well in the first went unseen)."""
+    base = tmp_path / "metadata" / "platemaps" / "B1"
+    (base / "platemap").mkdir(parents=True)
+    (base / "barcode_platemap.csv").write_text("Assay_Plate_Barcode,Plate_Map_Name\nSQ00015167,C-7161-01-LM6-006\n")
+    make_platemap().iloc[:39].to_csv(base / "platemap" / "C-7161-01-LM6-006.txt", sep="\t", index=False)
+    first, second = tmp_path / "part1.csv", tmp_path / "part2.csv"
+    plate_profiles().iloc[39:].to_csv(first, index=False)  # wells the plate map lacks
+    plate_profiles().iloc[:39].to_csv(second, index=False)  # wells it has
+    argv = ["validate-metadata", str(tmp_path), "B1", "--profiles", str(first), "--profiles", str(second)]
+    assert main(argv) == 1
+    assert "57 well(s) the plate map lacks" in capsys.readouterr().err

@@ -301,15 +301,17 @@ def _missing_platemap_file(
 
 
 def profiles_by_plate(paths: Sequence[str]) -> dict[str, pd.DataFrame]:
-    """The per-well profiles files ``paths``, split by ``Metadata_Plate`` (the plate naming their plate map)."""
-    out: dict[str, pd.DataFrame] = {}
+    """The per-well profiles files ``paths``, split by ``Metadata_Plate`` (the plate naming their plate map);
+    the rows of a plate found in several files are all kept, so each is checked."""
+    parts: dict[str, list[pd.DataFrame]] = {}
     for path in paths:
         with about(path):
             table = io.read_table(path)
         if "Metadata_Plate" not in table.columns:
             raise MetadataError(f"{path}: no Metadata_Plate column; the profiles' plate names their plate map")
-        out |= {str(plate): part for plate, part in table.groupby(table["Metadata_Plate"].astype(str), sort=False)}
-    return out
+        for plate, part in table.groupby(table["Metadata_Plate"].astype(str), sort=False):
+            parts.setdefault(str(plate), []).append(part)  # a plate in several files: every file's wells
+    return {plate: pd.concat(frames, ignore_index=True) for plate, frames in parts.items()}
 
 
 def validate_metadata(
