@@ -431,8 +431,11 @@ def test_annotate_files_is_annotate_on_the_files(tmp_path: Path) -> None:
         annotate_files(str(profiles_path), str(map_path), external=str(map_path))
     assert isinstance(info.value, ValueError)
     _write_inputs(tmp_path, make_platemap().iloc[:39])
-    with pytest.raises(MetadataError, match=rf"^{re.escape(str(profiles_path))}: the plate map lacks 57 well"):
+    both = rf"^{re.escape(str(profiles_path))} with plate map {re.escape(str(map_path))}: "
+    with pytest.raises(MetadataError, match=both + "the plate map lacks 57 well"):
         annotate_files(str(profiles_path), str(map_path))
+    with pytest.raises(InputError, match=both + "the plate map has no column 'Metadata_plate_position'"):
+        annotate_files(str(profiles_path), str(map_path), join_on=["Metadata_plate_position", "Metadata_Well"])
 
 
 def test_validate_metadata_checks_every_profiles_file_of_a_plate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from .checks import as_names, check_choice, check_flag, check_frame
-from .errors import ConfigError, InputError, MetadataError, about
+from .errors import ConfigError, CytoprofileError, InputError, MetadataError, about
 from .step_data import AccountSink, FeatureAccount, report_account
 from .vocabulary import (
     IMAGE_METADATA_PREFIX,
@@ -270,7 +270,7 @@ def annotate_files(
     and, keyed by ``merge_column``, the external metadata file ``external``.
 
     The plate map and external metadata get the recipe's checks first (notes are warnings);
-    errors reading or annotating the profiles name their file. ``on_account`` receives the
+    errors reading the profiles name their file, errors of the join both files. ``on_account`` receives the
     features read and written (every column but metadata).
     """
     from . import io
@@ -280,8 +280,10 @@ def annotate_files(
     with about(profiles):
         table = io.read_table(profiles)
     inputs = _file_inputs(platemap, external=external, merge_column=merge_column, unmatched_wells=unmatched_wells)
-    with about(profiles):
+    try:  # a problem of the join is one of both files: name the two
         out = annotate(table, join_on=join_on, unmatched_wells=unmatched_wells, compartments=compartments, **inputs)
+    except CytoprofileError as exc:
+        raise type(exc)(f"{profiles} with plate map {platemap}: {exc}") from exc
     report_account(_account(table, out), on_account)
     return out
 
