@@ -264,6 +264,7 @@ def materialise_plate(
                              "extract the well in CellProfiler's Metadata module and export again")
         expected = _file_rows(export)
         out.files.append({"file": export.name, "table_prefix": export.prefix, "layout": export.layout, "rows": expected,
+                          "tables": {"Image": export.image_table, **{o.name: o.table for o in export.objects}},
                           "not_stored": export.not_stored, "unowned_columns": export.unowned_columns,
                           "long_names": export.long_names})
         file_dropped: list[Dropped] = []

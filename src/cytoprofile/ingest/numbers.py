@@ -10,16 +10,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .model import MAX_KEY
 from .text import after_lines, drop_blank_lines, line_of_row
 
 __all__ = [
-    "EXACT_INTEGERS",
     "number_warnings",
     "suspect_columns",
 ]
 
-#: every integer up to this magnitude is exact in float64
-EXACT_INTEGERS = 2**53
 _INTEGER = re.compile(r"^\s*[+-]?\d+\s*$")
 _INF_WORDS = ("inf", "infinity")
 
@@ -31,7 +29,7 @@ def suspect_columns(values: np.ndarray) -> list[int]:
     with np.errstate(invalid="ignore"):
         high = np.fmax.reduce(values, axis=0)
         low = np.fmin.reduce(values, axis=0)
-    return np.flatnonzero((high >= EXACT_INTEGERS) | (low <= -EXACT_INTEGERS)).tolist()
+    return np.flatnonzero((high >= MAX_KEY) | (low <= -MAX_KEY)).tolist()
 
 
 def _is_inf_word(text: str) -> bool:
@@ -49,7 +47,7 @@ def _column_warnings(file: str, column: str, texts: Sequence[str | None], values
         if np.isinf(value):
             if not _is_inf_word(text):
                 overflow.append(row)
-        elif abs(value) >= EXACT_INTEGERS and _INTEGER.match(text) and int(text) != int(value):
+        elif abs(value) >= MAX_KEY and _INTEGER.match(text) and int(text) != int(value):
             rounded.append(row)
     out = []
     if overflow:
