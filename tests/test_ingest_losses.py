@@ -367,3 +367,23 @@ def test_the_database_route_does_not_hash_its_own_scratch_copies(tmp_path: Path,
     assert result.status == "done", result.message
     assert hashed == []
     assert "input_files" not in json.loads(Path(result.outputs["report"]).read_text())
+
+
+# --- a file without the site's file-name prefix ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("lacking", [["Nuclei.csv"], ["Cells.csv"], ["Cytoplasm.csv", "Nuclei.csv"]])
+def test_the_file_lacking_the_prefix_is_the_one_named(tmp_path: Path, lacking: list[str]) -> None:
+    plate_dir = _plate(tmp_path)
+    folder = faults.site(plate_dir, "A01", 2)
+    for f in sorted(folder.iterdir()):
+        if f.name not in lacking:
+            f.rename(folder / f"MyExpt_{f.name}")
+    result = collate_plate(tmp_path, BATCH, PLATE)
+    entry = _sites(result)[folder.name]
+    more = f" (and {len(lacking) - 1} more)" if len(lacking) > 1 else ""
+    assert entry["status"] == "quarantined"
+    assert entry["reason"] == (f"cannot tell the file-name prefix: {lacking[0]}{more} does not start with 'MyExpt_', "
+                               "the prefix of MyExpt_Image.csv; pass --file-prefix")
+    assert entry["file"].endswith(f"{folder.name}/{lacking[0]}")
+    faults.assert_rows_accounted(result, plate_dir)

@@ -177,14 +177,11 @@ def _classify(scan: SiteScan, entries: Sequence[str], file_prefix: str | None) -
     """Which file is the Image table, which are object tables, which are run metadata, which are not read."""
     stems = _csv_entries(scan, entries)
     prefix = _prefix(list(stems.values()), file_prefix)
+    if prefix is None:
+        _prefix_unknown(scan, stems)
+        return
     for entry, stem in stems.items():
         path = os.path.join(scan.path, entry)
-        if prefix is None:
-            scan.csv_files.append((entry, path, 1))
-            if any(s.lower().endswith("image") for s in stems.values()):
-                scan.quarantine(f"cannot tell the file-name prefix ({entry} does not share it with the Image file); "
-                                "pass --file-prefix", path)
-            continue
         reason = _not_stored_by_name(stem, prefix)
         if reason is not None:
             scan.csv_files.append((entry, path, 1))
@@ -193,6 +190,25 @@ def _classify(scan: SiteScan, entries: Sequence[str], file_prefix: str | None) -
         name = stem[len(prefix):]
         table = IMAGE_TABLE if name.lower() == "image" else name
         _add_table_file(scan, entry, path, table)
+
+
+def _prefix_unknown(scan: SiteScan, stems: dict[str, str]) -> None:
+    """No prefix every CSV shares: the site is quarantined naming a file that lacks the Image file's prefix."""
+    for entry in stems:
+        scan.csv_files.append((entry, os.path.join(scan.path, entry), 1))
+    images = sorted((e for e, s in stems.items() if s.lower().endswith("image")), key=len, reverse=True)
+    if not images:
+        return
+
+    def lacking(image: str) -> list[str]:
+        return sorted(e for e, s in stems.items() if not s.startswith(stems[image][: -len("image")]))
+
+    image = min(images, key=lambda e: len(lacking(e)))  # the Image file most CSVs agree with (longest prefix on a tie)
+    first = lacking(image)[0]
+    more = len(lacking(image)) - 1
+    scan.quarantine(f"cannot tell the file-name prefix: {first}{f' (and {more} more)' if more else ''} does not start "
+                    f"with {stems[image][: -len('image')]!r}, the prefix of {image}; pass --file-prefix",
+                    os.path.join(scan.path, first))
 
 
 def _csv_entries(scan: SiteScan, entries: Sequence[str]) -> dict[str, str]:
