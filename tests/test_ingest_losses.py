@@ -387,3 +387,26 @@ def test_the_file_lacking_the_prefix_is_the_one_named(tmp_path: Path, lacking: l
                                "the prefix of MyExpt_Image.csv; pass --file-prefix")
     assert entry["file"].endswith(f"{folder.name}/{lacking[0]}")
     faults.assert_rows_accounted(result, plate_dir)
+
+
+@pytest.mark.parametrize("name", ["Cells.csv", "Image.csv.gz", "notes.txt"])
+def test_a_stray_file_in_the_plate_folder_is_listed_as_not_read(tmp_path: Path, name: str) -> None:
+    """A file beside the plate's analysis folder (a stray Cells.csv copied one level up) is named, not read."""
+    plate_dir = _plate(tmp_path)
+    source = faults.site(plate_dir, "A01", 1) / "Cells.csv"
+    shutil.copyfile(source, plate_dir.parent / name)
+    result = collate_plate(tmp_path, BATCH, PLATE)
+    assert result.status == "done", result.message
+    why = result.report["files_not_read"][f"../{name}"]
+    assert "in the plate folder, beside its analysis folder" in why and "not read" in why
+    faults.assert_rows_accounted(result, plate_dir)
+
+
+def test_a_stray_file_beside_export_files_is_listed_as_not_read(tmp_path: Path) -> None:
+    db_ws, files = _db_plate(tmp_path, files=1)
+    stray = Path(files[0]).parent / "Cells.csv"
+    stray.write_text("ImageNumber,ObjectNumber\n1,1\n")
+    result = collate_export(db_ws, BATCH, PLATE)
+    assert result.status == "done", result.message
+    assert result.report is not None
+    assert "not read" in result.report["export_database"]["files_not_read"]["Cells.csv"]

@@ -16,9 +16,9 @@ from ..errors import CytoprofileError, InputError
 from ..layout import Workspace
 from .files import (
     discover_export_files,
+    export_files_in,
     export_plates,
     find_export_files,
-    foreign_db_files,
     source_name,
 )
 from .materialise import Materialised, folder_part, materialise_plate
@@ -113,11 +113,24 @@ def collate_export(
         if result.status == "done" and result.report is not None:
             section = {**done.report(), "sources": fingerprint, "call": call}
             folders = sources or [Workspace(root).analysis_plate(batch, plate)]
-            foreign = {name: why for folder in folders for name, why in foreign_db_files(folder).items()}
-            if foreign:
-                section["files_not_read"] = foreign
+            beside = {name: why for folder in folders for name, why in _not_read_beside(folder, paths).items()}
+            if beside:
+                section["files_not_read"] = beside
             result.report = _amend_report(result.report, done, section, outputs["report"], names)
         return result
+
+
+def _not_read_beside(folder: str | os.PathLike[str], read: Sequence[str]) -> dict[str, str]:
+    """Files of a folder of ExportToDatabase files that were not read: another program's ``.db`` file, a stray CSV."""
+    if not os.path.isdir(folder):
+        return {}
+    _, out = export_files_in(folder)
+    done = {os.path.realpath(p) for p in read}
+    for entry in sorted(os.listdir(folder)):
+        path = os.path.join(folder, entry)
+        if entry not in out and os.path.isfile(path) and os.path.realpath(path) not in done:
+            out[entry] = "beside the ExportToDatabase files, not one of them: not read"
+    return out
 
 
 @contextlib.contextmanager
