@@ -64,6 +64,28 @@ def test_values_beyond_float64_are_counted_and_named(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("value", "warned"), [
+    ("1e-400", True), ("-2.5E-999", True), ("1e-330", True),
+    ("0e-400", False),   # a zero, however written
+    ("1e-310", False),   # subnormal: not 0
+    ("0", False),
+])
+@pytest.mark.parametrize("table", ["Cells", "Image"])
+def test_values_too_small_for_float64_are_named(tmp_path: Path, value: str, warned: bool, table: str) -> None:
+    plate_dir = _plate(tmp_path)
+    folder = faults.site(plate_dir, "A01", 2)
+    header = read_rows(folder / f"{table}.csv")[0]
+    column = "AreaShape_Area" if table == "Cells" else next(c for c in header if c.startswith("Granularity_"))
+    faults.set_object_value(folder, table, column, value, row=1)
+    result = collate_plate(tmp_path, BATCH, PLATE)
+    sites = _sites(result)
+    assert {s["status"] for s in sites.values()} == {"ok"}
+    expected = (f"{table}.csv: column {column}: 1 value(s) too small for float64 (first {value!r}, line 2) stored as 0; "
+                "CellProfiler writes no such number: check the file")
+    assert sites[folder.name].get("warnings", []) == ([expected] if warned else [])
+    faults.assert_rows_accounted(result, plate_dir)
+
+
+@pytest.mark.parametrize(("value", "warned"), [
     ("9007199254740993", True),        # 2^53 + 1: rounded to 2^53
     ("12345678901234567891", True),    # beyond int64 as well
     ("9007199254740992", False),       # 2^53 is exact
