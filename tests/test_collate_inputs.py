@@ -125,3 +125,15 @@ def test_report_keeps_what_the_skip_compares(tmp_path: Path) -> None:
     state = plan.input_state(tmp_path, BATCH, PLATE)
     assert report["inputs"] == state.digest
     assert {k: v[::2] for k, v in report["input_files"]["files"].items()} == {k: v[::2] for k, v in state.files.items()}
+
+
+def test_object_storage_without_etags_says_re_runs_compare_sizes_only(monkeypatch: pytest.MonkeyPatch,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    root = "s3://bucket/ws/analysis/B1/P1/analysis"
+    listing = {f"{root}/P1-A01-1/Image.csv": (120, ""), f"{root}/P1-A01-1/Cells.csv": (900, "abc")}
+    monkeypatch.setattr(plan, "list_etags", lambda prefix: listing)
+    with caplog.at_level("WARNING", logger="cytoprofile.collate"):
+        state = plan.remote_state("s3://bucket/ws", "B1", "P1")
+    assert state.files == {"P1-A01-1/Image.csv": [120, ""], "P1-A01-1/Cells.csv": [900, "abc"]}
+    assert ("P1: 1 input file(s) on object storage have no ETag (first: P1-A01-1/Image.csv); a re-run compares them "
+            "by size only") in caplog.text

@@ -371,7 +371,7 @@ def test_values_of_another_type_are_kept_as_written(tmp_path: Path) -> None:
     got = _run(db_ws, "P1")
     status = {s["site"]: s for s in got["report"]["sites"]}
     assert status["P1-A01-2"]["status"] == "quarantined"
-    assert status["P1-A01-2"]["file"] == f"analysis/{BATCH}/P1/run1.sqlite (image 2; Nuclei.csv)"
+    assert status["P1-A01-2"]["file"] == f"analysis/{BATCH}/P1/run1.sqlite (image 2; MyExpt_Per_Nuclei)"
     _assert_accounted(files, [got])
 
 

@@ -367,3 +367,46 @@ def test_the_database_route_does_not_hash_its_own_scratch_copies(tmp_path: Path,
     assert result.status == "done", result.message
     assert hashed == []
     assert "input_files" not in json.loads(Path(result.outputs["report"]).read_text())
+
+
+# --- a file without the site's file-name prefix ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("lacking", [["Nuclei.csv"], ["Cells.csv"], ["Cytoplasm.csv", "Nuclei.csv"]])
+def test_the_file_lacking_the_prefix_is_the_one_named(tmp_path: Path, lacking: list[str]) -> None:
+    plate_dir = _plate(tmp_path)
+    folder = faults.site(plate_dir, "A01", 2)
+    for f in sorted(folder.iterdir()):
+        if f.name not in lacking:
+            f.rename(folder / f"MyExpt_{f.name}")
+    result = collate_plate(tmp_path, BATCH, PLATE)
+    entry = _sites(result)[folder.name]
+    more = f" (and {len(lacking) - 1} more)" if len(lacking) > 1 else ""
+    assert entry["status"] == "quarantined"
+    assert entry["reason"] == (f"cannot tell the file-name prefix: {lacking[0]}{more} does not start with 'MyExpt_', "
+                               "the prefix of MyExpt_Image.csv; pass --file-prefix")
+    assert entry["file"].endswith(f"{folder.name}/{lacking[0]}")
+    faults.assert_rows_accounted(result, plate_dir)
+
+
+@pytest.mark.parametrize("name", ["Cells.csv", "Image.csv.gz", "notes.txt"])
+def test_a_stray_file_in_the_plate_folder_is_listed_as_not_read(tmp_path: Path, name: str) -> None:
+    """A file beside the plate's analysis folder (a stray Cells.csv copied one level up) is named, not read."""
+    plate_dir = _plate(tmp_path)
+    source = faults.site(plate_dir, "A01", 1) / "Cells.csv"
+    shutil.copyfile(source, plate_dir.parent / name)
+    result = collate_plate(tmp_path, BATCH, PLATE)
+    assert result.status == "done", result.message
+    why = result.report["files_not_read"][f"../{name}"]
+    assert "in the plate folder, beside its analysis folder" in why and "not read" in why
+    faults.assert_rows_accounted(result, plate_dir)
+
+
+def test_a_stray_file_beside_export_files_is_listed_as_not_read(tmp_path: Path) -> None:
+    db_ws, files = _db_plate(tmp_path, files=1)
+    stray = Path(files[0]).parent / "Cells.csv"
+    stray.write_text("ImageNumber,ObjectNumber\n1,1\n")
+    result = collate_export(db_ws, BATCH, PLATE)
+    assert result.status == "done", result.message
+    assert result.report is not None
+    assert "not read" in result.report["export_database"]["files_not_read"]["Cells.csv"]

@@ -64,6 +64,28 @@ def test_values_beyond_float64_are_counted_and_named(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("value", "warned"), [
+    ("1e-400", True), ("-2.5E-999", True), ("1e-330", True),
+    ("0e-400", False),   # a zero, however written
+    ("1e-310", False),   # subnormal: not 0
+    ("0", False),
+])
+@pytest.mark.parametrize("table", ["Cells", "Image"])
+def test_values_too_small_for_float64_are_named(tmp_path: Path, value: str, warned: bool, table: str) -> None:
+    plate_dir = _plate(tmp_path)
+    folder = faults.site(plate_dir, "A01", 2)
+    header = read_rows(folder / f"{table}.csv")[0]
+    column = "AreaShape_Area" if table == "Cells" else next(c for c in header if c.startswith("Granularity_"))
+    faults.set_object_value(folder, table, column, value, row=1)
+    result = collate_plate(tmp_path, BATCH, PLATE)
+    sites = _sites(result)
+    assert {s["status"] for s in sites.values()} == {"ok"}
+    expected = (f"{table}.csv: column {column}: 1 value(s) too small for float64 (first {value!r}, line 2) stored as 0; "
+                "CellProfiler writes no such number: check the file")
+    assert sites[folder.name].get("warnings", []) == ([expected] if warned else [])
+    faults.assert_rows_accounted(result, plate_dir)
+
+
+@pytest.mark.parametrize(("value", "warned"), [
     ("9007199254740993", True),        # 2^53 + 1: rounded to 2^53
     ("12345678901234567891", True),    # beyond int64 as well
     ("9007199254740992", False),       # 2^53 is exact
@@ -183,6 +205,73 @@ def test_a_repeat_equal_in_every_site_is_kept_once(tmp_path: Path) -> None:
     columns = [r[1] for r in _query(result.outputs["sqlite"], 'PRAGMA table_info("Nuclei")')]
     assert "Nuclei_AreaShape_Area" in columns and "Nuclei_AreaShape_Area_2" not in columns
     assert {(d["stored_as"], d["identical"]) for d in result.report["duplicate_columns"]} == {(None, True)}
+
+
+def test_a_written_x_2_and_a_repeat_of_x_are_two_names_in_every_site(tmp_path: Path) -> None:
+    """Site A's header is ``X, X_2, X`` (a column really named X_2, then a repeat of X); site B's is ``X, X``: the
+    repeat of X has one name in both sites, never the name of A's own X_2, and the report says its field."""
+    plate_dir = _plate(tmp_path)
+    a, b = faults.site(plate_dir, "A01", 1), faults.site(plate_dir, "A02", 2)
+    column = "Location_Center_X"
+    rows = read_rows(a / "Cells.csv")
+    j = rows[0].index(column)
+    rows[0] += [f"{column}_2", column]
+    for row in rows[1:]:
+        row += [repr(float(row[j]) + 500.0), repr(float(row[j]) + 7000.0)]
+    write_rows(a / "Cells.csv", rows)
+    _repeat(b, "Cells", column, [3000.0])
+    result = collate_plate(tmp_path, BATCH, PLATE)
+    assert {s["status"] for s in _sites(result).values()} == {"ok"}
+    cells = _object_table(result, "sqlite", "Cells")
+    x, written, repeat = f"Cells_{column}", f"Cells_{column}_2", f"Cells_{column}_3"
+    in_a = cells.loc[cells["ImageNumber"] == _image_number(a)]
+    in_b = cells.loc[cells["ImageNumber"] == _image_number(b)]
+    assert np.allclose(in_a[written], in_a[x] + 500.0) and np.allclose(in_a[repeat], in_a[x] + 7000.0)
+    assert in_b[written].isna().all() and np.allclose(in_b[repeat], in_b[x] + 3000.0)
+    entries = {(d["site"], d["column"], d["field"], d["stored_as"]) for d in result.report["duplicate_columns"]}
+    width = len(read_rows(b / "Cells.csv")[0])
+    assert entries == {(a.name, column, width + 1, f"{column}_3"), (b.name, column, width, f"{column}_3")}
+    faults.assert_rows_accounted(result, plate_dir)
+
+
+@pytest.mark.parametrize("column", ["Metadata_Well", "Metadata_Site", "Count_Cells", "ImageNumber"])
+def test_a_differing_copy_of_an_image_key_or_count_quarantines_naming_it(tmp_path: Path, column: str) -> None:
+    plate_dir = _plate(tmp_path)
+    folder = faults.site(plate_dir, "A01", 2)
+    rows = read_rows(folder / "Image.csv")
+    other = {"Metadata_Well": "B07", "Metadata_Site": "9", "Count_Cells": "99", "ImageNumber": "77"}[column]
+    rows[0].append(column)
+    rows[1].append(other)
+    write_rows(folder / "Image.csv", rows)
+    result = collate_plate(tmp_path, BATCH, PLATE)
+    sites = _sites(result)
+    first = rows[0].index(column) + 1
+    assert sites[folder.name]["status"] == "quarantined"
+    assert sites[folder.name]["reason"] == (f"Image.csv: column {column} is in the header twice (fields {first} and "
+                                            f"{len(rows[0])}) with different values; which is right is unknown")
+    assert all(s["status"] == "ok" for n, s in sites.items() if n != folder.name)
+    faults.assert_rows_accounted(result, plate_dir)
+
+
+@pytest.mark.parametrize(("table", "column"), [("Cytoplasm", "Parent_Cells"), ("Nuclei", "ObjectNumber")])
+def test_a_differing_copy_of_an_object_key_quarantines(tmp_path: Path, table: str, column: str) -> None:
+    plate_dir = _plate(tmp_path)
+    folder = faults.site(plate_dir, "A02", 1)
+    _repeat(folder, table, column, [1.0])
+    result = collate_plate(tmp_path, BATCH, PLATE)
+    entry = _sites(result)[folder.name]
+    assert entry["status"] == "quarantined"
+    assert entry["reason"].startswith(f"{table}.csv: column {column} is in the header twice (fields ")
+    faults.assert_rows_accounted(result, plate_dir)
+
+
+def test_an_equal_copy_of_a_key_is_kept_once(tmp_path: Path) -> None:
+    plate_dir = _plate(tmp_path)
+    folder = faults.site(plate_dir, "A02", 1)
+    _repeat(folder, "Image", "Metadata_Well", [None])
+    result = collate_plate(tmp_path, BATCH, PLATE)
+    assert {s["status"] for s in _sites(result).values()} == {"ok"}
+    assert [(d["column"], d["stored_as"]) for d in result.report["duplicate_columns"]] == [("Metadata_Well", None)]
 
 
 def _image_number(folder: Path) -> int:

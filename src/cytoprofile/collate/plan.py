@@ -11,13 +11,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..digest import file_digest
 from ..layout import Workspace, profiles_name, report_name, single_cell_name, sqlite_name
 from ..remote import list_etags
 from .cells import CELL_OPTIONS
 from .outputs import kind_label, kind_of
 
-__all__ = ['InputState', 'Plan', 'build_options', 'file_digest', 'input_fingerprint', 'input_state', 'listing_digest',
-           'plan_build', 'remote_fingerprint', 'remote_state']
+__all__ = ['InputState', 'Plan', 'build_options', 'input_fingerprint', 'input_state', 'listing_digest',
+           'plan_build', 'remote_state']
 
 log = logging.getLogger("cytoprofile.collate")
 
@@ -81,8 +82,6 @@ def plan_build(plate: str, report: dict[str, Any] | None, trusted: dict[str, str
     return Plan(skip=False, kinds=kinds, kept=kept)
 
 
-#: bytes read at a time when hashing an input file (never a whole file in memory)
-_CHUNK = 1 << 20
 #: a file modified this close to the moment its state was recorded may have changed within the filesystem's
 #: timestamp resolution (1 s or 2 s on some): its recorded digest is not trusted ("racy", as git calls it)
 _RACY_NS = 2_000_000_000
@@ -105,23 +104,11 @@ class InputState:
         return {"inputs": self.digest, "input_files": {"recorded_ns": self.recorded_ns, "files": self.files}}
 
 
-def file_digest(path: str) -> str:
-    """The content digest of one file (128-bit XXH3: made to detect changes, and fast enough to hash a plate
-    in a fraction of its ingest time), read in chunks."""
-    import xxhash
-
-    digest = xxhash.xxh3_128()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _reusable(entry: Any, stat: os.stat_result, recorded_ns: int | None) -> bool:
+def _reusable(entry: Any, st: os.stat_result, recorded_ns: int | None) -> bool:
     """A recorded digest still stands: same size and mtime, and the mtime not too close to the recording."""
     if not isinstance(entry, list) or len(entry) != 3 or not isinstance(entry[2], str) or recorded_ns is None:
         return False
-    return entry[0] == stat.st_size and entry[1] == stat.st_mtime_ns and stat.st_mtime_ns < recorded_ns - _RACY_NS
+    return entry[0] == st.st_size and entry[1] == st.st_mtime_ns and st.st_mtime_ns < recorded_ns - _RACY_NS
 
 
 def _hash_or_none(path: str) -> str | None:
@@ -182,12 +169,12 @@ def remote_state(ws: str, batch: str, plate: str) -> InputState:
     (a plate moved between local disk and object storage is rebuilt once)."""
     root = Workspace(str(ws)).analysis(batch, plate).rstrip("/")
     files = {url[len(root) + 1:]: [size, etag] for url, (size, etag) in list_etags(root).items()}
+    blind = sorted(rel for rel, (_, etag) in files.items() if not etag)
+    if blind:
+        log.warning("%s: %d input file(s) on object storage have no ETag (first: %s); a re-run compares them by size "
+                    "only, so a change keeping the size is not seen: use --overwrite after changing them", plate,
+                    len(blind), blind[0])
     return InputState(listing_digest({rel: ("etag", *e) for rel, e in files.items()}), files)
-
-
-def remote_fingerprint(ws: str, batch: str, plate: str) -> str:
-    """The digest of :func:`remote_state`."""
-    return remote_state(ws, batch, plate).digest
 
 
 def build_options(options: dict[str, Any]) -> dict[str, Any]:

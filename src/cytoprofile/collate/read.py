@@ -234,11 +234,21 @@ def _stream_sites(ws: str | os.PathLike[str], plate: str, scans: list[Any], sche
 
 
 def _export_files_beside(ws: str | os.PathLike[str], batch: str, plate: str) -> dict[str, str]:
-    """ExportToDatabase files in the plate folder of a plate read from its CSV site folders: named, not read."""
-    from ..exportdb import discover_export_files
+    """Files in the plate folder of a plate read from its CSV site folders (beside its ``analysis`` folder): an
+    ExportToDatabase file, a stray ``Cells.csv`` or any other file is named, not read (as ``../NAME``)."""
+    from ..exportdb import export_files_in
 
-    return {f"../{os.path.basename(p)}": "an ExportToDatabase file in the plate folder, not read (the plate is read from "
-            "its CSV site folders); to read it instead, give it with --export-db" for p in discover_export_files(ws, batch, plate)}
+    folder = Workspace(str(ws)).analysis_plate(batch, plate)
+    exports, foreign = export_files_in(folder)
+    out = {f"../{os.path.basename(p)}": "an ExportToDatabase file in the plate folder, not read (the plate is read "
+           "from its CSV site folders); to read it instead, give it with --export-db" for p in exports}
+    out.update({f"../{name}": why for name, why in foreign.items()})
+    for entry in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        path = os.path.join(folder, entry)
+        if f"../{entry}" not in out and os.path.isfile(path):
+            out[f"../{entry}"] = ("in the plate folder, beside its analysis folder of site folders: not read (each "
+                                  "site is a folder analysis/PLATE-WELL-SITE)")
+    return out
 
 
 def _check_sites(plate: str, quarantined: list[dict[str, Any]], n_sites: int, *, strict: bool) -> None:

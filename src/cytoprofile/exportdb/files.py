@@ -25,9 +25,9 @@ __all__ = [
     "connect",
     "database_problem",
     "discover_export_files",
+    "export_files_in",
     "export_plates",
     "find_export_files",
-    "foreign_db_files",
     "open_export",
     "source_name",
     "table_number",
@@ -111,7 +111,7 @@ def table_number(source_name: str, image_number: int) -> int:
 
 def find_export_files(path: str | os.PathLike[str]) -> list[str]:
     """ExportToDatabase files at ``path``: the file itself, or the SQLite files directly in a folder (a ``.db``
-    file of another program, such as Thumbs.db, is not one: :func:`foreign_db_files` names it)."""
+    file of another program, such as Thumbs.db, is not one: :func:`export_files_in` names it)."""
     target = Path(path)
     if target.is_file():
         return [str(target)]
@@ -129,9 +129,10 @@ def discover_export_files(ws: str | os.PathLike[str], batch: str, plate: str) ->
     return _listed(folder)[0] if folder.is_dir() else []
 
 
-def foreign_db_files(folder: str | os.PathLike[str]) -> dict[str, str]:
-    """``*.db`` files directly in ``folder`` that are not SQLite (Windows' ``Thumbs.db``): name -> why not read."""
-    return _listed(Path(folder))[1] if Path(folder).is_dir() else {}
+def export_files_in(folder: str | os.PathLike[str]) -> tuple[list[str], dict[str, str]]:
+    """The SQLite files directly in ``folder`` and the ``.db`` files of other programs beside them (name -> why not
+    read), listed once; a folder that does not exist holds neither."""
+    return _listed(Path(folder)) if Path(folder).is_dir() else ([], {})
 
 
 def _listed(folder: Path) -> tuple[list[str], dict[str, str]]:

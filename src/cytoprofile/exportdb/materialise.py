@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -18,6 +17,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from ..backend import quote
+from ..digest import file_digest
 from ..errors import AccountingError, InputError
 from ..ingest import TABLE_NUMBER_FILE, normalise_site
 from ..vocabulary import normalise_well
@@ -121,11 +121,7 @@ def _copies(exports: Sequence[ExportFile]) -> dict[str, str]:
     for same in (group for group in by_size.values() if len(group) > 1):
         first: dict[str, str] = {}
         for e in same:
-            hasher = hashlib.blake2b(digest_size=16)
-            with open(e.path, "rb") as fh:  # streamed: a run's file can be many GB
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    hasher.update(block)
-            digest = hasher.hexdigest()
+            digest = file_digest(e.path)  # streamed: a run's file can be many GB
             if digest in first:
                 out[e.name] = first[digest]
             else:
@@ -264,6 +260,7 @@ def materialise_plate(
                              "extract the well in CellProfiler's Metadata module and export again")
         expected = _file_rows(export)
         out.files.append({"file": export.name, "table_prefix": export.prefix, "layout": export.layout, "rows": expected,
+                          "tables": {"Image": export.image_table, **{o.name: o.table for o in export.objects}},
                           "not_stored": export.not_stored, "unowned_columns": export.unowned_columns,
                           "long_names": export.long_names})
         file_dropped: list[Dropped] = []

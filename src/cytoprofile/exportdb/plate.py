@@ -16,12 +16,13 @@ from ..errors import CytoprofileError, InputError
 from ..layout import Workspace
 from .files import (
     discover_export_files,
+    export_files_in,
     export_plates,
     find_export_files,
-    foreign_db_files,
     source_name,
 )
 from .materialise import Materialised, folder_part, materialise_plate
+from .names import ExportNames
 
 log = logging.getLogger("cytoprofile.exportdb")
 
@@ -92,35 +93,51 @@ def collate_export(
         return PlateResult(batch, plate, "skipped", "complete outputs exist (use --overwrite to rebuild)", outputs)
     options["overwrite"] = True  # other files or options: the outputs are rebuilt
     backend_root = Workspace(root).backend_root()
+    names = ExportNames()
     with workspace.scratch_dir(tmp_dir, f"export-{folder_part(plate)}") as scratch, \
-            _real_places(scratch, root, backend_root):
+            _real_places(scratch, root, backend_root, names):
         with io.output_errors(scratch):
             done = materialise_plate(paths, plate=plate, out_dir=Workspace(scratch).analysis(batch, plate),
                                      table_prefix=table_prefix, root=root)
         if not done.sites:
             raise InputError(_no_sites(done, paths, plate, table_prefix))
+        names.learn(done.sites, done.files)
         _warn_dropped(done, plate)
         _warn_other_plates(done, plate)
         with io.output_errors(backend_root):
             Path(backend_root).mkdir(parents=True, exist_ok=True)
         os.symlink(os.path.realpath(backend_root), Workspace(scratch).backend_root())
-        result = collate_plate(scratch, batch, plate, record_inputs=False, **options)  # the files' own record: sources
+        with names.in_logs():
+            result = collate_plate(scratch, batch, plate, record_inputs=False, **options)  # the files' own record: sources
         result.outputs = {k: os.path.join(root, os.path.relpath(v, scratch)) for k, v in result.outputs.items()}
         if result.status == "done" and result.report is not None:
             section = {**done.report(), "sources": fingerprint, "call": call}
             folders = sources or [Workspace(root).analysis_plate(batch, plate)]
-            foreign = {name: why for folder in folders for name, why in foreign_db_files(folder).items()}
-            if foreign:
-                section["files_not_read"] = foreign
-            result.report = _amend_report(result.report, done, section, outputs["report"])
+            beside = {name: why for folder in folders for name, why in _not_read_beside(folder, paths).items()}
+            if beside:
+                section["files_not_read"] = beside
+            result.report = _amend_report(result.report, done, section, outputs["report"], names)
         return result
 
 
+def _not_read_beside(folder: str | os.PathLike[str], read: Sequence[str]) -> dict[str, str]:
+    """Files of a folder of ExportToDatabase files that were not read: another program's ``.db`` file, a stray CSV."""
+    if not os.path.isdir(folder):
+        return {}
+    _, out = export_files_in(folder)
+    done = {os.path.realpath(p) for p in read}
+    for entry in sorted(os.listdir(folder)):
+        path = os.path.join(folder, entry)
+        if entry not in out and os.path.isfile(path) and os.path.realpath(path) not in done:
+            out[entry] = "beside the ExportToDatabase files, not one of them: not read"
+    return out
+
+
 @contextlib.contextmanager
-def _real_places(scratch: str, root: str, backend_root: str) -> Iterator[None]:
+def _real_places(scratch: str, root: str, backend_root: str, names: ExportNames) -> Iterator[None]:
     """Errors name the workspace's folders, not the scratch copy (removed when the run ends): its ``backend`` is
     ``WS/backend``, any other path in it is the scratch folder under ``--tmp-dir``. A ``WS/backend`` this run made
-    and left empty is removed."""
+    and left empty is removed; messages about scratch CSVs name the files' tables (``names``)."""
     made = not os.path.lexists(backend_root)
     try:
         yield
@@ -129,7 +146,7 @@ def _real_places(scratch: str, root: str, backend_root: str) -> Iterator[None]:
             os.rmdir(backend_root)
         text = str(exc).replace(os.path.join(scratch, "backend"), os.path.join(root, "backend"))
         text = re.sub(re.escape(scratch) + r"[^\s:;]*", lambda _: f"{os.path.dirname(scratch)} (the scratch copy of "
-                      "the plate; --tmp-dir puts it elsewhere)", text)
+                      "the plate; --tmp-dir puts it elsewhere)", names.anywhere(text))
         if text == str(exc):
             raise
         raise type(exc)(text) from exc
@@ -168,12 +185,23 @@ def _no_sites(done: Materialised, paths: Sequence[str], plate: str, table_prefix
     return f"{plate}: no image of this plate in {files}; plates there: {', '.join(sorted(p or '(none)' for p in found))}"
 
 
-def _amend_report(report: dict[str, Any], done: Materialised, section: dict[str, Any], path: str) -> dict[str, Any]:
-    """Name each site's source image and add where every row of the files went; rewritten atomically."""
+def _amend_report(report: dict[str, Any], done: Materialised, section: dict[str, Any], path: str,
+                  names: ExportNames) -> dict[str, Any]:
+    """Name each site's source image and table (not the scratch CSVs) and add where every row of the files went;
+    rewritten atomically."""
     for site in report.get("sites", []):
         source = done.sites.get(site["site"])
-        if source is not None and site.get("file"):
-            site["file"] = f"{source['file']} (image {source['image_number']}; {os.path.basename(site['file'])})"
+        if source is None:
+            continue
+        if site.get("file"):
+            stem = os.path.basename(site["file"]).rsplit(".csv", 1)[0]
+            table = names.table(site["site"], stem) or f"no {stem} table"
+            site["file"] = f"{source['file']} (image {source['image_number']}; {table})"
+        if site.get("reason"):
+            site["reason"] = names.for_site(site["site"], site["reason"])
+        for kind in ("warnings", "notes"):
+            if site.get(kind):
+                site[kind] = [names.for_site(site["site"], text) for text in site[kind]]
     report["export_database"] = section
     io.write_json(report, path)
     return report

@@ -63,13 +63,12 @@ def check_image(scan: SiteScan, image: pa.Table, strata: Sequence[str], plate: s
     if "ImageNumber" not in image.column_names:  # objects cannot be matched to their image, nor counts checked
         scan.quarantine(f"{base} has no ImageNumber column", path)
         return
-    if "ImageNumber" in image.column_names:
-        numbers = image.column("ImageNumber").to_pylist()
-        repeated = sorted(n for n, k in Counter(numbers).items() if k > 1 and n is not None)
-        if repeated:
-            scan.quarantine(f"{base} has {Counter(numbers)[repeated[0]]} rows with ImageNumber {repeated[0]}", path)
-            return
-        scan.image_numbers = [int(v) for v in numbers if v is not None]
+    numbers = image.column("ImageNumber").to_pylist()
+    repeated = sorted(n for n, k in Counter(numbers).items() if k > 1 and n is not None)
+    if repeated:
+        scan.quarantine(f"{base} has {Counter(numbers)[repeated[0]]} rows with ImageNumber {repeated[0]}", path)
+        return
+    scan.image_numbers = [int(v) for v in numbers if v is not None]
     if had_plate:
         others = sorted({str(v) for v in image.column("Metadata_Plate").to_pylist()} - {plate})
         if others:

@@ -51,7 +51,8 @@ NULL_VALUES = ["", "nan", "NaN"]
 #: Columns of these families are text (ImageSet_ holds CellProfiler's encoded image set; Objects* name saved object
 #: masks), in Image.csv and in object CSVs alike; every other one is numeric.
 TEXT_IMAGE_FAMILIES = TEXT_FAMILIES
-#: Largest key (ImageNumber, ObjectNumber, Parent_*) accepted: every integer up to it is exact in float64.
+#: Largest key (ImageNumber, ObjectNumber, Parent_*) accepted: every integer up to it is exact in float64 (a
+#: measurement integer beyond it is named as rounded: see numbers).
 MAX_KEY = 2**53
 CountCheck = Literal["error", "warn", "off"]
 #: the backend table holding the build's generation id

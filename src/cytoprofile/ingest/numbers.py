@@ -1,5 +1,5 @@
-"""Numbers float64 cannot hold as written: a value beyond its range (``1e400`` becomes inf) and an integer above
-2^53 (rounded to the nearest float64). Both are kept as float64 gives them and named: file, column, count, first
+"""Numbers float64 cannot hold as written: a value beyond its range (``1e400`` becomes inf), one too small for it
+(``1e-400`` becomes 0) and an integer above 2^53 (rounded to the nearest float64). Both are kept as float64 gives them and named: file, column, count, first
 value and line.
 """
 
@@ -10,18 +10,19 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .model import MAX_KEY
 from .text import after_lines, drop_blank_lines, line_of_row
 
 __all__ = [
-    "EXACT_INTEGERS",
     "number_warnings",
     "suspect_columns",
 ]
 
-#: every integer up to this magnitude is exact in float64
-EXACT_INTEGERS = 2**53
 _INTEGER = re.compile(r"^\s*[+-]?\d+\s*$")
 _INF_WORDS = ("inf", "infinity")
+#: an exponent of -300 or below somewhere in a file: only then are its zeros checked for underflow
+_TINY = re.compile(rb"[eE]-0*(?:[3-9]\d\d|\d{4,})")
+_NONZERO_MANTISSA = re.compile(r"^[^eE]*[1-9]")
 
 
 def suspect_columns(values: np.ndarray) -> list[int]:
@@ -31,7 +32,7 @@ def suspect_columns(values: np.ndarray) -> list[int]:
     with np.errstate(invalid="ignore"):
         high = np.fmax.reduce(values, axis=0)
         low = np.fmin.reduce(values, axis=0)
-    return np.flatnonzero((high >= EXACT_INTEGERS) | (low <= -EXACT_INTEGERS)).tolist()
+    return np.flatnonzero((high >= MAX_KEY) | (low <= -MAX_KEY)).tolist()
 
 
 def _is_inf_word(text: str) -> bool:
@@ -43,13 +44,17 @@ def _column_warnings(file: str, column: str, texts: Sequence[str | None], values
     """The warnings of one column: values that overflowed to inf, integers rounded."""
     overflow: list[int] = []
     rounded: list[int] = []
+    underflow: list[int] = []
     for row, (text, value) in enumerate(zip(texts, values.tolist())):
         if text is None or value != value:
             continue
-        if np.isinf(value):
+        if value == 0:
+            if _NONZERO_MANTISSA.match(text.strip()):
+                underflow.append(row)
+        elif np.isinf(value):
             if not _is_inf_word(text):
                 overflow.append(row)
-        elif abs(value) >= EXACT_INTEGERS and _INTEGER.match(text) and int(text) != int(value):
+        elif abs(value) >= MAX_KEY and _INTEGER.match(text) and int(text) != int(value):
             rounded.append(row)
     out = []
     if overflow:
@@ -57,6 +62,11 @@ def _column_warnings(file: str, column: str, texts: Sequence[str | None], values
         out.append(f"{file}: column {column}: {len(overflow)} value(s) beyond float64's range (first {texts[row]!r}, "
                    f"line {line_of_row(raw, header_lines, row)}) stored as {values[row]}; CellProfiler writes no such "
                    "number: check the file")
+    if underflow:
+        row = underflow[0]
+        out.append(f"{file}: column {column}: {len(underflow)} value(s) too small for float64 (first {texts[row]!r}, "
+                   f"line {line_of_row(raw, header_lines, row)}) stored as 0; CellProfiler writes no such number: "
+                   "check the file")
     if rounded:
         row = rounded[0]
         out.append(f"{file}: column {column}: {len(rounded)} integer(s) above 2^53 (first {texts[row]!r}, line "
@@ -70,6 +80,8 @@ def number_warnings(file: str, header: Sequence[str], positions: Sequence[int], 
     """Warnings for the columns of a parsed CSV (``values`` in ``header`` order, fields at ``positions``) whose
     numbers float64 cannot hold as written; the text is read again only for such columns."""
     suspect = suspect_columns(values)
+    if values.size and _TINY.search(raw):  # a zero may be an underflow: columns holding one are checked too
+        suspect = sorted(set(suspect) | set(np.flatnonzero((values == 0).any(axis=0)).tolist()))
     if not suspect:
         return []
     import polars as pl

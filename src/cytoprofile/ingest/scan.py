@@ -91,10 +91,21 @@ def _column_text(path: str, header_lines: int, width: int, positions: Sequence[i
     return {p: frame[names[p]].to_list() for p in positions}
 
 
+#: columns whose two differing copies leave a row's identity unknown: the site is quarantined
+_IDENTITY_COLUMNS = ("ImageNumber", "ObjectNumber", "TableNumber", "Metadata_Plate", "Metadata_Well", "Metadata_Site")
+
+
+def _identity(column: str, table: str) -> bool:
+    """A key column (or Image.csv's ``Count_<Object>``, which the count check reads): a differing copy is a conflict."""
+    return (column in _IDENTITY_COLUMNS or column.startswith("Parent_")
+            or (table == IMAGE_TABLE and column.startswith("Count_")))
+
+
 def _dedupe(source: Source, table: str, scan: SiteScan) -> None:
-    """Columns named twice: the k-th occurrence of ``X`` is named ``X_k`` (the same name in every site of the plate,
-    whichever repeats a site has); whether its values equal an earlier occurrence's is recorded, and the plate's
-    schema drops it only when it does in every site (:func:`settle_duplicates`)."""
+    """Columns named twice: each repeat is recorded with its field position and whether its values equal an earlier
+    occurrence's, under a name unique in the file (the plate's name is given by :func:`settle_duplicates`). A
+    differing copy of a key column (or of Image.csv's ``Count_<Object>``) quarantines the site: which is right is
+    unknown."""
     header = source.header
     counts = Counter(header)
     if all(n == 1 for n in counts.values()):
@@ -112,15 +123,21 @@ def _dedupe(source: Source, table: str, scan: SiteScan) -> None:
                 k += 1
             names[i] = f"{column}_{k}"
             taken.add(names[i])
-            scan.duplicates.append({"file": source.name, "table": table, "column": column,
-                                    "identical": any(text[j] == text[i] for j in before), "stored_as": names[i]})
+            identical = any(text[j] == text[i] for j in before)
+            if not identical and _identity(column, table):
+                scan.quarantine(f"{source.name}: column {column} is in the header twice (fields {before[0] + 1} and "
+                                f"{i + 1}) with different values; which is right is unknown", source.path)
+            scan.duplicates.append({"file": source.name, "table": table, "column": column, "occurrence": len(before) + 1,
+                                    "field": i + 1, "identical": identical, "stored_as": names[i]})
         before.append(i)
     source.header = names
 
 
 def settle_duplicates(scans: Sequence[SiteScan]) -> None:
-    """Drop a repeated column (``X_k``) from every site when each trusted site holding it has it equal to an earlier
-    occurrence; keep it in every site otherwise (so its name means the same column across the plate)."""
+    """Name each repeat the same in every site, then drop a repeat from every site when each trusted site holding it
+    has it equal to an earlier occurrence; keep it in every site otherwise (so its name means the same column across
+    the plate)."""
+    _plate_names(scans)
     kept = {(d["table"], d["stored_as"]) for s in scans if s.problem is None for d in s.duplicates if not d["identical"]}
     for scan in scans:
         for entry in scan.duplicates:
@@ -128,6 +145,49 @@ def settle_duplicates(scans: Sequence[SiteScan]) -> None:
                 continue
             _drop_column(scan, entry["table"], entry["stored_as"])
             entry["stored_as"] = None
+
+
+def _plate_names(scans: Sequence[SiteScan]) -> None:
+    """The k-th occurrence of ``X`` in a file is ``X_k`` in every site, or the next ``X_j`` that is no column of the
+    table as written in any site: one name, one column, across the plate."""
+    written: dict[str, set[str]] = {}
+    for scan in scans:
+        repeats = {(d["table"], d["stored_as"]) for d in scan.duplicates}
+        for table, source in scan.sources.items():
+            written.setdefault(table, set()).update(
+                c for c in (*source.header, *source.text_header) if (table, c) not in repeats)
+    final: dict[tuple[str, str, int], str] = {}
+    for table, column, k in sorted({(d["table"], d["column"], d["occurrence"]) for s in scans for d in s.duplicates}):
+        used = written.setdefault(table, set())
+        j = k
+        while f"{column}_{j}" in used:
+            j += 1
+        final[(table, column, k)] = f"{column}_{j}"
+        used.add(f"{column}_{j}")
+    for scan in scans:
+        for table in {d["table"] for d in scan.duplicates}:
+            mapping = {d["stored_as"]: final[(table, d["column"], d["occurrence"])] for d in scan.duplicates
+                       if d["table"] == table}
+            _rename_columns(scan, table, mapping)
+        for d in scan.duplicates:
+            d["stored_as"] = final[(d["table"], d["column"], d["occurrence"])]
+
+
+def _rename_columns(scan: SiteScan, table: str, mapping: dict[str, str]) -> None:
+    """Rename a site's repeated columns of ``table`` (header, text header and the parsed Image.csv) at once."""
+    if all(a == b for a, b in mapping.items()):
+        return
+    source = scan.sources.get(table)
+    if source is not None:
+        source.header = [mapping.get(c, c) for c in source.header]
+        source.text_header = [mapping.get(c, c) for c in source.text_header]
+        source.key_index = None
+        if table in scan.headers:
+            scan.headers[table] = source.header
+        if table in scan.text_headers:
+            scan.text_headers[table] = source.text_header
+    if table == IMAGE_TABLE and scan.image is not None:
+        scan.image = scan.image.rename_columns([mapping.get(c, c) for c in scan.image.column_names])
 
 
 def _drop_column(scan: SiteScan, table: str, name: str) -> None:
@@ -177,14 +237,11 @@ def _classify(scan: SiteScan, entries: Sequence[str], file_prefix: str | None) -
     """Which file is the Image table, which are object tables, which are run metadata, which are not read."""
     stems = _csv_entries(scan, entries)
     prefix = _prefix(list(stems.values()), file_prefix)
+    if prefix is None:
+        _prefix_unknown(scan, stems)
+        return
     for entry, stem in stems.items():
         path = os.path.join(scan.path, entry)
-        if prefix is None:
-            scan.csv_files.append((entry, path, 1))
-            if any(s.lower().endswith("image") for s in stems.values()):
-                scan.quarantine(f"cannot tell the file-name prefix ({entry} does not share it with the Image file); "
-                                "pass --file-prefix", path)
-            continue
         reason = _not_stored_by_name(stem, prefix)
         if reason is not None:
             scan.csv_files.append((entry, path, 1))
@@ -193,6 +250,25 @@ def _classify(scan: SiteScan, entries: Sequence[str], file_prefix: str | None) -
         name = stem[len(prefix):]
         table = IMAGE_TABLE if name.lower() == "image" else name
         _add_table_file(scan, entry, path, table)
+
+
+def _prefix_unknown(scan: SiteScan, stems: dict[str, str]) -> None:
+    """No prefix every CSV shares: the site is quarantined naming a file that lacks the Image file's prefix."""
+    for entry in stems:
+        scan.csv_files.append((entry, os.path.join(scan.path, entry), 1))
+    images = sorted((e for e, s in stems.items() if s.lower().endswith("image")), key=len, reverse=True)
+    if not images:
+        return
+
+    def lacking(image: str) -> list[str]:
+        return sorted(e for e, s in stems.items() if not s.startswith(stems[image][: -len("image")]))
+
+    image = min(images, key=lambda e: len(lacking(e)))  # the Image file most CSVs agree with (longest prefix on a tie)
+    first = lacking(image)[0]
+    more = len(lacking(image)) - 1
+    scan.quarantine(f"cannot tell the file-name prefix: {first}{f' (and {more} more)' if more else ''} does not start "
+                    f"with {stems[image][: -len('image')]!r}, the prefix of {image}; pass --file-prefix",
+                    os.path.join(scan.path, first))
 
 
 def _csv_entries(scan: SiteScan, entries: Sequence[str]) -> dict[str, str]:

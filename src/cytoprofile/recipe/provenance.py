@@ -17,6 +17,7 @@ import pandas as pd
 
 from .. import __version__, io
 from ..config import Recipe
+from ..digest import file_digest
 from ..errors import ConfigError, CytoprofileError, InputError
 from ..layout import Layout
 from ..vocabulary import (
@@ -88,13 +89,11 @@ def write_step_provenance(output: str, step: str, inputs: list[str], account: An
 
 def _sha256(path: str) -> str:
     """Checksum of an input: the whole file, or for a large backend its size, time and first/last MiB."""
-    digest = hashlib.sha256()
     size = os.path.getsize(path)
+    if size <= _WHOLE_FILE_LIMIT:
+        return file_digest(path, algorithm="sha256")
+    digest = hashlib.sha256()
     with open(path, "rb") as fh:
-        if size <= _WHOLE_FILE_LIMIT:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-            return digest.hexdigest()
         digest.update(fh.read(1 << 20))
         fh.seek(size - (1 << 20))
         digest.update(fh.read(1 << 20))
