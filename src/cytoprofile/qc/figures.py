@@ -494,11 +494,11 @@ def map_figure(table: pd.DataFrame, *, mode: str, batch: str, threshold: float, 
         f"Batch {batch}: mAP ({mode}), {format_number(share * 100, decimals=0)}% retrieved "
         f"({int(good.sum())} of {len(good)})\n{_features_line(source, n_features)}", fig, fontsize=9, share=0.55,
     ), fontsize=9, loc="left")
-    _count_overlaps(left, values, -np.log10(p), size=14)
+    _count_overlaps(fig, left, values, -np.log10(p), size=14)
     return fig
 
 
-def _count_overlaps(ax: Axes, x: np.ndarray, y: np.ndarray, *, size: float) -> None:
+def _count_overlaps(fig: Figure, ax: Axes, x: np.ndarray, y: np.ndarray, *, size: float) -> None:
     """Groups drawn on top of each other say how many they are: ``×4``.
 
     Points closer than a marker's width (``size`` in points², as ``scatter``'s ``s``)
@@ -511,10 +511,10 @@ def _count_overlaps(ax: Axes, x: np.ndarray, y: np.ndarray, *, size: float) -> N
     finite = np.isfinite(x) & np.isfinite(y)
     if finite.sum() < 2:
         return
-    ax.figure.draw_without_rendering()  # the layout fixes the axes' size in pixels
+    fig.draw_without_rendering()  # the layout fixes the axes' size in pixels
     ax.autoscale_view()
     pixels = ax.transData.transform(np.column_stack([x[finite], y[finite]]))
-    width = math.sqrt(size) * ax.figure.dpi / 72.0
+    width = math.sqrt(size) * fig.dpi / 72.0
     near = cKDTree(pixels).query_ball_point(pixels, r=width)
     free = np.ones(len(pixels), dtype=bool)
     for i in sorted(range(len(pixels)), key=lambda k: (-len(near[k]), k)):
