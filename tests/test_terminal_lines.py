@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import os
 import shutil
 import subprocess
@@ -251,3 +252,23 @@ def test_ctrl_c_under_bars_leaves_one_frame_above_the_interrupted_line(tmp_path:
     bars = [line.split()[0] for line in lines if "━" in line]
     assert bars and len(bars) == len(set(bars)), lines  # each bar drawn once
     assert lines[-1].startswith("interrupted"), lines
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+@pytest.mark.parametrize("level", [logging.WARNING, logging.INFO, logging.ERROR])
+def test_record_on_a_terminal_keeps_each_path_whole(tmp_path: Path, depth: int, level: int) -> None:
+    from cytoprofile.logs import ConsoleHandler
+
+    out = io.StringIO()
+    handler = ConsoleHandler(Console(file=out, force_terminal=True, width=WIDTH, color_system=None))
+    path = str(tmp_path / _long_path(depth) / "Image.csv")
+    other = str(_long_path(depth) / "Cells.csv")
+    record = logging.LogRecord("cytoprofile", level, __file__, 1, "site P1-A01-1 is quarantined: %s is empty "
+                               "and %s has no rows; re-run the export", (path, other), None)
+    handler.emit(record)
+    lines = out.getvalue().rstrip("\n").splitlines()
+    assert lines[0].startswith(logging.getLevelName(level)), lines
+    assert all(line.startswith(" " * 9) for line in lines[1:]), lines
+    assert all(len(line) <= WIDTH or " " not in line.strip() for line in lines), lines
+    for word in (path, other):
+        assert any(word in line for line in lines), (word, lines)
