@@ -195,7 +195,7 @@ def cell_count_figure(
                              label=f"not in the plate map (dropped): {len(dropped)} well{'s' if len(dropped) != 1 else ''}"))
     if quarantined is None:
         handles.append(Patch(facecolor="white", edgecolor="black", label="quarantine unknown (no ingest report)"))
-    else:
+    elif lost:  # none lost: no legend entry for an empty mark
         label = f"lost sites to quarantine: {len(lost)} well{'s' if len(lost) != 1 else ''}"
         handles.append(Patch(facecolor="white", edgecolor=_QUARANTINE, hatch="/", label=label))
     _legend_below(fig, handles)
