@@ -130,6 +130,53 @@ def test_map_scatter_says_how_many_groups_share_a_point(same: int, others: int) 
     assert labels == [f"×{same}"], labels
 
 
+def _map_scatter(maps: list[float], ps: list[float]):  # type: ignore[no-untyped-def]
+    from cytoprofile.qc.figures import map_figure
+
+    table = pd.DataFrame({"Metadata_pert": [f"g{i}" for i in range(len(maps))], "mean_average_precision": maps,
+                          "corrected_p_value": ps})
+    table["below_corrected_p"] = table["corrected_p_value"] < 0.05
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = map_figure(table, mode="activity", batch="B1", threshold=0.05, source=None, n_features=10)
+    FigureCanvasAgg(fig).draw()
+    return fig
+
+
+@pytest.mark.parametrize(("maps", "ps", "expected"), [
+    ([1.0, 0.9987, 1.0, 0.4], [0.001, 0.001, 0.001, 0.5], ["×3"]),
+    ([1.0, 0.9995, 0.2, 0.2004], [0.001, 0.00101, 0.6, 0.6], ["×2", "×2"]),
+    ([0.5, 0.5001, 0.5002, 0.5003, 0.9], [0.01, 0.01, 0.01, 0.01, 0.3], ["×4"]),
+])
+def test_map_scatter_counts_points_that_overlap_once_drawn(maps: list[float], ps: list[float],
+                                                          expected: list[str]) -> None:
+    fig = _map_scatter(maps, ps)
+    assert sorted(t.get_text() for t in fig.axes[0].texts) == sorted(expected)
+
+
+@pytest.mark.parametrize(("at_map", "at_p"), [(1.0, 1e-4), (0.0, 1e-4), (1.0, 0.9), (0.0, 0.9)])
+def test_map_scatter_overlap_label_stays_inside_the_axes(at_map: float, at_p: float) -> None:
+    fig = _map_scatter([at_map, at_map, 0.5, 0.3], [at_p, at_p, 0.02, 0.2])
+    ax = fig.axes[0]
+    renderer = fig.canvas.get_renderer()
+    box = ax.get_window_extent(renderer)
+    (label,) = ax.texts
+    extent = label.get_window_extent(renderer)
+    assert box.x0 <= extent.x0 and extent.x1 <= box.x1 and box.y0 <= extent.y0 and extent.y1 <= box.y1, (extent, box)
+
+
+@pytest.mark.parametrize("top_p", [0.049, 0.01, 1e-3, 1e-6])
+def test_map_scatter_threshold_line_does_not_cross_the_legend(top_p: float) -> None:
+    fig = _map_scatter([0.9, 0.5, 0.2], [top_p, 0.3, 0.9])
+    ax = fig.axes[0]
+    renderer = fig.canvas.get_renderer()
+    legend = ax.get_legend().get_window_extent(renderer)
+    (line,) = [ln for ln in ax.get_lines() if ln.get_linestyle() == "--"]
+    line_box = line.get_window_extent(renderer)
+    crosses = legend.y0 <= line_box.y0 <= legend.y1 and legend.x0 < line_box.x1 and line_box.x0 < legend.x1
+    assert not crosses, (legend, line_box)
+
+
 @pytest.mark.parametrize("n_null", [3, 12, 29, 35, 99, 500])
 def test_percent_replicating_small_null_is_drawn_one_mark_each(n_null: int) -> None:
     from cytoprofile.qc.figures import NULL_POINTS_BELOW

@@ -72,6 +72,15 @@ def test_cell_count_figure_marks_quarantined_wells(n_rows: int, n_cols: int, los
     assert "no ingest report" in " ".join(t.get_text() for t in unknown.legends[0].get_texts())
 
 
+@pytest.mark.parametrize("lost", [{}, {"A02": 0}, {"B03": 0, "C04": 0}])
+def test_cell_count_legend_leaves_out_quarantine_when_no_well_lost_a_site(lost: dict[str, int]) -> None:
+    frame = make_profiles("P1", make_wells(8, 12), rng=np.random.default_rng(1))
+    fig = qc.cell_count_figure(frame, plate="P1", quarantined=lost)
+    legend = " ".join(t.get_text() for t in fig.legends[0].get_texts())
+    assert "quarantine" not in legend and "no profile for the well" in legend, legend
+    assert not _hatched(fig)
+
+
 def test_a_fully_quarantined_well_is_hatched_though_it_has_no_profile() -> None:
     frame = make_profiles("P1", [w for w in make_wells(8, 12) if w != "D05"], rng=np.random.default_rng(0))
     fig = qc.cell_count_figure(frame, plate="P1", quarantined={"D05": 4})

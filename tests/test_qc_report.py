@@ -221,6 +221,24 @@ def _map_workspace(root: Path) -> tuple[list[str], pd.DataFrame]:
     return plates, pd.concat(frames, ignore_index=True)
 
 
+@pytest.mark.parametrize("later", [None, ["activity"], ["consistency"]])
+def test_rerun_without_a_map_mode_removes_its_earlier_tables(tmp_path: Path, later: list[str] | None,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    root = tmp_path / "ws"
+    plates, _ = _map_workspace(root)
+    folder = root / "quality_control" / "map" / "B1"
+    qc.quality_control(root, "B1", plates, n_null=100, heatmaps=False, report=False, map_settings=dict(MAP_SETTINGS))
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        f"B1_map_{m}{s}.csv" for m in ("activity", "consistency") for s in ("", "_by_plate"))
+    settings = None if later is None else {**MAP_SETTINGS, "modes": later}
+    with caplog.at_level("WARNING", logger="cytoprofile.qc"):
+        qc.quality_control(root, "B1", plates, n_null=100, heatmaps=False, report=False, map_settings=settings)
+    kept = sorted(f"B1_map_{m}{s}.csv" for m in (later or []) for s in ("", "_by_plate"))
+    assert sorted(p.name for p in folder.iterdir()) == kept
+    removed = [r.getMessage() for r in caplog.records if "of an earlier run" in r.getMessage()]
+    assert len(removed) == 4 - len(kept), removed
+
+
 def test_map_panels_equal_evaluate(tmp_path: Path) -> None:
     from cytoprofile.evaluate import mean_average_precision
 

@@ -39,3 +39,22 @@ def test_rerun_with_fewer_figures_removes_stale_ones_on_s3(s3_endpoint: str, tmp
                                          for n in ("correlation", "position_effect"))
         said = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"{plate}: no ")]
         assert len(said) == 1 and f"in {url}/profiles/B1/{plate};" in said[0], said  # the URL, not a scratch copy
+
+
+def test_rerun_without_the_map_panel_removes_its_tables_on_s3(s3_endpoint: str, tmp_path: Path) -> None:
+    from .test_qc_report import MAP_SETTINGS, _map_workspace
+
+    make_bucket(s3_endpoint, "qcstalemap")
+    local = tmp_path / "ws"
+    plates, _ = _map_workspace(local)
+    url = "s3://qcstalemap/ws"
+    upload_tree(local, url)
+    io.configure_storage(io.storage_options(endpoint_url=s3_endpoint) | {"use_listings_cache": False})
+    folder = f"{url}/quality_control/map/B1"
+    qc.quality_control(url, "B1", plates, n_null=100, heatmaps=False, report=False,
+                       map_settings={**MAP_SETTINGS, "modes": ["activity"]})
+    assert {k.rsplit("/", 1)[-1] for k in io.list_files(folder)} == {"B1_map_activity.csv",
+                                                                     "B1_map_activity_by_plate.csv"}
+    qc.quality_control(url, "B1", plates, n_null=100, heatmaps=False, report=False)
+    assert not io.list_files(folder)
+    io.configure_storage(None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import os
 import shutil
 import subprocess
@@ -215,3 +216,59 @@ def test_a_message_naming_several_problems_keeps_one_line_each(terminal: bool, p
         assert " ".join(" ".join(lines).split()) == " ".join(f"error: {' '.join(faults)}".split())
     else:
         assert len(lines) == problems
+
+
+def test_ctrl_c_under_bars_leaves_one_frame_above_the_interrupted_line(tmp_path: Path) -> None:
+    from cytoprofile.synth import synth
+
+    plates = ["PA", "PB", "PC", "PD"]
+    synth(tmp_path / "ws", batch="B1", plates=plates, wells=96, sites=3, cells=30, features=20, seed=2)
+    sock, script = tmp_path / "tmux.sock", tmp_path / "session.sh"
+    (tmp_path / "tmux.conf").write_text("set -g history-limit 10000\nset -g status off\n")
+    script.write_text(f"export PYTHONPATH={SRC}\ncd {tmp_path}\n{sys.executable} -m cytoprofile collate ws B1 "
+                      f"{' '.join(plates)} --jobs 2\necho EXIT=$?\nsleep 600\n")
+    run = ["tmux", "-S", str(sock)]
+
+    def screen() -> list[str]:
+        out = subprocess.run([*run, "capture-pane", "-p", "-S", "-", "-t", "cp"], capture_output=True, text=True,
+                             timeout=30, check=True).stdout
+        return [line.rstrip() for line in out.splitlines() if line.strip()]
+
+    subprocess.run([*run, "-f", str(tmp_path / "tmux.conf"), "new-session", "-d", "-s", "cp", "-x", str(WIDTH),
+                    "-y", "40", f"TERM=xterm-256color bash {script}"], check=True, timeout=30)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not any(line.startswith("PA ") for line in screen()):
+            time.sleep(0.2)
+        subprocess.run([*run, "send-keys", "-t", "cp", "C-c"], check=True, timeout=30)
+        lines = screen()
+        while time.monotonic() < deadline and not any(line.startswith("EXIT=") for line in lines):
+            time.sleep(0.2)
+            lines = screen()
+    finally:
+        subprocess.run([*run, "kill-server"], capture_output=True, timeout=30)
+    assert "EXIT=130" in lines, lines
+    lines = lines[: lines.index("EXIT=130")]
+    bars = [line.split()[0] for line in lines if "━" in line]
+    assert bars and len(bars) == len(set(bars)), lines  # each bar drawn once
+    assert lines[-1].startswith("interrupted"), lines
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+@pytest.mark.parametrize("level", [logging.WARNING, logging.INFO, logging.ERROR])
+def test_record_on_a_terminal_keeps_each_path_whole(tmp_path: Path, depth: int, level: int) -> None:
+    from cytoprofile.logs import ConsoleHandler
+
+    out = io.StringIO()
+    handler = ConsoleHandler(Console(file=out, force_terminal=True, width=WIDTH, color_system=None))
+    path = str(tmp_path / _long_path(depth) / "Image.csv")
+    other = str(_long_path(depth) / "Cells.csv")
+    record = logging.LogRecord("cytoprofile", level, __file__, 1, "site P1-A01-1 is quarantined: %s is empty "
+                               "and %s has no rows; re-run the export", (path, other), None)
+    handler.emit(record)
+    lines = out.getvalue().rstrip("\n").splitlines()
+    assert lines[0].startswith(logging.getLevelName(level)), lines
+    assert all(line.startswith(" " * 9) for line in lines[1:]), lines
+    assert all(len(line) <= WIDTH or " " not in line.strip() for line in lines), lines
+    for word in (path, other):
+        assert any(word in line for line in lines), (word, lines)

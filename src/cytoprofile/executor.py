@@ -77,11 +77,13 @@ def run_plates(
     process's handlers, in the order each task wrote them; ``on_done(i, result)`` is
     called here as task ``i`` finishes, after its records. ``scheduler_timeout`` bounds
     the wait for a Dask scheduler's first answer (default: the storage connect + read
-    timeouts, 20 s).
+    timeouts, 20 s); the connection itself is bounded by the connect timeout.
     """
     if scheduler:
+        connect, read = _default_timeouts()
         return _run_dask(fn, tasks, options, scheduler=scheduler, progress=progress, on_done=on_done,
-                         timeout=scheduler_timeout if scheduler_timeout is not None else _default_timeout())
+                         timeout=scheduler_timeout if scheduler_timeout is not None else connect + read,
+                         connect_timeout=connect)
     if jobs <= 1 or len(tasks) <= 1:
         results: list[R] = []
         for i, task in enumerate(tasks):
@@ -279,6 +281,7 @@ def _run_dask(
     progress: Progress | None,
     on_done: Callable[[int, R], None] | None,
     timeout: float,
+    connect_timeout: float | None = None,
 ) -> list[R]:
     """Send each task to a Dask cluster; a task whose worker dies is retried elsewhere.
 
@@ -294,7 +297,7 @@ def _run_dask(
 
     from .errors import RemoteError
 
-    check_scheduler(scheduler, timeout=timeout)
+    check_scheduler(scheduler, timeout=timeout, connect_timeout=connect_timeout)
     try:
         client = Client(scheduler, timeout=f"{timeout}s")
     except (OSError, ValueError, TypeError) as exc:
@@ -353,35 +356,63 @@ class _DaskRelay:
             replay(logging.makeLogRecord(message))
 
 
-def _default_timeout() -> float:
+def _default_timeouts() -> tuple[float, float]:
+    """The storage settings' (connect, read) timeouts: ``--connect-timeout`` and ``--read-timeout``."""
     from . import io
 
     kwargs = io.current_storage().get("config_kwargs") or {}
-    return float(kwargs.get("connect_timeout", io.DEFAULT_CONNECT_TIMEOUT)) + float(
-        kwargs.get("read_timeout", io.DEFAULT_READ_TIMEOUT))
+    return (float(kwargs.get("connect_timeout", io.DEFAULT_CONNECT_TIMEOUT)),
+            float(kwargs.get("read_timeout", io.DEFAULT_READ_TIMEOUT)))
 
 
-def check_scheduler(address: str, *, timeout: float) -> None:
+def _open_connection(address: str, *, timeout: float) -> None:
+    """Connect to ``tcp://HOST:PORT`` within ``timeout`` seconds and hang up; a refused or
+    unanswered connection is a ``RemoteError`` at once, not after the whole wait."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from .errors import RemoteError
+
+    parts = urlsplit(address if "://" in address else f"tcp://{address}")
+    if parts.scheme not in ("tcp", "") or not parts.hostname or parts.port is None:
+        return  # another transport (tls://, inproc://, ucx://): Dask's own handshake below bounds it
+    try:
+        socket.create_connection((parts.hostname, parts.port), timeout=timeout).close()
+    except OSError as exc:
+        why = f"no connection within {timeout:g}s" if isinstance(exc, TimeoutError) else (
+            exc.strerror or type(exc).__name__).lower()
+        raise RemoteError(f"cannot reach the Dask scheduler at {address} ({why}); check --scheduler "
+                          "(tcp://HOST:PORT of a running `dask scheduler`) and --connect-timeout") from exc
+
+
+def check_scheduler(address: str, *, timeout: float, connect_timeout: float | None = None) -> None:
     """Ask the scheduler who it is within ``timeout`` seconds; anything else is a ``RemoteError``.
 
-    Dask's own client waits for a handshake without a bound, so a port that accepts
-    connections but is no Dask scheduler (a web server, a silent listener) would hang it.
+    The connection alone is bounded by ``connect_timeout`` (default ``timeout``): a refused
+    port fails at once. Dask's own client waits for a handshake without a bound, so a port
+    that accepts connections but is no Dask scheduler (a web server, a silent listener)
+    would hang it.
     """
     import asyncio
+    import time
+
+    started = time.monotonic()
+    _open_connection(address, timeout=min(timeout, connect_timeout or timeout))
+    left = max(0.1, timeout - (time.monotonic() - started))
 
     from distributed.core import rpc
 
     from .errors import RemoteError
 
     async def _identity() -> Any:
-        peer = rpc(address, timeout=timeout)
+        peer = rpc(address, timeout=left)
         try:
             return await peer.identity()
         finally:
             await peer.close_rpc()
 
     async def _bounded() -> Any:
-        return await asyncio.wait_for(_identity(), timeout)
+        return await asyncio.wait_for(_identity(), left)
 
     from concurrent.futures import ThreadPoolExecutor
 

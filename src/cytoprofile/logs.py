@@ -15,7 +15,6 @@ import warnings
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
 __all__ = ["LOGGER", "ConsoleHandler", "capture_warnings", "forward_records", "prepared", "print_message", "replay"]
@@ -42,7 +41,8 @@ class ConsoleHandler(logging.Handler):
             message = " ".join(self.format(record).splitlines())
             level = Text(f"{record.levelname:<8}", style=_STYLES.get(record.levelname, ""))
             if self.console.is_terminal:
-                self.console.print(_hanging(level, message), highlight=False, markup=False, emoji=False)
+                self.console.print(_hanging(level, message, self.console.width), soft_wrap=True, highlight=False,
+                                   markup=False, emoji=False)
             else:
                 line = Text.assemble(level, " ", message)
                 self.console.print(line, soft_wrap=True, highlight=False, markup=False, emoji=False)
@@ -79,13 +79,15 @@ def print_message(console: Console, message: str, *, lead: str = "", style: str 
     console.print(line, soft_wrap=True, highlight=False, markup=False, emoji=False)
 
 
-def _hanging(level: Text, message: str) -> Table:
-    """The level, then the message wrapped at words with a hanging indent."""
-    grid = Table.grid(padding=(0, 1))
-    grid.add_column(no_wrap=True, width=len(level))
-    grid.add_column(overflow="fold")
-    grid.add_row(level, Text(message))
-    return grid
+def _hanging(level: Text, message: str, width: int) -> Text:
+    """The level, then the message wrapped at spaces with a hanging indent; a word (a path)
+    is never split: one too long for the line goes on a line of its own."""
+    import textwrap
+
+    indent = " " * (len(level) + 1)
+    body = textwrap.fill(message, width=max(20, width), initial_indent=indent, subsequent_indent=indent,
+                         break_long_words=False, break_on_hyphens=False)
+    return Text.assemble(level, " ", body[len(indent):])
 
 
 def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,

@@ -6,7 +6,7 @@ import logging
 import time
 import typing
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -193,8 +193,37 @@ def plate_progress(plates: list[str], quiet: bool, unit: str | None = "sites") -
             progress.update(overall, completed=sum(done.values()),
                             total=sum(totals.values()) if len(totals) == len(plates) else None)
 
-    with progress:
+    with _no_control_echo(), progress:
         yield update
+
+
+@contextmanager
+def _no_control_echo() -> Iterator[None]:
+    """While bars are drawn, the terminal does not echo ``^C``: the echo would move the
+    cursor under the live display, which then redraws its last frame one line off and
+    leaves a copy of a bar above the "interrupted" line."""
+    import sys
+
+    try:
+        import termios
+
+        fd = sys.stdin.fileno()
+        saved = termios.tcgetattr(fd)
+    except (ImportError, OSError, ValueError, AttributeError):  # no terminal (a pipe, Windows, pytest)
+        yield
+        return
+    quiet = list(saved)
+    quiet[3] &= ~termios.ECHOCTL
+    try:
+        termios.tcsetattr(fd, termios.TCSANOW, quiet)
+    except OSError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        with suppress(OSError):
+            termios.tcsetattr(fd, termios.TCSANOW, saved)
 
 
 def _print_version(value: bool) -> None:

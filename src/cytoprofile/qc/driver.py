@@ -19,7 +19,7 @@ import pandas as pd
 from .. import io as cpio
 from ..errors import CytoprofileError, InputError
 from ..layout import QualityControlLayout
-from ..vocabulary import is_metadata, normal_well
+from ..vocabulary import EVALUATE_MODES, is_metadata, normal_well
 from .figures import (
     FIGURE_NAMES,
     cell_count_figure,
@@ -308,15 +308,24 @@ def quality_control(
     if summary:
         result.summary_path = where.summary()
         with _locked(result.summary_path):
-            result.summary = update_summary(read_summary(result.summary_path), rows)
+            result.summary = update_summary(_other_batches(read_summary(result.summary_path), batch), rows)
             cpio.write_table(result.summary, result.summary_path)
     _replication(result, frames, features, replicate_column=replicate_column, negcon_column=negcon_column,
                  negcon_value=negcon_value, n_null=n_null, seed=seed)
     if map_settings is not None:
         _mean_ap(result, frames, features, where, batch, [p.name for p in inputs], map_settings, map_profiles)
+    _remove_stale_maps(_made_maps(result), where, batch)
     if report:
         _write_report(result, where, batch, rows, figures, inputs, description)
     return result
+
+
+def _other_batches(existing: pd.DataFrame | None, batch: str) -> pd.DataFrame | None:
+    """An earlier summary without ``batch``'s rows: the batch's rows are exactly this run's
+    plates (a plate left out of this run is no longer listed); other batches' rows stay."""
+    if existing is None or "Batch_Name" not in existing.columns:
+        return existing
+    return existing.loc[existing["Batch_Name"].astype(str) != str(batch)].reset_index(drop=True)
 
 
 def _plate_outputs(plate: _Plate, frame: pd.DataFrame | None, result: QualityControlResult,
@@ -351,6 +360,7 @@ def _at_url(where: QualityControlLayout, batch: str, plates: list[str], *, tmp_d
         publish(scratch, where.root, files_under(replace(where, root=scratch).outputs(), scratch))
         for plate, made in result.heatmaps.items():  # the scratch copy held no earlier figures
             _remove_stale_heatmaps(set(made), where, batch, plate)
+        _remove_stale_maps(_made_maps(result), where, batch)  # nor earlier mAP tables
 
     def url(path: str) -> str:
         return cpio.join(where.root, os.path.relpath(path, scratch))
@@ -439,6 +449,22 @@ def _remove_stale_heatmaps(made: set[str], where: QualityControlLayout, batch: s
         if name not in made and cpio.exists(path):
             cpio.remove(path)
             log.warning("%s: removed %s of an earlier run (this run cannot make it)", plate, os.path.basename(path))
+
+
+def _made_maps(result: QualityControlResult) -> set[str]:
+    return set(result.mean_ap["paths"]) if result.mean_ap is not None else set()
+
+
+def _remove_stale_maps(made: set[str], where: QualityControlLayout, batch: str) -> None:
+    """Delete an earlier run's mAP tables of ``batch`` that this run does not write (the mAP
+    panel turned off, a mode dropped), so the map folder holds only this run's tables."""
+    for mode in EVALUATE_MODES:
+        for name in (mode, f"{mode}_by_plate"):
+            path = where.map_file(batch, name)
+            if name not in made and cpio.exists(path):
+                cpio.remove(path)
+                log.warning("batch %s: removed %s of an earlier run (this run does not compute it)", batch,
+                            os.path.basename(path))
 
 
 def _warn_missing_qc_profiles(inputs: Sequence[_Plate], found: dict[str, str], level: str | None) -> None:

@@ -195,7 +195,7 @@ def cell_count_figure(
                              label=f"not in the plate map (dropped): {len(dropped)} well{'s' if len(dropped) != 1 else ''}"))
     if quarantined is None:
         handles.append(Patch(facecolor="white", edgecolor="black", label="quarantine unknown (no ingest report)"))
-    else:
+    elif lost:  # none lost: no legend entry for an empty mark
         label = f"lost sites to quarantine: {len(lost)} well{'s' if len(lost) != 1 else ''}"
         handles.append(Patch(facecolor="white", edgecolor=_QUARANTINE, hatch="/", label=label))
     _legend_below(fig, handles)
@@ -481,30 +481,59 @@ def map_figure(table: pd.DataFrame, *, mode: str, batch: str, threshold: float, 
         if mask.any():
             left.scatter(values[mask], -np.log10(p[mask]), s=14, color=colour, alpha=0.8, linewidths=0,
                          label=f"{name} (n={int(mask.sum()):,})")
-    _count_overlaps(left, values, -np.log10(p))
     left.axhline(-math.log10(threshold), color="black", linestyle="--",
                  label=f"corrected p = {format_number(threshold, decimals=0)}")
     left.set_xlim(-0.02, 1.02)
     left.set_xlabel("mAP")
     left.set_ylabel("−log10 corrected p-value")
-    left.legend(fontsize=7, loc="upper left")
+    # Below the axes: inside, the threshold line would cross it wherever it sits.
+    left.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.16), ncol=3, frameon=False)
     _map_distribution(right, values, good)
     share = float(good.mean()) if len(good) else 0.0
     left.set_title(_fit_title(
         f"Batch {batch}: mAP ({mode}), {format_number(share * 100, decimals=0)}% retrieved "
         f"({int(good.sum())} of {len(good)})\n{_features_line(source, n_features)}", fig, fontsize=9, share=0.55,
     ), fontsize=9, loc="left")
+    _count_overlaps(fig, left, values, -np.log10(p), size=14)
     return fig
 
 
-def _count_overlaps(ax: Axes, x: np.ndarray, y: np.ndarray) -> None:
-    """Groups drawn at one point (the same mAP and p-value) say how many they are: ``×4``."""
-    from collections import Counter
+def _count_overlaps(fig: Figure, ax: Axes, x: np.ndarray, y: np.ndarray, *, size: float) -> None:
+    """Groups drawn on top of each other say how many they are: ``×4``.
 
-    points = Counter(zip(np.round(x, 6).tolist(), np.round(y, 6).tolist(), strict=True))
-    for (px, py), n in points.items():
-        if n > 1 and math.isfinite(px) and math.isfinite(py):
-            ax.annotate(f"×{n}", (px, py), xytext=(4, 3), textcoords="offset points", fontsize=7)
+    Points closer than a marker's width (``size`` in points², as ``scatter``'s ``s``)
+    once drawn form one dot; each dot is counted around the point with most
+    neighbours, so a label never spans more than two markers. The label sits on the
+    side of the dot that faces the middle of the axes, so it is never cut at an edge.
+    """
+    from scipy.spatial import cKDTree
+
+    finite = np.isfinite(x) & np.isfinite(y)
+    if finite.sum() < 2:
+        return
+    fig.draw_without_rendering()  # the layout fixes the axes' size in pixels
+    ax.autoscale_view()
+    pixels = ax.transData.transform(np.column_stack([x[finite], y[finite]]))
+    width = math.sqrt(size) * fig.dpi / 72.0
+    near = cKDTree(pixels).query_ball_point(pixels, r=width)
+    free = np.ones(len(pixels), dtype=bool)
+    for i in sorted(range(len(pixels)), key=lambda k: (-len(near[k]), k)):
+        if not free[i]:
+            continue
+        members = [j for j in near[i] if free[j]]
+        free[members] = False
+        if len(members) > 1:
+            _overlap_label(ax, pixels[i], len(members))
+
+
+def _overlap_label(ax: Axes, at: np.ndarray, n: int) -> None:
+    box = ax.get_window_extent()
+    right = at[0] > (box.x0 + box.x1) / 2
+    high = at[1] > (box.y0 + box.y1) / 2
+    data = ax.transData.inverted().transform(at)
+    ax.annotate(f"×{n}", (float(data[0]), float(data[1])), xytext=(-4 if right else 4, -3 if high else 3),
+                textcoords="offset points", fontsize=7, ha="right" if right else "left",
+                va="top" if high else "bottom")
 
 
 #: Fewer groups than this are drawn one point each: a histogram of a handful of values misleads.
