@@ -129,9 +129,9 @@ def collate(
     configure_storage(profile, endpoint_url, no_sign_request, connect_timeout=connect_timeout,
                       read_timeout=read_timeout, retries=retries)
     kinds = split_values(backend) or ["sqlite"]
-    for flag, values, choices in (("--backend", kinds, BACKEND_KINDS), ("--output-format", [profile_format], TABLE_FORMATS),
-                                  ("--count-check", [count_check], COUNT_CHECKS)):
-        check_choices(flag, values, choices)
+    check_choices("--backend", kinds, BACKEND_KINDS)
+    check_choices("--output-format", [profile_format], TABLE_FORMATS)
+    check_choices("--count-check", [count_check], COUNT_CHECKS)
     if (single_cell_format and not single_cells) or ((qc_sets or cell_qc_thresholds) and not exclude_outlier_cells):
         raise InputError("--single-cell-format needs --single-cells; --qc-sets and --thresholds need --exclude-outlier-cells")
     plate_list = [p for raw in plates for p in (split_values([raw]) or [raw])]  # an empty name is refused, not dropped

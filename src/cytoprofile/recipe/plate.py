@@ -19,17 +19,14 @@ from ..recipe_options import aggregate_options, annotate_options, normalize_opti
 from .features import compartment_prefixes, features_for
 from .provenance import Made, RunResult, Steps, sidecar_path
 
-__all__ = ["NEGCON", "external_metadata_path", "plate_report", "plate_task", "step_outputs"]
+__all__ = ["external_metadata_path", "plate_report", "plate_task", "step_outputs"]
 
 log = logging.getLogger("cytoprofile.pipeline")
 
 
-NEGCON = "negcon"
-
-
 def step_outputs(layout: Layout, batch: str, plate: str) -> dict[str, str]:
     """The per-plate files of the recipe, by step."""
-    return layout.step_outputs(batch, plate, NEGCON)
+    return layout.step_outputs(batch, plate)
 
 
 def plate_report(layout: Layout, batch: str, plate: str) -> dict[str, Any] | None:
