@@ -24,13 +24,13 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from .io import USABLE_FLOAT_FORMAT
+from .step_data import fit_query
 from .vocabulary import (
     AGGREGATE_OPERATIONS,
     CORRELATION_METHODS,
     FEATURE_SELECT_OPERATIONS,
     NEGCON_QUERY,
     NORMALIZE_METHODS,
-    OBJECT_COUNT_COLUMN,
     OBJECT_NUMBER,
     SPHERIZE_METHODS,
     UNMATCHED_WELLS,
@@ -344,19 +344,7 @@ class NormalizeConfig(Block):
         ``sample_filter`` columns and ``Metadata_Object_Count >= min_cells`` (when
         ``min_cells`` is not 1), joined with ``&``.
         """
-        parts: list[str] = []
-        if self.samples.strip() != "all":
-            text = self.samples.strip()
-            parts.append(f"({text})" if re.search(r"\||\bor\b", text) else text)
-        for column, values in (self.sample_filter or {}).items():
-            name = column if column.isidentifier() else f"`{column}`"
-            if len(values) == 1:
-                parts.append(f"{name} == {values[0]!r}")
-            else:
-                parts.append(f"{name} in {list(values)!r}")
-        if self.min_cells != 1:
-            parts.append(f"{OBJECT_COUNT_COLUMN} >= {self.min_cells}")
-        return " & ".join(parts) if parts else "all"
+        return fit_query(self.samples, sample_filter=self.sample_filter, min_cells=self.min_cells)
 
 
 class NormalizeNegconConfig(NormalizeConfig):
