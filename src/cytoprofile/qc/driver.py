@@ -19,7 +19,7 @@ import pandas as pd
 from .. import io as cpio
 from ..errors import CytoprofileError, InputError
 from ..layout import Layout, QualityControlLayout
-from ..vocabulary import is_metadata, normal_well
+from ..vocabulary import QC_LEVELS, is_metadata, normal_well
 from .figures import (
     FIGURE_NAMES,
     cell_count_figure,
@@ -45,7 +45,7 @@ __all__ = ["QualityControlResult", "quality_control"]
 
 _TABLE_EXTENSIONS = (".csv.gz", ".csv", ".parquet", ".h5ad")
 log = logging.getLogger("cytoprofile.qc")
-_LEVELS = ("all", "batch", "plate")
+_LEVELS = QC_LEVELS
 _KINDS = ((True, "negative-control normalized, feature-selected"), (False, "whole-plate normalized, feature-selected"))
 
 

@@ -15,10 +15,10 @@ from ..config import Recipe
 from ..errors import InputError
 from ..layout import NEGCON, Layout
 from ..recipe_options import feature_select_options, processing_options, quality_control_options
-from ..vocabulary import metadata_columns
+from ..vocabulary import metadata_columns, non_metadata_columns
 from .features import compartment_prefixes, feature_columns, features_for
 from .plate import plate_report
-from .provenance import METADATA_PREFIXES, Made, RunResult, Steps, is_fresh, record_provenance
+from .provenance import Made, RunResult, Steps, is_fresh, record_provenance
 
 log = logging.getLogger("cytoprofile.pipeline")
 
@@ -259,7 +259,7 @@ class _Chain:
 
         start = self._input(inputs, first)
         frame = start.frame
-        features = [c for c in frame.columns if not str(c).startswith(METADATA_PREFIXES)]
+        features = non_metadata_columns(frame.columns)
         report: list[dict[str, Any]] = []
         out = run_chain(frame, [step], features=features, report=report, **self.options)
         self.frame = out
