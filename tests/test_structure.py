@@ -205,6 +205,7 @@ PARSERS: dict[str, str] = {
     "Workspace": "names the backend file --backend selects (layout)",
     "MapConfig": "checks the --map-* options as the recipe's quality_control.map block",
     "map_options": "turns that block into map_settings, as the recipe does",
+    "check_choices": "refuses a flag's unknown choice, naming the flag",
 }
 # commands whose body still holds library logic, and what it is; the list only shrinks
 PENDING_COMMANDS: dict[str, str] = {
@@ -396,3 +397,28 @@ def test_banned_raise_check_sees_one(tmp_path: Path) -> None:
     module = tmp_path / "m.py"
     module.write_text("def f(x):\n    if x:\n        raise ValueError('x')\n    raise RuntimeError\n")
     assert _banned_raises(module) == ["3: ValueError", "4: RuntimeError"]
+
+
+# ---------------------------------------------------------------- output names
+
+# what follows PLATE in a recipe output's name; only layout.py spells these out
+_STEM = re.compile(r"(?<![A-Za-z0-9])_(augmented|normalized)")
+
+
+def _stem_literals(path: Path) -> list[str]:
+    """Code strings (not docstrings) that spell an output stem such as ``_normalized``, as ``line: text``."""
+    tree = ast.parse(path.read_text())
+    docs = {id(n.body[0].value) for n in ast.walk(tree)
+            if isinstance(n, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+            and n.body and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+    return [f"{n.lineno}: {n.value!r}" for n in ast.walk(tree)
+            if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docs and _STEM.search(n.value)]
+
+
+def test_only_layout_spells_output_stems(tmp_path: Path) -> None:
+    """``_augmented``, ``_normalized[_negcon]``, ``_normalized_feature_select…``: built by Layout's stem methods only."""
+    found = {name: hits for name, path in _modules().items() if name != "layout" and (hits := _stem_literals(path))}
+    assert not found, found
+    module = tmp_path / "m.py"
+    module.write_text('"""Reads ``_augmented``."""\nx = f"{p}_normalized_feature_select_{lvl}"\ny = "PLATE_normalized"\n')
+    assert _stem_literals(module) == ["2: '_normalized_feature_select_'"]

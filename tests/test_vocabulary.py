@@ -228,6 +228,10 @@ def _sources() -> list[tuple[str, str]]:
                       r"""|variance_threshold",\s*"frequency_threshold",\s*"correlation_threshold",\s*"drop_na_columns"""
                       r"""|activity", "distinctiveness", "consistency|PCA", "ZCA|plate", "batch", "all|var", "mad|error", "drop)"\s*[,)]"""),
     ("the negcon query", r"""=\s*["']Metadata_control_type == 'negcon'["']"""),
+    ("an inline test of both metadata spellings", r"METADATA_PREFIX\s*,\s*IMAGE_METADATA_PREFIX"),
+    ("the words for no value", r"""["']none["'],\s*["']null["']"""),
+    ("the single-cell formats", r"""["']parquet["'],\s*["']anndata["']\s*[,)]"""),
+    ("another choice list", r"""=\s*\(\s*"(augmented", "normalized|all", "batch", "plate|csv", "parquet", "anndata|spearman", "pearson)"\s*[,)]"""),
 ])
 def test_no_second_definition(what: str, pattern: str) -> None:
     found = [f"{rel}:{text.count(chr(10), 0, m.start()) + 1}"

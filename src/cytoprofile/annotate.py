@@ -22,11 +22,11 @@ from .checks import as_names, check_choice, check_flag, check_frame
 from .errors import ConfigError, CytoprofileError, InputError, MetadataError, about
 from .step_data import AccountSink, FeatureAccount, report_account
 from .vocabulary import (
-    IMAGE_METADATA_PREFIX,
-    METADATA_PREFIX,
     UNMATCHED_WELLS,
     feature_prefixes,
+    is_any_metadata,
     metadata_columns,
+    non_metadata_columns,
     prefix_metadata,
     with_metadata_prefix,
 )
@@ -65,7 +65,7 @@ def _prefix_external(
     def protected(col: object) -> bool:
         if not isinstance(col, str):
             return True
-        if col.startswith((METADATA_PREFIX, IMAGE_METADATA_PREFIX, *features)):
+        if is_any_metadata(col) or col.startswith(features):
             return True
         return col.startswith("Image") and pd.api.types.is_numeric_dtype(external[col])
 
@@ -306,7 +306,7 @@ def _file_inputs(platemap: str, *, external: str | None, merge_column: str | Non
 def _account(before: pd.DataFrame, after: pd.DataFrame) -> FeatureAccount:
     """The features annotate read and wrote (every column but metadata), for its provenance record."""
     def features(frame: pd.DataFrame) -> tuple[str, ...]:
-        return tuple(str(c) for c in frame.columns if not str(c).startswith((METADATA_PREFIX, IMAGE_METADATA_PREFIX)))
+        return tuple(non_metadata_columns(frame.columns))
 
     return FeatureAccount(step="annotate", features_in=features(before), features_out=features(after))
 

@@ -12,9 +12,9 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .errors import ConfigError
+from .errors import ConfigError, InputError
 
-__all__ = ["as_names", "check_choice", "check_columns", "check_flag", "check_frame", "check_number"]
+__all__ = ["as_names", "check_choice", "check_choices", "check_columns", "check_flag", "check_frame", "check_number"]
 
 
 def check_number(
@@ -57,13 +57,34 @@ def check_flag(name: str, value: object) -> bool:
     return bool(value)
 
 
-def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
-    """``value`` if it is one of ``choices`` (compared case-insensitively), else a ``ConfigError``."""
+def _choice(value: object, choices: Sequence[str], *, fold: bool) -> str | None:
+    """The choice ``value`` names (compared case-insensitively when ``fold``), else None."""
     if isinstance(value, str):
         for choice in choices:
-            if value.lower() == choice.lower():
+            if value == choice or (fold and value.lower() == choice.lower()):
                 return choice
-    raise ConfigError(f"{name} must be one of {list(choices)}, got {value!r}")
+    return None
+
+
+def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
+    """``value`` if it is one of ``choices`` (compared case-insensitively), else a ``ConfigError``."""
+    choice = _choice(value, choices, fold=True)
+    if choice is None:
+        raise ConfigError(f"{name} must be one of {list(choices)}, got {value!r}")
+    return choice
+
+
+def check_choices(name: str, values: Iterable[object], choices: Sequence[str]) -> list[str]:
+    """``values`` if each is one of ``choices`` (exactly), else an ``InputError`` naming the first other one:
+    ``NAME VALUE: choose A, B or C`` (a flag's or an argument's name)."""
+    out = []
+    for value in values:
+        choice = _choice(value, choices, fold=False)
+        if choice is None:
+            raise InputError(f"{name} {value}: choose {', '.join(choices[:-1])} or {choices[-1]}" if len(choices) > 1
+                             else f"{name} {value}: choose {choices[0]}")
+        out.append(choice)
+    return out
 
 
 def as_names(name: str, value: object) -> list[str]:

@@ -70,6 +70,7 @@ from .vocabulary import (
     FEATURE_SELECT_OPERATIONS,
     NEGCON_QUERY,
     NORMALIZE_METHODS,
+    PROCESSING_INPUTS,
 )
 
 __all__ = [
@@ -122,7 +123,6 @@ _TEMPLATE = "config_template.yml"
 log = logging.getLogger("cytoprofile.config")
 
 
-PROCESSING_INPUTS: tuple[str, ...] = ("augmented", "normalized", "normalized_negcon")
 
 
 class _ChainOptions(BaseModel):

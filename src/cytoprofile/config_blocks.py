@@ -24,14 +24,16 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from .io import USABLE_FLOAT_FORMAT
+from .step_data import fit_query
 from .vocabulary import (
     AGGREGATE_OPERATIONS,
     CORRELATION_METHODS,
     FEATURE_SELECT_OPERATIONS,
     NEGCON_QUERY,
+    NONE_WORDS,
     NORMALIZE_METHODS,
-    OBJECT_COUNT_COLUMN,
     OBJECT_NUMBER,
+    OUTPUT_FORMATS,
     SPHERIZE_METHODS,
     UNMATCHED_WELLS,
     with_metadata_prefix,
@@ -41,7 +43,6 @@ from .vocabulary import FEATURE_SELECT_LEVELS as LEVELS  # the schema checks nam
 __all__ = ["AggregateConfig", "ExternalMetadataConfig", "AnnotateConfig", "NormalizeConfig", "NormalizeNegconConfig", "FeatureSelectParameters", "FeatureSelectConfig", "SummaryConfig", "HeatmapConfig", "MapConfig", "QualityControlConfig", "OptionsConfig", "ExecutorConfig", "Block", "Name", "REFUSED_KEYS", "check_output_dir", "split_compartments"]
 
 _COMPRESSIONS = ("gzip",)
-_OUTPUT_FORMATS = ("csv", "parquet", "anndata")
 _OBJECT_FEATURES = (with_metadata_prefix(OBJECT_NUMBER), OBJECT_NUMBER)
 _UNRELEASED = "exists only on an unreleased recipe branch; remove it"
 REFUSED_KEYS = {"subgroup_col": f"subgroup_col {_UNRELEASED}"}
@@ -57,7 +58,7 @@ def _choice(kind: str, choices: Sequence[str], *, optional: bool = False) -> Bef
         if (isinstance(value, str) and value in choices) or (optional and value is None):
             return value
         hint = ""
-        if optional and isinstance(value, str) and value.lower() in {"none", "null", "false"}:
+        if optional and isinstance(value, str) and value.lower() in {*NONE_WORDS, "false"}:
             hint = " (write null for none)"
         elif isinstance(value, str):
             same_case = [c for c in choices if c.lower() == value.lower()]
@@ -344,19 +345,7 @@ class NormalizeConfig(Block):
         ``sample_filter`` columns and ``Metadata_Object_Count >= min_cells`` (when
         ``min_cells`` is not 1), joined with ``&``.
         """
-        parts: list[str] = []
-        if self.samples.strip() != "all":
-            text = self.samples.strip()
-            parts.append(f"({text})" if re.search(r"\||\bor\b", text) else text)
-        for column, values in (self.sample_filter or {}).items():
-            name = column if column.isidentifier() else f"`{column}`"
-            if len(values) == 1:
-                parts.append(f"{name} == {values[0]!r}")
-            else:
-                parts.append(f"{name} in {list(values)!r}")
-        if self.min_cells != 1:
-            parts.append(f"{OBJECT_COUNT_COLUMN} >= {self.min_cells}")
-        return " & ".join(parts) if parts else "all"
+        return fit_query(self.samples, sample_filter=self.sample_filter, min_cells=self.min_cells)
 
 
 class NormalizeNegconConfig(NormalizeConfig):
@@ -481,7 +470,7 @@ class OptionsConfig(Block):
     float_format: Annotated[str | None, BeforeValidator(_check_float_format)] = None
     samples: str = Field(default="all", min_length=1)
     # cytoprofile extension: step outputs as CSV (gzip per ``compression``), Parquet or AnnData
-    output_format: Annotated[Literal["csv", "parquet", "anndata"], _choice("an output format", _OUTPUT_FORMATS)] = "csv"
+    output_format: Annotated[Literal["csv", "parquet", "anndata"], _choice("an output format", OUTPUT_FORMATS)] = "csv"
     # cytoprofile extensions: object-storage requests (null: the command line's, 5 s / 15 s / 2)
     connect_timeout: float | None = Field(default=None, gt=0)
     read_timeout: float | None = Field(default=None, gt=0)

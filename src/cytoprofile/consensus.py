@@ -28,11 +28,11 @@ from .step_data import (
     unprocessed_columns,
 )
 from .vocabulary import CONSENSUS_OPERATIONS as OPERATIONS
-from .vocabulary import resolve_features
+from .vocabulary import MODZ_METHODS, resolve_features
 
 __all__ = ["OPERATIONS", "consensus", "modz_weights"]
 
-_MODZ_METHODS = ("spearman", "pearson", "kendall")
+_MODZ_METHODS = MODZ_METHODS
 
 
 def _row_standardize(x: np.ndarray) -> np.ndarray:

@@ -24,6 +24,7 @@ from .vocabulary import BACKEND_KINDS
 __all__ = [
     "FORMAT_SUFFIX",
     "Layout",
+    "NEGCON",
     "OUTPUT_SUFFIXES",
     "PROFILE_SUFFIXES",
     "QualityControlLayout",
@@ -44,6 +45,9 @@ __all__ = [
 ]
 
 PathLike = str | os.PathLike[str]
+
+#: the tag of the negative-control branch's outputs (``_normalized_negcon``)
+NEGCON = "negcon"
 
 #: step output endings by ``options.output_format`` (CSV's depends on compression)
 FORMAT_SUFFIX = {"parquet": ".parquet", "anndata": ".h5ad"}
@@ -315,13 +319,36 @@ class Layout:
         """``OUTPUT_DIR/BATCH/PLATE/PLATE{stem}{suffix}``."""
         return io.join(self.root, self.output_dir, batch, plate, f"{plate}{stem}{self.suffix}")
 
-    def step_outputs(self, batch: str, plate: str, negcon: str = "negcon") -> dict[str, str]:
+    # --- stems: what follows PLATE (or BATCH) in a step output's name; only these methods build them ---
+    @staticmethod
+    def annotated_stem() -> str:
+        """``_augmented``: annotate's output."""
+        return "_augmented"
+
+    @staticmethod
+    def normalized_stem(*, negcon: bool = False) -> str:
+        """``_normalized`` (``_normalized_negcon`` for the negative-control fit): normalize's output."""
+        return "_normalized" + (f"_{NEGCON}" if negcon else "")
+
+    @staticmethod
+    def selected_stem(level: str, *, negcon: bool = False) -> str:
+        """``_normalized_feature_select[_negcon]_LEVEL``: feature selection's output at ``level``."""
+        return f"_normalized_feature_select{f'_{NEGCON}' if negcon else ''}_{level}"
+
+    @classmethod
+    def input_stem(cls, name: str) -> str:
+        """The stem of a processing chain input named ``augmented``, ``normalized`` or ``normalized_negcon``."""
+        stems = {"augmented": cls.annotated_stem(), "normalized": cls.normalized_stem(),
+                 "normalized_negcon": cls.normalized_stem(negcon=True)}
+        return stems[name]
+
+    def step_outputs(self, batch: str, plate: str) -> dict[str, str]:
         """The per-plate files of the recipe, by step."""
         return {
             "aggregate": self.plate_file(batch, plate, ""),
-            "annotate": self.plate_file(batch, plate, "_augmented"),
-            "normalize": self.plate_file(batch, plate, "_normalized"),
-            "normalize_negcon": self.plate_file(batch, plate, f"_normalized_{negcon}"),
+            "annotate": self.plate_file(batch, plate, self.annotated_stem()),
+            "normalize": self.plate_file(batch, plate, self.normalized_stem()),
+            "normalize_negcon": self.plate_file(batch, plate, self.normalized_stem(negcon=True)),
         }
 
     @staticmethod

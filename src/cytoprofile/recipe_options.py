@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .step_data import fit_query
+
 __all__ = ["aggregate_options", "annotate_options", "feature_select_options", "map_options", "normalize_options",
            "processing_options", "quality_control_options"]
 
@@ -47,7 +49,7 @@ def feature_select_options(block: Any) -> dict[str, Any]:
     groups = params["noise_removal_perturb_groups"]
     if isinstance(groups, list) and len(groups) == 1:
         params["noise_removal_perturb_groups"] = groups[0]  # one name is a column, not one label
-    params["samples"] = "all" if block.min_cells == 1 else f"Metadata_Object_Count >= {block.min_cells}"
+    params["samples"] = fit_query(min_cells=block.min_cells)
     params["image_features"] = block.image_features
     return params
 

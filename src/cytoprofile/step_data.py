@@ -7,6 +7,7 @@ in and out of a step with where it is reported.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,12 +16,13 @@ import numpy as np
 import pandas as pd
 
 from .errors import ConfigError, InputError
-from .vocabulary import MISSING_TOKENS, is_metadata
+from .vocabulary import MISSING_TOKENS, OBJECT_COUNT_COLUMN, is_metadata
 
 __all__ = [
     "AccountSink",
     "FeatureAccount",
     "feature_matrix",
+    "fit_query",
     "refuse_infinite",
     "report_account",
     "select_samples",
@@ -95,6 +97,24 @@ def refuse_infinite(profiles: pd.DataFrame, x: np.ndarray, names: Sequence[str],
         f"infinite feature values: {'; '.join(parts)}{extra}; fix or remove these values "
         f"(or the features) before {step}"
     )
+
+
+def fit_query(*samples: str, sample_filter: Mapping[str, Sequence[Any]] | None = None, min_cells: int = 1) -> str:
+    """The pandas query choosing the rows a step is fitted on: each of ``samples`` that is not
+    "all" (in parentheses when it holds an or), the ``sample_filter`` columns' values and
+    ``Metadata_Object_Count >= min_cells`` (when not 1), joined with ``&``; "all" when nothing
+    restricts them. What :func:`select_samples` reads as ``samples``."""
+    parts: list[str] = []
+    for query in samples:
+        text = query.strip()
+        if text != "all":
+            parts.append(f"({text})" if re.search(r"\||\bor\b", text) else text)
+    for column, values in (sample_filter or {}).items():
+        name = column if column.isidentifier() else f"`{column}`"
+        parts.append(f"{name} == {values[0]!r}" if len(values) == 1 else f"{name} in {list(values)!r}")
+    if min_cells != 1:
+        parts.append(f"{OBJECT_COUNT_COLUMN} >= {min_cells}")
+    return " & ".join(parts) if parts else "all"
 
 
 def select_samples(

@@ -19,6 +19,14 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = [
+    "MODZ_METHODS",
+    "NONE_WORDS",
+    "OUTPUT_FORMATS",
+    "PROCESSING_INPUTS",
+    "QC_LEVELS",
+    "METADATA_PREFIXES",
+    "is_any_metadata",
+    "non_metadata_columns",
     "AGGREGATE_OPERATIONS",
     "BACKEND_KINDS",
     "CANONICAL_COMPARTMENTS",
@@ -136,6 +144,20 @@ def is_text_column(name: str) -> bool:
 def is_metadata(name: object) -> TypeGuard[str]:
     """Whether a column name is metadata: a string starting with ``Metadata_``."""
     return isinstance(name, str) and name.startswith(METADATA_PREFIX)
+
+
+#: Both spellings of metadata a step's record counts as not a feature (annotate renames the second to the first).
+METADATA_PREFIXES: tuple[str, ...] = (METADATA_PREFIX, IMAGE_METADATA_PREFIX)
+
+
+def is_any_metadata(name: object) -> bool:
+    """Whether a column name is metadata in either spelling, ``Metadata_`` or an older backend's ``Image_Metadata_``."""
+    return str(name).startswith(METADATA_PREFIXES)
+
+
+def non_metadata_columns(columns: Iterable[object]) -> list[str]:
+    """The names among ``columns`` that are metadata in neither spelling (see :func:`is_any_metadata`), as strings."""
+    return [str(c) for c in columns if not is_any_metadata(c)]
 
 
 def metadata_columns(columns: Iterable[object]) -> list[str]:
@@ -412,3 +434,13 @@ BACKEND_KINDS: tuple[str, ...] = ("sqlite", "parquet")
 COUNT_CHECKS: tuple[str, ...] = ("error", "warn", "off")
 #: File formats of the joined single-cell table.
 SINGLE_CELL_FORMATS: tuple[str, ...] = ("parquet", "anndata")
+#: Formats of the recipe's step outputs (``options.output_format``).
+OUTPUT_FORMATS: tuple[str, ...] = ("csv", "parquet", "anndata")
+#: Profiles a processing chain may start from (``processing_options.input``).
+PROCESSING_INPUTS: tuple[str, ...] = ("augmented", "normalized", "normalized_negcon")
+#: Feature-selection levels in the order quality control looks for their outputs.
+QC_LEVELS: tuple[str, ...] = ("all", "batch", "plate")
+#: Correlation methods of consensus's modz weights, in the order its message names them.
+MODZ_METHODS: tuple[str, ...] = ("spearman", "pearson", "kendall")
+#: Words an option takes for "no value" (``--float-format none``, a config's ``null`` string).
+NONE_WORDS: tuple[str, ...] = ("none", "null")

@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
+from ..checks import check_choices
 from ..errors import CytoprofileError, InputError
 from ..vocabulary import (
     BACKEND_KINDS,
@@ -128,9 +129,9 @@ def collate(
     configure_storage(profile, endpoint_url, no_sign_request, connect_timeout=connect_timeout,
                       read_timeout=read_timeout, retries=retries)
     kinds = split_values(backend) or ["sqlite"]
-    for flag, values, choices in (("--backend", kinds, BACKEND_KINDS), ("--output-format", [profile_format], TABLE_FORMATS),
-                                  ("--count-check", [count_check], COUNT_CHECKS)):
-        _choose(flag, values, choices)
+    check_choices("--backend", kinds, BACKEND_KINDS)
+    check_choices("--output-format", [profile_format], TABLE_FORMATS)
+    check_choices("--count-check", [count_check], COUNT_CHECKS)
     if (single_cell_format and not single_cells) or ((qc_sets or cell_qc_thresholds) and not exclude_outlier_cells):
         raise InputError("--single-cell-format needs --single-cells; --qc-sets and --thresholds need --exclude-outlier-cells")
     plate_list = [p for raw in plates for p in (split_values([raw]) or [raw])]  # an empty name is refused, not dropped
@@ -151,13 +152,6 @@ def collate(
             jobs=jobs, scheduler=scheduler, remote=remote, tmp_dir=tmp_dir, wait=wait, progress=update,
         )
     _print_results(results, batch, quiet=quiet, start=start)
-
-
-def _choose(flag: str, values: list[str], choices: tuple[str, ...]) -> None:
-    """Refuse the first of ``values`` not among ``choices``, naming the flag and the choices."""
-    bad = [v for v in values if v not in choices]
-    if bad:
-        raise InputError(f"{flag} {bad[0]}: choose {', '.join(choices[:-1])} or {choices[-1]}")
 
 
 def _print_results(results: list[Any], batch: str, *, quiet: bool, start: float) -> None:

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import InputError, about
-from ..vocabulary import DEFAULT_COMPARTMENTS, DEFAULT_STRATA
+from ..vocabulary import DEFAULT_COMPARTMENTS, DEFAULT_STRATA, NONE_WORDS
 from .common import (
     DEFAULT_IMAGE_FEATURE_CATEGORIES,
     AddImageFeaturesOpt,
@@ -71,7 +71,7 @@ def csv2gz_cmd(
     """Rewrite a CSV as deterministic gzip CSV (same bytes on every run)."""
     from ..io import check_output, csv2gz
 
-    fmt = check_float_format(None if float_format in (None, "none", "null") else float_format)
+    fmt = check_float_format(None if float_format is None or float_format in NONE_WORDS else float_format)
     check_output("x.csv.gz", float_format=fmt)
     typer.echo(csv2gz(source, dest, float_format=fmt))
 

@@ -14,6 +14,7 @@ from ..backend import object_column_name
 from ..errors import InputError
 from ..ingest import IMAGE_TABLE
 from ..layout import parquet_table_path
+from ..vocabulary import SINGLE_CELL_FORMATS
 from .outputs import GENERATION_KEY, SIDECAR
 
 __all__ = ["CELL_OPTIONS", "aggregate_kept_cells", "cell_options", "single_cell_section", "single_cell_stream"]
@@ -29,7 +30,7 @@ def cell_options(single_cells: Sequence[str], exclude: Sequence[str] | dict[str,
     from ..cell_qc import load_thresholds
 
     formats = tuple(dict.fromkeys(single_cells))
-    bad = [f for f in formats if f not in ("parquet", "anndata")]
+    bad = [f for f in formats if f not in SINGLE_CELL_FORMATS]
     if bad:
         raise InputError(f"--single-cells {bad[0]}: choose parquet and/or anndata")
     out: dict[str, Any] = {"single_cells": formats} if formats else {}

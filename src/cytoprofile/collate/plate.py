@@ -16,6 +16,7 @@ from ..aggregate import (
     DEFAULT_STRATA,
     Operation,
 )
+from ..checks import check_choices
 from ..errors import CytoprofileError, InputError
 from ..executor import PlateTask
 from ..ingest import (
@@ -215,9 +216,7 @@ def _check_choices(*, backend: Sequence[str], profile_format: str, operation: st
                                   ("operation", [operation], AGGREGATE_OPERATIONS),
                                   ("count_check", [count_check], COUNT_CHECKS),
                                   ("single_cells", single_cells, SINGLE_CELL_FORMATS)):
-        for value in values:
-            if value not in choices:
-                raise InputError(f"{name} {value!r}: choose {' or '.join(choices)}")
+        check_choices(name, values, choices)
 
 
 def _reads_export_files(ws: str, batch: str, plate: str) -> bool:

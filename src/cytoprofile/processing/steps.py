@@ -3,10 +3,11 @@ plate-effect corrections (wellpos, cc, outlier, dropna) and projections (pca, sp
 
 from __future__ import annotations
 
+import inspect
 import logging
 import warnings
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -525,28 +526,6 @@ def sphere(
     return out
 
 
-def harmony(
-    profiles: pd.DataFrame,
-    *,
-    features: Features = "infer",
-    feature_prefixes: Sequence[str] | None = None,
-    batch_key: str = "Metadata_Batch",
-    seed: int = 0,
-    max_iter: int = 10,
-    n_clusters: int | None = None,
-    theta: float | None = None,
-    threads: int = 0,
-) -> pd.DataFrame:
-    """Harmony batch correction (harmonypy) of the features over ``batch_key``.
-
-    harmonypy computes in float32 (its result is float32 to the bit), so the
-    float32 output loses nothing.
-    """
-    return harmony_handed_over([profiles], features=features, feature_prefixes=feature_prefixes,
-                               batch_key=batch_key, seed=seed, max_iter=max_iter, n_clusters=n_clusters,
-                               theta=theta, threads=threads)
-
-
 def harmony_handed_over(
     frames: list[pd.DataFrame],
     *,
@@ -559,9 +538,11 @@ def harmony_handed_over(
     theta: float | None = None,
     threads: int = 0,
 ) -> pd.DataFrame:
-    """``harmony`` of the one frame in ``frames``, taken out of the list.
+    """Harmony batch correction (harmonypy) of the features over ``batch_key``, of the one
+    frame in ``frames``, taken out of the list.
 
-    Once the float64 matrix harmonypy needs is made, the step lets go of the frame's
+    harmonypy computes in float32 (its result is float32 to the bit), so the
+    float32 output loses nothing. Once the float64 matrix harmonypy needs is made, the step lets go of the frame's
     features (a copy of its other columns is kept): a caller that hands over its only
     reference, as ``run_chain`` does with the frames it made, holds no float32 copy
     of them through harmonypy's peak.
@@ -594,3 +575,17 @@ def harmony_handed_over(
     corrected = z.astype(np.float32)
     del z
     return _assemble(rest, names, corrected)
+
+
+def harmony(profiles: pd.DataFrame, **options: Any) -> pd.DataFrame:
+    """Harmony batch correction (harmonypy) of the features over ``batch_key``.
+
+    harmonypy computes in float32 (its result is float32 to the bit), so the float32
+    output loses nothing. The options are :func:`harmony_handed_over`'s.
+    """
+    return harmony_handed_over([profiles], **options)
+
+
+harmony.__signature__ = inspect.signature(harmony_handed_over).replace(  # type: ignore[attr-defined]
+    parameters=[inspect.Parameter("profiles", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation="pd.DataFrame"),
+                *list(inspect.signature(harmony_handed_over).parameters.values())[1:]])

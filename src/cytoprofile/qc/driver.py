@@ -18,8 +18,8 @@ import pandas as pd
 
 from .. import io as cpio
 from ..errors import CytoprofileError, InputError
-from ..layout import QualityControlLayout
-from ..vocabulary import EVALUATE_MODES, is_metadata, normal_well
+from ..layout import Layout, QualityControlLayout
+from ..vocabulary import EVALUATE_MODES, QC_LEVELS, is_metadata, normal_well
 from .figures import (
     FIGURE_NAMES,
     cell_count_figure,
@@ -45,7 +45,7 @@ __all__ = ["QualityControlResult", "quality_control"]
 
 _TABLE_EXTENSIONS = (".csv.gz", ".csv", ".parquet", ".h5ad")
 log = logging.getLogger("cytoprofile.qc")
-_LEVELS = ("all", "batch", "plate")
+_LEVELS = QC_LEVELS
 _KINDS = ((True, "negative-control normalized, feature-selected"), (False, "whole-plate normalized, feature-selected"))
 
 
@@ -104,9 +104,8 @@ def _first_table(folder: str, stems: Sequence[str]) -> str | None:
 
 
 def _selected_stems(plate: str, *, negcon: bool, level: str | None) -> list[str]:
-    suffix = "_negcon" if negcon else ""
     levels = [level] if level else list(_LEVELS)
-    return [f"{plate}_normalized_feature_select{suffix}_{lvl}" for lvl in levels]
+    return [plate + Layout.selected_stem(lvl, negcon=negcon) for lvl in levels]
 
 
 def _load_data_path(where: QualityControlLayout, batch: str, plate: str) -> str:
@@ -165,7 +164,7 @@ def _write_bytes(data: bytes, path: str) -> str:
 def _read_plate(where: QualityControlLayout, batch: str, plate: str, level: str | None) -> _Plate:
     folder = where.profiles(batch, plate)
     report_path = where.report_json(batch, plate)
-    per_well_path = _first_table(folder, [f"{plate}_augmented", plate])
+    per_well_path = _first_table(folder, [plate + Layout.annotated_stem(), plate])
     selected_path = _first_table(folder, _selected_stems(plate, negcon=False, level=level))
     return _Plate(
         name=plate,
@@ -503,7 +502,7 @@ def _plate_figures(
     out: dict[str, bytes] = {}
     notes = result.notes.setdefault(plate.name, [])
     if plate.per_well is None:
-        notes.append(f"No per-well profile ({plate.name}_augmented or {plate.name}) in {plate.folder}.")
+        notes.append(f"No per-well profile ({plate.name}{Layout.annotated_stem()} or {plate.name}) in {plate.folder}.")
     else:
         lost = result.quarantine.get(plate.name)
         quarantined = None if lost is None else dict(zip(lost["Metadata_Well"], lost["Sites_quarantined"], strict=True))

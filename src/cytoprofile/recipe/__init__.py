@@ -23,7 +23,7 @@ from ..errors import ConfigError
 from ..layout import Layout, existing_output
 from .batch import batch_steps, processing_file
 from .features import compartment_prefixes
-from .plate import NEGCON, external_metadata_path, step_outputs
+from .plate import external_metadata_path, step_outputs
 from .provenance import RunResult, write_output
 from .remote import RecipeTask, plate_task_entry, remote_batch_steps
 
@@ -139,9 +139,9 @@ def _warn_metadata(layout: Layout, recipe: Recipe, plates: dict[str, list[str]])
 
 
 #: step -> (the step whose output it reads, that output's stem)
-_READS = {"normalize": ("annotate", "_augmented"), "normalize_negcon": ("annotate", "_augmented"),
-          "feature_select": ("normalize", "_normalized"),
-          "feature_select_negcon": ("normalize_negcon", f"_normalized_{NEGCON}")}
+_READS = {"normalize": ("annotate", Layout.annotated_stem()), "normalize_negcon": ("annotate", Layout.annotated_stem()),
+          "feature_select": ("normalize", Layout.normalized_stem()),
+          "feature_select_negcon": ("normalize_negcon", Layout.normalized_stem(negcon=True))}
 
 
 def _check_skipped_steps_made(layout: Layout, recipe: Recipe, plates: dict[str, list[str]]) -> None:
@@ -175,18 +175,19 @@ def _products(layout: Layout, recipe: Recipe, plates: dict[str, list[str]]) -> l
     relative to the outputs' root."""
     s = recipe.settings
     out: list[tuple[str, str]] = []
-    branches = [("", s.normalize, s.feature_select), (f"_{NEGCON}", s.normalize_negcon, s.feature_select_negcon)]
+    branches = [(False, s.normalize, s.feature_select), (True, s.normalize_negcon, s.feature_select_negcon)]
     for batch, names in plates.items():
         for plate in names:
-            for tag, norm, select in branches:
-                if tag and not norm.perform:
+            for negcon, norm, select in branches:
+                if negcon and not norm.perform:
                     continue
-                stem = (f"_normalized_feature_select{tag}_{select.level}" if norm.perform and select.perform
-                        else f"_normalized{tag}" if norm.perform else "_augmented" if s.annotate.perform else "")
-                out.append((f"profiles {plate}" + (" (negcon)" if tag else ""),
+                stem = (Layout.selected_stem(select.level, negcon=negcon) if norm.perform and select.perform
+                        else Layout.normalized_stem(negcon=negcon) if norm.perform
+                        else Layout.annotated_stem() if s.annotate.perform else "")
+                out.append((f"profiles {plate}" + (" (negcon)" if negcon else ""),
                             layout.relative(layout.plate_file(batch, plate, stem))))
-        for tag, norm, select in branches:
+        for negcon, norm, select in branches:
             if select.perform and norm.perform and select.gct:
-                gct = layout.gct_file(batch, f"_normalized_feature_select{tag}_{select.level}", ".gct")
-                out.append((f"GCT {batch}" + (" (negcon)" if tag else ""), layout.relative(gct)))
+                gct = layout.gct_file(batch, Layout.selected_stem(select.level, negcon=negcon), ".gct")
+                out.append((f"GCT {batch}" + (" (negcon)" if negcon else ""), layout.relative(gct)))
     return out

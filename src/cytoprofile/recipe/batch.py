@@ -13,12 +13,12 @@ import pandas as pd
 from .. import io
 from ..config import Recipe
 from ..errors import InputError
-from ..layout import Layout
+from ..layout import NEGCON, Layout
 from ..recipe_options import feature_select_options, processing_options, quality_control_options
-from ..vocabulary import metadata_columns
+from ..vocabulary import metadata_columns, non_metadata_columns
 from .features import compartment_prefixes, feature_columns, features_for
-from .plate import NEGCON, plate_report
-from .provenance import METADATA_PREFIXES, Made, RunResult, Steps, is_fresh, record_provenance
+from .plate import plate_report
+from .provenance import Made, RunResult, Steps, is_fresh, record_provenance
 
 log = logging.getLogger("cytoprofile.pipeline")
 
@@ -54,16 +54,16 @@ class _Level:
         s = recipe.settings
         self.layout, self.recipe, self.plates, self.steps, self.prefixes = layout, recipe, plates, steps, prefixes
         self.block = s.feature_select_negcon if negcon else s.feature_select
-        self.tag = f"_{NEGCON}" if negcon else ""
+        self.negcon = negcon
         self.level = self.block.level
         self.settings = self.block.model_dump(mode="json")
-        self.name = "feature_select" + self.tag
+        self.name = "feature_select" + (f"_{NEGCON}" if negcon else "")
 
     def source(self, batch: str, plate: str) -> str:
-        return self.layout.plate_file(batch, plate, f"_normalized{self.tag}")
+        return self.layout.plate_file(batch, plate, Layout.normalized_stem(negcon=self.negcon))
 
     def output(self, batch: str, plate: str) -> str:
-        return self.layout.plate_file(batch, plate, f"_normalized_feature_select{self.tag}_{self.level}")
+        return self.layout.plate_file(batch, plate, Layout.selected_stem(self.level, negcon=self.negcon))
 
     def load(self, batch: str, plate: str, with_batch: bool) -> pd.DataFrame:
         path = self.source(batch, plate)
@@ -129,7 +129,7 @@ class _Level:
         """``gct/BATCH/BATCH{stem}.{csv.gz,gct}``, each with its provenance sidecar."""
         if not self.block.gct:
             return
-        stem = f"_normalized_feature_select{self.tag}_{self.level}"
+        stem = Layout.selected_stem(self.level, negcon=self.negcon)
         csv_path = self.layout.gct_file(batch, stem, self.layout.suffix)
         gct_path = self.layout.gct_file(batch, stem, ".gct")
         inputs = [self.source(batch, p) for p in self.plates[batch]]
@@ -201,9 +201,6 @@ def batch_steps(layout: Layout, recipe: Recipe, plates: dict[str, list[str]], *,
         result.qc = f"QC: ran for {', '.join(plates)}"
 
 
-_CHAIN_INPUTS = {"augmented": "_augmented", "normalized": "_normalized", "normalized_negcon": "_normalized_negcon"}
-
-
 def processing_file(layout: Layout, steps: Sequence[str]) -> str:
     """``OUTPUT_DIR/processing/profiles_<steps>.parquet``: the chain's output after ``steps``."""
     return layout.processing_file(steps)
@@ -225,7 +222,7 @@ class _Chain:
         self.layout, self.plates, self.steps, self.prefixes = layout, plates, steps, prefixes
         self.chain = parse_chain(chain)
         self.options = processing_options(options)
-        self.stem = _CHAIN_INPUTS[str(options.get("input", "augmented"))]
+        self.stem = Layout.input_stem(str(options.get("input", "augmented")))
         self.frame: pd.DataFrame | None = None
 
     def _stacked(self, inputs: Sequence[str]) -> Made:
@@ -262,7 +259,7 @@ class _Chain:
 
         start = self._input(inputs, first)
         frame = start.frame
-        features = [c for c in frame.columns if not str(c).startswith(METADATA_PREFIXES)]
+        features = non_metadata_columns(frame.columns)
         report: list[dict[str, Any]] = []
         out = run_chain(frame, [step], features=features, report=report, **self.options)
         self.frame = out

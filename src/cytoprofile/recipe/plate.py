@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,20 +15,18 @@ from ..config import Recipe
 from ..errors import ConfigError, InputError
 from ..layout import Layout, Workspace, existing_output
 from ..recipe_options import aggregate_options, annotate_options, normalize_options
+from ..step_data import fit_query
 from .features import compartment_prefixes, features_for
 from .provenance import Made, RunResult, Steps, sidecar_path
 
-__all__ = ["NEGCON", "external_metadata_path", "plate_report", "plate_task", "step_outputs"]
+__all__ = ["external_metadata_path", "plate_report", "plate_task", "step_outputs"]
 
 log = logging.getLogger("cytoprofile.pipeline")
 
 
-NEGCON = "negcon"
-
-
 def step_outputs(layout: Layout, batch: str, plate: str) -> dict[str, str]:
     """The per-plate files of the recipe, by step."""
-    return layout.step_outputs(batch, plate, NEGCON)
+    return layout.step_outputs(batch, plate)
 
 
 def plate_report(layout: Layout, batch: str, plate: str) -> dict[str, Any] | None:
@@ -205,7 +202,9 @@ def _normalize_steps(steps: Steps, recipe: Recipe, files: dict[str, str], prefix
     for key, block in (("normalize", s.normalize), ("normalize_negcon", s.normalize_negcon)):
         if not block.perform:
             continue
-        query = _fit_query(block.fit_query(), s.options.samples if key == "normalize" else "all")
+        # options.samples (which the recipe read and never used) narrows the main fit
+        query = fit_query(s.options.samples if key == "normalize" else "all", block.samples,
+                          sample_filter=block.sample_filter, min_cells=block.min_cells)
         settings = block.model_dump(mode="json") | {"fit_query": query}
 
         def _normalized(block: Any = block, query: str = query) -> Made:
@@ -220,10 +219,3 @@ def _normalize_steps(steps: Steps, recipe: Recipe, files: dict[str, str], prefix
         steps.run(key, [files["annotate"]], {files[key]: _normalized}, settings)
 
 
-def _fit_query(query: str, samples: str) -> str:
-    """``query`` ANDed with ``options.samples`` (which the recipe read and never used)."""
-    text = samples.strip()
-    if text == "all":
-        return query
-    part = f"({text})" if re.search(r"\||\bor\b", text) else text
-    return part if query == "all" else f"{part} & {query}"

@@ -20,12 +20,9 @@ from ..config import Recipe
 from ..digest import file_digest
 from ..errors import ConfigError, CytoprofileError, InputError
 from ..layout import Layout
-from ..vocabulary import (
-    IMAGE_METADATA_PREFIX,
-    METADATA_PREFIX,
-)
+from ..vocabulary import is_any_metadata, non_metadata_columns
 
-__all__ = ["METADATA_PREFIXES", "Made", "RunResult", "Steps", "is_fresh", "record_provenance", "sidecar_path",
+__all__ = ["Made", "RunResult", "Steps", "is_fresh", "record_provenance", "sidecar_path",
            "write_output", "write_step_provenance"]
 
 log = logging.getLogger("cytoprofile.pipeline")
@@ -42,7 +39,7 @@ def write_output(frame: pd.DataFrame, path: str, *, float_format: str | None = N
         raise ConfigError("options.output_format: anndata needs the anndata package "
                           "(pip install 'cytoprofile[anndata]')") from exc
 
-    features = [c for c in frame.columns if not str(c).startswith(METADATA_PREFIXES) and pd.api.types.is_numeric_dtype(frame[c])
+    features = [c for c in frame.columns if not is_any_metadata(c) and pd.api.types.is_numeric_dtype(frame[c])
                 and not pd.api.types.is_bool_dtype(frame[c])]
     obs = frame[[c for c in frame.columns if c not in set(features)]].reset_index(drop=True)
     text = [c for c in obs.columns if pd.api.types.is_string_dtype(obs[c]) or obs[c].dtype == object]
@@ -149,7 +146,6 @@ def record_provenance(output: str, *, step: str, inputs: Sequence[str], settings
     io.write_json(record, sidecar_path(output))
 
 
-METADATA_PREFIXES = (METADATA_PREFIX, IMAGE_METADATA_PREFIX)  # annotate renames the second to the first
 
 
 @dataclass
@@ -164,10 +160,10 @@ class Made:
 
     def account(self) -> dict[str, Any]:
         """``features: {in, out, dropped: {feature: operation}}`` plus ``extra``."""
-        after = [c for c in self.frame.columns if not str(c).startswith(METADATA_PREFIXES)]
+        after = non_metadata_columns(self.frame.columns)
         out: dict[str, Any] = {"features": {"in": None, "out": len(after), "dropped": {}}}
         if self.before is not None:
-            before = [c for c in self.before if not str(c).startswith(METADATA_PREFIXES)]
+            before = non_metadata_columns(self.before)
             kept = set(after)
             out["features"] = {
                 "in": len(before),

@@ -74,8 +74,8 @@ def remote_batch_steps(layout: Layout, recipe: Recipe, plates: dict[str, list[st
         made = {f"{layout.processing_rel()}/" + os.path.basename(layout.processing_file(chain[: i + 1]))
                 for i in range(len(chain))}
         stage(layout.root, scratch, prefixes,
-              accept=lambda rel: "_normalized" in rel or rel.endswith((".report.json", ".tsv", ".gct")) or "load_data" in rel
-              or rel.startswith("gct/") or "_augmented" in rel or rel.removesuffix(".provenance.json") in made)
+              accept=lambda rel: Layout.normalized_stem() in rel or rel.endswith((".report.json", ".tsv", ".gct")) or "load_data" in rel
+              or rel.startswith("gct/") or Layout.annotated_stem() in rel or rel.removesuffix(".provenance.json") in made)
         before = len(result.outputs)
         try:
             batch_steps(layout.at(scratch), recipe, plates, force=force, result=result)

@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from .. import io
 from ..errors import InputError
-from ..vocabulary import DEFAULT_COMPARTMENTS
+from ..vocabulary import DEFAULT_COMPARTMENTS, SINGLE_CELL_FORMATS
 from .join import DEFAULT_HUB, READ_THREADS, SingleCellJoin, SingleCellReport
 from .sinks import ROW_GROUP_VALUES, AnnDataSink, ParquetSink, SiteSink
 from .sources import OUTPUT_TABLE, SiteSource
@@ -34,7 +34,7 @@ def single_cells_paths(prefix: str | os.PathLike[str]) -> dict[str, str]:
 
 
 def _check_formats(formats: Sequence[str]) -> None:
-    bad = [f for f in formats if f not in ("parquet", "anndata")]
+    bad = [f for f in formats if f not in SINGLE_CELL_FORMATS]
     if bad or not formats:
         raise InputError(f"single-cell format {bad[0] if bad else 'none'}: choose parquet and/or anndata")
 
