@@ -10,7 +10,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,22 +49,46 @@ class Contender:
         return max(r.max_rss for r in self.runs)
 
 
+#: run from a fresh, small interpreter (no site packages): it starts the command and reports the command's
+#: wall time, CPU and peak RSS. Linux carries a process's peak RSS over ``exec``, so a command started
+#: straight from a benchmark script (fork, or vfork sharing its memory) would report the script's own
+#: RSS as its peak when that is larger; started from here, the floor is this launcher's few MB.
+_LAUNCHER = """
+import json, os, sys, time
+stats, cmd = sys.argv[1], sys.argv[2:]
+start = time.perf_counter()
+pid = os.posix_spawnp(cmd[0], cmd, os.environ)
+_, status, usage = os.wait4(pid, 0)
+seconds = time.perf_counter() - start
+scale = 1 if sys.platform == "darwin" else 1024
+with open(stats, "w") as fh:
+    json.dump({"seconds": seconds, "max_rss": usage.ru_maxrss * scale, "cpu": usage.ru_utime + usage.ru_stime}, fh)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def measure(cmd: Sequence[str | Path], log: Path, env: dict[str, str] | None = None) -> Run:
-    """Run ``cmd``; wall time, and the peak RSS of it and its children, from ``wait4``."""
-    with open(log, "ab") as out:
-        out.write(f"\n$ {' '.join(map(str, cmd))}\n".encode())
-        out.flush()
-        start = time.perf_counter()
-        proc = subprocess.Popen([str(c) for c in cmd], stdout=out, stderr=subprocess.STDOUT,
-                                env={**os.environ, **(env or {})})
-        _, status, usage = os.wait4(proc.pid, 0)
-        seconds = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
+    """Run ``cmd`` (output to ``log``) from a fresh small launcher interpreter; its wall time, CPU and
+    the peak RSS of it and its children come from the launcher's ``wait4``, so no benchmark's own
+    memory is counted in a contender's peak."""
+    import json
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(prefix=".measure-", suffix=".json", dir=BENCH, delete=False) as fh:
+        stats = Path(fh.name)
+    try:
+        with open(log, "ab") as out:
+            out.write(f"\n$ {' '.join(map(str, cmd))}\n".encode())
+            out.flush()
+            code = subprocess.call([sys.executable, "-I", "-S", "-c", _LAUNCHER, str(stats), *map(str, cmd)],
+                                   stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        got = json.loads(stats.read_text()) if stats.stat().st_size else None
+    finally:
+        stats.unlink(missing_ok=True)
+    if code != 0 or got is None:
         tail = log.read_text(errors="replace").splitlines()[-15:]
-        raise RuntimeError(f"{' '.join(map(str, cmd))} failed ({proc.returncode}); see {log}:\n" + "\n".join(tail))
-    scale = 1 if sys.platform == "darwin" else 1024  # Linux reports KiB
-    return Run(seconds, int(usage.ru_maxrss) * scale, usage.ru_utime + usage.ru_stime)
+        raise RuntimeError(f"{' '.join(map(str, cmd))} failed ({code}); see {log}:\n" + "\n".join(tail))
+    return Run(got["seconds"], int(got["max_rss"]), got["cpu"])
 
 
 def warm(paths: Sequence[Path]) -> None:

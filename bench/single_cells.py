@@ -120,32 +120,10 @@ def venv_python(name: str, log: Path) -> Path | None:
     return python
 
 
-def _measure(cmd: Sequence[Any], log: Path) -> Run:
-    """Wall time, CPU and peak RSS of ``cmd`` as a small launcher process sees them: a child forked
-    from this script would report this script's own RSS at the fork as its peak, if larger."""
-    stats = WORK / f".launch-{os.getpid()}.json"
-    measure([sys.executable, __file__, "_launch", stats, *cmd], log)
-    got = json.loads(stats.read_text())
-    stats.unlink()
-    return Run(got["seconds"], got["max_rss"], got["cpu"])
-
-
-def _launch(stats: str, cmd: Sequence[str]) -> int:
-    """Run ``cmd`` from this small process and write its wall time, CPU and peak RSS to ``stats``."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd)
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - start
-    scale = 1 if sys.platform == "darwin" else 1024  # Linux reports KiB
-    Path(stats).write_text(json.dumps({"seconds": seconds, "max_rss": int(usage.ru_maxrss) * scale,
-                                       "cpu": usage.ru_utime + usage.ru_stime}))
-    return os.waitstatus_to_exitcode(status)
-
-
 def _run(contenders: dict[str, Contender], log: Path, name: str, cmd: Sequence[Any]) -> None:
     """Time one run of a contender (its own subprocess) and keep it under ``name``."""
     print(f"  {name} …", end=" ", flush=True)
-    r = _measure(cmd, log)
+    r = measure(cmd, log)
     contenders.setdefault(name, Contender(name)).runs.append(r)
     print(f"{r.seconds:.2f} s, {mb(r.max_rss)}", flush=True)
 
@@ -334,10 +312,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="only CSV → joined Parquet, ours against CytoTable (its own RESULTS.md section)")
     parser.add_argument("--cytotable-python", type=Path, default=None,
                         help="an interpreter with cytotable installed (default: make bench/work/cytotable-venv)")
+    parser.add_argument("--memory-only", action="store_true",
+                        help="only the peak RSS of a 96- and a 384-well plate from each input (its own RESULTS.md section)")
     parser.add_argument("--no-write", action="store_true", help="print the report, leave RESULTS.md alone")
     args = parser.parse_args(argv)
     if args.cytotable_only:
         return cytotable_only(args)
+    if args.memory_only:
+        return memory_only(args)
     started = time.perf_counter()
     sizes: dict[str, Any] = QUICK if args.quick else FULL if args.full else DEFAULT
     root = WORK / ("single_cells-quick" if args.quick else "single_cells")
@@ -397,7 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"generating and collating {mws} …", flush=True)
         generate(mws, wells=wells, **sizes["memory"])
         c = memory.setdefault(wells, Contender(f"{wells}-well"))
-        r = _measure([cyto, "single-cells", mws, BATCH, PLATE, "--backend", "parquet", "--quiet"], log)
+        r = measure([cyto, "single-cells", mws, BATCH, PLATE, "--backend", "parquet", "--quiet"], log)
         c.runs.append(r)
         print(f"  {wells}-well: {r.seconds:.2f} s, {mb(r.max_rss)}", flush=True)
 
@@ -408,6 +390,63 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_section("single_cells", body)
         print(f"wrote {RESULTS}")
     return 0
+
+
+MEMORY_RUNS = {"single-cells, Parquet backend": ("single-cells", "--backend", "parquet"),
+               "single-cells, SQLite backend": ("single-cells", "--backend", "sqlite"),
+               "collate --single-cells (site CSVs → Parquet backend + joined table)":
+                   ("collate", "--backend", "parquet", "--single-cells", "--overwrite")}
+
+
+def memory_only(args: argparse.Namespace) -> int:
+    """Peak RSS of the joined table for a 96- and a 384-well plate (``FULL['memory']`` sizes) from each
+    input; written to the ``single_cells-memory`` section."""
+    started = time.perf_counter()
+    root = WORK / "single_cells-memory"
+    root.mkdir(parents=True, exist_ok=True)
+    log = root / "bench.log"
+    log.write_text("")
+    compile_sources(log)
+    cyto = cytoprofile_bin()
+    peaks: dict[str, dict[int, Run]] = {name: {} for name in ["collate (both backends)", *MEMORY_RUNS]}
+    infos: dict[int, dict[str, Any]] = {}
+    for wells in (96, 384):
+        mws = root / f"mem{wells}"
+        print(f"generating and collating {mws} …", flush=True)
+        infos[wells] = generate(mws, wells=wells, **FULL["memory"])
+        peaks["collate (both backends)"][wells] = Run(infos[wells]["collate_seconds"], infos[wells]["collate_rss"])
+        for name, (command, *options) in MEMORY_RUNS.items():
+            r = peaks[name][wells] = measure([cyto, command, mws, BATCH, PLATE, *options, "--quiet"], log)
+            print(f"  {wells}-well {name}: {r.seconds:.2f} s, {mb(r.max_rss)}", flush=True)
+    body = memory_report(infos, peaks, time.perf_counter() - started)
+    print(body)
+    if not args.no_write:
+        write_section("single_cells-memory", body)
+        print(f"wrote {RESULTS}")
+    return 0
+
+
+def memory_report(infos: dict[int, dict[str, Any]], peaks: dict[str, dict[int, Run]], seconds: float) -> str:
+    """The ``single_cells-memory`` section of RESULTS.md."""
+    p = FULL["memory"]
+    lines = ["## Single cells: memory against the plate (`bench/single_cells.py --memory-only`)", "",
+             f"{dt.date.today()}, {source_state()}. Reproduce: `python bench/single_cells.py --memory-only` (from the "
+             "repository root with the project's venv).", "",
+             f"Plates: 96 and 384 wells, {p['sites']} site per well, ~{p['cells']} cells a site, {p['features']} features "
+             f"per compartment ({infos[96]['cells']:,} and {infos[384]['cells']:,} cells). Each run is started by a fresh "
+             f"small launcher interpreter (`bench/_common.py` `measure()`); peak RSS of the run and its children. "
+             f"Load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores.", "",
+             "| run | 96-well peak RSS | 384-well peak RSS | 384 / 96 | target ≤ 1.3× | 96-well s | 384-well s |",
+             "|---|---:|---:|---:|---|---:|---:|"]
+    for name, by in peaks.items():
+        ratio = by[384].max_rss / by[96].max_rss
+        verdict = "(context: collate alone)" if name.startswith("collate (") else verdict_at_most(ratio, TARGETS["memory_ratio"])
+        lines.append(f"| {name} | {mb(by[96].max_rss)} | {mb(by[384].max_rss)} | {ratio:.2f}× | {verdict} | "
+                     f"{by[96].seconds:.2f} | {by[384].seconds:.2f} |")
+    lines += ["", f"Whole run: {seconds:.0f} s. The joined table is written in row groups of whole sites ending at "
+              "2,048 rows (or 12 M values), and the Parquet backend's object tables in row groups of at most 1,024 rows, "
+              "read two at a time: the rows held do not depend on the plate (tests/test_single_cells_memory.py counts them)."]
+    return "\n".join(lines)
 
 
 def bounds(contenders: dict[str, Contender]) -> list[str]:
@@ -573,9 +612,9 @@ def report(args: argparse.Namespace, info: dict[str, Any], contenders: dict[str,
         lines.append(f"- check, {name}: {text}")
     lines += bounds(contenders)
     lines += ["", f"Whole benchmark run: {info['bench_seconds']:.0f} s (plates made by an earlier run are reused; "
-              "cytoprofile's modules byte-compiled first, as an install has them). Peak RSS and CPU come from a small "
-              "launcher process per run: a child forked straight from this script reports the script's own RSS at the "
-              "fork as its peak when that is larger (how earlier runs of this benchmark found 384 ÷ 96 = 1.00×)."]
+              "cytoprofile's modules byte-compiled first, as an install has them). Peak RSS and CPU come from `bench/_common.py`'s "
+              "`measure()`: each run is started by a fresh small launcher interpreter (a command started straight from "
+              "this script would report the script's own RSS as its peak when that is larger)."]
     return "\n".join(lines)
 
 
@@ -583,8 +622,6 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "_merge":
         _merge(sys.argv[2], sys.argv[3])
         sys.exit(0)
-    if len(sys.argv) > 1 and sys.argv[1] == "_launch":
-        sys.exit(_launch(sys.argv[2], sys.argv[3:]))
     if len(sys.argv) > 1 and sys.argv[1] == "_adbc_read":
         _adbc_read(sys.argv[2], sys.argv[3:])
         sys.exit(0)

@@ -40,6 +40,9 @@ SQLITE_MAX_COLUMNS = 2000
 #: SQLite's largest page: rows of thousands of features stay on one page, so any reader decodes them fast
 SQLITE_PAGE_SIZE = 65536
 _IMAGE_BATCH = 64
+#: rows per row group of a Parquet backend's object tables, at most (whole sites): readers holding a
+#: row group at a time (the single-cell join) then hold the same rows whatever the plate size
+PARQUET_GROUP_ROWS = 1024
 _INTEGER_COLUMN = re.compile(r"^(TableNumber|ImageNumber|ObjectNumber|Parent_.*|Children_.*_Count|Number_Object_Number)$")
 
 
@@ -221,7 +224,8 @@ class ParquetBackendWriter:
             self._buffers[table].append((site.table_number, array))
             if table in self.schema.text_columns:
                 self._texts[table].append(site.texts[table])
-            if sum(a.size for _, a in self._buffers[table]) >= self.flush_values:
+            buffered = self._buffers[table]
+            if sum(a.size for _, a in buffered) >= self.flush_values or sum(len(a) for _, a in buffered) >= PARQUET_GROUP_ROWS:
                 self._flush(table)
 
     def close(self) -> None:

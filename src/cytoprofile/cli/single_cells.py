@@ -39,6 +39,8 @@ def single_cells_cmd(
     thresholds: Annotated[str | None, typer.Option(help="Threshold sets YAML (default: the three shipped nuclei sets).")] = None,
     qc_sets: Annotated[list[str] | None, typer.Option(help="Only these threshold sets.")] = None,
     strict: Annotated[bool, typer.Option(help="Exit 1 when any object could not be linked into a cell.")] = False,
+    threads: Annotated[int, typer.Option(help="Threads reading an SQLite backend's sites ahead and writing "
+                                                     "each site while the next is joined (0: all in one thread).")] = 2,
     quiet: QuietOpt = False,
 ) -> None:
     """One row per cell, compartments joined, from a plate's backend.
@@ -65,7 +67,7 @@ def single_cells_cmd(
                 path, formats=formats,  # type: ignore[arg-type]
                 compartments=split_values(compartments) or list(DEFAULT_COMPARTMENTS), hub=hub, links=linked,
                 image_feature_categories=split_values(image_feature_categories) or [],
-                metadata="all" if meta == ["all"] else meta, thresholds=sets)
+                metadata="all" if meta == ["all"] else meta, thresholds=sets, threads=threads)
         log.info("%s: %d cells from %d sites; rows in %s; not linked %s", plate, report.cells_out, report.sites,
                  report.rows_in, report.unlinked or "none")
         for out in report.outputs.values():

@@ -21,12 +21,15 @@ from .sources import float_matrix
 if TYPE_CHECKING:
     from .join import SingleCellJoin
 
-__all__ = ["ROW_GROUP_VALUES", "SiteSink", "ParquetSink", "AnnDataSink", "feature_annotation"]
+__all__ = ["ROW_GROUP_ROWS", "ROW_GROUP_VALUES", "SiteSink", "ParquetSink", "AnnDataSink", "feature_annotation"]
 
 log = logging.getLogger("cytoprofile.single_cells")
 #: values per Parquet row group of the single-cell table (whole sites; about a JUMP well, 9 sites at
 #: JUMP width): writing a row group costs a fixed time per column, thousands of columns at JUMP width
 ROW_GROUP_VALUES = 12_000_000
+#: rows per row group (whole sites; a group ends at the first site that reaches it): a row group's fixed cost
+#: is per column, so rows amortise it at any width; it also bounds the rows held, whatever the plate size
+ROW_GROUP_ROWS = 2048
 #: zstd's first fast level: float features barely compress at any level, and level 1 costs half as much
 #: again to write; their bytes are split into streams (BYTE_STREAM_SPLIT), which zstd then compresses better
 _ZSTD_LEVEL = -1
@@ -51,10 +54,11 @@ class ParquetSink(SiteSink):
     """Row groups of whole sites, zstd (float features byte-stream split), written under a temporary name.
 
     A row group costs a fixed overhead per column (thousands at JUMP width), so sites are
-    gathered until ``row_group_values`` values (bounded memory, whatever the plate size).
+    gathered until ``row_group_rows`` rows or ``row_group_values`` values, whichever comes
+    first: the rows held at once (:attr:`peak_rows`) are bounded, whatever the plate size.
     """
 
-    def __init__(self, path: str, *, row_group_values: int = ROW_GROUP_VALUES,
+    def __init__(self, path: str, *, row_group_values: int = ROW_GROUP_VALUES, row_group_rows: int = ROW_GROUP_ROWS,
                  metadata: Mapping[str, str] | None = None) -> None:
         self.final = Path(path)
         self.metadata = dict(metadata or {})
@@ -63,7 +67,10 @@ class ParquetSink(SiteSink):
         self.writer: pq.ParquetWriter | None = None
         self.schema: pa.Schema | None = None
         self.row_group_values = row_group_values
+        self.row_group_rows = row_group_rows
         self.pending: list[pa.Table] = []
+        self._rows = 0  # rows in ``pending``
+        self.peak_rows = 0  #: most rows held waiting for their row group
         self._loose = 0  # sites at the end of ``pending`` not yet fused into one table
 
     def write(self, table: pa.Table) -> None:
@@ -78,7 +85,9 @@ class ParquetSink(SiteSink):
             table = table.cast(self.schema)  # a site whose metadata was all null
         self.pending.append(table)
         self._loose += 1
-        if sum(t.num_rows for t in self.pending) * table.num_columns >= self.row_group_values:
+        self._rows += table.num_rows
+        self.peak_rows = max(self.peak_rows, self._rows)
+        if self._rows >= self.row_group_rows or self._rows * table.num_columns >= self.row_group_values:
             self._flush()
         elif self._loose >= _FUSE_SITES:  # an Arrow array per column and site weighs more than small sites' values
             self.pending[-self._loose:] = [pa.concat_tables(self.pending[-self._loose:]).combine_chunks()]
@@ -90,6 +99,7 @@ class ParquetSink(SiteSink):
             self.writer.write_table(group, row_group_size=max(group.num_rows, 1))
         self.pending = []
         self._loose = 0
+        self._rows = 0
 
     def close(self) -> None:
         if self.writer is None:

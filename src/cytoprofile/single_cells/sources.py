@@ -32,6 +32,8 @@ _LARGE_PAGE = 65536
 _AHEAD_PER_THREAD = 2
 #: rows per Arrow batch of the SQLite driver: its builders reserve this many rows of every column
 _BATCH_ROWS = 128
+#: row groups of a Parquet table held at once: the one being read and the one before (a site spanning both)
+_GROUPS_HELD = 2
 Site = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
@@ -277,16 +279,20 @@ class _ParquetTable:
         sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
         self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         self._cache: dict[tuple[int, tuple[str, ...]], pa.Table] = {}
+        self.peak_rows = 0  #: most rows held at once (row groups of the sites being read)
 
     def table_numbers(self) -> list[Any]:
         return list(self.ranges)
 
     def _group(self, index: int, columns: tuple[str, ...]) -> pa.Table:
+        """A row group, kept while the next site may still need it: sites come in storage order, and
+        a site spans at most the group before; so two are held, never the table."""
         key = (index, columns)
         if key not in self._cache:
-            if len(self._cache) > 2:
+            while len(self._cache) >= _GROUPS_HELD:
                 self._cache.pop(next(iter(self._cache)))
             self._cache[key] = self.file.read_row_group(index, columns=list(columns))
+            self.peak_rows = max(self.peak_rows, sum(t.num_rows for t in self._cache.values()))
         return self._cache[key]
 
     def read_site(self, table_number: Any, columns: Sequence[str]) -> Site:

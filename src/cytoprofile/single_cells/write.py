@@ -73,6 +73,8 @@ def write_single_cells(
     Files appear atomically; the report (JSON, beside them) is written last.
     """
     _check_formats(formats)
+    if threads < 0:
+        raise InputError(f"threads {threads}: give 0 (all in this thread) or more")
     paths = single_cells_paths(prefix if prefix is not None else _default_prefix(backend))
     join = SingleCellJoin(backend, compartments=compartments, hub=hub, links=links,
                           image_feature_categories=image_feature_categories, metadata=metadata)
