@@ -477,3 +477,44 @@ def test_public_options_are_keyword_only() -> None:
     assert not broken, "\n".join(f"{f}: {', '.join(o)}" for f, o in broken.items())
     stale = sorted((DATA_ARGUMENTS.keys() | PENDING_POSITIONAL) - found.keys())
     assert not stale, f"options keyword-only now, drop from the lists: {stale}"
+
+
+# ---------------------------------------------------------------- config defaults
+
+
+def _default_differences() -> dict[tuple[str, str], object]:
+    """(step, keyword) -> value where a default config block, through its adapter, passes other than
+    the step function's default."""
+    import inspect
+
+    from cytoprofile import config_blocks as cb
+    from cytoprofile import recipe_options as ro
+    from cytoprofile.aggregate import aggregate
+    from cytoprofile.feature_select import feature_select
+    from cytoprofile.normalize import normalize
+
+    select = cb.FeatureSelectConfig()
+    passed = {
+        ("aggregate", aggregate): ro.aggregate_options(cb.AggregateConfig(), ["cells", "cytoplasm", "nuclei"]),
+        ("normalize", normalize): ro.normalize_options(cb.NormalizeConfig()),
+        ("feature_select", feature_select): ro.feature_select_options(select) | {"operations": list(select.operations)},
+    }
+    out: dict[tuple[str, str], object] = {}
+    for (step, fn), options in passed.items():
+        params = inspect.signature(fn).parameters
+        for key, value in options.items():
+            assert key in params, f"{step}: the adapter passes {key}, no keyword of {fn.__name__}"
+            default = params[key].default
+            same = list(value) == list(default) if isinstance(value, list | tuple) and isinstance(default, list | tuple) \
+                else value == default
+            if not same:
+                out[(step, key)] = value
+    return out
+
+
+def test_config_defaults_differ_from_the_functions_only_where_the_table_says() -> None:
+    """The recipe template's defaults that differ from a step function's are the ones
+    ``recipe_options.TEMPLATE_DEFAULTS`` names, with those values; every other is the function's."""
+    from cytoprofile.recipe_options import TEMPLATE_DEFAULTS
+
+    assert _default_differences() == TEMPLATE_DEFAULTS
