@@ -422,3 +422,99 @@ def test_only_layout_spells_output_stems(tmp_path: Path) -> None:
     module = tmp_path / "m.py"
     module.write_text('"""Reads ``_augmented``."""\nx = f"{p}_normalized_feature_select_{lvl}"\ny = "PLATE_normalized"\n')
     assert _stem_literals(module) == ["2: '_normalized_feature_select_'"]
+
+
+# ---------------------------------------------------------------- keyword-only options
+
+# a public function's defaulted parameters that may be given by position: data it works on, not options
+DATA_ARGUMENTS: dict[str, str] = {
+    "cell_qc.flag_single_cells": "output: the file written",
+    "cell_qc.load_thresholds": "path: the thresholds file",
+    "config_diagnostics.duplicate_keys": "path: the config file",
+    "config_diagnostics.unknown_keys": "path: the config file",
+    "entry.main": "argv: the command line",
+    "ingest.image.parse_image": "raw: the image table as read",
+    "ingest.text.read_header": "lines: the file's first lines",
+    "io.atomic_open": "mode: as open()'s",
+    "io.csv2gz": "dest: the file written",
+    "recipe.features.compartment_prefixes": "report: collate's report of the plate",
+    "vocabulary.feature_prefixes": "compartments: the names turned into prefixes",
+}
+# functions whose options may still be given by position; the list only shrinks
+PENDING_POSITIONAL: frozenset[str] = frozenset({
+    "aggregate.aggregate_cells", "ingest.image.fill_metadata",
+    "ingest.objects.read_objects", "ingest.text.line_endings", "layout.profiles_name", "qc.metrics.treatment_column",
+    "remote.with_retries", "synth.cellprofiler_column_name",
+})
+
+
+def _positional_options() -> dict[str, list[str]]:
+    """For each public library function (in a module's ``__all__``, commands aside): its defaulted
+    parameters that are not keyword-only."""
+    import importlib
+    import inspect
+
+    out = {}
+    for name in _modules():
+        if name.startswith("cli") or name in ("__init__", "__main__"):
+            continue
+        module = importlib.import_module(f"cytoprofile.{name}")
+        for public in getattr(module, "__all__", []):
+            fn = getattr(module, public, None)
+            if not inspect.isfunction(fn) or fn.__module__ != module.__name__:
+                continue
+            options = [p.name for p in inspect.signature(fn).parameters.values()
+                       if p.kind is p.POSITIONAL_OR_KEYWORD and p.default is not p.empty]
+            if options:
+                out[f"{name}.{public}"] = options
+    return out
+
+
+def test_public_options_are_keyword_only() -> None:
+    """A public function's options (its defaulted parameters) are keyword-only; data arguments may stay positional."""
+    found = _positional_options()
+    broken = {f: o for f, o in found.items() if f not in DATA_ARGUMENTS and f not in PENDING_POSITIONAL}
+    assert not broken, "\n".join(f"{f}: {', '.join(o)}" for f, o in broken.items())
+    stale = sorted((DATA_ARGUMENTS.keys() | PENDING_POSITIONAL) - found.keys())
+    assert not stale, f"options keyword-only now, drop from the lists: {stale}"
+
+
+# ---------------------------------------------------------------- config defaults
+
+
+def _default_differences() -> dict[tuple[str, str], object]:
+    """(step, keyword) -> value where a default config block, through its adapter, passes other than
+    the step function's default."""
+    import inspect
+
+    from cytoprofile import config_blocks as cb
+    from cytoprofile import recipe_options as ro
+    from cytoprofile.aggregate import aggregate
+    from cytoprofile.feature_select import feature_select
+    from cytoprofile.normalize import normalize
+
+    select = cb.FeatureSelectConfig()
+    passed = {
+        ("aggregate", aggregate): ro.aggregate_options(cb.AggregateConfig(), ["cells", "cytoplasm", "nuclei"]),
+        ("normalize", normalize): ro.normalize_options(cb.NormalizeConfig()),
+        ("feature_select", feature_select): ro.feature_select_options(select) | {"operations": list(select.operations)},
+    }
+    out: dict[tuple[str, str], object] = {}
+    for (step, fn), options in passed.items():
+        params = inspect.signature(fn).parameters
+        for key, value in options.items():
+            assert key in params, f"{step}: the adapter passes {key}, no keyword of {fn.__name__}"
+            default = params[key].default
+            same = list(value) == list(default) if isinstance(value, list | tuple) and isinstance(default, list | tuple) \
+                else value == default
+            if not same:
+                out[(step, key)] = value
+    return out
+
+
+def test_config_defaults_differ_from_the_functions_only_where_the_table_says() -> None:
+    """The recipe template's defaults that differ from a step function's are the ones
+    ``recipe_options.TEMPLATE_DEFAULTS`` names, with those values; every other is the function's."""
+    from cytoprofile.recipe_options import TEMPLATE_DEFAULTS
+
+    assert _default_differences() == TEMPLATE_DEFAULTS

@@ -104,7 +104,7 @@ def test_feature_split_with_configured_prefixes() -> None:
     df = _profiles()
     assert v.prefixed_features(df.columns, ["PC"]) == ["PC1", "PC2"]
     assert v.prefixed_features(df.columns, ["DINO_", "PC"]) == ["PC1", "PC2", "DINO_0"]
-    assert feature_columns(df, "infer", ["DINO_"]) == ["DINO_0"]
+    assert feature_columns(df, features="infer", feature_prefixes=["DINO_"]) == ["DINO_0"]
     assert v.infer_features(df, compartments=["PC", "DINO"]) == ["PC1", "PC2", "DINO_0"]
     with pytest.raises(InputError):
         v.infer_features(df, compartments=["Zebra"])

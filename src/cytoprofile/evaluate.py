@@ -67,6 +67,7 @@ _BLOCK = 1 << 20  # similarities computed at once (about 40 MB of work space)
 
 def feature_columns(
     profiles: pd.DataFrame,
+    *,
     features: str | Sequence[str] = "infer",
     feature_prefixes: Sequence[str] | None = None,
 ) -> list[str]:
@@ -262,7 +263,7 @@ def average_precision(
     overlap = (set(pos_sameby) & set(pos_diffby)) | (set(neg_sameby) & set(neg_diffby))
     if overlap:
         raise ConfigError(f"sameby and diffby share {sorted(overlap)}; a column can only be one of them")
-    names = feature_columns(profiles, features, feature_prefixes)
+    names = feature_columns(profiles, features=features, feature_prefixes=feature_prefixes)
     unit = _unit_rows(_matrix64(profiles, names))
     meta = profiles.loc[:, [c for c in profiles.columns if c not in set(names)]].reset_index(drop=True)
     return _scores(
@@ -518,7 +519,7 @@ def mode_average_precision(
     ``column`` is the perturbation (or, for consistency, the annotation) column."""
     if mode not in MODES:
         raise ConfigError(f"unknown mAP mode {mode!r}; choose from {list(MODES)}")
-    names = feature_columns(profiles, features, feature_prefixes)
+    names = feature_columns(profiles, features=features, feature_prefixes=feature_prefixes)
     return _mode_scores(profiles, names, mode=mode, column=column, control_query=control_query,
                         pos_diffby=pos_diffby, neg_sameby=neg_sameby, multilabel_separator=multilabel_separator)
 

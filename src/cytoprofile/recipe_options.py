@@ -14,8 +14,18 @@ from typing import Any
 
 from .step_data import fit_query
 
-__all__ = ["aggregate_options", "annotate_options", "feature_select_options", "map_options", "normalize_options",
+__all__ = ["TEMPLATE_DEFAULTS", "aggregate_options", "annotate_options", "feature_select_options", "map_options", "normalize_options",
            "processing_options", "quality_control_options"]
+
+
+#: (step, keyword) -> the value a default config block passes where the recipe template's default
+#: differs from the step function's (which keeps pycytominer's); every other default is the function's.
+TEMPLATE_DEFAULTS: dict[tuple[str, str], Any] = {
+    ("aggregate", "image_features"): False,
+    ("aggregate", "image_feature_categories"): (),
+    ("normalize", "method"): "mad_robustize",
+    ("feature_select", "operations"): ["variance_threshold", "correlation_threshold", "drop_na_columns", "blocklist"],
+}
 
 
 def aggregate_options(block: Any, compartments: Sequence[str]) -> dict[str, Any]:

@@ -163,7 +163,7 @@ def run_chain(
     and plates, and seconds.
     """
     steps = parse_chain(chain)
-    names = feature_columns(profiles, features, feature_prefixes)
+    names = feature_columns(profiles, features=features, feature_prefixes=feature_prefixes)
     options = {
         "plate_column": plate_column, "samples": samples, "plates_without_controls": plates_without_controls,
         "well_column": well_column, "cell_count_column": cell_count_column, "min_unique": min_unique,

@@ -25,25 +25,22 @@ log = logging.getLogger("cytoprofile.pipeline")
 __all__ = ["batch_steps", "processing_file"]
 
 
-def _selection(df: pd.DataFrame, block: Any, prefixes: Sequence[str], where: str) -> dict[str, str]:
-    """Features the block's operations drop, each with the operation that dropped it.
+def _selection(df: pd.DataFrame, block: Any, prefixes: Sequence[str], where: str) -> tuple[pd.DataFrame, dict[str, str]]:
+    """``df`` without the features the block's operations drop (one ``feature_select`` call),
+    and each dropped feature with the operation that dropped it, in the operations' order.
 
-    The operations run one after the other on the features the previous ones left,
-    exactly as one ``feature_select`` call does. ``min_cells`` other than 1 computes
-    the statistics on wells with at least that many objects (all wells are kept).
+    ``min_cells`` other than 1 computes the statistics on wells with at least that many
+    objects (all wells are kept).
     """
-    from ..feature_select import excluded_features
+    from ..feature_select import feature_select
+    from ..step_data import FeatureAccount
 
-    params = feature_select_options(block)
-    remaining = features_for(df, block, prefixes, where)
-    dropped: dict[str, str] = {}
-    for op in block.operations:
-        if not remaining:
-            break
-        gone = set(excluded_features(df, features=remaining, operations=[op], **params))
-        dropped |= dict.fromkeys((c for c in remaining if c in gone), f"feature_select: {op}")
-        remaining = [c for c in remaining if c not in gone]
-    return dropped
+    accounts: list[FeatureAccount] = []
+    operations = list(block.operations)
+    selected = feature_select(df, features=features_for(df, block, prefixes, where), operations=operations,
+                              on_account=accounts.append, **feature_select_options(block))
+    by_operation = sorted(accounts[0].dropped.items(), key=lambda item: operations.index(item[1]))
+    return selected, {c: f"feature_select: {op}" for c, op in by_operation}
 
 
 class _Level:
@@ -93,8 +90,8 @@ class _Level:
         for batch, plate in list(self._all()):
             def _selected(b: str = batch, p: str = plate) -> Made:
                 df = self.load(b, p, False)
-                dropped = _selection(df, self.block, self.prefixes, self.source(b, p))
-                return Made(df.drop(columns=list(dropped)), before=list(df.columns), dropped=dropped)
+                selected, dropped = _selection(df, self.block, self.prefixes, self.source(b, p))
+                return Made(selected, before=list(df.columns), dropped=dropped)
 
             self.steps.run(self.name, [self.source(batch, plate)], {self.output(batch, plate): _selected}, self.settings)
 
@@ -111,8 +108,7 @@ class _Level:
                     continue
             loaded = {pair: self.load(*pair, True) for pair in pairs}
             stacked, left_out = self.stack(list(loaded.values()), inputs[0])
-            dropped = _selection(stacked, self.block, self.prefixes, inputs[0])
-            selected = stacked.drop(columns=list(dropped))
+            selected, dropped = _selection(stacked, self.block, self.prefixes, inputs[0])
             self.steps.run(self.name, inputs, {
                 self.output(b, p): Made(self._split(selected, p), before=list(loaded[(b, p)].columns),
                                          dropped=left_out | dropped) for b, p in pairs}, self.settings)

@@ -14,7 +14,7 @@ features in the order the compartments are given.
 """
 
 from .join import DEFAULT_HUB, DEFAULT_METADATA, SingleCellJoin, SingleCellReport, single_cells
-from .sinks import ROW_GROUP_VALUES, feature_annotation
+from .sinks import ROW_GROUP_ROWS, ROW_GROUP_VALUES, feature_annotation
 from .sources import OUTPUT_TABLE
 from .write import SingleCellFormat, SingleCellStream, single_cells_paths, write_single_cells
 
@@ -22,6 +22,7 @@ __all__ = [
     "DEFAULT_HUB",
     "DEFAULT_METADATA",
     "OUTPUT_TABLE",
+    "ROW_GROUP_ROWS",
     "ROW_GROUP_VALUES",
     "SingleCellFormat",
     "SingleCellJoin",

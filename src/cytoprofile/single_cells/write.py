@@ -64,7 +64,8 @@ def write_single_cells(
 ) -> SingleCellReport:
     """Stream the joined table of a backend to ``PREFIX_single_cells.parquet`` (and/or ``.h5ad``).
 
-    Row groups hold whole sites (zstd; a new group after ``row_group_values`` values);
+    Row groups hold whole sites (zstd; a new group after ``ROW_GROUP_ROWS`` rows or ``row_group_values``
+    values, so the rows held do not grow with the plate);
     the AnnData ``X`` is float32, written in row blocks (one per site). With ``threads`` > 0
     an SQLite backend's sites are read ahead in that many threads and each site is written
     in a thread while the next is joined (0: all in this thread).
