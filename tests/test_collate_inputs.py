@@ -14,6 +14,7 @@ import pytest
 
 from cytoprofile import io
 from cytoprofile.collate import collate_plate, plan
+from cytoprofile.digest import file_digest
 
 from . import faults
 from .faults import BATCH, PLATE
@@ -80,10 +81,12 @@ def test_an_unchanged_rerun_skips_without_hashing_again(tmp_path: Path, monkeypa
     _age(tmp_path / "analysis")
     calls = _counting(monkeypatch)
     first = collate_plate(tmp_path, BATCH, PLATE)
-    assert first.status == "done" and calls["hashed"] == _files(plate_dir)
+    # a first build takes its input record from the bytes the read pass read: no file is read again to hash it
+    assert first.status == "done" and calls["hashed"] == 0
     recorded = first.report["input_files"]["files"]
     assert len(recorded) == _files(plate_dir)
     assert all(len(entry) == 3 and isinstance(entry[2], str) for entry in recorded.values())
+    assert {rel: e[2] for rel, e in recorded.items()} == {rel: file_digest(str(plate_dir / rel)) for rel in recorded}
     calls["hashed"] = 0
     assert collate_plate(tmp_path, BATCH, PLATE).status == "skipped"
     assert calls["hashed"] == 0, "files with their recorded size and mtime are not read again"
@@ -137,3 +140,19 @@ def test_object_storage_without_etags_says_re_runs_compare_sizes_only(monkeypatc
     assert state.files == {"P1-A01-1/Image.csv": [120, ""], "P1-A01-1/Cells.csv": [900, "abc"]}
     assert ("P1: 1 input file(s) on object storage have no ETag (first: P1-A01-1/Image.csv); a re-run compares them "
             "by size only") in caplog.text
+
+
+def test_a_file_changed_after_the_build_read_it_is_recorded_as_read(tmp_path: Path) -> None:
+    """The record of a first build is what it read: a file changed since then differs from it, so the next run
+    rebuilds."""
+    plate_dir = faults.small_plate(tmp_path, wells=1, sites=1, cells=4)
+    _age(tmp_path / "analysis")
+    cells = faults.site(plate_dir, "A01", 1) / "Cells.csv"
+    st = cells.stat()
+    read = {os.path.abspath(cells): (st.st_size, st.st_mtime_ns, time.time_ns(), "digest-of-what-was-read")}
+    cells.write_text(cells.read_text() + cells.read_text().splitlines()[1] + "\n")
+    state = plan.input_state(tmp_path, BATCH, PLATE, read=read)
+    rel = os.path.relpath(cells, plate_dir)
+    assert state.files[rel] == [st.st_size, st.st_mtime_ns, "digest-of-what-was-read"]
+    again = plan.input_state(tmp_path, BATCH, PLATE, report=state.record())
+    assert again.digest != state.digest and again.hashed >= 1

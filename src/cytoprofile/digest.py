@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import threading
 from typing import Any
 
-__all__ = ["CHUNK", "file_digest"]
+__all__ = ["CHUNK", "ReadDigests", "bytes_digest", "file_digest", "note_read"]
 
 #: bytes read at a time when hashing a file
 CHUNK = 1 << 20
@@ -27,3 +29,47 @@ def file_digest(path: str, *, algorithm: str = "xxh3_128") -> str:
         while chunk := fh.read(CHUNK):
             digest.update(chunk)
     return str(digest.hexdigest())
+
+
+def bytes_digest(raw: bytes) -> str:
+    """:func:`file_digest` of a file whose bytes are already in memory."""
+    import xxhash
+
+    return str(xxhash.xxh3_128(raw).hexdigest())
+
+
+class ReadDigests:
+    """While active, the digests of files read whole under ``root`` (by :func:`note_read`), so a first build
+    records its inputs without reading their bytes a second time: path -> (size, mtime_ns, when read, digest)."""
+
+    def __init__(self, root: str) -> None:
+        self.root = os.path.abspath(root) + os.sep
+        self.digests: dict[str, tuple[int, int, int, str]] = {}
+
+    def __enter__(self) -> ReadDigests:
+        with _LOCK:
+            _ACTIVE.append(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with _LOCK:
+            _ACTIVE.remove(self)
+
+
+_ACTIVE: list[ReadDigests] = []
+_LOCK = threading.Lock()
+
+
+def note_read(path: str, st: os.stat_result, raw: bytes, read_ns: int) -> None:
+    """A file was read whole (``st`` taken before reading, at ``read_ns``): keep its digest for an active
+    :class:`ReadDigests`."""
+    if not _ACTIVE:
+        return
+    full = os.path.abspath(path)
+    with _LOCK:
+        wanted = [r for r in _ACTIVE if full.startswith(r.root)]
+    if wanted:
+        entry = (st.st_size, st.st_mtime_ns, read_ns, bytes_digest(raw))
+        with _LOCK:
+            for r in wanted:
+                r.digests[full] = entry

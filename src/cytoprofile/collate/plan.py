@@ -119,14 +119,17 @@ def _hash_or_none(path: str) -> str | None:
 
 
 def input_state(ws: str | os.PathLike[str], batch: str, plate: str, *, report: dict[str, Any] | None = None,
-                threads: int = 2) -> InputState:
+                threads: int = 2, read: dict[str, tuple[int, int, int, str]] | None = None) -> InputState:
     """Every file under the plate's analysis folder by size, mtime and content digest, as git's index does:
     a file whose size and mtime equal the last build's record reuses its digest, every other one is hashed
-    (streamed). So a re-run rebuilds when a file was added, removed or changed, even keeping its size."""
+    (streamed). So a re-run rebuilds when a file was added, removed or changed, even keeping its size.
+    ``read`` (absolute path -> size, mtime_ns, when read, digest: :class:`~cytoprofile.digest.ReadDigests`) gives
+    the digests of files the build just read, taken from the bytes it read (trusted as a recorded one is)."""
     root = Workspace(str(ws)).analysis(batch, plate)
     previous = (report or {}).get("input_files") or {}
     known, recorded_ns = previous.get("files") or {}, previous.get("recorded_ns")
     now = time.time_ns()
+    fresh = {os.path.relpath(p, root): e for p, e in (read or {}).items()}
     stats: dict[str, os.stat_result | None] = {}
     for folder, _dirs, names in os.walk(root, followlinks=True):
         for name in names:
@@ -136,8 +139,8 @@ def input_state(ws: str | os.PathLike[str], batch: str, plate: str, *, report: d
             except OSError:
                 stats[os.path.relpath(path, root)] = None  # a broken link: named in the report, counted here
     # only regular files are hashed: opening a named pipe or a device would block or never end
-    todo = [rel for rel, st in stats.items()
-            if st is not None and stat.S_ISREG(st.st_mode) and not _reusable(known.get(rel), st, recorded_ns)]
+    todo = [rel for rel, st in stats.items() if st is not None and stat.S_ISREG(st.st_mode) and rel not in fresh
+            and not _reusable(known.get(rel), st, recorded_ns)]
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         digests = dict(zip(todo, pool.map(lambda rel: _hash_or_none(os.path.join(root, rel)), todo)))
     files: dict[str, list[Any]] = {}
@@ -146,9 +149,13 @@ def input_state(ws: str | os.PathLike[str], batch: str, plate: str, *, report: d
             files[rel] = [-1, None, None]
         elif not stat.S_ISREG(st.st_mode):
             files[rel] = [-2, None, None]  # not a regular file: named by the read pass, never opened here
+        elif rel in fresh:  # what the build read, as it was then: changed since, it differs from its record
+            files[rel] = [fresh[rel][0], fresh[rel][1], fresh[rel][3]]
         else:
             files[rel] = [st.st_size, st.st_mtime_ns, digests[rel] if rel in digests else known[rel][2]]
-    return InputState(listing_digest({rel: (e[0], e[2]) for rel, e in files.items()}), files, now, len(todo))
+    # a record is trusted only for files last modified well before it was made: before the first read, here
+    since = min([now, *(fresh[rel][2] for rel in fresh if rel in files)])
+    return InputState(listing_digest({rel: (e[0], e[2]) for rel, e in files.items()}), files, since, len(todo))
 
 
 def input_fingerprint(ws: str | os.PathLike[str], batch: str, plate: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import time
@@ -17,6 +18,7 @@ from ..aggregate import (
     Operation,
 )
 from ..checks import check_choices
+from ..digest import ReadDigests
 from ..errors import CytoprofileError, InputError
 from ..executor import PlateTask
 from ..ingest import (
@@ -133,13 +135,19 @@ def _collate_local(ws: str, batch: str, plate: str, *, wait: bool, progress: Pro
                                    strata=options["strata"], overwrite=options["overwrite"], progress=progress,
                                    start=start)
         report, trusted = trusted_outputs(ws, batch, plate)
-        inputs = input_state(ws, batch, plate, report=report, threads=options["threads"]) if options["record_inputs"] else None
+        later = options["record_inputs"] and report is None  # a first build: nothing to compare, read once
+        inputs = input_state(ws, batch, plate, report=report, threads=options["threads"]) \
+            if options["record_inputs"] and not later else None
         plan = plan_build(plate, report, trusted, {**build_options(options), **({"inputs": inputs.digest} if inputs else {})},
                           overwrite=options["overwrite"])
         if plan.skip:
             return PlateResult(batch, plate, "skipped", "complete outputs exist (use --overwrite to rebuild)",
                                outputs, report, seconds=time.perf_counter() - start)
-        result, staging = build_plate(ws, batch, plate, plan=plan, progress=progress, start=start, **options)
+        with ReadDigests(Workspace(ws).analysis(batch, plate)) if later else contextlib.nullcontext() as read:
+            result, staging = build_plate(ws, batch, plate, plan=plan, progress=progress, start=start, **options)
+        if later:  # the digests of the files the build read come from the bytes it read
+            assert read is not None
+            inputs = input_state(ws, batch, plate, threads=options["threads"], read=read.digests)
         if result.report is not None and inputs is not None:
             result.report.update(inputs.record())
         commit_local(out_dir, plate, result, staging, before=set(trusted))

@@ -9,9 +9,11 @@ import gzip
 import io as _io
 import os
 import re
+import time
 import zlib
 from typing import Any
 
+from ..digest import note_read
 from ..io import ragged_line
 from .model import ObjectFileProblem
 
@@ -33,7 +35,9 @@ __all__ = [
 def read_bytes(path: str) -> bytes:
     """A CSV's bytes, decompressed in one pass when gzip: a cut-off or corrupt ``.gz`` is a named problem."""
     with open(path, "rb") as fh:
+        read_ns, st = time.time_ns(), os.fstat(fh.fileno())
         raw = fh.read()
+    note_read(path, st, raw, read_ns)  # a first build's input record takes this digest (the bytes are read once)
     if path.lower().endswith(".gz"):
         try:
             return gzip.decompress(raw)
