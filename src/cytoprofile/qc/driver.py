@@ -356,7 +356,12 @@ def _at_url(where: QualityControlLayout, batch: str, plates: list[str], *, tmp_d
     with scratch_dir(tmp_dir, "qc") as scratch:
         stage(where.root, scratch, [relative_to(path, where.root) for path in folders])
         with _named_at(scratch, where.root):
-            result = quality_control(scratch, batch, plates, **options)
+            try:
+                result = quality_control(scratch, batch, plates, **options)
+            except CytoprofileError as exc:  # the user knows the URL, not our copy
+                if scratch not in str(exc):
+                    raise
+                raise type(exc)(str(exc).replace(scratch, where.root.rstrip("/"))) from exc
         publish(scratch, where.root, files_under(replace(where, root=scratch).outputs(), scratch))
         for plate, made in result.heatmaps.items():  # the scratch copy held no earlier figures
             _remove_stale_heatmaps(set(made), where, batch, plate)
