@@ -313,7 +313,7 @@ def quality_control(
     if summary:
         result.summary_path = where.summary()
         with _locked(result.summary_path):
-            result.summary = update_summary(_other_batches(read_summary(result.summary_path), batch), rows)
+            result.summary = update_summary(read_summary(result.summary_path), rows)
             cpio.write_table(result.summary, result.summary_path)
     _replication(result, frames, features, replicate_column=replicate_column, negcon_column=negcon_column,
                  negcon_value=negcon_value, n_null=n_null, seed=seed)
@@ -323,14 +323,6 @@ def quality_control(
     if report:
         _write_report(result, where, batch, rows, figures, inputs, description)
     return result
-
-
-def _other_batches(existing: pd.DataFrame | None, batch: str) -> pd.DataFrame | None:
-    """An earlier summary without ``batch``'s rows: the batch's rows are exactly this run's
-    plates (a plate left out of this run is no longer listed); other batches' rows stay."""
-    if existing is None or "Batch_Name" not in existing.columns:
-        return existing
-    return existing.loc[existing["Batch_Name"].astype(str) != str(batch)].reset_index(drop=True)
 
 
 def _plate_outputs(plate: _Plate, frame: pd.DataFrame | None, result: QualityControlResult,
