@@ -152,6 +152,38 @@ def test_help_shows_help_placeholder_and_default(command: str, capsys: pytest.Ca
             assert f"[default: {shown}]" in flat, f"{command} --{param.name}: default {shown!r} not shown"
 
 
+#: options taking one value of a fixed set: the help's placeholder lists the set
+CHOICES: dict[tuple[str, str], str] = {
+    **{(c, "operation"): "AGGREGATE_OPERATIONS" for c in ("aggregate", "collate")},
+    ("consensus", "operation"): "CONSENSUS_OPERATIONS", ("collate", "profile_format"): "TABLE_FORMATS",
+    ("collate", "count_check"): "COUNT_CHECKS", ("normalize", "method"): "NORMALIZE_METHODS",
+    ("normalize", "spherize_method"): "SPHERIZE_METHODS", ("feature-select", "corr_method"): "CORRELATION_METHODS",
+    ("annotate", "unmatched_wells"): "UNMATCHED_WELLS", ("validate-metadata", "unmatched_wells"): "UNMATCHED_WELLS",
+    ("qc", "level"): "FEATURE_SELECT_LEVELS",
+}
+
+
+@pytest.mark.parametrize(("command", "option"), sorted(CHOICES))
+def test_help_shows_the_choices_of_an_option(command: str, option: str, capsys: pytest.CaptureFixture[str]) -> None:
+    import cytoprofile.vocabulary as vocabulary
+
+    values = getattr(vocabulary, CHOICES[(command, option)])
+    (param,) = [p for p in _group().commands[command].params if p.name == option]
+    flat = " ".join(_help([command, "--help"], capsys).split())
+    shown = "[" + "|".join(values) + "]"
+    assert f"{param.opts[0]} {shown}" in flat, f"{command} {param.opts[0]}: choices {shown} not shown"
+
+
+def test_defaults_are_shown_one_way(capsys: pytest.CaptureFixture[str]) -> None:
+    """A default is shown in brackets (``[default: 5.0]``), never in the help's prose as ``(default 5)``."""
+    problems = []
+    for name, cmd in _group().commands.items():
+        for param in cmd.params:
+            if re.search(r"\(default:? \d", " ".join((getattr(param, "help", None) or "").split())):
+                problems.append(f"{name} --{param.name}: default in prose: {param.help!r}")
+    assert not problems, "\n".join(problems)
+
+
 #: options left unset by default whose unset value is not "off" ("*": in every command): the help says what it means
 SAYS_ITS_DEFAULT = {
     ("*", "float_format"): "default: full precision", ("run", "jobs"): "default: the config's executor.jobs",

@@ -334,16 +334,13 @@ def test_quality_control_writes_outputs(qc_workspace, tmp_path: Path) -> None:
     assert sorted(p.name for p in (qc_dir / "heatmap" / "B1" / "BIG").iterdir()) == ["BIG_cell_count.png"]
     assert result.replication is not None and 40 <= result.replication["percent"] <= 60
     assert not list(qc_dir.rglob("*.tmp"))
-    # A re-run lists exactly its plates for this batch and keeps other batches' rows.
+    # A re-run replaces this run's rows and keeps other plates' and batches' (per-plate runs build one table).
     extra = summary.iloc[[0]].assign(Batch_Name="A0")
     pd.concat([extra, summary]).to_csv(qc_dir / "summary" / "summary.tsv", sep="\t", index=False)
     qc.quality_control(root, "B1", ["P1"], heatmaps=False, report=False)
-    again = pd.read_csv(qc_dir / "summary" / "summary.tsv", sep="\t", dtype={"Plate_Name": str})
-    assert list(zip(again["Batch_Name"], again["Plate_Name"], strict=True)) == [("A0", "BIG"), ("B1", "P1")]
-    qc.quality_control(root, "B1", ["P1", "P2"], heatmaps=False, report=False)
-    again = pd.read_csv(qc_dir / "summary" / "summary.tsv", sep="\t", dtype={"Plate_Name": str})
-    assert list(zip(again["Batch_Name"], again["Plate_Name"], strict=True)) == [("A0", "BIG"), ("B1", "P1"),
-                                                                                ("B1", "P2")]
+    again = pd.read_csv(qc_dir / "summary" / "summary.tsv", sep="\t")
+    assert len(again) == 4
+    assert list(again["Batch_Name"]) == ["A0", "B1", "B1", "B1"]
 
 
 def test_quality_control_missing_load_data_is_an_input_error(tmp_path: Path) -> None:
@@ -444,3 +441,34 @@ def test_quality_control_with_nothing_to_draw_is_refused(tmp_path: Path) -> None
         augmented.unlink()
     with pytest.raises(InputError, match="no profiles to check"):
         qc.quality_control(root, "B1", ["P1", "P2"], level="plate", n_null=100)
+
+
+def test_quality_control_reads_each_input_once_and_computes_the_position_effect_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from collections import Counter
+
+    from cytoprofile import io as cpio
+    from cytoprofile.qc import driver, metrics
+
+    root = tmp_path / "ws"
+    plates = write_workspace(root)
+    reads: Counter[str] = Counter()
+    effects: Counter[str] = Counter()
+    read_table, position_effect = cpio.read_table, metrics.position_effect
+
+    def counting_read(path, *args, **kwargs):  # type: ignore[no-untyped-def]
+        reads[str(path)] += 1
+        return read_table(path, *args, **kwargs)
+
+    def counting_effect(rows, *args, **kwargs):  # type: ignore[no-untyped-def]
+        effects[str(rows["Metadata_Plate"].iloc[0])] += 1
+        return position_effect(rows, *args, **kwargs)
+
+    monkeypatch.setattr(cpio, "read_table", counting_read)
+    for module in (driver, qc.figures):
+        monkeypatch.setattr(module, "position_effect", counting_effect)
+    qc.quality_control(root, "B1", plates, n_null=100)
+    load_data = {p: n for p, n in reads.items() if "load_data" in p}
+    assert load_data and set(load_data.values()) == {1}, load_data
+    assert [p for p, n in reads.items() if n > 1] == [], reads
+    assert effects and set(effects.values()) == {1}, effects

@@ -58,3 +58,22 @@ def test_rerun_without_the_map_panel_removes_its_tables_on_s3(s3_endpoint: str, 
     qc.quality_control(url, "B1", plates, n_null=100, heatmaps=False, report=False)
     assert not io.list_files(folder)
     io.configure_storage(None)
+
+
+def test_error_of_a_url_workspace_names_the_url(s3_endpoint: str, tmp_path: Path) -> None:
+    make_bucket(s3_endpoint, "qcurlerror")
+    local = tmp_path / "ws"
+    write_workspace(local)
+    for path in (local / "load_data_csv" / "B1" / "P1").iterdir():
+        path.unlink()  # P1's load_data is gone: QC refuses naming its folder
+    url = "s3://qcurlerror/ws"
+    upload_tree(local, url)
+    io.configure_storage(io.storage_options(endpoint_url=s3_endpoint) | {"use_listings_cache": False})
+    from cytoprofile.errors import InputError
+
+    with pytest.raises(InputError) as caught:
+        qc.quality_control(url, "B1", ["P1", "P2"], n_null=100, report=False, heatmaps=False)
+    io.configure_storage(None)
+    message = str(caught.value)
+    assert f"{url}/load_data_csv/B1/P1" in message and str(tmp_path) not in message, message
+    assert "/tmp" not in message.replace(url, ""), message

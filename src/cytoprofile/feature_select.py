@@ -174,7 +174,7 @@ def _pairwise_pearson_nan(rows: pd.DataFrame, names: Sequence[str]) -> np.ndarra
         sx += xc.T @ m  # [i, j]: sum of x_i where x_j present
         sxx += (xc * xc).T @ m
         sxy += xc.T @ xc
-    out = np.empty((d, d))
+    out = sxy  # each row block of the result overwrites its own rows of sxy, read only for that block
     for i0 in range(0, d, _BLOCK):
         sl = slice(i0, min(i0 + _BLOCK, d))
         sx_i, sx_j, sxx_i, sxx_j = sx[sl], sx[:, sl].T, sxx[sl], sxx[:, sl].T

@@ -26,16 +26,22 @@ from rich.text import Text
 from typer.core import TyperGroup
 
 from .. import __version__
+from ..vocabulary import AGGREGATE_OPERATIONS, PLATES_WITHOUT_CONTROLS
 
 __all__ = [
     "DEFAULT_IMAGE_FEATURE_CATEGORIES", "AddImageFeaturesOpt", "AggregateCompartmentsOpt", "AggregateOperationOpt", "CompartmentFeaturesOpt", "ImageFeaturesOpt", "OutputArg", "ProfilesArg", "SeedOpt", "StrataOpt", "SPHERING_GRID", "CompartmentsOpt", "ConnectTimeoutOpt", "EndpointOpt",
     "FeaturePrefixOpt", "FeaturesOpt", "FloatFormatOpt", "HubOpt", "NoControlsOpt", "NoSignOpt", "PlateColumnOpt",
     "ProfileOpt", "QuietOpt", "ReadTimeoutOpt", "ReferenceOpt", "RetriesOpt", "TmpDirOpt", "app",
-    "check_float_format", "configure_storage", "console", "feature_args", "log", "plate_progress",
+    "check_float_format", "configure_storage", "one_of", "console", "feature_args", "log", "plate_progress",
     "setup_logging", "split_values", "timed",
 ]
 
 _PLACEHOLDERS = {str: "TEXT", int: "INTEGER", float: "NUMBER", Path: "PATH"}
+
+
+def one_of(values: typing.Sequence[str]) -> str:
+    """The placeholder of an option taking one of ``values``: ``[median|mean]``, so help shows them."""
+    return "[" + "|".join(values) + "]"
 
 
 class _Group(TyperGroup):
@@ -258,14 +264,14 @@ SeedOpt = Annotated[int, typer.Option(help="Random seed.")]
 ProfilesArg = Annotated[str, typer.Argument(help="Per-well profiles.")]
 OutputArg = Annotated[str, typer.Argument(help="Output table.")]
 # the per-well aggregation collate and aggregate share
-AggregateOperationOpt = Annotated[str, typer.Option(help="median or mean.")]
+AggregateOperationOpt = Annotated[str, typer.Option(metavar=one_of(AGGREGATE_OPERATIONS), help="median or mean.")]
 AggregateCompartmentsOpt = Annotated[list[str], typer.Option(help="Object tables to aggregate.")]
 AddImageFeaturesOpt = Annotated[bool, typer.Option("--image-features/--no-image-features", help="Add image features.")]
 StrataOpt = Annotated[list[str], typer.Option(help="Columns that define a profile.")]
 FeaturePrefixOpt = Annotated[list[str] | None, typer.Option("--feature-prefix", "--feature-prefixes", help="Infer features by these name prefixes (e.g. PC, or a deep-learning model's); default Cells, Cytoplasm, Nuclei.")]
 PlateColumnOpt = Annotated[str, typer.Option(help="Column naming the plate.")]
 ReferenceOpt = Annotated[str, typer.Option(help="Reference wells for per-plate statistics: all, or a query.")]
-NoControlsOpt = Annotated[str, typer.Option(help="Plates without reference wells: error or drop (their wells).")]
+NoControlsOpt = Annotated[str, typer.Option(metavar=one_of(PLATES_WITHOUT_CONTROLS), help="Plates without reference wells: error or drop (their wells).")]
 
 
 def feature_args(features: list[str] | None, feature_prefixes: list[str] | None) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import about
-from ..vocabulary import NEGCON_QUERY
+from ..vocabulary import NEGCON_QUERY, SPHERIZE_METHODS
 from .common import (
     SPHERING_GRID,
     FeaturePrefixOpt,
@@ -23,6 +23,7 @@ from .common import (
     app,
     feature_args,
     log,
+    one_of,
     setup_logging,
     split_values,
     timed,
@@ -179,7 +180,7 @@ def sphere_cmd(
     profiles: Annotated[str, typer.Argument(help="Per-well profiles without missing values.")],
     output: OutputArg,
     samples: ReferenceOpt = NEGCON_QUERY,
-    method: Annotated[str, typer.Option(help="PCA, ZCA, PCA-cor or ZCA-cor.")] = "ZCA-cor",
+    method: Annotated[str, typer.Option(metavar=one_of(SPHERIZE_METHODS), help="PCA, ZCA, PCA-cor or ZCA-cor.")] = "ZCA-cor",
     epsilon: Annotated[list[float], typer.Option(help="Regularization; repeat to choose the best by mAP.")] = list(SPHERING_GRID),
     pert_column: Annotated[str, typer.Option(help="Perturbation column for the mAP choice.")] = "Metadata_broad_sample",
     neg_sameby: Annotated[list[str], typer.Option(help="Negative controls must share these columns.")] = ["Metadata_Plate"],

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ..vocabulary import NEGCON_QUERY
+from ..vocabulary import FEATURE_SELECT_LEVELS, NEGCON_QUERY
 from .common import (
     ConnectTimeoutOpt,
     EndpointOpt,
@@ -21,6 +21,7 @@ from .common import (
     app,
     configure_storage,
     console,
+    one_of,
     plate_progress,
     setup_logging,
     split_values,
@@ -42,9 +43,9 @@ def run(
     profile: ProfileOpt = None,
     endpoint_url: EndpointOpt = None,
     no_sign_request: NoSignOpt = False,
-    connect_timeout: Annotated[float | None, typer.Option(help="Seconds to wait for a connection to S3 or the Dask scheduler (default 5).")] = None,
-    read_timeout: Annotated[float | None, typer.Option(help="Seconds to wait for an answer from S3 or the Dask scheduler (default 15).")] = None,
-    retries: Annotated[int | None, typer.Option(help="Retries of a failed S3 request (default 2).")] = None,
+    connect_timeout: Annotated[float | None, typer.Option(help="Seconds to wait for a connection to S3 or the Dask scheduler.", show_default="the config's options.connect_timeout, else 5.0")] = None,
+    read_timeout: Annotated[float | None, typer.Option(help="Seconds to wait for an answer from S3 or the Dask scheduler.", show_default="the config's options.read_timeout, else 15.0")] = None,
+    retries: Annotated[int | None, typer.Option(help="Retries of a failed S3 request (throttling, server errors, timeouts).", show_default="the config's options.retries, else 2")] = None,
     quiet: QuietOpt = False,
     allow_unknown_keys: Annotated[bool, typer.Option(
         help="Ignore config keys that look like misspellings of known keys (a warning, not an error).")] = False,
@@ -93,7 +94,7 @@ def qc(
     workspace: Annotated[str, typer.Argument(help="Folder holding profiles/, load_data_csv/, backend/.")],
     batch: Annotated[str, typer.Argument(help="Batch name.")],
     plates: Annotated[list[str], typer.Argument(help="Plates.")],
-    level: Annotated[str | None, typer.Option(help="Feature-selection level to read: plate, batch or all (default: the first of all, batch, plate found).")] = None,
+    level: Annotated[str | None, typer.Option(metavar=one_of(FEATURE_SELECT_LEVELS), help="Feature-selection level to read: plate, batch or all (default: the first of all, batch, plate found).")] = None,
     replicate_column: Annotated[str | None, typer.Option(help="Column naming the treatment (default: the first present of Metadata_broad_sample, Metadata_pert_iname, …).")] = None,
     tmp_dir: TmpDirOpt = None,
     profile: ProfileOpt = None,

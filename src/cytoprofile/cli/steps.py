@@ -8,7 +8,16 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import InputError, about
-from ..vocabulary import DEFAULT_COMPARTMENTS, DEFAULT_STRATA, NONE_WORDS
+from ..vocabulary import (
+    CONSENSUS_OPERATIONS,
+    CORRELATION_METHODS,
+    DEFAULT_COMPARTMENTS,
+    DEFAULT_STRATA,
+    NONE_WORDS,
+    NORMALIZE_METHODS,
+    SPHERIZE_METHODS,
+    UNMATCHED_WELLS,
+)
 from .common import (
     DEFAULT_IMAGE_FEATURE_CATEGORIES,
     AddImageFeaturesOpt,
@@ -25,6 +34,7 @@ from .common import (
     app,
     check_float_format,
     log,
+    one_of,
     setup_logging,
     split_values,
     timed,
@@ -115,7 +125,7 @@ def annotate(
     join_on: Annotated[list[str], typer.Option(help="Plate map column, profile column.")] = ["Metadata_well_position", "Metadata_Well"],
     external: Annotated[str | None, typer.Option(help="External metadata file (.tsv) to merge.")] = None,
     merge_column: Annotated[str | None, typer.Option(help="Key column shared by the plate map and the external metadata.")] = None,
-    unmatched_wells: Annotated[str, typer.Option(help="Profile wells missing from the plate map: error, or drop (and say how many).")] = "error",
+    unmatched_wells: Annotated[str, typer.Option(metavar=one_of(UNMATCHED_WELLS), help="Profile wells missing from the plate map: error, or drop (and say how many).")] = "error",
     compartments: CompartmentsOpt = None,
     float_format: FloatFormatOpt = None,
     quiet: QuietOpt = False,
@@ -141,13 +151,13 @@ def annotate(
 def normalize(
     profiles: Annotated[str, typer.Argument(help="Annotated profiles.")],
     output: Annotated[str, typer.Argument(help="Normalized output table.")],
-    method: Annotated[str, typer.Option(help="standardize (the default, as pycytominer's), robustize, mad_robustize, spherize or inverse_normal.")] = "standardize",
+    method: Annotated[str, typer.Option(metavar=one_of(NORMALIZE_METHODS), help="standardize (the default, as pycytominer's), robustize, mad_robustize, spherize or inverse_normal.")] = "standardize",
     samples: Annotated[str, typer.Option(help="Wells to fit on: all, or a query such as \"Metadata_control_type == 'negcon'\".")] = "all",
     sample_filter: Annotated[list[str] | None, typer.Option(metavar="COLUMN=VALUE[,VALUE]", help="Fit on wells where COLUMN=VALUE[,VALUE] (repeatable).")] = None,
     features: FeaturesOpt = None,
     image_features: ImageFeaturesOpt = False,
     mad_robustize_epsilon: Annotated[float, typer.Option(help="ε added to the scaled MAD.")] = 1e-18,
-    spherize_method: Annotated[str, typer.Option(help="PCA, ZCA, PCA-cor or ZCA-cor.")] = "ZCA-cor",
+    spherize_method: Annotated[str, typer.Option(metavar=one_of(SPHERIZE_METHODS), help="PCA, ZCA, PCA-cor or ZCA-cor.")] = "ZCA-cor",
     spherize_epsilon: Annotated[float, typer.Option(help="Spherize regularization.")] = 1e-6,
     min_cells: Annotated[int | None, typer.Option(help="Fit only on wells with at least this many cells (default: every well).")] = None,
     compartments: CompartmentsOpt = None,
@@ -180,7 +190,7 @@ def feature_select(
     unique_cut: Annotated[float, typer.Option(help="frequency test: distinct values / rows.")] = 0.01,
     outlier_cutoff: Annotated[float, typer.Option(help="drop_outliers: largest |value| kept.")] = 500,
     blocklist_file: Annotated[str | None, typer.Option(help="blocklist: a file of features (default: the standard list).")] = None,
-    corr_method: Annotated[str, typer.Option(help="correlation_threshold: pearson, spearman or kendall.")] = "pearson",
+    corr_method: Annotated[str, typer.Option(metavar=one_of(CORRELATION_METHODS), help="correlation_threshold: pearson, spearman or kendall.")] = "pearson",
     min_variance: Annotated[float, typer.Option(help="variance_threshold with --variance-threshold-meaning variance: smallest variance kept.")] = 1e-6,
     noise_removal_perturb_groups: Annotated[str | None, typer.Option(help="noise_removal: the column naming each well's perturbation group (needed by noise_removal).")] = None,
     noise_removal_stdev_cutoff: Annotated[float | None, typer.Option(help="noise_removal: largest mean within-group standard deviation kept (needed by noise_removal).")] = None,
@@ -208,7 +218,7 @@ def consensus(
     profiles: Annotated[str, typer.Argument(help="Profiles to summarise.")],
     output: OutputArg,
     replicate_columns: Annotated[list[str], typer.Option(help="Columns that define a replicate group.")] = ["Metadata_Plate", "Metadata_Well"],
-    operation: Annotated[str, typer.Option(help="median, mean or modz.")] = "median",
+    operation: Annotated[str, typer.Option(metavar=one_of(CONSENSUS_OPERATIONS), help="median, mean or modz.")] = "median",
     features: CompartmentFeaturesOpt = None,
     compartments: CompartmentsOpt = None,
     image_features: ImageFeaturesOpt = False,
@@ -258,7 +268,7 @@ def validate_metadata(
     external_metadata: Annotated[str | None, typer.Option("--external", help="External metadata file to check too.")] = None,
     merge_column: Annotated[str | None, typer.Option(help="Its key column.")] = None,
     profile_files: Annotated[list[str] | None, typer.Option("--profiles", help="Per-well profiles whose wells to check against their plate maps (repeatable; plates from Metadata_Plate).")] = None,
-    unmatched_wells: Annotated[str, typer.Option(help="Profile wells missing from the plate map: error, or drop (a warning).")] = "error",
+    unmatched_wells: Annotated[str, typer.Option(metavar=one_of(UNMATCHED_WELLS), help="Profile wells missing from the plate map: error, or drop (a warning).")] = "error",
 ) -> None:
     """Check barcode map, plate maps and external metadata, naming each fault."""
     from ..metadata import validate_metadata as _validate

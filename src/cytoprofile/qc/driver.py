@@ -92,6 +92,8 @@ class _Plate:
     selected: pd.DataFrame | None
     not_in_platemap: list[str] | None = None  # None: annotate's record of them is absent (unknown)
     imaged: list[str] | None = None
+    load_data: pd.DataFrame | None = None  # read once: the summary and the imaged wells both use it
+    load_data_path: str | None = None
 
 
 def _first_table(folder: str, stems: Sequence[str]) -> str | None:
@@ -166,6 +168,11 @@ def _read_plate(where: QualityControlLayout, batch: str, plate: str, level: str 
     report_path = where.report_json(batch, plate)
     per_well_path = _first_table(folder, [plate + Layout.annotated_stem(), plate])
     selected_path = _first_table(folder, _selected_stems(plate, negcon=False, level=level))
+    try:
+        load_path: str | None = _load_data_path(where, batch, plate)
+    except InputError:
+        load_path = None  # the summary refuses it (if asked for); the figures go without
+    load_data = cpio.read_table(load_path) if load_path else None
     return _Plate(
         name=plate,
         folder=folder,
@@ -173,7 +180,9 @@ def _read_plate(where: QualityControlLayout, batch: str, plate: str, level: str 
         per_well=cpio.read_table(per_well_path) if per_well_path else None,
         selected=cpio.read_table(selected_path) if selected_path else None,
         not_in_platemap=_dropped_wells(per_well_path),
-        imaged=_imaged_wells(where, batch, plate),
+        imaged=_imaged_wells(load_data),
+        load_data=load_data,
+        load_data_path=load_path,
     )
 
 
@@ -206,13 +215,9 @@ def _dropped_wells(per_well_path: str | None) -> list[str] | None:
     return [normal_well(w) for w in dropped]
 
 
-def _imaged_wells(where: QualityControlLayout, batch: str, plate: str) -> list[str] | None:
+def _imaged_wells(frame: pd.DataFrame | None) -> list[str] | None:
     """The wells load_data imaged (``Metadata_Well``), or ``None`` without such a file or column."""
-    try:
-        frame = cpio.read_table(_load_data_path(where, batch, plate))
-    except InputError:
-        return None
-    if "Metadata_Well" not in frame.columns:
+    if frame is None or "Metadata_Well" not in frame.columns:
         return None
     return sorted({normal_well(w) for w in frame["Metadata_Well"].dropna().astype(str)})
 
@@ -307,7 +312,7 @@ def quality_control(
     if summary:
         result.summary_path = where.summary()
         with _locked(result.summary_path):
-            result.summary = update_summary(_other_batches(read_summary(result.summary_path), batch), rows)
+            result.summary = update_summary(read_summary(result.summary_path), rows)
             cpio.write_table(result.summary, result.summary_path)
     _replication(result, frames, features, replicate_column=replicate_column, negcon_column=negcon_column,
                  negcon_value=negcon_value, n_null=n_null, seed=seed)
@@ -317,14 +322,6 @@ def quality_control(
     if report:
         _write_report(result, where, batch, rows, figures, inputs, description)
     return result
-
-
-def _other_batches(existing: pd.DataFrame | None, batch: str) -> pd.DataFrame | None:
-    """An earlier summary without ``batch``'s rows: the batch's rows are exactly this run's
-    plates (a plate left out of this run is no longer listed); other batches' rows stay."""
-    if existing is None or "Batch_Name" not in existing.columns:
-        return existing
-    return existing.loc[existing["Batch_Name"].astype(str) != str(batch)].reset_index(drop=True)
 
 
 def _plate_outputs(plate: _Plate, frame: pd.DataFrame | None, result: QualityControlResult,
@@ -355,7 +352,12 @@ def _at_url(where: QualityControlLayout, batch: str, plates: list[str], *, tmp_d
     with scratch_dir(tmp_dir, "qc") as scratch:
         stage(where.root, scratch, [relative_to(path, where.root) for path in folders])
         with _named_at(scratch, where.root):
-            result = quality_control(scratch, batch, plates, **options)
+            try:
+                result = quality_control(scratch, batch, plates, **options)
+            except CytoprofileError as exc:  # the user knows the URL, not our copy
+                if scratch not in str(exc):
+                    raise
+                raise type(exc)(str(exc).replace(scratch, where.root.rstrip("/"))) from exc
         publish(scratch, where.root, files_under(replace(where, root=scratch).outputs(), scratch))
         for plate, made in result.heatmaps.items():  # the scratch copy held no earlier figures
             _remove_stale_heatmaps(set(made), where, batch, plate)
@@ -481,9 +483,10 @@ def _warn_missing_qc_profiles(inputs: Sequence[_Plate], found: dict[str, str], l
 
 def _summary_row(where: QualityControlLayout, batch: str, plate: _Plate,
                  well_columns: Sequence[str] | None) -> dict[str, Any]:
-    load_path = _load_data_path(where, batch, plate.name)
+    load_path = plate.load_data_path or _load_data_path(where, batch, plate.name)  # refused, naming what it lacks
+    load_data = plate.load_data if plate.load_data is not None else cpio.read_table(load_path)
     return summarize_plate(
-        batch=batch, plate=plate.name, load_data=cpio.read_table(load_path), profiles=plate.per_well,
+        batch=batch, plate=plate.name, load_data=load_data, profiles=plate.per_well,
         report=plate.report, selected_profiles=plate.selected, well_columns=well_columns, source=load_path,
         not_in_platemap=plate.not_in_platemap,
     )
@@ -523,10 +526,11 @@ def _plate_figures(
     out["correlation"] = figure_png(correlation_figure(
         qc_frame, plate=plate.name, features=features, replicate_column=replicate_column, source=source,
     ), dpi=dpi)
+    effect = position_effect(plate_rows(qc_frame, plate.name), features=features)  # once: the figure and the note
     out["position_effect"] = figure_png(
-        position_effect_figure(qc_frame, plate=plate.name, features=features, source=source), dpi=dpi
+        position_effect_figure(qc_frame, plate=plate.name, features=features, source=source, effect=effect), dpi=dpi
     )
-    note = position_effect_note(position_effect(plate_rows(qc_frame, plate.name), features=features))
+    note = position_effect_note(effect)
     if note:
         result.figure_notes.setdefault(plate.name, {})["position_effect"] = f"Position effect {note}."
     return out

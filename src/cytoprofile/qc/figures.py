@@ -349,10 +349,14 @@ def position_effect_figure(
     quantile: float = 0.95,
     shape: tuple[int, int] | None = None,
     source: str | None = None,
+    effect: pd.DataFrame | None = None,
 ) -> Figure:
-    """:func:`~cytoprofile.qc.metrics.position_effect` on the plate grid, with its chance level marked."""
+    """:func:`~cytoprofile.qc.metrics.position_effect` on the plate grid, with its chance level marked.
+
+    ``effect``: that table when already computed for ``profiles`` (it is not computed again)."""
     rows = plate_rows(profiles, plate)
-    effect = position_effect(rows, features=features, quantile=quantile)
+    if effect is None:
+        effect = position_effect(rows, features=features, quantile=quantile)
     shape = shape or plate_layout(effect["Metadata_Well"])
     grid = _plate_grid(dict(zip(effect["Metadata_Well"], effect["Position_Effect"], strict=True)), shape)
     chance = float(effect.attrs["chance"])
