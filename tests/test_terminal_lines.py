@@ -272,3 +272,15 @@ def test_record_on_a_terminal_keeps_each_path_whole(tmp_path: Path, depth: int, 
     assert all(len(line) <= WIDTH or " " not in line.strip() for line in lines), lines
     for word in (path, other):
         assert any(word in line for line in lines), (word, lines)
+
+
+@pytest.mark.parametrize("stdin", ["devnull", "pipe"])
+def test_a_run_without_a_terminal_on_stdin_is_not_a_crash(tmp_path: Path, stdin: str) -> None:
+    """nohup, cron, a batch scheduler or ``< /dev/null``: stdin is no terminal, so there is no
+    echo to turn off; the command goes on (it crashed, exit 3, on the terminal-settings call)."""
+    missing = tmp_path / "config.yml"
+    feed = {"stdin": subprocess.DEVNULL} if stdin == "devnull" else {"input": ""}
+    done = subprocess.run([sys.executable, "-m", "cytoprofile", "run", str(missing)], **feed,  # type: ignore[call-overload]
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(SRC)})
+    assert done.returncode == 1, done.stderr
+    assert "internal error" not in done.stderr and str(missing) in done.stderr

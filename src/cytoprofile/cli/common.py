@@ -208,27 +208,29 @@ def _no_control_echo() -> Iterator[None]:
     """While bars are drawn, the terminal does not echo ``^C``: the echo would move the
     cursor under the live display, which then redraws its last frame one line off and
     leaves a copy of a bar above the "interrupted" line."""
+    import os
     import sys
 
     try:
         import termios
-
-        fd = sys.stdin.fileno()
-        saved = termios.tcgetattr(fd)
-    except (ImportError, OSError, ValueError, AttributeError):  # no terminal (a pipe, Windows, pytest)
+    except ImportError:  # Windows
         yield
         return
-    quiet = list(saved)
-    quiet[3] &= ~termios.ECHOCTL
     try:
+        fd = sys.stdin.fileno()
+        if not os.isatty(fd):  # nohup, cron, a batch job, < /dev/null: no echo to turn off
+            raise OSError(fd, "not a terminal")
+        saved = termios.tcgetattr(fd)
+        quiet = list(saved)
+        quiet[3] &= ~termios.ECHOCTL
         termios.tcsetattr(fd, termios.TCSANOW, quiet)
-    except OSError:
+    except (OSError, ValueError, AttributeError, termios.error):  # stdin closed or replaced (pytest)
         yield
         return
     try:
         yield
     finally:
-        with suppress(OSError):
+        with suppress(OSError, termios.error):
             termios.tcsetattr(fd, termios.TCSANOW, saved)
 
 
