@@ -628,13 +628,17 @@ def test_reserved_table_names_are_not_stored_and_named(tmp_path: Path, name: str
     assert entry["tables"] == [] and "reserves" in entry["not_stored"]
 
 
-def test_object_column_named_table_number_quarantines(tmp_path: Path) -> None:
-    plate_dir = faults.small_plate(tmp_path, wells=1)
+@pytest.mark.parametrize("table", ["Cells", "Image"])
+def test_a_column_named_table_number_quarantines(tmp_path: Path, table: str) -> None:
+    """The backend adds TableNumber to every table: a column of that name in an object file or in
+    Image.csv quarantines the site (in Image.csv it crashed the plate, exit 3)."""
+    plate_dir = faults.small_plate(tmp_path, wells=2)
     folder = faults.site(plate_dir, "A01", 1)
-    header = faults.read_rows(folder / "Cells.csv")[0]
-    faults.rename_column(folder, "Cells", header[-1], "TableNumber")
+    header = faults.read_rows(folder / f"{table}.csv")[0]
+    faults.rename_column(folder, table, header[-1], "TableNumber")
     result = _collate(tmp_path, plate_dir)
     assert "reserves for the site key" in _sites(result)[folder.name]["reason"]
+    assert {s["status"] for name, s in _sites(result).items() if name != folder.name} == {"ok"}
 
 
 def test_columns_differing_only_in_case(tmp_path: Path) -> None:

@@ -8,6 +8,8 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from matplotlib.collections import PathCollection
 from matplotlib.patches import Rectangle
 
@@ -210,10 +212,17 @@ def test_correlation_matrix_is_ordered_by_treatment() -> None:
     ("value", "text"),
     [(0.0004, "0.0004"), (0.000123456, "0.000123"), (0.00049, "0.00049"), (1.234e-7, "1.23e-07"),
      (0.5, "0.5"), (0.1234567, "0.123"), (1234.5678, "1234.568"), (12345.0, "12,345"), (3.0, "3"),
-     (-0.000251, "-0.000251"), (math.nan, ""), (math.inf, "inf")],
+     (-0.000251, "-0.000251"), (math.nan, ""), (math.inf, "inf"),
+     (0.9995, "0.9995"), (0.99999, "0.99999"), (2.0004, "2.0004"), (-0.99996, "-0.99996")],
 )
 def test_format_number_keeps_significant_digits(value: float, text: str) -> None:
     assert qc.format_number(value) == text
+
+
+@given(st.floats(min_value=-1e6, max_value=1e6, allow_nan=False).filter(lambda x: not float(x).is_integer()))
+def test_format_number_never_prints_a_fraction_as_a_whole_number(value: float) -> None:
+    """A correlation of 0.9996 must not read as 1 (a perfect correlation)."""
+    assert "." in qc.format_number(value) or "e" in qc.format_number(value)
 
 
 def test_format_number_never_prints_a_bare_zero_for_a_small_number() -> None:

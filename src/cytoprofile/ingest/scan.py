@@ -389,7 +389,7 @@ def _check_header(scan: SiteScan, table: str, source: Source) -> None:
         _set_aside(scan, table, source, _not_a_table(table, header))
         return
     _dedupe(source, table, scan)
-    if table != IMAGE_TABLE and any(c.lower() == "tablenumber" for c in source.header):
+    if any(c.lower() == "tablenumber" for c in source.header):  # the backend adds it to every table
         scan.quarantine(f"{source.name} has a column named TableNumber, which the backend reserves for the site key", source.path)
         return
     clash = case_clash(source.header)

@@ -14,7 +14,8 @@ def format_number(value: Any, *, digits: int = 3, decimals: int = 3) -> str:
     Whole numbers print exactly (with thousands separators from 10,000). Other numbers
     keep at least ``decimals`` decimals and at least ``digits`` significant digits, so
     0.000123 prints as ``0.000123`` (not ``0.``) and 1234.5678 as ``1234.568``; below
-    1e-4 they print in scientific notation (``1.23e-05``). NaN prints as an empty
+    1e-4 they print in scientific notation (``1.23e-05``). A fraction never prints as a whole
+    number: 0.9996 is ``0.9996``, not ``1``. NaN prints as an empty
     string, infinities as ``inf`` / ``-inf``.
     """
     number = float(value)
@@ -28,5 +29,8 @@ def format_number(value: Any, *, digits: int = 3, decimals: int = 3) -> str:
     if size < 1e-4:
         return f"{number:.{digits}g}"
     places = max(decimals, digits - 1 - math.floor(math.log10(size)))
-    text = f"{number:.{places}f}"
-    return text.rstrip("0").rstrip(".") if "." in text else text
+    text = f"{number:.{places}f}".rstrip("0").rstrip(".")
+    while "." not in text and places < 20:  # a fraction never reads as a whole number (0.9996 as 1)
+        places += 1
+        text = f"{number:.{places}f}".rstrip("0").rstrip(".")
+    return text
