@@ -109,6 +109,28 @@ def test_a_site_in_two_database_runs_is_left_out_from_both(tmp_path: Path, well:
         assert conn.execute("SELECT COUNT(*) FROM Image WHERE Metadata_Well = 'A01' AND Metadata_Site = 1").fetchone() == (0,)
 
 
+@pytest.mark.parametrize("given", ["folder and file", "file twice", "link to the file"])
+def test_a_database_file_given_twice_is_read_once(tmp_path: Path, given: str) -> None:
+    """``--export-db DIR --export-db DIR/run1.sqlite``: one file, read once (it was refused as two files
+    "both named" alike, although it is one)."""
+    db_ws, files = _db_plate(tmp_path)
+    first = Path(files[0])
+    if given == "link to the file":
+        (tmp_path / "link.sqlite").symlink_to(first)
+    sources = {"folder and file": [first.parent, first], "file twice": [*files, first],
+               "link to the file": [*files, tmp_path / "link.sqlite"]}[given]
+    result = collate_export(db_ws, BATCH, PLATE, sources=sources)
+    assert result.status == "done", result.message
+    expected = collate_export(db_ws, BATCH, PLATE, sources=files, overwrite=True)
+    report = json.loads(Path(expected.outputs["report"]).read_text())
+    assert report["export_database"]["rows"] == json.loads(Path(result.outputs["report"]).read_text())["export_database"]["rows"]
+    images = 0
+    for path in files:
+        with sqlite3.connect(path) as conn:
+            images += conn.execute("SELECT COUNT(*) FROM Per_Image").fetchone()[0]
+    assert report["export_database"]["rows"]["Image"]["read"] == images  # each file's images once
+
+
 # --- A2: an extra object table absent where Image.csv counts its objects --------------------------------
 
 

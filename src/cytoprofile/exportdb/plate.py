@@ -32,6 +32,16 @@ if TYPE_CHECKING:
 __all__ = ["collate_export"]
 
 
+def _once(paths: list[str]) -> list[str]:
+    """``paths`` with a file given twice (a folder and a file in it, a link to it) read once."""
+    seen: dict[str, str] = {}
+    for path in paths:
+        seen.setdefault(os.path.realpath(path), path)
+    if len(seen) < len(paths):
+        log.info("ExportToDatabase: %d file(s) given more than once, read once", len(paths) - len(seen))
+    return list(seen.values())
+
+
 def _fingerprint(paths: Sequence[str], root: str) -> list[list[Any]]:
     out = []
     for p in sorted(paths):
@@ -80,7 +90,7 @@ def collate_export(
     root = str(ws)
     if options.get("aggregate_only"):
         return collate_plate(root, batch, plate, **options)  # the backend exists: nothing to read from the files
-    paths = [f for s in sources for f in find_export_files(s)] if sources else discover_export_files(root, batch, plate)
+    paths = _once([f for s in sources for f in find_export_files(s)]) if sources else discover_export_files(root, batch, plate)
     if not paths:
         raise InputError(f"{Workspace(root).analysis_plate(batch, plate)}: no ExportToDatabase files (*.sqlite) found; "
                          "give them with --export-db")
