@@ -580,6 +580,21 @@ def test_real_fixtures_rows_accounted(tmp_path: Path, shared_data: Path, real: s
     faults.assert_rows_accounted(result, plate_dir)
 
 
+@pytest.mark.parametrize(("files", "given"), [("", "Foo_"), ("Run7_", "Foo_"), ("Run7_", "Run_")])
+def test_a_wrong_file_prefix_is_named_as_the_file_missing(tmp_path: Path, files: str, given: str,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """``--file-prefix Foo_`` where the files are named otherwise: the message names ``Foo_Image.csv`` and the
+    Image file that is there (it said "Image.csv is missing" of a folder holding Image.csv)."""
+    from cytoprofile.cli import main
+
+    plate_dir = faults.small_plate(tmp_path, wells=1)
+    for folder in sorted(plate_dir.iterdir()):
+        faults.rename_files(folder, lambda n: f"{files}{n}")
+    assert main(["collate", str(tmp_path), faults.BATCH, faults.PLATE, "--file-prefix", given, "-q"]) == 1
+    err = capsys.readouterr().err
+    assert f"{given}Image.csv is missing ({files}Image.csv is there: is --file-prefix '{given}' right?)" in err, err
+
+
 def test_cli_count_check_and_file_prefix(tmp_path: Path) -> None:
     from cytoprofile.cli import main
 

@@ -458,6 +458,17 @@ def _site_table_number(site_dir: str, image_bytes: bytes) -> int:
     return zlib.crc32(image_bytes) & 0xFFFFFFFF
 
 
+def _image_missing(site_dir: str, entries: list[str], file_prefix: str | None) -> tuple[str, str]:
+    """Why a site has no Image file, and the path expected: with a file prefix given, the prefixed name
+    (and, when an Image file of another prefix or none is there, a question about the prefix)."""
+    if not file_prefix:
+        return "Image.csv is missing", os.path.join(site_dir, "Image.csv")
+    wanted = f"{file_prefix}Image.csv"
+    others = [e for e in entries if e.lower().endswith(("image.csv", "image.csv.gz"))]
+    hint = f" ({others[0]} is there: is --file-prefix {file_prefix!r} right?)" if others else ""
+    return f"{wanted} is missing{hint}", os.path.join(site_dir, wanted)
+
+
 def _scan_one(site_dir: str, strata: Sequence[str], plate: str, file_prefix: str | None = None) -> SiteScan:
     name = os.path.basename(site_dir.rstrip("/"))
     scan = SiteScan(name=name, path=site_dir)
@@ -472,7 +483,7 @@ def _scan_one(site_dir: str, strata: Sequence[str], plate: str, file_prefix: str
         return scan
     _classify(scan, entries, file_prefix)
     if IMAGE_TABLE not in scan.sources:
-        scan.quarantine("Image.csv is missing", os.path.join(site_dir, "Image.csv"))
+        scan.quarantine(*_image_missing(site_dir, entries, file_prefix))
         return scan
     for table, source in list(scan.sources.items()):
         try:
