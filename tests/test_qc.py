@@ -472,3 +472,21 @@ def test_quality_control_reads_each_input_once_and_computes_the_position_effect_
     assert load_data and set(load_data.values()) == {1}, load_data
     assert [p for p, n in reads.items() if n > 1] == [], reads
     assert effects and set(effects.values()) == {1}, effects
+
+
+def test_one_plate_lacking_the_preferred_profiles_is_warned(qc_workspace, tmp_path: Path,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    """One plate without its negative-control normalized file: every plate falls back to the whole-plate
+    kind (one kind for all panels), and the terminal says so and names the plate (it was one word in the report)."""
+    original, _, _ = qc_workspace
+    root = Path(shutil.copytree(original, tmp_path / "ws"))
+    (root / "profiles" / "B1" / "P2" / "P2_normalized_feature_select_negcon_batch.csv.gz").unlink()
+    with caplog.at_level("WARNING", logger="cytoprofile"):
+        qc.quality_control(root, "B1", ["P1", "P2"], heatmaps=False, report=False, n_null=200)
+    said = [r.getMessage() for r in caplog.records if "for every plate" in r.getMessage()]
+    assert len(said) == 1 and "whole-plate normalized" in said[0] and "P2 lack(s)" in said[0], said
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="cytoprofile"):
+        qc.quality_control(shutil.copytree(original, tmp_path / "whole"), "B1", ["P1", "P2"], heatmaps=False,
+                           report=False, n_null=200)
+    assert not [r for r in caplog.records if "for every plate" in r.getMessage()]

@@ -230,6 +230,7 @@ def _qc_profiles(plates: Sequence[_Plate], level: str | None) -> tuple[str, dict
     first kind and level that the most plates have wins, so all plates share one kind.
     """
     best: tuple[str, dict[str, str]] = (_KINDS[0][1], {})
+    preferred: tuple[str, dict[str, str]] | None = None
     for negcon, description in _KINDS:
         for lvl in [level] if level else list(_LEVELS):
             found = {}
@@ -237,8 +238,15 @@ def _qc_profiles(plates: Sequence[_Plate], level: str | None) -> tuple[str, dict
                 path = _first_table(plate.folder, _selected_stems(plate.name, negcon=negcon, level=lvl))
                 if path:
                     found[plate.name] = path
+            if found and preferred is None:
+                preferred = (f"{description} ({lvl})", found)
             if len(found) > len(best[1]):
                 best = (description, found)
+    if preferred is not None and preferred[1] is not best[1]:
+        lacking = [p.name for p in plates if p.name not in preferred[1]]
+        log.warning("quality control uses %s profiles for every plate: %s lack(s) the %s profiles the other "
+                    "plate(s) have; run the recipe for them to compare like with like", best[0], ", ".join(lacking),
+                    preferred[0])
     return best
 
 
