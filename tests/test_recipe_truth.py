@@ -498,11 +498,31 @@ def test_every_command_carries_every_compartment_named(tmp_path: Path, command: 
     assert main([*args, "-q"]) == 0
     warned = "".join(capsys.readouterr().err.split())
     extra = [f for f in features if f.startswith(EXTRA)]
-    assert all(f in warned for f in extra) and "compartments" in warned, warned
+    assert all(f in warned for f in extra) and "--compartments" in warned, warned  # the command line's fix
     if command == "feature-select":  # kept as they are, not selected
         assert all(f in io.read_table(out).columns for f in extra) and not _sidecar(out)["features"]["dropped"]
     else:
         assert _sidecar(out)["features"]["dropped"] == dict.fromkeys(extra, "not_a_feature")
+
+
+@pytest.mark.parametrize("command", ["consensus", "write-gct"])
+def test_image_columns_left_out_name_the_image_features_flag(tmp_path: Path, command: str,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """Image_* columns a command leaves out are named with the flag that keeps them (the warning gave only
+    the Python keyword for compartments, which does not keep Image columns)."""
+    src = tmp_path / "in.csv"
+    _extra_table(src)
+    table = io.read_table(src)
+    table["Image_Intensity_MeanIntensity_DNA"] = np.linspace(1, 2, len(table))
+    io.write_table(table, src)
+    out = tmp_path / ("out.gct" if command == "write-gct" else "out.csv")
+    args = _extra_commands(src, out, tmp_path)[command]
+    assert main([*args, "-q"]) == 0
+    warned = " ".join(capsys.readouterr().err.split())
+    assert "Image_Intensity_MeanIntensity_DNA" in warned and "--image-features" in warned, warned
+    out.unlink()
+    assert main([*args, "--image-features", "-q"]) == 0
+    assert "Image_Intensity_MeanIntensity_DNA" not in _sidecar(out)["features"]["dropped"]
 
 
 def test_template_config_runs_on_a_synth_workspace_without_a_warning(tmp_path: Path,

@@ -588,6 +588,7 @@ def feature_select(
         log.warning(
             "feature_select: %d column(s) are neither metadata nor features of the compartments and "
             "are kept as they are, not selected: %s; name their compartment with compartments=[...] "
-            "to select them", len(unselected), shown,
+            "(--compartments on the command line, compartments: in a recipe block) to select them",
+            len(unselected), shown,
         )
     return profiles.drop(columns=list(dropped))

@@ -207,13 +207,26 @@ def report_account(account: FeatureAccount, on_account: AccountSink | None) -> N
         shown = ", ".join(lost[:5]) + (f" ... ({len(lost)} in all)" if len(lost) > 5 else "")
         log.warning(
             "%s: %d column(s) are neither metadata nor features of the compartments and are "
-            "left out: %s; name their compartment with compartments=[...] to keep them",
+            "left out: %s; %s",
             account.step,
             len(lost),
             shown,
+            _keep_hint(lost),
         )
     if on_account is not None:
         on_account(account)
+
+
+def _keep_hint(lost: Sequence[str]) -> str:
+    """How to keep columns a step left out, on the command line and in a recipe block."""
+    hints = []
+    if any(str(c).startswith("Image") for c in lost):
+        hints.append("keep Image* columns with image_features=True (--image-features on the command line, "
+                     "image_features: true in a recipe block)")
+    if any(not str(c).startswith("Image") for c in lost):
+        hints.append("name their compartment with compartments=[...] (--compartments on the command line, "
+                     "compartments: in a recipe block)")
+    return "; ".join(hints)
 
 
 def unprocessed_columns(
