@@ -210,9 +210,13 @@ def test_a_well_both_quarantined_and_dropped_is_left_out_once_and_marked_both_wa
     n, _, _ = _title_numbers(fig)
     only_lost = len(set(lost) - set(dropped))
     assert n + only_lost + len(dropped) == len(wells), title
-    said = re.search(r"\((?:(\d+) quarantined)?(?:, )?(?:(\d+) not in plate map)? left out\)", title)
+    said = re.search(r"\(left out: (?:(\d+) with quarantined sites)?(?:, )?(?:(\d+) not in plate map)?\)", title)
     assert said, title
     assert int(said[1] or 0) == only_lost and int(said[2] or 0) == len(dropped)
+    legend = [t.get_text() for t in fig.legends[0].get_texts()] if fig.legends else []
+    also = len(set(lost) & set(dropped))
+    quarantine_entry = next(t for t in legend if t.startswith("lost sites to quarantine"))
+    assert quarantine_entry.endswith(f"({also} also not in the plate map)") == bool(also), legend
     patches = fig.axes[0].patches
     both = set(lost) & set(dropped)
     hatched = [p for p in patches if p.get_hatch() == "/"]

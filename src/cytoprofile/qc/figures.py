@@ -164,10 +164,10 @@ def cell_count_figure(
     fig = _new_figure(_PLATE_FIGSIZE)
     stats = cells_per_well(rows, imaged=imaged, quarantined=lost, not_in_platemap=dropped)
     only_lost = set(lost) - set(dropped)  # a well both quarantined and dropped is left out once, as dropped
-    left_out = ", ".join(f"{n} {what}" for n, what in ((len(only_lost), "quarantined"), (len(dropped), "not in plate map"))
-                         if n)
+    left_out = ", ".join(f"{n} {what}" for n, what in ((len(only_lost), "with quarantined sites"),
+                                                       (len(dropped), "not in plate map")) if n)
     summary = (
-        f"wells counted: {stats['wells']}{f' ({left_out} left out)' if left_out else ''}, "
+        f"wells counted: {stats['wells']}{f' (left out: {left_out})' if left_out else ''}, "
         f"median {format_number(stats['median'])}, min {format_number(stats['min'])}"
         if stats["wells"]
         else "no data"
@@ -197,6 +197,8 @@ def cell_count_figure(
         handles.append(Patch(facecolor="white", edgecolor="black", label="quarantine unknown (no ingest report)"))
     elif lost:  # none lost: no legend entry for an empty mark
         label = f"lost sites to quarantine: {len(lost)} well{'s' if len(lost) != 1 else ''}"
+        also = len(set(lost) & set(dropped))  # the title counts such a well once, as not in the plate map
+        label += f" ({also} also not in the plate map)" if also else ""
         handles.append(Patch(facecolor="white", edgecolor=_QUARANTINE, hatch="/", label=label))
     _legend_below(fig, handles)
     return fig
