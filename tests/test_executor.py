@@ -113,3 +113,13 @@ def test_connect_timeout_bounds_the_scheduler_connection(tmp_path: Path, kind: s
     assert len(err.splitlines()) == 1 and address in err and "--scheduler" in err, err
     if kind == "closed":
         assert "refused" in err, err
+
+
+@pytest.mark.parametrize("jobs", [0, -3, 1.5])
+def test_jobs_below_one_are_refused(jobs: float) -> None:
+    """``collate --jobs 0`` (or ``-3``) ran one plate at a time without a word."""
+    from cytoprofile.errors import InputError
+    from cytoprofile.executor import run_plates
+
+    with pytest.raises(InputError, match="--jobs"):
+        run_plates(lambda task, options, progress: task, [1, 2], {}, jobs=jobs)  # type: ignore[arg-type]

@@ -141,3 +141,18 @@ def test_column_names_shortened_as_cellprofiler_does() -> None:
     assert cellprofiler_column_name("Cells_AreaShape", 20) == "Cells_AreaShape"
     # from the end back to the first underscore: lower-case vowels first (e, a, a)
     assert cellprofiler_column_name("Cells_AreaShape", 12) == "Cells_AreShp"
+
+
+@pytest.mark.parametrize(("option", "value"), [("cells", -5), ("sites", 0), ("well_subset", 0), ("features", 0),
+                                               ("treatments", -1), ("export_files", 0), ("sites", 1.5)])
+def test_a_count_out_of_range_is_refused_naming_the_flag(tmp_path: Path, option: str, value: float,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """``synth --cells -5`` crashed (exit 3); ``--sites 0`` wrote a workspace without a site."""
+    from cytoprofile.cli import main
+
+    with pytest.raises(ConfigError, match=f"--{option.replace('_', '-')}"):
+        synth(tmp_path / "ws", **{option: value})  # type: ignore[arg-type]
+    assert not (tmp_path / "ws").exists()
+    if isinstance(value, int):
+        assert main(["synth", str(tmp_path / "ws"), f"--{option.replace('_', '-')}", str(value)]) == 1
+        assert f"--{option.replace('_', '-')}" in capsys.readouterr().err

@@ -21,7 +21,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from .errors import CytoprofileError
+from .errors import CytoprofileError, InputError
 from .logs import LOGGER, forward_records, prepared, replay
 
 __all__ = ["PlateTask", "Task", "check_scheduler", "run_plates"]
@@ -79,6 +79,8 @@ def run_plates(
     the wait for a Dask scheduler's first answer (default: the storage connect + read
     timeouts, 20 s); the connection itself is bounded by the connect timeout.
     """
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise InputError(f"jobs must be a whole number of plates at a time, at least 1 (--jobs), got {jobs!r}")
     if scheduler:
         connect, read = _default_timeouts()
         return _run_dask(fn, tasks, options, scheduler=scheduler, progress=progress, on_done=on_done,

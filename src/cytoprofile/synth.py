@@ -236,6 +236,16 @@ def _check_export(export: str, *, faults: bool) -> None:
         raise ConfigError("faults are planted in site CSVs: use them with export='csv'")
 
 
+def _check_counts(**counts: int | None) -> None:
+    """Each count is a whole number: ``cells`` may be 0 (empty sites), the others at least 1."""
+    for name, value in counts.items():
+        least = 0 if name == "cells" else 1
+        if value is None and name == "well_subset":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ConfigError(f"{name} must be a whole number, at least {least} (--{name.replace('_', '-')}), got {value!r}")
+
+
 def _export_databases(root: str, batch: str, plates: Sequence[str], *, files: int, layout: str) -> None:
     """Each plate's site CSVs become ExportToDatabase SQLite files (the CSVs go)."""
     for plate in plates:
@@ -284,6 +294,8 @@ def synth(
     object CSV, as ExportToSpreadsheet's "add image metadata / file and folder names" options do (same cells).
     """
     _check_export(export, faults=faults)
+    _check_counts(wells=wells, sites=sites, cells=cells, features=features, treatments=treatments,
+                  well_subset=well_subset, export_files=export_files)
     rng = np.random.default_rng(seed)
     root = str(workspace)
     all_wells = well_names(wells)
