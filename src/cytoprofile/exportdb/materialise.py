@@ -82,6 +82,8 @@ class Materialised:
     dropped: list[Dropped] = field(default_factory=list)
     #: rows left for other plates: plate -> table -> rows
     other_plates: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: per file and site CSV (``Image``, ``Cells``, …), the database column of each CSV field
+    columns: dict[str, dict[str, tuple[str, ...]]] = field(default_factory=dict)
 
     def rows(self) -> dict[str, dict[str, int]]:
         """Per table: rows read, written to sites, left for other plates, dropped (read = the other three)."""
@@ -259,6 +261,7 @@ def materialise_plate(
             raise InputError(f"{export.path}: {export.image_table} has no Image_Metadata_Well column, so wells are unknown; "
                              "extract the well in CellProfiler's Metadata module and export again")
         expected = _file_rows(export)
+        out.columns[export.name] = {"Image": export.image_columns, **{o.name: o.columns for o in export.objects}}
         out.files.append({"file": export.name, "table_prefix": export.prefix, "layout": export.layout, "rows": expected,
                           "tables": {"Image": export.image_table, **{o.name: o.table for o in export.objects}},
                           "not_stored": export.not_stored, "unowned_columns": export.unowned_columns,

@@ -273,7 +273,9 @@ def _no_blobs(export: ExportFile, table: str, names: Sequence[str], rows: Sequen
 def _build_image(export: ExportFile, plan: _Plan, row: tuple[Any, ...], found: dict[str, list[tuple[Any, ...]]]) -> ExportImage:
     _no_blobs(export, export.image_table, export.image_columns, [row])
     image = _table([row], range(len(row)), export.image_csv_names, export.image_types)
-    values = dict(zip(export.image_csv_names, row))
+    values: dict[str, Any] = {}
+    for name, value in zip(export.image_csv_names, row):
+        values.setdefault(name, value)  # a name given twice: the first is the measurement (Image_ prefixed)
     import polars as pl
 
     frames = {t: _fast_frame(rows, plan.polars[t]) for t, rows in found.items()}
