@@ -98,14 +98,27 @@ def test_an_equal_objectnumber_column_is_kept_once(tmp_path: Path) -> None:
 def test_a_per_object_row_without_its_number_is_counted_and_named(tmp_path: Path) -> None:
     csv_ws = _csv_workspace(tmp_path, long_name=False)
     db_ws, files = _db_workspace(tmp_path, csv_ws, "P1", files=1, layout="per_object")
-    total = _values(files[0], 'SELECT COUNT(*) FROM "MyExpt_Per_Object"')[0][0]
+    total = _values(files[0], 'SELECT COUNT(*) FROM "MyExpt_Per_Object" WHERE Cells_Number_Object_Number IS NOT NULL')[0][0]
     faults.run_sql(files[0], 'UPDATE "MyExpt_Per_Object" SET Cells_Number_Object_Number = NULL WHERE rowid = 1',
                    'UPDATE "MyExpt_Per_Image" SET Image_Count_Cells = NULL WHERE ImageNumber = '
                    '(SELECT ImageNumber FROM "MyExpt_Per_Object" WHERE rowid = 1)')
-    got = _run(db_ws, "P1")
+    got = _run(db_ws, "P1", count_check="warn")  # the cytoplasm of the lost cell names a parent no longer there
     section = got["report"]["export_database"]
     assert section["rows"]["Cells"]["read"] == total
     named = [d for d in section["dropped"] if d["table"] == "Cells"]
     assert [d["rows"] for d in named] == [1]
     assert "Cells_Number_Object_Number" in named[0]["reason"]
     assert _values(got["sqlite"], "SELECT COUNT(*) FROM Cells")[0][0] == total - 1
+    assert section["rows"]["Cells"]["dropped"] == 1
+
+
+def test_a_per_object_row_without_its_number_quarantines_under_the_count_check(tmp_path: Path) -> None:
+    csv_ws = _csv_workspace(tmp_path, long_name=False)
+    db_ws, files = _db_workspace(tmp_path, csv_ws, "P1", files=1, layout="per_object")
+    faults.run_sql(files[0], 'UPDATE "MyExpt_Per_Object" SET Cells_Number_Object_Number = NULL, '
+                   'Cytoplasm_Number_Object_Number = NULL, Nuclei_Number_Object_Number = NULL WHERE rowid = 1')
+    got = _run(db_ws, "P1")
+    section = got["report"]["export_database"]
+    assert {d["table"] for d in section["dropped"]} >= {"Cells", "Cytoplasm", "Nuclei"}
+    assert "Per_Object" not in section["rows"] or section["rows"]["Per_Object"]["read"] == 0
+    assert [s["status"] for s in got["report"]["sites"]].count("ok") == len(got["report"]["sites"]) - 1

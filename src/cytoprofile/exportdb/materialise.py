@@ -147,18 +147,30 @@ def _file_rows(export: ExportFile) -> dict[str, int]:
         raise database_problem(export.path, exc) from exc
 
 
+def _any_value(columns: Sequence[str]) -> str:
+    """SQL true when any of ``columns`` is not NULL (nested COALESCE: SQLite limits arguments and depth)."""
+    exprs = [quote(c) for c in columns]
+    while len(exprs) > 1:
+        exprs = [f"COALESCE({', '.join(part)})" if len(part) > 1 else part[0]
+                 for part in (exprs[i:i + 100] for i in range(0, len(exprs), 100))]
+    return f"{exprs[0]} IS NOT NULL"
+
+
 def _count_rows(export: ExportFile) -> dict[str, int]:
+    """Per object set of a single Per_Object table, rows holding its number or any of its values (a row whose number
+    is NULL beside values is read, and named); ``Per_Object``: rows holding no object set's number or value."""
     conn = connect(export.path)
     try:
         out = {"Image": conn.execute(f"SELECT COUNT(*) FROM {quote(export.image_table)}").fetchone()[0]}
         table = f"{export.prefix}Per_Object"
-        keys = []
+        owned: list[str] = []
         for obj in export.objects:
-            where = f" WHERE {quote(obj.key)} IS NOT NULL" if obj.table == table else ""
+            columns = [c for c in obj.columns if c != "ImageNumber"]
+            where = f" WHERE {_any_value(columns)}" if obj.table == table else ""
             out[obj.name] = conn.execute(f"SELECT COUNT(*) FROM {quote(obj.table)}{where}").fetchone()[0]
-            keys += [obj.key] if obj.table == table else []
-        if keys:
-            empty = " AND ".join(f"{quote(k)} IS NULL" for k in keys)
+            owned += columns if obj.table == table else []
+        if owned:
+            empty = f"NOT ({_any_value(owned)})"
             out["Per_Object"] = conn.execute(f"SELECT COUNT(*) FROM {quote(table)} WHERE {empty}").fetchone()[0]
         return out
     finally:
