@@ -122,3 +122,24 @@ def test_a_per_object_row_without_its_number_quarantines_under_the_count_check(t
     assert {d["table"] for d in section["dropped"]} >= {"Cells", "Cytoplasm", "Nuclei"}
     assert "Per_Object" not in section["rows"] or section["rows"]["Per_Object"]["read"] == 0
     assert [s["status"] for s in got["report"]["sites"]].count("ok") == len(got["report"]["sites"]) - 1
+
+
+def test_the_prefixed_column_keeps_the_name_whatever_the_column_order(tmp_path: Path) -> None:
+    from cytoprofile.exportdb import open_export
+
+    path = tmp_path / "run.sqlite"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE Per_Image (Metadata_Well TEXT, ImageNumber INTEGER, Image_Metadata_Well TEXT)")
+    conn.execute("CREATE TABLE Per_Cells (AreaShape_Area FLOAT, ObjectNumber INTEGER, ImageNumber INTEGER, "
+                 "Cells_AreaShape_Area FLOAT, Cells_Number_Object_Number INTEGER)")
+    conn.commit()
+    conn.close()
+    export = open_export(path)
+    image = dict(zip(export.image_columns, export.image_csv_names))
+    assert export.image_csv_names.index("Metadata_Well") == export.image_columns.index("Image_Metadata_Well")
+    assert image == {"ImageNumber": "ImageNumber", "Image_Metadata_Well": "Metadata_Well", "Metadata_Well": "Metadata_Well"}
+    cells = export.objects[0]
+    assert cells.columns[:3] == ("ImageNumber", "Cells_Number_Object_Number", "Cells_Number_Object_Number")
+    pairs = list(zip(cells.columns, cells.csv_names))
+    assert pairs.index(("Cells_AreaShape_Area", "AreaShape_Area")) < pairs.index(("AreaShape_Area", "AreaShape_Area"))
+    assert pairs.index(("Cells_Number_Object_Number", "ObjectNumber")) < pairs.index(("ObjectNumber", "ObjectNumber"))
