@@ -210,11 +210,23 @@ def _strip(name: str, prefix: str) -> str:
     return name[len(prefix):] if name.startswith(prefix) and len(name) > len(prefix) else name
 
 
-def _csv_names(columns: Sequence[str], prefix: str, fixed: dict[str, str]) -> tuple[str, ...]:
-    """Object-CSV (or Image.csv) names: the set's prefix stripped; a clash keeps the database name."""
+def _csv_names(columns: Sequence[str], prefix: str, fixed: dict[str, str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Columns in CSV order and their object-CSV (or Image.csv) names: the set's prefix stripped.
+
+    A stripped name never takes over another column's: names that clash stay equal, the key column first, then the
+    prefixed column (the measurement), then an unprefixed stray, so the CSV route reads them as a column named twice
+    (the later copy is ``X_2`` and named under ``duplicate_columns``; a differing copy of a key quarantines the site).
+    """
     names = [fixed.get(c, _strip(c, prefix)) for c in columns]
     counts = Counter(names)
-    return tuple(n if c in fixed or counts[n] == 1 else c for n, c in zip(names, columns))
+
+    def rank(i: int) -> int:
+        if counts[names[i]] == 1 or columns[i] in fixed:
+            return 0
+        return 1 if columns[i].startswith(prefix) else 2
+
+    order = sorted(range(len(columns)), key=rank)
+    return tuple(columns[i] for i in order), tuple(names[i] for i in order)
 
 
 def _object_source(path: str, name: str, table: str, columns: Sequence[str], *, key: str) -> ObjectSource:
@@ -222,8 +234,10 @@ def _object_source(path: str, name: str, table: str, columns: Sequence[str], *, 
         raise InputError(f"{path}: object set name {name!r} in table {table} cannot be a file name; rename it in CellProfiler")
     number = f"{name}_Number_Object_Number"
     fixed = {"ImageNumber": "ImageNumber", key: "ObjectNumber"}
-    cols = ["ImageNumber", key] + [c for c in columns if c not in ("ImageNumber", key, "ObjectNumber")]
-    csv_names = list(_csv_names(cols, f"{name}_", fixed))
+    # a stray ObjectNumber beside <Set>_Number_Object_Number is a second copy of the key (the CSV route compares them)
+    ordered, names = _csv_names(["ImageNumber", key] + [c for c in columns if c not in ("ImageNumber", key)],
+                                f"{name}_", fixed)
+    cols, csv_names = list(ordered), list(names)
     if key == number:  # the object CSV carries both ObjectNumber and Number_Object_Number
         cols.insert(2, number)
         csv_names.insert(2, "Number_Object_Number")
@@ -305,12 +319,13 @@ def _describe(conn: sqlite3.Connection, path: str, name: str, prefix: str, table
         raise InputError(f"{path}: object set {clash[0]} is stored twice (in Per_Object and its own table); remove one")
     if not objects:
         log.warning("%s: no object tables; only image rows will be read", path)
-    image_names = [c for c, _ in image_cols]
-    long_names = sorted(c for c in image_names + [c for t in types.values() for c in t] if len(c) >= _NAME_LIMIT)
+    image_names, image_csv = _csv_names([c for c, _ in image_cols], "Image_", {"ImageNumber": "ImageNumber"})
+    image_type = dict(image_cols)
+    long_names = sorted(c for c in [*image_names] + [c for t in types.values() for c in t] if len(c) >= _NAME_LIMIT)
     return ExportFile(
         path=path, name=name, prefix=prefix, layout=layout, image_table=image_table,
-        image_columns=tuple(image_names), image_csv_names=_csv_names(image_names, "Image_", {}),
-        image_types=tuple(t for _, t in image_cols), objects=objects,
+        image_columns=image_names, image_csv_names=image_csv,
+        image_types=tuple(image_type[c] for c in image_names), objects=objects,
         object_types={o.name: tuple(types[o.table].get(c, "") for c in o.columns) for o in objects},
         not_stored=not_stored, unowned_columns=unowned, long_names=long_names,
     )

@@ -82,6 +82,8 @@ class Materialised:
     dropped: list[Dropped] = field(default_factory=list)
     #: rows left for other plates: plate -> table -> rows
     other_plates: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: per file and site CSV (``Image``, ``Cells``, …), the database column of each CSV field
+    columns: dict[str, dict[str, tuple[str, ...]]] = field(default_factory=dict)
 
     def rows(self) -> dict[str, dict[str, int]]:
         """Per table: rows read, written to sites, left for other plates, dropped (read = the other three)."""
@@ -145,18 +147,30 @@ def _file_rows(export: ExportFile) -> dict[str, int]:
         raise database_problem(export.path, exc) from exc
 
 
+def _any_value(columns: Sequence[str]) -> str:
+    """SQL true when any of ``columns`` is not NULL (nested COALESCE: SQLite limits arguments and depth)."""
+    exprs = [quote(c) for c in columns]
+    while len(exprs) > 1:
+        exprs = [f"COALESCE({', '.join(part)})" if len(part) > 1 else part[0]
+                 for part in (exprs[i:i + 100] for i in range(0, len(exprs), 100))]
+    return f"{exprs[0]} IS NOT NULL"
+
+
 def _count_rows(export: ExportFile) -> dict[str, int]:
+    """Per object set of a single Per_Object table, rows holding its number or any of its values (a row whose number
+    is NULL beside values is read, and named); ``Per_Object``: rows holding no object set's number or value."""
     conn = connect(export.path)
     try:
         out = {"Image": conn.execute(f"SELECT COUNT(*) FROM {quote(export.image_table)}").fetchone()[0]}
         table = f"{export.prefix}Per_Object"
-        keys = []
+        owned: list[str] = []
         for obj in export.objects:
-            where = f" WHERE {quote(obj.key)} IS NOT NULL" if obj.table == table else ""
+            columns = [c for c in obj.columns if c != "ImageNumber"]
+            where = f" WHERE {_any_value(columns)}" if obj.table == table else ""
             out[obj.name] = conn.execute(f"SELECT COUNT(*) FROM {quote(obj.table)}{where}").fetchone()[0]
-            keys += [obj.key] if obj.table == table else []
-        if keys:
-            empty = " AND ".join(f"{quote(k)} IS NULL" for k in keys)
+            owned += columns if obj.table == table else []
+        if owned:
+            empty = f"NOT ({_any_value(owned)})"
             out["Per_Object"] = conn.execute(f"SELECT COUNT(*) FROM {quote(table)} WHERE {empty}").fetchone()[0]
         return out
     finally:
@@ -259,6 +273,7 @@ def materialise_plate(
             raise InputError(f"{export.path}: {export.image_table} has no Image_Metadata_Well column, so wells are unknown; "
                              "extract the well in CellProfiler's Metadata module and export again")
         expected = _file_rows(export)
+        out.columns[export.name] = {"Image": export.image_columns, **{o.name: o.columns for o in export.objects}}
         out.files.append({"file": export.name, "table_prefix": export.prefix, "layout": export.layout, "rows": expected,
                           "tables": {"Image": export.image_table, **{o.name: o.table for o in export.objects}},
                           "not_stored": export.not_stored, "unowned_columns": export.unowned_columns,

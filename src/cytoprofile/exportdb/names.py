@@ -20,6 +20,7 @@ __all__ = ["ExportNames"]
 #: a CSV name with what follows it: a line number, or the scan's "is missing" (``\w`` admits object-set names)
 _CSV = re.compile(r"(?<![\w.-])(\w[\w.-]*?)\.csv(?: line (\d+)|( is missing(?: \(other sites have it\))?))?")
 _NO_SITE_HAS = re.compile(r"no site has (\w[\w.-]*?)\.csv")
+_TWICE = re.compile(r"(?<![\w.-])(\w[\w.-]*?)\.csv: column (\S+) is in the header twice \(fields (\d+) and (\d+)\)")
 _LINE = re.compile(r"(?<![\w.-])line (\d+)")
 _TOKEN = re.compile(r"[\w.-]+")
 _LOGGERS = ("cytoprofile.collate", "cytoprofile.ingest")
@@ -31,11 +32,21 @@ class ExportNames:
     def __init__(self) -> None:
         self.sites: dict[str, dict[str, Any]] = {}
         self.files: dict[str, dict[str, Any]] = {}
+        self.columns: dict[str, dict[str, tuple[str, ...]]] = {}
 
-    def learn(self, sites: dict[str, dict[str, Any]], files: list[dict[str, Any]]) -> None:
-        """Take the materialised sites and the files' records (``Materialised.sites``, ``.files``)."""
+    def learn(self, sites: dict[str, dict[str, Any]], files: list[dict[str, Any]],
+              columns: dict[str, dict[str, tuple[str, ...]]] | None = None) -> None:
+        """Take the materialised sites, the files' records and their columns (``Materialised.sites``, ``.files``,
+        ``.columns``: per file and CSV stem, the database column of each CSV field)."""
         self.sites = sites
         self.files = {f["file"]: f for f in files}
+        self.columns = columns or {}
+
+    def column(self, site: str, stem: str, field: int) -> str | None:
+        """The database column a site's ``STEM.csv`` field (1-based) was written from (None: unknown)."""
+        source = self.sites.get(site)
+        names = self.columns.get(source["file"], {}).get(stem, ()) if source else ()
+        return names[field - 1] if 0 < field <= len(names) else None
 
     def table(self, site: str, stem: str) -> str | None:
         """The SQL table a site's ``STEM.csv`` came from (None: unknown)."""
@@ -51,6 +62,14 @@ class ExportNames:
         record = self.files.get(source["file"], {})
         tables = record.get("tables", {})
         file, number = source["file"], source["image_number"]
+
+        def both(m: re.Match[str]) -> str:
+            a, b = (self.column(site, m.group(1), int(m.group(k))) for k in (3, 4))
+            if a is None or b is None:
+                return m.group(0)
+            return f"{m.group(1)}.csv: columns {a} and {b} are both read as {m.group(2)}"
+
+        text = _TWICE.sub(both, text)
 
         def named(m: re.Match[str]) -> str:
             stem, line, missing = m.group(1), m.group(2), m.group(3)

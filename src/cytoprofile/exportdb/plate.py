@@ -111,7 +111,7 @@ def collate_export(
                                      table_prefix=table_prefix, root=root)
         if not done.sites:
             raise InputError(_no_sites(done, paths, plate, table_prefix))
-        names.learn(done.sites, done.files)
+        names.learn(done.sites, done.files, done.columns)
         _warn_dropped(done, plate)
         _warn_other_plates(done, plate)
         with io.output_errors(backend_root):
@@ -212,6 +212,14 @@ def _amend_report(report: dict[str, Any], done: Materialised, section: dict[str,
         for kind in ("warnings", "notes"):
             if site.get(kind):
                 site[kind] = [names.for_site(site["site"], text) for text in site[kind]]
+    for entry in report.get("duplicate_columns", []):
+        source = done.sites.get(entry.get("site", ""))
+        stem = str(entry.get("file", "")).rsplit(".csv", 1)[0]
+        column = names.column(entry["site"], stem, int(entry.get("field", 0))) if source else None
+        if source is not None and column is not None:  # the scratch CSV's field number means nothing to users
+            entry["file"] = f"{source['file']} ({names.table(entry['site'], stem)})"
+            entry.pop("field")
+            entry["database_column"] = column
     report["export_database"] = section
     io.write_json(report, path)
     return report

@@ -190,30 +190,50 @@ def _plan(export: ExportFile) -> _Plan:
     return _Plan(streams, positions, combined, declared, {t: _polars_types(d) for t, d in declared.items()})
 
 
+def _holders(export: ExportFile, plan: _Plan, table: str) -> list[tuple[str, int, list[int]]]:
+    """Per object set of ``table``: its name, its number's position and its other values' positions."""
+    out = []
+    for obj in (o for o in export.objects if o.table == table):
+        where = plan.positions[obj.name]
+        out.append((obj.name, where[1], sorted({p for c, p in zip(obj.columns, where) if c not in ("ImageNumber", obj.key)})))
+    return out
+
+
+def _holds(row: tuple[Any, ...], key: int, values: Sequence[int]) -> bool:
+    """A Per_Object row holds an object of a set when the set's number, or any of its values, is not NULL."""
+    return row[key] is not None or any(row[p] is not None for p in values)
+
+
 def _orphans(export: ExportFile, plan: _Plan, table: str, rows: list[tuple[Any, ...]], dropped: list[Dropped], why: str) -> None:
     """Name the object rows of ``table`` that no image of the file takes."""
-    for obj in (o for o in export.objects if o.table == table):
-        key = plan.positions[obj.name][1]
-        n = sum(1 for r in rows if r[key] is not None) if table == plan.combined else len(rows)
+    holders = _holders(export, plan, table)
+    for name, key, values in holders:
+        n = sum(1 for r in rows if _holds(r, key, values)) if table == plan.combined else len(rows)
         if n:
-            dropped.append(Dropped(export.name, obj.name, n, f"{table}: {why}"))
+            dropped.append(Dropped(export.name, name, n, f"{table}: {why}"))
     if table == plan.combined:
-        keys = [plan.positions[o.name][1] for o in export.objects if o.table == table]
-        empty = sum(1 for r in rows if all(r[k] is None for k in keys))
+        empty = sum(1 for r in rows if not any(_holds(r, k, v) for _, k, v in holders))
         if empty:
             dropped.append(Dropped(export.name, "Per_Object", empty, f"{table}: {why}; the rows hold no object"))
 
 
 def _drop_empty(export: ExportFile, plan: _Plan, table: str, found: dict[str, list[tuple[Any, ...]]],
                 dropped: list[Dropped], image_number: int) -> None:
-    """Per_Object rows of an image whose every object number is NULL hold no object: name them."""
-    keys = [plan.positions[o.name][1] for o in export.objects if o.table == table]
+    """Per_Object rows of an image holding no object set's number or value hold no object; a set's values on a row
+    whose ``<Set>_Number_Object_Number`` is NULL are an object without its number: both named."""
+    holders = _holders(export, plan, table)
     rows = found[table]
-    empty = sum(1 for r in rows if all(r[k] is None for k in keys))
-    if empty:
-        dropped.append(Dropped(export.name, "Per_Object", empty,
-                               f"{table}: rows of ImageNumber {image_number} with every <Object>_Number_Object_Number NULL"))
-        found[table] = [r for r in rows if not all(r[k] is None for k in keys)]
+    for name, key, values in holders:
+        unnumbered = sum(1 for r in rows if r[key] is None and any(r[p] is not None for p in values))
+        if unnumbered:
+            dropped.append(Dropped(export.name, name, unnumbered,
+                                   f"{table}: rows of ImageNumber {image_number} with {name}_Number_Object_Number NULL "
+                                   f"but {name}_ values; an object without its number cannot be stored"))
+    kept = [r for r in rows if any(_holds(r, k, v) for _, k, v in holders)]
+    if len(kept) < len(rows):
+        dropped.append(Dropped(export.name, "Per_Object", len(rows) - len(kept),
+                               f"{table}: rows of ImageNumber {image_number} with every <Object>_Number_Object_Number and value NULL"))
+        found[table] = kept
 
 
 def _why_orphan(value: Any) -> str:
@@ -273,7 +293,9 @@ def _no_blobs(export: ExportFile, table: str, names: Sequence[str], rows: Sequen
 def _build_image(export: ExportFile, plan: _Plan, row: tuple[Any, ...], found: dict[str, list[tuple[Any, ...]]]) -> ExportImage:
     _no_blobs(export, export.image_table, export.image_columns, [row])
     image = _table([row], range(len(row)), export.image_csv_names, export.image_types)
-    values = dict(zip(export.image_csv_names, row))
+    values: dict[str, Any] = {}
+    for name, value in zip(export.image_csv_names, row):
+        values.setdefault(name, value)  # a name given twice: the first is the measurement (Image_ prefixed)
     import polars as pl
 
     frames = {t: _fast_frame(rows, plan.polars[t]) for t, rows in found.items()}
