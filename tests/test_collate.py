@@ -488,3 +488,10 @@ def test_rerun_after_the_inputs_changed_rebuilds(tmp_path: Path, change: str, ca
     assert "input files changed" in caplog.text
     faults.assert_rows_accounted(again, plate_dir)
     assert collate_plate(tmp_path, faults.BATCH, faults.PLATE).status == "skipped"
+
+
+def test_an_unknown_single_cell_format_names_the_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from cytoprofile.cli import main
+
+    assert main(["collate", str(tmp_path), "B", "P", "--single-cells", "--single-cell-format", "xyz"]) == 1
+    assert "single_cells (--single-cell-format) xyz: choose parquet or anndata" in capsys.readouterr().err

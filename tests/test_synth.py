@@ -156,3 +156,13 @@ def test_a_count_out_of_range_is_refused_naming_the_flag(tmp_path: Path, option:
     if isinstance(value, int):
         assert main(["synth", str(tmp_path / "ws"), f"--{option.replace('_', '-')}", str(value)]) == 1
         assert f"--{option.replace('_', '-')}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("options", "said"), [({"export_layout": "foo"}, "--export-layout"),
+                                               ({"export_layout": "per_object"}, "use it with --export database"),
+                                               ({"export": "sql"}, "--export")])
+def test_an_export_option_without_its_effect_is_refused(tmp_path: Path, options: dict[str, str], said: str) -> None:
+    """``--export-layout`` of a CSV workspace was ignored (and ``foo`` accepted): every option has its effect or is refused."""
+    with pytest.raises(ConfigError, match=said):
+        synth(tmp_path / "ws", **options)  # type: ignore[arg-type]
+    assert not (tmp_path / "ws").exists()

@@ -229,9 +229,13 @@ def _with_image_columns(table: pa.Table, image: Mapping[str, list[Any]]) -> pa.T
     return out
 
 
-def _check_export(export: str, *, faults: bool) -> None:
+def _check_export(export: str, *, faults: bool, layout: str = "per_object_table") -> None:
     if export not in ("csv", "database"):
-        raise ConfigError(f"export must be csv or database, not {export!r}")
+        raise ConfigError(f"export (--export) must be csv or database, not {export!r}")
+    if layout not in ("per_object_table", "per_object"):
+        raise ConfigError(f"export_layout (--export-layout) must be per_object_table or per_object, not {layout!r}")
+    if export == "csv" and layout != "per_object_table":
+        raise ConfigError("export_layout (--export-layout) shapes ExportToDatabase files: use it with --export database")
     if export == "database" and faults:
         raise ConfigError("faults are planted in site CSVs: use them with export='csv'")
 
@@ -293,7 +297,7 @@ def synth(
     ``object_metadata`` repeats the image's ``Metadata_*``, ``FileName_*`` and ``PathName_*`` columns in every
     object CSV, as ExportToSpreadsheet's "add image metadata / file and folder names" options do (same cells).
     """
-    _check_export(export, faults=faults)
+    _check_export(export, faults=faults, layout=export_layout)
     _check_counts(wells=wells, sites=sites, cells=cells, features=features, treatments=treatments,
                   well_subset=well_subset, export_files=export_files)
     rng = np.random.default_rng(seed)
@@ -532,7 +536,7 @@ def write_export_database(
     names longer than ``max_column_name`` are shortened as CellProfiler does.
     """
     if layout not in ("per_object_table", "per_object"):
-        raise ConfigError(f"layout must be per_object_table or per_object, not {layout!r}")
+        raise ConfigError(f"layout (--export-layout) must be per_object_table or per_object, not {layout!r}")
     sites = [p for plate in plates for p in sorted(Path(io.join(str(workspace), "analysis", batch, plate, "analysis")).iterdir())
              if p.is_dir()]
     if not sites:

@@ -220,10 +220,11 @@ def _check_choices(*, backend: Sequence[str], profile_format: str, operation: st
     """Refuse an unknown choice before any plate is read (a misspelled backend would write none)."""
     if not backend:
         raise InputError("backend: name at least one of " + ", ".join(BACKEND_KINDS))
-    for name, values, choices in (("backend", backend, BACKEND_KINDS), ("profile_format", [profile_format], TABLE_FORMATS),
+    for name, values, choices in (("backend", backend, BACKEND_KINDS),
+                                  ("profile_format (--output-format)", [profile_format], TABLE_FORMATS),
                                   ("operation", [operation], AGGREGATE_OPERATIONS),
                                   ("count_check", [count_check], COUNT_CHECKS),
-                                  ("single_cells", single_cells, SINGLE_CELL_FORMATS)):
+                                  ("single_cells (--single-cell-format)", single_cells, SINGLE_CELL_FORMATS)):
         check_choices(name, values, choices)
 
 
