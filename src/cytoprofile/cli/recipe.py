@@ -52,7 +52,7 @@ def run(
 ) -> None:
     """Run the profiling recipe a config describes.
 
-    annotate → normalize → feature select → GCT → QC, per plate and per batch.
+    aggregate → annotate → normalize → feature select → GCT → QC (the blocks the config has), per plate and per batch.
     """
     from ..pipeline import run as _run
 
