@@ -7,6 +7,7 @@ prints the page.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import typer
@@ -40,8 +41,8 @@ def _default(param: Any) -> str:
 
 
 def _names(param: Any) -> str:
-    if not _is_option(param):
-        return f"`{param.name.upper()}`" + (" …" if param.nargs == -1 else "")
+    if not _is_option(param):  # the name the usage line shows (a metavar the command sets wins)
+        return f"`{(param.metavar or param.name).upper()}`" + (" …" if param.nargs == -1 else "")
     opts = [*param.opts, *param.secondary_opts]
     return " / ".join(f"`{o}`" for o in opts)
 
@@ -62,6 +63,21 @@ def _kind(param: Any, ctx: Any) -> str:
     return word
 
 
+_DEFAULT_IN_HELP = re.compile(r"\s*\[default: ([^\]]*)\]\s*$")
+
+
+def _split_default(help_text: str, param: Any) -> tuple[str, str]:
+    """The help text and the default column: a default the help states (``[default: X]``) or the command
+    shows in words (``show_default="..."``) goes to the default column, as ``--help`` shows it."""
+    stated = _DEFAULT_IN_HELP.search(help_text)
+    if stated:
+        return help_text[: stated.start()], f"`{stated[1]}`"
+    shown = getattr(param, "show_default", None)
+    if isinstance(shown, str):
+        return help_text, _escape(shown)
+    return help_text, _default(param)
+
+
 def _command_section(name: str, cmd: Any, parent: Any) -> list[str]:
     ctx = cmd.context_class(cmd, info_name=name, parent=parent)
     lines = [f"## `cytoprofile {name}`", "", "```text", cmd.get_usage(ctx).strip(), "```", ""]
@@ -71,8 +87,8 @@ def _command_section(name: str, cmd: Any, parent: Any) -> list[str]:
     if params:
         lines += ["| argument / option | type | default | help |", "|---|---|---|---|"]
         for p in params:
-            help_text = getattr(p, "help", None) or ""
-            lines.append(f"| {_names(p)} | {_kind(p, ctx)} | {_default(p)} | {_escape(help_text)} |")
+            help_text, default = _split_default(getattr(p, "help", None) or "", p)
+            lines.append(f"| {_names(p)} | {_escape(_kind(p, ctx))} | {default} | {_escape(help_text)} |")
         lines.append("")
     return lines
 

@@ -138,9 +138,19 @@ def test_cli_reference_lists_every_command_and_option() -> None:
     ctx = group.context_class(group, info_name="cytoprofile")
     for name in group.list_commands(ctx):
         assert f"## `cytoprofile {name}`" in page
+        section = page[page.index(f"## `cytoprofile {name}`"):].split("\n## ", 1)[0]
         for param in group.get_command(ctx, name).params:
-            label = f"`{param.opts[0]}`" if param.param_type_name == "option" else f"`{param.name.upper()}`"
-            assert label in page, (name, label)
+            if param.name == "help":
+                continue
+            label = (f"`{param.opts[0]}`" if param.param_type_name == "option"
+                     else f"`{(param.metavar or param.name).upper()}`")  # as the usage line and --help name it
+            row = next((line for line in section.splitlines() if line.startswith(f"| {label}")), None)
+            assert row is not None, (name, label)
+            cells = re.split(r"(?<!\\)\|", row)[1:-1]
+            assert len(cells) == 4, (name, row)  # a choice list's | is escaped, never a new column
+            stated = re.search(r"\[default: ([^\]]*)\]", getattr(param, "help", None) or "")
+            if stated:  # a default the help states is in the default column, as --help shows it
+                assert cells[2].strip() == f"`{stated[1]}`" and "[default:" not in cells[3], (name, row)
 
 
 def test_every_code_block_is_runnable_or_an_example() -> None:
