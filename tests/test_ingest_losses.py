@@ -432,3 +432,52 @@ def test_a_stray_file_beside_export_files_is_listed_as_not_read(tmp_path: Path) 
     assert result.status == "done", result.message
     assert result.report is not None
     assert "not read" in result.report["export_database"]["files_not_read"]["Cells.csv"]
+
+
+def test_a_folder_beside_the_analysis_folder_is_named_not_read(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A re-run's site folder in ``analysis_rerun/`` beside ``analysis/`` was left out without a word."""
+    plate_dir = _plate(tmp_path)
+    moved = plate_dir.parent / "analysis_rerun"
+    moved.mkdir()
+    shutil.move(str(faults.site(plate_dir, "A01", 1)), str(moved))
+    (plate_dir.parent / "empty").mkdir()  # holds nothing: nothing to name
+    with caplog.at_level("WARNING", logger="cytoprofile"):
+        result = collate_plate(tmp_path, BATCH, PLATE)
+    assert result.status == "done", result.message
+    assert "not read" in result.report["files_not_read"]["../analysis_rerun/"]
+    assert "../empty/" not in result.report["files_not_read"]
+    assert "../analysis_rerun/" in caplog.text
+
+
+@pytest.mark.parametrize("where", ["subfolder", "csv sites with --export-db", "gzipped run"])
+def test_database_inputs_not_read_are_named_on_the_terminal(tmp_path: Path, where: str,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    """A run in a subfolder, the plate's CSV site folders beside ``--export-db`` files, a ``run2.sqlite.gz``:
+    each is listed under export_database.files_not_read and said on the terminal (they were silent)."""
+    db_ws, files = _db_plate(tmp_path)
+    plate_folder = Path(files[0]).parent
+    sources = None
+    if where == "subfolder":
+        (plate_folder / "runs").mkdir()
+        shutil.move(files[1], plate_folder / "runs" / Path(files[1]).name)
+        expected = "runs/"
+    elif where == "gzipped run":
+        import gzip
+
+        Path(files[1] + ".gz").write_bytes(gzip.compress(Path(files[1]).read_bytes()))
+        Path(files[1]).unlink()
+        expected = Path(files[1]).name + ".gz"
+    else:
+        csv_sites = tmp_path / "csv" / "analysis" / BATCH / PLATE / "analysis"
+        shutil.copytree(csv_sites, plate_folder / "analysis")
+        (tmp_path / "dbs").mkdir()
+        for f in files:
+            shutil.move(f, tmp_path / "dbs" / Path(f).name)
+        sources = [tmp_path / "dbs"]
+        expected = f"analysis/{BATCH}/{PLATE}/analysis/"
+    with caplog.at_level("WARNING", logger="cytoprofile"):
+        result = collate_export(db_ws, BATCH, PLATE, **({"sources": sources} if sources else {}))
+    assert result.status == "done", result.message
+    assert result.report is not None
+    assert "not read" in result.report["export_database"]["files_not_read"][expected]
+    assert "not read" in caplog.text and expected in caplog.text

@@ -235,10 +235,12 @@ def _stream_sites(ws: str | os.PathLike[str], plate: str, scans: list[Any], sche
 
 def _export_files_beside(ws: str | os.PathLike[str], batch: str, plate: str) -> dict[str, str]:
     """Files in the plate folder of a plate read from its CSV site folders (beside its ``analysis`` folder): an
-    ExportToDatabase file, a stray ``Cells.csv`` or any other file is named, not read (as ``../NAME``)."""
+    ExportToDatabase file, a stray ``Cells.csv`` or any other file is named, not read (as ``../NAME``), and so is
+    a folder other than ``analysis`` (``../NAME/``: a re-run's copy of site folders is never read silently)."""
     from ..exportdb import export_files_in
 
     folder = Workspace(str(ws)).analysis_plate(batch, plate)
+    sites_folder = os.path.basename(Workspace(str(ws)).analysis(batch, plate))
     exports, foreign = export_files_in(folder)
     out = {f"../{os.path.basename(p)}": "an ExportToDatabase file in the plate folder, not read (the plate is read "
            "from its CSV site folders); to read it instead, give it with --export-db" for p in exports}
@@ -248,6 +250,9 @@ def _export_files_beside(ws: str | os.PathLike[str], batch: str, plate: str) -> 
         if f"../{entry}" not in out and os.path.isfile(path):
             out[f"../{entry}"] = ("in the plate folder, beside its analysis folder of site folders: not read (each "
                                   "site is a folder analysis/PLATE-WELL-SITE)")
+        elif os.path.isdir(path) and entry != sites_folder and os.listdir(path):  # a re-run's copy, a folder of runs: never silent
+            out[f"../{entry}/"] = ("a folder in the plate folder, beside its analysis folder: not read (site folders "
+                                   "belong in analysis/; move them there to read them)")
     return out
 
 

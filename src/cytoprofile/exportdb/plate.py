@@ -124,8 +124,11 @@ def collate_export(
             section = {**done.report(), "sources": fingerprint, "call": call}
             folders = sources or [Workspace(root).analysis_plate(batch, plate)]
             beside = {name: why for folder in folders for name, why in _not_read_beside(folder, paths).items()}
+            beside |= _csv_sites_not_read(root, batch, plate) if sources else {}
             if beside:
                 section["files_not_read"] = beside
+                log.warning("%s: %d file(s) or folder(s) beside the ExportToDatabase files are not read (first: %s: %s); "
+                            "see export_database.files_not_read in the report", plate, len(beside), *next(iter(beside.items())))
             result.report = _amend_report(result.report, done, section, outputs["report"], names)
         return result
 
@@ -140,7 +143,20 @@ def _not_read_beside(folder: str | os.PathLike[str], read: Sequence[str]) -> dic
         path = os.path.join(folder, entry)
         if entry not in out and os.path.isfile(path) and os.path.realpath(path) not in done:
             out[entry] = "beside the ExportToDatabase files, not one of them: not read"
+        elif os.path.isdir(path) and os.listdir(path) and not any(os.path.realpath(p).startswith(os.path.realpath(path) + os.sep) for p in read):
+            out[f"{entry}/"] = ("a folder beside the ExportToDatabase files: not read (files are read from the folder "
+                                "itself; give the folder's files with --export-db to read them)")
     return out
+
+
+def _csv_sites_not_read(root: str, batch: str, plate: str) -> dict[str, str]:
+    """The plate's CSV site folders when ``--export-db`` names other files: they are not read, and said so."""
+    sites = Workspace(root).analysis(batch, plate)
+    if not os.path.isdir(sites) or not any(os.path.isdir(os.path.join(sites, e)) for e in os.listdir(sites)):
+        return {}
+    n = sum(os.path.isdir(os.path.join(sites, e)) for e in os.listdir(sites))
+    return {os.path.relpath(sites, root) + "/": (f"the plate's {n} CSV site folder(s), not read: --export-db reads the "
+                                                 "files it names instead (collate without --export-db reads the sites)")}
 
 
 @contextlib.contextmanager
