@@ -481,3 +481,26 @@ def test_database_inputs_not_read_are_named_on_the_terminal(tmp_path: Path, wher
     assert result.report is not None
     assert "not read" in result.report["export_database"]["files_not_read"][expected]
     assert "not read" in caplog.text and expected in caplog.text
+
+
+@pytest.mark.parametrize("route", ["csv", "database"])
+def test_a_column_name_with_a_line_break_quarantines_its_site(tmp_path: Path, route: str) -> None:
+    """A quoted column name across two lines crashed the plate (exit 3) on both routes: its site is quarantined,
+    the file (or table) named, the other sites read."""
+    if route == "csv":
+        plate_dir = _plate(tmp_path)
+        path = faults.site(plate_dir, "A01", 1) / "Cells.csv"
+        rows = read_rows(path)
+        write_rows(path, [[*rows[0], "Foo\nBar"], *([*r, "1"] if r else r for r in rows[1:])], raw=False)
+        result = collate_plate(tmp_path, BATCH, PLATE)
+        where = "Cells.csv"
+    else:
+        db_ws, files = _db_plate(tmp_path)
+        faults.run_sql(files[0], 'ALTER TABLE Per_Cells ADD COLUMN "Cells_Foo\nBar" REAL')  # the second run is sound
+        result = collate_export(db_ws, BATCH, PLATE)
+        where = "Per_Cells of"
+    assert result.status == "done", result.message
+    assert result.report is not None
+    bad = [s for s in result.report["sites"] if s["status"] == "quarantined"]
+    assert bad and all(where in s["reason"] and "line break" in s["reason"] for s in bad), bad
+    assert any(s["status"] == "ok" for s in result.report["sites"])

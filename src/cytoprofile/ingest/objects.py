@@ -63,6 +63,9 @@ def _parse_body(data: bytes, start: int, source: Source, keys: set[int], raw: by
         except UnicodeDecodeError:
             raise ObjectFileProblem(f"{base} is not UTF-8 text") from exc
         problem = _first_non_number(data, start, source, keys, raw)
+        if problem is None and isinstance(exc, pl.exceptions.SchemaError | pl.exceptions.ColumnNotFoundError):
+            problem = (f"{base}: its rows cannot be read as the {source.width} columns of its header (a column name "
+                       "holding a line break or an unclosed quote?); fix the header")
         raise ObjectFileProblem(problem or f"{base}: unparseable number ({str(exc).splitlines()[0][:160]})") from exc
     if frame.columns != source.header:
         frame = frame.select(source.header)
@@ -78,8 +81,11 @@ def _first_non_number(data: bytes, start: int, source: Source, keys: set[int], r
     measured = [(p, c) for p, c in zip(positions, source.header) if p not in keys]
     if not measured:
         return None
-    frame = pl.read_csv(body, has_header=False, schema={f"c{i}": pl.Utf8 for i in range(source.width)},
-                        columns=sorted({p for p, _ in measured}), null_values=NULL_VALUES, infer_schema_length=0)
+    try:
+        frame = pl.read_csv(body, has_header=False, schema={f"c{i}": pl.Utf8 for i in range(source.width)},
+                            columns=sorted({p for p, _ in measured}), null_values=NULL_VALUES, infer_schema_length=0)
+    except pl.exceptions.PolarsError:  # not even as text (a quoted name across lines in the header): no cell to name
+        return None
     found: tuple[int, str, str] | None = None
     for p, column in measured:
         text = frame[f"c{p}"]
