@@ -504,3 +504,21 @@ def test_a_column_name_with_a_line_break_quarantines_its_site(tmp_path: Path, ro
     bad = [s for s in result.report["sites"] if s["status"] == "quarantined"]
     assert bad and all(where in s["reason"] and "line break" in s["reason"] for s in bad), bad
     assert any(s["status"] == "ok" for s in result.report["sites"])
+
+
+def test_a_per_object_column_no_object_set_owns_is_said_on_the_terminal(tmp_path: Path,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """``Speckles_AreaShape_Area`` in a Per_Object table without ``Speckles_Number_Object_Number``: not stored, and said
+    (it was only in the report)."""
+    csv_ws = tmp_path / "csv"
+    _plate(csv_ws)
+    db_ws = tmp_path / "db"
+    files = write_export_database(csv_ws, db_ws / "analysis" / BATCH / PLATE, batch=BATCH, plates=(PLATE,), files=1,
+                                  table_prefix="", layout="per_object")
+    faults.run_sql(files[0], "ALTER TABLE Per_Object ADD COLUMN Speckles_AreaShape_Area REAL",
+                   "UPDATE Per_Object SET Speckles_AreaShape_Area = 7")
+    with caplog.at_level("WARNING", logger="cytoprofile"):
+        result = collate_export(db_ws, BATCH, PLATE)
+    assert result.status == "done", result.message
+    said = [r.getMessage() for r in caplog.records if "belong to no object set" in r.getMessage()]
+    assert len(said) == 1 and "Speckles_AreaShape_Area" in said[0], caplog.text

@@ -278,6 +278,10 @@ def materialise_plate(
                           "tables": {"Image": export.image_table, **{o.name: o.table for o in export.objects}},
                           "not_stored": export.not_stored, "unowned_columns": export.unowned_columns,
                           "long_names": export.long_names})
+        if export.unowned_columns:  # values no table can hold: said, not only listed
+            log.warning("%s: %d column(s) of the Per_Object table of %s belong to no object set (no "
+                        "<Set>_Number_Object_Number) and are not stored: %s; see unowned_columns in the report", plate,
+                        len(export.unowned_columns), export.name, ", ".join(export.unowned_columns[:5]))
         file_dropped: list[Dropped] = []
         got: Counter[str] = Counter()
         for img in _guarded(export, read_images(export, dropped=file_dropped, batch_rows=batch_rows)):
