@@ -218,13 +218,18 @@ def _no_control_echo() -> Iterator[None]:
         return
     try:
         fd = sys.stdin.fileno()
-        if not os.isatty(fd):  # nohup, cron, a batch job, < /dev/null: no echo to turn off
-            raise OSError(fd, "not a terminal")
+    except (OSError, ValueError, AttributeError):  # stdin closed or replaced (pytest)
+        yield
+        return
+    if not os.isatty(fd):  # nohup, cron, a batch job, < /dev/null: no echo to turn off
+        yield
+        return
+    try:
         saved = termios.tcgetattr(fd)
         quiet = list(saved)
         quiet[3] &= ~termios.ECHOCTL
         termios.tcsetattr(fd, termios.TCSANOW, quiet)
-    except (OSError, ValueError, AttributeError, termios.error):  # stdin closed or replaced (pytest)
+    except (OSError, termios.error):  # a terminal that refuses the settings
         yield
         return
     try:

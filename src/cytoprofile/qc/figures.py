@@ -178,7 +178,6 @@ def cell_count_figure(
         colorbar_label="cells per well",
     )
     from matplotlib.ticker import MaxNLocator
-
     bar.ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # cells are counted: no 2.5 ticks
     for well in (w for w in dropped if _on_grid(w)):
         row, col = well_to_grid(well)
@@ -196,9 +195,9 @@ def cell_count_figure(
     if quarantined is None:
         handles.append(Patch(facecolor="white", edgecolor="black", label="quarantine unknown (no ingest report)"))
     elif lost:  # none lost: no legend entry for an empty mark
-        label = f"lost sites to quarantine: {len(lost)} well{'s' if len(lost) != 1 else ''}"
         also = len(set(lost) & set(dropped))  # the title counts such a well once, as not in the plate map
-        label += f" ({also} also not in the plate map)" if also else ""
+        label = f"lost sites to quarantine: {len(lost)} well{'s' if len(lost) != 1 else ''}" + (
+            f" ({also} also not in the plate map)" if also else "")
         handles.append(Patch(facecolor="white", edgecolor=_QUARANTINE, hatch="/", label=label))
     _legend_below(fig, handles)
     return fig
