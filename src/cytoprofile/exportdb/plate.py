@@ -124,7 +124,9 @@ def collate_export(
             section = {**done.report(), "sources": fingerprint, "call": call}
             folders = sources or [Workspace(root).analysis_plate(batch, plate)]
             beside = {name: why for folder in folders for name, why in _not_read_beside(folder, paths).items()}
-            beside |= _csv_sites_not_read(root, batch, plate) if sources else {}
+            if sources and not any(os.path.realpath(s) == os.path.realpath(Workspace(root).analysis_plate(batch, plate))
+                                   for s in sources):  # the plate folder given: its analysis/ is listed above
+                beside |= _csv_sites_not_read(root, batch, plate)
             if beside:
                 section["files_not_read"] = beside
                 log.warning("%s: %d file(s) or folder(s) beside the ExportToDatabase files are not read (first: %s: %s); "
@@ -152,9 +154,9 @@ def _not_read_beside(folder: str | os.PathLike[str], read: Sequence[str]) -> dic
 def _csv_sites_not_read(root: str, batch: str, plate: str) -> dict[str, str]:
     """The plate's CSV site folders when ``--export-db`` names other files: they are not read, and said so."""
     sites = Workspace(root).analysis(batch, plate)
-    if not os.path.isdir(sites) or not any(os.path.isdir(os.path.join(sites, e)) for e in os.listdir(sites)):
+    n = sum(os.path.isdir(os.path.join(sites, e)) for e in os.listdir(sites)) if os.path.isdir(sites) else 0
+    if not n:
         return {}
-    n = sum(os.path.isdir(os.path.join(sites, e)) for e in os.listdir(sites))
     return {os.path.relpath(sites, root) + "/": (f"the plate's {n} CSV site folder(s), not read: --export-db reads the "
                                                  "files it names instead (collate without --export-db reads the sites)")}
 
