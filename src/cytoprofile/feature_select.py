@@ -39,6 +39,7 @@ from .step_data import (
     AccountSink,
     FeatureAccount,
     feature_matrix,
+    keep_hint,
     report_account,
     select_samples,
     unprocessed_columns,
@@ -587,8 +588,6 @@ def feature_select(
         shown = ", ".join(unselected[:5]) + (f" ... ({len(unselected)} in all)" if len(unselected) > 5 else "")
         log.warning(
             "feature_select: %d column(s) are neither metadata nor features of the compartments and "
-            "are kept as they are, not selected: %s; name their compartment with compartments=[...] "
-            "(--compartments on the command line, compartments: in a recipe block) to select them",
-            len(unselected), shown,
+            "are kept as they are, not selected: %s; %s to select them", len(unselected), shown, keep_hint(unselected),
         )
     return profiles.drop(columns=list(dropped))

@@ -23,6 +23,7 @@ __all__ = [
     "FeatureAccount",
     "feature_matrix",
     "fit_query",
+    "keep_hint",
     "refuse_infinite",
     "report_account",
     "select_samples",
@@ -211,13 +212,13 @@ def report_account(account: FeatureAccount, on_account: AccountSink | None) -> N
             account.step,
             len(lost),
             shown,
-            _keep_hint(lost),
+            keep_hint(lost),
         )
     if on_account is not None:
         on_account(account)
 
 
-def _keep_hint(lost: Sequence[str]) -> str:
+def keep_hint(lost: Sequence[str]) -> str:
     """How to keep columns a step left out, on the command line and in a recipe block."""
     hints = []
     if any(str(c).startswith("Image") for c in lost):
