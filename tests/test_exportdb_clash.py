@@ -57,31 +57,29 @@ def test_an_equal_stray_copy_is_kept_once(tmp_path: Path) -> None:
     assert any(d["column"] == "AreaShape_Area" and d["identical"] for d in got["report"]["duplicate_columns"])
 
 
-def test_a_stray_unprefixed_well_quarantines_naming_both_columns(tmp_path: Path) -> None:
+def _one_site_quarantined(tmp_path: Path, table: str, column: str, kind: str, copy_of: str, change: str) -> str:
+    """Add ``column`` to ``table`` as a copy of ``copy_of``, changed (``SET column = change``) for image 1: the
+    reason of the one site quarantined."""
     csv_ws = _csv_workspace(tmp_path, long_name=False)
     db_ws, files = _db_workspace(tmp_path, csv_ws, "P1", files=1)
-    faults.run_sql(files[0], 'ALTER TABLE "MyExpt_Per_Image" ADD COLUMN Metadata_Well TEXT',
-                   'UPDATE "MyExpt_Per_Image" SET Metadata_Well = Image_Metadata_Well',
-                   'UPDATE "MyExpt_Per_Image" SET Metadata_Well = \'H12\' WHERE ImageNumber = 1')
+    faults.run_sql(files[0], f'ALTER TABLE "{table}" ADD COLUMN {column} {kind}',
+                   f'UPDATE "{table}" SET {column} = {copy_of}',
+                   f'UPDATE "{table}" SET {column} = {change} WHERE ImageNumber = 1')
     got = _run(db_ws, "P1")
     bad = [s for s in got["report"]["sites"] if s["status"] != "ok"]
     assert len(bad) == 1
-    reason = bad[0]["reason"]
+    return str(bad[0]["reason"])
+
+
+def test_a_stray_unprefixed_well_quarantines_naming_both_columns(tmp_path: Path) -> None:
+    reason = _one_site_quarantined(tmp_path, "MyExpt_Per_Image", "Metadata_Well", "TEXT", "Image_Metadata_Well", "'H12'")
     assert "Image_Metadata_Well" in reason and "Metadata_Well" in reason and "MyExpt_Per_Image" in reason
     assert "not a number" not in reason and ".csv" not in reason
 
 
-@pytest.mark.parametrize("layout", ["per_object_table"])
-def test_a_differing_objectnumber_column_quarantines(tmp_path: Path, layout: str) -> None:
-    csv_ws = _csv_workspace(tmp_path, long_name=False)
-    db_ws, files = _db_workspace(tmp_path, csv_ws, "P1", files=1, layout=layout)
-    faults.run_sql(files[0], 'ALTER TABLE "MyExpt_Per_Cells" ADD COLUMN ObjectNumber INTEGER',
-                   'UPDATE "MyExpt_Per_Cells" SET ObjectNumber = Cells_Number_Object_Number',
-                   'UPDATE "MyExpt_Per_Cells" SET ObjectNumber = ObjectNumber + 1000 WHERE ImageNumber = 1')
-    got = _run(db_ws, "P1")
-    bad = [s for s in got["report"]["sites"] if s["status"] != "ok"]
-    assert len(bad) == 1
-    reason = bad[0]["reason"]
+def test_a_differing_objectnumber_column_quarantines(tmp_path: Path) -> None:
+    reason = _one_site_quarantined(tmp_path, "MyExpt_Per_Cells", "ObjectNumber", "INTEGER", "Cells_Number_Object_Number",
+                                   "ObjectNumber + 1000")
     assert "Cells_Number_Object_Number" in reason and "ObjectNumber" in reason and "MyExpt_Per_Cells" in reason
 
 
