@@ -589,3 +589,29 @@ def test_cell_count_caption_says_when_quarantine_is_unknown(qc_run) -> None:
         parsed.feed(section)
         caption = " ".join(parsed.captions[0].split())
         assert caption.startswith("Cells per well") and ("no ingest report" in caption) == unknown, caption
+
+
+def test_summary_file_writes_whole_numbers_without_a_decimal_point(tmp_path: Path) -> None:
+    for plate, sites in (("P0", {"A01": 2, "A02": 3}), ("P1", {"A01": 2, "A02": 2})):
+        folder = tmp_path / "load_data_csv" / "B1" / plate
+        folder.mkdir(parents=True)
+        make_load_data(plate, sites).to_csv(folder / "load_data.csv", index=False)
+    qc.quality_control(str(tmp_path), "B1", ["P0", "P1"], heatmaps=False, report=False)
+    lines = (tmp_path / "quality_control" / "summary" / "summary.tsv").read_text().splitlines()
+    header = lines[0].split("\t")
+    rows = {line.split("\t")[1]: dict(zip(header, line.split("\t"), strict=True)) for line in lines[1:]}
+    assert rows["P0"]["Sites_per_well_Median"] == "2.5"
+    assert rows["P1"]["Sites_per_well_Median"] == "2"  # not "2.0" beside P0's 2.5
+    assert rows["P0"]["Sites_per_well_mad"] == "0.5" and rows["P1"]["Sites_per_well_mad"] == "0"
+
+
+def test_a_one_plate_report_marks_the_plates_it_did_not_check(qc_run, tmp_path: Path) -> None:
+    root = tmp_path / "ws"
+    shutil.copytree(qc_run[0], root)  # the module's run stays as it was for the other tests
+    qc.quality_control(str(root), "B1", ["P2"], heatmaps=False)
+    html = (root / "quality_control" / "report" / "B1.html").read_text()
+    note = html[html.index('id="summary-earlier"'):]
+    note = note[:note.index("</p>")]
+    assert "earlier QC run" in note and "P1" in note and "BIG" in note and "P2" not in note
+    full = (root / "quality_control" / "summary" / "summary.tsv").read_text()
+    assert all(p in full for p in ("P1", "P2", "BIG"))  # the table still keeps every plate

@@ -39,7 +39,13 @@ from .metrics import (
     well_matrix,
 )
 from .report import render_report
-from .summary import quarantined_wells, read_summary, summarize_plate, update_summary
+from .summary import (
+    quarantined_wells,
+    read_summary,
+    summarize_plate,
+    summary_for_file,
+    update_summary,
+)
 
 __all__ = ["QualityControlResult", "quality_control"]
 
@@ -321,7 +327,7 @@ def quality_control(
         result.summary_path = where.summary()
         with _locked(result.summary_path):
             result.summary = update_summary(read_summary(result.summary_path), rows)
-            cpio.write_table(result.summary, result.summary_path)
+            cpio.write_table(summary_for_file(result.summary), result.summary_path)
     _replication(result, frames, features, replicate_column=replicate_column, negcon_column=negcon_column,
                  negcon_value=negcon_value, n_null=n_null, seed=seed)
     if map_settings is not None:

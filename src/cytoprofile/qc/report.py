@@ -252,6 +252,14 @@ def _cell_qc(plate: str, report: Mapping[str, Any] | None) -> dict[str, Any] | N
     }
 
 
+def _earlier_plates(table: pd.DataFrame, plates: Sequence[str]) -> list[str]:
+    """Plates of the summary that this run did not check: rows kept from earlier QC runs."""
+    if "Plate_Name" not in table.columns:
+        return []
+    shown = set(map(str, plates))
+    return [p for p in dict.fromkeys(table["Plate_Name"].astype(str)) if p not in shown]
+
+
 def render_report(
     *,
     batch: str,
@@ -292,11 +300,13 @@ def render_report(
     table = summary
     if "Batch_Name" in summary.columns:
         table = summary.loc[summary["Batch_Name"].astype(str) == str(batch)]
+    earlier = _earlier_plates(table, plates)
     source = _batch_source(sources)
     return _environment().get_template("report.html.j2").render(
         batch=batch,
         version=__version__,
         summary=_table(table, missing="n/a"),
+        summary_earlier=earlier,
         profiles={"n_features": n_features, "description": profiles_description},
         replication=_replication(batch, replication, source),
         replication_note=replication_note or "no annotated, feature-selected profiles for this batch",

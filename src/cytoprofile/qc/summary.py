@@ -17,6 +17,7 @@ from .metrics import cells_per_well, feature_columns, plate_rows
 __all__ = [
     "RECIPE_SUMMARY_COLUMNS",
     "SUMMARY_COLUMNS",
+    "summary_for_file",
     "summarize_plate",
     "quarantined_wells",
     "update_summary",
@@ -231,6 +232,17 @@ def _tidy_numbers(series: pd.Series) -> pd.Series:
     if (present == present.round()).all():
         return numbers.round().astype("Int64")
     return numbers
+
+
+def summary_for_file(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` as the summary file writes it: a whole number without ``.0`` (``19``, not
+    ``19.0``) even in a column where another plate's value has a fraction (15 significant
+    digits), a missing value as an empty cell."""
+    out = table.copy()
+    for column in out.columns:
+        if pd.api.types.is_float_dtype(out[column].dtype):
+            out[column] = [None if pd.isna(v) else "%.15g" % float(v) for v in out[column]]
+    return out
 
 
 def read_summary(path: str | os.PathLike[str]) -> pd.DataFrame | None:
