@@ -328,3 +328,26 @@ def test_collate_refuses_an_unknown_choice_naming_the_choices(flags: list[str], 
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["collate", str(tmp_path), "B", "P", *flags, "-q"]) == 1
     assert f"error: {said}" in " ".join(capsys.readouterr().err.split())
+
+
+@pytest.mark.parametrize("command", ["aggregate", "collate"])
+def test_aggregate_method_is_the_config_name_for_the_operation(command: str, tmp_path: Path) -> None:
+    """The recipe's ``aggregate.method`` is accepted as ``--method`` beside ``--operation``, with the same effect."""
+    import pandas as pd
+
+    ws = tmp_path / "ws"
+    _small(ws, "P1")
+    backend = ws / "backend" / "BATCH1" / "P1"
+    assert main(["collate", str(ws), "BATCH1", "P1", "-q"]) == 0
+    tables = {"median": pd.read_csv(backend / "P1.csv")}
+    for flag in ("--operation", "--method"):
+        if command == "aggregate":
+            out = tmp_path / f"{flag[2:]}.csv"
+            assert main(["aggregate", str(backend / "P1.sqlite"), str(out), flag, "mean", "-q"]) == 0
+        else:
+            assert main(["collate", str(ws), "BATCH1", "P1", flag, "mean", "--overwrite", "-q"]) == 0
+            out = backend / "P1.csv"
+        tables[flag] = pd.read_csv(out)
+    pd.testing.assert_frame_equal(tables["--operation"], tables["--method"])
+    if command == "collate":  # the flag had its effect: means, not collate's medians
+        assert not tables["--method"].equals(tables["median"])

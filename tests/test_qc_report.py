@@ -19,7 +19,7 @@ from PIL import Image
 
 from cytoprofile import qc
 
-from .qc_builders import FEATURES, make_load_data, make_wells, png_stats, write_workspace
+from .qc_builders import FEATURES, make_batch_profiles, make_load_data, make_wells, png_stats, write_workspace
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
@@ -615,3 +615,18 @@ def test_a_one_plate_report_marks_the_plates_it_did_not_check(qc_run, tmp_path: 
     assert "earlier QC run" in note and "P1" in note and "BIG" in note and "P2" not in note
     full = (root / "quality_control" / "summary" / "summary.tsv").read_text()
     assert all(p in full for p in ("P1", "P2", "BIG"))  # the table still keeps every plate
+
+
+@pytest.mark.parametrize("singles", [0, 1, 3])
+def test_treatments_with_a_single_well_are_said_not_scored(singles: int) -> None:
+    profiles = make_batch_profiles(n_strong=3, n_null=3)
+    treated = profiles.index[profiles["Metadata_control_type"] == "trt"]
+    for i in range(singles):  # one well of a treatment of its own
+        profiles.loc[treated[i], "Metadata_broad_sample"] = f"single-{i}"
+    result = qc.percent_replicating(profiles, n_null=500, seed=0)
+    assert result["n_single_well"] == singles
+    assert result["n_treatments"] == 6 and "single-0" not in set(result["treatments"]["Metadata_broad_sample"])
+    html = qc.render_report(batch="B1", summary=qc.update_summary(None, []), figures={}, ingest_reports={},
+                            replication=result, notes={})
+    said = f"{singles} treatment{'' if singles == 1 else 's'} with a single well"
+    assert (said in _text(html)) == bool(singles)

@@ -271,7 +271,9 @@ SeedOpt = Annotated[int, typer.Option(help="Random seed.")]
 ProfilesArg = Annotated[str, typer.Argument(help="Per-well profiles.")]
 OutputArg = Annotated[str, typer.Argument(help="Output table.")]
 # the per-well aggregation collate and aggregate share
-AggregateOperationOpt = Annotated[str, typer.Option(metavar=one_of(AGGREGATE_OPERATIONS), help="median or mean.")]
+AggregateOperationOpt = Annotated[str, typer.Option(
+    "--operation", "--method", metavar=one_of(AGGREGATE_OPERATIONS),
+    help="median or mean (--method: the recipe's aggregate.method).")]
 AggregateCompartmentsOpt = Annotated[list[str], typer.Option(help="Object tables to aggregate.")]
 AddImageFeaturesOpt = Annotated[bool, typer.Option("--image-features/--no-image-features", help="Add image features.")]
 StrataOpt = Annotated[list[str], typer.Option(help="Columns that define a profile.")]

@@ -338,7 +338,7 @@ def percent_replicating(
 
     Returns ``percent`` (0–100, NaN if nothing is scored), ``threshold``, ``quantile``,
     ``replicate_column``, ``n_treatments``, ``n_replicating``, ``n_wells``,
-    ``n_features``, ``treatments`` (DataFrame: treatment, ``n_replicates``,
+    ``n_single_well`` (treatments with one well: not scored, nothing to compare), ``n_features``, ``treatments`` (DataFrame: treatment, ``n_replicates``,
     ``median_correlation``, ``replicating``) and ``null`` (array of correlations).
     """
     column = treatment_column(profiles, replicate_column)
@@ -368,6 +368,7 @@ def percent_replicating(
         "n_treatments": n_scored,
         "n_replicating": n_replicating,
         "n_wells": len(wells),
+        "n_single_well": int(len(uniques) - len(treatments)),
         "n_features": int(x.shape[1]),
         "treatments": treatments.sort_values("median_correlation", ascending=False, kind="mergesort")
         .reset_index(drop=True),

@@ -152,6 +152,7 @@ def _replication(batch: str, replication: Mapping[str, Any] | None, source: str 
         "percent": f"{format_number(percent, decimals=0)}%" if np.isfinite(percent) else "n/a",
         "n_replicating": _text(replication.get("n_replicating")),
         "n_treatments": _text(replication.get("n_treatments")),
+        "n_single_well": int(replication.get("n_single_well") or 0),
         "column": _text(replication.get("replicate_column")),
         "n_features": _text(replication.get("n_features")),
         "percentile": f"{float(replication.get('quantile', 0.95)) * 100:g}th",
