@@ -351,3 +351,19 @@ def test_aggregate_method_is_the_config_name_for_the_operation(command: str, tmp
     pd.testing.assert_frame_equal(tables["--operation"], tables["--method"])
     if command == "collate":  # the flag had its effect: means, not collate's medians
         assert not tables["--method"].equals(tables["median"])
+
+
+def test_collate_outcome_is_one_unboxed_line_per_plate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      capfd: pytest.CaptureFixture[str]) -> None:
+    """On a narrow terminal a plate's outcome stays one line (the terminal wraps it): no box to cut a path."""
+    monkeypatch.setenv("COLUMNS", "50")
+    ws = tmp_path / "ws"
+    _small(ws)
+    capfd.readouterr()
+    assert main(["collate", str(ws), "BATCH1", "P1", "P2"]) == 0
+    text = capfd.readouterr()
+    screen = text.out + text.err
+    lines = [line for line in screen.splitlines() if "sites ingested" in line]
+    assert [line.split(" ")[0] for line in lines] == ["P1", "P2"], screen
+    assert all(" done (" in line and line.rstrip().endswith("rows") for line in lines), lines
+    assert not set("│┃┏┗━┡") & set("".join(lines))

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 from rich.text import Text
 
 from ..checks import check_choices
@@ -156,15 +155,13 @@ def collate(
 
 
 def _print_results(results: list[Any], batch: str, *, quiet: bool, start: float) -> None:
-    """A table of the plates' outcomes, then one tally line; a failed plate makes it a user error (exit 1)."""
-    table = Table(title=f"collate {batch}", show_lines=False)
-    for col in ("plate", "status", "summary", "seconds"):
-        table.add_column(col)
-    for r in results:
-        style = {"done": "green", "skipped": "yellow", "failed": "red"}[r.status]
-        table.add_row(r.plate, Text(r.status, style=style), r.message, f"{r.seconds:.1f}")
+    """One line per plate's outcome (wrapped by the terminal, never boxed: a path copies whole),
+    then one tally line; a failed plate makes it a user error (exit 1)."""
     if not quiet:
-        console.print(table)
+        for r in results:
+            style = {"done": "green", "skipped": "yellow", "failed": "red"}[r.status]
+            line = Text.assemble((r.plate, "bold"), " ", (r.status, style), f" ({r.seconds:.1f} s): ", r.message)
+            console.print(line, soft_wrap=True, highlight=False)
     failed = [r for r in results if r.status == "failed"]
     skipped = [r for r in results if r.status == "skipped"]
     done = len(results) - len(failed)
