@@ -19,7 +19,14 @@ from PIL import Image
 
 from cytoprofile import qc
 
-from .qc_builders import FEATURES, make_batch_profiles, make_load_data, make_wells, png_stats, write_workspace
+from .qc_builders import (
+    FEATURES,
+    make_batch_profiles,
+    make_load_data,
+    make_wells,
+    png_stats,
+    write_workspace,
+)
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 

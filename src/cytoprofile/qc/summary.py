@@ -241,7 +241,7 @@ def summary_for_file(table: pd.DataFrame) -> pd.DataFrame:
     out = table.copy()
     for column in out.columns:
         if pd.api.types.is_float_dtype(out[column].dtype):
-            out[column] = [None if pd.isna(v) else "%.15g" % float(v) for v in out[column]]
+            out[column] = [None if pd.isna(v) else f"{float(v):.15g}" for v in out[column]]
     return out
 
 
