@@ -31,7 +31,7 @@ lint: venv
 	$(BIN)/mypy src/cytoprofile
 
 test: lint
-	$(BIN)/pytest -n 2 -q
+	$(BIN)/pytest -n 2 --dist loadgroup -q
 
 ## The documentation site in site/: warnings are errors, internal links checked, no network.
 docs: venv

@@ -24,6 +24,21 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+#: module fixtures that take many seconds to build (a recipe run, a cluster, a QC run): with
+#: ``--dist loadgroup`` the tests using one run on one worker, so it is built once, not per worker
+_BUILT_ONCE = frozenset({
+    "annotated_ws", "base", "chain_workspace", "cluster", "local_reference", "qc_run", "qc_workspace", "ran",
+    "recipe_ws", "small_databases", "speckled", "violations", "workspace",
+})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Each module's tests that share an expensive module fixture form one xdist group."""
+    for item in items:
+        if _BUILT_ONCE & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+
+
 def link_sites(ws: Path, batch: str, plate: str, sites: dict[str, Path]) -> Path:
     """A handbook-layout workspace whose site folders are links to real site folders."""
     plate_dir = ws / "analysis" / batch / plate / "analysis"

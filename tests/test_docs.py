@@ -193,15 +193,27 @@ def test_example_commands_use_real_commands_and_options() -> None:
 
 
 def test_runnable_snippets_run(tmp_path: Path) -> None:
-    """Every ``sh`` and ``python`` block, in page order, exits 0 in one fresh folder."""
+    """Every ``sh`` and ``python`` block, in page order, exits 0 in one fresh folder; the
+    getting-started page's ``run`` closing lines (counts, products) are what that run prints."""
     work = tmp_path / "work"
     work.mkdir()
     env = _env(tmp_path)
-    for s in (s for s in _snippets() if s.runnable):
-        argv = ["bash", "-euo", "pipefail", "-c", s.body] if s.info == "sh" else [sys.executable, "-c", s.body]
+    snippets = _snippets()
+    page = [s for s in snippets if s.page == "getting-started.md"]
+    tutorial_run = next(s for s in page if s.runnable and "cytoprofile run " in s.body)
+    shown = next(s for s in page[page.index(tutorial_run):] if "step(s) run" in s.body).body.strip().splitlines()
+    printed: list[str] = []
+    for s in (s for s in snippets if s.runnable):
+        body = s.body.replace(" --quiet", "") if s is tutorial_run else s.body  # its closing lines shown
+        argv = ["bash", "-euo", "pipefail", "-c", body] if s.info == "sh" else [sys.executable, "-c", body]
         result = subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, f"{s.page}:\n{s.body}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+        if s is tutorial_run:
+            printed = [line.rstrip() for line in (result.stdout + result.stderr).splitlines()]
     assert (work / "demo" / "quality_control" / "report" / "BATCH1.html").exists()
+    timing = re.compile(r" in \d+\.\ds$")
+    for line in shown:
+        assert any(timing.sub("", p) == timing.sub("", line) for p in printed), (line, printed[-8:])
 
 
 _SHARED_PLUGIN = '''
@@ -233,22 +245,3 @@ def test_readme_commands_and_skip_count_are_true(tmp_path: Path) -> None:
     assert int(stated[1]) == int(counted[1]), f"README says {stated[1]}, the suite has {counted[1]}"
 
 
-def test_tutorial_run_prints_what_the_page_shows(tmp_path: Path) -> None:
-    """The getting-started page's ``run`` closing lines (counts, products) are what a real run prints."""
-    work = tmp_path / "work"
-    work.mkdir()
-    env = _env(tmp_path)
-    page = [s for s in _snippets() if s.page == "getting-started.md"]
-    at = next(i for i, s in enumerate(page) if s.runnable and "cytoprofile run " in s.body)
-    shown = next(s for s in page[at:] if "step(s) run" in s.body).body.strip().splitlines()
-    for s in (s for s in page[:at] if s.info == "sh"):
-        subprocess.run(["bash", "-euo", "pipefail", "-c", s.body], cwd=work, env=env, check=True,
-                       capture_output=True, timeout=300)
-    command = page[at].body.replace(" --quiet", "")
-    run = subprocess.run(["bash", "-euo", "pipefail", "-c", command], cwd=work, env=env, capture_output=True,
-                         text=True, timeout=300)
-    assert run.returncode == 0, run.stderr
-    printed = [line.rstrip() for line in (run.stdout + run.stderr).splitlines()]
-    timing = re.compile(r" in \d+\.\ds$")
-    for line in shown:
-        assert any(timing.sub("", p) == timing.sub("", line) for p in printed), (line, printed[-8:])
