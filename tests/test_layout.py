@@ -149,7 +149,7 @@ def test_quality_control_paths(root: str) -> None:
 def test_plate_file_names() -> None:
     """Every name of a plate's backend outputs comes from one place, and matches the paths above."""
     assert sqlite_name("P1") == "P1.sqlite"
-    assert [profiles_name("P1", f) for f in ("csv", "csv.gz", "parquet")] == profiles_names("P1")
+    assert [profiles_name("P1", profile_format=f) for f in ("csv", "csv.gz", "parquet")] == profiles_names("P1")
     assert profiles_names("P1") == ["P1.csv", "P1.csv.gz", "P1.parquet"]
     assert single_cell_name("P1", "parquet") == "P1_single_cells.parquet"
     assert single_cell_name("P1", "anndata") == "P1_single_cells.h5ad"
@@ -160,7 +160,7 @@ def test_plate_file_names() -> None:
     assert staging_name("P1", "0123456789abcdef") == ".P1.01234567.tmp"
     files = Workspace("/ws").backend_files("B1", "P1", profile_format="csv.gz")
     assert os.path.basename(files["sqlite"]) == sqlite_name("P1")
-    assert os.path.basename(files["profiles"]) == profiles_name("P1", "csv.gz")
+    assert os.path.basename(files["profiles"]) == profiles_name("P1", profile_format="csv.gz")
 
 
 def test_find_backend_prefers_parquet_and_names_what_is_missing(tmp_path: os.PathLike[str]) -> None:

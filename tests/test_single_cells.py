@@ -240,7 +240,7 @@ def test_aggregate_cells_matches_reference_and_streaming_engine(tmp_path: Path, 
 
     backend = _plate(tmp_path, wells=4, sites=2, cells=12, features=8)
     cells = single_cells(backend).to_pandas()
-    ours = aggregate_cells(cells, ["Metadata_Plate", "Metadata_Well"], "infer", operation,  # type: ignore[arg-type]
+    ours = aggregate_cells(cells, strata=["Metadata_Plate", "Metadata_Well"], features="infer", operation=operation,  # type: ignore[arg-type]
                            compute_object_count=True, object_feature="Metadata_ObjectNumber")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -260,7 +260,7 @@ def test_aggregate_cells_hand_computed() -> None:
 
     df = pd.DataFrame({"Metadata_Well": ["B01", "A01", "A01", "A01"], "Metadata_ObjectNumber": [1, 1, 2, 3],
                        "Cells_a": [5.0, 1.0, np.nan, 3.0], "Nuclei_b": [1.0, 2.0, 4.0, 9.0], "Other": ["x"] * 4})
-    out = aggregate_cells(df, ["Metadata_Well"], compute_object_count=True)
+    out = aggregate_cells(df, strata=["Metadata_Well"], compute_object_count=True)
     assert out.columns.tolist() == ["Metadata_Well", "Metadata_Object_Count", "Cells_a", "Nuclei_b"]
     assert out.values.tolist() == [["A01", 3, 2.0, 4.0], ["B01", 1, 5.0, 1.0]]
     with pytest.raises(InputError, match="Metadata_Plate"):

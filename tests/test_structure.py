@@ -441,11 +441,7 @@ DATA_ARGUMENTS: dict[str, str] = {
     "vocabulary.feature_prefixes": "compartments: the names turned into prefixes",
 }
 # functions whose options may still be given by position; the list only shrinks
-PENDING_POSITIONAL: frozenset[str] = frozenset({
-    "aggregate.aggregate_cells", "ingest.image.fill_metadata",
-    "ingest.objects.read_objects", "ingest.text.line_endings", "layout.profiles_name", "qc.metrics.treatment_column",
-    "remote.with_retries", "synth.cellprofiler_column_name",
-})
+PENDING_POSITIONAL: frozenset[str] = frozenset()
 
 
 def _positional_options() -> dict[str, list[str]]:

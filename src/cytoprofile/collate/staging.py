@@ -127,7 +127,7 @@ def _aggregate_only_remote(ws: str, batch: str, plate: str, *, tmp_dir: str | No
     target = Workspace(str(ws)).backend(batch, plate)
     io.remove_leftovers(target)
     report, trusted = trusted_outputs(ws, batch, plate)
-    name = profiles_name(plate, options["profile_format"])
+    name = profiles_name(plate, profile_format=options["profile_format"])
     if not options["overwrite"] and (name in trusted or (report is None and io.exists(io.join(target, name)))):
         return PlateResult(batch, plate, "skipped", "profiles exist (use --overwrite to re-aggregate)",
                            {"profiles": io.join(target, name)}, seconds=time.perf_counter() - start)
