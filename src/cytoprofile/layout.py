@@ -5,7 +5,7 @@ Two objects answer "where is X" so that no other module joins path parts by hand
 ``metadata/``, ``load_data_csv/``) and :class:`Layout` for what the recipe reads and
 writes (profiles, GCT, processing chain, quality control). Each path also has a
 relative form (the ``rel`` methods) used to stage files from object storage into a
-scratch copy with the same layout (:func:`cytoprofile.workspace.stage`).
+scratch copy with the same layout (:func:`cytoprofile.workspace.staged`).
 """
 
 from __future__ import annotations
