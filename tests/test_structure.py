@@ -208,9 +208,7 @@ PARSERS: dict[str, str] = {
     "check_choices": "refuses a flag's unknown choice, naming the flag",
 }
 # commands whose body still holds library logic, and what it is; the list only shrinks
-PENDING_COMMANDS: dict[str, str] = {
-    "single-cells": "loops over the plates around write_single_cells and decides --strict's exit (single_cells/)",
-}
+PENDING_COMMANDS: dict[str, str] = {}
 
 
 def _command_name(node: ast.FunctionDef) -> str | None:
