@@ -331,9 +331,7 @@ FACADES: dict[str, str] = {
     "pipeline": "the recipe's public face: run and its layout helpers from recipe/ and layout",
 }
 # modules that still export a name another module defines; the list only shrinks
-PENDING_REEXPORTS: frozenset[str] = frozenset({
-    "aggregate", "collate.outputs", "consensus", "evaluate", "metadata", "normalize", "processing.chain", "qc.metrics",
-})
+PENDING_REEXPORTS: frozenset[str] = frozenset()
 
 
 def _reexports(module: str, tree: ast.Module) -> list[str]:

@@ -36,15 +36,10 @@ if TYPE_CHECKING:
     from .cell_qc import OutlierCells
 
 __all__ = [
-    "DEFAULT_COMPARTMENTS",
     "DEFAULT_IMAGE_FEATURE_CATEGORIES",
-    "DEFAULT_STRATA",
-    "LINKING_COLUMNS",
-    "Operation",
     "WellAggregator",
     "aggregate",
     "aggregate_cells",
-    "compartment_features",
     "compartment_tables",
 ]
 

@@ -19,7 +19,7 @@ import pandas as pd
 from .. import io as cpio
 from ..errors import CytoprofileError, InputError
 from ..layout import Layout, QualityControlLayout
-from ..vocabulary import EVALUATE_MODES, QC_LEVELS, is_metadata, normal_well
+from ..vocabulary import EVALUATE_MODES, QC_LEVELS, REPLICATE_CANDIDATES, is_metadata, normal_well
 from .figures import (
     FIGURE_NAMES,
     cell_count_figure,
@@ -28,7 +28,6 @@ from .figures import (
     position_effect_figure,
 )
 from .metrics import (
-    REPLICATE_CANDIDATES,
     map_by_plate,
     map_tables,
     percent_replicating,

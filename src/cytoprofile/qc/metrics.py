@@ -24,7 +24,6 @@ from ..vocabulary import (
 
 __all__ = [
     "FEATURE_PREFIXES",
-    "REPLICATE_CANDIDATES",
     "feature_columns",
     "shared_features",
     "plate_rows",
