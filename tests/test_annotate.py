@@ -242,7 +242,7 @@ def test_unmatched_wells_drop_says_how_many(case: int, caplog: pytest.LogCapture
     with caplog.at_level("WARNING", logger="cytoprofile"):
         ours = annotate(profiles, platemap, unmatched_wells="drop")
     pd.testing.assert_frame_equal(ours, reference(profiles, platemap))  # the reference drops silently
-    assert f"dropped {len(missing)} well(s)" in caplog.text
+    assert f"{len(missing)} of {profiles['Metadata_Well'].nunique()} well(s) dropped" in caplog.text
     rows = int(profiles["Metadata_Well"].isin(missing).sum())
     assert f"({rows} profile row(s))" in caplog.text
     assert len(ours) == len(profiles) - rows
@@ -336,7 +336,7 @@ def test_command_refuses_wells_missing_from_the_plate_map(tmp_path: Path, capsys
     assert "lacks 57 well(s)" in err and "D04" in err and "--unmatched-wells drop" in err
     assert not out.exists()
     assert main(["annotate", str(profiles_path), str(map_path), str(out), "--unmatched-wells", "drop"]) == 0
-    assert "dropped 57 well(s)" in capsys.readouterr().err
+    assert f"57 of 96 well(s) dropped (57 profile row(s)), not in the plate map {map_path.name}" in capsys.readouterr().err
     assert len(pd.read_csv(out)) == 39
     record = json.loads((tmp_path / "augmented.csv.provenance.json").read_text())
     assert record["wells"]["in"] == 96 and record["wells"]["out"] == 39  # QC reads the dropped wells here

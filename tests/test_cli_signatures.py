@@ -46,7 +46,7 @@ FUNCTIONS: dict[str, tuple[str, str]] = {
     "harmony": ("cytoprofile.processing", "harmony"),
     "process": ("cytoprofile.processing", "run_chain"),
     "map": ("cytoprofile.evaluate", "mean_average_precision"),
-    "single-cells": ("cytoprofile.single_cells", "write_single_cells"),
+    "single-cells": ("cytoprofile.single_cells", "write_plates_single_cells"),
     "cell-qc": ("cytoprofile.cell_qc", "flag_single_cells"),
 }
 
@@ -73,8 +73,6 @@ COMPOSED: dict[tuple[str, str], str] = {
     ("single-cells", "thresholds"): "read with cell_qc.load_thresholds into thresholds=",
     ("single-cells", "qc_sets"): "the sets cell_qc.load_thresholds keeps",
     ("single-cells", "cell_qc"): "thresholds= given (the shipped sets unless --thresholds)",
-    ("single-cells", "backend"): "layout.Workspace.find_backend: which of the plate's backend files is the function's first argument",
-    ("single-cells", "strict"): "the command's exit status when objects were not linked",
     ("process", "chain"): "parsed with processing.parse_chain into the chain argument",
     ("qc", "map_"): "checked as the recipe's quality_control.map block into map_settings=",
     **{("qc", f"map_{key}"): "a key of the quality_control.map block, composed into map_settings="

@@ -466,9 +466,9 @@ def test_fit_query_combines_filters() -> None:
 
 
 def test_operation_names_are_the_step_modules() -> None:
-    from cytoprofile.normalize import METHODS
+    from cytoprofile.vocabulary import NORMALIZE_METHODS
 
-    assert cfg.NORMALIZE_METHODS == METHODS
+    assert cfg.NORMALIZE_METHODS == NORMALIZE_METHODS
     assert FeatureSelectConfig(operations=["frequency_threshold"]).operations == [  # type: ignore[list-item]
         "frequency_threshold"
     ]

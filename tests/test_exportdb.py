@@ -352,7 +352,7 @@ def test_cellprofiler_column_name_shortening() -> None:
     assert len(name) > 64 and len(short) == 64
     assert short.startswith("Cells_")
     # vowels go first, from the end
-    assert cellprofiler_column_name("Ab_cdefo", 6) == "Ab_cdf"
+    assert cellprofiler_column_name("Ab_cdefo", max_length=6) == "Ab_cdf"
     assert cellprofiler_column_name("Short_name") == "Short_name"
 
 

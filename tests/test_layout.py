@@ -149,7 +149,7 @@ def test_quality_control_paths(root: str) -> None:
 def test_plate_file_names() -> None:
     """Every name of a plate's backend outputs comes from one place, and matches the paths above."""
     assert sqlite_name("P1") == "P1.sqlite"
-    assert [profiles_name("P1", f) for f in ("csv", "csv.gz", "parquet")] == profiles_names("P1")
+    assert [profiles_name("P1", profile_format=f) for f in ("csv", "csv.gz", "parquet")] == profiles_names("P1")
     assert profiles_names("P1") == ["P1.csv", "P1.csv.gz", "P1.parquet"]
     assert single_cell_name("P1", "parquet") == "P1_single_cells.parquet"
     assert single_cell_name("P1", "anndata") == "P1_single_cells.h5ad"
@@ -160,7 +160,7 @@ def test_plate_file_names() -> None:
     assert staging_name("P1", "0123456789abcdef") == ".P1.01234567.tmp"
     files = Workspace("/ws").backend_files("B1", "P1", profile_format="csv.gz")
     assert os.path.basename(files["sqlite"]) == sqlite_name("P1")
-    assert os.path.basename(files["profiles"]) == profiles_name("P1", "csv.gz")
+    assert os.path.basename(files["profiles"]) == profiles_name("P1", profile_format="csv.gz")
 
 
 def test_find_backend_prefers_parquet_and_names_what_is_missing(tmp_path: os.PathLike[str]) -> None:
@@ -186,3 +186,19 @@ def test_find_backend_prefers_parquet_and_names_what_is_missing(tmp_path: os.Pat
 def test_a_plate_folder_needs_its_batch() -> None:
     with pytest.raises(ValueError, match="without its batch"):
         Workspace("/ws").folder("backend", plate="P")
+
+
+def test_staged_copy_names_the_url(tmp_path: os.PathLike[str]) -> None:
+    """A staged copy maps its files to the workspace URL, and errors raised inside name the URL, not scratch."""
+    from cytoprofile.errors import InputError
+
+    remote = "s3://bucket/project/ws"
+    with workspace.staged(remote, tmp_dir=str(tmp_path), prefix="t") as copy:
+        local = copy.local
+        assert os.path.isdir(local) and os.path.dirname(local) == str(tmp_path)
+        assert copy.url(os.path.join(local, "backend", "B", "P", "P.csv")) == f"{remote}/backend/B/P/P.csv"
+        with pytest.raises(InputError) as caught, copy.named_at_url():
+            raise InputError(f"{local}/backend/B/P/P.csv: no rows; and {local}")
+        assert str(caught.value) == f"{remote}/backend/B/P/P.csv: no rows; and {remote}"
+        assert isinstance(caught.value.__cause__, InputError)
+    assert not os.path.exists(local)

@@ -15,8 +15,8 @@ from cytoprofile.metadata import (
     platemap_for_plate,
     platemap_name_for_plate,
     validate_metadata,
-    well_name_problem,
 )
+from cytoprofile.vocabulary import well_name_problem
 
 BATCH = "2016_04_01_a549_48hr_batch1"
 WELLS = [f"{r}{c:02d}" for r in "ABCDEFGH" for c in range(1, 13)]

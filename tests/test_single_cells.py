@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import warnings
 from pathlib import Path
@@ -240,7 +241,7 @@ def test_aggregate_cells_matches_reference_and_streaming_engine(tmp_path: Path, 
 
     backend = _plate(tmp_path, wells=4, sites=2, cells=12, features=8)
     cells = single_cells(backend).to_pandas()
-    ours = aggregate_cells(cells, ["Metadata_Plate", "Metadata_Well"], "infer", operation,  # type: ignore[arg-type]
+    ours = aggregate_cells(cells, strata=["Metadata_Plate", "Metadata_Well"], features="infer", operation=operation,  # type: ignore[arg-type]
                            compute_object_count=True, object_feature="Metadata_ObjectNumber")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -260,7 +261,7 @@ def test_aggregate_cells_hand_computed() -> None:
 
     df = pd.DataFrame({"Metadata_Well": ["B01", "A01", "A01", "A01"], "Metadata_ObjectNumber": [1, 1, 2, 3],
                        "Cells_a": [5.0, 1.0, np.nan, 3.0], "Nuclei_b": [1.0, 2.0, 4.0, 9.0], "Other": ["x"] * 4})
-    out = aggregate_cells(df, ["Metadata_Well"], compute_object_count=True)
+    out = aggregate_cells(df, strata=["Metadata_Well"], compute_object_count=True)
     assert out.columns.tolist() == ["Metadata_Well", "Metadata_Object_Count", "Cells_a", "Nuclei_b"]
     assert out.values.tolist() == [["A01", 3, 2.0, 4.0], ["B01", 1, 5.0, 1.0]]
     with pytest.raises(InputError, match="Metadata_Plate"):
@@ -288,6 +289,30 @@ def test_load_profiles_reads_every_format_alike(tmp_path: Path) -> None:
     np.testing.assert_allclose(csv[feats].to_numpy(float), parquet[feats].to_numpy(float))
     with pytest.raises(InputError, match="no such file"):
         load_profiles(tmp_path / "absent.parquet")
+
+
+def test_plates_strict_names_unlinked_after_writing_every_plate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Unlinked objects in one plate: every plate is still written and handed on; --strict then fails naming
+    that plate and how many objects, without it the run succeeds."""
+    from cytoprofile.cli import main
+    from cytoprofile.errors import CytoprofileError
+    from cytoprofile.single_cells import write_plates_single_cells
+
+    synth(tmp_path, plates=["P1", "P2"], wells=96, well_subset=2, sites=2, cells=6, features=4)
+    for plate in ("P1", "P2"):
+        collate_plate(tmp_path, "BATCH1", plate, backend=("sqlite",))
+    _break_links(tmp_path / "backend/BATCH1/P2/P2.sqlite")
+    seen: list[str] = []
+    with pytest.raises(CytoprofileError, match=r"not linked into cells .*: P2 \(5\)$"):
+        write_plates_single_cells(tmp_path, "BATCH1", ["P1", "P2"], strict=True, done=lambda p, _r: seen.append(p))
+    assert seen == ["P1", "P2"]
+    reports = write_plates_single_cells(tmp_path, "BATCH1", ["P2", "P1"], backend="sqlite")
+    assert [r.lost for r in reports] == [5, 0]
+    capsys.readouterr()
+    assert main(["single-cells", str(tmp_path), "BATCH1", "P1", "P2", "--strict", "-q"]) == 1
+    printed = capsys.readouterr().out.split()
+    assert [os.path.basename(p) for p in printed] == ["P1_single_cells.parquet", "P2_single_cells.parquet"]
+    assert main(["single-cells", str(tmp_path), "BATCH1", "P1", "P2", "-q"]) == 0
 
 
 def test_cli_single_cells_and_cell_qc(tmp_path: Path) -> None:

@@ -104,7 +104,7 @@ def test_cli_threads_reach_the_writer(tmp_path: Path, monkeypatch: pytest.Monkey
         seen.append(kw["threads"])
         return real(*args, **kw)
 
-    monkeypatch.setattr("cytoprofile.single_cells.write_single_cells", spy)
+    monkeypatch.setattr(write, "write_single_cells", spy)  # what write_plates_single_cells calls
     out = ws / "backend/BATCH1/P1/P1_single_cells.parquet"
     tables = []
     for argv in (["--threads", "0"], [], ["--threads", "3"]):

@@ -208,9 +208,7 @@ PARSERS: dict[str, str] = {
     "check_choices": "refuses a flag's unknown choice, naming the flag",
 }
 # commands whose body still holds library logic, and what it is; the list only shrinks
-PENDING_COMMANDS: dict[str, str] = {
-    "single-cells": "loops over the plates around write_single_cells and decides --strict's exit (single_cells/)",
-}
+PENDING_COMMANDS: dict[str, str] = {}
 
 
 def _command_name(node: ast.FunctionDef) -> str | None:
@@ -333,9 +331,7 @@ FACADES: dict[str, str] = {
     "pipeline": "the recipe's public face: run and its layout helpers from recipe/ and layout",
 }
 # modules that still export a name another module defines; the list only shrinks
-PENDING_REEXPORTS: frozenset[str] = frozenset({
-    "aggregate", "collate.outputs", "consensus", "evaluate", "metadata", "normalize", "processing.chain", "qc.metrics",
-})
+PENDING_REEXPORTS: frozenset[str] = frozenset()
 
 
 def _reexports(module: str, tree: ast.Module) -> list[str]:
@@ -441,11 +437,7 @@ DATA_ARGUMENTS: dict[str, str] = {
     "vocabulary.feature_prefixes": "compartments: the names turned into prefixes",
 }
 # functions whose options may still be given by position; the list only shrinks
-PENDING_POSITIONAL: frozenset[str] = frozenset({
-    "aggregate.aggregate_cells", "ingest.image.fill_metadata",
-    "ingest.objects.read_objects", "ingest.text.line_endings", "layout.profiles_name", "qc.metrics.treatment_column",
-    "remote.with_retries", "synth.cellprofiler_column_name",
-})
+PENDING_POSITIONAL: frozenset[str] = frozenset()
 
 
 def _positional_options() -> dict[str, list[str]]:

@@ -138,9 +138,9 @@ def test_feature_names_are_unique_beyond_the_pool() -> None:
 
 
 def test_column_names_shortened_as_cellprofiler_does() -> None:
-    assert cellprofiler_column_name("Cells_AreaShape", 20) == "Cells_AreaShape"
+    assert cellprofiler_column_name("Cells_AreaShape", max_length=20) == "Cells_AreaShape"
     # from the end back to the first underscore: lower-case vowels first (e, a, a)
-    assert cellprofiler_column_name("Cells_AreaShape", 12) == "Cells_AreShp"
+    assert cellprofiler_column_name("Cells_AreaShape", max_length=12) == "Cells_AreShp"
 
 
 @pytest.mark.parametrize(("option", "value"), [("cells", -5), ("sites", 0), ("well_subset", 0), ("features", 0),

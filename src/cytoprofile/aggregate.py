@@ -36,15 +36,10 @@ if TYPE_CHECKING:
     from .cell_qc import OutlierCells
 
 __all__ = [
-    "DEFAULT_COMPARTMENTS",
     "DEFAULT_IMAGE_FEATURE_CATEGORIES",
-    "DEFAULT_STRATA",
-    "LINKING_COLUMNS",
-    "Operation",
     "WellAggregator",
     "aggregate",
     "aggregate_cells",
-    "compartment_features",
     "compartment_tables",
 ]
 
@@ -260,12 +255,12 @@ def _kept_objects(reader: Any, table: str, features: Sequence[str], pairs: Seque
 
 def aggregate_cells(
     population_df: pd.DataFrame,
+    *,
     strata: Sequence[str] = DEFAULT_STRATA,
     features: Sequence[str] | Literal["infer"] = "infer",
     operation: Operation = "median",
     compute_object_count: bool = False,
     object_feature: str = "Metadata_ObjectNumber",
-    *,
     compartments: Sequence[str] = DEFAULT_COMPARTMENTS,
     image_features: bool = False,
 ) -> pd.DataFrame:

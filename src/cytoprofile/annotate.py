@@ -13,6 +13,7 @@ would repeat wells) is refused.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -111,9 +112,11 @@ def _plates_of(profiles: pd.DataFrame) -> str:
 
 
 def _match_wells(
-    profiles: pd.DataFrame, pm: pd.DataFrame, map_key: str, profile_key: str, unmatched_wells: str
+    profiles: pd.DataFrame, pm: pd.DataFrame, map_key: str, profile_key: str, unmatched_wells: str,
+    platemap_name: str | None = None,
 ) -> tuple[pd.DataFrame, list[str]]:
-    """``profiles`` without the wells the plate map lacks (and those wells), or an error naming them."""
+    """``profiles`` without the wells the plate map lacks (and those wells), or an error naming them;
+    ``platemap_name`` (the plate map's file) is named in the warning when given."""
     wells = profiles[profile_key]
     absent = wells.isna() | ~wells.isin(pm[map_key].dropna())
     unlisted = pm.loc[~pm[map_key].isin(wells.dropna()), map_key]
@@ -123,9 +126,10 @@ def _match_wells(
     if not absent.any():
         return profiles, []
     names = list(dict.fromkeys(str(w) for w in wells[absent]))
+    source = f" {platemap_name}" if platemap_name else ""
     if absent.all():
         raise MetadataError(
-            f"none of the profiles' {len(names)} well(s) ({profile_key}) is in the plate map ({map_key}): "
+            f"none of the profiles' {len(names)} well(s) ({profile_key}) is in the plate map{source} ({map_key}): "
             f"{_listed(names)}; is it the plate map of this plate, and its well column the one join_on names?"
         )
     if unmatched_wells == "error":
@@ -136,8 +140,9 @@ def _match_wells(
             "a recipe config, --unmatched-wells drop on the command line)"
         )
     log.warning(
-        "annotate: dropped %d well(s) (%d profile row(s)) absent from the plate map "
-        "(unmatched_wells: drop): %s", len(names), int(absent.sum()), _listed(names),
+        "annotate %s: %d of %d well(s) dropped (%d profile row(s)), not in the plate map%s "
+        "(unmatched_wells: drop): %s", _plates_of(profiles), len(names), len(dict.fromkeys(str(w) for w in wells)),
+        int(absent.sum()), source, _listed(names),
     )
     return profiles.loc[~absent.to_numpy()], names
 
@@ -185,12 +190,14 @@ def annotate(
     external_join_right: str | Sequence[str] | None = None,
     unmatched_wells: str = "error",
     compartments: str | Sequence[str] | None = None,
+    platemap_name: str | None = None,
 ) -> pd.DataFrame:
     """Join ``platemap`` (and ``external_metadata``) onto ``profiles``.
 
     ``join_on`` is (plate map column, profile column), named after prefixing. Profile
     wells the plate map lacks are an error naming them; with ``unmatched_wells="drop"``
-    they drop (inner join) and a warning says how many. Rows follow the plate map's
+    they drop (inner join) and a warning says how many (naming ``platemap_name``, the plate
+    map's file, when given). Rows follow the plate map's
     order; a plate map column whose name clashes with a profile column gets
     ``_platemap``. External metadata is left-joined on ``external_join_left``
     (annotated side) = ``external_join_right`` (its side, default the same names); its
@@ -220,7 +227,7 @@ def annotate(
         "check the well column of the aggregated profiles and join_on",
     )
     rows_in = len(profiles)
-    profiles, dropped = _match_wells(profiles, pm, map_key, profile_key, unmatched_wells)
+    profiles, dropped = _match_wells(profiles, pm, map_key, profile_key, unmatched_wells, platemap_name)
 
     annotated = pm.merge(profiles, left_on=map_key, right_on=profile_key, how="inner", suffixes=("_platemap", None))
     if map_key != profile_key:
@@ -281,7 +288,8 @@ def annotate_files(
         table = io.read_table(profiles)
     inputs = _file_inputs(platemap, external=external, merge_column=merge_column, unmatched_wells=unmatched_wells)
     try:  # a problem of the join is one of both files: name the two
-        out = annotate(table, join_on=join_on, unmatched_wells=unmatched_wells, compartments=compartments, **inputs)
+        out = annotate(table, join_on=join_on, unmatched_wells=unmatched_wells, compartments=compartments,
+                       platemap_name=os.path.basename(str(platemap)), **inputs)
     except CytoprofileError as exc:
         raise type(exc)(f"{profiles} with plate map {platemap}: {exc}") from exc
     report_account(_account(table, out), on_account)

@@ -30,7 +30,7 @@ from .step_data import (
 from .vocabulary import CONSENSUS_OPERATIONS as OPERATIONS
 from .vocabulary import MODZ_METHODS, resolve_features
 
-__all__ = ["OPERATIONS", "consensus", "modz_weights"]
+__all__ = ["consensus", "modz_weights"]
 
 _MODZ_METHODS = MODZ_METHODS
 

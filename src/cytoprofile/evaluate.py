@@ -45,7 +45,6 @@ from .vocabulary import EVALUATE_MODES as MODES
 from .vocabulary import NEGCON_QUERY, PERTURBATION_CANDIDATES, prefixed_features, resolve_features
 
 __all__ = [
-    "MODES",
     "average_precision",
     "benjamini_hochberg",
     "feature_columns",

@@ -5,7 +5,7 @@ Two objects answer "where is X" so that no other module joins path parts by hand
 ``metadata/``, ``load_data_csv/``) and :class:`Layout` for what the recipe reads and
 writes (profiles, GCT, processing chain, quality control). Each path also has a
 relative form (the ``rel`` methods) used to stage files from object storage into a
-scratch copy with the same layout (:func:`cytoprofile.workspace.stage`).
+scratch copy with the same layout (:func:`cytoprofile.workspace.staged`).
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def sqlite_name(plate: str) -> str:
     return f"{plate}.sqlite"
 
 
-def profiles_name(plate: str, profile_format: str = "csv") -> str:
+def profiles_name(plate: str, *, profile_format: str = "csv") -> str:
     """``PLATE.{csv,csv.gz,parquet}``: collate's per-well profiles."""
     return f"{plate}.{profile_format}"
 
@@ -117,7 +117,7 @@ def backend_files_in(folder: str, plate: str, *, profile_format: str = "csv") ->
     return {
         "sqlite": io.join(folder, sqlite_name(plate)),
         "parquet_prefix": io.join(folder, f"{plate}"),
-        "profiles": io.join(folder, profiles_name(plate, profile_format)),
+        "profiles": io.join(folder, profiles_name(plate, profile_format=profile_format)),
         "report": io.join(folder, report_name(plate)),
     }
 
@@ -200,7 +200,7 @@ class Workspace:
 
     def profiles(self, batch: str, plate: str, *, profile_format: str = "csv") -> str:
         """``backend/BATCH/PLATE/PLATE.{csv,csv.gz,parquet}``: collate's per-well profiles."""
-        return io.join(self.backend(batch, plate), profiles_name(plate, profile_format))
+        return io.join(self.backend(batch, plate), profiles_name(plate, profile_format=profile_format))
 
     def report(self, batch: str, plate: str) -> str:
         """``backend/BATCH/PLATE/PLATE.report.json``."""

@@ -34,7 +34,6 @@ __all__ = [
     "profiles_by_plate",
     "validate_annotation_inputs",
     "validate_metadata",
-    "well_name_problem",
 ]
 
 PathLike = str | os.PathLike[str]

@@ -31,7 +31,7 @@ from .step_data import AccountSink, FeatureAccount, report_account, unprocessed_
 from .vocabulary import NORMALIZE_METHODS as METHODS
 from .vocabulary import SPHERIZE_METHODS, metadata_columns, resolve_features
 
-__all__ = ["METHODS", "SPHERIZE_METHODS", "fit_rows", "normalize"]
+__all__ = ["fit_rows", "normalize"]
 
 log = logging.getLogger(__name__)
 

@@ -227,7 +227,7 @@ def list_sizes(prefix: str | os.PathLike[str]) -> dict[str, int]:
     return {url: int(entry.get("size") or 0) for url, entry in _found(text).items()}
 
 
-def with_retries(action: Any, what: str, attempts: int = 4) -> Any:
+def with_retries(action: Any, what: str, *, attempts: int = 4) -> Any:
     """Retry errors the store's client does not (a copy racing a write); never a dead endpoint."""
     delay = 0.5
     for attempt in range(1, attempts + 1):

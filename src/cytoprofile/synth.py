@@ -391,7 +391,7 @@ def _write_metadata(
     (ext / "external_metadata.tsv").write_text("\n".join(rows) + "\n")
 
 
-def cellprofiler_column_name(name: str, max_length: int = 64) -> str:
+def cellprofiler_column_name(name: str, *, max_length: int = 64) -> str:
     """A column name as CellProfiler's ExportToDatabase shortens it to ``max_length`` characters.
 
     Characters are dropped from the end back to the first underscore: lower-case vowels
@@ -453,7 +453,7 @@ def _object_columns(obj: str, table: pa.Table, max_length: int) -> list[tuple[st
     out = [("ObjectNumber", f"{obj}_Number_Object_Number", "INTEGER")]
     for f in table.schema:
         if f.name not in ("ImageNumber", "ObjectNumber", "Number_Object_Number"):
-            out.append((f.name, cellprofiler_column_name(f"{obj}_{f.name}", max_length), _sql_type(f.type)))
+            out.append((f.name, cellprofiler_column_name(f"{obj}_{f.name}", max_length=max_length), _sql_type(f.type)))
     return out
 
 
@@ -462,7 +462,7 @@ def _write_one_database(path: str, sites: list[Path], *, layout: str, table_pref
 
     loaded = [_export_site(s) for s in sites]
     image0, objects0 = loaded[0]
-    image_cols = [(f.name, cellprofiler_column_name(f"Image_{f.name}", max_length), _sql_type(f.type))
+    image_cols = [(f.name, cellprofiler_column_name(f"Image_{f.name}", max_length=max_length), _sql_type(f.type))
                   for f in image0.schema if f.name != "ImageNumber"]
     obj_cols = {o: _object_columns(o, t, max_length) for o, t in objects0.items()}
     conn = sqlite3.connect(path)

@@ -1,5 +1,5 @@
-"""Working on a handbook workspace: staging its files into scratch and publishing outputs, plate locks,
-name checks. Where each file lives is :mod:`cytoprofile.layout`'s answer alone."""
+"""Working on a handbook workspace: staging a URL workspace's files into scratch and publishing outputs
+(:func:`staged`), plate locks, name checks. Where each file lives is :mod:`cytoprofile.layout`'s answer alone."""
 
 from __future__ import annotations
 
@@ -9,27 +9,73 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import io
-from .errors import InputError
+from .errors import CytoprofileError, InputError
 from .layout import Workspace
 from .remote import list_entries
 
 __all__ = [
+    "Staged",
     "check_name",
     "files_under",
     "find_plate",
     "plate_lock",
-    "publish",
     "scratch_dir",
-    "stage",
+    "staged",
 ]
 
 PathLike = str | os.PathLike[str]
 
 
-def stage(
+@dataclass(frozen=True)
+class Staged:
+    """A local copy of the URL workspace ``remote`` at ``local``: inputs fetched in, outputs published back.
+
+    Paths relative to either root name the same file, so a step run on ``local`` sees the
+    workspace as it is at ``remote``.
+    """
+
+    remote: str
+    local: str
+
+    def fetch(self, prefixes: list[str], *, accept: Callable[[str], bool] | None = None,
+              fetch: Callable[[str], bool] | None = None) -> list[str]:
+        """Copy the files under ``remote/PREFIX`` into the local copy; see :func:`_stage`."""
+        return _stage(self.remote, self.local, prefixes, accept=accept, fetch=fetch)
+
+    def publish(self, rels: list[str]) -> list[str]:
+        """Upload ``local/REL`` to ``remote/REL`` for each relative path, each atomically; return the URLs."""
+        return _publish(self.local, self.remote, rels)
+
+    def url(self, path: str) -> str:
+        """The URL of a file of the local copy."""
+        return io.join(self.remote, os.path.relpath(path, self.local))
+
+    @contextlib.contextmanager
+    def named_at_url(self) -> Iterator[None]:
+        """Errors raised inside name the workspace URL instead of the local copy (the user knows the URL;
+        a scratch copy is deleted next)."""
+        try:
+            yield
+        except CytoprofileError as exc:
+            text = str(exc)
+            for local in {self.local, os.path.realpath(self.local)}:
+                text = text.replace(local.rstrip(os.sep) + os.sep, self.remote.rstrip("/") + "/").replace(local, self.remote)
+            raise type(exc)(text) from exc
+
+
+@contextlib.contextmanager
+def staged(remote: str, *, tmp_dir: str | None, prefix: str) -> Iterator[Staged]:
+    """A scratch copy of the URL workspace ``remote`` in ``tmp_dir`` (see :func:`scratch_dir`), empty
+    until fetched into, removed afterwards: fetch the inputs, run on ``Staged.local``, publish."""
+    with scratch_dir(tmp_dir, prefix) as local:
+        yield Staged(remote, local)
+
+
+def _stage(
     remote: str,
     local: str,
     prefixes: list[str],
@@ -68,7 +114,7 @@ def _placeholder(path: str, size: int) -> None:
         fh.truncate(size)
 
 
-def publish(local: str, remote: str, rels: list[str]) -> list[str]:
+def _publish(local: str, remote: str, rels: list[str]) -> list[str]:
     """Upload ``local/REL`` to ``remote/REL`` for each relative path, each atomically; return the URLs."""
     urls = []
     for rel in rels:

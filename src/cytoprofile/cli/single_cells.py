@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from ..errors import CytoprofileError, InputError
+from ..errors import InputError
 from ..vocabulary import DEFAULT_COMPARTMENTS
 from .common import HubOpt, QuietOpt, app, log, setup_logging, split_values, timed
 
@@ -21,6 +21,12 @@ def _links(values: list[str] | None) -> dict[str, str] | None:
             raise InputError(f"--links {item}: write COMPARTMENT=COLUMN, e.g. Nuclei=Cytoplasm_Parent_Nuclei")
         out[compartment] = column
     return out or None
+
+
+def _print_outputs(_plate: str, report: Any) -> None:
+    """A finished plate's single-cell files, one path a line."""
+    for out in report.outputs.values():
+        typer.echo(out)
 
 
 @app.command("single-cells")
@@ -47,8 +53,7 @@ def single_cells_cmd(
 
     Writes PLATE_single_cells.parquet and/or PLATE_single_cells.h5ad.
     """
-    from ..layout import Workspace
-    from ..single_cells import write_single_cells
+    from ..single_cells import write_plates_single_cells
 
     setup_logging(quiet)
     formats = split_values(formats) or ["parquet"]
@@ -58,24 +63,12 @@ def single_cells_cmd(
         from ..cell_qc import load_thresholds  # pandas: only when flags are asked for
 
         sets = load_thresholds(thresholds, sets=split_values(qc_sets))
-    linked = _links(links)
-    unlinked = []
-    for plate in split_values(plates) or []:
-        path = Workspace(workspace).find_backend(batch, plate, backend)
-        with timed(f"single cells of {plate}"):
-            report = write_single_cells(
-                path, formats=formats,  # type: ignore[arg-type]
-                compartments=split_values(compartments) or list(DEFAULT_COMPARTMENTS), hub=hub, links=linked,
-                image_feature_categories=split_values(image_feature_categories) or [],
-                metadata="all" if meta == ["all"] else meta, thresholds=sets, threads=threads)
-        log.info("%s: %d cells from %d sites; rows in %s; not linked %s", plate, report.cells_out, report.sites,
-                 report.rows_in, report.unlinked or "none")
-        for out in report.outputs.values():
-            typer.echo(out)
-        if report.lost:
-            unlinked.append(f"{plate} ({report.lost})")
-    if unlinked and strict:
-        raise CytoprofileError(f"objects not linked into cells (named in the reports): {', '.join(unlinked)}")
+    write_plates_single_cells(
+        workspace, batch, split_values(plates) or [], backend=backend, formats=formats,  # type: ignore[arg-type]
+        compartments=split_values(compartments) or list(DEFAULT_COMPARTMENTS), hub=hub, links=_links(links),
+        image_feature_categories=split_values(image_feature_categories) or [],
+        metadata="all" if meta == ["all"] else meta, thresholds=sets, threads=threads, strict=strict,
+        done=_print_outputs)
 
 
 @app.command("cell-qc")

@@ -27,7 +27,7 @@ from ..layout import (
 )
 from ..vocabulary import TableFormat
 
-__all__ = ['BackendKind', 'GENERATION_KEY', 'PlateResult', 'ProfileFormat', 'Progress', 'SIDECAR', 'commit_local', 'generation_of', 'is_ours', 'kind_label', 'kind_of', 'mark_sqlite', 'plate_outputs', 'plate_profiles', 'remote_sizes', 'remove_stale', 'single_cell_names', 'trusted_outputs', 'write_profiles']
+__all__ = ['BackendKind', 'GENERATION_KEY', 'PlateResult', 'ProfileFormat', 'Progress', 'SIDECAR', 'commit_local', 'generation_of', 'is_ours', 'kind_label', 'kind_of', 'mark_sqlite', 'plate_outputs', 'plate_profiles', 'remote_sizes', 'remove_stale', 'trusted_outputs', 'write_profiles']
 
 log = logging.getLogger("cytoprofile.collate")
 

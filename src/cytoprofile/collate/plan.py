@@ -59,7 +59,7 @@ def plan_build(plate: str, report: dict[str, Any] | None, trusted: dict[str, str
         previous["inputs"] = (report or {}).get("inputs")
     present = _kinds_present(plate, report, trusted)
     same = bool(previous) and _data_options(previous) == _data_options(build)
-    profile = profiles_name(plate, build["profile_format"])
+    profile = profiles_name(plate, profile_format=build["profile_format"])
     cells = {single_cell_name(plate, f) for f in build.get("single_cells") or ()}
     if not overwrite and same and asked <= present and profile in trusted and cells <= set(trusted):
         return Plan(skip=True)

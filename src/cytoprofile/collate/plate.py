@@ -11,12 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import io, workspace
-from ..aggregate import (
-    DEFAULT_COMPARTMENTS,
-    DEFAULT_IMAGE_FEATURE_CATEGORIES,
-    DEFAULT_STRATA,
-    Operation,
-)
+from ..aggregate import DEFAULT_IMAGE_FEATURE_CATEGORIES
 from ..checks import check_choices
 from ..digest import ReadDigests
 from ..errors import CytoprofileError, InputError
@@ -29,9 +24,12 @@ from ..vocabulary import (
     AGGREGATE_OPERATIONS,
     BACKEND_KINDS,
     COUNT_CHECKS,
+    DEFAULT_COMPARTMENTS,
+    DEFAULT_STRATA,
     SINGLE_CELL_FORMATS,
     TABLE_FORMATS,
 )
+from ..vocabulary import AggregateOperation as Operation
 from .cells import cell_options
 from .outputs import (
     BackendKind,

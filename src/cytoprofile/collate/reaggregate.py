@@ -9,15 +9,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .. import io
-from ..aggregate import (
-    Operation,
-    aggregate,
-)
+from ..aggregate import aggregate
 from ..errors import InputError
 from ..ingest import (
     IMAGE_TABLE,
 )
 from ..layout import Workspace, parquet_table_path
+from ..vocabulary import AggregateOperation as Operation
 from .outputs import (
     SIDECAR,
     BackendKind,

@@ -62,7 +62,7 @@ def publish_plate(local_ws: str, remote_ws: str, batch: str, plate: str, report:
     return [*urls, io.join(target, report_file)]
 
 
-def _stage_plate(ws: str, scratch: str, batch: str, plate: str) -> None:
+def _stage_plate(copy: workspace.Staged, batch: str, plate: str) -> None:
     """Copy a plate's analysis folder from object storage as the local reader sees it.
 
     Every file is staged under its own name and size; the files reading a site opens
@@ -71,10 +71,9 @@ def _stage_plate(ws: str, scratch: str, batch: str, plate: str) -> None:
     """
     analysis_rel = Workspace.analysis_rel(batch, plate)
     depth = analysis_rel.count("/") + 2  # analysis/.../analysis/SITE/FILE
-    staged = workspace.stage(ws, scratch, [analysis_rel],
-                             fetch=lambda rel: rel.count("/") >= depth and reader_opens(os.path.basename(rel)))
+    staged = copy.fetch([analysis_rel], fetch=lambda rel: rel.count("/") >= depth and reader_opens(os.path.basename(rel)))
     if not any(rel.count("/") >= depth for rel in staged):
-        raise InputError(f"{io.join(ws, analysis_rel)}: no site folders with files found; "
+        raise InputError(f"{io.join(copy.remote, analysis_rel)}: no site folders with files found; "
                          "check the workspace URL, batch and plate")
 
 
@@ -99,8 +98,9 @@ def collate_remote(ws: str, batch: str, plate: str, *, tmp_dir: str | None, prog
     if plan.skip:
         return PlateResult(batch, plate, "skipped", "complete outputs exist (use --overwrite to rebuild)", outputs, report,
                            seconds=time.perf_counter() - start)
-    with workspace.scratch_dir(tmp_dir, plate) as scratch:
-        _stage_plate(ws, scratch, batch, plate)
+    with workspace.staged(ws, tmp_dir=tmp_dir, prefix=plate) as copy:
+        scratch = copy.local
+        _stage_plate(copy, batch, plate)
         local_dir = Workspace(str(scratch)).backend(batch, plate)
         with io.output_errors(scratch):
             local, staging = build_plate(scratch, batch, plate, plan=plan, progress=progress, start=start, **options)
@@ -127,14 +127,14 @@ def _aggregate_only_remote(ws: str, batch: str, plate: str, *, tmp_dir: str | No
     target = Workspace(str(ws)).backend(batch, plate)
     io.remove_leftovers(target)
     report, trusted = trusted_outputs(ws, batch, plate)
-    name = profiles_name(plate, options["profile_format"])
+    name = profiles_name(plate, profile_format=options["profile_format"])
     if not options["overwrite"] and (name in trusted or (report is None and io.exists(io.join(target, name)))):
         return PlateResult(batch, plate, "skipped", "profiles exist (use --overwrite to re-aggregate)",
                            {"profiles": io.join(target, name)}, seconds=time.perf_counter() - start)
     wanted = {report_name(plate)} | ({sqlite_name(plate)} if "sqlite" in options["backend"] else set())
-    with workspace.scratch_dir(tmp_dir, plate) as scratch:
-        workspace.stage(ws, scratch, [rel], accept=lambda r: os.path.basename(r) in wanted
-                        or is_parquet_table(plate, os.path.basename(r)))
+    with workspace.staged(ws, tmp_dir=tmp_dir, prefix=plate) as copy:
+        scratch = copy.local
+        copy.fetch([rel], accept=lambda r: os.path.basename(r) in wanted or is_parquet_table(plate, os.path.basename(r)))
         outputs = plate_outputs(scratch, batch, plate, backend=options["backend"], profile_format=options["profile_format"])
         with io.output_errors(scratch):
             local = aggregate_only(scratch, batch, plate, outputs, backend=options["backend"],
@@ -148,7 +148,7 @@ def _aggregate_only_remote(ws: str, batch: str, plate: str, *, tmp_dir: str | No
         else:
             assert report is not None
             _publish_profiles(scratch, ws, batch, plate, local.report, previous=report, trusted=trusted)
-    remote_outputs = {k: io.join(ws, os.path.relpath(v, scratch)) for k, v in local.outputs.items()}
+    remote_outputs = {k: copy.url(v) for k, v in local.outputs.items()}
     return PlateResult(batch, plate, local.status, local.message, remote_outputs, local.report,
                        seconds=time.perf_counter() - start)
 
@@ -189,7 +189,7 @@ def remote_export_files(ws: str, batch: str, plate: str) -> list[str]:
     return [io.join(folder, n) for n in names if n.lower().endswith(EXPORT_SUFFIXES)]
 
 
-def _stage_export_sources(ws: str, scratch: str, batch: str, plate: str, sources: Sequence[str]) -> list[str]:
+def _stage_export_sources(copy: workspace.Staged, batch: str, plate: str, sources: Sequence[str]) -> list[str]:
     """Download a plate's ExportToDatabase files (found, or named by URL) into the scratch workspace.
 
     A file under the workspace keeps its path relative to it (so the report names it as a
@@ -198,6 +198,7 @@ def _stage_export_sources(ws: str, scratch: str, batch: str, plate: str, sources
     """
     from ..exportdb import EXPORT_SUFFIXES
 
+    ws, scratch = copy.remote, copy.local
     urls = [s for s in sources if io.is_remote(s)] if sources else remote_export_files(ws, batch, plate)
     found: list[str] = []
     for url in urls:
@@ -230,12 +231,13 @@ def collate_export_remote(ws: str, batch: str, plate: str, *, sources: Sequence[
     io.remove_leftovers(target)
     report, trusted = trusted_outputs(ws, batch, plate)
     report_file = report_name(plate)
-    with workspace.scratch_dir(options.get("tmp_dir"), plate) as scratch:
+    with workspace.staged(ws, tmp_dir=options.get("tmp_dir"), prefix=plate) as copy:
+        scratch = copy.local
         if report is not None:
-            workspace.stage(ws, scratch, [Workspace.backend_rel(batch, plate)],
-                            accept=lambda rel: os.path.basename(rel) in trusted or os.path.basename(rel) == report_file,
-                            fetch=lambda rel: os.path.basename(rel) == report_file)
-        local_sources = _stage_export_sources(ws, scratch, batch, plate, sources)
+            copy.fetch([Workspace.backend_rel(batch, plate)],
+                       accept=lambda rel: os.path.basename(rel) in trusted or os.path.basename(rel) == report_file,
+                       fetch=lambda rel: os.path.basename(rel) == report_file)
+        local_sources = _stage_export_sources(copy, batch, plate, sources)
         if not local_sources:
             raise InputError(f"{Workspace(ws).analysis_plate(batch, plate)}: no ExportToDatabase files (*.sqlite) found; "
                              "give them with --export-db")
@@ -245,5 +247,5 @@ def collate_export_remote(ws: str, batch: str, plate: str, *, sources: Sequence[
         if result.status == "done" and result.report is not None:
             urls = publish_plate(scratch, ws, batch, plate, result.report, before=set(trusted))
             log.info("%s: uploaded %d file(s) to %s", plate, len(urls), target)
-    result.outputs = {k: io.join(ws, os.path.relpath(v, scratch)) for k, v in result.outputs.items()}
+    result.outputs = {k: copy.url(v) for k, v in result.outputs.items()}
     return result

@@ -8,9 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from ..aggregate import WellAggregator, compartment_features, compartment_tables
+from ..aggregate import WellAggregator, compartment_tables
 from ..backend import object_column_name
 from ..ingest import IMAGE_TABLE, SiteTables, image_numeric
+from ..vocabulary import compartment_features
 
 __all__ = ["WellBuffer", "WellProfiles", "flush_well"]
 

@@ -51,7 +51,7 @@ def check_image(scan: SiteScan, image: pa.Table, strata: Sequence[str], plate: s
     had_plate = "Metadata_Plate" in image.column_names
     before = set(image.column_names)
     disagreements = _folder_disagreements(image, scan.name, plate)
-    image, problem = fill_metadata(image, scan.name, plate, scan.notes)
+    image, problem = fill_metadata(image, scan.name, plate, notes=scan.notes)
     if problem:
         scan.quarantine(problem, path)
         return
@@ -133,7 +133,7 @@ def _row_keys(image: pa.Table, strata: Sequence[str]) -> list[tuple[str, ...]]:
     return [tuple("" if v is None else str(v) for v in row) for row in zip(*cols)]
 
 
-def fill_metadata(image: pa.Table, site: str, plate: str, notes: list[str] | None = None) -> tuple[pa.Table, str | None]:
+def fill_metadata(image: pa.Table, site: str, plate: str, *, notes: list[str] | None = None) -> tuple[pa.Table, str | None]:
     """Normalise well names; fill Metadata_Well/Site from the folder name ``PLATE-WELL-SITE`` and Metadata_Plate from the
     plate folder when Image.csv lacks them."""
     if "Metadata_Well" in image.column_names:

@@ -171,8 +171,8 @@ def _exact_integer(text: str | None) -> int | None:
     return int(value)
 
 
-def read_objects(source: Source, union: list[str], notes: list[str] | None = None,
-                 warnings: list[str] | None = None, *,
+def read_objects(source: Source, union: list[str], *, notes: list[str] | None = None,
+                 warnings: list[str] | None = None,
                  text_union: Sequence[str] = ()) -> tuple[np.ndarray, list[str], pa.Table | None]:
     """Parse an object CSV as float64, laid out on the union columns (NaN where absent).
 
@@ -183,7 +183,7 @@ def read_objects(source: Source, union: list[str], notes: list[str] | None = Non
     file. CR line endings are read as such (a note in ``notes``); a last row without a line ending
     is a warning in ``warnings``.
     """
-    raw = line_endings(read_bytes(source.path), source.name, notes)
+    raw = line_endings(read_bytes(source.path), source.name, notes=notes)
     cut = unterminated_last_row(raw, source.name, source.header_lines)
     if cut is not None and warnings is not None:
         warnings.append(cut)

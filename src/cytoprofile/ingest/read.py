@@ -89,7 +89,7 @@ def _read_site(scan: SiteScan, schema: PlateSchema, count_check: CountCheck = "e
             continue
         source = scan.sources[table]
         try:
-            array, absent, text = read_objects(source, schema.tables[table], notes, cut,
+            array, absent, text = read_objects(source, schema.tables[table], notes=notes, warnings=cut,
                                                text_union=schema.text_columns.get(table, ()))
         except ObjectFileProblem as exc:
             return _quarantined(scan, str(exc), source.path)

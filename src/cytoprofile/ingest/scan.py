@@ -502,7 +502,7 @@ def _scan_one(site_dir: str, strata: Sequence[str], plate: str, file_prefix: str
     scan.table_number = _site_table_number(site_dir, raw)
     scan.digest = hashlib.blake2b(raw, digest_size=16).hexdigest()
     try:
-        raw = line_endings(raw, scan.sources[IMAGE_TABLE].name, scan.notes)
+        raw = line_endings(raw, scan.sources[IMAGE_TABLE].name, notes=scan.notes)
     except ObjectFileProblem as exc:
         scan.quarantine(str(exc), scan.sources[IMAGE_TABLE].path)
         return scan

@@ -59,7 +59,7 @@ def _gzip_problem(exc: BaseException) -> str:
 _LONE_CR = re.compile(rb"\r(?!\n)")
 
 
-def line_endings(raw: bytes, name: str, notes: list[str] | None = None) -> bytes:
+def line_endings(raw: bytes, name: str, *, notes: list[str] | None = None) -> bytes:
     """``raw`` with LF line endings: a file with no LF at all ends its lines with CR (classic Mac, some
     spreadsheet saves), unambiguously, and is read so (noted); a CR ending a line among LF ones is
     ambiguous (a row's end or a byte of a value) and the file is refused, naming the line and the fix."""

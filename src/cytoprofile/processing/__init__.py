@@ -34,7 +34,8 @@ refuses unless asked to drop (``plates_without_controls="drop"``), naming them.
 
 from __future__ import annotations
 
-from .chain import CHAIN_OPTIONS, CHAIN_STEPS, check_chain_options, parse_chain, run_chain
+from ..vocabulary import PROCESSING_STEPS as CHAIN_STEPS
+from .chain import CHAIN_OPTIONS, check_chain_options, parse_chain, run_chain
 from .steps import (
     SPHERING_GRID,
     correct_well_position,

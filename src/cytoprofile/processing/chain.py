@@ -30,7 +30,7 @@ from .steps import (
     sphere,
 )
 
-__all__ = ["CHAIN_OPTIONS", "CHAIN_STEPS", "check_chain_options", "parse_chain", "run_chain"]
+__all__ = ["CHAIN_OPTIONS", "check_chain_options", "parse_chain", "run_chain"]
 
 log = logging.getLogger("cytoprofile.processing")
 

@@ -19,7 +19,7 @@ import pandas as pd
 from .. import io as cpio
 from ..errors import CytoprofileError, InputError
 from ..layout import Layout, QualityControlLayout
-from ..vocabulary import EVALUATE_MODES, QC_LEVELS, is_metadata, normal_well
+from ..vocabulary import EVALUATE_MODES, QC_LEVELS, REPLICATE_CANDIDATES, is_metadata, normal_well
 from .figures import (
     FIGURE_NAMES,
     cell_count_figure,
@@ -28,7 +28,6 @@ from .figures import (
     position_effect_figure,
 )
 from .metrics import (
-    REPLICATE_CANDIDATES,
     map_by_plate,
     map_tables,
     percent_replicating,
@@ -359,27 +358,19 @@ def _at_url(where: QualityControlLayout, batch: str, plates: list[str], *, tmp_d
     from dataclasses import replace
 
     from ..layout import relative_to
-    from ..workspace import files_under, publish, scratch_dir, stage
+    from ..workspace import files_under, staged
 
     folders = [where.summary().rsplit("/", 1)[0]] + [
         path for p in plates for path in (where.load_data(batch, p), where.profiles(batch, p), where.report_json(batch, p))]
-    with scratch_dir(tmp_dir, "qc") as scratch:
-        stage(where.root, scratch, [relative_to(path, where.root) for path in folders])
-        with _named_at(scratch, where.root):
-            try:
-                result = quality_control(scratch, batch, plates, **options)
-            except CytoprofileError as exc:  # the user knows the URL, not our copy
-                if scratch not in str(exc):
-                    raise
-                raise type(exc)(str(exc).replace(scratch, where.root.rstrip("/"))) from exc
-        publish(scratch, where.root, files_under(replace(where, root=scratch).outputs(), scratch))
+    with staged(where.root, tmp_dir=tmp_dir, prefix="qc") as copy:
+        copy.fetch([relative_to(path, where.root) for path in folders])
+        with _named_at(copy.local, where.root), copy.named_at_url():
+            result = quality_control(copy.local, batch, plates, **options)
+        copy.publish(files_under(replace(where, root=copy.local).outputs(), copy.local))
         for plate, made in result.heatmaps.items():  # the scratch copy held no earlier figures
             _remove_stale_heatmaps(set(made), where, batch, plate)
         _remove_stale_maps(_made_maps(result), where, batch)  # nor earlier mAP tables
-
-    def url(path: str) -> str:
-        return cpio.join(where.root, os.path.relpath(path, scratch))
-
+    url = copy.url
     result.report_path = url(result.report_path) if result.report_path else None
     result.summary_path = url(result.summary_path) if result.summary_path else None
     result.heatmaps = {plate: {k: url(v) for k, v in made.items()} for plate, made in result.heatmaps.items()}

@@ -244,7 +244,7 @@ def _on_grid(well: str) -> bool:
 def _treatment_blocks(rows: pd.DataFrame, replicate_column: str | None) -> pd.DataFrame | None:
     """Wells ordered by treatment, or ``None`` when the profiles name no treatment."""
     try:
-        column = treatment_column(rows, replicate_column)
+        column = treatment_column(rows, replicate_column=replicate_column)
     except InputError:
         if replicate_column is not None:
             raise

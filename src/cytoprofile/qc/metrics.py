@@ -24,7 +24,6 @@ from ..vocabulary import (
 
 __all__ = [
     "FEATURE_PREFIXES",
-    "REPLICATE_CANDIDATES",
     "feature_columns",
     "shared_features",
     "plate_rows",
@@ -184,7 +183,7 @@ def well_correlation(
     return frame
 
 
-def treatment_column(profiles: pd.DataFrame, replicate_column: str | None = None) -> str:
+def treatment_column(profiles: pd.DataFrame, *, replicate_column: str | None = None) -> str:
     """The column naming a well's treatment: ``replicate_column``, else the first candidate present."""
     if replicate_column is not None:
         if replicate_column not in profiles.columns:
@@ -341,7 +340,7 @@ def percent_replicating(
     ``n_single_well`` (treatments with one well: not scored, nothing to compare), ``n_features``, ``treatments`` (DataFrame: treatment, ``n_replicates``,
     ``median_correlation``, ``replicating``) and ``null`` (array of correlations).
     """
-    column = treatment_column(profiles, replicate_column)
+    column = treatment_column(profiles, replicate_column=replicate_column)
     keep = profiles[column].notna()
     if negcon_column in profiles.columns:
         keep &= profiles[negcon_column].astype(str) != str(negcon_value)

@@ -139,12 +139,14 @@ def _annotate_step(steps: Steps, layout: Layout, recipe: Recipe, files: dict[str
 
         platemap = prefixed_platemap(platemap_for_plate(meta_root, batch, plate))
         profiles = io.load_profiles(files["aggregate"])
-        kept, dropped = _matched_wells(profiles, recipe, meta_root, batch, plate, platemap, platemap_file, ext_path)
+        _check_wells(profiles, recipe, meta_root, batch, plate, platemap, ext_path)
         external = load_external_metadata(ext_path, merge_column=ext.merge_column) if ext_path else None
-        frame = annotate(kept, platemap, external_metadata=external,
+        frame = annotate(profiles, platemap, external_metadata=external, unmatched_wells=s.annotate.unmatched_wells,
+                         platemap_name=os.path.basename(platemap_file),
                          **annotate_options(s.annotate, s.platemap_well_column, external=ext_path is not None))
+        wells = frame.attrs["wells"]
         return Made(frame, before=list(profiles.columns),
-                     extra={"wells": {"in": len(profiles), "out": len(frame), "dropped_unmatched": dropped}})
+                     extra={"wells": {**wells, "dropped_unmatched": sorted(wells["dropped_unmatched"])}})
 
     steps.run("annotate", inputs, {files["annotate"]: _annotated}, settings)
 
@@ -157,21 +159,18 @@ def _config_advice(message: str) -> str:
     return f"{message}; or drop them knowingly {named}"
 
 
-def _matched_wells(profiles: pd.DataFrame, recipe: Recipe, meta_root: str, batch: str, plate: str,
-                   platemap: pd.DataFrame, platemap_file: str, ext_path: str | None) -> tuple[pd.DataFrame, list[str]]:
-    """The profiles whose wells the plate map has, and the wells dropped.
-
-    ``annotate.unmatched_wells: error`` (the default) hands the profiles to the metadata
-    check, which names every unmatched well; ``drop`` drops them, as the recipe did, and
-    says how many went.
-    """
+def _check_wells(profiles: pd.DataFrame, recipe: Recipe, meta_root: str, batch: str, plate: str,
+                 platemap: pd.DataFrame, ext_path: str | None) -> None:
+    """``annotate.unmatched_wells: error`` (the default): the metadata check names every unmatched well
+    (and external metadata's faults) in the config's terms; with ``drop`` annotate drops them and says
+    how many, from which plate map."""
     from ..errors import MetadataError
     from ..metadata import validate_metadata
 
     s = recipe.settings
     well = s.annotate.well_column
     if well not in profiles.columns or s.platemap_well_column not in platemap.columns:
-        return profiles, []  # annotate names the missing column
+        return  # annotate names the missing column
     if s.annotate.unmatched_wells == "error":
         ext = s.annotate.external
         try:
@@ -179,19 +178,6 @@ def _matched_wells(profiles: pd.DataFrame, recipe: Recipe, meta_root: str, batch
                               external_metadata=ext_path, merge_column=ext.merge_column if ext_path else None)
         except MetadataError as exc:
             raise MetadataError(_config_advice(str(exc))) from exc
-        return profiles, []
-    known = set(platemap[s.platemap_well_column].astype(str))
-    wells = profiles[well].astype(str)
-    dropped = sorted(set(wells) - known)
-    if dropped and not wells.isin(known).any():
-        raise MetadataError(f"{plate}: none of the profiles' {len(dropped)} well(s) is in the plate map "
-                            f"{os.path.basename(platemap_file)}: is it this plate's plate map (barcode_platemap.csv), "
-                            "and its well column the one platemap_well_column names?")
-    if dropped:
-        log.warning("%s: %d of %d well(s) dropped, not in the plate map %s (annotate.unmatched_wells: drop): %s",
-                    plate, len(dropped), wells.nunique(), os.path.basename(platemap_file), ", ".join(dropped[:10])
-                    + (" ..." if len(dropped) > 10 else ""))
-    return profiles.loc[wells.isin(known)].reset_index(drop=True), dropped
 
 
 def _normalize_steps(steps: Steps, recipe: Recipe, files: dict[str, str], prefixes: Sequence[str]) -> None:

@@ -8,10 +8,9 @@ from typing import Any
 
 from .. import io
 from ..config import Recipe
-from ..errors import CytoprofileError
 from ..layout import Layout, Workspace, report_name
 from ..processing import parse_chain
-from ..workspace import files_under, publish, scratch_dir, stage
+from ..workspace import Staged, files_under, staged
 from .batch import batch_steps
 from .plate import plate_task
 from .provenance import RunResult, sidecar_path
@@ -19,51 +18,41 @@ from .provenance import RunResult, sidecar_path
 __all__ = ["RecipeTask", "plate_task_entry", "remote_batch_steps", "remote_plate_task"]
 
 
-def _publish_written(scratch: str, remote: str, written: list[str]) -> list[str]:
+def _publish_written(copy: Staged, written: list[str]) -> list[str]:
     """Upload what a step wrote in the scratch copy (with provenance sidecars and folders' files)."""
     rels: list[str] = []
     for path in written:
         if os.path.isdir(path):
-            rels += files_under(path, scratch)
+            rels += files_under(path, copy.local)
             continue
-        rels.append(os.path.relpath(path, scratch))
+        rels.append(os.path.relpath(path, copy.local))
         if os.path.exists(sidecar_path(path)):
-            rels.append(os.path.relpath(sidecar_path(path), scratch))
-    return publish(scratch, remote, rels)
-
-
-def _at_url(exc: CytoprofileError, scratch: str, url: str) -> CytoprofileError:
-    """The same error, naming the workspace URL instead of the scratch copy (deleted next)."""
-    text = str(exc)
-    for local in {scratch, os.path.realpath(scratch)}:
-        text = text.replace(local.rstrip(os.sep) + os.sep, url.rstrip("/") + "/").replace(local, url)
-    return type(exc)(text)
+            rels.append(os.path.relpath(sidecar_path(path), copy.local))
+    return copy.publish(rels)
 
 
 def remote_plate_task(layout: Layout, recipe: Recipe, batch: str, plate: str, force: bool,
                        tmp_dir: str | None) -> RunResult:
     """One plate's steps against a URL workspace, through a scratch folder."""
     s = recipe.settings
-    with scratch_dir(tmp_dir, f"run-{plate}") as scratch:
+    with staged(layout.root, tmp_dir=tmp_dir, prefix=f"run-{plate}") as copy:
         wanted = {f"{plate}.csv", f"{plate}.csv.gz", f"{plate}.parquet", report_name(plate),
                   f"{plate}.csv.generation", f"{plate}.csv.gz.generation"}
         if s.aggregate.perform:
             wanted.add(f"{plate}.sqlite")
-        stage(layout.root, scratch, [Workspace.backend_rel(batch, plate)], accept=lambda rel: os.path.basename(rel) in wanted)
-        stage(layout.root, scratch, [Workspace.platemap_rel(batch), Workspace.metadata_rel(s.annotate.external.folder),
-                                     layout.profiles_rel(batch, plate)])
-        try:
-            local = plate_task(layout.at(scratch), recipe, batch, plate, force)
-        except CytoprofileError as exc:
-            raise _at_url(exc, scratch, layout.root) from exc
-        local.outputs = _publish_written(scratch, layout.root, local.outputs)
+        copy.fetch([Workspace.backend_rel(batch, plate)], accept=lambda rel: os.path.basename(rel) in wanted)
+        copy.fetch([Workspace.platemap_rel(batch), Workspace.metadata_rel(s.annotate.external.folder),
+                    layout.profiles_rel(batch, plate)])
+        with copy.named_at_url():
+            local = plate_task(layout.at(copy.local), recipe, batch, plate, force)
+        local.outputs = _publish_written(copy, local.outputs)
         return local
 
 
 def remote_batch_steps(layout: Layout, recipe: Recipe, plates: dict[str, list[str]], *, force: bool,
                         tmp_dir: str | None, result: RunResult) -> None:
     """Batch-level steps against a URL workspace: gather per-well tables, run, upload."""
-    with scratch_dir(tmp_dir, "run-batch") as scratch:
+    with staged(layout.root, tmp_dir=tmp_dir, prefix="run-batch") as copy:
         prefixes = [layout.qc_summary_rel(), layout.processing_rel()]
         for batch, names in plates.items():
             prefixes += [layout.gct_rel(batch), Workspace.load_data_rel(batch)]
@@ -73,16 +62,15 @@ def remote_batch_steps(layout: Layout, recipe: Recipe, plates: dict[str, list[st
         chain = parse_chain(recipe.settings.processing) if recipe.settings.processing is not None else []
         made = {f"{layout.processing_rel()}/" + os.path.basename(layout.processing_file(chain[: i + 1]))
                 for i in range(len(chain))}
-        stage(layout.root, scratch, prefixes,
-              accept=lambda rel: Layout.normalized_stem() in rel or rel.endswith((".report.json", ".tsv", ".gct")) or "load_data" in rel
-              or rel.startswith("gct/") or Layout.annotated_stem() in rel or rel.removesuffix(".provenance.json") in made)
+        copy.fetch(prefixes,
+                   accept=lambda rel: Layout.normalized_stem() in rel or rel.endswith((".report.json", ".tsv", ".gct"))
+                   or "load_data" in rel or rel.startswith("gct/") or Layout.annotated_stem() in rel
+                   or rel.removesuffix(".provenance.json") in made)
         before = len(result.outputs)
-        try:
-            batch_steps(layout.at(scratch), recipe, plates, force=force, result=result)
-        except CytoprofileError as exc:
-            raise _at_url(exc, scratch, layout.root) from exc
+        with copy.named_at_url():
+            batch_steps(layout.at(copy.local), recipe, plates, force=force, result=result)
         written = sorted(set(result.outputs[before:]))
-        result.outputs[before:] = _publish_written(scratch, layout.root, written)
+        result.outputs[before:] = _publish_written(copy, written)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,13 @@ features in the order the compartments are given.
 from .join import DEFAULT_HUB, DEFAULT_METADATA, SingleCellJoin, SingleCellReport, single_cells
 from .sinks import ROW_GROUP_ROWS, ROW_GROUP_VALUES, feature_annotation
 from .sources import OUTPUT_TABLE
-from .write import SingleCellFormat, SingleCellStream, single_cells_paths, write_single_cells
+from .write import (
+    SingleCellFormat,
+    SingleCellStream,
+    single_cells_paths,
+    write_plates_single_cells,
+    write_single_cells,
+)
 
 __all__ = [
     "DEFAULT_HUB",
@@ -31,5 +37,6 @@ __all__ = [
     "feature_annotation",
     "single_cells",
     "single_cells_paths",
+    "write_plates_single_cells",
     "write_single_cells",
 ]

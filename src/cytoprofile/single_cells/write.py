@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Literal
@@ -14,13 +15,13 @@ import pandas as pd
 import pyarrow as pa
 
 from .. import io
-from ..errors import InputError
+from ..errors import CytoprofileError, InputError
 from ..vocabulary import DEFAULT_COMPARTMENTS, SINGLE_CELL_FORMATS
 from .join import DEFAULT_HUB, READ_THREADS, SingleCellJoin, SingleCellReport
 from .sinks import ROW_GROUP_VALUES, AnnDataSink, ParquetSink, SiteSink
 from .sources import OUTPUT_TABLE, SiteSource
 
-__all__ = ["SingleCellFormat", "SingleCellStream", "single_cells_paths", "write_single_cells"]
+__all__ = ["SingleCellFormat", "SingleCellStream", "single_cells_paths", "write_plates_single_cells", "write_single_cells"]
 
 log = logging.getLogger("cytoprofile.single_cells")
 SingleCellFormat = Literal["parquet", "anndata"]
@@ -109,6 +110,51 @@ def write_single_cells(
     if join.report.lost:
         log.warning("%s: %d object(s) not linked into a cell (named in %s)", backend, join.report.lost, paths["report"])
     return join.report
+
+
+def write_plates_single_cells(
+    workspace: str | os.PathLike[str],
+    batch: str,
+    plates: Sequence[str],
+    *,
+    backend: str | None = None,
+    formats: Sequence[SingleCellFormat] = ("parquet",),
+    compartments: Sequence[str] = DEFAULT_COMPARTMENTS,
+    hub: str = DEFAULT_HUB,
+    links: Mapping[str, str] | None = None,
+    image_feature_categories: Sequence[str] = (),
+    metadata: Sequence[str] | Literal["all"] | None = None,
+    thresholds: Mapping[str, Mapping[str, float]] | None = None,
+    threads: int = READ_THREADS,
+    strict: bool = False,
+    done: Callable[[str, SingleCellReport], None] | None = None,
+) -> list[SingleCellReport]:
+    """The joined table of each plate's backend in a workspace, beside it (:func:`write_single_cells`).
+
+    ``backend`` picks the sqlite or parquet backend (default: parquet if present). Each plate
+    is logged (cells, sites, rows read, objects not linked) and handed to ``done`` as it
+    finishes; returns the reports in plate order. With ``strict``, objects not linked into cells in any plate are an error
+    naming the plates, raised after every plate is written; without it they are a warning.
+    """
+    from ..layout import Workspace
+
+    reports: list[tuple[str, SingleCellReport]] = []
+    for plate in plates:
+        path = Workspace(str(workspace)).find_backend(batch, plate, backend)
+        start = time.perf_counter()
+        report = write_single_cells(path, formats=formats, compartments=compartments, hub=hub, links=links,
+                                    image_feature_categories=image_feature_categories, metadata=metadata,
+                                    thresholds=thresholds, threads=threads)
+        log.info("single cells of %s done in %.2fs", plate, time.perf_counter() - start)
+        log.info("%s: %d cells from %d sites; rows in %s; not linked %s", plate, report.cells_out, report.sites,
+                 report.rows_in, report.unlinked or "none")
+        if done is not None:
+            done(plate, report)
+        reports.append((plate, report))
+    unlinked = [f"{plate} ({report.lost})" for plate, report in reports if report.lost]
+    if unlinked and strict:
+        raise CytoprofileError(f"objects not linked into cells (named in the reports): {', '.join(unlinked)}")
+    return [report for _, report in reports]
 
 
 class _Writes:
