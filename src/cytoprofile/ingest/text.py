@@ -57,23 +57,48 @@ def _gzip_problem(exc: BaseException) -> str:
 
 
 _LONE_CR = re.compile(rb"\r(?!\n)")
+#: a quoted field (opened at a field's start, ``""`` inside it a quote): a CR in it is a byte of the value
+_QUOTED_FIELD = re.compile(rb'(?:^|(?<=[,\r\n]))"[^"]*(?:""[^"]*)*"')
+
+
+def _quoted_spans(raw: bytes) -> list[tuple[int, int]]:
+    """Byte ranges of the quoted fields of ``raw`` (none when it holds no quote)."""
+    return [m.span() for m in _QUOTED_FIELD.finditer(raw)] if b'"' in raw else []
+
+
+def _lone_crs(raw: bytes) -> list[int]:
+    """Offsets of the CRs ending a line on their own (not before an LF, not inside a quoted value)."""
+    spans, out, at = _quoted_spans(raw), [], 0
+    for match in _LONE_CR.finditer(raw):
+        while at < len(spans) and spans[at][1] <= match.start():
+            at += 1
+        if not (at < len(spans) and spans[at][0] <= match.start()):
+            out.append(match.start())
+    return out
 
 
 def line_endings(raw: bytes, name: str, notes: list[str] | None = None) -> bytes:
     """``raw`` with LF line endings: a file with no LF at all ends its lines with CR (classic Mac, some
     spreadsheet saves), unambiguously, and is read so (noted); a CR ending a line among LF ones is
-    ambiguous (a row's end or a byte of a value) and the file is refused, naming the line and the fix."""
+    ambiguous (a row's end or a byte of a value) and the file is refused, naming the line and the fix.
+    A CR inside a quoted value (CSV writers quote a value holding one) is a byte of that value, kept."""
     if b"\r" not in raw:
+        return raw
+    lone = _lone_crs(raw)
+    if not lone:
         return raw
     if b"\n" not in raw:
         if notes is not None:
             notes.append(f"{name} read with CR line endings")
-        return raw.replace(b"\r", b"\n")
-    for match in _LONE_CR.finditer(raw):
-        start = raw.rfind(b"\n", 0, match.start()) + 1
-        end = raw.find(b"\n", match.end())
+        out = bytearray(raw)
+        for at in lone:
+            out[at] = 0x0A
+        return bytes(out)
+    for at in lone:
+        start = raw.rfind(b"\n", 0, at) + 1
+        end = raw.find(b"\n", at + 1)
         if raw[start : len(raw) if end < 0 else end].strip():  # not a whitespace-only line (skipped as blank)
-            line = raw.count(b"\n", 0, match.start()) + 1
+            line = raw.count(b"\n", 0, at) + 1
             raise ObjectFileProblem(f"{name} mixes CR line endings with LF ones (a CR alone ends line {line}); "
                                      "convert the CRs to LF (e.g. with mac2unix) or save the file again with one kind of line ending")
     return raw
