@@ -162,14 +162,14 @@ def _count_rows(export: ExportFile) -> dict[str, int]:
     conn = connect(export.path)
     try:
         out = {"Image": conn.execute(f"SELECT COUNT(*) FROM {quote(export.image_table)}").fetchone()[0]}
-        table = f"{export.prefix}Per_Object"
+        table = export.combined_table
         owned: list[str] = []
         for obj in export.objects:
             columns = [c for c in obj.columns if c != "ImageNumber"]
             where = f" WHERE {_any_value(columns)}" if obj.table == table else ""
             out[obj.name] = conn.execute(f"SELECT COUNT(*) FROM {quote(obj.table)}{where}").fetchone()[0]
             owned += columns if obj.table == table else []
-        if owned:
+        if owned and table is not None:
             empty = f"NOT ({_any_value(owned)})"
             out["Per_Object"] = conn.execute(f"SELECT COUNT(*) FROM {quote(table)} WHERE {empty}").fetchone()[0]
         return out
