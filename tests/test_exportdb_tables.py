@@ -98,3 +98,39 @@ def test_one_object_set_in_two_tables_differing_in_case_is_refused(tmp_path: Pat
     with pytest.raises(InputError, match=r"object set .* is stored twice .*MyExpt_Per_Cells.*MyExpt_Per_Object|"
                                          r"object set .* is stored twice .*MyExpt_Per_Object.*MyExpt_Per_Cells"):
         collate_export(db_ws, BATCH, "P1")
+
+
+@pytest.mark.parametrize("name", ["cytoprofile_run", "single_cells", "Single_Cells", "sqlite_stat9"])
+def test_an_object_table_named_as_a_backend_table_is_named_by_table_and_file(
+        tmp_path: Path, name: str, caplog: pytest.LogCaptureFixture) -> None:
+    db_ws, files = _plate(tmp_path)
+    table = f"MyExpt_Per_{name}"
+    faults.run_sql(files[0], f'CREATE TABLE "{table}" AS SELECT ImageNumber, Cells_Number_Object_Number AS '
+                   f'"{name}_Number_Object_Number", Cells_AreaShape_Area AS "{name}_AreaShape_Area" FROM "MyExpt_Per_Cells"')
+    rows = _count(files[0], table)
+    with caplog.at_level("WARNING", logger="cytoprofile"):
+        got = _run(db_ws, "P1")
+    record = got["report"]["export_database"]["files"][0]
+    assert table in record["reserved"] and "ALTER TABLE" in record["reserved"][table]
+    assert record["not_stored"][table] == rows > 0
+    assert ".csv" not in str(got["report"]["export_database"]) and f"{name}.csv" not in str(got["report"])
+    said = [r.getMessage() for r in caplog.records if table in r.getMessage()]
+    assert len(said) == 1 and "run1.sqlite" in said[0] and f"{rows} rows" in said[0]
+    assert name.lower() not in {t.lower() for t in _backend_rows(got["sqlite"])}
+    assert {s["status"] for s in got["report"]["sites"]} == {"ok"}
+
+
+def test_a_per_object_set_named_as_a_backend_table_is_refused(tmp_path: Path) -> None:
+    db_ws, files = _plate(tmp_path, layout="per_object")
+    faults.run_sql(files[0], 'ALTER TABLE "MyExpt_Per_Object" ADD COLUMN cytoprofile_run_Number_Object_Number INTEGER')
+    with pytest.raises(InputError, match=r"run1\.sqlite: MyExpt_Per_Object holds object set 'cytoprofile_run', a name "
+                                         r"the backend keeps .*; rename its cytoprofile_run_ columns"):
+        collate_export(db_ws, BATCH, "P1")
+
+
+def _count(path: str, table: str) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        return int(conn.execute(f'SELECT COUNT(*) FROM "{table}"').fetchone()[0])
+    finally:
+        conn.close()

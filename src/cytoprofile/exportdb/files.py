@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from ..backend import quote
 from ..errors import InputError
+from ..ingest import is_reserved_table
 from ..layout import Workspace
 
 __all__ = [
@@ -88,6 +89,8 @@ class ExportFile:
     unowned_columns: list[str] = field(default_factory=list)
     #: column names at CellProfiler's length limit, which it may have shortened
     long_names: list[str] = field(default_factory=list)
+    #: object tables not stored because their object set's name is one the backend keeps for itself: table -> why
+    reserved: dict[str, str] = field(default_factory=dict)
     #: the single Per_Object table (or view) holding every object set, as the file spells it (None: one table a set)
     combined_table: str | None = None
 
@@ -314,6 +317,7 @@ def _describe(conn: sqlite3.Connection, path: str, name: str, prefix: str, image
     objects: list[ObjectSource] = []
     not_stored: dict[str, int] = {}
     unowned: list[str] = []
+    reserved: dict[str, str] = {}
     types: dict[str, dict[str, str]] = {}
     layout: TableLayout = "per_object_table"
     combined: str | None = None
@@ -336,12 +340,18 @@ def _describe(conn: sqlite3.Connection, path: str, name: str, prefix: str, image
             if view and all(o.name.lower() in held for o in found):
                 not_stored[f"{table} (view)"] = 0  # a view of the object tables read: read once
                 continue
+            _no_reserved_set(path, table, found)
             types[table], layout, combined, unowned = dict(cols), "per_object", table, spare
             objects += found
         elif "ImageNumber" in names:
             set_name, key = _set_name(own, names)
             if view and set_name.lower() in held:
                 not_stored[f"{table} (view)"] = 0
+                continue
+            if is_reserved_table(set_name):
+                not_stored[table] = conn.execute(f"SELECT COUNT(*) FROM {quote(table)}").fetchone()[0]
+                reserved[table] = (f"object set {set_name!r} is a name the backend keeps for its own table; rename "
+                                   f"{table} in a copy of the file (ALTER TABLE ... RENAME TO ...) to store it")
                 continue
             if key is None:
                 raise InputError(f"{path}: {table} has ImageNumber but no {set_name}_Number_Object_Number or ObjectNumber "
@@ -363,7 +373,16 @@ def _describe(conn: sqlite3.Connection, path: str, name: str, prefix: str, image
         image_types=tuple(image_type[c] for c in image_names), objects=objects,
         object_types={o.name: tuple(types[o.table].get(c, "") for c in o.columns) for o in objects},
         not_stored=not_stored, unowned_columns=unowned, long_names=long_names, combined_table=combined,
+        reserved=reserved,
     )
+
+
+def _no_reserved_set(path: str, table: str, found: Sequence[ObjectSource]) -> None:
+    """An object set of a single Per_Object table named as a backend table (``cytoprofile_run``) is refused."""
+    bad = next((o.name for o in found if is_reserved_table(o.name)), None)
+    if bad is not None:
+        raise InputError(f"{path}: {table} holds object set {bad!r}, a name the backend keeps for its own table; rename "
+                         f"its {bad}_ columns in a copy of the file to store them")
 
 
 def _no_set_twice(path: str, objects: Sequence[ObjectSource]) -> None:

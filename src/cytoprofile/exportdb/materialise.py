@@ -277,7 +277,10 @@ def materialise_plate(
         out.files.append({"file": export.name, "table_prefix": export.prefix, "layout": export.layout, "rows": expected,
                           "tables": {"Image": export.image_table, **{o.name: o.table for o in export.objects}},
                           "not_stored": export.not_stored, "unowned_columns": export.unowned_columns,
-                          "long_names": export.long_names})
+                          "long_names": export.long_names, "reserved": export.reserved})
+        for table, why in export.reserved.items():
+            log.warning("%s: table %s of %s (%d rows) is not stored: %s (see export_database.files[].reserved in the "
+                        "report)", plate, table, export.name, export.not_stored.get(table, 0), why)
         if export.unowned_columns:  # values no table can hold: said, not only listed
             log.warning("%s: %d column(s) of the Per_Object table of %s belong to no object set (no "
                         "<Set>_Number_Object_Number) and are not stored: %s; see unowned_columns in the report", plate,

@@ -21,13 +21,13 @@ from .model import (
     APPLE_DOUBLE,
     FOLDER_WARNING,
     IMAGE_TABLE,
-    RESERVED_TABLES,
     RUN_METADATA_FILES,
     TABLE_NUMBER_FILE,
     ObjectFileProblem,
     SiteScan,
     Source,
     csv_stem,
+    is_reserved_table,
 )
 from .text import (
     after_lines,
@@ -314,7 +314,7 @@ def _not_stored_by_name(stem: str, prefix: str) -> str | None:
     if name.lower() + ".csv" in (f.lower() for f in RUN_METADATA_FILES):
         return "run metadata"
     table = IMAGE_TABLE if name.lower() == "image" else name
-    if table.lower() in RESERVED_TABLES or table.lower().startswith("sqlite_"):
+    if is_reserved_table(table):
         return f"{table!r} is a name the backend reserves; rename the file to store it"
     return None
 
