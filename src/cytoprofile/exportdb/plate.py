@@ -98,41 +98,61 @@ def collate_export(
     outputs = plate_outputs(root, batch, plate, backend=options.get("backend", ("sqlite",)),
                             profile_format=options.get("profile_format", "csv"))
     previous = _previous_run(outputs["report"]) if Path(outputs["report"]).exists() else {}
-    if previous.get("sources") == fingerprint and previous.get("call") == call and not options.get("overwrite") \
-            and all(Path(p).exists() for p in outputs.values()):
-        return PlateResult(batch, plate, "skipped", "complete outputs exist (use --overwrite to rebuild)", outputs)
-    options["overwrite"] = True  # other files or options: the outputs are rebuilt
     backend_root = Workspace(root).backend_root()
     names = ExportNames()
-    with workspace.scratch_dir(tmp_dir, f"export-{folder_part(plate)}") as scratch, \
-            _real_places(scratch, root, backend_root, names):
-        with io.output_errors(scratch):
-            done = materialise_plate(paths, plate=plate, out_dir=Workspace(scratch).analysis(batch, plate),
-                                     table_prefix=table_prefix, root=root)
-        if not done.sites:
-            raise InputError(_no_sites(done, paths, plate, table_prefix))
-        names.learn(done.sites, done.files, done.columns)
-        _warn_dropped(done, plate)
-        _warn_other_plates(done, plate)
-        with io.output_errors(backend_root):
-            Path(backend_root).mkdir(parents=True, exist_ok=True)
-        os.symlink(os.path.realpath(backend_root), Workspace(scratch).backend_root())
-        with names.in_logs():
-            result = collate_plate(scratch, batch, plate, record_inputs=False, **options)  # the files' own record: sources
-        result.outputs = {k: os.path.join(root, os.path.relpath(v, scratch)) for k, v in result.outputs.items()}
-        if result.status == "done" and result.report is not None:
-            section = {**done.report(), "sources": fingerprint, "call": call}
-            folders = sources or [Workspace(root).analysis_plate(batch, plate)]
-            beside = {name: why for folder in folders for name, why in _not_read_beside(folder, paths).items()}
-            if sources and not any(os.path.realpath(s) == os.path.realpath(Workspace(root).analysis_plate(batch, plate))
-                                   for s in sources):  # the plate folder given: its analysis/ is listed above
-                beside |= _csv_sites_not_read(root, batch, plate)
-            if beside:
-                section["files_not_read"] = beside
-                log.warning("%s: %d file(s) or folder(s) beside the ExportToDatabase files are not read (first: %s: %s); "
-                            "see export_database.files_not_read in the report", plate, len(beside), *next(iter(beside.items())))
-            result.report = _amend_report(result.report, done, section, outputs["report"], names)
-        return result
+    # the scratch folder is made first, also for a run that is skipped: making it removes those of killed runs
+    with workspace.scratch_dir(tmp_dir, f"export-{folder_part(plate)}") as scratch:
+        if previous.get("sources") == fingerprint and previous.get("call") == call and not options.get("overwrite") \
+                and all(Path(p).exists() for p in outputs.values()):
+            return PlateResult(batch, plate, "skipped", "complete outputs exist (use --overwrite to rebuild)", outputs)
+        options["overwrite"] = True  # other files or options: the outputs are rebuilt
+        with _real_places(scratch, root, backend_root, names):
+            return _collate_scratch(scratch, root, batch, plate, paths, sources, table_prefix, options,
+                                    fingerprint=fingerprint, call=call, names=names, report_path=outputs["report"])
+
+
+def _collate_scratch(scratch: str, root: str, batch: str, plate: str, paths: Sequence[str],
+                     sources: Sequence[str | os.PathLike[str]] | None, table_prefix: str | None,
+                     options: dict[str, Any], *, fingerprint: Any, call: Any, names: ExportNames,
+                     report_path: str) -> PlateResult:
+    """Write the plate's images as CSV site folders in ``scratch`` and collate them into the workspace's backend."""
+    from ..collate import collate_plate
+
+    backend_root = Workspace(root).backend_root()
+    with io.output_errors(scratch):
+        done = materialise_plate(paths, plate=plate, out_dir=Workspace(scratch).analysis(batch, plate),
+                                 table_prefix=table_prefix, root=root)
+    if not done.sites:
+        raise InputError(_no_sites(done, paths, plate, table_prefix))
+    names.learn(done.sites, done.files, done.columns)
+    _warn_dropped(done, plate)
+    _warn_other_plates(done, plate)
+    with io.output_errors(backend_root):
+        Path(backend_root).mkdir(parents=True, exist_ok=True)
+    os.symlink(os.path.realpath(backend_root), Workspace(scratch).backend_root())
+    with names.in_logs():
+        result = collate_plate(scratch, batch, plate, record_inputs=False, **options)  # the files' own record: sources
+    result.outputs = {k: os.path.join(root, os.path.relpath(v, scratch)) for k, v in result.outputs.items()}
+    if result.status == "done" and result.report is not None:
+        section = {**done.report(), "sources": fingerprint, "call": call}
+        beside = _files_not_read(root, batch, plate, paths, sources)
+        if beside:
+            section["files_not_read"] = beside
+            log.warning("%s: %d file(s) or folder(s) beside the ExportToDatabase files are not read (first: %s: %s); "
+                        "see export_database.files_not_read in the report", plate, len(beside), *next(iter(beside.items())))
+        result.report = _amend_report(result.report, done, section, report_path, names)
+    return result
+
+
+def _files_not_read(root: str, batch: str, plate: str, paths: Sequence[str],
+                    sources: Sequence[str | os.PathLike[str]] | None) -> dict[str, str]:
+    """Files and folders beside the files read (and the plate's CSV sites when ``--export-db`` names other files)."""
+    plate_dir = Workspace(root).analysis_plate(batch, plate)
+    folders = sources or [plate_dir]
+    beside = {name: why for folder in folders for name, why in _not_read_beside(folder, paths).items()}
+    if sources and not any(os.path.realpath(s) == os.path.realpath(plate_dir) for s in sources):
+        beside |= _csv_sites_not_read(root, batch, plate)  # the plate folder given: its analysis/ is listed above
+    return beside
 
 
 def _not_read_beside(folder: str | os.PathLike[str], read: Sequence[str]) -> dict[str, str]:
