@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import io, workspace
+from ..collate.plan import INPUTS_CHANGED
 from ..errors import CytoprofileError, InputError
 from ..layout import Workspace
 from .files import (
@@ -106,7 +107,7 @@ def collate_export(
                 and all(Path(p).exists() for p in outputs.values()):
             return PlateResult(batch, plate, "skipped", "complete outputs exist (use --overwrite to rebuild)", outputs)
         options["overwrite"] = True  # other files or options: the outputs are rebuilt
-        with _real_places(scratch, root, backend_root, names):
+        with _real_places(scratch, root, backend_root, names), _rebuild_said(plate, previous.get("sources"), fingerprint):
             return _collate_scratch(scratch, root, batch, plate, paths, sources, table_prefix, options,
                                     fingerprint=fingerprint, call=call, names=names, report_path=outputs["report"])
 
@@ -153,6 +154,41 @@ def _files_not_read(root: str, batch: str, plate: str, paths: Sequence[str],
     if sources and not any(os.path.realpath(s) == os.path.realpath(plate_dir) for s in sources):
         beside |= _csv_sites_not_read(root, batch, plate)  # the plate folder given: its analysis/ is listed above
     return beside
+
+
+def _source_changes(before: list[list[Any]] | None, now: list[list[Any]]) -> str | None:
+    """Which ExportToDatabase files differ from the last build's (None: the same files, or no last build)."""
+    if before is None or before == now:
+        return None
+    old, new = ({str(f[0]): f[1:] for f in record} for record in (before, now))
+    parts = [f"{n} {what}" for what, names in (("added", sorted(new.keys() - old.keys())),
+                                                ("removed", sorted(old.keys() - new.keys())),
+                                                ("changed", sorted(n for n in new.keys() & old.keys() if new[n] != old[n])))
+             for n in names]
+    return ", ".join(parts) or None
+
+
+@contextlib.contextmanager
+def _rebuild_said(plate: str, before: list[list[Any]] | None, now: list[list[Any]]) -> Iterator[None]:
+    """When the files changed since the last build, the collate's "--overwrite; replacing …" (the rebuild is forced
+    here) says so instead, at WARNING as the CSV route does, naming the files added, removed or changed."""
+    changes = _source_changes(before, now)
+    logger = logging.getLogger("cytoprofile.collate")
+
+    class _Why(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            if changes and record.msg == "%s: %s; replacing %s" and isinstance(record.args, tuple) \
+                    and record.args[:2] == (plate, "--overwrite"):
+                record.args = (plate, f"{INPUTS_CHANGED}: {changes}", record.args[2])
+                record.levelno, record.levelname = logging.WARNING, "WARNING"
+            return True
+
+    why = _Why()
+    logger.addFilter(why)
+    try:
+        yield
+    finally:
+        logger.removeFilter(why)
 
 
 def _not_read_beside(folder: str | os.PathLike[str], read: Sequence[str]) -> dict[str, str]:
