@@ -191,8 +191,26 @@ def database_problem(path: str, exc: sqlite3.DatabaseError) -> InputError:
                       "(or re-export it)")
 
 
-def _columns(conn: sqlite3.Connection, table: str) -> list[tuple[str, str]]:
-    return [(r[1], str(r[2] or "")) for r in conn.execute(f"PRAGMA table_info({quote(table)})")]
+def _columns(conn: sqlite3.Connection, table: str, *, path: str) -> list[tuple[str, str]]:
+    """Name and declared type of each column of ``table`` (a name that is not UTF-8 is refused, naming its position)."""
+    try:
+        return [(r[1], str(r[2] or "")) for r in conn.execute(f"PRAGMA table_info({quote(table)})")]
+    except sqlite3.OperationalError as exc:
+        if "Could not decode to UTF-8" not in str(exc):
+            raise
+    conn.text_factory = bytes  # find the name (a column name, not a value) that does not decode
+    try:
+        names = [r[1] for r in conn.execute(f"PRAGMA table_info({quote(table)})")]
+    finally:
+        conn.text_factory = str
+    for position, name in enumerate(names, start=1):
+        try:
+            name.decode("utf-8")
+        except UnicodeDecodeError:
+            shown = name.decode("utf-8", errors="backslashreplace")
+            raise InputError(f"{path}: table {table} has a column name that is not UTF-8 text: column {position} "
+                             f"({shown!r}); rename that column in a copy of the file") from None
+    raise InputError(f"{path}: table {table} has a column name or type that is not UTF-8 text; rename it in a copy of the file")
 
 
 def _detect_prefix(path: str, tables: Sequence[str], table_prefix: str | None) -> tuple[str, str]:
@@ -311,7 +329,7 @@ def _set_name(own: str, names: Sequence[str]) -> tuple[str, str | None]:
 
 def _describe(conn: sqlite3.Connection, path: str, name: str, prefix: str, image_table: str,
               kinds: dict[str, str]) -> ExportFile:
-    image_cols = _columns(conn, image_table)
+    image_cols = _columns(conn, image_table, path=path)
     if "ImageNumber" not in [c for c, _ in image_cols]:
         raise InputError(f"{path}: {image_table} has no ImageNumber column; not a CellProfiler image table")
     objects: list[ObjectSource] = []
@@ -332,7 +350,7 @@ def _describe(conn: sqlite3.Connection, path: str, name: str, prefix: str, image
             not_stored[f"{table} (view)" if view else table] = (
                 0 if view else conn.execute(f"SELECT COUNT(*) FROM {quote(table)}").fetchone()[0])
             continue
-        cols = _columns(conn, table)
+        cols = _columns(conn, table, path=path)
         names = [c for c, _ in cols]
         held = {o.name.lower() for o in objects}
         if own.lower() == "per_object":

@@ -34,8 +34,10 @@ from .text import (
     drop_blank_lines,
     is_gzip_data,
     line_endings,
+    padded_names,
     read_bytes,
     read_header,
+    undecodable_name,
     unterminated_last_row,
 )
 
@@ -347,11 +349,15 @@ def _add_table_file(scan: SiteScan, entry: str, path: str, table: str) -> None:
     except (UnicodeDecodeError, OSError, EOFError, zlib.error) as exc:
         scan.csv_files.append((entry, path, 1))
         reason = "is not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else f"cannot be read ({exc})"
+        name = undecodable_name(path) if isinstance(exc, UnicodeDecodeError) else None
+        if name is not None:  # a column name, not a value
+            reason = f"has a column name that is not UTF-8 text: {name}; rename that column (save the file as UTF-8)"
         if not entry.lower().endswith(".gz") and is_gzip_data(path):
             reason = f"is gzip-compressed but not named .gz; rename it to {entry}.gz"
         scan.quarantine(f"{entry} {reason}", path)
         return
     header_lines = 1
+    scan.notes.extend(padded_names(path, entry, next(iter(sources.values())).header_lines if sources else 1))
     for t, source in sources.items():
         held = _holder(scan, t) if t != table else None
         if held is not None:  # a compartment of object.csv that a file of its own also holds

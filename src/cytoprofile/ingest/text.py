@@ -28,7 +28,9 @@ __all__ = [
     "line_of_row",
     "parse_problem",
     "read_bytes",
+    "padded_names",
     "read_header",
+    "undecodable_name",
 ]
 
 
@@ -129,6 +131,40 @@ def read_header(path: str, lines: int = 1) -> list[list[str]]:
             if '"' in line and not parsed_fits and len(bare) == width:
                 rows[i] = bare
     return rows
+
+
+def padded_names(path: str, name: str, lines: int = 1) -> list[str]:
+    """Notes for header names with spaces around them, which are read without (``' Cells_Foo '`` as ``Cells_Foo``):
+    said, never a silent rename."""
+    opener: Any = gzip.open if path.lower().endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8-sig", newline="") as fh:
+        rows = [next(csv.reader([fh.readline()]), []) for _ in range(lines)]
+    return [f"{name}: column {position} of the header, {c!r}, read as {c.strip()!r} (spaces around the name removed)"
+            for row in rows for position, c in enumerate(row, start=1) if c != c.strip() and c.strip()]
+
+
+def undecodable_name(path: str) -> str | None:
+    """Where the header row holds a column name that is not UTF-8 while the rest of the file is UTF-8 text:
+    ``column 4 of the header ('AreaShape_\\xffX')`` (None: the file as a whole is not UTF-8 text, or the
+    header decodes)."""
+    opener: Any = gzip.open if path.lower().endswith(".gz") else open
+    with opener(path, "rb") as fh:
+        raw = fh.read()
+    line, _, rest = raw.partition(b"\n")
+    fields = line.rstrip(b"\r").split(b",")
+    try:
+        rest.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if len(fields) < 2:
+        return None
+    for position, name in enumerate(fields, start=1):
+        try:
+            name.decode("utf-8-sig" if position == 1 else "utf-8")
+        except UnicodeDecodeError:
+            shown = name.decode("utf-8", errors="backslashreplace")
+            return f"column {position} of the header ({shown!r})"
+    return None
 
 
 def after_lines(raw: bytes, lines: int) -> int:
