@@ -26,6 +26,7 @@ __all__ = [
     "connect",
     "database_problem",
     "discover_export_files",
+    "entries_not_read",
     "export_files_in",
     "export_plates",
     "find_export_files",
@@ -138,6 +139,30 @@ def export_files_in(folder: str | os.PathLike[str]) -> tuple[list[str], dict[str
     """The SQLite files directly in ``folder`` and the ``.db`` files of other programs beside them (name -> why not
     read), listed once; a folder that does not exist holds neither."""
     return _listed(Path(folder)) if Path(folder).is_dir() else ([], {})
+
+
+def entries_not_read(folder: str | os.PathLike[str], *, read: Sequence[str], file_why: str, folder_why: str,
+                     export_why: str | None = None, label: str = "") -> dict[str, str]:
+    """What lies directly in ``folder`` and is not read (name -> why), so nothing beside the inputs is skipped silently:
+    ExportToDatabase files not in ``read`` (``export_why``; None: named as other files), ``.db`` files of other
+    programs, other files (``file_why``) and non-empty folders holding nothing read (``folder_why``, named
+    ``NAME/``). ``read`` are the files and folders read; names start with ``label`` (``../`` from a sites folder)."""
+    if not os.path.isdir(folder):
+        return {}
+    exports, foreign = export_files_in(folder)
+    done, given = {os.path.realpath(p) for p in read}, {os.path.abspath(p) for p in read}
+    out = {f"{label}{os.path.basename(p)}": export_why for p in exports if export_why and os.path.realpath(p) not in done}
+    out.update({f"{label}{name}": why for name, why in foreign.items()})
+    for entry in sorted(os.listdir(folder)):
+        path = os.path.join(folder, entry)
+        real = os.path.realpath(path)
+        if os.path.isfile(path):
+            if f"{label}{entry}" not in out and real not in done:
+                out[f"{label}{entry}"] = file_why
+        elif os.path.isdir(path) and os.listdir(path) and os.path.abspath(path) not in given \
+                and not any(d.startswith(real + os.sep) for d in done):
+            out[f"{label}{entry}/"] = folder_why
+    return out
 
 
 def _listed(folder: Path) -> tuple[list[str], dict[str, str]]:

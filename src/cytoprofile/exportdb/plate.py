@@ -17,7 +17,7 @@ from ..errors import CytoprofileError, InputError
 from ..layout import Workspace
 from .files import (
     discover_export_files,
-    export_files_in,
+    entries_not_read,
     export_plates,
     find_export_files,
     source_name,
@@ -193,18 +193,9 @@ def _rebuild_said(plate: str, before: list[list[Any]] | None, now: list[list[Any
 
 def _not_read_beside(folder: str | os.PathLike[str], read: Sequence[str]) -> dict[str, str]:
     """Files of a folder of ExportToDatabase files that were not read: another program's ``.db`` file, a stray CSV."""
-    if not os.path.isdir(folder):
-        return {}
-    _, out = export_files_in(folder)
-    done = {os.path.realpath(p) for p in read}
-    for entry in sorted(os.listdir(folder)):
-        path = os.path.join(folder, entry)
-        if entry not in out and os.path.isfile(path) and os.path.realpath(path) not in done:
-            out[entry] = "beside the ExportToDatabase files, not one of them: not read"
-        elif os.path.isdir(path) and os.listdir(path) and not any(os.path.realpath(p).startswith(os.path.realpath(path) + os.sep) for p in read):
-            out[f"{entry}/"] = ("a folder beside the ExportToDatabase files: not read (files are read from the folder "
-                                "itself; give the folder's files with --export-db to read them)")
-    return out
+    return entries_not_read(folder, read=read, file_why="beside the ExportToDatabase files, not one of them: not read",
+                            folder_why=("a folder beside the ExportToDatabase files: not read (files are read from the "
+                                        "folder itself; give the folder's files with --export-db to read them)"))
 
 
 def _csv_sites_not_read(root: str, batch: str, plate: str) -> dict[str, str]:
