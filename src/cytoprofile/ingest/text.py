@@ -70,12 +70,15 @@ def _quoted_spans(raw: bytes) -> list[tuple[int, int]]:
 
 def _lone_crs(raw: bytes) -> list[int]:
     """Offsets of the CRs ending a line on their own (not before an LF, not inside a quoted value)."""
+    lone = [m.start() for m in _LONE_CR.finditer(raw)]
+    if not lone:  # CRLF files: no quoted field to look for
+        return []
     spans, out, at = _quoted_spans(raw), [], 0
-    for match in _LONE_CR.finditer(raw):
-        while at < len(spans) and spans[at][1] <= match.start():
+    for cr in lone:
+        while at < len(spans) and spans[at][1] <= cr:
             at += 1
-        if not (at < len(spans) and spans[at][0] <= match.start()):
-            out.append(match.start())
+        if not (at < len(spans) and spans[at][0] <= cr):
+            out.append(cr)
     return out
 
 
