@@ -357,7 +357,7 @@ def _add_table_file(scan: SiteScan, entry: str, path: str, table: str) -> None:
         scan.quarantine(f"{entry} {reason}", path)
         return
     header_lines = 1
-    scan.notes.extend(padded_names(path, entry, next(iter(sources.values())).header_lines if sources else 1))
+    scan.notes.extend(padded_names(path, entry, lines=next(iter(sources.values())).header_lines if sources else 1))
     for t, source in sources.items():
         held = _holder(scan, t) if t != table else None
         if held is not None:  # a compartment of object.csv that a file of its own also holds

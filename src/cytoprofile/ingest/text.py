@@ -136,7 +136,7 @@ def read_header(path: str, lines: int = 1) -> list[list[str]]:
     return rows
 
 
-def padded_names(path: str, name: str, lines: int = 1) -> list[str]:
+def padded_names(path: str, name: str, *, lines: int = 1) -> list[str]:
     """Notes for header names with spaces around them, which are read without (``' Cells_Foo '`` as ``Cells_Foo``):
     said, never a silent rename."""
     opener: Any = gzip.open if path.lower().endswith(".gz") else open
