@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import shutil
 import tempfile
@@ -245,10 +246,13 @@ def scratch_dir(tmp_dir: str | None, prefix: str) -> Iterator[str]:
     """
     parent = tmp_dir or tempfile.gettempdir()
     with io.output_errors(parent):
+        made = not os.path.lexists(parent)
         try:
             Path(parent).mkdir(parents=True, exist_ok=True)
         except FileExistsError:
             raise InputError(f"--tmp-dir {parent} is a file, not a folder") from None
+        if made and tmp_dir:  # created as the README says, and said (a mistyped path shows here)
+            logging.getLogger("cytoprofile").info("--tmp-dir %s did not exist: created it", parent)
         _clean_scratch(parent)
         folder = tempfile.mkdtemp(prefix=f"cytoprofile-{prefix}-", dir=parent)
         # locked under another name, then renamed: a cleaner never sees the lock file unlocked

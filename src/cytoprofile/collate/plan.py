@@ -17,13 +17,13 @@ from ..remote import list_etags
 from .cells import CELL_OPTIONS
 from .outputs import kind_label, kind_of
 
-__all__ = ['InputState', 'Plan', 'build_options', 'input_fingerprint', 'input_state', 'listing_digest',
+__all__ = ['INPUTS_CHANGED', 'InputState', 'Plan', 'build_options', 'input_fingerprint', 'input_state', 'listing_digest',
            'plan_build', 'remote_state']
 
 log = logging.getLogger("cytoprofile.collate")
 
-
-
+#: why a re-run rebuilds a plate whose input files differ from the last build's (said at WARNING, with what is replaced)
+INPUTS_CHANGED = "the plate's input files changed since the last build (files added, removed or changed)"
 
 @dataclass
 class Plan:
@@ -73,7 +73,7 @@ def plan_build(plate: str, report: dict[str, Any] | None, trusted: dict[str, str
         changed = sorted(k for k in _data_options(build) if previous.get(k) != build[k])
         why = f"options changed since the last build ({', '.join(changed)})" if changed else "--overwrite"
         if changed == ["inputs"]:
-            why = "the plate's input files changed since the last build (files added, removed or changed)"
+            why = INPUTS_CHANGED
         replaced = sorted({kind_label(plate, n) for n in trusted} - {report_name(plate)})
         (log.warning if changed else log.info)("%s: %s; replacing %s", plate, why, ", ".join(replaced) or "its outputs")
     elif kept:

@@ -237,23 +237,16 @@ def _export_files_beside(ws: str | os.PathLike[str], batch: str, plate: str) -> 
     """Files in the plate folder of a plate read from its CSV site folders (beside its ``analysis`` folder): an
     ExportToDatabase file, a stray ``Cells.csv`` or any other file is named, not read (as ``../NAME``), and so is
     a folder other than ``analysis`` (``../NAME/``: a re-run's copy of site folders is never read silently)."""
-    from ..exportdb import export_files_in
+    from ..exportdb.files import entries_not_read
 
-    folder = Workspace(str(ws)).analysis_plate(batch, plate)
-    sites_folder = os.path.basename(Workspace(str(ws)).analysis(batch, plate))
-    exports, foreign = export_files_in(folder)
-    out = {f"../{os.path.basename(p)}": "an ExportToDatabase file in the plate folder, not read (the plate is read "
-           "from its CSV site folders); to read it instead, give it with --export-db" for p in exports}
-    out.update({f"../{name}": why for name, why in foreign.items()})
-    for entry in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
-        path = os.path.join(folder, entry)
-        if f"../{entry}" not in out and os.path.isfile(path):
-            out[f"../{entry}"] = ("in the plate folder, beside its analysis folder of site folders: not read (each "
-                                  "site is a folder analysis/PLATE-WELL-SITE)")
-        elif os.path.isdir(path) and entry != sites_folder and os.listdir(path):  # a re-run's copy, a folder of runs: never silent
-            out[f"../{entry}/"] = ("a folder in the plate folder, beside its analysis folder: not read (site folders "
-                                   "belong in analysis/; move them there to read them)")
-    return out
+    return entries_not_read(
+        Workspace(str(ws)).analysis_plate(batch, plate), read=[Workspace(str(ws)).analysis(batch, plate)], label="../",
+        export_why=("an ExportToDatabase file in the plate folder, not read (the plate is read from its CSV site "
+                    "folders); to read it instead, give it with --export-db"),
+        file_why=("in the plate folder, beside its analysis folder of site folders: not read (each site is a folder "
+                  "analysis/PLATE-WELL-SITE)"),
+        folder_why=("a folder in the plate folder, beside its analysis folder: not read (site folders belong in "
+                    "analysis/; move them there to read them)"))
 
 
 def _check_sites(plate: str, quarantined: list[dict[str, Any]], n_sites: int, *, strict: bool) -> None:

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from ..backend import quote
 from ..errors import InputError
+from ..ingest import is_reserved_table
 from ..layout import Workspace
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "connect",
     "database_problem",
     "discover_export_files",
+    "entries_not_read",
     "export_files_in",
     "export_plates",
     "find_export_files",
@@ -88,6 +90,10 @@ class ExportFile:
     unowned_columns: list[str] = field(default_factory=list)
     #: column names at CellProfiler's length limit, which it may have shortened
     long_names: list[str] = field(default_factory=list)
+    #: object tables not stored because their object set's name is one the backend keeps for itself: table -> why
+    reserved: dict[str, str] = field(default_factory=dict)
+    #: the single Per_Object table (or view) holding every object set, as the file spells it (None: one table a set)
+    combined_table: str | None = None
 
 
 @dataclass
@@ -133,6 +139,30 @@ def export_files_in(folder: str | os.PathLike[str]) -> tuple[list[str], dict[str
     """The SQLite files directly in ``folder`` and the ``.db`` files of other programs beside them (name -> why not
     read), listed once; a folder that does not exist holds neither."""
     return _listed(Path(folder)) if Path(folder).is_dir() else ([], {})
+
+
+def entries_not_read(folder: str | os.PathLike[str], *, read: Sequence[str], file_why: str, folder_why: str,
+                     export_why: str | None = None, label: str = "") -> dict[str, str]:
+    """What lies directly in ``folder`` and is not read (name -> why), so nothing beside the inputs is skipped silently:
+    ExportToDatabase files not in ``read`` (``export_why``; None: named as other files), ``.db`` files of other
+    programs, other files (``file_why``) and non-empty folders holding nothing read (``folder_why``, named
+    ``NAME/``). ``read`` are the files and folders read; names start with ``label`` (``../`` from a sites folder)."""
+    if not os.path.isdir(folder):
+        return {}
+    exports, foreign = export_files_in(folder)
+    done, given = {os.path.realpath(p) for p in read}, {os.path.abspath(p) for p in read}
+    out = {f"{label}{os.path.basename(p)}": export_why for p in exports if export_why and os.path.realpath(p) not in done}
+    out.update({f"{label}{name}": why for name, why in foreign.items()})
+    for entry in sorted(os.listdir(folder)):
+        path = os.path.join(folder, entry)
+        real = os.path.realpath(path)
+        if os.path.isfile(path):
+            if f"{label}{entry}" not in out and real not in done:
+                out[f"{label}{entry}"] = file_why
+        elif os.path.isdir(path) and os.listdir(path) and os.path.abspath(path) not in given \
+                and not any(d.startswith(real + os.sep) for d in done):
+            out[f"{label}{entry}/"] = folder_why
+    return out
 
 
 def _listed(folder: Path) -> tuple[list[str], dict[str, str]]:
@@ -186,24 +216,44 @@ def database_problem(path: str, exc: sqlite3.DatabaseError) -> InputError:
                       "(or re-export it)")
 
 
-def _columns(conn: sqlite3.Connection, table: str) -> list[tuple[str, str]]:
-    return [(r[1], str(r[2] or "")) for r in conn.execute(f"PRAGMA table_info({quote(table)})")]
+def _columns(conn: sqlite3.Connection, table: str, *, path: str) -> list[tuple[str, str]]:
+    """Name and declared type of each column of ``table`` (a name that is not UTF-8 is refused, naming its position)."""
+    try:
+        return [(r[1], str(r[2] or "")) for r in conn.execute(f"PRAGMA table_info({quote(table)})")]
+    except sqlite3.OperationalError as exc:
+        if "Could not decode to UTF-8" not in str(exc):
+            raise
+    conn.text_factory = bytes  # find the name (a column name, not a value) that does not decode
+    try:
+        names = [r[1] for r in conn.execute(f"PRAGMA table_info({quote(table)})")]
+    finally:
+        conn.text_factory = str
+    for position, name in enumerate(names, start=1):
+        try:
+            name.decode("utf-8")
+        except UnicodeDecodeError:
+            shown = name.decode("utf-8", errors="backslashreplace")
+            raise InputError(f"{path}: table {table} has a column name that is not UTF-8 text: column {position} "
+                             f"({shown!r}); rename that column in a copy of the file") from None
+    raise InputError(f"{path}: table {table} has a column name or type that is not UTF-8 text; rename it in a copy of the file")
 
 
-def _detect_prefix(path: str, tables: Sequence[str], table_prefix: str | None) -> str:
+def _detect_prefix(path: str, tables: Sequence[str], table_prefix: str | None) -> tuple[str, str]:
+    """The file's table prefix and its image table, as the file spells them (SQLite names are case-insensitive, so
+    ``myexpt_per_image`` is ``MyExpt_Per_Image``)."""
     if table_prefix is not None:
-        if f"{table_prefix}Per_Image" not in tables:
+        found = [t for t in tables if t.lower() == f"{table_prefix}Per_Image".lower()]
+        if not found:
             raise InputError(f"{path}: no table {table_prefix}Per_Image (tables: {', '.join(sorted(tables)) or 'none'}); "
                              "check --table-prefix")
-        return table_prefix
-    prefixes = sorted(t[: -len("Per_Image")] for t in tables if t.endswith("Per_Image"))
-    if not prefixes:
+        return found[0][: -len("Per_Image")], found[0]
+    images = sorted(t for t in tables if t.lower().endswith("per_image"))
+    if not images:
         raise InputError(f"{path}: no Per_Image table (tables: {', '.join(sorted(tables)) or 'none'}); "
                          "not a CellProfiler ExportToDatabase file, or give its table prefix with --table-prefix")
-    if len(prefixes) > 1:
-        raise InputError(f"{path}: several image tables ({', '.join(p + 'Per_Image' for p in prefixes)}); "
-                         "pick one with --table-prefix")
-    return prefixes[0]
+    if len(images) > 1:
+        raise InputError(f"{path}: several image tables ({', '.join(images)}); pick one with --table-prefix")
+    return images[0][: -len("Per_Image")], images[0]
 
 
 def _strip(name: str, prefix: str) -> str:
@@ -265,7 +315,12 @@ def _split_combined(path: str, table: str, columns: Sequence[str]) -> tuple[list
 
 
 def open_export(path: str | os.PathLike[str], *, name: str | None = None, table_prefix: str | None = None) -> ExportFile:
-    """Check an ExportToDatabase file and describe its tables; a fault raises ``InputError`` naming the file and the fix."""
+    """Check an ExportToDatabase file and describe its tables; a fault raises ``InputError`` naming the file and the fix.
+
+    Views are read as tables are (a ``Per_Cells`` view is the Cells object set), except a view whose object sets
+    tables of the file already hold (CellProfiler's "single object view" ``Per_Object``): it is listed, not read
+    twice. Table names match in any case, as SQLite's do.
+    """
     path = str(path)
     conn = connect(path)
     try:
@@ -273,50 +328,83 @@ def open_export(path: str | os.PathLike[str], *, name: str | None = None, table_
             kinds = dict(conn.execute("SELECT name, type FROM sqlite_master WHERE type IN ('table', 'view')").fetchall())
         except sqlite3.DatabaseError as exc:
             raise InputError(f"{path}: not a readable SQLite database ({exc}); copy the file again") from exc
-        tables = [t for t, k in kinds.items() if k == "table"]
-        prefix = _detect_prefix(path, tables, table_prefix)
+        prefix, image_table = _detect_prefix(path, list(kinds), table_prefix)
         try:
-            return _describe(conn, path, name or os.path.basename(path), prefix, tables, kinds)
+            return _describe(conn, path, name or os.path.basename(path), prefix, image_table, kinds)
         except sqlite3.DatabaseError as exc:
             raise database_problem(path, exc) from exc
     finally:
         conn.close()
 
 
-def _describe(conn: sqlite3.Connection, path: str, name: str, prefix: str, tables: list[str], kinds: dict[str, str]) -> ExportFile:
-    image_table = f"{prefix}Per_Image"
-    image_cols = _columns(conn, image_table)
+def _own_name(table: str, prefix: str) -> str | None:
+    """``table`` without the file's prefix, in any case (None: another prefix)."""
+    return table[len(prefix):] if table.lower().startswith(prefix.lower()) else None
+
+
+def _set_name(own: str, names: Sequence[str]) -> tuple[str, str | None]:
+    """The object set of a ``Per_<Set>`` table and its key column, spelled as its columns are (``per_cells`` holding
+    ``Cells_Number_Object_Number`` is Cells); the key is None when the table has neither key column."""
+    guess = own[len("Per_"):]
+    number = next((c for c in names if c.lower() == f"{guess}_number_object_number".lower()), None)
+    if number is not None:
+        return number[: -len("_Number_Object_Number")], number
+    return guess, "ObjectNumber" if "ObjectNumber" in names else None
+
+
+def _describe(conn: sqlite3.Connection, path: str, name: str, prefix: str, image_table: str,
+              kinds: dict[str, str]) -> ExportFile:
+    image_cols = _columns(conn, image_table, path=path)
     if "ImageNumber" not in [c for c, _ in image_cols]:
         raise InputError(f"{path}: {image_table} has no ImageNumber column; not a CellProfiler image table")
     objects: list[ObjectSource] = []
     not_stored: dict[str, int] = {}
     unowned: list[str] = []
+    reserved: dict[str, str] = {}
     types: dict[str, dict[str, str]] = {}
     layout: TableLayout = "per_object_table"
-    for table in sorted(tables):
+    combined: str | None = None
+    run_tables = {t.lower() for t in _RUN_TABLES}
+    tables = sorted(t for t, k in kinds.items() if k == "table") + sorted(v for v, k in kinds.items() if k == "view")
+    for table in tables:
         if table == image_table:
             continue
-        cols = _columns(conn, table)
-        types[table] = dict(cols)
+        view = kinds[table] == "view"
+        own = _own_name(table, prefix)
+        if own is None or not own.lower().startswith("per_") or own.lower() in run_tables:
+            not_stored[f"{table} (view)" if view else table] = (
+                0 if view else conn.execute(f"SELECT COUNT(*) FROM {quote(table)}").fetchone()[0])
+            continue
+        cols = _columns(conn, table, path=path)
         names = [c for c, _ in cols]
-        own = table[len(prefix):] if table.startswith(prefix) else None
-        if own == "Per_Object":
-            layout = "per_object"
-            found, unowned = _split_combined(path, table, names)
+        held = {o.name.lower() for o in objects}
+        if own.lower() == "per_object":
+            found, spare = _split_combined(path, table, names)
+            if view and all(o.name.lower() in held for o in found):
+                not_stored[f"{table} (view)"] = 0  # a view of the object tables read: read once
+                continue
+            _no_reserved_set(path, table, found)
+            types[table], layout, combined, unowned = dict(cols), "per_object", table, spare
             objects += found
-        elif own is not None and own.startswith("Per_") and own not in _RUN_TABLES and "ImageNumber" in names:
-            set_name = own[len("Per_"):]
-            key = f"{set_name}_Number_Object_Number" if f"{set_name}_Number_Object_Number" in names else "ObjectNumber"
-            if key not in names:
+        elif "ImageNumber" in names:
+            set_name, key = _set_name(own, names)
+            if view and set_name.lower() in held:
+                not_stored[f"{table} (view)"] = 0
+                continue
+            if is_reserved_table(set_name):
+                not_stored[table] = conn.execute(f"SELECT COUNT(*) FROM {quote(table)}").fetchone()[0]
+                reserved[table] = (f"object set {set_name!r} is a name the backend keeps for its own table; rename "
+                                   f"{table} in a copy of the file (ALTER TABLE ... RENAME TO ...) to store it")
+                continue
+            if key is None:
                 raise InputError(f"{path}: {table} has ImageNumber but no {set_name}_Number_Object_Number or ObjectNumber "
                                  "column; its objects cannot be numbered")
+            types[table] = dict(cols)
             objects.append(_object_source(path, set_name, table, names, key=key))
         else:
-            not_stored[table] = conn.execute(f"SELECT COUNT(*) FROM {quote(table)}").fetchone()[0]
-    not_stored.update({f"{v} (view)": 0 for v, k in kinds.items() if k == "view"})
-    clash = [n for n, k in Counter(o.name for o in objects).items() if k > 1]
-    if clash:
-        raise InputError(f"{path}: object set {clash[0]} is stored twice (in Per_Object and its own table); remove one")
+            not_stored[f"{table} (view)" if view else table] = (
+                0 if view else conn.execute(f"SELECT COUNT(*) FROM {quote(table)}").fetchone()[0])
+    _no_set_twice(path, objects)
     if not objects:
         log.warning("%s: no object tables; only image rows will be read", path)
     image_names, image_csv = _csv_names([c for c, _ in image_cols], "Image_", {"ImageNumber": "ImageNumber"})
@@ -327,8 +415,29 @@ def _describe(conn: sqlite3.Connection, path: str, name: str, prefix: str, table
         image_columns=image_names, image_csv_names=image_csv,
         image_types=tuple(image_type[c] for c in image_names), objects=objects,
         object_types={o.name: tuple(types[o.table].get(c, "") for c in o.columns) for o in objects},
-        not_stored=not_stored, unowned_columns=unowned, long_names=long_names,
+        not_stored=not_stored, unowned_columns=unowned, long_names=long_names, combined_table=combined,
+        reserved=reserved,
     )
+
+
+def _no_reserved_set(path: str, table: str, found: Sequence[ObjectSource]) -> None:
+    """An object set of a single Per_Object table named as a backend table (``cytoprofile_run``) is refused."""
+    bad = next((o.name for o in found if is_reserved_table(o.name)), None)
+    if bad is not None:
+        raise InputError(f"{path}: {table} holds object set {bad!r}, a name the backend keeps for its own table; rename "
+                         f"its {bad}_ columns in a copy of the file to store them")
+
+
+def _no_set_twice(path: str, objects: Sequence[ObjectSource]) -> None:
+    """One object set in two tables (Per_Object and its own table, or names differing only in case) is refused."""
+    by_name: dict[str, list[ObjectSource]] = {}
+    for o in objects:
+        by_name.setdefault(o.name.lower(), []).append(o)
+    twice = next((same for same in by_name.values() if len(same) > 1), None)
+    if twice is not None:
+        where = " and ".join(f"{o.name} in {o.table}" for o in twice)
+        raise InputError(f"{path}: object set {twice[0].name} is stored twice ({where}; object set names match in any "
+                         "case, as SQLite's table names do); remove or rename one")
 
 
 def export_plates(sources: Sequence[str | os.PathLike[str]], *, table_prefix: str | None = None) -> dict[str, int]:

@@ -162,14 +162,14 @@ def _count_rows(export: ExportFile) -> dict[str, int]:
     conn = connect(export.path)
     try:
         out = {"Image": conn.execute(f"SELECT COUNT(*) FROM {quote(export.image_table)}").fetchone()[0]}
-        table = f"{export.prefix}Per_Object"
+        table = export.combined_table
         owned: list[str] = []
         for obj in export.objects:
             columns = [c for c in obj.columns if c != "ImageNumber"]
             where = f" WHERE {_any_value(columns)}" if obj.table == table else ""
             out[obj.name] = conn.execute(f"SELECT COUNT(*) FROM {quote(obj.table)}{where}").fetchone()[0]
             owned += columns if obj.table == table else []
-        if owned:
+        if owned and table is not None:
             empty = f"NOT ({_any_value(owned)})"
             out["Per_Object"] = conn.execute(f"SELECT COUNT(*) FROM {quote(table)} WHERE {empty}").fetchone()[0]
         return out
@@ -277,7 +277,10 @@ def materialise_plate(
         out.files.append({"file": export.name, "table_prefix": export.prefix, "layout": export.layout, "rows": expected,
                           "tables": {"Image": export.image_table, **{o.name: o.table for o in export.objects}},
                           "not_stored": export.not_stored, "unowned_columns": export.unowned_columns,
-                          "long_names": export.long_names})
+                          "long_names": export.long_names, "reserved": export.reserved})
+        for table, why in export.reserved.items():
+            log.warning("%s: table %s of %s (%d rows) is not stored: %s (see export_database.files[].reserved in the "
+                        "report)", plate, table, export.name, export.not_stored.get(table, 0), why)
         if export.unowned_columns:  # values no table can hold: said, not only listed
             log.warning("%s: %d column(s) of the Per_Object table of %s belong to no object set (no "
                         "<Set>_Number_Object_Number) and are not stored: %s; see unowned_columns in the report", plate,

@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import io, workspace
+from ..collate.plan import INPUTS_CHANGED
 from ..errors import CytoprofileError, InputError
 from ..layout import Workspace
 from .files import (
     discover_export_files,
-    export_files_in,
+    entries_not_read,
     export_plates,
     find_export_files,
     source_name,
@@ -98,57 +99,103 @@ def collate_export(
     outputs = plate_outputs(root, batch, plate, backend=options.get("backend", ("sqlite",)),
                             profile_format=options.get("profile_format", "csv"))
     previous = _previous_run(outputs["report"]) if Path(outputs["report"]).exists() else {}
-    if previous.get("sources") == fingerprint and previous.get("call") == call and not options.get("overwrite") \
-            and all(Path(p).exists() for p in outputs.values()):
-        return PlateResult(batch, plate, "skipped", "complete outputs exist (use --overwrite to rebuild)", outputs)
-    options["overwrite"] = True  # other files or options: the outputs are rebuilt
     backend_root = Workspace(root).backend_root()
     names = ExportNames()
-    with workspace.scratch_dir(tmp_dir, f"export-{folder_part(plate)}") as scratch, \
-            _real_places(scratch, root, backend_root, names):
-        with io.output_errors(scratch):
-            done = materialise_plate(paths, plate=plate, out_dir=Workspace(scratch).analysis(batch, plate),
-                                     table_prefix=table_prefix, root=root)
-        if not done.sites:
-            raise InputError(_no_sites(done, paths, plate, table_prefix))
-        names.learn(done.sites, done.files, done.columns)
-        _warn_dropped(done, plate)
-        _warn_other_plates(done, plate)
-        with io.output_errors(backend_root):
-            Path(backend_root).mkdir(parents=True, exist_ok=True)
-        os.symlink(os.path.realpath(backend_root), Workspace(scratch).backend_root())
-        with names.in_logs():
-            result = collate_plate(scratch, batch, plate, record_inputs=False, **options)  # the files' own record: sources
-        result.outputs = {k: os.path.join(root, os.path.relpath(v, scratch)) for k, v in result.outputs.items()}
-        if result.status == "done" and result.report is not None:
-            section = {**done.report(), "sources": fingerprint, "call": call}
-            folders = sources or [Workspace(root).analysis_plate(batch, plate)]
-            beside = {name: why for folder in folders for name, why in _not_read_beside(folder, paths).items()}
-            if sources and not any(os.path.realpath(s) == os.path.realpath(Workspace(root).analysis_plate(batch, plate))
-                                   for s in sources):  # the plate folder given: its analysis/ is listed above
-                beside |= _csv_sites_not_read(root, batch, plate)
-            if beside:
-                section["files_not_read"] = beside
-                log.warning("%s: %d file(s) or folder(s) beside the ExportToDatabase files are not read (first: %s: %s); "
-                            "see export_database.files_not_read in the report", plate, len(beside), *next(iter(beside.items())))
-            result.report = _amend_report(result.report, done, section, outputs["report"], names)
-        return result
+    # the scratch folder is made first, also for a run that is skipped: making it removes those of killed runs
+    with workspace.scratch_dir(tmp_dir, f"export-{folder_part(plate)}") as scratch:
+        if previous.get("sources") == fingerprint and previous.get("call") == call and not options.get("overwrite") \
+                and all(Path(p).exists() for p in outputs.values()):
+            return PlateResult(batch, plate, "skipped", "complete outputs exist (use --overwrite to rebuild)", outputs)
+        options["overwrite"] = True  # other files or options: the outputs are rebuilt
+        with _real_places(scratch, root, backend_root, names), _rebuild_said(plate, previous.get("sources"), fingerprint):
+            return _collate_scratch(scratch, root, batch, plate, paths, sources, table_prefix, options,
+                                    fingerprint=fingerprint, call=call, names=names, report_path=outputs["report"])
+
+
+def _collate_scratch(scratch: str, root: str, batch: str, plate: str, paths: Sequence[str],
+                     sources: Sequence[str | os.PathLike[str]] | None, table_prefix: str | None,
+                     options: dict[str, Any], *, fingerprint: Any, call: Any, names: ExportNames,
+                     report_path: str) -> PlateResult:
+    """Write the plate's images as CSV site folders in ``scratch`` and collate them into the workspace's backend."""
+    from ..collate import collate_plate
+
+    backend_root = Workspace(root).backend_root()
+    with io.output_errors(scratch):
+        done = materialise_plate(paths, plate=plate, out_dir=Workspace(scratch).analysis(batch, plate),
+                                 table_prefix=table_prefix, root=root)
+    if not done.sites:
+        raise InputError(_no_sites(done, paths, plate, table_prefix))
+    names.learn(done.sites, done.files, done.columns)
+    _warn_dropped(done, plate)
+    _warn_other_plates(done, plate)
+    with io.output_errors(backend_root):
+        Path(backend_root).mkdir(parents=True, exist_ok=True)
+    os.symlink(os.path.realpath(backend_root), Workspace(scratch).backend_root())
+    with names.in_logs():
+        result = collate_plate(scratch, batch, plate, record_inputs=False, **options)  # the files' own record: sources
+    result.outputs = {k: os.path.join(root, os.path.relpath(v, scratch)) for k, v in result.outputs.items()}
+    if result.status == "done" and result.report is not None:
+        section = {**done.report(), "sources": fingerprint, "call": call}
+        beside = _files_not_read(root, batch, plate, paths, sources)
+        if beside:
+            section["files_not_read"] = beside
+            log.warning("%s: %d file(s) or folder(s) beside the ExportToDatabase files are not read (first: %s: %s); "
+                        "see export_database.files_not_read in the report", plate, len(beside), *next(iter(beside.items())))
+        result.report = _amend_report(result.report, done, section, report_path, names)
+    return result
+
+
+def _files_not_read(root: str, batch: str, plate: str, paths: Sequence[str],
+                    sources: Sequence[str | os.PathLike[str]] | None) -> dict[str, str]:
+    """Files and folders beside the files read (and the plate's CSV sites when ``--export-db`` names other files)."""
+    plate_dir = Workspace(root).analysis_plate(batch, plate)
+    folders = sources or [plate_dir]
+    beside = {name: why for folder in folders for name, why in _not_read_beside(folder, paths).items()}
+    if sources and not any(os.path.realpath(s) == os.path.realpath(plate_dir) for s in sources):
+        beside |= _csv_sites_not_read(root, batch, plate)  # the plate folder given: its analysis/ is listed above
+    return beside
+
+
+def _source_changes(before: list[list[Any]] | None, now: list[list[Any]]) -> str | None:
+    """Which ExportToDatabase files differ from the last build's (None: the same files, or no last build)."""
+    if before is None or before == now:
+        return None
+    old, new = ({str(f[0]): f[1:] for f in record} for record in (before, now))
+    parts = [f"{n} {what}" for what, names in (("added", sorted(new.keys() - old.keys())),
+                                                ("removed", sorted(old.keys() - new.keys())),
+                                                ("changed", sorted(n for n in new.keys() & old.keys() if new[n] != old[n])))
+             for n in names]
+    return ", ".join(parts) or None
+
+
+@contextlib.contextmanager
+def _rebuild_said(plate: str, before: list[list[Any]] | None, now: list[list[Any]]) -> Iterator[None]:
+    """When the files changed since the last build, the collate's "--overwrite; replacing …" (the rebuild is forced
+    here) says so instead, at WARNING as the CSV route does, naming the files added, removed or changed."""
+    changes = _source_changes(before, now)
+    logger = logging.getLogger("cytoprofile.collate")
+
+    class _Why(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            if changes and record.msg == "%s: %s; replacing %s" and isinstance(record.args, tuple) \
+                    and record.args[:2] == (plate, "--overwrite"):
+                record.args = (plate, f"{INPUTS_CHANGED}: {changes}", record.args[2])
+                record.levelno, record.levelname = logging.WARNING, "WARNING"
+            return True
+
+    why = _Why()
+    logger.addFilter(why)
+    try:
+        yield
+    finally:
+        logger.removeFilter(why)
 
 
 def _not_read_beside(folder: str | os.PathLike[str], read: Sequence[str]) -> dict[str, str]:
     """Files of a folder of ExportToDatabase files that were not read: another program's ``.db`` file, a stray CSV."""
-    if not os.path.isdir(folder):
-        return {}
-    _, out = export_files_in(folder)
-    done = {os.path.realpath(p) for p in read}
-    for entry in sorted(os.listdir(folder)):
-        path = os.path.join(folder, entry)
-        if entry not in out and os.path.isfile(path) and os.path.realpath(path) not in done:
-            out[entry] = "beside the ExportToDatabase files, not one of them: not read"
-        elif os.path.isdir(path) and os.listdir(path) and not any(os.path.realpath(p).startswith(os.path.realpath(path) + os.sep) for p in read):
-            out[f"{entry}/"] = ("a folder beside the ExportToDatabase files: not read (files are read from the folder "
-                                "itself; give the folder's files with --export-db to read them)")
-    return out
+    return entries_not_read(folder, read=read, file_why="beside the ExportToDatabase files, not one of them: not read",
+                            folder_why=("a folder beside the ExportToDatabase files: not read (files are read from the "
+                                        "folder itself; give the folder's files with --export-db to read them)"))
 
 
 def _csv_sites_not_read(root: str, batch: str, plate: str) -> dict[str, str]:

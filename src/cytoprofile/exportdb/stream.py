@@ -186,7 +186,7 @@ def _plan(export: ExportFile) -> _Plan:
                 cols.append(c)
                 types.append(t)
         positions[obj.name] = [at[c] for c in obj.columns]
-    combined = f"{export.prefix}Per_Object" if export.layout == "per_object" else None
+    combined = export.combined_table if export.layout == "per_object" else None
     return _Plan(streams, positions, combined, declared, {t: _polars_types(d) for t, d in declared.items()})
 
 

@@ -38,6 +38,7 @@ from .model import (
     SiteTables,
     Source,
     canonical_order,
+    is_reserved_table,
     normalise_site,
     reader_opens,
 )
@@ -66,6 +67,7 @@ __all__ = [
     "discover_sites",
     "files_beside_sites",
     "image_numeric",
+    "is_reserved_table",
     "normalise_site",
     "order_by_key",
     "plan_schema",

@@ -25,6 +25,7 @@ __all__ = [
     "PlateSchema",
     "Quarantine",
     "RESERVED_TABLES",
+    "is_reserved_table",
     "RUN_METADATA_FILES",
     "SINGLE_CELL_TABLE",
     "SiteScan",
@@ -61,6 +62,13 @@ GENERATION_TABLE = "cytoprofile_run"
 SINGLE_CELL_TABLE = "single_cells"
 #: table names the backend uses itself: never an object table, never read as one
 RESERVED_TABLES = (GENERATION_TABLE, SINGLE_CELL_TABLE)
+
+
+def is_reserved_table(name: str) -> bool:
+    """Whether ``name`` is a table name the backend keeps for itself (any case) or SQLite's own (``sqlite_``)."""
+    return name.lower() in RESERVED_TABLES or name.lower().startswith("sqlite_")
+
+
 #: a site folder written from an ExportToDatabase file holds its TableNumber here (not a table: no .csv)
 TABLE_NUMBER_FILE = ".cytoprofile-table-number"
 _CSV_SUFFIXES = (".csv", ".csv.gz")

@@ -118,7 +118,8 @@ def _read_site(scan: SiteScan, schema: PlateSchema, count_check: CountCheck = "e
     warnings.extend(f"{why}: they are in no table" for _, why in lacking)
     return SiteTables(name=scan.name, table_number=table_number, image=image, objects=objects, missing=missing,
                       row_keys=row_keys, keys=scan.keys, files=_site_files(scan, image, objects),
-                      warnings=[*scan.warnings, *cut, *warnings], notes=list(dict.fromkeys(notes)), texts=texts)
+                      warnings=list(dict.fromkeys([*scan.warnings, *cut, *warnings])), notes=list(dict.fromkeys(notes)),
+                      texts=texts)  # object.csv's compartments share one file: its warnings are said once
 
 
 def _row_keys(image_numbers: np.ndarray, key_by_image: dict[int, tuple[str, ...]]) -> list[tuple[str, ...]] | int:

@@ -21,21 +21,23 @@ from .model import (
     APPLE_DOUBLE,
     FOLDER_WARNING,
     IMAGE_TABLE,
-    RESERVED_TABLES,
     RUN_METADATA_FILES,
     TABLE_NUMBER_FILE,
     ObjectFileProblem,
     SiteScan,
     Source,
     csv_stem,
+    is_reserved_table,
 )
 from .text import (
     after_lines,
     drop_blank_lines,
     is_gzip_data,
     line_endings,
+    padded_names,
     read_bytes,
     read_header,
+    undecodable_name,
     unterminated_last_row,
 )
 
@@ -314,7 +316,7 @@ def _not_stored_by_name(stem: str, prefix: str) -> str | None:
     if name.lower() + ".csv" in (f.lower() for f in RUN_METADATA_FILES):
         return "run metadata"
     table = IMAGE_TABLE if name.lower() == "image" else name
-    if table.lower() in RESERVED_TABLES or table.lower().startswith("sqlite_"):
+    if is_reserved_table(table):
         return f"{table!r} is a name the backend reserves; rename the file to store it"
     return None
 
@@ -347,11 +349,15 @@ def _add_table_file(scan: SiteScan, entry: str, path: str, table: str) -> None:
     except (UnicodeDecodeError, OSError, EOFError, zlib.error) as exc:
         scan.csv_files.append((entry, path, 1))
         reason = "is not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else f"cannot be read ({exc})"
+        name = undecodable_name(path) if isinstance(exc, UnicodeDecodeError) else None
+        if name is not None:  # a column name, not a value
+            reason = f"has a column name that is not UTF-8 text: {name}; rename that column (save the file as UTF-8)"
         if not entry.lower().endswith(".gz") and is_gzip_data(path):
             reason = f"is gzip-compressed but not named .gz; rename it to {entry}.gz"
         scan.quarantine(f"{entry} {reason}", path)
         return
     header_lines = 1
+    scan.notes.extend(padded_names(path, entry, lines=next(iter(sources.values())).header_lines if sources else 1))
     for t, source in sources.items():
         held = _holder(scan, t) if t != table else None
         if held is not None:  # a compartment of object.csv that a file of its own also holds

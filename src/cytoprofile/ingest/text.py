@@ -28,7 +28,9 @@ __all__ = [
     "line_of_row",
     "parse_problem",
     "read_bytes",
+    "padded_names",
     "read_header",
+    "undecodable_name",
 ]
 
 
@@ -57,23 +59,51 @@ def _gzip_problem(exc: BaseException) -> str:
 
 
 _LONE_CR = re.compile(rb"\r(?!\n)")
+#: a quoted field (opened at a field's start, ``""`` inside it a quote): a CR in it is a byte of the value
+_QUOTED_FIELD = re.compile(rb'(?:^|(?<=[,\r\n]))"[^"]*(?:""[^"]*)*"')
+
+
+def _quoted_spans(raw: bytes) -> list[tuple[int, int]]:
+    """Byte ranges of the quoted fields of ``raw`` (none when it holds no quote)."""
+    return [m.span() for m in _QUOTED_FIELD.finditer(raw)] if b'"' in raw else []
+
+
+def _lone_crs(raw: bytes) -> list[int]:
+    """Offsets of the CRs ending a line on their own (not before an LF, not inside a quoted value)."""
+    lone = [m.start() for m in _LONE_CR.finditer(raw)]
+    if not lone:  # CRLF files: no quoted field to look for
+        return []
+    spans, out, at = _quoted_spans(raw), [], 0
+    for cr in lone:
+        while at < len(spans) and spans[at][1] <= cr:
+            at += 1
+        if not (at < len(spans) and spans[at][0] <= cr):
+            out.append(cr)
+    return out
 
 
 def line_endings(raw: bytes, name: str, *, notes: list[str] | None = None) -> bytes:
     """``raw`` with LF line endings: a file with no LF at all ends its lines with CR (classic Mac, some
     spreadsheet saves), unambiguously, and is read so (noted); a CR ending a line among LF ones is
-    ambiguous (a row's end or a byte of a value) and the file is refused, naming the line and the fix."""
+    ambiguous (a row's end or a byte of a value) and the file is refused, naming the line and the fix.
+    A CR inside a quoted value (CSV writers quote a value holding one) is a byte of that value, kept."""
     if b"\r" not in raw:
+        return raw
+    lone = _lone_crs(raw)
+    if not lone:
         return raw
     if b"\n" not in raw:
         if notes is not None:
             notes.append(f"{name} read with CR line endings")
-        return raw.replace(b"\r", b"\n")
-    for match in _LONE_CR.finditer(raw):
-        start = raw.rfind(b"\n", 0, match.start()) + 1
-        end = raw.find(b"\n", match.end())
+        out = bytearray(raw)
+        for at in lone:
+            out[at] = 0x0A
+        return bytes(out)
+    for at in lone:
+        start = raw.rfind(b"\n", 0, at) + 1
+        end = raw.find(b"\n", at + 1)
         if raw[start : len(raw) if end < 0 else end].strip():  # not a whitespace-only line (skipped as blank)
-            line = raw.count(b"\n", 0, match.start()) + 1
+            line = raw.count(b"\n", 0, at) + 1
             raise ObjectFileProblem(f"{name} mixes CR line endings with LF ones (a CR alone ends line {line}); "
                                      "convert the CRs to LF (e.g. with mac2unix) or save the file again with one kind of line ending")
     return raw
@@ -104,6 +134,40 @@ def read_header(path: str, lines: int = 1) -> list[list[str]]:
             if '"' in line and not parsed_fits and len(bare) == width:
                 rows[i] = bare
     return rows
+
+
+def padded_names(path: str, name: str, *, lines: int = 1) -> list[str]:
+    """Notes for header names with spaces around them, which are read without (``' Cells_Foo '`` as ``Cells_Foo``):
+    said, never a silent rename."""
+    opener: Any = gzip.open if path.lower().endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8-sig", newline="") as fh:
+        rows = [next(csv.reader([fh.readline()]), []) for _ in range(lines)]
+    return [f"{name}: column {position} of the header, {c!r}, read as {c.strip()!r} (spaces around the name removed)"
+            for row in rows for position, c in enumerate(row, start=1) if c != c.strip() and c.strip()]
+
+
+def undecodable_name(path: str) -> str | None:
+    """Where the header row holds a column name that is not UTF-8 while the rest of the file is UTF-8 text:
+    ``column 4 of the header ('AreaShape_\\xffX')`` (None: the file as a whole is not UTF-8 text, or the
+    header decodes)."""
+    opener: Any = gzip.open if path.lower().endswith(".gz") else open
+    with opener(path, "rb") as fh:
+        raw = fh.read()
+    line, _, rest = raw.partition(b"\n")
+    fields = line.rstrip(b"\r").split(b",")
+    try:
+        rest.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if len(fields) < 2:
+        return None
+    for position, name in enumerate(fields, start=1):
+        try:
+            name.decode("utf-8-sig" if position == 1 else "utf-8")
+        except UnicodeDecodeError:
+            shown = name.decode("utf-8", errors="backslashreplace")
+            return f"column {position} of the header ({shown!r})"
+    return None
 
 
 def after_lines(raw: bytes, lines: int) -> int:

@@ -1,0 +1,101 @@
+"""Re-runs of the ExportToDatabase route: scratch folders of killed runs go, changed files are said."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cytoprofile.exportdb import collate_export
+
+from .test_exportdb import BATCH, _csv_workspace, _db_workspace, _run
+
+#: a collate of the plate that stops inside its scratch folder (after writing the site folders) until killed
+_KILLED_RUN = """
+import sys, time
+import cytoprofile.collate as collate
+def hang(*args, **kwargs):
+    print("inside", flush=True)
+    time.sleep(120)
+collate.collate_plate = hang
+from cytoprofile.exportdb import collate_export
+collate_export(sys.argv[1], sys.argv[2], "P1", tmp_dir=sys.argv[3], overwrite=sys.argv[4] == "1")
+"""
+
+
+def _kill_mid_run(ws: Path, scratch: Path, *, overwrite: bool) -> list[Path]:
+    """Run a collate in a subprocess, SIGKILL it inside its scratch folder: the folders it left."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_RUN, str(ws), BATCH, str(scratch), "1" if overwrite else "0"],
+                            stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "inside"
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    left = sorted(scratch.iterdir())
+    assert left and all(p.name.startswith("cytoprofile-export-") for p in left)
+    assert any((p / "analysis").exists() for p in left)
+    return left
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_killed_run_s_scratch_folder_is_removed_by_the_next_run(tmp_path: Path, overwrite: bool) -> None:
+    """The next run removes it whether it rebuilds (a first run was killed) or is skipped (a killed
+    ``--overwrite`` of a finished plate leaves the finished outputs current)."""
+    csv_ws = _csv_workspace(tmp_path, long_name=False)
+    db_ws, _ = _db_workspace(tmp_path, csv_ws, "P1", files=1)
+    scratch = tmp_path / "scratch"
+    if overwrite:
+        assert collate_export(db_ws, BATCH, "P1", tmp_dir=str(scratch)).status == "done"
+    _kill_mid_run(db_ws, scratch, overwrite=overwrite)
+    again = collate_export(db_ws, BATCH, "P1", tmp_dir=str(scratch))
+    assert again.status == ("skipped" if overwrite else "done"), again.message
+    assert list(scratch.iterdir()) == []
+
+
+def _messages(caplog: pytest.LogCaptureFixture, plate: str) -> list[tuple[int, str]]:
+    return [(r.levelno, r.getMessage()) for r in caplog.records if "replacing" in r.getMessage()
+            and r.getMessage().startswith(f"{plate}:")]
+
+
+@pytest.mark.parametrize("change", ["added", "removed", "changed"])
+def test_changed_run_files_are_said_like_changed_csvs(tmp_path: Path, change: str,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    csv_ws = _csv_workspace(tmp_path, long_name=False)
+    db_ws, files = _db_workspace(tmp_path, csv_ws, "P1", files=2)
+    spare = tmp_path / "run2.sqlite"
+    if change == "added":
+        shutil.move(files[1], spare)
+    _run(db_ws, "P1")
+    if change == "added":
+        shutil.move(spare, files[1])
+    elif change == "removed":
+        Path(files[1]).unlink()
+    else:
+        with open(files[1], "ab") as fh:  # a file copied again, longer
+            fh.write(b"\0" * 512)
+    with caplog.at_level(logging.INFO, logger="cytoprofile"):
+        _run(db_ws, "P1")
+    said = _messages(caplog, "P1")
+    name = os.path.relpath(files[1], db_ws)
+    assert said == [(logging.WARNING, "P1: the plate's input files changed since the last build (files added, removed "
+                     f"or changed): {name} {change}; replacing " + said[0][1].split("; replacing ", 1)[1])]
+    assert "--overwrite" not in said[0][1]
+
+
+def test_overwrite_of_the_same_files_still_says_overwrite(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    csv_ws = _csv_workspace(tmp_path, long_name=False)
+    db_ws, _ = _db_workspace(tmp_path, csv_ws, "P1", files=1)
+    _run(db_ws, "P1")
+    with caplog.at_level(logging.INFO, logger="cytoprofile"):
+        _run(db_ws, "P1", overwrite=True)
+    said = _messages(caplog, "P1")
+    assert len(said) == 1 and said[0][0] == logging.INFO and said[0][1].startswith("P1: --overwrite; replacing ")

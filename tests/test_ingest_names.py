@@ -1,0 +1,119 @@
+"""Column names as found: not UTF-8, padded with spaces; warnings of the old object.csv once; --tmp-dir made and said."""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cytoprofile.collate import collate_plate
+from cytoprofile.errors import InputError
+from cytoprofile.exportdb import collate_export
+
+from . import faults
+from .faults import BATCH, PLATE
+from .test_exportdb import BATCH as DB_BATCH
+from .test_exportdb import _csv_workspace, _db_workspace
+
+
+def _collate(ws: Path) -> Any:
+    result = collate_plate(ws, BATCH, PLATE)
+    assert result.status == "done", result.message
+    return result
+
+
+def _site(result: Any, name: str) -> dict[str, Any]:
+    return {s["site"]: s for s in result.report["sites"]}[name]
+
+
+def _rename_column(path: Path, position: int, name: bytes) -> None:
+    """Give header field ``position`` (1-based) the raw bytes ``name`` (plain or gzip file)."""
+    gz = path.name.endswith(".gz")
+    raw = gzip.decompress(path.read_bytes()) if gz else path.read_bytes()
+    header, rest = raw.split(b"\n", 1)
+    fields = header.split(b",")
+    fields[position - 1] = name
+    out = b",".join(fields) + b"\n" + rest
+    path.write_bytes(gzip.compress(out) if gz else out)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+@pytest.mark.parametrize(("file", "position"), [("Cells.csv", 4), ("Nuclei.csv", 3), ("Image.csv", 5)])
+def test_a_column_name_that_is_not_utf8_is_named_as_a_column_name(tmp_path: Path, file: str, position: int,
+                                                                  gz: bool) -> None:
+    plate_dir = faults.small_plate(tmp_path)
+    folder = faults.site(plate_dir)
+    if gz:
+        faults.compress(folder, (file,))
+        file += ".gz"
+    _rename_column(folder / file, position, b"AreaShape_\xff\xfeX")
+    entry = _site(_collate(tmp_path), folder.name)
+    assert entry["status"] == "quarantined"
+    assert entry["reason"] == (f"{file} has a column name that is not UTF-8 text: column {position} of the header "
+                               "('AreaShape_\\\\xff\\\\xfeX'); rename that column (save the file as UTF-8)")
+
+
+def test_a_database_column_name_that_is_not_utf8_is_named_as_a_column_name(tmp_path: Path) -> None:
+    csv_ws = _csv_workspace(tmp_path, long_name=False)
+    db_ws, files = _db_workspace(tmp_path, csv_ws, "P1", files=1)
+    conn = sqlite3.connect(files[0])
+    try:
+        names = [r[1] for r in conn.execute('PRAGMA table_info("MyExpt_Per_Cells")')]
+        sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'MyExpt_Per_Cells'").fetchone()[0]
+        bad = sql.replace("Cells_AreaShape_Extent", "Cells_AreaShape_Ext\udcff").encode("utf-8", "surrogateescape")
+        conn.execute("PRAGMA writable_schema = ON")
+        conn.execute("UPDATE sqlite_master SET sql = CAST(? AS TEXT) WHERE name = 'MyExpt_Per_Cells'", (bad,))
+        conn.commit()
+    finally:
+        conn.close()
+    position = names.index("Cells_AreaShape_Extent") + 1
+    with pytest.raises(InputError) as caught:
+        collate_export(db_ws, DB_BATCH, "P1")
+    assert str(caught.value) == (f"{files[0]}: table MyExpt_Per_Cells has a column name that is not UTF-8 text: column "
+                                 f"{position} ('Cells_AreaShape_Ext\\\\xff'); rename that column in a copy of the file")
+
+
+@pytest.mark.parametrize("padded", [b" AreaShape_Area ", b"AreaShape_Area  ", b"\tAreaShape_Area", b" Cells_AreaShape_Area "])
+def test_a_column_name_with_spaces_around_is_read_without_them_and_noted(tmp_path: Path, padded: bytes) -> None:
+    plate_dir = faults.small_plate(tmp_path)
+    folder = faults.site(plate_dir)
+    header = (folder / "Cells.csv").read_bytes().split(b"\n", 1)[0].split(b",")
+    position = header.index(b"AreaShape_Area") + 1
+    _rename_column(folder / "Cells.csv", position, padded)
+    result = _collate(tmp_path)
+    entry = _site(result, folder.name)
+    assert entry["status"] == "ok"
+    shown = padded.decode()
+    assert entry["notes"] == [f"Cells.csv: column {position} of the header, {shown!r}, read as {shown.strip()!r} "
+                              "(spaces around the name removed)"]
+    with sqlite3.connect(result.outputs["sqlite"]) as conn:
+        columns = {r[1] for r in conn.execute("PRAGMA table_info(Cells)")}
+    assert f"Cells_{shown.strip()}" in columns
+
+
+def test_an_old_object_csv_without_a_final_line_ending_warns_once(tmp_path: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    plate_dir = faults.small_plate(tmp_path)
+    folder = faults.site(plate_dir)
+    faults.to_object_csv(folder)
+    path = folder / "object.csv"
+    path.write_bytes(path.read_bytes().rstrip(b"\n"))
+    with caplog.at_level(logging.WARNING, logger="cytoprofile"):
+        result = _collate(tmp_path)
+    warnings = [w for w in _site(result, folder.name).get("warnings", []) if "without a line ending" in w]
+    assert len(warnings) == 1 and warnings[0].startswith("object.csv ends without a line ending")
+    assert sum("object.csv ends without a line ending" in r.getMessage() for r in caplog.records) <= 1
+
+
+def test_a_missing_tmp_dir_is_created_and_said(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    csv_ws = _csv_workspace(tmp_path, long_name=False)
+    db_ws, _ = _db_workspace(tmp_path, csv_ws, "P1", files=1)
+    scratch = tmp_path / "no" / "such" / "scratch"
+    with caplog.at_level(logging.INFO, logger="cytoprofile"):
+        assert collate_export(db_ws, DB_BATCH, "P1", tmp_dir=str(scratch)).status == "done"
+    assert scratch.is_dir()
+    assert f"--tmp-dir {scratch} did not exist: created it" in [r.getMessage() for r in caplog.records]
