@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.text import Text
 
 from ..checks import check_choices
 from ..errors import CytoprofileError, InputError
@@ -36,7 +35,6 @@ from .common import (
     TmpDirOpt,
     app,
     configure_storage,
-    console,
     log,
     one_of,
     plate_progress,
@@ -155,13 +153,11 @@ def collate(
 
 
 def _print_results(results: list[Any], batch: str, *, quiet: bool, start: float) -> None:
-    """One line per plate's outcome (wrapped by the terminal, never boxed: a path copies whole),
-    then one tally line; a failed plate makes it a user error (exit 1)."""
-    if not quiet:
-        for r in results:
-            style = {"done": "green", "skipped": "yellow", "failed": "red"}[r.status]
-            line = Text.assemble((r.plate, "bold"), " ", (r.status, style), f" ({r.seconds:.1f} s): ", r.message)
-            console.print(line, soft_wrap=True, highlight=False)
+    """One record per plate's outcome (a failed one an error, never silenced; a long one wraps at
+    words, never inside a path, like every record), then one tally line; a failed plate makes it a
+    user error (exit 1)."""
+    for r in results:
+        (log.error if r.status == "failed" else log.info)("%s %s (%.1f s): %s", r.plate, r.status, r.seconds, r.message)
     failed = [r for r in results if r.status == "failed"]
     skipped = [r for r in results if r.status == "skipped"]
     done = len(results) - len(failed)
