@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import io, workspace
 from ..collate.plan import INPUTS_CHANGED
-from ..errors import CytoprofileError, InputError
+from ..errors import CytoprofileError, InputError, QuarantineError
 from ..layout import Workspace
 from .files import (
     discover_export_files,
@@ -126,6 +126,7 @@ def _collate_scratch(scratch: str, root: str, batch: str, plate: str, paths: Seq
     if not done.sites:
         raise InputError(_no_sites(done, paths, plate, table_prefix))
     names.learn(done.sites, done.files, done.columns)
+    _refuse_dropped_if_strict(done, plate, strict=bool(options.get("strict")))
     _warn_dropped(done, plate)
     _warn_other_plates(done, plate)
     with io.output_errors(backend_root):
@@ -231,6 +232,19 @@ def _real_places(scratch: str, root: str, backend_root: str, names: ExportNames)
         raise
 
 
+def _refuse_dropped_if_strict(done: Materialised, plate: str, *, strict: bool) -> None:
+    """``--strict``: rows of the files left out of the backend fail the plate before anything is written,
+    as a quarantined site does on the CSV route."""
+    if strict and done.dropped:
+        images = sum(d.rows for d in done.dropped if d.table == "Image")
+        first = done.dropped[0]
+        raise QuarantineError(
+            f"{plate}: {images} image(s) and {sum(d.rows for d in done.dropped) - images} other row(s) of the "
+            f"ExportToDatabase files would be left out (first: {first.file}: {first.reason}); nothing written; "
+            "fix the files or drop --strict"
+        )
+
+
 def _warn_dropped(done: Materialised, plate: str) -> None:
     """Rows of the files left out of the backend (named in the report's export_database section) said on the terminal."""
     images = sum(d.rows for d in done.dropped if d.table == "Image")
@@ -286,5 +300,8 @@ def _amend_report(report: dict[str, Any], done: Materialised, section: dict[str,
             entry.pop("field")
             entry["database_column"] = column
     report["export_database"] = section
+    totals = report.setdefault("totals", {})  # what the sites' counts cannot show: images no site holds
+    totals["export_images_dropped"] = sum(d.rows for d in done.dropped if d.table == "Image")
+    totals["export_rows_dropped"] = sum(d.rows for d in done.dropped)
     io.write_json(report, path)
     return report
