@@ -58,7 +58,7 @@ def test_every_correlation_panel_uses_one_feature_set(qc_run) -> None:
     assert f"use the same {n} features" in text
     assert "P1_normalized_feature_select_negcon_batch.csv.gz" in text
     assert "P2_normalized_feature_select_negcon_batch.csv.gz" in text
-    assert f"across all plates of the batch, {n} features" in text
+    assert f"across the 3 plates of this report; {n} features" in text
 
 
 def test_quarantined_wells_are_listed_in_the_report(qc_run) -> None:
@@ -620,6 +620,8 @@ def test_a_one_plate_report_marks_the_plates_it_did_not_check(qc_run, tmp_path: 
     note = html[html.index('id="summary-earlier"'):]
     note = note[:note.index("</p>")]
     assert "earlier QC run" in note and "P1" in note and "BIG" in note and "P2" not in note
+    text = _text(html)  # percent replicating says it used this report's plate, not the batch
+    assert "across the 1 plate of this report, not P1, BIG of the summary;" in text or "across the 1 plate of this report, not BIG, P1 of the summary;" in text
     full = (root / "quality_control" / "summary" / "summary.tsv").read_text()
     assert all(p in full for p in ("P1", "P2", "BIG"))  # the table still keeps every plate
 
