@@ -281,3 +281,17 @@ def test_processing_and_map_blocks_translate_to_keyword_arguments() -> None:
     settings = recipe_options.map_options(block)
     assert settings is not None and settings["neg_sameby"] == ["Metadata_Plate"] and settings["modes"] == list(block.modes)
     assert recipe_options.map_options(config.MapConfig()) is None
+
+
+@pytest.mark.parametrize(("command", "option", "step"), [
+    ("normalize", "method", "normalize"), ("feature-select", "operations", "feature_select"),
+])
+def test_help_names_the_recipe_configs_other_default(command: str, option: str, step: str,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """Where a recipe config's default differs from the command's, the option's help says the config's."""
+    from cytoprofile.recipe_options import TEMPLATE_DEFAULTS
+
+    value = TEMPLATE_DEFAULTS[(step, option)]
+    shown = ",".join(value) if isinstance(value, list) else str(value)
+    flat = " ".join(_help([command, "--help"], capsys).split())
+    assert "a recipe config's" in flat and shown in flat.replace(", ", ","), f"{command} --{option}"

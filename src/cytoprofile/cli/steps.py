@@ -151,7 +151,7 @@ def annotate(
 def normalize(
     profiles: Annotated[str, typer.Argument(help="Annotated profiles.")],
     output: Annotated[str, typer.Argument(help="Normalized output table.")],
-    method: Annotated[str, typer.Option(metavar=one_of(NORMALIZE_METHODS), help="standardize (the default, as pycytominer's), robustize, mad_robustize, spherize or inverse_normal.")] = "standardize",
+    method: Annotated[str, typer.Option(metavar=one_of(NORMALIZE_METHODS), help="standardize (the default, as pycytominer's; a recipe config's is mad_robustize), robustize, mad_robustize, spherize or inverse_normal.")] = "standardize",
     samples: Annotated[str, typer.Option(help="Wells to fit on: all, or a query such as \"Metadata_control_type == 'negcon'\".")] = "all",
     sample_filter: Annotated[list[str] | None, typer.Option(metavar="COLUMN=VALUE[,VALUE]", help="Fit on wells where COLUMN=VALUE[,VALUE] (repeatable).")] = None,
     features: FeaturesOpt = None,
@@ -180,7 +180,7 @@ def normalize(
 def feature_select(
     profiles: Annotated[str, typer.Argument(help="Normalized profiles.")],
     output: OutputArg,
-    operations: Annotated[list[str], typer.Option(help="Operations in order: variance_threshold, frequency_threshold, correlation_threshold, drop_na_columns, blocklist, drop_outliers, noise_removal.")] = ["variance_threshold"],
+    operations: Annotated[list[str], typer.Option(help="Operations in order: variance_threshold, frequency_threshold, correlation_threshold, drop_na_columns, blocklist, drop_outliers, noise_removal (a recipe config's default: variance_threshold, correlation_threshold, drop_na_columns, blocklist).")] = ["variance_threshold"],
     variance_threshold_meaning: Annotated[str, typer.Option(help="What variance_threshold means: frequency (the recipe's) or variance.")] = "frequency",
     features: FeaturesOpt = None,
     image_features: ImageFeaturesOpt = False,
