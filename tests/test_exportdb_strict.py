@@ -54,3 +54,16 @@ def test_strict_builds_files_that_leave_nothing_out(tmp_path: Path) -> None:
     db_ws, _ = _db_workspace(tmp_path, _csv_workspace(tmp_path, long_name=False), "P1", table_prefix="")
     got = _run(db_ws, "P1", strict=True)
     assert got["report"]["totals"]["export_rows_dropped"] == 0
+
+
+def test_a_link_to_a_run_file_is_read_once_and_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A symlink beside the file it points to (found, not given) is read once, as that file, and named."""
+    db_ws, files = _db_workspace(tmp_path, _csv_workspace(tmp_path, long_name=False), "P1", table_prefix="")
+    expected = Path(_run(db_ws, "P1")["result"].outputs["profiles"]).read_bytes()
+    link = Path(files[0]).with_name("zlink.sqlite")
+    link.symlink_to(Path(files[0]).name)
+    got = _run(db_ws, "P1", overwrite=True)
+    not_read = got["report"]["export_database"]["files_not_read"]
+    assert "zlink.sqlite" in not_read and Path(files[0]).name in not_read["zlink.sqlite"]
+    assert got["report"]["totals"]["export_rows_dropped"] == 0
+    assert Path(got["result"].outputs["profiles"]).read_bytes() == expected

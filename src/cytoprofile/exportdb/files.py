@@ -151,6 +151,7 @@ def entries_not_read(folder: str | os.PathLike[str], *, read: Sequence[str], fil
         return {}
     exports, foreign = export_files_in(folder)
     done, given = {os.path.realpath(p) for p in read}, {os.path.abspath(p) for p in read}
+    names = {os.path.realpath(p): p for p in read}
     out = {f"{label}{os.path.basename(p)}": export_why for p in exports if export_why and os.path.realpath(p) not in done}
     out.update({f"{label}{name}": why for name, why in foreign.items()})
     for entry in sorted(os.listdir(folder)):
@@ -159,6 +160,8 @@ def entries_not_read(folder: str | os.PathLike[str], *, read: Sequence[str], fil
         if os.path.isfile(path):
             if f"{label}{entry}" not in out and real not in done:
                 out[f"{label}{entry}"] = file_why
+            elif real in done and os.path.abspath(path) not in given:  # a link to a file read: named, read once
+                out[f"{label}{entry}"] = f"the same file as {os.path.basename(names[real])} (a link to it): read once, as that"
         elif os.path.isdir(path) and os.listdir(path) and os.path.abspath(path) not in given \
                 and not any(d.startswith(real + os.sep) for d in done):
             out[f"{label}{entry}/"] = folder_why

@@ -91,7 +91,7 @@ def collate_export(
     root = str(ws)
     if options.get("aggregate_only"):
         return collate_plate(root, batch, plate, **options)  # the backend exists: nothing to read from the files
-    paths = _once([f for s in sources for f in find_export_files(s)]) if sources else discover_export_files(root, batch, plate)
+    paths = _once([f for s in sources for f in find_export_files(s)] if sources else discover_export_files(root, batch, plate))
     if not paths:
         raise InputError(f"{Workspace(root).analysis_plate(batch, plate)}: no ExportToDatabase files (*.sqlite) found; "
                          "give them with --export-db")
