@@ -369,3 +369,14 @@ def test_collate_outcome_is_one_unboxed_line_per_plate(tmp_path: Path, monkeypat
     assert not set("│┃┏┗━┡") & set("".join(lines))
     assert main(["collate", str(ws), "BATCH1", "P1", "-q"]) == 0
     assert "sites ingested" not in capfd.readouterr().err  # --quiet: no outcome lines (nothing was dropped)
+
+
+def test_a_plate_named_twice_is_refused_up_front(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Two tasks of one plate would meet at its lock (one failing against the other): refused, nothing run."""
+    ws = tmp_path / "ws"
+    _small(ws, "P1")
+    capsys.readouterr()
+    assert main(["collate", str(ws), "BATCH1", "P1", "P1", "--jobs", "2", "-q"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == "error: plate P1 given more than once; name each plate once"
+    assert not (ws / "backend").exists()

@@ -199,6 +199,9 @@ def collate(
     workspace.check_name(batch, "batch")
     for plate in plates:
         workspace.check_name(plate, "plate")
+    twice = sorted({str(p) for p in plates if list(map(str, plates)).count(str(p)) > 1})
+    if twice:  # two tasks of one plate would meet at its lock and one would fail
+        raise InputError(f"plate {', '.join(twice)} given more than once; name each plate once")
     options: dict[str, Any] = dict(backend=tuple(backend), profile_format=profile_format, operation=operation,
                                    compartments=tuple(compartments), image_features=image_features,
                                    image_feature_categories=tuple(image_feature_categories), strata=tuple(strata),
