@@ -12,6 +12,7 @@ import importlib
 import inspect
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -157,8 +158,21 @@ CHOICES: dict[tuple[str, str], str] = {
     ("collate", "count_check"): "COUNT_CHECKS", ("normalize", "method"): "NORMALIZE_METHODS",
     ("normalize", "spherize_method"): "SPHERIZE_METHODS", ("feature-select", "corr_method"): "CORRELATION_METHODS",
     ("annotate", "unmatched_wells"): "UNMATCHED_WELLS", ("validate-metadata", "unmatched_wells"): "UNMATCHED_WELLS",
-    ("qc", "level"): "FEATURE_SELECT_LEVELS",
+    ("qc", "level"): "FEATURE_SELECT_LEVELS", ("rank-int", "ties"): "RANK_INT_TIES", ("map", "mode"): "MAP_MODES",
+    ("feature-select", "variance_threshold_meaning"): "VARIANCE_THRESHOLD_MEANINGS", ("synth", "export"): "SYNTH_EXPORTS",
 }
+
+
+@pytest.mark.parametrize(("command", "flag", "choices"), [
+    ("rank-int", "--ties", "random or average"), ("map", "--mode", "activity, distinctiveness or consistency"),
+    ("feature-select", "--variance-threshold-meaning", "frequency or variance"),
+])
+def test_a_bad_choice_is_refused_before_the_input_is_read(command: str, flag: str, choices: str, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "no-such-profiles.csv"  # never opened: the flag is checked first
+    argv = [command, str(missing), *([str(tmp_path / "out.csv")] if command != "map" else []), flag, "nope"]
+    assert main(argv) == 1
+    assert capsys.readouterr().err.strip() == f"error: {flag} nope: choose {choices}"
 
 
 @pytest.mark.parametrize(("command", "option"), sorted(CHOICES))

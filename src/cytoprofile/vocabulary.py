@@ -19,6 +19,10 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = [
+    "MAP_MODES",
+    "RANK_INT_TIES",
+    "SYNTH_EXPORTS",
+    "VARIANCE_THRESHOLD_MEANINGS",
     "MODZ_METHODS",
     "NONE_WORDS",
     "OUTPUT_FORMATS",
@@ -432,6 +436,14 @@ TABLE_FORMATS: tuple[str, ...] = ("csv", "csv.gz", "parquet")
 BACKEND_KINDS: tuple[str, ...] = ("sqlite", "parquet")
 #: What ``collate`` does when an object table's rows disagree with Image.csv's ``Count_<Object>``.
 COUNT_CHECKS: tuple[str, ...] = ("error", "warn", "off")
+#: How ``rank_int`` breaks ties: a seeded permutation or the average rank.
+RANK_INT_TIES: tuple[str, ...] = ("random", "average")
+#: What ``map`` retrieves replicates against.
+MAP_MODES: tuple[str, ...] = ("activity", "distinctiveness", "consistency")
+#: What feature_select's ``variance_threshold`` means: the recipe's frequency ratio, or a variance.
+VARIANCE_THRESHOLD_MEANINGS: tuple[str, ...] = ("frequency", "variance")
+#: What ``synth`` writes: ExportToSpreadsheet site folders or ExportToDatabase SQLite files.
+SYNTH_EXPORTS: tuple[str, ...] = ("csv", "database")
 #: File formats of the joined single-cell table.
 SINGLE_CELL_FORMATS: tuple[str, ...] = ("parquet", "anndata")
 #: Formats of the recipe's step outputs (``options.output_format``).

@@ -26,13 +26,14 @@ from rich.text import Text
 from typer.core import TyperGroup
 
 from .. import __version__
+from ..checks import check_choices
 from ..vocabulary import AGGREGATE_OPERATIONS, PLATES_WITHOUT_CONTROLS
 
 __all__ = [
     "DEFAULT_IMAGE_FEATURE_CATEGORIES", "AddImageFeaturesOpt", "AggregateCompartmentsOpt", "AggregateOperationOpt", "CompartmentFeaturesOpt", "ImageFeaturesOpt", "OutputArg", "ProfilesArg", "SeedOpt", "StrataOpt", "SPHERING_GRID", "CompartmentsOpt", "ConnectTimeoutOpt", "EndpointOpt",
     "FeaturePrefixOpt", "FeaturesOpt", "FloatFormatOpt", "HubOpt", "NoControlsOpt", "NoSignOpt", "PlateColumnOpt",
     "ProfileOpt", "QuietOpt", "ReadTimeoutOpt", "ReferenceOpt", "RetriesOpt", "TmpDirOpt", "app",
-    "check_float_format", "configure_storage", "one_of", "console", "feature_args", "log", "plate_progress",
+    "check_float_format", "choice_option", "configure_storage", "one_of", "console", "feature_args", "log", "plate_progress",
     "setup_logging", "split_values", "timed",
 ]
 
@@ -42,6 +43,15 @@ _PLACEHOLDERS = {str: "TEXT", int: "INTEGER", float: "NUMBER", Path: "PATH"}
 def one_of(values: typing.Sequence[str]) -> str:
     """The placeholder of an option taking one of ``values``: ``[median|mean]``, so help shows them."""
     return "[" + "|".join(values) + "]"
+
+
+def choice_option(values: typing.Sequence[str], *, help: str) -> Any:
+    """An option taking one of ``values``: shown as ``[a|b]`` and refused, naming the flag and the
+    choices, before any input is read."""
+    def _check(param: typer.CallbackParam, value: str) -> str:
+        return check_choices(param.opts[0], [value], values)[0]
+
+    return typer.Option(metavar=one_of(values), help=help, callback=_check)
 
 
 class _Group(TyperGroup):

@@ -15,6 +15,7 @@ from ..vocabulary import (
     COUNT_CHECKS,
     DEFAULT_COMPARTMENTS,
     DEFAULT_STRATA,
+    SYNTH_EXPORTS,
     TABLE_FORMATS,
 )
 from .common import (
@@ -34,6 +35,7 @@ from .common import (
     StrataOpt,
     TmpDirOpt,
     app,
+    choice_option,
     configure_storage,
     log,
     one_of,
@@ -59,7 +61,7 @@ def synth(
     well_subset: Annotated[int | None, typer.Option(help="Only write the first N wells of the plate (default: every well).")] = None,
     faults: Annotated[bool, typer.Option(help="Plant an empty file, a cut-off row and a header-only Image.csv.")] = False,
     seed: SeedOpt = 0,
-    export: Annotated[str, typer.Option(help="csv (ExportToSpreadsheet site folders) or database (ExportToDatabase SQLite files).")] = "csv",
+    export: Annotated[str, choice_option(SYNTH_EXPORTS, help="csv (ExportToSpreadsheet site folders) or database (ExportToDatabase SQLite files).")] = "csv",
     export_files: Annotated[int, typer.Option(help="With --export database: SQLite files (CellProfiler runs) per plate.")] = 2,
     export_layout: Annotated[str, typer.Option(help="With --export database: per_object_table or per_object.")] = "per_object_table",
     object_metadata: Annotated[bool, typer.Option(help="Repeat the image's Metadata_, FileName_ and PathName_ columns in every object CSV (ExportToSpreadsheet's add-metadata options).")] = False,

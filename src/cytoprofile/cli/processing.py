@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import about
-from ..vocabulary import NEGCON_QUERY, SPHERIZE_METHODS
+from ..vocabulary import MAP_MODES, NEGCON_QUERY, RANK_INT_TIES, SPHERIZE_METHODS
 from .common import (
     SPHERING_GRID,
     FeaturePrefixOpt,
@@ -21,6 +21,7 @@ from .common import (
     ReferenceOpt,
     SeedOpt,
     app,
+    choice_option,
     feature_args,
     log,
     one_of,
@@ -90,7 +91,7 @@ def mad_normalize_cmd(
 def rank_int_cmd(
     profiles: ProfilesArg,
     output: OutputArg,
-    ties: Annotated[str, typer.Option(help="random (seeded permutation) or average.")] = "random",
+    ties: Annotated[str, choice_option(RANK_INT_TIES, help="random (seeded permutation) or average.")] = "random",
     seed: Annotated[int, typer.Option(help="Seed of the tie-breaking permutation.")] = 0,
     c: Annotated[float, typer.Option(help="Blom's constant.")] = 0.375,
     features: FeaturesOpt = None,
@@ -254,7 +255,7 @@ def process_cmd(
 def map_cmd(
     profiles: Annotated[str, typer.Argument(help="Profiles (per well; consensus profiles for consistency).")],
     output: Annotated[str | None, typer.Argument(help="Write the per-group table here (.csv, .csv.gz or .parquet).")] = None,
-    mode: Annotated[str, typer.Option(help="activity (vs negative controls), distinctiveness (vs other perturbations) or consistency (by an annotation).")] = "activity",
+    mode: Annotated[str, choice_option(MAP_MODES, help="activity (vs negative controls), distinctiveness (vs other perturbations) or consistency (by an annotation).")] = "activity",
     pert_column: Annotated[str | None, typer.Option(help="Perturbation column (default: the first of Metadata_broad_sample, Metadata_pert_iname, ...).")] = None,
     annotation_column: Annotated[str | None, typer.Option(help="consistency: the annotation (e.g. Metadata_target).")] = None,
     multilabel_separator: Annotated[str | None, typer.Option(help="consistency: separator of several labels in one cell, e.g. '|'.")] = None,

@@ -17,6 +17,7 @@ from ..vocabulary import (
     NORMALIZE_METHODS,
     SPHERIZE_METHODS,
     UNMATCHED_WELLS,
+    VARIANCE_THRESHOLD_MEANINGS,
 )
 from .common import (
     DEFAULT_IMAGE_FEATURE_CATEGORIES,
@@ -33,6 +34,7 @@ from .common import (
     StrataOpt,
     app,
     check_float_format,
+    choice_option,
     log,
     one_of,
     setup_logging,
@@ -181,7 +183,7 @@ def feature_select(
     profiles: Annotated[str, typer.Argument(help="Normalized profiles.")],
     output: OutputArg,
     operations: Annotated[list[str], typer.Option(help="Operations in order: variance_threshold, frequency_threshold, correlation_threshold, drop_na_columns, blocklist, drop_outliers, noise_removal (a recipe config's default: variance_threshold, correlation_threshold, drop_na_columns, blocklist).")] = ["variance_threshold"],
-    variance_threshold_meaning: Annotated[str, typer.Option(help="What variance_threshold means: frequency (the recipe's) or variance.")] = "frequency",
+    variance_threshold_meaning: Annotated[str, choice_option(VARIANCE_THRESHOLD_MEANINGS, help="What variance_threshold means: frequency (the recipe's) or variance.")] = "frequency",
     features: FeaturesOpt = None,
     image_features: ImageFeaturesOpt = False,
     na_cutoff: Annotated[float, typer.Option(help="drop_na_columns: largest NaN fraction kept.")] = 0.05,
