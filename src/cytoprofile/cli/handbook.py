@@ -155,13 +155,11 @@ def collate(
 
 
 def _print_results(results: list[Any], batch: str, *, quiet: bool, start: float) -> None:
-    """One record per plate's outcome (a failed one an error, never silenced; a long one wraps at
-    words, never inside a path, like every record), then one tally line; a failed plate makes it a
-    user error (exit 1)."""
+    """One record per plate's outcome (a long one wraps at words, never inside a path, like every
+    record), then one tally line; a failed plate makes it a user error (exit 1)."""
+    for r in results:  # --quiet: the closing line counts the failed plates and names the first
+        log.info("%s %s (%.1f s): %s", r.plate, r.status, r.seconds, r.message)
     failed = [r for r in results if r.status == "failed"]
-    for r in results:  # the first failure is the closing error line: said once
-        said = log.error if r.status == "failed" and r is not failed[0] else log.info
-        said("%s %s (%.1f s): %s", r.plate, r.status, r.seconds, r.message)
     skipped = [r for r in results if r.status == "skipped"]
     done = len(results) - len(failed)
     tally = f"{done} of {len(results)} plate(s) done" + (f" ({len(skipped)} already complete)" if skipped else "")
