@@ -386,6 +386,18 @@ def test_count_check_rows_against_image_counts_and_parent_links(tmp_path: Path, 
         assert bool(entry.get("warnings")) is (mode == "warn")
 
 
+@pytest.mark.parametrize("written", ["5.0000001", "4.9999999", "5.5"])
+def test_fractional_count_is_named_as_written(tmp_path: Path, written: str) -> None:
+    """A count off a whole number quarantines the site naming it as Image.csv holds it (never rounded to 5)."""
+    plate_dir = faults.small_plate(tmp_path, wells=1, sites=2, cells=5)
+    target = faults.site(plate_dir)
+    faults.drop_rows(target, "Cells", len(faults.read_rows(target / "Cells.csv")) - 6)  # 5 rows stay
+    faults.set_image_value(target, "Count_Cells", written)
+    entry = _sites(_collate(tmp_path, plate_dir, count_check="error"))[target.name]
+    assert entry["status"] == "quarantined"
+    assert entry["reason"].endswith(f"Count_Cells says {written}"), entry["reason"]
+
+
 @pytest.mark.parametrize("header", ['x"; DROP TABLE Image; --', 'a"b', '"', 'say "hi"'])
 @pytest.mark.parametrize("where", ["end", "middle"])
 def test_quote_in_object_header_is_read_not_emptied(tmp_path: Path, header: str, where: str) -> None:

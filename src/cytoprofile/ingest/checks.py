@@ -28,6 +28,11 @@ def _pair_keys(images: np.ndarray, objects: np.ndarray, numbers: np.ndarray, spa
     return where.astype(object) * span + objects.astype(np.int64).astype(object)
 
 
+def _as_written(value: float | int) -> str:
+    """A count as Image.csv holds it: a whole number without a fraction, any other exactly (4.9999999, never 5)."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
 def site_checks(objects: dict[str, np.ndarray], union: dict[str, list[str]], image: pa.Table,
                  image_numbers: Sequence[int], mode: CountCheck) -> tuple[tuple[str, str] | None, list[str]]:
     """Unique object keys always; with ``mode``, rows vs Image.csv ``Count_<Object>`` and ``Parent_<X>`` links."""
@@ -57,7 +62,7 @@ def site_checks(objects: dict[str, np.ndarray], union: dict[str, list[str]], ima
         for number, want in expected.items():
             if want is not None and not (isinstance(want, float) and np.isnan(want)) and found.get(number, 0) != want:
                 problems.append((table, f"{table} has {found.get(number, 0)} rows for ImageNumber {number} but Image.csv "
-                                        f"{count} says {want:g}"))
+                                        f"{count} says {_as_written(want)}"))
                 break
     for table, a in objects.items():
         for j, column in enumerate(union[table]):
