@@ -74,6 +74,7 @@ def collate_plate(
     wait: bool = False,
     progress: Progress | None = None,
     record_inputs: bool = True,
+    rebuild_reason: str | None = None,
     **options: Any,
 ) -> PlateResult:
     """Ingest one plate's sites into the backend(s) and write its per-well profiles and report.
@@ -86,7 +87,8 @@ def collate_plate(
     while it is collated: another process collating it fails fast, or waits with ``wait``.
     ``record_inputs=False`` skips the input files' record (size, time, digest) that lets a re-run
     skip an unchanged plate: for a caller that keeps its own (the ExportToDatabase route, whose
-    site CSVs are its own scratch copies).
+    site CSVs are its own scratch copies). ``rebuild_reason`` is why the caller set ``overwrite`` (the
+    ExportToDatabase route: its files changed), said at WARNING in place of "--overwrite".
     """
     start = time.perf_counter()
     workspace.check_name(batch, "batch")
@@ -97,6 +99,7 @@ def collate_plate(
                    image_feature_categories=tuple(o["image_feature_categories"]), strata=tuple(o["strata"]),
                    overwrite=o["overwrite"], aggregate_only=o["aggregate_only"], strict=o["strict"], threads=threads,
                    count_check=o["count_check"], file_prefix=o["file_prefix"], record_inputs=record_inputs,
+                   rebuild_reason=rebuild_reason,
                    **cell_options(
                        o["single_cells"], o["exclude_outlier_cells"], o["cell_qc_thresholds"],
                        aggregate_only=o["aggregate_only"], hub=o["hub"]))
@@ -137,7 +140,7 @@ def _collate_local(ws: str, batch: str, plate: str, *, wait: bool, progress: Pro
         inputs = input_state(ws, batch, plate, report=report, threads=options["threads"]) \
             if options["record_inputs"] and not later else None
         plan = plan_build(plate, report, trusted, {**build_options(options), **({"inputs": inputs.digest} if inputs else {})},
-                          overwrite=options["overwrite"])
+                          overwrite=options["overwrite"], rebuild_reason=options["rebuild_reason"])
         if plan.skip:
             return PlateResult(batch, plate, "skipped", "complete outputs exist (use --overwrite to rebuild)",
                                outputs, report, seconds=time.perf_counter() - start)
