@@ -507,3 +507,11 @@ def test_a_callers_rebuild_reason_is_said_in_place_of_overwrite(tmp_path: Path, 
     said = [(r.levelno, r.getMessage()) for r in caplog.records if "; replacing " in r.getMessage()]
     assert [(level, text.split("; replacing ")[0]) for level, text in said] == [
         (logging.WARNING, "P1: the run files changed"), (logging.INFO, "P1: --overwrite")]
+
+
+def test_plates_named_twice_are_each_named_once_in_order(tmp_path: Path) -> None:
+    from cytoprofile.errors import InputError
+
+    with pytest.raises(InputError, match=r"^plate P1, P2 given more than once; name each plate once$"):
+        collate(tmp_path, "BATCH1", ["P2", "P1", "P3", "P2", "P1", "P2"])
+    assert not list(tmp_path.iterdir())  # refused before anything is read or made

@@ -6,6 +6,7 @@ import contextlib
 import inspect
 import os
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -202,7 +203,7 @@ def collate(
     workspace.check_name(batch, "batch")
     for plate in plates:
         workspace.check_name(plate, "plate")
-    twice = sorted({str(p) for p in plates if list(map(str, plates)).count(str(p)) > 1})
+    twice = sorted(p for p, n in Counter(map(str, plates)).items() if n > 1)
     if twice:  # two tasks of one plate would meet at its lock and one would fail
         raise InputError(f"plate {', '.join(twice)} given more than once; name each plate once")
     options: dict[str, Any] = dict(backend=tuple(backend), profile_format=profile_format, operation=operation,
