@@ -144,6 +144,21 @@ def test_plate_without_a_readable_site_fails_and_is_not_skipped_later(tmp_path: 
         assert not (ws / "backend/BATCH1/P1").exists()
 
 
+def test_quiet_collate_keeps_a_data_loss_warning_and_drops_the_plate_lines(tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    plate_dir = faults.small_plate(tmp_path, wells=2)
+    site = sorted(plate_dir.iterdir())[0]
+    faults.set_object_value(site, "Cytoplasm", faults.read_rows(site / "Cytoplasm.csv")[0][-1], "12..5e")
+    args = ["collate", str(tmp_path), faults.BATCH, faults.PLATE, "--overwrite"]
+    capsys.readouterr()
+    assert main([*args, "-q"]) == 0
+    quiet = capsys.readouterr().err
+    assert main(args) == 0
+    loud = capsys.readouterr().err
+    assert "quarantined" in quiet and f"{faults.PLATE} done (" not in quiet and "plate(s) done" not in quiet
+    assert "quarantined" in loud and f"{faults.PLATE} done (" in loud and "1 of 1 plate(s) done" in loud
+
+
 def _inject(monkeypatch: pytest.MonkeyPatch, where: str, code: int) -> None:
     """Make one kind of write under the workspace fail as a full or read-only disk would."""
     import os

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import sqlite3
@@ -495,3 +496,22 @@ def test_an_unknown_single_cell_format_names_the_flag(tmp_path: Path, capsys: py
 
     assert main(["collate", str(tmp_path), "B", "P", "--single-cells", "--single-cell-format", "xyz"]) == 1
     assert "single_cells (--single-cell-format) xyz: choose parquet or anndata" in capsys.readouterr().err
+
+
+def test_a_callers_rebuild_reason_is_said_in_place_of_overwrite(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    synth(tmp_path, plates=["P1"], wells=96, well_subset=2, sites=1, cells=4, features=3)
+    assert collate_plate(tmp_path, "BATCH1", "P1").status == "done"
+    with caplog.at_level(logging.INFO, logger="cytoprofile"):
+        assert collate_plate(tmp_path, "BATCH1", "P1", overwrite=True, rebuild_reason="the run files changed").status == "done"
+        assert collate_plate(tmp_path, "BATCH1", "P1", overwrite=True).status == "done"
+    said = [(r.levelno, r.getMessage()) for r in caplog.records if "; replacing " in r.getMessage()]
+    assert [(level, text.split("; replacing ")[0]) for level, text in said] == [
+        (logging.WARNING, "P1: the run files changed"), (logging.INFO, "P1: --overwrite")]
+
+
+def test_plates_named_twice_are_each_named_once_in_order(tmp_path: Path) -> None:
+    from cytoprofile.errors import InputError
+
+    with pytest.raises(InputError, match=r"^plate P1, P2 given more than once; name each plate once$"):
+        collate(tmp_path, "BATCH1", ["P2", "P1", "P3", "P2", "P1", "P2"])
+    assert not list(tmp_path.iterdir())  # refused before anything is read or made

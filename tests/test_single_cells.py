@@ -315,6 +315,24 @@ def test_plates_strict_names_unlinked_after_writing_every_plate(tmp_path: Path, 
     assert main(["single-cells", str(tmp_path), "BATCH1", "P1", "P2", "-q"]) == 0
 
 
+def test_plates_take_the_single_backend_options_and_no_other(tmp_path: Path) -> None:
+    """write_plates_single_cells hands write_single_cells' options to every plate (names and defaults are its);
+    one it does not take per plate (a prefix would put every plate in one file) is refused before any is written."""
+    from cytoprofile.single_cells import write_plates_single_cells
+
+    synth(tmp_path, plates=["P1", "P2"], wells=96, well_subset=2, sites=1, cells=4, features=3)
+    for plate in ("P1", "P2"):
+        collate_plate(tmp_path, "BATCH1", plate, backend=("sqlite",))
+    with pytest.raises(TypeError, match="'prefix'"):
+        write_plates_single_cells(tmp_path, "BATCH1", ["P1", "P2"], prefix=tmp_path / "one")
+    assert not list(tmp_path.rglob("*_single_cells.*"))
+    reports = write_plates_single_cells(tmp_path, "BATCH1", ["P1", "P2"], formats=["anndata"], compartments=["Cells"],
+                                        metadata="all", threads=0)
+    for plate, report in zip(("P1", "P2"), reports):
+        assert set(report.outputs) == {"anndata"} and report.outputs["anndata"].endswith(f"{plate}_single_cells.h5ad")
+    assert not list(tmp_path.rglob("*_single_cells.parquet"))
+
+
 def test_cli_single_cells_and_cell_qc(tmp_path: Path) -> None:
     from cytoprofile.cli import main
 

@@ -20,8 +20,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from . import io
 from .errors import ConfigError
+from .layout import Workspace
 from .vocabulary import CANONICAL_COMPARTMENTS, PLATE_FORMATS, grid_to_well, well_to_grid
 
 __all__ = ["SynthResult", "cellprofiler_column_name", "feature_names", "synth", "well_names", "write_export_database"]
@@ -253,9 +253,9 @@ def _check_counts(**counts: int | None) -> None:
 def _export_databases(root: str, batch: str, plates: Sequence[str], *, files: int, layout: str) -> None:
     """Each plate's site CSVs become ExportToDatabase SQLite files (the CSVs go)."""
     for plate in plates:
-        plate_dir = io.join(root, "analysis", batch, plate)
-        write_export_database(root, plate_dir, batch=batch, plates=[plate], files=files, layout=layout)
-        shutil.rmtree(io.join(plate_dir, "analysis"))
+        ws = Workspace(root)
+        write_export_database(root, ws.analysis_plate(batch, plate), batch=batch, plates=[plate], files=files, layout=layout)
+        shutil.rmtree(ws.analysis(batch, plate))
 
 
 def _load_row(plate: str, well: str, site: int, image: Mapping[str, list[Any]]) -> dict[str, Any]:
@@ -316,7 +316,7 @@ def synth(
     platemap_rows: list[dict[str, object]] = []
     for pi, plate in enumerate(plates):
         plate_map = f"PM-{pi % 2 + 1:02d}"
-        plate_dir = io.join(root, "analysis", batch, plate, "analysis")
+        plate_dir = Workspace(root).analysis(batch, plate)
         load_rows = []
         plate_effect = rng.normal(0, 0.2)
         for _wi, well in enumerate(used):
@@ -337,7 +337,7 @@ def synth(
                 load_rows.append(_load_row(plate, well, site, image))
         if faults and pi == 0 and len(used) >= 3:
             _plant_faults(plate_dir, plate, used, sites)
-        load_dir = Path(io.join(root, "load_data_csv", batch, plate))
+        load_dir = Path(Workspace(root).load_data(batch), plate)
         load_dir.mkdir(parents=True, exist_ok=True)
         _write_csv(pa.Table.from_pylist(load_rows), str(load_dir / "load_data.csv"))
         platemap_rows.append({"Assay_Plate_Barcode": plate, "Plate_Map_Name": plate_map})
@@ -370,7 +370,7 @@ def _write_metadata(
     treat_names: Sequence[str],
     n_strong: int,
 ) -> None:
-    meta = Path(io.join(root, "metadata", "platemaps", batch))
+    meta = Path(Workspace(root).platemaps(batch))
     (meta / "platemap").mkdir(parents=True, exist_ok=True)
     lines = ["Assay_Plate_Barcode,Plate_Map_Name"] + [f"{r['Assay_Plate_Barcode']},{r['Plate_Map_Name']}" for r in barcode_rows]
     (meta / "barcode_platemap.csv").write_text("\n".join(lines) + "\n")
@@ -382,7 +382,7 @@ def _write_metadata(
             else:
                 rows.append(f"{name}\t{well}\t{treatment_of[well]}\t3.1\t10\tDMSO\ttrt")
         (meta / "platemap" / f"{name}.txt").write_text("\n".join(rows) + "\n")
-    ext = Path(io.join(root, "metadata", "external_metadata"))
+    ext = Path(Workspace(root).path(Workspace.metadata_rel("external_metadata")))
     ext.mkdir(parents=True, exist_ok=True)
     rows = ["broad_sample\tpert_iname\tmoa"]
     rows.append("DMSO\tDMSO\tcontrol vehicle")
@@ -537,7 +537,7 @@ def write_export_database(
     """
     if layout not in ("per_object_table", "per_object"):
         raise ConfigError(f"layout (--export-layout) must be per_object_table or per_object, not {layout!r}")
-    sites = [p for plate in plates for p in sorted(Path(io.join(str(workspace), "analysis", batch, plate, "analysis")).iterdir())
+    sites = [p for plate in plates for p in sorted(Path(Workspace(str(workspace)).analysis(batch, plate)).iterdir())
              if p.is_dir()]
     if not sites:
         raise ConfigError(f"no synthetic sites for plates {list(plates)} in {workspace}")

@@ -151,13 +151,13 @@ def collate(
             export_db=export_db or (), table_prefix=table_prefix,
             jobs=jobs, scheduler=scheduler, remote=remote, tmp_dir=tmp_dir, wait=wait, progress=update,
         )
-    _print_results(results, batch, quiet=quiet, start=start)
+    _print_results(results, batch, start=start)
 
 
-def _print_results(results: list[Any], batch: str, *, quiet: bool, start: float) -> None:
+def _print_results(results: list[Any], batch: str, *, start: float) -> None:
     """One record per plate's outcome (a long one wraps at words, never inside a path, like every
     record), then one tally line; a failed plate makes it a user error (exit 1)."""
-    for r in results:  # --quiet: the closing line counts the failed plates and names the first
+    for r in results:  # INFO: --quiet drops these and keeps warnings; the error line counts the failed plates
         log.info("%s %s (%.1f s): %s", r.plate, r.status, r.seconds, r.message)
     failed = [r for r in results if r.status == "failed"]
     skipped = [r for r in results if r.status == "skipped"]

@@ -64,7 +64,7 @@ def single_cells_cmd(
 
         sets = load_thresholds(thresholds, sets=split_values(qc_sets))
     write_plates_single_cells(
-        workspace, batch, split_values(plates) or [], backend=backend, formats=formats,  # type: ignore[arg-type]
+        workspace, batch, split_values(plates) or [], backend=backend, formats=formats,
         compartments=split_values(compartments) or list(DEFAULT_COMPARTMENTS), hub=hub, links=_links(links),
         image_feature_categories=split_values(image_feature_categories) or [],
         metadata="all" if meta == ["all"] else meta, thresholds=sets, threads=threads, strict=strict,

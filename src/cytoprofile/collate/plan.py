@@ -51,8 +51,11 @@ def _kinds_present(plate: str, report: dict[str, Any] | None, trusted: dict[str,
 
 
 def plan_build(plate: str, report: dict[str, Any] | None, trusted: dict[str, str], build: dict[str, Any],
-          *, overwrite: bool) -> Plan:
-    """Compare the asked outputs with the trusted ones of the last build (see the README's "Re-runs")."""
+          *, overwrite: bool, rebuild_reason: str | None = None) -> Plan:
+    """Compare the asked outputs with the trusted ones of the last build (see the README's "Re-runs").
+
+    ``rebuild_reason`` is why a caller set ``overwrite`` (the ExportToDatabase route: its files changed): said at
+    WARNING in place of "--overwrite"."""
     asked = set(build["backend"])
     previous = dict((report or {}).get("options") or {})
     if "inputs" in build and previous:
@@ -71,11 +74,12 @@ def plan_build(plate: str, report: dict[str, Any] | None, trusted: dict[str, str
         kept = {n: e for n, e in (report or {}).get("outputs", {}).items() if n in trusted and kind_of(plate, n) in others}
     if previous and (not same or overwrite):
         changed = sorted(k for k in _data_options(build) if previous.get(k) != build[k])
-        why = f"options changed since the last build ({', '.join(changed)})" if changed else "--overwrite"
+        why = f"options changed since the last build ({', '.join(changed)})" if changed else rebuild_reason or "--overwrite"
         if changed == ["inputs"]:
             why = INPUTS_CHANGED
         replaced = sorted({kind_label(plate, n) for n in trusted} - {report_name(plate)})
-        (log.warning if changed else log.info)("%s: %s; replacing %s", plate, why, ", ".join(replaced) or "its outputs")
+        (log.warning if changed or rebuild_reason else log.info)("%s: %s; replacing %s", plate, why,
+                                                                 ", ".join(replaced) or "its outputs")
     elif kept:
         log.info("%s: keeping %s of the last build (still current)", plate,
                  ", ".join(sorted({kind_label(plate, n) for n in kept})))

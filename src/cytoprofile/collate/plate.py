@@ -6,6 +6,7 @@ import contextlib
 import inspect
 import os
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,7 @@ def collate_plate(
     wait: bool = False,
     progress: Progress | None = None,
     record_inputs: bool = True,
+    rebuild_reason: str | None = None,
     **options: Any,
 ) -> PlateResult:
     """Ingest one plate's sites into the backend(s) and write its per-well profiles and report.
@@ -86,7 +88,8 @@ def collate_plate(
     while it is collated: another process collating it fails fast, or waits with ``wait``.
     ``record_inputs=False`` skips the input files' record (size, time, digest) that lets a re-run
     skip an unchanged plate: for a caller that keeps its own (the ExportToDatabase route, whose
-    site CSVs are its own scratch copies).
+    site CSVs are its own scratch copies). ``rebuild_reason`` is why the caller set ``overwrite`` (the
+    ExportToDatabase route: its files changed), said at WARNING in place of "--overwrite".
     """
     start = time.perf_counter()
     workspace.check_name(batch, "batch")
@@ -97,6 +100,7 @@ def collate_plate(
                    image_feature_categories=tuple(o["image_feature_categories"]), strata=tuple(o["strata"]),
                    overwrite=o["overwrite"], aggregate_only=o["aggregate_only"], strict=o["strict"], threads=threads,
                    count_check=o["count_check"], file_prefix=o["file_prefix"], record_inputs=record_inputs,
+                   rebuild_reason=rebuild_reason,
                    **cell_options(
                        o["single_cells"], o["exclude_outlier_cells"], o["cell_qc_thresholds"],
                        aggregate_only=o["aggregate_only"], hub=o["hub"]))
@@ -137,7 +141,7 @@ def _collate_local(ws: str, batch: str, plate: str, *, wait: bool, progress: Pro
         inputs = input_state(ws, batch, plate, report=report, threads=options["threads"]) \
             if options["record_inputs"] and not later else None
         plan = plan_build(plate, report, trusted, {**build_options(options), **({"inputs": inputs.digest} if inputs else {})},
-                          overwrite=options["overwrite"])
+                          overwrite=options["overwrite"], rebuild_reason=options["rebuild_reason"])
         if plan.skip:
             return PlateResult(batch, plate, "skipped", "complete outputs exist (use --overwrite to rebuild)",
                                outputs, report, seconds=time.perf_counter() - start)
@@ -199,7 +203,7 @@ def collate(
     workspace.check_name(batch, "batch")
     for plate in plates:
         workspace.check_name(plate, "plate")
-    twice = sorted({str(p) for p in plates if list(map(str, plates)).count(str(p)) > 1})
+    twice = sorted(p for p, n in Counter(map(str, plates)).items() if n > 1)
     if twice:  # two tasks of one plate would meet at its lock and one would fail
         raise InputError(f"plate {', '.join(twice)} given more than once; name each plate once")
     options: dict[str, Any] = dict(backend=tuple(backend), profile_format=profile_format, operation=operation,

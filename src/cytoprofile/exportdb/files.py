@@ -355,6 +355,14 @@ def _set_name(own: str, names: Sequence[str]) -> tuple[str, str | None]:
     return guess, "ObjectNumber" if "ObjectNumber" in names else None
 
 
+def _not_stored(conn: sqlite3.Connection, table: str, *, view: bool) -> dict[str, int]:
+    """A table the backend does not store, as the report names it, with its rows counted once (a view: 0, its rows
+    are a table's)."""
+    if view:
+        return {f"{table} (view)": 0}
+    return {table: conn.execute(f"SELECT COUNT(*) FROM {quote(table)}").fetchone()[0]}
+
+
 def _describe(conn: sqlite3.Connection, path: str, name: str, prefix: str, image_table: str,
               kinds: dict[str, str]) -> ExportFile:
     image_cols = _columns(conn, image_table, path=path)
@@ -375,8 +383,7 @@ def _describe(conn: sqlite3.Connection, path: str, name: str, prefix: str, image
         view = kinds[table] == "view"
         own = _own_name(table, prefix)
         if own is None or not own.lower().startswith("per_") or own.lower() in run_tables:
-            not_stored[f"{table} (view)" if view else table] = (
-                0 if view else conn.execute(f"SELECT COUNT(*) FROM {quote(table)}").fetchone()[0])
+            not_stored |= _not_stored(conn, table, view=view)
             continue
         cols = _columns(conn, table, path=path)
         names = [c for c, _ in cols]
@@ -395,7 +402,7 @@ def _describe(conn: sqlite3.Connection, path: str, name: str, prefix: str, image
                 not_stored[f"{table} (view)"] = 0
                 continue
             if is_reserved_table(set_name):
-                not_stored[table] = conn.execute(f"SELECT COUNT(*) FROM {quote(table)}").fetchone()[0]
+                not_stored |= _not_stored(conn, table, view=False)  # a view too: its rows counted, by its name
                 reserved[table] = (f"object set {set_name!r} is a name the backend keeps for its own table; rename "
                                    f"{table} in a copy of the file (ALTER TABLE ... RENAME TO ...) to store it")
                 continue
@@ -405,8 +412,7 @@ def _describe(conn: sqlite3.Connection, path: str, name: str, prefix: str, image
             types[table] = dict(cols)
             objects.append(_object_source(path, set_name, table, names, key=key))
         else:
-            not_stored[f"{table} (view)" if view else table] = (
-                0 if view else conn.execute(f"SELECT COUNT(*) FROM {quote(table)}").fetchone()[0])
+            not_stored |= _not_stored(conn, table, view=view)
     _no_set_twice(path, objects)
     if not objects:
         log.warning("%s: no object tables; only image rows will be read", path)

@@ -107,7 +107,9 @@ def collate_export(
                 and all(Path(p).exists() for p in outputs.values()):
             return PlateResult(batch, plate, "skipped", "complete outputs exist (use --overwrite to rebuild)", outputs)
         options["overwrite"] = True  # other files or options: the outputs are rebuilt
-        with _real_places(scratch, root, backend_root, names), _rebuild_said(plate, previous.get("sources"), fingerprint):
+        changes = _source_changes(previous.get("sources"), fingerprint)
+        options["rebuild_reason"] = f"{INPUTS_CHANGED}: {changes}" if changes else None  # said in place of --overwrite
+        with _real_places(scratch, root, backend_root, names):
             return _collate_scratch(scratch, root, batch, plate, paths, sources, table_prefix, options,
                                     fingerprint=fingerprint, call=call, names=names, report_path=outputs["report"])
 
@@ -167,29 +169,6 @@ def _source_changes(before: list[list[Any]] | None, now: list[list[Any]]) -> str
                                                 ("changed", sorted(n for n in new.keys() & old.keys() if new[n] != old[n])))
              for n in names]
     return ", ".join(parts) or None
-
-
-@contextlib.contextmanager
-def _rebuild_said(plate: str, before: list[list[Any]] | None, now: list[list[Any]]) -> Iterator[None]:
-    """When the files changed since the last build, the collate's "--overwrite; replacing …" (the rebuild is forced
-    here) says so instead, at WARNING as the CSV route does, naming the files added, removed or changed."""
-    changes = _source_changes(before, now)
-    logger = logging.getLogger("cytoprofile.collate")
-
-    class _Why(logging.Filter):
-        def filter(self, record: logging.LogRecord) -> bool:
-            if changes and record.msg == "%s: %s; replacing %s" and isinstance(record.args, tuple) \
-                    and record.args[:2] == (plate, "--overwrite"):
-                record.args = (plate, f"{INPUTS_CHANGED}: {changes}", record.args[2])
-                record.levelno, record.levelname = logging.WARNING, "WARNING"
-            return True
-
-    why = _Why()
-    logger.addFilter(why)
-    try:
-        yield
-    finally:
-        logger.removeFilter(why)
 
 
 def _not_read_beside(folder: str | os.PathLike[str], read: Sequence[str]) -> dict[str, str]:

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import io
+from ..collate.outputs import SIDECAR
 from ..config import Recipe
-from ..layout import Layout, Workspace, report_name
+from ..layout import Layout, Workspace, profiles_name, profiles_names, report_name, sqlite_name
 from ..processing import parse_chain
 from ..workspace import Staged, files_under, staged
 from .batch import batch_steps
@@ -36,10 +37,10 @@ def remote_plate_task(layout: Layout, recipe: Recipe, batch: str, plate: str, fo
     """One plate's steps against a URL workspace, through a scratch folder."""
     s = recipe.settings
     with staged(layout.root, tmp_dir=tmp_dir, prefix=f"run-{plate}") as copy:
-        wanted = {f"{plate}.csv", f"{plate}.csv.gz", f"{plate}.parquet", report_name(plate),
-                  f"{plate}.csv.generation", f"{plate}.csv.gz.generation"}
+        wanted = {*profiles_names(plate), report_name(plate),
+                  *(profiles_name(plate, profile_format=f) + SIDECAR for f in ("csv", "csv.gz"))}
         if s.aggregate.perform:
-            wanted.add(f"{plate}.sqlite")
+            wanted.add(sqlite_name(plate))
         copy.fetch([Workspace.backend_rel(batch, plate)], accept=lambda rel: os.path.basename(rel) in wanted)
         copy.fetch([Workspace.platemap_rel(batch), Workspace.metadata_rel(s.annotate.external.folder),
                     layout.profiles_rel(batch, plate)])

@@ -3,6 +3,7 @@ site while collate runs; the output names beside a backend."""
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import time
@@ -112,25 +113,24 @@ def write_single_cells(
     return join.report
 
 
+#: the options of :func:`write_single_cells` that :func:`write_plates_single_cells` writes each plate with
+_PLATE_OPTIONS = ("formats", "compartments", "hub", "links", "image_feature_categories", "metadata", "thresholds",
+                  "threads")
+
+
 def write_plates_single_cells(
     workspace: str | os.PathLike[str],
     batch: str,
     plates: Sequence[str],
     *,
     backend: str | None = None,
-    formats: Sequence[SingleCellFormat] = ("parquet",),
-    compartments: Sequence[str] = DEFAULT_COMPARTMENTS,
-    hub: str = DEFAULT_HUB,
-    links: Mapping[str, str] | None = None,
-    image_feature_categories: Sequence[str] = (),
-    metadata: Sequence[str] | Literal["all"] | None = None,
-    thresholds: Mapping[str, Mapping[str, float]] | None = None,
-    threads: int = READ_THREADS,
     strict: bool = False,
     done: Callable[[str, SingleCellReport], None] | None = None,
+    **options: Any,
 ) -> list[SingleCellReport]:
     """The joined table of each plate's backend in a workspace, beside it (:func:`write_single_cells`).
 
+    ``options`` are :func:`write_single_cells`' (``formats`` … ``threads``), with its names and defaults.
     ``backend`` picks the sqlite or parquet backend (default: parquet if present). Each plate
     is logged (cells, sites, rows read, objects not linked) and handed to ``done`` as it
     finishes; returns the reports in plate order. With ``strict``, objects not linked into cells in any plate are an error
@@ -138,13 +138,14 @@ def write_plates_single_cells(
     """
     from ..layout import Workspace
 
+    unknown = sorted(set(options) - set(_PLATE_OPTIONS))
+    if unknown:
+        raise TypeError(f"write_plates_single_cells() got an unexpected keyword argument {unknown[0]!r}")
     reports: list[tuple[str, SingleCellReport]] = []
     for plate in plates:
         path = Workspace(str(workspace)).find_backend(batch, plate, backend)
         start = time.perf_counter()
-        report = write_single_cells(path, formats=formats, compartments=compartments, hub=hub, links=links,
-                                    image_feature_categories=image_feature_categories, metadata=metadata,
-                                    thresholds=thresholds, threads=threads)
+        report = write_single_cells(path, **options)
         log.info("single cells of %s done in %.2fs", plate, time.perf_counter() - start)
         log.info("%s: %d cells from %d sites; rows in %s; not linked %s", plate, report.cells_out, report.sites,
                  report.rows_in, report.unlinked or "none")
@@ -155,6 +156,13 @@ def write_plates_single_cells(
     if unlinked and strict:
         raise CytoprofileError(f"objects not linked into cells (named in the reports): {', '.join(unlinked)}")
     return [report for _, report in reports]
+
+
+# the options as keyword arguments in the signature (help(), the command's flags checked against it)
+write_plates_single_cells.__signature__ = inspect.signature(write_plates_single_cells).replace(  # type: ignore[attr-defined]
+    parameters=[*(p for p in inspect.signature(write_plates_single_cells).parameters.values()
+                  if p.kind is not inspect.Parameter.VAR_KEYWORD),
+                *(inspect.signature(write_single_cells).parameters[n] for n in _PLATE_OPTIONS)])
 
 
 class _Writes:
