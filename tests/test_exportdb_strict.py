@@ -67,3 +67,32 @@ def test_a_link_to_a_run_file_is_read_once_and_named(tmp_path: Path, capsys: pyt
     assert "zlink.sqlite" in not_read and Path(files[0]).name in not_read["zlink.sqlite"]
     assert got["report"]["totals"]["export_rows_dropped"] == 0
     assert Path(got["result"].outputs["profiles"]).read_bytes() == expected
+
+
+def test_a_write_ahead_log_is_read_with_its_file_and_said_so(tmp_path: Path) -> None:
+    """A run file left in WAL mode (rows in ``X.sqlite-wal``, not yet in the file): the rows are read, and the
+    ``-wal``/``-shm`` files are named as part of that file, never as files not read."""
+    import sqlite3
+
+    db_ws, files = _db_workspace(tmp_path, _csv_workspace(tmp_path, long_name=False), "P1", table_prefix="")
+    expected = Path(_run(db_ws, "P1")["result"].outputs["profiles"]).read_bytes()
+    conn = sqlite3.connect(files[0])
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA wal_autocheckpoint=0")
+        conn.execute("UPDATE Per_Image SET ImageNumber = ImageNumber")  # every image page now lives in the log
+        conn.commit()
+        wal = Path(files[0] + "-wal")
+        assert wal.stat().st_size > 0
+        got = _run(db_ws, "P1", overwrite=True)
+        conn.execute("UPDATE Per_Image SET ImageNumber = ImageNumber")  # the log changes, the file does not
+        conn.commit()
+        again = _run(db_ws, "P1")
+    finally:
+        conn.close()
+    assert again["result"].status == "done", "a changed write-ahead log is a changed input: rebuilt, not skipped"
+    not_read = got["report"]["export_database"]["files_not_read"]
+    assert not_read[wal.name].startswith(f"part of {Path(files[0]).name}: its write-ahead log"), not_read
+    assert all("part of" in why for name, why in not_read.items() if name.endswith(("-wal", "-shm"))), not_read
+    assert got["report"]["totals"]["export_rows_dropped"] == 0
+    assert Path(got["result"].outputs["profiles"]).read_bytes() == expected

@@ -158,7 +158,10 @@ def entries_not_read(folder: str | os.PathLike[str], *, read: Sequence[str], fil
         path = os.path.join(folder, entry)
         real = os.path.realpath(path)
         if os.path.isfile(path):
-            if f"{label}{entry}" not in out and real not in done:
+            log_of = _sqlite_side_file(path, done)
+            if log_of is not None:
+                out[f"{label}{entry}"] = log_of
+            elif f"{label}{entry}" not in out and real not in done:
                 out[f"{label}{entry}"] = file_why
             elif real in done and os.path.abspath(path) not in given:  # a link to a file read: named, read once
                 out[f"{label}{entry}"] = f"the same file as {os.path.basename(names[real])} (a link to it): read once, as that"
@@ -166,6 +169,17 @@ def entries_not_read(folder: str | os.PathLike[str], *, read: Sequence[str], fil
                 and not any(d.startswith(real + os.sep) for d in done):
             out[f"{label}{entry}/"] = folder_why
     return out
+
+
+def _sqlite_side_file(path: str, done: set[str]) -> str | None:
+    """What a ``-wal`` or ``-shm`` file beside a database read is: part of it, read with it (SQLite reads the
+    rows committed to the write-ahead log but not yet copied into the file), never a file not read."""
+    for suffix, what in (("-wal", "its write-ahead log (rows committed to it are read with the file)"),
+                         ("-shm", "the index of its write-ahead log (used while reading the file)")):
+        base = path[: -len(suffix)] if path.endswith(suffix) else None
+        if base is not None and os.path.realpath(base) in done:
+            return f"part of {os.path.basename(base)}: {what}"
+    return None
 
 
 def _listed(folder: Path) -> tuple[list[str], dict[str, str]]:

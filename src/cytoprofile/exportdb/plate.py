@@ -44,10 +44,15 @@ def _once(paths: list[str]) -> list[str]:
 
 
 def _fingerprint(paths: Sequence[str], root: str) -> list[list[Any]]:
+    """Size and mtime of each file read, and of its write-ahead log when it has one (rows committed there
+    are read with the file but leave the file itself untouched)."""
     out = []
     for p in sorted(paths):
         st = os.stat(p)
         out.append([source_name(p, root), st.st_size, st.st_mtime_ns])
+        if os.path.isfile(p + "-wal"):
+            wal = os.stat(p + "-wal")
+            out.append([source_name(p, root) + "-wal", wal.st_size, wal.st_mtime_ns])
     return out
 
 
