@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import errno
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -395,3 +398,16 @@ def test_a_plate_named_twice_is_refused_up_front(tmp_path: Path, capsys: pytest.
     err = capsys.readouterr().err.strip()
     assert err == "error: plate P1 given more than once; name each plate once"
     assert not (ws / "backend").exists()
+
+
+@pytest.mark.parametrize("argv", [["run", "{tmp}/absent.yml"], ["collate", "{tmp}/nowhere", "B1", "P1"]])
+def test_an_early_error_is_one_line_with_no_blank_line_before_it(tmp_path: Path, argv: list[str]) -> None:
+    """A command failing before any progress is drawn prints its error and nothing else (no empty display)."""
+    args = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    result = subprocess.run([sys.executable, "-m", "cytoprofile", *args], capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")})
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert lines and lines[0].strip(), f"the error output starts with a blank line: {result.stderr!r}"
+    assert [line for line in lines if line.startswith("error:")] == [lines[-1]], result.stderr
+    assert all(line.strip() for line in lines), result.stderr

@@ -199,7 +199,13 @@ def plate_progress(plates: list[str], quiet: bool, unit: str | None = "sites") -
     done: dict[str, int] = {}
     overall = progress.add_task(f"all {len(plates)} plates", total=None) if len(plates) > 1 else None
 
+    started = False
+
     def update(plate: str, n: int, total: int) -> None:
+        nonlocal started
+        if not started:  # drawn from the first event: a command failing before it prints no empty display
+            progress.start()
+            started = True
         if plate not in tasks:
             tasks[plate] = progress.add_task(plate, total=total)
         totals[plate] = total
@@ -209,8 +215,12 @@ def plate_progress(plates: list[str], quiet: bool, unit: str | None = "sites") -
             progress.update(overall, completed=sum(done.values()),
                             total=sum(totals.values()) if len(totals) == len(plates) else None)
 
-    with _no_control_echo(), progress:
-        yield update
+    with _no_control_echo():
+        try:
+            yield update
+        finally:
+            if started:
+                progress.stop()
 
 
 @contextmanager
