@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import re
 import shutil
 from pathlib import Path
@@ -432,6 +433,17 @@ def test_missing_level_is_named_and_stale_figures_are_removed(tmp_path: Path, ca
         assert f"{plate}_normalized_feature_select_plate" in said[0]
         assert f"{plate}_normalized_feature_select_negcon_plate" in said[0]
         assert "percent-replicating" in said[0]
+
+
+def test_plain_qc_says_which_profiles_it_reads(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Without --level the QC picks a kind and level of profiles itself: it names the files it read."""
+    root = tmp_path / "ws"
+    write_workspace(root)  # batch-level profiles only
+    with caplog.at_level("INFO", logger="cytoprofile.qc"):
+        result = qc.quality_control(root, "B1", ["P1", "P2"], n_null=100, report=False)
+    said = [r.getMessage() for r in caplog.records if "quality control reads" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("B1: ") and "of 2 plate(s)" in said[0], said
+    assert all(os.path.basename(path) in said[0] for path in result.qc_profiles.values()), said
 
 
 def test_quality_control_with_nothing_to_draw_is_refused(tmp_path: Path) -> None:

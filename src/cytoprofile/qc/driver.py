@@ -313,6 +313,7 @@ def quality_control(
     inputs = [_read_plate(where, batch, p, level) for p in map(str, plates)]
     rows = [_summary_row(where, batch, p, summary_well_columns) for p in inputs] if summary else []
     description, result.qc_profiles = _qc_profiles(inputs, level)
+    _say_profiles_used(batch, description, result.qc_profiles)
     if heatmaps or report:
         _warn_missing_qc_profiles(inputs, result.qc_profiles, level)
     frames = {name: plate_rows(cpio.read_table(path), name) for name, path in result.qc_profiles.items()}
@@ -471,6 +472,14 @@ def _remove_stale_maps(made: set[str], where: QualityControlLayout, batch: str) 
                 cpio.remove(path)
                 log.warning("batch %s: removed %s of an earlier run (this run does not compute it)", batch,
                             os.path.basename(path))
+
+
+def _say_profiles_used(batch: str, description: str, found: dict[str, str]) -> None:
+    """Which profiles (kind and level, by file name) the correlation panels read: a plain ``qc`` picks them."""
+    if found:
+        names = [os.path.basename(path) for path in found.values()]
+        log.info("%s: quality control reads %s profiles of %d plate(s): %s%s", batch, description, len(names),
+                 ", ".join(names[:3]), f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
 def _warn_missing_qc_profiles(inputs: Sequence[_Plate], found: dict[str, str], level: str | None) -> None:
