@@ -252,6 +252,7 @@ def _qc_profiles(plates: Sequence[_Plate], level: str | None) -> tuple[str, dict
         log.warning("quality control uses %s profiles for every plate: %s lack(s) the %s profiles the other "
                     "plate(s) have; run the recipe for them to compare like with like", best[0], ", ".join(lacking),
                     preferred[0])
+    _say_profiles_used(best[0], best[1])
     return best
 
 
@@ -313,7 +314,6 @@ def quality_control(
     inputs = [_read_plate(where, batch, p, level) for p in map(str, plates)]
     rows = [_summary_row(where, batch, p, summary_well_columns) for p in inputs] if summary else []
     description, result.qc_profiles = _qc_profiles(inputs, level)
-    _say_profiles_used(batch, description, result.qc_profiles)
     if heatmaps or report:
         _warn_missing_qc_profiles(inputs, result.qc_profiles, level)
     frames = {name: plate_rows(cpio.read_table(path), name) for name, path in result.qc_profiles.items()}
@@ -474,11 +474,11 @@ def _remove_stale_maps(made: set[str], where: QualityControlLayout, batch: str) 
                             os.path.basename(path))
 
 
-def _say_profiles_used(batch: str, description: str, found: dict[str, str]) -> None:
+def _say_profiles_used(description: str, found: dict[str, str]) -> None:
     """Which profiles (kind and level, by file name) the correlation panels read: a plain ``qc`` picks them."""
     if found:
         names = [os.path.basename(path) for path in found.values()]
-        log.info("%s: quality control reads %s profiles of %d plate(s): %s%s", batch, description, len(names),
+        log.info("quality control reads %s profiles of %d plate(s): %s%s", description, len(names),
                  ", ".join(names[:3]), f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
