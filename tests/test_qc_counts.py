@@ -117,7 +117,7 @@ def test_cell_count_colour_bar_ticks_are_whole_counts(counts: list[int]) -> None
 
 @pytest.mark.parametrize(("same", "others"), [(4, 0), (2, 3), (3, 5)])
 def test_map_scatter_says_how_many_groups_share_a_point(same: int, others: int) -> None:
-    from cytoprofile.qc.figures import map_figure
+    from cytoprofile.qc.batch_figures import map_figure
 
     table = pd.DataFrame({
         "Metadata_pert": [f"g{i}" for i in range(same + others)],
@@ -131,7 +131,7 @@ def test_map_scatter_says_how_many_groups_share_a_point(same: int, others: int) 
 
 
 def _map_scatter(maps: list[float], ps: list[float]):  # type: ignore[no-untyped-def]
-    from cytoprofile.qc.figures import map_figure
+    from cytoprofile.qc.batch_figures import map_figure
 
     table = pd.DataFrame({"Metadata_pert": [f"g{i}" for i in range(len(maps))], "mean_average_precision": maps,
                           "corrected_p_value": ps})
@@ -179,7 +179,7 @@ def test_map_scatter_threshold_line_does_not_cross_the_legend(top_p: float) -> N
 
 @pytest.mark.parametrize("n_null", [3, 12, 29, 35, 99, 500])
 def test_percent_replicating_small_null_is_drawn_one_mark_each(n_null: int) -> None:
-    from cytoprofile.qc.figures import NULL_POINTS_BELOW
+    from cytoprofile.qc.batch_figures import NULL_POINTS_BELOW
 
     null = np.random.default_rng(n_null).uniform(-0.5, 0.5, n_null)
     treatments = pd.DataFrame({"median_correlation": [0.1, 0.7], "replicating": [False, True]})

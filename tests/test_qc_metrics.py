@@ -14,7 +14,7 @@ from matplotlib.collections import PathCollection
 from matplotlib.patches import Rectangle
 
 from cytoprofile import qc
-from cytoprofile.qc import figures
+from cytoprofile.qc import batch_figures
 
 from .qc_builders import FEATURES, make_batch_profiles, make_profiles, make_wells
 
@@ -175,7 +175,7 @@ def test_replication_figure_draws_one_point_per_treatment(n_strong: int, n_null:
     fig = qc.replication_figure(result, batch="B1")
     points = [c for ax in fig.axes for c in ax.collections if isinstance(c, PathCollection)]
     assert sum(len(c.get_offsets()) for c in points) == result["n_treatments"] == n_strong + n_null
-    from cytoprofile.qc.figures import NULL_POINTS_BELOW
+    from cytoprofile.qc.batch_figures import NULL_POINTS_BELOW
 
     bars = [p for p in fig.axes[0].patches if isinstance(p, Rectangle)]
     # the null's histogram only (a small null is a rug instead); treatments are never binned
@@ -286,9 +286,9 @@ def test_map_figure_titles_fit_inside_the_figure(n_plates: int, source: str) -> 
     rows = [{"Metadata_Plate": f"PLATE{p}", "mean_average_precision": rng.uniform(), "below_corrected_p": g % 2 == 0,
              "corrected_p_value": rng.uniform()} for p in range(n_plates) for g in range(8)]
     table = pd.DataFrame(rows)
-    for fig in (figures.map_by_plate_figure(table, mode="activity", batch="BATCH_2026_with_a_long_name", source=source,
+    for fig in (batch_figures.map_by_plate_figure(table, mode="activity", batch="BATCH_2026_with_a_long_name", source=source,
                                        n_features=121),
-                figures.map_figure(table, mode="activity", batch="BATCH_2026_with_a_long_name", threshold=0.05,
+                batch_figures.map_figure(table, mode="activity", batch="BATCH_2026_with_a_long_name", threshold=0.05,
                               source=source, n_features=121)):
         FigureCanvasAgg(fig)
         fig.canvas.draw()

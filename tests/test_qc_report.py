@@ -506,7 +506,7 @@ def test_map_panel_draws_few_groups_one_point_each(n: int) -> None:
     from matplotlib.patches import Rectangle
 
     table = _map_table(n)
-    fig = qc.figures.map_figure(table, mode="activity", batch="B1", threshold=0.05, source="x.csv", n_features=5)
+    fig = qc.batch_figures.map_figure(table, mode="activity", batch="B1", threshold=0.05, source="x.csv", n_features=5)
     right = fig.axes[1]
     assert not [p for p in right.patches if isinstance(p, Rectangle)], "a histogram of a handful of values"
     points = np.concatenate([c.get_offsets()[:, 0] for c in right.collections if isinstance(c, PathCollection)])
@@ -515,8 +515,8 @@ def test_map_panel_draws_few_groups_one_point_each(n: int) -> None:
 
 
 def test_map_panel_keeps_a_histogram_for_many_groups() -> None:
-    table = _map_table(qc.figures.MAP_POINTS_BELOW)
-    fig = qc.figures.map_figure(table, mode="activity", batch="B1", threshold=0.05, source="x.csv", n_features=5)
+    table = _map_table(qc.batch_figures.MAP_POINTS_BELOW)
+    fig = qc.batch_figures.map_figure(table, mode="activity", batch="B1", threshold=0.05, source="x.csv", n_features=5)
     heights = [p.get_height() for p in fig.axes[1].patches]
     assert len(heights) == 20 and sum(heights) == len(table)
 
@@ -580,7 +580,7 @@ def test_unknown_summary_values_read_n_a_not_blank() -> None:
 def test_map_by_plate_legend_hides_no_point() -> None:
     table = pd.concat([_map_table(12, seed=s).assign(Metadata_Plate=p) for s, p in enumerate(["P1", "P2"])])
     table = table[["Metadata_Plate", *[c for c in table.columns if c != "Metadata_Plate"]]]
-    fig = qc.figures.map_by_plate_figure(table, mode="activity", batch="B1", source="x.csv", n_features=5)
+    fig = qc.batch_figures.map_by_plate_figure(table, mode="activity", batch="B1", source="x.csv", n_features=5)
     fig.canvas.draw()
     assert fig.axes[0].get_legend() is None and len(fig.legends) == 1
     box = fig.legends[0].get_window_extent()
@@ -639,3 +639,52 @@ def test_treatments_with_a_single_well_are_said_not_scored(singles: int) -> None
                             replication=result, notes={})
     said = f"{singles} treatment{'' if singles == 1 else 's'} with a single well"
     assert (said in _text(html)) == bool(singles)
+
+
+def test_a_one_plate_report_is_titled_by_its_plate(qc_run, tmp_path: Path) -> None:
+    root = tmp_path / "ws"
+    shutil.copytree(qc_run[0], root)
+    qc.quality_control(str(root), "B1", ["P2"], heatmaps=False)
+    html = (root / "quality_control" / "report" / "B1.html").read_text()
+    assert "<h1>Quality control: plate P2 (batch B1)</h1>" in html
+    assert "<title>Quality control: plate P2 (batch B1)</title>" in html
+    assert "for batch B1" not in html and 'alt="percent replicating for plate P2 (batch B1)"' in html
+
+
+@pytest.mark.parametrize("plates,scope", [(["P2"], "Plate P2"), (["P1", "P2"], "Batch B1"), ([], "Batch B1")])
+def test_batch_figures_name_what_they_cover(plates: list[str], scope: str) -> None:
+    from cytoprofile.qc import batch_figures
+
+    profiles = make_batch_profiles(n_strong=3, n_null=3)
+    replication = qc.percent_replicating(profiles, n_null=200, seed=0)
+    table = _map_table(8).assign(Metadata_Plate="P2")
+    figs = [batch_figures.replication_figure(replication, batch="B1", plates=plates),
+            batch_figures.map_figure(table, mode="activity", batch="B1", threshold=0.05, source="x.csv",
+                                     n_features=5, plates=plates),
+            batch_figures.map_by_plate_figure(table, mode="activity", batch="B1", source="x.csv", n_features=5,
+                                              plates=plates)]
+    for fig in figs:
+        text = _figure_text(fig)
+        assert f"{scope}:" in text and ({"Plate P2:", "Batch B1:"} - {f"{scope}:"}).pop() not in text
+
+
+@pytest.mark.parametrize("singles", [0, 4])
+def test_percent_replicating_with_nothing_to_score_says_why(singles: int) -> None:
+    from cytoprofile.qc import batch_figures
+
+    profiles = make_batch_profiles(n_strong=2, n_null=2)
+    treated = profiles.index[profiles["Metadata_control_type"] == "trt"]
+    if singles:  # every treatment a single well
+        profiles.loc[treated, "Metadata_broad_sample"] = [f"single-{i}" for i in range(len(treated))]
+    else:  # no treatment at all: every well a negative control
+        profiles = profiles.loc[profiles["Metadata_control_type"] != "trt"]
+    result = qc.percent_replicating(profiles, n_null=200, seed=0)
+    assert result["n_treatments"] == 0 and result["n_single_well"] == (len(treated) if singles else 0)
+    reason = (f"not scored: no treatment has two wells ({len(treated)} treatments with a single well)" if singles
+              else "not scored: no treatment other than negative controls")
+    assert reason in _figure_text(batch_figures.replication_figure(result, batch="B1"))
+    html = qc.render_report(batch="B1", summary=qc.update_summary(None, []), figures={}, ingest_reports={},
+                            replication=result, notes={})
+    text = _text(html)
+    assert f"Percent replicating: {reason}" in text
+    assert "percentile ()" not in text and "Percent replicating: n/a" not in text

@@ -1,7 +1,8 @@
 """Quality control: a per-plate summary table, plate heatmaps and one HTML report per batch.
 
 :mod:`~cytoprofile.qc.metrics` and :mod:`~cytoprofile.qc.summary` hold the maths (pure
-functions of DataFrames), :mod:`~cytoprofile.qc.figures` the matplotlib figures,
+functions of DataFrames), :mod:`~cytoprofile.qc.figures` (plates) and :mod:`~cytoprofile.qc.batch_figures` the
+matplotlib figures,
 :mod:`~cytoprofile.qc.report` the HTML (a Jinja2 template) and
 :mod:`~cytoprofile.qc.driver` the only code that reads the workspace and writes files.
 """
@@ -9,14 +10,14 @@ functions of DataFrames), :mod:`~cytoprofile.qc.figures` the matplotlib figures,
 from __future__ import annotations
 
 from ..vocabulary import grid_to_well, plate_layout, well_to_grid
+from .batch_figures import replication_figure
+from .canvas import figure_png
 from .driver import QualityControlResult, quality_control
 from .figures import (
     FIGURE_NAMES,
     cell_count_figure,
     correlation_figure,
-    figure_png,
     position_effect_figure,
-    replication_figure,
 )
 from .formatting import format_number
 from .metrics import (

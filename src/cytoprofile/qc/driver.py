@@ -20,11 +20,11 @@ from .. import io as cpio
 from ..errors import CytoprofileError, InputError
 from ..layout import Layout, QualityControlLayout
 from ..vocabulary import EVALUATE_MODES, QC_LEVELS, REPLICATE_CANDIDATES, is_metadata, normal_well
+from .canvas import figure_png
 from .figures import (
     FIGURE_NAMES,
     cell_count_figure,
     correlation_figure,
-    figure_png,
     position_effect_figure,
 )
 from .metrics import (

@@ -15,14 +15,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from .figures import (
+from .batch_figures import (
     MAP_POINTS_BELOW,
-    figure_png,
     map_by_plate_figure,
     map_figure,
-    outlier_share_figure,
+    not_scored_reason,
     replication_figure,
 )
+from .canvas import figure_png
+from .figures import outlier_share_figure
 from .formatting import format_number
 from .metrics import ANY_OUTLIER_SET, outlier_set_summary, outlier_shares, plate_map_summary
 from .summary import quarantined_wells
@@ -139,7 +140,8 @@ def _ingest(report: Mapping[str, Any] | None) -> dict[str, Any] | None:
     }
 
 
-def _replication(batch: str, replication: Mapping[str, Any] | None, source: str | None) -> dict[str, Any] | None:
+def _replication(batch: str, replication: Mapping[str, Any] | None, source: str | None,
+                 plates: Sequence[str]) -> dict[str, Any] | None:
     if replication is None:
         return None
     percent = float(replication.get("percent", float("nan")))
@@ -147,8 +149,9 @@ def _replication(batch: str, replication: Mapping[str, Any] | None, source: str 
     if not isinstance(treatments, pd.DataFrame):
         treatments = pd.DataFrame()
     has_table = len(treatments) > 0
-    png = figure_png(replication_figure(replication, batch=batch, source=source))
+    png = figure_png(replication_figure(replication, batch=batch, source=source, plates=plates))
     return {
+        "not_scored": None if int(replication.get("n_treatments") or 0) else not_scored_reason(replication),
         "percent": f"{format_number(percent, decimals=0)}%" if np.isfinite(percent) else "n/a",
         "n_replicating": _text(replication.get("n_replicating")),
         "n_treatments": _text(replication.get("n_treatments")),
@@ -163,7 +166,8 @@ def _replication(batch: str, replication: Mapping[str, Any] | None, source: str 
     }
 
 
-def _mean_ap(batch: str, mean_ap: Mapping[str, Any] | None, batch_source: str | None) -> list[dict[str, Any]]:
+def _mean_ap(batch: str, mean_ap: Mapping[str, Any] | None, batch_source: str | None,
+             plates: Sequence[str]) -> list[dict[str, Any]]:
     """One panel per mode: share retrieved, the figure, the table and where it was written."""
     if not mean_ap:
         return []
@@ -172,7 +176,7 @@ def _mean_ap(batch: str, mean_ap: Mapping[str, Any] | None, batch_source: str | 
         share = float(table.attrs.get("fraction_retrieved", table["below_corrected_p"].mean()))
         png = figure_png(map_figure(table, mode=mode, batch=batch, threshold=float(mean_ap["threshold"]),
                                     source=mean_ap.get("source") or batch_source,
-                                    n_features=int(mean_ap["n_features"])))
+                                    n_features=int(mean_ap["n_features"]), plates=plates))
         panels.append({
             "mode": mode,
             "what": _MAP_MODES.get(mode, mode),
@@ -185,18 +189,19 @@ def _mean_ap(batch: str, mean_ap: Mapping[str, Any] | None, batch_source: str | 
             "table_path": _text((mean_ap.get("shown") or mean_ap["paths"]).get(mode)),
             "png": _b64(png),
             "table": _table(table, max_rows=2000),
-            "by_plate": _map_by_plate(batch, mode, mean_ap, batch_source),
+            "by_plate": _map_by_plate(batch, mode, mean_ap, batch_source, plates),
         })
     return panels
 
 
-def _map_by_plate(batch: str, mode: str, mean_ap: Mapping[str, Any], batch_source: str | None) -> dict[str, Any]:
+def _map_by_plate(batch: str, mode: str, mean_ap: Mapping[str, Any], batch_source: str | None,
+                  plates: Sequence[str]) -> dict[str, Any]:
     """The mAP-by-plate part of a mode's panel: figure, per-plate summary, plates left out."""
     table = (mean_ap.get("by_plate") or {}).get(mode)
     if table is None:
         return {"note": _text(mean_ap.get("by_plate_note") or "not computed")}
     png = figure_png(map_by_plate_figure(table, mode=mode, batch=batch, source=mean_ap.get("source") or batch_source,
-                                         n_features=int(mean_ap["n_features"])))
+                                         n_features=int(mean_ap["n_features"]), plates=plates))
     not_scored = table.attrs.get("not_scored") or {}
     return {"note": None, "png": _b64(png) if len(table) else None, "summary": _table(plate_map_summary(table)),
             "not_scored": [{"plate": _text(p), "reason": _text(r)} for p, r in not_scored.items()],
@@ -305,14 +310,15 @@ def render_report(
     source = _batch_source(sources)
     return _environment().get_template("report.html.j2").render(
         batch=batch,
+        scope=_scope(batch, plates),
         version=__version__,
         summary=_table(table, missing="n/a"),
         summary_earlier=earlier,
         profiles={"n_features": n_features, "description": profiles_description},
-        replication=_replication(batch, replication, source),
+        replication=_replication(batch, replication, source, plates),
         replication_note=replication_note or "no annotated, feature-selected profiles for this batch",
         captions=CAPTIONS,
-        mean_ap=_mean_ap(batch, mean_ap, source),
+        mean_ap=_mean_ap(batch, mean_ap, source, plates),
         mean_ap_source={"file": mean_ap.get("source") or source, "n_features": mean_ap["n_features"]}
         if mean_ap else None,
         mean_ap_note=mean_ap_note,
@@ -323,6 +329,11 @@ def render_report(
             for p in plates
         ],
     )
+
+
+def _scope(batch: str, plates: Sequence[str]) -> str:
+    """What the report covers, for its heading: ``plate P1 (batch B1)`` or ``batch B1``."""
+    return f"plate {plates[0]} (batch {batch})" if len(plates) == 1 else f"batch {batch}"
 
 
 def _batch_source(sources: Mapping[str, str]) -> str | None:
