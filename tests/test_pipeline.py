@@ -285,3 +285,30 @@ def test_recipe_layout_with_init_and_workspace_two_levels_up(tmp_path: Path, mon
     run(config)
     assert (repo / "profiles/B1/P1/P1_normalized_feature_select_negcon_batch.csv.gz").exists()
     assert (repo / "quality_control/summary/summary.tsv").exists()
+
+
+def test_collate_and_recipe_per_well_tables_hold_the_same_numbers(workspace: Path, tmp_path: Path) -> None:
+    """README: both per-well tables carry the same compartment features and counts, the
+    recipe's rounded to 5 significant digits (the generated config's ``float_format``),
+    collate's in full."""
+    from cytoprofile.pipeline import run
+
+    text = config_template(workspace=".", batch="B1", plates=BATCHES["B1"])
+    assert 'float_format: "%.5g"' in text
+    config = workspace / "config_generated.yml"
+    config.write_text(text)
+    out = tmp_path / "out"
+    run(config, root=out)
+    for plate in BATCHES["B1"]:
+        collated = io.read_table(workspace / "backend" / "B1" / plate / f"{plate}.csv")
+        recipe = io.read_table(out / "profiles" / "B1" / plate / f"{plate}.csv.gz")
+        keys = ["Metadata_Plate", "Metadata_Well"]
+        shared = [c for c in collated.columns if c in recipe.columns and c not in keys
+                  and (c.startswith(("Cells_", "Cytoplasm_", "Nuclei_")) or "Count" in c)]
+        assert sum(c.startswith("Cells_") for c in shared) >= 10 and any("Count" in c for c in shared)
+        left = collated.set_index(keys)[shared].sort_index()
+        right = recipe.set_index(keys)[shared].sort_index()
+        assert list(left.index) == list(right.index)
+        assert not left.equals(right)  # collate's are not rounded: the comparison below can fail
+        rounded = left.map(lambda v: float(f"{v:.5g}") if pd.notna(v) else v)
+        pd.testing.assert_frame_equal(rounded, right, check_dtype=False, rtol=0, atol=0)
