@@ -69,30 +69,87 @@ def test_a_link_to_a_run_file_is_read_once_and_named(tmp_path: Path, capsys: pyt
     assert Path(got["result"].outputs["profiles"]).read_bytes() == expected
 
 
-def test_a_write_ahead_log_is_read_with_its_file_and_said_so(tmp_path: Path) -> None:
-    """A run file left in WAL mode (rows in ``X.sqlite-wal``, not yet in the file): the rows are read, and the
-    ``-wal``/``-shm`` files are named as part of that file, never as files not read."""
+def _wal_only(path: str, sql: str) -> None:
+    """Leave ``path`` in WAL mode with ``sql``'s change in ``path-wal`` only (the file itself unchanged, no ``-shm``),
+    as a CellProfiler run that was stopped before its last checkpoint leaves it."""
     import sqlite3
 
-    db_ws, files = _db_workspace(tmp_path, _csv_workspace(tmp_path, long_name=False), "P1", table_prefix="")
-    expected = Path(_run(db_ws, "P1")["result"].outputs["profiles"]).read_bytes()
-    conn = sqlite3.connect(files[0])
+    conn = sqlite3.connect(path)
     try:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA wal_autocheckpoint=0")
-        conn.execute("UPDATE Per_Image SET ImageNumber = ImageNumber")  # every image page now lives in the log
+        conn.execute(sql)
         conn.commit()
-        wal = Path(files[0] + "-wal")
-        assert wal.stat().st_size > 0
-        got = _run(db_ws, "P1", overwrite=True)
-        conn.execute("UPDATE Per_Image SET ImageNumber = ImageNumber")  # the log changes, the file does not
-        conn.commit()
-        again = _run(db_ws, "P1")
+        log = Path(path + "-wal").read_bytes()
+        main_file = Path(path).read_bytes()
     finally:
-        conn.close()
-    assert again["result"].status == "done", "a changed write-ahead log is a changed input: rebuilt, not skipped"
-    not_read = got["report"]["export_database"]["files_not_read"]
-    assert not_read[wal.name].startswith(f"part of {Path(files[0]).name}: its write-ahead log"), not_read
-    assert all("part of" in why for name, why in not_read.items() if name.endswith(("-wal", "-shm"))), not_read
+        conn.close()  # checkpoints and removes the log: put the stopped run's files back
+    Path(path).write_bytes(main_file)
+    Path(path + "-wal").write_bytes(log)
+    Path(path + "-shm").unlink(missing_ok=True)
+    alone = sqlite3.connect(f"file:{path}?immutable=1", uri=True)  # immutable: the file without its log
+    try:
+        assert log and not alone.execute(sql.replace("UPDATE Per_Cells SET", "SELECT 1 FROM Per_Cells WHERE")).fetchall()
+    finally:
+        alone.close()
+
+
+def test_a_write_ahead_log_is_read_with_its_file_and_said_so(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A run file left in WAL mode (a change in ``X.sqlite-wal``, not yet in the file): the change is in the
+    profiles, the ``-wal``/``-shm`` files are named as read with that file (never as files not read), and a
+    change of the log alone is a changed input (rebuilt, not skipped)."""
+    import logging
+
+    import pandas as pd
+
+    db_ws, files = _db_workspace(tmp_path, _csv_workspace(tmp_path, long_name=False), "P1", table_prefix="")
+    plain = pd.read_csv(_run(db_ws, "P1")["result"].outputs["profiles"])
+    assert (plain["Cells_AreaShape_Area"] != 12345).all()
+    _wal_only(files[0], "UPDATE Per_Cells SET Cells_AreaShape_Area = 12345")
+    with caplog.at_level(logging.WARNING, logger="cytoprofile"):
+        got = _run(db_ws, "P1", overwrite=True)
+    profiles = pd.read_csv(got["result"].outputs["profiles"])
+    changed = profiles["Cells_AreaShape_Area"] == 12345
+    assert changed.any() and (profiles.loc[~changed, "Cells_AreaShape_Area"] != 12345).all()  # run1's wells only
+    section = got["report"]["export_database"]
+    wal = Path(files[0] + "-wal").name
+    assert section["files_read_with"][wal].startswith(f"part of {Path(files[0]).name}: its write-ahead log")
+    assert not any(n.endswith(("-wal", "-shm")) for n in section.get("files_not_read", {})), section
+    assert not [r for r in caplog.records if "not read" in r.getMessage()], "the log is read: no warning says not"
     assert got["report"]["totals"]["export_rows_dropped"] == 0
-    assert Path(got["result"].outputs["profiles"]).read_bytes() == expected
+    _wal_only(files[0], "UPDATE Per_Cells SET Cells_AreaShape_Area = 54321")  # the log changes again
+    again = _run(db_ws, "P1")
+    assert again["result"].status == "done", "a changed write-ahead log is a changed input: rebuilt, not skipped"
+    assert (pd.read_csv(again["result"].outputs["profiles"])["Cells_AreaShape_Area"] == 54321).sum() == changed.sum()
+
+
+def test_a_write_ahead_log_in_a_read_only_folder_is_named_with_the_fix(tmp_path: Path) -> None:
+    """SQLite cannot open a WAL-mode file whose folder it cannot write its ``-shm`` index to: one line naming the
+    file and the fix, exit 1, never "the file is damaged". Run as an unprivileged user (root writes anywhere)."""
+    import os
+    import subprocess
+    import sys
+
+    db_ws, files = _db_workspace(tmp_path, _csv_workspace(tmp_path, long_name=False), "P1", table_prefix="")
+    _wal_only(files[0], "UPDATE Per_Cells SET Cells_AreaShape_Area = 12345")
+    folder = Path(files[0]).parent
+    for p in (tmp_path, *tmp_path.parents):  # the unprivileged user must reach the workspace and the interpreter
+        if p != Path("/"):
+            p.chmod(p.stat().st_mode | 0o011)
+    for path in [db_ws, *db_ws.rglob("*")]:
+        path.chmod(0o777 if path.is_dir() else 0o666)
+    folder.chmod(0o555)
+    user = [] if os.geteuid() else ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    code = "import sys; from cytoprofile.cli import main; sys.exit(main(sys.argv[1:]))"
+    scratch = tmp_path / "scratch"
+    scratch.mkdir(mode=0o777)
+    scratch.chmod(0o777)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "HOME": str(tmp_path)}
+    done = subprocess.run([*user, sys.executable, "-c", code, "collate", str(db_ws), BATCH, "P1", "-q",
+                           "--tmp-dir", str(scratch)], capture_output=True, text=True, env=env, timeout=300)
+    folder.chmod(0o755)
+    err = done.stderr.strip().splitlines()
+    assert done.returncode == 1, done.stderr
+    assert "left in WAL mode" in err[-1] and f"make {folder} writable" in err[-1] and "damaged" not in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not list((db_ws / "backend").rglob("P1.*")), "nothing under a final name"

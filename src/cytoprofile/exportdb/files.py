@@ -25,6 +25,7 @@ __all__ = [
     "ObjectSource",
     "connect",
     "database_problem",
+    "is_read_with",
     "discover_export_files",
     "entries_not_read",
     "export_files_in",
@@ -171,6 +172,14 @@ def entries_not_read(folder: str | os.PathLike[str], *, read: Sequence[str], fil
     return out
 
 
+_READ_WITH = "part of "
+
+
+def is_read_with(why: str) -> bool:
+    """Whether an :func:`entries_not_read` reason names a file read with a database (its ``-wal``, ``-shm``)."""
+    return why.startswith(_READ_WITH)
+
+
 def _sqlite_side_file(path: str, done: set[str]) -> str | None:
     """What a ``-wal`` or ``-shm`` file beside a database read is: part of it, read with it (SQLite reads the
     rows committed to the write-ahead log but not yet copied into the file), never a file not read."""
@@ -178,7 +187,7 @@ def _sqlite_side_file(path: str, done: set[str]) -> str | None:
                          ("-shm", "the index of its write-ahead log (used while reading the file)")):
         base = path[: -len(suffix)] if path.endswith(suffix) else None
         if base is not None and os.path.realpath(base) in done:
-            return f"part of {os.path.basename(base)}: {what}"
+            return f"{_READ_WITH}{os.path.basename(base)}: {what}"
     return None
 
 
@@ -225,6 +234,11 @@ def database_problem(path: str, exc: sqlite3.DatabaseError) -> InputError:
     """A file SQLite cannot read to the end (a damaged page, a TEXT value that is not UTF-8) as a one-line user error
     naming the file, the column where SQLite names one, and the fix."""
     text = str(exc)
+    if "unable to open database file" in text and os.path.isfile(path + "-wal") and not os.path.isfile(path + "-shm"):
+        folder = os.path.dirname(os.path.abspath(path))
+        return InputError(f"{path}: left in WAL mode ({os.path.basename(path)}-wal beside it) in a folder SQLite cannot "
+                          f"write its index ({os.path.basename(path)}-shm) to; make {folder} writable, or copy the "
+                          "file with its -wal file to a writable folder and read it there")
     if "Could not decode to UTF-8" in text:
         where = text.split(" with text ")[0].replace("Could not decode to UTF-8 column", "column")
         return InputError(f"{path}: {where} holds a TEXT value that is not UTF-8; re-export the file from CellProfiler "
@@ -344,7 +358,7 @@ def open_export(path: str | os.PathLike[str], *, name: str | None = None, table_
         try:
             kinds = dict(conn.execute("SELECT name, type FROM sqlite_master WHERE type IN ('table', 'view')").fetchall())
         except sqlite3.DatabaseError as exc:
-            raise InputError(f"{path}: not a readable SQLite database ({exc}); copy the file again") from exc
+            raise database_problem(path, exc) from exc
         prefix, image_table = _detect_prefix(path, list(kinds), table_prefix)
         try:
             return _describe(conn, path, name or os.path.basename(path), prefix, image_table, kinds)

@@ -20,6 +20,7 @@ from .files import (
     entries_not_read,
     export_plates,
     find_export_files,
+    is_read_with,
     source_name,
 )
 from .materialise import Materialised, folder_part, materialise_plate
@@ -145,6 +146,11 @@ def _collate_scratch(scratch: str, root: str, batch: str, plate: str, paths: Seq
     if result.status == "done" and result.report is not None:
         section = {**done.report(), "sources": fingerprint, "call": call}
         beside = _files_not_read(root, batch, plate, paths, sources)
+        read_with = {name: why for name, why in beside.items() if is_read_with(why)}
+        beside = {name: why for name, why in beside.items() if name not in read_with}
+        if read_with:  # a -wal file's rows are read: named, but not as a file left out
+            section["files_read_with"] = read_with
+            log.info("%s: read with their files: %s", plate, "; ".join(f"{n} ({w})" for n, w in read_with.items()))
         if beside:
             section["files_not_read"] = beside
             log.warning("%s: %d file(s) or folder(s) beside the ExportToDatabase files are not read (first: %s: %s); "
