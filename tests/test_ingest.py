@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cytoprofile import io
+from cytoprofile.cli import main
 from cytoprofile.collate import collate_plate
 from cytoprofile.errors import InputError
 from cytoprofile.ingest import discover_sites, order_by_key, plan_schema, scan_sites
@@ -668,20 +669,29 @@ def test_a_column_named_table_number_quarantines(tmp_path: Path, table: str) -> 
     assert {s["status"] for name, s in _sites(result).items() if name != folder.name} == {"ok"}
 
 
-def test_columns_differing_only_in_case(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", [("sqlite",), ("parquet",), ("sqlite", "parquet")])
+def test_columns_differing_only_in_case(tmp_path: Path, backend: tuple[str, ...],
+                                        capsys: pytest.CaptureFixture[str]) -> None:
     plate_dir = faults.small_plate(tmp_path, wells=1)
     folder = faults.site(plate_dir, "A01", 1)
     header = faults.read_rows(folder / "Cells.csv")[0]
     feature = header[-1]
     faults.rename_column(folder, "Cells", header[-2], feature.lower())
-    result = _collate(tmp_path, plate_dir)
+    result = _collate(tmp_path, plate_dir, backend=backend)
     assert "differ only in case" in _sites(result)[folder.name]["reason"]
-    # the same column spelled differently in two sites: the plate is refused, naming both
+    # the same column spelled differently in two sites, whatever the backend: the plate is refused, naming the
+    # sites of each spelling (two half-empty columns would hide the measurement), once, nothing written
     other = tmp_path / "other"
     plate_dir = faults.small_plate(other, wells=1)
-    faults.rename_column(faults.site(plate_dir, "A01", 1), "Cells", feature, feature.upper())
-    with pytest.raises(InputError, match="differ only in case"):
-        collate_plate(other, faults.BATCH, faults.PLATE)
+    odd = faults.site(plate_dir, "A01", 1)
+    faults.rename_column(odd, "Cells", feature, feature.upper())
+    with pytest.raises(InputError, match=rf"spelled '{feature.upper()}' in 1 site \({odd.name}\) and '{feature}' in"):
+        collate_plate(other, faults.BATCH, faults.PLATE, backend=backend)
+    capsys.readouterr()
+    assert main(["collate", str(other), faults.BATCH, faults.PLATE, *[f"--backend={b}" for b in backend], "-q"]) == 1
+    err = capsys.readouterr().err
+    assert f"first: {faults.PLATE}: {faults.PLATE}:" not in err and "half-empty" in err
+    assert not list((other / "backend").rglob(f"{faults.PLATE}.*"))
 
 
 # --- null tokens, stray files, folder names: the second attack on the ingest -------------------

@@ -164,5 +164,7 @@ def _print_results(results: list[Any], batch: str, *, start: float) -> None:
     done = len(results) - len(failed)
     tally = f"{done} of {len(results)} plate(s) done" + (f" ({len(skipped)} already complete)" if skipped else "")
     if failed:
-        raise CytoprofileError(f"collate {batch}: {tally}, {len(failed)} failed; first: {failed[0].plate}: {failed[0].message}")
+        first = failed[0]
+        said = first.message.removeprefix(f"{first.plate}: ")  # a message that names its plate: named once
+        raise CytoprofileError(f"collate {batch}: {tally}, {len(failed)} failed; first: {first.plate}: {said}")
     log.info("collate %s: %s in %.2fs", batch, tally, time.perf_counter() - start)

@@ -46,11 +46,24 @@ def plan_schema(scans: Sequence[SiteScan], *, plate: str, strata: Sequence[str],
             text_columns[table] = sorted(texts)
         clash = case_clash(sorted(columns | texts))
         if clash:
-            raise InputError(f"{plate}: {table} columns {clash[0]!r} and {clash[1]!r} differ only in case between "
-                             "sites (SQLite cannot hold both); rename one in the CSVs")
+            raise _case_clash_error(scans, plate=plate, table=table, clash=clash)
         tables[table] = canonical_order(sorted(columns))
     return PlateSchema(tables=tables, strata=list(strata), plate=plate, partial={t: v for t, v in partial.items() if v},
                        text_columns=text_columns)
+
+
+def _case_clash_error(scans: Sequence[SiteScan], *, plate: str, table: str, clash: Sequence[str]) -> InputError:
+    """Two spellings of one column across sites, each with the sites that use it: the plate is refused, for
+    one measurement in two spellings would be two half-empty columns (and SQLite cannot hold both)."""
+    def where(name: str) -> str:
+        sites = sorted(s.name for s in scans if s.problem is None
+                       and name in {*s.headers.get(table, []), *s.text_headers.get(table, [])})
+        shown = ", ".join(sites[:3]) + (", …" if len(sites) > 3 else "")
+        return f"{name!r} in {len(sites)} site{'' if len(sites) == 1 else 's'} ({shown})" if sites else repr(name)
+
+    return InputError(f"{plate}: {table} column spelled {where(clash[0])} and {where(clash[1])}: one measurement in "
+                      "two spellings would be two half-empty columns (and SQLite cannot hold both); give it one "
+                      "spelling in the CSVs")
 
 
 def _require_compartments(scan: SiteScan, compartments: Sequence[str], object_tables: Sequence[str]) -> None:
