@@ -15,7 +15,6 @@ from cytoprofile import vocabulary as v
 from cytoprofile.annotate import annotate
 from cytoprofile.config import ExternalMetadataConfig
 from cytoprofile.errors import ConfigError, InputError
-from cytoprofile.evaluate import feature_columns
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "cytoprofile"
 
@@ -104,7 +103,7 @@ def test_feature_split_with_configured_prefixes() -> None:
     df = _profiles()
     assert v.prefixed_features(df.columns, ["PC"]) == ["PC1", "PC2"]
     assert v.prefixed_features(df.columns, ["DINO_", "PC"]) == ["PC1", "PC2", "DINO_0"]
-    assert feature_columns(df, features="infer", feature_prefixes=["DINO_"]) == ["DINO_0"]
+    assert v.resolve_features(df, "infer", feature_prefixes=["DINO_"]) == ["DINO_0"]
     assert v.infer_features(df, compartments=["PC", "DINO"]) == ["PC1", "PC2", "DINO_0"]
     with pytest.raises(InputError):
         v.infer_features(df, compartments=["Zebra"])

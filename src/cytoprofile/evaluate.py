@@ -42,12 +42,11 @@ import pandas as pd
 from .errors import ConfigError, InputError
 from .step_data import feature_matrix
 from .vocabulary import EVALUATE_MODES as MODES
-from .vocabulary import NEGCON_QUERY, PERTURBATION_CANDIDATES, prefixed_features, resolve_features
+from .vocabulary import NEGCON_QUERY, PERTURBATION_CANDIDATES, resolve_features
 
 __all__ = [
     "average_precision",
     "benjamini_hochberg",
-    "feature_columns",
     "fraction_retrieved",
     "map_from_average_precision",
     "mean_average_precision",
@@ -62,23 +61,6 @@ _BLOCK = 1 << 20  # similarities computed at once (about 40 MB of work space)
 
 
 # ------------------------------------------------------------------ features and codes
-
-
-def feature_columns(
-    profiles: pd.DataFrame,
-    *,
-    features: str | Sequence[str] = "infer",
-    feature_prefixes: Sequence[str] | None = None,
-) -> list[str]:
-    """Feature columns: an explicit list, or those named with ``feature_prefixes``
-    (e.g. ``["PC"]`` after PCA, or a deep-learning model's prefix), or CellProfiler's."""
-    if isinstance(features, str) and features == "infer" and feature_prefixes is not None:
-        prefixes = tuple(feature_prefixes)
-        found = prefixed_features(profiles.columns, prefixes)
-        if not found:
-            raise InputError(f"no feature columns start with {', '.join(prefixes)}")
-        return found
-    return resolve_features(profiles, features)
 
 
 def _matrix64(profiles: pd.DataFrame, names: Sequence[str]) -> np.ndarray:
@@ -262,7 +244,7 @@ def average_precision(
     overlap = (set(pos_sameby) & set(pos_diffby)) | (set(neg_sameby) & set(neg_diffby))
     if overlap:
         raise ConfigError(f"sameby and diffby share {sorted(overlap)}; a column can only be one of them")
-    names = feature_columns(profiles, features=features, feature_prefixes=feature_prefixes)
+    names = resolve_features(profiles, features, feature_prefixes=feature_prefixes)
     unit = _unit_rows(_matrix64(profiles, names))
     meta = profiles.loc[:, [c for c in profiles.columns if c not in set(names)]].reset_index(drop=True)
     return _scores(
@@ -518,7 +500,7 @@ def mode_average_precision(
     ``column`` is the perturbation (or, for consistency, the annotation) column."""
     if mode not in MODES:
         raise ConfigError(f"unknown mAP mode {mode!r}; choose from {list(MODES)}")
-    names = feature_columns(profiles, features=features, feature_prefixes=feature_prefixes)
+    names = resolve_features(profiles, features, feature_prefixes=feature_prefixes)
     return _mode_scores(profiles, names, mode=mode, column=column, control_query=control_query,
                         pos_diffby=pos_diffby, neg_sameby=neg_sameby, multilabel_separator=multilabel_separator)
 

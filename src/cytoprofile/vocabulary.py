@@ -247,8 +247,13 @@ def resolve_features(
     *,
     image_features: bool = False,
     compartments: str | Sequence[str] | None = None,
+    feature_prefixes: Sequence[str] | None = None,
 ) -> list[str]:
-    """``"infer"`` or an explicit list, checked against the columns of ``profiles``."""
+    """``"infer"`` or an explicit list, checked against the columns of ``profiles``.
+
+    With ``feature_prefixes``, ``"infer"`` means the columns named with them exactly as
+    written (``["PC"]`` after PCA, a deep-learning model's prefix) instead of CellProfiler's
+    compartments."""
     from .checks import as_names, check_flag, check_frame
 
     check_frame("profiles", profiles)
@@ -258,6 +263,11 @@ def resolve_features(
             raise ConfigError(
                 f"features must be 'infer' or a list of column names, got {features!r}"
             )
+        if feature_prefixes is not None:
+            found = prefixed_features(profiles.columns, feature_prefixes)
+            if not found:
+                raise InputError(f"no feature columns start with {', '.join(feature_prefixes)}")
+            return found
         return infer_features(profiles, image_features=image_features, compartments=compartments)
     names = as_names("features", features)
     columns = set(profiles.columns)

@@ -11,9 +11,9 @@ from typing import Any, Literal
 import pandas as pd
 
 from ..errors import ConfigError
-from ..evaluate import feature_columns
 from ..vocabulary import NEGCON_QUERY as NEGCON
 from ..vocabulary import PROCESSING_STEPS as CHAIN_STEPS
+from ..vocabulary import resolve_features
 from .steps import (
     SPHERING_GRID,
     Features,
@@ -163,7 +163,7 @@ def run_chain(
     and plates, and seconds.
     """
     steps = parse_chain(chain)
-    names = feature_columns(profiles, features=features, feature_prefixes=feature_prefixes)
+    names = resolve_features(profiles, features, feature_prefixes=feature_prefixes)
     options = {
         "plate_column": plate_column, "samples": samples, "plates_without_controls": plates_without_controls,
         "well_column": well_column, "cell_count_column": cell_count_column, "min_unique": min_unique,

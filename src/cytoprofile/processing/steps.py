@@ -14,10 +14,10 @@ import pandas as pd
 from scipy import sparse, special, stats
 
 from ..errors import ConfigError, InputError
-from ..evaluate import feature_columns, mode_average_precision
+from ..evaluate import mode_average_precision
 from ..step_data import feature_matrix, select_samples
 from ..vocabulary import NEGCON_QUERY as NEGCON
-from ..vocabulary import PLATES_WITHOUT_CONTROLS
+from ..vocabulary import PLATES_WITHOUT_CONTROLS, resolve_features
 
 __all__ = [
     "SPHERING_GRID",
@@ -100,7 +100,7 @@ def plate_statistics(
 
     Missing values are left out; plates without any ``samples`` row are absent.
     """
-    names = feature_columns(profiles, features=features, feature_prefixes=feature_prefixes)
+    names = resolve_features(profiles, features, feature_prefixes=feature_prefixes)
     return _plate_stats(profiles, _matrix32(profiles, names), names, plate_column, samples)
 
 
@@ -183,7 +183,7 @@ def select_variant_features(
     plates_without_controls: Literal["error", "drop"] = "error",
 ) -> pd.DataFrame:
     """Keep features that vary on every plate's reference wells (see the module doc)."""
-    names = feature_columns(profiles, features=features, feature_prefixes=feature_prefixes)
+    names = resolve_features(profiles, features, feature_prefixes=feature_prefixes)
     x = _matrix32(profiles, names)
     finite = np.isfinite(x).all(axis=0)
     if not finite.all():
@@ -215,7 +215,7 @@ def mad_normalize(
     plates_without_controls: Literal["error", "drop"] = "error",
 ) -> pd.DataFrame:
     """(x − plate median) / (plate MAD + ``epsilon``), statistics of the reference wells."""
-    names = feature_columns(profiles, features=features, feature_prefixes=feature_prefixes)
+    names = resolve_features(profiles, features, feature_prefixes=feature_prefixes)
     profiles, x, median, mad = _reference_statistics(
         profiles, _matrix32(profiles, names), names, plate_column=plate_column, samples=samples,
         plates_without_controls=plates_without_controls, step="mad")
@@ -277,7 +277,7 @@ def rank_int(
     """
     if ties not in ("random", "average"):
         raise ConfigError("ties must be 'random' or 'average'")
-    names = feature_columns(profiles, features=features, feature_prefixes=feature_prefixes)
+    names = resolve_features(profiles, features, feature_prefixes=feature_prefixes)
     x = _matrix32(profiles, names)
     perm = np.random.default_rng(seed).permutation(len(x)) if ties == "random" else None
     for s in range(0, x.shape[1], _BLOCK):
@@ -307,7 +307,7 @@ def correct_well_position(
 
     Missing values are left out of the means and stay missing (no row is dropped).
     """
-    names = feature_columns(profiles, features=features, feature_prefixes=feature_prefixes)
+    names = resolve_features(profiles, features, feature_prefixes=feature_prefixes)
     codes, _ = pd.factorize(_column(profiles, well_column, "well_column").astype(str))
     onehot = sparse.csr_matrix(
         (np.ones(len(codes), dtype=np.float64), (codes, np.arange(len(codes)))),
@@ -347,7 +347,7 @@ def regress_cell_count(
     The fit uses the wells where both are present; a well without a residual (missing
     count or value) keeps its original value.
     """
-    names = feature_columns(profiles, features=features, feature_prefixes=feature_prefixes)
+    names = resolve_features(profiles, features, feature_prefixes=feature_prefixes)
     count = pd.to_numeric(_column(profiles, cell_count_column, "cell_count_column"), errors="coerce")
     c = count.to_numpy(dtype=np.float64)
     has_count = np.isfinite(c)
@@ -388,7 +388,7 @@ def remove_outliers(
     """
     if bound <= 0:
         raise ConfigError("bound must be > 0")
-    names = feature_columns(profiles, features=features, feature_prefixes=feature_prefixes)
+    names = resolve_features(profiles, features, feature_prefixes=feature_prefixes)
     x = _matrix32(profiles, names)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -410,7 +410,7 @@ def drop_na_features(
     feature_prefixes: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """Drop features with any missing or infinite value."""
-    names = feature_columns(profiles, features=features, feature_prefixes=feature_prefixes)
+    names = resolve_features(profiles, features, feature_prefixes=feature_prefixes)
     bad = ~np.isfinite(_matrix32(profiles, names)).all(axis=0)
     dropped = [n for n, b in zip(names, bad) if b]
     log.info("dropna: dropped %d of %d features", len(dropped), len(names))
@@ -443,7 +443,7 @@ def pca(
     """
     if not 0 < variance_fraction <= 1:
         raise ConfigError("variance_fraction must be in (0, 1]")
-    names = feature_columns(profiles, features=features, feature_prefixes=feature_prefixes)
+    names = resolve_features(profiles, features, feature_prefixes=feature_prefixes)
     x = feature_matrix(profiles, names)
     _complete(x, "pca")
     if len(x) < 2:
@@ -500,7 +500,7 @@ def sphere(
     mAP against negative controls and mAP against other perturbations (by
     ``pert_column``) is kept; ``attrs["sphering"]`` records every score.
     """
-    names = feature_columns(profiles, features=features, feature_prefixes=feature_prefixes)
+    names = resolve_features(profiles, features, feature_prefixes=feature_prefixes)
     grid = [float(epsilon)] if isinstance(epsilon, int | float) else [float(e) for e in epsilon]
     if not grid or any(e < 0 for e in grid):
         raise ConfigError("epsilon must be one number >= 0 or a non-empty list of them")
@@ -552,7 +552,7 @@ def harmony_handed_over(
     if len(frames) != 1:
         raise InputError("harmony_handed_over takes a list holding exactly one frame")
     profiles = frames.pop()
-    names = feature_columns(profiles, features=features, feature_prefixes=feature_prefixes)
+    names = resolve_features(profiles, features, feature_prefixes=feature_prefixes)
     batches = _column(profiles, batch_key, "batch_key")
     if batches.isna().any():
         raise InputError(f"harmony: {int(batches.isna().sum())} row(s) have no {batch_key}")
