@@ -216,8 +216,9 @@ class SingleCellStream:
     ``tables`` are the backend's column names per table (``TableNumber`` first, object
     columns prefixed; ``Image`` bare); :meth:`add` takes one site: its TableNumber, its
     Image rows, and per object table an array on that table's columns after
-    ``TableNumber``. Cell QC needs plate-wide z-scores: run :func:`cytoprofile.cell_qc.flag_single_cells`
-    on the finished file.
+    ``TableNumber``. ``join`` are :class:`SingleCellJoin`'s options (compartments, hub, links,
+    image feature categories, metadata), as :func:`write_single_cells` takes them. Cell QC needs
+    plate-wide z-scores: run :func:`cytoprofile.cell_qc.flag_single_cells` on the finished file.
     """
 
     def __init__(
@@ -226,20 +227,15 @@ class SingleCellStream:
         tables: Mapping[str, Sequence[str]],
         *,
         formats: Sequence[SingleCellFormat] = ("parquet",),
-        compartments: Sequence[str] = DEFAULT_COMPARTMENTS,
-        hub: str = DEFAULT_HUB,
-        links: Mapping[str, str] | None = None,
-        image_feature_categories: Sequence[str] = (),
-        metadata: Sequence[str] | Literal["all"] | None = None,
         file_metadata: Mapping[str, str] | None = None,
+        **join: Any,
     ) -> None:
         _check_formats(formats)
         self.paths = single_cells_paths(prefix)
         image = list(tables.get("Image", []))
         columns = {**tables, "Image": [*[k for k in ("TableNumber", "ImageNumber") if k not in image], *image]}
         self.source = SiteSource(columns, where=str(prefix))
-        self.join = SingleCellJoin(self.source, compartments=compartments, hub=hub, links=links,
-                                   image_feature_categories=image_feature_categories, metadata=metadata)
+        self.join = SingleCellJoin(self.source, **join)
         self.formats = list(dict.fromkeys(formats))
         self.writers: list[SiteSink] = [ParquetSink(self.paths["parquet"], metadata=file_metadata) if f == "parquet" else
                                        AnnDataSink(self.paths["anndata"], self.join) for f in self.formats]
