@@ -125,31 +125,29 @@ def test_a_write_ahead_log_is_read_with_its_file_and_said_so(tmp_path: Path, cap
 
 def test_a_write_ahead_log_in_a_read_only_folder_is_named_with_the_fix(tmp_path: Path) -> None:
     """SQLite cannot open a WAL-mode file whose folder it cannot write its ``-shm`` index to: one line naming the
-    file and the fix, exit 1, never "the file is damaged". Run as an unprivileged user (root writes anywhere)."""
+    file and the fix, exit 1, never "the file is damaged". The folder is a read-only bind mount in a private
+    mount namespace (read-only even for root)."""
     import os
+    import shutil
     import subprocess
     import sys
 
     db_ws, files = _db_workspace(tmp_path, _csv_workspace(tmp_path, long_name=False), "P1", table_prefix="")
     _wal_only(files[0], "UPDATE Per_Cells SET Cells_AreaShape_Area = 12345")
     folder = Path(files[0]).parent
-    for p in (tmp_path, *tmp_path.parents):  # the unprivileged user must reach the workspace and the interpreter
-        if p != Path("/"):
-            p.chmod(p.stat().st_mode | 0o011)
-    for path in [db_ws, *db_ws.rglob("*")]:
-        path.chmod(0o777 if path.is_dir() else 0o666)
-    folder.chmod(0o555)
-    user = [] if os.geteuid() else ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-    code = "import sys; from cytoprofile.cli import main; sys.exit(main(sys.argv[1:]))"
-    scratch = tmp_path / "scratch"
-    scratch.mkdir(mode=0o777)
-    scratch.chmod(0o777)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "HOME": str(tmp_path)}
-    done = subprocess.run([*user, sys.executable, "-c", code, "collate", str(db_ws), BATCH, "P1", "-q",
-                           "--tmp-dir", str(scratch)], capture_output=True, text=True, env=env, timeout=300)
-    folder.chmod(0o755)
-    err = done.stderr.strip().splitlines()
-    assert done.returncode == 1, done.stderr
-    assert "left in WAL mode" in err[-1] and f"make {folder} writable" in err[-1] and "damaged" not in done.stderr
-    assert "Traceback" not in done.stderr
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare(1) is not installed: cannot mount a read-only folder")
+    readonly = f"mount --bind {folder} {folder} && mount -o remount,bind,ro {folder}"
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", f"{readonly} && ! touch {folder}/probe"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"a read-only bind mount is not allowed here: {probe.stderr.decode().strip()}")
+    script = (f"{readonly} && {sys.executable} -m cytoprofile collate {db_ws} {BATCH} P1 -q --tmp-dir {tmp_path}; "
+              "echo status=$?")
+    done = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    err = [line for line in done.stderr.strip().splitlines() if line.strip()]
+    assert "status=1" in done.stdout, done.stdout + done.stderr
+    assert len(err) == 1 and "left in WAL mode" in err[0] and f"make {folder} writable" in err[0], err
+    assert "damaged" not in done.stderr and "Traceback" not in done.stderr
     assert not list((db_ws / "backend").rglob("P1.*")), "nothing under a final name"
+    assert not Path(files[0] + "-shm").exists()
