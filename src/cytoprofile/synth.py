@@ -252,8 +252,8 @@ def _check_counts(**counts: int | None) -> None:
 
 def _export_databases(root: str, batch: str, plates: Sequence[str], *, files: int, layout: str) -> None:
     """Each plate's site CSVs become ExportToDatabase SQLite files (the CSVs go)."""
+    ws = Workspace(root)
     for plate in plates:
-        ws = Workspace(root)
         write_export_database(root, ws.analysis_plate(batch, plate), batch=batch, plates=[plate], files=files, layout=layout)
         shutil.rmtree(ws.analysis(batch, plate))
 
@@ -370,10 +370,10 @@ def _write_metadata(
     treat_names: Sequence[str],
     n_strong: int,
 ) -> None:
-    meta = Path(Workspace(root).platemaps(batch))
-    (meta / "platemap").mkdir(parents=True, exist_ok=True)
+    ws = Workspace(root)
+    Path(ws.platemap(batch, "x")).parent.mkdir(parents=True, exist_ok=True)
     lines = ["Assay_Plate_Barcode,Plate_Map_Name"] + [f"{r['Assay_Plate_Barcode']},{r['Plate_Map_Name']}" for r in barcode_rows]
-    (meta / "barcode_platemap.csv").write_text("\n".join(lines) + "\n")
+    Path(ws.barcode_platemap(batch)).write_text("\n".join(lines) + "\n")
     for name in sorted({str(r["Plate_Map_Name"]) for r in barcode_rows}):
         rows = ["plate_map_name\twell_position\tbroad_sample\tmg_per_ml\tmmoles_per_liter\tsolvent\tcontrol_type"]
         for well in wells:
@@ -381,14 +381,14 @@ def _write_metadata(
                 rows.append(f"{name}\t{well}\tDMSO\t0\t0\tDMSO\tnegcon")
             else:
                 rows.append(f"{name}\t{well}\t{treatment_of[well]}\t3.1\t10\tDMSO\ttrt")
-        (meta / "platemap" / f"{name}.txt").write_text("\n".join(rows) + "\n")
-    ext = Path(Workspace(root).path(Workspace.metadata_rel("external_metadata")))
-    ext.mkdir(parents=True, exist_ok=True)
+        Path(ws.platemap(batch, name)).write_text("\n".join(rows) + "\n")
+    external = Path(ws.external_metadata("external_metadata", "external_metadata.tsv"))
+    external.parent.mkdir(parents=True, exist_ok=True)
     rows = ["broad_sample\tpert_iname\tmoa"]
     rows.append("DMSO\tDMSO\tcontrol vehicle")
     for i, t in enumerate(treat_names):
         rows.append(f"{t}\tcompound-{i:03d}\t{'active' if i < n_strong else 'inert'}")
-    (ext / "external_metadata.tsv").write_text("\n".join(rows) + "\n")
+    external.write_text("\n".join(rows) + "\n")
 
 
 def cellprofiler_column_name(name: str, *, max_length: int = 64) -> str:
