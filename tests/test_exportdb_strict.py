@@ -151,3 +151,24 @@ def test_a_write_ahead_log_in_a_read_only_folder_is_named_with_the_fix(tmp_path:
     assert "damaged" not in done.stderr and "Traceback" not in done.stderr
     assert not list((db_ws / "backend").rglob("P1.*")), "nothing under a final name"
     assert not Path(files[0] + "-shm").exists()
+
+
+def test_a_copy_without_its_write_ahead_log_is_no_copy(tmp_path: Path) -> None:
+    """Two run files equal on disk, one with committed rows in its ``-wal``: they hold different rows, so neither
+    is read once as a copy of the other (the log's rows were lost, exit 0); their images are named as clashing."""
+    import sqlite3
+
+    db_ws, files = _db_workspace(tmp_path, _csv_workspace(tmp_path, long_name=False), "P1", table_prefix="")
+    conn = sqlite3.connect(files[0])
+    conn.execute("PRAGMA journal_mode=WAL")  # in WAL mode, nothing pending: closing leaves the file alone
+    conn.close()
+    logged = Path(files[0]).with_name("zlogged.sqlite")
+    shutil.copyfile(files[0], logged)
+    _wal_only(str(logged), "UPDATE Per_Cells SET Cells_AreaShape_Area = 12345")
+    assert logged.read_bytes() == Path(files[0]).read_bytes() and Path(str(logged) + "-wal").stat().st_size
+    got = _run(db_ws, "P1")
+    section = got["report"]["export_database"]
+    assert not [f for f in section.get("files", []) if "copy" in str(f.get("not_read", ""))], section.get("files")
+    dropped = {d["file"] for d in section["dropped"]}
+    assert any("zlogged.sqlite" in f for f in dropped) and any(Path(files[0]).name in f for f in dropped)
+    assert got["report"]["totals"]["export_rows_dropped"] > 0  # named, not lost

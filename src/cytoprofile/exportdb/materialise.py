@@ -115,20 +115,32 @@ log = logging.getLogger("cytoprofile.exportdb")
 
 
 def _copies(exports: Sequence[ExportFile]) -> dict[str, str]:
-    """Files that are byte-for-byte copies of an earlier one (a run exported twice): name -> the earlier name."""
-    by_size: dict[int, list[ExportFile]] = {}
+    """Files that are byte-for-byte copies of an earlier one (a run exported twice): name -> the earlier name.
+
+    A file's write-ahead log is part of it: two files equal on disk but not in their ``-wal`` (one copied
+    without its log) hold different rows, so they are no copies."""
+    by_size: dict[tuple[int, int], list[ExportFile]] = {}
     for e in exports:
-        by_size.setdefault(os.path.getsize(e.path), []).append(e)
+        by_size.setdefault((os.path.getsize(e.path), _log_size(e.path)), []).append(e)
     out: dict[str, str] = {}
-    for same in (group for group in by_size.values() if len(group) > 1):
-        first: dict[str, str] = {}
+    for (_, log_size), same in ((key, group) for key, group in by_size.items() if len(group) > 1):
+        first: dict[tuple[str, str | None], str] = {}
         for e in same:
-            digest = file_digest(e.path)  # streamed: a run's file can be many GB
+            # streamed: a run's file can be many GB
+            digest = (file_digest(e.path), file_digest(e.path + "-wal") if log_size else None)
             if digest in first:
                 out[e.name] = first[digest]
             else:
                 first[digest] = e.name
     return out
+
+
+def _log_size(path: str) -> int:
+    """Bytes of the file's write-ahead log (0: none, or empty)."""
+    try:
+        return os.path.getsize(path + "-wal")
+    except OSError:
+        return 0
 
 
 def _guarded(export: ExportFile, images: Iterator[ExportImage]) -> Iterator[ExportImage]:
