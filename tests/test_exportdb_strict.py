@@ -172,3 +172,48 @@ def test_a_copy_without_its_write_ahead_log_is_no_copy(tmp_path: Path) -> None:
     dropped = {d["file"] for d in section["dropped"]}
     assert any("zlogged.sqlite" in f for f in dropped) and any(Path(files[0]).name in f for f in dropped)
     assert got["report"]["totals"]["export_rows_dropped"] > 0  # named, not lost
+
+
+def test_a_wal_mode_file_without_a_log_is_read_without_writing_beside_it(tmp_path: Path) -> None:
+    """A run file in WAL mode whose log was checkpointed away: reading it creates no ``-wal``/``-shm`` in the
+    input folder, so the next run sees the same inputs and skips the plate."""
+    import sqlite3
+
+    db_ws, files = _db_workspace(tmp_path, _csv_workspace(tmp_path, long_name=False), "P1", table_prefix="")
+    conn = sqlite3.connect(files[0])
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.close()
+    folder = Path(files[0]).parent
+    before = sorted(p.name for p in folder.iterdir())
+    first = _run(db_ws, "P1")
+    assert first["result"].status == "done"
+    assert sorted(p.name for p in folder.iterdir()) == before, "nothing written into the input folder"
+    assert collate_export(db_ws, BATCH, "P1").status == "skipped"
+
+
+def test_an_interrupted_writer_s_journal_is_named_with_the_fix(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """A hot ``-journal`` (a writer killed inside a transaction) must be rolled back before the file is read:
+    one line naming the file and how, exit 1, nothing written, the input untouched."""
+    import os
+    import sqlite3
+
+    db_ws, files = _db_workspace(tmp_path, _csv_workspace(tmp_path, long_name=False), "P1", table_prefix="")
+    pid = os.fork()
+    if pid == 0:  # a writer killed part way: more changed pages than its cache holds, so some reach the file
+        conn = sqlite3.connect(files[0])
+        conn.execute("PRAGMA cache_size=2")
+        conn.execute("BEGIN")
+        conn.execute("UPDATE Per_Cells SET Cells_AreaShape_Area = Cells_AreaShape_Area + 1")
+        os._exit(0)
+    os.waitpid(pid, 0)
+    journal = Path(files[0] + "-journal")
+    assert journal.stat().st_size > 0
+    kept = Path(files[0]).read_bytes(), journal.read_bytes()
+    capsys.readouterr()
+    assert main(["collate", str(db_ws), BATCH, "P1", "-q"]) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "-journal beside it" in err[0] and "PRAGMA quick_check" in err[0], err
+    assert "damaged" not in err[0] and "copy the file again" not in err[0]
+    assert (Path(files[0]).read_bytes(), journal.read_bytes()) == kept, "the input is left as it was"
+    assert not list((db_ws / "backend").rglob("P1.*"))

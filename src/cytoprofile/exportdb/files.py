@@ -227,7 +227,17 @@ def connect(path: str) -> sqlite3.Connection:
         raise InputError(f"{path}: cannot be read ({exc.strerror})") from exc
     if magic != _SQLITE_MAGIC:
         raise InputError(f"{path}: not an SQLite file; give CellProfiler ExportToDatabase output (database type SQLite)")
-    return sqlite3.connect(f"file:{Path(path).resolve().as_posix()}?mode=ro", uri=True, check_same_thread=False)
+    where = Path(path).resolve().as_posix()
+    if not _has_log(path):  # every row is in the file: read it as it is, writing nothing beside it
+        return sqlite3.connect(f"file:{where}?immutable=1", uri=True, check_same_thread=False)
+    return sqlite3.connect(f"file:{where}?mode=ro", uri=True, check_same_thread=False)
+
+
+def _has_log(path: str) -> bool:
+    """Whether rows may wait outside the file: a non-empty ``-wal`` or a ``-journal`` beside it. Without one,
+    SQLite would still create ``-wal`` and ``-shm`` to open a WAL-mode file (in the input folder, and the next
+    run would see a changed input), so the file is opened immutable instead."""
+    return any(os.path.isfile(path + s) and os.path.getsize(path + s) for s in ("-wal", "-journal"))
 
 
 def database_problem(path: str, exc: sqlite3.DatabaseError) -> InputError:
@@ -239,6 +249,11 @@ def database_problem(path: str, exc: sqlite3.DatabaseError) -> InputError:
         return InputError(f"{path}: left in WAL mode ({os.path.basename(path)}-wal beside it) in a folder SQLite cannot "
                           f"write its index ({os.path.basename(path)}-shm) to; make {folder} writable, or copy the "
                           "file with its -wal file to a writable folder and read it there")
+    if "attempt to write a readonly database" in text and os.path.isfile(path + "-journal"):
+        return InputError(f"{path}: a writer of it stopped part way ({os.path.basename(path)}-journal beside it holds "
+                          "what its unfinished change overwrote), so the file must be rolled back before it can be "
+                          f"read; open it once with the sqlite3 command (sqlite3 {path} 'PRAGMA quick_check'), which "
+                          "rolls the change back, then collate again")
     if "Could not decode to UTF-8" in text:
         where = text.split(" with text ")[0].replace("Could not decode to UTF-8 column", "column")
         return InputError(f"{path}: {where} holds a TEXT value that is not UTF-8; re-export the file from CellProfiler "
