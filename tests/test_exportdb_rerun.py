@@ -99,3 +99,30 @@ def test_overwrite_of_the_same_files_still_says_overwrite(tmp_path: Path, caplog
         _run(db_ws, "P1", overwrite=True)
     said = _messages(caplog, "P1")
     assert len(said) == 1 and said[0][0] == logging.INFO and said[0][1].startswith("P1: --overwrite; replacing ")
+
+
+def test_another_user_s_scratch_folder_is_left_alone(tmp_path: Path) -> None:
+    """In a shared temporary folder, another user's scratch folders (a killed run's, lock free) are theirs:
+    a run neither removes them nor fails on them (unreadable to it, they stopped every run with a
+    'cannot write' naming their folder)."""
+    import os
+
+    from cytoprofile.workspace import scratch_dir
+
+    scratch = tmp_path / "scratch"
+    theirs = scratch / "cytoprofile-export-P1-theirs"
+    theirs.mkdir(parents=True)
+    (theirs / ".cytoprofile-scratch.lock").write_text("")
+    (theirs / "data.csv").write_text("x\n")
+    if os.geteuid() != 0:
+        pytest.skip("only root can make a folder owned by another user")
+    os.chown(theirs, 65534, 65534)
+    os.chown(theirs / ".cytoprofile-scratch.lock", 65534, 65534)
+    theirs.chmod(0o700)
+    with scratch_dir(str(scratch), "cytoprofile-export-P1-") as mine:
+        assert Path(mine).is_dir()
+    assert (theirs / "data.csv").exists()
+    csv_ws = _csv_workspace(tmp_path, long_name=False)
+    db_ws, _ = _db_workspace(tmp_path, csv_ws, "P1", files=1)
+    assert collate_export(db_ws, BATCH, "P1", tmp_dir=str(scratch)).status == "done"
+    assert theirs.exists()

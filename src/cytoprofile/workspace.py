@@ -219,12 +219,13 @@ _SCRATCH_LOCK = ".cytoprofile-scratch.lock"
 
 
 def _clean_scratch(parent: str) -> None:
-    """Remove scratch folders of runs that were killed (their lock is free)."""
+    """Remove this user's scratch folders of runs that were killed (their lock is free); another user's
+    folders in a shared ``/tmp`` are theirs (and unreadable): left alone."""
     for entry in Path(parent).glob("cytoprofile-*"):
         lock = entry / _SCRATCH_LOCK
-        if not entry.is_dir() or entry.is_symlink() or not lock.is_file():
-            continue
         try:
+            if entry.is_symlink() or not entry.is_dir() or entry.stat().st_uid != os.getuid() or not lock.is_file():
+                continue
             fd = os.open(lock, os.O_RDWR)
         except OSError:
             continue
