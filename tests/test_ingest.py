@@ -468,7 +468,7 @@ def _mutate_duplicate(plate_dir: Path, shape: str) -> tuple[str, str]:
         return "P1-A02-9", "reached twice through a link"
     if shape == "copy":
         faults.copy_site(plate_dir, target, "P1-A02-9")
-        return "P1-A02-9", "identical Image.csv"
+        return "P1-A02-9", "a copy of site P1-A02-1 (identical Image.csv and files)"
     if shape == "other-plate":
         faults.set_image_value(target, "Metadata_Plate", "P2")
         return target.name, "names plate 'P2'"
@@ -491,6 +491,28 @@ def test_duplicate_keys_and_foreign_sites_are_refused(tmp_path: Path, shape: str
     entry = _sites(result)[refused]
     assert entry["status"] == "quarantined" and reason in entry["reason"], entry["reason"]
     assert [s["site"] for s in result.report["sites"] if s["status"] != "ok"] == [refused]
+
+
+@pytest.mark.parametrize("changed", ["Cells.csv", "Nuclei.csv", "a file more"])
+def test_a_copied_site_whose_other_files_differ_is_refused_with_its_original(tmp_path: Path, changed: str) -> None:
+    """``PLATE-A02-1 (rerun)`` beside ``PLATE-A02-1``, the same Image.csv but other objects: which is right is
+    unknown, so both are quarantined (not the later one alone, keeping whichever sorts first), each naming the other."""
+    plate_dir = faults.small_plate(tmp_path)
+    target = faults.site(plate_dir, "A02", 1)
+    copy = plate_dir / f"{target.name} (rerun)"
+    faults.copy_site(plate_dir, target, copy.name)
+    if changed == "a file more":
+        (copy / "Speckles.csv").write_text("ImageNumber,ObjectNumber,AreaShape_Area\n")
+    else:
+        rows = faults.read_rows(copy / changed)
+        rows[1][-1] = str(float(rows[1][-1]) + 1)
+        faults.write_rows(copy / changed, rows)
+    result = _collate(tmp_path, plate_dir)
+    sites = _sites(result)
+    for name, other in ((target.name, copy.name), (copy.name, target.name)):
+        assert sites[name]["status"] == "quarantined", sites[name]
+        assert f"identical to site {other}'s but other files differ" in sites[name]["reason"]
+    assert [s["site"] for s in result.report["sites"] if s["status"] != "ok"] == sorted([target.name, copy.name])
 
 
 @pytest.mark.parametrize("column", ["ObjectNumber", "ImageNumber", "Parent_Nuclei"])

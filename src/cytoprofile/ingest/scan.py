@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from ..digest import file_digest
 from ..errors import InputError
 from ..vocabulary import is_text_column
 from .image import check_image, parse_image
@@ -546,7 +547,7 @@ def scan_sites(
 def _mark_duplicates(scans: Sequence[SiteScan]) -> None:
     """The same site reached twice (a link, a copy) or two sites sharing a TableNumber: the later one is refused."""
     by_path: dict[str, str] = {}
-    by_digest: dict[str, str] = {}
+    by_digest: dict[str, SiteScan] = {}
     by_number: dict[int, str] = {}
     for scan in sorted(scans, key=lambda s: s.name):
         image = scan.files.get(IMAGE_TABLE)
@@ -554,17 +555,40 @@ def _mark_duplicates(scans: Sequence[SiteScan]) -> None:
             scan.problem = None
             scan.quarantine(f"the same folder as site {by_path[scan.real_path]} (reached twice through a link)", scan.path)
         elif scan.digest is not None and scan.digest in by_digest:
-            scan.problem = None
-            scan.quarantine(f"a copy of site {by_digest[scan.digest]} (identical Image.csv)", image)
+            _mark_copy(scan, by_digest[scan.digest])
         elif scan.table_number is not None and scan.table_number in by_number:
             scan.problem = None
             scan.quarantine(f"its TableNumber (CRC32 of Image.csv) {scan.table_number} equals site {by_number[scan.table_number]}'s", image)
         if scan.real_path is not None:
             by_path.setdefault(scan.real_path, scan.name)
         if scan.digest is not None:
-            by_digest.setdefault(scan.digest, scan.name)
+            by_digest.setdefault(scan.digest, scan)
         if scan.table_number is not None and scan.problem is None:
             by_number.setdefault(scan.table_number, scan.name)
+
+
+def _mark_copy(scan: SiteScan, first: SiteScan) -> None:
+    """A folder whose Image.csv is ``first``'s: a copy (refused, ``first`` kept) when every file is the same,
+    else two versions of one site, of which neither is known right (both refused)."""
+    image = scan.files.get(IMAGE_TABLE)
+    scan.problem = None
+    if _same_files(scan, first):
+        scan.quarantine(f"a copy of site {first.name} (identical Image.csv and files)", image)
+        return
+    why = ("Image.csv is identical to site {other}'s but other files differ (a re-run?); which copy is right is "
+           "unknown: remove the wrong folder")
+    scan.quarantine(why.format(other=first.name), image)
+    first.quarantine(why.format(other=scan.name), first.files.get(IMAGE_TABLE))
+
+
+def _same_files(a: SiteScan, b: SiteScan) -> bool:
+    """Whether two site folders hold the same CSV files, by name and content."""
+    files = [{name.lower(): path for name, path, _ in s.csv_files} for s in (a, b)]
+    if files[0].keys() != files[1].keys():
+        return False
+    pairs = [(files[0][n], files[1][n]) for n in files[0]]
+    return (all(os.path.getsize(x) == os.path.getsize(y) for x, y in pairs)
+            and all(file_digest(x) == file_digest(y) for x, y in pairs))
 
 
 def _mark_repeated_sites(scans: Sequence[SiteScan], plate: str) -> None:
