@@ -70,3 +70,31 @@ def test_a_quoted_cr_in_a_csv_value_is_a_byte_of_the_value(tmp_path: Path, value
     stored = _values(result.outputs["sqlite"], f'SELECT "{header[column]}" FROM Image WHERE "{header[column]}" = '
                      f"'{value.replace(chr(39), chr(39) * 2)}'")
     assert stored == [value]
+
+
+#: metadata numbers as a JUMP run's ExportToSpreadsheet writes them, and as ExportToDatabase stores them (REAL)
+_METADATA_NUMBERS = [0.0, -4e-06, 5.979760809567617e-07, 10.0, 1e22, 123.456]
+
+
+@pytest.mark.parametrize("table", ["image", "object"])
+def test_numbers_in_metadata_columns_are_stored_as_the_csv_route_stores_them(tmp_path: Path, table: str) -> None:
+    """``Image_Metadata_PositionX`` stored as REAL: the backend's text is what the CSV route keeps from
+    ExportToSpreadsheet's file (``0.0``, ``-4e-06``), not another float format (``0``, ``-0.000004``), so a
+    join on the key matches across the two routes."""
+    csv_ws = _csv_workspace(tmp_path, long_name=False)
+    db_ws, files = _db_workspace(tmp_path, csv_ws, "P1", files=1)
+    n = len(_METADATA_NUMBERS)
+    cases = " ".join(f"WHEN {i} THEN {v!r}" for i, v in enumerate(_METADATA_NUMBERS))
+    prefix, key = ("Image", "ImageNumber") if table == "image" else ("Cells", "Cells_Number_Object_Number")
+    conn = sqlite3.connect(files[0])
+    try:
+        conn.execute(f'ALTER TABLE "MyExpt_Per_{prefix}" ADD COLUMN {prefix}_Metadata_PositionX REAL')
+        conn.execute(f'UPDATE "MyExpt_Per_{prefix}" SET {prefix}_Metadata_PositionX = CASE {key} % {n} {cases} END')
+        conn.commit()
+        used = {k % n for k in _values(files[0], f'SELECT {key} FROM "MyExpt_Per_{prefix}"')}
+    finally:
+        conn.close()
+    got = _run(db_ws, "P1")
+    column = "Metadata_PositionX" if table == "image" else "Cells_Metadata_PositionX"
+    stored = set(_values(got["sqlite"], f"SELECT {column} FROM {prefix} WHERE {column} IS NOT NULL"))
+    assert stored == {repr(_METADATA_NUMBERS[i]) for i in used} and len(stored) >= 3

@@ -20,7 +20,7 @@ from ..backend import quote
 from ..digest import file_digest
 from ..errors import AccountingError, InputError
 from ..ingest import TABLE_NUMBER_FILE, normalise_site
-from ..vocabulary import normalise_well
+from ..vocabulary import is_text_column, normalise_well
 from .files import (
     Dropped,
     ExportFile,
@@ -39,8 +39,19 @@ __all__ = [
 ]
 
 
+def _text_as_written(table: pa.Table) -> pa.Table:
+    """Numbers stored in text-family columns (``Metadata_PositionX`` as REAL) as ExportToSpreadsheet writes them
+    (Python's shortest form: ``0.0``, ``-4e-06``), so they reach the backend as the CSV route stores them."""
+    for i, name in enumerate(table.column_names):
+        if is_text_column(name) and pa.types.is_floating(table.column(i).type):
+            text = pa.array([None if v is None else repr(float(v)) for v in table.column(i).to_pylist()], pa.string())
+            table = table.set_column(i, name, text)
+    return table
+
+
 def _write_csv(table: pa.Table, path: str) -> None:
     """A CSV as ExportToSpreadsheet writes it: bare header and values; quotes only when a value needs them."""
+    table = _text_as_written(table)
     header = ",".join(n if re.fullmatch(r"[^,\"\r\n]*", n) else '"' + n.replace('"', '""') + '"' for n in table.column_names)
     body = pa.BufferOutputStream()
     try:
@@ -58,7 +69,7 @@ def _write_object_csv(table: pa.Table, path: str) -> None:
     import polars as pl
 
     try:
-        frame = pl.from_arrow(table)
+        frame = pl.from_arrow(_text_as_written(table))
     except pl.exceptions.PolarsError:
         _write_csv(table, path)
         return
