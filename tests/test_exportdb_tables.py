@@ -134,3 +134,23 @@ def _count(path: str, table: str) -> int:
         return int(conn.execute(f'SELECT COUNT(*) FROM "{table}"').fetchone()[0])
     finally:
         conn.close()
+
+
+@pytest.mark.parametrize("table", ["Per_Cells", "Per_Image"])
+@pytest.mark.parametrize("spelling", ["imagenumber", "IMAGENUMBER", "Imagenumber"])
+def test_the_image_key_in_another_case_is_the_image_key(tmp_path: Path, table: str, spelling: str) -> None:
+    """SQLite's column names are case-blind: ``imagenumber`` is ImageNumber (every site was quarantined with
+    "table MyExpt_Per_Cells is missing" while the table was listed as not stored, with no reason)."""
+    csv_ws = _csv_workspace(tmp_path, long_name=False)
+    db_ws, files = _db_workspace(tmp_path, csv_ws, "P1", files=1)
+    expected = Path(_run(db_ws, "P1")["result"].outputs["profiles"]).read_bytes()
+    conn = sqlite3.connect(files[0])
+    try:
+        conn.execute(f'ALTER TABLE "MyExpt_{table}" RENAME COLUMN ImageNumber TO {spelling}')
+        conn.commit()
+    finally:
+        conn.close()
+    got = _run(db_ws, "P1", overwrite=True)
+    assert {s["status"] for s in got["report"]["sites"]} == {"ok"}
+    assert got["report"]["totals"]["export_rows_dropped"] == 0
+    assert Path(got["result"].outputs["profiles"]).read_bytes() == expected

@@ -263,9 +263,12 @@ def database_problem(path: str, exc: sqlite3.DatabaseError) -> InputError:
 
 
 def _columns(conn: sqlite3.Connection, table: str, *, path: str) -> list[tuple[str, str]]:
-    """Name and declared type of each column of ``table`` (a name that is not UTF-8 is refused, naming its position)."""
+    """Name and declared type of each column of ``table`` (a name that is not UTF-8 is refused, naming its position).
+
+    ``imagenumber`` in any case is ``ImageNumber``: SQLite's names are case-blind, so it is the same column."""
     try:
-        return [(r[1], str(r[2] or "")) for r in conn.execute(f"PRAGMA table_info({quote(table)})")]
+        return [("ImageNumber" if r[1].lower() == "imagenumber" else r[1], str(r[2] or ""))
+                for r in conn.execute(f"PRAGMA table_info({quote(table)})")]
     except sqlite3.OperationalError as exc:
         if "Could not decode to UTF-8" not in str(exc):
             raise
