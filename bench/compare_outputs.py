@@ -19,7 +19,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-_VOLATILE_KEYS = frozenset({"written", "seconds", "started", "finished", "elapsed", "duration"})
+_VOLATILE_KEYS = frozenset({"written", "seconds", "started", "finished", "elapsed", "duration", "recorded_ns"})
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 

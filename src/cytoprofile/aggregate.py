@@ -23,6 +23,7 @@ from .errors import ConfigError, InputError
 from .vocabulary import (
     AGGREGATE_OPERATIONS,
     DEFAULT_COMPARTMENTS,
+    DEFAULT_IMAGE_FEATURE_CATEGORIES,
     DEFAULT_STRATA,
     KEY_COLUMNS,
     LINKING_COLUMNS,
@@ -36,7 +37,6 @@ if TYPE_CHECKING:
     from .cell_qc import OutlierCells
 
 __all__ = [
-    "DEFAULT_IMAGE_FEATURE_CATEGORIES",
     "WellAggregator",
     "aggregate",
     "aggregate_cells",
@@ -44,7 +44,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("cytoprofile.aggregate")
-DEFAULT_IMAGE_FEATURE_CATEGORIES = ("Granularity", "Texture", "ImageQuality", "Count", "Threshold")
 
 
 def _reduce(values: np.ndarray, operation: Operation) -> np.ndarray:

@@ -26,6 +26,7 @@ __all__ = [
     "Layout",
     "NEGCON",
     "OUTPUT_SUFFIXES",
+    "SIDECAR",
     "PROFILE_SUFFIXES",
     "QualityControlLayout",
     "Workspace",
@@ -53,6 +54,8 @@ NEGCON = "negcon"
 FORMAT_SUFFIX = {"parquet": ".parquet", "anndata": ".h5ad"}
 #: every ending a step output may have
 OUTPUT_SUFFIXES = (".csv.gz", ".csv", ".parquet", ".h5ad")
+#: the sidecar beside a text output (``PLATE.csv.generation``) naming the build that wrote it
+SIDECAR = ".generation"
 #: endings of collate's per-well profiles, in the order a reader looks for them
 PROFILE_SUFFIXES = (".csv", ".csv.gz", ".parquet")
 

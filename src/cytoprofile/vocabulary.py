@@ -48,6 +48,9 @@ __all__ = [
     "LINKING_COLUMNS",
     "METADATA_PREFIX",
     "MISSING_TOKENS",
+    "CSV_NULL_VALUES",
+    "DEFAULT_IMAGE_FEATURE_CATEGORIES",
+    "SPHERING_GRID",
     "NEGCON_QUERY",
     "NORMALIZE_METHODS",
     "OBJECT_COUNT_COLUMN",
@@ -401,8 +404,20 @@ def plate_layout(wells: Iterable[str]) -> tuple[int, int]:
 # ---------------------------------------------------------------- missing values
 
 #: Text a feature column may hold for a missing value (compared stripped, lower-cased).
-#: The tokens read as null from CSV files are ``ingest.NULL_VALUES``.
+#: The tokens read as null from CSV files are :data:`CSV_NULL_VALUES`.
 MISSING_TOKENS = frozenset({"", "na", "n/a", "nan", "none", "null"})
+
+# ---------------------------------------------------------------- defaults the command line shares
+
+#: Image.csv measurement categories collate and aggregate add as features by default (the handbook's
+#: collate_cmd.py categories).
+DEFAULT_IMAGE_FEATURE_CATEGORIES: tuple[str, ...] = ("Granularity", "Texture", "ImageQuality", "Count", "Threshold")
+#: Regularisation values sphering tries, the one giving the best mAP kept.
+SPHERING_GRID: tuple[float, ...] = tuple(10.0**k for k in range(-5, 4))
+#: What CellProfiler writes for a missing number in a CSV: NULL in a numeric column (``inf`` stays infinite). Any
+#: other word there (``NA``, ``None``, ``null``) is a non-number; a text column keeps every token as written, and
+#: an empty text field is NULL.
+CSV_NULL_VALUES: tuple[str, ...] = ("", "nan", "NaN")
 
 # ---------------------------------------------------------------- choice lists
 

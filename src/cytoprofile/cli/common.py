@@ -27,10 +27,13 @@ from typer.core import TyperGroup
 
 from .. import __version__
 from ..checks import check_choices
-from ..vocabulary import AGGREGATE_OPERATIONS, PLATES_WITHOUT_CONTROLS
+from ..vocabulary import (
+    AGGREGATE_OPERATIONS,
+    PLATES_WITHOUT_CONTROLS,
+)
 
 __all__ = [
-    "DEFAULT_IMAGE_FEATURE_CATEGORIES", "AddImageFeaturesOpt", "AggregateCompartmentsOpt", "AggregateOperationOpt", "CompartmentFeaturesOpt", "ImageFeaturesOpt", "OutputArg", "ProfilesArg", "SeedOpt", "StrataOpt", "SPHERING_GRID", "CompartmentsOpt", "ConnectTimeoutOpt", "EndpointOpt",
+    "AddImageFeaturesOpt", "AggregateCompartmentsOpt", "AggregateOperationOpt", "CompartmentFeaturesOpt", "ImageFeaturesOpt", "OutputArg", "ProfilesArg", "SeedOpt", "StrataOpt", "CompartmentsOpt", "ConnectTimeoutOpt", "EndpointOpt",
     "FeaturePrefixOpt", "FeaturesOpt", "FloatFormatOpt", "HubOpt", "NoControlsOpt", "NoSignOpt", "PlateColumnOpt",
     "ProfileOpt", "QuietOpt", "ReadTimeoutOpt", "ReferenceOpt", "RetriesOpt", "TmpDirOpt", "app",
     "check_float_format", "choice_option", "configure_storage", "one_of", "console", "feature_args", "log", "plate_progress",
@@ -104,10 +107,6 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 
-# defaults of library functions whose modules are slow to import; tests/test_cli_signatures.py
-# checks every command default against its function's
-DEFAULT_IMAGE_FEATURE_CATEGORIES = ("Granularity", "Texture", "ImageQuality", "Count", "Threshold")
-SPHERING_GRID = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 1e1, 1e2, 1e3)
 log = logging.getLogger("cytoprofile")
 
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors; no progress bars.")]

@@ -14,12 +14,12 @@ from ..vocabulary import (
     BACKEND_KINDS,
     COUNT_CHECKS,
     DEFAULT_COMPARTMENTS,
+    DEFAULT_IMAGE_FEATURE_CATEGORIES,
     DEFAULT_STRATA,
     SYNTH_EXPORTS,
     TABLE_FORMATS,
 )
 from .common import (
-    DEFAULT_IMAGE_FEATURE_CATEGORIES,
     AddImageFeaturesOpt,
     AggregateCompartmentsOpt,
     AggregateOperationOpt,

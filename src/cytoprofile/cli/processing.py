@@ -7,9 +7,8 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import about
-from ..vocabulary import MAP_MODES, NEGCON_QUERY, RANK_INT_TIES, SPHERIZE_METHODS
+from ..vocabulary import MAP_MODES, NEGCON_QUERY, RANK_INT_TIES, SPHERING_GRID, SPHERIZE_METHODS
 from .common import (
-    SPHERING_GRID,
     FeaturePrefixOpt,
     FeaturesOpt,
     FloatFormatOpt,

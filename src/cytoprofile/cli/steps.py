@@ -12,6 +12,7 @@ from ..vocabulary import (
     CONSENSUS_OPERATIONS,
     CORRELATION_METHODS,
     DEFAULT_COMPARTMENTS,
+    DEFAULT_IMAGE_FEATURE_CATEGORIES,
     DEFAULT_STRATA,
     NONE_WORDS,
     NORMALIZE_METHODS,
@@ -20,7 +21,6 @@ from ..vocabulary import (
     VARIANCE_THRESHOLD_MEANINGS,
 )
 from .common import (
-    DEFAULT_IMAGE_FEATURE_CATEGORIES,
     AddImageFeaturesOpt,
     AggregateCompartmentsOpt,
     AggregateOperationOpt,

@@ -13,9 +13,9 @@ from ..aggregate import aggregate
 from ..backend import object_column_name
 from ..errors import InputError
 from ..ingest import IMAGE_TABLE
-from ..layout import parquet_table_path
+from ..layout import SIDECAR, parquet_table_path
 from ..vocabulary import SINGLE_CELL_FORMATS
-from .outputs import GENERATION_KEY, SIDECAR
+from .outputs import GENERATION_KEY
 
 __all__ = ["CELL_OPTIONS", "aggregate_kept_cells", "cell_options", "single_cell_section", "single_cell_stream"]
 

@@ -16,6 +16,7 @@ from ..ingest import (
     IMAGE_TABLE,
 )
 from ..layout import (
+    SIDECAR,
     Workspace,
     is_parquet_table,
     parquet_table_path,
@@ -27,7 +28,7 @@ from ..layout import (
 )
 from ..vocabulary import TableFormat
 
-__all__ = ['BackendKind', 'GENERATION_KEY', 'PlateResult', 'ProfileFormat', 'Progress', 'SIDECAR', 'commit_local', 'generation_of', 'is_ours', 'kind_label', 'kind_of', 'mark_sqlite', 'plate_outputs', 'plate_profiles', 'remote_sizes', 'remove_stale', 'trusted_outputs', 'write_profiles']
+__all__ = ['BackendKind', 'GENERATION_KEY', 'PlateResult', 'ProfileFormat', 'Progress', 'commit_local', 'generation_of', 'is_ours', 'kind_label', 'kind_of', 'mark_sqlite', 'plate_outputs', 'plate_profiles', 'remote_sizes', 'remove_stale', 'trusted_outputs', 'write_profiles']
 
 log = logging.getLogger("cytoprofile.collate")
 
@@ -43,8 +44,6 @@ Progress = Callable[[str, int, int], None]
 
 GENERATION_KEY = GENERATION_TABLE
 
-
-SIDECAR = ".generation"
 
 
 @dataclass

@@ -14,6 +14,7 @@ from ..ingest import (
     reader_opens,
 )
 from ..layout import (
+    SIDECAR,
     Workspace,
     is_parquet_table,
     profiles_name,
@@ -22,7 +23,6 @@ from ..layout import (
 )
 from ..remote import list_entries
 from .outputs import (
-    SIDECAR,
     PlateResult,
     Progress,
     commit_local,

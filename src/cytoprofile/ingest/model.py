@@ -11,7 +11,7 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
-from ..vocabulary import KEY_COLUMNS, TEXT_FAMILIES
+from ..vocabulary import CSV_NULL_VALUES, KEY_COLUMNS, TEXT_FAMILIES
 
 __all__ = [
     "FOLDER_WARNING",
@@ -45,10 +45,9 @@ IMAGE_TABLE = "Image"
 FOLDER_WARNING = "folder "
 #: CellProfiler run metadata, not measurements: never an object table (any case, any prefix).
 RUN_METADATA_FILES = ("Experiment.csv",)
-#: what CellProfiler writes for a missing number: NULL in a numeric column (``inf`` stays infinite). Any other
-#: word there (``NA``, ``None``, ``null``) is a non-number; a text column keeps every token as written, and an
-#: empty text field is NULL.
-NULL_VALUES = ["", "nan", "NaN"]
+#: What CellProfiler writes for a missing number (:data:`~cytoprofile.vocabulary.CSV_NULL_VALUES`), as the list
+#: the CSV readers take.
+NULL_VALUES = list(CSV_NULL_VALUES)
 #: Columns of these families are text (ImageSet_ holds CellProfiler's encoded image set; Objects* name saved object
 #: masks), in Image.csv and in object CSVs alike; every other one is numeric.
 TEXT_IMAGE_FAMILIES = TEXT_FAMILIES

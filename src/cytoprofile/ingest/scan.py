@@ -14,7 +14,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from ..digest import file_digest
 from ..errors import InputError
 from ..vocabulary import is_text_column
 from .image import check_image, parse_image
@@ -30,6 +29,7 @@ from .model import (
     csv_stem,
     is_reserved_table,
 )
+from .repeats import mark_duplicates, mark_repeated_sites
 from .text import (
     after_lines,
     drop_blank_lines,
@@ -535,77 +535,10 @@ def scan_sites(
     """First pass over every site: files, headers, Image.csv rows and their wells; duplicate sites marked."""
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         scans = list(pool.map(lambda d: _scan_one(d, strata, plate, file_prefix), sorted(site_dirs)))
-    _mark_duplicates(scans)
-    _mark_repeated_sites(scans, plate)
+    mark_duplicates(scans)
+    mark_repeated_sites(scans, plate)
     disagreeing = [s for s in scans if s.problem is None and any(w.startswith(FOLDER_WARNING) for w in s.warnings)]
     if disagreeing:
         log.warning("%s: %d site folder name(s) disagree with Image.csv (listed in the report); first: %s", plate,
                     len(disagreeing), next(w for w in disagreeing[0].warnings if w.startswith(FOLDER_WARNING)))
     return scans
-
-
-def _mark_duplicates(scans: Sequence[SiteScan]) -> None:
-    """The same site reached twice (a link, a copy) or two sites sharing a TableNumber: the later one is refused."""
-    by_path: dict[str, str] = {}
-    by_digest: dict[str, SiteScan] = {}
-    by_number: dict[int, str] = {}
-    for scan in sorted(scans, key=lambda s: s.name):
-        image = scan.files.get(IMAGE_TABLE)
-        if scan.real_path is not None and scan.real_path in by_path:
-            scan.problem = None
-            scan.quarantine(f"the same folder as site {by_path[scan.real_path]} (reached twice through a link)", scan.path)
-        elif scan.digest is not None and scan.digest in by_digest:
-            _mark_copy(scan, by_digest[scan.digest])
-        elif scan.table_number is not None and scan.table_number in by_number:
-            scan.problem = None
-            scan.quarantine(f"its TableNumber (CRC32 of Image.csv) {scan.table_number} equals site {by_number[scan.table_number]}'s", image)
-        if scan.real_path is not None:
-            by_path.setdefault(scan.real_path, scan.name)
-        if scan.digest is not None:
-            by_digest.setdefault(scan.digest, scan)
-        if scan.table_number is not None and scan.problem is None:
-            by_number.setdefault(scan.table_number, scan.name)
-
-
-def _mark_copy(scan: SiteScan, first: SiteScan) -> None:
-    """A folder whose Image.csv is ``first``'s: a copy (refused, ``first`` kept) when every file is the same,
-    else two versions of one site, of which neither is known right (both refused)."""
-    image = scan.files.get(IMAGE_TABLE)
-    scan.problem = None
-    if _same_files(scan, first):
-        scan.quarantine(f"a copy of site {first.name} (identical Image.csv and files)", image)
-        return
-    why = ("Image.csv is identical to site {other}'s but other files differ (a re-run?); which copy is right is "
-           "unknown: remove the wrong folder")
-    scan.quarantine(why.format(other=first.name), image)
-    first.quarantine(why.format(other=scan.name), first.files.get(IMAGE_TABLE))
-
-
-def _same_files(a: SiteScan, b: SiteScan) -> bool:
-    """Whether two site folders hold the same CSV files, by name and content."""
-    files = [{name.lower(): path for name, path, _ in s.csv_files} for s in (a, b)]
-    if files[0].keys() != files[1].keys():
-        return False
-    pairs = [(files[0][n], files[1][n]) for n in files[0]]
-    return (all(os.path.getsize(x) == os.path.getsize(y) for x, y in pairs)
-            and all(file_digest(x) == file_digest(y) for x, y in pairs))
-
-
-def _mark_repeated_sites(scans: Sequence[SiteScan], plate: str) -> None:
-    """One (plate, well, site) in two folders whose Image.csv differ (a re-run copied beside the first run): which
-    is right is unknown, so every folder holding it is quarantined, naming the others (a warning on the terminal)."""
-    holders: dict[tuple[str, str], list[SiteScan]] = {}
-    for scan in sorted(scans, key=lambda s: s.name):
-        if scan.problem is None:
-            for key in dict.fromkeys(scan.site_keys):
-                holders.setdefault(key, []).append(scan)
-    repeated = {key: found for key, found in holders.items() if len(found) > 1}
-    for (well, site), found in sorted(repeated.items()):
-        for scan in found:
-            others = ", ".join(o.name for o in found if o is not scan)
-            scan.quarantine(f"site {plate}/{well}/{site} is also in folder(s) {others} (Image.csv differs: a re-run?); "
-                            "which copy is right is unknown: remove the wrong folder", scan.files.get(IMAGE_TABLE))
-    if repeated:
-        (well, site), found = sorted(repeated.items())[0]
-        log.warning("%s: %d site(s) appear in more than one folder and are quarantined (listed in the report); first: "
-                    "%s/%s in %s", plate, len(repeated), well, site, ", ".join(s.name for s in found))

@@ -37,7 +37,6 @@ from __future__ import annotations
 from ..vocabulary import PROCESSING_STEPS as CHAIN_STEPS
 from .chain import CHAIN_OPTIONS, check_chain_options, parse_chain, run_chain
 from .steps import (
-    SPHERING_GRID,
     correct_well_position,
     drop_na_features,
     harmony,
@@ -56,7 +55,6 @@ __all__ = [
     "CHAIN_OPTIONS",
     "CHAIN_STEPS",
     "check_chain_options",
-    "SPHERING_GRID",
     "correct_well_position",
     "drop_na_features",
     "harmony",

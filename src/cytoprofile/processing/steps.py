@@ -17,10 +17,9 @@ from ..errors import ConfigError, InputError
 from ..evaluate import mode_average_precision
 from ..step_data import feature_matrix, select_samples
 from ..vocabulary import NEGCON_QUERY as NEGCON
-from ..vocabulary import PLATES_WITHOUT_CONTROLS, resolve_features
+from ..vocabulary import PLATES_WITHOUT_CONTROLS, SPHERING_GRID, resolve_features
 
 __all__ = [
-    "SPHERING_GRID",
     "Features",
     "correct_well_position",
     "drop_na_features",
@@ -38,7 +37,6 @@ __all__ = [
 ]
 log = logging.getLogger("cytoprofile.processing")
 
-SPHERING_GRID: tuple[float, ...] = tuple(10.0**k for k in range(-5, 4))
 _BLOCK = 64  # feature columns handled at once (float64 work space: rows x 64 per temporary)
 
 Features = str | Sequence[str]

@@ -18,7 +18,7 @@ import pandas as pd
 
 from .. import io as cpio
 from ..errors import CytoprofileError, InputError
-from ..layout import Layout, QualityControlLayout
+from ..layout import OUTPUT_SUFFIXES, Layout, QualityControlLayout
 from ..vocabulary import EVALUATE_MODES, QC_LEVELS, REPLICATE_CANDIDATES, is_metadata, normal_well
 from .canvas import figure_png
 from .figures import (
@@ -48,7 +48,7 @@ from .summary import (
 
 __all__ = ["QualityControlResult", "quality_control"]
 
-_TABLE_EXTENSIONS = (".csv.gz", ".csv", ".parquet", ".h5ad")
+
 log = logging.getLogger("cytoprofile.qc")
 _LEVELS = QC_LEVELS
 _KINDS = ((True, "negative-control normalized, feature-selected"), (False, "whole-plate normalized, feature-selected"))
@@ -103,7 +103,7 @@ class _Plate:
 
 def _first_table(folder: str, stems: Sequence[str]) -> str | None:
     for stem in stems:
-        for ext in _TABLE_EXTENSIONS:
+        for ext in OUTPUT_SUFFIXES:
             path = cpio.join(folder, stem + ext)
             if cpio.exists(path):
                 return path

@@ -7,9 +7,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import io
-from ..collate.outputs import SIDECAR
 from ..config import Recipe
-from ..layout import Layout, Workspace, profiles_name, profiles_names, report_name, sqlite_name
+from ..layout import (
+    SIDECAR,
+    Layout,
+    Workspace,
+    profiles_name,
+    profiles_names,
+    report_name,
+    sqlite_name,
+)
 from ..processing import parse_chain
 from ..workspace import Staged, files_under, staged
 from .batch import batch_steps
