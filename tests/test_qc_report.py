@@ -688,3 +688,31 @@ def test_percent_replicating_with_nothing_to_score_says_why(singles: int) -> Non
     text = _text(html)
     assert f"Percent replicating: {reason}" in text
     assert "percentile ()" not in text and "Percent replicating: n/a" not in text
+
+
+@pytest.mark.parametrize("image_features", [False, True])
+def test_a_well_without_cells_leaves_the_feature_set_whole(tmp_path: Path, image_features: bool) -> None:
+    """One well with no cells (every compartment feature missing, as a zero-cell site's profile is) is left out
+    of the panels and named; the batch's other wells keep every feature (they kept only the image features)."""
+    root = tmp_path / "ws"
+    plates = write_workspace(root)
+    path = root / "profiles" / "B1" / "P2" / "P2_normalized_feature_select_negcon_batch.csv.gz"
+    frame = pd.read_csv(path)
+    if image_features:
+        frame["Image_Granularity_1_DNA"] = np.random.default_rng(0).normal(size=len(frame))
+        for p in ("P1", "BIG"):
+            other = root / "profiles" / "B1" / p / f"{p}_normalized_feature_select_negcon_batch.csv.gz"
+            if other.exists():
+                o = pd.read_csv(other)
+                o.assign(Image_Granularity_1_DNA=np.random.default_rng(1).normal(size=len(o))).to_csv(other, index=False)
+        frame.to_csv(path, index=False)
+    whole = qc.quality_control(root, "B1", plates, n_null=500, heatmaps=False)
+    compartments = [c for c in frame.columns if c.startswith(("Cells_", "Cytoplasm_", "Nuclei_"))]
+    frame.loc[frame["Metadata_Well"] == "C07", compartments] = np.nan
+    frame.to_csv(path, index=False)
+    got = qc.quality_control(root, "B1", plates, n_null=500, heatmaps=False)
+    assert got.n_features == whole.n_features and got.n_features > len(compartments) // 2
+    assert any("C07" in n and "without cells" in n for n in got.notes["P2"]), got.notes["P2"]
+    assert not any("without cells" in n for n in got.notes.get("P1", []))
+    html = (root / "quality_control" / "report" / "B1.html").read_text()
+    assert f"same {got.n_features} features" in _text(html) and "C07" in _text(html)

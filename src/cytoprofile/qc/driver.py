@@ -28,6 +28,7 @@ from .figures import (
     position_effect_figure,
 )
 from .metrics import (
+    cell_less_wells,
     map_by_plate,
     map_tables,
     percent_replicating,
@@ -317,6 +318,7 @@ def quality_control(
     if heatmaps or report:
         _warn_missing_qc_profiles(inputs, result.qc_profiles, level)
     frames = {name: plate_rows(cpio.read_table(path), name) for name, path in result.qc_profiles.items()}
+    frames = _without_cell_less_wells(frames, result)
     features = shared_features(frames.values())
     result.n_features = len(features) if frames else None
     figures = {plate.name: _plate_outputs(plate, frames.get(plate.name), result, where, batch, features=features,
@@ -336,6 +338,22 @@ def quality_control(
     if report:
         _write_report(result, where, batch, rows, figures, inputs, description)
     return result
+
+
+def _without_cell_less_wells(frames: dict[str, pd.DataFrame], result: QualityControlResult) -> dict[str, pd.DataFrame]:
+    """Each plate's profiles without the wells that have no cells, named under the plate (and logged)."""
+    out = {}
+    for name, frame in frames.items():
+        empty = cell_less_wells(frame)
+        if empty:
+            shown = ", ".join(empty[:10]) + (f" … ({len(empty)} in all)" if len(empty) > 10 else "")
+            line = (f"{len(empty)} well(s) without cells (every compartment feature missing) left out of the "
+                    f"correlation, position-effect and replicate panels: {shown}")
+            result.notes.setdefault(name, []).append(line)
+            log.warning("%s: %s", name, line)
+            frame = frame.loc[~frame["Metadata_Well"].astype(str).map(normal_well).isin(empty)]
+        out[name] = frame
+    return out
 
 
 def _plate_outputs(plate: _Plate, frame: pd.DataFrame | None, result: QualityControlResult,

@@ -23,6 +23,7 @@ from ..vocabulary import (
 )
 
 __all__ = [
+    "cell_less_wells",
     "FEATURE_PREFIXES",
     "feature_columns",
     "shared_features",
@@ -53,6 +54,18 @@ _COUNT_COLUMNS = (OBJECT_COUNT_COLUMN, "Cytoplasm_Number_Object_Number")
 def feature_columns(profiles: pd.DataFrame) -> list[str]:
     """Feature columns: names starting with ``Cells_``, ``Cytoplasm_``, ``Nuclei_`` or ``Image_``."""
     return prefixed_features(profiles.columns, FEATURE_PREFIXES)
+
+
+def cell_less_wells(profiles: pd.DataFrame) -> list[str]:
+    """Wells whose profile has no value for any compartment feature (no cells: every Cells_, Cytoplasm_ and
+    Nuclei_ feature missing). Such a well says nothing about its cells, and kept in it would make every cell
+    feature "missing somewhere", leaving QC only the image features."""
+    columns = [c for c in feature_columns(profiles) if not c.startswith("Image_")]
+    if not columns or not len(profiles):
+        return []
+    values = profiles[columns].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+    empty = ~np.isfinite(values).any(axis=1)
+    return sorted({normal_well(str(w)) for w in profiles.loc[empty, "Metadata_Well"]}, key=well_to_grid)
 
 
 def shared_features(frames: Iterable[pd.DataFrame]) -> list[str]:
