@@ -1387,3 +1387,20 @@ def test_files_beside_the_site_folders_are_named(tmp_path: Path, name: str, capl
     assert "not read" in result.report["files_not_read"][name]
     assert result.report["totals"]["sites"] == 2
     assert ("beside the site folders are not read" in caplog.text) == (not name.startswith("."))
+
+
+def test_two_header_only_image_files_keep_their_own_reason(tmp_path: Path) -> None:
+    """Two sites whose Image.csv hold a header and no row have identical Image.csv, yet neither is a copy of the
+    other: each is quarantined for its empty Image.csv (one was said to be "a copy of site ...")."""
+    plate_dir = faults.small_plate(tmp_path)
+    empty = [faults.site(plate_dir, "A01", 2), faults.site(plate_dir, "A02", 1)]
+    for folder in empty:
+        header = faults.read_rows(folder / "Image.csv")[0]
+        faults.write_rows(folder / "Image.csv", [header])
+    assert (empty[0] / "Image.csv").read_bytes() == (empty[1] / "Image.csv").read_bytes()
+    result = _collate(tmp_path, plate_dir)
+    sites = _sites(result)
+    reasons = [sites[f.name]["reason"] for f in empty]
+    assert all(sites[f.name]["status"] == "quarantined" for f in empty)
+    assert not any("copy" in r or "identical" in r for r in reasons), reasons
+    assert reasons[0].replace(empty[0].name, "") == reasons[1].replace(empty[1].name, "")

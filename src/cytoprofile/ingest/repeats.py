@@ -28,14 +28,14 @@ def mark_duplicates(scans: Sequence[SiteScan]) -> None:
         if scan.real_path is not None and scan.real_path in by_path:
             scan.problem = None
             scan.quarantine(f"the same folder as site {by_path[scan.real_path]} (reached twice through a link)", scan.path)
-        elif scan.digest is not None and scan.digest in by_digest:
-            _mark_copy(scan, by_digest[scan.digest])
+        elif scan.digest is not None and scan.digest in by_digest and scan.problem is None:
+            _mark_copy(scan, by_digest[scan.digest])  # a site quarantined already (Image.csv without rows) keeps its reason
         elif scan.table_number is not None and scan.table_number in by_number:
             scan.problem = None
             scan.quarantine(f"its TableNumber (CRC32 of Image.csv) {scan.table_number} equals site {by_number[scan.table_number]}'s", image)
         if scan.real_path is not None:
             by_path.setdefault(scan.real_path, scan.name)
-        if scan.digest is not None:
+        if scan.digest is not None and scan.problem is None:
             by_digest.setdefault(scan.digest, scan)
         if scan.table_number is not None and scan.problem is None:
             by_number.setdefault(scan.table_number, scan.name)
