@@ -668,20 +668,25 @@ def test_batch_figures_name_what_they_cover(plates: list[str], scope: str) -> No
         assert f"{scope}:" in text and ({"Plate P2:", "Batch B1:"} - {f"{scope}:"}).pop() not in text
 
 
-@pytest.mark.parametrize("singles", [0, 4])
-def test_percent_replicating_with_nothing_to_score_says_why(singles: int) -> None:
+@pytest.mark.parametrize("shape", ["singles", "no treatment", "one treatment"])
+def test_percent_replicating_with_nothing_to_score_says_why(shape: str) -> None:
     from cytoprofile.qc import batch_figures
 
     profiles = make_batch_profiles(n_strong=2, n_null=2)
     treated = profiles.index[profiles["Metadata_control_type"] == "trt"]
-    if singles:  # every treatment a single well
+    if shape == "singles":  # every treatment a single well
         profiles.loc[treated, "Metadata_broad_sample"] = [f"single-{i}" for i in range(len(treated))]
-    else:  # no treatment at all: every well a negative control
+    elif shape == "no treatment":  # every well a negative control
         profiles = profiles.loc[profiles["Metadata_control_type"] != "trt"]
+    else:  # one compound on the plate: replicates, but no other treatment's wells for a null
+        profiles.loc[treated, "Metadata_broad_sample"] = "only-compound"
     result = qc.percent_replicating(profiles, n_null=200, seed=0)
-    assert result["n_treatments"] == 0 and result["n_single_well"] == (len(treated) if singles else 0)
-    reason = (f"not scored: no treatment has two wells ({len(treated)} treatments with a single well)" if singles
-              else "not scored: no treatment other than negative controls")
+    assert result["n_treatments"] == (1 if shape == "one treatment" else 0)
+    assert result["n_single_well"] == (len(treated) if shape == "singles" else 0)
+    reason = {"singles": f"not scored: no treatment has two wells ({len(treated)} treatments with a single well)",
+              "no treatment": "not scored: no treatment other than negative controls",
+              "one treatment": "not scored: 1 treatment with replicates but no wells of another treatment, so no "
+                               "null to compare with"}[shape]
     assert reason in _figure_text(batch_figures.replication_figure(result, batch="B1"))
     html = qc.render_report(batch="B1", summary=qc.update_summary(None, []), figures={}, ingest_reports={},
                             replication=result, notes={})
@@ -716,3 +721,13 @@ def test_a_well_without_cells_leaves_the_feature_set_whole(tmp_path: Path, image
     assert not any("without cells" in n for n in got.notes.get("P1", []))
     html = (root / "quality_control" / "report" / "B1.html").read_text()
     assert f"same {got.n_features} features" in _text(html) and "C07" in _text(html)
+
+
+def test_percent_replicating_says_its_chance_level() -> None:
+    """About 5% of treatments pass the 95th percentile by chance: the report says so beside the percent."""
+    profiles = make_batch_profiles(n_strong=3, n_null=30)
+    for quantile, chance in ((0.95, "5%"), (0.9, "10%")):
+        result = qc.percent_replicating(profiles, n_null=500, seed=0, quantile=quantile)
+        html = qc.render_report(batch="B1", summary=qc.update_summary(None, []), figures={}, ingest_reports={},
+                                replication=result, notes={})
+        assert f"chance level {chance}:" in _text(html)

@@ -65,16 +65,14 @@ def replication_figure(replication: Mapping[str, Any], *, batch: str, source: st
             ax.axvline(threshold, color="black", linestyle="--", label=label if ax is top else None)
     _treatment_points(bottom, scored)
     percent = float(replication.get("percent", float("nan")))
-    shown = f"{format_number(percent, decimals=0)}%" if math.isfinite(percent) else "n/a"
-    if not len(scored):
-        shown = "not scored"
+    shown = f"{format_number(percent, decimals=0)}%" if math.isfinite(percent) else "not scored"
     top.set_title(
         f"{scope_label(batch, plates=plates)}: percent replicating {shown} ({replication.get('n_replicating', 0)} of "
         f"{replication.get('n_treatments', 0)} treatments)\n"
         f"{features_line(source, int(replication.get('n_features', 0)))}",
         fontsize=9,
     )
-    if not len(scored):
+    if not math.isfinite(percent):
         _say_not_scored(bottom, replication)
     top.set_ylabel("null density" if null.size >= NULL_POINTS_BELOW else "null pairs")
     top.set_xlim(-1, 1)
@@ -95,6 +93,10 @@ def _say_not_scored(ax: Axes, replication: Mapping[str, Any]) -> None:
 def not_scored_reason(replication: Mapping[str, Any]) -> str:
     """Why percent replicating scored no treatment, in one line for a figure or the report."""
     single = int(replication.get("n_single_well") or 0)
+    scored = int(replication.get("n_treatments") or 0)
+    if scored:  # replicates, but no pair of wells of two treatments: no null, no threshold
+        return (f"not scored: {scored} treatment{'' if scored == 1 else 's'} with replicates but no wells of another "
+                "treatment, so no null to compare with")
     if single:
         return (f"not scored: no treatment has two wells ({single} treatment{'' if single == 1 else 's'} "
                 f"with a single well)")

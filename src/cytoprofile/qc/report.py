@@ -151,7 +151,7 @@ def _replication(batch: str, replication: Mapping[str, Any] | None, source: str 
     has_table = len(treatments) > 0
     png = figure_png(replication_figure(replication, batch=batch, source=source, plates=plates))
     return {
-        "not_scored": None if int(replication.get("n_treatments") or 0) else not_scored_reason(replication),
+        "not_scored": None if np.isfinite(percent) else not_scored_reason(replication),
         "percent": f"{format_number(percent, decimals=0)}%" if np.isfinite(percent) else "n/a",
         "n_replicating": _text(replication.get("n_replicating")),
         "n_treatments": _text(replication.get("n_treatments")),
@@ -159,6 +159,7 @@ def _replication(batch: str, replication: Mapping[str, Any] | None, source: str 
         "column": _text(replication.get("replicate_column")),
         "n_features": _text(replication.get("n_features")),
         "percentile": f"{float(replication.get('quantile', 0.95)) * 100:g}th",
+        "chance": f"{(1 - float(replication.get('quantile', 0.95))) * 100:g}%",
         "threshold": format_number(float(replication.get("threshold", float("nan"))), decimals=0),
         "png": _b64(png),
         "treatments": _table(treatments, max_rows=2000) if has_table else None,
