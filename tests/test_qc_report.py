@@ -731,3 +731,30 @@ def test_percent_replicating_says_its_chance_level() -> None:
         html = qc.render_report(batch="B1", summary=qc.update_summary(None, []), figures={}, ingest_reports={},
                                 replication=result, notes={})
         assert f"chance level {chance}:" in _text(html)
+
+
+@pytest.mark.parametrize("shape", ["singles", "no negcon"])
+def test_map_the_profiles_cannot_support_is_said_in_the_report(tmp_path: Path, shape: str,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    """mAP asked for on profiles with no replicate groups, or no negative controls: the report is written with
+    every other panel and says why mAP is missing (the whole QC failed, exit 1, no report)."""
+    root = tmp_path / "ws"
+    plates, _ = _map_workspace(root)
+    for plate in ("P1", "P2"):
+        path = root / "profiles" / "B1" / plate / f"{plate}_normalized_feature_select_negcon_batch.csv.gz"
+        frame = pd.read_csv(path)
+        if shape == "singles":
+            frame["Metadata_broad_sample"] = [f"{plate}-only-{i}" for i in range(len(frame))]
+        else:
+            frame["Metadata_control_type"] = "trt"
+        frame.to_csv(path, index=False)
+    settings = {**MAP_SETTINGS, "modes": ["activity"]}
+    with caplog.at_level("WARNING", logger="cytoprofile.qc"):
+        result = qc.quality_control(root, "B1", plates, n_null=200, heatmaps=False, map_settings=settings)
+    assert result.mean_ap is None and result.mean_ap_note
+    import html
+
+    text = html.unescape(_text((root / "quality_control" / "report" / "B1.html").read_text()))
+    assert "Mean average precision (mAP)" in text and f"Not computed: {result.mean_ap_note}" in text
+    assert "Replicate correlation" in text and result.report_path
+    assert any("mAP not computed" in r.getMessage() for r in caplog.records)

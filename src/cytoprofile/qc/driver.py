@@ -77,6 +77,8 @@ class QualityControlResult:
     n_features: int | None = None
     quarantine: dict[str, pd.DataFrame | None] = field(default_factory=dict)
     mean_ap: dict[str, Any] | None = None
+    #: why mAP was asked for and not computed (the profiles hold no replicate groups or no negative controls)
+    mean_ap_note: str | None = None
     figure_notes: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def files(self) -> list[str]:
@@ -438,10 +440,15 @@ def _mean_ap(result: QualityControlResult, frames: dict[str, pd.DataFrame], feat
     elif frames:
         profiles, names = pd.concat(list(frames.values()), ignore_index=True), features
     else:
-        raise InputError("quality_control.map: no feature-selected profiles (PLATE_normalized_feature_select_LEVEL) "
-                         f"for batch {batch}")
+        result.mean_ap_note = f"no feature-selected profiles (PLATE_normalized_feature_select_LEVEL) for batch {batch}"
+        log.warning("%s: mAP not computed: %s", batch, result.mean_ap_note)
+        return
     try:
         tables = map_tables(profiles, features=names, modes=modes, **options)
+    except InputError as exc:  # what the profiles hold, not a setting: the rest of the report stands, and says so
+        result.mean_ap_note = f"{source or 'the feature-selected profiles'}: {exc}"
+        log.warning("%s: mAP not computed: %s", batch, result.mean_ap_note)
+        return
     except CytoprofileError as exc:
         raise type(exc)(f"quality_control.map ({source or 'feature-selected profiles'}): {exc}") from exc
     by_plate: dict[str, pd.DataFrame] = {}
@@ -598,7 +605,7 @@ def _write_report(
         replication=result.replication, notes=result.notes, replication_note=result.replication_note,
         quarantine=result.quarantine, sources={p: os.path.basename(s) for p, s in result.qc_profiles.items()},
         n_features=result.n_features, profiles_description=description, mean_ap=result.mean_ap,
-        figure_notes=result.figure_notes,
+        mean_ap_note=result.mean_ap_note, figure_notes=result.figure_notes,
     )
     result.report_path = where.html_report(batch)
     with cpio.atomic_open(result.report_path) as handle:
