@@ -102,7 +102,7 @@ def test_wrong_batch_or_plate_says_what_is_there(tmp_path: Path, capsys: pytest.
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert f"batch 'BATCH2' not found under {ws / 'analysis'}; batches there: BATCH1" in err
-    assert "0 of 2 plate(s) done, 2 failed" in err
+    assert "0 of 2 plate(s) done, 2 failed (P1, P2); first: P1:" in err  # --quiet: the one line names every plate
     assert not (ws / "backend").exists()
     assert main(["collate", str(ws), "BATCH1", "P9", "P1"]) == 1
     err = capsys.readouterr().err

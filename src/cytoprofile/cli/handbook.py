@@ -166,5 +166,6 @@ def _print_results(results: list[Any], batch: str, *, start: float) -> None:
     if failed:
         first = failed[0]
         said = first.message.removeprefix(f"{first.plate}: ")  # a message that names its plate: named once
-        raise CytoprofileError(f"collate {batch}: {tally}, {len(failed)} failed; first: {first.plate}: {said}")
+        which = f" ({', '.join(r.plate for r in failed)})" if len(failed) > 1 else ""  # --quiet shows this line only
+        raise CytoprofileError(f"collate {batch}: {tally}, {len(failed)} failed{which}; first: {first.plate}: {said}")
     log.info("collate %s: %s in %.2fs", batch, tally, time.perf_counter() - start)
