@@ -1404,3 +1404,20 @@ def test_two_header_only_image_files_keep_their_own_reason(tmp_path: Path) -> No
     assert all(sites[f.name]["status"] == "quarantined" for f in empty)
     assert not any("copy" in r or "identical" in r for r in reasons), reasons
     assert reasons[0].replace(empty[0].name, "") == reasons[1].replace(empty[1].name, "")
+
+
+@pytest.mark.parametrize("table", ["Image", "Cells"])
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be"])
+def test_a_utf16_file_is_named_as_such(tmp_path: Path, table: str, encoding: str) -> None:
+    """A spreadsheet's "Unicode text" save is UTF-16: the reason says so and how to convert it (it was named a
+    column name that is not UTF-8, to be renamed)."""
+    plate_dir = faults.small_plate(tmp_path)
+    folder = faults.site(plate_dir, "A01", 1)
+    text = (folder / f"{table}.csv").read_text()
+    data = text.encode(encoding)
+    if encoding == "utf-16-be":
+        data = b"\xfe\xff" + data
+    (folder / f"{table}.csv").write_bytes(data)
+    result = _collate(tmp_path, plate_dir)
+    reason = _sites(result)[folder.name]["reason"]
+    assert "is UTF-16 text" in reason and "iconv -f UTF-16 -t UTF-8" in reason and "rename that column" not in reason

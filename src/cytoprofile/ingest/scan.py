@@ -34,6 +34,7 @@ from .text import (
     after_lines,
     drop_blank_lines,
     is_gzip_data,
+    is_utf16,
     line_endings,
     padded_names,
     read_bytes,
@@ -353,6 +354,9 @@ def _add_table_file(scan: SiteScan, entry: str, path: str, table: str) -> None:
         name = undecodable_name(path) if isinstance(exc, UnicodeDecodeError) else None
         if name is not None:  # a column name, not a value
             reason = f"has a column name that is not UTF-8 text: {name}; rename that column (save the file as UTF-8)"
+        elif isinstance(exc, UnicodeDecodeError) and is_utf16(path):
+            reason = ("is UTF-16 text (CellProfiler writes UTF-8): re-export it from CellProfiler or convert it "
+                      f"(iconv -f UTF-16 -t UTF-8 {entry})")
         if not entry.lower().endswith(".gz") and is_gzip_data(path):
             reason = f"is gzip-compressed but not named .gz; rename it to {entry}.gz"
         scan.quarantine(f"{entry} {reason}", path)

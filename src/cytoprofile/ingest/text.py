@@ -18,6 +18,7 @@ from ..io import ragged_line
 from .model import ObjectFileProblem
 
 __all__ = [
+    "is_utf16",
     "unterminated_last_row",
     "after_lines",
     "blank_whitespace_lines",
@@ -146,6 +147,16 @@ def padded_names(path: str, name: str, *, lines: int = 1) -> list[str]:
             for row in rows for position, c in enumerate(row, start=1) if c != c.strip() and c.strip()]
 
 
+def is_utf16(path: str) -> bool:
+    """Whether a file starts with UTF-16's byte-order mark (a spreadsheet's "Unicode text" save)."""
+    opener: Any = gzip.open if path.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as fh:
+            return fh.read(2) in (b"\xff\xfe", b"\xfe\xff")
+    except (OSError, EOFError):
+        return False
+
+
 def undecodable_name(path: str) -> str | None:
     """Where the header row holds a column name that is not UTF-8 while the rest of the file is UTF-8 text:
     ``column 4 of the header ('AreaShape_\\xffX')`` (None: the file as a whole is not UTF-8 text, or the
@@ -153,6 +164,8 @@ def undecodable_name(path: str) -> str | None:
     opener: Any = gzip.open if path.lower().endswith(".gz") else open
     with opener(path, "rb") as fh:
         raw = fh.read()
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):  # UTF-16's byte-order mark: the whole file, not a name
+        return None
     line, _, rest = raw.partition(b"\n")
     fields = line.rstrip(b"\r").split(b",")
     try:
