@@ -102,9 +102,11 @@ def test_shared_features_are_common_and_finite_everywhere() -> None:
     shared = qc.shared_features([a, b])
     assert shared == [f for f in FEATURES if f not in {"Cells_F3", "Nuclei_F1", "Image_F4"}]
     corr = qc.correlation_figure(a, plate="P1", features=shared, source="P1_x.csv.gz")
-    assert f"{len(shared)} features of P1_x.csv.gz" in corr.axes[0].get_title()
+    assert f"{len(shared)} features (the batch’s shared set) of P1_x.csv.gz" in corr.axes[0].get_title()
+    alone = qc.correlation_figure(a, plate="P1", source="P1_x.csv.gz")  # the file's own features: no "shared"
+    assert "shared" not in alone.axes[0].get_title() and "features of P1_x.csv.gz" in alone.axes[0].get_title()
     pos = qc.position_effect_figure(b, plate="P2", features=shared, source="P2_x.csv.gz")
-    assert f"{len(shared)} features of P2_x.csv.gz" in pos.axes[0].get_title()
+    assert f"{len(shared)} features (the batch’s shared set) of P2_x.csv.gz" in " ".join(pos.axes[0].get_title().split())
     both = pd.concat([a, b], ignore_index=True)
     both["Metadata_broad_sample"] = [f"t{i % 40}" for i in range(len(both))]
     result = qc.percent_replicating(both, features=shared, n_null=500)

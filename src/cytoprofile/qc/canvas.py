@@ -38,10 +38,11 @@ def new_figure(figsize: tuple[float, float]) -> Figure:
     return Figure(figsize=figsize, layout=ConstrainedLayoutEngine(h_pad=0.1, w_pad=0.1))
 
 
-def features_line(source: str | None, n_features: int) -> str:
-    """``"104 features of PLATE_normalized.csv.gz"``: the feature set a panel used."""
+def features_line(source: str | None, n_features: int, *, shared: bool = False) -> str:
+    """``"104 features of PLATE_normalized.csv.gz"``: the feature set a panel used. ``shared``: the batch's
+    shared set (features every plate's file has, finite in every well), fewer than a file may hold."""
     where = f" of {source}" if source else ""
-    return f"{n_features} features{where}"
+    return f"{n_features} features{' (the batch’s shared set)' if shared else ''}{where}"
 
 
 def scope_label(batch: str, *, plates: Sequence[str] = ()) -> str:

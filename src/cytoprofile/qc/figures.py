@@ -257,7 +257,7 @@ def correlation_figure(
         _well_ticks(ax, wells)
     ax.set_title(
         f"Plate {plate}: well-by-well Pearson correlation\n{len(wells)} wells, {how}\n"
-        f"{features_line(source, n_features)}",
+        f"{features_line(source, n_features, shared=features is not None)}",
         fontsize=9,
     )
     bar = fig.colorbar(image, ax=ax, shrink=0.8)
@@ -335,7 +335,7 @@ def position_effect_figure(
             f"Plate {plate}: position effect (plate median {median}; chance level "
             f"{format_number(chance, decimals=0)})\nper well: share of its same-row/column correlations above the "
             f"{quantile * 100:g}th percentile\nof its correlations with wells sharing neither its row nor its column\n"
-            f"{features_line(source, _n_features(rows, features))}"
+            f"{features_line(source, _n_features(rows, features), shared=features is not None)}"
         ),
         colorbar_label="share above the well's threshold",
     )
