@@ -41,6 +41,7 @@ __all__ = [
     "report_name",
     "single_cell_name",
     "single_cell_names",
+    "single_cells_paths",
     "sqlite_name",
     "staging_name",
 ]
@@ -88,6 +89,14 @@ def parquet_table_path(prefix: str, table: str) -> str:
 def single_cell_name(plate: str, single_cell_format: str) -> str:
     """``PLATE_single_cells.parquet`` (``parquet``) or ``PLATE_single_cells.h5ad`` (``anndata``)."""
     return f"{plate}_{SINGLE_CELL_TABLE}.{'parquet' if single_cell_format == 'parquet' else 'h5ad'}"
+
+
+def single_cells_paths(prefix: str | os.PathLike[str]) -> dict[str, str]:
+    """The joined table's files beside a backend ``PREFIX`` (a folder and plate, ``.../PLATE``): the Parquet and
+    AnnData tables and their report, named as :func:`single_cell_name` names them."""
+    base = str(prefix)
+    return {"parquet": f"{base}_{SINGLE_CELL_TABLE}.parquet", "anndata": f"{base}_{SINGLE_CELL_TABLE}.h5ad",
+            "report": f"{base}_{SINGLE_CELL_TABLE}.report.json"}
 
 
 def single_cell_names(plate: str) -> set[str]:

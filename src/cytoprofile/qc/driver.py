@@ -17,9 +17,9 @@ from typing import Any
 import pandas as pd
 
 from .. import io as cpio
-from ..errors import CytoprofileError, InputError
+from ..errors import InputError
 from ..layout import OUTPUT_SUFFIXES, Layout, QualityControlLayout
-from ..vocabulary import EVALUATE_MODES, QC_LEVELS, REPLICATE_CANDIDATES, is_metadata, normal_well
+from ..vocabulary import QC_LEVELS, REPLICATE_CANDIDATES, normal_well
 from .canvas import figure_png
 from .figures import (
     FIGURE_NAMES,
@@ -27,10 +27,9 @@ from .figures import (
     correlation_figure,
     position_effect_figure,
 )
+from .map_outputs import batch_map, remove_stale_maps
 from .metrics import (
     cell_less_wells,
-    map_by_plate,
-    map_tables,
     percent_replicating,
     plate_rows,
     position_effect,
@@ -319,8 +318,8 @@ def quality_control(
     description, result.qc_profiles = _qc_profiles(inputs, level)
     if heatmaps or report:
         _warn_missing_qc_profiles(inputs, result.qc_profiles, level)
-    frames = {name: plate_rows(cpio.read_table(path), name) for name, path in result.qc_profiles.items()}
-    frames = _without_cell_less_wells(frames, result)
+    frames = _without_cell_less_wells({name: plate_rows(cpio.read_table(path), name)
+                                       for name, path in result.qc_profiles.items()}, result)
     features = shared_features(frames.values())
     result.n_features = len(features) if frames else None
     figures = {plate.name: _plate_outputs(plate, frames.get(plate.name), result, where, batch, features=features,
@@ -328,18 +327,24 @@ def quality_control(
                                           heatmaps=heatmaps, figures=heatmaps or report)
                for plate in inputs}
     if summary:
-        result.summary_path = where.summary()
-        with _locked(result.summary_path):
-            result.summary = update_summary(read_summary(result.summary_path), rows)
-            cpio.write_table(summary_for_file(result.summary), result.summary_path)
+        _write_summary(result, where, rows)
     _replication(result, frames, features, replicate_column=replicate_column, negcon_column=negcon_column,
                  negcon_value=negcon_value, n_null=n_null, seed=seed)
     if map_settings is not None:
-        _mean_ap(result, frames, features, where, batch, [p.name for p in inputs], map_settings, map_profiles)
-    _remove_stale_maps(_made_maps(result), where, batch)
+        result.mean_ap, result.mean_ap_note = batch_map(frames, features, where, batch, [p.name for p in inputs],
+                                                        map_settings, map_profiles)
+    remove_stale_maps(set(result.mean_ap["paths"]) if result.mean_ap is not None else set(), where, batch)
     if report:
         _write_report(result, where, batch, rows, figures, inputs, description)
     return result
+
+
+def _write_summary(result: QualityControlResult, where: QualityControlLayout, rows: list[dict[str, Any]]) -> None:
+    """This run's rows into the workspace's summary table, under its lock (other plates' rows kept)."""
+    result.summary_path = where.summary()
+    with _locked(result.summary_path):
+        result.summary = update_summary(read_summary(result.summary_path), rows)
+        cpio.write_table(summary_for_file(result.summary), result.summary_path)
 
 
 def _without_cell_less_wells(frames: dict[str, pd.DataFrame], result: QualityControlResult) -> dict[str, pd.DataFrame]:
@@ -390,7 +395,7 @@ def _at_url(where: QualityControlLayout, batch: str, plates: list[str], *, tmp_d
         copy.publish(files_under(replace(where, root=copy.local).outputs(), copy.local))
         for plate, made in result.heatmaps.items():  # the scratch copy held no earlier figures
             _remove_stale_heatmaps(set(made), where, batch, plate)
-        _remove_stale_maps(_made_maps(result), where, batch)  # nor earlier mAP tables
+        remove_stale_maps(set(result.mean_ap['paths']) if result.mean_ap else set(), where, batch)  # nor earlier mAP
     url = copy.url
     result.report_path = url(result.report_path) if result.report_path else None
     result.summary_path = url(result.summary_path) if result.summary_path else None
@@ -425,49 +430,6 @@ def _named_at(scratch: str, root: str) -> Iterator[None]:
         log.removeFilter(renamed)
 
 
-def _mean_ap(result: QualityControlResult, frames: dict[str, pd.DataFrame], features: list[str],
-             where: QualityControlLayout, batch: str, plates: Sequence[str], settings: dict[str, Any], map_profiles: str | None) -> None:
-    """mAP of the batch's profiles by mode, each table written to ``quality_control/map/BATCH/``."""
-    options = dict(settings)
-    modes = options.pop("modes", ["activity"])
-    source: str | None = None
-    if map_profiles is not None:
-        profiles = cpio.read_table(map_profiles)
-        if "Metadata_Plate" in profiles.columns:
-            profiles = profiles.loc[profiles["Metadata_Plate"].astype(str).isin(list(plates))].reset_index(drop=True)
-        names = [c for c in profiles.columns if not is_metadata(c)]
-        source = os.path.basename(map_profiles)
-    elif frames:
-        profiles, names = pd.concat(list(frames.values()), ignore_index=True), features
-    else:
-        result.mean_ap_note = f"no feature-selected profiles (PLATE_normalized_feature_select_LEVEL) for batch {batch}"
-        log.warning("%s: mAP not computed: %s", batch, result.mean_ap_note)
-        return
-    try:
-        tables = map_tables(profiles, features=names, modes=modes, **options)
-    except InputError as exc:  # what the profiles hold, not a setting: the rest of the report stands, and says so
-        result.mean_ap_note = f"{source or 'the feature-selected profiles'}: {exc}"
-        log.warning("%s: mAP not computed: %s", batch, result.mean_ap_note)
-        return
-    except CytoprofileError as exc:
-        raise type(exc)(f"quality_control.map ({source or 'feature-selected profiles'}): {exc}") from exc
-    by_plate: dict[str, pd.DataFrame] = {}
-    if "Metadata_Plate" in profiles.columns:
-        by_plate = map_by_plate(profiles, features=names, modes=modes, **options)
-    paths = {}
-    for mode, table in tables.items():
-        paths[mode] = where.map_file(batch, mode)
-        cpio.write_table(table, paths[mode])
-    shown = {mode: f"{os.path.basename(where.outputs().rstrip('/'))}/{where.map_name(batch, mode)}" for mode in tables}
-    for mode in by_plate:
-        paths[f"{mode}_by_plate"] = where.map_file(batch, f"{mode}_by_plate")
-        cpio.write_table(by_plate[mode], paths[f"{mode}_by_plate"])
-        shown[f"{mode}_by_plate"] = f"{os.path.basename(where.outputs().rstrip('/'))}/{where.map_name(batch, f'{mode}_by_plate')}"
-    result.mean_ap = {"tables": tables, "source": source, "n_features": len(names), "by_plate": by_plate,
-                      "by_plate_note": None if by_plate else "the profiles have no Metadata_Plate column",
-                      "threshold": options.get("threshold", 0.05), "paths": paths, "shown": shown}
-
-
 def _write_heatmaps(figures: dict[str, bytes], where: QualityControlLayout, batch: str, plate: str) -> dict[str, str]:
     _remove_stale_heatmaps(set(figures), where, batch, plate)
     return {name: _write_bytes(png, where.heatmap(batch, plate, name)) for name, png in figures.items()}
@@ -481,22 +443,6 @@ def _remove_stale_heatmaps(made: set[str], where: QualityControlLayout, batch: s
         if name not in made and cpio.exists(path):
             cpio.remove(path)
             log.warning("%s: removed %s of an earlier run (this run cannot make it)", plate, os.path.basename(path))
-
-
-def _made_maps(result: QualityControlResult) -> set[str]:
-    return set(result.mean_ap["paths"]) if result.mean_ap is not None else set()
-
-
-def _remove_stale_maps(made: set[str], where: QualityControlLayout, batch: str) -> None:
-    """Delete an earlier run's mAP tables of ``batch`` that this run does not write (the mAP
-    panel turned off, a mode dropped), so the map folder holds only this run's tables."""
-    for mode in EVALUATE_MODES:
-        for name in (mode, f"{mode}_by_plate"):
-            path = where.map_file(batch, name)
-            if name not in made and cpio.exists(path):
-                cpio.remove(path)
-                log.warning("batch %s: removed %s of an earlier run (this run does not compute it)", batch,
-                            os.path.basename(path))
 
 
 def _say_profiles_used(description: str, found: dict[str, str]) -> None:

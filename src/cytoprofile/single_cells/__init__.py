@@ -19,7 +19,6 @@ from .sources import OUTPUT_TABLE
 from .write import (
     SingleCellFormat,
     SingleCellStream,
-    single_cells_paths,
     write_plates_single_cells,
     write_single_cells,
 )
@@ -36,7 +35,6 @@ __all__ = [
     "SingleCellStream",
     "feature_annotation",
     "single_cells",
-    "single_cells_paths",
     "write_plates_single_cells",
     "write_single_cells",
 ]

@@ -17,22 +17,16 @@ import pyarrow as pa
 
 from .. import io
 from ..errors import CytoprofileError, InputError
+from ..layout import single_cells_paths
 from ..vocabulary import DEFAULT_COMPARTMENTS, SINGLE_CELL_FORMATS
 from .join import DEFAULT_HUB, READ_THREADS, SingleCellJoin, SingleCellReport
 from .sinks import ROW_GROUP_VALUES, AnnDataSink, ParquetSink, SiteSink
-from .sources import OUTPUT_TABLE, SiteSource
+from .sources import SiteSource
 
-__all__ = ["SingleCellFormat", "SingleCellStream", "single_cells_paths", "write_plates_single_cells", "write_single_cells"]
+__all__ = ["SingleCellFormat", "SingleCellStream", "write_plates_single_cells", "write_single_cells"]
 
 log = logging.getLogger("cytoprofile.single_cells")
 SingleCellFormat = Literal["parquet", "anndata"]
-
-
-def single_cells_paths(prefix: str | os.PathLike[str]) -> dict[str, str]:
-    """Output names beside a backend: ``PLATE_single_cells.parquet``, ``.h5ad`` and the report."""
-    base = str(prefix)
-    return {"parquet": f"{base}_{OUTPUT_TABLE}.parquet", "anndata": f"{base}_{OUTPUT_TABLE}.h5ad",
-            "report": f"{base}_{OUTPUT_TABLE}.report.json"}
 
 
 def _check_formats(formats: Sequence[str]) -> None:
