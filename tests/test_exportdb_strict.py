@@ -217,3 +217,53 @@ def test_an_interrupted_writer_s_journal_is_named_with_the_fix(tmp_path: Path,
     assert "damaged" not in err[0] and "copy the file again" not in err[0]
     assert (Path(files[0]).read_bytes(), journal.read_bytes()) == kept, "the input is left as it was"
     assert not list((db_ws / "backend").rglob("P1.*"))
+
+
+def _linked_elsewhere(tmp_path: Path, path: str) -> Path:
+    """Move a run file out of the plate folder, leaving a symlink to it in its place; the target's path."""
+    target = tmp_path / "elsewhere" / Path(path).name
+    target.parent.mkdir(exist_ok=True)
+    shutil.move(path, target)
+    Path(path).symlink_to(target)
+    return target
+
+
+def test_the_write_ahead_log_of_a_linked_run_file_is_read_beside_its_target(tmp_path: Path) -> None:
+    """A run file reached through a symlink has its ``-wal`` beside the file itself, where SQLite reads it: its rows
+    are read (they were lost, exit 0, the file opened as if it had no log), and a change of it is seen."""
+    import pandas as pd
+
+    db_ws, files = _db_workspace(tmp_path, _csv_workspace(tmp_path, long_name=False), "P1", table_prefix="")
+    target = _linked_elsewhere(tmp_path, files[0])
+    _wal_only(str(target), "UPDATE Per_Cells SET Cells_AreaShape_Area = 12345")
+    assert not Path(files[0] + "-wal").exists() and Path(str(target) + "-wal").stat().st_size
+    got = _run(db_ws, "P1")
+    changed = (pd.read_csv(got["result"].outputs["profiles"])["Cells_AreaShape_Area"] == 12345).sum()
+    assert changed > 0 and got["report"]["totals"]["export_rows_dropped"] == 0
+    _wal_only(str(target), "UPDATE Per_Cells SET Cells_AreaShape_Area = 54321")
+    again = _run(db_ws, "P1")  # the log changed: a changed input, rebuilt
+    assert (pd.read_csv(again["result"].outputs["profiles"])["Cells_AreaShape_Area"] == 54321).sum() == changed
+
+
+def test_a_hot_journal_beside_a_linked_run_file_s_target_is_refused(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """The journal of an interrupted writer beside the file a link points to: the file is refused (its
+    unfinished change was stored, exit 0)."""
+    import os
+    import sqlite3
+
+    db_ws, files = _db_workspace(tmp_path, _csv_workspace(tmp_path, long_name=False), "P1", table_prefix="")
+    target = _linked_elsewhere(tmp_path, files[0])
+    pid = os.fork()
+    if pid == 0:
+        conn = sqlite3.connect(target)
+        conn.execute("PRAGMA cache_size=2")
+        conn.execute("BEGIN")
+        conn.execute("UPDATE Per_Cells SET Cells_AreaShape_Area = Cells_AreaShape_Area * 1000")
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert Path(str(target) + "-journal").stat().st_size > 0
+    capsys.readouterr()
+    assert main(["collate", str(db_ws), BATCH, "P1", "-q"]) == 1
+    assert "-journal beside it" in capsys.readouterr().err
+    assert not list((db_ws / "backend").rglob("P1.*"))

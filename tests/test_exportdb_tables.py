@@ -154,3 +154,24 @@ def test_the_image_key_in_another_case_is_the_image_key(tmp_path: Path, table: s
     assert {s["status"] for s in got["report"]["sites"]} == {"ok"}
     assert got["report"]["totals"]["export_rows_dropped"] == 0
     assert Path(got["result"].outputs["profiles"]).read_bytes() == expected
+
+
+@pytest.mark.parametrize("files", [1, 2])
+def test_an_object_key_in_another_case_renames_no_measurement(tmp_path: Path, files: int) -> None:
+    """``cells_number_object_number`` in one run file: the set is still Cells, as its measurements spell it (its
+    features were stored as ``Cells_Cells_*``, two half-empty columns beside the other file's, exit 0)."""
+    csv_ws = _csv_workspace(tmp_path, long_name=False)
+    db_ws, paths = _db_workspace(tmp_path, csv_ws, "P1", files=files)
+    expected = Path(_run(db_ws, "P1")["result"].outputs["profiles"]).read_bytes()
+    conn = sqlite3.connect(paths[-1])
+    try:
+        conn.execute('ALTER TABLE "MyExpt_Per_Cells" RENAME COLUMN Cells_Number_Object_Number TO '
+                     "cells_number_object_number")
+        conn.commit()
+    finally:
+        conn.close()
+    got = _run(db_ws, "P1", overwrite=True)
+    columns = [r[1] for r in sqlite3.connect(got["sqlite"]).execute("PRAGMA table_info(Cells)")]
+    assert not [c for c in columns if c.lower().startswith("cells_cells_")], columns
+    assert got["report"]["totals"]["export_rows_dropped"] == 0
+    assert Path(got["result"].outputs["profiles"]).read_bytes() == expected

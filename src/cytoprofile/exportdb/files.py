@@ -186,7 +186,8 @@ def _sqlite_side_file(path: str, done: set[str]) -> str | None:
     for suffix, what in (("-wal", "its write-ahead log (rows committed to it are read with the file)"),
                          ("-shm", "the index of its write-ahead log (used while reading the file)")):
         base = path[: -len(suffix)] if path.endswith(suffix) else None
-        if base is not None and os.path.realpath(base) in done:
+        beside = base is not None and os.path.realpath(base) + suffix == os.path.realpath(path)  # not beside a link
+        if base is not None and beside and os.path.realpath(base) in done:
             return f"{_READ_WITH}{os.path.basename(base)}: {what}"
     return None
 
@@ -228,7 +229,7 @@ def connect(path: str) -> sqlite3.Connection:
     if magic != _SQLITE_MAGIC:
         raise InputError(f"{path}: not an SQLite file; give CellProfiler ExportToDatabase output (database type SQLite)")
     where = Path(path).resolve().as_posix()
-    if not _has_log(path):  # every row is in the file: read it as it is, writing nothing beside it
+    if not _has_log(where):  # beside the file itself: SQLite looks for the log there, not beside a link to it  # every row is in the file: read it as it is, writing nothing beside it
         return sqlite3.connect(f"file:{where}?immutable=1", uri=True, check_same_thread=False)
     return sqlite3.connect(f"file:{where}?mode=ro", uri=True, check_same_thread=False)
 
@@ -244,12 +245,13 @@ def database_problem(path: str, exc: sqlite3.DatabaseError) -> InputError:
     """A file SQLite cannot read to the end (a damaged page, a TEXT value that is not UTF-8) as a one-line user error
     naming the file, the column where SQLite names one, and the fix."""
     text = str(exc)
-    if "unable to open database file" in text and os.path.isfile(path + "-wal") and not os.path.isfile(path + "-shm"):
+    real = os.path.realpath(path)
+    if "unable to open database file" in text and os.path.isfile(real + "-wal") and not os.path.isfile(real + "-shm"):
         folder = os.path.dirname(os.path.abspath(path))
         return InputError(f"{path}: left in WAL mode ({os.path.basename(path)}-wal beside it) in a folder SQLite cannot "
                           f"write its index ({os.path.basename(path)}-shm) to; make {folder} writable, or copy the "
                           "file with its -wal file to a writable folder and read it there")
-    if "attempt to write a readonly database" in text and os.path.isfile(path + "-journal"):
+    if "attempt to write a readonly database" in text and os.path.isfile(real + "-journal"):
         return InputError(f"{path}: a writer of it stopped part way ({os.path.basename(path)}-journal beside it holds "
                           "what its unfinished change overwrote), so the file must be rolled back before it can be "
                           f"read; open it once with the sqlite3 command (sqlite3 {path} 'PRAGMA quick_check'), which "
@@ -337,7 +339,7 @@ def _object_source(path: str, name: str, table: str, columns: Sequence[str], *, 
     ordered, names = _csv_names(["ImageNumber", key] + [c for c in columns if c not in ("ImageNumber", key)],
                                 f"{name}_", fixed)
     cols, csv_names = list(ordered), list(names)
-    if key == number:  # the object CSV carries both ObjectNumber and Number_Object_Number
+    if key.lower() == number.lower():  # the object CSV carries both ObjectNumber and Number_Object_Number
         cols.insert(2, number)
         csv_names.insert(2, "Number_Object_Number")
     return ObjectSource(name=name, table=table, key=key, columns=tuple(cols), csv_names=tuple(csv_names))
@@ -396,8 +398,10 @@ def _set_name(own: str, names: Sequence[str]) -> tuple[str, str | None]:
     ``Cells_Number_Object_Number`` is Cells); the key is None when the table has neither key column."""
     guess = own[len("Per_"):]
     number = next((c for c in names if c.lower() == f"{guess}_number_object_number".lower()), None)
-    if number is not None:
-        return number[: -len("_Number_Object_Number")], number
+    if number is not None:  # the set as its measurements spell it: a key renamed in another case renames nothing
+        spelled = number[: -len("_Number_Object_Number")]
+        used = Counter(c[: len(spelled)] for c in names if c.lower().startswith(spelled.lower() + "_") and c != number)
+        return (used.most_common(1)[0][0] if used else spelled), number
     return guess, "ObjectNumber" if "ObjectNumber" in names else None
 
 

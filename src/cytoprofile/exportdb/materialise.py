@@ -138,7 +138,7 @@ def _copies(exports: Sequence[ExportFile]) -> dict[str, str]:
         first: dict[tuple[str, str | None], str] = {}
         for e in same:
             # streamed: a run's file can be many GB
-            digest = (file_digest(e.path), file_digest(e.path + "-wal") if log_size else None)
+            digest = (file_digest(e.path), file_digest(os.path.realpath(e.path) + "-wal") if log_size else None)
             if digest in first:
                 out[e.name] = first[digest]
             else:
@@ -147,9 +147,9 @@ def _copies(exports: Sequence[ExportFile]) -> dict[str, str]:
 
 
 def _log_size(path: str) -> int:
-    """Bytes of the file's write-ahead log (0: none, or empty)."""
+    """Bytes of the file's write-ahead log, beside the file itself (0: none, or empty)."""
     try:
-        return os.path.getsize(path + "-wal")
+        return os.path.getsize(os.path.realpath(path) + "-wal")
     except OSError:
         return 0
 

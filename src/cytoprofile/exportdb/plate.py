@@ -51,7 +51,8 @@ def _fingerprint(paths: Sequence[str], root: str) -> list[list[Any]]:
     for p in sorted(paths):
         st = os.stat(p)
         out.append([source_name(p, root), st.st_size, st.st_mtime_ns])
-        wal = os.stat(p + "-wal") if os.path.isfile(p + "-wal") else None
+        log_path = os.path.realpath(p) + "-wal"  # beside the file itself, where SQLite reads it (not beside a link)
+        wal = os.stat(log_path) if os.path.isfile(log_path) else None
         if wal is not None and wal.st_size:  # an empty log holds no rows (SQLite leaves one after a read)
             out.append([source_name(p, root) + "-wal", wal.st_size, wal.st_mtime_ns])
     return out
