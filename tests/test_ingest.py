@@ -1421,3 +1421,23 @@ def test_a_utf16_file_is_named_as_such(tmp_path: Path, table: str, encoding: str
     result = _collate(tmp_path, plate_dir)
     reason = _sites(result)[folder.name]["reason"]
     assert "is UTF-16 text" in reason and "iconv -f UTF-16 -t UTF-8" in reason and "rename that column" not in reason
+
+
+@pytest.mark.parametrize("linked", [["Cells.csv"], ["Cells.csv", "Cytoplasm.csv", "Nuclei.csv"]])
+def test_a_site_whose_table_file_links_to_another_site_s_is_refused(tmp_path: Path, linked: list[str]) -> None:
+    """A site's object CSVs linked to another site's files, its Image.csv counts matching: the same rows would be
+    stored under two sites (exit 0). The later site is quarantined, naming the file and the site holding it."""
+    plate_dir = faults.small_plate(tmp_path)
+    source, other = faults.site(plate_dir, "A01", 1), faults.site(plate_dir, "A01", 2)
+    for name in linked:
+        (other / name).unlink()
+        (other / name).symlink_to(source / name)
+    header, *rows = faults.read_rows(source / "Image.csv")
+    counts = {c: v for c, v in zip(header, rows[0], strict=True) if c.startswith("Count_")}
+    for column, value in counts.items():  # the counts agree, so only the link can tell
+        faults.set_image_value(other, column, value)
+    result = collate_plate(tmp_path, faults.BATCH, faults.PLATE)
+    assert result.status == "done", result.message
+    entry = _sites(result)[other.name]
+    assert entry["status"] == "quarantined" and f"same file as site {source.name}'s" in entry["reason"], entry
+    assert _sites(result)[source.name]["status"] == "ok"

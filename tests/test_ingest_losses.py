@@ -229,8 +229,8 @@ def _damage_page(path: str, table: str) -> None:
 
 
 _DAMAGE = {
-    "damaged_cells_page": (lambda f: _damage_page(f, "Per_Cells"), "the file is damaged: copy the file again"),
-    "damaged_image_page": (lambda f: _damage_page(f, "Per_Image"), "the file is damaged: copy the file again"),
+    "damaged_cells_page": (lambda f: _damage_page(f, "Per_Cells"), "the file is damaged, or still being written (let its CellProfiler run finish): copy the file again"),
+    "damaged_image_page": (lambda f: _damage_page(f, "Per_Image"), "the file is damaged, or still being written (let its CellProfiler run finish): copy the file again"),
     "image_text_not_utf8": (lambda f: faults.run_sql(f, "UPDATE Per_Image SET Image_FileName_OrigAGP = CAST(X'41FF42' AS TEXT) "
                                                  "WHERE ImageNumber = 2"),
                             "column 'Image_FileName_OrigAGP' holds a TEXT value that is not UTF-8; re-export"),

@@ -260,8 +260,8 @@ def database_problem(path: str, exc: sqlite3.DatabaseError) -> InputError:
         where = text.split(" with text ")[0].replace("Could not decode to UTF-8 column", "column")
         return InputError(f"{path}: {where} holds a TEXT value that is not UTF-8; re-export the file from CellProfiler "
                           "or correct the value")
-    return InputError(f"{path}: not a readable SQLite database ({text}); the file is damaged: copy the file again "
-                      "(or re-export it)")
+    return InputError(f"{path}: not a readable SQLite database ({text}); the file is damaged, or still being written "
+                      "(let its CellProfiler run finish): copy the file again (or re-export it)")
 
 
 def _columns(conn: sqlite3.Connection, table: str, *, path: str) -> list[tuple[str, str]]:

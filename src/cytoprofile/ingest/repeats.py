@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from ..digest import file_digest
 from .model import IMAGE_TABLE, SiteScan
 
-__all__ = ["mark_duplicates", "mark_repeated_sites"]
+__all__ = ["mark_duplicates", "mark_repeated_sites", "mark_shared_files"]
 
 log = logging.getLogger("cytoprofile.ingest")
 
@@ -39,6 +39,21 @@ def mark_duplicates(scans: Sequence[SiteScan]) -> None:
             by_digest.setdefault(scan.digest, scan)
         if scan.table_number is not None and scan.problem is None:
             by_number.setdefault(scan.table_number, scan.name)
+
+
+def mark_shared_files(scans: Sequence[SiteScan]) -> None:
+    """A site whose table file is another site's (a link to it): its rows would be stored twice, under two sites;
+    the later site is quarantined, naming the file and the site that holds it."""
+    owner: dict[str, tuple[str, str]] = {}
+    for scan in sorted((s for s in scans if s.problem is None), key=lambda s: s.name):
+        for entry, path, _ in scan.csv_files:
+            site, name = owner.get(os.path.realpath(path), (scan.name, entry))
+            if site != scan.name:
+                scan.quarantine(f"{entry} is the same file as site {site}'s {name} (a link to it): its rows are that "
+                                "site's; give this site its own file", path)
+                break
+        if scan.problem is None:
+            owner.update({os.path.realpath(path): (scan.name, entry) for entry, path, _ in scan.csv_files})
 
 
 def _mark_copy(scan: SiteScan, first: SiteScan) -> None:

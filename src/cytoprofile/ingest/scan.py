@@ -29,7 +29,7 @@ from .model import (
     csv_stem,
     is_reserved_table,
 )
-from .repeats import mark_duplicates, mark_repeated_sites
+from .repeats import mark_duplicates, mark_repeated_sites, mark_shared_files
 from .text import (
     after_lines,
     drop_blank_lines,
@@ -355,8 +355,9 @@ def _add_table_file(scan: SiteScan, entry: str, path: str, table: str) -> None:
         if name is not None:  # a column name, not a value
             reason = f"has a column name that is not UTF-8 text: {name}; rename that column (save the file as UTF-8)"
         elif isinstance(exc, UnicodeDecodeError) and is_utf16(path):
-            reason = ("is UTF-16 text (CellProfiler writes UTF-8): re-export it from CellProfiler or convert it "
-                      f"(iconv -f UTF-16 -t UTF-8 {entry})")
+            convert = (f"zcat {entry} | iconv -f UTF-16 -t UTF-8 | gzip" if entry.lower().endswith(".gz")
+                       else f"iconv -f UTF-16 -t UTF-8 {entry}")
+            reason = f"is UTF-16 text (CellProfiler writes UTF-8): re-export it from CellProfiler or convert it ({convert})"
         if not entry.lower().endswith(".gz") and is_gzip_data(path):
             reason = f"is gzip-compressed but not named .gz; rename it to {entry}.gz"
         scan.quarantine(f"{entry} {reason}", path)
@@ -540,6 +541,7 @@ def scan_sites(
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         scans = list(pool.map(lambda d: _scan_one(d, strata, plate, file_prefix), sorted(site_dirs)))
     mark_duplicates(scans)
+    mark_shared_files(scans)
     mark_repeated_sites(scans, plate)
     disagreeing = [s for s in scans if s.problem is None and any(w.startswith(FOLDER_WARNING) for w in s.warnings)]
     if disagreeing:
