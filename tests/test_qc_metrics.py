@@ -90,6 +90,24 @@ def test_a_fully_quarantined_well_is_hatched_though_it_has_no_profile() -> None:
     assert fig.axes[0].images[0].get_array().mask[3, 4]  # no data: grey under the hatching
 
 
+def test_an_imaged_well_without_a_profile_is_drawn_as_the_title_counts_it() -> None:
+    """A well imaged (in load_data) with no CellProfiler output: the title counts it 0 cells (min 0), so the map
+    draws it at 0 with a cross and a legend entry, not grey as a well never imaged (they disagreed)."""
+    wells = make_wells(8, 12)
+    frame = make_profiles("P1", [w for w in wells if w != "D05"], rng=np.random.default_rng(0))
+    fig = qc.cell_count_figure(frame, plate="P1", imaged=wells, quarantined={})
+    image = fig.axes[0].images[0].get_array()
+    assert not image.mask[3, 4] and image[3, 4] == 0
+    assert "min 0" in fig.axes[0].get_title()
+    legend = " ".join(t.get_text() for t in fig.legends[0].get_texts())
+    assert "imaged, no profile (counted as 0 cells): 1 well" in legend
+    crosses = [c for c in fig.axes[0].collections if isinstance(c, PathCollection)]
+    assert [tuple(o) for c in crosses for o in c.get_offsets()] == [(4, 3)]
+    lost = qc.cell_count_figure(frame, plate="P1", imaged=wells, quarantined={"D05": 4})  # quarantined: hatched
+    assert "imaged, no profile" not in " ".join(t.get_text() for t in lost.legends[0].get_texts())
+    assert lost.axes[0].images[0].get_array().mask[3, 4]
+
+
 # --------------------------------------------------------------------------- one feature set
 
 

@@ -125,7 +125,8 @@ def cell_count_figure(
     dropped = [normal_well(str(w)) for w in not_in_platemap]
     placed = [w for w in lost if _on_grid(w)]
     shape = shape or plate_layout([*counts.index, *placed, *(w for w in dropped if _on_grid(w))])
-    grid = _plate_grid(counts.to_dict(), shape)
+    unprofiled = _unprofiled(imaged, counts.index, {*lost, *dropped}, shape)
+    grid = _plate_grid({**counts.to_dict(), **dict.fromkeys(unprofiled, 0)}, shape)  # counted 0, as in the title
     fig = new_figure(_PLATE_FIGSIZE)
     stats = cells_per_well(rows, imaged=imaged, quarantined=lost, not_in_platemap=dropped)
     only_lost = set(lost) - set(dropped)  # a well both quarantined and dropped is left out once, as dropped
@@ -153,7 +154,8 @@ def cell_count_figure(
         if row < shape[0] and col < shape[1]:
             ax.add_patch(Rectangle((col - 0.5, row - 0.5), 1, 1, fill=False, hatch="/",
                                    edgecolor=HIGHLIGHT, linewidth=1.5))  # sparse: the well's colour shows
-    handles = [Patch(facecolor=GREY, edgecolor="none", label="no profile for the well")]
+    handles = [Patch(facecolor=GREY, edgecolor="none", label="no profile for the well"),
+               *_mark_unprofiled(ax, unprofiled)]
     if dropped:
         handles.append(Patch(facecolor="white", edgecolor="black", hatch="..",
                              label=f"not in the plate map (dropped): {len(dropped)} well{'s' if len(dropped) != 1 else ''}"))
@@ -166,6 +168,26 @@ def cell_count_figure(
         handles.append(Patch(facecolor="white", edgecolor=HIGHLIGHT, hatch="/", label=label))
     legend_below(fig, handles)
     return fig
+
+
+def _unprofiled(imaged: Sequence[str] | None, profiled: Any, left_out: set[str], shape: tuple[int, int]) -> list[str]:
+    """Imaged wells with no profile row (no CellProfiler output for them), other than wells left out."""
+    have = {normal_well(str(w)) for w in profiled}
+    wells = dict.fromkeys(normal_well(str(w)) for w in imaged or ())
+    return [w for w in wells if w not in have and w not in left_out and _on_grid(w)
+            and well_to_grid(w)[0] < shape[0] and well_to_grid(w)[1] < shape[1]]
+
+
+def _mark_unprofiled(ax: Axes, wells: Sequence[str]) -> list[Any]:
+    """A cross on each imaged well without a profile (drawn at 0 cells, the title's count), and its legend entry."""
+    from matplotlib.lines import Line2D
+
+    if not wells:
+        return []
+    cells = [well_to_grid(w) for w in wells]
+    ax.scatter([c for _, c in cells], [r for r, _ in cells], marker="x", s=30, color="white", linewidths=1.5)
+    return [Line2D([], [], marker="x", linestyle="none", color="black",
+                   label=f"imaged, no profile (counted as 0 cells): {len(wells)} well{'s' if len(wells) != 1 else ''}")]
 
 
 def outlier_share_figure(
