@@ -26,6 +26,7 @@ __all__ = [
     "connect",
     "database_problem",
     "is_read_with",
+    "side_file",
     "discover_export_files",
     "entries_not_read",
     "export_files_in",
@@ -186,7 +187,7 @@ def _sqlite_side_file(path: str, done: set[str]) -> str | None:
     for suffix, what in (("-wal", "its write-ahead log (rows committed to it are read with the file)"),
                          ("-shm", "the index of its write-ahead log (used while reading the file)")):
         base = path[: -len(suffix)] if path.endswith(suffix) else None
-        beside = base is not None and os.path.realpath(base) + suffix == os.path.realpath(path)  # not beside a link
+        beside = base is not None and side_file(base, suffix) == os.path.realpath(path)  # not beside a link
         if base is not None and beside and os.path.realpath(base) in done:
             return f"{_READ_WITH}{os.path.basename(base)}: {what}"
     return None
@@ -229,29 +230,35 @@ def connect(path: str) -> sqlite3.Connection:
     if magic != _SQLITE_MAGIC:
         raise InputError(f"{path}: not an SQLite file; give CellProfiler ExportToDatabase output (database type SQLite)")
     where = Path(path).resolve().as_posix()
-    if not _has_log(where):  # beside the file itself: SQLite looks for the log there, not beside a link to it  # every row is in the file: read it as it is, writing nothing beside it
+    if not _has_log(path):  # every row is in the file: read it as it is, writing nothing beside it
         return sqlite3.connect(f"file:{where}?immutable=1", uri=True, check_same_thread=False)
     return sqlite3.connect(f"file:{where}?mode=ro", uri=True, check_same_thread=False)
+
+
+def side_file(path: str, suffix: str) -> str:
+    """A database's ``-wal``, ``-shm`` or ``-journal``: beside the file itself, where SQLite looks for it (not
+    beside a link to the file)."""
+    return os.path.realpath(path) + suffix
 
 
 def _has_log(path: str) -> bool:
     """Whether rows may wait outside the file: a non-empty ``-wal`` or a ``-journal`` beside it. Without one,
     SQLite would still create ``-wal`` and ``-shm`` to open a WAL-mode file (in the input folder, and the next
     run would see a changed input), so the file is opened immutable instead."""
-    return any(os.path.isfile(path + s) and os.path.getsize(path + s) for s in ("-wal", "-journal"))
+    return any(os.path.isfile(f) and os.path.getsize(f) for f in (side_file(path, "-wal"), side_file(path, "-journal")))
 
 
 def database_problem(path: str, exc: sqlite3.DatabaseError) -> InputError:
     """A file SQLite cannot read to the end (a damaged page, a TEXT value that is not UTF-8) as a one-line user error
     naming the file, the column where SQLite names one, and the fix."""
     text = str(exc)
-    real = os.path.realpath(path)
-    if "unable to open database file" in text and os.path.isfile(real + "-wal") and not os.path.isfile(real + "-shm"):
+    if ("unable to open database file" in text and os.path.isfile(side_file(path, "-wal"))
+            and not os.path.isfile(side_file(path, "-shm"))):
         folder = os.path.dirname(os.path.abspath(path))
         return InputError(f"{path}: left in WAL mode ({os.path.basename(path)}-wal beside it) in a folder SQLite cannot "
                           f"write its index ({os.path.basename(path)}-shm) to; make {folder} writable, or copy the "
                           "file with its -wal file to a writable folder and read it there")
-    if "attempt to write a readonly database" in text and os.path.isfile(real + "-journal"):
+    if "attempt to write a readonly database" in text and os.path.isfile(side_file(path, "-journal")):
         return InputError(f"{path}: a writer of it stopped part way ({os.path.basename(path)}-journal beside it holds "
                           "what its unfinished change overwrote), so the file must be rolled back before it can be "
                           f"read; open it once with the sqlite3 command (sqlite3 {path} 'PRAGMA quick_check'), which "

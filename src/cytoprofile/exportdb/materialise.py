@@ -27,6 +27,7 @@ from .files import (
     connect,
     database_problem,
     open_export,
+    side_file,
     source_name,
     table_number,
 )
@@ -138,7 +139,7 @@ def _copies(exports: Sequence[ExportFile]) -> dict[str, str]:
         first: dict[tuple[str, str | None], str] = {}
         for e in same:
             # streamed: a run's file can be many GB
-            digest = (file_digest(e.path), file_digest(os.path.realpath(e.path) + "-wal") if log_size else None)
+            digest = (file_digest(e.path), file_digest(side_file(e.path, "-wal")) if log_size else None)
             if digest in first:
                 out[e.name] = first[digest]
             else:
@@ -149,7 +150,7 @@ def _copies(exports: Sequence[ExportFile]) -> dict[str, str]:
 def _log_size(path: str) -> int:
     """Bytes of the file's write-ahead log, beside the file itself (0: none, or empty)."""
     try:
-        return os.path.getsize(os.path.realpath(path) + "-wal")
+        return os.path.getsize(side_file(path, "-wal"))
     except OSError:
         return 0
 

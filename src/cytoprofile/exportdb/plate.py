@@ -21,6 +21,7 @@ from .files import (
     export_plates,
     find_export_files,
     is_read_with,
+    side_file,
     source_name,
 )
 from .materialise import Materialised, folder_part, materialise_plate
@@ -51,7 +52,7 @@ def _fingerprint(paths: Sequence[str], root: str) -> list[list[Any]]:
     for p in sorted(paths):
         st = os.stat(p)
         out.append([source_name(p, root), st.st_size, st.st_mtime_ns])
-        log_path = os.path.realpath(p) + "-wal"  # beside the file itself, where SQLite reads it (not beside a link)
+        log_path = side_file(p, "-wal")
         wal = os.stat(log_path) if os.path.isfile(log_path) else None
         if wal is not None and wal.st_size:  # an empty log holds no rows (SQLite leaves one after a read)
             out.append([source_name(p, root) + "-wal", wal.st_size, wal.st_mtime_ns])

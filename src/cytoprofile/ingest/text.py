@@ -147,12 +147,16 @@ def padded_names(path: str, name: str, *, lines: int = 1) -> list[str]:
             for row in rows for position, c in enumerate(row, start=1) if c != c.strip() and c.strip()]
 
 
+#: UTF-16's byte-order marks (little- and big-endian)
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+
+
 def is_utf16(path: str) -> bool:
     """Whether a file starts with UTF-16's byte-order mark (a spreadsheet's "Unicode text" save)."""
     opener: Any = gzip.open if path.lower().endswith(".gz") else open
     try:
         with opener(path, "rb") as fh:
-            return fh.read(2) in (b"\xff\xfe", b"\xfe\xff")
+            return fh.read(2) in _UTF16_BOMS
     except (OSError, EOFError):
         return False
 
@@ -164,7 +168,7 @@ def undecodable_name(path: str) -> str | None:
     opener: Any = gzip.open if path.lower().endswith(".gz") else open
     with opener(path, "rb") as fh:
         raw = fh.read()
-    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):  # UTF-16's byte-order mark: the whole file, not a name
+    if raw.startswith(_UTF16_BOMS):  # UTF-16's byte-order mark: the whole file, not a name
         return None
     line, _, rest = raw.partition(b"\n")
     fields = line.rstrip(b"\r").split(b",")

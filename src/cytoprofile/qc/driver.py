@@ -333,7 +333,7 @@ def quality_control(
     if map_settings is not None:
         result.mean_ap, result.mean_ap_note = batch_map(frames, features, where, batch, [p.name for p in inputs],
                                                         map_settings, map_profiles)
-    remove_stale_maps(set(result.mean_ap["paths"]) if result.mean_ap is not None else set(), where, batch)
+    remove_stale_maps(result.mean_ap, where, batch)
     if report:
         _write_report(result, where, batch, rows, figures, inputs, description)
     return result
@@ -395,7 +395,7 @@ def _at_url(where: QualityControlLayout, batch: str, plates: list[str], *, tmp_d
         copy.publish(files_under(replace(where, root=copy.local).outputs(), copy.local))
         for plate, made in result.heatmaps.items():  # the scratch copy held no earlier figures
             _remove_stale_heatmaps(set(made), where, batch, plate)
-        remove_stale_maps(set(result.mean_ap['paths']) if result.mean_ap else set(), where, batch)  # nor earlier mAP
+        remove_stale_maps(result.mean_ap, where, batch)  # nor earlier mAP tables
     url = copy.url
     result.report_path = url(result.report_path) if result.report_path else None
     result.summary_path = url(result.summary_path) if result.summary_path else None

@@ -68,9 +68,11 @@ def batch_map(frames: dict[str, pd.DataFrame], features: list[str], where: Quali
             "threshold": options.get("threshold", 0.05), "paths": paths, "shown": shown}, None
 
 
-def remove_stale_maps(made: set[str], where: QualityControlLayout, batch: str) -> None:
+def remove_stale_maps(mean_ap: dict[str, Any] | None, where: QualityControlLayout, batch: str) -> None:
     """Delete an earlier run's mAP tables of ``batch`` that this run does not write (the mAP
-    panel turned off, a mode dropped), so the map folder holds only this run's tables."""
+    panel turned off, a mode dropped), so the map folder holds only this run's tables. ``mean_ap``: what
+    :func:`batch_map` made (None: nothing)."""
+    made = set(mean_ap["paths"]) if mean_ap is not None else set()
     for mode in EVALUATE_MODES:
         for name in (mode, f"{mode}_by_plate"):
             path = where.map_file(batch, name)
