@@ -174,7 +174,9 @@ def test_ap_bounds_and_scale_invariance(seed: int, scale: float) -> None:
 
 def test_planted_actives_score_higher() -> None:
     df = planted_profiles(plates=4, wells=96, features=30, plate_effect=0, well_effect=0, batch_effect=0, seed=5)
-    table = ev.mean_average_precision(df, mode="activity", pert_column="Metadata_broad_sample", null_size=1000)
+    # no plate effect planted: every plate's controls are negatives
+    table = ev.mean_average_precision(df, mode="activity", pert_column="Metadata_broad_sample", neg_sameby=[],
+                                      null_size=1000)
     active = df.drop_duplicates("Metadata_broad_sample").set_index("Metadata_broad_sample")["Metadata_active"]
     flags = active.reindex(table["Metadata_broad_sample"]).to_numpy()
     assert table.loc[flags, "mean_average_precision"].mean() > table.loc[~flags, "mean_average_precision"].mean() + 0.3
@@ -208,6 +210,38 @@ def test_map_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     np.testing.assert_allclose(table["mean_average_precision"], expected["mean_average_precision"], rtol=1e-6)
     assert "retrieved at FDR 0.05" in capsys.readouterr().out
     assert main(["map", str(src), "--mode", "consistency"]) == 1
+
+
+def test_map_defaults_are_one_per_mode_everywhere(tmp_path: Path) -> None:
+    """Without ``neg_sameby``, activity compares with the same plate's controls (as JUMP,
+    the QC block and the processing chain do), the other modes with every negative; the
+    command, the function and the QC block give the same numbers."""
+    from cytoprofile import config, recipe_options
+    from cytoprofile.qc.metrics import map_tables
+
+    df = _shaped(4, ties=False)
+    plate = ev.mean_average_precision(df, neg_sameby=["Metadata_Plate"], null_size=300)
+    every = ev.mean_average_precision(df, neg_sameby=[], null_size=300)
+    assert not np.allclose(plate["mean_average_precision"], every["mean_average_precision"])
+    ours = ev.mean_average_precision(df, null_size=300)
+    np.testing.assert_array_equal(ours["mean_average_precision"], plate["mean_average_precision"])
+    distinct = ev.mean_average_precision(df, mode="distinctiveness", null_size=300)
+    np.testing.assert_array_equal(distinct["mean_average_precision"], ev.mean_average_precision(
+        df, mode="distinctiveness", neg_sameby=[], null_size=300)["mean_average_precision"])
+    src, out, out_none = tmp_path / "p.csv", tmp_path / "map.csv", tmp_path / "none.csv"
+    df.to_csv(src, index=False)
+    assert main(["map", str(src), str(out), "--null-size", "300", "-q"]) == 0
+    assert main(["map", str(src), str(out_none), "--null-size", "300", "--neg-sameby", "none", "-q"]) == 0
+    np.testing.assert_allclose(pd.read_csv(out)["mean_average_precision"], plate["mean_average_precision"], rtol=1e-9)
+    np.testing.assert_allclose(pd.read_csv(out_none)["mean_average_precision"], every["mean_average_precision"],
+                               rtol=1e-9)
+    settings = recipe_options.map_options(config.MapConfig.model_validate({"perform": True, "null_size": 300}))
+    assert settings is not None
+    settings.pop("modes")
+    qc = map_tables(df, features=_feats(df), modes=["activity"], **settings)["activity"]
+    np.testing.assert_array_equal(qc["mean_average_precision"], plate["mean_average_precision"])
+    with pytest.raises(ConfigError, match=r"same Metadata_Plate by default.*--neg-sameby none"):
+        ev.mean_average_precision(df.drop(columns="Metadata_Plate"), null_size=300)
 
 
 def test_map_log_line_names_its_plates(caplog: pytest.LogCaptureFixture) -> None:

@@ -184,7 +184,7 @@ def test_choice_lists_are_the_steps_own() -> None:
     assert config.FEATURE_SELECT_OPERATIONS is v.FEATURE_SELECT_OPERATIONS
     assert consensus.OPERATIONS is v.CONSENSUS_OPERATIONS
     assert config.LEVELS is v.FEATURE_SELECT_LEVELS
-    assert evaluate.MODES is v.EVALUATE_MODES
+    assert evaluate.MODES is v.MAP_MODES
     assert processing.CHAIN_STEPS is v.PROCESSING_STEPS
     assert aggregate.DEFAULT_COMPARTMENTS is v.DEFAULT_COMPARTMENTS
     assert set(v.AGGREGATE_OPERATIONS) == set(v.AggregateOperation.__args__)  # type: ignore[attr-defined]

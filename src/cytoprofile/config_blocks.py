@@ -430,6 +430,7 @@ class MapConfig(Block):
 
     ``modes``: ``activity`` (replicates vs negative controls) and/or ``consistency``
     (profiles sharing ``annotation_column`` vs those sharing none), with copairs' null.
+    ``neg_sameby`` unset: each mode's default (``vocabulary.MAP_NEG_SAMEBY``).
     """
 
     perform: bool = False
@@ -438,7 +439,7 @@ class MapConfig(Block):
     annotation_column: str | None = None
     multilabel_separator: str | None = None
     control_query: str = Field(default=NEGCON_QUERY, min_length=1)
-    neg_sameby: Annotated[list[str], BeforeValidator(_str_list)] = Field(default_factory=lambda: ["Metadata_Plate"])
+    neg_sameby: Annotated[list[str] | None, BeforeValidator(_str_list)] = None
     pos_diffby: Annotated[list[str], BeforeValidator(_str_list)] = Field(default_factory=list)
     null_size: int = Field(default=10000, ge=1)
     threshold: float = Field(default=0.05, gt=0, le=1)

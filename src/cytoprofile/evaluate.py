@@ -41,8 +41,8 @@ import pandas as pd
 
 from .errors import ConfigError, InputError
 from .step_data import feature_matrix
-from .vocabulary import EVALUATE_MODES as MODES
-from .vocabulary import NEGCON_QUERY, PERTURBATION_CANDIDATES, resolve_features
+from .vocabulary import MAP_MODES as MODES
+from .vocabulary import MAP_NEG_SAMEBY, NEGCON_QUERY, PERTURBATION_CANDIDATES, resolve_features
 
 __all__ = [
     "average_precision",
@@ -491,7 +491,7 @@ def mode_average_precision(
     column: str,
     control_query: str | None = NEGCON_QUERY,
     pos_diffby: Sequence[str] = (),
-    neg_sameby: Sequence[str] = (),
+    neg_sameby: Sequence[str] | None = None,
     multilabel_separator: str | None = None,
     features: str | Sequence[str] = "infer",
     feature_prefixes: Sequence[str] | None = None,
@@ -502,7 +502,21 @@ def mode_average_precision(
         raise ConfigError(f"unknown mAP mode {mode!r}; choose from {list(MODES)}")
     names = resolve_features(profiles, features, feature_prefixes=feature_prefixes)
     return _mode_scores(profiles, names, mode=mode, column=column, control_query=control_query,
-                        pos_diffby=pos_diffby, neg_sameby=neg_sameby, multilabel_separator=multilabel_separator)
+                        pos_diffby=pos_diffby, neg_sameby=_neg_sameby(profiles, mode, neg_sameby),
+                        multilabel_separator=multilabel_separator)
+
+
+def _neg_sameby(profiles: pd.DataFrame, mode: str, neg_sameby: Sequence[str] | None) -> Sequence[str]:
+    """The columns negatives share with the query: those given, else the mode's default
+    (``vocabulary.MAP_NEG_SAMEBY``), whose absence from the profiles says how to choose."""
+    if neg_sameby is not None:
+        return neg_sameby
+    default = MAP_NEG_SAMEBY[mode]
+    missing = [c for c in default if c not in profiles.columns]
+    if missing:
+        raise ConfigError(f"mAP ({mode}) compares with negatives of the same {', '.join(missing)} by default, "
+                          "absent from the profiles; name the neg_sameby columns, or none (--neg-sameby none)")
+    return default
 
 
 def _scope(profiles: pd.DataFrame) -> str:
@@ -524,7 +538,7 @@ def mean_average_precision(
     annotation_column: str | None = None,
     control_query: str | None = NEGCON_QUERY,
     pos_diffby: Sequence[str] = (),
-    neg_sameby: Sequence[str] = (),
+    neg_sameby: Sequence[str] | None = None,
     multilabel_separator: str | None = None,
     null_size: int = 10000,
     threshold: float = 0.05,
@@ -535,11 +549,12 @@ def mean_average_precision(
     """mAP per perturbation (or per annotation label, for ``consistency``).
 
     ``activity``: each perturbation's replicates (``pert_column``) against the negative
-    controls (``control_query``), optionally only those sharing ``neg_sameby`` (e.g.
-    ``["Metadata_Plate"]``, as JUMP reports it). ``distinctiveness``: replicates against
+    controls (``control_query``) sharing the ``neg_sameby`` columns (by default
+    ``Metadata_Plate``, as JUMP reports it; ``[]`` for every control). ``distinctiveness``: replicates against
     other perturbations, controls left out. ``consistency``: profiles sharing a label of
     ``annotation_column`` against profiles sharing none (several labels per profile when
-    ``multilabel_separator`` is set, e.g. ``"|"``). ``pos_diffby`` columns must differ
+    ``multilabel_separator`` is set, e.g. ``"|"``); these two compare with every negative
+    unless ``neg_sameby`` is given. ``pos_diffby`` columns must differ
     between replicates (e.g. ``["Metadata_Plate"]``). The table (see
     ``map_from_average_precision``) carries ``attrs["fraction_retrieved"]``.
     """

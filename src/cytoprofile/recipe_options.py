@@ -86,7 +86,7 @@ def map_options(block: Any) -> dict[str, Any] | None:
     None when the block is off (``perform: false``)."""
     settings = {"modes": list(block.modes), "pert_column": block.pert_column, "annotation_column": block.annotation_column,
                 "multilabel_separator": block.multilabel_separator, "control_query": block.control_query,
-                "neg_sameby": list(block.neg_sameby), "pos_diffby": list(block.pos_diffby), "null_size": block.null_size,
+                "neg_sameby": None if block.neg_sameby is None else list(block.neg_sameby), "pos_diffby": list(block.pos_diffby), "null_size": block.null_size,
                 "threshold": block.threshold, "seed": block.seed}
     return settings if block.perform else None
 

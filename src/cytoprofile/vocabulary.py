@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAP_MODES",
+    "MAP_NEG_SAMEBY",
     "RANK_INT_TIES",
     "SYNTH_EXPORTS",
     "VARIANCE_THRESHOLD_MEANINGS",
@@ -39,7 +40,6 @@ __all__ = [
     "COUNT_CHECKS",
     "DEFAULT_COMPARTMENTS",
     "DEFAULT_STRATA",
-    "EVALUATE_MODES",
     "FEATURE_SELECT_LEVELS",
     "FEATURE_SELECT_OPERATIONS",
     "IMAGE_METADATA_PREFIX",
@@ -444,8 +444,6 @@ FEATURE_SELECT_LEVELS: tuple[str, ...] = ("plate", "batch", "all")
 CORRELATION_METHODS: tuple[str, ...] = ("pearson", "spearman", "kendall")
 #: ``consensus`` operations.
 CONSENSUS_OPERATIONS: tuple[str, ...] = ("median", "mean", "modz")
-#: ``evaluate`` (mAP) modes.
-EVALUATE_MODES: tuple[str, ...] = ("activity", "distinctiveness", "consistency")
 #: Steps of a ``processing`` chain, named as the suffixes of a file name (``profiles_var_mad_featselect``).
 PROCESSING_STEPS: tuple[str, ...] = (
     "var", "mad", "int", "featselect", "wellpos", "cc", "outlier", "dropna", "pca", "sphering", "harmony",
@@ -463,8 +461,11 @@ BACKEND_KINDS: tuple[str, ...] = ("sqlite", "parquet")
 COUNT_CHECKS: tuple[str, ...] = ("error", "warn", "off")
 #: How ``rank_int`` breaks ties: a seeded permutation or the average rank.
 RANK_INT_TIES: tuple[str, ...] = ("random", "average")
-#: What ``map`` retrieves replicates against.
+#: What ``map`` (``evaluate.mean_average_precision``) retrieves replicates against.
 MAP_MODES: tuple[str, ...] = ("activity", "distinctiveness", "consistency")
+#: Columns mAP's negatives share with the query when none are named, per mode: JUMP scores
+#: activity against the same plate's controls, the other modes against every negative.
+MAP_NEG_SAMEBY: dict[str, tuple[str, ...]] = {"activity": ("Metadata_Plate",), "distinctiveness": (), "consistency": ()}
 #: What feature_select's ``variance_threshold`` means: the recipe's frequency ratio, or a variance.
 VARIANCE_THRESHOLD_MEANINGS: tuple[str, ...] = ("frequency", "variance")
 #: What ``synth`` writes: ExportToSpreadsheet site folders or ExportToDatabase SQLite files.

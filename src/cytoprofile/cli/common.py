@@ -37,7 +37,7 @@ __all__ = [
     "FeaturePrefixOpt", "FeaturesOpt", "FloatFormatOpt", "HubOpt", "NoControlsOpt", "NoSignOpt", "PlateColumnOpt",
     "ProfileOpt", "QuietOpt", "ReadTimeoutOpt", "ReferenceOpt", "RetriesOpt", "TmpDirOpt", "app",
     "check_float_format", "choice_option", "configure_storage", "one_of", "console", "feature_args", "log", "plate_progress",
-    "setup_logging", "split_values", "timed",
+    "none_or_values", "setup_logging", "split_values", "timed",
 ]
 
 _PLACEHOLDERS = {str: "TEXT", int: "INTEGER", float: "NUMBER", Path: "PATH"}
@@ -139,6 +139,12 @@ def split_values(values: list[str] | None) -> list[str] | None:
     for v in values:
         out.extend(x.strip() for x in v.split(",") if x.strip())
     return out
+
+
+def none_or_values(values: list[str] | None) -> list[str] | None:
+    """``split_values``, with ``none`` naming the empty list (an option not given stays None)."""
+    out = split_values(values)
+    return [] if out is not None and [v.lower() for v in out] == ["none"] else out
 
 
 def setup_logging(quiet: bool) -> None:

@@ -23,6 +23,7 @@ from .common import (
     choice_option,
     feature_args,
     log,
+    none_or_values,
     one_of,
     setup_logging,
     split_values,
@@ -259,7 +260,7 @@ def map_cmd(
     annotation_column: Annotated[str | None, typer.Option(help="consistency: the annotation (e.g. Metadata_target).")] = None,
     multilabel_separator: Annotated[str | None, typer.Option(help="consistency: separator of several labels in one cell, e.g. '|'.")] = None,
     control_query: Annotated[str, typer.Option(help="Negative controls (query); 'none' for no controls.")] = NEGCON_QUERY,
-    neg_sameby: Annotated[list[str], typer.Option(help="Negatives must share these columns (e.g. Metadata_Plate).")] = [],
+    neg_sameby: Annotated[list[str] | None, typer.Option(help="Negatives must share these columns; 'none' for every negative.  [default: Metadata_Plate for activity, none otherwise]")] = None,
     pos_diffby: Annotated[list[str], typer.Option(help="Replicates must differ in these columns.")] = [],
     null_size: Annotated[int, typer.Option(help="Draws in each null distribution.")] = 10000,
     threshold: Annotated[float, typer.Option(help="FDR level for 'retrieved'.")] = 0.05,
@@ -280,7 +281,7 @@ def map_cmd(
             io.read_table(profiles), mode=mode,  # type: ignore[arg-type]
             pert_column=pert_column, annotation_column=annotation_column,
             control_query=None if control_query.lower() in ("none", "") else control_query,
-            neg_sameby=split_values(neg_sameby) or [], pos_diffby=split_values(pos_diffby) or [],
+            neg_sameby=none_or_values(neg_sameby), pos_diffby=split_values(pos_diffby) or [],
             multilabel_separator=multilabel_separator, null_size=null_size, threshold=threshold, seed=seed,
             **feature_args(features, feature_prefixes))
     if output:

@@ -21,6 +21,7 @@ from .common import (
     app,
     configure_storage,
     console,
+    none_or_values,
     one_of,
     plate_progress,
     setup_logging,
@@ -109,7 +110,7 @@ def qc(
     map_annotation_column: Annotated[str | None, typer.Option(help="mAP consistency: the annotation (e.g. Metadata_moa).")] = None,
     map_multilabel_separator: Annotated[str | None, typer.Option(help="mAP consistency: separator of several labels in one cell, e.g. '|'.")] = None,
     map_control_query: Annotated[str | None, typer.Option(help=f"mAP negative controls (query).  [default: {NEGCON_QUERY}]")] = None,
-    map_neg_sameby: Annotated[list[str] | None, typer.Option(help="mAP negatives must share these columns.  [default: Metadata_Plate]")] = None,
+    map_neg_sameby: Annotated[list[str] | None, typer.Option(help="mAP negatives must share these columns; 'none' for every negative.  [default: Metadata_Plate for activity, none otherwise]")] = None,
     map_pos_diffby: Annotated[list[str] | None, typer.Option(help="mAP replicates must differ in these columns.  [default: none]")] = None,
     map_null_size: Annotated[int | None, typer.Option(help="mAP draws in each null distribution.  [default: 10000]")] = None,
     map_threshold: Annotated[float | None, typer.Option(help="mAP FDR level for 'retrieved'.  [default: 0.05]")] = None,
@@ -125,7 +126,7 @@ def qc(
 
     given = {"modes": split_values(map_modes), "pert_column": map_pert_column, "annotation_column": map_annotation_column,
              "multilabel_separator": map_multilabel_separator, "control_query": map_control_query,
-             "neg_sameby": split_values(map_neg_sameby), "pos_diffby": split_values(map_pos_diffby), "null_size": map_null_size,
+             "neg_sameby": none_or_values(map_neg_sameby), "pos_diffby": split_values(map_pos_diffby), "null_size": map_null_size,
              "threshold": map_threshold, "seed": map_seed, "profiles": map_profiles}
     settings = _qc_map_settings(map_, {k: v for k, v in given.items() if v is not None})
     setup_logging(quiet)

@@ -13,7 +13,7 @@ import pandas as pd
 from .. import io as cpio
 from ..errors import CytoprofileError, InputError
 from ..layout import QualityControlLayout
-from ..vocabulary import EVALUATE_MODES, is_metadata
+from ..vocabulary import MAP_MODES, is_metadata
 from .metrics import map_by_plate, map_tables
 
 __all__ = ["batch_map", "remove_stale_maps"]
@@ -73,7 +73,7 @@ def remove_stale_maps(mean_ap: dict[str, Any] | None, where: QualityControlLayou
     panel turned off, a mode dropped), so the map folder holds only this run's tables. ``mean_ap``: what
     :func:`batch_map` made (None: nothing)."""
     made = set(mean_ap["paths"]) if mean_ap is not None else set()
-    for mode in EVALUATE_MODES:
+    for mode in MAP_MODES:
         for name in (mode, f"{mode}_by_plate"):
             path = where.map_file(batch, name)
             if name not in made and cpio.exists(path):
