@@ -29,6 +29,8 @@ from .vocabulary import (
     LINKING_COLUMNS,
     compartment_features,
     metadata_columns,
+    prefixed_features,
+    table_prefixes,
     with_metadata_prefix,
 )
 from .vocabulary import AggregateOperation as Operation
@@ -277,8 +279,8 @@ def aggregate_cells(
     if missing:
         raise InputError(f"strata column(s) {', '.join(missing)} not in the single-cell table")
     if features == "infer":
-        prefixes = tuple(f"{c}_" for c in (*compartments, *(["Image"] if image_features else [])))
-        features = [c for c in population_df.columns if str(c).startswith(prefixes) and c not in LINKING_COLUMNS]
+        prefixes = table_prefixes(compartments, image=image_features)
+        features = [c for c in prefixed_features(population_df.columns, prefixes) if c not in LINKING_COLUMNS]
         if not features:
             raise InputError(f"no feature columns (names starting with {', '.join(prefixes)}) in the single-cell table")
     features = [f for f in features if f not in strata]

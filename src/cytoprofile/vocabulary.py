@@ -74,6 +74,7 @@ __all__ = [
     "feature_prefixes",
     "grid_to_well",
     "infer_features",
+    "matching_features",
     "is_metadata",
     "is_text_column",
     "metadata_columns",
@@ -81,6 +82,7 @@ __all__ = [
     "normalise_well",
     "plate_layout",
     "prefixed_features",
+    "table_prefixes",
     "prefix_metadata",
     "resolve_features",
     "row_label",
@@ -207,6 +209,21 @@ def feature_prefixes(compartments: str | Sequence[str] | None = None) -> tuple[s
     return tuple(out)
 
 
+def matching_features(profiles: pd.DataFrame, prefixes: Sequence[str], *, image_features: bool) -> list[str]:
+    """The columns named with one of ``prefixes`` (and, with ``image_features``, the numeric
+    ``Image*`` ones), in column order: what CellProfiler naming calls a feature."""
+    import pandas as pd
+
+    starts = tuple(prefixes)
+    return [col for col in profiles.columns if isinstance(col, str) and (col.startswith(starts) or (
+        image_features and col.startswith("Image") and pd.api.types.is_numeric_dtype(profiles[col])))]
+
+
+def table_prefixes(tables: Sequence[str], *, image: bool = False) -> tuple[str, ...]:
+    """The feature-name prefixes of backend tables (``Cells_``, ...; ``Image_`` too with ``image``)."""
+    return tuple(f"{t}_" for t in (*tables, *(["Image"] if image else [])))
+
+
 def infer_features(
     profiles: pd.DataFrame,
     *,
@@ -219,22 +236,11 @@ def infer_features(
     that were aggregated (e.g. ``[..., "speckles"]``) to carry extra ones through.
     With ``image_features``, numeric ``Image*`` columns count too.
     """
-    import pandas as pd
-
     from .checks import check_flag
 
     check_flag("image_features", image_features)
     prefixes = feature_prefixes(compartments)
-    found: list[str] = []
-    for col in profiles.columns:
-        if not isinstance(col, str):
-            continue
-        if col.startswith(prefixes) or (
-            image_features
-            and col.startswith("Image")
-            and pd.api.types.is_numeric_dtype(profiles[col])
-        ):
-            found.append(col)
+    found = matching_features(profiles, prefixes, image_features=image_features)
     if not found:
         raise InputError(
             f"no feature columns found (names starting with {', '.join(prefixes)}); "

@@ -19,6 +19,7 @@ from ..vocabulary import (
     normal_well,
     prefixed_features,
     row_label,
+    table_prefixes,
     well_to_grid,
 )
 
@@ -47,7 +48,7 @@ __all__ = [
 ]
 
 #: QC's features: the canonical compartments' and the image's (``Cells_``, ..., ``Image_``).
-FEATURE_PREFIXES = tuple(f"{name}_" for name in (*CANONICAL_COMPARTMENTS, "Image"))
+FEATURE_PREFIXES = table_prefixes(CANONICAL_COMPARTMENTS, image=True)
 _COUNT_COLUMNS = (OBJECT_COUNT_COLUMN, "Cytoplasm_Number_Object_Number")
 
 

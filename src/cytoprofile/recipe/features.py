@@ -9,7 +9,7 @@ import pandas as pd
 
 from ..config import Recipe
 from ..errors import InputError
-from ..vocabulary import is_metadata
+from ..vocabulary import is_metadata, matching_features
 
 __all__ = ["compartment_prefixes", "feature_columns", "features_for"]
 
@@ -39,18 +39,10 @@ def feature_columns(df: pd.DataFrame, prefixes: Sequence[str], *, image_features
     A column that is neither metadata, an image column nor a compartment's feature would
     be lost by the steps: that is an error naming it.
     """
-    out: list[str] = []
-    stray: list[str] = []
-    for col in map(str, df.columns):
-        if is_metadata(col):
-            continue
-        if col.startswith(tuple(prefixes)):
-            out.append(col)
-        elif col.startswith(_PASSTHROUGH):
-            if image_features and col.startswith("Image") and pd.api.types.is_numeric_dtype(df[col]):
-                out.append(col)
-        else:
-            stray.append(col)
+    out = [c for c in matching_features(df, prefixes, image_features=image_features) if not is_metadata(c)]
+    taken = set(out)
+    stray = [c for c in map(str, df.columns) if not (is_metadata(c) or c in taken or c.startswith(_PASSTHROUGH)
+                                                      or c.startswith(tuple(prefixes)))]
     if stray:
         shown = ", ".join(stray[:5]) + (f" ... ({len(stray)} in all)" if len(stray) > 5 else "")
         raise InputError(
