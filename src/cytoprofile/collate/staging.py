@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .. import io, workspace
@@ -45,10 +45,19 @@ def publish_plate(local_ws: str, remote_ws: str, batch: str, plate: str, report:
                    *, before: set[str] | None = None) -> list[str]:
     """Upload a finished plate: remote report deleted first, outputs, stale keys removed, report last."""
     folder = Workspace(str(local_ws)).backend(batch, plate)
-    target = Workspace(str(remote_ws)).backend(batch, plate)
+    names = sorted(n for n in os.listdir(folder) if not n.startswith(".") and n != report_name(plate))
+    earlier = before or set()
+    return _publish(folder, Workspace(str(remote_ws)).backend(batch, plate), plate, names, report,
+                    warn=lambda name: name in earlier)
+
+
+def _publish(folder: str, target: str, plate: str, names: Sequence[str], report: dict[str, Any], *,
+             warn: Callable[[str], bool]) -> list[str]:
+    """The one publishing order: the remote report deleted (nothing of the plate is trusted
+    until the new one is up), ``names`` uploaded, the plate's keys the report does not list
+    removed (a warning for those ``warn`` picks), the report uploaded last."""
     report_file = report_name(plate)
-    io.remove(io.join(target, report_file))  # nothing of this plate is trusted until the new report is up
-    names = sorted(n for n in os.listdir(folder) if not n.startswith(".") and n != report_file)
+    io.remove(io.join(target, report_file))
     urls = [io.join(target, n) for n in names]
     for name, url in zip(names, urls):
         io.upload(os.path.join(folder, name), url)
@@ -56,7 +65,7 @@ def publish_plate(local_ws: str, remote_ws: str, batch: str, plate: str, report:
     for name in sorted(remote_sizes(target)):
         if is_ours(plate, name) and name not in keep:
             io.remove(io.join(target, name))
-            if before and name in before:
+            if warn(name):
                 log.warning("%s: removed %s of the earlier build (not asked for now)", plate, io.join(target, name))
     io.upload(os.path.join(folder, report_file), io.join(target, report_file))
     return [*urls, io.join(target, report_file)]
@@ -161,19 +170,9 @@ def _publish_profiles(scratch: str, ws: str, batch: str, plate: str, report: dic
     profiles = {n: e for n, e in report["outputs"].items() if kind_of(plate, n) == "profiles"}
     kept = {n: e for n, e in previous.get("outputs", {}).items() if n in trusted and kind_of(plate, n) != "profiles"}
     report["outputs"] = {**kept, **profiles}
-    report_file = report_name(plate)
-    io.write_json(report, os.path.join(folder, report_file))
-    io.remove(io.join(target, report_file))
-    for entry in sorted(profiles):
-        for file in (entry, entry + SIDECAR):
-            if os.path.exists(os.path.join(folder, file)):
-                io.upload(os.path.join(folder, file), io.join(target, file))
-    keep = set(report["outputs"]) | {n + SIDECAR for n in report["outputs"]}
-    for stale in sorted(remote_sizes(target)):
-        if is_ours(plate, stale) and stale not in keep:
-            io.remove(io.join(target, stale))
-            log.warning("%s: removed %s of the earlier build (not asked for now)", plate, io.join(target, stale))
-    io.upload(os.path.join(folder, report_file), io.join(target, report_file))
+    io.write_json(report, os.path.join(folder, report_name(plate)))
+    names = [f for entry in sorted(profiles) for f in (entry, entry + SIDECAR) if os.path.exists(os.path.join(folder, f))]
+    _publish(folder, target, plate, names, report, warn=lambda name: True)
 
 
 def remote_export_files(ws: str, batch: str, plate: str) -> list[str]:
