@@ -55,17 +55,41 @@ class Staged:
         """The URL of a file of the local copy."""
         return io.join(self.remote, os.path.relpath(path, self.local))
 
+    def at_url(self, text: str) -> str:
+        """``text`` with the local copy's paths named at the workspace URL."""
+        for local in {self.local, os.path.realpath(self.local)}:
+            text = text.replace(local.rstrip(os.sep) + os.sep, self.remote.rstrip("/") + "/").replace(local, self.remote)
+        return text
+
     @contextlib.contextmanager
-    def named_at_url(self) -> Iterator[None]:
-        """Errors raised inside name the workspace URL instead of the local copy (the user knows the URL;
-        a scratch copy is deleted next)."""
+    def named_at_url(self, *loggers: logging.Logger) -> Iterator[None]:
+        """Errors raised inside, and the records of ``loggers``, name the workspace URL instead
+        of the local copy (the user knows the URL; a scratch copy is deleted next)."""
+        renamed = _AtUrl(self)
+        for logger in loggers:
+            logger.addFilter(renamed)
         try:
             yield
         except CytoprofileError as exc:
-            text = str(exc)
-            for local in {self.local, os.path.realpath(self.local)}:
-                text = text.replace(local.rstrip(os.sep) + os.sep, self.remote.rstrip("/") + "/").replace(local, self.remote)
-            raise type(exc)(text) from exc
+            raise type(exc)(self.at_url(str(exc))) from exc
+        finally:
+            for logger in loggers:
+                logger.removeFilter(renamed)
+
+
+class _AtUrl(logging.Filter):
+    """Rewrites a record's message with :meth:`Staged.at_url`."""
+
+    def __init__(self, copy: Staged) -> None:
+        super().__init__()
+        self.copy = copy
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        renamed = self.copy.at_url(message)
+        if renamed != message:
+            record.msg, record.args = renamed, None
+        return True
 
 
 @contextlib.contextmanager

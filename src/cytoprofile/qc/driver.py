@@ -390,7 +390,7 @@ def _at_url(where: QualityControlLayout, batch: str, plates: list[str], *, tmp_d
         path for p in plates for path in (where.load_data(batch, p), where.profiles(batch, p), where.report_json(batch, p))]
     with staged(where.root, tmp_dir=tmp_dir, prefix="qc") as copy:
         copy.fetch([relative_to(path, where.root) for path in folders])
-        with _named_at(copy.local, where.root), copy.named_at_url():
+        with copy.named_at_url(log):
             result = quality_control(copy.local, batch, plates, **options)
         copy.publish(files_under(replace(where, root=copy.local).outputs(), copy.local))
         for plate, made in result.heatmaps.items():  # the scratch copy held no earlier figures
@@ -404,30 +404,6 @@ def _at_url(where: QualityControlLayout, batch: str, plates: list[str], *, tmp_d
     if result.mean_ap is not None:
         result.mean_ap["paths"] = {k: url(v) for k, v in result.mean_ap["paths"].items()}
     return result
-
-
-class _Renamed(logging.Filter):
-    """Names ``root`` where a record says ``scratch``: the user knows the URL, not our copy."""
-
-    def __init__(self, scratch: str, root: str) -> None:
-        super().__init__()
-        self.scratch, self.root = scratch, root.rstrip("/")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if self.scratch in message:
-            record.msg, record.args = message.replace(self.scratch, self.root), None
-        return True
-
-
-@contextlib.contextmanager
-def _named_at(scratch: str, root: str) -> Iterator[None]:
-    renamed = _Renamed(scratch, root)
-    log.addFilter(renamed)
-    try:
-        yield
-    finally:
-        log.removeFilter(renamed)
 
 
 def _write_heatmaps(figures: dict[str, bytes], where: QualityControlLayout, batch: str, plate: str) -> dict[str, str]:
