@@ -99,15 +99,24 @@ def warm(paths: Sequence[Path]) -> None:
                 pass
 
 
-def machine_basics() -> dict[str, str]:
-    """The commit under test, the date, this machine's cores and CPU, and the Python version."""
+def machine(*packages: str) -> dict[str, str]:
+    """The commit under test, the date, this machine's cores and CPU, the Python version and
+    the installed version of each of ``packages``."""
     import datetime as dt
+    import importlib.metadata as md
     import platform
+
+    def version(name: str) -> str:
+        try:
+            return md.version(name)
+        except md.PackageNotFoundError:
+            return "not installed"
 
     cpuinfo = Path("/proc/cpuinfo")
     names = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines() if ln.startswith("model name")] if cpuinfo.exists() else []
     return {"source": source_state(), "date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"), "cores": str(os.cpu_count()),
-            "cpu": names[0] if names else platform.machine(), "python": platform.python_version()}
+            "cpu": names[0] if names else platform.machine(), "python": platform.python_version(),
+            **{name: version(name) for name in packages}}
 
 
 def cytoprofile_bin() -> str:

@@ -44,7 +44,7 @@ from _common import (
     Contender,
     Run,
     cytoprofile_bin,
-    machine_basics,
+    machine,
     mb,
     measure,
     runs_text,
@@ -307,28 +307,6 @@ def compare_profiles(ours: Path, old: Path) -> str:
 # --------------------------------------------------------------------------- report
 
 
-def machine() -> dict[str, str]:
-    """This machine and the versions under test."""
-    import pandas
-    import polars
-    import pyarrow
-
-    import cytoprofile
-
-    try:
-        import importlib.metadata as md
-
-        pycyto = md.version("pycytominer")
-    except Exception:  # noqa: BLE001 - only a label
-        pycyto = "not installed"
-    return machine_basics() | {"cytoprofile": cytoprofile.__version__, "pyarrow": pyarrow.__version__,
-                               "polars": polars.__version__, "pandas": pandas.__version__,
-                               "pycytominer (cytoprofile venv)": pycyto}
-
-
-# --------------------------------------------------------------------------- main
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark and write the report."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -406,7 +384,7 @@ def report(args: argparse.Namespace, sizes: Sizes, info: dict[str, Any], contend
            old: dict[str, Any], agreement: str, memory: dict[tuple[int, str], Contender], plates: dict[int, dict[str, Any]],
            repeats: int) -> str:
     """The markdown section."""
-    m = machine()
+    m = machine("cytoprofile", "pyarrow", "polars", "pandas", "pycytominer")
     sites = int(info["sites"])
     sp = sizes.speed
     cmd = "python bench/collate.py" + (" --quick" if args.quick else "") + (" --skip-old" if args.skip_old else "")

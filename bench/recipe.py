@@ -45,7 +45,7 @@ from _common import (
     RESULTS,
     Contender,
     cytoprofile_bin,
-    machine_basics,
+    machine,
     mb,
     measure,
     write_section,
@@ -290,24 +290,10 @@ def compare(ours: Path, theirs: Path, plates: Sequence[str]) -> str:
 # --------------------------------------------------------------------------- report
 
 
-def machine() -> dict[str, str]:
-    """This machine and the versions under test."""
-    import importlib.metadata as md
-
-    import pandas
-    import pyarrow
-
-    import cytoprofile
-
-    return machine_basics() | {"cytoprofile": cytoprofile.__version__, "pyarrow": pyarrow.__version__,
-                               "pandas": pandas.__version__, "pycytominer": md.version("pycytominer"),
-                               "numpy": md.version("numpy"), "scikit-learn": md.version("scikit-learn")}
-
-
 def report(args: argparse.Namespace, sizes: Sizes, info: dict[str, Any], ours: Contender, theirs: Contender, agreement: str,
            repeats: int) -> str:
     """The markdown section."""
-    m = machine()
+    m = machine("cytoprofile", "pyarrow", "pandas", "pycytominer", "numpy", "scikit-learn")
     cmd = "python bench/recipe.py" + (" --quick" if args.quick else "") + (f" --plates {args.plates}" if args.plates else "")
     speed = theirs.best / ours.best
     mem = ours.peak / theirs.peak

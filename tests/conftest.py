@@ -1,14 +1,18 @@
-"""Shared fixtures: the real CellProfiler data in ../shared/data, small synthetic workspaces, a loopback S3 server."""
+"""Shared fixtures: the real CellProfiler data in ../shared/data, small synthetic workspaces, a loopback S3
+server, a loopback Dask cluster and a port that never answers."""
 
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from .loopback import aws_credentials, moto_server
+from .loopback import CREDENTIALS, aws_credentials, free_port, moto_server, wait_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -60,3 +64,42 @@ def s3_endpoint(aws_env: None) -> Iterator[str]:
     """A moto S3 server on a free loopback port for the module's tests; its endpoint URL."""
     with moto_server() as endpoint:
         yield endpoint
+
+
+@pytest.fixture(scope="module")
+def cluster(aws_env: None) -> Iterator[tuple[str, list[subprocess.Popen[bytes]]]]:
+    port = free_port()
+    env = {**os.environ, **CREDENTIALS}
+    scheduler = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+                                  "--port", str(port), "--no-dashboard"], env=env,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers = []
+    try:
+        wait_port(port)
+        address = f"tcp://127.0.0.1:{port}"
+        for _ in range(2):
+            workers.append(subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address,
+                                             "--nthreads", "1", "--no-nanny", "--no-dashboard", "--host", "127.0.0.1"],
+                                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        from dask.distributed import Client
+
+        with Client(address, timeout="30s") as client:
+            client.wait_for_workers(2, timeout=60)
+        yield address, workers
+    finally:
+        for proc in [*workers, scheduler]:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+
+
+@pytest.fixture()
+def silent_listener() -> Iterator[str]:
+    """A port that accepts connections (the kernel completes the handshake) and never answers."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(16)
+        yield f"127.0.0.1:{s.getsockname()[1]}"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from cytoprofile import io
 
-__all__ = ["CREDENTIALS", "aws_credentials", "free_port", "make_bucket", "moto_server", "upload_tree", "wait_port"]
+__all__ = ["CREDENTIALS", "aws_credentials", "closed_port", "free_port", "make_bucket", "moto_server", "upload_tree", "wait_port"]
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
@@ -89,3 +89,8 @@ def upload_tree(local: Path, url: str, *, under: str = "", skip: str | None = No
         relative = path.relative_to(local)
         if path.is_file() and (skip is None or skip not in relative.parts):
             io.upload(path, io.join(url, relative.as_posix()))
+
+
+def closed_port() -> str:
+    """A loopback address nothing listens on (bound and released): connections are refused."""
+    return f"127.0.0.1:{free_port()}"

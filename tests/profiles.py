@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 __all__ = [
-    "KINDS", "NEGCON", "WELLS", "feature_names", "make_profiles", "plant_nan", "plate_profiles", "replicate_profiles",
+    "KINDS", "NEGCON", "WELLS", "feature_names", "features_of", "make_profiles", "plant_nan", "plate_profiles", "replicate_profiles",
     "selection_profiles", "well_metadata",
 ]
 
@@ -21,6 +21,11 @@ KINDS = (
     "Correlation_Costes_ER_AGP",
     "RadialDistribution_FracAtD_AGP_1of4",
 )
+
+
+def features_of(df: pd.DataFrame) -> list[str]:
+    """The columns of ``df`` that are not ``Metadata_``: its features."""
+    return [c for c in df.columns if not c.startswith("Metadata_")]
 
 
 def feature_names(n: int, kinds: tuple[str, ...] = KINDS) -> list[str]:

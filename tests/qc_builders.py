@@ -14,7 +14,7 @@ from PIL import Image
 from cytoprofile import qc
 
 __all__ = [
-    "FEATURES", "make_wells", "make_load_data", "make_profiles", "make_batch_profiles", "png_stats",
+    "FEATURES", "make_wells", "make_load_data", "qc_well_profiles", "make_batch_profiles", "png_stats",
     "assert_png", "write_workspace",
 ]
 
@@ -42,7 +42,8 @@ def make_load_data(plate: str, sites_per_well: dict[str, int], channels: int = 5
     return pd.DataFrame(records)
 
 
-def make_profiles(plate: str, wells: list[str], *, rng: np.random.Generator, counts=None) -> pd.DataFrame:
+def qc_well_profiles(plate: str, wells: list[str], *, rng: np.random.Generator, counts=None) -> pd.DataFrame:
+    """One plate's per-well profiles as QC reads them: site and cell counts, random QC features."""
     frame = pd.DataFrame(
         {
             "Metadata_Plate": plate,
@@ -68,7 +69,7 @@ def make_batch_profiles(n_strong: int = 20, n_null: int = 20, seed: int = 1) -> 
     for plate in ("P1", "P2"):
         treatment_wells = [w for w in make_wells(8, 12) if not w.endswith(("01", "12"))]
         layout = dict(zip(treatment_wells, [n for n in names for _ in range(2)], strict=False))
-        frame = make_profiles(plate, make_wells(8, 12), rng=rng)
+        frame = qc_well_profiles(plate, make_wells(8, 12), rng=rng)
         negcon = frame["Metadata_Well"].str.endswith(("01", "12"))
         frame["Metadata_broad_sample"] = [
             "DMSO" if is_negcon else layout.get(w) for w, is_negcon in zip(frame["Metadata_Well"], negcon, strict=True)
@@ -105,7 +106,7 @@ def write_workspace(root: Path, batch: str = "B1") -> list[str]:
         prof_dir.mkdir(parents=True)
         if plate == "BIG":
             wells = make_wells(32, 48)
-            frame = make_profiles(plate, wells, rng=np.random.default_rng(9))
+            frame = qc_well_profiles(plate, wells, rng=np.random.default_rng(9))
         else:
             frame = profiles[profiles["Metadata_Plate"] == plate].reset_index(drop=True)
             frame = frame[frame["Metadata_Well"] != "H12"]  # one empty well

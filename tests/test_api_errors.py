@@ -137,3 +137,22 @@ def test_collate_refuses_an_unknown_choice_before_reading(tmp_path: Any, option:
         collate(ws, "B", ["P1"], **{option: value})
     assert isinstance(caught.value, ValueError)
     assert sorted(p.relative_to(ws) for p in ws.rglob("*")) == before
+
+
+@pytest.mark.parametrize(("call", "names"), [
+    (lambda df: consensus(df, operation="mode"), "median, mean or modz"),
+    (lambda df: feature_select(df, operations=["variance", "nope"]), "variance and nope; choose"),
+    (lambda df: normalize(df, method="zscore"), "standardize, robustize"),
+    (lambda df: __import__("cytoprofile.evaluate").evaluate.mean_average_precision(df, mode="recall"),
+     "activity, distinctiveness or consistency"),
+    (lambda df: __import__("cytoprofile.evaluate").evaluate.average_precision(
+        df, pos_sameby=["Metadata_broad_sample", "Metadata_Plate", "Metadata_Well"],
+        pos_diffby=["Metadata_Plate", "Metadata_Well"], neg_diffby=["Metadata_broad_sample"]),
+     "share Metadata_Plate and Metadata_Well"),
+])
+def test_messages_list_choices_as_words(call: Callable[[pd.DataFrame], object], names: str) -> None:
+    """An error lists choices and names as a person writes them, never as a Python list."""
+    with pytest.raises(CytoprofileError) as caught:
+        call(_profiles())
+    message = str(caught.value)
+    assert names in message and "['" not in message and "']" not in message, message

@@ -15,6 +15,7 @@ from cytoprofile import evaluate as ev
 from cytoprofile.cli import main
 from cytoprofile.errors import ConfigError, InputError
 from tests.planted import planted_profiles
+from tests.profiles import features_of
 
 copairs_map = pytest.importorskip("copairs.map")
 from copairs.map import multilabel  # noqa: E402
@@ -23,17 +24,13 @@ from copairs.matching import assign_reference_index  # noqa: E402
 NEG = "Metadata_control_type == 'negcon'"
 
 
-def _feats(df: pd.DataFrame) -> list[str]:
-    return [c for c in df.columns if not c.startswith("Metadata_")]
-
-
 def _reference_activity(df: pd.DataFrame, *, neg_sameby: list[str], pos_diffby: list[str]) -> pd.DataFrame:
     meta = assign_reference_index(df[[c for c in df.columns if c.startswith("Metadata_")]], NEG,
                                   reference_col="Metadata_Reference_Index", default_value=-1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ap = copairs_map.average_precision(
-            meta, df[_feats(df)].to_numpy(), pos_sameby=["Metadata_broad_sample", "Metadata_Reference_Index"],
+            meta, df[features_of(df)].to_numpy(), pos_sameby=["Metadata_broad_sample", "Metadata_Reference_Index"],
             pos_diffby=pos_diffby, neg_sameby=neg_sameby,
             neg_diffby=["Metadata_broad_sample", "Metadata_Reference_Index"], progress_bar=False)
     return ap[(df["Metadata_control_type"] != "negcon").to_numpy()].reset_index(drop=True)
@@ -47,7 +44,7 @@ def _reference_map(ap: pd.DataFrame, sameby: list[str], tmp_path: Path, *, null_
 def _shaped(seed: int, *, ties: bool) -> pd.DataFrame:
     df = planted_profiles(plates=3, wells=48, features=12, negcon_per_plate=12, seed=seed)
     if ties:  # coarse values: many equal similarities between positives and negatives
-        f = _feats(df)
+        f = features_of(df)
         df[f] = np.round(df[f] / 10)
     return df
 
@@ -81,7 +78,7 @@ def test_distinctiveness_equals_copairs(tmp_path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ref_ap = copairs_map.average_precision(
-            trt[[c for c in trt.columns if c.startswith("Metadata_")]], trt[_feats(trt)].to_numpy(),
+            trt[[c for c in trt.columns if c.startswith("Metadata_")]], trt[features_of(trt)].to_numpy(),
             pos_sameby=["Metadata_broad_sample"], pos_diffby=[], neg_sameby=["Metadata_Plate"],
             neg_diffby=["Metadata_broad_sample"], progress_bar=False)
     ref = _reference_map(ref_ap, ["Metadata_broad_sample"], tmp_path, null_size=1000, seed=3)
@@ -95,7 +92,7 @@ def test_distinctiveness_equals_copairs(tmp_path: Path) -> None:
 def test_consistency_equals_copairs(tmp_path: Path, multilabel_targets: bool) -> None:
     df = _shaped(3, ties=False)
     trt = df[df["Metadata_control_type"] != "negcon"]
-    cons = trt.groupby("Metadata_broad_sample", as_index=False)[_feats(df)].median()
+    cons = trt.groupby("Metadata_broad_sample", as_index=False)[features_of(df)].median()
     rng = np.random.default_rng(0)
     pool = ["EGFR", "HDAC", "TUBB", "MTOR", "BRD4", "CDK"]
     if multilabel_targets:
@@ -103,7 +100,7 @@ def test_consistency_equals_copairs(tmp_path: Path, multilabel_targets: bool) ->
     else:
         targets = list(rng.choice(pool, size=len(cons)))
     cons.insert(1, "Metadata_target", targets)
-    feats = cons[_feats(cons)].to_numpy()
+    feats = cons[features_of(cons)].to_numpy()
     meta = cons[["Metadata_broad_sample", "Metadata_target"]].copy()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -165,7 +162,7 @@ def test_ap_bounds_and_scale_invariance(seed: int, scale: float) -> None:
     df = planted_profiles(plates=2, wells=24, features=5, negcon_per_plate=8, seed=seed)
     ap = ev.mode_average_precision(df, mode="activity", column="Metadata_broad_sample")
     scaled = df.copy()
-    scaled[_feats(df)] *= scale
+    scaled[features_of(df)] *= scale
     again = ev.mode_average_precision(scaled, mode="activity", column="Metadata_broad_sample")
     assert ((ap["average_precision"] >= 0) & (ap["average_precision"] <= 1)).all()
     # cosine similarity ignores the scale
@@ -191,7 +188,7 @@ def test_refusals() -> None:
     with pytest.raises(ConfigError, match="annotation_column"):
         ev.mean_average_precision(df, mode="consistency")
     bad = df.copy()
-    bad.loc[3, _feats(df)[0]] = np.nan
+    bad.loc[3, features_of(df)[0]] = np.nan
     with pytest.raises(InputError, match="missing feature values"):
         ev.mean_average_precision(bad)
     with pytest.raises(InputError, match="no negative controls"):
@@ -238,7 +235,7 @@ def test_map_defaults_are_one_per_mode_everywhere(tmp_path: Path) -> None:
     settings = recipe_options.map_options(config.MapConfig.model_validate({"perform": True, "null_size": 300}))
     assert settings is not None
     settings.pop("modes")
-    qc = map_tables(df, features=_feats(df), modes=["activity"], **settings)["activity"]
+    qc = map_tables(df, features=features_of(df), modes=["activity"], **settings)["activity"]
     np.testing.assert_array_equal(qc["mean_average_precision"], plate["mean_average_precision"])
     with pytest.raises(ConfigError, match=r"same Metadata_Plate by default.*--neg-sameby none"):
         ev.mean_average_precision(df.drop(columns="Metadata_Plate"), null_size=300)

@@ -13,7 +13,6 @@ from cytoprofile.collate import collate
 from cytoprofile.executor import run_plates
 
 from .quarantine import BATCH, quarantined_workspace
-from .test_scale_out import cluster, silent_listener  # noqa: F401 - the loopback scheduler and workers; a port that never answers
 
 PLATES = ["P1", "P2", "P3"]
 
@@ -47,7 +46,7 @@ def _collate(ws: Path, **options: object) -> _Recorder:
 
 @pytest.mark.parametrize("wells", [6, 24])
 def test_dask_progress_reaches_the_client_before_each_plate_ends(
-        tmp_path: Path, wells: int, cluster: tuple[str, list[subprocess.Popen[bytes]]]) -> None:  # noqa: F811
+        tmp_path: Path, wells: int, cluster: tuple[str, list[subprocess.Popen[bytes]]]) -> None:
     ws = tmp_path / "ws"
     expected = quarantined_workspace(ws, PLATES, wells=wells)
     serial = _collate(ws)
@@ -90,17 +89,17 @@ def test_a_task_that_fails_unexpectedly_stops_the_pool(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("kind", "connect", "read"), [("closed", 1.0, 15.0), ("closed", 3.0, 15.0),
                                                       ("silent", 1.0, 1.5)])
 def test_connect_timeout_bounds_the_scheduler_connection(tmp_path: Path, kind: str, connect: float, read: float,
-                                                        silent_listener: str,  # noqa: F811 - the fixture
+                                                        silent_listener: str,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     from cytoprofile import io
     from cytoprofile.cli import main
     from cytoprofile.synth import synth
 
-    from .test_scale_out import _closed_port
+    from .loopback import closed_port
 
     ws = tmp_path / "ws"
     synth(ws, batch="B1", plates=["P1", "P2"], wells=96, well_subset=2, sites=1, cells=4, features=4)
-    address = "tcp://" + (_closed_port() if kind == "closed" else silent_listener)
+    address = "tcp://" + (closed_port() if kind == "closed" else silent_listener)
     bound = connect if kind == "closed" else connect + read  # a refused port: the connect timeout alone
     t0 = time.monotonic()
     status = main(["collate", str(ws), "B1", "P1", "P2", "--scheduler", address, "--connect-timeout", f"{connect:g}",

@@ -24,128 +24,39 @@ from cytoprofile.exportdb import (
     table_number,
 )
 from cytoprofile.ingest import TABLE_NUMBER_FILE
-from cytoprofile.synth import cellprofiler_column_name, synth, write_export_database
+from cytoprofile.synth import cellprofiler_column_name, write_export_database
 
 from . import faults
-
-BATCH = "B1"
-LONG = "AreaShape_CompactnessOfTheCorrectedDNAImageAfterIlluminationAndBackgroundCorrection"
-
-
-def _csv_workspace(root: Path, plates: tuple[str, ...] = ("P1",), *, long_name: bool = True) -> Path:
-    """A small synthetic CSV workspace; one Cells feature renamed past CellProfiler's 64-character limit."""
-    ws = root / "csv"
-    synth(ws, batch=BATCH, plates=plates, well_subset=3, sites=2, cells=15, features=10, seed=3)
-    if long_name:
-        for path in ws.glob(f"analysis/{BATCH}/*/analysis/*/Cells.csv"):
-            header, rest = path.read_text().split("\n", 1)
-            names = header.split(",")
-            assert "AreaShape_Compactness" in names
-            path.write_text(",".join(LONG if n == "AreaShape_Compactness" else n for n in names) + "\n" + rest)
-    return ws
-
-
-def _db_workspace(root: Path, csv_ws: Path, plate: str, **kw: Any) -> tuple[Path, list[str]]:
-    ws = root / "db"
-    files = write_export_database(csv_ws, ws / "analysis" / BATCH / plate, batch=BATCH, plates=(plate,), **kw)
-    return ws, files
-
-
-def _profiles(path: str) -> pd.DataFrame:
-    return pd.read_csv(path)
-
-
-def _sql_rows(files: list[str]) -> dict[str, int]:
-    """Rows per object set and images, counted straight from the files (independent of cytoprofile)."""
-    out: dict[str, int] = {}
-    for f in files:
-        conn = sqlite3.connect(f)
-        try:
-            names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-            for t in names:
-                cols = [r[1] for r in conn.execute(f'PRAGMA table_info("{t}")')]
-                if t.endswith("Per_Image"):
-                    out["Image"] = out.get("Image", 0) + conn.execute(f'SELECT COUNT(*) FROM "{t}"').fetchone()[0]
-                for c in cols:
-                    if c.endswith("_Number_Object_Number"):
-                        obj = c[: -len("_Number_Object_Number")]
-                        n = conn.execute(f'SELECT COUNT(*) FROM "{t}" WHERE "{c}" IS NOT NULL').fetchone()[0]
-                        out[obj] = out.get(obj, 0) + n
-        finally:
-            conn.close()
-    return out
-
-
-def _backend_rows(sqlite_path: str) -> dict[str, int]:
-    conn = sqlite3.connect(sqlite_path)
-    try:
-        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'cytoprofile%'")]
-        return {t: conn.execute(f'SELECT COUNT(*) FROM "{t}"').fetchone()[0] for t in tables}
-    finally:
-        conn.close()
-
-
-def _reported_rows(report: dict[str, Any]) -> dict[str, int]:
-    """Rows the report names as not in the backend: dropped by the reader, other plates, quarantined sites."""
-    section = report["export_database"]
-    out: dict[str, int] = {}
-    for d in section["dropped"]:
-        out[d["table"]] = out.get(d["table"], 0) + d["rows"]
-    for per in section["other_plates"].values():
-        for t, n in per.items():
-            out[t] = out.get(t, 0) + n
-    for site in report["sites"]:
-        if site["status"] != "ok":
-            for t, n in section["sites"][site["site"]]["rows"].items():
-                out[t] = out.get(t, 0) + n
-    return out
-
-
-def _assert_accounted(files: list[str], backends: list[dict[str, Any]]) -> None:
-    """Rows in the files = rows in the backend(s) + rows named in the report(s)."""
-    in_files = _sql_rows(files)
-    accounted: dict[str, int] = {}
-    for b in backends:
-        for t, n in _backend_rows(b["sqlite"]).items():
-            accounted[t] = accounted.get(t, 0) + n
-    # rows left for other plates are in those plates' backends when every plate is collated
-    plates_done = {b["report"]["plate"] for b in backends}
-    for b in backends:
-        report = b["report"]
-        for t, n in _reported_rows(report).items():
-            accounted[t] = accounted.get(t, 0) + n
-        for other, per in report["export_database"]["other_plates"].items():
-            if other in plates_done:
-                for t, n in per.items():
-                    accounted[t] -= n
-    accounted.pop("Per_Object", None)
-    assert {t: n for t, n in in_files.items() if n} == {t: n for t, n in accounted.items() if n}
-
-
-def _run(ws: Path, plate: str, **kw: Any) -> dict[str, Any]:
-    result = collate_export(ws, BATCH, plate, **kw)
-    assert result.status == "done", result.message
-    return {"result": result, "sqlite": result.outputs["sqlite"],
-            "report": json.loads(Path(result.outputs["report"]).read_text())}
+from .exportdb_builders import (
+    BATCH,
+    LONG,
+    assert_accounted,
+    backend_rows,
+    csv_workspace,
+    db_workspace,
+    read_profiles,
+    run_export,
+    sql_rows,
+)
 
 
 @pytest.mark.parametrize("layout", ["per_object_table", "per_object"])
 @pytest.mark.parametrize("prefix", ["MyExpt_", ""])
 @pytest.mark.parametrize("n_files", [1, 3])
 def test_profiles_equal_the_csv_route(tmp_path: Path, layout: str, prefix: str, n_files: int) -> None:
-    csv_ws = _csv_workspace(tmp_path)
-    db_ws, files = _db_workspace(tmp_path, csv_ws, "P1", layout=layout, table_prefix=prefix, files=n_files)
+    csv_ws = csv_workspace(tmp_path)
+    db_ws, files = db_workspace(tmp_path, csv_ws, "P1", layout=layout, table_prefix=prefix, files=n_files)
     expected = collate_plate(csv_ws, BATCH, "P1")
-    got = _run(db_ws, "P1")
-    want = _profiles(expected.outputs["profiles"])
+    got = run_export(db_ws, "P1")
+    want = read_profiles(expected.outputs["profiles"])
     long_profile = f"Cells_{LONG}"
     assert long_profile in want.columns
     want = want.rename(columns={long_profile: cellprofiler_column_name(long_profile)})
-    ours = _profiles(got["result"].outputs["profiles"])
+    ours = read_profiles(got["result"].outputs["profiles"])
     assert sorted(ours.columns) == sorted(want.columns)
     pd.testing.assert_frame_equal(ours, want[ours.columns])
     assert got["result"].message == expected.message
-    _assert_accounted(files, [got])
+    assert_accounted(files, [got])
     section = got["report"]["export_database"]
     assert {f["layout"] for f in section["files"]} == {layout}
     assert {f["table_prefix"] for f in section["files"]} == {prefix}
@@ -154,10 +65,10 @@ def test_profiles_equal_the_csv_route(tmp_path: Path, layout: str, prefix: str, 
 
 
 def test_backend_holds_the_same_cells(tmp_path: Path) -> None:
-    csv_ws = _csv_workspace(tmp_path, long_name=False)
-    db_ws, files = _db_workspace(tmp_path, csv_ws, "P1", files=2)
+    csv_ws = csv_workspace(tmp_path, long_name=False)
+    db_ws, files = db_workspace(tmp_path, csv_ws, "P1", files=2)
     expected = collate_plate(csv_ws, BATCH, "P1")
-    got = _run(db_ws, "P1")
+    got = run_export(db_ws, "P1")
 
     def cells(path: str, table: str) -> pd.DataFrame:
         conn = sqlite3.connect(path)
@@ -174,9 +85,9 @@ def test_backend_holds_the_same_cells(tmp_path: Path) -> None:
 
 
 def test_table_numbers_are_crc32_of_file_name_and_image_number(tmp_path: Path) -> None:
-    csv_ws = _csv_workspace(tmp_path, long_name=False)
-    db_ws, files = _db_workspace(tmp_path, csv_ws, "P1", files=2)
-    got = _run(db_ws, "P1")
+    csv_ws = csv_workspace(tmp_path, long_name=False)
+    db_ws, files = db_workspace(tmp_path, csv_ws, "P1", files=2)
+    got = run_export(db_ws, "P1")
     conn = sqlite3.connect(got["sqlite"])
     try:
         rows = conn.execute("SELECT TableNumber, ImageNumber FROM Image").fetchall()
@@ -190,8 +101,8 @@ def test_table_numbers_are_crc32_of_file_name_and_image_number(tmp_path: Path) -
 
 
 def test_materialised_sites_look_like_the_csv_export(tmp_path: Path) -> None:
-    csv_ws = _csv_workspace(tmp_path, long_name=False)
-    _, files = _db_workspace(tmp_path, csv_ws, "P1", files=1)
+    csv_ws = csv_workspace(tmp_path, long_name=False)
+    _, files = db_workspace(tmp_path, csv_ws, "P1", files=1)
     out = materialise_plate(files, plate="P1", out_dir=tmp_path / "sites")
     site = tmp_path / "sites" / "P1-A01-1"
     assert sorted(p.name for p in site.iterdir()) == sorted(["Image.csv", "Cells.csv", "Cytoplasm.csv", "Nuclei.csv", TABLE_NUMBER_FILE])
@@ -206,41 +117,41 @@ def test_materialised_sites_look_like_the_csv_export(tmp_path: Path) -> None:
 
 
 def test_two_plates_in_one_file_are_routed_by_plate(tmp_path: Path) -> None:
-    csv_ws = _csv_workspace(tmp_path, ("P1", "P2"), long_name=False)
+    csv_ws = csv_workspace(tmp_path, ("P1", "P2"), long_name=False)
     db_file = write_export_database(csv_ws, tmp_path / "db_files", batch=BATCH, plates=("P1", "P2"), files=1)
     assert export_plates(db_file) == {"P1": 6, "P2": 6}
     db_ws = tmp_path / "db"
     runs = []
     for plate in ("P1", "P2"):
-        run = _run(db_ws, plate, sources=[tmp_path / "db_files"])
+        run = run_export(db_ws, plate, sources=[tmp_path / "db_files"])
         expected = collate_plate(csv_ws, BATCH, plate)
-        pd.testing.assert_frame_equal(_profiles(run["result"].outputs["profiles"]), _profiles(expected.outputs["profiles"]))
+        pd.testing.assert_frame_equal(read_profiles(run["result"].outputs["profiles"]), read_profiles(expected.outputs["profiles"]))
         other = "P2" if plate == "P1" else "P1"
         assert run["report"]["export_database"]["other_plates"][other]["Image"] == 6
         runs.append(run)
-    _assert_accounted(db_file, runs)
+    assert_accounted(db_file, runs)
 
 
 @pytest.mark.parametrize("layout", ["per_object_table", "per_object"])
 def test_object_rows_of_unknown_images_are_reported(tmp_path: Path, layout: str) -> None:
-    csv_ws = _csv_workspace(tmp_path, long_name=False)
-    db_ws, files = _db_workspace(tmp_path, csv_ws, "P1", files=2, layout=layout)
+    csv_ws = csv_workspace(tmp_path, long_name=False)
+    db_ws, files = db_workspace(tmp_path, csv_ws, "P1", files=2, layout=layout)
     table = "MyExpt_Per_Cells" if layout == "per_object_table" else "MyExpt_Per_Object"
     faults.run_sql(files[0], f'UPDATE "{table}" SET ImageNumber = 99 WHERE ImageNumber = 2',
             f'UPDATE "{table}" SET ImageNumber = NULL WHERE ImageNumber = 3 AND rowid IN '
             f'(SELECT rowid FROM "{table}" WHERE ImageNumber = 3 LIMIT 2)')
-    got = _run(db_ws, "P1")
+    got = run_export(db_ws, "P1")
     dropped = got["report"]["export_database"]["dropped"]
     reasons = " | ".join(d["reason"] for d in dropped)
     assert "ImageNumber 99, which is not in Per_Image" in reasons
     assert "no ImageNumber" in reasons
     assert all(d["file"] == f"analysis/{BATCH}/P1/run1.sqlite" for d in dropped)
-    _assert_accounted(files, [got])
+    assert_accounted(files, [got])
 
 
 def test_duplicate_image_numbers_and_sites_are_left_out_and_named(tmp_path: Path) -> None:
-    csv_ws = _csv_workspace(tmp_path, long_name=False)
-    db_ws, files = _db_workspace(tmp_path, csv_ws, "P1", files=2, table_prefix="")
+    csv_ws = csv_workspace(tmp_path, long_name=False)
+    db_ws, files = db_workspace(tmp_path, csv_ws, "P1", files=2, table_prefix="")
     conn = sqlite3.connect(files[0])
     cols = [r[1] for r in conn.execute('PRAGMA table_info("Per_Image")')]
     conn.close()
@@ -255,16 +166,16 @@ def test_duplicate_image_numbers_and_sites_are_left_out_and_named(tmp_path: Path
     # the last site of file 2 also claims to be P1/A01/2 (a re-run of one site)
     faults.run_sql(files[1], 'UPDATE "Per_Image" SET Image_Metadata_Well = \'A01\', Image_Metadata_Site = 2 '
             'WHERE ImageNumber = (SELECT MAX(ImageNumber) FROM "Per_Image")')
-    got = _run(db_ws, "P1")
+    got = run_export(db_ws, "P1")
     reasons = [d["reason"] for d in got["report"]["export_database"]["dropped"]]
     assert any("ImageNumber 1 is on 2 rows" in r for r in reasons)
     assert any("site P1/A01/2" in r and "more than once" in r for r in reasons)
     assert "P1-A01-1" not in got["report"]["export_database"]["sites"]
-    _assert_accounted(files, [got])
+    assert_accounted(files, [got])
 
 
 def test_single_per_object_table_with_unequal_counts(tmp_path: Path) -> None:
-    csv_ws = _csv_workspace(tmp_path, long_name=False)
+    csv_ws = csv_workspace(tmp_path, long_name=False)
     for path in csv_ws.glob(f"analysis/{BATCH}/P1/analysis/*/Cytoplasm.csv"):
         lines = path.read_text().splitlines()
         path.write_text("\n".join(lines[:-2]) + "\n")  # two fewer cytoplasms than cells per site
@@ -272,12 +183,12 @@ def test_single_per_object_table_with_unequal_counts(tmp_path: Path) -> None:
         frame = pd.read_csv(path)
         frame["Count_Cytoplasm"] -= 2
         frame.to_csv(path, index=False)
-    db_ws, files = _db_workspace(tmp_path, csv_ws, "P1", files=1, layout="per_object")
+    db_ws, files = db_workspace(tmp_path, csv_ws, "P1", files=1, layout="per_object")
     expected = collate_plate(csv_ws, BATCH, "P1")
-    got = _run(db_ws, "P1")
-    pd.testing.assert_frame_equal(_profiles(got["result"].outputs["profiles"]), _profiles(expected.outputs["profiles"]))
-    assert _backend_rows(got["sqlite"])["Cytoplasm"] == _backend_rows(got["sqlite"])["Cells"] - 2 * 6
-    _assert_accounted(files, [got])
+    got = run_export(db_ws, "P1")
+    pd.testing.assert_frame_equal(read_profiles(got["result"].outputs["profiles"]), read_profiles(expected.outputs["profiles"]))
+    assert backend_rows(got["sqlite"])["Cytoplasm"] == backend_rows(got["sqlite"])["Cells"] - 2 * 6
+    assert_accounted(files, [got])
 
 
 @pytest.mark.parametrize(
@@ -291,8 +202,8 @@ def test_single_per_object_table_with_unequal_counts(tmp_path: Path) -> None:
     ],
 )
 def test_broken_files_are_refused_naming_file_and_fix(tmp_path: Path, mutation: list[str], message: str) -> None:
-    csv_ws = _csv_workspace(tmp_path, long_name=False)
-    db_ws, files = _db_workspace(tmp_path, csv_ws, "P1", files=1)
+    csv_ws = csv_workspace(tmp_path, long_name=False)
+    db_ws, files = db_workspace(tmp_path, csv_ws, "P1", files=1)
     faults.run_sql(files[0], *mutation)
     with pytest.raises(InputError, match=message) as caught:
         collate_export(db_ws, BATCH, "P1")
@@ -312,38 +223,38 @@ def test_not_sqlite_and_missing_files(tmp_path: Path) -> None:
 
 
 def test_table_prefix_option(tmp_path: Path) -> None:
-    csv_ws = _csv_workspace(tmp_path, long_name=False)
-    db_ws, files = _db_workspace(tmp_path, csv_ws, "P1", files=1, table_prefix="Run7_")
+    csv_ws = csv_workspace(tmp_path, long_name=False)
+    db_ws, files = db_workspace(tmp_path, csv_ws, "P1", files=1, table_prefix="Run7_")
     faults.run_sql(files[0], 'CREATE TABLE "Other_Per_Image" (ImageNumber INTEGER)')
     assert open_export(files[0], table_prefix="Run7_").prefix == "Run7_"
     with pytest.raises(InputError, match="no table Nope_Per_Image"):
         open_export(files[0], table_prefix="Nope_")
-    got = _run(db_ws, "P1", table_prefix="Run7_")
+    got = run_export(db_ws, "P1", table_prefix="Run7_")
     assert got["report"]["export_database"]["files"][0]["not_stored"]["Other_Per_Image"] == 0
 
 
 def test_a_file_without_plate_metadata_belongs_to_the_plate(tmp_path: Path) -> None:
-    csv_ws = _csv_workspace(tmp_path, long_name=False)
-    db_ws, files = _db_workspace(tmp_path, csv_ws, "P1", files=1)
+    csv_ws = csv_workspace(tmp_path, long_name=False)
+    db_ws, files = db_workspace(tmp_path, csv_ws, "P1", files=1)
     faults.run_sql(files[0], 'ALTER TABLE "MyExpt_Per_Image" DROP COLUMN Image_Metadata_Plate')
     expected = collate_plate(csv_ws, BATCH, "P1")
-    got = _run(db_ws, "P1")
-    pd.testing.assert_frame_equal(_profiles(got["result"].outputs["profiles"]), _profiles(expected.outputs["profiles"]))
+    got = run_export(db_ws, "P1")
+    pd.testing.assert_frame_equal(read_profiles(got["result"].outputs["profiles"]), read_profiles(expected.outputs["profiles"]))
 
 
 def test_rerun_skips_and_new_files_rebuild(tmp_path: Path) -> None:
-    csv_ws = _csv_workspace(tmp_path, long_name=False)
-    db_ws, files = _db_workspace(tmp_path, csv_ws, "P1", files=2)
-    _run(db_ws, "P1")
+    csv_ws = csv_workspace(tmp_path, long_name=False)
+    db_ws, files = db_workspace(tmp_path, csv_ws, "P1", files=2)
+    run_export(db_ws, "P1")
     assert collate_export(db_ws, BATCH, "P1").status == "skipped"
-    mean = _run(db_ws, "P1", operation="mean")  # other options rebuild
+    mean = run_export(db_ws, "P1", operation="mean")  # other options rebuild
     assert mean["report"]["options"]["operation"] == "mean"
     again_only = collate_export(db_ws, BATCH, "P1", aggregate_only=True, overwrite=True)
     assert again_only.status == "done" and "aggregated 3 wells" in again_only.message
     Path(files[1]).unlink()
-    again = _run(db_ws, "P1")
+    again = run_export(db_ws, "P1")
     assert len(again["report"]["export_database"]["files"]) == 1
-    _assert_accounted(files[:1], [again])
+    assert_accounted(files[:1], [again])
 
 
 def test_cellprofiler_column_name_shortening() -> None:
@@ -357,8 +268,8 @@ def test_cellprofiler_column_name_shortening() -> None:
 
 
 def test_values_of_another_type_are_kept_as_written(tmp_path: Path) -> None:
-    csv_ws = _csv_workspace(tmp_path, long_name=False)
-    db_ws, files = _db_workspace(tmp_path, csv_ws, "P1", files=1)
+    csv_ws = csv_workspace(tmp_path, long_name=False)
+    db_ws, files = db_workspace(tmp_path, csv_ws, "P1", files=1)
     faults.run_sql(files[0],
             # a REAL in an INTEGER column must not be truncated; text in a REAL column is not a number
             'UPDATE "MyExpt_Per_Cells" SET Cells_Parent_Nuclei = 2.5 WHERE ImageNumber = 1 AND Cells_Number_Object_Number = 1',
@@ -368,18 +279,18 @@ def test_values_of_another_type_are_kept_as_written(tmp_path: Path) -> None:
     assert cells.loc[cells["ObjectNumber"] == 1, "Parent_Nuclei"].item() == 2.5
     assert "n/a" in (tmp_path / "sites" / "P1-A01-2" / "Nuclei.csv").read_text()
     assert set(out.sites) == {f"P1-{w}-{s}" for w in ("A01", "A02", "A03") for s in (1, 2)}
-    got = _run(db_ws, "P1")
+    got = run_export(db_ws, "P1")
     status = {s["site"]: s for s in got["report"]["sites"]}
     assert status["P1-A01-2"]["status"] == "quarantined"
     assert status["P1-A01-2"]["file"] == f"analysis/{BATCH}/P1/run1.sqlite (image 2; MyExpt_Per_Nuclei)"
-    _assert_accounted(files, [got])
+    assert_accounted(files, [got])
 
 
 @pytest.fixture(scope="module")
 def small_databases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[str]]:
     """One synthetic plate as ExportToDatabase files in both layouts (built once; each example copies them)."""
     root = tmp_path_factory.mktemp("exportdb")
-    csv_ws = _csv_workspace(root, ("P1", "P2"), long_name=False)
+    csv_ws = csv_workspace(root, ("P1", "P2"), long_name=False)
     return {layout: write_export_database(csv_ws, root / layout, batch=BATCH, plates=("P1", "P2"), files=2, layout=layout)
             for layout in ("per_object_table", "per_object")}
 
@@ -405,7 +316,7 @@ def test_every_row_is_placed_or_named(tmp_path_factory: pytest.TempPathFactory, 
     finally:
         conn.close()
     out = materialise_plate(files, plate="P1", out_dir=work / "sites", batch_rows=batch_rows)
-    in_files = _sql_rows([str(f) for f in files])
+    in_files = sql_rows([str(f) for f in files])
     rows = out.rows()
     for t, n in in_files.items():
         assert rows[t]["read"] == n
@@ -424,19 +335,19 @@ def test_real_jump_sites_through_a_database_equal_the_csv_route(tmp_path: Path, 
     src = shared_data / "jump-BR00121431/analysis/2021_04_20_Target2/BR00121431/analysis"
     csv_ws = tmp_path / "csv"
     link_sites(csv_ws, BATCH, "BR00121431", {n: src / n for n in ("BR00121431-A01-1", "BR00121431-A02-1")})
-    db_ws, files = _db_workspace(tmp_path, csv_ws, "BR00121431", files=2)
+    db_ws, files = db_workspace(tmp_path, csv_ws, "BR00121431", files=2)
     expected = collate_plate(csv_ws, BATCH, "BR00121431")
-    got = _run(db_ws, "BR00121431")
-    want = _profiles(expected.outputs["profiles"])
+    got = run_export(db_ws, "BR00121431")
+    want = read_profiles(expected.outputs["profiles"])
     want = want.rename(columns={c: cellprofiler_column_name(c) for c in want.columns})
-    ours = _profiles(got["result"].outputs["profiles"])
+    ours = read_profiles(got["result"].outputs["profiles"])
     assert sorted(ours.columns) == sorted(want.columns)
     pd.testing.assert_frame_equal(ours, want[ours.columns])
-    _assert_accounted(files, [got])
+    assert_accounted(files, [got])
 
 
 def test_a_bound_table_number_must_be_a_number(tmp_path: Path) -> None:
-    csv_ws = _csv_workspace(tmp_path, long_name=False)
+    csv_ws = csv_workspace(tmp_path, long_name=False)
     site = csv_ws / "analysis" / BATCH / "P1" / "analysis" / "P1-A01-1"
     (site / TABLE_NUMBER_FILE).write_text("12345\n")
     result = collate_plate(csv_ws, BATCH, "P1")
@@ -482,14 +393,14 @@ def test_a_copied_run_file_is_read_once_and_drops_are_said(tmp_path: Path, caplo
     dropped (a changed copy) are said on the terminal, not only in the report."""
     import shutil
 
-    csv_ws = _csv_workspace(tmp_path, long_name=False)
-    db_ws, files = _db_workspace(tmp_path, csv_ws, "P1", files=2, table_prefix="")
-    expected = _profiles(collate_plate(csv_ws, BATCH, "P1").outputs["profiles"])
+    csv_ws = csv_workspace(tmp_path, long_name=False)
+    db_ws, files = db_workspace(tmp_path, csv_ws, "P1", files=2, table_prefix="")
+    expected = read_profiles(collate_plate(csv_ws, BATCH, "P1").outputs["profiles"])
     copy = Path(files[0]).with_name("zcopy.sqlite")
     shutil.copyfile(files[0], copy)
     with caplog.at_level("WARNING", logger="cytoprofile"):
-        got = _run(db_ws, "P1")
-    ours = _profiles(got["result"].outputs["profiles"])
+        got = run_export(db_ws, "P1")
+    ours = read_profiles(got["result"].outputs["profiles"])
     pd.testing.assert_frame_equal(ours, expected[ours.columns])
     entry = next(f for f in got["report"]["export_database"]["files"] if f["file"].endswith("zcopy.sqlite"))
     assert "a copy of" in entry["not_read"] and not entry["rows"] and entry["rows_not_read"]
@@ -499,6 +410,6 @@ def test_a_copied_run_file_is_read_once_and_drops_are_said(tmp_path: Path, caplo
             'CREATE TABLE changed (x)')  # same images, other bytes: which copy is right is unknown
     caplog.clear()
     with caplog.at_level("WARNING", logger="cytoprofile"):
-        again = _run(db_ws, "P1")
+        again = run_export(db_ws, "P1")
     assert again["report"]["export_database"]["dropped"]
     assert "of the ExportToDatabase files are not in the backend" in caplog.text

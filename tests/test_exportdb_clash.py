@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from . import faults
-from .test_exportdb import _csv_workspace, _db_workspace, _run
+from .exportdb_builders import csv_workspace, db_workspace, run_export
 
 
 def _values(path: str, sql: str) -> list[tuple[object, ...]]:
@@ -21,15 +21,15 @@ def _values(path: str, sql: str) -> list[tuple[object, ...]]:
 
 @pytest.mark.parametrize("prefix", ["MyExpt_", ""])
 def test_a_stripped_name_never_takes_over_the_measurement(tmp_path: Path, prefix: str) -> None:
-    csv_ws = _csv_workspace(tmp_path, long_name=False)
-    db_ws, files = _db_workspace(tmp_path, csv_ws, "P1", files=1, table_prefix=prefix)
+    csv_ws = csv_workspace(tmp_path, long_name=False)
+    db_ws, files = db_workspace(tmp_path, csv_ws, "P1", files=1, table_prefix=prefix)
     cells, image = f"{prefix}Per_Cells", f"{prefix}Per_Image"
     real = _values(files[0], f'SELECT ImageNumber, Cells_Number_Object_Number, Cells_AreaShape_Area FROM "{cells}"')
     faults.run_sql(files[0], f'ALTER TABLE "{cells}" ADD COLUMN AreaShape_Area FLOAT',
                    f'UPDATE "{cells}" SET AreaShape_Area = 777',
                    f'ALTER TABLE "{image}" ADD COLUMN Granularity_1_DNA FLOAT',
                    f'UPDATE "{image}" SET Granularity_1_DNA = 555')
-    got = _run(db_ws, "P1")
+    got = run_export(db_ws, "P1")
     stored = _values(got["sqlite"], 'SELECT i.ImageNumber, c.ObjectNumber, c.Cells_AreaShape_Area, c.Cells_AreaShape_Area_2 '
                      'FROM Cells c JOIN Image i USING (TableNumber, ImageNumber)')
     assert sorted(r[:3] for r in stored) == sorted(real)
@@ -47,11 +47,11 @@ def test_a_stripped_name_never_takes_over_the_measurement(tmp_path: Path, prefix
 
 
 def test_an_equal_stray_copy_is_kept_once(tmp_path: Path) -> None:
-    csv_ws = _csv_workspace(tmp_path, long_name=False)
-    db_ws, files = _db_workspace(tmp_path, csv_ws, "P1", files=1)
+    csv_ws = csv_workspace(tmp_path, long_name=False)
+    db_ws, files = db_workspace(tmp_path, csv_ws, "P1", files=1)
     faults.run_sql(files[0], 'ALTER TABLE "MyExpt_Per_Cells" ADD COLUMN AreaShape_Area FLOAT',
                    'UPDATE "MyExpt_Per_Cells" SET AreaShape_Area = Cells_AreaShape_Area')
-    got = _run(db_ws, "P1")
+    got = run_export(db_ws, "P1")
     columns = {r[1] for r in _values(got["sqlite"], "PRAGMA table_info(Cells)")}
     assert "Cells_AreaShape_Area" in columns and "Cells_AreaShape_Area_2" not in columns
     assert any(d["column"] == "AreaShape_Area" and d["identical"] for d in got["report"]["duplicate_columns"])
@@ -60,12 +60,12 @@ def test_an_equal_stray_copy_is_kept_once(tmp_path: Path) -> None:
 def _one_site_quarantined(tmp_path: Path, table: str, column: str, kind: str, copy_of: str, change: str) -> str:
     """Add ``column`` to ``table`` as a copy of ``copy_of``, changed (``SET column = change``) for image 1: the
     reason of the one site quarantined."""
-    csv_ws = _csv_workspace(tmp_path, long_name=False)
-    db_ws, files = _db_workspace(tmp_path, csv_ws, "P1", files=1)
+    csv_ws = csv_workspace(tmp_path, long_name=False)
+    db_ws, files = db_workspace(tmp_path, csv_ws, "P1", files=1)
     faults.run_sql(files[0], f'ALTER TABLE "{table}" ADD COLUMN {column} {kind}',
                    f'UPDATE "{table}" SET {column} = {copy_of}',
                    f'UPDATE "{table}" SET {column} = {change} WHERE ImageNumber = 1')
-    got = _run(db_ws, "P1")
+    got = run_export(db_ws, "P1")
     bad = [s for s in got["report"]["sites"] if s["status"] != "ok"]
     assert len(bad) == 1
     return str(bad[0]["reason"])
@@ -84,23 +84,23 @@ def test_a_differing_objectnumber_column_quarantines(tmp_path: Path) -> None:
 
 
 def test_an_equal_objectnumber_column_is_kept_once(tmp_path: Path) -> None:
-    csv_ws = _csv_workspace(tmp_path, long_name=False)
-    db_ws, files = _db_workspace(tmp_path, csv_ws, "P1", files=1)
+    csv_ws = csv_workspace(tmp_path, long_name=False)
+    db_ws, files = db_workspace(tmp_path, csv_ws, "P1", files=1)
     faults.run_sql(files[0], 'ALTER TABLE "MyExpt_Per_Cells" ADD COLUMN ObjectNumber INTEGER',
                    'UPDATE "MyExpt_Per_Cells" SET ObjectNumber = Cells_Number_Object_Number')
-    got = _run(db_ws, "P1")
+    got = run_export(db_ws, "P1")
     assert all(s["status"] == "ok" for s in got["report"]["sites"])
     assert any(d["column"] == "ObjectNumber" and d["identical"] for d in got["report"]["duplicate_columns"])
 
 
 def test_a_per_object_row_without_its_number_is_counted_and_named(tmp_path: Path) -> None:
-    csv_ws = _csv_workspace(tmp_path, long_name=False)
-    db_ws, files = _db_workspace(tmp_path, csv_ws, "P1", files=1, layout="per_object")
+    csv_ws = csv_workspace(tmp_path, long_name=False)
+    db_ws, files = db_workspace(tmp_path, csv_ws, "P1", files=1, layout="per_object")
     total = _values(files[0], 'SELECT COUNT(*) FROM "MyExpt_Per_Object" WHERE Cells_Number_Object_Number IS NOT NULL')[0][0]
     faults.run_sql(files[0], 'UPDATE "MyExpt_Per_Object" SET Cells_Number_Object_Number = NULL WHERE rowid = 1',
                    'UPDATE "MyExpt_Per_Image" SET Image_Count_Cells = NULL WHERE ImageNumber = '
                    '(SELECT ImageNumber FROM "MyExpt_Per_Object" WHERE rowid = 1)')
-    got = _run(db_ws, "P1", count_check="warn")  # the cytoplasm of the lost cell names a parent no longer there
+    got = run_export(db_ws, "P1", count_check="warn")  # the cytoplasm of the lost cell names a parent no longer there
     section = got["report"]["export_database"]
     assert section["rows"]["Cells"]["read"] == total
     named = [d for d in section["dropped"] if d["table"] == "Cells"]
@@ -111,11 +111,11 @@ def test_a_per_object_row_without_its_number_is_counted_and_named(tmp_path: Path
 
 
 def test_a_per_object_row_without_its_number_quarantines_under_the_count_check(tmp_path: Path) -> None:
-    csv_ws = _csv_workspace(tmp_path, long_name=False)
-    db_ws, files = _db_workspace(tmp_path, csv_ws, "P1", files=1, layout="per_object")
+    csv_ws = csv_workspace(tmp_path, long_name=False)
+    db_ws, files = db_workspace(tmp_path, csv_ws, "P1", files=1, layout="per_object")
     faults.run_sql(files[0], 'UPDATE "MyExpt_Per_Object" SET Cells_Number_Object_Number = NULL, '
                    'Cytoplasm_Number_Object_Number = NULL, Nuclei_Number_Object_Number = NULL WHERE rowid = 1')
-    got = _run(db_ws, "P1")
+    got = run_export(db_ws, "P1")
     section = got["report"]["export_database"]
     assert {d["table"] for d in section["dropped"]} >= {"Cells", "Cytoplasm", "Nuclei"}
     assert "Per_Object" not in section["rows"] or section["rows"]["Per_Object"]["read"] == 0

@@ -14,7 +14,7 @@ from cytoprofile.errors import InputError
 from cytoprofile.exportdb import collate_export
 
 from . import faults
-from .test_exportdb import BATCH, _csv_workspace, _db_workspace, _run
+from .exportdb_builders import BATCH, csv_workspace, db_workspace, run_export
 
 
 def _texts(report: dict[str, Any]) -> list[str]:
@@ -28,11 +28,11 @@ def _texts(report: dict[str, Any]) -> list[str]:
 @pytest.mark.parametrize("prefix", ["MyExpt_", ""])
 def test_a_table_missing_in_one_file_is_named_as_that_table(tmp_path: Path, prefix: str,
                                                              caplog: pytest.LogCaptureFixture) -> None:
-    csv_ws = _csv_workspace(tmp_path, long_name=False)
-    db_ws, files = _db_workspace(tmp_path, csv_ws, "P1", files=2, table_prefix=prefix)
+    csv_ws = csv_workspace(tmp_path, long_name=False)
+    db_ws, files = db_workspace(tmp_path, csv_ws, "P1", files=2, table_prefix=prefix)
     faults.run_sql(files[1], f'DROP TABLE "{prefix}Per_Cells"')
     with caplog.at_level(logging.WARNING):
-        got = _run(db_ws, "P1")
+        got = run_export(db_ws, "P1")
     bad = [s for s in got["report"]["sites"] if s["status"] != "ok"]
     assert bad
     for s in bad:
@@ -44,8 +44,8 @@ def test_a_table_missing_in_one_file_is_named_as_that_table(tmp_path: Path, pref
 
 
 def test_a_table_missing_in_every_file_is_named_as_a_table(tmp_path: Path) -> None:
-    csv_ws = _csv_workspace(tmp_path, long_name=False)
-    db_ws, files = _db_workspace(tmp_path, csv_ws, "P1", files=1)
+    csv_ws = csv_workspace(tmp_path, long_name=False)
+    db_ws, files = db_workspace(tmp_path, csv_ws, "P1", files=1)
     faults.run_sql(files[0], 'DROP TABLE "MyExpt_Per_Cells"')
     with pytest.raises(InputError) as caught:
         collate_export(db_ws, BATCH, "P1")
@@ -59,14 +59,14 @@ def test_integers_above_2_53_are_named_by_table_and_image(tmp_path: Path, declar
                                                           caplog: pytest.LogCaptureFixture) -> None:
     """An integer float64 cannot hold in a measurement column (of any declared type that keeps integers) is named
     with its table, file and ImageNumber, as the CSV route names file, column and line."""
-    csv_ws = _csv_workspace(tmp_path, long_name=False)
-    db_ws, files = _db_workspace(tmp_path, csv_ws, "P1", files=1)
+    csv_ws = csv_workspace(tmp_path, long_name=False)
+    db_ws, files = db_workspace(tmp_path, csv_ws, "P1", files=1)
     faults.run_sql(files[0], f'ALTER TABLE "MyExpt_Per_Cells" ADD COLUMN Cells_Intensity_Big {declared}',
                    f'UPDATE "MyExpt_Per_Cells" SET Cells_Intensity_Big = {others}',
                    'UPDATE "MyExpt_Per_Cells" SET Cells_Intensity_Big = 9007199254740993 '
                    'WHERE ImageNumber = 2 AND Cells_Number_Object_Number = 3')
     with caplog.at_level(logging.WARNING):
-        got = _run(db_ws, "P1")
+        got = run_export(db_ws, "P1")
     sites = {s["site"]: s for s in got["report"]["sites"]}
     site = next(name for name, src in got["report"]["export_database"]["sites"].items() if src["image_number"] == 2)
     assert {s["status"] for s in sites.values()} == {"ok"}

@@ -14,7 +14,7 @@ import pytest
 
 from cytoprofile.exportdb import collate_export
 
-from .test_exportdb import BATCH, _csv_workspace, _db_workspace, _run
+from .exportdb_builders import BATCH, csv_workspace, db_workspace, run_export
 
 #: a collate of the plate that stops inside its scratch folder (after writing the site folders) until killed
 _KILLED_RUN = """
@@ -50,8 +50,8 @@ def _kill_mid_run(ws: Path, scratch: Path, *, overwrite: bool) -> list[Path]:
 def test_a_killed_run_s_scratch_folder_is_removed_by_the_next_run(tmp_path: Path, overwrite: bool) -> None:
     """The next run removes it whether it rebuilds (a first run was killed) or is skipped (a killed
     ``--overwrite`` of a finished plate leaves the finished outputs current)."""
-    csv_ws = _csv_workspace(tmp_path, long_name=False)
-    db_ws, _ = _db_workspace(tmp_path, csv_ws, "P1", files=1)
+    csv_ws = csv_workspace(tmp_path, long_name=False)
+    db_ws, _ = db_workspace(tmp_path, csv_ws, "P1", files=1)
     scratch = tmp_path / "scratch"
     if overwrite:
         assert collate_export(db_ws, BATCH, "P1", tmp_dir=str(scratch)).status == "done"
@@ -69,12 +69,12 @@ def _messages(caplog: pytest.LogCaptureFixture, plate: str) -> list[tuple[int, s
 @pytest.mark.parametrize("change", ["added", "removed", "changed"])
 def test_changed_run_files_are_said_like_changed_csvs(tmp_path: Path, change: str,
                                                      caplog: pytest.LogCaptureFixture) -> None:
-    csv_ws = _csv_workspace(tmp_path, long_name=False)
-    db_ws, files = _db_workspace(tmp_path, csv_ws, "P1", files=2)
+    csv_ws = csv_workspace(tmp_path, long_name=False)
+    db_ws, files = db_workspace(tmp_path, csv_ws, "P1", files=2)
     spare = tmp_path / "run2.sqlite"
     if change == "added":
         shutil.move(files[1], spare)
-    _run(db_ws, "P1")
+    run_export(db_ws, "P1")
     if change == "added":
         shutil.move(spare, files[1])
     elif change == "removed":
@@ -83,7 +83,7 @@ def test_changed_run_files_are_said_like_changed_csvs(tmp_path: Path, change: st
         with open(files[1], "ab") as fh:  # a file copied again, longer
             fh.write(b"\0" * 512)
     with caplog.at_level(logging.INFO, logger="cytoprofile"):
-        _run(db_ws, "P1")
+        run_export(db_ws, "P1")
     said = _messages(caplog, "P1")
     name = os.path.relpath(files[1], db_ws)
     assert said == [(logging.WARNING, "P1: the plate's input files changed since the last build (files added, removed "
@@ -92,11 +92,11 @@ def test_changed_run_files_are_said_like_changed_csvs(tmp_path: Path, change: st
 
 
 def test_overwrite_of_the_same_files_still_says_overwrite(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    csv_ws = _csv_workspace(tmp_path, long_name=False)
-    db_ws, _ = _db_workspace(tmp_path, csv_ws, "P1", files=1)
-    _run(db_ws, "P1")
+    csv_ws = csv_workspace(tmp_path, long_name=False)
+    db_ws, _ = db_workspace(tmp_path, csv_ws, "P1", files=1)
+    run_export(db_ws, "P1")
     with caplog.at_level(logging.INFO, logger="cytoprofile"):
-        _run(db_ws, "P1", overwrite=True)
+        run_export(db_ws, "P1", overwrite=True)
     said = _messages(caplog, "P1")
     assert len(said) == 1 and said[0][0] == logging.INFO and said[0][1].startswith("P1: --overwrite; replacing ")
 
@@ -122,7 +122,7 @@ def test_another_user_s_scratch_folder_is_left_alone(tmp_path: Path) -> None:
     with scratch_dir(str(scratch), "cytoprofile-export-P1-") as mine:
         assert Path(mine).is_dir()
     assert (theirs / "data.csv").exists()
-    csv_ws = _csv_workspace(tmp_path, long_name=False)
-    db_ws, _ = _db_workspace(tmp_path, csv_ws, "P1", files=1)
+    csv_ws = csv_workspace(tmp_path, long_name=False)
+    db_ws, _ = db_workspace(tmp_path, csv_ws, "P1", files=1)
     assert collate_export(db_ws, BATCH, "P1", tmp_dir=str(scratch)).status == "done"
     assert theirs.exists()

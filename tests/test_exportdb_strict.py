@@ -12,7 +12,7 @@ from cytoprofile.errors import QuarantineError
 from cytoprofile.exportdb import collate_export
 
 from . import faults
-from .test_exportdb import BATCH, _csv_workspace, _db_workspace, _run
+from .exportdb_builders import BATCH, csv_workspace, db_workspace, run_export
 
 #: faults that leave rows of the files out of the backend (each named under export_database.dropped)
 FAULTS = {
@@ -23,7 +23,7 @@ FAULTS = {
 
 
 def _faulty(tmp_path: Path, fault: str) -> Path:
-    db_ws, files = _db_workspace(tmp_path, _csv_workspace(tmp_path, long_name=False), "P1", table_prefix="")
+    db_ws, files = db_workspace(tmp_path, csv_workspace(tmp_path, long_name=False), "P1", table_prefix="")
     if FAULTS[fault] is None:
         copy = Path(files[0]).with_name("zcopy.sqlite")
         shutil.copyfile(files[0], copy)
@@ -44,25 +44,25 @@ def test_strict_refuses_rows_the_files_leave_out(tmp_path: Path, fault: str, cap
     err = capsys.readouterr().err.strip().splitlines()  # warnings naming the rows, then one error line
     errors = [line for line in err if "error" in line.lower() and "would be left out" in line]
     assert len(errors) == 1 and err[-1] == errors[0] and "Traceback" not in "".join(err), err
-    got = _run(ws, "P1")  # without --strict: built, and the report's totals say what was left out
+    got = run_export(ws, "P1")  # without --strict: built, and the report's totals say what was left out
     totals, dropped = got["report"]["totals"], got["report"]["export_database"]["dropped"]
     assert dropped and totals["export_rows_dropped"] == sum(d["rows"] for d in dropped) > 0
     assert totals["export_images_dropped"] == sum(d["rows"] for d in dropped if d["table"] == "Image")
 
 
 def test_strict_builds_files_that_leave_nothing_out(tmp_path: Path) -> None:
-    db_ws, _ = _db_workspace(tmp_path, _csv_workspace(tmp_path, long_name=False), "P1", table_prefix="")
-    got = _run(db_ws, "P1", strict=True)
+    db_ws, _ = db_workspace(tmp_path, csv_workspace(tmp_path, long_name=False), "P1", table_prefix="")
+    got = run_export(db_ws, "P1", strict=True)
     assert got["report"]["totals"]["export_rows_dropped"] == 0
 
 
 def test_a_link_to_a_run_file_is_read_once_and_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A symlink beside the file it points to (found, not given) is read once, as that file, and named."""
-    db_ws, files = _db_workspace(tmp_path, _csv_workspace(tmp_path, long_name=False), "P1", table_prefix="")
-    expected = Path(_run(db_ws, "P1")["result"].outputs["profiles"]).read_bytes()
+    db_ws, files = db_workspace(tmp_path, csv_workspace(tmp_path, long_name=False), "P1", table_prefix="")
+    expected = Path(run_export(db_ws, "P1")["result"].outputs["profiles"]).read_bytes()
     link = Path(files[0]).with_name("zlink.sqlite")
     link.symlink_to(Path(files[0]).name)
-    got = _run(db_ws, "P1", overwrite=True)
+    got = run_export(db_ws, "P1", overwrite=True)
     not_read = got["report"]["export_database"]["files_not_read"]
     assert "zlink.sqlite" in not_read and Path(files[0]).name in not_read["zlink.sqlite"]
     assert got["report"]["totals"]["export_rows_dropped"] == 0
@@ -102,12 +102,12 @@ def test_a_write_ahead_log_is_read_with_its_file_and_said_so(tmp_path: Path, cap
 
     import pandas as pd
 
-    db_ws, files = _db_workspace(tmp_path, _csv_workspace(tmp_path, long_name=False), "P1", table_prefix="")
-    plain = pd.read_csv(_run(db_ws, "P1")["result"].outputs["profiles"])
+    db_ws, files = db_workspace(tmp_path, csv_workspace(tmp_path, long_name=False), "P1", table_prefix="")
+    plain = pd.read_csv(run_export(db_ws, "P1")["result"].outputs["profiles"])
     assert (plain["Cells_AreaShape_Area"] != 12345).all()
     _wal_only(files[0], "UPDATE Per_Cells SET Cells_AreaShape_Area = 12345")
     with caplog.at_level(logging.WARNING, logger="cytoprofile"):
-        got = _run(db_ws, "P1", overwrite=True)
+        got = run_export(db_ws, "P1", overwrite=True)
     profiles = pd.read_csv(got["result"].outputs["profiles"])
     changed = profiles["Cells_AreaShape_Area"] == 12345
     assert changed.any() and (profiles.loc[~changed, "Cells_AreaShape_Area"] != 12345).all()  # run1's wells only
@@ -118,7 +118,7 @@ def test_a_write_ahead_log_is_read_with_its_file_and_said_so(tmp_path: Path, cap
     assert not [r for r in caplog.records if "not read" in r.getMessage()], "the log is read: no warning says not"
     assert got["report"]["totals"]["export_rows_dropped"] == 0
     _wal_only(files[0], "UPDATE Per_Cells SET Cells_AreaShape_Area = 54321")  # the log changes again
-    again = _run(db_ws, "P1")
+    again = run_export(db_ws, "P1")
     assert again["result"].status == "done", "a changed write-ahead log is a changed input: rebuilt, not skipped"
     assert (pd.read_csv(again["result"].outputs["profiles"])["Cells_AreaShape_Area"] == 54321).sum() == changed.sum()
 
@@ -132,7 +132,7 @@ def test_a_write_ahead_log_in_a_read_only_folder_is_named_with_the_fix(tmp_path:
     import subprocess
     import sys
 
-    db_ws, files = _db_workspace(tmp_path, _csv_workspace(tmp_path, long_name=False), "P1", table_prefix="")
+    db_ws, files = db_workspace(tmp_path, csv_workspace(tmp_path, long_name=False), "P1", table_prefix="")
     _wal_only(files[0], "UPDATE Per_Cells SET Cells_AreaShape_Area = 12345")
     folder = Path(files[0]).parent
     if shutil.which("unshare") is None:
@@ -158,7 +158,7 @@ def test_a_copy_without_its_write_ahead_log_is_no_copy(tmp_path: Path) -> None:
     is read once as a copy of the other (the log's rows were lost, exit 0); their images are named as clashing."""
     import sqlite3
 
-    db_ws, files = _db_workspace(tmp_path, _csv_workspace(tmp_path, long_name=False), "P1", table_prefix="")
+    db_ws, files = db_workspace(tmp_path, csv_workspace(tmp_path, long_name=False), "P1", table_prefix="")
     conn = sqlite3.connect(files[0])
     conn.execute("PRAGMA journal_mode=WAL")  # in WAL mode, nothing pending: closing leaves the file alone
     conn.close()
@@ -166,7 +166,7 @@ def test_a_copy_without_its_write_ahead_log_is_no_copy(tmp_path: Path) -> None:
     shutil.copyfile(files[0], logged)
     _wal_only(str(logged), "UPDATE Per_Cells SET Cells_AreaShape_Area = 12345")
     assert logged.read_bytes() == Path(files[0]).read_bytes() and Path(str(logged) + "-wal").stat().st_size
-    got = _run(db_ws, "P1")
+    got = run_export(db_ws, "P1")
     section = got["report"]["export_database"]
     assert not [f for f in section.get("files", []) if "copy" in str(f.get("not_read", ""))], section.get("files")
     dropped = {d["file"] for d in section["dropped"]}
@@ -179,13 +179,13 @@ def test_a_wal_mode_file_without_a_log_is_read_without_writing_beside_it(tmp_pat
     input folder, so the next run sees the same inputs and skips the plate."""
     import sqlite3
 
-    db_ws, files = _db_workspace(tmp_path, _csv_workspace(tmp_path, long_name=False), "P1", table_prefix="")
+    db_ws, files = db_workspace(tmp_path, csv_workspace(tmp_path, long_name=False), "P1", table_prefix="")
     conn = sqlite3.connect(files[0])
     conn.execute("PRAGMA journal_mode=WAL")
     conn.close()
     folder = Path(files[0]).parent
     before = sorted(p.name for p in folder.iterdir())
-    first = _run(db_ws, "P1")
+    first = run_export(db_ws, "P1")
     assert first["result"].status == "done"
     assert sorted(p.name for p in folder.iterdir()) == before, "nothing written into the input folder"
     assert collate_export(db_ws, BATCH, "P1").status == "skipped"
@@ -198,7 +198,7 @@ def test_an_interrupted_writer_s_journal_is_named_with_the_fix(tmp_path: Path,
     import os
     import sqlite3
 
-    db_ws, files = _db_workspace(tmp_path, _csv_workspace(tmp_path, long_name=False), "P1", table_prefix="")
+    db_ws, files = db_workspace(tmp_path, csv_workspace(tmp_path, long_name=False), "P1", table_prefix="")
     pid = os.fork()
     if pid == 0:  # a writer killed part way: more changed pages than its cache holds, so some reach the file
         conn = sqlite3.connect(files[0])
@@ -233,15 +233,15 @@ def test_the_write_ahead_log_of_a_linked_run_file_is_read_beside_its_target(tmp_
     are read (they were lost, exit 0, the file opened as if it had no log), and a change of it is seen."""
     import pandas as pd
 
-    db_ws, files = _db_workspace(tmp_path, _csv_workspace(tmp_path, long_name=False), "P1", table_prefix="")
+    db_ws, files = db_workspace(tmp_path, csv_workspace(tmp_path, long_name=False), "P1", table_prefix="")
     target = _linked_elsewhere(tmp_path, files[0])
     _wal_only(str(target), "UPDATE Per_Cells SET Cells_AreaShape_Area = 12345")
     assert not Path(files[0] + "-wal").exists() and Path(str(target) + "-wal").stat().st_size
-    got = _run(db_ws, "P1")
+    got = run_export(db_ws, "P1")
     changed = (pd.read_csv(got["result"].outputs["profiles"])["Cells_AreaShape_Area"] == 12345).sum()
     assert changed > 0 and got["report"]["totals"]["export_rows_dropped"] == 0
     _wal_only(str(target), "UPDATE Per_Cells SET Cells_AreaShape_Area = 54321")
-    again = _run(db_ws, "P1")  # the log changed: a changed input, rebuilt
+    again = run_export(db_ws, "P1")  # the log changed: a changed input, rebuilt
     assert (pd.read_csv(again["result"].outputs["profiles"])["Cells_AreaShape_Area"] == 54321).sum() == changed
 
 
@@ -252,7 +252,7 @@ def test_a_hot_journal_beside_a_linked_run_file_s_target_is_refused(tmp_path: Pa
     import os
     import sqlite3
 
-    db_ws, files = _db_workspace(tmp_path, _csv_workspace(tmp_path, long_name=False), "P1", table_prefix="")
+    db_ws, files = db_workspace(tmp_path, csv_workspace(tmp_path, long_name=False), "P1", table_prefix="")
     target = _linked_elsewhere(tmp_path, files[0])
     pid = os.fork()
     if pid == 0:

@@ -12,7 +12,7 @@ from cytoprofile.errors import InputError
 from cytoprofile.exportdb import collate_export
 
 from . import faults
-from .test_exportdb import BATCH, _backend_rows, _csv_workspace, _db_workspace, _run
+from .exportdb_builders import BATCH, backend_rows, csv_workspace, db_workspace, run_export
 
 
 def _tables(path: str) -> dict[str, str]:
@@ -24,23 +24,23 @@ def _tables(path: str) -> dict[str, str]:
 
 
 def _plate(tmp_path: Path, **kw: Any) -> tuple[Path, list[str]]:
-    csv_ws = _csv_workspace(tmp_path, long_name=False)
-    return _db_workspace(tmp_path, csv_ws, "P1", files=1, **kw)
+    csv_ws = csv_workspace(tmp_path, long_name=False)
+    return db_workspace(tmp_path, csv_ws, "P1", files=1, **kw)
 
 
 def _same_as_clean(db_ws: Path, clean_rows: dict[str, int]) -> dict[str, Any]:
-    got = _run(db_ws, "P1")
+    got = run_export(db_ws, "P1")
     assert {s["status"] for s in got["report"]["sites"]} == {"ok"}, [s.get("reason") for s in got["report"]["sites"]]
-    assert _backend_rows(got["sqlite"]) == clean_rows
+    assert backend_rows(got["sqlite"]) == clean_rows
     return got
 
 
 @pytest.fixture
 def clean_rows(tmp_path_factory: pytest.TempPathFactory) -> dict[str, int]:
     root = tmp_path_factory.mktemp("clean")
-    csv_ws = _csv_workspace(root, long_name=False)
-    db_ws, _ = _db_workspace(root, csv_ws, "P1", files=1)
-    return _backend_rows(_run(db_ws, "P1")["sqlite"])
+    csv_ws = csv_workspace(root, long_name=False)
+    db_ws, _ = db_workspace(root, csv_ws, "P1", files=1)
+    return backend_rows(run_export(db_ws, "P1")["sqlite"])
 
 
 @pytest.mark.parametrize("renamed", ["myexpt_per_cells", "MYEXPT_PER_CELLS", "MyExpt_per_Cells"])
@@ -84,12 +84,12 @@ def test_a_per_object_view_over_the_object_tables_is_read_once(tmp_path: Path, c
 
 def test_a_per_object_table_that_is_a_view_is_read(tmp_path: Path) -> None:
     db_ws, files = _plate(tmp_path, layout="per_object")
-    want = _backend_rows(_run(db_ws, "P1")["sqlite"])
+    want = backend_rows(run_export(db_ws, "P1")["sqlite"])
     faults.run_sql(files[0], 'ALTER TABLE "MyExpt_Per_Object" RENAME TO "objects"',
                    'CREATE VIEW "MyExpt_Per_Object" AS SELECT * FROM "objects"')
-    got = _run(db_ws, "P1", overwrite=True)
+    got = run_export(db_ws, "P1", overwrite=True)
     assert {s["status"] for s in got["report"]["sites"]} == {"ok"}
-    assert _backend_rows(got["sqlite"]) == want
+    assert backend_rows(got["sqlite"]) == want
 
 
 def test_one_object_set_in_two_tables_differing_in_case_is_refused(tmp_path: Path) -> None:
@@ -109,14 +109,14 @@ def test_an_object_table_named_as_a_backend_table_is_named_by_table_and_file(
                    f'"{name}_Number_Object_Number", Cells_AreaShape_Area AS "{name}_AreaShape_Area" FROM "MyExpt_Per_Cells"')
     rows = _count(files[0], table)
     with caplog.at_level("WARNING", logger="cytoprofile"):
-        got = _run(db_ws, "P1")
+        got = run_export(db_ws, "P1")
     record = got["report"]["export_database"]["files"][0]
     assert table in record["reserved"] and "ALTER TABLE" in record["reserved"][table]
     assert record["not_stored"][table] == rows > 0
     assert ".csv" not in str(got["report"]["export_database"]) and f"{name}.csv" not in str(got["report"])
     said = [r.getMessage() for r in caplog.records if table in r.getMessage()]
     assert len(said) == 1 and "run1.sqlite" in said[0] and f"{rows} rows" in said[0]
-    assert name.lower() not in {t.lower() for t in _backend_rows(got["sqlite"])}
+    assert name.lower() not in {t.lower() for t in backend_rows(got["sqlite"])}
     assert {s["status"] for s in got["report"]["sites"]} == {"ok"}
 
 
@@ -141,16 +141,16 @@ def _count(path: str, table: str) -> int:
 def test_the_image_key_in_another_case_is_the_image_key(tmp_path: Path, table: str, spelling: str) -> None:
     """SQLite's column names are case-blind: ``imagenumber`` is ImageNumber (every site was quarantined with
     "table MyExpt_Per_Cells is missing" while the table was listed as not stored, with no reason)."""
-    csv_ws = _csv_workspace(tmp_path, long_name=False)
-    db_ws, files = _db_workspace(tmp_path, csv_ws, "P1", files=1)
-    expected = Path(_run(db_ws, "P1")["result"].outputs["profiles"]).read_bytes()
+    csv_ws = csv_workspace(tmp_path, long_name=False)
+    db_ws, files = db_workspace(tmp_path, csv_ws, "P1", files=1)
+    expected = Path(run_export(db_ws, "P1")["result"].outputs["profiles"]).read_bytes()
     conn = sqlite3.connect(files[0])
     try:
         conn.execute(f'ALTER TABLE "MyExpt_{table}" RENAME COLUMN ImageNumber TO {spelling}')
         conn.commit()
     finally:
         conn.close()
-    got = _run(db_ws, "P1", overwrite=True)
+    got = run_export(db_ws, "P1", overwrite=True)
     assert {s["status"] for s in got["report"]["sites"]} == {"ok"}
     assert got["report"]["totals"]["export_rows_dropped"] == 0
     assert Path(got["result"].outputs["profiles"]).read_bytes() == expected
@@ -160,9 +160,9 @@ def test_the_image_key_in_another_case_is_the_image_key(tmp_path: Path, table: s
 def test_an_object_key_in_another_case_renames_no_measurement(tmp_path: Path, files: int) -> None:
     """``cells_number_object_number`` in one run file: the set is still Cells, as its measurements spell it (its
     features were stored as ``Cells_Cells_*``, two half-empty columns beside the other file's, exit 0)."""
-    csv_ws = _csv_workspace(tmp_path, long_name=False)
-    db_ws, paths = _db_workspace(tmp_path, csv_ws, "P1", files=files)
-    expected = Path(_run(db_ws, "P1")["result"].outputs["profiles"]).read_bytes()
+    csv_ws = csv_workspace(tmp_path, long_name=False)
+    db_ws, paths = db_workspace(tmp_path, csv_ws, "P1", files=files)
+    expected = Path(run_export(db_ws, "P1")["result"].outputs["profiles"]).read_bytes()
     conn = sqlite3.connect(paths[-1])
     try:
         conn.execute('ALTER TABLE "MyExpt_Per_Cells" RENAME COLUMN Cells_Number_Object_Number TO '
@@ -170,7 +170,7 @@ def test_an_object_key_in_another_case_renames_no_measurement(tmp_path: Path, fi
         conn.commit()
     finally:
         conn.close()
-    got = _run(db_ws, "P1", overwrite=True)
+    got = run_export(db_ws, "P1", overwrite=True)
     columns = [r[1] for r in sqlite3.connect(got["sqlite"]).execute("PRAGMA table_info(Cells)")]
     assert not [c for c in columns if c.lower().startswith("cells_cells_")], columns
     assert got["report"]["totals"]["export_rows_dropped"] == 0

@@ -11,8 +11,8 @@ import pytest
 from cytoprofile.collate import collate_plate
 
 from . import faults
+from .exportdb_builders import csv_workspace, db_workspace, run_export
 from .faults import BATCH, PLATE
-from .test_exportdb import _csv_workspace, _db_workspace, _run
 
 #: values holding a CR alone: as it is, ending a value, twice, beside a quote and a comma, beside an LF
 _CR_VALUES = ["\r", "a\r", "\r\rb", 'x\ry",z', "p\r\nq\rr"]
@@ -29,8 +29,8 @@ def _values(path: str, sql: str) -> list[Any]:
 @pytest.mark.parametrize("value", _CR_VALUES)
 @pytest.mark.parametrize("table", ["image", "object"])
 def test_a_cr_in_a_database_text_value_is_stored_as_it_is(tmp_path: Path, value: str, table: str) -> None:
-    csv_ws = _csv_workspace(tmp_path, long_name=False)
-    db_ws, files = _db_workspace(tmp_path, csv_ws, "P1", files=1)
+    csv_ws = csv_workspace(tmp_path, long_name=False)
+    db_ws, files = db_workspace(tmp_path, csv_ws, "P1", files=1)
     conn = sqlite3.connect(files[0])
     try:
         if table == "image":
@@ -42,7 +42,7 @@ def test_a_cr_in_a_database_text_value_is_stored_as_it_is(tmp_path: Path, value:
         conn.commit()
     finally:
         conn.close()
-    got = _run(db_ws, "P1")
+    got = run_export(db_ws, "P1")
     sites = got["report"]["sites"]
     assert {s["status"] for s in sites} == {"ok"}, [s.get("reason") for s in sites]
     assert not any("mac2unix" in str(s) for s in sites)
@@ -81,8 +81,8 @@ def test_numbers_in_metadata_columns_are_stored_as_the_csv_route_stores_them(tmp
     """``Image_Metadata_PositionX`` stored as REAL: the backend's text is what the CSV route keeps from
     ExportToSpreadsheet's file (``0.0``, ``-4e-06``), not another float format (``0``, ``-0.000004``), so a
     join on the key matches across the two routes."""
-    csv_ws = _csv_workspace(tmp_path, long_name=False)
-    db_ws, files = _db_workspace(tmp_path, csv_ws, "P1", files=1)
+    csv_ws = csv_workspace(tmp_path, long_name=False)
+    db_ws, files = db_workspace(tmp_path, csv_ws, "P1", files=1)
     n = len(_METADATA_NUMBERS)
     cases = " ".join(f"WHEN {i} THEN {v!r}" for i, v in enumerate(_METADATA_NUMBERS))
     prefix, key = ("Image", "ImageNumber") if table == "image" else ("Cells", "Cells_Number_Object_Number")
@@ -94,7 +94,7 @@ def test_numbers_in_metadata_columns_are_stored_as_the_csv_route_stores_them(tmp
         used = {k % n for k in _values(files[0], f'SELECT {key} FROM "MyExpt_Per_{prefix}"')}
     finally:
         conn.close()
-    got = _run(db_ws, "P1")
+    got = run_export(db_ws, "P1")
     column = "Metadata_PositionX" if table == "image" else "Cells_Metadata_PositionX"
     stored = set(_values(got["sqlite"], f"SELECT {column} FROM {prefix} WHERE {column} IS NOT NULL"))
     assert stored == {repr(_METADATA_NUMBERS[i]) for i in used} and len(stored) >= 3

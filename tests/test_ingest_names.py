@@ -15,9 +15,9 @@ from cytoprofile.errors import InputError
 from cytoprofile.exportdb import collate_export
 
 from . import faults
+from .exportdb_builders import BATCH as DB_BATCH
+from .exportdb_builders import csv_workspace, db_workspace
 from .faults import BATCH, PLATE
-from .test_exportdb import BATCH as DB_BATCH
-from .test_exportdb import _csv_workspace, _db_workspace
 
 
 def _collate(ws: Path) -> Any:
@@ -58,8 +58,8 @@ def test_a_column_name_that_is_not_utf8_is_named_as_a_column_name(tmp_path: Path
 
 
 def test_a_database_column_name_that_is_not_utf8_is_named_as_a_column_name(tmp_path: Path) -> None:
-    csv_ws = _csv_workspace(tmp_path, long_name=False)
-    db_ws, files = _db_workspace(tmp_path, csv_ws, "P1", files=1)
+    csv_ws = csv_workspace(tmp_path, long_name=False)
+    db_ws, files = db_workspace(tmp_path, csv_ws, "P1", files=1)
     conn = sqlite3.connect(files[0])
     try:
         names = [r[1] for r in conn.execute('PRAGMA table_info("MyExpt_Per_Cells")')]
@@ -110,8 +110,8 @@ def test_an_old_object_csv_without_a_final_line_ending_warns_once(tmp_path: Path
 
 
 def test_a_missing_tmp_dir_is_created_and_said(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    csv_ws = _csv_workspace(tmp_path, long_name=False)
-    db_ws, _ = _db_workspace(tmp_path, csv_ws, "P1", files=1)
+    csv_ws = csv_workspace(tmp_path, long_name=False)
+    db_ws, _ = db_workspace(tmp_path, csv_ws, "P1", files=1)
     scratch = tmp_path / "no" / "such" / "scratch"
     with caplog.at_level(logging.INFO, logger="cytoprofile"):
         assert collate_export(db_ws, DB_BATCH, "P1", tmp_dir=str(scratch)).status == "done"

@@ -126,10 +126,12 @@ def test_recipe_finds_metadata_in_the_root_first(tmp_path: os.PathLike[str]) -> 
     layout = Layout(root=root, workspace=ws)
     assert layout.meta_root("B") == ws
     assert layout.load_data("B") == os.path.join(ws, "load_data_csv", "B")
+    assert layout.load_data_root("B") == os.path.join(ws, "load_data_csv")
     os.makedirs(os.path.join(root, "metadata", "platemaps", "B"))
     os.makedirs(os.path.join(root, "load_data_csv", "B"))
     assert layout.meta_root("B") == root
     assert layout.load_data("B") == os.path.join(root, "load_data_csv", "B")
+    assert layout.load_data_root("B") == os.path.join(root, "load_data_csv")
 
 
 @pytest.mark.parametrize("root", ROOTS)

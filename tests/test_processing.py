@@ -16,12 +16,9 @@ from cytoprofile.cli import main
 from cytoprofile.errors import ConfigError, InputError
 from cytoprofile.normalize import normalize
 from tests.planted import planted_profiles
+from tests.profiles import features_of
 
 NEG = "Metadata_control_type == 'negcon'"
-
-
-def _feats(df: pd.DataFrame) -> list[str]:
-    return [c for c in df.columns if not c.startswith("Metadata_")]
 
 
 def _reference_rank_int(values: np.ndarray, *, c: float = 3 / 8, stochastic: bool = True, seed: int = 0) -> np.ndarray:
@@ -39,7 +36,7 @@ def _reference_rank_int(values: np.ndarray, *, c: float = 3 / 8, stochastic: boo
 
 def _var_case() -> pd.DataFrame:
     df = planted_profiles(plates=3, wells=96, features=8, seed=2)
-    f = _feats(df)
+    f = features_of(df)
     neg = df["Metadata_control_type"] == "negcon"
     p1 = df["Metadata_Plate"] == "P001"
     df.loc[neg & p1, f[0]] = 7.0                      # MAD 0 on one plate
@@ -52,7 +49,7 @@ def _var_case() -> pd.DataFrame:
 
 def _reference_variant(df: pd.DataFrame, threshold: float = 1e-3) -> list[str]:
     kept = []
-    for feat in _feats(df):
+    for feat in features_of(df):
         if not np.isfinite(df[feat]).all():
             continue
         ok = True
@@ -70,17 +67,17 @@ def test_select_variant_features_equals_definition() -> None:
     df = _var_case()
     out = pr.select_variant_features(df)
     expected = _reference_variant(df)
-    assert _feats(out) == expected
-    f = _feats(df)
+    assert features_of(out) == expected
+    f = features_of(df)
     assert not {f[0], f[1], f[2], f[3], f[4]} & set(expected)
     assert len(out) == len(df) and list(out.columns[:7]) == list(df.columns[:7])
 
 
 def test_select_variant_features_all_wells() -> None:
     df = planted_profiles(plates=2, wells=96, features=6, seed=1)
-    df.loc[df["Metadata_Plate"] == "P000", _feats(df)[0]] = 3.0
+    df.loc[df["Metadata_Plate"] == "P000", features_of(df)[0]] = 3.0
     out = pr.select_variant_features(df, samples="all")
-    assert _feats(out) == _feats(df)[1:]
+    assert features_of(out) == features_of(df)[1:]
 
 
 def test_plates_without_controls_are_refused_or_dropped() -> None:
@@ -105,7 +102,7 @@ def test_chain_report_names_a_dropped_plate_at_the_step_that_dropped_it() -> Non
 def test_mad_normalize_unscaled_mad() -> None:
     df = planted_profiles(plates=3, wells=96, features=10, seed=4)
     out = pr.mad_normalize(df)
-    f = _feats(df)
+    f = features_of(df)
     for _, rows in df.groupby("Metadata_Plate"):
         neg = rows[rows["Metadata_control_type"] == "negcon"][f]
         med = neg.median().to_numpy()
@@ -120,7 +117,7 @@ def test_mad_normalize_unscaled_mad() -> None:
 
 def test_mad_zero_is_refused() -> None:
     df = planted_profiles(plates=2, wells=96, features=4, seed=5)
-    df.loc[df["Metadata_control_type"] == "negcon", _feats(df)[0]] = 1.0
+    df.loc[df["Metadata_control_type"] == "negcon", features_of(df)[0]] = 1.0
     with pytest.raises(InputError, match="MAD 0"):
         pr.mad_normalize(df)
 
@@ -204,7 +201,7 @@ def test_normalize_command_inverse_normal_quantiles_equal_pycytominer(tmp_path: 
 
 def test_correct_well_position_equals_group_means() -> None:
     df = planted_profiles(plates=4, wells=96, features=6, seed=6)
-    f = _feats(df)
+    f = features_of(df)
     df.loc[7, f[2]] = np.nan
     out = pr.correct_well_position(df)
     expected = df[f] - df.groupby("Metadata_Well")[f].transform("mean")
@@ -215,7 +212,7 @@ def test_correct_well_position_equals_group_means() -> None:
 def test_regress_cell_count_equals_statsmodels() -> None:
     sm = pytest.importorskip("statsmodels.api")
     df = planted_profiles(plates=3, wells=96, features=6, cell_effect=3.0, seed=7)
-    f = _feats(df)
+    f = features_of(df)
     df[f[5]] = np.round(df[f[5]] / 10)  # few distinct values: left alone
     df.loc[4, "Metadata_Count_Cells"] = np.nan
     out = pr.regress_cell_count(df)
@@ -241,14 +238,14 @@ def test_remove_outliers_by_hand() -> None:
     x[:, 2] = np.linspace(0, 300, 100)  # 99th percentile 297 > 100 → dropped
     df = pd.DataFrame(x, columns=["Cells_a", "Cells_b", "Cells_c"]).assign(Metadata_id=range(100))
     out = pr.remove_outliers(df)
-    assert _feats(out) == ["Cells_a", "Cells_b"] and len(out) == 100
+    assert features_of(out) == ["Cells_a", "Cells_b"] and len(out) == 100
     assert out["Cells_b"].max() == 100.0
     np.testing.assert_allclose(out["Cells_a"], x[:, 0], rtol=1e-6)
 
 
 def test_drop_na_features() -> None:
     df = pd.DataFrame({"Cells_a": [1.0, np.nan], "Cells_b": [1.0, 2.0], "Cells_c": [np.inf, 1.0]})
-    assert _feats(pr.drop_na_features(df)) == ["Cells_b"]
+    assert features_of(pr.drop_na_features(df)) == ["Cells_b"]
 
 
 # ------------------------------------------------------------------ projections
@@ -260,7 +257,7 @@ def test_pca_equals_scikit_learn(fraction: float) -> None:
 
     df = planted_profiles(plates=2, wells=96, features=20, seed=8)
     out = pr.pca(df, variance_fraction=fraction)
-    ref = PCA(n_components=fraction, svd_solver="full").fit_transform(df[_feats(df)].to_numpy())
+    ref = PCA(n_components=fraction, svd_solver="full").fit_transform(df[features_of(df)].to_numpy())
     pcs = [c for c in out.columns if c.startswith("PC")]
     assert len(pcs) == ref.shape[1]
     np.testing.assert_allclose(out[pcs].to_numpy(), ref, rtol=1e-4, atol=1e-4)
@@ -270,7 +267,7 @@ def test_sphere_single_epsilon_is_spherize() -> None:
     df = planted_profiles(plates=2, wells=96, features=8, seed=9)
     out = pr.sphere(df, epsilon=1e-3)
     ref = normalize(df, method="spherize", samples=NEG, spherize_epsilon=1e-3)
-    np.testing.assert_allclose(out[_feats(df)].to_numpy(), ref[_feats(df)].to_numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out[features_of(df)].to_numpy(), ref[features_of(df)].to_numpy(), rtol=1e-5, atol=1e-5)
 
 
 def test_sphere_grid_chooses_best_map() -> None:
@@ -295,9 +292,9 @@ def test_harmony_equals_harmonypy() -> None:
     harmonypy = pytest.importorskip("harmonypy")
     df = planted_profiles(plates=4, wells=96, features=6, batch_effect=3.0, seed=11)
     out = pr.harmony(df, seed=1)
-    ref = harmonypy.run_harmony(df[_feats(df)].to_numpy(), df[["Metadata_Batch"]], ["Metadata_Batch"],
+    ref = harmonypy.run_harmony(df[features_of(df)].to_numpy(), df[["Metadata_Batch"]], ["Metadata_Batch"],
                                 random_state=1, verbose=False).Z_corr
-    np.testing.assert_allclose(out[_feats(df)].to_numpy(), ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out[features_of(df)].to_numpy(), ref, rtol=1e-5, atol=1e-5)
     with pytest.raises(InputError, match="single value"):
         pr.harmony(df.assign(Metadata_Batch="B0"))
 
@@ -355,8 +352,8 @@ def test_process_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     src, out = tmp_path / "p.parquet", tmp_path / "o.parquet"
     df.to_parquet(src)
     assert main(["process", str(src), str(out), "--chain", "profiles_var_mad_int", "-q"]) == 0
-    np.testing.assert_allclose(pd.read_parquet(out)[_feats(df)].to_numpy(),
-                               pr.run_chain(df, "var_mad_int")[_feats(df)].to_numpy(), rtol=1e-6)
+    np.testing.assert_allclose(pd.read_parquet(out)[features_of(df)].to_numpy(),
+                               pr.run_chain(df, "var_mad_int")[features_of(df)].to_numpy(), rtol=1e-6)
     assert "int: 192 → 192 rows" in capsys.readouterr().out
     assert main(["process", str(src), str(out), "--chain", "profiles_var_zscore", "-q"]) == 1
     assert main(["rank-int", str(src), str(tmp_path / "r.csv"), "--ties", "average", "-q"]) == 0
@@ -422,33 +419,33 @@ def test_recipe_processing_writes_each_intermediate_equal_to_the_functions(chain
 
     frame = _stacked_profiles(chain_workspace)
     expected = {}
-    frame = pr.select_variant_features(frame, features=_feats(frame))
+    frame = pr.select_variant_features(frame, features=features_of(frame))
     expected["var"] = frame
-    frame = pr.mad_normalize(frame, features=_feats(frame))
+    frame = pr.mad_normalize(frame, features=features_of(frame))
     expected["mad"] = frame
-    frame = pr.rank_int(frame, features=_feats(frame))
+    frame = pr.rank_int(frame, features=features_of(frame))
     expected["int"] = frame
-    frame = feature_select(frame, features=_feats(frame),
+    frame = feature_select(frame, features=features_of(frame),
                            operations=["variance_threshold", "correlation_threshold", "blocklist"])
     expected["featselect"] = frame
-    expected["harmony"] = pr.harmony(frame, features=_feats(frame), batch_key="Metadata_Batch")
+    expected["harmony"] = pr.harmony(frame, features=features_of(frame), batch_key="Metadata_Batch")
     steps = pr.parse_chain(JUMP_CHAIN)
     for i, step in enumerate(steps):
         path = _chain_file(chain_workspace, steps[: i + 1])
         ours = pd.read_parquet(path)
         ref = expected[step]
         assert list(ours.columns) == list(ref.columns), step
-        np.testing.assert_allclose(ours[_feats(ref)].to_numpy(float), ref[_feats(ref)].to_numpy(float),
+        np.testing.assert_allclose(ours[features_of(ref)].to_numpy(float), ref[features_of(ref)].to_numpy(float),
                                    rtol=1e-5, atol=1e-6, err_msg=step)
         side = json.loads(Path(f"{path}.provenance.json").read_text())
         assert side["processing"]["step"] == step and side["processing"]["rows_out"] == len(ref)
-        before = len(_feats(expected[steps[i - 1]])) if i else None
+        before = len(features_of(expected[steps[i - 1]])) if i else None
         if before is not None:
             assert side["features"]["in"] == before
-            assert side["features"]["out"] == len(_feats(ref))
-            assert set(side["features"]["dropped"]) == set(_feats(expected[steps[i - 1]])) - set(_feats(ref))
+            assert side["features"]["out"] == len(features_of(ref))
+            assert set(side["features"]["dropped"]) == set(features_of(expected[steps[i - 1]])) - set(features_of(ref))
             assert set(side["features"]["dropped"].values()) <= {f"processing: {step}"}
-    assert len(_feats(expected["var"])) < len(_feats(_stacked_profiles(chain_workspace)))  # var dropped some
+    assert len(features_of(expected["var"])) < len(features_of(_stacked_profiles(chain_workspace)))  # var dropped some
     assert set(pd.read_parquet(_chain_file(chain_workspace, steps))["Metadata_Batch"]) == {"B1", "B2"}
 
 
@@ -477,9 +474,9 @@ def test_recipe_processing_list_form_and_resume(chain_workspace: Path, tmp_path:
     ran = [r.split(":")[0] for r in result.ran if r.startswith("processing")]
     assert ran == ["processing int", "processing featselect", "processing harmony"]
     expected = pr.rank_int(pd.read_parquet(_chain_file(ws, steps[:2])),
-                           features=_feats(pd.read_parquet(_chain_file(ws, steps[:2]))), ties="average")
-    np.testing.assert_allclose(pd.read_parquet(_chain_file(ws, steps[:3]))[_feats(expected)].to_numpy(float),
-                               expected[_feats(expected)].to_numpy(float), rtol=1e-6)
+                           features=features_of(pd.read_parquet(_chain_file(ws, steps[:2]))), ties="average")
+    np.testing.assert_allclose(pd.read_parquet(_chain_file(ws, steps[:3]))[features_of(expected)].to_numpy(float),
+                               expected[features_of(expected)].to_numpy(float), rtol=1e-6)
 
 
 @pytest.mark.parametrize("start,stem", [("normalized", "_normalized"), ("normalized_negcon", "_normalized_negcon")])
@@ -496,12 +493,12 @@ def test_recipe_processing_input_option_starts_from_that_stage(chain_workspace: 
     assert [r.split(":")[0] for r in result.ran if r.startswith("processing")] == ["processing var", "processing mad"]
     stacked = _stacked_profiles(ws, stem)
     augmented = _stacked_profiles(ws)
-    assert not np.allclose(stacked[_feats(stacked)].to_numpy(float), augmented[_feats(stacked)].to_numpy(float))
-    variant = pr.select_variant_features(stacked, features=_feats(stacked))
-    expected = pr.mad_normalize(variant, features=_feats(variant))
+    assert not np.allclose(stacked[features_of(stacked)].to_numpy(float), augmented[features_of(stacked)].to_numpy(float))
+    variant = pr.select_variant_features(stacked, features=features_of(stacked))
+    expected = pr.mad_normalize(variant, features=features_of(variant))
     ours = pd.read_parquet(_chain_file(ws, ["var", "mad"]))
     assert list(ours.columns) == list(expected.columns)
-    np.testing.assert_allclose(ours[_feats(expected)].to_numpy(float), expected[_feats(expected)].to_numpy(float),
+    np.testing.assert_allclose(ours[features_of(expected)].to_numpy(float), expected[features_of(expected)].to_numpy(float),
                                rtol=1e-6, atol=1e-9)
     side = json.loads(Path(f"{_chain_file(ws, ['var'])}.provenance.json").read_text())
     assert side["settings"]["input"] == start
@@ -511,8 +508,8 @@ def test_recipe_processing_input_option_starts_from_that_stage(chain_workspace: 
     result = run(str(_chain_config(ws, "[var, mad]", name="from-augmented.yml")))
     assert [r.split(":")[0] for r in result.ran if r.startswith("processing")] == ["processing var", "processing mad"]
     first = pd.read_parquet(_chain_file(ws, ["var"]))
-    reference = pr.select_variant_features(augmented, features=_feats(augmented))
-    np.testing.assert_allclose(first[_feats(reference)].to_numpy(float), reference[_feats(reference)].to_numpy(float),
+    reference = pr.select_variant_features(augmented, features=features_of(augmented))
+    np.testing.assert_allclose(first[features_of(reference)].to_numpy(float), reference[features_of(reference)].to_numpy(float),
                                rtol=1e-6, atol=1e-9)
 
 
@@ -547,14 +544,14 @@ def test_recipe_quality_control_map_scores_the_chain_output(chain_workspace: Pat
     final = pd.read_parquet(_chain_file(chain_workspace, pr.parse_chain(JUMP_CHAIN)))
     for batch, plates in CHAIN_BATCHES.items():
         profiles = final[final["Metadata_Plate"].isin(plates)].reset_index(drop=True)
-        expected = mean_average_precision(profiles, mode="activity", features=_feats(final), control_query=NEG,
+        expected = mean_average_precision(profiles, mode="activity", features=features_of(final), control_query=NEG,
                                           neg_sameby=["Metadata_Plate"], null_size=10000, seed=0)
         written = pd.read_csv(chain_workspace / "quality_control" / "map" / batch / f"{batch}_map_activity.csv")
         assert len(written) == len(expected) > 1
         np.testing.assert_allclose(written["mean_average_precision"], expected["mean_average_precision"], rtol=1e-9)
         np.testing.assert_allclose(written["corrected_p_value"], expected["corrected_p_value"], rtol=1e-9)
         html = (chain_workspace / "quality_control" / "report" / f"{batch}.html").read_text()
-        assert f"{JUMP_CHAIN}.parquet</code> ({len(_feats(final))} features)" in html
+        assert f"{JUMP_CHAIN}.parquet</code> ({len(features_of(final))} features)" in html
         assert f"({int(expected['below_corrected_p'].sum())} of {len(expected)} groups" in html
 
 

@@ -12,18 +12,15 @@ from scipy.stats import median_abs_deviation
 
 from cytoprofile import processing as pr
 from tests.planted import planted_profiles
+from tests.profiles import features_of
 
 NEG = "Metadata_control_type == 'negcon'"
-
-
-def _feats(df: pd.DataFrame) -> list[str]:
-    return [c for c in df.columns if not c.startswith("Metadata_")]
 
 
 def _reference_stats(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-plate median and unscaled MAD of the negative controls, as the JUMP recipe takes them."""
     neg = df.query(NEG)
-    feats = _feats(df)
+    feats = features_of(df)
     median = neg.groupby("Metadata_Plate")[feats].median().astype(np.float32)
     mad = neg.groupby("Metadata_Plate")[feats].agg(
         lambda col: median_abs_deviation(col.to_numpy(), nan_policy="omit")).astype(np.float32)
@@ -34,7 +31,7 @@ def _float32_profiles(seed: int, plates: int, negcon: int, features: int, spread
     df = planted_profiles(plates=plates, wells=96, features=features, negcon_per_plate=negcon, seed=seed,
                           dtype=np.float32)
     rng = np.random.default_rng(seed)
-    feats = _feats(df)
+    feats = features_of(df)
     # widen the range of magnitudes so that float32 rounding of |x - median| matters
     df[feats] = (df[feats] * np.float32(spread) + rng.uniform(-1e3, 1e3, len(feats)).astype(np.float32))
     return df
@@ -54,7 +51,7 @@ def test_plate_mad_equals_scipy_on_float32_to_the_bit(negcon: int, plates: int) 
 
 def test_plate_mad_with_missing_values_equals_scipy_omit() -> None:
     df = _float32_profiles(seed=3, plates=2, negcon=24, features=40, spread=11.0)
-    feats = _feats(df)
+    feats = features_of(df)
     rng = np.random.default_rng(3)
     values = df[feats].to_numpy()
     values[rng.random(values.shape) < 0.15] = np.nan
@@ -71,7 +68,7 @@ def test_mad_normalize_equals_recipe_arithmetic(seed: int, negcon: int, spread: 
     df = _float32_profiles(seed=seed, plates=2, negcon=negcon, features=12, spread=spread)
     out = pr.mad_normalize(df)
     median, mad = _reference_stats(df)
-    feats = _feats(df)
+    feats = features_of(df)
     for plate, rows in df.groupby("Metadata_Plate"):
         expected = (rows[feats] - median.loc[plate]) / mad.loc[plate]
         np.testing.assert_array_equal(out.loc[rows.index, feats].to_numpy(), expected.to_numpy(dtype=np.float32))

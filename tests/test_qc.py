@@ -21,8 +21,8 @@ from .qc_builders import (
     assert_png,
     make_batch_profiles,
     make_load_data,
-    make_profiles,
     make_wells,
+    qc_well_profiles,
     write_workspace,
 )
 
@@ -34,7 +34,7 @@ def test_summary_values_match_hand_computed() -> None:
     load_data = make_load_data("P1", sites, channels=5)
     rng = np.random.default_rng(0)
     # B02 is imaged but has no profile row; A03 has a row with no cells.
-    profiles = make_profiles("P1", ["A01", "A02", "A03", "B01"], rng=rng, counts=[300, 120, 0, 80])
+    profiles = qc_well_profiles("P1", ["A01", "A02", "A03", "B01"], rng=rng, counts=[300, 120, 0, 80])
     selected = profiles[["Metadata_Plate", "Metadata_Well", *FEATURES[:7]]]
     report = {
         "plate": "P1",
@@ -175,7 +175,7 @@ def test_bad_well_names_raise(well: str) -> None:
 def test_cell_count_figure_png(n_rows: int, n_cols: int) -> None:
     rng = np.random.default_rng(n_rows)
     wells = make_wells(n_rows, n_cols)[:-3]  # the last three wells have no data: grey
-    frame = make_profiles("P1", wells, rng=rng)
+    frame = qc_well_profiles("P1", wells, rng=rng)
     fig = qc.cell_count_figure(frame, plate="P1")
     png = qc.figure_png(fig, dpi=100)
     assert_png(png, (900, 600))
@@ -191,7 +191,7 @@ def test_cell_count_figure_png(n_rows: int, n_cols: int) -> None:
 
 def test_correlation_and_position_effect_figures() -> None:
     rng = np.random.default_rng(3)
-    frame = make_profiles("P1", make_wells(16, 24), rng=rng)
+    frame = qc_well_profiles("P1", make_wells(16, 24), rng=rng)
     corr = qc.correlation_figure(frame, plate="P1")
     assert_png(qc.figure_png(corr), (800, 700))
     assert corr.axes[0].images[0].get_array().shape == (384, 384)
@@ -203,7 +203,7 @@ def test_correlation_and_position_effect_figures() -> None:
 
 def test_position_effect_finds_a_row_artefact() -> None:
     rng = np.random.default_rng(5)
-    frame = make_profiles("P1", make_wells(8, 12), rng=rng)
+    frame = qc_well_profiles("P1", make_wells(8, 12), rng=rng)
     artefact = rng.normal(size=len(FEATURES)) * 3
     in_row_c = frame["Metadata_Well"].str.startswith("C").to_numpy()
     frame.loc[in_row_c, FEATURES] = frame.loc[in_row_c, FEATURES].to_numpy() + artefact
@@ -220,7 +220,7 @@ def test_position_effect_finds_a_row_artefact() -> None:
 
 def test_well_correlation_is_pearson_in_plate_order() -> None:
     rng = np.random.default_rng(8)
-    frame = make_profiles("P1", ["B01", "A02", "A01"], rng=rng)
+    frame = qc_well_profiles("P1", ["B01", "A02", "A01"], rng=rng)
     corr = qc.well_correlation(frame)
     assert list(corr.index) == ["A01", "A02", "B01"]
     x = frame.set_index("Metadata_Well").loc[["A01", "A02", "B01"], FEATURES].to_numpy(float)
@@ -386,7 +386,7 @@ def test_read_table_reads_anndata_profiles(tmp_path: Path) -> None:
     from cytoprofile import io as cpio
     from cytoprofile.recipe.provenance import write_output
 
-    frame = make_profiles("P1", make_wells(2, 3), rng=np.random.default_rng(4))
+    frame = qc_well_profiles("P1", make_wells(2, 3), rng=np.random.default_rng(4))
     path = str(tmp_path / "P1_augmented.h5ad")
     write_output(frame, path)
     got = cpio.read_table(path)

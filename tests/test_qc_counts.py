@@ -13,7 +13,7 @@ import pytest
 
 from cytoprofile import qc
 
-from .qc_builders import make_load_data, make_profiles, make_wells
+from .qc_builders import make_load_data, make_wells, qc_well_profiles
 
 _SHAPES = [((8, 12), ["H10", "H11", "H12"], ["B05"]), ((16, 24), ["P24"], []), ((8, 12), ["A01", "D07"], ["A02", "H12"])]
 
@@ -25,7 +25,7 @@ def _workspace(root: Path, shape: tuple[int, int], dropped: list[str], lost: lis
     rng = np.random.default_rng(len(wells) + len(dropped))
     counts = rng.integers(40, 120, len(wells))
     counts[[wells.index(w) for w in lost]] = 3  # what was left after quarantine
-    aggregated = make_profiles("P1", wells, rng=rng, counts=counts)
+    aggregated = qc_well_profiles("P1", wells, rng=rng, counts=counts)
     annotated = aggregated.loc[~aggregated["Metadata_Well"].isin(dropped)].reset_index(drop=True)
     folder = root / "profiles" / "B1" / "P1"
     folder.mkdir(parents=True)
@@ -70,7 +70,7 @@ def test_cell_count_map_marks_wells_not_in_platemap(
     shape: tuple[int, int], dropped: list[str], lost: list[str]
 ) -> None:
     wells = make_wells(*shape)
-    profiles = make_profiles("P1", [w for w in wells if w not in dropped], rng=np.random.default_rng(0))
+    profiles = qc_well_profiles("P1", [w for w in wells if w not in dropped], rng=np.random.default_rng(0))
     fig = qc.cell_count_figure(profiles, plate="P1", quarantined=dict.fromkeys(lost, 1), not_in_platemap=dropped)
     labels = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
     assert f"not in the plate map (dropped): {len(dropped)} well{'s' if len(dropped) != 1 else ''}" in labels
@@ -108,7 +108,7 @@ def test_cell_count_title_and_summary_show_the_same_numbers(
 @pytest.mark.parametrize("counts", [[0, 1, 2, 3], [1, 2], [5, 6, 7]])
 def test_cell_count_colour_bar_ticks_are_whole_counts(counts: list[int]) -> None:
     wells = make_wells(2, 2)[: len(counts)]
-    profiles = make_profiles("P1", wells, rng=np.random.default_rng(0), counts=counts)
+    profiles = qc_well_profiles("P1", wells, rng=np.random.default_rng(0), counts=counts)
     fig = qc.cell_count_figure(profiles, plate="P1", quarantined={})
     bar_axes = [ax for ax in fig.axes if ax is not fig.axes[0]]
     ticks = [t for t in bar_axes[0].get_yticks() if min(counts) <= t <= max(counts)]
@@ -203,7 +203,7 @@ def test_a_well_both_quarantined_and_dropped_is_left_out_once_and_marked_both_wa
 ) -> None:
     """The title's counts add up to the plate's imaged wells, and such a well is dotted and hatched."""
     wells = make_wells(8, 12)
-    profiles = make_profiles("P1", [w for w in wells if w not in dropped], rng=np.random.default_rng(1))
+    profiles = qc_well_profiles("P1", [w for w in wells if w not in dropped], rng=np.random.default_rng(1))
     fig = qc.cell_count_figure(profiles, plate="P1", quarantined=dict.fromkeys(lost, 1), imaged=wells,
                                not_in_platemap=dropped)
     title = fig.axes[0].get_title().replace("\n", " ")

@@ -16,7 +16,7 @@ from matplotlib.patches import Rectangle
 from cytoprofile import qc
 from cytoprofile.qc import batch_figures
 
-from .qc_builders import FEATURES, make_batch_profiles, make_profiles, make_wells
+from .qc_builders import FEATURES, make_batch_profiles, make_wells, qc_well_profiles
 
 # --------------------------------------------------------------------------- quarantine
 
@@ -62,7 +62,7 @@ def _hatched(fig) -> set[tuple[int, int]]:
     [(8, 12, {"A02": 1}), (16, 24, {"P24": 3, "B7": 1}), (32, 48, {"AF48": 2, "AA01": 1, "C03": 9})],
 )
 def test_cell_count_figure_marks_quarantined_wells(n_rows: int, n_cols: int, lost: dict[str, int]) -> None:
-    frame = make_profiles("P1", make_wells(n_rows, n_cols), rng=np.random.default_rng(n_rows))
+    frame = qc_well_profiles("P1", make_wells(n_rows, n_cols), rng=np.random.default_rng(n_rows))
     fig = qc.cell_count_figure(frame, plate="P1", quarantined=lost)
     assert _hatched(fig) == {qc.well_to_grid(w) for w in lost}
     assert all(len(p.get_hatch() or "") <= 1 for p in fig.axes[0].patches)  # sparse: the well's colour shows
@@ -76,7 +76,7 @@ def test_cell_count_figure_marks_quarantined_wells(n_rows: int, n_cols: int, los
 
 @pytest.mark.parametrize("lost", [{}, {"A02": 0}, {"B03": 0, "C04": 0}])
 def test_cell_count_legend_leaves_out_quarantine_when_no_well_lost_a_site(lost: dict[str, int]) -> None:
-    frame = make_profiles("P1", make_wells(8, 12), rng=np.random.default_rng(1))
+    frame = qc_well_profiles("P1", make_wells(8, 12), rng=np.random.default_rng(1))
     fig = qc.cell_count_figure(frame, plate="P1", quarantined=lost)
     legend = " ".join(t.get_text() for t in fig.legends[0].get_texts())
     assert "quarantine" not in legend and "no profile for the well" in legend, legend
@@ -84,7 +84,7 @@ def test_cell_count_legend_leaves_out_quarantine_when_no_well_lost_a_site(lost: 
 
 
 def test_a_fully_quarantined_well_is_hatched_though_it_has_no_profile() -> None:
-    frame = make_profiles("P1", [w for w in make_wells(8, 12) if w != "D05"], rng=np.random.default_rng(0))
+    frame = qc_well_profiles("P1", [w for w in make_wells(8, 12) if w != "D05"], rng=np.random.default_rng(0))
     fig = qc.cell_count_figure(frame, plate="P1", quarantined={"D05": 4})
     assert _hatched(fig) == {(3, 4)}
     assert fig.axes[0].images[0].get_array().mask[3, 4]  # no data: grey under the hatching
@@ -94,7 +94,7 @@ def test_an_imaged_well_without_a_profile_is_drawn_as_the_title_counts_it() -> N
     """A well imaged (in load_data) with no CellProfiler output: the title counts it 0 cells (min 0), so the map
     draws it at 0 with a cross and a legend entry, not grey as a well never imaged (they disagreed)."""
     wells = make_wells(8, 12)
-    frame = make_profiles("P1", [w for w in wells if w != "D05"], rng=np.random.default_rng(0))
+    frame = qc_well_profiles("P1", [w for w in wells if w != "D05"], rng=np.random.default_rng(0))
     fig = qc.cell_count_figure(frame, plate="P1", imaged=wells, quarantined={})
     image = fig.axes[0].images[0].get_array()
     assert not image.mask[3, 4] and image[3, 4] == 0
@@ -113,8 +113,8 @@ def test_an_imaged_well_without_a_profile_is_drawn_as_the_title_counts_it() -> N
 
 def test_shared_features_are_common_and_finite_everywhere() -> None:
     rng = np.random.default_rng(2)
-    a = make_profiles("P1", make_wells(8, 12), rng=rng)
-    b = make_profiles("P2", make_wells(8, 12), rng=rng).drop(columns=["Cells_F3"])
+    a = qc_well_profiles("P1", make_wells(8, 12), rng=rng)
+    b = qc_well_profiles("P2", make_wells(8, 12), rng=rng).drop(columns=["Cells_F3"])
     b.loc[5, "Nuclei_F1"] = np.nan
     a.loc[0, "Image_F4"] = np.inf
     shared = qc.shared_features([a, b])
@@ -159,7 +159,7 @@ def test_position_effect_is_the_recipes_per_well_definition(n_rows: int, n_cols:
     rng = np.random.default_rng(n_rows + drop)
     wells = make_wells(n_rows, n_cols)
     wells = [w for i, w in enumerate(wells) if i not in set(rng.choice(len(wells), drop, replace=False))]
-    frame = make_profiles("P1", wells, rng=rng)
+    frame = qc_well_profiles("P1", wells, rng=rng)
     frame.loc[frame["Metadata_Well"].str.endswith("03"), FEATURES] += 2 * rng.normal(size=len(FEATURES))
     effect = qc.position_effect(frame).set_index("Metadata_Well")["Position_Effect"]
     expected = _recipe_position_effect(frame).reindex(effect.index)
@@ -168,7 +168,7 @@ def test_position_effect_is_the_recipes_per_well_definition(n_rows: int, n_cols:
 
 def test_position_effect_sits_at_chance_without_artefacts() -> None:
     shares = [
-        qc.position_effect(make_profiles("P1", make_wells(16, 24), rng=np.random.default_rng(s)))[
+        qc.position_effect(qc_well_profiles("P1", make_wells(16, 24), rng=np.random.default_rng(s)))[
             "Position_Effect"
         ].mean()
         for s in range(3)
@@ -177,7 +177,7 @@ def test_position_effect_sits_at_chance_without_artefacts() -> None:
 
 
 def test_position_effect_figure_marks_the_chance_level() -> None:
-    frame = make_profiles("P1", make_wells(8, 12), rng=np.random.default_rng(4))
+    frame = qc_well_profiles("P1", make_wells(8, 12), rng=np.random.default_rng(4))
     fig = qc.position_effect_figure(frame, plate="P1")
     bar = fig.axes[1]
     labels = [t.get_text() for t in bar.get_yticklabels()]
@@ -205,7 +205,7 @@ def test_replication_figure_draws_one_point_per_treatment(n_strong: int, n_null:
 
 def test_correlation_matrix_is_ordered_by_treatment() -> None:
     rng = np.random.default_rng(6)
-    frame = make_profiles("P1", make_wells(8, 12), rng=rng)
+    frame = qc_well_profiles("P1", make_wells(8, 12), rng=rng)
     names = ["DMSO"] * 16 + [f"t{i:02d}" for i in range(40)] * 2  # replicates 40 wells apart
     frame["Metadata_broad_sample"] = names
     for name in set(names) - {"DMSO"}:

@@ -447,9 +447,9 @@ def _figure_text(fig) -> str:
     (["A01", "A02", "A03", "B01"], "not computed for 1 of 4 wells (1 well: no well shares neither its row nor its column"),
 ])
 def test_position_effect_map_says_why_wells_have_no_value(wells: list[str], expected: str) -> None:
-    from .qc_builders import make_profiles
+    from .qc_builders import qc_well_profiles
 
-    profiles = make_profiles("R1", wells, rng=np.random.default_rng(3))
+    profiles = qc_well_profiles("R1", wells, rng=np.random.default_rng(3))
     effect = qc.position_effect(profiles, features=FEATURES)
     missing = set(effect.loc[effect["Position_Effect"].isna(), "Metadata_Well"])
     assert set(effect.attrs["why_missing"]) == missing and missing
@@ -459,19 +459,19 @@ def test_position_effect_map_says_why_wells_have_no_value(wells: list[str], expe
     assert expected in text, text
     if len(missing) == len(wells):  # nothing to see on the map: the reason is written across it
         assert f"Position effect {note}." in text
-    full = qc.metrics.position_effect(make_profiles("R2", make_wells(8, 12), rng=np.random.default_rng(3)),
+    full = qc.metrics.position_effect(qc_well_profiles("R2", make_wells(8, 12), rng=np.random.default_rng(3)),
                                       features=FEATURES)
     assert qc.position_effect_note(full) is None and full.attrs["why_missing"] == {}
 
 
 def test_one_row_plate_report_says_why_its_position_effect_is_grey(tmp_path: Path) -> None:
-    from .qc_builders import make_profiles
+    from .qc_builders import qc_well_profiles
 
     root = tmp_path / "ws"
     wells = [f"A{c:02d}" for c in range(1, 13)]
     folder = root / "profiles" / "B1" / "R1"
     folder.mkdir(parents=True)
-    frame = make_profiles("R1", wells, rng=np.random.default_rng(5))
+    frame = qc_well_profiles("R1", wells, rng=np.random.default_rng(5))
     frame["Metadata_broad_sample"] = [f"t{i // 2}" for i in range(len(wells))]
     frame.to_csv(folder / "R1_normalized_feature_select_negcon_batch.csv.gz", index=False)
     frame.to_csv(folder / "R1_augmented.csv.gz", index=False)
@@ -544,10 +544,10 @@ def test_quarantine_table_headers_say_what_they_count() -> None:
 
 @pytest.mark.parametrize("replicates", [2, 3])
 def test_correlation_map_leaves_out_each_wells_self_correlation(replicates: int) -> None:
-    from .qc_builders import make_profiles
+    from .qc_builders import qc_well_profiles
 
     wells = make_wells(4, 6)
-    frame = make_profiles("P1", wells, rng=np.random.default_rng(replicates))
+    frame = qc_well_profiles("P1", wells, rng=np.random.default_rng(replicates))
     frame["Metadata_broad_sample"] = [f"t{i // replicates}" for i in range(len(wells))]
     fig = qc.correlation_figure(frame, plate="P1", features=FEATURES)
     shown = fig.axes[0].images[0].get_array()

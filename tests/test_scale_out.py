@@ -7,7 +7,6 @@ import http.server
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,7 +22,7 @@ from cytoprofile.config import config_template
 from cytoprofile.pipeline import run
 from cytoprofile.synth import synth
 
-from .loopback import CREDENTIALS, free_port, make_bucket, upload_tree, wait_port
+from .loopback import closed_port, make_bucket, upload_tree
 from .quarantine import BATCH, quarantined_workspace
 
 BATCHES = {"B1": ["P1", "P2"], "B2": ["P3"]}
@@ -80,36 +79,6 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
         conn.close()
 
     do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
-
-
-@pytest.fixture(scope="module")
-def cluster(aws_env: None) -> Iterator[tuple[str, list[subprocess.Popen[bytes]]]]:
-    port = free_port()
-    env = {**os.environ, **CREDENTIALS}
-    scheduler = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
-                                  "--port", str(port), "--no-dashboard"], env=env,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    workers = []
-    try:
-        wait_port(port)
-        address = f"tcp://127.0.0.1:{port}"
-        for _ in range(2):
-            workers.append(subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address,
-                                             "--nthreads", "1", "--no-nanny", "--no-dashboard", "--host", "127.0.0.1"],
-                                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        from dask.distributed import Client
-
-        with Client(address, timeout="30s") as client:
-            client.wait_for_workers(2, timeout=60)
-        yield address, workers
-    finally:
-        for proc in [*workers, scheduler]:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
 
 
 def _make_workspace(ws: Path) -> None:
@@ -233,15 +202,6 @@ def test_flaky_s3_retries_and_leaves_nothing_partial(s3_endpoint: str, local_ref
 
 
 @pytest.fixture()
-def silent_listener() -> Iterator[str]:
-    """A port that accepts connections (the kernel completes the handshake) and never answers."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        s.listen(16)
-        yield f"127.0.0.1:{s.getsockname()[1]}"
-
-
-@pytest.fixture()
 def web_server() -> Iterator[str]:
     """A service that is not the one asked for: a tiny HTTP server."""
     class Quiet(http.server.BaseHTTPRequestHandler):
@@ -256,10 +216,6 @@ def web_server() -> Iterator[str]:
         yield f"127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
-
-
-def _closed_port() -> str:
-    return f"127.0.0.1:{free_port()}"  # bound and released: nothing listens, connections are refused
 
 
 FAST = ["--connect-timeout", "1", "--read-timeout", "1", "--retries", "1", "-q"]
@@ -280,7 +236,7 @@ def _fails_fast(argv: list[str], capsys: pytest.CaptureFixture[str], names: str,
 @pytest.mark.parametrize("kind", ["silent", "closed"])
 def test_s3_endpoint_that_never_answers_fails_within_seconds(kind: str, silent_listener: str, aws_env: None,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
-    address = silent_listener if kind == "silent" else _closed_port()
+    address = silent_listener if kind == "silent" else closed_port()
     endpoint = f"http://{address}"
     _fails_fast(["collate", "s3://cells/ws", "B1", "P1", "--endpoint-url", endpoint, *FAST], capsys, endpoint,
                 "--endpoint-url")
@@ -293,7 +249,7 @@ def test_scheduler_that_is_no_dask_scheduler_fails_within_seconds(tmp_path: Path
                                                                   capsys: pytest.CaptureFixture[str]) -> None:
     ws = tmp_path / "ws"
     synth(ws, batch="B1", plates=["P1", "P2"], wells=96, well_subset=2, sites=1, cells=4, features=4)
-    address = "tcp://" + {"web": web_server, "silent": silent_listener, "closed": _closed_port()}[kind]
+    address = "tcp://" + {"web": web_server, "silent": silent_listener, "closed": closed_port()}[kind]
     _fails_fast(["collate", str(ws), "B1", "P1", "P2", "--scheduler", address, *FAST], capsys, address, "--scheduler")
     assert not (ws / "backend").exists()
 

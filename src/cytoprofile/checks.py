@@ -14,7 +14,7 @@ import pandas as pd
 
 from .errors import ConfigError, InputError
 
-__all__ = ["as_names", "check_choice", "check_choices", "check_columns", "check_flag", "check_frame", "check_number"]
+__all__ = ["as_names", "listed", "check_choice", "check_choices", "check_columns", "check_flag", "check_frame", "check_number"]
 
 
 def check_number(
@@ -57,6 +57,12 @@ def check_flag(name: str, value: object) -> bool:
     return bool(value)
 
 
+def listed(values: Iterable[object], *, last: str = "or") -> str:
+    """Values as a person writes them in a message: ``a, b or c`` (never a Python list)."""
+    names = [str(v) for v in values]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} {last} {names[-1]}" if names else "none"
+
+
 def _choice(value: object, choices: Sequence[str], *, fold: bool) -> str | None:
     """The choice ``value`` names (compared case-insensitively when ``fold``), else None."""
     if isinstance(value, str):
@@ -70,7 +76,7 @@ def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
     """``value`` if it is one of ``choices`` (compared case-insensitively), else a ``ConfigError``."""
     choice = _choice(value, choices, fold=True)
     if choice is None:
-        raise ConfigError(f"{name} must be one of {list(choices)}, got {value!r}")
+        raise ConfigError(f"{name} must be one of {listed(choices)}, got {value!r}")
     return choice
 
 
@@ -81,8 +87,7 @@ def check_choices(name: str, values: Iterable[object], choices: Sequence[str]) -
     for value in values:
         choice = _choice(value, choices, fold=False)
         if choice is None:
-            raise InputError(f"{name} {value}: choose {', '.join(choices[:-1])} or {choices[-1]}" if len(choices) > 1
-                             else f"{name} {value}: choose {choices[0]}")
+            raise InputError(f"{name} {value}: choose {listed(choices)}")
         out.append(choice)
     return out
 
@@ -107,5 +112,5 @@ def check_columns(name: str, value: object, frame: pd.DataFrame, *, message: str
     names = as_names(name, value)
     missing = [c for c in names if c not in frame.columns]
     if missing:
-        raise ConfigError(message.format(missing=missing))
+        raise ConfigError(message.format(missing=listed(missing, last="and")))
     return names

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
-from .checks import check_columns, check_frame, check_number
+from .checks import check_columns, check_frame, check_number, listed
 from .errors import ConfigError, InputError
 from .step_data import (
     AccountSink,
@@ -127,11 +127,11 @@ def _check_options(
     """The checked operation and modz method; a wrong type or value is a ``ConfigError``."""
     if not isinstance(operation, str) or operation.lower() not in OPERATIONS:
         raise ConfigError(
-            f"unknown consensus operation {operation!r}; choose from {list(OPERATIONS)}"
+            f"unknown consensus operation {operation!r}; choose {listed(OPERATIONS)}"
         )
     if not isinstance(modz_method, str) or modz_method not in _MODZ_METHODS:
         raise ConfigError(
-            f"unknown modz_method {modz_method!r}; choose from {list(_MODZ_METHODS)}"
+            f"unknown modz_method {modz_method!r}; choose {listed(_MODZ_METHODS)}"
         )
     check_number("modz_min_weight", modz_min_weight, minimum=0)
     if modz_precision is not None:

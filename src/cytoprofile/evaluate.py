@@ -39,6 +39,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from .checks import listed
 from .errors import ConfigError, InputError
 from .step_data import feature_matrix
 from .vocabulary import MAP_MODES as MODES
@@ -243,7 +244,7 @@ def average_precision(
         raise ConfigError("give at least one pos_sameby/pos_diffby and one neg_sameby/neg_diffby column")
     overlap = (set(pos_sameby) & set(pos_diffby)) | (set(neg_sameby) & set(neg_diffby))
     if overlap:
-        raise ConfigError(f"sameby and diffby share {sorted(overlap)}; a column can only be one of them")
+        raise ConfigError(f"sameby and diffby share {listed(sorted(overlap), last='and')}; a column can only be one of them")
     names = resolve_features(profiles, features, feature_prefixes=feature_prefixes)
     unit = _unit_rows(_matrix64(profiles, names))
     meta = profiles.loc[:, [c for c in profiles.columns if c not in set(names)]].reset_index(drop=True)
@@ -499,7 +500,7 @@ def mode_average_precision(
     """The AP table of one ``mode`` (see ``mean_average_precision``), scored rows only;
     ``column`` is the perturbation (or, for consistency, the annotation) column."""
     if mode not in MODES:
-        raise ConfigError(f"unknown mAP mode {mode!r}; choose from {list(MODES)}")
+        raise ConfigError(f"unknown mAP mode {mode!r}; choose {listed(MODES)}")
     names = resolve_features(profiles, features, feature_prefixes=feature_prefixes)
     return _mode_scores(profiles, names, mode=mode, column=column, control_query=control_query,
                         pos_diffby=pos_diffby, neg_sameby=_neg_sameby(profiles, mode, neg_sameby),
@@ -559,7 +560,7 @@ def mean_average_precision(
     ``map_from_average_precision``) carries ``attrs["fraction_retrieved"]``.
     """
     if mode not in MODES:
-        raise ConfigError(f"unknown mAP mode {mode!r}; choose from {list(MODES)}")
+        raise ConfigError(f"unknown mAP mode {mode!r}; choose {listed(MODES)}")
     if mode == "consistency":
         if not annotation_column:
             raise ConfigError("mode consistency needs annotation_column (e.g. Metadata_target)")

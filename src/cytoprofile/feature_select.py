@@ -33,7 +33,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from .checks import as_names, check_choice, check_number
+from .checks import as_names, check_choice, check_number, listed
 from .errors import ConfigError, InputError
 from .step_data import (
     AccountSink,
@@ -328,7 +328,7 @@ def _check_options(
     unknown = [op for op in ops if op not in FEATURE_SELECT_OPERATIONS]
     if unknown:
         raise ConfigError(
-            f"unknown feature_select operation(s) {unknown}; choose from {list(FEATURE_SELECT_OPERATIONS)}"
+            f"unknown feature_select operation(s) {listed(unknown, last='and')}; choose {listed(FEATURE_SELECT_OPERATIONS)}"
         )
     if variance_threshold_meaning not in ("frequency", "variance"):
         raise ConfigError(

@@ -312,6 +312,11 @@ class Layout:
         """The batch's ``load_data_csv/BATCH`` (the root's, else the workspace's)."""
         return self.find("load_data_csv", batch)
 
+    def load_data_root(self, batch: str) -> str:
+        """The ``load_data_csv`` folder holding the batch's (see :meth:`load_data`)."""
+        return io.join(self.root if io.exists(io.join(self.root, "load_data_csv", batch)) else self.workspace,
+                       "load_data_csv")
+
     @property
     def suffix(self) -> str:
         """File ending of step outputs: ``.csv.gz`` (gzip) or ``.csv``, ``.parquet`` or ``.h5ad``."""

@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from .checks import listed
 from .errors import ConfigError
 from .layout import Workspace
 from .vocabulary import CANONICAL_COMPARTMENTS, PLATE_FORMATS, grid_to_well, well_to_grid
@@ -540,7 +541,7 @@ def write_export_database(
     sites = [p for plate in plates for p in sorted(Path(Workspace(str(workspace)).analysis(batch, plate)).iterdir())
              if p.is_dir()]
     if not sites:
-        raise ConfigError(f"no synthetic sites for plates {list(plates)} in {workspace}")
+        raise ConfigError(f"no synthetic sites for plates {listed(plates, last='and')} in {workspace}")
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     written = []
     for k, chunk in enumerate(np.array_split(np.arange(len(sites)), max(1, min(files, len(sites)))), start=1):

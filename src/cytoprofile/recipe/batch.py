@@ -184,7 +184,7 @@ def batch_steps(layout: Layout, recipe: Recipe, plates: dict[str, list[str]], *,
             done = quality_control(
                 layout.root, batch, names, level=level,
                 profiles_dir=os.path.abspath(layout.profiles_root()),
-                load_data_dir=os.path.abspath(layout.load_data(batch)).rsplit(os.sep, 1)[0],
+                load_data_dir=os.path.abspath(layout.load_data_root(batch)),
                 backend_dir=os.path.abspath(layout.handbook.backend_root()),
                 map_profiles=processing_file(layout, parse_chain(chain)) if chain is not None else None,
                 **quality_control_options(s.quality_control),
