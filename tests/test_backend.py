@@ -129,6 +129,46 @@ def test_image_types_follow_the_column_family(tmp_path: Path, kind: str) -> None
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "parquet"])
+@pytest.mark.parametrize("column", ["Metadata_Barcode", "FileName_Extra", "URL_Extra"])
+@pytest.mark.parametrize("lacking", [("A01", 1), ("A01", 2)])
+def test_a_text_column_the_first_site_lacks_keeps_its_text(tmp_path: Path, kind: str, column: str,
+                                                           lacking: tuple[str, int]) -> None:
+    """The first site written types the Image table: a text column it lacks is TEXT, ``007`` stays ``007``."""
+    plate_dir = faults.small_plate(tmp_path)
+    sites = [faults.site(plate_dir, w, n) for w in ("A01", "A02") for n in (1, 2)]
+    for folder in sites:
+        if folder.name.endswith(f"{lacking[0]}-{lacking[1]}") or folder == sites[0]:
+            continue
+        rows = faults.read_rows(folder / "Image.csv")
+        rows[0].append(column)
+        rows[1].append("007")
+        faults.write_rows(folder / "Image.csv", rows)
+    result = collate_plate(tmp_path, faults.BATCH, faults.PLATE, backend=(kind,))  # type: ignore[arg-type]
+    faults.assert_rows_accounted(result, plate_dir)
+    if kind == "sqlite":
+        conn = sqlite3.connect(result.outputs["sqlite"])
+        try:
+            declared = {r[1]: r[2] for r in conn.execute("PRAGMA table_info(Image)")}
+            stored = [r[0] for r in conn.execute(f"SELECT {column} FROM Image WHERE {column} IS NOT NULL")]
+        finally:
+            conn.close()
+        assert declared[column] == "TEXT"
+    else:
+        stored = [v for v in pq.read_table(result.outputs["parquet"], columns=[column]).column(0).to_pylist() if v]
+    assert stored and set(stored) == {"007"}
+
+
+def test_a_table_over_sqlite_width_with_its_text_columns_is_one_line(tmp_path: Path) -> None:
+    """The text columns an object CSV repeats count toward SQLite's column limit (they were left out: exit 3)."""
+    from cytoprofile.synth import synth
+
+    synth(tmp_path, plates=[faults.PLATE], wells=96, well_subset=1, sites=1, cells=3, features=1990, object_metadata=True)
+    with pytest.raises(InputError, match=r"Cells has \d+ columns, more than SQLite's limit of 2000; use --backend parquet"):
+        collate_plate(tmp_path, faults.BATCH, faults.PLATE)
+    assert not list((tmp_path / "backend").rglob("*.sqlite"))
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "parquet"])
 def test_reader_lists_only_data_tables(tmp_path: Path, kind: str) -> None:
     """The build's generation table and the joined single-cell file are not object tables."""
     from cytoprofile.backend import BackendReader

@@ -515,3 +515,25 @@ def test_plates_named_twice_are_each_named_once_in_order(tmp_path: Path) -> None
     with pytest.raises(InputError, match=r"^plate P1, P2 given more than once; name each plate once$"):
         collate(tmp_path, "BATCH1", ["P2", "P1", "P3", "P2", "P1", "P2"])
     assert not list(tmp_path.iterdir())  # refused before anything is read or made
+
+
+@pytest.mark.parametrize(("first", "then", "gone"), [
+    ({"profile_format": "csv"}, {"profile_format": "parquet"}, "P1.csv"),
+    ({"profile_format": "parquet"}, {"profile_format": "csv"}, "P1.parquet"),
+])
+def test_a_switched_output_is_said_once_as_the_earlier_build(tmp_path: Path, first: dict[str, Any],
+                                                             then: dict[str, Any], gone: str,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """The earlier output a new build does not make is removed with one warning; its sidecar is not
+    reported as left by an interrupted build (nothing was interrupted)."""
+    synth(tmp_path, plates=["P1"], wells=96, well_subset=2, sites=1, cells=3, features=3)
+    batch = "BATCH1"
+    collate_plate(tmp_path, batch, "P1", **first)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="cytoprofile"):
+        result = collate_plate(tmp_path, batch, "P1", overwrite=True, **then)
+    assert result.status == "done", result.message
+    said = [r.getMessage() for r in caplog.records if "removed" in r.getMessage()]
+    assert any(f"removed {gone} of the earlier build" in m for m in said), said
+    assert not [m for m in said if "interrupted" in m], said
+    assert not (tmp_path / "backend" / batch / "P1" / gone).exists()

@@ -117,3 +117,22 @@ def test_a_missing_tmp_dir_is_created_and_said(tmp_path: Path, caplog: pytest.Lo
         assert collate_export(db_ws, DB_BATCH, "P1", tmp_dir=str(scratch)).status == "done"
     assert scratch.is_dir()
     assert f"--tmp-dir {scratch} did not exist: created it" in [r.getMessage() for r in caplog.records]
+
+
+def test_a_plate_folder_in_decomposed_unicode_is_named_as_such(tmp_path: Path) -> None:
+    """A folder copied from macOS is NFD while Image.csv's Metadata_Plate is NFC: the two print alike, so the
+    messages say how they differ and how to rename the folder."""
+    import unicodedata
+
+    from cytoprofile.synth import synth
+
+    composed = unicodedata.normalize("NFC", "Plätte")
+    decomposed = unicodedata.normalize("NFD", composed)
+    synth(tmp_path, plates=[composed], wells=96, well_subset=1, sites=2, cells=3, features=3)
+    plates = tmp_path / "analysis" / BATCH
+    (plates / composed).rename(plates / decomposed)
+    with pytest.raises(InputError, match="differ only in Unicode normalisation.*--nfc"):
+        collate_plate(tmp_path, BATCH, composed)
+    with pytest.raises(InputError) as caught:
+        collate_plate(tmp_path, BATCH, decomposed)
+    assert "differ only in Unicode normalisation" in str(caught.value)

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from .errors import InputError
 from .ingest import IMAGE_TABLE, RESERVED_TABLES, PlateSchema, SiteTables
 from .layout import parquet_table_path
-from .vocabulary import KEY_COLUMNS
+from .vocabulary import KEY_COLUMNS, is_text_column
 
 __all__ = [
     "BackendReader",
@@ -88,9 +88,10 @@ class SQLiteBackendWriter:
         self.tmp = _tmp_name(self.final)
         self.schema = schema
         for table, columns in schema.tables.items():
-            if len(columns) + 1 > SQLITE_MAX_COLUMNS:
+            width = len(columns) + 1 + len(schema.text_columns.get(table, []))  # TableNumber and the text columns too
+            if width > SQLITE_MAX_COLUMNS:
                 raise InputError(
-                    f"{table} has {len(columns) + 1} columns, more than SQLite's limit of {SQLITE_MAX_COLUMNS}; "
+                    f"{table} has {width} columns, more than SQLite's limit of {SQLITE_MAX_COLUMNS}; "
                     "use --backend parquet for this plate"
                 )
         self.conn = sqlite3.connect(self.tmp, isolation_level=None)
@@ -114,8 +115,11 @@ class SQLiteBackendWriter:
             self._object_sql[table] = f"INSERT INTO {quote(table)} VALUES ({{table_number}}, {marks})"
 
     def _create_image(self, image: pa.Table) -> None:
-        types = {f.name: _arrow_sql_type(f.type) for f in image.schema}
-        decl = ", ".join(f"{quote(c)} {types.get(c, 'FLOAT')}" for c in self.image_columns)
+        """The Image table, typed from the first site; a column that site lacks (or has only NULLs in)
+        is TEXT when of a text family, so ``007`` of a later site is never stored as ``7.0``."""
+        types = {f.name: _arrow_sql_type(f.type) for f in image.schema if not pa.types.is_null(f.type)}
+        decl = ", ".join(f"{quote(c)} {types.get(c, 'TEXT' if is_text_column(c) else 'FLOAT')}"
+                         for c in self.image_columns)
         self.conn.execute(f"CREATE TABLE {quote(IMAGE_TABLE)} ({decl})")
         self._image_created = True
 

@@ -82,6 +82,7 @@ __all__ = [
     "normalise_well",
     "plate_layout",
     "prefixed_features",
+    "spelling_note",
     "table_prefixes",
     "prefix_metadata",
     "resolve_features",
@@ -148,6 +149,19 @@ TEXT_FAMILIES: tuple[str, ...] = ("Metadata_", "FileName_", "PathName_", "URL_",
 def is_text_column(name: str) -> bool:
     """Whether a CellProfiler column (as written in a CSV, without a table prefix) is of a text family."""
     return name.startswith(TEXT_FAMILIES)
+
+
+def spelling_note(given: str, found: str) -> str:
+    """What to add to a message comparing two names that print alike but are not equal: they differ
+    only in Unicode normalisation (a folder copied from macOS is decomposed, NFD), or in spaces around."""
+    import unicodedata
+
+    if given != found and unicodedata.normalize("NFC", given) == unicodedata.normalize("NFC", found):
+        return ("; the two differ only in Unicode normalisation (one is decomposed, NFD, as macOS writes names): "
+                "rename the plate folder to the composed form (NFC), e.g. with convmv -f utf8 -t utf8 --nfc")
+    if given != found and given.strip() == found.strip():
+        return "; the two differ only in spaces around the name"
+    return ""
 
 
 def is_metadata(name: object) -> TypeGuard[str]:

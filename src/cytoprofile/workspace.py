@@ -17,6 +17,7 @@ from . import io
 from .errors import CytoprofileError, InputError
 from .layout import Workspace
 from .remote import list_entries
+from .vocabulary import spelling_note
 
 __all__ = [
     "Staged",
@@ -187,7 +188,8 @@ def find_plate(workspace: PathLike, batch: str, plate: str) -> str:
     plates = _listing(ws.folder("analysis", batch))
     if plate not in plates:
         there = f"plates there: {', '.join(plates)}" if plates else "it has no plate folders"
-        raise InputError(f"plate '{plate}' not found under {ws.folder('analysis', batch)}; {there}")
+        note = next((n for n in (spelling_note(plate, p) for p in plates) if n), "")
+        raise InputError(f"plate '{plate}' not found under {ws.folder('analysis', batch)}; {there}{note}")
     return ws.analysis(batch, plate)
 
 

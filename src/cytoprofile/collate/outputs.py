@@ -227,7 +227,7 @@ def remove_stale(directory: str, plate: str, *, keep: set[str], before: set[str]
             os.unlink(os.path.join(directory, entry))
             if entry in before:
                 log.warning("%s: removed %s of the earlier build (not asked for now)", plate, entry)
-            else:
+            elif not (entry.endswith(SIDECAR) and entry[: -len(SIDECAR)] in before):  # its file's line says it
                 log.info("%s: removed %s left by an interrupted build", plate, entry)
 
 

@@ -18,7 +18,7 @@ from .cells import CELL_OPTIONS
 from .outputs import kind_label, kind_of
 
 __all__ = ['INPUTS_CHANGED', 'InputState', 'Plan', 'build_options', 'input_fingerprint', 'input_state', 'listing_digest',
-           'plan_build', 'remote_state']
+           'plan_build', 'plate_files', 'remote_state']
 
 log = logging.getLogger("cytoprofile.collate")
 
@@ -102,6 +102,8 @@ class InputState:
     recorded_ns: int | None = None
     #: files whose content was read to hash it (the others reused their recorded digest)
     hashed: int = 0
+    #: files that appeared while the build ran (not among ``seen``): recorded so the next run rebuilds
+    appeared: list[str] = field(default_factory=list)
 
     def record(self) -> dict[str, Any]:
         """What the plate report keeps of it (``inputs`` is what re-runs compare)."""
@@ -122,13 +124,23 @@ def _hash_or_none(path: str) -> str | None:
         return None  # unreadable: named by the read pass; never reused
 
 
+def plate_files(ws: str | os.PathLike[str], batch: str, plate: str) -> set[str]:
+    """The paths (relative to the plate's analysis folder) of every file under it, as :func:`input_state` walks it."""
+    root = Workspace(str(ws)).analysis(batch, plate)
+    return {os.path.relpath(os.path.join(folder, name), root)
+            for folder, _dirs, names in os.walk(root, followlinks=True) for name in names}
+
+
 def input_state(ws: str | os.PathLike[str], batch: str, plate: str, *, report: dict[str, Any] | None = None,
-                threads: int = 2, read: dict[str, tuple[int, int, int, str]] | None = None) -> InputState:
+                threads: int = 2, read: dict[str, tuple[int, int, int, str]] | None = None,
+                seen: set[str] | None = None) -> InputState:
     """Every file under the plate's analysis folder by size, mtime and content digest, as git's index does:
     a file whose size and mtime equal the last build's record reuses its digest, every other one is hashed
     (streamed). So a re-run rebuilds when a file was added, removed or changed, even keeping its size.
     ``read`` (absolute path -> size, mtime_ns, when read, digest: :class:`~cytoprofile.digest.ReadDigests`) gives
-    the digests of files the build just read, taken from the bytes it read (trusted as a recorded one is)."""
+    the digests of files the build just read, taken from the bytes it read (trusted as a recorded one is).
+    ``seen`` (:func:`plate_files` before the build): a file not among them appeared while the build ran, so
+    the build never considered it; it is recorded as such (never as read), and the next run rebuilds."""
     root = Workspace(str(ws)).analysis(batch, plate)
     previous = (report or {}).get("input_files") or {}
     known, recorded_ns = previous.get("files") or {}, previous.get("recorded_ns")
@@ -143,6 +155,9 @@ def input_state(ws: str | os.PathLike[str], batch: str, plate: str, *, report: d
             except OSError:
                 stats[os.path.relpath(path, root)] = None  # a broken link: named in the report, counted here
     # only regular files are hashed: opening a named pipe or a device would block or never end
+    appeared = sorted(rel for rel in stats if seen is not None and rel not in seen and rel not in fresh)
+    for rel in appeared:
+        stats.pop(rel)
     todo = [rel for rel, st in stats.items() if st is not None and stat.S_ISREG(st.st_mode) and rel not in fresh
             and not _reusable(known.get(rel), st, recorded_ns)]
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
@@ -157,9 +172,12 @@ def input_state(ws: str | os.PathLike[str], batch: str, plate: str, *, report: d
             files[rel] = [fresh[rel][0], fresh[rel][1], fresh[rel][3]]
         else:
             files[rel] = [st.st_size, st.st_mtime_ns, digests[rel] if rel in digests else known[rel][2]]
+    for rel in appeared:
+        files[rel] = [-3, None, None]  # appeared during the build: never read, so never taken as read
     # a record is trusted only for files last modified well before it was made: before the first read, here
     since = min([now, *(fresh[rel][2] for rel in fresh if rel in files)])
-    return InputState(listing_digest({rel: (e[0], e[2]) for rel, e in files.items()}), files, since, len(todo))
+    return InputState(listing_digest({rel: (e[0], e[2]) for rel, e in files.items()}), files, since, len(todo),
+                      appeared)
 
 
 def input_fingerprint(ws: str | os.PathLike[str], batch: str, plate: str) -> str:

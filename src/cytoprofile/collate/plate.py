@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import logging
 import os
 import time
 from collections import Counter
@@ -41,12 +42,14 @@ from .outputs import (
     plate_outputs,
     trusted_outputs,
 )
-from .plan import build_options, input_state, plan_build
+from .plan import build_options, input_state, plan_build, plate_files
 from .read import build_plate
 from .reaggregate import aggregate_only
 from .staging import collate_export_remote, collate_remote, publish_plate, remote_export_files
 
 __all__ = ['collate', 'collate_plate']
+
+log = logging.getLogger("cytoprofile.collate")
 
 
 #: the build options ``collate_plate`` shares with :func:`collate`: their names and defaults are collate's
@@ -145,15 +148,25 @@ def _collate_local(ws: str, batch: str, plate: str, *, wait: bool, progress: Pro
         if plan.skip:
             return PlateResult(batch, plate, "skipped", "complete outputs exist (use --overwrite to rebuild)",
                                outputs, report, seconds=time.perf_counter() - start)
+        seen = plate_files(ws, batch, plate) if later else None
         with ReadDigests(Workspace(ws).analysis(batch, plate)) if later else contextlib.nullcontext() as read:
             result, staging = build_plate(ws, batch, plate, plan=plan, progress=progress, start=start, **options)
         if later:  # the digests of the files the build read come from the bytes it read
             assert read is not None
-            inputs = input_state(ws, batch, plate, threads=options["threads"], read=read.digests)
+            inputs = input_state(ws, batch, plate, threads=options["threads"], read=read.digests, seen=seen)
+            _warn_appeared(plate, inputs.appeared)
         if result.report is not None and inputs is not None:
             result.report.update(inputs.record())
         commit_local(out_dir, plate, result, staging, before=set(trusted))
     return result
+
+
+def _warn_appeared(plate: str, appeared: list[str]) -> None:
+    """Files that came while the plate was read are in no output: say so (the next run rebuilds the plate)."""
+    if appeared:
+        shown = ", ".join(appeared[:3]) + (f" and {len(appeared) - 3} more" if len(appeared) > 3 else "")
+        log.warning("%s: %d file(s) appeared while the plate was read and are not in this build (%s); "
+                    "run collate again when CellProfiler has finished: it rebuilds the plate", plate, len(appeared), shown)
 
 
 def collate(

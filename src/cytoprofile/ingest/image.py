@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from ..vocabulary import SITE_NAME, normalise_well
+from ..vocabulary import SITE_NAME, normalise_well, spelling_note
 from .model import (
     FOLDER_WARNING,
     IMAGE_TABLE,
@@ -72,7 +72,9 @@ def check_image(scan: SiteScan, image: pa.Table, strata: Sequence[str], plate: s
     if had_plate:
         others = sorted({str(v) for v in image.column("Metadata_Plate").to_pylist()} - {plate})
         if others:
-            scan.quarantine(f"{base} names plate {others[0]!r}, not {plate!r} (a site of another plate?)", path)
+            note = spelling_note(others[0], plate)
+            scan.quarantine(f"{base} names plate {others[0]!r}, not {plate!r}" + (note or " (a site of another plate?)"),
+                            path)
             return
     for column in strata:
         values = image.column(column).to_pylist()

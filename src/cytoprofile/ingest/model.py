@@ -91,6 +91,8 @@ class Source:
     text_positions: list[int] = field(default_factory=list)
     #: indexes into ``header`` of the key columns (computed on first read)
     key_index: list[int] | None = field(default=None, repr=False, compare=False)
+    #: the file as the scan saw it (inode, size, mtime_ns): read later, it must be the same file
+    identity: tuple[int, int, int] | None = field(default=None, repr=False, compare=False)
 
     def keys(self) -> list[int]:
         """Indexes into ``header`` of ImageNumber, ObjectNumber and Parent_* columns."""

@@ -18,11 +18,11 @@ from .numbers import number_warnings
 from .text import (
     after_lines,
     blank_whitespace_lines,
-    count_records,
     drop_blank_lines,
     line_endings,
     line_of_row,
     read_bytes,
+    record_problem,
     unterminated_last_row,
 )
 
@@ -102,14 +102,18 @@ def _check_fields(data: bytes, start: int, rows: int, source: Source, raw: bytes
     """Every data line parsed into exactly one row of ``width`` fields, or the line that is not.
 
     Without quotes the parser makes one row per (non-blank) line, so the separator count
-    proves the fields; with quotes the CSV module counts the records.
+    proves the fields; with quotes the CSV module reads each record, which must be one line
+    of ``width`` fields (the parser fills a short row with NULLs, and a stray quote pair
+    swallows the lines between).
     """
     if data.find(b'"', start) < 0:
         if data.count(b",", start) == rows * (source.width - 1):
             return
         lines = -1
     else:
-        lines = count_records(data[start:], 0)
+        lines, problem = record_problem(data[start:], source.width, first_line=(data.count(b"\n", 0, start) if start else source.header_lines) + 1)
+        if problem is not None:
+            raise ObjectFileProblem(f"{source.name}: {problem}")
         if rows == lines:
             return
     bad_line = ragged_line(raw, source.width)
@@ -183,7 +187,7 @@ def read_objects(source: Source, union: list[str], *, notes: list[str] | None = 
     file. CR line endings are read as such (a note in ``notes``); a last row without a line ending
     is a warning in ``warnings``.
     """
-    raw = line_endings(read_bytes(source.path), source.name, notes=notes)
+    raw = line_endings(read_bytes(source.path, identity=source.identity), source.name, notes=notes)
     cut = unterminated_last_row(raw, source.name, source.header_lines)
     if cut is not None and warnings is not None:
         warnings.append(cut)

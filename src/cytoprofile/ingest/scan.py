@@ -33,6 +33,7 @@ from .repeats import mark_duplicates, mark_repeated_sites, mark_shared_files
 from .text import (
     after_lines,
     drop_blank_lines,
+    file_identity,
     is_gzip_data,
     is_utf16,
     line_endings,
@@ -215,9 +216,10 @@ def _drop_column(scan: SiteScan, table: str, name: str) -> None:
 
 def _object_sources(entry: str, path: str, table: str, scan: SiteScan) -> dict[str, Source]:
     """One object CSV as its table(s): the old ``object.csv`` has a compartment row above the feature row."""
+    identity = file_identity(path)
     first, second = read_header(path, 2)
     if "ImageNumber" in first or "ImageNumber" not in second or len(first) != len(second):
-        return {table: Source(entry, path, first, width=len(first))}
+        return {table: Source(entry, path, first, width=len(first), identity=identity)}
     labels = {lab for lab in first if lab and lab != IMAGE_TABLE}
     image_cols = [i for i, lab in enumerate(first) if lab == IMAGE_TABLE]
     if [second[i] for i in image_cols] != ["ImageNumber"] or "ObjectNumber" not in second:
@@ -233,7 +235,8 @@ def _object_sources(entry: str, path: str, table: str, scan: SiteScan) -> dict[s
     for label in sorted(labels):
         mine = [i for i, lab in enumerate(first) if lab == label and i not in (image_at, object_at)]
         positions = [image_at, object_at, *mine]
-        out[label] = Source(entry, path, [second[i] for i in positions], positions, header_lines=2, width=len(second))
+        out[label] = Source(entry, path, [second[i] for i in positions], positions, header_lines=2, width=len(second),
+                            identity=identity)
     return out
 
 

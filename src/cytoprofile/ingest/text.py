@@ -14,15 +14,18 @@ import zlib
 from typing import Any
 
 from ..digest import note_read
+from ..errors import InputError
 from ..io import ragged_line
 from .model import ObjectFileProblem
 
 __all__ = [
+    "file_identity",
     "is_utf16",
     "unterminated_last_row",
     "after_lines",
     "blank_whitespace_lines",
     "count_records",
+    "record_problem",
     "drop_blank_lines",
     "is_gzip_data",
     "line_endings",
@@ -35,10 +38,22 @@ __all__ = [
 ]
 
 
-def read_bytes(path: str) -> bytes:
-    """A CSV's bytes, decompressed in one pass when gzip: a cut-off or corrupt ``.gz`` is a named problem."""
+def file_identity(path: str) -> tuple[int, int, int]:
+    """What tells a file from its replacement or a rewrite: inode, size, modification time."""
+    st = os.stat(path)
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def read_bytes(path: str, *, identity: tuple[int, int, int] | None = None) -> bytes:
+    """A CSV's bytes, decompressed in one pass when gzip: a cut-off or corrupt ``.gz`` is a named problem.
+
+    With ``identity`` (:func:`file_identity` when the scan read the header), a file changed since is an
+    ``InputError`` failing the plate: its header and its rows would come from two versions of it."""
     with open(path, "rb") as fh:
         read_ns, st = time.time_ns(), os.fstat(fh.fileno())
+        if identity is not None and (st.st_ino, st.st_size, st.st_mtime_ns) != identity:
+            raise InputError(f"{path} changed while collate read the plate (is CellProfiler still writing it?); "
+                             "run collate again when the export has finished")
         raw = fh.read()
     note_read(path, st, raw, read_ns)  # a first build's input record takes this digest (the bytes are read once)
     if path.lower().endswith(".gz"):
@@ -219,6 +234,27 @@ def count_records(raw: bytes, header_lines: int) -> int:
     text = _io.StringIO(raw.decode("utf-8", errors="replace"), newline="")
     n = sum(1 for row in csv.reader(text) if row and (len(row) > 1 or row[0].strip()))
     return max(0, n - header_lines)
+
+
+def record_problem(data: bytes, width: int, *, first_line: int) -> tuple[int, str | None]:
+    """The data records of CSV text with quotes (quotes honoured) and what is wrong with the first bad one:
+    a record of another width than ``width`` (a cut-off row the parser would fill with NULLs), or a value
+    spanning lines that holds a row's worth of separators (a stray quote pair swallowing the rows
+    between; a text value with a line break, as a database export may hold, is kept). ``first_line``
+    numbers ``data``'s first line in the file."""
+    reader = csv.reader(_io.StringIO(data.decode("utf-8", errors="replace"), newline=""))
+    records, before = 0, 0
+    for row in reader:
+        start, end, before = first_line + before, first_line + reader.line_num - 1, reader.line_num
+        if not row or (len(row) == 1 and not row[0].strip()):
+            continue
+        records += 1
+        if end > start and any(f.count(",") >= width - 1 for f in row if "\n" in f or "\r" in f):
+            return records, (f"a quoted value spans lines {start}-{end} and holds whole rows (a stray quote "
+                             "pair swallowing them); remove the stray quotes")
+        if len(row) != width:
+            return records, f"a row has the wrong number of fields at line {start} (cut-off or corrupt row)"
+    return records, None
 
 
 def line_of_row(raw: bytes, header_lines: int, row: int) -> int:
