@@ -82,6 +82,26 @@ def test_a_per_object_view_over_the_object_tables_is_read_once(tmp_path: Path, c
     assert "MyExpt_Per_Object (view)" in got["report"]["export_database"]["files"][0]["not_stored"]
 
 
+@pytest.mark.parametrize("where", ["Cells_AreaShape_Area > 10", "1"])
+def test_a_view_of_another_object_table_is_named_not_stored(tmp_path: Path, clean_rows: dict[str, int],
+                                                            where: str) -> None:
+    """A view a user added (``Per_BigCells`` over ``Per_Cells``) has no rows of its own: it is listed as not
+    stored, and the plate is read as without it (it failed the plate: its objects could not be numbered)."""
+    db_ws, files = _plate(tmp_path)
+    faults.run_sql(files[0], f'CREATE VIEW "MyExpt_Per_BigCells" AS SELECT * FROM "MyExpt_Per_Cells" WHERE {where}')
+    got = _same_as_clean(db_ws, clean_rows)
+    assert "MyExpt_Per_BigCells (view)" in got["report"]["export_database"]["files"][0]["not_stored"]
+
+
+def test_a_table_whose_objects_cannot_be_numbered_names_the_fix(tmp_path: Path) -> None:
+    db_ws, files = _plate(tmp_path)
+    faults.run_sql(files[0], 'CREATE TABLE "MyExpt_Per_BigCells" AS SELECT ImageNumber, Cells_AreaShape_Area '
+                   'FROM "MyExpt_Per_Cells"')
+    with pytest.raises(InputError, match=r"cannot be numbered: drop the table from a copy of the file "
+                                         r"\(DROP TABLE MyExpt_Per_BigCells\)"):
+        collate_export(db_ws, BATCH, "P1", table_prefix="MyExpt_")
+
+
 def test_a_per_object_table_that_is_a_view_is_read(tmp_path: Path) -> None:
     db_ws, files = _plate(tmp_path, layout="per_object")
     want = backend_rows(run_export(db_ws, "P1")["sqlite"])

@@ -136,3 +136,14 @@ def test_a_plate_folder_in_decomposed_unicode_is_named_as_such(tmp_path: Path) -
     with pytest.raises(InputError) as caught:
         collate_plate(tmp_path, BATCH, decomposed)
     assert "differ only in Unicode normalisation" in str(caught.value)
+
+
+@pytest.mark.parametrize("name", ["Image.csv", "Cells.csv"])
+def test_nul_bytes_a_crash_left_are_named_not_printed(tmp_path: Path, name: str) -> None:
+    analysis = faults.small_plate(tmp_path, wells=1, sites=2)
+    folder = faults.site(analysis)
+    (folder / name).write_bytes((folder / name).read_bytes() + b"\x00" * 4096)
+    result = collate_plate(tmp_path, BATCH, PLATE)
+    entry = {s["site"]: s for s in result.report["sites"]}[folder.name]
+    assert entry["status"] == "quarantined" and "\x00" not in entry["reason"], entry["reason"]
+    assert "NUL byte" in entry["reason"] or "NUL" in entry["reason"], entry["reason"]

@@ -463,9 +463,13 @@ def _describe(conn: sqlite3.Connection, path: str, name: str, prefix: str, image
                 reserved[table] = (f"object set {set_name!r} is a name the backend keeps for its own table; rename "
                                    f"{table} in a copy of the file (ALTER TABLE ... RENAME TO ...) to store it")
                 continue
+            if key is None and view:  # a view holds no rows of its own (e.g. a subset of Per_Cells): named, not stored
+                not_stored |= _not_stored(conn, table, view=True)
+                continue
             if key is None:
                 raise InputError(f"{path}: {table} has ImageNumber but no {set_name}_Number_Object_Number or ObjectNumber "
-                                 "column; its objects cannot be numbered")
+                                 f"column; its objects cannot be numbered: drop the table from a copy of the file "
+                                 f"(DROP TABLE {table}) or name its object-number column {set_name}_Number_Object_Number")
             types[table] = dict(cols)
             objects.append(_object_source(path, set_name, table, names, key=key))
         else:

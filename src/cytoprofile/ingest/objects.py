@@ -118,7 +118,9 @@ def _check_fields(data: bytes, start: int, rows: int, source: Source, raw: bytes
             return
     bad_line = ragged_line(raw, source.width)
     if bad_line is not None:
-        raise ObjectFileProblem(f"{source.name}: a row has the wrong number of fields at line {bad_line} (cut-off or corrupt row)")
+        nul = "; the file holds NUL bytes (left by a crash or a disk fault?): export or copy it again" if b"\x00" in raw else ""
+        raise ObjectFileProblem(f"{source.name}: a row has the wrong number of fields at line {bad_line} "
+                                f"(cut-off or corrupt row){nul}")
     raise ObjectFileProblem(f"{source.name}: {rows} rows parsed from {lines if lines >= 0 else 'more'} data lines; "
                              "the file cannot be read faithfully")
 

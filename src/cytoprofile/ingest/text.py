@@ -269,9 +269,18 @@ def line_of_row(raw: bytes, header_lines: int, row: int) -> int:
     return header_lines + row + 1
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]+")
+
+
+def _printable(text: str) -> str:
+    """A parser's message with runs of control bytes (NULs a crash left) named, not printed."""
+    return _CONTROL.sub(lambda m: f"<{len(m.group())} {'NUL' if set(m.group()) == {chr(0)} else 'control'} "
+                                  f"byte{'s' if len(m.group()) > 1 else ''}>", text)
+
+
 def parse_problem(base: str, raw: bytes, n_fields: int, exc: Exception) -> str:
     """Turn a parser error into a reason with the line number where one can be found."""
-    text = str(exc)
+    text = _printable(str(exc))
     if "Expected" in text and "columns" in text:
         line = ragged_line(raw, n_fields)
         where = f" at line {line}" if line else ""
