@@ -235,3 +235,18 @@ def test_records_wrap_at_words_with_a_hanging_indent_on_a_terminal(width: int) -
     assert lines[0].startswith("WARNING  ") and all(line.startswith(HANGING) for line in lines[1:]), lines
     assert len(lines) > 1
     assert _records(lines) == [f"WARNING  {message}"], lines
+
+
+@pytest.mark.parametrize("jobs", [-1, 0, True])
+def test_a_wrong_jobs_number_is_refused_before_any_bar(tmp_path: Path, jobs: object) -> None:
+    """``run --jobs -1``: the error comes alone, with no bar frame drawn before it."""
+    from cytoprofile.collate import collate
+    from cytoprofile.errors import InputError
+
+    ws = tmp_path / "ws"
+    quarantined_workspace(ws, PLATES, wells=6)
+    assert all(r.status == "done" for r in collate(ws, BATCH, PLATES))
+    events: list[tuple[int, int]] = []
+    with pytest.raises(InputError, match="jobs must be a whole number"):
+        run(_config(ws), jobs=jobs, progress=lambda _label, done, total: events.append((done, total)))  # type: ignore[arg-type]
+    assert events == []

@@ -24,7 +24,7 @@ from typing import Any, Protocol, TypeVar
 from .errors import CytoprofileError, InputError
 from .logs import LOGGER, forward_records, prepared, replay
 
-__all__ = ["PlateTask", "Task", "check_scheduler", "run_plates"]
+__all__ = ["PlateTask", "Task", "check_jobs", "check_scheduler", "run_plates"]
 
 log = logging.getLogger("cytoprofile.executor")
 R = TypeVar("R")
@@ -60,6 +60,13 @@ class _QueueProgress:
         self.q.put(("progress", plate, done, total))
 
 
+def check_jobs(jobs: object) -> int:
+    """``jobs`` if it is a whole number of plates at a time, at least 1; else an ``InputError``."""
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise InputError(f"jobs must be a whole number of plates at a time, at least 1 (--jobs), got {jobs!r}")
+    return jobs
+
+
 def run_plates(
     fn: Callable[[T, dict[str, Any], Progress | None], R],
     tasks: Sequence[T],
@@ -79,8 +86,7 @@ def run_plates(
     the wait for a Dask scheduler's first answer (default: the storage connect + read
     timeouts, 20 s); the connection itself is bounded by the connect timeout.
     """
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-        raise InputError(f"jobs must be a whole number of plates at a time, at least 1 (--jobs), got {jobs!r}")
+    check_jobs(jobs)
     if scheduler:
         connect, read = _default_timeouts()
         return _run_dask(fn, tasks, options, scheduler=scheduler, progress=progress, on_done=on_done,

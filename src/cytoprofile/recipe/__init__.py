@@ -54,7 +54,7 @@ def run(
     the batch-level steps gather only the per-well tables they need. A misspelled
     config key stops the run unless ``allow_unknown_keys`` (then it is a warning).
     """
-    from ..executor import run_plates
+    from ..executor import check_jobs, run_plates
 
     start = time.perf_counter()
     recipe = config if isinstance(config, Recipe) else load_config(config, allow_unknown_keys=allow_unknown_keys)
@@ -76,6 +76,7 @@ def run(
              for batch, names in plates.items() for plate in names]
     total = len(tasks) + 1
 
+    jobs = check_jobs(s.executor.jobs if jobs is None else jobs)  # before the bar: a wrong number draws no display
     finished: list[int] = []
     if progress is not None:  # the bar (and its clock) from the start, not from the first plate done
         progress("recipe", 0, total)
@@ -87,7 +88,7 @@ def run(
             progress("recipe", len(finished), total)
 
     per_plate = run_plates(plate_task_entry, tasks, {"storage": io.current_storage()},
-                           jobs=jobs or s.executor.jobs, scheduler=scheduler or s.executor.scheduler, progress=None,
+                           jobs=jobs, scheduler=scheduler or s.executor.scheduler, progress=None,
                            on_done=_plate_done)
     for r in per_plate:
         result.ran += r.ran
