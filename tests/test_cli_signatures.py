@@ -309,3 +309,22 @@ def test_help_names_the_recipe_configs_other_default(command: str, option: str, 
     shown = ",".join(value) if isinstance(value, list) else str(value)
     flat = " ".join(_help([command, "--help"], capsys).split())
     assert "a recipe config's" in flat and shown in flat.replace(", ", ","), f"{command} --{option}"
+
+
+@pytest.mark.parametrize(("block", "function", "differ"), [
+    ("MapConfig", ("cytoprofile.evaluate", "mean_average_precision"), {}),
+    ("ProcessingOptions", ("cytoprofile.processing", "run_chain"), {"featselect": "None and {} both: no options over the defaults"}),
+])
+def test_recipe_block_defaults_are_the_functions(block: str, function: tuple[str, str], differ: dict[str, str]) -> None:
+    """A key of a recipe block named as its function's keyword has the function's default (the QC
+    block's mAP and ``cytoprofile map`` give the same numbers unless told otherwise)."""
+    from cytoprofile import config
+
+    model = getattr(config, block)
+    signature = inspect.signature(getattr(importlib.import_module(function[0]), function[1]))
+    shared = [n for n in model.model_fields if n in signature.parameters and n not in differ]
+    assert shared, block
+    made = model()
+    wrong = {n: (_normal(getattr(made, n)), _normal(signature.parameters[n].default)) for n in shared
+             if _normal(getattr(made, n)) != _normal(signature.parameters[n].default)}
+    assert not wrong, wrong

@@ -79,6 +79,7 @@ __all__ = [
     "NORMALIZE_METHODS",
     "LEVELS",
     "PlateEntry",
+    "ProcessingOptions",
     "BatchConfig",
     "AggregateConfig",
     "ExternalMetadataConfig",
@@ -125,7 +126,7 @@ log = logging.getLogger("cytoprofile.config")
 
 
 
-class _ChainOptions(BaseModel):
+class ProcessingOptions(BaseModel):
     """Types of ``processing_options`` (``processing.run_chain``'s options, plus ``input``)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -198,7 +199,7 @@ class RecipeConfig(Block):
     @field_validator("processing_options")
     @classmethod
     def _check_processing_options(cls, value: Any, info: ValidationInfo) -> Any:
-        """Option names and types (``_ChainOptions``), each used by a step of the chain."""
+        """Option names and types (``ProcessingOptions``), each used by a step of the chain."""
         from .processing import check_chain_options
 
         if value is None:
@@ -207,7 +208,7 @@ class RecipeConfig(Block):
         if chain is None:
             raise PydanticCustomError("processing", "processing_options without processing has no effect")
         try:
-            options = _ChainOptions.model_validate(value).model_dump(exclude_unset=True)
+            options = ProcessingOptions.model_validate(value).model_dump(exclude_unset=True)
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
