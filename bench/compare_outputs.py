@@ -1,8 +1,8 @@
 """Compare two output trees (e.g. ``make demo`` before and after a change) file by file.
 
 Files must be byte-identical, except for what differs between two runs of the same code:
-the run's generation id (in backends and sidecars), ``written`` timestamps and durations in
-JSON sidecars, the hashes of backend files recorded in provenance, and Parquet footers
+the run's generation id (in backends, sidecars and reports), ``written`` timestamps and durations in
+JSON sidecars, the modification times of regenerated inputs in a report's ``input_files``, the hashes of backend files recorded in provenance, and Parquet footers
 (compared as schema, metadata and data instead). Exit status 1 names every other difference.
 
     python bench/compare_outputs.py BEFORE_DIR AFTER_DIR
@@ -19,7 +19,8 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-_VOLATILE_KEYS = frozenset({"written", "seconds", "started", "finished", "elapsed", "duration", "recorded_ns"})
+_VOLATILE_KEYS = frozenset({"written", "seconds", "started", "finished", "elapsed", "duration", "recorded_ns",
+                            "generation"})
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -32,6 +33,10 @@ def _generations(root: str) -> set[bytes]:
 
 
 def _scrub(obj: Any) -> Any:
+    if isinstance(obj, dict) and isinstance(obj.get("files"), dict) and "recorded_ns" in obj:  # a report's input_files
+        return {**obj, "recorded_ns": "<volatile>",
+                "files": {k: [v[0], "<mtime>", *v[2:]] if isinstance(v, list) and len(v) == 3 else v
+                          for k, v in obj["files"].items()}}  # the inputs' mtimes: when the demo wrote them
     if isinstance(obj, dict):
         return {k: "<volatile>" if k in _VOLATILE_KEYS or (
             k.endswith((".sqlite", ".parquet")) and isinstance(v, str) and _HEX64.match(v)) else _scrub(v)
