@@ -25,7 +25,7 @@ __all__ = [
     "ObjectSource",
     "connect",
     "database_problem",
-    "is_read_with",
+    "files_read_with",
     "side_file",
     "discover_export_files",
     "entries_not_read",
@@ -160,10 +160,9 @@ def entries_not_read(folder: str | os.PathLike[str], *, read: Sequence[str], fil
         path = os.path.join(folder, entry)
         real = os.path.realpath(path)
         if os.path.isfile(path):
-            log_of = _sqlite_side_file(path, done)
-            if log_of is not None:
-                out[f"{label}{entry}"] = log_of
-            elif f"{label}{entry}" not in out and real not in done:
+            if _sqlite_side_file(path, done) is not None:
+                continue  # read with its database: see files_read_with
+            if f"{label}{entry}" not in out and real not in done:
                 out[f"{label}{entry}"] = file_why
             elif real in done and os.path.abspath(path) not in given:  # a link to a file read: named, read once
                 out[f"{label}{entry}"] = f"the same file as {os.path.basename(names[real])} (a link to it): read once, as that"
@@ -173,12 +172,14 @@ def entries_not_read(folder: str | os.PathLike[str], *, read: Sequence[str], fil
     return out
 
 
-_READ_WITH = "part of "
-
-
-def is_read_with(why: str) -> bool:
-    """Whether an :func:`entries_not_read` reason names a file read with a database (its ``-wal``, ``-shm``)."""
-    return why.startswith(_READ_WITH)
+def files_read_with(folder: str | os.PathLike[str], *, read: Sequence[str]) -> dict[str, str]:
+    """The ``-wal`` and ``-shm`` files directly in ``folder`` that belong to a database of ``read`` (name -> what
+    each is): read with it, so named apart from the files :func:`entries_not_read` lists."""
+    if not os.path.isdir(folder):
+        return {}
+    done = {os.path.realpath(p) for p in read}
+    found = ((entry, _sqlite_side_file(os.path.join(folder, entry), done)) for entry in sorted(os.listdir(folder)))
+    return {entry: what for entry, what in found if what is not None}
 
 
 def _sqlite_side_file(path: str, done: set[str]) -> str | None:
@@ -189,7 +190,7 @@ def _sqlite_side_file(path: str, done: set[str]) -> str | None:
         base = path[: -len(suffix)] if path.endswith(suffix) else None
         beside = base is not None and side_file(base, suffix) == os.path.realpath(path)  # not beside a link
         if base is not None and beside and os.path.realpath(base) in done:
-            return f"{_READ_WITH}{os.path.basename(base)}: {what}"
+            return f"part of {os.path.basename(base)}: {what}"
     return None
 
 

@@ -19,8 +19,8 @@ from .files import (
     discover_export_files,
     entries_not_read,
     export_plates,
+    files_read_with,
     find_export_files,
-    is_read_with,
     side_file,
     source_name,
 )
@@ -148,8 +148,8 @@ def _collate_scratch(scratch: str, root: str, batch: str, plate: str, paths: Seq
     if result.status == "done" and result.report is not None:
         section = {**done.report(), "sources": fingerprint, "call": call}
         beside = _files_not_read(root, batch, plate, paths, sources)
-        read_with = {name: why for name, why in beside.items() if is_read_with(why)}
-        beside = {name: why for name, why in beside.items() if name not in read_with}
+        read_with = {name: why for folder in (sources or [Workspace(root).analysis_plate(batch, plate)])
+                     for name, why in files_read_with(folder, read=paths).items()}
         if read_with:  # a -wal file's rows are read: named, but not as a file left out
             section["files_read_with"] = read_with
             log.info("%s: read with their files: %s", plate, "; ".join(f"{n} ({w})" for n, w in read_with.items()))
