@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
@@ -537,3 +538,29 @@ def test_a_switched_output_is_said_once_as_the_earlier_build(tmp_path: Path, fir
     assert any(f"removed {gone} of the earlier build" in m for m in said), said
     assert not [m for m in said if "interrupted" in m], said
     assert not (tmp_path / "backend" / batch / "P1" / gone).exists()
+
+
+@pytest.mark.parametrize(("first", "then"), [
+    ({"operation": "mean"}, {"operation": "median"}),
+    ({}, {"strata": ("Metadata_Plate", "Metadata_Well", "Metadata_Site")}),
+    ({}, {"image_features": False}),
+])
+def test_aggregate_only_with_other_options_re_aggregates_and_says_so(
+        tmp_path: Path, first: dict[str, Any], then: dict[str, Any], caplog: pytest.LogCaptureFixture) -> None:
+    """Profiles made with other options are never kept as current (they were: skipped, exit 0)."""
+    from cytoprofile.aggregate import aggregate
+
+    synth(tmp_path, plates=["P1"], wells=96, well_subset=2, sites=2, cells=4, features=3)
+    done = collate_plate(tmp_path, "BATCH1", "P1", **first)
+    with caplog.at_level(logging.WARNING, logger="cytoprofile"):
+        again = collate_plate(tmp_path, "BATCH1", "P1", aggregate_only=True, **{**first, **then})
+    assert again.status == "done", again.message
+    assert any("re-aggregating: the profiles were made with other options" in r.getMessage() for r in caplog.records)
+    options = {"operation": "median", "strata": ("Metadata_Plate", "Metadata_Well"), "image_features": True,
+               **first, **then}
+    expected = aggregate(done.outputs["sqlite"], **options)
+    got = pd.read_csv(again.outputs["profiles"])
+    assert len(got) == len(expected) and list(got.columns) == list(expected.columns)
+    np_cols = [c for c in expected.columns if not c.startswith("Metadata_")]
+    assert np.allclose(got[np_cols].to_numpy(float), expected[np_cols].to_numpy(float), rtol=1e-4, equal_nan=True)
+    assert collate_plate(tmp_path, "BATCH1", "P1", aggregate_only=True, **{**first, **then}).status == "skipped"

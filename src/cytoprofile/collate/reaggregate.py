@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from .. import io
 from ..aggregate import aggregate
@@ -28,7 +30,24 @@ from .outputs import (
     write_profiles,
 )
 
-__all__ = ['aggregate_only']
+__all__ = ['aggregate_only', 'aggregation_changes']
+
+log = logging.getLogger("cytoprofile.collate")
+
+
+def aggregation_changes(report: dict[str, Any] | None, *, operation: str, strata: Sequence[str],
+                        compartments: Sequence[str], image_features: bool,
+                        image_feature_categories: Sequence[str]) -> list[str]:
+    """The aggregation options the report's profiles were made with that differ from those asked
+    (``operation: mean → median``), so ``--aggregate-only`` never keeps profiles of other options."""
+    asked = {"operation": operation, "strata": list(strata), "compartments": list(compartments),
+             "image_features": image_features, "image_feature_categories": list(image_feature_categories)}
+    made = (report or {}).get("aggregate") or {}
+    return [f"{k}: {_shown(made.get(k))} → {_shown(v)}" for k, v in asked.items() if made.get(k) != v]
+
+
+def _shown(value: Any) -> str:
+    return ", ".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 def aggregate_only(ws: str | os.PathLike[str], batch: str, plate: str, outputs: dict[str, str], *, backend: Sequence[BackendKind],
@@ -44,9 +63,14 @@ def aggregate_only(ws: str | os.PathLike[str], batch: str, plate: str, outputs: 
     ours = report is not None and isinstance(report.get("outputs"), dict)
     name = os.path.basename(outputs["profiles"])
     legacy_profile = not ours and Path(outputs["profiles"]).exists() and generation_of(outputs["profiles"]) is None
-    if not overwrite and (name in trusted or legacy_profile):
+    changed = aggregation_changes(report, operation=operation, strata=strata, compartments=compartments,
+                                  image_features=image_features,
+                                  image_feature_categories=image_feature_categories) if name in trusted else []
+    if not overwrite and ((name in trusted and not changed) or legacy_profile):
         return PlateResult(batch, plate, "skipped", "profiles exist (use --overwrite to re-aggregate)", outputs,
                            seconds=time.perf_counter() - start)
+    if changed and not overwrite:
+        log.warning("%s: re-aggregating: the profiles were made with other options (%s)", plate, "; ".join(changed))
     files = Workspace(str(ws)).backend_files(batch, plate)
     source = files["sqlite"] if "sqlite" in backend else parquet_table_path(files["parquet_prefix"], IMAGE_TABLE)
     if not Path(source).exists():

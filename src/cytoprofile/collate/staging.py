@@ -34,11 +34,12 @@ from .outputs import (
 )
 from .plan import build_options, plan_build, remote_state
 from .read import build_plate
-from .reaggregate import aggregate_only
+from .reaggregate import aggregate_only, aggregation_changes
 
 __all__ = ['collate_export_remote', 'collate_remote', 'publish_plate', 'remote_export_files']
 
 log = logging.getLogger("cytoprofile.collate")
+_AGGREGATION = ("operation", "strata", "compartments", "image_features", "image_feature_categories")
 
 
 def publish_plate(local_ws: str, remote_ws: str, batch: str, plate: str, report: dict[str, Any],
@@ -137,7 +138,10 @@ def _aggregate_only_remote(ws: str, batch: str, plate: str, *, tmp_dir: str | No
     io.remove_leftovers(target)
     report, trusted = trusted_outputs(ws, batch, plate)
     name = profiles_name(plate, profile_format=options["profile_format"])
-    if not options["overwrite"] and (name in trusted or (report is None and io.exists(io.join(target, name)))):
+    changed = aggregation_changes(report, **{k: options[k] for k in _AGGREGATION}) if name in trusted else []
+    if changed and not options["overwrite"]:
+        log.warning("%s: re-aggregating: the profiles were made with other options (%s)", plate, "; ".join(changed))
+    elif not options["overwrite"] and (name in trusted or (report is None and io.exists(io.join(target, name)))):
         return PlateResult(batch, plate, "skipped", "profiles exist (use --overwrite to re-aggregate)",
                            {"profiles": io.join(target, name)}, seconds=time.perf_counter() - start)
     wanted = {report_name(plate)} | ({sqlite_name(plate)} if "sqlite" in options["backend"] else set())
