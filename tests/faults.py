@@ -30,6 +30,7 @@ __all__ = [
     "PLATE",
     "assert_rows_accounted",
     "count_data_rows",
+    "crc32_twin",
     "cr_line_endings",
     "read_rows",
     "site_files",
@@ -343,3 +344,36 @@ def fail_sqlite_writes(monkeypatch: Any, code: int) -> None:
     def add(*_: object, **__: object) -> None:
         raise sqlite3.OperationalError(message)
     monkeypatch.setattr(backend.SQLiteBackendWriter, "add", add)
+
+
+def crc32_twin(text: str, target: str, *, digits: range) -> str:
+    """``text`` with some of the digits at positions ``digits`` changed (1 to 3) so that its CRC32
+    equals ``target``'s: CRC32 is affine over GF(2), so the flips that reach the target solve a
+    linear system (32 unknowns at most), as a chance collision between two sites would give."""
+    import zlib
+
+    chars = list(text)
+    ones = [i for i in digits if chars[i] == "1"]
+    base = zlib.crc32(text.encode())
+    effects = []
+    for i in ones:
+        flipped = chars.copy()
+        flipped[i] = "3"
+        effects.append((zlib.crc32("".join(flipped).encode()) ^ base, {i}))
+    basis: list[tuple[int, set[int]]] = []
+    for vector, used in effects:  # Gaussian elimination, highest bit first
+        for b_vector, b_used in basis:
+            if vector ^ b_vector < vector:
+                vector, used = vector ^ b_vector, used ^ b_used
+        if vector:
+            basis.append((vector, used))
+            basis.sort(key=lambda e: -e[0])
+    want, chosen = base ^ zlib.crc32(target.encode()), set()
+    for b_vector, b_used in basis:
+        if want ^ b_vector < want:
+            want, chosen = want ^ b_vector, chosen ^ b_used
+    if want:
+        raise ValueError("no digits to change reach the target CRC32; give more positions")
+    for i in chosen:
+        chars[i] = "3"
+    return "".join(chars)

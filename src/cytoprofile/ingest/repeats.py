@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import zlib
 from collections.abc import Sequence
 
 from ..digest import file_digest
@@ -19,26 +20,38 @@ log = logging.getLogger("cytoprofile.ingest")
 
 
 def mark_duplicates(scans: Sequence[SiteScan]) -> None:
-    """The same site reached twice (a link, a copy) or two sites sharing a TableNumber: the later one is refused."""
+    """The same site reached twice (a link, a copy): the later one is refused. Two different sites sharing a
+    TableNumber: the later one is renumbered."""
     by_path: dict[str, str] = {}
     by_digest: dict[str, SiteScan] = {}
     by_number: dict[int, str] = {}
     for scan in sorted(scans, key=lambda s: s.name):
-        image = scan.files.get(IMAGE_TABLE)
         if scan.real_path is not None and scan.real_path in by_path:
             scan.problem = None
             scan.quarantine(f"the same folder as site {by_path[scan.real_path]} (reached twice through a link)", scan.path)
         elif scan.digest is not None and scan.digest in by_digest and scan.problem is None:
             _mark_copy(scan, by_digest[scan.digest])  # a site quarantined already (Image.csv without rows) keeps its reason
         elif scan.table_number is not None and scan.table_number in by_number:
-            scan.problem = None
-            scan.quarantine(f"its TableNumber (CRC32 of Image.csv) {scan.table_number} equals site {by_number[scan.table_number]}'s", image)
+            _renumber(scan, by_number)
         if scan.real_path is not None:
             by_path.setdefault(scan.real_path, scan.name)
         if scan.digest is not None and scan.problem is None:
             by_digest.setdefault(scan.digest, scan)
         if scan.table_number is not None and scan.problem is None:
             by_number.setdefault(scan.table_number, scan.name)
+
+
+def _renumber(scan: SiteScan, taken: dict[int, str]) -> None:
+    """Two different sites whose Image.csv share a CRC32 (by chance: about n²/2³³ for n sites): the later one
+    (by name) gets a deterministic re-hash as its TableNumber, and its report entry says so."""
+    assert scan.table_number is not None
+    crc, number, salt = scan.table_number, scan.table_number, 0
+    while number in taken:
+        salt += 1
+        number = zlib.crc32(f"{scan.name}#{salt}".encode(), crc) & 0xFFFFFFFF
+    scan.notes.append(f"TableNumber {number}: the CRC32 of Image.csv, {crc}, is also site {taken[crc]}'s "
+                      "(two different files, a chance collision), so this site's is re-hashed")
+    scan.table_number = number
 
 
 def mark_shared_files(scans: Sequence[SiteScan]) -> None:
