@@ -79,3 +79,17 @@ def test_integers_above_2_53_are_named_by_table_and_image(tmp_path: Path, declar
     assert not [r for r in caplog.records if ".csv" in r.getMessage()]
     saved = json.loads(Path(got["result"].outputs["report"]).read_text())
     assert saved["sites"] == got["report"]["sites"]
+
+
+@pytest.mark.parametrize("strata", [["Metadata_Plate", "Metadata_Well", "Metadata_Timepoint"],
+                                    ["Metadata_Plate", "Metadata_Well", "Metadata_Run"]])
+def test_every_image_refused_names_the_files_not_the_scratch_copy(tmp_path: Path, strata: list[str]) -> None:
+    """The one error line of a database plate whose images are all refused names the .sqlite files, once."""
+    from cytoprofile.errors import InputError
+
+    db_ws, _ = db_workspace(tmp_path, csv_workspace(tmp_path), "P1")
+    with pytest.raises(InputError) as caught:
+        run_export(db_ws, "P1", strata=strata)
+    message = str(caught.value)
+    assert message.startswith("the images of analysis/"), message
+    assert "scratch copy" not in message and message.count(f"lacks the strata column(s) {strata[-1]}") == 1, message

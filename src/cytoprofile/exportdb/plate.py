@@ -212,9 +212,13 @@ def _real_places(scratch: str, root: str, backend_root: str, names: ExportNames)
     except CytoprofileError as exc:
         if made and os.path.isdir(backend_root) and not os.listdir(backend_root):
             os.rmdir(backend_root)
-        text = str(exc).replace(os.path.join(scratch, "backend"), os.path.join(root, "backend"))
+        text = names.anywhere(str(exc).replace(os.path.join(scratch, "backend"), os.path.join(root, "backend")))
+        # a scratch site's path beside the file's terms ("(SCRATCH/... of run1.sqlite (ImageNumber 1))") says it again
+        text = re.sub(r"\s*\(" + re.escape(scratch) + r"[^\s()]* of [^()]*\([^()]*\)\)", "", text)
+        files = ", ".join(sorted(names.files)) or "the ExportToDatabase files"
+        text = re.sub(re.escape(os.path.join(scratch, "analysis")) + r"[^\s:;]*", lambda _: f"the images of {files}", text)
         text = re.sub(re.escape(scratch) + r"[^\s:;]*", lambda _: f"{os.path.dirname(scratch)} (the scratch copy of "
-                      "the plate; --tmp-dir puts it elsewhere)", names.anywhere(text))
+                      "the plate; --tmp-dir puts it elsewhere)", text)
         if text == str(exc):
             raise
         raise type(exc)(text) from exc
