@@ -72,3 +72,30 @@ def test_a_quoted_value_with_a_line_break_is_kept(tmp_path: Path) -> None:
     entry = _site_entry(tmp_path, folder)
     assert entry["status"] == "ok", entry.get("reason")
     assert entry["rows"]["Cells"] == len(rows) - 1
+
+
+@pytest.mark.parametrize(("value", "stored"), [("5 ", 5.0), ("  2.5  ", 2.5), ("1e3 ", 1000.0), ("abc ", None)])
+def test_spaces_after_a_number_read_as_before_it(tmp_path: Path, value: str, stored: float | None) -> None:
+    """``' 5'`` and ``'5 '`` are the same number; a word with a space is still named with its line and column."""
+    import sqlite3
+
+    analysis = faults.small_plate(tmp_path, wells=1, sites=2, cells=8, features=5)
+    folder = faults.site(analysis)
+    rows = faults.read_rows(folder / "Cells.csv")
+    column = rows[0].index(next(c for c in rows[0] if c.startswith("AreaShape_")))
+    rows[2][column] = value
+    faults.write_rows(folder / "Cells.csv", rows)
+    result = collate_plate(tmp_path, BATCH, PLATE)
+    entry = {s["site"]: s for s in result.report["sites"]}[folder.name]
+    if stored is None:
+        assert entry["status"] == "quarantined"
+        assert f"Cells.csv line 3, column {rows[0][column]}: {value!r} is not a number" in entry["reason"]
+        return
+    assert entry["status"] == "ok", entry.get("reason")
+    conn = sqlite3.connect(result.outputs["sqlite"])
+    try:
+        got = conn.execute(f'SELECT "Cells_{rows[0][column]}" FROM Cells WHERE ObjectNumber = ? AND ImageNumber = ?',
+                           (int(rows[2][rows[0].index("ObjectNumber")]), int(rows[2][rows[0].index("ImageNumber")]))).fetchall()
+    finally:
+        conn.close()
+    assert [g[0] for g in got] == [stored]

@@ -55,6 +55,9 @@ def _parse_body(data: bytes, start: int, source: Source, keys: set[int], raw: by
     except pl.exceptions.PolarsError as exc:
         if not text_keys and keys:
             return _parse_body(data, start, source, keys, raw, text_keys=True)
+        spaced = _spaced_numbers(data, skip, schema, columns)
+        if spaced is not None:
+            return spaced if spaced.columns == source.header else spaced.select(source.header)
         bad_line = ragged_line(raw, source.width)
         if bad_line is not None:
             raise ObjectFileProblem(f"{base}: a row has the wrong number of fields at line {bad_line} (cut-off or corrupt row)") from exc
@@ -70,6 +73,21 @@ def _parse_body(data: bytes, start: int, source: Source, keys: set[int], raw: by
     if frame.columns != source.header:
         frame = frame.select(source.header)
     return frame
+
+
+def _spaced_numbers(data: bytes, skip: int, schema: dict[str, Any], columns: list[int] | None) -> Any:
+    """The frame when the only fault is spaces after numbers (``5 ``: the parser takes ``' 5'`` but not
+    ``'5 '``), read as text and converted; None when a value is no number even so."""
+    import polars as pl
+
+    text = {n: (pl.Utf8 if t == pl.Float64 else t) for n, t in schema.items()}
+    try:
+        frame = pl.read_csv(data, has_header=False, skip_lines=skip, schema=text, columns=columns,
+                            null_values=NULL_VALUES, infer_schema_length=0)
+        return frame.with_columns([pl.col(n).str.strip_chars().cast(pl.Float64, strict=True)
+                                   for n in frame.columns if schema[n] == pl.Float64])
+    except pl.exceptions.PolarsError:
+        return None
 
 
 def _first_non_number(data: bytes, start: int, source: Source, keys: set[int], raw: bytes) -> str | None:
