@@ -216,6 +216,14 @@ def test_image_features_and_custom_links(tmp_path: Path) -> None:
     assert len(two) == len(table)
 
 
+@pytest.mark.parametrize("links", [{"Cells": "Cytoplasm_Parent_Nuclei"}, {"Nuclei": "Cytoplasm_Parent_Cells"}])
+def test_two_compartments_linked_through_one_column_are_refused(tmp_path: Path, links: dict[str, str]) -> None:
+    """One link column for two compartments gave a Parquet file with a column twice (pandas cannot read it)."""
+    backend = _plate(tmp_path, wells=1, sites=1, cells=4, features=3)
+    with pytest.raises(InputError, match=r"--links: Cells and Nuclei are both linked through Cytoplasm_Parent_"):
+        single_cells(backend, links=links)
+
+
 @pytest.mark.parametrize(("name", "expected"), [
     ("Cells_Intensity_MeanIntensity_DNA", ("Cells", "Intensity", "DNA")),
     ("Nuclei_Texture_Contrast_ER_3_01_256", ("Nuclei", "Texture", "ER")),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -113,6 +114,11 @@ class SingleCellJoin:
             raise InputError(f"{self.source.path}: the {self.hub} table has no link column {', '.join(absent)}; "
                              f"give --links COMPARTMENT=COLUMN (columns with Parent: "
                              f"{', '.join(c for c in hub_cols if '_Parent_' in c) or 'none'})")
+        shared = [col for col, n in Counter(self.links.values()).items() if n > 1]
+        if shared:
+            users = [c for c, col in self.links.items() if col == shared[0]]
+            raise InputError(f"--links: {' and '.join(users)} are both linked through {shared[0]}; each compartment "
+                             f"needs its own link column of the {self.hub} table (e.g. {self.hub}_Parent_{users[0]})")
         link_names = set(self.links.values())
         self.features = {c: [f for f in compartment_features(c, self.source.tables[t]) if f not in link_names]
                          for c, t in self.tables.items()}
