@@ -6,8 +6,10 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 
+from cytoprofile.collate import collate_plate
 from cytoprofile.errors import InputError
 from cytoprofile.exportdb import collate_export
 
@@ -195,3 +197,27 @@ def test_an_object_key_in_another_case_renames_no_measurement(tmp_path: Path, fi
     assert not [c for c in columns if c.lower().startswith("cells_cells_")], columns
     assert got["report"]["totals"]["export_rows_dropped"] == 0
     assert Path(got["result"].outputs["profiles"]).read_bytes() == expected
+
+
+@pytest.mark.parametrize("route", ["database", "csv"])
+def test_images_of_one_site_at_two_time_points_are_two_sites_with_strata(tmp_path: Path, route: str) -> None:
+    """A time-lapse (or z-stack) export: images of one well and site told apart by Metadata_Timepoint.
+    Named in --strata, each is its own site, on both routes alike; not named, they are repeats (both out)."""
+    csv_ws = csv_workspace(tmp_path, long_name=False)
+    sites = sorted((csv_ws / "analysis" / BATCH / "P1" / "analysis").iterdir())
+    for k, folder in enumerate(sites):  # every site becomes site 1 of its well, at time point k
+        rows = faults.read_rows(folder / "Image.csv")
+        rows[0].append("Metadata_Timepoint")
+        rows[1].append(str(k))
+        rows[1][rows[0].index("Metadata_Site")] = "1"
+        faults.write_rows(folder / "Image.csv", rows)
+    ws = db_workspace(tmp_path, csv_ws, "P1", files=1)[0] if route == "database" else csv_ws
+    strata = ["Metadata_Plate", "Metadata_Well", "Metadata_Timepoint"]
+    collate = collate_export if route == "database" else collate_plate
+    result = collate(ws, BATCH, "P1", strata=strata, **({"table_prefix": "MyExpt_"} if route == "database" else {}))
+    assert result.status == "done", result.message
+    assert {s["status"] for s in result.report["sites"]} == {"ok"}, [s.get("reason") for s in result.report["sites"]]
+    profiles = pd.read_csv(result.outputs["profiles"])
+    assert len(profiles) == len(sites) and profiles["Metadata_Timepoint"].nunique() == len(sites)
+    with pytest.raises(InputError):  # without the time point every well's two images are one site twice
+        collate(ws, BATCH, "P1", overwrite=True, **({"table_prefix": "MyExpt_"} if route == "database" else {}))

@@ -201,19 +201,29 @@ def _count_rows(export: ExportFile) -> dict[str, int]:
         conn.close()
 
 
-class _SiteWriter:
-    """Writes a plate's images as site folders; the same plate/well/site twice leaves both out, named."""
+_SITE_STRATA = frozenset({"Metadata_Plate", "Metadata_Well", "Metadata_Site"})
 
-    def __init__(self, out: Materialised) -> None:
+
+class _SiteWriter:
+    """Writes a plate's images as site folders; the same plate/well/site twice (and the same values of
+    the other strata, such as a time point) leaves both out, named."""
+
+    def __init__(self, out: Materialised, *, distinct_by: Sequence[str] = ()) -> None:
         self.out = out
+        self.distinct_by = list(distinct_by)  # strata beyond plate, well and site: a time point, a z-plane
         self.by_key: dict[tuple[str, ...], str] = {}
         self.poisoned: set[tuple[str, ...]] = set()
         self.numbers: set[int] = set()
 
+    def _distinct(self, img: ExportImage) -> list[str]:
+        """The image's values of the strata that tell images of one well and site apart."""
+        names = set(img.image.column_names)
+        return [str(img.image.column(c)[0].as_py()) if c in names and img.image.num_rows else "" for c in self.distinct_by]
+
     def add(self, img: ExportImage, plate: str) -> None:
         assert img.well is not None
         site = normalise_site(img.site) if img.site is not None else f"{img.file}:{img.image_number}"
-        key = (plate, normalise_well(img.well), site)  # A1 and A01 are one well, 1 and 1.0 one site
+        key = (plate, normalise_well(img.well), site, *self._distinct(img))  # A1 and A01 are one well, 1 and 1.0 one site
         where = f"image {img.image_number} of {img.file}"
         if key in self.poisoned or key in self.by_key:
             first = self.by_key.pop(key, None)
@@ -266,6 +276,7 @@ def materialise_plate(
     table_prefix: str | None = None,
     root: str | os.PathLike[str] | None = None,
     batch_rows: int = 2000,
+    strata: Sequence[str] = (),
 ) -> Materialised:
     """Write the images of ``plate`` in ExportToDatabase files as CSV site folders under ``out_dir``.
 
@@ -273,6 +284,8 @@ def materialise_plate(
     and the site's TableNumber in ``TABLE_NUMBER_FILE``. Images of other plates are
     counted, not written; a file without ``Image_Metadata_Plate`` belongs to ``plate``.
     ``root`` (the workspace) makes source names relative paths, as TableNumbers use them.
+    ``strata`` other than plate, well and site (``Metadata_Timepoint``) tell apart images of
+    one site, as they tell apart the rows of one site's Image.csv on the CSV route.
     """
     exports = [open_export(p, name=source_name(str(p), root), table_prefix=table_prefix) for p in sources]
     if not exports:
@@ -284,7 +297,7 @@ def materialise_plate(
                          "rename one or place both inside the workspace")
     out = Materialised(plate=plate, analysis_dir=str(out_dir))
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    writer = _SiteWriter(out)
+    writer = _SiteWriter(out, distinct_by=[c for c in strata if c not in _SITE_STRATA])
     copies = _copies(exports)
     for export in exports:
         if export.name in copies:  # read once: its images would otherwise repeat and both copies be dropped

@@ -132,7 +132,7 @@ def _collate_scratch(scratch: str, root: str, batch: str, plate: str, paths: Seq
     backend_root = Workspace(root).backend_root()
     with io.output_errors(scratch):
         done = materialise_plate(paths, plate=plate, out_dir=Workspace(scratch).analysis(batch, plate),
-                                 table_prefix=table_prefix, root=root)
+                                 table_prefix=table_prefix, root=root, strata=options.get("strata") or ())
     if not done.sites:
         raise InputError(_no_sites(done, paths, plate, table_prefix))
     names.learn(done.sites, done.files, done.columns)

@@ -83,16 +83,19 @@ def check_image(scan: SiteScan, image: pa.Table, strata: Sequence[str], plate: s
             scan.quarantine(f"{base}: {column} is empty in data row {empty[0] + 1}", path)
             return
     scan.keys = _row_keys(image, strata)
-    scan.site_keys = _site_keys(image)
+    scan.site_keys = _site_keys(image, [c for c in strata if c not in ("Metadata_Plate", "Metadata_Well", "Metadata_Site")])
     scan.warnings.extend(disagreements)
 
 
-def _site_keys(image: pa.Table) -> list[tuple[str, str]]:
-    """(well, site) of each image row, normalised as wells are (none without Metadata_Site)."""
+def _site_keys(image: pa.Table, distinct_by: Sequence[str]) -> list[tuple[str, ...]]:
+    """(well, site, the other strata's values) of each image row, normalised as wells are (none without
+    Metadata_Site): images of one site at two time points (a ``--strata`` column) are two sites."""
     if "Metadata_Site" not in image.column_names:
         return []
     wells = image.column("Metadata_Well").to_pylist()
-    return [(normalise_well(str(w)), normalise_site(s)) for w, s in zip(wells, image.column("Metadata_Site").to_pylist())
+    extra = list(zip(*(map(str, image.column(c).to_pylist()) for c in distinct_by))) or [()] * image.num_rows
+    return [(normalise_well(str(w)), normalise_site(s), *more)
+            for w, s, more in zip(wells, image.column("Metadata_Site").to_pylist(), extra)
             if w is not None and s is not None and str(s).strip()]
 
 

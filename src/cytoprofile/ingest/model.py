@@ -129,8 +129,8 @@ class SiteScan:
     warnings: list[str] = field(default_factory=list)
     duplicates: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    #: (Metadata_Well, Metadata_Site) of each image, normalised (empty when Image.csv and the folder give no site)
-    site_keys: list[tuple[str, str]] = field(default_factory=list)
+    #: (Metadata_Well, Metadata_Site, other strata) of each image, normalised (empty when Image.csv gives no site)
+    site_keys: list[tuple[str, ...]] = field(default_factory=list)
     table_number: int | None = None
     digest: str | None = None
     real_path: str | None = None

@@ -96,18 +96,18 @@ def _same_files(a: SiteScan, b: SiteScan) -> bool:
 def mark_repeated_sites(scans: Sequence[SiteScan], plate: str) -> None:
     """One (plate, well, site) in two folders whose Image.csv differ (a re-run copied beside the first run): which
     is right is unknown, so every folder holding it is quarantined, naming the others (a warning on the terminal)."""
-    holders: dict[tuple[str, str], list[SiteScan]] = {}
+    holders: dict[tuple[str, ...], list[SiteScan]] = {}
     for scan in sorted(scans, key=lambda s: s.name):
         if scan.problem is None:
             for key in dict.fromkeys(scan.site_keys):
                 holders.setdefault(key, []).append(scan)
     repeated = {key: found for key, found in holders.items() if len(found) > 1}
-    for (well, site), found in sorted(repeated.items()):
+    for key, found in sorted(repeated.items()):
         for scan in found:
             others = ", ".join(o.name for o in found if o is not scan)
-            scan.quarantine(f"site {plate}/{well}/{site} is also in folder(s) {others} (Image.csv differs: a re-run?); "
+            scan.quarantine(f"site {plate}/{'/'.join(key)} is also in folder(s) {others} (Image.csv differs: a re-run?); "
                             "which copy is right is unknown: remove the wrong folder", scan.files.get(IMAGE_TABLE))
     if repeated:
-        (well, site), found = sorted(repeated.items())[0]
+        key, found = sorted(repeated.items())[0]
         log.warning("%s: %d site(s) appear in more than one folder and are quarantined (listed in the report); first: "
-                    "%s/%s in %s", plate, len(repeated), well, site, ", ".join(s.name for s in found))
+                    "%s in %s", plate, len(repeated), "/".join(key), ", ".join(s.name for s in found))
