@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
@@ -95,30 +96,36 @@ def test_keys_are_stored_as_exact_integers(tmp_path: Path) -> None:
     assert big in nuclei.column("ObjectNumber").to_pylist()
 
 
+def _collated(ws: Path, plate_dir: Path, kind: str) -> Any:
+    result = collate_plate(ws, faults.BATCH, faults.PLATE, backend=(kind,))  # type: ignore[arg-type]
+    faults.assert_rows_accounted(result, plate_dir)
+    return result
+
+
+def _query(path: str, sql: str) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+def _declared(path: str) -> dict[str, str]:
+    return {r[1]: r[2] for r in _query(path, "PRAGMA table_info(Image)")}
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "parquet"])
 def test_image_types_follow_the_column_family(tmp_path: Path, kind: str) -> None:
     plate_dir = faults.small_plate(tmp_path)
     first = faults.site(plate_dir, "A01", 1)
     faults.set_image_value(first, "Granularity_1_DNA", "")  # NULL in the site that sorts first
-    rows = faults.read_rows(first / "Image.csv")
-    rows[0].append("Metadata_Batch")
-    rows[1].append("2021")  # looks numeric here, text elsewhere: Metadata_ is text
-    faults.write_rows(first / "Image.csv", rows)
-    other = faults.site(plate_dir, "A02", 2)
-    rows = faults.read_rows(other / "Image.csv")
-    rows[0].append("Metadata_Batch")
-    rows[1].append("batch-2")
-    faults.write_rows(other / "Image.csv", rows)
-    result = collate_plate(tmp_path, faults.BATCH, faults.PLATE, backend=(kind,))  # type: ignore[arg-type]
-    faults.assert_rows_accounted(result, plate_dir)
+    faults.add_image_column(first, "Metadata_Batch", "2021")  # looks numeric here, text elsewhere: Metadata_ is text
+    faults.add_image_column(faults.site(plate_dir, "A02", 2), "Metadata_Batch", "batch-2")
+    result = _collated(tmp_path, plate_dir, kind)
     if kind == "sqlite":
-        conn = sqlite3.connect(result.outputs["sqlite"])
-        try:
-            declared = {r[1]: r[2] for r in conn.execute("PRAGMA table_info(Image)")}
-            stored = {r[0] for r in conn.execute("SELECT typeof(Metadata_Batch) FROM Image WHERE Metadata_Batch IS NOT NULL")}
-            numbers = {r[0] for r in conn.execute("SELECT typeof(Granularity_1_DNA) FROM Image WHERE Granularity_1_DNA IS NOT NULL")}
-        finally:
-            conn.close()
+        declared = _declared(result.outputs["sqlite"])
+        stored = {r[0] for r in _query(result.outputs["sqlite"], "SELECT typeof(Metadata_Batch) FROM Image WHERE Metadata_Batch IS NOT NULL")}
+        numbers = {r[0] for r in _query(result.outputs["sqlite"], "SELECT typeof(Granularity_1_DNA) FROM Image WHERE Granularity_1_DNA IS NOT NULL")}
         assert declared["Metadata_Batch"] == "TEXT" and stored == {"text"}
         assert declared["Granularity_1_DNA"] == "FLOAT" and numbers == {"real"}
         assert declared["Metadata_Site"] == "TEXT"
@@ -139,20 +146,11 @@ def test_a_text_column_the_first_site_lacks_keeps_its_text(tmp_path: Path, kind:
     for folder in sites:
         if folder.name.endswith(f"{lacking[0]}-{lacking[1]}") or folder == sites[0]:
             continue
-        rows = faults.read_rows(folder / "Image.csv")
-        rows[0].append(column)
-        rows[1].append("007")
-        faults.write_rows(folder / "Image.csv", rows)
-    result = collate_plate(tmp_path, faults.BATCH, faults.PLATE, backend=(kind,))  # type: ignore[arg-type]
-    faults.assert_rows_accounted(result, plate_dir)
+        faults.add_image_column(folder, column, "007")
+    result = _collated(tmp_path, plate_dir, kind)
     if kind == "sqlite":
-        conn = sqlite3.connect(result.outputs["sqlite"])
-        try:
-            declared = {r[1]: r[2] for r in conn.execute("PRAGMA table_info(Image)")}
-            stored = [r[0] for r in conn.execute(f"SELECT {column} FROM Image WHERE {column} IS NOT NULL")]
-        finally:
-            conn.close()
-        assert declared[column] == "TEXT"
+        stored = [r[0] for r in _query(result.outputs["sqlite"], f"SELECT {column} FROM Image WHERE {column} IS NOT NULL")]
+        assert _declared(result.outputs["sqlite"])[column] == "TEXT"
     else:
         stored = [v for v in pq.read_table(result.outputs["parquet"], columns=[column]).column(0).to_pylist() if v]
     assert stored and set(stored) == {"007"}
