@@ -147,3 +147,22 @@ def test_nul_bytes_a_crash_left_are_named_not_printed(tmp_path: Path, name: str)
     entry = {s["site"]: s for s in result.report["sites"]}[folder.name]
     assert entry["status"] == "quarantined" and "\x00" not in entry["reason"], entry["reason"]
     assert "NUL byte" in entry["reason"] or "NUL" in entry["reason"], entry["reason"]
+
+
+@pytest.mark.parametrize(("name", "said"), [("cytoprofile_run.csv", True), ("sqlite_stat1.csv", True),
+                                            ("Experiment.csv", False)])
+def test_a_table_csv_not_stored_is_said_on_the_terminal(tmp_path: Path, name: str, said: bool,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """A CSV with measurements the backend cannot store under its name is in no output: said in one
+    line (run metadata is listed in the report only)."""
+    import shutil
+
+    analysis = faults.small_plate(tmp_path, wells=1, sites=2)
+    folder = faults.site(analysis)
+    shutil.copy(folder / "Nuclei.csv", folder / name)
+    with caplog.at_level(logging.WARNING, logger="cytoprofile"):
+        result = collate_plate(tmp_path, BATCH, PLATE)
+    assert result.status == "done"
+    lines = [r.getMessage() for r in caplog.records if "are not stored" in r.getMessage()]
+    assert bool(lines) == said and (not said or name in lines[0]), lines
+    faults.assert_rows_accounted(result, analysis)

@@ -128,7 +128,22 @@ def _scan(ws: str | os.PathLike[str], batch: str, plate: str, options: dict[str,
         raise InputError(f"{Workspace(str(ws)).analysis(batch, plate)}: all {len(scans)} site(s) are untrusted; first: "
                          f"{bad.name}: {bad.problem} ({bad.problem_file})")
     log.info("%s: scanned %d sites in %.2fs", plate, len(scans), time.perf_counter() - t0)
+    _say_not_stored(plate, scans)
     return scans, schema
+
+
+#: reasons a CSV is not stored that hold no measurements: listed in the report, not said on the terminal
+_LISTED_ONLY = frozenset({"run metadata", "empty file (0 bytes)"})
+
+
+def _say_not_stored(plate: str, scans: Sequence[Any]) -> None:
+    """CSVs of trusted sites read but not stored (a name the backend reserves, not a CellProfiler table,
+    outside the file-name prefix): one warning, as their rows are in no output."""
+    found = [(sc.name, entry, why) for sc in scans if sc.problem is None
+             for entry, why in sorted(sc.not_stored.items()) if why not in _LISTED_ONLY]
+    if found:
+        log.warning("%s: %d CSV file(s) of the sites are not stored (first: %s/%s: %s); listed with their sites in "
+                    "the report", plate, len(found), *found[0])
 
 
 class _Writers:
