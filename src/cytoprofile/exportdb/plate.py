@@ -216,7 +216,8 @@ def _real_places(scratch: str, root: str, backend_root: str, names: ExportNames)
         # a scratch site's path beside the file's terms ("(SCRATCH/... of run1.sqlite (ImageNumber 1))") says it again
         text = re.sub(r"\s*\(" + re.escape(scratch) + r"[^\s()]* of [^()]*\([^()]*\)\)", "", text)
         files = ", ".join(sorted(names.files)) or "the ExportToDatabase files"
-        text = re.sub(re.escape(os.path.join(scratch, "analysis")) + r"[^\s:;]*", lambda _: f"the images of {files}", text)
+        text = re.sub(re.escape(os.path.join(scratch, "analysis")) + r"[^\s:;]*(?=: all \d+ site)",
+                      lambda _: f"the images of {files}", text)  # the sites made of them are all refused
         text = re.sub(re.escape(scratch) + r"[^\s:;]*", lambda _: f"{os.path.dirname(scratch)} (the scratch copy of "
                       "the plate; --tmp-dir puts it elsewhere)", text)
         if text == str(exc):
