@@ -62,6 +62,8 @@ __all__ = [
     "REPLICATE_CANDIDATES",
     "SINGLE_CELL_FORMATS",
     "SITE_NAME",
+    "SITE_STRATA",
+    "distinct_strata",
     "SPHERIZE_METHODS",
     "TABLE_FORMATS",
     "TABLE_NUMBER",
@@ -333,6 +335,15 @@ _IMAGE_WELL = re.compile(r"^(?P<row>[A-Za-z]{1,2})(?P<col>\d{1,3})$")
 _PHENIX_WELL = re.compile(r"^[rR](?P<row>\d{1,2})[cC](?P<col>\d{1,2})$")
 _PHENIX_ROWS = 52  # A..Z, AA..AZ
 #: A site folder's name in the handbook layout: ``PLATE-WELL-SITE`` (``BR00116991-A01-1``, ``P1-r01c01-3``).
+#: The strata that name a site; others (a time point, a z-plane) tell apart images of one site.
+SITE_STRATA: frozenset[str] = frozenset({"Metadata_Plate", "Metadata_Well", "Metadata_Site"})
+
+
+def distinct_strata(strata: Sequence[str]) -> list[str]:
+    """The ``strata`` beyond plate, well and site: they make images of one site different sites."""
+    return [c for c in strata if c not in SITE_STRATA]
+
+
 SITE_NAME = re.compile(r"^(?P<plate>.+)-(?P<well>[A-Za-z]{1,2}\d{1,3}|[rR]\d{1,2}[cC]\d{1,2})-(?P<site>\d+)$")
 
 

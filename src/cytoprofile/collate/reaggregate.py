@@ -30,7 +30,7 @@ from .outputs import (
     write_profiles,
 )
 
-__all__ = ['aggregate_only', 'aggregation_changes']
+__all__ = ['aggregate_only', 'aggregation_changes', 'say_reaggregating']
 
 log = logging.getLogger("cytoprofile.collate")
 
@@ -44,6 +44,11 @@ def aggregation_changes(report: dict[str, Any] | None, *, operation: str, strata
              "image_features": image_features, "image_feature_categories": list(image_feature_categories)}
     made = (report or {}).get("aggregate") or {}
     return [f"{k}: {_shown(made.get(k))} → {_shown(v)}" for k, v in asked.items() if made.get(k) != v]
+
+
+def say_reaggregating(plate: str, changed: Sequence[str]) -> None:
+    """The warning that profiles of other options are made again (``aggregation_changes``)."""
+    log.warning("%s: re-aggregating: the profiles were made with other options (%s)", plate, "; ".join(changed))
 
 
 def _shown(value: Any) -> str:
@@ -70,7 +75,7 @@ def aggregate_only(ws: str | os.PathLike[str], batch: str, plate: str, outputs: 
         return PlateResult(batch, plate, "skipped", "profiles exist (use --overwrite to re-aggregate)", outputs,
                            seconds=time.perf_counter() - start)
     if changed and not overwrite:
-        log.warning("%s: re-aggregating: the profiles were made with other options (%s)", plate, "; ".join(changed))
+        say_reaggregating(plate, changed)
     files = Workspace(str(ws)).backend_files(batch, plate)
     source = files["sqlite"] if "sqlite" in backend else parquet_table_path(files["parquet_prefix"], IMAGE_TABLE)
     if not Path(source).exists():

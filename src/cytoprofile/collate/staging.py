@@ -34,7 +34,7 @@ from .outputs import (
 )
 from .plan import build_options, plan_build, remote_state
 from .read import build_plate
-from .reaggregate import aggregate_only, aggregation_changes
+from .reaggregate import aggregate_only, aggregation_changes, say_reaggregating
 
 __all__ = ['collate_export_remote', 'collate_remote', 'publish_plate', 'remote_export_files']
 
@@ -140,7 +140,7 @@ def _aggregate_only_remote(ws: str, batch: str, plate: str, *, tmp_dir: str | No
     name = profiles_name(plate, profile_format=options["profile_format"])
     changed = aggregation_changes(report, **{k: options[k] for k in _AGGREGATION}) if name in trusted else []
     if changed and not options["overwrite"]:
-        log.warning("%s: re-aggregating: the profiles were made with other options (%s)", plate, "; ".join(changed))
+        say_reaggregating(plate, changed)
     elif not options["overwrite"] and (name in trusted or (report is None and io.exists(io.join(target, name)))):
         return PlateResult(batch, plate, "skipped", "profiles exist (use --overwrite to re-aggregate)",
                            {"profiles": io.join(target, name)}, seconds=time.perf_counter() - start)

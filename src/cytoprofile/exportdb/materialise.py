@@ -20,7 +20,7 @@ from ..backend import quote
 from ..digest import file_digest
 from ..errors import AccountingError, InputError
 from ..ingest import TABLE_NUMBER_FILE, normalise_site
-from ..vocabulary import is_text_column, normalise_well
+from ..vocabulary import distinct_strata, is_text_column, normalise_well
 from .files import (
     Dropped,
     ExportFile,
@@ -201,9 +201,6 @@ def _count_rows(export: ExportFile) -> dict[str, int]:
         conn.close()
 
 
-_SITE_STRATA = frozenset({"Metadata_Plate", "Metadata_Well", "Metadata_Site"})
-
-
 class _SiteWriter:
     """Writes a plate's images as site folders; the same plate/well/site twice (and the same values of
     the other strata, such as a time point) leaves both out, named."""
@@ -297,7 +294,7 @@ def materialise_plate(
                          "rename one or place both inside the workspace")
     out = Materialised(plate=plate, analysis_dir=str(out_dir))
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    writer = _SiteWriter(out, distinct_by=[c for c in strata if c not in _SITE_STRATA])
+    writer = _SiteWriter(out, distinct_by=distinct_strata(strata))
     copies = _copies(exports)
     for export in exports:
         if export.name in copies:  # read once: its images would otherwise repeat and both copies be dropped

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from ..vocabulary import SITE_NAME, normalise_well, spelling_note
+from ..vocabulary import SITE_NAME, distinct_strata, normalise_well, spelling_note
 from .model import (
     FOLDER_WARNING,
     IMAGE_TABLE,
@@ -83,7 +83,7 @@ def check_image(scan: SiteScan, image: pa.Table, strata: Sequence[str], plate: s
             scan.quarantine(f"{base}: {column} is empty in data row {empty[0] + 1}", path)
             return
     scan.keys = _row_keys(image, strata)
-    scan.site_keys = _site_keys(image, [c for c in strata if c not in ("Metadata_Plate", "Metadata_Well", "Metadata_Site")])
+    scan.site_keys = _site_keys(image, distinct_strata(strata))
     scan.warnings.extend(disagreements)
 
 
