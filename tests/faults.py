@@ -216,6 +216,13 @@ def rename_column(folder: Path, table: str, old: str, new: str) -> None:
     write_rows(folder / f"{table}.csv", rows)
 
 
+def keep_columns(folder: Path, table: str, keep: Callable[[str], bool]) -> None:
+    """Drop the columns of an object CSV whose header ``keep`` refuses (e.g. every feature)."""
+    rows = read_rows(folder / f"{table}.csv")
+    kept = [k for k, name in enumerate(rows[0]) if keep(name)]
+    write_rows(folder / f"{table}.csv", [[r[k] for k in kept] for r in rows])
+
+
 def insert_blank_line(folder: Path, table: str, *, at: int = 2) -> None:
     rows = read_rows(folder / f"{table}.csv")
     write_rows(folder / f"{table}.csv", rows[:at] + [[]] + rows[at:])

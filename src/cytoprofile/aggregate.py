@@ -213,7 +213,8 @@ def aggregate(
         available = {t.lower(): t for t in reader.object_tables()}
         tables = compartment_tables(compartments, reader.object_tables(), missing=lambda compartment: (
             f"{backend}: no {compartment} table; available object tables: {', '.join(sorted(available.values())) or 'none'}"))
-        features = {c: compartment_features(c, reader.tables[t]) for c, t in tables.items()}
+        compartments = list(tables.values())  # as the backend spells them: the profile columns are its columns
+        features = {t: compartment_features(t, reader.tables[t]) for t in compartments}
         agg = WellAggregator(
             strata=list(strata),
             compartments=features,
@@ -228,8 +229,8 @@ def aggregate(
             key_tuple = key if isinstance(key, tuple) else (key,)
             rows = image.iloc[idx]
             pairs = list(zip(rows["TableNumber"].tolist(), rows["ImageNumber"].tolist()))
-            objects = {c: reader.read_objects(tables[c], features[c], pairs) if exclude is None else
-                       _kept_objects(reader, tables[c], features[c], pairs, exclude, c) for c in compartments}
+            objects = {t: reader.read_objects(t, features[t], pairs) if exclude is None else
+                       _kept_objects(reader, t, features[t], pairs, exclude, t) for t in compartments}
             counts = numeric.iloc[idx][agg.count_columns].to_numpy(dtype=float) if numeric is not None else np.empty((len(idx), 0))
             values = numeric.iloc[idx][agg.image_feature_columns].to_numpy(dtype=float) if numeric is not None else np.empty((len(idx), 0))
             agg.add(key_tuple, n_images=len(idx), image_counts=counts, image_values=values, objects=objects)

@@ -329,7 +329,7 @@ class BackendReader:
         if not images:
             return np.empty((0, len(columns)))
         if self.kind == "sqlite":
-            cols = ", ".join(quote(c) for c in columns)
+            cols = ", ".join(quote(c) for c in columns) or "NULL"  # a compartment without features still counts rows
             out = []
             by_table: dict[object, list[object]] = {}
             for t, i in images:
@@ -339,7 +339,7 @@ class BackendReader:
                 sql = f"SELECT {cols} FROM {quote(table)} WHERE TableNumber = ? AND ImageNumber IN ({marks})"
                 rows = self.conn.execute(sql, [t, *numbers]).fetchall()
                 if rows:
-                    out.append(_as_float(rows, table, columns))
+                    out.append(_as_float(rows, table, columns) if columns else np.empty((len(rows), 0)))
             return np.concatenate(out) if out else np.empty((0, len(columns)))
         import pyarrow.compute as pc
         import pyarrow.dataset as ds

@@ -43,7 +43,14 @@ def aggregation_changes(report: dict[str, Any] | None, *, operation: str, strata
     asked = {"operation": operation, "strata": list(strata), "compartments": list(compartments),
              "image_features": image_features, "image_feature_categories": list(image_feature_categories)}
     made = (report or {}).get("aggregate") or {}
-    return [f"{k}: {_shown(made.get(k))} → {_shown(v)}" for k, v in asked.items() if made.get(k) != v]
+    return [f"{k}: {_shown(made.get(k))} → {_shown(v)}" for k, v in asked.items() if _differs(k, made.get(k), v)]
+
+
+def _differs(key: str, made: Any, asked: Any) -> bool:
+    """Compartments are matched to tables regardless of case: ``cells`` asks for the ``Cells`` the report names."""
+    if key == "compartments" and isinstance(made, list):
+        return [str(c).lower() for c in made] != [c.lower() for c in asked]
+    return bool(made != asked)
 
 
 def say_reaggregating(plate: str, changed: Sequence[str]) -> None:

@@ -90,16 +90,15 @@ class WellProfiles:
     @classmethod
     def plan(cls, analysis_dir: str, scans: Sequence[Any], schema: Any, options: dict[str, Any]) -> WellProfiles:
         """Match each asked compartment to an object table (none: ``InputError``) and size the buffer."""
-        chosen = _chosen_tables(analysis_dir, schema, options["compartments"])
+        # each compartment as its table is spelled: the profile columns are the backend's columns
+        chosen = {t: t for t in _chosen_tables(analysis_dir, schema, options["compartments"]).values()}
         positions: dict[str, list[int]] = {}
         features: dict[str, list[str]] = {}
-        for compartment, table in chosen.items():
+        for table in chosen:
             names = [object_column_name(table, c) for c in schema.tables[table]]
-            names = [f"{compartment}_{n[len(table) + 1:]}" if n.startswith(f"{table}_") else n for n in names]
-            feats = compartment_features(compartment, names)
-            features[compartment] = feats
+            features[table] = compartment_features(table, names)
             where = {n: i for i, n in enumerate(names)}
-            positions[compartment] = [where[f] for f in feats]
+            positions[table] = [where[f] for f in features[table]]
         agg = WellAggregator(
             strata=list(options["strata"]),
             compartments=features,
@@ -112,8 +111,7 @@ class WellProfiles:
         for scan in scans:
             for key in set(scan.keys):
                 remaining[key] = remaining.get(key, 0) + 1
-        return cls(chosen, agg, WellBuffer(remaining), options["strata"],
-                   {chosen[c]: positions[c] for c in chosen})
+        return cls(chosen, agg, WellBuffer(remaining), options["strata"], positions)
 
     def add(self, site: SiteTables) -> None:
         """Hold a read site's cells in its well(s)."""

@@ -85,15 +85,23 @@ def _require_compartments(scan: SiteScan, compartments: Sequence[str], object_ta
             return
 
 
+def _table_spelling(files: Counter[str], asked: str | None) -> str:
+    """A table's name: the files' most common spelling, so ``--compartments cells`` never renames a
+    ``Cells`` table; only a case-folded file name (``CELLS.CSV``, ``cells.csv``) takes the compartment's."""
+    common = sorted(files.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
+    folded = all(name in (name.upper(), name.lower()) for name in files)
+    return asked if asked is not None and folded else common
+
+
 def _unify_table_names(scans: Sequence[SiteScan], compartments: Sequence[str]) -> None:
+    """Give each table one spelling in every site (see ``_table_spelling``)."""
     spellings: dict[str, Counter[str]] = {}
     for scan in scans:
         for table in scan.files:
             if table != IMAGE_TABLE:
                 spellings.setdefault(table.lower(), Counter())[table] += 1
-    chosen = {c.lower(): c for c in compartments}
-    for lower, counter in spellings.items():
-        chosen.setdefault(lower, sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))[0][0])
+    asked = {c.lower(): c for c in compartments}
+    chosen = {lower: _table_spelling(counter, asked.get(lower)) for lower, counter in spellings.items()}
     for scan in scans:
         for table in list(scan.files):
             target = chosen.get(table.lower(), table) if table != IMAGE_TABLE else table

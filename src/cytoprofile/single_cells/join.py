@@ -97,6 +97,7 @@ class SingleCellJoin:
 
     def _plan(self, compartments: list[str], hub: str, links: Mapping[str, str] | None,
               categories: Sequence[str], metadata: Sequence[str] | Literal["all"] | None) -> None:
+        compartments = [self.source.table(c) for c in compartments]  # as the backend spells them
         by_lower = {c.lower(): c for c in compartments}
         if hub.lower() not in by_lower:
             if len(compartments) != 1:
@@ -107,7 +108,7 @@ class SingleCellJoin:
         self.tables = {c: self.source.table(c) for c in compartments}
         hub_cols = self.source.tables[self.tables[self.hub]]
         others = [c for c in compartments if c != self.hub]
-        links = dict(links or {})
+        links = {by_lower.get(c.lower(), c): column for c, column in (links or {}).items()}
         self.links = {c: links.get(c, f"{self.hub}_Parent_{c}") for c in others}
         absent = [col for col in self.links.values() if col not in hub_cols]
         if absent:
