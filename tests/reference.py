@@ -14,6 +14,7 @@ import pandas as pd
 
 __all__ = [
     "assert_profiles_equal", "old_layout_sqlite", "pycytominer_merge", "pycytominer_profiles", "pycytominer_step",
+    "rank_int_array",
 ]
 
 KEYS = ("TableNumber", "ImageNumber", "ObjectNumber")
@@ -120,3 +121,15 @@ def assert_profiles_equal(
                                        equal_nan=True, err_msg=c)
         else:
             assert ours[c].astype(str).tolist() == ref[c].astype(str).tolist(), c
+
+
+def rank_int_array(values: np.ndarray, *, c: float = 3 / 8, stochastic: bool = True, seed: int = 0) -> np.ndarray:
+    """The JUMP recipe's rank_int_array, one feature (formula from its definition)."""
+    from scipy import stats
+
+    if stochastic:
+        ix = np.random.default_rng(seed).permutation(len(values))
+        rank = stats.rankdata(values[ix], method="ordinal")[np.argsort(ix)]
+    else:
+        rank = stats.rankdata(values, method="average")
+    return np.asarray(stats.norm.ppf((rank - c) / (len(rank) - 2 * c + 1)))

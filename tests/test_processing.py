@@ -17,18 +17,9 @@ from cytoprofile.errors import ConfigError, InputError
 from cytoprofile.normalize import normalize
 from tests.planted import planted_profiles
 from tests.profiles import features_of
+from tests.reference import rank_int_array
 
 NEG = "Metadata_control_type == 'negcon'"
-
-
-def _reference_rank_int(values: np.ndarray, *, c: float = 3 / 8, stochastic: bool = True, seed: int = 0) -> np.ndarray:
-    """The JUMP recipe's rank_int_array, one feature (formula from its definition)."""
-    if stochastic:
-        ix = np.random.default_rng(seed).permutation(len(values))
-        rank = stats.rankdata(values[ix], method="ordinal")[np.argsort(ix)]
-    else:
-        rank = stats.rankdata(values, method="average")
-    return stats.norm.ppf((rank - c) / (len(rank) - 2 * c + 1))
 
 
 # ------------------------------------------------------------------ var and mad
@@ -137,7 +128,7 @@ def test_rank_int_negative_zero_ties_with_zero() -> None:
     df = pd.DataFrame({"Cells_a": [0.0, -0.0, 1.0]})
     expected = stats.norm.ppf((np.array([1.5, 1.5, 3.0]) - 0.375) / 3.25)
     np.testing.assert_allclose(pr.rank_int(df, ties="average")["Cells_a"], expected, rtol=1e-6)
-    np.testing.assert_allclose(pr.rank_int(df)["Cells_a"], _reference_rank_int(np.array([0.0, -0.0, 1.0])), rtol=1e-6)
+    np.testing.assert_allclose(pr.rank_int(df)["Cells_a"], rank_int_array(np.array([0.0, -0.0, 1.0])), rtol=1e-6)
 
 
 @pytest.mark.parametrize("ties", ["random", "average"])
@@ -148,7 +139,7 @@ def test_rank_int_equals_recipe(ties: str, rows: int) -> None:
     df = pd.DataFrame(x, columns=[f"Nuclei_f{i}" for i in range(5)])
     out = pr.rank_int(df, ties=ties)  # type: ignore[arg-type]
     for j, col in enumerate(df.columns):
-        expected = _reference_rank_int(x[:, j], stochastic=ties == "random")
+        expected = rank_int_array(x[:, j], stochastic=ties == "random")
         np.testing.assert_allclose(out[col], expected, rtol=2e-6, atol=1e-6)
 
 
@@ -156,7 +147,7 @@ def test_rank_int_missing_values_stay_missing() -> None:
     df = pd.DataFrame({"Cells_a": [3.0, np.nan, 1.0, 2.0]})
     out = pr.rank_int(df)
     assert np.isnan(out.loc[1, "Cells_a"])
-    np.testing.assert_allclose(out["Cells_a"].dropna(), _reference_rank_int(np.array([3.0, 1.0, 2.0])), rtol=1e-6)
+    np.testing.assert_allclose(out["Cells_a"].dropna(), rank_int_array(np.array([3.0, 1.0, 2.0])), rtol=1e-6)
 
 
 @pytest.mark.parametrize("rows,quantiles", [(40, 1000), (2500, 1000), (600, 50)])

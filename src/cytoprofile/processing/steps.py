@@ -18,6 +18,7 @@ from ..evaluate import mode_average_precision
 from ..step_data import feature_matrix, select_samples
 from ..vocabulary import NEGCON_QUERY as NEGCON
 from ..vocabulary import PLATES_WITHOUT_CONTROLS, SPHERING_GRID, resolve_features
+from .columns import BLOCK, cell_count_residuals, each_block, more_distinct_than, ordinal_ranks
 
 __all__ = [
     "Features",
@@ -37,7 +38,6 @@ __all__ = [
 ]
 log = logging.getLogger("cytoprofile.processing")
 
-_BLOCK = 64  # feature columns handled at once (float64 work space: rows x 64 per temporary)
 
 Features = str | Sequence[str]
 
@@ -120,12 +120,12 @@ def _plate_stats(profiles: pd.DataFrame, x: np.ndarray, names: Sequence[str], pl
         warnings.simplefilter("ignore", RuntimeWarning)
         for p, plate in enumerate(found):
             rows = np.flatnonzero(ref & (plates == plate))
-            for s in range(0, x.shape[1], _BLOCK):
-                block = x[rows, s : s + _BLOCK]
+            for s in range(0, x.shape[1], BLOCK):
+                block = x[rows, s : s + BLOCK]
                 centre = np.nanmedian(block.astype(np.float64), axis=0).astype(x.dtype)
-                median[p, s : s + _BLOCK] = centre
+                median[p, s : s + BLOCK] = centre
                 deviation = np.abs(block - centre).astype(np.float64)
-                mad[p, s : s + _BLOCK] = np.nanmedian(deviation, axis=0)
+                mad[p, s : s + BLOCK] = np.nanmedian(deviation, axis=0)
     index = pd.Index(found, name=plate_column)
     columns = pd.Index(list(names))
     return pd.DataFrame(median, index=index, columns=columns), pd.DataFrame(mad, index=index, columns=columns)
@@ -237,27 +237,6 @@ def mad_normalize(
 # ------------------------------------------------------------------ rank-based INT
 
 
-def _ordinal_ranks(block: np.ndarray, perm: np.ndarray) -> np.ndarray:
-    """Ranks 1..n along each row, ties in the order of ``perm``'s positions; NaN last.
-
-    Sorted as one unique 64-bit key per value (the value's order bits, then the row's
-    position in the permutation), which a plain (unstable) sort handles quickly.
-    """
-    n = block.shape[1]
-    position = np.empty(n, dtype=np.uint64)
-    position[perm] = np.arange(n, dtype=np.uint64)
-    # one NaN bit pattern (sorted last) and +0 for -0, which compares equal to it
-    clean = np.where(np.isnan(block), np.float32(np.nan), block + np.float32(0))
-    bits = clean.view(np.int32).astype(np.int64)
-    key = (np.where(bits < 0, -(bits & 0x7FFFFFFF) - 1, bits) + (1 << 31)).astype(np.uint64)
-    key <<= np.uint64(32)
-    key |= position
-    order = np.argsort(key, axis=1)
-    ranks = np.empty(block.shape, dtype=np.float64)
-    ranks[np.arange(block.shape[0])[:, None], order] = np.arange(1, n + 1, dtype=np.float64)
-    return ranks
-
-
 def rank_int(
     profiles: pd.DataFrame,
     *,
@@ -278,16 +257,19 @@ def rank_int(
     names = resolve_features(profiles, features, feature_prefixes=feature_prefixes)
     x = _matrix32(profiles, names)
     perm = np.random.default_rng(seed).permutation(len(x)) if ties == "random" else None
-    for s in range(0, x.shape[1], _BLOCK):
-        block = np.ascontiguousarray(x[:, s : s + _BLOCK].T)  # features x rows
+
+    def transform(s: int) -> None:
+        block = np.ascontiguousarray(x[:, s : s + BLOCK].T)  # features x rows
         missing = np.isnan(block)
-        ranks = _ordinal_ranks(block, perm) if perm is not None else stats.rankdata(
+        ranks = ordinal_ranks(block, perm) if perm is not None else stats.rankdata(
             block, method="average", axis=1, nan_policy="omit")
         n = (~missing).sum(axis=1, keepdims=True).astype(np.float64)
         with np.errstate(invalid="ignore", divide="ignore"):
             values = special.ndtri((ranks - c) / (n - 2 * c + 1))
         values[missing] = np.nan
-        x[:, s : s + _BLOCK] = values.T
+        x[:, s : s + BLOCK] = values.T
+
+    each_block(x.shape[1], transform)
     return _assemble(profiles, names, x, drop=names)
 
 
@@ -312,8 +294,8 @@ def correct_well_position(
         shape=(int(codes.max(initial=-1)) + 1, len(codes)),
     )
     x = _matrix32(profiles, names)
-    for s in range(0, x.shape[1], _BLOCK):
-        block = x[:, s : s + _BLOCK]
+    for s in range(0, x.shape[1], BLOCK):
+        block = x[:, s : s + BLOCK]
         present = ~np.isnan(block)
         sums = onehot @ np.where(present, block, 0).astype(np.float64)
         counts = onehot @ present.astype(np.float64)
@@ -321,14 +303,6 @@ def correct_well_position(
             means = sums / counts
         block -= means[codes].astype(np.float32)
     return _assemble(profiles, names, x, drop=names)
-
-
-def _distinct_counts(block: np.ndarray) -> np.ndarray:
-    """Distinct non-missing values per column."""
-    ordered = np.sort(block, axis=0)  # NaN last
-    present = ~np.isnan(ordered)
-    changes = (np.diff(ordered, axis=0) != 0) & present[1:]
-    return np.where(present.any(axis=0), 1 + changes.sum(axis=0), 0)
 
 
 def regress_cell_count(
@@ -348,27 +322,18 @@ def regress_cell_count(
     names = resolve_features(profiles, features, feature_prefixes=feature_prefixes)
     count = pd.to_numeric(_column(profiles, cell_count_column, "cell_count_column"), errors="coerce")
     c = count.to_numpy(dtype=np.float64)
-    has_count = np.isfinite(c)
     x = _matrix32(profiles, names)
-    regressed = 0
-    for s in range(0, x.shape[1], _BLOCK):
-        block = x[:, s : s + _BLOCK]
-        chosen = _distinct_counts(block) > min_unique
-        if not chosen.any():
-            continue
-        y = block[:, chosen].astype(np.float64)
-        use = np.isfinite(y) & has_count[:, None]
-        n = use.sum(axis=0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            c_mean = np.where(use, c[:, None], 0).sum(axis=0) / n
-            y_mean = np.where(use, y, 0).sum(axis=0) / n
-            dc = np.where(use, c[:, None] - c_mean, 0)
-            slope = (dc * np.where(use, y - y_mean, 0)).sum(axis=0) / (dc * dc).sum(axis=0)
-            slope = np.where(np.isfinite(slope), slope, 0.0)
-            resid = y - y_mean - slope * (c[:, None] - c_mean)
-        block[:, chosen] = np.where(use, resid, y).astype(np.float32)
-        regressed += int(chosen.sum())
-    log.info("cc: %d of %d features regressed on %s", regressed, len(names), cell_count_column)
+    regressed = np.zeros(x.shape[1], dtype=bool)
+
+    def regress(s: int) -> None:
+        block = x[:, s : s + BLOCK]
+        chosen = more_distinct_than(block, min_unique)
+        if chosen.any():
+            block[:, chosen] = cell_count_residuals(block[:, chosen].astype(np.float64), c).astype(np.float32)
+            regressed[s : s + BLOCK] = chosen
+
+    each_block(x.shape[1], regress)
+    log.info("cc: %d of %d features regressed on %s", int(regressed.sum()), len(names), cell_count_column)
     return _assemble(profiles, names, x, drop=names)
 
 
@@ -391,8 +356,8 @@ def remove_outliers(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         q = np.concatenate([
-            np.nanpercentile(np.abs(x[:, s : s + _BLOCK]).astype(np.float64), percentile, axis=0)
-            for s in range(0, x.shape[1], _BLOCK)
+            np.nanpercentile(np.abs(x[:, s : s + BLOCK]).astype(np.float64), percentile, axis=0)
+            for s in range(0, x.shape[1], BLOCK)
         ]) if x.shape[1] else np.empty(0)
     keep = ~(q > bound)
     kept = [n for n, k in zip(names, keep) if k]
