@@ -35,6 +35,7 @@ import pandas as pd
 
 from .checks import as_names, check_choice, check_number, listed
 from .errors import ConfigError, InputError
+from .processing.columns import each_block
 from .step_data import (
     AccountSink,
     FeatureAccount,
@@ -68,8 +69,13 @@ def _frequency_excluded(x: np.ndarray, freq_cut: float, unique_cut: float) -> np
     step = max(1, (1 << 18) // max(1, x.shape[0]))  # about 256K values a block (~10 work arrays each)
     if d <= step:
         return _frequency_excluded_block(x, freq_cut, unique_cut)
-    return np.concatenate([_frequency_excluded_block(x[:, i : i + step], freq_cut, unique_cut)
-                           for i in range(0, d, step)])
+    out = np.empty(d, dtype=bool)
+
+    def block(i: int) -> None:
+        out[i : i + step] = _frequency_excluded_block(x[:, i : i + step], freq_cut, unique_cut)
+
+    each_block(d, block, width=step)
+    return out
 
 
 def _frequency_excluded_block(x: np.ndarray, freq_cut: float, unique_cut: float) -> np.ndarray:

@@ -21,12 +21,12 @@ _MAX_THREADS = 4  # each holds a few float64 temporaries of one block
 _PREFIX_ROWS = 2048  # rows whose distinct values usually settle ``more_distinct_than``
 
 
-def each_block(n_columns: int, work: Callable[[int], None]) -> None:
-    """``work(start)`` for the block of columns at every ``start``, on up to four threads.
+def each_block(n_columns: int, work: Callable[[int], None], *, width: int = BLOCK) -> None:
+    """``work(start)`` for the block of ``width`` columns at every ``start``, on up to four threads.
 
     ``work`` writes only its own columns, so the blocks never race.
     """
-    starts = range(0, n_columns, BLOCK)
+    starts = range(0, n_columns, width)
     threads = min(len(starts), _MAX_THREADS, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
     if threads <= 1:
         for start in starts:
