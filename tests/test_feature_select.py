@@ -560,3 +560,20 @@ def test_pairwise_pearson_with_nan_matches_pandas(seed: int, d: int, n: int, sha
     theirs = frame.corr(min_periods=2).to_numpy()
     both = np.isfinite(ours) & np.isfinite(theirs)
     np.testing.assert_allclose(ours[both], theirs[both], rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_frequency_filter_over_many_column_blocks_equals_the_reference(monkeypatch: pytest.MonkeyPatch, threads: int) -> None:
+    """20,000 rows make blocks of 13 columns, spread over threads: the answer is the reference's."""
+    from cytoprofile.processing import columns
+
+    monkeypatch.setattr(columns, "_MAX_THREADS", threads)
+    rng = np.random.default_rng(11)
+    values = rng.normal(size=(20_000, 60))
+    values[:, ::7] = rng.integers(0, 3, size=(20_000, 9))  # few distinct values: dropped
+    values[:, 5] = np.where(rng.random(20_000) < 0.01, 1.0, 0.0)  # one rare value: dropped
+    values[rng.random(values.shape) < 0.01] = np.nan
+    df = pd.DataFrame(values, columns=[f"Cells_f{i}" for i in range(60)])
+    ours = feature_select(df, operations="frequency_threshold")
+    expected = reference(df, operation="frequency_threshold")
+    assert list(ours.columns) == list(expected.columns) and len(ours.columns) < 60
