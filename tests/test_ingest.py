@@ -1030,6 +1030,22 @@ def test_whitespace_line_with_a_real_fault_still_names_the_fault(tmp_path: Path)
     assert _sites(result)[target.name]["reason"] == "Cells.csv line 4, column AreaShape_Area: 'abc' is not a number"
 
 
+@pytest.mark.parametrize(("column", "value", "reason"), [
+    ("AreaShape_Area", "abc", "Cells.csv line 7, column AreaShape_Area: 'abc' is not a number"),
+    ("ObjectNumber", "1.5", "Cells.csv line 7: ObjectNumber '1.5' is not an integer key (0 to 2^53)"),
+])
+def test_the_line_named_counts_quoted_values_across_lines(tmp_path: Path, column: str, value: str, reason: str) -> None:
+    """A quoted value spanning lines once shifted the line a reason names (it counted physical lines as rows)."""
+    plate_dir = faults.small_plate(tmp_path, cells=20)
+    target = faults.site(plate_dir, "A01", 2)
+    rows = faults.read_rows(target / "Cells.csv")
+    rows = [[*r, note] for r, note in zip(rows, ["Metadata_Note", "two\nlines", "three\nmore\nlines", *[""] * len(rows)])]
+    rows[3][rows[0].index(column)] = value  # the third data row: after the header (1 line) and two rows of 2 and 3 lines
+    faults.write_rows(target / "Cells.csv", rows, raw=False)
+    result = _collate(tmp_path, plate_dir)
+    assert _sites(result)[target.name]["reason"] == reason
+
+
 def test_gzip_object_csvs_are_decompressed_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from cytoprofile.ingest import text
 

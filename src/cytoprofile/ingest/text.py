@@ -258,7 +258,12 @@ def record_problem(data: bytes, width: int, *, first_line: int) -> tuple[int, st
 
 
 def line_of_row(raw: bytes, header_lines: int, row: int) -> int:
-    """1-based line number in the file of data row ``row`` (0-based), blank lines skipped."""
+    """1-based line number in the file of data row ``row`` (0-based), blank lines skipped.
+
+    A quoted value may span lines: then the records are walked, and a row's line is where its record starts.
+    """
+    if b'"' in raw:
+        return _line_of_record(raw, header_lines, row)
     seen = -1
     for number, line in enumerate(raw.splitlines(), start=1):
         if number <= header_lines or not line.strip():
@@ -266,6 +271,22 @@ def line_of_row(raw: bytes, header_lines: int, row: int) -> int:
         seen += 1
         if seen == row:
             return number
+    return header_lines + row + 1
+
+
+def _line_of_record(raw: bytes, header_lines: int, row: int) -> int:
+    reader = csv.reader(_io.StringIO(raw.decode("utf-8", "replace"), newline=""))
+    seen, start = -1, 1
+    try:
+        for number, record in enumerate(reader, start=1):
+            first, start = start, reader.line_num + 1
+            if number <= header_lines or (len(record) <= 1 and not "".join(record).strip()):  # a blank line
+                continue
+            seen += 1
+            if seen == row:
+                return first
+    except csv.Error:  # a file the reader cannot walk (a NUL byte): count lines
+        pass
     return header_lines + row + 1
 
 
