@@ -76,6 +76,33 @@ def test_a_same_size_edit_rebuilds_the_plate(tmp_path: Path) -> None:
     assert collate_plate(tmp_path / "ws", BATCH, PLATE).status == "skipped"
 
 
+@pytest.mark.parametrize("how", ["touch -d", "replaced by a copy"])
+def test_a_same_size_edit_that_puts_the_mtime_back_rebuilds_the_plate(tmp_path: Path, how: str) -> None:
+    """An edit keeping the size whose old mtime is put back (``touch -d``, ``cp -p`` of another version) once
+    reused the recorded digest: the re-run skipped the plate and kept the old profiles."""
+    plate_dir = faults.small_plate(tmp_path, wells=2, sites=2, cells=5)
+    _age(tmp_path / "analysis")
+    first = collate_plate(tmp_path, BATCH, PLATE)
+    assert first.status == "done"
+    before = io.read_table(first.outputs["profiles"])
+    cells = faults.site(plate_dir, "A01", 1) / "Cells.csv"
+    st = cells.stat()
+    if how == "touch -d":
+        _edit_keeping_size(cells, "AreaShape_Area")
+    else:
+        copy = cells.with_name("Cells.csv.new")
+        shutil.copy(cells, copy)
+        _edit_keeping_size(copy, "AreaShape_Area")
+        copy.replace(cells)
+    os.utime(cells, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (cells.stat().st_size, cells.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    again = collate_plate(tmp_path, BATCH, PLATE)
+    assert again.status == "done", "the edit is seen"
+    after = io.read_table(again.outputs["profiles"])
+    assert after.loc[0, "Cells_AreaShape_Area"] != before.loc[0, "Cells_AreaShape_Area"]
+    assert collate_plate(tmp_path, BATCH, PLATE).status == "skipped"
+
+
 def test_an_unchanged_rerun_skips_without_hashing_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     plate_dir = faults.small_plate(tmp_path, wells=2, sites=2, cells=5)
     _age(tmp_path / "analysis")
@@ -85,7 +112,7 @@ def test_an_unchanged_rerun_skips_without_hashing_again(tmp_path: Path, monkeypa
     assert first.status == "done" and calls["hashed"] == 0
     recorded = first.report["input_files"]["files"]
     assert len(recorded) == _files(plate_dir)
-    assert all(len(entry) == 3 and isinstance(entry[2], str) for entry in recorded.values())
+    assert all(len(entry) == 5 and isinstance(entry[2], str) for entry in recorded.values())
     assert {rel: e[2] for rel, e in recorded.items()} == {rel: file_digest(str(plate_dir / rel)) for rel in recorded}
     calls["hashed"] = 0
     assert collate_plate(tmp_path, BATCH, PLATE).status == "skipped"
@@ -149,10 +176,11 @@ def test_a_file_changed_after_the_build_read_it_is_recorded_as_read(tmp_path: Pa
     _age(tmp_path / "analysis")
     cells = faults.site(plate_dir, "A01", 1) / "Cells.csv"
     st = cells.stat()
-    read = {os.path.abspath(cells): (st.st_size, st.st_mtime_ns, time.time_ns(), "digest-of-what-was-read")}
+    read = {os.path.abspath(cells): (st.st_size, st.st_mtime_ns, time.time_ns(), "digest-of-what-was-read",
+                                     st.st_ctime_ns, st.st_ino)}
     cells.write_text(cells.read_text() + cells.read_text().splitlines()[1] + "\n")
     state = plan.input_state(tmp_path, BATCH, PLATE, read=read)
     rel = os.path.relpath(cells, plate_dir)
-    assert state.files[rel] == [st.st_size, st.st_mtime_ns, "digest-of-what-was-read"]
+    assert state.files[rel] == [st.st_size, st.st_mtime_ns, "digest-of-what-was-read", st.st_ctime_ns, st.st_ino]
     again = plan.input_state(tmp_path, BATCH, PLATE, report=state.record())
     assert again.digest != state.digest and again.hashed >= 1

@@ -40,11 +40,12 @@ def bytes_digest(raw: bytes) -> str:
 
 class ReadDigests:
     """While active, the digests of files read whole under ``root`` (by :func:`note_read`), so a first build
-    records its inputs without reading their bytes a second time: path -> (size, mtime_ns, when read, digest)."""
+    records its inputs without reading their bytes a second time: path -> (size, mtime_ns, when read, digest,
+    ctime_ns, inode)."""
 
     def __init__(self, root: str) -> None:
         self.root = os.path.abspath(root) + os.sep
-        self.digests: dict[str, tuple[int, int, int, str]] = {}
+        self.digests: dict[str, tuple[int, int, int, str, int, int]] = {}
 
     def __enter__(self) -> ReadDigests:
         with _LOCK:
@@ -69,7 +70,7 @@ def note_read(path: str, st: os.stat_result, raw: bytes, read_ns: int) -> None:
     with _LOCK:
         wanted = [r for r in _ACTIVE if full.startswith(r.root)]
     if wanted:
-        entry = (st.st_size, st.st_mtime_ns, read_ns, bytes_digest(raw))
+        entry = (st.st_size, st.st_mtime_ns, read_ns, bytes_digest(raw), st.st_ctime_ns, st.st_ino)
         with _LOCK:
             for r in wanted:
                 r.digests[full] = entry

@@ -111,10 +111,16 @@ class InputState:
 
 
 def _reusable(entry: Any, st: os.stat_result, recorded_ns: int | None) -> bool:
-    """A recorded digest still stands: same size and mtime, and the mtime not too close to the recording."""
-    if not isinstance(entry, list) or len(entry) != 3 or not isinstance(entry[2], str) or recorded_ns is None:
+    """A recorded digest still stands: same size, mtime, ctime and inode (as git's index checks: an edit
+    that puts the old mtime back, ``touch -d``, still moves the ctime), and the mtime not too close to the
+    recording. Entries of older reports (no ctime) are hashed again once."""
+    if not isinstance(entry, list) or len(entry) != 5 or not isinstance(entry[2], str) or recorded_ns is None:
         return False
-    return entry[0] == st.st_size and entry[1] == st.st_mtime_ns and st.st_mtime_ns < recorded_ns - _RACY_NS
+    return (entry[0], entry[1], entry[3], entry[4]) == _stamp(st) and st.st_mtime_ns < recorded_ns - _RACY_NS
+
+
+def _stamp(st: os.stat_result) -> tuple[int, int, int, int]:
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
 
 
 def _hash_or_none(path: str) -> str | None:
@@ -132,12 +138,13 @@ def plate_files(ws: str | os.PathLike[str], batch: str, plate: str) -> set[str]:
 
 
 def input_state(ws: str | os.PathLike[str], batch: str, plate: str, *, report: dict[str, Any] | None = None,
-                threads: int = 2, read: dict[str, tuple[int, int, int, str]] | None = None,
+                threads: int = 2, read: dict[str, tuple[int, int, int, str, int, int]] | None = None,
                 seen: set[str] | None = None) -> InputState:
     """Every file under the plate's analysis folder by size, mtime and content digest, as git's index does:
-    a file whose size and mtime equal the last build's record reuses its digest, every other one is hashed
+    a file whose size, mtime, ctime and inode equal the last build's record reuses its digest, every other one is hashed
     (streamed). So a re-run rebuilds when a file was added, removed or changed, even keeping its size.
-    ``read`` (absolute path -> size, mtime_ns, when read, digest: :class:`~cytoprofile.digest.ReadDigests`) gives
+    ``read`` (absolute path -> size, mtime_ns, when read, digest, ctime_ns, inode:
+    :class:`~cytoprofile.digest.ReadDigests`) gives
     the digests of files the build just read, taken from the bytes it read (trusted as a recorded one is).
     ``seen`` (:func:`plate_files` before the build): a file not among them appeared while the build ran, so
     the build never considered it; it is recorded as such (never as read), and the next run rebuilds."""
@@ -169,9 +176,11 @@ def input_state(ws: str | os.PathLike[str], batch: str, plate: str, *, report: d
         elif not stat.S_ISREG(st.st_mode):
             files[rel] = [-2, None, None]  # not a regular file: named by the read pass, never opened here
         elif rel in fresh:  # what the build read, as it was then: changed since, it differs from its record
-            files[rel] = [fresh[rel][0], fresh[rel][1], fresh[rel][3]]
+            size, mtime, _, digest, ctime, inode = fresh[rel]
+            files[rel] = [size, mtime, digest, ctime, inode]
         else:
-            files[rel] = [st.st_size, st.st_mtime_ns, digests[rel] if rel in digests else known[rel][2]]
+            files[rel] = [st.st_size, st.st_mtime_ns, digests[rel] if rel in digests else known[rel][2],
+                          st.st_ctime_ns, st.st_ino]
     for rel in appeared:
         files[rel] = [-3, None, None]  # appeared during the build: never read, so never taken as read
     # a record is trusted only for files last modified well before it was made: before the first read, here
