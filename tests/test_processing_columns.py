@@ -69,3 +69,13 @@ def test_a_failing_block_raises_its_error() -> None:
 
     with pytest.raises(ValueError, match="block 64"):
         columns.each_block(200, work)
+
+
+def test_one_cell_count_everywhere_leaves_centred_values_without_a_warning() -> None:
+    import warnings
+
+    y = np.arange(12, dtype=np.float64).reshape(6, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        resid = columns.cell_count_residuals(y, np.full(6, 500.0))
+    np.testing.assert_allclose(resid, y - y.mean(axis=0))

@@ -92,7 +92,8 @@ def cell_count_residuals(y: np.ndarray, count: np.ndarray) -> np.ndarray:
     use = np.isfinite(y) & has_count[:, None]
     if use.all():  # the usual case: one centred count, a matrix-vector product
         dc = count - count.mean()
-        slope = (dc @ y) / (dc @ dc)
+        with np.errstate(invalid="ignore", divide="ignore"):  # one count everywhere: no slope (0)
+            slope = (dc @ y) / (dc @ dc)
         slope = np.where(np.isfinite(slope), slope, 0.0)
         resid = y - y.mean(axis=0)
         resid -= np.outer(dc, slope)
