@@ -284,3 +284,24 @@ def test_a_run_without_a_terminal_on_stdin_is_not_a_crash(tmp_path: Path, stdin:
                           capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(SRC)})
     assert done.returncode == 1, done.stderr
     assert "internal error" not in done.stderr and str(missing) in done.stderr
+
+
+@pytest.mark.parametrize("plates", [["recipe"], ["P1", "P2"]])
+def test_a_failed_run_marks_the_bars_it_leaves_unfilled(monkeypatch: pytest.MonkeyPatch, plates: list[str]) -> None:
+    """A command that fails mid-way leaves its last frame saying which bars stopped, not a bar
+    frozen part-way as if still at work; a bar that filled is left as it is."""
+    from cytoprofile.cli import common
+
+    out = io.StringIO()
+    monkeypatch.setattr(common, "console", Console(file=out, force_terminal=True, width=100, color_system=None))
+    with pytest.raises(RuntimeError), common.plate_progress(plates, False, unit=None) as update:
+        update(plates[0], 1, 3)
+        if len(plates) > 1:
+            update(plates[1], 2, 2)
+        raise RuntimeError("a plate failed")
+    last = out.getvalue().split("\x1b[2K")[-len(plates) - 1:]  # the final frame's lines
+    text = "".join(last)
+    assert f"{plates[0]} (stopped)" in text
+    if len(plates) > 1:
+        assert "P2 (stopped)" not in text and "P2" in text
+        assert "all 2 plates (stopped)" in text

@@ -223,6 +223,13 @@ def plate_progress(plates: list[str], quiet: bool, unit: str | None = "sites") -
     with _no_control_echo():
         try:
             yield update
+        except BaseException:  # the last frame says which bars will not fill, rather than stopping mid-way silently
+            for plate, task in tasks.items():
+                if done[plate] < totals[plate]:
+                    progress.update(task, description=f"{plate} (stopped)")
+            if overall is not None:
+                progress.update(overall, description=f"all {len(plates)} plates (stopped)")
+            raise
         finally:
             if started:
                 progress.stop()
