@@ -122,3 +122,33 @@ def test_jobs_below_one_are_refused(jobs: float) -> None:
 
     with pytest.raises(InputError, match="--jobs"):
         run_plates(lambda task, options, progress: task, [1, 2], {}, jobs=jobs)  # type: ignore[arg-type]
+
+
+def _message(key: str, seq: int) -> dict[str, object]:
+    return {"key": key, "seq": seq, "name": "cytoprofile.test", "levelno": logging.WARNING,
+            "levelname": "WARNING", "msg": f"{key}: warning {seq}", "created": 0.0}
+
+
+@pytest.mark.parametrize("live", [[2, 0], [1, 3], [3, 2, 1, 0], []])
+def test_the_dask_relay_prints_each_task_s_records_once_in_order(live: list[int]) -> None:
+    """Live records that arrive out of order, or some never, are printed once each and in the
+    task's order: an overtaking record waits for the earlier ones its task's result brings."""
+    from cytoprofile.executor import _DaskRelay
+
+    recorder = _Recorder()
+    logger = logging.getLogger("cytoprofile")
+    logger.addHandler(recorder)
+    try:
+        relay = _DaskRelay(recorder.progress)
+        for seq in live:
+            relay.event(_message("P1", seq))
+            relay.event(_message("P2", seq))
+        relay.finish("P1", "P1", [_message("P1", s) for s in range(4)], None)
+        relay.event(_message("P1", 1))  # a late live copy after the result
+        relay.flush()
+    finally:
+        logger.removeHandler(recorder)
+    p1 = [m for p, m, *_ in recorder.seen if p == "P1" and m != "progress"]
+    assert p1 == [f"P1: warning {s}" for s in range(4)]
+    p2 = [m for p, m, *_ in recorder.seen if p == "P2" and m != "progress"]
+    assert p2 == [f"P2: warning {s}" for s in sorted(live)]  # a task with no result: flushed at the end, in order

@@ -331,15 +331,19 @@ def _run_dask(
     finally:
         client.unsubscribe_topic(topic)
         client.close()
+        relay.flush()
 
 
 class _DaskRelay:
-    """On the client: prints workers' records once each and passes their progress on,
-    from the event thread (live) and the main thread (with each result), one at a time."""
+    """On the client: prints workers' records once each and in each task's order, and passes
+    their progress on, from the event thread (live) and the main thread (with each result),
+    one at a time. A live record that overtakes an earlier one waits for it (events may
+    arrive late or not at all; the result brings every record of its task)."""
 
     def __init__(self, progress: Progress | None) -> None:
         self.progress = progress
-        self.printed: set[tuple[str, int]] = set()
+        self.next_seq: dict[str, int] = {}
+        self.waiting: dict[str, dict[int, dict[str, Any]]] = {}
         self.finished: set[str] = set()
         self.lock = threading.Lock()
 
@@ -358,10 +362,26 @@ class _DaskRelay:
             if self.progress is not None:
                 self.progress(*(last or (plate, 1, 1)))
 
+    def flush(self) -> None:
+        """Print what still waits for a record that never came (a task that failed), in order."""
+        with self.lock:
+            for key, waiting in self.waiting.items():
+                for seq in sorted(waiting):
+                    replay(logging.makeLogRecord(waiting[seq]))
+                    self.next_seq[key] = seq + 1
+                waiting.clear()
+
     def _print(self, message: dict[str, Any]) -> None:
-        if (message["key"], message["seq"]) not in self.printed:
-            self.printed.add((message["key"], message["seq"]))
-            replay(logging.makeLogRecord(message))
+        key = message["key"]
+        expected = self.next_seq.get(key, 0)
+        if message["seq"] < expected:  # printed already (live, or by a retried attempt)
+            return
+        waiting = self.waiting.setdefault(key, {})
+        waiting[message["seq"]] = message
+        while expected in waiting:
+            replay(logging.makeLogRecord(waiting.pop(expected)))
+            expected += 1
+        self.next_seq[key] = expected
 
 
 def _default_timeouts() -> tuple[float, float]:
