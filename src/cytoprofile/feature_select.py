@@ -88,31 +88,29 @@ def _frequency_excluded_block(x: np.ndarray, freq_cut: float, unique_cut: float)
     n, d = x.shape
     if d == 0:
         return np.zeros(0, dtype=bool)
-    s = np.sort(x, axis=0)  # NaN sorts last
+    s = np.sort(np.ascontiguousarray(x.T), axis=1)  # a feature a row, NaN last
     valid = ~np.isnan(s)
-    starts = np.zeros_like(valid)
-    starts[0] = valid[0]
-    starts[1:] = valid[1:] & (s[1:] != s[:-1])
-    n_unique = starts.sum(axis=0)
-    n_valid = valid.sum(axis=0)
-    # run lengths: positions of run starts in column-major order
-    flat = starts.T.ravel()
-    pos = np.flatnonzero(flat)
+    starts = valid.copy()
+    starts[:, 1:] &= s[:, 1:] != s[:, :-1]
+    n_unique = starts.sum(axis=1)
+    n_valid = valid.sum(axis=1)
+    # run lengths, feature after feature; each feature's runs are one contiguous segment
+    pos = np.flatnonzero(starts)
     col = pos // n
-    col_end = col * n + n_valid[col]
     nxt = np.append(pos[1:], np.iinfo(np.int64).max)
-    lengths = np.minimum(nxt, col_end) - pos
-    # two largest run lengths per column
-    order = np.lexsort((-lengths, col))
-    col_sorted = col[order]
-    len_sorted = lengths[order]
-    first_idx = np.searchsorted(col_sorted, np.arange(d), side="left")
+    lengths = np.minimum(nxt, col * n + n_valid[col]) - pos
+    has1 = n_unique >= 1
+    has2 = n_unique >= 2
     top1 = np.zeros(d)
     top2 = np.zeros(d)
-    has1 = n_unique >= 1
-    top1[has1] = len_sorted[first_idx[has1]]
-    has2 = n_unique >= 2
-    top2[has2] = len_sorted[first_idx[has2] + 1]
+    if has1.any():
+        segments = np.searchsorted(col, np.flatnonzero(has1))
+        top1[has1] = np.maximum.reduceat(lengths, segments)
+        first_max = np.flatnonzero(lengths == top1[col])  # then the second largest: the largest of the rest
+        first_max = first_max[np.r_[True, col[first_max[1:]] != col[first_max[:-1]]]]
+        rest = lengths.copy()
+        rest[first_max] = 0
+        top2[has1] = np.maximum.reduceat(rest, segments)
     ratio = np.where(has2, top2 / np.where(has1, top1, 1.0), 0.0)
     unique_ratio = n_unique / n if n else np.zeros(d)
     return (ratio < freq_cut) | (unique_ratio < unique_cut)

@@ -87,17 +87,19 @@ def _distinct_counts(block: np.ndarray) -> np.ndarray:
 
 def cell_count_residuals(y: np.ndarray, count: np.ndarray) -> np.ndarray:
     """Residuals of ``y ~ 1 + count`` per column (float64), fitted on the rows where both are present;
-    other rows keep their value."""
+    other rows keep their value. ``y`` (float64) is the caller's work space: it may be changed."""
     has_count = np.isfinite(count)
-    use = np.isfinite(y) & has_count[:, None]
-    if use.all():  # the usual case: one centred count, a matrix-vector product
+    if has_count.all():  # the usual case: column sums (no BLAS: it would fight each_block's threads), in place
         dc = count - count.mean()
-        with np.errstate(invalid="ignore", divide="ignore"):  # one count everywhere: no slope (0)
-            slope = (dc @ y) / (dc @ dc)
-        slope = np.where(np.isfinite(slope), slope, 0.0)
-        resid = y - y.mean(axis=0)
-        resid -= np.outer(dc, slope)
-        return resid
+        y_sum = y.sum(axis=0)
+        dc_y = (dc[:, None] * y).sum(axis=0)
+        if np.isfinite(y_sum).all() and np.isfinite(dc_y).all():  # else a missing or infinite value
+            with np.errstate(invalid="ignore", divide="ignore"):  # one count everywhere: no slope (0)
+                slope = dc_y / (dc @ dc)
+            y -= y_sum / len(count)
+            y -= dc[:, None] * np.where(np.isfinite(slope), slope, 0.0)
+            return y
+    use = np.isfinite(y) & has_count[:, None]
     n = use.sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
         c_mean = np.where(use, count[:, None], 0).sum(axis=0) / n

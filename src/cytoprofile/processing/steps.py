@@ -328,8 +328,10 @@ def regress_cell_count(
     def regress(s: int) -> None:
         block = x[:, s : s + BLOCK]
         chosen = more_distinct_than(block, min_unique)
-        if chosen.any():
-            block[:, chosen] = cell_count_residuals(block[:, chosen].astype(np.float64), c).astype(np.float32)
+        if chosen.all():
+            block[:] = cell_count_residuals(block.astype(np.float64), c)
+        elif chosen.any():
+            block[:, chosen] = cell_count_residuals(block[:, chosen].astype(np.float64), c)
             regressed[s : s + BLOCK] = chosen
 
     each_block(x.shape[1], regress)
