@@ -564,3 +564,21 @@ def test_aggregate_only_with_other_options_re_aggregates_and_says_so(
     np_cols = [c for c in expected.columns if not c.startswith("Metadata_")]
     assert np.allclose(got[np_cols].to_numpy(float), expected[np_cols].to_numpy(float), rtol=1e-4, equal_nan=True)
     assert collate_plate(tmp_path, "BATCH1", "P1", aggregate_only=True, **{**first, **then}).status == "skipped"
+
+
+def test_strict_fails_a_current_build_that_quarantined_sites(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A build that quarantined a site, re-run with --strict, fails as a first --strict build does (not
+    "skipped" with exit 0); without --strict it is still skipped."""
+    from cytoprofile.cli import main
+
+    ws = tmp_path / "ws"
+    synth(ws, plates=["P1"], wells=96, well_subset=2, sites=2, cells=5, features=4)
+    (ws / "analysis/BATCH1/P1/analysis/P1-A02-1/Cells.csv").write_text("")
+    assert main(["collate", str(ws), "BATCH1", "P1", "-q"]) == 0
+    built = sorted(p.name for p in (ws / "backend/BATCH1/P1").iterdir())
+    capsys.readouterr()
+    assert main(["collate", str(ws), "BATCH1", "P1", "--strict", "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "P1-A02-1" in err and "--strict" in err and "Traceback" not in err
+    assert sorted(p.name for p in (ws / "backend/BATCH1/P1").iterdir()) == built  # the build is left as it was
+    assert collate_plate(ws, "BATCH1", "P1").status == "skipped"

@@ -267,3 +267,14 @@ def test_a_hot_journal_beside_a_linked_run_file_s_target_is_refused(tmp_path: Pa
     assert main(["collate", str(db_ws), BATCH, "P1", "-q"]) == 1
     assert "-journal beside it" in capsys.readouterr().err
     assert not list((db_ws / "backend").rglob("P1.*"))
+
+
+def test_strict_fails_a_current_build_that_left_rows_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Built without --strict (rows left out, reported), a --strict re-run fails rather than skipping with exit 0
+    (the route reads its files again on every run)."""
+    ws = _faulty(tmp_path, "objects of no image")
+    run_export(ws, "P1")
+    capsys.readouterr()
+    assert main(["collate", str(ws), BATCH, "P1", "--strict", "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "ImageNumber 999" in err and "drop --strict" in err and "Traceback" not in err

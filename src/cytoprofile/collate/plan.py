@@ -12,12 +12,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..digest import file_digest
+from ..errors import QuarantineError
 from ..layout import Workspace, profiles_name, report_name, single_cell_name, sqlite_name
 from ..remote import list_etags
 from .cells import CELL_OPTIONS
 from .outputs import kind_label, kind_of
 
-__all__ = ['INPUTS_CHANGED', 'InputState', 'Plan', 'build_options', 'input_fingerprint', 'input_state', 'listing_digest',
+__all__ = ['INPUTS_CHANGED', 'InputState', 'Plan', 'build_options', 'check_strict', 'input_fingerprint', 'input_state', 'listing_digest',
            'plan_build', 'plate_files', 'remote_state']
 
 log = logging.getLogger("cytoprofile.collate")
@@ -84,6 +85,16 @@ def plan_build(plate: str, report: dict[str, Any] | None, trusted: dict[str, str
         log.info("%s: keeping %s of the last build (still current)", plate,
                  ", ".join(sorted({kind_label(plate, n) for n in kept})))
     return Plan(skip=False, kinds=kinds, kept=kept)
+
+
+def check_strict(plate: str, report: dict[str, Any] | None, *, strict: bool) -> None:
+    """A current build that quarantined sites does not pass ``strict`` by being skipped (exit 1, as its build did)."""
+    quarantined = [s for s in (report or {}).get("sites") or () if s.get("status") != "ok"]
+    if strict and quarantined:
+        raise QuarantineError(
+            f"{plate}: the current build has {len(quarantined)} quarantined site(s) (first: {quarantined[0]['site']}: "
+            f"{quarantined[0].get('reason')}); fix the files and re-run (it rebuilds the plate), or drop --strict"
+        )
 
 
 #: a file modified this close to the moment its state was recorded may have changed within the filesystem's

@@ -42,7 +42,7 @@ from .outputs import (
     plate_outputs,
     trusted_outputs,
 )
-from .plan import build_options, input_state, plan_build, plate_files
+from .plan import build_options, check_strict, input_state, plan_build, plate_files
 from .read import build_plate
 from .reaggregate import aggregate_only
 from .staging import collate_export_remote, collate_remote, publish_plate, remote_export_files
@@ -146,6 +146,7 @@ def _collate_local(ws: str, batch: str, plate: str, *, wait: bool, progress: Pro
         plan = plan_build(plate, report, trusted, {**build_options(options), **({"inputs": inputs.digest} if inputs else {})},
                           overwrite=options["overwrite"], rebuild_reason=options["rebuild_reason"])
         if plan.skip:
+            check_strict(plate, report, strict=options["strict"])
             return PlateResult(batch, plate, "skipped", "complete outputs exist (use --overwrite to rebuild)",
                                outputs, report, seconds=time.perf_counter() - start)
         seen = plate_files(ws, batch, plate) if later else None

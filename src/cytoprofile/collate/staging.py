@@ -32,7 +32,7 @@ from .outputs import (
     remote_sizes,
     trusted_outputs,
 )
-from .plan import build_options, plan_build, remote_state
+from .plan import build_options, check_strict, plan_build, remote_state
 from .read import build_plate
 from .reaggregate import aggregate_only, aggregation_changes, say_reaggregating
 
@@ -106,6 +106,7 @@ def collate_remote(ws: str, batch: str, plate: str, *, tmp_dir: str | None, prog
     inputs = remote_state(ws, batch, plate)
     plan = plan_build(plate, report, trusted, {**build_options(options), "inputs": inputs.digest}, overwrite=options["overwrite"])
     if plan.skip:
+        check_strict(plate, report, strict=options["strict"])
         return PlateResult(batch, plate, "skipped", "complete outputs exist (use --overwrite to rebuild)", outputs, report,
                            seconds=time.perf_counter() - start)
     with workspace.staged(ws, tmp_dir=tmp_dir, prefix=plate) as copy:
