@@ -51,7 +51,7 @@ def check_image(scan: SiteScan, image: pa.Table, strata: Sequence[str], plate: s
     had_plate = "Metadata_Plate" in image.column_names
     before = set(image.column_names)
     disagreements = _folder_disagreements(image, scan.name, plate)
-    image, problem = fill_metadata(image, scan.name, plate, notes=scan.notes)
+    image, problem = fill_metadata(image, scan.name, plate, notes=scan.notes, warnings=scan.warnings)
     if problem:
         scan.quarantine(problem, path)
         return
@@ -138,7 +138,8 @@ def _row_keys(image: pa.Table, strata: Sequence[str]) -> list[tuple[str, ...]]:
     return [tuple("" if v is None else str(v) for v in row) for row in zip(*cols)]
 
 
-def fill_metadata(image: pa.Table, site: str, plate: str, *, notes: list[str] | None = None) -> tuple[pa.Table, str | None]:
+def fill_metadata(image: pa.Table, site: str, plate: str, *, notes: list[str] | None = None,
+                  warnings: list[str] | None = None) -> tuple[pa.Table, str | None]:
     """Normalise well names; fill Metadata_Well/Site from the folder name ``PLATE-WELL-SITE`` and Metadata_Plate from the
     plate folder when Image.csv lacks them."""
     if "Metadata_Well" in image.column_names:
@@ -158,7 +159,36 @@ def fill_metadata(image: pa.Table, site: str, plate: str, *, notes: list[str] | 
     for column, value in fills.items():
         if column not in image.column_names:
             image = image.append_column(pa.field(column, pa.string()), pa.array([value] * image.num_rows, type=pa.string()))
-    return image, None
+    return _fill_empty_sites(image, fills.get("Metadata_Site"), notes, warnings), None
+
+
+def _fill_empty_sites(image: pa.Table, folder_site: str | None, notes: list[str] | None,
+                      warnings: list[str] | None) -> pa.Table:
+    """An empty Metadata_Site takes the folder name's site, said in the notes: left empty, the site could
+    not be told from another copy of it (a re-run's folder), whose cells would then count twice."""
+    if "Metadata_Site" not in image.column_names:
+        return image
+    values = image.column("Metadata_Site").to_pylist()
+    empty = [i for i, v in enumerate(values) if v is None or (isinstance(v, str) and not v.strip())]
+    if not empty:
+        return image
+    kind = image.schema.field("Metadata_Site").type
+    kind = pa.string() if pa.types.is_null(kind) else kind  # a column empty in every row
+    where = f"data row {empty[0] + 1}" + (f" and {len(empty) - 1} more" if len(empty) > 1 else "")
+    try:
+        filled = None if folder_site is None else pa.array([folder_site], type=pa.string()).cast(kind)[0].as_py()
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        filled = None
+    if filled is None:
+        if warnings is not None:
+            warnings.append(f"Metadata_Site is empty in Image.csv ({where}) and the folder name gives no site: "
+                         "another copy of this site cannot be found (fill Metadata_Site)")
+        return image
+    if notes is not None:
+        notes.append(f"Metadata_Site is empty in Image.csv ({where}): the folder name's {folder_site!r} is used")
+    for i in empty:
+        values[i] = filled
+    return image.set_column(image.column_names.index("Metadata_Site"), "Metadata_Site", pa.array(values, type=kind))
 
 
 def parse_image(scan: SiteScan, raw: bytes | None = None) -> pa.Table | None:

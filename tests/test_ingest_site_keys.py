@@ -1,0 +1,47 @@
+"""An empty Metadata_Site: filled from the site folder's name (and said), or warned about when the name gives none."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from cytoprofile.collate import collate_plate
+
+from . import faults
+from .faults import BATCH, PLATE
+
+
+def _sites_stored(result: object) -> list[object]:
+    with sqlite3.connect(result.outputs["sqlite"]) as db:  # type: ignore[attr-defined]
+        return [r[0] for r in db.execute("SELECT Metadata_Site FROM Image ORDER BY ImageNumber, TableNumber")]
+
+
+@pytest.mark.parametrize("empty", ["", " "])
+def test_an_empty_site_takes_the_folder_name_s_site(tmp_path: Path, empty: str) -> None:
+    plate_dir = faults.small_plate(tmp_path / "ws")
+    faults.set_image_value(faults.site(plate_dir, "A01", 2), "Metadata_Site", empty)
+    result = collate_plate(tmp_path / "ws", BATCH, PLATE)
+    assert result.status == "done", result.message
+    assert None not in _sites_stored(result) and empty not in _sites_stored(result)
+    entry = next(s for s in result.report["sites"] if s["site"] == f"{PLATE}-A01-2")  # type: ignore[index]
+    assert any("Metadata_Site is empty" in n and "'2' is used" in n for n in entry.get("notes", [])), entry
+    faults.assert_rows_accounted(result, plate_dir)
+
+
+def test_a_copy_of_a_site_with_empty_sites_is_found_or_warned_about(tmp_path: Path) -> None:
+    """A re-run's copy of a site beside it, both with Metadata_Site emptied: the copy, whose folder name gives
+    no site, is kept with a warning that its copies cannot be found, never silently (before: both stored, the
+    well's cells counted twice, no word)."""
+    plate_dir = faults.small_plate(tmp_path / "ws")
+    original = faults.site(plate_dir, "A01", 1)
+    copy = faults.copy_site(plate_dir, original, f"{PLATE}-A01-1 (rerun)")
+    faults.set_image_value(copy, "ExecutionTime_01Module", "9.5")
+    for folder in (original, copy):
+        faults.set_image_value(folder, "Metadata_Site", "")
+    result = collate_plate(tmp_path / "ws", BATCH, PLATE)
+    entry = next(s for s in result.report["sites"] if s["site"] == copy.name)  # type: ignore[index]
+    said = " ".join(entry.get("warnings", [])) + " " + str(entry.get("reason"))
+    assert "Metadata_Site is empty" in said and "cannot be found" in said, entry
+    faults.assert_rows_accounted(result, plate_dir)
