@@ -552,3 +552,27 @@ def test_two_sites_whose_image_csv_share_a_crc32_are_both_stored(tmp_path: Path)
         conn.close()
     assert numbers[0] == numbers[1] == len(sites)
     faults.assert_rows_accounted(result, plate_dir)
+
+
+@pytest.mark.parametrize("file_name", ["SPECKLES.CSV", "speckles.csv", "Speckles.csv"])
+def test_counts_and_links_check_a_table_in_any_case(tmp_path: Path, file_name: str) -> None:
+    """A file named SPECKLES.CSV or speckles.csv is the object Count_Speckles counts and Parent_Speckles
+    links to: a cut file, or a link to no such object, is caught as it is for Speckles.csv (before: stored
+    as it was, exit 0)."""
+    plate_dir = _plate(tmp_path)
+    for folder in sorted(plate_dir.iterdir()):
+        faults.add_object_table(folder, "Speckles")
+        (folder / "Speckles.csv").rename(folder / f"{file_name}.tmp")
+        (folder / f"{file_name}.tmp").rename(folder / file_name)
+    cut = faults.site(plate_dir, "A01", 1)
+    rows = read_rows(cut / file_name)
+    write_rows(cut / file_name, rows[:3])
+    linked = faults.site(plate_dir, "A02", 1)
+    cells = read_rows(linked / "Cells.csv")
+    write_rows(linked / "Cells.csv", [[*cells[0], "Parent_Speckles"], [*cells[1], "99"],
+                                      *[[*r, "1"] for r in cells[2:]]])
+    entries = _sites(collate_plate(tmp_path, BATCH, PLATE))
+    assert entries[cut.name]["status"] == "quarantined"
+    assert "has 2 rows for ImageNumber" in entries[cut.name]["reason"], entries[cut.name]
+    assert entries[linked.name]["status"] == "quarantined"
+    assert "Parent_Speckles 99" in entries[linked.name]["reason"], entries[linked.name]

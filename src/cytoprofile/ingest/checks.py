@@ -52,10 +52,9 @@ def site_checks(objects: dict[str, np.ndarray], union: dict[str, list[str]], ima
     if mode == "off":
         return None, []
     problems: list[tuple[str, str]] = []
-    names = set(image.column_names)
     for table, a in objects.items():
-        count = f"Count_{table}"
-        if count not in names:
+        count = _count_column(image, table)
+        if count is None:
             continue
         expected = dict(zip(image.column("ImageNumber").to_pylist(), image.column(count).to_pylist()))
         found = Counter(a[:, 0].astype(np.int64).tolist())
@@ -64,10 +63,13 @@ def site_checks(objects: dict[str, np.ndarray], union: dict[str, list[str]], ima
                 problems.append((table, f"{table} has {found.get(number, 0)} rows for ImageNumber {number} but Image.csv "
                                         f"{count} says {_as_written(want)}"))
                 break
+    by_case = {t.lower(): t for t in objects}  # a file named SPECK.CSV is the table Parent_Speck links to
     for table, a in objects.items():
         for j, column in enumerate(union[table]):
             other = column[len("Parent_"):] if column.startswith("Parent_") else None
-            if other is None or other not in objects:
+            if other is not None and other not in objects:
+                other = by_case.get(other.lower())
+            if other is None:
                 continue
             parents = a[:, j]
             linked = ~np.isnan(parents) & (parents != 0)
@@ -83,6 +85,15 @@ def site_checks(objects: dict[str, np.ndarray], union: dict[str, list[str]], ima
     if mode == "error" and problems:
         return problems[0], []
     return None, [p for _, p in problems]
+
+
+def _count_column(image: pa.Table, table: str) -> str | None:
+    """Image.csv's ``Count_<table>``, matched as written or else in any case (file names may be SPECKLES.CSV)."""
+    exact = f"Count_{table}"
+    if exact in image.column_names:
+        return exact
+    wanted = exact.lower()
+    return next((c for c in image.column_names if c.lower() == wanted), None)
 
 
 def object_metadata_warnings(file: str, texts: pa.Table, image_numbers: np.ndarray, image: pa.Table) -> list[str]:
@@ -146,8 +157,8 @@ def absent_counts(tables: Sequence[str], image: pa.Table) -> list[tuple[str, str
         return []
     out = []
     for table in tables:
-        column = f"Count_{table}"
-        if column not in image.column_names:
+        column = _count_column(image, table)
+        if column is None:
             continue
         values = [(n, v) for n, v in zip(image.column("ImageNumber").to_pylist(), image.column(column).to_pylist())
                   if isinstance(v, (int, float)) and v == v and v > 0]
