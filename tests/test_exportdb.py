@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sqlite3
 import zlib
 from pathlib import Path
@@ -255,6 +257,27 @@ def test_rerun_skips_and_new_files_rebuild(tmp_path: Path) -> None:
     again = run_export(db_ws, "P1")
     assert len(again["report"]["export_database"]["files"]) == 1
     assert_accounted(files[:1], [again])
+
+
+@pytest.mark.parametrize("how", ["mtime put back", "replaced by a copy"])
+def test_a_same_size_edit_with_its_mtime_put_back_rebuilds(tmp_path: Path, how: str) -> None:
+    """A value changed in a file of the same size whose mtime is then restored (``touch -r``), or the file
+    replaced by an edited copy keeping the old mtime (``cp -p``): rebuilt, not skipped on size and mtime."""
+    db_ws, files = db_workspace(tmp_path, csv_workspace(tmp_path, long_name=False), "P1", table_prefix="")
+    run_export(db_ws, "P1")
+    before = os.stat(files[0])
+    edited = files[0] if how == "mtime put back" else str(tmp_path / "edited.sqlite")
+    if edited != files[0]:
+        shutil.copyfile(files[0], edited)
+    faults.run_sql(edited, 'UPDATE "Per_Cells" SET Cells_AreaShape_Area = 777777 WHERE rowid = 1')
+    if edited != files[0]:
+        os.replace(edited, files[0])
+    os.utime(files[0], ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert os.stat(files[0]).st_size == before.st_size
+    again = collate_export(db_ws, BATCH, "P1")
+    assert again.status == "done", again.message
+    with sqlite3.connect(again.outputs["sqlite"]) as db:
+        assert db.execute("SELECT count(*) FROM Cells WHERE Cells_AreaShape_Area = 777777").fetchone() == (1,)
 
 
 def test_cellprofiler_column_name_shortening() -> None:

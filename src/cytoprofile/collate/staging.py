@@ -247,7 +247,7 @@ def collate_export_remote(ws: str, batch: str, plate: str, *, sources: Sequence[
                              "give them with --export-db")
         with io.output_errors(scratch):
             result = collate_export(scratch, batch, plate, sources=local_sources, table_prefix=table_prefix,
-                                    progress=progress, **{**options, "tmp_dir": scratch})
+                                    progress=progress, staged=True, **{**options, "tmp_dir": scratch})
         if result.status == "done" and result.report is not None:
             urls = publish_plate(scratch, ws, batch, plate, result.report, before=set(trusted))
             log.info("%s: uploaded %d file(s) to %s", plate, len(urls), target)

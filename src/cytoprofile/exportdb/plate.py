@@ -45,17 +45,20 @@ def _once(paths: list[str]) -> list[str]:
     return list(seen.values())
 
 
-def _fingerprint(paths: Sequence[str], root: str) -> list[list[Any]]:
-    """Size and mtime of each file read, and of its write-ahead log when it has one (rows committed there
-    are read with the file but leave the file itself untouched)."""
+def _fingerprint(paths: Sequence[str], root: str, *, staged: bool) -> list[list[Any]]:
+    """Size, mtime, ctime and inode of each file read, and of its write-ahead log when it has one (rows
+    committed there are read with the file but leave the file itself untouched). ctime and inode catch
+    a same-size edit whose mtime was put back (``touch -r``, ``cp -p``, ``rsync -t`` of a re-export);
+    ``staged`` copies (fetched from object storage each run, their mtime the object's) have neither."""
     out = []
     for p in sorted(paths):
         st = os.stat(p)
-        out.append([source_name(p, root), st.st_size, st.st_mtime_ns])
+        out.append([source_name(p, root), st.st_size, st.st_mtime_ns, *([] if staged else [st.st_ctime_ns, st.st_ino])])
         log_path = side_file(p, "-wal")
         wal = os.stat(log_path) if os.path.isfile(log_path) else None
         if wal is not None and wal.st_size:  # an empty log holds no rows (SQLite leaves one after a read)
-            out.append([source_name(p, root) + "-wal", wal.st_size, wal.st_mtime_ns])
+            out.append([source_name(p, root) + "-wal", wal.st_size, wal.st_mtime_ns,
+                        *([] if staged else [wal.st_ctime_ns, wal.st_ino])])
     return out
 
 
@@ -81,6 +84,7 @@ def collate_export(
     sources: Sequence[str | os.PathLike[str]] | None = None,
     table_prefix: str | None = None,
     tmp_dir: str | None = None,
+    staged: bool = False,
     **options: Any,
 ) -> PlateResult:
     """Collate one plate from ExportToDatabase files into ``backend/BATCH/PLATE`` like the CSV route.
@@ -90,7 +94,8 @@ def collate_export(
     ``tmp_dir``), collated there by :func:`cytoprofile.collate.collate_plate` (``options``
     are its options) with the outputs in ``ws``; the report gains an ``export_database``
     section naming every row not in the backend. A re-run with the same files and
-    options is skipped; changed files rebuild.
+    options is skipped; changed files rebuild. ``staged``: the files are this run's copies of
+    objects on object storage (compared by size and the objects' modification time).
     """
     from ..collate import PlateResult, collate_plate, plate_outputs
 
@@ -103,7 +108,7 @@ def collate_export(
     if not paths:
         raise InputError(f"{Workspace(root).analysis_plate(batch, plate)}: no ExportToDatabase files (*.sqlite) found; "
                          "give them with --export-db")
-    fingerprint, call = _fingerprint(paths, root), _call_record(options, table_prefix)
+    fingerprint, call = _fingerprint(paths, root, staged=staged), _call_record(options, table_prefix)
     outputs = plate_outputs(root, batch, plate, backend=options.get("backend", ("sqlite",)),
                             profile_format=options.get("profile_format", "csv"))
     previous = _previous_run(outputs["report"]) if Path(outputs["report"]).exists() else {}
