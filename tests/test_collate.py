@@ -582,3 +582,18 @@ def test_strict_fails_a_current_build_that_quarantined_sites(tmp_path: Path, cap
     assert "P1-A02-1" in err and "--strict" in err and "Traceback" not in err
     assert sorted(p.name for p in (ws / "backend/BATCH1/P1").iterdir()) == built  # the build is left as it was
     assert collate_plate(ws, "BATCH1", "P1").status == "skipped"
+
+
+@pytest.mark.parametrize("damage", ["cut", "emptied"])
+def test_a_damaged_csv_profile_is_rebuilt_not_trusted(tmp_path: Path, damage: str) -> None:
+    """The per-well CSV cut or emptied after a build (its generation sidecar intact) is rebuilt on the
+    next run, as a damaged SQLite or Parquet output is (before: skipped, the damaged file kept, exit 0)."""
+    ws = tmp_path / "ws"
+    synth(ws, plates=["P1"], wells=96, well_subset=2, sites=1, cells=5, features=4)
+    first = collate_plate(ws, "BATCH1", "P1")
+    profile = Path(first.outputs["profiles"])
+    whole = profile.read_bytes()
+    profile.write_bytes(whole[:100] if damage == "cut" else b"")
+    again = collate_plate(ws, "BATCH1", "P1")
+    assert again.status == "done", again.message
+    assert profile.read_bytes() == whole

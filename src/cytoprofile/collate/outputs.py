@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .. import __version__, io
-from ..errors import InputError
+from ..errors import InputError, OutputError
 from ..ingest import (
     GENERATION_TABLE,
     IMAGE_TABLE,
@@ -179,9 +179,20 @@ def trusted_outputs(ws: str | os.PathLike[str], batch: str, plate: str) -> tuple
         return report, trusted
     for name, entry in listed.items():
         path = os.path.join(base, name)
-        if generation_of(path) == entry.get("generation"):
+        if generation_of(path) == entry.get("generation") and _whole(path, entry.get("bytes")):
             trusted[name] = path
     return report, trusted
+
+
+def _whole(path: str, recorded: object) -> bool:
+    """A file whose generation id is in a sidecar (a CSV profile) still has the size it was written with:
+    a cut or emptied file beside its intact sidecar is not vouched for (SQLite and Parquet carry the id inside)."""
+    if path.endswith((".sqlite", ".parquet")) or not isinstance(recorded, int):
+        return True
+    try:
+        return os.path.getsize(path) == recorded
+    except OSError:
+        return False
 
 
 def remote_sizes(prefix: str) -> dict[str, int]:
@@ -235,6 +246,12 @@ def commit_local(out_dir: str, plate: str, result: PlateResult, staging: str, *,
     """Swap a staged build into place: report removed first, outputs renamed, stale ones removed, report last."""
     report = result.report or {}
     report_path = os.path.join(out_dir, report_name(plate))
+    blocked = [os.path.join(out_dir, n) for n in sorted(os.listdir(staging))
+               if os.path.isdir(os.path.join(out_dir, n)) and not os.path.isdir(os.path.join(staging, n))]
+    if blocked:  # found before anything moves: the last build stays whole
+        shutil.rmtree(staging, ignore_errors=True)
+        raise OutputError(f"cannot write {blocked[0]}: a folder is in the way of that output file; move it away, "
+                          "then re-run (the last build is left as it was)")
     try:
         io.remove(report_path)  # from here until the new report, nothing of this plate is trusted
         for name in sorted(os.listdir(staging)):
