@@ -471,6 +471,21 @@ def _output_errno(exc: BaseException) -> int | None:
     return None
 
 
+def _in_the_way(exc: BaseException) -> str | None:
+    """A file where a folder of the outputs goes, or a folder where an output file goes (None: neither)."""
+    where = getattr(exc, "filename", None)
+    if not isinstance(exc, (NotADirectoryError, FileExistsError, IsADirectoryError)) or not where or is_remote(str(where)):
+        return None
+    if isinstance(exc, IsADirectoryError):
+        return f"{where} is a folder where an output file goes"
+    parts = Path(os.path.abspath(str(where))).parts
+    for i in range(1, len(parts) + 1):
+        place = os.path.join(*parts[:i])
+        if os.path.lexists(place) and not os.path.isdir(place):
+            return f"{place} is a file where a folder of the outputs goes"
+    return None
+
+
 @contextlib.contextmanager
 def output_errors(folder: str | os.PathLike[str]) -> Iterator[None]:
     """Turn "disk full", "read-only" and "permission denied" while writing under ``folder`` into an
@@ -480,6 +495,9 @@ def output_errors(folder: str | os.PathLike[str]) -> Iterator[None]:
     except CytoprofileError:
         raise
     except Exception as exc:
+        in_the_way = _in_the_way(exc)
+        if in_the_way is not None:
+            raise OutputError(f"cannot write to {folder}: {in_the_way}; move it away, then re-run") from exc
         code = _output_errno(exc)
         if code is None:
             raise
