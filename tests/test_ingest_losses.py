@@ -576,3 +576,16 @@ def test_counts_and_links_check_a_table_in_any_case(tmp_path: Path, file_name: s
     assert "has 2 rows for ImageNumber" in entries[cut.name]["reason"], entries[cut.name]
     assert entries[linked.name]["status"] == "quarantined"
     assert "Parent_Speckles 99" in entries[linked.name]["reason"], entries[linked.name]
+
+
+def test_a_site_folder_moved_into_another_is_said_on_the_terminal(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Its CSVs are not read (named in the report as in a subfolder), and a warning says so (before: report only)."""
+    plate_dir = _plate(tmp_path)
+    moved = faults.site(plate_dir, "A01", 1)
+    shutil.move(str(moved), str(faults.site(plate_dir, "A02", 1) / moved.name))
+    with caplog.at_level("WARNING", logger="cytoprofile"):
+        result = collate_plate(tmp_path, BATCH, PLATE)
+    assert result.status == "done", result.message
+    said = [r.getMessage() for r in caplog.records if "subfolders of site folders" in r.getMessage()]
+    assert len(said) == 1 and f"{PLATE}-A02-1/{moved.name}/" in said[0], caplog.text
+    faults.assert_rows_accounted(result, plate_dir)

@@ -144,6 +144,12 @@ def _say_not_stored(plate: str, scans: Sequence[Any]) -> None:
     if found:
         log.warning("%s: %d CSV file(s) of the sites are not stored (first: %s/%s: %s); listed with their sites in "
                     "the report", plate, len(found), *found[0])
+    nested = [(sc.name, entry) for sc in scans for entry, why in sorted(sc.not_read.items())
+              if why == "in a subfolder" and entry.lower().endswith((".csv", ".csv.gz"))]
+    if nested:  # CellProfiler writes no subfolders: most likely a site folder moved into another one
+        log.warning("%s: %d CSV file(s) in subfolders of site folders are not read (first: %s/%s); a site folder "
+                    "inside another? move it into the analysis folder; listed with their sites in the report",
+                    plate, len(nested), *nested[0])
 
 
 class _Writers:
