@@ -134,18 +134,30 @@ def unterminated_last_row(raw: bytes, name: str, header_lines: int) -> str | Non
             "value of that row may be short; copy the file again (CellProfiler ends every row with one)")
 
 
+#: characters that show as nothing (zero-width space and joiners, word joiner, a byte-order mark inside a line)
+_INVISIBLE = "\u200b\u200c\u200d\u2060\ufeff"
+
+
+def clean_name(name: str) -> str:
+    """A header name without the spaces and invisible characters around it (as it shows in a spreadsheet)."""
+    out = name.strip()
+    while out != (out := out.strip(_INVISIBLE).strip()):
+        pass
+    return out
+
+
 def read_header(path: str, lines: int = 1) -> list[list[str]]:
     """The header row(s). CellProfiler writes names bare: a quote that CSV rules would read as
     opening a field is taken literally when that is what makes the header as wide as the rows."""
     opener: Any = gzip.open if path.lower().endswith(".gz") else open
     with opener(path, "rt", encoding="utf-8-sig", newline="") as fh:
         text = [fh.readline() for _ in range(lines + 1)]
-    rows = [[c.strip() for c in next(csv.reader([line]), [])] for line in text[:lines]]
+    rows = [[clean_name(c) for c in next(csv.reader([line]), [])] for line in text[:lines]]
     first_data = text[lines].rstrip("\r\n")
     if first_data and '"' not in first_data:
         width = first_data.count(",") + 1
         for i, line in enumerate(text[:lines]):
-            bare = [c.strip() for c in line.rstrip("\r\n").split(",")]
+            bare = [clean_name(c) for c in line.rstrip("\r\n").split(",")]
             parsed_fits = len(rows[i]) == width and "" not in rows[i]
             if '"' in line and not parsed_fits and len(bare) == width:
                 rows[i] = bare
@@ -158,8 +170,9 @@ def padded_names(path: str, name: str, *, lines: int = 1) -> list[str]:
     opener: Any = gzip.open if path.lower().endswith(".gz") else open
     with opener(path, "rt", encoding="utf-8-sig", newline="") as fh:
         rows = [next(csv.reader([fh.readline()]), []) for _ in range(lines)]
-    return [f"{name}: column {position} of the header, {c!r}, read as {c.strip()!r} (spaces around the name removed)"
-            for row in rows for position, c in enumerate(row, start=1) if c != c.strip() and c.strip()]
+    return [f"{name}: column {position} of the header, {c!r}, read as {clean_name(c)!r} (spaces or invisible "
+            "characters around the name removed)"
+            for row in rows for position, c in enumerate(row, start=1) if c != clean_name(c) and clean_name(c)]
 
 
 #: UTF-16's byte-order marks (little- and big-endian)
