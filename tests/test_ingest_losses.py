@@ -589,3 +589,18 @@ def test_a_site_folder_moved_into_another_is_said_on_the_terminal(tmp_path: Path
     said = [r.getMessage() for r in caplog.records if "subfolders of site folders" in r.getMessage()]
     assert len(said) == 1 and f"{PLATE}-A02-1/{moved.name}/" in said[0], caplog.text
     faults.assert_rows_accounted(result, plate_dir)
+
+
+@pytest.mark.parametrize("mode", ["error", "warn"])
+def test_children_counts_show_rows_cut_from_a_file_image_csv_does_not_count(tmp_path: Path, mode: str) -> None:
+    """Image.csv without Count_Cytoplasm, Cytoplasm.csv cut at a line ending: Cells' Children_Cytoplasm_Count
+    adds up to more objects than the file holds, so the cut is caught (before: 16 of 19 stored, no word)."""
+    plate_dir = _plate(tmp_path)
+    for folder in sorted(plate_dir.iterdir()):
+        faults.keep_columns(folder, "Image", lambda c: c != "Count_Cytoplasm")
+    cut = faults.site(plate_dir, "A01", 1)
+    faults.drop_rows(cut, "Cytoplasm", 2)
+    entry = _sites(collate_plate(tmp_path, BATCH, PLATE, count_check=mode))[cut.name]
+    said = entry["reason"] if mode == "error" else " ".join(entry.get("warnings", []))
+    assert "Children_Cytoplasm_Count adds up to" in said, entry
+    assert entry["status"] == ("quarantined" if mode == "error" else "ok")

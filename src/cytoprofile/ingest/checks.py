@@ -82,9 +82,36 @@ def site_checks(objects: dict[str, np.ndarray], union: dict[str, list[str]], ima
                 problems.append((table, f"{table} row with ObjectNumber {int(a[row, 1])} (ImageNumber {int(a[row, 0])}) has "
                                         f"{column} {int(parents[row])}, but {other} has no such object in that image "
                                         f"({int(missing.sum())} such link(s))"))
+    problems += _children_problems(objects, union, by_case)
     if mode == "error" and problems:
         return problems[0], []
     return None, [p for _, p in problems]
+
+
+def _children_problems(objects: dict[str, np.ndarray], union: dict[str, list[str]],
+                       by_case: dict[str, str]) -> list[tuple[str, str]]:
+    """A parent table's ``Children_<X>_Count`` adding up, in an image, to more objects than X has there: X lost
+    rows (a file cut at a line ending, which its own row count cannot show when Image.csv has no Count_<X>)."""
+    out = []
+    for table, a in objects.items():
+        for j, column in enumerate(union[table]):
+            if not (column.startswith("Children_") and column.endswith("_Count")):
+                continue
+            child = column[len("Children_"):-len("_Count")]
+            child = child if child in objects else by_case.get(child.lower(), "")
+            counts = a[:, j]
+            if child not in objects or not len(counts) or np.isnan(counts).all():
+                continue
+            told = ~np.isnan(counts)
+            images, where = np.unique(a[told, 0].astype(np.int64), return_inverse=True)
+            claimed = np.bincount(where, weights=counts[told])
+            have = Counter(objects[child][:, 0].astype(np.int64).tolist())
+            short = [(int(n), c) for n, c in zip(images.tolist(), claimed.tolist()) if c > have.get(n, 0)]
+            if short:
+                n, c = short[0]
+                out.append((child, f"{child} has {have.get(n, 0)} rows for ImageNumber {n} but {table}'s {column} "
+                                   f"adds up to {_as_written(c)} (rows lost from the {child} file?)"))
+    return out
 
 
 def _count_column(image: pa.Table, table: str) -> str | None:
