@@ -181,10 +181,23 @@ def test_unknown_columns_stop_the_run_with_the_fix(tmp_path: Path, capsys: pytes
         path = ws / f"backend/B1/{plate}/{plate}.csv"
         df = io.read_table(path)
         df["Speckles_Area"] = 1.0
-        io.write_table(df, path)
+        io.write_table(df, path)  # a per-well table from elsewhere: no report of ours vouches for it
+        for ours in (path.with_name(f"{plate}.csv.generation"), path.with_name(f"{plate}.report.json")):
+            ours.unlink()
     assert main(["run", str(_config(ws, aggregate=False)), "-q"]) == 1
     err = capsys.readouterr().err
     assert "Speckles_Area" in err and "compartments:" in err
+
+
+def test_a_per_well_table_cut_after_collate_stops_the_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A per-well CSV cut after collate wrote it (its sidecar intact) is not profiled as if whole: one line, exit 1."""
+    ws = _workspace(tmp_path, speckles=False, wells=4)
+    path = ws / f"backend/B1/{PLATES[0]}/{PLATES[0]}.csv"
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:-1]))
+    assert main(["run", str(_config(ws, aggregate=False)), "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "changed since collate wrote it" in err and "Traceback" not in err
 
 
 # --- wells missing from the plate map ---

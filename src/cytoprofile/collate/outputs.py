@@ -219,8 +219,8 @@ def plate_profiles(ws: str | os.PathLike[str], batch: str, plate: str) -> str | 
     existing = [io.join(base, n) for n in names if io.exists(io.join(base, n))]
     if report is not None and report.get("outputs") is not None:
         if existing:
-            raise InputError(f"{existing[0]}: does not match {plate}.report.json (an interrupted or concurrent collate); "
-                             f"re-run `cytoprofile collate` for {plate}")
+            raise InputError(f"{existing[0]}: does not match {plate}.report.json (changed since collate wrote it, or "
+                             f"an interrupted or concurrent collate); re-run `cytoprofile collate` for {plate}")
         return None
     for path in existing:
         if io.is_remote(path) or generation_of(path) is None:
