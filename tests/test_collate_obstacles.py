@@ -67,3 +67,25 @@ def test_a_rebuild_with_a_folder_in_the_way_keeps_the_last_build(tmp_path: Path,
     _fails_in_one_line(ws, capsys, "--overwrite")
     after = {p.name: p.read_bytes() for p in plate.iterdir() if p.is_file()}
     assert after == before, "the last build's files (its report included) are left as they were"
+
+
+@pytest.mark.parametrize("target", ["a file of the user's", "nothing"])
+def test_a_link_at_the_lock_file_is_refused_and_its_target_left_alone(tmp_path: Path, target: str) -> None:
+    """A link where the plate's lock file goes: one line, exit 1 (before: a link to nothing made collate
+    retry forever; a link to a file had that file emptied and overwritten with a process id)."""
+    import subprocess
+    import sys
+
+    ws = _workspace(tmp_path)
+    victim = tmp_path / "precious.txt"
+    if target != "nothing":
+        victim.write_text("precious data\n")
+    lock = ws / "backend/BATCH1/.P1.lock"
+    lock.parent.mkdir(parents=True)
+    lock.symlink_to(victim)
+    run = subprocess.run([sys.executable, "-m", "cytoprofile", "collate", str(ws), "BATCH1", "P1", "-q"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1, run.stderr
+    assert "is a link where cytoprofile keeps its lock file" in run.stderr and "Traceback" not in run.stderr
+    assert (victim.read_text() == "precious data\n") if target != "nothing" else not victim.exists()
+    assert lock.is_symlink(), "the user's link is left for the user to remove"

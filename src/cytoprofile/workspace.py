@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
+import itertools
 import logging
 import os
 import shutil
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import io
-from .errors import CytoprofileError, InputError
+from .errors import CytoprofileError, InputError, OutputError
 from .layout import Workspace
 from .remote import list_entries
 from .vocabulary import spelling_note
@@ -209,12 +211,19 @@ def plate_lock(workspace: PathLike, batch: str, plate: str, *, wait: bool = Fals
     path = Workspace(str(workspace)).lock(batch, plate)
     batch_dir = Path(path).parent
     made = [p for p in (batch_dir.parent, batch_dir) if not p.exists()]
-    while True:
+    for attempt in itertools.count():
         batch_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # never through a link: a link there would have its target emptied
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         except FileNotFoundError:  # the folder was removed by a run finishing just now
-            continue
+            if attempt < 20:
+                continue
+            raise OutputError(f"cannot make the lock file {path}; check that folder, then re-run") from None
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+            raise OutputError(f"{path} is a link where cytoprofile keeps its lock file; remove the link "
+                              "(nothing of the plate is in it), then re-run") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
