@@ -16,6 +16,7 @@ OBSTACLES = {
     "file at the plate folder": ("backend/BATCH1/P1", "file"),
     "folder at the SQLite file": ("backend/BATCH1/P1/P1.sqlite", "folder"),
     "folder at the profiles": ("backend/BATCH1/P1/P1.csv", "folder"),
+    "folder at an output of another format": ("backend/BATCH1/P1/P1.parquet", "folder"),
 }
 
 

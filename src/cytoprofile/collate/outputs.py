@@ -246,17 +246,19 @@ def commit_local(out_dir: str, plate: str, result: PlateResult, staging: str, *,
     """Swap a staged build into place: report removed first, outputs renamed, stale ones removed, report last."""
     report = result.report or {}
     report_path = os.path.join(out_dir, report_name(plate))
-    blocked = [os.path.join(out_dir, n) for n in sorted(os.listdir(staging))
-               if os.path.isdir(os.path.join(out_dir, n)) and not os.path.isdir(os.path.join(staging, n))]
+    keep = set(report.get("outputs") or ()) | {n + SIDECAR for n in report.get("outputs") or ()}
+    staged = sorted(os.listdir(staging))
+    written = [n for n in staged if not os.path.isdir(os.path.join(staging, n))]
+    stale = [n for n in os.listdir(out_dir) if is_ours(plate, n) and n not in keep]
+    blocked = sorted(n for n in {*written, *stale} if os.path.isdir(os.path.join(out_dir, n)))
     if blocked:  # found before anything moves: the last build stays whole
         shutil.rmtree(staging, ignore_errors=True)
-        raise OutputError(f"cannot write {blocked[0]}: a folder is in the way of that output file; move it away, "
-                          "then re-run (the last build is left as it was)")
+        raise OutputError(f"cannot write {os.path.join(out_dir, blocked[0])}: a folder has the name of one of "
+                          f"{plate}'s output files; move it away, then re-run (the last build is left as it was)")
     try:
         io.remove(report_path)  # from here until the new report, nothing of this plate is trusted
-        for name in sorted(os.listdir(staging)):
+        for name in staged:
             os.replace(os.path.join(staging, name), os.path.join(out_dir, name))
-        keep = set(report["outputs"]) | {n + SIDECAR for n in report["outputs"]}
         remove_stale(out_dir, plate, keep=keep, before=before)
         io.write_json(report, report_path)
     finally:
