@@ -581,6 +581,8 @@ def test_strict_fails_a_current_build_that_quarantined_sites(tmp_path: Path, cap
     err = capsys.readouterr().err
     assert "P1-A02-1" in err and "--strict" in err and "Traceback" not in err
     assert sorted(p.name for p in (ws / "backend/BATCH1/P1").iterdir()) == built  # the build is left as it was
+    for extra in (["--aggregate-only"], ["--aggregate-only", "--overwrite"]):
+        assert main(["collate", str(ws), "BATCH1", "P1", "--strict", "-q", *extra]) == 1, extra
     assert collate_plate(ws, "BATCH1", "P1").status == "skipped"
 
 

@@ -133,6 +133,7 @@ def _collate_local(ws: str, batch: str, plate: str, *, wait: bool, progress: Pro
     with io.output_errors(out_dir), workspace.plate_lock(ws, batch, plate, wait=wait):
         io.remove_leftovers(out_dir)  # a killed run's temporary files (we hold the lock)
         if options["aggregate_only"]:
+            check_strict(plate, trusted_outputs(ws, batch, plate)[0], strict=options["strict"])
             return aggregate_only(ws, batch, plate, outputs, backend=options["backend"],
                                    operation=options["operation"], compartments=options["compartments"],
                                    image_features=options["image_features"],

@@ -99,6 +99,7 @@ def collate_remote(ws: str, batch: str, plate: str, *, tmp_dir: str | None, prog
     target = Workspace(str(ws)).backend(batch, plate)
     io.check_reachable(ws)
     if options["aggregate_only"]:
+        check_strict(plate, trusted_outputs(ws, batch, plate)[0], strict=options["strict"])
         return _aggregate_only_remote(ws, batch, plate, tmp_dir=tmp_dir, progress=progress, start=start, **options)
     workspace.find_plate(ws, batch, plate)
     io.remove_leftovers(target)
