@@ -45,3 +45,23 @@ def test_a_copy_of_a_site_with_empty_sites_is_found_or_warned_about(tmp_path: Pa
     said = " ".join(entry.get("warnings", [])) + " " + str(entry.get("reason"))
     assert "Metadata_Site is empty" in said and "cannot be found" in said, entry
     faults.assert_rows_accounted(result, plate_dir)
+
+
+def test_an_empty_site_of_one_image_among_several_is_warned_about_not_filled(tmp_path: Path) -> None:
+    """An Image.csv holding two images, the second with Metadata_Site empty: the folder's one site is not
+    given to both images (before: two images stored as the same site, a note only)."""
+    plate_dir = faults.small_plate(tmp_path / "ws")
+    folder = faults.site(plate_dir, "A01", 1)
+    faults.repeat_row(folder, "Image.csv")
+    rows = faults.read_rows(folder / "Image.csv")
+    header = rows[0]
+    rows[2][header.index("ImageNumber")] = str(int(rows[1][header.index("ImageNumber")]) + 1000)
+    rows[2][header.index("Metadata_Site")] = ""
+    for k, name in enumerate(header):
+        if name.startswith("Count_"):
+            rows[2][k] = "0"  # an image with no objects: the object files stay as they are
+    faults.write_rows(folder / "Image.csv", rows)
+    result = collate_plate(tmp_path / "ws", BATCH, PLATE)
+    entry = next(s for s in result.report["sites"] if s["site"] == folder.name)  # type: ignore[index]
+    assert any("holds 2 images" in w for w in entry.get("warnings", [])), entry
+    assert not any("is used" in n for n in entry.get("notes", [])), entry

@@ -179,10 +179,11 @@ def _fill_empty_sites(image: pa.Table, folder_site: str | None, notes: list[str]
         filled = None if folder_site is None else pa.array([folder_site], type=pa.string()).cast(kind)[0].as_py()
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         filled = None
-    if filled is None:
+    if filled is None or image.num_rows > 1:  # the folder names one site; several images are several sites
+        why = "the folder name gives no site" if filled is None else f"it holds {image.num_rows} images"
         if warnings is not None:
-            warnings.append(f"Metadata_Site is empty in Image.csv ({where}) and the folder name gives no site: "
-                         "another copy of this site cannot be found (fill Metadata_Site)")
+            warnings.append(f"Metadata_Site is empty in Image.csv ({where}) and {why}: another copy of this "
+                            "site cannot be found (fill Metadata_Site)")
         return image
     if notes is not None:
         notes.append(f"Metadata_Site is empty in Image.csv ({where}): the folder name's {folder_site!r} is used")
