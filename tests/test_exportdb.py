@@ -185,6 +185,10 @@ def test_single_per_object_table_with_unequal_counts(tmp_path: Path) -> None:
         frame = pd.read_csv(path)
         frame["Count_Cytoplasm"] -= 2
         frame.to_csv(path, index=False)
+    for path in csv_ws.glob(f"analysis/{BATCH}/P1/analysis/*/Cells.csv"):  # as CellProfiler would count them
+        frame = pd.read_csv(path)
+        frame.loc[frame.index[-2:], "Children_Cytoplasm_Count"] = 0
+        frame.to_csv(path, index=False)
     db_ws, files = db_workspace(tmp_path, csv_ws, "P1", files=1, layout="per_object")
     expected = collate_plate(csv_ws, BATCH, "P1")
     got = run_export(db_ws, "P1")
