@@ -140,9 +140,9 @@ _INVISIBLE = "\u200b\u200c\u200d\u2060\ufeff"
 
 def clean_name(name: str) -> str:
     """A header name without the spaces and invisible characters around it (as it shows in a spreadsheet)."""
-    out = name.strip()
-    while out != (out := out.strip(_INVISIBLE).strip()):
-        pass
+    out = name
+    while (cleaned := out.strip().strip(_INVISIBLE)) != out:  # " \u200bX " needs both, in turns
+        out = cleaned
     return out
 
 
@@ -170,9 +170,9 @@ def padded_names(path: str, name: str, *, lines: int = 1) -> list[str]:
     opener: Any = gzip.open if path.lower().endswith(".gz") else open
     with opener(path, "rt", encoding="utf-8-sig", newline="") as fh:
         rows = [next(csv.reader([fh.readline()]), []) for _ in range(lines)]
-    return [f"{name}: column {position} of the header, {c!r}, read as {clean_name(c)!r} (spaces or invisible "
-            "characters around the name removed)"
-            for row in rows for position, c in enumerate(row, start=1) if c != clean_name(c) and clean_name(c)]
+    named = [(position, c, clean_name(c)) for row in rows for position, c in enumerate(row, start=1)]
+    return [f"{name}: column {position} of the header, {c!r}, read as {clean!r} (spaces or invisible "
+            "characters around the name removed)" for position, c, clean in named if c != clean and clean]
 
 
 #: UTF-16's byte-order marks (little- and big-endian)
