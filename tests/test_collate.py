@@ -599,3 +599,25 @@ def test_a_damaged_csv_profile_is_rebuilt_not_trusted(tmp_path: Path, damage: st
     again = collate_plate(ws, "BATCH1", "P1")
     assert again.status == "done", again.message
     assert profile.read_bytes() == whole
+
+
+@pytest.mark.parametrize("flags", [["--overwrite"], ["--operation", "mean"]])
+def test_a_users_own_plate_parquet_beside_the_backend_is_left_alone(tmp_path: Path, flags: list[str],
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """``P1_notes.parquet`` (a user's file, no generation id of ours) beside a Parquet backend survives a rebuild
+    (before: removed as "left by an interrupted build", INFO only); a ``P1_*.parquet`` of ours that no report
+    lists (an interrupted build's table) is still removed."""
+    import pyarrow as pa
+
+    from cytoprofile.cli import main
+
+    ws = tmp_path / "ws"
+    synth(ws, plates=["P1"], wells=96, well_subset=2, sites=1, cells=5, features=4)
+    out = ws / "backend/BATCH1/P1"
+    args = ["collate", str(ws), "BATCH1", "P1", "-q", "--backend", "parquet"]
+    assert main(args) == 0
+    pq.write_table(pa.table({"note": ["keep me"]}), out / "P1_notes.parquet")
+    (out / "P1_Speckles.parquet").write_bytes((out / "P1_Cells.parquet").read_bytes())
+    assert main([*args, *flags]) == 0
+    assert pq.read_table(out / "P1_notes.parquet").column("note").to_pylist() == ["keep me"]
+    assert not (out / "P1_Speckles.parquet").exists()

@@ -70,6 +70,25 @@ def test_a_rebuild_with_a_folder_in_the_way_keeps_the_last_build(tmp_path: Path,
     assert after == before, "the last build's files (its report included) are left as they were"
 
 
+@pytest.mark.parametrize("name", ["P1.csv", "P1.csv.generation", "P1.parquet"])
+def test_an_aggregate_only_rerun_with_a_folder_in_the_way_keeps_the_last_build(
+        tmp_path: Path, name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--aggregate-only --overwrite`` with a folder at the profiles' name (or its sidecar's, or a stale
+    profile's): one line naming that folder, not a temporary file, and the last build kept, report included
+    (before: the report was deleted first, then the write failed)."""
+    ws = _workspace(tmp_path)
+    assert main(["collate", str(ws), "BATCH1", "P1", "-q"]) == 0
+    plate = ws / "backend/BATCH1/P1"
+    before = {p.name: p.read_bytes() for p in plate.iterdir() if p.is_file() and p.name != name}
+    if (plate / name).exists():
+        (plate / name).unlink()
+    path = _block(ws, f"backend/BATCH1/P1/{name}", "folder")
+    err = _fails_in_one_line(ws, capsys, "--aggregate-only", "--overwrite")
+    assert str(path) in " ".join(err.split()) and ".tmp" not in err, err
+    after = {p.name: p.read_bytes() for p in plate.iterdir() if p.is_file()}
+    assert after == before, "the last build's files (its report included) are left as they were"
+
+
 @pytest.mark.parametrize("target", ["a file of the user's", "nothing"])
 def test_a_link_at_the_lock_file_is_refused_and_its_target_left_alone(tmp_path: Path, target: str) -> None:
     """A link where the plate's lock file goes: one line, exit 1 (before: a link to nothing made collate

@@ -440,3 +440,16 @@ def test_a_copied_run_file_is_read_once_and_drops_are_said(tmp_path: Path, caplo
         again = run_export(db_ws, "P1")
     assert again["report"]["export_database"]["dropped"]
     assert "of the ExportToDatabase files are not in the backend" in caplog.text
+
+
+def test_export_files_in_a_subfolder_of_the_plate_are_pointed_to(tmp_path: Path) -> None:
+    """ExportToDatabase files one folder down (``PLATE/run1/run1.sqlite``): the error names them and
+    ``--export-db`` (before: only "no such folder …/analysis", as if the plate held nothing)."""
+    from cytoprofile.synth import synth
+
+    synth(tmp_path, batch="B1", plates=["P1"], well_subset=2, sites=1, cells=5, features=4, export="database")
+    plate = tmp_path / "analysis/B1/P1"
+    (plate / "run1").mkdir()
+    (plate / "run1.sqlite").rename(plate / "run1/run1.sqlite")
+    with pytest.raises(InputError, match=r"1 ExportToDatabase file\(s\) are in subfolders .*run1/run1.sqlite.*--export-db"):
+        collate_plate(tmp_path, "B1", "P1")

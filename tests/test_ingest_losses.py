@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import shutil
 import sqlite3
 from pathlib import Path
@@ -604,3 +605,20 @@ def test_children_counts_show_rows_cut_from_a_file_image_csv_does_not_count(tmp_
     said = entry["reason"] if mode == "error" else " ".join(entry.get("warnings", []))
     assert "Children_Cytoplasm_Count adds up to" in said, entry
     assert entry["status"] == ("quarantined" if mode == "error" else "ok")
+
+
+def test_objects_counted_with_no_file_in_any_site_are_listed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Image.csv's Count_Speckles says objects exist, but no site has a Speckles file (not exported, or
+    removed): the report lists them with their numbers and the terminal says so (before: silent)."""
+    plate_dir = faults.small_plate(tmp_path / "ws", wells=2, sites=2)
+    folders = [f for f in plate_dir.iterdir() if f.is_dir()]
+    for k, folder in enumerate(folders):
+        faults.add_image_column(folder, "Count_Speckles", str(k + 1))
+        faults.add_image_column(folder, "Count_Background", "0")
+    with caplog.at_level(logging.INFO, logger="cytoprofile"):
+        result = collate_plate(tmp_path / "ws", BATCH, PLATE)
+    assert result.status == "done"
+    listed = result.report["counted_without_table"]  # type: ignore[index]
+    n = len(folders)
+    assert listed == {"Count_Speckles": {"objects": n * (n + 1) // 2, "images": n}}, listed
+    assert "Count_Speckles" in caplog.text and "no site has a file for" in caplog.text

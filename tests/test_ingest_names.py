@@ -173,3 +173,21 @@ def test_a_table_csv_not_stored_is_said_on_the_terminal(tmp_path: Path, name: st
     lines = [r.getMessage() for r in caplog.records if "are not stored" in r.getMessage()]
     assert bool(lines) == said and (not said or name in lines[0]), lines
     faults.assert_rows_accounted(result, analysis)
+
+
+@pytest.mark.parametrize("table", ["Image", "Cells"])
+@pytest.mark.parametrize("char", ["\u2028", "\u2029", "\x85", "\x0c"])
+def test_a_header_ending_in_an_odd_line_break_is_named(tmp_path: Path, table: str, char: str) -> None:
+    """A header line ended by U+2028 (or another character some tools show as a line break): the site is
+    quarantined naming the character and the fix (before: a raw parser message about missing columns)."""
+    plate_dir = faults.small_plate(tmp_path / "ws")
+    folder = faults.site(plate_dir, "A01", 1)
+    path = folder / f"{table}.csv"
+    raw = path.read_bytes()
+    end = raw.index(b"\n")
+    path.write_bytes(raw[:end] + char.encode() + raw[end + 1:])
+    result = collate_plate(tmp_path / "ws", BATCH, PLATE)
+    entry = next(s for s in result.report["sites"] if s["site"] == folder.name)  # type: ignore[index]
+    assert entry["status"] == "quarantined" and "replace it with a newline" in entry["reason"], entry
+    assert f"U+{ord(char):04X}" in entry["reason"] or "form feed" in entry["reason"], entry
+    faults.assert_rows_accounted(result, plate_dir)

@@ -32,8 +32,8 @@ def test_an_empty_site_takes_the_folder_name_s_site(tmp_path: Path, empty: str) 
 
 def test_a_copy_of_a_site_with_empty_sites_is_found_or_warned_about(tmp_path: Path) -> None:
     """A re-run's copy of a site beside it, both with Metadata_Site emptied: the copy, whose folder name gives
-    no site, is kept with a warning that its copies cannot be found, never silently (before: both stored, the
-    well's cells counted twice, no word)."""
+    no site, is warned about (its copies cannot be found by site) and found by its image files: quarantined with
+    the original, never silently stored twice (before: both stored, the well's cells counted twice, no word)."""
     plate_dir = faults.small_plate(tmp_path / "ws")
     original = faults.site(plate_dir, "A01", 1)
     copy = faults.copy_site(plate_dir, original, f"{PLATE}-A01-1 (rerun)")
@@ -42,8 +42,7 @@ def test_a_copy_of_a_site_with_empty_sites_is_found_or_warned_about(tmp_path: Pa
         faults.set_image_value(folder, "Metadata_Site", "")
     result = collate_plate(tmp_path / "ws", BATCH, PLATE)
     entry = next(s for s in result.report["sites"] if s["site"] == copy.name)  # type: ignore[index]
-    said = " ".join(entry.get("warnings", [])) + " " + str(entry.get("reason"))
-    assert "Metadata_Site is empty" in said and "cannot be found" in said, entry
+    assert entry["status"] == "quarantined" and "same image files" in entry["reason"], entry
     faults.assert_rows_accounted(result, plate_dir)
 
 
@@ -65,3 +64,32 @@ def test_an_empty_site_of_one_image_among_several_is_warned_about_not_filled(tmp
     entry = next(s for s in result.report["sites"] if s["site"] == folder.name)  # type: ignore[index]
     assert any("holds 2 images" in w for w in entry.get("warnings", [])), entry
     assert not any("is used" in n for n in entry.get("notes", [])), entry
+
+
+@pytest.mark.parametrize("copy_name", [f"{PLATE}-A01-1 (rerun)", "rerun of A01 field 1"])
+def test_a_copy_of_a_site_without_any_site_column_is_found_by_its_image_files(tmp_path: Path, copy_name: str) -> None:
+    """Image.csv without a Metadata_Site column and a re-run's copy of a site under a folder name that gives no
+    site: the two folders name the same image files, so both are quarantined naming each other (before: both
+    stored, the well's cells counted twice, exit status 0, no word)."""
+    plate_dir = faults.small_plate(tmp_path / "ws", sites=3)
+    original = faults.site(plate_dir, "A01", 1)
+    copy = faults.copy_site(plate_dir, original, copy_name)
+    faults.set_image_value(copy, "ExecutionTime_01Module", "9.5")
+    for folder in [f for f in plate_dir.iterdir() if f.is_dir()]:
+        faults.keep_columns(folder, "Image", lambda c: c != "Metadata_Site")
+    result = collate_plate(tmp_path / "ws", BATCH, PLATE)
+    bad = {s["site"]: s["reason"] for s in result.report["sites"] if s["status"] == "quarantined"}  # type: ignore[index]
+    assert set(bad) == {original.name, copy.name}, bad
+    assert "same image files" in bad[copy.name] and original.name in bad[copy.name]
+    faults.assert_rows_accounted(result, plate_dir)
+
+
+def test_sites_sharing_only_an_illumination_file_are_not_taken_for_copies(tmp_path: Path) -> None:
+    """A file column alike in every image (an illumination function) and no Metadata_Site: nothing is refused."""
+    plate_dir = faults.small_plate(tmp_path / "ws", sites=3)
+    for folder in [f for f in plate_dir.iterdir() if f.is_dir()]:
+        faults.keep_columns(folder, "Image", lambda c: c != "Metadata_Site" and not c.startswith("FileName_Orig"))
+        faults.add_image_column(folder, "FileName_IllumDNA", "illum_DNA.npy")
+    result = collate_plate(tmp_path / "ws", BATCH, PLATE)
+    bad = [s for s in result.report["sites"] if s["status"] != "ok"]  # type: ignore[index]
+    assert result.status == "done" and not bad, bad

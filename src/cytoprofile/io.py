@@ -473,11 +473,12 @@ def _output_errno(exc: BaseException) -> int | None:
 
 def _in_the_way(exc: BaseException) -> str | None:
     """A file where a folder of the outputs goes, or a folder where an output file goes (None: neither)."""
-    where = getattr(exc, "filename", None)
-    if not isinstance(exc, (NotADirectoryError, FileExistsError, IsADirectoryError)) or not where or is_remote(str(where)):
+    named = [str(w) for w in (getattr(exc, "filename2", None), getattr(exc, "filename", None)) if w]
+    if not isinstance(exc, (NotADirectoryError, FileExistsError, IsADirectoryError)) or not named or is_remote(named[-1]):
         return None
-    if isinstance(exc, IsADirectoryError):
-        return f"{where} is a folder where an output file goes"
+    if isinstance(exc, IsADirectoryError):  # a rename's target (filename2), not the temporary file, is the folder
+        return f"{next((w for w in named if os.path.isdir(w)), named[0])} is a folder where an output file goes"
+    where = named[-1]
     parts = Path(os.path.abspath(str(where))).parts
     for i in range(1, len(parts) + 1):
         place = os.path.join(*parts[:i])

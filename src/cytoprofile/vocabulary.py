@@ -42,6 +42,7 @@ __all__ = [
     "DEFAULT_STRATA",
     "FEATURE_SELECT_LEVELS",
     "FEATURE_SELECT_OPERATIONS",
+    "IMAGE_FILE_FAMILIES",
     "IMAGE_METADATA_PREFIX",
     "IMAGE_NUMBER",
     "KEY_COLUMNS",
@@ -146,6 +147,11 @@ IMAGE_METADATA_PREFIX = "Image_Metadata_"
 #: where they are the image's, never a feature. Every other CellProfiler column is numeric.
 TEXT_FAMILIES: tuple[str, ...] = ("Metadata_", "FileName_", "PathName_", "URL_", "ObjectsFileName_", "ObjectsPathName_",
                                   "ObjectsURL_", "MD5Digest_", "ImageSet_")
+
+
+#: The Image.csv columns that say which image files an image row is (file, folder, URL, frame and series of a
+#: multi-image file): two rows alike in all of them that vary are one acquisition.
+IMAGE_FILE_FAMILIES: tuple[str, ...] = ("FileName_", "PathName_", "URL_", "Frame_", "Series_")
 
 
 def is_text_column(name: str) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -28,7 +28,7 @@ from ..layout import (
 )
 from ..vocabulary import TableFormat
 
-__all__ = ['BackendKind', 'GENERATION_KEY', 'PlateResult', 'ProfileFormat', 'Progress', 'commit_local', 'generation_of', 'is_ours', 'kind_label', 'kind_of', 'mark_sqlite', 'plate_outputs', 'plate_profiles', 'remote_sizes', 'remove_stale', 'trusted_outputs', 'write_profiles']
+__all__ = ['BackendKind', 'GENERATION_KEY', 'PlateResult', 'ProfileFormat', 'Progress', 'check_unblocked', 'commit_local', 'generation_of', 'is_ours', 'kind_label', 'kind_of', 'mark_sqlite', 'plate_outputs', 'plate_profiles', 'remote_sizes', 'remove_stale', 'trusted_outputs', 'write_profiles']
 
 log = logging.getLogger("cytoprofile.collate")
 
@@ -91,9 +91,16 @@ def kind_label(plate: str, name: str) -> str:
     return parquet_tables_label(plate) if kind_of(plate, name) == "parquet" else name
 
 
-def is_ours(plate: str, name: str) -> bool:
+def is_ours(plate: str, name: str, *, before: Collection[str] = (), directory: str | None = None) -> bool:
+    """Whether a file beside the outputs is one of this plate's, to replace or remove: a name collate writes,
+    or a ``PLATE_*.parquet`` the earlier report listed or (in a local ``directory``) that carries our generation
+    id. A user's own ``PLATE_notes.parquet`` is never taken for a table left by an interrupted build."""
     base = name[: -len(SIDECAR)] if name.endswith(SIDECAR) else name
-    return base in {sqlite_name(plate), *profiles_names(plate), *single_cell_names(plate)} or is_parquet_table(plate, base)
+    if base in {sqlite_name(plate), *profiles_names(plate), *single_cell_names(plate)}:
+        return True
+    if not is_parquet_table(plate, base) or name != base:
+        return False
+    return name in before or (directory is not None and generation_of(os.path.join(directory, name)) is not None)
 
 
 def mark_sqlite(path: str, generation: str) -> None:
@@ -234,12 +241,23 @@ def plate_profiles(ws: str | os.PathLike[str], batch: str, plate: str) -> str | 
 def remove_stale(directory: str, plate: str, *, keep: set[str], before: set[str]) -> None:
     """Drop this plate's outputs the new report does not list (e.g. PLATE.csv after a switch to Parquet)."""
     for entry in sorted(os.listdir(directory)):
-        if is_ours(plate, entry) and entry not in keep:
+        if entry not in keep and is_ours(plate, entry, before=before, directory=directory):
             os.unlink(os.path.join(directory, entry))
             if entry in before:
                 log.warning("%s: removed %s of the earlier build (not asked for now)", plate, entry)
             elif not (entry.endswith(SIDECAR) and entry[: -len(SIDECAR)] in before):  # its file's line says it
                 log.info("%s: removed %s left by an interrupted build", plate, entry)
+
+
+def check_unblocked(out_dir: str, plate: str, written: Collection[str], *, keep: Collection[str],
+                    before: Collection[str]) -> None:
+    """Refuse, before anything moves, a folder at the name of an output to write or of a stale one to remove:
+    the last build stays whole (its report too)."""
+    stale = [n for n in os.listdir(out_dir) if n not in keep and is_ours(plate, n, before=before, directory=out_dir)]
+    blocked = sorted(n for n in {*written, *stale} if os.path.isdir(os.path.join(out_dir, n)))
+    if blocked:
+        raise OutputError(f"cannot write {os.path.join(out_dir, blocked[0])}: a folder has the name of one of "
+                          f"{plate}'s output files; move it away, then re-run (the last build is left as it was)")
 
 
 def commit_local(out_dir: str, plate: str, result: PlateResult, staging: str, *, before: set[str]) -> None:
@@ -249,12 +267,11 @@ def commit_local(out_dir: str, plate: str, result: PlateResult, staging: str, *,
     keep = set(report.get("outputs") or ()) | {n + SIDECAR for n in report.get("outputs") or ()}
     staged = sorted(os.listdir(staging))
     written = [n for n in staged if not os.path.isdir(os.path.join(staging, n))]
-    stale = [n for n in os.listdir(out_dir) if is_ours(plate, n) and n not in keep]
-    blocked = sorted(n for n in {*written, *stale} if os.path.isdir(os.path.join(out_dir, n)))
-    if blocked:  # found before anything moves: the last build stays whole
+    try:
+        check_unblocked(out_dir, plate, written, keep=keep, before=before)
+    except OutputError:
         shutil.rmtree(staging, ignore_errors=True)
-        raise OutputError(f"cannot write {os.path.join(out_dir, blocked[0])}: a folder has the name of one of "
-                          f"{plate}'s output files; move it away, then re-run (the last build is left as it was)")
+        raise
     try:
         io.remove(report_path)  # from here until the new report, nothing of this plate is trusted
         for name in staged:

@@ -25,6 +25,7 @@ from ..ingest import (
     RUN_METADATA_FILES,
     Quarantine,
     SiteTables,
+    counted_without_table,
     discover_sites,
     files_beside_sites,
     order_by_key,
@@ -86,6 +87,7 @@ def read_plate(ws: str | os.PathLike[str], batch: str, plate: str, *, files: dic
                generation: str, progress: Progress | None, start: float, **options: Any) -> dict[str, Any]:
     """The one pass over a plate's sites: backend(s) and profiles into ``files``; returns the report."""
     scans, schema = _scan(ws, batch, plate, options)
+    uncounted = _say_counted_without_table(plate, scans, schema)
     wells = WellProfiles.plan(Workspace(str(ws)).analysis(batch, plate), scans, schema, options)
     Path(os.path.dirname(files["profiles"])).mkdir(parents=True, exist_ok=True)
     writers = _Writers()
@@ -109,6 +111,8 @@ def read_plate(ws: str | os.PathLike[str], batch: str, plate: str, *, files: dic
     if shown:
         log.warning("%s: %d file(s) beside the site folders are not read (first: %s); see files_not_read in the report",
                     plate, len(shown), shown[0])
+    if uncounted:
+        extra["counted_without_table"] = uncounted
     if "exclude_outlier_cells" in options:
         profiles, extra["cell_qc"] = aggregate_kept_cells(files, kinds, options)
     write_profiles(profiles, files["profiles"], options["profile_format"], generation)
@@ -150,6 +154,18 @@ def _say_not_stored(plate: str, scans: Sequence[Any]) -> None:
         log.warning("%s: %d CSV file(s) in subfolders of site folders are not read (first: %s/%s); a site folder "
                     "inside another? move it into the analysis folder; listed with their sites in the report",
                     plate, len(nested), *nested[0])
+
+
+def _say_counted_without_table(plate: str, scans: Sequence[Any], schema: Any) -> dict[str, dict[str, int]]:
+    """Objects Image.csv counts that no site has a file for: in no output, so said (INFO: pipelines often count
+    objects they do not export) and listed in the report."""
+    found = counted_without_table(scans, list(schema.tables))
+    if found:
+        first, entry = next(iter(found.items()))
+        log.info("%s: Image.csv counts objects of %d kind(s) that no site has a file for (first: %s, %d object(s) in "
+                 "%d image(s)): not exported, or their files are missing; see counted_without_table in the report",
+                 plate, len(found), first, entry["objects"], entry["images"])
+    return found
 
 
 class _Writers:

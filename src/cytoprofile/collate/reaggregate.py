@@ -23,6 +23,7 @@ from .outputs import (
     BackendKind,
     PlateResult,
     Progress,
+    check_unblocked,
     generation_of,
     kind_of,
     remove_stale,
@@ -93,6 +94,9 @@ def aggregate_only(ws: str | os.PathLike[str], batch: str, plate: str, outputs: 
     if not ours and generation_of(source) is not None:
         raise InputError(f"{source}: has no {plate}.report.json (collate was interrupted); "
                          "re-run `cytoprofile collate` without --aggregate-only")
+    keep = {n for n in trusted if kind_of(plate, n) != "profiles"} | {name}
+    check_unblocked(os.path.dirname(outputs["profiles"]), plate, [name, name + SIDECAR],  # before the old report goes
+                    keep={*keep, *(n + SIDECAR for n in keep)}, before=set(trusted) if ours else ())
 
     def _progress(done: int, total: int) -> None:
         if progress is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from .. import io, workspace
@@ -49,11 +49,11 @@ def publish_plate(local_ws: str, remote_ws: str, batch: str, plate: str, report:
     names = sorted(n for n in os.listdir(folder) if not n.startswith(".") and n != report_name(plate))
     earlier = before or set()
     return _publish(folder, Workspace(str(remote_ws)).backend(batch, plate), plate, names, report,
-                    warn=lambda name: name in earlier)
+                    warn=lambda name: name in earlier, earlier=earlier)
 
 
 def _publish(folder: str, target: str, plate: str, names: Sequence[str], report: dict[str, Any], *,
-             warn: Callable[[str], bool]) -> list[str]:
+             warn: Callable[[str], bool], earlier: Collection[str] = ()) -> list[str]:
     """The one publishing order: the remote report deleted (nothing of the plate is trusted
     until the new one is up), ``names`` uploaded, the plate's keys the report does not list
     removed (a warning for those ``warn`` picks), the report uploaded last."""
@@ -64,7 +64,7 @@ def _publish(folder: str, target: str, plate: str, names: Sequence[str], report:
         io.upload(os.path.join(folder, name), url)
     keep = set(report["outputs"]) | {n + SIDECAR for n in report["outputs"]}
     for name in sorted(remote_sizes(target)):
-        if is_ours(plate, name) and name not in keep:
+        if name not in keep and is_ours(plate, name, before=earlier):
             io.remove(io.join(target, name))
             if warn(name):
                 log.warning("%s: removed %s of the earlier build (not asked for now)", plate, io.join(target, name))

@@ -20,6 +20,7 @@ returned or belongs to a quarantined site whose rows per file are counted.
 
 from __future__ import annotations
 
+from .checks import counted_without_table
 from .model import (
     FOLDER_WARNING,
     GENERATION_TABLE,
@@ -64,6 +65,7 @@ __all__ = [
     "Source",
     "TABLE_NUMBER_FILE",
     "canonical_order",
+    "counted_without_table",
     "discover_sites",
     "files_beside_sites",
     "image_numeric",

@@ -10,10 +10,11 @@ import numpy as np
 import pyarrow as pa
 
 from ..vocabulary import normalise_well
-from .model import CountCheck
+from .model import CountCheck, SiteScan
 
 __all__ = [
     "absent_counts",
+    "counted_without_table",
     "object_metadata_warnings",
     "set_aside_counts",
     "site_checks",
@@ -193,3 +194,24 @@ def absent_counts(tables: Sequence[str], image: pa.Table) -> list[tuple[str, str
             out.append((table, f"{table} has no file in this site (other sites have one), but Image.csv's {column} says "
                                f"{values[0][1]:g} object(s) in ImageNumber {values[0][0]}"))
     return out
+
+
+def counted_without_table(scans: Sequence[SiteScan], tables: Sequence[str]) -> dict[str, dict[str, int]]:
+    """Image.csv ``Count_<X>`` columns of the trusted sites whose objects no site has a table for (an object the
+    pipeline did not export, or whose files are gone): per column, the objects counted and the images counting
+    them, so that the report says which counted objects are in no output."""
+    known = {t.lower() for t in tables} | {t for s in scans for t in s.rejected}
+    out: dict[str, dict[str, int]] = {}
+    for scan in scans:
+        image = scan.image
+        if scan.problem is not None or image is None:
+            continue
+        for column in image.column_names:
+            if not column.startswith("Count_") or column[len("Count_"):].lower() in known:
+                continue
+            values = [v for v in image.column(column).to_pylist() if isinstance(v, (int, float)) and v == v and v > 0]
+            if values:
+                entry = out.setdefault(column, {"objects": 0, "images": 0})
+                entry["objects"] += int(sum(values))
+                entry["images"] += len(values)
+    return dict(sorted(out.items()))

@@ -12,7 +12,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from ..vocabulary import SITE_NAME, distinct_strata, normalise_well, spelling_note
+from ..vocabulary import (
+    IMAGE_FILE_FAMILIES,
+    SITE_NAME,
+    distinct_strata,
+    normalise_well,
+    spelling_note,
+)
 from .model import (
     FOLDER_WARNING,
     IMAGE_TABLE,
@@ -84,6 +90,7 @@ def check_image(scan: SiteScan, image: pa.Table, strata: Sequence[str], plate: s
             return
     scan.keys = _row_keys(image, strata)
     scan.site_keys = _site_keys(image, distinct_strata(strata))
+    scan.image_files = _image_files(image)
     scan.warnings.extend(disagreements)
 
 
@@ -97,6 +104,14 @@ def _site_keys(image: pa.Table, distinct_by: Sequence[str]) -> list[tuple[str, .
     return [(normalise_well(str(w)), normalise_site(s), *more)
             for w, s, more in zip(wells, image.column("Metadata_Site").to_pylist(), extra)
             if w is not None and s is not None and str(s).strip()]
+
+
+def _image_files(image: pa.Table) -> list[tuple[tuple[str, str], ...]]:
+    """Each image row's file names, folders, URLs, frames and series: what tells a copy of a site apart
+    when Image.csv names no site."""
+    columns = sorted(c for c in image.column_names if c.startswith(IMAGE_FILE_FAMILIES))
+    values = [[str(v) for v in image.column(c).to_pylist()] for c in columns]
+    return [tuple(zip(columns, row)) for row in zip(*values)] if columns else []
 
 
 def _folder_disagreements(image: pa.Table, site: str, plate: str) -> list[str]:

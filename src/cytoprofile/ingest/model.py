@@ -131,6 +131,8 @@ class SiteScan:
     notes: list[str] = field(default_factory=list)
     #: (Metadata_Well, Metadata_Site, other strata) of each image, normalised (empty when Image.csv gives no site)
     site_keys: list[tuple[str, ...]] = field(default_factory=list)
+    #: per image row, its (column, value) pairs of the image-file families
+    image_files: list[tuple[tuple[str, str], ...]] = field(default_factory=list)
     table_number: int | None = None
     digest: str | None = None
     real_path: str | None = None

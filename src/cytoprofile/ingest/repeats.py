@@ -95,7 +95,8 @@ def _same_files(a: SiteScan, b: SiteScan) -> bool:
 
 def mark_repeated_sites(scans: Sequence[SiteScan], plate: str) -> None:
     """One (plate, well, site) in two folders whose Image.csv differ (a re-run copied beside the first run): which
-    is right is unknown, so every folder holding it is quarantined, naming the others (a warning on the terminal)."""
+    is right is unknown, so every folder holding it is quarantined, naming the others (a warning on the terminal).
+    Where Image.csv names no site, the same image files in two folders are one site twice."""
     holders: dict[tuple[str, ...], list[SiteScan]] = {}
     for scan in sorted(scans, key=lambda s: s.name):
         if scan.problem is None:
@@ -107,7 +108,42 @@ def mark_repeated_sites(scans: Sequence[SiteScan], plate: str) -> None:
             others = ", ".join(o.name for o in found if o is not scan)
             scan.quarantine(f"site {plate}/{'/'.join(key)} is also in folder(s) {others} (Image.csv differs: a re-run?); "
                             "which copy is right is unknown: remove the wrong folder", scan.files.get(IMAGE_TABLE))
+    images = _repeated_images(scans)
+    for scan in scans:
+        if scan.name in images:
+            scan.quarantine(images[scan.name], scan.files.get(IMAGE_TABLE))
     if repeated:
         key, found = sorted(repeated.items())[0]
         log.warning("%s: %d site(s) appear in more than one folder and are quarantined (listed in the report); first: "
                     "%s in %s", plate, len(repeated), "/".join(key), ", ".join(s.name for s in found))
+    if images:
+        log.warning("%s: %d folder(s) hold the same image files as another and are quarantined (listed in the "
+                    "report); first: %s", plate, len(images), images[min(images)])
+
+
+def _repeated_images(scans: Sequence[SiteScan]) -> dict[str, str]:
+    """Folders whose image rows name the same image files as another folder's, one of them without a site (Image.csv
+    and the folder name give none; sites are told apart by their keys otherwise), by the file columns that vary in
+    the plate (an illumination function's file is the same everywhere), with the
+    reason. A column alike in every row tells nothing, so a plate of one site and its copy is not found here."""
+    rows = [(scan, row) for scan in sorted(scans, key=lambda s: s.name) if scan.problem is None
+            for row in dict.fromkeys(scan.image_files)]
+    seen: dict[str, set[str]] = {}
+    for _, row in rows:
+        for column, value in row:
+            seen.setdefault(column, set()).add(value)
+    varying = {column for column, values in seen.items() if len(values) > 1}
+    holders: dict[tuple[tuple[str, str], ...], list[str]] = {}
+    for scan, row in rows:
+        key = tuple(pair for pair in row if pair[0] in varying)
+        if key and scan.name not in holders.setdefault(key, []):
+            holders[key].append(scan.name)
+    out: dict[str, str] = {}
+    unsited = {scan.name for scan, _ in rows if not scan.site_keys}
+    for key, found in holders.items():
+        for name in found if len(found) > 1 and unsited & set(found) else ():
+            others = ", ".join(o for o in found if o != name)
+            out.setdefault(name, f"{name} names the same image files as folder(s) {others} ({key[0][0]} "
+                                 f"{key[0][1]!r}; no Metadata_Site tells them apart): one site twice, and which copy "
+                                 "is right is unknown: remove the wrong folder")
+    return out

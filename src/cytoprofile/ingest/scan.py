@@ -59,11 +59,22 @@ def discover_sites(plate_dir: str | os.PathLike[str]) -> list[str]:
     """Site folders of a plate: each immediate subfolder (broken links included, to be named), sorted."""
     path = Path(plate_dir)
     if not path.is_dir():
-        raise InputError(f"{path}: no such folder; expected analysis/BATCH/PLATE/analysis/ with one folder per site")
+        raise InputError(f"{path}: no such folder; expected analysis/BATCH/PLATE/analysis/ with one folder per site"
+                         + _databases_below(path.parent))
     sites = sorted(str(p) for p in path.iterdir() if p.is_dir() or (p.is_symlink() and not p.exists()))
     if not sites:
         raise InputError(f"{path}: holds no site folders; expected one folder per site (PLATE-WELL-SITE)")
     return sites
+
+
+def _databases_below(plate: Path) -> str:
+    """What to add to "no such folder" when the plate folder holds ExportToDatabase files deeper than
+    ``PLATE/*.sqlite`` (one folder per run), which are not looked for there."""
+    found = sorted(plate.glob("*/**/*.sqlite")) if plate.is_dir() else []
+    if not found:
+        return ""
+    return (f"; {len(found)} ExportToDatabase file(s) are in subfolders of {plate} (first: {found[0].relative_to(plate)}), "
+            "where they are not looked for: give them with --export-db PATH (a file or folder), or move them to analysis/BATCH/PLATE/")
 
 
 def files_beside_sites(plate_dir: str | os.PathLike[str]) -> dict[str, str]:
@@ -351,6 +362,10 @@ def _add_table_file(scan: SiteScan, entry: str, path: str, table: str) -> None:
         return
     try:
         sources = {IMAGE_TABLE: Source(entry, path, read_header(path)[0])} if table == IMAGE_TABLE else _object_sources(entry, path, table, scan)
+    except ObjectFileProblem as exc:
+        scan.csv_files.append((entry, path, 1))
+        scan.quarantine(str(exc), path)
+        return
     except (UnicodeDecodeError, OSError, EOFError, zlib.error) as exc:
         scan.csv_files.append((entry, path, 1))
         reason = "is not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else f"cannot be read ({exc})"

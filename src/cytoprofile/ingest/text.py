@@ -146,12 +146,28 @@ def clean_name(name: str) -> str:
     return out
 
 
+#: Characters some editors and text tools take for a line break but a CSV reader does not.
+_ODD_BREAKS = {"\u2028": "U+2028 LINE SEPARATOR", "\u2029": "U+2029 PARAGRAPH SEPARATOR", "\x85": "U+0085 NEXT LINE",
+               "\x0b": "a vertical tab", "\x0c": "a form feed"}
+
+
+def _refuse_odd_line_breaks(line: str, name: str) -> None:
+    """A header line holding a character that looks like a line break (the header would swallow the first
+    row): the file is refused, naming the character and the fix, never read as a header of odd names."""
+    for char, said in _ODD_BREAKS.items():
+        if char in line:
+            raise ObjectFileProblem(f"{name}: its header holds {said} at character {line.index(char) + 1} (a line "
+                                    "break to some tools, not to a CSV reader); replace it with a newline")
+
+
 def read_header(path: str, lines: int = 1) -> list[list[str]]:
     """The header row(s). CellProfiler writes names bare: a quote that CSV rules would read as
     opening a field is taken literally when that is what makes the header as wide as the rows."""
     opener: Any = gzip.open if path.lower().endswith(".gz") else open
     with opener(path, "rt", encoding="utf-8-sig", newline="") as fh:
         text = [fh.readline() for _ in range(lines + 1)]
+    for line in text[:lines]:
+        _refuse_odd_line_breaks(line, os.path.basename(path))
     rows = [[clean_name(c) for c in next(csv.reader([line]), [])] for line in text[:lines]]
     first_data = text[lines].rstrip("\r\n")
     if first_data and '"' not in first_data:
