@@ -350,6 +350,44 @@ def test_process_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert main(["rank-int", str(src), str(tmp_path / "r.csv"), "--ties", "average", "-q"]) == 0
 
 
+#: each step's command with options off their defaults, and the same call of its function
+COMMAND_CALLS = {
+    "select-variant-features": (["--threshold", "0.05"], "select_variant_features", {"threshold": 0.05}),
+    "mad-normalize": (["--epsilon", "0.5"], "mad_normalize", {"epsilon": 0.5}),
+    "rank-int": (["--ties", "average", "--c", "0.5"], "rank_int", {"ties": "average", "c": 0.5}),
+    "correct-well-position": ([], "correct_well_position", {}),
+    "regress-cell-count": (["--min-unique", "5"], "regress_cell_count", {"min_unique": 5}),
+    "remove-outliers": (["--bound", "2", "--percentile", "90"], "remove_outliers", {"bound": 2.0, "percentile": 90.0}),
+    "pca": (["--variance-fraction", "0.9", "--prefix", "Z"], "pca", {"variance_fraction": 0.9, "prefix": "Z"}),
+    "sphere": (["--epsilon", "0.1", "--epsilon", "1", "--neg-sameby", "Metadata_Plate", "--method", "PCA"], "sphere",
+               {"epsilon": [0.1, 1.0], "neg_sameby": ["Metadata_Plate"], "method": "PCA"}),
+    "harmony": (["--seed", "3", "--max-iter", "2"], "harmony", {"seed": 3, "max_iter": 2}),
+}
+
+
+@pytest.mark.parametrize("command", sorted(COMMAND_CALLS))
+def test_each_step_command_is_its_function(tmp_path: Path, command: str) -> None:
+    """A step's command, given options off their defaults, writes what its function returns with them."""
+    flags, function, options = COMMAND_CALLS[command]
+    df = planted_profiles(plates=2, wells=96, features=6, seed=3)
+    src, out = tmp_path / "p.parquet", tmp_path / "o.parquet"
+    df.to_parquet(src)
+    assert main([command, str(src), str(out), *flags, "-q"]) == 0
+    expected = getattr(pr, function)(df, **options)
+    got = pd.read_parquet(out)
+    assert list(got.columns) == list(expected.columns)
+    pd.testing.assert_frame_equal(got.reset_index(drop=True), expected.reset_index(drop=True), check_dtype=False)
+
+
+def test_a_comma_list_of_columns_is_split(tmp_path: Path) -> None:
+    df = planted_profiles(plates=2, wells=96, features=6, seed=3)
+    src, out = tmp_path / "p.parquet", tmp_path / "o.parquet"
+    df.to_parquet(src)
+    assert main(["sphere", str(src), str(out), "--epsilon", "1", "--neg-sameby", "Metadata_Plate,Metadata_Batch", "-q"]) == 0
+    expected = pr.sphere(df, epsilon=[1.0], neg_sameby=["Metadata_Plate", "Metadata_Batch"])
+    pd.testing.assert_frame_equal(pd.read_parquet(out), expected.reset_index(drop=True), check_dtype=False)
+
+
 # ------------------------------------------------------------------ the recipe key processing:
 
 CHAIN_BATCHES = {"B1": ["P1", "P2"], "B2": ["P3"]}

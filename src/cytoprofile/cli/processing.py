@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import inspect
+import typing
+from collections import abc
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import typer
 
 from ..errors import about
-from ..vocabulary import MAP_MODES, NEGCON_QUERY, RANK_INT_TIES, SPHERING_GRID, SPHERIZE_METHODS
+from ..vocabulary import MAP_MODES, NEGCON_QUERY, RANK_INT_TIES, SPHERIZE_METHODS
 from .common import (
     FeaturePrefixOpt,
     FeaturesOpt,
@@ -15,16 +20,13 @@ from .common import (
     NoControlsOpt,
     OutputArg,
     PlateColumnOpt,
-    ProfilesArg,
     QuietOpt,
     ReferenceOpt,
-    SeedOpt,
     app,
     choice_option,
     feature_args,
     log,
     none_or_values,
-    one_of,
     setup_logging,
     split_values,
     timed,
@@ -45,178 +47,136 @@ def _process(step: str, profiles: str, output: str, float_format: str | None, qu
     log.info("wrote %d rows × %d columns to %s", len(df), df.shape[1], output)
 
 
-@app.command("select-variant-features")
-def select_variant_features_cmd(
-    profiles: ProfilesArg,
-    output: OutputArg,
-    plate_column: PlateColumnOpt = "Metadata_Plate",
-    samples: ReferenceOpt = NEGCON_QUERY,
-    threshold: Annotated[float, typer.Option(help="Smallest |MAD / median| kept (on every plate).")] = 1e-3,
-    plates_without_controls: NoControlsOpt = "error",
-    features: FeaturesOpt = None,
-    feature_prefixes: FeaturePrefixOpt = None,
-    float_format: FloatFormatOpt = None,
-    quiet: QuietOpt = False,
-) -> None:
-    """Keep features that vary on every plate's negative controls (var)."""
-    from ..processing import select_variant_features
+@dataclass(frozen=True)
+class _Step:
+    """A processing step's command: its function's keyword arguments are its options (names, types and
+    defaults from the signature), with the help said here once."""
 
-    _process("var", profiles, output, float_format, quiet, lambda df: select_variant_features(
-        df, plate_column=plate_column, samples=samples, threshold=threshold,
-        plates_without_controls=plates_without_controls, **feature_args(features, feature_prefixes)))  # type: ignore[arg-type]
+    command: str
+    function: str
+    step: str
+    summary: str
+    help: dict[str, str]
+    choices: dict[str, Sequence[str]] = field(default_factory=dict)
+    profiles_help: str = "Per-well profiles."
+    output_help: str = "Output table."
 
 
-@app.command("mad-normalize")
-def mad_normalize_cmd(
-    profiles: ProfilesArg,
-    output: OutputArg,
-    plate_column: PlateColumnOpt = "Metadata_Plate",
-    samples: ReferenceOpt = NEGCON_QUERY,
-    epsilon: Annotated[float, typer.Option(help="Added to the MAD.")] = 0.0,
-    plates_without_controls: NoControlsOpt = "error",
-    features: FeaturesOpt = None,
-    feature_prefixes: FeaturePrefixOpt = None,
-    float_format: FloatFormatOpt = None,
-    quiet: QuietOpt = False,
-) -> None:
-    """(x − plate median) / plate MAD of negative controls, unscaled (mad)."""
-    from ..processing import mad_normalize
+#: help of the options several steps share
+_SHARED_HELP = {
+    "plate_column": "Column naming the plate.",
+    "samples": "Reference wells for per-plate statistics: all, or a query.",
+    "plates_without_controls": "Plates without reference wells: error or drop (their wells).",
+}
 
-    _process("mad", profiles, output, float_format, quiet, lambda df: mad_normalize(
-        df, plate_column=plate_column, samples=samples, epsilon=epsilon,
-        plates_without_controls=plates_without_controls, **feature_args(features, feature_prefixes)))  # type: ignore[arg-type]
+_STEPS = {step.step: step for step in (
+    _Step("select-variant-features", "select_variant_features", "var",
+          "Keep features that vary on every plate's negative controls (var).",
+          {"threshold": "Smallest |MAD / median| kept (on every plate)."}),
+    _Step("mad-normalize", "mad_normalize", "mad",
+          "(x − plate median) / plate MAD of negative controls, unscaled (mad).", {"epsilon": "Added to the MAD."}),
+    _Step("rank-int", "rank_int", "int", "Rank-based inverse normal transform per feature (int).",
+          {"c": "Blom's constant.", "ties": "random (seeded permutation) or average.",
+           "seed": "Seed of the tie-breaking permutation."}, {"ties": RANK_INT_TIES}),
+    _Step("correct-well-position", "correct_well_position", "wellpos",
+          "Subtract each well position's mean across plates (wellpos).",
+          {"well_column": "Column naming the well position."}, profiles_help="Per-well profiles of several plates."),
+    _Step("regress-cell-count", "regress_cell_count", "cc", "Replace features by OLS residuals on the cell count (cc).",
+          {"cell_count_column": "Column holding the well's cell count.",
+           "min_unique": "Regress only features with more distinct values than this."}),
+    _Step("remove-outliers", "remove_outliers", "outlier", "Drop features with extreme values, clip the rest (outlier).",
+          {"bound": "Largest |value| kept; the rest is clipped.",
+           "percentile": "Drop features whose this percentile of |x| exceeds the bound."}),
+    _Step("pca", "pca", "pca", "Principal components explaining a share of the variance (pca).",
+          {"variance_fraction": "Share of the variance the components keep.", "prefix": "Name prefix of the components."},
+          profiles_help="Per-well profiles without missing values.", output_help="Output table (features PC1, PC2, ...)."),
+    _Step("sphere", "sphere", "sphering", "Whitening fitted on negative controls, ε chosen by mAP (sphering).",
+          {"method": "PCA, ZCA, PCA-cor or ZCA-cor.", "epsilon": "Regularization; repeat to choose the best by mAP.",
+           "pert_column": "Perturbation column for the mAP choice.",
+           "neg_sameby": "Negative controls must share these columns."},
+          {"method": SPHERIZE_METHODS}, profiles_help="Per-well profiles without missing values."),
+    _Step("harmony", "harmony", "harmony", "Harmony batch correction (harmony).",
+          {"batch_key": "Column naming the batch.", "seed": "Random seed.", "max_iter": "Harmony iterations.",
+           "n_clusters": "Clusters (unset: min(rows/30, 100)).", "theta": "Diversity penalty (unset: harmonypy's).",
+           "threads": "Threads for harmonypy (0: one per physical core)."},
+          profiles_help="Per-well profiles without missing values (usually after pca)."),
+)}
 
-
-@app.command("rank-int")
-def rank_int_cmd(
-    profiles: ProfilesArg,
-    output: OutputArg,
-    ties: Annotated[str, choice_option(RANK_INT_TIES, help="random (seeded permutation) or average.")] = "random",
-    seed: Annotated[int, typer.Option(help="Seed of the tie-breaking permutation.")] = 0,
-    c: Annotated[float, typer.Option(help="Blom's constant.")] = 0.375,
-    features: FeaturesOpt = None,
-    feature_prefixes: FeaturePrefixOpt = None,
-    float_format: FloatFormatOpt = None,
-    quiet: QuietOpt = False,
-) -> None:
-    """Rank-based inverse normal transform per feature (int)."""
-    from ..processing import rank_int
-
-    _process("int", profiles, output, float_format, quiet, lambda df: rank_int(
-        df, ties=ties, seed=seed, c=c, **feature_args(features, feature_prefixes)))  # type: ignore[arg-type]
-
-
-@app.command("correct-well-position")
-def correct_well_position_cmd(
-    profiles: Annotated[str, typer.Argument(help="Per-well profiles of several plates.")],
-    output: OutputArg,
-    well_column: Annotated[str, typer.Option(help="Column naming the well position.")] = "Metadata_Well",
-    features: FeaturesOpt = None,
-    feature_prefixes: FeaturePrefixOpt = None,
-    float_format: FloatFormatOpt = None,
-    quiet: QuietOpt = False,
-) -> None:
-    """Subtract each well position's mean across plates (wellpos)."""
-    from ..processing import correct_well_position
-
-    _process("wellpos", profiles, output, float_format, quiet, lambda df: correct_well_position(
-        df, well_column=well_column, **feature_args(features, feature_prefixes)))
+#: options every step takes the same way: the features (given to the function) and how the output is written
+_TAIL = ("features", "feature_prefixes", "float_format", "quiet")
+_TAIL_TYPES: dict[str, Any] = {"features": FeaturesOpt, "feature_prefixes": FeaturePrefixOpt,
+                               "float_format": FloatFormatOpt, "quiet": QuietOpt}
 
 
-@app.command("regress-cell-count")
-def regress_cell_count_cmd(
-    profiles: ProfilesArg,
-    output: OutputArg,
-    cell_count_column: Annotated[str, typer.Option(help="Column holding the well's cell count.")] = "Metadata_Count_Cells",
-    min_unique: Annotated[int, typer.Option(help="Regress only features with more distinct values than this.")] = 100,
-    features: FeaturesOpt = None,
-    feature_prefixes: FeaturePrefixOpt = None,
-    float_format: FloatFormatOpt = None,
-    quiet: QuietOpt = False,
-) -> None:
-    """Replace features by OLS residuals on the cell count (cc)."""
-    from ..processing import regress_cell_count
-
-    _process("cc", profiles, output, float_format, quiet, lambda df: regress_cell_count(
-        df, cell_count_column=cell_count_column, min_unique=min_unique, **feature_args(features, feature_prefixes)))
+def _cli_type(annotation: Any) -> Any:
+    """The command-line type of a keyword's annotation: a sequence is a repeatable option."""
+    if typing.get_origin(annotation) is typing.Literal:
+        return str
+    for member in (annotation, *typing.get_args(annotation)):
+        origin = typing.get_origin(member)
+        if isinstance(origin, type) and issubclass(origin, abc.Sequence):
+            return list[typing.get_args(member)[0]]  # type: ignore[misc]
+    return annotation
 
 
-@app.command("remove-outliers")
-def remove_outliers_cmd(
-    profiles: ProfilesArg,
-    output: OutputArg,
-    bound: Annotated[float, typer.Option(help="Largest |value| kept; the rest is clipped.")] = 100.0,
-    percentile: Annotated[float, typer.Option(help="Drop features whose this percentile of |x| exceeds the bound.")] = 99.0,
-    features: FeaturesOpt = None,
-    feature_prefixes: FeaturePrefixOpt = None,
-    float_format: FloatFormatOpt = None,
-    quiet: QuietOpt = False,
-) -> None:
-    """Drop features with extreme values, clip the rest (outlier)."""
-    from ..processing import remove_outliers
-
-    _process("outlier", profiles, output, float_format, quiet, lambda df: remove_outliers(
-        df, bound=bound, percentile=percentile, **feature_args(features, feature_prefixes)))
+def _option(spec: _Step, name: str, parameter: inspect.Parameter, annotation: Any) -> inspect.Parameter:
+    """One keyword argument of the step's function as a command-line option, with its default."""
+    said = spec.help.get(name) or _SHARED_HELP[name]
+    kind = _cli_type(annotation)
+    default = parameter.default
+    if isinstance(default, tuple):
+        default = list(default)
+    choices = spec.choices.get(name) or (typing.get_args(annotation) if typing.get_origin(annotation) is typing.Literal else None)
+    opt = choice_option(choices, help=said) if choices else typer.Option(help=said)
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[kind, opt])
 
 
-@app.command("pca")
-def pca_cmd(
-    profiles: Annotated[str, typer.Argument(help="Per-well profiles without missing values.")],
-    output: Annotated[str, typer.Argument(help="Output table (features PC1, PC2, ...).")],
-    variance_fraction: Annotated[float, typer.Option(help="Share of the variance the components keep.")] = 0.98,
-    features: FeaturesOpt = None,
-    feature_prefixes: FeaturePrefixOpt = None,
-    float_format: FloatFormatOpt = None,
-    quiet: QuietOpt = False,
-) -> None:
-    """Principal components explaining a share of the variance (pca)."""
-    from ..processing import pca
-
-    _process("pca", profiles, output, float_format, quiet, lambda df: pca(
-        df, variance_fraction=variance_fraction, **feature_args(features, feature_prefixes)))
+def _given(value: Any, default: Any) -> Any:
+    """A repeatable option's values (comma-separated lists split); none given: the function's default."""
+    if not isinstance(value, list):
+        return value
+    values = split_values(value) if all(isinstance(v, str) for v in value) else value
+    return values or default
 
 
-@app.command("sphere")
-def sphere_cmd(
-    profiles: Annotated[str, typer.Argument(help="Per-well profiles without missing values.")],
-    output: OutputArg,
-    samples: ReferenceOpt = NEGCON_QUERY,
-    method: Annotated[str, typer.Option(metavar=one_of(SPHERIZE_METHODS), help="PCA, ZCA, PCA-cor or ZCA-cor.")] = "ZCA-cor",
-    epsilon: Annotated[list[float], typer.Option(help="Regularization; repeat to choose the best by mAP.")] = list(SPHERING_GRID),
-    pert_column: Annotated[str, typer.Option(help="Perturbation column for the mAP choice.")] = "Metadata_broad_sample",
-    neg_sameby: Annotated[list[str], typer.Option(help="Negative controls must share these columns.")] = ["Metadata_Plate"],
-    features: FeaturesOpt = None,
-    feature_prefixes: FeaturePrefixOpt = None,
-    float_format: FloatFormatOpt = None,
-    quiet: QuietOpt = False,
-) -> None:
-    """Whitening fitted on negative controls, ε chosen by mAP (sphering)."""
-    from ..processing import sphere
+def _step_command(spec: _Step) -> Callable[..., None]:
+    """The command of one processing step: PROFILES OUTPUT, then the function's keyword arguments."""
+    from .. import processing
 
-    _process("sphering", profiles, output, float_format, quiet, lambda df: sphere(
-        df, samples=samples, method=method, epsilon=epsilon or SPHERING_GRID, pert_column=pert_column,
-        neg_sameby=split_values(neg_sameby) or ["Metadata_Plate"], **feature_args(features, feature_prefixes)))
+    function = getattr(processing, spec.function)
+    source = processing.harmony_handed_over if spec.function == "harmony" else function
+    hints = typing.get_type_hints(source)
+    keywords = {n: p for n, p in inspect.signature(source).parameters.items()
+                if p.kind is inspect.Parameter.KEYWORD_ONLY and n not in _TAIL}
+
+    def command(profiles: str, output: str, *, features: list[str] | None = None, feature_prefixes: list[str] | None = None,
+                float_format: str | None = None, quiet: bool = False, **options: Any) -> None:
+        given = {n: _given(v, keywords[n].default) for n, v in options.items()}
+        _process(spec.step, profiles, output, float_format, quiet,
+                 lambda df: function(df, **given, **feature_args(features, feature_prefixes)))
+
+    positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    params = [inspect.Parameter("profiles", positional, annotation=Annotated[str, typer.Argument(help=spec.profiles_help)]),
+              inspect.Parameter("output", positional, annotation=Annotated[str, typer.Argument(help=spec.output_help)]),
+              *(_option(spec, n, p, hints[n]) for n, p in keywords.items()),
+              *(inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=None if n != "quiet" else False,
+                                  annotation=_TAIL_TYPES[n]) for n in _TAIL)]
+    command.__signature__ = inspect.Signature(params, return_annotation=None)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    command.__doc__ = spec.summary
+    command.__name__ = f"{spec.function}_cmd"
+    return app.command(spec.command)(command)
 
 
-@app.command("harmony")
-def harmony_cmd(
-    profiles: Annotated[str, typer.Argument(help="Per-well profiles without missing values (usually after pca).")],
-    output: OutputArg,
-    batch_key: Annotated[str, typer.Option(help="Column naming the batch.")] = "Metadata_Batch",
-    seed: SeedOpt = 0,
-    max_iter: Annotated[int, typer.Option(help="Harmony iterations.")] = 10,
-    n_clusters: Annotated[int | None, typer.Option(help="Clusters (default min(rows/30, 100)).")] = None,
-    features: FeaturesOpt = None,
-    feature_prefixes: FeaturePrefixOpt = None,
-    float_format: FloatFormatOpt = None,
-    quiet: QuietOpt = False,
-) -> None:
-    """Harmony batch correction (harmony)."""
-    from ..processing import harmony
-
-    _process("harmony", profiles, output, float_format, quiet, lambda df: harmony(
-        df, batch_key=batch_key, seed=seed, max_iter=max_iter, n_clusters=n_clusters,
-        **feature_args(features, feature_prefixes)))
+select_variant_features_cmd = _step_command(_STEPS["var"])
+mad_normalize_cmd = _step_command(_STEPS["mad"])
+rank_int_cmd = _step_command(_STEPS["int"])
+correct_well_position_cmd = _step_command(_STEPS["wellpos"])
+regress_cell_count_cmd = _step_command(_STEPS["cc"])
+remove_outliers_cmd = _step_command(_STEPS["outlier"])
+pca_cmd = _step_command(_STEPS["pca"])
+sphere_cmd = _step_command(_STEPS["sphering"])
+harmony_cmd = _step_command(_STEPS["harmony"])
 
 
 @app.command("process")

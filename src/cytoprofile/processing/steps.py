@@ -11,7 +11,6 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from scipy import sparse, special, stats
 
 from ..errors import ConfigError, InputError
 from ..evaluate import mode_average_precision
@@ -254,6 +253,9 @@ def rank_int(
     """
     if ties not in ("random", "average"):
         raise ConfigError("ties must be 'random' or 'average'")
+    # scipy is imported where used: the command line imports this module to build its commands
+    from scipy import special, stats
+
     names = resolve_features(profiles, features, feature_prefixes=feature_prefixes)
     x = _matrix32(profiles, names)
     perm = np.random.default_rng(seed).permutation(len(x)) if ties == "random" else None
@@ -287,6 +289,8 @@ def correct_well_position(
 
     Missing values are left out of the means and stay missing (no row is dropped).
     """
+    from scipy import sparse
+
     names = resolve_features(profiles, features, feature_prefixes=feature_prefixes)
     codes, _ = pd.factorize(_column(profiles, well_column, "well_column").astype(str))
     onehot = sparse.csr_matrix(
