@@ -52,8 +52,9 @@ def _kinds_present(plate: str, report: dict[str, Any] | None, trusted: dict[str,
 
 
 def plan_build(plate: str, report: dict[str, Any] | None, trusted: dict[str, str], build: dict[str, Any],
-          *, overwrite: bool, rebuild_reason: str | None = None) -> Plan:
-    """Compare the asked outputs with the trusted ones of the last build (see the README's "Re-runs").
+          *, overwrite: bool, strict: bool = False, rebuild_reason: str | None = None) -> Plan:
+    """Compare the asked outputs with the trusted ones of the last build (see the README's "Re-runs"); a skip
+    under ``strict`` of a build that quarantined sites is refused (:func:`check_strict`).
 
     ``rebuild_reason`` is why a caller set ``overwrite`` (the ExportToDatabase route: its files changed): said at
     WARNING in place of "--overwrite"."""
@@ -66,6 +67,7 @@ def plan_build(plate: str, report: dict[str, Any] | None, trusted: dict[str, str
     profile = profiles_name(plate, profile_format=build["profile_format"])
     cells = {single_cell_name(plate, f) for f in build.get("single_cells") or ()}
     if not overwrite and same and asked <= present and profile in trusted and cells <= set(trusted):
+        check_strict(plate, report, strict=strict)
         return Plan(skip=True)
     others = present - asked
     stale = others if overwrite or not same else set()

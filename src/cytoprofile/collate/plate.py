@@ -145,9 +145,8 @@ def _collate_local(ws: str, batch: str, plate: str, *, wait: bool, progress: Pro
         inputs = input_state(ws, batch, plate, report=report, threads=options["threads"]) \
             if options["record_inputs"] and not later else None
         plan = plan_build(plate, report, trusted, {**build_options(options), **({"inputs": inputs.digest} if inputs else {})},
-                          overwrite=options["overwrite"], rebuild_reason=options["rebuild_reason"])
+                          overwrite=options["overwrite"], strict=options["strict"], rebuild_reason=options["rebuild_reason"])
         if plan.skip:
-            check_strict(plate, report, strict=options["strict"])
             return PlateResult(batch, plate, "skipped", "complete outputs exist (use --overwrite to rebuild)",
                                outputs, report, seconds=time.perf_counter() - start)
         seen = plate_files(ws, batch, plate) if later else None

@@ -105,9 +105,9 @@ def collate_remote(ws: str, batch: str, plate: str, *, tmp_dir: str | None, prog
     io.remove_leftovers(target)
     report, trusted = trusted_outputs(ws, batch, plate)
     inputs = remote_state(ws, batch, plate)
-    plan = plan_build(plate, report, trusted, {**build_options(options), "inputs": inputs.digest}, overwrite=options["overwrite"])
+    plan = plan_build(plate, report, trusted, {**build_options(options), "inputs": inputs.digest}, overwrite=options["overwrite"],
+                      strict=options["strict"])
     if plan.skip:
-        check_strict(plate, report, strict=options["strict"])
         return PlateResult(batch, plate, "skipped", "complete outputs exist (use --overwrite to rebuild)", outputs, report,
                            seconds=time.perf_counter() - start)
     with workspace.staged(ws, tmp_dir=tmp_dir, prefix=plate) as copy:
