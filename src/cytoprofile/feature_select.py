@@ -88,7 +88,9 @@ def _frequency_excluded_block(x: np.ndarray, freq_cut: float, unique_cut: float)
     n, d = x.shape
     if d == 0:
         return np.zeros(0, dtype=bool)
-    s = np.sort(np.ascontiguousarray(x.T), axis=1)  # a feature a row, NaN last
+    rows, narrow = np.ascontiguousarray(x.T), x.T.astype(np.float32)  # a feature a row
+    # float32 values (the usual profiles) sort the same in float32, faster; NaN last
+    s = np.sort(narrow if np.array_equal(narrow, rows, equal_nan=True) else rows, axis=1)
     valid = ~np.isnan(s)
     starts = valid.copy()
     starts[:, 1:] &= s[:, 1:] != s[:, :-1]
