@@ -108,27 +108,19 @@ _TAIL_TYPES: dict[str, Any] = {"features": FeaturesOpt, "feature_prefixes": Feat
                                "float_format": FloatFormatOpt, "quiet": QuietOpt}
 
 
-def _cli_type(annotation: Any) -> Any:
-    """The command-line type of a keyword's annotation: a sequence is a repeatable option."""
-    if typing.get_origin(annotation) is typing.Literal:
-        return str
-    for member in (annotation, *typing.get_args(annotation)):
-        origin = typing.get_origin(member)
-        if isinstance(origin, type) and issubclass(origin, abc.Sequence):
-            return list[typing.get_args(member)[0]]  # type: ignore[misc]
-    return annotation
-
-
-def _option(spec: _Step, name: str, parameter: inspect.Parameter, annotation: Any) -> inspect.Parameter:
-    """One keyword argument of the step's function as a command-line option, with its default."""
+def _option(spec: _Step, name: str, parameter: inspect.Parameter) -> inspect.Parameter:
+    """One keyword argument of the step's function as a command-line option, with its default: a sequence is
+    a repeatable option, a Literal or a listed set of values a choice."""
     said = spec.help.get(name) or _SHARED_HELP[name]
-    kind = _cli_type(annotation)
-    default = parameter.default
-    if isinstance(default, tuple):
-        default = list(default)
-    choices = spec.choices.get(name) or (typing.get_args(annotation) if typing.get_origin(annotation) is typing.Literal else None)
+    annotation, default = parameter.annotation, parameter.default
+    literal = typing.get_args(annotation) if typing.get_origin(annotation) is typing.Literal else ()
+    sequence = [m for m in (annotation, *typing.get_args(annotation))
+                if isinstance(typing.get_origin(m), type) and issubclass(typing.get_origin(m), abc.Sequence)]
+    kind = str if literal else list[typing.get_args(sequence[0])[0]] if sequence else annotation  # type: ignore[misc]
+    choices = spec.choices.get(name) or literal
     opt = choice_option(choices, help=said) if choices else typer.Option(help=said)
-    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[kind, opt])
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[kind, opt],
+                             default=list(default) if isinstance(default, tuple) else default)
 
 
 def _given(value: Any, default: Any) -> Any:
@@ -144,9 +136,7 @@ def _step_command(spec: _Step) -> Callable[..., None]:
     from .. import processing
 
     function = getattr(processing, spec.function)
-    source = processing.harmony_handed_over if spec.function == "harmony" else function
-    hints = typing.get_type_hints(source)
-    keywords = {n: p for n, p in inspect.signature(source).parameters.items()
+    keywords = {n: p for n, p in inspect.signature(function, eval_str=True).parameters.items()
                 if p.kind is inspect.Parameter.KEYWORD_ONLY and n not in _TAIL}
 
     def command(profiles: str, output: str, *, features: list[str] | None = None, feature_prefixes: list[str] | None = None,
@@ -158,7 +148,7 @@ def _step_command(spec: _Step) -> Callable[..., None]:
     positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
     params = [inspect.Parameter("profiles", positional, annotation=Annotated[str, typer.Argument(help=spec.profiles_help)]),
               inspect.Parameter("output", positional, annotation=Annotated[str, typer.Argument(help=spec.output_help)]),
-              *(_option(spec, n, p, hints[n]) for n, p in keywords.items()),
+              *(_option(spec, n, p) for n, p in keywords.items()),
               *(inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=None if n != "quiet" else False,
                                   annotation=_TAIL_TYPES[n]) for n in _TAIL)]
     command.__signature__ = inspect.Signature(params, return_annotation=None)  # type: ignore[attr-defined]

@@ -555,6 +555,6 @@ def harmony(profiles: pd.DataFrame, **options: Any) -> pd.DataFrame:
     return harmony_handed_over([profiles], **options)
 
 
-harmony.__signature__ = inspect.signature(harmony_handed_over).replace(  # type: ignore[attr-defined]
-    parameters=[inspect.Parameter("profiles", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation="pd.DataFrame"),
-                *list(inspect.signature(harmony_handed_over).parameters.values())[1:]])
+harmony.__signature__ = inspect.signature(harmony_handed_over, eval_str=True).replace(  # type: ignore[attr-defined]
+    parameters=[inspect.Parameter("profiles", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=pd.DataFrame),
+                *list(inspect.signature(harmony_handed_over, eval_str=True).parameters.values())[1:]])
