@@ -87,3 +87,20 @@ def test_a_compartment_without_features_aggregates_from_the_backend(
     assert np.allclose(from_backend[features].to_numpy(float), collated[features].to_numpy(float), rtol=1e-5)
     again = collate_plate(tmp_path, faults.BATCH, faults.PLATE, aggregate_only=True, backend=backend, operation="mean")
     assert again.status == "done", again.message
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "parquet"])
+def test_a_table_only_a_quarantined_site_held_is_no_table_of_the_plate(tmp_path: Path, backend: str) -> None:
+    """A site lacking Cells.csv (quarantined) that holds the plate's only Speckles.csv: the plate is built from
+    the other sites without a Speckles table (before: SQLite crashed, exit 3; Parquet wrote an empty table with
+    only TableNumber and listed every good site as lacking it)."""
+    plate_dir = faults.small_plate(tmp_path / "ws")
+    folder = faults.site(plate_dir, "A01", 1)
+    (folder / "Speckles.csv").write_bytes((folder / "Nuclei.csv").read_bytes())
+    (folder / "Cells.csv").unlink()
+    result = collate_plate(tmp_path / "ws", faults.BATCH, faults.PLATE, backend=(backend,))  # type: ignore[arg-type]
+    assert result.status == "done"
+    assert "Speckles" not in result.report["tables"] and not result.report["partial_tables"]  # type: ignore[index]
+    entry = next(s for s in result.report["sites"] if s["site"] == folder.name)  # type: ignore[index]
+    assert entry["status"] == "quarantined" and "Cells" in entry["reason"], entry
+    faults.assert_rows_accounted(result, plate_dir)

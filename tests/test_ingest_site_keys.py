@@ -93,3 +93,19 @@ def test_sites_sharing_only_an_illumination_file_are_not_taken_for_copies(tmp_pa
     result = collate_plate(tmp_path / "ws", BATCH, PLATE)
     bad = [s for s in result.report["sites"] if s["status"] != "ok"]  # type: ignore[index]
     assert result.status == "done" and not bad, bad
+
+
+def test_one_site_twice_in_one_image_csv_is_quarantined(tmp_path: Path) -> None:
+    """An Image.csv holding the same (well, site) under two ImageNumbers (an image set processed twice), each
+    with its objects: the site is quarantined naming both (before: stored, the well's cells counted twice, exit
+    status 0), as two folders of one site and the database route already are."""
+    plate_dir = faults.small_plate(tmp_path / "ws")
+    folder = faults.site(plate_dir, "A01", 1)
+    for name in ("Image.csv", "Cells.csv", "Cytoplasm.csv", "Nuclei.csv"):
+        rows = faults.read_rows(folder / name)
+        at = rows[0].index("ImageNumber")
+        faults.write_rows(folder / name, rows + [[("7" if k == at else v) for k, v in enumerate(r)] for r in rows[1:]])
+    result = collate_plate(tmp_path / "ws", BATCH, PLATE)
+    entry = next(s for s in result.report["sites"] if s["site"] == folder.name)  # type: ignore[index]
+    assert entry["status"] == "quarantined" and "is both ImageNumber" in entry["reason"] and "7" in entry["reason"], entry
+    faults.assert_rows_accounted(result, plate_dir)

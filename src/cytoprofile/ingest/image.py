@@ -90,6 +90,10 @@ def check_image(scan: SiteScan, image: pa.Table, strata: Sequence[str], plate: s
             return
     scan.keys = _row_keys(image, strata)
     scan.site_keys = _site_keys(image, distinct_strata(strata))
+    twice = _site_twice(scan.site_keys, scan.image_numbers)
+    if twice:
+        scan.quarantine(f"{base}: {twice}; which row is right is unknown (an image set processed twice?)", path)
+        return
     scan.image_files = _image_files(image)
     scan.warnings.extend(disagreements)
 
@@ -104,6 +108,19 @@ def _site_keys(image: pa.Table, distinct_by: Sequence[str]) -> list[tuple[str, .
     return [(normalise_well(str(w)), normalise_site(s), *more)
             for w, s, more in zip(wells, image.column("Metadata_Site").to_pylist(), extra)
             if w is not None and s is not None and str(s).strip()]
+
+
+def _site_twice(keys: Sequence[tuple[str, ...]], numbers: Sequence[int]) -> str | None:
+    """Two image rows of one Image.csv with one (well, site, other strata), as the two folders of a re-run are:
+    its cells would be counted twice in the well (None: every site once)."""
+    first: dict[tuple[str, ...], int] = {}
+    for k, key in enumerate(keys):
+        if key in first:
+            said = (f"ImageNumber {numbers[first[key]]} and ImageNumber {numbers[k]}" if len(numbers) == len(keys)
+                    else "two of its rows")
+            return f"site {'/'.join(key)} is both {said}"
+        first[key] = k
+    return None
 
 
 def _image_files(image: pa.Table) -> list[tuple[tuple[str, str], ...]]:

@@ -26,10 +26,12 @@ def plan_schema(scans: Sequence[SiteScan], *, plate: str, strata: Sequence[str],
     """
     _unify_table_names(scans, compartments)
     settle_duplicates(scans)
-    object_tables = sorted({t for s in scans if s.problem is None for t in s.files if t != IMAGE_TABLE})
+    present = sorted({t for s in scans if s.problem is None for t in s.files if t != IMAGE_TABLE})
     for scan in scans:
         if scan.problem is None:
-            _require_compartments(scan, compartments, object_tables)
+            _require_compartments(scan, compartments, present)
+    # the tables of the sites still trusted: one only a quarantined site held is no table of the plate
+    object_tables = sorted({t for s in scans if s.problem is None for t in s.files if t != IMAGE_TABLE})
     partial = {t: sorted(s.name for s in scans if s.problem is None and t not in s.files) for t in object_tables}
     tables: dict[str, list[str]] = {}
     text_columns: dict[str, list[str]] = {}
