@@ -20,6 +20,7 @@ import pytest
 
 from cytoprofile import io
 from cytoprofile.collate import collate, collate_plate, trusted_outputs
+from cytoprofile.errors import QuarantineError
 from cytoprofile.synth import synth
 
 from .conftest import link_sites
@@ -464,7 +465,7 @@ def test_readers_trust_only_outputs_the_report_vouches_for(tmp_path: Path) -> No
     assert plate_profiles(ws, "BATCH1", "P1") == str(out / "P1.csv")
 
 
-@pytest.mark.parametrize("change", ["new-site", "removed-site", "file-resized"])
+@pytest.mark.parametrize("change", ["new-site", "removed-site", "file-resized", "empty-site-folder"])
 def test_rerun_after_the_inputs_changed_rebuilds(tmp_path: Path, change: str, caplog: pytest.LogCaptureFixture) -> None:
     """A finished plate whose site files changed is rebuilt, never skipped with rows left out."""
     from . import faults
@@ -481,6 +482,8 @@ def test_rerun_after_the_inputs_changed_rebuilds(tmp_path: Path, change: str, ca
         import shutil
 
         shutil.rmtree(sites[-1])
+    elif change == "empty-site-folder":  # a build quarantines it: a skip would hide that (--strict passed)
+        (plate_dir / f"{faults.PLATE}-B01-1").mkdir()
     else:
         faults.drop_rows(sites[0], "Cells", 1)
         faults.drop_rows(sites[0], "Cytoplasm", 1)
@@ -490,6 +493,9 @@ def test_rerun_after_the_inputs_changed_rebuilds(tmp_path: Path, change: str, ca
     assert "input files changed" in caplog.text
     faults.assert_rows_accounted(again, plate_dir)
     assert collate_plate(tmp_path, faults.BATCH, faults.PLATE).status == "skipped"
+    if change == "empty-site-folder":  # the skip says what the build said (before: a skip passed --strict)
+        with pytest.raises(QuarantineError, match="P1-B01-1: Image.csv is missing"):
+            collate_plate(tmp_path, faults.BATCH, faults.PLATE, strict=True)
 
 
 def test_an_unknown_single_cell_format_names_the_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

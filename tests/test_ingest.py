@@ -472,6 +472,9 @@ def _mutate_duplicate(plate_dir: Path, shape: str) -> tuple[str, str]:
     if shape == "other-plate":
         faults.set_image_value(target, "Metadata_Plate", "P2")
         return target.name, "names plate 'P2'"
+    if shape == "empty-plate":
+        faults.set_image_value(target, "Metadata_Plate", "")
+        return target.name, "Metadata_Plate is empty in data row 1"
     if shape == "empty-well":
         faults.set_image_value(target, "Metadata_Well", "")
         return target.name, "Metadata_Well is empty"
@@ -482,7 +485,7 @@ def _mutate_duplicate(plate_dir: Path, shape: str) -> tuple[str, str]:
     return target.name, "has no name (a trailing comma?)"
 
 
-@pytest.mark.parametrize("shape", ["object-row", "image-row", "symlink", "copy", "other-plate", "empty-well",
+@pytest.mark.parametrize("shape", ["object-row", "image-row", "symlink", "copy", "other-plate", "empty-plate", "empty-well",
                                    "trailing-comma-object", "trailing-comma-image"])
 def test_duplicate_keys_and_foreign_sites_are_refused(tmp_path: Path, shape: str) -> None:
     plate_dir = faults.small_plate(tmp_path)
@@ -525,6 +528,18 @@ def test_keys_are_integers_never_rounded(tmp_path: Path, column: str, value: str
     entry = _sites(result)[target.name]
     assert entry["status"] == "quarantined"
     assert f"line 3: {column} {value!r} is not an integer key" in entry["reason"] or (column == "ImageNumber" and value == "x"), entry["reason"]
+
+
+@pytest.mark.parametrize("column", ["ObjectNumber", "ImageNumber", "Parent_Nuclei"])
+def test_an_empty_key_or_link_quarantines_naming_its_line(tmp_path: Path, column: str) -> None:
+    """An empty ``Parent_Nuclei`` is no link CellProfiler writes (it writes 0): before, it was stored as NULL
+    without a word and the cell fell out of every join."""
+    plate_dir = faults.small_plate(tmp_path)
+    target = faults.site(plate_dir, "A01", 2)
+    faults.set_object_value(target, "Cells", column, "", row=2)
+    entry = _sites(_collate(tmp_path, plate_dir, backend=("sqlite", "parquet")))[target.name]
+    assert entry["status"] == "quarantined"
+    assert f"Cells.csv line 3: {column} is empty" in entry["reason"], entry["reason"]
 
 
 def test_integral_key_text_is_accepted_exactly(tmp_path: Path) -> None:
@@ -1423,20 +1438,22 @@ def test_two_header_only_image_files_keep_their_own_reason(tmp_path: Path) -> No
 
 
 @pytest.mark.parametrize("table", ["Image", "Cells"])
-@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be"])
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be", "utf-16-le no BOM", "utf-16-be no BOM"])
 def test_a_utf16_file_is_named_as_such(tmp_path: Path, table: str, encoding: str) -> None:
     """A spreadsheet's "Unicode text" save is UTF-16: the reason says so and how to convert it (it was named a
-    column name that is not UTF-8, to be renamed)."""
+    column name that is not UTF-8, to be renamed). Without a byte-order mark, ASCII as UTF-16 is valid UTF-8
+    with a NUL after every letter: it was read as a header of odd names."""
     plate_dir = faults.small_plate(tmp_path)
     folder = faults.site(plate_dir, "A01", 1)
     text = (folder / f"{table}.csv").read_text()
-    data = text.encode(encoding)
+    data = text.encode(encoding.removesuffix(" no BOM"))
     if encoding == "utf-16-be":
         data = b"\xfe\xff" + data
     (folder / f"{table}.csv").write_bytes(data)
     result = _collate(tmp_path, plate_dir)
     reason = _sites(result)[folder.name]["reason"]
-    assert "is UTF-16 text" in reason and "iconv -f UTF-16 -t UTF-8" in reason and "rename that column" not in reason
+    iconv = {"utf-16-le no BOM": "UTF-16LE", "utf-16-be no BOM": "UTF-16BE"}.get(encoding, "UTF-16")
+    assert "is UTF-16 text" in reason and f"iconv -f {iconv} -t UTF-8" in reason and "rename that column" not in reason
 
 
 @pytest.mark.parametrize("linked", [["Cells.csv"], ["Cells.csv", "Cytoplasm.csv", "Nuclei.csv"]])

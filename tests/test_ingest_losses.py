@@ -622,3 +622,48 @@ def test_objects_counted_with_no_file_in_any_site_are_listed(tmp_path: Path, cap
     n = len(folders)
     assert listed == {"Count_Speckles": {"objects": n * (n + 1) // 2, "images": n}}, listed
     assert "Count_Speckles" in caplog.text and "no site has a file for" in caplog.text
+
+
+@pytest.mark.parametrize("mode", ["error", "warn"])
+def test_a_compartment_numbered_as_its_parent_shows_rows_cut_when_nothing_counts_it(tmp_path: Path, mode: str) -> None:
+    """Neither Count_Cytoplasm in Image.csv nor Children_Cytoplasm_Count in Cells, Cytoplasm.csv cut at a line
+    ending: Cytoplasm matches Cells object for object everywhere else, so its missing tail is caught (before:
+    stored short, exit 0, no word)."""
+    plate_dir = _plate(tmp_path)
+    for folder in sorted(p for p in plate_dir.iterdir() if p.is_dir()):
+        faults.keep_columns(folder, "Image", lambda c: c != "Count_Cytoplasm")
+        faults.keep_columns(folder, "Cells", lambda c: c != "Children_Cytoplasm_Count")
+    cut = faults.site(plate_dir, "A01", 1)
+    faults.drop_rows(cut, "Cytoplasm", 2)
+    entry = _sites(collate_plate(tmp_path, BATCH, PLATE, count_check=mode))[cut.name]
+    said = entry["reason"] if mode == "error" else " ".join(entry.get("warnings", []))
+    assert "Cytoplasm has " in said and "but Cells, which it matches object for object" in said, entry
+    assert entry["status"] == ("quarantined" if mode == "error" else "ok")
+
+
+def test_a_filtered_compartment_with_fewer_objects_than_its_parent_is_kept(tmp_path: Path) -> None:
+    """A FilterObjects output (every other nucleus kept, renumbered, Parent_Nuclei the original number) has fewer
+    objects than its parent by design and no Count in Image.csv: it is no cut file."""
+    plate_dir = _plate(tmp_path)
+    for folder in sorted(p for p in plate_dir.iterdir() if p.is_dir()):
+        rows = read_rows(folder / "Nuclei.csv")
+        number = rows[0].index("ObjectNumber")
+        kept = [r[:] for r in rows[1::2]]
+        for k, row in enumerate(kept, start=1):
+            row.append(row[number])
+            row[number] = str(k)
+        write_rows(folder / "FilteredNuclei.csv", [[*rows[0], "Parent_Nuclei"], *kept])
+    result = collate_plate(tmp_path, BATCH, PLATE)
+    assert all(s["status"] == "ok" and not s.get("warnings") for s in result.report["sites"]), result.report["sites"]
+    faults.assert_rows_accounted(result, plate_dir)
+
+
+def test_an_empty_count_in_image_csv_is_said(tmp_path: Path) -> None:
+    """An empty ``Count_Cells`` cell leaves that image's Cells rows checked against nothing: a warning names it
+    (before: the check was skipped without a word)."""
+    plate_dir = _plate(tmp_path)
+    target = faults.site(plate_dir, "A02", 1)
+    faults.set_image_value(target, "Count_Cells", "")
+    entry = _sites(collate_plate(tmp_path, BATCH, PLATE))[target.name]
+    assert entry["status"] == "ok"
+    assert any("Image.csv's Count_Cells is empty for ImageNumber" in w for w in entry.get("warnings", [])), entry

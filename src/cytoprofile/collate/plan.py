@@ -147,7 +147,14 @@ def plate_files(ws: str | os.PathLike[str], batch: str, plate: str) -> set[str]:
     """The paths (relative to the plate's analysis folder) of every file under it, as :func:`input_state` walks it."""
     root = Workspace(str(ws)).analysis(batch, plate)
     return {os.path.relpath(os.path.join(folder, name), root)
-            for folder, _dirs, names in os.walk(root, followlinks=True) for name in names}
+            for folder, _dirs, names in os.walk(root, followlinks=True) for name in names} | _empty_folders(root)
+
+
+def _empty_folders(root: str) -> set[str]:
+    """The folders under ``root`` holding nothing, as ``site/`` (an empty site folder is an input: a build
+    quarantines it, so one appearing after a build changes what the build would say)."""
+    return {os.path.relpath(folder, root) + "/" for folder, dirs, names in os.walk(root, followlinks=True)
+            if not dirs and not names and os.path.normpath(folder) != os.path.normpath(root)}
 
 
 def input_state(ws: str | os.PathLike[str], batch: str, plate: str, *, report: dict[str, Any] | None = None,
@@ -174,6 +181,7 @@ def input_state(ws: str | os.PathLike[str], batch: str, plate: str, *, report: d
                 stats[os.path.relpath(path, root)] = os.stat(path)
             except OSError:
                 stats[os.path.relpath(path, root)] = None  # a broken link: named in the report, counted here
+    stats.update(dict.fromkeys(_empty_folders(root)))  # listed, never opened (sized -4 below)
     # only regular files are hashed: opening a named pipe or a device would block or never end
     appeared = sorted(rel for rel in stats if seen is not None and rel not in seen and rel not in fresh)
     for rel in appeared:
@@ -185,7 +193,7 @@ def input_state(ws: str | os.PathLike[str], batch: str, plate: str, *, report: d
     files: dict[str, list[Any]] = {}
     for rel, st in sorted(stats.items()):
         if st is None:
-            files[rel] = [-1, None, None]
+            files[rel] = [-4, None, None] if rel.endswith("/") else [-1, None, None]
         elif not stat.S_ISREG(st.st_mode):
             files[rel] = [-2, None, None]  # not a regular file: named by the read pass, never opened here
         elif rel in fresh:  # what the build read, as it was then: changed since, it differs from its record

@@ -52,24 +52,50 @@ def site_checks(objects: dict[str, np.ndarray], union: dict[str, list[str]], ima
             return (table, f"{table}: ImageNumber {int(a[row, 0])}, ObjectNumber {int(a[row, 1])} appears {int(counts.max())} times"), []
     if mode == "off":
         return None, []
+    problems, checked, empty = _count_problems(objects, image)
+    by_case = {t.lower(): t for t in objects}  # a file named SPECK.CSV is the table Parent_Speck links to
+    problems += _link_problems(objects, union, by_case, numbers, span, composite)
+    problems += _children_problems(objects, union, by_case)
+    problems += _short_twin_problems(objects, union, by_case, checked)
+    if mode == "error" and problems:
+        return problems[0], empty
+    return None, empty + [p for _, p in problems]
+
+
+def _count_problems(objects: dict[str, np.ndarray],
+                    image: pa.Table) -> tuple[list[tuple[str, str]], dict[str, set[int]], list[str]]:
+    """Rows per image vs Image.csv's ``Count_<table>``: the mismatches, the images each table was checked in,
+    and a warning per table whose count is empty in an image (its rows there go unchecked)."""
     problems: list[tuple[str, str]] = []
+    checked: dict[str, set[int]] = {}
+    empty: list[str] = []
     for table, a in objects.items():
         count = _count_column(image, table)
         if count is None:
             continue
         expected = dict(zip(image.column("ImageNumber").to_pylist(), image.column(count).to_pylist()))
         found = Counter(a[:, 0].astype(np.int64).tolist())
+        blank = sorted(n for n, want in expected.items() if want is None or (isinstance(want, float) and np.isnan(want)))
+        if blank:
+            empty.append(f"Image.csv's {count} is empty for ImageNumber {blank[0]}"
+                         + (f" and {len(blank) - 1} more" if len(blank) > 1 else "")
+                         + f": {table}'s {found.get(blank[0], 0)} row(s) there are checked against no count")
+        checked[table] = {n for n in expected if n not in blank}
         for number, want in expected.items():
-            if want is not None and not (isinstance(want, float) and np.isnan(want)) and found.get(number, 0) != want:
+            if number not in blank and found.get(number, 0) != want:
                 problems.append((table, f"{table} has {found.get(number, 0)} rows for ImageNumber {number} but Image.csv "
                                         f"{count} says {_as_written(want)}"))
                 break
-    by_case = {t.lower(): t for t in objects}  # a file named SPECK.CSV is the table Parent_Speck links to
+    return problems, checked, empty
+
+
+def _link_problems(objects: dict[str, np.ndarray], union: dict[str, list[str]], by_case: dict[str, str],
+                   numbers: np.ndarray, span: int, composite: dict[str, np.ndarray]) -> list[tuple[str, str]]:
+    """``Parent_<X>`` values that are neither 0 nor an object of X in the same image."""
+    problems = []
     for table, a in objects.items():
         for j, column in enumerate(union[table]):
-            other = column[len("Parent_"):] if column.startswith("Parent_") else None
-            if other is not None and other not in objects:
-                other = by_case.get(other.lower())
+            other = _linked_table(column, "Parent_", "", objects, by_case)
             if other is None:
                 continue
             parents = a[:, j]
@@ -83,10 +109,43 @@ def site_checks(objects: dict[str, np.ndarray], union: dict[str, list[str]], ima
                 problems.append((table, f"{table} row with ObjectNumber {int(a[row, 1])} (ImageNumber {int(a[row, 0])}) has "
                                         f"{column} {int(parents[row])}, but {other} has no such object in that image "
                                         f"({int(missing.sum())} such link(s))"))
-    problems += _children_problems(objects, union, by_case)
-    if mode == "error" and problems:
-        return problems[0], []
-    return None, [p for _, p in problems]
+    return problems
+
+
+def _linked_table(column: str, prefix: str, suffix: str, objects: dict[str, np.ndarray],
+                  by_case: dict[str, str]) -> str | None:
+    """The table a ``Parent_<X>`` or ``Children_<X>_Count`` column names, as written or else in any case."""
+    if not (column.startswith(prefix) and column.endswith(suffix)) or len(column) <= len(prefix) + len(suffix):
+        return None
+    other = column[len(prefix):len(column) - len(suffix)]
+    return other if other in objects else by_case.get(other.lower())
+
+
+def _short_twin_problems(objects: dict[str, np.ndarray], union: dict[str, list[str]], by_case: dict[str, str],
+                         checked: dict[str, set[int]]) -> list[tuple[str, str]]:
+    """A compartment numbered as its parent (ObjectNumber = ``Parent_<P>`` in every row, as Cytoplasm is to Cells)
+    with at least two fewer objects than P in an image that no count vouches for (no ``Count_<X>`` in Image.csv,
+    no ``Children_<X>_Count`` in P): the file lost its last rows, which nothing else could show."""
+    out = []
+    for table, a in objects.items():
+        for j, column in enumerate(union[table]):
+            parent = _linked_table(column, "Parent_", "", objects, by_case)
+            if parent is None or parent == table or not len(a) or not np.array_equal(a[:, 1], a[:, j]):
+                continue
+            if any(_linked_table(c, "Children_", "_Count", objects, by_case) == table for c in union[parent]):
+                continue
+            have = Counter(a[:, 0].astype(np.int64).tolist())
+            told = checked.get(table, set())
+            parents = Counter(objects[parent][:, 0].astype(np.int64).tolist())
+            # two or more missing: one alone is what a filter dropping P's last object leaves (FilterObjects)
+            short = [(n, m) for n, m in sorted(parents.items()) if n not in told and have.get(n, 0) < m - 1]
+            if short:
+                n, m = short[0]
+                out.append((table, f"{table} has {have.get(n, 0)} rows for ImageNumber {n} but {parent}, which it "
+                                   f"matches object for object ({column} = ObjectNumber), has {m} (rows lost from the "
+                                   f"{table} file? Image.csv has no Count_{table} to tell; --count-check warn keeps the site)"))
+                break
+    return out
 
 
 def _children_problems(objects: dict[str, np.ndarray], union: dict[str, list[str]],
@@ -96,12 +155,9 @@ def _children_problems(objects: dict[str, np.ndarray], union: dict[str, list[str
     out = []
     for table, a in objects.items():
         for j, column in enumerate(union[table]):
-            if not (column.startswith("Children_") and column.endswith("_Count")):
-                continue
-            child = column[len("Children_"):-len("_Count")]
-            child = child if child in objects else by_case.get(child.lower(), "")
+            child = _linked_table(column, "Children_", "_Count", objects, by_case)
             counts = a[:, j]
-            if child not in objects or not len(counts) or np.isnan(counts).all():
+            if child is None or not len(counts) or np.isnan(counts).all():
                 continue
             told = ~np.isnan(counts)
             images, where = np.unique(a[told, 0].astype(np.int64), return_inverse=True)

@@ -76,7 +76,12 @@ def check_image(scan: SiteScan, image: pa.Table, strata: Sequence[str], plate: s
         return
     scan.image_numbers = [int(v) for v in numbers if v is not None]
     if had_plate:
-        others = sorted({str(v) for v in image.column("Metadata_Plate").to_pylist()} - {plate})
+        plates = image.column("Metadata_Plate").to_pylist()
+        empty = [i for i, v in enumerate(plates) if v is None or str(v).strip() == ""]
+        if empty:
+            scan.quarantine(f"{base}: Metadata_Plate is empty in data row {empty[0] + 1}", path)
+            return
+        others = sorted({str(v) for v in plates} - {plate})
         if others:
             note = spelling_note(others[0], plate)
             scan.quarantine(f"{base} names plate {others[0]!r}, not {plate!r}" + (note or " (a site of another plate?)"),

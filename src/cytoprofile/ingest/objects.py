@@ -157,8 +157,10 @@ def _key_column(values: Any, column: str, base: str, header_lines: int, raw: byt
     values = values.cast(pl.Utf8)
     ints = values.str.strip_chars().str.to_integer(strict=False)
     present = values.is_not_null()
-    if column in ("ImageNumber", "ObjectNumber") and not bool(present.all()):
-        raise ObjectFileProblem(f"{base} has rows with no ImageNumber or ObjectNumber")
+    if not bool(present.all()):  # an empty key: the object cannot be told apart, or its link is unknown (not 0)
+        line = line_of_row(raw, header_lines, int(np.flatnonzero(~present.to_numpy())[0]))
+        hint = " (CellProfiler writes 0 for an object without a parent)" if column.startswith("Parent_") else ""
+        raise ObjectFileProblem(f"{base} line {line}: {column} is empty{hint}")
     bad = (ints.is_null() & present) | (ints < 0) | (ints > MAX_KEY)
     if bool(bad.any()):
         texts = values.to_list()
@@ -172,12 +174,12 @@ def _key_column(values: Any, column: str, base: str, header_lines: int, raw: byt
 
 
 def _suspect_key(values: Any, column: str) -> bool:
-    """A key column the fast int64 parse could not vouch for: text, missing keys, or out of 0..2^53."""
+    """A key column the fast int64 parse could not vouch for: text, an empty key or link, or out of 0..2^53."""
     import polars as pl
 
     if values.dtype == pl.Utf8:
         return True
-    if values.null_count() and column in ("ImageNumber", "ObjectNumber"):
+    if values.null_count():
         return True
     low, high = values.min(), values.max()
     return low is not None and (low < 0 or high > MAX_KEY)

@@ -444,7 +444,8 @@ def _split_text_columns(source: Source) -> None:
         return
     source.text_header = [source.header[j] for j in text]
     source.text_positions = [positions[j] for j in text]
-    numeric = [j for j in range(len(source.header)) if j not in set(text)]
+    texts = set(text)
+    numeric = [j for j in range(len(source.header)) if j not in texts]
     source.header = [source.header[j] for j in numeric]
     source.positions = [positions[j] for j in numeric]
     source.key_index = None

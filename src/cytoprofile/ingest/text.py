@@ -19,6 +19,7 @@ from ..io import ragged_line
 from .model import ObjectFileProblem
 
 __all__ = [
+    "utf16_kind",
     "file_identity",
     "is_utf16",
     "unterminated_last_row",
@@ -138,6 +139,15 @@ def unterminated_last_row(raw: bytes, name: str, header_lines: int) -> str | Non
 _INVISIBLE = "\u200b\u200c\u200d\u2060\ufeff"
 
 
+def clean_names(names: list[str]) -> list[str]:
+    """:func:`clean_name` of each name; the usual row of plain names (no first or last character a space or
+    an invisible one) is found from the sets of first and last characters, without a call per name."""
+    edges = {c[:1] for c in names} | {c[-1:] for c in names}
+    if not any(e.isspace() or (e and e in _INVISIBLE) for e in edges):
+        return names
+    return [clean_name(c) for c in names]
+
+
 def clean_name(name: str) -> str:
     """A header name without the spaces and invisible characters around it (as it shows in a spreadsheet)."""
     out = name
@@ -153,7 +163,15 @@ _ODD_BREAKS = {"\u2028": "U+2028 LINE SEPARATOR", "\u2029": "U+2029 PARAGRAPH SE
 
 def _refuse_odd_line_breaks(line: str, name: str) -> None:
     """A header line holding a character that looks like a line break (the header would swallow the first
-    row): the file is refused, naming the character and the fix, never read as a header of odd names."""
+    row), or NUL bytes (UTF-16 text without a byte-order mark reads as valid UTF-8 with a NUL after every
+    letter): the file is refused, naming the character and the fix, never read as a header of odd names."""
+    if "\x00" in line:
+        kind = utf16_kind(line.encode("utf-8"))
+        if kind:
+            raise ObjectFileProblem(f"{name} is UTF-16 text without a byte-order mark (CellProfiler writes UTF-8): "
+                                    f"re-export it from CellProfiler or convert it (iconv -f {kind} -t UTF-8 {name})")
+        raise ObjectFileProblem(f"{name}: its header holds a NUL byte at character {line.index(chr(0)) + 1} (a damaged "
+                                "file?): export or copy it again")
     for char, said in _ODD_BREAKS.items():
         if char in line:
             raise ObjectFileProblem(f"{name}: its header holds {said} at character {line.index(char) + 1} (a line "
@@ -168,14 +186,15 @@ def read_header(path: str, lines: int = 1) -> list[list[str]]:
         text = [fh.readline() for _ in range(lines + 1)]
     for line in text[:lines]:
         _refuse_odd_line_breaks(line, os.path.basename(path))
-    rows = [[clean_name(c) for c in next(csv.reader([line]), [])] for line in text[:lines]]
+    rows = [clean_names(next(csv.reader([line]), [])) for line in text[:lines]]
     first_data = text[lines].rstrip("\r\n")
     if first_data and '"' not in first_data:
         width = first_data.count(",") + 1
         for i, line in enumerate(text[:lines]):
-            bare = [clean_name(c) for c in line.rstrip("\r\n").split(",")]
-            parsed_fits = len(rows[i]) == width and "" not in rows[i]
-            if '"' in line and not parsed_fits and len(bare) == width:
+            if '"' not in line or (len(rows[i]) == width and "" not in rows[i]):
+                continue
+            bare = clean_names(line.rstrip("\r\n").split(","))
+            if len(bare) == width:
                 rows[i] = bare
     return rows
 
@@ -186,7 +205,7 @@ def padded_names(path: str, name: str, *, lines: int = 1) -> list[str]:
     opener: Any = gzip.open if path.lower().endswith(".gz") else open
     with opener(path, "rt", encoding="utf-8-sig", newline="") as fh:
         rows = [next(csv.reader([fh.readline()]), []) for _ in range(lines)]
-    named = [(position, c, clean_name(c)) for row in rows for position, c in enumerate(row, start=1)]
+    named = [(position, c, clean) for row in rows for position, (c, clean) in enumerate(zip(row, clean_names(row)), start=1)]
     return [f"{name}: column {position} of the header, {c!r}, read as {clean!r} (spaces or invisible "
             "characters around the name removed)" for position, c, clean in named if c != clean and clean]
 
@@ -196,13 +215,28 @@ _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 
 
 def is_utf16(path: str) -> bool:
-    """Whether a file starts with UTF-16's byte-order mark (a spreadsheet's "Unicode text" save)."""
+    """Whether a file is UTF-16 text (a spreadsheet's "Unicode text" save): its byte-order mark, or else NUL
+    bytes between the letters of its start."""
     opener: Any = gzip.open if path.lower().endswith(".gz") else open
     try:
         with opener(path, "rb") as fh:
-            return fh.read(2) in _UTF16_BOMS
+            head = fh.read(64)
     except (OSError, EOFError):
         return False
+    return head[:2] in _UTF16_BOMS or utf16_kind(head) is not None
+
+
+def utf16_kind(head: bytes) -> str | None:
+    """``UTF-16LE`` or ``UTF-16BE`` when text without a byte-order mark has a NUL byte beside every byte of
+    its start (ASCII names as UTF-16), else None."""
+    head = head[: len(head) // 2 * 2]
+    if len(head) < 4:
+        return None
+    if not head[1::2].strip(b"\x00") and head[0::2].strip(b"\x00"):
+        return "UTF-16LE"
+    if not head[0::2].strip(b"\x00") and head[1::2].strip(b"\x00"):
+        return "UTF-16BE"
+    return None
 
 
 def undecodable_name(path: str) -> str | None:
