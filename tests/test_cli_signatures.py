@@ -188,11 +188,12 @@ def test_help_shows_the_choices_of_an_option(command: str, option: str, capsys: 
 
 
 def test_defaults_are_shown_one_way(capsys: pytest.CaptureFixture[str]) -> None:
-    """A default is shown in brackets (``[default: 5.0]``), never in the help's prose as ``(default 5)``."""
+    """A default is shown in brackets (``[default: 5.0]``, ``[default: (every well)]`` for what an unset option
+    means), never in the help's prose as ``(default 5)`` or ``(default: every well)``."""
     problems = []
     for name, cmd in _group().commands.items():
         for param in cmd.params:
-            if re.search(r"\(default:? \d", " ".join((getattr(param, "help", None) or "").split())):
+            if re.search(r"\(default\b", " ".join((getattr(param, "help", None) or "").split())):
                 problems.append(f"{name} --{param.name}: default in prose: {param.help!r}")
     assert not problems, "\n".join(problems)
 
@@ -211,7 +212,8 @@ def test_unset_options_say_what_unset_means() -> None:
     for name, cmd in _group().commands.items():
         for param in cmd.params:
             said = SAYS_ITS_DEFAULT.get((name, str(param.name))) or SAYS_ITS_DEFAULT.get(("*", str(param.name)))
-            if said and _is_option(param) and param.default is None and said not in " ".join((param.help or "").split()):
+            shown = f"default: {param.show_default}" if isinstance(param.show_default, str) else ""
+            if said and _is_option(param) and param.default is None and said not in " ".join(f"{param.help} {shown}".split()):
                 problems.append(f"{name} --{param.name}: help does not say {said!r}")
     assert not problems, "\n".join(problems)
 

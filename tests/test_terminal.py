@@ -31,7 +31,8 @@ from .quarantine import BATCH, quarantined_workspace
 PLATES = ["P1", "P2", "P3"]
 WIDTH, HEIGHT = 80, 24
 LOG = re.compile(r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL) +\S")
-BAR = re.compile(r"^(all \d+ plates|P\d|recipe: plates, then batch steps) +━*[━╸╺ ]* *\d+/\d+|^(all \d+ plates|P\d|recipe: \S.*) +[━╸╺ ]")
+BAR = re.compile(r"^(all \d+ plates(?: \([^)]*\))?|P\d|recipe: plates, then batch steps) +━*[━╸╺ ]* *\d+/(?:\d+|\?)"
+                 r"|^(all \d+ plates(?: \([^)]*\))?|P\d|recipe: \S.*) +[━╸╺ ]")
 TABLE = re.compile(r"^[┏┃┡│└]|^ +collate B1 *$")
 HANGING = " " * 9  # continuation lines of a wrapped record, under its message
 CLOSING = re.compile(r"^(\d+ step\(s\) run, |profiles P\d|GCT B1: |QC report B1: |QC: ran for B1$|(COLLATE|RUN)-EXIT=\d+$)")

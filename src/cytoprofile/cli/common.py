@@ -110,7 +110,7 @@ console = Console(stderr=True)
 log = logging.getLogger("cytoprofile")
 
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors; no progress bars.")]
-ProfileOpt = Annotated[str | None, typer.Option(help="AWS profile for S3 URLs (default: the standard credential chain).")]
+ProfileOpt = Annotated[str | None, typer.Option(help="AWS profile for S3 URLs.", show_default="the standard credential chain")]
 EndpointOpt = Annotated[str | None, typer.Option(help="S3-compatible endpoint URL (e.g. a local or non-AWS server).")]
 NoSignOpt = Annotated[bool, typer.Option("--no-sign-request", help="Anonymous access to public buckets (e.g. the Cell Painting Gallery).")]
 TmpDirOpt = Annotated[str | None, typer.Option(help="Scratch folder for downloads and temporary files (created if missing).")]
@@ -216,9 +216,11 @@ def plate_progress(plates: list[str], quiet: bool, unit: str | None = "sites") -
         totals[plate] = total
         done[plate] = n
         progress.update(tasks[plate], completed=n, total=total)
-        if overall is not None:
+        if overall is not None:  # the total is known once every plate is scanned; until then the bar says so
+            scanned = "" if len(totals) == len(plates) else f" ({len(totals)} scanned)"
             progress.update(overall, completed=sum(done.values()),
-                            total=sum(totals.values()) if len(totals) == len(plates) else None)
+                            total=sum(totals.values()) if not scanned else None,
+                            description=f"all {len(plates)} plates{scanned}")
 
     with _no_control_echo():
         try:
@@ -292,12 +294,12 @@ def check_float_format(value: str | None) -> str | None:
     return check_usable_float_format(value)
 
 
-FloatFormatOpt = Annotated[str | None, typer.Option(help="printf-style float format for CSV output: %.Ng or %.Ne, e.g. %.5g (default: full precision).",
+FloatFormatOpt = Annotated[str | None, typer.Option(help="printf-style float format for CSV output: %.Ng or %.Ne, e.g. %.5g.", show_default="full precision",
                                                     callback=check_float_format)]
 CompartmentsOpt = Annotated[list[str] | None, typer.Option(
-    help="Object tables whose columns are features (default Cells,Cytoplasm,Nuclei; e.g. Cells,Cytoplasm,Nuclei,Speckles).")]
-FeaturesOpt = Annotated[list[str] | None, typer.Option(help="Feature columns (default: inferred).")]
-CompartmentFeaturesOpt = Annotated[list[str] | None, typer.Option(help="Feature columns (default: inferred from the compartments).")]
+    help="Object tables whose columns are features (e.g. Cells,Cytoplasm,Nuclei,Speckles).", show_default="Cells, Cytoplasm, Nuclei")]
+FeaturesOpt = Annotated[list[str] | None, typer.Option(help="Feature columns.", show_default="inferred")]
+CompartmentFeaturesOpt = Annotated[list[str] | None, typer.Option(help="Feature columns.", show_default="inferred from the compartments")]
 ImageFeaturesOpt = Annotated[bool, typer.Option(help="Include Image_* features when inferring.")]
 SeedOpt = Annotated[int, typer.Option(help="Random seed.")]
 ProfilesArg = Annotated[str, typer.Argument(help="Per-well profiles.")]

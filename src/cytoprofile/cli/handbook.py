@@ -58,7 +58,7 @@ def synth(
     cells: Annotated[int, typer.Option(help="Mean cells per site.")] = 40,
     features: Annotated[int, typer.Option(help="Features per compartment.")] = 40,
     treatments: Annotated[int, typer.Option(help="Distinct treatments on the plate map.")] = 8,
-    well_subset: Annotated[int | None, typer.Option(help="Only write the first N wells of the plate (default: every well).")] = None,
+    well_subset: Annotated[int | None, typer.Option(help="Only write the first N wells of the plate.", show_default="every well")] = None,
     faults: Annotated[bool, typer.Option(help="Plant an empty file, a cut-off row and a header-only Image.csv.")] = False,
     seed: SeedOpt = 0,
     export: Annotated[str, choice_option(SYNTH_EXPORTS, help="csv (ExportToSpreadsheet site folders) or database (ExportToDatabase SQLite files).")] = "csv",
@@ -101,9 +101,9 @@ def collate(
     single_cell_format: Annotated[list[str] | None, typer.Option(help="parquet and/or anndata for --single-cells (repeat for both).")] = None,
     hub: HubOpt = "Cytoplasm",
     exclude_outlier_cells: Annotated[bool, typer.Option("--exclude-outlier-cells", help="Leave cells that a cell QC set flags out of the profiles.")] = False,
-    qc_sets: Annotated[list[str] | None, typer.Option(help="Only these cell QC sets (default: every set of the thresholds file).")] = None,
-    cell_qc_thresholds: Annotated[str | None, typer.Option("--thresholds", help="Cell QC threshold sets YAML (default: the three shipped nuclei sets).")] = None,
-    export_db: Annotated[list[str], typer.Option(help="CellProfiler ExportToDatabase .sqlite file or folder of them to read instead of site CSVs (repeatable); default: analysis/BATCH/PLATE/*.sqlite when there are no site folders.")] = [],
+    qc_sets: Annotated[list[str] | None, typer.Option(help="Only these cell QC sets.", show_default="every set of the thresholds file")] = None,
+    cell_qc_thresholds: Annotated[str | None, typer.Option("--thresholds", help="Cell QC threshold sets YAML.", show_default="the three shipped nuclei sets")] = None,
+    export_db: Annotated[list[str], typer.Option(help="CellProfiler ExportToDatabase .sqlite file or folder of them to read instead of site CSVs (repeatable).", show_default="analysis/BATCH/PLATE/*.sqlite when there are no site folders")] = [],
     table_prefix: Annotated[str | None, typer.Option(help="Table prefix of the ExportToDatabase files (e.g. MyExpt_); detected when unset.")] = None,
     jobs: Annotated[int, typer.Option(help="Plates in parallel on this machine.")] = 1,
     scheduler: Annotated[str | None, typer.Option(help="Dask scheduler address: run plates on that cluster.")] = None,
@@ -155,10 +155,8 @@ def collate(
 
 
 def _print_results(results: list[Any], batch: str, *, start: float) -> None:
-    """One record per plate's outcome (a long one wraps at words, never inside a path, like every
-    record), then one tally line; a failed plate makes it a user error (exit 1)."""
-    for r in results:  # INFO: --quiet drops these and keeps warnings; the error line counts the failed plates
-        log.info("%s %s (%.1f s): %s", r.plate, r.status, r.seconds, r.message)
+    """One tally line after the plates' own outcome lines (said as each finished); a failed plate makes it a
+    user error (exit 1)."""
     failed = [r for r in results if r.status == "failed"]
     skipped = [r for r in results if r.status == "skipped"]
     done = len(results) - len(failed)

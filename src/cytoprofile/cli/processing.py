@@ -206,7 +206,7 @@ def map_cmd(
     profiles: Annotated[str, typer.Argument(help="Profiles (per well; consensus profiles for consistency).")],
     output: Annotated[str | None, typer.Argument(help="Write the per-group table here (.csv, .csv.gz or .parquet).")] = None,
     mode: Annotated[str, choice_option(MAP_MODES, help="activity (vs negative controls), distinctiveness (vs other perturbations) or consistency (by an annotation).")] = "activity",
-    pert_column: Annotated[str | None, typer.Option(help="Perturbation column (default: the first of Metadata_broad_sample, Metadata_pert_iname, ...).")] = None,
+    pert_column: Annotated[str | None, typer.Option(help="Perturbation column.", show_default="the first of Metadata_broad_sample, Metadata_pert_iname, ...")] = None,
     annotation_column: Annotated[str | None, typer.Option(help="consistency: the annotation (e.g. Metadata_target).")] = None,
     multilabel_separator: Annotated[str | None, typer.Option(help="consistency: separator of several labels in one cell, e.g. '|'.")] = None,
     control_query: Annotated[str, typer.Option(help="Negative controls (query); 'none' for no controls.")] = NEGCON_QUERY,

@@ -35,14 +35,14 @@ def single_cells_cmd(
     batch: Annotated[str, typer.Argument(help="Batch name.")],
     plates: Annotated[list[str], typer.Argument(help="One or more plate barcodes.")],
     formats: Annotated[list[str], typer.Option("--format", help="parquet and/or anndata (repeat for both).")] = ["parquet"],
-    backend: Annotated[str | None, typer.Option(help="Read the sqlite or parquet backend (default: parquet if present).")] = None,
+    backend: Annotated[str | None, typer.Option(help="Read the sqlite or parquet backend.", show_default="parquet if present")] = None,
     compartments: Annotated[list[str], typer.Option(help="Object tables to join.")] = list(DEFAULT_COMPARTMENTS),
     hub: HubOpt = "Cytoplasm",
-    links: Annotated[list[str] | None, typer.Option(help="COMPARTMENT=HUB_COLUMN (default <Hub>_Parent_<Compartment>).")] = None,
+    links: Annotated[list[str] | None, typer.Option(help="COMPARTMENT=HUB_COLUMN.", show_default="<Hub>_Parent_<Compartment>")] = None,
     image_feature_categories: Annotated[list[str], typer.Option(help="Image categories to add as Image_* features.")] = [],
-    metadata: Annotated[list[str] | None, typer.Option(help="Image metadata columns to carry, or 'all' (default Plate, Well, Site).")] = None,
+    metadata: Annotated[list[str] | None, typer.Option(help="Image metadata columns to carry, or 'all'.", show_default="Plate, Well, Site")] = None,
     cell_qc: Annotated[bool, typer.Option("--cell-qc/--no-cell-qc", help="Add Metadata_cqc_<set>_is_outlier flags.")] = False,
-    thresholds: Annotated[str | None, typer.Option(help="Threshold sets YAML (default: the three shipped nuclei sets).")] = None,
+    thresholds: Annotated[str | None, typer.Option(help="Threshold sets YAML.", show_default="the three shipped nuclei sets")] = None,
     qc_sets: Annotated[list[str] | None, typer.Option(help="Only these threshold sets.")] = None,
     strict: Annotated[bool, typer.Option(help="Exit 1 when any object could not be linked into a cell.")] = False,
     threads: Annotated[int, typer.Option(help="Threads reading an SQLite backend's sites ahead and writing "
@@ -75,7 +75,7 @@ def single_cells_cmd(
 def cell_qc_cmd(
     input_path: Annotated[str, typer.Argument(metavar="SINGLE_CELLS", help="A single-cell Parquet file (ours or CytoTable's).")],
     output: Annotated[str | None, typer.Option(help="Write here instead of replacing the input.")] = None,
-    thresholds: Annotated[str | None, typer.Option(help="Threshold sets YAML (default: the three shipped nuclei sets).")] = None,
+    thresholds: Annotated[str | None, typer.Option(help="Threshold sets YAML.", show_default="the three shipped nuclei sets")] = None,
     qc_sets: Annotated[list[str] | None, typer.Option(help="Only these threshold sets.")] = None,
     quiet: QuietOpt = False,
 ) -> None:

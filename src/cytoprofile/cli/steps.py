@@ -54,7 +54,7 @@ def aggregate(
     image_feature_categories: Annotated[list[str], typer.Option(help="Image categories to add as features.")] = list(DEFAULT_IMAGE_FEATURE_CATEGORIES),
     image_features: AddImageFeaturesOpt = True,
     strata: StrataOpt = list(DEFAULT_STRATA),
-    float_format: Annotated[str | None, typer.Option(help="printf-style float format for CSV output, e.g. %.5g (default: full precision).",
+    float_format: Annotated[str | None, typer.Option(help="printf-style float format for CSV output, e.g. %.5g.", show_default="full precision",
                                                      callback=check_float_format)] = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -77,7 +77,7 @@ def aggregate(
 @app.command("csv2gz")
 def csv2gz_cmd(
     source: Annotated[str, typer.Argument(help="A CSV file.")],
-    dest: Annotated[str | None, typer.Argument(help="Output .csv.gz (default: beside the source).")] = None,
+    dest: Annotated[str | None, typer.Argument(help="Output .csv.gz.", show_default="beside the source")] = None,
     float_format: Annotated[str | None, typer.Option(help="Float format; 'none' keeps full precision.")] = "%.5g",
 ) -> None:
     """Rewrite a CSV as deterministic gzip CSV (same bytes on every run)."""
@@ -158,10 +158,10 @@ def normalize(
     sample_filter: Annotated[list[str] | None, typer.Option(metavar="COLUMN=VALUE[,VALUE]", help="Fit on wells where COLUMN=VALUE[,VALUE] (repeatable).")] = None,
     features: FeaturesOpt = None,
     image_features: ImageFeaturesOpt = False,
-    mad_robustize_epsilon: Annotated[float, typer.Option(help="ε added to the scaled MAD.")] = 1e-18,
+    mad_robustize_epsilon: Annotated[float, typer.Option("--mad-robustize-epsilon", "--mad-robustize-fudge-factor", help="ε added to the scaled MAD (--mad-robustize-fudge-factor: the recipe's normalize.mad_robustize_fudge_factor).")] = 1e-18,
     spherize_method: Annotated[str, typer.Option(metavar=one_of(SPHERIZE_METHODS), help="PCA, ZCA, PCA-cor or ZCA-cor.")] = "ZCA-cor",
     spherize_epsilon: Annotated[float, typer.Option(help="Spherize regularization.")] = 1e-6,
-    min_cells: Annotated[int | None, typer.Option(help="Fit only on wells with at least this many cells (default: every well).")] = None,
+    min_cells: Annotated[int | None, typer.Option(help="Fit only on wells with at least this many cells.", show_default="every well")] = None,
     compartments: CompartmentsOpt = None,
     inverse_normal_n_quantiles: Annotated[int, typer.Option(help="inverse_normal: quantiles of the fitted transform.")] = 1000,
     float_format: FloatFormatOpt = None,
@@ -191,7 +191,7 @@ def feature_select(
     freq_cut: Annotated[float, typer.Option(help="frequency test: 2nd/1st most common value ratio.")] = 0.05,
     unique_cut: Annotated[float, typer.Option(help="frequency test: distinct values / rows.")] = 0.01,
     outlier_cutoff: Annotated[float, typer.Option(help="drop_outliers: largest |value| kept.")] = 500,
-    blocklist_file: Annotated[str | None, typer.Option(help="blocklist: a file of features (default: the standard list).")] = None,
+    blocklist_file: Annotated[str | None, typer.Option(help="blocklist: a file of features.", show_default="the standard list")] = None,
     corr_method: Annotated[str, typer.Option(metavar=one_of(CORRELATION_METHODS), help="correlation_threshold: pearson, spearman or kendall.")] = "pearson",
     min_variance: Annotated[float, typer.Option(help="variance_threshold with --variance-threshold-meaning variance: smallest variance kept.")] = 1e-6,
     noise_removal_perturb_groups: Annotated[str | None, typer.Option(help="noise_removal: the column naming each well's perturbation group (needed by noise_removal).")] = None,
@@ -266,7 +266,7 @@ def write_gct(
 def validate_metadata(
     workspace: Annotated[str, typer.Argument(help="Folder holding metadata/platemaps/BATCH/.")],
     batch: Annotated[str, typer.Argument(help="Batch name.")],
-    plates: Annotated[list[str] | None, typer.Option("--plate", help="Check only these plates (default: every plate of the batch).")] = None,
+    plates: Annotated[list[str] | None, typer.Option("--plate", help="Check only these plates.", show_default="every plate of the batch")] = None,
     external_metadata: Annotated[str | None, typer.Option("--external", help="External metadata file to check too.")] = None,
     merge_column: Annotated[str | None, typer.Option(help="Its key column.")] = None,
     profile_files: Annotated[list[str] | None, typer.Option("--profiles", help="Per-well profiles whose wells to check against their plate maps (repeatable; plates from Metadata_Plate).")] = None,

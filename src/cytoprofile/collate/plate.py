@@ -165,7 +165,7 @@ def _collate_local(ws: str, batch: str, plate: str, *, wait: bool, progress: Pro
 def _warn_appeared(plate: str, appeared: list[str]) -> None:
     """Files that came while the plate was read are in no output: say so (the next run rebuilds the plate)."""
     if appeared:
-        shown = ", ".join(appeared[:3]) + (f" and {len(appeared) - 3} more" if len(appeared) > 3 else "")
+        shown = ", ".join(appeared[:3]) + f" and {len(appeared) - 3} more" if len(appeared) > 4 else ", ".join(appeared)
         log.warning("%s: %d file(s) appeared while the plate was read and are not in this build (%s); "
                     "run collate again when CellProfiler has finished: it rebuilds the plate", plate, len(appeared), shown)
 
@@ -231,7 +231,12 @@ def collate(
                                    export_db=tuple(str(p) for p in export_db), table_prefix=table_prefix,
                                    remote=remote, tmp_dir=tmp_dir, wait=wait, storage=dict(io.current_storage()))
     return run_plates(_collate_task, [PlateTask(str(ws), batch, p) for p in plates], options, jobs=jobs,
-                      scheduler=scheduler, progress=progress)
+                      scheduler=scheduler, progress=progress, on_done=_say_outcome)
+
+
+def _say_outcome(_: int, result: PlateResult) -> None:
+    """A plate's outcome as it finishes (INFO: ``--quiet`` keeps only the failures' final line)."""
+    log.info("%s %s (%.1f s): %s", result.plate, result.status, result.seconds, result.message)
 
 
 def _check_choices(*, backend: Sequence[str], profile_format: str, operation: str, count_check: str,

@@ -123,6 +123,7 @@ def _scan(ws: str | os.PathLike[str], batch: str, plate: str, options: dict[str,
     """Every site's files checked and the plate's union schema; no trusted site at all is an error."""
     strata: Sequence[str] = options["strata"]
     site_dirs = discover_sites(Workspace(str(ws)).analysis(batch, plate))
+    log.info("%s: scanning %d site folder(s)", plate, len(site_dirs))  # before the bars: the scan has none
     t0 = time.perf_counter()
     scans = scan_sites(site_dirs, plate=plate, strata=strata, threads=options["threads"],
                        file_prefix=options["file_prefix"])

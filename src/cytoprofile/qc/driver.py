@@ -426,7 +426,7 @@ def _say_profiles_used(description: str, found: dict[str, str]) -> None:
     if found:
         names = [os.path.basename(path) for path in found.values()]
         log.info("quality control reads %s profiles of %d plate(s): %s%s", description, len(names),
-                 ", ".join(names[:3]), f" and {len(names) - 3} more" if len(names) > 3 else "")
+                 ", ".join(names[:3] if len(names) > 4 else names), f" and {len(names) - 3} more" if len(names) > 4 else "")
 
 
 def _warn_missing_qc_profiles(inputs: Sequence[_Plate], found: dict[str, str], level: str | None) -> None:

@@ -350,9 +350,11 @@ def position_effect_figure(
     chance = float(effect.attrs["chance"])
     values = effect["Position_Effect"].dropna()
     median = format_number(values.median(), decimals=0) if len(values) else "n/a"
+    # the scale ends just above the highest share (at least twice chance): on 0-1, shares of 0.05-0.2 were all one colour
+    top = min(1.0, max(2 * chance, float(np.ceil(values.max() * 10) / 10) if len(values) else 1.0))
     fig = new_figure(_PLATE_FIGSIZE)
     ax, bar = _draw_plate(
-        fig, grid, cmap="viridis", vmin=0, vmax=1,
+        fig, grid, cmap="viridis", vmin=0, vmax=top,
         title=(
             f"Plate {plate}: position effect (plate median {median}; chance level "
             f"{format_number(chance, decimals=0)})\nper well: share of its same-row/column correlations above the "
@@ -362,7 +364,8 @@ def position_effect_figure(
         colorbar_label="share above the well's threshold",
     )
     bar.ax.axhline(chance, color=HIGHLIGHT, linewidth=2)
-    ticks = sorted({0.0, chance, 0.25, 0.5, 0.75, 1.0})
+    steps = [round(float(t), 6) for t in np.linspace(0, top, 5)]
+    ticks = sorted({chance, *(t for t in steps if abs(t - chance) > top / 10)})
     bar.set_ticks(ticks, labels=[
         f"{format_number(t, decimals=0)} chance" if t == chance else format_number(t, decimals=0) for t in ticks
     ])

@@ -57,6 +57,10 @@ CAPTIONS: dict[str, str] = {
     "mean mAP and the number above it the share of the plate's groups retrieved.",
 }
 
+#: The cell-count caption of a plate where no well lost a site (nothing is hatched).
+CELL_COUNT_CLEAN = ("Cells per well on the plate grid; grey wells have no profile. No well of this plate lost "
+                    "sites to quarantine at ingest, so none is hatched.")
+
 #: Headers of a plate's table of wells that lost sites: each says what it counts.
 QUARANTINE_HEADERS: dict[str, str] = {
     "Metadata_Well": "Well",
@@ -218,16 +222,19 @@ def _plate(
     source: str | None,
     figure_notes: Mapping[str, str],
 ) -> dict[str, Any]:
+    captions = dict(CAPTIONS)
     if quarantine is None:  # the caption speaks of hatching; say why there is none
         figure_notes = {"cell_count": "This plate has no ingest report: which wells lost sites is unknown, "
                         "so none is hatched.", **figure_notes}
+    elif quarantine.empty:
+        captions["cell_count"] = CELL_COUNT_CLEAN
     return {
         "name": plate,
         "anchor": _anchor(plate),
         "notes": list(notes),
         "source": source,
         "figures": [
-            {"name": name, "png": _b64(png), "caption": CAPTIONS.get(name, name), "note": figure_notes.get(name)}
+            {"name": name, "png": _b64(png), "caption": captions.get(name, name), "note": figure_notes.get(name)}
             for name, png in figures.items()
         ],
         "quarantine": None if quarantine is None else _table(quarantine.rename(columns=QUARANTINE_HEADERS)),
