@@ -531,7 +531,7 @@ def test_each_operation_is_reachable_from_the_command(
 def test_pairwise_pearson_with_nan_holds_no_extra_features_by_features_array() -> None:
     import tracemalloc
 
-    from cytoprofile.feature_select import _pairwise_pearson_nan
+    from cytoprofile.correlation import pairwise_pearson_nan
 
     d, n = 1500, 40  # many features, few rows: the d x d sums are what is held
     rng = np.random.default_rng(0)
@@ -540,7 +540,7 @@ def test_pairwise_pearson_with_nan_holds_no_extra_features_by_features_array() -
     frame = pd.DataFrame(x, columns=[f"f{i}" for i in range(d)])
     tracemalloc.start()
     try:
-        _pairwise_pearson_nan(frame, list(frame.columns))
+        pairwise_pearson_nan(frame, list(frame.columns))
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -550,13 +550,13 @@ def test_pairwise_pearson_with_nan_holds_no_extra_features_by_features_array() -
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 10_000), d=st.integers(2, 12), n=st.integers(3, 30), share=st.floats(0.0, 0.5))
 def test_pairwise_pearson_with_nan_matches_pandas(seed: int, d: int, n: int, share: float) -> None:
-    from cytoprofile.feature_select import _pairwise_pearson_nan
+    from cytoprofile.correlation import pairwise_pearson_nan
 
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, d))
     x[rng.uniform(size=x.shape) < share] = np.nan
     frame = pd.DataFrame(x, columns=[f"f{i}" for i in range(d)])
-    ours = _pairwise_pearson_nan(frame, list(frame.columns))
+    ours = pairwise_pearson_nan(frame, list(frame.columns))
     theirs = frame.corr(min_periods=2).to_numpy()
     both = np.isfinite(ours) & np.isfinite(theirs)
     np.testing.assert_allclose(ours[both], theirs[both], rtol=1e-9, atol=1e-12)

@@ -112,13 +112,13 @@ def test_pairwise_correlation_over_row_blocks_matches_reference(
 ) -> None:
     # with missing values the correlation is accumulated over blocks of rows: any block size
     # gives pycytominer's selection (pairwise-complete pearson)
-    import cytoprofile.feature_select as fs
+    import cytoprofile.correlation as correlation
 
     from .profiles import selection_profiles
 
     df = selection_profiles(n_features=40, seed=4)
     assert df.filter(like="_").isna().any().any()
-    monkeypatch.setattr(fs, "_ROW_VALUES", row_values)
+    monkeypatch.setattr(correlation, "_ROW_VALUES", row_values)
     ours = feature_select(df, operations=["correlation_threshold"], corr_threshold=threshold)
     ref = reference(df, operation=["correlation_threshold"], corr_threshold=threshold)
     pd.testing.assert_frame_equal(ours, ref)

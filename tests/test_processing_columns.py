@@ -79,3 +79,19 @@ def test_one_cell_count_everywhere_leaves_centred_values_without_a_warning() -> 
         warnings.simplefilter("error")
         resid = columns.cell_count_residuals(y, np.full(6, 500.0))
     np.testing.assert_allclose(resid, y - y.mean(axis=0))
+
+
+@settings(max_examples=40, deadline=None)
+@given(arrays(np.float32, (30, 5), elements=st.floats(-1e4, 1e4, width=32)),
+       arrays(np.float64, 30, elements=st.floats(0, 5000)))
+def test_in_place_residuals_equal_the_float64_path(y: np.ndarray, count: np.ndarray) -> None:
+    """The float32 in-place fast path gives the float64 path's residuals rounded to float32 (within an ulp of
+    the fit's magnitude: the fit is summed in another order); a NaN or a missing count leaves it to that path."""
+    block = y.copy()
+    assert columns.residuals_in_place(block, count)
+    want = columns.cell_count_residuals(y.astype(np.float64), count)
+    scale = np.abs(y.astype(np.float64)).max() + 1.0
+    np.testing.assert_allclose(block, want, rtol=0, atol=scale * 2e-7)
+    y[0, 0], count[3] = np.nan, np.nan
+    untouched = y.copy()
+    assert not columns.residuals_in_place(y, count) and np.array_equal(y, untouched, equal_nan=True)

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from .checks import as_names, check_choice, check_number, listed
+from .correlation import correlation_matrix
 from .errors import ConfigError, InputError
 from .processing.columns import each_block
 from .step_data import (
@@ -53,10 +54,6 @@ log = logging.getLogger(__name__)
 
 _BLOCK = 512  # rows of the correlation matrix handled at once
 _COLUMNS = 64  # feature columns converted or reduced at once
-_ROW_VALUES = 1 << 20  # values in a block of rows of the pairwise correlation
-
-
-# ---------------------------------------------------------------- operations
 
 
 def _frequency_excluded(x: np.ndarray, freq_cut: float, unique_cut: float) -> np.ndarray:
@@ -88,9 +85,8 @@ def _frequency_excluded_block(x: np.ndarray, freq_cut: float, unique_cut: float)
     n, d = x.shape
     if d == 0:
         return np.zeros(0, dtype=bool)
-    rows, narrow = np.ascontiguousarray(x.T), x.T.astype(np.float32)  # a feature a row
-    # float32 values (the usual profiles) sort the same in float32, faster; NaN last
-    s = np.sort(narrow if np.array_equal(narrow, rows, equal_nan=True) else rows, axis=1)
+    s = np.array(x.T, order="C")  # a feature a row, sorted in place (NaN last)
+    s.sort(axis=1)
     valid = ~np.isnan(s)
     starts = valid.copy()
     starts[:, 1:] &= s[:, 1:] != s[:, :-1]
@@ -156,97 +152,6 @@ def _quiet() -> Iterator[None]:
         yield
 
 
-def _pairwise_pearson_nan(rows: pd.DataFrame, names: Sequence[str]) -> np.ndarray:
-    """Pearson correlation of the features ``names`` over pairwise-complete rows.
-
-    The formula's sums (pair counts, sums and sums of squares of each feature where the
-    other is present, cross products) are accumulated with matmuls over blocks of rows,
-    each made in float64 from the frame and centred on the feature means: what is held
-    is a few features x features arrays, never a full-size float64 matrix.
-    """
-    d = len(names)
-    with _quiet():  # a block of columns at a time: nanmean copies its input
-        centre = np.concatenate([np.nanmean(feature_matrix(rows, names[s : s + _COLUMNS]), axis=0)
-                                 for s in range(0, d, _COLUMNS)]) if d else np.zeros(0)
-    centre = np.where(np.isnan(centre), 0.0, centre)
-    n, sx, sxx, sxy = (np.zeros((d, d)) for _ in range(4))
-    step = max(1, _ROW_VALUES // max(d, 1))
-    for r0 in range(0, len(rows), step):
-        xc = feature_matrix(rows.iloc[r0 : r0 + step], names)
-        missing = np.isnan(xc)
-        m = (~missing).astype(np.float64)
-        xc -= centre
-        xc[missing] = 0.0
-        n += m.T @ m
-        sx += xc.T @ m  # [i, j]: sum of x_i where x_j present
-        sxx += (xc * xc).T @ m
-        sxy += xc.T @ xc
-    out = sxy  # each row block of the result overwrites its own rows of sxy, read only for that block
-    for i0 in range(0, d, _BLOCK):
-        sl = slice(i0, min(i0 + _BLOCK, d))
-        sx_i, sx_j, sxx_i, sxx_j = sx[sl], sx[:, sl].T, sxx[sl], sxx[:, sl].T
-        with np.errstate(divide="ignore", invalid="ignore"):
-            cov = sxy[sl] - sx_i * sx_j / n[sl]
-            var_i = sxx_i - sx_i * sx_i / n[sl]
-            var_j = sxx_j - sx_j * sx_j / n[sl]
-            tiny = 1e-12
-            bad = (n[sl] < 2) | (var_i <= tiny * sxx_i) | (var_j <= tiny * sxx_j)
-            r = cov / np.sqrt(var_i * var_j)
-        r[bad] = np.nan
-        out[sl] = np.clip(r, -1.0, 1.0)
-    return out
-
-
-def _corrcoef_in_place(xt: np.ndarray) -> np.ndarray:
-    """``np.corrcoef(xt)`` (features x rows, C-contiguous float64), centring ``xt`` in place.
-
-    The same operations in the same order and layout as numpy's, so the result is
-    bit for bit numpy's, without its full-size copy of the input.
-    """
-    avg = np.average(xt, axis=1)
-    fact = max(xt.shape[1] - 1, 0)
-    xt -= avg[:, None]
-    c = np.dot(xt, xt.T)
-    c *= np.true_divide(1, fact)
-    stddev = np.sqrt(np.diag(c))
-    c /= stddev[:, None]
-    c /= stddev[None, :]
-    np.clip(c, -1, 1, out=c)
-    return c
-
-
-def _rows_by_feature(rows: pd.DataFrame, names: Sequence[str]) -> np.ndarray:
-    """The features as a C-contiguous float64 (features x rows) array, filled from the
-    frame a block of columns at a time: the only full-size array is the result."""
-    out = np.empty((len(names), len(rows)), dtype=np.float64)
-    for s in range(0, len(names), _COLUMNS):
-        out[s : s + _COLUMNS] = feature_matrix(rows, names[s : s + _COLUMNS]).T
-    return out
-
-
-def _correlation_matrix(rows: pd.DataFrame, names: Sequence[str], method: str) -> np.ndarray:
-    """Feature-by-feature correlation over ``rows``, computed as the reference computes it.
-
-    Pearson without missing values: the reference's ``np.corrcoef`` of the transposed
-    matrix, done on one features x rows float64 array made straight from the frame (its
-    values and layout are those of the reference's copy, so ties resolve identically).
-    Spearman and kendall are pandas' routines, as in the reference (ranks correlated
-    another way round differently, and near-ties then resolve differently).
-    """
-    if method == "pearson":
-        xt = _rows_by_feature(rows, names)
-        if bool(np.isfinite(xt).all()):
-            with _quiet(), np.errstate(divide="ignore", invalid="ignore"):
-                return _corrcoef_in_place(xt)
-        infinite = bool(np.isinf(xt).any())
-        del xt
-        if not infinite:
-            return _pairwise_pearson_nan(rows, names)
-    # spearman/kendall, or infinities: pandas' pairwise routines
-    frame = pd.DataFrame(feature_matrix(rows, names), columns=pd.Index(list(names)), copy=False)
-    return frame.corr(method=method).to_numpy()  # type: ignore[arg-type]
-
-
 def _correlation_excluded(
     rows: pd.DataFrame, names: Sequence[str], threshold: float, method: str
 ) -> np.ndarray:
@@ -260,7 +165,7 @@ def _correlation_excluded(
     dropped = np.zeros(d, dtype=bool)
     if d < 2:
         return dropped
-    corr = _correlation_matrix(rows, names, method)
+    corr = correlation_matrix(rows, names, method)
     # column sums of |corr|, summed over contiguous copies so the rounding (and so
     # the order of exactly tied features) is the reference's
     sums = np.empty(d)

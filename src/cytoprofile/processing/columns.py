@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-__all__ = ["BLOCK", "cell_count_residuals", "each_block", "more_distinct_than", "ordinal_ranks"]
+__all__ = ["BLOCK", "cell_count_residuals", "each_block", "more_distinct_than", "ordinal_ranks", "residuals_in_place"]
 
 BLOCK = 64  # feature columns handled at once (float64 work space: rows x 64 per temporary)
 _MAX_THREADS = 4  # each holds a few float64 temporaries of one block
@@ -83,6 +83,26 @@ def _distinct_counts(block: np.ndarray) -> np.ndarray:
     present = ~np.isnan(ordered)
     changes = (np.diff(ordered, axis=0) != 0) & present[1:]
     return np.where(present.any(axis=0), 1 + changes.sum(axis=0), 0)
+
+
+def residuals_in_place(block: np.ndarray, count: np.ndarray) -> bool:
+    """The usual case of :func:`cell_count_residuals` straight on a float32 ``block`` (rows x features): every
+    count present and every value finite. Sums run in float64 and each value is replaced by float32(value − fit),
+    the fit in float64 (one float64 copy of the block, not three temporaries). False (``block`` untouched)
+    when a count or a value is missing or infinite."""
+    if not np.isfinite(count).all():
+        return False
+    dc = count - count.mean()
+    # both sums in one small matrix product over a contiguous float64 copy (a strided float32 reduction is slower)
+    y_sum, dc_y = np.stack([np.ones_like(dc), dc]) @ block.astype(np.float64)
+    if not (np.isfinite(y_sum).all() and np.isfinite(dc_y).all()):
+        return False
+    with np.errstate(invalid="ignore", divide="ignore"):  # one count everywhere: no slope (0)
+        slope = dc_y / (dc @ dc)
+    fit = np.multiply.outer(dc, np.where(np.isfinite(slope), slope, 0.0))
+    fit += y_sum / len(count)
+    np.subtract(block, fit, out=block, casting="unsafe")
+    return True
 
 
 def cell_count_residuals(y: np.ndarray, count: np.ndarray) -> np.ndarray:

@@ -17,7 +17,14 @@ from ..evaluate import mode_average_precision
 from ..step_data import feature_matrix, select_samples
 from ..vocabulary import NEGCON_QUERY as NEGCON
 from ..vocabulary import PLATES_WITHOUT_CONTROLS, SPHERING_GRID, resolve_features
-from .columns import BLOCK, cell_count_residuals, each_block, more_distinct_than, ordinal_ranks
+from .columns import (
+    BLOCK,
+    cell_count_residuals,
+    each_block,
+    more_distinct_than,
+    ordinal_ranks,
+    residuals_in_place,
+)
 
 __all__ = [
     "Features",
@@ -333,7 +340,8 @@ def regress_cell_count(
         block = x[:, s : s + BLOCK]
         chosen = more_distinct_than(block, min_unique)
         if chosen.all():
-            block[:] = cell_count_residuals(block.astype(np.float64), c)
+            if not residuals_in_place(block, c):
+                block[:] = cell_count_residuals(block.astype(np.float64), c)
         elif chosen.any():
             block[:, chosen] = cell_count_residuals(block[:, chosen].astype(np.float64), c)
             regressed[s : s + BLOCK] = chosen
