@@ -15,7 +15,7 @@ from cytoprofile import qc
 
 __all__ = [
     "FEATURES", "make_wells", "make_load_data", "qc_well_profiles", "make_batch_profiles", "png_stats",
-    "assert_png", "write_workspace",
+    "assert_png", "write_workspace", "MAP_SETTINGS", "map_workspace",
 ]
 
 FEATURES = [f"Cells_F{i}" for i in range(10)] + [f"Nuclei_F{i}" for i in range(10)] + [
@@ -138,3 +138,21 @@ def write_workspace(root: Path, batch: str = "B1") -> list[str]:
     (backend / "P1.report.json").write_text(json.dumps(report))
     return plates
 
+
+MAP_SETTINGS = {"modes": ["activity", "consistency"], "annotation_column": "Metadata_moa", "pert_column": None,
+                "control_query": "Metadata_control_type == 'negcon'", "neg_sameby": ["Metadata_Plate"],
+                "pos_diffby": [], "multilabel_separator": None, "null_size": 2000, "threshold": 0.05, "seed": 0}
+
+
+def map_workspace(root: Path) -> tuple[list[str], pd.DataFrame]:
+    """The QC workspace with a ``Metadata_moa`` annotation on its negcon-normalized profiles."""
+    plates = write_workspace(root)
+    frames = []
+    for plate in ("P1", "P2"):
+        path = root / "profiles" / "B1" / plate / f"{plate}_normalized_feature_select_negcon_batch.csv.gz"
+        frame = pd.read_csv(path)
+        frame = frame.dropna(subset=["Metadata_broad_sample"]).reset_index(drop=True)  # wells left empty
+        frame["Metadata_moa"] = "moa_" + frame["Metadata_broad_sample"].str.split("-").str[0]
+        frame.to_csv(path, index=False)
+        frames.append(frame)
+    return plates, pd.concat(frames, ignore_index=True)

@@ -21,9 +21,11 @@ from cytoprofile import qc
 
 from .qc_builders import (
     FEATURES,
+    MAP_SETTINGS,
     make_batch_profiles,
     make_load_data,
     make_wells,
+    map_workspace,
     png_stats,
     write_workspace,
 )
@@ -209,30 +211,11 @@ def test_report_in_headless_chromium(qc_run, tmp_path: Path) -> None:
 
 # --- mAP panels ---
 
-MAP_SETTINGS = {"modes": ["activity", "consistency"], "annotation_column": "Metadata_moa", "pert_column": None,
-                "control_query": "Metadata_control_type == 'negcon'", "neg_sameby": ["Metadata_Plate"],
-                "pos_diffby": [], "multilabel_separator": None, "null_size": 2000, "threshold": 0.05, "seed": 0}
-
-
-def _map_workspace(root: Path) -> tuple[list[str], pd.DataFrame]:
-    """The QC workspace with a ``Metadata_moa`` annotation on its negcon-normalized profiles."""
-    plates = write_workspace(root)
-    frames = []
-    for plate in ("P1", "P2"):
-        path = root / "profiles" / "B1" / plate / f"{plate}_normalized_feature_select_negcon_batch.csv.gz"
-        frame = pd.read_csv(path)
-        frame = frame.dropna(subset=["Metadata_broad_sample"]).reset_index(drop=True)  # wells left empty
-        frame["Metadata_moa"] = "moa_" + frame["Metadata_broad_sample"].str.split("-").str[0]
-        frame.to_csv(path, index=False)
-        frames.append(frame)
-    return plates, pd.concat(frames, ignore_index=True)
-
-
 @pytest.mark.parametrize("later", [None, ["activity"], ["consistency"]])
 def test_rerun_without_a_map_mode_removes_its_earlier_tables(tmp_path: Path, later: list[str] | None,
                                                              caplog: pytest.LogCaptureFixture) -> None:
     root = tmp_path / "ws"
-    plates, _ = _map_workspace(root)
+    plates, _ = map_workspace(root)
     folder = root / "quality_control" / "map" / "B1"
     qc.quality_control(root, "B1", plates, n_null=100, heatmaps=False, report=False, map_settings=dict(MAP_SETTINGS))
     assert sorted(p.name for p in folder.iterdir()) == sorted(
@@ -250,7 +233,7 @@ def test_map_panels_equal_evaluate(tmp_path: Path) -> None:
     from cytoprofile.evaluate import mean_average_precision
 
     root = tmp_path / "ws"
-    plates, profiles = _map_workspace(root)
+    plates, profiles = map_workspace(root)
     result = qc.quality_control(root, "B1", plates, n_null=500, heatmaps=False, map_settings=dict(MAP_SETTINGS))
     text = _text((root / "quality_control" / "report" / "B1.html").read_text())
     assert result.mean_ap is not None and result.mean_ap["n_features"] == len(FEATURES)
@@ -285,7 +268,7 @@ def test_map_by_plate_equals_evaluate_on_each_plate(tmp_path: Path) -> None:
     from cytoprofile.evaluate import mean_average_precision
 
     root = tmp_path / "ws"
-    plates, profiles = _map_workspace(root)
+    plates, profiles = map_workspace(root)
     result = qc.quality_control(root, "B1", plates, n_null=500, heatmaps=False, map_settings=dict(MAP_SETTINGS))
     html = (root / "quality_control" / "report" / "B1.html").read_text()
     text = _text(html)
@@ -348,7 +331,7 @@ def test_qc_command_map_options_are_the_recipe_block(tmp_path: Path) -> None:
     from cytoprofile.evaluate import mean_average_precision
 
     root = tmp_path / "ws"
-    plates, profiles = _map_workspace(root)
+    plates, profiles = map_workspace(root)
     assert main(["qc", str(root), "B1", *plates, "--quiet", "--map", "--map-modes", "activity", "--map-modes",
                  "consistency", "--map-annotation-column", "Metadata_moa", "--map-null-size", "2000"]) == 0
     defaults = MapConfig()
@@ -739,7 +722,7 @@ def test_map_the_profiles_cannot_support_is_said_in_the_report(tmp_path: Path, s
     """mAP asked for on profiles with no replicate groups, or no negative controls: the report is written with
     every other panel and says why mAP is missing (the whole QC failed, exit 1, no report)."""
     root = tmp_path / "ws"
-    plates, _ = _map_workspace(root)
+    plates, _ = map_workspace(root)
     for plate in ("P1", "P2"):
         path = root / "profiles" / "B1" / plate / f"{plate}_normalized_feature_select_negcon_batch.csv.gz"
         frame = pd.read_csv(path)

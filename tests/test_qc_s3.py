@@ -42,11 +42,11 @@ def test_rerun_with_fewer_figures_removes_stale_ones_on_s3(s3_endpoint: str, tmp
 
 
 def test_rerun_without_the_map_panel_removes_its_tables_on_s3(s3_endpoint: str, tmp_path: Path) -> None:
-    from .test_qc_report import MAP_SETTINGS, _map_workspace
+    from .qc_builders import MAP_SETTINGS, map_workspace
 
     make_bucket(s3_endpoint, "qcstalemap")
     local = tmp_path / "ws"
-    plates, _ = _map_workspace(local)
+    plates, _ = map_workspace(local)
     url = "s3://qcstalemap/ws"
     upload_tree(local, url)
     io.configure_storage(io.storage_options(endpoint_url=s3_endpoint) | {"use_listings_cache": False})

@@ -23,6 +23,7 @@ from .vocabulary import BACKEND_KINDS
 
 __all__ = [
     "FORMAT_SUFFIX",
+    "QC_SUMMARY_FOLDER",
     "Layout",
     "NEGCON",
     "OUTPUT_SUFFIXES",
@@ -61,6 +62,10 @@ SIDECAR = ".generation"
 PROFILE_SUFFIXES = (".csv", ".csv.gz", ".parquet")
 
 
+#: the quality-control folder holding summary.tsv
+QC_SUMMARY_FOLDER = "summary"
+
+
 def report_name(plate: str) -> str:
     """``PLATE.report.json``: the plate's collate report (its commit record)."""
     return f"{plate}.report.json"
@@ -86,17 +91,19 @@ def parquet_table_path(prefix: str, table: str) -> str:
     return f"{prefix}_{table}.parquet"
 
 
+#: the file-name ending of each form of the joined single-cell table, and of its report
+_SINGLE_CELL_ENDINGS = {"parquet": "parquet", "anndata": "h5ad", "report": "report.json"}
+
+
 def single_cell_name(plate: str, single_cell_format: str) -> str:
     """``PLATE_single_cells.parquet`` (``parquet``) or ``PLATE_single_cells.h5ad`` (``anndata``)."""
-    return f"{plate}_{SINGLE_CELL_TABLE}.{'parquet' if single_cell_format == 'parquet' else 'h5ad'}"
+    return f"{plate}_{SINGLE_CELL_TABLE}.{_SINGLE_CELL_ENDINGS['parquet' if single_cell_format == 'parquet' else 'anndata']}"
 
 
 def single_cells_paths(prefix: str | os.PathLike[str]) -> dict[str, str]:
     """The joined table's files beside a backend ``PREFIX`` (a folder and plate, ``.../PLATE``): the Parquet and
     AnnData tables and their report, named as :func:`single_cell_name` names them."""
-    base = str(prefix)
-    return {"parquet": f"{base}_{SINGLE_CELL_TABLE}.parquet", "anndata": f"{base}_{SINGLE_CELL_TABLE}.h5ad",
-            "report": f"{base}_{SINGLE_CELL_TABLE}.report.json"}
+    return {kind: f"{prefix}_{SINGLE_CELL_TABLE}.{ending}" for kind, ending in _SINGLE_CELL_ENDINGS.items()}
 
 
 def single_cell_names(plate: str) -> set[str]:
@@ -387,12 +394,12 @@ class Layout:
 
     def quality_control(self) -> str:
         """``quality_control``: summary, heatmaps and reports."""
-        return io.join(self.root, "quality_control")
+        return io.join(self.root, QualityControlLayout.output_dir)
 
     @staticmethod
     def qc_summary_rel() -> str:
         """``quality_control/summary`` relative to the root."""
-        return "quality_control/summary"
+        return f"{QualityControlLayout.output_dir}/{QC_SUMMARY_FOLDER}"
 
     def relative(self, path: str) -> str:
         """``path`` relative to the outputs' root."""
@@ -444,7 +451,7 @@ class QualityControlLayout:
 
     def summary(self) -> str:
         """``OUTPUT_DIR/summary/summary.tsv``."""
-        return io.join(self.outputs(), "summary", "summary.tsv")
+        return io.join(self.outputs(), QC_SUMMARY_FOLDER, "summary.tsv")
 
     def map_name(self, batch: str, mode: str) -> str:
         """``map/BATCH/BATCH_map_MODE.csv`` relative to ``OUTPUT_DIR``."""
@@ -452,7 +459,7 @@ class QualityControlLayout:
 
     def map_file(self, batch: str, mode: str) -> str:
         """``OUTPUT_DIR/map/BATCH/BATCH_map_MODE.csv``."""
-        return io.join(self.outputs(), "map", batch, f"{batch}_map_{mode}.csv")
+        return io.join(self.outputs(), *self.map_name(batch, mode).split("/"))
 
     def heatmap(self, batch: str, plate: str, name: str) -> str:
         """``OUTPUT_DIR/heatmap/BATCH/PLATE/PLATE_NAME.png``."""

@@ -217,11 +217,11 @@ def _real_places(scratch: str, root: str, backend_root: str, names: ExportNames)
     except CytoprofileError as exc:
         if made and os.path.isdir(backend_root) and not os.listdir(backend_root):
             os.rmdir(backend_root)
-        text = names.anywhere(str(exc).replace(os.path.join(scratch, "backend"), os.path.join(root, "backend")))
+        text = names.anywhere(str(exc).replace(Workspace(scratch).backend_root(), Workspace(root).backend_root()))
         # a scratch site's path beside the file's terms ("(SCRATCH/... of run1.sqlite (ImageNumber 1))") says it again
         text = re.sub(r"\s*\(" + re.escape(scratch) + r"[^\s()]* of [^()]*\([^()]*\)\)", "", text)
         files = ", ".join(sorted(names.files)) or "the ExportToDatabase files"
-        text = re.sub(re.escape(os.path.join(scratch, "analysis")) + r"[^\s:;]*(?=: all \d+ site)",
+        text = re.sub(re.escape(Workspace(scratch).folder("analysis")) + r"[^\s:;]*(?=: all \d+ site)",
                       lambda _: f"the images of {files}", text)  # the sites made of them are all refused
         text = re.sub(re.escape(scratch) + r"[^\s:;]*", lambda _: f"{os.path.dirname(scratch)} (the scratch copy of "
                       "the plate; --tmp-dir puts it elsewhere)", text)
