@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import inspect
-import typing
-from collections import abc
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 import typer
@@ -31,6 +27,7 @@ from .common import (
     split_values,
     timed,
 )
+from .generate import StepSpec, step_command
 
 __all__ = ['correct_well_position_cmd', 'harmony_cmd', 'mad_normalize_cmd', 'map_cmd', 'pca_cmd', 'process_cmd', 'rank_int_cmd', 'regress_cell_count_cmd', 'remove_outliers_cmd', 'select_variant_features_cmd', 'sphere_cmd']
 
@@ -47,21 +44,6 @@ def _process(step: str, profiles: str, output: str, float_format: str | None, qu
     log.info("wrote %d rows × %d columns to %s", len(df), df.shape[1], output)
 
 
-@dataclass(frozen=True)
-class _Step:
-    """A processing step's command: its function's keyword arguments are its options (names, types and
-    defaults from the signature), with the help said here once."""
-
-    command: str
-    function: str
-    step: str
-    summary: str
-    help: dict[str, str]
-    choices: dict[str, Sequence[str]] = field(default_factory=dict)
-    profiles_help: str = "Per-well profiles."
-    output_help: str = "Output table."
-
-
 #: help of the options several steps share
 _SHARED_HELP = {
     "plate_column": "Column naming the plate.",
@@ -69,104 +51,63 @@ _SHARED_HELP = {
     "plates_without_controls": "Plates without reference wells: error or drop (their wells).",
 }
 
-_STEPS = {step.step: step for step in (
-    _Step("select-variant-features", "select_variant_features", "var",
+
+def _run(spec: StepSpec, profiles: str, output: str, float_format: str | None, quiet: bool,
+         features: list[str] | None, feature_prefixes: list[str] | None, given: dict[str, Any]) -> None:
+    _process(spec.step, profiles, output, float_format, quiet,
+             lambda df: spec.function(df, **given, **feature_args(features, feature_prefixes)))
+
+
+def _step(command: str, function: str, step: str, summary: str, help: dict[str, str],
+          choices: dict[str, Sequence[str]] | None = None, **more: Any) -> StepSpec:
+    from .. import processing
+
+    return StepSpec(command, getattr(processing, function), step, summary, {**_SHARED_HELP, **help}, _run,
+                    choices=choices or {}, **more)
+
+
+_STEPS = {spec.step: spec for spec in (
+    _step("select-variant-features", "select_variant_features", "var",
           "Keep features that vary on every plate's negative controls (var).",
           {"threshold": "Smallest |MAD / median| kept (on every plate)."}),
-    _Step("mad-normalize", "mad_normalize", "mad",
+    _step("mad-normalize", "mad_normalize", "mad",
           "(x − plate median) / plate MAD of negative controls, unscaled (mad).", {"epsilon": "Added to the MAD."}),
-    _Step("rank-int", "rank_int", "int", "Rank-based inverse normal transform per feature (int).",
+    _step("rank-int", "rank_int", "int", "Rank-based inverse normal transform per feature (int).",
           {"c": "Blom's constant.", "ties": "random (seeded permutation) or average.",
            "seed": "Seed of the tie-breaking permutation."}, {"ties": RANK_INT_TIES}),
-    _Step("correct-well-position", "correct_well_position", "wellpos",
+    _step("correct-well-position", "correct_well_position", "wellpos",
           "Subtract each well position's mean across plates (wellpos).",
           {"well_column": "Column naming the well position."}, profiles_help="Per-well profiles of several plates."),
-    _Step("regress-cell-count", "regress_cell_count", "cc", "Replace features by OLS residuals on the cell count (cc).",
+    _step("regress-cell-count", "regress_cell_count", "cc", "Replace features by OLS residuals on the cell count (cc).",
           {"cell_count_column": "Column holding the well's cell count.",
            "min_unique": "Regress only features with more distinct values than this."}),
-    _Step("remove-outliers", "remove_outliers", "outlier", "Drop features with extreme values, clip the rest (outlier).",
+    _step("remove-outliers", "remove_outliers", "outlier", "Drop features with extreme values, clip the rest (outlier).",
           {"bound": "Largest |value| kept; the rest is clipped.",
            "percentile": "Drop features whose this percentile of |x| exceeds the bound."}),
-    _Step("pca", "pca", "pca", "Principal components explaining a share of the variance (pca).",
+    _step("pca", "pca", "pca", "Principal components explaining a share of the variance (pca).",
           {"variance_fraction": "Share of the variance the components keep.", "prefix": "Name prefix of the components."},
           profiles_help="Per-well profiles without missing values.", output_help="Output table (features PC1, PC2, ...)."),
-    _Step("sphere", "sphere", "sphering", "Whitening fitted on negative controls, ε chosen by mAP (sphering).",
+    _step("sphere", "sphere", "sphering", "Whitening fitted on negative controls, ε chosen by mAP (sphering).",
           {"method": "PCA, ZCA, PCA-cor or ZCA-cor.", "epsilon": "Regularization; repeat to choose the best by mAP.",
            "pert_column": "Perturbation column for the mAP choice.",
            "neg_sameby": "Negative controls must share these columns."},
           {"method": SPHERIZE_METHODS}, profiles_help="Per-well profiles without missing values."),
-    _Step("harmony", "harmony", "harmony", "Harmony batch correction (harmony).",
+    _step("harmony", "harmony", "harmony", "Harmony batch correction (harmony).",
           {"batch_key": "Column naming the batch.", "seed": "Random seed.", "max_iter": "Harmony iterations.",
            "n_clusters": "Clusters (unset: min(rows/30, 100)).", "theta": "Diversity penalty (unset: harmonypy's).",
            "threads": "Threads for harmonypy (0: one per physical core)."},
           profiles_help="Per-well profiles without missing values (usually after pca)."),
 )}
 
-#: options every step takes the same way: the features (given to the function) and how the output is written
-_TAIL = ("features", "feature_prefixes", "float_format", "quiet")
-_TAIL_TYPES: dict[str, Any] = {"features": FeaturesOpt, "feature_prefixes": FeaturePrefixOpt,
-                               "float_format": FloatFormatOpt, "quiet": QuietOpt}
-
-
-def _option(spec: _Step, name: str, parameter: inspect.Parameter) -> inspect.Parameter:
-    """One keyword argument of the step's function as a command-line option, with its default: a sequence is
-    a repeatable option, a Literal or a listed set of values a choice."""
-    said = spec.help.get(name) or _SHARED_HELP[name]
-    annotation, default = parameter.annotation, parameter.default
-    literal = typing.get_args(annotation) if typing.get_origin(annotation) is typing.Literal else ()
-    sequence = [m for m in (annotation, *typing.get_args(annotation))
-                if isinstance(typing.get_origin(m), type) and issubclass(typing.get_origin(m), abc.Sequence)]
-    kind = str if literal else list[typing.get_args(sequence[0])[0]] if sequence else annotation  # type: ignore[misc]
-    choices = spec.choices.get(name) or literal
-    opt = choice_option(choices, help=said) if choices else typer.Option(help=said)
-    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[kind, opt],
-                             default=list(default) if isinstance(default, tuple) else default)
-
-
-def _given(value: Any, default: Any) -> Any:
-    """A repeatable option's values (comma-separated lists split); none given: the function's default."""
-    if not isinstance(value, list):
-        return value
-    values = split_values(value) if all(isinstance(v, str) for v in value) else value
-    return values or default
-
-
-def _step_command(spec: _Step) -> Callable[..., None]:
-    """The command of one processing step: PROFILES OUTPUT, then the function's keyword arguments."""
-    from .. import processing
-
-    function = getattr(processing, spec.function)
-    keywords = {n: p for n, p in inspect.signature(function, eval_str=True).parameters.items()
-                if p.kind is inspect.Parameter.KEYWORD_ONLY and n not in _TAIL}
-
-    def command(profiles: str, output: str, *, features: list[str] | None = None, feature_prefixes: list[str] | None = None,
-                float_format: str | None = None, quiet: bool = False, **options: Any) -> None:
-        given = {n: _given(v, keywords[n].default) for n, v in options.items()}
-        _process(spec.step, profiles, output, float_format, quiet,
-                 lambda df: function(df, **given, **feature_args(features, feature_prefixes)))
-
-    positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
-    params = [inspect.Parameter("profiles", positional, annotation=Annotated[str, typer.Argument(help=spec.profiles_help)]),
-              inspect.Parameter("output", positional, annotation=Annotated[str, typer.Argument(help=spec.output_help)]),
-              *(_option(spec, n, p) for n, p in keywords.items()),
-              *(inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=None if n != "quiet" else False,
-                                  annotation=_TAIL_TYPES[n]) for n in _TAIL)]
-    command.__signature__ = inspect.Signature(params, return_annotation=None)  # type: ignore[attr-defined]
-    command.__annotations__ = {p.name: p.annotation for p in params}
-    command.__doc__ = spec.summary
-    command.__name__ = f"{spec.function}_cmd"
-    return app.command(spec.command)(command)
-
-
-select_variant_features_cmd = _step_command(_STEPS["var"])
-mad_normalize_cmd = _step_command(_STEPS["mad"])
-rank_int_cmd = _step_command(_STEPS["int"])
-correct_well_position_cmd = _step_command(_STEPS["wellpos"])
-regress_cell_count_cmd = _step_command(_STEPS["cc"])
-remove_outliers_cmd = _step_command(_STEPS["outlier"])
-pca_cmd = _step_command(_STEPS["pca"])
-sphere_cmd = _step_command(_STEPS["sphering"])
-harmony_cmd = _step_command(_STEPS["harmony"])
+select_variant_features_cmd = step_command(_STEPS["var"])
+mad_normalize_cmd = step_command(_STEPS["mad"])
+rank_int_cmd = step_command(_STEPS["int"])
+correct_well_position_cmd = step_command(_STEPS["wellpos"])
+regress_cell_count_cmd = step_command(_STEPS["cc"])
+remove_outliers_cmd = step_command(_STEPS["outlier"])
+pca_cmd = step_command(_STEPS["pca"])
+sphere_cmd = step_command(_STEPS["sphering"])
+harmony_cmd = step_command(_STEPS["harmony"])
 
 
 @app.command("process")

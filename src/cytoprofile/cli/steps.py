@@ -26,21 +26,19 @@ from .common import (
     AggregateOperationOpt,
     CompartmentFeaturesOpt,
     CompartmentsOpt,
-    FeaturesOpt,
     FloatFormatOpt,
     ImageFeaturesOpt,
-    OutputArg,
     QuietOpt,
     StrataOpt,
     app,
     check_float_format,
-    choice_option,
     log,
     one_of,
     setup_logging,
     split_values,
     timed,
 )
+from .generate import StepSpec, step_command
 
 __all__ = ['aggregate', 'annotate', 'config_template', 'consensus', 'csv2gz_cmd', 'feature_select', 'init', 'normalize', 'validate_metadata', 'write_gct']
 
@@ -149,91 +147,77 @@ def annotate(
     log.info("wrote %d rows × %d columns to %s", len(df), df.shape[1], output)
 
 
-@app.command()
-def normalize(
-    profiles: Annotated[str, typer.Argument(help="Annotated profiles.")],
-    output: Annotated[str, typer.Argument(help="Normalized output table.")],
-    method: Annotated[str, typer.Option(metavar=one_of(NORMALIZE_METHODS), help="standardize (the default, as pycytominer's; a recipe config's is mad_robustize), robustize, mad_robustize, spherize or inverse_normal.")] = "standardize",
-    samples: Annotated[str, typer.Option(help="Wells to fit on: all, or a query such as \"Metadata_control_type == 'negcon'\".")] = "all",
-    sample_filter: Annotated[list[str] | None, typer.Option(metavar="COLUMN=VALUE[,VALUE]", help="Fit on wells where COLUMN=VALUE[,VALUE] (repeatable).")] = None,
-    features: FeaturesOpt = None,
-    image_features: ImageFeaturesOpt = False,
-    mad_robustize_epsilon: Annotated[float, typer.Option("--mad-robustize-epsilon", "--mad-robustize-fudge-factor", help="ε added to the scaled MAD (--mad-robustize-fudge-factor: the recipe's normalize.mad_robustize_fudge_factor).")] = 1e-18,
-    spherize_method: Annotated[str, typer.Option(metavar=one_of(SPHERIZE_METHODS), help="PCA, ZCA, PCA-cor or ZCA-cor.")] = "ZCA-cor",
-    spherize_epsilon: Annotated[float, typer.Option(help="Spherize regularization.")] = 1e-6,
-    min_cells: Annotated[int | None, typer.Option(help="Fit only on wells with at least this many cells.", show_default="every well")] = None,
-    compartments: CompartmentsOpt = None,
-    inverse_normal_n_quantiles: Annotated[int, typer.Option(help="inverse_normal: quantiles of the fitted transform.")] = 1000,
-    float_format: FloatFormatOpt = None,
-    quiet: QuietOpt = False,
-) -> None:
-    """Normalize profiles against all wells or a subset (e.g. negcon wells)."""
-    from ..normalize import normalize as _normalize
-
-    _profile_step("normalize", profiles, output, float_format, quiet, lambda table, on_account: _normalize(
-        table, features=split_values(features) or "infer", image_features=image_features,
-        samples=samples, sample_filter=_sample_filter(sample_filter), method=method,
-        mad_robustize_epsilon=mad_robustize_epsilon, spherize_method=spherize_method,
-        spherize_epsilon=spherize_epsilon, min_cells=min_cells, compartments=split_values(compartments),
-        inverse_normal_n_quantiles=inverse_normal_n_quantiles, on_account=on_account))
+def _run_profile_step(spec: StepSpec, profiles: str, output: str, float_format: str | None, quiet: bool,
+                      features: list[str] | None, _prefixes: list[str] | None, given: dict[str, Any]) -> None:
+    _profile_step(spec.step, profiles, output, float_format, quiet, lambda table, on_account: spec.function(
+        table, **given, features=split_values(features) or "infer", on_account=on_account), said=spec.said)
 
 
-@app.command("feature-select")
-def feature_select(
-    profiles: Annotated[str, typer.Argument(help="Normalized profiles.")],
-    output: OutputArg,
-    operations: Annotated[list[str], typer.Option(help="Operations in order: variance_threshold, frequency_threshold, correlation_threshold, drop_na_columns, blocklist, drop_outliers, noise_removal (a recipe config's default: variance_threshold, correlation_threshold, drop_na_columns, blocklist).")] = ["variance_threshold"],
-    variance_threshold_meaning: Annotated[str, choice_option(VARIANCE_THRESHOLD_MEANINGS, help="What variance_threshold means: frequency (the recipe's) or variance.")] = "frequency",
-    features: FeaturesOpt = None,
-    image_features: ImageFeaturesOpt = False,
-    na_cutoff: Annotated[float, typer.Option(help="drop_na_columns: largest NaN fraction kept.")] = 0.05,
-    corr_threshold: Annotated[float, typer.Option(help="correlation_threshold: largest correlation kept.")] = 0.9,
-    freq_cut: Annotated[float, typer.Option(help="frequency test: 2nd/1st most common value ratio.")] = 0.05,
-    unique_cut: Annotated[float, typer.Option(help="frequency test: distinct values / rows.")] = 0.01,
-    outlier_cutoff: Annotated[float, typer.Option(help="drop_outliers: largest |value| kept.")] = 500,
-    blocklist_file: Annotated[str | None, typer.Option(help="blocklist: a file of features.", show_default="the standard list")] = None,
-    corr_method: Annotated[str, typer.Option(metavar=one_of(CORRELATION_METHODS), help="correlation_threshold: pearson, spearman or kendall.")] = "pearson",
-    min_variance: Annotated[float, typer.Option(help="variance_threshold with --variance-threshold-meaning variance: smallest variance kept.")] = 1e-6,
-    noise_removal_perturb_groups: Annotated[str | None, typer.Option(help="noise_removal: the column naming each well's perturbation group (needed by noise_removal).")] = None,
-    noise_removal_stdev_cutoff: Annotated[float | None, typer.Option(help="noise_removal: largest mean within-group standard deviation kept (needed by noise_removal).")] = None,
-    samples: Annotated[str, typer.Option(help="Rows the statistics are computed on: all, or a query such as \"Metadata_control_type == 'negcon'\".")] = "all",
-    compartments: CompartmentsOpt = None,
-    float_format: FloatFormatOpt = None,
-    quiet: QuietOpt = False,
-) -> None:
-    """Drop uninformative features."""
-    from ..feature_select import feature_select as _feature_select
-
-    _profile_step("feature_select", profiles, output, float_format, quiet, lambda table, on_account: _feature_select(
-        table, features=split_values(features) or "infer", image_features=image_features,
-        operations=split_values(operations) or ["variance_threshold"],
-        variance_threshold_meaning=variance_threshold_meaning,  # type: ignore[arg-type]
-        na_cutoff=na_cutoff, corr_threshold=corr_threshold, freq_cut=freq_cut, unique_cut=unique_cut,
-        outlier_cutoff=outlier_cutoff, blocklist_file=blocklist_file, corr_method=corr_method,
-        min_variance=min_variance, noise_removal_perturb_groups=noise_removal_perturb_groups,
-        noise_removal_stdev_cutoff=noise_removal_stdev_cutoff, samples=samples,
-        compartments=split_values(compartments), on_account=on_account), said="kept {columns} columns; wrote {output}")
+def _handbook_step(command: str, function: Callable[..., Any], summary: str, help: dict[str, str], **more: Any) -> StepSpec:
+    """A handbook step's command over its function (provenance written beside the output)."""
+    shared = {"image_features": "Include Image_* features when inferring.",
+              "compartments": "Object tables whose columns are features (e.g. Cells,Cytoplasm,Nuclei,Speckles).",
+              "samples": "Wells to fit on: all, or a query such as \"Metadata_control_type == 'negcon'\".",
+              "sample_filter": "Fit on wells where COLUMN=VALUE[,VALUE] (repeatable)."}
+    return StepSpec(command, function, function.__name__, summary, {**shared, **help}, _run_profile_step,
+                    skip=("on_account", *more.pop("skip", ())), tail=("features", "float_format", "quiet"),
+                    parse={"sample_filter": _sample_filter}, types={"sample_filter": list[str] | None, **more.pop("types", {})},
+                    metavars={"sample_filter": "COLUMN=VALUE[,VALUE]"},
+                    unset={"compartments": "Cells, Cytoplasm, Nuclei", **more.pop("unset", {})}, **more)
 
 
-@app.command()
-def consensus(
-    profiles: Annotated[str, typer.Argument(help="Profiles to summarise.")],
-    output: OutputArg,
-    replicate_columns: Annotated[list[str], typer.Option(help="Columns that define a replicate group.")] = ["Metadata_Plate", "Metadata_Well"],
-    operation: Annotated[str, typer.Option(metavar=one_of(CONSENSUS_OPERATIONS), help="median, mean or modz.")] = "median",
-    features: CompartmentFeaturesOpt = None,
-    compartments: CompartmentsOpt = None,
-    image_features: ImageFeaturesOpt = False,
-    float_format: FloatFormatOpt = None,
-    quiet: QuietOpt = False,
-) -> None:
-    """One profile per replicate group (median, mean or MODZ)."""
-    from ..consensus import consensus as _consensus
+def _handbook_steps() -> tuple[StepSpec, ...]:
+    from ..consensus import consensus
+    from ..feature_select import feature_select
+    from ..normalize import normalize
 
-    _profile_step("consensus", profiles, output, float_format, quiet, lambda table, on_account: _consensus(
-        table, replicate_columns=split_values(replicate_columns) or ["Metadata_Plate", "Metadata_Well"],
-        operation=operation, features=split_values(features) or "infer", compartments=split_values(compartments),
-        image_features=image_features, on_account=on_account), said="wrote {rows} consensus profiles to {output}")
+    return (
+        _handbook_step("normalize", normalize, "Normalize profiles against all wells or a subset (e.g. negcon wells).", {
+            "method": "standardize (the default, as pycytominer's; a recipe config's is mad_robustize), robustize, "
+                      "mad_robustize, spherize or inverse_normal.",
+            "mad_robustize_epsilon": "ε added to the scaled MAD (--mad-robustize-fudge-factor: the recipe's "
+                                     "normalize.mad_robustize_fudge_factor).",
+            "spherize_center": "spherize: centre the data first.", "spherize_method": "PCA, ZCA, PCA-cor or ZCA-cor.",
+            "spherize_epsilon": "Spherize regularization.", "min_cells": "Fit only on wells with at least this many cells.",
+            "object_count_column": "min_cells: the column holding each well's cell count.",
+            "inverse_normal_n_quantiles": "inverse_normal: quantiles of the fitted transform."},
+            choices={"method": NORMALIZE_METHODS, "spherize_method": SPHERIZE_METHODS}, skip=("meta_features",),
+            aliases={"mad_robustize_epsilon": ("--mad-robustize-fudge-factor",)}, unset={"min_cells": "every well"},
+            profiles_help="Annotated profiles.", output_help="Normalized output table."),
+        _handbook_step("feature-select", feature_select, "Drop uninformative features.", {
+            "operations": "Operations in order: variance_threshold, frequency_threshold, correlation_threshold, "
+                          "drop_na_columns, blocklist, drop_outliers, noise_removal (a recipe config's default: "
+                          "variance_threshold, correlation_threshold, drop_na_columns, blocklist).",
+            "variance_threshold_meaning": "What variance_threshold means: frequency (the recipe's) or variance.",
+            "samples": "Rows the statistics are computed on: all, or a query such as "
+                       "\"Metadata_control_type == 'negcon'\".",
+            "sample_filter": "Rows where COLUMN=VALUE[,VALUE] (repeatable): the statistics are computed on them.",
+            "na_cutoff": "drop_na_columns: largest NaN fraction kept.",
+            "corr_threshold": "correlation_threshold: largest correlation kept.",
+            "corr_method": "correlation_threshold: pearson, spearman or kendall.",
+            "freq_cut": "frequency test: 2nd/1st most common value ratio.",
+            "unique_cut": "frequency test: distinct values / rows.",
+            "min_variance": "variance_threshold with --variance-threshold-meaning variance: smallest variance kept.",
+            "blocklist_file": "blocklist: a file of features.", "outlier_cutoff": "drop_outliers: largest |value| kept.",
+            "noise_removal_perturb_groups": "noise_removal: the column naming each well's perturbation group "
+                                            "(needed by noise_removal).",
+            "noise_removal_stdev_cutoff": "noise_removal: largest mean within-group standard deviation kept "
+                                          "(needed by noise_removal)."},
+            choices={"corr_method": CORRELATION_METHODS, "variance_threshold_meaning": VARIANCE_THRESHOLD_MEANINGS},
+            skip=("blocklist",), unset={"blocklist_file": "the standard list"},
+            types={"blocklist_file": str | None, "noise_removal_perturb_groups": str | None},
+            profiles_help="Normalized profiles.", said="kept {columns} columns; wrote {output}"),
+        _handbook_step("consensus", consensus, "One profile per replicate group (median, mean or MODZ).", {
+            "replicate_columns": "Columns that define a replicate group.", "operation": "median, mean or modz.",
+            "modz_method": "modz: correlation of the replicates weighting them (spearman or pearson).",
+            "modz_min_weight": "modz: smallest weight of a replicate.",
+            "modz_precision": "modz: decimals the weights are rounded to (unset: none)."},
+            choices={"operation": CONSENSUS_OPERATIONS}, profiles_help="Profiles to summarise.",
+            said="wrote {rows} consensus profiles to {output}"),
+    )
+
+
+normalize, feature_select, consensus = (step_command(spec) for spec in _handbook_steps())
 
 
 @app.command("write-gct")
