@@ -126,3 +126,49 @@ def test_another_user_s_scratch_folder_is_left_alone(tmp_path: Path) -> None:
     db_ws, _ = db_workspace(tmp_path, csv_ws, "P1", files=1)
     assert collate_export(db_ws, BATCH, "P1", tmp_dir=str(scratch)).status == "done"
     assert theirs.exists()
+
+
+@pytest.mark.parametrize("damage", ["emptied profiles", "another build's backend"])
+def test_an_output_the_report_does_not_vouch_for_is_rebuilt(tmp_path: Path, damage: str,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """An emptied P1.csv, or a P1.sqlite of another build, is not a complete output: the plate is rebuilt, as
+    on the CSV route (before: "skipped: complete outputs exist", exit 0, the damage kept)."""
+    csv_ws = csv_workspace(tmp_path, long_name=False)
+    db_ws, _ = db_workspace(tmp_path, csv_ws, "P1", files=1)
+    first = run_export(db_ws, "P1")
+    profiles = Path(first["result"].outputs["profiles"])
+    intact = profiles.read_bytes()
+    if damage == "emptied profiles":
+        profiles.write_bytes(b"")
+    else:
+        other = tmp_path / "other"
+        shutil.copytree(db_ws, other)
+        run_export(other, "P1", overwrite=True)  # the same plate built again: another generation id
+        shutil.copy(Path(str(first["sqlite"]).replace(str(db_ws), str(other))), first["sqlite"])
+    with caplog.at_level(logging.INFO, logger="cytoprofile"):
+        again = collate_export(db_ws, BATCH, "P1")
+    assert again.status == "done", again.message
+    assert profiles.read_bytes() == intact
+    said = _messages(caplog, "P1")
+    assert said and said[0][0] == logging.WARNING and "does not match the plate's report" in said[0][1], said
+    assert collate_export(db_ws, BATCH, "P1").status == "skipped"
+
+
+def test_a_changed_table_prefix_is_said_as_a_changed_option(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Files holding two prefixes' tables, read with one and then the other: the rebuild names the option at
+    WARNING (before: "--overwrite", which was never given, at INFO)."""
+    import sqlite3
+
+    csv_ws = csv_workspace(tmp_path, long_name=False)
+    db_ws, files = db_workspace(tmp_path, csv_ws, "P1", files=1)
+    with sqlite3.connect(files[0]) as db:
+        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        prefix = next(t for t in tables if t.endswith("Per_Image"))[: -len("Per_Image")]
+        for t in tables:
+            if t.startswith(prefix):
+                db.execute(f'CREATE TABLE "Other_{t[len(prefix):]}" AS SELECT * FROM "{t}"')
+    run_export(db_ws, "P1", table_prefix=prefix)
+    with caplog.at_level(logging.INFO, logger="cytoprofile"):
+        run_export(db_ws, "P1", table_prefix="Other_")
+    said = _messages(caplog, "P1")
+    assert said and said[0][0] == logging.WARNING and "options changed since the last build (table_prefix)" in said[0][1], said

@@ -667,3 +667,39 @@ def test_an_empty_count_in_image_csv_is_said(tmp_path: Path) -> None:
     entry = _sites(collate_plate(tmp_path, BATCH, PLATE))[target.name]
     assert entry["status"] == "ok"
     assert any("Image.csv's Count_Cells is empty for ImageNumber" in w for w in entry.get("warnings", [])), entry
+
+
+def test_links_inside_site_folders_are_entries_never_walked(tmp_path: Path) -> None:
+    """Two links to ``.`` inside a site folder made the input record's walk branch twice per level (it never
+    ended); a link to an image store beside the files had every file under it hashed. A link inside a site folder
+    is one entry, never followed (the scan reads nothing there), and the plate builds and then skips."""
+    import signal
+
+    from cytoprofile.collate.plan import input_state, plate_files
+
+    plate_dir = _plate(tmp_path)
+    target = faults.site(plate_dir, "A02", 2)
+    store = tmp_path / "image-store"
+    (store / "deep").mkdir(parents=True)
+    (store / "deep" / "image.tiff").write_bytes(b"\0" * 64)
+    for name, to in (("a", "."), ("b", "."), ("up", f"../{target.name}"), ("images", str(store))):
+        (target / name).symlink_to(to)
+    (plate_dir / "again").symlink_to(".")  # the plate folder reached from inside itself
+
+    def stop(*_: object) -> None:
+        raise TimeoutError("the walk of the plate folder does not end")
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.alarm(60)
+    try:
+        files = plate_files(tmp_path, BATCH, PLATE)
+        state = input_state(tmp_path, BATCH, PLATE)
+        result = collate_plate(tmp_path, BATCH, PLATE)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    inside = {f"{target.name}/{n}" for n in ("a", "b", "up", "images")}
+    assert inside <= files and not any(f.startswith(tuple(f"{p}/" for p in inside)) for f in files), sorted(files)
+    assert all(state.files[p][0] == -2 for p in inside), {p: state.files[p] for p in inside}
+    assert result.status == "done", result.message
+    assert collate_plate(tmp_path, BATCH, PLATE).status == "skipped"

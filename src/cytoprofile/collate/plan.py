@@ -7,6 +7,7 @@ import logging
 import os
 import stat
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -146,14 +147,33 @@ def _hash_or_none(path: str) -> str | None:
 def plate_files(ws: str | os.PathLike[str], batch: str, plate: str) -> set[str]:
     """The paths (relative to the plate's analysis folder) of every file under it, as :func:`input_state` walks it."""
     root = Workspace(str(ws)).analysis(batch, plate)
-    return {os.path.relpath(os.path.join(folder, name), root)
-            for folder, _dirs, names in os.walk(root, followlinks=True) for name in names} | _empty_folders(root)
+    return {os.path.relpath(os.path.join(folder, name), root) for folder, _dirs, names in _walk(root) for name in names} \
+        | _empty_folders(root)
+
+
+def _walk(root: str) -> Iterator[tuple[str, list[str], list[str]]]:
+    """``os.walk`` of the plate's analysis folder as the scan sees it: a linked site folder is followed, a link
+    to a folder inside a site folder is an entry (the scan reads nothing there, so a link to an image store is
+    never hashed), and a folder reached twice (a link loop) is walked once."""
+    seen: set[str] = set()
+    for folder, dirs, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:  # recorded as an entry of its own (an empty folder), never walked again
+            dirs[:] = []
+            yield folder, dirs, []
+            continue
+        seen.add(real)
+        if os.path.normpath(folder) != os.path.normpath(root):
+            links = [d for d in dirs if os.path.islink(os.path.join(folder, d))]
+            dirs[:] = [d for d in dirs if d not in links]
+            names = [*names, *links]
+        yield folder, dirs, names
 
 
 def _empty_folders(root: str) -> set[str]:
     """The folders under ``root`` holding nothing, as ``site/`` (an empty site folder is an input: a build
     quarantines it, so one appearing after a build changes what the build would say)."""
-    return {os.path.relpath(folder, root) + "/" for folder, dirs, names in os.walk(root, followlinks=True)
+    return {os.path.relpath(folder, root) + "/" for folder, dirs, names in _walk(root)
             if not dirs and not names and os.path.normpath(folder) != os.path.normpath(root)}
 
 
@@ -174,7 +194,7 @@ def input_state(ws: str | os.PathLike[str], batch: str, plate: str, *, report: d
     now = time.time_ns()
     fresh = {os.path.relpath(p, root): e for p, e in (read or {}).items()}
     stats: dict[str, os.stat_result | None] = {}
-    for folder, _dirs, names in os.walk(root, followlinks=True):
+    for folder, _dirs, names in _walk(root):
         for name in names:
             path = os.path.join(folder, name)
             try:

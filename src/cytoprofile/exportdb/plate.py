@@ -70,6 +70,28 @@ def _previous_run(report_path: str) -> dict[str, Any]:
         return {}
 
 
+def _all_trusted(root: str, batch: str, plate: str, outputs: dict[str, str]) -> bool:
+    """Every output is one the report vouches for (its generation id, and a CSV's size), as collate's skip asks."""
+    from ..collate import trusted_outputs
+
+    _, trusted = trusted_outputs(root, batch, plate)
+    return all(os.path.basename(p) in trusted for name, p in outputs.items() if name != "report")
+
+
+def _rebuild_reason(previous: dict[str, Any], fingerprint: Any, call: Any) -> str:
+    """Why a plate that has a build is built again (said at WARNING in place of "--overwrite")."""
+    if not previous:
+        return "no trusted build"
+    changes = _source_changes(previous.get("sources"), fingerprint)
+    if changes:
+        return f"{INPUTS_CHANGED}: {changes}"
+    before = previous.get("call") or {}
+    changed = sorted(k for k in set(before) | set(call) if before.get(k) != call.get(k))
+    if changed:
+        return f"options changed since the last build ({', '.join(changed)})"
+    return "an output does not match the plate's report (damaged, or from another build)"
+
+
 def _call_record(options: dict[str, Any], table_prefix: str | None) -> Any:
     """The options that shape the outputs, as JSON stores them (compared on re-runs)."""
     shaping = {k: v for k, v in options.items() if k not in ("overwrite", "progress", "threads", "tmp_dir")}
@@ -97,7 +119,8 @@ def collate_export(
     options is skipped; changed files rebuild. ``staged``: the files are this run's copies of
     objects on object storage (compared by size and the objects' modification time).
     """
-    from ..collate import PlateResult, collate_plate, plate_outputs
+    from ..collate import PlateResult, collate_plate, plate_outputs, trusted_outputs
+    from ..collate.plan import check_strict
 
     if io.is_remote(ws):
         raise InputError(f"{ws}: ExportToDatabase input is read from a local workspace; copy the files locally first")
@@ -117,11 +140,11 @@ def collate_export(
     # the scratch folder is made first, also for a run that is skipped: making it removes those of killed runs
     with workspace.scratch_dir(tmp_dir, f"export-{folder_part(plate)}") as scratch:
         if previous.get("sources") == fingerprint and previous.get("call") == call and not options.get("overwrite") \
-                and all(Path(p).exists() for p in outputs.values()):
+                and _all_trusted(root, batch, plate, outputs):
+            check_strict(plate, trusted_outputs(root, batch, plate)[0], strict=bool(options.get("strict")))
             return PlateResult(batch, plate, "skipped", "complete outputs exist (use --overwrite to rebuild)", outputs)
-        options["overwrite"] = True  # other files or options: the outputs are rebuilt
-        changes = _source_changes(previous.get("sources"), fingerprint)
-        options["rebuild_reason"] = f"{INPUTS_CHANGED}: {changes}" if changes else None  # said in place of --overwrite
+        options["rebuild_reason"] = None if options.get("overwrite") else _rebuild_reason(previous, fingerprint, call)
+        options["overwrite"] = True  # other files or options, or an output the report does not vouch for: rebuilt
         with _real_places(scratch, root, backend_root, names):
             return _collate_scratch(scratch, root, batch, plate, paths, sources, table_prefix, options,
                                     fingerprint=fingerprint, call=call, names=names, report_path=outputs["report"])
