@@ -16,7 +16,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-from scipy.stats import rankdata
 
 from .checks import check_columns, check_frame, check_number, listed
 from .errors import ConfigError, InputError
@@ -96,6 +95,8 @@ def _modz(
     precision: int | None,
 ) -> np.ndarray:
     """Moderated z-score per group (groups numbered 0..n_groups-1 in ``codes``)."""
+    from scipy.stats import rankdata  # here: scipy.stats takes half a second to import, the CLI starts without it
+
     complete = ~np.isnan(x).any(axis=1)
     base = rankdata(x, axis=1) if method == "spearman" else x
     z = np.full_like(x, np.nan)
