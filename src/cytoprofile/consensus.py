@@ -95,7 +95,9 @@ def _modz(
     precision: int | None,
 ) -> np.ndarray:
     """Moderated z-score per group (groups numbered 0..n_groups-1 in ``codes``)."""
-    from scipy.stats import rankdata  # here: scipy.stats takes half a second to import, the CLI starts without it
+    from scipy.stats import (
+        rankdata,  # here: scipy.stats takes half a second to import, the CLI starts without it
+    )
 
     complete = ~np.isnan(x).any(axis=1)
     base = rankdata(x, axis=1) if method == "spearman" else x
