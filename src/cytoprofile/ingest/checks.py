@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from collections.abc import Sequence
 
@@ -40,7 +41,7 @@ def site_checks(objects: dict[str, np.ndarray], union: dict[str, list[str]], ima
     numbers = np.unique(np.asarray(image_numbers, dtype=np.int64))
     span = 1
     for table, a in objects.items():
-        cols = [j for j, c in enumerate(union[table]) if c.startswith("Parent_") or c == "ObjectNumber"]
+        cols = list(_link_columns(tuple(union[table]))[2])
         if len(a) and not np.isnan(a[:, cols]).all():
             span = max(span, 1 + int(np.nanmax(a[:, cols])))
     composite = {t: _pair_keys(a[:, 0], a[:, 1], numbers, span) for t, a in objects.items()}
@@ -94,8 +95,8 @@ def _link_problems(objects: dict[str, np.ndarray], union: dict[str, list[str]], 
     """``Parent_<X>`` values that are neither 0 nor an object of X in the same image."""
     problems = []
     for table, a in objects.items():
-        for j, column in enumerate(union[table]):
-            other = _linked_table(column, "Parent_", "", objects, by_case)
+        for j, named in _link_columns(tuple(union[table]))[0]:
+            other, column = _resolve(named, objects, by_case), union[table][j]
             if other is None:
                 continue
             parents = a[:, j]
@@ -112,13 +113,20 @@ def _link_problems(objects: dict[str, np.ndarray], union: dict[str, list[str]], 
     return problems
 
 
-def _linked_table(column: str, prefix: str, suffix: str, objects: dict[str, np.ndarray],
-                  by_case: dict[str, str]) -> str | None:
+@functools.lru_cache(maxsize=256)
+def _link_columns(header: tuple[str, ...]) -> tuple[tuple[tuple[int, str], ...], tuple[tuple[int, str], ...], tuple[int, ...]]:
+    """Of a table's columns (every site of a plate shares them, so this runs once a table): each ``Parent_<X>``
+    with X, each ``Children_<X>_Count`` with X, and the positions of the ObjectNumber and Parent_ columns."""
+    parents = tuple((j, c[len("Parent_"):]) for j, c in enumerate(header) if c.startswith("Parent_") and c != "Parent_")
+    children = tuple((j, c[len("Children_"):-len("_Count")]) for j, c in enumerate(header)
+                     if c.startswith("Children_") and c.endswith("_Count") and len(c) > len("Children__Count"))
+    keys = tuple(j for j, c in enumerate(header) if c.startswith("Parent_") or c == "ObjectNumber")
+    return parents, children, keys
+
+
+def _resolve(named: str, objects: dict[str, np.ndarray], by_case: dict[str, str]) -> str | None:
     """The table a ``Parent_<X>`` or ``Children_<X>_Count`` column names, as written or else in any case."""
-    if not (column.startswith(prefix) and column.endswith(suffix)) or len(column) <= len(prefix) + len(suffix):
-        return None
-    other = column[len(prefix):len(column) - len(suffix)]
-    return other if other in objects else by_case.get(other.lower())
+    return named if named in objects else by_case.get(named.lower())
 
 
 def _short_twin_problems(objects: dict[str, np.ndarray], union: dict[str, list[str]], by_case: dict[str, str],
@@ -128,11 +136,11 @@ def _short_twin_problems(objects: dict[str, np.ndarray], union: dict[str, list[s
     no ``Children_<X>_Count`` in P): the file lost its last rows, which nothing else could show."""
     out = []
     for table, a in objects.items():
-        for j, column in enumerate(union[table]):
-            parent = _linked_table(column, "Parent_", "", objects, by_case)
+        for j, named in _link_columns(tuple(union[table]))[0]:
+            parent, column = _resolve(named, objects, by_case), union[table][j]
             if parent is None or parent == table or not len(a) or not np.array_equal(a[:, 1], a[:, j]):
                 continue
-            if any(_linked_table(c, "Children_", "_Count", objects, by_case) == table for c in union[parent]):
+            if any(_resolve(c, objects, by_case) == table for _, c in _link_columns(tuple(union[parent]))[1]):
                 continue
             have = Counter(a[:, 0].astype(np.int64).tolist())
             told = checked.get(table, set())
@@ -154,8 +162,8 @@ def _children_problems(objects: dict[str, np.ndarray], union: dict[str, list[str
     rows (a file cut at a line ending, which its own row count cannot show when Image.csv has no Count_<X>)."""
     out = []
     for table, a in objects.items():
-        for j, column in enumerate(union[table]):
-            child = _linked_table(column, "Children_", "_Count", objects, by_case)
+        for j, named in _link_columns(tuple(union[table]))[1]:
+            child, column = _resolve(named, objects, by_case), union[table][j]
             counts = a[:, j]
             if child is None or not len(counts) or np.isnan(counts).all():
                 continue
