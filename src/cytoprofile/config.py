@@ -49,6 +49,7 @@ from .config_blocks import (
     QualityControlConfig,
     SummaryConfig,
     check_output_dir,
+    function_default,
     split_compartments,
 )
 from .config_diagnostics import (
@@ -68,7 +69,6 @@ from .errors import ConfigError
 from .vocabulary import FEATURE_SELECT_LEVELS as LEVELS  # the schema checks names against these
 from .vocabulary import (
     FEATURE_SELECT_OPERATIONS,
-    NEGCON_QUERY,
     NORMALIZE_METHODS,
     PROCESSING_INPUTS,
 )
@@ -126,26 +126,33 @@ log = logging.getLogger("cytoprofile.config")
 
 
 
+def _chain(name: str) -> Any:
+    from .processing import run_chain
+
+    return function_default(run_chain, name)
+
+
 class ProcessingOptions(BaseModel):
-    """Types of ``processing_options`` (``processing.run_chain``'s options, plus ``input``)."""
+    """Types of ``processing_options`` (``processing.run_chain``'s options, plus ``input``); each default is
+    run_chain's."""
 
     model_config = ConfigDict(extra="forbid")
 
     input: Literal["augmented", "normalized", "normalized_negcon"] = "augmented"
-    plate_column: str = "Metadata_Plate"
-    samples: str = Field(default=NEGCON_QUERY, min_length=1)
-    plates_without_controls: Literal["error", "drop"] = "error"
-    well_column: str = "Metadata_Well"
-    cell_count_column: str = "Metadata_Count_Cells"
-    min_unique: int = Field(default=100, ge=0)
-    outlier_bound: float = Field(default=100.0, gt=0)
-    variance_fraction: float = Field(default=0.98, gt=0, le=1)
-    ties: Literal["random", "average"] = "random"
-    sphering_epsilon: float | list[float] = Field(default_factory=lambda: [10.0**k for k in range(-5, 4)])
-    pert_column: str = "Metadata_broad_sample"
-    neg_sameby: list[str] = Field(default_factory=lambda: ["Metadata_Plate"])
-    batch_key: str = "Metadata_Batch"
-    seed: int = 0
+    plate_column: str = _chain("plate_column")
+    samples: str = Field(default=_chain("samples"), min_length=1)
+    plates_without_controls: Literal["error", "drop"] = _chain("plates_without_controls")
+    well_column: str = _chain("well_column")
+    cell_count_column: str = _chain("cell_count_column")
+    min_unique: int = Field(default=_chain("min_unique"), ge=0)
+    outlier_bound: float = Field(default=_chain("outlier_bound"), gt=0)
+    variance_fraction: float = Field(default=_chain("variance_fraction"), gt=0, le=1)
+    ties: Literal["random", "average"] = _chain("ties")
+    sphering_epsilon: float | list[float] = Field(default_factory=lambda: list(_chain("sphering_epsilon")))
+    pert_column: str = _chain("pert_column")
+    neg_sameby: list[str] = Field(default_factory=lambda: list(_chain("neg_sameby")))
+    batch_key: str = _chain("batch_key")
+    seed: int = _chain("seed")
     featselect: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -8,6 +8,7 @@ settings and batch documents and reads the file.
 from __future__ import annotations
 
 import difflib
+import inspect
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -23,7 +24,11 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from .aggregate import aggregate
+from .annotate import annotate_files
+from .feature_select import feature_select
 from .io import USABLE_FLOAT_FORMAT
+from .normalize import normalize
 from .step_data import fit_query
 from .vocabulary import (
     AGGREGATE_OPERATIONS,
@@ -40,7 +45,7 @@ from .vocabulary import (
 )
 from .vocabulary import FEATURE_SELECT_LEVELS as LEVELS  # the schema checks names against these
 
-__all__ = ["AggregateConfig", "ExternalMetadataConfig", "AnnotateConfig", "NormalizeConfig", "NormalizeNegconConfig", "FeatureSelectParameters", "FeatureSelectConfig", "SummaryConfig", "HeatmapConfig", "MapConfig", "QualityControlConfig", "OptionsConfig", "ExecutorConfig", "Block", "Name", "REFUSED_KEYS", "check_output_dir", "split_compartments"]
+__all__ = ["AggregateConfig", "function_default", "ExternalMetadataConfig", "AnnotateConfig", "NormalizeConfig", "NormalizeNegconConfig", "FeatureSelectParameters", "FeatureSelectConfig", "SummaryConfig", "HeatmapConfig", "MapConfig", "QualityControlConfig", "OptionsConfig", "ExecutorConfig", "Block", "Name", "REFUSED_KEYS", "check_output_dir", "split_compartments"]
 
 _COMPRESSIONS = ("gzip",)
 _OBJECT_FEATURES = (with_metadata_prefix(OBJECT_NUMBER), OBJECT_NUMBER)
@@ -243,6 +248,12 @@ def _require(model: BaseModel, keys: Sequence[str], reason: str) -> None:
 # --- settings blocks ---
 
 
+def function_default(function: Any, name: str) -> Any:
+    """The step function's default for ``name``: a block key named as the function's keyword states no default of
+    its own (the few that differ on purpose are said where they are, and listed in tests/test_cli_signatures.py)."""
+    return inspect.signature(function).parameters[name].default
+
+
 class AggregateConfig(Block):
     """``aggregate``: single cells to one profile per well."""
 
@@ -252,7 +263,7 @@ class AggregateConfig(Block):
     site_column: str | None = None
     method: Annotated[
         Literal["median", "mean"], _choice("an aggregation method", AGGREGATE_OPERATIONS)
-    ] = "median"
+    ] = function_default(aggregate, "operation")
     fields: _Fields = "all"
     object_feature: Annotated[str, BeforeValidator(_check_object_feature)] = "Metadata_ObjectNumber"
     image_feature_categories: list[str] = Field(default_factory=list)
@@ -315,28 +326,28 @@ class AnnotateConfig(Block):
     # cytoprofile extension: profiles' wells absent from the plate map stop the run
     unmatched_wells: Annotated[
         Literal["error", "drop"], _choice("an unmatched-wells choice", UNMATCHED_WELLS)
-    ] = "error"
+    ] = function_default(annotate_files, "unmatched_wells")
 
 
 class NormalizeConfig(Block):
     """``normalize``: scale every well against statistics fitted on ``samples``."""
 
     perform: bool = True
-    method: _NormalizeMethod = "mad_robustize"
-    features: _Features = "infer"
-    image_features: bool = False
-    mad_robustize_fudge_factor: float = Field(default=1e-18, ge=0)
+    method: _NormalizeMethod = "mad_robustize"  # the recipe's default; the function's is standardize
+    features: _Features = function_default(normalize, "features")
+    image_features: bool = function_default(normalize, "image_features")
+    mad_robustize_fudge_factor: float = Field(default=function_default(normalize, "mad_robustize_epsilon"), ge=0)
     subgroups: Annotated[bool, AfterValidator(_no_subgroups)] = False
-    min_cells: int = Field(default=1, ge=0)
+    min_cells: int = Field(default=1, ge=0)  # the recipe's "every well"; the function's is None
     # cytoprofile extensions
-    samples: str = Field(default="all", min_length=1)
+    samples: str = Field(default=function_default(normalize, "samples"), min_length=1)
     sample_filter: _SampleFilter = None
     spherize_method: Annotated[
         Literal["PCA", "ZCA", "PCA-cor", "ZCA-cor"],
         _choice("a spherize method", SPHERIZE_METHODS),
-    ] = "ZCA-cor"
-    spherize_epsilon: float = Field(default=1e-6, ge=0)
-    spherize_center: bool = True
+    ] = function_default(normalize, "spherize_method")
+    spherize_epsilon: float = Field(default=function_default(normalize, "spherize_epsilon"), ge=0)
+    spherize_center: bool = function_default(normalize, "spherize_center")
 
     def fit_query(self) -> str:
         """The pandas query choosing the wells the normalization is fitted on.
@@ -357,19 +368,19 @@ class NormalizeNegconConfig(NormalizeConfig):
 class FeatureSelectParameters(Block):
     """``feature_select.parameters`` (cytoprofile extension): thresholds of the operations."""
 
-    na_cutoff: float = Field(default=0.05, ge=0, le=1)
-    corr_threshold: float = Field(default=0.9, ge=-1, le=1)
+    na_cutoff: float = Field(default=function_default(feature_select, "na_cutoff"), ge=0, le=1)
+    corr_threshold: float = Field(default=function_default(feature_select, "corr_threshold"), ge=-1, le=1)
     corr_method: Annotated[
         Literal["pearson", "spearman", "kendall"],
         _choice("a correlation method", CORRELATION_METHODS),
-    ] = "pearson"
-    freq_cut: float = Field(default=0.05, ge=0, le=1)
-    unique_cut: float = Field(default=0.01, ge=0, le=1)
-    min_variance: float = Field(default=1e-6, ge=0)
-    outlier_cutoff: float = Field(default=500.0, gt=0)
-    blocklist_file: str | None = None
+    ] = function_default(feature_select, "corr_method")
+    freq_cut: float = Field(default=function_default(feature_select, "freq_cut"), ge=0, le=1)
+    unique_cut: float = Field(default=function_default(feature_select, "unique_cut"), ge=0, le=1)
+    min_variance: float = Field(default=function_default(feature_select, "min_variance"), ge=0)
+    outlier_cutoff: float = Field(default=function_default(feature_select, "outlier_cutoff"), gt=0)
+    blocklist_file: str | None = function_default(feature_select, "blocklist_file")
     noise_removal_perturb_groups: Annotated[list[str] | None, BeforeValidator(_str_list)] = None
-    noise_removal_stdev_cutoff: float | None = None
+    noise_removal_stdev_cutoff: float | None = function_default(feature_select, "noise_removal_stdev_cutoff")
 
 
 def _default_operations() -> list[_OperationName]:

@@ -48,13 +48,13 @@ def one_of(values: typing.Sequence[str]) -> str:
     return "[" + "|".join(values) + "]"
 
 
-def choice_option(values: typing.Sequence[str], *, help: str) -> Any:
+def choice_option(values: typing.Sequence[str], *names: str, help: str) -> Any:
     """An option taking one of ``values``: shown as ``[a|b]`` and refused, naming the flag and the
-    choices, before any input is read."""
+    choices, before any input is read (``names``: its flags, when it has more than its own)."""
     def _check(param: typer.CallbackParam, value: str) -> str:
         return check_choices(param.opts[0], [value], values)[0]
 
-    return typer.Option(metavar=one_of(values), help=help, callback=_check)
+    return typer.Option(*names, metavar=one_of(values), help=help, callback=_check)
 
 
 class _Group(TyperGroup):

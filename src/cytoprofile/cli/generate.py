@@ -22,10 +22,10 @@ from .common import (
     split_values,
 )
 
-__all__ = ["StepSpec", "step_command"]
+__all__ = ["StepSpec", "io_arguments", "step_command"]
 
-#: runs one step: (spec, PROFILES, OUTPUT, float format, quiet, features given, the function's keyword arguments)
-Runner = Callable[["StepSpec", str, str, "str | None", bool, "list[str] | None", "list[str] | None", dict[str, Any]], None]
+#: runs one step: (spec, the arguments and tail options given by name, the function's keyword arguments)
+Runner = Callable[["StepSpec", dict[str, Any], dict[str, Any]], None]
 
 
 @dataclass(frozen=True)
@@ -40,8 +40,9 @@ class StepSpec:
     help: Mapping[str, str]
     run: Runner
     choices: Mapping[str, Sequence[str]] = field(default_factory=dict)
-    profiles_help: str = "Per-well profiles."
-    output_help: str = "Output table."
+    #: the command's arguments (name, help, metavar), the function's input first and the output last
+    arguments: tuple[tuple[str, str, str | None], ...] = (("profiles", "Per-well profiles.", None),
+                                                          ("output", "Output table.", None))
     #: keyword arguments not offered (given by the runner, or no command-line form)
     skip: tuple[str, ...] = ()
     #: the command-line value (a list of text) turned into the function's, where the two differ
@@ -62,6 +63,11 @@ _TAIL_TYPES: dict[str, Any] = {"features": FeaturesOpt, "feature_prefixes": Feat
                                "float_format": FloatFormatOpt, "quiet": QuietOpt}
 
 
+def io_arguments(profiles: str = "Per-well profiles.", output: str = "Output table.") -> tuple[tuple[str, str, None], ...]:
+    """The usual arguments: PROFILES (the table read) and OUTPUT (the table written)."""
+    return (("profiles", profiles, None), ("output", output, None))
+
+
 def _kind(annotation: Any) -> tuple[Any, tuple[str, ...]]:
     """The option's type for an annotation (a sequence: a repeatable text or number option) and its Literal choices."""
     literal = typing.get_args(annotation) if typing.get_origin(annotation) is typing.Literal else ()
@@ -80,7 +86,7 @@ def _option(spec: StepSpec, name: str, parameter: inspect.Parameter) -> inspect.
     kind, literal = _kind(spec.types.get(name, parameter.annotation))
     choices = spec.choices.get(name) or literal
     flags = (f"--{name.replace('_', '-')}", *spec.aliases.get(name, ())) if name in spec.aliases else ()
-    opt = choice_option(choices, help=said) if choices else typer.Option(
+    opt = choice_option(choices, *flags, help=said) if choices else typer.Option(
         *flags, help=said, metavar=spec.metavars.get(name), show_default=spec.unset.get(name, True))
     default = list(parameter.default) if isinstance(parameter.default, tuple) else parameter.default
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[kind, opt], default=default)
@@ -94,19 +100,31 @@ def _given(value: Any, default: Any) -> Any:
     return values or default
 
 
+def _keywords(spec: StepSpec) -> dict[str, inspect.Parameter]:
+    """The function's keyword arguments the command offers, annotations evaluated one by one (a skipped one may
+    name a type imported for type checking only)."""
+    namespace = getattr(spec.function, "__globals__", {})
+    out = {}
+    for name, parameter in inspect.signature(spec.function).parameters.items():
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY and name not in spec.tail and name not in spec.skip:
+            annotation = parameter.annotation
+            out[name] = parameter.replace(annotation=eval(annotation, namespace) if isinstance(annotation, str) else annotation)
+    return out
+
+
 def step_command(spec: StepSpec) -> Callable[..., None]:
     """Register and return the command of one step: PROFILES OUTPUT, then the function's keyword arguments."""
-    keywords = {n: p for n, p in inspect.signature(spec.function, eval_str=True).parameters.items()
-                if p.kind is inspect.Parameter.KEYWORD_ONLY and n not in spec.tail and n not in spec.skip}
+    keywords = _keywords(spec)
+    fixed = {name for name, _, _ in spec.arguments} | set(spec.tail)
 
-    def command(profiles: str, output: str, *, features: list[str] | None = None, feature_prefixes: list[str] | None = None,
-                float_format: str | None = None, quiet: bool = False, **options: Any) -> None:
-        given = {n: spec.parse[n](v) if n in spec.parse else _given(v, keywords[n].default) for n, v in options.items()}
-        spec.run(spec, profiles, output, float_format, quiet, features, feature_prefixes, given)
+    def command(**values: Any) -> None:
+        given = {n: spec.parse[n](v) if n in spec.parse else _given(v, keywords[n].default)
+                 for n, v in values.items() if n not in fixed}
+        spec.run(spec, {n: v for n, v in values.items() if n in fixed}, given)
 
     positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
-    params = [inspect.Parameter("profiles", positional, annotation=Annotated[str, typer.Argument(help=spec.profiles_help)]),
-              inspect.Parameter("output", positional, annotation=Annotated[str, typer.Argument(help=spec.output_help)]),
+    params = [*(inspect.Parameter(name, positional, annotation=Annotated[str, typer.Argument(help=said, metavar=metavar)])
+                for name, said, metavar in spec.arguments),
               *(_option(spec, n, p) for n, p in keywords.items()),
               *(inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=None if n != "quiet" else False,
                                   annotation=_TAIL_TYPES[n]) for n in spec.tail)]

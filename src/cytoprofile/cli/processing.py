@@ -27,7 +27,7 @@ from .common import (
     split_values,
     timed,
 )
-from .generate import StepSpec, step_command
+from .generate import StepSpec, io_arguments, step_command
 
 __all__ = ['correct_well_position_cmd', 'harmony_cmd', 'mad_normalize_cmd', 'map_cmd', 'pca_cmd', 'process_cmd', 'rank_int_cmd', 'regress_cell_count_cmd', 'remove_outliers_cmd', 'select_variant_features_cmd', 'sphere_cmd']
 
@@ -52,18 +52,18 @@ _SHARED_HELP = {
 }
 
 
-def _run(spec: StepSpec, profiles: str, output: str, float_format: str | None, quiet: bool,
-         features: list[str] | None, feature_prefixes: list[str] | None, given: dict[str, Any]) -> None:
-    _process(spec.step, profiles, output, float_format, quiet,
-             lambda df: spec.function(df, **given, **feature_args(features, feature_prefixes)))
+def _run(spec: StepSpec, fixed: dict[str, Any], given: dict[str, Any]) -> None:
+    _process(spec.step, fixed["profiles"], fixed["output"], fixed["float_format"], fixed["quiet"],
+             lambda df: spec.function(df, **given, **feature_args(fixed["features"], fixed["feature_prefixes"])))
 
 
 def _step(command: str, function: str, step: str, summary: str, help: dict[str, str],
-          choices: dict[str, Sequence[str]] | None = None, **more: Any) -> StepSpec:
+          choices: dict[str, Sequence[str]] | None = None, *, profiles_help: str = "Per-well profiles.",
+          output_help: str = "Output table.") -> StepSpec:
     from .. import processing
 
     return StepSpec(command, getattr(processing, function), step, summary, {**_SHARED_HELP, **help}, _run,
-                    choices=choices or {}, **more)
+                    choices=choices or {}, arguments=io_arguments(profiles_help, output_help))
 
 
 _STEPS = {spec.step: spec for spec in (

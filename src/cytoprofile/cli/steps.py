@@ -9,11 +9,9 @@ import typer
 
 from ..errors import InputError, about
 from ..vocabulary import (
+    AGGREGATE_OPERATIONS,
     CONSENSUS_OPERATIONS,
     CORRELATION_METHODS,
-    DEFAULT_COMPARTMENTS,
-    DEFAULT_IMAGE_FEATURE_CATEGORIES,
-    DEFAULT_STRATA,
     NONE_WORDS,
     NORMALIZE_METHODS,
     SPHERIZE_METHODS,
@@ -21,15 +19,10 @@ from ..vocabulary import (
     VARIANCE_THRESHOLD_MEANINGS,
 )
 from .common import (
-    AddImageFeaturesOpt,
-    AggregateCompartmentsOpt,
-    AggregateOperationOpt,
     CompartmentFeaturesOpt,
     CompartmentsOpt,
-    FloatFormatOpt,
     ImageFeaturesOpt,
     QuietOpt,
-    StrataOpt,
     app,
     check_float_format,
     log,
@@ -38,38 +31,9 @@ from .common import (
     split_values,
     timed,
 )
-from .generate import StepSpec, step_command
+from .generate import StepSpec, io_arguments, step_command
 
 __all__ = ['aggregate', 'annotate', 'config_template', 'consensus', 'csv2gz_cmd', 'feature_select', 'init', 'normalize', 'validate_metadata', 'write_gct']
-
-
-@app.command()
-def aggregate(
-    backend_path: Annotated[str, typer.Argument(metavar="BACKEND", help="PLATE.sqlite or PLATE_Image.parquet.")],
-    output: Annotated[str, typer.Argument(help="Output table (.csv, .csv.gz or .parquet).")],
-    operation: AggregateOperationOpt = "median",
-    compartments: AggregateCompartmentsOpt = list(DEFAULT_COMPARTMENTS),
-    image_feature_categories: Annotated[list[str], typer.Option(help="Image categories to add as features.")] = list(DEFAULT_IMAGE_FEATURE_CATEGORIES),
-    image_features: AddImageFeaturesOpt = True,
-    strata: StrataOpt = list(DEFAULT_STRATA),
-    float_format: Annotated[str | None, typer.Option(help="printf-style float format for CSV output, e.g. %.5g.", show_default="full precision",
-                                                     callback=check_float_format)] = None,
-    quiet: QuietOpt = False,
-) -> None:
-    """Per-well profiles from an existing single-cell backend."""
-    from .. import io
-    from ..aggregate import aggregate as _aggregate
-
-    setup_logging(quiet)
-    io.check_output(output, float_format=float_format)
-    with timed("aggregate"):
-        df = _aggregate(backend_path, operation=operation,  # type: ignore[arg-type]
-                        strata=split_values(strata) or list(DEFAULT_STRATA),
-                        compartments=split_values(compartments) or list(DEFAULT_COMPARTMENTS),
-                        image_features=image_features,
-                        image_feature_categories=split_values(image_feature_categories) or list(DEFAULT_IMAGE_FEATURE_CATEGORIES))
-    io.write_table(df, output, float_format=float_format)
-    log.info("wrote %d wells × %d columns to %s", len(df), df.shape[1], output)
 
 
 @app.command("csv2gz")
@@ -117,40 +81,11 @@ def _profile_step(step: str, profiles: str, output: str, float_format: str | Non
     log.info("%s", said.format(rows=len(df), columns=df.shape[1], output=output))
 
 
-@app.command()
-def annotate(
-    profiles: Annotated[str, typer.Argument(help="Per-well profiles (.csv, .csv.gz or .parquet).")],
-    platemap: Annotated[str, typer.Argument(help="Plate map (tab-separated .txt).")],
-    output: Annotated[str, typer.Argument(help="Annotated output table.")],
-    join_on: Annotated[list[str], typer.Option(help="Plate map column, profile column.")] = ["Metadata_well_position", "Metadata_Well"],
-    external: Annotated[str | None, typer.Option(help="External metadata file (.tsv) to merge.")] = None,
-    merge_column: Annotated[str | None, typer.Option(help="Key column shared by the plate map and the external metadata.")] = None,
-    unmatched_wells: Annotated[str, typer.Option(metavar=one_of(UNMATCHED_WELLS), help="Profile wells missing from the plate map: error, or drop (and say how many).")] = "error",
-    compartments: CompartmentsOpt = None,
-    float_format: FloatFormatOpt = None,
-    quiet: QuietOpt = False,
-) -> None:
-    """Join plate map (and external metadata) onto per-well profiles."""
-    from .. import io
-    from ..annotate import annotate_files
-    from ..recipe.provenance import write_step_provenance
-
-    setup_logging(quiet)
-    io.check_output(output, float_format=float_format)
-    accounts: list[Any] = []
-    df = annotate_files(profiles, platemap, join_on=split_values(join_on) or ["Metadata_well_position", "Metadata_Well"],
-                        external=external, merge_column=merge_column, unmatched_wells=unmatched_wells,
-                        compartments=split_values(compartments), on_account=accounts.append)
-    io.write_table(df, output, float_format=float_format)
-    write_step_provenance(output, "annotate", [profiles, platemap, *([external] if external else [])], accounts[0],
-                          wells=df.attrs.get("wells"))
-    log.info("wrote %d rows × %d columns to %s", len(df), df.shape[1], output)
-
-
-def _run_profile_step(spec: StepSpec, profiles: str, output: str, float_format: str | None, quiet: bool,
-                      features: list[str] | None, _prefixes: list[str] | None, given: dict[str, Any]) -> None:
-    _profile_step(spec.step, profiles, output, float_format, quiet, lambda table, on_account: spec.function(
-        table, **given, features=split_values(features) or "infer", on_account=on_account), said=spec.said)
+def _run_profile_step(spec: StepSpec, fixed: dict[str, Any], given: dict[str, Any]) -> None:
+    features = split_values(fixed["features"]) or "infer"
+    _profile_step(spec.step, fixed["profiles"], fixed["output"], fixed["float_format"], fixed["quiet"],
+                  lambda table, on_account: spec.function(table, **given, features=features, on_account=on_account),
+                  said=spec.said)
 
 
 def _handbook_step(command: str, function: Callable[..., Any], summary: str, help: dict[str, str], **more: Any) -> StepSpec:
@@ -183,7 +118,7 @@ def _handbook_steps() -> tuple[StepSpec, ...]:
             "inverse_normal_n_quantiles": "inverse_normal: quantiles of the fitted transform."},
             choices={"method": NORMALIZE_METHODS, "spherize_method": SPHERIZE_METHODS}, skip=("meta_features",),
             aliases={"mad_robustize_epsilon": ("--mad-robustize-fudge-factor",)}, unset={"min_cells": "every well"},
-            profiles_help="Annotated profiles.", output_help="Normalized output table."),
+            arguments=io_arguments("Annotated profiles.", "Normalized output table.")),
         _handbook_step("feature-select", feature_select, "Drop uninformative features.", {
             "operations": "Operations in order: variance_threshold, frequency_threshold, correlation_threshold, "
                           "drop_na_columns, blocklist, drop_outliers, noise_removal (a recipe config's default: "
@@ -206,17 +141,71 @@ def _handbook_steps() -> tuple[StepSpec, ...]:
             choices={"corr_method": CORRELATION_METHODS, "variance_threshold_meaning": VARIANCE_THRESHOLD_MEANINGS},
             skip=("blocklist",), unset={"blocklist_file": "the standard list"},
             types={"blocklist_file": str | None, "noise_removal_perturb_groups": str | None},
-            profiles_help="Normalized profiles.", said="kept {columns} columns; wrote {output}"),
+            arguments=io_arguments("Normalized profiles."), said="kept {columns} columns; wrote {output}"),
         _handbook_step("consensus", consensus, "One profile per replicate group (median, mean or MODZ).", {
             "replicate_columns": "Columns that define a replicate group.", "operation": "median, mean or modz.",
             "modz_method": "modz: correlation of the replicates weighting them (spearman or pearson).",
             "modz_min_weight": "modz: smallest weight of a replicate.",
             "modz_precision": "modz: decimals the weights are rounded to (unset: none)."},
-            choices={"operation": CONSENSUS_OPERATIONS}, profiles_help="Profiles to summarise.",
+            choices={"operation": CONSENSUS_OPERATIONS}, arguments=io_arguments("Profiles to summarise."),
             said="wrote {rows} consensus profiles to {output}"),
     )
 
 
+def _run_aggregate(spec: StepSpec, fixed: dict[str, Any], given: dict[str, Any]) -> None:
+    from .. import io
+
+    setup_logging(fixed["quiet"])
+    io.check_output(fixed["output"], float_format=fixed["float_format"])
+    with timed("aggregate"):
+        df = spec.function(fixed["backend"], **given)
+    io.write_table(df, fixed["output"], float_format=fixed["float_format"])
+    log.info("wrote %d wells × %d columns to %s", len(df), df.shape[1], fixed["output"])
+
+
+def _run_annotate(spec: StepSpec, fixed: dict[str, Any], given: dict[str, Any]) -> None:
+    from .. import io
+    from ..recipe.provenance import write_step_provenance
+
+    setup_logging(fixed["quiet"])
+    profiles, platemap, output = fixed["profiles"], fixed["platemap"], fixed["output"]
+    io.check_output(output, float_format=fixed["float_format"])
+    accounts: list[Any] = []
+    df = spec.function(profiles, platemap, **given, on_account=accounts.append)
+    io.write_table(df, output, float_format=fixed["float_format"])
+    external = given.get("external")
+    write_step_provenance(output, "annotate", [profiles, platemap, *([external] if external else [])], accounts[0],
+                          wells=df.attrs.get("wells"))
+    log.info("wrote %d rows × %d columns to %s", len(df), df.shape[1], output)
+
+
+def _table_steps() -> tuple[StepSpec, ...]:
+    """aggregate (a backend in, per-well profiles out) and annotate (profiles and a plate map in)."""
+    from ..aggregate import aggregate
+    from ..annotate import annotate_files
+
+    return (
+        StepSpec("aggregate", aggregate, "aggregate", "Per-well profiles from an existing single-cell backend.", {
+            "operation": "median or mean (--method: the recipe's aggregate.method).",
+            "strata": "Columns that define a profile.", "compartments": "Object tables to aggregate.",
+            "image_features": "Add image features.", "image_feature_categories": "Image categories to add as features."},
+            _run_aggregate, choices={"operation": AGGREGATE_OPERATIONS}, aliases={"operation": ("--method",)},
+            skip=("sites", "exclude", "progress"), tail=("float_format", "quiet"),
+            arguments=(("backend", "PLATE.sqlite or PLATE_Image.parquet.", "BACKEND"),
+                       ("output", "Output table (.csv, .csv.gz or .parquet).", None))),
+        StepSpec("annotate", annotate_files, "annotate", "Join plate map (and external metadata) onto per-well profiles.", {
+            "join_on": "Plate map column, profile column.", "external": "External metadata file (.tsv) to merge.",
+            "merge_column": "Key column shared by the plate map and the external metadata.",
+            "unmatched_wells": "Profile wells missing from the plate map: error, or drop (and say how many).",
+            "compartments": "Object tables whose columns are features (e.g. Cells,Cytoplasm,Nuclei,Speckles)."},
+            _run_annotate, choices={"unmatched_wells": UNMATCHED_WELLS}, skip=("on_account",),
+            tail=("float_format", "quiet"), unset={"compartments": "Cells, Cytoplasm, Nuclei"},
+            arguments=(("profiles", "Per-well profiles (.csv, .csv.gz or .parquet).", None),
+                       ("platemap", "Plate map (tab-separated .txt).", None), ("output", "Annotated output table.", None))),
+    )
+
+
+aggregate, annotate = (step_command(spec) for spec in _table_steps())
 normalize, feature_select, consensus = (step_command(spec) for spec in _handbook_steps())
 
 
