@@ -29,6 +29,7 @@ from .. import __version__
 from ..checks import check_choices
 from ..vocabulary import (
     AGGREGATE_OPERATIONS,
+    NONE_WORDS,
     PLATES_WITHOUT_CONTROLS,
 )
 
@@ -142,9 +143,9 @@ def split_values(values: list[str] | None) -> list[str] | None:
 
 
 def none_or_values(values: list[str] | None) -> list[str] | None:
-    """``split_values``, with ``none`` naming the empty list (an option not given stays None)."""
+    """``split_values``, with ``none`` (or ``null``) naming the empty list (an option not given stays None)."""
     out = split_values(values)
-    return [] if out is not None and [v.lower() for v in out] == ["none"] else out
+    return [] if out is not None and len(out) == 1 and out[0].lower() in NONE_WORDS else out
 
 
 def setup_logging(quiet: bool) -> None:

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import about
-from ..vocabulary import MAP_MODES, NEGCON_QUERY, RANK_INT_TIES, SPHERIZE_METHODS
+from ..vocabulary import MAP_MODES, NEGCON_QUERY, NONE_WORDS, RANK_INT_TIES, SPHERIZE_METHODS
 from .common import (
     FeaturePrefixOpt,
     FeaturesOpt,
@@ -171,7 +171,7 @@ def map_cmd(
         table = mean_average_precision(
             io.read_table(profiles), mode=mode,  # type: ignore[arg-type]
             pert_column=pert_column, annotation_column=annotation_column,
-            control_query=None if control_query.lower() in ("none", "") else control_query,
+            control_query=None if control_query.lower() in (*NONE_WORDS, "") else control_query,
             neg_sameby=none_or_values(neg_sameby), pos_diffby=split_values(pos_diffby) or [],
             multilabel_separator=multilabel_separator, null_size=null_size, threshold=threshold, seed=seed,
             **feature_args(features, feature_prefixes))
