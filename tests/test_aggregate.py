@@ -98,3 +98,35 @@ def test_copied_backend_reads_alike(tmp_path: Path) -> None:
     a = aggregate(copy)
     b = aggregate(Path(result.outputs["parquet"]))
     pd.testing.assert_frame_equal(a, b)
+
+
+@pytest.mark.parametrize("damage", ["sqlite page zeroed", "parquet text"])
+def test_a_damaged_backend_is_one_line_naming_it(tmp_path: Path, damage: str) -> None:
+    """A malformed SQLite page or a Parquet table that is not Parquet: exit 3 with a traceback before, now one
+    line naming the file and the fix."""
+    import shutil
+
+    from cytoprofile.collate import collate_plate
+    from cytoprofile.errors import InputError
+    from cytoprofile.synth import synth
+
+    ws = tmp_path / "ws"
+    synth(ws, plates=["P1"], wells=96, well_subset=2, sites=2, cells=5, features=4)
+    collate_plate(ws, "BATCH1", "P1", backend=("sqlite", "parquet"))
+    copy = tmp_path / "copy"
+    shutil.copytree(ws / "backend/BATCH1/P1", copy)
+    if damage.startswith("sqlite"):
+        source = copy / "P1.sqlite"
+        page = 65536  # the backend's page size: every page past the first two holds table rows
+        assert source.stat().st_size > 4 * page
+        with open(source, "r+b") as fh:
+            fh.seek(3 * page)
+            fh.write(b"\0" * page)
+        broken = source
+    else:
+        source = copy / "P1_Image.parquet"
+        broken = copy / "P1_Cells.parquet"
+        broken.write_text("not parquet")
+    with pytest.raises(InputError, match="the backend cannot be read") as info:
+        aggregate(source)
+    assert str(broken) in str(info.value) and "--overwrite" in str(info.value)

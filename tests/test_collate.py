@@ -20,7 +20,7 @@ import pytest
 
 from cytoprofile import io
 from cytoprofile.collate import collate, collate_plate, trusted_outputs
-from cytoprofile.errors import QuarantineError
+from cytoprofile.errors import InputError, QuarantineError
 from cytoprofile.synth import synth
 
 from .conftest import link_sites
@@ -291,7 +291,6 @@ def test_rerun_with_fewer_outputs_keeps_current_and_replaces_stale(tmp_path: Pat
 
 
 def test_all_sites_untrusted_says_so(tmp_path: Path) -> None:
-    from cytoprofile.errors import InputError
 
     ws = tmp_path / "ws"
     synth(ws, plates=["P1"], wells=96, well_subset=2, sites=1, cells=5, features=4)
@@ -398,7 +397,6 @@ def _plate_state(out: Path) -> dict[str, Any]:
 
 def test_killed_overwrite_leaves_a_consistent_plate_and_a_rerun_finishes(tmp_path: Path) -> None:
     from cytoprofile.collate import plate_profiles
-    from cytoprofile.errors import InputError
 
     ws = tmp_path / "ws"
     synth(ws, plates=["P1"], wells=96, well_subset=4, sites=2, cells=10, features=6)
@@ -437,7 +435,6 @@ def test_readers_trust_only_outputs_the_report_vouches_for(tmp_path: Path) -> No
     import shutil
 
     from cytoprofile.collate import plate_profiles
-    from cytoprofile.errors import InputError
 
     ws = tmp_path / "ws"
     synth(ws, plates=["P1"], wells=96, well_subset=2, sites=1, cells=5, features=4)
@@ -517,7 +514,6 @@ def test_a_callers_rebuild_reason_is_said_in_place_of_overwrite(tmp_path: Path, 
 
 
 def test_plates_named_twice_are_each_named_once_in_order(tmp_path: Path) -> None:
-    from cytoprofile.errors import InputError
 
     with pytest.raises(InputError, match=r"^plate P1, P2 given more than once; name each plate once$"):
         collate(tmp_path, "BATCH1", ["P2", "P1", "P3", "P2", "P1", "P2"])
@@ -627,3 +623,68 @@ def test_a_users_own_plate_parquet_beside_the_backend_is_left_alone(tmp_path: Pa
     assert main([*args, *flags]) == 0
     assert pq.read_table(out / "P1_notes.parquet").column("note").to_pylist() == ["keep me"]
     assert not (out / "P1_Speckles.parquet").exists()
+
+
+def _cut_parquet_keeping_its_id(path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    pq.write_table(table.slice(0, max(1, table.num_rows // 3)), path)  # the key-value metadata (its id) kept
+
+
+def _delete_a_well_in_place(path: Path) -> None:
+    import sqlite3
+
+    with sqlite3.connect(path) as db:  # the file keeps its size and its cytoprofile_run id
+        db.execute("DELETE FROM Cells WHERE TableNumber IN (SELECT TableNumber FROM Image WHERE Metadata_Well = 'A02')")
+
+
+@pytest.mark.parametrize("damage", ["parquet cut, id kept", "sqlite rows deleted in place"])
+def test_a_backend_damaged_keeping_its_id_is_rebuilt(tmp_path: Path, damage: str) -> None:
+    """A backend file edited after the build but still carrying the build's id was skipped as complete, and
+    --aggregate-only then wrote profiles missing the deleted cells (exit 0): size and mtime are checked too."""
+    ws = tmp_path / "ws"
+    synth(ws, plates=["P1"], wells=96, well_subset=2, sites=2, cells=5, features=4)
+    first = collate_plate(ws, "BATCH1", "P1", backend=("sqlite", "parquet"))
+    out = ws / "backend/BATCH1/P1"
+    before = (out / "P1.csv").read_bytes()
+    if damage.startswith("parquet"):
+        _cut_parquet_keeping_its_id(out / "P1_Cells.parquet")
+    else:
+        _delete_a_well_in_place(out / "P1.sqlite")
+    assert first.status == "done"
+    assert collate_plate(ws, "BATCH1", "P1", backend=("sqlite", "parquet")).status == "done"  # rebuilt, not skipped
+    assert (out / "P1.csv").read_bytes() == before
+    assert collate_plate(ws, "BATCH1", "P1", backend=("sqlite", "parquet")).status == "skipped"
+
+
+def test_aggregate_only_does_not_skip_over_another_build_s_backend(tmp_path: Path) -> None:
+    """Another build's P1.sqlite copied in: --aggregate-only said "profiles exist" and kept profiles of a backend
+    that is no longer there (exit 0); it now refuses, naming the fix."""
+    import shutil
+
+    ws, other = tmp_path / "ws", tmp_path / "other"
+    synth(ws, plates=["P1"], wells=96, well_subset=2, sites=2, cells=5, features=4)
+    synth(other, plates=["P1"], wells=96, well_subset=2, sites=2, cells=5, features=4, seed=7)
+    collate_plate(ws, "BATCH1", "P1")
+    collate_plate(other, "BATCH1", "P1")
+    shutil.copy(other / "backend/BATCH1/P1/P1.sqlite", ws / "backend/BATCH1/P1/P1.sqlite")
+    with pytest.raises(InputError, match="does not match P1.report.json"):
+        collate_plate(ws, "BATCH1", "P1", aggregate_only=True)
+
+
+@pytest.mark.parametrize("edit", [{"outputs": "x"}, {"sites": None, "input_files": 7}, {"options": []}])
+def test_a_report_of_another_shape_is_no_record(tmp_path: Path, edit: dict[str, object]) -> None:
+    """A report that is valid JSON with fields of other types crashed the re-run (exit 3); it is now no record
+    of a build, and the plate is rebuilt."""
+    import json
+
+    ws = tmp_path / "ws"
+    synth(ws, plates=["P1"], wells=96, well_subset=2, sites=1, cells=5, features=4)
+    collate_plate(ws, "BATCH1", "P1")
+    path = ws / "backend/BATCH1/P1/P1.report.json"
+    report = json.loads(path.read_text())
+    report.update(edit)
+    path.write_text(json.dumps(report))
+    assert collate_plate(ws, "BATCH1", "P1").status == "done"
+    assert collate_plate(ws, "BATCH1", "P1").status == "skipped"

@@ -220,3 +220,10 @@ def test_image_features_are_kept_when_asked_and_counted_apart_when_not(caplog: p
     n = len(features) - 1
     assert accounts[0].summary() == f"consensus (median): {n} features in, {n} out; 1 other column(s) left out (not features)"
     assert "Image_Intensity_MeanIntensity_DNA" in caplog.text
+
+
+def test_a_replicate_column_named_twice_is_refused() -> None:
+    """``--replicate-columns Metadata_Well,Metadata_Well`` crashed in pandas' grouping (exit 3)."""
+    df = replicate_profiles(plates=1, n_features=4)
+    with pytest.raises(ConfigError, match="Metadata_Well more than once"):
+        consensus(df, replicate_columns=["Metadata_Well", "Metadata_Well"])

@@ -577,3 +577,15 @@ def test_frequency_filter_over_many_column_blocks_equals_the_reference(monkeypat
     ours = feature_select(df, operations="frequency_threshold")
     expected = reference(df, operation="frequency_threshold")
     assert list(ours.columns) == list(expected.columns) and len(ours.columns) < 60
+
+
+def test_a_binary_blocklist_file_is_one_line(tmp_path: Path) -> None:
+    """A SQLite file given as the blocklist: a UnicodeDecodeError that printed the whole file (exit 3)."""
+    from cytoprofile.feature_select import feature_select
+
+    path = tmp_path / "plate.sqlite"
+    path.write_bytes(b"SQLite format 3\x00" + b"\xff\x00" * 50_000)
+    df = pd.DataFrame({"Metadata_Well": ["A01", "A02"], "Cells_a": [1.0, 2.0]})
+    with pytest.raises(InputError, match="is not UTF-8 text") as info:
+        feature_select(df, operations=["blocklist"], blocklist_file=path)
+    assert len(str(info.value)) < 300

@@ -13,7 +13,7 @@ import os
 import re
 import sqlite3
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -305,7 +305,8 @@ class BackendReader:
             for p in sorted(parent.glob(f"{stem}*.parquet")):
                 name = p.name[len(stem) : -len(".parquet")]
                 if name not in RESERVED_TABLES:  # e.g. the joined single-cell table beside the backend
-                    self.tables[name] = pq.read_schema(p).names
+                    with _damage_said(str(p)):
+                        self.tables[name] = pq.read_schema(p).names
         image_name = next((n for n in self.tables if n.lower() == "image"), None)
         if image_name is None:
             raise InputError(f"{self.path}: has no Image table; is this a cytoprofile or cytominer-database backend?")
@@ -313,6 +314,10 @@ class BackendReader:
 
     def image(self) -> pd.DataFrame:
         """The Image table with ``Image_`` prefixes of older backends removed from metadata/feature names."""
+        with _damage_said(self.path):
+            return self._image()
+
+    def _image(self) -> pd.DataFrame:
         if self.kind == "sqlite":
             df = pd.read_sql_query(f"SELECT * FROM {quote(self.image_table)}", self.conn)
         else:
@@ -326,6 +331,10 @@ class BackendReader:
 
     def read_objects(self, table: str, columns: Sequence[str], images: Sequence[tuple[object, object]]) -> np.ndarray:
         """Rows of ``table`` for the given (TableNumber, ImageNumber) pairs, as float64 ``columns``."""
+        with _damage_said(self.path if self.kind == "sqlite" else parquet_table_path(self.prefix, table)):
+            return self._read_objects(table, columns, images)
+
+    def _read_objects(self, table: str, columns: Sequence[str], images: Sequence[tuple[object, object]]) -> np.ndarray:
         if not images:
             return np.empty((0, len(columns)))
         if self.kind == "sqlite":
@@ -360,6 +369,19 @@ class BackendReader:
         """Close the connection."""
         if self.kind == "sqlite":
             self.conn.close()
+
+
+@contextlib.contextmanager
+def _damage_said(path: str) -> Iterator[None]:
+    """A backend file that fails while read (a malformed SQLite page, a cut or foreign Parquet file, a missing
+    key column): one line naming it and the fix, not a traceback."""
+    try:
+        yield
+    except (sqlite3.DatabaseError, pa.ArrowException, OSError) as exc:
+        if isinstance(exc, OSError) and not isinstance(exc, pa.ArrowException) and exc.errno is not None:
+            raise  # the disk's own fault (permission, I/O): said by the caller as such
+        raise InputError(f"{path}: the backend cannot be read ({str(exc).splitlines()[0][:200]}); it is damaged or not "
+                         "a backend: rebuild it with `cytoprofile collate --overwrite`") from exc
 
 
 def _as_float(rows: list[tuple[Any, ...]], table: str, columns: Sequence[str]) -> np.ndarray:

@@ -169,6 +169,9 @@ def consensus(
     keys = check_columns("replicate_columns", replicate_columns, profiles, message=(
         "replicate_columns {missing} are absent from the profiles; use metadata columns "
         "that identify replicates, e.g. Metadata_broad_sample"))
+    twice = sorted({k for k in keys if list(keys).count(k) > 1})
+    if twice:
+        raise ConfigError(f"replicate_columns names {', '.join(twice)} more than once; name each column once")
     names = resolve_features(profiles, features, image_features=image_features, compartments=compartments)
     if len(profiles) == 0:
         raise InputError(

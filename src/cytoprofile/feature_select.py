@@ -216,9 +216,12 @@ def _parse_blocklist(text: str) -> list[str]:
 
 def _load_blocklist(path: str | Path) -> list[str]:
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise InputError(f"blocklist file {path} cannot be read ({exc}); check the path") from exc
+    except UnicodeDecodeError as exc:  # the message, not the file: a binary file would fill the terminal
+        raise InputError(f"blocklist file {path} is not UTF-8 text (byte {exc.start}); give a text file of "
+                         "feature names, one a line") from None
     return _parse_blocklist(text)
 
 

@@ -28,7 +28,7 @@ from ..layout import (
 )
 from ..vocabulary import TableFormat
 
-__all__ = ['BackendKind', 'GENERATION_KEY', 'PlateResult', 'ProfileFormat', 'Progress', 'check_unblocked', 'commit_local', 'generation_of', 'is_ours', 'kind_label', 'kind_of', 'mark_sqlite', 'plate_outputs', 'plate_profiles', 'remote_sizes', 'remove_stale', 'trusted_outputs', 'write_profiles']
+__all__ = ['BackendKind', 'GENERATION_KEY', 'PlateResult', 'ProfileFormat', 'Progress', 'check_unblocked', 'commit_local', 'generation_of', 'is_ours', 'kind_label', 'kind_of', 'mark_sqlite', 'output_record', 'plate_outputs', 'plate_profiles', 'remote_sizes', 'remove_stale', 'trusted_outputs', 'write_profiles']
 
 log = logging.getLogger("cytoprofile.collate")
 
@@ -174,9 +174,11 @@ def trusted_outputs(ws: str | os.PathLike[str], batch: str, plate: str) -> tuple
         report = io.read_json(report_path)
     except InputError:
         return None, {}
-    listed = report.get("outputs") if isinstance(report, dict) else None
+    if not _usable(report):  # valid JSON of another shape: no record of a build (a rebuild replaces it)
+        return None, {}
+    listed = report.get("outputs")
     if not isinstance(listed, dict):
-        return report if isinstance(report, dict) else None, {}
+        return report, {}
     trusted: dict[str, str] = {}
     if io.is_remote(base):
         sizes = remote_sizes(base)
@@ -186,20 +188,38 @@ def trusted_outputs(ws: str | os.PathLike[str], batch: str, plate: str) -> tuple
         return report, trusted
     for name, entry in listed.items():
         path = os.path.join(base, name)
-        if generation_of(path) == entry.get("generation") and _whole(path, entry.get("bytes")):
+        if isinstance(entry, dict) and generation_of(path) == entry.get("generation") and _whole(path, entry):
             trusted[name] = path
     return report, trusted
 
 
-def _whole(path: str, recorded: object) -> bool:
-    """A file whose generation id is in a sidecar (a CSV profile) still has the size it was written with:
-    a cut or emptied file beside its intact sidecar is not vouched for (SQLite and Parquet carry the id inside)."""
-    if path.endswith((".sqlite", ".parquet")) or not isinstance(recorded, int):
-        return True
+#: the report's fields a re-run reads, and the type each must have
+_REPORT_FIELDS: dict[str, type | tuple[type, ...]] = {"outputs": dict, "sites": list, "input_files": dict,
+                                                      "options": dict, "tables": dict, "aggregate": dict}
+
+
+def _usable(report: object) -> bool:
+    """A report a re-run can read: a JSON object whose fields have their types (an edited or foreign file may not)."""
+    return isinstance(report, dict) and all(isinstance(report[k], t) for k, t in _REPORT_FIELDS.items()
+                                             if report.get(k) is not None)
+
+
+def output_record(path: str, generation: str) -> dict[str, Any]:
+    """What the report keeps of an output it vouches for: the build's id, the size and the modification time the
+    build left it with (an edit in place keeps the id inside a SQLite or Parquet file, not its mtime)."""
+    st = os.stat(path)
+    return {"generation": generation, "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _whole(path: str, entry: dict[str, Any]) -> bool:
+    """A file still as the build left it: its size (a cut or emptied CSV beside its intact sidecar, a Parquet file
+    cut keeping its metadata) and, where recorded, its mtime (rows deleted from a SQLite file keep its size)."""
     try:
-        return os.path.getsize(path) == recorded
+        st = os.stat(path)
     except OSError:
         return False
+    size, mtime = entry.get("bytes"), entry.get("mtime_ns")
+    return (not isinstance(size, int) or st.st_size == size) and (not isinstance(mtime, int) or st.st_mtime_ns == mtime)
 
 
 def remote_sizes(prefix: str) -> dict[str, int]:

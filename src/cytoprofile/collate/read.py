@@ -43,6 +43,7 @@ from .outputs import (
     Progress,
     kind_of,
     mark_sqlite,
+    output_record,
     plate_outputs,
     write_profiles,
 )
@@ -73,7 +74,7 @@ def build_plate(ws: str | os.PathLike[str], batch: str, plate: str, *, plan: Pla
             with contextlib.suppress(OSError):
                 folder.rmdir()
         raise
-    report["outputs"] = {**plan.kept, **{n: {"generation": generation, "bytes": os.path.getsize(os.path.join(staging, n))}
+    report["outputs"] = {**plan.kept, **{n: output_record(os.path.join(staging, n), generation)
                                          for n in sorted(os.listdir(staging)) if not n.endswith(SIDECAR)}}
     report["backend"] = sorted({kind_of(plate, n) for n in report["outputs"]} - {"profiles", "single_cells"})
     report["generation"] = generation

@@ -26,6 +26,7 @@ from .outputs import (
     check_unblocked,
     generation_of,
     kind_of,
+    output_record,
     remove_stale,
     trusted_outputs,
     write_profiles,
@@ -79,13 +80,14 @@ def aggregate_only(ws: str | os.PathLike[str], batch: str, plate: str, outputs: 
     changed = aggregation_changes(report, operation=operation, strata=strata, compartments=compartments,
                                   image_features=image_features,
                                   image_feature_categories=image_feature_categories) if name in trusted else []
-    if not overwrite and ((name in trusted and not changed) or legacy_profile):
+    files = Workspace(str(ws)).backend_files(batch, plate)
+    source = files["sqlite"] if "sqlite" in backend else parquet_table_path(files["parquet_prefix"], IMAGE_TABLE)
+    vouched = not ours or os.path.basename(source) in trusted  # profiles of a backend since replaced are not current
+    if not overwrite and vouched and ((name in trusted and not changed) or legacy_profile):
         return PlateResult(batch, plate, "skipped", "profiles exist (use --overwrite to re-aggregate)", outputs,
                            seconds=time.perf_counter() - start)
     if changed and not overwrite:
         say_reaggregating(plate, changed)
-    files = Workspace(str(ws)).backend_files(batch, plate)
-    source = files["sqlite"] if "sqlite" in backend else parquet_table_path(files["parquet_prefix"], IMAGE_TABLE)
     if not Path(source).exists():
         raise InputError(f"{source}: no backend to aggregate; run `cytoprofile collate` without --aggregate-only first")
     if ours and os.path.basename(source) not in trusted:
@@ -116,7 +118,7 @@ def aggregate_only(ws: str | os.PathLike[str], batch: str, plate: str, outputs: 
     io.remove(report_path)
     write_profiles(profiles, outputs["profiles"], fmt, generation)
     listed = {n: e for n, e in report["outputs"].items() if n in trusted and kind_of(plate, n) != "profiles"}
-    listed[name] = {"generation": generation, "bytes": os.path.getsize(outputs["profiles"])}
+    listed[name] = output_record(outputs["profiles"], generation)
     report.update(outputs=listed, generation=generation, seconds=round(time.perf_counter() - start, 3))
     report["aggregate"] = {**report.get("aggregate", {}), "operation": operation, "strata": list(strata),
                            "compartments": list(compartments), "image_features": image_features,
