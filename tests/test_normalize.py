@@ -197,6 +197,7 @@ def test_missing_value_strings_become_nan() -> None:
         (dict(method="spherize", spherize_method="ZCA-cor", spherize_center=False), ConfigError, "center"),
         (dict(features=["Cells_nope"]), ConfigError, "Cells_nope"),
         (dict(meta_features=["Metadata_nope"]), ConfigError, "Metadata_nope"),
+        (dict(meta_features=["Metadata_Well", "Metadata_Well"]), ConfigError, "Metadata_Well more than once"),
         (dict(samples="Metadata_nope == 1"), ConfigError, "samples"),
         (dict(samples="Metadata_control_type == 'none'"), InputError, "no rows"),
         (dict(sample_filter={"Metadata_nope": ["x"]}), ConfigError, "Metadata_nope"),

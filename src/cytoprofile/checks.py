@@ -107,10 +107,14 @@ def as_names(name: str, value: object) -> list[str]:
 def check_columns(name: str, value: object, frame: pd.DataFrame, *, message: str) -> list[str]:
     """``value`` as column names (see :func:`as_names`), each a column of ``frame``.
 
-    A name the frame lacks is a ``ConfigError``: ``message`` with ``{missing}`` filled in.
+    A name the frame lacks is a ``ConfigError``: ``message`` with ``{missing}`` filled in; so is a name given
+    twice (grouping by one column twice fails deep in pandas).
     """
     names = as_names(name, value)
     missing = [c for c in names if c not in frame.columns]
     if missing:
         raise ConfigError(message.format(missing=listed(missing, last="and")))
+    twice = sorted({c for c in names if names.count(c) > 1})
+    if twice:
+        raise ConfigError(f"{name} names {listed(twice, last='and')} more than once; name each column once")
     return names

@@ -95,9 +95,8 @@ def _modz(
     precision: int | None,
 ) -> np.ndarray:
     """Moderated z-score per group (groups numbered 0..n_groups-1 in ``codes``)."""
-    from scipy.stats import (
-        rankdata,  # here: scipy.stats takes half a second to import, the CLI starts without it
-    )
+    # imported here: scipy.stats takes half a second to import, and the CLI starts without it
+    from scipy.stats import rankdata
 
     complete = ~np.isnan(x).any(axis=1)
     base = rankdata(x, axis=1) if method == "spearman" else x
@@ -169,9 +168,6 @@ def consensus(
     keys = check_columns("replicate_columns", replicate_columns, profiles, message=(
         "replicate_columns {missing} are absent from the profiles; use metadata columns "
         "that identify replicates, e.g. Metadata_broad_sample"))
-    twice = sorted({k for k in keys if list(keys).count(k) > 1})
-    if twice:
-        raise ConfigError(f"replicate_columns names {', '.join(twice)} more than once; name each column once")
     names = resolve_features(profiles, features, image_features=image_features, compartments=compartments)
     if len(profiles) == 0:
         raise InputError(
