@@ -34,6 +34,7 @@ from ..vocabulary import (
 )
 
 __all__ = [
+    "COMPARTMENTS_HELP",
     "AddImageFeaturesOpt", "AggregateCompartmentsOpt", "AggregateOperationOpt", "CompartmentFeaturesOpt", "ImageFeaturesOpt", "OutputArg", "ProfilesArg", "SeedOpt", "StrataOpt", "CompartmentsOpt", "ConnectTimeoutOpt", "EndpointOpt",
     "FeaturePrefixOpt", "FeaturesOpt", "FloatFormatOpt", "HubOpt", "NoControlsOpt", "NoSignOpt", "PlateColumnOpt",
     "ProfileOpt", "QuietOpt", "ReadTimeoutOpt", "ReferenceOpt", "RetriesOpt", "TmpDirOpt", "app",
@@ -297,8 +298,10 @@ def check_float_format(value: str | None) -> str | None:
 
 FloatFormatOpt = Annotated[str | None, typer.Option(help="printf-style float format for CSV output: %.Ng or %.Ne, e.g. %.5g.", show_default="full precision",
                                                     callback=check_float_format)]
+#: the help of every option naming the object tables whose columns are features
+COMPARTMENTS_HELP = "Object tables whose columns are features (e.g. Cells,Cytoplasm,Nuclei,Speckles)."
 CompartmentsOpt = Annotated[list[str] | None, typer.Option(
-    help="Object tables whose columns are features (e.g. Cells,Cytoplasm,Nuclei,Speckles).", show_default="Cells, Cytoplasm, Nuclei")]
+    help=COMPARTMENTS_HELP, show_default="Cells, Cytoplasm, Nuclei")]
 FeaturesOpt = Annotated[list[str] | None, typer.Option(help="Feature columns.", show_default="inferred")]
 CompartmentFeaturesOpt = Annotated[list[str] | None, typer.Option(help="Feature columns.", show_default="inferred from the compartments")]
 ImageFeaturesOpt = Annotated[bool, typer.Option(help="Include Image_* features when inferring.")]

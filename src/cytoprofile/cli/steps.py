@@ -19,6 +19,7 @@ from ..vocabulary import (
     VARIANCE_THRESHOLD_MEANINGS,
 )
 from .common import (
+    COMPARTMENTS_HELP,
     CompartmentFeaturesOpt,
     CompartmentsOpt,
     ImageFeaturesOpt,
@@ -91,7 +92,7 @@ def _run_profile_step(spec: StepSpec, fixed: dict[str, Any], given: dict[str, An
 def _handbook_step(command: str, function: Callable[..., Any], summary: str, help: dict[str, str], **more: Any) -> StepSpec:
     """A handbook step's command over its function (provenance written beside the output)."""
     shared = {"image_features": "Include Image_* features when inferring.",
-              "compartments": "Object tables whose columns are features (e.g. Cells,Cytoplasm,Nuclei,Speckles).",
+              "compartments": COMPARTMENTS_HELP,
               "samples": "Wells to fit on: all, or a query such as \"Metadata_control_type == 'negcon'\".",
               "sample_filter": "Fit on wells where COLUMN=VALUE[,VALUE] (repeatable)."}
     return StepSpec(command, function, function.__name__, summary, {**shared, **help}, _run_profile_step,
@@ -197,7 +198,7 @@ def _table_steps() -> tuple[StepSpec, ...]:
             "join_on": "Plate map column, profile column.", "external": "External metadata file (.tsv) to merge.",
             "merge_column": "Key column shared by the plate map and the external metadata.",
             "unmatched_wells": "Profile wells missing from the plate map: error, or drop (and say how many).",
-            "compartments": "Object tables whose columns are features (e.g. Cells,Cytoplasm,Nuclei,Speckles)."},
+            "compartments": COMPARTMENTS_HELP},
             _run_annotate, choices={"unmatched_wells": UNMATCHED_WELLS}, skip=("on_account",),
             tail=("float_format", "quiet"), unset={"compartments": "Cells, Cytoplasm, Nuclei"},
             arguments=(("profiles", "Per-well profiles (.csv, .csv.gz or .parquet).", None),

@@ -7,7 +7,6 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -145,36 +144,31 @@ def _hash_or_none(path: str) -> str | None:
 
 
 def plate_files(ws: str | os.PathLike[str], batch: str, plate: str) -> set[str]:
-    """The paths (relative to the plate's analysis folder) of every file under it, as :func:`input_state` walks it."""
-    root = Workspace(str(ws)).analysis(batch, plate)
-    return {os.path.relpath(os.path.join(folder, name), root) for folder, _dirs, names in _walk(root) for name in names} \
-        | _empty_folders(root)
+    """The paths (relative to the plate's analysis folder) of every entry under it, as :func:`input_state` lists it."""
+    return set(_entries(Workspace(str(ws)).analysis(batch, plate)))
 
 
-def _walk(root: str) -> Iterator[tuple[str, list[str], list[str]]]:
-    """``os.walk`` of the plate's analysis folder as the scan sees it: a linked site folder is followed, a link
-    to a folder inside a site folder is an entry (the scan reads nothing there, so a link to an image store is
-    never hashed), and a folder reached twice (a link loop) is walked once."""
+def _entries(root: str) -> list[str]:
+    """Every entry under the plate's analysis folder, relative to it, in one walk that sees the folder as the scan
+    does: a linked site folder is followed; a link to a folder inside a site folder is an entry, never followed
+    (the scan reads nothing there, so a link to an image store is never hashed); a folder reached twice (a link
+    loop) and an empty folder are entries ``FOLDER/`` (an empty site folder is an input: a build quarantines it)."""
     seen: set[str] = set()
+    out: list[str] = []
     for folder, dirs, names in os.walk(root, followlinks=True):
+        top = os.path.normpath(folder) == os.path.normpath(root)
         real = os.path.realpath(folder)
-        if real in seen:  # recorded as an entry of its own (an empty folder), never walked again
-            dirs[:] = []
-            yield folder, dirs, []
-            continue
+        if real in seen:
+            dirs[:], names = [], []
         seen.add(real)
-        if os.path.normpath(folder) != os.path.normpath(root):
+        if not top:
             links = [d for d in dirs if os.path.islink(os.path.join(folder, d))]
             dirs[:] = [d for d in dirs if d not in links]
             names = [*names, *links]
-        yield folder, dirs, names
-
-
-def _empty_folders(root: str) -> set[str]:
-    """The folders under ``root`` holding nothing, as ``site/`` (an empty site folder is an input: a build
-    quarantines it, so one appearing after a build changes what the build would say)."""
-    return {os.path.relpath(folder, root) + "/" for folder, dirs, names in _walk(root)
-            if not dirs and not names and os.path.normpath(folder) != os.path.normpath(root)}
+            if not dirs and not names:
+                out.append(os.path.relpath(folder, root) + "/")
+        out.extend(os.path.relpath(os.path.join(folder, name), root) for name in names)
+    return out
 
 
 def input_state(ws: str | os.PathLike[str], batch: str, plate: str, *, report: dict[str, Any] | None = None,
@@ -194,14 +188,11 @@ def input_state(ws: str | os.PathLike[str], batch: str, plate: str, *, report: d
     now = time.time_ns()
     fresh = {os.path.relpath(p, root): e for p, e in (read or {}).items()}
     stats: dict[str, os.stat_result | None] = {}
-    for folder, _dirs, names in _walk(root):
-        for name in names:
-            path = os.path.join(folder, name)
-            try:
-                stats[os.path.relpath(path, root)] = os.stat(path)
-            except OSError:
-                stats[os.path.relpath(path, root)] = None  # a broken link: named in the report, counted here
-    stats.update(dict.fromkeys(_empty_folders(root)))  # listed, never opened (sized -4 below)
+    for rel in _entries(root):
+        try:  # a folder entry (FOLDER/) is listed, never opened (sized -4 below)
+            stats[rel] = None if rel.endswith("/") else os.stat(os.path.join(root, rel))
+        except OSError:
+            stats[rel] = None  # a broken link: named in the report, counted here
     # only regular files are hashed: opening a named pipe or a device would block or never end
     appeared = sorted(rel for rel in stats if seen is not None and rel not in seen and rel not in fresh)
     for rel in appeared:

@@ -70,15 +70,12 @@ def _previous_run(report_path: str) -> dict[str, Any]:
         return {}
 
 
-def _all_trusted(root: str, batch: str, plate: str, outputs: dict[str, str], *, staged: bool) -> bool:
-    """Every output is one the report vouches for (its generation id, and a CSV's size), as collate's skip asks.
-    A staged copy of a workspace on object storage holds stand-ins of only the outputs the remote report vouches
-    for (by size): there, being present is being trusted."""
-    from ..collate import trusted_outputs
-
+def _all_trusted(outputs: dict[str, str], trusted: dict[str, str], *, staged: bool) -> bool:
+    """Every output is one the report vouches for (``trusted``: its generation id, size and mtime), as collate's
+    skip asks. A staged copy of a workspace on object storage holds stand-ins of only the outputs the remote report
+    vouches for (by size): there, being present is being trusted."""
     if staged:
         return all(Path(p).exists() for p in outputs.values())
-    _, trusted = trusted_outputs(root, batch, plate)
     return all(os.path.basename(p) in trusted for name, p in outputs.items() if name != "report")
 
 
@@ -143,9 +140,10 @@ def collate_export(
     names = ExportNames()
     # the scratch folder is made first, also for a run that is skipped: making it removes those of killed runs
     with workspace.scratch_dir(tmp_dir, f"export-{folder_part(plate)}") as scratch:
+        report, trusted = trusted_outputs(root, batch, plate)
         if previous.get("sources") == fingerprint and previous.get("call") == call and not options.get("overwrite") \
-                and _all_trusted(root, batch, plate, outputs, staged=staged):
-            check_strict(plate, trusted_outputs(root, batch, plate)[0], strict=bool(options.get("strict")))
+                and _all_trusted(outputs, trusted, staged=staged):
+            check_strict(plate, report, strict=bool(options.get("strict")))
             return PlateResult(batch, plate, "skipped", "complete outputs exist (use --overwrite to rebuild)", outputs)
         options["rebuild_reason"] = None if options.get("overwrite") else _rebuild_reason(previous, fingerprint, call)
         options["overwrite"] = True  # other files or options, or an output the report does not vouch for: rebuilt

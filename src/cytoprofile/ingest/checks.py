@@ -53,29 +53,30 @@ def site_checks(objects: dict[str, np.ndarray], union: dict[str, list[str]], ima
             return (table, f"{table}: ImageNumber {int(a[row, 0])}, ObjectNumber {int(a[row, 1])} appears {int(counts.max())} times"), []
     if mode == "off":
         return None, []
-    problems, checked, empty = _count_problems(objects, image)
+    per_image = {t: Counter(a[:, 0].astype(np.int64).tolist()) for t, a in objects.items()}  # rows a table has per image
+    problems, checked, empty = _count_problems(per_image, image)
     by_case = {t.lower(): t for t in objects}  # a file named SPECK.CSV is the table Parent_Speck links to
     problems += _link_problems(objects, union, by_case, numbers, span, composite)
-    problems += _children_problems(objects, union, by_case)
-    problems += _short_twin_problems(objects, union, by_case, checked)
+    problems += _children_problems(objects, union, by_case, per_image)
+    problems += _short_twin_problems(objects, union, by_case, checked, per_image)
     if mode == "error" and problems:
         return problems[0], empty
     return None, empty + [p for _, p in problems]
 
 
-def _count_problems(objects: dict[str, np.ndarray],
+def _count_problems(per_image: dict[str, Counter[int]],
                     image: pa.Table) -> tuple[list[tuple[str, str]], dict[str, set[int]], list[str]]:
     """Rows per image vs Image.csv's ``Count_<table>``: the mismatches, the images each table was checked in,
     and a warning per table whose count is empty in an image (its rows there go unchecked)."""
     problems: list[tuple[str, str]] = []
     checked: dict[str, set[int]] = {}
     empty: list[str] = []
-    for table, a in objects.items():
+    numbers = image.column("ImageNumber").to_pylist()
+    for table, found in per_image.items():
         count = _count_column(image, table)
         if count is None:
             continue
-        expected = dict(zip(image.column("ImageNumber").to_pylist(), image.column(count).to_pylist()))
-        found = Counter(a[:, 0].astype(np.int64).tolist())
+        expected = dict(zip(numbers, image.column(count).to_pylist()))
         blank = sorted(n for n, want in expected.items() if want is None or (isinstance(want, float) and np.isnan(want)))
         if blank:
             empty.append(f"Image.csv's {count} is empty for ImageNumber {blank[0]}"
@@ -130,7 +131,7 @@ def _resolve(named: str, objects: dict[str, np.ndarray], by_case: dict[str, str]
 
 
 def _short_twin_problems(objects: dict[str, np.ndarray], union: dict[str, list[str]], by_case: dict[str, str],
-                         checked: dict[str, set[int]]) -> list[tuple[str, str]]:
+                         checked: dict[str, set[int]], per_image: dict[str, Counter[int]]) -> list[tuple[str, str]]:
     """A compartment numbered as its parent (ObjectNumber = ``Parent_<P>`` in every row, as Cytoplasm is to Cells)
     with at least two fewer objects than P in an image that no count vouches for (no ``Count_<X>`` in Image.csv,
     no ``Children_<X>_Count`` in P): the file lost its last rows, which nothing else could show."""
@@ -142,9 +143,7 @@ def _short_twin_problems(objects: dict[str, np.ndarray], union: dict[str, list[s
                 continue
             if any(_resolve(c, objects, by_case) == table for _, c in _link_columns(tuple(union[parent]))[1]):
                 continue
-            have = Counter(a[:, 0].astype(np.int64).tolist())
-            told = checked.get(table, set())
-            parents = Counter(objects[parent][:, 0].astype(np.int64).tolist())
+            have, told, parents = per_image[table], checked.get(table, set()), per_image[parent]
             # two or more missing: one alone is what a filter dropping P's last object leaves (FilterObjects)
             short = [(n, m) for n, m in sorted(parents.items()) if n not in told and have.get(n, 0) < m - 1]
             if short:
@@ -156,8 +155,8 @@ def _short_twin_problems(objects: dict[str, np.ndarray], union: dict[str, list[s
     return out
 
 
-def _children_problems(objects: dict[str, np.ndarray], union: dict[str, list[str]],
-                       by_case: dict[str, str]) -> list[tuple[str, str]]:
+def _children_problems(objects: dict[str, np.ndarray], union: dict[str, list[str]], by_case: dict[str, str],
+                       per_image: dict[str, Counter[int]]) -> list[tuple[str, str]]:
     """A parent table's ``Children_<X>_Count`` adding up, in an image, to more objects than X has there: X lost
     rows (a file cut at a line ending, which its own row count cannot show when Image.csv has no Count_<X>)."""
     out = []
@@ -170,7 +169,7 @@ def _children_problems(objects: dict[str, np.ndarray], union: dict[str, list[str
             told = ~np.isnan(counts)
             images, where = np.unique(a[told, 0].astype(np.int64), return_inverse=True)
             claimed = np.bincount(where, weights=counts[told])
-            have = Counter(objects[child][:, 0].astype(np.int64).tolist())
+            have = per_image[child]
             short = [(int(n), c) for n, c in zip(images.tolist(), claimed.tolist()) if c > have.get(n, 0)]
             if short:
                 n, c = short[0]
