@@ -130,3 +130,26 @@ def test_a_damaged_backend_is_one_line_naming_it(tmp_path: Path, damage: str) ->
     with pytest.raises(InputError, match="the backend cannot be read") as info:
         aggregate(source)
     assert str(broken) in str(info.value) and "--overwrite" in str(info.value)
+
+
+def test_an_unreadable_backend_file_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file the disk refuses (permission, I/O error) while the backend is read: one line naming it (CI runs as
+    root, so the refusal is injected where the reader opens the file)."""
+    import errno
+
+    import pyarrow.parquet as pq
+
+    from cytoprofile.collate import collate_plate
+    from cytoprofile.errors import InputError
+    from cytoprofile.synth import synth
+
+    ws = tmp_path / "ws"
+    synth(ws, plates=["P1"], wells=96, well_subset=1, sites=1, cells=5, features=4)
+    collate_plate(ws, "BATCH1", "P1", backend=("parquet",))
+
+    def refuse(path: object, *_: object, **__: object) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(pq, "read_schema", refuse)
+    with pytest.raises(InputError, match="cannot be read \\(Permission denied\\); check the file's permissions"):
+        aggregate(ws / "backend/BATCH1/P1/P1_Image.parquet")

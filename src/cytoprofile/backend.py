@@ -379,7 +379,7 @@ def _damage_said(path: str) -> Iterator[None]:
         yield
     except (sqlite3.DatabaseError, pa.ArrowException, OSError) as exc:
         if isinstance(exc, OSError) and not isinstance(exc, pa.ArrowException) and exc.errno is not None:
-            raise  # the disk's own fault (permission, I/O): said by the caller as such
+            raise InputError(f"{path}: cannot be read ({exc.strerror}); check the file's permissions and the disk") from exc
         raise InputError(f"{path}: the backend cannot be read ({str(exc).splitlines()[0][:200]}); it is damaged or not "
                          "a backend: rebuild it with `cytoprofile collate --overwrite`") from exc
 
