@@ -422,3 +422,25 @@ def test_the_command_line_starts_without_the_heavy_libraries() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")})
     assert out.stdout.strip() == "[]", out.stdout
+
+
+@pytest.mark.parametrize("step", ["aggregate", "collate", "normalize", "consensus"])
+def test_a_column_named_twice_in_a_list_is_one_line(tmp_path: Path, step: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--strata Metadata_Plate,Metadata_Plate`` or ``--features X,X`` wrote the column twice into the output,
+    exit 0; a name given twice is refused, naming it, before anything is written."""
+    ws = tmp_path / "ws"
+    plate_dir = faults.small_plate(ws, wells=2, sites=1)
+    assert plate_dir.exists()
+    assert main(["collate", str(ws), faults.BATCH, faults.PLATE, "-q"]) == 0
+    backend = ws / "backend" / faults.BATCH / faults.PLATE
+    profiles = backend / f"{faults.PLATE}.csv"
+    feature = next(c for c in profiles.read_text().splitlines()[0].split(",") if c.startswith("Cells_"))
+    out = tmp_path / "out.csv"
+    argv = {"aggregate": ["aggregate", str(backend / f"{faults.PLATE}.sqlite"), str(out), "--strata", "Metadata_Plate,Metadata_Plate"],
+            "collate": ["collate", str(ws), faults.BATCH, faults.PLATE, "--overwrite", "--strata", "Metadata_Well,Metadata_Well"],
+            "normalize": ["normalize", str(profiles), str(out), "--features", f"{feature},{feature}"],
+            "consensus": ["consensus", str(profiles), str(out), "--features", f"{feature},{feature}"]}[step]
+    assert main([*argv, "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "more than once" in err and "Traceback" not in err, err
+    assert not out.exists()

@@ -688,3 +688,30 @@ def test_a_report_of_another_shape_is_no_record(tmp_path: Path, edit: dict[str, 
     path.write_text(json.dumps(report))
     assert collate_plate(ws, "BATCH1", "P1").status == "done"
     assert collate_plate(ws, "BATCH1", "P1").status == "skipped"
+
+
+@pytest.mark.parametrize("damage", ["table removed", "table grown"])
+def test_a_kept_output_of_another_kind_is_checked_too(tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Built with both backends, re-run asking for SQLite only (the Parquet tables kept as current), then a kept
+    Parquet table removed or changed: the next run was skipped as complete with the report still listing it
+    (exit 0); every listed output is checked, so the plate is built again and the report lists only what is."""
+    import json
+
+    ws = tmp_path / "ws"
+    synth(ws, plates=["P1"], wells=96, well_subset=2, sites=2, cells=5, features=4)
+    collate_plate(ws, "BATCH1", "P1", backend=("sqlite", "parquet"))
+    assert collate_plate(ws, "BATCH1", "P1").status == "skipped"
+    table = ws / "backend/BATCH1/P1/P1_Nuclei.parquet"
+    if damage == "table removed":
+        table.unlink()
+    else:
+        with open(table, "ab") as fh:
+            fh.write(b"x")
+    with caplog.at_level("WARNING", logger="cytoprofile"):
+        again = collate_plate(ws, "BATCH1", "P1")
+    assert again.status == "done", again.message
+    assert "P1_Nuclei.parquet of the last build is not as built" in caplog.text
+    report = json.loads((ws / "backend/BATCH1/P1/P1.report.json").read_text())
+    _, trusted = trusted_outputs(ws, "BATCH1", "P1")
+    assert set(report["outputs"]) == set(trusted)
+    assert collate_plate(ws, "BATCH1", "P1").status == "skipped"

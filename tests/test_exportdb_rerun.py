@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -172,3 +173,18 @@ def test_a_changed_table_prefix_is_said_as_a_changed_option(tmp_path: Path, capl
         run_export(db_ws, "P1", table_prefix="Other_")
     said = _messages(caplog, "P1")
     assert said and said[0][0] == logging.WARNING and "options changed since the last build (table_prefix)" in said[0][1], said
+
+
+def test_a_kept_parquet_table_removed_on_the_database_route_is_rebuilt(tmp_path: Path) -> None:
+    """Built with both backends, re-run with SQLite only, then a kept Parquet table removed: skipped as complete
+    (exit 0) with the report listing the missing table; every listed output is checked now."""
+    csv_ws = csv_workspace(tmp_path, long_name=False)
+    db_ws, _ = db_workspace(tmp_path, csv_ws, "P1", files=1)
+    first = run_export(db_ws, "P1", backend=("sqlite", "parquet"))
+    collate_export(db_ws, BATCH, "P1")  # SQLite asked for: the Parquet tables stay listed
+    table = Path(first["sqlite"]).parent / "P1_Nuclei.parquet"
+    assert table.name in json.loads(Path(first["result"].outputs["report"]).read_text())["outputs"]
+    assert collate_export(db_ws, BATCH, "P1").status == "skipped"
+    table.unlink()
+    assert collate_export(db_ws, BATCH, "P1").status == "done"
+    assert collate_export(db_ws, BATCH, "P1").status == "skipped"

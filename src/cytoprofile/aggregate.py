@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pandas as pd
 
+from .checks import as_names
 from .errors import ConfigError, InputError
 from .vocabulary import (
     AGGREGATE_OPERATIONS,
@@ -82,6 +83,7 @@ class WellAggregator:
     rows: list[tuple[tuple[object, ...], dict[str, object], np.ndarray]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        as_names("strata", self.strata)  # a stratum named twice would be two columns of the profiles
         if self.operation not in AGGREGATE_OPERATIONS:
             raise ConfigError(f"operation: {self.operation!r} is not supported; choose median or mean")
         cats = tuple(self.image_feature_categories) if self.image_features else ()

@@ -169,7 +169,7 @@ def _refuse_repeated_keys(
 
 def _join_keys(join_on: Sequence[str]) -> tuple[str, str]:
     """``join_on`` as (plate map column, profile column); anything but two names is refused."""
-    keys = as_names("join_on", join_on)
+    keys = as_names("join_on", join_on, repeats=True)  # a pair: plate-map column, profile column
     if len(keys) != 2:
         raise ConfigError(
             f"join_on must be two column names (plate map, profiles), got {join_on!r}"

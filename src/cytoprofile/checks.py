@@ -92,13 +92,18 @@ def check_choices(name: str, values: Iterable[object], choices: Sequence[str]) -
     return out
 
 
-def as_names(name: str, value: object) -> list[str]:
-    """A column name or a list of them as a list (a string is one name, not its letters)."""
+def as_names(name: str, value: object, *, repeats: bool = False) -> list[str]:
+    """A column name or a list of them as a list (a string is one name, not its letters). A name given twice is
+    refused unless ``repeats``: it would make the column twice in the output (a feature, a stratum) or fail deep in
+    pandas (grouping by one column twice)."""
     if isinstance(value, str):
         return [value]
     if isinstance(value, Iterable) and not isinstance(value, bytes | Mapping):
         items = list(value)
         if all(isinstance(v, str) for v in items):
+            twice = sorted({v for v in items if items.count(v) > 1}) if not repeats else []
+            if twice:
+                raise ConfigError(f"{name} names {listed(twice, last='and')} more than once; name each column once")
             return items
     raise ConfigError(f"{name} must be a column name or a list of names, got {value!r}")
 
@@ -108,13 +113,10 @@ def check_columns(name: str, value: object, frame: pd.DataFrame, *, message: str
     """``value`` as column names (see :func:`as_names`), each a column of ``frame``.
 
     A name the frame lacks is a ``ConfigError``: ``message`` with ``{missing}`` filled in; so is a name given
-    twice (grouping by one column twice fails deep in pandas).
+    twice (:func:`as_names`).
     """
     names = as_names(name, value)
     missing = [c for c in names if c not in frame.columns]
     if missing:
         raise ConfigError(message.format(missing=listed(missing, last="and")))
-    twice = sorted({c for c in names if names.count(c) > 1})
-    if twice:
-        raise ConfigError(f"{name} names {listed(twice, last='and')} more than once; name each column once")
     return names

@@ -268,7 +268,7 @@ def _blocklist_names(
     """The features a ``blocklist`` operation drops (the standard list when none is given)."""
     if blocklist is None and blocklist_file is None:
         return set(default_blocklist())
-    block = set(as_names("blocklist", blocklist)) if blocklist is not None else set()
+    block = set(as_names("blocklist", blocklist, repeats=True)) if blocklist is not None else set()
     if blocklist_file is not None:
         if not isinstance(blocklist_file, str | Path):
             raise ConfigError(f"blocklist_file must be a path, got {blocklist_file!r}")

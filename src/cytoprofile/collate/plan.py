@@ -66,9 +66,13 @@ def plan_build(plate: str, report: dict[str, Any] | None, trusted: dict[str, str
     same = bool(previous) and _data_options(previous) == _data_options(build)
     profile = profiles_name(plate, profile_format=build["profile_format"])
     cells = {single_cell_name(plate, f) for f in build.get("single_cells") or ()}
-    if not overwrite and same and asked <= present and profile in trusted and cells <= set(trusted):
+    untrusted = sorted(set((report or {}).get("outputs") or {}) - set(trusted))  # listed, but not as built
+    if not overwrite and same and asked <= present and profile in trusted and cells <= set(trusted) and not untrusted:
         check_strict(plate, report, strict=strict)
         return Plan(skip=True)
+    if same and not overwrite and untrusted:
+        log.warning("%s: %s of the last build %s not as built (damaged, removed or replaced); building the plate "
+                    "again", plate, ", ".join(untrusted), "is" if len(untrusted) == 1 else "are")
     others = present - asked
     stale = others if overwrite or not same else set()
     kinds = tuple(k for k in ("sqlite", "parquet") if k in asked or k in stale)

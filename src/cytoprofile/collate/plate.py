@@ -14,7 +14,7 @@ from typing import Any
 
 from .. import io, workspace
 from ..aggregate import DEFAULT_IMAGE_FEATURE_CATEGORIES
-from ..checks import check_choices
+from ..checks import as_names, check_choices
 from ..digest import ReadDigests
 from ..errors import CytoprofileError, InputError
 from ..executor import PlateTask
@@ -214,6 +214,7 @@ def collate(
         raise InputError("no plates given; name at least one PLATE")
     _check_choices(backend=backend, profile_format=profile_format, operation=operation, count_check=count_check,
                    single_cells=single_cells)
+    as_names("strata", strata)  # refused before any plate is read: a stratum named twice is two profile columns
     workspace.check_name(batch, "batch")
     for plate in plates:
         workspace.check_name(plate, "plate")

@@ -70,13 +70,16 @@ def _previous_run(report_path: str) -> dict[str, Any]:
         return {}
 
 
-def _all_trusted(outputs: dict[str, str], trusted: dict[str, str], *, staged: bool) -> bool:
-    """Every output is one the report vouches for (``trusted``: its generation id, size and mtime), as collate's
-    skip asks. A staged copy of a workspace on object storage holds stand-ins of only the outputs the remote report
-    vouches for (by size): there, being present is being trusted."""
+def _all_trusted(outputs: dict[str, str], report: dict[str, Any] | None, trusted: dict[str, str], *,
+                 staged: bool) -> bool:
+    """Every output asked for and every one the report lists is as built (``trusted``: its generation id, size
+    and mtime), as collate's skip asks. A staged copy of a workspace on object storage holds stand-ins of only the
+    outputs the remote report vouches for (by size): there, being present is being trusted."""
     if staged:
         return all(Path(p).exists() for p in outputs.values())
-    return all(os.path.basename(p) in trusted for name, p in outputs.items() if name != "report")
+    listed = set((report or {}).get("outputs") or {})
+    asked = {os.path.basename(p) for name, p in outputs.items() if name != "report"}
+    return (asked | listed) <= set(trusted)
 
 
 def _rebuild_reason(previous: dict[str, Any], fingerprint: Any, call: Any) -> str:
@@ -142,7 +145,7 @@ def collate_export(
     with workspace.scratch_dir(tmp_dir, f"export-{folder_part(plate)}") as scratch:
         report, trusted = trusted_outputs(root, batch, plate)
         if previous.get("sources") == fingerprint and previous.get("call") == call and not options.get("overwrite") \
-                and _all_trusted(outputs, trusted, staged=staged):
+                and _all_trusted(outputs, report, trusted, staged=staged):
             check_strict(plate, report, strict=bool(options.get("strict")))
             return PlateResult(batch, plate, "skipped", "complete outputs exist (use --overwrite to rebuild)", outputs)
         options["rebuild_reason"] = None if options.get("overwrite") else _rebuild_reason(previous, fingerprint, call)
