@@ -430,6 +430,8 @@ def test_annotate_files_is_annotate_on_the_files(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="--external needs --merge-column") as info:
         annotate_files(str(profiles_path), str(map_path), external=str(map_path))
     assert isinstance(info.value, ValueError)
+    with pytest.raises(ConfigError, match="--merge-column needs --external"):  # was ignored without a word
+        annotate_files(str(profiles_path), str(map_path), merge_column="broad_sample")
     _write_inputs(tmp_path, make_platemap().iloc[:39])
     both = rf"^{re.escape(str(profiles_path))} with plate map {re.escape(str(map_path))}: "
     with pytest.raises(MetadataError, match=both + "the plate map lacks 57 well"):

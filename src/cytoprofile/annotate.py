@@ -284,6 +284,8 @@ def annotate_files(
 
     if external and not merge_column:
         raise ConfigError("--external needs --merge-column (e.g. broad_sample)")
+    if merge_column and not external:  # a setting without its effect is refused, never ignored
+        raise ConfigError("--merge-column needs --external (the external metadata file it keys)")
     with about(profiles):
         table = io.read_table(profiles)
     inputs = _file_inputs(platemap, external=external, merge_column=merge_column, unmatched_wells=unmatched_wells)
