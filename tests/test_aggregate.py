@@ -153,3 +153,33 @@ def test_an_unreadable_backend_file_is_one_line(tmp_path: Path, monkeypatch: pyt
     monkeypatch.setattr(pq, "read_schema", refuse)
     with pytest.raises(InputError, match="cannot be read \\(Permission denied\\); check the file's permissions"):
         aggregate(ws / "backend/BATCH1/P1/P1_Image.parquet")
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "parquet"])
+def test_a_backend_without_images_is_refused_not_a_profile_of_no_wells(
+        tmp_path: Path, kind: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """A backend whose tables hold no rows (another tool's, or emptied): ``aggregate`` wrote a header-only table
+    of 0 wells, exit 0. It is one line naming the backend, exit 1, and no output file."""
+    import pyarrow.parquet as pq
+
+    from cytoprofile.cli import main
+    from cytoprofile.errors import InputError
+
+    synth(tmp_path / "ws", plates=["P1"], wells=96, well_subset=2, sites=1, cells=4, features=3)
+    result = collate_plate(tmp_path / "ws", "BATCH1", "P1", backend=(kind,))
+    source = Path(result.outputs[kind])
+    if kind == "sqlite":
+        with sqlite3.connect(source) as conn:
+            for (table,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
+                conn.execute(f'DELETE FROM "{table}"')
+    else:
+        for path in source.parent.glob("*.parquet"):
+            pq.write_table(pq.read_table(path).slice(0, 0), path)
+    with pytest.raises(InputError, match="the Image table has no rows"):
+        aggregate(source)
+    out = tmp_path / "out.csv"
+    capsys.readouterr()  # what collate logged above
+    assert main(["aggregate", str(source), str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(source) in err and "no rows" in err, err
+    assert not out.exists()

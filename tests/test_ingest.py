@@ -1365,7 +1365,8 @@ def test_count_data_rows_counts_lines_as_csv_parsers_do(tmp_path: Path, data: by
 def test_a_last_row_without_a_line_ending_is_a_warning_naming_the_file(tmp_path: Path, table: str, cut: int,
                                                                       caplog: pytest.LogCaptureFixture) -> None:
     """A copy cut inside its last value parses (fields and rows agree) with that value short: the site is kept
-    (hand-trimmed files lack the final newline too) and the file is named, in the report and on the terminal."""
+    (hand-trimmed files lack the final newline too) and the file is named, in the report and on the terminal; a cut
+    that changes a parent link is caught by the parent's Children_ count."""
     synth(tmp_path, plates=["P1"], wells=96, well_subset=2, sites=2, cells=5, features=4, seed=2)
     site = tmp_path / "analysis/BATCH1/P1/analysis/P1-A01-1"
     path = site / table
@@ -1373,6 +1374,10 @@ def test_a_last_row_without_a_line_ending_is_a_warning_naming_the_file(tmp_path:
     with caplog.at_level("WARNING", logger="cytoprofile"):
         result = collate_plate(tmp_path, "BATCH1", "P1")
     report = {s["site"]: s for s in result.report["sites"]}
+    if (table, cut) == ("Cells.csv", 2):  # the last value, Parent_Nuclei 10, is cut to 1: a link the counts refute
+        assert report["P1-A01-1"]["status"] == "quarantined", report["P1-A01-1"]
+        assert "Children_Cells_Count 1 but 2 Cells row(s) name it in Parent_Nuclei" in report["P1-A01-1"]["reason"]
+        return
     said = [w for w in report["P1-A01-1"].get("warnings", []) if "ends without a line ending" in w]
     assert len(said) == 1 and said[0].startswith(table)
     assert not any("ends without" in w for s, r in report.items() if s != "P1-A01-1" for w in r.get("warnings", []))
@@ -1456,15 +1461,21 @@ def test_a_utf16_file_is_named_as_such(tmp_path: Path, table: str, encoding: str
     assert "is UTF-16 text" in reason and f"iconv -f {iconv} -t UTF-8" in reason and "rename that column" not in reason
 
 
+@pytest.mark.parametrize("link", ["symbolic", "hard"])
 @pytest.mark.parametrize("linked", [["Cells.csv"], ["Cells.csv", "Cytoplasm.csv", "Nuclei.csv"]])
-def test_a_site_whose_table_file_links_to_another_site_s_is_refused(tmp_path: Path, linked: list[str]) -> None:
-    """A site's object CSVs linked to another site's files, its Image.csv counts matching: the same rows would be
-    stored under two sites (exit 0). The later site is quarantined, naming the file and the site holding it."""
+def test_a_site_whose_table_file_links_to_another_site_s_is_refused(tmp_path: Path, linked: list[str],
+                                                                     link: str) -> None:
+    """A site's object CSVs linked (symbolically or hard) to another site's files, its Image.csv counts matching:
+    the same rows would be stored under two sites (exit 0). The later site is quarantined, naming the file and the
+    site holding it."""
     plate_dir = faults.small_plate(tmp_path)
     source, other = faults.site(plate_dir, "A01", 1), faults.site(plate_dir, "A01", 2)
     for name in linked:
         (other / name).unlink()
-        (other / name).symlink_to(source / name)
+        if link == "hard":
+            (other / name).hardlink_to(source / name)
+        else:
+            (other / name).symlink_to(source / name)
     header, *rows = faults.read_rows(source / "Image.csv")
     counts = {c: v for c, v in zip(header, rows[0], strict=True) if c.startswith("Count_")}
     for column, value in counts.items():  # the counts agree, so only the link can tell

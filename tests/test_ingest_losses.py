@@ -12,6 +12,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 
 from cytoprofile.collate import collate_plate
@@ -703,3 +704,55 @@ def test_links_inside_site_folders_are_entries_never_walked(tmp_path: Path) -> N
     assert all(state.files[p][0] == -2 for p in inside), {p: state.files[p] for p in inside}
     assert result.status == "done", result.message
     assert collate_plate(tmp_path, BATCH, PLATE).status == "skipped"
+
+
+def _claim_one_parent_twice(folder: Path) -> None:
+    """Cytoplasm object 2 names Cell 1 and Nucleus 1, as object 1 does; Cell 2 and Nucleus 2 are named by none.
+    Rows per image, Count_ and the Children_ totals all still agree."""
+    for parent in ("Parent_Cells", "Parent_Nuclei"):
+        faults.set_object_value(folder, "Cytoplasm", parent, "1", row=2)
+
+
+@pytest.mark.parametrize("mode", ["error", "warn"])
+def test_two_objects_claiming_one_parent_are_caught_object_by_object(tmp_path: Path, mode: str) -> None:
+    """Two Cytoplasm rows naming one cell: the totals per image agree, so only the parent's
+    Children_Cytoplasm_Count, object by object, shows it (before: stored, one cell joined twice, exit 0)."""
+    plate_dir = _plate(tmp_path)
+    folder = faults.site(plate_dir, "A01", 1)
+    _claim_one_parent_twice(folder)
+    result = collate_plate(tmp_path, BATCH, PLATE, count_check=mode)
+    entry = _sites(result)[folder.name]
+    said = entry["reason"] if mode == "error" else " ".join(entry.get("warnings", []))
+    assert "object 1 (ImageNumber 1) has Children_Cytoplasm_Count 1 but 2 Cytoplasm row(s) name it" in said, entry
+    assert entry["status"] == ("quarantined" if mode == "error" else "ok")
+    faults.assert_rows_accounted(result, plate_dir)
+
+
+@pytest.mark.parametrize("route", ["csv", "export database"])
+def test_one_object_is_never_joined_into_two_cells(tmp_path: Path, route: str) -> None:
+    """With no Children_ counts to catch two Cytoplasm rows naming one cell, the single-cell table held that cell
+    twice and counted it as every cell through. Both claimants are left out and named, and the cell they named
+    too: rows in = cells out + objects named, for each compartment, and no cell key twice."""
+    plate_dir = _plate(tmp_path / "ws")
+    for folder in sorted(p for p in plate_dir.iterdir() if p.is_dir()):
+        for table in ("Cells", "Nuclei"):
+            faults.keep_columns(folder, table, lambda c: not c.startswith("Children_"))
+    _claim_one_parent_twice(faults.site(plate_dir, "A01", 1))
+    ws = tmp_path / "ws"
+    if route == "export database":
+        db_ws = tmp_path / "db"
+        write_export_database(ws, db_ws / "analysis" / BATCH / PLATE, batch=BATCH, plates=(PLATE,), files=1,
+                              table_prefix="")
+        result = collate_export(db_ws, BATCH, PLATE, single_cells=("parquet",))
+    else:
+        result = collate_plate(ws, BATCH, PLATE, single_cells=("parquet",))
+    assert result.status == "done", result.message
+    table = pq.read_table(Path(result.outputs["report"]).with_name(f"{PLATE}_single_cells.parquet")).to_pandas()
+    for number in ("Metadata_ObjectNumber_cytoplasm", "Metadata_ObjectNumber_cells", "Metadata_ObjectNumber"):
+        assert not table.duplicated(["Metadata_TableNumber", "Metadata_ImageNumber", number]).any(), number
+    section = result.report["single_cells"]
+    for compartment, rows in section["rows_in"].items():
+        assert rows == section["cells_out"] + section["unlinked"].get(compartment, 0), section
+    assert section["unlinked"] == {"Cytoplasm": 2, "Cells": 2, "Nuclei": 2}, section
+    reasons = {o["reason"] for o in section["unlinked_objects"] if o["compartment"] == "Cytoplasm"}
+    assert any("names a Cells object that another Cytoplasm object also names" in r for r in reasons), reasons

@@ -199,6 +199,9 @@ def aggregate(
                 f"{backend}: the Image table lacks strata column(s) {', '.join(missing)}; "
                 f"available Metadata columns: {', '.join(metadata_columns(image.columns))}"
             )
+        if image.empty:
+            raise InputError(f"{backend}: the Image table has no rows, so the profiles would have no wells; "
+                             "check that the backend was written to the end (re-run collate to rebuild it)")
         if sites is not None:
             if "Metadata_Site" not in image.columns:
                 raise InputError(f"{backend}: sites were chosen but the Image table has no Metadata_Site column")

@@ -58,6 +58,7 @@ def site_checks(objects: dict[str, np.ndarray], union: dict[str, list[str]], ima
     by_case = {t.lower(): t for t in objects}  # a file named SPECK.CSV is the table Parent_Speck links to
     problems += _link_problems(objects, union, by_case, numbers, span, composite)
     problems += _children_problems(objects, union, by_case, per_image)
+    problems += _per_parent_problems(objects, union, by_case, numbers, span, composite)
     problems += _short_twin_problems(objects, union, by_case, checked, per_image)
     if mode == "error" and problems:
         return problems[0], empty
@@ -153,6 +154,49 @@ def _short_twin_problems(objects: dict[str, np.ndarray], union: dict[str, list[s
                                    f"{table} file? Image.csv has no Count_{table} to tell; --count-check warn keeps the site)"))
                 break
     return out
+
+
+def _per_parent_problems(objects: dict[str, np.ndarray], union: dict[str, list[str]], by_case: dict[str, str],
+                         numbers: np.ndarray, span: int, composite: dict[str, np.ndarray]) -> list[tuple[str, str]]:
+    """A parent's ``Children_<X>_Count`` against the X rows whose ``Parent_<parent>`` names it, object by object:
+    two Cytoplasm rows claiming one cell (and none the next) add up right per image, yet one cell would be joined
+    twice and another lost."""
+    out = []
+    for table, a in objects.items():
+        for j, named in _link_columns(tuple(union[table]))[1]:
+            child = _resolve(named, objects, by_case)
+            back = None if child is None else _back_link(child, table, objects, union, by_case)
+            told = ~np.isnan(a[:, j])
+            if child is None or back is None or not told.any():
+                continue
+            links = objects[child][:, back]
+            if np.isnan(links).any():  # the column is another site's (or a value is missing): nothing to judge by
+                continue
+            linked = links != 0
+            wanted = _pair_keys(objects[child][linked, 0], links[linked], numbers, span)
+            have = _link_counts(wanted, composite[table][told])
+            wrong = np.flatnonzero(have != a[told, j])
+            if len(wrong):
+                row = np.flatnonzero(told)[wrong[0]]
+                out.append((child, f"{table} object {int(a[row, 1])} (ImageNumber {int(a[row, 0])}) has "
+                                   f"{union[table][j]} {_as_written(a[row, j])} but {int(have[wrong[0]])} {child} row(s) "
+                                   f"name it in {union[child][back]} ({len(wrong)} such {table} object(s))"))
+    return out
+
+
+def _back_link(child: str, parent: str, objects: dict[str, np.ndarray], union: dict[str, list[str]],
+               by_case: dict[str, str]) -> int | None:
+    """The position of the child's ``Parent_<parent>`` column, if it has one."""
+    return next((k for k, p in _link_columns(tuple(union[child]))[0] if _resolve(p, objects, by_case) == parent), None)
+
+
+def _link_counts(links: np.ndarray, parents: np.ndarray) -> np.ndarray:
+    """How many of ``links`` (composite keys) name each of ``parents``."""
+    keys, found = np.unique(links, return_counts=True)
+    if not len(keys):
+        return np.zeros(len(parents), dtype=np.int64)
+    where = np.searchsorted(keys, parents).clip(max=len(keys) - 1)
+    return np.where(keys[where] == parents, found[where], 0)
 
 
 def _children_problems(objects: dict[str, np.ndarray], union: dict[str, list[str]], by_case: dict[str, str],

@@ -246,9 +246,10 @@ def parse_image(scan: SiteScan, raw: bytes | None = None) -> pa.Table | None:
             scan.quarantine(parse_problem(source.name, raw, source.width, exc), source.path)
             return None
         return parse_image(scan, cleaned)
+    empties = _may_hold_empty_fields(raw)
     for i, column in enumerate(table.schema):  # set_column keeps positions: the schema read once stays valid
         if is_text_image_column(column.name):
-            table = _empty_text_as_null(table, i)
+            table = _empty_text_as_null(table, i) if empties else table
             continue
         if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
             continue
@@ -307,6 +308,13 @@ def _read_image_csv(raw: bytes, source: Source) -> pa.Table:
                                              include_columns=[field_names[p] for p in positions]),
     )
     return table.rename_columns(source.header)
+
+
+def _may_hold_empty_fields(raw: bytes) -> bool:
+    """Whether any field of the file can be empty: two separators side by side, one at a line's start or end,
+    or ``""``. Most Image.csv files have none, and their text columns need no look for empty values."""
+    marks = (b",,", b",\n", b",\r", b"\n,", b'""')
+    return raw.startswith(b",") or raw.endswith(b",") or any(mark in raw for mark in marks)
 
 
 def _empty_text_as_null(table: pa.Table, i: int) -> pa.Table:

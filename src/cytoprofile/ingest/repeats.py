@@ -57,16 +57,27 @@ def _renumber(scan: SiteScan, taken: dict[int, str]) -> None:
 def mark_shared_files(scans: Sequence[SiteScan]) -> None:
     """A site whose table file is another site's (a link to it): its rows would be stored twice, under two sites;
     the later site is quarantined, naming the file and the site that holds it."""
-    owner: dict[str, tuple[str, str]] = {}
+    owner: dict[object, tuple[str, str]] = {}
     for scan in sorted((s for s in scans if s.problem is None), key=lambda s: s.name):
-        for entry, path, _ in scan.csv_files:
-            site, name = owner.get(os.path.realpath(path), (scan.name, entry))
+        keys = [_file_identity(path) for _, path, _ in scan.csv_files]
+        for (entry, path, _), key in zip(scan.csv_files, keys):
+            site, name = owner.get(key, (scan.name, entry))
             if site != scan.name:
                 scan.quarantine(f"{entry} is the same file as site {site}'s {name} (a link to it): its rows are that "
                                 "site's; give this site its own file", path)
                 break
         if scan.problem is None:
-            owner.update({os.path.realpath(path): (scan.name, entry) for entry, path, _ in scan.csv_files})
+            owner.update({key: (scan.name, entry) for (entry, _, _), key in zip(scan.csv_files, keys)})
+
+
+def _file_identity(path: str) -> object:
+    """What makes two paths one file: its device and inode (one ``stat``, which follows symbolic links and
+    also catches hard links), or the resolved path where the file cannot be stat'ed or has no inode number."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return os.path.realpath(path)
+    return (info.st_dev, info.st_ino) if info.st_ino else os.path.realpath(path)  # 0: a file system without inodes
 
 
 def _mark_copy(scan: SiteScan, first: SiteScan) -> None:

@@ -205,6 +205,12 @@ class SingleCellJoin:
                 if bad.any():
                     self.report.name_unlinked(self.hub, table_number, h_img[bad], h_obj[bad], f"{col} links to no {c} object")
             keep &= ok
+        for c, col in self.links.items():  # one object joined into two cells: neither is known right
+            shared = _shared(matched[c], keep)
+            if count and shared.any():
+                self.report.name_unlinked(self.hub, table_number, h_img[shared], h_obj[shared],
+                                          f"{col} names a {c} object that another {self.hub} object also names")
+            keep &= ~shared
         if count:
             self._count(table_number, h_obj, reads, matched, keep)
         return self._assemble(table_number, h_img[keep], h_obj[keep], h_vals[keep], reads, {c: m[keep] for c, m in matched.items()}, features)
@@ -281,6 +287,12 @@ class SingleCellJoin:
     def close(self) -> None:
         """Release the backend."""
         self.source.close()
+
+
+def _shared(index: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """The kept rows whose linked object (``index``) another kept row links to as well."""
+    objects, counts = np.unique(index[keep], return_counts=True)
+    return keep & np.isin(index, objects[counts > 1])
 
 
 def _match(img: np.ndarray, obj: np.ndarray, h_img: np.ndarray, link: np.ndarray, *, table: str,
