@@ -93,6 +93,11 @@ def test_rows_are_conserved(tmp_path_factory: pytest.TempPathFactory, cells: lis
             df = pd.read_csv(site / f"{c}.csv")
             df = pd.concat([df.head(1)] * n, ignore_index=True) if n and len(df) else df.head(0)
             df["ObjectNumber"] = range(1, len(df) + 1)
+            for column in df.columns:  # object k of each compartment is one cell's, as CellProfiler links them
+                if column.startswith("Parent_"):
+                    df[column] = range(1, len(df) + 1)
+                elif column.startswith("Children_") and column.endswith("_Count"):
+                    df[column] = 1
             df.to_csv(site / f"{c}.csv", index=False)
         image = pd.read_csv(site / "Image.csv")  # Image.csv counts what the object tables hold
         image[[f"Count_{c}" for c in COMPARTMENTS]] = n

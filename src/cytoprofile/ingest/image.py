@@ -47,6 +47,11 @@ __all__ = [
 ]
 
 
+def _has(table: pa.Table, name: str) -> bool:
+    """Whether the table has a column ``name``: a lookup, not a list of a wide Image.csv's 2,000 names."""
+    return table.schema.get_field_index(name) >= 0
+
+
 def check_image(scan: SiteScan, image: pa.Table, strata: Sequence[str], plate: str) -> None:
     """Image rows: at least one, unique ImageNumbers, this plate, every stratum filled."""
     path = scan.sources[IMAGE_TABLE].path
@@ -54,7 +59,7 @@ def check_image(scan: SiteScan, image: pa.Table, strata: Sequence[str], plate: s
     if image.num_rows == 0:
         scan.quarantine(f"{base} has a header but no data row", path)
         return
-    had_plate = "Metadata_Plate" in image.column_names
+    had_plate = _has(image, "Metadata_Plate")
     before = set(image.column_names)
     disagreements = _folder_disagreements(image, scan.name, plate)
     image, problem = fill_metadata(image, scan.name, plate, notes=scan.notes, warnings=scan.warnings)
@@ -62,11 +67,11 @@ def check_image(scan: SiteScan, image: pa.Table, strata: Sequence[str], plate: s
         scan.quarantine(problem, path)
         return
     scan.filled_columns = [c for c in image.column_names if c not in before]
-    missing = [s for s in strata if s not in image.column_names]
+    missing = [s for s in strata if not _has(image, s)]
     if missing:
         scan.quarantine(f"{base} lacks the strata column(s) {', '.join(missing)}", path)
         return
-    if "ImageNumber" not in image.column_names:  # objects cannot be matched to their image, nor counts checked
+    if not _has(image, "ImageNumber"):  # objects cannot be matched to their image, nor counts checked
         scan.quarantine(f"{base} has no ImageNumber column", path)
         return
     numbers = image.column("ImageNumber").to_pylist()
@@ -106,7 +111,7 @@ def check_image(scan: SiteScan, image: pa.Table, strata: Sequence[str], plate: s
 def _site_keys(image: pa.Table, distinct_by: Sequence[str]) -> list[tuple[str, ...]]:
     """(well, site, the other strata's values) of each image row, normalised as wells are (none without
     Metadata_Site): images of one site at two time points (a ``--strata`` column) are two sites."""
-    if "Metadata_Site" not in image.column_names:
+    if not _has(image, "Metadata_Site"):
         return []
     wells = image.column("Metadata_Well").to_pylist()
     extra = list(zip(*(map(str, image.column(c).to_pylist()) for c in distinct_by))) or [()] * image.num_rows
@@ -146,7 +151,7 @@ def _folder_disagreements(image: pa.Table, site: str, plate: str) -> list[str]:
     said = {"Metadata_Plate": match.group("plate"), "Metadata_Well": normalise_well(match.group("well")),
             "Metadata_Site": match.group("site")}
     for column, folder_value in said.items():
-        if column not in image.column_names:
+        if not _has(image, column):
             if column == "Metadata_Plate" and folder_value != plate:
                 out.append(f"{FOLDER_WARNING}{site} says Metadata_Plate {folder_value!r}, but it is in plate folder {plate!r} "
                            f"(Metadata_Plate {plate!r} is used)")
@@ -179,22 +184,22 @@ def fill_metadata(image: pa.Table, site: str, plate: str, *, notes: list[str] | 
                   warnings: list[str] | None = None) -> tuple[pa.Table, str | None]:
     """Normalise well names; fill Metadata_Well/Site from the folder name ``PLATE-WELL-SITE`` and Metadata_Plate from the
     plate folder when Image.csv lacks them."""
-    if "Metadata_Well" in image.column_names:
+    if _has(image, "Metadata_Well"):
         wells = image.column("Metadata_Well").to_pylist()
         fixed = [normalise_well(w) if isinstance(w, str) else w for w in wells]
         if fixed != wells:
             if notes is not None:
                 notes.extend(sorted({f"well {a!r} read as {b!r}" for a, b in zip(wells, fixed) if a != b}))
-            image = image.set_column(image.column_names.index("Metadata_Well"), "Metadata_Well", pa.array(fixed, type=pa.string()))
+            image = image.set_column(image.schema.get_field_index("Metadata_Well"), "Metadata_Well", pa.array(fixed, type=pa.string()))
     match = SITE_NAME.match(site)
-    if "Metadata_Well" not in image.column_names and not match:
+    if not _has(image, "Metadata_Well") and not match:
         return image, f"Image.csv has no Metadata_Well and the folder name {site!r} is not PLATE-WELL-SITE"
     fills: dict[str, str] = {"Metadata_Plate": plate}  # the plate folder's name, whatever the site folder says
     if match:
         fills["Metadata_Well"] = normalise_well(match.group("well"))
         fills["Metadata_Site"] = match.group("site")
     for column, value in fills.items():
-        if column not in image.column_names:
+        if not _has(image, column):
             image = image.append_column(pa.field(column, pa.string()), pa.array([value] * image.num_rows, type=pa.string()))
     return _fill_empty_sites(image, fills.get("Metadata_Site"), notes, warnings), None
 
@@ -203,7 +208,7 @@ def _fill_empty_sites(image: pa.Table, folder_site: str | None, notes: list[str]
                       warnings: list[str] | None) -> pa.Table:
     """An empty Metadata_Site takes the folder name's site, said in the notes: left empty, the site could
     not be told from another copy of it (a re-run's folder), whose cells would then count twice."""
-    if "Metadata_Site" not in image.column_names:
+    if not _has(image, "Metadata_Site"):
         return image
     values = image.column("Metadata_Site").to_pylist()
     empty = [i for i, v in enumerate(values) if v is None or (isinstance(v, str) and not v.strip())]
@@ -226,7 +231,7 @@ def _fill_empty_sites(image: pa.Table, folder_site: str | None, notes: list[str]
         notes.append(f"Metadata_Site is empty in Image.csv ({where}): the folder name's {folder_site!r} is used")
     for i in empty:
         values[i] = filled
-    return image.set_column(image.column_names.index("Metadata_Site"), "Metadata_Site", pa.array(values, type=kind))
+    return image.set_column(image.schema.get_field_index("Metadata_Site"), "Metadata_Site", pa.array(values, type=kind))
 
 
 def parse_image(scan: SiteScan, raw: bytes | None = None) -> pa.Table | None:
@@ -259,22 +264,23 @@ def parse_image(scan: SiteScan, raw: bytes | None = None) -> pa.Table | None:
             return None
     table = _wide_integers_as_floats(table)
     scan.warnings.extend(_number_warnings(table, raw, source))
-    if "ImageNumber" in table.column_names:
+    if _has(table, "ImageNumber"):
         problem = _image_number_problem(table.column("ImageNumber"), source.name)
         if problem:
             scan.quarantine(problem, source.path)
             return None
-        table = table.set_column(table.column_names.index("ImageNumber"), "ImageNumber", table.column("ImageNumber").cast(pa.int64()))
+        table = table.set_column(table.schema.get_field_index("ImageNumber"), "ImageNumber", table.column("ImageNumber").cast(pa.int64()))
     return table
 
 
 def _wide_integers_as_floats(table: pa.Table) -> pa.Table:
     """Integer measurement columns holding a value above 2^53 as float64, as every measurement is stored:
     the rounding is then named like any other (an int64 column would fail to join the plate's floats)."""
-    for i, name in enumerate(table.column_names):
+    if not table.num_rows:
+        return table
+    integers = [(i, f.name) for i, f in enumerate(table.schema) if pa.types.is_integer(f.type) and f.name != "ImageNumber"]
+    for i, name in integers:
         column = table.column(i)
-        if name == "ImageNumber" or not pa.types.is_integer(column.type) or not len(column):
-            continue
         extremes = pc.min_max(column)
         low, high = extremes["min"].as_py(), extremes["max"].as_py()
         if low is not None and max(abs(low), abs(high)) > MAX_KEY:
@@ -284,14 +290,23 @@ def _wide_integers_as_floats(table: pa.Table) -> pa.Table:
 
 def _number_warnings(table: pa.Table, raw: bytes, source: Source) -> list[str]:
     """Image.csv's float columns holding numbers float64 cannot hold as written (``1e400``, integers above 2^53)."""
-    floats = [c for c in table.column_names if pa.types.is_floating(table.schema.field(c).type) and not is_text_image_column(c)]
+    floats = [f.name for f in table.schema if pa.types.is_floating(f.type) and not is_text_image_column(f.name)]
     if not floats or not table.num_rows:
         return []
-    values = np.column_stack([table.column(c).to_numpy(zero_copy_only=False).astype(np.float64) for c in floats])
+    values = _float_matrix(table.select(floats))
     positions = source.positions if source.positions is not None else list(range(source.width))
     where = {c: positions[j] for j, c in enumerate(source.header)}
     return number_warnings(source.name, floats, [where[c] for c in floats], source.width, values, raw,
                            source.header_lines)
+
+
+def _float_matrix(table: pa.Table) -> np.ndarray:
+    """A table of float columns as one rows × columns float64 array, joined in one copy (a wide Image.csv has
+    2,000 columns: one conversion each would cost more than reading the file)."""
+    chunks = [chunk.cast(pa.float64()) if chunk.type != pa.float64() else chunk
+              for column in table.columns for chunk in column.chunks]
+    flat = pa.chunked_array(chunks, type=pa.float64()).to_numpy()
+    return flat.reshape(table.num_columns, table.num_rows).T
 
 
 def _read_image_csv(raw: bytes, source: Source) -> pa.Table:
@@ -322,13 +337,13 @@ def _empty_text_as_null(table: pa.Table, i: int) -> pa.Table:
     empty = pc.equal(column, "")
     if not pc.any(empty).as_py():
         return table
-    return table.set_column(i, table.column_names[i], pc.if_else(empty, pa.scalar(None, pa.string()), column))
+    return table.set_column(i, table.schema.field(i).name, pc.if_else(empty, pa.scalar(None, pa.string()), column))
 
 
 def _numeric_image_column(table: pa.Table, i: int, raw: bytes, source: Source) -> tuple[pa.Table, str | None]:
     """A measurement column as numbers, or the first cell that is not one (line and column named)."""
     typ = table.schema.field(i).type
-    column = table.column_names[i]
+    column = table.schema.field(i).name
     if pa.types.is_null(typ):
         return table.set_column(i, column, table.column(i).cast(pa.float64())), None
     if pa.types.is_integer(typ) or pa.types.is_floating(typ):

@@ -4,6 +4,7 @@ column names, the old two-row ``object.csv``), Image.csv read once, duplicate si
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -419,10 +420,10 @@ def _check_header(scan: SiteScan, table: str, source: Source) -> None:
         _set_aside(scan, table, source, _not_a_table(table, header))
         return
     _dedupe(source, table, scan)
-    if any(c.lower() == "tablenumber" for c in source.header):  # the backend adds it to every table
+    reserved, clash = _header_names(tuple(source.header))
+    if reserved:  # the backend adds TableNumber to every table
         scan.quarantine(f"{source.name} has a column named TableNumber, which the backend reserves for the site key", source.path)
         return
-    clash = case_clash(source.header)
     if clash:
         scan.quarantine(f"{source.name}: columns {clash[0]!r} and {clash[1]!r} differ only in case "
                         "(SQLite cannot hold both); rename one", source.path)
@@ -434,12 +435,25 @@ def _check_header(scan: SiteScan, table: str, source: Source) -> None:
     scan.headers[table] = source.header
 
 
+@functools.lru_cache(maxsize=256)
+def _header_names(header: tuple[str, ...]) -> tuple[bool, tuple[str, str] | None]:
+    """Whether a column is named TableNumber (in any case), and two names equal but for case: once a header,
+    as the sites of a plate share their headers."""
+    return any(c.lower() == "tablenumber" for c in header), case_clash(header)
+
+
+@functools.lru_cache(maxsize=256)
+def _text_columns(header: tuple[str, ...]) -> tuple[int, ...]:
+    """Positions of a header's text-family columns."""
+    return tuple(j for j, c in enumerate(header) if is_text_column(c))
+
+
 def _split_text_columns(source: Source) -> None:
     """An object CSV's text-family columns (ExportToSpreadsheet's "add image metadata / file and folder names"
     options repeat the image's ``Metadata_*``, ``FileName_*``, ``PathName_*`` in every object row) are read as
     text apart from the numeric ones: stored, never features."""
     positions = source.positions if source.positions is not None else list(range(source.width))
-    text = [j for j, c in enumerate(source.header) if is_text_column(c)]
+    text = _text_columns(tuple(source.header))
     if not text:
         return
     source.text_header = [source.header[j] for j in text]

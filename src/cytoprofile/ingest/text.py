@@ -205,7 +205,9 @@ def padded_names(path: str, name: str, *, lines: int = 1) -> list[str]:
     opener: Any = gzip.open if path.lower().endswith(".gz") else open
     with opener(path, "rt", encoding="utf-8-sig", newline="") as fh:
         rows = [next(csv.reader([fh.readline()]), []) for _ in range(lines)]
-    named = [(position, c, clean) for row in rows for position, (c, clean) in enumerate(zip(row, clean_names(row)), start=1)]
+    cleaned = [(row, clean_names(row)) for row in rows]  # the same list back when no name needs cleaning
+    named = [(position, c, clean) for row, clean_row in cleaned if clean_row is not row
+             for position, (c, clean) in enumerate(zip(row, clean_row), start=1)]
     return [f"{name}: column {position} of the header, {c!r}, read as {clean!r} (spaces or invisible "
             "characters around the name removed)" for position, c, clean in named if c != clean and clean]
 
